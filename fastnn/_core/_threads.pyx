@@ -1,0 +1,73 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True
+"""Thread control for the OpenMP kernels and OpenBLAS as one knob, and a memoryview twin of gemm for tests."""
+
+from fastnn._core._common cimport floating
+from fastnn._core cimport _blas
+
+cdef extern from "fnn_threads.h" nogil:
+    int fnn_have_openmp()
+    int fnn_omp_max_threads()
+    void fnn_threads_init()
+    void fnn_set_num_threads(int n)
+
+cdef extern from "cblas.h" nogil:
+    int scipy_openblas_get_num_threads()
+    char *scipy_openblas_get_config()
+
+cdef int _n_threads = 1
+
+
+def _init():
+    """Put OpenBLAS's jobs on the OpenMP team and start both at the same thread count."""
+    global _n_threads
+    fnn_threads_init()
+    n = fnn_omp_max_threads()
+    _n_threads = n if n > 0 else 1
+    fnn_set_num_threads(_n_threads)
+
+
+def set_num_threads(n):
+    """Set the number of threads of fastnn's kernels and of its BLAS (one pool for both)."""
+    global _n_threads
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
+    _n_threads = n
+    fnn_set_num_threads(n)
+
+
+def get_num_threads():
+    """The number of threads fastnn's kernels use (the BLAS uses the same)."""
+    return _n_threads
+
+
+def blas_num_threads():
+    """The thread count OpenBLAS reports (threadpoolctl may change it behind fastnn's back)."""
+    return scipy_openblas_get_num_threads()
+
+
+def blas_config():
+    """OpenBLAS's build description (version, kernel, threading)."""
+    return scipy_openblas_get_config().decode()
+
+
+def have_openmp():
+    """Whether the compiled core was built with OpenMP."""
+    return bool(fnn_have_openmp())
+
+
+def gemm(bint trans_a, bint trans_b, floating alpha, const floating[:, ::1] A, const floating[:, ::1] B,
+         floating beta, floating[:, ::1] C):
+    """C := alpha * op(A).op(B) + beta * C (row-major, through the library's BLAS).  Shapes are checked here."""
+    cdef int M = A.shape[1] if trans_a else A.shape[0]
+    cdef int K = A.shape[0] if trans_a else A.shape[1]
+    cdef int KB = B.shape[1] if trans_b else B.shape[0]
+    cdef int N = B.shape[0] if trans_b else B.shape[1]
+    if K != KB or C.shape[0] != M or C.shape[1] != N:
+        raise ValueError(f"gemm: op(A) is {M}x{K}, op(B) is {KB}x{N}, C is {C.shape[0]}x{C.shape[1]}")
+    if M == 0 or N == 0:
+        return
+    with nogil:
+        _blas.gemm(trans_a, trans_b, M, N, K, alpha, &A[0, 0] if K > 0 else NULL, A.shape[1],
+                   &B[0, 0] if K > 0 else NULL, B.shape[1], beta, &C[0, 0], C.shape[1])

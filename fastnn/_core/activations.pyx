@@ -1,0 +1,168 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True
+"""Activation kernels, forward and backward, float32 and float64.
+
+Layout: (n_rows, n_cols) C-contiguous blocks; softmax is over each row (the feature axis), every other
+activation is elementwise.  ``act_forward`` can add a per-column bias to Z first (fused with Dense: the pass
+that follows the GEMM adds the bias and applies the activation).  Work is split over rows between threads
+only when each thread gets at least FNN_MIN_PER_THREAD elements.
+
+Adding an activation: a new ACT_ number in activations.pxd, a forward and a backward row loop below,
+and a class in fastnn/layers/activations.py.
+"""
+from cython.parallel cimport prange
+from libc.math cimport exp, tanh, expf, tanhf
+
+from fastnn._core._common cimport floating, threads_for, f_sigmoid, FNN_MIN_PER_THREAD
+
+
+cdef inline floating f_exp(floating x) noexcept nogil:
+    if floating is float:
+        return expf(x)
+    else:
+        return exp(x)
+
+
+cdef inline floating f_tanh(floating x) noexcept nogil:
+    if floating is float:
+        return tanhf(x)
+    else:
+        return tanh(x)
+
+
+cdef void _fwd_rows(int kind, floating *Z, floating *Y, const floating *bias, Py_ssize_t r0, Py_ssize_t r1,
+                    Py_ssize_t n_cols, floating alpha) noexcept nogil:
+    cdef Py_ssize_t i, j
+    cdef floating *z
+    cdef floating *y
+    cdef floating z_j, m, s
+    for i in range(r0, r1):
+        z = Z + i * n_cols
+        y = Y + i * n_cols
+        if bias != NULL:
+            for j in range(n_cols):
+                z[j] = z[j] + bias[j]
+        if kind == 0:    # identity
+            if y != z:
+                for j in range(n_cols):
+                    y[j] = z[j]
+        elif kind == 1:  # relu
+            for j in range(n_cols):
+                z_j = z[j]
+                y[j] = z_j if z_j > 0 else 0
+        elif kind == 2:  # leaky relu
+            for j in range(n_cols):
+                z_j = z[j]
+                y[j] = z_j if z_j > 0 else alpha * z_j
+        elif kind == 3:  # sigmoid
+            for j in range(n_cols):
+                y[j] = f_sigmoid(z[j])
+        elif kind == 4:  # tanh
+            for j in range(n_cols):
+                y[j] = f_tanh(z[j])
+        elif kind == 5:  # softmax over the row, shifted by its max
+            if n_cols == 0:
+                continue
+            m = z[0]
+            for j in range(1, n_cols):
+                if z[j] > m:
+                    m = z[j]
+            s = 0
+            for j in range(n_cols):
+                y[j] = f_exp(z[j] - m)
+                s = s + y[j]
+            s = 1 / s
+            for j in range(n_cols):
+                y[j] = y[j] * s
+
+
+cdef void _bwd_rows(int kind, const floating *Z, const floating *Y, const floating *dY, floating *dZ,
+                    Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n_cols, floating alpha) noexcept nogil:
+    cdef Py_ssize_t i, j
+    cdef const floating *z
+    cdef const floating *y
+    cdef const floating *dy
+    cdef floating *dz
+    cdef floating s
+    for i in range(r0, r1):
+        z = Z + i * n_cols
+        y = Y + i * n_cols
+        dy = dY + i * n_cols
+        dz = dZ + i * n_cols
+        if kind == 0:
+            for j in range(n_cols):
+                dz[j] = dy[j]
+        elif kind == 1:
+            for j in range(n_cols):
+                dz[j] = dy[j] if z[j] > 0 else 0
+        elif kind == 2:
+            for j in range(n_cols):
+                dz[j] = dy[j] if z[j] > 0 else alpha * dy[j]
+        elif kind == 3:
+            for j in range(n_cols):
+                dz[j] = dy[j] * y[j] * (1 - y[j])
+        elif kind == 4:
+            for j in range(n_cols):
+                dz[j] = dy[j] * (1 - y[j] * y[j])
+        elif kind == 5:
+            s = 0
+            for j in range(n_cols):
+                s = s + dy[j] * y[j]
+            for j in range(n_cols):
+                dz[j] = y[j] * (dy[j] - s)
+
+
+cdef void act_forward(int kind, floating *Z, floating *Y, const floating *bias, Py_ssize_t n_rows,
+                      Py_ssize_t n_cols, double alpha, int n_threads) noexcept nogil:
+    """Z += bias (if given), then Y = act(Z).  Y may be Z for the elementwise kinds."""
+    cdef int nt = threads_for(n_rows * n_cols, n_threads, FNN_MIN_PER_THREAD)
+    cdef int t
+    if nt > n_rows:
+        nt = <int>n_rows
+    if nt <= 1:
+        _fwd_rows(kind, Z, Y, bias, 0, n_rows, n_cols, <floating>alpha)
+        return
+    for t in prange(nt, num_threads=nt, schedule="static"):
+        _fwd_rows(kind, Z, Y, bias, t * n_rows // nt, (t + 1) * n_rows // nt, n_cols, <floating>alpha)
+
+
+cdef void act_backward(int kind, const floating *Z, const floating *Y, const floating *dY, floating *dZ,
+                       Py_ssize_t n_rows, Py_ssize_t n_cols, double alpha, int n_threads) noexcept nogil:
+    """dZ = dY * act'(Z) (the softmax's Jacobian-vector product for softmax).  dZ may be dY."""
+    cdef int nt = threads_for(n_rows * n_cols, n_threads, FNN_MIN_PER_THREAD)
+    cdef int t
+    if nt > n_rows:
+        nt = <int>n_rows
+    if nt <= 1:
+        _bwd_rows(kind, Z, Y, dY, dZ, 0, n_rows, n_cols, <floating>alpha)
+        return
+    for t in prange(nt, num_threads=nt, schedule="static"):
+        _bwd_rows(kind, Z, Y, dY, dZ, t * n_rows // nt, (t + 1) * n_rows // nt, n_cols, <floating>alpha)
+
+
+def _check_kind(int kind):
+    if kind < 0 or kind >= N_ACT:
+        raise ValueError(f"unknown activation kind {kind}")
+
+
+def activation_forward(int kind, floating[:, ::1] Z, floating[:, ::1] Y, double alpha=0.0, int n_threads=1):
+    """Y = act(Z), row-wise for softmax.  Z (IN), Y (OUT, may be Z for elementwise kinds): same shape."""
+    _check_kind(kind)
+    if Z.shape[0] != Y.shape[0] or Z.shape[1] != Y.shape[1]:
+        raise ValueError(f"activation_forward: Z is {(Z.shape[0], Z.shape[1])}, Y is {(Y.shape[0], Y.shape[1])}")
+    if Z.shape[0] * Z.shape[1] == 0:
+        return
+    with nogil:
+        act_forward(kind, &Z[0, 0], &Y[0, 0], <const floating *>NULL, Z.shape[0], Z.shape[1], alpha, n_threads)
+
+
+def activation_backward(int kind, const floating[:, ::1] Z, const floating[:, ::1] Y, const floating[:, ::1] dY,
+                        floating[:, ::1] dZ, double alpha=0.0, int n_threads=1):
+    """dZ = dY * act'(Z).  Z, Y (IN: the forward's input and output), dY (IN), dZ (OUT): same shape."""
+    _check_kind(kind)
+    for name, a in (("Y", Y), ("dY", dY), ("dZ", dZ)):
+        if a.shape[0] != Z.shape[0] or a.shape[1] != Z.shape[1]:
+            raise ValueError(f"activation_backward: Z is {(Z.shape[0], Z.shape[1])}, {name} is {(a.shape[0], a.shape[1])}")
+    if Z.shape[0] * Z.shape[1] == 0:
+        return
+    with nogil:
+        act_backward(kind, &Z[0, 0], &Y[0, 0], &dY[0, 0], &dZ[0, 0], Z.shape[0], Z.shape[1], alpha, n_threads)

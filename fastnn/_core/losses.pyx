@@ -1,0 +1,186 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True
+"""Loss kernels: value and gradient in one pass, float32 and float64, defined as torch defines them.
+
+Each function takes the network's output (logits for the classification losses), the targets, and an
+optional gradient buffer (None: value only).  Each returns ``(loss, n_correct)``: the loss (Python float,
+accumulated in double) and, for classification losses, how many predictions were right in the same pass
+(argmax for softmax; per element, logit > 0 against target > 0.5 for sigmoid), else 0.
+
+- softmax cross-entropy, integer labels:  mean_i [logsumexp(z_i) - z_i[y_i]]
+- softmax cross-entropy, probability rows: mean_i sum_k t_ik [logsumexp(z_i) - z_ik]
+      gradient (softmax(z_i) * sum_k t_ik - t_i) / n, as torch.nn.CrossEntropyLoss with soft targets
+- sigmoid binary cross-entropy on logits:  mean over all elements of log(1 + e^z) - t z
+- "l2": sum (yhat - y)^2  (MSELoss(reduction="sum"), no 1/2); "mse": its mean over all elements;
+  "mae": mean |yhat - y|, gradient sign(yhat - y) / N with sign(0) = 0 (torch.nn.L1Loss)
+
+Every logsumexp is shifted by the row max, and log(1 + e^z) is computed as max(z, 0) + log1p(e^-|z|):
+finite at logits of +-1000.
+"""
+from libc.math cimport exp, log, log1p, fabs
+
+from fastnn._core._common cimport floating, f_log1pexp, f_sigmoid
+
+cdef enum:
+    LOSS_L2 = 0
+    LOSS_MSE = 1
+    LOSS_MAE = 2
+
+
+cdef _same(str fn, str a, tuple sa, str b, tuple sb):
+    if sa != sb:
+        raise ValueError(f"{fn}: {a} has shape {sa} but {b} has shape {sb}")
+
+
+def softmax_cross_entropy(const floating[:, ::1] Z, const Py_ssize_t[::1] labels, floating[:, ::1] dZ=None):
+    """Mean softmax cross-entropy of logits Z (n, k) against integer labels (n,) in [0, k); dZ (OUT) or None."""
+    cdef Py_ssize_t n = Z.shape[0], k = Z.shape[1], i, j, lab, am
+    _same("softmax_cross_entropy", "logits", (n, k), "labels", (labels.shape[0], k))
+    if dZ is not None:
+        _same("softmax_cross_entropy", "logits", (n, k), "gradient", (dZ.shape[0], dZ.shape[1]))
+    if n == 0:
+        return float("nan"), 0
+    if k == 0:
+        raise ValueError("softmax_cross_entropy: logits have 0 classes")
+    cdef bint grad = dZ is not None
+    cdef const floating *z
+    cdef floating *g
+    cdef double m, s, total = 0.0, inv_n = 1.0 / n
+    cdef Py_ssize_t n_correct = 0, bad = -1
+    with nogil:
+        for i in range(n):
+            lab = labels[i]
+            if lab < 0 or lab >= k:
+                bad = i
+                break
+            z = &Z[i, 0]
+            m = z[0]
+            am = 0
+            for j in range(1, k):
+                if z[j] > m:
+                    m = z[j]
+                    am = j
+            n_correct += am == lab
+            s = 0.0
+            for j in range(k):
+                s += exp(z[j] - m)
+            total += log(s) + m - z[lab]
+            if grad:
+                g = &dZ[i, 0]
+                s = 1.0 / s
+                for j in range(k):
+                    g[j] = <floating>(exp(z[j] - m) * s * inv_n)
+                g[lab] -= <floating>inv_n
+    if bad >= 0:
+        raise ValueError(f"softmax_cross_entropy: label {labels[bad]} at row {bad} is outside [0, {k})")
+    return total * inv_n, n_correct
+
+
+def softmax_cross_entropy_soft(const floating[:, ::1] Z, const floating[:, ::1] T, floating[:, ::1] dZ=None):
+    """Mean softmax cross-entropy of logits Z (n, k) against probability rows T (n, k); dZ (OUT) or None."""
+    cdef Py_ssize_t n = Z.shape[0], k = Z.shape[1], i, j, am, at
+    _same("softmax_cross_entropy", "logits", (n, k), "targets", (T.shape[0], T.shape[1]))
+    if dZ is not None:
+        _same("softmax_cross_entropy", "logits", (n, k), "gradient", (dZ.shape[0], dZ.shape[1]))
+    if n == 0:
+        return float("nan"), 0
+    if k == 0:
+        raise ValueError("softmax_cross_entropy: logits have 0 classes")
+    cdef bint grad = dZ is not None
+    cdef const floating *z
+    cdef const floating *t
+    cdef floating *g
+    cdef double m, s, lse, tsum, mt, total = 0.0, inv_n = 1.0 / n
+    cdef Py_ssize_t n_correct = 0
+    with nogil:
+        for i in range(n):
+            z = &Z[i, 0]
+            t = &T[i, 0]
+            m = z[0]
+            am = 0
+            mt = t[0]
+            at = 0
+            for j in range(1, k):
+                if z[j] > m:
+                    m = z[j]
+                    am = j
+                if t[j] > mt:
+                    mt = t[j]
+                    at = j
+            n_correct += am == at
+            s = 0.0
+            for j in range(k):
+                s += exp(z[j] - m)
+            lse = log(s) + m
+            tsum = 0.0
+            for j in range(k):
+                tsum += t[j]
+                if t[j] != 0:
+                    total += t[j] * (lse - z[j])
+            if grad:
+                g = &dZ[i, 0]
+                s = 1.0 / s
+                for j in range(k):
+                    g[j] = <floating>((exp(z[j] - m) * s * tsum - t[j]) * inv_n)
+    return total * inv_n, n_correct
+
+
+def sigmoid_binary_cross_entropy(const floating[:, ::1] Z, const floating[:, ::1] T, floating[:, ::1] dZ=None):
+    """Mean over all elements of log(1 + e^z) - t z (BCEWithLogitsLoss); dZ = (sigmoid(z) - t) / N (OUT) or None."""
+    cdef Py_ssize_t n = Z.shape[0], k = Z.shape[1], i, N = n * k
+    _same("binary_cross_entropy", "logits", (n, k), "targets", (T.shape[0], T.shape[1]))
+    if dZ is not None:
+        _same("binary_cross_entropy", "logits", (n, k), "gradient", (dZ.shape[0], dZ.shape[1]))
+    if N == 0:
+        return float("nan"), 0
+    cdef bint grad = dZ is not None
+    cdef const floating *z = &Z[0, 0]
+    cdef const floating *t = &T[0, 0]
+    cdef floating *g = &dZ[0, 0] if grad else NULL
+    cdef double total = 0.0, inv_n = 1.0 / N
+    cdef Py_ssize_t n_correct = 0
+    with nogil:
+        for i in range(N):
+            total += f_log1pexp(z[i]) - <double>t[i] * z[i]
+            n_correct += (z[i] > 0) == (t[i] > 0.5)
+            if grad:
+                g[i] = <floating>((f_sigmoid(z[i]) - t[i]) * inv_n)
+    return total * inv_n, n_correct
+
+
+def regression_loss(int kind, const floating[:, ::1] P, const floating[:, ::1] T, floating[:, ::1] dP=None):
+    """kind 0 "l2" (sum of squares), 1 "mse" (mean of squares), 2 "mae" (mean absolute); dP (OUT) or None."""
+    cdef Py_ssize_t n = P.shape[0], k = P.shape[1], i, N = n * k
+    if kind < 0 or kind > 2:
+        raise ValueError(f"regression_loss: unknown kind {kind}")
+    _same("regression_loss", "predictions", (n, k), "targets", (T.shape[0], T.shape[1]))
+    if dP is not None:
+        _same("regression_loss", "predictions", (n, k), "gradient", (dP.shape[0], dP.shape[1]))
+    if N == 0:
+        return (0.0 if kind == LOSS_L2 else float("nan")), 0
+    cdef bint grad = dP is not None
+    cdef const floating *p = &P[0, 0]
+    cdef const floating *t = &T[0, 0]
+    cdef floating *g = &dP[0, 0] if grad else NULL
+    cdef double total = 0.0, d, scale
+    cdef floating fd
+    with nogil:
+        if kind == LOSS_MAE:
+            scale = 1.0 / N
+            for i in range(N):
+                fd = p[i] - t[i]
+                total += fabs(fd)
+                if grad:
+                    g[i] = <floating>(scale if fd > 0 else (-scale if fd < 0 else 0.0))
+        else:
+            scale = 2.0 if kind == LOSS_L2 else 2.0 / N
+            for i in range(N):
+                fd = p[i] - t[i]
+                d = fd
+                total += d * d
+                if grad:
+                    g[i] = <floating>(scale * d)
+            if kind == LOSS_MSE:
+                total /= N
+        if kind == LOSS_MAE:
+            total /= N
+    return total, 0

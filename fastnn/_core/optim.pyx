@@ -1,0 +1,186 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True
+"""Optimizer updates: one pass over the model's flat parameter buffer, float32 and float64.
+
+Each follows the single-tensor update of the torch.optim class of the same name, step for step.  Weight
+decay (coupled: added to the gradient; decoupled for AdamW: p *= 1 - lr*wd) applies to elements
+[0, n_decay) of the buffer only: fastnn lays out the parameters that decay (weights) first.  The buffer is
+split over threads in contiguous ranges when it is large enough.
+"""
+from cython.parallel cimport prange
+from libc.math cimport sqrt
+
+from fastnn._core._common cimport floating, threads_for, FNN_MIN_PER_THREAD
+
+
+cdef _check_same(str fn, Py_ssize_t n, dict arrays):
+    for name, a in arrays.items():
+        if a is not None and a.shape[0] != n:
+            raise ValueError(f"{fn}: {name} has {a.shape[0]} elements, the parameters have {n}")
+
+
+cdef inline Py_ssize_t _lo(Py_ssize_t t, Py_ssize_t nt, Py_ssize_t n) noexcept nogil:
+    return t * n // nt
+
+
+# ---------------------------------------------------------------------------------------------- SGD
+cdef void _sgd_range(floating *p, const floating *g, floating *buf, Py_ssize_t i0, Py_ssize_t i1,
+                     floating lr, floating momentum, floating dampening, floating wd, bint nesterov,
+                     bint first) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef floating gi
+    for i in range(i0, i1):
+        gi = g[i] + wd * p[i]
+        if buf != NULL:
+            if first:
+                buf[i] = gi
+            else:
+                buf[i] = momentum * buf[i] + (1 - dampening) * gi
+            if nesterov:
+                gi = gi + momentum * buf[i]
+            else:
+                gi = buf[i]
+        p[i] = p[i] - lr * gi
+
+
+def sgd_step(floating[::1] p, const floating[::1] g, floating[::1] buf, double lr, double momentum,
+             double dampening, double weight_decay, bint nesterov, bint first, Py_ssize_t n_decay,
+             int n_threads=1):
+    """torch.optim.SGD: p (IN/OUT), g (IN), buf (IN/OUT momentum buffer; None without momentum)."""
+    cdef Py_ssize_t n = p.shape[0], t, a, b, c
+    _check_same("sgd_step", n, {"g": g, "buf": buf})
+    if n == 0:
+        return
+    cdef floating *bp = &buf[0] if buf is not None else NULL
+    cdef int nt = threads_for(n, n_threads, FNN_MIN_PER_THREAD)
+    n_decay = max(0, min(n_decay, n))
+    for t in prange(nt, num_threads=nt, nogil=True, schedule="static"):
+        a = _lo(t, nt, n)
+        b = _lo(t + 1, nt, n)
+        c = min(max(a, n_decay), b)
+        _sgd_range(&p[0], &g[0], bp, a, c, <floating>lr, <floating>momentum, <floating>dampening,
+                   <floating>weight_decay, nesterov, first)
+        _sgd_range(&p[0], &g[0], bp, c, b, <floating>lr, <floating>momentum, <floating>dampening,
+                   <floating>0, nesterov, first)
+
+
+# ------------------------------------------------------------------------------------------ Adagrad
+cdef void _adagrad_range(floating *p, const floating *g, floating *s, Py_ssize_t i0, Py_ssize_t i1,
+                         floating clr, floating wd, floating eps) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef floating gi
+    for i in range(i0, i1):
+        gi = g[i] + wd * p[i]
+        s[i] = s[i] + gi * gi
+        p[i] = p[i] - clr * gi / (sqrt(s[i]) + eps)
+
+
+def adagrad_step(floating[::1] p, const floating[::1] g, floating[::1] state_sum, double clr,
+                 double weight_decay, double eps, Py_ssize_t n_decay, int n_threads=1):
+    """torch.optim.Adagrad with the decayed rate clr = lr / (1 + (step - 1) * lr_decay) given."""
+    cdef Py_ssize_t n = p.shape[0], t, a, b, c
+    _check_same("adagrad_step", n, {"g": g, "state_sum": state_sum})
+    if n == 0:
+        return
+    cdef int nt = threads_for(n, n_threads, FNN_MIN_PER_THREAD)
+    n_decay = max(0, min(n_decay, n))
+    for t in prange(nt, num_threads=nt, nogil=True, schedule="static"):
+        a = _lo(t, nt, n)
+        b = _lo(t + 1, nt, n)
+        c = min(max(a, n_decay), b)
+        _adagrad_range(&p[0], &g[0], &state_sum[0], a, c, <floating>clr, <floating>weight_decay, <floating>eps)
+        _adagrad_range(&p[0], &g[0], &state_sum[0], c, b, <floating>clr, <floating>0, <floating>eps)
+
+
+# ------------------------------------------------------------------------------------------ RMSprop
+cdef void _rmsprop_range(floating *p, const floating *g, floating *sq, floating *gavg, floating *buf,
+                         Py_ssize_t i0, Py_ssize_t i1, floating lr, floating alpha, floating eps,
+                         floating wd, floating momentum) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef floating gi, avg
+    for i in range(i0, i1):
+        gi = g[i] + wd * p[i]
+        sq[i] = sq[i] * alpha + (1 - alpha) * gi * gi
+        if gavg != NULL:
+            gavg[i] = gavg[i] + (1 - alpha) * (gi - gavg[i])
+            avg = sqrt(sq[i] - gavg[i] * gavg[i]) + eps
+        else:
+            avg = sqrt(sq[i]) + eps
+        if buf != NULL:
+            buf[i] = buf[i] * momentum + gi / avg
+            p[i] = p[i] - lr * buf[i]
+        else:
+            p[i] = p[i] - lr * gi / avg
+
+
+def rmsprop_step(floating[::1] p, const floating[::1] g, floating[::1] square_avg, floating[::1] grad_avg,
+                 floating[::1] buf, double lr, double alpha, double eps, double weight_decay, double momentum,
+                 Py_ssize_t n_decay, int n_threads=1):
+    """torch.optim.RMSprop: grad_avg None unless centered, buf None unless momentum > 0."""
+    cdef Py_ssize_t n = p.shape[0], t, a, b, c
+    _check_same("rmsprop_step", n, {"g": g, "square_avg": square_avg, "grad_avg": grad_avg, "buf": buf})
+    if n == 0:
+        return
+    cdef floating *gap = &grad_avg[0] if grad_avg is not None else NULL
+    cdef floating *bp = &buf[0] if buf is not None else NULL
+    cdef int nt = threads_for(n, n_threads, FNN_MIN_PER_THREAD)
+    n_decay = max(0, min(n_decay, n))
+    for t in prange(nt, num_threads=nt, nogil=True, schedule="static"):
+        a = _lo(t, nt, n)
+        b = _lo(t + 1, nt, n)
+        c = min(max(a, n_decay), b)
+        _rmsprop_range(&p[0], &g[0], &square_avg[0], gap, bp, a, c, <floating>lr, <floating>alpha,
+                       <floating>eps, <floating>weight_decay, <floating>momentum)
+        _rmsprop_range(&p[0], &g[0], &square_avg[0], gap, bp, c, b, <floating>lr, <floating>alpha,
+                       <floating>eps, <floating>0, <floating>momentum)
+
+
+# --------------------------------------------------------------------------------------- Adam, AdamW
+cdef void _adam_range(floating *p, const floating *g, floating *m, floating *v, floating *vmax,
+                      Py_ssize_t i0, Py_ssize_t i1, floating step_size, floating beta1, floating beta2,
+                      floating eps, floating bc2_sqrt, floating wd, floating decay_factor) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef floating gi, vv
+    for i in range(i0, i1):
+        p[i] = p[i] * decay_factor
+        gi = g[i] + wd * p[i]
+        m[i] = m[i] + (1 - beta1) * (gi - m[i])
+        v[i] = v[i] * beta2 + (1 - beta2) * gi * gi
+        vv = v[i]
+        if vmax != NULL:
+            if vv > vmax[i]:
+                vmax[i] = vv
+            vv = vmax[i]
+        p[i] = p[i] - step_size * m[i] / (sqrt(vv) / bc2_sqrt + eps)
+
+
+def adam_step(floating[::1] p, const floating[::1] g, floating[::1] exp_avg, floating[::1] exp_avg_sq,
+              floating[::1] max_exp_avg_sq, double lr, double beta1, double beta2, double eps,
+              double weight_decay, bint decoupled, Py_ssize_t step, Py_ssize_t n_decay, int n_threads=1):
+    """torch.optim.Adam (decoupled=False) and AdamW (decoupled=True) at the given step (>= 1).
+
+    max_exp_avg_sq is None unless amsgrad.
+    """
+    cdef Py_ssize_t n = p.shape[0], t, a, b, c
+    _check_same("adam_step", n, {"g": g, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq,
+                                 "max_exp_avg_sq": max_exp_avg_sq})
+    if step < 1:
+        raise ValueError(f"adam_step: step must be >= 1, got {step}")
+    if n == 0:
+        return
+    cdef double bc1 = 1.0 - beta1 ** step
+    cdef double bc2_sqrt = (1.0 - beta2 ** step) ** 0.5
+    cdef double step_size = lr / bc1
+    cdef floating wd_c = <floating>(0.0 if decoupled else weight_decay)
+    cdef floating dfac = <floating>(1.0 - lr * weight_decay if decoupled else 1.0)
+    cdef floating *vmp = &max_exp_avg_sq[0] if max_exp_avg_sq is not None else NULL
+    cdef int nt = threads_for(n, n_threads, FNN_MIN_PER_THREAD)
+    n_decay = max(0, min(n_decay, n))
+    for t in prange(nt, num_threads=nt, nogil=True, schedule="static"):
+        a = _lo(t, nt, n)
+        b = _lo(t + 1, nt, n)
+        c = min(max(a, n_decay), b)
+        _adam_range(&p[0], &g[0], &exp_avg[0], &exp_avg_sq[0], vmp, a, c, <floating>step_size,
+                    <floating>beta1, <floating>beta2, <floating>eps, <floating>bc2_sqrt, wd_c, dfac)
+        _adam_range(&p[0], &g[0], &exp_avg[0], &exp_avg_sq[0], vmp, c, b, <floating>step_size,
+                    <floating>beta1, <floating>beta2, <floating>eps, <floating>bc2_sqrt, <floating>0,
+                    <floating>1)

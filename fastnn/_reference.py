@@ -1,0 +1,364 @@
+"""Plain-numpy versions of fastnn's compiled kernels: the test oracle.
+
+Every function here has the same name, signature and semantics as its twin in ``fastnn._core`` (the same
+arguments, the same OUT buffers written in place, the same return values, the same ``ValueError`` on bad
+shapes), but is written straight from the math with whole-array numpy operations rather than by copying the
+Cython loops, so that the tests can compare the two.  ``n_threads`` is accepted and ignored.
+
+Nothing in the library calls this module; it is slow on purpose (clarity over speed) and not a public API.
+
+Precision: the forward, backward and loss math is done in float64 and the result is rounded once to the
+dtype of the OUT buffer, so for float32 this is the correctly rounded answer that the kernels approximate.
+The optimizer updates are done in the dtype of the buffers, as torch.optim does.
+
+Numerics: every log-sum-exp is shifted by its row max, the sigmoid is evaluated through ``exp(-|z|)`` and
+softplus as ``max(z, 0) + log1p(exp(-|z|))``, so logits of +-1000 give finite values and no warnings.
+
+Kinds (the same numbers as the kernels):
+    activations: 0 identity, 1 relu, 2 leaky_relu (slope ``alpha`` below 0), 3 sigmoid, 4 tanh,
+                 5 softmax (over each row)
+    regression_loss: 0 "l2" (sum of squares, no 1/2), 1 "mse" (mean of squares), 2 "mae" (mean absolute)
+"""
+import math
+
+import numpy as np
+
+IDENTITY, RELU, LEAKY_RELU, SIGMOID, TANH, SOFTMAX = range(6)
+N_ACT = 6
+L2, MSE, MAE = range(3)
+
+__all__ = [
+    "activation_forward", "activation_backward", "dense_forward", "dense_backward",
+    "softmax_cross_entropy", "softmax_cross_entropy_soft", "sigmoid_binary_cross_entropy", "regression_loss",
+    "sgd_step", "adagrad_step", "rmsprop_step", "adam_step", "gemm",
+]
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def _shape_check(fn, what, got, want):
+    if tuple(got) != tuple(want):
+        raise ValueError(f"{fn}: {what} has shape {tuple(got)}, expected {tuple(want)}")
+
+
+def _f64(a):
+    return np.asarray(a, dtype=np.float64)
+
+
+def _sigmoid(z):
+    """1 / (1 + e^-z) without overflow: e^-|z| never exceeds 1."""
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def _softplus(z):
+    """log(1 + e^z) = max(z, 0) + log1p(e^-|z|)."""
+    return np.maximum(z, 0.0) + np.log1p(np.exp(-np.abs(z)))
+
+
+def _logsumexp_rows(z):
+    """log sum_j e^z_ij for each row i, shifted by the row max."""
+    m = z.max(axis=1, keepdims=True)
+    return (m + np.log(np.exp(z - m).sum(axis=1, keepdims=True)))[:, 0]
+
+
+def _softmax_rows(z):
+    return np.exp(z - _logsumexp_rows(z)[:, None])
+
+
+def _check_kind(kind):
+    if not 0 <= kind < N_ACT:
+        raise ValueError(f"unknown activation kind {kind}")
+
+
+def _act(kind, z, alpha):
+    """act(z) in float64, z a float64 (n, k) array."""
+    if kind == IDENTITY:
+        return z.copy()
+    if kind == RELU:
+        return np.where(z > 0, z, 0.0)
+    if kind == LEAKY_RELU:
+        return np.where(z > 0, z, alpha * z)
+    if kind == SIGMOID:
+        return _sigmoid(z)
+    if kind == TANH:
+        return np.tanh(z)
+    if z.shape[1] == 0:
+        return z.copy()
+    return _softmax_rows(z)
+
+
+def _act_grad(kind, z, y, dy, alpha):
+    """dL/dz given dL/dy = dy, the forward's input z and output y (float64)."""
+    if kind == IDENTITY:
+        return dy.copy()
+    if kind == RELU:
+        return np.where(z > 0, dy, 0.0)
+    if kind == LEAKY_RELU:
+        return np.where(z > 0, dy, alpha * dy)
+    if kind == SIGMOID:      # sigma' = sigma (1 - sigma)
+        return dy * y * (1.0 - y)
+    if kind == TANH:         # tanh' = 1 - tanh^2
+        return dy * (1.0 - y * y)
+    # softmax: J = diag(y) - y y^T (symmetric), so dz = J dy = y * (dy - <y, dy>)
+    return y * (dy - (y * dy).sum(axis=1, keepdims=True))
+
+
+# --------------------------------------------------------------------------------------- activations
+def activation_forward(kind, Z, Y, alpha=0.0, n_threads=1):
+    """Y = act(Z) (OUT), row-wise for softmax.  Z and Y have the same shape; Y may be Z."""
+    _check_kind(kind)
+    _shape_check("activation_forward", "Y", Y.shape, Z.shape)
+    Y[...] = _act(kind, _f64(Z), alpha)
+
+
+def activation_backward(kind, Z, Y, dY, dZ, alpha=0.0, n_threads=1):
+    """dZ = dY * act'(Z) (OUT); Z, Y are the forward's input and output, dY the gradient w.r.t. Y."""
+    _check_kind(kind)
+    for name, a in (("Y", Y), ("dY", dY), ("dZ", dZ)):
+        _shape_check("activation_backward", name, a.shape, Z.shape)
+    dZ[...] = _act_grad(kind, _f64(Z), _f64(Y), _f64(dY), alpha)
+
+
+# --------------------------------------------------------------------------------------------- dense
+def dense_forward(X, W, b, Z, Y, act=IDENTITY, alpha=0.0, n_threads=1):
+    """Z = X.W + b (OUT), Y = act(Z) (OUT; may be Z for the identity).  b may be None."""
+    _check_kind(act)
+    n, n_in = X.shape
+    n_out = W.shape[1]
+    _shape_check("dense", "W", W.shape, (n_in, n_out))
+    _shape_check("dense", "Z", Z.shape, (n, n_out))
+    _shape_check("dense", "Y", Y.shape, (n, n_out))
+    if b is not None:
+        _shape_check("dense", "b", b.shape, (n_out,))
+    z = _f64(X) @ _f64(W)
+    if b is not None:
+        z = z + _f64(b)
+    Z[...] = z
+    Y[...] = _act(act, _f64(Z), alpha)
+
+
+def dense_backward(X, W, Z, Y, dY, dZ, dX, dW, db, act=IDENTITY, alpha=0.0, n_threads=1):
+    """Backward of dense_forward: dZ = dY * act'(Z) (OUT, not written for the identity), dW = X^T dZ,
+    db = column sums of dZ (None: no bias), dX = dZ W^T (None: not needed)."""
+    _check_kind(act)
+    n, n_in = X.shape
+    n_out = W.shape[1]
+    _shape_check("dense", "W", W.shape, (n_in, n_out))
+    _shape_check("dense", "dW", dW.shape, (n_in, n_out))
+    for name, a in (("Z", Z), ("Y", Y), ("dY", dY), ("dZ", dZ)):
+        _shape_check("dense", name, a.shape, (n, n_out))
+    if dX is not None:
+        _shape_check("dense", "dX", dX.shape, (n, n_in))
+    if db is not None:
+        _shape_check("dense", "db", db.shape, (n_out,))
+    if act == IDENTITY:
+        g = _f64(dY)
+    else:
+        dZ[...] = _act_grad(act, _f64(Z), _f64(Y), _f64(dY), alpha)
+        g = _f64(dZ)
+    dW[...] = _f64(X).T @ g
+    if db is not None:
+        db[...] = g.sum(axis=0)
+    if dX is not None:
+        dX[...] = g @ _f64(W).T
+
+
+def gemm(trans_a, trans_b, alpha, A, B, beta, C):
+    """C := alpha * op(A).op(B) + beta * C (OUT), the twin of fastnn._core._threads.gemm."""
+    a = _f64(A).T if trans_a else _f64(A)
+    b = _f64(B).T if trans_b else _f64(B)
+    if a.shape[1] != b.shape[0] or C.shape != (a.shape[0], b.shape[1]):
+        raise ValueError(f"gemm: op(A) is {a.shape}, op(B) is {b.shape}, C is {C.shape}")
+    c = alpha * (a @ b)
+    if beta != 0:       # as in BLAS, beta = 0 means C is not read (NaN in C does not propagate)
+        c = c + beta * _f64(C)
+    C[...] = c
+
+
+# -------------------------------------------------------------------------------------------- losses
+def _loss_shapes(fn, a_name, A, b_name, B_shape, grad):
+    if tuple(A.shape) != tuple(B_shape):
+        raise ValueError(f"{fn}: {a_name} has shape {tuple(A.shape)} but {b_name} has shape {tuple(B_shape)}")
+    if grad is not None and grad.shape != A.shape:
+        raise ValueError(f"{fn}: {a_name} has shape {tuple(A.shape)} but gradient has shape {grad.shape}")
+
+
+def softmax_cross_entropy(Z, labels, dZ=None):
+    """mean_i [logsumexp(z_i) - z_i[y_i]] of logits Z (n, k), integer labels (n,) in [0, k).
+
+    dZ (OUT, or None) = (softmax(z_i) - onehot(y_i)) / n.  Returns (loss, number of rows whose argmax is
+    the label); (nan, 0) for n = 0.
+    """
+    n, k = Z.shape
+    labels = np.asarray(labels)
+    _loss_shapes("softmax_cross_entropy", "logits", Z, "labels", (labels.shape[0], k), dZ)
+    if n == 0:
+        return float("nan"), 0
+    if k == 0:
+        raise ValueError("softmax_cross_entropy: logits have 0 classes")
+    bad = np.flatnonzero((labels < 0) | (labels >= k))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"softmax_cross_entropy: label {labels[i]} at row {i} is outside [0, {k})")
+    z = _f64(Z)
+    rows = np.arange(n)
+    lse = _logsumexp_rows(z)
+    loss = float(np.mean(lse - z[rows, labels]))
+    if dZ is not None:
+        g = np.exp(z - lse[:, None])
+        g[rows, labels] -= 1.0
+        dZ[...] = g / n
+    return loss, int(np.sum(np.argmax(z, axis=1) == labels))
+
+
+def softmax_cross_entropy_soft(Z, T, dZ=None):
+    """mean_i sum_k t_ik [logsumexp(z_i) - z_ik] against probability rows T (n, k).
+
+    dZ (OUT, or None) = (softmax(z_i) * sum_k t_ik - t_i) / n (torch's soft-target CrossEntropyLoss).
+    Terms with t_ik = 0 contribute exactly 0.  n_correct: rows where argmax z = argmax t.
+    """
+    n, k = Z.shape
+    _loss_shapes("softmax_cross_entropy", "logits", Z, "targets", T.shape, dZ)
+    if n == 0:
+        return float("nan"), 0
+    if k == 0:
+        raise ValueError("softmax_cross_entropy: logits have 0 classes")
+    z, t = _f64(Z), _f64(T)
+    lse = _logsumexp_rows(z)
+    terms = np.where(t != 0, t * (lse[:, None] - z), 0.0)
+    loss = float(terms.sum() / n)
+    if dZ is not None:
+        dZ[...] = (np.exp(z - lse[:, None]) * t.sum(axis=1, keepdims=True) - t) / n
+    return loss, int(np.sum(np.argmax(z, axis=1) == np.argmax(t, axis=1)))
+
+
+def sigmoid_binary_cross_entropy(Z, T, dZ=None):
+    """mean over all N elements of softplus(z) - t z (BCEWithLogitsLoss); dZ (OUT, or None) = (sigmoid(z) - t) / N.
+
+    n_correct: elements where (z > 0) == (t > 0.5).  (nan, 0) when N = 0.
+    """
+    _loss_shapes("binary_cross_entropy", "logits", Z, "targets", T.shape, dZ)
+    N = Z.size
+    if N == 0:
+        return float("nan"), 0
+    z, t = _f64(Z), _f64(T)
+    loss = float(np.mean(_softplus(z) - t * z))
+    if dZ is not None:
+        dZ[...] = (_sigmoid(z) - t) / N
+    return loss, int(np.sum((z > 0) == (t > 0.5)))
+
+
+def regression_loss(kind, P, T, dP=None):
+    """kind 0 "l2": sum (p - t)^2, gradient 2 (p - t); 1 "mse": mean (p - t)^2, gradient 2 (p - t) / N;
+    2 "mae": mean |p - t|, gradient sign(p - t) / N with sign(0) = 0.  Returns (loss, 0); for N = 0 the
+    loss is 0.0 for "l2" and nan otherwise."""
+    if kind not in (L2, MSE, MAE):
+        raise ValueError(f"regression_loss: unknown kind {kind}")
+    _loss_shapes("regression_loss", "predictions", P, "targets", T.shape, dP)
+    N = P.size
+    if N == 0:
+        return (0.0 if kind == L2 else float("nan")), 0
+    d = _f64(P) - _f64(T)
+    if kind == L2:
+        loss, grad = np.sum(d * d), 2.0 * d
+    elif kind == MSE:
+        loss, grad = np.mean(d * d), 2.0 * d / N
+    else:
+        loss, grad = np.mean(np.abs(d)), np.sign(d) / N
+    if dP is not None:
+        dP[...] = grad
+    return float(loss), 0
+
+
+# ---------------------------------------------------------------------------------------- optimizers
+def _opt_sizes(fn, p, arrays):
+    for name, a in arrays.items():
+        if a is not None and a.shape[0] != p.shape[0]:
+            raise ValueError(f"{fn}: {name} has {a.shape[0]} elements, the parameters have {p.shape[0]}")
+
+
+def _decayed_grad(p, g, weight_decay, n_decay):
+    """g + weight_decay * p on elements [0, n_decay), g elsewhere (a new array)."""
+    d = np.array(g, copy=True)
+    nd = max(0, min(int(n_decay), p.shape[0]))
+    d[:nd] += weight_decay * p[:nd]
+    return d
+
+
+def sgd_step(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first, n_decay, n_threads=1):
+    """torch.optim.SGD, one step.  p (IN/OUT), g (IN), buf (IN/OUT momentum buffer, None: no momentum).
+
+    d = g + wd p;  buf = d on the first step, else momentum buf + (1 - dampening) d;
+    d = d + momentum buf (nesterov) or buf;  p -= lr d.
+    """
+    _opt_sizes("sgd_step", p, {"g": g, "buf": buf})
+    d = _decayed_grad(p, g, weight_decay, n_decay)
+    if buf is not None:
+        if first:
+            buf[...] = d
+        else:
+            buf[...] = momentum * buf + (1 - dampening) * d
+        d = d + momentum * buf if nesterov else buf.copy()
+    p[...] = p - lr * d
+
+
+def adagrad_step(p, g, state_sum, clr, weight_decay, eps, n_decay, n_threads=1):
+    """torch.optim.Adagrad, one step at the decayed rate clr = lr / (1 + (step - 1) lr_decay).
+
+    d = g + wd p;  state_sum += d^2;  p -= clr d / (sqrt(state_sum) + eps).
+    """
+    _opt_sizes("adagrad_step", p, {"g": g, "state_sum": state_sum})
+    d = _decayed_grad(p, g, weight_decay, n_decay)
+    state_sum[...] = state_sum + d * d
+    p[...] = p - clr * d / (np.sqrt(state_sum) + eps)
+
+
+def rmsprop_step(p, g, square_avg, grad_avg, buf, lr, alpha, eps, weight_decay, momentum, n_decay,
+                 n_threads=1):
+    """torch.optim.RMSprop, one step.  grad_avg: None unless centered; buf: None unless momentum > 0.
+
+    d = g + wd p;  v = alpha v + (1 - alpha) d^2;  centered: a = alpha a + (1 - alpha) d, den = sqrt(v - a^2) + eps,
+    else den = sqrt(v) + eps;  momentum: buf = momentum buf + d / den, p -= lr buf;  else p -= lr d / den.
+    """
+    _opt_sizes("rmsprop_step", p, {"g": g, "square_avg": square_avg, "grad_avg": grad_avg, "buf": buf})
+    d = _decayed_grad(p, g, weight_decay, n_decay)
+    square_avg[...] = alpha * square_avg + (1 - alpha) * d * d
+    if grad_avg is not None:
+        grad_avg[...] = alpha * grad_avg + (1 - alpha) * d
+        den = np.sqrt(square_avg - grad_avg * grad_avg) + eps
+    else:
+        den = np.sqrt(square_avg) + eps
+    if buf is not None:
+        buf[...] = momentum * buf + d / den
+        p[...] = p - lr * buf
+    else:
+        p[...] = p - lr * d / den
+
+
+def adam_step(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps, weight_decay, decoupled, step,
+              n_decay, n_threads=1):
+    """torch.optim.Adam (decoupled=False: d = g + wd p) or AdamW (decoupled=True: p *= 1 - lr wd), one step
+    at step number ``step`` >= 1.  max_exp_avg_sq: None unless amsgrad.
+
+    m = beta1 m + (1 - beta1) d;  v = beta2 v + (1 - beta2) d^2;  amsgrad: vmax = max(vmax, v), use vmax;
+    p -= lr / (1 - beta1^step) * m / (sqrt(v) / sqrt(1 - beta2^step) + eps).
+    """
+    _opt_sizes("adam_step", p, {"g": g, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq,
+                                "max_exp_avg_sq": max_exp_avg_sq})
+    if step < 1:
+        raise ValueError(f"adam_step: step must be >= 1, got {step}")
+    if decoupled:
+        nd = max(0, min(int(n_decay), p.shape[0]))
+        p[:nd] = p[:nd] * (1 - lr * weight_decay)
+        d = np.array(g, copy=True)
+    else:
+        d = _decayed_grad(p, g, weight_decay, n_decay)
+    exp_avg[...] = beta1 * exp_avg + (1 - beta1) * d
+    exp_avg_sq[...] = beta2 * exp_avg_sq + (1 - beta2) * d * d
+    v = exp_avg_sq
+    if max_exp_avg_sq is not None:
+        max_exp_avg_sq[...] = np.maximum(max_exp_avg_sq, exp_avg_sq)
+        v = max_exp_avg_sq
+    bias_correction1 = 1 - beta1 ** step
+    bias_correction2 = 1 - beta2 ** step
+    p[...] = p - (lr / bias_correction1) * exp_avg / (np.sqrt(v) / math.sqrt(bias_correction2) + eps)

@@ -1,0 +1,50 @@
+"""Argument checks shared by the Python layer: clear errors that name the argument, the expected and the given."""
+import numbers
+
+import numpy as np
+
+DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+def check_number(owner, name, value, *, low=None, high=None, low_open=False, high_open=False, integer=False):
+    """Return `value` as a Python float (int if `integer`), or raise TypeError/ValueError naming `owner.name`.
+
+    Strings, booleans and other objects are rejected, never parsed.  NaN and infinities are rejected.
+    """
+    kind = numbers.Integral if integer else numbers.Real
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, kind):
+        want = "an int" if integer else "a real number"
+        raise TypeError(f"{owner}: {name} must be {want}, got {type(value).__name__} {value!r}")
+    value = int(value) if integer else float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{owner}: {name} must be finite, got {value}")
+    if low is not None and (value <= low if low_open else value < low):
+        raise ValueError(f"{owner}: {name} must be {'>' if low_open else '>='} {low}, got {value}")
+    if high is not None and (value >= high if high_open else value > high):
+        raise ValueError(f"{owner}: {name} must be {'<' if high_open else '<='} {high}, got {value}")
+    return value
+
+
+def check_dtype(owner, dtype):
+    """The model dtype: "float32" (default) or "float64", as a numpy scalar type."""
+    try:
+        key = np.dtype(dtype).name
+    except TypeError:
+        raise TypeError(f"{owner}: dtype must be 'float32' or 'float64', got {dtype!r}") from None
+    if key not in DTYPES:
+        raise ValueError(f"{owner}: dtype must be 'float32' or 'float64', got {dtype!r}")
+    return DTYPES[key]
+
+
+def as_float_array(owner, name, X, dtype):
+    """X as a C-contiguous array of `dtype` (a copy only when needed), numeric and finite, else a clear error."""
+    if isinstance(X, (str, bytes)) or X is None:
+        raise TypeError(f"{owner}: {name} must be a numeric array, got {type(X).__name__}")
+    arr = np.asarray(X)
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(f"{owner}: {name} must hold real numbers, got dtype {arr.dtype}")
+    arr = np.ascontiguousarray(arr, dtype=dtype)
+    if arr.size and not np.isfinite(arr).all():
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        raise ValueError(f"{owner}: {name} contains NaN or infinity (first at index {tuple(int(i) for i in bad)})")
+    return arr

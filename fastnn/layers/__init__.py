@@ -1,0 +1,7 @@
+"""Layers: one small module per family."""
+from fastnn.layers.base import Layer, ParamSpec
+from fastnn.layers.activations import Activation, Identity, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax
+from fastnn.layers.dense import Dense
+
+__all__ = ["Layer", "ParamSpec", "Activation", "Identity", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax",
+           "Dense"]

@@ -1,0 +1,126 @@
+"""The layer contract shared by every layer.
+
+A layer is built once for a feature shape (the shape of one sample, without the batch axis), declares its
+parameters as `ParamSpec`s, and receives views into the model's flat parameter and gradient buffers.  At
+run time ``forward(X, training)`` returns the layer's output and ``backward(dY)`` the gradient with respect
+to its input, leaving the parameter gradients in the gradient views.  Both work on whole batches (first
+axis) and write into buffers the layer owns, made once per batch size and reused.
+
+Layers with several inputs set ``n_inputs`` (None: any number >= 2) and take / return lists of arrays.
+"""
+from collections import OrderedDict, namedtuple
+
+import numpy as np
+
+from fastnn._core._threads import get_num_threads  # noqa: F401  (re-exported for the layer modules)
+
+ParamSpec = namedtuple("ParamSpec", "name shape init decay")
+ParamSpec.__doc__ = """A parameter a layer asks for: its name, shape, initializer and whether weight decay applies."""
+
+_name_counts = {}
+
+
+def _auto_name(prefix):
+    _name_counts[prefix] = _name_counts.get(prefix, 0) + 1
+    return f"{prefix}_{_name_counts[prefix]}"
+
+
+class Layer:
+    """Base class of all layers.
+
+    Subclasses implement ``_build(input_shape) -> output_shape``, ``param_specs()`` (if they have
+    parameters), ``forward`` and ``backward``, and ``get_config``.
+    """
+    n_inputs = 1          # number of input tensors (None: variable, >= 2)
+    fusable = None        # "softmax" / "sigmoid": the layer ends in that function and can hand logits to a loss
+    _max_cached_batches = 8
+
+    def __init__(self, name=None):
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"{type(self).__name__}: name must be a str, got {type(name).__name__}")
+        self.name = name or _auto_name(type(self).__name__.lower())
+        self.built = False
+        self.input_shape = None      # feature shape(s), without the batch axis
+        self.output_shape = None
+        self.dtype = None
+        self.params = {}             # name -> view into the model's flat parameter buffer
+        self.grads = {}              # name -> view into the model's flat gradient buffer
+        self.need_input_grad = True  # False when the input is the model's input: dX is not computed
+        self._in_graph = False
+        self._buffers = OrderedDict()
+
+    # ------------------------------------------------------------------ graph construction
+    def __call__(self, inputs):
+        from fastnn.model import Tensor  # late import: model.py imports the layers
+        return Tensor._from_layer(self, inputs)
+
+    def build(self, input_shape):
+        """Infer the output shape from the input shape (a tuple, or a list of tuples for multi-input layers)."""
+        out = self._build(input_shape)
+        self.input_shape = input_shape
+        self.output_shape = tuple(int(d) for d in out)
+        self.built = True
+        return self.output_shape
+
+    def _build(self, input_shape):
+        return input_shape
+
+    def param_specs(self):
+        """The parameters this layer needs, as ParamSpecs (none by default)."""
+        return []
+
+    def _bind(self, params, grads, dtype):
+        """Receive views into the model's flat buffers (dicts keyed by ParamSpec name) and the model dtype."""
+        self.params = params
+        self.grads = grads
+        self.dtype = dtype
+        self._buffers.clear()
+
+    # ------------------------------------------------------------------ execution
+    def forward(self, X, training=False):
+        raise NotImplementedError
+
+    def backward(self, dY):
+        raise NotImplementedError
+
+    def _batch_buffers(self, n, make):
+        """The buffers for a batch of `n` samples: made once by `make(n)` and reused (a few sizes are kept)."""
+        bufs = self._buffers.get(n)
+        if bufs is None:
+            bufs = make(n)
+            self._buffers[n] = bufs
+            if len(self._buffers) > self._max_cached_batches:
+                self._buffers.popitem(last=False)
+        return bufs
+
+    # ------------------------------------------------------------------ description
+    def get_config(self):
+        return {"name": self.name}
+
+    def extra_repr(self):
+        return ""
+
+    def __repr__(self):
+        extra = self.extra_repr()
+        return f"{type(self).__name__}({extra + ', ' if extra else ''}name={self.name!r})"
+
+    def _param(self, key):
+        if key not in self.params:
+            raise AttributeError(f"{self.name}: no parameter {key!r} (is the layer in a built model?)")
+        return self.params[key]
+
+    def _set_param(self, key, value):
+        view = self._param(key)
+        value = np.asarray(value)
+        if value.shape != view.shape:
+            raise ValueError(f"{self.name}: {key} must have shape {view.shape}, got {value.shape}")
+        if value.dtype.kind not in "fiu":
+            raise TypeError(f"{self.name}: {key} must hold real numbers, got dtype {value.dtype}")
+        if not np.isfinite(value).all():
+            raise ValueError(f"{self.name}: {key} contains NaN or infinity")
+        view[...] = value
+
+
+def flat2d(X):
+    """A (n, features) view of a C-contiguous batch of any rank (no copy)."""
+    return X.reshape(X.shape[0], -1) if X.ndim != 2 else X

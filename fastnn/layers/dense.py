@@ -1,0 +1,117 @@
+"""Dense (fully connected) layer: Y = act(X.W + b), with the bias and activation fused into the GEMM's pass."""
+import numpy as np
+
+from fastnn import initializers
+from fastnn._core import dense as _k
+from fastnn.layers import activations as _act
+from fastnn.layers.base import Layer, ParamSpec, get_num_threads
+
+
+class Dense(Layer):
+    """Fully connected layer.
+
+    Args:
+        units: number of output features (n_out).
+        activation: a name ("relu", "leaky_relu", "sigmoid", "tanh", "softmax", "identity"), an activation
+            layer instance (e.g. ``LeakyReLU(0.2)``), or None for the identity.
+        kernel_init: initializer of the weight (default "xavier_uniform"); a name or an Initializer.
+        bias_init: initializer of the bias (default "zeros").
+        use_bias: whether the layer has a bias.
+
+    Shape: input (n, n_in), output (n, units).  ``weight`` is (n_in, units), ``bias`` (units,): views into the
+    model's flat parameter buffer, the same arrays for the model's life; ``weight_grad`` / ``bias_grad`` hold
+    the gradients of the last backward pass.
+    """
+
+    def __init__(self, units, activation=None, kernel_init="xavier_uniform", bias_init="zeros", use_bias=True,
+                 name=None):
+        super().__init__(name)
+        if isinstance(units, bool) or not isinstance(units, (int, np.integer)):
+            raise TypeError(f"{self.name}: units must be an int, got {type(units).__name__} {units!r}")
+        if units < 1:
+            raise ValueError(f"{self.name}: units must be >= 1, got {units}")
+        self.units = int(units)
+        self.activation = _act.get(activation, owner=self.name)
+        self.kernel_init = initializers.get(kernel_init, owner=f"{self.name} kernel_init")
+        self.bias_init = initializers.get(bias_init, owner=f"{self.name} bias_init")
+        if not isinstance(use_bias, (bool, np.bool_)):
+            raise TypeError(f"{self.name}: use_bias must be a bool, got {type(use_bias).__name__}")
+        self.use_bias = bool(use_bias)
+        self.fusable = self.activation.fusable
+
+    def _build(self, input_shape):
+        if len(input_shape) != 1:
+            raise ValueError(f"{self.name}: Dense expects inputs of shape (n, features), got feature shape "
+                             f"{input_shape}")
+        return (self.units,)
+
+    def param_specs(self):
+        specs = [ParamSpec("weight", (self.input_shape[0], self.units), self.kernel_init, True)]
+        if self.use_bias:
+            specs.append(ParamSpec("bias", (self.units,), self.bias_init, False))
+        return specs
+
+    # parameters: writable views; assigning copies into the view (the view itself never changes)
+    @property
+    def weight(self):
+        return self._param("weight")
+
+    @weight.setter
+    def weight(self, value):
+        self._set_param("weight", value)
+
+    @property
+    def bias(self):
+        return self.params.get("bias") if self.use_bias else None
+
+    @bias.setter
+    def bias(self, value):
+        if not self.use_bias:
+            raise AttributeError(f"{self.name}: the layer has no bias (use_bias=False)")
+        self._set_param("bias", value)
+
+    @property
+    def weight_grad(self):
+        return self.grads.get("weight")
+
+    @property
+    def bias_grad(self):
+        return self.grads.get("bias")
+
+    def _make_buffers(self, n):
+        Z = np.empty((n, self.units), dtype=self.dtype)
+        Y = Z if self.activation.kind == 0 else np.empty_like(Z)
+        return Z, Y
+
+    def forward(self, X, training=False, logits=False):
+        Z, Y = self._batch_buffers(X.shape[0], self._make_buffers)
+        kind = 0 if logits else self.activation.kind
+        out = Z if kind == 0 else Y
+        _k.dense_forward(X, self.params["weight"], self.params.get("bias"), Z, out, kind, self.activation.alpha,
+                         get_num_threads())
+        self._X, self._Z, self._Y, self._kind = X, Z, out, kind
+        return out
+
+    def backward(self, dY):
+        n = dY.shape[0]
+        n_in = self.input_shape[0]
+
+        def make(_):
+            dZ = np.empty((n, self.units), dtype=self.dtype) if self.activation.kind != 0 else None
+            dX = np.empty((n, n_in), dtype=self.dtype)
+            return dZ, dX
+
+        dZ, dX = self._batch_buffers(-1 - n, make)
+        _k.dense_backward(self._X, self.params["weight"], self._Z, self._Y, dY, dZ if dZ is not None else dY,
+                          dX if self.need_input_grad else None, self.grads["weight"], self.grads.get("bias"),
+                          self._kind, self.activation.alpha, get_num_threads())
+        return dX if self.need_input_grad else None
+
+    def get_config(self):
+        return {"name": self.name, "units": self.units, "activation": type(self.activation).__name__,
+                "activation_config": self.activation.get_config(), "kernel_init": self.kernel_init.get_config(),
+                "bias_init": self.bias_init.get_config(), "use_bias": self.use_bias}
+
+    def extra_repr(self):
+        act = type(self.activation).__name__
+        return f"{self.units}" + (f", activation={act}" if act != "Identity" else "")

@@ -1,0 +1,534 @@
+"""Models: a graph of layers, its flat parameter buffer, and training / inference over it.
+
+``Input`` makes a symbolic tensor; calling a layer on tensors makes new ones; ``Model(inputs, outputs)``
+orders the layers topologically.  ``Sequential`` is the special case of a chain, run by the same engine.
+Forward runs the nodes in topological order; backward runs them in exactly the reverse order, and the
+gradients of a tensor used by several layers are summed.
+
+All of a model's parameters live in one contiguous array (``model.parameters``) and their gradients in
+another (``model.gradients``); each layer's parameters are views into them.  Parameters that take weight
+decay come first, so an optimizer applies decay to a prefix of the buffer.
+"""
+import sys
+import time
+
+import numpy as np
+
+from fastnn import losses as _losses
+from fastnn import optim as _optim
+from fastnn._validation import as_float_array, check_dtype, check_number
+from fastnn.layers.base import Layer
+
+
+class Tensor:
+    """A symbolic tensor: the model input (from ``Input``) or the output of a layer called on tensors.
+
+    ``shape`` is the shape of one sample (the batch axis is left out).
+    """
+
+    def __init__(self, shape, layer=None, inputs=(), name=None):
+        self.shape = tuple(shape)
+        self.layer = layer
+        self.inputs = tuple(inputs)
+        self.name = name
+
+    @classmethod
+    def _from_layer(cls, layer, inputs):
+        multi = layer.n_inputs != 1
+        if multi:
+            if isinstance(inputs, Tensor) or not isinstance(inputs, (list, tuple)):
+                raise TypeError(f"{layer.name}: expects a list of tensors, got {type(inputs).__name__}")
+            inputs = list(inputs)
+            if layer.n_inputs is None and len(inputs) < 2:
+                raise ValueError(f"{layer.name}: expects at least 2 input tensors, got {len(inputs)}")
+            if layer.n_inputs is not None and len(inputs) != layer.n_inputs:
+                raise ValueError(f"{layer.name}: expects {layer.n_inputs} input tensors, got {len(inputs)}")
+        else:
+            if isinstance(inputs, (list, tuple)) and len(inputs) == 1:
+                inputs = inputs[0]
+            inputs = [inputs]
+        for t in inputs:
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{layer.name}: layers are called on tensors (fastnn.Input or a layer's output), "
+                                f"got {type(t).__name__}")
+        if layer._in_graph:
+            raise ValueError(f"{layer.name}: this layer is already used in a graph; create a new layer "
+                             "(weights are not shared between calls)")
+        shapes = [t.shape for t in inputs]
+        out_shape = layer.build(shapes if multi else shapes[0])
+        layer._in_graph = True
+        return cls(out_shape, layer, inputs, name=layer.name)
+
+    def __repr__(self):
+        src = self.layer.name if self.layer is not None else "input"
+        return f"Tensor(shape=(None, {', '.join(map(str, self.shape))}), from={src})"
+
+
+def Input(shape, name=None):
+    """The input of a model: `shape` is the shape of one sample (an int for a vector of features)."""
+    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
+        shape = (int(shape),)
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, (tuple, list)):
+        raise TypeError(f"Input: shape must be an int or a tuple of ints, got {shape!r}")
+    for d in shape:
+        if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
+            raise ValueError(f"Input: every dimension of shape must be a positive int, got {tuple(shape)!r}")
+    return Tensor(tuple(int(d) for d in shape), name=name or "input")
+
+
+class History:
+    """What ``fit`` returns: ``history`` maps each metric ("loss", "accuracy", "val_loss", ...) to one value per
+    epoch; ``epoch`` lists the epoch indices."""
+
+    def __init__(self):
+        self.history = {}
+        self.epoch = []
+
+    def _record(self, epoch, logs):
+        self.epoch.append(epoch)
+        for k, v in logs.items():
+            self.history.setdefault(k, []).append(v)
+
+    def __repr__(self):
+        return f"History(epochs={len(self.epoch)}, keys={list(self.history)})"
+
+
+def _check_seed(owner, seed):
+    if seed is None:
+        return None
+    return check_number(owner, "seed", seed, low=0, integer=True)
+
+
+class Model:
+    """A network: a graph of layers from ``inputs`` (a tensor from ``fastnn.Input``) to ``outputs``.
+
+    Args:
+        inputs: the model's input tensor.
+        outputs: the output tensor (a layer's output that depends on ``inputs``).
+        seed: seeds the weight initialization, the shuffling and every random layer (int, or None for fresh
+            entropy).
+        dtype: "float32" (default) or "float64".
+
+    Example::
+
+        x = fnn.Input(64)
+        h = fnn.layers.Dense(128, activation="relu")(x)
+        model = fnn.Model(x, fnn.layers.Dense(10)(h), seed=0)
+    """
+
+    def __init__(self, inputs, outputs, seed=0, dtype="float32", name=None):
+        self._init_common(seed, dtype, name)
+        self._build_graph(inputs, outputs)
+
+    # ================================================================== construction
+    def _init_common(self, seed, dtype, name):
+        owner = type(self).__name__
+        self.seed = _check_seed(owner, seed)
+        self.dtype = check_dtype(owner, dtype)
+        self.name = name or owner.lower()
+        ss = np.random.SeedSequence(self.seed)
+        init_ss, shuffle_ss, layer_ss = ss.spawn(3)
+        self._init_rng = np.random.Generator(np.random.PCG64(init_ss))
+        self.rng = np.random.Generator(np.random.PCG64(shuffle_ss))         # shuffling
+        self.layer_rng = np.random.Generator(np.random.PCG64(layer_ss))     # random layers (dropout, ...)
+        self.built = False
+        self.loss = None
+        self.optimizer = None
+        self._fused = False
+        self._caches = {}
+
+    def _build_graph(self, inputs, outputs):
+        if isinstance(inputs, (list, tuple)):
+            if len(inputs) != 1:
+                raise ValueError(f"{self.name}: exactly one input tensor is supported, got {len(inputs)}")
+            inputs = inputs[0]
+        if isinstance(outputs, (list, tuple)):
+            if len(outputs) != 1:
+                raise ValueError(f"{self.name}: exactly one output tensor is supported, got {len(outputs)}")
+            outputs = outputs[0]
+        for what, t in (("inputs", inputs), ("outputs", outputs)):
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{self.name}: {what} must be a tensor, got {type(t).__name__}")
+        if inputs.layer is not None:
+            raise ValueError(f"{self.name}: inputs must come from fastnn.Input, not from layer {inputs.layer.name}")
+        if outputs is inputs:
+            raise ValueError(f"{self.name}: the output is the input itself; add at least one layer")
+
+        # topological order by iterative depth-first search from the output
+        order, state, stack = [], {}, [(outputs, False)]
+        while stack:
+            t, done = stack.pop()
+            if done:
+                state[id(t)] = 2
+                order.append(t)
+                continue
+            s = state.get(id(t), 0)
+            if s == 2:
+                continue
+            if s == 1:
+                raise ValueError(f"{self.name}: the graph has a cycle through {t.name}")
+            state[id(t)] = 1
+            stack.append((t, True))
+            for parent in reversed(t.inputs):
+                if state.get(id(parent), 0) == 1:
+                    raise ValueError(f"{self.name}: the graph has a cycle through {parent.name}")
+                if state.get(id(parent), 0) == 0:
+                    stack.append((parent, False))
+        sources = [t for t in order if t.layer is None]
+        if inputs not in sources:
+            raise ValueError(f"{self.name}: the output does not depend on the model's input (disconnected graph)")
+        stray = [t for t in sources if t is not inputs]
+        if stray:
+            raise ValueError(f"{self.name}: the output depends on another Input ({stray[0].name}) than the "
+                             "model's input")
+
+        nodes = [t for t in order if t.layer is not None]
+        index = {id(t): i for i, t in enumerate(nodes)}
+        index[id(inputs)] = -1
+        plan, fanout = [], [0] * len(nodes)
+        for t in nodes:
+            src = tuple(index[id(p)] for p in t.inputs)
+            for s in src:
+                if s >= 0:
+                    fanout[s] += 1
+            plan.append((t.layer, src))
+            t.layer.need_input_grad = any(s >= 0 for s in src)
+        self.input_shape = inputs.shape
+        self.output_shape = outputs.shape
+        self._plan = plan
+        self._fanout = fanout
+        self._values = [None] * len(nodes)
+        self._gvalues = [None] * len(nodes)
+        self._allocate_parameters()
+        self.built = True
+        if self.loss is not None:
+            self._attach_training()
+
+    def _allocate_parameters(self):
+        """One flat buffer for all parameters (decayed ones first) and one for their gradients; layers get views."""
+        entries = []
+        for layer, _ in self._plan:
+            for spec in layer.param_specs():
+                entries.append((layer, spec))
+        ordered = [e for e in entries if e[1].decay] + [e for e in entries if not e[1].decay]
+        sizes = [int(np.prod(spec.shape)) for _, spec in ordered]
+        total = int(sum(sizes))
+        self.parameters = np.zeros(total, dtype=self.dtype)
+        self.gradients = np.zeros(total, dtype=self.dtype)
+        self._n_decay = int(sum(s for s, (_, spec) in zip(sizes, ordered) if spec.decay))
+        views, offset = {}, 0
+        for (layer, spec), size in zip(ordered, sizes):
+            p = self.parameters[offset:offset + size].reshape(spec.shape)
+            g = self.gradients[offset:offset + size].reshape(spec.shape)
+            views.setdefault(layer, ({}, {}))
+            views[layer][0][spec.name] = p
+            views[layer][1][spec.name] = g
+            offset += size
+        # initialize in graph order (not buffer order), so that the draw of each layer is stable
+        for layer, spec in entries:
+            p = views[layer][0][spec.name]
+            p[...] = spec.init(spec.shape, self._init_rng)
+        for layer, _ in self._plan:
+            params, grads = views.get(layer, ({}, {}))
+            layer._bind(params, grads, self.dtype)
+            if hasattr(layer, "_attach_rng"):
+                layer._attach_rng(self.layer_rng)
+
+    @property
+    def layers(self):
+        """The layers, in the order they run."""
+        return [layer for layer, _ in self._plan]
+
+    def count_params(self):
+        """The number of scalar parameters."""
+        return int(self.parameters.size)
+
+    def summary(self, file=None):
+        """Print a table of the layers, their output shapes and parameter counts."""
+        file = file or sys.stdout
+        rows = [("layer", "output shape", "params")]
+        for layer, _ in self._plan:
+            n = sum(int(np.prod(v.shape)) for v in layer.params.values())
+            rows.append((repr(layer), "(None, " + ", ".join(map(str, layer.output_shape)) + ")", str(n)))
+        w = [max(len(r[i]) for r in rows) for i in range(3)]
+        for r in rows:
+            print(f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:>{w[2]}}", file=file)
+        print(f"total parameters: {self.count_params()} ({np.dtype(self.dtype).name})", file=file)
+
+    # ================================================================== compile
+    def compile(self, loss, optimizer="adam"):
+        """Set the loss and the optimizer.  Never re-initializes or re-allocates the weights.
+
+        Args:
+            loss: a name from ``fastnn.losses.REGISTRY`` ("cross_entropy", "mse", ...) or a Loss.
+            optimizer: a name (its defaults) or an optimizer from ``fastnn.optim``.
+        """
+        loss = _losses.get(loss)
+        optimizer = _optim.get(optimizer)
+        self.loss, self.optimizer = loss, optimizer
+        if self.built:
+            self._attach_training()
+        return self
+
+    def _attach_training(self):
+        out_layer = self._plan[-1][0]
+        self._fused = self.loss.fuses is not None and out_layer.fusable == self.loss.fuses
+        self.optimizer._bind(self.parameters, self.gradients, self._n_decay)
+
+    def _require_compiled(self, what):
+        if self.loss is None:
+            raise RuntimeError(f"{self.name}: call compile(loss=..., optimizer=...) before {what}")
+
+    # ================================================================== execution engine
+    def _forward(self, X, training, logits=False):
+        vals = self._values
+        last = len(self._plan) - 1
+        for i, (layer, src) in enumerate(self._plan):
+            if layer.n_inputs == 1:
+                s = src[0]
+                x = X if s < 0 else vals[s]
+            else:
+                x = [X if s < 0 else vals[s] for s in src]
+            if logits and i == last:
+                vals[i] = layer.forward(x, training, logits=True)
+            else:
+                vals[i] = layer.forward(x, training)
+        return vals[last]
+
+    def _backward(self, d_out):
+        grads = self._gvalues
+        last = len(self._plan) - 1
+        grads[last] = d_out
+        for i in range(last, -1, -1):
+            g = grads[i]
+            grads[i] = None
+            layer, src = self._plan[i]
+            if g is None:
+                continue
+            dx = layer.backward(g)
+            dxs = dx if layer.n_inputs != 1 else (dx,)
+            for s, d in zip(src, dxs):
+                if s < 0 or d is None:
+                    continue
+                if self._fanout[s] == 1:
+                    grads[s] = d
+                elif grads[s] is None:
+                    acc = self._cached(("acc", s, d.shape), lambda: np.empty(d.shape, dtype=self.dtype))
+                    np.copyto(acc, d)
+                    grads[s] = acc
+                else:
+                    np.add(grads[s], d, out=grads[s])
+
+    def _cached(self, key, make):
+        buf = self._caches.get(key)
+        if buf is None:
+            if len(self._caches) > 64:
+                self._caches.clear()
+            buf = self._caches[key] = make()
+        return buf
+
+    def _loss_and_grad(self, out, targets):
+        grad = self._cached(("dout", out.shape), lambda: np.empty(out.shape, dtype=self.dtype))
+        loss, correct = self.loss(out, targets, grad)
+        return loss, correct, grad
+
+    def _step(self, Xb, Tb, where):
+        """One forward, loss, backward and update; returns (loss before the update, n_correct)."""
+        out = self._forward(Xb, True, self._fused)
+        loss, correct, grad = self._loss_and_grad(out, Tb)
+        if not np.isfinite(loss):
+            raise FloatingPointError(f"{self.name}: the loss is {loss} {where}; training stopped and the weights "
+                                     "are those from before this batch (lower the learning rate, or check the data)")
+        self._backward(grad)
+        self.optimizer.step()
+        return loss, correct
+
+    # ================================================================== input checking
+    def _check_X(self, X, owner, allow_build=True):
+        X = as_float_array(owner, "X", X, self.dtype)
+        if X.ndim < 2:
+            raise ValueError(f"{owner}: X must have shape (n_samples, features...), got {X.shape}")
+        if not self.built and allow_build:
+            self._build_from_data(X.shape[1:])
+        if X.shape[1:] != tuple(self.input_shape):
+            raise ValueError(f"{owner}: X must have shape (n, {', '.join(map(str, self.input_shape))}) for this "
+                             f"model's input, got {X.shape}")
+        return X
+
+    def _build_from_data(self, feature_shape):
+        raise RuntimeError(f"{self.name}: model is not built")
+
+    def _check_Xy(self, X, y, owner):
+        self._require_compiled(owner)
+        X = self._check_X(X, owner)
+        T = self.loss.prepare_targets(y, X.shape[0], self.output_shape, self.dtype, owner=f"{owner}: y")
+        return X, T
+
+    # ================================================================== public training API
+    def train_on_batch(self, X, y):
+        """One forward, backward and update on the batch (X, y); returns the loss of that forward pass."""
+        X, T = self._check_Xy(X, y, "train_on_batch")
+        if X.shape[0] == 0:
+            raise ValueError("train_on_batch: the batch is empty")
+        loss, _ = self._step(X, T, "in train_on_batch")
+        return loss
+
+    def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, verbose=0):
+        """Train for `epochs` passes over (X, y) in mini-batches; returns a History.
+
+        Args:
+            X: inputs, shape (n, *input_shape).  y: targets (see the loss).
+            epochs: number of passes.  batch_size: samples per update (the last batch may be smaller).
+            shuffle: reshuffle the samples every epoch with the model's seeded generator.
+            validation_data: optional (X_val, y_val), evaluated after every epoch ("val_loss", "val_accuracy").
+            verbose: 0 silent, 1 one line per epoch.
+
+        ``history.history["loss"]`` is the mean training loss of each epoch over its batches (for "l2", which
+        sums over samples, the epoch's sum), measured while training, and "accuracy" likewise when it applies.
+        """
+        owner = "fit"
+        epochs = check_number(owner, "epochs", epochs, low=0, integer=True)
+        batch_size = check_number(owner, "batch_size", batch_size, low=1, integer=True)
+        verbose = check_number(owner, "verbose", verbose, low=0, high=2, integer=True)
+        X, T = self._check_Xy(X, y, owner)
+        n = X.shape[0]
+        if n == 0:
+            raise ValueError("fit: X has no samples")
+        val = None
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise TypeError("fit: validation_data must be a pair (X_val, y_val)")
+            val = self._check_Xy(validation_data[0], validation_data[1], "fit: validation_data")
+        history = History()
+        idx = np.arange(n)
+        bs = min(batch_size, n)
+        n_pred = self.loss.n_predictions(n, self.output_shape)
+        for epoch in range(epochs):
+            t0 = time.perf_counter()
+            if shuffle:
+                self.rng.shuffle(idx)
+            total, correct = 0.0, 0
+            for b, start in enumerate(range(0, n, bs)):
+                stop = min(start + bs, n)
+                if shuffle:
+                    Xb, Tb = self._gather(X, T, idx[start:stop])
+                else:
+                    Xb, Tb = X[start:stop], T[start:stop]
+                loss, c = self._step(Xb, Tb, f"at epoch {epoch + 1}, batch {b + 1}")
+                total += loss if self.loss.sums else loss * (stop - start)
+                correct += c
+            logs = {"loss": total if self.loss.sums else total / n}
+            if self.loss.classification:
+                logs["accuracy"] = correct / n_pred
+            if val is not None:
+                vlogs = self._evaluate_arrays(*val)
+                logs.update({"val_" + k: v for k, v in vlogs.items()})
+            logs["time"] = time.perf_counter() - t0
+            history._record(epoch, logs)
+            if verbose:
+                parts = " - ".join(f"{k} {v:.4f}" for k, v in logs.items() if k != "time")
+                print(f"epoch {epoch + 1}/{epochs} - {parts} - {logs['time']:.3f}s", flush=True)
+        return history
+
+    def _gather(self, X, T, sel):
+        m = sel.shape[0]
+        Xb = self._cached(("xb", m), lambda: np.empty((m,) + X.shape[1:], dtype=X.dtype))
+        Tb = self._cached(("tb", m, T.dtype.str), lambda: np.empty((m,) + T.shape[1:], dtype=T.dtype))
+        np.take(X, sel, axis=0, out=Xb, mode="clip")
+        np.take(T, sel, axis=0, out=Tb, mode="clip")
+        return Xb, Tb
+
+    # ================================================================== public inference API
+    def predict(self, X, batch_size=None):
+        """The network's output for X (inference mode), as a new array of shape (n, *output_shape).
+
+        A model ending in softmax (or sigmoid) returns probabilities, also when its loss is fused.
+        """
+        X = self._check_X(X, "predict")
+        n = X.shape[0]
+        out = np.empty((n,) + tuple(self.output_shape), dtype=self.dtype)
+        if n == 0:
+            return out
+        bs = n if batch_size is None else check_number("predict", "batch_size", batch_size, low=1, integer=True)
+        for start in range(0, n, bs):
+            stop = min(start + bs, n)
+            out[start:stop] = self._forward(X[start:stop], False)
+        return out
+
+    def evaluate(self, X, y, batch_size=None):
+        """The loss (and accuracy, for classification losses) on (X, y) in inference mode, as a dict."""
+        X, T = self._check_Xy(X, y, "evaluate")
+        if X.shape[0] == 0:
+            raise ValueError("evaluate: X has no samples")
+        if batch_size is not None:
+            batch_size = check_number("evaluate", "batch_size", batch_size, low=1, integer=True)
+        return self._evaluate_arrays(X, T, batch_size)
+
+    def _evaluate_arrays(self, X, T, batch_size=None):
+        n = X.shape[0]
+        bs = n if batch_size is None else batch_size
+        total, correct = 0.0, 0
+        for start in range(0, n, bs):
+            stop = min(start + bs, n)
+            out = self._forward(X[start:stop], False, self._fused)
+            loss, c = self.loss(out, T[start:stop])
+            total += loss if self.loss.sums else loss * (stop - start)
+            correct += c
+        logs = {"loss": total if self.loss.sums else total / n}
+        if self.loss.classification:
+            logs["accuracy"] = correct / self.loss.n_predictions(n, self.output_shape)
+        return logs
+
+    def __repr__(self):
+        state = f"{len(self._plan)} layers, {self.count_params()} parameters" if self.built else "not built"
+        return f"{type(self).__name__}({state}, dtype={np.dtype(self.dtype).name})"
+
+
+class Sequential(Model):
+    """A chain of layers, each fed by the previous one.
+
+    Args:
+        layers: the layers, first to last.
+        input_dim: the number of input features (or the input shape as a tuple).  Given, the model is built
+            (weights allocated and initialized) at construction; otherwise on the first fit/predict.
+        seed, dtype: as for Model.
+
+    Example::
+
+        model = fnn.Sequential([fnn.layers.Dense(128, activation="relu"), fnn.layers.Dense(10)], input_dim=64)
+    """
+
+    def __init__(self, layers=None, input_dim=None, seed=0, dtype="float32", name=None):
+        self._init_common(seed, dtype, name)
+        self._layers = []
+        for layer in (layers or []):
+            self.add(layer)
+        if input_dim is not None:
+            self._build_from_data(Input(input_dim).shape)
+
+    def add(self, layer):
+        """Append a layer (before the model is built)."""
+        if self.built:
+            raise RuntimeError(f"{self.name}: cannot add layers to a built model")
+        if not isinstance(layer, Layer):
+            raise TypeError(f"{self.name}: expected a fastnn layer, got {type(layer).__name__}")
+        if layer._in_graph or any(layer is l for l in self._layers):
+            raise ValueError(f"{self.name}: layer {layer.name} is already used in a model")
+        self._layers.append(layer)
+
+    @property
+    def layers(self):
+        return list(self._layers)
+
+    def _build_from_data(self, feature_shape):
+        if not self._layers:
+            raise ValueError(f"{self.name}: the model has no layers")
+        x = inp = Input(feature_shape)
+        try:
+            for layer in self._layers:
+                x = layer(x)
+        except Exception:
+            for layer in self._layers:
+                layer._in_graph = False
+            raise
+        self._build_graph(inp, x)

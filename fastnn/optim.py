@@ -1,0 +1,210 @@
+"""Optimizers.  Each is one compiled update over the model's whole flat parameter buffer (fastnn/_core/optim.pyx),
+following the torch.optim class of the same name: same update rule, same defaults.
+
+Weight decay: coupled (added to the gradient) for SGD, Adagrad, RMSprop and Adam; decoupled for AdamW.  It
+applies to weights only by default; ``decay_bias=True`` makes biases and normalization parameters decay too
+(torch's behaviour when it is given ``model.parameters()``).
+
+Adding an optimizer: one kernel in optim.pyx, one subclass here with ``_make_state`` and ``_update``.
+"""
+import numpy as np
+
+from fastnn._core import optim as _k
+from fastnn._core._threads import get_num_threads
+from fastnn._validation import check_number
+
+
+class Optimizer:
+    """Base class: holds the hyperparameters and, once bound to a model, its state arrays."""
+
+    def __init__(self, lr, weight_decay=0.0, decay_bias=False):
+        name = type(self).__name__
+        self._lr = check_number(name, "lr", lr, low=0.0)
+        self.weight_decay = check_number(name, "weight_decay", weight_decay, low=0.0)
+        if not isinstance(decay_bias, (bool, np.bool_)):
+            raise TypeError(f"{name}: decay_bias must be a bool, got {type(decay_bias).__name__}")
+        self.decay_bias = bool(decay_bias)
+        self.step_count = 0
+        self.state = {}
+        self._params = self._grads = None
+        self._n_decay = 0
+
+    @property
+    def lr(self):
+        """The learning rate (settable: schedules and callbacks change it between steps)."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, value):
+        self._lr = check_number(type(self).__name__, "lr", value, low=0.0)
+
+    def _bind(self, params, grads, n_decay):
+        """Attach to a model's flat buffers; state is kept when they are the same buffers as before."""
+        same = self._params is params and self._grads is grads
+        self._params, self._grads = params, grads
+        self._n_decay = params.size if self.decay_bias else int(n_decay)
+        if not same:
+            self.step_count = 0
+            self.state = {k: np.zeros_like(params) for k in self._state_names()}
+
+    def _state_names(self):
+        return []
+
+    def step(self):
+        """Apply one update to the bound parameters with the gradients in the bound gradient buffer."""
+        if self._params is None:
+            raise RuntimeError(f"{type(self).__name__}: not attached to a model (call model.compile first)")
+        self.step_count += 1
+        self._update(get_num_threads())
+
+    def _update(self, n_threads):
+        raise NotImplementedError
+
+    def get_config(self):
+        return {"name": type(self).__name__, "lr": self.lr, "weight_decay": self.weight_decay,
+                "decay_bias": self.decay_bias}
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "name")
+        return f"{type(self).__name__}({args})"
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional (Nesterov) momentum: torch.optim.SGD.
+
+    g = grad + weight_decay * p; buf = momentum * buf + (1 - dampening) * g (buf = g at the first step);
+    g = g + momentum * buf if nesterov else buf; p -= lr * g.
+    """
+
+    def __init__(self, lr=1e-3, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0, decay_bias=False):
+        super().__init__(lr, weight_decay, decay_bias)
+        self.momentum = check_number("SGD", "momentum", momentum, low=0.0)
+        self.dampening = check_number("SGD", "dampening", dampening)
+        if not isinstance(nesterov, (bool, np.bool_)):
+            raise TypeError(f"SGD: nesterov must be a bool, got {type(nesterov).__name__}")
+        self.nesterov = bool(nesterov)
+        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
+            raise ValueError("SGD: nesterov momentum requires momentum > 0 and dampening = 0")
+
+    def _state_names(self):
+        return ["momentum_buffer"] if self.momentum != 0 else []
+
+    def _update(self, n_threads):
+        _k.sgd_step(self._params, self._grads, self.state.get("momentum_buffer"), self.lr, self.momentum,
+                    self.dampening, self.weight_decay, self.nesterov, self.step_count == 1, self._n_decay, n_threads)
+
+    def get_config(self):
+        return {**super().get_config(), "momentum": self.momentum, "dampening": self.dampening,
+                "nesterov": self.nesterov}
+
+
+class Adagrad(Optimizer):
+    """Adagrad: torch.optim.Adagrad (lr_decay, initial_accumulator_value, eps=1e-10)."""
+
+    def __init__(self, lr=0.01, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10,
+                 decay_bias=False):
+        super().__init__(lr, weight_decay, decay_bias)
+        self.lr_decay = check_number("Adagrad", "lr_decay", lr_decay, low=0.0)
+        self.initial_accumulator_value = check_number("Adagrad", "initial_accumulator_value",
+                                                      initial_accumulator_value, low=0.0)
+        self.eps = check_number("Adagrad", "eps", eps, low=0.0)
+
+    def _state_names(self):
+        return ["sum"]
+
+    def _bind(self, params, grads, n_decay):
+        fresh = not (self._params is params and self._grads is grads)
+        super()._bind(params, grads, n_decay)
+        if fresh:
+            self.state["sum"][...] = self.initial_accumulator_value
+
+    def _update(self, n_threads):
+        clr = self.lr / (1 + (self.step_count - 1) * self.lr_decay)
+        _k.adagrad_step(self._params, self._grads, self.state["sum"], clr, self.weight_decay, self.eps,
+                        self._n_decay, n_threads)
+
+    def get_config(self):
+        return {**super().get_config(), "lr_decay": self.lr_decay,
+                "initial_accumulator_value": self.initial_accumulator_value, "eps": self.eps}
+
+
+class RMSprop(Optimizer):
+    """RMSprop: torch.optim.RMSprop (alpha=0.99, eps=1e-8, momentum, centered)."""
+
+    def __init__(self, lr=0.01, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
+                 decay_bias=False):
+        super().__init__(lr, weight_decay, decay_bias)
+        self.alpha = check_number("RMSprop", "alpha", alpha, low=0.0)
+        self.eps = check_number("RMSprop", "eps", eps, low=0.0)
+        self.momentum = check_number("RMSprop", "momentum", momentum, low=0.0)
+        if not isinstance(centered, (bool, np.bool_)):
+            raise TypeError(f"RMSprop: centered must be a bool, got {type(centered).__name__}")
+        self.centered = bool(centered)
+
+    def _state_names(self):
+        names = ["square_avg"]
+        if self.centered:
+            names.append("grad_avg")
+        if self.momentum > 0:
+            names.append("momentum_buffer")
+        return names
+
+    def _update(self, n_threads):
+        _k.rmsprop_step(self._params, self._grads, self.state["square_avg"], self.state.get("grad_avg"),
+                        self.state.get("momentum_buffer"), self.lr, self.alpha, self.eps, self.weight_decay,
+                        self.momentum, self._n_decay, n_threads)
+
+    def get_config(self):
+        return {**super().get_config(), "alpha": self.alpha, "eps": self.eps, "momentum": self.momentum,
+                "centered": self.centered}
+
+
+class Adam(Optimizer):
+    """Adam: torch.optim.Adam (betas=(0.9, 0.999), eps=1e-8, coupled weight decay, amsgrad)."""
+    _decoupled = False
+
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, decay_bias=False):
+        super().__init__(lr, weight_decay, decay_bias)
+        name = type(self).__name__
+        if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
+            raise TypeError(f"{name}: betas must be a pair of numbers, got {betas!r}")
+        self.betas = (check_number(name, "betas[0]", betas[0], low=0.0, high=1.0, high_open=True),
+                      check_number(name, "betas[1]", betas[1], low=0.0, high=1.0, high_open=True))
+        self.eps = check_number(name, "eps", eps, low=0.0)
+        if not isinstance(amsgrad, (bool, np.bool_)):
+            raise TypeError(f"{name}: amsgrad must be a bool, got {type(amsgrad).__name__}")
+        self.amsgrad = bool(amsgrad)
+
+    def _state_names(self):
+        return ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if self.amsgrad else [])
+
+    def _update(self, n_threads):
+        _k.adam_step(self._params, self._grads, self.state["exp_avg"], self.state["exp_avg_sq"],
+                     self.state.get("max_exp_avg_sq"), self.lr, self.betas[0], self.betas[1], self.eps,
+                     self.weight_decay, self._decoupled, self.step_count, self._n_decay, n_threads)
+
+    def get_config(self):
+        return {**super().get_config(), "betas": list(self.betas), "eps": self.eps, "amsgrad": self.amsgrad}
+
+
+class AdamW(Adam):
+    """AdamW: Adam with decoupled weight decay (p *= 1 - lr * weight_decay), default 0.01: torch.optim.AdamW."""
+    _decoupled = True
+
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, amsgrad=False, decay_bias=False):
+        super().__init__(lr, betas, eps, weight_decay, amsgrad, decay_bias)
+
+
+REGISTRY = {"sgd": SGD, "adagrad": Adagrad, "rmsprop": RMSprop, "adam": Adam, "adamw": AdamW}
+
+
+def get(spec):
+    """An Optimizer from a name (with its defaults) or an Optimizer instance."""
+    if isinstance(spec, Optimizer):
+        return spec
+    if isinstance(spec, str):
+        cls = REGISTRY.get(spec.lower())
+        if cls is None:
+            raise ValueError(f"compile: unknown optimizer {spec!r}; known: {sorted(REGISTRY)}")
+        return cls()
+    raise TypeError(f"compile: optimizer must be a name or a fastnn.optim.Optimizer, got {type(spec).__name__}")
