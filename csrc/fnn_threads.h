@@ -58,6 +58,18 @@ static void fnn_threads_init(void) {
 #endif
 }
 
+/* 1: OpenBLAS's jobs run on the OpenMP team (the default); 0: OpenBLAS uses its own pthread pool.
+ * Returns whether the shared pool is in use afterwards (always 0 without OpenMP). */
+static int fnn_use_shared_pool(int on) {
+#ifdef _OPENMP
+    scipy_openblas_set_threads_callback_function(on ? fnn_blas_threads_callback : NULL);
+    return on != 0;
+#else
+    (void)on;
+    return 0;
+#endif
+}
+
 static void fnn_set_num_threads(int n) {
     fnn_omp_set_threads(n);
     scipy_openblas_set_num_threads(n);

@@ -9,6 +9,7 @@ cdef extern from "fnn_threads.h" nogil:
     int fnn_omp_max_threads()
     void fnn_threads_init()
     void fnn_set_num_threads(int n)
+    int fnn_use_shared_pool(int on)
 
 cdef extern from "cblas.h" nogil:
     int scipy_openblas_get_num_threads()
@@ -50,6 +51,14 @@ def blas_num_threads():
 def blas_config():
     """OpenBLAS's build description (version, kernel, threading)."""
     return scipy_openblas_get_config().decode()
+
+
+def use_shared_pool(bint on=True):
+    """Run OpenBLAS's parallel jobs on fastnn's OpenMP team (True, the default) or on OpenBLAS's own pool.
+
+    Only for measuring what the shared pool buys (benchmarks/threads.py); returns whether it is in use.
+    """
+    return bool(fnn_use_shared_pool(on))
 
 
 def have_openmp():
