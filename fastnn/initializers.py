@@ -155,3 +155,12 @@ def get(spec, owner="initializer"):
         return REGISTRY[key]()
     raise TypeError(f"{owner}: an initializer must be a name or a fastnn.initializers.Initializer, "
                     f"got {type(spec).__name__}")
+
+
+def from_config(config):
+    """An Initializer from ``get_config()``'s output ({"name": ..., and "value" for Constant})."""
+    if not isinstance(config, dict) or not isinstance(config.get("name"), str):
+        raise ValueError(f"initializers.from_config: expected a dict with a 'name', got {config!r}")
+    if config["name"] == "constant":
+        return Constant(config.get("value", 0.0))
+    return get(config["name"])

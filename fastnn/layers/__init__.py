@@ -3,5 +3,8 @@ from fastnn.layers.base import Layer, ParamSpec
 from fastnn.layers.activations import Activation, Identity, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax
 from fastnn.layers.dense import Dense
 
+# class name -> class, for rebuilding layers from their configs (saving and loading models)
+REGISTRY = {cls.__name__: cls for cls in (Identity, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, Dense)}
+
 __all__ = ["Layer", "ParamSpec", "Activation", "Identity", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax",
            "Dense"]

@@ -45,10 +45,6 @@ class Activation(Layer):
                                    self.alpha, get_num_threads())
         return dX
 
-    def get_config(self):
-        return {"name": self.name}
-
-
 class Identity(Activation):
     """f(x) = x."""
     kind = 0
@@ -90,6 +86,8 @@ class Softmax(Activation):
     kind = 5
     fusable = "softmax"
 
+
+CLASSES = {cls.__name__: cls for cls in (Identity, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax)}
 
 REGISTRY = {"identity": Identity, "linear": Identity, "relu": ReLU, "leaky_relu": LeakyReLU,
             "sigmoid": Sigmoid, "tanh": Tanh, "softmax": Softmax}

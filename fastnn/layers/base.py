@@ -45,6 +45,7 @@ class Layer:
         self.dtype = None
         self.params = {}             # name -> view into the model's flat parameter buffer
         self.grads = {}              # name -> view into the model's flat gradient buffer
+        self.buffers = {}            # name -> non-trainable state saved with the model (e.g. running statistics)
         self.need_input_grad = True  # False when the input is the model's input: dX is not computed
         self._in_graph = False
         self._buffers = OrderedDict()
@@ -95,7 +96,14 @@ class Layer:
 
     # ------------------------------------------------------------------ description
     def get_config(self):
+        """The constructor's keyword arguments, JSON-serializable: ``type(self)(**get_config())`` rebuilds the
+        layer (initializers and activations as their own configs / names)."""
         return {"name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        """A new, unbuilt layer from ``get_config()``'s output."""
+        return cls(**config)
 
     def extra_repr(self):
         return ""
