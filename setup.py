@@ -42,7 +42,7 @@ use_openmp = os.environ.get("FASTNN_NO_OPENMP", "") != "1" and _compiler_has_ope
 if not use_openmp:
     print("fastnn: building WITHOUT OpenMP (kernels run on one thread)", file=sys.stderr)
 
-compile_args = ["-O3", "-std=c99", "-Wno-unused-function", "-Wno-unreachable-code"]
+compile_args = ["-O3", "-g0", "-std=c99", "-Wno-unused-function", "-Wno-unreachable-code"]
 link_args = []
 if use_openmp:
     compile_args.append("-fopenmp")

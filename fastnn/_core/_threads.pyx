@@ -66,8 +66,8 @@ def have_openmp():
     return bool(fnn_have_openmp())
 
 
-def gemm(bint trans_a, bint trans_b, floating alpha, const floating[:, ::1] A, const floating[:, ::1] B,
-         floating beta, floating[:, ::1] C):
+def gemm(bint trans_a, bint trans_b, double alpha, const floating[:, ::1] A, const floating[:, ::1] B,
+         double beta, floating[:, ::1] C):
     """C := alpha * op(A).op(B) + beta * C (row-major, through the library's BLAS).  Shapes are checked here."""
     cdef int M = A.shape[1] if trans_a else A.shape[0]
     cdef int K = A.shape[0] if trans_a else A.shape[1]
@@ -75,8 +75,14 @@ def gemm(bint trans_a, bint trans_b, floating alpha, const floating[:, ::1] A, c
     cdef int N = B.shape[0] if trans_b else B.shape[1]
     if K != KB or C.shape[0] != M or C.shape[1] != N:
         raise ValueError(f"gemm: op(A) is {M}x{K}, op(B) is {KB}x{N}, C is {C.shape[0]}x{C.shape[1]}")
+    cdef Py_ssize_t i, j
     if M == 0 or N == 0:
         return
+    if K == 0:  # op(A).op(B) is all zeros; BLAS would reject the leading dimensions
+        for i in range(M):
+            for j in range(N):
+                C[i, j] = <floating>(beta * C[i, j]) if beta != 0 else 0
+        return
     with nogil:
-        _blas.gemm(trans_a, trans_b, M, N, K, alpha, &A[0, 0] if K > 0 else NULL, A.shape[1],
-                   &B[0, 0] if K > 0 else NULL, B.shape[1], beta, &C[0, 0], C.shape[1])
+        _blas.gemm(trans_a, trans_b, M, N, K, <floating>alpha, &A[0, 0], A.shape[1],
+                   &B[0, 0], B.shape[1], <floating>beta, &C[0, 0], C.shape[1])
