@@ -62,7 +62,9 @@ def _logsumexp_rows(z):
 
 
 def _softmax_rows(z):
-    return np.exp(z - _logsumexp_rows(z)[:, None])
+    """e^z_ij / sum_j e^z_ij for each row, shifted by the row max."""
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def _check_kind(kind):
@@ -205,7 +207,7 @@ def softmax_cross_entropy(Z, labels, dZ=None):
     lse = _logsumexp_rows(z)
     loss = float(np.mean(lse - z[rows, labels]))
     if dZ is not None:
-        g = np.exp(z - lse[:, None])
+        g = _softmax_rows(z)
         g[rows, labels] -= 1.0
         dZ[...] = g / n
     return loss, int(np.sum(np.argmax(z, axis=1) == labels))
@@ -228,7 +230,7 @@ def softmax_cross_entropy_soft(Z, T, dZ=None):
     terms = np.where(t != 0, t * (lse[:, None] - z), 0.0)
     loss = float(terms.sum() / n)
     if dZ is not None:
-        dZ[...] = (np.exp(z - lse[:, None]) * t.sum(axis=1, keepdims=True) - t) / n
+        dZ[...] = (_softmax_rows(z) * t.sum(axis=1, keepdims=True) - t) / n
     return loss, int(np.sum(np.argmax(z, axis=1) == np.argmax(t, axis=1)))
 
 
