@@ -40,10 +40,14 @@ def as_float_array(owner, name, X, dtype):
     """X as a C-contiguous array of `dtype` (a copy only when needed), numeric and finite, else a clear error."""
     if isinstance(X, (str, bytes)) or X is None:
         raise TypeError(f"{owner}: {name} must be a numeric array, got {type(X).__name__}")
-    arr = np.asarray(X)
+    try:
+        arr = np.asarray(X)
+    except (ValueError, TypeError) as exc:  # ragged nested lists, ...
+        raise ValueError(f"{owner}: {name} must be a numeric array of shape (n_samples, features...), "
+                         f"got {type(X).__name__} that numpy cannot convert ({exc})") from None
     if arr.dtype.kind not in "fiu":
         raise TypeError(f"{owner}: {name} must hold real numbers, got dtype {arr.dtype}")
-    arr = np.ascontiguousarray(arr, dtype=dtype)
+    arr = np.asarray(arr, dtype=dtype, order="C")   # not ascontiguousarray: it turns a 0-d input into 1-d
     if arr.size and not np.isfinite(arr).all():
         bad = np.argwhere(~np.isfinite(arr))[0]
         raise ValueError(f"{owner}: {name} contains NaN or infinity (first at index {tuple(int(i) for i in bad)})")

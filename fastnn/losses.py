@@ -55,7 +55,7 @@ def _float_targets(owner, y, n, out_shape, dtype):
     arr = np.ascontiguousarray(arr, dtype=dtype)
     if arr.size and not np.isfinite(arr).all():
         raise ValueError(f"{owner}: targets contain NaN or infinity")
-    return arr.reshape(n, -1)
+    return arr.reshape(n, int(np.prod(out_shape)))   # not (n, -1): that fails for n = 0
 
 
 class _Regression(Loss):
@@ -106,8 +106,11 @@ class CrossEntropy(Loss):
             if arr.shape[0] != n:
                 raise ValueError(f"{owner}: labels must have shape ({n},), got {arr.shape}")
             if arr.dtype.kind == "f":
-                if arr.size and not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
-                    raise ValueError(f"{owner}: float labels must be whole numbers (class indices)")
+                whole = np.isfinite(arr) & (arr == np.round(arr))
+                if not whole.all():
+                    i = int(np.flatnonzero(~whole)[0])
+                    raise ValueError(f"{owner}: float labels must be whole numbers (class indices), "
+                                     f"got {arr[i]} at index {i}")
             elif arr.dtype.kind not in "iu":
                 raise TypeError(f"{owner}: labels must be integers, got dtype {arr.dtype}")
             labels = np.ascontiguousarray(arr, dtype=np.intp)

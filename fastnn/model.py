@@ -20,6 +20,14 @@ from fastnn._validation import as_float_array, check_dtype, check_number
 from fastnn.layers.base import Layer
 
 
+def _all_finite(a):
+    """Whether every element of the 1-D array `a` is finite: one BLAS pass (a NaN or an infinity makes a.a
+    non-finite), and an exact check only when a.a is not finite (it can overflow for huge finite values)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        ss = np.dot(a, a)
+    return bool(np.isfinite(ss)) or bool(np.isfinite(a).all())
+
+
 class Tensor:
     """A symbolic tensor: the model input (from ``Input``) or the output of a layer called on tensors.
 
@@ -340,8 +348,34 @@ class Model:
             raise FloatingPointError(f"{self.name}: the loss is {loss} {where}; training stopped and the weights "
                                      "are those from before this batch (lower the learning rate, or check the data)")
         self._backward(grad)
+        # a finite loss can still give an update that overflows the weights or the optimizer state (a huge
+        # learning rate, gradients beyond the dtype's range): keep a copy of both, and put it back if the update
+        # leaves anything non-finite
+        saved = self._save_training_state()
         self.optimizer.step()
+        if not (_all_finite(self.parameters) and all(_all_finite(v) for v in self.optimizer.state.values())):
+            self._restore_training_state(saved)
+            raise FloatingPointError(f"{self.name}: the update {where} made the weights or the optimizer state "
+                                     f"non-finite (the loss was {loss}); training stopped and the weights are those "
+                                     "from before this batch (lower the learning rate, or check the data)")
         return loss, correct
+
+    def _save_training_state(self):
+        opt = self.optimizer
+        arrays = {"parameters": self.parameters, **{"state:" + k: v for k, v in opt.state.items()}}
+        copies = {}
+        for k, a in arrays.items():
+            buf = self._cached(("saved", k, a.shape), lambda: np.empty_like(a))
+            np.copyto(buf, a)
+            copies[k] = buf
+        return copies, opt.step_count
+
+    def _restore_training_state(self, saved):
+        copies, step_count = saved
+        np.copyto(self.parameters, copies["parameters"])
+        for k, v in self.optimizer.state.items():
+            np.copyto(v, copies["state:" + k])
+        self.optimizer.step_count = step_count
 
     # ================================================================== input checking
     def _check_X(self, X, owner, allow_build=True):
@@ -387,7 +421,7 @@ class Model:
         sums over samples, the epoch's sum), measured while training, and "accuracy" likewise when it applies.
         """
         owner = "fit"
-        epochs = check_number(owner, "epochs", epochs, low=0, integer=True)
+        epochs = check_number(owner, "epochs", epochs, low=1, integer=True)
         batch_size = check_number(owner, "batch_size", batch_size, low=1, integer=True)
         verbose = check_number(owner, "verbose", verbose, low=0, high=2, integer=True)
         X, T = self._check_Xy(X, y, owner)
