@@ -1,0 +1,52 @@
+"""Suite-wide checks: the compiled core must be the one under test, and the header says what it is.
+
+The suite must never pass against a tree whose extensions did not load (fastnn/__init__ raises then, but a
+stray pure-Python shadow module would not): every compiled module is asserted to come from a shared library.
+"""
+import importlib
+
+import pytest
+
+import fastnn
+
+CORE_MODULES = ["_threads", "dense", "activations", "losses", "optim"]
+
+
+def _core_files():
+    files = {}
+    for name in CORE_MODULES:
+        mod = importlib.import_module(f"fastnn._core.{name}")
+        files[name] = getattr(mod, "__file__", None) or ""
+    return files
+
+
+def _check_core():
+    bad = {name: f for name, f in _core_files().items() if not f.endswith((".so", ".pyd"))}
+    if bad:
+        raise RuntimeError(f"fastnn's compiled core did not load: these modules are not extensions: {bad}")
+
+
+def pytest_configure(config):
+    # fail loudly, before collection, when the compiled core is missing
+    try:
+        _check_core()
+    except Exception as exc:  # ImportError from a missing .so as well
+        raise pytest.UsageError(f"fastnn's compiled core is not usable: {exc}") from exc
+
+
+def pytest_report_header(config):
+    from fastnn._core import _threads
+    return [
+        f"fastnn {fastnn.__version__} from {fastnn.__file__}",
+        f"fastnn threads: {fastnn.get_num_threads()}, have_openmp: {_threads.have_openmp()}, "
+        f"blas threads: {_threads.blas_num_threads()}",
+        f"blas: {_threads.blas_config()}",
+    ]
+
+
+@pytest.fixture
+def restore_threads():
+    """Restore fastnn's thread count after a test that changes it."""
+    n = fastnn.get_num_threads()
+    yield n
+    fastnn.set_num_threads(n)

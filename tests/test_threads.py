@@ -1,0 +1,106 @@
+"""Threads: 1 and 2 threads give the same results (to float tolerance), and fastnn's BLAS is visible to and
+controllable by threadpoolctl.  No timing assertions.
+
+The sizes are chosen so that the kernels really split work over 2 threads: the kernels need at least
+2 x 16384 elements (FNN_MIN_PER_THREAD) before they use a second thread; a batch of 256 rows through a
+256-unit layer is 65536 elements, and the parameter buffer (~84k) is split by the optimizers.
+"""
+import os
+
+import numpy as np
+import pytest
+
+import fastnn as fnn
+from fastnn._core import _threads
+from fastnn.layers import Dense
+
+
+@pytest.fixture
+def threads(restore_threads):
+    """Tests that change the thread count (restored afterwards by conftest's restore_threads)."""
+    yield
+
+
+def _fit(n_threads, dtype, optimizer, loss="cross_entropy"):
+    fnn.set_num_threads(n_threads)
+    assert fnn.get_num_threads() == n_threads
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(512, 64))
+    y = rng.integers(0, 10, 512) if loss == "cross_entropy" else rng.normal(size=(512, 10))
+    model = fnn.Sequential([Dense(256, activation="relu"), Dense(256, activation="tanh"), Dense(10)],
+                           input_dim=64, seed=0, dtype=dtype)
+    assert model.count_params() > 2 * 16384
+    model.compile(loss=loss, optimizer=optimizer())
+    hist = model.fit(X, y, epochs=2, batch_size=256)
+    return model.parameters.copy(), model.predict(X), hist.history["loss"]
+
+
+OPTIMIZERS = [
+    ("adam", lambda: fnn.optim.Adam(lr=1e-3, weight_decay=1e-3)),
+    ("sgd_nesterov", lambda: fnn.optim.SGD(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)),
+    ("rmsprop", lambda: fnn.optim.RMSprop(lr=1e-3, centered=True, momentum=0.5)),
+    ("adagrad", lambda: fnn.optim.Adagrad(lr=1e-2)),
+]
+
+
+@pytest.mark.parametrize("dtype,rtol", [("float64", 1e-9), ("float32", 2e-3)])
+@pytest.mark.parametrize("name,optimizer", OPTIMIZERS, ids=[o[0] for o in OPTIMIZERS])
+def test_one_and_two_threads_agree(threads, dtype, rtol, name, optimizer):
+    p1, out1, h1 = _fit(1, dtype, optimizer)
+    p2, out2, h2 = _fit(2, dtype, optimizer)
+    assert np.all(np.isfinite(p1))
+    scale = np.abs(p1).max()
+    np.testing.assert_allclose(p2, p1, rtol=rtol, atol=rtol * scale)
+    np.testing.assert_allclose(out2, out1, rtol=rtol, atol=rtol * np.abs(out1).max())
+    np.testing.assert_allclose(h2, h1, rtol=rtol)
+
+
+def test_one_and_two_threads_agree_regression(threads):
+    p1, out1, h1 = _fit(1, "float64", lambda: fnn.optim.Adam(lr=1e-3), loss="mse")
+    p2, out2, h2 = _fit(2, "float64", lambda: fnn.optim.Adam(lr=1e-3), loss="mse")
+    np.testing.assert_allclose(p2, p1, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(h2, h1, rtol=1e-9)
+
+
+def test_set_num_threads_sets_the_blas_too(threads):
+    for n in (1, 2, 1):
+        fnn.set_num_threads(n)
+        assert fnn.get_num_threads() == n
+        assert _threads.blas_num_threads() == n
+
+
+# ------------------------------------------------------------------------------------------- threadpoolctl
+def _fastnn_blas(info):
+    """The threadpoolctl entries of fastnn's BLAS (scipy-openblas32's libscipy_openblas), not numpy's."""
+    import scipy_openblas32
+    pkg = os.path.realpath(os.path.dirname(scipy_openblas32.__file__))
+    return [m for m in info if "scipy_openblas" in m["filepath"]
+            and os.path.realpath(m["filepath"]).startswith(pkg + os.sep)]
+
+
+def test_threadpoolctl_sees_and_limits_fastnns_blas(threads):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    fnn.set_num_threads(2)
+    info = threadpoolctl.threadpool_info()
+    ours = _fastnn_blas(info)
+    assert len(ours) == 1, f"fastnn's BLAS is not in threadpool_info(): {[m['filepath'] for m in info]}"
+    assert ours[0]["user_api"] == "blas" and ours[0]["internal_api"] == "openblas"
+    assert ours[0]["num_threads"] == _threads.blas_num_threads() == 2
+    with threadpoolctl.threadpool_limits(1, user_api="blas"):
+        assert _threads.blas_num_threads() == 1
+        assert _fastnn_blas(threadpoolctl.threadpool_info())[0]["num_threads"] == 1
+        # fastnn still runs, and gives the same answer, while its BLAS is limited
+        model = fnn.Sequential([Dense(64, activation="relu"), Dense(3)], input_dim=32, seed=0, dtype="float64")
+        X = np.random.default_rng(0).normal(size=(300, 32))
+        limited = model.predict(X)
+    assert _threads.blas_num_threads() == 2
+    np.testing.assert_allclose(model.predict(X), limited, rtol=1e-12, atol=1e-12)
+
+
+def test_threadpoolctl_limits_fastnns_blas_by_prefix(threads):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    fnn.set_num_threads(2)
+    before = _threads.blas_num_threads()
+    with threadpoolctl.threadpool_limits(limits={"libscipy_openblas": 1}):
+        assert _threads.blas_num_threads() == 1
+    assert _threads.blas_num_threads() == before
