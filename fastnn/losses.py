@@ -11,6 +11,11 @@
 A model whose output layer ends in softmax (``Softmax()`` or ``Dense(..., activation="softmax")``) hands
 its logits to "cross_entropy" (fused, stable); likewise a final sigmoid with "binary_cross_entropy".
 Otherwise the model's output is taken as the logits, as torch does.
+
+Sample weights (``fit(sample_weight=..., class_weight=...)``): every loss takes optional per-sample weights
+w_i >= 0 and becomes the weighted mean sum_i w_i l_i / sum_i w_i, torch's definition for
+``CrossEntropyLoss(weight=...)`` (Keras divides by the batch size instead); the per-element means divide by
+k * sum_i w_i, and "l2" stays a sum, sum_i w_i l_i.  A batch whose weights sum to 0 has loss 0 and gradient 0.
 """
 import numpy as np
 
@@ -18,7 +23,8 @@ from fastnn._core import losses as _k
 
 
 class Loss:
-    """Base class.  ``__call__(out, targets, grad=None) -> (loss, n_correct)``; ``grad`` (OUT) gets d loss / d out."""
+    """Base class.  ``__call__(out, targets, grad=None, weights=None) -> (loss, n_correct)``; ``grad`` (OUT) gets
+    d loss / d out; ``weights`` (n,) are per-sample weights in the model dtype, or None."""
     name = None
     fuses = None              # "softmax" / "sigmoid": the output function this loss absorbs
     classification = False    # whether accuracy applies
@@ -32,7 +38,7 @@ class Loss:
         """How many predictions `n_correct` counts for `n` samples (the accuracy's denominator)."""
         return n
 
-    def __call__(self, out, targets, grad=None):
+    def __call__(self, out, targets, grad=None, weights=None):
         raise NotImplementedError
 
     def get_config(self):
@@ -64,9 +70,9 @@ class _Regression(Loss):
     def prepare_targets(self, y, n, out_shape, dtype, owner="loss"):
         return _float_targets(owner, y, n, out_shape, dtype)
 
-    def __call__(self, out, targets, grad=None):
+    def __call__(self, out, targets, grad=None, weights=None):
         o = out.reshape(out.shape[0], -1)
-        return _k.regression_loss(self.kind, o, targets, None if grad is None else grad.reshape(o.shape))
+        return _k.regression_loss(self.kind, o, targets, None if grad is None else grad.reshape(o.shape), weights)
 
 
 class L2(_Regression):
@@ -123,10 +129,10 @@ class CrossEntropy(Loss):
         raise ValueError(f"{owner}: cross_entropy targets must be labels (n,) or probabilities (n, {k}), "
                          f"got shape {arr.shape}")
 
-    def __call__(self, out, targets, grad=None):
+    def __call__(self, out, targets, grad=None, weights=None):
         if targets.ndim == 1:
-            return _k.softmax_cross_entropy(out, targets, grad)
-        return _k.softmax_cross_entropy_soft(out, targets, grad)
+            return _k.softmax_cross_entropy(out, targets, grad, weights)
+        return _k.softmax_cross_entropy_soft(out, targets, grad, weights)
 
 
 class BinaryCrossEntropy(Loss):
@@ -149,9 +155,10 @@ class BinaryCrossEntropy(Loss):
     def n_predictions(self, n, out_shape):
         return n * int(np.prod(out_shape))
 
-    def __call__(self, out, targets, grad=None):
+    def __call__(self, out, targets, grad=None, weights=None):
         o = out.reshape(out.shape[0], -1)
-        return _k.sigmoid_binary_cross_entropy(o, targets, None if grad is None else grad.reshape(o.shape))
+        return _k.sigmoid_binary_cross_entropy(o, targets, None if grad is None else grad.reshape(o.shape),
+                                               weights)
 
 
 REGISTRY = {cls.name: cls for cls in (L2, MSE, MAE, CrossEntropy, BinaryCrossEntropy)}

@@ -8,24 +8,24 @@ gradients of a tensor used by several layers are summed.
 All of a model's parameters live in one contiguous array (``model.parameters``) and their gradients in
 another (``model.gradients``); each layer's parameters are views into them.  Parameters that take weight
 decay come first, so an optimizer applies decay to a prefix of the buffer.
+
+The training loop (``fit``) is split into helpers: ``_fit_prepare`` (data, weights, validation split),
+``_fit_callbacks``, ``_fit_epoch`` (batches of one epoch) and ``_epoch_logs``; ``_step`` is one update with
+the NaN/inf guard around the optimizer step.
 """
 import sys
 import time
 
 import numpy as np
 
+from fastnn import callbacks as _callbacks
 from fastnn import losses as _losses
+from fastnn import metrics as _metrics
 from fastnn import optim as _optim
+from fastnn._core import guard as _guard
+from fastnn.callbacks import History
 from fastnn._validation import as_float_array, check_dtype, check_number
 from fastnn.layers.base import Layer
-
-
-def _all_finite(a):
-    """Whether every element of the 1-D array `a` is finite: one BLAS pass (a NaN or an infinity makes a.a
-    non-finite), and an exact check only when a.a is not finite (it can overflow for huge finite values)."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        ss = np.dot(a, a)
-    return bool(np.isfinite(ss)) or bool(np.isfinite(a).all())
 
 
 class Tensor:
@@ -84,21 +84,17 @@ def Input(shape, name=None):
     return Tensor(tuple(int(d) for d in shape), name=name or "input")
 
 
-class History:
-    """What ``fit`` returns: ``history`` maps each metric ("loss", "accuracy", "val_loss", ...) to one value per
-    epoch; ``epoch`` lists the epoch indices."""
+class NonFiniteError(FloatingPointError):
+    """Training met a NaN or infinity: in the loss, in the gradients, or in the parameters after an update.
 
-    def __init__(self):
-        self.history = {}
-        self.epoch = []
+    The weights are those of the last finite state: from before the batch (``what`` "loss" or "gradient"),
+    or restored from the copy taken before the update (``what`` "parameters").  ``epoch`` and ``batch`` are
+    1-based (None outside fit); ``index`` is the first bad element of the flat buffer (None for the loss).
+    """
 
-    def _record(self, epoch, logs):
-        self.epoch.append(epoch)
-        for k, v in logs.items():
-            self.history.setdefault(k, []).append(v)
-
-    def __repr__(self):
-        return f"History(epochs={len(self.epoch)}, keys={list(self.history)})"
+    def __init__(self, message, what=None, epoch=None, batch=None, index=None):
+        super().__init__(message)
+        self.what, self.epoch, self.batch, self.index = what, epoch, batch, index
 
 
 def _check_seed(owner, seed):
@@ -144,6 +140,11 @@ class Model:
         self.optimizer = None
         self._fused = False
         self._caches = {}
+        self.nan_guard = True          # see _step; compile(nan_guard=False) / fit(nan_guard=False) turn it off
+        self._guard_backup = None      # the parameters before the last update (reused buffer)
+        self.stop_training = False     # set by callbacks to end fit after the current batch
+        self.epochs_trained = 0        # epochs completed by fit (saved, so that a resumed run knows where it is)
+        self.history = None            # the History of the last fit
 
     def _build_graph(self, inputs, outputs):
         if isinstance(inputs, (list, tuple)):
@@ -264,15 +265,20 @@ class Model:
         print(f"total parameters: {self.count_params()} ({np.dtype(self.dtype).name})", file=file)
 
     # ================================================================== compile
-    def compile(self, loss, optimizer="adam"):
+    def compile(self, loss, optimizer="adam", nan_guard=True):
         """Set the loss and the optimizer.  Never re-initializes or re-allocates the weights.
 
         Args:
             loss: a name from ``fastnn.losses.REGISTRY`` ("cross_entropy", "mse", ...) or a Loss.
             optimizer: a name (its defaults) or an optimizer from ``fastnn.optim``.
+            nan_guard: check every training step for NaN/inf (loss, gradients, updated parameters) and stop
+                with NonFiniteError, weights rolled back (see ``_step``).  On by default.
         """
         loss = _losses.get(loss)
         optimizer = _optim.get(optimizer)
+        if not isinstance(nan_guard, (bool, np.bool_)):
+            raise TypeError(f"compile: nan_guard must be a bool, got {type(nan_guard).__name__}")
+        self.nan_guard = bool(nan_guard)
         self.loss, self.optimizer = loss, optimizer
         if self.built:
             self._attach_training()
@@ -282,6 +288,8 @@ class Model:
         out_layer = self._plan[-1][0]
         self._fused = self.loss.fuses is not None and out_layer.fusable == self.loss.fuses
         self.optimizer._bind(self.parameters, self.gradients, self._n_decay)
+        if self._guard_backup is None or self._guard_backup.shape != self.parameters.shape:
+            self._guard_backup = np.empty_like(self.parameters)
 
     def _require_compiled(self, what):
         if self.loss is None:
@@ -335,36 +343,57 @@ class Model:
             buf = self._caches[key] = make()
         return buf
 
-    def _loss_and_grad(self, out, targets):
+    def _loss_and_grad(self, out, targets, weights=None):
         grad = self._cached(("dout", out.shape), lambda: np.empty(out.shape, dtype=self.dtype))
-        loss, correct = self.loss(out, targets, grad)
+        loss, correct = self.loss(out, targets, grad, weights)
         return loss, correct, grad
 
-    def _step(self, Xb, Tb, where):
-        """One forward, loss, backward and update; returns (loss before the update, n_correct)."""
+    def _step(self, Xb, Tb, where, Wb=None):
+        """One forward, loss, backward and update; returns (loss before the update, n_correct).
+
+        `where` is (epoch, batch), 0-based, or a text, for the error message; `Wb` per-sample weights or None.
+
+        The NaN/inf guard (``self.nan_guard``, on by default; off, nothing is checked) keeps the weights at their last finite state:
+        a non-finite loss stops before the backward pass, a non-finite gradient (one pass of the compiled
+        ``guard.first_nonfinite`` over the flat gradient buffer) before the update; both leave weights and
+        optimizer state untouched.  An update can still overflow from finite gradients, so the parameters
+        are copied into one reused buffer before the update and checked after it (a second pass); a
+        non-finite parameter (or optimizer state) restores both from the copy, step count included.  Cost
+        per step: read passes over the gradients, parameters and optimizer state and one copy of the
+        parameters and the state, no allocation.
+        """
         out = self._forward(Xb, True, self._fused)
-        loss, correct, grad = self._loss_and_grad(out, Tb)
-        if not np.isfinite(loss):
-            raise FloatingPointError(f"{self.name}: the loss is {loss} {where}; training stopped and the weights "
-                                     "are those from before this batch (lower the learning rate, or check the data)")
+        loss, correct, grad = self._loss_and_grad(out, Tb, Wb)
+        guard = self.nan_guard
+        if guard and not np.isfinite(loss):
+            raise self._nonfinite("loss", where, None, f"the loss is {loss}")
         self._backward(grad)
-        # a finite loss can still give an update that overflows the weights or the optimizer state (a huge
-        # learning rate, gradients beyond the dtype's range): keep a copy of both, and put it back if the update
-        # leaves anything non-finite
-        saved = self._save_training_state()
+        if guard:
+            bad = _guard.first_nonfinite(self.gradients)
+            if bad >= 0:
+                raise self._nonfinite("gradient", where, bad, f"the gradient of {self._locate(bad)} is "
+                                      f"{self.gradients[bad]}")
+            saved = self._save_training_state()
         self.optimizer.step()
-        if not (_all_finite(self.parameters) and all(_all_finite(v) for v in self.optimizer.state.values())):
-            self._restore_training_state(saved)
-            raise FloatingPointError(f"{self.name}: the update {where} made the weights or the optimizer state "
-                                     f"non-finite (the loss was {loss}); training stopped and the weights are those "
-                                     "from before this batch (lower the learning rate, or check the data)")
+        if guard:
+            bad = _guard.first_nonfinite(self.parameters)
+            if bad >= 0:
+                value = self.parameters[bad]
+                self._restore_training_state(saved)
+                raise self._nonfinite("parameters", where, bad, f"the update made {self._locate(bad)} {value}")
+            for key, arr in self.optimizer.state.items():
+                if _guard.first_nonfinite(arr) >= 0:
+                    self._restore_training_state(saved)
+                    raise self._nonfinite("parameters", where, None,
+                                          f"the update made the optimizer's {key} non-finite")
         return loss, correct
 
     def _save_training_state(self):
+        """Copy the parameters, the optimizer state and its step count into reused buffers (no allocation)."""
         opt = self.optimizer
-        arrays = {"parameters": self.parameters, **{"state:" + k: v for k, v in opt.state.items()}}
+        np.copyto(self._guard_backup, self.parameters)
         copies = {}
-        for k, a in arrays.items():
+        for k, a in opt.state.items():
             buf = self._cached(("saved", k, a.shape), lambda: np.empty_like(a))
             np.copyto(buf, a)
             copies[k] = buf
@@ -372,10 +401,34 @@ class Model:
 
     def _restore_training_state(self, saved):
         copies, step_count = saved
-        np.copyto(self.parameters, copies["parameters"])
+        np.copyto(self.parameters, self._guard_backup)
         for k, v in self.optimizer.state.items():
-            np.copyto(v, copies["state:" + k])
+            np.copyto(v, copies[k])
         self.optimizer.step_count = step_count
+
+    def _nonfinite(self, what, where, index, detail):
+        if isinstance(where, tuple):
+            epoch, batch = where[0] + 1, where[1] + 1
+            at = f"at epoch {epoch}, batch {batch}"
+        else:
+            epoch = batch = None
+            at = where
+        rolled = ("restored to their values before this batch's update" if what == "parameters"
+                  else "those from before this batch")
+        return NonFiniteError(f"{self.name}: {detail} {at}; training stopped and the weights are {rolled} "
+                              "(lower the learning rate, or check the data)", what, epoch, batch, index)
+
+    def _locate(self, index):
+        """'layer.param[i, j]' for an index into the flat parameter buffer."""
+        base = self.parameters.__array_interface__["data"][0]
+        item = self.parameters.itemsize
+        for layer in self.layers:
+            for name, view in layer.params.items():
+                off = (view.__array_interface__["data"][0] - base) // item
+                if off <= index < off + view.size:
+                    pos = np.unravel_index(index - off, view.shape)
+                    return f"{layer.name}.{name}[{', '.join(str(int(i)) for i in pos)}]"
+        return f"parameter {index}"
 
     # ================================================================== input checking
     def _check_X(self, X, owner, allow_build=True):
@@ -407,70 +460,234 @@ class Model:
         loss, _ = self._step(X, T, "in train_on_batch")
         return loss
 
-    def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, verbose=0):
-        """Train for `epochs` passes over (X, y) in mini-batches; returns a History.
+    def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_split=0.0, validation_data=None,
+            metrics=None, class_weight=None, sample_weight=None, initial_epoch=0, callbacks=None, verbose=0,
+            nan_guard=None):
+        """Train in mini-batches, epochs ``initial_epoch`` .. ``epochs - 1``; returns a History.
 
         Args:
             X: inputs, shape (n, *input_shape).  y: targets (see the loss).
-            epochs: number of passes.  batch_size: samples per update (the last batch may be smaller).
+            epochs: the index of the last epoch + 1 (as Keras: with initial_epoch=k, epochs - k are run).
+            batch_size: samples per update (the last batch may be smaller).
             shuffle: reshuffle the samples every epoch with the model's seeded generator.
-            validation_data: optional (X_val, y_val), evaluated after every epoch ("val_loss", "val_accuracy").
-            verbose: 0 silent, 1 one line per epoch.
+            validation_split: a fraction in [0, 1): the last samples of (X, y) (before any shuffling, as Keras)
+                are held out and evaluated after every epoch.  Ignored when validation_data is given.
+            validation_data: (X_val, y_val) or (X_val, y_val, sample_weight_val), evaluated after every epoch.
+            metrics: names or fastnn.metrics.Metric objects: "accuracy", "top_k_accuracy", "mae", "mse", "r2"
+                (see fastnn.metrics); "accuracy" is always reported for classification losses.
+            class_weight: "balanced" (n / (n_classes * count of the class), as sklearn computes it, over the
+                training labels) or a dict {class: weight} (missing classes weigh 1); training only.
+            sample_weight: per-sample weights (n,), >= 0; multiplied by the class weights.  The loss becomes the
+                weighted mean sum(w l) / sum(w) (torch's definition; see fastnn.losses).
+            initial_epoch: the epoch to start at (resuming: ``model.epochs_trained`` of a loaded checkpoint).
+            callbacks: fastnn.callbacks.Callback objects.
+            verbose: 0 silent; 1 a live progress bar on a terminal (one line per epoch when stdout is not a
+                terminal); 2 one line per epoch.
+            nan_guard: override the compile setting for this call (see ``_step``).
 
-        ``history.history["loss"]`` is the mean training loss of each epoch over its batches (for "l2", which
-        sums over samples, the epoch's sum), measured while training, and "accuracy" likewise when it applies.
+        ``history.history["loss"]`` is the (weighted) mean training loss of each epoch over its batches (for
+        "l2", which sums over samples, the epoch's sum), measured while training; "accuracy" likewise for
+        classification losses; the other metrics are measured on the same forward passes; "val_..." are
+        evaluated in inference mode after the epoch; "time" is the epoch's seconds.
         """
         owner = "fit"
         epochs = check_number(owner, "epochs", epochs, low=1, integer=True)
+        initial_epoch = check_number(owner, "initial_epoch", initial_epoch, low=0, integer=True)
         batch_size = check_number(owner, "batch_size", batch_size, low=1, integer=True)
         verbose = check_number(owner, "verbose", verbose, low=0, high=2, integer=True)
+        if nan_guard is not None and not isinstance(nan_guard, (bool, np.bool_)):
+            raise TypeError(f"fit: nan_guard must be a bool or None, got {type(nan_guard).__name__}")
+        train, val, metric_objs = self._fit_prepare(X, y, validation_split, validation_data, metrics,
+                                                    class_weight, sample_weight)
+        n = train[0].shape[0]
+        bs = min(batch_size, n)
+        n_batches = -(-n // bs)
+        history = History()
+        cbs = self._fit_callbacks(callbacks, history, verbose, epochs, n_batches)
+        saved_guard = self.nan_guard
+        if nan_guard is not None:
+            self.nan_guard = bool(nan_guard)
+        self.stop_training = False
+        self.history = history
+        logs = {}
+        try:
+            cbs.on_train_begin()
+            for epoch in range(initial_epoch, epochs):
+                t0 = time.perf_counter()
+                cbs.on_epoch_begin(epoch)
+                logs = self._fit_epoch(epoch, train, bs, shuffle, metric_objs, cbs)
+                if val is not None:
+                    vlogs = self._evaluate_arrays(val[0], val[1], None, val[2], metric_objs)
+                    logs.update({"val_" + k: v for k, v in vlogs.items()})
+                logs["time"] = time.perf_counter() - t0
+                self.epochs_trained = epoch + 1
+                cbs.on_epoch_end(epoch, logs)
+                if self.stop_training:
+                    break
+            cbs.on_train_end(logs)
+        finally:
+            self.nan_guard = saved_guard
+        return history
+
+    # ------------------------------------------------------------------ fit helpers
+    def _fit_prepare(self, X, y, validation_split, validation_data, metrics, class_weight, sample_weight):
+        """Checked training arrays (X, T, W), validation arrays or None, and the Metric objects."""
+        owner = "fit"
         X, T = self._check_Xy(X, y, owner)
         n = X.shape[0]
         if n == 0:
             raise ValueError("fit: X has no samples")
+        validation_split = check_number(owner, "validation_split", validation_split, low=0.0, high=1.0,
+                                        high_open=True)
+        SW = None if sample_weight is None else self._check_weights(sample_weight, n, "fit: sample_weight")
         val = None
         if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise TypeError("fit: validation_data must be a pair (X_val, y_val)")
-            val = self._check_Xy(validation_data[0], validation_data[1], "fit: validation_data")
-        history = History()
-        idx = np.arange(n)
-        bs = min(batch_size, n)
-        n_pred = self.loss.n_predictions(n, self.output_shape)
-        for epoch in range(epochs):
-            t0 = time.perf_counter()
-            if shuffle:
-                self.rng.shuffle(idx)
-            total, correct = 0.0, 0
-            for b, start in enumerate(range(0, n, bs)):
-                stop = min(start + bs, n)
-                if shuffle:
-                    Xb, Tb = self._gather(X, T, idx[start:stop])
-                else:
-                    Xb, Tb = X[start:stop], T[start:stop]
-                loss, c = self._step(Xb, Tb, f"at epoch {epoch + 1}, batch {b + 1}")
-                total += loss if self.loss.sums else loss * (stop - start)
-                correct += c
-            logs = {"loss": total if self.loss.sums else total / n}
-            if self.loss.classification:
-                logs["accuracy"] = correct / n_pred
-            if val is not None:
-                vlogs = self._evaluate_arrays(*val)
-                logs.update({"val_" + k: v for k, v in vlogs.items()})
-            logs["time"] = time.perf_counter() - t0
-            history._record(epoch, logs)
-            if verbose:
-                parts = " - ".join(f"{k} {v:.4f}" for k, v in logs.items() if k != "time")
-                print(f"epoch {epoch + 1}/{epochs} - {parts} - {logs['time']:.3f}s", flush=True)
-        return history
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+                raise TypeError("fit: validation_data must be (X_val, y_val) or (X_val, y_val, sample_weight_val)")
+            Xv, Tv = self._check_Xy(validation_data[0], validation_data[1], "fit: validation_data")
+            if Xv.shape[0] == 0:
+                raise ValueError("fit: validation_data has no samples")
+            Wv = None
+            if len(validation_data) == 3 and validation_data[2] is not None:
+                Wv = self._check_weights(validation_data[2], Xv.shape[0], "fit: validation_data sample_weight")
+            val = (Xv, Tv, Wv)
+        elif validation_split > 0:
+            split = int(n * (1.0 - validation_split))
+            if split < 1 or split >= n:
+                raise ValueError(f"fit: validation_split={validation_split} leaves {split} of {n} samples for "
+                                 "training; both parts must be non-empty")
+            val = (X[split:], T[split:], None if SW is None else SW[split:])
+            X, T, n = X[:split], T[:split], split
+            SW = None if SW is None else SW[:split]
+        W = SW
+        if class_weight is not None:
+            CW = self._class_weights(class_weight, T)
+            W = CW if W is None else (W * CW).astype(self.dtype)
+        if W is not None and not float(W.sum(dtype=np.float64)) > 0:
+            raise ValueError("fit: the sample weights (times the class weights) sum to 0; nothing to train on")
+        objs = []
+        for spec in ([metrics] if isinstance(metrics, (str, _metrics.Metric)) else (metrics or [])):
+            m = _metrics.get(spec)
+            want = "classification" if self.loss.classification else "regression"
+            if m.kind != want:
+                raise ValueError(f"fit: metric {m.name!r} applies to {m.kind} losses, the loss "
+                                 f"{self.loss.name!r} is not one")
+            if isinstance(m, _metrics.Accuracy):
+                continue      # reported anyway, from the loss kernel's count
+            if any(o.name == m.name for o in objs):
+                raise ValueError(f"fit: metric {m.name!r} given twice")
+            objs.append(m)
+        return (X, T, W), val, objs
 
-    def _gather(self, X, T, sel):
+    def _check_weights(self, w, n, owner):
+        arr = np.asarray(w)
+        if arr.dtype.kind not in "fiu":
+            raise TypeError(f"{owner}: must hold real numbers, got dtype {arr.dtype}")
+        if arr.shape != (n,):
+            raise ValueError(f"{owner}: must have shape ({n},), one weight per sample, got {arr.shape}")
+        arr = np.ascontiguousarray(arr, dtype=self.dtype)
+        if not np.isfinite(arr).all() or (arr < 0).any():
+            raise ValueError(f"{owner}: weights must be finite and >= 0")
+        return arr
+
+    def _class_weights(self, class_weight, T):
+        """Per-sample weights from class weights; the class of a sample is its label, the argmax of a
+        probability row, or (one sigmoid output) target > 0.5."""
+        if T.ndim == 1:
+            classes = T
+        elif isinstance(self.loss, _losses.CrossEntropy):
+            classes = np.argmax(T, axis=1)
+        elif T.ndim == 2 and T.shape[1] == 1 and isinstance(self.loss, _losses.BinaryCrossEntropy):
+            classes = (T[:, 0] > 0.5).astype(np.intp)
+        else:
+            raise ValueError("fit: class_weight needs class targets (cross_entropy labels or rows, or one "
+                             "binary_cross_entropy output)")
+        counts = np.bincount(classes)
+        if isinstance(class_weight, str):
+            if class_weight != "balanced":
+                raise ValueError(f"fit: class_weight must be 'balanced' or a dict, got {class_weight!r}")
+            present = counts > 0
+            table = np.ones(counts.size)
+            table[present] = classes.size / (present.sum() * counts[present])
+        elif isinstance(class_weight, dict):
+            table = np.ones(max(counts.size, 1 + max((k for k in class_weight if isinstance(k, (int, np.integer))),
+                                                    default=-1)))
+            for k, v in class_weight.items():
+                if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+                    raise ValueError(f"fit: class_weight keys must be class indices >= 0, got {k!r}")
+                table[k] = check_number("fit", f"class_weight[{k}]", v, low=0.0)
+        else:
+            raise TypeError(f"fit: class_weight must be 'balanced' or a dict, got {type(class_weight).__name__}")
+        return np.ascontiguousarray(table[classes], dtype=self.dtype)
+
+    def _fit_callbacks(self, callbacks, history, verbose, epochs, n_batches):
+        if isinstance(callbacks, _callbacks.Callback):
+            callbacks = [callbacks]
+        cbs = list(callbacks or [])
+        if verbose == 1 and getattr(sys.stdout, "isatty", lambda: False)():
+            cbs.append(_callbacks.ProgressBar(epochs, n_batches))
+        elif verbose:
+            cbs.append(_callbacks.EpochLogger(epochs))
+        cbs.append(history)
+        return _callbacks.CallbackList(cbs, self)
+
+    def _fit_epoch(self, epoch, train, bs, shuffle, metrics, cbs):
+        """The batches of one epoch; returns the epoch's logs (loss, accuracy, metrics)."""
+        X, T, W = train
+        n = X.shape[0]
+        # a fresh permutation each epoch: it depends only on the generator state, so a run resumed from a
+        # checkpoint shuffles exactly as the uninterrupted run
+        idx = self.rng.permutation(n) if shuffle else None
+        for m in metrics:
+            m.reset()
+        hooks = cbs.batch_hooks
+        sums = self.loss.sums
+        total, wtotal, seen, correct = 0.0, 0.0, 0, 0
+        for b, start in enumerate(range(0, n, bs)):
+            stop = min(start + bs, n)
+            m = stop - start
+            if hooks:
+                cbs.on_batch_begin(b, {"batch": b, "size": m})
+            if shuffle:
+                Xb, Tb, Wb = self._gather(X, T, W, idx[start:stop])
+            else:
+                Xb, Tb, Wb = X[start:stop], T[start:stop], None if W is None else W[start:stop]
+            loss, c = self._step(Xb, Tb, (epoch, b), Wb)
+            if Wb is not None:
+                ws = float(Wb.sum(dtype=np.float64))
+                total += loss if sums else loss * ws
+                wtotal += ws
+            else:
+                total += loss if sums else loss * m
+            seen += m
+            correct += c
+            if metrics:
+                out = self._values[-1]
+                for met in metrics:
+                    met.update(out, Tb)
+            if hooks:
+                cbs.on_batch_end(b, {"batch": b, "size": m, "loss": loss})
+            if self.stop_training:
+                break
+        denom = wtotal if W is not None else seen
+        logs = {"loss": total if sums else (total / denom if denom > 0 else 0.0)}
+        if self.loss.classification:
+            logs["accuracy"] = correct / self.loss.n_predictions(seen, self.output_shape)
+        for met in metrics:
+            logs[met.name] = met.result()
+        return logs
+
+    def _gather(self, X, T, W, sel):
         m = sel.shape[0]
         Xb = self._cached(("xb", m), lambda: np.empty((m,) + X.shape[1:], dtype=X.dtype))
         Tb = self._cached(("tb", m, T.dtype.str), lambda: np.empty((m,) + T.shape[1:], dtype=T.dtype))
         np.take(X, sel, axis=0, out=Xb, mode="clip")
         np.take(T, sel, axis=0, out=Tb, mode="clip")
-        return Xb, Tb
+        Wb = None
+        if W is not None:
+            Wb = self._cached(("wb", m), lambda: np.empty(m, dtype=W.dtype))
+            np.take(W, sel, out=Wb, mode="clip")
+        return Xb, Tb, Wb
 
     # ================================================================== public inference API
     def predict(self, X, batch_size=None):
@@ -489,29 +706,55 @@ class Model:
             out[start:stop] = self._forward(X[start:stop], False)
         return out
 
-    def evaluate(self, X, y, batch_size=None):
-        """The loss (and accuracy, for classification losses) on (X, y) in inference mode, as a dict."""
+    def evaluate(self, X, y, batch_size=None, sample_weight=None, metrics=None):
+        """The loss (and accuracy, for classification losses; and the given metrics) on (X, y) in inference
+        mode, as a dict.  ``sample_weight`` weights the loss as in fit."""
         X, T = self._check_Xy(X, y, "evaluate")
         if X.shape[0] == 0:
             raise ValueError("evaluate: X has no samples")
         if batch_size is not None:
             batch_size = check_number("evaluate", "batch_size", batch_size, low=1, integer=True)
-        return self._evaluate_arrays(X, T, batch_size)
+        W = None if sample_weight is None else self._check_weights(sample_weight, X.shape[0],
+                                                                   "evaluate: sample_weight")
+        objs = [m for m in (_metrics.get(s) for s in ([metrics] if isinstance(metrics, (str, _metrics.Metric))
+                                                       else (metrics or [])))
+                if not isinstance(m, _metrics.Accuracy)]
+        return self._evaluate_arrays(X, T, batch_size, W, objs)
 
-    def _evaluate_arrays(self, X, T, batch_size=None):
+    def _evaluate_arrays(self, X, T, batch_size=None, W=None, metrics=()):
         n = X.shape[0]
         bs = n if batch_size is None else batch_size
-        total, correct = 0.0, 0
+        total, wtotal, correct = 0.0, 0.0, 0
+        for m in metrics:
+            m.reset()
         for start in range(0, n, bs):
             stop = min(start + bs, n)
             out = self._forward(X[start:stop], False, self._fused)
-            loss, c = self.loss(out, T[start:stop])
-            total += loss if self.loss.sums else loss * (stop - start)
+            Wb = None if W is None else W[start:stop]
+            loss, c = self.loss(out, T[start:stop], None, Wb)
+            if Wb is not None:
+                ws = float(Wb.sum(dtype=np.float64))
+                total += loss if self.loss.sums else loss * ws
+                wtotal += ws
+            else:
+                total += loss if self.loss.sums else loss * (stop - start)
             correct += c
-        logs = {"loss": total if self.loss.sums else total / n}
+            for m in metrics:
+                m.update(out, T[start:stop])
+        denom = wtotal if W is not None else n
+        logs = {"loss": total if self.loss.sums else (total / denom if denom > 0 else 0.0)}
         if self.loss.classification:
             logs["accuracy"] = correct / self.loss.n_predictions(n, self.output_shape)
+        for m in metrics:
+            logs[m.name] = m.result()
         return logs
+
+    # ================================================================== saving
+    def save(self, path, include_optimizer=True):
+        """Save the model to one file (fastnn.io's format): architecture, weights, layer buffers, loss,
+        optimizer and its state, generator states, ``epochs_trained``.  The write is atomic."""
+        from fastnn import io as _io
+        _io.save(self, path, include_optimizer=include_optimizer)
 
     def __repr__(self):
         state = f"{len(self._plan)} layers, {self.count_params()} parameters" if self.built else "not built"

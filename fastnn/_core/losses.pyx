@@ -13,6 +13,12 @@ accumulated in double) and, for classification losses, how many predictions were
 - "l2": sum (yhat - y)^2  (MSELoss(reduction="sum"), no 1/2); "mse": its mean over all elements;
   "mae": mean |yhat - y|, gradient sign(yhat - y) / N with sign(0) = 0 (torch.nn.L1Loss)
 
+Sample weights: every function takes an optional ``W`` (n,) of non-negative per-sample weights and then
+computes the weighted mean as torch does for ``CrossEntropyLoss(weight=...)``: sum_i w_i l_i / sum_i w_i
+(for the per-element means, sum_i w_i sum_j l_ij / (k sum_i w_i); "l2" stays a sum: sum_i w_i sum_j d_ij^2),
+and the gradient of that.  A batch whose weights sum to 0 has loss 0 and gradient 0.  W=None is the
+unweighted definition above (W = 1).
+
 Every logsumexp is shifted by the row max, and log(1 + e^z) is computed as max(z, 0) + log1p(e^-|z|):
 finite at logits of +-1000.
 """
@@ -26,13 +32,29 @@ cdef enum:
     LOSS_MAE = 2
 
 
+cdef double _inv_weight_sum(str fn, const floating[::1] W, Py_ssize_t n, double per_row) except? -1:
+    """1 / (per_row * sum(W)), or 1 / (per_row * n) without weights; 0 when the weights sum to 0."""
+    cdef double s = 0.0
+    cdef Py_ssize_t i
+    if W is None:
+        return 1.0 / (per_row * n)
+    if W.shape[0] != n:
+        raise ValueError(f"{fn}: sample weights have {W.shape[0]} elements, the batch has {n} rows")
+    with nogil:
+        for i in range(n):
+            s += W[i]
+    return 1.0 / (per_row * s) if s > 0 else 0.0
+
+
 cdef _same(str fn, str a, tuple sa, str b, tuple sb):
     if sa != sb:
         raise ValueError(f"{fn}: {a} has shape {sa} but {b} has shape {sb}")
 
 
-def softmax_cross_entropy(const floating[:, ::1] Z, const Py_ssize_t[::1] labels, floating[:, ::1] dZ=None):
-    """Mean softmax cross-entropy of logits Z (n, k) against integer labels (n,) in [0, k); dZ (OUT) or None."""
+def softmax_cross_entropy(const floating[:, ::1] Z, const Py_ssize_t[::1] labels, floating[:, ::1] dZ=None,
+                          const floating[::1] W=None):
+    """Mean softmax cross-entropy of logits Z (n, k) against integer labels (n,) in [0, k); dZ (OUT) or None;
+    W (n,) per-sample weights or None."""
     cdef Py_ssize_t n = Z.shape[0], k = Z.shape[1], i, j, lab, am
     _same("softmax_cross_entropy", "logits", (n, k), "labels", (labels.shape[0], k))
     if dZ is not None:
@@ -41,13 +63,16 @@ def softmax_cross_entropy(const floating[:, ::1] Z, const Py_ssize_t[::1] labels
         return float("nan"), 0
     if k == 0:
         raise ValueError("softmax_cross_entropy: logits have 0 classes")
-    cdef bint grad = dZ is not None
+    cdef bint grad = dZ is not None, weighted = W is not None
     cdef const floating *z
     cdef floating *g
-    cdef double m, s, total = 0.0, inv_n = 1.0 / n
+    cdef double m, s, li, wi = 1.0, total = 0.0
+    cdef double inv_n = _inv_weight_sum("softmax_cross_entropy", W, n, 1.0)
     cdef Py_ssize_t n_correct = 0, bad = -1
     with nogil:
         for i in range(n):
+            if weighted:
+                wi = W[i]
             lab = labels[i]
             if lab < 0 or lab >= k:
                 bad = i
@@ -63,20 +88,23 @@ def softmax_cross_entropy(const floating[:, ::1] Z, const Py_ssize_t[::1] labels
             s = 0.0
             for j in range(k):
                 s += exp(z[j] - m)
-            total += log(s) + m - z[lab]
+            li = log(s) + m - z[lab]
+            total += wi * li if weighted else li
             if grad:
                 g = &dZ[i, 0]
-                s = 1.0 / s
+                s = wi * inv_n / s
                 for j in range(k):
-                    g[j] = <floating>(exp(z[j] - m) * s * inv_n)
-                g[lab] -= <floating>inv_n
+                    g[j] = <floating>(exp(z[j] - m) * s)
+                g[lab] -= <floating>(wi * inv_n)
     if bad >= 0:
         raise ValueError(f"softmax_cross_entropy: label {labels[bad]} at row {bad} is outside [0, {k})")
     return total * inv_n, n_correct
 
 
-def softmax_cross_entropy_soft(const floating[:, ::1] Z, const floating[:, ::1] T, floating[:, ::1] dZ=None):
-    """Mean softmax cross-entropy of logits Z (n, k) against probability rows T (n, k); dZ (OUT) or None."""
+def softmax_cross_entropy_soft(const floating[:, ::1] Z, const floating[:, ::1] T, floating[:, ::1] dZ=None,
+                               const floating[::1] W=None):
+    """Mean softmax cross-entropy of logits Z (n, k) against probability rows T (n, k); dZ (OUT) or None;
+    W (n,) per-sample weights or None."""
     cdef Py_ssize_t n = Z.shape[0], k = Z.shape[1], i, j, am, at
     _same("softmax_cross_entropy", "logits", (n, k), "targets", (T.shape[0], T.shape[1]))
     if dZ is not None:
@@ -85,14 +113,17 @@ def softmax_cross_entropy_soft(const floating[:, ::1] Z, const floating[:, ::1] 
         return float("nan"), 0
     if k == 0:
         raise ValueError("softmax_cross_entropy: logits have 0 classes")
-    cdef bint grad = dZ is not None
+    cdef bint grad = dZ is not None, weighted = W is not None
     cdef const floating *z
     cdef const floating *t
     cdef floating *g
-    cdef double m, s, lse, tsum, mt, total = 0.0, inv_n = 1.0 / n
+    cdef double m, s, lse, tsum, mt, li, wi = 1.0, total = 0.0
+    cdef double inv_n = _inv_weight_sum("softmax_cross_entropy", W, n, 1.0)
     cdef Py_ssize_t n_correct = 0
     with nogil:
         for i in range(n):
+            if weighted:
+                wi = W[i]
             z = &Z[i, 0]
             t = &T[i, 0]
             m = z[0]
@@ -112,21 +143,25 @@ def softmax_cross_entropy_soft(const floating[:, ::1] Z, const floating[:, ::1] 
                 s += exp(z[j] - m)
             lse = log(s) + m
             tsum = 0.0
+            li = 0.0
             for j in range(k):
                 tsum += t[j]
                 if t[j] != 0:
-                    total += t[j] * (lse - z[j])
+                    li += t[j] * (lse - z[j])
+            total += wi * li
             if grad:
                 g = &dZ[i, 0]
                 s = 1.0 / s
                 for j in range(k):
-                    g[j] = <floating>((exp(z[j] - m) * s * tsum - t[j]) * inv_n)
+                    g[j] = <floating>((exp(z[j] - m) * s * tsum - t[j]) * (wi * inv_n))
     return total * inv_n, n_correct
 
 
-def sigmoid_binary_cross_entropy(const floating[:, ::1] Z, const floating[:, ::1] T, floating[:, ::1] dZ=None):
-    """Mean over all elements of log(1 + e^z) - t z (BCEWithLogitsLoss); dZ = (sigmoid(z) - t) / N (OUT) or None."""
-    cdef Py_ssize_t n = Z.shape[0], k = Z.shape[1], i, N = n * k
+def sigmoid_binary_cross_entropy(const floating[:, ::1] Z, const floating[:, ::1] T, floating[:, ::1] dZ=None,
+                                 const floating[::1] W=None):
+    """Mean over all elements of log(1 + e^z) - t z (BCEWithLogitsLoss); dZ = (sigmoid(z) - t) / N (OUT) or None;
+    W (n,) per-sample weights (each row's k elements weighted by w_i) or None."""
+    cdef Py_ssize_t n = Z.shape[0], k = Z.shape[1], i, r, N = n * k
     _same("binary_cross_entropy", "logits", (n, k), "targets", (T.shape[0], T.shape[1]))
     if dZ is not None:
         _same("binary_cross_entropy", "logits", (n, k), "gradient", (dZ.shape[0], dZ.shape[1]))
@@ -136,20 +171,29 @@ def sigmoid_binary_cross_entropy(const floating[:, ::1] Z, const floating[:, ::1
     cdef const floating *z = &Z[0, 0]
     cdef const floating *t = &T[0, 0]
     cdef floating *g = &dZ[0, 0] if grad else NULL
-    cdef double total = 0.0, inv_n = 1.0 / N
+    cdef bint weighted = W is not None
+    cdef double li, wi = 1.0, total = 0.0
+    cdef double inv_n = _inv_weight_sum("binary_cross_entropy", W, n, <double>k)
     cdef Py_ssize_t n_correct = 0
     with nogil:
-        for i in range(N):
-            total += f_log1pexp(z[i]) - <double>t[i] * z[i]
-            n_correct += (z[i] > 0) == (t[i] > 0.5)
-            if grad:
-                g[i] = <floating>((f_sigmoid(z[i]) - t[i]) * inv_n)
+        for r in range(n):
+            if weighted:
+                wi = W[r]
+            li = 0.0
+            for i in range(r * k, r * k + k):
+                li += f_log1pexp(z[i]) - <double>t[i] * z[i]
+                n_correct += (z[i] > 0) == (t[i] > 0.5)
+                if grad:
+                    g[i] = <floating>((f_sigmoid(z[i]) - t[i]) * (wi * inv_n))
+            total += wi * li
     return total * inv_n, n_correct
 
 
-def regression_loss(int kind, const floating[:, ::1] P, const floating[:, ::1] T, floating[:, ::1] dP=None):
-    """kind 0 "l2" (sum of squares), 1 "mse" (mean of squares), 2 "mae" (mean absolute); dP (OUT) or None."""
-    cdef Py_ssize_t n = P.shape[0], k = P.shape[1], i, N = n * k
+def regression_loss(int kind, const floating[:, ::1] P, const floating[:, ::1] T, floating[:, ::1] dP=None,
+                    const floating[::1] W=None):
+    """kind 0 "l2" (sum of squares), 1 "mse" (mean of squares), 2 "mae" (mean absolute); dP (OUT) or None;
+    W (n,) per-sample weights (each row's k elements weighted by w_i) or None."""
+    cdef Py_ssize_t n = P.shape[0], k = P.shape[1], i, r, N = n * k
     if kind < 0 or kind > 2:
         raise ValueError(f"regression_loss: unknown kind {kind}")
     _same("regression_loss", "predictions", (n, k), "targets", (T.shape[0], T.shape[1]))
@@ -157,30 +201,34 @@ def regression_loss(int kind, const floating[:, ::1] P, const floating[:, ::1] T
         _same("regression_loss", "predictions", (n, k), "gradient", (dP.shape[0], dP.shape[1]))
     if N == 0:
         return (0.0 if kind == LOSS_L2 else float("nan")), 0
-    cdef bint grad = dP is not None
+    cdef bint grad = dP is not None, weighted = W is not None
     cdef const floating *p = &P[0, 0]
     cdef const floating *t = &T[0, 0]
     cdef floating *g = &dP[0, 0] if grad else NULL
-    cdef double total = 0.0, d, scale
+    cdef double total = 0.0, d, li, wi = 1.0, scale
+    cdef double inv = 1.0 if kind == LOSS_L2 else _inv_weight_sum("regression_loss", W, n, <double>k)
     cdef floating fd
+    if kind == LOSS_L2 and weighted:
+        _inv_weight_sum("regression_loss", W, n, 1.0)     # checks the length of W
     with nogil:
-        if kind == LOSS_MAE:
-            scale = 1.0 / N
-            for i in range(N):
-                fd = p[i] - t[i]
-                total += fabs(fd)
-                if grad:
-                    g[i] = <floating>(scale if fd > 0 else (-scale if fd < 0 else 0.0))
-        else:
-            scale = 2.0 if kind == LOSS_L2 else 2.0 / N
-            for i in range(N):
-                fd = p[i] - t[i]
-                d = fd
-                total += d * d
-                if grad:
-                    g[i] = <floating>(scale * d)
-            if kind == LOSS_MSE:
-                total /= N
-        if kind == LOSS_MAE:
-            total /= N
-    return total, 0
+        for r in range(n):
+            if weighted:
+                wi = W[r]
+            li = 0.0
+            if kind == LOSS_MAE:
+                scale = wi * inv
+                for i in range(r * k, r * k + k):
+                    fd = p[i] - t[i]
+                    li += fabs(fd)
+                    if grad:
+                        g[i] = <floating>(scale if fd > 0 else (-scale if fd < 0 else 0.0))
+            else:
+                scale = 2.0 * wi * inv
+                for i in range(r * k, r * k + k):
+                    fd = p[i] - t[i]
+                    d = fd
+                    li += d * d
+                    if grad:
+                        g[i] = <floating>(scale * d)
+            total += wi * li if weighted else li
+    return total * inv, 0

@@ -1,0 +1,508 @@
+"""Callbacks: code that ``fit`` runs at the start and end of training, of every epoch and of every batch.
+
+Subclass ``Callback`` and override any of ``on_train_begin(logs)``, ``on_train_end(logs)``,
+``on_epoch_begin(epoch, logs)``, ``on_epoch_end(epoch, logs)``, ``on_batch_begin(batch, logs)``,
+``on_batch_end(batch, logs)``; ``self.model`` is the model being trained.  Semantics follow Keras:
+
+- ``epoch`` and ``batch`` are 0-based indices (printed 1-based); with ``fit(initial_epoch=k)`` the first
+  epoch is k.
+- ``on_epoch_end``'s ``logs`` holds the epoch's "loss", the metrics, "val_..." values and "time"; a callback
+  may add keys (LearningRateScheduler and ReduceLROnPlateau add "lr") and History records them all.
+- ``on_batch_end``'s ``logs`` holds "batch", "size" (samples in the batch) and "loss" (the batch's loss,
+  before its update).  The batch hooks are called only for callbacks that override them, so callbacks
+  that do not cost nothing per batch.
+- Setting ``self.model.stop_training = True`` stops training cleanly: after the current batch, the epoch is
+  closed as usual (its on_epoch_end runs) and on_train_end runs.
+"""
+import csv
+import math
+import os
+import sys
+import time
+import warnings
+
+import numpy as np
+
+
+class Callback:
+    """Base class of callbacks; every hook does nothing."""
+    model = None
+
+    def set_model(self, model):
+        self.model = model
+
+    def on_train_begin(self, logs=None):
+        pass
+
+    def on_train_end(self, logs=None):
+        pass
+
+    def on_epoch_begin(self, epoch, logs=None):
+        pass
+
+    def on_epoch_end(self, epoch, logs=None):
+        pass
+
+    def on_batch_begin(self, batch, logs=None):
+        pass
+
+    def on_batch_end(self, batch, logs=None):
+        pass
+
+
+def _overrides(cb, hook):
+    return getattr(type(cb), hook, None) is not getattr(Callback, hook)
+
+
+class CallbackList:
+    """The callbacks of one fit call.  ``batch_hooks`` is False when no callback overrides a batch hook: fit
+    then skips the per-batch calls (and the logs dicts) entirely."""
+
+    def __init__(self, callbacks, model):
+        self.callbacks = list(callbacks)
+        for cb in self.callbacks:
+            if not isinstance(cb, Callback):
+                raise TypeError(f"fit: callbacks must be fastnn.callbacks.Callback instances, got "
+                                f"{type(cb).__name__}")
+            cb.set_model(model)
+        self._begin = [cb for cb in self.callbacks if _overrides(cb, "on_batch_begin")]
+        self._end = [cb for cb in self.callbacks if _overrides(cb, "on_batch_end")]
+        self.batch_hooks = bool(self._begin or self._end)
+
+    def on_train_begin(self, logs=None):
+        for cb in self.callbacks:
+            cb.on_train_begin(logs)
+
+    def on_train_end(self, logs=None):
+        for cb in self.callbacks:
+            cb.on_train_end(logs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for cb in self.callbacks:
+            cb.on_epoch_begin(epoch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        for cb in self.callbacks:
+            cb.on_epoch_end(epoch, logs)
+
+    def on_batch_begin(self, batch, logs=None):
+        for cb in self._begin:
+            cb.on_batch_begin(batch, logs)
+
+    def on_batch_end(self, batch, logs=None):
+        for cb in self._end:
+            cb.on_batch_end(batch, logs)
+
+
+# ---------------------------------------------------------------------------------------------- History
+class History(Callback):
+    """What ``fit`` returns (also ``model.history``): ``history`` maps each key of the epoch logs ("loss",
+    "accuracy", "val_loss", "val_accuracy", the metrics, "lr", "time") to one value per epoch; ``epoch`` lists
+    the epoch indices (0-based; they start at ``initial_epoch``)."""
+
+    def __init__(self):
+        self.history = {}
+        self.epoch = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._record(epoch, logs or {})
+
+    def _record(self, epoch, logs):
+        self.epoch.append(epoch)
+        for k, v in logs.items():
+            self.history.setdefault(k, []).append(v)
+
+    def plot(self, keys=None):
+        """A matplotlib Figure with one panel per quantity (loss, each metric), training and validation curves
+        together.  ``keys`` limits it to some names ("loss", "accuracy", ...).  Needs matplotlib (not a
+        dependency of fastnn): without it, an ImportError that says so."""
+        try:
+            import matplotlib
+            from matplotlib.figure import Figure
+        except ImportError:
+            raise ImportError("History.plot() needs matplotlib, which fastnn does not require: "
+                              "pip install matplotlib") from None
+        del matplotlib
+        names = [k for k in self.history if not k.startswith("val_") and k not in ("time", "lr")]
+        names += [k[4:] for k in self.history if k.startswith("val_") and k[4:] not in names]
+        if keys is not None:
+            keys = [keys] if isinstance(keys, str) else list(keys)
+            unknown = [k for k in keys if k not in names]
+            if unknown:
+                raise ValueError(f"History.plot: no values for {unknown}; recorded: {names}")
+            names = keys
+        fig = Figure(figsize=(4.5 * max(1, len(names)), 3.5))
+        axes = fig.subplots(1, max(1, len(names)), squeeze=False)[0]
+        epochs = [e + 1 for e in self.epoch]
+        for ax, name in zip(axes, names):
+            for key, label in ((name, "train"), ("val_" + name, "validation")):
+                if key in self.history:
+                    ax.plot(epochs, self.history[key], marker=".", label=label)
+            ax.set_xlabel("epoch")
+            ax.set_title(name)
+            ax.legend()
+        fig.tight_layout()
+        return fig
+
+    def __repr__(self):
+        return f"History(epochs={len(self.epoch)}, keys={list(self.history)})"
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _monitor_mode(owner, monitor, mode):
+    if mode not in ("auto", "min", "max"):
+        raise ValueError(f"{owner}: mode must be 'auto', 'min' or 'max', got {mode!r}")
+    if mode == "auto":
+        # Keras' rule: accuracies (and here r2) are maximized, everything else minimized
+        mode = "max" if ("acc" in monitor or monitor.endswith("r2")) else "min"
+    return mode
+
+
+def _weights_snapshot(model, into=None):
+    """A copy of the model's parameters and layer buffers (reusing `into`'s arrays when given)."""
+    if into is None:
+        into = (np.empty_like(model.parameters),
+                [{k: np.empty_like(np.asarray(v)) for k, v in layer.buffers.items()} for layer in model.layers])
+    np.copyto(into[0], model.parameters)
+    for layer, saved in zip(model.layers, into[1]):
+        for k, v in layer.buffers.items():
+            np.copyto(saved[k], v)
+    return into
+
+
+def _weights_restore(model, snap):
+    np.copyto(model.parameters, snap[0])
+    for layer, saved in zip(model.layers, snap[1]):
+        for k, v in saved.items():
+            np.copyto(layer.buffers[k], v)
+
+
+def _is_number(v):
+    return isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)
+
+
+# ---------------------------------------------------------------------------------------------- EarlyStopping
+class EarlyStopping(Callback):
+    """Stop training when ``monitor`` has stopped improving (Keras' EarlyStopping).
+
+    Args:
+        monitor: the logs key to watch ("val_loss" by default; "loss", "val_accuracy", ...).
+        min_delta: the smallest change that counts as an improvement.
+        patience: epochs without improvement after which training stops.
+        mode: "min", "max" or "auto" (max for accuracies and r2, min otherwise).
+        baseline: training stops if the monitored value does not beat it within ``patience`` epochs.
+        restore_best_weights: when stopping, put back the parameters (and layer buffers) of the best epoch.
+            As in Keras, if training runs to its last epoch without stopping, the last weights are kept.
+        start_from_epoch: epochs to wait before watching.
+
+    After training, ``stopped_epoch`` is the (0-based) epoch at which it stopped (0: it did not stop early) and
+    ``best_epoch`` / ``best`` the best epoch and value.
+    """
+
+    def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, mode="auto", baseline=None,
+                 restore_best_weights=False, start_from_epoch=0, verbose=0):
+        self.monitor = monitor
+        self.min_delta = abs(float(min_delta))
+        self.patience = int(patience)
+        self.mode = _monitor_mode("EarlyStopping", monitor, mode)
+        self.baseline = baseline
+        self.restore_best_weights = bool(restore_best_weights)
+        self.start_from_epoch = int(start_from_epoch)
+        self.verbose = verbose
+        self._snap = self._best_snap = None
+
+    def _better(self, current, reference):
+        if reference is None:
+            return True
+        if self.mode == "min":
+            return current + self.min_delta < reference
+        return current - self.min_delta > reference
+
+    def on_train_begin(self, logs=None):
+        self.wait = 0
+        self.stopped_epoch = 0
+        self.best = None
+        self.best_epoch = 0
+        self._has_best = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        current = (logs or {}).get(self.monitor)
+        if current is None:
+            warnings.warn(f"EarlyStopping: {self.monitor!r} is not in the logs (available: {sorted(logs or {})})",
+                          RuntimeWarning, stacklevel=2)
+            return
+        if epoch < self.start_from_epoch:
+            return
+        if self.restore_best_weights and not self._has_best:
+            self._snap = _weights_snapshot(self.model, self._snap)
+            self._has_best = True
+        self.wait += 1
+        if self._better(current, self.best):
+            self.best = current
+            self.best_epoch = epoch
+            if self.restore_best_weights:
+                self._snap = _weights_snapshot(self.model, self._snap)
+            if self.baseline is None or self._better(current, self.baseline):
+                self.wait = 0
+            return
+        if self.wait >= self.patience and epoch > 0:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+            if self.restore_best_weights and self._has_best:
+                _weights_restore(self.model, self._snap)
+                if self.verbose:
+                    print(f"EarlyStopping: restored the weights of epoch {self.best_epoch + 1}", flush=True)
+
+    def on_train_end(self, logs=None):
+        if self.stopped_epoch > 0 and self.verbose:
+            print(f"EarlyStopping: stopped at epoch {self.stopped_epoch + 1}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- ModelCheckpoint
+class ModelCheckpoint(Callback):
+    """Save the model (``model.save``: weights, optimizer state, generator states) at the end of epochs.
+
+    Args:
+        filepath: a file path, which may hold format fields filled from the epoch (1-based) and the logs,
+            e.g. ``"ckpt/model-{epoch:03d}-{val_loss:.3f}.fnn"``; or a directory (a path ending with a
+            separator, or an existing directory), in which the files are named ``epoch-{epoch:04d}.fnn``, or
+            ``best.fnn`` with ``save_best_only``.  Missing directories are created.
+        monitor, mode: the logs key that decides what "best" is, and its direction (as EarlyStopping).
+        save_best_only: save only when ``monitor`` improves (then one file, overwritten, unless the path has
+            fields).
+        save_freq: "epoch" (every epoch) or an int n (every n epochs).
+
+    Every write is atomic (see fastnn.io), so a crash while saving leaves the previous checkpoint intact.
+    ``last_path`` is the most recent file written.  Resume with
+    ``m = fnn.load(path); m.fit(X, y, epochs=N, initial_epoch=m.epochs_trained, ...)``.
+    """
+
+    def __init__(self, filepath, monitor="val_loss", save_best_only=False, mode="auto", save_freq="epoch",
+                 verbose=0):
+        filepath = os.fspath(filepath)
+        if filepath.endswith(("/", os.sep)) or os.path.isdir(filepath):
+            filepath = os.path.join(filepath, "best.fnn" if save_best_only else "epoch-{epoch:04d}.fnn")
+        self.filepath = filepath
+        self.monitor = monitor
+        self.save_best_only = bool(save_best_only)
+        self.mode = _monitor_mode("ModelCheckpoint", monitor, mode)
+        if save_freq != "epoch" and (isinstance(save_freq, bool) or not isinstance(save_freq, int)
+                                     or save_freq < 1):
+            raise ValueError(f"ModelCheckpoint: save_freq must be 'epoch' or a positive int, got {save_freq!r}")
+        self.save_freq = 1 if save_freq == "epoch" else save_freq
+        self.verbose = verbose
+        self.best = None
+        self.last_path = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if (epoch + 1) % self.save_freq:
+            return
+        if self.save_best_only:
+            current = logs.get(self.monitor)
+            if current is None:
+                warnings.warn(f"ModelCheckpoint: {self.monitor!r} is not in the logs; nothing saved",
+                              RuntimeWarning, stacklevel=2)
+                return
+            if self.best is not None and not (current < self.best if self.mode == "min" else current > self.best):
+                return
+            self.best = current
+        path = self.filepath.format(epoch=epoch + 1, **logs)
+        d = os.path.dirname(path)
+        if d:
+            os.makedirs(d, exist_ok=True)
+        self.model.save(path)
+        self.last_path = path
+        if self.verbose:
+            print(f"ModelCheckpoint: saved {path}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- learning rate
+class LearningRateScheduler(Callback):
+    """Set the optimizer's learning rate at the start of every epoch to ``schedule(epoch, lr)`` (Keras'
+    signature: the 0-based epoch and the current rate).  Adds "lr" to the epoch logs."""
+
+    def __init__(self, schedule, verbose=0):
+        if not callable(schedule):
+            raise TypeError("LearningRateScheduler: schedule must be callable as schedule(epoch, lr)")
+        self.schedule = schedule
+        self.verbose = verbose
+
+    def on_epoch_begin(self, epoch, logs=None):
+        lr = self.schedule(epoch, float(self.model.optimizer.lr))
+        if not _is_number(lr) or not math.isfinite(lr):
+            raise ValueError(f"LearningRateScheduler: the schedule returned {lr!r} at epoch {epoch}; "
+                             "expected a finite number")
+        self.model.optimizer.lr = float(lr)
+        if self.verbose:
+            print(f"LearningRateScheduler: epoch {epoch + 1}, lr {lr:.6g}", flush=True)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["lr"] = float(self.model.optimizer.lr)
+
+
+class ReduceLROnPlateau(Callback):
+    """Multiply the learning rate by ``factor`` when ``monitor`` has not improved by ``min_delta`` for
+    ``patience`` epochs (Keras' ReduceLROnPlateau: then ``cooldown`` epochs of rest; never below ``min_lr``).
+    Adds "lr" to the epoch logs."""
+
+    def __init__(self, monitor="val_loss", factor=0.1, patience=10, mode="auto", min_delta=1e-4, cooldown=0,
+                 min_lr=0.0, verbose=0):
+        if not 0.0 <= factor < 1.0:
+            raise ValueError(f"ReduceLROnPlateau: factor must be in [0, 1), got {factor!r}")
+        self.monitor = monitor
+        self.factor = float(factor)
+        self.patience = int(patience)
+        self.mode = _monitor_mode("ReduceLROnPlateau", monitor, mode)
+        self.min_delta = abs(float(min_delta))
+        self.cooldown = int(cooldown)
+        self.min_lr = float(min_lr)
+        self.verbose = verbose
+
+    def on_train_begin(self, logs=None):
+        self.wait = 0
+        self.cooldown_counter = 0
+        self.best = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        opt = self.model.optimizer
+        logs["lr"] = float(opt.lr)
+        current = logs.get(self.monitor)
+        if current is None:
+            warnings.warn(f"ReduceLROnPlateau: {self.monitor!r} is not in the logs", RuntimeWarning, stacklevel=2)
+            return
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.wait = 0
+        better = (self.best is None or (current < self.best - self.min_delta if self.mode == "min"
+                                        else current > self.best + self.min_delta))
+        if better:
+            self.best = current
+            self.wait = 0
+        elif self.cooldown_counter <= 0:
+            self.wait += 1
+            if self.wait >= self.patience:
+                old = float(opt.lr)
+                if old > self.min_lr:
+                    opt.lr = max(old * self.factor, self.min_lr)
+                    if self.verbose:
+                        print(f"ReduceLROnPlateau: epoch {epoch + 1}, lr {old:.6g} -> {opt.lr:.6g}", flush=True)
+                self.cooldown_counter = self.cooldown
+                self.wait = 0
+
+
+# ---------------------------------------------------------------------------------------------- logging
+class CSVLogger(Callback):
+    """Append one row per epoch to a CSV file: "epoch" (0-based, as Keras) then the logs keys in order.
+
+    ``append=False`` starts a new file at train begin; ``append=True`` keeps existing rows (for resuming).
+    The file is opened, written and closed at every epoch end, so it is complete even if training crashes.
+    """
+
+    def __init__(self, filename, separator=",", append=False):
+        self.filename = os.fspath(filename)
+        self.separator = separator
+        self.append = bool(append)
+        self._keys = None
+
+    def on_train_begin(self, logs=None):
+        self._keys = None
+        if not self.append and os.path.exists(self.filename):
+            os.remove(self.filename)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        new_file = not os.path.exists(self.filename) or os.path.getsize(self.filename) == 0
+        if self._keys is None:
+            self._keys = list(logs)
+        with open(self.filename, "a", newline="") as f:
+            w = csv.writer(f, delimiter=self.separator)
+            if new_file:
+                w.writerow(["epoch"] + self._keys)
+            w.writerow([epoch] + [logs.get(k, "") for k in self._keys])
+
+
+class TerminateOnNaN(Callback):
+    """Stop training cleanly when a batch loss is NaN or infinite (useful with ``nan_guard=False``; with the
+    guard on, fit raises NonFiniteError first).  ``terminated_at`` is (epoch, batch), 0-based, or None."""
+
+    def on_train_begin(self, logs=None):
+        self.terminated_at = None
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            self.terminated_at = (self._epoch, batch)
+            self.model.stop_training = True
+            print(f"TerminateOnNaN: loss {loss} at epoch {self._epoch + 1}, batch {batch + 1}; stopping",
+                  flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- progress
+def _epoch_line(epoch, epochs, logs):
+    parts = " - ".join(f"{k} {v:.4f}" for k, v in logs.items() if k != "time" and _is_number(v))
+    return f"epoch {epoch + 1}/{epochs} - {parts} - {logs.get('time', 0.0):.3f}s"
+
+
+class EpochLogger(Callback):
+    """verbose=2 (or verbose=1 when the output is not a terminal): one line per epoch."""
+
+    def __init__(self, epochs, file=None):
+        self.epochs = epochs
+        self.file = file
+
+    def on_epoch_end(self, epoch, logs=None):
+        print(_epoch_line(epoch, self.epochs, logs or {}), file=self.file or sys.stdout, flush=True)
+
+
+class ProgressBar(Callback):
+    """verbose=1 on a terminal: a live bar per epoch (batches done, ETA, running loss), redrawn at most every
+    ``interval`` seconds with a carriage return, then the epoch's line."""
+
+    def __init__(self, epochs, n_batches, file=None, interval=0.1, width=24):
+        self.epochs = epochs
+        self.n_batches = n_batches
+        self.file = file
+        self.interval = interval
+        self.width = width
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._t0 = time.perf_counter()
+        self._last = 0.0
+        self._loss = 0.0
+        self._seen = 0
+        self._cols = 0
+
+    def on_batch_end(self, batch, logs=None):
+        m = logs["size"]
+        self._loss += logs["loss"] * m
+        self._seen += m
+        now = time.perf_counter()
+        done = batch + 1
+        if now - self._last < self.interval and done < self.n_batches:
+            return
+        self._last = now
+        frac = done / self.n_batches
+        filled = int(self.width * frac)
+        bar = "=" * max(0, filled - 1) + (">" if filled < self.width else "=") + "." * (self.width - filled)
+        eta = (now - self._t0) / done * (self.n_batches - done)
+        text = (f"epoch {self._epoch + 1}/{self.epochs} [{bar}] {done}/{self.n_batches} - ETA {eta:.1f}s - "
+                f"loss {self._loss / max(self._seen, 1):.4f}")
+        self._write("\r" + text.ljust(self._cols))
+        self._cols = len(text)
+
+    def on_epoch_end(self, epoch, logs=None):
+        line = _epoch_line(epoch, self.epochs, logs or {})
+        self._write("\r" + line.ljust(self._cols) + "\n")
+
+    def _write(self, s):
+        f = self.file or sys.stdout
+        f.write(s)
+        f.flush()

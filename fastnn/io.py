@@ -1,0 +1,325 @@
+"""Saving and loading models: one file, an uncompressed ``.npz`` (a zip of ``.npy`` arrays), no pickle.
+
+Format (version 1).  Arrays, each a plain numeric ``.npy`` member:
+
+| key | content |
+|---|---|
+| ``__fastnn__`` | uint8: the UTF-8 JSON header below |
+| ``param/<i>/<name>`` | parameter ``<name>`` of node ``<i>`` (e.g. ``param/0/weight``), model dtype |
+| ``buffer/<i>/<name>`` | non-trainable state of node ``<i>`` (``layer.buffers``, e.g. BatchNorm statistics) |
+| ``optim/<state>/<i>/<name>`` | optimizer state ``<state>`` (e.g. ``exp_avg``) for that parameter |
+
+The JSON header::
+
+    {"format": "fastnn-model", "version": 1,
+     "model": {"class": "Sequential" | "Model", "name", "seed", "dtype", "input_shape",
+               "nodes": [{"class": "Dense", "config": {...}, "inputs": [-1]}, ...]},
+     "loss": {"name": "cross_entropy"} | null, "optimizer": {"name": "Adam", ...config} | null,
+     "optimizer_state": {"step_count": 120, "names": ["exp_avg", ...]} | null,
+     "training": {"epochs_trained": 5, "nan_guard": true},
+     "rng": {"init": <numpy bit-generator state>, "shuffle": ..., "layer": ...},
+     "arrays": {"<key>": {"shape": [...], "dtype": "<f4", "sha256": "..."}}}
+
+Nodes are listed in execution (topological) order; ``inputs`` are indices of earlier nodes, -1 for the
+model input; a layer is rebuilt as ``fastnn.layers.REGISTRY[class].from_config(config)`` and called on its
+inputs (a list for multi-input layers), so any layer that follows the Layer conventions (``get_config`` /
+``from_config``, parameters from ``param_specs``, state in ``layer.buffers``) is saved without changes here.
+Parameters and optimizer state are stored per parameter, not as the flat buffer, so the file does not
+depend on the buffer's layout.
+
+Safety: loading never executes code: ``np.load(..., allow_pickle=False)``, layer classes only from the
+registry, JSON only.  Before anything is read, every zip member's CRC is checked and every array's SHA-256
+is compared with the header.  A truncated, corrupted, foreign, wrong-version or pickle-bearing file, or a
+header naming an unknown layer, raises ValueError; the model is built completely before it is returned, so
+there is never a half-loaded model.  Writes are atomic: a temporary file in the same directory, flushed and
+fsync'ed, then ``os.replace`` onto the target (and the directory fsync'ed), so a crash leaves either the old
+file or the new one.
+"""
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+FORMAT = "fastnn-model"
+VERSION = 1
+HEADER_KEY = "__fastnn__"
+
+
+# ---------------------------------------------------------------------------------------------- save
+def _offsets(model):
+    """{(node index, param name): (offset, size)} in the flat buffer, from the views' addresses."""
+    base = model.parameters.__array_interface__["data"][0]
+    item = model.parameters.itemsize
+    out = {}
+    for i, layer in enumerate(model.layers):
+        for name, view in layer.params.items():
+            out[(i, name)] = ((view.__array_interface__["data"][0] - base) // item, view.size)
+    return out
+
+
+def _rng_state(gen):
+    return gen.bit_generator.state
+
+
+def _architecture(model):
+    from fastnn.model import Sequential, Model
+    from fastnn.layers import REGISTRY
+    if type(model) not in (Sequential, Model):
+        raise ValueError(f"save: only fastnn.Model and fastnn.Sequential can be saved, got {type(model).__name__}")
+    nodes = []
+    for layer, src in model._plan:
+        cls = type(layer).__name__
+        if REGISTRY.get(cls) is not type(layer):
+            raise ValueError(f"save: layer {layer.name} has class {cls}, which is not in fastnn.layers.REGISTRY; "
+                             "register it to make it saveable")
+        nodes.append({"class": cls, "config": layer.get_config(), "inputs": [int(s) for s in src]})
+    return {"class": type(model).__name__, "name": model.name, "seed": model.seed,
+            "dtype": np.dtype(model.dtype).name, "input_shape": list(model.input_shape), "nodes": nodes}
+
+
+def save(model, path, include_optimizer=True):
+    """Write `model` to `path` atomically (see the module docstring for the format)."""
+    from fastnn import losses as _losses, optim as _optim
+    if not model.built:
+        raise ValueError(f"save: {model.name} is not built yet (give input_dim, or fit/predict once)")
+    header = {"format": FORMAT, "version": VERSION, "model": _architecture(model)}
+    arrays = {}
+    for i, layer in enumerate(model.layers):
+        for name, view in layer.params.items():
+            arrays[f"param/{i}/{name}"] = view
+        for name, buf in layer.buffers.items():
+            arrays[f"buffer/{i}/{name}"] = np.asarray(buf)
+    header["loss"] = None
+    if model.loss is not None:
+        if _losses.REGISTRY.get(model.loss.name) is not type(model.loss):
+            raise ValueError(f"save: the loss {model.loss!r} is not in fastnn.losses.REGISTRY")
+        header["loss"] = model.loss.get_config()
+    header["optimizer"] = header["optimizer_state"] = None
+    opt = model.optimizer
+    if opt is not None:
+        cfg = opt.get_config()
+        if _optim.REGISTRY.get(cfg["name"].lower()) is not type(opt):
+            raise ValueError(f"save: the optimizer {type(opt).__name__} is not in fastnn.optim.REGISTRY")
+        header["optimizer"] = cfg
+        if include_optimizer and opt._params is model.parameters:
+            header["optimizer_state"] = {"step_count": int(opt.step_count), "names": sorted(opt.state)}
+            offs = _offsets(model)
+            for sname, flat in opt.state.items():
+                for (i, pname), (off, size) in offs.items():
+                    arrays[f"optim/{sname}/{i}/{pname}"] = flat[off:off + size].reshape(
+                        model.layers[i].params[pname].shape)
+    header["training"] = {"epochs_trained": int(model.epochs_trained), "nan_guard": bool(model.nan_guard)}
+    header["rng"] = {"init": _rng_state(model._init_rng), "shuffle": _rng_state(model.rng),
+                     "layer": _rng_state(model.layer_rng)}
+    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    header["arrays"] = {k: {"shape": list(v.shape), "dtype": v.dtype.str,
+                            "sha256": hashlib.sha256(v.tobytes()).hexdigest()} for k, v in arrays.items()}
+    blob = np.frombuffer(json.dumps(header, sort_keys=True).encode("utf-8"), dtype=np.uint8)
+    _atomic_savez(os.fspath(path), {HEADER_KEY: blob, **arrays})
+
+
+def _atomic_savez(path, arrays):
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:   # make the rename itself durable
+        dfd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------- load
+def _bad(path, why):
+    return ValueError(f"load: {path!r} is not a valid fastnn model file: {why}")
+
+
+def _read(path):
+    """(header dict, {key: array}) with every check on the container done; ValueError otherwise."""
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04":
+        raise _bad(path, "not a fastnn .npz archive (wrong magic bytes; foreign or truncated file)")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            broken = zf.testzip()
+            if broken is not None:
+                raise _bad(path, f"member {broken!r} is corrupted (CRC mismatch)")
+            names = zf.namelist()
+    except ValueError:
+        raise
+    except Exception as exc:   # BadZipFile, zlib/struct errors, EOF: a truncated or corrupted archive
+        raise _bad(path, f"corrupted or truncated archive ({type(exc).__name__}: {exc})") from None
+    if HEADER_KEY + ".npy" not in names:
+        raise _bad(path, "no fastnn header (a foreign .npz)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except ValueError as exc:
+        if "pickle" in str(exc):
+            raise _bad(path, "it holds pickled objects, which fastnn never loads") from None
+        raise _bad(path, f"unreadable array ({exc})") from None
+    except Exception as exc:
+        raise _bad(path, f"unreadable array ({type(exc).__name__}: {exc})") from None
+    blob = arrays.pop(HEADER_KEY)
+    if blob.dtype != np.uint8 or blob.ndim != 1:
+        raise _bad(path, "malformed header")
+    try:
+        header = json.loads(blob.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _bad(path, f"malformed JSON header ({exc})") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise _bad(path, "the header is not a fastnn model header")
+    if header.get("version") != VERSION:
+        raise ValueError(f"load: {path!r} has fastnn format version {header.get('version')!r}; this fastnn "
+                         f"reads version {VERSION}")
+    meta = header.get("arrays")
+    if not isinstance(meta, dict) or set(meta) != set(arrays):
+        raise _bad(path, "the arrays do not match the header's list")
+    for k, a in arrays.items():
+        m = meta[k]
+        if (not isinstance(m, dict) or list(a.shape) != m.get("shape") or a.dtype.str != m.get("dtype")
+                or hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest() != m.get("sha256")):
+            raise _bad(path, f"array {k!r} does not match its checksum, shape or dtype")
+    return header, arrays
+
+
+def load(path, compile=True):
+    """A model from a file written by ``model.save`` (or a ModelCheckpoint): the same layers, weights,
+    buffers, dtype, loss, optimizer with its state, generator states and ``epochs_trained``.
+
+    Args:
+        compile: restore the loss and optimizer (when saved); False loads an uncompiled model.
+
+    Raises ValueError for anything that is not a valid file of this format version (see fastnn.io).
+    """
+    path = os.fspath(path)
+    header, arrays = _read(path)
+    try:
+        return _build(header, arrays, compile)
+    except ValueError as exc:
+        raise ValueError(f"load: {path!r}: {exc}") from None
+    except (TypeError, KeyError, IndexError, AttributeError, OverflowError) as exc:
+        raise ValueError(f"load: {path!r}: invalid model description ({type(exc).__name__}: {exc})") from None
+
+
+def _restore_rng(gen, state):
+    if not isinstance(state, dict) or state.get("bit_generator") != type(gen.bit_generator).__name__:
+        raise ValueError("invalid generator state")
+    gen.bit_generator.state = state
+
+
+def _build(header, arrays, compile):
+    from fastnn import losses as _losses, optim as _optim
+    from fastnn.layers import REGISTRY
+    from fastnn.model import Input, Model, Sequential
+    spec = header["model"]
+    kind = spec["class"]
+    if kind not in ("Sequential", "Model"):
+        raise ValueError(f"unknown model class {kind!r}")
+    layers = []
+    for i, node in enumerate(spec["nodes"]):
+        cls = REGISTRY.get(node["class"])
+        if cls is None:
+            raise ValueError(f"node {i}: unknown layer class {node['class']!r} (known: {sorted(REGISTRY)})")
+        if not isinstance(node["config"], dict):
+            raise ValueError(f"node {i}: the layer config must be an object")
+        try:
+            layers.append(cls.from_config(node["config"]))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"node {i}: invalid {node['class']} config ({exc})") from None
+    input_shape = tuple(int(d) for d in spec["input_shape"])
+    seed, dtype, name = spec["seed"], spec["dtype"], spec["name"]
+    if kind == "Sequential":
+        for i, node in enumerate(spec["nodes"]):
+            if list(node["inputs"]) != [i - 1]:
+                raise ValueError("a Sequential model must be a chain")
+        model = Sequential(layers, input_dim=input_shape, seed=seed, dtype=dtype, name=name)
+    else:
+        x = Input(input_shape)
+        tensors = []
+        for i, (layer, node) in enumerate(zip(layers, spec["nodes"])):
+            srcs = [int(s) for s in node["inputs"]]
+            if not srcs or any(s < -1 or s >= i for s in srcs):
+                raise ValueError(f"node {i}: inputs {srcs} must name earlier nodes")
+            ins = [x if s < 0 else tensors[s] for s in srcs]
+            tensors.append(layer(ins if layer.n_inputs != 1 else ins[0]))
+        model = Model(x, tensors[-1], seed=seed, dtype=dtype, name=name)
+    # the rebuilt graph must run the nodes in the saved order
+    if [type(l).__name__ for l in model.layers] != [n["class"] for n in spec["nodes"]] or \
+            [list(src) for _, src in model._plan] != [list(n["inputs"]) for n in spec["nodes"]]:
+        raise ValueError("the rebuilt graph does not match the saved node order")
+
+    used = set()
+
+    def take(key, like):
+        a = arrays.get(key)
+        if a is None:
+            raise ValueError(f"array {key!r} is missing")
+        if a.shape != like.shape or a.dtype != like.dtype:
+            raise ValueError(f"array {key!r} has shape {a.shape} {a.dtype}, expected {like.shape} {like.dtype}")
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise ValueError(f"array {key!r} holds NaN or infinity")
+        used.add(key)
+        return a
+
+    for i, layer in enumerate(model.layers):
+        for pname, view in layer.params.items():
+            view[...] = take(f"param/{i}/{pname}", view)
+        for bname, buf in layer.buffers.items():
+            np.copyto(buf, take(f"buffer/{i}/{bname}", np.asarray(buf)))
+
+    if compile and header.get("loss") is not None:
+        loss = _losses.get(header["loss"]["name"])
+        opt = None
+        ocfg = header.get("optimizer")
+        if ocfg is not None:
+            ocfg = dict(ocfg)
+            ocls = _optim.REGISTRY.get(str(ocfg.pop("name")).lower())
+            if ocls is None:
+                raise ValueError(f"unknown optimizer {header['optimizer']['name']!r}")
+            if "betas" in ocfg:
+                ocfg["betas"] = tuple(ocfg["betas"])
+            opt = ocls(**ocfg)
+        model.compile(loss, opt if opt is not None else "adam",
+                      nan_guard=bool(header.get("training", {}).get("nan_guard", True)))
+        st = header.get("optimizer_state")
+        if opt is not None and st is not None:
+            if sorted(opt.state) != sorted(st["names"]):
+                raise ValueError(f"optimizer state {st['names']} does not match {type(opt).__name__}'s "
+                                 f"{sorted(opt.state)}")
+            offs = _offsets(model)
+            for sname, flat in opt.state.items():
+                for (i, pname), (off, size) in offs.items():
+                    like = model.layers[i].params[pname]
+                    flat[off:off + size] = take(f"optim/{sname}/{i}/{pname}", like).reshape(-1)
+            opt.step_count = int(st["step_count"])
+    else:
+        used.update(k for k in arrays if k.startswith("optim/"))
+    extra = set(arrays) - used
+    if extra:
+        raise ValueError(f"arrays {sorted(extra)[:3]} do not belong to the saved architecture")
+    training = header.get("training", {})
+    model.epochs_trained = int(training.get("epochs_trained", 0))
+    rng = header["rng"]
+    _restore_rng(model._init_rng, rng["init"])
+    _restore_rng(model.rng, rng["shuffle"])
+    _restore_rng(model.layer_rng, rng["layer"])
+    return model

@@ -1,0 +1,157 @@
+"""Metrics that ``fit`` and ``evaluate`` report next to the loss: "accuracy", "top_k_accuracy", "mae", "mse", "r2".
+
+A metric accumulates over the batches of an epoch (``reset``, ``update(out, targets)`` per batch,
+``result()``) and is reported under its ``name``; on the validation data as ``"val_" + name``.  Training
+metrics are measured on each batch's forward pass while the model trains (as Keras does); they are not
+weighted by ``sample_weight`` / ``class_weight`` (Keras' ``metrics``, not ``weighted_metrics``).
+
+- "accuracy": for classification losses; fit reports it for them anyway, from the loss kernel's own count.
+- ``TopKAccuracy(k)`` / "top_k_accuracy" (k=5): the label is among the k largest outputs ("cross_entropy").
+- "mae", "mse": mean absolute / squared error over all output elements (regression losses).
+- "r2": the coefficient of determination per output column over the whole epoch, averaged over columns
+  (sklearn's ``r2_score`` with ``multioutput="uniform_average"``); a constant target column counts 0.
+
+Regression metrics need a regression loss ("l2", "mse", "mae") and the accuracies a classification loss,
+so that they always see predictions in the space of the targets; a mismatch is a ValueError in ``fit``.
+"""
+import numpy as np
+
+
+class Metric:
+    """Base class: ``reset()``, ``update(out, targets)`` per batch, ``result()`` -> float."""
+    name = None
+    kind = None    # "classification" or "regression": the losses it applies to
+
+    def reset(self):
+        raise NotImplementedError
+
+    def update(self, out, targets):
+        raise NotImplementedError
+
+    def result(self):
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+class Accuracy(Metric):
+    """Fraction of correct predictions; fit takes the count from the loss kernel (no extra pass)."""
+    name = "accuracy"
+    kind = "classification"
+
+
+class TopKAccuracy(Metric):
+    """Fraction of samples whose label is among the k largest outputs (integer labels or probability rows)."""
+    kind = "classification"
+
+    def __init__(self, k=5, name=None):
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"TopKAccuracy: k must be a positive int, got {k!r}")
+        self.k = int(k)
+        self.name = name or ("top_k_accuracy" if self.k == 5 else f"top_{self.k}_accuracy")
+        self.reset()
+
+    def reset(self):
+        self._hits = 0
+        self._n = 0
+
+    def update(self, out, targets):
+        labels = targets if targets.ndim == 1 else np.argmax(targets, axis=1)
+        n, c = out.shape[0], out.shape[1]
+        if self.k >= c:
+            self._hits += n
+        else:
+            # the label's score beats all but fewer than k others (ties counted in its favour, as Keras)
+            lab_score = out[np.arange(n), labels]
+            above = (out > lab_score[:, None]).sum(axis=1)
+            self._hits += int((above < self.k).sum())
+        self._n += n
+
+    def result(self):
+        return self._hits / self._n if self._n else float("nan")
+
+    def __repr__(self):
+        return f"TopKAccuracy(k={self.k})"
+
+
+class _Elementwise(Metric):
+    kind = "regression"
+
+    def reset(self):
+        self._sum = 0.0
+        self._n = 0
+
+    def update(self, out, targets):
+        d = out.reshape(targets.shape) - targets
+        self._sum += float(self._reduce(d))
+        self._n += d.size
+
+    def result(self):
+        return self._sum / self._n if self._n else float("nan")
+
+
+class MeanAbsoluteError(_Elementwise):
+    """Mean |yhat - y| over all output elements."""
+    name = "mae"
+
+    @staticmethod
+    def _reduce(d):
+        return np.abs(d, out=d).sum(dtype=np.float64)
+
+
+class MeanSquaredError(_Elementwise):
+    """Mean (yhat - y)^2 over all output elements."""
+    name = "mse"
+
+    @staticmethod
+    def _reduce(d):
+        return np.einsum("ij,ij->", d, d, dtype=np.float64)
+
+
+class R2Score(Metric):
+    """Coefficient of determination, 1 - SS_res / SS_tot per output column, averaged over the columns."""
+    name = "r2"
+    kind = "regression"
+
+    def reset(self):
+        self._n = 0
+        self._s = self._ss = self._res = None
+
+    def update(self, out, targets):
+        t = targets.astype(np.float64)
+        d = out.reshape(targets.shape) - t
+        if self._s is None:
+            self._s = np.zeros(t.shape[1])
+            self._ss = np.zeros(t.shape[1])
+            self._res = np.zeros(t.shape[1])
+        self._s += t.sum(axis=0)
+        self._ss += (t * t).sum(axis=0)
+        self._res += (d * d).sum(axis=0)
+        self._n += t.shape[0]
+
+    def result(self):
+        if not self._n:
+            return float("nan")
+        tot = self._ss - self._s * self._s / self._n
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r2 = np.where(tot > 0, 1.0 - self._res / np.where(tot > 0, tot, 1.0),
+                          np.where(self._res == 0, 1.0, 0.0))
+        return float(r2.mean())
+
+
+REGISTRY = {"accuracy": Accuracy, "acc": Accuracy, "top_k_accuracy": TopKAccuracy, "mae": MeanAbsoluteError,
+            "mean_absolute_error": MeanAbsoluteError, "mse": MeanSquaredError,
+            "mean_squared_error": MeanSquaredError, "r2": R2Score, "r2_score": R2Score}
+
+
+def get(spec):
+    """A Metric from a name (REGISTRY) or a Metric instance."""
+    if isinstance(spec, Metric):
+        return spec
+    if isinstance(spec, str):
+        cls = REGISTRY.get(spec.lower())
+        if cls is None:
+            raise ValueError(f"fit: unknown metric {spec!r}; known: {sorted(REGISTRY)}")
+        return cls()
+    raise TypeError(f"fit: a metric must be a name or a fastnn.metrics.Metric, got {type(spec).__name__}")
