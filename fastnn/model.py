@@ -136,6 +136,7 @@ class Model:
         self.optimizer = None
         self._fused = False
         self._caches = {}
+        self.training = False    # the mode of a forward pass: fit/train_on_batch switch to True, predict to False
 
     def _build_graph(self, inputs, outputs):
         if isinstance(inputs, (list, tuple)):
@@ -255,6 +256,28 @@ class Model:
             print(f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:>{w[2]}}", file=file)
         print(f"total parameters: {self.count_params()} ({np.dtype(self.dtype).name})", file=file)
 
+    # ================================================================== training / inference mode
+    def train(self, mode=True):
+        """Put the model in training mode (dropout active, batch statistics in BatchNorm); returns the model.
+
+        ``fit`` and ``train_on_batch`` run in training mode and ``predict`` / ``evaluate`` in inference mode
+        whatever the current mode, and restore the previous mode afterwards (as ``model.train()`` /
+        ``model.eval()`` do in torch).
+        """
+        if not isinstance(mode, (bool, np.bool_)):
+            raise TypeError(f"{self.name}: train(mode) takes a bool, got {type(mode).__name__}")
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        """Put the model in inference mode (no dropout, running statistics in BatchNorm); returns the model."""
+        return self.train(False)
+
+    def _set_mode(self, training):
+        """Set the mode and return the previous one (so that callers can restore it)."""
+        prev, self.training = self.training, bool(training)
+        return prev
+
     # ================================================================== compile
     def compile(self, loss, optimizer="adam"):
         """Set the loss and the optimizer.  Never re-initializes or re-allocates the weights.
@@ -280,7 +303,9 @@ class Model:
             raise RuntimeError(f"{self.name}: call compile(loss=..., optimizer=...) before {what}")
 
     # ================================================================== execution engine
-    def _forward(self, X, training, logits=False):
+    def _forward(self, X, training=None, logits=False):
+        if training is None:
+            training = self.training
         vals = self._values
         last = len(self._plan) - 1
         for i, (layer, src) in enumerate(self._plan):
@@ -334,7 +359,11 @@ class Model:
 
     def _step(self, Xb, Tb, where):
         """One forward, loss, backward and update; returns (loss before the update, n_correct)."""
-        out = self._forward(Xb, True, self._fused)
+        prev = self._set_mode(True)
+        try:
+            out = self._forward(Xb, True, self._fused)
+        finally:
+            self._set_mode(prev)
         loss, correct, grad = self._loss_and_grad(out, Tb)
         if not np.isfinite(loss):
             raise FloatingPointError(f"{self.name}: the loss is {loss} {where}; training stopped and the weights "
@@ -450,9 +479,13 @@ class Model:
         if n == 0:
             return out
         bs = n if batch_size is None else check_number("predict", "batch_size", batch_size, low=1, integer=True)
-        for start in range(0, n, bs):
-            stop = min(start + bs, n)
-            out[start:stop] = self._forward(X[start:stop], False)
+        prev = self._set_mode(False)
+        try:
+            for start in range(0, n, bs):
+                stop = min(start + bs, n)
+                out[start:stop] = self._forward(X[start:stop], False)
+        finally:
+            self._set_mode(prev)
         return out
 
     def evaluate(self, X, y, batch_size=None):
@@ -462,7 +495,11 @@ class Model:
             raise ValueError("evaluate: X has no samples")
         if batch_size is not None:
             batch_size = check_number("evaluate", "batch_size", batch_size, low=1, integer=True)
-        return self._evaluate_arrays(X, T, batch_size)
+        prev = self._set_mode(False)
+        try:
+            return self._evaluate_arrays(X, T, batch_size)
+        finally:
+            self._set_mode(prev)
 
     def _evaluate_arrays(self, X, T, batch_size=None):
         n = X.shape[0]

@@ -2,9 +2,11 @@
 from fastnn.layers.base import Layer, ParamSpec
 from fastnn.layers.activations import Activation, Identity, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax
 from fastnn.layers.dense import Dense
+from fastnn.layers.merge import Add, Concatenate
 
 # class name -> class, for rebuilding layers from their configs (saving and loading models)
-REGISTRY = {cls.__name__: cls for cls in (Identity, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, Dense)}
+REGISTRY = {cls.__name__: cls for cls in (Identity, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, Dense,
+                                                  Add, Concatenate)}
 
 __all__ = ["Layer", "ParamSpec", "Activation", "Identity", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax",
-           "Dense"]
+           "Dense", "Add", "Concatenate"]
