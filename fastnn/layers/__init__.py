@@ -3,10 +3,12 @@ from fastnn.layers.base import Layer, ParamSpec
 from fastnn.layers.activations import Activation, Identity, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax
 from fastnn.layers.dense import Dense
 from fastnn.layers.merge import Add, Concatenate
+from fastnn.layers.normalization import BatchNorm, LayerNorm
 
 # class name -> class, for rebuilding layers from their configs (saving and loading models)
 REGISTRY = {cls.__name__: cls for cls in (Identity, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, Dense,
-                                                  Add, Concatenate)}
+                                                  Add, Concatenate, BatchNorm, LayerNorm)}
 
 __all__ = ["Layer", "ParamSpec", "Activation", "Identity", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax",
-           "Dense", "Add", "Concatenate"]
+           "Dense", "Add", "Concatenate", "BatchNorm",
+           "LayerNorm"]
