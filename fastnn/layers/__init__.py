@@ -4,11 +4,12 @@ from fastnn.layers.activations import Activation, Identity, ReLU, LeakyReLU, Sig
 from fastnn.layers.dense import Dense
 from fastnn.layers.merge import Add, Concatenate
 from fastnn.layers.normalization import BatchNorm, LayerNorm
+from fastnn.layers.dropout import Dropout
 
 # class name -> class, for rebuilding layers from their configs (saving and loading models)
 REGISTRY = {cls.__name__: cls for cls in (Identity, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, Dense,
-                                                  Add, Concatenate, BatchNorm, LayerNorm)}
+                                                  Add, Concatenate, BatchNorm, LayerNorm, Dropout)}
 
 __all__ = ["Layer", "ParamSpec", "Activation", "Identity", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax",
            "Dense", "Add", "Concatenate", "BatchNorm",
-           "LayerNorm"]
+           "LayerNorm", "Dropout"]
