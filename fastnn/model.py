@@ -16,6 +16,9 @@ import numpy as np
 
 from fastnn import losses as _losses
 from fastnn import optim as _optim
+from fastnn import schedules as _schedules
+from fastnn._core import clip as _clip
+from fastnn._core._threads import get_num_threads
 from fastnn._validation import as_float_array, check_dtype, check_number
 from fastnn.layers.base import Layer
 
@@ -137,6 +140,10 @@ class Model:
         self._fused = False
         self._caches = {}
         self.training = False    # the mode of a forward pass: fit/train_on_batch switch to True, predict to False
+        self.clip_norm = self.clip_value = self.lr_schedule = None
+        self.grad_norm = None    # global gradient norm of the last step, when clipping is on
+        self._base_lr = None
+        self._constrained = []
 
     def _build_graph(self, inputs, outputs):
         if isinstance(inputs, (list, tuple)):
@@ -279,16 +286,31 @@ class Model:
         return prev
 
     # ================================================================== compile
-    def compile(self, loss, optimizer="adam"):
+    def compile(self, loss, optimizer="adam", clip_norm=None, clip_value=None, lr_schedule=None):
         """Set the loss and the optimizer.  Never re-initializes or re-allocates the weights.
 
         Args:
             loss: a name from ``fastnn.losses.REGISTRY`` ("cross_entropy", "mse", ...) or a Loss.
             optimizer: a name (its defaults) or an optimizer from ``fastnn.optim``.
+            clip_norm: if given, after each backward the flat gradient is scaled by clip_norm / (norm + 1e-6)
+                when its global L2 norm exceeds clip_norm (torch.nn.utils.clip_grad_norm_).
+            clip_value: if given, each gradient element is clamped to [-clip_value, clip_value] first
+                (torch.nn.utils.clip_grad_value_).
+            lr_schedule: a ``fastnn.schedules`` schedule; it sets ``optimizer.lr`` from the optimizer's lr at
+                this call (the base lr), at the start of every epoch of ``fit`` (or before every step when
+                the schedule has ``per_step=True``).
         """
         loss = _losses.get(loss)
         optimizer = _optim.get(optimizer)
+        clip_norm = None if clip_norm is None else check_number("compile", "clip_norm", clip_norm, low=0.0)
+        clip_value = None if clip_value is None else check_number("compile", "clip_value", clip_value, low=0.0,
+                                                                  low_open=True)
+        if lr_schedule is not None and not isinstance(lr_schedule, _schedules.Schedule):
+            raise TypeError(f"compile: lr_schedule must be a fastnn.schedules.Schedule or None, got "
+                            f"{type(lr_schedule).__name__}")
         self.loss, self.optimizer = loss, optimizer
+        self.clip_norm, self.clip_value, self.lr_schedule = clip_norm, clip_value, lr_schedule
+        self._base_lr = optimizer.lr
         if self.built:
             self._attach_training()
         return self
@@ -297,6 +319,7 @@ class Model:
         out_layer = self._plan[-1][0]
         self._fused = self.loss.fuses is not None and out_layer.fusable == self.loss.fuses
         self.optimizer._bind(self.parameters, self.gradients, self._n_decay)
+        self._constrained = [l for l, _ in self._plan if getattr(l, "constraint", None) is not None]
 
     def _require_compiled(self, what):
         if self.loss is None:
@@ -369,8 +392,34 @@ class Model:
             raise FloatingPointError(f"{self.name}: the loss is {loss} {where}; training stopped and the weights "
                                      "are those from before this batch (lower the learning rate, or check the data)")
         self._backward(grad)
+        self._clip_gradients()
+        self._schedule_step()
         self.optimizer.step()
+        self._apply_constraints()
         return loss, correct
+
+    # small hooks of _step and fit: clipping, schedules, constraints
+    def _clip_gradients(self):
+        """Clip the flat gradient buffer in place (one compiled pass) if compile asked for it."""
+        if self.clip_norm is not None or self.clip_value is not None:
+            self.grad_norm = _clip.clip_gradients(
+                self.gradients, -1.0 if self.clip_value is None else self.clip_value,
+                -1.0 if self.clip_norm is None else self.clip_norm, get_num_threads())
+
+    def _apply_schedule(self, epoch):
+        """Set the learning rate for `epoch` (0-based) from a per-epoch schedule; called by fit per epoch."""
+        if self.lr_schedule is not None and not self.lr_schedule.per_step:
+            self.optimizer.lr = self.lr_schedule(epoch, self._base_lr)
+
+    def _schedule_step(self):
+        """Set the learning rate for the coming step from a per-step schedule (t = steps taken so far)."""
+        if self.lr_schedule is not None and self.lr_schedule.per_step:
+            self.optimizer.lr = self.lr_schedule(self.optimizer.step_count, self._base_lr)
+
+    def _apply_constraints(self):
+        """Apply the layers' weight constraints (e.g. Dense max_norm) after an optimizer step."""
+        for layer in self._constrained:
+            layer._apply_constraint()
 
     # ================================================================== input checking
     def _check_X(self, X, owner, allow_build=True):
@@ -434,6 +483,7 @@ class Model:
         n_pred = self.loss.n_predictions(n, self.output_shape)
         for epoch in range(epochs):
             t0 = time.perf_counter()
+            self._apply_schedule(epoch)
             if shuffle:
                 self.rng.shuffle(idx)
             total, correct = 0.0, 0
