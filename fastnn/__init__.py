@@ -19,12 +19,13 @@ except ImportError as exc:  # pragma: no cover - only a broken or source-only tr
 _threads._init()
 
 from fastnn._core._threads import set_num_threads, get_num_threads  # noqa: E402
-from fastnn import initializers, layers, losses, optim, datasets  # noqa: E402
+from fastnn import initializers, layers, losses, optim, datasets, schedules, constraints  # noqa: E402
 from fastnn.model import Input, Model, Sequential, History  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Input", "Model", "Sequential", "History", "set_num_threads", "get_num_threads",
-    "initializers", "layers", "losses", "optim", "datasets", "__version__",
+    "initializers", "layers", "losses", "optim", "datasets", "schedules", "constraints",
+    "__version__",
 ]
