@@ -19,7 +19,7 @@ except ImportError as exc:  # pragma: no cover - only a broken or source-only tr
 _threads._init()
 
 from fastnn._core._threads import set_num_threads, get_num_threads  # noqa: E402
-from fastnn import initializers, layers, losses, optim, datasets, metrics, callbacks  # noqa: E402
+from fastnn import initializers, layers, losses, optim, datasets, metrics, callbacks, schedules, constraints  # noqa: E402,E501
 from fastnn.model import Input, Model, Sequential, History, NonFiniteError  # noqa: E402
 from fastnn.io import load  # noqa: E402
 
@@ -27,5 +27,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Input", "Model", "Sequential", "History", "NonFiniteError", "load", "set_num_threads", "get_num_threads",
-    "initializers", "layers", "losses", "optim", "datasets", "metrics", "callbacks", "__version__",
+    "initializers", "layers", "losses", "optim", "datasets", "metrics", "callbacks", "schedules", "constraints",
+    "__version__",
 ]

@@ -49,12 +49,17 @@ HEADER_KEY = "__fastnn__"
 
 
 # ---------------------------------------------------------------------------------------------- save
+def _nodes(model):
+    """The layers of the graph's nodes, in the order they run (a Residual's block layers are nodes too)."""
+    return [layer for layer, _ in model._plan]
+
+
 def _offsets(model):
     """{(node index, param name): (offset, size)} in the flat buffer, from the views' addresses."""
     base = model.parameters.__array_interface__["data"][0]
     item = model.parameters.itemsize
     out = {}
-    for i, layer in enumerate(model.layers):
+    for i, layer in enumerate(_nodes(model)):
         for name, view in layer.params.items():
             out[(i, name)] = ((view.__array_interface__["data"][0] - base) // item, view.size)
     return out
@@ -70,12 +75,17 @@ def _architecture(model):
     if type(model) not in (Sequential, Model):
         raise ValueError(f"save: only fastnn.Model and fastnn.Sequential can be saved, got {type(model).__name__}")
     nodes = []
+    index = {id(layer): i for i, (layer, _) in enumerate(model._plan)}
     for layer, src in model._plan:
         cls = type(layer).__name__
         if REGISTRY.get(cls) is not type(layer):
             raise ValueError(f"save: layer {layer.name} has class {cls}, which is not in fastnn.layers.REGISTRY; "
                              "register it to make it saveable")
-        nodes.append({"class": cls, "config": layer.get_config(), "inputs": [int(s) for s in src]})
+        config = layer.get_config()
+        if hasattr(layer, "block"):
+            # a Residual's block layers are nodes of their own: refer to them instead of repeating them
+            config = {**config, "block": {"nodes": [index[id(b)] for b in layer.block]}}
+        nodes.append({"class": cls, "config": config, "inputs": [int(s) for s in src]})
     return {"class": type(model).__name__, "name": model.name, "seed": model.seed,
             "dtype": np.dtype(model.dtype).name, "input_shape": list(model.input_shape), "nodes": nodes}
 
@@ -87,7 +97,7 @@ def save(model, path, include_optimizer=True):
         raise ValueError(f"save: {model.name} is not built yet (give input_dim, or fit/predict once)")
     header = {"format": FORMAT, "version": VERSION, "model": _architecture(model)}
     arrays = {}
-    for i, layer in enumerate(model.layers):
+    for i, layer in enumerate(_nodes(model)):
         for name, view in layer.params.items():
             arrays[f"param/{i}/{name}"] = view
         for name, buf in layer.buffers.items():
@@ -110,7 +120,7 @@ def save(model, path, include_optimizer=True):
             for sname, flat in opt.state.items():
                 for (i, pname), (off, size) in offs.items():
                     arrays[f"optim/{sname}/{i}/{pname}"] = flat[off:off + size].reshape(
-                        model.layers[i].params[pname].shape)
+                        _nodes(model)[i].params[pname].shape)
     header["training"] = {"epochs_trained": int(model.epochs_trained), "nan_guard": bool(model.nan_guard)}
     header["rng"] = {"init": _rng_state(model._init_rng), "shuffle": _rng_state(model.rng),
                      "layer": _rng_state(model.layer_rng)}
@@ -229,41 +239,63 @@ def _restore_rng(gen, state):
 def _build(header, arrays, compile):
     from fastnn import losses as _losses, optim as _optim
     from fastnn.layers import REGISTRY
-    from fastnn.model import Input, Model, Sequential
+    from fastnn.model import Input, Model, Sequential, Tensor
     spec = header["model"]
     kind = spec["class"]
     if kind not in ("Sequential", "Model"):
         raise ValueError(f"unknown model class {kind!r}")
-    layers = []
-    for i, node in enumerate(spec["nodes"]):
+    nodes = spec["nodes"]
+    layers, in_block = [None] * len(nodes), set()
+
+    def make(i, seen=()):
+        """The layer of node i, a Residual made with the layers of its block's nodes (made first)."""
+        if layers[i] is not None:
+            return layers[i]
+        node = nodes[i]
         cls = REGISTRY.get(node["class"])
         if cls is None:
             raise ValueError(f"node {i}: unknown layer class {node['class']!r} (known: {sorted(REGISTRY)})")
         if not isinstance(node["config"], dict):
             raise ValueError(f"node {i}: the layer config must be an object")
+        config = dict(node["config"])
         try:
-            layers.append(cls.from_config(node["config"]))
+            if isinstance(config.get("block"), dict):
+                refs = config.pop("block").get("nodes")
+                if (not isinstance(refs, list) or not refs or
+                        any(not isinstance(j, int) or isinstance(j, bool) or not 0 <= j < i or j in seen or
+                            j in in_block for j in refs)):
+                    raise ValueError(f"block must list earlier nodes once, got {refs!r}")
+                in_block.update(refs)
+                layers[i] = cls(block=[make(j, seen + (i,)) for j in refs], **config)
+            else:
+                layers[i] = cls.from_config(config)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"node {i}: invalid {node['class']} config ({exc})") from None
+        return layers[i]
+
+    for i in range(len(nodes)):
+        make(i)
     input_shape = tuple(int(d) for d in spec["input_shape"])
     seed, dtype, name = spec["seed"], spec["dtype"], spec["name"]
     if kind == "Sequential":
-        for i, node in enumerate(spec["nodes"]):
-            if list(node["inputs"]) != [i - 1]:
-                raise ValueError("a Sequential model must be a chain")
-        model = Sequential(layers, input_dim=input_shape, seed=seed, dtype=dtype, name=name)
+        # the user's list: every node that is not inside a Residual's block (which expands it again)
+        top = [layer for i, layer in enumerate(layers) if i not in in_block]
+        model = Sequential(top, input_dim=input_shape, seed=seed, dtype=dtype, name=name)
     else:
         x = Input(input_shape)
         tensors = []
-        for i, (layer, node) in enumerate(zip(layers, spec["nodes"])):
+        for i, (layer, node) in enumerate(zip(layers, nodes)):
             srcs = [int(s) for s in node["inputs"]]
             if not srcs or any(s < -1 or s >= i for s in srcs):
                 raise ValueError(f"node {i}: inputs {srcs} must name earlier nodes")
             ins = [x if s < 0 else tensors[s] for s in srcs]
-            tensors.append(layer(ins if layer.n_inputs != 1 else ins[0]))
+            if hasattr(layer, "block"):      # a Residual: its block's nodes are already in the graph
+                tensors.append(Tensor._from_layer(layer, ins))
+            else:
+                tensors.append(layer(ins if layer.n_inputs != 1 else ins[0]))
         model = Model(x, tensors[-1], seed=seed, dtype=dtype, name=name)
     # the rebuilt graph must run the nodes in the saved order
-    if [type(l).__name__ for l in model.layers] != [n["class"] for n in spec["nodes"]] or \
+    if [type(l).__name__ for l in _nodes(model)] != [n["class"] for n in spec["nodes"]] or \
             [list(src) for _, src in model._plan] != [list(n["inputs"]) for n in spec["nodes"]]:
         raise ValueError("the rebuilt graph does not match the saved node order")
 
@@ -280,7 +312,7 @@ def _build(header, arrays, compile):
         used.add(key)
         return a
 
-    for i, layer in enumerate(model.layers):
+    for i, layer in enumerate(_nodes(model)):
         for pname, view in layer.params.items():
             view[...] = take(f"param/{i}/{pname}", view)
         for bname, buf in layer.buffers.items():
@@ -308,7 +340,7 @@ def _build(header, arrays, compile):
             offs = _offsets(model)
             for sname, flat in opt.state.items():
                 for (i, pname), (off, size) in offs.items():
-                    like = model.layers[i].params[pname]
+                    like = _nodes(model)[i].params[pname]
                     flat[off:off + size] = take(f"optim/{sname}/{i}/{pname}", like).reshape(-1)
             opt.step_count = int(st["step_count"])
     else:

@@ -24,6 +24,9 @@ from fastnn import metrics as _metrics
 from fastnn import optim as _optim
 from fastnn._core import guard as _guard
 from fastnn.callbacks import History
+from fastnn import schedules as _schedules
+from fastnn._core import clip as _clip
+from fastnn._core._threads import get_num_threads
 from fastnn._validation import as_float_array, check_dtype, check_number
 from fastnn.layers.base import Layer
 
@@ -145,6 +148,11 @@ class Model:
         self.stop_training = False     # set by callbacks to end fit after the current batch
         self.epochs_trained = 0        # epochs completed by fit (saved, so that a resumed run knows where it is)
         self.history = None            # the History of the last fit
+        self.training = False    # the mode of a forward pass: fit/train_on_batch switch to True, predict to False
+        self.clip_norm = self.clip_value = self.lr_schedule = None
+        self.grad_norm = None    # global gradient norm of the last step, when clipping is on
+        self._base_lr = None
+        self._constrained = []
 
     def _build_graph(self, inputs, outputs):
         if isinstance(inputs, (list, tuple)):
@@ -264,13 +272,42 @@ class Model:
             print(f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:>{w[2]}}", file=file)
         print(f"total parameters: {self.count_params()} ({np.dtype(self.dtype).name})", file=file)
 
+    # ================================================================== training / inference mode
+    def train(self, mode=True):
+        """Put the model in training mode (dropout active, batch statistics in BatchNorm); returns the model.
+
+        ``fit`` and ``train_on_batch`` run in training mode and ``predict`` / ``evaluate`` in inference mode
+        whatever the current mode, and restore the previous mode afterwards (as ``model.train()`` /
+        ``model.eval()`` do in torch).
+        """
+        if not isinstance(mode, (bool, np.bool_)):
+            raise TypeError(f"{self.name}: train(mode) takes a bool, got {type(mode).__name__}")
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        """Put the model in inference mode (no dropout, running statistics in BatchNorm); returns the model."""
+        return self.train(False)
+
+    def _set_mode(self, training):
+        """Set the mode and return the previous one (so that callers can restore it)."""
+        prev, self.training = self.training, bool(training)
+        return prev
+
     # ================================================================== compile
-    def compile(self, loss, optimizer="adam", nan_guard=True):
+    def compile(self, loss, optimizer="adam", clip_norm=None, clip_value=None, lr_schedule=None, nan_guard=True):
         """Set the loss and the optimizer.  Never re-initializes or re-allocates the weights.
 
         Args:
             loss: a name from ``fastnn.losses.REGISTRY`` ("cross_entropy", "mse", ...) or a Loss.
             optimizer: a name (its defaults) or an optimizer from ``fastnn.optim``.
+            clip_norm: if given, after each backward the flat gradient is scaled by clip_norm / (norm + 1e-6)
+                when its global L2 norm exceeds clip_norm (torch.nn.utils.clip_grad_norm_).
+            clip_value: if given, each gradient element is clamped to [-clip_value, clip_value] first
+                (torch.nn.utils.clip_grad_value_).
+            lr_schedule: a ``fastnn.schedules`` schedule; it sets ``optimizer.lr`` from the optimizer's lr at
+                this call (the base lr), at the start of every epoch of ``fit`` (or before every step when
+                the schedule has ``per_step=True``).
             nan_guard: check every training step for NaN/inf (loss, gradients, updated parameters) and stop
                 with NonFiniteError, weights rolled back (see ``_step``).  On by default.
         """
@@ -278,8 +315,16 @@ class Model:
         optimizer = _optim.get(optimizer)
         if not isinstance(nan_guard, (bool, np.bool_)):
             raise TypeError(f"compile: nan_guard must be a bool, got {type(nan_guard).__name__}")
+        clip_norm = None if clip_norm is None else check_number("compile", "clip_norm", clip_norm, low=0.0)
+        clip_value = None if clip_value is None else check_number("compile", "clip_value", clip_value, low=0.0,
+                                                                  low_open=True)
+        if lr_schedule is not None and not isinstance(lr_schedule, _schedules.Schedule):
+            raise TypeError(f"compile: lr_schedule must be a fastnn.schedules.Schedule or None, got "
+                            f"{type(lr_schedule).__name__}")
         self.nan_guard = bool(nan_guard)
         self.loss, self.optimizer = loss, optimizer
+        self.clip_norm, self.clip_value, self.lr_schedule = clip_norm, clip_value, lr_schedule
+        self._base_lr = optimizer.lr
         if self.built:
             self._attach_training()
         return self
@@ -290,13 +335,16 @@ class Model:
         self.optimizer._bind(self.parameters, self.gradients, self._n_decay)
         if self._guard_backup is None or self._guard_backup.shape != self.parameters.shape:
             self._guard_backup = np.empty_like(self.parameters)
+        self._constrained = [l for l, _ in self._plan if getattr(l, "constraint", None) is not None]
 
     def _require_compiled(self, what):
         if self.loss is None:
             raise RuntimeError(f"{self.name}: call compile(loss=..., optimizer=...) before {what}")
 
     # ================================================================== execution engine
-    def _forward(self, X, training, logits=False):
+    def _forward(self, X, training=None, logits=False):
+        if training is None:
+            training = self.training
         vals = self._values
         last = len(self._plan) - 1
         for i, (layer, src) in enumerate(self._plan):
@@ -362,7 +410,11 @@ class Model:
         per step: read passes over the gradients, parameters and optimizer state and one copy of the
         parameters and the state, no allocation.
         """
-        out = self._forward(Xb, True, self._fused)
+        prev = self._set_mode(True)
+        try:
+            out = self._forward(Xb, True, self._fused)
+        finally:
+            self._set_mode(prev)
         loss, correct, grad = self._loss_and_grad(out, Tb, Wb)
         guard = self.nan_guard
         if guard and not np.isfinite(loss):
@@ -374,6 +426,8 @@ class Model:
                 raise self._nonfinite("gradient", where, bad, f"the gradient of {self._locate(bad)} is "
                                       f"{self.gradients[bad]}")
             saved = self._save_training_state()
+        self._clip_gradients()      # after the gradient check: a NaN norm would spread over every gradient
+        self._schedule_step()
         self.optimizer.step()
         if guard:
             bad = _guard.first_nonfinite(self.parameters)
@@ -386,6 +440,7 @@ class Model:
                     self._restore_training_state(saved)
                     raise self._nonfinite("parameters", where, None,
                                           f"the update made the optimizer's {key} non-finite")
+        self._apply_constraints()
         return loss, correct
 
     def _save_training_state(self):
@@ -429,6 +484,29 @@ class Model:
                     pos = np.unravel_index(index - off, view.shape)
                     return f"{layer.name}.{name}[{', '.join(str(int(i)) for i in pos)}]"
         return f"parameter {index}"
+
+    # small hooks of _step and fit: clipping, schedules, constraints
+    def _clip_gradients(self):
+        """Clip the flat gradient buffer in place (one compiled pass) if compile asked for it."""
+        if self.clip_norm is not None or self.clip_value is not None:
+            self.grad_norm = _clip.clip_gradients(
+                self.gradients, -1.0 if self.clip_value is None else self.clip_value,
+                -1.0 if self.clip_norm is None else self.clip_norm, get_num_threads())
+
+    def _apply_schedule(self, epoch):
+        """Set the learning rate for `epoch` (0-based) from a per-epoch schedule; called by fit per epoch."""
+        if self.lr_schedule is not None and not self.lr_schedule.per_step:
+            self.optimizer.lr = self.lr_schedule(epoch, self._base_lr)
+
+    def _schedule_step(self):
+        """Set the learning rate for the coming step from a per-step schedule (t = steps taken so far)."""
+        if self.lr_schedule is not None and self.lr_schedule.per_step:
+            self.optimizer.lr = self.lr_schedule(self.optimizer.step_count, self._base_lr)
+
+    def _apply_constraints(self):
+        """Apply the layers' weight constraints (e.g. Dense max_norm) after an optimizer step."""
+        for layer in self._constrained:
+            layer._apply_constraint()
 
     # ================================================================== input checking
     def _check_X(self, X, owner, allow_build=True):
@@ -514,6 +592,7 @@ class Model:
             cbs.on_train_begin()
             for epoch in range(initial_epoch, epochs):
                 t0 = time.perf_counter()
+                self._apply_schedule(epoch)      # before the callbacks, so that a LearningRateScheduler wins
                 cbs.on_epoch_begin(epoch)
                 logs = self._fit_epoch(epoch, train, bs, shuffle, metric_objs, cbs)
                 if val is not None:
@@ -701,9 +780,13 @@ class Model:
         if n == 0:
             return out
         bs = n if batch_size is None else check_number("predict", "batch_size", batch_size, low=1, integer=True)
-        for start in range(0, n, bs):
-            stop = min(start + bs, n)
-            out[start:stop] = self._forward(X[start:stop], False)
+        prev = self._set_mode(False)
+        try:
+            for start in range(0, n, bs):
+                stop = min(start + bs, n)
+                out[start:stop] = self._forward(X[start:stop], False)
+        finally:
+            self._set_mode(prev)
         return out
 
     def evaluate(self, X, y, batch_size=None, sample_weight=None, metrics=None):
@@ -719,7 +802,11 @@ class Model:
         objs = [m for m in (_metrics.get(s) for s in ([metrics] if isinstance(metrics, (str, _metrics.Metric))
                                                        else (metrics or [])))
                 if not isinstance(m, _metrics.Accuracy)]
-        return self._evaluate_arrays(X, T, batch_size, W, objs)
+        prev = self._set_mode(False)
+        try:
+            return self._evaluate_arrays(X, T, batch_size, W, objs)
+        finally:
+            self._set_mode(prev)
 
     def _evaluate_arrays(self, X, T, batch_size=None, W=None, metrics=()):
         n = X.shape[0]

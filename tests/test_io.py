@@ -39,14 +39,36 @@ def _graph_model():
     return fnn.Model(x, out, seed=4, name="graph")
 
 
-CASES = list(_dense_models()) + list(_activation_layer_models()) + [("functional-model", _graph_model)]
+def _deep_sequential():
+    L = fnn.layers
+    return fnn.Sequential([
+        L.Dense(8, activation="relu"), L.BatchNorm(),
+        L.Residual([L.Dense(8, activation="tanh"), L.LayerNorm()], survival_prob=0.7),
+        L.Residual(L.Residual([L.Dense(8), L.ReLU()])),          # nested: a block holding a Residual
+        L.Dropout(0.2), L.Dense(3)], input_dim=5, seed=5, name="deep-seq")
+
+
+def _deep_graph():
+    L = fnn.layers
+    x = fnn.Input(5)
+    h = L.Dense(8, activation="relu")(x)
+    a = L.BatchNorm()(L.Dense(8)(h))
+    b = L.Dropout(0.3, mode="weight_scaling")(L.Dense(8, activation="tanh")(h))
+    h = L.Add()([h, a, b])                                         # h fans out to three consumers
+    h = L.Concatenate()([h, L.LayerNorm()(L.Dense(4)(h))])
+    h = L.Residual([L.Dense(12, activation="relu"), L.Dense(12)], survival_prob=0.8)(h)
+    return fnn.Model(x, L.Dense(3, activation="softmax")(h), seed=6, name="deep-graph")
+
+
+CASES = (list(_dense_models()) + list(_activation_layer_models()) +
+         [("functional-model", _graph_model), ("deep-sequential", _deep_sequential), ("deep-graph", _deep_graph)])
 
 
 def test_every_registered_layer_is_covered():
     """Fails when a layer is added to the registry without a save/load row here."""
     covered = set()
     for _, make in CASES:
-        covered.update(type(l).__name__ for l in make().layers)
+        covered.update(type(l).__name__ for l, _ in make()._plan)
         covered.update(type(l.activation).__name__ for l in make().layers if hasattr(l, "activation"))
     assert set(fnn.layers.REGISTRY) <= covered
 

@@ -2,9 +2,15 @@
 from fastnn.layers.base import Layer, ParamSpec
 from fastnn.layers.activations import Activation, Identity, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax
 from fastnn.layers.dense import Dense
+from fastnn.layers.merge import Add, Concatenate
+from fastnn.layers.normalization import BatchNorm, LayerNorm
+from fastnn.layers.dropout import Dropout
+from fastnn.layers.residual import Residual, linear_decay, residual_stack
 
 # class name -> class, for rebuilding layers from their configs (saving and loading models)
-REGISTRY = {cls.__name__: cls for cls in (Identity, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, Dense)}
+REGISTRY = {cls.__name__: cls for cls in (Identity, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, Dense, Add, Concatenate,
+                                          BatchNorm, LayerNorm, Dropout, Residual)}
 
 __all__ = ["Layer", "ParamSpec", "Activation", "Identity", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax",
-           "Dense"]
+           "Dense", "Add", "Concatenate", "BatchNorm", "LayerNorm", "Dropout", "Residual", "linear_decay",
+           "residual_stack"]

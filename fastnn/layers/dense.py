@@ -1,7 +1,7 @@
 """Dense (fully connected) layer: Y = act(X.W + b), with the bias and activation fused into the GEMM's pass."""
 import numpy as np
 
-from fastnn import initializers
+from fastnn import constraints, initializers
 from fastnn._core import dense as _k
 from fastnn.layers import activations as _act
 from fastnn.layers.base import Layer, ParamSpec, get_num_threads
@@ -17,6 +17,8 @@ class Dense(Layer):
         kernel_init: initializer of the weight (default "xavier_uniform"); a name or an Initializer.
         bias_init: initializer of the bias (default "zeros").
         use_bias: whether the layer has a bias.
+        max_norm: None, a positive number c, or a ``fastnn.constraints.MaxNorm``: after every optimizer step
+            the incoming weights of each unit (each column of ``weight``) are rescaled to L2 norm at most c.
 
     Shape: input (n, n_in), output (n, units).  ``weight`` is (n_in, units), ``bias`` (units,): views into the
     model's flat parameter buffer, the same arrays for the model's life; ``weight_grad`` / ``bias_grad`` hold
@@ -24,7 +26,7 @@ class Dense(Layer):
     """
 
     def __init__(self, units, activation=None, kernel_init="xavier_uniform", bias_init="zeros", use_bias=True,
-                 name=None):
+                 max_norm=None, name=None):
         super().__init__(name)
         if isinstance(units, bool) or not isinstance(units, (int, np.integer)):
             raise TypeError(f"{self.name}: units must be an int, got {type(units).__name__} {units!r}")
@@ -37,6 +39,7 @@ class Dense(Layer):
         if not isinstance(use_bias, (bool, np.bool_)):
             raise TypeError(f"{self.name}: use_bias must be a bool, got {type(use_bias).__name__}")
         self.use_bias = bool(use_bias)
+        self.constraint = constraints.get(max_norm, owner=f"{self.name} max_norm")
         self.fusable = self.activation.fusable
 
     def _build(self, input_shape):
@@ -78,6 +81,10 @@ class Dense(Layer):
     def bias_grad(self):
         return self.grads.get("bias")
 
+    def _apply_constraint(self):
+        """Called by the model after each optimizer step when the layer has a constraint."""
+        self.constraint(self.params["weight"])
+
     def _make_buffers(self, n):
         Z = np.empty((n, self.units), dtype=self.dtype)
         Y = Z if self.activation.kind == 0 else np.empty_like(Z)
@@ -111,9 +118,12 @@ class Dense(Layer):
         act = self.activation
         act_cfg = {"class": type(act).__name__, **act.get_config()}
         act_cfg.pop("name")
-        return {"name": self.name, "units": self.units, "activation": act_cfg,
-                "kernel_init": self.kernel_init.get_config(), "bias_init": self.bias_init.get_config(),
-                "use_bias": self.use_bias}
+        cfg = {"name": self.name, "units": self.units, "activation": act_cfg,
+               "kernel_init": self.kernel_init.get_config(), "bias_init": self.bias_init.get_config(),
+               "use_bias": self.use_bias}
+        if self.constraint is not None:
+            cfg["max_norm"] = self.constraint.max_value
+        return cfg
 
     @classmethod
     def from_config(cls, config):

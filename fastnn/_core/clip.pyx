@@ -1,0 +1,92 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True
+"""Gradient clipping over the model's flat gradient buffer, and the max-norm weight constraint, float32/float64.
+
+``clip_gradients`` is one kernel: pass 1 clips each element to [-clip_value, clip_value] (when asked) and
+accumulates the squared global norm in double, one partial sum per thread over static contiguous ranges
+(deterministic for a given thread count); pass 2, only when the norm exceeds max_norm, scales the buffer by
+max_norm / (norm + 1e-6), as torch.nn.utils.clip_grad_norm_ does.
+"""
+from cython.parallel cimport prange
+from libc.math cimport sqrt
+
+from fastnn._core._common cimport floating, threads_for, FNN_MIN_PER_THREAD
+
+cdef enum:
+    FNN_MAX_PARTIALS = 256
+
+
+cdef inline Py_ssize_t _lo(Py_ssize_t t, Py_ssize_t nt, Py_ssize_t n) noexcept nogil:
+    return t * n // nt
+
+
+cdef double _clip_sq_range(floating *g, Py_ssize_t i0, Py_ssize_t i1, floating v, bint by_value) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef double s = 0
+    cdef floating x
+    for i in range(i0, i1):
+        x = g[i]
+        if by_value:
+            x = v if x > v else (-v if x < -v else x)
+            g[i] = x
+        s += <double>x * x
+    return s
+
+
+cdef void _scale_range(floating *g, Py_ssize_t i0, Py_ssize_t i1, floating c) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(i0, i1):
+        g[i] = g[i] * c
+
+
+def clip_gradients(floating[::1] g, double clip_value=-1.0, double max_norm=-1.0, int n_threads=1):
+    """Clip g (IN/OUT) in place and return its global L2 norm (after value clipping, before norm scaling).
+
+    clip_value > 0: each element clamped to [-clip_value, clip_value] first (torch clip_grad_value_).
+    max_norm >= 0: when the norm exceeds max_norm, g *= max_norm / (norm + 1e-6) (torch clip_grad_norm_).
+    Negative values switch a part off.  A non-finite norm is returned as is and g is scaled by it (as torch).
+    """
+    cdef Py_ssize_t n = g.shape[0], t
+    cdef double partial[FNN_MAX_PARTIALS]
+    cdef double total = 0, coef
+    if n == 0:
+        return 0.0
+    cdef int nt = threads_for(n, n_threads, FNN_MIN_PER_THREAD)
+    if nt > FNN_MAX_PARTIALS:
+        nt = FNN_MAX_PARTIALS
+    cdef bint by_value = clip_value > 0
+    for t in prange(nt, num_threads=nt, nogil=True, schedule="static"):
+        partial[t] = _clip_sq_range(&g[0], _lo(t, nt, n), _lo(t + 1, nt, n), <floating>clip_value, by_value)
+    for t in range(nt):
+        total = total + partial[t]
+    total = sqrt(total)
+    if max_norm >= 0:
+        coef = max_norm / (total + 1e-6)
+        if coef < 1.0 or coef != coef:
+            for t in prange(nt, num_threads=nt, nogil=True, schedule="static"):
+                _scale_range(&g[0], _lo(t, nt, n), _lo(t + 1, nt, n), <floating>coef)
+    return total
+
+
+def max_norm_columns(floating[:, ::1] W, floating[::1] norms, double max_value, int n_threads=1):
+    """Rescale every column of W (IN/OUT, (n_in, n_out): a unit's incoming weights) whose L2 norm exceeds
+    max_value to norm max_value.  norms (OUT scratch, (n_out,)) receives the column norms before rescaling."""
+    cdef Py_ssize_t n_in = W.shape[0], n_out = W.shape[1], i, j
+    cdef floating *w
+    if norms.shape[0] != n_out:
+        raise ValueError(f"max_norm_columns: norms has {norms.shape[0]} elements, W has {n_out} columns")
+    if n_out == 0:
+        return
+    with nogil:
+        for j in range(n_out):
+            norms[j] = 0
+        for i in range(n_in):
+            w = &W[i, 0]
+            for j in range(n_out):
+                norms[j] = norms[j] + w[j] * w[j]
+        for j in range(n_out):
+            norms[j] = sqrt(norms[j])
+        for i in range(n_in):
+            w = &W[i, 0]
+            for j in range(n_out):
+                if norms[j] > max_value:
+                    w[j] = w[j] * (max_value / norms[j])

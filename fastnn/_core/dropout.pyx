@@ -1,0 +1,65 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True
+"""Dropout kernels, float32 and float64: the mask is drawn and applied in one pass.
+
+The random numbers come from a counter-based generator (csrc/fnn_rng.h, SplitMix64 indexed by element): element
+i is kept when the top 53 bits of fnn_rng_u64(seed, i) are >= `threshold` (threshold = rate * 2^53), so it is
+dropped with probability rate.  The mask depends only on (seed, i): the result is the same for any number of
+threads.  Arrays are flat (any batch shape, C-contiguous, viewed as 1-D by the caller).
+"""
+from cython.parallel cimport prange
+from libc.stdint cimport uint64_t
+
+from fastnn._core._common cimport floating, threads_for, FNN_MIN_PER_THREAD
+
+cdef extern from "fnn_rng.h" nogil:
+    uint64_t fnn_rng_u64(uint64_t seed, uint64_t i)
+
+
+cdef inline Py_ssize_t _lo(Py_ssize_t t, Py_ssize_t nt, Py_ssize_t n) noexcept nogil:
+    return t * n // nt
+
+
+cdef void _fwd_range(const floating *X, floating *Y, unsigned char *mask, Py_ssize_t i0, Py_ssize_t i1,
+                     uint64_t seed, uint64_t threshold, floating scale) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef unsigned char keep
+    for i in range(i0, i1):
+        keep = (fnn_rng_u64(seed, <uint64_t>i) >> 11) >= threshold
+        mask[i] = keep
+        Y[i] = X[i] * (keep * scale)
+
+
+cdef void _bwd_range(const floating *dY, const unsigned char *mask, floating *dX, Py_ssize_t i0, Py_ssize_t i1,
+                     floating scale) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(i0, i1):
+        dX[i] = dY[i] * (mask[i] * scale)
+
+
+def dropout_forward(const floating[::1] X, floating[::1] Y, unsigned char[::1] mask, uint64_t seed,
+                    uint64_t threshold, double scale, int n_threads=1):
+    """mask[i] = 1 if element i is kept (fnn_rng_u64(seed, i) >> 11 >= threshold) else 0 (OUT, uint8);
+    Y[i] = X[i] * mask[i] * scale (OUT).  threshold = rate * 2^53 drops a fraction `rate` on average."""
+    cdef Py_ssize_t n = X.shape[0], t
+    if Y.shape[0] != n or mask.shape[0] != n:
+        raise ValueError(f"dropout_forward: X has {n} elements, Y {Y.shape[0]}, mask {mask.shape[0]}")
+    if threshold > (<uint64_t>1 << 53):
+        raise ValueError(f"dropout_forward: threshold must be <= 2^53, got {threshold}")
+    if n == 0:
+        return
+    cdef int nt = threads_for(n, n_threads, FNN_MIN_PER_THREAD)
+    for t in prange(nt, num_threads=nt, nogil=True, schedule="static"):
+        _fwd_range(&X[0], &Y[0], &mask[0], _lo(t, nt, n), _lo(t + 1, nt, n), seed, threshold, <floating>scale)
+
+
+def dropout_backward(const floating[::1] dY, const unsigned char[::1] mask, floating[::1] dX, double scale,
+                     int n_threads=1):
+    """dX[i] = dY[i] * mask[i] * scale (OUT), with the mask of the forward pass (IN)."""
+    cdef Py_ssize_t n = dY.shape[0], t
+    if dX.shape[0] != n or mask.shape[0] != n:
+        raise ValueError(f"dropout_backward: dY has {n} elements, dX {dX.shape[0]}, mask {mask.shape[0]}")
+    if n == 0:
+        return
+    cdef int nt = threads_for(n, n_threads, FNN_MIN_PER_THREAD)
+    for t in prange(nt, num_threads=nt, nogil=True, schedule="static"):
+        _bwd_range(&dY[0], &mask[0], &dX[0], _lo(t, nt, n), _lo(t + 1, nt, n), <floating>scale)

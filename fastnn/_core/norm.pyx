@@ -1,0 +1,334 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True
+"""Normalization kernels, forward and backward, float32 and float64: batch norm over the rows of each column
+(torch.nn.BatchNorm1d on (n, C)) and layer norm over the columns of each row (torch.nn.LayerNorm).
+
+Shapes: X, Y, Xhat, dY, dX (n, C); gamma, beta, dgamma, dbeta, mean, invstd, running_* (C,) for batch norm;
+invstd (n,) for layer norm.  Xhat = (X - mean) * invstd is kept by the forward for the backward.
+
+Design: sums run in double whatever the dtype.  Batch-norm statistics are column sums over rows; they are
+taken over blocks of FNN_COLS columns at a time (a row's block is one contiguous read, the accumulators live
+on the stack), and blocks are split between threads.  Layer norm splits rows between threads; its dgamma /
+dbeta (column sums) use the same column-block pass.  Mean and variance take two passes (no cancellation).
+"""
+from cython.parallel cimport prange
+from libc.math cimport sqrt
+
+from fastnn._core._common cimport floating, threads_for, FNN_MIN_PER_THREAD
+
+cdef enum:
+    FNN_COLS = 16        # columns per block of the column-sum passes
+
+
+cdef inline Py_ssize_t _lo(Py_ssize_t t, Py_ssize_t nt, Py_ssize_t n) noexcept nogil:
+    return t * n // nt
+
+
+cdef int _n_blocks_threads(Py_ssize_t n, Py_ssize_t C, int n_threads, Py_ssize_t *n_blocks) noexcept nogil:
+    n_blocks[0] = (C + FNN_COLS - 1) // FNN_COLS
+    cdef int nt = threads_for(n * C, n_threads, FNN_MIN_PER_THREAD)
+    if nt > n_blocks[0]:
+        nt = <int>n_blocks[0]
+    return nt if nt > 0 else 1
+
+
+# ------------------------------------------------------------------------------------------ batch norm
+cdef void _bn_fwd_block(const floating *X, floating *Y, floating *Xhat, const floating *gamma,
+                        const floating *beta, floating *mean, floating *invstd, floating *rmean, floating *rvar,
+                        Py_ssize_t n, Py_ssize_t C, Py_ssize_t c0, Py_ssize_t c1, bint training,
+                        double momentum, double eps) noexcept nogil:
+    cdef double m[FNN_COLS]
+    cdef double s[FNN_COLS]
+    cdef double v
+    cdef Py_ssize_t i, j, w = c1 - c0
+    cdef const floating *x
+    cdef floating *y
+    cdef floating *xh
+    if training:
+        for j in range(w):
+            m[j] = 0
+            s[j] = 0
+        for i in range(n):
+            x = X + i * C + c0
+            for j in range(w):
+                m[j] += x[j]
+        for j in range(w):
+            m[j] = m[j] / n
+        for i in range(n):
+            x = X + i * C + c0
+            for j in range(w):
+                v = x[j] - m[j]
+                s[j] += v * v
+        for j in range(w):
+            v = s[j] / n                               # biased: normalizes the batch
+            mean[c0 + j] = <floating>m[j]
+            s[j] = 1.0 / sqrt(v + eps)
+            invstd[c0 + j] = <floating>s[j]
+            if rmean != NULL:
+                rmean[c0 + j] = <floating>((1 - momentum) * rmean[c0 + j] + momentum * m[j])
+                rvar[c0 + j] = <floating>((1 - momentum) * rvar[c0 + j] + momentum * v * n / (n - 1))
+    else:
+        for j in range(w):
+            m[j] = rmean[c0 + j]
+            s[j] = 1.0 / sqrt(<double>rvar[c0 + j] + eps)
+            mean[c0 + j] = <floating>m[j]
+            invstd[c0 + j] = <floating>s[j]
+    for i in range(n):
+        x = X + i * C + c0
+        y = Y + i * C + c0
+        xh = Xhat + i * C + c0
+        for j in range(w):
+            xh[j] = <floating>((x[j] - m[j]) * s[j])
+            y[j] = xh[j] * gamma[c0 + j] + beta[c0 + j]
+
+
+cdef void _col_sums(const floating *dY, const floating *Xhat, Py_ssize_t n, Py_ssize_t C, Py_ssize_t c0,
+                    Py_ssize_t c1, floating *sum_dy, floating *sum_dy_xhat) noexcept nogil:
+    """sum_dy[c] = sum_i dY[i, c], sum_dy_xhat[c] = sum_i dY[i, c] * Xhat[i, c], for c in [c0, c1)."""
+    cdef double a[FNN_COLS]
+    cdef double b[FNN_COLS]
+    cdef Py_ssize_t i, j, w = c1 - c0
+    cdef const floating *dy
+    cdef const floating *xh
+    for j in range(w):
+        a[j] = 0
+        b[j] = 0
+    for i in range(n):
+        dy = dY + i * C + c0
+        xh = Xhat + i * C + c0
+        for j in range(w):
+            a[j] += dy[j]
+            b[j] += dy[j] * xh[j]
+    for j in range(w):
+        sum_dy[c0 + j] = <floating>a[j]
+        sum_dy_xhat[c0 + j] = <floating>b[j]
+
+
+cdef void _bn_bwd_block(const floating *dY, const floating *Xhat, const floating *gamma, const floating *invstd,
+                        floating *dX, floating *dgamma, floating *dbeta, Py_ssize_t n, Py_ssize_t C,
+                        Py_ssize_t c0, Py_ssize_t c1, bint batch_stats) noexcept nogil:
+    cdef double k[FNN_COLS]
+    cdef Py_ssize_t i, j, w = c1 - c0
+    cdef const floating *dy
+    cdef const floating *xh
+    cdef floating *dx
+    _col_sums(dY, Xhat, n, C, c0, c1, dbeta, dgamma)
+    if dX == NULL:
+        return
+    for j in range(w):
+        k[j] = <double>gamma[c0 + j] * invstd[c0 + j]
+    for i in range(n):
+        dy = dY + i * C + c0
+        xh = Xhat + i * C + c0
+        dx = dX + i * C + c0
+        if batch_stats:
+            # dX = gamma * invstd / n * (n dY - sum dY - Xhat * sum(dY Xhat))
+            for j in range(w):
+                dx[j] = <floating>(k[j] * (dy[j] - (dbeta[c0 + j] + xh[j] * dgamma[c0 + j]) / n))
+        else:
+            for j in range(w):
+                dx[j] = <floating>(k[j] * dy[j])
+
+
+cdef _check1(str fn, str name, a, Py_ssize_t want):
+    if a.shape[0] != want:
+        raise ValueError(f"{fn}: {name} has {a.shape[0]} elements, expected {want}")
+
+
+cdef _check2(str fn, str name, a, Py_ssize_t n, Py_ssize_t C):
+    if a.shape[0] != n or a.shape[1] != C:
+        raise ValueError(f"{fn}: {name} has shape {(a.shape[0], a.shape[1])}, expected {(n, C)}")
+
+
+def batchnorm_forward(const floating[:, ::1] X, const floating[::1] gamma, const floating[::1] beta,
+                      floating[:, ::1] Y, floating[:, ::1] Xhat, floating[::1] mean, floating[::1] invstd,
+                      floating[::1] running_mean, floating[::1] running_var, bint training, double momentum=0.1,
+                      double eps=1e-5, int n_threads=1):
+    """Batch norm over the rows of each column (torch.nn.BatchNorm1d).
+
+    training: mean, invstd (OUT) from the batch (biased variance); running_mean/var (IN/OUT) updated as
+    r = (1 - momentum) r + momentum * stat, with the unbiased variance (None: not tracked); needs n > 1.
+    not training: mean, invstd (OUT) from running_mean/var (IN).
+    Xhat = (X - mean) * invstd (OUT), Y = gamma * Xhat + beta (OUT).
+    """
+    cdef Py_ssize_t n = X.shape[0], C = X.shape[1], nb, t
+    fn = "batchnorm_forward"
+    for name, a in (("Y", Y), ("Xhat", Xhat)):
+        _check2(fn, name, a, n, C)
+    for name, a in (("gamma", gamma), ("beta", beta), ("mean", mean), ("invstd", invstd)):
+        _check1(fn, name, a, C)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(f"{fn}: running_mean and running_var are both given or both None")
+    if running_mean is not None:
+        _check1(fn, "running_mean", running_mean, C)
+        _check1(fn, "running_var", running_var, C)
+    elif not training:
+        raise ValueError(f"{fn}: inference needs running_mean and running_var")
+    if training and n < 2:
+        raise ValueError(f"{fn}: training needs more than 1 value per channel, got a batch of {n}")
+    if n == 0 or C == 0:
+        return
+    cdef floating *rm = &running_mean[0] if running_mean is not None else NULL
+    cdef floating *rv = &running_var[0] if running_var is not None else NULL
+    cdef int nt = _n_blocks_threads(n, C, n_threads, &nb)
+    for t in prange(nt, num_threads=nt, nogil=True, schedule="static"):
+        _bn_fwd_range(&X[0, 0], &Y[0, 0], &Xhat[0, 0], &gamma[0], &beta[0], &mean[0], &invstd[0], rm, rv,
+                      n, C, _lo(t, nt, nb), _lo(t + 1, nt, nb), training, momentum, eps)
+
+
+cdef void _bn_fwd_range(const floating *X, floating *Y, floating *Xhat, const floating *gamma,
+                        const floating *beta, floating *mean, floating *invstd, floating *rmean, floating *rvar,
+                        Py_ssize_t n, Py_ssize_t C, Py_ssize_t b0, Py_ssize_t b1, bint training,
+                        double momentum, double eps) noexcept nogil:
+    cdef Py_ssize_t b
+    for b in range(b0, b1):
+        _bn_fwd_block(X, Y, Xhat, gamma, beta, mean, invstd, rmean, rvar, n, C, b * FNN_COLS,
+                      min((b + 1) * FNN_COLS, C), training, momentum, eps)
+
+
+cdef void _bn_bwd_range(const floating *dY, const floating *Xhat, const floating *gamma, const floating *invstd,
+                        floating *dX, floating *dgamma, floating *dbeta, Py_ssize_t n, Py_ssize_t C,
+                        Py_ssize_t b0, Py_ssize_t b1, bint batch_stats) noexcept nogil:
+    cdef Py_ssize_t b
+    for b in range(b0, b1):
+        _bn_bwd_block(dY, Xhat, gamma, invstd, dX, dgamma, dbeta, n, C, b * FNN_COLS,
+                      min((b + 1) * FNN_COLS, C), batch_stats)
+
+
+def batchnorm_backward(const floating[:, ::1] dY, const floating[:, ::1] Xhat, const floating[::1] gamma,
+                       const floating[::1] invstd, floating[:, ::1] dX, floating[::1] dgamma, floating[::1] dbeta,
+                       bint batch_stats, int n_threads=1):
+    """Backward of batchnorm_forward.  IN: dY, Xhat, gamma, invstd (the forward's).  OUT: dgamma = sum dY Xhat,
+    dbeta = sum dY, dX (None: not needed).  batch_stats: the forward normalized with the batch's statistics
+    (training), so dX has the terms through the mean and variance; else dX = dY * gamma * invstd."""
+    cdef Py_ssize_t n = dY.shape[0], C = dY.shape[1], nb, t
+    fn = "batchnorm_backward"
+    _check2(fn, "Xhat", Xhat, n, C)
+    if dX is not None:
+        _check2(fn, "dX", dX, n, C)
+    for name, a in (("gamma", gamma), ("invstd", invstd), ("dgamma", dgamma), ("dbeta", dbeta)):
+        _check1(fn, name, a, C)
+    if C == 0:
+        return
+    if n == 0:
+        dgamma[:] = 0
+        dbeta[:] = 0
+        return
+    cdef floating *dxp = &dX[0, 0] if dX is not None else NULL
+    cdef int nt = _n_blocks_threads(n, C, n_threads, &nb)
+    for t in prange(nt, num_threads=nt, nogil=True, schedule="static"):
+        _bn_bwd_range(&dY[0, 0], &Xhat[0, 0], &gamma[0], &invstd[0], dxp, &dgamma[0], &dbeta[0], n, C,
+                      _lo(t, nt, nb), _lo(t + 1, nt, nb), batch_stats)
+
+
+# ------------------------------------------------------------------------------------------ layer norm
+cdef void _ln_fwd_rows(const floating *X, floating *Y, floating *Xhat, const floating *gamma,
+                       const floating *beta, floating *invstd, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t D,
+                       double eps) noexcept nogil:
+    cdef Py_ssize_t i, j
+    cdef double m, s, v
+    cdef const floating *x
+    cdef floating *y
+    cdef floating *xh
+    for i in range(r0, r1):
+        x = X + i * D
+        y = Y + i * D
+        xh = Xhat + i * D
+        m = 0
+        for j in range(D):
+            m += x[j]
+        m = m / D
+        s = 0
+        for j in range(D):
+            v = x[j] - m
+            s += v * v
+        s = 1.0 / sqrt(s / D + eps)
+        invstd[i] = <floating>s
+        for j in range(D):
+            xh[j] = <floating>((x[j] - m) * s)
+            y[j] = xh[j] * gamma[j] + beta[j]
+
+
+cdef void _ln_bwd_rows(const floating *dY, const floating *Xhat, const floating *gamma, const floating *invstd,
+                       floating *dX, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t D) noexcept nogil:
+    cdef Py_ssize_t i, j
+    cdef double a, b, g
+    cdef const floating *dy
+    cdef const floating *xh
+    cdef floating *dx
+    for i in range(r0, r1):
+        dy = dY + i * D
+        xh = Xhat + i * D
+        dx = dX + i * D
+        a = 0
+        b = 0
+        for j in range(D):
+            g = <double>dy[j] * gamma[j]
+            a += g
+            b += g * xh[j]
+        a = a / D
+        b = b / D
+        # dX = invstd * (g - mean(g) - Xhat * mean(g Xhat)), g = dY * gamma
+        for j in range(D):
+            dx[j] = <floating>(invstd[i] * (<double>dy[j] * gamma[j] - a - xh[j] * b))
+
+
+cdef void _col_sums_range(const floating *dY, const floating *Xhat, Py_ssize_t n, Py_ssize_t C, Py_ssize_t b0,
+                          Py_ssize_t b1, floating *sum_dy, floating *sum_dy_xhat) noexcept nogil:
+    cdef Py_ssize_t b
+    for b in range(b0, b1):
+        _col_sums(dY, Xhat, n, C, b * FNN_COLS, min((b + 1) * FNN_COLS, C), sum_dy, sum_dy_xhat)
+
+
+def layernorm_forward(const floating[:, ::1] X, const floating[::1] gamma, const floating[::1] beta,
+                      floating[:, ::1] Y, floating[:, ::1] Xhat, floating[::1] invstd, double eps=1e-5,
+                      int n_threads=1):
+    """Layer norm over the columns of each row (torch.nn.LayerNorm over all features, biased variance).
+
+    OUT: invstd (n,) = 1 / sqrt(var_row + eps), Xhat = (X - mean_row) * invstd, Y = gamma * Xhat + beta."""
+    cdef Py_ssize_t n = X.shape[0], D = X.shape[1], t
+    fn = "layernorm_forward"
+    for name, a in (("Y", Y), ("Xhat", Xhat)):
+        _check2(fn, name, a, n, D)
+    for name, a in (("gamma", gamma), ("beta", beta)):
+        _check1(fn, name, a, D)
+    _check1(fn, "invstd", invstd, n)
+    if n == 0 or D == 0:
+        return
+    cdef int nt = threads_for(n * D, n_threads, FNN_MIN_PER_THREAD)
+    if nt > n:
+        nt = <int>n
+    for t in prange(nt, num_threads=nt, nogil=True, schedule="static"):
+        _ln_fwd_rows(&X[0, 0], &Y[0, 0], &Xhat[0, 0], &gamma[0], &beta[0], &invstd[0],
+                     _lo(t, nt, n), _lo(t + 1, nt, n), D, eps)
+
+
+def layernorm_backward(const floating[:, ::1] dY, const floating[:, ::1] Xhat, const floating[::1] gamma,
+                       const floating[::1] invstd, floating[:, ::1] dX, floating[::1] dgamma, floating[::1] dbeta,
+                       int n_threads=1):
+    """Backward of layernorm_forward.  IN: dY, Xhat, gamma, invstd.  OUT: dgamma = sum over rows of dY Xhat,
+    dbeta = sum over rows of dY, dX (None: not needed)."""
+    cdef Py_ssize_t n = dY.shape[0], D = dY.shape[1], nb, t
+    fn = "layernorm_backward"
+    _check2(fn, "Xhat", Xhat, n, D)
+    if dX is not None:
+        _check2(fn, "dX", dX, n, D)
+    for name, a in (("gamma", gamma), ("dgamma", dgamma), ("dbeta", dbeta)):
+        _check1(fn, name, a, D)
+    _check1(fn, "invstd", invstd, n)
+    if D == 0:
+        return
+    if n == 0:
+        dgamma[:] = 0
+        dbeta[:] = 0
+        return
+    cdef int nt
+    if dX is not None:
+        nt = threads_for(n * D, n_threads, FNN_MIN_PER_THREAD)
+        if nt > n:
+            nt = <int>n
+        for t in prange(nt, num_threads=nt, nogil=True, schedule="static"):
+            _ln_bwd_rows(&dY[0, 0], &Xhat[0, 0], &gamma[0], &invstd[0], &dX[0, 0], _lo(t, nt, n),
+                         _lo(t + 1, nt, n), D)
+    nt = _n_blocks_threads(n, D, n_threads, &nb)
+    for t in prange(nt, num_threads=nt, nogil=True, schedule="static"):
+        _col_sums_range(&dY[0, 0], &Xhat[0, 0], n, D, _lo(t, nt, nb), _lo(t + 1, nt, nb), &dbeta[0], &dgamma[0])

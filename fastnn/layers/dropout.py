@@ -1,0 +1,78 @@
+"""Dropout: random zeroing of units in training (compiled kernel fastnn/_core/dropout.pyx)."""
+import numpy as np
+
+from fastnn._core import dropout as _k
+from fastnn._validation import check_number
+from fastnn.layers.base import Layer, get_num_threads
+
+_MODES = ("inverted", "weight_scaling")
+
+
+class Dropout(Layer):
+    """Drop each unit independently with probability ``rate`` in training mode (Srivastava et al., 2014).
+
+    Args:
+        rate: probability of dropping a unit, in [0, 1).
+        mode: "inverted" (default, as torch.nn.Dropout): kept units are scaled by 1 / (1 - rate) in training,
+            and inference is the identity.  "weight_scaling" (the paper's rule): no scaling in training, and
+            outputs are multiplied by the keep probability 1 - rate at inference.  Both make the expected
+            training output equal the inference output.
+
+    The mask is drawn and applied in one compiled pass by a counter-based generator seeded, at every training
+    forward, from the model's seeded ``layer_rng``: training is reproducible for a model seed, and the masks do
+    not depend on the number of threads.  ``mask`` holds the last mask (uint8, 1 = kept).
+
+    Shape: any (n, *features); output of the same shape.
+    """
+
+    def __init__(self, rate=0.5, mode="inverted", name=None):
+        super().__init__(name)
+        self.rate = check_number(type(self).__name__, "rate", rate, low=0.0, high=1.0, high_open=True)
+        if not isinstance(mode, str) or mode not in _MODES:
+            raise ValueError(f"{self.name}: mode must be one of {_MODES}, got {mode!r}")
+        self.mode = mode
+        self._rng = None
+        self.mask = None
+
+    def _attach_rng(self, generator):
+        """Called by the model with its seeded ``layer_rng``: the source of the per-call seeds."""
+        self._rng = generator
+
+    def forward(self, X, training=False):
+        n = X.shape[0]
+        keep = 1.0 - self.rate
+        if not training or self.rate == 0.0:
+            self._scale = 1.0 if (self.mode == "inverted" or training) else keep
+            self._masked = False
+            if self._scale == 1.0:
+                return X
+            Y = self._batch_buffers(n, lambda _: (np.empty(X.shape, X.dtype), np.empty(X.shape, np.uint8)))[0]
+            np.multiply(X, self._scale, out=Y)
+            return Y
+        if self._rng is None:                       # used outside a model: fresh entropy
+            self._rng = np.random.default_rng()
+        Y, mask = self._batch_buffers(n, lambda _: (np.empty(X.shape, X.dtype), np.empty(X.shape, np.uint8)))
+        seed = int(self._rng.integers(0, 2 ** 63))
+        threshold = int(round(self.rate * 2.0 ** 53))
+        self._scale = 1.0 / keep if self.mode == "inverted" else 1.0
+        _k.dropout_forward(X.reshape(-1), Y.reshape(-1), mask.reshape(-1), seed, threshold, self._scale,
+                           get_num_threads())
+        self.mask, self._masked = mask, True
+        return Y
+
+    def backward(self, dY):
+        if not self._masked and self._scale == 1.0:
+            return dY
+        dX = self._batch_buffers(-1 - dY.shape[0], lambda _: np.empty(dY.shape, dY.dtype))
+        if self._masked:
+            _k.dropout_backward(dY.reshape(-1), self.mask.reshape(-1), dX.reshape(-1), self._scale,
+                                get_num_threads())
+        else:
+            np.multiply(dY, self._scale, out=dX)
+        return dX
+
+    def get_config(self):
+        return {"name": self.name, "rate": self.rate, "mode": self.mode}
+
+    def extra_repr(self):
+        return f"rate={self.rate}" + (f", mode={self.mode!r}" if self.mode != "inverted" else "")

@@ -1,0 +1,198 @@
+"""BatchNorm and LayerNorm: finite differences in float64, a numpy reference at both dtypes and thread counts,
+running statistics, inference mode, errors, and parity with torch.nn.BatchNorm1d / LayerNorm."""
+import numpy as np
+import pytest
+
+import fastnn as fnn
+from fastnn.layers import BatchNorm, Dense, LayerNorm
+
+try:
+    from tests._gradcheck import assert_grad_close, numeric_grad
+    from tests._netcheck import check_model_grads, standalone
+except ImportError:  # pragma: no cover - tests/ itself on sys.path
+    from _gradcheck import assert_grad_close, numeric_grad
+    from _netcheck import check_model_grads, standalone
+
+
+def _ref_norm(X, w, b, eps, axis):
+    mean = X.mean(axis=axis, keepdims=True)
+    var = X.var(axis=axis, keepdims=True)
+    return (X - mean) / np.sqrt(var + eps) * w + b
+
+
+def _layer(cls, shape, dtype=np.float64, seed=0, **kw):
+    layer = standalone(cls(**kw), shape, dtype=dtype, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    layer.params["weight"][...] = rng.uniform(0.5, 1.5, layer.params["weight"].shape)
+    layer.params["bias"][...] = rng.standard_normal(layer.params["bias"].shape)
+    return layer
+
+
+@pytest.mark.parametrize("cls,shape,training", [(BatchNorm, (5,), True), (BatchNorm, (5,), False),
+                                                (LayerNorm, (6,), True), (LayerNorm, (2, 3), True)])
+def test_gradients_float64(cls, shape, training):
+    layer = _layer(cls, shape)
+    if cls is BatchNorm:
+        layer.running_mean[...] = 0.3
+        layer.running_var[...] = 2.0
+        layer.momentum = 0.0        # keep the running statistics fixed while differencing in inference mode
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((7,) + shape) * 2 + 1
+    R = rng.standard_normal(X.shape)
+
+    def f(_):
+        return float(np.sum(layer.forward(X, training) * R))
+
+    layer.forward(X, training)
+    dX = layer.backward(R).copy()
+    dW, db = layer.weight_grad.copy(), layer.bias_grad.copy()
+    assert_grad_close(dX, numeric_grad(f, X), rtol=1e-6, atol=1e-8)
+    assert_grad_close(dW, numeric_grad(f, layer.params["weight"]), rtol=1e-6, atol=1e-8)
+    assert_grad_close(db, numeric_grad(f, layer.params["bias"]), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float32, 2e-5), (np.float64, 1e-12)])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n,C", [(9, 3), (600, 70)])     # the large shape splits work between threads
+def test_kernels_match_numpy(dtype, tol, threads, n, C):
+    fnn.set_num_threads(threads)
+    try:
+        rng = np.random.default_rng(n)
+        X = (rng.standard_normal((n, C)) * 3 + 2).astype(dtype)
+        R = rng.standard_normal((n, C)).astype(dtype)
+        bn = _layer(BatchNorm, (C,), dtype=dtype)
+        w, b = bn.weight.astype(np.float64), bn.bias.astype(np.float64)
+        Y = bn.forward(X, True)
+        np.testing.assert_allclose(Y, _ref_norm(X.astype(np.float64), w, b, 1e-5, 0), rtol=tol, atol=tol * 10)
+        X64 = X.astype(np.float64)
+        np.testing.assert_allclose(bn.running_mean, 0.1 * X64.mean(0), rtol=tol, atol=tol)
+        np.testing.assert_allclose(bn.running_var, 0.9 + 0.1 * X64.var(0, ddof=1), rtol=tol, atol=tol)
+        dX = bn.backward(R)
+        xhat = (X64 - X64.mean(0)) / np.sqrt(X64.var(0) + 1e-5)
+        g = R * w
+        ref = (g - g.mean(0) - xhat * (g * xhat).mean(0)) / np.sqrt(X64.var(0) + 1e-5)
+        np.testing.assert_allclose(dX, ref, rtol=tol * 10, atol=tol * 10)
+        np.testing.assert_allclose(bn.weight_grad, (R * xhat).sum(0), rtol=tol * 10, atol=tol * 100)
+        np.testing.assert_allclose(bn.bias_grad, R.astype(np.float64).sum(0), rtol=tol * 10, atol=tol * 100)
+
+        ln = _layer(LayerNorm, (C,), dtype=dtype)
+        w, b = ln.weight.astype(np.float64), ln.bias.astype(np.float64)
+        np.testing.assert_allclose(ln.forward(X, True), _ref_norm(X64, w, b, 1e-5, 1), rtol=tol, atol=tol * 10)
+        dX = ln.backward(R)
+        xhat = (X64 - X64.mean(1, keepdims=True)) / np.sqrt(X64.var(1, keepdims=True) + 1e-5)
+        g = R * w
+        ref = (g - g.mean(1, keepdims=True) - xhat * (g * xhat).mean(1, keepdims=True)) / \
+            np.sqrt(X64.var(1, keepdims=True) + 1e-5)
+        np.testing.assert_allclose(dX, ref, rtol=tol * 10, atol=tol * 10)
+        np.testing.assert_allclose(ln.weight_grad, (R * xhat).sum(0), rtol=tol * 10, atol=tol * 100)
+    finally:
+        fnn.set_num_threads(2)
+
+
+def test_running_statistics_converge_and_are_used_at_inference():
+    rng = np.random.default_rng(0)
+    mu, sigma = np.array([3.0, -1.0, 0.5]), np.array([2.0, 0.5, 1.0])
+    x = fnn.Input(3)
+    bn = BatchNorm()
+    model = fnn.Model(x, bn(x), dtype="float64")
+    for _ in range(300):
+        model._forward(mu + sigma * rng.standard_normal((64, 3)), True)
+    np.testing.assert_allclose(bn.running_mean, mu, atol=0.1)
+    np.testing.assert_allclose(bn.running_var, sigma ** 2, rtol=0.1)
+    bn.weight = [1.0, 2.0, 3.0]
+    bn.bias = [0.0, 1.0, -1.0]
+    X = rng.standard_normal((4, 3))
+    want = (X - bn.running_mean) / np.sqrt(bn.running_var + 1e-5) * bn.weight + bn.bias
+    before = bn.running_mean.copy()
+    np.testing.assert_allclose(model.predict(X), want, rtol=1e-12)
+    np.testing.assert_array_equal(bn.running_mean, before)          # inference leaves the statistics alone
+    assert not np.allclose(model.train()._forward(X), want)          # training mode uses the batch's
+
+
+def test_batch_of_one_in_training_is_an_error_like_torch():
+    x = fnn.Input(3)
+    bn = BatchNorm(name="bn")
+    model = fnn.Model(x, Dense(2)(bn(x)))
+    model.compile("mse", fnn.optim.SGD(lr=0.1))
+    before = model.parameters.copy()
+    stats = bn.running_mean.copy()
+    with pytest.raises(ValueError, match="bn.*more than 1"):
+        model.train_on_batch(np.ones((1, 3)), np.ones((1, 2)))
+    np.testing.assert_array_equal(model.parameters, before)
+    np.testing.assert_array_equal(bn.running_mean, stats)
+    assert model.predict(np.ones((1, 3))).shape == (1, 2)             # inference on one sample is fine
+
+
+def test_bad_arguments_and_shapes():
+    with pytest.raises(ValueError, match="momentum"):
+        BatchNorm(momentum=1.5)
+    with pytest.raises(TypeError, match="eps"):
+        LayerNorm(eps="1e-5")
+    with pytest.raises(ValueError, match="eps"):
+        BatchNorm(eps=0)
+    with pytest.raises(ValueError, match="bn.*features"):
+        BatchNorm(name="bn")(fnn.Input((2, 3)))
+
+
+def test_in_a_model_gradients_and_no_weight_decay():
+    x = fnn.Input(4)
+    h = Dense(6)(x)
+    h = BatchNorm()(h)
+    h = fnn.layers.Tanh()(h)
+    h = LayerNorm()(Dense(5)(h))
+    model = fnn.Model(x, Dense(3)(h), seed=0, dtype="float64")
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if isinstance(layer, (BatchNorm, LayerNorm)):
+            layer.weight = rng.uniform(0.5, 1.5, layer.weight.shape)
+            layer.bias = rng.standard_normal(layer.bias.shape)
+    check_model_grads(model, rng.standard_normal((8, 4)))
+    # normalization parameters sit after the decayed prefix: weight decay skips them by default
+    n_dense_w = sum(l.weight.size for l in model.layers if isinstance(l, Dense))
+    assert model._n_decay == n_dense_w
+    for layer in model.layers:
+        if isinstance(layer, (BatchNorm, LayerNorm)):
+            off = (layer.weight.__array_interface__["data"][0] - model.parameters.__array_interface__["data"][0])
+            assert off // model.parameters.itemsize >= model._n_decay
+
+
+def test_configs_roundtrip():
+    for layer in (BatchNorm(momentum=0.2, eps=1e-3), LayerNorm(eps=1e-6)):
+        cls = fnn.layers.REGISTRY[type(layer).__name__]
+        assert cls.from_config(layer.get_config()).get_config() == layer.get_config()
+
+
+def test_matches_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    C = 5
+    bn = _layer(BatchNorm, (C,), momentum=0.3)
+    tbn = torch.nn.BatchNorm1d(C, momentum=0.3).double()
+    ln = _layer(LayerNorm, (C,), eps=1e-3)
+    tln = torch.nn.LayerNorm(C, eps=1e-3).double()
+    with torch.no_grad():
+        for a, b in ((bn, tbn), (ln, tln)):
+            b.weight.copy_(torch.from_numpy(a.weight))
+            b.bias.copy_(torch.from_numpy(a.bias))
+    for step in range(3):
+        X = rng.standard_normal((10, C)) * 3 + step
+        R = rng.standard_normal((10, C))
+        for ours, theirs in ((bn, tbn), (ln, tln)):
+            tx = torch.from_numpy(X.copy()).requires_grad_(True)
+            theirs.zero_grad()
+            ty = theirs.train()(tx)
+            (ty * torch.from_numpy(R)).sum().backward()
+            y = ours.forward(X, True)
+            dX = ours.backward(R)
+            np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(dX, tx.grad.numpy(), rtol=1e-9, atol=1e-12)
+            np.testing.assert_allclose(ours.weight_grad, theirs.weight.grad.numpy(), rtol=1e-9, atol=1e-12)
+            np.testing.assert_allclose(ours.bias_grad, theirs.bias.grad.numpy(), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(bn.running_mean, tbn.running_mean.numpy(), rtol=1e-12)
+        np.testing.assert_allclose(bn.running_var, tbn.running_var.numpy(), rtol=1e-12)
+    X = rng.standard_normal((4, C))
+    np.testing.assert_allclose(bn.forward(X, False), tbn.eval()(torch.from_numpy(X)).detach().numpy(), rtol=1e-10)
+    with pytest.raises(ValueError):
+        tbn.train()(torch.zeros(1, C, dtype=torch.float64))
+    with pytest.raises(ValueError):
+        bn.forward(np.zeros((1, C)), True)
