@@ -41,6 +41,7 @@ import warnings
 import numpy as np
 
 from fastnn.callbacks import Callback
+from fastnn._validation import check_number
 from fastnn._core._threads import get_num_threads
 
 VANISHING = 1e-3     # a gradient norm below this times the output layer's: vanishing
@@ -258,7 +259,8 @@ class Monitor(Callback):
         for kind, name, message in find_problems(stats, self._first):
             if (kind, name) not in self._warned:
                 self._warned.add((kind, name))
-                warnings.warn(f"{model.name}: {message} (epoch {epoch + 1})", TrainingHealthWarning, stacklevel=2)
+                warnings.warn(f"{model.name}: {message} (epoch {epoch + 1})", TrainingHealthWarning,
+                              stacklevel=4)   # Monitor <- CallbackList <- fit <- the caller of fit
         if self._first is None:
             self._first = stats
         self._reset()
@@ -327,9 +329,7 @@ def diagnose(model, X, y, batch_size=None, file=None, verbose=True):
     n = X.shape[0]
     if n == 0:
         raise ValueError("diagnose: X has no samples")
-    bs = n if batch_size is None else int(batch_size)
-    if bs < 1:
-        raise ValueError(f"diagnose: batch_size must be >= 1, got {batch_size!r}")
+    bs = n if batch_size is None else check_number("diagnose", "batch_size", batch_size, low=1, integer=True)
     segments = _param_segments(model)
     saved_grads = model.gradients.copy()
     acc = np.zeros(model.gradients.shape, dtype=np.float64)

@@ -246,3 +246,26 @@ def test_gradcheck_on_a_float32_model_checks_a_float64_copy(monkeypatch):
     report = fnn.gradcheck(model2, X, rng.standard_normal((16, 3)))
     assert report.errors[f"{model2.layers[0].name}.weight"] == pytest.approx(1.0)
     assert f"{model2.layers[0].name}.weight" in report.zero
+
+
+def test_monitor_detaches_when_fit_fails(digits):
+    X, y = digits
+
+    class Boom(fnn.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise RuntimeError("boom")
+
+    model = _healthy()
+    with pytest.raises(RuntimeError, match="boom"):
+        model.fit(X, y, epochs=2, batch_size=200, diagnostics=True, callbacks=Boom())
+    assert model._diagnostics is None
+    assert all(getattr(l, "_act_counts", None) is None for l in model.layers)
+    with pytest.raises(ValueError, match="batch_size"):
+        model.diagnose(X, y, batch_size=0)
+
+
+def test_warning_points_at_the_fit_call(digits):
+    X, y = digits
+    with pytest.warns(TrainingHealthWarning) as rec:
+        _dead_relu().fit(X, y, epochs=1, batch_size=200, diagnostics=True)
+    assert all(w.filename == __file__ for w in rec)
