@@ -22,11 +22,13 @@ from fastnn._core._threads import set_num_threads, get_num_threads  # noqa: E402
 from fastnn import initializers, layers, losses, optim, datasets, metrics, callbacks, schedules, constraints  # noqa: E402,E501
 from fastnn.model import Input, Model, Sequential, History, NonFiniteError  # noqa: E402
 from fastnn.io import load  # noqa: E402
+from fastnn import diagnostics, prune  # noqa: E402
+from fastnn.diagnostics import gradcheck  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Input", "Model", "Sequential", "History", "NonFiniteError", "load", "set_num_threads", "get_num_threads",
     "initializers", "layers", "losses", "optim", "datasets", "metrics", "callbacks", "schedules", "constraints",
-    "__version__",
+    "diagnostics", "prune", "gradcheck", "__version__",
 ]

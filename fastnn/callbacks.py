@@ -123,7 +123,7 @@ class History(Callback):
             raise ImportError("History.plot() needs matplotlib, which fastnn does not require: "
                               "pip install matplotlib") from None
         del matplotlib
-        names = [k for k in self.history if not k.startswith("val_") and k not in ("time", "lr")]
+        names = [k for k in self.history if not k.startswith("val_") and k not in ("time", "lr", "diagnostics")]
         names += [k[4:] for k in self.history if k.startswith("val_") and k[4:] not in names]
         if keys is not None:
             keys = [keys] if isinstance(keys, str) else list(keys)

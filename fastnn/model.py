@@ -153,6 +153,7 @@ class Model:
         self.grad_norm = None    # global gradient norm of the last step, when clipping is on
         self._base_lr = None
         self._constrained = []
+        self._diagnostics = None # a fastnn.diagnostics.Monitor during fit(diagnostics=True), else None
 
     def _build_graph(self, inputs, outputs):
         if isinstance(inputs, (list, tuple)):
@@ -488,6 +489,8 @@ class Model:
     # small hooks of _step and fit: clipping, schedules, constraints
     def _clip_gradients(self):
         """Clip the flat gradient buffer in place (one compiled pass) if compile asked for it."""
+        if self._diagnostics is not None:    # fit(diagnostics=True): measure the gradient before clipping
+            self._diagnostics.on_gradients()
         if self.clip_norm is not None or self.clip_value is not None:
             self.grad_norm = _clip.clip_gradients(
                 self.gradients, -1.0 if self.clip_value is None else self.clip_value,
@@ -540,7 +543,7 @@ class Model:
 
     def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_split=0.0, validation_data=None,
             metrics=None, class_weight=None, sample_weight=None, initial_epoch=0, callbacks=None, verbose=0,
-            nan_guard=None):
+            nan_guard=None, diagnostics=False):
         """Train in mini-batches, epochs ``initial_epoch`` .. ``epochs - 1``; returns a History.
 
         Args:
@@ -562,6 +565,10 @@ class Model:
             verbose: 0 silent; 1 a live progress bar on a terminal (one line per epoch when stdout is not a
                 terminal); 2 one line per epoch.
             nan_guard: override the compile setting for this call (see ``_step``).
+            diagnostics: record per-layer training-health diagnostics every epoch in
+                ``history.history["diagnostics"]`` (one dict per epoch, {layer name: {"grad_norm", "weight_norm",
+                "update_ratio", "dead_fraction" | "saturated_fraction"}}) and warn (TrainingHealthWarning) once
+                when gradients vanish or explode or a layer's ReLUs are mostly dead (see fastnn.diagnostics).
 
         ``history.history["loss"]`` is the (weighted) mean training loss of each epoch over its batches (for
         "l2", which sums over samples, the epoch's sum), measured while training; "accuracy" likewise for
@@ -581,6 +588,11 @@ class Model:
         bs = min(batch_size, n)
         n_batches = -(-n // bs)
         history = History()
+        monitor = None
+        if diagnostics:
+            from fastnn import diagnostics as _diagnostics
+            monitor = _diagnostics.Monitor()
+            callbacks = _diagnostics.with_monitor(callbacks, monitor)
         cbs = self._fit_callbacks(callbacks, history, verbose, epochs, n_batches)
         saved_guard = self.nan_guard
         if nan_guard is not None:
@@ -606,6 +618,8 @@ class Model:
             cbs.on_train_end(logs)
         finally:
             self.nan_guard = saved_guard
+            if monitor is not None:
+                monitor.close()
         return history
 
     # ------------------------------------------------------------------ fit helpers
@@ -835,6 +849,14 @@ class Model:
         for m in metrics:
             logs[m.name] = m.result()
         return logs
+
+    def diagnose(self, X, y, batch_size=None, file=None, verbose=True):
+        """Print a table of per-layer training-health numbers for (X, y) -- gradient and weight norms,
+        update/weight ratio, dead ReLU and saturated sigmoid/tanh fractions -- and return them (a
+        ``fastnn.diagnostics.Diagnosis``: {layer name: {...}}, with ``.problems``).  Changes nothing; see
+        ``fastnn.diagnostics.diagnose``."""
+        from fastnn import diagnostics as _diagnostics
+        return _diagnostics.diagnose(self, X, y, batch_size=batch_size, file=file, verbose=verbose)
 
     # ================================================================== saving
     def save(self, path, include_optimizer=True):

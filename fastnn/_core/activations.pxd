@@ -1,3 +1,5 @@
+from libc.stdint cimport int64_t
+
 from fastnn._core._common cimport floating
 
 # Activation kinds: the registry in fastnn/layers/activations.py maps names to these numbers.
@@ -14,3 +16,6 @@ cdef void act_forward(int kind, floating *Z, floating *Y, const floating *bias, 
                       Py_ssize_t n_cols, double alpha, int n_threads) noexcept nogil
 cdef void act_backward(int kind, const floating *Z, const floating *Y, const floating *dY, floating *dZ,
                        Py_ssize_t n_rows, Py_ssize_t n_cols, double alpha, int n_threads) noexcept nogil
+cdef void act_forward_counted(int kind, floating *Z, floating *Y, const floating *bias, Py_ssize_t n_rows,
+                              Py_ssize_t n_cols, double alpha, int n_threads, int64_t *counts,
+                              Py_ssize_t n_slots) noexcept nogil

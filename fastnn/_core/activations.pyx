@@ -8,9 +8,16 @@ only when each thread gets at least FNN_MIN_PER_THREAD elements.
 
 Adding an activation: a new ACT_ number in activations.pxd, a forward and a backward row loop below,
 and a class in fastnn/layers/activations.py.
+
+Unit counters (training-health diagnostics, fastnn.diagnostics): ``act_forward_counted`` is ``act_forward``
+that also adds, per column, the number of rows whose output is *active* (ReLU / leaky ReLU: y > 0) or
+*saturated* (sigmoid: y < 0.01 or y > 0.99; tanh: |y| > 0.99) into a caller-owned int64 buffer with one row
+per thread (no atomics; the caller sums the rows).  The other kinds count nothing.  The Python wrappers take
+``counts=None``: then the plain ``act_forward`` runs, so the normal path costs nothing.
 """
 from cython.parallel cimport prange
 from libc.math cimport exp, tanh, expf, tanhf
+from libc.stdint cimport int64_t
 
 from fastnn._core._common cimport floating, threads_for, f_sigmoid, FNN_MIN_PER_THREAD
 
@@ -139,20 +146,83 @@ cdef void act_backward(int kind, const floating *Z, const floating *Y, const flo
         _bwd_rows(kind, Z, Y, dY, dZ, t * n_rows // nt, (t + 1) * n_rows // nt, n_cols, <floating>alpha)
 
 
+cdef inline void _count_row(int kind, const floating *y, int64_t *c, Py_ssize_t n_cols) noexcept nogil:
+    """c[j] += 1 where unit j of this output row is active (relu kinds) or saturated (sigmoid, tanh)."""
+    cdef Py_ssize_t j
+    if kind == 1 or kind == 2:
+        for j in range(n_cols):
+            if y[j] > 0:
+                c[j] += 1
+    elif kind == 3:
+        for j in range(n_cols):
+            if y[j] < <floating>0.01 or y[j] > <floating>0.99:
+                c[j] += 1
+    elif kind == 4:
+        for j in range(n_cols):
+            if y[j] > <floating>0.99 or y[j] < <floating>-0.99:
+                c[j] += 1
+
+
+cdef void _fwd_rows_counted(int kind, floating *Z, floating *Y, const floating *bias, Py_ssize_t r0,
+                            Py_ssize_t r1, Py_ssize_t n_cols, floating alpha, int64_t *c) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(r0, r1):      # count each row right after computing it, while it is in cache
+        _fwd_rows(kind, Z, Y, bias, i, i + 1, n_cols, alpha)
+        _count_row(kind, Y + i * n_cols, c, n_cols)
+
+
+cdef void act_forward_counted(int kind, floating *Z, floating *Y, const floating *bias, Py_ssize_t n_rows,
+                              Py_ssize_t n_cols, double alpha, int n_threads, int64_t *counts,
+                              Py_ssize_t n_slots) noexcept nogil:
+    """act_forward, and counts[t, j] += number of rows of thread t where unit j is active / saturated.
+
+    counts (IN/OUT, accumulated): (n_slots, n_cols) int64; at most n_slots threads are used.
+    """
+    cdef int nt = threads_for(n_rows * n_cols, n_threads, FNN_MIN_PER_THREAD)
+    cdef int t
+    if nt > n_rows:
+        nt = <int>n_rows
+    if nt > n_slots:
+        nt = <int>n_slots
+    if nt <= 1:
+        _fwd_rows_counted(kind, Z, Y, bias, 0, n_rows, n_cols, <floating>alpha, counts)
+        return
+    for t in prange(nt, num_threads=nt, schedule="static"):
+        _fwd_rows_counted(kind, Z, Y, bias, t * n_rows // nt, (t + 1) * n_rows // nt, n_cols, <floating>alpha,
+                          counts + t * n_cols)
+
+
+def check_counts(int64_t[:, ::1] counts, Py_ssize_t n_cols, str owner):
+    """Validate a counts buffer for act_forward_counted: (n_slots >= 1, n_cols) int64."""
+    if counts.shape[0] < 1 or counts.shape[1] != n_cols:
+        raise ValueError(f"{owner}: counts must have shape (n_slots >= 1, {n_cols}), got "
+                         f"{(counts.shape[0], counts.shape[1])}")
+
+
 def _check_kind(int kind):
     if kind < 0 or kind >= N_ACT:
         raise ValueError(f"unknown activation kind {kind}")
 
 
-def activation_forward(int kind, floating[:, ::1] Z, floating[:, ::1] Y, double alpha=0.0, int n_threads=1):
-    """Y = act(Z), row-wise for softmax.  Z (IN), Y (OUT, may be Z for elementwise kinds): same shape."""
+def activation_forward(int kind, floating[:, ::1] Z, floating[:, ::1] Y, double alpha=0.0, int n_threads=1,
+                       int64_t[:, ::1] counts=None):
+    """Y = act(Z), row-wise for softmax.  Z (IN), Y (OUT, may be Z for elementwise kinds): same shape.
+
+    counts (IN/OUT, optional): (n_slots, n_cols) int64; adds the unit counters (see the module docstring).
+    """
     _check_kind(kind)
     if Z.shape[0] != Y.shape[0] or Z.shape[1] != Y.shape[1]:
         raise ValueError(f"activation_forward: Z is {(Z.shape[0], Z.shape[1])}, Y is {(Y.shape[0], Y.shape[1])}")
+    if counts is not None:
+        check_counts(counts, Z.shape[1], "activation_forward")
     if Z.shape[0] * Z.shape[1] == 0:
         return
     with nogil:
-        act_forward(kind, &Z[0, 0], &Y[0, 0], <const floating *>NULL, Z.shape[0], Z.shape[1], alpha, n_threads)
+        if counts is None:
+            act_forward(kind, &Z[0, 0], &Y[0, 0], <const floating *>NULL, Z.shape[0], Z.shape[1], alpha, n_threads)
+        else:
+            act_forward_counted(kind, &Z[0, 0], &Y[0, 0], <const floating *>NULL, Z.shape[0], Z.shape[1], alpha,
+                                n_threads, &counts[0, 0], counts.shape[0])
 
 
 def activation_backward(int kind, const floating[:, ::1] Z, const floating[:, ::1] Y, const floating[:, ::1] dY,

@@ -5,11 +5,13 @@ Shapes: X (n, n_in), W (n_in, n_out), b (n_out,), Z and Y (n, n_out).  The GEMM 
 adds the bias and applies the activation (fastnn._core.activations).  Shapes are checked here, once per
 call, so the loops below run without bounds checks.
 """
+from libc.stdint cimport int64_t
 from libc.string cimport memset
 
 from fastnn._core._common cimport floating
 from fastnn._core cimport _blas
-from fastnn._core.activations cimport act_forward, act_backward, ACT_IDENTITY, N_ACT
+from fastnn._core.activations cimport act_forward, act_forward_counted, act_backward, ACT_IDENTITY, N_ACT
+from fastnn._core.activations import check_counts
 
 
 cdef _check(str what, tuple got, tuple want):
@@ -19,8 +21,11 @@ cdef _check(str what, tuple got, tuple want):
 
 def dense_forward(const floating[:, ::1] X, const floating[:, ::1] W, const floating[::1] b,
                   floating[:, ::1] Z, floating[:, ::1] Y, int act=ACT_IDENTITY, double alpha=0.0,
-                  int n_threads=1):
-    """Z = X.W + b (OUT), Y = act(Z) (OUT; Y may be Z when act is the identity).  b may be None."""
+                  int n_threads=1, int64_t[:, ::1] counts=None):
+    """Z = X.W + b (OUT), Y = act(Z) (OUT; Y may be Z when act is the identity).  b may be None.
+
+    counts (IN/OUT, optional): the activation's unit counters, (n_slots, n_out) int64 (see activations.pyx).
+    """
     cdef Py_ssize_t n = X.shape[0], n_in = X.shape[1], n_out = W.shape[1]
     if act < 0 or act >= N_ACT:
         raise ValueError(f"dense_forward: unknown activation kind {act}")
@@ -31,6 +36,8 @@ def dense_forward(const floating[:, ::1] X, const floating[:, ::1] W, const floa
     if b is not None:
         _check("b", (b.shape[0],), (n_out,))
         bp = &b[0] if n_out > 0 else NULL
+    if counts is not None:
+        check_counts(counts, n_out, "dense_forward")
     if n == 0 or n_out == 0:
         return
     with nogil:
@@ -39,7 +46,11 @@ def dense_forward(const floating[:, ::1] X, const floating[:, ::1] W, const floa
         else:
             _blas.gemm(False, False, <int>n, <int>n_out, <int>n_in, <floating>1, &X[0, 0], <int>n_in,
                        &W[0, 0], <int>n_out, <floating>0, &Z[0, 0], <int>n_out)
-        act_forward(act, &Z[0, 0], &Y[0, 0], bp, n, n_out, alpha, n_threads)
+        if counts is None:
+            act_forward(act, &Z[0, 0], &Y[0, 0], bp, n, n_out, alpha, n_threads)
+        else:
+            act_forward_counted(act, &Z[0, 0], &Y[0, 0], bp, n, n_out, alpha, n_threads, &counts[0, 0],
+                                counts.shape[0])
 
 
 def dense_backward(const floating[:, ::1] X, const floating[:, ::1] W, const floating[:, ::1] Z,

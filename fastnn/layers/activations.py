@@ -13,6 +13,7 @@ class Activation(Layer):
     """Base of the activation layers: ``Y = f(X)`` with the compiled kernel of kind ``kind``."""
     kind = None
     alpha = 0.0
+    _act_counts = None   # (n_slots, n_features) int64 buffer for the unit counters (fastnn.diagnostics), or None
 
     def _build(self, input_shape):
         if len(input_shape) < 1:
@@ -31,7 +32,8 @@ class Activation(Layer):
             return X
         Y = self._batch_buffers(X.shape[0], lambda n: np.empty((n,) + X.shape[1:], dtype=X.dtype))
         if X.size:
-            _k.activation_forward(self.kind, self._rows(X), self._rows(Y), self.alpha, get_num_threads())
+            _k.activation_forward(self.kind, self._rows(X), self._rows(Y), self.alpha, get_num_threads(),
+                                  self._act_counts)
         self._Y = Y
         return Y
 

@@ -25,6 +25,8 @@ class Dense(Layer):
     the gradients of the last backward pass.
     """
 
+    _act_counts = None   # (n_slots, units) int64 buffer the fused activation's unit counters go to (diagnostics)
+
     def __init__(self, units, activation=None, kernel_init="xavier_uniform", bias_init="zeros", use_bias=True,
                  max_norm=None, name=None):
         super().__init__(name)
@@ -94,8 +96,9 @@ class Dense(Layer):
         Z, Y = self._batch_buffers(X.shape[0], self._make_buffers)
         kind = 0 if logits else self.activation.kind
         out = Z if kind == 0 else Y
+        counts = self._act_counts if kind else None      # unit counters, only while diagnostics ask for them
         _k.dense_forward(X, self.params["weight"], self.params.get("bias"), Z, out, kind, self.activation.alpha,
-                         get_num_threads())
+                         get_num_threads(), counts)
         self._X, self._Z, self._Y, self._kind = X, Z, out, kind
         return out
 

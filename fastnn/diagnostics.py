@@ -1,0 +1,509 @@
+"""Training-health diagnostics: per-layer gradient and weight norms, update/weight ratios, dead and saturated units,
+and a finite-difference gradient check.
+
+What is measured, per layer (keys of the per-layer dicts):
+
+| key | meaning |
+|---|---|
+| ``grad_norm`` | L2 norm of the layer's parameter gradients (all its parameters together) |
+| ``weight_norm`` | L2 norm of the layer's parameters |
+| ``update_ratio`` | norm of the update the optimizer made (parameters after minus before a step) / ``weight_norm`` |
+| ``dead_fraction`` | ReLU units (a ``Dense(activation="relu")`` or a ``ReLU`` layer): the fraction of units whose output is 0 for every sample seen |
+| ``saturated_fraction`` | sigmoid / tanh units: the fraction of (sample, unit) outputs that are saturated: sigmoid y < 0.01 or y > 0.99, tanh abs(y) > 0.99 (the derivative is then below about 0.01 / 0.02) |
+
+The unit counters are gathered inside the compiled activation kernels (``act_forward_counted`` in
+fastnn/_core/activations.pyx): a layer whose ``_act_counts`` buffer is set counts, per unit, the samples where
+it is active (ReLU) or saturated (sigmoid, tanh) in the same pass that computes the activation.  The buffer is
+None outside diagnostics, so the normal path runs the plain kernel.  (A fused output activation, one that hands
+its logits to the loss, is not counted.)
+
+``model.fit(..., diagnostics=True)`` adds a :class:`Monitor`: ``history.history["diagnostics"]`` is then a
+list with one dict per epoch, ``{layer name: {key: value}}``, where ``grad_norm`` and ``update_ratio`` are the
+means over the epoch's batches (the gradient as the backward pass left it, before clipping), ``weight_norm``
+is measured at the end of the epoch, and the unit fractions count over all the training samples of the epoch.
+It warns (:class:`TrainingHealthWarning`, once per problem and layer in a fit call) when
+
+* gradients vanish: a layer's gradient norm is below ``VANISHING`` (1e-3) times that of the output layer (the
+  last layer with parameters), i.e. they shrink by three orders of magnitude or more toward the input;
+* gradients explode: a layer's gradient norm is above ``EXPLODING`` (1e3) times the output layer's, or has
+  grown by that factor since the first epoch of the fit, or is not finite;
+* ReLUs die: more than ``DEAD`` (half) of a layer's ReLU units are dead.
+
+``model.diagnose(X, y)`` (:func:`diagnose`) prints the same table for one batch or a whole dataset, and
+:func:`gradcheck` compares a model's gradients with central finite differences in float64.
+"""
+import math
+import os
+import sys
+import tempfile
+import warnings
+
+import numpy as np
+
+from fastnn.callbacks import Callback
+from fastnn._validation import check_number
+from fastnn._core._threads import get_num_threads
+
+VANISHING = 1e-3     # a gradient norm below this times the output layer's: vanishing
+EXPLODING = 1e3      # above this times the output layer's (or times its first-epoch value): exploding
+DEAD = 0.5           # more than this fraction of a layer's ReLU units dead: warn
+
+_COUNTED = {1: ("relu", "dead_fraction"), 3: ("sigmoid", "saturated_fraction"), 4: ("tanh", "saturated_fraction")}
+
+
+class TrainingHealthWarning(UserWarning):
+    """Training looks unhealthy: vanishing or exploding gradients, or mostly dead ReLU units."""
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+def _counted_layers(model):
+    """[(layer, kind, units, rows per sample)] for the layers whose activation is counted."""
+    from fastnn.layers.activations import Activation
+    from fastnn.layers.dense import Dense
+    out = []
+    last = model.layers[-1]
+    for layer in model.layers:
+        if isinstance(layer, Dense):
+            kind, units, rows = layer.activation.kind, layer.units, 1
+        elif isinstance(layer, Activation):
+            kind, units = layer.kind, layer.output_shape[-1]
+            rows = int(np.prod(layer.output_shape[:-1], dtype=np.int64))
+        else:
+            continue
+        if kind in _COUNTED and not (layer is last and model._fused):
+            out.append((layer, kind, units, rows))
+    return out
+
+
+class _Counters:
+    """The unit-counter buffers of a model's counted layers, attached while diagnostics run."""
+
+    def __init__(self, model):
+        slots = max(1, get_num_threads())
+        self.layers = _counted_layers(model)
+        self.buffers = {}
+        for layer, kind, units, rows in self.layers:
+            self.buffers[layer] = np.zeros((slots, units), dtype=np.int64)
+            layer._act_counts = self.buffers[layer]
+
+    def reset(self):
+        for buf in self.buffers.values():
+            buf[...] = 0
+
+    def close(self):
+        for layer in self.buffers:
+            layer._act_counts = None
+
+    def fractions(self, n_samples):
+        """{layer: (kind, per-unit count)} -> {layer name: {"activation", "dead_fraction" | "saturated_fraction"}}"""
+        out = {}
+        for layer, kind, units, rows in self.layers:
+            counts = self.buffers[layer].sum(axis=0)
+            name, key = _COUNTED[kind]
+            if key == "dead_fraction":
+                value = float(np.mean(counts == 0)) if n_samples else 0.0
+            else:
+                total = n_samples * rows * units
+                value = float(counts.sum() / total) if total else 0.0
+            out[layer.name] = {"activation": name, key: value}
+        return out
+
+
+def _param_segments(model):
+    """[(layer, [(offset, size), ...])] for the layers with parameters, in graph order."""
+    base = model.parameters.__array_interface__["data"][0]
+    item = model.parameters.itemsize
+    out = []
+    for layer in model.layers:
+        segs = [((v.__array_interface__["data"][0] - base) // item, v.size) for v in layer.params.values()]
+        if segs:
+            out.append((layer, segs))
+    return out
+
+
+def _norms(flat, segments):
+    """The L2 norm of each layer's part of a flat buffer (float64 accumulation)."""
+    res = []
+    for _, segs in segments:
+        s = 0.0
+        for off, size in segs:
+            v = flat[off:off + size]
+            s += float(np.dot(v, v)) if v.dtype == np.float64 else float(np.dot(v.astype(np.float64), v))
+        res.append(math.sqrt(s))
+    return res
+
+
+def _stats(model, segments, grad_norms, weight_norms, update_ratios, fractions):
+    """{layer name: {...}} in graph order from the measured pieces."""
+    stats = {}
+    pos = {layer.name: i for i, (layer, _) in enumerate(segments)}
+    for layer in model.layers:
+        entry = {}
+        i = pos.get(layer.name)
+        if i is not None:
+            entry["grad_norm"] = grad_norms[i]
+            entry["weight_norm"] = weight_norms[i]
+            if update_ratios is not None:
+                entry["update_ratio"] = update_ratios[i]
+        entry.update(fractions.get(layer.name, {}))
+        if entry:
+            stats[layer.name] = entry
+    return stats
+
+
+def find_problems(stats, first=None):
+    """The problems in a per-layer stats dict: a list of (kind, layer name, message), kind one of "vanishing",
+    "exploding", "dead".  ``first`` is an earlier stats dict (the first epoch) for the growth test."""
+    problems = []
+    grads = [(name, e["grad_norm"]) for name, e in stats.items() if "grad_norm" in e]
+    if grads:
+        out_name, ref = grads[-1]
+        bad = [(n, g) for n, g in grads if not math.isfinite(g)]
+        if bad:
+            problems.append(("exploding", bad[0][0], f"the gradient of layer {bad[0][0]} is not finite "
+                             f"({bad[0][1]}): gradients explode; lower the learning rate or use clip_norm"))
+        elif ref > 0 and len(grads) > 1:
+            # a layer whose ReLUs are mostly dead has a small gradient for that reason: reported as dead below
+            vanish = [(n, g) for n, g in grads[:-1] if g < VANISHING * ref
+                      and not stats[n].get("dead_fraction", 0.0) > DEAD]
+            if vanish:
+                n, g = vanish[-1]
+                problems.append(("vanishing", n, (
+                    f"gradients vanish toward the input: the gradient norm of layer {n} is {g:.2e}, "
+                    f"{g / ref:.1e} times that of the output layer {out_name} ({ref:.2e}), so {n} and the "
+                    "layers before it barely learn; ReLU activations with he_normal init, BatchNorm or residual "
+                    "connections help")))
+            explode = [(n, g) for n, g in grads[:-1] if g > EXPLODING * ref]
+            if explode:
+                n, g = explode[-1]
+                problems.append(("exploding", n, (
+                    f"gradients explode toward the input: the gradient norm of layer {n} is {g:.2e}, "
+                    f"{g / ref:.1e} times that of the output layer {out_name} ({ref:.2e}); lower the learning "
+                    "rate, use clip_norm, or normalize (BatchNorm)")))
+        if first is not None and not any(p[0] == "exploding" for p in problems):
+            for n, g in grads:
+                g0 = first.get(n, {}).get("grad_norm")
+                if g0 is not None and g0 > 0 and g > EXPLODING * g0:
+                    problems.append(("exploding", n, (
+                        f"gradients explode: the gradient norm of layer {n} grew from {g0:.2e} to {g:.2e} "
+                        "since the first epoch; lower the learning rate or use clip_norm")))
+                    break
+    for name, e in stats.items():
+        d = e.get("dead_fraction")
+        if d is not None and d > DEAD:
+            problems.append(("dead", name, (
+                f"{d:.0%} of the ReLU units of layer {name} are dead (zero for every sample seen), so they no "
+                "longer learn; lower the learning rate, use he_normal init or a smaller negative bias, or "
+                "LeakyReLU")))
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------- in fit
+class Monitor(Callback):
+    """What ``fit(diagnostics=True)`` adds: records the per-layer diagnostics of every epoch in
+    ``logs["diagnostics"]`` (so in ``history.history["diagnostics"]``) and warns once per problem and layer
+    (see the module docstring).  The model calls ``on_gradients`` after each backward pass, before clipping."""
+
+    def __init__(self):
+        self._counters = None
+        self._warned = set()
+        self._first = None
+
+    def on_train_begin(self, logs=None):
+        model = self.model
+        self._segments = _param_segments(model)
+        self._counters = _Counters(model)
+        self._before = np.empty_like(model.parameters)
+        self._diff = np.empty_like(model.parameters)
+        model._diagnostics = self
+        self._reset()
+
+    def _reset(self):
+        k = len(self._segments)
+        self._grad_sum = np.zeros(k)
+        self._ratio_sum = np.zeros(k)
+        self._steps = 0
+        self._updates = 0
+        self._samples = 0
+        self._pending = False
+        self._counters.reset()
+
+    def on_gradients(self):
+        """After the backward pass of a training step, before clipping and the update."""
+        model = self.model
+        self._grad_sum += _norms(model.gradients, self._segments)
+        self._steps += 1
+        np.copyto(self._before, model.parameters)
+        self._pending = True
+
+    def on_batch_end(self, batch, logs=None):
+        logs = logs or {}
+        self._samples += int(logs.get("size", 0))
+        if self._pending:
+            model = self.model
+            np.subtract(model.parameters, self._before, out=self._diff)
+            upd = _norms(self._diff, self._segments)
+            w = _norms(model.parameters, self._segments)
+            self._ratio_sum += [u / x if x > 0 else 0.0 for u, x in zip(upd, w)]
+            self._updates += 1
+            self._pending = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        model = self.model
+        grads = [float(g) for g in self._grad_sum / max(self._steps, 1)]
+        ratios = [float(r) for r in self._ratio_sum / max(self._updates, 1)]
+        weights = _norms(model.parameters, self._segments)
+        stats = _stats(model, self._segments, grads, weights, ratios, self._counters.fractions(self._samples))
+        if logs is not None:
+            logs["diagnostics"] = stats
+        for kind, name, message in find_problems(stats, self._first):
+            if (kind, name) not in self._warned:
+                self._warned.add((kind, name))
+                warnings.warn(f"{model.name}: {message} (epoch {epoch + 1})", TrainingHealthWarning,
+                              stacklevel=4)   # Monitor <- CallbackList <- fit <- the caller of fit
+        if self._first is None:
+            self._first = stats
+        self._reset()
+
+    def close(self):
+        """Detach from the model (the counters off, no more gradient hook); fit calls it in any case."""
+        if self._counters is not None:
+            self._counters.close()
+        if getattr(self, "model", None) is not None and getattr(self.model, "_diagnostics", None) is self:
+            self.model._diagnostics = None
+
+
+def with_monitor(callbacks, monitor):
+    """``callbacks`` (None, one Callback or a list) with ``monitor`` first, so that the others see its logs."""
+    if isinstance(callbacks, Callback):
+        callbacks = [callbacks]
+    return [monitor] + list(callbacks or [])
+
+
+# ---------------------------------------------------------------------------------------------- diagnose
+class Diagnosis(dict):
+    """What :func:`diagnose` returns: ``{layer name: {key: value}}`` (the keys of the module docstring), with
+    ``problems`` (a list of (kind, layer name, message)), ``loss`` and ``n_samples`` as attributes."""
+
+    def __init__(self, stats, problems, loss, n_samples):
+        super().__init__(stats)
+        self.problems = problems
+        self.loss = loss
+        self.n_samples = n_samples
+
+    def table(self):
+        """The table ``diagnose`` prints, as a string."""
+        head = ("layer", "activation", "grad norm", "weight norm", "update/weight", "dead", "saturated")
+        rows = [head]
+
+        def f(v, pct=False):
+            if v is None:
+                return "-"
+            return f"{v:.1%}" if pct else f"{v:.3e}"
+
+        for name, e in self.items():
+            rows.append((name, e.get("activation", "-"), f(e.get("grad_norm")), f(e.get("weight_norm")),
+                         f(e.get("update_ratio")), f(e.get("dead_fraction"), True),
+                         f(e.get("saturated_fraction"), True)))
+        w = [max(len(r[i]) for r in rows) for i in range(len(head))]
+        lines = ["  ".join(c.ljust(w[i]) if i < 2 else c.rjust(w[i]) for i, c in enumerate(r)) for r in rows]
+        lines.append(f"loss {self.loss:.6g} over {self.n_samples} samples")
+        lines += [f"problem: {m}" for _, _, m in self.problems] or ["no problem found"]
+        return "\n".join(lines)
+
+    def __str__(self):
+        return self.table()
+
+
+def diagnose(model, X, y, batch_size=None, file=None, verbose=True):
+    """Measure the model's health on (X, y) -- one batch, or a dataset in batches of ``batch_size`` -- print a
+    table (when ``verbose``) and return a :class:`Diagnosis`.
+
+    The forward and backward passes run in inference mode (no dropout, BatchNorm with its running statistics),
+    so nothing of the model changes: the gradient is that of the loss over all of (X, y) (the weighted sum of
+    the batch gradients), ``update_ratio`` is that of the step the optimizer would take from it (taken, then
+    undone: parameters, optimizer state and step count restored; no clipping or schedule), and the parameters,
+    gradients buffer, optimizer state and mode are as before the call.  The model must be compiled.
+    """
+    X, T = model._check_Xy(X, y, "diagnose")
+    n = X.shape[0]
+    if n == 0:
+        raise ValueError("diagnose: X has no samples")
+    bs = n if batch_size is None else check_number("diagnose", "batch_size", batch_size, low=1, integer=True)
+    segments = _param_segments(model)
+    saved_grads = model.gradients.copy()
+    acc = np.zeros(model.gradients.shape, dtype=np.float64)
+    counters = _Counters(model)
+    prev = model._set_mode(False)
+    total = 0.0
+    try:
+        for start in range(0, n, bs):
+            stop = min(start + bs, n)
+            out = model._forward(X[start:stop], False, model._fused)
+            loss, _, grad = model._loss_and_grad(out, T[start:stop])
+            model._backward(grad)
+            w = 1.0 if model.loss.sums else (stop - start) / n
+            acc += w * model.gradients
+            total += loss * w
+        grads = _norms(acc, segments)
+        ratios = None
+        opt = model.optimizer
+        if opt is not None and opt._params is model.parameters:
+            before = model.parameters.copy()
+            state = {k: v.copy() for k, v in opt.state.items()}
+            steps = opt.step_count
+            np.copyto(model.gradients, acc, casting="unsafe")
+            try:
+                opt.step()
+                upd = _norms(model.parameters - before, segments)
+            finally:
+                np.copyto(model.parameters, before)
+                for k, v in opt.state.items():
+                    np.copyto(v, state[k])
+                opt.step_count = steps
+            ratios = [u / x if x > 0 else 0.0 for u, x in zip(upd, _norms(model.parameters, segments))]
+        fractions = counters.fractions(n)
+    finally:
+        counters.close()
+        model._set_mode(prev)
+        np.copyto(model.gradients, saved_grads)
+    stats = _stats(model, segments, grads, _norms(model.parameters, segments), ratios, fractions)
+    result = Diagnosis(stats, find_problems(stats), float(total), n)
+    if verbose:
+        print(result.table(), file=file or sys.stdout)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- gradcheck
+def _copy_model(model, dtype):
+    """A copy of a built model in `dtype` (through the save format: architecture, weights, buffers, loss)."""
+    from fastnn import io as _io
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "model.npz")
+        _io.save(model, path, include_optimizer=False)
+        header, arrays = _io._read(path)
+    header["model"]["dtype"] = np.dtype(dtype).name
+    arrays = {k: (a.astype(dtype) if a.dtype.kind == "f" else a) for k, a in arrays.items()}
+    return _io._build(header, arrays, compile=True)
+
+
+class GradcheckReport:
+    """What :func:`gradcheck` returns.
+
+    Attributes:
+        errors: {"layer.param": worst relative error over the checked elements}, in graph order.
+        details: {"layer.param": (index of the worst element, analytic, numeric, elements checked)}.
+        max_error: the largest of ``errors``; worst: its key.
+        tol: the tolerance ``passed`` uses.
+        zero: the parameters whose checked analytic gradient is all zeros (nothing was really tested there).
+    """
+
+    def __init__(self, errors, details, tol, zero):
+        self.errors, self.details, self.tol, self.zero = errors, details, tol, zero
+        self.worst = max(errors, key=errors.get) if errors else None
+        self.max_error = errors[self.worst] if errors else 0.0
+
+    @property
+    def passed(self):
+        """Every worst relative error is at most ``tol``."""
+        return self.max_error <= self.tol
+
+    def __str__(self):
+        w = max([len(k) for k in self.errors] + [9])
+        lines = [f"{'parameter':<{w}}  {'max rel err':>11}  {'checked':>7}"]
+        for k, e in self.errors.items():
+            lines.append(f"{k:<{w}}  {e:11.2e}  {self.details[k][3]:7d}")
+        lines.append(f"{'passed' if self.passed else 'FAILED'} (tol {self.tol:g}); worst {self.worst} "
+                     f"{self.max_error:.2e}")
+        return "\n".join(lines)
+
+    def __repr__(self):
+        return f"GradcheckReport(max_error={self.max_error:.3e}, worst={self.worst!r}, passed={self.passed})"
+
+
+def gradcheck(model, X, y, eps=1e-6, max_per_param=64, training=True, tol=1e-4, atol=1e-5, seed=0):
+    """Compare the model's parameter gradients with central finite differences, in float64.
+
+    A float32 model is copied to float64 first (the copy is checked); a float64 model is checked in place and
+    everything the check touches is restored exactly (parameters, gradient buffer, layer buffers such as
+    BatchNorm statistics, the random layers' generator state, the mode), so the model does not change.
+
+    For each parameter array, up to ``max_per_param`` elements (all of them when there are fewer; otherwise a
+    random choice from ``seed``) are perturbed by +-eps; the relative error of an element is
+    ``|analytic - numeric| / max(|analytic|, |numeric|, atol)``: gradients smaller than ``atol`` are compared
+    absolutely, since the rounding noise of a central difference is about ``|loss| * 1e-16 / eps`` (1e-10 to
+    1e-9 here).  ``training=True`` checks the training-mode
+    function (BatchNorm with batch statistics; dropout and stochastic depth replay the same masks at every
+    evaluation, by restoring the layer generator's state); False checks inference mode.  Errors of order
+    1e-7..1e-5 are normal (kinks of ReLU can cost more); a wrong backward gives errors near 1.
+
+    Returns a :class:`GradcheckReport` (``report.errors``, ``report.max_error``, ``report.passed``).
+    """
+    model._require_compiled("gradcheck")
+    if not model.built:
+        model._check_X(X, "gradcheck")
+    m = model if np.dtype(model.dtype) == np.float64 else _copy_model(model, np.float64)
+    if m is not model:
+        m.compile(loss=model.loss, optimizer="sgd")      # the very loss (its settings), a throwaway optimizer
+    X, T = m._check_Xy(X, y, "gradcheck")
+    if X.shape[0] == 0:
+        raise ValueError("gradcheck: X has no samples")
+    saved = None
+    if m is model:
+        saved = (m.parameters.copy(), m.gradients.copy(),
+                 [(buf, np.array(buf, copy=True)) for l in m.layers for buf in l.buffers.values()],
+                 m.layer_rng.bit_generator.state, m.training)
+    rng_state = m.layer_rng.bit_generator.state
+    training = bool(training)
+    flat = m.parameters
+    try:
+        def loss_at():
+            m.layer_rng.bit_generator.state = rng_state
+            out = m._forward(X, training, m._fused)
+            return float(m.loss(out, T, None, None)[0])
+
+        m.layer_rng.bit_generator.state = rng_state
+        out = m._forward(X, training, m._fused)
+        _, _, grad = m._loss_and_grad(out, T)
+        m._backward(grad)
+        analytic = m.gradients.copy()
+        pick = np.random.default_rng(seed)
+        base = flat.__array_interface__["data"][0]
+        errors, details, zero = {}, {}, []
+        for layer in m.layers:
+            for pname, view in layer.params.items():
+                off = (view.__array_interface__["data"][0] - base) // flat.itemsize
+                size = view.size
+                idx = np.arange(size) if size <= max_per_param else np.sort(
+                    pick.choice(size, max_per_param, replace=False))
+                worst, where = -1.0, None
+                a_checked = []
+                for i in idx:
+                    k = off + int(i)
+                    old = flat[k]
+                    flat[k] = old + eps
+                    fp = loss_at()
+                    flat[k] = old - eps
+                    fm = loss_at()
+                    flat[k] = old
+                    num = (fp - fm) / (2.0 * eps)
+                    a = float(analytic[k])
+                    a_checked.append(a)
+                    err = abs(a - num) / max(abs(a), abs(num), atol)
+                    if err > worst:
+                        worst, where = err, (int(i), a, num)
+                key = f"{layer.name}.{pname}"
+                errors[key] = worst
+                details[key] = where + (len(idx),)
+                if not any(a_checked):
+                    zero.append(key)
+    finally:
+        if saved is not None:
+            params, grads, bufs, state, mode = saved
+            np.copyto(m.parameters, params)
+            np.copyto(m.gradients, grads)
+            for buf, copy in bufs:
+                np.copyto(buf, copy)
+            m.layer_rng.bit_generator.state = state
+            m.training = mode
+    return GradcheckReport(errors, details, tol, zero)

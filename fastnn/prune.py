@@ -1,0 +1,247 @@
+"""Structured pruning: remove whole units (neurons) of a Dense layer, so that the network really gets smaller.
+
+``fnn.prune.neurons(model, layer=..., amount=0.3, criterion="l2")`` returns a **new model** (the original is
+not changed) in which the chosen units of the Dense layer are gone:
+
+* the layer's weight columns and bias entries;
+* the per-feature parameters and running statistics of the BatchNorm / LayerNorm layers between it and the next
+  Dense layer (activation layers and Dropout in between have nothing to prune);
+* the matching rows of the next Dense layer's weight;
+* the optimizer state (momentum, Adam's moments, ...) of all of these, and its step count, so training goes on
+  exactly as for a model built at the smaller size with the same weights and state.
+
+The new model has new flat parameter / gradient / state buffers (it is rebuilt through the save format, so
+layer names, loss, optimizer, generator states and ``epochs_trained`` carry over; clipping and the learning-rate
+schedule are copied too).
+
+Criteria (the units with the lowest score go):
+
+| criterion | score of a unit | needs X |
+|---|---|---|
+| ``"l2"`` | L2 norm of its incoming weights (its column of ``weight``) | no |
+| ``"activation"`` | mean absolute value of its activation over X (inference mode) | yes |
+| ``"dead"`` | removes every unit whose ReLU output is 0 for every sample of X (``amount`` is not used) | yes |
+
+Removing dead units does not change the predictions: a dead unit sends a constant to the next layer (0, or,
+with a BatchNorm after the ReLU, that layer's constant output), and a non-zero constant is folded into the next
+layer's bias.  (A LayerNorm in between normalizes over the remaining units, so there the outputs change.)
+
+Refused with ValueError naming the layer: a layer that is not Dense, the output layer, and a layer whose units
+feed anything else than a chain of activation / Dropout / BatchNorm / LayerNorm layers ending in one Dense
+layer -- Add, Concatenate, Residual, Softmax, or a tensor used by several layers -- since its units could not be
+removed consistently there.
+"""
+import os
+import tempfile
+
+import numpy as np
+
+_CRITERIA = ("l2", "activation", "dead")
+
+
+def _resolve(model, layer, owner):
+    from fastnn.model import Model
+    if not isinstance(model, Model):
+        raise TypeError(f"{owner}: model must be a fastnn Model or Sequential, got {type(model).__name__}")
+    if not model.built:
+        raise ValueError(f"{owner}: {model.name} is not built yet (give input_dim, or fit/predict once)")
+    layers = model.layers
+    if isinstance(layer, str):
+        found = [i for i, l in enumerate(layers) if l.name == layer]
+        if not found:
+            raise ValueError(f"{owner}: no layer named {layer!r} in {model.name} (layers: "
+                             f"{[l.name for l in layers]})")
+        return found[0]
+    if isinstance(layer, (int, np.integer)) and not isinstance(layer, bool):
+        if not -len(layers) <= layer < len(layers):
+            raise ValueError(f"{owner}: layer index {layer} is out of range for {len(layers)} layers")
+        return int(layer) % len(layers)
+    for i, l in enumerate(layers):
+        if l is layer:
+            return i
+    raise ValueError(f"{owner}: layer must be a layer of the model, its name or its index, got {layer!r}")
+
+
+def _chain(model, i, owner):
+    """(chain, nxt): the node indices between node i and the next Dense (exclusive), and that Dense's index."""
+    from fastnn.layers import Activation, BatchNorm, Dense, Dropout, LayerNorm, Softmax
+    plan = model._plan
+    name = plan[i][0].name
+    if not isinstance(plan[i][0], Dense):
+        raise ValueError(f"{owner}: layer {name} is a {type(plan[i][0]).__name__}; only Dense units can be pruned")
+    chain, cur = [], i
+    while True:
+        if cur == len(plan) - 1:
+            raise ValueError(f"{owner}: cannot prune layer {name}: its units are the model's output")
+        cons = [k for k, (_, src) in enumerate(plan) if cur in src]
+        if len(cons) != 1 or len(plan[cons[0]][1]) != 1:
+            names = ", ".join(f"{plan[k][0].name} ({type(plan[k][0]).__name__})" for k in cons)
+            raise ValueError(f"{owner}: cannot prune layer {name}: its units feed {names} (several layers or a "
+                             "multi-input layer), which cannot be pruned consistently")
+        nxt = cons[0]
+        L = plan[nxt][0]
+        if isinstance(L, Dense):
+            return chain, nxt
+        if (isinstance(L, Activation) and not isinstance(L, Softmax)) or isinstance(L, (Dropout, BatchNorm,
+                                                                                         LayerNorm)):
+            chain.append(nxt)
+            cur = nxt
+            continue
+        raise ValueError(f"{owner}: cannot prune layer {name}: its units feed {L.name} ({type(L).__name__}), "
+                         "which cannot be pruned consistently (only activation, Dropout, BatchNorm and LayerNorm "
+                         "layers may lie between it and the next Dense layer)")
+
+
+def _scan(model, X, point, relu, end, batch_size):
+    """One inference pass over X: per-unit mean |value| at node `point`, the ReLU counters of node `relu`
+    (or None), and per-unit min / max at node `end` (the input of the next Dense)."""
+    from fastnn import diagnostics as _diag
+    X = model._check_X(X, "prune.neurons")
+    n = X.shape[0]
+    if n == 0:
+        raise ValueError("prune.neurons: X has no samples")
+    counters = _diag._Counters(model) if relu is not None else None
+    plan_layers = model.layers
+    absum = lo = hi = None
+    prev = model._set_mode(False)
+    try:
+        for start in range(0, n, batch_size):
+            model._forward(X[start:start + batch_size], False)
+            v = model._values[point]
+            s = np.abs(v).sum(axis=0, dtype=np.float64)
+            absum = s if absum is None else absum + s
+            e = model._values[end]
+            lo = e.min(axis=0) if lo is None else np.minimum(lo, e.min(axis=0))
+            hi = e.max(axis=0) if hi is None else np.maximum(hi, e.max(axis=0))
+        counts = None
+        if counters is not None:
+            buf = counters.buffers.get(plan_layers[relu])
+            counts = buf.sum(axis=0)
+    finally:
+        if counters is not None:
+            counters.close()
+        model._set_mode(prev)
+    return absum / n, counts, lo, hi
+
+
+def select(model, layer, amount=None, criterion="l2", X=None, batch_size=1024):
+    """The indices (sorted) of the units of `layer` that ``neurons`` would remove; see ``neurons``."""
+    return _plan_pruning(model, layer, amount, criterion, X, batch_size)[0]
+
+
+def _plan_pruning(model, layer, amount, criterion, X, batch_size):
+    owner = "prune.neurons"
+    from fastnn.layers import Activation, Dense
+    i = _resolve(model, layer, owner)
+    chain, nxt = _chain(model, i, owner)
+    L = model.layers[i]
+    name, units = L.name, L.units
+    if not isinstance(criterion, str) or criterion not in _CRITERIA:
+        raise ValueError(f"{owner}: criterion must be one of {_CRITERIA}, got {criterion!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"{owner}: batch_size must be a positive int, got {batch_size!r}")
+    if criterion == "dead":
+        if amount is not None:
+            raise ValueError(f"{owner}: criterion 'dead' removes every dead unit; do not give amount")
+    else:
+        if amount is None:
+            amount = 0.3
+        if isinstance(amount, bool) or not isinstance(amount, (int, float, np.integer, np.floating)):
+            raise TypeError(f"{owner}: amount must be a fraction in [0, 1) or a number of units, got {amount!r}")
+        if isinstance(amount, (float, np.floating)):
+            if not 0.0 <= amount < 1.0:
+                raise ValueError(f"{owner}: amount must be a fraction in [0, 1) (or an int count), got {amount}")
+            k = int(round(amount * units))
+        else:
+            k = int(amount)
+        if not 0 <= k < units:
+            raise ValueError(f"{owner}: cannot remove {k} of the {units} units of layer {name}: at least one must "
+                             "stay and the count cannot be negative")
+    if criterion in ("activation", "dead") and X is None:
+        raise ValueError(f"{owner}: criterion {criterion!r} needs the data X")
+    fold = None
+    if criterion == "l2":
+        W = L.params["weight"].astype(np.float64)
+        scores = np.sqrt((W * W).sum(axis=0))
+    else:
+        point = i if L.activation.kind != 0 else next(
+            (j for j in chain if isinstance(model.layers[j], Activation)), i)
+        relu = None
+        if criterion == "dead":
+            relu = i if L.activation.kind == 1 else next(
+                (j for j in chain if isinstance(model.layers[j], Activation) and model.layers[j].kind == 1), None)
+            if relu is None:
+                raise ValueError(f"{owner}: criterion 'dead' needs a ReLU after layer {name} (its activation or a "
+                                 "ReLU layer before the next Dense)")
+        end = chain[-1] if chain else i
+        scores, counts, lo, hi = _scan(model, X, point, relu, end, batch_size)
+        if criterion == "dead":
+            dead = np.flatnonzero(counts == 0)
+            if dead.size >= units:
+                raise ValueError(f"{owner}: every unit of layer {name} is dead on X; the layer cannot be pruned "
+                                 "to nothing")
+            const = np.where(lo == hi, lo, 0.0).astype(np.float64)
+            fold = const
+            return np.sort(dead), (i, chain, nxt, fold)
+    order = np.argsort(scores, kind="stable")
+    return np.sort(order[:k]), (i, chain, nxt, fold)
+
+
+def neurons(model, layer, amount=None, criterion="l2", X=None, batch_size=1024):
+    """Remove units of a Dense layer; return the smaller model (a new one; `model` is not changed).
+
+    Args:
+        model: a built Model or Sequential.
+        layer: the Dense layer, its name, or its index in ``model.layers``.
+        amount: the fraction of the layer's units to remove (a float in [0, 1), rounded to a count; default
+            0.3), or an int count.  Not used with criterion "dead".
+        criterion: "l2", "activation" or "dead" (see the module docstring).
+        X: data for the "activation" and "dead" criteria, run in inference mode in batches of ``batch_size``.
+
+    Raises ValueError naming the layer when it cannot be pruned consistently, and for bad arguments.
+    """
+    remove, (i, chain, nxt, fold) = _plan_pruning(model, layer, amount, criterion, X, batch_size)
+    units = model.layers[i].units
+    keep = np.setdiff1d(np.arange(units), remove)
+    return _rebuild(model, i, chain, nxt, keep, remove, fold)
+
+
+def _rebuild(model, i, chain, nxt, keep, remove, fold):
+    from fastnn import io as _io
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "model.npz")
+        _io.save(model, path, include_optimizer=True)
+        header, arrays = _io._read(path)
+    header["model"]["nodes"][i]["config"]["units"] = int(keep.size)
+    chain = set(chain)
+    out = {}
+    for key, a in arrays.items():
+        parts = key.split("/")
+        if parts[0] in ("param", "buffer"):
+            node, pname = int(parts[1]), parts[2]
+        elif parts[0] == "optim":
+            node, pname = int(parts[2]), parts[3]
+        else:
+            out[key] = a
+            continue
+        if node == i:
+            a = a[:, keep] if pname == "weight" else a[keep]
+        elif node in chain:
+            a = a[keep]
+        elif node == nxt and pname == "weight":
+            a = a[keep, :]
+        out[key] = np.ascontiguousarray(a)
+    nxt_layer = model.layers[nxt]
+    if fold is not None and remove.size and nxt_layer.use_bias:
+        c = fold[remove]
+        if np.any(c != 0):
+            W = nxt_layer.params["weight"].astype(np.float64)
+            b = out[f"param/{nxt}/bias"].astype(np.float64) + c @ W[remove, :]
+            out[f"param/{nxt}/bias"] = b.astype(out[f"param/{nxt}/bias"].dtype)
+    new = _io._build(header, out, compile=True)
+    if model.loss is not None:
+        new.loss = model.loss
+        new.clip_norm, new.clip_value, new.lr_schedule = model.clip_norm, model.clip_value, model.lr_schedule
+        new._base_lr = model._base_lr
+        new._attach_training()
+    return new

@@ -1,0 +1,198 @@
+"""Neuron pruning: dead units go without changing predictions, 50% by norm recovers with fine-tuning, the optimizer
+state follows the weights, pruned models save and load, and what cannot be pruned consistently is refused."""
+import numpy as np
+import pytest
+
+import fastnn as fnn
+
+L = fnn.layers
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = fnn.datasets.load_digits()
+    return fnn.datasets.train_test_split(X, y, test_fraction=0.2, seed=0)
+
+
+@pytest.fixture
+def one_thread():
+    """Training-heavy tests run on one thread: on a loaded 2-core machine two OpenMP threads spin against each
+    other (the accuracy tested does not depend on the thread count)."""
+    prev = fnn.get_num_threads()
+    fnn.set_num_threads(1)
+    yield
+    fnn.set_num_threads(prev)
+
+
+def _accuracy(model, X, y):
+    return float(np.mean(np.argmax(model.predict(X), axis=1) == y))
+
+
+def _with_dead_units(digits, relu_first=False):
+    """A trained model whose first layer has 12 dead units (every 4th).  Default: Dense -> BatchNorm -> ReLU ->
+    Dropout, killed through BatchNorm's shift.  relu_first: Dense(relu) -> BatchNorm -> Dropout, killed through
+    the Dense bias; a dead unit then sends BatchNorm's non-zero constant on, which pruning folds into the next
+    bias."""
+    Xtr, ytr, _, _ = digits
+    first = [L.Dense(48, activation="relu"), L.BatchNorm()] if relu_first else [L.Dense(48), L.BatchNorm(), L.ReLU()]
+    model = fnn.Sequential(first + [L.Dropout(0.2), L.Dense(24), L.ReLU(), L.Dense(10, activation="softmax")],
+                           input_dim=64, seed=0)
+    model.compile(loss="cross_entropy", optimizer=fnn.optim.Adam(lr=3e-3))
+    model.fit(Xtr, ytr, epochs=3, batch_size=64)
+    (model.layers[0] if relu_first else model.layers[1]).bias[::4] = -100.0
+    model.fit(Xtr, ytr, epochs=1, batch_size=64)         # trained on with them dead
+    return model
+
+
+@pytest.mark.parametrize("relu_first", [False, True])
+def test_pruning_dead_units_keeps_predictions(digits, relu_first):
+    Xtr, _, Xte, _ = digits
+    model = _with_dead_units(digits, relu_first)
+    dead = fnn.prune.select(model, 0, criterion="dead", X=Xtr)
+    assert dead.size >= 12 and np.all(np.isin(np.arange(0, 48, 4), dead))
+    params_before = model.parameters.copy()
+    pruned = fnn.prune.neurons(model, model.layers[0], criterion="dead", X=Xtr)
+    np.testing.assert_array_equal(model.parameters, params_before)        # the original is not touched
+    nxt = 3 if relu_first else 4
+    assert pruned.layers[0].units == 48 - dead.size
+    assert pruned.layers[1].weight.shape == (48 - dead.size,)
+    assert pruned.layers[1].running_mean.shape == (48 - dead.size,)
+    assert pruned.layers[nxt].weight.shape == (48 - dead.size, 24)
+    assert pruned.count_params() < model.count_params()
+    # dead units add exact zeros (or a constant folded into the next bias): the same predicted probabilities up
+    # to float32 rounding of sums taken in another order by the GEMM
+    for X in (Xte, Xtr):
+        np.testing.assert_allclose(pruned.predict(X), model.predict(X), atol=1e-6, rtol=0)
+    assert np.mean(np.argmax(pruned.predict(Xte), 1) == np.argmax(model.predict(Xte), 1)) == 1.0
+    assert [l.name for l in pruned.layers] == [l.name for l in model.layers]
+
+
+def test_prune_half_by_norm_then_fine_tune_recovers_accuracy(digits, one_thread):
+    Xtr, ytr, Xte, yte = digits
+    model = fnn.Sequential([L.Dense(128, activation="relu", kernel_init="he_normal"),
+                            L.Dense(64, activation="relu", kernel_init="he_normal"), L.Dense(10)],
+                           input_dim=64, seed=0)
+    model.compile(loss="cross_entropy", optimizer=fnn.optim.Adam(lr=1e-3))
+    model.fit(Xtr, ytr, epochs=30, batch_size=64)
+    base = _accuracy(model, Xte, yte)
+    assert base > 0.95
+    pruned = fnn.prune.neurons(model, 0, amount=0.5, criterion="l2")
+    pruned = fnn.prune.neurons(pruned, 1, amount=0.5, criterion="l2")
+    assert (pruned.layers[0].units, pruned.layers[1].units) == (64, 32)
+    assert pruned.count_params() < 0.55 * model.count_params()
+    pruned.fit(Xtr, ytr, epochs=8, batch_size=64)
+    assert _accuracy(pruned, Xte, yte) >= base - 0.01
+
+
+def test_l2_and_activation_criteria_pick_the_weakest_units(digits):
+    Xtr, ytr, _, _ = digits
+    model = fnn.Sequential([L.Dense(20), L.Tanh(), L.Dense(10)], input_dim=64, seed=3)
+    W = model.layers[0].weight
+    norms = np.sqrt((W.astype(np.float64) ** 2).sum(axis=0))
+    np.testing.assert_array_equal(fnn.prune.select(model, 0, amount=5), np.sort(np.argsort(norms)[:5]))
+    act = np.abs(np.tanh(Xtr @ W.astype(np.float64) + model.layers[0].bias)).mean(axis=0)
+    np.testing.assert_array_equal(fnn.prune.select(model, 0, amount=0.25, criterion="activation", X=Xtr),
+                                  np.sort(np.argsort(act)[:5]))
+
+
+def test_optimizer_state_is_pruned_and_training_continues_identically(digits):
+    Xtr, ytr, _, _ = digits
+    model = fnn.Sequential([L.Dense(16, activation="relu"), L.BatchNorm(), L.Dense(12, activation="tanh"),
+                            L.Dense(10)], input_dim=64, seed=0)
+    model.compile(loss="cross_entropy", optimizer=fnn.optim.Adam(lr=1e-2, weight_decay=1e-3))
+    model.fit(Xtr[:256], ytr[:256], epochs=2, batch_size=64)
+    remove = fnn.prune.select(model, "dense_" + model.layers[0].name.split("_")[1], amount=0.25)
+    keep = np.setdiff1d(np.arange(16), remove)
+    pruned = fnn.prune.neurons(model, 0, amount=0.25)
+    opt, popt = model.optimizer, pruned.optimizer
+    assert popt is not opt and popt.step_count == opt.step_count and sorted(popt.state) == sorted(opt.state)
+
+    def state_of(m, layer, pname, key):
+        base = m.parameters.__array_interface__["data"][0]
+        view = layer.params[pname]
+        off = (view.__array_interface__["data"][0] - base) // m.parameters.itemsize
+        return m.optimizer.state[key][off:off + view.size].reshape(view.shape)
+
+    for key in opt.state:
+        np.testing.assert_array_equal(state_of(pruned, pruned.layers[0], "weight", key),
+                                      state_of(model, model.layers[0], "weight", key)[:, keep])
+        np.testing.assert_array_equal(state_of(pruned, pruned.layers[0], "bias", key),
+                                      state_of(model, model.layers[0], "bias", key)[keep])
+        for p in ("weight", "bias"):
+            np.testing.assert_array_equal(state_of(pruned, pruned.layers[1], p, key),
+                                          state_of(model, model.layers[1], p, key)[keep])
+        np.testing.assert_array_equal(state_of(pruned, pruned.layers[2], "weight", key),
+                                      state_of(model, model.layers[2], "weight", key)[keep, :])
+    np.testing.assert_array_equal(pruned.layers[1].running_var, model.layers[1].running_var[keep])
+
+    # a model built at the smaller size, given the same weights, buffers and optimizer state
+    small = fnn.Sequential([L.Dense(keep.size, activation="relu"), L.BatchNorm(), L.Dense(12, activation="tanh"),
+                            L.Dense(10)], input_dim=64, seed=5)
+    small.compile(loss="cross_entropy", optimizer=fnn.optim.Adam(lr=1e-2, weight_decay=1e-3))
+    for a, b in zip(small.layers, pruned.layers):
+        for name in a.params:
+            a.params[name][...] = b.params[name]
+        for name in a.buffers:
+            a.buffers[name][...] = b.buffers[name]
+        for key in small.optimizer.state:
+            for name in a.params:
+                state_of(small, a, name, key)[...] = state_of(pruned, b, name, key)
+    small.optimizer.step_count = popt.step_count
+    for start in range(0, 192, 64):
+        la = pruned.train_on_batch(Xtr[start:start + 64], ytr[start:start + 64])
+        lb = small.train_on_batch(Xtr[start:start + 64], ytr[start:start + 64])
+        assert la == lb
+    for a, b in zip(small.layers, pruned.layers):
+        for name in a.params:
+            np.testing.assert_array_equal(a.params[name], b.params[name])
+
+
+def test_pruned_model_saves_and_loads(digits, tmp_path):
+    Xtr, ytr, Xte, _ = digits
+    model = _with_dead_units(digits)
+    pruned = fnn.prune.neurons(model, 4, amount=0.5, criterion="activation", X=Xtr)
+    assert pruned.layers[4].units == 12 and pruned.layers[6].weight.shape == (12, 10)
+    path = tmp_path / "pruned.npz"
+    pruned.save(path)
+    back = fnn.load(path)
+    np.testing.assert_array_equal(back.predict(Xte), pruned.predict(Xte))
+    assert back.optimizer.step_count == pruned.optimizer.step_count
+    back.fit(Xtr[:128], ytr[:128], epochs=1, batch_size=64)       # and it trains
+
+
+def test_refusals_name_the_layer():
+    x = fnn.Input(8)
+    a = L.Dense(6, activation="relu", name="feeds_add")(x)
+    s = L.Add()([a, L.Dense(6, name="branch")(a)])
+    c = L.Concatenate()([s, L.Dense(4, name="feeds_cat")(s)])
+    r = L.Residual([L.Dense(10, activation="relu", name="in_block"), L.Dense(10, name="block_out")])(c)
+    h = L.Dense(5, name="to_softmax")(r)
+    out = L.Dense(3, name="out")(L.Dense(4, name="pre_out")(L.Softmax()(h)))
+    model = fnn.Model(x, out)
+    for name in ("feeds_add", "branch", "feeds_cat", "block_out", "to_softmax", "out"):
+        with pytest.raises(ValueError, match=name):
+            fnn.prune.neurons(model, name, amount=1)
+    pruned = fnn.prune.neurons(model, "in_block", amount=3)          # Dense -> Dense inside a block is fine
+    assert pruned.layers[[l.name for l in pruned.layers].index("in_block")].units == 7
+    seq = fnn.Sequential([L.Dense(6, name="d1"), L.LayerNorm(name="ln"), L.Dense(2, name="d2")], input_dim=8)
+    X = np.random.default_rng(0).standard_normal((10, 8))
+    with pytest.raises(ValueError, match="ln.*only Dense"):
+        fnn.prune.neurons(seq, "ln")
+    with pytest.raises(ValueError, match="criterion"):
+        fnn.prune.neurons(seq, "d1", criterion="random")
+    with pytest.raises(ValueError, match="needs the data X"):
+        fnn.prune.neurons(seq, "d1", criterion="activation")
+    with pytest.raises(ValueError, match="needs a ReLU after layer d1"):
+        fnn.prune.neurons(seq, "d1", criterion="dead", X=X)
+    with pytest.raises(ValueError, match="do not give amount"):
+        fnn.prune.neurons(seq, "d1", criterion="dead", X=X, amount=0.5)
+    for bad in (1.0, -0.1, 6, -1):
+        with pytest.raises(ValueError, match="amount|units of layer d1"):
+            fnn.prune.neurons(seq, "d1", amount=bad)
+    with pytest.raises(TypeError, match="amount"):
+        fnn.prune.neurons(seq, "d1", amount="half")
+    with pytest.raises(ValueError, match="no layer named"):
+        fnn.prune.neurons(seq, "nope")
+    with pytest.raises(ValueError, match="out of range"):
+        fnn.prune.neurons(seq, 7)
+    assert fnn.prune.neurons(seq, "d1", amount=2).layers[1].weight.shape == (4,)      # LayerNorm pruned too
