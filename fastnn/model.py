@@ -665,6 +665,9 @@ class Model:
             if any(o.name == m.name for o in objs):
                 raise ValueError(f"fit: metric {m.name!r} given twice")
             objs.append(m)
+        if objs and self._sampled is not None:
+            raise ValueError("fit: with sampled_softmax the training step does not compute the full output, so "
+                             "metrics other than accuracy cannot be measured in fit; use evaluate(..., metrics=...)")
         return (X, T, W), val, objs
 
     def _check_weights(self, w, n, owner):

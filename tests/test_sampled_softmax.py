@@ -172,6 +172,9 @@ def test_training_is_reproducible_and_output_layer_checked():
         bad.compile(fnn.losses.SampledSoftmax(num_sampled=4))
     with pytest.raises(ValueError, match="integer labels"):
         m.fit(X, np.eye(20)[y])
+    with pytest.raises(ValueError, match="metrics other than accuracy"):
+        m.fit(X, y, metrics=["top_k_accuracy"])
+    assert m.evaluate(X, y, metrics=["top_k_accuracy"])["top_k_accuracy"] > 0
     with pytest.raises(ValueError, match="sampler"):
         fnn.losses.SampledSoftmax(sampler="zipf")
 
