@@ -319,7 +319,7 @@ def _build(header, arrays, compile):
             np.copyto(buf, take(f"buffer/{i}/{bname}", np.asarray(buf)))
 
     if compile and header.get("loss") is not None:
-        loss = _losses.get(header["loss"]["name"])
+        loss = _losses.from_config(header["loss"])
         opt = None
         ocfg = header.get("optimizer")
         if ocfg is not None:

@@ -7,6 +7,7 @@
 | "mae" | mean over all elements of abs(yhat - y) | L1Loss() |
 | "cross_entropy" | softmax cross-entropy on logits, mean over the batch; integer labels (n,) or probability rows (n, k) | CrossEntropyLoss() |
 | "binary_cross_entropy" | sigmoid cross-entropy on logits, mean over all elements (yes/no, one-vs-all, multi-label) | BCEWithLogitsLoss() |
+| "sampled_softmax" | training: softmax cross-entropy over the true class and a sample of others (``SampledSoftmax``); evaluation: "cross_entropy" | tf.nn.sampled_softmax_loss |
 
 A model whose output layer ends in softmax (``Softmax()`` or ``Dense(..., activation="softmax")``) hands
 its logits to "cross_entropy" (fused, stable); likewise a final sigmoid with "binary_cross_entropy".
@@ -161,7 +162,101 @@ class BinaryCrossEntropy(Loss):
                                                weights)
 
 
-REGISTRY = {cls.name: cls for cls in (L2, MSE, MAE, CrossEntropy, BinaryCrossEntropy)}
+class SampledSoftmax(CrossEntropy):
+    """Sampled softmax (candidate sampling) for very many classes; integer labels only.
+
+    In training, each batch draws ``num_sampled`` distinct classes from ``sampler`` and the loss of row i is
+    the softmax cross-entropy over its true class and the sampled ones, each logit corrected by subtracting
+    log(expected count) of its class (the sampling probability times the number of draws; see
+    ``expected_counts``), so that the estimate is consistent; a sampled class equal to the row's label is
+    removed from that row (TensorFlow's ``sampled_softmax_loss`` with remove_accidental_hits=True).  The
+    model's output layer must be a ``Dense`` with no activation or softmax; in training it computes only the
+    needed columns (fastnn._core.sampled), so a step costs O(n * n_in * num_sampled) instead of
+    O(n * n_in * k).  ``evaluate``, validation and ``predict`` use the full softmax ("cross_entropy").
+    The training "accuracy" counts rows whose true class beats every sampled candidate (an optimistic
+    estimate); validation accuracy is exact.
+
+    Args:
+        num_sampled: classes drawn per batch (>= 1); num_sampled >= k - 1 takes every class (the full
+            softmax, each with expected count 1).
+        sampler: "log_uniform" (Zipfian: P(c) = log((c + 2) / (c + 1)) / log(k + 1), for classes sorted by
+            decreasing frequency) or "uniform".
+        seed: seeds the sampler's own generator; None (default) draws from the model's seeded generator
+            ``model.layer_rng``, so that training is reproducible from the model's seed.
+    """
+    name = "sampled_softmax"
+    sampled = True            # the model trains through fastnn._sampled (see Model._attach_training)
+
+    def __init__(self, num_sampled=64, sampler="log_uniform", seed=None):
+        from fastnn._validation import check_number
+        self.num_sampled = check_number("SampledSoftmax", "num_sampled", num_sampled, low=1, integer=True)
+        if sampler not in ("log_uniform", "uniform"):
+            raise ValueError(f"SampledSoftmax: sampler must be 'log_uniform' or 'uniform', got {sampler!r}")
+        self.sampler = sampler
+        self.seed = None if seed is None else check_number("SampledSoftmax", "seed", seed, low=0, integer=True)
+
+    def prepare_targets(self, y, n, out_shape, dtype, owner="loss"):
+        arr = np.asarray(y)
+        if arr.ndim != 1:
+            raise ValueError(f"{owner}: sampled_softmax takes integer labels of shape ({n},), got {arr.shape}")
+        return super().prepare_targets(arr, n, out_shape, dtype, owner)
+
+    def probabilities(self, k):
+        """The sampler's probability of each of k classes, (k,) float64."""
+        if self.sampler == "uniform":
+            return np.full(k, 1.0 / k)
+        c = np.arange(k, dtype=np.float64)
+        return (np.log(c + 2.0) - np.log(c + 1.0)) / np.log(k + 1.0)
+
+    def _draw(self, rng, k, size):
+        if self.sampler == "uniform":
+            return rng.integers(0, k, size=size, dtype=np.intp)
+        # inverse transform of the log-uniform distribution (TensorFlow's LogUniformSampler)
+        v = np.floor(np.exp(rng.random(size) * np.log(k + 1.0))).astype(np.intp) - 1
+        return np.clip(v, 0, k - 1, out=v)
+
+    def sample(self, rng, k):
+        """(sampled classes (s,) intp, number of draws): distinct classes drawn with replacement from the
+        sampler until num_sampled are distinct, as TensorFlow's samplers with unique=True."""
+        if self.num_sampled >= k - 1:
+            return np.arange(k, dtype=np.intp), None
+        s = self.num_sampled
+        draws = np.empty(0, dtype=np.intp)
+        while True:
+            draws = np.concatenate([draws, self._draw(rng, k, max(2 * s, 64))])
+            _, first = np.unique(draws, return_index=True)
+            if first.size >= s:
+                pos = np.sort(first)[:s]
+                return draws[pos], int(pos[-1]) + 1
+
+    def expected_counts(self, classes, k, tries):
+        """The expected number of times each of `classes` is in a sample taken with `tries` draws:
+        1 - (1 - p)^tries (TensorFlow's formula for unique sampling), exactly num_sampled / k for the uniform
+        sampler, and 1 when every class is taken (tries None)."""
+        if tries is None:
+            return np.ones(len(classes))
+        if self.sampler == "uniform":
+            return np.full(len(classes), self.num_sampled / k)
+        p = self.probabilities(k)[classes]
+        return -np.expm1(tries * np.log1p(-p))
+
+    def get_config(self):
+        return {"name": self.name, "num_sampled": self.num_sampled, "sampler": self.sampler, "seed": self.seed}
+
+    def __repr__(self):
+        return f"SampledSoftmax(num_sampled={self.num_sampled}, sampler={self.sampler!r})"
+
+
+REGISTRY = {cls.name: cls for cls in (L2, MSE, MAE, CrossEntropy, BinaryCrossEntropy, SampledSoftmax)}
+
+
+def from_config(config):
+    """A Loss from ``loss.get_config()`` (the name and the constructor's arguments)."""
+    config = dict(config)
+    cls = REGISTRY.get(str(config.pop("name")).lower())
+    if cls is None:
+        raise ValueError(f"unknown loss in {config!r}")
+    return cls(**config)
 
 
 def get(spec):

@@ -142,6 +142,7 @@ class Model:
         self.loss = None
         self.optimizer = None
         self._fused = False
+        self._sampled = None       # a fastnn._sampled.SampledOutput when the loss is SampledSoftmax
         self._caches = {}
         self.nan_guard = True          # see _step; compile(nan_guard=False) / fit(nan_guard=False) turn it off
         self._guard_backup = None      # the parameters before the last update (reused buffer)
@@ -333,6 +334,10 @@ class Model:
     def _attach_training(self):
         out_layer = self._plan[-1][0]
         self._fused = self.loss.fuses is not None and out_layer.fusable == self.loss.fuses
+        self._sampled = None
+        if getattr(self.loss, "sampled", False):       # SampledSoftmax: _step trains through fastnn._sampled
+            from fastnn._sampled import SampledOutput
+            self._sampled = SampledOutput(self)
         self.optimizer._bind(self.parameters, self.gradients, self._n_decay)
         if self._guard_backup is None or self._guard_backup.shape != self.parameters.shape:
             self._guard_backup = np.empty_like(self.parameters)
@@ -360,9 +365,10 @@ class Model:
                 vals[i] = layer.forward(x, training)
         return vals[last]
 
-    def _backward(self, d_out):
+    def _backward(self, d_out, start=None):
+        """Backward from the output (or from node `start`, whose output's gradient is d_out)."""
         grads = self._gvalues
-        last = len(self._plan) - 1
+        last = len(self._plan) - 1 if start is None else start
         grads[last] = d_out
         for i in range(last, -1, -1):
             g = grads[i]
@@ -411,16 +417,19 @@ class Model:
         per step: read passes over the gradients, parameters and optimizer state and one copy of the
         parameters and the state, no allocation.
         """
-        prev = self._set_mode(True)
-        try:
-            out = self._forward(Xb, True, self._fused)
-        finally:
-            self._set_mode(prev)
-        loss, correct, grad = self._loss_and_grad(out, Tb, Wb)
         guard = self.nan_guard
-        if guard and not np.isfinite(loss):
-            raise self._nonfinite("loss", where, None, f"the loss is {loss}")
-        self._backward(grad)
+        if self._sampled is not None:      # sampled softmax: forward, sampled loss, backward (fastnn/_sampled.py)
+            loss, correct = self._sampled.forward_backward(Xb, Tb, Wb, where)
+        else:
+            prev = self._set_mode(True)
+            try:
+                out = self._forward(Xb, True, self._fused)
+            finally:
+                self._set_mode(prev)
+            loss, correct, grad = self._loss_and_grad(out, Tb, Wb)
+            if guard and not np.isfinite(loss):
+                raise self._nonfinite("loss", where, None, f"the loss is {loss}")
+            self._backward(grad)
         if guard:
             bad = _guard.first_nonfinite(self.gradients)
             if bad >= 0:
@@ -670,6 +679,9 @@ class Model:
             if any(o.name == m.name for o in objs):
                 raise ValueError(f"fit: metric {m.name!r} given twice")
             objs.append(m)
+        if objs and self._sampled is not None:
+            raise ValueError("fit: with sampled_softmax the training step does not compute the full output, so "
+                             "metrics other than accuracy cannot be measured in fit; use evaluate(..., metrics=...)")
         return (X, T, W), val, objs
 
     def _check_weights(self, w, n, owner):
@@ -802,6 +814,26 @@ class Model:
         finally:
             self._set_mode(prev)
         return out
+
+    def predict_classes(self, X, threshold=0.5, batch_size=None):
+        """Class decisions for X (inference mode).
+
+        - Multi-label / one-vs-all (the model ends in a sigmoid, or its loss is "binary_cross_entropy", whose
+          logits are passed through the sigmoid here): an int8 array of 0/1 of shape (n, k), 1 where the
+          probability exceeds ``threshold``; (n,) for a model with one output (yes/no).
+        - Otherwise (softmax, cross_entropy, sampled_softmax): the index of the largest output, (n,) intp.
+        """
+        threshold = check_number("predict_classes", "threshold", threshold, low=0.0, high=1.0)
+        out = self.predict(X, batch_size)
+        out = out.reshape(out.shape[0], -1)
+        layer = self._plan[-1][0] if self.built else None
+        if getattr(layer, "fusable", None) == "sigmoid" or isinstance(self.loss, _losses.BinaryCrossEntropy):
+            if getattr(layer, "fusable", None) != "sigmoid":
+                with np.errstate(over="ignore"):
+                    out = 1.0 / (1.0 + np.exp(-out.astype(np.float64)))
+            labels = (out > threshold).astype(np.int8)
+            return labels[:, 0] if labels.shape[1] == 1 else labels
+        return np.argmax(out, axis=1)
 
     def evaluate(self, X, y, batch_size=None, sample_weight=None, metrics=None):
         """The loss (and accuracy, for classification losses; and the given metrics) on (X, y) in inference

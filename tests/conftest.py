@@ -9,7 +9,7 @@ import pytest
 
 import fastnn
 
-CORE_MODULES = ["_threads", "dense", "activations", "losses", "optim"]
+CORE_MODULES = ["_threads", "dense", "activations", "losses", "optim", "sampled"]
 
 
 def _core_files():
