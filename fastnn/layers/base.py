@@ -129,6 +129,41 @@ class Layer:
         view[...] = value
 
 
+class WeightBias:
+    """Mixin: ``weight`` and ``bias`` as writable views into the model's flat parameter buffer (assigning copies
+    into the view, after checking shape and values), and ``weight_grad`` / ``bias_grad`` from the last backward.
+    A layer without a bias (``use_bias=False``) has ``bias`` None."""
+
+    def _has_bias(self):
+        return getattr(self, "use_bias", True)
+
+    @property
+    def weight(self):
+        return self._param("weight")
+
+    @weight.setter
+    def weight(self, value):
+        self._set_param("weight", value)
+
+    @property
+    def bias(self):
+        return self._param("bias") if self._has_bias() else None
+
+    @bias.setter
+    def bias(self, value):
+        if not self._has_bias():
+            raise AttributeError(f"{self.name}: the layer has no bias (use_bias=False)")
+        self._set_param("bias", value)
+
+    @property
+    def weight_grad(self):
+        return self.grads.get("weight")
+
+    @property
+    def bias_grad(self):
+        return self.grads.get("bias") if self._has_bias() else None
+
+
 def flat2d(X):
     """A (n, features) view of a C-contiguous batch of any rank (no copy)."""
     return X.reshape(X.shape[0], -1) if X.ndim != 2 else X

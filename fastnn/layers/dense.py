@@ -4,10 +4,10 @@ import numpy as np
 from fastnn import constraints, initializers
 from fastnn._core import dense as _k
 from fastnn.layers import activations as _act
-from fastnn.layers.base import Layer, ParamSpec, get_num_threads
+from fastnn.layers.base import Layer, ParamSpec, WeightBias, get_num_threads
 
 
-class Dense(Layer):
+class Dense(WeightBias, Layer):
     """Fully connected layer.
 
     Args:
@@ -55,33 +55,6 @@ class Dense(Layer):
         if self.use_bias:
             specs.append(ParamSpec("bias", (self.units,), self.bias_init, False))
         return specs
-
-    # parameters: writable views; assigning copies into the view (the view itself never changes)
-    @property
-    def weight(self):
-        return self._param("weight")
-
-    @weight.setter
-    def weight(self, value):
-        self._set_param("weight", value)
-
-    @property
-    def bias(self):
-        return self.params.get("bias") if self.use_bias else None
-
-    @bias.setter
-    def bias(self, value):
-        if not self.use_bias:
-            raise AttributeError(f"{self.name}: the layer has no bias (use_bias=False)")
-        self._set_param("bias", value)
-
-    @property
-    def weight_grad(self):
-        return self.grads.get("weight")
-
-    @property
-    def bias_grad(self):
-        return self.grads.get("bias")
 
     def _apply_constraint(self):
         """Called by the model after each optimizer step when the layer has a constraint."""

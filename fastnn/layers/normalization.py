@@ -9,42 +9,17 @@ import numpy as np
 from fastnn import initializers
 from fastnn._core import norm as _k
 from fastnn._validation import check_number
-from fastnn.layers.base import Layer, ParamSpec, flat2d, get_num_threads
+from fastnn.layers.base import Layer, ParamSpec, WeightBias, flat2d, get_num_threads
 
 
-class _Norm(Layer):
-    """The parameters shared by the normalization layers."""
+class _Norm(WeightBias, Layer):
+    """The parameters shared by the normalization layers: ``weight`` (the scale gamma) and ``bias`` (the shift
+    beta)."""
 
     def param_specs(self):
         shape = self._param_shape()
         return [ParamSpec("weight", shape, initializers.Ones(), False),
                 ParamSpec("bias", shape, initializers.Zeros(), False)]
-
-    @property
-    def weight(self):
-        """The scale gamma: a writable view into the model's flat parameter buffer."""
-        return self._param("weight")
-
-    @weight.setter
-    def weight(self, value):
-        self._set_param("weight", value)
-
-    @property
-    def bias(self):
-        """The shift beta: a writable view into the model's flat parameter buffer."""
-        return self._param("bias")
-
-    @bias.setter
-    def bias(self, value):
-        self._set_param("bias", value)
-
-    @property
-    def weight_grad(self):
-        return self.grads.get("weight")
-
-    @property
-    def bias_grad(self):
-        return self.grads.get("bias")
 
 
 class BatchNorm(_Norm):
