@@ -22,6 +22,7 @@ from fastnn import callbacks as _callbacks
 from fastnn import losses as _losses
 from fastnn import metrics as _metrics
 from fastnn import optim as _optim
+from fastnn import _plan
 from fastnn._core import guard as _guard
 from fastnn.callbacks import History
 from fastnn import schedules as _schedules
@@ -712,6 +713,9 @@ class Model:
 
     def _fit_epoch(self, epoch, train, bs, shuffle, metrics, cbs):
         """The batches of one epoch; returns the epoch's logs (loss, accuracy, metrics)."""
+        plan = _plan.plan_for(self, train, bs, metrics, cbs)
+        if plan is not None:    # the compiled training plan: the whole epoch in the compiled core
+            return _plan.fit_epoch(self, plan, epoch, train, bs, shuffle)
         X, T, W = train
         n = X.shape[0]
         # a fresh permutation each epoch: it depends only on the generator state, so a run resumed from a
