@@ -64,40 +64,87 @@ cdef inline Py_ssize_t _lo(Py_ssize_t t, Py_ssize_t nt, Py_ssize_t n) noexcept n
     return t * n // nt
 
 
-cdef void _update(int opt, floating *p, const floating *g, floating *s0, floating *s1, floating *s2,
-                  Py_ssize_t n, Py_ssize_t n_decay, const double *h, Py_ssize_t step, int n_threads) noexcept nogil:
-    """One optimizer step, exactly as optim.sgd_step / optim.adam_step (h: hyperparameters, see run_batches)."""
-    cdef int nt = threads_for(n, n_threads, FNN_MIN_PER_THREAD)
-    cdef Py_ssize_t t, a, b, c
-    cdef double bc1, bc2_sqrt, step_size, lr = h[0]
-    cdef floating wd_c, dfac
-    if opt == OPT_SGD and nt <= 1:
-        c = min(max(0, n_decay), n)
-        _sgd_range(p, g, s0, 0, c, <floating>lr, <floating>h[1], <floating>h[2], <floating>h[3], h[4] != 0, step == 1)
-        _sgd_range(p, g, s0, c, n, <floating>lr, <floating>h[1], <floating>h[2], <floating>0, h[4] != 0, step == 1)
-    elif opt == OPT_SGD:     # h: lr, momentum, dampening, weight_decay, nesterov
-        for t in prange(nt, num_threads=nt, schedule="static"):
-            a = _lo(t, nt, n)
-            b = _lo(t + 1, nt, n)
-            c = min(max(a, n_decay), b)
-            _sgd_range(p, g, s0, a, c, <floating>lr, <floating>h[1], <floating>h[2], <floating>h[3],
-                       h[4] != 0, step == 1)
-            _sgd_range(p, g, s0, c, b, <floating>lr, <floating>h[1], <floating>h[2], <floating>0,
-                       h[4] != 0, step == 1)
+cdef inline void _update_range(int opt, floating *p, const floating *g, floating *s0, floating *s1, floating *s2,
+                               Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t n_decay, const double *h,
+                               const double *adam) noexcept nogil:
+    """The update of elements [i0, i1), exactly as optim.sgd_step / optim.adam_step do it (weight decay on
+    [0, n_decay) only).  h: the hyperparameters (see run_batches); adam: step_size, bc2_sqrt, wd_c, dfac, first."""
+    cdef Py_ssize_t c = min(max(i0, n_decay), i1)
+    if opt == OPT_SGD:     # h: lr, momentum, dampening, weight_decay, nesterov
+        _sgd_range(p, g, s0, i0, c, <floating>h[0], <floating>h[1], <floating>h[2], <floating>h[3],
+                   h[4] != 0, adam[4] != 0)
+        _sgd_range(p, g, s0, c, i1, <floating>h[0], <floating>h[1], <floating>h[2], <floating>0,
+                   h[4] != 0, adam[4] != 0)
     else:                  # h: lr, beta1, beta2, eps, weight_decay, decoupled
-        bc1 = 1.0 - h[1] ** step
-        bc2_sqrt = (1.0 - h[2] ** step) ** 0.5
-        step_size = lr / bc1
-        wd_c = <floating>(0.0 if h[5] != 0 else h[4])
-        dfac = <floating>(1.0 - lr * h[4] if h[5] != 0 else 1.0)
-        for t in prange(nt, num_threads=nt, schedule="static"):
-            a = _lo(t, nt, n)
-            b = _lo(t + 1, nt, n)
-            c = min(max(a, n_decay), b)
-            _adam_range(p, g, s0, s1, s2, a, c, <floating>step_size, <floating>h[1], <floating>h[2],
-                        <floating>h[3], <floating>bc2_sqrt, wd_c, dfac)
-            _adam_range(p, g, s0, s1, s2, c, b, <floating>step_size, <floating>h[1], <floating>h[2],
-                        <floating>h[3], <floating>bc2_sqrt, <floating>0, <floating>1)
+        _adam_range(p, g, s0, s1, s2, i0, c, <floating>adam[0], <floating>h[1], <floating>h[2],
+                    <floating>h[3], <floating>adam[1], <floating>adam[2], <floating>adam[3])
+        _adam_range(p, g, s0, s1, s2, c, i1, <floating>adam[0], <floating>h[1], <floating>h[2],
+                    <floating>h[3], <floating>adam[1], <floating>0, <floating>1)
+
+
+cdef inline bint _bad_block(const floating *x, Py_ssize_t i0, Py_ssize_t i1) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef floating v
+    cdef int acc = 0
+    if x == NULL:
+        return 0
+    for i in range(i0, i1):
+        v = x[i] - x[i]
+        acc |= v != 0
+    return acc != 0
+
+
+cdef inline void _copy_block(floating *dst, const floating *src, Py_ssize_t i0, Py_ssize_t i1) noexcept nogil:
+    if src != NULL:
+        memcpy(dst + i0, src + i0, (i1 - i0) * sizeof(floating))
+
+
+cdef bint _update(int opt, floating *p, const floating *g, floating *s0, floating *s1, floating *s2,
+                  floating *B, floating *B0, floating *B1, floating *B2,
+                  Py_ssize_t n, Py_ssize_t n_decay, const double *h, Py_ssize_t step, int n_threads) noexcept nogil:
+    """One optimizer step (step >= 1: the count after it).  With backups (B != NULL: the NaN guard), the update
+    runs block by block: each block of the parameters and state is copied into the backups just before it is
+    updated and checked for NaN/inf just after, while it is in cache, instead of three separate passes over the
+    whole buffers.  Returns whether some updated parameter or state element is non-finite (the caller then
+    restores from the backups, which hold the whole buffers from before the step)."""
+    cdef int nt = threads_for(n, n_threads, FNN_MIN_PER_THREAD)
+    cdef Py_ssize_t t, a, b, i0, i1
+    cdef double adam[5]
+    cdef int bad[256]
+    cdef bint any_bad = 0
+    if nt > 256:
+        nt = 256
+    adam[4] = step == 1
+    if opt == OPT_ADAM:
+        adam[0] = h[0] / (1.0 - h[1] ** step)
+        adam[1] = (1.0 - h[2] ** step) ** 0.5
+        adam[2] = 0.0 if h[5] != 0 else h[4]
+        adam[3] = 1.0 - h[0] * h[4] if h[5] != 0 else 1.0
+    if B == NULL:
+        if nt <= 1:
+            _update_range(opt, p, g, s0, s1, s2, 0, n, n_decay, h, adam)
+        else:
+            for t in prange(nt, num_threads=nt, schedule="static"):
+                _update_range(opt, p, g, s0, s1, s2, _lo(t, nt, n), _lo(t + 1, nt, n), n_decay, h, adam)
+        return 0
+    for t in prange(nt, num_threads=nt, schedule="static"):
+        a = _lo(t, nt, n)
+        b = _lo(t + 1, nt, n)
+        bad[t] = 0
+        i0 = a
+        while i0 < b:
+            i1 = min(i0 + _BLOCK, b)
+            _copy_block(B, p, i0, i1)
+            _copy_block(B0, s0, i0, i1)
+            _copy_block(B1, s1, i0, i1)
+            _copy_block(B2, s2, i0, i1)
+            _update_range(opt, p, g, s0, s1, s2, i0, i1, n_decay, h, adam)
+            bad[t] |= _bad_block(p, i0, i1) | _bad_block(s0, i0, i1) | _bad_block(s1, i0, i1) | \
+                _bad_block(s2, i0, i1)
+            i0 = i1
+    for t in range(nt):
+        any_bad |= bad[t] != 0
+    return any_bad
 
 
 cdef inline floating *_ptr(floating[::1] a) noexcept:
@@ -145,7 +192,7 @@ def run_batches(const floating[:, ::1] X, object targets, const Py_ssize_t[::1] 
     cdef floating *S0 = _ptr(s0)
     cdef floating *S1 = _ptr(s1)
     cdef floating *S2 = _ptr(s2)
-    cdef floating *B = _ptr(backup)
+    cdef floating *B = _ptr(backup) if guard else NULL
     cdef floating *B0 = _ptr(bs0)
     cdef floating *B1 = _ptr(bs1)
     cdef floating *B2 = _ptr(bs2)
@@ -247,43 +294,40 @@ def run_batches(const floating[:, ::1] X, object targets, const Py_ssize_t[::1] 
                         act_backward(act, x, Y, dy, dX, m, nout, alphas[l], n_threads)
                         dy = dX
             # ---- guard, clipping, update
-            if guard:
-                bad = _first_nonfinite(grd, P)
+            if guard and (clip_value > 0 or max_norm >= 0):
+                bad = _first_nonfinite(grd, P)       # before clipping: a NaN norm would spread everywhere
                 if bad >= 0:
                     status = 2
                     break
-                memcpy(B, prm, P * sizeof(floating))
-                if S0 != NULL:
-                    memcpy(B0, S0, P * sizeof(floating))
-                if S1 != NULL:
-                    memcpy(B1, S1, P * sizeof(floating))
-                if S2 != NULL:
-                    memcpy(B2, S2, P * sizeof(floating))
             if clip_value > 0 or max_norm >= 0:
                 stats[3] = clip_core(grd, P, clip_value, max_norm, n_threads)
             step += 1
-            _update(opt, prm, grd, S0, S1, S2, P, n_decay, h, step, n_threads)
-            if guard:
-                bad = _first_nonfinite(prm, P)
+            if _update(opt, prm, grd, S0, S1, S2, B, B0, B1, B2, P, n_decay, h, step, n_threads):
+                # cold path: a non-finite gradient (it always makes its parameter non-finite) or an overflowing
+                # update; classify as the per-layer path does, then restore parameters and state
+                step -= 1
+                bad = _first_nonfinite(grd, P)
                 if bad >= 0:
-                    value = prm[bad]
-                    status = 3
-                elif S0 != NULL and _first_nonfinite(S0, P) >= 0:
-                    status, bad = 4, 0
-                elif S1 != NULL and _first_nonfinite(S1, P) >= 0:
-                    status, bad = 4, 1
-                elif S2 != NULL and _first_nonfinite(S2, P) >= 0:
-                    status, bad = 4, 2
-                if status:
-                    step -= 1
-                    memcpy(prm, B, P * sizeof(floating))
-                    if S0 != NULL:
-                        memcpy(S0, B0, P * sizeof(floating))
-                    if S1 != NULL:
-                        memcpy(S1, B1, P * sizeof(floating))
-                    if S2 != NULL:
-                        memcpy(S2, B2, P * sizeof(floating))
-                    break
+                    status = 2
+                else:
+                    bad = _first_nonfinite(prm, P)
+                    if bad >= 0:
+                        value = prm[bad]
+                        status = 3
+                    elif S0 != NULL and _first_nonfinite(S0, P) >= 0:
+                        status, bad = 4, 0
+                    elif S1 != NULL and _first_nonfinite(S1, P) >= 0:
+                        status, bad = 4, 1
+                    else:
+                        status, bad = 4, 2
+                memcpy(prm, B, P * sizeof(floating))
+                if S0 != NULL:
+                    memcpy(S0, B0, P * sizeof(floating))
+                if S1 != NULL:
+                    memcpy(S1, B1, P * sizeof(floating))
+                if S2 != NULL:
+                    memcpy(S2, B2, P * sizeof(floating))
+                break
             stats[0] += loss if (loss_kind == LOSS_REG and reg_kind == 0) else loss * m    # l2 sums
             stats[1] += n_correct
             stats[2] += m
