@@ -28,8 +28,9 @@ def _offset(model, view):
 class TrainPlan:
     """Per-layer descriptors and batch buffers of one model at one batch size."""
 
-    def __init__(self, model, bs):
+    def __init__(self, model, bs, fused=None):
         self.model, self.bs, self.params = model, bs, model.parameters
+        fused = model._fused if fused is None else fused
         dt = model.dtype
         L = len(model._plan)
         self.spec = np.zeros((L, 7), dtype=np.longlong)
@@ -41,13 +42,13 @@ class TrainPlan:
             last = l == L - 1
             n_out = layer.output_shape[0]
             if isinstance(layer, Dense):
-                act = 0 if (last and model._fused) else layer.activation.kind
+                act = 0 if (last and fused) else layer.activation.kind
                 w_off = _offset(model, layer.params["weight"])
                 b_off = _offset(model, layer.params["bias"]) if layer.use_bias else -1
                 self.spec[l] = (0, act, n_in, n_out, w_off, b_off, int(layer.need_input_grad))
                 self.alphas[l] = layer.activation.alpha
             else:
-                act = -1 if (last and model._fused) else layer.kind
+                act = -1 if (last and fused) else layer.kind
                 self.spec[l] = (1, act, n_in, n_out, -1, -1, 1)
                 self.alphas[l] = layer.alpha
             Z, Y, dZ, dX = (np.empty((bs, n_out), dt), np.empty((bs, n_out), dt), np.empty((bs, n_out), dt),
@@ -63,6 +64,41 @@ class TrainPlan:
         self.Tb = np.empty((bs, k), dt)
         self.hyper = np.zeros(6)
         self.stats = np.zeros(4)
+
+
+def _chain_of_compiled_layers(model):
+    for i, (layer, src) in enumerate(model._plan):
+        if src != (i - 1,) or len(layer.output_shape) != 1:
+            return False
+        if type(layer) is Dense:
+            if type(layer.activation) not in _ACT_TYPES:
+                return False
+        elif type(layer) not in _ACT_TYPES:
+            return False
+    return len(model.input_shape) == 1
+
+
+def predict(model, X):
+    """The output for X (float array of the model dtype, C-contiguous, 2-D) through a compiled inference plan
+    with buffers kept between calls; None when the model is not a chain of compiled layers or X holds a
+    NaN/inf (the caller's general path then predicts or raises its usual error)."""
+    plans = model.__dict__.get("_infer_plans")
+    if plans is None or plans[0] is not model.parameters:
+        if not _chain_of_compiled_layers(model):
+            model._infer_plans = (model.parameters, None)
+            return None
+        plans = model._infer_plans = (model.parameters, {})
+    if plans[1] is None:
+        return None
+    n = X.shape[0]
+    bs = 1 if n == 1 else (64 if n <= 64 else 1024)     # a few sizes: single sample, small batch, chunks
+    plan = plans[1].get(bs)
+    if plan is None:
+        plan = plans[1][bs] = TrainPlan(model, bs, fused=False)
+    out = np.empty((n, model.output_shape[0]), dtype=model.dtype)
+    if _k.forward_rows(X, out, plan.spec, plan.alphas, plan.bufs, model.parameters, bs, get_num_threads()) >= 0:
+        return None
+    return out
 
 
 def plan_for(model, train, bs, metrics, cbs):

@@ -110,3 +110,70 @@ def test_plan_resume_is_exact(tmp_path):
     finally:
         fnn.set_num_threads(before)
     np.testing.assert_array_equal(resumed.parameters, full.parameters)
+
+
+@pytest.mark.parametrize("n", [1, 3, 64, 65, 2500])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_predict_fast_path_matches_the_per_layer_forward(n, dtype):
+    m = fnn.Sequential(_layers("cross_entropy"), input_dim=7, seed=0, dtype=dtype)
+    m.compile("cross_entropy", "adam")
+    X = np.random.default_rng(1).standard_normal((n, 7)).astype(dtype)
+    fast = m.predict(X)
+    assert m._infer_plans[1]                      # the compiled inference plan ran
+    slow = m.predict(X, batch_size=n)             # batch_size given: the per-layer path
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(fast, slow, rtol=tol, atol=tol)
+    np.testing.assert_allclose(fast.sum(axis=1), 1.0, rtol=tol)    # probabilities, not logits
+    m.layers[0].weight = np.zeros((7, 16))        # weights changed in place: the plan sees them
+    np.testing.assert_allclose(m.predict(X), m.predict(X, batch_size=n), rtol=tol, atol=tol)
+    bad = X.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        m.predict(bad)
+
+
+def _net_alloc(fn, repeats):
+    import tracemalloc
+    fn()
+    fn()                                          # warm-up: buffers, plans, caches
+    tracemalloc.start()
+    try:
+        fn()
+        base, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        for _ in range(repeats):
+            fn()
+        cur, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return cur - base, peak - base
+
+
+def _wide(loss="cross_entropy"):
+    # layers wide enough that any per-step array (64 x 256 float32 = 64 kB) would stand out from the small
+    # transient Python objects (memoryview handles, tuples) a step creates and frees
+    return [Dense(256, activation="relu"), Dense(256), fnn.layers.Tanh(), Dense(10 if loss == "cross_entropy" else 2)]
+
+
+def test_steady_state_training_step_allocates_nothing():
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((64, 7)).astype(np.float32), rng.integers(0, 10, 64)
+    m = fnn.Sequential(_wide(), input_dim=7, seed=0)
+    m.compile("cross_entropy", "adam", clip_norm=1.0)
+    T = m.loss.prepare_targets(y, 64, m.output_shape, m.dtype)
+    net, peak = _net_alloc(lambda: m._step(X, T, (0, 0)), 30)
+    assert net <= 256, net            # nothing retained over 30 steps
+    assert peak <= 16384, peak        # no array-sized temporary (the smallest batch array is 2.5 kB, most 64 kB)
+
+
+def test_compiled_plan_epoch_allocates_nothing_but_the_permutation():
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((4096, 7)).astype(np.float32), rng.integers(0, 10, 4096)
+    m = fnn.Sequential(_wide(), input_dim=7, seed=0)
+    m.compile("cross_entropy", "adam")
+    net, peak = _net_alloc(lambda: m.fit(X, y, epochs=1, batch_size=64), 3)
+    assert m._train_plan is not None
+    # per epoch: the permutation (4096 x 8 bytes = 32 kB) and the small History/logs objects; the 64 batches
+    # ran without any per-batch allocation (one 64 x 256 float32 buffer alone is 64 kB)
+    assert net <= 4096, net
+    assert peak <= 4096 * 8 + 16384, peak

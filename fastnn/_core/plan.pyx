@@ -334,3 +334,49 @@ def run_batches(const floating[:, ::1] X, object targets, const Py_ssize_t[::1] 
     if status == 1:
         value = loss
     return status, b - b0 if status else b1 - b0, bad, value
+
+
+def forward_rows(const floating[:, ::1] X, floating[:, ::1] out, const long long[:, ::1] spec,
+                 const double[::1] alphas, const long long[:, ::1] bufs, const floating[::1] params,
+                 Py_ssize_t bs, int n_threads):
+    """Inference through the plan (spec and bufs as for run_batches, made for `bs` rows, no fused output):
+    out (OUT, (n, n_out)) = the network's output for X (IN, (n, n_in)), in chunks of bs rows.  Returns the
+    index of the first non-finite element of X (nothing computed), or -1."""
+    cdef Py_ssize_t n = X.shape[0], n_in0 = X.shape[1], L = spec.shape[0], k = out.shape[1]
+    cdef Py_ssize_t s, m, l, nin, nout, bad
+    cdef int kind, act
+    cdef const floating *x
+    cdef floating *Z
+    cdef floating *Y
+    cdef const floating *prm = &params[0]
+    if out.shape[0] != n or bufs.shape[0] != L or spec.shape[0] == 0 or spec[0, 2] != n_in0 or spec[L - 1, 3] != k:
+        raise ValueError("forward_rows: arrays do not match the plan")
+    if n == 0:
+        return -1
+    with nogil:
+        bad = _first_nonfinite(&X[0, 0], n * n_in0)
+        if bad < 0:
+            s = 0
+            while s < n:
+                m = min(bs, n - s)
+                x = &X[s, 0]
+                for l in range(L):
+                    kind, act = <int>spec[l, 0], <int>spec[l, 1]
+                    nin, nout = spec[l, 2], spec[l, 3]
+                    Z = <floating *><size_t>bufs[l, 0]
+                    Y = <floating *><size_t>bufs[l, 1]
+                    if kind == 0:
+                        if nin == 0:
+                            memset(Z, 0, m * nout * sizeof(floating))
+                        else:
+                            _blas.gemm(False, False, <int>m, <int>nout, <int>nin, <floating>1, x, <int>nin,
+                                       prm + spec[l, 4], <int>nout, <floating>0, Z, <int>nout)
+                        act_forward(act, Z, Y if act != 0 else Z, prm + spec[l, 5] if spec[l, 5] >= 0 else NULL,
+                                    m, nout, alphas[l], n_threads)
+                        x = Y if act != 0 else Z
+                    else:
+                        act_forward(act, <floating *>x, Y, NULL, m, nout, alphas[l], n_threads)
+                        x = Y
+                memcpy(&out[s, 0], x, m * k * sizeof(floating))
+                s += m
+    return bad
