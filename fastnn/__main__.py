@@ -1,4 +1,5 @@
-"""Command line: ``python -m fastnn demo`` trains an MLP on the bundled digits and reports test accuracy."""
+"""Command line: ``python -m fastnn demo`` trains an MLP on the bundled digits and reports test accuracy;
+``python -m fastnn bench`` runs the side-by-side benchmark (fastnn, PyTorch when installed, plain numpy)."""
 import argparse
 import sys
 import time
@@ -44,9 +45,22 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="threads for kernels and BLAS (0: default)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    b = sub.add_parser("bench", help="benchmark fastnn against PyTorch (if installed) and plain numpy")
+    b.add_argument("--workloads", default="", help="comma-separated subset of W1,W2,W3,W4,mnist,digits (default: all)")
+    b.add_argument("--repeats", type=int, default=3, help="interleaved repeats per workload (medians reported)")
+    b.add_argument("--threads", type=int, default=2, help="threads for every peer (fastnn, torch, numpy's BLAS)")
+    b.add_argument("--full", action="store_true", help="the issue's full units (whole 60k/100k epochs, 40 W2 steps)")
+    b.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
+    b.add_argument("--png", default=None, metavar="PATH", help="also draw a bar chart (needs matplotlib)")
+    b.add_argument("--quiet", action="store_true", help="no per-repeat progress on stderr")
     args = parser.parse_args(argv)
     if args.command == "demo":
         return demo(args)
+    if args.command == "bench":
+        if args.repeats < 1 or args.threads < 1:
+            parser.error("--repeats and --threads must be >= 1")
+        from fastnn import bench
+        return bench.main(args)
     return 2
 
 

@@ -22,6 +22,7 @@ from fastnn import callbacks as _callbacks
 from fastnn import losses as _losses
 from fastnn import metrics as _metrics
 from fastnn import optim as _optim
+from fastnn import _plan
 from fastnn._core import guard as _guard
 from fastnn.callbacks import History
 from fastnn import schedules as _schedules
@@ -738,6 +739,9 @@ class Model:
 
     def _fit_epoch(self, epoch, train, bs, shuffle, metrics, cbs):
         """The batches of one epoch; returns the epoch's logs (loss, accuracy, metrics)."""
+        plan = _plan.plan_for(self, train, bs, metrics, cbs)
+        if plan is not None:    # the compiled training plan: the whole epoch in the compiled core
+            return _plan.fit_epoch(self, plan, epoch, train, bs, shuffle)
         X, T, W = train
         n = X.shape[0]
         # a fresh permutation each epoch: it depends only on the generator state, so a run resumed from a
@@ -800,6 +804,11 @@ class Model:
 
         A model ending in softmax (or sigmoid) returns probabilities, also when its loss is fused.
         """
+        if (type(X) is np.ndarray and batch_size is None and X.dtype == self.dtype and X.ndim == 2
+                and self.built and X.shape[0] > 0 and X.shape[1:] == self.input_shape and X.flags.c_contiguous):
+            out = _plan.predict(self, X)       # fast path: a compiled inference plan, no per-layer Python
+            if out is not None:
+                return out
         X = self._check_X(X, "predict")
         n = X.shape[0]
         out = np.empty((n,) + tuple(self.output_shape), dtype=self.dtype)

@@ -29,9 +29,13 @@ cdef inline floating f_exp(floating x) noexcept nogil:
         return exp(x)
 
 
+cdef extern from "fnn_math.h" nogil:
+    float fnn_tanh_f(float x)
+
+
 cdef inline floating f_tanh(floating x) noexcept nogil:
     if floating is float:
-        return tanhf(x)
+        return fnn_tanh_f(x)      # vectorizable rational approximation (a few ulp), see fnn_math.h
     else:
         return tanh(x)
 

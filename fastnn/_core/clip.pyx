@@ -45,25 +45,36 @@ def clip_gradients(floating[::1] g, double clip_value=-1.0, double max_norm=-1.0
     max_norm >= 0: when the norm exceeds max_norm, g *= max_norm / (norm + 1e-6) (torch clip_grad_norm_).
     Negative values switch a part off.  A non-finite norm is returned as is and g is scaled by it (as torch).
     """
-    cdef Py_ssize_t n = g.shape[0], t
+    if g.shape[0] == 0:
+        return 0.0
+    return clip_core(&g[0], g.shape[0], clip_value, max_norm, n_threads)
+
+
+cdef double clip_core(floating *g, Py_ssize_t n, double clip_value, double max_norm, int n_threads) noexcept nogil:
+    """clip_gradients on a raw buffer of n > 0 elements (nogil; the compiled training plan calls it too)."""
+    cdef Py_ssize_t t
     cdef double partial[FNN_MAX_PARTIALS]
     cdef double total = 0, coef
-    if n == 0:
-        return 0.0
     cdef int nt = threads_for(n, n_threads, FNN_MIN_PER_THREAD)
     if nt > FNN_MAX_PARTIALS:
         nt = FNN_MAX_PARTIALS
     cdef bint by_value = clip_value > 0
-    for t in prange(nt, num_threads=nt, nogil=True, schedule="static"):
-        partial[t] = _clip_sq_range(&g[0], _lo(t, nt, n), _lo(t + 1, nt, n), <floating>clip_value, by_value)
+    if nt <= 1:
+        partial[0] = _clip_sq_range(g, 0, n, <floating>clip_value, by_value)
+    else:
+        for t in prange(nt, num_threads=nt, schedule="static"):
+            partial[t] = _clip_sq_range(g, _lo(t, nt, n), _lo(t + 1, nt, n), <floating>clip_value, by_value)
     for t in range(nt):
         total = total + partial[t]
     total = sqrt(total)
     if max_norm >= 0:
         coef = max_norm / (total + 1e-6)
         if coef < 1.0 or coef != coef:
-            for t in prange(nt, num_threads=nt, nogil=True, schedule="static"):
-                _scale_range(&g[0], _lo(t, nt, n), _lo(t + 1, nt, n), <floating>coef)
+            if nt <= 1:
+                _scale_range(g, 0, n, <floating>coef)
+            else:
+                for t in prange(nt, num_threads=nt, schedule="static"):
+                    _scale_range(g, _lo(t, nt, n), _lo(t + 1, nt, n), <floating>coef)
     return total
 
 

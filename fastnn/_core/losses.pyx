@@ -6,7 +6,7 @@ optional gradient buffer (None: value only).  Each returns ``(loss, n_correct)``
 accumulated in double) and, for classification losses, how many predictions were right in the same pass
 (argmax for softmax; per element, logit > 0 against target > 0.5 for sigmoid), else 0.
 
-- softmax cross-entropy, integer labels:  mean_i [logsumexp(z_i) - z_i[y_i]]
+- softmax cross-entropy, integer labels:  mean_i [logsumexp(z_i) - z_i[y_i]] (each exp computed once)
 - softmax cross-entropy, probability rows: mean_i sum_k t_ik [logsumexp(z_i) - z_ik]
       gradient (softmax(z_i) * sum_k t_ik - t_i) / n, as torch.nn.CrossEntropyLoss with soft targets
 - sigmoid binary cross-entropy on logits:  mean over all elements of log(1 + e^z) - t z
@@ -55,7 +55,7 @@ def softmax_cross_entropy(const floating[:, ::1] Z, const Py_ssize_t[::1] labels
                           const floating[::1] W=None):
     """Mean softmax cross-entropy of logits Z (n, k) against integer labels (n,) in [0, k); dZ (OUT) or None;
     W (n,) per-sample weights or None."""
-    cdef Py_ssize_t n = Z.shape[0], k = Z.shape[1], i, j, lab, am
+    cdef Py_ssize_t n = Z.shape[0], k = Z.shape[1]
     _same("softmax_cross_entropy", "logits", (n, k), "labels", (labels.shape[0], k))
     if dZ is not None:
         _same("softmax_cross_entropy", "logits", (n, k), "gradient", (dZ.shape[0], dZ.shape[1]))
@@ -63,42 +63,65 @@ def softmax_cross_entropy(const floating[:, ::1] Z, const Py_ssize_t[::1] labels
         return float("nan"), 0
     if k == 0:
         raise ValueError("softmax_cross_entropy: logits have 0 classes")
-    cdef bint grad = dZ is not None, weighted = W is not None
-    cdef const floating *z
-    cdef floating *g
-    cdef double m, s, li, wi = 1.0, total = 0.0
     cdef double inv_n = _inv_weight_sum("softmax_cross_entropy", W, n, 1.0)
     cdef Py_ssize_t n_correct = 0, bad = -1
+    cdef double total
+    cdef floating *g = &dZ[0, 0] if dZ is not None else NULL
+    cdef const floating *wp = &W[0] if W is not None else NULL
     with nogil:
-        for i in range(n):
-            if weighted:
-                wi = W[i]
-            lab = labels[i]
-            if lab < 0 or lab >= k:
-                bad = i
-                break
-            z = &Z[i, 0]
-            m = z[0]
-            am = 0
-            for j in range(1, k):
-                if z[j] > m:
-                    m = z[j]
-                    am = j
-            n_correct += am == lab
-            s = 0.0
-            for j in range(k):
-                s += exp(z[j] - m)
-            li = log(s) + m - z[lab]
-            total += wi * li if weighted else li
-            if grad:
-                g = &dZ[i, 0]
-                s = wi * inv_n / s
-                for j in range(k):
-                    g[j] = <floating>(exp(z[j] - m) * s)
-                g[lab] -= <floating>(wi * inv_n)
+        total = ce_labels_core(&Z[0, 0], &labels[0], g, wp, n, k, inv_n, &n_correct, &bad)
     if bad >= 0:
         raise ValueError(f"softmax_cross_entropy: label {labels[bad]} at row {bad} is outside [0, {k})")
-    return total * inv_n, n_correct
+    return total, n_correct
+
+
+cdef double ce_labels_core(const floating *Z, const Py_ssize_t *labels, floating *dZ, const floating *W,
+                           Py_ssize_t n, Py_ssize_t k, double inv_n, Py_ssize_t *n_correct,
+                           Py_ssize_t *bad) noexcept nogil:
+    """Mean (weighted) softmax cross-entropy of Z (n, k) against labels; the gradient into dZ (or NULL).
+
+    One pass per row for the max and argmax, one for the exponentials (each computed once: kept in dZ when
+    the gradient is wanted), one to scale them.  Returns the loss (total * inv_n); a label outside [0, k)
+    stops with *bad set to its row.
+    """
+    cdef Py_ssize_t i, j, lab, am
+    cdef const floating *z
+    cdef floating *g
+    cdef double m, s, e, li, wi = 1.0, total = 0.0
+    cdef floating c
+    for i in range(n):
+        if W != NULL:
+            wi = W[i]
+        lab = labels[i]
+        if lab < 0 or lab >= k:
+            bad[0] = i
+            return 0.0
+        z = Z + i * k
+        m = z[0]
+        am = 0
+        for j in range(1, k):
+            if z[j] > m:
+                m = z[j]
+                am = j
+        n_correct[0] += am == lab
+        s = 0.0
+        if dZ != NULL:
+            g = dZ + i * k
+            for j in range(k):
+                e = exp(z[j] - m)
+                g[j] = <floating>e
+                s += e
+        else:
+            for j in range(k):
+                s += exp(z[j] - m)
+        li = log(s) + m - z[lab]
+        total += wi * li if W != NULL else li
+        if dZ != NULL:
+            c = <floating>(wi * inv_n / s)
+            for j in range(k):
+                g[j] = g[j] * c
+            g[lab] -= <floating>(wi * inv_n)
+    return total * inv_n
 
 
 def softmax_cross_entropy_soft(const floating[:, ::1] Z, const floating[:, ::1] T, floating[:, ::1] dZ=None,
@@ -193,7 +216,7 @@ def regression_loss(int kind, const floating[:, ::1] P, const floating[:, ::1] T
                     const floating[::1] W=None):
     """kind 0 "l2" (sum of squares), 1 "mse" (mean of squares), 2 "mae" (mean absolute); dP (OUT) or None;
     W (n,) per-sample weights (each row's k elements weighted by w_i) or None."""
-    cdef Py_ssize_t n = P.shape[0], k = P.shape[1], i, r, N = n * k
+    cdef Py_ssize_t n = P.shape[0], k = P.shape[1], N = n * k
     if kind < 0 or kind > 2:
         raise ValueError(f"regression_loss: unknown kind {kind}")
     _same("regression_loss", "predictions", (n, k), "targets", (T.shape[0], T.shape[1]))
@@ -201,34 +224,45 @@ def regression_loss(int kind, const floating[:, ::1] P, const floating[:, ::1] T
         _same("regression_loss", "predictions", (n, k), "gradient", (dP.shape[0], dP.shape[1]))
     if N == 0:
         return (0.0 if kind == LOSS_L2 else float("nan")), 0
-    cdef bint grad = dP is not None, weighted = W is not None
-    cdef const floating *p = &P[0, 0]
-    cdef const floating *t = &T[0, 0]
-    cdef floating *g = &dP[0, 0] if grad else NULL
-    cdef double total = 0.0, d, li, wi = 1.0, scale
     cdef double inv = 1.0 if kind == LOSS_L2 else _inv_weight_sum("regression_loss", W, n, <double>k)
-    cdef floating fd
-    if kind == LOSS_L2 and weighted:
+    if kind == LOSS_L2 and W is not None:
         _inv_weight_sum("regression_loss", W, n, 1.0)     # checks the length of W
+    cdef floating *g = &dP[0, 0] if dP is not None else NULL
+    cdef const floating *wp = &W[0] if W is not None else NULL
+    cdef double total
     with nogil:
-        for r in range(n):
-            if weighted:
-                wi = W[r]
-            li = 0.0
-            if kind == LOSS_MAE:
-                scale = wi * inv
-                for i in range(r * k, r * k + k):
-                    fd = p[i] - t[i]
-                    li += fabs(fd)
-                    if grad:
-                        g[i] = <floating>(scale if fd > 0 else (-scale if fd < 0 else 0.0))
-            else:
-                scale = 2.0 * wi * inv
-                for i in range(r * k, r * k + k):
-                    fd = p[i] - t[i]
-                    d = fd
-                    li += d * d
-                    if grad:
-                        g[i] = <floating>(scale * d)
-            total += wi * li if weighted else li
-    return total * inv, 0
+        total = regression_core(kind, &P[0, 0], &T[0, 0], g, wp, n, k, inv)
+    return total, 0
+
+
+cdef double regression_core(int kind, const floating *P, const floating *T, floating *dP, const floating *W,
+                            Py_ssize_t n, Py_ssize_t k, double inv) noexcept nogil:
+    """l2 / mse / mae of P against T (n, k), (weighted), gradient into dP (or NULL); returns total * inv."""
+    cdef bint grad = dP != NULL, weighted = W != NULL
+    cdef const floating *p = P
+    cdef const floating *t = T
+    cdef floating *g = dP
+    cdef double total = 0.0, d, li, wi = 1.0, scale
+    cdef Py_ssize_t i, r
+    cdef floating fd
+    for r in range(n):
+        if weighted:
+            wi = W[r]
+        li = 0.0
+        if kind == LOSS_MAE:
+            scale = wi * inv
+            for i in range(r * k, r * k + k):
+                fd = p[i] - t[i]
+                li += fabs(fd)
+                if grad:
+                    g[i] = <floating>(scale if fd > 0 else (-scale if fd < 0 else 0.0))
+        else:
+            scale = 2.0 * wi * inv
+            for i in range(r * k, r * k + k):
+                fd = p[i] - t[i]
+                d = fd
+                li += d * d
+                if grad:
+                    g[i] = <floating>(scale * d)
+        total += wi * li if weighted else li
+    return total * inv

@@ -135,22 +135,24 @@ def rmsprop_step(floating[::1] p, const floating[::1] g, floating[::1] square_av
 
 
 # --------------------------------------------------------------------------------------- Adam, AdamW
+cdef extern from "fnn_adam.h" nogil:
+    void fnn_adam_range_f(float *p, const float *g, float *m, float *v, float *vmax, Py_ssize_t i0,
+                          Py_ssize_t i1, float step_size, float beta1, float beta2, float eps, float bc2_sqrt,
+                          float wd, float decay_factor)
+    void fnn_adam_range_d(double *p, const double *g, double *m, double *v, double *vmax, Py_ssize_t i0,
+                          Py_ssize_t i1, double step_size, double beta1, double beta2, double eps,
+                          double bc2_sqrt, double wd, double decay_factor)
+
+
 cdef void _adam_range(floating *p, const floating *g, floating *m, floating *v, floating *vmax,
                       Py_ssize_t i0, Py_ssize_t i1, floating step_size, floating beta1, floating beta2,
                       floating eps, floating bc2_sqrt, floating wd, floating decay_factor) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef floating gi, vv
-    for i in range(i0, i1):
-        p[i] = p[i] * decay_factor
-        gi = g[i] + wd * p[i]
-        m[i] = m[i] + (1 - beta1) * (gi - m[i])
-        v[i] = v[i] * beta2 + (1 - beta2) * gi * gi
-        vv = v[i]
-        if vmax != NULL:
-            if vv > vmax[i]:
-                vmax[i] = vv
-            vv = vmax[i]
-        p[i] = p[i] - step_size * m[i] / (sqrt(vv) / bc2_sqrt + eps)
+    """p = p * decay_factor; g' = g + wd p; m, v (and vmax) updated; p -= step_size m / (sqrt(v) / bc2_sqrt + eps).
+    The loop is C (csrc/fnn_adam.h) with restrict pointers, so that it vectorizes."""
+    if floating is float:
+        fnn_adam_range_f(p, g, m, v, vmax, i0, i1, step_size, beta1, beta2, eps, bc2_sqrt, wd, decay_factor)
+    else:
+        fnn_adam_range_d(p, g, m, v, vmax, i0, i1, step_size, beta1, beta2, eps, bc2_sqrt, wd, decay_factor)
 
 
 def adam_step(floating[::1] p, const floating[::1] g, floating[::1] exp_avg, floating[::1] exp_avg_sq,

@@ -1,0 +1,4 @@
+# The clipping pass of clip.pyx, shared with the compiled training plan (plan.pyx).
+from fastnn._core._common cimport floating
+
+cdef double clip_core(floating *g, Py_ssize_t n, double clip_value, double max_norm, int n_threads) noexcept nogil

@@ -1,0 +1,508 @@
+"""Side-by-side benchmark: fastnn against PyTorch eager (when installed) and a plain numpy implementation.
+
+Every peer runs the same workload: the same layer sizes, the same Glorot-uniform initial weights (zero
+biases), the same synthetic N(0, 1) data, the same optimizer and hyperparameters, the same batch size and
+per-epoch shuffling.  The peers are interleaved in one process (repeat r runs fastnn, torch, numpy, then
+repeat r + 1 ...), so that the noise of a shared machine hits all of them alike; the table reports the
+median over the repeats, the min-max, and the ratios of the medians.  The "BLAS limit" of a training
+workload is the time of its GEMMs alone (forward X.W, backward X^T.dZ and dZ.W^T, at the workload's
+shapes) through the BLAS fastnn uses: no implementation that calls that BLAS can be faster.
+
+Workloads (the issue's table; ``--full`` runs the full units, the default runs shorter slices of them and
+reports rates, which are what the targets are about):
+
+| id | network | loss / optimizer | batch | unit |
+|---|---|---|---|---|
+| W1 | 784-256-128-10 ReLU | softmax CE / Adam 1e-3 | 64 | epoch of 60,000 samples |
+| W2 | 1024-2048-2048-1000 ReLU | softmax CE / SGD 1e-2 momentum 0.9 | 256 | 40 steps |
+| W3 | 32-64-64-1 tanh | MSE / SGD 1e-2 | 32 | epoch of 100,000 samples |
+| W4 | the W1 network | prediction | 1 and 1024 | one predict call |
+| mnist | W1's network and training, 20 epochs on 4,000 MNIST-sized samples | | 64 | seconds |
+| digits | ``python -m fastnn demo``'s training (20 epochs, with validation) | | 32 | seconds |
+
+    python -m fastnn bench [--workloads W1,W3] [--repeats 5] [--threads 2] [--full] [--json out.json]
+                           [--png out.png]
+"""
+import json
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+WORKLOADS = ("W1", "W2", "W3", "W4", "mnist", "digits")
+
+
+# ====================================================================== shared definitions
+def glorot(rng, n_in, n_out):
+    lim = np.sqrt(6.0 / (n_in + n_out))
+    return rng.uniform(-lim, lim, (n_in, n_out)).astype(np.float32)
+
+
+def _spec(wid, full):
+    """sizes, activation, loss, optimizer (name, kwargs), batch, number of training samples (or steps)."""
+    if wid in ("W1", "W4", "mnist"):
+        s = dict(sizes=(784, 256, 128, 10), act="relu", loss="cross_entropy", opt=("adam", {"lr": 1e-3}), batch=64,
+                 n=60000 if full else 6400)
+        if wid == "mnist":
+            s.update(n=4000, epochs=20 if full else 4)     # seconds are reported for 20 epochs
+        return s
+    if wid == "W2":
+        return dict(sizes=(1024, 2048, 2048, 1000), act="relu", loss="cross_entropy",
+                    opt=("sgd", {"lr": 1e-2, "momentum": 0.9}), batch=256, n=256 * (40 if full else 3))
+    if wid == "W3":
+        return dict(sizes=(32, 64, 64, 1), act="tanh", loss="mse", opt=("sgd", {"lr": 1e-2}), batch=32,
+                    n=100000 if full else 10000)
+    if wid == "digits":
+        return dict(sizes=(64, 128, 64, 10), act=("relu", "tanh"), loss="cross_entropy",
+                    opt=("adam", {"lr": 2e-3}), batch=32, epochs=20)
+    raise ValueError(wid)
+
+
+def _acts(spec):
+    a = spec["act"]
+    n_hidden = len(spec["sizes"]) - 2
+    return list(a) if isinstance(a, tuple) else [a] * n_hidden
+
+
+def make_data(spec, seed=0):
+    rng = np.random.default_rng(seed)
+    sizes = spec["sizes"]
+    weights = [glorot(rng, a, b) for a, b in zip(sizes[:-1], sizes[1:])]
+    X = rng.standard_normal((spec["n"], sizes[0]), dtype=np.float32)
+    if spec["loss"] == "cross_entropy":
+        y = rng.integers(0, sizes[-1], spec["n"]).astype(np.int64)
+    else:
+        y = rng.standard_normal((spec["n"], sizes[-1]), dtype=np.float32)
+    return weights, X, y
+
+
+# ====================================================================== fastnn
+def fastnn_model(spec, weights):
+    import fastnn as fnn
+    acts = _acts(spec) + [None]
+    layers = [fnn.layers.Dense(W.shape[1], activation=a) for W, a in zip(weights, acts)]
+    model = fnn.Sequential(layers, input_dim=weights[0].shape[0], seed=0)
+    for layer, W in zip(model.layers, weights):
+        layer.weight = W
+        layer.bias = np.zeros(W.shape[1], np.float32)
+    name, kw = spec["opt"]
+    opt = fnn.optim.Adam(**kw) if name == "adam" else fnn.optim.SGD(**kw)
+    model.compile(spec["loss"], opt)
+    return model
+
+
+def fastnn_train(model, X, y, spec, epochs=1):
+    t0 = time.perf_counter()
+    model.fit(X, y, epochs=epochs, batch_size=spec["batch"])
+    return time.perf_counter() - t0
+
+
+# ====================================================================== torch (optional)
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def torch_model(spec, weights, fused=False):
+    torch = _torch()
+    mods = []
+    acts = _acts(spec) + [None]
+    for W, a in zip(weights, acts):
+        lin = torch.nn.Linear(W.shape[0], W.shape[1])
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(np.ascontiguousarray(W.T)))
+            lin.bias.zero_()
+        mods.append(lin)
+        if a is not None:
+            mods.append(torch.nn.ReLU() if a == "relu" else torch.nn.Tanh())
+    net = torch.nn.Sequential(*mods)
+    name, kw = spec["opt"]
+    if name == "adam":
+        opt = torch.optim.Adam(net.parameters(), fused=True, **kw) if fused else torch.optim.Adam(net.parameters(), **kw)
+    else:
+        opt = torch.optim.SGD(net.parameters(), **kw)
+    lossf = torch.nn.CrossEntropyLoss() if spec["loss"] == "cross_entropy" else torch.nn.MSELoss()
+    return net, opt, lossf
+
+
+def torch_train(state, X, y, spec, epochs=1, rng=None):
+    torch = _torch()
+    net, opt, lossf = state
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+    bs, n = spec["batch"], X.shape[0]
+    rng = rng or np.random.default_rng(0)
+    t0 = time.perf_counter()
+    for _ in range(epochs):
+        perm = torch.from_numpy(rng.permutation(n))
+        for s in range(0, n, bs):
+            idx = perm[s:s + bs]
+            xb, yb = Xt[idx], yt[idx]
+            opt.zero_grad(set_to_none=True)
+            loss = lossf(net(xb), yb)
+            loss.backward()
+            opt.step()
+    return time.perf_counter() - t0
+
+
+# ====================================================================== plain numpy
+class NumpyMLP:
+    """The same MLP, forward/backward/update in plain numpy (the baseline a user writes by hand)."""
+
+    def __init__(self, spec, weights):
+        self.W = [W.copy() for W in weights]
+        self.b = [np.zeros(W.shape[1], np.float32) for W in weights]
+        self.acts = _acts(spec) + [None]
+        self.spec = spec
+        name, kw = spec["opt"]
+        self.opt, self.kw, self.t = name, kw, 0
+        params = self.W + self.b
+        self.m = [np.zeros_like(p) for p in params]
+        self.v = [np.zeros_like(p) for p in params]
+
+    def forward(self, x):
+        hs = [x]
+        for W, b, a in zip(self.W, self.b, self.acts):
+            z = hs[-1] @ W
+            z += b
+            if a == "relu":
+                np.maximum(z, 0, out=z)
+            elif a == "tanh":
+                np.tanh(z, out=z)
+            hs.append(z)
+        return hs
+
+    def step(self, x, y):
+        hs = self.forward(x)
+        out, n = hs[-1], x.shape[0]
+        if self.spec["loss"] == "cross_entropy":
+            e = np.exp(out - out.max(axis=1, keepdims=True))
+            e /= e.sum(axis=1, keepdims=True)
+            e[np.arange(n), y] -= 1
+            g = e / n
+        else:
+            g = (out - y) * (2.0 / out.size)
+        gW, gb = [None] * len(self.W), [None] * len(self.W)
+        for i in range(len(self.W) - 1, -1, -1):
+            gW[i] = hs[i].T @ g
+            gb[i] = g.sum(axis=0)
+            if i:
+                g = g @ self.W[i].T
+                a = self.acts[i - 1]
+                if a == "relu":
+                    g *= hs[i] > 0
+                elif a == "tanh":
+                    g *= 1 - hs[i] * hs[i]
+        self.t += 1
+        lr = self.kw["lr"]
+        for j, (p, gp) in enumerate(zip(self.W + self.b, gW + gb)):
+            if self.opt == "adam":
+                m, v = self.m[j], self.v[j]
+                m *= 0.9
+                m += 0.1 * gp
+                v *= 0.999
+                v += 0.001 * gp * gp
+                bc1, bc2 = 1 - 0.9 ** self.t, 1 - 0.999 ** self.t
+                p -= (lr / bc1) * m / (np.sqrt(v / bc2) + 1e-8)
+            elif self.kw.get("momentum"):
+                buf = self.m[j]
+                if self.t == 1:
+                    buf[...] = gp
+                else:
+                    buf *= self.kw["momentum"]
+                    buf += gp
+                p -= lr * buf
+            else:
+                p -= lr * gp
+
+    def predict(self, x):
+        return self.forward(x)[-1]
+
+
+def numpy_train(net, X, y, spec, epochs=1, rng=None):
+    bs, n = spec["batch"], X.shape[0]
+    rng = rng or np.random.default_rng(0)
+    t0 = time.perf_counter()
+    for _ in range(epochs):
+        perm = rng.permutation(n)
+        for s in range(0, n, bs):
+            idx = perm[s:s + bs]
+            net.step(X[idx], y[idx])
+    return time.perf_counter() - t0
+
+
+# ====================================================================== BLAS limit
+def blas_limit_time(spec, n_samples, reps=1):
+    """Seconds of the GEMMs alone (forward, dW, dX except for the first layer) for n_samples of training."""
+    from fastnn._core._threads import gemm
+    sizes, bs = spec["sizes"], spec["batch"]
+    rng = np.random.default_rng(1)
+    acts = [rng.standard_normal((bs, d), dtype=np.float32) for d in sizes]
+    grads = [np.empty_like(a) for a in acts]
+    Ws = [rng.standard_normal((a, b), dtype=np.float32) for a, b in zip(sizes[:-1], sizes[1:])]
+    dWs = [np.empty_like(W) for W in Ws]
+    steps = -(-n_samples // bs)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        for i, W in enumerate(Ws):
+            gemm(False, False, 1.0, acts[i], W, 0.0, acts[i + 1])
+        for i in range(len(Ws) - 1, -1, -1):
+            gemm(True, False, 1.0, acts[i], acts[i + 1], 0.0, dWs[i])
+            if i:
+                gemm(False, True, 1.0, acts[i + 1], Ws[i], 0.0, grads[i])
+    return time.perf_counter() - t0
+
+
+# ====================================================================== runs
+def _median(v):
+    return statistics.median(v) if v else float("nan")
+
+
+def _set_threads(n):
+    import fastnn as fnn
+    fnn.set_num_threads(n)
+    torch = _torch()
+    if torch is not None:
+        torch.set_num_threads(n)
+    try:
+        from threadpoolctl import threadpool_limits
+        # numpy's own OpenBLAS (the plain numpy peer); fastnn's BLAS follows fnn.set_num_threads
+        threadpool_limits(n, user_api="blas")
+        fnn.set_num_threads(n)
+    except ImportError:
+        pass
+
+
+def run_training(wid, repeats, full, log):
+    """Samples per second of every peer (lists over repeats) for a training workload."""
+    spec = _spec(wid, full)
+    weights, X, y = make_data(spec)
+    epochs = spec.get("epochs", 1)
+    peers = {"fastnn": (fastnn_model(spec, weights), fastnn_train)}
+    if _torch() is not None:
+        peers["torch"] = (torch_model(spec, weights), torch_train)
+        if spec["opt"][0] == "adam":
+            peers["torch fused Adam"] = (torch_model(spec, weights, fused=True), torch_train)
+    peers["numpy"] = (NumpyMLP(spec, weights), numpy_train)
+    peers["BLAS limit"] = (None, None)
+    # warm-up (one short pass each: buffers, caches, torch's lazy init)
+    nw = min(X.shape[0], 20 * spec["batch"])
+    for name, (state, fn) in peers.items():
+        if fn is not None:
+            fn(state, X[:nw], y[:nw], spec)
+    blas_limit_time(spec, nw)
+    samples = {k: [] for k in peers}
+    for r in range(repeats):
+        for name, (state, fn) in peers.items():
+            if fn is None:
+                t = blas_limit_time(spec, X.shape[0] * epochs)
+            else:
+                t = fn(state, X, y, spec, epochs)
+            samples[name].append(X.shape[0] * epochs / t)
+        log(f"  {wid} repeat {r + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:,.0f}/s" for k, v in samples.items()))
+    return spec, samples
+
+
+def run_predict(repeats, log):
+    """W4: microseconds per single-sample predict, samples/s at batch 1024."""
+    spec = _spec("W4", False)
+    weights, X, _ = make_data(dict(spec, n=1024))
+    x1 = X[:1].copy()
+    model = fastnn_model(spec, weights)
+    npnet = NumpyMLP(spec, weights)
+    torch = _torch()
+    peers = {"fastnn": lambda x: model.predict(x), "numpy": npnet.predict}
+    if torch is not None:
+        net = torch_model(spec, weights)[0].eval()
+
+        def tpred(x):
+            with torch.no_grad():
+                return net(torch.from_numpy(x)).numpy()
+        peers = {"fastnn": peers["fastnn"], "torch": tpred, "numpy": npnet.predict}
+    single = {k: [] for k in peers}
+    batch = {k: [] for k in peers}
+    for f in peers.values():
+        for _ in range(200):
+            f(x1)
+        f(X)
+    n_single, n_batch = 2000, 20
+    for r in range(repeats):
+        for name, f in peers.items():
+            t0 = time.perf_counter()
+            for _ in range(n_single):
+                f(x1)
+            single[name].append((time.perf_counter() - t0) / n_single * 1e6)
+            t0 = time.perf_counter()
+            for _ in range(n_batch):
+                f(X)
+            batch[name].append(n_batch * X.shape[0] / (time.perf_counter() - t0))
+        log(f"  W4 repeat {r + 1}/{repeats}: " + ", ".join(f"{k} {single[k][-1]:.1f} us" for k in peers))
+    return single, batch
+
+
+def run_digits(repeats, log):
+    """The demo's training: seconds for 20 epochs (with validation), fastnn only (numpy/torch: same network)."""
+    import fastnn as fnn
+    from fastnn.datasets import load_digits, train_test_split
+    X, y = load_digits()
+    Xtr, ytr, _, _ = train_test_split(X, y, test_fraction=0.2, seed=0)
+    Xtr, ytr, Xv, yv = train_test_split(Xtr, ytr, test_fraction=0.125, seed=0)
+    spec = _spec("digits", False)
+    times = {"fastnn": []}
+    torch = _torch()
+    if torch is not None:
+        times["torch"] = []
+    times["numpy"] = []
+    rng = np.random.default_rng(0)
+    weights = [glorot(rng, a, b) for a, b in zip(spec["sizes"][:-1], spec["sizes"][1:])]
+    for r in range(repeats + 1):
+        for name in times:
+            if name == "fastnn":
+                m = fastnn_model(spec, weights)
+                t0 = time.perf_counter()
+                m.fit(Xtr, ytr, epochs=20, batch_size=32, validation_data=(Xv, yv))
+                t = time.perf_counter() - t0
+            elif name == "torch":
+                st = torch_model(spec, weights)
+                t = torch_train(st, Xtr, ytr.astype(np.int64), spec, 20)
+            else:
+                t = numpy_train(NumpyMLP(spec, weights), Xtr, ytr, spec, 20)
+            if r:                       # the first round is a warm-up
+                times[name].append(t)
+        if r:
+            log(f"  digits repeat {r}/{repeats}: " + ", ".join(f"{k} {v[-1]:.3f} s" for k, v in times.items()))
+    return times
+
+
+TARGETS = {"W1": "fastnn >= 2.2x torch, >= 80% of BLAS limit", "W2": ">= 1.0x torch, >= 95% of BLAS limit",
+           "W3": ">= 15x torch (~1.7M samples/s)", "W4 single": "<= 12 us",
+           "W4 batch 1024": ">= 1.0x torch", "mnist": "<= 1.1 s", "digits": "<= 0.05 s"}
+
+
+def _fmt(v, unit):
+    if unit == "samples/s":
+        return f"{v:,.0f}"
+    if unit == "us":
+        return f"{v:.1f}"
+    return f"{v:.3f}"
+
+
+def run(workloads=WORKLOADS, repeats=3, threads=2, full=False, log=print):
+    """Run the benchmark; returns a dict of rows (see ``format_table``)."""
+    import fastnn as fnn
+    _set_threads(threads)
+    rows = []
+
+    def add(wid, unit, samples, higher_better=True):
+        row = {"workload": wid, "unit": unit, "higher_is_better": higher_better,
+               "median": {k: _median(v) for k, v in samples.items()},
+               "min": {k: min(v) for k, v in samples.items()}, "max": {k: max(v) for k, v in samples.items()},
+               "samples": samples, "target": TARGETS.get(wid, "")}
+        rows.append(row)
+
+    for wid in workloads:
+        if wid in ("W1", "W2", "W3"):
+            _, s = run_training(wid, repeats, full, log)
+            add(wid, "samples/s", s)
+        elif wid == "W4":
+            single, batch = run_predict(repeats, log)
+            add("W4 single", "us", single, higher_better=False)
+            add("W4 batch 1024", "samples/s", batch)
+        elif wid == "mnist":
+            spec = _spec("mnist", False)
+            _, s = run_training("mnist", max(1, repeats // 2), full, log)
+            secs = {k: [spec["n"] * 20 / x for x in v] for k, v in s.items()}     # 20 epochs
+            add("mnist", "s", secs, higher_better=False)
+        elif wid == "digits":
+            add("digits", "s", run_digits(max(1, repeats // 2), log), higher_better=False)
+        else:
+            raise ValueError(f"bench: unknown workload {wid!r}; known: {', '.join(WORKLOADS)}")
+    import fastnn._core._threads as th
+    return {"rows": rows, "threads": threads, "repeats": repeats, "full": full,
+            "machine": f"{platform.machine()}, {_ncpu()} CPUs, {platform.processor() or platform.platform()}",
+            "python": sys.version.split()[0], "numpy": np.__version__, "fastnn": fnn.__version__,
+            "torch": getattr(_torch(), "__version__", None), "blas": th.blas_config(),
+            "date": time.strftime("%Y-%m-%d %H:%M")}
+
+
+def _ncpu():
+    import os
+    return os.cpu_count()
+
+
+def format_table(result):
+    """Markdown table: medians (min-max) per peer and the ratios fastnn / peer (speed ratios, > 1 is faster)."""
+    rows = result["rows"]
+    peers = []
+    for r in rows:
+        for k in r["median"]:
+            if k not in peers:
+                peers.append(k)
+    head = ["workload", "unit"] + peers + [f"fastnn vs {p}" for p in peers if p != "fastnn"] + ["target"]
+    lines = [f"fastnn bench, {result['date']}, {result['threads']} threads, {result['repeats']} repeats "
+             f"(medians, min-max), {result['machine']}; numpy {result['numpy']}, torch {result['torch']}",
+             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        unit, med = r["unit"], r["median"]
+        cells = [r["workload"], unit]
+        for p in peers:
+            if p in med:
+                cells.append(f"{_fmt(med[p], unit)} ({_fmt(r['min'][p], unit)}-{_fmt(r['max'][p], unit)})")
+            else:
+                cells.append("")
+        for p in peers:
+            if p == "fastnn":
+                continue
+            if p in med and "fastnn" in med:
+                ratio = med["fastnn"] / med[p] if r["higher_is_better"] else med[p] / med["fastnn"]
+                cells.append(f"{ratio:.2f}x" if p != "BLAS limit" else f"{100 * ratio:.0f}%")
+            else:
+                cells.append("")
+        cells.append(r["target"])
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Ratios are speed ratios of the medians (> 1: fastnn faster); against the BLAS limit, the share of "
+                 "the GEMMs-only speed fastnn reaches.")
+    return "\n".join(lines)
+
+
+def plot(result, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = result["rows"]
+    fig, axes = plt.subplots(1, len(rows), figsize=(3 * len(rows), 3.2))
+    axes = np.atleast_1d(axes)
+    for ax, r in zip(axes, rows):
+        names = list(r["median"])
+        vals = [r["median"][k] for k in names]
+        ax.bar(range(len(names)), vals, color=["C0" if k == "fastnn" else "C7" for k in names])
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+        ax.set_title(f"{r['workload']} ({r['unit']}, {'higher' if r['higher_is_better'] else 'lower'} is better)",
+                     fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(args):
+    wl = [w.strip() for w in args.workloads.split(",") if w.strip()] if args.workloads else list(WORKLOADS)
+    for w in wl:
+        if w not in WORKLOADS:
+            print(f"bench: unknown workload {w!r}; known: {', '.join(WORKLOADS)}", file=sys.stderr)
+            return 2
+    log = (lambda s: print(s, file=sys.stderr)) if not args.quiet else (lambda s: None)
+    result = run(wl, args.repeats, args.threads, args.full, log)
+    print(format_table(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    if args.png:
+        try:
+            plot(result, args.png)
+        except ImportError:
+            print("bench: --png needs matplotlib (not installed); no chart written", file=sys.stderr)
+    return 0

@@ -1,0 +1,198 @@
+"""The compiled training plan (fastnn/_plan.py, fastnn/_core/plan.pyx) against the per-layer path."""
+import numpy as np
+import pytest
+
+import fastnn as fnn
+from fastnn import _plan
+from fastnn.layers import Dense
+
+LOSSES = ["cross_entropy", "mse", "l2", "mae"]
+OPTIMIZERS = [
+    ("sgd", lambda: fnn.optim.SGD(lr=0.05)),
+    ("sgd-momentum", lambda: fnn.optim.SGD(lr=0.02, momentum=0.9, weight_decay=1e-3)),
+    ("sgd-nesterov", lambda: fnn.optim.SGD(lr=0.02, momentum=0.9, nesterov=True)),
+    ("adam", lambda: fnn.optim.Adam(lr=3e-3)),
+    ("adam-amsgrad-wd", lambda: fnn.optim.Adam(lr=3e-3, amsgrad=True, weight_decay=1e-2)),
+    ("adamw", lambda: fnn.optim.AdamW(lr=3e-3)),
+]
+
+
+def _layers(loss):
+    out = 5 if loss == "cross_entropy" else 2
+    return [Dense(16, activation="tanh"), Dense(12), fnn.layers.LeakyReLU(0.1), Dense(8, activation="relu"),
+            Dense(out, activation="softmax" if loss == "cross_entropy" else None)]
+
+
+def _data(loss, n=101, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 7))
+    y = rng.integers(0, 5, n) if loss == "cross_entropy" else rng.standard_normal((n, 2))
+    return X, y
+
+
+def _train(loss, make_opt, compiled, dtype="float32", epochs=3, **compile_kw):
+    m = fnn.Sequential(_layers(loss), input_dim=7, seed=3, dtype=dtype)
+    m.compile(loss, make_opt(), **compile_kw)
+    m._compiled_plan = compiled
+    X, y = _data(loss)
+    h = m.fit(X, y, epochs=epochs, batch_size=16)
+    return m, h
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("opt_id,make_opt", OPTIMIZERS, ids=[o[0] for o in OPTIMIZERS])
+@pytest.mark.parametrize("loss", LOSSES)
+def test_plan_gives_the_weights_of_the_per_layer_path(loss, opt_id, make_opt, dtype):
+    before = fnn.get_num_threads()
+    fnn.set_num_threads(1)
+    try:
+        a, ha = _train(loss, make_opt, True, dtype)
+        b, hb = _train(loss, make_opt, False, dtype)
+    finally:
+        fnn.set_num_threads(before)
+    assert a._train_plan is not None and getattr(b, "_train_plan", None) is None
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(a.parameters, b.parameters, rtol=tol, atol=tol)
+    np.testing.assert_allclose(a.gradients, b.gradients, rtol=tol, atol=tol)
+    for k in b.optimizer.state:
+        np.testing.assert_allclose(a.optimizer.state[k], b.optimizer.state[k], rtol=tol, atol=tol)
+    assert a.optimizer.step_count == b.optimizer.step_count == 3 * 7
+    for key in hb.history:
+        if key != "time":
+            np.testing.assert_allclose(ha.history[key], hb.history[key], rtol=tol)
+
+
+@pytest.mark.parametrize("kw", [dict(clip_norm=0.1), dict(clip_value=0.01), dict(clip_norm=0.5, clip_value=0.2)])
+def test_plan_with_clipping_matches(kw):
+    a, _ = _train("cross_entropy", lambda: fnn.optim.Adam(lr=1e-2), True, **kw)
+    b, _ = _train("cross_entropy", lambda: fnn.optim.Adam(lr=1e-2), False, **kw)
+    np.testing.assert_allclose(a.parameters, b.parameters, rtol=1e-5, atol=1e-6)
+    assert a.grad_norm == pytest.approx(b.grad_norm, rel=1e-5)
+
+
+def test_plan_is_used_only_when_supported():
+    X, y = _data("cross_entropy")
+    m = fnn.Sequential(_layers("cross_entropy"), input_dim=7, seed=0)
+    m.compile("cross_entropy", "adam")
+    m.fit(X, y, epochs=1)
+    assert m._train_plan is not None
+    # unsupported: dropout, metrics, sample weights, batch hooks, other optimizers -> the per-layer path
+    for make, kw in [
+        (lambda: fnn.Sequential([Dense(8, activation="relu"), fnn.layers.Dropout(0.2), Dense(5)], input_dim=7),
+         {}),
+        (lambda: fnn.Sequential([Dense(5)], input_dim=7), {"metrics": ["top_k_accuracy"]}),
+        (lambda: fnn.Sequential([Dense(5)], input_dim=7), {"sample_weight": np.ones(len(X))}),
+    ]:
+        m = make()
+        m.compile("cross_entropy", "adam")
+        m.fit(X, y, epochs=1, **kw)
+        assert getattr(m, "_train_plan", None) is None
+    m = fnn.Sequential([Dense(5)], input_dim=7)
+    m.compile("cross_entropy", "rmsprop")
+    m.fit(X, y, epochs=1)
+    assert getattr(m, "_train_plan", None) is None
+
+
+def test_plan_resume_is_exact(tmp_path):
+    X, y = _data("cross_entropy", n=200)
+    before = fnn.get_num_threads()
+    fnn.set_num_threads(1)
+    try:
+        full = fnn.Sequential(_layers("cross_entropy"), input_dim=7, seed=1)
+        full.compile("cross_entropy", "adam")
+        full.fit(X, y, epochs=4, batch_size=32)
+        part = fnn.Sequential(_layers("cross_entropy"), input_dim=7, seed=1)
+        part.compile("cross_entropy", "adam")
+        part.fit(X, y, epochs=2, batch_size=32)
+        part.save(tmp_path / "m.npz")
+        resumed = fnn.load(tmp_path / "m.npz")
+        resumed.fit(X, y, epochs=4, batch_size=32, initial_epoch=2)
+    finally:
+        fnn.set_num_threads(before)
+    np.testing.assert_array_equal(resumed.parameters, full.parameters)
+
+
+@pytest.mark.parametrize("n", [1, 3, 64, 65, 2500])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_predict_fast_path_matches_the_per_layer_forward(n, dtype):
+    m = fnn.Sequential(_layers("cross_entropy"), input_dim=7, seed=0, dtype=dtype)
+    m.compile("cross_entropy", "adam")
+    X = np.random.default_rng(1).standard_normal((n, 7)).astype(dtype)
+    fast = m.predict(X)
+    assert m._infer_plans[1]                      # the compiled inference plan ran
+    slow = m.predict(X, batch_size=n)             # batch_size given: the per-layer path
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(fast, slow, rtol=tol, atol=tol)
+    np.testing.assert_allclose(fast.sum(axis=1), 1.0, rtol=tol)    # probabilities, not logits
+    m.layers[0].weight = np.zeros((7, 16))        # weights changed in place: the plan sees them
+    np.testing.assert_allclose(m.predict(X), m.predict(X, batch_size=n), rtol=tol, atol=tol)
+    bad = X.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        m.predict(bad)
+
+
+def _net_alloc(fn, repeats):
+    import tracemalloc
+    fn()
+    fn()                                          # warm-up: buffers, plans, caches
+    tracemalloc.start()
+    try:
+        fn()
+        base, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        for _ in range(repeats):
+            fn()
+        cur, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return cur - base, peak - base
+
+
+def _wide(loss="cross_entropy"):
+    # layers wide enough that any per-step array (64 x 256 float32 = 64 kB) would stand out from the small
+    # transient Python objects (memoryview handles, tuples) a step creates and frees
+    return [Dense(256, activation="relu"), Dense(256), fnn.layers.Tanh(), Dense(10 if loss == "cross_entropy" else 2)]
+
+
+def test_steady_state_training_step_allocates_nothing():
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((64, 7)).astype(np.float32), rng.integers(0, 10, 64)
+    m = fnn.Sequential(_wide(), input_dim=7, seed=0)
+    m.compile("cross_entropy", "adam", clip_norm=1.0)
+    T = m.loss.prepare_targets(y, 64, m.output_shape, m.dtype)
+    net, peak = _net_alloc(lambda: m._step(X, T, (0, 0)), 30)
+    assert net <= 256, net            # nothing retained over 30 steps
+    assert peak <= 16384, peak        # no array-sized temporary (the smallest batch array is 2.5 kB, most 64 kB)
+
+
+def test_compiled_plan_epoch_allocates_nothing_but_the_permutation():
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((4096, 7)).astype(np.float32), rng.integers(0, 10, 4096)
+    m = fnn.Sequential(_wide(), input_dim=7, seed=0)
+    m.compile("cross_entropy", "adam")
+    net, peak = _net_alloc(lambda: m.fit(X, y, epochs=1, batch_size=64), 3)
+    assert m._train_plan is not None
+    # per epoch: the permutation (4096 x 8 bytes = 32 kB) and the small History/logs objects; the 64 batches
+    # ran without any per-batch allocation (one 64 x 256 float32 buffer alone is 64 kB)
+    assert net <= 4096, net
+    assert peak <= 4096 * 8 + 16384, peak
+
+
+def test_diagnostics_use_the_per_layer_path(monkeypatch):
+    """fit(diagnostics=True) needs the per-layer path (gradient hook, kernel unit counters): no compiled plan."""
+    from fastnn import _plan
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(64, 8)).astype(np.float32)
+    y = rng.integers(0, 3, 64)
+    m = fnn.Sequential([fnn.layers.Dense(16, activation="relu"), fnn.layers.Dense(3)], input_dim=8, seed=0)
+    m.compile("cross_entropy", "adam")
+    used = []
+    orig = _plan.fit_epoch
+    monkeypatch.setattr(_plan, "fit_epoch", lambda *a, **k: (used.append(1), orig(*a, **k))[1])
+    hist = m.fit(X, y, epochs=2, batch_size=16, diagnostics=True)
+    assert used == []
+    last = hist.history["diagnostics"][-1]
+    assert all(np.isfinite(last[name]["grad_norm"]) and last[name]["grad_norm"] > 0 for name in last)
+    m.fit(X, y, epochs=1, batch_size=16)      # the same model without diagnostics does take the plan
+    assert used == [1]
