@@ -31,6 +31,14 @@ import time
 
 import numpy as np
 
+# Pause before every timed segment: each peer's thread pool (libgomp's workers, numpy's and torch's BLAS
+# threads) keeps spinning on the cores for a while after its work, and would be timed as the next peer's.
+SETTLE_S = 0.2
+
+
+def _settle():
+    time.sleep(SETTLE_S)
+
 WORKLOADS = ("W1", "W2", "W3", "W4", "mnist", "digits")
 
 
@@ -298,6 +306,7 @@ def run_training(wid, repeats, full, log):
     samples = {k: [] for k in peers}
     for r in range(repeats):
         for name, (state, fn) in peers.items():
+            _settle()
             if fn is None:
                 t = blas_limit_time(spec, X.shape[0] * epochs)
             else:
@@ -332,10 +341,12 @@ def run_predict(repeats, log):
     n_single, n_batch = 2000, 20
     for r in range(repeats):
         for name, f in peers.items():
+            _settle()
             t0 = time.perf_counter()
             for _ in range(n_single):
                 f(x1)
             single[name].append((time.perf_counter() - t0) / n_single * 1e6)
+            _settle()
             t0 = time.perf_counter()
             for _ in range(n_batch):
                 f(X)
@@ -361,6 +372,7 @@ def run_digits(repeats, log):
     weights = [glorot(rng, a, b) for a, b in zip(spec["sizes"][:-1], spec["sizes"][1:])]
     for r in range(repeats + 1):
         for name in times:
+            _settle()
             if name == "fastnn":
                 m = fastnn_model(spec, weights)
                 t0 = time.perf_counter()
