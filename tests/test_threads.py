@@ -104,3 +104,12 @@ def test_threadpoolctl_limits_fastnns_blas_by_prefix(threads):
     with threadpoolctl.threadpool_limits(limits={"libscipy_openblas": 1}):
         assert _threads.blas_num_threads() == 1
     assert _threads.blas_num_threads() == before
+
+
+def test_threadpoolctl_openmp_limit_reaches_fastnns_kernels(threads):
+    """threadpool_limits(1) limits OpenMP too: fastnn's kernels follow it, and the count comes back after."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    fnn.set_num_threads(2)
+    with threadpoolctl.threadpool_limits(1):
+        assert fnn.get_num_threads() == 1
+    assert fnn.get_num_threads() == 2

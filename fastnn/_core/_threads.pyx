@@ -39,8 +39,13 @@ def set_num_threads(n):
 
 
 def get_num_threads():
-    """The number of threads fastnn's kernels use (the BLAS uses the same)."""
-    return _n_threads
+    """The number of threads fastnn's kernels use (the BLAS uses the same).
+
+    That is the count given to set_num_threads, or less while an OpenMP limit is lower (e.g. inside
+    ``threadpoolctl.threadpool_limits(1)``, which limits OpenMP through omp_set_num_threads).
+    """
+    cdef int omp = fnn_omp_max_threads()
+    return omp if 0 < omp < _n_threads else _n_threads
 
 
 def blas_num_threads():
