@@ -196,3 +196,18 @@ def test_diagnostics_use_the_per_layer_path(monkeypatch):
     assert all(np.isfinite(last[name]["grad_norm"]) and last[name]["grad_norm"] > 0 for name in last)
     m.fit(X, y, epochs=1, batch_size=16)      # the same model without diagnostics does take the plan
     assert used == [1]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_inference_plan_few_rows_of_a_large_layer(restore_threads, dtype, n_threads):
+    """1-4 rows through layers large enough that the inference plan splits their columns over threads."""
+    fnn.set_num_threads(n_threads)
+    rng = np.random.default_rng(1)
+    m = fnn.Sequential([Dense(300, activation="relu"), Dense(250, activation="tanh"), Dense(7)],
+                       input_dim=260, seed=2, dtype=dtype)
+    X = rng.normal(size=(4, 260)).astype(dtype)
+    for n in (1, 2, 3, 4):
+        fast = m.predict(X[:n])
+        ref = m._forward(X[:n], False).copy()
+        np.testing.assert_allclose(fast, ref, rtol=1e-6 if dtype == "float32" else 1e-13, atol=1e-6)

@@ -60,6 +60,24 @@ cdef Py_ssize_t _first_nonfinite(const floating *p, Py_ssize_t n) noexcept nogil
     return -1
 
 
+cdef void _gemm_few_rows(Py_ssize_t m, Py_ssize_t nout, Py_ssize_t nin, const floating *x, const floating *W,
+                         floating *Z, int n_threads) noexcept nogil:
+    """Z (m, nout) = x (m, nin) . W (nin, nout).  For a few rows of a large layer, OpenBLAS keeps the product on
+    one thread; split the output columns over the OpenMP team instead (blocks aligned to 16 elements), each
+    thread running its own small single-threaded GEMM on its block."""
+    cdef int nt = n_threads
+    cdef Py_ssize_t t, c0, c1
+    if nt > 1 and m <= 4 and nin * nout >= 65536 and nout >= 32 * nt:
+        for t in prange(nt, num_threads=nt, schedule="static"):
+            c0 = (t * nout // nt) // 16 * 16
+            c1 = nout if t == nt - 1 else ((t + 1) * nout // nt) // 16 * 16
+            _blas.gemm(False, False, <int>m, <int>(c1 - c0), <int>nin, <floating>1, x, <int>nin, W + c0,
+                       <int>nout, <floating>0, Z + c0, <int>nout)
+    else:
+        _blas.gemm(False, False, <int>m, <int>nout, <int>nin, <floating>1, x, <int>nin, W, <int>nout,
+                   <floating>0, Z, <int>nout)
+
+
 cdef inline Py_ssize_t _lo(Py_ssize_t t, Py_ssize_t nt, Py_ssize_t n) noexcept nogil:
     return t * n // nt
 
@@ -369,8 +387,7 @@ def forward_rows(const floating[:, ::1] X, floating[:, ::1] out, const long long
                         if nin == 0:
                             memset(Z, 0, m * nout * sizeof(floating))
                         else:
-                            _blas.gemm(False, False, <int>m, <int>nout, <int>nin, <floating>1, x, <int>nin,
-                                       prm + spec[l, 4], <int>nout, <floating>0, Z, <int>nout)
+                            _gemm_few_rows(m, nout, nin, x, prm + spec[l, 4], Z, n_threads)
                         act_forward(act, Z, Y if act != 0 else Z, prm + spec[l, 5] if spec[l, 5] >= 0 else NULL,
                                     m, nout, alphas[l], n_threads)
                         x = Y if act != 0 else Z
