@@ -26,7 +26,9 @@ static inline float fnn_log1pexp_f(float x) {
  * denominator) on x clamped to [-9, 9], x itself for |x| < 4e-4.  Branch-free, so gcc vectorizes the loops that
  * use it (libm's tanhf costs ~12 ns per element here, this ~1 ns); error within a few ulp of tanhf. */
 static inline float fnn_tanh_f(float a) {
-    float x = a > 9.0f ? 9.0f : (a < -9.0f ? -9.0f : a);
+    /* single-comparison selects only (no &&, no early return): gcc turns them into blends and vectorizes */
+    float x = a > 9.0f ? 9.0f : a;
+    x = x < -9.0f ? -9.0f : x;
     float x2 = x * x;
     float p = x2 * -2.76076847742355e-16f + 2.00018790482477e-13f;
     p = x2 * p + -8.60467152213735e-11f;
@@ -39,6 +41,8 @@ static inline float fnn_tanh_f(float a) {
     q = x2 * q + 2.26843463243900e-03f;
     q = x2 * q + 4.89352518554385e-03f;
     float r = p / q;
-    return (a < 4e-4f && a > -4e-4f) ? a : r;
+    r = r > 1.0f ? 1.0f : r;        /* the rational form overshoots 1 by an ulp or two near |x| = 9 */
+    r = r < -1.0f ? -1.0f : r;
+    return fabsf(a) < 4e-4f ? a : r;  /* tanh(a) = a to float precision; keeps -0 and tiny values exact; NaN -> r (NaN) */
 }
 #endif
