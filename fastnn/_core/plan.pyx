@@ -27,6 +27,7 @@ from fastnn._core.activations cimport act_forward, act_backward
 from fastnn._core.losses cimport ce_labels_core, regression_core
 from fastnn._core.optim cimport _sgd_range, _adam_range
 from fastnn._core.clip cimport clip_core
+from fastnn._core.guard cimport _first_nonfinite
 from cython.parallel cimport prange
 from fastnn._core._common cimport threads_for, FNN_MIN_PER_THREAD
 
@@ -36,28 +37,6 @@ cdef enum:
     OPT_ADAM = 1
     LOSS_CE = 0          # softmax cross-entropy, integer labels
     LOSS_REG = 1         # l2 / mse / mae (reg_kind)
-
-
-cdef Py_ssize_t _first_nonfinite(const floating *p, Py_ssize_t n) noexcept nogil:
-    """guard.first_nonfinite on a raw buffer: blocks ORing (v - v) != 0, rescanned only when one is bad."""
-    cdef Py_ssize_t i0 = 0, i1, i
-    cdef floating v
-    cdef int acc
-    while i0 < n:
-        i1 = i0 + _BLOCK
-        if i1 > n:
-            i1 = n
-        acc = 0
-        for i in range(i0, i1):
-            v = p[i] - p[i]
-            acc |= v != 0
-        if acc:
-            for i in range(i0, i1):
-                v = p[i] - p[i]
-                if v != 0:
-                    return i
-        i0 = i1
-    return -1
 
 
 cdef void _gemm_few_rows(Py_ssize_t m, Py_ssize_t nout, Py_ssize_t nin, const floating *x, const floating *W,
