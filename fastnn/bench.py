@@ -487,21 +487,66 @@ def format_table(result):
 
 
 def plot(result, path):
+    """Bar chart of the medians, one panel per row (and one for the peak RSS when measured): fastnn in blue, the
+    peers in grey, each bar labelled with its value and fastnn's speed ratio against it; the BLAS limit (a
+    ceiling, not a peer) is a dashed line; the title gives the date, threads and machine."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    rows = result["rows"]
-    fig, axes = plt.subplots(1, len(rows), figsize=(3 * len(rows), 3.2))
-    axes = np.atleast_1d(axes)
+    from matplotlib.ticker import FuncFormatter
+    rows = list(result["rows"])
+    rss = result.get("rss") or {}
+    n_panels = len(rows) + (1 if rss else 0)
+    if n_panels == 0:
+        raise ValueError("bench: nothing to plot")
+    fig, axes = plt.subplots(1, n_panels, figsize=(3.4 * n_panels, 3.8), squeeze=False)
+    axes = axes[0]
     for ax, r in zip(axes, rows):
-        names = list(r["median"])
-        vals = [r["median"][k] for k in names]
-        ax.bar(range(len(names)), vals, color=["C0" if k == "fastnn" else "C7" for k in names])
-        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
-        ax.set_title(f"{r['workload']} ({r['unit']}, {'higher' if r['higher_is_better'] else 'lower'} is better)",
-                     fontsize=8)
+        med, unit, hib = r["median"], r["unit"], r["higher_is_better"]
+        names = [k for k in med if k != "BLAS limit"]
+        vals = [med[k] for k in names]
+        bars = ax.bar(range(len(names)), vals, color=["C0" if k == "fastnn" else "C7" for k in names])
+        for k, bar, v in zip(names, bars, vals):
+            label = _fmt(v, unit)
+            if k != "fastnn" and "fastnn" in med and v > 0 and med["fastnn"] > 0:
+                ratio = med["fastnn"] / v if hib else v / med["fastnn"]
+                label += f"\n(fastnn {ratio:.2f}x)"
+            ax.annotate(label, (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=6,
+                        xytext=(0, 1), textcoords="offset points")
+        top = max(vals) if vals else 1.0
+        if "BLAS limit" in med:
+            lim = med["BLAS limit"]
+            ax.axhline(lim, color="C3", ls="--", lw=1)
+            ax.annotate(f"BLAS limit {_fmt(lim, unit)}", (ax.get_xlim()[0], lim), fontsize=6, color="C3",
+                        va="bottom", xytext=(2, 1), textcoords="offset points")
+            top = max(top, lim)
+        ax.set_ylim(0, top * 1.25)
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 100 else f"{v:g}"))
+        ax.tick_params(axis="y", labelsize=7)
+        ax.set_ylabel(unit, fontsize=7)
+        ax.set_title(f"{r['workload']}: {'higher' if hib else 'lower'} is better", fontsize=8)
+    if rss:
+        ax = axes[-1]
+        names = list(rss)
+        peaks = [rss[k]["peak"] for k in names]
+        imports = [rss[k]["imports"] for k in names]
+        ax.bar(range(len(names)), peaks, color=["C0" if k == "fastnn" else "C7" for k in names], label="peak")
+        ax.bar(range(len(names)), imports, color="none", edgecolor="k", hatch="//", lw=0.5, label="bare imports")
+        for i, v in enumerate(peaks):
+            ax.annotate(f"{v:.0f}", (i, v), ha="center", va="bottom", fontsize=6, xytext=(0, 1),
+                        textcoords="offset points")
+        ax.set_ylim(0, max(peaks) * 1.2)
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.set_ylabel("MiB", fontsize=7)
+        ax.legend(fontsize=6, loc="upper left")
+        ax.set_title("W1 training peak RSS: lower is better", fontsize=8)
+    fig.suptitle(f"fastnn bench, {result.get('date', '')}, {result.get('threads', '?')} threads\n"
+                 f"{result.get('machine', '')}", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 # ====================================================================== peak RSS (--rss)
