@@ -52,6 +52,9 @@ def main(argv=None):
     b.add_argument("--full", action="store_true", help="the issue's full units (whole 60k/100k epochs, 40 W2 steps)")
     b.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     b.add_argument("--png", default=None, metavar="PATH", help="also draw a bar chart (needs matplotlib)")
+    b.add_argument("--rss", action="store_true",
+                   help="also measure the peak RSS of W1 training per peer, each in a fresh subprocess "
+                        "(alone, without --workloads: only that)")
     b.add_argument("--quiet", action="store_true", help="no per-repeat progress on stderr")
     args = parser.parse_args(argv)
     if args.command == "demo":

@@ -3,6 +3,8 @@ import numbers
 
 import numpy as np
 
+from fastnn._core.guard import first_nonfinite as _first_nonfinite
+
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
 
@@ -48,7 +50,9 @@ def as_float_array(owner, name, X, dtype):
     if arr.dtype.kind not in "fiu":
         raise TypeError(f"{owner}: {name} must hold real numbers, got dtype {arr.dtype}")
     arr = np.asarray(arr, dtype=dtype, order="C")   # not ascontiguousarray: it turns a 0-d input into 1-d
-    if arr.size and not np.isfinite(arr).all():
+    # the guard's scan (one read, no temporary): np.isfinite(arr).all() made a bool array as large as arr / 4
+    # (45 MiB for a 60k x 784 float32 training set, the largest part of fastnn's peak RSS above the data in W1)
+    if arr.size and _first_nonfinite(arr.reshape(-1)) >= 0:
         bad = np.argwhere(~np.isfinite(arr))[0]
         raise ValueError(f"{owner}: {name} contains NaN or infinity (first at index {tuple(int(i) for i in bad)})")
     return arr

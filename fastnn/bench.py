@@ -21,7 +21,11 @@ reports rates, which are what the targets are about):
 | digits | ``python -m fastnn demo``'s training (20 epochs, with validation) | | 32 | seconds |
 
     python -m fastnn bench [--workloads W1,W3] [--repeats 5] [--threads 2] [--full] [--json out.json]
-                           [--png out.png]
+                           [--png out.png] [--rss]
+
+``--rss`` also measures the peak RSS of W1 training (one epoch, the same data sizes) for each peer, each in a
+fresh subprocess (``ru_maxrss`` after the bare imports, after making the data, after training); alone (without
+``--workloads``) it runs only that measurement.
 """
 import json
 import platform
@@ -483,21 +487,155 @@ def format_table(result):
 
 
 def plot(result, path):
+    """Bar chart of the medians, one panel per row (and one for the peak RSS when measured): fastnn in blue, the
+    peers in grey, each bar labelled with its value and fastnn's speed ratio against it; the BLAS limit (a
+    ceiling, not a peer) is a dashed line; the title gives the date, threads and machine."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    rows = result["rows"]
-    fig, axes = plt.subplots(1, len(rows), figsize=(3 * len(rows), 3.2))
-    axes = np.atleast_1d(axes)
+    from matplotlib.ticker import FuncFormatter
+    rows = list(result["rows"])
+    rss = result.get("rss") or {}
+    n_panels = len(rows) + (1 if rss else 0)
+    if n_panels == 0:
+        raise ValueError("bench: nothing to plot")
+    fig, axes = plt.subplots(1, n_panels, figsize=(3.4 * n_panels, 3.8), squeeze=False)
+    axes = axes[0]
     for ax, r in zip(axes, rows):
-        names = list(r["median"])
-        vals = [r["median"][k] for k in names]
-        ax.bar(range(len(names)), vals, color=["C0" if k == "fastnn" else "C7" for k in names])
-        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
-        ax.set_title(f"{r['workload']} ({r['unit']}, {'higher' if r['higher_is_better'] else 'lower'} is better)",
-                     fontsize=8)
+        med, unit, hib = r["median"], r["unit"], r["higher_is_better"]
+        names = [k for k in med if k != "BLAS limit"]
+        vals = [med[k] for k in names]
+        bars = ax.bar(range(len(names)), vals, color=["C0" if k == "fastnn" else "C7" for k in names])
+        for k, bar, v in zip(names, bars, vals):
+            label = _fmt(v, unit)
+            if k != "fastnn" and "fastnn" in med and v > 0 and med["fastnn"] > 0:
+                ratio = med["fastnn"] / v if hib else v / med["fastnn"]
+                label += f"\n(fastnn {ratio:.2f}x)"
+            ax.annotate(label, (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=6,
+                        xytext=(0, 1), textcoords="offset points")
+        top = max(vals) if vals else 1.0
+        if "BLAS limit" in med:
+            lim = med["BLAS limit"]
+            ax.axhline(lim, color="C3", ls="--", lw=1)
+            ax.annotate(f"BLAS limit {_fmt(lim, unit)}", (ax.get_xlim()[0], lim), fontsize=6, color="C3",
+                        va="bottom", xytext=(2, 1), textcoords="offset points")
+            top = max(top, lim)
+        ax.set_ylim(0, top * 1.25)
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 100 else f"{v:g}"))
+        ax.tick_params(axis="y", labelsize=7)
+        ax.set_ylabel(unit, fontsize=7)
+        ax.set_title(f"{r['workload']}: {'higher' if hib else 'lower'} is better", fontsize=8)
+    if rss:
+        ax = axes[-1]
+        names = list(rss)
+        peaks = [rss[k]["peak"] for k in names]
+        imports = [rss[k]["imports"] for k in names]
+        ax.bar(range(len(names)), peaks, color=["C0" if k == "fastnn" else "C7" for k in names], label="peak")
+        ax.bar(range(len(names)), imports, color="none", edgecolor="k", hatch="//", lw=0.5, label="bare imports")
+        for i, v in enumerate(peaks):
+            ax.annotate(f"{v:.0f}", (i, v), ha="center", va="bottom", fontsize=6, xytext=(0, 1),
+                        textcoords="offset points")
+        ax.set_ylim(0, max(peaks) * 1.2)
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.set_ylabel("MiB", fontsize=7)
+        ax.legend(fontsize=6, loc="upper left")
+        ax.set_title("W1 training peak RSS: lower is better", fontsize=8)
+    fig.suptitle(f"fastnn bench, {result.get('date', '')}, {result.get('threads', '?')} threads\n"
+                 f"{result.get('machine', '')}", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ====================================================================== peak RSS (--rss)
+RSS_PEERS = ("fastnn", "torch", "torch fused Adam", "numpy")
+
+
+def _maxrss_mib():
+    """Peak RSS of this process so far, MiB.  On Linux, VmHWM of /proc/self/status: ``ru_maxrss`` is not usable
+    in a child started by a bigger process, since Linux carries the parent's high-water mark over fork and exec
+    into the child's ``ru_maxrss`` (a child of a bench process that had imported torch reported torch's 222 MiB
+    after importing numpy alone).  Elsewhere ``resource.getrusage(RUSAGE_SELF).ru_maxrss``."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 2 ** 20 if sys.platform == "darwin" else r / 1024       # bytes on macOS, KiB on Linux
+
+
+def _rss_child(peer, threads, full):
+    """In a fresh process: import the peer, make W1's data, train one W1 epoch; print the peak RSS (MiB) after the
+    imports, after the data and after training, as JSON.  Run through ``measure_rss`` (this module is loaded
+    from its file there, without fastnn's package, so that the torch and numpy peers do not import fastnn)."""
+    if peer == "fastnn":
+        import fastnn as fnn
+        fnn.set_num_threads(threads)
+    elif peer.startswith("torch"):
+        import torch
+        torch.set_num_threads(threads)
+    else:
+        try:
+            from threadpoolctl import threadpool_limits
+            threadpool_limits(threads, user_api="blas")
+        except ImportError:
+            pass
+    imports = _maxrss_mib()
+    spec = _spec("W1", full)
+    weights, X, y = make_data(spec)
+    data = _maxrss_mib()
+    if peer == "fastnn":
+        fastnn_train(fastnn_model(spec, weights), X, y, spec)
+    elif peer.startswith("torch"):
+        torch_train(torch_model(spec, weights, fused=peer != "torch"), X, y, spec)
+    else:
+        numpy_train(NumpyMLP(spec, weights), X, y, spec)
+    print(json.dumps({"imports": imports, "data": data, "peak": _maxrss_mib()}))
+
+
+def measure_rss(threads=2, full=False, log=print):
+    """Peak RSS of one W1 training epoch per peer, each in its own fresh subprocess (``ru_maxrss``): a dict
+    peer -> {"imports": MiB after the bare imports, "data": after making the data, "peak": after training}."""
+    import os
+    import subprocess
+    code = ("import importlib.util, sys; s = importlib.util.spec_from_file_location('_fastnn_bench_rss', sys.argv[1]); "
+            "m = importlib.util.module_from_spec(s); s.loader.exec_module(m); "
+            "m._rss_child(sys.argv[2], int(sys.argv[3]), sys.argv[4] == '1')")
+    # the child finds fastnn as this process did (an in-place build run from the source tree included)
+    pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    out = {}
+    for peer in RSS_PEERS:
+        if peer.startswith("torch") and _torch() is None:
+            continue
+        res = subprocess.run([sys.executable, "-c", code, os.path.abspath(__file__), peer, str(threads),
+                              "1" if full else "0"], capture_output=True, text=True, env=env)
+        if res.returncode != 0:
+            log(f"  rss {peer}: failed: {res.stderr.strip().splitlines()[-1:]}")
+            continue
+        out[peer] = json.loads(res.stdout.strip().splitlines()[-1])
+        log(f"  rss {peer}: " + ", ".join(f"{k} {v:.1f} MiB" for k, v in out[peer].items()))
+    return out
+
+
+def format_rss(rss, threads, full):
+    n = _spec("W1", full)["n"]
+    lines = [f"Peak RSS (VmHWM / ru_maxrss, MiB), W1 training: one epoch of {n:,} samples, {threads} threads, each peer in "
+             "a fresh process", "", "| peer | bare imports | + data | peak (training) | training - data |",
+             "|---|---|---|---|---|"]
+    for peer, r in rss.items():
+        lines.append(f"| {peer} | {r['imports']:.1f} | {r['data']:.1f} | {r['peak']:.1f} | "
+                     f"{r['peak'] - r['data']:.1f} |")
+    if "fastnn" in rss and "torch" in rss:
+        lines += ["", f"fastnn's peak is {100 * rss['fastnn']['peak'] / rss['torch']['peak']:.0f}% of torch's."]
+    return "\n".join(lines)
 
 
 def main(args):
@@ -507,8 +645,19 @@ def main(args):
             print(f"bench: unknown workload {w!r}; known: {', '.join(WORKLOADS)}", file=sys.stderr)
             return 2
     log = (lambda s: print(s, file=sys.stderr)) if not args.quiet else (lambda s: None)
-    result = run(wl, args.repeats, args.threads, args.full, log)
-    print(format_table(result))
+    rss_flag = getattr(args, "rss", False)
+    if rss_flag and not args.workloads:      # --rss alone: only the memory measurement
+        wl = []
+    result = run(wl, args.repeats, args.threads, args.full, log) if wl else None
+    if result is not None:
+        print(format_table(result))
+    if rss_flag:
+        rss = measure_rss(args.threads, args.full, log)
+        print(("\n" if result is not None else "") + format_rss(rss, args.threads, args.full))
+        if result is None:
+            result = {"rows": [], "threads": args.threads, "full": args.full, "date": time.strftime("%Y-%m-%d %H:%M"),
+                      "machine": f"{platform.machine()}, {_ncpu()} CPUs, {platform.processor() or platform.platform()}"}
+        result["rss"] = rss
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

@@ -27,6 +27,7 @@ from fastnn._core.activations cimport act_forward, act_backward
 from fastnn._core.losses cimport ce_labels_core, regression_core
 from fastnn._core.optim cimport _sgd_range, _adam_range
 from fastnn._core.clip cimport clip_core
+from fastnn._core.guard cimport _first_nonfinite
 from cython.parallel cimport prange
 from fastnn._core._common cimport threads_for, FNN_MIN_PER_THREAD
 
@@ -36,28 +37,6 @@ cdef enum:
     OPT_ADAM = 1
     LOSS_CE = 0          # softmax cross-entropy, integer labels
     LOSS_REG = 1         # l2 / mse / mae (reg_kind)
-
-
-cdef Py_ssize_t _first_nonfinite(const floating *p, Py_ssize_t n) noexcept nogil:
-    """guard.first_nonfinite on a raw buffer: blocks ORing (v - v) != 0, rescanned only when one is bad."""
-    cdef Py_ssize_t i0 = 0, i1, i
-    cdef floating v
-    cdef int acc
-    while i0 < n:
-        i1 = i0 + _BLOCK
-        if i1 > n:
-            i1 = n
-        acc = 0
-        for i in range(i0, i1):
-            v = p[i] - p[i]
-            acc |= v != 0
-        if acc:
-            for i in range(i0, i1):
-                v = p[i] - p[i]
-                if v != 0:
-                    return i
-        i0 = i1
-    return -1
 
 
 cdef void _gemm_few_rows(Py_ssize_t m, Py_ssize_t nout, Py_ssize_t nin, const floating *x, const floating *W,
@@ -117,6 +96,24 @@ cdef inline void _copy_block(floating *dst, const floating *src, Py_ssize_t i0, 
         memcpy(dst + i0, src + i0, (i1 - i0) * sizeof(floating))
 
 
+cdef int _guarded_range(int opt, floating *p, const floating *g, floating *s0, floating *s1, floating *s2,
+                        floating *B, floating *B0, floating *B1, floating *B2, Py_ssize_t a, Py_ssize_t b,
+                        Py_ssize_t n_decay, const double *h, const double *adam) noexcept nogil:
+    """The guarded update of elements [a, b), block by block (backup copy, update, check while in cache)."""
+    cdef Py_ssize_t i0 = a, i1
+    cdef int bad = 0
+    while i0 < b:
+        i1 = min(i0 + _BLOCK, b)
+        _copy_block(B, p, i0, i1)
+        _copy_block(B0, s0, i0, i1)
+        _copy_block(B1, s1, i0, i1)
+        _copy_block(B2, s2, i0, i1)
+        _update_range(opt, p, g, s0, s1, s2, i0, i1, n_decay, h, adam)
+        bad |= _bad_block(p, i0, i1) | _bad_block(s0, i0, i1) | _bad_block(s1, i0, i1) | _bad_block(s2, i0, i1)
+        i0 = i1
+    return bad
+
+
 cdef bint _update(int opt, floating *p, const floating *g, floating *s0, floating *s1, floating *s2,
                   floating *B, floating *B0, floating *B1, floating *B2,
                   Py_ssize_t n, Py_ssize_t n_decay, const double *h, Py_ssize_t step, int n_threads) noexcept nogil:
@@ -126,7 +123,7 @@ cdef bint _update(int opt, floating *p, const floating *g, floating *s0, floatin
     whole buffers.  Returns whether some updated parameter or state element is non-finite (the caller then
     restores from the backups, which hold the whole buffers from before the step)."""
     cdef int nt = threads_for(n, n_threads, FNN_MIN_PER_THREAD)
-    cdef Py_ssize_t t, a, b, i0, i1
+    cdef Py_ssize_t t
     cdef double adam[5]
     cdef int bad[256]
     cdef bint any_bad = 0
@@ -145,21 +142,11 @@ cdef bint _update(int opt, floating *p, const floating *g, floating *s0, floatin
             for t in prange(nt, num_threads=nt, schedule="static"):
                 _update_range(opt, p, g, s0, s1, s2, _lo(t, nt, n), _lo(t + 1, nt, n), n_decay, h, adam)
         return 0
+    if nt <= 1:        # no parallel region for one thread (GOMP_parallel costs ~1 us per step even then)
+        return _guarded_range(opt, p, g, s0, s1, s2, B, B0, B1, B2, 0, n, n_decay, h, adam)
     for t in prange(nt, num_threads=nt, schedule="static"):
-        a = _lo(t, nt, n)
-        b = _lo(t + 1, nt, n)
-        bad[t] = 0
-        i0 = a
-        while i0 < b:
-            i1 = min(i0 + _BLOCK, b)
-            _copy_block(B, p, i0, i1)
-            _copy_block(B0, s0, i0, i1)
-            _copy_block(B1, s1, i0, i1)
-            _copy_block(B2, s2, i0, i1)
-            _update_range(opt, p, g, s0, s1, s2, i0, i1, n_decay, h, adam)
-            bad[t] |= _bad_block(p, i0, i1) | _bad_block(s0, i0, i1) | _bad_block(s1, i0, i1) | \
-                _bad_block(s2, i0, i1)
-            i0 = i1
+        bad[t] = _guarded_range(opt, p, g, s0, s1, s2, B, B0, B1, B2, _lo(t, nt, n), _lo(t + 1, nt, n), n_decay,
+                                h, adam)
     for t in range(nt):
         any_bad |= bad[t] != 0
     return any_bad
