@@ -57,6 +57,37 @@ cdef void _gemm_few_rows(Py_ssize_t m, Py_ssize_t nout, Py_ssize_t nin, const fl
                    <floating>0, Z, <int>nout)
 
 
+cdef const floating *_forward_chain(const floating *x, Py_ssize_t m, const long long[:, ::1] spec,
+                                    const double[::1] alphas, const long long[:, ::1] bufs, const floating *prm,
+                                    int n_threads) noexcept nogil:
+    """The forward pass of a plan's chain for the m rows at x, through the plan's buffers; returns the output rows.
+
+    A Dense layer is a GEMM (columns split over threads for a few rows of a large layer), then bias and
+    activation in one pass; an activation layer with act < 0 (an output activation fused with the loss) lets
+    the logits through."""
+    cdef Py_ssize_t l, nin, nout
+    cdef int kind, act
+    cdef floating *Z
+    cdef floating *Y
+    for l in range(spec.shape[0]):
+        kind, act = <int>spec[l, 0], <int>spec[l, 1]
+        nin, nout = spec[l, 2], spec[l, 3]
+        Z = <floating *><size_t>bufs[l, 0]
+        Y = <floating *><size_t>bufs[l, 1]
+        if kind == 0:
+            if nin == 0:
+                memset(Z, 0, m * nout * sizeof(floating))
+            else:
+                _gemm_few_rows(m, nout, nin, x, prm + spec[l, 4], Z, n_threads)
+            act_forward(act, Z, Y if act != 0 else Z, prm + spec[l, 5] if spec[l, 5] >= 0 else NULL, m, nout,
+                        alphas[l], n_threads)
+            x = Y if act != 0 else Z
+        elif act >= 0:
+            act_forward(act, <floating *>x, Y, NULL, m, nout, alphas[l], n_threads)
+            x = Y
+    return x
+
+
 cdef inline Py_ssize_t _lo(Py_ssize_t t, Py_ssize_t nt, Py_ssize_t n) noexcept nogil:
     return t * n // nt
 
@@ -229,30 +260,7 @@ def run_batches(const floating[:, ::1] X, object targets, const Py_ssize_t[::1] 
                 else:
                     memcpy(Tbp + i * k, Tp + r * k, k * sizeof(floating))
             # ---- forward
-            x = xb
-            for l in range(L):
-                kind, act = <int>spec[l, 0], <int>spec[l, 1]
-                nin, nout = spec[l, 2], spec[l, 3]
-                Z = <floating *><size_t>bufs[l, 0]
-                Y = <floating *><size_t>bufs[l, 1]
-                if kind == 0:
-                    if nin == 0:
-                        memset(Z, 0, m * nout * sizeof(floating))
-                    else:
-                        _blas.gemm(False, False, <int>m, <int>nout, <int>nin, <floating>1, x, <int>nin,
-                                   prm + spec[l, 4], <int>nout, <floating>0, Z, <int>nout)
-                    if act == 0:
-                        act_forward(0, Z, Z, prm + spec[l, 5] if spec[l, 5] >= 0 else NULL, m, nout,
-                                    alphas[l], n_threads)
-                        x = Z
-                    else:
-                        act_forward(act, Z, Y, prm + spec[l, 5] if spec[l, 5] >= 0 else NULL, m, nout,
-                                    alphas[l], n_threads)
-                        x = Y
-                else:
-                    if act >= 0:          # act -1: a fused output activation, the logits pass through
-                        act_forward(act, <floating *>x, Y, NULL, m, nout, alphas[l], n_threads)
-                        x = Y
+            x = _forward_chain(xb, m, spec, alphas, bufs, prm, n_threads)
             out = x
             # ---- loss and its gradient
             n_correct = 0
@@ -364,23 +372,7 @@ def forward_rows(const floating[:, ::1] X, floating[:, ::1] out, const long long
             s = 0
             while s < n:
                 m = min(bs, n - s)
-                x = &X[s, 0]
-                for l in range(L):
-                    kind, act = <int>spec[l, 0], <int>spec[l, 1]
-                    nin, nout = spec[l, 2], spec[l, 3]
-                    Z = <floating *><size_t>bufs[l, 0]
-                    Y = <floating *><size_t>bufs[l, 1]
-                    if kind == 0:
-                        if nin == 0:
-                            memset(Z, 0, m * nout * sizeof(floating))
-                        else:
-                            _gemm_few_rows(m, nout, nin, x, prm + spec[l, 4], Z, n_threads)
-                        act_forward(act, Z, Y if act != 0 else Z, prm + spec[l, 5] if spec[l, 5] >= 0 else NULL,
-                                    m, nout, alphas[l], n_threads)
-                        x = Y if act != 0 else Z
-                    else:
-                        act_forward(act, <floating *>x, Y, NULL, m, nout, alphas[l], n_threads)
-                        x = Y
+                x = _forward_chain(&X[s, 0], m, spec, alphas, bufs, prm, n_threads)
                 memcpy(&out[s, 0], x, m * k * sizeof(floating))
                 s += m
     return bad
