@@ -657,3 +657,9 @@ def test_float32_tanh_is_bounded_and_accurate_everywhere():
     activations.activation_forward(4, z, w, 0.0, 1)
     assert np.isnan(w[0, 0]) and np.signbit(w[0, 1]) and w[0, 2] == 0
     np.testing.assert_array_equal(w[0, 3:], np.array([1e-30, -3e-4, 1, -1], np.float32))
+
+
+def test_activation_table_covers_every_registered_kind():
+    """A new activation (a class in fastnn.layers.activations.REGISTRY) needs its row in ACTIVATIONS above."""
+    from fastnn.layers.activations import CLASSES
+    assert {a[0] for a in ACTIVATIONS} == {cls.kind for cls in CLASSES.values()}

@@ -326,6 +326,12 @@ ACTIVATIONS = [
 ]
 
 
+def test_activation_table_covers_every_registered_name():
+    """A new activation name in fastnn.layers.activations.REGISTRY needs its row in ACTIVATIONS above."""
+    from fastnn.layers.activations import REGISTRY
+    assert set(REGISTRY) - {"linear"} <= {a[0] for a in ACTIVATIONS}
+
+
 @pytest.mark.parametrize("n", [1, 7])
 @pytest.mark.parametrize("name,act", ACTIVATIONS, ids=[a[0] for a in ACTIVATIONS])
 def test_gradcheck_activation_in_dense(name, act, n):

@@ -1,5 +1,6 @@
 """Layers: one small module per family."""
 from fastnn.layers.base import Layer, ParamSpec
+from fastnn.layers import activations as _activations
 from fastnn.layers.activations import Activation, Identity, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax
 from fastnn.layers.dense import Dense
 from fastnn.layers.merge import Add, Concatenate
@@ -8,8 +9,8 @@ from fastnn.layers.dropout import Dropout
 from fastnn.layers.residual import Residual, linear_decay, residual_stack
 
 # class name -> class, for rebuilding layers from their configs (saving and loading models)
-REGISTRY = {cls.__name__: cls for cls in (Identity, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, Dense, Add, Concatenate,
-                                          BatchNorm, LayerNorm, Dropout, Residual)}
+REGISTRY = {**_activations.CLASSES,
+            **{cls.__name__: cls for cls in (Dense, Add, Concatenate, BatchNorm, LayerNorm, Dropout, Residual)}}
 
 __all__ = ["Layer", "ParamSpec", "Activation", "Identity", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax",
            "Dense", "Add", "Concatenate", "BatchNorm", "LayerNorm", "Dropout", "Residual", "linear_decay",

@@ -89,10 +89,12 @@ class Softmax(Activation):
     fusable = "softmax"
 
 
-CLASSES = {cls.__name__: cls for cls in (Identity, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax)}
-
+# name -> class, for Dense(activation="name"); the one list to extend with a new activation
 REGISTRY = {"identity": Identity, "linear": Identity, "relu": ReLU, "leaky_relu": LeakyReLU,
             "sigmoid": Sigmoid, "tanh": Tanh, "softmax": Softmax}
+
+# class name -> class (saving, loading, the compiled plan), derived from REGISTRY
+CLASSES = {cls.__name__: cls for cls in REGISTRY.values()}
 
 
 def get(spec, owner="activation"):
