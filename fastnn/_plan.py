@@ -63,7 +63,7 @@ class TrainPlan:
         self.labels = np.empty(bs, np.intp)
         self.Tb = np.empty((bs, k), dt)
         self.hyper = np.zeros(6)
-        self.stats = np.zeros(4)
+        self.stats = np.zeros(5)
 
 
 def _chain_of_compiled_layers(model):
@@ -171,6 +171,7 @@ def fit_epoch(model, plan, epoch, train, bs, shuffle):
         model._guard_backup if guard else None, backups[0], backups[1], backups[2], clip_value, max_norm, stats,
         get_num_threads())
     opt.step_count += done
+    model._guard_backup_steps += int(stats[4])
     if model.clip_norm is not None or model.clip_value is not None:
         model.grad_norm = float(stats[3])
     if status:

@@ -147,6 +147,7 @@ class Model:
         self._caches = {}
         self.nan_guard = True          # see _step; compile(nan_guard=False) / fit(nan_guard=False) turn it off
         self._guard_backup = None      # the parameters before the last update (reused buffer)
+        self._guard_backup_steps = 0   # compiled-plan steps whose update the guard had to back up (see _plan)
         self.stop_training = False     # set by callbacks to end fit after the current batch
         self.epochs_trained = 0        # epochs completed by fit (saved, so that a resumed run knows where it is)
         self.history = None            # the History of the last fit

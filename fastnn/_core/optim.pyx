@@ -135,7 +135,7 @@ def rmsprop_step(floating[::1] p, const floating[::1] g, floating[::1] square_av
 
 
 # --------------------------------------------------------------------------------------- Adam, AdamW
-cdef extern from "fnn_adam.h" nogil:
+cdef extern from "fnn_update.h" nogil:
     void fnn_adam_range_f(float *p, const float *g, float *m, float *v, float *vmax, Py_ssize_t i0,
                           Py_ssize_t i1, float step_size, float beta1, float beta2, float eps, float bc2_sqrt,
                           float wd, float decay_factor)
@@ -148,7 +148,7 @@ cdef void _adam_range(floating *p, const floating *g, floating *m, floating *v, 
                       Py_ssize_t i0, Py_ssize_t i1, floating step_size, floating beta1, floating beta2,
                       floating eps, floating bc2_sqrt, floating wd, floating decay_factor) noexcept nogil:
     """p = p * decay_factor; g' = g + wd p; m, v (and vmax) updated; p -= step_size m / (sqrt(v) / bc2_sqrt + eps).
-    The loop is C (csrc/fnn_adam.h) with restrict pointers, so that it vectorizes."""
+    The loop is C (csrc/fnn_update.h) with restrict pointers, so that it vectorizes."""
     if floating is float:
         fnn_adam_range_f(p, g, m, v, vmax, i0, i1, step_size, beta1, beta2, eps, bc2_sqrt, wd, decay_factor)
     else:

@@ -28,11 +28,25 @@ from fastnn._core.losses cimport ce_labels_core, regression_core
 from fastnn._core.optim cimport _sgd_range, _adam_range
 from fastnn._core.clip cimport clip_core
 from fastnn._core.guard cimport _first_nonfinite
+from fastnn._core.bound cimport Bounds, scan_max, sgd_safe, adam_safe
 from cython.parallel cimport prange
 from fastnn._core._common cimport threads_for, FNN_MIN_PER_THREAD
 
+cdef extern from "fnn_update.h" nogil:
+    void fnn_adam_range_max_f(float *p, const float *g, float *m, float *v, float *vmax, Py_ssize_t i0,
+                              Py_ssize_t i1, float step_size, float beta1, float beta2, float eps, float bc2_sqrt,
+                              float wd, float decay_factor, double *mx)
+    void fnn_adam_range_max_d(double *p, const double *g, double *m, double *v, double *vmax, Py_ssize_t i0,
+                              Py_ssize_t i1, double step_size, double beta1, double beta2, double eps,
+                              double bc2_sqrt, double wd, double decay_factor, double *mx)
+    void fnn_sgd_range_max_f(float *p, const float *g, float *buf, Py_ssize_t i0, Py_ssize_t i1, float lr,
+                             float momentum, float dampening, float wd, int nesterov, int first, double *mx)
+    void fnn_sgd_range_max_d(double *p, const double *g, double *buf, Py_ssize_t i0, Py_ssize_t i1, double lr,
+                             double momentum, double dampening, double wd, int nesterov, int first, double *mx)
+
 cdef enum:
     _BLOCK = 2048
+    _MAX_T = 256
     OPT_SGD = 0
     OPT_ADAM = 1
     LOSS_CE = 0          # softmax cross-entropy, integer labels
@@ -92,18 +106,51 @@ cdef inline Py_ssize_t _lo(Py_ssize_t t, Py_ssize_t nt, Py_ssize_t n) noexcept n
     return t * n // nt
 
 
+cdef inline void _sgd_max(floating *p, const floating *g, floating *buf, Py_ssize_t i0, Py_ssize_t i1,
+                          floating lr, floating momentum, floating dampening, floating wd, bint nesterov, bint first,
+                          double *mx) noexcept nogil:
+    if floating is float:
+        fnn_sgd_range_max_f(p, g, buf, i0, i1, lr, momentum, dampening, wd, nesterov, first, mx)
+    else:
+        fnn_sgd_range_max_d(p, g, buf, i0, i1, lr, momentum, dampening, wd, nesterov, first, mx)
+
+
+cdef inline void _adam_max(floating *p, const floating *g, floating *m, floating *v, floating *vmax,
+                           Py_ssize_t i0, Py_ssize_t i1, floating step_size, floating beta1, floating beta2,
+                           floating eps, floating bc2_sqrt, floating wd, floating decay_factor,
+                           double *mx) noexcept nogil:
+    if floating is float:
+        fnn_adam_range_max_f(p, g, m, v, vmax, i0, i1, step_size, beta1, beta2, eps, bc2_sqrt, wd, decay_factor, mx)
+    else:
+        fnn_adam_range_max_d(p, g, m, v, vmax, i0, i1, step_size, beta1, beta2, eps, bc2_sqrt, wd, decay_factor, mx)
+
+
 cdef inline void _update_range(int opt, floating *p, const floating *g, floating *s0, floating *s1, floating *s2,
                                Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t n_decay, const double *h,
-                               const double *adam) noexcept nogil:
+                               const double *adam, double *mx) noexcept nogil:
     """The update of elements [i0, i1), exactly as optim.sgd_step / optim.adam_step do it (weight decay on
-    [0, n_decay) only).  h: the hyperparameters (see run_batches); adam: step_size, bc2_sqrt, wd_c, dfac, first."""
+    [0, n_decay) only).  h: the hyperparameters (see run_batches); adam: step_size, bc2_sqrt, wd_c, dfac, first.
+    mx != NULL: the same update through the kernels that also raise mx[0..3] to the maxima of |p| and of each
+    state written (same arithmetic, same values)."""
     cdef Py_ssize_t c = min(max(i0, n_decay), i1)
     if opt == OPT_SGD:     # h: lr, momentum, dampening, weight_decay, nesterov
+        if mx != NULL:
+            _sgd_max(p, g, s0, i0, c, <floating>h[0], <floating>h[1], <floating>h[2], <floating>h[3],
+                     h[4] != 0, adam[4] != 0, mx)
+            _sgd_max(p, g, s0, c, i1, <floating>h[0], <floating>h[1], <floating>h[2], <floating>0,
+                     h[4] != 0, adam[4] != 0, mx)
+            return
         _sgd_range(p, g, s0, i0, c, <floating>h[0], <floating>h[1], <floating>h[2], <floating>h[3],
                    h[4] != 0, adam[4] != 0)
         _sgd_range(p, g, s0, c, i1, <floating>h[0], <floating>h[1], <floating>h[2], <floating>0,
                    h[4] != 0, adam[4] != 0)
     else:                  # h: lr, beta1, beta2, eps, weight_decay, decoupled
+        if mx != NULL:
+            _adam_max(p, g, s0, s1, s2, i0, c, <floating>adam[0], <floating>h[1], <floating>h[2],
+                      <floating>h[3], <floating>adam[1], <floating>adam[2], <floating>adam[3], mx)
+            _adam_max(p, g, s0, s1, s2, c, i1, <floating>adam[0], <floating>h[1], <floating>h[2],
+                      <floating>h[3], <floating>adam[1], <floating>0, <floating>1, mx)
+            return
         _adam_range(p, g, s0, s1, s2, i0, c, <floating>adam[0], <floating>h[1], <floating>h[2],
                     <floating>h[3], <floating>adam[1], <floating>adam[2], <floating>adam[3])
         _adam_range(p, g, s0, s1, s2, c, i1, <floating>adam[0], <floating>h[1], <floating>h[2],
@@ -139,7 +186,7 @@ cdef int _guarded_range(int opt, floating *p, const floating *g, floating *s0, f
         _copy_block(B0, s0, i0, i1)
         _copy_block(B1, s1, i0, i1)
         _copy_block(B2, s2, i0, i1)
-        _update_range(opt, p, g, s0, s1, s2, i0, i1, n_decay, h, adam)
+        _update_range(opt, p, g, s0, s1, s2, i0, i1, n_decay, h, adam, NULL)
         bad |= _bad_block(p, i0, i1) | _bad_block(s0, i0, i1) | _bad_block(s1, i0, i1) | _bad_block(s2, i0, i1)
         i0 = i1
     return bad
@@ -147,19 +194,23 @@ cdef int _guarded_range(int opt, floating *p, const floating *g, floating *s0, f
 
 cdef bint _update(int opt, floating *p, const floating *g, floating *s0, floating *s1, floating *s2,
                   floating *B, floating *B0, floating *B1, floating *B2,
-                  Py_ssize_t n, Py_ssize_t n_decay, const double *h, Py_ssize_t step, int n_threads) noexcept nogil:
-    """One optimizer step (step >= 1: the count after it).  With backups (B != NULL: the NaN guard), the update
-    runs block by block: each block of the parameters and state is copied into the backups just before it is
-    updated and checked for NaN/inf just after, while it is in cache, instead of three separate passes over the
-    whole buffers.  Returns whether some updated parameter or state element is non-finite (the caller then
-    restores from the backups, which hold the whole buffers from before the step)."""
+                  Py_ssize_t n, Py_ssize_t n_decay, const double *h, Py_ssize_t step, int n_threads,
+                  Bounds *mx) noexcept nogil:
+    """One optimizer step (step >= 1: the count after it).  With backups (B != NULL: the NaN guard could not prove
+    the step finite), the update runs block by block: each block of the parameters and state is copied into the
+    backups just before it is updated and checked for NaN/inf just after, while it is in cache, instead of three
+    separate passes over the whole buffers.  Returns whether some updated parameter or state element is
+    non-finite (the caller then restores from the backups, which hold the whole buffers from before the step).
+    Without backups and with mx != NULL, *mx receives the maxima of |p| and of each state after the update."""
     cdef int nt = threads_for(n, n_threads, FNN_MIN_PER_THREAD)
     cdef Py_ssize_t t
     cdef double adam[5]
-    cdef int bad[256]
+    cdef int bad[_MAX_T]
+    cdef double part[_MAX_T][4]
+    cdef double *m4 = NULL
     cdef bint any_bad = 0
-    if nt > 256:
-        nt = 256
+    if nt > _MAX_T:
+        nt = _MAX_T
     adam[4] = step == 1
     if opt == OPT_ADAM:
         adam[0] = h[0] / (1.0 - h[1] ** step)
@@ -168,10 +219,25 @@ cdef bint _update(int opt, floating *p, const floating *g, floating *s0, floatin
         adam[3] = 1.0 - h[0] * h[4] if h[5] != 0 else 1.0
     if B == NULL:
         if nt <= 1:
-            _update_range(opt, p, g, s0, s1, s2, 0, n, n_decay, h, adam)
+            if mx != NULL:
+                m4 = &part[0][0]
+                m4[0] = m4[1] = m4[2] = m4[3] = 0.0
+            _update_range(opt, p, g, s0, s1, s2, 0, n, n_decay, h, adam, m4)
         else:
             for t in prange(nt, num_threads=nt, schedule="static"):
-                _update_range(opt, p, g, s0, s1, s2, _lo(t, nt, n), _lo(t + 1, nt, n), n_decay, h, adam)
+                if mx != NULL:
+                    part[t][0] = part[t][1] = part[t][2] = part[t][3] = 0.0
+                    _update_range(opt, p, g, s0, s1, s2, _lo(t, nt, n), _lo(t + 1, nt, n), n_decay, h, adam,
+                                  &part[t][0])
+                else:
+                    _update_range(opt, p, g, s0, s1, s2, _lo(t, nt, n), _lo(t + 1, nt, n), n_decay, h, adam, NULL)
+        if mx != NULL:
+            mx.P, mx.S0, mx.S1, mx.S2 = part[0][0], part[0][1], part[0][2], part[0][3]
+            for t in range(1, nt):
+                mx.P = max(mx.P, part[t][0])
+                mx.S0 = max(mx.S0, part[t][1])
+                mx.S1 = max(mx.S1, part[t][2])
+                mx.S2 = max(mx.S2, part[t][3])
         return 0
     if nt <= 1:        # no parallel region for one thread (GOMP_parallel costs ~1 us per step even then)
         return _guarded_range(opt, p, g, s0, s1, s2, B, B0, B1, B2, 0, n, n_decay, h, adam)
@@ -181,6 +247,31 @@ cdef bint _update(int opt, floating *p, const floating *g, floating *s0, floatin
     for t in range(nt):
         any_bad |= bad[t] != 0
     return any_bad
+
+
+cdef bint _refresh(Bounds *bd, const floating *p, const floating *s0, const floating *s1, const floating *s2,
+                   Py_ssize_t n, int n_threads) noexcept nogil:
+    """Fresh bounds from one read pass over the parameters and each state array; 0 when a value is NaN/inf or
+    a square average (s1, Adam's exp_avg_sq) is negative: nothing can be proved then."""
+    cdef double lo
+    cdef int bad = scan_max(p, n, n_threads, &bd.P, &lo)
+    bd.S0 = bd.S1 = bd.S2 = 0.0
+    if s0 != NULL:
+        bad |= scan_max(s0, n, n_threads, &bd.S0, &lo)
+    if s1 != NULL:
+        bad |= scan_max(s1, n, n_threads, &bd.S1, &lo)
+        bad |= not (lo >= 0)
+    if s2 != NULL:
+        bad |= scan_max(s2, n, n_threads, &bd.S2, &lo)
+    return not bad
+
+
+cdef inline bint _proved(int opt, bint dbl, const Bounds *bd, double G, const double *h, bint has_s0,
+                         bint amsgrad, Py_ssize_t step) noexcept nogil:
+    """bound.sgd_safe / adam_safe with the plan's hyperparameters h (see run_batches)."""
+    if opt == OPT_SGD:
+        return sgd_safe(dbl, bd, G, has_s0, h[0], h[1], h[2], h[3], h[4] != 0, step == 1)
+    return adam_safe(dbl, bd, G, amsgrad, h[0], h[1], h[2], h[3], h[4], h[5] != 0, step)
 
 
 cdef inline floating *_ptr(floating[::1] a) noexcept:
@@ -198,7 +289,13 @@ def run_batches(const floating[:, ::1] X, object targets, const Py_ssize_t[::1] 
     """Run batches b0 .. b1-1 of an epoch over X (n, n_in) (rows perm[b*bs : (b+1)*bs], or in order when perm
     is None).  targets: int labels (n,) for LOSS_CE, floating (n, k) for LOSS_REG; Tb the batch buffer of the
     same kind.  step: the optimizer's step count before the first batch.  stats (IN/OUT, double):
-    [sum of loss * batch size, correct predictions, samples, last gradient norm (with clipping)]."""
+    [sum of loss * batch size, correct predictions, samples, last gradient norm (with clipping), guarded steps
+    that took the backup (the others were proved finite by bound.pyx)].
+
+    The NaN guard (guard=True): each step's gradient is scanned once for NaN/inf (status 2, nothing updated) and
+    for G = max |g|; the update then runs without any copy when bound.pyx proves from G and bounds of |p| and of
+    the state (one scan when the call starts, then carried from step to step) that it stays finite, and
+    otherwise the old way: block by block, backup copy, update, check, and a restore of everything on failure."""
     cdef Py_ssize_t n = X.shape[0], n_in0 = X.shape[1], L = spec.shape[0], P = params.shape[0]
     cdef Py_ssize_t k = dout.shape[1]
     cdef const Py_ssize_t[::1] lab
@@ -218,7 +315,7 @@ def run_batches(const floating[:, ::1] X, object targets, const Py_ssize_t[::1] 
         Tbf = Tb
         Tp, Tbp = &T[0, 0], &Tbf[0, 0]
     if (Xb.shape[0] < bs or Xb.shape[1] != n_in0 or dout.shape[0] < bs or spec.shape[1] < 7 or bufs.shape[0] != L
-            or bufs.shape[1] < 5 or hyper.shape[0] < 6 or stats.shape[0] < 4 or (guard and backup is None)):
+            or bufs.shape[1] < 5 or hyper.shape[0] < 6 or stats.shape[0] < 5 or (guard and backup is None)):
         raise ValueError("run_batches: buffers do not match the plan")
     cdef const Py_ssize_t *pp = &perm[0] if perm is not None else NULL
     cdef floating *prm = &params[0]
@@ -247,7 +344,13 @@ def run_batches(const floating[:, ::1] X, object targets, const Py_ssize_t[::1] 
     cdef floating *dy
     cdef const floating *out
     cdef size_t row_x = n_in0 * sizeof(floating)
+    cdef Bounds bd
+    cdef bint dbl = floating is double, trusted = 0, fresh = 0, fallback = 0, backup_step = 0
+    cdef double G = 0.0, gmin
+    cdef Py_ssize_t n_backups = 0
     with nogil:
+        if guard:
+            trusted = fresh = _refresh(&bd, prm, S0, S1, S2, P, n_threads)
         for b in range(b0, b1):
             start = b * bs
             m = min(start + bs, n) - start
@@ -307,15 +410,32 @@ def run_batches(const floating[:, ::1] X, object targets, const Py_ssize_t[::1] 
                         act_backward(act, x, Y, dy, dX, m, nout, alphas[l], n_threads)
                         dy = dX
             # ---- guard, clipping, update
-            if guard and (clip_value > 0 or max_norm >= 0):
-                bad = _first_nonfinite(grd, P)       # before clipping: a NaN norm would spread everywhere
-                if bad >= 0:
+            if guard:
+                # before clipping: a NaN norm would spread everywhere; G = max |g| also bounds the clipped gradient
+                if scan_max(grd, P, n_threads, &G, &gmin):
+                    bad = _first_nonfinite(grd, P)
                     status = 2
                     break
             if clip_value > 0 or max_norm >= 0:
                 stats[3] = clip_core(grd, P, clip_value, max_norm, n_threads)
             step += 1
-            if _update(opt, prm, grd, S0, S1, S2, B, B0, B1, B2, P, n_decay, h, step, n_threads):
+            # the guard's backup is needed only for a step the bound cannot prove finite (bound.pyx), from G and
+            # the maxima of |p| and the state, which the previous proved update tracked (or a scan found); when
+            # fresh maxima do not prove it either, back up for the rest of this call
+            backup_step = guard
+            if guard and not fallback:
+                if trusted and _proved(opt, dbl, &bd, G, h, S0 != NULL, S2 != NULL, step):
+                    backup_step = 0
+                elif not fresh and _refresh(&bd, prm, S0, S1, S2, P, n_threads) and _proved(
+                        opt, dbl, &bd, G, h, S0 != NULL, S2 != NULL, step):
+                    backup_step = 0
+                else:
+                    fallback = 1
+                trusted = not backup_step
+                fresh = 0
+            n_backups += backup_step
+            if _update(opt, prm, grd, S0, S1, S2, B if backup_step else NULL, B0, B1, B2, P, n_decay, h, step,
+                       n_threads, &bd if trusted else NULL):
                 # cold path: a non-finite gradient (it always makes its parameter non-finite) or an overflowing
                 # update; classify as the per-layer path does, then restore parameters and state
                 step -= 1
@@ -344,6 +464,7 @@ def run_batches(const floating[:, ::1] X, object targets, const Py_ssize_t[::1] 
             stats[0] += loss if (loss_kind == LOSS_REG and reg_kind == 0) else loss * m    # l2 sums
             stats[1] += n_correct
             stats[2] += m
+    stats[4] += n_backups
     if status == 1:
         value = loss
     return status, b - b0 if status else b1 - b0, bad, value
@@ -376,3 +497,24 @@ def forward_rows(const floating[:, ::1] X, floating[:, ::1] out, const long long
                 memcpy(&out[s, 0], x, m * k * sizeof(floating))
                 s += m
     return bad
+
+
+def tracked_update(int opt, floating[::1] params, const floating[::1] grads, floating[::1] s0, floating[::1] s1,
+                   floating[::1] s2, const double[::1] hyper, Py_ssize_t step, Py_ssize_t n_decay, int n_threads):
+    """One unguarded update exactly as run_batches makes a proved one (opt 0 SGD, 1 Adam; hyper and step as
+    there): params and the states (IN/OUT, None when absent) are updated in place; returns the maxima it tracked,
+    (max |p|, max |s0|, max |s1|, max |s2|), 0.0 for an absent state.  For tests."""
+    cdef Bounds mx
+    cdef Py_ssize_t n = params.shape[0]
+    if grads.shape[0] != n or hyper.shape[0] < 6 or step < 1 or n == 0:
+        raise ValueError("tracked_update: bad arguments")
+    if ((s0 is not None and s0.shape[0] != n) or (s1 is not None and s1.shape[0] != n)
+            or (s2 is not None and s2.shape[0] != n)):
+        raise ValueError("tracked_update: a state does not match the parameters")
+    cdef floating *p0 = _ptr(s0)
+    cdef floating *p1 = _ptr(s1)
+    cdef floating *p2 = _ptr(s2)
+    with nogil:
+        _update(opt, &params[0], &grads[0], p0, p1, p2, NULL, NULL, NULL, NULL, n, max(0, min(n_decay, n)),
+                &hyper[0], step, n_threads, &mx)
+    return mx.P, mx.S0, mx.S1, mx.S2
