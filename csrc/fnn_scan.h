@@ -5,9 +5,10 @@
 #define FNN_SCAN_H
 #include <math.h>
 #include <stddef.h>
+#include "fnn_dispatch.h"
 
 #define FNN_SCAN_RANGE(NAME, T, FABS)                                                                     \
-static inline int NAME(const T *restrict x, ptrdiff_t i0, ptrdiff_t i1, double *amax, double *amin) {    \
+FNN_CLONES static int NAME(const T *restrict x, ptrdiff_t i0, ptrdiff_t i1, double *amax, double *amin) {    \
     T hi = 0, lo = 0;                                                                                     \
     int acc = 0;                                                                                          \
     ptrdiff_t i;                                                                                          \

@@ -7,9 +7,10 @@
 #include <math.h>
 #include <stddef.h>
 
+#include "fnn_dispatch.h"
 
 #define FNN_ADAM_RANGE(NAME, T, SQRT)                                                                     \
-static inline void NAME(T *restrict p, const T *restrict g, T *restrict m, T *restrict v,               \
+FNN_CLONES static void NAME(T *restrict p, const T *restrict g, T *restrict m, T *restrict v,               \
                         T *restrict vmax, ptrdiff_t i0, ptrdiff_t i1, T step_size, T beta1, T beta2,     \
                         T eps, T bc2_sqrt, T wd, T decay_factor) {                                        \
     ptrdiff_t i;                                                                                          \
@@ -48,7 +49,7 @@ FNN_ADAM_RANGE(fnn_adam_range_d, double, sqrt)
  * compiled training plan carries them to the next step instead of reading the arrays again).  The maxima
  * ignore NaN (a comparison with NaN is false); the plan calls these only for steps proved finite. */
 #define FNN_ADAM_RANGE_MAX(NAME, T, SQRT, FABS)                                                           \
-static inline void NAME(T *restrict p, const T *restrict g, T *restrict m, T *restrict v,               \
+FNN_CLONES static void NAME(T *restrict p, const T *restrict g, T *restrict m, T *restrict v,               \
                         T *restrict vmax, ptrdiff_t i0, ptrdiff_t i1, T step_size, T beta1, T beta2,     \
                         T eps, T bc2_sqrt, T wd, T decay_factor, double *mx) {                            \
     ptrdiff_t i;                                                                                          \
@@ -111,7 +112,7 @@ FNN_ADAM_RANGE_MAX(fnn_adam_range_max_d, double, sqrt, fabs)
     }
 
 #define FNN_SGD_RANGE_MAX(NAME, T, FABS)                                                                  \
-static inline void NAME(T *restrict p, const T *restrict g, T *restrict buf, ptrdiff_t i0, ptrdiff_t i1,  \
+FNN_CLONES static void NAME(T *restrict p, const T *restrict g, T *restrict buf, ptrdiff_t i0, ptrdiff_t i1,  \
                         T lr, T momentum, T dampening, T wd, int nesterov, int first, double *mx) {       \
     ptrdiff_t i;                                                                                          \
     T hp = 0, hb = 0;                                                                                     \

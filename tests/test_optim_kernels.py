@@ -343,3 +343,36 @@ def test_matches_torch(dtype, case_id, family, overrides):
     assert want["param"].dtype == dtype
     got = run_steps(optim, family, h, p, grads, n_decay=p.shape[0])   # torch decays the whole tensor
     assert_state_close(got, want, family, dtype)
+
+
+@pytest.mark.parametrize("size", [1, 15, 1037, BIG])
+@pytest.mark.parametrize("amsgrad", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_adam_kernel_is_bitwise_its_formula_in_ieee_operations(dtype, amsgrad, size):
+    """csrc/fnn_update.h runs the clone of the Adam loop for this CPU's widest vectors (csrc/fnn_dispatch.h): it
+    must give, bit for bit, the formula's IEEE operations in the kernel's order, done one at a time by numpy in
+    the same dtype (vector width, tails and remainders must not change a value)."""
+    rng = np.random.default_rng(size)
+    T = dtype
+    p = rng.normal(size=size).astype(T)
+    m, v = rng.normal(size=size).astype(T), rng.random(size).astype(T)
+    vmax = rng.random(size).astype(T) if amsgrad else None
+    g = (rng.normal(size=size) * 10.0 ** rng.integers(-4, 3, size=size)).astype(T)
+    lr, b1, b2, eps, wd, step, nd = 1e-3, 0.9, 0.999, 1e-8, 0.01, 7, size // 2
+    want = [a.copy() for a in (p, m, v)] + [vmax.copy() if amsgrad else None]
+    optim.adam_step(p, g, m, v, vmax, lr, b1, b2, eps, wd, False, step, nd)
+    ss, bc2 = T(lr / (1.0 - b1 ** step)), T((1.0 - b2 ** step) ** 0.5)
+    b1, b2, eps = T(b1), T(b2), T(eps)
+    wdv = np.where(np.arange(size) < nd, T(wd), T(0)).astype(T)
+    P, M, V, VM = want
+    gi = g + wdv * P                      # decay factor 1 (Adam): p * 1 == p
+    M[:] = M + (T(1) - b1) * (gi - M)
+    V[:] = V * b2 + (T(1) - b2) * gi * gi
+    den_v = V
+    if amsgrad:
+        VM[:] = np.where(V > VM, V, VM)
+        den_v = VM
+    P[:] = P - ss * M / (np.sqrt(den_v) / bc2 + eps)
+    for got, w in zip((p, m, v, vmax), want):
+        if w is not None:
+            np.testing.assert_array_equal(got, w)
