@@ -6,8 +6,8 @@ activation is elementwise.  ``act_forward`` can add a per-column bias to Z first
 that follows the GEMM adds the bias and applies the activation).  Work is split over rows between threads
 only when each thread gets at least FNN_MIN_PER_THREAD elements.
 
-Adding an activation: a new ACT_ number in activations.pxd, a forward and a backward row loop below,
-and a class in fastnn/layers/activations.py.
+Adding an activation: a new ACT_ number in activations.pxd, a forward and a backward case in csrc/fnn_act.h
+(elementwise kinds) or below (row-wise kinds, like softmax), and a class in fastnn/layers/activations.py.
 
 Unit counters (training-health diagnostics, fastnn.diagnostics): ``act_forward_counted`` is ``act_forward``
 that also adds, per column, the number of rows whose output is *active* (ReLU / leaky ReLU: y > 0) or
@@ -16,10 +16,10 @@ per thread (no atomics; the caller sums the rows).  The other kinds count nothin
 ``counts=None``: then the plain ``act_forward`` runs, so the normal path costs nothing.
 """
 from cython.parallel cimport prange
-from libc.math cimport exp, tanh, expf, tanhf
+from libc.math cimport exp, expf
 from libc.stdint cimport int64_t
 
-from fastnn._core._common cimport floating, threads_for, f_sigmoid, FNN_MIN_PER_THREAD
+from fastnn._core._common cimport floating, threads_for, FNN_MIN_PER_THREAD
 
 
 cdef inline floating f_exp(floating x) noexcept nogil:
@@ -29,97 +29,80 @@ cdef inline floating f_exp(floating x) noexcept nogil:
         return exp(x)
 
 
-cdef extern from "fnn_math.h" nogil:
-    float fnn_tanh_f(float x)
+cdef extern from "fnn_act.h" nogil:
+    void fnn_act_fwd_f(int kind, float *Z, float *Y, const float *bias, Py_ssize_t r0, Py_ssize_t r1,
+                       Py_ssize_t n_cols, float alpha)
+    void fnn_act_fwd_d(int kind, double *Z, double *Y, const double *bias, Py_ssize_t r0, Py_ssize_t r1,
+                       Py_ssize_t n_cols, double alpha)
+    void fnn_act_bwd_f(int kind, const float *Z, const float *Y, const float *dY, float *dZ, Py_ssize_t r0,
+                       Py_ssize_t r1, Py_ssize_t n_cols, float alpha)
+    void fnn_act_bwd_d(int kind, const double *Z, const double *Y, const double *dY, double *dZ, Py_ssize_t r0,
+                       Py_ssize_t r1, Py_ssize_t n_cols, double alpha)
 
 
-cdef inline floating f_tanh(floating x) noexcept nogil:
-    if floating is float:
-        return fnn_tanh_f(x)      # vectorizable rational approximation (a few ulp), see fnn_math.h
-    else:
-        return tanh(x)
+cdef inline bint _elementwise(int kind) noexcept nogil:
+    """The kinds csrc/fnn_act.h computes (its switches' cases); the others (softmax) run in the row loops below."""
+    return kind == ACT_IDENTITY or kind == ACT_RELU or kind == ACT_LEAKY_RELU or kind == ACT_SIGMOID or kind == ACT_TANH
 
 
 cdef void _fwd_rows(int kind, floating *Z, floating *Y, const floating *bias, Py_ssize_t r0, Py_ssize_t r1,
                     Py_ssize_t n_cols, floating alpha) noexcept nogil:
+    """Rows [r0, r1): Z += bias (if given), Y = act(Z).  The elementwise kinds run in C (csrc/fnn_act.h)."""
     cdef Py_ssize_t i, j
     cdef floating *z
     cdef floating *y
-    cdef floating z_j, m, s
-    for i in range(r0, r1):
+    cdef floating m, s
+    if _elementwise(kind):
+        if floating is float:
+            fnn_act_fwd_f(kind, Z, Y, bias, r0, r1, n_cols, alpha)
+        else:
+            fnn_act_fwd_d(kind, Z, Y, bias, r0, r1, n_cols, alpha)
+        return
+    for i in range(r0, r1):      # ACT_SOFTMAX: over the row, shifted by its max
         z = Z + i * n_cols
         y = Y + i * n_cols
         if bias != NULL:
             for j in range(n_cols):
                 z[j] = z[j] + bias[j]
-        if kind == 0:    # identity
-            if y != z:
-                for j in range(n_cols):
-                    y[j] = z[j]
-        elif kind == 1:  # relu
-            for j in range(n_cols):
-                z_j = z[j]
-                y[j] = z_j if z_j > 0 else 0
-        elif kind == 2:  # leaky relu
-            for j in range(n_cols):
-                z_j = z[j]
-                y[j] = z_j if z_j > 0 else alpha * z_j
-        elif kind == 3:  # sigmoid
-            for j in range(n_cols):
-                y[j] = f_sigmoid(z[j])
-        elif kind == 4:  # tanh
-            for j in range(n_cols):
-                y[j] = f_tanh(z[j])
-        elif kind == 5:  # softmax over the row, shifted by its max
-            if n_cols == 0:
-                continue
-            m = z[0]
-            for j in range(1, n_cols):
-                if z[j] > m:
-                    m = z[j]
-            s = 0
-            for j in range(n_cols):
-                y[j] = f_exp(z[j] - m)
-                s = s + y[j]
-            s = 1 / s
-            for j in range(n_cols):
-                y[j] = y[j] * s
+        if n_cols == 0:
+            continue
+        m = z[0]
+        for j in range(1, n_cols):
+            if z[j] > m:
+                m = z[j]
+        s = 0
+        for j in range(n_cols):
+            y[j] = f_exp(z[j] - m)
+            s = s + y[j]
+        s = 1 / s
+        for j in range(n_cols):
+            y[j] = y[j] * s
 
 
 cdef void _bwd_rows(int kind, const floating *Z, const floating *Y, const floating *dY, floating *dZ,
                     Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n_cols, floating alpha) noexcept nogil:
+    """Rows [r0, r1): dZ = dY * act'(Z); the elementwise kinds in C (csrc/fnn_act.h), softmax's
+    Jacobian-vector product y * (dy - sum(dy * y)) here."""
     cdef Py_ssize_t i, j
-    cdef const floating *z
     cdef const floating *y
     cdef const floating *dy
     cdef floating *dz
     cdef floating s
+    if _elementwise(kind):
+        if floating is float:
+            fnn_act_bwd_f(kind, Z, Y, dY, dZ, r0, r1, n_cols, alpha)
+        else:
+            fnn_act_bwd_d(kind, Z, Y, dY, dZ, r0, r1, n_cols, alpha)
+        return
     for i in range(r0, r1):
-        z = Z + i * n_cols
         y = Y + i * n_cols
         dy = dY + i * n_cols
         dz = dZ + i * n_cols
-        if kind == 0:
-            for j in range(n_cols):
-                dz[j] = dy[j]
-        elif kind == 1:
-            for j in range(n_cols):
-                dz[j] = dy[j] if z[j] > 0 else 0
-        elif kind == 2:
-            for j in range(n_cols):
-                dz[j] = dy[j] if z[j] > 0 else alpha * dy[j]
-        elif kind == 3:
-            for j in range(n_cols):
-                dz[j] = dy[j] * y[j] * (1 - y[j])
-        elif kind == 4:
-            for j in range(n_cols):
-                dz[j] = dy[j] * (1 - y[j] * y[j])
-        elif kind == 5:
-            s = 0
-            for j in range(n_cols):
-                s = s + dy[j] * y[j]
-            for j in range(n_cols):
-                dz[j] = y[j] * (dy[j] - s)
+        s = 0
+        for j in range(n_cols):
+            s = s + dy[j] * y[j]
+        for j in range(n_cols):
+            dz[j] = y[j] * (dy[j] - s)
 
 
 cdef void act_forward(int kind, floating *Z, floating *Y, const floating *bias, Py_ssize_t n_rows,
