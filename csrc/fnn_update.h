@@ -1,7 +1,7 @@
-/* fnn_update.h: optimizer element updates over a range, float and double, with restrict pointers so that gcc
- * vectorizes them.  First the Adam/AdamW update (the same loop written in Cython stayed scalar: five pointers
- * that may alias defeat gcc's runtime alias checks; ~3 ns per element against ~0.5 here); below, the Adam and
- * SGD updates that also track the maxima of what they write, for the compiled plan's NaN guard. */
+/* fnn_update.h: the SGD and Adam/AdamW element updates over a range, float and double, the only implementation
+ * of each (optim.pyx's sgd_step/adam_step and the compiled plan both run them).  restrict pointers and omp simd
+ * so that gcc vectorizes them (the Adam loop written in Cython stayed scalar: five pointers that may alias
+ * defeat gcc's runtime alias checks; ~3 ns per element against ~0.5 here); FNN_CLONES: runtime ISA dispatch. */
 #ifndef FNN_UPDATE_H
 #define FNN_UPDATE_H
 #include <math.h>
@@ -9,45 +9,11 @@
 
 #include "fnn_dispatch.h"
 
-#define FNN_ADAM_RANGE(NAME, T, SQRT)                                                                     \
-FNN_CLONES static void NAME(T *restrict p, const T *restrict g, T *restrict m, T *restrict v,               \
-                        T *restrict vmax, ptrdiff_t i0, ptrdiff_t i1, T step_size, T beta1, T beta2,     \
-                        T eps, T bc2_sqrt, T wd, T decay_factor) {                                        \
-    ptrdiff_t i;                                                                                          \
-    if (vmax == NULL) {                                                                                   \
-        _Pragma("omp simd")                                                                              \
-        for (i = i0; i < i1; i++) {                                                                       \
-            T pi = p[i] * decay_factor;                                                                   \
-            T gi = g[i] + wd * pi;                                                                        \
-            T mi = m[i] + (1 - beta1) * (gi - m[i]);                                                      \
-            T vi = v[i] * beta2 + (1 - beta2) * gi * gi;                                                  \
-            m[i] = mi;                                                                                    \
-            v[i] = vi;                                                                                    \
-            p[i] = pi - step_size * mi / (SQRT(vi) / bc2_sqrt + eps);                                     \
-        }                                                                                                 \
-    } else {                                                                                              \
-        _Pragma("omp simd")                                                                              \
-        for (i = i0; i < i1; i++) {                                                                       \
-            T pi = p[i] * decay_factor;                                                                   \
-            T gi = g[i] + wd * pi;                                                                        \
-            T mi = m[i] + (1 - beta1) * (gi - m[i]);                                                      \
-            T vi = v[i] * beta2 + (1 - beta2) * gi * gi;                                                  \
-            T vm = vi > vmax[i] ? vi : vmax[i];                                                           \
-            m[i] = mi;                                                                                    \
-            v[i] = vi;                                                                                    \
-            vmax[i] = vm;                                                                                 \
-            p[i] = pi - step_size * mi / (SQRT(vm) / bc2_sqrt + eps);                                     \
-        }                                                                                                 \
-    }                                                                                                     \
-}
-
-FNN_ADAM_RANGE(fnn_adam_range_f, float, sqrtf)
-FNN_ADAM_RANGE(fnn_adam_range_d, double, sqrt)
-
-/* The same updates (same arithmetic, same order: the values written are identical) that also raise mx[0..3] to
- * the largest |p|, |m|, v and vmax written, reductions in registers inside the loop (the NaN guard of the
- * compiled training plan carries them to the next step instead of reading the arrays again).  The maxima
- * ignore NaN (a comparison with NaN is false); the plan calls these only for steps proved finite. */
+/* Adam / AdamW over [i0, i1): p = p * decay_factor; g' = g + wd p; m, v (and vmax) updated;
+ * p -= step_size m / (sqrt(v) / bc2_sqrt + eps).  The loop also raises mx[0..3] to the largest |p|, |m|, v and
+ * vmax it writes, reductions in registers (the NaN guard of the compiled training plan carries them to the next
+ * step instead of reading the arrays again; other callers pass a scratch mx).  The maxima ignore NaN (a
+ * comparison with NaN is false); the plan relies on them only for steps proved finite. */
 #define FNN_ADAM_RANGE_MAX(NAME, T, SQRT, FABS)                                                           \
 FNN_CLONES static void NAME(T *restrict p, const T *restrict g, T *restrict m, T *restrict v,               \
                         T *restrict vmax, ptrdiff_t i0, ptrdiff_t i1, T step_size, T beta1, T beta2,     \
@@ -97,8 +63,11 @@ FNN_CLONES static void NAME(T *restrict p, const T *restrict g, T *restrict m, T
 FNN_ADAM_RANGE_MAX(fnn_adam_range_max_f, float, sqrtf, fabsf)
 FNN_ADAM_RANGE_MAX(fnn_adam_range_max_d, double, sqrt, fabs)
 
-/* SGD (optim._sgd_range, same arithmetic and order, including the double (1.0 - dampening) term that Cython
- * writes for its `(1 - dampening)`) raising mx[0] to max |p| and mx[1] to max |buf| written. */
+/* SGD (torch.optim.SGD) over [i0, i1): g' = g + wd p; with a buffer, buf = g' (first step) or
+ * momentum buf + (1 - dampening) g', the step g' + momentum buf (nesterov) or buf; p -= lr step.  The buffer's
+ * (1 - dampening) g' term is computed in double, as the Cython loop this replaced did (Cython wrote its
+ * `1 - dampening` with a double literal), so trained weights did not change.  Raises mx[0] to max |p| and
+ * mx[1] to max |buf| written.  One loop per case, the flags hoisted out of it, so that each vectorizes. */
 #define FNN_SGD_LOOP_MAX(T, FABS, BI, DI)                                                                  \
     _Pragma("omp simd reduction(max:hp, hb)")                                                             \
     for (i = i0; i < i1; i++) {                                                                           \

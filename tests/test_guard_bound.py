@@ -170,8 +170,9 @@ def test_adam_bound_implies_finite_update(dtype, variant):
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("opt", ["sgd", "momentum", "nesterov_first", "adam", "adamw_amsgrad"])
 def test_the_tracked_update_writes_the_same_values_and_its_maxima_are_exact(dtype, threads, opt):
-    """The plan's update for proved steps (csrc/fnn_update.h, *_max) against the optimizer kernels the per-layer
-    path runs: identical values, and the maxima it returns are those of the arrays it wrote."""
+    """The plan's update for proved steps against optim's sgd_step / adam_step (the same C loops, split the
+    plan's way: weight-decay prefix, thread ranges): identical values, and the maxima it returns are those of
+    the arrays it wrote."""
     rng = np.random.default_rng(3)
     n, nd = 40001, 30000           # two threads' ranges, the weight-decay prefix inside the first
     p = rng.normal(size=n).astype(dtype)

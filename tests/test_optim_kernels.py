@@ -376,3 +376,33 @@ def test_adam_kernel_is_bitwise_its_formula_in_ieee_operations(dtype, amsgrad, s
     for got, w in zip((p, m, v, vmax), want):
         if w is not None:
             np.testing.assert_array_equal(got, w)
+
+
+@pytest.mark.parametrize("size", [1, 15, 1037, BIG])
+@pytest.mark.parametrize("variant", ["plain", "momentum", "nesterov", "first"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sgd_kernel_is_bitwise_its_formula_in_ieee_operations(dtype, variant, size):
+    """As for Adam: the dispatched SGD loop (csrc/fnn_update.h) is, bit for bit, its formula's operations in
+    order, done by numpy (the momentum term (1 - dampening) g' in double, then rounded to the dtype)."""
+    rng = np.random.default_rng(size)
+    T = dtype
+    p = rng.normal(size=size).astype(T)
+    g = (rng.normal(size=size) * 10.0 ** rng.integers(-4, 3, size=size)).astype(T)
+    buf = None if variant == "plain" else rng.normal(size=size).astype(T)
+    lr, mom, damp, wd, nd = 0.05, 0.9, 0.0 if variant == "nesterov" else 0.3, 1e-3, size // 2
+    nest, first = variant == "nesterov", variant == "first"
+    P, B = p.copy(), None if buf is None else buf.copy()
+    optim.sgd_step(p, g, buf, lr, mom if buf is not None else 0.0, damp, wd, nest, first, nd)
+    wdv = np.where(np.arange(size) < nd, T(wd), T(0)).astype(T)
+    gi = g + wdv * P
+    d = gi
+    if B is not None:
+        if first:
+            B[:] = gi
+        else:
+            B[:] = (T(mom) * B).astype(np.float64) + (1.0 - float(T(damp))) * gi.astype(np.float64)
+        d = gi + T(mom) * B if nest else B
+    P[:] = P - T(lr) * d
+    np.testing.assert_array_equal(p, P)
+    if B is not None:
+        np.testing.assert_array_equal(buf, B)

@@ -23,23 +23,33 @@ cdef inline Py_ssize_t _lo(Py_ssize_t t, Py_ssize_t nt, Py_ssize_t n) noexcept n
 
 
 # ---------------------------------------------------------------------------------------------- SGD
+cdef extern from "fnn_update.h" nogil:
+    void fnn_sgd_range_max_f(float *p, const float *g, float *buf, Py_ssize_t i0, Py_ssize_t i1, float lr,
+                             float momentum, float dampening, float wd, int nesterov, int first, double *mx)
+    void fnn_sgd_range_max_d(double *p, const double *g, double *buf, Py_ssize_t i0, Py_ssize_t i1, double lr,
+                             double momentum, double dampening, double wd, int nesterov, int first, double *mx)
+    void fnn_adam_range_max_f(float *p, const float *g, float *m, float *v, float *vmax, Py_ssize_t i0,
+                              Py_ssize_t i1, float step_size, float beta1, float beta2, float eps, float bc2_sqrt,
+                              float wd, float decay_factor, double *mx)
+    void fnn_adam_range_max_d(double *p, const double *g, double *m, double *v, double *vmax, Py_ssize_t i0,
+                              Py_ssize_t i1, double step_size, double beta1, double beta2, double eps,
+                              double bc2_sqrt, double wd, double decay_factor, double *mx)
+
+
 cdef void _sgd_range(floating *p, const floating *g, floating *buf, Py_ssize_t i0, Py_ssize_t i1,
                      floating lr, floating momentum, floating dampening, floating wd, bint nesterov,
-                     bint first) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef floating gi
-    for i in range(i0, i1):
-        gi = g[i] + wd * p[i]
-        if buf != NULL:
-            if first:
-                buf[i] = gi
-            else:
-                buf[i] = momentum * buf[i] + (1 - dampening) * gi
-            if nesterov:
-                gi = gi + momentum * buf[i]
-            else:
-                gi = buf[i]
-        p[i] = p[i] - lr * gi
+                     bint first, double *mx) noexcept nogil:
+    """g' = g + wd p; with a buffer: buf = g' (first step) or momentum buf + (1 - dampening) g', and the step is
+    g' + momentum buf (nesterov) or buf; p -= lr step.  In C (csrc/fnn_update.h); mx (may be NULL): raised to
+    max |p| and max |buf| written (mx[0], mx[1])."""
+    cdef double scratch[4]
+    if mx == NULL:
+        mx = scratch
+        mx[0] = mx[1] = mx[2] = mx[3] = 0.0
+    if floating is float:
+        fnn_sgd_range_max_f(p, g, buf, i0, i1, lr, momentum, dampening, wd, nesterov, first, mx)
+    else:
+        fnn_sgd_range_max_d(p, g, buf, i0, i1, lr, momentum, dampening, wd, nesterov, first, mx)
 
 
 def sgd_step(floating[::1] p, const floating[::1] g, floating[::1] buf, double lr, double momentum,
@@ -58,9 +68,9 @@ def sgd_step(floating[::1] p, const floating[::1] g, floating[::1] buf, double l
         b = _lo(t + 1, nt, n)
         c = min(max(a, n_decay), b)
         _sgd_range(&p[0], &g[0], bp, a, c, <floating>lr, <floating>momentum, <floating>dampening,
-                   <floating>weight_decay, nesterov, first)
+                   <floating>weight_decay, nesterov, first, NULL)
         _sgd_range(&p[0], &g[0], bp, c, b, <floating>lr, <floating>momentum, <floating>dampening,
-                   <floating>0, nesterov, first)
+                   <floating>0, nesterov, first, NULL)
 
 
 # ------------------------------------------------------------------------------------------ Adagrad
@@ -135,24 +145,19 @@ def rmsprop_step(floating[::1] p, const floating[::1] g, floating[::1] square_av
 
 
 # --------------------------------------------------------------------------------------- Adam, AdamW
-cdef extern from "fnn_update.h" nogil:
-    void fnn_adam_range_f(float *p, const float *g, float *m, float *v, float *vmax, Py_ssize_t i0,
-                          Py_ssize_t i1, float step_size, float beta1, float beta2, float eps, float bc2_sqrt,
-                          float wd, float decay_factor)
-    void fnn_adam_range_d(double *p, const double *g, double *m, double *v, double *vmax, Py_ssize_t i0,
-                          Py_ssize_t i1, double step_size, double beta1, double beta2, double eps,
-                          double bc2_sqrt, double wd, double decay_factor)
-
-
 cdef void _adam_range(floating *p, const floating *g, floating *m, floating *v, floating *vmax,
                       Py_ssize_t i0, Py_ssize_t i1, floating step_size, floating beta1, floating beta2,
-                      floating eps, floating bc2_sqrt, floating wd, floating decay_factor) noexcept nogil:
+                      floating eps, floating bc2_sqrt, floating wd, floating decay_factor, double *mx) noexcept nogil:
     """p = p * decay_factor; g' = g + wd p; m, v (and vmax) updated; p -= step_size m / (sqrt(v) / bc2_sqrt + eps).
-    The loop is C (csrc/fnn_update.h) with restrict pointers, so that it vectorizes."""
+    In C (csrc/fnn_update.h); mx (may be NULL): raised to max |p|, |m|, v, vmax written (mx[0..3])."""
+    cdef double scratch[4]
+    if mx == NULL:
+        mx = scratch
+        mx[0] = mx[1] = mx[2] = mx[3] = 0.0
     if floating is float:
-        fnn_adam_range_f(p, g, m, v, vmax, i0, i1, step_size, beta1, beta2, eps, bc2_sqrt, wd, decay_factor)
+        fnn_adam_range_max_f(p, g, m, v, vmax, i0, i1, step_size, beta1, beta2, eps, bc2_sqrt, wd, decay_factor, mx)
     else:
-        fnn_adam_range_d(p, g, m, v, vmax, i0, i1, step_size, beta1, beta2, eps, bc2_sqrt, wd, decay_factor)
+        fnn_adam_range_max_d(p, g, m, v, vmax, i0, i1, step_size, beta1, beta2, eps, bc2_sqrt, wd, decay_factor, mx)
 
 
 def adam_step(floating[::1] p, const floating[::1] g, floating[::1] exp_avg, floating[::1] exp_avg_sq,
@@ -182,7 +187,7 @@ def adam_step(floating[::1] p, const floating[::1] g, floating[::1] exp_avg, flo
         b = _lo(t + 1, nt, n)
         c = min(max(a, n_decay), b)
         _adam_range(&p[0], &g[0], &exp_avg[0], &exp_avg_sq[0], vmp, a, c, <floating>step_size,
-                    <floating>beta1, <floating>beta2, <floating>eps, <floating>bc2_sqrt, wd_c, dfac)
+                    <floating>beta1, <floating>beta2, <floating>eps, <floating>bc2_sqrt, wd_c, dfac, NULL)
         _adam_range(&p[0], &g[0], &exp_avg[0], &exp_avg_sq[0], vmp, c, b, <floating>step_size,
                     <floating>beta1, <floating>beta2, <floating>eps, <floating>bc2_sqrt, <floating>0,
-                    <floating>1)
+                    <floating>1, NULL)

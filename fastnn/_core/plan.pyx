@@ -32,18 +32,6 @@ from fastnn._core.bound cimport Bounds, scan_max, sgd_safe, adam_safe
 from cython.parallel cimport prange
 from fastnn._core._common cimport threads_for, FNN_MIN_PER_THREAD
 
-cdef extern from "fnn_update.h" nogil:
-    void fnn_adam_range_max_f(float *p, const float *g, float *m, float *v, float *vmax, Py_ssize_t i0,
-                              Py_ssize_t i1, float step_size, float beta1, float beta2, float eps, float bc2_sqrt,
-                              float wd, float decay_factor, double *mx)
-    void fnn_adam_range_max_d(double *p, const double *g, double *m, double *v, double *vmax, Py_ssize_t i0,
-                              Py_ssize_t i1, double step_size, double beta1, double beta2, double eps,
-                              double bc2_sqrt, double wd, double decay_factor, double *mx)
-    void fnn_sgd_range_max_f(float *p, const float *g, float *buf, Py_ssize_t i0, Py_ssize_t i1, float lr,
-                             float momentum, float dampening, float wd, int nesterov, int first, double *mx)
-    void fnn_sgd_range_max_d(double *p, const double *g, double *buf, Py_ssize_t i0, Py_ssize_t i1, double lr,
-                             double momentum, double dampening, double wd, int nesterov, int first, double *mx)
-
 cdef enum:
     _BLOCK = 2048
     _MAX_T = 256
@@ -106,55 +94,23 @@ cdef inline Py_ssize_t _lo(Py_ssize_t t, Py_ssize_t nt, Py_ssize_t n) noexcept n
     return t * n // nt
 
 
-cdef inline void _sgd_max(floating *p, const floating *g, floating *buf, Py_ssize_t i0, Py_ssize_t i1,
-                          floating lr, floating momentum, floating dampening, floating wd, bint nesterov, bint first,
-                          double *mx) noexcept nogil:
-    if floating is float:
-        fnn_sgd_range_max_f(p, g, buf, i0, i1, lr, momentum, dampening, wd, nesterov, first, mx)
-    else:
-        fnn_sgd_range_max_d(p, g, buf, i0, i1, lr, momentum, dampening, wd, nesterov, first, mx)
-
-
-cdef inline void _adam_max(floating *p, const floating *g, floating *m, floating *v, floating *vmax,
-                           Py_ssize_t i0, Py_ssize_t i1, floating step_size, floating beta1, floating beta2,
-                           floating eps, floating bc2_sqrt, floating wd, floating decay_factor,
-                           double *mx) noexcept nogil:
-    if floating is float:
-        fnn_adam_range_max_f(p, g, m, v, vmax, i0, i1, step_size, beta1, beta2, eps, bc2_sqrt, wd, decay_factor, mx)
-    else:
-        fnn_adam_range_max_d(p, g, m, v, vmax, i0, i1, step_size, beta1, beta2, eps, bc2_sqrt, wd, decay_factor, mx)
-
-
 cdef inline void _update_range(int opt, floating *p, const floating *g, floating *s0, floating *s1, floating *s2,
                                Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t n_decay, const double *h,
                                const double *adam, double *mx) noexcept nogil:
     """The update of elements [i0, i1), exactly as optim.sgd_step / optim.adam_step do it (weight decay on
     [0, n_decay) only).  h: the hyperparameters (see run_batches); adam: step_size, bc2_sqrt, wd_c, dfac, first.
-    mx != NULL: the same update through the kernels that also raise mx[0..3] to the maxima of |p| and of each
-    state written (same arithmetic, same values)."""
+    mx != NULL: raised to the maxima of |p| and of each state written (mx[0..3])."""
     cdef Py_ssize_t c = min(max(i0, n_decay), i1)
     if opt == OPT_SGD:     # h: lr, momentum, dampening, weight_decay, nesterov
-        if mx != NULL:
-            _sgd_max(p, g, s0, i0, c, <floating>h[0], <floating>h[1], <floating>h[2], <floating>h[3],
-                     h[4] != 0, adam[4] != 0, mx)
-            _sgd_max(p, g, s0, c, i1, <floating>h[0], <floating>h[1], <floating>h[2], <floating>0,
-                     h[4] != 0, adam[4] != 0, mx)
-            return
         _sgd_range(p, g, s0, i0, c, <floating>h[0], <floating>h[1], <floating>h[2], <floating>h[3],
-                   h[4] != 0, adam[4] != 0)
+                   h[4] != 0, adam[4] != 0, mx)
         _sgd_range(p, g, s0, c, i1, <floating>h[0], <floating>h[1], <floating>h[2], <floating>0,
-                   h[4] != 0, adam[4] != 0)
+                   h[4] != 0, adam[4] != 0, mx)
     else:                  # h: lr, beta1, beta2, eps, weight_decay, decoupled
-        if mx != NULL:
-            _adam_max(p, g, s0, s1, s2, i0, c, <floating>adam[0], <floating>h[1], <floating>h[2],
-                      <floating>h[3], <floating>adam[1], <floating>adam[2], <floating>adam[3], mx)
-            _adam_max(p, g, s0, s1, s2, c, i1, <floating>adam[0], <floating>h[1], <floating>h[2],
-                      <floating>h[3], <floating>adam[1], <floating>0, <floating>1, mx)
-            return
         _adam_range(p, g, s0, s1, s2, i0, c, <floating>adam[0], <floating>h[1], <floating>h[2],
-                    <floating>h[3], <floating>adam[1], <floating>adam[2], <floating>adam[3])
+                    <floating>h[3], <floating>adam[1], <floating>adam[2], <floating>adam[3], mx)
         _adam_range(p, g, s0, s1, s2, c, i1, <floating>adam[0], <floating>h[1], <floating>h[2],
-                    <floating>h[3], <floating>adam[1], <floating>0, <floating>1)
+                    <floating>h[3], <floating>adam[1], <floating>0, <floating>1, mx)
 
 
 cdef inline bint _bad_block(const floating *x, Py_ssize_t i0, Py_ssize_t i1) noexcept nogil:
