@@ -15,6 +15,13 @@ cdef extern from "fnn_math.h" nogil:
 # Below this many elements of work per thread a parallel region costs more than it saves.
 cdef enum:
     FNN_MIN_PER_THREAD = 16384
+    # Activations (bias + activation after a GEMM, and their backward) split earlier: the GEMM before them ran
+    # on every thread, so a single thread would first pull the other cores' parts of Z through the cache (at 2
+    # threads, W1's 64x256 bias + ReLU took 12 us on one thread against 4 us at 1 thread, 8 us split).
+    FNN_MIN_ACT_PER_THREAD = 4096
+    # The plan's batch gather: copying random rows is bound by memory latency, so two threads fetch twice
+    # the rows at a time (W1: 64 rows of 784 floats, 24 -> 15 us).
+    FNN_MIN_GATHER_PER_THREAD = 8192
 
 
 cdef inline int threads_for(Py_ssize_t work, int n_threads, Py_ssize_t min_per_thread) noexcept nogil:

@@ -4,7 +4,8 @@
 Layout: (n_rows, n_cols) C-contiguous blocks; softmax is over each row (the feature axis), every other
 activation is elementwise.  ``act_forward`` can add a per-column bias to Z first (fused with Dense: the pass
 that follows the GEMM adds the bias and applies the activation).  Work is split over rows between threads
-only when each thread gets at least FNN_MIN_PER_THREAD elements.
+only when each thread gets at least FNN_MIN_ACT_PER_THREAD elements (_common.pxd says why it is lower than
+the other kernels' threshold).
 
 Adding an activation: a new ACT_ number in activations.pxd, a forward and a backward case in csrc/fnn_act.h
 (elementwise kinds) or below (row-wise kinds, like softmax), and a class in fastnn/layers/activations.py.
@@ -19,7 +20,7 @@ from cython.parallel cimport prange
 from libc.math cimport exp, expf
 from libc.stdint cimport int64_t
 
-from fastnn._core._common cimport floating, threads_for, FNN_MIN_PER_THREAD
+from fastnn._core._common cimport floating, threads_for, FNN_MIN_ACT_PER_THREAD
 
 
 cdef inline floating f_exp(floating x) noexcept nogil:
@@ -108,7 +109,7 @@ cdef void _bwd_rows(int kind, const floating *Z, const floating *Y, const floati
 cdef void act_forward(int kind, floating *Z, floating *Y, const floating *bias, Py_ssize_t n_rows,
                       Py_ssize_t n_cols, double alpha, int n_threads) noexcept nogil:
     """Z += bias (if given), then Y = act(Z).  Y may be Z for the elementwise kinds."""
-    cdef int nt = threads_for(n_rows * n_cols, n_threads, FNN_MIN_PER_THREAD)
+    cdef int nt = threads_for(n_rows * n_cols, n_threads, FNN_MIN_ACT_PER_THREAD)
     cdef int t
     if nt > n_rows:
         nt = <int>n_rows
@@ -122,7 +123,7 @@ cdef void act_forward(int kind, floating *Z, floating *Y, const floating *bias, 
 cdef void act_backward(int kind, const floating *Z, const floating *Y, const floating *dY, floating *dZ,
                        Py_ssize_t n_rows, Py_ssize_t n_cols, double alpha, int n_threads) noexcept nogil:
     """dZ = dY * act'(Z) (the softmax's Jacobian-vector product for softmax).  dZ may be dY."""
-    cdef int nt = threads_for(n_rows * n_cols, n_threads, FNN_MIN_PER_THREAD)
+    cdef int nt = threads_for(n_rows * n_cols, n_threads, FNN_MIN_ACT_PER_THREAD)
     cdef int t
     if nt > n_rows:
         nt = <int>n_rows
@@ -165,7 +166,7 @@ cdef void act_forward_counted(int kind, floating *Z, floating *Y, const floating
 
     counts (IN/OUT, accumulated): (n_slots, n_cols) int64; at most n_slots threads are used.
     """
-    cdef int nt = threads_for(n_rows * n_cols, n_threads, FNN_MIN_PER_THREAD)
+    cdef int nt = threads_for(n_rows * n_cols, n_threads, FNN_MIN_ACT_PER_THREAD)
     cdef int t
     if nt > n_rows:
         nt = <int>n_rows

@@ -30,7 +30,7 @@ from fastnn._core.clip cimport clip_core
 from fastnn._core.guard cimport _first_nonfinite
 from fastnn._core.bound cimport Bounds, scan_max, sgd_safe, adam_safe
 from cython.parallel cimport prange
-from fastnn._core._common cimport threads_for, FNN_MIN_PER_THREAD
+from fastnn._core._common cimport threads_for, FNN_MIN_PER_THREAD, FNN_MIN_GATHER_PER_THREAD
 
 cdef enum:
     _BLOCK = 2048
@@ -287,7 +287,7 @@ def run_batches(const floating[:, ::1] X, object targets, const Py_ssize_t[::1] 
     cdef floating *B2 = _ptr(bs2)
     cdef const double *h = &hyper[0]
     cdef Py_ssize_t b, start, m, i, j, r, l, src, nin, nout, bad = -1, n_correct
-    cdef int status = 0, kind, act
+    cdef int status = 0, kind, act, nt
     cdef double loss = 0.0, value = 0.0, inv
     cdef const floating *x
     cdef const floating *Wp
@@ -311,9 +311,14 @@ def run_batches(const floating[:, ::1] X, object targets, const Py_ssize_t[::1] 
             start = b * bs
             m = min(start + bs, n) - start
             # ---- gather the batch
+            nt = threads_for(m * n_in0, n_threads, FNN_MIN_GATHER_PER_THREAD)
+            if nt > 1:
+                for i in prange(m, num_threads=nt, schedule="static"):
+                    memcpy(xb + i * n_in0, &X[pp[start + i] if pp != NULL else start + i, 0], row_x)
             for i in range(m):
                 r = pp[start + i] if pp != NULL else start + i
-                memcpy(xb + i * n_in0, &X[r, 0], row_x)
+                if nt <= 1:
+                    memcpy(xb + i * n_in0, &X[r, 0], row_x)
                 if loss_kind == LOSS_CE:
                     labbp[i] = labp[r]
                 else:
