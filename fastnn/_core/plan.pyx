@@ -99,7 +99,7 @@ cdef inline void _update_range(int opt, floating *p, const floating *g, floating
                                const double *adam, double *mx) noexcept nogil:
     """The update of elements [i0, i1), exactly as optim.sgd_step / optim.adam_step do it (weight decay on
     [0, n_decay) only).  h: the hyperparameters (see run_batches); adam: step_size, bc2_sqrt, wd_c, dfac, first.
-    mx != NULL: raised to the maxima of |p| and of each state written (mx[0..3])."""
+    mx (may be NULL): raised to the maxima of |p| and of each state written (mx[0..3])."""
     cdef Py_ssize_t c = min(max(i0, n_decay), i1)
     if opt == OPT_SGD:     # h: lr, momentum, dampening, weight_decay, nesterov
         _sgd_range(p, g, s0, i0, c, <floating>h[0], <floating>h[1], <floating>h[2], <floating>h[3],
@@ -163,7 +163,6 @@ cdef bint _update(int opt, floating *p, const floating *g, floating *s0, floatin
     cdef double adam[5]
     cdef int bad[_MAX_T]
     cdef double part[_MAX_T][4]
-    cdef double *m4 = NULL
     cdef bint any_bad = 0
     if nt > _MAX_T:
         nt = _MAX_T
@@ -173,20 +172,15 @@ cdef bint _update(int opt, floating *p, const floating *g, floating *s0, floatin
         adam[1] = (1.0 - h[2] ** step) ** 0.5
         adam[2] = 0.0 if h[5] != 0 else h[4]
         adam[3] = 1.0 - h[0] * h[4] if h[5] != 0 else 1.0
-    if B == NULL:
+    if B == NULL:      # the update kernels track the maxima anyway: collect them per thread, keep them if asked
         if nt <= 1:
-            if mx != NULL:
-                m4 = &part[0][0]
-                m4[0] = m4[1] = m4[2] = m4[3] = 0.0
-            _update_range(opt, p, g, s0, s1, s2, 0, n, n_decay, h, adam, m4)
+            part[0][0] = part[0][1] = part[0][2] = part[0][3] = 0.0
+            _update_range(opt, p, g, s0, s1, s2, 0, n, n_decay, h, adam, &part[0][0])
         else:
             for t in prange(nt, num_threads=nt, schedule="static"):
-                if mx != NULL:
-                    part[t][0] = part[t][1] = part[t][2] = part[t][3] = 0.0
-                    _update_range(opt, p, g, s0, s1, s2, _lo(t, nt, n), _lo(t + 1, nt, n), n_decay, h, adam,
-                                  &part[t][0])
-                else:
-                    _update_range(opt, p, g, s0, s1, s2, _lo(t, nt, n), _lo(t + 1, nt, n), n_decay, h, adam, NULL)
+                part[t][0] = part[t][1] = part[t][2] = part[t][3] = 0.0
+                _update_range(opt, p, g, s0, s1, s2, _lo(t, nt, n), _lo(t + 1, nt, n), n_decay, h, adam,
+                              &part[t][0])
         if mx != NULL:
             mx.P, mx.S0, mx.S1, mx.S2 = part[0][0], part[0][1], part[0][2], part[0][3]
             for t in range(1, nt):
