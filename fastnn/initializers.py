@@ -1,6 +1,11 @@
 """Weight initializers, drawn from the model's seeded generator.
 
-Fan-in `n_in` and fan-out `n_out` are those of a Dense weight of shape (n_in, n_out).
+Every initializer is called ``init(shape, rng, fans=None)`` and returns a float64 array.  The scaled ones
+(Glorot/Xavier, He, LeCun) use ``fans = (n_in, n_out)``: the parameter's ``ParamSpec`` supplies them
+(``spec.initialize(rng)``), so that the initializers know nothing about layer types; without them they are
+derived from the shape as ``default_fans`` does (Keras' rule: a Dense weight (n_in, n_out)
+gives (n_in, n_out), a channels-last conv kernel (kh, kw, C_in, C_out) gives (kh*kw*C_in, kh*kw*C_out), a
+vector (n,) gives (n, n)).
 
 | name | distribution |
 |---|---|
@@ -19,18 +24,34 @@ import numpy as np
 from fastnn._validation import check_number
 
 
-def _fans(shape):
+def _fans(shape, fans):
+    if fans is not None:
+        n_in, n_out = (int(f) for f in fans)
+        if n_in < 1 or n_out < 1:
+            raise ValueError(f"initializer: fans must be >= 1, got {tuple(fans)}")
+        return n_in, n_out
+    return default_fans(shape)
+
+
+def default_fans(shape):
+    """(fan_in, fan_out) of a weight of this shape, laid out (..., n_in, n_out) as Keras lays out its kernels:
+    (n,) -> (n, n); (n_in, n_out) -> (n_in, n_out); a channels-last conv kernel (kh, kw, C_in, C_out) ->
+    (kh*kw*C_in, kh*kw*C_out), the receptive field times the channels in and out; () -> (1, 1)."""
+    shape = tuple(shape)
+    if len(shape) == 0:
+        return 1, 1
     if len(shape) == 1:
         return shape[0], shape[0]
-    n_in = int(np.prod(shape[:-1]))
-    return n_in, shape[-1]
+    field = int(np.prod(shape[:-2]))
+    return field * shape[-2], field * shape[-1]
 
 
 class Initializer:
-    """Base class: ``init(shape, rng) -> float64 array``; subclasses implement ``__call__``."""
+    """Base class: ``init(shape, rng, fans=None) -> float64 array``; subclasses implement ``__call__``.
+    ``fans`` is (fan_in, fan_out) (a ParamSpec's); the constant initializers ignore it."""
     name = None
 
-    def __call__(self, shape, rng):
+    def __call__(self, shape, rng, fans=None):
         raise NotImplementedError
 
     def get_config(self):
@@ -43,14 +64,14 @@ class Initializer:
 class Zeros(Initializer):
     name = "zeros"
 
-    def __call__(self, shape, rng):
+    def __call__(self, shape, rng, fans=None):
         return np.zeros(shape)
 
 
 class Ones(Initializer):
     name = "ones"
 
-    def __call__(self, shape, rng):
+    def __call__(self, shape, rng, fans=None):
         return np.ones(shape)
 
 
@@ -61,7 +82,7 @@ class Constant(Initializer):
     def __init__(self, value=0.0):
         self.value = check_number("Constant", "value", value)
 
-    def __call__(self, shape, rng):
+    def __call__(self, shape, rng, fans=None):
         return np.full(shape, self.value)
 
     def get_config(self):
@@ -75,8 +96,8 @@ class _Uniform(Initializer):
     def limit(self, n_in, n_out):
         raise NotImplementedError
 
-    def __call__(self, shape, rng):
-        a = self.limit(*_fans(shape))
+    def __call__(self, shape, rng, fans=None):
+        a = self.limit(*_fans(shape, fans))
         return rng.uniform(-a, a, size=shape)
 
 
@@ -84,8 +105,8 @@ class _Normal(Initializer):
     def std(self, n_in, n_out):
         raise NotImplementedError
 
-    def __call__(self, shape, rng):
-        return rng.normal(0.0, self.std(*_fans(shape)), size=shape)
+    def __call__(self, shape, rng, fans=None):
+        return rng.normal(0.0, self.std(*_fans(shape, fans)), size=shape)
 
 
 class GlorotBengioUniform(_Uniform):

@@ -4,7 +4,10 @@ A layer is built once for a feature shape (the shape of one sample, without the 
 parameters as `ParamSpec`s, and receives views into the model's flat parameter and gradient buffers.  At
 run time ``forward(X, training)`` returns the layer's output and ``backward(dY)`` the gradient with respect
 to its input, leaving the parameter gradients in the gradient views.  Both work on whole batches (first
-axis) and write into buffers the layer owns, made once per batch size and reused.
+axis) and write into buffers the layer owns, made once per batch shape and reused.
+
+Data layout: channels-last.  Features are on the last axis: a batch of vectors is (N, F), of sequences
+(N, T, F), of images (N, H, W, C); a layer with a per-feature parameter applies it along the last axis.
 
 Layers with several inputs set ``n_inputs`` (None: any number >= 2) and take / return lists of arrays.
 """
@@ -13,9 +16,47 @@ from collections import OrderedDict, namedtuple
 import numpy as np
 
 from fastnn._core._threads import get_num_threads  # noqa: F401  (re-exported for the layer modules)
+from fastnn.initializers import default_fans
 
-ParamSpec = namedtuple("ParamSpec", "name shape init decay")
-ParamSpec.__doc__ = """A parameter a layer asks for: its name, shape, initializer and whether weight decay applies."""
+class ParamSpec(namedtuple("ParamSpec", "name shape init decay fan_in fan_out unit_axis")):
+    """A parameter a layer asks for.
+
+    Fields: ``name``; ``shape``; ``init``, its initializer; ``decay``, whether weight decay applies;
+    ``fan_in`` / ``fan_out``, the inputs feeding one output unit and the outputs fed by one input (what
+    Glorot/He initializers scale by); ``unit_axis``, the axis of ``shape`` that indexes the output units (what
+    ``MaxNorm``, pruning and diagnostics treat as one unit per index; the others hold a unit's incoming weights).
+
+    The last three default from the shape (``default_fans``; unit axis the last), which is right for a Dense
+    weight (n_in, units): fan_in n_in, fan_out units, unit axis 1, and for a bias (units,).  A layer whose
+    layout differs passes them explicitly.  ``initialize(rng)`` draws the initial value from the spec's fans.
+    """
+    __slots__ = ()
+
+    def __new__(cls, name, shape, init, decay, fan_in=None, fan_out=None, unit_axis=None):
+        shape = tuple(int(d) for d in shape)
+        fi, fo = default_fans(shape)
+        for given, what in ((fan_in, "fan_in"), (fan_out, "fan_out")):
+            if given is not None and (isinstance(given, bool) or int(given) != given or given < 1):
+                raise ValueError(f"ParamSpec {name!r}: {what} must be an int >= 1, got {given!r}")
+        fan_in = fi if fan_in is None else int(fan_in)
+        fan_out = fo if fan_out is None else int(fan_out)
+        if unit_axis is None:
+            unit_axis = max(len(shape) - 1, 0)
+        else:
+            unit_axis = int(unit_axis)
+            if not -len(shape) <= unit_axis < max(len(shape), 1):
+                raise ValueError(f"ParamSpec {name!r}: unit_axis {unit_axis} is out of range for shape {shape}")
+            unit_axis %= max(len(shape), 1)
+        return super().__new__(cls, name, shape, init, decay, fan_in, fan_out, unit_axis)
+
+    @property
+    def fans(self):
+        """(fan_in, fan_out)."""
+        return self.fan_in, self.fan_out
+
+    def initialize(self, rng):
+        """The initial value (a float64 array of ``shape``) drawn by ``init`` from `rng` with this spec's fans."""
+        return self.init(self.shape, rng, fans=self.fans)
 
 _name_counts = {}
 
@@ -84,12 +125,19 @@ class Layer:
     def backward(self, dY):
         raise NotImplementedError
 
-    def _batch_buffers(self, n, make):
-        """The buffers for a batch of `n` samples: made once by `make(n)` and reused (a few sizes are kept)."""
-        bufs = self._buffers.get(n)
+    def _batch_buffers(self, shape, make, tag=None):
+        """Buffers for one batch shape: made once by ``make(n)`` (n = the batch size) and reused.
+
+        The cache key is the batch's full shape (a tuple, batch axis included) and ``tag`` (e.g. "grad" for the
+        backward's buffers), so that two batches of the same size but another shape (a sequence of another
+        length) never share buffers; a few shapes are kept.  An int key (a batch size) is accepted from
+        layers that still key by size alone.
+        """
+        key = (tag, shape) if tag is not None else shape
+        bufs = self._buffers.get(key)
         if bufs is None:
-            bufs = make(n)
-            self._buffers[n] = bufs
+            bufs = make(shape[0] if isinstance(shape, tuple) else shape)
+            self._buffers[key] = bufs
             if len(self._buffers) > self._max_cached_batches:
                 self._buffers.popitem(last=False)
         return bufs
@@ -167,3 +215,14 @@ class WeightBias:
 def flat2d(X):
     """A (n, features) view of a C-contiguous batch of any rank (no copy)."""
     return X.reshape(X.shape[0], -1) if X.ndim != 2 else X
+
+
+def rows2d(X):
+    """A (rows, features) view of a C-contiguous array of rank >= 1 whose features are on the last axis:
+    every leading axis becomes a row (a (N, T, F) batch -> (N*T, F)).  Never copies: an array that is not
+    C-contiguous raises instead (a copy would silently drop what a kernel writes into it)."""
+    if X.ndim == 2:
+        return X
+    if not X.flags.c_contiguous:
+        raise ValueError(f"expected a C-contiguous array of shape {X.shape}, got a strided view")
+    return X.reshape(int(np.prod(X.shape[:-1])), X.shape[-1])
