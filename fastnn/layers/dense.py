@@ -1,10 +1,13 @@
-"""Dense (fully connected) layer: Y = act(X.W + b), with the bias and activation fused into the GEMM's pass."""
+"""Dense (fully connected) layer: Y = act(X.W + b), with the bias and activation fused into the GEMM's pass.
+
+Applied to the last axis of an input of any rank (torch.nn.Linear, Keras Dense): a batch (N, ..., n_in) is
+viewed as (N*..., n_in) rows (no copy) and runs through the same 2-D kernels."""
 import numpy as np
 
 from fastnn import constraints, initializers
 from fastnn._core import dense as _k
 from fastnn.layers import activations as _act
-from fastnn.layers.base import Layer, ParamSpec, WeightBias, get_num_threads
+from fastnn.layers.base import Layer, ParamSpec, WeightBias, get_num_threads, rows2d
 
 
 class Dense(WeightBias, Layer):
@@ -20,7 +23,9 @@ class Dense(WeightBias, Layer):
         max_norm: None, a positive number c, or a ``fastnn.constraints.MaxNorm``: after every optimizer step
             the incoming weights of each unit (each column of ``weight``) are rescaled to L2 norm at most c.
 
-    Shape: input (n, n_in), output (n, units).  ``weight`` is (n_in, units), ``bias`` (units,): views into the
+    Shape: input (n, ..., n_in), output (n, ..., units): the layer acts on the last axis, every leading
+    position (a time step, a pixel) independently with the same weights.  ``weight`` is (n_in, units), ``bias``
+    (units,): views into the
     model's flat parameter buffer, the same arrays for the model's life; ``weight_grad`` / ``bias_grad`` hold
     the gradients of the last backward pass.
     """
@@ -45,49 +50,50 @@ class Dense(WeightBias, Layer):
         self.fusable = self.activation.fusable
 
     def _build(self, input_shape):
-        if len(input_shape) != 1:
-            raise ValueError(f"{self.name}: Dense expects inputs of shape (n, features), got feature shape "
-                             f"{input_shape}")
-        return (self.units,)
+        if len(input_shape) < 1:
+            raise ValueError(f"{self.name}: Dense expects inputs of shape (n, ..., features), got feature shape "
+                             f"{tuple(input_shape)}")
+        return tuple(input_shape[:-1]) + (self.units,)
 
     def param_specs(self):
-        specs = [ParamSpec("weight", (self.input_shape[0], self.units), self.kernel_init, True)]
+        n_in = self.input_shape[-1]
+        specs = [ParamSpec("weight", (n_in, self.units), self.kernel_init, True, fan_in=n_in, fan_out=self.units,
+                           unit_axis=1)]
         if self.use_bias:
-            specs.append(ParamSpec("bias", (self.units,), self.bias_init, False))
+            specs.append(ParamSpec("bias", (self.units,), self.bias_init, False, unit_axis=0))
         return specs
 
     def _apply_constraint(self):
         """Called by the model after each optimizer step when the layer has a constraint."""
-        self.constraint(self.params["weight"])
-
-    def _make_buffers(self, n):
-        Z = np.empty((n, self.units), dtype=self.dtype)
-        Y = Z if self.activation.kind == 0 else np.empty_like(Z)
-        return Z, Y
+        self.constraint(self.params["weight"], unit_axis=1)
 
     def forward(self, X, training=False, logits=False):
-        Z, Y = self._batch_buffers(X.shape[0], self._make_buffers)
+        def make(_):
+            Z = np.empty(X.shape[:-1] + (self.units,), dtype=self.dtype)
+            return Z, (Z if self.activation.kind == 0 else np.empty_like(Z))
+
+        Z, Y = self._batch_buffers(X.shape, make)
         kind = 0 if logits else self.activation.kind
         out = Z if kind == 0 else Y
         counts = self._act_counts if kind else None      # unit counters, only while diagnostics ask for them
-        _k.dense_forward(X, self.params["weight"], self.params.get("bias"), Z, out, kind, self.activation.alpha,
-                         get_num_threads(), counts)
-        self._X, self._Z, self._Y, self._kind = X, Z, out, kind
+        X2, Z2 = rows2d(X), rows2d(Z)
+        _k.dense_forward(X2, self.params["weight"], self.params.get("bias"), Z2, rows2d(out), kind,
+                         self.activation.alpha, get_num_threads(), counts)
+        self._X, self._Z, self._Y, self._kind = X2, Z2, rows2d(out), kind
         return out
 
     def backward(self, dY):
-        n = dY.shape[0]
-        n_in = self.input_shape[0]
-
         def make(_):
-            dZ = np.empty((n, self.units), dtype=self.dtype) if self.activation.kind != 0 else None
-            dX = np.empty((n, n_in), dtype=self.dtype)
+            dZ = np.empty(dY.shape, dtype=self.dtype) if self.activation.kind != 0 else None
+            dX = np.empty(dY.shape[:-1] + (self.input_shape[-1],), dtype=self.dtype)
             return dZ, dX
 
-        dZ, dX = self._batch_buffers(-1 - n, make)
-        _k.dense_backward(self._X, self.params["weight"], self._Z, self._Y, dY, dZ if dZ is not None else dY,
-                          dX if self.need_input_grad else None, self.grads["weight"], self.grads.get("bias"),
-                          self._kind, self.activation.alpha, get_num_threads())
+        dZ, dX = self._batch_buffers(dY.shape, make, tag="grad")
+        dY2 = rows2d(dY)
+        _k.dense_backward(self._X, self.params["weight"], self._Z, self._Y, dY2,
+                          rows2d(dZ) if dZ is not None else dY2, rows2d(dX) if self.need_input_grad else None,
+                          self.grads["weight"], self.grads.get("bias"), self._kind, self.activation.alpha,
+                          get_num_threads())
         return dX if self.need_input_grad else None
 
     def get_config(self):
