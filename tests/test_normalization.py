@@ -130,8 +130,13 @@ def test_bad_arguments_and_shapes():
         LayerNorm(eps="1e-5")
     with pytest.raises(ValueError, match="eps"):
         BatchNorm(eps=0)
-    with pytest.raises(ValueError, match="bn.*features"):
-        BatchNorm(name="bn")(fnn.Input((2, 3)))
+    with pytest.raises(ValueError, match=r"bn.*last axis.*axis=1"):        # channels-first: not supported
+        BatchNorm(axis=1, name="bn")(fnn.Input((2, 3)))
+    with pytest.raises(ValueError, match="bn.*batch axis"):
+        BatchNorm(axis=0, name="bn")
+    with pytest.raises(TypeError, match="bn.*axis"):
+        BatchNorm(axis=1.0, name="bn")
+    assert BatchNorm(axis=2)(fnn.Input((2, 3))).shape == (2, 3)         # the last axis by its index
 
 
 def test_in_a_model_gradients_and_no_weight_decay():

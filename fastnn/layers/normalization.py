@@ -1,66 +1,85 @@
 """Normalization layers: BatchNorm (torch.nn.BatchNorm1d) and LayerNorm (torch.nn.LayerNorm), compiled kernels
 in fastnn/_core/norm.pyx.
 
-Both have a learnable scale ``weight`` (ones) and shift ``bias`` (zeros), declared with ``decay=False``: the
-optimizers' weight decay skips them unless ``decay_bias=True`` is given.
+Both work on the last axis (channels-last: (N, C), (N, L, C), (N, H, W, C)) and have a learnable scale
+``weight`` (ones) and shift ``bias`` (zeros) of shape (C,), declared with ``decay=False``: the optimizers' weight
+decay skips them unless ``decay_bias=True`` is given.  Both run their 2-D kernels on a (N*..., C) view of the
+batch (no copy).
 """
 import numpy as np
 
 from fastnn import initializers
 from fastnn._core import norm as _k
 from fastnn._validation import check_number
-from fastnn.layers.base import Layer, ParamSpec, WeightBias, flat2d, get_num_threads
+from fastnn.layers.base import Layer, ParamSpec, WeightBias, get_num_threads, rows2d
 
 
 class _Norm(WeightBias, Layer):
     """The parameters shared by the normalization layers: ``weight`` (the scale gamma) and ``bias`` (the shift
     beta)."""
 
+    def _build(self, input_shape):
+        if len(input_shape) < 1:
+            raise ValueError(f"{self.name}: {type(self).__name__} expects inputs of shape (n, ..., features), got "
+                             f"feature shape {tuple(input_shape)}")
+        return input_shape
+
     def param_specs(self):
-        shape = self._param_shape()
+        shape = (self.input_shape[-1],)
         return [ParamSpec("weight", shape, initializers.Ones(), False),
                 ParamSpec("bias", shape, initializers.Zeros(), False)]
 
 
 class BatchNorm(_Norm):
-    """Batch normalization over the features of (n, C) inputs, as ``torch.nn.BatchNorm1d(C)``.
+    """Batch normalization of each channel (the last axis) over all other axes: ``torch.nn.BatchNorm1d(C)`` on
+    (n, C) and on (n, C, L), ``torch.nn.BatchNorm2d(C)`` on (n, C, H, W), with the data channels-last: (n, C),
+    (n, L, C), (n, H, W, C).
 
-    Training: each feature is normalized with the batch's mean and biased variance,
-    ``y = weight * (x - mean) / sqrt(var + eps) + bias``, and the running statistics are updated with
-    ``r = (1 - momentum) * r + momentum * stat`` (the unbiased variance for ``running_var``).
-    Inference: the running statistics normalize instead.
+    Training: each channel is normalized with the mean and biased variance of its m values in the batch
+    (m = n, n*L or n*H*W), ``y = weight * (x - mean) / sqrt(var + eps) + bias``, and the running statistics
+    are updated with ``r = (1 - momentum) * r + momentum * stat`` (for ``running_var`` the unbiased variance,
+    var * m / (m - 1), as torch).  Inference: the running statistics normalize instead.
 
     Args:
         momentum: weight of the new batch in the running statistics (torch's default 0.1), in [0, 1].
         eps: added to the variance (1e-5).
+        axis: the channel axis: -1 (default), or the last axis' index in the batch's shape (1 for (n, C)).
+            Other axes are not supported: transpose the data to channels-last.
 
     Attributes: ``weight`` and ``bias`` (C,) are parameters; ``running_mean`` (zeros) and ``running_var``
     (ones), (C,), are non-trainable state in ``layer.buffers`` (saved with the model).
 
-    A batch of 1 sample in training mode raises ValueError, as torch does ("Expected more than 1 value per
-    channel when training"): its variance is 0 and its running variance undefined.  In ``fit`` choose a
-    batch size that does not leave a last batch of one sample.
+    A training batch with one value per channel (a batch of 1 sample of shape (1, C)) raises ValueError, as
+    torch does ("Expected more than 1 value per channel when training"): its variance is 0 and its running
+    variance undefined.  In ``fit`` choose a batch size that does not leave a last batch of one sample.  A
+    one-sample batch of a sequence or image (1, L, C) has L values per channel and is fine.
 
-    Shape: input and output (n, C).
+    Shape: input and output (n, ..., C).
     """
 
-    def __init__(self, momentum=0.1, eps=1e-5, name=None):
+    def __init__(self, momentum=0.1, eps=1e-5, axis=-1, name=None):
         super().__init__(name)
         self.momentum = check_number(type(self).__name__, "momentum", momentum, low=0.0, high=1.0)
         self.eps = check_number(type(self).__name__, "eps", eps, low=0.0, low_open=True)
+        if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+            raise TypeError(f"{self.name}: axis must be an int, got {type(axis).__name__} {axis!r}")
+        if axis == 0:
+            raise ValueError(f"{self.name}: axis 0 is the batch axis; BatchNorm normalizes the last axis (axis=-1)")
+        self.axis = int(axis)
 
     def _build(self, input_shape):
-        if len(input_shape) != 1:
-            raise ValueError(f"{self.name}: BatchNorm expects inputs of shape (n, features), got feature shape "
-                             f"{tuple(input_shape)}")
+        super()._build(input_shape)
+        last = len(input_shape)          # the last axis' index in the batch's shape (n, *input_shape)
+        if self.axis not in (-1, last):
+            raise ValueError(f"{self.name}: BatchNorm normalizes the channels on the last axis (axis=-1 or "
+                             f"{last} for inputs of shape (n, {', '.join(map(str, input_shape))})), got axis="
+                             f"{self.axis}; transpose the data to channels-last (e.g. (N, C, H, W) -> "
+                             f"X.transpose(0, 2, 3, 1))")
         return input_shape
-
-    def _param_shape(self):
-        return tuple(self.input_shape)
 
     def _bind(self, params, grads, dtype):
         super()._bind(params, grads, dtype)
-        C = self.input_shape[0]
+        C = self.input_shape[-1]
         rm, rv = self.buffers.get("running_mean"), self.buffers.get("running_var")
         if rm is None or rm.shape != (C,) or rm.dtype != dtype:
             self.buffers["running_mean"] = np.zeros(C, dtype=dtype)
@@ -84,74 +103,65 @@ class BatchNorm(_Norm):
         self.buffers["running_var"][...] = value
 
     def forward(self, X, training=False):
-        n = X.shape[0]
-        if training and n < 2:
-            raise ValueError(f"{self.name}: expected more than 1 sample per feature in training mode, got a "
+        if training and X.size // max(X.shape[-1], 1) < 2:
+            raise ValueError(f"{self.name}: expected more than 1 value per channel in training mode, got a "
                              f"batch of shape {X.shape} (as torch.nn.BatchNorm1d)")
-        Y, Xhat = self._batch_buffers(n, lambda _: (np.empty(X.shape, X.dtype), np.empty(X.shape, X.dtype)))
+        Y, Xhat = self._batch_buffers(X.shape, lambda _: (np.empty(X.shape, X.dtype), np.empty(X.shape, X.dtype)))
         mean, invstd = self._stats
-        _k.batchnorm_forward(X, self.params["weight"], self.params["bias"], Y, Xhat, mean, invstd,
-                             self.buffers["running_mean"], self.buffers["running_var"], bool(training),
-                             self.momentum, self.eps, get_num_threads())
+        _k.batchnorm_forward(rows2d(X), self.params["weight"], self.params["bias"], rows2d(Y), rows2d(Xhat),
+                             mean, invstd, self.buffers["running_mean"], self.buffers["running_var"],
+                             bool(training), self.momentum, self.eps, get_num_threads())
         self._Xhat, self._batch_stats = Xhat, bool(training)
         return Y
 
     def backward(self, dY):
         Xhat = self._Xhat
-        dX = self._batch_buffers(-1 - dY.shape[0], lambda _: np.empty(Xhat.shape, Xhat.dtype))
-        _k.batchnorm_backward(dY, Xhat, self.params["weight"], self._stats[1], dX if self.need_input_grad else None,
-                              self.grads["weight"], self.grads["bias"], self._batch_stats, get_num_threads())
+        dX = self._batch_buffers(dY.shape, lambda _: np.empty(Xhat.shape, Xhat.dtype), tag="grad")
+        _k.batchnorm_backward(rows2d(dY), rows2d(Xhat), self.params["weight"], self._stats[1],
+                              rows2d(dX) if self.need_input_grad else None, self.grads["weight"],
+                              self.grads["bias"], self._batch_stats, get_num_threads())
         return dX if self.need_input_grad else None
 
     def get_config(self):
-        return {"name": self.name, "momentum": self.momentum, "eps": self.eps}
+        return {"name": self.name, "momentum": self.momentum, "eps": self.eps, "axis": self.axis}
 
     def extra_repr(self):
-        return f"momentum={self.momentum}, eps={self.eps}"
+        return f"momentum={self.momentum}, eps={self.eps}" + (f", axis={self.axis}" if self.axis != -1 else "")
 
 
 class LayerNorm(_Norm):
-    """Layer normalization over all features of each sample, as ``torch.nn.LayerNorm(feature_shape)``.
+    """Layer normalization over the last axis, as ``torch.nn.LayerNorm(C)``: each position (a sample of
+    (n, C), a time step of (n, T, C), a pixel of (n, H, W, C)) is normalized over its C features.
 
-    ``y = weight * (x - mean) / sqrt(var + eps) + bias`` with the mean and biased variance of each sample
-    over its features; the same in training and inference.
+    ``y = weight * (x - mean) / sqrt(var + eps) + bias`` with the mean and biased variance over the last
+    axis; the same in training and inference.
 
     Args:
         eps: added to the variance (1e-5).
 
-    Attributes: ``weight`` and ``bias`` have the feature shape.  Shape: input and output (n, *features).
+    Attributes: ``weight`` and ``bias`` (C,).  Shape: input and output (n, ..., C).
     """
 
     def __init__(self, eps=1e-5, name=None):
         super().__init__(name)
         self.eps = check_number(type(self).__name__, "eps", eps, low=0.0, low_open=True)
 
-    def _build(self, input_shape):
-        if len(input_shape) < 1:
-            raise ValueError(f"{self.name}: LayerNorm needs at least one feature axis, got {tuple(input_shape)}")
-        return input_shape
-
-    def _param_shape(self):
-        return tuple(self.input_shape)
-
     def forward(self, X, training=False):
-        n = X.shape[0]
-
         def make(_):
-            return np.empty(X.shape, X.dtype), np.empty(X.shape, X.dtype), np.empty(n, X.dtype)
+            return np.empty(X.shape, X.dtype), np.empty(X.shape, X.dtype), np.empty(X.shape[:-1], X.dtype)
 
-        Y, Xhat, invstd = self._batch_buffers(n, make)
-        _k.layernorm_forward(flat2d(X), self.params["weight"].reshape(-1), self.params["bias"].reshape(-1),
-                             flat2d(Y), flat2d(Xhat), invstd, self.eps, get_num_threads())
+        Y, Xhat, invstd = self._batch_buffers(X.shape, make)
+        _k.layernorm_forward(rows2d(X), self.params["weight"], self.params["bias"], rows2d(Y), rows2d(Xhat),
+                             invstd.reshape(-1), self.eps, get_num_threads())
         self._Xhat, self._invstd = Xhat, invstd
         return Y
 
     def backward(self, dY):
         Xhat = self._Xhat
-        dX = self._batch_buffers(-1 - dY.shape[0], lambda _: np.empty(Xhat.shape, Xhat.dtype))
-        _k.layernorm_backward(flat2d(dY), flat2d(Xhat), self.params["weight"].reshape(-1), self._invstd,
-                              flat2d(dX) if self.need_input_grad else None, self.grads["weight"].reshape(-1),
-                              self.grads["bias"].reshape(-1), get_num_threads())
+        dX = self._batch_buffers(dY.shape, lambda _: np.empty(Xhat.shape, Xhat.dtype), tag="grad")
+        _k.layernorm_backward(rows2d(dY), rows2d(Xhat), self.params["weight"], self._invstd.reshape(-1),
+                              rows2d(dX) if self.need_input_grad else None, self.grads["weight"],
+                              self.grads["bias"], get_num_threads())
         return dX if self.need_input_grad else None
 
     def get_config(self):
