@@ -46,12 +46,12 @@ class Dropout(Layer):
             self._masked = False
             if self._scale == 1.0:
                 return X
-            Y = self._batch_buffers(n, lambda _: (np.empty(X.shape, X.dtype), np.empty(X.shape, np.uint8)))[0]
+            Y = self._batch_buffers(X.shape, lambda _: (np.empty(X.shape, X.dtype), np.empty(X.shape, np.uint8)))[0]
             np.multiply(X, self._scale, out=Y)
             return Y
         if self._rng is None:                       # used outside a model: fresh entropy
             self._rng = np.random.default_rng()
-        Y, mask = self._batch_buffers(n, lambda _: (np.empty(X.shape, X.dtype), np.empty(X.shape, np.uint8)))
+        Y, mask = self._batch_buffers(X.shape, lambda _: (np.empty(X.shape, X.dtype), np.empty(X.shape, np.uint8)))
         seed = int(self._rng.integers(0, 2 ** 63))
         threshold = int(round(self.rate * 2.0 ** 53))
         self._scale = 1.0 / keep if self.mode == "inverted" else 1.0
@@ -63,7 +63,7 @@ class Dropout(Layer):
     def backward(self, dY):
         if not self._masked and self._scale == 1.0:
             return dY
-        dX = self._batch_buffers(-1 - dY.shape[0], lambda _: np.empty(dY.shape, dY.dtype))
+        dX = self._batch_buffers(dY.shape, lambda _: np.empty(dY.shape, dY.dtype), tag="grad")
         if self._masked:
             _k.dropout_backward(dY.reshape(-1), self.mask.reshape(-1), dX.reshape(-1), self._scale,
                                 get_num_threads())

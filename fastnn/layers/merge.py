@@ -32,7 +32,7 @@ class Add(Layer):
         return shapes[0]
 
     def forward(self, X, training=False):
-        Y = self._batch_buffers(X[0].shape[0], lambda n: np.empty(X[0].shape, dtype=X[0].dtype))
+        Y = self._batch_buffers(X[0].shape, lambda n: np.empty(X[0].shape, dtype=X[0].dtype))
         np.add(X[0], X[1], out=Y)
         for x in X[2:]:
             np.add(Y, x, out=Y)
@@ -63,18 +63,16 @@ class Concatenate(Layer):
         return shapes[0][:-1] + (sum(self._sizes),)
 
     def forward(self, X, training=False):
-        n = X[0].shape[0]
-        Y = self._batch_buffers(n, lambda n: np.empty((n,) + self.output_shape, dtype=X[0].dtype))
+        shape = X[0].shape[:-1] + (sum(x.shape[-1] for x in X),)
+        Y = self._batch_buffers(shape, lambda n: np.empty(shape, dtype=X[0].dtype))
         np.concatenate(X, axis=-1, out=Y)
         return Y
 
     def backward(self, dY):
-        n = dY.shape[0]
-
         def make(_):
-            return [np.empty((n,) + tuple(s), dtype=dY.dtype) for s in self.input_shape]
+            return [np.empty(dY.shape[:-1] + (d,), dtype=dY.dtype) for d in self._sizes]
 
-        dXs = self._batch_buffers(-1 - n, make)
+        dXs = self._batch_buffers(dY.shape, make, tag="grad")
         a = 0
         for dX, d in zip(dXs, self._sizes):
             np.copyto(dX, dY[..., a:a + d])     # contiguous copies: the kernels upstream need C order

@@ -109,7 +109,7 @@ class Residual(Layer):
             self.kept = bool(self._rng.random() < p)
             if not self.kept:
                 return x
-        Y = self._batch_buffers(x.shape[0], lambda _: np.empty(x.shape, x.dtype))
+        Y = self._batch_buffers(x.shape, lambda _: np.empty(x.shape, x.dtype))
         if not training and p < 1.0:
             np.multiply(h, p, out=Y)
             np.add(Y, x, out=Y)
@@ -128,7 +128,7 @@ class Residual(Layer):
                 for g in layer.grads.values():
                     g[...] = 0
             return [dY, None]
-        dH = self._batch_buffers(-1 - dY.shape[0], lambda _: np.empty(dY.shape, dY.dtype))
+        dH = self._batch_buffers(dY.shape, lambda _: np.empty(dY.shape, dY.dtype), tag="grad")
         np.multiply(dY, p, out=dH)
         return [dY, dH]
 
