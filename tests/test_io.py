@@ -60,8 +60,17 @@ def _deep_graph():
     return fnn.Model(x, L.Dense(3, activation="softmax")(h), seed=6, name="deep-graph")
 
 
+def _nd_sequential():
+    """N-D layers inside: (n, 5) -> (n, 5, 1) -> per-position Dense, BatchNorm, LayerNorm -> flat -> (n, 3)."""
+    L = fnn.layers
+    return fnn.Sequential([
+        L.Reshape((5, -1)), L.Dense(4, activation="tanh"), L.BatchNorm(momentum=0.2), L.LayerNorm(),
+        L.Flatten(), L.Dense(3)], input_dim=5, seed=7, name="nd-seq")
+
+
 CASES = (list(_dense_models()) + list(_activation_layer_models()) +
-         [("functional-model", _graph_model), ("deep-sequential", _deep_sequential), ("deep-graph", _deep_graph)])
+         [("functional-model", _graph_model), ("deep-sequential", _deep_sequential), ("deep-graph", _deep_graph),
+          ("nd-sequential", _nd_sequential)])
 
 
 def test_every_registered_layer_is_covered():

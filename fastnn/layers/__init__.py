@@ -3,6 +3,7 @@ from fastnn.layers.base import Layer, ParamSpec
 from fastnn.layers import activations as _activations
 from fastnn.layers.activations import Activation, Identity, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax
 from fastnn.layers.dense import Dense
+from fastnn.layers.core import Flatten, Reshape
 from fastnn.layers.merge import Add, Concatenate
 from fastnn.layers.normalization import BatchNorm, LayerNorm
 from fastnn.layers.dropout import Dropout
@@ -10,8 +11,9 @@ from fastnn.layers.residual import Residual, linear_decay, residual_stack
 
 # class name -> class, for rebuilding layers from their configs (saving and loading models)
 REGISTRY = {**_activations.CLASSES,
-            **{cls.__name__: cls for cls in (Dense, Add, Concatenate, BatchNorm, LayerNorm, Dropout, Residual)}}
+            **{cls.__name__: cls for cls in (Dense, Flatten, Reshape, Add, Concatenate, BatchNorm, LayerNorm,
+                                             Dropout, Residual)}}
 
 __all__ = ["Layer", "ParamSpec", "Activation", "Identity", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax",
-           "Dense", "Add", "Concatenate", "BatchNorm", "LayerNorm", "Dropout", "Residual", "linear_decay",
-           "residual_stack"]
+           "Dense", "Flatten", "Reshape", "Add", "Concatenate", "BatchNorm", "LayerNorm", "Dropout", "Residual",
+           "linear_decay", "residual_stack"]

@@ -1,0 +1,95 @@
+"""Shape layers: Flatten and Reshape.
+
+Both change only how one sample's elements are grouped, never their order (row-major, C order): the forward is
+a view of the input batch and the backward a view of the output gradient, with no copy and no buffer.  Data
+layout is channels-last (features on the last axis), so ``Flatten`` of an image batch (n, H, W, C) gives
+(n, H*W*C) with the channels of one pixel adjacent, as Keras' ``Flatten``.  (torch's ``nn.Flatten`` on
+(n, C, H, W) groups by channel instead: weights moved from torch to a Dense after Flatten must be permuted.)
+"""
+import numpy as np
+
+from fastnn.layers.base import Layer
+
+
+def _view(X, shape):
+    """X (C-contiguous) seen with `shape` (the same number of elements): a view, never a copy."""
+    if not X.flags.c_contiguous:
+        X = np.ascontiguousarray(X)
+    return X.reshape(shape)
+
+
+class Flatten(Layer):
+    """Flatten each sample to one feature axis, row-major (C order) over the non-batch axes.
+
+    Shape: input (n, d1, d2, ...), output (n, d1*d2*...).  The output is a view of the input (no copy).
+
+    Example::
+
+        model = fnn.Sequential([fnn.layers.Dense(8), fnn.layers.Flatten(), fnn.layers.Dense(3)],
+                               input_dim=(12, 5))      # (n, 12, 5) -> (n, 12, 8) -> (n, 96) -> (n, 3)
+    """
+
+    def _build(self, input_shape):
+        return (int(np.prod(input_shape, dtype=np.int64)),)
+
+    def forward(self, X, training=False):
+        return _view(X, (X.shape[0], int(np.prod(X.shape[1:], dtype=np.int64))))
+
+    def backward(self, dY):
+        return _view(dY, (dY.shape[0],) + tuple(self.input_shape)) if self.need_input_grad else None
+
+
+class Reshape(Layer):
+    """Give each sample a new shape with the same number of elements, row-major (C order), as Keras' Reshape.
+
+    Args:
+        shape: the target shape of one sample (without the batch axis), a tuple of positive ints; one entry may
+            be -1, inferred from the input's size.
+
+    A target whose size differs from the input's is a ValueError when the layer is called on a tensor.
+
+    Shape: input (n, *s), output (n, *shape).  The output is a view of the input (no copy).
+
+    Example::
+
+        fnn.layers.Reshape((4, -1))      # (n, 12) -> (n, 4, 3)
+    """
+
+    def __init__(self, shape, name=None):
+        super().__init__(name)
+        if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
+            shape = (shape,)
+        if not isinstance(shape, (tuple, list)) or len(shape) == 0:
+            raise TypeError(f"{self.name}: shape must be a non-empty tuple of ints (one sample's shape), "
+                            f"got {shape!r}")
+        for d in shape:
+            if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or (d < 1 and d != -1):
+                raise ValueError(f"{self.name}: shape entries must be positive ints or one -1, got {tuple(shape)}")
+        if sum(d == -1 for d in shape) > 1:
+            raise ValueError(f"{self.name}: at most one -1 in shape, got {tuple(shape)}")
+        self.shape = tuple(int(d) for d in shape)
+
+    def _build(self, input_shape):
+        size = int(np.prod(input_shape, dtype=np.int64))
+        known = int(np.prod([d for d in self.shape if d != -1], dtype=np.int64))
+        if -1 in self.shape:
+            if size % known:
+                raise ValueError(f"{self.name}: cannot reshape a sample of shape {tuple(input_shape)} ({size} "
+                                 f"elements) to {self.shape}: {size} is not a multiple of {known}")
+            return tuple(size // known if d == -1 else d for d in self.shape)
+        if known != size:
+            raise ValueError(f"{self.name}: cannot reshape a sample of shape {tuple(input_shape)} ({size} elements) "
+                             f"to {self.shape} ({known} elements)")
+        return self.shape
+
+    def forward(self, X, training=False):
+        return _view(X, (X.shape[0],) + self.output_shape)
+
+    def backward(self, dY):
+        return _view(dY, (dY.shape[0],) + tuple(self.input_shape)) if self.need_input_grad else None
+
+    def get_config(self):
+        return {"name": self.name, "shape": list(self.shape)}
+
+    def extra_repr(self):
+        return f"{self.shape}"
