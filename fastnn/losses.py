@@ -5,7 +5,7 @@
 | "l2" | sum over the batch of (yhat - y)^2, no 1/2 | MSELoss(reduction="sum") |
 | "mse" | mean over all elements of (yhat - y)^2 | MSELoss() |
 | "mae" | mean over all elements of abs(yhat - y) | L1Loss() |
-| "cross_entropy" | softmax cross-entropy on logits, mean over the batch; integer labels (n,) or probability rows (n, k) | CrossEntropyLoss() |
+| "cross_entropy" | softmax cross-entropy on logits, mean over the batch (and positions); integer labels (n, ...) or probabilities (n, ..., k) | CrossEntropyLoss() |
 | "binary_cross_entropy" | sigmoid cross-entropy on logits, mean over all elements (yes/no, one-vs-all, multi-label) | BCEWithLogitsLoss() |
 | "sampled_softmax" | training: softmax cross-entropy over the true class and a sample of others (``SampledSoftmax``); evaluation: "cross_entropy" | tf.nn.sampled_softmax_loss |
 
@@ -13,10 +13,18 @@ A model whose output layer ends in softmax (``Softmax()`` or ``Dense(..., activa
 its logits to "cross_entropy" (fused, stable); likewise a final sigmoid with "binary_cross_entropy".
 Otherwise the model's output is taken as the logits, as torch does.
 
+N-D outputs (channels-last: classes or features on the last axis): an output (n, ..., k) (a sequence
+(n, T, k), an image (n, H, W, k)) is k scores at each of the P positions of a sample.  "cross_entropy" takes
+labels (n, ...) (one per position) or probabilities (n, ..., k) and averages over all n*P positions, as torch's
+``CrossEntropyLoss`` does on (n, k, d1, ...) with labels (n, d1, ...); the elementwise losses average over all
+elements as for 2-D.  Accuracy counts positions (``n_predictions``).
+
 Sample weights (``fit(sample_weight=..., class_weight=...)``): every loss takes optional per-sample weights
 w_i >= 0 and becomes the weighted mean sum_i w_i l_i / sum_i w_i, torch's definition for
 ``CrossEntropyLoss(weight=...)`` (Keras divides by the batch size instead); the per-element means divide by
 k * sum_i w_i, and "l2" stays a sum, sum_i w_i l_i.  A batch whose weights sum to 0 has loss 0 and gradient 0.
+Weights are per sample: with N-D outputs each of a sample's positions carries its sample's weight (the mean
+becomes sum_i w_i sum_p l_ip / (P sum_i w_i)).
 """
 import numpy as np
 
@@ -55,8 +63,8 @@ def _float_targets(owner, y, n, out_shape, dtype):
         raise TypeError(f"{owner}: targets must be numeric, got dtype {arr.dtype}")
     want = (n,) + tuple(out_shape)
     if arr.shape != want:
-        if arr.shape == (n,) and tuple(out_shape) == (1,):
-            arr = arr.reshape(n, 1)
+        if out_shape[-1:] == (1,) and arr.shape == want[:-1]:     # one output per position: the 1 may be left out
+            arr = arr.reshape(want)
         else:
             raise ValueError(f"{owner}: targets must have shape {want} to match the model output, got {arr.shape}")
     arr = np.ascontiguousarray(arr, dtype=dtype)
@@ -96,28 +104,36 @@ class MAE(_Regression):
 
 
 class CrossEntropy(Loss):
-    """Softmax cross-entropy on logits, mean over the batch: torch's CrossEntropyLoss().
+    """Softmax cross-entropy on logits (classes on the last axis), mean over the batch: torch's
+    CrossEntropyLoss().
 
-    Targets: integer class labels of shape (n,) in [0, k), or probability rows of shape (n, k).
+    Targets for outputs (n, k): integer class labels of shape (n,) in [0, k), or probability rows (n, k).
+    For N-D outputs (n, ..., k): labels (n, ...) or probabilities (n, ..., k), one per position; the mean is
+    over every position (torch's CrossEntropyLoss on (n, k, d1, ...) with labels (n, d1, ...)), and accuracy
+    counts positions.  Per-sample weights apply to each of the sample's positions.
     """
     name = "cross_entropy"
     fuses = "softmax"
     classification = True
+    _wrows = None         # per-position weights (rows,), reused: a sample's weight repeated over its positions
 
     def prepare_targets(self, y, n, out_shape, dtype, owner="loss"):
-        if len(out_shape) != 1:
-            raise ValueError(f"{owner}: cross_entropy needs outputs of shape (n, classes), got (n, {out_shape})")
-        k = out_shape[0]
+        out_shape = tuple(out_shape)
+        if len(out_shape) < 1:
+            raise ValueError(f"{owner}: cross_entropy needs outputs of shape (n, ..., classes), got (n,)")
+        k = out_shape[-1]
+        lab_shape = (n,) + out_shape[:-1]
         arr = np.asarray(y)
-        if arr.ndim == 1:
-            if arr.shape[0] != n:
-                raise ValueError(f"{owner}: labels must have shape ({n},), got {arr.shape}")
+        if arr.ndim == len(lab_shape):
+            if arr.shape != lab_shape:
+                raise ValueError(f"{owner}: labels must have shape {lab_shape}, got {arr.shape}")
             if arr.dtype.kind == "f":
                 whole = np.isfinite(arr) & (arr == np.round(arr))
                 if not whole.all():
                     i = int(np.flatnonzero(~whole)[0])
+                    at = i if arr.ndim == 1 else tuple(int(j) for j in np.unravel_index(i, arr.shape))
                     raise ValueError(f"{owner}: float labels must be whole numbers (class indices), "
-                                     f"got {arr[i]} at index {i}")
+                                     f"got {arr.reshape(-1)[i]} at index {at}")
             elif arr.dtype.kind not in "iu":
                 raise TypeError(f"{owner}: labels must be integers, got dtype {arr.dtype}")
             labels = np.ascontiguousarray(arr, dtype=np.intp)
@@ -125,22 +141,47 @@ class CrossEntropy(Loss):
                 bad = labels[(labels < 0) | (labels >= k)][0]
                 raise ValueError(f"{owner}: label {bad} is out of range for {k} classes (expected 0..{k - 1})")
             return labels
-        if arr.ndim == 2:
-            return _float_targets(owner, arr, n, out_shape, dtype)
-        raise ValueError(f"{owner}: cross_entropy targets must be labels (n,) or probabilities (n, {k}), "
-                         f"got shape {arr.shape}")
+        if arr.ndim == len(lab_shape) + 1:
+            return _float_targets(owner, arr, n, out_shape, dtype).reshape((n,) + out_shape)
+        raise ValueError(f"{owner}: cross_entropy targets must be labels {lab_shape} or probabilities "
+                         f"{(n,) + out_shape}, got shape {arr.shape}")
+
+    def n_predictions(self, n, out_shape):
+        return n * int(np.prod(tuple(out_shape)[:-1], dtype=np.int64))
+
+    def _row_weights(self, weights, n, rows):
+        """Per-sample weights (n,) as per-row weights (rows,): each sample's weight over its rows // n positions
+        (a reused buffer; the weights themselves when each sample is one row)."""
+        if weights is None or rows == n:
+            return weights
+        buf = self._wrows
+        if buf is None or buf.shape[0] != rows or buf.dtype != weights.dtype:
+            buf = self._wrows = np.empty(rows, dtype=weights.dtype)
+        if n:
+            np.copyto(buf.reshape(n, rows // n), weights[:, None])
+        return buf
 
     def __call__(self, out, targets, grad=None, weights=None):
-        if targets.ndim == 1:
-            return _k.softmax_cross_entropy(out, targets, grad, weights)
-        return _k.softmax_cross_entropy_soft(out, targets, grad, weights)
+        if out.ndim == 2:
+            o, g, n = out, grad, out.shape[0]
+        else:     # N-D: one row of k scores per position (views, no copy)
+            k = out.shape[-1]
+            if not out.flags.c_contiguous or not (grad is None or grad.flags.c_contiguous):
+                raise ValueError("cross_entropy: outputs and gradient buffer must be C-contiguous")
+            o, n = out.reshape(-1, k), out.shape[0]
+            g = None if grad is None else grad.reshape(-1, k)
+        w = self._row_weights(weights, n, o.shape[0])
+        if targets.dtype.kind in "iu":
+            return _k.softmax_cross_entropy(o, targets.reshape(-1), g, w)
+        return _k.softmax_cross_entropy_soft(o, targets.reshape(o.shape), g, w)
 
 
 class BinaryCrossEntropy(Loss):
     """Sigmoid cross-entropy on logits, mean over all elements: torch's BCEWithLogitsLoss().
 
-    Targets have the output's shape ((n,) accepted for one output), values in [0, 1]; accuracy counts
-    elements whose logit sign agrees with target > 0.5.
+    Targets have the output's shape (n, ...) (a trailing axis of 1 output may be left out: (n,) for (n, 1)),
+    values in [0, 1]; accuracy counts elements whose logit sign agrees with target > 0.5.  N-D outputs (n, T, k)
+    average over all elements as torch does; per-sample weights apply to all of a sample's elements.
     """
     name = "binary_cross_entropy"
     fuses = "sigmoid"
@@ -196,6 +237,9 @@ class SampledSoftmax(CrossEntropy):
         self.seed = None if seed is None else check_number("SampledSoftmax", "seed", seed, low=0, integer=True)
 
     def prepare_targets(self, y, n, out_shape, dtype, owner="loss"):
+        if len(out_shape) != 1:
+            raise ValueError(f"{owner}: sampled_softmax needs outputs of shape (n, classes), got "
+                             f"(n, {', '.join(map(str, out_shape))})")
         arr = np.asarray(y)
         if arr.ndim != 1:
             raise ValueError(f"{owner}: sampled_softmax takes integer labels of shape ({n},), got {arr.shape}")

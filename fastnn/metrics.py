@@ -6,6 +6,8 @@ metrics are measured on each batch's forward pass while the model trains (as Ker
 weighted by ``sample_weight`` / ``class_weight`` (Keras' ``metrics``, not ``weighted_metrics``).
 
 - "accuracy": for classification losses; fit reports it for them anyway, from the loss kernel's own count.
+  With N-D outputs (n, ..., classes) each position (a time step, a pixel) is one prediction: accuracy and
+  top-k count positions, and the elementwise metrics average over all elements.
 - ``TopKAccuracy(k)`` / "top_k_accuracy" (k=5): the label is among the k largest outputs ("cross_entropy").
 - "mae", "mse": mean absolute / squared error over all output elements (regression losses).
 - "r2": the coefficient of determination per output column over the whole epoch, averaged over columns
@@ -42,7 +44,8 @@ class Accuracy(Metric):
 
 
 class TopKAccuracy(Metric):
-    """Fraction of samples whose label is among the k largest outputs (integer labels or probability rows)."""
+    """Fraction of predictions whose label is among the k largest outputs (integer labels or probability rows).
+    For N-D outputs (n, ..., classes) every position is one prediction (labels (n, ...))."""
     kind = "classification"
 
     def __init__(self, k=5, name=None):
@@ -57,14 +60,19 @@ class TopKAccuracy(Metric):
         self._n = 0
 
     def update(self, out, targets):
-        labels = targets if targets.ndim == 1 else np.argmax(targets, axis=1)
-        n, c = out.shape[0], out.shape[1]
+        c = out.shape[-1]
+        scores = out.reshape(-1, c)                  # one row per prediction (a sample, or a position of one)
+        if targets.dtype.kind in "iu":
+            labels = targets.reshape(-1)
+        else:
+            labels = np.argmax(targets.reshape(-1, c), axis=1)
+        n = scores.shape[0]
         if self.k >= c:
             self._hits += n
         else:
             # the label's score beats all but fewer than k others (ties counted in its favour, as Keras)
-            lab_score = out[np.arange(n), labels]
-            above = (out > lab_score[:, None]).sum(axis=1)
+            lab_score = scores[np.arange(n), labels]
+            above = (scores > lab_score[:, None]).sum(axis=1)
             self._hits += int((above < self.k).sum())
         self._n += n
 
