@@ -114,6 +114,28 @@ def test_dense_nd_views_not_copies_and_shape_keyed_buffers():
         Dense(3, name="d")(fnn.Input(()))
 
 
+BUFFER_LAYERS = [lambda: Dense(3, activation="relu"), lambda: BatchNorm(), lambda: LayerNorm(),
+                 lambda: fnn.layers.Dropout(0.5, mode="weight_scaling")]
+
+
+@pytest.mark.parametrize("make", BUFFER_LAYERS, ids=lambda m: type(m()).__name__)
+def test_buffers_are_keyed_by_the_full_shape(make):
+    """Two batches of one size and different lengths (a variable time axis) each get buffers of their shape;
+    the first batch's output is not overwritten by the second's."""
+    layer = standalone(make(), (6, 5), seed=0)
+    rng = np.random.default_rng(1)
+    A, B = rng.standard_normal((4, 6, 5)), rng.standard_normal((4, 2, 5))
+    YA = layer.forward(A, False)
+    keep = YA.copy()
+    dA = layer.backward(np.ones_like(YA))
+    assert dA.shape == A.shape
+    YB = layer.forward(B, False)
+    assert YB.shape[:2] == (4, 2) and not np.shares_memory(YA, YB)
+    np.testing.assert_array_equal(YA, keep)
+    dB = layer.backward(np.ones_like(YB))
+    assert dB.shape == B.shape and not np.shares_memory(dA, dB)
+
+
 # ------------------------------------------------------------------------------------------------ BatchNorm
 BN_SHAPES = [(8, 5), (4, 6, 5), (3, 4, 5, 6), (1, 7, 3)]     # the last: one sample, 7 values per channel
 
@@ -522,15 +544,13 @@ def test_max_norm_over_all_axes_but_the_unit_axis(shape, unit_axis):
 
 
 # ------------------------------------------------------------------------------------------------ end to end
-def _sequence_data(n=64, T=6, F=4, K=3, seed=0):
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n, T, F))
-    return X, rng
+def _sequence_data(n=64, T=6, F=4, seed=0):
+    return np.random.default_rng(seed).standard_normal((n, T, F))
 
 
 def test_sequence_classifier_end_to_end():
     """Dense per time step, Flatten, Dense: a (T, F) input through the public API, trained a few steps."""
-    X, rng = _sequence_data()
+    X = _sequence_data()
     y = (X[:, :, 0].sum(axis=1) > 0).astype(int) + (X[:, 0, 1] > 1)
     model = fnn.Sequential([Dense(8, activation="relu"), LayerNorm(), Flatten(), Dense(3)], input_dim=(6, 4),
                            seed=0)
@@ -546,7 +566,7 @@ def test_sequence_classifier_end_to_end():
 def test_per_position_classifier_end_to_end():
     """Labels per time step: outputs (n, T, K), labels (n, T); accuracy and top-k count positions, sample
     weights apply to every position of their sample, and a BatchNorm over (n, T, C) trains on one sample."""
-    X, rng = _sequence_data(seed=1)
+    X = _sequence_data(seed=1)
     y = (X[..., 0] > 0).astype(int) + (X[..., 1] > 0.5)
     model = fnn.Sequential([Dense(8, activation="tanh"), BatchNorm(), Dense(3)], input_dim=(6, 4), seed=0,
                            dtype="float64")

@@ -39,7 +39,6 @@ class Dropout(Layer):
         self._rng = generator
 
     def forward(self, X, training=False):
-        n = X.shape[0]
         keep = 1.0 - self.rate
         if not training or self.rate == 0.0:
             self._scale = 1.0 if (self.mode == "inverted" or training) else keep
