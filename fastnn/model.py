@@ -22,7 +22,8 @@ from fastnn import callbacks as _callbacks
 from fastnn import losses as _losses
 from fastnn import metrics as _metrics
 from fastnn import optim as _optim
-from fastnn import _plan
+from fastnn.training import compiled as _plan
+from fastnn.errors import NonFiniteError
 from fastnn._core import guard as _guard
 from fastnn.callbacks import History
 from fastnn import schedules as _schedules
@@ -86,19 +87,6 @@ def Input(shape, name=None):
         if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
             raise ValueError(f"Input: every dimension of shape must be a positive int, got {tuple(shape)!r}")
     return Tensor(tuple(int(d) for d in shape), name=name or "input")
-
-
-class NonFiniteError(FloatingPointError):
-    """Training met a NaN or infinity: in the loss, in the gradients, or in the parameters after an update.
-
-    The weights are those of the last finite state: from before the batch (``what`` "loss" or "gradient"),
-    or restored from the copy taken before the update (``what`` "parameters").  ``epoch`` and ``batch`` are
-    1-based (None outside fit); ``index`` is the first bad element of the flat buffer (None for the loss).
-    """
-
-    def __init__(self, message, what=None, epoch=None, batch=None, index=None):
-        super().__init__(message)
-        self.what, self.epoch, self.batch, self.index = what, epoch, batch, index
 
 
 def _check_seed(owner, seed):
@@ -337,8 +325,8 @@ class Model:
         out_layer = self._plan[-1][0]
         self._fused = self.loss.fuses is not None and out_layer.fusable == self.loss.fuses
         self._sampled = None
-        if getattr(self.loss, "sampled", False):       # SampledSoftmax: _step trains through fastnn._sampled
-            from fastnn._sampled import SampledOutput
+        if getattr(self.loss, "sampled", False):       # SampledSoftmax: _step trains through fastnn.training.sampled
+            from fastnn.training.sampled import SampledOutput
             self._sampled = SampledOutput(self)
         self.optimizer._bind(self.parameters, self.gradients, self._n_decay)
         if self._guard_backup is None or self._guard_backup.shape != self.parameters.shape:
@@ -420,7 +408,7 @@ class Model:
         parameters and the state, no allocation.
         """
         guard = self.nan_guard
-        if self._sampled is not None:      # sampled softmax: forward, sampled loss, backward (fastnn/_sampled.py)
+        if self._sampled is not None:      # sampled softmax: forward, sampled loss, backward (fastnn/training/sampled.py)
             loss, correct = self._sampled.forward_backward(Xb, Tb, Wb, where)
         else:
             prev = self._set_mode(True)

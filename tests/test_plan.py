@@ -1,9 +1,9 @@
-"""The compiled training plan (fastnn/_plan.py, fastnn/_core/plan.pyx) against the per-layer path."""
+"""The compiled training plan (fastnn/training/compiled.py, fastnn/_core/plan.pyx) against the per-layer path."""
 import numpy as np
 import pytest
 
 import fastnn as fnn
-from fastnn import _plan
+from fastnn.training import compiled as _plan
 from fastnn.layers import Dense
 
 LOSSES = ["cross_entropy", "mse", "l2", "mae"]
@@ -181,7 +181,7 @@ def test_compiled_plan_epoch_allocates_nothing_but_the_permutation():
 
 def test_diagnostics_use_the_per_layer_path(monkeypatch):
     """fit(diagnostics=True) needs the per-layer path (gradient hook, kernel unit counters): no compiled plan."""
-    from fastnn import _plan
+    from fastnn.training import compiled as _plan
     rng = np.random.default_rng(0)
     X = rng.normal(size=(64, 8)).astype(np.float32)
     y = rng.integers(0, 3, 64)
