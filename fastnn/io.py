@@ -239,7 +239,8 @@ def _restore_rng(gen, state):
 def _build(header, arrays, compile):
     from fastnn import losses as _losses, optim as _optim
     from fastnn.layers import REGISTRY
-    from fastnn.model import Input, Model, Sequential, Tensor
+    from fastnn.graph import Input, Tensor
+    from fastnn.model import Model, Sequential
     spec = header["model"]
     kind = spec["class"]
     if kind not in ("Sequential", "Model"):
@@ -290,7 +291,7 @@ def _build(header, arrays, compile):
                 raise ValueError(f"node {i}: inputs {srcs} must name earlier nodes")
             ins = [x if s < 0 else tensors[s] for s in srcs]
             if hasattr(layer, "block"):      # a Residual: its block's nodes are already in the graph
-                tensors.append(Tensor._from_layer(layer, ins))
+                tensors.append(Tensor.from_layer(layer, ins))
             else:
                 tensors.append(layer(ins if layer.n_inputs != 1 else ins[0]))
         model = Model(x, tensors[-1], seed=seed, dtype=dtype, name=name)

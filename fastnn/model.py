@@ -30,63 +30,8 @@ from fastnn import schedules as _schedules
 from fastnn._core import clip as _clip
 from fastnn._core._threads import get_num_threads
 from fastnn._validation import as_float_array, check_dtype, check_number
+from fastnn.graph import Graph, Input, Tensor  # noqa: F401  (Tensor, Input: re-exported)
 from fastnn.layers.base import Layer
-
-
-class Tensor:
-    """A symbolic tensor: the model input (from ``Input``) or the output of a layer called on tensors.
-
-    ``shape`` is the shape of one sample (the batch axis is left out).
-    """
-
-    def __init__(self, shape, layer=None, inputs=(), name=None):
-        self.shape = tuple(shape)
-        self.layer = layer
-        self.inputs = tuple(inputs)
-        self.name = name
-
-    @classmethod
-    def _from_layer(cls, layer, inputs):
-        multi = layer.n_inputs != 1
-        if multi:
-            if isinstance(inputs, Tensor) or not isinstance(inputs, (list, tuple)):
-                raise TypeError(f"{layer.name}: expects a list of tensors, got {type(inputs).__name__}")
-            inputs = list(inputs)
-            if layer.n_inputs is None and len(inputs) < 2:
-                raise ValueError(f"{layer.name}: expects at least 2 input tensors, got {len(inputs)}")
-            if layer.n_inputs is not None and len(inputs) != layer.n_inputs:
-                raise ValueError(f"{layer.name}: expects {layer.n_inputs} input tensors, got {len(inputs)}")
-        else:
-            if isinstance(inputs, (list, tuple)) and len(inputs) == 1:
-                inputs = inputs[0]
-            inputs = [inputs]
-        for t in inputs:
-            if not isinstance(t, Tensor):
-                raise TypeError(f"{layer.name}: layers are called on tensors (fastnn.Input or a layer's output), "
-                                f"got {type(t).__name__}")
-        if layer._in_graph:
-            raise ValueError(f"{layer.name}: this layer is already used in a graph; create a new layer "
-                             "(weights are not shared between calls)")
-        shapes = [t.shape for t in inputs]
-        out_shape = layer.build(shapes if multi else shapes[0])
-        layer._in_graph = True
-        return cls(out_shape, layer, inputs, name=layer.name)
-
-    def __repr__(self):
-        src = self.layer.name if self.layer is not None else "input"
-        return f"Tensor(shape=(None, {', '.join(map(str, self.shape))}), from={src})"
-
-
-def Input(shape, name=None):
-    """The input of a model: `shape` is the shape of one sample (an int for a vector of features)."""
-    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
-        shape = (int(shape),)
-    if isinstance(shape, (str, bytes)) or not isinstance(shape, (tuple, list)):
-        raise TypeError(f"Input: shape must be an int or a tuple of ints, got {shape!r}")
-    for d in shape:
-        if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
-            raise ValueError(f"Input: every dimension of shape must be a positive int, got {tuple(shape)!r}")
-    return Tensor(tuple(int(d) for d in shape), name=name or "input")
 
 
 def _check_seed(owner, seed):
@@ -147,65 +92,13 @@ class Model:
         self._diagnostics = None # a fastnn.diagnostics.Monitor during fit(diagnostics=True), else None
 
     def _build_graph(self, inputs, outputs):
-        if isinstance(inputs, (list, tuple)):
-            if len(inputs) != 1:
-                raise ValueError(f"{self.name}: exactly one input tensor is supported, got {len(inputs)}")
-            inputs = inputs[0]
-        if isinstance(outputs, (list, tuple)):
-            if len(outputs) != 1:
-                raise ValueError(f"{self.name}: exactly one output tensor is supported, got {len(outputs)}")
-            outputs = outputs[0]
-        for what, t in (("inputs", inputs), ("outputs", outputs)):
-            if not isinstance(t, Tensor):
-                raise TypeError(f"{self.name}: {what} must be a tensor, got {type(t).__name__}")
-        if inputs.layer is not None:
-            raise ValueError(f"{self.name}: inputs must come from fastnn.Input, not from layer {inputs.layer.name}")
-        if outputs is inputs:
-            raise ValueError(f"{self.name}: the output is the input itself; add at least one layer")
-
-        # topological order by iterative depth-first search from the output
-        order, state, stack = [], {}, [(outputs, False)]
-        while stack:
-            t, done = stack.pop()
-            if done:
-                state[id(t)] = 2
-                order.append(t)
-                continue
-            s = state.get(id(t), 0)
-            if s == 2:
-                continue
-            if s == 1:
-                raise ValueError(f"{self.name}: the graph has a cycle through {t.name}")
-            state[id(t)] = 1
-            stack.append((t, True))
-            for parent in reversed(t.inputs):
-                if state.get(id(parent), 0) == 1:
-                    raise ValueError(f"{self.name}: the graph has a cycle through {parent.name}")
-                if state.get(id(parent), 0) == 0:
-                    stack.append((parent, False))
-        sources = [t for t in order if t.layer is None]
-        if inputs not in sources:
-            raise ValueError(f"{self.name}: the output does not depend on the model's input (disconnected graph)")
-        stray = [t for t in sources if t is not inputs]
-        if stray:
-            raise ValueError(f"{self.name}: the output depends on another Input ({stray[0].name}) than the "
-                             "model's input")
-
-        nodes = [t for t in order if t.layer is not None]
-        index = {id(t): i for i, t in enumerate(nodes)}
-        index[id(inputs)] = -1
-        plan, fanout = [], [0] * len(nodes)
-        for t in nodes:
-            src = tuple(index[id(p)] for p in t.inputs)
-            for s in src:
-                if s >= 0:
-                    fanout[s] += 1
-            plan.append((t.layer, src))
-            t.layer.need_input_grad = any(s >= 0 for s in src)
-        self.input_shape = inputs.shape
-        self.output_shape = outputs.shape
-        self._plan = plan
-        self._fanout = fanout
+        graph = Graph(inputs, outputs, owner=self.name)
+        self.graph = graph
+        self.input_shape = graph.input_shape
+        self.output_shape = graph.output_shape
+        self._plan = graph.nodes
+        self._fanout = graph.fanout
+        nodes = graph.nodes
         self._values = [None] * len(nodes)
         self._gvalues = [None] * len(nodes)
         self._allocate_parameters()

@@ -13,6 +13,7 @@ from collections import OrderedDict, namedtuple
 import numpy as np
 
 from fastnn._core._threads import get_num_threads  # noqa: F401  (re-exported for the layer modules)
+from fastnn.graph import Tensor
 
 ParamSpec = namedtuple("ParamSpec", "name shape init decay")
 ParamSpec.__doc__ = """A parameter a layer asks for: its name, shape, initializer and whether weight decay applies."""
@@ -52,8 +53,8 @@ class Layer:
 
     # ------------------------------------------------------------------ graph construction
     def __call__(self, inputs):
-        from fastnn.model import Tensor  # late import: model.py imports the layers
-        return Tensor._from_layer(self, inputs)
+        """Call the layer on a tensor (or a list of tensors): the symbolic output tensor (``fastnn.graph``)."""
+        return Tensor.from_layer(self, inputs)
 
     def build(self, input_shape):
         """Infer the output shape from the input shape (a tuple, or a list of tuples for multi-input layers)."""

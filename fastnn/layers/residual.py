@@ -7,6 +7,7 @@ two inputs, x and block(x)).  Inside ``Sequential([...])`` it is one entry of th
 import numpy as np
 
 from fastnn._validation import check_number
+from fastnn.graph import Tensor
 from fastnn.layers.base import Layer
 
 
@@ -68,7 +69,6 @@ class Residual(Layer):
                 layer._in_graph = False
 
     def __call__(self, inputs):
-        from fastnn.model import Tensor  # late import: model.py imports the layers
         x = inputs[0] if isinstance(inputs, (list, tuple)) and len(inputs) == 1 else inputs
         if not isinstance(x, Tensor):
             raise TypeError(f"{self.name}: a Residual is called on one tensor, got {type(inputs).__name__}")
@@ -78,7 +78,7 @@ class Residual(Layer):
             h = x
             for layer in self.block:
                 h = layer(h)
-            return Tensor._from_layer(self, [x, h])
+            return Tensor.from_layer(self, [x, h])
         except Exception:
             self._in_graph = False
             raise
