@@ -111,11 +111,9 @@ class _Counters:
 
 def _param_segments(model):
     """[(layer, [(offset, size), ...])] for the layers with parameters, in graph order."""
-    base = model.parameters.__array_interface__["data"][0]
-    item = model.parameters.itemsize
     out = []
     for layer in model.layers:
-        segs = [((v.__array_interface__["data"][0] - base) // item, v.size) for v in layer.params.values()]
+        segs = model.table.segments(layer)
         if segs:
             out.append((layer, segs))
     return out
@@ -468,12 +466,10 @@ def gradcheck(model, X, y, eps=1e-6, max_per_param=64, training=True, tol=1e-4, 
         m._backward(grad)
         analytic = m.gradients.copy()
         pick = np.random.default_rng(seed)
-        base = flat.__array_interface__["data"][0]
         errors, details, zero = {}, {}, []
         for layer in m.layers:
-            for pname, view in layer.params.items():
-                off = (view.__array_interface__["data"][0] - base) // flat.itemsize
-                size = view.size
+            for row in m.table.rows_of(layer):
+                pname, off, size = row.name, row.offset, row.size
                 idx = np.arange(size) if size <= max_per_param else np.sort(
                     pick.choice(size, max_per_param, replace=False))
                 worst, where = -1.0, None

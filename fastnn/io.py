@@ -55,14 +55,9 @@ def _nodes(model):
 
 
 def _offsets(model):
-    """{(node index, param name): (offset, size)} in the flat buffer, from the views' addresses."""
-    base = model.parameters.__array_interface__["data"][0]
-    item = model.parameters.itemsize
-    out = {}
-    for i, layer in enumerate(_nodes(model)):
-        for name, view in layer.params.items():
-            out[(i, name)] = ((view.__array_interface__["data"][0] - base) // item, view.size)
-    return out
+    """{(node index, param name): (offset, size)} in the flat buffer, from the parameter table."""
+    table = model.table
+    return {(i, r.name): (r.offset, r.size) for i, layer in enumerate(_nodes(model)) for r in table.rows_of(layer)}
 
 
 def _rng_state(gen):

@@ -32,6 +32,7 @@ from fastnn._core._threads import get_num_threads
 from fastnn._validation import as_float_array, check_dtype, check_number
 from fastnn.graph import Graph, Input, Tensor  # noqa: F401  (Tensor, Input: re-exported)
 from fastnn.layers.base import Layer
+from fastnn.params import ParameterTable
 
 
 def _check_seed(owner, seed):
@@ -107,32 +108,12 @@ class Model:
             self._attach_training()
 
     def _allocate_parameters(self):
-        """One flat buffer for all parameters (decayed ones first) and one for their gradients; layers get views."""
-        entries = []
+        """The parameter table (flat buffers, decayed parameters first; layers get views) and the generators."""
+        self.table = ParameterTable(self.graph.layers, self.dtype, self._init_rng)
+        self.parameters = self.table.parameters
+        self.gradients = self.table.gradients
+        self._n_decay = self.table.n_decay
         for layer, _ in self._plan:
-            for spec in layer.param_specs():
-                entries.append((layer, spec))
-        ordered = [e for e in entries if e[1].decay] + [e for e in entries if not e[1].decay]
-        sizes = [int(np.prod(spec.shape)) for _, spec in ordered]
-        total = int(sum(sizes))
-        self.parameters = np.zeros(total, dtype=self.dtype)
-        self.gradients = np.zeros(total, dtype=self.dtype)
-        self._n_decay = int(sum(s for s, (_, spec) in zip(sizes, ordered) if spec.decay))
-        views, offset = {}, 0
-        for (layer, spec), size in zip(ordered, sizes):
-            p = self.parameters[offset:offset + size].reshape(spec.shape)
-            g = self.gradients[offset:offset + size].reshape(spec.shape)
-            views.setdefault(layer, ({}, {}))
-            views[layer][0][spec.name] = p
-            views[layer][1][spec.name] = g
-            offset += size
-        # initialize in graph order (not buffer order), so that the draw of each layer is stable
-        for layer, spec in entries:
-            p = views[layer][0][spec.name]
-            p[...] = spec.init(spec.shape, self._init_rng)
-        for layer, _ in self._plan:
-            params, grads = views.get(layer, ({}, {}))
-            layer._bind(params, grads, self.dtype)
             if hasattr(layer, "_attach_rng"):
                 layer._attach_rng(self.layer_rng)
 
@@ -367,16 +348,7 @@ class Model:
                               "(lower the learning rate, or check the data)", what, epoch, batch, index)
 
     def _locate(self, index):
-        """'layer.param[i, j]' for an index into the flat parameter buffer."""
-        base = self.parameters.__array_interface__["data"][0]
-        item = self.parameters.itemsize
-        for layer in self.layers:
-            for name, view in layer.params.items():
-                off = (view.__array_interface__["data"][0] - base) // item
-                if off <= index < off + view.size:
-                    pos = np.unravel_index(index - off, view.shape)
-                    return f"{layer.name}.{name}[{', '.join(str(int(i)) for i in pos)}]"
-        return f"parameter {index}"
+        return self.table.locate(index)
 
     # small hooks of _step and fit: clipping, schedules, constraints
     def _clip_gradients(self):

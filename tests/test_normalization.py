@@ -149,11 +149,10 @@ def test_in_a_model_gradients_and_no_weight_decay():
     check_model_grads(model, rng.standard_normal((8, 4)))
     # normalization parameters sit after the decayed prefix: weight decay skips them by default
     n_dense_w = sum(l.weight.size for l in model.layers if isinstance(l, Dense))
-    assert model._n_decay == n_dense_w
+    assert model.table.n_decay == n_dense_w
     for layer in model.layers:
         if isinstance(layer, (BatchNorm, LayerNorm)):
-            off = (layer.weight.__array_interface__["data"][0] - model.parameters.__array_interface__["data"][0])
-            assert off // model.parameters.itemsize >= model._n_decay
+            assert model.table.offset(layer, "weight") >= model.table.n_decay
 
 
 def test_configs_roundtrip():

@@ -20,11 +20,6 @@ _REG_KIND = {_losses.L2: 0, _losses.MSE: 1, _losses.MAE: 2}
 _ACT_TYPES = tuple(_act.CLASSES.values())
 
 
-def _offset(model, view):
-    return (view.__array_interface__["data"][0] - model.parameters.__array_interface__["data"][0]) \
-        // model.parameters.itemsize
-
-
 class TrainPlan:
     """Per-layer descriptors and batch buffers of one model at one batch size."""
 
@@ -43,8 +38,8 @@ class TrainPlan:
             n_out = layer.output_shape[0]
             if isinstance(layer, Dense):
                 act = 0 if (last and fused) else layer.activation.kind
-                w_off = _offset(model, layer.params["weight"])
-                b_off = _offset(model, layer.params["bias"]) if layer.use_bias else -1
+                w_off = model.table.offset(layer, "weight")
+                b_off = model.table.offset(layer, "bias") if layer.use_bias else -1
                 self.spec[l] = (0, act, n_in, n_out, w_off, b_off, int(layer.need_input_grad))
                 self.alphas[l] = layer.activation.alpha
             else:
