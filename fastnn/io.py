@@ -51,7 +51,7 @@ HEADER_KEY = "__fastnn__"
 # ---------------------------------------------------------------------------------------------- save
 def _nodes(model):
     """The layers of the graph's nodes, in the order they run (a Residual's block layers are nodes too)."""
-    return [layer for layer, _ in model._plan]
+    return model.graph.layers
 
 
 def _offsets(model):
@@ -70,8 +70,8 @@ def _architecture(model):
     if type(model) not in (Sequential, Model):
         raise ValueError(f"save: only fastnn.Model and fastnn.Sequential can be saved, got {type(model).__name__}")
     nodes = []
-    index = {id(layer): i for i, (layer, _) in enumerate(model._plan)}
-    for layer, src in model._plan:
+    index = {id(layer): i for i, (layer, _) in enumerate(model.graph.nodes)}
+    for layer, src in model.graph.nodes:
         cls = type(layer).__name__
         if REGISTRY.get(cls) is not type(layer):
             raise ValueError(f"save: layer {layer.name} has class {cls}, which is not in fastnn.layers.REGISTRY; "
@@ -117,7 +117,7 @@ def save(model, path, include_optimizer=True):
                     arrays[f"optim/{sname}/{i}/{pname}"] = flat[off:off + size].reshape(
                         _nodes(model)[i].params[pname].shape)
     header["training"] = {"epochs_trained": int(model.epochs_trained), "nan_guard": bool(model.nan_guard)}
-    header["rng"] = {"init": _rng_state(model._init_rng), "shuffle": _rng_state(model.rng),
+    header["rng"] = {"init": _rng_state(model.init_rng), "shuffle": _rng_state(model.rng),
                      "layer": _rng_state(model.layer_rng)}
     arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
     header["arrays"] = {k: {"shape": list(v.shape), "dtype": v.dtype.str,
@@ -292,7 +292,7 @@ def _build(header, arrays, compile):
         model = Model(x, tensors[-1], seed=seed, dtype=dtype, name=name)
     # the rebuilt graph must run the nodes in the saved order
     if [type(l).__name__ for l in _nodes(model)] != [n["class"] for n in spec["nodes"]] or \
-            [list(src) for _, src in model._plan] != [list(n["inputs"]) for n in spec["nodes"]]:
+            [list(src) for _, src in model.graph.nodes] != [list(n["inputs"]) for n in spec["nodes"]]:
         raise ValueError("the rebuilt graph does not match the saved node order")
 
     used = set()
@@ -347,7 +347,7 @@ def _build(header, arrays, compile):
     training = header.get("training", {})
     model.epochs_trained = int(training.get("epochs_trained", 0))
     rng = header["rng"]
-    _restore_rng(model._init_rng, rng["init"])
+    _restore_rng(model.init_rng, rng["init"])
     _restore_rng(model.rng, rng["shuffle"])
     _restore_rng(model.layer_rng, rng["layer"])
     return model

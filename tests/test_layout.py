@@ -1,0 +1,63 @@
+"""The layout of the split model: services reach a Model through public members only."""
+import ast
+import pathlib
+
+import fastnn as fnn
+from fastnn.layers import Dense, Residual
+
+ROOT = pathlib.Path(fnn.__file__).parent
+MODEL_NAMES = {"model", "m", "new", "net", "seq"}     # how the modules name a model they are handed
+
+
+def _private_model_members():
+    """Every underscore name a Model / Sequential has (class attributes and the instance's own)."""
+    x = fnn.Input(2)
+    models = [fnn.Sequential([Dense(3), Residual(Dense(3))], input_dim=3), fnn.Model(x, Dense(1)(x))]
+    models[0].compile("mse")
+    names = set()
+    for m in models:
+        for cls in type(m).__mro__:
+            names.update(vars(cls))
+        names.update(vars(m))
+    return {n for n in names if n.startswith("_") and not n.endswith("__")}
+
+
+def _accesses(tree):
+    """(attribute, line) for `<model>._x` and `self.model._x` in a module's AST."""
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute) or not node.attr.startswith("_") or node.attr.endswith("__"):
+            continue
+        v = node.value
+        if (isinstance(v, ast.Name) and v.id in MODEL_NAMES) or (isinstance(v, ast.Attribute) and v.attr == "model"):
+            yield node.attr, node.lineno
+
+
+def test_no_module_but_model_py_touches_a_models_private_members():
+    private = _private_model_members()
+    assert {"_init_common", "_build_graph", "_build_from_data", "_layers"} <= private   # the check can fail
+    bad = []
+    for path in sorted(ROOT.rglob("*.py")):
+        if path == ROOT / "model.py":
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        for attr, line in _accesses(tree):
+            bad.append(f"{path.relative_to(ROOT.parent)}:{line}: .{attr}")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr in private:
+                bad.append(f"{path.relative_to(ROOT.parent)}:{node.lineno}: .{node.attr} (a Model member)")
+    assert not bad, "\n".join(bad)
+
+
+def test_the_detector_finds_an_access():
+    tree = ast.parse("def f(model):\n    return model._plan, self.model._fused, model.loss\n")
+    assert sorted(_accesses(tree)) == [("_fused", 2), ("_plan", 2)]
+
+
+def test_layers_do_not_import_the_model():
+    for path in sorted((ROOT / "layers").glob("*.py")) + [ROOT / "graph.py", ROOT / "params.py",
+                                                          ROOT / "engine.py"]:
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                assert node.module != "fastnn.model", f"{path.name} imports fastnn.model"
+                assert not (node.module == "fastnn" and any(a.name == "model" for a in node.names)), path.name
