@@ -77,9 +77,10 @@ def _architecture(model):
             raise ValueError(f"save: layer {layer.name} has class {cls}, which is not in fastnn.layers.REGISTRY; "
                              "register it to make it saveable")
         config = layer.get_config()
-        if hasattr(layer, "block"):
-            # a Residual's block layers are nodes of their own: refer to them instead of repeating them
-            config = {**config, "block": {"nodes": [index[id(b)] for b in layer.block]}}
+        subs = layer.sublayers()
+        if subs:
+            # a container's layers (a Residual's block) are nodes of their own: refer to them, not repeat them
+            config = {**config, layer.sublayers_key: {"nodes": [index[id(b)] for b in subs]}}
         nodes.append({"class": cls, "config": config, "inputs": [int(s) for s in src]})
     return {"class": type(model).__name__, "name": model.name, "seed": model.seed,
             "dtype": np.dtype(model.dtype).name, "input_shape": list(model.input_shape), "nodes": nodes}
@@ -255,14 +256,15 @@ def _build(header, arrays, compile):
             raise ValueError(f"node {i}: the layer config must be an object")
         config = dict(node["config"])
         try:
-            if isinstance(config.get("block"), dict):
-                refs = config.pop("block").get("nodes")
+            key = cls.sublayers_key
+            if key is not None and isinstance(config.get(key), dict):
+                refs = config.pop(key).get("nodes")
                 if (not isinstance(refs, list) or not refs or
                         any(not isinstance(j, int) or isinstance(j, bool) or not 0 <= j < i or j in seen or
                             j in in_block for j in refs)):
-                    raise ValueError(f"block must list earlier nodes once, got {refs!r}")
+                    raise ValueError(f"{key} must list earlier nodes once, got {refs!r}")
                 in_block.update(refs)
-                layers[i] = cls(block=[make(j, seen + (i,)) for j in refs], **config)
+                layers[i] = cls(**{key: [make(j, seen + (i,)) for j in refs]}, **config)
             else:
                 layers[i] = cls.from_config(config)
         except (TypeError, ValueError) as exc:
@@ -285,7 +287,7 @@ def _build(header, arrays, compile):
             if not srcs or any(s < -1 or s >= i for s in srcs):
                 raise ValueError(f"node {i}: inputs {srcs} must name earlier nodes")
             ins = [x if s < 0 else tensors[s] for s in srcs]
-            if hasattr(layer, "block"):      # a Residual: its block's nodes are already in the graph
+            if layer.sublayers():      # a container (Residual): its sublayers' nodes are already in the graph
                 tensors.append(Tensor.from_layer(layer, ins))
             else:
                 tensors.append(layer(ins if layer.n_inputs != 1 else ins[0]))

@@ -91,8 +91,7 @@ class Model:
         self.parameters = self.table.parameters
         self.gradients = self.table.gradients
         for layer in self.graph.layers:
-            if hasattr(layer, "_attach_rng"):
-                layer._attach_rng(self.layer_rng)
+            layer.attach_rng(self.layer_rng)
         self.engine = Executor(self.graph, self.dtype)
         self.built = True
         if self.loss is not None:

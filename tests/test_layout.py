@@ -2,6 +2,8 @@
 import ast
 import pathlib
 
+import numpy as np
+
 import fastnn as fnn
 from fastnn.layers import Dense, Residual
 
@@ -61,3 +63,29 @@ def test_layers_do_not_import_the_model():
             if isinstance(node, ast.ImportFrom):
                 assert node.module != "fastnn.model", f"{path.name} imports fastnn.model"
                 assert not (node.module == "fastnn" and any(a.name == "model" for a in node.names)), path.name
+
+
+def test_layer_capabilities_have_defaults():
+    from fastnn.layers import BatchNorm, Dropout, ReLU
+    plain = [ReLU(), BatchNorm(), Dense(3)]
+    for layer in plain:
+        assert layer.sublayers() == [] and layer.sublayers_key is None
+        assert layer.has_constraint is False
+        assert layer.attach_rng(object()) is None and layer.apply_constraint() is None
+    inner = [Dense(3), ReLU()]
+    res = Residual(inner)
+    assert res.sublayers() == inner and res.sublayers() is not res.block and res.sublayers_key == "block"
+    drop = Dropout(0.5)
+    gen = fnn.Sequential([Dense(3), drop, res], input_dim=3, seed=1).layer_rng
+    assert drop._rng is gen and res._rng is gen                 # the model attached its layer generator
+
+
+def test_dense_constraint_capability():
+    d = Dense(2, max_norm=0.5)
+    m = fnn.Sequential([d], input_dim=3)
+    assert d.has_constraint and not Dense(2).has_constraint
+    m.parameters[:] = 10.0
+    d.apply_constraint()
+    np.testing.assert_allclose(np.linalg.norm(d.weight, axis=0), 0.5, rtol=1e-5)
+    m.compile("mse")
+    assert m.trainer.constrained == [d]

@@ -45,7 +45,7 @@ def test_stochastic_depth_gradients_kept_dropped_and_inference():
     model, res = _model(p=0.6)
     check_model_grads(model, X, training=False)                 # inference: x + p * block(x)
     for draw, kept in ((0.3, True), (0.9, False)):
-        res._attach_rng(_Draws(*([draw] * 1000)))
+        res.attach_rng(_Draws(*([draw] * 1000)))
         check_model_grads(model, X)
         assert res.kept is kept
         block = np.concatenate([v.ravel() for l in res.block for v in l.grads.values()])

@@ -78,6 +78,27 @@ class Layer:
         self.dtype = dtype
         self._buffers.clear()
 
+    # ------------------------------------------------------------------ optional capabilities
+    # The model and the services (io, prune, diagnostics, the compiled plan) ask the layer through these
+    # methods, with these defaults, instead of testing for attributes.
+    sublayers_key = None      # containers: the get_config / constructor key that holds the sublayers
+
+    def sublayers(self):
+        """The layers this layer contains (a container such as Residual), graph nodes of their own that run
+        before it; ``fastnn.io`` saves them as nodes and refers to them under ``sublayers_key``.  [] by default."""
+        return []
+
+    def attach_rng(self, generator):
+        """Receive the model's seeded ``layer_rng`` (random layers draw from it); ignored by default."""
+
+    @property
+    def has_constraint(self):
+        """Whether ``apply_constraint`` changes the weights (the model calls it after every update)."""
+        return False
+
+    def apply_constraint(self):
+        """Project the parameters onto their constraint after an optimizer step; nothing by default."""
+
     # ------------------------------------------------------------------ execution
     def forward(self, X, training=False):
         raise NotImplementedError

@@ -56,9 +56,14 @@ class Dense(WeightBias, Layer):
             specs.append(ParamSpec("bias", (self.units,), self.bias_init, False))
         return specs
 
-    def _apply_constraint(self):
-        """Called by the model after each optimizer step when the layer has a constraint."""
-        self.constraint(self.params["weight"])
+    @property
+    def has_constraint(self):
+        return self.constraint is not None
+
+    def apply_constraint(self):
+        """Called by the model after each optimizer step: applies the weight constraint, if any."""
+        if self.constraint is not None:
+            self.constraint(self.params["weight"])
 
     def _make_buffers(self, n):
         Z = np.empty((n, self.units), dtype=self.dtype)

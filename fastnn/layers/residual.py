@@ -34,6 +34,7 @@ class Residual(Layer):
     Shape: input and output (n, *features); the block must keep the shape.
     """
     n_inputs = 2
+    sublayers_key = "block"
 
     def __init__(self, block, survival_prob=1.0, name=None):
         self.block = []
@@ -90,8 +91,13 @@ class Residual(Layer):
                              f"{x_shape}, block output {h_shape}")
         return x_shape
 
-    def _attach_rng(self, generator):
+    def attach_rng(self, generator):
+        """The model's seeded ``layer_rng``: the source of the stochastic-depth draws."""
         self._rng = generator
+
+    def sublayers(self):
+        """The block's layers (graph nodes of their own, run before the Residual's addition)."""
+        return list(self.block)
 
     def _all_block_layers(self):
         for layer in self.block:

@@ -124,7 +124,7 @@ def plan_for(model, train, bs, metrics, cbs):
         if src != (i - 1,) or len(layer.output_shape) != 1:
             return None
         if type(layer) is Dense:
-            if layer.constraint is not None or type(layer.activation) not in _ACT_TYPES:
+            if layer.has_constraint or type(layer.activation) not in _ACT_TYPES:
                 return None
         elif type(layer) not in _ACT_TYPES:
             return None

@@ -76,7 +76,7 @@ class Trainer:
         model.optimizer._bind(model.parameters, model.gradients, model.table.n_decay)
         if self.guard_backup is None or self.guard_backup.shape != model.parameters.shape:
             self.guard_backup = np.empty_like(model.parameters)
-        self.constrained = [l for l, _ in model.graph.nodes if getattr(l, "constraint", None) is not None]
+        self.constrained = [layer for layer in model.graph.layers if layer.has_constraint]
 
     def require_compiled(self, what):
         """Raise a RuntimeError naming `what` when the model has no loss yet."""
@@ -195,7 +195,7 @@ class Trainer:
     def _apply_constraints(self):
         """Apply the layers' weight constraints (e.g. Dense max_norm) after an optimizer step."""
         for layer in self.constrained:
-            layer._apply_constraint()
+            layer.apply_constraint()
 
     # ================================================================== input checking
     def check_X(self, X, owner, allow_build=True):
