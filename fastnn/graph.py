@@ -62,15 +62,39 @@ class Tensor:
 
 
 def Input(shape, name=None):
-    """The input of a model: `shape` is the shape of one sample (an int for a vector of features)."""
+    """The input of a model: `shape` is the shape of one sample (an int for a vector of features).
+
+    An axis may be None: its size varies from batch to batch (a sequence length, ``Input((None, 8))``).  Such an
+    axis cannot carry parameters (a layer whose parameters would depend on it raises when the model is built),
+    and the compiled plans do not apply to the model.
+    """
+    return Tensor(check_shape("Input", "shape", shape), name=name or "input")
+
+
+def check_shape(owner, what, shape):
+    """`shape` (an int, or a tuple/list of positive ints or None) as a tuple; errors name owner and what."""
     if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
         shape = (int(shape),)
     if isinstance(shape, (str, bytes)) or not isinstance(shape, (tuple, list)):
-        raise TypeError(f"Input: shape must be an int or a tuple of ints, got {shape!r}")
+        raise TypeError(f"{owner}: {what} must be an int or a tuple of ints (None for a variable axis), "
+                        f"got {shape!r}")
     for d in shape:
+        if d is None:
+            continue
         if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
-            raise ValueError(f"Input: every dimension of shape must be a positive int, got {tuple(shape)!r}")
-    return Tensor(tuple(int(d) for d in shape), name=name or "input")
+            raise ValueError(f"{owner}: every dimension of {what} must be a positive int or None, "
+                             f"got {tuple(shape)!r}")
+    return tuple(None if d is None else int(d) for d in shape)
+
+
+def matches(shape, pattern):
+    """Whether a concrete per-sample `shape` fits `pattern` (None matches any size)."""
+    return len(shape) == len(pattern) and all(p is None or s == p for s, p in zip(shape, pattern))
+
+
+def is_variable(shape):
+    """Whether a per-sample shape has a variable (None) axis."""
+    return any(d is None for d in shape)
 
 
 class Graph:

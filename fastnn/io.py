@@ -273,7 +273,7 @@ def _build(header, arrays, compile):
 
     for i in range(len(nodes)):
         make(i)
-    input_shape = tuple(int(d) for d in spec["input_shape"])
+    input_shape = tuple(None if d is None else int(d) for d in spec["input_shape"])
     seed, dtype, name = spec["seed"], spec["dtype"], spec["name"]
     if kind == "Sequential":
         # the user's list: every node that is not inside a Residual's block (which expands it again)

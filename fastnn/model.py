@@ -20,7 +20,7 @@ from fastnn import schedules as _schedules
 from fastnn.callbacks import History  # noqa: F401  (re-exported)
 from fastnn.engine import Executor
 from fastnn.errors import NonFiniteError  # noqa: F401  (re-exported)
-from fastnn.graph import Graph, Input, Tensor  # noqa: F401  (Tensor, Input: re-exported)
+from fastnn.graph import Graph, Input, Tensor, check_shape  # noqa: F401  (Tensor, Input: re-exported)
 from fastnn.layers.base import Layer
 from fastnn.params import ParameterTable
 from fastnn.training import compiled as _compiled
@@ -236,15 +236,19 @@ class Model:
                 return out
         X = self.trainer.check_X(X, "predict")
         n = X.shape[0]
-        out = np.empty((n,) + tuple(self.output_shape), dtype=self.dtype)
+        variable = any(d is None for d in self.output_shape)
+        out = None if variable else np.empty((n,) + tuple(self.output_shape), dtype=self.dtype)
         if n == 0:
-            return out
+            return out if out is not None else np.empty((0,) + tuple(d or 0 for d in self.output_shape), self.dtype)
         bs = n if batch_size is None else check_number("predict", "batch_size", batch_size, low=1, integer=True)
         prev, self.training = self.training, False
         try:
             for start in range(0, n, bs):
                 stop = min(start + bs, n)
-                out[start:stop] = self.engine.forward(X[start:stop], False)
+                Y = self.engine.forward(X[start:stop], False)
+                if out is None:      # a variable axis: sized by the first batch's output
+                    out = np.empty((n,) + Y.shape[1:], dtype=self.dtype)
+                out[start:stop] = Y
         finally:
             self.training = prev
         return out
@@ -297,19 +301,29 @@ class Sequential(Model):
         input_dim: the number of input features (or the input shape as a tuple).  Given, the model is built
             (weights allocated and initialized) at construction; otherwise on the first fit/predict.
         seed, dtype: as for Model.
+        input_shape: the shape of one sample, e.g. ``(H, W, C)`` or ``(None, F)`` for sequences of any length
+            (Keras' name; give this or input_dim, not both).
 
     Example::
 
         model = fnn.Sequential([fnn.layers.Dense(128, activation="relu"), fnn.layers.Dense(10)], input_dim=64)
     """
 
-    def __init__(self, layers=None, input_dim=None, seed=0, dtype="float32", name=None):
+    def __init__(self, layers=None, input_dim=None, seed=0, dtype="float32", name=None, input_shape=None):
         self._init_common(seed, dtype, name)
+        if input_dim is not None and input_shape is not None:
+            raise ValueError(f"{self.name}: give input_dim or input_shape, not both (got {input_dim!r} and "
+                             f"{input_shape!r})")
+        shape = None
+        if input_dim is not None:
+            shape = Input(input_dim).shape
+        elif input_shape is not None:
+            shape = check_shape(type(self).__name__, "input_shape", input_shape)
         self._layers = []
         for layer in (layers or []):
             self.add(layer)
-        if input_dim is not None:
-            self._build_from_data(Input(input_dim).shape)
+        if shape is not None:
+            self._build_from_data(shape)
 
     def add(self, layer):
         """Append a layer (before the model is built)."""
@@ -332,8 +346,8 @@ class Sequential(Model):
         try:
             for layer in self._layers:
                 x = layer(x)
+            self._build_graph(inp, x)
         except Exception:
             for layer in self._layers:
                 layer._in_graph = False
             raise
-        self._build_graph(inp, x)

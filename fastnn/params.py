@@ -33,6 +33,10 @@ class ParameterTable:
         ordered = [e for e in entries if e[1].decay] + [e for e in entries if not e[1].decay]
         rows, offset = [], 0
         for layer, spec in ordered:
+            if any(d is None for d in spec.shape):
+                raise ValueError(f"{layer.name}: parameter {spec.name!r} would have shape {tuple(spec.shape)}: an "
+                                 f"axis of variable size (None) cannot carry parameters (input shape "
+                                 f"{layer.input_shape})")
             shape = tuple(int(d) for d in spec.shape)
             size = int(np.prod(shape, dtype=np.int64))
             rows.append(Row(layer, spec.name, offset, size, shape, bool(spec.decay), True))

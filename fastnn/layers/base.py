@@ -60,7 +60,7 @@ class Layer:
         """Infer the output shape from the input shape (a tuple, or a list of tuples for multi-input layers)."""
         out = self._build(input_shape)
         self.input_shape = input_shape
-        self.output_shape = tuple(int(d) for d in out)
+        self.output_shape = tuple(None if d is None else int(d) for d in out)   # None: a variable axis
         self.built = True
         return self.output_shape
 
@@ -105,6 +105,10 @@ class Layer:
 
     def backward(self, dY):
         raise NotImplementedError
+
+    def reset_buffers(self):
+        """Drop the buffers kept between batches (the executor calls it when a variable axis changes size)."""
+        self._buffers.clear()
 
     def _batch_buffers(self, n, make):
         """The buffers for a batch of `n` samples: made once by `make(n)` and reused (a few sizes are kept)."""

@@ -64,7 +64,8 @@ class Concatenate(Layer):
 
     def forward(self, X, training=False):
         n = X[0].shape[0]
-        Y = self._batch_buffers(n, lambda n: np.empty((n,) + self.output_shape, dtype=X[0].dtype))
+        shape = X[0].shape[:-1] + (sum(self._sizes),)      # the batch's sizes (an axis may be variable)
+        Y = self._batch_buffers(n, lambda n: np.empty(shape, dtype=X[0].dtype))
         np.concatenate(X, axis=-1, out=Y)
         return Y
 
@@ -72,7 +73,7 @@ class Concatenate(Layer):
         n = dY.shape[0]
 
         def make(_):
-            return [np.empty((n,) + tuple(s), dtype=dY.dtype) for s in self.input_shape]
+            return [np.empty(dY.shape[:-1] + (d,), dtype=dY.dtype) for d in self._sizes]
 
         dXs = self._batch_buffers(-1 - n, make)
         a = 0

@@ -70,7 +70,7 @@ def _chain_of_compiled_layers(model):
                 return False
         elif type(layer) not in _ACT_TYPES:
             return False
-    return len(model.input_shape) == 1
+    return len(model.input_shape) == 1 and None not in model.input_shape
 
 
 def predict(model, X):
@@ -118,7 +118,7 @@ def plan_for(model, train, bs, metrics, cbs):
             return None
     elif type(loss) not in _REG_KIND:
         return None
-    if len(model.input_shape) != 1 or X.ndim != 2:
+    if len(model.input_shape) != 1 or X.ndim != 2 or None in model.input_shape:
         return None
     for i, (layer, src) in enumerate(model.graph.nodes):
         if src != (i - 1,) or len(layer.output_shape) != 1:

@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from fastnn import callbacks as _callbacks
+from fastnn import graph as _graph
 from fastnn import losses as _losses
 from fastnn import metrics as _metrics
 from fastnn._core import clip as _clip
@@ -207,7 +208,7 @@ class Trainer:
             raise ValueError(f"{owner}: X must have shape (n_samples, features...), got {X.shape}")
         if not model.built and allow_build:
             self.build(X.shape[1:])
-        if X.shape[1:] != tuple(model.input_shape):
+        if not _graph.matches(X.shape[1:], model.input_shape):
             raise ValueError(f"{owner}: X must have shape (n, {', '.join(map(str, model.input_shape))}) for this "
                              f"model's input, got {X.shape}")
         return X
@@ -217,8 +218,21 @@ class Trainer:
         model = self.model
         self.require_compiled(owner)
         X = self.check_X(X, owner)
-        T = model.loss.prepare_targets(y, X.shape[0], model.output_shape, model.dtype, owner=f"{owner}: y")
+        T = model.loss.prepare_targets(y, X.shape[0], self.output_shape_for(y), model.dtype, owner=f"{owner}: y")
         return X, T
+
+    def output_shape_for(self, y):
+        """The model's output shape per sample, a variable (None) axis sized as the targets' same axis (the
+        targets of such a model are shaped as its outputs); the output shape itself when it has none."""
+        shape = self.model.output_shape
+        if not _graph.is_variable(shape):
+            return shape
+        ys = np.shape(y)[1:]
+        resolved = tuple(ys[i] if d is None and i < len(ys) else d for i, d in enumerate(shape))
+        if _graph.is_variable(resolved):
+            raise ValueError(f"{self.model.name}: the output shape {shape} has a variable axis, which the targets "
+                             f"of shape {np.shape(y)} do not size; give targets shaped as the outputs")
+        return resolved
 
     # ================================================================== public training API
     def train_on_batch(self, X, y):
@@ -433,7 +447,7 @@ class Trainer:
         denom = wtotal if W is not None else seen
         logs = {"loss": total if sums else (total / denom if denom > 0 else 0.0)}
         if model.loss.classification:
-            logs["accuracy"] = correct / model.loss.n_predictions(seen, model.output_shape)
+            logs["accuracy"] = correct / model.loss.n_predictions(seen, self.output_shape_for(T))
         for met in metrics:
             logs[met.name] = met.result()
         return logs
@@ -497,7 +511,7 @@ class Trainer:
         denom = wtotal if W is not None else n
         logs = {"loss": total if model.loss.sums else (total / denom if denom > 0 else 0.0)}
         if model.loss.classification:
-            logs["accuracy"] = correct / model.loss.n_predictions(n, model.output_shape)
+            logs["accuracy"] = correct / model.loss.n_predictions(n, self.output_shape_for(T))
         for m in metrics:
             logs[m.name] = m.result()
         return logs
