@@ -66,6 +66,9 @@ def _counted_layers(model):
         if isinstance(layer, Dense):
             kind, units, rows = layer.activation.kind, layer.units, 1
         elif isinstance(layer, Activation):
+            if layer.kind in _COUNTED and None in layer.output_shape:
+                raise ValueError(f"{model.name}: the unit counters of the diagnostics need fixed shapes; layer "
+                                 f"{layer.name} has the output shape {layer.output_shape} (None: a variable axis)")
             kind, units = layer.kind, layer.output_shape[-1]
             rows = int(np.prod(layer.output_shape[:-1], dtype=np.int64))
         else:

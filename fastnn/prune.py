@@ -73,7 +73,7 @@ def _chain(model, i, owner):
     while True:
         if cur == len(plan) - 1:
             raise ValueError(f"{owner}: cannot prune layer {name}: its units are the model's output")
-        cons = [k for k, (_, src) in enumerate(plan) if cur in src]
+        cons = model.graph.consumers(cur)
         if len(cons) != 1 or len(plan[cons[0]][1]) != 1:
             names = ", ".join(f"{plan[k][0].name} ({type(plan[k][0]).__name__})" for k in cons)
             raise ValueError(f"{owner}: cannot prune layer {name}: its units feed {names} (several layers or a "

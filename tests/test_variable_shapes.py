@@ -113,3 +113,10 @@ def test_sequential_input_shape():
     with pytest.raises(TypeError, match="input_shape"):
         fnn.Sequential([ReLU()], input_shape="3")
     assert not fnn.Sequential([ReLU()]).built
+
+
+def test_diagnostics_refuse_a_variable_axis_clearly():
+    model = fnn.Sequential([ReLU()], input_shape=(None, 3)).compile("mse", "sgd")
+    X = np.ones((2, 4, 3))
+    with pytest.raises(ValueError, match="fixed shapes.*variable axis"):
+        model.diagnose(X, X, verbose=False)
