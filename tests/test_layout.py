@@ -89,3 +89,15 @@ def test_dense_constraint_capability():
     np.testing.assert_allclose(np.linalg.norm(d.weight, axis=0), 0.5, rtol=1e-5)
     m.compile("mse")
     assert m.trainer.constrained == [d]
+
+
+def test_public_names_keep_their_homes():
+    from fastnn import engine, errors, graph, model, params
+    from fastnn.training import compiled, sampled, trainer
+    assert fnn.NonFiniteError is model.NonFiniteError is errors.NonFiniteError
+    assert fnn.Input is model.Input is graph.Input and model.Tensor is graph.Tensor
+    assert fnn.History is model.History is fnn.callbacks.History
+    m = fnn.Sequential([Dense(2)], input_dim=3)
+    assert isinstance(m.graph, graph.Graph) and isinstance(m.table, params.ParameterTable)
+    assert isinstance(m.engine, engine.Executor) and isinstance(m.trainer, trainer.Trainer)
+    assert callable(compiled.fit_epoch) and sampled.SampledOutput

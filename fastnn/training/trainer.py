@@ -73,7 +73,7 @@ class Trainer:
         self.sampled = None
         if getattr(model.loss, "sampled", False):       # SampledSoftmax: step trains through sampled.py
             from fastnn.training.sampled import SampledOutput
-            self.sampled = SampledOutput(self.model)
+            self.sampled = SampledOutput(model)
         model.optimizer._bind(model.parameters, model.gradients, model.table.n_decay)
         if self.guard_backup is None or self.guard_backup.shape != model.parameters.shape:
             self.guard_backup = np.empty_like(model.parameters)
