@@ -66,11 +66,14 @@ def _counted_layers(model):
         if isinstance(layer, Dense):
             kind, units, rows = layer.activation.kind, layer.units, 1
         elif isinstance(layer, Activation):
+            if layer.kind in _COUNTED and None in layer.output_shape:
+                raise ValueError(f"{model.name}: the unit counters of the diagnostics need fixed shapes; layer "
+                                 f"{layer.name} has the output shape {layer.output_shape} (None: a variable axis)")
             kind, units = layer.kind, layer.output_shape[-1]
             rows = int(np.prod(layer.output_shape[:-1], dtype=np.int64))
         else:
             continue
-        if kind in _COUNTED and not (layer is last and model._fused):
+        if kind in _COUNTED and not (layer is last and model.trainer.fused):
             out.append((layer, kind, units, rows))
     return out
 
@@ -111,11 +114,9 @@ class _Counters:
 
 def _param_segments(model):
     """[(layer, [(offset, size), ...])] for the layers with parameters, in graph order."""
-    base = model.parameters.__array_interface__["data"][0]
-    item = model.parameters.itemsize
     out = []
     for layer in model.layers:
-        segs = [((v.__array_interface__["data"][0] - base) // item, v.size) for v in layer.params.values()]
+        segs = model.table.segments(layer)
         if segs:
             out.append((layer, segs))
     return out
@@ -215,7 +216,7 @@ class Monitor(Callback):
         self._counters = _Counters(model)
         self._before = np.empty_like(model.parameters)
         self._diff = np.empty_like(model.parameters)
-        model._diagnostics = self
+        model.trainer.monitor = self
         self._reset()
 
     def _reset(self):
@@ -260,7 +261,7 @@ class Monitor(Callback):
             if (kind, name) not in self._warned:
                 self._warned.add((kind, name))
                 warnings.warn(f"{model.name}: {message} (epoch {epoch + 1})", TrainingHealthWarning,
-                              stacklevel=4)   # Monitor <- CallbackList <- fit <- the caller of fit
+                              stacklevel=5)   # Monitor <- CallbackList <- Trainer.fit <- Model.fit <- caller
         if self._first is None:
             self._first = stats
         self._reset()
@@ -269,8 +270,8 @@ class Monitor(Callback):
         """Detach from the model (the counters off, no more gradient hook); fit calls it in any case."""
         if self._counters is not None:
             self._counters.close()
-        if getattr(self, "model", None) is not None and getattr(self.model, "_diagnostics", None) is self:
-            self.model._diagnostics = None
+        if getattr(self, "model", None) is not None and self.model.trainer.monitor is self:
+            self.model.trainer.monitor = None
 
 
 def with_monitor(callbacks, monitor):
@@ -325,7 +326,7 @@ def diagnose(model, X, y, batch_size=None, file=None, verbose=True):
     undone: parameters, optimizer state and step count restored; no clipping or schedule), and the parameters,
     gradients buffer, optimizer state and mode are as before the call.  The model must be compiled.
     """
-    X, T = model._check_Xy(X, y, "diagnose")
+    X, T = model.trainer.check_Xy(X, y, "diagnose")
     n = X.shape[0]
     if n == 0:
         raise ValueError("diagnose: X has no samples")
@@ -334,14 +335,14 @@ def diagnose(model, X, y, batch_size=None, file=None, verbose=True):
     saved_grads = model.gradients.copy()
     acc = np.zeros(model.gradients.shape, dtype=np.float64)
     counters = _Counters(model)
-    prev = model._set_mode(False)
+    prev, model.training = model.training, False
     total = 0.0
     try:
         for start in range(0, n, bs):
             stop = min(start + bs, n)
-            out = model._forward(X[start:stop], False, model._fused)
-            loss, _, grad = model._loss_and_grad(out, T[start:stop])
-            model._backward(grad)
+            out = model.engine.forward(X[start:stop], False, model.trainer.fused)
+            loss, _, grad = model.engine.loss_and_grad(model.loss, out, T[start:stop])
+            model.engine.backward(grad)
             w = 1.0 if model.loss.sums else (stop - start) / n
             acc += w * model.gradients
             total += loss * w
@@ -365,7 +366,7 @@ def diagnose(model, X, y, batch_size=None, file=None, verbose=True):
         fractions = counters.fractions(n)
     finally:
         counters.close()
-        model._set_mode(prev)
+        model.training = prev
         np.copyto(model.gradients, saved_grads)
     stats = _stats(model, segments, grads, _norms(model.parameters, segments), ratios, fractions)
     result = Diagnosis(stats, find_problems(stats), float(total), n)
@@ -439,13 +440,13 @@ def gradcheck(model, X, y, eps=1e-6, max_per_param=64, training=True, tol=1e-4, 
 
     Returns a :class:`GradcheckReport` (``report.errors``, ``report.max_error``, ``report.passed``).
     """
-    model._require_compiled("gradcheck")
+    model.trainer.require_compiled("gradcheck")
     if not model.built:
-        model._check_X(X, "gradcheck")
+        model.trainer.check_X(X, "gradcheck")
     m = model if np.dtype(model.dtype) == np.float64 else _copy_model(model, np.float64)
     if m is not model:
         m.compile(loss=model.loss, optimizer="sgd")      # the very loss (its settings), a throwaway optimizer
-    X, T = m._check_Xy(X, y, "gradcheck")
+    X, T = m.trainer.check_Xy(X, y, "gradcheck")
     if X.shape[0] == 0:
         raise ValueError("gradcheck: X has no samples")
     saved = None
@@ -459,21 +460,19 @@ def gradcheck(model, X, y, eps=1e-6, max_per_param=64, training=True, tol=1e-4, 
     try:
         def loss_at():
             m.layer_rng.bit_generator.state = rng_state
-            out = m._forward(X, training, m._fused)
+            out = m.engine.forward(X, training, m.trainer.fused)
             return float(m.loss(out, T, None, None)[0])
 
         m.layer_rng.bit_generator.state = rng_state
-        out = m._forward(X, training, m._fused)
-        _, _, grad = m._loss_and_grad(out, T)
-        m._backward(grad)
+        out = m.engine.forward(X, training, m.trainer.fused)
+        _, _, grad = m.engine.loss_and_grad(m.loss, out, T)
+        m.engine.backward(grad)
         analytic = m.gradients.copy()
         pick = np.random.default_rng(seed)
-        base = flat.__array_interface__["data"][0]
         errors, details, zero = {}, {}, []
         for layer in m.layers:
-            for pname, view in layer.params.items():
-                off = (view.__array_interface__["data"][0] - base) // flat.itemsize
-                size = view.size
+            for row in m.table.rows_of(layer):
+                pname, off, size = row.name, row.offset, row.size
                 idx = np.arange(size) if size <= max_per_param else np.sort(
                     pick.choice(size, max_per_param, replace=False))
                 worst, where = -1.0, None

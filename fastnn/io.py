@@ -51,18 +51,13 @@ HEADER_KEY = "__fastnn__"
 # ---------------------------------------------------------------------------------------------- save
 def _nodes(model):
     """The layers of the graph's nodes, in the order they run (a Residual's block layers are nodes too)."""
-    return [layer for layer, _ in model._plan]
+    return model.graph.layers
 
 
 def _offsets(model):
-    """{(node index, param name): (offset, size)} in the flat buffer, from the views' addresses."""
-    base = model.parameters.__array_interface__["data"][0]
-    item = model.parameters.itemsize
-    out = {}
-    for i, layer in enumerate(_nodes(model)):
-        for name, view in layer.params.items():
-            out[(i, name)] = ((view.__array_interface__["data"][0] - base) // item, view.size)
-    return out
+    """{(node index, param name): (offset, size)} in the flat buffer, from the parameter table."""
+    table = model.table
+    return {(i, r.name): (r.offset, r.size) for i, layer in enumerate(_nodes(model)) for r in table.rows_of(layer)}
 
 
 def _rng_state(gen):
@@ -75,16 +70,17 @@ def _architecture(model):
     if type(model) not in (Sequential, Model):
         raise ValueError(f"save: only fastnn.Model and fastnn.Sequential can be saved, got {type(model).__name__}")
     nodes = []
-    index = {id(layer): i for i, (layer, _) in enumerate(model._plan)}
-    for layer, src in model._plan:
+    index = {id(layer): i for i, (layer, _) in enumerate(model.graph.nodes)}
+    for layer, src in model.graph.nodes:
         cls = type(layer).__name__
         if REGISTRY.get(cls) is not type(layer):
             raise ValueError(f"save: layer {layer.name} has class {cls}, which is not in fastnn.layers.REGISTRY; "
                              "register it to make it saveable")
         config = layer.get_config()
-        if hasattr(layer, "block"):
-            # a Residual's block layers are nodes of their own: refer to them instead of repeating them
-            config = {**config, "block": {"nodes": [index[id(b)] for b in layer.block]}}
+        subs = layer.sublayers()
+        if subs:
+            # a container's layers (a Residual's block) are nodes of their own: refer to them, not repeat them
+            config = {**config, layer.sublayers_key: {"nodes": [index[id(b)] for b in subs]}}
         nodes.append({"class": cls, "config": config, "inputs": [int(s) for s in src]})
     return {"class": type(model).__name__, "name": model.name, "seed": model.seed,
             "dtype": np.dtype(model.dtype).name, "input_shape": list(model.input_shape), "nodes": nodes}
@@ -122,7 +118,7 @@ def save(model, path, include_optimizer=True):
                     arrays[f"optim/{sname}/{i}/{pname}"] = flat[off:off + size].reshape(
                         _nodes(model)[i].params[pname].shape)
     header["training"] = {"epochs_trained": int(model.epochs_trained), "nan_guard": bool(model.nan_guard)}
-    header["rng"] = {"init": _rng_state(model._init_rng), "shuffle": _rng_state(model.rng),
+    header["rng"] = {"init": _rng_state(model.init_rng), "shuffle": _rng_state(model.rng),
                      "layer": _rng_state(model.layer_rng)}
     arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
     header["arrays"] = {k: {"shape": list(v.shape), "dtype": v.dtype.str,
@@ -239,7 +235,8 @@ def _restore_rng(gen, state):
 def _build(header, arrays, compile):
     from fastnn import losses as _losses, optim as _optim
     from fastnn.layers import REGISTRY
-    from fastnn.model import Input, Model, Sequential, Tensor
+    from fastnn.graph import Input, Tensor
+    from fastnn.model import Model, Sequential
     spec = header["model"]
     kind = spec["class"]
     if kind not in ("Sequential", "Model"):
@@ -259,14 +256,15 @@ def _build(header, arrays, compile):
             raise ValueError(f"node {i}: the layer config must be an object")
         config = dict(node["config"])
         try:
-            if isinstance(config.get("block"), dict):
-                refs = config.pop("block").get("nodes")
+            key = cls.sublayers_key
+            if key is not None and isinstance(config.get(key), dict):
+                refs = config.pop(key).get("nodes")
                 if (not isinstance(refs, list) or not refs or
                         any(not isinstance(j, int) or isinstance(j, bool) or not 0 <= j < i or j in seen or
                             j in in_block for j in refs)):
-                    raise ValueError(f"block must list earlier nodes once, got {refs!r}")
+                    raise ValueError(f"{key} must list earlier nodes once, got {refs!r}")
                 in_block.update(refs)
-                layers[i] = cls(block=[make(j, seen + (i,)) for j in refs], **config)
+                layers[i] = cls(**{key: [make(j, seen + (i,)) for j in refs]}, **config)
             else:
                 layers[i] = cls.from_config(config)
         except (TypeError, ValueError) as exc:
@@ -275,7 +273,7 @@ def _build(header, arrays, compile):
 
     for i in range(len(nodes)):
         make(i)
-    input_shape = tuple(int(d) for d in spec["input_shape"])
+    input_shape = tuple(None if d is None else int(d) for d in spec["input_shape"])
     seed, dtype, name = spec["seed"], spec["dtype"], spec["name"]
     if kind == "Sequential":
         # the user's list: every node that is not inside a Residual's block (which expands it again)
@@ -289,14 +287,14 @@ def _build(header, arrays, compile):
             if not srcs or any(s < -1 or s >= i for s in srcs):
                 raise ValueError(f"node {i}: inputs {srcs} must name earlier nodes")
             ins = [x if s < 0 else tensors[s] for s in srcs]
-            if hasattr(layer, "block"):      # a Residual: its block's nodes are already in the graph
-                tensors.append(Tensor._from_layer(layer, ins))
+            if layer.sublayers():      # a container (Residual): its sublayers' nodes are already in the graph
+                tensors.append(Tensor.from_layer(layer, ins))
             else:
                 tensors.append(layer(ins if layer.n_inputs != 1 else ins[0]))
         model = Model(x, tensors[-1], seed=seed, dtype=dtype, name=name)
     # the rebuilt graph must run the nodes in the saved order
     if [type(l).__name__ for l in _nodes(model)] != [n["class"] for n in spec["nodes"]] or \
-            [list(src) for _, src in model._plan] != [list(n["inputs"]) for n in spec["nodes"]]:
+            [list(src) for _, src in model.graph.nodes] != [list(n["inputs"]) for n in spec["nodes"]]:
         raise ValueError("the rebuilt graph does not match the saved node order")
 
     used = set()
@@ -351,7 +349,7 @@ def _build(header, arrays, compile):
     training = header.get("training", {})
     model.epochs_trained = int(training.get("epochs_trained", 0))
     rng = header["rng"]
-    _restore_rng(model._init_rng, rng["init"])
+    _restore_rng(model.init_rng, rng["init"])
     _restore_rng(model.rng, rng["shuffle"])
     _restore_rng(model.layer_rng, rng["layer"])
     return model

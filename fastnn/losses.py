@@ -226,7 +226,7 @@ class SampledSoftmax(CrossEntropy):
             ``model.layer_rng``, so that training is reproducible from the model's seed.
     """
     name = "sampled_softmax"
-    sampled = True            # the model trains through fastnn._sampled (see Model._attach_training)
+    sampled = True            # the model trains through fastnn.training.sampled (see Trainer.attach)
 
     def __init__(self, num_sampled=64, sampler="log_uniform", seed=None):
         from fastnn._validation import check_number

@@ -65,7 +65,7 @@ def _resolve(model, layer, owner):
 def _chain(model, i, owner):
     """(chain, nxt): the node indices between node i and the next Dense (exclusive), and that Dense's index."""
     from fastnn.layers import Activation, BatchNorm, Dense, Dropout, LayerNorm, Softmax
-    plan = model._plan
+    plan = model.graph.nodes
     name = plan[i][0].name
     if not isinstance(plan[i][0], Dense):
         raise ValueError(f"{owner}: layer {name} is a {type(plan[i][0]).__name__}; only Dense units can be pruned")
@@ -73,7 +73,7 @@ def _chain(model, i, owner):
     while True:
         if cur == len(plan) - 1:
             raise ValueError(f"{owner}: cannot prune layer {name}: its units are the model's output")
-        cons = [k for k, (_, src) in enumerate(plan) if cur in src]
+        cons = model.graph.consumers(cur)
         if len(cons) != 1 or len(plan[cons[0]][1]) != 1:
             names = ", ".join(f"{plan[k][0].name} ({type(plan[k][0]).__name__})" for k in cons)
             raise ValueError(f"{owner}: cannot prune layer {name}: its units feed {names} (several layers or a "
@@ -96,21 +96,21 @@ def _scan(model, X, point, relu, end, batch_size):
     """One inference pass over X: per-unit mean |value| at node `point`, the ReLU counters of node `relu`
     (or None), and per-unit min / max at node `end` (the input of the next Dense)."""
     from fastnn import diagnostics as _diag
-    X = model._check_X(X, "prune.neurons")
+    X = model.trainer.check_X(X, "prune.neurons")
     n = X.shape[0]
     if n == 0:
         raise ValueError("prune.neurons: X has no samples")
     counters = _diag._Counters(model) if relu is not None else None
     plan_layers = model.layers
     absum = lo = hi = None
-    prev = model._set_mode(False)
+    prev, model.training = model.training, False
     try:
         for start in range(0, n, batch_size):
-            model._forward(X[start:start + batch_size], False)
-            v = model._values[point]
+            model.engine.forward(X[start:start + batch_size], False)
+            v = model.engine.values[point]
             s = np.abs(v).sum(axis=0, dtype=np.float64)
             absum = s if absum is None else absum + s
-            e = model._values[end]
+            e = model.engine.values[end]
             lo = e.min(axis=0) if lo is None else np.minimum(lo, e.min(axis=0))
             hi = e.max(axis=0) if hi is None else np.maximum(hi, e.max(axis=0))
         counts = None
@@ -120,7 +120,7 @@ def _scan(model, X, point, relu, end, batch_size):
     finally:
         if counters is not None:
             counters.close()
-        model._set_mode(prev)
+        model.training = prev
     return absum / n, counts, lo, hi
 
 
@@ -242,6 +242,6 @@ def _rebuild(model, i, chain, nxt, keep, remove, fold):
     if model.loss is not None:
         new.loss = model.loss
         new.clip_norm, new.clip_value, new.lr_schedule = model.clip_norm, model.clip_value, model.lr_schedule
-        new._base_lr = model._base_lr
-        new._attach_training()
+        new.trainer.base_lr = model.trainer.base_lr
+        new.trainer.attach()
     return new

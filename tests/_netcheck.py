@@ -15,10 +15,10 @@ def check_model_grads(model, X, seed=0, rtol=1e-6, atol=1e-8, training=True):
     R = rng.standard_normal((X.shape[0],) + tuple(model.output_shape))
 
     def f(_):
-        return float(np.sum(model._forward(X, training) * R))
+        return float(np.sum(model.engine.forward(X, training) * R))
 
-    model._forward(X, training)
-    model._backward(R.copy())
+    model.engine.forward(X, training)
+    model.engine.backward(R.copy())
     analytic = model.gradients.copy()
     numeric = numeric_grad(f, model.parameters)
     assert_grad_close(analytic, numeric, rtol=rtol, atol=atol)
@@ -31,7 +31,7 @@ def standalone(layer, input_shape, dtype=np.float64, seed=0):
     layer.build(input_shape)
     params, grads = {}, {}
     for spec in layer.param_specs():
-        params[spec.name] = np.ascontiguousarray(spec.init(spec.shape, rng), dtype=dtype)
+        params[spec.name] = np.ascontiguousarray(spec.initialize(rng), dtype=dtype)
         grads[spec.name] = np.zeros(spec.shape, dtype=dtype)
     layer._bind(params, grads, dtype)
     return layer

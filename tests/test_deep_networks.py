@@ -74,7 +74,7 @@ def test_skip_connections_make_a_deep_tanh_stack_train(digits):
     g = []
     for m in (plain, skip):
         m.train_on_batch(Xtr[:64], ytr[:64])
-        g.append(np.linalg.norm(m._plan[0][0].weight_grad))
+        g.append(np.linalg.norm(m.graph.layers[0].weight_grad))
     assert g[1] > 10 * g[0], g
     lp = plain.fit(Xtr, ytr, epochs=8, batch_size=64).history["loss"][-1]
     ls = skip.fit(Xtr, ytr, epochs=8, batch_size=64).history["loss"][-1]

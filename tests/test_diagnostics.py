@@ -128,7 +128,7 @@ def test_healthy_network_raises_no_warning(digits):
         for entry in epoch.values():
             assert all(np.isfinite(v) for k, v in entry.items() if k != "activation")
     # the monitor is detached after fit: the kernels run without counters again
-    assert all(l._act_counts is None for l in model.layers) and model._diagnostics is None
+    assert all(l._act_counts is None for l in model.layers) and model.trainer.monitor is None
     assert all(getattr(l, "_act_counts", None) is None for l in model.layers)
 
 
@@ -258,7 +258,7 @@ def test_monitor_detaches_when_fit_fails(digits):
     model = _healthy()
     with pytest.raises(RuntimeError, match="boom"):
         model.fit(X, y, epochs=2, batch_size=200, diagnostics=True, callbacks=Boom())
-    assert model._diagnostics is None
+    assert model.trainer.monitor is None
     assert all(getattr(l, "_act_counts", None) is None for l in model.layers)
     with pytest.raises(ValueError, match="batch_size"):
         model.diagnose(X, y, batch_size=0)

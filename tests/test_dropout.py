@@ -23,7 +23,7 @@ class _FixedSeed:
 @pytest.mark.parametrize("mode", ["inverted", "weight_scaling"])
 def test_gradient_with_fixed_mask(mode):
     layer = standalone(Dropout(0.4, mode=mode), (3, 5))
-    layer._attach_rng(_FixedSeed())
+    layer.attach_rng(_FixedSeed())
     rng = np.random.default_rng(0)
     X = rng.standard_normal((6, 3, 5))
     R = rng.standard_normal(X.shape)
@@ -44,7 +44,7 @@ def test_gradient_in_a_model_with_fixed_mask():
     drop = Dropout(0.5)
     out = Dense(3)(drop(h))
     model = fnn.Model(x, out, seed=0, dtype="float64")
-    drop._attach_rng(_FixedSeed())
+    drop.attach_rng(_FixedSeed())
     check_model_grads(model, np.random.default_rng(1).standard_normal((5, 6)))
 
 
@@ -52,7 +52,7 @@ def test_gradient_in_a_model_with_fixed_mask():
 @pytest.mark.parametrize("rate", [0.2, 0.7])
 def test_mean_over_masks_equals_inference(mode, rate):
     layer = standalone(Dropout(rate, mode=mode), (500,))
-    layer._attach_rng(np.random.default_rng(0))
+    layer.attach_rng(np.random.default_rng(0))
     X = np.random.default_rng(1).uniform(0.5, 2.0, (4, 500))
     M = 400
     acc = np.zeros_like(X)
@@ -75,7 +75,7 @@ def test_mean_over_masks_equals_inference(mode, rate):
 @pytest.mark.parametrize("rate", [0.1, 0.5, 0.9])
 def test_drop_rate_within_statistical_bounds_and_kept_units_scaled(rate):
     layer = standalone(Dropout(rate), (1000,), dtype=np.float32)
-    layer._attach_rng(np.random.default_rng(7))
+    layer.attach_rng(np.random.default_rng(7))
     X = np.ones((1000, 1000), np.float32)
     Y = layer.forward(X, True)
     N = X.size
@@ -95,7 +95,7 @@ def test_masks_change_between_calls_and_do_not_depend_on_threads():
     for threads in (1, 2):
         fnn.set_num_threads(threads)
         layer = standalone(Dropout(0.5), (200,))
-        layer._attach_rng(np.random.default_rng(3))
+        layer.attach_rng(np.random.default_rng(3))
         layer.forward(X, True)
         first = layer.mask.copy()
         layer.forward(X, True)

@@ -134,8 +134,8 @@ def test_train_eval_modes_and_restoring():
     assert probe.seen == [True] * 5 and model.training is False      # restored to inference
     # a forward without an explicit flag follows the mode
     probe.seen.clear()
-    model._forward(X)
-    model.train()._forward(X)
+    model.engine.forward(X, model.training)
+    model.train().engine.forward(X, True)
     assert probe.seen == [False, True]
     with pytest.raises(TypeError):
         model.train("yes")

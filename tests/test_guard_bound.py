@@ -256,8 +256,8 @@ def test_normal_training_takes_no_backup_and_matches_training_without_the_guard(
     ref = _model(OPTS[opt](), dtype, guard=False)
     m.fit(X, y, epochs=3, batch_size=32, verbose=0)
     ref.fit(X, y, epochs=3, batch_size=32, verbose=0)
-    assert m._train_plan is not None
-    assert m._guard_backup_steps == 0 and m.optimizer.step_count == 24
+    assert m.trainer.train_plan is not None
+    assert m.trainer.guard_backup_steps == 0 and m.optimizer.step_count == 24
     np.testing.assert_array_equal(m.parameters, ref.parameters)
     for k, v in m.optimizer.state.items():
         np.testing.assert_array_equal(v, ref.optimizer.state[k])
@@ -283,7 +283,7 @@ def test_huge_weights_or_state_take_the_backup_and_an_overflow_is_restored(opt, 
             next(iter(m.optimizer.state.values()))[0] = huge
         before = m.parameters.copy()
         state = {k: v.copy() for k, v in m.optimizer.state.items()}
-        steps, n0 = m.optimizer.step_count, m._guard_backup_steps
+        steps, n0 = m.optimizer.step_count, m.trainer.guard_backup_steps
         try:
             m.fit(X0, y[:32], epochs=1, batch_size=32, verbose=0)
         except NonFiniteError as e:          # the step overflowed: restored exactly
@@ -294,7 +294,7 @@ def test_huge_weights_or_state_take_the_backup_and_an_overflow_is_restored(opt, 
             assert m.optimizer.step_count == steps
         else:
             assert np.isfinite(m.parameters).all()
-        assert m._guard_backup_steps == n0 + 1, target
+        assert m.trainer.guard_backup_steps == n0 + 1, target
 
 
 @pytest.mark.parametrize("opt", ["adam", "adamw_amsgrad"])
@@ -308,10 +308,10 @@ def test_a_negative_square_average_is_backed_up_checked_and_restored(opt):
         m.optimizer.state["max_exp_avg_sq"][:] = -1.0
     before = m.parameters.copy()
     state = {k: v.copy() for k, v in m.optimizer.state.items()}
-    steps, n0 = m.optimizer.step_count, m._guard_backup_steps
+    steps, n0 = m.optimizer.step_count, m.trainer.guard_backup_steps
     with pytest.raises(NonFiniteError):
         m.fit(X[:32], y[:32], epochs=1, batch_size=32, verbose=0)
-    assert m._guard_backup_steps == n0 + 1
+    assert m.trainer.guard_backup_steps == n0 + 1
     np.testing.assert_array_equal(m.parameters, before)
     for k, v in m.optimizer.state.items():
         np.testing.assert_array_equal(v, state[k])
@@ -324,7 +324,7 @@ def test_adam_with_eps_zero_always_backs_up_and_trains_the_same():
     ref = _model(fnn.optim.Adam(lr=1e-3, eps=0.0), guard=False)
     m.fit(X, y, epochs=2, batch_size=32, verbose=0)
     ref.fit(X, y, epochs=2, batch_size=32, verbose=0)
-    assert m._guard_backup_steps == 4
+    assert m.trainer.guard_backup_steps == 4
     np.testing.assert_array_equal(m.parameters, ref.parameters)
 
 
@@ -337,7 +337,7 @@ def test_an_overflowing_update_is_backed_up_and_rolled_back(dtype):
     with pytest.raises(NonFiniteError) as ei:
         m.fit(X, y, epochs=1, batch_size=32, verbose=0)
     assert ei.value.what == "parameters" and ei.value.batch == 1
-    assert m._guard_backup_steps == 1 and m.optimizer.step_count == 0
+    assert m.trainer.guard_backup_steps == 1 and m.optimizer.step_count == 0
     np.testing.assert_array_equal(m.parameters, before)
 
 
@@ -349,4 +349,4 @@ def test_exploding_adamw_is_proved_finite_until_near_overflow():
     with pytest.raises(NonFiniteError):
         m.fit(X, y, epochs=50, batch_size=32, verbose=0)
     assert np.isfinite(m.parameters).all()
-    assert m.optimizer.step_count > 10 and m._guard_backup_steps <= 2
+    assert m.optimizer.step_count > 10 and m.trainer.guard_backup_steps <= 2

@@ -96,7 +96,7 @@ def test_running_statistics_converge_and_are_used_at_inference():
     bn = BatchNorm()
     model = fnn.Model(x, bn(x), dtype="float64")
     for _ in range(300):
-        model._forward(mu + sigma * rng.standard_normal((64, 3)), True)
+        model.engine.forward(mu + sigma * rng.standard_normal((64, 3)), True)
     np.testing.assert_allclose(bn.running_mean, mu, atol=0.1)
     np.testing.assert_allclose(bn.running_var, sigma ** 2, rtol=0.1)
     bn.weight = [1.0, 2.0, 3.0]
@@ -106,7 +106,7 @@ def test_running_statistics_converge_and_are_used_at_inference():
     before = bn.running_mean.copy()
     np.testing.assert_allclose(model.predict(X), want, rtol=1e-12)
     np.testing.assert_array_equal(bn.running_mean, before)          # inference leaves the statistics alone
-    assert not np.allclose(model.train()._forward(X), want)          # training mode uses the batch's
+    assert not np.allclose(model.train().engine.forward(X, True), want)          # training mode uses the batch's
 
 
 def test_batch_of_one_in_training_is_an_error_like_torch():
@@ -154,11 +154,10 @@ def test_in_a_model_gradients_and_no_weight_decay():
     check_model_grads(model, rng.standard_normal((8, 4)))
     # normalization parameters sit after the decayed prefix: weight decay skips them by default
     n_dense_w = sum(l.weight.size for l in model.layers if isinstance(l, Dense))
-    assert model._n_decay == n_dense_w
+    assert model.table.n_decay == n_dense_w
     for layer in model.layers:
         if isinstance(layer, (BatchNorm, LayerNorm)):
-            off = (layer.weight.__array_interface__["data"][0] - model.parameters.__array_interface__["data"][0])
-            assert off // model.parameters.itemsize >= model._n_decay
+            assert model.table.offset(layer, "weight") >= model.table.n_decay
 
 
 def test_configs_roundtrip():

@@ -1,9 +1,9 @@
-"""The compiled training plan (fastnn/_plan.py, fastnn/_core/plan.pyx) against the per-layer path."""
+"""The compiled training plan (fastnn/training/compiled.py, fastnn/_core/plan.pyx) against the per-layer path."""
 import numpy as np
 import pytest
 
 import fastnn as fnn
-from fastnn import _plan
+from fastnn.training import compiled as _plan
 from fastnn.layers import Dense
 
 LOSSES = ["cross_entropy", "mse", "l2", "mae"]
@@ -33,7 +33,7 @@ def _data(loss, n=101, seed=0):
 def _train(loss, make_opt, compiled, dtype="float32", epochs=3, **compile_kw):
     m = fnn.Sequential(_layers(loss), input_dim=7, seed=3, dtype=dtype)
     m.compile(loss, make_opt(), **compile_kw)
-    m._compiled_plan = compiled
+    m.trainer.compiled_plan = compiled
     X, y = _data(loss)
     h = m.fit(X, y, epochs=epochs, batch_size=16)
     return m, h
@@ -50,7 +50,7 @@ def test_plan_gives_the_weights_of_the_per_layer_path(loss, opt_id, make_opt, dt
         b, hb = _train(loss, make_opt, False, dtype)
     finally:
         fnn.set_num_threads(before)
-    assert a._train_plan is not None and getattr(b, "_train_plan", None) is None
+    assert a.trainer.train_plan is not None and b.trainer.train_plan is None
     tol = 1e-5 if dtype == "float32" else 1e-12
     np.testing.assert_allclose(a.parameters, b.parameters, rtol=tol, atol=tol)
     np.testing.assert_allclose(a.gradients, b.gradients, rtol=tol, atol=tol)
@@ -75,7 +75,7 @@ def test_plan_is_used_only_when_supported():
     m = fnn.Sequential(_layers("cross_entropy"), input_dim=7, seed=0)
     m.compile("cross_entropy", "adam")
     m.fit(X, y, epochs=1)
-    assert m._train_plan is not None
+    assert m.trainer.train_plan is not None
     # unsupported: dropout, metrics, sample weights, batch hooks, other optimizers -> the per-layer path
     for make, kw in [
         (lambda: fnn.Sequential([Dense(8, activation="relu"), fnn.layers.Dropout(0.2), Dense(5)], input_dim=7),
@@ -86,11 +86,11 @@ def test_plan_is_used_only_when_supported():
         m = make()
         m.compile("cross_entropy", "adam")
         m.fit(X, y, epochs=1, **kw)
-        assert getattr(m, "_train_plan", None) is None
+        assert m.trainer.train_plan is None
     m = fnn.Sequential([Dense(5)], input_dim=7)
     m.compile("cross_entropy", "rmsprop")
     m.fit(X, y, epochs=1)
-    assert getattr(m, "_train_plan", None) is None
+    assert m.trainer.train_plan is None
 
 
 def test_plan_resume_is_exact(tmp_path):
@@ -119,7 +119,7 @@ def test_predict_fast_path_matches_the_per_layer_forward(n, dtype):
     m.compile("cross_entropy", "adam")
     X = np.random.default_rng(1).standard_normal((n, 7)).astype(dtype)
     fast = m.predict(X)
-    assert m._infer_plans[1]                      # the compiled inference plan ran
+    assert m.trainer.infer_plans[1]                      # the compiled inference plan ran
     slow = m.predict(X, batch_size=n)             # batch_size given: the per-layer path
     tol = 1e-5 if dtype == "float32" else 1e-12
     np.testing.assert_allclose(fast, slow, rtol=tol, atol=tol)
@@ -161,7 +161,7 @@ def test_steady_state_training_step_allocates_nothing():
     m = fnn.Sequential(_wide(), input_dim=7, seed=0)
     m.compile("cross_entropy", "adam", clip_norm=1.0)
     T = m.loss.prepare_targets(y, 64, m.output_shape, m.dtype)
-    net, peak = _net_alloc(lambda: m._step(X, T, (0, 0)), 30)
+    net, peak = _net_alloc(lambda: m.trainer.step(X, T, (0, 0)), 30)
     assert net <= 256, net            # nothing retained over 30 steps
     assert peak <= 16384, peak        # no array-sized temporary (the smallest batch array is 2.5 kB, most 64 kB)
 
@@ -172,7 +172,7 @@ def test_compiled_plan_epoch_allocates_nothing_but_the_permutation():
     m = fnn.Sequential(_wide(), input_dim=7, seed=0)
     m.compile("cross_entropy", "adam")
     net, peak = _net_alloc(lambda: m.fit(X, y, epochs=1, batch_size=64), 3)
-    assert m._train_plan is not None
+    assert m.trainer.train_plan is not None
     # per epoch: the permutation (4096 x 8 bytes = 32 kB) and the small History/logs objects; the 64 batches
     # ran without any per-batch allocation (one 64 x 256 float32 buffer alone is 64 kB)
     assert net <= 4096, net
@@ -181,7 +181,7 @@ def test_compiled_plan_epoch_allocates_nothing_but_the_permutation():
 
 def test_diagnostics_use_the_per_layer_path(monkeypatch):
     """fit(diagnostics=True) needs the per-layer path (gradient hook, kernel unit counters): no compiled plan."""
-    from fastnn import _plan
+    from fastnn.training import compiled as _plan
     rng = np.random.default_rng(0)
     X = rng.normal(size=(64, 8)).astype(np.float32)
     y = rng.integers(0, 3, 64)
@@ -209,5 +209,5 @@ def test_inference_plan_few_rows_of_a_large_layer(restore_threads, dtype, n_thre
     X = rng.normal(size=(4, 260)).astype(dtype)
     for n in (1, 2, 3, 4):
         fast = m.predict(X[:n])
-        ref = m._forward(X[:n], False).copy()
+        ref = m.engine.forward(X[:n], False).copy()
         np.testing.assert_allclose(fast, ref, rtol=1e-6 if dtype == "float32" else 1e-13, atol=1e-6)

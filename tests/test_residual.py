@@ -36,8 +36,8 @@ def test_residual_gradients_and_value():
     d0, b1, b2, _, _ = model.layers
     h = np.tanh(X @ d0.weight + d0.bias)
     want = h + np.tanh(h @ b1.weight + b1.bias) @ b2.weight + b2.bias
-    model._forward(X, False)
-    np.testing.assert_allclose(model._values[3], want, rtol=1e-12)
+    model.engine.forward(X, False)
+    np.testing.assert_allclose(model.engine.values[3], want, rtol=1e-12)
 
 
 def test_stochastic_depth_gradients_kept_dropped_and_inference():
@@ -45,7 +45,7 @@ def test_stochastic_depth_gradients_kept_dropped_and_inference():
     model, res = _model(p=0.6)
     check_model_grads(model, X, training=False)                 # inference: x + p * block(x)
     for draw, kept in ((0.3, True), (0.9, False)):
-        res._attach_rng(_Draws(*([draw] * 1000)))
+        res.attach_rng(_Draws(*([draw] * 1000)))
         check_model_grads(model, X)
         assert res.kept is kept
         block = np.concatenate([v.ravel() for l in res.block for v in l.grads.values()])
@@ -55,14 +55,14 @@ def test_stochastic_depth_gradients_kept_dropped_and_inference():
 def test_stochastic_depth_expectation_equals_inference():
     model, res = _model(p=0.7)
     X = np.random.default_rng(1).standard_normal((8, 5))
-    model._forward(X, False)
-    infer = model._values[3].copy()
-    model._forward(X, True)
-    x = model._values[0].copy()
+    model.engine.forward(X, False)
+    infer = model.engine.values[3].copy()
+    model.engine.forward(X, True)
+    x = model.engine.values[0].copy()
     M, acc, kept = 2000, 0.0, 0
     for _ in range(M):
-        model._forward(X, True)
-        y = model._values[3]
+        model.engine.forward(X, True)
+        y = model.engine.values[3]
         if res.kept:
             kept += 1
         else:
@@ -85,7 +85,7 @@ def test_in_sequential_and_functional_give_the_same_network():
     np.testing.assert_array_equal(seq.parameters, graph.parameters)
     X = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
     np.testing.assert_array_equal(seq.predict(X), graph.predict(X))
-    assert len(seq._plan) == 5                                  # the block's layers are graph nodes
+    assert len(seq.graph.nodes) == 5                                  # the block's layers are graph nodes
 
 
 def test_errors():
@@ -120,7 +120,7 @@ def test_linear_decay_and_config_roundtrip():
     stack = residual_stack([[Dense(8, activation="relu"), Dense(8)] for _ in range(3)], final_survival_prob=0.4)
     assert [r.survival_prob for r in stack] == pytest.approx([0.8, 0.6, 0.4])
     model = fnn.Sequential([Dense(8)] + stack + [Dense(2)], input_dim=4, seed=0)
-    assert len(model._plan) == 2 + 3 * 3
+    assert len(model.graph.nodes) == 2 + 3 * 3
     cfg = stack[0].get_config()
     import json
     again = Residual.from_config(json.loads(json.dumps(cfg)))

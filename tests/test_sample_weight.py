@@ -118,10 +118,10 @@ def test_class_weight_balanced_is_sklearns():
     y = np.array([0, 0, 0, 1, 2, 2])
     m = fnn.Sequential([fnn.layers.Dense(3)], input_dim=2, seed=0, dtype="float64")
     m.compile("cross_entropy", "sgd")
-    W = m._class_weights("balanced", y.astype(np.intp))
+    W = m.trainer.class_weights("balanced", y.astype(np.intp))
     expect = 6 / (3 * np.array([3, 3, 3, 1, 2, 2]))
     np.testing.assert_allclose(W, expect)
-    W = m._class_weights({1: 5.0}, y.astype(np.intp))
+    W = m.trainer.class_weights({1: 5.0}, y.astype(np.intp))
     np.testing.assert_allclose(W, [1, 1, 1, 5, 1, 1])
     # class_weight and sample_weight multiply, and both enter fit
     X = np.random.default_rng(0).normal(size=(6, 2))

@@ -148,8 +148,8 @@ def test_model_gradient_matches_finite_differences_for_a_fixed_sample():
     m.train_on_batch(X, y)                              # lr 0: the weights stay, gradients are those of a sample
     analytic = m.gradients.copy()
     def value(_):
-        m._sampled.rng = np.random.Generator(np.random.PCG64(7))    # replay the loss's generator: same sample
-        return m._sampled.forward_backward(X, y.astype(np.intp), None, "gradcheck")[0]
+        m.trainer.sampled.rng = np.random.Generator(np.random.PCG64(7))    # replay the loss's generator: same sample
+        return m.trainer.sampled.forward_backward(X, y.astype(np.intp), None, "gradcheck")[0]
 
     assert_grad_close(analytic, numeric_grad(value, m.parameters), rtol=1e-5, atol=1e-9)
 
@@ -191,7 +191,7 @@ def test_save_load_keeps_the_loss_config(tmp_path):
     assert r.loss.get_config() == {"name": "sampled_softmax", "num_sampled": 6, "sampler": "uniform", "seed": 3}
     np.testing.assert_array_equal(r.predict(X), m.predict(X))
     r.fit(X, y, epochs=2, initial_epoch=1, batch_size=16)     # trains through the sampled path after loading
-    assert r._sampled is not None
+    assert r.trainer.sampled is not None
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ import numpy as np
 
 from fastnn._core._threads import get_num_threads  # noqa: F401  (re-exported for the layer modules)
 from fastnn.initializers import default_fans
+from fastnn.graph import Tensor
 
 class ParamSpec(namedtuple("ParamSpec", "name shape init decay fan_in fan_out unit_axis")):
     """A parameter a layer asks for.
@@ -33,8 +34,9 @@ class ParamSpec(namedtuple("ParamSpec", "name shape init decay fan_in fan_out un
     __slots__ = ()
 
     def __new__(cls, name, shape, init, decay, fan_in=None, fan_out=None, unit_axis=None):
-        shape = tuple(int(d) for d in shape)
-        fi, fo = default_fans(shape)
+        # a None dimension (a layer built on a variable axis) is kept: the parameter table refuses it, naming the layer
+        shape = tuple(None if d is None else int(d) for d in shape)
+        fi, fo = (None, None) if None in shape else default_fans(shape)
         for given, what in ((fan_in, "fan_in"), (fan_out, "fan_out")):
             if given is not None and (isinstance(given, bool) or int(given) != given or given < 1):
                 raise ValueError(f"ParamSpec {name!r}: {what} must be an int >= 1, got {given!r}")
@@ -93,14 +95,14 @@ class Layer:
 
     # ------------------------------------------------------------------ graph construction
     def __call__(self, inputs):
-        from fastnn.model import Tensor  # late import: model.py imports the layers
-        return Tensor._from_layer(self, inputs)
+        """Call the layer on a tensor (or a list of tensors): the symbolic output tensor (``fastnn.graph``)."""
+        return Tensor.from_layer(self, inputs)
 
     def build(self, input_shape):
         """Infer the output shape from the input shape (a tuple, or a list of tuples for multi-input layers)."""
         out = self._build(input_shape)
         self.input_shape = input_shape
-        self.output_shape = tuple(int(d) for d in out)
+        self.output_shape = tuple(None if d is None else int(d) for d in out)   # None: a variable axis
         self.built = True
         return self.output_shape
 
@@ -118,12 +120,37 @@ class Layer:
         self.dtype = dtype
         self._buffers.clear()
 
+    # ------------------------------------------------------------------ optional capabilities
+    # The model and the services (io, prune, diagnostics, the compiled plan) ask the layer through these
+    # methods, with these defaults, instead of testing for attributes.
+    sublayers_key = None      # containers: the get_config / constructor key that holds the sublayers
+
+    def sublayers(self):
+        """The layers this layer contains (a container such as Residual), graph nodes of their own that run
+        before it; ``fastnn.io`` saves them as nodes and refers to them under ``sublayers_key``.  [] by default."""
+        return []
+
+    def attach_rng(self, generator):
+        """Receive the model's seeded ``layer_rng`` (random layers draw from it); ignored by default."""
+
+    @property
+    def has_constraint(self):
+        """Whether ``apply_constraint`` changes the weights (the model calls it after every update)."""
+        return False
+
+    def apply_constraint(self):
+        """Project the parameters onto their constraint after an optimizer step; nothing by default."""
+
     # ------------------------------------------------------------------ execution
     def forward(self, X, training=False):
         raise NotImplementedError
 
     def backward(self, dY):
         raise NotImplementedError
+
+    def reset_buffers(self):
+        """Drop the buffers kept between batches."""
+        self._buffers.clear()
 
     def _batch_buffers(self, shape, make, tag=None):
         """Buffers for one batch shape: made once by ``make(n)`` (n = the batch size) and reused.

@@ -63,9 +63,14 @@ class Dense(WeightBias, Layer):
             specs.append(ParamSpec("bias", (self.units,), self.bias_init, False, unit_axis=0))
         return specs
 
-    def _apply_constraint(self):
-        """Called by the model after each optimizer step when the layer has a constraint."""
-        self.constraint(self.params["weight"], unit_axis=1)
+    @property
+    def has_constraint(self):
+        return self.constraint is not None
+
+    def apply_constraint(self):
+        """Called by the model after each optimizer step: applies the weight constraint, if any."""
+        if self.constraint is not None:
+            self.constraint(self.params["weight"], unit_axis=1)
 
     def forward(self, X, training=False, logits=False):
         def make(_):

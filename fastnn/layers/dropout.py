@@ -34,7 +34,7 @@ class Dropout(Layer):
         self._rng = None
         self.mask = None
 
-    def _attach_rng(self, generator):
+    def attach_rng(self, generator):
         """Called by the model with its seeded ``layer_rng``: the source of the per-call seeds."""
         self._rng = generator
 

@@ -7,6 +7,7 @@ two inputs, x and block(x)).  Inside ``Sequential([...])`` it is one entry of th
 import numpy as np
 
 from fastnn._validation import check_number
+from fastnn.graph import Tensor
 from fastnn.layers.base import Layer
 
 
@@ -33,6 +34,7 @@ class Residual(Layer):
     Shape: input and output (n, *features); the block must keep the shape.
     """
     n_inputs = 2
+    sublayers_key = "block"
 
     def __init__(self, block, survival_prob=1.0, name=None):
         self.block = []
@@ -68,7 +70,6 @@ class Residual(Layer):
                 layer._in_graph = False
 
     def __call__(self, inputs):
-        from fastnn.model import Tensor  # late import: model.py imports the layers
         x = inputs[0] if isinstance(inputs, (list, tuple)) and len(inputs) == 1 else inputs
         if not isinstance(x, Tensor):
             raise TypeError(f"{self.name}: a Residual is called on one tensor, got {type(inputs).__name__}")
@@ -78,7 +79,7 @@ class Residual(Layer):
             h = x
             for layer in self.block:
                 h = layer(h)
-            return Tensor._from_layer(self, [x, h])
+            return Tensor.from_layer(self, [x, h])
         except Exception:
             self._in_graph = False
             raise
@@ -90,8 +91,13 @@ class Residual(Layer):
                              f"{x_shape}, block output {h_shape}")
         return x_shape
 
-    def _attach_rng(self, generator):
+    def attach_rng(self, generator):
+        """The model's seeded ``layer_rng``: the source of the stochastic-depth draws."""
         self._rng = generator
+
+    def sublayers(self):
+        """The block's layers (graph nodes of their own, run before the Residual's addition)."""
+        return list(self.block)
 
     def _all_block_layers(self):
         for layer in self.block:

@@ -3,7 +3,7 @@
 A model qualifies when it is a chain of compiled layers (``Dense`` without a weight constraint, activation
 layers) trained with "cross_entropy" on integer labels or "mse" / "l2" / "mae", by ``SGD``, ``Adam`` or
 ``AdamW`` (exactly those classes), without sample/class weights, extra metrics, per-step schedules or
-callbacks with batch hooks.  Everything else runs on the per-layer path (``Model._step``), which stays the
+callbacks with batch hooks.  Everything else runs on the per-layer path (``Trainer.step``), which stays the
 reference: the plan runs the same kernels in the same order on the same buffers, draws the permutation from
 ``model.rng`` in Python once per epoch as that path does, and gives the same weights (tests/test_plan.py).
 """
@@ -20,31 +20,26 @@ _REG_KIND = {_losses.L2: 0, _losses.MSE: 1, _losses.MAE: 2}
 _ACT_TYPES = tuple(_act.CLASSES.values())
 
 
-def _offset(model, view):
-    return (view.__array_interface__["data"][0] - model.parameters.__array_interface__["data"][0]) \
-        // model.parameters.itemsize
-
-
 class TrainPlan:
     """Per-layer descriptors and batch buffers of one model at one batch size."""
 
     def __init__(self, model, bs, fused=None):
         self.model, self.bs, self.params = model, bs, model.parameters
-        fused = model._fused if fused is None else fused
+        fused = model.trainer.fused if fused is None else fused
         dt = model.dtype
-        L = len(model._plan)
+        L = len(model.graph.nodes)
         self.spec = np.zeros((L, 7), dtype=np.longlong)
         self.alphas = np.zeros(L, dtype=np.float64)
         self.bufs = np.zeros((L, 5), dtype=np.longlong)
         self._keep = []
         n_in = model.input_shape[0]
-        for l, (layer, _) in enumerate(model._plan):
+        for l, (layer, _) in enumerate(model.graph.nodes):
             last = l == L - 1
             n_out = layer.output_shape[0]
             if isinstance(layer, Dense):
                 act = 0 if (last and fused) else layer.activation.kind
-                w_off = _offset(model, layer.params["weight"])
-                b_off = _offset(model, layer.params["bias"]) if layer.use_bias else -1
+                w_off = model.table.offset(layer, "weight")
+                b_off = model.table.offset(layer, "bias") if layer.use_bias else -1
                 self.spec[l] = (0, act, n_in, n_out, w_off, b_off, int(layer.need_input_grad))
                 self.alphas[l] = layer.activation.alpha
             else:
@@ -67,7 +62,7 @@ class TrainPlan:
 
 
 def _chain_of_compiled_layers(model):
-    for i, (layer, src) in enumerate(model._plan):
+    for i, (layer, src) in enumerate(model.graph.nodes):
         if src != (i - 1,) or len(layer.output_shape) != 1:
             return False
         if type(layer) is Dense:
@@ -75,19 +70,20 @@ def _chain_of_compiled_layers(model):
                 return False
         elif type(layer) not in _ACT_TYPES:
             return False
-    return len(model.input_shape) == 1
+    return len(model.input_shape) == 1 and None not in model.input_shape
 
 
 def predict(model, X):
     """The output for X (float array of the model dtype, C-contiguous, 2-D) through a compiled inference plan
     with buffers kept between calls; None when the model is not a chain of compiled layers or X holds a
     NaN/inf (the caller's general path then predicts or raises its usual error)."""
-    plans = model.__dict__.get("_infer_plans")
+    trainer = model.trainer
+    plans = trainer.infer_plans
     if plans is None or plans[0] is not model.parameters:
         if not _chain_of_compiled_layers(model):
-            model._infer_plans = (model.parameters, None)
+            trainer.infer_plans = (model.parameters, None)
             return None
-        plans = model._infer_plans = (model.parameters, {})
+        plans = trainer.infer_plans = (model.parameters, {})
     if plans[1] is None:
         return None
     n = X.shape[0]
@@ -105,12 +101,13 @@ def plan_for(model, train, bs, metrics, cbs):
     """The compiled plan for this fit call, or None when the model or the call needs the per-layer path."""
     X, T, W = train
     loss, opt = model.loss, model.optimizer
-    if not getattr(model, "_compiled_plan", True):      # tests switch the plan off to compare the two paths
+    trainer = model.trainer
+    if not trainer.compiled_plan:      # tests switch the plan off to compare the two paths
         return None
-    if W is not None or metrics or cbs.batch_hooks or model._constrained:
+    if W is not None or metrics or cbs.batch_hooks or trainer.constrained:
         return None
     # diagnostics read gradients and unit counts from the per-layer path; sampled softmax has its own step
-    if getattr(model, "_diagnostics", None) is not None or getattr(model, "_sampled", None) is not None:
+    if trainer.monitor is not None or trainer.sampled is not None:
         return None
     if model.lr_schedule is not None and model.lr_schedule.per_step:
         return None
@@ -121,24 +118,24 @@ def plan_for(model, train, bs, metrics, cbs):
             return None
     elif type(loss) not in _REG_KIND:
         return None
-    if len(model.input_shape) != 1 or X.ndim != 2:
+    if len(model.input_shape) != 1 or X.ndim != 2 or None in model.input_shape:
         return None
-    for i, (layer, src) in enumerate(model._plan):
+    for i, (layer, src) in enumerate(model.graph.nodes):
         if src != (i - 1,) or len(layer.output_shape) != 1:
             return None
         if type(layer) is Dense:
-            if layer.constraint is not None or type(layer.activation) not in _ACT_TYPES:
+            if layer.has_constraint or type(layer.activation) not in _ACT_TYPES:
                 return None
         elif type(layer) not in _ACT_TYPES:
             return None
-    plan = getattr(model, "_train_plan", None)
+    plan = trainer.train_plan
     if plan is None or plan.bs != bs or plan.params is not model.parameters or plan.model is not model:
-        plan = model._train_plan = TrainPlan(model, bs)
+        plan = trainer.train_plan = TrainPlan(model, bs)
     return plan
 
 
 def fit_epoch(model, plan, epoch, train, bs, shuffle):
-    """One epoch through the plan; returns the logs as ``Model._fit_epoch`` does (raises NonFiniteError)."""
+    """One epoch through the plan; returns the logs as ``Trainer._fit_epoch`` does (raises NonFiniteError)."""
     X, T, _ = train
     n = X.shape[0]
     idx = model.rng.permutation(n) if shuffle else None
@@ -155,7 +152,7 @@ def fit_epoch(model, plan, epoch, train, bs, shuffle):
     guard = model.nan_guard
     backups = [None, None, None]
     if guard:
-        backups = [None if s is None else model._cached(("saved", key, s.shape), lambda s=s: np.empty_like(s))
+        backups = [None if s is None else model.engine.cached(("saved", key, s.shape), lambda s=s: np.empty_like(s))
                    for key, s in zip(_state_keys(opt), states)]
     loss = model.loss
     ce = type(loss) is _losses.CrossEntropy
@@ -168,23 +165,23 @@ def fit_epoch(model, plan, epoch, train, bs, shuffle):
         X, T, idx, 0, n_batches, bs, plan.spec, plan.alphas, plan.bufs, model.parameters, model.gradients,
         plan.Xb, plan.labels if ce else plan.Tb, plan.dout, 0 if ce else 1, 0 if ce else _REG_KIND[type(loss)],
         kind, h, opt.step_count, opt._n_decay, states[0], states[1], states[2], guard,
-        model._guard_backup if guard else None, backups[0], backups[1], backups[2], clip_value, max_norm, stats,
+        model.trainer.guard_backup if guard else None, backups[0], backups[1], backups[2], clip_value, max_norm, stats,
         get_num_threads())
     opt.step_count += done
-    model._guard_backup_steps += int(stats[4])
+    model.trainer.guard_backup_steps += int(stats[4])
     if model.clip_norm is not None or model.clip_value is not None:
         model.grad_norm = float(stats[3])
     if status:
         where = (epoch, done)
         if status == 1:
-            raise model._nonfinite("loss", where, None, f"the loss is {value}")
+            raise model.trainer.nonfinite("loss", where, None, f"the loss is {value}")
         if status == 2:
-            raise model._nonfinite("gradient", where, bad, f"the gradient of {model._locate(bad)} is "
+            raise model.trainer.nonfinite("gradient", where, bad, f"the gradient of {model.table.locate(bad)} is "
                                    f"{model.gradients[bad]}")
         if status == 3:
-            raise model._nonfinite("parameters", where, bad, f"the update made {model._locate(bad)} "
+            raise model.trainer.nonfinite("parameters", where, bad, f"the update made {model.table.locate(bad)} "
                                    f"{model.parameters.dtype.type(value)}")
-        raise model._nonfinite("parameters", where, None,
+        raise model.trainer.nonfinite("parameters", where, None,
                                f"the update made the optimizer's {_state_keys(opt)[bad]} non-finite")
     seen = stats[2]
     logs = {"loss": float(stats[0]) if loss.sums else (float(stats[0]) / seen if seen > 0 else 0.0)}

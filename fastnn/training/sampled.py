@@ -4,7 +4,7 @@ The graph engine runs every node but the output layer (a ``Dense`` fed by one te
 ``fastnn._core.sampled.sampled_softmax`` then gathers the sampled columns of the output layer's weight and
 bias, computes the corrected logits with one small GEMM, the loss and its gradients, and scatter-adds
 them into the output layer's slots of the flat gradient buffer; the backward pass resumes at the output
-layer's input.  ``Model._step`` calls ``forward_backward`` in place of forward, loss and backward.
+layer's input.  ``Trainer.step`` calls ``forward_backward`` in place of forward, loss and backward.
 """
 import numpy as np
 
@@ -17,7 +17,7 @@ class SampledOutput:
 
     def __init__(self, model):
         from fastnn.layers.dense import Dense
-        layer, src = model._plan[-1]
+        layer, src = model.graph.nodes[-1]
         if not isinstance(layer, Dense) or layer.activation.kind != 0 and layer.fusable != "softmax":
             raise ValueError(f"{model.name}: sampled_softmax needs a Dense output layer with no activation or "
                              f"softmax, got {layer!r}")
@@ -45,18 +45,13 @@ class SampledOutput:
     def forward_backward(self, Xb, Tb, Wb, where):
         """Forward to the output layer's input, sampled loss and gradients, backward; (loss, n_correct)."""
         model, layer = self.model, self.layer
-        prev = model._set_mode(True)
+        engine = model.engine
+        prev, model.training = model.training, True
         try:
-            vals = model._values
-            for i, (lyr, src) in enumerate(model._plan[:-1]):
-                if lyr.n_inputs == 1:
-                    s = src[0]
-                    x = Xb if s < 0 else vals[s]
-                else:
-                    x = [Xb if s < 0 else vals[s] for s in src]
-                vals[i] = lyr.forward(x, True)
+            engine.forward(Xb, True, stop=len(engine.nodes) - 1)
         finally:
-            model._set_mode(prev)
+            model.training = prev
+        vals = engine.values
         H = Xb if self.src < 0 else vals[self.src]
         vals[-1] = None
         dtype = model.dtype
@@ -72,7 +67,7 @@ class SampledOutput:
                                            layer.grads.get("bias"), dX if need_dx else None, Wb,
                                            get_num_threads())
         if model.nan_guard and not np.isfinite(loss):
-            raise model._nonfinite("loss", where, None, f"the loss is {loss}")
+            raise model.trainer.nonfinite("loss", where, None, f"the loss is {loss}")
         if need_dx:
-            model._backward(dX, start=self.src)
+            engine.backward(dX, start=self.src)
         return loss, correct

@@ -1,0 +1,518 @@
+"""The trainer: fit, evaluate, train_on_batch and the guarded training step of a model.
+
+``Trainer(model)`` keeps what training needs beside the model's public settings (``model.loss``,
+``model.optimizer``, ``model.nan_guard``, ``clip_norm``, ``clip_value``, ``lr_schedule``): whether the loss
+is fused with the output layer (``fused``), the sampled-softmax step (``sampled``), the NaN guard's backup
+(``guard_backup``), the layers with weight constraints (``constrained``) and the diagnostics monitor of a
+``fit(diagnostics=True)`` (``monitor``).  It runs the network through the executor (``model.engine``) and
+finds parameters through the table (``model.table``).
+
+``fit`` is split into helpers: ``_fit_prepare`` (data, weights, validation split), ``_fit_callbacks``,
+``_fit_epoch`` (the batches of one epoch: the compiled plan, ``fastnn.training.compiled``, when the model and
+the call qualify, else the per-layer loop) and ``step``, one update with the NaN/inf guard around the
+optimizer step.
+"""
+import sys
+import time
+
+import numpy as np
+
+from fastnn import callbacks as _callbacks
+from fastnn import graph as _graph
+from fastnn import losses as _losses
+from fastnn import metrics as _metrics
+from fastnn._core import clip as _clip
+from fastnn._core import guard as _guard
+from fastnn._core._threads import get_num_threads
+from fastnn._validation import as_float_array, check_number
+from fastnn.callbacks import History
+from fastnn.errors import NonFiniteError
+from fastnn.training import compiled as _compiled
+
+
+class Trainer:
+    """Training and evaluation of `model` (a ``fastnn.Model``); `build(feature_shape)` builds an unbuilt model
+    from the shape of the first data it sees (Sequential without input_dim), or raises.
+
+    Attributes:
+        fused: the loss takes the output layer's logits (its softmax/sigmoid is fused into the loss).
+        sampled: the ``fastnn.training.sampled.SampledOutput`` of a SampledSoftmax loss, else None.
+        guard_backup: the parameters before the last update (a reused buffer of the NaN guard).
+        guard_backup_steps: compiled-plan steps whose update the guard had to back up (see compiled.py).
+        constrained: the layers with a weight constraint, applied after every update.
+        monitor: the ``fastnn.diagnostics.Monitor`` during ``fit(diagnostics=True)``, else None.
+        base_lr: the optimizer's lr at compile, the base of ``lr_schedule``.
+        compiled_plan: False runs every fit on the per-layer path (tests compare the two paths).
+        train_plan, infer_plans: the compiled plans kept between calls (see compiled.py).
+    """
+
+    def __init__(self, model, build):
+        self.model = model
+        self.build = build
+        self.fused = False
+        self.sampled = None
+        self.guard_backup = None
+        self.guard_backup_steps = 0
+        self.constrained = []
+        self.monitor = None
+        self.base_lr = None
+        self.compiled_plan = True
+        self.train_plan = None
+        self.infer_plans = None
+
+    def _set_mode(self, training):
+        """Set the model's mode and return the previous one (so that callers can restore it)."""
+        prev, self.model.training = self.model.training, bool(training)
+        return prev
+
+    def attach(self):
+        """Bind the compiled loss and optimizer to the built model (the model calls it at compile and build)."""
+        model = self.model
+        out_layer = model.graph.nodes[-1][0]
+        self.fused = model.loss.fuses is not None and out_layer.fusable == model.loss.fuses
+        self.sampled = None
+        if getattr(model.loss, "sampled", False):       # SampledSoftmax: step trains through sampled.py
+            from fastnn.training.sampled import SampledOutput
+            self.sampled = SampledOutput(model)
+        model.optimizer._bind(model.parameters, model.gradients, model.table.n_decay)
+        if self.guard_backup is None or self.guard_backup.shape != model.parameters.shape:
+            self.guard_backup = np.empty_like(model.parameters)
+        self.constrained = [layer for layer in model.graph.layers if layer.has_constraint]
+
+    def require_compiled(self, what):
+        """Raise a RuntimeError naming `what` when the model has no loss yet."""
+        model = self.model
+        if model.loss is None:
+            raise RuntimeError(f"{model.name}: call compile(loss=..., optimizer=...) before {what}")
+
+    def step(self, Xb, Tb, where, Wb=None):
+        """One forward, loss, backward and update; returns (loss before the update, n_correct).
+
+        `where` is (epoch, batch), 0-based, or a text, for the error message; `Wb` per-sample weights or None.
+
+        The NaN/inf guard (``model.nan_guard``, on by default; off, nothing is checked) keeps the weights at
+        their last finite state:
+        a non-finite loss stops before the backward pass, a non-finite gradient (one pass of the compiled
+        ``guard.first_nonfinite`` over the flat gradient buffer) before the update; both leave weights and
+        optimizer state untouched.  An update can still overflow from finite gradients, so the parameters
+        are copied into one reused buffer before the update and checked after it (a second pass); a
+        non-finite parameter (or optimizer state) restores both from the copy, step count included.  Cost
+        per step: read passes over the gradients, parameters and optimizer state and one copy of the
+        parameters and the state, no allocation.
+        """
+        model = self.model
+        guard = model.nan_guard
+        if self.sampled is not None:      # sampled softmax: forward, sampled loss, backward (sampled.py)
+            loss, correct = self.sampled.forward_backward(Xb, Tb, Wb, where)
+        else:
+            prev = self._set_mode(True)
+            try:
+                out = model.engine.forward(Xb, True, self.fused)
+            finally:
+                self._set_mode(prev)
+            loss, correct, grad = model.engine.loss_and_grad(model.loss, out, Tb, Wb)
+            if guard and not np.isfinite(loss):
+                raise self.nonfinite("loss", where, None, f"the loss is {loss}")
+            model.engine.backward(grad)
+        if guard:
+            bad = _guard.first_nonfinite(model.gradients)
+            if bad >= 0:
+                raise self.nonfinite("gradient", where, bad, f"the gradient of {model.table.locate(bad)} is "
+                                      f"{model.gradients[bad]}")
+            saved = self._save_training_state()
+        self._clip_gradients()      # after the gradient check: a NaN norm would spread over every gradient
+        self._schedule_step()
+        model.optimizer.step()
+        if guard:
+            bad = _guard.first_nonfinite(model.parameters)
+            if bad >= 0:
+                value = model.parameters[bad]
+                self._restore_training_state(saved)
+                raise self.nonfinite("parameters", where, bad, f"the update made {model.table.locate(bad)} {value}")
+            for key, arr in model.optimizer.state.items():
+                if _guard.first_nonfinite(arr) >= 0:
+                    self._restore_training_state(saved)
+                    raise self.nonfinite("parameters", where, None,
+                                          f"the update made the optimizer's {key} non-finite")
+        self._apply_constraints()
+        return loss, correct
+
+    def _save_training_state(self):
+        """Copy the parameters, the optimizer state and its step count into reused buffers (no allocation)."""
+        model = self.model
+        opt = model.optimizer
+        np.copyto(self.guard_backup, model.parameters)
+        copies = {}
+        for k, a in opt.state.items():
+            buf = model.engine.cached(("saved", k, a.shape), lambda: np.empty_like(a))
+            np.copyto(buf, a)
+            copies[k] = buf
+        return copies, opt.step_count
+
+    def _restore_training_state(self, saved):
+        model = self.model
+        copies, step_count = saved
+        np.copyto(model.parameters, self.guard_backup)
+        for k, v in model.optimizer.state.items():
+            np.copyto(v, copies[k])
+        model.optimizer.step_count = step_count
+
+    def nonfinite(self, what, where, index, detail):
+        """The NonFiniteError for `what` ("loss", "gradient", "parameters") at `where` ((epoch, batch) 0-based,
+        or a text), flat index `index` (or None), with the message `detail`."""
+        if isinstance(where, tuple):
+            epoch, batch = where[0] + 1, where[1] + 1
+            at = f"at epoch {epoch}, batch {batch}"
+        else:
+            epoch = batch = None
+            at = where
+        rolled = ("restored to their values before this batch's update" if what == "parameters"
+                  else "those from before this batch")
+        return NonFiniteError(f"{self.model.name}: {detail} {at}; training stopped and the weights are {rolled} "
+                              "(lower the learning rate, or check the data)", what, epoch, batch, index)
+
+    def _clip_gradients(self):
+        """Clip the flat gradient buffer in place (one compiled pass) if compile asked for it."""
+        model = self.model
+        if self.monitor is not None:    # fit(diagnostics=True): measure the gradient before clipping
+            self.monitor.on_gradients()
+        if model.clip_norm is not None or model.clip_value is not None:
+            model.grad_norm = _clip.clip_gradients(
+                model.gradients, -1.0 if model.clip_value is None else model.clip_value,
+                -1.0 if model.clip_norm is None else model.clip_norm, get_num_threads())
+
+    def _apply_schedule(self, epoch):
+        """Set the learning rate for `epoch` (0-based) from a per-epoch schedule; called by fit per epoch."""
+        model = self.model
+        if model.lr_schedule is not None and not model.lr_schedule.per_step:
+            model.optimizer.lr = model.lr_schedule(epoch, self.base_lr)
+
+    def _schedule_step(self):
+        """Set the learning rate for the coming step from a per-step schedule (t = steps taken so far)."""
+        model = self.model
+        if model.lr_schedule is not None and model.lr_schedule.per_step:
+            model.optimizer.lr = model.lr_schedule(model.optimizer.step_count, self.base_lr)
+
+    def _apply_constraints(self):
+        """Apply the layers' weight constraints (e.g. Dense max_norm) after an optimizer step."""
+        for layer in self.constrained:
+            layer.apply_constraint()
+
+    # ================================================================== input checking
+    def check_X(self, X, owner, allow_build=True):
+        """X as a float array of the model dtype with the model's input shape (builds an unbuilt model from
+        it when `allow_build`); errors name `owner`."""
+        model = self.model
+        X = as_float_array(owner, "X", X, model.dtype)
+        if X.ndim < 2:
+            raise ValueError(f"{owner}: X must have shape (n_samples, features...), got {X.shape}")
+        if not model.built and allow_build:
+            self.build(X.shape[1:])
+        if not _graph.matches(X.shape[1:], model.input_shape):
+            raise ValueError(f"{owner}: X must have shape (n, {', '.join(map(str, model.input_shape))}) for this "
+                             f"model's input, got {X.shape}")
+        return X
+
+    def check_Xy(self, X, y, owner):
+        """(X, T): checked inputs and the loss's prepared targets (the model must be compiled)."""
+        model = self.model
+        self.require_compiled(owner)
+        X = self.check_X(X, owner)
+        T = model.loss.prepare_targets(y, X.shape[0], self.output_shape_for(y), model.dtype, owner=f"{owner}: y")
+        return X, T
+
+    def output_shape_for(self, y):
+        """The model's output shape per sample, a variable (None) axis sized as the targets' same axis (the
+        targets of such a model are shaped as its outputs); the output shape itself when it has none."""
+        shape = self.model.output_shape
+        if not _graph.is_variable(shape):
+            return shape
+        ys = np.shape(y)[1:]
+        resolved = tuple(ys[i] if d is None and i < len(ys) else d for i, d in enumerate(shape))
+        if _graph.is_variable(resolved):
+            raise ValueError(f"{self.model.name}: the output shape {shape} has a variable axis, which the targets "
+                             f"of shape {np.shape(y)} do not size; give targets shaped as the outputs")
+        return resolved
+
+    # ================================================================== public training API
+    def train_on_batch(self, X, y):
+        """One forward, backward and update on the batch (X, y); returns the loss of that forward pass."""
+        X, T = self.check_Xy(X, y, "train_on_batch")
+        if X.shape[0] == 0:
+            raise ValueError("train_on_batch: the batch is empty")
+        loss, _ = self.step(X, T, "in train_on_batch")
+        return loss
+
+    def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_split=0.0, validation_data=None,
+            metrics=None, class_weight=None, sample_weight=None, initial_epoch=0, callbacks=None, verbose=0,
+            nan_guard=None, diagnostics=False):
+        """``Model.fit`` (see its docstring for the arguments); returns a History."""
+        model = self.model
+        owner = "fit"
+        epochs = check_number(owner, "epochs", epochs, low=1, integer=True)
+        initial_epoch = check_number(owner, "initial_epoch", initial_epoch, low=0, integer=True)
+        batch_size = check_number(owner, "batch_size", batch_size, low=1, integer=True)
+        verbose = check_number(owner, "verbose", verbose, low=0, high=2, integer=True)
+        if nan_guard is not None and not isinstance(nan_guard, (bool, np.bool_)):
+            raise TypeError(f"fit: nan_guard must be a bool or None, got {type(nan_guard).__name__}")
+        train, val, metric_objs = self._fit_prepare(X, y, validation_split, validation_data, metrics,
+                                                    class_weight, sample_weight)
+        n = train[0].shape[0]
+        bs = min(batch_size, n)
+        n_batches = -(-n // bs)
+        history = History()
+        monitor = None
+        if diagnostics:
+            from fastnn import diagnostics as _diagnostics
+            monitor = _diagnostics.Monitor()
+            callbacks = _diagnostics.with_monitor(callbacks, monitor)
+        cbs = self._fit_callbacks(callbacks, history, verbose, epochs, n_batches)
+        saved_guard = model.nan_guard
+        if nan_guard is not None:
+            model.nan_guard = bool(nan_guard)
+        model.stop_training = False
+        model.history = history
+        logs = {}
+        try:
+            cbs.on_train_begin()
+            for epoch in range(initial_epoch, epochs):
+                t0 = time.perf_counter()
+                self._apply_schedule(epoch)      # before the callbacks, so that a LearningRateScheduler wins
+                cbs.on_epoch_begin(epoch)
+                logs = self._fit_epoch(epoch, train, bs, shuffle, metric_objs, cbs)
+                if val is not None:
+                    vlogs = self.evaluate_arrays(val[0], val[1], None, val[2], metric_objs)
+                    logs.update({"val_" + k: v for k, v in vlogs.items()})
+                logs["time"] = time.perf_counter() - t0
+                model.epochs_trained = epoch + 1
+                cbs.on_epoch_end(epoch, logs)
+                if model.stop_training:
+                    break
+            cbs.on_train_end(logs)
+        finally:
+            model.nan_guard = saved_guard
+            if monitor is not None:
+                monitor.close()
+        return history
+
+    # ------------------------------------------------------------------ fit helpers
+    def _fit_prepare(self, X, y, validation_split, validation_data, metrics, class_weight, sample_weight):
+        """Checked training arrays (X, T, W), validation arrays or None, and the Metric objects."""
+        model = self.model
+        owner = "fit"
+        X, T = self.check_Xy(X, y, owner)
+        n = X.shape[0]
+        if n == 0:
+            raise ValueError("fit: X has no samples")
+        validation_split = check_number(owner, "validation_split", validation_split, low=0.0, high=1.0,
+                                        high_open=True)
+        SW = None if sample_weight is None else self.check_weights(sample_weight, n, "fit: sample_weight")
+        val = None
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+                raise TypeError("fit: validation_data must be (X_val, y_val) or (X_val, y_val, sample_weight_val)")
+            Xv, Tv = self.check_Xy(validation_data[0], validation_data[1], "fit: validation_data")
+            if Xv.shape[0] == 0:
+                raise ValueError("fit: validation_data has no samples")
+            Wv = None
+            if len(validation_data) == 3 and validation_data[2] is not None:
+                Wv = self.check_weights(validation_data[2], Xv.shape[0], "fit: validation_data sample_weight")
+            val = (Xv, Tv, Wv)
+        elif validation_split > 0:
+            split = int(n * (1.0 - validation_split))
+            if split < 1 or split >= n:
+                raise ValueError(f"fit: validation_split={validation_split} leaves {split} of {n} samples for "
+                                 "training; both parts must be non-empty")
+            val = (X[split:], T[split:], None if SW is None else SW[split:])
+            X, T, n = X[:split], T[:split], split
+            SW = None if SW is None else SW[:split]
+        W = SW
+        if class_weight is not None:
+            CW = self.class_weights(class_weight, T)
+            W = CW if W is None else (W * CW).astype(model.dtype)
+        if W is not None and not float(W.sum(dtype=np.float64)) > 0:
+            raise ValueError("fit: the sample weights (times the class weights) sum to 0; nothing to train on")
+        objs = []
+        for spec in ([metrics] if isinstance(metrics, (str, _metrics.Metric)) else (metrics or [])):
+            m = _metrics.get(spec)
+            want = "classification" if model.loss.classification else "regression"
+            if m.kind != want:
+                raise ValueError(f"fit: metric {m.name!r} applies to {m.kind} losses, the loss "
+                                 f"{model.loss.name!r} is not one")
+            if isinstance(m, _metrics.Accuracy):
+                continue      # reported anyway, from the loss kernel's count
+            if any(o.name == m.name for o in objs):
+                raise ValueError(f"fit: metric {m.name!r} given twice")
+            objs.append(m)
+        if objs and self.sampled is not None:
+            raise ValueError("fit: with sampled_softmax the training step does not compute the full output, so "
+                             "metrics other than accuracy cannot be measured in fit; use evaluate(..., metrics=...)")
+        return (X, T, W), val, objs
+
+    def check_weights(self, w, n, owner):
+        arr = np.asarray(w)
+        if arr.dtype.kind not in "fiu":
+            raise TypeError(f"{owner}: must hold real numbers, got dtype {arr.dtype}")
+        if arr.shape != (n,):
+            raise ValueError(f"{owner}: must have shape ({n},), one weight per sample, got {arr.shape}")
+        arr = np.ascontiguousarray(arr, dtype=self.model.dtype)
+        if not np.isfinite(arr).all() or (arr < 0).any():
+            raise ValueError(f"{owner}: weights must be finite and >= 0")
+        return arr
+
+    def class_weights(self, class_weight, T):
+        """Per-sample weights from class weights; the class of a sample is its label, the argmax of a
+        probability row, or (one sigmoid output) target > 0.5."""
+        model = self.model
+        if T.ndim == 1:
+            classes = T
+        elif isinstance(model.loss, _losses.CrossEntropy):
+            classes = np.argmax(T, axis=1)
+        elif T.ndim == 2 and T.shape[1] == 1 and isinstance(model.loss, _losses.BinaryCrossEntropy):
+            classes = (T[:, 0] > 0.5).astype(np.intp)
+        else:
+            raise ValueError("fit: class_weight needs class targets (cross_entropy labels or rows, or one "
+                             "binary_cross_entropy output)")
+        counts = np.bincount(classes)
+        if isinstance(class_weight, str):
+            if class_weight != "balanced":
+                raise ValueError(f"fit: class_weight must be 'balanced' or a dict, got {class_weight!r}")
+            present = counts > 0
+            table = np.ones(counts.size)
+            table[present] = classes.size / (present.sum() * counts[present])
+        elif isinstance(class_weight, dict):
+            table = np.ones(max(counts.size, 1 + max((k for k in class_weight if isinstance(k, (int, np.integer))),
+                                                    default=-1)))
+            for k, v in class_weight.items():
+                if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+                    raise ValueError(f"fit: class_weight keys must be class indices >= 0, got {k!r}")
+                table[k] = check_number("fit", f"class_weight[{k}]", v, low=0.0)
+        else:
+            raise TypeError(f"fit: class_weight must be 'balanced' or a dict, got {type(class_weight).__name__}")
+        return np.ascontiguousarray(table[classes], dtype=model.dtype)
+
+    def _fit_callbacks(self, callbacks, history, verbose, epochs, n_batches):
+        if isinstance(callbacks, _callbacks.Callback):
+            callbacks = [callbacks]
+        cbs = list(callbacks or [])
+        if verbose == 1 and getattr(sys.stdout, "isatty", lambda: False)():
+            cbs.append(_callbacks.ProgressBar(epochs, n_batches))
+        elif verbose:
+            cbs.append(_callbacks.EpochLogger(epochs))
+        cbs.append(history)
+        return _callbacks.CallbackList(cbs, self.model)
+
+    def _fit_epoch(self, epoch, train, bs, shuffle, metrics, cbs):
+        """The batches of one epoch; returns the epoch's logs (loss, accuracy, metrics)."""
+        model = self.model
+        plan = _compiled.plan_for(model, train, bs, metrics, cbs)
+        if plan is not None:    # the compiled training plan: the whole epoch in the compiled core
+            return _compiled.fit_epoch(model, plan, epoch, train, bs, shuffle)
+        X, T, W = train
+        n = X.shape[0]
+        # a fresh permutation each epoch: it depends only on the generator state, so a run resumed from a
+        # checkpoint shuffles exactly as the uninterrupted run
+        idx = model.rng.permutation(n) if shuffle else None
+        for m in metrics:
+            m.reset()
+        hooks = cbs.batch_hooks
+        sums = model.loss.sums
+        total, wtotal, seen, correct = 0.0, 0.0, 0, 0
+        for b, start in enumerate(range(0, n, bs)):
+            stop = min(start + bs, n)
+            m = stop - start
+            if hooks:
+                cbs.on_batch_begin(b, {"batch": b, "size": m})
+            if shuffle:
+                Xb, Tb, Wb = self._gather(X, T, W, idx[start:stop])
+            else:
+                Xb, Tb, Wb = X[start:stop], T[start:stop], None if W is None else W[start:stop]
+            loss, c = self.step(Xb, Tb, (epoch, b), Wb)
+            if Wb is not None:
+                ws = float(Wb.sum(dtype=np.float64))
+                total += loss if sums else loss * ws
+                wtotal += ws
+            else:
+                total += loss if sums else loss * m
+            seen += m
+            correct += c
+            if metrics:
+                out = model.engine.values[-1]
+                for met in metrics:
+                    met.update(out, Tb)
+            if hooks:
+                cbs.on_batch_end(b, {"batch": b, "size": m, "loss": loss})
+            if model.stop_training:
+                break
+        denom = wtotal if W is not None else seen
+        logs = {"loss": total if sums else (total / denom if denom > 0 else 0.0)}
+        if model.loss.classification:
+            logs["accuracy"] = correct / model.loss.n_predictions(seen, self.output_shape_for(T))
+        for met in metrics:
+            logs[met.name] = met.result()
+        return logs
+
+    def _gather(self, X, T, W, sel):
+        model = self.model
+        m = sel.shape[0]
+        Xb = model.engine.cached(("xb", (m,) + X.shape[1:], X.dtype.str),
+                                      lambda: np.empty((m,) + X.shape[1:], dtype=X.dtype))
+        Tb = model.engine.cached(("tb", (m,) + T.shape[1:], T.dtype.str),
+                                      lambda: np.empty((m,) + T.shape[1:], dtype=T.dtype))
+        np.take(X, sel, axis=0, out=Xb, mode="clip")
+        np.take(T, sel, axis=0, out=Tb, mode="clip")
+        Wb = None
+        if W is not None:
+            Wb = model.engine.cached(("wb", (m,), W.dtype.str), lambda: np.empty(m, dtype=W.dtype))
+            np.take(W, sel, out=Wb, mode="clip")
+        return Xb, Tb, Wb
+
+    def evaluate(self, X, y, batch_size=None, sample_weight=None, metrics=None):
+        """The loss (and accuracy, for classification losses; and the given metrics) on (X, y) in inference
+        mode, as a dict.  ``sample_weight`` weights the loss as in fit."""
+        X, T = self.check_Xy(X, y, "evaluate")
+        if X.shape[0] == 0:
+            raise ValueError("evaluate: X has no samples")
+        if batch_size is not None:
+            batch_size = check_number("evaluate", "batch_size", batch_size, low=1, integer=True)
+        W = None if sample_weight is None else self.check_weights(sample_weight, X.shape[0],
+                                                                   "evaluate: sample_weight")
+        objs = [m for m in (_metrics.get(s) for s in ([metrics] if isinstance(metrics, (str, _metrics.Metric))
+                                                       else (metrics or [])))
+                if not isinstance(m, _metrics.Accuracy)]
+        prev = self._set_mode(False)
+        try:
+            return self.evaluate_arrays(X, T, batch_size, W, objs)
+        finally:
+            self._set_mode(prev)
+
+    def evaluate_arrays(self, X, T, batch_size=None, W=None, metrics=()):
+        """The logs of ``evaluate`` for checked arrays, in the current mode of the layers' forward (inference)."""
+        model = self.model
+        n = X.shape[0]
+        bs = n if batch_size is None else batch_size
+        total, wtotal, correct = 0.0, 0.0, 0
+        for m in metrics:
+            m.reset()
+        for start in range(0, n, bs):
+            stop = min(start + bs, n)
+            out = model.engine.forward(X[start:stop], False, self.fused)
+            Wb = None if W is None else W[start:stop]
+            loss, c = model.loss(out, T[start:stop], None, Wb)
+            if Wb is not None:
+                ws = float(Wb.sum(dtype=np.float64))
+                total += loss if model.loss.sums else loss * ws
+                wtotal += ws
+            else:
+                total += loss if model.loss.sums else loss * (stop - start)
+            correct += c
+            for m in metrics:
+                m.update(out, T[start:stop])
+        denom = wtotal if W is not None else n
+        logs = {"loss": total if model.loss.sums else (total / denom if denom > 0 else 0.0)}
+        if model.loss.classification:
+            logs["accuracy"] = correct / model.loss.n_predictions(n, self.output_shape_for(T))
+        for m in metrics:
+            logs[m.name] = m.result()
+        return logs
+
