@@ -605,3 +605,16 @@ def test_image_batch_end_to_end_with_binary_cross_entropy():
     assert np.all(np.isfinite(losses)) and losses[-1] < 0.7 * losses[0]
     assert hist.history["accuracy"][-1] > 0.8
     assert model.predict(X[:2]).shape == (2, 4, 4, 1)
+
+
+def test_class_weight_with_per_position_labels_is_refused():
+    # weights are per sample; a class per position has no per-sample class to weigh
+    model = fnn.Sequential([fnn.layers.Dense(3)], input_shape=(4, 5), seed=0).compile("cross_entropy", "sgd")
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((6, 4, 5)).astype(np.float32)
+    y = rng.integers(0, 3, (6, 4))
+    before = model.parameters.copy()
+    with pytest.raises(ValueError, match=r"class_weight needs one class per sample.*\(6, 4\)"):
+        model.fit(X, y, class_weight="balanced")
+    np.testing.assert_array_equal(model.parameters, before)
+    model.fit(X, y, sample_weight=np.arange(1, 7), epochs=1)      # the per-sample way works

@@ -364,6 +364,12 @@ class Trainer:
         """Per-sample weights from class weights; the class of a sample is its label, the argmax of a
         probability row, or (one sigmoid output) target > 0.5."""
         model = self.model
+        per_position = (T.ndim > 2 or (T.ndim == 2 and isinstance(model.loss, _losses.CrossEntropy)
+                                       and T.dtype.kind in "iu"))
+        if per_position:
+            # (n, T) labels or (n, T, k) rows: one class per position, while weights are per sample
+            raise ValueError(f"fit: class_weight needs one class per sample, but the targets have shape {T.shape} "
+                             "(a class per position); weight the samples with sample_weight instead")
         if T.ndim == 1:
             classes = T
         elif isinstance(model.loss, _losses.CrossEntropy):
