@@ -16,7 +16,7 @@ from fastnn._core._threads import get_num_threads
 from fastnn.layers import activations as _act
 from fastnn.layers.dense import Dense
 
-_REG_KIND = {_losses.L2: 0, _losses.MSE: 1, _losses.MAE: 2}
+_REG_KIND = {cls: cls.kind for cls in (_losses.L2, _losses.MSE, _losses.MAE)}
 _ACT_TYPES = tuple(_act.CLASSES.values())
 
 

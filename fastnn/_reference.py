@@ -14,18 +14,20 @@ The optimizer updates are done in the dtype of the buffers, as torch.optim does.
 Numerics: every log-sum-exp is shifted by its row max, the sigmoid is evaluated through ``exp(-|z|)`` and
 softplus as ``max(z, 0) + log1p(exp(-|z|))``, so logits of +-1000 give finite values and no warnings.
 
-Kinds (the same numbers as the kernels):
-    activations: 0 identity, 1 relu, 2 leaky_relu (slope ``alpha`` below 0), 3 sigmoid, 4 tanh,
-                 5 softmax (over each row)
-    regression_loss: 0 "l2" (sum of squares, no 1/2), 1 "mse" (mean of squares), 2 "mae" (mean absolute)
+Kinds: the numbers of the kind table (csrc/fnn_kinds.h, read through its Python mirror fastnn._core.kinds):
+    activations (ACT): identity, relu, leaky_relu (slope ``alpha`` below 0), sigmoid, tanh, softmax (over each row)
+    regression_loss (LOSS): "l2" (sum of squares, no 1/2), "mse" (mean of squares), "mae" (mean absolute)
+Only the numbering is shared with the kernels; the math here is written independently.
 """
 import math
 
 import numpy as np
 
-IDENTITY, RELU, LEAKY_RELU, SIGMOID, TANH, SOFTMAX = range(6)
-N_ACT = 6
-L2, MSE, MAE = range(3)
+from fastnn._core.kinds import ACT, LOSS
+
+IDENTITY, RELU, LEAKY_RELU, SIGMOID, TANH, SOFTMAX = (ACT.IDENTITY, ACT.RELU, ACT.LEAKY_RELU, ACT.SIGMOID, ACT.TANH,
+                                                      ACT.SOFTMAX)
+L2, MSE, MAE = LOSS.L2, LOSS.MSE, LOSS.MAE
 
 __all__ = [
     "activation_forward", "activation_backward", "dense_forward", "dense_backward",
@@ -68,7 +70,7 @@ def _softmax_rows(z):
 
 
 def _check_kind(kind):
-    if not 0 <= kind < N_ACT:
+    if kind not in set(ACT):
         raise ValueError(f"unknown activation kind {kind}")
 
 
@@ -84,9 +86,9 @@ def _act(kind, z, alpha):
         return _sigmoid(z)
     if kind == TANH:
         return np.tanh(z)
-    if z.shape[1] == 0:
-        return z.copy()
-    return _softmax_rows(z)
+    if kind == SOFTMAX:
+        return z.copy() if z.shape[1] == 0 else _softmax_rows(z)
+    raise ValueError(f"unknown activation kind {kind}")
 
 
 def _act_grad(kind, z, y, dy, alpha):
@@ -101,8 +103,9 @@ def _act_grad(kind, z, y, dy, alpha):
         return dy * y * (1.0 - y)
     if kind == TANH:         # tanh' = 1 - tanh^2
         return dy * (1.0 - y * y)
-    # softmax: J = diag(y) - y y^T (symmetric), so dz = J dy = y * (dy - <y, dy>)
-    return y * (dy - (y * dy).sum(axis=1, keepdims=True))
+    if kind == SOFTMAX:      # J = diag(y) - y y^T (symmetric), so dz = J dy = y * (dy - <y, dy>)
+        return y * (dy - (y * dy).sum(axis=1, keepdims=True))
+    raise ValueError(f"unknown activation kind {kind}")
 
 
 # --------------------------------------------------------------------------------------- activations

@@ -21,6 +21,7 @@ k * sum_i w_i, and "l2" stays a sum, sum_i w_i l_i.  A batch whose weights sum t
 import numpy as np
 
 from fastnn._core import losses as _k
+from fastnn._core.kinds import LOSS
 
 
 class Loss:
@@ -66,7 +67,7 @@ def _float_targets(owner, y, n, out_shape, dtype):
 
 
 class _Regression(Loss):
-    kind = None
+    kind = None       # a LOSS member: the compiled kernel's kind (csrc/fnn_kinds.h)
 
     def prepare_targets(self, y, n, out_shape, dtype, owner="loss"):
         return _float_targets(owner, y, n, out_shape, dtype)
@@ -79,20 +80,20 @@ class _Regression(Loss):
 class L2(_Regression):
     """Sum over the batch of squared errors (no 1/2): torch's MSELoss(reduction="sum")."""
     name = "l2"
-    kind = 0
+    kind = LOSS.L2
     sums = True
 
 
 class MSE(_Regression):
     """Mean squared error over all elements: torch's MSELoss()."""
     name = "mse"
-    kind = 1
+    kind = LOSS.MSE
 
 
 class MAE(_Regression):
     """Mean absolute error over all elements: torch's L1Loss() (gradient sign(yhat - y) / N, 0 at equality)."""
     name = "mae"
-    kind = 2
+    kind = LOSS.MAE
 
 
 class CrossEntropy(Loss):
@@ -101,6 +102,7 @@ class CrossEntropy(Loss):
     Targets: integer class labels of shape (n,) in [0, k), or probability rows of shape (n, k).
     """
     name = "cross_entropy"
+    kind = LOSS.CROSS_ENTROPY      # the compiled plan's kind (integer labels)
     fuses = "softmax"
     classification = True
 

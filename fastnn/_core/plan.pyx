@@ -31,6 +31,7 @@ from fastnn._core.guard cimport _first_nonfinite
 from fastnn._core.bound cimport Bounds, scan_max, sgd_safe, adam_safe
 from cython.parallel cimport prange
 from fastnn._core._common cimport threads_for, FNN_MIN_PER_THREAD, FNN_MIN_GATHER_PER_THREAD
+from fastnn._core.kinds cimport FNN_ACT_IDENTITY, FNN_LOSS_L2
 
 cdef enum:
     _BLOCK = 2048
@@ -81,9 +82,9 @@ cdef const floating *_forward_chain(const floating *x, Py_ssize_t m, const long 
                 memset(Z, 0, m * nout * sizeof(floating))
             else:
                 _gemm_few_rows(m, nout, nin, x, prm + spec[l, 4], Z, n_threads)
-            act_forward(act, Z, Y if act != 0 else Z, prm + spec[l, 5] if spec[l, 5] >= 0 else NULL, m, nout,
-                        alphas[l], n_threads)
-            x = Y if act != 0 else Z
+            act_forward(act, Z, Y if act != FNN_ACT_IDENTITY else Z, prm + spec[l, 5] if spec[l, 5] >= 0 else NULL,
+                        m, nout, alphas[l], n_threads)
+            x = Y if act != FNN_ACT_IDENTITY else Z
         elif act >= 0:
             act_forward(act, <floating *>x, Y, NULL, m, nout, alphas[l], n_threads)
             x = Y
@@ -326,7 +327,7 @@ def run_batches(const floating[:, ::1] X, object targets, const Py_ssize_t[::1] 
                 loss = ce_labels_core(out, labbp, dy0, <const floating *>NULL, m, k, 1.0 / (1.0 * m),
                                       &n_correct, &bad)
             else:
-                inv = 1.0 if reg_kind == 0 else 1.0 / (<double>k * m)
+                inv = 1.0 if reg_kind == FNN_LOSS_L2 else 1.0 / (<double>k * m)
                 loss = regression_core(reg_kind, out, Tbp, dy0, <const floating *>NULL, m, k, inv)
             if guard and not (loss - loss == 0):
                 status = 1
@@ -342,7 +343,7 @@ def run_batches(const floating[:, ::1] X, object targets, const Py_ssize_t[::1] 
                 dX = <floating *><size_t>bufs[l, 3]
                 x = xb if l == 0 else <const floating *><size_t>bufs[l - 1, 4]
                 if kind == 0:
-                    if act == 0:
+                    if act == FNN_ACT_IDENTITY:
                         g = dy
                     else:
                         g = dZ
@@ -416,7 +417,7 @@ def run_batches(const floating[:, ::1] X, object targets, const Py_ssize_t[::1] 
                 if S2 != NULL:
                     memcpy(S2, B2, P * sizeof(floating))
                 break
-            stats[0] += loss if (loss_kind == LOSS_REG and reg_kind == 0) else loss * m    # l2 sums
+            stats[0] += loss if (loss_kind == LOSS_REG and reg_kind == FNN_LOSS_L2) else loss * m    # l2 sums
             stats[1] += n_correct
             stats[2] += m
     stats[4] += n_backups
