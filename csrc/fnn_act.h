@@ -55,6 +55,70 @@ static inline T FN(sigmoid_bwd)(T z, T y, T dy, T a) { return dy * y * ((T)1 - y
 /* tanh; f' = 1 - y^2 */                                                                                  \
 static inline T FN(tanh_fwd)(T v, T a) { return TANH(v); }                                                \
 static inline T FN(tanh_bwd)(T z, T y, T dy, T a) { return dy * ((T)1 - y * y); }                         \
+/* gelu: v Phi(v) = v (1 + erf(v / sqrt 2)) / 2; f' = Phi(z) + z phi(z) (torch.nn.GELU()) */                  \
+static inline T FN(gelu_fwd)(T v, T a) { return (T)0.5 * v * ((T)1 + ERF(v * (T)FNN_SQRT1_2)); }          \
+static inline T FN(gelu_bwd)(T z, T y, T dy, T a) {                                                       \
+    T cdf = (T)0.5 * ((T)1 + ERF(z * (T)FNN_SQRT1_2));                                                    \
+    T pdf = EXP((T)-0.5 * z * z) * (T)FNN_INV_SQRT_2PI;                                                   \
+    return dy * (cdf + z * pdf);                                                                          \
+}                                                                                                         \
+/* gelu_tanh: v (1 + tanh(u)) / 2, u = sqrt(2/pi) (v + 0.044715 v^3) (torch's approximate="tanh"); beyond    \
+ * |v| = 20, tanh(u) is +-1 to the last bit in both types: v is clamped there so that v^3 cannot overflow */  \
+static inline T FN(gelu_tanh_fwd)(T v, T a) {                                                             \
+    T x = v > (T)20 ? (T)20 : v;                                                                          \
+    x = x < (T)-20 ? (T)-20 : x;                                                                          \
+    T t = TANH((T)FNN_SQRT_2_OVER_PI * (x + (T)FNN_GELU_KAPPA * (x * x * x)));                            \
+    return (T)0.5 * v * ((T)1 + t);                                                                       \
+}                                                                                                         \
+static inline T FN(gelu_tanh_bwd)(T z, T y, T dy, T a) {                                                  \
+    T x = z > (T)20 ? (T)20 : z;                                                                          \
+    x = x < (T)-20 ? (T)-20 : x;                                                                          \
+    T x2 = x * x;                                                                                         \
+    T t = TANH((T)FNN_SQRT_2_OVER_PI * (x + (T)FNN_GELU_KAPPA * (x2 * x)));                               \
+    T left_d = (T)0.5 * ((T)1 + t);                                                                       \
+    T right_d = (T)0.5 * x * ((T)1 - t * t) * (T)FNN_SQRT_2_OVER_PI * ((T)1 + (T)(3 * FNN_GELU_KAPPA) * x2); \
+    return dy * (left_d + right_d);                                                                       \
+}                                                                                                         \
+/* silu (swish): v sigmoid(v); f' = s (1 + z (1 - s)), s = sigmoid(z) */                                   \
+static inline T FN(silu_fwd)(T v, T a) { return v * SIGMOID(v); }                                         \
+static inline T FN(silu_bwd)(T z, T y, T dy, T a) {                                                       \
+    T s = SIGMOID(z);                                                                                     \
+    return dy * s * ((T)1 + z * ((T)1 - s));                                                              \
+}                                                                                                         \
+/* elu: v for v > 0, a (e^v - 1) otherwise; f' = 1 or a e^z (exp of min(v, 0): no overflow) */             \
+static inline T FN(elu_fwd)(T v, T a) { return v > 0 ? v : a * EXPM1(v > 0 ? (T)0 : v); }                 \
+static inline T FN(elu_bwd)(T z, T y, T dy, T a) { return z > 0 ? dy : dy * a * EXP(z > 0 ? (T)0 : z); }  \
+/* selu: scale * elu(v) with torch's alpha and scale */                                                   \
+static inline T FN(selu_fwd)(T v, T a) {                                                                  \
+    return v > 0 ? (T)FNN_SELU_SCALE * v                                                                  \
+                 : (T)(FNN_SELU_SCALE * FNN_SELU_ALPHA) * EXPM1(v > 0 ? (T)0 : v);                        \
+}                                                                                                         \
+static inline T FN(selu_bwd)(T z, T y, T dy, T a) {                                                       \
+    return z > 0 ? dy * (T)FNN_SELU_SCALE                                                                 \
+                 : dy * (T)(FNN_SELU_SCALE * FNN_SELU_ALPHA) * EXP(z > 0 ? (T)0 : z);                     \
+}                                                                                                         \
+/* softplus (beta 1, threshold 20, as torch): log(1 + e^v), v itself above 20; f' = e^z / (1 + e^z) */     \
+static inline T FN(softplus_fwd)(T v, T a) { return v > (T)20 ? v : LOG1P(EXP(v > (T)20 ? (T)20 : v)); } \
+static inline T FN(softplus_bwd)(T z, T y, T dy, T a) {                                                   \
+    T e = EXP(z > (T)20 ? (T)20 : z);                                                                     \
+    return z > (T)20 ? dy : dy * e / (e + (T)1);                                                          \
+}                                                                                                         \
+/* mish: v tanh(softplus(v)).  With e = e^v and n = e (e + 2): tanh(log(1 + e)) = n / (n + 2) and            \
+ * 1 - tanh^2 = 4 (n + 1) / (n + 2)^2, one exp and no cancellation; e^v is taken at min(v, 40), where the     \
+ * tanh is 1 to the last bit (and n = e^80 still fits a float); f' = tanh(sp) + z sigmoid(z) (1 - tanh^2) */  \
+static inline T FN(mish_fwd)(T v, T a) {                                                                  \
+    T e = EXP(v > (T)40 ? (T)40 : v);                                                                     \
+    T n = e * (e + (T)2);                                                                                 \
+    return v * (n / (n + (T)2));                                                                          \
+}                                                                                                         \
+static inline T FN(mish_bwd)(T z, T y, T dy, T a) {                                                       \
+    T x = z > (T)40 ? (T)40 : z;                                                                          \
+    T e = EXP(x);                                                                                         \
+    T n = e * (e + (T)2);                                                                                 \
+    T t = n / (n + (T)2);                                                                                 \
+    T sech2 = (T)4 * ((n + (T)1) / (n + (T)2)) / (n + (T)2);                                              \
+    return dy * (t + x * (e / (e + (T)1)) * sech2);                                                       \
+}                                                                                                         \
 
 #define T float
 #define SFX _f

@@ -26,7 +26,14 @@
     X(RELU, relu)                                                                                         \
     X(LEAKY_RELU, leaky_relu)        /* alpha: the slope below 0 */                                       \
     X(SIGMOID, sigmoid)                                                                                   \
-    X(TANH, tanh)
+    X(TANH, tanh)                                                                                         \
+    X(GELU, gelu)                    /* exact: x Phi(x), Phi the normal CDF (erf) */                      \
+    X(GELU_TANH, gelu_tanh)          /* torch's approximate="tanh" */                                     \
+    X(SILU, silu)                    /* swish: x sigmoid(x) */                                            \
+    X(ELU, elu)                      /* alpha: the negative saturation value */                           \
+    X(SELU, selu)                                                                                         \
+    X(SOFTPLUS, softplus)            /* beta 1, threshold 20 (torch's defaults) */                        \
+    X(MISH, mish)
 #define FNN_ACT_ROWWISE(X)                                                                                \
     X(SOFTMAX, softmax)
 #define FNN_ACTIVATIONS(X) FNN_ACT_ELEMENTWISE(X) FNN_ACT_ROWWISE(X)

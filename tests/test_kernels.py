@@ -40,6 +40,13 @@ ACTIVATIONS = [
     (ACT.LEAKY_RELU, "leaky_relu", 0.1),
     (ACT.SIGMOID, "sigmoid", 0.0),
     (ACT.TANH, "tanh", 0.0),
+    (ACT.GELU, "gelu", 0.0),
+    (ACT.GELU_TANH, "gelu_tanh", 0.0),
+    (ACT.SILU, "silu", 0.0),
+    (ACT.ELU, "elu", 0.7),
+    (ACT.SELU, "selu", 0.0),
+    (ACT.SOFTPLUS, "softplus", 0.0),
+    (ACT.MISH, "mish", 0.0),
     (ACT.SOFTMAX, "softmax", 0.0),
 ]
 ELEMENTWISE = [a for a in ACTIVATIONS if a[1] != "softmax"]
@@ -80,6 +87,12 @@ def away_from_zero(rng, shape, lo=0.2, hi=2.0):
 
 
 # ------------------------------------------------------------------------------------- activations
+def test_activation_table_covers_every_kind():
+    """A new row of csrc/fnn_kinds.h needs its row in ACTIVATIONS above (and its math in fastnn/_reference.py)."""
+    assert {a[0] for a in ACTIVATIONS} == set(ACT)
+    assert all(a[1] == a[0].label for a in ACTIVATIONS)
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("kind,name,alpha", ACTIVATIONS, ids=ACT_IDS)
 @pytest.mark.parametrize("n_threads", THREADS)
@@ -666,5 +679,5 @@ def test_float32_tanh_is_bounded_and_accurate_everywhere():
 
 def test_activation_table_covers_every_registered_kind():
     """A new activation (a class in fastnn.layers.activations.REGISTRY) needs its row in ACTIVATIONS above."""
-    from fastnn.layers.activations import CLASSES
-    assert {a[0] for a in ACTIVATIONS} == {cls.kind for cls in CLASSES.values()}
+    from fastnn.layers.activations import CLASSES, GELU
+    assert {a[0] for a in ACTIVATIONS} == {cls.kind for cls in CLASSES.values()} | {GELU(approximate="tanh").kind}

@@ -211,3 +211,37 @@ def test_inference_plan_few_rows_of_a_large_layer(restore_threads, dtype, n_thre
         fast = m.predict(X[:n])
         ref = m._forward(X[:n], False).copy()
         np.testing.assert_allclose(fast, ref, rtol=1e-6 if dtype == "float32" else 1e-13, atol=1e-6)
+
+
+PLAN_ACTIVATIONS = ["gelu", "gelu_tanh", "silu", "elu", "selu", "softplus", "mish", "sigmoid", "leaky_relu"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("act", PLAN_ACTIVATIONS)
+def test_plan_picks_up_every_activation(act, dtype):
+    """Every activation of the kind table trains through the compiled plan (fused in Dense and as a layer) and
+    gives the per-layer path's weights; the inference plan gives its predictions."""
+    from fastnn.layers.activations import get
+    make = (lambda: fnn.layers.GELU(approximate="tanh")) if act == "gelu_tanh" else (
+        (lambda: fnn.layers.ELU(0.6)) if act == "elu" else (lambda: get(act)))
+    before = fnn.get_num_threads()
+    fnn.set_num_threads(1)
+    try:
+        models = []
+        for compiled in (True, False):
+            m = fnn.Sequential([Dense(12, activation=make()), Dense(8), make(), Dense(5)], input_dim=7, seed=3,
+                               dtype=dtype)
+            m.compile("cross_entropy", fnn.optim.Adam(lr=3e-3))
+            m._compiled_plan = compiled
+            X, y = _data("cross_entropy")
+            m.fit(X, y, epochs=2, batch_size=16)
+            models.append(m)
+    finally:
+        fnn.set_num_threads(before)
+    a, b = models
+    assert a._train_plan is not None and getattr(b, "_train_plan", None) is None
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(a.parameters, b.parameters, rtol=tol, atol=tol)
+    X = _data("cross_entropy", n=9, seed=1)[0].astype(dtype)
+    np.testing.assert_allclose(a.predict(X), a.predict(X, batch_size=9), rtol=tol, atol=tol)
+    assert a._infer_plans[1]

@@ -1,7 +1,8 @@
 """Layers: one small module per family."""
 from fastnn.layers.base import Layer, ParamSpec
 from fastnn.layers import activations as _activations
-from fastnn.layers.activations import Activation, Identity, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax
+from fastnn.layers.activations import (Activation, Identity, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, GELU, SiLU, ELU,
+                                       SELU, Softplus, Mish)
 from fastnn.layers.dense import Dense
 from fastnn.layers.merge import Add, Concatenate
 from fastnn.layers.normalization import BatchNorm, LayerNorm
@@ -13,5 +14,6 @@ REGISTRY = {**_activations.CLASSES,
             **{cls.__name__: cls for cls in (Dense, Add, Concatenate, BatchNorm, LayerNorm, Dropout, Residual)}}
 
 __all__ = ["Layer", "ParamSpec", "Activation", "Identity", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax",
+           "GELU", "SiLU", "ELU", "SELU", "Softplus", "Mish",
            "Dense", "Add", "Concatenate", "BatchNorm", "LayerNorm", "Dropout", "Residual", "linear_decay",
            "residual_stack"]

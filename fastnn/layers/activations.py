@@ -110,6 +110,67 @@ class Softmax(Activation):
     fusable = "softmax"
 
 
+class GELU(Activation):
+    """Gaussian error linear unit, torch.nn.GELU: f(x) = x * Phi(x), Phi the standard normal CDF (exact, with erf).
+
+    Args:
+        approximate: "none" (exact, the default) or "tanh": f(x) = x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2,
+            as ``torch.nn.GELU(approximate="tanh")``.
+    """
+    kind = ACT.GELU
+    _APPROXIMATIONS = {"none": ACT.GELU, "tanh": ACT.GELU_TANH}
+
+    def __init__(self, approximate="none", name=None):
+        super().__init__(name)
+        if approximate not in self._APPROXIMATIONS:
+            raise ValueError(f"{type(self).__name__}: approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+        self.kind = self._APPROXIMATIONS[approximate]
+
+    def get_config(self):
+        return {"name": self.name, "approximate": self.approximate}
+
+    def extra_repr(self):
+        return f"approximate={self.approximate!r}" if self.approximate != "none" else ""
+
+
+class SiLU(Activation):
+    """Sigmoid linear unit (swish), torch.nn.SiLU: f(x) = x * sigmoid(x).  Registry names "silu" and "swish"."""
+    kind = ACT.SILU
+    aliases = ("swish",)
+
+
+class ELU(Activation):
+    """Exponential linear unit, torch.nn.ELU: f(x) = x for x > 0, alpha * (exp(x) - 1) otherwise."""
+    kind = ACT.ELU
+
+    def __init__(self, alpha=1.0, name=None):
+        super().__init__(name)
+        self.alpha = check_number(type(self).__name__, "alpha", alpha)
+
+    def get_config(self):
+        return {"name": self.name, "alpha": self.alpha}
+
+    def extra_repr(self):
+        return f"alpha={self.alpha}"
+
+
+class SELU(Activation):
+    """Scaled ELU, torch.nn.SELU: f(x) = scale * (x for x > 0, alpha * (exp(x) - 1) otherwise), with
+    alpha = 1.6732632423543772 and scale = 1.0507009873554805 (self-normalizing networks)."""
+    kind = ACT.SELU
+
+
+class Softplus(Activation):
+    """torch.nn.Softplus() (beta 1, threshold 20): f(x) = log(1 + exp(x)), and x itself for x > 20."""
+    kind = ACT.SOFTPLUS
+
+
+class Mish(Activation):
+    """Mish, torch.nn.Mish: f(x) = x * tanh(softplus(x))."""
+    kind = ACT.MISH
+
+
 # class name -> class (saving, loading, the compiled plan), derived from REGISTRY
 CLASSES = {cls.__name__: cls for cls in REGISTRY.values()}
 
