@@ -245,3 +245,43 @@ def test_plan_picks_up_every_activation(act, dtype):
     X = _data("cross_entropy", n=9, seed=1)[0].astype(dtype)
     np.testing.assert_allclose(a.predict(X), a.predict(X, batch_size=9), rtol=tol, atol=tol)
     assert a._infer_plans[1]
+
+
+def test_plan_state_checks_its_arguments():
+    """The compiled plan's setters reject what the nogil loops could not survive: kinds outside the table,
+    arrays of another dtype or shape, offsets outside the parameters, an incomplete chain."""
+    from fastnn._core import plan as KP
+    from fastnn._core.kinds import ACT, LOSS
+    p, g = np.zeros(30), np.zeros(30)
+    core = KP.Plan(p, g, 4, 2)
+    Z = lambda *s: np.zeros(s)
+    with pytest.raises(ValueError, match="unknown ACT kind"):
+        core.dense(0, len(ACT), 3, 5, 0, 15, False, 0.0, Z(4, 5), Z(4, 5), Z(4, 5), Z(4, 3))
+    with pytest.raises(ValueError, match="unknown ACT kind"):
+        core.activation(1, -1, 5, 0.0, Z(4, 5), Z(4, 5))
+    with pytest.raises(ValueError, match="offsets"):
+        core.dense(0, ACT.RELU, 3, 5, 20, -1, False, 0.0, Z(4, 5), Z(4, 5), Z(4, 5), Z(4, 3))
+    with pytest.raises(ValueError, match="float64"):
+        core.dense(0, ACT.RELU, 3, 5, 0, 15, False, 0.0, Z(4, 5).astype(np.float32), Z(4, 5), Z(4, 5), Z(4, 3))
+    with pytest.raises(ValueError, match="shape"):
+        core.dense(0, ACT.RELU, 3, 5, 0, 15, False, 0.0, Z(4, 5), Z(4, 6), Z(4, 5), Z(4, 3))
+    core.dense(0, ACT.GELU, 3, 5, 0, 15, False, 0.0, Z(4, 5), Z(4, 5), Z(4, 5), Z(4, 3))
+    with pytest.raises(ValueError, match="every layer"):
+        core.batch_buffers(Z(4, 3), np.zeros(4, np.intp), Z(4, 5), Z(4, 5))
+    core.activation(1, ACT.SOFTMAX, 5, 0.0, Z(4, 5), Z(4, 5), passthrough=True)
+    core.batch_buffers(Z(4, 3), np.zeros(4, np.intp), Z(4, 5), Z(4, 5))
+    with pytest.raises(ValueError, match="unknown LOSS kind"):
+        core.loss(len(LOSS))
+    with pytest.raises(ValueError, match="no optimizer"):
+        core.loss(LOSS.CROSS_ENTROPY)
+        KP.run_batches(core, Z(8, 3), np.zeros(8, np.intp), None, 0, 2, 0, 1)
+    with pytest.raises(ValueError, match="exactly"):
+        core.adam(1e-3, 0.9, 0.999, 1e-8, 0.0, False, Z(30), Z(30), None, 30)
+        core.guard(True, Z(30))
+    with pytest.raises(ValueError, match="backup"):
+        core.guard(True)
+    with pytest.raises(ValueError, match="the plan is float64"):
+        KP.run_batches(core, Z(8, 3).astype(np.float32), np.zeros(8, np.intp), None, 0, 2, 0, 1)
+    core.guard(False)
+    status, done, bad, value = KP.run_batches(core, Z(8, 3), np.zeros(8, np.intp), None, 0, 2, 0, 1)
+    assert (status, done) == (0, 2) and core.stats["n_samples"] == 8
