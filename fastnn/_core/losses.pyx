@@ -22,7 +22,7 @@ unweighted definition above (W = 1).
 Every logsumexp is shifted by the row max, and log(1 + e^z) is computed as max(z, 0) + log1p(e^-|z|):
 finite at logits of +-1000.
 """
-from libc.math cimport exp, log, log1p, fabs
+from libc.math cimport exp, log, log1p, fabs, NAN
 
 from fastnn._core._common cimport floating, f_log1pexp, f_sigmoid
 from fastnn._core.kinds cimport FNN_LOSS_L2, FNN_LOSS_MSE, FNN_LOSS_MAE
@@ -236,8 +236,10 @@ def regression_loss(int kind, const floating[:, ::1] P, const floating[:, ::1] T
 cdef double regression_core(int kind, const floating *P, const floating *T, floating *dP, const floating *W,
                             Py_ssize_t n, Py_ssize_t k, double inv) noexcept nogil:
     """l2 / mse / mae of P against T (n, k), (weighted), gradient into dP (or NULL); returns total * inv.  kind
-    is FNN_LOSS_L2, _MSE or _MAE (checked by the callers: the squares for any kind other than MAE)."""
+    is FNN_LOSS_L2, _MSE or _MAE (the callers check it); any other kind computes nothing and returns NaN."""
     cdef bint grad = dP != NULL, weighted = W != NULL
+    if kind != FNN_LOSS_L2 and kind != FNN_LOSS_MSE and kind != FNN_LOSS_MAE:
+        return NAN
     cdef const floating *p = P
     cdef const floating *t = T
     cdef floating *g = dP
