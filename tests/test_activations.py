@@ -6,6 +6,8 @@ at |x| up to 1e4 and at the float32 extremes; the layer classes (names, aliases,
 unknown kind is an error everywhere it can enter.
 """
 import math
+import os
+import sys
 import warnings
 
 import numpy as np
@@ -17,6 +19,12 @@ from fastnn._core import activations as K
 from fastnn._core import kinds
 from fastnn._core.kinds import ACT
 from fastnn.layers import activations as A
+
+try:
+    from tests._gradcheck import numeric_grad, assert_grad_close
+except ImportError:  # run from elsewhere than the repository root
+    sys.path.insert(0, os.path.dirname(__file__))
+    from _gradcheck import numeric_grad, assert_grad_close
 
 # kind -> (alpha, torch.nn.functional call) for every elementwise kind
 TORCH = {
@@ -67,6 +75,28 @@ def test_matches_torch(kind, dtype):
     tol = TOL[dtype]
     np.testing.assert_allclose(Y, out.detach().numpy(), rtol=tol, atol=tol)
     np.testing.assert_allclose(dZ, t.grad.numpy(), rtol=10 * tol, atol=10 * tol)
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=IDS)
+def test_gradcheck_over_a_wide_range(kind):
+    """float64 central differences over |z| in [0.05, 25] (the tails, both sides of softplus' threshold 20 and of
+    the clamps), away from the kinks: the kernel's backward is the derivative of its forward."""
+    alpha = TORCH[kind][0]
+    rng = np.random.default_rng(7)
+    Z = (rng.choice([-1.0, 1.0], size=(3, 12)) * np.exp(rng.uniform(math.log(0.05), math.log(25.0), (3, 12))))
+    Z = np.where(np.abs(np.abs(Z) - 20.0) < 1e-3, 19.5, Z)     # not within eps of softplus' threshold
+    R = rng.standard_normal(Z.shape)
+
+    def f(z):
+        y = np.empty_like(z)
+        K.activation_forward(kind, z, y, alpha)
+        return np.sum(R * y)
+
+    Y = np.empty_like(Z)
+    K.activation_forward(kind, Z, Y, alpha)
+    dZ = np.full_like(Z, np.nan)
+    K.activation_backward(kind, Z, Y, R, dZ, alpha)
+    assert_grad_close(dZ, numeric_grad(f, Z), rtol=1e-6, atol=1e-7)
 
 
 EXTREME = [-1e4, -1e3, -745.0, -100.0, -88.0, -40.0, -20.0, -1e-30, 0.0, 1e-30, 20.0, 40.0, 88.0, 100.0, 710.0, 1e3, 1e4]
