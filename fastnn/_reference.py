@@ -14,18 +14,23 @@ The optimizer updates are done in the dtype of the buffers, as torch.optim does.
 Numerics: every log-sum-exp is shifted by its row max, the sigmoid is evaluated through ``exp(-|z|)`` and
 softplus as ``max(z, 0) + log1p(exp(-|z|))``, so logits of +-1000 give finite values and no warnings.
 
-Kinds (the same numbers as the kernels):
-    activations: 0 identity, 1 relu, 2 leaky_relu (slope ``alpha`` below 0), 3 sigmoid, 4 tanh,
-                 5 softmax (over each row)
-    regression_loss: 0 "l2" (sum of squares, no 1/2), 1 "mse" (mean of squares), 2 "mae" (mean absolute)
+Kinds: the numbers of the kind table (csrc/fnn_kinds.h, read through its Python mirror fastnn._core.kinds):
+    activations (ACT): identity, relu, leaky_relu (slope ``alpha`` below 0), sigmoid, tanh, gelu, gelu_tanh, silu,
+                 elu (``alpha``), selu, softplus, mish, softmax (over each row); the definitions of
+                 torch.nn.functional, from their textbook forms (erf, tanh, exp), overflow kept out by clamps only
+    regression_loss (LOSS): "l2" (sum of squares, no 1/2), "mse" (mean of squares), "mae" (mean absolute)
+Only the numbering is shared with the kernels; the math here is written independently.
 """
 import math
 
 import numpy as np
 
-IDENTITY, RELU, LEAKY_RELU, SIGMOID, TANH, SOFTMAX = range(6)
-N_ACT = 6
-L2, MSE, MAE = range(3)
+from fastnn._core.kinds import ACT, LOSS
+
+IDENTITY, RELU, LEAKY_RELU, SIGMOID, TANH, SOFTMAX = (ACT.IDENTITY, ACT.RELU, ACT.LEAKY_RELU, ACT.SIGMOID, ACT.TANH,
+                                                      ACT.SOFTMAX)
+SELU_ALPHA, SELU_SCALE = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
+L2, MSE, MAE = LOSS.L2, LOSS.MSE, LOSS.MAE
 
 __all__ = [
     "activation_forward", "activation_backward", "dense_forward", "dense_backward",
@@ -67,8 +72,51 @@ def _softmax_rows(z):
     return e / e.sum(axis=1, keepdims=True)
 
 
+def _erf(z):
+    """erf elementwise (math.erf: numpy has none)."""
+    return np.vectorize(math.erf, otypes=[np.float64])(z) if z.size else z.copy()
+
+
+def _gelu_tanh_parts(z):
+    """t = tanh(sqrt(2/pi) (x + 0.044715 x^3)) and x, for x = z clipped to +-50 (t is +-1 there already)."""
+    x = np.clip(z, -50.0, 50.0)
+    return np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)), x
+
+
+def _neg(z):
+    """min(z, 0): the argument of exp in the negative branch of elu / selu (no overflow in the other branch)."""
+    return np.minimum(z, 0.0)
+
+
+# kind -> (f(z, alpha), dz(z, y, dy, alpha)) for the activations beyond the five above, straight from the formulas
+_MORE = {
+    ACT.GELU: (lambda z, a: 0.5 * z * (1.0 + _erf(z / math.sqrt(2.0))),
+               lambda z, y, dy, a: dy * (0.5 * (1.0 + _erf(z / math.sqrt(2.0)))
+                                         + z * np.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi))),
+    ACT.GELU_TANH: (lambda z, a: 0.5 * z * (1.0 + _gelu_tanh_parts(z)[0]),
+                    lambda z, y, dy, a: dy * _gelu_tanh_grad(z)),
+    ACT.SILU: (lambda z, a: z * _sigmoid(z),
+               lambda z, y, dy, a: dy * (_sigmoid(z) + z * _sigmoid(z) * (1.0 - _sigmoid(z)))),
+    ACT.ELU: (lambda z, a: np.where(z > 0, z, a * np.expm1(_neg(z))),
+              lambda z, y, dy, a: np.where(z > 0, dy, dy * a * np.exp(_neg(z)))),
+    ACT.SELU: (lambda z, a: SELU_SCALE * np.where(z > 0, z, SELU_ALPHA * np.expm1(_neg(z))),
+               lambda z, y, dy, a: SELU_SCALE * np.where(z > 0, dy, dy * SELU_ALPHA * np.exp(_neg(z)))),
+    ACT.SOFTPLUS: (lambda z, a: np.where(z > 20.0, z, _softplus(z)),
+                   lambda z, y, dy, a: np.where(z > 20.0, dy, dy * _sigmoid(z))),
+    ACT.MISH: (lambda z, a: z * np.tanh(_softplus(z)),
+               lambda z, y, dy, a: dy * (np.tanh(_softplus(z))
+                                         + z * _sigmoid(z) * (1.0 - np.tanh(_softplus(z)) ** 2))),
+}
+
+
+def _gelu_tanh_grad(z):
+    t, x = _gelu_tanh_parts(z)
+    k = math.sqrt(2.0 / math.pi)
+    return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * k * (1.0 + 3.0 * 0.044715 * x * x)
+
+
 def _check_kind(kind):
-    if not 0 <= kind < N_ACT:
+    if kind not in set(ACT):
         raise ValueError(f"unknown activation kind {kind}")
 
 
@@ -84,9 +132,11 @@ def _act(kind, z, alpha):
         return _sigmoid(z)
     if kind == TANH:
         return np.tanh(z)
-    if z.shape[1] == 0:
-        return z.copy()
-    return _softmax_rows(z)
+    if kind in _MORE:
+        return _MORE[kind][0](z, alpha)
+    if kind == SOFTMAX:
+        return z.copy() if z.shape[1] == 0 else _softmax_rows(z)
+    raise ValueError(f"unknown activation kind {kind}")
 
 
 def _act_grad(kind, z, y, dy, alpha):
@@ -101,8 +151,11 @@ def _act_grad(kind, z, y, dy, alpha):
         return dy * y * (1.0 - y)
     if kind == TANH:         # tanh' = 1 - tanh^2
         return dy * (1.0 - y * y)
-    # softmax: J = diag(y) - y y^T (symmetric), so dz = J dy = y * (dy - <y, dy>)
-    return y * (dy - (y * dy).sum(axis=1, keepdims=True))
+    if kind in _MORE:
+        return _MORE[kind][1](z, y, dy, alpha)
+    if kind == SOFTMAX:      # J = diag(y) - y y^T (symmetric), so dz = J dy = y * (dy - <y, dy>)
+        return y * (dy - (y * dy).sum(axis=1, keepdims=True))
+    raise ValueError(f"unknown activation kind {kind}")
 
 
 # --------------------------------------------------------------------------------------- activations

@@ -43,12 +43,15 @@ import numpy as np
 from fastnn.callbacks import Callback
 from fastnn._validation import check_number
 from fastnn._core._threads import get_num_threads
+from fastnn._core.kinds import ACT
 
 VANISHING = 1e-3     # a gradient norm below this times the output layer's: vanishing
 EXPLODING = 1e3      # above this times the output layer's (or times its first-epoch value): exploding
 DEAD = 0.5           # more than this fraction of a layer's ReLU units dead: warn
 
-_COUNTED = {1: ("relu", "dead_fraction"), 3: ("sigmoid", "saturated_fraction"), 4: ("tanh", "saturated_fraction")}
+# activation kind -> (its name, what its unit counters measure); the counting is act_forward_counted's
+_COUNTED = {kind: (kind.label, key) for kind, key in [
+    (ACT.RELU, "dead_fraction"), (ACT.SIGMOID, "saturated_fraction"), (ACT.TANH, "saturated_fraction")]}
 
 
 class TrainingHealthWarning(UserWarning):

@@ -29,6 +29,7 @@ becomes sum_i w_i sum_p l_ip / (P sum_i w_i)).
 import numpy as np
 
 from fastnn._core import losses as _k
+from fastnn._core.kinds import LOSS
 
 
 class Loss:
@@ -74,7 +75,7 @@ def _float_targets(owner, y, n, out_shape, dtype):
 
 
 class _Regression(Loss):
-    kind = None
+    kind = None       # a LOSS member: the compiled kernel's kind (csrc/fnn_kinds.h)
 
     def prepare_targets(self, y, n, out_shape, dtype, owner="loss"):
         return _float_targets(owner, y, n, out_shape, dtype)
@@ -87,20 +88,20 @@ class _Regression(Loss):
 class L2(_Regression):
     """Sum over the batch of squared errors (no 1/2): torch's MSELoss(reduction="sum")."""
     name = "l2"
-    kind = 0
+    kind = LOSS.L2
     sums = True
 
 
 class MSE(_Regression):
     """Mean squared error over all elements: torch's MSELoss()."""
     name = "mse"
-    kind = 1
+    kind = LOSS.MSE
 
 
 class MAE(_Regression):
     """Mean absolute error over all elements: torch's L1Loss() (gradient sign(yhat - y) / N, 0 at equality)."""
     name = "mae"
-    kind = 2
+    kind = LOSS.MAE
 
 
 class CrossEntropy(Loss):
@@ -113,6 +114,7 @@ class CrossEntropy(Loss):
     counts positions.  Per-sample weights apply to each of the sample's positions.
     """
     name = "cross_entropy"
+    kind = LOSS.CROSS_ENTROPY      # the compiled plan's kind (integer labels)
     fuses = "softmax"
     classification = True
     _wrows = None         # per-position weights (rows,), reused: a sample's weight repeated over its positions

@@ -10,12 +10,14 @@ Adding an optimizer: one kernel in optim.pyx, one subclass here with ``_make_sta
 import numpy as np
 
 from fastnn._core import optim as _k
+from fastnn._core.kinds import OPT
 from fastnn._core._threads import get_num_threads
 from fastnn._validation import check_number
 
 
 class Optimizer:
     """Base class: holds the hyperparameters and, once bound to a model, its state arrays."""
+    kind = None       # the compiled training plan's kind (an OPT member; csrc/fnn_kinds.h), None: not compiled
 
     def __init__(self, lr, weight_decay=0.0, decay_bias=False):
         name = type(self).__name__
@@ -75,6 +77,7 @@ class SGD(Optimizer):
     g = grad + weight_decay * p; buf = momentum * buf + (1 - dampening) * g (buf = g at the first step);
     g = g + momentum * buf if nesterov else buf; p -= lr * g.
     """
+    kind = OPT.SGD
 
     def __init__(self, lr=1e-3, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0, decay_bias=False):
         super().__init__(lr, weight_decay, decay_bias)
@@ -161,6 +164,7 @@ class RMSprop(Optimizer):
 
 class Adam(Optimizer):
     """Adam: torch.optim.Adam (betas=(0.9, 0.999), eps=1e-8, coupled weight decay, amsgrad)."""
+    kind = OPT.ADAM
     _decoupled = False
 
     def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, decay_bias=False):

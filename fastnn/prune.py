@@ -36,6 +36,8 @@ import tempfile
 
 import numpy as np
 
+from fastnn._core.kinds import ACT
+
 _CRITERIA = ("l2", "activation", "dead")
 
 
@@ -164,12 +166,13 @@ def _plan_pruning(model, layer, amount, criterion, X, batch_size):
         W = L.params["weight"].astype(np.float64)
         scores = np.sqrt((W * W).sum(axis=0))
     else:
-        point = i if L.activation.kind != 0 else next(
+        point = i if L.activation.kind != ACT.IDENTITY else next(
             (j for j in chain if isinstance(model.layers[j], Activation)), i)
         relu = None
         if criterion == "dead":
-            relu = i if L.activation.kind == 1 else next(
-                (j for j in chain if isinstance(model.layers[j], Activation) and model.layers[j].kind == 1), None)
+            relu = i if L.activation.kind == ACT.RELU else next(
+                (j for j in chain if isinstance(model.layers[j], Activation) and model.layers[j].kind == ACT.RELU),
+                None)
             if relu is None:
                 raise ValueError(f"{owner}: criterion 'dead' needs a ReLU after layer {name} (its activation or a "
                                  "ReLU layer before the next Dense)")

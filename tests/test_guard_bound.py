@@ -183,19 +183,22 @@ def test_the_tracked_update_writes_the_same_values_and_its_maxima_are_exact(dtyp
         st = [rng.normal(size=n).astype(dtype), rng.random(n).astype(dtype), rng.random(n).astype(dtype)]
         if not ams:
             st[2] = None
-        h = np.array([1e-3, 0.9, 0.999, 1e-8, 0.01, float(dec)])
         ref = [p.copy()] + [None if s is None else s.copy() for s in st]
         K.adam_step(ref[0], g, ref[1], ref[2], ref[3], 1e-3, 0.9, 0.999, 1e-8, 0.01, dec, step, nd)
-        mx = KP.tracked_update(1, p, g, st[0], st[1], st[2], h, step, nd, threads)
+        plan = KP.Plan(p, g, 1, 0)
+        plan.adam(1e-3, 0.9, 0.999, 1e-8, 0.01, dec, st[0], st[1], st[2], nd)
+        mx = KP.tracked_update(plan, step, threads)
     else:
         has_buf = opt != "sgd"
         nest = opt == "nesterov_first"
         st = [rng.normal(size=n).astype(dtype) if has_buf else None, None, None]
         damp = 0.0 if nest else 0.1
-        h = np.array([0.05, 0.9 if has_buf else 0.0, damp, 1e-3, float(nest), 0.0])
+        momentum = 0.9 if has_buf else 0.0
         ref = [p.copy(), None if st[0] is None else st[0].copy(), None, None]
-        K.sgd_step(ref[0], g, ref[1], 0.05, h[1], damp, 1e-3, nest, step == 1, nd)
-        mx = KP.tracked_update(0, p, g, st[0], None, None, h, step, nd, threads)
+        K.sgd_step(ref[0], g, ref[1], 0.05, momentum, damp, 1e-3, nest, step == 1, nd)
+        plan = KP.Plan(p, g, 1, 0)
+        plan.sgd(0.05, momentum, damp, 1e-3, nest, st[0], nd)
+        mx = KP.tracked_update(plan, step, threads)
     for got, want, m in zip([p] + st, ref, mx):
         if want is None:
             assert got is None and m == 0.0

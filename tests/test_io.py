@@ -11,7 +11,8 @@ import fastnn as fnn
 from fastnn import io as fio
 from fastnn.layers import activations as A
 
-ACTIVATION_NAMES = ["identity", "relu", "leaky_relu", "sigmoid", "tanh", "softmax"]
+ACTIVATION_NAMES = ["identity", "relu", "leaky_relu", "sigmoid", "tanh", "softmax", "gelu", "silu", "elu", "selu",
+                    "softplus", "mish"]
 
 
 def _dense_models():
@@ -25,8 +26,10 @@ def _dense_models():
 
 
 def _activation_layer_models():
-    for cls in (A.Identity, A.ReLU, A.LeakyReLU, A.Sigmoid, A.Tanh, A.Softmax):
-        layer = (lambda cls=cls: cls(alpha=0.3) if cls is A.LeakyReLU else cls())
+    for cls in (A.Identity, A.ReLU, A.LeakyReLU, A.Sigmoid, A.Tanh, A.Softmax, A.GELU, A.SiLU, A.ELU, A.SELU,
+                A.Softplus, A.Mish):
+        layer = (lambda cls=cls: cls(alpha=0.3) if cls in (A.LeakyReLU, A.ELU) else
+                 cls(approximate="tanh") if cls is A.GELU else cls())
         yield f"layer-{cls.__name__}", lambda layer=layer: fnn.Sequential(
             [fnn.layers.Dense(4), layer(), fnn.layers.Dense(3)], input_dim=5, seed=2, dtype="float64")
 

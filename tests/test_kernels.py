@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from fastnn._core import dense, activations, losses, _threads
+from fastnn._core.kinds import ACT, LOSS
 from fastnn import _reference as ref
 
 try:
@@ -32,14 +33,21 @@ NO_FP_TROUBLE = dict(over="raise", divide="raise", invalid="raise")
 THREADS = [1, 2]
 BIG = (300, 200)   # 60000 elements: the kernels split it over 2 threads
 
-# (kind, name, alpha): the kernel's activation table.
+# (kind, name, alpha): the kernel's activation table, one row per kind of csrc/fnn_kinds.h (checked below).
 ACTIVATIONS = [
-    (0, "identity", 0.0),
-    (1, "relu", 0.0),
-    (2, "leaky_relu", 0.1),
-    (3, "sigmoid", 0.0),
-    (4, "tanh", 0.0),
-    (5, "softmax", 0.0),
+    (ACT.IDENTITY, "identity", 0.0),
+    (ACT.RELU, "relu", 0.0),
+    (ACT.LEAKY_RELU, "leaky_relu", 0.1),
+    (ACT.SIGMOID, "sigmoid", 0.0),
+    (ACT.TANH, "tanh", 0.0),
+    (ACT.GELU, "gelu", 0.0),
+    (ACT.GELU_TANH, "gelu_tanh", 0.0),
+    (ACT.SILU, "silu", 0.0),
+    (ACT.ELU, "elu", 0.7),
+    (ACT.SELU, "selu", 0.0),
+    (ACT.SOFTPLUS, "softplus", 0.0),
+    (ACT.MISH, "mish", 0.0),
+    (ACT.SOFTMAX, "softmax", 0.0),
 ]
 ELEMENTWISE = [a for a in ACTIVATIONS if a[1] != "softmax"]
 ACT_IDS = [a[1] for a in ACTIVATIONS]
@@ -79,6 +87,12 @@ def away_from_zero(rng, shape, lo=0.2, hi=2.0):
 
 
 # ------------------------------------------------------------------------------------- activations
+def test_activation_table_covers_every_kind():
+    """A new row of csrc/fnn_kinds.h needs its row in ACTIVATIONS above (and its math in fastnn/_reference.py)."""
+    assert {a[0] for a in ACTIVATIONS} == set(ACT)
+    assert all(a[1] == a[0].label for a in ACTIVATIONS)
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("kind,name,alpha", ACTIVATIONS, ids=ACT_IDS)
 @pytest.mark.parametrize("n_threads", THREADS)
@@ -157,11 +171,11 @@ def test_softmax_backward_in_place(dtype):
     rng = np.random.default_rng(4)
     Z = rng.standard_normal((6, 5)).astype(dtype)
     Y = np.empty_like(Z)
-    ref.activation_forward(5, Z, Y)
+    ref.activation_forward(ACT.SOFTMAX, Z, Y)
     dY = rng.standard_normal(Z.shape).astype(dtype)
     want = np.empty_like(Z)
-    ref.activation_backward(5, Z, Y, dY, want)
-    activations.activation_backward(5, Z, Y, dY, dY)
+    ref.activation_backward(ACT.SOFTMAX, Z, Y, dY, want)
+    activations.activation_backward(ACT.SOFTMAX, Z, Y, dY, dY)
     assert_close(dY, want, dtype)
 
 
@@ -190,10 +204,10 @@ def test_sigmoid_saturates_without_overflow(dtype):
     Y = nan(Z.shape, dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        activations.activation_forward(3, Z, Y)
+        activations.activation_forward(ACT.SIGMOID, Z, Y)
         Y_ref = nan(Z.shape, dtype)
         with np.errstate(**NO_FP_TROUBLE):
-            ref.activation_forward(3, Z, Y_ref)
+            ref.activation_forward(ACT.SIGMOID, Z, Y_ref)
     for y in (Y, Y_ref):
         assert y[0, 0] == 1.0 and y[0, 2] == 1.0 and y[0, 3] == 0.0 and y[0, 4] == 0.5
         # sigmoid(-100) = e^-100 / (1 + e^-100) = 3.7e-44: not 0, but tiny and not negative
@@ -201,7 +215,7 @@ def test_sigmoid_saturates_without_overflow(dtype):
     if dtype == np.float64:
         assert Y[0, 1] == pytest.approx(math.exp(-100.0), rel=1e-12)
     dZ = nan(Z.shape, dtype)
-    activations.activation_backward(3, Z, Y, np.ones_like(Z), dZ)
+    activations.activation_backward(ACT.SIGMOID, Z, Y, np.ones_like(Z), dZ)
     assert np.all(np.isfinite(dZ)) and dZ[0, 0] == 0.0 and dZ[0, 2] == 0.0 and dZ[0, 4] == 0.25
 
 
@@ -210,11 +224,11 @@ def test_sigmoid_saturates_without_overflow(dtype):
 def test_softmax_extreme_logits(dtype, n_threads):
     Z = np.array([[1000.0, -1000.0], [-1000.0, 1000.0], [1000.0, 1000.0]], dtype=dtype)
     Y = nan(Z.shape, dtype)
-    activations.activation_forward(5, Z, Y, n_threads=n_threads)
+    activations.activation_forward(ACT.SOFTMAX, Z, Y, n_threads=n_threads)
     np.testing.assert_array_equal(Y, np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]], dtype=dtype))
     Y_ref = nan(Z.shape, dtype)
     with np.errstate(**NO_FP_TROUBLE):
-        ref.activation_forward(5, Z, Y_ref)
+        ref.activation_forward(ACT.SOFTMAX, Z, Y_ref)
     np.testing.assert_array_equal(Y_ref, Y)
 
 
@@ -263,7 +277,7 @@ def test_dense_matches_reference(dtype, n_threads, kind, name, alpha, shape):
     got = dense_bwd(dense, X, W, Z, Y, dY, kind, alpha, n_threads)
     want = dense_bwd(ref, X, W, Z, Y, dY, kind, alpha)
     names = ["dZ", "dX", "dW", "db"]
-    if kind == 0:        # the identity does not use its dZ scratch
+    if kind == ACT.IDENTITY:        # the identity does not use its dZ scratch
         got, want, names = got[1:], want[1:], names[1:]
     for nm, g, w in zip(names, got, want):
         assert not np.isnan(g).any(), f"{nm} was not (fully) written"
@@ -302,7 +316,7 @@ def test_dense_in_place_buffers(dtype):
     want = dense_bwd(ref, X, W, Z, Y, dY, 1, 0.0)
     g = dY.copy()
     dX, dW, db = nan(X.shape, dtype), nan(W.shape, dtype), nan(b.shape, dtype)
-    dense.dense_backward(X, W, Z, Y, g, g, dX, dW, db, act=1)
+    dense.dense_backward(X, W, Z, Y, g, g, dX, dW, db, act=ACT.RELU)
     for got, w in zip((g, dX, dW, db), want):
         assert_close(got, w, dtype)
 
@@ -346,7 +360,7 @@ def test_dense_empty_batch_zeroes_gradients(dtype):
     Z, Y = nan((0, 3), dtype), nan((0, 3), dtype)
     dense.dense_forward(X, W, np.ones(3, dtype), Z, Y)
     dW, db = nan((4, 3), dtype), nan(3, dtype)
-    dense.dense_backward(X, W, Z, Y, nan((0, 3), dtype), nan((0, 3), dtype), nan((0, 4), dtype), dW, db, act=1)
+    dense.dense_backward(X, W, Z, Y, nan((0, 3), dtype), nan((0, 3), dtype), nan((0, 4), dtype), dW, db, act=ACT.RELU)
     np.testing.assert_array_equal(dW, 0)
     np.testing.assert_array_equal(db, 0)
 
@@ -398,11 +412,11 @@ LOSSES = {
     "softmax_ce": (losses.softmax_cross_entropy, ref.softmax_cross_entropy, _labels),
     "softmax_ce_soft": (losses.softmax_cross_entropy_soft, ref.softmax_cross_entropy_soft, _soft_targets),
     "sigmoid_bce": (losses.sigmoid_binary_cross_entropy, ref.sigmoid_binary_cross_entropy, _binary_targets),
-    "l2": (functools.partial(losses.regression_loss, 0), functools.partial(ref.regression_loss, 0),
+    "l2": (functools.partial(losses.regression_loss, LOSS.L2), functools.partial(ref.regression_loss, LOSS.L2),
            _regression_targets),
-    "mse": (functools.partial(losses.regression_loss, 1), functools.partial(ref.regression_loss, 1),
+    "mse": (functools.partial(losses.regression_loss, LOSS.MSE), functools.partial(ref.regression_loss, LOSS.MSE),
             _regression_targets),
-    "mae": (functools.partial(losses.regression_loss, 2), functools.partial(ref.regression_loss, 2),
+    "mae": (functools.partial(losses.regression_loss, LOSS.MAE), functools.partial(ref.regression_loss, LOSS.MAE),
             _regression_targets),
 }
 LOSS_NAMES = list(LOSSES)
@@ -517,9 +531,9 @@ def test_regression_loss_values(dtype):
     """Hand-computed: d = [1, -2, 0, 0.5]."""
     P = np.array([[1.0, -2.0], [3.0, 0.5]], dtype=dtype)
     T = np.array([[0.0, 0.0], [3.0, 0.0]], dtype=dtype)
-    want = {0: (5.25, [[2.0, -4.0], [0.0, 1.0]]),
-            1: (5.25 / 4, [[0.5, -1.0], [0.0, 0.25]]),
-            2: (3.5 / 4, [[0.25, -0.25], [0.0, 0.25]])}
+    want = {LOSS.L2: (5.25, [[2.0, -4.0], [0.0, 1.0]]),
+            LOSS.MSE: (5.25 / 4, [[0.5, -1.0], [0.0, 0.25]]),
+            LOSS.MAE: (3.5 / 4, [[0.25, -0.25], [0.0, 0.25]])}
     for kind, (loss_want, grad_want) in want.items():
         for fn in (losses.regression_loss, ref.regression_loss):
             dP = nan(P.shape, dtype)
@@ -557,11 +571,11 @@ def _z(*shape):
 
 # (description, call(impl)) with mismatched shapes: each must raise ValueError.
 SHAPE_ERRORS = [
-    ("act_fwd Y", lambda m: m.activation_forward(1, _z(3, 4), _z(3, 5))),
-    ("act_fwd Y rows", lambda m: m.activation_forward(5, _z(3, 4), _z(2, 4))),
-    ("act_bwd dY", lambda m: m.activation_backward(1, _z(3, 4), _z(3, 4), _z(3, 5), _z(3, 4))),
-    ("act_bwd dZ", lambda m: m.activation_backward(3, _z(3, 4), _z(3, 4), _z(3, 4), _z(4, 4))),
-    ("act_bwd Y", lambda m: m.activation_backward(3, _z(3, 4), _z(2, 4), _z(3, 4), _z(3, 4))),
+    ("act_fwd Y", lambda m: m.activation_forward(ACT.RELU, _z(3, 4), _z(3, 5))),
+    ("act_fwd Y rows", lambda m: m.activation_forward(ACT.SOFTMAX, _z(3, 4), _z(2, 4))),
+    ("act_bwd dY", lambda m: m.activation_backward(ACT.RELU, _z(3, 4), _z(3, 4), _z(3, 5), _z(3, 4))),
+    ("act_bwd dZ", lambda m: m.activation_backward(ACT.SIGMOID, _z(3, 4), _z(3, 4), _z(3, 4), _z(4, 4))),
+    ("act_bwd Y", lambda m: m.activation_backward(ACT.SIGMOID, _z(3, 4), _z(2, 4), _z(3, 4), _z(3, 4))),
     ("dense_fwd W", lambda m: m.dense_forward(_z(3, 4), _z(5, 2), None, _z(3, 2), _z(3, 2))),
     ("dense_fwd b", lambda m: m.dense_forward(_z(3, 4), _z(4, 2), _z(3), _z(3, 2), _z(3, 2))),
     ("dense_fwd Z", lambda m: m.dense_forward(_z(3, 4), _z(4, 2), None, _z(3, 3), _z(3, 2))),
@@ -581,15 +595,19 @@ SHAPE_ERRORS = [
     ("ce_soft dZ", lambda m: m.softmax_cross_entropy_soft(_z(3, 4), _z(3, 4), _z(4, 4))),
     ("bce T", lambda m: m.sigmoid_binary_cross_entropy(_z(3, 4), _z(4, 3))),
     ("bce dZ", lambda m: m.sigmoid_binary_cross_entropy(_z(3, 4), _z(3, 4), _z(3, 5))),
-    ("regression T", lambda m: m.regression_loss(1, _z(3, 4), _z(3, 1))),
-    ("regression dP", lambda m: m.regression_loss(0, _z(3, 4), _z(3, 4), _z(1, 4))),
+    ("regression T", lambda m: m.regression_loss(LOSS.MSE, _z(3, 4), _z(3, 1))),
+    ("regression dP", lambda m: m.regression_loss(LOSS.L2, _z(3, 4), _z(3, 4), _z(1, 4))),
 ]
-# (description, call(impl)) with an unknown kind: ValueError.
+# (description, call(impl)) with an unknown kind (just past the table, or negative): ValueError.
 KIND_ERRORS = [
-    ("act_fwd kind 6", lambda m: m.activation_forward(6, _z(2, 2), _z(2, 2))),
+    ("act_fwd kind past the table", lambda m: m.activation_forward(len(ACT), _z(2, 2), _z(2, 2))),
     ("act_bwd kind -1", lambda m: m.activation_backward(-1, _z(2, 2), _z(2, 2), _z(2, 2), _z(2, 2))),
-    ("dense_fwd kind 9", lambda m: m.dense_forward(_z(2, 2), _z(2, 2), None, _z(2, 2), _z(2, 2), act=9)),
-    ("regression kind 3", lambda m: m.regression_loss(3, _z(2, 2), _z(2, 2))),
+    ("dense_fwd kind past the table", lambda m: m.dense_forward(_z(2, 2), _z(2, 2), None, _z(2, 2), _z(2, 2),
+                                                                act=len(ACT) + 3)),
+    ("dense_bwd kind past the table", lambda m: m.dense_backward(_z(3, 4), _z(4, 2), _z(3, 2), _z(3, 2), _z(3, 2),
+                                                                 _z(3, 2), _z(3, 4), _z(4, 2), _z(2), act=len(ACT))),
+    ("regression kind cross_entropy", lambda m: m.regression_loss(LOSS.CROSS_ENTROPY, _z(2, 2), _z(2, 2))),
+    ("regression kind past the table", lambda m: m.regression_loss(len(LOSS), _z(2, 2), _z(2, 2))),
 ]
 
 
@@ -649,17 +667,17 @@ def test_float32_tanh_is_bounded_and_accurate_everywhere():
     make 1 - y^2 negative), within 4e-7 of tanh, exact at 0 and for tiny arguments, NaN for NaN."""
     x = np.linspace(-12, 12, 400_001, dtype=np.float32).reshape(1, -1)
     y = np.empty_like(x)
-    activations.activation_forward(4, x, y, 0.0, 1)
+    activations.activation_forward(ACT.TANH, x, y, 0.0, 1)
     assert np.abs(y).max() <= 1.0
     np.testing.assert_allclose(y, np.tanh(x.astype(np.float64)), rtol=0, atol=4e-7)
     z = np.array([[np.nan, -0.0, 0.0, 1e-30, -3e-4, np.inf, -np.inf]], np.float32)
     w = np.empty_like(z)
-    activations.activation_forward(4, z, w, 0.0, 1)
+    activations.activation_forward(ACT.TANH, z, w, 0.0, 1)
     assert np.isnan(w[0, 0]) and np.signbit(w[0, 1]) and w[0, 2] == 0
     np.testing.assert_array_equal(w[0, 3:], np.array([1e-30, -3e-4, 1, -1], np.float32))
 
 
 def test_activation_table_covers_every_registered_kind():
     """A new activation (a class in fastnn.layers.activations.REGISTRY) needs its row in ACTIVATIONS above."""
-    from fastnn.layers.activations import CLASSES
-    assert {a[0] for a in ACTIVATIONS} == {cls.kind for cls in CLASSES.values()}
+    from fastnn.layers.activations import CLASSES, GELU
+    assert {a[0] for a in ACTIVATIONS} == {cls.kind for cls in CLASSES.values()} | {GELU(approximate="tanh").kind}

@@ -323,6 +323,15 @@ ACTIVATIONS = [
     ("sigmoid", lambda: "sigmoid"),
     ("tanh", lambda: "tanh"),
     ("softmax", lambda: "softmax"),
+    ("gelu", lambda: "gelu"),
+    ("gelu_tanh", lambda: fnn.layers.GELU(approximate="tanh")),
+    ("silu", lambda: "silu"),
+    ("swish", lambda: "swish"),
+    ("elu", lambda: "elu"),
+    ("elu_0.5", lambda: fnn.layers.ELU(0.5)),
+    ("selu", lambda: "selu"),
+    ("softplus", lambda: "softplus"),
+    ("mish", lambda: "mish"),
 ]
 
 
@@ -347,6 +356,9 @@ def test_gradcheck_activation_in_dense(name, act, n):
 ACTIVATION_LAYERS = [
     ("identity", fnn.layers.Identity), ("relu", fnn.layers.ReLU), ("leaky_relu", lambda: fnn.layers.LeakyReLU(0.3)),
     ("sigmoid", fnn.layers.Sigmoid), ("tanh", fnn.layers.Tanh), ("softmax", fnn.layers.Softmax),
+    ("gelu", fnn.layers.GELU), ("gelu_tanh", lambda: fnn.layers.GELU(approximate="tanh")), ("silu", fnn.layers.SiLU),
+    ("elu", lambda: fnn.layers.ELU(0.7)), ("selu", fnn.layers.SELU), ("softplus", fnn.layers.Softplus),
+    ("mish", fnn.layers.Mish),
 ]
 
 

@@ -211,3 +211,77 @@ def test_inference_plan_few_rows_of_a_large_layer(restore_threads, dtype, n_thre
         fast = m.predict(X[:n])
         ref = m.engine.forward(X[:n], False).copy()
         np.testing.assert_allclose(fast, ref, rtol=1e-6 if dtype == "float32" else 1e-13, atol=1e-6)
+
+
+PLAN_ACTIVATIONS = ["gelu", "gelu_tanh", "silu", "elu", "selu", "softplus", "mish", "sigmoid", "leaky_relu"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("act", PLAN_ACTIVATIONS)
+def test_plan_picks_up_every_activation(act, dtype):
+    """Every activation of the kind table trains through the compiled plan (fused in Dense and as a layer) and
+    gives the per-layer path's weights; the inference plan gives its predictions."""
+    from fastnn.layers.activations import get
+    make = (lambda: fnn.layers.GELU(approximate="tanh")) if act == "gelu_tanh" else (
+        (lambda: fnn.layers.ELU(0.6)) if act == "elu" else (lambda: get(act)))
+    before = fnn.get_num_threads()
+    fnn.set_num_threads(1)
+    try:
+        models = []
+        for compiled in (True, False):
+            m = fnn.Sequential([Dense(12, activation=make()), Dense(8), make(), Dense(5)], input_dim=7, seed=3,
+                               dtype=dtype)
+            m.compile("cross_entropy", fnn.optim.Adam(lr=3e-3))
+            m.trainer.compiled_plan = compiled
+            X, y = _data("cross_entropy")
+            m.fit(X, y, epochs=2, batch_size=16)
+            models.append(m)
+    finally:
+        fnn.set_num_threads(before)
+    a, b = models
+    assert a.trainer.train_plan is not None and b.trainer.train_plan is None
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(a.parameters, b.parameters, rtol=tol, atol=tol)
+    X = _data("cross_entropy", n=9, seed=1)[0].astype(dtype)
+    np.testing.assert_allclose(a.predict(X), a.predict(X, batch_size=9), rtol=tol, atol=tol)
+    assert a.trainer.infer_plans[1]
+
+
+def test_plan_state_checks_its_arguments():
+    """The compiled plan's setters reject what the nogil loops could not survive: kinds outside the table,
+    arrays of another dtype or shape, offsets outside the parameters, an incomplete chain."""
+    from fastnn._core import plan as KP
+    from fastnn._core.kinds import ACT, LOSS
+    p, g = np.zeros(30), np.zeros(30)
+    core = KP.Plan(p, g, 4, 2)
+    Z = lambda *s: np.zeros(s)
+    with pytest.raises(ValueError, match="unknown ACT kind"):
+        core.dense(0, len(ACT), 3, 5, 0, 15, False, 0.0, Z(4, 5), Z(4, 5), Z(4, 5), Z(4, 3))
+    with pytest.raises(ValueError, match="unknown ACT kind"):
+        core.activation(1, -1, 5, 0.0, Z(4, 5), Z(4, 5))
+    with pytest.raises(ValueError, match="offsets"):
+        core.dense(0, ACT.RELU, 3, 5, 20, -1, False, 0.0, Z(4, 5), Z(4, 5), Z(4, 5), Z(4, 3))
+    with pytest.raises(ValueError, match="float64"):
+        core.dense(0, ACT.RELU, 3, 5, 0, 15, False, 0.0, Z(4, 5).astype(np.float32), Z(4, 5), Z(4, 5), Z(4, 3))
+    with pytest.raises(ValueError, match="shape"):
+        core.dense(0, ACT.RELU, 3, 5, 0, 15, False, 0.0, Z(4, 5), Z(4, 6), Z(4, 5), Z(4, 3))
+    core.dense(0, ACT.GELU, 3, 5, 0, 15, False, 0.0, Z(4, 5), Z(4, 5), Z(4, 5), Z(4, 3))
+    with pytest.raises(ValueError, match="every layer"):
+        core.batch_buffers(Z(4, 3), np.zeros(4, np.intp), Z(4, 5), Z(4, 5))
+    core.activation(1, ACT.SOFTMAX, 5, 0.0, Z(4, 5), Z(4, 5), passthrough=True)
+    core.batch_buffers(Z(4, 3), np.zeros(4, np.intp), Z(4, 5), Z(4, 5))
+    with pytest.raises(ValueError, match="unknown LOSS kind"):
+        core.loss(len(LOSS))
+    with pytest.raises(ValueError, match="no optimizer"):
+        core.loss(LOSS.CROSS_ENTROPY)
+        KP.run_batches(core, Z(8, 3), np.zeros(8, np.intp), None, 0, 2, 0, 1)
+    with pytest.raises(ValueError, match="exactly"):
+        core.adam(1e-3, 0.9, 0.999, 1e-8, 0.0, False, Z(30), Z(30), None, 30)
+        core.guard(True, Z(30))
+    with pytest.raises(ValueError, match="backup"):
+        core.guard(True)
+    with pytest.raises(ValueError, match="the plan is float64"):
+        KP.run_batches(core, Z(8, 3).astype(np.float32), np.zeros(8, np.intp), None, 0, 2, 0, 1)
+    core.guard(False)
+    status, done, bad, value = KP.run_batches(core, Z(8, 3), np.zeros(8, np.intp), None, 0, 2, 0, 1)
+    assert (status, done) == (0, 2) and core.stats["n_samples"] == 8

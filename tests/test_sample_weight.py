@@ -4,6 +4,7 @@ import pytest
 
 import fastnn as fnn
 from fastnn._core import losses as K
+from fastnn._core.kinds import LOSS
 
 
 def _lse(z):
@@ -49,7 +50,7 @@ def _call(name, Z, T, G, w):
         return K.softmax_cross_entropy_soft(Z, T, G, w)
     if name == "bce":
         return K.sigmoid_binary_cross_entropy(Z, T, G, w)
-    return K.regression_loss({"l2": 0, "mse": 1, "mae": 2}[name], Z, T, G, w)
+    return K.regression_loss(LOSS.from_label(name), Z, T, G, w)
 
 
 @pytest.mark.parametrize("name", ["ce", "ce_soft", "bce", "l2", "mse", "mae"])

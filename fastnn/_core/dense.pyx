@@ -10,7 +10,8 @@ from libc.string cimport memset
 
 from fastnn._core._common cimport floating
 from fastnn._core cimport _blas
-from fastnn._core.activations cimport act_forward, act_forward_counted, act_backward, ACT_IDENTITY, N_ACT
+from fastnn._core.activations cimport act_forward, act_forward_counted, act_backward, check_act, kernel_ok
+from fastnn._core.kinds cimport FNN_ACT_IDENTITY
 from fastnn._core.activations import check_counts
 
 
@@ -20,15 +21,14 @@ cdef _check(str what, tuple got, tuple want):
 
 
 def dense_forward(const floating[:, ::1] X, const floating[:, ::1] W, const floating[::1] b,
-                  floating[:, ::1] Z, floating[:, ::1] Y, int act=ACT_IDENTITY, double alpha=0.0,
+                  floating[:, ::1] Z, floating[:, ::1] Y, int act=FNN_ACT_IDENTITY, double alpha=0.0,
                   int n_threads=1, int64_t[:, ::1] counts=None):
     """Z = X.W + b (OUT), Y = act(Z) (OUT; Y may be Z when act is the identity).  b may be None.
 
     counts (IN/OUT, optional): the activation's unit counters, (n_slots, n_out) int64 (see activations.pyx).
     """
     cdef Py_ssize_t n = X.shape[0], n_in = X.shape[1], n_out = W.shape[1]
-    if act < 0 or act >= N_ACT:
-        raise ValueError(f"dense_forward: unknown activation kind {act}")
+    check_act(act, "dense_forward")
     _check("W", (W.shape[0], W.shape[1]), (n_in, n_out))
     _check("Z", (Z.shape[0], Z.shape[1]), (n, n_out))
     _check("Y", (Y.shape[0], Y.shape[1]), (n, n_out))
@@ -40,6 +40,7 @@ def dense_forward(const floating[:, ::1] X, const floating[:, ::1] W, const floa
         check_counts(counts, n_out, "dense_forward")
     if n == 0 or n_out == 0:
         return
+    cdef int err
     with nogil:
         if n_in == 0:
             memset(&Z[0, 0], 0, n * n_out * sizeof(floating))
@@ -47,15 +48,16 @@ def dense_forward(const floating[:, ::1] X, const floating[:, ::1] W, const floa
             _blas.gemm(False, False, <int>n, <int>n_out, <int>n_in, <floating>1, &X[0, 0], <int>n_in,
                        &W[0, 0], <int>n_out, <floating>0, &Z[0, 0], <int>n_out)
         if counts is None:
-            act_forward(act, &Z[0, 0], &Y[0, 0], bp, n, n_out, alpha, n_threads)
+            err = act_forward(act, &Z[0, 0], &Y[0, 0], bp, n, n_out, alpha, n_threads)
         else:
-            act_forward_counted(act, &Z[0, 0], &Y[0, 0], bp, n, n_out, alpha, n_threads, &counts[0, 0],
-                                counts.shape[0])
+            err = act_forward_counted(act, &Z[0, 0], &Y[0, 0], bp, n, n_out, alpha, n_threads, &counts[0, 0],
+                                      counts.shape[0])
+    kernel_ok(err, "dense_forward")
 
 
 def dense_backward(const floating[:, ::1] X, const floating[:, ::1] W, const floating[:, ::1] Z,
                    const floating[:, ::1] Y, floating[:, ::1] dY, floating[:, ::1] dZ, floating[:, ::1] dX,
-                   floating[:, ::1] dW, floating[::1] db, int act=ACT_IDENTITY, double alpha=0.0,
+                   floating[:, ::1] dW, floating[::1] db, int act=FNN_ACT_IDENTITY, double alpha=0.0,
                    int n_threads=1):
     """Backward of dense_forward.
 
@@ -64,8 +66,7 @@ def dense_backward(const floating[:, ::1] X, const floating[:, ::1] W, const flo
     db = sum of dZ over rows (None: no bias), dX = dZ.W^T (None: not needed, e.g. the first layer).
     """
     cdef Py_ssize_t n = X.shape[0], n_in = X.shape[1], n_out = W.shape[1], i, j
-    if act < 0 or act >= N_ACT:
-        raise ValueError(f"dense_backward: unknown activation kind {act}")
+    check_act(act, "dense_backward")
     _check("W", (W.shape[0], W.shape[1]), (n_in, n_out))
     _check("dW", (dW.shape[0], dW.shape[1]), (n_in, n_out))
     for name, a in (("Z", Z), ("Y", Y), ("dY", dY), ("dZ", dZ)):
@@ -86,12 +87,13 @@ def dense_backward(const floating[:, ::1] X, const floating[:, ::1] W, const flo
         if dXp != NULL:
             memset(dXp, 0, n * n_in * sizeof(floating))
         return
+    cdef int err = 0
     with nogil:
-        if act == ACT_IDENTITY:
+        if act == FNN_ACT_IDENTITY:
             g = &dY[0, 0]
         else:
             g = &dZ[0, 0]
-            act_backward(act, &Z[0, 0], &Y[0, 0], &dY[0, 0], g, n, n_out, alpha, n_threads)
+            err = act_backward(act, &Z[0, 0], &Y[0, 0], &dY[0, 0], g, n, n_out, alpha, n_threads)
         if n_in > 0:
             _blas.gemm(True, False, <int>n_in, <int>n_out, <int>n, <floating>1, &X[0, 0], <int>n_in,
                        g, <int>n_out, <floating>0, &dW[0, 0], <int>n_out)
@@ -103,3 +105,4 @@ def dense_backward(const floating[:, ::1] X, const floating[:, ::1] W, const flo
         if dXp != NULL:
             _blas.gemm(False, True, <int>n, <int>n_in, <int>n_out, <floating>1, g, <int>n_out,
                        &W[0, 0], <int>n_out, <floating>0, dXp, <int>n_in)
+    kernel_ok(err, "dense_backward")

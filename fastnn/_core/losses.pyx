@@ -22,14 +22,11 @@ unweighted definition above (W = 1).
 Every logsumexp is shifted by the row max, and log(1 + e^z) is computed as max(z, 0) + log1p(e^-|z|):
 finite at logits of +-1000.
 """
-from libc.math cimport exp, log, log1p, fabs
+from libc.math cimport exp, log, log1p, fabs, NAN
 
 from fastnn._core._common cimport floating, f_log1pexp, f_sigmoid
-
-cdef enum:
-    LOSS_L2 = 0
-    LOSS_MSE = 1
-    LOSS_MAE = 2
+from fastnn._core.kinds cimport FNN_LOSS_L2, FNN_LOSS_MSE, FNN_LOSS_MAE
+from fastnn._core.kinds import LOSS
 
 
 cdef double _inv_weight_sum(str fn, const floating[::1] W, Py_ssize_t n, double per_row) except? -1:
@@ -214,18 +211,19 @@ def sigmoid_binary_cross_entropy(const floating[:, ::1] Z, const floating[:, ::1
 
 def regression_loss(int kind, const floating[:, ::1] P, const floating[:, ::1] T, floating[:, ::1] dP=None,
                     const floating[::1] W=None):
-    """kind 0 "l2" (sum of squares), 1 "mse" (mean of squares), 2 "mae" (mean absolute); dP (OUT) or None;
-    W (n,) per-sample weights (each row's k elements weighted by w_i) or None."""
+    """kind LOSS.L2 "l2" (sum of squares), LOSS.MSE "mse" (mean of squares), LOSS.MAE "mae" (mean absolute);
+    dP (OUT) or None; W (n,) per-sample weights (each row's k elements weighted by w_i) or None."""
     cdef Py_ssize_t n = P.shape[0], k = P.shape[1], N = n * k
-    if kind < 0 or kind > 2:
-        raise ValueError(f"regression_loss: unknown kind {kind}")
+    if kind != FNN_LOSS_L2 and kind != FNN_LOSS_MSE and kind != FNN_LOSS_MAE:
+        raise ValueError(f"regression_loss: unknown kind {kind!r}; known: {int(LOSS.L2)} l2, {int(LOSS.MSE)} mse, "
+                         f"{int(LOSS.MAE)} mae")
     _same("regression_loss", "predictions", (n, k), "targets", (T.shape[0], T.shape[1]))
     if dP is not None:
         _same("regression_loss", "predictions", (n, k), "gradient", (dP.shape[0], dP.shape[1]))
     if N == 0:
-        return (0.0 if kind == LOSS_L2 else float("nan")), 0
-    cdef double inv = 1.0 if kind == LOSS_L2 else _inv_weight_sum("regression_loss", W, n, <double>k)
-    if kind == LOSS_L2 and W is not None:
+        return (0.0 if kind == FNN_LOSS_L2 else float("nan")), 0
+    cdef double inv = 1.0 if kind == FNN_LOSS_L2 else _inv_weight_sum("regression_loss", W, n, <double>k)
+    if kind == FNN_LOSS_L2 and W is not None:
         _inv_weight_sum("regression_loss", W, n, 1.0)     # checks the length of W
     cdef floating *g = &dP[0, 0] if dP is not None else NULL
     cdef const floating *wp = &W[0] if W is not None else NULL
@@ -237,8 +235,11 @@ def regression_loss(int kind, const floating[:, ::1] P, const floating[:, ::1] T
 
 cdef double regression_core(int kind, const floating *P, const floating *T, floating *dP, const floating *W,
                             Py_ssize_t n, Py_ssize_t k, double inv) noexcept nogil:
-    """l2 / mse / mae of P against T (n, k), (weighted), gradient into dP (or NULL); returns total * inv."""
+    """l2 / mse / mae of P against T (n, k), (weighted), gradient into dP (or NULL); returns total * inv.  kind
+    is FNN_LOSS_L2, _MSE or _MAE (the callers check it); any other kind computes nothing and returns NaN."""
     cdef bint grad = dP != NULL, weighted = W != NULL
+    if kind != FNN_LOSS_L2 and kind != FNN_LOSS_MSE and kind != FNN_LOSS_MAE:
+        return NAN
     cdef const floating *p = P
     cdef const floating *t = T
     cdef floating *g = dP
@@ -249,7 +250,7 @@ cdef double regression_core(int kind, const floating *P, const floating *T, floa
         if weighted:
             wi = W[r]
         li = 0.0
-        if kind == LOSS_MAE:
+        if kind == FNN_LOSS_MAE:
             scale = wi * inv
             for i in range(r * k, r * k + k):
                 fd = p[i] - t[i]

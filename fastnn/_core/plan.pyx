@@ -8,37 +8,97 @@ the NaN/inf guard, clipping and the optimizer update over the flat parameter buf
 kernels, in the same order, on the same buffers as the per-layer path (fastnn/model.py ``_step``), so the
 two give the same weights.
 
-Layers are described by rows of ``spec`` (int64): [kind, act, n_in, n_out, w_off, b_off, need_dx] (kind 0
-Dense, 1 activation layer; b_off -1 without bias; for a fused output, a Dense layer's act is 0 and an
-activation layer's -1, a pass-through) and by the addresses of their buffers ``bufs`` [Z, Y, dZ, dX, OUT]
-(bs x n_out, bs x n_out, bs x n_out, bs x n_in, and which of Z / Y holds the layer's output; made and kept
-alive by the caller).
+The plan's state is one ``Plan`` object (a cdef class over C structs), filled once per model and batch size
+(the layers, ``dense`` / ``activation``, and the batch buffers) and per epoch (``loss``, ``sgd`` / ``adam``,
+``guard``, ``clip``), each setter validating its arguments (kinds against the table csrc/fnn_kinds.h, dtypes,
+shapes) so that the nogil loops need no checks:
 
-Return: (status, batches_done, bad_index, value).  status 0: all batches done; 1: non-finite loss (before the
-backward pass, weights untouched); 2: non-finite gradient at bad_index (before the update); 3: the update made
-parameter bad_index non-finite (its value in `value`; parameters and optimizer state restored from the copy);
-4: the update made optimizer state bad_index (0, 1, 2: s0, s1, s2) non-finite (restored).  batches_done counts completed updates.
+- ``PlanLayer``: kind (PLAN_LAYER: DENSE, ACTIVATION, or PASS, an output activation fused with the loss that
+  lets the logits through), activation kind and alpha, sizes, offsets of W and b in the flat parameters, and
+  the layer's buffers Z, Y, dZ, dX (bs x n_out, bs x n_out, bs x n_out, bs x n_in) and which of them holds its
+  output;
+- ``Update``: the optimizer kind (OPT) and its hyperparameters by name (``SGDHyper`` / ``AdamHyper``), the
+  weight-decay prefix and the state arrays;
+- the guard's backup buffers, the clipping thresholds, and the statistics of the last run (``RunStats``).
+
+``run_batches(plan, X, targets, perm, b0, b1, step, n_threads)`` returns (status, batches_done, bad_index, value),
+status a PLAN_STATUS: DONE; NONFINITE_LOSS (before the backward pass, weights untouched); NONFINITE_GRADIENT at
+bad_index (before the update); NONFINITE_PARAMETER: the update made parameter bad_index non-finite (its value in
+`value`; parameters and optimizer state restored from the copy); NONFINITE_STATE: the update made optimizer state
+bad_index (0, 1, 2: s0, s1, s2) non-finite (restored); BAD_KIND: a kind outside the table reached a kernel (an
+internal error: the setters check every kind).  batches_done counts completed updates.
 """
+from cpython.mem cimport PyMem_Calloc, PyMem_Free
 from libc.string cimport memcpy, memset
+
+import numpy as np
 
 from fastnn._core._common cimport floating
 from fastnn._core cimport _blas
-from fastnn._core.activations cimport act_forward, act_backward
+from fastnn._core.activations cimport act_forward, act_backward, check_act
 from fastnn._core.losses cimport ce_labels_core, regression_core
 from fastnn._core.optim cimport _sgd_range, _adam_range
 from fastnn._core.clip cimport clip_core
 from fastnn._core.guard cimport _first_nonfinite
 from fastnn._core.bound cimport Bounds, scan_max, sgd_safe, adam_safe
+from fastnn._core.kinds cimport (FNN_ACT_IDENTITY, FNN_LOSS_CROSS_ENTROPY, FNN_LOSS_L2, FNN_LOSS_MSE, FNN_LOSS_MAE,
+                                 FNN_OPT_SGD, FNN_OPT_ADAM, FNN_LAYER_DENSE, FNN_LAYER_ACTIVATION, FNN_LAYER_PASS,
+                                 FNN_STATUS_DONE, FNN_STATUS_NONFINITE_LOSS, FNN_STATUS_NONFINITE_GRADIENT,
+                                 FNN_STATUS_NONFINITE_PARAMETER, FNN_STATUS_NONFINITE_STATE, FNN_STATUS_BAD_KIND,
+                                 FNN_ERR_KIND)
+from fastnn._core.kinds import LOSS, OPT, check
 from cython.parallel cimport prange
 from fastnn._core._common cimport threads_for, FNN_MIN_PER_THREAD, FNN_MIN_GATHER_PER_THREAD
 
 cdef enum:
     _BLOCK = 2048
     _MAX_T = 256
-    OPT_SGD = 0
-    OPT_ADAM = 1
-    LOSS_CE = 0          # softmax cross-entropy, integer labels
-    LOSS_REG = 1         # l2 / mse / mae (reg_kind)
+
+
+cdef struct PlanLayer:
+    int kind                # FNN_LAYER_DENSE, _ACTIVATION or _PASS
+    int act                 # the activation kind (FNN_ACT_...); a Dense layer's own, FNN_ACT_IDENTITY for none
+    double alpha            # the activation's parameter
+    Py_ssize_t n_in, n_out
+    Py_ssize_t w_off, b_off # offsets of W (n_in, n_out) and b (n_out) in the flat parameters; b_off -1: no bias
+    bint need_dx            # Dense: compute dX (not for the first layer)
+    void *Z                 # (bs, n_out) pre-activation (Dense)
+    void *Y                 # (bs, n_out) activation output
+    void *dZ                # (bs, n_out) Dense: dY * act'(Z)
+    void *dX                # (bs, n_in) gradient toward the input
+    void *out               # Z or Y: the layer's output (a PASS layer's is never read: it is the last layer)
+
+
+cdef struct SGDHyper:       # torch.optim.SGD
+    double lr, momentum, dampening, weight_decay
+    bint nesterov
+
+cdef struct AdamHyper:      # torch.optim.Adam / AdamW (decoupled weight decay)
+    double lr, beta1, beta2, eps, weight_decay
+    bint decoupled
+
+cdef struct Update:
+    int kind                # FNN_OPT_SGD or FNN_OPT_ADAM: which of sgd / adam holds the hyperparameters
+    SGDHyper sgd
+    AdamHyper adam
+    Py_ssize_t n_decay      # weight decay applies to parameters [0, n_decay)
+    void *s0                # SGD: momentum_buffer (NULL without momentum); Adam: exp_avg
+    void *s1                # Adam: exp_avg_sq; SGD: NULL
+    void *s2                # Adam with amsgrad: max_exp_avg_sq; else NULL
+
+cdef struct StepConsts:     # what an update derives from the step count (the step after it, >= 1)
+    bint first              # SGD: the first step (the buffer starts as the gradient)
+    double step_size        # Adam: lr / (1 - beta1^step)
+    double bc2_sqrt         # Adam: sqrt(1 - beta2^step)
+    double wd               # Adam: the coupled weight decay (0 for AdamW)
+    double decay_factor     # Adam: 1 - lr * weight_decay for AdamW (1 for Adam)
+
+cdef struct RunStats:
+    double loss_sum         # sum of loss * batch size ("l2": of the loss, a sum already)
+    double n_correct        # correct predictions (cross-entropy)
+    double n_samples
+    double grad_norm        # the last gradient norm, when clipping
+    double n_backups        # guarded steps that took the backup (the others were proved finite by bound.pyx)
 
 
 cdef void _gemm_few_rows(Py_ssize_t m, Py_ssize_t nout, Py_ssize_t nin, const floating *x, const floating *W,
@@ -59,34 +119,36 @@ cdef void _gemm_few_rows(Py_ssize_t m, Py_ssize_t nout, Py_ssize_t nin, const fl
                    <floating>0, Z, <int>nout)
 
 
-cdef const floating *_forward_chain(const floating *x, Py_ssize_t m, const long long[:, ::1] spec,
-                                    const double[::1] alphas, const long long[:, ::1] bufs, const floating *prm,
-                                    int n_threads) noexcept nogil:
-    """The forward pass of a plan's chain for the m rows at x, through the plan's buffers; returns the output rows.
+cdef const floating *_forward_chain(const floating *x, Py_ssize_t m, const PlanLayer *layers, Py_ssize_t L,
+                                    const floating *prm, int n_threads) noexcept nogil:
+    """The forward pass of a plan's chain for the m rows at x, through the plan's buffers; returns the output rows
+    (NULL when a kernel rejected a kind: never for a plan built through its setters).
 
     A Dense layer is a GEMM (columns split over threads for a few rows of a large layer), then bias and
-    activation in one pass; an activation layer with act < 0 (an output activation fused with the loss) lets
-    the logits through."""
-    cdef Py_ssize_t l, nin, nout
-    cdef int kind, act
+    activation in one pass; a PASS layer (an output activation fused with the loss) lets the logits through."""
+    cdef Py_ssize_t l
+    cdef const PlanLayer *ly
     cdef floating *Z
     cdef floating *Y
-    for l in range(spec.shape[0]):
-        kind, act = <int>spec[l, 0], <int>spec[l, 1]
-        nin, nout = spec[l, 2], spec[l, 3]
-        Z = <floating *><size_t>bufs[l, 0]
-        Y = <floating *><size_t>bufs[l, 1]
-        if kind == 0:
-            if nin == 0:
-                memset(Z, 0, m * nout * sizeof(floating))
+    for l in range(L):
+        ly = &layers[l]
+        Z = <floating *>ly.Z
+        Y = <floating *>ly.Y
+        if ly.kind == FNN_LAYER_DENSE:
+            if ly.n_in == 0:
+                memset(Z, 0, m * ly.n_out * sizeof(floating))
             else:
-                _gemm_few_rows(m, nout, nin, x, prm + spec[l, 4], Z, n_threads)
-            act_forward(act, Z, Y if act != 0 else Z, prm + spec[l, 5] if spec[l, 5] >= 0 else NULL, m, nout,
-                        alphas[l], n_threads)
-            x = Y if act != 0 else Z
-        elif act >= 0:
-            act_forward(act, <floating *>x, Y, NULL, m, nout, alphas[l], n_threads)
+                _gemm_few_rows(m, ly.n_out, ly.n_in, x, prm + ly.w_off, Z, n_threads)
+            if act_forward(ly.act, Z, Y if ly.act != FNN_ACT_IDENTITY else Z,
+                           prm + ly.b_off if ly.b_off >= 0 else NULL, m, ly.n_out, ly.alpha, n_threads) != 0:
+                return NULL
+            x = Y if ly.act != FNN_ACT_IDENTITY else Z
+        elif ly.kind == FNN_LAYER_ACTIVATION:
+            if act_forward(ly.act, <floating *>x, Y, NULL, m, ly.n_out, ly.alpha, n_threads) != 0:
+                return NULL
             x = Y
+        elif ly.kind != FNN_LAYER_PASS:
+            return NULL
     return x
 
 
@@ -94,23 +156,40 @@ cdef inline Py_ssize_t _lo(Py_ssize_t t, Py_ssize_t nt, Py_ssize_t n) noexcept n
     return t * n // nt
 
 
-cdef inline void _update_range(int opt, floating *p, const floating *g, floating *s0, floating *s1, floating *s2,
-                               Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t n_decay, const double *h,
-                               const double *adam, double *mx) noexcept nogil:
+cdef inline void _consts(const Update *u, Py_ssize_t step, StepConsts *c) noexcept nogil:
+    """The step-dependent constants of an update (step >= 1: the count after it)."""
+    c.first = step == 1
+    c.step_size = c.bc2_sqrt = c.wd = c.decay_factor = 0.0
+    if u.kind == FNN_OPT_ADAM:
+        c.step_size = u.adam.lr / (1.0 - u.adam.beta1 ** step)
+        c.bc2_sqrt = (1.0 - u.adam.beta2 ** step) ** 0.5
+        c.wd = 0.0 if u.adam.decoupled else u.adam.weight_decay
+        c.decay_factor = 1.0 - u.adam.lr * u.adam.weight_decay if u.adam.decoupled else 1.0
+
+
+cdef inline void _update_range(const Update *u, const StepConsts *c, floating *p, const floating *g,
+                               Py_ssize_t i0, Py_ssize_t i1, double *mx) noexcept nogil:
     """The update of elements [i0, i1), exactly as optim.sgd_step / optim.adam_step do it (weight decay on
-    [0, n_decay) only).  h: the hyperparameters (see run_batches); adam: step_size, bc2_sqrt, wd_c, dfac, first.
-    mx (may be NULL): raised to the maxima of |p| and of each state written (mx[0..3])."""
-    cdef Py_ssize_t c = min(max(i0, n_decay), i1)
-    if opt == OPT_SGD:     # h: lr, momentum, dampening, weight_decay, nesterov
-        _sgd_range(p, g, s0, i0, c, <floating>h[0], <floating>h[1], <floating>h[2], <floating>h[3],
-                   h[4] != 0, adam[4] != 0, mx)
-        _sgd_range(p, g, s0, c, i1, <floating>h[0], <floating>h[1], <floating>h[2], <floating>0,
-                   h[4] != 0, adam[4] != 0, mx)
-    else:                  # h: lr, beta1, beta2, eps, weight_decay, decoupled
-        _adam_range(p, g, s0, s1, s2, i0, c, <floating>adam[0], <floating>h[1], <floating>h[2],
-                    <floating>h[3], <floating>adam[1], <floating>adam[2], <floating>adam[3], mx)
-        _adam_range(p, g, s0, s1, s2, c, i1, <floating>adam[0], <floating>h[1], <floating>h[2],
-                    <floating>h[3], <floating>adam[1], <floating>0, <floating>1, mx)
+    [0, n_decay) only).  u.kind is SGD or Adam (_update checks it).  mx (may be NULL): raised to the maxima of
+    |p| and of each state written (mx[0..3])."""
+    cdef Py_ssize_t cut = min(max(i0, u.n_decay), i1)
+    cdef floating *s0 = <floating *>u.s0
+    cdef floating *s1 = <floating *>u.s1
+    cdef floating *s2 = <floating *>u.s2
+    cdef const SGDHyper *h
+    cdef const AdamHyper *a
+    if u.kind == FNN_OPT_SGD:
+        h = &u.sgd
+        _sgd_range(p, g, s0, i0, cut, <floating>h.lr, <floating>h.momentum, <floating>h.dampening,
+                   <floating>h.weight_decay, h.nesterov, c.first, mx)
+        _sgd_range(p, g, s0, cut, i1, <floating>h.lr, <floating>h.momentum, <floating>h.dampening, <floating>0,
+                   h.nesterov, c.first, mx)
+    else:
+        a = &u.adam
+        _adam_range(p, g, s0, s1, s2, i0, cut, <floating>c.step_size, <floating>a.beta1, <floating>a.beta2,
+                    <floating>a.eps, <floating>c.bc2_sqrt, <floating>c.wd, <floating>c.decay_factor, mx)
+        _adam_range(p, g, s0, s1, s2, cut, i1, <floating>c.step_size, <floating>a.beta1, <floating>a.beta2,
+                    <floating>a.eps, <floating>c.bc2_sqrt, <floating>0, <floating>1, mx)
 
 
 cdef inline bint _bad_block(const floating *x, Py_ssize_t i0, Py_ssize_t i1) noexcept nogil:
@@ -130,57 +209,54 @@ cdef inline void _copy_block(floating *dst, const floating *src, Py_ssize_t i0, 
         memcpy(dst + i0, src + i0, (i1 - i0) * sizeof(floating))
 
 
-cdef int _guarded_range(int opt, floating *p, const floating *g, floating *s0, floating *s1, floating *s2,
-                        floating *B, floating *B0, floating *B1, floating *B2, Py_ssize_t a, Py_ssize_t b,
-                        Py_ssize_t n_decay, const double *h, const double *adam) noexcept nogil:
+cdef int _guarded_range(const Update *u, const StepConsts *c, floating *p, const floating *g, floating *B,
+                        floating *B0, floating *B1, floating *B2, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     """The guarded update of elements [a, b), block by block (backup copy, update, check while in cache)."""
     cdef Py_ssize_t i0 = a, i1
     cdef int bad = 0
+    cdef floating *s0 = <floating *>u.s0
+    cdef floating *s1 = <floating *>u.s1
+    cdef floating *s2 = <floating *>u.s2
     while i0 < b:
         i1 = min(i0 + _BLOCK, b)
         _copy_block(B, p, i0, i1)
         _copy_block(B0, s0, i0, i1)
         _copy_block(B1, s1, i0, i1)
         _copy_block(B2, s2, i0, i1)
-        _update_range(opt, p, g, s0, s1, s2, i0, i1, n_decay, h, adam, NULL)
+        _update_range(u, c, p, g, i0, i1, NULL)
         bad |= _bad_block(p, i0, i1) | _bad_block(s0, i0, i1) | _bad_block(s1, i0, i1) | _bad_block(s2, i0, i1)
         i0 = i1
     return bad
 
 
-cdef bint _update(int opt, floating *p, const floating *g, floating *s0, floating *s1, floating *s2,
-                  floating *B, floating *B0, floating *B1, floating *B2,
-                  Py_ssize_t n, Py_ssize_t n_decay, const double *h, Py_ssize_t step, int n_threads,
-                  Bounds *mx) noexcept nogil:
+cdef int _update(const Update *u, floating *p, const floating *g, floating *B, floating *B0, floating *B1,
+                 floating *B2, Py_ssize_t n, Py_ssize_t step, int n_threads, Bounds *mx) noexcept nogil:
     """One optimizer step (step >= 1: the count after it).  With backups (B != NULL: the NaN guard could not prove
     the step finite), the update runs block by block: each block of the parameters and state is copied into the
     backups just before it is updated and checked for NaN/inf just after, while it is in cache, instead of three
-    separate passes over the whole buffers.  Returns whether some updated parameter or state element is
-    non-finite (the caller then restores from the backups, which hold the whole buffers from before the step).
+    separate passes over the whole buffers.  Returns 1 when some updated parameter or state element is
+    non-finite (the caller then restores from the backups, which hold the whole buffers from before the step),
+    0 otherwise, and FNN_ERR_KIND (nothing done) for an optimizer kind outside SGD / Adam.
     Without backups and with mx != NULL, *mx receives the maxima of |p| and of each state after the update."""
     cdef int nt = threads_for(n, n_threads, FNN_MIN_PER_THREAD)
     cdef Py_ssize_t t
-    cdef double adam[5]
+    cdef StepConsts c
     cdef int bad[_MAX_T]
     cdef double part[_MAX_T][4]
     cdef bint any_bad = 0
+    if u.kind != FNN_OPT_SGD and u.kind != FNN_OPT_ADAM:
+        return FNN_ERR_KIND
     if nt > _MAX_T:
         nt = _MAX_T
-    adam[4] = step == 1
-    if opt == OPT_ADAM:
-        adam[0] = h[0] / (1.0 - h[1] ** step)
-        adam[1] = (1.0 - h[2] ** step) ** 0.5
-        adam[2] = 0.0 if h[5] != 0 else h[4]
-        adam[3] = 1.0 - h[0] * h[4] if h[5] != 0 else 1.0
+    _consts(u, step, &c)
     if B == NULL:      # the update kernels track the maxima anyway: collect them per thread, keep them if asked
         if nt <= 1:
             part[0][0] = part[0][1] = part[0][2] = part[0][3] = 0.0
-            _update_range(opt, p, g, s0, s1, s2, 0, n, n_decay, h, adam, &part[0][0])
+            _update_range(u, &c, p, g, 0, n, &part[0][0])
         else:
             for t in prange(nt, num_threads=nt, schedule="static"):
                 part[t][0] = part[t][1] = part[t][2] = part[t][3] = 0.0
-                _update_range(opt, p, g, s0, s1, s2, _lo(t, nt, n), _lo(t + 1, nt, n), n_decay, h, adam,
-                              &part[t][0])
+                _update_range(u, &c, p, g, _lo(t, nt, n), _lo(t + 1, nt, n), &part[t][0])
         if mx != NULL:
             mx.P, mx.S0, mx.S1, mx.S2 = part[0][0], part[0][1], part[0][2], part[0][3]
             for t in range(1, nt):
@@ -190,10 +266,9 @@ cdef bint _update(int opt, floating *p, const floating *g, floating *s0, floatin
                 mx.S2 = max(mx.S2, part[t][3])
         return 0
     if nt <= 1:        # no parallel region for one thread (GOMP_parallel costs ~1 us per step even then)
-        return _guarded_range(opt, p, g, s0, s1, s2, B, B0, B1, B2, 0, n, n_decay, h, adam)
+        return _guarded_range(u, &c, p, g, B, B0, B1, B2, 0, n)
     for t in prange(nt, num_threads=nt, schedule="static"):
-        bad[t] = _guarded_range(opt, p, g, s0, s1, s2, B, B0, B1, B2, _lo(t, nt, n), _lo(t + 1, nt, n), n_decay,
-                                h, adam)
+        bad[t] = _guarded_range(u, &c, p, g, B, B0, B1, B2, _lo(t, nt, n), _lo(t + 1, nt, n))
     for t in range(nt):
         any_bad |= bad[t] != 0
     return any_bad
@@ -216,79 +291,260 @@ cdef bint _refresh(Bounds *bd, const floating *p, const floating *s0, const floa
     return not bad
 
 
-cdef inline bint _proved(int opt, bint dbl, const Bounds *bd, double G, const double *h, bint has_s0,
-                         bint amsgrad, Py_ssize_t step) noexcept nogil:
-    """bound.sgd_safe / adam_safe with the plan's hyperparameters h (see run_batches)."""
-    if opt == OPT_SGD:
-        return sgd_safe(dbl, bd, G, has_s0, h[0], h[1], h[2], h[3], h[4] != 0, step == 1)
-    return adam_safe(dbl, bd, G, amsgrad, h[0], h[1], h[2], h[3], h[4], h[5] != 0, step)
+cdef inline bint _proved(const Update *u, bint dbl, const Bounds *bd, double G, Py_ssize_t step) noexcept nogil:
+    """bound.sgd_safe / adam_safe with the plan's hyperparameters (0: not proved, also for an unknown kind)."""
+    if u.kind == FNN_OPT_SGD:
+        return sgd_safe(dbl, bd, G, u.s0 != NULL, u.sgd.lr, u.sgd.momentum, u.sgd.dampening, u.sgd.weight_decay,
+                        u.sgd.nesterov, step == 1)
+    if u.kind == FNN_OPT_ADAM:
+        return adam_safe(dbl, bd, G, u.s2 != NULL, u.adam.lr, u.adam.beta1, u.adam.beta2, u.adam.eps,
+                         u.adam.weight_decay, u.adam.decoupled, step)
+    return 0
 
 
-cdef inline floating *_ptr(floating[::1] a) noexcept:
-    return &a[0] if a is not None and a.shape[0] > 0 else NULL
+cdef void *_addr(object a):
+    return <void *><size_t>a.__array_interface__["data"][0]
 
 
-def run_batches(const floating[:, ::1] X, object targets, const Py_ssize_t[::1] perm,
-                Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t bs,
-                const long long[:, ::1] spec, const double[::1] alphas, const long long[:, ::1] bufs,
-                floating[::1] params, floating[::1] grads, floating[:, ::1] Xb, object Tb, floating[:, ::1] dout,
-                int loss_kind, int reg_kind, int opt, const double[::1] hyper, Py_ssize_t step,
-                Py_ssize_t n_decay, floating[::1] s0, floating[::1] s1, floating[::1] s2,
-                bint guard, floating[::1] backup, floating[::1] bs0, floating[::1] bs1, floating[::1] bs2,
-                double clip_value, double max_norm, double[::1] stats, int n_threads):
+cdef class Plan:
+    """The state of a compiled plan for one model (flat parameters and gradients) at one batch size.
+
+    Made by fastnn/_plan.py: ``Plan(params, grads, bs, n_layers)``, one ``dense`` / ``activation`` call per
+    layer and ``batch_buffers`` once; then, before a run, ``loss``, ``sgd`` or ``adam``, ``guard`` and ``clip``.
+    Every array it is given must be C-contiguous, of the parameters' dtype (labels: intp), and of the documented
+    shape; it keeps a reference to each, so the raw pointers in its C structs stay valid."""
+    cdef PlanLayer *layers
+    cdef Py_ssize_t n_layers, bs, P
+    cdef object dtype
+    cdef bint dbl
+    cdef void *params
+    cdef void *grads
+    cdef void *Xb               # (bs, n_in) the gathered batch
+    cdef void *dout             # (bs, k) the gradient of the loss with respect to the output
+    cdef Py_ssize_t *labels     # (bs,) the batch's labels (cross-entropy)
+    cdef void *Tb               # (bs, k) the batch's targets (regression)
+    cdef int loss_kind          # FNN_LOSS_...; -1 until loss() is called
+    cdef Update update          # kind -1 until sgd() / adam() is called
+    cdef bint guard_on
+    cdef void *backup           # the parameters' backup (guard); NULL without the guard
+    cdef void *bs0
+    cdef void *bs1
+    cdef void *bs2              # the optimizer states' backups (NULL where a state is absent)
+    cdef double clip_value      # > 0: clip each gradient element to +-clip_value
+    cdef double max_norm        # >= 0: scale the gradient to this norm at most
+    cdef RunStats st
+    cdef dict _keep             # the arrays the pointers above point into
+    cdef bytearray _set         # which layers were given
+
+    def __cinit__(self, params, grads, Py_ssize_t bs, Py_ssize_t n_layers):
+        self.layers = <PlanLayer *>PyMem_Calloc(max(n_layers, 1), sizeof(PlanLayer))
+        if self.layers == NULL:
+            raise MemoryError()
+
+    def __init__(self, params, grads, Py_ssize_t bs, Py_ssize_t n_layers):
+        if params.dtype not in (np.float32, np.float64) or params.ndim != 1 or not params.flags.c_contiguous:
+            raise ValueError(f"Plan: parameters must be a contiguous float32 or float64 vector, got {params.dtype}")
+        if bs < 1 or n_layers < 0:
+            raise ValueError(f"Plan: bad batch size {bs} or layer count {n_layers}")
+        self.dtype, self.dbl = params.dtype, params.dtype == np.float64
+        self.P, self.bs, self.n_layers = params.shape[0], bs, n_layers
+        self._keep = {}
+        self._set = bytearray(n_layers)
+        self.params = self._arr("params", params, (self.P,))
+        self.grads = self._arr("grads", grads, (self.P,))
+        self.loss_kind = -1
+        self.update.kind = -1
+        self.clip_value = self.max_norm = -1.0
+
+    def __dealloc__(self):
+        PyMem_Free(self.layers)
+
+    cdef void *_arr(self, key, a, tuple shape, dtype=None) except? NULL:
+        """Check a (dtype, C-contiguous, shape), keep it, return its data pointer (NULL for None or empty)."""
+        if a is None:
+            self._keep.pop(key, None)
+            return NULL
+        want = self.dtype if dtype is None else np.dtype(dtype)
+        if a.dtype != want or not a.flags.c_contiguous or a.shape != shape:
+            raise ValueError(f"Plan: {key} must be a C-contiguous {want} array of shape {shape}, got {a.dtype} "
+                             f"{a.shape}")
+        self._keep[key] = a
+        return _addr(a) if a.size else NULL
+
+    cdef PlanLayer *_layer(self, Py_ssize_t l, Py_ssize_t n_in, Py_ssize_t n_out) except NULL:
+        if not 0 <= l < self.n_layers:
+            raise ValueError(f"Plan: layer {l} outside [0, {self.n_layers})")
+        if n_in < 0 or n_out < 0:
+            raise ValueError(f"Plan: layer {l} has sizes {n_in} -> {n_out}")
+        self._set[l] = 1
+        return &self.layers[l]
+
+    def dense(self, Py_ssize_t l, int act, Py_ssize_t n_in, Py_ssize_t n_out, Py_ssize_t w_off, Py_ssize_t b_off,
+              bint need_dx, double alpha, Z, Y, dZ, dX):
+        """Layer l: Dense (n_in -> n_out) with activation act (FNN_ACT_IDENTITY for none: the output is Z),
+        W at w_off and b at b_off (-1: no bias) in the parameters; buffers Z, Y, dZ (bs, n_out), dX (bs, n_in)."""
+        check_act(act, "Plan.dense")
+        if w_off < 0 or w_off + n_in * n_out > self.P or b_off < -1 or (b_off >= 0 and b_off + n_out > self.P):
+            raise ValueError(f"Plan.dense: layer {l}: offsets {w_off}, {b_off} outside the {self.P} parameters")
+        cdef PlanLayer *ly = self._layer(l, n_in, n_out)
+        ly.kind, ly.act, ly.alpha, ly.n_in, ly.n_out = FNN_LAYER_DENSE, act, alpha, n_in, n_out
+        ly.w_off, ly.b_off, ly.need_dx = w_off, b_off, need_dx
+        ly.Z = self._arr(("Z", l), Z, (self.bs, n_out))
+        ly.Y = self._arr(("Y", l), Y, (self.bs, n_out))
+        ly.dZ = self._arr(("dZ", l), dZ, (self.bs, n_out))
+        ly.dX = self._arr(("dX", l), dX, (self.bs, n_in))
+        ly.out = ly.Z if act == FNN_ACT_IDENTITY else ly.Y
+
+    def activation(self, Py_ssize_t l, int act, Py_ssize_t n, double alpha, Y, dX, bint passthrough=False):
+        """Layer l: an activation layer of kind act over n features; buffers Y and dX (bs, n).  passthrough: it
+        is the output activation fused with the loss (a PASS layer: the logits go through, nothing computed)."""
+        check_act(act, "Plan.activation")
+        cdef PlanLayer *ly = self._layer(l, n, n)
+        ly.kind = FNN_LAYER_PASS if passthrough else FNN_LAYER_ACTIVATION
+        ly.act, ly.alpha, ly.n_in, ly.n_out, ly.w_off, ly.b_off, ly.need_dx = act, alpha, n, n, -1, -1, 1
+        ly.Z = ly.dZ = NULL
+        ly.Y = self._arr(("Y", l), Y, (self.bs, n))
+        ly.dX = self._arr(("dX", l), dX, (self.bs, n))
+        ly.out = ly.Y
+
+    def batch_buffers(self, Xb, labels, Tb, dout):
+        """The batch's rows Xb (bs, n_in), labels (bs,) intp, targets Tb (bs, k) and output gradient dout (bs, k)."""
+        self._check_chain()
+        k = self.layers[self.n_layers - 1].n_out
+        self.Xb = self._arr("Xb", Xb, (self.bs, self.layers[0].n_in))
+        self.labels = <Py_ssize_t *>self._arr("labels", labels, (self.bs,), np.intp)
+        self.Tb = self._arr("Tb", Tb, (self.bs, k))
+        self.dout = self._arr("dout", dout, (self.bs, k))
+
+    cdef _check_chain(self):
+        if self.n_layers == 0 or not all(self._set):
+            raise ValueError("Plan: every layer must be given before the batch buffers")
+        for l in range(1, self.n_layers):
+            if self.layers[l].n_in != self.layers[l - 1].n_out:
+                raise ValueError(f"Plan: layer {l} takes {self.layers[l].n_in} features, layer {l - 1} gives "
+                                 f"{self.layers[l - 1].n_out}")
+
+    def loss(self, int kind):
+        """The loss: LOSS.CROSS_ENTROPY (softmax cross-entropy on integer labels), LOSS.L2, LOSS.MSE or LOSS.MAE."""
+        if kind not in (FNN_LOSS_CROSS_ENTROPY, FNN_LOSS_L2, FNN_LOSS_MSE, FNN_LOSS_MAE):
+            check(LOSS, kind, "Plan.loss")
+            raise ValueError(f"Plan.loss: the plan computes no {LOSS(kind).label} loss")
+        self.loss_kind = kind
+
+    cdef _states(self, Py_ssize_t n_decay, s0, s1, s2):
+        self.update.n_decay = max(0, min(n_decay, self.P))
+        self.update.s0 = self._arr("s0", s0, (self.P,))
+        self.update.s1 = self._arr("s1", s1, (self.P,))
+        self.update.s2 = self._arr("s2", s2, (self.P,))
+
+    def sgd(self, double lr, double momentum, double dampening, double weight_decay, bint nesterov, momentum_buffer,
+            Py_ssize_t n_decay):
+        """torch.optim.SGD: momentum_buffer (P,) or None (no momentum); weight decay on [0, n_decay)."""
+        self.update.kind = FNN_OPT_SGD
+        self.update.sgd = SGDHyper(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                                   nesterov=nesterov)
+        self._states(n_decay, momentum_buffer, None, None)
+
+    def adam(self, double lr, double beta1, double beta2, double eps, double weight_decay, bint decoupled, exp_avg,
+             exp_avg_sq, max_exp_avg_sq, Py_ssize_t n_decay):
+        """torch.optim.Adam (decoupled: AdamW): the states (P,), max_exp_avg_sq None without amsgrad."""
+        if exp_avg is None or exp_avg_sq is None:
+            raise ValueError("Plan.adam: exp_avg and exp_avg_sq are needed")
+        self.update.kind = FNN_OPT_ADAM
+        self.update.adam = AdamHyper(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                                     decoupled=decoupled)
+        self._states(n_decay, exp_avg, exp_avg_sq, max_exp_avg_sq)
+
+    def guard(self, bint on, backup=None, backup_s0=None, backup_s1=None, backup_s2=None):
+        """The NaN guard on (backup: the parameters' backup buffer (P,), and one per present state) or off."""
+        if on and backup is None:
+            raise ValueError("Plan.guard: the guard needs the parameters' backup buffer")
+        self.guard_on = on
+        if not on:
+            backup = backup_s0 = backup_s1 = backup_s2 = None
+        self.backup = self._arr("backup", backup, (self.P,))
+        present = (self.update.s0 != NULL, self.update.s1 != NULL, self.update.s2 != NULL)
+        for key, b, has in zip(("bs0", "bs1", "bs2"), (backup_s0, backup_s1, backup_s2), present):
+            if self.guard_on and (b is None) == has:
+                raise ValueError(f"Plan.guard: {key} must be given exactly for a present optimizer state")
+        self.bs0 = self._arr("bs0", backup_s0, (self.P,))
+        self.bs1 = self._arr("bs1", backup_s1, (self.P,))
+        self.bs2 = self._arr("bs2", backup_s2, (self.P,))
+
+    def clip(self, double clip_value=-1.0, double max_norm=-1.0):
+        """Gradient clipping: each element to +-clip_value (when > 0), then the norm to max_norm (when >= 0)."""
+        self.clip_value, self.max_norm = clip_value, max_norm
+
+    @property
+    def stats(self):
+        """The last run's statistics: {loss_sum, n_correct, n_samples, grad_norm, n_backups}."""
+        return dict(self.st)
+
+
+def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ssize_t[::1] perm, Py_ssize_t b0,
+                Py_ssize_t b1, Py_ssize_t step, int n_threads):
     """Run batches b0 .. b1-1 of an epoch over X (n, n_in) (rows perm[b*bs : (b+1)*bs], or in order when perm
-    is None).  targets: int labels (n,) for LOSS_CE, floating (n, k) for LOSS_REG; Tb the batch buffer of the
-    same kind.  step: the optimizer's step count before the first batch.  stats (IN/OUT, double):
-    [sum of loss * batch size, correct predictions, samples, last gradient norm (with clipping), guarded steps
-    that took the backup (the others were proved finite by bound.pyx)].
+    is None).  targets: int labels (n,) for cross-entropy, floating (n, k) for the regression losses.  step: the
+    optimizer's step count before the first batch.  The statistics of the run: ``plan.stats``.
 
-    The NaN guard (guard=True): each step's gradient is scanned once for NaN/inf (status 2, nothing updated) and
-    for G = max |g|; the update then runs without any copy when bound.pyx proves from G and bounds of |p| and of
-    the state (one scan when the call starts, then carried from step to step) that it stays finite, and
-    otherwise the old way: block by block, backup copy, update, check, and a restore of everything on failure."""
-    cdef Py_ssize_t n = X.shape[0], n_in0 = X.shape[1], L = spec.shape[0], P = params.shape[0]
-    cdef Py_ssize_t k = dout.shape[1]
+    The NaN guard (plan.guard given a backup): each step's gradient is scanned once for NaN/inf (status
+    NONFINITE_GRADIENT, nothing updated) and for G = max |g|; the update then runs without any copy when
+    bound.pyx proves from G and bounds of |p| and of the state (one scan when the call starts, then carried from
+    step to step) that it stays finite, and otherwise the old way: block by block, backup copy, update, check, and
+    a restore of everything on failure."""
+    cdef Py_ssize_t n = X.shape[0], n_in0 = X.shape[1], L = plan.n_layers, P = plan.P, bs = plan.bs
+    cdef bint same_dtype
+    if floating is double:
+        same_dtype = plan.dbl
+    else:
+        same_dtype = not plan.dbl
+    if not same_dtype:
+        raise ValueError(f"run_batches: X is {np.asarray(X).dtype}, the plan is {plan.dtype}")
+    if plan.Xb == NULL or plan.layers[0].n_in != n_in0:
+        raise ValueError("run_batches: X does not match the plan (or its batch buffers are missing)")
+    if plan.loss_kind < 0 or plan.update.kind < 0:
+        raise ValueError("run_batches: the plan has no loss or no optimizer")
+    if perm is not None and perm.shape[0] < min(b1 * bs, n):
+        raise ValueError("run_batches: the permutation is shorter than the batches")
+    cdef Py_ssize_t k = plan.layers[L - 1].n_out
     cdef const Py_ssize_t[::1] lab
-    cdef Py_ssize_t[::1] labb
     cdef const floating[:, ::1] T
-    cdef floating[:, ::1] Tbf
     cdef const Py_ssize_t *labp = NULL
-    cdef Py_ssize_t *labbp = NULL
     cdef const floating *Tp = NULL
-    cdef floating *Tbp = NULL
-    if loss_kind == LOSS_CE:
+    cdef int lk = plan.loss_kind
+    if lk == FNN_LOSS_CROSS_ENTROPY:
         lab = targets
-        labb = Tb
-        labp, labbp = &lab[0], &labb[0]
+        if lab.shape[0] != n:
+            raise ValueError("run_batches: labels do not match X")
+        labp = &lab[0] if n > 0 else NULL
     else:
         T = targets
-        Tbf = Tb
-        Tp, Tbp = &T[0, 0], &Tbf[0, 0]
-    if (Xb.shape[0] < bs or Xb.shape[1] != n_in0 or dout.shape[0] < bs or spec.shape[1] < 7 or bufs.shape[0] != L
-            or bufs.shape[1] < 5 or hyper.shape[0] < 6 or stats.shape[0] < 5 or (guard and backup is None)):
-        raise ValueError("run_batches: buffers do not match the plan")
-    cdef const Py_ssize_t *pp = &perm[0] if perm is not None else NULL
-    cdef floating *prm = &params[0]
-    cdef floating *grd = &grads[0]
-    cdef floating *xb = &Xb[0, 0]
-    cdef floating *dy0 = &dout[0, 0]
-    cdef floating *S0 = _ptr(s0)
-    cdef floating *S1 = _ptr(s1)
-    cdef floating *S2 = _ptr(s2)
-    cdef floating *B = _ptr(backup) if guard else NULL
-    cdef floating *B0 = _ptr(bs0)
-    cdef floating *B1 = _ptr(bs1)
-    cdef floating *B2 = _ptr(bs2)
-    cdef const double *h = &hyper[0]
-    cdef Py_ssize_t b, start, m, i, j, r, l, src, nin, nout, bad = -1, n_correct
-    cdef int status = 0, kind, act, nt
+        if T.shape[0] != n or T.shape[1] != k:
+            raise ValueError("run_batches: targets do not match X and the output")
+        Tp = &T[0, 0] if n > 0 else NULL
+    cdef const Update *u = &plan.update
+    cdef RunStats *st = &plan.st
+    cdef const PlanLayer *ly
+    cdef const Py_ssize_t *pp = &perm[0] if perm is not None and perm.shape[0] > 0 else NULL
+    cdef floating *prm = <floating *>plan.params
+    cdef floating *grd = <floating *>plan.grads
+    cdef floating *xb = <floating *>plan.Xb
+    cdef floating *dy0 = <floating *>plan.dout
+    cdef Py_ssize_t *labbp = plan.labels
+    cdef floating *Tbp = <floating *>plan.Tb
+    cdef floating *S0 = <floating *>u.s0
+    cdef floating *S1 = <floating *>u.s1
+    cdef floating *S2 = <floating *>u.s2
+    cdef bint guard = plan.guard_on
+    cdef floating *B = <floating *>plan.backup if guard else NULL
+    cdef floating *B0 = <floating *>plan.bs0
+    cdef floating *B1 = <floating *>plan.bs1
+    cdef floating *B2 = <floating *>plan.bs2
+    cdef double clip_value = plan.clip_value, max_norm = plan.max_norm
+    cdef Py_ssize_t b = b0, start, m, i, j, r, l, bad = -1, n_correct
+    cdef int status = FNN_STATUS_DONE, nt, up
     cdef double loss = 0.0, value = 0.0, inv
     cdef const floating *x
-    cdef const floating *Wp
-    cdef floating *Z
-    cdef floating *Y
-    cdef floating *dZ
-    cdef floating *dX
     cdef floating *g
     cdef floating *dbp
     cdef floating *dy
@@ -313,101 +569,112 @@ def run_batches(const floating[:, ::1] X, object targets, const Py_ssize_t[::1] 
                 r = pp[start + i] if pp != NULL else start + i
                 if nt <= 1:
                     memcpy(xb + i * n_in0, &X[r, 0], row_x)
-                if loss_kind == LOSS_CE:
+                if lk == FNN_LOSS_CROSS_ENTROPY:
                     labbp[i] = labp[r]
                 else:
                     memcpy(Tbp + i * k, Tp + r * k, k * sizeof(floating))
             # ---- forward
-            x = _forward_chain(xb, m, spec, alphas, bufs, prm, n_threads)
-            out = x
+            out = _forward_chain(xb, m, plan.layers, L, prm, n_threads)
+            if out == NULL:
+                status = FNN_STATUS_BAD_KIND
+                break
             # ---- loss and its gradient
             n_correct = 0
-            if loss_kind == LOSS_CE:
+            if lk == FNN_LOSS_CROSS_ENTROPY:
                 loss = ce_labels_core(out, labbp, dy0, <const floating *>NULL, m, k, 1.0 / (1.0 * m),
                                       &n_correct, &bad)
             else:
-                inv = 1.0 if reg_kind == 0 else 1.0 / (<double>k * m)
-                loss = regression_core(reg_kind, out, Tbp, dy0, <const floating *>NULL, m, k, inv)
+                inv = 1.0 if lk == FNN_LOSS_L2 else 1.0 / (<double>k * m)
+                loss = regression_core(lk, out, Tbp, dy0, <const floating *>NULL, m, k, inv)
             if guard and not (loss - loss == 0):
-                status = 1
+                status = FNN_STATUS_NONFINITE_LOSS
                 break
             # ---- backward (reverse order)
             dy = dy0
             for l in range(L - 1, -1, -1):
-                kind, act = <int>spec[l, 0], <int>spec[l, 1]
-                nin, nout = spec[l, 2], spec[l, 3]
-                Z = <floating *><size_t>bufs[l, 0]
-                Y = <floating *><size_t>bufs[l, 1]
-                dZ = <floating *><size_t>bufs[l, 2]
-                dX = <floating *><size_t>bufs[l, 3]
-                x = xb if l == 0 else <const floating *><size_t>bufs[l - 1, 4]
-                if kind == 0:
-                    if act == 0:
+                ly = &plan.layers[l]
+                x = xb if l == 0 else <const floating *>plan.layers[l - 1].out
+                if ly.kind == FNN_LAYER_DENSE:
+                    if ly.act == FNN_ACT_IDENTITY:
                         g = dy
                     else:
-                        g = dZ
-                        act_backward(act, Z, Y, dy, g, m, nout, alphas[l], n_threads)
-                    if nin > 0:
-                        _blas.gemm(True, False, <int>nin, <int>nout, <int>m, <floating>1, x, <int>nin,
-                                   g, <int>nout, <floating>0, grd + spec[l, 4], <int>nout)
-                    if spec[l, 5] >= 0:
-                        dbp = grd + spec[l, 5]
-                        memset(dbp, 0, nout * sizeof(floating))
+                        g = <floating *>ly.dZ
+                        if act_backward(ly.act, <floating *>ly.Z, <floating *>ly.Y, dy, g, m, ly.n_out, ly.alpha,
+                                        n_threads) != 0:
+                            status = FNN_STATUS_BAD_KIND
+                            break
+                    if ly.n_in > 0:
+                        _blas.gemm(True, False, <int>ly.n_in, <int>ly.n_out, <int>m, <floating>1, x, <int>ly.n_in,
+                                   g, <int>ly.n_out, <floating>0, grd + ly.w_off, <int>ly.n_out)
+                    if ly.b_off >= 0:
+                        dbp = grd + ly.b_off
+                        memset(dbp, 0, ly.n_out * sizeof(floating))
                         for i in range(m):
-                            for j in range(nout):
-                                dbp[j] = dbp[j] + g[i * nout + j]
-                    if spec[l, 6]:
-                        _blas.gemm(False, True, <int>m, <int>nin, <int>nout, <floating>1, g, <int>nout,
-                                   prm + spec[l, 4], <int>nout, <floating>0, dX, <int>nin)
-                        dy = dX
-                else:
-                    if act >= 0:
-                        act_backward(act, x, Y, dy, dX, m, nout, alphas[l], n_threads)
-                        dy = dX
+                            for j in range(ly.n_out):
+                                dbp[j] = dbp[j] + g[i * ly.n_out + j]
+                    if ly.need_dx:
+                        _blas.gemm(False, True, <int>m, <int>ly.n_in, <int>ly.n_out, <floating>1, g, <int>ly.n_out,
+                                   prm + ly.w_off, <int>ly.n_out, <floating>0, <floating *>ly.dX, <int>ly.n_in)
+                        dy = <floating *>ly.dX
+                elif ly.kind == FNN_LAYER_ACTIVATION:
+                    if act_backward(ly.act, x, <floating *>ly.Y, dy, <floating *>ly.dX, m, ly.n_out, ly.alpha,
+                                    n_threads) != 0:
+                        status = FNN_STATUS_BAD_KIND
+                        break
+                    dy = <floating *>ly.dX
+                elif ly.kind != FNN_LAYER_PASS:
+                    status = FNN_STATUS_BAD_KIND
+                    break
+            if status != FNN_STATUS_DONE:
+                break
             # ---- guard, clipping, update
             if guard:
                 # before clipping: a NaN norm would spread everywhere; G = max |g| also bounds the clipped gradient
                 if scan_max(grd, P, n_threads, &G, &gmin):
                     bad = _first_nonfinite(grd, P)
-                    status = 2
+                    status = FNN_STATUS_NONFINITE_GRADIENT
                     break
             if clip_value > 0 or max_norm >= 0:
-                stats[3] = clip_core(grd, P, clip_value, max_norm, n_threads)
+                st.grad_norm = clip_core(grd, P, clip_value, max_norm, n_threads)
             step += 1
             # the guard's backup is needed only for a step the bound cannot prove finite (bound.pyx), from G and
             # the maxima of |p| and the state, which the previous proved update tracked (or a scan found); when
             # fresh maxima do not prove it either, back up for the rest of this call
             backup_step = guard
             if guard and not fallback:
-                if trusted and _proved(opt, dbl, &bd, G, h, S0 != NULL, S2 != NULL, step):
+                if trusted and _proved(u, dbl, &bd, G, step):
                     backup_step = 0
-                elif not fresh and _refresh(&bd, prm, S0, S1, S2, P, n_threads) and _proved(
-                        opt, dbl, &bd, G, h, S0 != NULL, S2 != NULL, step):
+                elif not fresh and _refresh(&bd, prm, S0, S1, S2, P, n_threads) and _proved(u, dbl, &bd, G, step):
                     backup_step = 0
                 else:
                     fallback = 1
                 trusted = not backup_step
                 fresh = 0
             n_backups += backup_step
-            if _update(opt, prm, grd, S0, S1, S2, B if backup_step else NULL, B0, B1, B2, P, n_decay, h, step,
-                       n_threads, &bd if trusted else NULL):
+            up = _update(u, prm, grd, B if backup_step else NULL, B0, B1, B2, P, step, n_threads,
+                         &bd if trusted else NULL)
+            if up == FNN_ERR_KIND:
+                step -= 1
+                status = FNN_STATUS_BAD_KIND
+                break
+            if up:
                 # cold path: a non-finite gradient (it always makes its parameter non-finite) or an overflowing
                 # update; classify as the per-layer path does, then restore parameters and state
                 step -= 1
                 bad = _first_nonfinite(grd, P)
                 if bad >= 0:
-                    status = 2
+                    status = FNN_STATUS_NONFINITE_GRADIENT
                 else:
                     bad = _first_nonfinite(prm, P)
                     if bad >= 0:
                         value = prm[bad]
-                        status = 3
+                        status = FNN_STATUS_NONFINITE_PARAMETER
                     elif S0 != NULL and _first_nonfinite(S0, P) >= 0:
-                        status, bad = 4, 0
+                        status, bad = FNN_STATUS_NONFINITE_STATE, 0
                     elif S1 != NULL and _first_nonfinite(S1, P) >= 0:
-                        status, bad = 4, 1
+                        status, bad = FNN_STATUS_NONFINITE_STATE, 1
                     else:
-                        status, bad = 4, 2
+                        status, bad = FNN_STATUS_NONFINITE_STATE, 2
                 memcpy(prm, B, P * sizeof(floating))
                 if S0 != NULL:
                     memcpy(S0, B0, P * sizeof(floating))
@@ -416,30 +683,40 @@ def run_batches(const floating[:, ::1] X, object targets, const Py_ssize_t[::1] 
                 if S2 != NULL:
                     memcpy(S2, B2, P * sizeof(floating))
                 break
-            stats[0] += loss if (loss_kind == LOSS_REG and reg_kind == 0) else loss * m    # l2 sums
-            stats[1] += n_correct
-            stats[2] += m
-    stats[4] += n_backups
-    if status == 1:
+            st.loss_sum += loss if lk == FNN_LOSS_L2 else loss * m    # l2 sums
+            st.n_correct += n_correct
+            st.n_samples += m
+    st.n_backups += n_backups
+    if status == FNN_STATUS_NONFINITE_LOSS:
         value = loss
-    return status, b - b0 if status else b1 - b0, bad, value
+    return status, b - b0 if status != FNN_STATUS_DONE else b1 - b0, bad, value
 
 
-def forward_rows(const floating[:, ::1] X, floating[:, ::1] out, const long long[:, ::1] spec,
-                 const double[::1] alphas, const long long[:, ::1] bufs, const floating[::1] params,
-                 Py_ssize_t bs, int n_threads):
-    """Inference through the plan (spec and bufs as for run_batches, made for `bs` rows, no fused output):
-    out (OUT, (n, n_out)) = the network's output for X (IN, (n, n_in)), in chunks of bs rows.  Returns the
-    index of the first non-finite element of X (nothing computed), or -1."""
-    cdef Py_ssize_t n = X.shape[0], n_in0 = X.shape[1], L = spec.shape[0], k = out.shape[1]
-    cdef Py_ssize_t s, m, l, nin, nout, bad
-    cdef int kind, act
+def reset_stats(Plan plan):
+    """Zero the plan's run statistics (run_batches adds to them)."""
+    memset(&plan.st, 0, sizeof(RunStats))
+
+
+def forward_rows(Plan plan, const floating[:, ::1] X, floating[:, ::1] out, int n_threads):
+    """Inference through the plan (made without a PASS layer): out (OUT, (n, n_out)) = the network's output for
+    X (IN, (n, n_in)), in chunks of the plan's batch size.  Returns the index of the first non-finite element of X
+    (nothing computed), or -1."""
+    cdef Py_ssize_t n = X.shape[0], n_in0 = X.shape[1], L = plan.n_layers, k = out.shape[1], bs = plan.bs
+    cdef Py_ssize_t s, m, bad
     cdef const floating *x
-    cdef floating *Z
-    cdef floating *Y
-    cdef const floating *prm = &params[0]
-    if out.shape[0] != n or bufs.shape[0] != L or spec.shape[0] == 0 or spec[0, 2] != n_in0 or spec[L - 1, 3] != k:
+    cdef const floating *prm = <const floating *>plan.params
+    cdef bint same_dtype
+    if floating is double:
+        same_dtype = plan.dbl
+    else:
+        same_dtype = not plan.dbl
+    if not same_dtype:
+        raise ValueError(f"forward_rows: X is {np.asarray(X).dtype}, the plan is {plan.dtype}")
+    if out.shape[0] != n or L == 0 or plan.layers[0].n_in != n_in0 or plan.layers[L - 1].n_out != k:
         raise ValueError("forward_rows: arrays do not match the plan")
+    for l in range(L):
+        if plan.layers[l].kind == FNN_LAYER_PASS:
+            raise ValueError("forward_rows: the plan has a fused output (a PASS layer)")
     if n == 0:
         return -1
     with nogil:
@@ -448,28 +725,32 @@ def forward_rows(const floating[:, ::1] X, floating[:, ::1] out, const long long
             s = 0
             while s < n:
                 m = min(bs, n - s)
-                x = _forward_chain(&X[s, 0], m, spec, alphas, bufs, prm, n_threads)
+                x = _forward_chain(&X[s, 0], m, plan.layers, L, prm, n_threads)
+                if x == NULL:
+                    break
                 memcpy(&out[s, 0], x, m * k * sizeof(floating))
                 s += m
+    if bad < 0 and s < n:
+        raise RuntimeError("forward_rows: a kernel rejected a kind of the plan")
     return bad
 
 
-def tracked_update(int opt, floating[::1] params, const floating[::1] grads, floating[::1] s0, floating[::1] s1,
-                   floating[::1] s2, const double[::1] hyper, Py_ssize_t step, Py_ssize_t n_decay, int n_threads):
-    """One unguarded update exactly as run_batches makes a proved one (opt 0 SGD, 1 Adam; hyper and step as
-    there): params and the states (IN/OUT, None when absent) are updated in place; returns the maxima it tracked,
-    (max |p|, max |s0|, max |s1|, max |s2|), 0.0 for an absent state.  For tests."""
+def tracked_update(Plan plan, Py_ssize_t step, int n_threads):
+    """One unguarded update of the plan's parameters by its gradients (the optimizer as set by plan.sgd /
+    plan.adam), exactly as run_batches makes a proved one (step >= 1: the count after it); the states are
+    updated in place.  Returns the maxima it tracked, (max |p|, max |s0|, max |s1|, max |s2|), 0.0 for an absent
+    state.  For tests."""
     cdef Bounds mx
-    cdef Py_ssize_t n = params.shape[0]
-    if grads.shape[0] != n or hyper.shape[0] < 6 or step < 1 or n == 0:
+    cdef int err
+    if step < 1 or plan.P == 0 or plan.update.kind < 0:
         raise ValueError("tracked_update: bad arguments")
-    if ((s0 is not None and s0.shape[0] != n) or (s1 is not None and s1.shape[0] != n)
-            or (s2 is not None and s2.shape[0] != n)):
-        raise ValueError("tracked_update: a state does not match the parameters")
-    cdef floating *p0 = _ptr(s0)
-    cdef floating *p1 = _ptr(s1)
-    cdef floating *p2 = _ptr(s2)
     with nogil:
-        _update(opt, &params[0], &grads[0], p0, p1, p2, NULL, NULL, NULL, NULL, n, max(0, min(n_decay, n)),
-                &hyper[0], step, n_threads, &mx)
+        if plan.dbl:
+            err = _update(&plan.update, <double *>plan.params, <const double *>plan.grads, NULL, NULL, NULL, NULL,
+                          plan.P, step, n_threads, &mx)
+        else:
+            err = _update(&plan.update, <float *>plan.params, <const float *>plan.grads, NULL, NULL, NULL, NULL,
+                          plan.P, step, n_threads, &mx)
+    if err != 0:
+        raise RuntimeError(f"tracked_update: the update kernel failed ({err})")
     return mx.P, mx.S0, mx.S1, mx.S2

@@ -1,7 +1,8 @@
 """Layers: one small module per family."""
 from fastnn.layers.base import Layer, ParamSpec
 from fastnn.layers import activations as _activations
-from fastnn.layers.activations import Activation, Identity, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax
+from fastnn.layers.activations import (Activation, Identity, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, GELU, SiLU, ELU,
+                                       SELU, Softplus, Mish)
 from fastnn.layers.dense import Dense
 from fastnn.layers.core import Flatten, Reshape
 from fastnn.layers.merge import Add, Concatenate
@@ -15,5 +16,6 @@ REGISTRY = {**_activations.CLASSES,
                                              Dropout, Residual)}}
 
 __all__ = ["Layer", "ParamSpec", "Activation", "Identity", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax",
+           "GELU", "SiLU", "ELU", "SELU", "Softplus", "Mish",
            "Dense", "Flatten", "Reshape", "Add", "Concatenate", "BatchNorm", "LayerNorm", "Dropout", "Residual",
            "linear_decay", "residual_stack"]

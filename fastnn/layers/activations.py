@@ -1,19 +1,39 @@
-"""Activation layers.  Each is one row in REGISTRY and one compiled kind (fastnn/_core/activations.pyx).
+"""Activation layers.  Each class names one compiled kind, a row of the kind table (csrc/fnn_kinds.h, mirrored in
+Python as ``fastnn._core.kinds.ACT``), and is registered under that row's name when it is defined.
 
 Elementwise activations apply to batches of any shape; Softmax normalizes over the last axis.
 """
 import numpy as np
 
 from fastnn._core import activations as _k
+from fastnn._core.kinds import ACT, check as _check_kind
 from fastnn._validation import check_number
 from fastnn.layers.base import Layer, get_num_threads
 
 
+# name -> class, for Dense(activation="name"): every Activation subclass with a ``kind`` registers itself here under
+# its kind's table name (ACT.RELU.label == "relu"), plus the aliases it lists in ``aliases``
+REGISTRY = {}
+
+
 class Activation(Layer):
-    """Base of the activation layers: ``Y = f(X)`` with the compiled kernel of kind ``kind``."""
+    """Base of the activation layers: ``Y = f(X)`` with the compiled kernel of kind ``kind`` (an ``ACT`` member).
+
+    A subclass sets ``kind`` (and ``aliases``, more registry names, if any); defining it registers it."""
     kind = None
+    aliases = ()
     alpha = 0.0
     _act_counts = None   # (n_slots, n_features) int64 buffer for the unit counters (fastnn.diagnostics), or None
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if cls.__dict__.get("kind") is None:
+            return
+        cls.kind = _check_kind(ACT, cls.kind, cls.__name__)       # ValueError for a kind not in the table
+        for name in (cls.kind.label,) + tuple(cls.aliases):
+            if name in REGISTRY:
+                raise ValueError(f"{cls.__name__}: activation name {name!r} is taken by {REGISTRY[name].__name__}")
+            REGISTRY[name] = cls
 
     def _build(self, input_shape):
         if len(input_shape) < 1:
@@ -49,17 +69,18 @@ class Activation(Layer):
 
 class Identity(Activation):
     """f(x) = x."""
-    kind = 0
+    kind = ACT.IDENTITY
+    aliases = ("linear",)
 
 
 class ReLU(Activation):
     """f(x) = max(x, 0); the derivative at 0 is taken as 0 (as torch does)."""
-    kind = 1
+    kind = ACT.RELU
 
 
 class LeakyReLU(Activation):
     """f(x) = x for x > 0, alpha * x otherwise (torch.nn.LeakyReLU's negative_slope)."""
-    kind = 2
+    kind = ACT.LEAKY_RELU
 
     def __init__(self, alpha=0.01, name=None):
         super().__init__(name)
@@ -74,24 +95,81 @@ class LeakyReLU(Activation):
 
 class Sigmoid(Activation):
     """f(x) = 1 / (1 + exp(-x)), computed without overflow; fused with "binary_cross_entropy" at the output."""
-    kind = 3
+    kind = ACT.SIGMOID
     fusable = "sigmoid"
 
 
 class Tanh(Activation):
     """f(x) = tanh(x)."""
-    kind = 4
+    kind = ACT.TANH
 
 
 class Softmax(Activation):
     """Softmax over the last axis; fused with "cross_entropy" when it is the model's output layer."""
-    kind = 5
+    kind = ACT.SOFTMAX
     fusable = "softmax"
 
 
-# name -> class, for Dense(activation="name"); the one list to extend with a new activation
-REGISTRY = {"identity": Identity, "linear": Identity, "relu": ReLU, "leaky_relu": LeakyReLU,
-            "sigmoid": Sigmoid, "tanh": Tanh, "softmax": Softmax}
+class GELU(Activation):
+    """Gaussian error linear unit, torch.nn.GELU: f(x) = x * Phi(x), Phi the standard normal CDF (exact, with erf).
+
+    Args:
+        approximate: "none" (exact, the default) or "tanh": f(x) = x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2,
+            as ``torch.nn.GELU(approximate="tanh")``.
+    """
+    kind = ACT.GELU
+    _APPROXIMATIONS = {"none": ACT.GELU, "tanh": ACT.GELU_TANH}
+
+    def __init__(self, approximate="none", name=None):
+        super().__init__(name)
+        if approximate not in self._APPROXIMATIONS:
+            raise ValueError(f"{type(self).__name__}: approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+        self.kind = self._APPROXIMATIONS[approximate]
+
+    def get_config(self):
+        return {"name": self.name, "approximate": self.approximate}
+
+    def extra_repr(self):
+        return f"approximate={self.approximate!r}" if self.approximate != "none" else ""
+
+
+class SiLU(Activation):
+    """Sigmoid linear unit (swish), torch.nn.SiLU: f(x) = x * sigmoid(x).  Registry names "silu" and "swish"."""
+    kind = ACT.SILU
+    aliases = ("swish",)
+
+
+class ELU(Activation):
+    """Exponential linear unit, torch.nn.ELU: f(x) = x for x > 0, alpha * (exp(x) - 1) otherwise."""
+    kind = ACT.ELU
+
+    def __init__(self, alpha=1.0, name=None):
+        super().__init__(name)
+        self.alpha = check_number(type(self).__name__, "alpha", alpha)
+
+    def get_config(self):
+        return {"name": self.name, "alpha": self.alpha}
+
+    def extra_repr(self):
+        return f"alpha={self.alpha}"
+
+
+class SELU(Activation):
+    """Scaled ELU, torch.nn.SELU: f(x) = scale * (x for x > 0, alpha * (exp(x) - 1) otherwise), with
+    alpha = 1.6732632423543772 and scale = 1.0507009873554805 (self-normalizing networks)."""
+    kind = ACT.SELU
+
+
+class Softplus(Activation):
+    """torch.nn.Softplus() (beta 1, threshold 20): f(x) = log(1 + exp(x)), and x itself for x > 20."""
+    kind = ACT.SOFTPLUS
+
+
+class Mish(Activation):
+    """Mish, torch.nn.Mish: f(x) = x * tanh(softplus(x))."""
+    kind = ACT.MISH
+
 
 # class name -> class (saving, loading, the compiled plan), derived from REGISTRY
 CLASSES = {cls.__name__: cls for cls in REGISTRY.values()}

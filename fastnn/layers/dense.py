@@ -15,8 +15,9 @@ class Dense(WeightBias, Layer):
 
     Args:
         units: number of output features (n_out).
-        activation: a name ("relu", "leaky_relu", "sigmoid", "tanh", "softmax", "identity"), an activation
-            layer instance (e.g. ``LeakyReLU(0.2)``), or None for the identity.
+        activation: a name ("relu", "leaky_relu", "sigmoid", "tanh", "softmax", "gelu", "silu" or "swish",
+            "elu", "selu", "softplus", "mish", "identity"), an activation layer instance (e.g. ``LeakyReLU(0.2)``,
+            ``GELU(approximate="tanh")``, ``ELU(alpha=0.5)``), or None for the identity.
         kernel_init: initializer of the weight (default "xavier_uniform"); a name or an Initializer.
         bias_init: initializer of the bias (default "zeros").
         use_bias: whether the layer has a bias.

@@ -13,52 +13,41 @@ from fastnn import losses as _losses
 from fastnn import optim as _optim
 from fastnn._core import plan as _k
 from fastnn._core._threads import get_num_threads
+from fastnn._core.kinds import ACT, OPT, PLAN_STATUS
 from fastnn.layers import activations as _act
 from fastnn.layers.dense import Dense
 
-_REG_KIND = {_losses.L2: 0, _losses.MSE: 1, _losses.MAE: 2}
+_REG_KIND = {cls: cls.kind for cls in (_losses.L2, _losses.MSE, _losses.MAE)}
 _ACT_TYPES = tuple(_act.CLASSES.values())
 
 
 class TrainPlan:
-    """Per-layer descriptors and batch buffers of one model at one batch size."""
+    """Per-layer descriptors and batch buffers of one model at one batch size: ``core``, the compiled plan's
+    state (fastnn/_core/plan.pyx ``Plan``), and the buffers it points into."""
 
     def __init__(self, model, bs, fused=None):
         self.model, self.bs, self.params = model, bs, model.parameters
         fused = model.trainer.fused if fused is None else fused
         dt = model.dtype
         L = len(model.graph.nodes)
-        self.spec = np.zeros((L, 7), dtype=np.longlong)
-        self.alphas = np.zeros(L, dtype=np.float64)
-        self.bufs = np.zeros((L, 5), dtype=np.longlong)
-        self._keep = []
+        self.core = core = _k.Plan(model.parameters, model.gradients, bs, L)
         n_in = model.input_shape[0]
         for l, (layer, _) in enumerate(model.graph.nodes):
             last = l == L - 1
             n_out = layer.output_shape[0]
+            Y, dX = np.empty((bs, n_out), dt), np.empty((bs, n_in), dt)
             if isinstance(layer, Dense):
-                act = 0 if (last and fused) else layer.activation.kind
-                w_off = model.table.offset(layer, "weight")
+                act = ACT.IDENTITY if (last and fused) else layer.activation.kind
                 b_off = model.table.offset(layer, "bias") if layer.use_bias else -1
-                self.spec[l] = (0, act, n_in, n_out, w_off, b_off, int(layer.need_input_grad))
-                self.alphas[l] = layer.activation.alpha
+                core.dense(l, act, n_in, n_out, model.table.offset(layer, "weight"), b_off,
+                           layer.need_input_grad, layer.activation.alpha, np.empty((bs, n_out), dt), Y,
+                           np.empty((bs, n_out), dt), dX)
             else:
-                act = -1 if (last and fused) else layer.kind
-                self.spec[l] = (1, act, n_in, n_out, -1, -1, 1)
-                self.alphas[l] = layer.alpha
-            Z, Y, dZ, dX = (np.empty((bs, n_out), dt), np.empty((bs, n_out), dt), np.empty((bs, n_out), dt),
-                            np.empty((bs, n_in), dt))
-            self._keep += [Z, Y, dZ, dX]
-            out = Z if (self.spec[l, 0] == 0 and act == 0) else Y
-            self.bufs[l] = [a.__array_interface__["data"][0] for a in (Z, Y, dZ, dX, out)]
+                core.activation(l, layer.kind, n_out, layer.alpha, Y, dX, passthrough=last and fused)
             n_in = n_out
         k = model.output_shape[0]
-        self.Xb = np.empty((bs, model.input_shape[0]), dt)
-        self.dout = np.empty((bs, k), dt)
-        self.labels = np.empty(bs, np.intp)
-        self.Tb = np.empty((bs, k), dt)
-        self.hyper = np.zeros(6)
-        self.stats = np.zeros(5)
+        core.batch_buffers(np.empty((bs, model.input_shape[0]), dt), np.empty(bs, np.intp), np.empty((bs, k), dt),
+                           np.empty((bs, k), dt))
 
 
 def _chain_of_compiled_layers(model):
@@ -92,7 +81,7 @@ def predict(model, X):
     if plan is None:
         plan = plans[1][bs] = TrainPlan(model, bs, fused=False)
     out = np.empty((n, model.output_shape[0]), dtype=model.dtype)
-    if _k.forward_rows(X, out, plan.spec, plan.alphas, plan.bufs, model.parameters, bs, get_num_threads()) >= 0:
+    if _k.forward_rows(plan.core, X, out, get_num_threads()) >= 0:
         return None
     return out
 
@@ -140,53 +129,52 @@ def fit_epoch(model, plan, epoch, train, bs, shuffle):
     n = X.shape[0]
     idx = model.rng.permutation(n) if shuffle else None
     opt = model.optimizer
-    h = plan.hyper
-    if isinstance(opt, _optim.Adam):
-        kind = 1
-        h[:] = (opt.lr, opt.betas[0], opt.betas[1], opt.eps, opt.weight_decay, float(opt._decoupled))
+    core = plan.core
+    core.loss(model.loss.kind)
+    if opt.kind == OPT.ADAM:
         states = [opt.state["exp_avg"], opt.state["exp_avg_sq"], opt.state.get("max_exp_avg_sq")]
-    else:
-        kind = 0
-        h[:] = (opt.lr, opt.momentum, opt.dampening, opt.weight_decay, float(opt.nesterov), 0.0)
+        core.adam(opt.lr, opt.betas[0], opt.betas[1], opt.eps, opt.weight_decay, opt._decoupled, *states,
+                  opt._n_decay)
+    elif opt.kind == OPT.SGD:
         states = [opt.state.get("momentum_buffer"), None, None]
+        core.sgd(opt.lr, opt.momentum, opt.dampening, opt.weight_decay, opt.nesterov, states[0], opt._n_decay)
+    else:
+        raise ValueError(f"compiled plan: no compiled update for {type(opt).__name__}")
     guard = model.nan_guard
-    backups = [None, None, None]
     if guard:
-        backups = [None if s is None else model.engine.cached(("saved", key, s.shape), lambda s=s: np.empty_like(s))
-                   for key, s in zip(_state_keys(opt), states)]
+        core.guard(True, model.trainer.guard_backup,
+                   *[None if s is None else model.engine.cached(("saved", key, s.shape), lambda s=s: np.empty_like(s))
+                     for key, s in zip(_state_keys(opt), states)])
+    else:
+        core.guard(False)
+    core.clip(-1.0 if model.clip_value is None else model.clip_value,
+              -1.0 if model.clip_norm is None else model.clip_norm)
     loss = model.loss
-    ce = type(loss) is _losses.CrossEntropy
-    stats = plan.stats
-    stats[:] = 0.0
-    n_batches = -(-n // bs)
-    clip_value = -1.0 if model.clip_value is None else model.clip_value
-    max_norm = -1.0 if model.clip_norm is None else model.clip_norm
-    status, done, bad, value = _k.run_batches(
-        X, T, idx, 0, n_batches, bs, plan.spec, plan.alphas, plan.bufs, model.parameters, model.gradients,
-        plan.Xb, plan.labels if ce else plan.Tb, plan.dout, 0 if ce else 1, 0 if ce else _REG_KIND[type(loss)],
-        kind, h, opt.step_count, opt._n_decay, states[0], states[1], states[2], guard,
-        model.trainer.guard_backup if guard else None, backups[0], backups[1], backups[2], clip_value, max_norm, stats,
-        get_num_threads())
+    _k.reset_stats(core)
+    status, done, bad, value = _k.run_batches(core, X, T, idx, 0, -(-n // bs), opt.step_count, get_num_threads())
+    stats = core.stats
     opt.step_count += done
-    model.trainer.guard_backup_steps += int(stats[4])
+    model.trainer.guard_backup_steps += int(stats["n_backups"])
     if model.clip_norm is not None or model.clip_value is not None:
-        model.grad_norm = float(stats[3])
-    if status:
+        model.grad_norm = float(stats["grad_norm"])
+    if status != PLAN_STATUS.DONE:
         where = (epoch, done)
-        if status == 1:
+        if status == PLAN_STATUS.NONFINITE_LOSS:
             raise model.trainer.nonfinite("loss", where, None, f"the loss is {value}")
-        if status == 2:
+        if status == PLAN_STATUS.NONFINITE_GRADIENT:
             raise model.trainer.nonfinite("gradient", where, bad, f"the gradient of {model.table.locate(bad)} is "
                                    f"{model.gradients[bad]}")
-        if status == 3:
+        if status == PLAN_STATUS.NONFINITE_PARAMETER:
             raise model.trainer.nonfinite("parameters", where, bad, f"the update made {model.table.locate(bad)} "
                                    f"{model.parameters.dtype.type(value)}")
-        raise model.trainer.nonfinite("parameters", where, None,
-                               f"the update made the optimizer's {_state_keys(opt)[bad]} non-finite")
-    seen = stats[2]
-    logs = {"loss": float(stats[0]) if loss.sums else (float(stats[0]) / seen if seen > 0 else 0.0)}
+        if status == PLAN_STATUS.NONFINITE_STATE:
+            raise model.trainer.nonfinite("parameters", where, None,
+                                   f"the update made the optimizer's {_state_keys(opt)[bad]} non-finite")
+        raise RuntimeError(f"compiled plan: status {PLAN_STATUS(status).label} (a kind outside the table)")
+    seen = stats["n_samples"]
+    logs = {"loss": float(stats["loss_sum"]) if loss.sums else (float(stats["loss_sum"]) / seen if seen > 0 else 0.0)}
     if loss.classification:
-        logs["accuracy"] = int(stats[1]) / loss.n_predictions(int(seen), model.output_shape)
+        logs["accuracy"] = int(stats["n_correct"]) / loss.n_predictions(int(seen), model.output_shape)
     return logs
 
 
