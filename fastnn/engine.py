@@ -29,8 +29,6 @@ class Executor:
         self.values = [None] * len(self.nodes)
         self._gvalues = [None] * len(self.nodes)
         self._caches = {}
-        self._variable = any(d is None for d in graph.input_shape)
-        self._sample_shape = None    # the last input's per-sample shape (tracked for a variable axis)
 
     def forward(self, X, training, logits=False, stop=None):
         """Run nodes 0 .. stop-1 (all by default) on the batch X; returns the output of the last one run.
@@ -41,11 +39,6 @@ class Executor:
         vals = self.values
         last = len(self.nodes) - 1
         stop = len(self.nodes) if stop is None else stop
-        if self._variable and X.shape[1:] != self._sample_shape:
-            # a variable axis changed size: the layers' buffers are kept per batch size, so drop them
-            for layer in self.graph.layers:
-                layer.reset_buffers()
-            self._sample_shape = X.shape[1:]
         for i in range(stop):
             layer, src = self.nodes[i]
             if layer.n_inputs == 1:

@@ -115,7 +115,7 @@ def test_dense_nd_views_not_copies_and_shape_keyed_buffers():
 
 
 BUFFER_LAYERS = [lambda: Dense(3, activation="relu"), lambda: BatchNorm(), lambda: LayerNorm(),
-                 lambda: fnn.layers.Dropout(0.5, mode="weight_scaling")]
+                 lambda: fnn.layers.Dropout(0.5, mode="weight_scaling"), lambda: fnn.layers.Tanh()]
 
 
 @pytest.mark.parametrize("make", BUFFER_LAYERS, ids=lambda m: type(m()).__name__)

@@ -50,7 +50,7 @@ class Activation(Layer):
         self._logits = logits
         if logits:
             return X
-        Y = self._batch_buffers(X.shape[0], lambda n: np.empty((n,) + X.shape[1:], dtype=X.dtype))
+        Y = self._batch_buffers(X.shape, lambda n: np.empty(X.shape, dtype=X.dtype))
         if X.size:
             _k.activation_forward(self.kind, self._rows(X), self._rows(Y), self.alpha, get_num_threads(),
                                   self._act_counts)
@@ -61,7 +61,7 @@ class Activation(Layer):
         if self._logits:
             return dY
         X = self._X
-        dX = self._batch_buffers(-1 - X.shape[0], lambda n: np.empty(X.shape, dtype=X.dtype))
+        dX = self._batch_buffers(X.shape, lambda n: np.empty(X.shape, dtype=X.dtype), tag="grad")
         if X.size:
             _k.activation_backward(self.kind, self._rows(X), self._rows(self._Y), self._rows(dY), self._rows(dX),
                                    self.alpha, get_num_threads())

@@ -148,22 +148,17 @@ class Layer:
     def backward(self, dY):
         raise NotImplementedError
 
-    def reset_buffers(self):
-        """Drop the buffers kept between batches."""
-        self._buffers.clear()
-
     def _batch_buffers(self, shape, make, tag=None):
         """Buffers for one batch shape: made once by ``make(n)`` (n = the batch size) and reused.
 
         The cache key is the batch's full shape (a tuple, batch axis included) and ``tag`` (e.g. "grad" for the
         backward's buffers), so that two batches of the same size but another shape (a sequence of another
-        length) never share buffers; a few shapes are kept.  An int key (a batch size) is accepted from
-        layers that still key by size alone.
+        length) never share buffers; a few shapes are kept (least recently made first out).
         """
         key = (tag, shape) if tag is not None else shape
         bufs = self._buffers.get(key)
         if bufs is None:
-            bufs = make(shape[0] if isinstance(shape, tuple) else shape)
+            bufs = make(shape[0])
             self._buffers[key] = bufs
             if len(self._buffers) > self._max_cached_batches:
                 self._buffers.popitem(last=False)

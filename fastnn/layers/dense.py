@@ -6,6 +6,7 @@ import numpy as np
 
 from fastnn import constraints, initializers
 from fastnn._core import dense as _k
+from fastnn._core.kinds import ACT
 from fastnn.layers import activations as _act
 from fastnn.layers.base import Layer, ParamSpec, WeightBias, get_num_threads, rows2d
 
@@ -76,12 +77,12 @@ class Dense(WeightBias, Layer):
     def forward(self, X, training=False, logits=False):
         def make(_):
             Z = np.empty(X.shape[:-1] + (self.units,), dtype=self.dtype)
-            return Z, (Z if self.activation.kind == 0 else np.empty_like(Z))
+            return Z, (Z if self.activation.kind == ACT.IDENTITY else np.empty_like(Z))
 
         Z, Y = self._batch_buffers(X.shape, make)
-        kind = 0 if logits else self.activation.kind
-        out = Z if kind == 0 else Y
-        counts = self._act_counts if kind else None      # unit counters, only while diagnostics ask for them
+        kind = ACT.IDENTITY if logits else self.activation.kind
+        out = Z if kind == ACT.IDENTITY else Y
+        counts = self._act_counts if kind != ACT.IDENTITY else None      # unit counters, only while diagnostics ask for them
         X2, Z2 = rows2d(X), rows2d(Z)
         _k.dense_forward(X2, self.params["weight"], self.params.get("bias"), Z2, rows2d(out), kind,
                          self.activation.alpha, get_num_threads(), counts)
@@ -90,7 +91,7 @@ class Dense(WeightBias, Layer):
 
     def backward(self, dY):
         def make(_):
-            dZ = np.empty(dY.shape, dtype=self.dtype) if self.activation.kind != 0 else None
+            dZ = np.empty(dY.shape, dtype=self.dtype) if self.activation.kind != ACT.IDENTITY else None
             dX = np.empty(dY.shape[:-1] + (self.input_shape[-1],), dtype=self.dtype)
             return dZ, dX
 

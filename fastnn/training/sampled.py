@@ -9,6 +9,7 @@ layer's input.  ``Trainer.step`` calls ``forward_backward`` in place of forward,
 import numpy as np
 
 from fastnn._core import sampled as _k
+from fastnn._core.kinds import ACT
 from fastnn._core._threads import get_num_threads
 
 
@@ -18,7 +19,7 @@ class SampledOutput:
     def __init__(self, model):
         from fastnn.layers.dense import Dense
         layer, src = model.graph.nodes[-1]
-        if not isinstance(layer, Dense) or layer.activation.kind != 0 and layer.fusable != "softmax":
+        if not isinstance(layer, Dense) or layer.activation.kind != ACT.IDENTITY and layer.fusable != "softmax":
             raise ValueError(f"{model.name}: sampled_softmax needs a Dense output layer with no activation or "
                              f"softmax, got {layer!r}")
         self.model, self.layer, self.src = model, layer, src[0]
