@@ -22,7 +22,7 @@ from fastnn.engine import Executor
 from fastnn.errors import NonFiniteError  # noqa: F401  (re-exported)
 from fastnn.graph import Graph, Input, Tensor, check_shape  # noqa: F401  (Tensor, Input: re-exported)
 from fastnn.layers.base import Layer
-from fastnn.params import ParameterTable
+from fastnn.params import ParameterTable, frozen_layers
 from fastnn.training import compiled as _compiled
 from fastnn.training.trainer import Trainer
 from fastnn._validation import check_dtype, check_number
@@ -105,21 +105,36 @@ class Model:
         """The layers, in the order they run."""
         return self.graph.layers
 
-    def count_params(self):
-        """The number of scalar parameters."""
-        return int(self.parameters.size)
+    def count_params(self, trainable=None):
+        """The number of scalar parameters: all of them (default), the trainable ones (``trainable=True``) or
+        the frozen ones (False), by the layers' current ``trainable`` flags.  Layer buffers (BatchNorm's running
+        statistics) are not parameters and are not counted."""
+        if trainable is None:
+            return int(self.parameters.size)
+        if not isinstance(trainable, (bool, np.bool_)):
+            raise TypeError(f"{self.name}: count_params(trainable) takes None or a bool, got {trainable!r}")
+        frozen = frozen_layers(self.graph.layers)
+        n = sum(r.size for r in self.table.rows if (id(r.layer) not in frozen) == bool(trainable))
+        return int(n)
 
     def summary(self, file=None):
-        """Print a table of the layers, their output shapes and parameter counts."""
+        """Print a table of the layers, their output shapes and parameter counts (marked "frozen" for a frozen
+        layer), then the totals: all, trainable and non-trainable parameters (as Keras, by the current
+        ``trainable`` flags) and the values in layer buffers."""
         file = file or sys.stdout
+        frozen = frozen_layers(self.graph.layers)
         rows = [("layer", "output shape", "params")]
         for layer in self.graph.layers:
             n = sum(int(np.prod(v.shape)) for v in layer.params.values())
-            rows.append((repr(layer), "(None, " + ", ".join(map(str, layer.output_shape)) + ")", str(n)))
+            mark = " (frozen)" if n and id(layer) in frozen else ""
+            rows.append((repr(layer), "(None, " + ", ".join(map(str, layer.output_shape)) + ")", f"{n}{mark}"))
         w = [max(len(r[i]) for r in rows) for i in range(3)]
         for r in rows:
             print(f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:>{w[2]}}", file=file)
         print(f"total parameters: {self.count_params()} ({np.dtype(self.dtype).name})", file=file)
+        n_buffers = sum(int(np.size(b)) for layer in self.graph.layers for b in layer.buffers.values())
+        print(f"trainable parameters: {self.count_params(True)}, non-trainable parameters: "
+              f"{self.count_params(False)}, buffer values (e.g. running statistics): {n_buffers}", file=file)
 
     # ================================================================== training / inference mode
     def train(self, mode=True):
@@ -140,7 +155,13 @@ class Model:
 
     # ================================================================== compile
     def compile(self, loss, optimizer="adam", clip_norm=None, clip_value=None, lr_schedule=None, nan_guard=True):
-        """Set the loss and the optimizer.  Never re-initializes or re-allocates the weights.
+        """Set the loss and the optimizer.  Never re-initializes the weights.
+
+        The layers' ``trainable`` flags take effect here (as in Keras): the optimizer updates the parameters of
+        the trainable layers only and keeps state for those only.  When the set of frozen layers changed since
+        the last compile (or build), the flat buffers are re-ordered (``ParameterTable.relayout``: values kept,
+        ``model.parameters`` / ``gradients`` become new arrays, the layers' views follow) and the same
+        optimizer instance carries its state over (a newly trainable parameter starts with fresh state).
 
         Args:
             loss: a name from ``fastnn.losses.REGISTRY`` ("cross_entropy", "mse", ...) or a Loss.

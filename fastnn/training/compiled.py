@@ -113,6 +113,8 @@ def plan_for(model, train, bs, metrics, cbs):
         return None
     if type(opt) not in (_optim.SGD, _optim.Adam, _optim.AdamW):
         return None
+    if model.table.n_trainable == 0:      # everything frozen: the per-layer path (which updates nothing)
+        return None
     if type(loss) is _losses.CrossEntropy:
         if T.ndim != 1:
             return None
@@ -128,6 +130,9 @@ def plan_for(model, train, bs, metrics, cbs):
                 return None
         elif type(layer) not in _ACT_TYPES:
             return None
+    # the plan addresses frozen layers past the end of the trainable prefix it is given (see fit_epoch)
+    if opt._params is not model.table.trainable_parameters or opt._grads is not model.table.trainable_gradients:
+        return None
     plan = trainer.train_plan
     if plan is None or plan.bs != bs or plan.params is not model.parameters or plan.model is not model:
         plan = trainer.train_plan = TrainPlan(model, bs)
@@ -135,7 +140,13 @@ def plan_for(model, train, bs, metrics, cbs):
 
 
 def fit_epoch(model, plan, epoch, train, bs, shuffle):
-    """One epoch through the plan; returns the logs as ``Trainer._fit_epoch`` does (raises NonFiniteError)."""
+    """One epoch through the plan; returns the logs as ``Trainer._fit_epoch`` does (raises NonFiniteError).
+
+    The plan gets the optimizer's buffers, the trainable prefix of the model's flat buffers
+    (``model.table.trainable_parameters``, the whole buffers when nothing is frozen): the update, clipping and
+    the guard's scans cover exactly those elements, while the layers' offsets (``TrainPlan.spec``) address the
+    whole buffer from the same start, so a frozen layer (after the prefix) is read in the forward pass and its
+    gradient written in the backward pass but never updated."""
     X, T, _ = train
     n = X.shape[0]
     idx = model.rng.permutation(n) if shuffle else None
@@ -162,7 +173,7 @@ def fit_epoch(model, plan, epoch, train, bs, shuffle):
     clip_value = -1.0 if model.clip_value is None else model.clip_value
     max_norm = -1.0 if model.clip_norm is None else model.clip_norm
     status, done, bad, value = _k.run_batches(
-        X, T, idx, 0, n_batches, bs, plan.spec, plan.alphas, plan.bufs, model.parameters, model.gradients,
+        X, T, idx, 0, n_batches, bs, plan.spec, plan.alphas, plan.bufs, opt._params, opt._grads,
         plan.Xb, plan.labels if ce else plan.Tb, plan.dout, 0 if ce else 1, 0 if ce else _REG_KIND[type(loss)],
         kind, h, opt.step_count, opt._n_decay, states[0], states[1], states[2], guard,
         model.trainer.guard_backup if guard else None, backups[0], backups[1], backups[2], clip_value, max_norm, stats,
