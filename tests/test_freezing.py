@@ -273,6 +273,22 @@ def test_guard_and_clipping_see_only_the_trainable_gradients():
     assert m.grad_norm == pytest.approx(np.sqrt(np.sum(m.gradients[:n].astype(np.float64) ** 2)), rel=1e-5)
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["plan", "per-layer"])
+def test_nan_guard_rolls_back_the_trainable_part(compiled):
+    m = _chain(seed=6)
+    m.layers[0].trainable = False
+    m.compile("mse", fnn.optim.SGD(lr=1e38))            # the update overflows float32
+    m.trainer.compiled_plan = compiled
+    rng = np.random.default_rng(0)
+    X, Y = rng.standard_normal((32, 7)), rng.standard_normal((32, 4)) * 1e3
+    before = m.parameters.copy()
+    with pytest.raises(fnn.NonFiniteError, match="the update made"):
+        m.fit(X, Y, epochs=1, batch_size=32)
+    assert (m.trainer.train_plan is not None) == compiled
+    np.testing.assert_array_equal(m.parameters, before)
+    assert m.optimizer.step_count == 0
+
+
 def test_everything_frozen_trains_nothing():
     m = _chain()
     for layer in m.layers:

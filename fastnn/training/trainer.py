@@ -113,12 +113,12 @@ class Trainer:
         The NaN/inf guard (``model.nan_guard``, on by default; off, nothing is checked) keeps the weights at
         their last finite state:
         a non-finite loss stops before the backward pass, a non-finite gradient (one pass of the compiled
-        ``guard.first_nonfinite`` over the flat gradient buffer) before the update; both leave weights and
-        optimizer state untouched.  An update can still overflow from finite gradients, so the parameters
-        are copied into one reused buffer before the update and checked after it (a second pass); a
-        non-finite parameter (or optimizer state) restores both from the copy, step count included.  Cost
-        per step: read passes over the gradients, parameters and optimizer state and one copy of the
-        parameters and the state, no allocation.
+        ``guard.first_nonfinite`` over the trainable part of the flat gradient buffer, what the optimizer
+        updates) before the update; both leave weights and optimizer state untouched.  An update can still
+        overflow from finite gradients, so the trainable parameters are copied into one reused buffer before
+        the update and checked after it (a second pass); a non-finite parameter (or optimizer state) restores
+        both from the copy, step count included.  Cost per step: read passes over the gradients, parameters
+        and optimizer state and one copy of the parameters and the state, no allocation.
         """
         model = self.model
         guard = model.nan_guard
@@ -196,7 +196,8 @@ class Trainer:
                               "(lower the learning rate, or check the data)", what, epoch, batch, index)
 
     def _clip_gradients(self):
-        """Clip the flat gradient buffer in place (one compiled pass) if compile asked for it."""
+        """Clip the trainable part of the flat gradient buffer in place (one compiled pass) if compile asked
+        for it."""
         model = self.model
         if self.monitor is not None:    # fit(diagnostics=True): measure the gradient before clipping
             self.monitor.on_gradients()
