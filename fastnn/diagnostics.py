@@ -33,9 +33,7 @@ It warns (:class:`TrainingHealthWarning`, once per problem and layer in a fit ca
 :func:`gradcheck` compares a model's gradients with central finite differences in float64.
 """
 import math
-import os
 import sys
-import tempfile
 import warnings
 
 import numpy as np
@@ -352,7 +350,7 @@ def diagnose(model, X, y, batch_size=None, file=None, verbose=True):
         grads = _norms(acc, segments)
         ratios = None
         opt = model.optimizer
-        if opt is not None and opt._params is model.parameters:
+        if opt is not None and opt._params is model.table.trainable_parameters:
             before = model.parameters.copy()
             state = {k: v.copy() for k, v in opt.state.items()}
             steps = opt.step_count
@@ -380,15 +378,13 @@ def diagnose(model, X, y, batch_size=None, file=None, verbose=True):
 
 # ---------------------------------------------------------------------------------------------- gradcheck
 def _copy_model(model, dtype):
-    """A copy of a built model in `dtype` (through the save format: architecture, weights, buffers, loss)."""
+    """A copy of a built model in `dtype` (an in-memory snapshot, ``fastnn.io.snapshot``: architecture,
+    weights, buffers, trainable flags, loss)."""
     from fastnn import io as _io
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "model.npz")
-        _io.save(model, path, include_optimizer=False)
-        header, arrays = _io._read(path)
+    header, arrays = _io.snapshot(model, include_optimizer=False)
     header["model"]["dtype"] = np.dtype(dtype).name
     arrays = {k: (a.astype(dtype) if a.dtype.kind == "f" else a) for k, a in arrays.items()}
-    return _io._build(header, arrays, compile=True)
+    return _io.build(header, arrays, compile=True)
 
 
 class GradcheckReport:

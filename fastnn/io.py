@@ -24,8 +24,16 @@ Nodes are listed in execution (topological) order; ``inputs`` are indices of ear
 model input; a layer is rebuilt as ``fastnn.layers.REGISTRY[class].from_config(config)`` and called on its
 inputs (a list for multi-input layers), so any layer that follows the Layer conventions (``get_config`` /
 ``from_config``, parameters from ``param_specs``, state in ``layer.buffers``) is saved without changes here.
-Parameters and optimizer state are stored per parameter, not as the flat buffer, so the file does not
-depend on the buffer's layout.
+A node's config also holds the layer's ``trainable`` flag (absent: True), set on the rebuilt layer before
+the model is built.  Parameters and optimizer state are stored per parameter, not as the flat buffer, so the
+file does not depend on the buffer's layout; the optimizer state covers the trainable parameters (a frozen
+one has none), and a parameter that is trainable when loaded but has no saved state starts with fresh state,
+as it would at a ``compile`` that unfreezes it.
+
+In memory: ``snapshot(model)`` gives the (header, arrays) pair that ``save`` writes (without the checksums),
+``build(header, arrays)`` makes a model from one (what ``load`` does after ``read``), and ``clone(model)`` is
+``build(snapshot(model))``: an independent copy with nothing written to disk.  Pruning and the diagnostics'
+float64 copies go through the same two functions.
 
 Safety: loading never executes code: ``np.load(..., allow_pickle=False)``, layer classes only from the
 registry, JSON only.  Before anything is read, every zip member's CRC is checked and every array's SHA-256
@@ -35,6 +43,7 @@ there is never a half-loaded model.  Writes are atomic: a temporary file in the 
 fsync'ed, then ``os.replace`` onto the target (and the directory fsync'ed), so a crash leaves either the old
 file or the new one.
 """
+import copy
 import hashlib
 import json
 import os
@@ -54,45 +63,43 @@ def _nodes(model):
     return model.graph.layers
 
 
-def _offsets(model):
-    """{(node index, param name): (offset, size)} in the flat buffer, from the parameter table."""
-    table = model.table
-    return {(i, r.name): (r.offset, r.size) for i, layer in enumerate(_nodes(model)) for r in table.rows_of(layer)}
-
-
 def _rng_state(gen):
     return gen.bit_generator.state
 
 
-def _architecture(model):
+def _architecture(model, owner):
     from fastnn.model import Sequential, Model
     from fastnn.layers import REGISTRY
     if type(model) not in (Sequential, Model):
-        raise ValueError(f"save: only fastnn.Model and fastnn.Sequential can be saved, got {type(model).__name__}")
+        raise ValueError(f"{owner}: only fastnn.Model and fastnn.Sequential can be saved, got {type(model).__name__}")
     nodes = []
     index = {id(layer): i for i, (layer, _) in enumerate(model.graph.nodes)}
     for layer, src in model.graph.nodes:
         cls = type(layer).__name__
         if REGISTRY.get(cls) is not type(layer):
-            raise ValueError(f"save: layer {layer.name} has class {cls}, which is not in fastnn.layers.REGISTRY; "
+            raise ValueError(f"{owner}: layer {layer.name} has class {cls}, which is not in fastnn.layers.REGISTRY; "
                              "register it to make it saveable")
-        config = layer.get_config()
+        config = {**layer.get_config(), "trainable": bool(layer.trainable)}
         subs = layer.sublayers()
         if subs:
             # a container's layers (a Residual's block) are nodes of their own: refer to them, not repeat them
-            config = {**config, layer.sublayers_key: {"nodes": [index[id(b)] for b in subs]}}
+            config[layer.sublayers_key] = {"nodes": [index[id(b)] for b in subs]}
         nodes.append({"class": cls, "config": config, "inputs": [int(s) for s in src]})
     return {"class": type(model).__name__, "name": model.name, "seed": model.seed,
             "dtype": np.dtype(model.dtype).name, "input_shape": list(model.input_shape), "nodes": nodes}
 
 
-def save(model, path, include_optimizer=True):
-    """Write `model` to `path` atomically (see the module docstring for the format)."""
+def snapshot(model, include_optimizer=True, owner="save"):
+    """The model in memory as ``save`` writes it: (header, arrays), the JSON-able header of the module
+    docstring (without its ``arrays`` checksums) and {key: array}.  The arrays are views of the model's
+    buffers, not copies: ``build`` copies them into a new model, ``save`` writes them; copy them before
+    changing the model if you keep them.  Errors name `owner`."""
     from fastnn import losses as _losses, optim as _optim
     if not model.built:
-        raise ValueError(f"save: {model.name} is not built yet (give input_dim, or fit/predict once)")
-    header = {"format": FORMAT, "version": VERSION, "model": _architecture(model)}
+        raise ValueError(f"{owner}: {model.name} is not built yet (give input_dim, or fit/predict once)")
+    header = {"format": FORMAT, "version": VERSION, "model": _architecture(model, owner)}
     arrays = {}
+    table = model.table
     for i, layer in enumerate(_nodes(model)):
         for name, view in layer.params.items():
             arrays[f"param/{i}/{name}"] = view
@@ -101,30 +108,59 @@ def save(model, path, include_optimizer=True):
     header["loss"] = None
     if model.loss is not None:
         if _losses.REGISTRY.get(model.loss.name) is not type(model.loss):
-            raise ValueError(f"save: the loss {model.loss!r} is not in fastnn.losses.REGISTRY")
+            raise ValueError(f"{owner}: the loss {model.loss!r} is not in fastnn.losses.REGISTRY")
         header["loss"] = model.loss.get_config()
     header["optimizer"] = header["optimizer_state"] = None
     opt = model.optimizer
     if opt is not None:
         cfg = opt.get_config()
         if _optim.REGISTRY.get(cfg["name"].lower()) is not type(opt):
-            raise ValueError(f"save: the optimizer {type(opt).__name__} is not in fastnn.optim.REGISTRY")
+            raise ValueError(f"{owner}: the optimizer {type(opt).__name__} is not in fastnn.optim.REGISTRY")
         header["optimizer"] = cfg
-        if include_optimizer and opt._params is model.parameters:
+        if include_optimizer and opt._params is table.trainable_parameters:
             header["optimizer_state"] = {"step_count": int(opt.step_count), "names": sorted(opt.state)}
-            offs = _offsets(model)
             for sname, flat in opt.state.items():
-                for (i, pname), (off, size) in offs.items():
-                    arrays[f"optim/{sname}/{i}/{pname}"] = flat[off:off + size].reshape(
-                        _nodes(model)[i].params[pname].shape)
+                for i, layer in enumerate(_nodes(model)):
+                    for r in table.rows_of(layer):
+                        if r.trainable:     # the state covers the trainable prefix, where their rows lie
+                            arrays[f"optim/{sname}/{i}/{r.name}"] = table.view(flat, r)
     header["training"] = {"epochs_trained": int(model.epochs_trained), "nan_guard": bool(model.nan_guard)}
     header["rng"] = {"init": _rng_state(model.init_rng), "shuffle": _rng_state(model.rng),
                      "layer": _rng_state(model.layer_rng)}
+    return header, arrays
+
+
+def save(model, path, include_optimizer=True):
+    """Write `model` to `path` atomically (see the module docstring for the format): ``snapshot``, the
+    checksums, then the atomic write."""
+    header, arrays = snapshot(model, include_optimizer)
     arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
     header["arrays"] = {k: {"shape": list(v.shape), "dtype": v.dtype.str,
                             "sha256": hashlib.sha256(v.tobytes()).hexdigest()} for k, v in arrays.items()}
     blob = np.frombuffer(json.dumps(header, sort_keys=True).encode("utf-8"), dtype=np.uint8)
     _atomic_savez(os.fspath(path), {HEADER_KEY: blob, **arrays})
+
+
+def clone(model):
+    """An independent copy of a built model: ``build(snapshot(model))`` in memory.
+
+    The copy has the same architecture (layer names, configs, ``trainable`` flags), weights, layer buffers,
+    dtype, loss, optimizer with its state and step count, clipping, learning-rate schedule (a copy), NaN-guard
+    setting, generator states (initialization, shuffling, random layers, a SampledSoftmax loss's own sampler),
+    ``epochs_trained`` and mode; it shares no memory with `model`.  Training one leaves the other unchanged,
+    and both, trained the same way from here, give the same weights (bitwise with one thread).
+    """
+    header, arrays = snapshot(model, include_optimizer=True, owner="clone")
+    new = build(copy.deepcopy(header), arrays, compile=True)
+    new.clip_norm, new.clip_value = model.clip_norm, model.clip_value
+    new.lr_schedule = copy.deepcopy(model.lr_schedule)
+    new.trainer.base_lr = model.trainer.base_lr
+    new.trainer.compiled_plan = model.trainer.compiled_plan
+    new.training = model.training
+    old_sampled, new_sampled = model.trainer.sampled, new.trainer.sampled
+    if old_sampled is not None and new_sampled is not None and old_sampled.rng is not None:
+        new_sampled.rng.bit_generator.state = copy.deepcopy(old_sampled.rng.bit_generator.state)
+    return new
 
 
 def _atomic_savez(path, arrays):
@@ -157,8 +193,9 @@ def _bad(path, why):
     return ValueError(f"load: {path!r} is not a valid fastnn model file: {why}")
 
 
-def _read(path):
-    """(header dict, {key: array}) with every check on the container done; ValueError otherwise."""
+def read(path):
+    """(header dict, {key: array}) from a model file, with every check on the container done (magic bytes, CRCs,
+    no pickle, header format and version, each array's checksum); ValueError otherwise."""
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic != b"PK\x03\x04":
@@ -217,9 +254,9 @@ def load(path, compile=True):
     Raises ValueError for anything that is not a valid file of this format version (see fastnn.io).
     """
     path = os.fspath(path)
-    header, arrays = _read(path)
+    header, arrays = read(path)
     try:
-        return _build(header, arrays, compile)
+        return build(header, arrays, compile)
     except ValueError as exc:
         raise ValueError(f"load: {path!r}: {exc}") from None
     except (TypeError, KeyError, IndexError, AttributeError, OverflowError) as exc:
@@ -232,7 +269,12 @@ def _restore_rng(gen, state):
     gen.bit_generator.state = state
 
 
-def _build(header, arrays, compile):
+def build(header, arrays, compile=True):
+    """A new model from (header, arrays) as ``snapshot`` makes them or ``read`` returns them: the layers are
+    rebuilt from the registry and their configs, the arrays are copied into the new model's buffers (it shares
+    no memory with them), and with `compile` the loss and optimizer (with its state) are restored.  Raises
+    ValueError (or TypeError / KeyError for a malformed header, which ``load`` reports as ValueError) when
+    they do not describe a model; nothing is returned half-built."""
     from fastnn import losses as _losses, optim as _optim
     from fastnn.layers import REGISTRY
     from fastnn.graph import Input, Tensor
@@ -242,7 +284,7 @@ def _build(header, arrays, compile):
     if kind not in ("Sequential", "Model"):
         raise ValueError(f"unknown model class {kind!r}")
     nodes = spec["nodes"]
-    layers, in_block = [None] * len(nodes), set()
+    layers, in_block, trainable = [None] * len(nodes), set(), [True] * len(nodes)
 
     def make(i, seen=()):
         """The layer of node i, a Residual made with the layers of its block's nodes (made first)."""
@@ -255,6 +297,10 @@ def _build(header, arrays, compile):
         if not isinstance(node["config"], dict):
             raise ValueError(f"node {i}: the layer config must be an object")
         config = dict(node["config"])
+        flag = config.pop("trainable", True)
+        if not isinstance(flag, bool):
+            raise ValueError(f"node {i}: trainable must be true or false, got {flag!r}")
+        trainable[i] = flag
         try:
             key = cls.sublayers_key
             if key is not None and isinstance(config.get(key), dict):
@@ -273,6 +319,10 @@ def _build(header, arrays, compile):
 
     for i in range(len(nodes)):
         make(i)
+    # containers come after their block's nodes: set them first (a container's flag propagates to its block),
+    # then each block layer its own flag
+    for i in reversed(range(len(nodes))):
+        layers[i].trainable = trainable[i]
     input_shape = tuple(None if d is None else int(d) for d in spec["input_shape"])
     seed, dtype, name = spec["seed"], spec["dtype"], spec["name"]
     if kind == "Sequential":
@@ -335,11 +385,18 @@ def _build(header, arrays, compile):
             if sorted(opt.state) != sorted(st["names"]):
                 raise ValueError(f"optimizer state {st['names']} does not match {type(opt).__name__}'s "
                                  f"{sorted(opt.state)}")
-            offs = _offsets(model)
+            table = model.table
             for sname, flat in opt.state.items():
-                for (i, pname), (off, size) in offs.items():
-                    like = _nodes(model)[i].params[pname]
-                    flat[off:off + size] = take(f"optim/{sname}/{i}/{pname}", like).reshape(-1)
+                for i, layer in enumerate(_nodes(model)):
+                    for r in table.rows_of(layer):
+                        key = f"optim/{sname}/{i}/{r.name}"
+                        if key not in arrays:
+                            # frozen when saved (the flag was changed and not compiled before the save), trainable
+                            # now: fresh state, as at a compile that unfreezes it
+                            continue
+                        a = take(key, layer.params[r.name])
+                        if r.trainable:  # (saved trainable, frozen now: no state to keep)
+                            table.view(flat, r)[...] = a
             opt.step_count = int(st["step_count"])
     else:
         used.update(k for k in arrays if k.startswith("optim/"))

@@ -11,6 +11,7 @@ and the trainer.
 ``Sequential`` is the special case of a chain, built from its first data when no input shape is given.
 """
 import sys
+from collections import namedtuple
 
 import numpy as np
 
@@ -22,10 +23,14 @@ from fastnn.engine import Executor
 from fastnn.errors import NonFiniteError  # noqa: F401  (re-exported)
 from fastnn.graph import Graph, Input, Tensor, check_shape  # noqa: F401  (Tensor, Input: re-exported)
 from fastnn.layers.base import Layer
-from fastnn.params import ParameterTable
+from fastnn.params import ParameterTable, frozen_layers
 from fastnn.training import compiled as _compiled
 from fastnn.training.trainer import Trainer
 from fastnn._validation import check_dtype, check_number
+
+
+LoadResult = namedtuple("LoadResult", "missing_keys unexpected_keys")
+LoadResult.__doc__ = "What ``Model.load_state_dict`` returns: the keys it did not find, and those it did not use."
 
 
 def _check_seed(owner, seed):
@@ -105,21 +110,145 @@ class Model:
         """The layers, in the order they run."""
         return self.graph.layers
 
-    def count_params(self):
-        """The number of scalar parameters."""
-        return int(self.parameters.size)
+    def count_params(self, trainable=None):
+        """The number of scalar parameters: all of them (default), the trainable ones (``trainable=True``) or
+        the frozen ones (False), by the layers' current ``trainable`` flags.  Layer buffers (BatchNorm's running
+        statistics) are not parameters and are not counted."""
+        if trainable is None:
+            return int(self.parameters.size)
+        if not isinstance(trainable, (bool, np.bool_)):
+            raise TypeError(f"{self.name}: count_params(trainable) takes None or a bool, got {trainable!r}")
+        frozen = frozen_layers(self.graph.layers)
+        n = sum(r.size for r in self.table.rows if (id(r.layer) not in frozen) == bool(trainable))
+        return int(n)
 
     def summary(self, file=None):
-        """Print a table of the layers, their output shapes and parameter counts."""
+        """Print a table of the layers, their output shapes and parameter counts (marked "frozen" for a frozen
+        layer), then the totals: all, trainable and non-trainable parameters (as Keras, by the current
+        ``trainable`` flags) and the values in layer buffers."""
         file = file or sys.stdout
+        frozen = frozen_layers(self.graph.layers)
         rows = [("layer", "output shape", "params")]
         for layer in self.graph.layers:
             n = sum(int(np.prod(v.shape)) for v in layer.params.values())
-            rows.append((repr(layer), "(None, " + ", ".join(map(str, layer.output_shape)) + ")", str(n)))
+            mark = " (frozen)" if n and id(layer) in frozen else ""
+            rows.append((repr(layer), "(None, " + ", ".join(map(str, layer.output_shape)) + ")", f"{n}{mark}"))
         w = [max(len(r[i]) for r in rows) for i in range(3)]
         for r in rows:
             print(f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:>{w[2]}}", file=file)
         print(f"total parameters: {self.count_params()} ({np.dtype(self.dtype).name})", file=file)
+        n_buffers = sum(int(np.size(b)) for layer in self.graph.layers for b in layer.buffers.values())
+        print(f"trainable parameters: {self.count_params(True)}, non-trainable parameters: "
+              f"{self.count_params(False)}, buffer values (e.g. running statistics): {n_buffers}", file=file)
+
+    # ================================================================== weights in memory
+    def _weight_entries(self):
+        """[(layer, kind, name, array)] in the order of get_weights: the layers in graph order, each layer's
+        parameters in its ParamSpec order ("param"), then its buffers ("buffer")."""
+        if not self.built:
+            raise ValueError(f"{self.name}: the model is not built yet (give input_dim, or fit/predict once)")
+        out = []
+        for layer in self.graph.layers:
+            out += [(layer, "param", name, view) for name, view in layer.params.items()]
+            out += [(layer, "buffer", name, np.asarray(buf)) for name, buf in layer.buffers.items()]
+        return out
+
+    def get_weights(self):
+        """The weights as a list of arrays (copies), Keras' ``get_weights``.
+
+        Order: the layers in graph order (``model.graph.layers``: a Residual's block layers are nodes of
+        their own, before the Residual), and for each layer its parameters in its ParamSpec order (Dense:
+        weight, bias) followed by its buffers (BatchNorm: weight, bias, running_mean, running_var).  Buffers
+        are included, as Keras includes non-trainable weights such as BatchNorm's moving statistics.  The
+        order does not depend on ``trainable``.  ``set_weights`` takes the same list.
+        """
+        return [np.array(a, copy=True) for _, _, _, a in self._weight_entries()]
+
+    def _checked(self, owner, what, value, like):
+        """`value` as an array of the model dtype shaped as `like`, after checking shape, kind and finiteness;
+        errors name `owner` and `what` ("dense_1.weight")."""
+        try:
+            arr = np.asarray(value)
+        except Exception as exc:
+            raise TypeError(f"{owner}: {what} must be an array, got {type(value).__name__} ({exc})") from None
+        if arr.dtype.kind not in "fiu":
+            raise TypeError(f"{owner}: {what} must hold real numbers, got dtype {arr.dtype}")
+        if arr.shape != like.shape:
+            raise ValueError(f"{owner}: {what} must have shape {like.shape}, got {arr.shape}")
+        arr = arr.astype(like.dtype, copy=False)
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{owner}: {what} contains NaN or infinity")
+        return arr
+
+    def set_weights(self, weights):
+        """Set the weights from a list of arrays in the order of ``get_weights`` (Keras' ``set_weights``).
+
+        Every entry is checked first: the count, each shape, that it holds real numbers (cast to the model
+        dtype) and that they are finite; a bad entry raises ValueError (TypeError for a wrong kind) naming the
+        layer and parameter with the expected and given shape, and nothing is changed.  The optimizer state
+        is kept (as Keras).
+        """
+        entries = self._weight_entries()
+        if isinstance(weights, np.ndarray) or not isinstance(weights, (list, tuple)):
+            raise TypeError(f"set_weights: expected a list of {len(entries)} arrays (as get_weights returns), got "
+                            f"{type(weights).__name__}")
+        if len(weights) != len(entries):
+            names = ", ".join(f"{l.name}.{n}" for l, _, n, _ in entries)
+            raise ValueError(f"set_weights: {self.name} has {len(entries)} weight arrays ({names}), got "
+                             f"{len(weights)}")
+        checked = [self._checked("set_weights", f"entry {i} ({l.name}.{n})", w, a)
+                   for i, ((l, _, n, a), w) in enumerate(zip(entries, weights))]
+        for (_, _, _, a), w in zip(entries, checked):
+            a[...] = w
+
+    def state_dict(self):
+        """The weights by name, torch's ``state_dict``: a dict "layer_name.name" -> array (a copy), the
+        parameters and the buffers (BatchNorm's running_mean / running_var, as torch includes them), in the
+        order of ``get_weights``."""
+        out = {}
+        for layer, _, name, a in self._weight_entries():
+            key = f"{layer.name}.{name}"
+            if key in out:
+                raise ValueError(f"state_dict: two layers of {self.name} are named {layer.name!r}; the keys "
+                                 "'layer_name.name' need unique layer names")
+            out[key] = np.array(a, copy=True)
+        return out
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Load weights by name from a mapping as ``state_dict`` returns (torch's ``load_state_dict``).
+
+        With ``strict`` (default) the keys must be exactly the model's: missing and unexpected keys are
+        listed in a ValueError.  With ``strict=False`` the matching keys are loaded and the others reported.
+        Every loaded array is checked as in ``set_weights`` (shape, real numbers, finite), all before anything
+        is written: on any error the model is unchanged.  Returns ``(missing_keys, unexpected_keys)`` (a
+        named tuple, as torch).
+        """
+        from collections.abc import Mapping
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"load_state_dict: expected a mapping name -> array, got {type(state_dict).__name__}")
+        entries = {}
+        for layer, _, name, a in self._weight_entries():
+            key = f"{layer.name}.{name}"
+            if key in entries:
+                raise ValueError(f"load_state_dict: two layers of {self.name} are named {layer.name!r}")
+            entries[key] = a
+        missing = [k for k in entries if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in entries]
+        if strict and (missing or unexpected):
+            raise ValueError(f"load_state_dict: the keys do not match {self.name}'s: missing {missing}, "
+                             f"unexpected {unexpected}")
+        checked = [(entries[k], self._checked("load_state_dict", repr(k), state_dict[k], entries[k]))
+                   for k in entries if k in state_dict]
+        for a, v in checked:
+            a[...] = v
+        return LoadResult(missing, unexpected)
+
+    def clone(self):
+        """An independent copy: same architecture, weights, buffers, loss, optimizer with its state, generator
+        states and ``epochs_trained``, sharing no memory with this model (``fastnn.io.clone``: the save format
+        in memory).  Both, trained the same way from here, give the same weights."""
+        from fastnn import io as _io
+        return _io.clone(self)
 
     # ================================================================== training / inference mode
     def train(self, mode=True):
@@ -140,7 +269,13 @@ class Model:
 
     # ================================================================== compile
     def compile(self, loss, optimizer="adam", clip_norm=None, clip_value=None, lr_schedule=None, nan_guard=True):
-        """Set the loss and the optimizer.  Never re-initializes or re-allocates the weights.
+        """Set the loss and the optimizer.  Never re-initializes the weights.
+
+        The layers' ``trainable`` flags take effect here (as in Keras): the optimizer updates the parameters of
+        the trainable layers only and keeps state for those only.  When the set of frozen layers changed since
+        the last compile (or build), the flat buffers are re-ordered (``ParameterTable.relayout``: values kept,
+        ``model.parameters`` / ``gradients`` become new arrays, the layers' views follow) and the same
+        optimizer instance carries its state over (a newly trainable parameter starts with fresh state).
 
         Args:
             loss: a name from ``fastnn.losses.REGISTRY`` ("cross_entropy", "mse", ...) or a Loss.

@@ -49,6 +49,22 @@ class Optimizer:
             self.step_count = 0
             self.state = {k: np.zeros_like(params) for k in self._state_names()}
 
+    def _rebind(self, params, grads, n_decay, moves):
+        """Attach to new buffers after the model's parameters were re-ordered (``ParameterTable.relayout``: a
+        layer was frozen or unfrozen) and carry the state: ``moves`` lists (old offset, new offset, size) of
+        the parameters trainable before and after.  A parameter that becomes trainable starts with fresh state
+        (as a new parameter would); the step count is kept."""
+        old_state, step_count = self.state, self.step_count
+        self._params = self._grads = None
+        self._bind(params, grads, n_decay)
+        for key, new in self.state.items():
+            old = old_state.get(key)
+            if old is None:
+                continue
+            for o, n, size in moves:
+                new[n:n + size] = old[o:o + size]
+        self.step_count = step_count
+
     def _state_names(self):
         return []
 

@@ -1,60 +1,153 @@
 """The parameter table: one row per parameter of a model, over two flat buffers.
 
 All of a model's parameters live in one contiguous array (``parameters``) and their gradients in another
-(``gradients``) of the same layout; each layer gets views into both.  Parameters that take weight decay come
-first (``n_decay`` elements), so an optimizer applies decay to a prefix of the buffer.  A row records where a
-parameter lives (``offset``, ``size``, ``shape``), so that services (io, pruning, diagnostics, the compiled
-plan) find it by row instead of by address arithmetic on the views.
+(``gradients``) of the same layout; each layer gets views into both.  The rows are ordered
+
+    [trainable and decayed | trainable, not decayed | frozen]
+
+so that the optimizer binds to the trainable prefix (``trainable_parameters`` / ``trainable_gradients``, the
+first ``n_trainable`` elements) and applies weight decay to the first ``n_decay`` of those; a frozen layer's
+parameters (``layer.trainable = False``, or inside a frozen container) sit after the prefix, where no update,
+clipping or NaN-guard scan reaches.  A row records where a parameter lives (``offset``, ``size``, ``shape``),
+so that services (io, pruning, diagnostics, the compiled plan) find it by row instead of by address arithmetic
+on the views.
+
+``relayout()`` (called at ``compile``) re-orders the buffers when the set of frozen layers changed: the values
+are kept, the layers are bound to views of the new buffers, and it returns how the trainable prefix moved so
+that the optimizer can carry its state.
 """
 from collections import namedtuple
 
 import numpy as np
 
+from fastnn.layers.base import trainable_changes
+
 Row = namedtuple("Row", "layer name offset size shape decay trainable")
 Row.__doc__ = """One parameter: its layer, its name in the layer, its place in the flat buffers (offset, size),
-shape, whether weight decay applies, and whether the optimizer updates it (always True for now)."""
+shape, whether weight decay applies, and whether the optimizer updates it (False for a frozen layer)."""
+
+
+def frozen_layers(layers):
+    """The ids of the layers whose parameters are frozen: ``trainable`` False, or inside a container (its
+    ``sublayers()``, recursively) whose ``trainable`` is False (Keras: a frozen model freezes its layers)."""
+    frozen = set()
+
+    def freeze(layer):
+        for sub in layer.sublayers():
+            frozen.add(id(sub))
+            freeze(sub)
+
+    for layer in layers:
+        if not layer.trainable:
+            frozen.add(id(layer))
+            freeze(layer)
+    return frozen
 
 
 class ParameterTable:
-    """The parameters of `layers` (in graph order) in one flat buffer, decayed parameters first.
+    """The parameters of `layers` (in graph order) in one flat buffer: trainable decayed parameters first, then
+    the other trainable ones, then the frozen ones.
 
     Initialization runs in graph order (not buffer order) and draws from `rng`, so that each layer's draw does
-    not depend on the others' decay flags.  The layers are bound to their views (``Layer._bind``).
+    not depend on the others' decay or trainable flags.  The layers are bound to their views (``Layer._bind``).
 
     Attributes:
         parameters, gradients: the flat buffers (1-D, `dtype`).
-        n_decay: the number of leading elements that take weight decay.
+        n_trainable: the number of leading elements the optimizer updates.
+        trainable_parameters, trainable_gradients: the first ``n_trainable`` elements (the buffers themselves
+            when nothing is frozen), the arrays the optimizer binds to.
+        n_decay: the number of leading elements that take weight decay (all trainable).
         rows: the rows, in buffer order.
     """
 
     def __init__(self, layers, dtype, rng):
         self.dtype = dtype
-        entries = [(layer, spec) for layer in layers for spec in layer.param_specs()]
-        ordered = [e for e in entries if e[1].decay] + [e for e in entries if not e[1].decay]
+        self.layers = list(layers)
+        self._layout(frozen_layers(self.layers))
+        for layer in self.layers:
+            for spec in layer.param_specs():
+                self.param(layer, spec.name)[...] = spec.initialize(rng)
+        self._bind_layers()
+
+    def _layout(self, frozen):
+        """Rows and fresh (zero) buffers for the set `frozen` of frozen layer ids."""
+        entries = [(layer, spec, id(layer) not in frozen) for layer in self.layers for spec in layer.param_specs()]
+        groups = [[e for e in entries if e[2] and e[1].decay], [e for e in entries if e[2] and not e[1].decay],
+                  [e for e in entries if not e[2] and e[1].decay], [e for e in entries if not e[2] and not e[1].decay]]
         rows, offset = [], 0
-        for layer, spec in ordered:
+        for layer, spec, trainable in (e for g in groups for e in g):
             if any(d is None for d in spec.shape):
                 raise ValueError(f"{layer.name}: parameter {spec.name!r} would have shape {tuple(spec.shape)}: an "
                                  f"axis of variable size (None) cannot carry parameters (input shape "
                                  f"{layer.input_shape})")
             shape = tuple(int(d) for d in spec.shape)
             size = int(np.prod(shape, dtype=np.int64))
-            rows.append(Row(layer, spec.name, offset, size, shape, bool(spec.decay), True))
+            rows.append(Row(layer, spec.name, offset, size, shape, bool(spec.decay), trainable))
             offset += size
         self.rows = rows
-        self.parameters = np.zeros(offset, dtype=dtype)
-        self.gradients = np.zeros(offset, dtype=dtype)
-        self.n_decay = int(sum(r.size for r in rows if r.decay))
+        self.parameters = np.zeros(offset, dtype=self.dtype)
+        self.gradients = np.zeros(offset, dtype=self.dtype)
+        self.n_trainable = int(sum(r.size for r in rows if r.trainable))
+        self.n_decay = int(sum(r.size for r in rows if r.trainable and r.decay))
+        if self.n_trainable == offset:
+            self.trainable_parameters, self.trainable_gradients = self.parameters, self.gradients
+        else:
+            self.trainable_parameters = self.parameters[:self.n_trainable]
+            self.trainable_gradients = self.gradients[:self.n_trainable]
+        self.frozen = frozenset(frozen)
+        self._changes_seen = trainable_changes()
         self._index = {(id(r.layer), r.name): r for r in rows}
+        # each layer's rows in its ParamSpec order (the order of layer.params, get_weights and state_dict)
         self._by_layer = {}
-        for r in rows:
-            self._by_layer.setdefault(id(r.layer), []).append(r)
-        for layer, spec in entries:
-            self.param(layer, spec.name)[...] = spec.initialize(rng)
-        for layer in layers:
+        for layer, spec, _ in entries:
+            self._by_layer.setdefault(id(layer), []).append(self._index[(id(layer), spec.name)])
+
+    def _bind_layers(self):
+        for layer in self.layers:
             params = {r.name: self.param(layer, r.name) for r in self.rows_of(layer)}
             grads = {r.name: self.grad(layer, r.name) for r in self.rows_of(layer)}
-            layer._bind(params, grads, dtype)
+            layer._bind(params, grads, self.dtype)
+            layer._frozen = id(layer) in self.frozen
+
+    # ------------------------------------------------------------------ freezing
+    def trainable_changed(self):
+        """Whether the layers' ``trainable`` flags now freeze another set of layers than this layout does.
+        Cheap when no flag was assigned since the layout (one integer comparison)."""
+        if trainable_changes() == self._changes_seen:
+            return False
+        if frozen_layers(self.layers) == self.frozen:
+            self._changes_seen = trainable_changes()
+            return False
+        return True
+
+    def changed_layers(self):
+        """The layers whose frozen state differs between their flags and this layout, in graph order."""
+        now = frozen_layers(self.layers)
+        return [layer for layer in self.layers if (id(layer) in now) != (id(layer) in self.frozen)]
+
+    def relayout(self):
+        """Re-order the buffers for the layers' current ``trainable`` flags; None when nothing changed.
+
+        The values of the parameters and gradients are kept; the layers are bound to views of the new buffers
+        (new arrays: whatever held the old ones, such as a compiled plan, must be rebuilt).  Returns the moves
+        of the parameters that are trainable before and after, [(old offset, new offset, size)], in the
+        trainable prefixes, for the optimizer to carry its state (``Optimizer._rebind``).
+        """
+        frozen = frozen_layers(self.layers)
+        if frozen == self.frozen:
+            self._changes_seen = trainable_changes()
+            return None
+        old_rows, old_params, old_grads = self.rows, self.parameters, self.gradients
+        self._layout(frozen)
+        moves = []
+        for old in old_rows:
+            new = self._index[(id(old.layer), old.name)]
+            self.parameters[new.offset:new.offset + new.size] = old_params[old.offset:old.offset + old.size]
+            self.gradients[new.offset:new.offset + new.size] = old_grads[old.offset:old.offset + old.size]
+            if old.trainable and new.trainable:
+                moves.append((old.offset, new.offset, old.size))
+        self._bind_layers()
+        return moves
 
     # ------------------------------------------------------------------ lookups
     def row(self, layer, name):
@@ -65,7 +158,7 @@ class ParameterTable:
             raise KeyError(f"{getattr(layer, 'name', layer)} has no parameter {name!r}") from None
 
     def rows_of(self, layer):
-        """The rows of `layer`, in buffer order (a layer's ``params`` dict has the same order)."""
+        """The rows of `layer`, in its ParamSpec order (a layer's ``params`` dict has the same order)."""
         return list(self._by_layer.get(id(layer), ()))
 
     def view(self, flat, row):
@@ -86,7 +179,7 @@ class ParameterTable:
         return self.row(layer, name).offset
 
     def segments(self, layer):
-        """[(offset, size)] of the parameters of `layer`, in buffer order."""
+        """[(offset, size)] of the parameters of `layer`, in its ParamSpec order."""
         return [(r.offset, r.size) for r in self.rows_of(layer)]
 
     def locate(self, index):

@@ -10,9 +10,9 @@ not changed) in which the chosen units of the Dense layer are gone:
 * the optimizer state (momentum, Adam's moments, ...) of all of these, and its step count, so training goes on
   exactly as for a model built at the smaller size with the same weights and state.
 
-The new model has new flat parameter / gradient / state buffers (it is rebuilt through the save format, so
-layer names, loss, optimizer, generator states and ``epochs_trained`` carry over; clipping and the learning-rate
-schedule are copied too).
+The new model has new flat parameter / gradient / state buffers (it is rebuilt from an in-memory snapshot in the
+save format, ``fastnn.io.snapshot`` / ``build``, so layer names, ``trainable`` flags, loss, optimizer, generator
+states and ``epochs_trained`` carry over; clipping and the learning-rate schedule are copied too).
 
 Criteria (the units with the lowest score go):
 
@@ -31,9 +31,6 @@ feed anything else than a chain of activation / Dropout / BatchNorm / LayerNorm 
 layer -- Add, Concatenate, Residual, Softmax, or a tensor used by several layers -- since its units could not be
 removed consistently there.
 """
-import os
-import tempfile
-
 import numpy as np
 
 from fastnn._core.kinds import ACT
@@ -211,10 +208,7 @@ def neurons(model, layer, amount=None, criterion="l2", X=None, batch_size=1024):
 
 def _rebuild(model, i, chain, nxt, keep, remove, fold):
     from fastnn import io as _io
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "model.npz")
-        _io.save(model, path, include_optimizer=True)
-        header, arrays = _io._read(path)
+    header, arrays = _io.snapshot(model, include_optimizer=True, owner="prune.neurons")
     header["model"]["nodes"][i]["config"]["units"] = int(keep.size)
     chain = set(chain)
     out = {}
@@ -241,7 +235,7 @@ def _rebuild(model, i, chain, nxt, keep, remove, fold):
             W = nxt_layer.params["weight"].astype(np.float64)
             b = out[f"param/{nxt}/bias"].astype(np.float64) + c @ W[remove, :]
             out[f"param/{nxt}/bias"] = b.astype(out[f"param/{nxt}/bias"].dtype)
-    new = _io._build(header, out, compile=True)
+    new = _io.build(header, out, compile=True)
     if model.loss is not None:
         new.loss = model.loss
         new.clip_norm, new.clip_value, new.lr_schedule = model.clip_norm, model.clip_value, model.lr_schedule

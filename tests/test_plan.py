@@ -283,5 +283,16 @@ def test_plan_state_checks_its_arguments():
     with pytest.raises(ValueError, match="the plan is float64"):
         KP.run_batches(core, Z(8, 3).astype(np.float32), np.zeros(8, np.intp), None, 0, 2, 0, 1)
     core.guard(False)
+    # a trainable prefix: the states and backups are sized to it, the layers' offsets to the whole buffer
+    with pytest.raises(ValueError, match="n_update"):
+        KP.Plan(p, g, 4, 2, 31)
+    part = KP.Plan(p, g, 4, 2, 20)
+    part.dense(0, ACT.RELU, 3, 5, 0, 15, False, 0.0, Z(4, 5), Z(4, 5), Z(4, 5), Z(4, 3))   # offsets past 20
+    with pytest.raises(ValueError, match=r"shape \(20,\)"):
+        part.adam(1e-3, 0.9, 0.999, 1e-8, 0.0, False, Z(30), Z(30), None, 30)
+    part.adam(1e-3, 0.9, 0.999, 1e-8, 0.0, False, Z(20), Z(20), None, 20)
+    with pytest.raises(ValueError, match=r"shape \(20,\)"):
+        part.guard(True, Z(30), Z(20), Z(20))
+    part.guard(True, Z(20), Z(20), Z(20))
     status, done, bad, value = KP.run_batches(core, Z(8, 3), np.zeros(8, np.intp), None, 0, 2, 0, 1)
     assert (status, done) == (0, 2) and core.stats["n_samples"] == 8

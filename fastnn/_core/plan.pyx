@@ -309,12 +309,14 @@ cdef void *_addr(object a):
 cdef class Plan:
     """The state of a compiled plan for one model (flat parameters and gradients) at one batch size.
 
-    Made by fastnn/_plan.py: ``Plan(params, grads, bs, n_layers)``, one ``dense`` / ``activation`` call per
+    Made by fastnn/training/compiled.py: ``Plan(params, grads, bs, n_layers, n_update)``, one ``dense`` /
+    ``activation`` call per
     layer and ``batch_buffers`` once; then, before a run, ``loss``, ``sgd`` or ``adam``, ``guard`` and ``clip``.
     Every array it is given must be C-contiguous, of the parameters' dtype (labels: intp), and of the documented
     shape; it keeps a reference to each, so the raw pointers in its C structs stay valid."""
     cdef PlanLayer *layers
     cdef Py_ssize_t n_layers, bs, P
+    cdef Py_ssize_t U           # the update, clipping and the guard cover [0, U) (the trainable prefix); U <= P
     cdef object dtype
     cdef bint dbl
     cdef void *params
@@ -336,18 +338,24 @@ cdef class Plan:
     cdef dict _keep             # the arrays the pointers above point into
     cdef bytearray _set         # which layers were given
 
-    def __cinit__(self, params, grads, Py_ssize_t bs, Py_ssize_t n_layers):
+    def __cinit__(self, params, grads, Py_ssize_t bs, Py_ssize_t n_layers, Py_ssize_t n_update=-1):
         self.layers = <PlanLayer *>PyMem_Calloc(max(n_layers, 1), sizeof(PlanLayer))
         if self.layers == NULL:
             raise MemoryError()
 
-    def __init__(self, params, grads, Py_ssize_t bs, Py_ssize_t n_layers):
+    def __init__(self, params, grads, Py_ssize_t bs, Py_ssize_t n_layers, Py_ssize_t n_update=-1):
+        """params, grads: the model's whole flat buffers (P,), which the layers' offsets address; n_update: the
+        length of the prefix that the optimizer updates (the trainable parameters; -1: all P), the size of the
+        optimizer states and of the guard's backups."""
         if params.dtype not in (np.float32, np.float64) or params.ndim != 1 or not params.flags.c_contiguous:
             raise ValueError(f"Plan: parameters must be a contiguous float32 or float64 vector, got {params.dtype}")
         if bs < 1 or n_layers < 0:
             raise ValueError(f"Plan: bad batch size {bs} or layer count {n_layers}")
         self.dtype, self.dbl = params.dtype, params.dtype == np.float64
         self.P, self.bs, self.n_layers = params.shape[0], bs, n_layers
+        if n_update > self.P or n_update < -1:
+            raise ValueError(f"Plan: n_update {n_update} outside [0, {self.P}]")
+        self.U = self.P if n_update < 0 else n_update
         self._keep = {}
         self._set = bytearray(n_layers)
         self.params = self._arr("params", params, (self.P,))
@@ -432,14 +440,14 @@ cdef class Plan:
         self.loss_kind = kind
 
     cdef _states(self, Py_ssize_t n_decay, s0, s1, s2):
-        self.update.n_decay = max(0, min(n_decay, self.P))
-        self.update.s0 = self._arr("s0", s0, (self.P,))
-        self.update.s1 = self._arr("s1", s1, (self.P,))
-        self.update.s2 = self._arr("s2", s2, (self.P,))
+        self.update.n_decay = max(0, min(n_decay, self.U))
+        self.update.s0 = self._arr("s0", s0, (self.U,))
+        self.update.s1 = self._arr("s1", s1, (self.U,))
+        self.update.s2 = self._arr("s2", s2, (self.U,))
 
     def sgd(self, double lr, double momentum, double dampening, double weight_decay, bint nesterov, momentum_buffer,
             Py_ssize_t n_decay):
-        """torch.optim.SGD: momentum_buffer (P,) or None (no momentum); weight decay on [0, n_decay)."""
+        """torch.optim.SGD: momentum_buffer (n_update,) or None (no momentum); weight decay on [0, n_decay)."""
         self.update.kind = FNN_OPT_SGD
         self.update.sgd = SGDHyper(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                                    nesterov=nesterov)
@@ -447,7 +455,7 @@ cdef class Plan:
 
     def adam(self, double lr, double beta1, double beta2, double eps, double weight_decay, bint decoupled, exp_avg,
              exp_avg_sq, max_exp_avg_sq, Py_ssize_t n_decay):
-        """torch.optim.Adam (decoupled: AdamW): the states (P,), max_exp_avg_sq None without amsgrad."""
+        """torch.optim.Adam (decoupled: AdamW): the states (n_update,), max_exp_avg_sq None without amsgrad."""
         if exp_avg is None or exp_avg_sq is None:
             raise ValueError("Plan.adam: exp_avg and exp_avg_sq are needed")
         self.update.kind = FNN_OPT_ADAM
@@ -456,20 +464,20 @@ cdef class Plan:
         self._states(n_decay, exp_avg, exp_avg_sq, max_exp_avg_sq)
 
     def guard(self, bint on, backup=None, backup_s0=None, backup_s1=None, backup_s2=None):
-        """The NaN guard on (backup: the parameters' backup buffer (P,), and one per present state) or off."""
+        """The NaN guard on (backup: the parameters' backup buffer (n_update,), and one per present state) or off."""
         if on and backup is None:
             raise ValueError("Plan.guard: the guard needs the parameters' backup buffer")
         self.guard_on = on
         if not on:
             backup = backup_s0 = backup_s1 = backup_s2 = None
-        self.backup = self._arr("backup", backup, (self.P,))
+        self.backup = self._arr("backup", backup, (self.U,))
         present = (self.update.s0 != NULL, self.update.s1 != NULL, self.update.s2 != NULL)
         for key, b, has in zip(("bs0", "bs1", "bs2"), (backup_s0, backup_s1, backup_s2), present):
             if self.guard_on and (b is None) == has:
                 raise ValueError(f"Plan.guard: {key} must be given exactly for a present optimizer state")
-        self.bs0 = self._arr("bs0", backup_s0, (self.P,))
-        self.bs1 = self._arr("bs1", backup_s1, (self.P,))
-        self.bs2 = self._arr("bs2", backup_s2, (self.P,))
+        self.bs0 = self._arr("bs0", backup_s0, (self.U,))
+        self.bs1 = self._arr("bs1", backup_s1, (self.U,))
+        self.bs2 = self._arr("bs2", backup_s2, (self.U,))
 
     def clip(self, double clip_value=-1.0, double max_norm=-1.0):
         """Gradient clipping: each element to +-clip_value (when > 0), then the norm to max_norm (when >= 0)."""
@@ -492,7 +500,8 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
     bound.pyx proves from G and bounds of |p| and of the state (one scan when the call starts, then carried from
     step to step) that it stays finite, and otherwise the old way: block by block, backup copy, update, check, and
     a restore of everything on failure."""
-    cdef Py_ssize_t n = X.shape[0], n_in0 = X.shape[1], L = plan.n_layers, P = plan.P, bs = plan.bs
+    # P: the updated prefix (the trainable parameters); the layers' offsets address the whole buffer
+    cdef Py_ssize_t n = X.shape[0], n_in0 = X.shape[1], L = plan.n_layers, P = plan.U, bs = plan.bs
     cdef bint same_dtype
     if floating is double:
         same_dtype = plan.dbl
@@ -742,15 +751,15 @@ def tracked_update(Plan plan, Py_ssize_t step, int n_threads):
     state.  For tests."""
     cdef Bounds mx
     cdef int err
-    if step < 1 or plan.P == 0 or plan.update.kind < 0:
+    if step < 1 or plan.U == 0 or plan.update.kind < 0:
         raise ValueError("tracked_update: bad arguments")
     with nogil:
         if plan.dbl:
             err = _update(&plan.update, <double *>plan.params, <const double *>plan.grads, NULL, NULL, NULL, NULL,
-                          plan.P, step, n_threads, &mx)
+                          plan.U, step, n_threads, &mx)
         else:
             err = _update(&plan.update, <float *>plan.params, <const float *>plan.grads, NULL, NULL, NULL, NULL,
-                          plan.P, step, n_threads, &mx)
+                          plan.U, step, n_threads, &mx)
     if err != 0:
         raise RuntimeError(f"tracked_update: the update kernel failed ({err})")
     return mx.P, mx.S0, mx.S1, mx.S2

@@ -11,11 +11,13 @@ Data layout: channels-last.  Features are on the last axis: a batch of vectors i
 
 Layers with several inputs set ``n_inputs`` (None: any number >= 2) and take / return lists of arrays.
 """
+import difflib
 from collections import OrderedDict, namedtuple
 
 import numpy as np
 
 from fastnn._core._threads import get_num_threads  # noqa: F401  (re-exported for the layer modules)
+from fastnn._core.attrs import StrictAttributes
 from fastnn.initializers import default_fans
 from fastnn.graph import Tensor
 
@@ -68,15 +70,51 @@ def _auto_name(prefix):
     return f"{prefix}_{_name_counts[prefix]}"
 
 
-class Layer:
+# incremented by every assignment to a layer's ``trainable``: a parameter table compares it with the count it
+# saw at its last layout, so that the trainer notices a change since compile without visiting the layers
+_trainable_changes = [0]
+
+
+def trainable_changes():
+    """How many times ``trainable`` has been assigned on any layer (a cheap change detector)."""
+    return _trainable_changes[0]
+
+
+class _SealOnConstruction(type):
+    """The layers' metaclass: once the outermost ``__init__`` has run, the layer is sealed, and a public
+    attribute it does not define can no longer be set (see ``Layer._reject_attribute``)."""
+
+    def __call__(cls, *args, **kwargs):
+        layer = super().__call__(*args, **kwargs)
+        layer.__dict__["_sealed"] = True
+        return layer
+
+
+class Layer(StrictAttributes, metaclass=_SealOnConstruction):
     """Base class of all layers.
 
     Subclasses implement ``_build(input_shape) -> output_shape``, ``param_specs()`` (if they have
     parameters), ``forward`` and ``backward``, and ``get_config``.
+
+    Attributes are strict once the layer is constructed: setting a public name the layer does not define
+    (``dense.activaton = "relu"``, ``layer.trainabel = False``) raises AttributeError naming the layer and the
+    closest known name, instead of silently adding an attribute nothing reads.  Settings the layer defines,
+    properties, and private names (a leading underscore: the state ``forward`` / ``backward`` keep) are set as
+    usual; the check is C code (``fastnn._core.attrs``) that private names pass at the cost of a plain
+    assignment.  A subclass sets its own public attributes in its ``__init__``, which runs before the seal.
+
+    ``trainable`` (True by default) says whether the optimizer updates the layer's parameters (Keras'
+    ``Layer.trainable``).  As in Keras, a change takes effect at the next ``model.compile(...)``: ``fit`` and
+    ``train_on_batch`` raise a RuntimeError while a change is pending.  A frozen layer still passes gradients
+    to the layers before it; its parameters keep their values and get no optimizer state.  Setting it on a
+    container (a ``Residual``) sets it on the container's layers too, and a layer inside a frozen container
+    is frozen whatever its own flag.  A frozen ``BatchNorm`` runs in inference mode (Keras 3).
     """
     n_inputs = 1          # number of input tensors (None: variable, >= 2)
     fusable = None        # "softmax" / "sigmoid": the layer ends in that function and can hand logits to a loss
     _max_cached_batches = 8
+    _trainable = True     # the layer's own flag (``trainable``)
+    _frozen = False       # set by the parameter table at its layout: the parameters are not trained (as compiled)
 
     def __init__(self, name=None):
         if name is not None and not isinstance(name, str):
@@ -119,6 +157,31 @@ class Layer:
         self.grads = grads
         self.dtype = dtype
         self._buffers.clear()
+
+    # ------------------------------------------------------------------ freezing and strict attributes
+    @property
+    def trainable(self):
+        """Whether the optimizer updates this layer's parameters (True by default; see the class docstring:
+        a change takes effect at the next ``compile``)."""
+        return self._trainable
+
+    @trainable.setter
+    def trainable(self, value):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{self.name}: trainable must be a bool, got {type(value).__name__} {value!r}")
+        self._trainable = bool(value)
+        _trainable_changes[0] += 1
+        for layer in self.sublayers():      # a container propagates the flag (Keras)
+            layer.trainable = value
+
+    def _reject_attribute(self, name):
+        """Called (by ``fastnn._core.attrs``) for a public attribute the constructed layer does not define."""
+        known = sorted({k for k in self.__dict__ if not k.startswith("_")} |
+                       {k for k in dir(type(self)) if not k.startswith("_")})
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise AttributeError(f"{self.name}: {type(self).__name__} has no attribute {name!r}{hint} (a layer accepts "
+                             "only the settings it defines; names starting with '_' are free for private state)")
 
     # ------------------------------------------------------------------ optional capabilities
     # The model and the services (io, prune, diagnostics, the compiled plan) ask the layer through these

@@ -32,7 +32,12 @@ class Dropout(Layer):
             raise ValueError(f"{self.name}: mode must be one of {_MODES}, got {mode!r}")
         self.mode = mode
         self._rng = None
-        self.mask = None
+        self._mask = None
+
+    @property
+    def mask(self):
+        """The mask of the last training forward (uint8, 1 = kept), or None."""
+        return self._mask
 
     def attach_rng(self, generator):
         """Called by the model with its seeded ``layer_rng``: the source of the per-call seeds."""
@@ -56,7 +61,7 @@ class Dropout(Layer):
         self._scale = 1.0 / keep if self.mode == "inverted" else 1.0
         _k.dropout_forward(X.reshape(-1), Y.reshape(-1), mask.reshape(-1), seed, threshold, self._scale,
                            get_num_threads())
-        self.mask, self._masked = mask, True
+        self._mask, self._masked = mask, True
         return Y
 
     def backward(self, dY):
@@ -64,7 +69,7 @@ class Dropout(Layer):
             return dY
         dX = self._batch_buffers(dY.shape, lambda _: np.empty(dY.shape, dY.dtype), tag="grad")
         if self._masked:
-            _k.dropout_backward(dY.reshape(-1), self.mask.reshape(-1), dX.reshape(-1), self._scale,
+            _k.dropout_backward(dY.reshape(-1), self._mask.reshape(-1), dX.reshape(-1), self._scale,
                                 get_num_threads())
         else:
             np.multiply(dY, self._scale, out=dX)

@@ -54,6 +54,10 @@ class BatchNorm(_Norm):
     variance undefined.  In ``fit`` choose a batch size that does not leave a last batch of one sample.  A
     one-sample batch of a sequence or image (1, L, C) has L values per channel and is fine.
 
+    Frozen (``trainable = False``, applied at ``compile``), the layer runs in inference mode in training too,
+    as Keras 3 does: it normalizes with the running statistics and does not update them (torch would keep
+    using batch statistics unless the module is put in ``eval()``).
+
     Shape: input and output (n, ..., C).
     """
 
@@ -103,6 +107,8 @@ class BatchNorm(_Norm):
         self.buffers["running_var"][...] = value
 
     def forward(self, X, training=False):
+        if self._frozen:        # a frozen BatchNorm runs in inference mode, in fit too (Keras 3)
+            training = False
         if training and X.size // max(X.shape[-1], 1) < 2:
             raise ValueError(f"{self.name}: expected more than 1 value per channel in training mode, got a "
                              f"batch of shape {X.shape} (as torch.nn.BatchNorm1d)")

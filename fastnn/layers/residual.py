@@ -55,7 +55,12 @@ class Residual(Layer):
         self.survival_prob = check_number(type(self).__name__, "survival_prob", survival_prob, low=0.0,
                                           high=1.0, low_open=True)
         self._rng = None
-        self.kept = True        # whether the block was kept in the last training forward
+        self._kept = True
+
+    @property
+    def kept(self):
+        """Whether the block was kept in the last training forward (stochastic depth)."""
+        return self._kept
 
     # "used in a graph" covers the block: releasing the Residual (a failed build) releases its layers too
     @property
@@ -112,8 +117,8 @@ class Residual(Layer):
         if training and p < 1.0:
             if self._rng is None:                   # used outside a model: fresh entropy
                 self._rng = np.random.default_rng()
-            self.kept = bool(self._rng.random() < p)
-            if not self.kept:
+            self._kept = bool(self._rng.random() < p)
+            if not self._kept:
                 return x
         Y = self._batch_buffers(x.shape, lambda _: np.empty(x.shape, x.dtype))
         if not training and p < 1.0:
@@ -128,7 +133,7 @@ class Residual(Layer):
         if p == 1.0:
             return [dY, dY]
         if self._training:
-            if self.kept:
+            if self._kept:
                 return [dY, dY]
             for layer in self._all_block_layers():   # no backward through the dropped block: zero its gradients
                 for g in layer.grads.values():

@@ -30,7 +30,7 @@ class TrainPlan:
         fused = model.trainer.fused if fused is None else fused
         dt = model.dtype
         L = len(model.graph.nodes)
-        self.core = core = _k.Plan(model.parameters, model.gradients, bs, L)
+        self.core = core = _k.Plan(model.parameters, model.gradients, bs, L, model.table.n_trainable)
         n_in = model.input_shape[0]
         for l, (layer, _) in enumerate(model.graph.nodes):
             last = l == L - 1
@@ -102,6 +102,8 @@ def plan_for(model, train, bs, metrics, cbs):
         return None
     if type(opt) not in (_optim.SGD, _optim.Adam, _optim.AdamW):
         return None
+    if model.table.n_trainable == 0:      # everything frozen: the per-layer path (which updates nothing)
+        return None
     if type(loss) is _losses.CrossEntropy:
         if T.ndim != 1:
             return None
@@ -117,6 +119,9 @@ def plan_for(model, train, bs, metrics, cbs):
                 return None
         elif type(layer) not in _ACT_TYPES:
             return None
+    # the plan updates the trainable prefix of the flat buffers, the one the optimizer is bound to (see fit_epoch)
+    if opt._params is not model.table.trainable_parameters or opt._grads is not model.table.trainable_gradients:
+        return None
     plan = trainer.train_plan
     if plan is None or plan.bs != bs or plan.params is not model.parameters or plan.model is not model:
         plan = trainer.train_plan = TrainPlan(model, bs)
@@ -124,7 +129,12 @@ def plan_for(model, train, bs, metrics, cbs):
 
 
 def fit_epoch(model, plan, epoch, train, bs, shuffle):
-    """One epoch through the plan; returns the logs as ``Trainer._fit_epoch`` does (raises NonFiniteError)."""
+    """One epoch through the plan; returns the logs as ``Trainer._fit_epoch`` does (raises NonFiniteError).
+
+    The plan holds the model's whole flat buffers, which the layers' offsets address, and the length of their
+    trainable prefix (``model.table.n_trainable``, the optimizer's buffers): the update, clipping and the guard's
+    scans cover exactly those elements, so a frozen layer (after the prefix) is read in the forward pass and its
+    gradient written in the backward pass but never updated."""
     X, T, _ = train
     n = X.shape[0]
     idx = model.rng.permutation(n) if shuffle else None

@@ -74,10 +74,30 @@ class Trainer:
         if getattr(model.loss, "sampled", False):       # SampledSoftmax: step trains through sampled.py
             from fastnn.training.sampled import SampledOutput
             self.sampled = SampledOutput(model)
-        model.optimizer._bind(model.parameters, model.gradients, model.table.n_decay)
-        if self.guard_backup is None or self.guard_backup.shape != model.parameters.shape:
-            self.guard_backup = np.empty_like(model.parameters)
+        table, opt = model.table, model.optimizer
+        old_prefix = table.trainable_parameters
+        moves = table.relayout()        # the trainable flags take effect here (Keras: at compile)
+        if moves is not None:
+            model.parameters, model.gradients = table.parameters, table.gradients
+            self.train_plan = self.infer_plans = None        # they hold the old buffers' addresses
+        if moves is not None and opt._params is old_prefix:
+            opt._rebind(table.trainable_parameters, table.trainable_gradients, table.n_decay, moves)
+        else:
+            opt._bind(table.trainable_parameters, table.trainable_gradients, table.n_decay)
+        if self.guard_backup is None or self.guard_backup.shape != table.trainable_parameters.shape:
+            self.guard_backup = np.empty_like(table.trainable_parameters)
         self.constrained = [layer for layer in model.graph.layers if layer.has_constraint]
+
+    def check_trainable(self, owner):
+        """Raise a RuntimeError naming the layers whose ``trainable`` flag changed since the last compile (the
+        change takes effect at compile, as in Keras, and is never half-applied)."""
+        table = self.model.table
+        if table.trainable_changed():
+            names = ", ".join(f"{layer.name} ({'frozen' if id(layer) in table.frozen else 'trainable'} as "
+                              "compiled)" for layer in table.changed_layers())
+            raise RuntimeError(f"{owner}: trainable was changed on {names} since the model was compiled; call "
+                               f"{self.model.name}.compile(...) again to apply it (it takes effect at compile, "
+                               "as in Keras)")
 
     def require_compiled(self, what):
         """Raise a RuntimeError naming `what` when the model has no loss yet."""
@@ -93,12 +113,12 @@ class Trainer:
         The NaN/inf guard (``model.nan_guard``, on by default; off, nothing is checked) keeps the weights at
         their last finite state:
         a non-finite loss stops before the backward pass, a non-finite gradient (one pass of the compiled
-        ``guard.first_nonfinite`` over the flat gradient buffer) before the update; both leave weights and
-        optimizer state untouched.  An update can still overflow from finite gradients, so the parameters
-        are copied into one reused buffer before the update and checked after it (a second pass); a
-        non-finite parameter (or optimizer state) restores both from the copy, step count included.  Cost
-        per step: read passes over the gradients, parameters and optimizer state and one copy of the
-        parameters and the state, no allocation.
+        ``guard.first_nonfinite`` over the trainable part of the flat gradient buffer, what the optimizer
+        updates) before the update; both leave weights and optimizer state untouched.  An update can still
+        overflow from finite gradients, so the trainable parameters are copied into one reused buffer before
+        the update and checked after it (a second pass); a non-finite parameter (or optimizer state) restores
+        both from the copy, step count included.  Cost per step: read passes over the gradients, parameters
+        and optimizer state and one copy of the parameters and the state, no allocation.
         """
         model = self.model
         guard = model.nan_guard
@@ -114,19 +134,23 @@ class Trainer:
             if guard and not np.isfinite(loss):
                 raise self.nonfinite("loss", where, None, f"the loss is {loss}")
             model.engine.backward(grad)
+        # the guard scans what the optimizer updates: the trainable prefix of the flat buffers (frozen layers'
+        # gradients are computed but never applied)
         if guard:
-            bad = _guard.first_nonfinite(model.gradients)
+            grads = model.optimizer._grads
+            bad = _guard.first_nonfinite(grads)
             if bad >= 0:
                 raise self.nonfinite("gradient", where, bad, f"the gradient of {model.table.locate(bad)} is "
-                                      f"{model.gradients[bad]}")
+                                      f"{grads[bad]}")
             saved = self._save_training_state()
         self._clip_gradients()      # after the gradient check: a NaN norm would spread over every gradient
         self._schedule_step()
         model.optimizer.step()
         if guard:
-            bad = _guard.first_nonfinite(model.parameters)
+            params = model.optimizer._params
+            bad = _guard.first_nonfinite(params)
             if bad >= 0:
-                value = model.parameters[bad]
+                value = params[bad]
                 self._restore_training_state(saved)
                 raise self.nonfinite("parameters", where, bad, f"the update made {model.table.locate(bad)} {value}")
             for key, arr in model.optimizer.state.items():
@@ -141,7 +165,7 @@ class Trainer:
         """Copy the parameters, the optimizer state and its step count into reused buffers (no allocation)."""
         model = self.model
         opt = model.optimizer
-        np.copyto(self.guard_backup, model.parameters)
+        np.copyto(self.guard_backup, opt._params)
         copies = {}
         for k, a in opt.state.items():
             buf = model.engine.cached(("saved", k, a.shape), lambda: np.empty_like(a))
@@ -152,7 +176,7 @@ class Trainer:
     def _restore_training_state(self, saved):
         model = self.model
         copies, step_count = saved
-        np.copyto(model.parameters, self.guard_backup)
+        np.copyto(model.optimizer._params, self.guard_backup)
         for k, v in model.optimizer.state.items():
             np.copyto(v, copies[k])
         model.optimizer.step_count = step_count
@@ -172,13 +196,14 @@ class Trainer:
                               "(lower the learning rate, or check the data)", what, epoch, batch, index)
 
     def _clip_gradients(self):
-        """Clip the flat gradient buffer in place (one compiled pass) if compile asked for it."""
+        """Clip the trainable part of the flat gradient buffer in place (one compiled pass) if compile asked
+        for it."""
         model = self.model
         if self.monitor is not None:    # fit(diagnostics=True): measure the gradient before clipping
             self.monitor.on_gradients()
         if model.clip_norm is not None or model.clip_value is not None:
             model.grad_norm = _clip.clip_gradients(
-                model.gradients, -1.0 if model.clip_value is None else model.clip_value,
+                model.optimizer._grads, -1.0 if model.clip_value is None else model.clip_value,
                 -1.0 if model.clip_norm is None else model.clip_norm, get_num_threads())
 
     def _apply_schedule(self, epoch):
@@ -238,6 +263,7 @@ class Trainer:
     def train_on_batch(self, X, y):
         """One forward, backward and update on the batch (X, y); returns the loss of that forward pass."""
         X, T = self.check_Xy(X, y, "train_on_batch")
+        self.check_trainable("train_on_batch")
         if X.shape[0] == 0:
             raise ValueError("train_on_batch: the batch is empty")
         loss, _ = self.step(X, T, "in train_on_batch")
@@ -257,6 +283,7 @@ class Trainer:
             raise TypeError(f"fit: nan_guard must be a bool or None, got {type(nan_guard).__name__}")
         train, val, metric_objs = self._fit_prepare(X, y, validation_split, validation_data, metrics,
                                                     class_weight, sample_weight)
+        self.check_trainable("fit")
         n = train[0].shape[0]
         bs = min(batch_size, n)
         n_batches = -(-n // bs)
