@@ -16,6 +16,19 @@ from fastnn.layers.base import Layer, get_num_threads
 REGISTRY = {}
 
 
+_COVERED = set()    # the kinds that a class stands for (its own, and those it lists in ``covers``)
+
+
+def _register(cls):
+    cls.kind = _check_kind(ACT, cls.kind, cls.__name__)       # ValueError for a kind not in the table
+    for name in (cls.kind.label,) + tuple(cls.aliases):
+        if name in REGISTRY:
+            raise ValueError(f"{cls.__name__}: activation name {name!r} is taken by {REGISTRY[name].__name__}")
+        REGISTRY[name] = cls
+    _COVERED.add(cls.kind)
+    _COVERED.update(cls.__dict__.get("covers", ()))
+
+
 class Activation(Layer):
     """Base of the activation layers: ``Y = f(X)`` with the compiled kernel of kind ``kind`` (an ``ACT`` member).
 
@@ -27,13 +40,8 @@ class Activation(Layer):
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
-        if cls.__dict__.get("kind") is None:
-            return
-        cls.kind = _check_kind(ACT, cls.kind, cls.__name__)       # ValueError for a kind not in the table
-        for name in (cls.kind.label,) + tuple(cls.aliases):
-            if name in REGISTRY:
-                raise ValueError(f"{cls.__name__}: activation name {name!r} is taken by {REGISTRY[name].__name__}")
-            REGISTRY[name] = cls
+        if cls.__dict__.get("kind") is not None:
+            _register(cls)
 
     def _build(self, input_shape):
         if len(input_shape) < 1:
@@ -118,6 +126,7 @@ class GELU(Activation):
             as ``torch.nn.GELU(approximate="tanh")``.
     """
     kind = ACT.GELU
+    covers = (ACT.GELU_TANH,)
     _APPROXIMATIONS = {"none": ACT.GELU, "tanh": ACT.GELU_TANH}
 
     def __init__(self, approximate="none", name=None):
@@ -170,6 +179,25 @@ class Mish(Activation):
     """Mish, torch.nn.Mish: f(x) = x * tanh(softplus(x))."""
     kind = ACT.MISH
 
+
+def _plain_class(kind):
+    """A layer class for a row of the kind table: named after the row (CamelCase: "hard_tanh" -> HardTanh), no
+    parameters, not yet registered."""
+    name = "".join(part.capitalize() for part in kind.label.split("_"))
+    cls = type(name, (Activation,), {"__module__": __name__, "__qualname__": name, "__doc__":
+                                     f"The {kind.label!r} activation: its row in csrc/fnn_kinds.h, its math in "
+                                     "csrc/fnn_act.h."})
+    cls.kind = kind
+    return cls
+
+
+# a row of the table that no class above stands for gets a plain one, so that a new parameterless activation
+# needs nothing here: Dense(activation="<name>"), saving and the compiled plans work from its row alone
+for _kind in ACT:
+    if _kind not in _COVERED:
+        _cls = _plain_class(_kind)
+        _register(_cls)
+        globals()[_cls.__name__] = _cls
 
 # class name -> class (saving, loading, the compiled plan), derived from REGISTRY
 CLASSES = {cls.__name__: cls for cls in REGISTRY.values()}
