@@ -3,7 +3,8 @@
 ``fnn.prune.neurons(model, layer=..., amount=0.3, criterion="l2")`` returns a **new model** (the original is
 not changed) in which the chosen units of the Dense layer are gone:
 
-* the layer's weight columns and bias entries;
+* the layer's weight columns and bias entries (along each parameter's ``ParamSpec.unit_axis``); the layer may act
+  on the last axis of N-D data (a Dense on (N, T, F) sequences), whose other axes are positions;
 * the per-feature parameters and running statistics of the BatchNorm / LayerNorm layers between it and the next
   Dense layer (activation layers and Dropout in between have nothing to prune);
 * the matching rows of the next Dense layer's weight;
@@ -19,7 +20,7 @@ Criteria (the units with the lowest score go):
 | criterion | score of a unit | needs X |
 |---|---|---|
 | ``"l2"`` | L2 norm of its incoming weights (its column of ``weight``) | no |
-| ``"activation"`` | mean absolute value of its activation over X (inference mode) | yes |
+| ``"activation"`` | mean absolute value of its activation over X, every sample and position (inference mode) | yes |
 | ``"dead"`` | removes every unit whose ReLU output is 0 for every sample of X (``amount`` is not used) | yes |
 
 Removing dead units does not change the predictions: a dead unit sends a constant to the next layer (0, or,
@@ -102,14 +103,19 @@ def _scan(model, X, point, relu, end, batch_size):
     counters = _diag._Counters(model) if relu is not None else None
     plan_layers = model.layers
     absum = lo = hi = None
+    rows = 0
     prev, model.training = model.training, False
     try:
         for start in range(0, n, batch_size):
             model.engine.forward(X[start:start + batch_size], False)
+            # units are on the last axis (channels-last): every other axis is a sample, a step or a pixel
             v = model.engine.values[point]
+            v = v.reshape(-1, v.shape[-1])
+            rows += v.shape[0]
             s = np.abs(v).sum(axis=0, dtype=np.float64)
             absum = s if absum is None else absum + s
             e = model.engine.values[end]
+            e = e.reshape(-1, e.shape[-1])
             lo = e.min(axis=0) if lo is None else np.minimum(lo, e.min(axis=0))
             hi = e.max(axis=0) if hi is None else np.maximum(hi, e.max(axis=0))
         counts = None
@@ -120,7 +126,7 @@ def _scan(model, X, point, relu, end, batch_size):
         if counters is not None:
             counters.close()
         model.training = prev
-    return absum / n, counts, lo, hi
+    return absum / rows, counts, lo, hi
 
 
 def select(model, layer, amount=None, criterion="l2", X=None, batch_size=1024):
@@ -161,7 +167,8 @@ def _plan_pruning(model, layer, amount, criterion, X, batch_size):
     fold = None
     if criterion == "l2":
         W = L.params["weight"].astype(np.float64)
-        scores = np.sqrt((W * W).sum(axis=0))
+        ax = _unit_axes(L)["weight"]
+        scores = np.sqrt((W * W).sum(axis=tuple(a for a in range(W.ndim) if a != ax)))
     else:
         point = i if L.activation.kind != ACT.IDENTITY else next(
             (j for j in chain if isinstance(model.layers[j], Activation)), i)
@@ -206,11 +213,17 @@ def neurons(model, layer, amount=None, criterion="l2", X=None, batch_size=1024):
     return _rebuild(model, i, chain, nxt, keep, remove, fold)
 
 
+def _unit_axes(layer):
+    """{parameter name: the axis of its output units} from the layer's ParamSpecs."""
+    return {spec.name: spec.unit_axis for spec in layer.param_specs()}
+
+
 def _rebuild(model, i, chain, nxt, keep, remove, fold):
     from fastnn import io as _io
     header, arrays = _io.snapshot(model, include_optimizer=True, owner="prune.neurons")
     header["model"]["nodes"][i]["config"]["units"] = int(keep.size)
     chain = set(chain)
+    axes = {j: _unit_axes(model.layers[j]) for j in chain | {i}}
     out = {}
     for key, a in arrays.items():
         parts = key.split("/")
@@ -221,11 +234,10 @@ def _rebuild(model, i, chain, nxt, keep, remove, fold):
         else:
             out[key] = a
             continue
-        if node == i:
-            a = a[:, keep] if pname == "weight" else a[keep]
-        elif node in chain:
-            a = a[keep]
-        elif node == nxt and pname == "weight":
+        if node == i or node in chain:
+            # along the parameter's unit axis (ParamSpec.unit_axis); buffers (running statistics) are per unit
+            a = np.take(a, keep, axis=axes[node].get(pname, 0))
+        elif node == nxt and pname == "weight":        # the next Dense layer's rows: its input features
             a = a[keep, :]
         out[key] = np.ascontiguousarray(a)
     nxt_layer = model.layers[nxt]

@@ -196,3 +196,26 @@ def test_refusals_name_the_layer():
     with pytest.raises(ValueError, match="out of range"):
         fnn.prune.neurons(seq, 7)
     assert fnn.prune.neurons(seq, "d1", amount=2).layers[1].weight.shape == (4,)      # LayerNorm pruned too
+
+
+def test_pruning_a_per_step_dense_keeps_the_predictions_of_dead_units():
+    """A Dense on (N, T, F) sequences: the units go along each parameter's unit axis (ParamSpec.unit_axis), the
+    BatchNorm after it loses the same channels, and removing units dead on X changes no prediction."""
+    L = fnn.layers
+    model = fnn.Sequential([L.Dense(8, activation="relu"), L.BatchNorm(), L.Dense(3)], input_shape=(5, 6), seed=0,
+                           dtype="float64").compile("mse", "adam")
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 5, 6))
+    model.fit(X, rng.standard_normal((40, 5, 3)), epochs=2, batch_size=8)
+    dense = model.layers[0]
+    b = dense.bias.copy()
+    b[[1, 4, 6]] = -1e3                                   # these units never fire
+    dense.bias = b
+    small = fnn.prune.neurons(model, layer=0, criterion="dead", X=X)
+    assert small.layers[0].weight.shape == (6, 5) and small.layers[1].params["weight"].shape == (5,)
+    assert small.layers[1].buffers["running_mean"].shape == (5,) and small.layers[2].weight.shape == (5, 3)
+    np.testing.assert_allclose(small.predict(X), model.predict(X), rtol=1e-12, atol=1e-12)
+    keep = [0, 2, 3, 5, 7]
+    np.testing.assert_array_equal(small.layers[0].weight, dense.weight[:, keep])
+    st = small.optimizer.state["exp_avg"]
+    assert st.shape == small.parameters.shape
