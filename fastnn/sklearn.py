@@ -19,8 +19,13 @@ Definitions, as scikit-learn's MLP:
   regressor half the mean squared error, scikit-learn's squared loss), without the L2 term.
 - Stopping: without early stopping, training stops when the training loss has not improved by at least
   ``tol`` for ``n_iter_no_change`` consecutive epochs; with it, when the validation score (accuracy, R^2) has
-  not, and the best weights are restored.  ``max_iter`` epochs without stopping warn with a
-  ConvergenceWarning.
+  not, and the best weights are restored, BatchNorm's running statistics with them.  ``max_iter`` epochs
+  without stopping warn with a ConvergenceWarning.
+- ``batch_norm=True``: a last batch of one sample (whose batch statistics are undefined) is avoided by lowering
+  the batch size by the fewest samples that do (201 samples, batch 200: 199); the weight decay keeps the
+  nominal batch size.
+- ``warm_start=True``: ``fit`` continues from the current weights; a ``y`` with other classes than the previous
+  fit is a ValueError (as scikit-learn's), and leaves the estimator as it was.
 
 ``partial_fit`` runs one epoch over the given data (``classes=`` on the first call for the classifier) and
 keeps the optimizer state between calls.  scikit-learn is an optional dependency: this module needs it,
@@ -133,6 +138,18 @@ class _BaseMLP(BaseEstimator):
             warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped")
         return int(np.clip(self.batch_size, 1, n))
 
+    def _fit_batch_size(self, bs, n):
+        """The batch size fit runs with: `bs`, except that with batch_norm a last batch of one sample (whose
+        batch statistics are undefined) is avoided by the smallest reduction of the batch size that does."""
+        if not self.batch_norm:
+            return bs
+        if n < 2:
+            raise ValueError(f"batch_norm=True needs at least 2 training samples, got {n}")
+        b = bs
+        while b >= 2 and n % b == 1:
+            b -= 1
+        return b if b >= 2 else n         # n odd and bs 2: one batch of all n
+
     def _seed(self):
         rs = self.random_state
         if isinstance(rs, numbers.Integral) and not isinstance(rs, bool):
@@ -195,13 +212,14 @@ class _BaseMLP(BaseEstimator):
                 self.validation_scores_ = []
                 self.best_validation_score_ = -np.inf
             self.best_loss_ = None
-            best_params = self.model_.parameters.copy()
+            best_weights = self.model_.get_weights()      # parameters and layer buffers (BatchNorm statistics)
         model = self.model_
         model.optimizer.weight_decay = self.alpha / min(bs, n)
+        fit_bs = self._fit_batch_size(min(bs, n), n)
         epochs = 1 if incremental else self.max_iter
         stopped = False
         for _ in range(epochs):
-            hist = model.fit(X, Y, epochs=1, batch_size=min(bs, n), shuffle=bool(self.shuffle))
+            hist = model.fit(X, Y, epochs=1, batch_size=fit_bs, shuffle=bool(self.shuffle))
             loss = float(hist.history["loss"][0]) * self._loss_scale
             if not np.isfinite(loss):
                 raise ValueError("training diverged (non-finite loss); lower learning_rate_init")
@@ -221,7 +239,7 @@ class _BaseMLP(BaseEstimator):
                     self._no_improvement_count = 0
                 if score > self.best_validation_score_:
                     self.best_validation_score_ = score
-                    best_params[...] = model.parameters
+                    best_weights = model.get_weights()
             else:
                 if loss > self.best_loss_ - self.tol:
                     self._no_improvement_count += 1
@@ -238,7 +256,7 @@ class _BaseMLP(BaseEstimator):
                 stopped = True
                 break
         if early:
-            model.parameters[...] = best_params
+            model.set_weights(best_weights)
         if not incremental and not stopped:
             warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
                           "optimization hasn't converged yet.", ConvergenceWarning)
@@ -306,7 +324,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def _more_tags(self):                 # the same for scikit-learn < 1.6
         return {"multioutput": True, "multilabel": True}
 
-    def _prepare_targets(self, y, classes=None):
+    def _prepare_targets(self, y, classes=None, warm=False):
+        """The targets in the loss's form.  warm: a warm-start fit, which must see the classes of the previous fit
+        (checked before anything changes, as scikit-learn does)."""
         if getattr(y, "ndim", 1) == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         check_classification_targets(y)
@@ -316,6 +336,11 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             if classes is None and lb.classes_.size < 2 and lb.y_type_ != "multilabel-indicator":
                 raise ValueError(f"{type(self).__name__} needs samples of at least 2 classes in the data, but the "
                                  f"data contains only one class: {lb.classes_[0]!r}")
+            old = getattr(self, "_label_binarizer", None)
+            if warm and old is not None and (lb.y_type_ != old.y_type_ or
+                                             not np.array_equal(lb.classes_, old.classes_)):
+                raise ValueError(f"warm_start can only be used where `y` has the same classes as in the previous "
+                                 f"call to fit. Previously got {old.classes_}, `y` has {lb.classes_}")
             self._label_binarizer = lb
             self.classes_ = lb.classes_
         lb = self._label_binarizer
@@ -343,9 +368,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     def fit(self, X, y):
         """Train from scratch (or from the current weights with warm_start=True) for up to max_iter epochs."""
-        X, y = self._check_X(X, y, reset=not (self.warm_start and hasattr(self, "model_")))
+        warm = bool(self.warm_start) and hasattr(self, "model_")
+        X, y = self._check_X(X, y, reset=not warm)
         self._partial = False
-        Y = self._prepare_targets(y)
+        Y = self._prepare_targets(y, warm=warm)
         return self._fit(X, Y, incremental=False)
 
     def partial_fit(self, X, y, classes=None):

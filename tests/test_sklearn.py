@@ -168,3 +168,51 @@ def test_core_does_not_import_sklearn():
     import sys
     code = "import sys, fastnn, fastnn.losses, fastnn.io; assert 'sklearn' not in sys.modules, 'imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__("pathlib").Path(fnn.__file__).parents[1]))
+
+
+def test_batch_norm_with_a_last_batch_of_one_sample():
+    # 201 samples, automatic batch size 200: the last batch would hold one sample
+    X, y = _digits()[:2]
+    X, y = X[:201], y[:201]
+    clf = MLPClassifier(hidden_layer_sizes=(16,), batch_norm=True, max_iter=3, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(X, y)
+    assert clf.n_iter_ == 3 and np.isfinite(clf.loss_curve_).all()
+    assert clf._fit_batch_size(200, 201) == 199 and clf._fit_batch_size(2, 5) == 5
+    assert clf._fit_batch_size(32, 64) == 32
+    with pytest.raises(ValueError, match="at least 2 training samples"):
+        clf._fit_batch_size(1, 1)
+
+
+def test_early_stopping_restores_the_batch_norm_statistics_of_the_best_epoch():
+    from sklearn.model_selection import train_test_split
+    X, y = _digits()[:2]
+    clf = MLPClassifier(hidden_layer_sizes=(32,), batch_norm=True, early_stopping=True, validation_fraction=0.2,
+                        max_iter=25, n_iter_no_change=3, learning_rate_init=0.05, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(X, y)
+    Y = clf._prepare_targets(y)
+    _, Xv, _, yv = train_test_split(np.asarray(X, np.float32), Y, test_size=0.2, random_state=0,
+                                    stratify=clf._stratify(Y))
+    # the returned model is the validated one: its score is the best recorded score
+    assert clf._score_arrays(Xv, yv) == clf.best_validation_score_
+
+
+def test_warm_start_with_other_classes_is_refused_and_changes_nothing():
+    X, y = _digits()[:2]
+    clf = MLPClassifier(hidden_layer_sizes=(16,), max_iter=2, warm_start=True, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(X, y)
+    before = clf.predict_proba(X[:20]).copy()
+    classes = clf.classes_.copy()
+    with pytest.raises(ValueError, match="same classes"):
+        clf.fit(X[y < 5], y[y < 5])
+    np.testing.assert_array_equal(clf.classes_, classes)
+    np.testing.assert_array_equal(clf.predict_proba(X[:20]), before)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(X, y)                        # still usable: the same classes train on
+    assert clf.n_iter_ == 4
