@@ -38,6 +38,8 @@ class Trainer:
         fused: the loss takes the output layer's logits (its softmax/sigmoid is fused into the loss).
         sampled: the ``fastnn.training.sampled.SampledOutput`` of a SampledSoftmax loss, else None.
         guard_backup: the parameters before the last update (a reused buffer of the NaN guard).
+        buffer_backup: the layer buffers before the last guarded step and their reused copies (see
+            ``_buffer_backups``); None until the first guarded step after compile.
         guard_backup_steps: compiled-plan steps whose update the guard had to back up (see compiled.py).
         constrained: the layers with a weight constraint, applied after every update.
         monitor: the ``fastnn.diagnostics.Monitor`` during ``fit(diagnostics=True)``, else None.
@@ -52,6 +54,7 @@ class Trainer:
         self.fused = False
         self.sampled = None
         self.guard_backup = None
+        self.buffer_backup = None
         self.guard_backup_steps = 0
         self.constrained = []
         self.monitor = None
@@ -87,6 +90,7 @@ class Trainer:
         if self.guard_backup is None or self.guard_backup.shape != table.trainable_parameters.shape:
             self.guard_backup = np.empty_like(table.trainable_parameters)
         self.constrained = [layer for layer in model.graph.layers if layer.has_constraint]
+        self.buffer_backup = None       # rebuilt at the next guarded step, for the layers' current buffers
 
     def check_trainable(self, owner):
         """Raise a RuntimeError naming the layers whose ``trainable`` flag changed since the last compile (the
@@ -119,9 +123,31 @@ class Trainer:
         the update and checked after it (a second pass); a non-finite parameter (or optimizer state) restores
         both from the copy, step count included.  Cost per step: read passes over the gradients, parameters
         and optimizer state and one copy of the parameters and the state, no allocation.
+
+        Layer buffers (BatchNorm's running statistics, which the forward pass updates) are copied into reused
+        buffers before the forward pass, only for the layers that have them, and checked after the backward
+        pass: a non-finite buffer (e.g. a running variance overflowed by one huge sample) raises NonFiniteError
+        ``what="buffer"`` naming the layer and buffer, and every NonFiniteError of the step restores them, so
+        that the model is left exactly as before the step.
         """
         model = self.model
         guard = model.nan_guard
+        if not guard:
+            return self._step(Xb, Tb, where, Wb, False, ())
+        buffers = self._buffer_backups()
+        for _, _, _, buf, copy in buffers:     # the forward pass updates them (BatchNorm's running statistics)
+            np.copyto(copy, buf)
+        try:
+            return self._step(Xb, Tb, where, Wb, True, buffers)
+        except NonFiniteError:
+            for _, _, _, buf, copy in buffers:
+                np.copyto(buf, copy)
+            raise
+
+    def _step(self, Xb, Tb, where, Wb, guard, buffers):
+        """``step`` between the buffers' backup and their restore on NonFiniteError (`buffers`, checked after
+        the forward and backward passes when `guard`)."""
+        model = self.model
         if self.sampled is not None:      # sampled softmax: forward, sampled loss, backward (sampled.py)
             loss, correct = self.sampled.forward_backward(Xb, Tb, Wb, where)
         else:
@@ -137,6 +163,12 @@ class Trainer:
         # the guard scans what the optimizer updates: the trainable prefix of the flat buffers (frozen layers'
         # gradients are computed but never applied)
         if guard:
+            for layer, name, arr, buf, _ in buffers:
+                bad = _guard.first_nonfinite(buf)
+                if bad >= 0:
+                    at = ", ".join(str(int(i)) for i in np.unravel_index(bad, arr.shape))
+                    raise self.nonfinite("buffer", where, None, f"the forward pass made the buffer "
+                                         f"{layer.name}.{name}[{at}] {buf[bad]}")
             grads = model.optimizer._grads
             bad = _guard.first_nonfinite(grads)
             if bad >= 0:
@@ -161,6 +193,26 @@ class Trainer:
         self._apply_constraints()
         return loss, correct
 
+    def _buffer_backups(self):
+        """[(layer, name, buffer, flat view of it, flat copy)] for every floating-point layer buffer (BatchNorm's running
+        statistics), the copies kept between steps; rebuilt when a layer's buffer is a new array (after compile
+        or build, or a replaced buffer).  Empty for a model without buffers."""
+        entries = self.buffer_backup
+        if entries is not None:
+            for layer, name, arr, _, _ in entries:
+                if layer.buffers.get(name) is not arr:
+                    entries = None
+                    break
+        if entries is None:
+            entries = []
+            for layer in self.model.graph.layers:
+                for name, arr in layer.buffers.items():
+                    if isinstance(arr, np.ndarray) and arr.dtype.kind == "f" and arr.flags.c_contiguous:
+                        flat = arr.reshape(-1)
+                        entries.append((layer, name, arr, flat, np.empty_like(flat)))
+            self.buffer_backup = entries
+        return entries
+
     def _save_training_state(self):
         """Copy the parameters, the optimizer state and its step count into reused buffers (no allocation)."""
         model = self.model
@@ -182,7 +234,7 @@ class Trainer:
         model.optimizer.step_count = step_count
 
     def nonfinite(self, what, where, index, detail):
-        """The NonFiniteError for `what` ("loss", "gradient", "parameters") at `where` ((epoch, batch) 0-based,
+        """The NonFiniteError for `what` ("loss", "gradient", "buffer", "parameters") at `where` ((epoch, batch) 0-based,
         or a text), flat index `index` (or None), with the message `detail`."""
         if isinstance(where, tuple):
             epoch, batch = where[0] + 1, where[1] + 1
