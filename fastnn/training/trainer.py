@@ -27,6 +27,7 @@ from fastnn._core._threads import get_num_threads
 from fastnn._validation import as_float_array, check_number
 from fastnn.callbacks import History
 from fastnn.errors import NonFiniteError
+from fastnn.layers.normalization import BatchNorm
 from fastnn.training import compiled as _compiled
 
 
@@ -339,6 +340,10 @@ class Trainer:
         n = train[0].shape[0]
         bs = min(batch_size, n)
         n_batches = -(-n // bs)
+        sizes = {bs, n - (n_batches - 1) * bs}          # the batch sizes of an epoch
+        for layer in model.graph.layers:
+            if isinstance(layer, BatchNorm):            # before any update, not at the epoch's last batch
+                layer.check_training_batches(sizes, owner)
         history = History()
         monitor = None
         if diagnostics:
@@ -346,6 +351,14 @@ class Trainer:
             monitor = _diagnostics.Monitor()
             callbacks = _diagnostics.with_monitor(callbacks, monitor)
         cbs = self._fit_callbacks(callbacks, history, verbose, epochs, n_batches)
+        # as Keras' callback.params: what on_train_begin can check against; "extra_logs": a callback of the
+        # user's that runs before this one has an on_epoch_end, which may add keys to the logs
+        extra = False
+        for cb in cbs.callbacks:
+            cb.params = {"epochs": epochs, "steps": n_batches, "verbose": verbose, "do_validation": val is not None,
+                         "extra_logs": extra}
+            extra = extra or (not type(cb).__module__.startswith("fastnn.")
+                              and type(cb).on_epoch_end is not _callbacks.Callback.on_epoch_end)
         saved_guard = model.nan_guard
         if nan_guard is not None:
             model.nan_guard = bool(nan_guard)
@@ -411,22 +424,30 @@ class Trainer:
             W = CW if W is None else (W * CW).astype(model.dtype)
         if W is not None and not float(W.sum(dtype=np.float64)) > 0:
             raise ValueError("fit: the sample weights (times the class weights) sum to 0; nothing to train on")
-        objs = []
-        for spec in ([metrics] if isinstance(metrics, (str, _metrics.Metric)) else (metrics or [])):
-            m = _metrics.get(spec)
-            want = "classification" if model.loss.classification else "regression"
-            if m.kind != want:
-                raise ValueError(f"fit: metric {m.name!r} applies to {m.kind} losses, the loss "
-                                 f"{model.loss.name!r} is not one")
-            if isinstance(m, _metrics.Accuracy):
-                continue      # reported anyway, from the loss kernel's count
-            if any(o.name == m.name for o in objs):
-                raise ValueError(f"fit: metric {m.name!r} given twice")
-            objs.append(m)
+        objs = self.metric_objects(metrics, owner)
         if objs and self.sampled is not None:
             raise ValueError("fit: with sampled_softmax the training step does not compute the full output, so "
                              "metrics other than accuracy cannot be measured in fit; use evaluate(..., metrics=...)")
         return (X, T, W), val, objs
+
+    def metric_objects(self, metrics, owner):
+        """The Metric objects for `metrics` (a name, a Metric or a list of them) other than accuracy (reported
+        anyway, from the loss kernel's count); a metric of the other kind of loss (a regression metric for a
+        classification loss, or the reverse), an unknown or a repeated one raises, naming `owner`."""
+        model = self.model
+        objs = []
+        for spec in ([metrics] if isinstance(metrics, (str, _metrics.Metric)) else (metrics or [])):
+            m = _metrics.get(spec, owner)
+            want = "classification" if model.loss.classification else "regression"
+            if m.kind != want:
+                raise ValueError(f"{owner}: metric {m.name!r} applies to {m.kind} losses, the loss "
+                                 f"{model.loss.name!r} is not one")
+            if isinstance(m, _metrics.Accuracy):
+                continue
+            if any(o.name == m.name for o in objs):
+                raise ValueError(f"{owner}: metric {m.name!r} given twice")
+            objs.append(m)
+        return objs
 
     def check_weights(self, w, n, owner):
         arr = np.asarray(w)
@@ -449,16 +470,25 @@ class Trainer:
             # (n, T) labels or (n, T, k) rows: one class per position, while weights are per sample
             raise ValueError(f"fit: class_weight needs one class per sample, but the targets have shape {T.shape} "
                              "(a class per position); weight the samples with sample_weight instead")
+        n_classes = int(model.output_shape[-1])       # the model's classes: its output columns
         if T.ndim == 1:
             classes = T
         elif isinstance(model.loss, _losses.CrossEntropy):
             classes = np.argmax(T, axis=1)
         elif T.ndim == 2 and T.shape[1] == 1 and isinstance(model.loss, _losses.BinaryCrossEntropy):
             classes = (T[:, 0] > 0.5).astype(np.intp)
+            n_classes = 2                               # one sigmoid output: classes 0 and 1
         else:
             raise ValueError("fit: class_weight needs class targets (cross_entropy labels or rows, or one "
                              "binary_cross_entropy output)")
-        counts = np.bincount(classes)
+        counts = np.bincount(classes, minlength=n_classes)
+        if isinstance(class_weight, dict):
+            for k in class_weight:
+                if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+                    raise ValueError(f"fit: class_weight keys must be class indices >= 0, got {k!r}")
+                if k >= n_classes:
+                    raise ValueError(f"fit: class_weight has a weight for class {k}, but the model has "
+                                     f"{n_classes} classes (0 .. {n_classes - 1})")
         if isinstance(class_weight, str):
             if class_weight != "balanced":
                 raise ValueError(f"fit: class_weight must be 'balanced' or a dict, got {class_weight!r}")
@@ -466,11 +496,8 @@ class Trainer:
             table = np.ones(counts.size)
             table[present] = classes.size / (present.sum() * counts[present])
         elif isinstance(class_weight, dict):
-            table = np.ones(max(counts.size, 1 + max((k for k in class_weight if isinstance(k, (int, np.integer))),
-                                                    default=-1)))
+            table = np.ones(counts.size)
             for k, v in class_weight.items():
-                if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
-                    raise ValueError(f"fit: class_weight keys must be class indices >= 0, got {k!r}")
                 table[k] = check_number("fit", f"class_weight[{k}]", v, low=0.0)
         else:
             raise TypeError(f"fit: class_weight must be 'balanced' or a dict, got {type(class_weight).__name__}")
@@ -562,9 +589,7 @@ class Trainer:
             batch_size = check_number("evaluate", "batch_size", batch_size, low=1, integer=True)
         W = None if sample_weight is None else self.check_weights(sample_weight, X.shape[0],
                                                                    "evaluate: sample_weight")
-        objs = [m for m in (_metrics.get(s) for s in ([metrics] if isinstance(metrics, (str, _metrics.Metric))
-                                                       else (metrics or [])))
-                if not isinstance(m, _metrics.Accuracy)]
+        objs = self.metric_objects(metrics, "evaluate")
         prev = self._set_mode(False)
         try:
             return self.evaluate_arrays(X, T, batch_size, W, objs)
