@@ -184,3 +184,27 @@ def test_buffers_are_not_guarded_with_the_guard_off():
     m.train_on_batch(Xbad, y[:8])
     assert not np.isfinite(m.layers[1].running_var).all()
     assert m.trainer.buffer_backup is None
+
+
+def test_guarded_step_of_a_batchnorm_model_allocates_nothing():
+    import tracemalloc
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((64, 7)).astype(np.float32), rng.integers(0, 10, 64)
+    m = fnn.Sequential([fnn.layers.Dense(256), fnn.layers.BatchNorm(), fnn.layers.ReLU(), fnn.layers.Dense(10)],
+                       input_dim=7, seed=0)
+    m.compile("cross_entropy", "adam")
+    T = m.loss.prepare_targets(y, 64, m.output_shape, m.dtype)
+    for _ in range(2):
+        m.trainer.step(X, T, (0, 0))          # warm-up: batch buffers, the buffers' backups
+    tracemalloc.start()
+    try:
+        m.trainer.step(X, T, (0, 0))
+        base, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        for _ in range(30):
+            m.trainer.step(X, T, (0, 0))
+        cur, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert cur - base <= 256, cur - base
+    assert peak - base <= 16384, peak - base        # no array-sized temporary (one 64 x 256 float32 is 64 kB)
