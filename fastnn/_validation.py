@@ -17,9 +17,16 @@ def check_number(owner, name, value, *, low=None, high=None, low_open=False, hig
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, kind):
         want = "an int" if integer else "a real number"
         raise TypeError(f"{owner}: {name} must be {want}, got {type(value).__name__} {value!r}")
-    value = int(value) if integer else float(value)
-    if not np.isfinite(value):
-        raise ValueError(f"{owner}: {name} must be finite, got {value}")
+    if integer:
+        value = int(value)          # any size: a Python int is exact (np.isfinite would refuse one above 2**64)
+    else:
+        try:
+            value = float(value)
+        except OverflowError:       # an int beyond the float range
+            raise ValueError(f"{owner}: {name} must be a finite real number, got an integer too large for a "
+                             f"float (about 2**{abs(int(value)).bit_length()})") from None
+        if not np.isfinite(value):
+            raise ValueError(f"{owner}: {name} must be finite, got {value}")
     if low is not None and (value <= low if low_open else value < low):
         raise ValueError(f"{owner}: {name} must be {'>' if low_open else '>='} {low}, got {value}")
     if high is not None and (value >= high if high_open else value > high):
@@ -48,6 +55,10 @@ def as_float_array(owner, name, X, dtype):
         raise ValueError(f"{owner}: {name} must be a numeric array of shape (n_samples, features...), "
                          f"got {type(X).__name__} that numpy cannot convert ({exc})") from None
     if arr.dtype.kind not in "fiu":
+        if (arr.dtype == object and arr.size and all(isinstance(v, numbers.Real) for v in arr.flat)
+                and any(isinstance(v, numbers.Integral) and not -2**63 <= v < 2**64 for v in arr.flat)):
+            raise TypeError(f"{owner}: {name} holds integers too large for a 64-bit integer (numpy keeps them as "
+                            "Python objects); give a numeric array (e.g. float64)")
         raise TypeError(f"{owner}: {name} must hold real numbers, got dtype {arr.dtype}")
     arr = np.asarray(arr, dtype=dtype, order="C")   # not ascontiguousarray: it turns a 0-d input into 1-d
     # the guard's scan (one read, no temporary): np.isfinite(arr).all() made a bool array as large as arr / 4

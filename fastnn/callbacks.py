@@ -294,6 +294,27 @@ class ModelCheckpoint(Callback):
         self.best = None
         self.last_path = None
 
+    def on_train_begin(self, logs=None):
+        """Check the path's format fields before anything trains: a malformed path, or a ``val_`` field when fit
+        has no validation data (``self.params["do_validation"]``, set by fit) and no callback of the user's runs
+        before this one that could add it to the logs (``self.params["extra_logs"]``), is a ValueError."""
+        import re
+        import string
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(self.filepath) if f is not None]
+        except ValueError as exc:
+            raise ValueError(f"ModelCheckpoint: filepath {self.filepath!r} is not a valid format string ({exc})") \
+                from None
+        params = getattr(self, "params", None) or {}
+        for field in fields:
+            key = re.split(r"[.\[]", field, maxsplit=1)[0]
+            if key == "" or key.isdigit():
+                raise ValueError(f"ModelCheckpoint: filepath {self.filepath!r} has a positional field {{{field}}}; "
+                                 "name the value, e.g. {epoch:03d} or {val_loss:.3f}")
+            if key.startswith("val_") and params.get("do_validation") is False and not params.get("extra_logs"):
+                raise ValueError(f"ModelCheckpoint: filepath {self.filepath!r} uses {{{field}}}, but fit has no "
+                                 "validation data (give validation_data or validation_split)")
+
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         if (epoch + 1) % self.save_freq:

@@ -437,8 +437,14 @@ def gradcheck(model, X, y, eps=1e-6, max_per_param=64, training=True, tol=1e-4, 
     evaluation, by restoring the layer generator's state); False checks inference mode.  Errors of order
     1e-7..1e-5 are normal (kinks of ReLU can cost more); a wrong backward gives errors near 1.
 
-    Returns a :class:`GradcheckReport` (``report.errors``, ``report.max_error``, ``report.passed``).
+    Returns a :class:`GradcheckReport` (``report.errors``, ``report.max_error``, ``report.passed``).  ``eps``
+    and ``atol`` must be finite and > 0, ``tol`` finite and >= 0, ``max_per_param`` an int >= 1 (else
+    ValueError/TypeError naming the argument, before anything runs).
     """
+    eps = check_number("gradcheck", "eps", eps, low=0.0, low_open=True)
+    atol = check_number("gradcheck", "atol", atol, low=0.0, low_open=True)
+    tol = check_number("gradcheck", "tol", tol, low=0.0)
+    max_per_param = check_number("gradcheck", "max_per_param", max_per_param, low=1, integer=True)
     model.trainer.require_compiled("gradcheck")
     if not model.built:
         model.trainer.check_X(X, "gradcheck")

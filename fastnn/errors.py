@@ -2,10 +2,11 @@
 
 
 class NonFiniteError(FloatingPointError):
-    """Training met a NaN or infinity: in the loss, in the gradients, or in the parameters after an update.
+    """Training met a NaN or infinity: in the loss, in the gradients, in a layer buffer (BatchNorm's running
+    statistics) after the forward pass, or in the parameters after an update.
 
-    The weights are those of the last finite state: from before the batch (``what`` "loss" or "gradient"),
-    or restored from the copy taken before the update (``what`` "parameters").  ``epoch`` and ``batch`` are
+    The weights and layer buffers are those of the last finite state: from before the batch (``what`` "loss",
+    "gradient" or "buffer"), or restored from the copy taken before the update (``what`` "parameters").  ``epoch`` and ``batch`` are
     1-based (None outside fit); ``index`` is the first bad element of the flat buffer (None for the loss).
     """
 

@@ -14,7 +14,8 @@ weighted by ``sample_weight`` / ``class_weight`` (Keras' ``metrics``, not ``weig
   (sklearn's ``r2_score`` with ``multioutput="uniform_average"``); a constant target column counts 0.
 
 Regression metrics need a regression loss ("l2", "mse", "mae") and the accuracies a classification loss,
-so that they always see predictions in the space of the targets; a mismatch is a ValueError in ``fit``.
+so that they always see predictions in the space of the targets; a mismatch is a ValueError in ``fit`` and
+``evaluate``, raised before anything runs.
 """
 import numpy as np
 
@@ -153,13 +154,13 @@ REGISTRY = {"accuracy": Accuracy, "acc": Accuracy, "top_k_accuracy": TopKAccurac
             "mean_squared_error": MeanSquaredError, "r2": R2Score, "r2_score": R2Score}
 
 
-def get(spec):
-    """A Metric from a name (REGISTRY) or a Metric instance."""
+def get(spec, owner="fit"):
+    """A Metric from a name (REGISTRY) or a Metric instance; errors name `owner` (the calling function)."""
     if isinstance(spec, Metric):
         return spec
     if isinstance(spec, str):
         cls = REGISTRY.get(spec.lower())
         if cls is None:
-            raise ValueError(f"fit: unknown metric {spec!r}; known: {sorted(REGISTRY)}")
+            raise ValueError(f"{owner}: unknown metric {spec!r}; known: {sorted(REGISTRY)}")
         return cls()
-    raise TypeError(f"fit: a metric must be a name or a fastnn.metrics.Metric, got {type(spec).__name__}")
+    raise TypeError(f"{owner}: a metric must be a name or a fastnn.metrics.Metric, got {type(spec).__name__}")

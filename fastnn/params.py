@@ -16,6 +16,8 @@ on the views.
 are kept, the layers are bound to views of the new buffers, and it returns how the trainable prefix moved so
 that the optimizer can carry its state.
 """
+import math
+import os
 from collections import namedtuple
 
 import numpy as np
@@ -25,6 +27,17 @@ from fastnn.layers.base import trainable_changes
 Row = namedtuple("Row", "layer name offset size shape decay trainable")
 Row.__doc__ = """One parameter: its layer, its name in the layer, its place in the flat buffers (offset, size),
 shape, whether weight decay applies, and whether the optimizer updates it (False for a frozen layer)."""
+
+
+MAX_AXIS = 2**31 - 1      # the largest axis of a parameter: the BLAS (scipy-openblas32) takes 32-bit sizes
+
+
+def physical_memory():
+    """This machine's memory in bytes, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def frozen_layers(layers):
@@ -81,12 +94,21 @@ class ParameterTable:
                                  f"axis of variable size (None) cannot carry parameters (input shape "
                                  f"{layer.input_shape})")
             shape = tuple(int(d) for d in spec.shape)
-            size = int(np.prod(shape, dtype=np.int64))
+            if any(d > MAX_AXIS for d in shape):
+                raise ValueError(f"{layer.name}: parameter {spec.name!r} would have shape {shape}: an axis above "
+                                 f"{MAX_AXIS} (2**31 - 1), the largest the BLAS takes (input shape "
+                                 f"{layer.input_shape})")
+            size = math.prod(shape)         # a Python int: exact at any size (np.prod would wrap around)
             rows.append(Row(layer, spec.name, offset, size, shape, bool(spec.decay), trainable))
             offset += size
-        self.rows = rows
-        self.parameters = np.zeros(offset, dtype=self.dtype)
-        self.gradients = np.zeros(offset, dtype=self.dtype)
+        self._check_size(rows, offset)
+        try:        # into locals first: a failed allocation leaves the table as it was
+            parameters = np.zeros(offset, dtype=self.dtype)
+            gradients = np.zeros(offset, dtype=self.dtype)
+        except MemoryError:
+            raise MemoryError(f"{self._largest(rows)}: the model's {offset} parameters and their gradients "
+                              f"({self._gib(offset)} GiB) do not fit in the free memory") from None
+        self.rows, self.parameters, self.gradients = rows, parameters, gradients
         self.n_trainable = int(sum(r.size for r in rows if r.trainable))
         self.n_decay = int(sum(r.size for r in rows if r.trainable and r.decay))
         if self.n_trainable == offset:
@@ -101,6 +123,22 @@ class ParameterTable:
         self._by_layer = {}
         for layer, spec, _ in entries:
             self._by_layer.setdefault(id(layer), []).append(self._index[(id(layer), spec.name)])
+
+    def _gib(self, n):
+        return f"{2 * n * np.dtype(self.dtype).itemsize / 2**30:.3g}"
+
+    @staticmethod
+    def _largest(rows):
+        r = max(rows, key=lambda r: r.size)
+        return f"{r.layer.name}: parameter {r.name!r} of shape {r.shape} ({r.size} values)"
+
+    def _check_size(self, rows, n):
+        """Raise a ValueError naming the largest parameter when the parameters and gradients (`n` values each)
+        would take more than this machine's memory, before anything is allocated."""
+        mem = physical_memory()
+        if mem is not None and 2 * n * np.dtype(self.dtype).itemsize > mem:
+            raise ValueError(f"{self._largest(rows)}: the model's {n} parameters and their gradients would take "
+                             f"{self._gib(n)} GiB, more than this machine's memory ({mem / 2**30:.3g} GiB)")
 
     def _bind_layers(self):
         for layer in self.layers:

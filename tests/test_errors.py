@@ -337,3 +337,172 @@ def test_exploding_loss_in_train_on_batch_keeps_the_weights_from_before_the_batc
             break
     else:
         pytest.fail("the loss never exploded: the test does not test anything")
+
+
+# ---------------------------------------------------------------- issue 13, defect 14: unclear errors
+def _ce_trained():
+    rng = np.random.default_rng(0)
+    model = _model("cross_entropy", K)
+    X, y = _good_data("ce", rng)
+    model.fit(X, y, epochs=1, batch_size=4)
+    return model, X, y
+
+
+@pytest.mark.parametrize("metric", ["r2", "mae", "mse"])
+def test_evaluate_with_a_regression_metric_on_a_classifier_names_the_metric(metric):
+    model, X, y = _ce_trained()
+    snap = snapshot(model)
+    with pytest.raises(ValueError, match=rf"evaluate: metric '{metric}' applies to regression losses"):
+        model.evaluate(X, y, metrics=[metric])
+    with pytest.raises(ValueError, match=r"evaluate: unknown metric 'nope'"):
+        model.evaluate(X, y, metrics="nope")
+    assert_unchanged(model, snap)
+
+
+def test_evaluate_with_accuracy_on_a_regressor_names_the_metric():
+    model = _model("mse", 2)
+    X, y = _good_data("reg", np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"evaluate: metric 'accuracy' applies to classification losses"):
+        model.evaluate(X, y, metrics=["accuracy"])
+
+
+@pytest.mark.parametrize("key", [K, 10**9, 2**70])
+def test_class_weight_for_a_class_the_model_does_not_have(key):
+    model, X, y = _ce_trained()
+    snap = snapshot(model)
+    with pytest.raises(ValueError, match=rf"class_weight has a weight for class {key}, but the model has {K} "
+                                         rf"classes \(0 \.\. {K - 1}\)"):
+        model.fit(X, y, class_weight={0: 2.0, key: 1.0})
+    assert_unchanged(model, snap)
+
+
+def test_class_weight_of_a_sigmoid_output_has_classes_0_and_1():
+    model = _model("binary_cross_entropy", 1, out_act="sigmoid")
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(N, D)), (rng.uniform(size=(N, 1)) > 0.5).astype(float)
+    model.fit(X, y, class_weight={0: 1.0, 1: 3.0})
+    with pytest.raises(ValueError, match=r"class 2, but the model has 2 classes"):
+        model.fit(X, y, class_weight={2: 1.0})
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"epochs": 2**70, "initial_epoch": 2**70}, None),          # an int beyond 2**64 is a valid (empty) range
+    ({"validation_split": 2**1100}, r"validation_split must be a finite real number, got an integer too large"),
+    ({"class_weight": {0: 10**400}}, r"class_weight\[0\] must be a finite real number, got an integer too large"),
+])
+def test_integers_beyond_64_bits_in_arguments(kwargs, match):
+    model, X, y = _ce_trained()
+    snap = snapshot(model)
+    if match is None:
+        model.fit(X, y, **kwargs)
+    else:
+        with pytest.raises(ValueError, match=match):
+            model.fit(X, y, **kwargs)
+    assert_unchanged(model, snap)
+
+
+def test_integers_beyond_64_bits_in_inputs():
+    model, X, y = _ce_trained()
+    snap = snapshot(model)
+    Xbig = X.tolist()
+    Xbig[1][2] = 2**70
+    for call in (lambda: model.fit(Xbig, y), lambda: model.predict(Xbig), lambda: model.evaluate(Xbig, y)):
+        with pytest.raises(TypeError, match=r"X holds integers too large for a 64-bit integer"):
+            call()
+    with pytest.raises(ValueError, match=r"epochs must be >= 1"):
+        model.fit(X, y, epochs=-2**70)
+    assert_unchanged(model, snap)
+
+
+@pytest.mark.parametrize("units, match", [
+    (10**12, r"dense_big: parameter 'weight' would have shape \(6, 1000000000000\): an axis above 2147483647"),
+    (10**30, r"dense_big: parameter 'weight' would have shape \(6, 10{30}\)"),
+    (2**31 - 1, r"dense_big: parameter 'weight' of shape \(6, 2147483647\) \(12884901882 values\): the model's "
+                r"\d+ parameters and their gradients would take \d+ GiB, more than this machine's memory"),
+])
+def test_a_huge_dense_layer_is_refused_before_allocating_and_named(units, match):
+    import fastnn.params as _params
+    if units == 2**31 - 1 and (_params.physical_memory() or 0) >= 2 * 4 * 13 * 2**30:
+        pytest.skip("this machine has the memory for it")
+    with pytest.raises(ValueError, match=match):
+        fnn.Sequential([Dense(6), Dense(units, name="dense_big")], input_dim=D, seed=0)
+
+
+def test_a_failed_parameter_allocation_names_the_layer(monkeypatch):
+    import fastnn.params as _params
+    monkeypatch.setattr(_params, "physical_memory", lambda: None)        # the size check cannot tell
+    real_zeros = np.zeros
+
+    def zeros(n, dtype=float):
+        if n > 10**6:
+            raise MemoryError("Unable to allocate")
+        return real_zeros(n, dtype=dtype)
+
+    monkeypatch.setattr(_params.np, "zeros", zeros)
+    with pytest.raises(MemoryError, match=r"dense_wide: parameter 'weight' of shape \(6, 1000000\)"):
+        fnn.Sequential([Dense(6), Dense(10**6, name="dense_wide")], input_dim=D, seed=0)
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    ({"eps": 0}, ValueError, r"gradcheck: eps must be > 0.0, got 0"),
+    ({"eps": -1e-6}, ValueError, r"gradcheck: eps must be > 0.0"),
+    ({"eps": float("nan")}, ValueError, r"gradcheck: eps must be finite, got nan"),
+    ({"eps": float("inf")}, ValueError, r"gradcheck: eps must be finite"),
+    ({"eps": "1e-6"}, TypeError, r"gradcheck: eps must be a real number"),
+    ({"atol": 0.0}, ValueError, r"gradcheck: atol must be > 0.0"),
+    ({"tol": float("nan")}, ValueError, r"gradcheck: tol must be finite"),
+    ({"max_per_param": 0}, ValueError, r"gradcheck: max_per_param must be >= 1"),
+    ({"max_per_param": 2.5}, TypeError, r"gradcheck: max_per_param must be an int"),
+])
+def test_gradcheck_checks_its_arguments(kwargs, exc, match):
+    model, X, y = _ce_trained()
+    snap = snapshot(model)
+    with pytest.raises(exc, match=match):
+        fnn.gradcheck(model, X, y, **kwargs)
+    assert_unchanged(model, snap)
+
+
+@pytest.mark.parametrize("path", ["{val_loss:.3f}.fnn", "m-{epoch}-{val_accuracy}.fnn"])
+def test_checkpoint_with_a_validation_field_and_no_validation_data_fails_before_training(tmp_path, path):
+    model, X, y = _ce_trained()
+    snap = snapshot(model)
+    ckpt = fnn.callbacks.ModelCheckpoint(str(tmp_path / path))
+    with pytest.raises(ValueError, match=r"ModelCheckpoint: filepath .* uses \{val_.*\}, but fit has no validation"):
+        model.fit(X, y, epochs=1, callbacks=[ckpt])
+    assert_unchanged(model, snap)
+    assert list(tmp_path.iterdir()) == []
+    model.fit(X, y, epochs=1, validation_split=0.2, callbacks=[ckpt])       # with validation data: saved
+    assert len(list(tmp_path.iterdir())) == 1
+
+
+@pytest.mark.parametrize("path, match", [("m-{}.fnn", "positional field"), ("m-{epoch.fnn", "not a valid format")])
+def test_checkpoint_with_a_malformed_path_fails_before_training(tmp_path, path, match):
+    model, X, y = _ce_trained()
+    snap = snapshot(model)
+    with pytest.raises(ValueError, match=match):
+        model.fit(X, y, epochs=1, callbacks=[fnn.callbacks.ModelCheckpoint(str(tmp_path / path))])
+    assert_unchanged(model, snap)
+
+
+def test_batchnorm_one_sample_last_batch_is_refused_before_any_update():
+    model = fnn.Sequential([Dense(6), fnn.layers.BatchNorm(name="bn"), Dense(K)], input_dim=D, seed=0)
+    model.compile("cross_entropy", fnn.optim.Adam(lr=0.01))
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(9, D)), rng.integers(0, K, 9)
+    model.fit(X[:8], y[:8], epochs=1, batch_size=4)
+    snap = snapshot(model)
+    stats = model.layers[1].running_mean.copy(), model.layers[1].running_var.copy()
+    for n, bs in ((9, 4), (9, 8), (1, 10)):         # a last batch of one sample; one sample in all
+        with pytest.raises(ValueError, match=r"fit: bn: a training batch of 1 sample would have 1 value per "
+                                             r"channel.*choose a batch_size"):
+            model.fit(X[:n], y[:n], epochs=1, batch_size=bs, shuffle=False)
+        assert_unchanged(model, snap)
+        np.testing.assert_array_equal(model.layers[1].running_mean, stats[0])
+        np.testing.assert_array_equal(model.layers[1].running_var, stats[1])
+    model.fit(X, y, epochs=1, batch_size=3)         # batches of 3: fine
+    model.layers[1].trainable = False               # frozen: inference mode, a one-sample batch is fine
+    model.compile("cross_entropy", fnn.optim.Adam(lr=0.01))
+    model.fit(X, y, epochs=1, batch_size=4)
+    seq = fnn.Sequential([fnn.layers.BatchNorm()], input_shape=(3, 2), seed=0)     # 3 values per channel
+    seq.compile("mse", "sgd")
+    seq.fit(rng.normal(size=(5, 3, 2)), rng.normal(size=(5, 3, 2)), batch_size=4)

@@ -84,3 +84,127 @@ def test_guard_can_be_turned_off():
     cb = fnn.callbacks.TerminateOnNaN()
     m2.fit(X[:256], y[:256], epochs=3, batch_size=32, callbacks=[cb])
     assert cb.terminated_at is not None and m2.epochs_trained == cb.terminated_at[0] + 1
+
+
+# ---------------------------------------------------------------- layer buffers (BatchNorm's running statistics)
+def _bn_model(lr=0.01, optimizer=None, seed=0):
+    m = fnn.Sequential([fnn.layers.Dense(8), fnn.layers.BatchNorm(), fnn.layers.Dense(1)], input_dim=4, seed=seed)
+    m.compile("mse", optimizer or fnn.optim.SGD(lr=lr))
+    return m
+
+
+def _bn_data(n=16):
+    rng = np.random.default_rng(1)
+    return rng.normal(size=(n, 4)).astype(np.float32), rng.normal(size=(n, 1)).astype(np.float32)
+
+
+def _snapshot(m):
+    bufs = {(i, k): v.copy() for i, layer in enumerate(m.layers) for k, v in layer.buffers.items()}
+    state = {k: v.copy() for k, v in m.optimizer.state.items()}
+    return m.parameters.copy(), bufs, state, m.optimizer.step_count
+
+
+def _assert_same(m, snap):
+    params, bufs, state, steps = snap
+    np.testing.assert_array_equal(m.parameters, params)
+    assert len(bufs) == sum(len(layer.buffers) for layer in m.layers)
+    for i, layer in enumerate(m.layers):
+        for k, v in layer.buffers.items():
+            np.testing.assert_array_equal(v, bufs[(i, k)])
+    for k, v in m.optimizer.state.items():
+        np.testing.assert_array_equal(v, state[k])
+    assert m.optimizer.step_count == steps
+
+
+def test_huge_finite_sample_overflowing_the_running_variance_raises_and_restores_everything():
+    X, y = _bn_data()
+    m = _bn_model(optimizer=fnn.optim.Adam(lr=0.01))
+    m.fit(X, y, epochs=1, batch_size=8)
+    snap = _snapshot(m)
+    pred = m.predict(X)
+    Xbad = X[:8].copy()
+    Xbad[3] = 1e30          # finite in float32, but its variance over the batch is not
+    with pytest.raises(NonFiniteError, match=r"batchnorm_\d+\.running_var\[\d+\] inf") as ei:
+        m.train_on_batch(Xbad, y[:8])
+    assert ei.value.what == "buffer"
+    _assert_same(m, snap)
+    np.testing.assert_array_equal(m.predict(X), pred)
+
+
+@pytest.mark.parametrize("what", ["loss", "parameters"])
+def test_nonfinite_step_restores_the_running_statistics(what):
+    X, y = _bn_data()
+    m = _bn_model()
+    m.fit(X, y, epochs=1, batch_size=8)
+    snap = _snapshot(m)
+    if what == "parameters":
+        m.optimizer.lr = 1e39          # finite gradients, an update that overflows
+    else:
+        m.parameters[m.table.offset(m.layers[2], "weight")] = 3e38     # a finite weight, an infinite loss
+        snap = _snapshot(m)
+    with pytest.raises(NonFiniteError) as ei:
+        m.train_on_batch(X[:8], y[:8])
+    assert ei.value.what == what
+    _assert_same(m, snap)
+
+
+def test_fit_stopped_by_a_bad_batch_keeps_the_statistics_of_the_batches_before():
+    X, y = _bn_data(24)
+    Xbad = X.copy()
+    Xbad[20] = 1e30          # in the third batch of 8
+    ref = _bn_model()
+    ref.fit(X[:16], y[:16], epochs=1, batch_size=8, shuffle=False)
+    m = _bn_model()
+    with pytest.raises(NonFiniteError) as ei:
+        m.fit(Xbad, y, epochs=1, batch_size=8, shuffle=False)
+    assert (ei.value.what, ei.value.epoch, ei.value.batch) == ("buffer", 1, 3)
+    _assert_same(m, _snapshot(ref))
+
+
+def test_buffer_backups_are_reused_and_only_for_layers_with_buffers():
+    X, y = _bn_data()
+    m = _bn_model()
+    m.train_on_batch(X[:8], y[:8])
+    backups = m.trainer.buffer_backup
+    assert [(layer.name, k) for layer, k, *_ in backups] == [(m.layers[1].name, "running_mean"),
+                                                             (m.layers[1].name, "running_var")]
+    m.fit(X, y, epochs=2, batch_size=8)
+    assert all(a[4] is b[4] for a, b in zip(backups, m.trainer.buffer_backup))
+    plain = _model(0.01)
+    plain.train_on_batch(np.ones((2, 64), np.float32), np.array([0, 1]))
+    assert plain.trainer.buffer_backup == []
+
+
+def test_buffers_are_not_guarded_with_the_guard_off():
+    X, y = _bn_data()
+    m = _bn_model()
+    m.compile("mse", fnn.optim.SGD(lr=0.01), nan_guard=False)
+    Xbad = X[:8].copy()
+    Xbad[3] = 1e30
+    m.train_on_batch(Xbad, y[:8])
+    assert not np.isfinite(m.layers[1].running_var).all()
+    assert m.trainer.buffer_backup is None
+
+
+def test_guarded_step_of_a_batchnorm_model_allocates_nothing():
+    import tracemalloc
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((64, 7)).astype(np.float32), rng.integers(0, 10, 64)
+    m = fnn.Sequential([fnn.layers.Dense(256), fnn.layers.BatchNorm(), fnn.layers.ReLU(), fnn.layers.Dense(10)],
+                       input_dim=7, seed=0)
+    m.compile("cross_entropy", "adam")
+    T = m.loss.prepare_targets(y, 64, m.output_shape, m.dtype)
+    for _ in range(2):
+        m.trainer.step(X, T, (0, 0))          # warm-up: batch buffers, the buffers' backups
+    tracemalloc.start()
+    try:
+        m.trainer.step(X, T, (0, 0))
+        base, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        for _ in range(30):
+            m.trainer.step(X, T, (0, 0))
+        cur, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert cur - base <= 256, cur - base
+    assert peak - base <= 16384, peak - base        # no array-sized temporary (one 64 x 256 float32 is 64 kB)

@@ -296,3 +296,76 @@ def test_plan_state_checks_its_arguments():
     part.guard(True, Z(20), Z(20), Z(20))
     status, done, bad, value = KP.run_batches(core, Z(8, 3), np.zeros(8, np.intp), None, 0, 2, 0, 1)
     assert (status, done) == (0, 2) and core.stats["n_samples"] == 8
+
+
+# ---------------------------------------------------------------- Ctrl-C during a compiled epoch (issue 13, 5)
+def _interruptible(seed=0):
+    m = fnn.Sequential([Dense(1024, activation="relu"), Dense(1024, activation="relu"), Dense(10)], input_dim=64,
+                       seed=seed)
+    m.compile("cross_entropy", fnn.optim.Adam(lr=1e-3))
+    return m
+
+
+def test_ctrl_c_stops_a_compiled_epoch_at_a_batch_boundary_with_a_consistent_state(restore_threads):
+    import os
+    import signal
+    import threading
+    import time
+    fnn.set_num_threads(1)       # steady batch times on a loaded machine
+    rng = np.random.default_rng(0)
+    bs, n = 64, 64 * 400         # seconds of batches
+    X, y = rng.standard_normal((n, 64)).astype(np.float32), rng.integers(0, 10, n)
+    m = _interruptible()
+    sent = []
+
+    def interrupt():
+        sent.append(time.perf_counter())
+        os.kill(os.getpid(), signal.SIGINT)
+
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    timer = threading.Timer(0.3, interrupt)
+    try:
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            m.fit(X, y, epochs=1, batch_size=bs, shuffle=False)
+        arrived = time.perf_counter()
+    finally:
+        timer.cancel()
+        timer.join()
+        signal.signal(signal.SIGINT, old)
+    assert m.trainer.train_plan is not None and sent
+    assert arrived - sent[0] < 0.5, arrived - sent[0]       # chunks of ~0.05 s: well under the epoch
+    steps = m.optimizer.step_count
+    assert 0 < steps < n // bs
+    assert m.epochs_trained == 0 and m.history.history == {}
+    # the weights and Adam's moments hold exactly `steps` updates: those of a run of exactly those batches
+    ref = _interruptible()
+    ref.fit(X[:steps * bs], y[:steps * bs], epochs=1, batch_size=bs, shuffle=False)
+    assert ref.optimizer.step_count == steps
+    np.testing.assert_array_equal(m.parameters, ref.parameters)
+    for k, v in ref.optimizer.state.items():
+        np.testing.assert_array_equal(m.optimizer.state[k], v)
+    # and training continues from there
+    m.fit(X[:2 * bs], y[:2 * bs], epochs=1, batch_size=bs, shuffle=False)
+    assert m.optimizer.step_count == steps + 2 and m.epochs_trained == 1
+
+
+def test_epoch_chunks_do_not_change_the_weights(monkeypatch, restore_threads):
+    fnn.set_num_threads(1)
+    rng = np.random.default_rng(1)
+    X, y = rng.standard_normal((1000, 7)).astype(np.float32), rng.integers(0, 10, 1000)
+    ref = fnn.Sequential(_wide(), input_dim=7, seed=0)
+    ref.compile("cross_entropy", "adam", clip_norm=1.0)
+    ref.fit(X, y, epochs=2, batch_size=32)
+    m = fnn.Sequential(_wide(), input_dim=7, seed=0)
+    m.compile("cross_entropy", "adam", clip_norm=1.0)
+    calls = []
+    run = _plan._k.run_batches
+    monkeypatch.setattr(_plan, "CHUNK_SECONDS", 0.0)      # one batch per call
+    monkeypatch.setattr(_plan._k, "run_batches", lambda *a: calls.append(a[4:6]) or run(*a))
+    m.fit(X, y, epochs=2, batch_size=32)
+    assert len(calls) == 2 * 32 and all(b1 == b0 + 1 for b0, b1 in calls)
+    assert m.optimizer.step_count == ref.optimizer.step_count == 64
+    np.testing.assert_array_equal(m.parameters, ref.parameters)
+    for k, v in ref.optimizer.state.items():
+        np.testing.assert_array_equal(m.optimizer.state[k], v)

@@ -51,8 +51,9 @@ class BatchNorm(_Norm):
 
     A training batch with one value per channel (a batch of 1 sample of shape (1, C)) raises ValueError, as
     torch does ("Expected more than 1 value per channel when training"): its variance is 0 and its running
-    variance undefined.  In ``fit`` choose a batch size that does not leave a last batch of one sample.  A
-    one-sample batch of a sequence or image (1, L, C) has L values per channel and is fine.
+    variance undefined.  ``fit`` raises it before the first batch when its batches would leave a last batch of
+    one sample: choose a batch size that does not.  A one-sample batch of a sequence or image (1, L, C) has L
+    values per channel and is fine.
 
     Frozen (``trainable = False``, applied at ``compile``), the layer runs in inference mode in training too,
     as Keras 3 does: it normalizes with the running statistics and does not update them (torch would keep
@@ -105,6 +106,18 @@ class BatchNorm(_Norm):
     @running_var.setter
     def running_var(self, value):
         self.buffers["running_var"][...] = value
+
+    def check_training_batches(self, sizes, owner):
+        """Raise the ValueError of a one-value-per-channel training batch before training starts, when a batch
+        of one of `sizes` (samples per batch) would have one value per channel; nothing for a frozen layer
+        (inference mode) or a variable-size input (then forward checks)."""
+        if self._frozen or self.input_shape is None or any(d is None for d in self.input_shape):
+            return
+        per_sample = int(np.prod(self.input_shape[:-1], dtype=np.int64))       # values per channel per sample
+        if per_sample == 1 and 1 in sizes:
+            raise ValueError(f"{owner}: {self.name}: a training batch of 1 sample would have 1 value per channel "
+                             f"(BatchNorm needs more than 1, as torch.nn.BatchNorm1d); {owner} would leave such a "
+                             "batch: choose a batch_size that does not leave a last batch of one sample")
 
     def forward(self, X, training=False):
         if self._frozen:        # a frozen BatchNorm runs in inference mode, in fit too (Keras 3)

@@ -1,4 +1,5 @@
-"""The compiled training plan: ``fit`` runs whole epochs in the compiled core (fastnn/_core/plan.pyx).
+"""The compiled training plan: ``fit`` runs the epochs in the compiled core (fastnn/_core/plan.pyx), in chunks of
+batches that return to Python about every 0.05 s (Ctrl-C).
 
 A model qualifies when it is a chain of compiled layers (``Dense`` without a weight constraint, activation
 layers) trained with "cross_entropy" on integer labels or "mse" / "l2" / "mae", by ``SGD``, ``Adam`` or
@@ -7,6 +8,8 @@ callbacks with batch hooks.  Everything else runs on the per-layer path (``Train
 reference: the plan runs the same kernels in the same order on the same buffers, draws the permutation from
 ``model.rng`` in Python once per epoch as that path does, and gives the same weights (tests/test_plan.py).
 """
+import time
+
 import numpy as np
 
 from fastnn import losses as _losses
@@ -17,6 +20,7 @@ from fastnn._core.kinds import ACT, OPT, PLAN_STATUS
 from fastnn.layers import activations as _act
 from fastnn.layers.dense import Dense
 
+CHUNK_SECONDS = 0.05      # the time one call into the compiled core runs before returning to Python (Ctrl-C)
 _REG_KIND = {cls: cls.kind for cls in (_losses.L2, _losses.MSE, _losses.MAE)}
 _ACT_TYPES = tuple(_act.CLASSES.values())
 
@@ -27,6 +31,7 @@ class TrainPlan:
 
     def __init__(self, model, bs, fused=None):
         self.model, self.bs, self.params = model, bs, model.parameters
+        self.chunk = 1          # batches per call of run_batches, adapted by fit_epoch
         fused = model.trainer.fused if fused is None else fused
         dt = model.dtype
         L = len(model.graph.nodes)
@@ -134,7 +139,14 @@ def fit_epoch(model, plan, epoch, train, bs, shuffle):
     The plan holds the model's whole flat buffers, which the layers' offsets address, and the length of their
     trainable prefix (``model.table.n_trainable``, the optimizer's buffers): the update, clipping and the guard's
     scans cover exactly those elements, so a frozen layer (after the prefix) is read in the forward pass and its
-    gradient written in the backward pass but never updated."""
+    gradient written in the backward pass but never updated.
+
+    The epoch runs in chunks of batches (``plan.chunk``, adapted so that a chunk takes about CHUNK_SECONDS; the
+    first chunk of a new plan is one batch): between chunks control returns to Python, so that Ctrl-C
+    (KeyboardInterrupt) stops training within about that time, at a batch boundary, with the weights, the
+    optimizer state and ``optimizer.step_count`` all holding exactly the batches applied (the partial epoch is
+    not counted in ``epochs_trained`` or the history; ``fit`` can be called again).  A chunk costs one Python
+    round trip and one scan of the parameters by the guard, nothing measurable at that size."""
     X, T, _ = train
     n = X.shape[0]
     idx = model.rng.permutation(n) if shuffle else None
@@ -161,12 +173,31 @@ def fit_epoch(model, plan, epoch, train, bs, shuffle):
               -1.0 if model.clip_norm is None else model.clip_norm)
     loss = model.loss
     _k.reset_stats(core)
-    status, done, bad, value = _k.run_batches(core, X, T, idx, 0, -(-n // bs), opt.step_count, get_num_threads())
-    stats = core.stats
-    opt.step_count += done
-    model.trainer.guard_backup_steps += int(stats["n_backups"])
-    if model.clip_norm is not None or model.clip_value is not None:
-        model.grad_norm = float(stats["grad_norm"])
+    n_batches, n_threads = -(-n // bs), get_num_threads()
+    step0, b = opt.step_count, 0
+    status = PLAN_STATUS.DONE
+    try:
+        # the epoch in chunks of about CHUNK_SECONDS: each returns to Python, where a pending KeyboardInterrupt
+        # (Ctrl-C) is raised at a batch boundary; the chunk size adapts to the time of the last chunk
+        while b < n_batches:
+            b1 = min(b + plan.chunk, n_batches)
+            t0 = time.perf_counter()
+            status, done, bad, value = _k.run_batches(core, X, T, idx, b, b1, step0 + b, n_threads)
+            b += done
+            if status != PLAN_STATUS.DONE:
+                break
+            dt = time.perf_counter() - t0      # per batch run (the epoch's last chunk may be short)
+            plan.chunk = max(1, min(int(done * CHUNK_SECONDS / max(dt, 1e-6)), 16 * plan.chunk))
+    finally:
+        # from the plan's own count (each applied batch adds its samples; all but the epoch's last are full), so
+        # that an interrupt anywhere in the loop, even between a chunk's return and the line after it, leaves the
+        # step count equal to the updates the weights hold
+        stats = core.stats
+        opt.step_count = step0 + -(-int(stats["n_samples"]) // bs)
+        model.trainer.guard_backup_steps += int(stats["n_backups"])
+        if model.clip_norm is not None or model.clip_value is not None:
+            model.grad_norm = float(stats["grad_norm"])
+    done = b
     if status != PLAN_STATUS.DONE:
         where = (epoch, done)
         if status == PLAN_STATUS.NONFINITE_LOSS:

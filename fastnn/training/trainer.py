@@ -27,6 +27,7 @@ from fastnn._core._threads import get_num_threads
 from fastnn._validation import as_float_array, check_number
 from fastnn.callbacks import History
 from fastnn.errors import NonFiniteError
+from fastnn.layers.normalization import BatchNorm
 from fastnn.training import compiled as _compiled
 
 
@@ -38,6 +39,8 @@ class Trainer:
         fused: the loss takes the output layer's logits (its softmax/sigmoid is fused into the loss).
         sampled: the ``fastnn.training.sampled.SampledOutput`` of a SampledSoftmax loss, else None.
         guard_backup: the parameters before the last update (a reused buffer of the NaN guard).
+        buffer_backup: the layer buffers before the last guarded step and their reused copies (see
+            ``_buffer_backups``); None until the first guarded step after compile.
         guard_backup_steps: compiled-plan steps whose update the guard had to back up (see compiled.py).
         constrained: the layers with a weight constraint, applied after every update.
         monitor: the ``fastnn.diagnostics.Monitor`` during ``fit(diagnostics=True)``, else None.
@@ -52,6 +55,7 @@ class Trainer:
         self.fused = False
         self.sampled = None
         self.guard_backup = None
+        self.buffer_backup = None
         self.guard_backup_steps = 0
         self.constrained = []
         self.monitor = None
@@ -87,6 +91,7 @@ class Trainer:
         if self.guard_backup is None or self.guard_backup.shape != table.trainable_parameters.shape:
             self.guard_backup = np.empty_like(table.trainable_parameters)
         self.constrained = [layer for layer in model.graph.layers if layer.has_constraint]
+        self.buffer_backup = None       # rebuilt at the next guarded step, for the layers' current buffers
 
     def check_trainable(self, owner):
         """Raise a RuntimeError naming the layers whose ``trainable`` flag changed since the last compile (the
@@ -119,9 +124,31 @@ class Trainer:
         the update and checked after it (a second pass); a non-finite parameter (or optimizer state) restores
         both from the copy, step count included.  Cost per step: read passes over the gradients, parameters
         and optimizer state and one copy of the parameters and the state, no allocation.
+
+        Layer buffers (BatchNorm's running statistics, which the forward pass updates) are copied into reused
+        buffers before the forward pass, only for the layers that have them, and checked after the backward
+        pass: a non-finite buffer (e.g. a running variance overflowed by one huge sample) raises NonFiniteError
+        ``what="buffer"`` naming the layer and buffer, and every NonFiniteError of the step restores them, so
+        that the model is left exactly as before the step.
         """
         model = self.model
         guard = model.nan_guard
+        if not guard:
+            return self._step(Xb, Tb, where, Wb, False, ())
+        buffers = self._buffer_backups()
+        for _, _, _, buf, copy in buffers:     # the forward pass updates them (BatchNorm's running statistics)
+            np.copyto(copy, buf)
+        try:
+            return self._step(Xb, Tb, where, Wb, True, buffers)
+        except NonFiniteError:
+            for _, _, _, buf, copy in buffers:
+                np.copyto(buf, copy)
+            raise
+
+    def _step(self, Xb, Tb, where, Wb, guard, buffers):
+        """``step`` between the buffers' backup and their restore on NonFiniteError (`buffers`, checked after
+        the forward and backward passes when `guard`)."""
+        model = self.model
         if self.sampled is not None:      # sampled softmax: forward, sampled loss, backward (sampled.py)
             loss, correct = self.sampled.forward_backward(Xb, Tb, Wb, where)
         else:
@@ -137,6 +164,12 @@ class Trainer:
         # the guard scans what the optimizer updates: the trainable prefix of the flat buffers (frozen layers'
         # gradients are computed but never applied)
         if guard:
+            for layer, name, arr, buf, _ in buffers:
+                bad = _guard.first_nonfinite(buf)
+                if bad >= 0:
+                    at = ", ".join(str(int(i)) for i in np.unravel_index(bad, arr.shape))
+                    raise self.nonfinite("buffer", where, None, f"the forward pass made the buffer "
+                                         f"{layer.name}.{name}[{at}] {buf[bad]}")
             grads = model.optimizer._grads
             bad = _guard.first_nonfinite(grads)
             if bad >= 0:
@@ -161,6 +194,26 @@ class Trainer:
         self._apply_constraints()
         return loss, correct
 
+    def _buffer_backups(self):
+        """[(layer, name, buffer, flat view of it, flat copy)] for every floating-point layer buffer (BatchNorm's running
+        statistics), the copies kept between steps; rebuilt when a layer's buffer is a new array (after compile
+        or build, or a replaced buffer).  Empty for a model without buffers."""
+        entries = self.buffer_backup
+        if entries is not None:
+            for layer, name, arr, _, _ in entries:
+                if layer.buffers.get(name) is not arr:
+                    entries = None
+                    break
+        if entries is None:
+            entries = []
+            for layer in self.model.graph.layers:
+                for name, arr in layer.buffers.items():
+                    if isinstance(arr, np.ndarray) and arr.dtype.kind == "f" and arr.flags.c_contiguous:
+                        flat = arr.reshape(-1)
+                        entries.append((layer, name, arr, flat, np.empty_like(flat)))
+            self.buffer_backup = entries
+        return entries
+
     def _save_training_state(self):
         """Copy the parameters, the optimizer state and its step count into reused buffers (no allocation)."""
         model = self.model
@@ -182,7 +235,7 @@ class Trainer:
         model.optimizer.step_count = step_count
 
     def nonfinite(self, what, where, index, detail):
-        """The NonFiniteError for `what` ("loss", "gradient", "parameters") at `where` ((epoch, batch) 0-based,
+        """The NonFiniteError for `what` ("loss", "gradient", "buffer", "parameters") at `where` ((epoch, batch) 0-based,
         or a text), flat index `index` (or None), with the message `detail`."""
         if isinstance(where, tuple):
             epoch, batch = where[0] + 1, where[1] + 1
@@ -287,6 +340,10 @@ class Trainer:
         n = train[0].shape[0]
         bs = min(batch_size, n)
         n_batches = -(-n // bs)
+        sizes = {bs, n - (n_batches - 1) * bs}          # the batch sizes of an epoch
+        for layer in model.graph.layers:
+            if isinstance(layer, BatchNorm):            # before any update, not at the epoch's last batch
+                layer.check_training_batches(sizes, owner)
         history = History()
         monitor = None
         if diagnostics:
@@ -294,6 +351,14 @@ class Trainer:
             monitor = _diagnostics.Monitor()
             callbacks = _diagnostics.with_monitor(callbacks, monitor)
         cbs = self._fit_callbacks(callbacks, history, verbose, epochs, n_batches)
+        # as Keras' callback.params: what on_train_begin can check against; "extra_logs": a callback of the
+        # user's that runs before this one has an on_epoch_end, which may add keys to the logs
+        extra = False
+        for cb in cbs.callbacks:
+            cb.params = {"epochs": epochs, "steps": n_batches, "verbose": verbose, "do_validation": val is not None,
+                         "extra_logs": extra}
+            extra = extra or (not type(cb).__module__.startswith("fastnn.")
+                              and type(cb).on_epoch_end is not _callbacks.Callback.on_epoch_end)
         saved_guard = model.nan_guard
         if nan_guard is not None:
             model.nan_guard = bool(nan_guard)
@@ -359,22 +424,30 @@ class Trainer:
             W = CW if W is None else (W * CW).astype(model.dtype)
         if W is not None and not float(W.sum(dtype=np.float64)) > 0:
             raise ValueError("fit: the sample weights (times the class weights) sum to 0; nothing to train on")
-        objs = []
-        for spec in ([metrics] if isinstance(metrics, (str, _metrics.Metric)) else (metrics or [])):
-            m = _metrics.get(spec)
-            want = "classification" if model.loss.classification else "regression"
-            if m.kind != want:
-                raise ValueError(f"fit: metric {m.name!r} applies to {m.kind} losses, the loss "
-                                 f"{model.loss.name!r} is not one")
-            if isinstance(m, _metrics.Accuracy):
-                continue      # reported anyway, from the loss kernel's count
-            if any(o.name == m.name for o in objs):
-                raise ValueError(f"fit: metric {m.name!r} given twice")
-            objs.append(m)
+        objs = self.metric_objects(metrics, owner)
         if objs and self.sampled is not None:
             raise ValueError("fit: with sampled_softmax the training step does not compute the full output, so "
                              "metrics other than accuracy cannot be measured in fit; use evaluate(..., metrics=...)")
         return (X, T, W), val, objs
+
+    def metric_objects(self, metrics, owner):
+        """The Metric objects for `metrics` (a name, a Metric or a list of them) other than accuracy (reported
+        anyway, from the loss kernel's count); a metric of the other kind of loss (a regression metric for a
+        classification loss, or the reverse), an unknown or a repeated one raises, naming `owner`."""
+        model = self.model
+        objs = []
+        for spec in ([metrics] if isinstance(metrics, (str, _metrics.Metric)) else (metrics or [])):
+            m = _metrics.get(spec, owner)
+            want = "classification" if model.loss.classification else "regression"
+            if m.kind != want:
+                raise ValueError(f"{owner}: metric {m.name!r} applies to {m.kind} losses, the loss "
+                                 f"{model.loss.name!r} is not one")
+            if isinstance(m, _metrics.Accuracy):
+                continue
+            if any(o.name == m.name for o in objs):
+                raise ValueError(f"{owner}: metric {m.name!r} given twice")
+            objs.append(m)
+        return objs
 
     def check_weights(self, w, n, owner):
         arr = np.asarray(w)
@@ -397,16 +470,25 @@ class Trainer:
             # (n, T) labels or (n, T, k) rows: one class per position, while weights are per sample
             raise ValueError(f"fit: class_weight needs one class per sample, but the targets have shape {T.shape} "
                              "(a class per position); weight the samples with sample_weight instead")
+        n_classes = int(model.output_shape[-1])       # the model's classes: its output columns
         if T.ndim == 1:
             classes = T
         elif isinstance(model.loss, _losses.CrossEntropy):
             classes = np.argmax(T, axis=1)
         elif T.ndim == 2 and T.shape[1] == 1 and isinstance(model.loss, _losses.BinaryCrossEntropy):
             classes = (T[:, 0] > 0.5).astype(np.intp)
+            n_classes = 2                               # one sigmoid output: classes 0 and 1
         else:
             raise ValueError("fit: class_weight needs class targets (cross_entropy labels or rows, or one "
                              "binary_cross_entropy output)")
-        counts = np.bincount(classes)
+        counts = np.bincount(classes, minlength=n_classes)
+        if isinstance(class_weight, dict):
+            for k in class_weight:
+                if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+                    raise ValueError(f"fit: class_weight keys must be class indices >= 0, got {k!r}")
+                if k >= n_classes:
+                    raise ValueError(f"fit: class_weight has a weight for class {k}, but the model has "
+                                     f"{n_classes} classes (0 .. {n_classes - 1})")
         if isinstance(class_weight, str):
             if class_weight != "balanced":
                 raise ValueError(f"fit: class_weight must be 'balanced' or a dict, got {class_weight!r}")
@@ -414,11 +496,8 @@ class Trainer:
             table = np.ones(counts.size)
             table[present] = classes.size / (present.sum() * counts[present])
         elif isinstance(class_weight, dict):
-            table = np.ones(max(counts.size, 1 + max((k for k in class_weight if isinstance(k, (int, np.integer))),
-                                                    default=-1)))
+            table = np.ones(counts.size)
             for k, v in class_weight.items():
-                if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
-                    raise ValueError(f"fit: class_weight keys must be class indices >= 0, got {k!r}")
                 table[k] = check_number("fit", f"class_weight[{k}]", v, low=0.0)
         else:
             raise TypeError(f"fit: class_weight must be 'balanced' or a dict, got {type(class_weight).__name__}")
@@ -510,9 +589,7 @@ class Trainer:
             batch_size = check_number("evaluate", "batch_size", batch_size, low=1, integer=True)
         W = None if sample_weight is None else self.check_weights(sample_weight, X.shape[0],
                                                                    "evaluate: sample_weight")
-        objs = [m for m in (_metrics.get(s) for s in ([metrics] if isinstance(metrics, (str, _metrics.Metric))
-                                                       else (metrics or [])))
-                if not isinstance(m, _metrics.Accuracy)]
+        objs = self.metric_objects(metrics, "evaluate")
         prev = self._set_mode(False)
         try:
             return self.evaluate_arrays(X, T, batch_size, W, objs)
