@@ -335,6 +335,9 @@ cdef class Plan:
     cdef double clip_value      # > 0: clip each gradient element to +-clip_value
     cdef double max_norm        # >= 0: scale the gradient to this norm at most
     cdef RunStats st
+    cdef Bounds bd              # the guard's bounds of |p| and the states, carried from one run to the next of an
+    cdef bint bd_known          # epoch's chunks (nothing touches the buffers in between); reset_stats forgets them
+    cdef bint bd_trusted
     cdef dict _keep             # the arrays the pointers above point into
     cdef bytearray _set         # which layers were given
 
@@ -565,7 +568,10 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
     cdef Py_ssize_t n_backups = 0
     with nogil:
         if guard:
-            trusted = fresh = _refresh(&bd, prm, S0, S1, S2, P, n_threads)
+            if plan.bd_known:       # the previous chunk of this epoch left them: no scan
+                bd, trusted, fresh = plan.bd, plan.bd_trusted, 0
+            else:
+                trusted = fresh = _refresh(&bd, prm, S0, S1, S2, P, n_threads)
         for b in range(b0, b1):
             start = b * bs
             m = min(start + bs, n) - start
@@ -696,14 +702,20 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
             st.n_correct += n_correct
             st.n_samples += m
     st.n_backups += n_backups
+    # the bounds stay valid for the next chunk when this run ended normally and its last update tracked them
+    plan.bd, plan.bd_trusted = bd, trusted
+    plan.bd_known = guard and status == FNN_STATUS_DONE and trusted and not fallback
     if status == FNN_STATUS_NONFINITE_LOSS:
         value = loss
     return status, b - b0 if status != FNN_STATUS_DONE else b1 - b0, bad, value
 
 
 def reset_stats(Plan plan):
-    """Zero the plan's run statistics (run_batches adds to them)."""
+    """Zero the plan's run statistics (run_batches adds to them), and forget the guard's bounds: the next run
+    scans the buffers again (the caller calls it at the start of an epoch, after which the chunks' runs follow
+    one another with nothing else touching the parameters or the optimizer state)."""
     memset(&plan.st, 0, sizeof(RunStats))
+    plan.bd_known = 0
 
 
 def forward_rows(Plan plan, const floating[:, ::1] X, floating[:, ::1] out, int n_threads):
