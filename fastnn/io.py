@@ -37,7 +37,8 @@ float64 copies go through the same two functions.
 
 Safety: loading never executes code: ``np.load(..., allow_pickle=False)``, layer classes only from the
 registry, JSON only.  Before anything is read, every zip member's CRC is checked and every array's SHA-256
-is compared with the header.  A truncated, corrupted, foreign, wrong-version or pickle-bearing file, or a
+is compared with the header, and every header value's type and range is checked (``check_header``: e.g. a
+step count in [0, 2**53]; the error names the field).  A truncated, corrupted, foreign, wrong-version or pickle-bearing file, or a
 header naming an unknown layer, raises ValueError; the model is built completely before it is returned, so
 there is never a half-loaded model.  Writes are atomic: a temporary file in the same directory, flushed and
 fsync'ed, then ``os.replace`` onto the target (and the directory fsync'ed), so a crash leaves either the old
@@ -193,6 +194,116 @@ def _bad(path, why):
     return ValueError(f"load: {path!r} is not a valid fastnn model file: {why}")
 
 
+# Bounds on the header's numbers: what a real model can hold, far below what breaks the arithmetic that uses
+# them (the optimizer's bias corrections, Python ints passed to C, numpy's allocation sizes).
+MAX_COUNT = 2 ** 53           # step_count, epochs_trained: exact in a double
+MAX_DIM = 2 ** 31 - 1         # one dimension of an input shape or an array
+_DTYPES = ("float32", "float64")
+
+
+def _field_error(field, want, value):
+    text = repr(value)
+    return ValueError(f"header field {field} must be {want}, got {text[:80]}{'...' if len(text) > 80 else ''}")
+
+
+def _int_field(field, value, low, high):
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _field_error(field, f"an integer in [{low}, {high}]", value)
+    return value
+
+
+def _number_field(field, value, low=0.0, low_open=False):
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(float(value))
+            or (value <= low if low_open else value < low)):
+        raise _field_error(field, f"a finite number {'>' if low_open else '>='} {low}", value)
+    return value
+
+
+def _typed(field, value, kind, want):
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise _field_error(field, want, value)
+    return value
+
+
+def _check_rng(field, state):
+    _typed(field, state, dict, "a PCG64 generator state")
+    if state.get("bit_generator") != "PCG64" or set(state) != {"bit_generator", "state", "has_uint32", "uinteger"}:
+        raise _field_error(field, "a PCG64 generator state", state)
+    inner = _typed(f"{field}.state", state["state"], dict, "an object {state, inc}")
+    if set(inner) != {"state", "inc"}:
+        raise _field_error(f"{field}.state", "an object {state, inc}", inner)
+    _int_field(f"{field}.state.state", inner["state"], 0, 2 ** 128 - 1)
+    _int_field(f"{field}.state.inc", inner["inc"], 0, 2 ** 128 - 1)
+    _int_field(f"{field}.has_uint32", state["has_uint32"], 0, 1)
+    _int_field(f"{field}.uinteger", state["uinteger"], 0, 2 ** 32 - 1)
+
+
+def check_header(header):
+    """Check the types and ranges of every value of a model file's JSON header (the module docstring's
+    layout); ValueError naming the field (e.g. ``optimizer_state.step_count``) otherwise.  The layer, loss,
+    optimizer and schedule configs are checked by their constructors when ``build`` makes them."""
+    _typed("(the header)", header, dict, "an object")
+    spec = _typed("model", header.get("model"), dict, "an object")
+    if spec.get("class") not in ("Sequential", "Model"):
+        raise _field_error("model.class", "'Sequential' or 'Model'", spec.get("class"))
+    if not isinstance(spec.get("name"), str) or len(spec["name"]) > 4096:
+        raise _field_error("model.name", "a string", spec.get("name"))
+    if spec.get("seed") is not None:
+        _int_field("model.seed", spec.get("seed"), 0, 2 ** 128 - 1)
+    if spec.get("dtype") not in _DTYPES:
+        raise _field_error("model.dtype", "'float32' or 'float64'", spec.get("dtype"))
+    shape = _typed("model.input_shape", spec.get("input_shape"), list, "a list")
+    if not 1 <= len(shape) <= 32:
+        raise _field_error("model.input_shape", "a list of 1 to 32 dimensions", shape)
+    for d in shape:
+        if d is not None:
+            _int_field("model.input_shape[]", d, 1, MAX_DIM)
+    nodes = _typed("model.nodes", spec.get("nodes"), list, "a list")
+    for i, node in enumerate(nodes):
+        f = f"model.nodes[{i}]"
+        _typed(f, node, dict, "an object {class, config, inputs}")
+        _typed(f"{f}.class", node.get("class"), str, "a layer class name")
+        _typed(f"{f}.config", node.get("config"), dict, "an object")
+        inputs = _typed(f"{f}.inputs", node.get("inputs"), list, "a list")
+        if not inputs:
+            raise _field_error(f"{f}.inputs", "a non-empty list", inputs)
+        for s in inputs:
+            _int_field(f"{f}.inputs[]", s, -1, i - 1)
+    for key in ("loss", "optimizer"):
+        cfg = header.get(key)
+        if cfg is not None:
+            _typed(key, cfg, dict, "an object or null")
+            _typed(f"{key}.name", cfg.get("name"), str, "a name")
+    st = header.get("optimizer_state")
+    if st is not None:
+        _typed("optimizer_state", st, dict, "an object or null")
+        _int_field("optimizer_state.step_count", st.get("step_count"), 0, MAX_COUNT)
+        names = _typed("optimizer_state.names", st.get("names"), list, "a list of state names")
+        if any(not isinstance(n, str) for n in names) or len(set(names)) != len(names):
+            raise _field_error("optimizer_state.names", "a list of distinct state names", names)
+    training = _typed("training", header.get("training"), dict, "an object")
+    _int_field("training.epochs_trained", training.get("epochs_trained"), 0, MAX_COUNT)
+    _typed("training.nan_guard", training.get("nan_guard"), bool, "true or false")
+    rng = _typed("rng", header.get("rng"), dict, "an object {init, shuffle, layer}")
+    for key in ("init", "shuffle", "layer"):
+        _check_rng(f"rng.{key}", rng.get(key))
+    meta = _typed("arrays", header.get("arrays"), dict, "an object")
+    for key, m in meta.items():
+        f = f"arrays[{key!r}]"
+        _typed(f, m, dict, "an object {shape, dtype, sha256}")
+        shape = _typed(f"{f}.shape", m.get("shape"), list, "a list")
+        if len(shape) > 32:
+            raise _field_error(f"{f}.shape", "a list of at most 32 dimensions", shape)
+        for d in shape:
+            _int_field(f"{f}.shape[]", d, 0, MAX_DIM)
+        if m.get("dtype") not in ("<f4", "<f8"):
+            raise _field_error(f"{f}.dtype", "'<f4' or '<f8'", m.get("dtype"))
+        sha = m.get("sha256")
+        if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise _field_error(f"{f}.sha256", "a SHA-256 hex digest", sha)
+    return header
+
+
 def read(path):
     """(header dict, {key: array}) from a model file, with every check on the container done (magic bytes, CRCs,
     no pickle, header format and version, each array's checksum); ValueError otherwise."""
@@ -233,6 +344,10 @@ def read(path):
     if header.get("version") != VERSION:
         raise ValueError(f"load: {path!r} has fastnn format version {header.get('version')!r}; this fastnn "
                          f"reads version {VERSION}")
+    try:
+        check_header(header)
+    except ValueError as exc:
+        raise _bad(path, str(exc)) from None
     meta = header.get("arrays")
     if not isinstance(meta, dict) or set(meta) != set(arrays):
         raise _bad(path, "the arrays do not match the header's list")
