@@ -16,7 +16,8 @@ The JSON header::
                "nodes": [{"class": "Dense", "config": {...}, "inputs": [-1]}, ...]},
      "loss": {"name": "cross_entropy"} | null, "optimizer": {"name": "Adam", ...config} | null,
      "optimizer_state": {"step_count": 120, "names": ["exp_avg", ...]} | null,
-     "training": {"epochs_trained": 5, "nan_guard": true},
+     "training": {"epochs_trained": 5, "nan_guard": true, "clip_norm": 1.0 | null, "clip_value": null,
+                  "base_lr": 0.001, "lr_schedule": {"name": "Cosine", ...config} | null},
      "rng": {"init": <numpy bit-generator state>, "shuffle": ..., "layer": ...},
      "arrays": {"<key>": {"shape": [...], "dtype": "<f4", "sha256": "..."}}}
 
@@ -126,15 +127,37 @@ def snapshot(model, include_optimizer=True, owner="save"):
                         if r.trainable:     # the state covers the trainable prefix, where their rows lie
                             arrays[f"optim/{sname}/{i}/{r.name}"] = table.view(flat, r)
     header["training"] = {"epochs_trained": int(model.epochs_trained), "nan_guard": bool(model.nan_guard)}
+    if model.loss is not None:
+        # what compile was given, so that "load, then fit(initial_epoch=...)" trains as the run would have
+        header["training"].update(
+            clip_norm=model.clip_norm, clip_value=model.clip_value,
+            base_lr=None if model.trainer.base_lr is None else float(model.trainer.base_lr),
+            lr_schedule=_schedule_config(model.lr_schedule))
     header["rng"] = {"init": _rng_state(model.init_rng), "shuffle": _rng_state(model.rng),
                      "layer": _rng_state(model.layer_rng)}
     return header, arrays
 
 
+def _schedule_config(schedule):
+    """The schedule's config when it (and any schedule inside it) is a ``fastnn.schedules`` class, which
+    ``schedules.from_config`` rebuilds; None otherwise (no schedule, or a user's subclass)."""
+    from fastnn import schedules as _schedules
+    s = schedule
+    while s is not None:
+        if _schedules.CLASSES.get(type(s).__name__) is not type(s):
+            return None
+        s = getattr(s, "after", None)
+    return None if schedule is None else schedule.get_config()
+
+
 def save(model, path, include_optimizer=True):
     """Write `model` to `path` atomically (see the module docstring for the format): ``snapshot``, the
     checksums, then the atomic write."""
+    from fastnn import schedules as _schedules
     header, arrays = snapshot(model, include_optimizer)
+    if model.loss is not None and model.lr_schedule is not None and header["training"]["lr_schedule"] is None:
+        raise ValueError(f"save: the lr_schedule {model.lr_schedule!r} is not made of fastnn.schedules classes "
+                         f"({sorted(_schedules.CLASSES)}), so it cannot be saved")
     arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
     header["arrays"] = {k: {"shape": list(v.shape), "dtype": v.dtype.str,
                             "sha256": hashlib.sha256(v.tobytes()).hexdigest()} for k, v in arrays.items()}
@@ -284,6 +307,20 @@ def check_header(header):
     training = _typed("training", header.get("training"), dict, "an object")
     _int_field("training.epochs_trained", training.get("epochs_trained"), 0, MAX_COUNT)
     _typed("training.nan_guard", training.get("nan_guard"), bool, "true or false")
+    if training.get("clip_norm") is not None:
+        _number_field("training.clip_norm", training["clip_norm"])
+    if training.get("clip_value") is not None:
+        _number_field("training.clip_value", training["clip_value"], low_open=True)
+    if training.get("base_lr") is not None:
+        _number_field("training.base_lr", training["base_lr"])
+    sched, depth = training.get("lr_schedule"), 0
+    while sched is not None:
+        _typed("training.lr_schedule", sched, dict, "a schedule config or null")
+        _typed("training.lr_schedule.name", sched.get("name"), str, "a schedule name")
+        depth += 1
+        if depth > 16:
+            raise _field_error("training.lr_schedule", "at most 16 nested schedules", "...")
+        sched = sched.get("after")
     rng = _typed("rng", header.get("rng"), dict, "an object {init, shuffle, layer}")
     for key in ("init", "shuffle", "layer"):
         _check_rng(f"rng.{key}", rng.get(key))
@@ -390,7 +427,7 @@ def build(header, arrays, compile=True):
     no memory with them), and with `compile` the loss and optimizer (with its state) are restored.  Raises
     ValueError (or TypeError / KeyError for a malformed header, which ``load`` reports as ValueError) when
     they do not describe a model; nothing is returned half-built."""
-    from fastnn import losses as _losses, optim as _optim
+    from fastnn import losses as _losses, optim as _optim, schedules as _schedules
     from fastnn.layers import REGISTRY
     from fastnn.graph import Input, Tensor
     from fastnn.model import Model, Sequential
@@ -493,8 +530,19 @@ def build(header, arrays, compile=True):
             if "betas" in ocfg:
                 ocfg["betas"] = tuple(ocfg["betas"])
             opt = ocls(**ocfg)
-        model.compile(loss, opt if opt is not None else "adam",
-                      nan_guard=bool(header.get("training", {}).get("nan_guard", True)))
+        training = header.get("training", {})
+        schedule = training.get("lr_schedule")
+        if schedule is not None:
+            try:
+                schedule = _schedules.from_config(schedule)
+            except (TypeError, ValueError, KeyError) as exc:
+                raise ValueError(f"training.lr_schedule: invalid schedule config ({exc})") from None
+        model.compile(loss, opt if opt is not None else "adam", clip_norm=training.get("clip_norm"),
+                      clip_value=training.get("clip_value"), lr_schedule=schedule,
+                      nan_guard=bool(training.get("nan_guard", True)))
+        if training.get("base_lr") is not None:
+            # the optimizer's lr is the scheduled one of the last epoch; the schedule's base is compile's lr
+            model.trainer.base_lr = float(training["base_lr"])
         st = header.get("optimizer_state")
         if opt is not None and st is not None:
             if sorted(opt.state) != sorted(st["names"]):

@@ -115,3 +115,75 @@ def test_a_valid_step_count_still_trains(saved, tmp_path):
     assert m.optimizer.step_count == 1000
     m.fit(*_data(), epochs=1)
     assert np.isfinite(m.parameters).all()
+
+
+# ------------------------------------------------------------------------------------------- defect 8
+def _resume_model():
+    L = fnn.layers
+    return fnn.Sequential([L.Dense(8, activation="tanh"), L.Dropout(0.2), L.Dense(3)], input_dim=5, seed=3,
+                          dtype="float64")
+
+
+RESUME_CASES = [
+    ("cosine-clip-norm", lambda: fnn.schedules.Cosine(total_epochs=6, eta_min=1e-3), 0.5, None),
+    ("step-clip-value", lambda: fnn.schedules.Step(step_size=2, gamma=0.5), None, 0.05),
+    ("warmup-per-step", lambda: fnn.schedules.LinearWarmup(
+        7, after=fnn.schedules.Exponential(0.97, per_step=True), per_step=True), 1.0, 0.2),
+]
+
+
+@pytest.mark.parametrize("name,schedule,clip_norm,clip_value", RESUME_CASES, ids=[c[0] for c in RESUME_CASES])
+def test_resume_from_a_checkpoint_is_faithful(tmp_path, restore_threads, name, schedule, clip_norm, clip_value):
+    """ModelCheckpoint's recipe: a run saved after epoch k, loaded and continued with initial_epoch gives the
+    weights of the run that was never interrupted (float64, one thread: bitwise)."""
+    fnn.set_num_threads(1)
+    X, y = _data(60)
+    kw = dict(batch_size=16)
+
+    def compiled():
+        m = _resume_model()
+        m.compile("cross_entropy", fnn.optim.Adam(lr=0.05), clip_norm=clip_norm, clip_value=clip_value,
+                  lr_schedule=schedule())
+        return m
+
+    whole = compiled()
+    whole.fit(X, y, epochs=6, **kw)
+    part = compiled()
+    ckpt = fnn.callbacks.ModelCheckpoint(tmp_path / "ckpt.fnn")
+    part.fit(X, y, epochs=3, callbacks=[ckpt], **kw)
+    resumed = fnn.load(ckpt.last_path)
+    assert (resumed.clip_norm, resumed.clip_value) == (clip_norm, clip_value)
+    assert resumed.lr_schedule.get_config() == part.lr_schedule.get_config()
+    assert resumed.trainer.base_lr == 0.05 and resumed.optimizer.lr == part.optimizer.lr
+    resumed.fit(X, y, epochs=6, initial_epoch=resumed.epochs_trained, **kw)
+    np.testing.assert_array_equal(resumed.parameters, whole.parameters)
+
+
+def test_a_schedule_that_cannot_be_saved_is_refused(tmp_path):
+    class Half(fnn.schedules.Schedule):
+        def _lr(self, t, base_lr):
+            return base_lr / 2
+
+    m = _resume_model()
+    m.compile("mse", "sgd", lr_schedule=Half())
+    with pytest.raises(ValueError, match="lr_schedule .* cannot be saved"):
+        m.save(tmp_path / "m.fnn")
+    assert not os.path.exists(tmp_path / "m.fnn")
+    assert m.clone().lr_schedule is not None          # in memory, any schedule is copied
+
+
+@pytest.mark.parametrize("edit,field", [
+    (("training", "clip_norm", -1.0), "training.clip_norm"),
+    (("training", "clip_value", 0), "training.clip_value"),
+    (("training", "base_lr", float("nan")), "training.base_lr"),
+    (("training", "lr_schedule", "Cosine"), "training.lr_schedule"),
+])
+def test_training_options_in_the_header_are_checked(saved, tmp_path, edit, field):
+    _, path = saved
+    p = tmp_path / "bad.fnn"
+    _rewrite_header(path, p, _set(*edit))
+    with pytest.raises(ValueError, match=f"header field {field.replace('.', '[.]')}"):
+        fnn.load(p)
+    _rewrite_header(path, p, _set("training", "lr_schedule", {"name": "Cosine", "total_epochs": -1}))
+    with pytest.raises(ValueError, match="training.lr_schedule: invalid"):
+        fnn.load(p)
