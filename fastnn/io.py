@@ -150,11 +150,30 @@ def _schedule_config(schedule):
     return None if schedule is None else schedule.get_config()
 
 
+def nonfinite_array(model, include_optimizer=True):
+    """The key of the first array that ``save`` would write holding NaN or infinity (a diverged model: weights,
+    buffers or optimizer state), or None.  ``load`` refuses such files, so ``save`` refuses to write them."""
+    _, arrays = snapshot(model, include_optimizer)
+    return _first_nonfinite(arrays)
+
+
+def _first_nonfinite(arrays):
+    for k, a in arrays.items():
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            return k
+    return None
+
+
 def save(model, path, include_optimizer=True):
     """Write `model` to `path` atomically (see the module docstring for the format): ``snapshot``, the
-    checksums, then the atomic write."""
+    checksums, then the atomic write.  A model holding NaN or infinity (``nonfinite_array``) is refused with a
+    ValueError before anything is written, as ``load`` would refuse the file."""
     from fastnn import schedules as _schedules
     header, arrays = snapshot(model, include_optimizer)
+    bad = _first_nonfinite(arrays)
+    if bad is not None:
+        raise ValueError(f"save: array {bad!r} of {model.name} holds NaN or infinity (the model diverged); "
+                         f"nothing was written to {os.fspath(path)!r} (load refuses such files)")
     if model.loss is not None and model.lr_schedule is not None and header["training"]["lr_schedule"] is None:
         raise ValueError(f"save: the lr_schedule {model.lr_schedule!r} is not made of fastnn.schedules classes "
                          f"({sorted(_schedules.CLASSES)}), so it cannot be saved")

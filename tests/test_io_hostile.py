@@ -187,3 +187,53 @@ def test_training_options_in_the_header_are_checked(saved, tmp_path, edit, field
     _rewrite_header(path, p, _set("training", "lr_schedule", {"name": "Cosine", "total_epochs": -1}))
     with pytest.raises(ValueError, match="training.lr_schedule: invalid"):
         fnn.load(p)
+
+
+# ------------------------------------------------------------------------------------------- defect 7
+class _Diverge(fnn.callbacks.Callback):
+    """Makes the model diverge at the start of epoch `at` (0-based), as a huge step with the guard off does."""
+
+    def __init__(self, at, where="parameters"):
+        self.at, self.where = at, where
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.at:
+            if self.where == "parameters":
+                self.model.parameters[3] = np.nan
+            else:
+                self.model.layers[1].buffers["running_var"][0] = np.inf
+
+
+@pytest.mark.parametrize("where", ["parameters", "buffers"])
+def test_save_refuses_what_load_would_refuse(tmp_path, where):
+    L = fnn.layers
+    m = fnn.Sequential([L.Dense(6), L.BatchNorm(), L.Dense(3)], input_dim=5, seed=0)
+    m.compile("cross_entropy", "adam", nan_guard=False)
+    X, y = _data()
+    path = tmp_path / "m.fnn"
+    m.save(path)
+    good = path.read_bytes()
+    m.fit(X, y, epochs=1, callbacks=[_Diverge(0, where)])
+    with pytest.raises(ValueError, match="holds NaN or infinity .* nothing was written"):
+        m.save(path)
+    assert path.read_bytes() == good and os.listdir(tmp_path) == ["m.fnn"]
+    with pytest.raises(ValueError, match="holds NaN or infinity"):
+        m.save(tmp_path / "new.fnn")
+    assert not os.path.exists(tmp_path / "new.fnn")
+    fnn.load(path)
+
+
+def test_model_checkpoint_keeps_the_last_loadable_file(tmp_path):
+    m = fnn.Sequential([fnn.layers.Dense(6), fnn.layers.Dense(3)], input_dim=5, seed=0)
+    m.compile("cross_entropy", "adam", nan_guard=False)
+    X, y = _data()
+    path = tmp_path / "ckpt.fnn"
+    ckpt = fnn.callbacks.ModelCheckpoint(path)
+    m.fit(X, y, epochs=2, callbacks=[ckpt])
+    weights = m.parameters.copy()
+    with pytest.warns(RuntimeWarning, match="NaN or infinity .* not written"):
+        m.fit(X, y, epochs=4, initial_epoch=2, callbacks=[_Diverge(2), ckpt])
+    assert ckpt.last_path == os.fspath(path)
+    back = fnn.load(path)
+    np.testing.assert_array_equal(back.parameters, weights)
+    assert back.epochs_trained == 2
