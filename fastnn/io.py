@@ -43,13 +43,17 @@ step count in [0, 2**53]; the error names the field).  A truncated, corrupted, f
 header naming an unknown layer, raises ValueError; the model is built completely before it is returned, so
 there is never a half-loaded model.  Writes are atomic: a temporary file in the same directory, flushed and
 fsync'ed, then ``os.replace`` onto the target (and the directory fsync'ed), so a crash leaves either the old
-file or the new one.
+file or the new one.  Saving through a symlink writes the link's target; a new file gets mode 0666 less the
+umask, a replaced file keeps its mode.  A temporary is named ``.<name>.<pid>.<random>.fastnn-tmp``; one left
+by a killed process (``kill -9`` between the write and the rename) is removed by the next save to the same
+target from a process on the same machine.
 """
 import copy
 import hashlib
 import json
 import os
-import tempfile
+import secrets
+import stat
 import zipfile
 
 import numpy as np
@@ -206,15 +210,64 @@ def clone(model):
     return new
 
 
-def _atomic_savez(path, arrays):
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+TMP_SUFFIX = ".fastnn-tmp"     # temporaries are ".<target name>.<pid>.<random>.fastnn-tmp" beside the target
+
+
+def _pid_alive(pid):
     try:
+        os.kill(pid, 0)
+    except PermissionError:       # another user's process
+        return True
+    except (ProcessLookupError, OverflowError, ValueError):
+        return False
+    return True
+
+
+def _remove_stale_temporaries(directory, base):
+    """Remove the temporaries of earlier saves to the same target whose process is gone (a ``kill -9`` or
+    power loss between the write and the rename); a live process's (another save in progress) stays."""
+    prefix = f".{base}."
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return
+    for name in entries:
+        if not (name.startswith(prefix) and name.endswith(TMP_SUFFIX)):
+            continue
+        pid = name[len(prefix):-len(TMP_SUFFIX)].split(".")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            try:
+                os.unlink(os.path.join(directory, name))
+            except OSError:
+                pass
+
+
+def _atomic_savez(path, arrays):
+    """Write the .npz atomically: a temporary beside the target, flushed and fsync'ed, then renamed onto it.
+    Through a symlink, the link's target is written (the link stays).  The file gets the mode of the file it
+    replaces, or a new file's (0666 less the umask, applied by the kernel when it is created)."""
+    target = os.path.realpath(path)
+    d, base = os.path.split(target)
+    try:
+        mode = stat.S_IMODE(os.stat(target).st_mode)
+    except FileNotFoundError:
+        mode = None
+    _remove_stale_temporaries(d, base)
+    while True:
+        tmp = os.path.join(d, f".{base}.{os.getpid()}.{secrets.token_hex(6)}{TMP_SUFFIX}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            break
+        except FileExistsError:
+            continue
+    try:
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         try:
             os.unlink(tmp)

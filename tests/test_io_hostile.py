@@ -237,3 +237,83 @@ def test_model_checkpoint_keeps_the_last_loadable_file(tmp_path):
     back = fnn.load(path)
     np.testing.assert_array_equal(back.parameters, weights)
     assert back.epochs_trained == 2
+
+
+# ------------------------------------------------------------------------------------------- defect 11
+def _small():
+    return fnn.Sequential([fnn.layers.Dense(3)], input_dim=5, seed=0)
+
+
+@pytest.fixture
+def umask():
+    old = os.umask(0o022)
+    os.umask(old)
+    yield lambda mask: os.umask(mask)
+    os.umask(old)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX modes")
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
+def test_a_new_file_follows_the_umask(tmp_path, umask, mask):
+    umask(mask)
+    _small().save(tmp_path / "m.fnn")
+    assert stat.S_IMODE(os.stat(tmp_path / "m.fnn").st_mode) == 0o666 & ~mask
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX modes")
+def test_a_replaced_file_keeps_its_mode(tmp_path, umask):
+    umask(0o022)
+    path = tmp_path / "m.fnn"
+    _small().save(path)
+    os.chmod(path, 0o640)
+    _small().save(path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="symlinks")
+def test_saving_through_a_symlink_writes_its_target(tmp_path):
+    real_dir = tmp_path / "store"
+    real_dir.mkdir()
+    target = real_dir / "model-v1.fnn"
+    link = tmp_path / "latest.fnn"
+    os.symlink(target, link)                           # dangling at first: the save creates the target
+    a, b = _small(), fnn.Sequential([fnn.layers.Dense(3)], input_dim=5, seed=1)
+    a.save(link)
+    assert os.path.islink(link) and target.is_file()
+    b.save(link)
+    assert os.path.islink(link) and os.readlink(link) == os.fspath(target)
+    np.testing.assert_array_equal(fnn.load(target).parameters, b.parameters)
+    assert sorted(os.listdir(tmp_path)) == ["latest.fnn", "store"] and os.listdir(real_dir) == ["model-v1.fnn"]
+
+
+_KILLED_SAVE = """
+import os, signal, sys
+import fastnn as fnn
+def die(src, dst):
+    os.kill(os.getpid(), signal.SIGKILL)            # kill -9 between the write and the rename
+os.replace = die
+fnn.Sequential([fnn.layers.Dense(3)], input_dim=5, seed=1).save(sys.argv[1])
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="kill -9")
+def test_a_temporary_left_by_kill_9_is_removed_by_the_next_save(tmp_path):
+    import subprocess
+    import sys
+    path = tmp_path / "m.fnn"
+    _small().save(path)
+    before = path.read_bytes()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (os.path.dirname(os.path.dirname(
+        fnn.__file__)), os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.run([sys.executable, "-c", _KILLED_SAVE, os.fspath(path)], env=env, capture_output=True)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    left = [n for n in os.listdir(tmp_path) if n != "m.fnn"]
+    assert len(left) == 1 and left[0].startswith(".m.fnn.") and left[0].endswith(fio.TMP_SUFFIX)
+    assert path.read_bytes() == before                 # the old file is intact
+    # a temporary of a live process (a save in progress elsewhere) and another target's are left alone
+    live = tmp_path / f".m.fnn.{os.getppid()}.abc{fio.TMP_SUFFIX}"
+    other = tmp_path / f".other.fnn.999999999.abc{fio.TMP_SUFFIX}"
+    live.write_bytes(b"x")
+    other.write_bytes(b"x")
+    _small().save(path)
+    assert sorted(os.listdir(tmp_path)) == sorted(["m.fnn", live.name, other.name])
