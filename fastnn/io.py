@@ -36,14 +36,20 @@ In memory: ``snapshot(model)`` gives the (header, arrays) pair that ``save`` wri
 ``build(snapshot(model))``: an independent copy with nothing written to disk.  Pruning and the diagnostics'
 float64 copies go through the same two functions.
 
-Safety: loading never executes code: ``np.load(..., allow_pickle=False)``, layer classes only from the
-registry, JSON only.  Before anything is read, every zip member's CRC is checked and every array's SHA-256
-is compared with the header, and every header value's type and range is checked (``check_header``: e.g. a
-step count in [0, 2**53]; the error names the field).  A truncated, corrupted, foreign, wrong-version or pickle-bearing file, or a
-header naming an unknown layer, raises ValueError; the model is built completely before it is returned, so
-there is never a half-loaded model.  Writes are atomic: a temporary file in the same directory, flushed and
-fsync'ed, then ``os.replace`` onto the target (and the directory fsync'ed), so a crash leaves either the old
-file or the new one.  Saving through a symlink writes the link's target; a new file gets mode 0666 less the
+Safety: loading never executes code: no pickle (a member whose ``.npy`` header has an object dtype is
+refused before anything else), layer classes only from the registry, JSON only.  A file costs what it
+declares, and what it declares is checked before it is allocated: the JSON header is read first (at most
+``MAX_HEADER_BYTES``) and every value's type and range is checked (``check_header``: e.g. a step count in
+[0, 2**53]; the error names the field); each member's ``.npy`` header must give the shape and dtype the JSON
+header lists; each array is then read into an array of that size, decompressing no more than its bytes (a
+member with more or less data is refused; its zip CRC is checked at its end) and compared with its SHA-256;
+and the parameter shapes that the layer configs imply are compared with the stored arrays before the model
+allocates its buffers.  Loading is linear in the number of layers and arrays.  A truncated, corrupted,
+foreign, wrong-version or pickle-bearing file, or a header naming an unknown layer, raises ValueError; the
+model is built completely before it is returned, so there is never a half-loaded model.
+
+Writes are atomic: a temporary file in the same directory, flushed and fsync'ed, then ``os.replace`` onto the
+target (and the directory fsync'ed), so a crash leaves either the old file or the new one.  Saving through a symlink writes the link's target; a new file gets mode 0666 less the
 umask, a replaced file keeps its mode.  A temporary is named ``.<name>.<pid>.<random>.fastnn-tmp``; one left
 by a killed process (``kill -9`` between the write and the rename) is removed by the next save to the same
 target from a process on the same machine.
@@ -294,6 +300,7 @@ def _bad(path, why):
 MAX_COUNT = 2 ** 53           # step_count, epochs_trained: exact in a double
 MAX_DIM = 2 ** 31 - 1         # one dimension of an input shape or an array
 _DTYPES = ("float32", "float64")
+_HEX = frozenset("0123456789abcdef")
 
 
 def _field_error(field, want, value):
@@ -408,46 +415,94 @@ def check_header(header):
         if m.get("dtype") not in ("<f4", "<f8"):
             raise _field_error(f"{f}.dtype", "'<f4' or '<f8'", m.get("dtype"))
         sha = m.get("sha256")
-        if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        if not isinstance(sha, str) or len(sha) != 64 or not set(sha) <= _HEX:
             raise _field_error(f"{f}.sha256", "a SHA-256 hex digest", sha)
     return header
 
 
+MAX_HEADER_BYTES = 64 << 20   # the JSON header member
+_CHUNK = 1 << 20
+
+
+def _npy_header(f):
+    """(shape, fortran_order, dtype) of a .npy stream, reading only its header (bounded by numpy)."""
+    from numpy.lib import format as npf
+    major, _ = npf.read_magic(f)
+    if major == 1:
+        return npf.read_array_header_1_0(f)
+    if major == 2:
+        return npf.read_array_header_2_0(f)
+    raise ValueError(f".npy version {major}")
+
+
+def _read_member(zf, info, shape, dtype, path, key, offset):
+    """The array of one .npy member, read into a new array of the declared shape and dtype: at most the bytes
+    it needs are decompressed, a member whose data is longer or shorter than declared is refused, and the
+    zip CRC is checked when the member's end is reached."""
+    a = np.empty(shape, dtype=dtype)
+    flat = a.reshape(-1).view(np.uint8)
+    with zf.open(info) as f:
+        if len(f.read(offset)) != offset:      # the .npy header, parsed before
+            raise _bad(path, f"array {key!r} is truncated")
+        pos, n = 0, flat.size
+        while pos < n:
+            chunk = f.read(min(_CHUNK, n - pos))
+            if not chunk:
+                raise _bad(path, f"array {key!r} is shorter than its declared shape {list(shape)}")
+            flat[pos:pos + len(chunk)] = np.frombuffer(chunk, np.uint8)
+            pos += len(chunk)
+        if f.read(1):
+            raise _bad(path, f"array {key!r} holds more data than its declared shape {list(shape)}")
+    return a
+
+
 def read(path):
-    """(header dict, {key: array}) from a model file, with every check on the container done (magic bytes, CRCs,
-    no pickle, header format and version, each array's checksum); ValueError otherwise."""
+    """(header dict, {key: array}) from a model file, with every check on the container done (magic bytes, no
+    pickle, header format, version and values, each member's declared shape and dtype, CRCs, each array's
+    checksum); ValueError otherwise.  The header is read and checked first, then each array is read into an
+    array of the size the header declares, decompressing no more than that: a file costs what it declares."""
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic != b"PK\x03\x04":
         raise _bad(path, "not a fastnn .npz archive (wrong magic bytes; foreign or truncated file)")
     try:
         with zipfile.ZipFile(path) as zf:
-            broken = zf.testzip()
-            if broken is not None:
-                raise _bad(path, f"member {broken!r} is corrupted (CRC mismatch)")
-            names = zf.namelist()
+            return _read_zip(zf, path)
     except ValueError:
         raise
-    except Exception as exc:   # BadZipFile, zlib/struct errors, EOF: a truncated or corrupted archive
+    except Exception as exc:   # BadZipFile (CRC), zlib/struct errors, EOF: a truncated or corrupted archive
         raise _bad(path, f"corrupted or truncated archive ({type(exc).__name__}: {exc})") from None
-    if HEADER_KEY + ".npy" not in names:
+
+
+def _read_zip(zf, path):
+    infos = {}
+    for info in zf.infolist():
+        if not info.filename.endswith(".npy") or info.filename[:-4] in infos:
+            raise _bad(path, f"unexpected or repeated member {info.filename!r}")
+        infos[info.filename[:-4]] = info
+    npy = {}
+    for key, info in infos.items():      # every member's .npy header first: no pickle, whatever else is wrong
+        with zf.open(info) as f:
+            try:
+                shape, fortran, dtype = _npy_header(f)
+                offset = f.tell()
+            except ValueError as exc:
+                raise _bad(path, f"array {key!r} has an unreadable .npy header ({exc})") from None
+        if dtype.hasobject:
+            raise _bad(path, "it holds pickled objects, which fastnn never loads")
+        if fortran and len(shape) > 1:
+            raise _bad(path, f"array {key!r} is in Fortran order, which fastnn never writes")
+        npy[key] = (tuple(shape), dtype, offset)
+    if HEADER_KEY not in infos:
         raise _bad(path, "no fastnn header (a foreign .npz)")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except ValueError as exc:
-        if "pickle" in str(exc):
-            raise _bad(path, "it holds pickled objects, which fastnn never loads") from None
-        raise _bad(path, f"unreadable array ({exc})") from None
-    except Exception as exc:
-        raise _bad(path, f"unreadable array ({type(exc).__name__}: {exc})") from None
-    blob = arrays.pop(HEADER_KEY)
-    if blob.dtype != np.uint8 or blob.ndim != 1:
+    shape, dtype, offset = npy.pop(HEADER_KEY)
+    if dtype != np.uint8 or len(shape) != 1 or shape[0] > MAX_HEADER_BYTES:
         raise _bad(path, "malformed header")
+    blob = _read_member(zf, infos[HEADER_KEY], shape, dtype, path, HEADER_KEY, offset)
     try:
         header = json.loads(blob.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _bad(path, f"malformed JSON header ({exc})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise _bad(path, f"malformed JSON header ({type(exc).__name__}: {str(exc)[:200]})") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise _bad(path, "the header is not a fastnn model header")
     if header.get("version") != VERSION:
@@ -457,14 +512,18 @@ def read(path):
         check_header(header)
     except ValueError as exc:
         raise _bad(path, str(exc)) from None
-    meta = header.get("arrays")
-    if not isinstance(meta, dict) or set(meta) != set(arrays):
+    meta = header["arrays"]
+    if set(meta) != set(npy):
         raise _bad(path, "the arrays do not match the header's list")
-    for k, a in arrays.items():
-        m = meta[k]
-        if (not isinstance(m, dict) or list(a.shape) != m.get("shape") or a.dtype.str != m.get("dtype")
-                or hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest() != m.get("sha256")):
+    for k, (shape, dtype, _) in npy.items():
+        if list(shape) != meta[k]["shape"] or dtype.str != meta[k]["dtype"]:
             raise _bad(path, f"array {k!r} does not match its checksum, shape or dtype")
+    arrays = {}
+    for k, (shape, dtype, offset) in npy.items():
+        a = _read_member(zf, infos[k], shape, dtype, path, k, offset)
+        if hashlib.sha256(a.data).hexdigest() != meta[k]["sha256"]:
+            raise _bad(path, f"array {k!r} does not match its checksum, shape or dtype")
+        arrays[k] = a
     return header, arrays
 
 
@@ -491,6 +550,23 @@ def _restore_rng(gen, state):
     if not isinstance(state, dict) or state.get("bit_generator") != type(gen.bit_generator).__name__:
         raise ValueError("invalid generator state")
     gen.bit_generator.state = state
+
+
+def _check_param_shapes(layers, arrays):
+    """Every parameter the layers (built for their input shapes, nothing allocated yet) will need has an array
+    of its shape: the model's buffers are then no larger than the arrays given (a file's declared layer sizes
+    are checked against what it stores before anything of that size is allocated)."""
+    for i, layer in enumerate(layers):
+        for spec in layer.param_specs():
+            key = f"param/{i}/{spec.name}"
+            a = arrays.get(key)
+            if a is None:
+                raise ValueError(f"array {key!r} is missing")
+            if any(d is None for d in spec.shape):
+                continue            # the model refuses a variable axis in a parameter before allocating
+            if tuple(a.shape) != tuple(int(d) for d in spec.shape):
+                raise ValueError(f"node {i} ({type(layer).__name__}): parameter {spec.name!r} needs shape "
+                                 f"{tuple(int(d) for d in spec.shape)}, the array {key!r} has {tuple(a.shape)}")
 
 
 def build(header, arrays, compile=True):
@@ -552,6 +628,12 @@ def build(header, arrays, compile=True):
     if kind == "Sequential":
         # the user's list: every node that is not inside a Residual's block (which expands it again)
         top = [layer for i, layer in enumerate(layers) if i not in in_block]
+        x = Input(input_shape)
+        for layer in top:         # shapes only: the arrays are checked before the model allocates its buffers
+            x = layer(x)
+        _check_param_shapes(layers, arrays)
+        for layer in layers:
+            layer._in_graph = False
         model = Sequential(top, input_dim=input_shape, seed=seed, dtype=dtype, name=name)
     else:
         x = Input(input_shape)
@@ -565,6 +647,7 @@ def build(header, arrays, compile=True):
                 tensors.append(Tensor.from_layer(layer, ins))
             else:
                 tensors.append(layer(ins if layer.n_inputs != 1 else ins[0]))
+        _check_param_shapes(layers, arrays)
         model = Model(x, tensors[-1], seed=seed, dtype=dtype, name=name)
     # the rebuilt graph must run the nodes in the saved order
     if [type(l).__name__ for l in _nodes(model)] != [n["class"] for n in spec["nodes"]] or \

@@ -317,3 +317,85 @@ def test_a_temporary_left_by_kill_9_is_removed_by_the_next_save(tmp_path):
     other.write_bytes(b"x")
     _small().save(path)
     assert sorted(os.listdir(tmp_path)) == sorted(["m.fnn", live.name, other.name])
+
+
+# ------------------------------------------------------------------------------------------- defect 9
+def _peak_bytes(fn):
+    """Peak memory traced while fn() runs (numpy reports its array buffers to tracemalloc)."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+@pytest.mark.parametrize("units", [5_000_000, 10 ** 12])
+def test_declared_layer_sizes_are_checked_before_allocating(saved, tmp_path, units):
+    _, path = saved
+    p = tmp_path / "big.fnn"
+    _rewrite_header(path, p, lambda h: h["model"]["nodes"][1]["config"].update({"units": units}))
+    assert p.stat().st_size < 16 << 10
+
+    def load():
+        with pytest.raises(ValueError, match=r"node 1 \(Dense\): parameter 'weight' needs shape \(6, "):
+            fnn.load(p)
+    assert _peak_bytes(load) < 8 << 20                # Dense(5_000_000) alone would be 114 MiB
+
+
+def _bomb(path, out, key, extra):
+    """`path` with member `key` followed by `extra` bytes of zeros: a small deflate member that expands to far
+    more than its header declares (its zip CRC is right)."""
+    arrays = _members(path)
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        for k, a in arrays.items():
+            with zf.open(k + ".npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, a)
+                if k == key:
+                    zeros = bytes(1 << 20)
+                    for _ in range(extra >> 20):
+                        f.write(zeros)
+
+
+def test_decompression_is_bounded_by_the_declared_sizes(saved, tmp_path):
+    m, path = saved
+    ok = tmp_path / "deflated.fnn"
+    _bomb(path, ok, "param/0/weight", 0)
+    np.testing.assert_array_equal(fnn.load(ok).parameters, m.parameters)   # a compressed file is fine
+    p = tmp_path / "bomb.fnn"
+    _bomb(path, p, "param/0/weight", 48 << 20)
+    assert p.stat().st_size < 1 << 20
+
+    def load():
+        with pytest.raises(ValueError, match="'param/0/weight' holds more data than its declared shape"):
+            fnn.load(p)
+    assert _peak_bytes(load) < 8 << 20
+    # a member shorter than its .npy header says, and an unreadable .npy header
+    arrays = _members(path)
+    with zipfile.ZipFile(p, "w") as zf:
+        for k, a in arrays.items():
+            data = np.lib.format.header_data_from_array_1_0(a)
+            with zf.open(k + ".npy", "w") as f:
+                np.lib.format.write_array_header_1_0(f, data)
+                f.write(a.tobytes()[:-4] if k == "param/1/bias" else a.tobytes())
+    with pytest.raises(ValueError, match="'param/1/bias' is shorter than its declared shape"):
+        fnn.load(p)
+
+
+def test_load_is_linear_in_the_number_of_layers(tmp_path):
+    """Function calls (a deterministic measure of the work) grow 4x for 4x the layers (was 11x: quadratic)."""
+    import cProfile
+    import pstats
+
+    def calls(n):
+        m = fnn.Sequential([fnn.layers.Dense(2)] + [fnn.layers.ReLU() for _ in range(n)], input_dim=2, seed=0)
+        m.save(tmp_path / f"{n}.fnn")
+        prof = cProfile.Profile()
+        prof.enable()
+        back = fnn.load(tmp_path / f"{n}.fnn")
+        prof.disable()
+        assert len(back.layers) == n + 1
+        return pstats.Stats(prof).total_calls
+    assert calls(1200) / calls(300) < 5
