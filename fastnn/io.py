@@ -542,7 +542,7 @@ def load(path, compile=True):
         return build(header, arrays, compile)
     except ValueError as exc:
         raise ValueError(f"load: {path!r}: {exc}") from None
-    except (TypeError, KeyError, IndexError, AttributeError, OverflowError) as exc:
+    except (TypeError, KeyError, IndexError, AttributeError, OverflowError, RecursionError) as exc:
         raise ValueError(f"load: {path!r}: invalid model description ({type(exc).__name__}: {exc})") from None
 
 

@@ -399,3 +399,21 @@ def test_load_is_linear_in_the_number_of_layers(tmp_path):
         assert len(back.layers) == n + 1
         return pstats.Stats(prof).total_calls
     assert calls(1200) / calls(300) < 5
+
+
+def test_deeply_nested_containers_are_a_value_error(tmp_path):
+    """A header nesting Residuals thousands deep (each the block of the next) gives a ValueError, not a
+    RecursionError."""
+    L = fnn.layers
+    path = tmp_path / "n.fnn"
+    fnn.Sequential([L.Residual(L.Dense(2))], input_dim=2, seed=0).save(path)
+
+    def nest(h):
+        nodes = h["model"]["nodes"]
+        for i in range(2, 5000):
+            nodes.append({"class": "Residual", "config": {**nodes[1]["config"], "name": f"r{i}",
+                                                          "block": {"nodes": [i - 1]}}, "inputs": [-1, i - 1]})
+    p = tmp_path / "deep.fnn"
+    _rewrite_header(path, p, nest)
+    with pytest.raises(ValueError, match="invalid model description"):
+        fnn.load(p)
