@@ -41,22 +41,25 @@ refused before anything else), layer classes only from the registry, JSON only. 
 declares, and what it declares is checked before it is allocated: the JSON header is read first (at most
 ``MAX_HEADER_BYTES``) and every value's type and range is checked (``check_header``: e.g. a step count in
 [0, 2**53]; the error names the field); each member's ``.npy`` header must give the shape and dtype the JSON
-header lists; each array is then read into an array of that size, decompressing no more than its bytes (a
-member with more or less data is refused; its zip CRC is checked at its end) and compared with its SHA-256;
+header lists, and the zip's record of its size must match; each array is then read into an array of that
+size, decompressing no more than its bytes (zipfile stops at the recorded size; the member's CRC is checked at
+its end) and compared with its SHA-256;
 and the parameter shapes that the layer configs imply are compared with the stored arrays before the model
 allocates its buffers.  Loading is linear in the number of layers and arrays.  A truncated, corrupted,
 foreign, wrong-version or pickle-bearing file, or a header naming an unknown layer, raises ValueError; the
 model is built completely before it is returned, so there is never a half-loaded model.
 
 Writes are atomic: a temporary file in the same directory, flushed and fsync'ed, then ``os.replace`` onto the
-target (and the directory fsync'ed), so a crash leaves either the old file or the new one.  Saving through a symlink writes the link's target; a new file gets mode 0666 less the
-umask, a replaced file keeps its mode.  A temporary is named ``.<name>.<pid>.<random>.fastnn-tmp``; one left
-by a killed process (``kill -9`` between the write and the rename) is removed by the next save to the same
-target from a process on the same machine.
+target (and the directory fsync'ed), so a crash leaves either the old file or the new one.  Saving through a
+symlink writes the link's target; a new file gets mode 0666 less the umask, a replaced file keeps its mode.
+A temporary is named ``.<name>.<pid>.<random>.fastnn-tmp``; one left by a killed process (``kill -9``
+between the write and the rename) is removed by the next save to the same target from a process on the same
+machine.  ``save`` refuses a model holding NaN or infinity (``nonfinite_array``), which ``load`` would refuse.
 """
 import copy
 import hashlib
 import json
+import math
 import os
 import secrets
 import stat
@@ -492,6 +495,10 @@ def _read_zip(zf, path):
             raise _bad(path, "it holds pickled objects, which fastnn never loads")
         if fortran and len(shape) > 1:
             raise _bad(path, f"array {key!r} is in Fortran order, which fastnn never writes")
+        nbytes = math.prod(shape) * dtype.itemsize
+        if info.file_size != offset + nbytes:      # the zip's own record of the member's size
+            raise _bad(path, f"array {key!r} declares {nbytes} bytes of data, its zip member holds "
+                             f"{info.file_size - offset}")
         npy[key] = (tuple(shape), dtype, offset)
     if HEADER_KEY not in infos:
         raise _bad(path, "no fastnn header (a foreign .npz)")

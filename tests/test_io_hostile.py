@@ -369,7 +369,8 @@ def test_decompression_is_bounded_by_the_declared_sizes(saved, tmp_path):
     assert p.stat().st_size < 1 << 20
 
     def load():
-        with pytest.raises(ValueError, match="'param/0/weight' holds more data than its declared shape"):
+        with pytest.raises(ValueError, match="'param/0/weight' declares 120 bytes of data, its zip member holds "
+                                             "50331768"):
             fnn.load(p)
     assert _peak_bytes(load) < 8 << 20
     # a member shorter than its .npy header says, and an unreadable .npy header
@@ -380,8 +381,25 @@ def test_decompression_is_bounded_by_the_declared_sizes(saved, tmp_path):
             with zf.open(k + ".npy", "w") as f:
                 np.lib.format.write_array_header_1_0(f, data)
                 f.write(a.tobytes()[:-4] if k == "param/1/bias" else a.tobytes())
-    with pytest.raises(ValueError, match="'param/1/bias' is shorter than its declared shape"):
+    with pytest.raises(ValueError, match="'param/1/bias' declares 12 bytes of data, its zip member holds 8"):
         fnn.load(p)
+    # a zip directory that records the declared size while the compressed data holds more: zipfile stops at the
+    # recorded size, and the CRC (over all the data) then fails
+    _bomb(path, p, "param/0/weight", 8 << 20)
+    data = p.read_bytes()
+    with zipfile.ZipFile(p) as zf:
+        info = zf.getinfo("param/0/weight.npy")
+    for width in (8, 4):                               # zip64 and plain size fields
+        data = data.replace(info.file_size.to_bytes(width, "little"),
+                            (info.file_size - (8 << 20)).to_bytes(width, "little"))
+    p.write_bytes(bytes(data))
+    with zipfile.ZipFile(p) as zf:
+        assert zf.getinfo("param/0/weight.npy").file_size == info.file_size - (8 << 20)
+
+    def load_lying():
+        with pytest.raises(ValueError, match="CRC-32 for file 'param/0/weight.npy'|'param/0/weight' holds more"):
+            fnn.load(p)
+    assert _peak_bytes(load_lying) < 8 << 20
 
 
 def test_load_is_linear_in_the_number_of_layers(tmp_path):
