@@ -310,15 +310,17 @@ class ModelCheckpoint(Callback):
                 return
             if self.best is not None and not (current < self.best if self.mode == "min" else current > self.best):
                 return
-            self.best = current
         path = self.filepath.format(epoch=epoch + 1, **logs)
         bad = _io.nonfinite_array(self.model)
         if bad is not None:
-            # never replace a loadable checkpoint with one that load refuses (save would refuse it anyway)
+            # never replace a loadable checkpoint with one that load refuses (save would refuse it anyway); the
+            # best value stays that of the last file written
             warnings.warn(f"ModelCheckpoint: epoch {epoch + 1}: the model holds NaN or infinity ({bad!r}); "
                           f"{path!r} not written, the last checkpoint is {self.last_path!r}",
                           RuntimeWarning, stacklevel=2)
             return
+        if self.save_best_only:
+            self.best = current
         d = os.path.dirname(path)
         if d:
             os.makedirs(d, exist_ok=True)

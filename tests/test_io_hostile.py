@@ -435,3 +435,24 @@ def test_deeply_nested_containers_are_a_value_error(tmp_path):
     _rewrite_header(path, p, nest)
     with pytest.raises(ValueError, match="invalid model description"):
         fnn.load(p)
+
+
+def test_model_checkpoint_best_only_keeps_the_best_that_was_written(tmp_path):
+    """With save_best_only, an epoch whose model cannot be saved (finite loss, an infinite BatchNorm
+    statistic) does not become the best: the next finite improvement over the written one is saved."""
+    L = fnn.layers
+    m = fnn.Sequential([L.Dense(6), L.BatchNorm(), L.Dense(3)], input_dim=5, seed=0)
+    m.compile("cross_entropy", "adam", nan_guard=False)
+    X, y = _data()
+    ckpt = fnn.callbacks.ModelCheckpoint(tmp_path / "best.fnn", monitor="loss", save_best_only=True)
+    m.fit(X, y, epochs=1, callbacks=[ckpt])
+    first = ckpt.best
+    ckpt.on_epoch_end(1, {"loss": first / 2})           # same weights, a better loss: saved
+    assert ckpt.best == first / 2
+    m.layers[1].buffers["running_var"][0] = np.inf
+    with pytest.warns(RuntimeWarning, match="not written"):
+        ckpt.on_epoch_end(2, {"loss": first / 4})
+    assert ckpt.best == first / 2
+    m.layers[1].buffers["running_var"][0] = 1.0
+    ckpt.on_epoch_end(3, {"loss": first / 3})
+    assert ckpt.best == first / 3 and fnn.load(tmp_path / "best.fnn").epochs_trained == 1
