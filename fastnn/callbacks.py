@@ -23,6 +23,8 @@ import warnings
 
 import numpy as np
 
+from fastnn import io as _io
+
 
 class Callback:
     """Base class of callbacks; every hook does nothing."""
@@ -272,7 +274,9 @@ class ModelCheckpoint(Callback):
             fields).
         save_freq: "epoch" (every epoch) or an int n (every n epochs).
 
-    Every write is atomic (see fastnn.io), so a crash while saving leaves the previous checkpoint intact.
+    Every write is atomic (see fastnn.io), so a crash while saving leaves the previous checkpoint intact.  A
+    model holding NaN or infinity (a divergence with the NaN guard off) is not saved: a RuntimeWarning says so,
+    and the last checkpoint, which loads, stays.
     ``last_path`` is the most recent file written.  Resume with
     ``m = fnn.load(path); m.fit(X, y, epochs=N, initial_epoch=m.epochs_trained, ...)``.
     """
@@ -327,8 +331,17 @@ class ModelCheckpoint(Callback):
                 return
             if self.best is not None and not (current < self.best if self.mode == "min" else current > self.best):
                 return
-            self.best = current
         path = self.filepath.format(epoch=epoch + 1, **logs)
+        bad = _io.nonfinite_array(self.model)
+        if bad is not None:
+            # never replace a loadable checkpoint with one that load refuses (save would refuse it anyway); the
+            # best value stays that of the last file written
+            warnings.warn(f"ModelCheckpoint: epoch {epoch + 1}: the model holds NaN or infinity ({bad!r}); "
+                          f"{path!r} not written, the last checkpoint is {self.last_path!r}",
+                          RuntimeWarning, stacklevel=2)
+            return
+        if self.save_best_only:
+            self.best = current
         d = os.path.dirname(path)
         if d:
             os.makedirs(d, exist_ok=True)

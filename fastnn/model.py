@@ -455,6 +455,7 @@ class Sequential(Model):
         elif input_shape is not None:
             shape = check_shape(type(self).__name__, "input_shape", input_shape)
         self._layers = []
+        self._layer_ids = set()     # add's check that a layer is not added twice, in constant time
         for layer in (layers or []):
             self.add(layer)
         if shape is not None:
@@ -466,9 +467,10 @@ class Sequential(Model):
             raise RuntimeError(f"{self.name}: cannot add layers to a built model")
         if not isinstance(layer, Layer):
             raise TypeError(f"{self.name}: expected a fastnn layer, got {type(layer).__name__}")
-        if layer._in_graph or any(layer is l for l in self._layers):
+        if layer._in_graph or id(layer) in self._layer_ids:
             raise ValueError(f"{self.name}: layer {layer.name} is already used in a model")
         self._layers.append(layer)
+        self._layer_ids.add(id(layer))
 
     @property
     def layers(self):
