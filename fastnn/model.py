@@ -300,6 +300,7 @@ class Model:
         if lr_schedule is not None and not isinstance(lr_schedule, _schedules.Schedule):
             raise TypeError(f"compile: lr_schedule must be a fastnn.schedules.Schedule or None, got "
                             f"{type(lr_schedule).__name__}")
+        optimizer._claim(self)      # refuses an optimizer that trains another model, before anything changes
         self.nan_guard = bool(nan_guard)
         self.loss, self.optimizer = loss, optimizer
         self.clip_norm, self.clip_value, self.lr_schedule = clip_norm, clip_value, lr_schedule

@@ -120,8 +120,11 @@ def plan_for(model, train, bs, metrics, cbs):
         elif type(layer) not in _ACT_TYPES:
             return None
     # the plan updates the trainable prefix of the flat buffers, the one the optimizer is bound to (see fit_epoch)
-    if opt._params is not model.table.trainable_parameters or opt._grads is not model.table.trainable_gradients:
-        return None
+    # (Trainer.check_optimizer has checked this at the start of fit; the plan checks again, as it writes through
+    # raw pointers: never another model's buffers, never state of another size)
+    if (opt._params is not model.table.trainable_parameters or opt._grads is not model.table.trainable_gradients
+            or any(a.shape != opt._params.shape for a in opt.state.values())):
+        raise RuntimeError(f"compiled plan: {model.name}'s optimizer is not bound to its parameters")
     plan = trainer.train_plan
     if plan is None or plan.bs != bs or plan.params is not model.parameters or plan.model is not model:
         plan = trainer.train_plan = TrainPlan(model, bs)

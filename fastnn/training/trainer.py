@@ -75,6 +75,9 @@ class Trainer:
             from fastnn.training.sampled import SampledOutput
             self.sampled = SampledOutput(model)
         table, opt = model.table, model.optimizer
+        if opt.owner() is not model:      # compile claims it (Optimizer._claim); never bind another model's optimizer
+            raise RuntimeError(f"{model.name}: the optimizer {type(opt).__name__} trains another model; call "
+                               f"{model.name}.compile(...) with an optimizer of its own")
         old_prefix = table.trainable_parameters
         moves = table.relayout()        # the trainable flags take effect here (Keras: at compile)
         if moves is not None:
@@ -98,6 +101,19 @@ class Trainer:
             raise RuntimeError(f"{owner}: trainable was changed on {names} since the model was compiled; call "
                                f"{self.model.name}.compile(...) again to apply it (it takes effect at compile, "
                                "as in Keras)")
+
+    def check_optimizer(self, owner):
+        """Raise a RuntimeError unless the optimizer is bound to this model's trainable buffers with state of
+        their size (an optimizer updates exactly the buffers it is bound to: never another model's)."""
+        model = self.model
+        opt = model.optimizer
+        table = model.table
+        if (opt.owner() is not model or opt._params is not table.trainable_parameters
+                or opt._grads is not table.trainable_gradients
+                or any(a.shape != opt._params.shape for a in opt.state.values())):
+            raise RuntimeError(f"{owner}: {model.name}'s optimizer {type(opt).__name__} is not bound to its "
+                               f"parameters (was model.optimizer replaced, or the optimizer given to another "
+                               f"model?); call {model.name}.compile(...) with an optimizer of its own")
 
     def require_compiled(self, what):
         """Raise a RuntimeError naming `what` when the model has no loss yet."""
@@ -264,6 +280,7 @@ class Trainer:
         """One forward, backward and update on the batch (X, y); returns the loss of that forward pass."""
         X, T = self.check_Xy(X, y, "train_on_batch")
         self.check_trainable("train_on_batch")
+        self.check_optimizer("train_on_batch")
         if X.shape[0] == 0:
             raise ValueError("train_on_batch: the batch is empty")
         loss, _ = self.step(X, T, "in train_on_batch")
@@ -284,6 +301,7 @@ class Trainer:
         train, val, metric_objs = self._fit_prepare(X, y, validation_split, validation_data, metrics,
                                                     class_weight, sample_weight)
         self.check_trainable("fit")
+        self.check_optimizer("fit")
         n = train[0].shape[0]
         bs = min(batch_size, n)
         n_batches = -(-n // bs)
