@@ -364,6 +364,12 @@ class Model:
         """The network's output for X (inference mode), as a new array of shape (n, *output_shape).
 
         A model ending in softmax (or sigmoid) returns probabilities, also when its loss is fused.
+
+        Thread-safe: any number of threads may predict on one model at once (each call runs on buffers of its
+        own: a compiled inference plan or an executor checked out of a small pool), and a predict running beside
+        ``fit`` on another thread does not change what fit computes; it sees the weights as they are at that
+        moment of training (possibly between the updates of one step).  The model's mode (``model.training``)
+        is not touched.
         """
         if (type(X) is np.ndarray and batch_size is None and X.dtype == self.dtype and X.ndim == 2
                 and self.built and X.shape[0] > 0 and X.shape[1:] == self.input_shape and X.flags.c_contiguous):
@@ -377,16 +383,14 @@ class Model:
         if n == 0:
             return out if out is not None else np.empty((0,) + tuple(d or 0 for d in self.output_shape), self.dtype)
         bs = n if batch_size is None else check_number("predict", "batch_size", batch_size, low=1, integer=True)
-        prev, self.training = self.training, False
-        try:
+        # an executor of its own (Executor.inference): safe from many threads at once, and beside a running fit
+        with self.engine.inference() as engine:
             for start in range(0, n, bs):
                 stop = min(start + bs, n)
-                Y = self.engine.forward(X[start:stop], False)
+                Y = engine.forward(X[start:stop], False)
                 if out is None:      # a variable axis: sized by the first batch's output
                     out = np.empty((n,) + Y.shape[1:], dtype=self.dtype)
                 out[start:stop] = Y
-        finally:
-            self.training = prev
         return out
 
     def predict_classes(self, X, threshold=0.5, batch_size=None):

@@ -85,3 +85,76 @@ def test_multiprocessing_fork_pool():
     """)
     assert out.strip() == "ok"
 
+
+# ---------------------------------------------------------------------------------------------------- threads
+def _mlp():        # a chain of Dense/activation layers: the compiled inference plan
+    return fnn.Sequential([L.Dense(64, activation="relu"), L.Dense(64, activation="tanh"), L.Dense(5, activation="softmax")],
+                          input_dim=16, seed=0)
+
+
+def _bn():         # BatchNorm (and Dropout): the per-layer path
+    return fnn.Sequential([L.Dense(64, activation="relu"), L.BatchNorm(), L.Dropout(0.2), L.Dense(5, activation="softmax")],
+                          input_dim=16, seed=0)
+
+
+def _data(n=256, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, 16)).astype(np.float32), rng.integers(0, 5, n)
+
+
+def _in_threads(fn, n_threads):
+    """Run fn(i) on n_threads threads started together; re-raise the first exception."""
+    import threading
+    barrier = threading.Barrier(n_threads)
+    errors = []
+
+    def run(i):
+        try:
+            barrier.wait(timeout=10)
+            fn(i)
+        except BaseException as exc:       # noqa: BLE001 - re-raised in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "a thread hung"
+    if errors:
+        raise errors[0]
+
+
+@pytest.mark.parametrize("make", [_mlp, _bn], ids=["compiled", "per-layer"])
+@pytest.mark.parametrize("rows", [1, 64, 300])
+def test_predict_from_many_threads_is_correct(make, rows):
+    # 4 threads predicting on one model with inputs of the same row count: before the fix they shared the
+    # compiled plan's (or the layers') buffers, and 27-34 of 60 results were wrong
+    model = make()
+    X, y = _data()
+    model.compile("cross_entropy").fit(X, y, epochs=1, batch_size=32)
+    inputs = [np.random.default_rng(10 + i).normal(size=(rows, 16)).astype(np.float32) for i in range(8)]
+    want = [model.predict(x) for x in inputs]
+    wrong = []
+
+    def work(i):
+        for k in range(25):
+            j = (i + k) % len(inputs)
+            got = model.predict(inputs[j])
+            if not np.array_equal(got, want[j]):
+                wrong.append((i, k))
+
+    _in_threads(work, 4)
+    assert not wrong, f"{len(wrong)} wrong results"
+    assert model.training is False
+
+
+def test_evaluate_from_many_threads_is_correct():
+    model = _bn().compile("cross_entropy")
+    X, y = _data()
+    model.fit(X, y, epochs=1, batch_size=32)
+    want = model.evaluate(X, y)
+    got = []
+    _in_threads(lambda i: got.extend(model.evaluate(X, y) for _ in range(10)), 3)
+    assert got == [want] * 30
+

@@ -545,20 +545,21 @@ class Trainer:
         total, wtotal, correct = 0.0, 0.0, 0
         for m in metrics:
             m.reset()
-        for start in range(0, n, bs):
-            stop = min(start + bs, n)
-            out = model.engine.forward(X[start:stop], False, self.fused)
-            Wb = None if W is None else W[start:stop]
-            loss, c = model.loss(out, T[start:stop], None, Wb)
-            if Wb is not None:
-                ws = float(Wb.sum(dtype=np.float64))
-                total += loss if model.loss.sums else loss * ws
-                wtotal += ws
-            else:
-                total += loss if model.loss.sums else loss * (stop - start)
-            correct += c
-            for m in metrics:
-                m.update(out, T[start:stop])
+        with model.engine.inference() as engine:     # an executor of its own: safe beside other threads
+            for start in range(0, n, bs):
+                stop = min(start + bs, n)
+                out = engine.forward(X[start:stop], False, self.fused)
+                Wb = None if W is None else W[start:stop]
+                loss, c = model.loss(out, T[start:stop], None, Wb)
+                if Wb is not None:
+                    ws = float(Wb.sum(dtype=np.float64))
+                    total += loss if model.loss.sums else loss * ws
+                    wtotal += ws
+                else:
+                    total += loss if model.loss.sums else loss * (stop - start)
+                correct += c
+                for m in metrics:
+                    m.update(out, T[start:stop])
         denom = wtotal if W is not None else n
         logs = {"loss": total if model.loss.sums else (total / denom if denom > 0 else 0.0)}
         if model.loss.classification:
