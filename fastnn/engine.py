@@ -165,6 +165,7 @@ def _inference_copy(layer):
             v = None
         d[k] = v
     d["_buffers"] = OrderedDict()
+    d["_max_cached_batches"] = 2       # batch shapes kept per copy (a pool holds several copies of each layer)
     if layer.dtype is not None:
         c._bind(layer.params, layer.grads, layer.dtype)
     return c

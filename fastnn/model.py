@@ -344,15 +344,17 @@ class Model:
         classification losses; the other metrics are measured on the same forward passes; "val_..." are
         evaluated in inference mode after the epoch; "time" is the epoch's seconds.
         """
-        return self.trainer.fit(X, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
-                                validation_split=validation_split, validation_data=validation_data,
-                                metrics=metrics, class_weight=class_weight, sample_weight=sample_weight,
-                                initial_epoch=initial_epoch, callbacks=callbacks, verbose=verbose,
-                                nan_guard=nan_guard, diagnostics=diagnostics)
+        with self.trainer.exclusive("fit"):      # one thread trains a model at a time
+            return self.trainer.fit(X, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
+                                    validation_split=validation_split, validation_data=validation_data,
+                                    metrics=metrics, class_weight=class_weight, sample_weight=sample_weight,
+                                    initial_epoch=initial_epoch, callbacks=callbacks, verbose=verbose,
+                                    nan_guard=nan_guard, diagnostics=diagnostics)
 
     def train_on_batch(self, X, y):
         """One forward, backward and update on the batch (X, y); returns the loss of that forward pass."""
-        return self.trainer.train_on_batch(X, y)
+        with self.trainer.exclusive("train_on_batch"):
+            return self.trainer.train_on_batch(X, y)
 
     def evaluate(self, X, y, batch_size=None, sample_weight=None, metrics=None):
         """The loss (and accuracy, for classification losses; and the given metrics) on (X, y) in inference

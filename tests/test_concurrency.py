@@ -158,3 +158,66 @@ def test_evaluate_from_many_threads_is_correct():
     _in_threads(lambda i: got.extend(model.evaluate(X, y) for _ in range(10)), 3)
     assert got == [want] * 30
 
+
+@pytest.mark.parametrize("make", [_bn, _mlp], ids=["per-layer", "compiled"])
+def test_predict_during_fit_does_not_change_training(make):
+    # before the fix predict wrote the layer buffers and forward state that fit's backward read (BatchNorm)
+    X, y = _data(512)
+    prev = fnn.get_num_threads()
+    fnn.set_num_threads(1)          # bitwise-reproducible training to compare with
+    try:
+        alone = make().compile("cross_entropy", optimizer="adam")
+        alone.fit(X, y, epochs=3, batch_size=16)
+        model = make().compile("cross_entropy", optimizer="adam")
+        import threading
+        done = threading.Event()
+        outputs = []
+
+        def fit(i):
+            try:
+                if i == 0:
+                    model.fit(X, y, epochs=3, batch_size=16)
+                else:
+                    while not done.is_set():
+                        outputs.append(model.predict(X[:64]))
+            finally:
+                done.set()
+
+        _in_threads(fit, 2)
+    finally:
+        fnn.set_num_threads(prev)
+    assert len(outputs) > 0
+    assert all(o.shape == (64, 5) and np.isfinite(o).all() for o in outputs)
+    for a, b in zip(alone.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(alone.predict(X), model.predict(X))
+
+
+@pytest.mark.parametrize("make", [_bn, _mlp], ids=["per-layer", "compiled"])
+def test_training_from_a_second_thread_is_a_clear_error(make):
+    import threading
+    model = make().compile("cross_entropy")
+    X, y = _data(64)
+    errors, inner = [], []
+
+    class Probe(fnn.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            def other():
+                for call in (lambda: model.fit(X, y), lambda: model.train_on_batch(X[:8], y[:8])):
+                    try:
+                        call()
+                    except RuntimeError as exc:
+                        errors.append(str(exc))
+            t = threading.Thread(target=other)
+            t.start()
+            t.join(timeout=30)
+            inner.append(float(model.train_on_batch(X[:8], y[:8])))    # the training thread itself may
+
+    before = model.get_weights()
+    model.fit(X, y, epochs=1, batch_size=16, callbacks=[Probe()])
+    assert len(errors) == 2 and all("being trained on another thread" in e and model.name in e for e in errors)
+    assert len(inner) == 1 and any((a != b).any() for a, b in zip(before, model.get_weights()))
+    model.fit(X, y, epochs=1)            # released afterwards, also after an error inside fit
+    with pytest.raises(ValueError):
+        model.fit(X[:, :3], y)
+    model.train_on_batch(X[:8], y[:8])

@@ -12,7 +12,9 @@ finds parameters through the table (``model.table``).
 the call qualify, else the per-layer loop) and ``step``, one update with the NaN/inf guard around the
 optimizer step.
 """
+import contextlib
 import sys
+import threading
 import time
 
 import numpy as np
@@ -59,6 +61,7 @@ class Trainer:
         self.compiled_plan = True
         self.train_plan = None
         self.infer_plans = None
+        self._train_lock = threading.RLock()     # held by the thread that runs fit / train_on_batch
 
     def _set_mode(self, training):
         """Set the model's mode and return the previous one (so that callers can restore it)."""
@@ -276,8 +279,21 @@ class Trainer:
         return resolved
 
     # ================================================================== public training API
+    @contextlib.contextmanager
+    def exclusive(self, owner):
+        """Hold the model's training for this thread (``Model.fit`` and ``train_on_batch`` run inside it): fit and
+        train_on_batch on another thread meanwhile raise a RuntimeError naming the model (they would share the layers' buffers and the optimizer state).  The same
+        thread may enter again (a callback's train_on_batch inside fit); predict and evaluate never wait."""
+        if not self._train_lock.acquire(blocking=False):
+            raise RuntimeError(f"{owner}: {self.model.name} is being trained on another thread (fit or "
+                               "train_on_batch); train a model from one thread at a time (predict and evaluate "
+                               "may run beside it)")
+        try:
+            yield
+        finally:
+            self._train_lock.release()
+
     def train_on_batch(self, X, y):
-        """One forward, backward and update on the batch (X, y); returns the loss of that forward pass."""
         X, T = self.check_Xy(X, y, "train_on_batch")
         self.check_trainable("train_on_batch")
         self.check_optimizer("train_on_batch")
