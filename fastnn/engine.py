@@ -9,12 +9,12 @@ The trainer (``fastnn.training``), the sampled-softmax step, the diagnostics and
 through these methods.
 
 Threads: an executor and its layers keep per-call state (the layers' batch buffers, what ``backward`` reads),
-so one executor runs one pass at a time.  Inference from any thread goes through ``inference()``, which checks
+so one executor runs one pass at a time.  Inference from any thread goes through ``checkout()``, which hands
 out an executor of its own over copies of the layers (``_inference_copy``): they share the parameters and the
 layer buffers (running statistics) with the originals but keep their own batch buffers and forward state, so
 any number of threads predict at once, and a predict never writes what a concurrent fit's backward reads.
 """
-import contextlib
+import operator
 from collections import OrderedDict
 
 import numpy as np
@@ -38,37 +38,38 @@ class Executor:
         self.values = [None] * len(self.nodes)
         self._gvalues = [None] * len(self.nodes)
         self._caches = {}
-        self._free = []          # inference executors not in use (see inference())
+        self._free = []          # inference executors not in use (see checkout())
         self._copies = None      # in an inference executor: [(original layer, its copy)]
 
     _max_free = 4       # inference executors kept for reuse; more are made while more threads predict at once
 
-    @contextlib.contextmanager
-    def inference(self):
-        """An executor for one inference pass (``forward(X, False)``), for the duration of a ``with`` block.
+    def checkout(self):
+        """An executor for inference passes (``forward(X, False)``), the caller's alone until ``checkin(ex)``.
 
-        It is not shared with any other caller while checked out: it runs the graph on copies of the layers
-        (``_inference_copy``) that read the same parameters and layer buffers as the originals, with batch
-        buffers and forward state of their own.  Outputs it returns live in its buffers: copy them out before
-        the block ends.  Thread-safe (list pop/append under the GIL); a new executor is made when none is free.
+        It runs the graph on copies of the layers (``_inference_copy``) that read the same parameters and layer
+        buffers as the originals, with batch buffers and forward state of their own.  Outputs it returns live in
+        its buffers: copy them out before ``checkin``.  Thread-safe (list pop/append are atomic under the GIL);
+        a new executor is made when none is free.  Use as ``ex = engine.checkout()`` then ``try: ... finally:
+        engine.checkin(ex)``.
         """
         try:
             ex = self._free.pop()
         except IndexError:
             ex = self._inference_executor()
         ex._refresh()
-        try:
-            yield ex
-        finally:
-            ex.values = [None] * len(ex.nodes)     # do not keep the pass's arrays alive through the pool
-            if len(self._free) < self._max_free:
-                self._free.append(ex)
+        return ex
+
+    def checkin(self, ex):
+        """Give back an executor from ``checkout`` (kept for reuse, up to ``_max_free``)."""
+        ex.values = [None] * len(ex.nodes)     # do not keep the pass's arrays alive through the pool
+        if len(self._free) < self._max_free:
+            self._free.append(ex)
 
     def _inference_executor(self):
         ex = Executor.__new__(Executor)
-        copies = [(node.layer, _inference_copy(node.layer)) for node in self.nodes]
+        copies = [[node.layer, _inference_copy(node.layer), 0, None] for node in self.nodes]
         ex.graph, ex.fanout, ex.dtype = self.graph, self.fanout, self.dtype
-        ex.nodes = [node._replace(layer=c) for node, (_, c) in zip(self.nodes, copies)]
+        ex.nodes = [node._replace(layer=c[1]) for node, c in zip(self.nodes, copies)]
         ex.values = [None] * len(ex.nodes)
         ex._gvalues = [None] * len(ex.nodes)
         ex._caches, ex._free, ex._copies = {}, [], copies
@@ -76,11 +77,19 @@ class Executor:
 
     def _refresh(self):
         """Follow the originals' settings (public attributes: parameter and buffer views, options) since the copy."""
-        for layer, c in self._copies:
-            d = c.__dict__
-            for k, v in list(layer.__dict__.items()):     # a snapshot: a fit may be adding attributes
-                if k[0] != "_":
-                    d[k] = v
+        for entry in self._copies:
+            layer, c, n, keys = entry
+            od = layer.__dict__
+            if len(od) != n:        # attributes were added (the public ones are fixed once a layer is sealed)
+                names = [k for k in list(od) if k[0] != "_"]
+                keys = entry[3] = (names, operator.itemgetter(*names) if len(names) > 1 else None)
+                entry[2] = len(od)
+            names, get = keys
+            if get is None:
+                if names:
+                    c.__dict__[names[0]] = od[names[0]]
+            else:
+                c.__dict__.update(zip(names, get(od)))
 
     def forward(self, X, training, logits=False, stop=None):
         """Run nodes 0 .. stop-1 (all by default) on the batch X; returns the output of the last one run.

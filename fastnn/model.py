@@ -385,14 +385,17 @@ class Model:
         if n == 0:
             return out if out is not None else np.empty((0,) + tuple(d or 0 for d in self.output_shape), self.dtype)
         bs = n if batch_size is None else check_number("predict", "batch_size", batch_size, low=1, integer=True)
-        # an executor of its own (Executor.inference): safe from many threads at once, and beside a running fit
-        with self.engine.inference() as engine:
+        # an executor of its own (Executor.checkout): safe from many threads at once, and beside a running fit
+        engine = self.engine.checkout()
+        try:
             for start in range(0, n, bs):
                 stop = min(start + bs, n)
                 Y = engine.forward(X[start:stop], False)
                 if out is None:      # a variable axis: sized by the first batch's output
                     out = np.empty((n,) + Y.shape[1:], dtype=self.dtype)
                 out[start:stop] = Y
+        finally:
+            self.engine.checkin(engine)
         return out
 
     def predict_classes(self, X, threshold=0.5, batch_size=None):

@@ -561,7 +561,8 @@ class Trainer:
         total, wtotal, correct = 0.0, 0.0, 0
         for m in metrics:
             m.reset()
-        with model.engine.inference() as engine:     # an executor of its own: safe beside other threads
+        engine = model.engine.checkout()     # an executor of its own: safe beside other threads
+        try:
             for start in range(0, n, bs):
                 stop = min(start + bs, n)
                 out = engine.forward(X[start:stop], False, self.fused)
@@ -576,6 +577,8 @@ class Trainer:
                 correct += c
                 for m in metrics:
                     m.update(out, T[start:stop])
+        finally:
+            model.engine.checkin(engine)
         denom = wtotal if W is not None else n
         logs = {"loss": total if model.loss.sums else (total / denom if denom > 0 else 0.0)}
         if model.loss.classification:
