@@ -47,6 +47,11 @@ class Optimizer:
         """The model this optimizer trains (the last one compiled with it), or None."""
         return None if self._owner is None else self._owner()
 
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_owner"] = None          # a weak reference does not pickle; an unpickled copy trains no model yet
+        return state
+
     def _claim(self, model, owner="compile"):
         """Make `model` the one model this optimizer trains (``Model.compile`` calls it before changing anything).
 

@@ -112,3 +112,17 @@ def test_shared_optimizer_does_not_crash_the_interpreter():
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stderr[-2000:])
+
+
+def test_a_bound_optimizer_pickles_without_its_owner():
+    import pickle
+    a = _mlp(8)
+    opt = fnn.optim.Adam(lr=0.01)
+    a.compile("cross_entropy", optimizer=opt)
+    X, y = _data()
+    a.fit(X, y, epochs=1)
+    copy = pickle.loads(pickle.dumps(opt))
+    assert copy.owner() is None and copy.lr == 0.01 and copy.step_count == opt.step_count
+    b = _mlp(8, seed=1)
+    b.compile("cross_entropy", optimizer=copy)      # the copy is free to train another model
+    assert copy.owner() is b and opt.owner() is a
