@@ -221,3 +221,20 @@ def test_training_from_a_second_thread_is_a_clear_error(make):
     with pytest.raises(ValueError):
         model.fit(X[:, :3], y)
     model.train_on_batch(X[:8], y[:8])
+
+
+def test_inference_pools_stay_small_and_follow_the_model():
+    model = _bn().compile("cross_entropy")
+    X, y = _data()
+    model.fit(X, y, epochs=1, batch_size=32)
+    _in_threads(lambda i: [model.predict(X[:64]) for _ in range(5)], 6)
+    assert 1 <= len(model.engine._free) <= model.engine._max_free
+    # a relayout (freezing at compile) gives the layers new parameter views: the inference copies follow them
+    model.layers[0].trainable = False
+    model.compile("cross_entropy")
+    model.set_weights([w * 0.5 if w.ndim == 2 else w for w in model.get_weights()])
+    want = model.engine.forward(X[:64], False).copy()
+    np.testing.assert_array_equal(model.predict(X[:64]), want)
+    mlp = _mlp().compile("cross_entropy")
+    _in_threads(lambda i: [mlp.predict(X[:64]) for _ in range(5)], 6)
+    assert 1 <= len(mlp.trainer.infer_plans[1][64]) <= 4
