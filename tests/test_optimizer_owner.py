@@ -126,3 +126,21 @@ def test_a_bound_optimizer_pickles_without_its_owner():
     b = _mlp(8, seed=1)
     b.compile("cross_entropy", optimizer=copy)      # the copy is free to train another model
     assert copy.owner() is b and opt.owner() is a
+
+
+@pytest.mark.parametrize("fresh", [lambda: fnn.optim.Adam(), lambda: fnn.optim.SGD(lr=0.1, momentum=0.9)])
+def test_a_fresh_optimizer_assigned_after_compile_is_refused_before_any_update(fresh):
+    # issue 13, defect 14: a KeyError later (Adam), or SGD's momentum silently ignored; now a clear error naming
+    # compile, raised before anything changes
+    a = _mlp(8)
+    a.compile("cross_entropy", optimizer="sgd")
+    a.optimizer = fresh()
+    X, y = _data()
+    before = a.get_weights()
+    for call in (lambda: a.fit(X, y, epochs=1), lambda: a.train_on_batch(X, y)):
+        with pytest.raises(RuntimeError, match=r"not bound to its parameters.*compile"):
+            call()
+    for w0, w1 in zip(before, a.get_weights()):
+        np.testing.assert_array_equal(w0, w1)
+    a.compile("cross_entropy", optimizer=a.optimizer)      # compile binds it
+    a.fit(X, y, epochs=1)
