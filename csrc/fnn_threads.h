@@ -7,6 +7,7 @@
 #ifndef FNN_THREADS_H
 #define FNN_THREADS_H
 #include <stddef.h>
+#include <pthread.h>
 #include <cblas.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -49,9 +50,30 @@ static void fnn_blas_threads_callback(int sync, openblas_dojob_callback dojob, i
     }
 }
 
+/* Fork: GNU OpenMP's thread pool does not survive fork(); a child that opens a parallel region of more than
+ * one thread waits forever for the parent's workers.  As PyTorch does, the child starts single-threaded: this
+ * handler (every fork, also one made from C) sets the child's OpenMP thread count to 1 and raises the flag; the
+ * Python side (fastnn/_core/_threads.pyx, os.register_at_fork) also puts OpenBLAS at 1 thread, whose parallel
+ * jobs would otherwise open a region of several threads through the callback above. */
+static volatile int fnn_forked_child = 0;
+
+static void fnn_atfork_child(void) {
+    fnn_forked_child = 1;
+#ifdef _OPENMP
+    omp_set_num_threads(1);
+#endif
+}
+
+static int fnn_in_forked_child(void) { return fnn_forked_child; }
+
 /* Install the callback (OpenMP builds only) and allow one nested level, so that a threaded BLAS call made
- * from inside a parallel region cannot deadlock. */
+ * from inside a parallel region cannot deadlock; register the fork handler once. */
 static void fnn_threads_init(void) {
+    static int registered = 0;
+    if (!registered) {
+        registered = 1;
+        pthread_atfork(NULL, NULL, fnn_atfork_child);
+    }
 #ifdef _OPENMP
     omp_set_max_active_levels(2);
     scipy_openblas_set_threads_callback_function(fnn_blas_threads_callback);

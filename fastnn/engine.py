@@ -7,7 +7,16 @@ so batches of any size (and inputs with a variable axis) reuse them without conf
 
 The trainer (``fastnn.training``), the sampled-softmax step, the diagnostics and pruning run the network
 through these methods.
+
+Threads: an executor and its layers keep per-call state (the layers' batch buffers, what ``backward`` reads),
+so one executor runs one pass at a time.  Inference from any thread goes through ``checkout()``, which hands
+out an executor of its own over copies of the layers (``_inference_copy``): they share the parameters and the
+layer buffers (running statistics) with the originals but keep their own batch buffers and forward state, so
+any number of threads predict at once, and a predict never writes what a concurrent fit's backward reads.
 """
+import operator
+from collections import OrderedDict
+
 import numpy as np
 
 
@@ -29,6 +38,58 @@ class Executor:
         self.values = [None] * len(self.nodes)
         self._gvalues = [None] * len(self.nodes)
         self._caches = {}
+        self._free = []          # inference executors not in use (see checkout())
+        self._copies = None      # in an inference executor: [(original layer, its copy)]
+
+    _max_free = 4       # inference executors kept for reuse; more are made while more threads predict at once
+
+    def checkout(self):
+        """An executor for inference passes (``forward(X, False)``), the caller's alone until ``checkin(ex)``.
+
+        It runs the graph on copies of the layers (``_inference_copy``) that read the same parameters and layer
+        buffers as the originals, with batch buffers and forward state of their own.  Outputs it returns live in
+        its buffers: copy them out before ``checkin``.  Thread-safe (list pop/append are atomic under the GIL);
+        a new executor is made when none is free.  Use as ``ex = engine.checkout()`` then ``try: ... finally:
+        engine.checkin(ex)``.
+        """
+        try:
+            ex = self._free.pop()
+        except IndexError:
+            ex = self._inference_executor()
+        ex._refresh()
+        return ex
+
+    def checkin(self, ex):
+        """Give back an executor from ``checkout`` (kept for reuse, up to ``_max_free``)."""
+        ex.values = [None] * len(ex.nodes)     # do not keep the pass's arrays alive through the pool
+        if len(self._free) < self._max_free:
+            self._free.append(ex)
+
+    def _inference_executor(self):
+        ex = Executor.__new__(Executor)
+        copies = [[node.layer, _inference_copy(node.layer), 0, None] for node in self.nodes]
+        ex.graph, ex.fanout, ex.dtype = self.graph, self.fanout, self.dtype
+        ex.nodes = [node._replace(layer=c[1]) for node, c in zip(self.nodes, copies)]
+        ex.values = [None] * len(ex.nodes)
+        ex._gvalues = [None] * len(ex.nodes)
+        ex._caches, ex._free, ex._copies = {}, [], copies
+        return ex
+
+    def _refresh(self):
+        """Follow the originals' settings (public attributes: parameter and buffer views, options) since the copy."""
+        for entry in self._copies:
+            layer, c, n, keys = entry
+            od = layer.__dict__
+            if len(od) != n:        # attributes were added (the public ones are fixed once a layer is sealed)
+                names = [k for k in list(od) if k[0] != "_"]
+                keys = entry[3] = (names, operator.itemgetter(*names) if len(names) > 1 else None)
+                entry[2] = len(od)
+            names, get = keys
+            if get is None:
+                if names:
+                    c.__dict__[names[0]] = od[names[0]]
+            else:
+                c.__dict__.update(zip(names, get(od)))
 
     def forward(self, X, training, logits=False, stop=None):
         """Run nodes 0 .. stop-1 (all by default) on the batch X; returns the output of the last one run.
@@ -92,3 +153,28 @@ class Executor:
         grad = self.cached(("dout", out.shape), lambda: np.empty(out.shape, dtype=self.dtype))
         value, correct = loss(out, targets, grad, weights)
         return value, correct, grad
+
+
+def _inference_copy(layer):
+    """A copy of `layer` for inference on another thread: the same class and settings, bound (``Layer._bind``) to
+    the same parameter, gradient and buffer arrays, with batch buffers and private scratch of its own.
+
+    The copy takes the original's attributes, drops the private ones that hold arrays (the batch buffers, forward
+    state and scratch such as BatchNorm's batch statistics, or Dense's diagnostic unit counters), and binds
+    again: ``_bind`` makes the layer's own scratch, as it does when a model is built."""
+    cls = type(layer)
+    try:
+        c = cls.__new__(cls)           # no constructor: the original's state is copied in below
+    except TypeError:                  # a mixin first in the bases (Dense: WeightBias) makes tp_new refuse; the
+        c = object.__new__(cls)        # C base (fastnn._core.attrs.StrictAttributes) has no fields to set up
+    d = c.__dict__
+    for k, v in list(layer.__dict__.items()):
+        if k[0] == "_" and (isinstance(v, (np.ndarray, OrderedDict))
+                            or (isinstance(v, (tuple, list)) and any(isinstance(a, np.ndarray) for a in v))):
+            v = None
+        d[k] = v
+    d["_buffers"] = OrderedDict()
+    d["_max_cached_batches"] = 2       # batch shapes kept per copy (a pool holds several copies of each layer)
+    if layer.dtype is not None:
+        c._bind(layer.params, layer.grads, layer.dtype)
+    return c

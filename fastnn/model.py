@@ -300,6 +300,7 @@ class Model:
         if lr_schedule is not None and not isinstance(lr_schedule, _schedules.Schedule):
             raise TypeError(f"compile: lr_schedule must be a fastnn.schedules.Schedule or None, got "
                             f"{type(lr_schedule).__name__}")
+        optimizer._claim(self)      # refuses an optimizer that trains another model, before anything changes
         self.nan_guard = bool(nan_guard)
         self.loss, self.optimizer = loss, optimizer
         self.clip_norm, self.clip_value, self.lr_schedule = clip_norm, clip_value, lr_schedule
@@ -343,15 +344,17 @@ class Model:
         classification losses; the other metrics are measured on the same forward passes; "val_..." are
         evaluated in inference mode after the epoch; "time" is the epoch's seconds.
         """
-        return self.trainer.fit(X, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
-                                validation_split=validation_split, validation_data=validation_data,
-                                metrics=metrics, class_weight=class_weight, sample_weight=sample_weight,
-                                initial_epoch=initial_epoch, callbacks=callbacks, verbose=verbose,
-                                nan_guard=nan_guard, diagnostics=diagnostics)
+        with self.trainer.exclusive("fit"):      # one thread trains a model at a time
+            return self.trainer.fit(X, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
+                                    validation_split=validation_split, validation_data=validation_data,
+                                    metrics=metrics, class_weight=class_weight, sample_weight=sample_weight,
+                                    initial_epoch=initial_epoch, callbacks=callbacks, verbose=verbose,
+                                    nan_guard=nan_guard, diagnostics=diagnostics)
 
     def train_on_batch(self, X, y):
         """One forward, backward and update on the batch (X, y); returns the loss of that forward pass."""
-        return self.trainer.train_on_batch(X, y)
+        with self.trainer.exclusive("train_on_batch"):
+            return self.trainer.train_on_batch(X, y)
 
     def evaluate(self, X, y, batch_size=None, sample_weight=None, metrics=None):
         """The loss (and accuracy, for classification losses; and the given metrics) on (X, y) in inference
@@ -363,6 +366,12 @@ class Model:
         """The network's output for X (inference mode), as a new array of shape (n, *output_shape).
 
         A model ending in softmax (or sigmoid) returns probabilities, also when its loss is fused.
+
+        Thread-safe: any number of threads may predict on one model at once (each call runs on buffers of its
+        own: a compiled inference plan or an executor checked out of a small pool), and a predict running beside
+        ``fit`` on another thread does not change what fit computes; it sees the weights as they are at that
+        moment of training (possibly between the updates of one step).  The model's mode (``model.training``)
+        is not touched.
         """
         if (type(X) is np.ndarray and batch_size is None and X.dtype == self.dtype and X.ndim == 2
                 and self.built and X.shape[0] > 0 and X.shape[1:] == self.input_shape and X.flags.c_contiguous):
@@ -376,16 +385,17 @@ class Model:
         if n == 0:
             return out if out is not None else np.empty((0,) + tuple(d or 0 for d in self.output_shape), self.dtype)
         bs = n if batch_size is None else check_number("predict", "batch_size", batch_size, low=1, integer=True)
-        prev, self.training = self.training, False
+        # an executor of its own (Executor.checkout): safe from many threads at once, and beside a running fit
+        engine = self.engine.checkout()
         try:
             for start in range(0, n, bs):
                 stop = min(start + bs, n)
-                Y = self.engine.forward(X[start:stop], False)
+                Y = engine.forward(X[start:stop], False)
                 if out is None:      # a variable axis: sized by the first batch's output
                     out = np.empty((n,) + Y.shape[1:], dtype=self.dtype)
                 out[start:stop] = Y
         finally:
-            self.training = prev
+            self.engine.checkin(engine)
         return out
 
     def predict_classes(self, X, threshold=0.5, batch_size=None):

@@ -7,6 +7,8 @@ applies to weights only by default; ``decay_bias=True`` makes biases and normali
 
 Adding an optimizer: one kernel in optim.pyx, one subclass here with ``_make_state`` and ``_update``.
 """
+import weakref
+
 import numpy as np
 
 from fastnn._core import optim as _k
@@ -30,6 +32,7 @@ class Optimizer:
         self.state = {}
         self._params = self._grads = None
         self._n_decay = 0
+        self._owner = None      # a weak reference to the model this optimizer trains (see _claim)
 
     @property
     def lr(self):
@@ -39,6 +42,30 @@ class Optimizer:
     @lr.setter
     def lr(self, value):
         self._lr = check_number(type(self).__name__, "lr", value, low=0.0)
+
+    def owner(self):
+        """The model this optimizer trains (the last one compiled with it), or None."""
+        return None if self._owner is None else self._owner()
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_owner"] = None          # a weak reference does not pickle; an unpickled copy trains no model yet
+        return state
+
+    def _claim(self, model, owner="compile"):
+        """Make `model` the one model this optimizer trains (``Model.compile`` calls it before changing anything).
+
+        An optimizer holds one model's state (moments, step count) over that model's flat buffers, so it cannot
+        serve two models: while another model still has it as its optimizer, this raises ValueError naming both
+        (the other model keeps it).  A model compiled since with another optimizer releases it."""
+        other = self.owner()
+        if other is not None and other is not model and other.optimizer is self:
+            name = type(self).__name__
+            raise ValueError(f"{owner}: this {name} is already the optimizer of model {other.name!r}; an optimizer "
+                             f"holds the state of one model (moments, step count), so it cannot also train "
+                             f"{model.name!r}: give each model its own optimizer (e.g. optimizer={name}(lr=...) or "
+                             f"a name such as {name.lower()!r})")
+        self._owner = weakref.ref(model)
 
     def _bind(self, params, grads, n_decay):
         """Attach to a model's flat buffers; state is kept when they are the same buffers as before."""

@@ -10,6 +10,7 @@ cdef extern from "fnn_threads.h" nogil:
     void fnn_threads_init()
     void fnn_set_num_threads(int n)
     int fnn_use_shared_pool(int on)
+    int fnn_in_forked_child()
 
 cdef extern from "cblas.h" nogil:
     int scipy_openblas_get_num_threads()
@@ -19,21 +20,50 @@ cdef int _n_threads = 1
 
 
 def _init():
-    """Put OpenBLAS's jobs on the OpenMP team and start both at the same thread count."""
+    """Put OpenBLAS's jobs on the OpenMP team, start both at the same thread count, and install the fork
+    handlers (``_after_fork_in_child``)."""
     global _n_threads
     fnn_threads_init()
     n = fnn_omp_max_threads()
     _n_threads = n if n > 0 else 1
     fnn_set_num_threads(_n_threads)
+    import os
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _after_fork_in_child():
+    """In a child made by fork: run single-threaded (fastnn's kernels and its BLAS).
+
+    GNU OpenMP's thread pool does not survive fork: the child has the parent's pool bookkeeping but not its
+    threads, and its first parallel region of more than one thread would wait for them forever.  As PyTorch
+    does, the child starts at one thread (the C handler in csrc/fnn_threads.h has already set OpenMP's count).
+    ``set_num_threads`` in the child then refuses more than one thread."""
+    global _n_threads
+    _n_threads = 1
+    fnn_set_num_threads(1)
+
+
+def in_forked_child():
+    """Whether this process was made by fork from a process that had loaded fastnn (it runs single-threaded)."""
+    return bool(fnn_in_forked_child())
 
 
 def set_num_threads(n):
-    """Set the number of threads of fastnn's kernels and of its BLAS (one pool for both)."""
+    """Set the number of threads of fastnn's kernels and of its BLAS (one pool for both).
+
+    In a child made by fork (os.fork, multiprocessing's "fork" method) fastnn runs on one thread and only
+    ``set_num_threads(1)`` is accepted (RuntimeError otherwise): see ``_after_fork_in_child``."""
     global _n_threads
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}")
     if n < 1:
         raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
+    if n > 1 and fnn_in_forked_child():
+        raise RuntimeError(f"set_num_threads: this process was made by fork, after which GNU OpenMP's thread "
+                           f"pool cannot run more than one thread (a parallel region would wait forever for the "
+                           f"parent's threads); fastnn runs single-threaded here.  For {n} threads per worker, "
+                           f"start the workers with multiprocessing's 'spawn' or 'forkserver' method")
     _n_threads = n
     fnn_set_num_threads(n)
 

@@ -67,10 +67,14 @@ def _chain_of_compiled_layers(model):
     return len(model.input_shape) == 1 and None not in model.input_shape
 
 
+_MAX_FREE_PLANS = 4     # inference plans kept per row-count class (more are made while more threads predict)
+
+
 def predict(model, X):
     """The output for X (float array of the model dtype, C-contiguous, 2-D) through a compiled inference plan
     with buffers kept between calls; None when the model is not a chain of compiled layers or X holds a
-    NaN/inf (the caller's general path then predicts or raises its usual error)."""
+    NaN/inf (the caller's general path then predicts or raises its usual error).  Thread-safe: each call has a
+    plan of its own for its duration (a pool per row-count class)."""
     trainer = model.trainer
     plans = trainer.infer_plans
     if plans is None or plans[0] is not model.parameters:
@@ -82,13 +86,22 @@ def predict(model, X):
         return None
     n = X.shape[0]
     bs = 1 if n == 1 else (64 if n <= 64 else 1024)     # a few sizes: single sample, small batch, chunks
-    plan = plans[1].get(bs)
-    if plan is None:
-        plan = plans[1][bs] = TrainPlan(model, bs, fused=False)
-    out = np.empty((n, model.output_shape[0]), dtype=model.dtype)
-    if _k.forward_rows(plan.core, X, out, get_num_threads()) >= 0:
-        return None
-    return out
+    # the plans of one size are a pool: a call checks one out (list pop and append are atomic under the GIL), so
+    # two threads never share a plan's buffers while forward_rows runs without the GIL; none free: make one
+    free = plans[1].get(bs)
+    if free is None:
+        free = plans[1].setdefault(bs, [])
+    try:
+        plan = free.pop()
+    except IndexError:
+        plan = TrainPlan(model, bs, fused=False)
+    try:
+        out = np.empty((n, model.output_shape[0]), dtype=model.dtype)
+        status = _k.forward_rows(plan.core, X, out, get_num_threads())
+    finally:
+        if len(free) < _MAX_FREE_PLANS:
+            free.append(plan)
+    return None if status >= 0 else out
 
 
 def plan_for(model, train, bs, metrics, cbs):
@@ -125,8 +138,11 @@ def plan_for(model, train, bs, metrics, cbs):
         elif type(layer) not in _ACT_TYPES:
             return None
     # the plan updates the trainable prefix of the flat buffers, the one the optimizer is bound to (see fit_epoch)
-    if opt._params is not model.table.trainable_parameters or opt._grads is not model.table.trainable_gradients:
-        return None
+    # (Trainer.check_optimizer has checked this at the start of fit; the plan checks again, as it writes through
+    # raw pointers: never another model's buffers, never state of another size)
+    if (opt._params is not model.table.trainable_parameters or opt._grads is not model.table.trainable_gradients
+            or any(a.shape != opt._params.shape for a in opt.state.values())):
+        raise RuntimeError(f"compiled plan: {model.name}'s optimizer is not bound to its parameters")
     plan = trainer.train_plan
     if plan is None or plan.bs != bs or plan.params is not model.parameters or plan.model is not model:
         plan = trainer.train_plan = TrainPlan(model, bs)

@@ -12,7 +12,9 @@ finds parameters through the table (``model.table``).
 the call qualify, else the per-layer loop) and ``step``, one update with the NaN/inf guard around the
 optimizer step.
 """
+import contextlib
 import sys
+import threading
 import time
 
 import numpy as np
@@ -63,6 +65,7 @@ class Trainer:
         self.compiled_plan = True
         self.train_plan = None
         self.infer_plans = None
+        self._train_lock = threading.RLock()     # held by the thread that runs fit / train_on_batch
 
     def _set_mode(self, training):
         """Set the model's mode and return the previous one (so that callers can restore it)."""
@@ -79,6 +82,9 @@ class Trainer:
             from fastnn.training.sampled import SampledOutput
             self.sampled = SampledOutput(model)
         table, opt = model.table, model.optimizer
+        if opt.owner() is not model:      # compile claims it (Optimizer._claim); never bind another model's optimizer
+            raise RuntimeError(f"{model.name}: the optimizer {type(opt).__name__} trains another model; call "
+                               f"{model.name}.compile(...) with an optimizer of its own")
         old_prefix = table.trainable_parameters
         moves = table.relayout()        # the trainable flags take effect here (Keras: at compile)
         if moves is not None:
@@ -103,6 +109,19 @@ class Trainer:
             raise RuntimeError(f"{owner}: trainable was changed on {names} since the model was compiled; call "
                                f"{self.model.name}.compile(...) again to apply it (it takes effect at compile, "
                                "as in Keras)")
+
+    def check_optimizer(self, owner):
+        """Raise a RuntimeError unless the optimizer is bound to this model's trainable buffers with state of
+        their size (an optimizer updates exactly the buffers it is bound to: never another model's)."""
+        model = self.model
+        opt = model.optimizer
+        table = model.table
+        if (opt.owner() is not model or opt._params is not table.trainable_parameters
+                or opt._grads is not table.trainable_gradients
+                or any(a.shape != opt._params.shape for a in opt.state.values())):
+            raise RuntimeError(f"{owner}: {model.name}'s optimizer {type(opt).__name__} is not bound to its "
+                               f"parameters (was model.optimizer replaced, or the optimizer given to another "
+                               f"model?); call {model.name}.compile(...) with an optimizer of its own")
 
     def require_compiled(self, what):
         """Raise a RuntimeError naming `what` when the model has no loss yet."""
@@ -313,10 +332,24 @@ class Trainer:
         return resolved
 
     # ================================================================== public training API
+    @contextlib.contextmanager
+    def exclusive(self, owner):
+        """Hold the model's training for this thread (``Model.fit`` and ``train_on_batch`` run inside it): fit and
+        train_on_batch on another thread meanwhile raise a RuntimeError naming the model (they would share the layers' buffers and the optimizer state).  The same
+        thread may enter again (a callback's train_on_batch inside fit); predict and evaluate never wait."""
+        if not self._train_lock.acquire(blocking=False):
+            raise RuntimeError(f"{owner}: {self.model.name} is being trained on another thread (fit or "
+                               "train_on_batch); train a model from one thread at a time (predict and evaluate "
+                               "may run beside it)")
+        try:
+            yield
+        finally:
+            self._train_lock.release()
+
     def train_on_batch(self, X, y):
-        """One forward, backward and update on the batch (X, y); returns the loss of that forward pass."""
         X, T = self.check_Xy(X, y, "train_on_batch")
         self.check_trainable("train_on_batch")
+        self.check_optimizer("train_on_batch")
         if X.shape[0] == 0:
             raise ValueError("train_on_batch: the batch is empty")
         loss, _ = self.step(X, T, "in train_on_batch")
@@ -337,6 +370,7 @@ class Trainer:
         train, val, metric_objs = self._fit_prepare(X, y, validation_split, validation_data, metrics,
                                                     class_weight, sample_weight)
         self.check_trainable("fit")
+        self.check_optimizer("fit")
         n = train[0].shape[0]
         bs = min(batch_size, n)
         n_batches = -(-n // bs)
@@ -604,20 +638,24 @@ class Trainer:
         total, wtotal, correct = 0.0, 0.0, 0
         for m in metrics:
             m.reset()
-        for start in range(0, n, bs):
-            stop = min(start + bs, n)
-            out = model.engine.forward(X[start:stop], False, self.fused)
-            Wb = None if W is None else W[start:stop]
-            loss, c = model.loss(out, T[start:stop], None, Wb)
-            if Wb is not None:
-                ws = float(Wb.sum(dtype=np.float64))
-                total += loss if model.loss.sums else loss * ws
-                wtotal += ws
-            else:
-                total += loss if model.loss.sums else loss * (stop - start)
-            correct += c
-            for m in metrics:
-                m.update(out, T[start:stop])
+        engine = model.engine.checkout()     # an executor of its own: safe beside other threads
+        try:
+            for start in range(0, n, bs):
+                stop = min(start + bs, n)
+                out = engine.forward(X[start:stop], False, self.fused)
+                Wb = None if W is None else W[start:stop]
+                loss, c = model.loss(out, T[start:stop], None, Wb)
+                if Wb is not None:
+                    ws = float(Wb.sum(dtype=np.float64))
+                    total += loss if model.loss.sums else loss * ws
+                    wtotal += ws
+                else:
+                    total += loss if model.loss.sums else loss * (stop - start)
+                correct += c
+                for m in metrics:
+                    m.update(out, T[start:stop])
+        finally:
+            model.engine.checkin(engine)
         denom = wtotal if W is not None else n
         logs = {"loss": total if model.loss.sums else (total / denom if denom > 0 else 0.0)}
         if model.loss.classification:
