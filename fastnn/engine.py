@@ -20,6 +20,22 @@ from collections import OrderedDict
 import numpy as np
 
 
+INFERENCE_CHUNK_ELEMENTS = 1 << 18     # predict / evaluate without a batch size: about this many values per layer
+
+
+def inference_rows(graph, X):
+    """The rows per forward pass of predict / evaluate on X when the caller gave no batch size: the whole input
+    when it is small, else chunks in which the widest layer output holds about INFERENCE_CHUNK_ELEMENTS values, so
+    that inference on a large X keeps a few MiB of activations per layer instead of all of X's (a variable axis
+    counts with X's largest sample dimension, an upper bound)."""
+    n = X.shape[0]
+    fill = max(X.shape[1:], default=1)
+    widest = max(1, int(np.prod(X.shape[1:])))
+    for layer in graph.layers:
+        widest = max(widest, int(np.prod([fill if d is None else d for d in layer.output_shape])))
+    return max(1, min(n, INFERENCE_CHUNK_ELEMENTS // widest))
+
+
 class Executor:
     """Runs `graph`'s nodes on batches of `dtype` arrays.
 

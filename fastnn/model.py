@@ -19,6 +19,7 @@ from fastnn import losses as _losses
 from fastnn import optim as _optim
 from fastnn import schedules as _schedules
 from fastnn.callbacks import History  # noqa: F401  (re-exported)
+from fastnn import engine as _engine
 from fastnn.engine import Executor
 from fastnn.errors import NonFiniteError  # noqa: F401  (re-exported)
 from fastnn.graph import Graph, Input, Tensor, check_shape  # noqa: F401  (Tensor, Input: re-exported)
@@ -384,7 +385,8 @@ class Model:
         out = None if variable else np.empty((n,) + tuple(self.output_shape), dtype=self.dtype)
         if n == 0:
             return out if out is not None else np.empty((0,) + tuple(d or 0 for d in self.output_shape), self.dtype)
-        bs = n if batch_size is None else check_number("predict", "batch_size", batch_size, low=1, integer=True)
+        bs = (_engine.inference_rows(self.graph, X) if batch_size is None else
+              check_number("predict", "batch_size", batch_size, low=1, integer=True))
         # an executor of its own (Executor.checkout): safe from many threads at once, and beside a running fit
         engine = self.engine.checkout()
         try:

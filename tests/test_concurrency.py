@@ -238,3 +238,30 @@ def test_inference_pools_stay_small_and_follow_the_model():
     mlp = _mlp().compile("cross_entropy")
     _in_threads(lambda i: [mlp.predict(X[:64]) for _ in range(5)], 6)
     assert 1 <= len(mlp.trainer.infer_plans[1][64]) <= 4
+
+
+def test_inference_on_a_large_input_holds_a_bounded_amount_of_memory():
+    """predict / evaluate without a batch size run a large X in chunks (fastnn.engine.inference_rows), so what the
+    layers keep afterwards is a few MiB, not X's whole activations, whatever the row counts of the calls
+    (issue 13, defect 12)."""
+    import tracemalloc
+    L = fnn.layers
+    model = fnn.Sequential([L.Dense(256, activation="relu"), L.BatchNorm(), L.Dense(10)], input_dim=64, seed=0)
+    model.compile("cross_entropy", "sgd")
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20000, 64)).astype(np.float32)          # 5 MiB; 20 MiB per 256-wide activation
+    y = rng.integers(0, 10, 20000)
+    model.predict(X[:100])
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for n in (20000, 19999, 15001, 10000):
+            out = model.predict(X[:n])
+            del out
+        model.evaluate(X, y)
+        held = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert held < 16 * 2**20, f"{held / 2**20:.0f} MiB kept after inference"
+    np.testing.assert_allclose(model.predict(X[:5000]), model.predict(X[:5000], batch_size=5000), rtol=1e-5,
+                               atol=1e-6)

@@ -20,6 +20,7 @@ import time
 import numpy as np
 
 from fastnn import callbacks as _callbacks
+from fastnn import engine as _engine
 from fastnn import graph as _graph
 from fastnn import losses as _losses
 from fastnn import metrics as _metrics
@@ -634,7 +635,7 @@ class Trainer:
         """The logs of ``evaluate`` for checked arrays, in the current mode of the layers' forward (inference)."""
         model = self.model
         n = X.shape[0]
-        bs = n if batch_size is None else batch_size
+        bs = _engine.inference_rows(model.graph, X) if batch_size is None else batch_size
         total, wtotal, correct = 0.0, 0.0, 0
         for m in metrics:
             m.reset()
