@@ -79,7 +79,7 @@ class Model:
         self.built = False
         self.graph = self.table = self.engine = None
         self.loss = None
-        self.optimizer = None
+        self._optimizer = None
         self.nan_guard = True          # see Trainer.step; compile(nan_guard=False) / fit(nan_guard=False) turn it off
         self.stop_training = False     # set by callbacks to end fit after the current batch
         self.epochs_trained = 0        # epochs completed by fit (saved, so that a resumed run knows where it is)
@@ -303,12 +303,28 @@ class Model:
                             f"{type(lr_schedule).__name__}")
         optimizer._claim(self)      # refuses an optimizer that trains another model, before anything changes
         self.nan_guard = bool(nan_guard)
-        self.loss, self.optimizer = loss, optimizer
+        self.loss, self._optimizer = loss, optimizer
         self.clip_norm, self.clip_value, self.lr_schedule = clip_norm, clip_value, lr_schedule
         self.trainer.base_lr = optimizer.lr
         if self.built:
             self.trainer.attach()
         return self
+
+    @property
+    def optimizer(self):
+        """The optimizer set by ``compile`` (None before).  Assigning one re-compiles with it, keeping the loss,
+        clipping, schedule and guard setting, with compile's checks (an optimizer that trains another model is a
+        ValueError, and nothing changes)."""
+        return self._optimizer
+
+    @optimizer.setter
+    def optimizer(self, value):
+        if value is self._optimizer:
+            return
+        if self.loss is None:
+            raise ValueError(f"{self.name}: set the optimizer with compile(loss, optimizer=...); the model has no "
+                             "loss yet")
+        self.compile(self.loss, value, self.clip_norm, self.clip_value, self.lr_schedule, self.nan_guard)
 
     # ================================================================== training
     def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_split=0.0, validation_data=None,

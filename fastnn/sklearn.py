@@ -156,7 +156,7 @@ class _BaseMLP(BaseEstimator):
             return int(rs) % (2 ** 32)
         return int(check_random_state(rs).randint(np.iinfo(np.int32).max))
 
-    def _optimizer(self, batch_size):
+    def _make_optimizer(self, batch_size):
         decay = self.alpha / batch_size          # scikit-learn's penalty 0.5 alpha ||W||^2 / batch_size
         lr = self.learning_rate_init
         if self.solver == "adam":
@@ -180,7 +180,7 @@ class _BaseMLP(BaseEstimator):
                 layers.append(fnn.layers.Dropout(self.dropout))
         layers.append(fnn.layers.Dense(n_out))
         model = fnn.Sequential(layers, input_dim=n_in, seed=self._seed(), dtype=np.dtype(self.dtype).name)
-        model.compile(loss, self._optimizer(batch_size))
+        model.compile(loss, self._make_optimizer(batch_size))
         return model
 
     # ------------------------------------------------------------------ training

@@ -78,11 +78,28 @@ def test_unbuilt_model_claims_at_compile():
 
 
 @pytest.mark.parametrize("bn", [False, True])
-def test_an_optimizer_replaced_behind_compile_is_refused_by_fit(bn):
+def test_another_models_optimizer_assigned_is_refused_and_changes_nothing(bn):
     a, b = _mlp(64, bn=bn), _mlp(4, seed=1, bn=bn)
     b.compile("cross_entropy", optimizer="adam")
     a.compile("cross_entropy", optimizer="adam")
-    a.optimizer = b.optimizer           # not through compile: fit must not run against b's buffers
+    mine = a.optimizer
+    with pytest.raises(ValueError, match="already the optimizer of model"):
+        a.optimizer = b.optimizer           # compile's check: an optimizer trains one model
+    assert a.optimizer is mine and b.optimizer.owner() is b
+    X, y = _data()
+    b_before = b.get_weights()
+    a.fit(X, y, epochs=1)
+    for w0, w1 in zip(b_before, b.get_weights()):
+        np.testing.assert_array_equal(w0, w1)
+
+
+@pytest.mark.parametrize("bn", [False, True])
+def test_an_optimizer_rebound_behind_the_models_back_is_refused_by_fit(bn):
+    # the trainer's own check, for an optimizer bound elsewhere without compile (private API)
+    a, b = _mlp(64, bn=bn), _mlp(4, seed=1, bn=bn)
+    b.compile("cross_entropy", optimizer="adam")
+    a.compile("cross_entropy", optimizer="adam")
+    a._optimizer = b.optimizer
     X, y = _data()
     b_before = b.get_weights()
     with pytest.raises(RuntimeError, match="not bound to its parameters"):
@@ -129,18 +146,22 @@ def test_a_bound_optimizer_pickles_without_its_owner():
 
 
 @pytest.mark.parametrize("fresh", [lambda: fnn.optim.Adam(), lambda: fnn.optim.SGD(lr=0.1, momentum=0.9)])
-def test_a_fresh_optimizer_assigned_after_compile_is_refused_before_any_update(fresh):
-    # issue 13, defect 14: a KeyError later (Adam), or SGD's momentum silently ignored; now a clear error naming
-    # compile, raised before anything changes
-    a = _mlp(8)
-    a.compile("cross_entropy", optimizer="sgd")
+def test_a_fresh_optimizer_assigned_after_compile_is_bound_like_compile(fresh):
+    # issue 13, defect 14: a KeyError later (Adam), or SGD's momentum silently ignored; assigning now re-compiles
+    # with it: the same weights as compiling with it
+    a, b = _mlp(8), _mlp(8)
+    for m in (a, b):
+        m.compile("cross_entropy", optimizer="sgd", clip_norm=1.0)
     a.optimizer = fresh()
+    b.compile("cross_entropy", optimizer=fresh(), clip_norm=1.0)
+    assert a.optimizer.owner() is a and a.clip_norm == 1.0
     X, y = _data()
-    before = a.get_weights()
-    for call in (lambda: a.fit(X, y, epochs=1), lambda: a.train_on_batch(X, y)):
-        with pytest.raises(RuntimeError, match=r"not bound to its parameters.*compile"):
-            call()
-    for w0, w1 in zip(before, a.get_weights()):
+    for m in (a, b):
+        m.fit(X, y, epochs=2, shuffle=False)
+    for w0, w1 in zip(a.get_weights(), b.get_weights()):
         np.testing.assert_array_equal(w0, w1)
-    a.compile("cross_entropy", optimizer=a.optimizer)      # compile binds it
-    a.fit(X, y, epochs=1)
+    fresh_model = _mlp(8)
+    with pytest.raises(ValueError, match="no loss yet"):
+        fresh_model.optimizer = fresh()
+    with pytest.raises(TypeError):
+        a.optimizer = 3
