@@ -26,10 +26,15 @@ k * sum_i w_i, and "l2" stays a sum, sum_i w_i l_i.  A batch whose weights sum t
 Weights are per sample: with N-D outputs each of a sample's positions carries its sample's weight (the mean
 becomes sum_i w_i sum_p l_ip / (P sum_i w_i)).
 """
+import threading
+
 import numpy as np
 
 from fastnn._core import losses as _k
 from fastnn._core.kinds import LOSS
+
+
+_per_thread = threading.local()     # per-thread scratch of the losses (CrossEntropy's per-position weights)
 
 
 class Loss:
@@ -117,7 +122,6 @@ class CrossEntropy(Loss):
     kind = LOSS.CROSS_ENTROPY      # the compiled plan's kind (integer labels)
     fuses = "softmax"
     classification = True
-    _wrows = None         # per-position weights (rows,), reused: a sample's weight repeated over its positions
 
     def prepare_targets(self, y, n, out_shape, dtype, owner="loss"):
         out_shape = tuple(out_shape)
@@ -153,12 +157,19 @@ class CrossEntropy(Loss):
 
     def _row_weights(self, weights, n, rows):
         """Per-sample weights (n,) as per-row weights (rows,): each sample's weight over its rows // n positions
-        (a reused buffer; the weights themselves when each sample is one row)."""
+        (a buffer reused by the calling thread, so that threads evaluating one model at once do not share it; the
+        weights themselves when each sample is one row)."""
         if weights is None or rows == n:
             return weights
-        buf = self._wrows
-        if buf is None or buf.shape[0] != rows or buf.dtype != weights.dtype:
-            buf = self._wrows = np.empty(rows, dtype=weights.dtype)
+        bufs = getattr(_per_thread, "wrows", None)
+        if bufs is None:
+            bufs = _per_thread.wrows = {}
+        key = (rows, weights.dtype.str)
+        buf = bufs.get(key)
+        if buf is None:
+            if len(bufs) >= 8:
+                bufs.clear()
+            buf = bufs[key] = np.empty(rows, dtype=weights.dtype)
         if n:
             np.copyto(buf.reshape(n, rows // n), weights[:, None])
         return buf

@@ -265,3 +265,34 @@ def test_inference_on_a_large_input_holds_a_bounded_amount_of_memory():
     assert held < 16 * 2**20, f"{held / 2**20:.0f} MiB kept after inference"
     np.testing.assert_allclose(model.predict(X[:5000]), model.predict(X[:5000], batch_size=5000), rtol=1e-5,
                                atol=1e-6)
+
+
+def test_evaluate_with_sample_weights_on_sequence_outputs_from_many_threads():
+    """cross_entropy's per-position weights (a sample's weight over its positions) live in a buffer of the calling
+    thread: threads evaluating one model with different weights at once each get their own answer."""
+    import threading
+    L = fnn.layers
+    model = fnn.Sequential([L.Dense(16, activation="tanh"), L.Dense(5)], input_shape=(30, 8), seed=0,
+                           dtype="float64").compile("cross_entropy", "sgd")
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((64, 30, 8))
+    y = rng.integers(0, 5, (64, 30))
+    weights = [rng.random(64) for _ in range(4)]
+    want = [model.evaluate(X, y, sample_weight=w)["loss"] for w in weights]
+    got, errors = [[] for _ in weights], []
+
+    def work(i):
+        try:
+            for _ in range(60):
+                got[i].append(model.evaluate(X, y, sample_weight=weights[i])["loss"])
+        except Exception as exc:    # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for i in range(4):
+        assert got[i] == [want[i]] * 60
