@@ -208,3 +208,53 @@ def test_guarded_step_of_a_batchnorm_model_allocates_nothing():
         tracemalloc.stop()
     assert cur - base <= 256, cur - base
     assert peak - base <= 16384, peak - base        # no array-sized temporary (one 64 x 256 float32 is 64 kB)
+
+
+# ---------------------------------------------------------------- Ctrl-C on the per-layer path (issue 13, 5)
+def _bn_chain():
+    L = fnn.layers
+    m = fnn.Sequential([L.Dense(12), L.BatchNorm(), L.ReLU(), L.Dense(3)], input_dim=5, seed=0, dtype="float64")
+    return m.compile("cross_entropy", fnn.optim.Adam(lr=1e-2))
+
+
+@pytest.mark.parametrize("where", ["after the update", "in the forward pass"])
+def test_ctrl_c_in_a_per_layer_step_leaves_the_batches_before_it(where, restore_threads):
+    """A KeyboardInterrupt raised inside a guarded step (here injected at the 3rd batch: right after the
+    optimizer's update, or in the last layer's forward after BatchNorm updated its running statistics) leaves
+    parameters, optimizer state, step count and running statistics as after exactly 2 batches."""
+    fnn.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((80, 5)), rng.integers(0, 3, 80)
+    m = _bn_chain()
+    calls = []
+    if where == "after the update":
+        opt, real = m.optimizer, m.optimizer.step
+
+        def step():
+            real()
+            calls.append(1)
+            if len(calls) == 3:
+                raise KeyboardInterrupt
+        opt.step = step
+    else:
+        layer = m.layers[-1]
+        real = layer.forward
+
+        def forward(x, training=False, logits=False):
+            out = real(x, training, logits)
+            if training:
+                calls.append(1)
+                if len(calls) == 3:
+                    raise KeyboardInterrupt
+            return out
+        layer.__dict__["forward"] = forward
+    with pytest.raises(KeyboardInterrupt):
+        m.fit(X, y, epochs=1, batch_size=16, shuffle=False)
+    assert m.optimizer.step_count == 2 and m.epochs_trained == 0
+    ref = _bn_chain()
+    ref.fit(X[:32], y[:32], epochs=1, batch_size=16, shuffle=False)
+    np.testing.assert_array_equal(m.parameters, ref.parameters)
+    for k, v in ref.optimizer.state.items():
+        np.testing.assert_array_equal(m.optimizer.state[k], v)
+    for name, buf in ref.layers[1].buffers.items():
+        np.testing.assert_array_equal(m.layers[1].buffers[name], buf)

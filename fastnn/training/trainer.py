@@ -58,6 +58,7 @@ class Trainer:
         self.fused = False
         self.sampled = None
         self.guard_backup = None
+        self._saved = None       # the update's backup while a guarded step runs (restored on Ctrl-C)
         self.buffer_backup = None
         self.guard_backup_steps = 0
         self.constrained = []
@@ -149,7 +150,8 @@ class Trainer:
         buffers before the forward pass, only for the layers that have them, and checked after the backward
         pass: a non-finite buffer (e.g. a running variance overflowed by one huge sample) raises NonFiniteError
         ``what="buffer"`` naming the layer and buffer, and every NonFiniteError of the step restores them, so
-        that the model is left exactly as before the step.
+        that the model is left exactly as before the step.  A KeyboardInterrupt (Ctrl-C) anywhere in a guarded
+        step restores the same way, so an interrupted ``fit`` holds exactly the batches applied before it.
         """
         model = self.model
         guard = model.nan_guard
@@ -158,12 +160,23 @@ class Trainer:
         buffers = self._buffer_backups()
         for _, _, _, buf, copy in buffers:     # the forward pass updates them (BatchNorm's running statistics)
             np.copyto(copy, buf)
+        self._saved = None
         try:
             return self._step(Xb, Tb, where, Wb, True, buffers)
         except NonFiniteError:
             for _, _, _, buf, copy in buffers:
                 np.copyto(buf, copy)
             raise
+        except KeyboardInterrupt:
+            # Ctrl-C anywhere in the step: the model is left as before this batch (buffers, and once the update's
+            # backup was taken, parameters, optimizer state and step count), so that fit can go on from there
+            for _, _, _, buf, copy in buffers:
+                np.copyto(buf, copy)
+            if self._saved is not None:
+                self._restore_training_state(self._saved)
+            raise
+        finally:
+            self._saved = None
 
     def _step(self, Xb, Tb, where, Wb, guard, buffers):
         """``step`` between the buffers' backup and their restore on NonFiniteError (`buffers`, checked after
@@ -195,7 +208,7 @@ class Trainer:
             if bad >= 0:
                 raise self.nonfinite("gradient", where, bad, f"the gradient of {model.table.locate(bad)} is "
                                       f"{grads[bad]}")
-            saved = self._save_training_state()
+            saved = self._saved = self._save_training_state()
         self._clip_gradients()      # after the gradient check: a NaN norm would spread over every gradient
         self._schedule_step()
         model.optimizer.step()
