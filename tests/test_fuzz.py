@@ -331,3 +331,18 @@ def test_random_invalid_argument_is_refused(data, dtype, loss):
     # and the model still works: same predictions as an untouched twin
     twin, _, _ = _base_model(dtype, loss)
     np.testing.assert_array_equal(model.predict(X), twin.predict(X), strict=True)
+
+
+# ---------------------------------------------------------------- regressions the fuzz test found
+
+def test_empty_predict_sizes_a_variable_axis_from_the_input():
+    """predict on 0 samples of a variable-length model returned (0, 0, k): the variable axis was sized 0, not
+    as the input's (found by the fuzz test)."""
+    x = fnn.Input((None, 3))
+    model = fnn.Model(x, L.Dense(2)(L.Dense(4, activation="tanh")(x)), seed=0)
+    assert model.predict(np.zeros((0, 5, 3))).shape == (0, 5, 2)
+    assert model.predict(np.zeros((0, 5, 3)), batch_size=2).shape == (0, 5, 2)
+    assert model.predict(np.zeros((0, 0, 3))).shape == (0, 0, 2)
+    assert model.predict(np.zeros((1, 5, 3))).shape == (1, 5, 2)
+    with pytest.raises(ValueError, match="batch_size"):          # checked on an empty input too
+        model.predict(np.zeros((0, 5, 3)), batch_size=0)
