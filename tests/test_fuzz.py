@@ -24,14 +24,14 @@ import numpy as np
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, event, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import fastnn as fnn  # noqa: E402
 
 L = fnn.layers
 
-settings.register_profile("ci", max_examples=150, deadline=None, derandomize=True, database=None, print_blob=True,
+settings.register_profile("ci", max_examples=200, deadline=None, derandomize=True, database=None, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 settings.register_profile("fuzz", max_examples=int(os.environ.get("FASTNN_FUZZ_EXAMPLES", "500")), deadline=None,
                           derandomize=False, print_blob=True,
@@ -76,6 +76,25 @@ def optimizers(draw):
 
 
 @st.composite
+def activations(draw):
+    """An activation name, or an activation layer instance with a non-default argument."""
+    kind = draw(st.sampled_from(["name", "name", "instance"]))
+    if kind == "name":
+        return draw(st.sampled_from(ACTIVATIONS))
+    return draw(st.sampled_from([lambda: L.LeakyReLU(0.2), lambda: L.GELU(approximate="tanh"), lambda: L.ELU(0.5),
+                                 lambda: L.SiLU(), lambda: L.Mish(), lambda: L.Softplus()]))()
+
+
+@st.composite
+def schedules(draw):
+    return draw(st.sampled_from([
+        None, None,
+        lambda: fnn.schedules.Step(1, gamma=0.5), lambda: fnn.schedules.Cosine(3, per_step=True),
+        lambda: fnn.schedules.Exponential(0.9), lambda: fnn.schedules.LinearWarmup(2, per_step=True),
+    ]))
+
+
+@st.composite
 def hidden_layers(draw, width):
     """A list of hidden layers acting on the last axis; ``width`` is the last-axis size they see."""
     out = []
@@ -83,7 +102,9 @@ def hidden_layers(draw, width):
         kind = draw(st.sampled_from(["dense", "dense", "batchnorm", "layernorm", "dropout", "residual"]))
         if kind == "dense":
             width = draw(st.integers(1, 6))
-            out.append(L.Dense(width, activation=draw(st.sampled_from(ACTIVATIONS))))
+            out.append(L.Dense(width, activation=draw(activations()),
+                               kernel_init=draw(st.sampled_from(["xavier_uniform", "he_normal", "zeros"])),
+                               use_bias=draw(st.booleans()), max_norm=draw(st.sampled_from([None, 0.5, 3.0]))))
         elif kind == "batchnorm":
             out.append(L.BatchNorm(momentum=draw(st.sampled_from([0.1, 0.5, 1.0]))))
         elif kind == "layernorm":
@@ -101,14 +122,14 @@ def hidden_layers(draw, width):
 
 @st.composite
 def model_cases(draw):
-    """(model, X, y, loss name, optimizer, batch size)."""
+    """(model, X, y, loss name, optimizer, batch size, compile options, fit options)."""
     dtype = draw(st.sampled_from(["float32", "float64"]))
     seed = draw(st.integers(0, 2**16))
     n = draw(st.integers(2, 24))
     rng = np.random.default_rng(seed)
     loss = draw(st.sampled_from(LOSSES))
     k = draw(st.integers(1, 4)) if loss != "cross_entropy" else draw(st.integers(2, 4))
-    arch = draw(st.sampled_from(["flat", "nd", "reshape", "functional"]))
+    arch = draw(st.sampled_from(["flat", "nd", "reshape", "functional", "varlen"]))
     if arch == "flat":
         f = draw(st.integers(1, 6))
         sample = (f,)
@@ -128,6 +149,14 @@ def model_cases(draw):
         flatten = draw(st.booleans())
         layers = first + hidden + ([L.Flatten()] if flatten else []) + [L.Dense(k)]
         model = fnn.Sequential(layers, input_shape=sample, seed=seed, dtype=dtype)
+    elif arch == "varlen":                        # Input((None, f)): any sequence length, per-position layers
+        t, f = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+        sample = (t, f)
+        x = fnn.Input((None, f))
+        h = x
+        for layer in draw(hidden_layers(f))[0] + [L.Dense(k)]:
+            h = layer(h)
+        model = fnn.Model(x, h, seed=seed, dtype=dtype)
     else:
         f = draw(st.integers(1, 6))
         sample = (f,)
@@ -149,7 +178,20 @@ def model_cases(draw):
     else:
         y = rng.normal(size=(n,) + out_shape).astype(dtype)
     opt = draw(optimizers())
-    return model, X, y, loss, opt, draw(st.integers(2, 16))
+    schedule = draw(schedules())
+    compile_kw = dict(clip_norm=draw(st.sampled_from([None, 0.1, 10.0])),
+                      clip_value=draw(st.sampled_from([None, 0.05, 1.0])),
+                      lr_schedule=None if schedule is None else schedule(), nan_guard=draw(st.booleans()))
+    fit_kw = {}
+    if draw(st.booleans()):
+        fit_kw["sample_weight"] = rng.uniform(0, 2, n)
+    if n >= 6 and draw(st.booleans()):
+        fit_kw["validation_split"] = 0.25
+    if draw(st.booleans()):                       # freeze a random parameterized layer (re-layouts the buffers)
+        with_params = [l for l in model.graph.layers if l.param_specs()]
+        if with_params:
+            draw(st.sampled_from(with_params)).trainable = False
+    return model, X, y, loss, opt, draw(st.integers(2, 16)), compile_kw, fit_kw
 
 
 def _state(model):
@@ -181,15 +223,17 @@ def _assert_same_state(a, b):
 @settings(settings.get_profile(PROFILE))
 @given(case=model_cases(), epochs=st.integers(1, 2))
 def test_random_model_trains_saves_loads_and_predicts(tmp_path, one_thread, case, epochs):
-    model, X, y, loss, opt, batch_size = case
-    model.compile(loss, opt)
+    model, X, y, loss, opt, batch_size, compile_kw, fit_kw = case
+    model.compile(loss, opt, **compile_kw)
     # one-sample last batches are not allowed with BatchNorm (a ValueError before any update); pick a size that
     # avoids them so that the valid-model test trains
-    if any(isinstance(layer, L.BatchNorm) for layer in model.layers):
-        while len(X) % batch_size == 1:
+    if any(isinstance(layer, L.BatchNorm) for layer in model.graph.layers):
+        n = len(X)
+        sizes = {n, n - math.floor(0.25 * n), n - math.ceil(0.25 * n)} if "validation_split" in fit_kw else {n}
+        while any(m % batch_size == 1 for m in sizes):
             batch_size += 1
     try:
-        model.fit(X, y, epochs=epochs, batch_size=batch_size)
+        model.fit(X, y, epochs=epochs, batch_size=batch_size, **fit_kw)
     except fnn.NonFiniteError:
         pass                                      # the last finite state is kept: it must round-trip all the same
     path = tmp_path / "fuzz.fnn"
@@ -202,11 +246,29 @@ def test_random_model_trains_saves_loads_and_predicts(tmp_path, one_thread, case
     p1, p2 = model.predict(X), loaded.predict(X)
     assert p1.dtype == p2.dtype == np.dtype(model.dtype)
     np.testing.assert_array_equal(p1, p2, strict=True)
+    np.testing.assert_array_equal(model.predict(X[:0]), loaded.predict(X[:0]), strict=True)
+    assert loaded.predict(X[:0]).shape == (0,) + p1.shape[1:]
+    # in chunks: equal up to rounding (BLAS may sum in another order for another row count)
+    tol = 1e-4 if np.dtype(model.dtype) == np.float32 else 1e-10
+    np.testing.assert_allclose(loaded.predict(X, batch_size=3), p2, rtol=tol, atol=tol)
+    assert loaded.evaluate(X, y) == model.evaluate(X, y)
+    if X.ndim == 3:                               # another sequence length: fixed-length models refuse it
+        X2 = np.random.default_rng(1).normal(size=(3, X.shape[1] + 1, X.shape[2])).astype(X.dtype)
+        try:
+            expected = model.predict(X2)
+        except ValueError:
+            with pytest.raises(ValueError):
+                loaded.predict(X2)
+        else:
+            np.testing.assert_array_equal(loaded.predict(X2), expected, strict=True)
+    assert (loaded.clip_norm, loaded.clip_value, loaded.nan_guard, loaded.epochs_trained) == \
+        (model.clip_norm, model.clip_value, model.nan_guard, model.epochs_trained)
+    assert [l.trainable for l in loaded.graph.layers] == [l.trainable for l in model.graph.layers]
     # both keep training identically (same shuffling, dropout masks, optimizer state)
     outcomes = []
     for m in (model, loaded):
         try:
-            m.fit(X, y, epochs=1, batch_size=batch_size)
+            m.fit(X, y, epochs=1, batch_size=batch_size, **fit_kw)
             outcomes.append(None)
         except fnn.NonFiniteError as e:
             outcomes.append(str(e))
@@ -236,7 +298,7 @@ def bad_calls(draw, X, y, loss):
     """(description, callable on the model) that must raise ValueError/TypeError."""
     n = len(X)
     kind = draw(st.sampled_from(["x_features", "x_rank", "x_dtype", "x_nonfinite", "y_length", "labels", "fit_args",
-                                 "optimizer", "layer_args", "predict_args"]))
+                                 "optimizer", "layer_args", "predict_args", "compile_args", "misc"]))
     if kind == "x_features":
         f = draw(st.integers(1, 9).filter(lambda v: v != 5))
         Xb = np.ones((n, f))
@@ -313,6 +375,34 @@ def bad_calls(draw, X, y, loss):
         value = draw(st.sampled_from(values))
         make = lambda: factory(value)  # noqa: E731
         return "layer-args", lambda m: make()
+    if kind == "compile_args":
+        arg, value = draw(st.sampled_from([
+            ("loss", "nope"), ("loss", 3), ("optimizer", "nope"), ("optimizer", 0.1), ("clip_norm", -1.0),
+            ("clip_norm", math.nan), ("clip_value", 0.0), ("clip_value", "1"), ("lr_schedule", 0.5),
+            ("lr_schedule", "cosine"), ("nan_guard", "yes"),
+        ]))
+        kw = {"loss": loss, "optimizer": "sgd", arg: value}
+        return f"compile-{arg}={value!r}", lambda m: m.compile(**kw)
+    if kind == "misc":
+        choice = draw(st.sampled_from(["huge_int", "ragged", "metric", "class_weight", "huge_dense", "gradcheck_eps"]))
+        if choice == "huge_int":
+            Xb = [[2**70] * 5] * n
+            predict = draw(st.booleans())
+            return choice, lambda m: m.predict(Xb) if predict else m.fit(Xb, y)
+        if choice == "ragged":
+            Xb = [[1.0] * 5] * (n - 1) + [[1.0] * 4]
+            return choice, lambda m: m.predict(Xb)
+        if choice == "metric":
+            metric = draw(st.sampled_from(["nope", 3] + (["r2"] if loss == "cross_entropy" else ["accuracy"])))
+            return f"metric={metric!r}", lambda m: m.evaluate(X, y, metrics=[metric])
+        if choice == "class_weight":
+            cw = draw(st.sampled_from([{10**9: 1.0}, {-1: 1.0}, {0: -1.0}, {0: math.nan}, {"a": 1.0}, [1.0, 2.0]]))
+            return f"class_weight={cw!r}", lambda m: m.fit(X, y, epochs=1, class_weight=cw)
+        if choice == "huge_dense":
+            units = draw(st.sampled_from([10**12, 2**62]))
+            return f"Dense({units})", lambda m: fnn.Sequential([L.Dense(units)], input_dim=5)
+        eps = draw(st.sampled_from([0.0, -1e-3, math.nan, math.inf]))
+        return f"gradcheck(eps={eps!r})", lambda m: fnn.gradcheck(m, X[:4], y[:4], eps=eps)
     method = draw(st.sampled_from(["predict", "evaluate"]))
     bs = draw(st.sampled_from([0, -1, 1.5, "4", math.nan]))
     return f"{method}-batch_size={bs!r}", lambda m: (m.predict(X, batch_size=bs) if method == "predict" else
@@ -324,6 +414,7 @@ def bad_calls(draw, X, y, loss):
 def test_random_invalid_argument_is_refused(data, dtype, loss):
     model, X, y = _base_model(dtype, loss)
     what, call = data.draw(bad_calls(X, y, loss))
+    event(what.split("=")[0].split("(")[0])
     before = _state(model)
     with pytest.raises((ValueError, TypeError)):
         call(model)
