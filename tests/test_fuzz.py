@@ -218,6 +218,16 @@ def _assert_same_state(a, b):
     assert ca == cb and ra == rb and la == lb
 
 
+def _batch_size_for(model, n, batch_size, fit_kw):
+    """batch_size, raised where needed so that a model with BatchNorm gets no one-sample last batch (that is a
+    ValueError before any update, tested elsewhere)."""
+    if any(isinstance(layer, L.BatchNorm) for layer in model.graph.layers):
+        sizes = {n, n - math.floor(0.25 * n), n - math.ceil(0.25 * n)} if "validation_split" in fit_kw else {n}
+        while any(m % batch_size == 1 for m in sizes):
+            batch_size += 1
+    return batch_size
+
+
 # ---------------------------------------------------------------- valid models
 
 @settings(settings.get_profile(PROFILE))
@@ -227,11 +237,7 @@ def test_random_model_trains_saves_loads_and_predicts(tmp_path, one_thread, case
     model.compile(loss, opt, **compile_kw)
     # one-sample last batches are not allowed with BatchNorm (a ValueError before any update); pick a size that
     # avoids them so that the valid-model test trains
-    if any(isinstance(layer, L.BatchNorm) for layer in model.graph.layers):
-        n = len(X)
-        sizes = {n, n - math.floor(0.25 * n), n - math.ceil(0.25 * n)} if "validation_split" in fit_kw else {n}
-        while any(m % batch_size == 1 for m in sizes):
-            batch_size += 1
+    batch_size = _batch_size_for(model, len(X), batch_size, fit_kw)
     try:
         model.fit(X, y, epochs=epochs, batch_size=batch_size, **fit_kw)
     except fnn.NonFiniteError:
@@ -264,16 +270,22 @@ def test_random_model_trains_saves_loads_and_predicts(tmp_path, one_thread, case
     assert (loaded.clip_norm, loaded.clip_value, loaded.nan_guard, loaded.epochs_trained) == \
         (model.clip_norm, model.clip_value, model.nan_guard, model.epochs_trained)
     assert [l.trainable for l in loaded.graph.layers] == [l.trainable for l in model.graph.layers]
-    # both keep training identically (same shuffling, dropout masks, optimizer state)
+    twin = model.clone()                          # clone: the same state in memory
+    _assert_same_state(_state(twin), _state(model))
+    bare = fnn.load(path, compile=False)          # weights only, by name, into the loaded architecture
+    bare.load_state_dict(model.state_dict())
+    np.testing.assert_array_equal(bare.predict(X), p1, strict=True)
+    # all keep training identically (same shuffling, dropout masks, optimizer state)
     outcomes = []
-    for m in (model, loaded):
+    for m in (model, loaded, twin):
         try:
             m.fit(X, y, epochs=1, batch_size=batch_size, **fit_kw)
             outcomes.append(None)
         except fnn.NonFiniteError as e:
             outcomes.append(str(e))
-    assert outcomes[0] == outcomes[1]
+    assert outcomes[0] == outcomes[1] == outcomes[2]
     _assert_same_state(_state(loaded), _state(model))
+    _assert_same_state(_state(twin), _state(model))
     np.testing.assert_array_equal(model.predict(X), loaded.predict(X), strict=True)
 
 
@@ -423,6 +435,50 @@ def test_random_invalid_argument_is_refused(data, dtype, loss):
     twin, _, _ = _base_model(dtype, loss)
     np.testing.assert_array_equal(model.predict(X), twin.predict(X), strict=True)
 
+
+@settings(settings.get_profile(PROFILE))
+@given(case=model_cases(), data=st.data())
+def test_random_model_refuses_bad_data_unchanged(case, data):
+    """Bad data for a random model (any architecture, dtype, loss, optimizer) after it has trained a step:
+    ValueError/TypeError, and the weights, buffers and optimizer state are as before."""
+    model, X, y, loss, opt, batch_size, compile_kw, fit_kw = case
+    model.compile(loss, opt, **compile_kw)
+    try:
+        model.train_on_batch(X[:2], y[:2])
+    except fnn.NonFiniteError:
+        pass
+    n = len(X)
+    i = data.draw(st.integers(0, n - 1))
+    kind = data.draw(st.sampled_from(["nonfinite_x", "last_axis", "rank", "targets", "y_rows"]))
+    if kind == "nonfinite_x":
+        Xb = np.array(X, copy=True)
+        Xb.reshape(n, -1)[i, data.draw(st.integers(0, Xb[0].size - 1))] = data.draw(
+            st.sampled_from([math.nan, math.inf, -math.inf]))
+        yb = y
+    elif kind == "last_axis":
+        Xb, yb = np.concatenate([X, X[..., :1]], axis=-1), y
+    elif kind == "rank":
+        Xb, yb = X[..., None], y
+    elif kind == "y_rows":
+        Xb, yb = X, y[:-1]
+    else:
+        Xb, yb = X, np.array(y, copy=True)
+        if loss == "cross_entropy":
+            yb.reshape(n, -1)[i, 0] = data.draw(st.sampled_from([-1, int(model.predict(X[:1]).shape[-1]), 10**6]))
+        elif loss == "binary_cross_entropy":
+            yb.reshape(n, -1)[i, 0] = data.draw(st.sampled_from([-0.5, 1.5, math.nan]))
+        else:
+            yb.reshape(n, -1)[i, 0] = data.draw(st.sampled_from([math.nan, math.inf]))
+    event(kind)
+    method = data.draw(st.sampled_from(["fit", "train_on_batch", "evaluate"]))
+    batch_size = _batch_size_for(model, n, batch_size, fit_kw)
+    before = _state(model)
+    with pytest.raises((ValueError, TypeError)):
+        if method == "fit":
+            model.fit(Xb, yb, epochs=1, batch_size=batch_size, **fit_kw)
+        else:
+            getattr(model, method)(Xb, yb)
+    _assert_same_state(_state(model), before)
 
 # ---------------------------------------------------------------- regressions the fuzz test found
 
