@@ -362,7 +362,8 @@ def bad_calls(draw, X, y, loss):
             ("epochs", -1), ("epochs", 1.5), ("epochs", "2"), ("batch_size", 0), ("batch_size", -3),
             ("batch_size", 2.5), ("batch_size", math.nan), ("validation_split", 1.0), ("validation_split", -0.1),
             ("validation_split", math.nan), ("sample_weight", np.ones(n + 1)), ("sample_weight", -np.ones(n)),
-            ("sample_weight", np.full(n, math.nan)), ("initial_epoch", -1),
+            ("sample_weight", np.full(n, math.nan)), ("initial_epoch", -1), ("shuffle", "yes"),
+            ("shuffle", 1), ("callbacks", 3),
         ]))
         return f"fit-{arg}={value!r}", lambda m: m.fit(X, y, **{"epochs": 1, arg: value})
     if kind == "optimizer":
@@ -493,3 +494,20 @@ def test_empty_predict_sizes_a_variable_axis_from_the_input():
     assert model.predict(np.zeros((1, 5, 3))).shape == (1, 5, 2)
     with pytest.raises(ValueError, match="batch_size"):          # checked on an empty input too
         model.predict(np.zeros((0, 5, 3)), batch_size=0)
+
+
+def test_fit_refuses_a_non_bool_shuffle_and_non_iterable_callbacks():
+    """fit(shuffle="yes") trained (any truthy value shuffled) and fit(callbacks=3) raised "'int' object is not
+    iterable", naming nothing (found by the fuzz test); both are TypeErrors naming the argument, nothing trained."""
+    model = fnn.Sequential([L.Dense(3)], input_dim=5, seed=0)
+    model.compile("cross_entropy", "adam")
+    X, y = np.ones((8, 5)), np.arange(8) % 3
+    before = model.get_weights()
+    with pytest.raises(TypeError, match="fit: shuffle must be a bool, got str 'yes'"):
+        model.fit(X, y, shuffle="yes")
+    with pytest.raises(TypeError, match="fit: callbacks must be a Callback or a list of them, got int"):
+        model.fit(X, y, callbacks=3)
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert model.optimizer.step_count == 0
+    model.fit(X, y, shuffle=np.bool_(False), callbacks=(c for c in []))      # numpy bools and iterables still do
