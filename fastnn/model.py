@@ -399,13 +399,17 @@ class Model:
         n = X.shape[0]
         variable = any(d is None for d in self.output_shape)
         out = None if variable else np.empty((n,) + tuple(self.output_shape), dtype=self.dtype)
-        if n == 0:
-            return out if out is not None else np.empty((0,) + tuple(d or 0 for d in self.output_shape), self.dtype)
-        bs = (_engine.inference_rows(self.graph, X) if batch_size is None else
-              check_number("predict", "batch_size", batch_size, low=1, integer=True))
+        if batch_size is not None:
+            batch_size = check_number("predict", "batch_size", batch_size, low=1, integer=True)
+        if n == 0 and out is not None:
+            return out
+        bs = _engine.inference_rows(self.graph, X) if batch_size is None else batch_size
         # an executor of its own (Executor.checkout): safe from many threads at once, and beside a running fit
         engine = self.engine.checkout()
         try:
+            if n == 0:       # a variable axis, sized by the input's: the output of one zero sample gives its size
+                Y = engine.forward(np.zeros((1,) + X.shape[1:], dtype=self.dtype), False)
+                return np.empty((0,) + Y.shape[1:], dtype=self.dtype)
             for start in range(0, n, bs):
                 stop = min(start + bs, n)
                 Y = engine.forward(X[start:stop], False)

@@ -381,6 +381,8 @@ class Trainer:
         verbose = check_number(owner, "verbose", verbose, low=0, high=2, integer=True)
         if nan_guard is not None and not isinstance(nan_guard, (bool, np.bool_)):
             raise TypeError(f"fit: nan_guard must be a bool or None, got {type(nan_guard).__name__}")
+        if not isinstance(shuffle, (bool, np.bool_)):
+            raise TypeError(f"fit: shuffle must be a bool, got {type(shuffle).__name__} {shuffle!r}")
         train, val, metric_objs = self._fit_prepare(X, y, validation_split, validation_data, metrics,
                                                     class_weight, sample_weight)
         self.check_trainable("fit")
@@ -554,7 +556,11 @@ class Trainer:
     def _fit_callbacks(self, callbacks, history, verbose, epochs, n_batches):
         if isinstance(callbacks, _callbacks.Callback):
             callbacks = [callbacks]
-        cbs = list(callbacks or [])
+        try:
+            cbs = list(callbacks if callbacks is not None else [])
+        except TypeError:
+            raise TypeError(f"fit: callbacks must be a Callback or a list of them, got "
+                            f"{type(callbacks).__name__}") from None
         if verbose == 1 and getattr(sys.stdout, "isatty", lambda: False)():
             cbs.append(_callbacks.ProgressBar(epochs, n_batches))
         elif verbose:
