@@ -55,6 +55,13 @@ if use_openmp:
     link_args.append("-fopenmp")
 if os.environ.get("FASTNN_NATIVE", "") == "1":
     compile_args.append("-march=native")
+# FASTNN_SANITIZE=address,undefined: a checking build for tools/sanitize.sh, never for use or a wheel.  The flags
+# must sit in extra_compile_args: distutils puts CFLAGS before them, so "-O3 -g0" here would win over CFLAGS' -O1 -g.
+_sanitize = os.environ.get("FASTNN_SANITIZE", "")
+if _sanitize:
+    compile_args = [a for a in compile_args if a not in ("-O3", "-g0")]
+    compile_args += ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=" + _sanitize]
+    link_args.append("-fsanitize=" + _sanitize)
 
 extensions = [
     Extension(
