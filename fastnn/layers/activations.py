@@ -86,11 +86,10 @@ class ReLU(Activation):
     kind = ACT.RELU
 
 
-class LeakyReLU(Activation):
-    """f(x) = x for x > 0, alpha * x otherwise (torch.nn.LeakyReLU's negative_slope)."""
-    kind = ACT.LEAKY_RELU
+class _WithAlpha(Activation):
+    """An activation with one parameter, ``alpha``, which goes to the kernel (saved in the config)."""
 
-    def __init__(self, alpha=0.01, name=None):
+    def __init__(self, alpha, name=None):
         super().__init__(name)
         self.alpha = check_number(type(self).__name__, "alpha", alpha)
 
@@ -99,6 +98,14 @@ class LeakyReLU(Activation):
 
     def extra_repr(self):
         return f"alpha={self.alpha}"
+
+
+class LeakyReLU(_WithAlpha):
+    """f(x) = x for x > 0, alpha * x otherwise (torch.nn.LeakyReLU's negative_slope)."""
+    kind = ACT.LEAKY_RELU
+
+    def __init__(self, alpha=0.01, name=None):
+        super().__init__(alpha, name)
 
 
 class Sigmoid(Activation):
@@ -149,19 +156,12 @@ class SiLU(Activation):
     aliases = ("swish",)
 
 
-class ELU(Activation):
+class ELU(_WithAlpha):
     """Exponential linear unit, torch.nn.ELU: f(x) = x for x > 0, alpha * (exp(x) - 1) otherwise."""
     kind = ACT.ELU
 
     def __init__(self, alpha=1.0, name=None):
-        super().__init__(name)
-        self.alpha = check_number(type(self).__name__, "alpha", alpha)
-
-    def get_config(self):
-        return {"name": self.name, "alpha": self.alpha}
-
-    def extra_repr(self):
-        return f"alpha={self.alpha}"
+        super().__init__(alpha, name)
 
 
 class SELU(Activation):
