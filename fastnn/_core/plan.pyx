@@ -492,6 +492,13 @@ cdef class Plan:
         return dict(self.st)
 
 
+cdef int _check_dtype(Plan plan, bint dbl, object X, str owner) except -1:
+    """ValueError naming `owner` unless X's dtype (dbl: float64) is the plan's."""
+    if dbl != plan.dbl:
+        raise ValueError(f"{owner}: X is {np.asarray(X).dtype}, the plan is {plan.dtype}")
+    return 0
+
+
 def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ssize_t[::1] perm, Py_ssize_t b0,
                 Py_ssize_t b1, Py_ssize_t step, int n_threads):
     """Run batches b0 .. b1-1 of an epoch over X (n, n_in) (rows perm[b*bs : (b+1)*bs], or in order when perm
@@ -505,13 +512,7 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
     a restore of everything on failure."""
     # P: the updated prefix (the trainable parameters); the layers' offsets address the whole buffer
     cdef Py_ssize_t n = X.shape[0], n_in0 = X.shape[1], L = plan.n_layers, P = plan.U, bs = plan.bs
-    cdef bint same_dtype
-    if floating is double:
-        same_dtype = plan.dbl
-    else:
-        same_dtype = not plan.dbl
-    if not same_dtype:
-        raise ValueError(f"run_batches: X is {np.asarray(X).dtype}, the plan is {plan.dtype}")
+    _check_dtype(plan, floating is double, X, "run_batches")
     if plan.Xb == NULL or plan.layers[0].n_in != n_in0:
         raise ValueError("run_batches: X does not match the plan (or its batch buffers are missing)")
     if plan.loss_kind < 0 or plan.update.kind < 0:
@@ -726,13 +727,7 @@ def forward_rows(Plan plan, const floating[:, ::1] X, floating[:, ::1] out, int 
     cdef Py_ssize_t s, m, bad
     cdef const floating *x
     cdef const floating *prm = <const floating *>plan.params
-    cdef bint same_dtype
-    if floating is double:
-        same_dtype = plan.dbl
-    else:
-        same_dtype = not plan.dbl
-    if not same_dtype:
-        raise ValueError(f"forward_rows: X is {np.asarray(X).dtype}, the plan is {plan.dtype}")
+    _check_dtype(plan, floating is double, X, "forward_rows")
     if out.shape[0] != n or L == 0 or plan.layers[0].n_in != n_in0 or plan.layers[L - 1].n_out != k:
         raise ValueError("forward_rows: arrays do not match the plan")
     for l in range(L):
