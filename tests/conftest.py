@@ -5,6 +5,7 @@ stray pure-Python shadow module would not): every compiled module is asserted to
 """
 import importlib
 
+import numpy as np
 import pytest
 
 import fastnn
@@ -50,3 +51,16 @@ def restore_threads():
     n = fastnn.get_num_threads()
     yield n
     fastnn.set_num_threads(n)
+
+
+@pytest.fixture
+def saved(tmp_path):
+    """A small trained model (Dense 5-6-3, Adam) and the path it was saved to (the io tests' subject)."""
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, 5)), rng.integers(0, 3, 40)
+    m = fastnn.Sequential([fastnn.layers.Dense(6, activation="relu"), fastnn.layers.Dense(3)], input_dim=5, seed=0)
+    m.compile("cross_entropy", fastnn.optim.Adam(lr=1e-2))
+    m.fit(X, y, epochs=1)
+    path = tmp_path / "m.fnn"
+    m.save(path)
+    return m, path

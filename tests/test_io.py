@@ -174,16 +174,6 @@ def test_save_is_atomic_when_the_rename_fails(tmp_path, monkeypatch):
     np.testing.assert_array_equal(fnn.load(path).predict(X), a.predict(X))
 
 
-@pytest.fixture
-def saved(tmp_path):
-    m = fnn.Sequential([fnn.layers.Dense(6, activation="relu"), fnn.layers.Dense(3)], input_dim=5, seed=0)
-    m.compile("cross_entropy", fnn.optim.Adam(lr=1e-2))
-    m.fit(*_data(), epochs=1)
-    path = tmp_path / "m.fnn"
-    m.save(path)
-    return m, path
-
-
 def test_truncated_file(saved, tmp_path):
     _, path = saved
     data = path.read_bytes()

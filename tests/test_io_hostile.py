@@ -18,16 +18,6 @@ def _data(n=40, seed=0):
     return rng.normal(size=(n, 5)), rng.integers(0, 3, n)
 
 
-@pytest.fixture
-def saved(tmp_path):
-    m = fnn.Sequential([fnn.layers.Dense(6, activation="relu"), fnn.layers.Dense(3)], input_dim=5, seed=0)
-    m.compile("cross_entropy", fnn.optim.Adam(lr=1e-2))
-    m.fit(*_data(), epochs=1)
-    path = tmp_path / "m.fnn"
-    m.save(path)
-    return m, path
-
-
 def _members(path):
     with np.load(path) as z:
         return {k: z[k] for k in z.files}
