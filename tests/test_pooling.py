@@ -345,3 +345,27 @@ def test_errors_name_the_layer_expected_and_given():
          np.zeros((1, 2, 2, 1)), np.zeros((1, 2, 2, 1), np.int32), 2, 2, 2, 2, 2, 0)
     _err(r"a window would hold no input", kern.avg_pool2d_forward, np.zeros((1, 4, 4, 1)), np.zeros((1, 3, 2, 1)),
          2, 2, 2, 2, 0, 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_two_threads_give_the_same_answer(dtype):
+    """Large enough that the kernels split rows (forward) and images (backward) between 2 threads."""
+    rng = np.random.default_rng(13)
+    X = np.round(rng.standard_normal((8, 16, 16, 8)), 1).astype(dtype)
+    dY = rng.standard_normal((8, 8, 8, 8)).astype(dtype)
+    res = []
+    for nt in (1, 2):
+        Y, A, dX = np.empty(dY.shape, dtype), np.empty(dY.shape, np.int32), np.empty(X.shape, dtype)
+        kern.max_pool2d_forward(X, Y, A, 3, 3, 2, 2, 1, 1, nt)
+        kern.max_pool2d_backward(dY, A, dX, 3, 3, 2, 2, 1, 1, nt)
+        Ya, dXa = np.empty(dY.shape, dtype), np.empty(X.shape, dtype)
+        kern.avg_pool2d_forward(X, Ya, 3, 3, 2, 2, 1, 1, nt)
+        kern.avg_pool2d_backward(dY, dXa, 3, 3, 2, 2, 1, 1, nt)
+        res.append((Y, A, dX, Ya, dXa))
+    for a, b in zip(*res):
+        np.testing.assert_array_equal(a, b)
+    Yr, Ar, dXr = np.empty(dY.shape, dtype), np.empty(dY.shape, np.int32), np.empty(X.shape, dtype)
+    ref.max_pool2d_forward(X, Yr, Ar, 3, 3, 2, 2, 1, 1)
+    ref.max_pool2d_backward(dY, Ar, dXr, 3, 3, 2, 2, 1, 1)
+    np.testing.assert_array_equal(res[1][1], Ar)
+    np.testing.assert_allclose(res[1][2], dXr, rtol=1e-6, atol=1e-6)
