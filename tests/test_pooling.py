@@ -369,3 +369,18 @@ def test_two_threads_give_the_same_answer(dtype):
     ref.max_pool2d_backward(dY, Ar, dXr, 3, 3, 2, 2, 1, 1)
     np.testing.assert_array_equal(res[1][1], Ar)
     np.testing.assert_allclose(res[1][2], dXr, rtol=1e-6, atol=1e-6)
+
+
+def test_variable_spatial_sizes():
+    """Built on (None, None, C): pooling sizes its output per batch; global pooling gives (n, C) for any size."""
+    L = fnn.layers
+    model = fnn.Sequential([L.MaxPool2D(2, padding="same"), Dense(4), L.GlobalAveragePooling2D(), Dense(3)],
+                           input_shape=(None, None, 2), seed=0, dtype="float64")
+    assert [l.output_shape for l in model.layers] == [(None, None, 2), (None, None, 4), (4,), (3,)]
+    for shape in ((2, 5, 7, 2), (3, 4, 4, 2)):
+        X = np.random.default_rng(14).standard_normal(shape)
+        assert model.predict(X).shape == (shape[0], 3)
+    seq = fnn.Sequential([L.MaxPool1D(3, name="p"), L.GlobalMaxPooling1D(), Dense(2)], input_shape=(None, 4))
+    assert seq.predict(np.ones((2, 9, 4), np.float32)).shape == (2, 2)
+    _err(r"p: MaxPool1D with padding='valid' needs every spatial size >= pool_size \(3,\), got input of shape "
+         r"\(2, 2, 4\)", seq.predict, np.ones((2, 2, 4), np.float32))
