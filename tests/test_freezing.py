@@ -353,6 +353,8 @@ def _instances():
             out.append(L.Reshape((2, -1)))
         elif cls is Dense:
             out.append(Dense(3))
+        elif cls is L.Embedding:
+            out.append(L.Embedding(4, 3))
         else:
             out.append(cls())
     return out
