@@ -58,6 +58,7 @@ def test_masked_cross_entropy_is_the_loss_on_real_steps_loss_and_gradient(weight
     Z = plain.engine.forward(X, True)
     want, dZ = _softmax_ce(Z.reshape(-1, 3), y.reshape(-1), w)
     assert loss == pytest.approx(want, rel=1e-12)
+    assert masked.engine.loss_value(masked.loss, out, y, sw) == (loss, correct)
     assert correct == int(((Z.reshape(-1, 3).argmax(1) == y.reshape(-1)) & real.reshape(-1)).sum())
     np.testing.assert_allclose(grad.reshape(-1, 3), dZ, rtol=1e-10, atol=1e-14)
     assert not grad[~real].any()                          # masked steps: gradient exactly 0
