@@ -229,3 +229,11 @@ def test_multi_output_use_layer_gets_the_mask_and_gives_one_per_output(capsys):
     other.engine.forward(X, False)
     assert other.engine.output_mask_value() is None
     check_model_grads(other, X)
+
+
+def test_sampled_softmax_refuses_an_output_fed_by_a_multi_output_layer():
+    x = fnn.Input(4)
+    a, _ = Heads()(Dense(4)(x))
+    model = fnn.Model(x, Dense(6)(a))
+    with pytest.raises(ValueError, match="single-output"):
+        model.compile(fnn.losses.SampledSoftmax(num_sampled=2), "sgd")
