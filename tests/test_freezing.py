@@ -355,6 +355,8 @@ def _instances():
             out.append(L.Permute((2, 1)))
         elif cls is Dense:
             out.append(Dense(3))
+        elif cls is L.Embedding:
+            out.append(L.Embedding(4, 3))
         else:
             out.append(cls())
     return out

@@ -12,17 +12,18 @@ from fastnn.layers.pooling import (MaxPool2D, AvgPool2D, MaxPool1D, AvgPool1D, G
 from fastnn.layers.merge import Add, Concatenate
 from fastnn.layers.normalization import BatchNorm, LayerNorm
 from fastnn.layers.dropout import Dropout
+from fastnn.layers.embedding import Embedding, Masking
 from fastnn.layers.residual import Residual, linear_decay, residual_stack
 
 # class name -> class, for rebuilding layers from their configs (saving and loading models)
 REGISTRY = {**_activations.CLASSES, **_pooling.CLASSES,
             **{cls.__name__: cls for cls in (Dense, Flatten, Reshape, Permute, Add, Concatenate, BatchNorm, LayerNorm,
-                                             Dropout, Residual)}}
+                                             Dropout, Residual, Embedding, Masking)}}
 
 __all__ = ["Layer", "ParamSpec", "Activation", "Identity", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax",
            "GELU", "SiLU", "ELU", "SELU", "Softplus", "Mish",
            "Dense", "Flatten", "Reshape", "Permute", "Add", "Concatenate", "BatchNorm", "LayerNorm", "Dropout",
-           "Residual",
+           "Residual", "Embedding", "Masking",
            "linear_decay", "residual_stack",
            "MaxPool2D", "AvgPool2D", "MaxPool1D", "AvgPool1D", "GlobalMaxPooling2D", "GlobalAveragePooling2D",
            "GlobalMaxPooling1D", "GlobalAveragePooling1D", "MaxPooling2D", "AveragePooling2D", "MaxPooling1D",
