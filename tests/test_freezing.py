@@ -353,6 +353,8 @@ def _instances():
             out.append(L.Reshape((2, -1)))
         elif cls is Dense:
             out.append(Dense(3))
+        elif cls in (L.Conv1D, L.Conv2D):
+            out.append(cls(3, 2))
         else:
             out.append(cls())
     return out

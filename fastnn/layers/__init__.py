@@ -5,6 +5,7 @@ from fastnn.layers.activations import (Activation, Identity, ReLU, LeakyReLU, Si
                                        SELU, Softplus, Mish)
 from fastnn.layers.dense import Dense
 from fastnn.layers.core import Flatten, Reshape
+from fastnn.layers.conv import Conv1D, Conv2D
 from fastnn.layers.merge import Add, Concatenate
 from fastnn.layers.normalization import BatchNorm, LayerNorm
 from fastnn.layers.dropout import Dropout
@@ -13,9 +14,9 @@ from fastnn.layers.residual import Residual, linear_decay, residual_stack
 # class name -> class, for rebuilding layers from their configs (saving and loading models)
 REGISTRY = {**_activations.CLASSES,
             **{cls.__name__: cls for cls in (Dense, Flatten, Reshape, Add, Concatenate, BatchNorm, LayerNorm,
-                                             Dropout, Residual)}}
+                                             Dropout, Residual, Conv1D, Conv2D)}}
 
 __all__ = ["Layer", "ParamSpec", "Activation", "Identity", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax",
            "GELU", "SiLU", "ELU", "SELU", "Softplus", "Mish",
-           "Dense", "Flatten", "Reshape", "Add", "Concatenate", "BatchNorm", "LayerNorm", "Dropout", "Residual",
-           "linear_decay", "residual_stack"]
+           "Dense", "Conv1D", "Conv2D", "Flatten", "Reshape", "Add", "Concatenate", "BatchNorm", "LayerNorm",
+           "Dropout", "Residual", "linear_decay", "residual_stack"]
