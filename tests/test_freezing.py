@@ -357,6 +357,8 @@ def _instances():
             out.append(Dense(3))
         elif cls is L.Embedding:
             out.append(L.Embedding(4, 3))
+        elif cls in (L.Conv1D, L.Conv2D):
+            out.append(cls(3, 2))
         else:
             out.append(cls())
     return out
