@@ -53,6 +53,7 @@ class _Recurrent(Layer):
         self.bias_init = initializers.get(bias_init, owner=f"{self.name} bias_init")
         self.record_step_grad_norms = False   # backward then stores ||dh_s|| per step in step_grad_norms
         self.n_inputs = 1
+        self.n_outputs = 1 + self._n_states if self.return_state else 1   # [output, h(, c)] (fastnn.graph)
         self._norms = None
         self._saved = None
 
@@ -94,11 +95,13 @@ class _Recurrent(Layer):
         if x_shape[1] is None or x_shape[1] < 1:
             raise ValueError(f"{self.name}: the feature axis must have a fixed size >= 1, got {x_shape[1]}")
         steps = x_shape[0]
-        return (steps, self.units) if self.return_sequences else (self.units,)
+        out = (steps, self.units) if self.return_sequences else (self.units,)
+        return [out] + self.state_shapes if self.return_state else out
 
     def output_mask(self, mask):
-        """The output's mask given the input's: the mask with return_sequences, else None."""
-        return mask if self.return_sequences else None
+        """The output's mask given the input's: the mask with return_sequences, else None (the states: None)."""
+        out = mask if self.return_sequences else None
+        return [out] + [None] * self._n_states if self.return_state else out
 
     def param_specs(self):
         shapes = self.input_shape if self.n_inputs > 1 else [self.input_shape]
@@ -362,6 +365,7 @@ class Bidirectional(Layer):
         cfg.update(name=f"{layer.name}_backward", go_backwards=not layer.go_backwards)
         self.backward_layer = type(layer).from_config(cfg)
         self.return_sequences = layer.return_sequences
+        self.n_outputs = 2 if merge_mode is None else 1    # None: [forward, backward] (fastnn.graph)
 
     def _build(self, input_shape):
         out = self.layer.build(input_shape)
@@ -369,12 +373,12 @@ class Bidirectional(Layer):
         if self.merge_mode == "concat":
             return tuple(out[:-1]) + (2 * out[-1],)
         if self.merge_mode is None:
-            raise ValueError(f"{self.name}: merge_mode=None returns two tensors, which the graph cannot carry yet; "
-                             "use 'concat', 'sum', 'mul' or 'ave'")
+            return [out, out]
         return out
 
     def output_mask(self, mask):
-        return mask if self.return_sequences else None
+        out = mask if self.return_sequences else None
+        return [out, out] if self.merge_mode is None else out
 
     def param_specs(self):
         specs = []
@@ -405,6 +409,7 @@ class Bidirectional(Layer):
         yb = self.backward_layer.forward(X, training, mask=mask)
         if self.return_sequences:
             yb = yb[:, ::-1]
+        self._y = (yf, yb)
         if self.merge_mode is None:
             return [yf, yb]
         key = (self.merge_mode, yf.shape)
@@ -434,6 +439,8 @@ class Bidirectional(Layer):
         u = yf.shape[-1]
         if self.merge_mode is None:
             df, db = dY
+            df = np.zeros_like(yf) if df is None else df
+            db = np.zeros_like(yb) if db is None else db
         elif self.merge_mode == "concat":
             df, db = dY[..., :u], dY[..., u:]
         elif self.merge_mode == "sum":
