@@ -437,27 +437,35 @@ class Bidirectional(Layer):
         """The gradient of the merged output -> the gradient of the input (sum of both directions)."""
         yf, yb = self._y
         u = yf.shape[-1]
+        # the two directions' output gradients, contiguous, in buffers of this layer (the backward one's in its
+        # processing order: reversed in time with return_sequences)
+        df, db = self._batch_buffers(yf.shape, lambda _: (np.empty(yf.shape, self.dtype),
+                                                           np.empty(yf.shape, self.dtype)), tag="grad")
+        db_view = db[:, ::-1] if self.return_sequences else db     # db_view[:, t] is time t
         if self.merge_mode is None:
-            df, db = dY
-            df = np.zeros_like(yf) if df is None else df
-            db = np.zeros_like(yb) if db is None else db
+            gf, gb = dY
+            for g, out in ((gf, df), (gb, db_view)):
+                if g is None:
+                    out[...] = 0
+                else:
+                    np.copyto(out, g)
         elif self.merge_mode == "concat":
-            df, db = dY[..., :u], dY[..., u:]
+            np.copyto(df, dY[..., :u])
+            np.copyto(db_view, dY[..., u:])
         elif self.merge_mode == "sum":
-            df, db = dY, dY
+            np.copyto(df, dY)
+            np.copyto(db_view, dY)
         elif self.merge_mode == "mul":
-            df, db = dY * yb, dY * yf
+            np.multiply(dY, yb, out=df)
+            np.multiply(dY, yf, out=db_view)
         else:
-            df = db = dY * 0.5
-        if self.return_sequences:
-            db = db[:, ::-1]
-        dxf = self.layer.backward(np.ascontiguousarray(df))
-        if dxf is not None:
-            dxf = dxf.copy()
-        dxb = self.backward_layer.backward(np.ascontiguousarray(db))
+            np.multiply(dY, 0.5, out=df)
+            np.copyto(db_view, df)
+        dxf = self.layer.backward(df)
+        dxb = self.backward_layer.backward(db)
         if dxf is None:
             return None
-        dxf += dxb
+        dxf += dxb          # the forward layer's own dX buffer: nothing else reads it before its next backward
         return dxf
 
     def get_config(self):
