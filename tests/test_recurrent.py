@@ -545,3 +545,24 @@ def test_embedding_mask_zero_to_lstm_contract():
     first = model.evaluate(ids, y)["loss"]
     model.fit(ids, y, epochs=20, batch_size=8, verbose=0)
     assert model.evaluate(ids, y)["loss"] < 0.5 * first
+
+
+def test_blas_thread_count_restored_and_threads_agree():
+    """The time loop runs small per-step GEMMs on one BLAS thread and sets the count back afterwards; 1 and 2
+    threads give the same values."""
+    from fastnn._core import _threads
+    n_threads = fnn.get_num_threads()
+    layer = bind(GRU(8, return_sequences=True), (6, 3))
+    X = np.random.default_rng(0).normal(size=(40, 6, 3))
+    try:
+        out = {}
+        for n in (1, 2):
+            fnn.set_num_threads(n)
+            y = layer.forward(X).copy()
+            dx = layer.backward(np.ones_like(y)).copy()
+            assert _threads.blas_num_threads() == n
+            out[n] = (y, dx, layer.grads["weight_hh"].copy())
+        for a, b in zip(out[1], out[2]):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
+    finally:
+        fnn.set_num_threads(n_threads)
