@@ -67,3 +67,73 @@ def test_masked_loss_scratch_is_reused_across_steps():
     assert a is c and a is b
     np.testing.assert_array_equal(c, (mask * w[:, None]).reshape(-1))
     assert losses._step_weights(mask[:3], w[:3], np.float64) is not a      # another batch shape, another buffer
+
+
+# ------------------------------------------------------------------ readers of engine.values: pruning
+@pytest.fixture
+def heads():
+    from fastnn.layers import REGISTRY
+    from tests.test_graph_protocol import Heads
+    had = "Heads" in REGISTRY
+    REGISTRY["Heads"] = Heads             # pruning rebuilds the model from its snapshot
+    yield Heads
+    if not had:
+        del REGISTRY["Heads"]
+
+
+def _heads_model(heads):
+    x = fnn.Input(4)
+    d0 = Dense(6, activation="relu", name="d0")(x)
+    a, _ = heads(name="heads")(d0)        # output 1 unused
+    d1 = Dense(5, activation="relu", name="d1")(a)
+    model = fnn.Model(x, Dense(3, name="out")(d1), seed=0, dtype="float64")
+    model.compile("cross_entropy", "adam")
+    return model
+
+
+def test_prune_after_a_multi_output_layer(heads):
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((20, 4)), rng.integers(0, 3, 20)
+    model = _heads_model(heads)
+    model.fit(X, y, epochs=1, batch_size=10)
+    d1 = model.layers[2]
+    # the activation score reads the Dense's own value (an array), after the multi-output layer
+    H = np.maximum(2.0 * np.maximum(X @ model.layers[0].weight + model.layers[0].bias, 0) @ d1.weight + d1.bias, 0)
+    want = np.sort(np.argsort(np.abs(H).mean(axis=0), kind="stable")[:2])
+    np.testing.assert_array_equal(fnn.prune.select(model, "d1", amount=2, criterion="activation", X=X), want)
+    small = fnn.prune.neurons(model, "d1", amount=2, criterion="activation", X=X)
+    assert small.layers[2].units == 3 and small.graph.picks == model.graph.picks
+    keep = np.setdiff1d(np.arange(5), want)
+    np.testing.assert_allclose(small.predict(X), (H[:, keep] @ model.layers[3].weight[keep]) + model.layers[3].bias,
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_prune_refuses_a_layer_feeding_a_multi_output_layer(heads):
+    model = _heads_model(heads)
+    with pytest.raises(ValueError, match=r"cannot prune layer d0: its units feed heads \(Heads\)"):
+        fnn.prune.neurons(model, "d0", amount=1)
+
+
+def _masked_model(dtype="float64", units=4):
+    m = fnn.Sequential([Embedding(10, 4, mask_zero=True, name="emb"), Dense(units, activation="relu", name="h"),
+                        Dense(3, name="o")], seed=0, dtype=dtype)
+    m.compile("cross_entropy", "sgd")
+    return m
+
+
+def test_prune_activation_scores_only_the_real_steps():
+    rng = np.random.default_rng(2)
+    X = _padded_ids(rng, 12, 8, 10)
+    X[:, 4:] = 0                              # half the steps are padding at least
+    m = _masked_model()
+    m.trainer.check_X(X, "test")
+    emb, h = m.layers[0], m.layers[1]
+    emb.weight[0] = [1000.0, 0, 0, 0]         # the padding id drives unit 0 hard
+    emb.weight[1:] = rng.uniform(0.5, 1.0, (9, 4))
+    h.weight[...] = np.diag([0.01, 1.0, 1.0, 1.0])
+    h.bias[...] = 0
+    H = np.maximum(emb.weight[X] @ h.weight, 0)
+    real = H[X != 0]
+    assert np.argmin(real.mean(axis=0)) == 0 and np.argmin(H.reshape(-1, 4).mean(axis=0)) != 0
+    np.testing.assert_array_equal(fnn.prune.select(m, "h", amount=1, criterion="activation", X=X), [0])
+
