@@ -137,3 +137,15 @@ def test_prune_activation_scores_only_the_real_steps():
     assert np.argmin(real.mean(axis=0)) == 0 and np.argmin(H.reshape(-1, 4).mean(axis=0)) != 0
     np.testing.assert_array_equal(fnn.prune.select(m, "h", amount=1, criterion="activation", X=X), [0])
 
+
+# ------------------------------------------------------------------ gradcheck on a masked model
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_gradcheck_of_a_masked_model(dtype):
+    rng = np.random.default_rng(3)
+    X = _padded_ids(rng, 6, 5, 10)
+    y = rng.integers(0, 3, (6, 5))
+    m = fnn.Sequential([Embedding(10, 3, mask_zero=True), Dense(3)], seed=0, dtype=dtype)
+    m.compile("cross_entropy", "sgd")
+    report = fnn.diagnostics.gradcheck(m, X, y, max_per_param=30)
+    assert report.passed, report
+    assert report.max_error < 1e-4, report
