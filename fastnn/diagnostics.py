@@ -466,7 +466,7 @@ def gradcheck(model, X, y, eps=1e-6, max_per_param=64, training=True, tol=1e-4, 
         def loss_at():
             m.layer_rng.bit_generator.state = rng_state
             out = m.engine.forward(X, training, m.trainer.fused)
-            return float(m.loss(out, T, None, None)[0])
+            return float(m.engine.loss_value(m.loss, out, T)[0])       # mask-aware, as loss_and_grad
 
         m.layer_rng.bit_generator.state = rng_state
         out = m.engine.forward(X, training, m.trainer.fused)

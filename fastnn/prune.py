@@ -20,8 +20,8 @@ Criteria (the units with the lowest score go):
 | criterion | score of a unit | needs X |
 |---|---|---|
 | ``"l2"`` | L2 norm of its incoming weights (its column of ``weight``) | no |
-| ``"activation"`` | mean absolute value of its activation over X, every sample and position (inference mode) | yes |
-| ``"dead"`` | removes every unit whose ReLU output is 0 for every sample of X (``amount`` is not used) | yes |
+| ``"activation"`` | mean absolute value of its activation over X, every sample and position (inference mode); with a mask on the layer's input (Embedding(mask_zero=True), Masking), its real steps only | yes |
+| ``"dead"`` | removes every unit whose ReLU output is 0 for every sample of X, masked steps included (``amount`` is not used) | yes |
 
 Removing dead units does not change the predictions: a dead unit sends a constant to the next layer (0, or,
 with a BatchNorm after the ReLU, that layer's constant output), and a non-zero constant is folded into the next
@@ -110,6 +110,9 @@ def _scan(model, X, point, relu, end, batch_size):
             model.engine.forward(X[start:start + batch_size], False)
             # units are on the last axis (channels-last): every other axis is a sample, a step or a pixel
             v = model.engine.values[point]
+            mk = model.engine.masks[point] if model.graph.has_masks else None
+            if mk is not None:       # a masked sequence: score the real steps only (padding says nothing)
+                v = v.reshape(mk.size, -1, v.shape[-1])[mk.reshape(-1)]
             v = v.reshape(-1, v.shape[-1])
             rows += v.shape[0]
             s = np.abs(v).sum(axis=0, dtype=np.float64)
