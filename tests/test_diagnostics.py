@@ -270,3 +270,17 @@ def test_warning_points_at_the_fit_call(digits):
     with pytest.warns(TrainingHealthWarning) as rec:
         _dead_relu().fit(X, y, epochs=1, batch_size=200, diagnostics=True)
     assert all(w.filename == __file__ for w in rec)
+
+
+def test_saturation_of_an_nd_dense_counts_every_position():
+    """A Dense on (N, T, F): each (sample, position, unit) output is one count of the saturated fraction."""
+    L = fnn.layers
+    model = fnn.Sequential([L.Dense(6, activation="tanh"), L.Flatten(),
+                            L.Dense(2)], input_shape=(5, 4), seed=0, dtype="float64").compile("mse", "sgd")
+    rng = np.random.default_rng(0)
+    X, y = 3 * rng.standard_normal((30, 5, 4)), rng.standard_normal((30, 2))
+    d = model.diagnose(X, y, verbose=False)
+    Y = np.tanh(X @ model.layers[0].weight + model.layers[0].bias)
+    expected = float(np.mean(np.abs(Y) > 0.99))
+    assert 0.05 < expected < 0.95
+    assert d[model.layers[0].name]["saturated_fraction"] == pytest.approx(expected)

@@ -219,3 +219,47 @@ def test_pruning_a_per_step_dense_keeps_the_predictions_of_dead_units():
     np.testing.assert_array_equal(small.layers[0].weight, dense.weight[:, keep])
     st = small.optimizer.state["exp_avg"]
     assert st.shape == small.parameters.shape
+
+
+def test_pruning_through_a_flatten_takes_the_channel_at_every_position():
+    """Units before a Flatten are channels of a (T, C) output: the next Dense loses rows c, c + C, c + 2C, ...
+    (channels-last flattening), a BatchNorm after the Flatten loses the same features, and a dead unit's
+    non-zero constant (ReLU -> BatchNorm) is folded into the next bias: the same predictions."""
+    model = fnn.Sequential([L.Dense(8, activation="relu"), L.BatchNorm(), L.Flatten(), L.Dropout(0.1),
+                            L.BatchNorm(), L.Dense(3)], input_shape=(5, 6), seed=0, dtype="float64")
+    model.compile("mse", "adam")
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 5, 6))
+    model.fit(X, rng.standard_normal((40, 3)), epochs=2, batch_size=8)
+    b = model.layers[0].bias.copy()
+    b[[1, 4, 6]] = -1e3
+    model.layers[0].bias = b
+    assert np.array_equal(fnn.prune.select(model, 0, criterion="dead", X=X), [1, 4, 6])
+    small = fnn.prune.neurons(model, 0, criterion="dead", X=X)
+    keep = np.array([0, 2, 3, 5, 7])
+    feats = (np.arange(5)[:, None] * 8 + keep).ravel()
+    assert small.layers[0].weight.shape == (6, 5) and small.layers[1].params["weight"].shape == (5,)
+    assert small.layers[4].params["weight"].shape == (25,) and small.layers[4].buffers["running_var"].shape == (25,)
+    np.testing.assert_array_equal(small.layers[4].buffers["running_mean"],
+                                  model.layers[4].buffers["running_mean"][feats])
+    np.testing.assert_array_equal(small.layers[5].weight, model.layers[5].weight[feats])
+    assert not np.array_equal(small.layers[5].bias, model.layers[5].bias)        # the constants were folded
+    np.testing.assert_allclose(small.predict(X), model.predict(X), rtol=1e-12, atol=1e-12)
+    # by norm: the same features go from the optimizer state
+    pruned = fnn.prune.neurons(model, 0, amount=2)
+    gone = fnn.prune.select(model, 0, amount=2)
+    kept = (np.arange(5)[:, None] * 8 + np.setdiff1d(np.arange(8), gone)).ravel()
+    np.testing.assert_array_equal(pruned.layers[5].weight, model.layers[5].weight[kept])
+    assert pruned.optimizer.state["exp_avg"].shape == pruned.parameters.shape
+
+
+def test_a_dead_constant_without_a_bias_to_fold_into_is_refused():
+    model = fnn.Sequential([L.Dense(4, activation="relu"), L.BatchNorm(), L.Dense(2, use_bias=False)],
+                           input_dim=3, seed=0, dtype="float64")
+    b = model.layers[0].bias.copy()
+    b[0] = -1e3
+    model.layers[0].bias = b
+    model.layers[1].params["bias"][0] = 0.5           # the dead unit sends 0.5 on
+    X = np.random.default_rng(1).standard_normal((20, 3))
+    with pytest.raises(ValueError, match="dense_.*no bias to fold"):
+        fnn.prune.neurons(model, 0, criterion="dead", X=X)
