@@ -36,6 +36,7 @@ __all__ = [
     "activation_forward", "activation_backward", "dense_forward", "dense_backward",
     "softmax_cross_entropy", "softmax_cross_entropy_soft", "sigmoid_binary_cross_entropy", "regression_loss",
     "sgd_step", "adagrad_step", "rmsprop_step", "adam_step", "gemm",
+    "max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
 ]
 
 
@@ -417,3 +418,61 @@ def adam_step(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps, 
     bias_correction1 = 1 - beta1 ** step
     bias_correction2 = 1 - beta2 ** step
     p[...] = p - (lr / bias_correction1) * exp_avg / (np.sqrt(v) / math.sqrt(bias_correction2) + eps)
+
+
+# ------------------------------------------------------------------------------------------------ pooling
+def _pool_windows(fn, xshape, yshape, ph, pw, sh, sw, pt, pl):
+    """Each output position's window as (oh, ow, row slice, column slice), clipped to the image: the padded
+    positions (pt rows at the top, pl columns at the left, the rest at the bottom/right) are left out."""
+    N, H, W, C = xshape
+    if yshape[0] != N or yshape[3] != C:
+        raise ValueError(f"{fn}: X has shape {tuple(xshape)} and Y {tuple(yshape)}: batch and channels must match")
+    if not (0 <= pt < ph and 0 <= pl < pw):
+        raise ValueError(f"{fn}: padding must satisfy 0 <= pad < pool size, got pads ({pt}, {pl}) for pool "
+                         f"({ph}, {pw})")
+    out = []
+    for oh in range(yshape[1]):
+        rows = slice(max(oh * sh - pt, 0), min(oh * sh - pt + ph, H))
+        for ow in range(yshape[2]):
+            cols = slice(max(ow * sw - pl, 0), min(ow * sw - pl + pw, W))
+            if rows.start >= rows.stop or cols.start >= cols.stop:
+                raise ValueError(f"{fn}: window ({oh}, {ow}) holds no input")
+            out.append((oh, ow, rows, cols))
+    return out
+
+
+def max_pool2d_forward(X, Y, argmax, ph, pw, sh, sw, pt, pl, n_threads=1):
+    """Channels-last max pooling: Y[n, oh, ow, c] = the max of the window's real inputs; argmax = ih * W + iw of
+    the first maximum in row-major window order (np.argmax: the first of equal values, and the first NaN)."""
+    N, H, W, C = X.shape
+    for oh, ow, rows, cols in _pool_windows("max_pool2d_forward", X.shape, Y.shape, ph, pw, sh, sw, pt, pl):
+        win = np.asarray(X[:, rows, cols, :]).reshape(N, -1, C)
+        k = np.argmax(win, axis=1)                                   # (N, C), into the clipped window
+        ncols = cols.stop - cols.start
+        Y[:, oh, ow, :] = np.take_along_axis(win, k[:, None, :], axis=1)[:, 0, :]
+        argmax[:, oh, ow, :] = (rows.start + k // ncols) * W + cols.start + k % ncols
+
+
+def max_pool2d_backward(dY, argmax, dX, ph, pw, sh, sw, pt, pl, n_threads=1):
+    """dX = zeros plus each dY at its window's argmax position (np.add.at: overlapping windows add)."""
+    N, H, W, C = dX.shape
+    grad = np.zeros((N, H * W, C), dtype=np.float64)
+    n_idx, c_idx = np.meshgrid(np.arange(N), np.arange(C), indexing="ij")
+    for oh, ow, _, _ in _pool_windows("max_pool2d_backward", dX.shape, dY.shape, ph, pw, sh, sw, pt, pl):
+        np.add.at(grad, (n_idx, argmax[:, oh, ow, :], c_idx), dY[:, oh, ow, :])
+    dX[...] = grad.reshape(N, H, W, C)
+
+
+def avg_pool2d_forward(X, Y, ph, pw, sh, sw, pt, pl, n_threads=1):
+    """Channels-last average pooling over each window's real inputs only (Keras' "same"; count_include_pad=False)."""
+    for oh, ow, rows, cols in _pool_windows("avg_pool2d_forward", X.shape, Y.shape, ph, pw, sh, sw, pt, pl):
+        Y[:, oh, ow, :] = _f64(X[:, rows, cols, :]).mean(axis=(1, 2))
+
+
+def avg_pool2d_backward(dY, dX, ph, pw, sh, sw, pt, pl, n_threads=1):
+    """dX = the sum over the windows holding each input of dY / (the window's count of real inputs)."""
+    grad = np.zeros(dX.shape, dtype=np.float64)
+    for oh, ow, rows, cols in _pool_windows("avg_pool2d_backward", dX.shape, dY.shape, ph, pw, sh, sw, pt, pl):
+        count = (rows.stop - rows.start) * (cols.stop - cols.start)
+        grad[:, rows, cols, :] += _f64(dY[:, oh, ow, :])[:, None, None, :] / count
+    dX[...] = grad

@@ -351,6 +351,8 @@ def _instances():
             out.append(L.Residual([Dense(3)]))
         elif cls is L.Reshape:
             out.append(L.Reshape((2, -1)))
+        elif cls is L.Permute:
+            out.append(L.Permute((2, 1)))
         elif cls is Dense:
             out.append(Dense(3))
         else:

@@ -71,9 +71,21 @@ def _nd_sequential():
         L.Flatten(), L.Dense(3)], input_dim=5, seed=7, name="nd-seq")
 
 
+def _pooling_graph():
+    """Every pooling layer and Permute: (n, 5) -> (n, 4, 4, 3) images and (n, 16, 3) sequences -> (n, 3)."""
+    L = fnn.layers
+    x = fnn.Input(5)
+    img = L.Permute((2, 1, 3))(L.Reshape((4, 4, 3))(L.Dense(48)(x)))
+    a = L.GlobalMaxPooling2D()(L.AvgPool2D(2, strides=1, padding="same")(L.MaxPool2D(2, padding="same")(img)))
+    b = L.GlobalAveragePooling2D()(img)
+    s = L.AvgPool1D(2)(L.MaxPool1D(3, strides=2, padding="same")(L.Reshape((16, 3))(img)))
+    h = L.Concatenate()([a, b, L.GlobalAveragePooling1D()(s), L.GlobalMaxPooling1D()(s)])
+    return fnn.Model(x, L.Dense(3)(h), seed=8, name="pooling-graph")
+
+
 CASES = (list(_dense_models()) + list(_activation_layer_models()) +
          [("functional-model", _graph_model), ("deep-sequential", _deep_sequential), ("deep-graph", _deep_graph),
-          ("nd-sequential", _nd_sequential)])
+          ("nd-sequential", _nd_sequential), ("pooling-graph", _pooling_graph)])
 
 
 def test_every_registered_layer_is_covered():

@@ -61,9 +61,20 @@ def _image():
                           input_dim=5, seed=7)
 
 
+def _pooling():
+    """(n, 5) -> (n, 4, 4, 3) permuted images and (n, 16, 3) sequences through every pooling layer -> (n, 3)."""
+    x = fnn.Input(5)
+    img = L.Permute((2, 1, 3))(L.Reshape((4, 4, 3))(Dense(48)(x)))
+    a = L.GlobalMaxPooling2D()(L.AvgPool2D(2, strides=1, padding="same")(L.MaxPool2D(2, padding="same")(img)))
+    s = L.AvgPool1D(2)(L.MaxPool1D(3, strides=2, padding="same")(L.Reshape((16, 3))(img)))
+    h = L.Concatenate()([a, L.GlobalAveragePooling2D()(img), L.GlobalAveragePooling1D()(s),
+                         L.GlobalMaxPooling1D()(s)])
+    return fnn.Model(x, Dense(3)(h), seed=8, name="pooling")
+
+
 CASES = [("mlp", _mlp), ("mlp-float64", lambda: _mlp("float64")), ("activations", _activation_chain),
          ("norm-dropout", _norm_dropout), ("residual", _residual), ("graph", _graph), ("sequence", _sequence),
-         ("image", _image)]
+         ("image", _image), ("pooling", _pooling)]
 IDS = [c[0] for c in CASES]
 
 

@@ -4,18 +4,26 @@ from fastnn.layers import activations as _activations
 from fastnn.layers.activations import (Activation, Identity, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, GELU, SiLU, ELU,
                                        SELU, Softplus, Mish)
 from fastnn.layers.dense import Dense
-from fastnn.layers.core import Flatten, Reshape
+from fastnn.layers.core import Flatten, Reshape, Permute
+from fastnn.layers import pooling as _pooling
+from fastnn.layers.pooling import (MaxPool2D, AvgPool2D, MaxPool1D, AvgPool1D, GlobalMaxPooling2D,
+                                   GlobalAveragePooling2D, GlobalMaxPooling1D, GlobalAveragePooling1D, MaxPooling2D,
+                                   AveragePooling2D, MaxPooling1D, AveragePooling1D)
 from fastnn.layers.merge import Add, Concatenate
 from fastnn.layers.normalization import BatchNorm, LayerNorm
 from fastnn.layers.dropout import Dropout
 from fastnn.layers.residual import Residual, linear_decay, residual_stack
 
 # class name -> class, for rebuilding layers from their configs (saving and loading models)
-REGISTRY = {**_activations.CLASSES,
-            **{cls.__name__: cls for cls in (Dense, Flatten, Reshape, Add, Concatenate, BatchNorm, LayerNorm,
+REGISTRY = {**_activations.CLASSES, **_pooling.CLASSES,
+            **{cls.__name__: cls for cls in (Dense, Flatten, Reshape, Permute, Add, Concatenate, BatchNorm, LayerNorm,
                                              Dropout, Residual)}}
 
 __all__ = ["Layer", "ParamSpec", "Activation", "Identity", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax",
            "GELU", "SiLU", "ELU", "SELU", "Softplus", "Mish",
-           "Dense", "Flatten", "Reshape", "Add", "Concatenate", "BatchNorm", "LayerNorm", "Dropout", "Residual",
-           "linear_decay", "residual_stack"]
+           "Dense", "Flatten", "Reshape", "Permute", "Add", "Concatenate", "BatchNorm", "LayerNorm", "Dropout",
+           "Residual",
+           "linear_decay", "residual_stack",
+           "MaxPool2D", "AvgPool2D", "MaxPool1D", "AvgPool1D", "GlobalMaxPooling2D", "GlobalAveragePooling2D",
+           "GlobalMaxPooling1D", "GlobalAveragePooling1D", "MaxPooling2D", "AveragePooling2D", "MaxPooling1D",
+           "AveragePooling1D"]

@@ -1,10 +1,12 @@
-"""Shape layers: Flatten and Reshape.
+"""Shape layers: Flatten, Reshape and Permute.
 
-Both change only how one sample's elements are grouped, never their order (row-major, C order): the forward is
-a view of the input batch and the backward a view of the output gradient, with no copy and no buffer.  Data
-layout is channels-last (features on the last axis), so ``Flatten`` of an image batch (n, H, W, C) gives
-(n, H*W*C) with the channels of one pixel adjacent, as Keras' ``Flatten``.  (torch's ``nn.Flatten`` on
-(n, C, H, W) groups by channel instead: weights moved from torch to a Dense after Flatten must be permuted.)
+Flatten and Reshape change only how one sample's elements are grouped, never their order (row-major, C order):
+the forward is a view of the input batch and the backward a view of the output gradient, with no copy and no
+buffer.  Data layout is channels-last (features on the last axis), so ``Flatten`` of an image batch
+(n, H, W, C) gives (n, H*W*C) with the channels of one pixel adjacent, as Keras' ``Flatten``.  (torch's
+``nn.Flatten`` on (n, C, H, W) groups by channel instead: weights moved from torch to a Dense after Flatten must
+be permuted.)  ``Permute`` reorders the axes of each sample (a copy): ``Permute((2, 3, 1))`` at the input is the
+path for channels-first (N, C, H, W) data.
 """
 import numpy as np
 
@@ -93,3 +95,66 @@ class Reshape(Layer):
 
     def extra_repr(self):
         return f"{self.shape}"
+
+
+class Permute(Layer):
+    """Permute the axes of each sample (Keras' Permute): the path for channels-first data.
+
+    Args:
+        dims: a permutation of the sample axes, numbered from 1 (the batch axis, 0, stays first): output axis
+            i + 1 is input axis ``dims[i]``.  ``Permute((2, 3, 1))`` turns (n, C, H, W) into (n, H, W, C).
+
+    fastnn's layers are channels-last.  A PyTorch user with (N, C, H, W) arrays starts the model with
+    ``Permute((2, 3, 1))`` and declares the channels-first input shape; a model so built gives the same
+    outputs and gradients as the channels-last model fed ``X.transpose(0, 2, 3, 1)``.  Unlike ``Reshape``
+    the elements move: the forward copies into a contiguous buffer (one per batch shape) and the backward
+    permutes the gradient back the same way.
+
+    Shape: input (n, d1, ..., dk), output (n, d_dims[0], ..., d_dims[k-1]).
+
+    Example::
+
+        model = fnn.Sequential([fnn.layers.Permute((2, 3, 1)), fnn.layers.MaxPool2D(2), fnn.layers.Flatten(),
+                                fnn.layers.Dense(10)], input_shape=(3, 32, 32))     # NCHW data
+    """
+
+    def __init__(self, dims, name=None):
+        super().__init__(name)
+        if (not isinstance(dims, (tuple, list)) or not dims
+                or any(isinstance(d, (bool, np.bool_)) or not isinstance(d, (int, np.integer)) for d in dims)):
+            raise TypeError(f"{self.name}: dims must be a tuple of ints (a permutation of the sample axes, from 1), "
+                            f"got {dims!r}")
+        if sorted(int(d) for d in dims) != list(range(1, len(dims) + 1)):
+            raise ValueError(f"{self.name}: dims must be a permutation of 1..{len(dims)} (the sample axes; the batch "
+                             f"axis 0 is never moved), got {tuple(dims)}")
+        self.dims = tuple(int(d) for d in dims)
+        self._axes = (0,) + self.dims
+        self._inverse = tuple(int(a) for a in np.argsort(self._axes))
+
+    def _build(self, input_shape):
+        input_shape = tuple(input_shape)
+        if len(input_shape) != len(self.dims):
+            raise ValueError(f"{self.name}: Permute{self.dims} expects samples of rank {len(self.dims)}, got "
+                             f"feature shape {input_shape} (rank {len(input_shape)})")
+        return tuple(input_shape[d - 1] for d in self.dims)
+
+    def _permute(self, A, axes, tag):
+        if A.ndim != len(axes):
+            raise ValueError(f"{self.name}: Permute{self.dims} expects arrays of rank {len(axes)} (batch axis "
+                             f"included), got shape {A.shape}")
+        shape = tuple(A.shape[a] for a in axes)
+        out = self._batch_buffers(shape, lambda _: np.empty(shape, A.dtype), tag=tag)
+        np.copyto(out, A.transpose(axes))
+        return out
+
+    def forward(self, X, training=False):
+        return self._permute(X, self._axes, None)
+
+    def backward(self, dY):
+        return self._permute(dY, self._inverse, "grad") if self.need_input_grad else None
+
+    def get_config(self):
+        return {"name": self.name, "dims": list(self.dims)}
+
+    def extra_repr(self):
+        return f"{self.dims}"
