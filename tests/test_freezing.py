@@ -355,6 +355,8 @@ def _instances():
             out.append(L.Permute((2, 1)))
         elif cls is Dense:
             out.append(Dense(3))
+        elif cls in (L.Conv1D, L.Conv2D):
+            out.append(cls(3, 2))
         else:
             out.append(cls())
     return out
