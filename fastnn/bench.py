@@ -23,6 +23,9 @@ reports rates, which are what the targets are about):
     python -m fastnn bench [--workloads W1,W3] [--repeats 5] [--threads 2] [--full] [--json out.json]
                            [--png out.png] [--rss]
 
+``--workloads cnn`` (or any of C1, C2, C3, C4, Clayers, Cinfer, Cfirst) runs the convolutional workloads of
+``fastnn/bench_cnn.py`` (fastnn against PyTorch eager in NCHW and channels_last), in the same table.
+
 ``--rss`` also measures the peak RSS of W1 training (one epoch, the same data sizes) for each peer, each in a
 fresh subprocess (``ru_maxrss`` after the bare imports, after making the data, after training); alone (without
 ``--workloads``) it runs only that measurement.
@@ -44,6 +47,7 @@ def _settle():
     time.sleep(SETTLE_S)
 
 WORKLOADS = ("W1", "W2", "W3", "W4", "mnist", "digits")
+CNN_WORKLOADS = ("C1", "C2", "C3", "C4", "Clayers", "Cinfer", "Cfirst")   # fastnn/bench_cnn.py; "cnn": all of them
 
 
 # ====================================================================== shared definitions
@@ -404,6 +408,8 @@ def _fmt(v, unit):
         return f"{v:,.0f}"
     if unit == "us":
         return f"{v:.1f}"
+    if unit in ("GFLOP/s", "x"):
+        return f"{v:.2f}"
     return f"{v:.3f}"
 
 
@@ -413,14 +419,20 @@ def run(workloads=WORKLOADS, repeats=3, threads=2, full=False, log=print):
     _set_threads(threads)
     rows = []
 
-    def add(wid, unit, samples, higher_better=True):
+    def add(wid, unit, samples, higher_better=True, target=None, note=""):
         row = {"workload": wid, "unit": unit, "higher_is_better": higher_better,
                "median": {k: _median(v) for k, v in samples.items()},
                "min": {k: min(v) for k, v in samples.items()}, "max": {k: max(v) for k, v in samples.items()},
-               "samples": samples, "target": TARGETS.get(wid, "")}
+               "samples": samples, "target": TARGETS.get(wid, "") if target is None else target, "note": note}
         rows.append(row)
 
+    cnn = [w for w in workloads if w in CNN_WORKLOADS]
+    if cnn:
+        from fastnn import bench_cnn
+        bench_cnn.run(cnn, repeats, full, log, add)
     for wid in workloads:
+        if wid in CNN_WORKLOADS:
+            continue
         if wid in ("W1", "W2", "W3"):
             _, s = run_training(wid, repeats, full, log)
             add(wid, "samples/s", s)
@@ -436,7 +448,7 @@ def run(workloads=WORKLOADS, repeats=3, threads=2, full=False, log=print):
         elif wid == "digits":
             add("digits", "s", run_digits(max(1, repeats // 2), log), higher_better=False)
         else:
-            raise ValueError(f"bench: unknown workload {wid!r}; known: {', '.join(WORKLOADS)}")
+            raise ValueError(f"bench: unknown workload {wid!r}; known: {', '.join(WORKLOADS + CNN_WORKLOADS)}")
     import fastnn._core._threads as th
     return {"rows": rows, "threads": threads, "repeats": repeats, "full": full,
             "machine": f"{platform.machine()}, {_ncpu()} CPUs, {platform.processor() or platform.platform()}",
@@ -478,7 +490,7 @@ def format_table(result):
                 cells.append(f"{ratio:.2f}x" if p != "BLAS limit" else f"{100 * ratio:.0f}%")
             else:
                 cells.append("")
-        cells.append(r["target"])
+        cells.append("; ".join(t for t in (r["target"], r.get("note", "")) if t))
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Ratios are speed ratios of the medians (> 1: fastnn faster); against the BLAS limit, the share of "
@@ -640,9 +652,11 @@ def format_rss(rss, threads, full):
 
 def main(args):
     wl = [w.strip() for w in args.workloads.split(",") if w.strip()] if args.workloads else list(WORKLOADS)
+    wl = [x for w in wl for x in (CNN_WORKLOADS if w == "cnn" else (w,))]
     for w in wl:
-        if w not in WORKLOADS:
-            print(f"bench: unknown workload {w!r}; known: {', '.join(WORKLOADS)}", file=sys.stderr)
+        if w not in WORKLOADS + CNN_WORKLOADS:
+            print(f"bench: unknown workload {w!r}; known: {', '.join(WORKLOADS + CNN_WORKLOADS)}, cnn",
+                  file=sys.stderr)
             return 2
     log = (lambda s: print(s, file=sys.stderr)) if not args.quiet else (lambda s: None)
     rss_flag = getattr(args, "rss", False)
