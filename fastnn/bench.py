@@ -582,10 +582,12 @@ def _maxrss_mib():
     return r / 2 ** 20 if sys.platform == "darwin" else r / 1024       # bytes on macOS, KiB on Linux
 
 
-def _rss_child(peer, threads, full):
+def _rss_child(peer, threads, full, workload="W1"):
     """In a fresh process: import the peer, make W1's data, train one W1 epoch; print the peak RSS (MiB) after the
     imports, after the data and after training, as JSON.  Run through ``measure_rss`` (this module is loaded
-    from its file there, without fastnn's package, so that the torch and numpy peers do not import fastnn)."""
+    from its file there, without fastnn's package, so that the torch and numpy peers do not import fastnn).
+    A CNN `workload` (C1..C4): its data and one epoch of its training, through bench_cnn.py, loaded from its
+    file the same way."""
     if peer == "fastnn":
         import fastnn as fnn
         fnn.set_num_threads(threads)
@@ -599,6 +601,18 @@ def _rss_child(peer, threads, full):
         except ImportError:
             pass
     imports = _maxrss_mib()
+    if workload != "W1":
+        import importlib.util
+        import os
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_cnn.py")
+        s = importlib.util.spec_from_file_location("_fastnn_bench_cnn_rss", path)
+        cnn = importlib.util.module_from_spec(s)
+        s.loader.exec_module(cnn)
+        job = cnn.rss_data(workload, full)
+        data = _maxrss_mib()
+        cnn.rss_train(peer, job)
+        print(json.dumps({"imports": imports, "data": data, "peak": _maxrss_mib()}))
+        return
     spec = _spec("W1", full)
     weights, X, y = make_data(spec)
     data = _maxrss_mib()
@@ -611,24 +625,26 @@ def _rss_child(peer, threads, full):
     print(json.dumps({"imports": imports, "data": data, "peak": _maxrss_mib()}))
 
 
-def measure_rss(threads=2, full=False, log=print):
-    """Peak RSS of one W1 training epoch per peer, each in its own fresh subprocess (``ru_maxrss``): a dict
-    peer -> {"imports": MiB after the bare imports, "data": after making the data, "peak": after training}."""
+def measure_rss(threads=2, full=False, log=print, workload="W1"):
+    """Peak RSS of one W1 training epoch per peer (or of a CNN `workload`, C1..C4: fastnn, torch NCHW and torch
+    channels_last), each in its own fresh subprocess (``ru_maxrss``): a dict peer -> {"imports": MiB after the
+    bare imports, "data": after making the data, "peak": after training}."""
     import os
     import subprocess
     code = ("import importlib.util, sys; s = importlib.util.spec_from_file_location('_fastnn_bench_rss', sys.argv[1]); "
             "m = importlib.util.module_from_spec(s); s.loader.exec_module(m); "
-            "m._rss_child(sys.argv[2], int(sys.argv[3]), sys.argv[4] == '1')")
+            "m._rss_child(sys.argv[2], int(sys.argv[3]), sys.argv[4] == '1', sys.argv[5])")
     # the child finds fastnn as this process did (an in-place build run from the source tree included)
     pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ)
     env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     out = {}
-    for peer in RSS_PEERS:
+    peers = RSS_PEERS if workload == "W1" else ("fastnn", "torch NCHW", "torch channels_last")
+    for peer in peers:
         if peer.startswith("torch") and _torch() is None:
             continue
         res = subprocess.run([sys.executable, "-c", code, os.path.abspath(__file__), peer, str(threads),
-                              "1" if full else "0"], capture_output=True, text=True, env=env)
+                              "1" if full else "0", workload], capture_output=True, text=True, env=env)
         if res.returncode != 0:
             log(f"  rss {peer}: failed: {res.stderr.strip().splitlines()[-1:]}")
             continue
@@ -637,16 +653,22 @@ def measure_rss(threads=2, full=False, log=print):
     return out
 
 
-def format_rss(rss, threads, full):
-    n = _spec("W1", full)["n"]
-    lines = [f"Peak RSS (VmHWM / ru_maxrss, MiB), W1 training: one epoch of {n:,} samples, {threads} threads, each peer in "
+def format_rss(rss, threads, full, workload="W1"):
+    if workload == "W1":
+        n = _spec("W1", full)["n"]
+    else:
+        from fastnn import bench_cnn
+        n = bench_cnn._spec(workload, full)["n"]
+    lines = [f"Peak RSS (VmHWM / ru_maxrss, MiB), {workload} training: one epoch of {n:,} samples, {threads} threads, each peer in "
              "a fresh process", "", "| peer | bare imports | + data | peak (training) | training - data |",
              "|---|---|---|---|---|"]
     for peer, r in rss.items():
         lines.append(f"| {peer} | {r['imports']:.1f} | {r['data']:.1f} | {r['peak']:.1f} | "
                      f"{r['peak'] - r['data']:.1f} |")
-    if "fastnn" in rss and "torch" in rss:
-        lines += ["", f"fastnn's peak is {100 * rss['fastnn']['peak'] / rss['torch']['peak']:.0f}% of torch's."]
+    torch_peer = "torch" if "torch" in rss else "torch NCHW"
+    if "fastnn" in rss and torch_peer in rss:
+        lines += ["", f"fastnn's peak is {100 * rss['fastnn']['peak'] / rss[torch_peer]['peak']:.0f}% of "
+                      f"{torch_peer}'s."]
     return "\n".join(lines)
 
 
@@ -666,8 +688,10 @@ def main(args):
     if result is not None:
         print(format_table(result))
     if rss_flag:
-        rss = measure_rss(args.threads, args.full, log)
-        print(("\n" if result is not None else "") + format_rss(rss, args.threads, args.full))
+        rw = getattr(args, "rss_workload", "W1")
+        rss = measure_rss(args.threads, args.full, log) if rw == "W1" else measure_rss(args.threads, args.full,
+                                                                                        log, workload=rw)
+        print(("\n" if result is not None else "") + format_rss(rss, args.threads, args.full, rw))
         if result is None:
             result = {"rows": [], "threads": args.threads, "full": args.full, "date": time.strftime("%Y-%m-%d %H:%M"),
                       "machine": f"{platform.machine()}, {_ncpu()} CPUs, {platform.processor() or platform.platform()}"}

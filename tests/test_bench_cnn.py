@@ -71,3 +71,18 @@ def test_cli_expands_the_cnn_group(monkeypatch, capsys):
     assert cli.main(["bench", "--workloads", "cnn", "--threads", "1", "--repeats", "1", "--quiet"]) == 0
     assert seen == list(bench_cnn.WORKLOADS)
     assert cli.main(["bench", "--workloads", "C9", "--quiet"]) == 2
+
+
+def test_rss_of_a_cnn_workload_is_passed_through_and_formatted(monkeypatch, capsys):
+    from fastnn import __main__ as cli
+    seen = {}
+
+    def fake(threads, full, log, workload="W1"):
+        seen["args"] = (threads, full, workload)
+        return {"fastnn": {"imports": 40.0, "data": 50.0, "peak": 100.0},
+                "torch NCHW": {"imports": 200.0, "data": 210.0, "peak": 400.0}}
+    monkeypatch.setattr(bench, "measure_rss", fake)
+    assert cli.main(["bench", "--rss", "--rss-workload", "C2", "--threads", "1", "--quiet"]) == 0
+    assert seen["args"] == (1, False, "C2")
+    out = capsys.readouterr().out
+    assert "C2 training: one epoch of 256 samples" in out and "25% of torch NCHW's" in out
