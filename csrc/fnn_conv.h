@@ -55,6 +55,14 @@ static void fnn_conv_blas_serial_end(void) {
     pthread_mutex_unlock(&fnn_conv_blas_lock);
 }
 
+/* gcc turns the gather's short copy loops into memmove calls (its loop-distribution pass), which cost more
+ * than the copies themselves for the 5-float spans of a first layer: off for the gather */
+#if defined(__GNUC__) && !defined(__clang__)
+#define FNN_CONV_NO_MEMCPY_IDIOM __attribute__((optimize("no-tree-loop-distribute-patterns")))
+#else
+#define FNN_CONV_NO_MEMCPY_IDIOM
+#endif
+
 /* the input pixel of tap (ky, kx) of output pixel (oy, ox); 0 if it lies in the padding */
 #define FNN_CONV_PIXEL(g, oy, ox, ky, kx, iy, ix)                                                         \
     ptrdiff_t iy = (oy) * (g)->sh - (g)->pt + (ky) * (g)->dh;                                             \
@@ -62,31 +70,62 @@ static void fnn_conv_blas_serial_end(void) {
     int inside = iy >= 0 && iy < (g)->H && ix >= 0 && ix < (g)->W;
 
 #define FNN_CONV_DEFS(T, SFX)                                                                             \
-/* col (OUT, [G][R][kh][kw][Cg]) = the patches of output rows [r0, r1) of X */                            \
-static void fnn_conv_im2col##SFX(const fnn_conv_geom *g, const T *X, ptrdiff_t r0, ptrdiff_t r1, T *col) { \
+/* d[0..n) = s[0..n): a plain loop for the short spans of the gather (a memcpy call per 5-float span of a        \
+ * first layer cost more than the copy); memcpy for long ones */                                        \
+FNN_CONV_NO_MEMCPY_IDIOM static inline void fnn_conv_copy##SFX(T *restrict d, const T *restrict s, ptrdiff_t n) {                 \
+    ptrdiff_t j;                                                                                          \
+    if (n >= 64) { memcpy(d, s, (size_t)n * sizeof(T)); return; }                                         \
+    for (j = 0; j + 4 <= n; j += 4) { d[j] = s[j]; d[j + 1] = s[j + 1]; d[j + 2] = s[j + 2]; d[j + 3] = s[j + 3]; } \
+    for (; j < n; j++) d[j] = s[j];                                                                       \
+}                                                                                                         \
+FNN_CONV_NO_MEMCPY_IDIOM static inline void fnn_conv_zero##SFX(T *d, ptrdiff_t n) {                                                \
+    ptrdiff_t j;                                                                                          \
+    if (n >= 64) { memset(d, 0, (size_t)n * sizeof(T)); return; }                                        \
+    for (j = 0; j < n; j++) d[j] = 0;                                                                     \
+}                                                                                                         \
+                                                                                                          \
+/* col (OUT, [G][R][kh][kw][Cg]) = the patches of output rows [r0, r1) of X, one run of pixels of an output \
+ * row at a time */                                                                                       \
+FNN_CONV_NO_MEMCPY_IDIOM static void fnn_conv_im2col##SFX(const fnn_conv_geom *g, const T *X, ptrdiff_t r0, ptrdiff_t r1, T *col) { \
     const ptrdiff_t P = g->OH * g->OW, C = g->C, G = g->G, Cg = C / G, Kg = g->kh * g->kw * Cg;          \
-    const ptrdiff_t R = r1 - r0;                                                                          \
-    ptrdiff_t r, ky, kx, q, c;                                                                            \
-    for (r = r0; r < r1; r++) {                                                                           \
-        ptrdiff_t n = r / P, p = r - n * P, oy = p / g->OW, ox = p - oy * g->OW;                          \
-        const T *xn = X + n * g->H * g->W * C;                                                            \
-        T *dst = col + (r - r0) * Kg;                                                                     \
-        for (ky = 0; ky < g->kh; ky++) {                                                                  \
-            for (kx = 0; kx < g->kw; kx++, dst += Cg) {                                                   \
-                FNN_CONV_PIXEL(g, oy, ox, ky, kx, iy, ix)                                                 \
-                if (inside) {                                                                             \
-                    const T *src = xn + (iy * g->W + ix) * C;                                             \
-                    if (G == 1) {                                                                         \
-                        memcpy(dst, src, (size_t)C * sizeof(T));                                          \
+    const ptrdiff_t R = r1 - r0, kh = g->kh, kw = g->kw, H = g->H, W = g->W, sw = g->sw, dw = g->dw;       \
+    ptrdiff_t r = r0, ky, kx, q, c, j;                                                                    \
+    while (r < r1) {                                                                                      \
+        ptrdiff_t n = r / P, p = r - n * P, oy = p / g->OW, ox0 = p - oy * g->OW;                         \
+        ptrdiff_t run = g->OW - ox0 < r1 - r ? g->OW - ox0 : r1 - r;                                      \
+        const T *xn = X + n * H * W * C;                                                                  \
+        T *dst0 = col + (r - r0) * Kg;                                                                    \
+        for (ky = 0; ky < kh; ky++) {                                                                     \
+            ptrdiff_t iy = oy * g->sh - g->pt + ky * g->dh;                                               \
+            T *d = dst0 + ky * kw * Cg;                                                                   \
+            if (iy < 0 || iy >= H) {                                                                      \
+                for (j = 0; j < run; j++, d += Kg)                                                        \
+                    for (q = 0; q < G; q++) fnn_conv_zero##SFX(d + q * R * Kg, kw * Cg);                  \
+                continue;                                                                                 \
+            }                                                                                             \
+            const T *srow = xn + iy * W * C;                                                              \
+            for (j = 0; j < run; j++, d += Kg) {                                                          \
+                ptrdiff_t ix0 = (ox0 + j) * sw - g->pl;                                                   \
+                if (G == 1 && dw == 1 && ix0 >= 0 && ix0 + kw <= W) {   /* one span of kw*C inputs */    \
+                    fnn_conv_copy##SFX(d, srow + ix0 * C, kw * C);                                        \
+                    continue;                                                                             \
+                }                                                                                         \
+                for (kx = 0; kx < kw; kx++) {                                                             \
+                    ptrdiff_t ix = ix0 + kx * dw;                                                         \
+                    T *dk = d + kx * Cg;                                                                  \
+                    if (ix < 0 || ix >= W) {                                                              \
+                        for (q = 0; q < G; q++) fnn_conv_zero##SFX(dk + q * R * Kg, Cg);                  \
+                    } else if (G == 1) {                                                                  \
+                        fnn_conv_copy##SFX(dk, srow + ix * C, C);                                         \
                     } else {                                                                              \
+                        const T *src = srow + ix * C;                                                     \
                         for (q = 0; q < G; q++)                                                           \
-                            for (c = 0; c < Cg; c++) dst[q * R * Kg + c] = src[q * Cg + c];               \
+                            for (c = 0; c < Cg; c++) dk[q * R * Kg + c] = src[q * Cg + c];                \
                     }                                                                                     \
-                } else {                                                                                  \
-                    for (q = 0; q < G; q++) memset(dst + q * R * Kg, 0, (size_t)Cg * sizeof(T));          \
                 }                                                                                         \
             }                                                                                             \
         }                                                                                                 \
+        r += run;                                                                                         \
     }                                                                                                     \
 }                                                                                                         \
                                                                                                           \

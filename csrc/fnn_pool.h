@@ -13,7 +13,9 @@
  * position (a compare and a blend, vectorized over C); a corrupt A can only lose gradient, never write outside.
  *
  * Forward functions do output rows [r0, r1) of the flattened (N * OH) rows; backward functions do images
- * [n0, n1) and first zero them (windows may overlap: threads own whole images). */
+ * [n0, n1) (windows may overlap: threads own whole images).  Backward: when windows do not overlap (stride >=
+ * pool) each input is stored once instead of accumulated, and when they also tile the image (stride == pool,
+ * the last window reaching the bottom/right edge: MaxPool2D(2) on even sizes) dX is not zeroed first. */
 #ifndef FNN_POOL_H
 #define FNN_POOL_H
 #include <stddef.h>
@@ -53,6 +55,7 @@ FNN_CLONES static void fnn_maxpool_fwd_##SUF(const T *restrict X, T *restrict Y,
                 for (iw = w0; iw < w1; iw++) {                                                            \
                     const T *restrict x = img + (ih * W + iw) * C;                                        \
                     int32_t k = (int32_t)(ih * W + iw);                                                   \
+                    if (ih == h0 && iw == w0) continue;                                                   \
                     _Pragma("omp simd")                                                                   \
                     for (c = 0; c < C; c++) {                                                             \
                         T v = x[c], b = y[c];                                                             \
@@ -70,9 +73,11 @@ FNN_CLONES static void fnn_maxpool_bwd_##SUF(const T *restrict dY, const int32_t
         ptrdiff_t H, ptrdiff_t W, ptrdiff_t C, ptrdiff_t OH, ptrdiff_t OW, ptrdiff_t ph, ptrdiff_t pw,       \
         ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t pt, ptrdiff_t pl, ptrdiff_t n0, ptrdiff_t n1) {                \
     ptrdiff_t n, oh, ow, ih, iw, c, h0, h1, w0, w1;                                                       \
+    int store = sh >= ph && sw >= pw;   /* windows do not overlap: each input is written at most once */  \
+    int covers = sh == ph && sw == pw && OH * sh - pt >= H && OW * sw - pl >= W;   /* ... and once */     \
     for (n = n0; n < n1; n++) {                                                                           \
         T *img = dX + n * H * W * C;                                                                      \
-        memset(img, 0, (size_t)(H * W * C) * sizeof(T));                                                  \
+        if (!store || !covers) memset(img, 0, (size_t)(H * W * C) * sizeof(T));                           \
         for (oh = 0; oh < OH; oh++) {                                                                     \
             fnn_pool_range(oh, sh, pt, ph, H, &h0, &h1);                                                  \
             for (ow = 0; ow < OW; ow++) {                                                                 \
@@ -83,8 +88,13 @@ FNN_CLONES static void fnn_maxpool_bwd_##SUF(const T *restrict dY, const int32_t
                     for (iw = w0; iw < w1; iw++) {                                                        \
                         T *restrict dx = img + (ih * W + iw) * C;                                         \
                         int32_t k = (int32_t)(ih * W + iw);                                               \
-                        _Pragma("omp simd")                                                               \
-                        for (c = 0; c < C; c++) dx[c] += a[c] == k ? dy[c] : (T)0;                        \
+                        if (store) {                                                                      \
+                            _Pragma("omp simd")                                                           \
+                            for (c = 0; c < C; c++) dx[c] = a[c] == k ? dy[c] : (T)0;                     \
+                        } else {                                                                          \
+                            _Pragma("omp simd")                                                           \
+                            for (c = 0; c < C; c++) dx[c] += a[c] == k ? dy[c] : (T)0;                    \
+                        }                                                                                 \
                     }                                                                                     \
                 }                                                                                         \
             }                                                                                             \
@@ -124,9 +134,11 @@ FNN_CLONES static void fnn_avgpool_bwd_##SUF(const T *restrict dY, T *restrict d
         ptrdiff_t H, ptrdiff_t W, ptrdiff_t C, ptrdiff_t OH, ptrdiff_t OW, ptrdiff_t ph, ptrdiff_t pw,       \
         ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t pt, ptrdiff_t pl, ptrdiff_t n0, ptrdiff_t n1) {                \
     ptrdiff_t n, oh, ow, ih, iw, c, h0, h1, w0, w1;                                                       \
+    int store = sh >= ph && sw >= pw;   /* windows do not overlap: each input is written at most once */  \
+    int covers = sh == ph && sw == pw && OH * sh - pt >= H && OW * sw - pl >= W;   /* ... and once */     \
     for (n = n0; n < n1; n++) {                                                                           \
         T *img = dX + n * H * W * C;                                                                      \
-        memset(img, 0, (size_t)(H * W * C) * sizeof(T));                                                  \
+        if (!store || !covers) memset(img, 0, (size_t)(H * W * C) * sizeof(T));                           \
         for (oh = 0; oh < OH; oh++) {                                                                     \
             fnn_pool_range(oh, sh, pt, ph, H, &h0, &h1);                                                  \
             for (ow = 0; ow < OW; ow++) {                                                                 \
@@ -137,8 +149,13 @@ FNN_CLONES static void fnn_avgpool_bwd_##SUF(const T *restrict dY, T *restrict d
                 for (ih = h0; ih < h1; ih++) {                                                            \
                     for (iw = w0; iw < w1; iw++) {                                                        \
                         T *restrict dx = img + (ih * W + iw) * C;                                         \
-                        _Pragma("omp simd")                                                               \
-                        for (c = 0; c < C; c++) dx[c] += dy[c] / count;                                   \
+                        if (store) {                                                                      \
+                            _Pragma("omp simd")                                                           \
+                            for (c = 0; c < C; c++) dx[c] = dy[c] / count;                                \
+                        } else {                                                                          \
+                            _Pragma("omp simd")                                                           \
+                            for (c = 0; c < C; c++) dx[c] += dy[c] / count;                               \
+                        }                                                                                 \
                     }                                                                                     \
                 }                                                                                         \
             }                                                                                             \

@@ -56,6 +56,11 @@ CASES_2D = [
     (0, 7, 7, 4, 6, 3, 1, "same", 1, 2, True, "relu"),              # an empty batch
     (2, 7, 7, 5, 7, 7, 1, "valid", 1, 1, True, None),               # kernel as large as the image
     (2, 6, 8, 4, 6, 5, 2, 2, 2, 2, False, "tanh"),                  # 5x5, stride 2, dilation 2, groups 2
+    # stride 1: backward-to-data runs as the transposed convolution (flipped kernel, padding (k-1)d - p)
+    (2, 5, 6, 3, 4, 3, 1, 3, 1, 1, True, None),                      # padding beyond the kernel: negative
+    (1, 4, 5, 2, 3, 1, 1, 1, 1, 1, False, None),                     # a padded 1x1: gathered, not the GEMM
+    (2, 6, 7, 2, 3, 4, 1, "same", 1, 1, True, "relu"),              # even kernel: "same" pads 1 top, 2 bottom
+    (2, 7, 6, 4, 6, 3, 1, "valid", 2, 2, True, None),               # groups 2, dilation 2
 ]
 # (batch, T, C, filters, kernel, strides, padding, dilation, groups, bias, activation)
 CASES_1D = [

@@ -345,3 +345,42 @@ def test_errors_name_the_layer_expected_and_given():
          np.zeros((1, 2, 2, 1)), np.zeros((1, 2, 2, 1), np.int32), 2, 2, 2, 2, 2, 0)
     _err(r"a window would hold no input", kern.avg_pool2d_forward, np.zeros((1, 4, 4, 1)), np.zeros((1, 3, 2, 1)),
          2, 2, 2, 2, 0, 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_two_threads_give_the_same_answer(dtype):
+    """Large enough that the kernels split rows (forward) and images (backward) between 2 threads."""
+    rng = np.random.default_rng(13)
+    X = np.round(rng.standard_normal((8, 16, 16, 8)), 1).astype(dtype)
+    dY = rng.standard_normal((8, 8, 8, 8)).astype(dtype)
+    res = []
+    for nt in (1, 2):
+        Y, A, dX = np.empty(dY.shape, dtype), np.empty(dY.shape, np.int32), np.empty(X.shape, dtype)
+        kern.max_pool2d_forward(X, Y, A, 3, 3, 2, 2, 1, 1, nt)
+        kern.max_pool2d_backward(dY, A, dX, 3, 3, 2, 2, 1, 1, nt)
+        Ya, dXa = np.empty(dY.shape, dtype), np.empty(X.shape, dtype)
+        kern.avg_pool2d_forward(X, Ya, 3, 3, 2, 2, 1, 1, nt)
+        kern.avg_pool2d_backward(dY, dXa, 3, 3, 2, 2, 1, 1, nt)
+        res.append((Y, A, dX, Ya, dXa))
+    for a, b in zip(*res):
+        np.testing.assert_array_equal(a, b)
+    Yr, Ar, dXr = np.empty(dY.shape, dtype), np.empty(dY.shape, np.int32), np.empty(X.shape, dtype)
+    ref.max_pool2d_forward(X, Yr, Ar, 3, 3, 2, 2, 1, 1)
+    ref.max_pool2d_backward(dY, Ar, dXr, 3, 3, 2, 2, 1, 1)
+    np.testing.assert_array_equal(res[1][1], Ar)
+    np.testing.assert_allclose(res[1][2], dXr, rtol=1e-6, atol=1e-6)
+
+
+def test_variable_spatial_sizes():
+    """Built on (None, None, C): pooling sizes its output per batch; global pooling gives (n, C) for any size."""
+    L = fnn.layers
+    model = fnn.Sequential([L.MaxPool2D(2, padding="same"), Dense(4), L.GlobalAveragePooling2D(), Dense(3)],
+                           input_shape=(None, None, 2), seed=0, dtype="float64")
+    assert [l.output_shape for l in model.layers] == [(None, None, 2), (None, None, 4), (4,), (3,)]
+    for shape in ((2, 5, 7, 2), (3, 4, 4, 2)):
+        X = np.random.default_rng(14).standard_normal(shape)
+        assert model.predict(X).shape == (shape[0], 3)
+    seq = fnn.Sequential([L.MaxPool1D(3, name="p"), L.GlobalMaxPooling1D(), Dense(2)], input_shape=(None, 4))
+    assert seq.predict(np.ones((2, 9, 4), np.float32)).shape == (2, 2)
+    _err(r"p: MaxPool1D with padding='valid' needs every spatial size >= pool_size \(3,\), got input of shape "
+         r"\(2, 2, 4\)", seq.predict, np.ones((2, 2, 4), np.float32))

@@ -10,10 +10,13 @@ Algorithm: tiled im2col + GEMM.  The rows are cut into tiles of R output pixels 
 tile's patch matrix, R x kh*kw*C, stays near FNN_CONV_TILE_BYTES); each thread takes a range of rows and, per
 tile, gathers the patches into its own scratch tile, multiplies it by the weight (one single-threaded GEMM per
 group: OpenBLAS is held at one thread inside the region, csrc/fnn_conv.h), then adds the bias and applies the
-activation on the tile while it is in cache.  Backward, each thread owns whole images: per tile it gathers the
-patches again, accumulates dW += col^T.dZ into a private accumulator (the first thread's is dW itself; the
-others are summed into it at the end) and db += column sums, then overwrites the same tile with
-dcol = dZ.W^T and scatter-adds it into its images' dX (col2im), so no two threads write one dX row.
+activation on the tile while it is in cache.  Backward-to-weights: each thread owns whole images; per tile it
+gathers the patches again and accumulates dW += col^T.dZ into a private accumulator (the first thread's is dW
+itself; the others are summed into it at the end) and db += column sums.  Backward-to-data at stride 1 is
+itself a forward convolution (the same tiled code): of dZ with the kernel flipped in space and transposed to
+(kh, kw, F/G, C), padded (k-1)*d - p, so that its GEMMs have K = kh*kw*F/G and each dX row is written once.
+At stride > 1, per tile of the weights' pass, dcol = dZ.W^T overwrites the patch tile and is scatter-added
+into the thread's own images of dX (col2im), so no two threads write one dX row.
 Special cases: a 1x1, stride-1, unpadded, ungrouped convolution is the Dense GEMM on (N*H*W, C) with no
 gather; a depthwise convolution (C/G == 1) runs direct loops (a per-group GEMM would have K = kh*kw).
 
@@ -90,15 +93,56 @@ cdef Py_ssize_t _tile_rows(const fnn_conv_geom *g, Py_ssize_t itemsize) noexcept
     return R
 
 
-cdef Py_ssize_t _per_thread(const fnn_conv_geom *g, Py_ssize_t itemsize, bint backward) noexcept nogil:
-    """Scratch elements one thread needs: its patch tile (general path) and, backward, a private dW and db."""
-    cdef Py_ssize_t n = 0
-    cdef int path = _path(g)
-    if path == _GENERAL:
-        n = _tile_rows(g, itemsize) * g.kh * g.kw * g.C
-    if backward:
-        n += g.kh * g.kw * (g.C // g.G) * g.F + g.F
-    return n
+cdef fnn_conv_geom _transposed(const fnn_conv_geom *g) noexcept nogil:
+    """The geometry whose forward computes dX of the stride-1 convolution g: dX is the convolution of dZ (as
+    the input: OH x OW pixels of F channels) with the kernel flipped in space and transposed to (kh, kw, F/G, C)
+    (``_flip_weight``), at padding (kh-1)*dh - pt on the top and (kw-1)*dw - pl on the left (possibly negative:
+    an offset; the gather reads only pixels inside dZ)."""
+    cdef fnn_conv_geom t = g[0]
+    t.H, t.W, t.C = g.OH, g.OW, g.F
+    t.OH, t.OW, t.F = g.H, g.W, g.C
+    t.sh = 1
+    t.sw = 1
+    t.pt = (g.kh - 1) * g.dh - g.pt
+    t.pl = (g.kw - 1) * g.dw - g.pl
+    return t
+
+
+cdef bint _data_as_conv(const fnn_conv_geom *g) noexcept nogil:
+    """Backward-to-data as the forward of _transposed(g) (stride 1, gathered path), instead of dZ.W^T + col2im:
+    its GEMMs have K = kh*kw*F/G instead of F/G and it writes each dX row once instead of scatter-adding."""
+    return _path(g) == _GENERAL and g.sh == 1 and g.sw == 1
+
+
+cdef Py_ssize_t _fwd_tile(const fnn_conv_geom *g, Py_ssize_t itemsize) noexcept nogil:
+    """Scratch elements of one thread's patch tile in the forward of g (0: no gather)."""
+    return _tile_rows(g, itemsize) * g.kh * g.kw * g.C if _path(g) == _GENERAL else 0
+
+
+cdef void _bwd_sizes(const fnn_conv_geom *g, Py_ssize_t itemsize, Py_ssize_t *tile, Py_ssize_t *acc,
+                     Py_ssize_t *shared) noexcept nogil:
+    """Backward scratch: `shared` elements first (the flipped kernel, when _data_as_conv), then one patch tile
+    of `tile` elements per thread, then a private (dW, db) of `acc` elements per thread but the first."""
+    cdef fnn_conv_geom t
+    cdef Py_ssize_t wsize = g.kh * g.kw * (g.C // g.G) * g.F, td
+    tile[0] = _fwd_tile(g, itemsize)
+    acc[0] = wsize + g.F
+    shared[0] = 0
+    if _data_as_conv(g):
+        t = _transposed(g)
+        td = _fwd_tile(&t, itemsize)
+        if td > tile[0]:
+            tile[0] = td
+        shared[0] = wsize
+
+
+cdef Py_ssize_t _need(const fnn_conv_geom *g, Py_ssize_t itemsize, int nt, bint backward) noexcept nogil:
+    """Scratch elements for nt threads."""
+    cdef Py_ssize_t tile, acc, shared
+    if not backward:
+        return _fwd_tile(g, itemsize) * nt
+    _bwd_sizes(g, itemsize, &tile, &acc, &shared)
+    return shared + tile * nt + acc * (nt - 1)
 
 
 cdef fnn_conv_geom _geometry(tuple xs, tuple ws, tuple zs, tuple strides, tuple dilation, tuple padding,
@@ -141,19 +185,13 @@ def scratch_size(tuple x_shape, tuple w_shape, tuple strides, tuple dilation, tu
     cdef Py_ssize_t ow = (x_shape[2] + padding[2] + padding[3] - dilation[1] * (w_shape[1] - 1) - 1) // strides[1] + 1
     cdef fnn_conv_geom g = _geometry(tuple(x_shape), tuple(w_shape), (x_shape[0], oh, ow, w_shape[3]),
                                      strides, dilation, padding, groups, "conv scratch_size")
-    cdef Py_ssize_t per = _per_thread(&g, itemsize, backward)
-    if backward:       # the first thread accumulates into dW and db themselves
-        return per * n_threads - (g.kh * g.kw * (g.C // g.G) * g.F + g.F)
-    return per * n_threads
+    return _need(&g, itemsize, n_threads if n_threads > 0 else 1, backward)
 
 
-cdef int _threads_by_scratch(Py_ssize_t per, Py_ssize_t have, int nt, bint backward, Py_ssize_t acc) noexcept nogil:
+cdef int _threads_by_scratch(const fnn_conv_geom *g, Py_ssize_t itemsize, Py_ssize_t have, int nt,
+                             bint backward) noexcept nogil:
     """At most nt threads whose scratch fits in `have` elements."""
-    cdef Py_ssize_t need
-    while nt > 1:
-        need = per * nt - (acc if backward else 0)
-        if need <= have:
-            break
+    while nt > 1 and _need(g, itemsize, nt, backward) > have:
         nt -= 1
     return nt
 
@@ -198,7 +236,8 @@ cdef void _forward_rows(const fnn_conv_geom *g, int path, const floating *X, con
                 _blas.gemm(False, False, <int>m, <int>Fg, <int>Kg, <floating>1, col + q * m * Kg, <int>Kg,
                            W + q * Fg, <int>F, <floating>0, Z + a * F + q * Fg, <int>F)
         if counts == NULL:
-            act_forward(act, Z + a * F, Y + a * F, b, m, F, alpha, 1)
+            if act != FNN_ACT_IDENTITY or b != NULL or Y != Z:
+                act_forward(act, Z + a * F, Y + a * F, b, m, F, alpha, 1)
         else:
             act_forward_counted(act, Z + a * F, Y + a * F, b, m, F, alpha, 1, counts, 1)
         a += m
@@ -231,7 +270,7 @@ def conv2d_forward(const floating[:, :, :, ::1] X, const floating[:, :, :, ::1] 
     if rows == 0:
         return
     cdef int path = _path(&g)
-    cdef Py_ssize_t R = _tile_rows(&g, sizeof(floating)), per = _per_thread(&g, sizeof(floating), False)
+    cdef Py_ssize_t R = _tile_rows(&g, sizeof(floating)), per = _fwd_tile(&g, sizeof(floating))
     cdef Py_ssize_t have = scratch.shape[0] if scratch is not None else 0
     if have < per:
         raise ValueError(f"conv2d_forward: scratch has {have} elements, at least {per} needed")
@@ -240,7 +279,7 @@ def conv2d_forward(const floating[:, :, :, ::1] X, const floating[:, :, :, ::1] 
         nt = <int>((rows + R - 1) // R)
     if counts is not None and nt > counts.shape[0]:
         nt = <int>counts.shape[0]
-    nt = _threads_by_scratch(per, have, nt, False, 0)
+    nt = _threads_by_scratch(&g, sizeof(floating), have, nt, False)
     cdef floating *sp = &scratch[0] if have > 0 else NULL
     cdef int64_t *cp = &counts[0, 0] if counts is not None else NULL
     cdef int t
@@ -258,6 +297,22 @@ def conv2d_forward(const floating[:, :, :, ::1] X, const floating[:, :, :, ::1] 
 
 
 # ---------------------------------------------------------------------------------------- backward
+cdef void _flip_weight(const fnn_conv_geom *g, const floating *W, floating *Wf) noexcept nogil:
+    """Wf (kh, kw, F/G, C) [ky, kx, f, q Cg + c] = W (kh, kw, C/G, F) [kh-1-ky, kw-1-kx, c, q Fg + f]: the kernel
+    of the transposed convolution (``_transposed``), group by group."""
+    cdef Py_ssize_t ky, kx, q, c, f, G = g.G, Cg = g.C // g.G, Fg = g.F // g.G
+    cdef const floating *w
+    cdef floating *o
+    for ky in range(g.kh):
+        for kx in range(g.kw):
+            w = W + ((g.kh - 1 - ky) * g.kw + (g.kw - 1 - kx)) * Cg * g.F
+            o = Wf + (ky * g.kw + kx) * Fg * g.C
+            for q in range(G):
+                for c in range(Cg):
+                    for f in range(Fg):
+                        o[f * g.C + q * Cg + c] = w[c * g.F + q * Fg + f]
+
+
 cdef void _backward_rows(const fnn_conv_geom *g, int path, const floating *X, const floating *W,
                          const floating *dZ, floating *dX, floating *dW, floating *db, Py_ssize_t r0,
                          Py_ssize_t r1, Py_ssize_t R, floating *col) noexcept nogil:
@@ -328,7 +383,7 @@ def conv2d_backward(const floating[:, :, :, ::1] X, const floating[:, :, :, ::1]
         raise ValueError(f"conv2d_backward: dX has shape {_shape4(dX.shape)}, expected {_shape4(X.shape)}")
     if db is not None and db.shape[0] != g.F:
         raise ValueError(f"conv2d_backward: db has shape {(db.shape[0],)}, expected {(g.F,)}")
-    cdef Py_ssize_t wsize = g.kh * g.kw * (g.C // g.G) * g.F, acc = wsize + g.F
+    cdef Py_ssize_t wsize = g.kh * g.kw * (g.C // g.G) * g.F
     cdef floating *dbp = &db[0] if db is not None else NULL
     cdef floating *dXp = &dX[0, 0, 0, 0] if (dX is not None and g.N > 0) else NULL
     cdef Py_ssize_t rows = g.N * g.OH * g.OW, P = g.OH * g.OW
@@ -338,40 +393,60 @@ def conv2d_backward(const floating[:, :, :, ::1] X, const floating[:, :, :, ::1]
             memset(dbp, 0, g.F * sizeof(floating))
         return
     cdef int path = _path(&g)
-    cdef Py_ssize_t R = _tile_rows(&g, sizeof(floating)), per = _per_thread(&g, sizeof(floating), True)
+    cdef bint as_conv = _data_as_conv(&g) and dXp != NULL
+    cdef fnn_conv_geom gt = _transposed(&g)
+    cdef int tpath = _path(&gt)
+    cdef Py_ssize_t R = _tile_rows(&g, sizeof(floating)), RT = _tile_rows(&gt, sizeof(floating))
+    cdef Py_ssize_t tile, acc_, shared
+    _bwd_sizes(&g, sizeof(floating), &tile, &acc_, &shared)
     cdef Py_ssize_t have = scratch.shape[0] if scratch is not None else 0
-    if have < per - acc:
-        raise ValueError(f"conv2d_backward: scratch has {have} elements, at least {per - acc} needed")
+    if have < shared + tile:
+        raise ValueError(f"conv2d_backward: scratch has {have} elements, at least {shared + tile} needed")
     cdef int nt = n_threads if n_threads > 0 else 1
-    if nt > g.N:
-        nt = <int>g.N
-    nt = _threads_by_scratch(per, have, nt, True, acc)
+    cdef int ntb = nt if nt < g.N else <int>g.N          # the weights' pass: whole images per thread
+    ntb = _threads_by_scratch(&g, sizeof(floating), have, ntb, True)
+    cdef Py_ssize_t in_rows = g.N * g.H * g.W
+    cdef int ntd = nt if nt < (in_rows + RT - 1) // RT else <int>((in_rows + RT - 1) // RT)
+    ntd = _threads_by_scratch(&g, sizeof(floating), have, ntd, True)   # the data pass: tiles of dX rows
     cdef floating *sp = &scratch[0] if have > 0 else NULL
+    cdef floating *Wf = sp                                # the flipped kernel (shared)
+    cdef floating *tiles = sp + shared if sp != NULL else NULL
     cdef floating *g_ = &dY[0, 0, 0, 0]
     cdef floating *base
-    cdef Py_ssize_t tile = per - acc, i, k
+    cdef Py_ssize_t i, k
     cdef int t, err = 0
     with nogil:
         if act != FNN_ACT_IDENTITY:
             g_ = &dZ[0, 0, 0, 0]
             err = act_backward(act, &Z[0, 0, 0, 0], &Y[0, 0, 0, 0], &dY[0, 0, 0, 0], g_, rows, g.F, alpha,
                                n_threads)
-        if err == 0 and nt == 1:
-            _backward_rows(&g, path, &X[0, 0, 0, 0], &W[0, 0, 0, 0], g_, dXp, &dW[0, 0, 0, 0], dbp, 0, rows, R,
-                           sp)
+        if err == 0 and as_conv:
+            _flip_weight(&g, &W[0, 0, 0, 0], Wf)
+            if ntd == 1:
+                _forward_rows(&gt, tpath, g_, Wf, NULL, dXp, dXp, 0, in_rows, RT, tiles, FNN_ACT_IDENTITY, 0.0, NULL)
+            else:
+                fnn_conv_blas_serial_begin()
+                for t in prange(ntd, num_threads=ntd, schedule="static"):
+                    _forward_rows(&gt, tpath, g_, Wf, NULL, dXp, dXp, t * in_rows // ntd, (t + 1) * in_rows // ntd,
+                                  RT, tiles + t * tile if tiles != NULL else NULL, FNN_ACT_IDENTITY, 0.0, NULL)
+                fnn_conv_blas_serial_end()
+        if err == 0 and ntb == 1:
+            _backward_rows(&g, path, &X[0, 0, 0, 0], &W[0, 0, 0, 0], g_, NULL if as_conv else dXp,
+                           &dW[0, 0, 0, 0], dbp, 0, rows, R, tiles)
         elif err == 0:
-            # thread t: images [t N / nt, (t+1) N / nt); scratch: tiles of every thread, then the private
-            # accumulators (dW, db) of threads 1..nt-1
+            # thread t: images [t N / nt, (t+1) N / nt); after the shared part of the scratch, the tiles of
+            # every thread, then the private accumulators (dW, db) of threads 1..nt-1
             fnn_conv_blas_serial_begin()
-            for t in prange(nt, num_threads=nt, schedule="static"):
-                _backward_rows(&g, path, &X[0, 0, 0, 0], &W[0, 0, 0, 0], g_, dXp,
-                               &dW[0, 0, 0, 0] if t == 0 else sp + nt * tile + (t - 1) * acc,
-                               dbp if t == 0 else (sp + nt * tile + (t - 1) * acc + wsize if dbp != NULL else NULL),
-                               (t * g.N // nt) * P, ((t + 1) * g.N // nt) * P, R,
-                               sp + t * tile if tile > 0 else NULL)
+            for t in prange(ntb, num_threads=ntb, schedule="static"):
+                _backward_rows(&g, path, &X[0, 0, 0, 0], &W[0, 0, 0, 0], g_, NULL if as_conv else dXp,
+                               &dW[0, 0, 0, 0] if t == 0 else tiles + ntb * tile + (t - 1) * acc_,
+                               dbp if t == 0 else (tiles + ntb * tile + (t - 1) * acc_ + wsize if dbp != NULL
+                                                   else NULL),
+                               (t * g.N // ntb) * P, ((t + 1) * g.N // ntb) * P, R,
+                               tiles + t * tile if tile > 0 else NULL)
             fnn_conv_blas_serial_end()
-            for t in range(1, nt):
-                base = sp + nt * tile + (t - 1) * acc
+            for t in range(1, ntb):
+                base = tiles + ntb * tile + (t - 1) * acc_
                 for k in range(wsize):
                     (&dW[0, 0, 0, 0])[k] += base[k]
                 if dbp != NULL:
