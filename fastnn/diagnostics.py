@@ -62,12 +62,11 @@ def _counted_layers(model):
     convolution (its channels are its units; every position of a sample is a row) with a counted fused
     activation, and the counted activation layers."""
     from fastnn.layers.activations import Activation
-    from fastnn.layers.dense import Dense
-    from fastnn.prune import _convs
     out = []
     last = model.layers[-1]
     for layer in model.layers:
-        if isinstance(layer, (Dense,) + _convs()):
+        # a layer with a fused activation that takes the unit counters (Dense, Conv1D, Conv2D: `_act_counts`)
+        if not isinstance(layer, Activation) and hasattr(layer, "_act_counts") and hasattr(layer, "activation"):
             kind = layer.activation.kind
             units = layer.output_shape[-1]
         elif isinstance(layer, Activation):
