@@ -495,6 +495,9 @@ def format_table(result):
     lines.append("")
     lines.append("Ratios are speed ratios of the medians (> 1: fastnn faster); against the BLAS limit, the share of "
                  "the GEMMs-only speed fastnn reaches.")
+    if any(r.get("note") for r in rows):
+        lines.append("CNN rows: the last column adds the shares of the sgemm peak (the 1024^3 GEMM row) reached; "
+                     "the data is synthetic (fastnn/bench_cnn.py).")
     return "\n".join(lines)
 
 
