@@ -67,3 +67,30 @@ def as_float_array(owner, name, X, dtype):
         bad = np.argwhere(~np.isfinite(arr))[0]
         raise ValueError(f"{owner}: {name} contains NaN or infinity (first at index {tuple(int(i) for i in bad)})")
     return arr
+
+
+def as_index_array(owner, name, X):
+    """X as a C-contiguous integer array of ids (an Embedding's input): int32 and int64 kept as they are, other
+    integers and floats holding whole numbers as int64; anything else (non-integer or non-finite floats, bools,
+    strings) is a clear error naming the first bad value and its position.  The range is checked by the layer."""
+    if isinstance(X, (str, bytes)) or X is None:
+        raise TypeError(f"{owner}: {name} must be an integer array of ids, got {type(X).__name__}")
+    try:
+        arr = np.asarray(X)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{owner}: {name} must be an integer array of ids of shape (n_samples, steps), got "
+                         f"{type(X).__name__} that numpy cannot convert ({exc})") from None
+    if arr.dtype == np.int32 or arr.dtype == np.int64:
+        return np.ascontiguousarray(arr)
+    if arr.dtype.kind in "iu":
+        if arr.dtype == np.uint64 and arr.size and arr.max() > np.iinfo(np.int64).max:
+            raise ValueError(f"{owner}: {name} holds the id {arr.max()}, too large for an int64")
+        return np.ascontiguousarray(arr, dtype=np.int64)
+    if arr.dtype.kind == "f":
+        whole = np.isfinite(arr) & (arr == np.round(arr)) & (np.abs(arr) < 2.0 ** 62)
+        if not whole.all():
+            bad = tuple(int(i) for i in np.argwhere(~whole)[0])
+            raise ValueError(f"{owner}: {name} must hold integer ids; a float array must hold whole numbers, got "
+                             f"{arr[bad]} at index {bad}")
+        return np.ascontiguousarray(arr, dtype=np.int64)
+    raise TypeError(f"{owner}: {name} must hold integer ids, got dtype {arr.dtype}")

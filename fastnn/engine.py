@@ -8,6 +8,22 @@ so batches of any size (and inputs with a variable axis) reuse them without conf
 The trainer (``fastnn.training``), the sampled-softmax step, the diagnostics and pruning run the network
 through these methods.
 
+Two paths.  Graphs of single-output layers without a mask producer (``graph.general`` False: every model
+before issue 12) run the plain loops of ``forward`` / ``backward``, unchanged.  The others run the general
+loops (``_forward_general`` / ``_backward_general``), chosen once per pass:
+
+- A multi-output node (``layer.n_outputs > 1``) leaves a list of arrays in ``values[i]``; a consumer reads the
+  output ``graph.picks[i][j]`` of its j-th source.  In backward, ``_gvalues[i]`` of such a node is a list with one
+  gradient per output (None: nothing reached that output), summed per output over its consumers
+  (``graph.out_fanout``), and the layer's ``backward`` receives that list.  The model output may be any output
+  of the last node (``graph.output_index``); ``forward`` returns that array and ``output()`` gives it after.
+- Masks: ``masks[i]`` is node i's output mask ((N, T) bool, None, or a list per output for a multi-output
+  node).  A producer's comes from ``compute_mask(x)``; a layer fed by masked tensors gets the AND of their masks
+  (one mask in the usual case): a "pass" layer hands it on, a "use" layer receives ``forward(x, training,
+  mask=M)`` and gives ``output_mask(M)``.  ``output_mask_value()`` is the mask of the model output, which
+  ``loss_and_grad`` hands to the loss (``Loss.masked``): masked positions count neither in the loss nor in
+  accuracy, and get gradient 0.  Backward takes no mask: a "use" layer kept what it needs in forward.
+
 Threads: an executor and its layers keep per-call state (the layers' batch buffers, what ``backward`` reads),
 so one executor runs one pass at a time.  Inference from any thread goes through ``checkout()``, which hands
 out an executor of its own over copies of the layers (``_inference_copy``): they share the parameters and the
@@ -32,7 +48,8 @@ def inference_rows(graph, X):
     fill = max(X.shape[1:], default=1)
     widest = max(1, int(np.prod(X.shape[1:])))
     for layer in graph.layers:
-        widest = max(widest, int(np.prod([fill if d is None else d for d in layer.output_shape])))
+        for shape in (layer.output_shape if layer.n_outputs != 1 else (layer.output_shape,)):
+            widest = max(widest, int(np.prod([fill if d is None else d for d in shape])))
     return max(1, min(n, INFERENCE_CHUNK_ELEMENTS // widest))
 
 
@@ -56,6 +73,8 @@ class Executor:
         self._caches = {}
         self._free = []          # inference executors not in use (see checkout())
         self._copies = None      # in an inference executor: [(original layer, its copy)]
+        self._general = graph.general
+        self.masks = [None] * len(self.nodes)      # the general path's output masks (see the module docstring)
 
     _max_free = 4       # inference executors kept for reuse; more are made while more threads predict at once
 
@@ -78,6 +97,7 @@ class Executor:
     def checkin(self, ex):
         """Give back an executor from ``checkout`` (kept for reuse, up to ``_max_free``)."""
         ex.values = [None] * len(ex.nodes)     # do not keep the pass's arrays alive through the pool
+        ex.masks = [None] * len(ex.nodes)
         if len(self._free) < self._max_free:
             self._free.append(ex)
 
@@ -89,6 +109,8 @@ class Executor:
         ex.values = [None] * len(ex.nodes)
         ex._gvalues = [None] * len(ex.nodes)
         ex._caches, ex._free, ex._copies = {}, [], copies
+        ex._general = self._general
+        ex.masks = [None] * len(ex.nodes)
         return ex
 
     def _refresh(self):
@@ -113,6 +135,8 @@ class Executor:
         `training` selects the layers' mode (dropout, batch statistics); `logits` makes the output layer hand
         back its logits (a fused softmax/sigmoid whose loss takes logits).
         """
+        if self._general:
+            return self._forward_general(X, training, logits, stop)
         vals = self.values
         last = len(self.nodes) - 1
         stop = len(self.nodes) if stop is None else stop
@@ -132,6 +156,8 @@ class Executor:
     def backward(self, d_out, start=None):
         """Backward from the output (or from node `start`, whose output's gradient is d_out); leaves the
         parameter gradients in the layers' gradient views (the flat gradient buffer)."""
+        if self._general:
+            return self._backward_general(d_out, start)
         grads = self._gvalues
         last = len(self.nodes) - 1 if start is None else start
         grads[last] = d_out
@@ -155,6 +181,113 @@ class Executor:
                 else:
                     np.add(grads[s], d, out=grads[s])
 
+    # ------------------------------------------------------------------ the general path
+    def _forward_general(self, X, training, logits, stop):
+        """``forward`` for graphs with multi-output layers or masks (see the module docstring)."""
+        vals, masks, picks = self.values, self.masks, self.graph.picks
+        with_masks = self.graph.has_masks
+        last = len(self.nodes) - 1
+        stop = len(self.nodes) if stop is None else stop
+        for i in range(stop):
+            layer, src = self.nodes[i]
+            pick = picks[i]
+            if pick is None:
+                xs = [X if s < 0 else vals[s] for s in src]
+            else:
+                xs = [X if s < 0 else (vals[s] if k is None else vals[s][k]) for s, k in zip(src, pick)]
+            x = xs[0] if layer.n_inputs == 1 else xs
+            kw = {"logits": True} if logits and i == last else {}
+            if not with_masks:
+                vals[i] = layer.forward(x, training, **kw)
+                continue
+            m = None
+            for j, s in enumerate(src):
+                if s < 0:
+                    continue
+                ms = masks[s]
+                if pick is not None and pick[j] is not None and ms is not None:
+                    ms = ms[pick[j]]
+                if ms is not None:
+                    m = ms if m is None or m is ms else np.logical_and(m, ms)
+            if layer.produces_mask:
+                vals[i] = layer.forward(x, training, **kw)
+                out_mask = layer.compute_mask(x)
+                if layer.n_outputs != 1:
+                    out_mask = [out_mask] + [None] * (layer.n_outputs - 1)
+            elif layer.mask_support == "use":
+                vals[i] = layer.forward(x, training, mask=m, **kw)
+                out_mask = layer.output_mask(m)
+            else:
+                vals[i] = layer.forward(x, training, **kw)
+                out_mask = layer.output_mask(m) if m is not None else None
+            if layer.n_outputs != 1 and out_mask is not None and not isinstance(out_mask, (list, tuple)):
+                out_mask = [out_mask] + [None] * (layer.n_outputs - 1)
+            masks[i] = out_mask
+        if stop <= 0:
+            return X
+        k = self.graph.output_index
+        return vals[stop - 1][k] if (k is not None and stop - 1 == last) else vals[stop - 1]
+
+    def _backward_general(self, d_out, start):
+        """``backward`` for graphs with multi-output layers or masks (see the module docstring)."""
+        grads, picks, out_fanout = self._gvalues, self.graph.picks, self.graph.out_fanout
+        last = len(self.nodes) - 1 if start is None else start
+        k_out = self.graph.output_index if start is None else None
+        if out_fanout[last] is not None and k_out is not None:
+            g = [None] * len(out_fanout[last])
+            g[k_out] = d_out
+            grads[last] = g
+        else:
+            grads[last] = d_out
+        for i in range(last, -1, -1):
+            g = grads[i]
+            grads[i] = None
+            layer, src = self.nodes[i]
+            if g is None:
+                continue
+            dx = layer.backward(g)
+            dxs = dx if layer.n_inputs != 1 else (dx,)
+            pick = picks[i]
+            for j, (s, d) in enumerate(zip(src, dxs)):
+                if s < 0 or d is None:
+                    continue
+                k = None if pick is None else pick[j]
+                if k is None:
+                    if self.fanout[s] == 1:
+                        grads[s] = d
+                    elif grads[s] is None:
+                        acc = self.cached(("acc", s, d.shape), lambda: np.empty(d.shape, dtype=self.dtype))
+                        np.copyto(acc, d)
+                        grads[s] = acc
+                    else:
+                        np.add(grads[s], d, out=grads[s])
+                    continue
+                gl = grads[s]
+                if gl is None:
+                    gl = grads[s] = [None] * len(out_fanout[s])
+                if out_fanout[s][k] == 1:
+                    gl[k] = d
+                elif gl[k] is None:
+                    acc = self.cached(("acc", s, k, d.shape), lambda: np.empty(d.shape, dtype=self.dtype))
+                    np.copyto(acc, d)
+                    gl[k] = acc
+                else:
+                    np.add(gl[k], d, out=gl[k])
+
+    def output(self):
+        """The model output of the last forward (the output node's value, or its ``graph.output_index``-th output)."""
+        v = self.values[-1]
+        k = self.graph.output_index
+        return v if k is None or v is None else v[k]
+
+    def output_mask_value(self):
+        """The mask of the model output in the last forward ((N, T) bool), or None."""
+        if not self._general or not self.graph.has_masks:
+            return None
+        m = self.masks[-1]
+        k = self.graph.output_index
+        return m[k] if (k is not None and isinstance(m, (list, tuple))) else m
+
     def cached(self, key, make):
         """The scratch buffer for `key` (include the full shape in it), made by `make()` on first use."""
         buf = self._caches.get(key)
@@ -165,9 +298,14 @@ class Executor:
         return buf
 
     def loss_and_grad(self, loss, out, targets, weights=None):
-        """(loss, n_correct, d_out): `loss` of the output `out`, its gradient in a reused buffer."""
+        """(loss, n_correct, d_out): `loss` of the output `out`, its gradient in a reused buffer.  With a mask on
+        the model output (the general path), the masked positions are left out (``Loss.masked``)."""
         grad = self.cached(("dout", out.shape), lambda: np.empty(out.shape, dtype=self.dtype))
-        value, correct = loss(out, targets, grad, weights)
+        mask = self.output_mask_value() if self._general else None
+        if mask is not None:
+            value, correct = loss.masked(out, targets, mask, grad, weights)
+        else:
+            value, correct = loss(out, targets, grad, weights)
         return value, correct, grad
 
 

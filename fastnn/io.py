@@ -23,8 +23,11 @@ The JSON header::
 
 Nodes are listed in execution (topological) order; ``inputs`` are indices of earlier nodes, -1 for the
 model input; a layer is rebuilt as ``fastnn.layers.REGISTRY[class].from_config(config)`` and called on its
-inputs (a list for multi-input layers), so any layer that follows the Layer conventions (``get_config`` /
-``from_config``, parameters from ``param_specs``, state in ``layer.buffers``) is saved without changes here.
+inputs with ``Layer.call_on`` (a list for multi-input layers, and for a layer called with extra inputs
+such as initial states), so any layer that follows the Layer conventions (``get_config`` / ``from_config``,
+parameters from ``param_specs``, state in ``layer.buffers``) is saved without changes here.  A node fed by a
+multi-output layer also lists ``outputs``, per input the index of the output it reads (null: a single-output
+source); ``model.output_index`` is present when the model's output is one output of a multi-output layer.
 A node's config also holds the layer's ``trainable`` flag (absent: True), set on the rebuilt layer before
 the model is built.  Parameters and optimizer state are stored per parameter, not as the flat buffer, so the
 file does not depend on the buffer's layout; the optimizer state covers the trainable parameters (a frozen
@@ -99,9 +102,16 @@ def _architecture(model, owner):
         if subs:
             # a container's layers (a Residual's block) are nodes of their own: refer to them, not repeat them
             config[layer.sublayers_key] = {"nodes": [index[id(b)] for b in subs]}
-        nodes.append({"class": cls, "config": config, "inputs": [int(s) for s in src]})
-    return {"class": type(model).__name__, "name": model.name, "seed": model.seed,
+        entry = {"class": cls, "config": config, "inputs": [int(s) for s in src]}
+        pick = model.graph.picks[len(nodes)]
+        if pick is not None:       # which output of a multi-output source each input reads (null: its only one)
+            entry["outputs"] = [None if k is None else int(k) for k in pick]
+        nodes.append(entry)
+    arch = {"class": type(model).__name__, "name": model.name, "seed": model.seed,
             "dtype": np.dtype(model.dtype).name, "input_shape": list(model.input_shape), "nodes": nodes}
+    if model.graph.output_index is not None:
+        arch["output_index"] = int(model.graph.output_index)
+    return arch
 
 
 def snapshot(model, include_optimizer=True, owner="save"):
@@ -374,6 +384,16 @@ def check_header(header):
             raise _field_error(f"{f}.inputs", "a non-empty list", inputs)
         for s in inputs:
             _int_field(f"{f}.inputs[]", s, -1, i - 1)
+        outs = node.get("outputs")
+        if outs is not None:
+            _typed(f"{f}.outputs", outs, list, "a list")
+            if len(outs) != len(inputs):
+                raise _field_error(f"{f}.outputs", f"a list of {len(inputs)} output indices or nulls", outs)
+            for k in outs:
+                if k is not None:
+                    _int_field(f"{f}.outputs[]", k, 0, 1024)
+    if spec.get("output_index") is not None:
+        _int_field("model.output_index", spec.get("output_index"), 0, 1024)
     for key in ("loss", "optimizer"):
         cfg = header.get(key)
         if cfg is not None:
@@ -649,16 +669,28 @@ def build(header, arrays, compile=True):
             srcs = [int(s) for s in node["inputs"]]
             if not srcs or any(s < -1 or s >= i for s in srcs):
                 raise ValueError(f"node {i}: inputs {srcs} must name earlier nodes")
-            ins = [x if s < 0 else tensors[s] for s in srcs]
+            outs = node.get("outputs") or [None] * len(srcs)
+            ins = []
+            for s, k in zip(srcs, outs):
+                t = x if s < 0 else tensors[s]
+                if isinstance(t, list) != (k is not None) or (k is not None and k >= len(t)):
+                    raise ValueError(f"node {i}: input {s} output {k} does not match node {s}'s outputs")
+                ins.append(t if k is None else t[k])
             if layer.sublayers():      # a container (Residual): its sublayers' nodes are already in the graph
                 tensors.append(Tensor.from_layer(layer, ins))
             else:
-                tensors.append(layer(ins if layer.n_inputs != 1 else ins[0]))
+                tensors.append(layer.call_on(ins))
         _check_param_shapes(layers, arrays)
-        model = Model(x, tensors[-1], seed=seed, dtype=dtype, name=name)
+        out = tensors[-1]
+        k = spec.get("output_index")
+        if isinstance(out, list) != (k is not None) or (k is not None and k >= len(out)):
+            raise ValueError(f"model.output_index {k} does not match the last node's outputs")
+        model = Model(x, out if k is None else out[k], seed=seed, dtype=dtype, name=name)
     # the rebuilt graph must run the nodes in the saved order
     if [type(l).__name__ for l in _nodes(model)] != [n["class"] for n in spec["nodes"]] or \
-            [list(src) for _, src in model.graph.nodes] != [list(n["inputs"]) for n in spec["nodes"]]:
+            [list(src) for _, src in model.graph.nodes] != [list(n["inputs"]) for n in spec["nodes"]] or \
+            [list(p) if p is not None else None for p in model.graph.picks] != \
+            [n.get("outputs") for n in spec["nodes"]]:
         raise ValueError("the rebuilt graph does not match the saved node order")
 
     used = set()

@@ -25,6 +25,13 @@ w_i >= 0 and becomes the weighted mean sum_i w_i l_i / sum_i w_i, torch's defini
 k * sum_i w_i, and "l2" stays a sum, sum_i w_i l_i.  A batch whose weights sum to 0 has loss 0 and gradient 0.
 Weights are per sample: with N-D outputs each of a sample's positions carries its sample's weight (the mean
 becomes sum_i w_i sum_p l_ip / (P sum_i w_i)).
+
+Masks (issue 12): when an (N, T) mask travels with the model's output (N, T, ...) (an Embedding with
+mask_zero=True or a Masking layer upstream, handed on by per-step layers), ``Loss.masked`` computes the loss
+over the real steps only: step t of sample i weighs w_i * mask[i, t], so the masked steps count neither in the
+mean (it divides by the summed weights of the real steps: sum_it w_i m_it l_it / sum_it w_i m_it, per element
+for the elementwise losses) nor in accuracy, and their gradient is exactly 0.  A batch without a real step
+(or whose weights on its real steps sum to 0) has loss 0 and gradient 0.
 """
 import threading
 
@@ -55,6 +62,29 @@ class Loss:
 
     def __call__(self, out, targets, grad=None, weights=None):
         raise NotImplementedError
+
+    def masked(self, out, targets, mask, grad=None, weights=None):
+        """(loss, n_correct) over the real steps of an output (N, T, ...) with its (N, T) bool `mask`: the
+        weighted loss with weight weights[i] * mask[i, t] per step (see the module docstring); ``n_correct``
+        counts the real positions only.  `grad` (OUT) gets 0 at the masked steps."""
+        n, steps = self._check_mask(out, mask)
+        w = mask.reshape(-1).astype(out.dtype)
+        if weights is not None:
+            w = (w.reshape(n, steps) * weights[:, None]).reshape(-1)
+        rows = n * steps
+        o = out.reshape(rows, -1)
+        g = None if grad is None else grad.reshape(rows, -1)
+        value, _ = self.__call__(o, targets.reshape(rows, -1), g, w)
+        return value, 0
+
+    @staticmethod
+    def _check_mask(out, mask):
+        if out.ndim < 3 or mask.shape != out.shape[:2]:
+            raise ValueError(f"loss: the mask of the output must have shape (N, T) = {out.shape[:2]} for an output "
+                             f"(N, T, ...), got a mask {mask.shape} for an output {out.shape}")
+        if not out.flags.c_contiguous:
+            raise ValueError("loss: a masked output must be C-contiguous")
+        return mask.shape
 
     def get_config(self):
         return {"name": self.name}
@@ -188,6 +218,28 @@ class CrossEntropy(Loss):
             return _k.softmax_cross_entropy(o, targets.reshape(-1), g, w)
         return _k.softmax_cross_entropy_soft(o, targets.reshape(o.shape), g, w)
 
+    def masked(self, out, targets, mask, grad=None, weights=None):
+        n, steps = self._check_mask(out, mask)
+        k = out.shape[-1]
+        w = mask.reshape(-1).astype(out.dtype)
+        if weights is not None:
+            w = (w.reshape(n, steps) * weights[:, None]).reshape(-1)
+        o = out.reshape(-1, k)
+        per_step = o.shape[0] // max(n * steps, 1)          # positions per step (1 for (N, T, k))
+        real = mask.reshape(-1)
+        if per_step != 1:
+            w, real = np.repeat(w, per_step), np.repeat(real, per_step)
+        g = None if grad is None else grad.reshape(-1, k)
+        pred = np.argmax(o, axis=1) if o.shape[0] else np.empty(0, np.intp)
+        if targets.dtype.kind in "iu":
+            lab = targets.reshape(-1)
+            value, _ = _k.softmax_cross_entropy(o, lab, g, w)
+        else:
+            t = targets.reshape(o.shape)
+            value, _ = _k.softmax_cross_entropy_soft(o, t, g, w)
+            lab = np.argmax(t, axis=1) if t.shape[0] else np.empty(0, np.intp)
+        return value, int(np.count_nonzero((pred == lab) & real))
+
 
 class BinaryCrossEntropy(Loss):
     """Sigmoid cross-entropy on logits, mean over all elements: torch's BCEWithLogitsLoss().
@@ -214,6 +266,13 @@ class BinaryCrossEntropy(Loss):
         o = out.reshape(out.shape[0], -1)
         return _k.sigmoid_binary_cross_entropy(o, targets, None if grad is None else grad.reshape(o.shape),
                                                weights)
+
+    def masked(self, out, targets, mask, grad=None, weights=None):
+        value, _ = super().masked(out, targets, mask, grad, weights)
+        n, steps = mask.shape
+        o = out.reshape(n * steps, -1)
+        hit = (o > 0) == (targets.reshape(o.shape) > 0.5)
+        return value, int(np.count_nonzero(hit[mask.reshape(-1)]))
 
 
 class SampledSoftmax(CrossEntropy):

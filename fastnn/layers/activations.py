@@ -33,6 +33,7 @@ class Activation(Layer):
     """Base of the activation layers: ``Y = f(X)`` with the compiled kernel of kind ``kind`` (an ``ACT`` member).
 
     A subclass sets ``kind`` (and ``aliases``, more registry names, if any); defining it registers it."""
+    mask_support = "pass"     # per step: a mask on (N, T, ...) passes unchanged (fastnn.layers.base)
     kind = None
     aliases = ()
     alpha = 0.0

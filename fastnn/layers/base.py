@@ -9,7 +9,20 @@ axis) and write into buffers the layer owns, made once per batch shape and reuse
 Data layout: channels-last.  Features are on the last axis: a batch of vectors is (N, F), of sequences
 (N, T, F), of images (N, H, W, C); a layer with a per-feature parameter applies it along the last axis.
 
-Layers with several inputs set ``n_inputs`` (None: any number >= 2) and take / return lists of arrays.
+Layers with several inputs set ``n_inputs`` (None: any number >= 2) and take / return lists of arrays; a
+layer may also set ``n_inputs`` on itself when it is called (initial states: ``lstm(x, initial_state=[h, c])``).
+Layers with several outputs set ``n_outputs``: ``_build`` returns a list of shapes, ``forward`` a list of
+arrays, ``backward`` receives a list of gradients (None for an output nothing consumed).  See fastnn.graph.
+
+Masks (issue 12): an (N, T) bool array (True = a real step) travels with a sequence tensor (N, T, ...).
+``mask_support`` says what a layer does with one: None refuses it (an error when the model is built), "pass"
+ignores it and hands it on unchanged (per-step layers), "use" receives it as ``forward(X, training, mask=M)``
+(M None when no mask arrives at run time) and keeps what backward needs.  ``output_mask(mask)`` gives the
+output's mask (per output for a multi-output layer); it is also called at build time with ``True`` standing for
+"a mask arrives", so it must hand the mask back as an opaque value or return None.  Mask producers
+(Embedding(mask_zero=True), Masking) have ``produces_mask`` True and ``compute_mask(X)``; their mask replaces
+any incoming one.  The executor computes masks only in graphs that have a producer, and the loss ignores the
+masked positions of the model's output.
 """
 import difflib
 from collections import OrderedDict, namedtuple
@@ -110,7 +123,11 @@ class Layer(StrictAttributes, metaclass=_SealOnConstruction):
     container (a ``Residual``) sets it on the container's layers too, and a layer inside a frozen container
     is frozen whatever its own flag.  A frozen ``BatchNorm`` runs in inference mode (Keras 3).
     """
-    n_inputs = 1          # number of input tensors (None: variable, >= 2)
+    n_inputs = 1          # number of input tensors (None: variable, >= 2; a layer may set it when called)
+    n_outputs = 1         # number of output tensors (> 1: forward returns a list, backward receives one)
+    mask_support = None   # None: refuses a mask; "pass": hands it on unchanged; "use": forward(..., mask=M)
+    produces_mask = False  # True for a layer that makes a mask (then compute_mask(X) gives it)
+    integer_input = False  # True for a layer that takes integer ids (Embedding): the model keeps X integer
     fusable = None        # "softmax" / "sigmoid": the layer ends in that function and can hand logits to a loss
     _max_cached_batches = 8
     _trainable = True     # the layer's own flag (``trainable``)
@@ -136,11 +153,27 @@ class Layer(StrictAttributes, metaclass=_SealOnConstruction):
         """Call the layer on a tensor (or a list of tensors): the symbolic output tensor (``fastnn.graph``)."""
         return Tensor.from_layer(self, inputs)
 
+    def call_on(self, inputs):
+        """Call the layer on the list of tensors a saved graph lists for its node (``fastnn.io`` rebuilds graphs
+        with it): one tensor as ``self(t)``; several, for a layer whose input count is fixed by its class, as
+        ``self(list)``, else (inputs decided at call time: initial states) with ``n_inputs`` set to their count.
+        Returns what calling the layer returns."""
+        if len(inputs) == 1:
+            return self(inputs[0])
+        if type(self).n_inputs == 1:
+            self.n_inputs = len(inputs)
+            return Tensor.from_layer(self, list(inputs))
+        return self(list(inputs))
+
     def build(self, input_shape):
-        """Infer the output shape from the input shape (a tuple, or a list of tuples for multi-input layers)."""
+        """Infer the output shape from the input shape (a tuple, or a list of tuples for multi-input layers);
+        a layer with ``n_outputs > 1`` returns a list of shapes."""
         out = self._build(input_shape)
         self.input_shape = input_shape
-        self.output_shape = tuple(None if d is None else int(d) for d in out)   # None: a variable axis
+        if self.n_outputs != 1:
+            self.output_shape = [tuple(None if d is None else int(d) for d in o) for o in out]
+        else:
+            self.output_shape = tuple(None if d is None else int(d) for d in out)   # None: a variable axis
         self.built = True
         return self.output_shape
 
@@ -203,6 +236,21 @@ class Layer(StrictAttributes, metaclass=_SealOnConstruction):
 
     def apply_constraint(self):
         """Project the parameters onto their constraint after an optimizer step; nothing by default."""
+
+    # ------------------------------------------------------------------ masks
+    def output_mask(self, mask):
+        """The mask of the output given the input's `mask` ((N, T) bool array; at build time ``True``): the mask
+        itself for a "pass" layer, else None.  A multi-output layer may return a list (one per output); a single
+        value is its first output's mask."""
+        return mask if self.mask_support == "pass" else None
+
+    def compute_mask(self, X):
+        """A producer's (N, T) bool mask of its output for the input batch X (True = a real step)."""
+        raise NotImplementedError(f"{self.name}: {type(self).__name__} makes no mask")
+
+    def mask_description(self):
+        """How this producer makes its mask, for error messages ("mask_zero=True")."""
+        return "its mask"
 
     # ------------------------------------------------------------------ execution
     def forward(self, X, training=False):

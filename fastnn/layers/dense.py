@@ -31,6 +31,7 @@ class Dense(WeightBias, Layer):
     model's flat parameter buffer, the same arrays for the model's life; ``weight_grad`` / ``bias_grad`` hold
     the gradients of the last backward pass.
     """
+    mask_support = "pass"     # per step: a mask on (N, T, ...) passes unchanged (fastnn.layers.base)
 
     _act_counts = None   # (n_slots, units) int64 buffer the fused activation's unit counters go to (diagnostics)
 

@@ -24,6 +24,7 @@ class Dropout(Layer):
 
     Shape: any (n, *features); output of the same shape.
     """
+    mask_support = "pass"     # per step: a mask on (N, T, ...) passes unchanged (fastnn.layers.base)
 
     def __init__(self, rate=0.5, mode="inverted", name=None):
         super().__init__(name)

@@ -22,6 +22,7 @@ class Add(Layer):
 
         h = fnn.layers.Add()([h, fnn.layers.Dense(128)(h)])     # a skip connection
     """
+    mask_support = "pass"     # the output's mask: the AND of the inputs' masks (Keras' merge layers)
     n_inputs = None
 
     def _build(self, input_shape):
@@ -52,6 +53,7 @@ class Concatenate(Layer):
 
         h = fnn.layers.Concatenate()([a, b])      # (n, 32) and (n, 16) -> (n, 48)
     """
+    mask_support = "pass"     # along the last axis: the output's mask is the AND of the inputs' masks (Keras)
     n_inputs = None
 
     def _build(self, input_shape):

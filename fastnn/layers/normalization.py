@@ -61,6 +61,9 @@ class BatchNorm(_Norm):
 
     Shape: input and output (n, ..., C).
     """
+    # a mask is refused: its batch statistics would count the padded steps (Keras 2 ignores the mask there and
+    # lets them in; Keras 3 weighs the moments by the mask); LayerNorm, per step, takes one
+    mask_support = None
 
     def __init__(self, momentum=0.1, eps=1e-5, axis=-1, name=None):
         super().__init__(name)
@@ -160,6 +163,7 @@ class LayerNorm(_Norm):
 
     Attributes: ``weight`` and ``bias`` (C,).  Shape: input and output (n, ..., C).
     """
+    mask_support = "pass"     # per step: a mask on (N, T, ...) passes unchanged (fastnn.layers.base)
 
     def __init__(self, eps=1e-5, name=None):
         super().__init__(name)

@@ -33,6 +33,7 @@ class Residual(Layer):
 
     Shape: input and output (n, *features); the block must keep the shape.
     """
+    mask_support = "pass"     # x + block(x): the block's layers take or refuse the mask themselves
     n_inputs = 2
     sublayers_key = "block"
 

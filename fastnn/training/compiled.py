@@ -4,7 +4,8 @@ batches that return to Python about every 0.05 s (Ctrl-C).
 A model qualifies when it is a chain of compiled layers (``Dense`` without a weight constraint, activation
 layers) trained with "cross_entropy" on integer labels or "mse" / "l2" / "mae", by ``SGD``, ``Adam`` or
 ``AdamW`` (exactly those classes), without sample/class weights, extra metrics, per-step schedules or
-callbacks with batch hooks.  Everything else runs on the per-layer path (``Trainer.step``), which stays the
+callbacks with batch hooks, and without masks or multi-output layers (``graph.general``: the plan has no
+mask).  Everything else runs on the per-layer path (``Trainer.step``), which stays the
 reference: the plan runs the same kernels in the same order on the same buffers, draws the permutation from
 ``model.rng`` in Python once per epoch as that path does, and gives the same weights (tests/test_plan.py).
 """
@@ -110,6 +111,8 @@ def plan_for(model, train, bs, metrics, cbs):
     loss, opt = model.loss, model.optimizer
     trainer = model.trainer
     if not trainer.compiled_plan:      # tests switch the plan off to compare the two paths
+        return None
+    if model.graph.general:            # masks or multi-output layers: the plan cannot honour them
         return None
     if W is not None or metrics or cbs.batch_hooks or trainer.constrained:
         return None

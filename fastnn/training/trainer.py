@@ -27,7 +27,7 @@ from fastnn import metrics as _metrics
 from fastnn._core import clip as _clip
 from fastnn._core import guard as _guard
 from fastnn._core._threads import get_num_threads
-from fastnn._validation import as_float_array, check_number
+from fastnn._validation import as_float_array, as_index_array, check_number
 from fastnn.callbacks import History
 from fastnn.errors import NonFiniteError
 from fastnn.layers.normalization import BatchNorm
@@ -78,7 +78,8 @@ class Trainer:
         """Bind the compiled loss and optimizer to the built model (the model calls it at compile and build)."""
         model = self.model
         out_layer = model.graph.nodes[-1][0]
-        self.fused = model.loss.fuses is not None and out_layer.fusable == model.loss.fuses
+        self.fused = (model.loss.fuses is not None and out_layer.fusable == model.loss.fuses
+                      and model.graph.output_index is None)
         self.sampled = None
         if getattr(model.loss, "sampled", False):       # SampledSoftmax: step trains through sampled.py
             from fastnn.training.sampled import SampledOutput
@@ -312,9 +313,20 @@ class Trainer:
     # ================================================================== input checking
     def check_X(self, X, owner, allow_build=True):
         """X as a float array of the model dtype with the model's input shape (builds an unbuilt model from
-        it when `allow_build`); errors name `owner`."""
+        it when `allow_build`); errors name `owner`.  A model whose input feeds Embedding layers
+        (``graph.integer_input``) keeps X as integers (int32 or int64; other integers and floats holding whole
+        numbers become int64); each Embedding checks the range of the ids it reads."""
         model = self.model
-        X = as_float_array(owner, "X", X, model.dtype)
+        if model.built and model.graph.integer_input:
+            X = as_index_array(owner, "X", X)
+        elif not model.built and allow_build and _integer_like(X):
+            # an unbuilt Sequential: build from the shape first, then see whether it takes ids
+            X = np.asarray(X)
+            if X.ndim >= 2:
+                self.build(X.shape[1:])
+            return self.check_X(X, owner, allow_build=False)
+        else:
+            X = as_float_array(owner, "X", X, model.dtype)
         if X.ndim < 2:
             raise ValueError(f"{owner}: X must have shape (n_samples, features...), got {X.shape}")
         if not model.built and allow_build:
@@ -584,6 +596,8 @@ class Trainer:
         hooks = cbs.batch_hooks
         sums = model.loss.sums
         total, wtotal, seen, correct = 0.0, 0.0, 0, 0
+        masked = model.graph.has_masks
+        predictions = 0       # masked outputs: the real positions seen (accuracy's denominator)
         for b, start in enumerate(range(0, n, bs)):
             stop = min(start + bs, n)
             m = stop - start
@@ -594,29 +608,49 @@ class Trainer:
             else:
                 Xb, Tb, Wb = X[start:stop], T[start:stop], None if W is None else W[start:stop]
             loss, c = self.step(Xb, Tb, (epoch, b), Wb)
-            if Wb is not None:
+            mask = model.engine.output_mask_value() if masked else None
+            if mask is not None:       # the batch weighs what its real steps weigh
+                ws, npred = self._mask_weight(mask, Wb, model.engine.output())
+                total += loss if sums else loss * ws
+                wtotal += ws
+                predictions += npred
+            elif Wb is not None:
                 ws = float(Wb.sum(dtype=np.float64))
                 total += loss if sums else loss * ws
                 wtotal += ws
             else:
                 total += loss if sums else loss * m
+                wtotal += m
+            if masked and mask is None:
+                predictions += model.loss.n_predictions(m, self.output_shape_for(T))
             seen += m
             correct += c
             if metrics:
-                out = model.engine.values[-1]
+                out = model.engine.output()
                 for met in metrics:
-                    met.update(out, Tb)
+                    _update_metric(met, out, Tb, mask)
             if hooks:
                 cbs.on_batch_end(b, {"batch": b, "size": m, "loss": loss})
             if model.stop_training:
                 break
-        denom = wtotal if W is not None else seen
+        denom = wtotal if (W is not None or masked) else seen
         logs = {"loss": total if sums else (total / denom if denom > 0 else 0.0)}
         if model.loss.classification:
-            logs["accuracy"] = correct / model.loss.n_predictions(seen, self.output_shape_for(T))
+            npred = predictions if masked else model.loss.n_predictions(seen, self.output_shape_for(T))
+            logs["accuracy"] = correct / npred if npred else 0.0
         for met in metrics:
             logs[met.name] = met.result()
         return logs
+
+    def _mask_weight(self, mask, Wb, out):
+        """(weight, predictions) of a batch with a masked output: the summed weights of its real steps (sample
+        weights, or 1 each) and the number of real positions the loss's accuracy counts."""
+        steps = int(np.count_nonzero(mask))
+        if Wb is None:
+            ws = float(steps)
+        else:
+            ws = float(np.dot(mask.sum(axis=1, dtype=np.float64), Wb.astype(np.float64)))
+        return ws, self.model.loss.n_predictions(steps, out.shape[2:])
 
     def _gather(self, X, T, W, sel):
         model = self.model
@@ -655,7 +689,8 @@ class Trainer:
         model = self.model
         n = X.shape[0]
         bs = _engine.inference_rows(model.graph, X) if batch_size is None else batch_size
-        total, wtotal, correct = 0.0, 0.0, 0
+        total, wtotal, correct, predictions = 0.0, 0.0, 0, 0
+        masked = model.graph.has_masks
         for m in metrics:
             m.reset()
         engine = model.engine.checkout()     # an executor of its own: safe beside other threads
@@ -664,23 +699,52 @@ class Trainer:
                 stop = min(start + bs, n)
                 out = engine.forward(X[start:stop], False, self.fused)
                 Wb = None if W is None else W[start:stop]
-                loss, c = model.loss(out, T[start:stop], None, Wb)
-                if Wb is not None:
-                    ws = float(Wb.sum(dtype=np.float64))
+                mask = engine.output_mask_value() if masked else None
+                if mask is not None:
+                    loss, c = model.loss.masked(out, T[start:stop], mask, None, Wb)
+                    ws, npred = self._mask_weight(mask, Wb, out)
                     total += loss if model.loss.sums else loss * ws
                     wtotal += ws
+                    predictions += npred
                 else:
-                    total += loss if model.loss.sums else loss * (stop - start)
+                    loss, c = model.loss(out, T[start:stop], None, Wb)
+                    ws = (stop - start) if Wb is None else float(Wb.sum(dtype=np.float64))
+                    total += loss if model.loss.sums else loss * ws
+                    wtotal += ws
+                    if masked:
+                        predictions += model.loss.n_predictions(stop - start, self.output_shape_for(T))
                 correct += c
                 for m in metrics:
-                    m.update(out, T[start:stop])
+                    _update_metric(m, out, T[start:stop], mask)
         finally:
             model.engine.checkin(engine)
-        denom = wtotal if W is not None else n
+        denom = wtotal if (W is not None or masked) else n
         logs = {"loss": total if model.loss.sums else (total / denom if denom > 0 else 0.0)}
         if model.loss.classification:
-            logs["accuracy"] = correct / model.loss.n_predictions(n, self.output_shape_for(T))
+            npred = predictions if masked else model.loss.n_predictions(n, self.output_shape_for(T))
+            logs["accuracy"] = correct / npred if npred else 0.0
         for m in metrics:
             logs[m.name] = m.result()
         return logs
 
+
+
+def _integer_like(X):
+    """Whether X is an integer array (the ids of an Embedding): decides, for an unbuilt Sequential, to build it
+    before converting X (the built graph says whether its input takes ids)."""
+    return isinstance(X, np.ndarray) and X.dtype.kind in "iu"
+
+
+def _update_metric(metric, out, targets, mask):
+    """``metric.update`` on a batch; with a mask on the output, on its real steps only."""
+    if mask is None:
+        metric.update(out, targets)
+        return
+    n, steps = mask.shape
+    sel = mask.reshape(-1)
+    o = out.reshape((n * steps,) + out.shape[2:])[sel]
+    if targets.dtype.kind in "iu":                 # labels, one per position
+        t = targets.reshape((n * steps,) + targets.shape[2:])[sel]
+    else:                                          # rows shaped as the output (flattened per sample)
+        t = targets.reshape((n * steps,) + out.shape[2:])[sel]
+    metric.update(o, t)
