@@ -353,6 +353,10 @@ def _instances():
             out.append(L.Reshape((2, -1)))
         elif cls is Dense:
             out.append(Dense(3))
+        elif cls in (L.SimpleRNN, L.LSTM, L.GRU):
+            out.append(cls(3))
+        elif cls is L.Bidirectional:
+            out.append(L.Bidirectional(L.LSTM(3)))
         else:
             out.append(cls())
     return out

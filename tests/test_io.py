@@ -71,9 +71,19 @@ def _nd_sequential():
         L.Flatten(), L.Dense(3)], input_dim=5, seed=7, name="nd-seq")
 
 
+def _recurrent_sequential():
+    """(n, 5) -> (n, 5, 1) sequences -> SimpleRNN, bidirectional GRU, GRU, LSTM (last state) -> (n, 3)."""
+    L = fnn.layers
+    return fnn.Sequential([
+        L.Reshape((5, -1)), L.SimpleRNN(4, activation="relu", return_sequences=True),
+        L.Bidirectional(L.GRU(3, return_sequences=True, go_backwards=True), merge_mode="sum"),
+        L.GRU(3, return_sequences=True), L.LSTM(4),
+        L.Dense(3)], input_dim=5, seed=8, name="recurrent-seq")
+
+
 CASES = (list(_dense_models()) + list(_activation_layer_models()) +
          [("functional-model", _graph_model), ("deep-sequential", _deep_sequential), ("deep-graph", _deep_graph),
-          ("nd-sequential", _nd_sequential)])
+          ("nd-sequential", _nd_sequential), ("recurrent-sequential", _recurrent_sequential)])
 
 
 def test_every_registered_layer_is_covered():

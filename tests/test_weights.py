@@ -61,9 +61,17 @@ def _image():
                           input_dim=5, seed=7)
 
 
+def _recurrent():
+    """(n, 5) -> (n, 5, 1) sequences -> SimpleRNN, bidirectional LSTM, LSTM, GRU (last state) -> (n, 3)."""
+    return fnn.Sequential([L.Reshape((5, -1)), L.SimpleRNN(4, return_sequences=True),
+                           L.Bidirectional(L.LSTM(3, return_sequences=True)), L.LSTM(3, return_sequences=True),
+                           L.GRU(4), Dense(3)],
+                          input_dim=5, seed=8)
+
+
 CASES = [("mlp", _mlp), ("mlp-float64", lambda: _mlp("float64")), ("activations", _activation_chain),
          ("norm-dropout", _norm_dropout), ("residual", _residual), ("graph", _graph), ("sequence", _sequence),
-         ("image", _image)]
+         ("image", _image), ("recurrent", _recurrent)]
 IDS = [c[0] for c in CASES]
 
 
