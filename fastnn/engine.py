@@ -297,6 +297,14 @@ class Executor:
             buf = self._caches[key] = make()
         return buf
 
+    def loss_value(self, loss, out, targets, weights=None):
+        """(loss, n_correct) of the output `out` of the last forward, without a gradient; mask-aware as
+        ``loss_and_grad`` (code that evaluates the loss itself should call this rather than ``loss(...)``)."""
+        mask = self.output_mask_value() if self._general else None
+        if mask is not None:
+            return loss.masked(out, targets, mask, None, weights)
+        return loss(out, targets, None, weights)
+
     def loss_and_grad(self, loss, out, targets, weights=None):
         """(loss, n_correct, d_out): `loss` of the output `out`, its gradient in a reused buffer.  With a mask on
         the model output (the general path), the masked positions are left out (``Loss.masked``)."""

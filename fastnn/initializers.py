@@ -11,6 +11,7 @@ vector (n,) gives (n, n)).
 |---|---|
 | "zeros", "ones" | constant 0 / 1 |
 | Constant(v) | constant v |
+| "uniform" / RandomUniform(minval, maxval) | U[minval, maxval), default U[-0.05, 0.05) (Keras' RandomUniform) |
 | "glorot_bengio_uniform" | U[-1/sqrt(n_in), 1/sqrt(n_in)] (torch.nn.Linear's default) |
 | "xavier_uniform" (alias "glorot_uniform") | U[-a, a], a = sqrt(6 / (n_in + n_out)) |
 | "xavier_normal" (alias "glorot_normal") | N(0, sqrt(2 / (n_in + n_out))) |
@@ -101,6 +102,27 @@ class _Uniform(Initializer):
         return rng.uniform(-a, a, size=shape)
 
 
+class RandomUniform(Initializer):
+    """Uniform in [minval, maxval) whatever the fans: Keras' ``RandomUniform`` (default [-0.05, 0.05), its
+    Embedding's ``embeddings_initializer="uniform"``)."""
+    name = "uniform"
+
+    def __init__(self, minval=-0.05, maxval=0.05):
+        self.minval = check_number("RandomUniform", "minval", minval)
+        self.maxval = check_number("RandomUniform", "maxval", maxval)
+        if not self.minval < self.maxval:
+            raise ValueError(f"RandomUniform: minval must be < maxval, got {self.minval} and {self.maxval}")
+
+    def __call__(self, shape, rng, fans=None):
+        return rng.uniform(self.minval, self.maxval, size=shape)
+
+    def get_config(self):
+        return {"name": self.name, "minval": self.minval, "maxval": self.maxval}
+
+    def __repr__(self):
+        return f"RandomUniform({self.minval}, {self.maxval})"
+
+
 class _Normal(Initializer):
     def std(self, n_in, n_out):
         raise NotImplementedError
@@ -158,7 +180,7 @@ class LecunUniform(_Uniform):
         return np.sqrt(3.0 / n_in)
 
 
-REGISTRY = {cls.name: cls for cls in (Zeros, Ones, GlorotBengioUniform, XavierUniform, XavierNormal,
+REGISTRY = {cls.name: cls for cls in (Zeros, Ones, RandomUniform, GlorotBengioUniform, XavierUniform, XavierNormal,
                                       HeNormal, HeUniform, LecunNormal, LecunUniform)}
 ALIASES = {"glorot_uniform": "xavier_uniform", "glorot_normal": "xavier_normal"}
 
@@ -184,4 +206,6 @@ def from_config(config):
         raise ValueError(f"initializers.from_config: expected a dict with a 'name', got {config!r}")
     if config["name"] == "constant":
         return Constant(config.get("value", 0.0))
+    if config["name"] == "uniform":
+        return RandomUniform(config.get("minval", -0.05), config.get("maxval", 0.05))
     return get(config["name"])

@@ -133,7 +133,9 @@ class Model:
         for layer in self.graph.layers:
             n = sum(int(np.prod(v.shape)) for v in layer.params.values())
             mark = " (frozen)" if n and id(layer) in frozen else ""
-            rows.append((repr(layer), "(None, " + ", ".join(map(str, layer.output_shape)) + ")", f"{n}{mark}"))
+            shapes = layer.output_shape if layer.n_outputs != 1 else [layer.output_shape]
+            shape = ", ".join("(None, " + ", ".join(map(str, o)) + ")" for o in shapes)
+            rows.append((repr(layer), shape if len(shapes) == 1 else f"[{shape}]", f"{n}{mark}"))
         w = [max(len(r[i]) for r in rows) for i in range(3)]
         for r in rows:
             print(f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:>{w[2]}}", file=file)

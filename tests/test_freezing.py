@@ -357,6 +357,8 @@ def _instances():
             out.append(cls(3))
         elif cls is L.Bidirectional:
             out.append(L.Bidirectional(L.LSTM(3)))
+        elif cls is L.Embedding:
+            out.append(L.Embedding(4, 3))
         else:
             out.append(cls())
     return out

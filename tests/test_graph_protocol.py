@@ -87,6 +87,31 @@ class UseMask(Layer):
         return dY if self._m is None else dY * self._m
 
 
+class UseHeads(Layer):
+    """Two outputs, takes a mask: output 0 (x) keeps it, output 1 (x summed over steps) has none."""
+    mask_support = "use"
+    n_outputs = 2
+
+    def _build(self, input_shape):
+        return [input_shape, input_shape[1:]]
+
+    def forward(self, X, training=False, mask=None):
+        self._seen = mask
+        return [X, X.sum(axis=1)]
+
+    def backward(self, dY):
+        d = np.zeros(self.input_shape, dtype=float)[None].repeat(dY[0].shape[0] if dY[0] is not None else
+                                                                dY[1].shape[0], axis=0)
+        if dY[0] is not None:
+            d += dY[0]
+        if dY[1] is not None:
+            d += dY[1][:, None, :]
+        return d
+
+    def output_mask(self, mask):
+        return [mask, None]
+
+
 @pytest.fixture
 def registered(monkeypatch):
     for cls in (Heads, Mix, StepMask, UseMask):
@@ -182,3 +207,33 @@ def test_plain_graphs_keep_the_plain_path():
     model = fnn.Sequential([Dense(4, activation="relu"), Dense(2)], input_dim=3)
     assert not model.graph.general and not model.graph.has_masks and model.graph.picks == [None, None]
     assert model.engine._general is False
+
+
+def test_multi_output_use_layer_gets_the_mask_and_gives_one_per_output(capsys):
+    x = fnn.Input((5, 2))
+    seq, total = UseHeads()(StepMask()(x))
+    assert seq.masked and not total.masked
+    head = Dense(3)(total)                       # no mask: Dense on (N, 2)
+    with pytest.raises(ValueError, match="cannot take the mask"):
+        fnn.layers.Flatten()(seq)
+    model = fnn.Model(x, seq, seed=0, dtype="float64")
+    X = np.random.default_rng(3).standard_normal((4, 5, 2))
+    model.engine.forward(X, False)
+    layer = model.layers[-1]
+    np.testing.assert_array_equal(layer._seen, X[..., 0] > 0)
+    np.testing.assert_array_equal(model.engine.output_mask_value(), X[..., 0] > 0)
+    assert model.engine.masks[-1][1] is None
+    model.summary()
+    assert "[(None, 5, 2), (None, 2)]" in capsys.readouterr().out
+    other = fnn.Model(x, head, seed=0, dtype="float64")
+    other.engine.forward(X, False)
+    assert other.engine.output_mask_value() is None
+    check_model_grads(other, X)
+
+
+def test_sampled_softmax_refuses_an_output_fed_by_a_multi_output_layer():
+    x = fnn.Input(4)
+    a, _ = Heads()(Dense(4)(x))
+    model = fnn.Model(x, Dense(6)(a))
+    with pytest.raises(ValueError, match="single-output"):
+        model.compile(fnn.losses.SampledSoftmax(num_sampled=2), "sgd")

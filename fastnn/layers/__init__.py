@@ -8,16 +8,18 @@ from fastnn.layers.core import Flatten, Reshape
 from fastnn.layers.merge import Add, Concatenate
 from fastnn.layers.normalization import BatchNorm, LayerNorm
 from fastnn.layers.dropout import Dropout
+from fastnn.layers.embedding import Embedding, Masking
 from fastnn.layers.residual import Residual, linear_decay, residual_stack
 from fastnn.layers.recurrent import SimpleRNN, LSTM, GRU, Bidirectional
 
 # class name -> class, for rebuilding layers from their configs (saving and loading models)
 REGISTRY = {**_activations.CLASSES,
             **{cls.__name__: cls for cls in (Dense, Flatten, Reshape, Add, Concatenate, BatchNorm, LayerNorm,
-                                             Dropout, Residual, SimpleRNN, LSTM, GRU,
+                                             Dropout, Residual, Embedding, Masking, SimpleRNN, LSTM, GRU,
                                              Bidirectional)}}
 
 __all__ = ["Layer", "ParamSpec", "Activation", "Identity", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax",
            "GELU", "SiLU", "ELU", "SELU", "Softplus", "Mish",
            "Dense", "Flatten", "Reshape", "Add", "Concatenate", "BatchNorm", "LayerNorm", "Dropout", "Residual",
+           "Embedding", "Masking",
            "linear_decay", "residual_stack", "SimpleRNN", "LSTM", "GRU", "Bidirectional"]

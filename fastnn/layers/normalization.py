@@ -60,6 +60,9 @@ class BatchNorm(_Norm):
     using batch statistics unless the module is put in ``eval()``).
 
     Shape: input and output (n, ..., C).
+
+    Masks (issue 12): BatchNorm refuses one (a build-time ValueError): its batch statistics would count the padded
+    steps of a masked sequence (Keras 2 lets them in silently).  Normalize per step with ``LayerNorm`` instead.
     """
     # a mask is refused: its batch statistics would count the padded steps (Keras 2 ignores the mask there and
     # lets them in; Keras 3 weighs the moments by the mask); LayerNorm, per step, takes one

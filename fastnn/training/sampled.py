@@ -22,6 +22,9 @@ class SampledOutput:
         if not isinstance(layer, Dense) or layer.activation.kind != ACT.IDENTITY and layer.fusable != "softmax":
             raise ValueError(f"{model.name}: sampled_softmax needs a Dense output layer with no activation or "
                              f"softmax, got {layer!r}")
+        if model.graph.picks[-1] is not None:
+            raise ValueError(f"{model.name}: sampled_softmax needs its Dense output layer fed by a single-output "
+                             f"layer, but {layer.name} reads one output of a multi-output layer")
         self.model, self.layer, self.src = model, layer, src[0]
         self.loss = model.loss
         self.k = layer.units

@@ -317,20 +317,18 @@ class Trainer:
         (``graph.integer_input``) keeps X as integers (int32 or int64; other integers and floats holding whole
         numbers become int64); each Embedding checks the range of the ids it reads."""
         model = self.model
+        if not model.built and allow_build and isinstance(X, np.ndarray) and X.dtype.kind in "iu" and X.ndim >= 2:
+            self.build(X.shape[1:])          # ids: build first, so that the graph says whether the input takes ids
         if model.built and model.graph.integer_input:
             X = as_index_array(owner, "X", X)
-        elif not model.built and allow_build and _integer_like(X):
-            # an unbuilt Sequential: build from the shape first, then see whether it takes ids
-            X = np.asarray(X)
-            if X.ndim >= 2:
-                self.build(X.shape[1:])
-            return self.check_X(X, owner, allow_build=False)
         else:
             X = as_float_array(owner, "X", X, model.dtype)
         if X.ndim < 2:
             raise ValueError(f"{owner}: X must have shape (n_samples, features...), got {X.shape}")
         if not model.built and allow_build:
             self.build(X.shape[1:])
+            if model.graph.integer_input:
+                X = as_index_array(owner, "X", X)
         if not _graph.matches(X.shape[1:], model.input_shape):
             raise ValueError(f"{owner}: X must have shape (n, {', '.join(map(str, model.input_shape))}) for this "
                              f"model's input, got {X.shape}")
@@ -727,12 +725,6 @@ class Trainer:
             logs[m.name] = m.result()
         return logs
 
-
-
-def _integer_like(X):
-    """Whether X is an integer array (the ids of an Embedding): decides, for an unbuilt Sequential, to build it
-    before converting X (the built graph says whether its input takes ids)."""
-    return isinstance(X, np.ndarray) and X.dtype.kind in "iu"
 
 
 def _update_metric(metric, out, targets, mask):
