@@ -29,13 +29,14 @@ It warns (:class:`TrainingHealthWarning`, once per problem and layer in a fit ca
   grown by that factor since the first epoch of the fit, or is not finite;
 * ReLUs die: more than ``DEAD`` (half) of a layer's ReLU units are dead.
 
-Recurrent layers (those with a ``step_grad_norms`` attribute: SimpleRNN, LSTM, GRU and the two directions of a
-Bidirectional) also get ``step_grad_norms``: a list, one value per time step in the order the layer runs its
-steps (reversed time for ``go_backwards=True``), of the L2 norm over the batch of the gradient of the loss with
-respect to the state after that step, ``||dL/dh_s||`` (the gradient reaching step s from the later steps and
-from the loss at s), the mean over the epoch's batches (a step that a variable-length batch did not have counts
-over the batches that had it).  The kernel computes them in its backward pass while the diagnostics run (the
-layer's ``record_step_grads`` flag), at the cost of one pass over (n, units) per step.  ``fit`` warns when
+Recurrent layers (SimpleRNN, LSTM, GRU: those with a ``step_grad_norms`` attribute) also get ``step_grad_norms``
+(a Bidirectional: that of its forward layer, and ``backward_step_grad_norms``): a list, one value per time step
+in the order the layer runs its steps (reversed time for ``go_backwards=True``), of the L2 norm over the batch of
+the gradient of the loss with respect to the state after that step, ``||dL/dh_s||`` (the gradient reaching step s
+from the later steps and from the loss at s), the mean over the epoch's batches (a step that a variable-length
+batch did not have counts over the batches that had it).  The kernel computes them in its backward pass while
+the diagnostics run (the layer's ``record_step_grad_norms`` flag, restored after the fit), at the cost of one pass
+over (n, units) per step.  ``fit`` warns when
 
 * gradients vanish along time: ``step_grad_norms[0] < VANISHING * max(step_grad_norms)``: the gradient that
   reaches the first step is three orders of magnitude or more below the largest, so the layer cannot learn
@@ -173,12 +174,27 @@ def _stats(model, segments, grad_norms, weight_norms, update_ratios, fractions, 
 
 
 # ---------------------------------------------------------------------------------------------- along time
-STEP_FLAG = "record_step_grads"     # the recurrent layers' switch for recording step_grad_norms in backward
+STEP_FLAG = "record_step_grad_norms"   # the recurrent layers' switch: backward then records step_grad_norms
+STEP_KEYS = ("step_grad_norms", "backward_step_grad_norms")
+
+
+def _is_recurrent(layer):
+    return hasattr(type(layer), "step_grad_norms") and hasattr(layer, STEP_FLAG)
 
 
 def _recurrent_layers(model):
-    """The layers that can record the gradient norm reaching each time step, in graph order."""
-    return [layer for layer in model.layers if hasattr(layer, "step_grad_norms") and hasattr(layer, STEP_FLAG)]
+    """[(model layer, stats key, recurrent layer)] of the layers that can record the gradient norm reaching each
+    time step, in graph order: a SimpleRNN / LSTM / GRU under "step_grad_norms", the two directions of a
+    Bidirectional under "step_grad_norms" and "backward_step_grad_norms"."""
+    out = []
+    for layer in model.layers:
+        if _is_recurrent(layer):
+            out.append((layer, STEP_KEYS[0], layer))
+        else:
+            inner = [getattr(layer, "layer", None), getattr(layer, "backward_layer", None)]
+            if all(x is not None and _is_recurrent(x) for x in inner):
+                out += [(layer, key, x) for key, x in zip(STEP_KEYS, inner)]
+    return out
 
 
 class _StepNorms:
@@ -187,71 +203,78 @@ class _StepNorms:
 
     def __init__(self, model):
         self.layers = _recurrent_layers(model)
-        self._saved = {layer: getattr(layer, STEP_FLAG) for layer in self.layers}
-        for layer in self.layers:
-            setattr(layer, STEP_FLAG, True)
+        self._saved = [(rec, getattr(rec, STEP_FLAG)) for _, _, rec in self.layers]
+        for _, _, rec in self.layers:
+            setattr(rec, STEP_FLAG, True)
         self.reset()
 
     def reset(self):
-        self.sums = {layer: np.zeros(0) for layer in self.layers}
-        self.counts = {layer: np.zeros(0, dtype=np.int64) for layer in self.layers}
+        self.sums = [np.zeros(0) for _ in self.layers]
+        self.counts = [np.zeros(0, dtype=np.int64) for _ in self.layers]
 
     def add(self, weight=1.0):
         """Add the norms of the last backward pass (times ``weight``)."""
-        for layer in self.layers:
-            norms = getattr(layer, "step_grad_norms", None)
+        for k, (_, _, rec) in enumerate(self.layers):
+            norms = rec.step_grad_norms
             if norms is None:
                 continue
             norms = np.asarray(norms, dtype=np.float64).ravel()
             S = len(norms)
-            if S > len(self.sums[layer]):
-                grow = S - len(self.sums[layer])
-                self.sums[layer] = np.concatenate([self.sums[layer], np.zeros(grow)])
-                self.counts[layer] = np.concatenate([self.counts[layer], np.zeros(grow, dtype=np.int64)])
-            self.sums[layer][:S] += weight * norms
-            self.counts[layer][:S] += 1
+            if S > len(self.sums[k]):
+                grow = S - len(self.sums[k])
+                self.sums[k] = np.concatenate([self.sums[k], np.zeros(grow)])
+                self.counts[k] = np.concatenate([self.counts[k], np.zeros(grow, dtype=np.int64)])
+            self.sums[k][:S] += weight * norms
+            self.counts[k][:S] += 1
 
     def means(self):
-        """{layer name: {"step_grad_norms": [mean per step]}} for the layers that recorded something."""
+        """{layer name: {"step_grad_norms": [mean per step], ...}} for the layers that recorded something."""
         out = {}
-        for layer in self.layers:
-            c = self.counts[layer]
+        for k, (layer, key, _) in enumerate(self.layers):
+            c = self.counts[k]
             if len(c):
-                out[layer.name] = {"step_grad_norms": [float(v) for v in self.sums[layer] / np.maximum(c, 1)]}
+                out.setdefault(layer.name, {})[key] = [float(v) for v in self.sums[k] / np.maximum(c, 1)]
         return out
 
     def close(self):
-        for layer, flag in self._saved.items():
-            setattr(layer, STEP_FLAG, flag)
+        for rec, flag in self._saved:
+            setattr(rec, STEP_FLAG, flag)
 
 
 def find_time_problems(stats):
-    """The vanishing / exploding gradients along time in a stats dict's ``step_grad_norms`` (the rules of the
-    module docstring): a list of (kind, layer name, message)."""
+    """The vanishing / exploding gradients along time in a stats dict's ``step_grad_norms`` (and a Bidirectional's
+    ``backward_step_grad_norms``), by the rules of the module docstring: a list of (kind, name, message), name the
+    layer's (with " (backward)" for a Bidirectional's backward direction)."""
     problems = []
-    for name, e in stats.items():
-        g = e.get("step_grad_norms")
-        if not g or len(g) < 2:
-            continue
-        g = np.asarray(g, dtype=np.float64)
-        if not np.isfinite(g).all():
-            problems.append(("exploding", name, (
-                f"the gradient along time of layer {name} is not finite: gradients explode through its steps; "
-                "lower the learning rate or use clip_norm")))
-            continue
-        first, last, peak = float(g[0]), float(g[-1]), float(g.max())
-        if peak > 0 and first < VANISHING * peak:
-            problems.append(("vanishing", name, (
-                f"gradients vanish along time in layer {name}: the gradient norm reaching its first step is "
-                f"{first:.2e}, {first / peak:.1e} times the largest over its {len(g)} steps ({peak:.2e}), so it "
-                "cannot learn dependencies that span the sequence; LSTM or GRU instead of SimpleRNN, shorter "
-                "sequences or orthogonal recurrent weights help")))
-        elif last > 0 and first > EXPLODING * last:
-            problems.append(("exploding", name, (
-                f"gradients explode along time in layer {name}: the gradient norm reaching its first step is "
-                f"{first:.2e}, {first / last:.1e} times that at its last step ({last:.2e}); lower the learning "
-                "rate, use clip_norm, or LSTM / GRU")))
+    for layer_name, e in stats.items():
+        for key in STEP_KEYS:
+            g = e.get(key)
+            if g and len(g) >= 2:
+                name = layer_name if key == STEP_KEYS[0] else layer_name + " (backward)"
+                problem = _time_problem(name, np.asarray(g, dtype=np.float64))
+                if problem is not None:
+                    problems.append(problem)
     return problems
+
+
+def _time_problem(name, g):
+    if not np.isfinite(g).all():
+        return ("exploding", name, (
+            f"the gradient along time of layer {name} is not finite: gradients explode through its steps; "
+            "lower the learning rate or use clip_norm"))
+    first, last, peak = float(g[0]), float(g[-1]), float(g.max())
+    if peak > 0 and first < VANISHING * peak:
+        return ("vanishing", name, (
+            f"gradients vanish along time in layer {name}: the gradient norm reaching its first step is "
+            f"{first:.2e}, {first / peak:.1e} times the largest over its {len(g)} steps ({peak:.2e}), so it "
+            "cannot learn dependencies that span the sequence; LSTM or GRU instead of SimpleRNN, shorter "
+            "sequences or orthogonal recurrent weights help"))
+    if last > 0 and first > EXPLODING * last:
+        return ("exploding", name, (
+            f"gradients explode along time in layer {name}: the gradient norm reaching its first step is "
+            f"{first:.2e}, {first / last:.1e} times that at its last step ({last:.2e}); lower the learning "
+            "rate, use clip_norm, or LSTM / GRU"))
+    return None
 
 
 def find_problems(stats, first=None):

@@ -39,14 +39,14 @@ def test_healthy_or_too_short_records_are_no_problem():
 def test_step_norms_accumulate_means_over_batches_of_different_lengths():
     class Rec:
         name = "lstm_9"
-        record_step_grads = False
+        record_step_grad_norms = False
         step_grad_norms = None
 
     class M:
         layers = [Rec()]
 
     acc = D._StepNorms(M)
-    assert M.layers[0].record_step_grads is True
+    assert M.layers[0].record_step_grad_norms is True
     M.layers[0].step_grad_norms = np.array([1.0, 2.0])
     acc.add()
     M.layers[0].step_grad_norms = np.array([3.0, 4.0, 6.0])
@@ -55,4 +55,31 @@ def test_step_norms_accumulate_means_over_batches_of_different_lengths():
     acc.reset()
     assert acc.means() == {}
     acc.close()
-    assert M.layers[0].record_step_grads is False
+    assert M.layers[0].record_step_grad_norms is False
+
+
+def test_a_bidirectional_records_both_directions_and_each_is_checked():
+    class Rec:
+        record_step_grad_norms = False
+        step_grad_norms = None
+
+    class Bi:
+        name = "bidirectional_1"
+
+        def __init__(self):
+            self.layer, self.backward_layer = Rec(), Rec()
+
+    class M:
+        layers = [Bi()]
+
+    acc = D._StepNorms(M)
+    bi = M.layers[0]
+    assert bi.layer.record_step_grad_norms is True and bi.backward_layer.record_step_grad_norms is True
+    bi.layer.step_grad_norms = np.array([0.5, 1.0])
+    bi.backward_layer.step_grad_norms = np.array([1e-5, 1.0])
+    acc.add()
+    stats = acc.means()
+    assert stats == {"bidirectional_1": {"step_grad_norms": [0.5, 1.0], "backward_step_grad_norms": [1e-5, 1.0]}}
+    assert _kinds(stats) == [("vanishing along time", "bidirectional_1 (backward)")]
+    acc.close()
+    assert bi.layer.record_step_grad_norms is False and bi.backward_layer.record_step_grad_norms is False
