@@ -1,4 +1,5 @@
-"""Command line: ``python -m fastnn demo`` trains an MLP on the bundled digits and reports test accuracy;
+"""Command line: ``python -m fastnn demo`` trains an MLP on the bundled digits and reports test accuracy
+(``--model lstm``: a character-level LSTM on the bundled Shakespeare text, which prints a generated sample);
 ``python -m fastnn bench`` runs the side-by-side benchmark (fastnn, PyTorch when installed, plain numpy)."""
 import argparse
 import sys
@@ -8,11 +9,16 @@ import numpy as np
 
 
 def demo(args):
+    if args.model == "lstm":
+        return demo_lstm(args)
     import fastnn as fnn
     from fastnn.datasets import load_digits, train_test_split, DIGITS_CITATION
 
     if args.threads:
         fnn.set_num_threads(args.threads)
+    args.epochs = 20 if args.epochs is None else args.epochs
+    args.batch_size = 32 if args.batch_size is None else args.batch_size
+    args.lr = 2e-3 if args.lr is None else args.lr
     X, y = load_digits()
     X_train, y_train, X_test, y_test = train_test_split(X, y, test_fraction=0.2, seed=args.seed)
     X_train, y_train, X_val, y_val = train_test_split(X_train, y_train, test_fraction=0.125, seed=args.seed)
@@ -35,13 +41,89 @@ def demo(args):
     return 0 if scores["accuracy"] >= 0.96 else 1
 
 
+def sample_text(model, vocab, seed_text, length, seq_len, temperature=0.8, rng=None):
+    """Generate ``length`` characters after ``seed_text`` with a character model: each next character is drawn
+    from softmax(logits / temperature) at the last step of the model's output on the last ``seq_len``
+    characters."""
+    from fastnn.datasets import encode_text
+    rng = rng or np.random.default_rng(0)
+    ids = list(encode_text(seed_text, vocab))
+    out = []
+    for _ in range(length):
+        window = np.asarray(ids[-seq_len:], dtype=np.int64)[None, :]
+        logits = np.asarray(model.predict(window)[0, -1], dtype=np.float64) / temperature
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        nxt = int(rng.choice(len(vocab), p=p))
+        ids.append(nxt)
+        out.append(vocab[nxt])
+    return "".join(out)
+
+
+def demo_lstm(args):
+    """A character-level LSTM on the shipped Shakespeare text: Embedding - LSTM - Dense per step, trained on
+    windows of the text to predict each next character; prints the loss per epoch and a generated sample."""
+    import fastnn as fnn
+    from fastnn.datasets import load_text, encode_text, text_windows, SHAKESPEARE_SOURCE
+
+    if args.threads:
+        fnn.set_num_threads(args.threads)
+    epochs = 4 if args.epochs is None else args.epochs
+    batch = 32 if args.batch_size is None else args.batch_size
+    lr = 3e-3 if args.lr is None else args.lr
+    text, vocab = load_text("shakespeare")
+    if args.max_chars:
+        text = text[:args.max_chars]
+    ids = encode_text(text, vocab)
+    split = int(len(ids) * 0.9)
+    X, Y = text_windows(ids[:split], args.seq_len)
+    Xv, Yv = text_windows(ids[split:], args.seq_len)
+    if len(X) == 0 or len(Xv) == 0:
+        print(f"demo: --max-chars {args.max_chars} leaves no window of --seq-len {args.seq_len}", file=sys.stderr)
+        return 2
+    print(f"fastnn {fnn.__version__} demo: character LSTM on {len(text):,} characters of Shakespeare "
+          f"({len(vocab)} distinct), {len(X)} train / {len(Xv)} validation windows of {args.seq_len}, "
+          f"{fnn.get_num_threads()} threads")
+    print(f"data: {SHAKESPEARE_SOURCE}")
+    L = fnn.layers
+    model = fnn.Sequential([
+        L.Embedding(len(vocab), args.embed),
+        L.LSTM(args.hidden, return_sequences=True),
+        L.Dense(len(vocab)),
+    ], input_shape=(None,), seed=args.seed, dtype=args.dtype)
+    model.compile(loss="cross_entropy", optimizer=fnn.optim.Adam(lr=lr), clip_norm=5.0)
+    before = model.evaluate(Xv, Yv)["loss"]
+    print(f"untrained: validation loss {before:.4f} (uniform guessing: ln {len(vocab)} = {np.log(len(vocab)):.4f})")
+    t0 = time.perf_counter()
+    history = model.fit(X, Y, epochs=epochs, batch_size=batch, validation_data=(Xv, Yv), verbose=1)
+    train_time = time.perf_counter() - t0
+    after = history.history["val_loss"][-1]
+    print(f"trained {epochs} epochs in {train_time:.2f}s; validation loss {before:.4f} -> {after:.4f} "
+          f"(train loss {history.history['loss'][0]:.4f} -> {history.history['loss'][-1]:.4f})")
+    seed_text = text[split:split + args.seq_len]
+    sample = sample_text(model, vocab, seed_text, args.sample_len, args.seq_len, args.temperature,
+                         np.random.default_rng(args.seed))
+    print(f"sample (temperature {args.temperature}, after {seed_text[-40:]!r}):")
+    print(sample)
+    return 0 if after < before else 1
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m fastnn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="train an MLP on the bundled UCI digits and report the test accuracy")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p = sub.add_parser("demo", help="train an MLP on the bundled UCI digits and report the test accuracy; "
+                                    "--model lstm: a character LSTM on the bundled Shakespeare text")
+    p.add_argument("--model", default="mlp", choices=["mlp", "lstm"],
+                   help="mlp (default): the digits MLP; lstm: a character-level LSTM that prints generated text")
+    p.add_argument("--epochs", type=int, default=None, help="default: 20 (mlp), 4 (lstm)")
+    p.add_argument("--batch-size", type=int, default=None, help="default: 32")
+    p.add_argument("--lr", type=float, default=None, help="Adam's learning rate; default: 2e-3 (mlp), 3e-3 (lstm)")
+    p.add_argument("--hidden", type=int, default=128, help="lstm: the LSTM's units")
+    p.add_argument("--embed", type=int, default=32, help="lstm: the embedding size")
+    p.add_argument("--seq-len", type=int, default=64, help="lstm: the training window length")
+    p.add_argument("--max-chars", type=int, default=0, help="lstm: train on the first N characters (0: all)")
+    p.add_argument("--sample-len", type=int, default=300, help="lstm: characters to generate")
+    p.add_argument("--temperature", type=float, default=0.8, help="lstm: the sampling temperature")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="threads for kernels and BLAS (0: default)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
