@@ -128,7 +128,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=0, help="threads for kernels and BLAS (0: default)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     b = sub.add_parser("bench", help="benchmark fastnn against PyTorch (if installed) and plain numpy")
-    b.add_argument("--workloads", default="", help="comma-separated subset of W1,W2,W3,W4,mnist,digits (default: all)")
+    b.add_argument("--workloads", default="", help="comma-separated subset of W1,W2,W3,W4,mnist,digits and the "
+                   "recurrent R1,R2,R3,R4 (or rnn: all four) (default: all)")
     b.add_argument("--repeats", type=int, default=3, help="interleaved repeats per workload (medians reported)")
     b.add_argument("--threads", type=int, default=2, help="threads for every peer (fastnn, torch, numpy's BLAS)")
     b.add_argument("--full", action="store_true", help="the issue's full units (whole 60k/100k epochs, 40 W2 steps)")

@@ -23,6 +23,8 @@ reports rates, which are what the targets are about):
     python -m fastnn bench [--workloads W1,W3] [--repeats 5] [--threads 2] [--full] [--json out.json]
                            [--png out.png] [--rss]
 
+Groups in modules of their own (``GROUPS``): ``rnn`` (R1-R4, recurrent networks, fastnn/bench_rnn.py).
+
 ``--rss`` also measures the peak RSS of W1 training (one epoch, the same data sizes) for each peer, each in a
 fresh subprocess (``ru_maxrss`` after the bare imports, after making the data, after training); alone (without
 ``--workloads``) it runs only that measurement.
@@ -44,6 +46,40 @@ def _settle():
     time.sleep(SETTLE_S)
 
 WORKLOADS = ("W1", "W2", "W3", "W4", "mnist", "digits")
+# groups of workloads in modules of their own (each has WORKLOADS and run_workload(wid, repeats, full, log) ->
+# rows of run()'s format); --workloads takes a group's name for all its workloads, the default runs them all
+GROUPS = {"rnn": "fastnn.bench_rnn"}
+
+
+def _group(name):
+    import importlib
+    return importlib.import_module(GROUPS[name])
+
+
+def _group_of(wid):
+    """The module of the group that holds workload `wid`, or None."""
+    for name in GROUPS:
+        mod = _group(name)
+        if wid in mod.WORKLOADS:
+            return mod
+    return None
+
+
+def expand_workloads(names):
+    """Workload ids from a list of ids and group names (an empty list: every workload); ValueError for an
+    unknown name."""
+    if not names:
+        names = list(WORKLOADS) + list(GROUPS)
+    out = []
+    for w in names:
+        if w in GROUPS:
+            out.extend(_group(w).WORKLOADS)
+        elif w in WORKLOADS or _group_of(w) is not None:
+            out.append(w)
+        else:
+            known = list(WORKLOADS) + [x for g in GROUPS for x in _group(g).WORKLOADS] + list(GROUPS)
+            raise ValueError(f"bench: unknown workload {w!r}; known: {', '.join(known)}")
+    return out
 
 
 # ====================================================================== shared definitions
@@ -400,7 +436,7 @@ TARGETS = {"W1": "fastnn >= 2.2x torch, >= 80% of BLAS limit", "W2": ">= 1.0x to
 
 
 def _fmt(v, unit):
-    if unit == "samples/s":
+    if unit in ("samples/s", "sequences/s"):
         return f"{v:,.0f}"
     if unit == "us":
         return f"{v:.1f}"
@@ -435,6 +471,8 @@ def run(workloads=WORKLOADS, repeats=3, threads=2, full=False, log=print):
             add("mnist", "s", secs, higher_better=False)
         elif wid == "digits":
             add("digits", "s", run_digits(max(1, repeats // 2), log), higher_better=False)
+        elif _group_of(wid) is not None:
+            rows.extend(_group_of(wid).run_workload(wid, repeats, full, log))
         else:
             raise ValueError(f"bench: unknown workload {wid!r}; known: {', '.join(WORKLOADS)}")
     import fastnn._core._threads as th
@@ -639,11 +677,11 @@ def format_rss(rss, threads, full):
 
 
 def main(args):
-    wl = [w.strip() for w in args.workloads.split(",") if w.strip()] if args.workloads else list(WORKLOADS)
-    for w in wl:
-        if w not in WORKLOADS:
-            print(f"bench: unknown workload {w!r}; known: {', '.join(WORKLOADS)}", file=sys.stderr)
-            return 2
+    try:
+        wl = expand_workloads([w.strip() for w in args.workloads.split(",") if w.strip()])
+    except ValueError as e:
+        print(e, file=sys.stderr)
+        return 2
     log = (lambda s: print(s, file=sys.stderr)) if not args.quiet else (lambda s: None)
     rss_flag = getattr(args, "rss", False)
     if rss_flag and not args.workloads:      # --rss alone: only the memory measurement
