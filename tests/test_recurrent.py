@@ -525,3 +525,44 @@ def test_model_mask_equals_truncated_sequences(bidirectional):
     for i, n in enumerate(lengths):
         np.testing.assert_allclose(full[i], model.predict(X[i:i + 1, :n])[0], rtol=1e-12, atol=1e-14)
     check_model_grads(model, X)
+
+
+def test_embedding_mask_zero_to_lstm_contract():
+    """The issue's contract: Embedding(mask_zero=True) - LSTM - Dense on padded token ids: a padded row predicts
+    what its unpadded ids predict, and the model trains (the sorted fast path under fit)."""
+    L = fnn.layers
+    model = fnn.Sequential([L.Embedding(20, 4, mask_zero=True), L.LSTM(5), L.Dense(1)], input_shape=(None,), seed=0)
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 9, 32)
+    ids = np.zeros((32, 8), np.int64)
+    for i, n in enumerate(lengths):
+        ids[i, :n] = rng.integers(1, 20, n)
+    full = model.predict(ids)
+    for i in (0, 5, 17):
+        np.testing.assert_allclose(full[i], model.predict(ids[i:i + 1, :lengths[i]])[0], rtol=1e-5, atol=1e-6)
+    y = (lengths / 8.0)[:, None]
+    model.compile(loss="mse", optimizer=fnn.optim.Adam(lr=0.02))
+    first = model.evaluate(ids, y)["loss"]
+    model.fit(ids, y, epochs=20, batch_size=8, verbose=0)
+    assert model.evaluate(ids, y)["loss"] < 0.5 * first
+
+
+def test_blas_thread_count_restored_and_threads_agree():
+    """The time loop runs small per-step GEMMs on one BLAS thread and sets the count back afterwards; 1 and 2
+    threads give the same values."""
+    from fastnn._core import _threads
+    n_threads = fnn.get_num_threads()
+    layer = bind(GRU(8, return_sequences=True), (6, 3))
+    X = np.random.default_rng(0).normal(size=(40, 6, 3))
+    try:
+        out = {}
+        for n in (1, 2):
+            fnn.set_num_threads(n)
+            y = layer.forward(X).copy()
+            dx = layer.backward(np.ones_like(y)).copy()
+            assert _threads.blas_num_threads() == n
+            out[n] = (y, dx, layer.grads["weight_hh"].copy())
+        for a, b in zip(out[1], out[2]):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
+    finally:
+        fnn.set_num_threads(n_threads)
