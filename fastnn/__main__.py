@@ -1,5 +1,6 @@
 """Command line: ``python -m fastnn demo`` trains an MLP on the bundled digits and reports test accuracy
 (``--model cnn``: a CNN on the digits as 8x8x1 images);
+(``--model lstm``: a character-level LSTM on the bundled Shakespeare text, which prints a generated sample);
 ``python -m fastnn bench`` runs the side-by-side benchmark (fastnn, PyTorch when installed, plain numpy)."""
 import argparse
 import sys
@@ -45,6 +46,8 @@ DEMO_DEFAULTS = {"mlp": (20, 32, 2e-3, 0.96), "cnn": (4, 32, 3e-3, 0.985)}
 
 
 def demo(args):
+    if args.model == "lstm":
+        return demo_lstm(args)
     import fastnn as fnn
     from fastnn.datasets import load_digits, train_test_split, DIGITS_CITATION
 
@@ -86,22 +89,98 @@ def demo(args):
     return 0 if scores["accuracy"] >= goal else 1
 
 
+def sample_text(model, vocab, seed_text, length, seq_len, temperature=0.8, rng=None):
+    """Generate ``length`` characters after ``seed_text`` with a character model: each next character is drawn
+    from softmax(logits / temperature) at the last step of the model's output on the last ``seq_len``
+    characters."""
+    from fastnn.datasets import encode_text
+    rng = rng or np.random.default_rng(0)
+    ids = list(encode_text(seed_text, vocab))
+    out = []
+    for _ in range(length):
+        window = np.asarray(ids[-seq_len:], dtype=np.int64)[None, :]
+        logits = np.asarray(model.predict(window)[0, -1], dtype=np.float64) / temperature
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        nxt = int(rng.choice(len(vocab), p=p))
+        ids.append(nxt)
+        out.append(vocab[nxt])
+    return "".join(out)
+
+
+def demo_lstm(args):
+    """A character-level LSTM on the shipped Shakespeare text: Embedding - LSTM - Dense per step, trained on
+    windows of the text to predict each next character; prints the loss per epoch and a generated sample."""
+    import fastnn as fnn
+    from fastnn.datasets import load_text, encode_text, text_windows, SHAKESPEARE_SOURCE
+
+    if args.threads:
+        fnn.set_num_threads(args.threads)
+    epochs = 4 if args.epochs is None else args.epochs
+    batch = 32 if args.batch_size is None else args.batch_size
+    lr = 3e-3 if args.lr is None else args.lr
+    text, vocab = load_text("shakespeare")
+    if args.max_chars:
+        text = text[:args.max_chars]
+    ids = encode_text(text, vocab)
+    split = int(len(ids) * 0.9)
+    X, Y = text_windows(ids[:split], args.seq_len)
+    Xv, Yv = text_windows(ids[split:], args.seq_len)
+    if len(X) == 0 or len(Xv) == 0:
+        print(f"demo: --max-chars {args.max_chars} leaves no window of --seq-len {args.seq_len}", file=sys.stderr)
+        return 2
+    print(f"fastnn {fnn.__version__} demo: character LSTM on {len(text):,} characters of Shakespeare "
+          f"({len(vocab)} distinct), {len(X)} train / {len(Xv)} validation windows of {args.seq_len}, "
+          f"{fnn.get_num_threads()} threads")
+    print(f"data: {SHAKESPEARE_SOURCE}")
+    L = fnn.layers
+    model = fnn.Sequential([
+        L.Embedding(len(vocab), args.embed),
+        L.LSTM(args.hidden, return_sequences=True),
+        L.Dense(len(vocab)),
+    ], input_shape=(None,), seed=args.seed, dtype=args.dtype)
+    model.compile(loss="cross_entropy", optimizer=fnn.optim.Adam(lr=lr), clip_norm=5.0)
+    before = model.evaluate(Xv, Yv)["loss"]
+    print(f"untrained: validation loss {before:.4f} (uniform guessing: ln {len(vocab)} = {np.log(len(vocab)):.4f})")
+    t0 = time.perf_counter()
+    history = model.fit(X, Y, epochs=epochs, batch_size=batch, validation_data=(Xv, Yv), verbose=1)
+    train_time = time.perf_counter() - t0
+    after = history.history["val_loss"][-1]
+    print(f"trained {epochs} epochs in {train_time:.2f}s; validation loss {before:.4f} -> {after:.4f} "
+          f"(train loss {history.history['loss'][0]:.4f} -> {history.history['loss'][-1]:.4f})")
+    seed_text = text[split:split + args.seq_len]
+    sample = sample_text(model, vocab, seed_text, args.sample_len, args.seq_len, args.temperature,
+                         np.random.default_rng(args.seed))
+    print(f"sample (temperature {args.temperature}, after {seed_text[-40:]!r}):")
+    print(sample)
+    return 0 if after < before else 1
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m fastnn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="train an MLP (or a CNN) on the bundled UCI digits and report the test accuracy")
-    p.add_argument("--model", default="mlp", choices=["mlp", "cnn"],
-                   help="mlp: 64-128-64-10 on the flat pixels (default); cnn: a CNN on 8x8x1 images")
-    p.add_argument("--epochs", type=int, default=None, help="default: 20 (mlp), 4 (cnn)")
+    p = sub.add_parser("demo", help="train an MLP (or a CNN) on the bundled UCI digits and report the test accuracy; "
+                                    "--model lstm: a character LSTM on the bundled Shakespeare text")
+    p.add_argument("--model", default="mlp", choices=["mlp", "cnn", "lstm"],
+                   help="mlp: 64-128-64-10 on the flat pixels (default); cnn: a CNN on 8x8x1 images; "
+                        "lstm: a character-level LSTM that prints generated text")
+    p.add_argument("--epochs", type=int, default=None, help="default: 20 (mlp), 4 (cnn, lstm)")
     p.add_argument("--batch-size", type=int, default=None, help="default: 32")
     p.add_argument("--lr", type=float, default=None,
-                   help="Adam's learning rate; default: 2e-3 (mlp), 3e-3 (cnn, decaying to 0 by a cosine)")
+                   help="Adam's learning rate; default: 2e-3 (mlp), 3e-3 (cnn, decaying to 0 by a cosine; lstm)")
+    p.add_argument("--hidden", type=int, default=128, help="lstm: the LSTM's units")
+    p.add_argument("--embed", type=int, default=32, help="lstm: the embedding size")
+    p.add_argument("--seq-len", type=int, default=64, help="lstm: the training window length")
+    p.add_argument("--max-chars", type=int, default=0, help="lstm: train on the first N characters (0: all)")
+    p.add_argument("--sample-len", type=int, default=300, help="lstm: characters to generate")
+    p.add_argument("--temperature", type=float, default=0.8, help="lstm: the sampling temperature")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="threads for kernels and BLAS (0: default)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     b = sub.add_parser("bench", help="benchmark fastnn against PyTorch (if installed) and plain numpy")
-    b.add_argument("--workloads", default="", help="comma-separated subset of W1,W2,W3,W4,mnist,digits (default: these) and of "
-                   "the CNN workloads C1,C2,C3,C4,Clayers,Cinfer,Cfirst (cnn: all of them)")
+    b.add_argument("--workloads", default="", help="comma-separated subset of W1,W2,W3,W4,mnist,digits (default: these), "
+                   "of the CNN workloads C1,C2,C3,C4,Clayers,Cinfer,Cfirst (cnn: all of them) and of the recurrent "
+                   "R1,R2,R3,R4 (rnn: all four)")
     b.add_argument("--repeats", type=int, default=3, help="interleaved repeats per workload (medians reported)")
     b.add_argument("--threads", type=int, default=2, help="threads for every peer (fastnn, torch, numpy's BLAS)")
     b.add_argument("--full", action="store_true", help="the issue's full units (whole 60k/100k epochs, 40 W2 steps)")

@@ -25,6 +25,8 @@ reports rates, which are what the targets are about):
 
 ``--workloads cnn`` (or any of C1, C2, C3, C4, Clayers, Cinfer, Cfirst) runs the convolutional workloads of
 ``fastnn/bench_cnn.py`` (fastnn against PyTorch eager in NCHW and channels_last), in the same table.
+``--workloads rnn`` (or any of R1, R2, R3, R4) runs the recurrent workloads of ``fastnn/bench_rnn.py``.
+Without ``--workloads`` only the MLP workloads above run.
 
 ``--rss`` also measures the peak RSS of W1 training (one epoch, the same data sizes) for each peer, each in a
 fresh subprocess (``ru_maxrss`` after the bare imports, after making the data, after training); alone (without
@@ -48,6 +50,44 @@ def _settle():
 
 WORKLOADS = ("W1", "W2", "W3", "W4", "mnist", "digits")
 CNN_WORKLOADS = ("C1", "C2", "C3", "C4", "Clayers", "Cinfer", "Cfirst")   # fastnn/bench_cnn.py; "cnn": all of them
+# groups of workloads in modules of their own (each has WORKLOADS and run_workload(wid, repeats, full, log) ->
+# rows of run()'s format); --workloads takes a group's name for all its workloads, the default runs only WORKLOADS (the MLPs)
+GROUPS = {"rnn": "fastnn.bench_rnn"}
+
+
+def _group(name):
+    import importlib
+    return importlib.import_module(GROUPS[name])
+
+
+def _group_of(wid):
+    """The module of the group that holds workload `wid`, or None."""
+    for name in GROUPS:
+        mod = _group(name)
+        if wid in mod.WORKLOADS:
+            return mod
+    return None
+
+
+def expand_workloads(names):
+    """Workload ids from a list of ids and group names (an empty list: the MLP WORKLOADS); "cnn" is the
+    CNN_WORKLOADS; ValueError for an
+    unknown name."""
+    if not names:
+        names = list(WORKLOADS)
+    out = []
+    for w in names:
+        if w == "cnn":
+            out.extend(CNN_WORKLOADS)
+        elif w in GROUPS:
+            out.extend(_group(w).WORKLOADS)
+        elif w in WORKLOADS or w in CNN_WORKLOADS or _group_of(w) is not None:
+            out.append(w)
+        else:
+            known = (list(WORKLOADS) + list(CNN_WORKLOADS) + [x for g in GROUPS for x in _group(g).WORKLOADS]
+                     + ["cnn"] + list(GROUPS))
+            raise ValueError(f"bench: unknown workload {w!r}; known: {', '.join(known)}")
+    return out
 
 
 # ====================================================================== shared definitions
@@ -404,7 +444,7 @@ TARGETS = {"W1": "fastnn >= 2.2x torch, >= 80% of BLAS limit", "W2": ">= 1.0x to
 
 
 def _fmt(v, unit):
-    if unit == "samples/s":
+    if unit in ("samples/s", "sequences/s"):
         return f"{v:,.0f}"
     if unit == "us":
         return f"{v:.1f}"
@@ -447,6 +487,8 @@ def run(workloads=WORKLOADS, repeats=3, threads=2, full=False, log=print):
             add("mnist", "s", secs, higher_better=False)
         elif wid == "digits":
             add("digits", "s", run_digits(max(1, repeats // 2), log), higher_better=False)
+        elif _group_of(wid) is not None:
+            rows.extend(_group_of(wid).run_workload(wid, repeats, full, log))
         else:
             raise ValueError(f"bench: unknown workload {wid!r}; known: {', '.join(WORKLOADS + CNN_WORKLOADS)}")
     import fastnn._core._threads as th
@@ -676,13 +718,11 @@ def format_rss(rss, threads, full, workload="W1"):
 
 
 def main(args):
-    wl = [w.strip() for w in args.workloads.split(",") if w.strip()] if args.workloads else list(WORKLOADS)
-    wl = [x for w in wl for x in (CNN_WORKLOADS if w == "cnn" else (w,))]
-    for w in wl:
-        if w not in WORKLOADS + CNN_WORKLOADS:
-            print(f"bench: unknown workload {w!r}; known: {', '.join(WORKLOADS + CNN_WORKLOADS)}, cnn",
-                  file=sys.stderr)
-            return 2
+    try:
+        wl = expand_workloads([w.strip() for w in args.workloads.split(",") if w.strip()])
+    except ValueError as e:
+        print(e, file=sys.stderr)
+        return 2
     log = (lambda s: print(s, file=sys.stderr)) if not args.quiet else (lambda s: None)
     rss_flag = getattr(args, "rss", False)
     if rss_flag and not args.workloads:      # --rss alone: only the memory measurement

@@ -29,6 +29,24 @@ It warns (:class:`TrainingHealthWarning`, once per problem and layer in a fit ca
   grown by that factor since the first epoch of the fit, or is not finite;
 * ReLUs die: more than ``DEAD`` (half) of a layer's ReLU units are dead.
 
+Recurrent layers (SimpleRNN, LSTM, GRU: those with a ``step_grad_norms`` attribute) also get ``step_grad_norms``
+(a Bidirectional: that of its forward layer, and ``backward_step_grad_norms``): a list, one value per time step
+in the order the layer runs its steps (reversed time for ``go_backwards=True``), of the L2 norm over the batch of
+the gradient of the loss with respect to the state after that step, ``||dL/dh_s||`` (the gradient reaching step s
+from the later steps and from the loss at s), the mean over the epoch's batches (a step that a variable-length
+batch did not have counts over the batches that had it).  The kernel computes them in its backward pass while
+the diagnostics run (the layer's ``record_step_grad_norms`` flag, restored after the fit), at the cost of one pass
+over (n, units) per step.  ``fit`` warns when
+
+* gradients vanish along time: ``step_grad_norms[0] < VANISHING * max(step_grad_norms)``: the gradient that
+  reaches the first step is three orders of magnitude or more below the largest, so the layer cannot learn
+  dependencies over that span.  The rule uses the largest norm rather than the last step's, because with masked
+  sequences the loss enters at each sequence's own last step; with ``return_sequences=True`` the loss enters at
+  every step, so the first step's norm holds its own term and this rule fires only when that term vanishes too
+  (the long-range part alone is not separable from the recorded norms);
+* gradients explode along time: a norm is not finite, or ``step_grad_norms[0] > EXPLODING *
+  step_grad_norms[-1]`` (the gradient grows by three orders of magnitude or more on its way back).
+
 ``model.diagnose(X, y)`` (:func:`diagnose`) prints the same table for one batch or a whole dataset, and
 :func:`gradcheck` compares a model's gradients with central finite differences in float64.
 """
@@ -142,8 +160,9 @@ def _norms(flat, segments):
     return res
 
 
-def _stats(model, segments, grad_norms, weight_norms, update_ratios, fractions):
+def _stats(model, segments, grad_norms, weight_norms, update_ratios, fractions, along_time=None):
     """{layer name: {...}} in graph order from the measured pieces."""
+    along_time = along_time or {}
     stats = {}
     pos = {layer.name: i for i, (layer, _) in enumerate(segments)}
     for layer in model.layers:
@@ -155,14 +174,120 @@ def _stats(model, segments, grad_norms, weight_norms, update_ratios, fractions):
             if update_ratios is not None:
                 entry["update_ratio"] = update_ratios[i]
         entry.update(fractions.get(layer.name, {}))
+        entry.update(along_time.get(layer.name, {}))
         if entry:
             stats[layer.name] = entry
     return stats
 
 
+# ---------------------------------------------------------------------------------------------- along time
+STEP_FLAG = "record_step_grad_norms"   # the recurrent layers' switch: backward then records step_grad_norms
+STEP_KEYS = ("step_grad_norms", "backward_step_grad_norms")
+
+
+def _is_recurrent(layer):
+    return hasattr(type(layer), "step_grad_norms") and hasattr(layer, STEP_FLAG)
+
+
+def _recurrent_layers(model):
+    """[(model layer, stats key, recurrent layer)] of the layers that can record the gradient norm reaching each
+    time step, in graph order: a SimpleRNN / LSTM / GRU under "step_grad_norms", the two directions of a
+    Bidirectional under "step_grad_norms" and "backward_step_grad_norms"."""
+    out = []
+    for layer in model.layers:
+        if _is_recurrent(layer):
+            out.append((layer, STEP_KEYS[0], layer))
+        else:
+            inner = [getattr(layer, "layer", None), getattr(layer, "backward_layer", None)]
+            if all(x is not None and _is_recurrent(x) for x in inner):
+                out += [(layer, key, x) for key, x in zip(STEP_KEYS, inner)]
+    return out
+
+
+class _StepNorms:
+    """Per recurrent layer, the sum over batches of the per-step gradient norms and the count of batches that had
+    each step; switches the layers' recording on while it is open."""
+
+    def __init__(self, model):
+        self.layers = _recurrent_layers(model)
+        self._saved = [(rec, getattr(rec, STEP_FLAG)) for _, _, rec in self.layers]
+        for _, _, rec in self.layers:
+            setattr(rec, STEP_FLAG, True)
+        self.reset()
+
+    def reset(self):
+        self.sums = [np.zeros(0) for _ in self.layers]
+        self.counts = [np.zeros(0, dtype=np.int64) for _ in self.layers]
+
+    def add(self, weight=1.0):
+        """Add the norms of the last backward pass (times ``weight``)."""
+        for k, (_, _, rec) in enumerate(self.layers):
+            norms = rec.step_grad_norms
+            if norms is None:
+                continue
+            norms = np.asarray(norms, dtype=np.float64).ravel()
+            S = len(norms)
+            if S > len(self.sums[k]):
+                grow = S - len(self.sums[k])
+                self.sums[k] = np.concatenate([self.sums[k], np.zeros(grow)])
+                self.counts[k] = np.concatenate([self.counts[k], np.zeros(grow, dtype=np.int64)])
+            self.sums[k][:S] += weight * norms
+            self.counts[k][:S] += 1
+
+    def means(self):
+        """{layer name: {"step_grad_norms": [mean per step], ...}} for the layers that recorded something."""
+        out = {}
+        for k, (layer, key, _) in enumerate(self.layers):
+            c = self.counts[k]
+            if len(c):
+                out.setdefault(layer.name, {})[key] = [float(v) for v in self.sums[k] / np.maximum(c, 1)]
+        return out
+
+    def close(self):
+        for rec, flag in self._saved:
+            setattr(rec, STEP_FLAG, flag)
+
+
+def find_time_problems(stats):
+    """The vanishing / exploding gradients along time in a stats dict's ``step_grad_norms`` (and a Bidirectional's
+    ``backward_step_grad_norms``), by the rules of the module docstring: a list of (kind, name, message), name the
+    layer's (with " (backward)" for a Bidirectional's backward direction)."""
+    problems = []
+    for layer_name, e in stats.items():
+        for key in STEP_KEYS:
+            g = e.get(key)
+            if g and len(g) >= 2:
+                name = layer_name if key == STEP_KEYS[0] else layer_name + " (backward)"
+                problem = _time_problem(name, np.asarray(g, dtype=np.float64))
+                if problem is not None:
+                    problems.append(problem)
+    return problems
+
+
+def _time_problem(name, g):
+    if not np.isfinite(g).all():
+        return ("exploding", name, (
+            f"the gradient along time of layer {name} is not finite: gradients explode through its steps; "
+            "lower the learning rate or use clip_norm"))
+    first, last, peak = float(g[0]), float(g[-1]), float(g.max())
+    if peak > 0 and first < VANISHING * peak:
+        return ("vanishing", name, (
+            f"gradients vanish along time in layer {name}: the gradient norm reaching its first step is "
+            f"{first:.2e}, {first / peak:.1e} times the largest over its {len(g)} steps ({peak:.2e}), so it "
+            "cannot learn dependencies that span the sequence; LSTM or GRU instead of SimpleRNN, shorter "
+            "sequences or orthogonal recurrent weights help"))
+    if last > 0 and first > EXPLODING * last:
+        return ("exploding", name, (
+            f"gradients explode along time in layer {name}: the gradient norm reaching its first step is "
+            f"{first:.2e}, {first / last:.1e} times that at its last step ({last:.2e}); lower the learning "
+            "rate, use clip_norm, or LSTM / GRU"))
+    return None
+
+
 def find_problems(stats, first=None):
     """The problems in a per-layer stats dict: a list of (kind, layer name, message), kind one of "vanishing",
-    "exploding", "dead".  ``first`` is an earlier stats dict (the first epoch) for the growth test."""
+    "exploding", "vanishing along time", "exploding along time" (recurrent layers' ``step_grad_norms``),
+    "dead".  ``first`` is an earlier stats dict (the first epoch) for the growth test."""
     problems = []
     grads = [(name, e["grad_norm"]) for name, e in stats.items() if "grad_norm" in e]
     if grads:
@@ -197,6 +322,7 @@ def find_problems(stats, first=None):
                         f"gradients explode: the gradient norm of layer {n} grew from {g0:.2e} to {g:.2e} "
                         "since the first epoch; lower the learning rate or use clip_norm")))
                     break
+    problems += [(kind + " along time", name, m) for kind, name, m in find_time_problems(stats)]
     for name, e in stats.items():
         d = e.get("dead_fraction")
         if d is not None and d > DEAD:
@@ -222,6 +348,7 @@ class Monitor(Callback):
         model = self.model
         self._segments = _param_segments(model)
         self._counters = _Counters(model)
+        self._steps_norms = _StepNorms(model)
         self._before = np.empty_like(model.parameters)
         self._diff = np.empty_like(model.parameters)
         model.trainer.monitor = self
@@ -236,11 +363,13 @@ class Monitor(Callback):
         self._samples = 0
         self._pending = False
         self._counters.reset()
+        self._steps_norms.reset()
 
     def on_gradients(self):
         """After the backward pass of a training step, before clipping and the update."""
         model = self.model
         self._grad_sum += _norms(model.gradients, self._segments)
+        self._steps_norms.add()
         self._steps += 1
         np.copyto(self._before, model.parameters)
         self._pending = True
@@ -262,7 +391,8 @@ class Monitor(Callback):
         grads = [float(g) for g in self._grad_sum / max(self._steps, 1)]
         ratios = [float(r) for r in self._ratio_sum / max(self._updates, 1)]
         weights = _norms(model.parameters, self._segments)
-        stats = _stats(model, self._segments, grads, weights, ratios, self._counters.fractions(self._samples))
+        stats = _stats(model, self._segments, grads, weights, ratios, self._counters.fractions(self._samples),
+                       self._steps_norms.means())
         if logs is not None:
             logs["diagnostics"] = stats
         for kind, name, message in find_problems(stats, self._first):
@@ -278,6 +408,7 @@ class Monitor(Callback):
         """Detach from the model (the counters off, no more gradient hook); fit calls it in any case."""
         if self._counters is not None:
             self._counters.close()
+            self._steps_norms.close()
         if getattr(self, "model", None) is not None and self.model.trainer.monitor is self:
             self.model.trainer.monitor = None
 
@@ -316,6 +447,11 @@ class Diagnosis(dict):
                          f(e.get("saturated_fraction"), True)))
         w = [max(len(r[i]) for r in rows) for i in range(len(head))]
         lines = ["  ".join(c.ljust(w[i]) if i < 2 else c.rjust(w[i]) for i, c in enumerate(r)) for r in rows]
+        for name, e in self.items():
+            g = e.get("step_grad_norms")
+            if g:
+                lines.append(f"{name} along time ({len(g)} steps, first to last): gradient norm {g[0]:.3e} at the "
+                             f"first step, {g[-1]:.3e} at the last, largest {max(g):.3e}")
         lines.append(f"loss {self.loss:.6g} over {self.n_samples} samples")
         lines += [f"problem: {m}" for _, _, m in self.problems] or ["no problem found"]
         return "\n".join(lines)
@@ -343,6 +479,7 @@ def diagnose(model, X, y, batch_size=None, file=None, verbose=True):
     saved_grads = model.gradients.copy()
     acc = np.zeros(model.gradients.shape, dtype=np.float64)
     counters = _Counters(model)
+    step_norms = _StepNorms(model)
     prev, model.training = model.training, False
     total = 0.0
     try:
@@ -353,6 +490,7 @@ def diagnose(model, X, y, batch_size=None, file=None, verbose=True):
             model.engine.backward(grad)
             w = 1.0 if model.loss.sums else (stop - start) / n
             acc += w * model.gradients
+            step_norms.add()
             total += loss * w
         grads = _norms(acc, segments)
         ratios = None
@@ -374,9 +512,10 @@ def diagnose(model, X, y, batch_size=None, file=None, verbose=True):
         fractions = counters.fractions(n)
     finally:
         counters.close()
+        step_norms.close()
         model.training = prev
         np.copyto(model.gradients, saved_grads)
-    stats = _stats(model, segments, grads, _norms(model.parameters, segments), ratios, fractions)
+    stats = _stats(model, segments, grads, _norms(model.parameters, segments), ratios, fractions, step_norms.means())
     result = Diagnosis(stats, find_problems(stats), float(total), n)
     if verbose:
         print(result.table(), file=file or sys.stdout)
