@@ -429,18 +429,22 @@ class Model:
           logits are passed through the sigmoid here): an int8 array of 0/1 of shape (n, k), 1 where the
           probability exceeds ``threshold``; (n,) for a model with one output (yes/no).
         - Otherwise (softmax, cross_entropy, sampled_softmax): the index of the largest output, (n,) intp.
+
+        Outputs with positions, (n, ..., k) (a per-step Dense after ``return_sequences=True``, a per-pixel head),
+        get the same per position: (n, ..., k) 0/1 labels, or (n, ...) indices; (n, ..., 1) gives (n, ...).
         """
         threshold = check_number("predict_classes", "threshold", threshold, low=0.0, high=1.0)
         out = self.predict(X, batch_size)
-        out = out.reshape(out.shape[0], -1)
+        if out.ndim == 1:
+            out = out[:, None]
         layer = self.graph.layers[-1] if self.built else None
         if getattr(layer, "fusable", None) == "sigmoid" or isinstance(self.loss, _losses.BinaryCrossEntropy):
             if getattr(layer, "fusable", None) != "sigmoid":
                 with np.errstate(over="ignore"):
                     out = 1.0 / (1.0 + np.exp(-out.astype(np.float64)))
             labels = (out > threshold).astype(np.int8)
-            return labels[:, 0] if labels.shape[1] == 1 else labels
-        return np.argmax(out, axis=1)
+            return labels[..., 0] if labels.shape[-1] == 1 else labels
+        return np.argmax(out, axis=-1)
 
     def diagnose(self, X, y, batch_size=None, file=None, verbose=True):
         """Print a table of per-layer training-health numbers for (X, y) -- gradient and weight norms,

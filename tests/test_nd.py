@@ -618,3 +618,17 @@ def test_class_weight_with_per_position_labels_is_refused():
         model.fit(X, y, class_weight="balanced")
     np.testing.assert_array_equal(model.parameters, before)
     model.fit(X, y, sample_weight=np.arange(1, 7), epochs=1)      # the per-sample way works
+
+
+def test_predict_classes_per_position():
+    """A per-step head (n, T, k) gives one class per step, (n, T); a per-step sigmoid (n, T, 1) gives (n, T)."""
+    L = fnn.layers
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(6, 5, 3))
+    m = fnn.Sequential([L.Dense(4)], input_shape=(5, 3), seed=0)
+    m.compile("cross_entropy", fnn.optim.SGD(0.1))
+    np.testing.assert_array_equal(m.predict_classes(X), np.argmax(m.predict(X), axis=-1))
+    assert m.predict_classes(X).shape == (6, 5)
+    b = fnn.Sequential([L.Dense(1, activation="sigmoid")], input_shape=(5, 3), seed=0)
+    b.compile("binary_cross_entropy", fnn.optim.SGD(0.1))
+    np.testing.assert_array_equal(b.predict_classes(X, threshold=0.4), (b.predict(X)[..., 0] > 0.4).astype(np.int8))
