@@ -481,17 +481,25 @@ def diagnose(model, X, y, batch_size=None, file=None, verbose=True):
     counters = _Counters(model)
     step_norms = _StepNorms(model)
     prev, model.training = model.training, False
-    total = 0.0
+    total = wsum = 0.0
+    masked = model.graph.has_masks
     try:
         for start in range(0, n, bs):
             stop = min(start + bs, n)
             out = model.engine.forward(X[start:stop], False, model.trainer.fused)
             loss, _, grad = model.engine.loss_and_grad(model.loss, out, T[start:stop])
             model.engine.backward(grad)
-            w = 1.0 if model.loss.sums else (stop - start) / n
+            # a batch's loss is a mean over its samples, or over its real steps when the output is masked: the
+            # whole set's is the mean of the batches weighted by those counts (summed losses just add up)
+            mask = model.engine.output_mask_value() if masked else None
+            w = 1.0 if model.loss.sums else float(stop - start if mask is None else np.count_nonzero(mask))
             acc += w * model.gradients
             step_norms.add()
             total += loss * w
+            wsum += w
+        if not model.loss.sums and wsum > 0:
+            acc /= wsum
+            total /= wsum
         grads = _norms(acc, segments)
         ratios = None
         opt = model.optimizer

@@ -149,3 +149,19 @@ def test_gradcheck_of_a_masked_model(dtype):
     report = fnn.diagnostics.gradcheck(m, X, y, max_per_param=30)
     assert report.passed, report
     assert report.max_error < 1e-4, report
+
+
+# ------------------------------------------------------------------ diagnose in batches on a masked model
+def test_diagnose_in_batches_weights_batches_by_their_real_steps():
+    """The whole set's loss and gradient are the means over real steps: batches with more real steps weigh
+    more, so diagnose in batches equals diagnose in one batch."""
+    rng = np.random.default_rng(4)
+    X = _padded_ids(rng, 10, 7, 10)
+    X[:5, 2:] = 0                              # the first half is short: batches differ in real steps
+    y = rng.integers(0, 3, (10, 7))
+    m = _masked_model()
+    whole = m.diagnose(X, y, verbose=False)
+    parts = m.diagnose(X, y, batch_size=3, verbose=False)
+    assert parts.loss == pytest.approx(whole.loss, rel=1e-12)
+    for name in ("h", "o"):
+        assert parts[name]["grad_norm"] == pytest.approx(whole[name]["grad_norm"], rel=1e-10)
