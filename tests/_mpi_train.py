@@ -1,14 +1,15 @@
 """Run under mpiexec by tests/test_distributed.py (not a test module itself).
 
     mpiexec -n 2 python -m mpi4py tests/_mpi_train.py equiv OUT_DIR
-    mpiexec -n 2 python -m mpi4py tests/_mpi_train.py kill OUT_DIR
+    mpiexec -n 2 python -m mpi4py tests/_mpi_train.py kill OUT_DIR {plan,layers,raise}
 
 equiv: trains three float64 models (SGD with momentum on a compiled-plan MLP, Adam with validation data and a
 metric, BatchNorm + Dropout with synchronized statistics) data-parallel with per-rank batch B, checking after
 every step that the parameter buffers are bitwise equal on all ranks; rank 0 then trains the same models in one
 process with batch B * size and writes OUT_DIR/result.json (max weight differences, history differences,
 hash mismatches) and saves the distributed BatchNorm model to OUT_DIR/bn.fnn with its predictions.
-kill: rank 1 kills itself with SIGKILL in the middle of the second epoch; rank 0 trains on (and must fail).
+kill: rank 1 kills itself with SIGKILL (or raises) at the end of the first epoch; rank 0 trains on into the next
+allreduce (and the job must end with an error).
 """
 import hashlib
 import json
@@ -138,24 +139,31 @@ def equiv(out):
 
 
 class KillAt(fnn.callbacks.Callback):
-    def __init__(self, comm):
-        self.comm = comm
+    """Rank 1 dies at the end of the first epoch: SIGKILL, or an exception (how="raise")."""
+
+    def __init__(self, comm, how):
+        self.comm, self.how = comm, how
 
     def on_epoch_end(self, epoch, logs=None):
         if epoch == 0 and self.comm.Get_rank() == 1:
             sys.stdout.flush()
+            if self.how == "raise":
+                raise RuntimeError("rank 1 fails on purpose")
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def kill(out):
+def kill(out, how):
+    """how: "plan" (the compiled plan's C allreduce), "layers" (the per-layer path, synchronized BatchNorm: the
+    survivor waits in a forward-pass allreduce) or "raise" (an exception instead of SIGKILL)."""
     comm = MPI.COMM_WORLD
     X, y = data(n=4000)
-    m = make("adam")
+    m = make("bnd" if how == "layers" else "adam")
     print(f"rank {comm.Get_rank()} training", flush=True)
-    m.fit(X, y, batch_size=8, epochs=1000, callbacks=[KillAt(comm)], distributed=dist.DataParallel())
+    m.fit(X, y, batch_size=8, epochs=1000, callbacks=[KillAt(comm, how)],
+          distributed=dist.DataParallel(sync_batchnorm=True))
     with open(os.path.join(out, f"finished{comm.Get_rank()}"), "w") as f:      # must not be reached
         f.write("finished")
 
 
 if __name__ == "__main__":
-    {"equiv": equiv, "kill": kill}[sys.argv[1]](sys.argv[2])
+    {"equiv": equiv, "kill": kill}[sys.argv[1]](*sys.argv[2:])

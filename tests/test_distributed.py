@@ -81,13 +81,20 @@ def test_two_ranks_equal_one_process(tmp_path):
     _check_equiv(tmp_path)
 
 
-def test_killed_rank_ends_the_job(tmp_path):
-    """A rank killed with SIGKILL mid-training makes the job (the other rank) exit with an error within seconds."""
+@pytest.mark.parametrize("how", ["plan", "layers", "raise"])
+def test_failed_rank_ends_the_job(tmp_path, how):
+    """A rank killed with SIGKILL mid-training (the other waiting in the compiled plan's allreduce, or in the
+    per-layer path's), or raising an exception, makes the job exit with an error within seconds, never a hang."""
     exe = _mpiexec()
-    p, dt = _run([exe, "-n", "2", sys.executable, "-m", "mpi4py", str(SCRIPT), "kill", str(tmp_path)], 60)
-    assert p.returncode != 0, p.stdout + p.stderr
+    p, dt = _run([exe, "-n", "2", sys.executable, "-m", "mpi4py", str(SCRIPT), "kill", str(tmp_path), how], 60)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0, out
     assert not list(tmp_path.glob("finished*"))
-    assert dt < 30, f"the job took {dt:.1f} s to end after a rank was killed"
+    if how == "raise":
+        assert "rank 1 fails on purpose" in out and "MPI_Abort" in out, out
+    else:
+        assert "BAD TERMINATION" in out and "signal 9" in out, out
+    assert dt < 30, f"the job took {dt:.1f} s to end after a rank failed"
 
 
 def _sh(*args):
