@@ -69,6 +69,10 @@ def make(case):
         m = fnn.Sequential([L.Dense(16, activation="relu"), L.Dense(8), L.Tanh(), L.Dense(2)], input_dim=6,
                            seed=7, dtype="float64")
         m.compile("mse", fnn.optim.Adam(1e-2))
+    elif case == "masked":      # a masked sequence output: each rank's share is its real steps
+        x = fnn.Input((7, 6))
+        m = fnn.Model(x, L.Dense(3)(L.Dense(8, activation="tanh")(L.Masking()(x))), seed=8, dtype="float64")
+        m.compile("cross_entropy", fnn.optim.Adam(1e-2))
     elif case == "sgd":
         m = fnn.Sequential([L.Dense(16, activation="tanh"), L.Dense(3)], input_dim=6, seed=3, dtype="float64")
         m.compile("cross_entropy", fnn.optim.SGD(0.1, momentum=0.9))
@@ -83,13 +87,19 @@ def make(case):
     return m
 
 
-CASES = ("sgd", "adam", "bnd", "plan_sgd", "plan_adam")
+CASES = ("sgd", "adam", "bnd", "plan_sgd", "plan_adam", "masked")
 
 
 def fit_kwargs(case, X, y):
     kw = {"epochs": 3}
     if case == "plan_adam":
         kw.update(y=np.stack([X[:, 0] * X[:, 1], np.sin(X[:, 2])], axis=1))
+    if case == "masked":        # sequences of 7 steps, padded (all-zero steps) after a random length
+        rng = np.random.default_rng(2)
+        Xs = rng.standard_normal((X.shape[0], 7, 6))
+        for i, n in enumerate(rng.integers(1, 8, X.shape[0])):
+            Xs[i, n:] = 0.0
+        kw.update(X=Xs, y=rng.integers(0, 3, (X.shape[0], 7)), validation_split=0.2)
     if case == "adam":
         Xv, yv = data(seed=1, n=37)
         kw.update(validation_data=(Xv, yv), metrics=["top_k_accuracy"])
@@ -107,7 +117,7 @@ def equiv(out):
         cb = (EpochHashCheck if case.startswith("plan") else HashCheck)(comm)
         dp = dist.DataParallel(sync_batchnorm=(case == "bnd"))
         kw = fit_kwargs(case, X, y)
-        h = m.fit(X, kw.pop("y", y), batch_size=B, callbacks=[cb], distributed=dp, **kw)
+        h = m.fit(kw.pop("X", X), kw.pop("y", y), batch_size=B, callbacks=[cb], distributed=dp, **kw)
         if case.startswith("plan"):
             assert m.trainer.train_plan is not None and dp.allreduce_seconds > 0, "the compiled plan did not run"
         models[case] = (m, h.history, cb)
@@ -115,7 +125,7 @@ def equiv(out):
         for case, (m, hist, cb) in models.items():
             ref = make(case)
             kw = fit_kwargs(case, X, y)
-            rh = ref.fit(X, kw.pop("y", y), batch_size=B * size, **kw).history
+            rh = ref.fit(kw.pop("X", X), kw.pop("y", y), batch_size=B * size, **kw).history
             hd = max(abs(a - b) for k in rh if k != "time" for a, b in zip(rh[k], hist[k]))
             result["cases"][case] = {
                 "weight_diff": float(np.max(np.abs(ref.parameters - m.parameters))),

@@ -50,11 +50,12 @@ def _check_equiv(out):
     r0 = json.loads((out / "result0.json").read_text())
     r1 = json.loads((out / "result1.json").read_text())
     assert r0["size"] == 2
-    for case in ("sgd", "adam", "bnd", "plan_sgd", "plan_adam"):
+    for case in ("sgd", "adam", "bnd", "plan_sgd", "plan_adam", "masked"):
         c = r0["cases"][case]
         # bitwise-equal parameters and optimizer state on both ranks after every step (the compiled plan's cases:
         # after every epoch; rank 1 saw the same)
-        assert c["steps"] == (3 if case.startswith("plan") else 3 * 5) and r1["steps"][case] == c["steps"]
+        steps = 3 * (4 if case == "masked" else 5)     # masked: 80 training rows (validation_split=0.2)
+        assert c["steps"] == (3 if case.startswith("plan") else steps) and r1["steps"][case] == c["steps"]
         assert c["hash_mismatches"] == 0 and r1["hash_mismatches"][case] == 0
         # 2 ranks x batch 12 == 1 process x batch 24 (float64)
         assert c["weight_diff"] < 1e-10, (case, c)
@@ -62,7 +63,7 @@ def _check_equiv(out):
         assert c["buffer_diff"] < 1e-10, (case, c)
         assert c["history_diff"] < 1e-10, (case, c)
         assert c["history_keys"] == c["ref_history_keys"]
-        assert c["step_count"] == c["ref_step_count"] == 15
+        assert c["step_count"] == c["ref_step_count"] == steps
     assert "val_loss" in r0["cases"]["adam"]["history_keys"]
     assert "top_k_accuracy" in r0["cases"]["adam"]["history_keys"]
     # save from the distributed run: rank 0 wrote, rank 1 did not; it loads and predicts in one process
@@ -74,7 +75,8 @@ def _check_equiv(out):
 
 def test_two_ranks_equal_one_process(tmp_path):
     """Weights bitwise equal on both ranks after every step; equal to one process with the global batch for SGD,
-    Adam (with validation and a metric) and BatchNorm (synchronized) + Dropout."""
+    Adam (with validation and a metric), BatchNorm (synchronized) + Dropout, two compiled-plan models (the plan
+    calling MPI_Allreduce from C) and a masked sequence model."""
     exe = _mpiexec()
     p, _ = _run([exe, "-n", "2", sys.executable, "-m", "mpi4py", str(SCRIPT), "equiv", str(tmp_path)], 120)
     assert p.returncode == 0, p.stdout + p.stderr

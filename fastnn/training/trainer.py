@@ -464,8 +464,8 @@ class Trainer:
         model.stop_training = False
         model.history = history
         logs = {}
+        self.distributed = dist           # save() after this fit: on rank 0 only when distributed
         if dist is not None:
-            self.distributed = dist
             dist.start(model, train, val)
             self._dist = dist
         try:
