@@ -117,7 +117,10 @@ def equiv(out):
         cb = (EpochHashCheck if case.startswith("plan") else HashCheck)(comm)
         dp = dist.DataParallel(sync_batchnorm=(case == "bnd"))
         kw = fit_kwargs(case, X, y)
-        h = m.fit(kw.pop("X", X), kw.pop("y", y), batch_size=B, callbacks=[cb], distributed=dp, **kw)
+        cbs = [cb]
+        if case == "adam":      # a callback that writes a file: rank 0 only
+            cbs.append(fnn.callbacks.CSVLogger(os.path.join(out, f"log_rank{comm.Get_rank()}.csv")))
+        h = m.fit(kw.pop("X", X), kw.pop("y", y), batch_size=B, callbacks=cbs, distributed=dp, **kw)
         if case.startswith("plan"):
             assert m.trainer.train_plan is not None and dp.allreduce_seconds > 0, "the compiled plan did not run"
         models[case] = (m, h.history, cb)

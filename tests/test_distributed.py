@@ -66,6 +66,8 @@ def _check_equiv(out):
         assert c["step_count"] == c["ref_step_count"] == steps
     assert "val_loss" in r0["cases"]["adam"]["history_keys"]
     assert "top_k_accuracy" in r0["cases"]["adam"]["history_keys"]
+    # CSVLogger (writes_files) ran on rank 0 only
+    assert (out / "log_rank0.csv").exists() and not (out / "log_rank1.csv").exists()
     # save from the distributed run: rank 0 wrote, rank 1 did not; it loads and predicts in one process
     assert (out / "bn_rank0.fnn").exists() and not (out / "bn_rank1.fnn").exists()
     m = fnn.load(str(out / "bn_rank0.fnn"))
