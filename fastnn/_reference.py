@@ -33,7 +33,8 @@ SELU_ALPHA, SELU_SCALE = 1.6732632423543772848170429916717, 1.050700987355480493
 L2, MSE, MAE = LOSS.L2, LOSS.MSE, LOSS.MAE
 
 __all__ = [
-    "activation_forward", "activation_backward", "dense_forward", "dense_backward",
+    "activation_forward", "activation_backward", "dense_forward", "dense_backward", "conv2d_forward",
+    "conv2d_backward",
     "softmax_cross_entropy", "softmax_cross_entropy_soft", "sigmoid_binary_cross_entropy", "regression_loss",
     "sgd_step", "adagrad_step", "rmsprop_step", "adam_step", "gemm",
     "max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
@@ -217,6 +218,82 @@ def dense_backward(X, W, Z, Y, dY, dZ, dX, dW, db, act=IDENTITY, alpha=0.0, n_th
         db[...] = g.sum(axis=0)
     if dX is not None:
         dX[...] = g @ _f64(W).T
+
+
+# ---------------------------------------------------------------------------------------------- conv
+def _conv_check(fn, X, W, Z, strides, dilation, padding, groups):
+    """The output size of the convolution, checked as conv.pyx checks it."""
+    n, h, w, c = X.shape
+    kh, kw, cg, f = W.shape
+    (sh, sw), (dh, dw), (pt, pb, pl, pr) = strides, dilation, padding
+    if c % groups or f % groups or cg != c // groups:
+        raise ValueError(f"{fn}: W has shape {W.shape}, expected {(kh, kw, c // groups, f)} "
+                         f"(channels {c}, filters {f}, groups {groups})")
+    oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    _shape_check(fn, "Z", Z.shape, (n, oh, ow, f))
+    return oh, ow
+
+
+def _conv_taps(X, kh, kw, strides, dilation, padding, oh, ow):
+    """[(ky, kx, Xs)]: Xs (n, oh, ow, c) is the input pixel that tap (ky, kx) of every output pixel reads, taken
+    from the zero-padded input by strided slicing (float64)."""
+    (sh, sw), (dh, dw), (pt, pb, pl, pr) = strides, dilation, padding
+    Xp = np.pad(_f64(X), ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    return [(ky, kx, Xp[:, ky * dh: ky * dh + (oh - 1) * sh + 1: sh, kx * dw: kx * dw + (ow - 1) * sw + 1: sw, :])
+            for ky in range(kh) for kx in range(kw)]
+
+
+def conv2d_forward(X, W, b, Z, Y, strides, dilation, padding, groups, scratch, act=IDENTITY, alpha=0.0,
+                   n_threads=1, counts=None):
+    """Z = conv(X, W) + b (OUT), Y = act(Z) (OUT): X (N, H, W, C), W (kh, kw, C/groups, F), padding
+    (top, bottom, left, right) of zeros; output channel f of group q = f // (F/groups) sums over the input
+    channels of group q.  scratch and counts are accepted and ignored (no workspace here; no unit counters)."""
+    _check_kind(act)
+    oh, ow = _conv_check("conv2d_forward", X, W, Z, strides, dilation, padding, groups)
+    kh, kw, cg, f = W.shape
+    fg = f // groups
+    z = np.zeros(Z.shape)
+    for ky, kx, Xs in _conv_taps(X, kh, kw, strides, dilation, padding, oh, ow):
+        for q in range(groups):
+            z[..., q * fg:(q + 1) * fg] += Xs[..., q * cg:(q + 1) * cg] @ _f64(W[ky, kx, :, q * fg:(q + 1) * fg])
+    if b is not None:
+        z = z + _f64(b)
+    Z[...] = z
+    Y[...] = _act(act, z.reshape(-1, f), alpha).reshape(Z.shape)
+
+
+def conv2d_backward(X, W, Z, Y, dY, dZ, dX, dW, db, strides, dilation, padding, groups, scratch, act=IDENTITY,
+                    alpha=0.0, n_threads=1):
+    """Backward of conv2d_forward: dZ = dY * act'(Z) (OUT, not written for the identity), dW, db (None: no
+    bias), dX (None: not needed), each the adjoint of the forward's sums."""
+    _check_kind(act)
+    oh, ow = _conv_check("conv2d_backward", X, W, Z, strides, dilation, padding, groups)
+    kh, kw, cg, f = W.shape
+    fg = f // groups
+    (sh, sw), (dh, dw), (pt, pb, pl, pr) = strides, dilation, padding
+    if act == IDENTITY:
+        g = _f64(dY)
+    else:
+        dZ[...] = _act_grad(act, _f64(Z).reshape(-1, f), _f64(Y).reshape(-1, f), _f64(dY).reshape(-1, f),
+                            alpha).reshape(Z.shape)
+        g = _f64(dZ)
+    n, h, w, c = X.shape
+    dXp = np.zeros((n, h + pt + pb, w + pl + pr, c))
+    dw_ = np.zeros(W.shape)
+    for ky, kx, Xs in _conv_taps(X, kh, kw, strides, dilation, padding, oh, ow):
+        sl = (slice(None), slice(ky * dh, ky * dh + (oh - 1) * sh + 1, sh),
+              slice(kx * dw, kx * dw + (ow - 1) * sw + 1, sw))
+        for q in range(groups):
+            gq = g[..., q * fg:(q + 1) * fg].reshape(-1, fg)
+            dw_[ky, kx, :, q * fg:(q + 1) * fg] = Xs[..., q * cg:(q + 1) * cg].reshape(-1, cg).T @ gq
+            dXp[sl + (slice(q * cg, (q + 1) * cg),)] += (gq @ _f64(W[ky, kx, :, q * fg:(q + 1) * fg]).T).reshape(
+                n, oh, ow, cg)
+    dW[...] = dw_
+    if db is not None:
+        db[...] = g.reshape(-1, f).sum(axis=0)
+    if dX is not None:
+        dX[...] = dXp[:, pt:pt + h, pl:pl + w, :]
 
 
 def gemm(trans_a, trans_b, alpha, A, B, beta, C):

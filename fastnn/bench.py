@@ -23,6 +23,9 @@ reports rates, which are what the targets are about):
     python -m fastnn bench [--workloads W1,W3] [--repeats 5] [--threads 2] [--full] [--json out.json]
                            [--png out.png] [--rss]
 
+``--workloads cnn`` (or any of C1, C2, C3, C4, Clayers, Cinfer, Cfirst) runs the convolutional workloads of
+``fastnn/bench_cnn.py`` (fastnn against PyTorch eager in NCHW and channels_last), in the same table.
+
 ``--rss`` also measures the peak RSS of W1 training (one epoch, the same data sizes) for each peer, each in a
 fresh subprocess (``ru_maxrss`` after the bare imports, after making the data, after training); alone (without
 ``--workloads``) it runs only that measurement.
@@ -44,6 +47,7 @@ def _settle():
     time.sleep(SETTLE_S)
 
 WORKLOADS = ("W1", "W2", "W3", "W4", "mnist", "digits")
+CNN_WORKLOADS = ("C1", "C2", "C3", "C4", "Clayers", "Cinfer", "Cfirst")   # fastnn/bench_cnn.py; "cnn": all of them
 
 
 # ====================================================================== shared definitions
@@ -404,6 +408,8 @@ def _fmt(v, unit):
         return f"{v:,.0f}"
     if unit == "us":
         return f"{v:.1f}"
+    if unit in ("GFLOP/s", "x"):
+        return f"{v:.2f}"
     return f"{v:.3f}"
 
 
@@ -413,14 +419,20 @@ def run(workloads=WORKLOADS, repeats=3, threads=2, full=False, log=print):
     _set_threads(threads)
     rows = []
 
-    def add(wid, unit, samples, higher_better=True):
+    def add(wid, unit, samples, higher_better=True, target=None, note=""):
         row = {"workload": wid, "unit": unit, "higher_is_better": higher_better,
                "median": {k: _median(v) for k, v in samples.items()},
                "min": {k: min(v) for k, v in samples.items()}, "max": {k: max(v) for k, v in samples.items()},
-               "samples": samples, "target": TARGETS.get(wid, "")}
+               "samples": samples, "target": TARGETS.get(wid, "") if target is None else target, "note": note}
         rows.append(row)
 
+    cnn = [w for w in workloads if w in CNN_WORKLOADS]
+    if cnn:
+        from fastnn import bench_cnn
+        bench_cnn.run(cnn, repeats, full, log, add)
     for wid in workloads:
+        if wid in CNN_WORKLOADS:
+            continue
         if wid in ("W1", "W2", "W3"):
             _, s = run_training(wid, repeats, full, log)
             add(wid, "samples/s", s)
@@ -436,7 +448,7 @@ def run(workloads=WORKLOADS, repeats=3, threads=2, full=False, log=print):
         elif wid == "digits":
             add("digits", "s", run_digits(max(1, repeats // 2), log), higher_better=False)
         else:
-            raise ValueError(f"bench: unknown workload {wid!r}; known: {', '.join(WORKLOADS)}")
+            raise ValueError(f"bench: unknown workload {wid!r}; known: {', '.join(WORKLOADS + CNN_WORKLOADS)}")
     import fastnn._core._threads as th
     return {"rows": rows, "threads": threads, "repeats": repeats, "full": full,
             "machine": f"{platform.machine()}, {_ncpu()} CPUs, {platform.processor() or platform.platform()}",
@@ -478,11 +490,14 @@ def format_table(result):
                 cells.append(f"{ratio:.2f}x" if p != "BLAS limit" else f"{100 * ratio:.0f}%")
             else:
                 cells.append("")
-        cells.append(r["target"])
+        cells.append("; ".join(t for t in (r["target"], r.get("note", "")) if t))
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Ratios are speed ratios of the medians (> 1: fastnn faster); against the BLAS limit, the share of "
                  "the GEMMs-only speed fastnn reaches.")
+    if any(r.get("note") for r in rows):
+        lines.append("CNN rows: the last column adds the shares of the sgemm peak (the 1024^3 GEMM row) reached; "
+                     "the data is synthetic (fastnn/bench_cnn.py).")
     return "\n".join(lines)
 
 
@@ -570,10 +585,12 @@ def _maxrss_mib():
     return r / 2 ** 20 if sys.platform == "darwin" else r / 1024       # bytes on macOS, KiB on Linux
 
 
-def _rss_child(peer, threads, full):
+def _rss_child(peer, threads, full, workload="W1"):
     """In a fresh process: import the peer, make W1's data, train one W1 epoch; print the peak RSS (MiB) after the
     imports, after the data and after training, as JSON.  Run through ``measure_rss`` (this module is loaded
-    from its file there, without fastnn's package, so that the torch and numpy peers do not import fastnn)."""
+    from its file there, without fastnn's package, so that the torch and numpy peers do not import fastnn).
+    A CNN `workload` (C1..C4): its data and one epoch of its training, through bench_cnn.py, loaded from its
+    file the same way."""
     if peer == "fastnn":
         import fastnn as fnn
         fnn.set_num_threads(threads)
@@ -587,6 +604,18 @@ def _rss_child(peer, threads, full):
         except ImportError:
             pass
     imports = _maxrss_mib()
+    if workload != "W1":
+        import importlib.util
+        import os
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_cnn.py")
+        s = importlib.util.spec_from_file_location("_fastnn_bench_cnn_rss", path)
+        cnn = importlib.util.module_from_spec(s)
+        s.loader.exec_module(cnn)
+        job = cnn.rss_data(workload, full)
+        data = _maxrss_mib()
+        cnn.rss_train(peer, job)
+        print(json.dumps({"imports": imports, "data": data, "peak": _maxrss_mib()}))
+        return
     spec = _spec("W1", full)
     weights, X, y = make_data(spec)
     data = _maxrss_mib()
@@ -599,24 +628,26 @@ def _rss_child(peer, threads, full):
     print(json.dumps({"imports": imports, "data": data, "peak": _maxrss_mib()}))
 
 
-def measure_rss(threads=2, full=False, log=print):
-    """Peak RSS of one W1 training epoch per peer, each in its own fresh subprocess (``ru_maxrss``): a dict
-    peer -> {"imports": MiB after the bare imports, "data": after making the data, "peak": after training}."""
+def measure_rss(threads=2, full=False, log=print, workload="W1"):
+    """Peak RSS of one W1 training epoch per peer (or of a CNN `workload`, C1..C4: fastnn, torch NCHW and torch
+    channels_last), each in its own fresh subprocess (``ru_maxrss``): a dict peer -> {"imports": MiB after the
+    bare imports, "data": after making the data, "peak": after training}."""
     import os
     import subprocess
     code = ("import importlib.util, sys; s = importlib.util.spec_from_file_location('_fastnn_bench_rss', sys.argv[1]); "
             "m = importlib.util.module_from_spec(s); s.loader.exec_module(m); "
-            "m._rss_child(sys.argv[2], int(sys.argv[3]), sys.argv[4] == '1')")
+            "m._rss_child(sys.argv[2], int(sys.argv[3]), sys.argv[4] == '1', sys.argv[5])")
     # the child finds fastnn as this process did (an in-place build run from the source tree included)
     pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ)
     env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     out = {}
-    for peer in RSS_PEERS:
+    peers = RSS_PEERS if workload == "W1" else ("fastnn", "torch NCHW", "torch channels_last")
+    for peer in peers:
         if peer.startswith("torch") and _torch() is None:
             continue
         res = subprocess.run([sys.executable, "-c", code, os.path.abspath(__file__), peer, str(threads),
-                              "1" if full else "0"], capture_output=True, text=True, env=env)
+                              "1" if full else "0", workload], capture_output=True, text=True, env=env)
         if res.returncode != 0:
             log(f"  rss {peer}: failed: {res.stderr.strip().splitlines()[-1:]}")
             continue
@@ -625,24 +656,32 @@ def measure_rss(threads=2, full=False, log=print):
     return out
 
 
-def format_rss(rss, threads, full):
-    n = _spec("W1", full)["n"]
-    lines = [f"Peak RSS (VmHWM / ru_maxrss, MiB), W1 training: one epoch of {n:,} samples, {threads} threads, each peer in "
+def format_rss(rss, threads, full, workload="W1"):
+    if workload == "W1":
+        n = _spec("W1", full)["n"]
+    else:
+        from fastnn import bench_cnn
+        n = bench_cnn._spec(workload, full)["n"]
+    lines = [f"Peak RSS (VmHWM / ru_maxrss, MiB), {workload} training: one epoch of {n:,} samples, {threads} threads, each peer in "
              "a fresh process", "", "| peer | bare imports | + data | peak (training) | training - data |",
              "|---|---|---|---|---|"]
     for peer, r in rss.items():
         lines.append(f"| {peer} | {r['imports']:.1f} | {r['data']:.1f} | {r['peak']:.1f} | "
                      f"{r['peak'] - r['data']:.1f} |")
-    if "fastnn" in rss and "torch" in rss:
-        lines += ["", f"fastnn's peak is {100 * rss['fastnn']['peak'] / rss['torch']['peak']:.0f}% of torch's."]
+    torch_peer = "torch" if "torch" in rss else "torch NCHW"
+    if "fastnn" in rss and torch_peer in rss:
+        lines += ["", f"fastnn's peak is {100 * rss['fastnn']['peak'] / rss[torch_peer]['peak']:.0f}% of "
+                      f"{torch_peer}'s."]
     return "\n".join(lines)
 
 
 def main(args):
     wl = [w.strip() for w in args.workloads.split(",") if w.strip()] if args.workloads else list(WORKLOADS)
+    wl = [x for w in wl for x in (CNN_WORKLOADS if w == "cnn" else (w,))]
     for w in wl:
-        if w not in WORKLOADS:
-            print(f"bench: unknown workload {w!r}; known: {', '.join(WORKLOADS)}", file=sys.stderr)
+        if w not in WORKLOADS + CNN_WORKLOADS:
+            print(f"bench: unknown workload {w!r}; known: {', '.join(WORKLOADS + CNN_WORKLOADS)}, cnn",
+                  file=sys.stderr)
             return 2
     log = (lambda s: print(s, file=sys.stderr)) if not args.quiet else (lambda s: None)
     rss_flag = getattr(args, "rss", False)
@@ -652,8 +691,10 @@ def main(args):
     if result is not None:
         print(format_table(result))
     if rss_flag:
-        rss = measure_rss(args.threads, args.full, log)
-        print(("\n" if result is not None else "") + format_rss(rss, args.threads, args.full))
+        rw = getattr(args, "rss_workload", "W1")
+        rss = measure_rss(args.threads, args.full, log) if rw == "W1" else measure_rss(args.threads, args.full,
+                                                                                        log, workload=rw)
+        print(("\n" if result is not None else "") + format_rss(rss, args.threads, args.full, rw))
         if result is None:
             result = {"rows": [], "threads": args.threads, "full": args.full, "date": time.strftime("%Y-%m-%d %H:%M"),
                       "machine": f"{platform.machine()}, {_ncpu()} CPUs, {platform.processor() or platform.platform()}"}

@@ -8,8 +8,8 @@ What is measured, per layer (keys of the per-layer dicts):
 | ``grad_norm`` | L2 norm of the layer's parameter gradients (all its parameters together) |
 | ``weight_norm`` | L2 norm of the layer's parameters |
 | ``update_ratio`` | norm of the update the optimizer made (parameters after minus before a step) / ``weight_norm`` |
-| ``dead_fraction`` | ReLU units (a ``Dense(activation="relu")`` or a ``ReLU`` layer): the fraction of units whose output is 0 for every sample seen |
-| ``saturated_fraction`` | sigmoid / tanh units: the fraction of (sample, unit) outputs that are saturated: sigmoid y < 0.01 or y > 0.99, tanh abs(y) > 0.99 (the derivative is then below about 0.01 / 0.02) |
+| ``dead_fraction`` | ReLU units (a ``Dense(activation="relu")``, a ``Conv2D`` / ``Conv1D`` with that activation, or a ``ReLU`` layer): the fraction of units whose output is 0 for every sample seen (for N-D outputs, at every position: a convolution's unit is a channel) |
+| ``saturated_fraction`` | sigmoid / tanh units: the fraction of (sample, position, unit) outputs that are saturated: sigmoid y < 0.01 or y > 0.99, tanh abs(y) > 0.99 (the derivative is then below about 0.01 / 0.02) |
 
 The unit counters are gathered inside the compiled activation kernels (``act_forward_counted`` in
 fastnn/_core/activations.pyx): a layer whose ``_act_counts`` buffer is set counts, per unit, the samples where
@@ -58,24 +58,31 @@ class TrainingHealthWarning(UserWarning):
 
 # ---------------------------------------------------------------------------------------------- measuring
 def _counted_layers(model):
-    """[(layer, kind, units, rows per sample)] for the layers whose activation is counted."""
+    """[(layer, kind, units, rows per sample)] for the layers whose activation is counted: a Dense or a
+    convolution (its channels are its units; every position of a sample is a row) with a counted fused
+    activation, and the counted activation layers."""
     from fastnn.layers.activations import Activation
-    from fastnn.layers.dense import Dense
     out = []
     last = model.layers[-1]
     for layer in model.layers:
-        if isinstance(layer, Dense):
-            kind, units, rows = layer.activation.kind, layer.units, 1
+        # a layer with a fused activation that takes the unit counters (Dense, Conv1D, Conv2D: `_act_counts`)
+        if not isinstance(layer, Activation) and hasattr(layer, "_act_counts") and hasattr(layer, "activation"):
+            kind = layer.activation.kind
+            units = layer.output_shape[-1]
         elif isinstance(layer, Activation):
-            if layer.kind in _COUNTED and None in layer.output_shape:
-                raise ValueError(f"{model.name}: the unit counters of the diagnostics need fixed shapes; layer "
-                                 f"{layer.name} has the output shape {layer.output_shape} (None: a variable axis)")
             kind, units = layer.kind, layer.output_shape[-1]
-            rows = int(np.prod(layer.output_shape[:-1], dtype=np.int64))
         else:
             continue
-        if kind in _COUNTED and not (layer is last and model.trainer.fused):
-            out.append((layer, kind, units, rows))
+        if kind not in _COUNTED or (layer is last and model.trainer.fused):
+            continue
+        if None in layer.output_shape:
+            if not isinstance(layer, Activation) and _COUNTED[kind][1] == "dead_fraction":
+                out.append((layer, kind, units, None))     # dead units need no row count
+                continue
+            raise ValueError(f"{model.name}: the unit counters of the diagnostics need fixed shapes; layer "
+                             f"{layer.name} has the output shape {layer.output_shape} (None: a variable axis)")
+        rows = int(np.prod(layer.output_shape[:-1], dtype=np.int64))
+        out.append((layer, kind, units, rows))
     return out
 
 
@@ -466,7 +473,7 @@ def gradcheck(model, X, y, eps=1e-6, max_per_param=64, training=True, tol=1e-4, 
         def loss_at():
             m.layer_rng.bit_generator.state = rng_state
             out = m.engine.forward(X, training, m.trainer.fused)
-            return float(m.loss(out, T, None, None)[0])
+            return float(m.engine.loss_value(m.loss, out, T)[0])       # mask-aware, as loss_and_grad
 
         m.layer_rng.bit_generator.state = rng_state
         out = m.engine.forward(X, training, m.trainer.fused)

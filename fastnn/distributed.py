@@ -180,7 +180,7 @@ class DataParallel:
         if rows == 0:
             w, npred, loss, correct = 0.0, 0, 0.0, 0
         elif mask is not None:
-            w, npred = trainer._mask_weight(mask, Wb, model.engine.output())
+            w, npred = trainer._mask_weight(mask, Wb, model.engine.output(), model.engine)
         else:
             w = float(rows) if Wb is None else float(Wb.sum(dtype=np.float64))
             npred = lossf.n_predictions(rows, model.engine.output().shape[1:]) if masked else 0

@@ -44,6 +44,43 @@ from fastnn._core.kinds import LOSS
 _per_thread = threading.local()     # per-thread scratch of the losses (CrossEntropy's per-position weights)
 
 
+def _scratch(tag, shape, dtype):
+    """A buffer of `shape` and `dtype` for `tag`, reused by the calling thread (the losses' per-step scratch, so
+    that a steady training step makes no new array and threads evaluating one model at once do not share one)."""
+    bufs = getattr(_per_thread, "scratch", None)
+    if bufs is None:
+        bufs = _per_thread.scratch = {}
+    dtype = np.dtype(dtype)
+    key = (tag, shape, dtype.str)
+    buf = bufs.get(key)
+    if buf is None:
+        if len(bufs) >= 32:
+            bufs.clear()
+        buf = bufs[key] = np.empty(shape, dtype=dtype)
+    return buf
+
+
+def _step_weights(mask, weights, dtype):
+    """The per-step weights (N * T,) of a masked output: mask[i, t] * weights[i] (mask[i, t] without weights),
+    written into a reused buffer."""
+    n, steps = mask.shape
+    w = _scratch("wstep", (n * steps,), dtype)
+    if weights is None:
+        np.copyto(w, mask.reshape(-1))
+    else:        # not np.multiply(mask, weights[:, None]): a ufunc buffers the cast and the broadcast (a 32 kB array)
+        w.fill(0)
+        np.copyto(w.reshape(n, steps), weights[:, None], where=mask)
+    return w
+
+
+def _argmax_rows(a, tag):
+    """np.argmax(a, axis=1) of a 2-D array into a reused buffer."""
+    out = _scratch(tag, (a.shape[0],), np.intp)
+    if a.shape[0]:
+        np.argmax(a, axis=1, out=out)
+    return out
+
+
 class Loss:
     """Base class.  ``__call__(out, targets, grad=None, weights=None) -> (loss, n_correct)``; ``grad`` (OUT) gets
     d loss / d out; ``weights`` (n,) are per-sample weights in the model dtype, or None."""
@@ -68,9 +105,7 @@ class Loss:
         weighted loss with weight weights[i] * mask[i, t] per step (see the module docstring); ``n_correct``
         counts the real positions only.  `grad` (OUT) gets 0 at the masked steps."""
         n, steps = self._check_mask(out, mask)
-        w = mask.reshape(-1).astype(out.dtype)
-        if weights is not None:
-            w = (w.reshape(n, steps) * weights[:, None]).reshape(-1)
+        w = _step_weights(mask, weights, out.dtype)
         rows = n * steps
         o = out.reshape(rows, -1)
         g = None if grad is None else grad.reshape(rows, -1)
@@ -221,24 +256,31 @@ class CrossEntropy(Loss):
     def masked(self, out, targets, mask, grad=None, weights=None):
         n, steps = self._check_mask(out, mask)
         k = out.shape[-1]
-        w = mask.reshape(-1).astype(out.dtype)
-        if weights is not None:
-            w = (w.reshape(n, steps) * weights[:, None]).reshape(-1)
+        w = _step_weights(mask, weights, out.dtype)
         o = out.reshape(-1, k)
-        per_step = o.shape[0] // max(n * steps, 1)          # positions per step (1 for (N, T, k))
+        rows = o.shape[0]
+        per_step = rows // max(n * steps, 1)          # positions per step (1 for (N, T, k))
         real = mask.reshape(-1)
-        if per_step != 1:
-            w, real = np.repeat(w, per_step), np.repeat(real, per_step)
+        if per_step != 1:      # each step's weight and mask over its positions (buffers, broadcast in place)
+            wp = _scratch("wpos", (rows,), w.dtype)
+            np.copyto(wp.reshape(n * steps, per_step), w[:, None])
+            rp = _scratch("rpos", (rows,), np.bool_)
+            np.copyto(rp.reshape(n * steps, per_step), real[:, None])
+            w, real = wp, rp
         g = None if grad is None else grad.reshape(-1, k)
-        pred = np.argmax(o, axis=1) if o.shape[0] else np.empty(0, np.intp)
         if targets.dtype.kind in "iu":
             lab = targets.reshape(-1)
             value, _ = _k.softmax_cross_entropy(o, lab, g, w)
         else:
             t = targets.reshape(o.shape)
             value, _ = _k.softmax_cross_entropy_soft(o, t, g, w)
-            lab = np.argmax(t, axis=1) if t.shape[0] else np.empty(0, np.intp)
-        return value, int(np.count_nonzero((pred == lab) & real))
+            lab = _argmax_rows(t, "tlab")
+        if not rows:
+            return value, 0
+        hit = _scratch("hit", (rows,), np.bool_)       # real positions whose argmax is the label
+        np.equal(_argmax_rows(o, "pred"), lab, out=hit)
+        np.logical_and(hit, real, out=hit)
+        return value, int(np.count_nonzero(hit))
 
 
 class BinaryCrossEntropy(Loss):
@@ -271,8 +313,13 @@ class BinaryCrossEntropy(Loss):
         value, _ = super().masked(out, targets, mask, grad, weights)
         n, steps = mask.shape
         o = out.reshape(n * steps, -1)
-        hit = (o > 0) == (targets.reshape(o.shape) > 0.5)
-        return value, int(np.count_nonzero(hit[mask.reshape(-1)]))
+        hit = _scratch("bhit", o.shape, np.bool_)          # real elements whose logit sign matches the target
+        tgt = _scratch("btgt", o.shape, np.bool_)
+        np.greater(o, 0, out=hit)
+        np.greater(targets.reshape(o.shape), 0.5, out=tgt)
+        np.equal(hit, tgt, out=hit)
+        np.logical_and(hit, mask.reshape(-1, 1), out=hit)
+        return value, int(np.count_nonzero(hit))
 
 
 class SampledSoftmax(CrossEntropy):

@@ -1,13 +1,18 @@
-"""Structured pruning: remove whole units (neurons) of a Dense layer, so that the network really gets smaller.
+"""Structured pruning: remove whole units (neurons) of a Dense layer, or filters (output channels) of a Conv2D /
+Conv1D layer, so that the network really gets smaller.
 
 ``fnn.prune.neurons(model, layer=..., amount=0.3, criterion="l2")`` returns a **new model** (the original is
-not changed) in which the chosen units of the Dense layer are gone:
+not changed) in which the chosen units of the layer are gone:
 
-* the layer's weight columns and bias entries (along each parameter's ``ParamSpec.unit_axis``); the layer may act
-  on the last axis of N-D data (a Dense on (N, T, F) sequences), whose other axes are positions;
+* the layer's weight columns and bias entries (along each parameter's ``ParamSpec.unit_axis``: a Dense weight's
+  columns, a convolution weight's last axis, its filters); the layer may act on the last axis of N-D data (a
+  Dense on (N, T, F) sequences, a convolution's (N, H, W, C) output), whose other axes are positions;
 * the per-feature parameters and running statistics of the BatchNorm / LayerNorm layers between it and the next
-  Dense layer (activation layers and Dropout in between have nothing to prune);
-* the matching rows of the next Dense layer's weight;
+  layer with weights (activation layers, Dropout, and the channel-preserving pooling layers in between have
+  nothing to prune; a ``Flatten`` in between turns channel c of an (H, W, C) output into the features
+  c, c + C, c + 2C, ... of its channels-last flattening, and those go);
+* the matching inputs of that next layer: the rows of a Dense weight (after a Flatten: the rows of the removed
+  channels at every position), or the C_in axis (axis -2) of a following Conv2D / Conv1D weight;
 * the optimizer state (momentum, Adam's moments, ...) of all of these, and its step count, so training goes on
   exactly as for a model built at the smaller size with the same weights and state.
 
@@ -20,17 +25,25 @@ Criteria (the units with the lowest score go):
 | criterion | score of a unit | needs X |
 |---|---|---|
 | ``"l2"`` | L2 norm of its incoming weights (its column of ``weight``) | no |
-| ``"activation"`` | mean absolute value of its activation over X, every sample and position (inference mode) | yes |
-| ``"dead"`` | removes every unit whose ReLU output is 0 for every sample of X (``amount`` is not used) | yes |
+| ``"activation"`` | mean absolute value of its activation over X, every sample and position (inference mode); with a mask on the layer's input (Embedding(mask_zero=True), Masking), its real steps only | yes |
+| ``"dead"`` | removes every unit whose ReLU output is 0 for every sample of X, masked steps included (``amount`` is not used) | yes |
+
+For a convolution a unit is a channel: its score sums (l2) or averages (activation) over every position, and it
+is dead when its ReLU output is 0 at every position of every sample.
 
 Removing dead units does not change the predictions: a dead unit sends a constant to the next layer (0, or,
 with a BatchNorm after the ReLU, that layer's constant output), and a non-zero constant is folded into the next
-layer's bias.  (A LayerNorm in between normalizes over the remaining units, so there the outputs change.)
+layer's bias (a Dense's, or an unpadded convolution's: a padded one sees the constant only inside the image, so
+there a non-zero constant is refused, as it is for a next layer without a bias).  (A LayerNorm in between
+normalizes over the remaining units, so there the outputs change.)
 
-Refused with ValueError naming the layer: a layer that is not Dense, the output layer, and a layer whose units
-feed anything else than a chain of activation / Dropout / BatchNorm / LayerNorm layers ending in one Dense
-layer -- Add, Concatenate, Residual, Softmax, or a tensor used by several layers -- since its units could not be
-removed consistently there.
+Refused with ValueError naming the layer: a layer that is not Dense / Conv1D / Conv2D, the output layer, a
+convolution with ``groups > 1`` or one followed by a convolution with ``groups > 1`` (the groups split the
+channels evenly; removing some would leave groups of different sizes, and removing whole groups would cascade
+into the layers after), and a layer whose units feed anything else than a chain of activation / Dropout /
+BatchNorm / LayerNorm / pooling / Flatten layers ending in one Dense or convolution layer -- Add, Concatenate,
+Residual, Softmax, Reshape, Permute, or a tensor used by several layers -- since its units could not be removed
+consistently there.
 """
 import numpy as np
 
@@ -62,13 +75,59 @@ def _resolve(model, layer, owner):
     raise ValueError(f"{owner}: layer must be a layer of the model, its name or its index, got {layer!r}")
 
 
+def _types(*names):
+    """The classes of fastnn.layers among `names` (a tuple for isinstance)."""
+    from fastnn import layers
+    return tuple(getattr(layers, n) for n in names if hasattr(layers, n))
+
+
+def _convs():
+    return _types("Conv1D", "Conv2D")
+
+
+# layers that keep the channel axis (the last) as it is: the pooling layers, over positions only
+_POOLS = ("MaxPool1D", "MaxPool2D", "AvgPool1D", "AvgPool2D", "GlobalAveragePooling1D", "GlobalAveragePooling2D",
+          "GlobalMaxPooling1D", "GlobalMaxPooling2D")
+
+
+def n_units(layer):
+    """The number of units of a prunable layer: a Dense's ``units``, a convolution's ``filters``."""
+    return layer.filters if isinstance(layer, _convs()) else layer.units
+
+
+def _repeat(model, chain):
+    """{node: how many positions its last axis holds per channel}: 1, but after a Flatten the product of the
+    positions it flattened (its features are position * C + channel, channels-last)."""
+    from fastnn.layers import Flatten
+    rep, out = 1, {}
+    for j in chain:
+        L = model.layers[j]
+        if isinstance(L, Flatten):
+            rep *= int(np.prod(L.input_shape[:-1], dtype=np.int64))
+        out[j] = rep
+    return out
+
+
+def _features(keep, units, rep):
+    """The last-axis indices of the kept channels `keep` (of `units`) at a node holding `rep` positions per
+    channel: keep, keep + units, keep + 2 units, ... (channels-last flattening)."""
+    return (np.arange(rep)[:, None] * units + np.asarray(keep)[None, :]).ravel()
+
+
 def _chain(model, i, owner):
-    """(chain, nxt): the node indices between node i and the next Dense (exclusive), and that Dense's index."""
-    from fastnn.layers import Activation, BatchNorm, Dense, Dropout, LayerNorm, Softmax
+    """(chain, nxt): the node indices between node i and the next Dense or convolution (exclusive), and that
+    layer's index."""
+    from fastnn.layers import Activation, BatchNorm, Dense, Dropout, Flatten, LayerNorm, Softmax
     plan = model.graph.nodes
     name = plan[i][0].name
-    if not isinstance(plan[i][0], Dense):
-        raise ValueError(f"{owner}: layer {name} is a {type(plan[i][0]).__name__}; only Dense units can be pruned")
+    convs = _convs()
+    if not isinstance(plan[i][0], (Dense,) + convs):
+        raise ValueError(f"{owner}: layer {name} is a {type(plan[i][0]).__name__}; only Dense units and Conv1D / "
+                         "Conv2D filters can be pruned")
+    if isinstance(plan[i][0], convs) and plan[i][0].groups != 1:
+        raise ValueError(f"{owner}: cannot prune layer {name}: it has groups={plan[i][0].groups}, whose filters "
+                         "are split evenly among the groups; removing some would leave groups of different sizes")
+    passing = (Dropout, BatchNorm, LayerNorm, Flatten) + _types(*_POOLS)
     chain, cur = [], i
     while True:
         if cur == len(plan) - 1:
@@ -80,21 +139,27 @@ def _chain(model, i, owner):
                              "multi-input layer), which cannot be pruned consistently")
         nxt = cons[0]
         L = plan[nxt][0]
-        if isinstance(L, Dense):
+        if isinstance(L, convs) and L.groups != 1:
+            raise ValueError(f"{owner}: cannot prune layer {name}: its channels feed {L.name} ({type(L).__name__} "
+                             f"with groups={L.groups}), whose input channels are split evenly among the groups; "
+                             "removing some would leave groups of different sizes")
+        if isinstance(L, (Dense,) + convs):
+            if isinstance(L, convs) and any(isinstance(plan[j][0], Flatten) for j in chain):
+                raise ValueError(f"{owner}: cannot prune layer {name}: a Flatten lies between it and {L.name}")
             return chain, nxt
-        if (isinstance(L, Activation) and not isinstance(L, Softmax)) or isinstance(L, (Dropout, BatchNorm,
-                                                                                         LayerNorm)):
+        if (isinstance(L, Activation) and not isinstance(L, Softmax)) or isinstance(L, passing):
             chain.append(nxt)
             cur = nxt
             continue
         raise ValueError(f"{owner}: cannot prune layer {name}: its units feed {L.name} ({type(L).__name__}), "
-                         "which cannot be pruned consistently (only activation, Dropout, BatchNorm and LayerNorm "
-                         "layers may lie between it and the next Dense layer)")
+                         "which cannot be pruned consistently (only activation, Dropout, BatchNorm, LayerNorm, "
+                         "pooling and Flatten layers may lie between it and the next Dense or convolution layer)")
 
 
-def _scan(model, X, point, relu, end, batch_size):
+def _scan(model, X, point, relu, end, batch_size, units):
     """One inference pass over X: per-unit mean |value| at node `point`, the ReLU counters of node `relu`
-    (or None), and per-unit min / max at node `end` (the input of the next Dense)."""
+    (or None), and per-feature min / max at node `end` (the input of the next Dense / convolution).  A unit is
+    a channel: its values at every position (also those a Flatten moved onto the last axis) count."""
     from fastnn import diagnostics as _diag
     X = model.trainer.check_X(X, "prune.neurons")
     n = X.shape[0]
@@ -108,9 +173,13 @@ def _scan(model, X, point, relu, end, batch_size):
     try:
         for start in range(0, n, batch_size):
             model.engine.forward(X[start:start + batch_size], False)
-            # units are on the last axis (channels-last): every other axis is a sample, a step or a pixel
+            # units are on the last axis (channels-last): every other axis is a sample, a step or a pixel, and
+            # after a Flatten the last axis is (position, channel) with the channel fastest
             v = model.engine.values[point]
-            v = v.reshape(-1, v.shape[-1])
+            mk = model.engine.masks[point] if model.graph.has_masks else None
+            if mk is not None:       # a masked sequence: score the real steps only (padding says nothing)
+                v = v.reshape(mk.size, -1, v.shape[-1])[mk.reshape(-1)]
+            v = v.reshape(-1, units)
             rows += v.shape[0]
             s = np.abs(v).sum(axis=0, dtype=np.float64)
             absum = s if absum is None else absum + s
@@ -121,7 +190,7 @@ def _scan(model, X, point, relu, end, batch_size):
         counts = None
         if counters is not None:
             buf = counters.buffers.get(plan_layers[relu])
-            counts = buf.sum(axis=0)
+            counts = buf.sum(axis=0).reshape(-1, units).sum(axis=0)
     finally:
         if counters is not None:
             counters.close()
@@ -136,11 +205,11 @@ def select(model, layer, amount=None, criterion="l2", X=None, batch_size=1024):
 
 def _plan_pruning(model, layer, amount, criterion, X, batch_size):
     owner = "prune.neurons"
-    from fastnn.layers import Activation, Dense
+    from fastnn.layers import Activation
     i = _resolve(model, layer, owner)
     chain, nxt = _chain(model, i, owner)
     L = model.layers[i]
-    name, units = L.name, L.units
+    name, units = L.name, n_units(L)
     if not isinstance(criterion, str) or criterion not in _CRITERIA:
         raise ValueError(f"{owner}: criterion must be one of {_CRITERIA}, got {criterion!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -181,7 +250,7 @@ def _plan_pruning(model, layer, amount, criterion, X, batch_size):
                 raise ValueError(f"{owner}: criterion 'dead' needs a ReLU after layer {name} (its activation or a "
                                  "ReLU layer before the next Dense)")
         end = chain[-1] if chain else i
-        scores, counts, lo, hi = _scan(model, X, point, relu, end, batch_size)
+        scores, counts, lo, hi = _scan(model, X, point, relu, end, batch_size, units)
         if criterion == "dead":
             dead = np.flatnonzero(counts == 0)
             if dead.size >= units:
@@ -189,17 +258,19 @@ def _plan_pruning(model, layer, amount, criterion, X, batch_size):
                                  "to nothing")
             const = np.where(lo == hi, lo, 0.0).astype(np.float64)
             fold = const
+            _check_fold(model, i, chain, nxt, dead, fold, owner)
             return np.sort(dead), (i, chain, nxt, fold)
     order = np.argsort(scores, kind="stable")
     return np.sort(order[:k]), (i, chain, nxt, fold)
 
 
 def neurons(model, layer, amount=None, criterion="l2", X=None, batch_size=1024):
-    """Remove units of a Dense layer; return the smaller model (a new one; `model` is not changed).
+    """Remove units of a Dense layer (filters of a Conv1D / Conv2D layer); return the smaller model (a new one;
+    `model` is not changed).
 
     Args:
         model: a built Model or Sequential.
-        layer: the Dense layer, its name, or its index in ``model.layers``.
+        layer: the Dense / Conv1D / Conv2D layer, its name, or its index in ``model.layers``.
         amount: the fraction of the layer's units to remove (a float in [0, 1), rounded to a count; default
             0.3), or an int count.  Not used with criterion "dead".
         criterion: "l2", "activation" or "dead" (see the module docstring).
@@ -208,7 +279,7 @@ def neurons(model, layer, amount=None, criterion="l2", X=None, batch_size=1024):
     Raises ValueError naming the layer when it cannot be pruned consistently, and for bad arguments.
     """
     remove, (i, chain, nxt, fold) = _plan_pruning(model, layer, amount, criterion, X, batch_size)
-    units = model.layers[i].units
+    units = n_units(model.layers[i])
     keep = np.setdiff1d(np.arange(units), remove)
     return _rebuild(model, i, chain, nxt, keep, remove, fold)
 
@@ -218,10 +289,59 @@ def _unit_axes(layer):
     return {spec.name: spec.unit_axis for spec in layer.param_specs()}
 
 
+def _in_axis(layer):
+    """The axis of the next layer's weight that indexes its input features: a Dense's rows, a convolution's C_in
+    (the one before the filters)."""
+    return layer.params["weight"].ndim - 2
+
+
+def _pads(layer):
+    """Whether a convolution pads its input (then a constant channel's contribution varies at the borders)."""
+    p = layer.padding
+    if isinstance(p, str):
+        return p != "valid"
+    return bool(np.any(np.asarray(p) != 0))
+
+
+def _fold_bias(model, nxt, remove, fold, units, rep):
+    """The next layer's bias change (float64, (n_out,)) that stands for the constant values `fold` (per
+    feature of its input, `rep` positions per channel) of the removed units, or None when they are all 0."""
+    feats = _features(remove, units, rep)
+    c = fold[feats]
+    if not np.any(c != 0):
+        return None
+    W = model.layers[nxt].params["weight"].astype(np.float64)
+    W = np.take(W, feats, axis=_in_axis(model.layers[nxt]))
+    # every tap of an unpadded convolution sees the constant: its sum over the taps
+    return np.tensordot(c, W.reshape((-1,) + W.shape[-2:]).sum(axis=0), axes=1) if W.ndim > 2 else c @ W
+
+
+def _check_fold(model, i, chain, nxt, remove, fold, owner):
+    """Refuse a removal of dead units whose constant output cannot be folded into the next layer's bias."""
+    nl = model.layers[nxt]
+    units = n_units(model.layers[i])
+    rep = _repeat(model, chain).get(chain[-1], 1) if chain else 1
+    c = fold[_features(remove, units, rep)]
+    if not np.any(c != 0):
+        return
+    if not nl.use_bias:
+        raise ValueError(f"{owner}: cannot remove the dead units of layer {model.layers[i].name}: they send a "
+                         f"non-zero constant to {nl.name}, which has no bias to fold it into")
+    if isinstance(nl, _convs()) and _pads(nl):
+        raise ValueError(f"{owner}: cannot remove the dead units of layer {model.layers[i].name}: they send a "
+                         f"non-zero constant to {nl.name}, whose padding ({nl.padding!r}) lets the constant reach "
+                         "only part of each window at the borders, so no bias can stand for it")
+
+
 def _rebuild(model, i, chain, nxt, keep, remove, fold):
     from fastnn import io as _io
     header, arrays = _io.snapshot(model, include_optimizer=True, owner="prune.neurons")
-    header["model"]["nodes"][i]["config"]["units"] = int(keep.size)
+    cfg = header["model"]["nodes"][i]["config"]
+    cfg["filters" if "filters" in cfg else "units"] = int(keep.size)
+    units = n_units(model.layers[i])
+    rep = _repeat(model, chain)
+    end_rep = rep[chain[-1]] if chain else 1
+    in_axis = _in_axis(model.layers[nxt])
     chain = set(chain)
     axes = {j: _unit_axes(model.layers[j]) for j in chain | {i}}
     out = {}
@@ -235,17 +355,17 @@ def _rebuild(model, i, chain, nxt, keep, remove, fold):
             out[key] = a
             continue
         if node == i or node in chain:
-            # along the parameter's unit axis (ParamSpec.unit_axis); buffers (running statistics) are per unit
-            a = np.take(a, keep, axis=axes[node].get(pname, 0))
-        elif node == nxt and pname == "weight":        # the next Dense layer's rows: its input features
-            a = a[keep, :]
+            # along the parameter's unit axis (ParamSpec.unit_axis); buffers (running statistics) are per unit;
+            # after a Flatten, the kept channels at every position
+            a = np.take(a, _features(keep, units, rep.get(node, 1)), axis=axes[node].get(pname, 0))
+        elif node == nxt and pname == "weight":        # the next layer's inputs: Dense rows, a convolution's C_in
+            a = np.take(a, _features(keep, units, end_rep), axis=in_axis)
         out[key] = np.ascontiguousarray(a)
     nxt_layer = model.layers[nxt]
     if fold is not None and remove.size and nxt_layer.use_bias:
-        c = fold[remove]
-        if np.any(c != 0):
-            W = nxt_layer.params["weight"].astype(np.float64)
-            b = out[f"param/{nxt}/bias"].astype(np.float64) + c @ W[remove, :]
+        db = _fold_bias(model, nxt, remove, fold, units, end_rep)
+        if db is not None:
+            b = out[f"param/{nxt}/bias"].astype(np.float64) + db
             out[f"param/{nxt}/bias"] = b.astype(out[f"param/{nxt}/bias"].dtype)
     new = _io.build(header, out, compile=True)
     if model.loss is not None:

@@ -270,3 +270,45 @@ def test_warning_points_at_the_fit_call(digits):
     with pytest.warns(TrainingHealthWarning) as rec:
         _dead_relu().fit(X, y, epochs=1, batch_size=200, diagnostics=True)
     assert all(w.filename == __file__ for w in rec)
+
+
+def test_saturation_of_an_nd_dense_counts_every_position():
+    """A Dense on (N, T, F): each (sample, position, unit) output is one count of the saturated fraction."""
+    L = fnn.layers
+    model = fnn.Sequential([L.Dense(6, activation="tanh"), L.Flatten(),
+                            L.Dense(2)], input_shape=(5, 4), seed=0, dtype="float64").compile("mse", "sgd")
+    rng = np.random.default_rng(0)
+    X, y = 3 * rng.standard_normal((30, 5, 4)), rng.standard_normal((30, 2))
+    d = model.diagnose(X, y, verbose=False)
+    Y = np.tanh(X @ model.layers[0].weight + model.layers[0].bias)
+    expected = float(np.mean(np.abs(Y) > 0.99))
+    assert 0.05 < expected < 0.95
+    assert d[model.layers[0].name]["saturated_fraction"] == pytest.approx(expected)
+
+
+def test_conv_channels_are_the_units_of_the_counters():
+    """A Conv2D(relu)'s unit is a channel, dead when 0 at every position of every sample; a Conv1D(tanh)'s
+    saturated fraction counts every (sample, position, channel); fit(diagnostics=True) reports both."""
+    L = fnn.layers
+    model = fnn.Sequential([L.Conv2D(8, 3, padding="same", activation="relu"), L.MaxPool2D(2), L.Flatten(),
+                            L.Dense(3)], input_shape=(6, 6, 2), seed=0, dtype="float64").compile("cross_entropy",
+                                                                                                 "sgd")
+    b = model.layers[0].bias.copy()
+    b[[0, 3, 5]] = -1e4
+    model.layers[0].bias = b
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((20, 6, 6, 2)), np.arange(20) % 3
+    d = model.diagnose(X, y, verbose=False)
+    assert d[model.layers[0].name]["dead_fraction"] == pytest.approx(3 / 8)
+    hist = model.fit(X, y, epochs=1, batch_size=10, diagnostics=True)
+    assert hist.history["diagnostics"][-1][model.layers[0].name]["dead_fraction"] >= 3 / 8
+    assert model.layers[0]._act_counts is None
+
+    seq = fnn.Sequential([L.Conv1D(5, 3, padding="causal", activation="tanh"), L.GlobalAveragePooling1D(),
+                          L.Dense(2)], input_shape=(7, 3), seed=1, dtype="float64").compile("mse", "sgd")
+    S, t = 3 * rng.standard_normal((16, 7, 3)), rng.standard_normal((16, 2))
+    d = seq.diagnose(S, t, verbose=False)
+    Y = seq.layers[0].forward(S, False)
+    expected = float(np.mean(np.abs(Y) > 0.99))
+    assert 0.05 < expected < 0.95
+    assert d[seq.layers[0].name]["saturated_fraction"] == pytest.approx(expected)

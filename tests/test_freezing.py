@@ -355,8 +355,14 @@ def _instances():
             out.append(L.Permute((2, 1)))
         elif cls is Dense:
             out.append(Dense(3))
+        elif cls in (L.SimpleRNN, L.LSTM, L.GRU):
+            out.append(cls(3))
+        elif cls is L.Bidirectional:
+            out.append(L.Bidirectional(L.LSTM(3)))
         elif cls is L.Embedding:
             out.append(L.Embedding(4, 3))
+        elif cls in (L.Conv1D, L.Conv2D):
+            out.append(cls(3, 2))
         else:
             out.append(cls())
     return out

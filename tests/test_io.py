@@ -83,9 +83,29 @@ def _pooling_graph():
     return fnn.Model(x, L.Dense(3)(h), seed=8, name="pooling-graph")
 
 
+def _conv_sequential():
+    """Conv1D (causal) and Conv2D (explicit asymmetric padding) between reshapes: (n, 5) -> (n, 3)."""
+    L = fnn.layers
+    return fnn.Sequential([
+        L.Reshape((5, 1)), L.Conv1D(4, 3, padding="causal", dilation_rate=2, activation="relu"),
+        L.Reshape((5, 4, 1)), L.Conv2D(2, (2, 3), padding=((1, 0), (0, 2)), activation="tanh", use_bias=False),
+        L.Flatten(), L.Dense(3)], input_dim=5, seed=8, name="conv-seq")
+
+
+def _recurrent_sequential():
+    """(n, 5) -> (n, 5, 1) sequences -> SimpleRNN, bidirectional GRU, GRU, LSTM (last state) -> (n, 3)."""
+    L = fnn.layers
+    return fnn.Sequential([
+        L.Reshape((5, -1)), L.SimpleRNN(4, activation="relu", return_sequences=True),
+        L.Bidirectional(L.GRU(3, return_sequences=True, go_backwards=True), merge_mode="sum"),
+        L.GRU(3, return_sequences=True), L.LSTM(4),
+        L.Dense(3)], input_dim=5, seed=8, name="recurrent-seq")
+
+
 CASES = (list(_dense_models()) + list(_activation_layer_models()) +
          [("functional-model", _graph_model), ("deep-sequential", _deep_sequential), ("deep-graph", _deep_graph),
-          ("nd-sequential", _nd_sequential), ("pooling-graph", _pooling_graph)])
+          ("nd-sequential", _nd_sequential), ("pooling-graph", _pooling_graph),
+          ("conv-sequential", _conv_sequential), ("recurrent-sequential", _recurrent_sequential)])
 
 
 def test_every_registered_layer_is_covered():

@@ -219,3 +219,159 @@ def test_pruning_a_per_step_dense_keeps_the_predictions_of_dead_units():
     np.testing.assert_array_equal(small.layers[0].weight, dense.weight[:, keep])
     st = small.optimizer.state["exp_avg"]
     assert st.shape == small.parameters.shape
+
+
+def test_pruning_through_a_flatten_takes_the_channel_at_every_position():
+    """Units before a Flatten are channels of a (T, C) output: the next Dense loses rows c, c + C, c + 2C, ...
+    (channels-last flattening), a BatchNorm after the Flatten loses the same features, and a dead unit's
+    non-zero constant (ReLU -> BatchNorm) is folded into the next bias: the same predictions."""
+    model = fnn.Sequential([L.Dense(8, activation="relu"), L.BatchNorm(), L.Flatten(), L.Dropout(0.1),
+                            L.BatchNorm(), L.Dense(3)], input_shape=(5, 6), seed=0, dtype="float64")
+    model.compile("mse", "adam")
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 5, 6))
+    model.fit(X, rng.standard_normal((40, 3)), epochs=2, batch_size=8)
+    b = model.layers[0].bias.copy()
+    b[[1, 4, 6]] = -1e3
+    model.layers[0].bias = b
+    assert np.array_equal(fnn.prune.select(model, 0, criterion="dead", X=X), [1, 4, 6])
+    small = fnn.prune.neurons(model, 0, criterion="dead", X=X)
+    keep = np.array([0, 2, 3, 5, 7])
+    feats = (np.arange(5)[:, None] * 8 + keep).ravel()
+    assert small.layers[0].weight.shape == (6, 5) and small.layers[1].params["weight"].shape == (5,)
+    assert small.layers[4].params["weight"].shape == (25,) and small.layers[4].buffers["running_var"].shape == (25,)
+    np.testing.assert_array_equal(small.layers[4].buffers["running_mean"],
+                                  model.layers[4].buffers["running_mean"][feats])
+    np.testing.assert_array_equal(small.layers[5].weight, model.layers[5].weight[feats])
+    assert not np.array_equal(small.layers[5].bias, model.layers[5].bias)        # the constants were folded
+    np.testing.assert_allclose(small.predict(X), model.predict(X), rtol=1e-12, atol=1e-12)
+    # by norm: the same features go from the optimizer state
+    pruned = fnn.prune.neurons(model, 0, amount=2)
+    gone = fnn.prune.select(model, 0, amount=2)
+    kept = (np.arange(5)[:, None] * 8 + np.setdiff1d(np.arange(8), gone)).ravel()
+    np.testing.assert_array_equal(pruned.layers[5].weight, model.layers[5].weight[kept])
+    assert pruned.optimizer.state["exp_avg"].shape == pruned.parameters.shape
+
+
+def test_a_dead_constant_without_a_bias_to_fold_into_is_refused():
+    model = fnn.Sequential([L.Dense(4, activation="relu"), L.BatchNorm(), L.Dense(2, use_bias=False)],
+                           input_dim=3, seed=0, dtype="float64")
+    b = model.layers[0].bias.copy()
+    b[0] = -1e3
+    model.layers[0].bias = b
+    model.layers[1].params["bias"][0] = 0.5           # the dead unit sends 0.5 on
+    X = np.random.default_rng(1).standard_normal((20, 3))
+    with pytest.raises(ValueError, match="dense_.*no bias to fold"):
+        fnn.prune.neurons(model, 0, criterion="dead", X=X)
+
+
+# ------------------------------------------------------------------------------------------- convolutions
+def _images(n=24, shape=(8, 8, 2), seed=0):
+    return np.random.default_rng(seed).standard_normal((n,) + shape)
+
+
+def _kill(layer, filters):
+    """Make these filters of a ReLU layer dead on any input: a bias far below what the weights can reach."""
+    b = layer.bias.copy()
+    b[filters] = -1e4
+    layer.bias = b
+
+
+def _state(model, layer, pname, key):
+    row = model.table.row(layer, pname)
+    return model.table.view(model.optimizer.state[key], row)
+
+
+@pytest.mark.parametrize("bn_after_relu", [False, True])
+def test_dead_conv_filters_go_without_changing_predictions(bn_after_relu):
+    """Conv2D(relu) [-> BatchNorm] -> MaxPool2D -> Conv2D (valid): the dead filters' weights, the BatchNorm's
+    channels (parameters and running statistics), the next convolution's input channels and their optimizer
+    state go; predictions stay (a dead channel sends 0, or BatchNorm's constant, folded into the next bias)."""
+    mid = [L.BatchNorm()] if bn_after_relu else []
+    model = fnn.Sequential([L.Conv2D(8, 3, padding="same", activation="relu")] + mid +
+                           [L.MaxPool2D(2), L.Conv2D(5, 3, activation="relu"), L.Flatten(), L.Dense(3)],
+                           input_shape=(8, 8, 2), seed=0, dtype="float64")
+    model.compile("cross_entropy", fnn.optim.Adam(lr=1e-2))
+    X = _images()
+    y = np.arange(24) % 3
+    model.fit(X, y, epochs=2, batch_size=8)
+    conv, nxt = model.layers[0], model.layers[2 + len(mid)]
+    _kill(conv, [1, 4, 6])
+    assert np.array_equal(fnn.prune.select(model, 0, criterion="dead", X=X), [1, 4, 6])
+    small = fnn.prune.neurons(model, 0, criterion="dead", X=X)
+    keep = [0, 2, 3, 5, 7]
+    s_conv, s_nxt = small.layers[0], small.layers[2 + len(mid)]
+    assert s_conv.filters == 5 and s_conv.weight.shape == (3, 3, 2, 5) and s_nxt.weight.shape == (3, 3, 5, 5)
+    np.testing.assert_array_equal(s_conv.weight, conv.weight[..., keep])
+    np.testing.assert_array_equal(s_nxt.weight, nxt.weight[:, :, keep, :])
+    if bn_after_relu:
+        for name in ("running_mean", "running_var"):
+            np.testing.assert_array_equal(small.layers[1].buffers[name], model.layers[1].buffers[name][keep])
+        assert not np.array_equal(s_nxt.bias, nxt.bias)            # BatchNorm's constant was folded in
+    else:
+        np.testing.assert_array_equal(s_nxt.bias, nxt.bias)
+    for key in model.optimizer.state:
+        np.testing.assert_array_equal(_state(small, s_conv, "weight", key), _state(model, conv, "weight", key)[..., keep])
+        np.testing.assert_array_equal(_state(small, s_nxt, "weight", key),
+                                      _state(model, nxt, "weight", key)[:, :, keep, :])
+    np.testing.assert_allclose(small.predict(X), model.predict(X), rtol=1e-12, atol=1e-12)
+    assert small.count_params() < model.count_params()
+    small.fit(X, y, epochs=1, batch_size=8)                       # and it trains on
+
+
+def test_conv_filters_before_a_flatten_and_a_global_pooling():
+    """Conv2D -> ReLU -> Flatten -> Dense: the Dense loses rows c, c + F, c + 2F, ... of each removed filter c;
+    Conv2D -> GlobalAveragePooling2D -> Dense: rows c."""
+    X = _images(shape=(6, 6, 3))
+    flat = fnn.Sequential([L.Conv2D(4, 3), L.ReLU(), L.Dropout(0.2), L.Flatten(), L.Dense(2)],
+                          input_shape=(6, 6, 3), seed=1, dtype="float64").compile("mse", "sgd")
+    _kill(flat.layers[0], [2])
+    small = fnn.prune.neurons(flat, 0, criterion="dead", X=X)
+    rows = (np.arange(16)[:, None] * 4 + np.array([0, 1, 3])).ravel()
+    np.testing.assert_array_equal(small.layers[4].weight, flat.layers[4].weight[rows])
+    np.testing.assert_allclose(small.predict(X), flat.predict(X), rtol=1e-12, atol=1e-12)
+    gap = fnn.Sequential([L.Conv2D(6, 3, padding="same", activation="relu"), L.GlobalAveragePooling2D(),
+                          L.Dense(2)], input_shape=(6, 6, 3), seed=2, dtype="float64").compile("mse", "sgd")
+    remove = fnn.prune.select(gap, 0, amount=0.5)
+    norms = np.sqrt((gap.layers[0].weight ** 2).sum(axis=(0, 1, 2)))
+    np.testing.assert_array_equal(remove, np.sort(np.argsort(norms)[:3]))       # l2 over every tap and channel
+    keep = np.setdiff1d(np.arange(6), remove)
+    small = fnn.prune.neurons(gap, 0, amount=0.5)
+    np.testing.assert_array_equal(small.layers[2].weight, gap.layers[2].weight[keep])
+    # activation criterion: a channel's mean |output| over every sample and position
+    act = np.abs(gap.layers[0].forward(X, False)).mean(axis=(0, 1, 2))
+    np.testing.assert_array_equal(fnn.prune.select(gap, 0, amount=2, criterion="activation", X=X),
+                                  np.sort(np.argsort(act)[:2]))
+
+
+def test_conv1d_filters_and_the_next_conv1d():
+    X = _images(shape=(10, 3))
+    model = fnn.Sequential([L.Conv1D(6, 3, activation="relu"), L.MaxPool1D(2), L.Conv1D(4, 2),
+                            L.GlobalMaxPooling1D(), L.Dense(2)], input_shape=(10, 3), seed=0, dtype="float64")
+    model.compile("mse", "adam")
+    _kill(model.layers[0], [0, 5])
+    small = fnn.prune.neurons(model, 0, criterion="dead", X=X)
+    assert small.layers[0].weight.shape == (3, 3, 4) and small.layers[2].weight.shape == (2, 4, 4)
+    np.testing.assert_array_equal(small.layers[2].weight, model.layers[2].weight[:, [1, 2, 3, 4], :])
+    np.testing.assert_allclose(small.predict(X), model.predict(X), rtol=1e-12, atol=1e-12)
+
+
+def test_conv_pruning_refusals_name_the_layer():
+    X = _images(shape=(6, 6, 4))
+    grouped = fnn.Sequential([L.Conv2D(4, 3, groups=2, name="grouped"), L.Conv2D(4, 1, groups=4, name="dw"),
+                              L.Flatten(), L.Dense(2)], input_shape=(6, 6, 4), seed=0)
+    with pytest.raises(ValueError, match="grouped.*groups=2"):
+        fnn.prune.neurons(grouped, "grouped", amount=1)
+    plain = fnn.Sequential([L.Conv2D(4, 3, name="c1"), L.Conv2D(4, 1, groups=4, name="dw"), L.Flatten(),
+                            L.Dense(2)], input_shape=(6, 6, 4), seed=0)
+    with pytest.raises(ValueError, match="c1.*dw.*groups=4"):
+        fnn.prune.neurons(plain, "c1", amount=1)
+    # a dead channel's non-zero constant cannot be folded into a padded convolution
+    padded = fnn.Sequential([L.Conv2D(4, 3, activation="relu", name="c1"), L.BatchNorm(),
+                             L.Conv2D(3, 3, padding="same", name="c2"), L.Flatten(), L.Dense(2)],
+                            input_shape=(6, 6, 4), seed=0, dtype="float64")
+    _kill(padded.layers[0], [1])
+    padded.layers[1].params["bias"][1] = 0.5
+    with pytest.raises(ValueError, match="c1.*c2.*padding"):
+        fnn.prune.neurons(padded, "c1", criterion="dead", X=X)
+    assert fnn.prune.neurons(padded, "c1", amount=1).layers[2].weight.shape == (3, 3, 3, 3)   # by norm: fine

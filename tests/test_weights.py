@@ -72,9 +72,24 @@ def _pooling():
     return fnn.Model(x, Dense(3)(h), seed=8, name="pooling")
 
 
+def _conv():
+    """(n, 5) -> a sequence through Conv1D -> an image through Conv2D -> Flatten -> (n, 3)."""
+    return fnn.Sequential([L.Reshape((5, 1)), L.Conv1D(4, 3, padding="same", activation="relu"),
+                           L.Reshape((5, 4, 1)), L.Conv2D(2, 2, padding="same"), L.Flatten(), Dense(3)],
+                          input_dim=5, seed=8)
+
+
+def _recurrent():
+    """(n, 5) -> (n, 5, 1) sequences -> SimpleRNN, bidirectional LSTM, LSTM, GRU (last state) -> (n, 3)."""
+    return fnn.Sequential([L.Reshape((5, -1)), L.SimpleRNN(4, return_sequences=True),
+                           L.Bidirectional(L.LSTM(3, return_sequences=True)), L.LSTM(3, return_sequences=True),
+                           L.GRU(4), Dense(3)],
+                          input_dim=5, seed=8)
+
+
 CASES = [("mlp", _mlp), ("mlp-float64", lambda: _mlp("float64")), ("activations", _activation_chain),
          ("norm-dropout", _norm_dropout), ("residual", _residual), ("graph", _graph), ("sequence", _sequence),
-         ("image", _image), ("pooling", _pooling)]
+         ("image", _image), ("pooling", _pooling), ("conv", _conv), ("recurrent", _recurrent)]
 IDS = [c[0] for c in CASES]
 
 

@@ -9,22 +9,25 @@ from fastnn.layers import pooling as _pooling
 from fastnn.layers.pooling import (MaxPool2D, AvgPool2D, MaxPool1D, AvgPool1D, GlobalMaxPooling2D,
                                    GlobalAveragePooling2D, GlobalMaxPooling1D, GlobalAveragePooling1D, MaxPooling2D,
                                    AveragePooling2D, MaxPooling1D, AveragePooling1D)
+from fastnn.layers.conv import Conv1D, Conv2D
 from fastnn.layers.merge import Add, Concatenate
 from fastnn.layers.normalization import BatchNorm, LayerNorm
 from fastnn.layers.dropout import Dropout
 from fastnn.layers.embedding import Embedding, Masking
 from fastnn.layers.residual import Residual, linear_decay, residual_stack
+from fastnn.layers.recurrent import SimpleRNN, LSTM, GRU, Bidirectional
 
 # class name -> class, for rebuilding layers from their configs (saving and loading models)
 REGISTRY = {**_activations.CLASSES, **_pooling.CLASSES,
             **{cls.__name__: cls for cls in (Dense, Flatten, Reshape, Permute, Add, Concatenate, BatchNorm, LayerNorm,
-                                             Dropout, Residual, Embedding, Masking)}}
+                                             Dropout, Residual, Embedding, Masking, Conv1D, Conv2D,
+                                             SimpleRNN, LSTM, GRU, Bidirectional)}}
 
 __all__ = ["Layer", "ParamSpec", "Activation", "Identity", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax",
            "GELU", "SiLU", "ELU", "SELU", "Softplus", "Mish",
-           "Dense", "Flatten", "Reshape", "Permute", "Add", "Concatenate", "BatchNorm", "LayerNorm", "Dropout",
-           "Residual", "Embedding", "Masking",
-           "linear_decay", "residual_stack",
+           "Dense", "Conv1D", "Conv2D", "Flatten", "Reshape", "Permute", "Add", "Concatenate", "BatchNorm",
+           "LayerNorm", "Dropout", "Residual", "Embedding", "Masking",
+           "linear_decay", "residual_stack", "SimpleRNN", "LSTM", "GRU", "Bidirectional",
            "MaxPool2D", "AvgPool2D", "MaxPool1D", "AvgPool1D", "GlobalMaxPooling2D", "GlobalAveragePooling2D",
            "GlobalMaxPooling1D", "GlobalAveragePooling1D", "MaxPooling2D", "AveragePooling2D", "MaxPooling1D",
            "AveragePooling1D"]

@@ -660,7 +660,7 @@ class Trainer:
             loss, c = self.step(Xb, Tb, (epoch, b), Wb)
             mask = model.engine.output_mask_value() if masked else None
             if mask is not None:       # the batch weighs what its real steps weigh
-                ws, npred = self._mask_weight(mask, Wb, model.engine.output())
+                ws, npred = self._mask_weight(mask, Wb, model.engine.output(), model.engine)
                 total += loss if sums else loss * ws
                 wtotal += ws
                 predictions += npred
@@ -692,14 +692,18 @@ class Trainer:
             logs[met.name] = met.result()
         return logs
 
-    def _mask_weight(self, mask, Wb, out):
+    def _mask_weight(self, mask, Wb, out, engine):
         """(weight, predictions) of a batch with a masked output: the summed weights of its real steps (sample
-        weights, or 1 each) and the number of real positions the loss's accuracy counts."""
+        weights, or 1 each) and the number of real positions the loss's accuracy counts.  The weighted sum goes
+        through a float64 buffer of `engine` (the executor that ran the batch), so a batch makes no new array."""
         steps = int(np.count_nonzero(mask))
         if Wb is None:
             ws = float(steps)
         else:
-            ws = float(np.dot(mask.sum(axis=1, dtype=np.float64), Wb.astype(np.float64)))
+            buf = engine.cached(("mask_weight", mask.shape), lambda: np.empty(mask.shape, dtype=np.float64))
+            buf.fill(0)
+            np.copyto(buf, Wb[:, None], where=mask)
+            ws = float(buf.sum())
         return ws, self.model.loss.n_predictions(steps, out.shape[2:])
 
     def _gather(self, X, T, W, sel):
@@ -767,7 +771,7 @@ class Trainer:
                 mask = engine.output_mask_value() if masked else None
                 if mask is not None:
                     loss, c = model.loss.masked(out, T[start:stop], mask, None, Wb)
-                    ws, npred = self._mask_weight(mask, Wb, out)
+                    ws, npred = self._mask_weight(mask, Wb, out, engine)
                     total += loss if model.loss.sums else loss * ws
                     wtotal += ws
                     predictions += npred

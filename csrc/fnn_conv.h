@@ -1,0 +1,225 @@
+/* fnn_conv.h: the data movement of the channels-last convolution (fastnn/_core/conv.pyx drives it and calls
+ * the BLAS), float and double from one macro template.
+ *
+ * Layout: X (N, H, W, C), weight (kh, kw, Cg, F) with Cg = C / G input channels per group, Z (N, OH, OW, F).
+ * An output pixel is a "row" r = (n * OH + oy) * OW + ox of the (N*OH*OW, F) output matrix; tap (ky, kx) of row
+ * r reads input pixel (oy*sh - pt + ky*dh, ox*sw - pl + kx*dw), zero outside the image (the padding).
+ *
+ * im2col of rows [r0, r1) writes a column tile laid out group-major, [G][R][kh][kw][Cg] (R = r1 - r0), so that
+ * group g's patch matrix is one (R, kh*kw*Cg) row-major block: the weight seen as (kh*kw*Cg, F) multiplies it
+ * (the group's F/G columns).  col2im is its adjoint: it adds a tile of the same layout into dX.
+ *
+ * Depthwise (Cg == 1, G == C, multiplier M = F / C): direct loops, no GEMM (a per-group GEMM would have
+ * K = kh*kw and N = M, far too small for a BLAS call); output channel f reads input channel f / M.
+ *
+ * Every function works on a row range and touches only its own outputs, so the caller splits ranges over
+ * threads; col2im and the depthwise backward add into dX, so their callers give each thread whole images. */
+#ifndef FNN_CONV_H
+#define FNN_CONV_H
+#include <stddef.h>
+#include <string.h>
+#include <pthread.h>
+#include <cblas.h>
+
+typedef struct {
+    ptrdiff_t N, H, W, C;        /* batch, input height, width, channels */
+    ptrdiff_t OH, OW, F;         /* output height, width, filters */
+    ptrdiff_t kh, kw;            /* kernel */
+    ptrdiff_t sh, sw;            /* strides */
+    ptrdiff_t dh, dw;            /* dilation */
+    ptrdiff_t pt, pl;            /* zero padding at the top and the left (bottom/right follow from OH, OW) */
+    ptrdiff_t G;                 /* groups */
+} fnn_conv_geom;
+
+/* Single-threaded BLAS while a parallel region of conv.pyx runs one GEMM per thread: OpenBLAS would otherwise
+ * thread each call again (through the OpenMP callback of fnn_threads.h: a nested team per thread, measured:
+ * every 256x32x288 sgemm inside a 2-thread region opened its own team).  The first caller in saves OpenBLAS's
+ * count and sets 1; the last one out restores it (a counter, so that concurrent callers, e.g. predict from
+ * several threads, cannot leave OpenBLAS at one thread).  A set costs ~0.01 us. */
+static pthread_mutex_t fnn_conv_blas_lock = PTHREAD_MUTEX_INITIALIZER;
+static int fnn_conv_blas_depth = 0;
+static int fnn_conv_blas_saved = 1;
+
+static void fnn_conv_blas_serial_begin(void) {
+    pthread_mutex_lock(&fnn_conv_blas_lock);
+    if (fnn_conv_blas_depth++ == 0) {
+        fnn_conv_blas_saved = scipy_openblas_get_num_threads();
+        if (fnn_conv_blas_saved != 1) scipy_openblas_set_num_threads(1);
+    }
+    pthread_mutex_unlock(&fnn_conv_blas_lock);
+}
+
+static void fnn_conv_blas_serial_end(void) {
+    pthread_mutex_lock(&fnn_conv_blas_lock);
+    if (--fnn_conv_blas_depth == 0 && fnn_conv_blas_saved != 1) scipy_openblas_set_num_threads(fnn_conv_blas_saved);
+    pthread_mutex_unlock(&fnn_conv_blas_lock);
+}
+
+/* gcc turns the gather's short copy loops into memmove calls (its loop-distribution pass), which cost more
+ * than the copies themselves for the 5-float spans of a first layer: off for the gather */
+#if defined(__GNUC__) && !defined(__clang__)
+#define FNN_CONV_NO_MEMCPY_IDIOM __attribute__((optimize("no-tree-loop-distribute-patterns")))
+#else
+#define FNN_CONV_NO_MEMCPY_IDIOM
+#endif
+
+/* the input pixel of tap (ky, kx) of output pixel (oy, ox); 0 if it lies in the padding */
+#define FNN_CONV_PIXEL(g, oy, ox, ky, kx, iy, ix)                                                         \
+    ptrdiff_t iy = (oy) * (g)->sh - (g)->pt + (ky) * (g)->dh;                                             \
+    ptrdiff_t ix = (ox) * (g)->sw - (g)->pl + (kx) * (g)->dw;                                             \
+    int inside = iy >= 0 && iy < (g)->H && ix >= 0 && ix < (g)->W;
+
+#define FNN_CONV_DEFS(T, SFX)                                                                             \
+/* d[0..n) = s[0..n): a plain loop for the short spans of the gather (a memcpy call per 5-float span of a        \
+ * first layer cost more than the copy); memcpy for long ones */                                        \
+FNN_CONV_NO_MEMCPY_IDIOM static inline void fnn_conv_copy##SFX(T *restrict d, const T *restrict s, ptrdiff_t n) {                 \
+    ptrdiff_t j;                                                                                          \
+    if (n >= 64) { memcpy(d, s, (size_t)n * sizeof(T)); return; }                                         \
+    for (j = 0; j + 4 <= n; j += 4) { d[j] = s[j]; d[j + 1] = s[j + 1]; d[j + 2] = s[j + 2]; d[j + 3] = s[j + 3]; } \
+    for (; j < n; j++) d[j] = s[j];                                                                       \
+}                                                                                                         \
+FNN_CONV_NO_MEMCPY_IDIOM static inline void fnn_conv_zero##SFX(T *d, ptrdiff_t n) {                                                \
+    ptrdiff_t j;                                                                                          \
+    if (n >= 64) { memset(d, 0, (size_t)n * sizeof(T)); return; }                                        \
+    for (j = 0; j < n; j++) d[j] = 0;                                                                     \
+}                                                                                                         \
+                                                                                                          \
+/* col (OUT, [G][R][kh][kw][Cg]) = the patches of output rows [r0, r1) of X, one run of pixels of an output \
+ * row at a time */                                                                                       \
+FNN_CONV_NO_MEMCPY_IDIOM static void fnn_conv_im2col##SFX(const fnn_conv_geom *g, const T *X, ptrdiff_t r0, ptrdiff_t r1, T *col) { \
+    const ptrdiff_t P = g->OH * g->OW, C = g->C, G = g->G, Cg = C / G, Kg = g->kh * g->kw * Cg;          \
+    const ptrdiff_t R = r1 - r0, kh = g->kh, kw = g->kw, H = g->H, W = g->W, sw = g->sw, dw = g->dw;       \
+    ptrdiff_t r = r0, ky, kx, q, c, j;                                                                    \
+    while (r < r1) {                                                                                      \
+        ptrdiff_t n = r / P, p = r - n * P, oy = p / g->OW, ox0 = p - oy * g->OW;                         \
+        ptrdiff_t run = g->OW - ox0 < r1 - r ? g->OW - ox0 : r1 - r;                                      \
+        const T *xn = X + n * H * W * C;                                                                  \
+        T *dst0 = col + (r - r0) * Kg;                                                                    \
+        for (ky = 0; ky < kh; ky++) {                                                                     \
+            ptrdiff_t iy = oy * g->sh - g->pt + ky * g->dh;                                               \
+            T *d = dst0 + ky * kw * Cg;                                                                   \
+            if (iy < 0 || iy >= H) {                                                                      \
+                for (j = 0; j < run; j++, d += Kg)                                                        \
+                    for (q = 0; q < G; q++) fnn_conv_zero##SFX(d + q * R * Kg, kw * Cg);                  \
+                continue;                                                                                 \
+            }                                                                                             \
+            const T *srow = xn + iy * W * C;                                                              \
+            for (j = 0; j < run; j++, d += Kg) {                                                          \
+                ptrdiff_t ix0 = (ox0 + j) * sw - g->pl;                                                   \
+                if (G == 1 && dw == 1 && ix0 >= 0 && ix0 + kw <= W) {   /* one span of kw*C inputs */    \
+                    fnn_conv_copy##SFX(d, srow + ix0 * C, kw * C);                                        \
+                    continue;                                                                             \
+                }                                                                                         \
+                for (kx = 0; kx < kw; kx++) {                                                             \
+                    ptrdiff_t ix = ix0 + kx * dw;                                                         \
+                    T *dk = d + kx * Cg;                                                                  \
+                    if (ix < 0 || ix >= W) {                                                              \
+                        for (q = 0; q < G; q++) fnn_conv_zero##SFX(dk + q * R * Kg, Cg);                  \
+                    } else if (G == 1) {                                                                  \
+                        fnn_conv_copy##SFX(dk, srow + ix * C, C);                                         \
+                    } else {                                                                              \
+                        const T *src = srow + ix * C;                                                     \
+                        for (q = 0; q < G; q++)                                                           \
+                            for (c = 0; c < Cg; c++) dk[q * R * Kg + c] = src[q * Cg + c];                \
+                    }                                                                                     \
+                }                                                                                         \
+            }                                                                                             \
+        }                                                                                                 \
+        r += run;                                                                                         \
+    }                                                                                                     \
+}                                                                                                         \
+                                                                                                          \
+/* dX (IN/OUT) += col2im(col): the adjoint of im2col over output rows [r0, r1) */                         \
+static void fnn_conv_col2im##SFX(const fnn_conv_geom *g, const T *col, ptrdiff_t r0, ptrdiff_t r1, T *dX) { \
+    const ptrdiff_t P = g->OH * g->OW, C = g->C, G = g->G, Cg = C / G, Kg = g->kh * g->kw * Cg;          \
+    const ptrdiff_t R = r1 - r0;                                                                          \
+    ptrdiff_t r, ky, kx, q, c;                                                                            \
+    for (r = r0; r < r1; r++) {                                                                           \
+        ptrdiff_t n = r / P, p = r - n * P, oy = p / g->OW, ox = p - oy * g->OW;                          \
+        T *dxn = dX + n * g->H * g->W * C;                                                                \
+        const T *src = col + (r - r0) * Kg;                                                               \
+        for (ky = 0; ky < g->kh; ky++) {                                                                  \
+            for (kx = 0; kx < g->kw; kx++, src += Cg) {                                                   \
+                FNN_CONV_PIXEL(g, oy, ox, ky, kx, iy, ix)                                                 \
+                if (!inside) continue;                                                                    \
+                T *dst = dxn + (iy * g->W + ix) * C;                                                      \
+                for (q = 0; q < G; q++) {                                                                 \
+                    T *d = dst + q * Cg;                                                                  \
+                    const T *s = src + q * R * Kg;                                                        \
+                    for (c = 0; c < Cg; c++) d[c] += s[c];                                                \
+                }                                                                                         \
+            }                                                                                             \
+        }                                                                                                 \
+    }                                                                                                     \
+}                                                                                                         \
+                                                                                                          \
+/* depthwise forward over rows [r0, r1): Z[r, f] = sum over taps of X[pixel, f / M] * Wt[tap, f] (no bias) */ \
+static void fnn_conv_dw_forward##SFX(const fnn_conv_geom *g, const T *X, const T *Wt, ptrdiff_t r0,      \
+                                     ptrdiff_t r1, T *Z) {                                                \
+    const ptrdiff_t P = g->OH * g->OW, C = g->C, F = g->F, M = F / C;                                     \
+    ptrdiff_t r, ky, kx, c, j;                                                                            \
+    for (r = r0; r < r1; r++) {                                                                           \
+        ptrdiff_t n = r / P, p = r - n * P, oy = p / g->OW, ox = p - oy * g->OW;                          \
+        const T *xn = X + n * g->H * g->W * C;                                                            \
+        T *z = Z + r * F;                                                                                 \
+        memset(z, 0, (size_t)F * sizeof(T));                                                              \
+        for (ky = 0; ky < g->kh; ky++) {                                                                  \
+            for (kx = 0; kx < g->kw; kx++) {                                                              \
+                FNN_CONV_PIXEL(g, oy, ox, ky, kx, iy, ix)                                                 \
+                if (!inside) continue;                                                                    \
+                const T *x = xn + (iy * g->W + ix) * C, *w = Wt + (ky * g->kw + kx) * F;                  \
+                if (M == 1) {                                                                             \
+                    for (c = 0; c < C; c++) z[c] += x[c] * w[c];                                          \
+                } else {                                                                                  \
+                    for (c = 0; c < C; c++)                                                               \
+                        for (j = 0; j < M; j++) z[c * M + j] += x[c] * w[c * M + j];                      \
+                }                                                                                         \
+            }                                                                                             \
+        }                                                                                                 \
+    }                                                                                                     \
+}                                                                                                         \
+                                                                                                          \
+/* depthwise backward over rows [r0, r1) (whole images when dX is given): dX[pixel, c] += sum_j              \
+ * dZ[r, cM+j] Wt[tap, cM+j] (dX NULL: skipped); dWt[tap, f] += X[pixel, f / M] dZ[r, f] */                \
+static void fnn_conv_dw_backward##SFX(const fnn_conv_geom *g, const T *X, const T *Wt, const T *dZ,     \
+                                      ptrdiff_t r0, ptrdiff_t r1, T *dX, T *dWt) {                        \
+    const ptrdiff_t P = g->OH * g->OW, C = g->C, F = g->F, M = F / C;                                     \
+    ptrdiff_t r, ky, kx, c, j;                                                                            \
+    for (r = r0; r < r1; r++) {                                                                           \
+        ptrdiff_t n = r / P, p = r - n * P, oy = p / g->OW, ox = p - oy * g->OW;                          \
+        const T *xn = X + n * g->H * g->W * C;                                                            \
+        const T *dz = dZ + r * F;                                                                         \
+        for (ky = 0; ky < g->kh; ky++) {                                                                  \
+            for (kx = 0; kx < g->kw; kx++) {                                                              \
+                FNN_CONV_PIXEL(g, oy, ox, ky, kx, iy, ix)                                                 \
+                if (!inside) continue;                                                                    \
+                ptrdiff_t o = (iy * g->W + ix) * C, t = (ky * g->kw + kx) * F;                            \
+                const T *x = xn + o, *w = Wt + t;                                                         \
+                T *dw = dWt + t;                                                                          \
+                if (M == 1) {                                                                             \
+                    for (c = 0; c < C; c++) dw[c] += x[c] * dz[c];                                        \
+                    if (dX != NULL) {                                                                     \
+                        T *dx = dX + n * g->H * g->W * C + o;                                             \
+                        for (c = 0; c < C; c++) dx[c] += dz[c] * w[c];                                    \
+                    }                                                                                     \
+                } else {                                                                                  \
+                    for (c = 0; c < C; c++)                                                               \
+                        for (j = 0; j < M; j++) dw[c * M + j] += x[c] * dz[c * M + j];                    \
+                    if (dX != NULL) {                                                                     \
+                        T *dx = dX + n * g->H * g->W * C + o;                                             \
+                        for (c = 0; c < C; c++) {                                                         \
+                            T s = 0;                                                                      \
+                            for (j = 0; j < M; j++) s += dz[c * M + j] * w[c * M + j];                    \
+                            dx[c] += s;                                                                   \
+                        }                                                                                 \
+                    }                                                                                     \
+                }                                                                                         \
+            }                                                                                             \
+        }                                                                                                 \
+    }                                                                                                     \
+}
+
+FNN_CONV_DEFS(float, _f)
+FNN_CONV_DEFS(double, _d)
+#undef FNN_CONV_DEFS
+#endif

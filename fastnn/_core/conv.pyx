@@ -1,0 +1,456 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True
+"""Convolution kernels (Conv2D, and Conv1D as a height-1 Conv2D), channels-last, float32 and float64.
+
+Shapes: X (N, H, W, C), weight (kh, kw, C/G, F) seen as the (kh*kw*C/G, F) matrix of the GEMMs, bias (F,),
+Z and Y (N, OH, OW, F): the output is the (N*OH*OW, F) matrix of "rows" (output pixels).  The data movement
+(im2col, col2im, the depthwise loops) is C in csrc/fnn_conv.h; this file validates every shape once per call,
+splits the work over threads, calls the BLAS and the fused bias + activation.
+
+Algorithm: tiled im2col + GEMM.  The rows are cut into tiles of R output pixels (a few hundred; R so that a
+tile's patch matrix, R x kh*kw*C, stays near FNN_CONV_TILE_BYTES); each thread takes a range of rows and, per
+tile, gathers the patches into its own scratch tile, multiplies it by the weight (one single-threaded GEMM per
+group: OpenBLAS is held at one thread inside the region, csrc/fnn_conv.h), then adds the bias and applies the
+activation on the tile while it is in cache.  Backward-to-weights: each thread owns whole images; per tile it
+gathers the patches again and accumulates dW += col^T.dZ into a private accumulator (the first thread's is dW
+itself; the others are summed into it at the end) and db += column sums.  Backward-to-data at stride 1 is
+itself a forward convolution (the same tiled code): of dZ with the kernel flipped in space and transposed to
+(kh, kw, F/G, C), padded (k-1)*d - p, so that its GEMMs have K = kh*kw*F/G and each dX row is written once.
+At stride > 1, per tile of the weights' pass, dcol = dZ.W^T overwrites the patch tile and is scatter-added
+into the thread's own images of dX (col2im), so no two threads write one dX row.
+Special cases: a 1x1, stride-1, unpadded, ungrouped convolution is the Dense GEMM on (N*H*W, C) with no
+gather; a depthwise convolution (C/G == 1) runs direct loops (a per-group GEMM would have K = kh*kw).
+
+Why (1-thread probes on the busy 2-core build machine, an Intel Xeon (AVX-512), float32, 3x3 conv 32->32 channels
+on 16x16 images, batch 32; load average 6-8 while measuring, so every number swings up to 2x): the tiled forward
+ran 47-71 GFLOP/s while a 1024^3 sgemm ran 46-74 in the same runs, and one untiled (8192 x 288).(288 x 32) sgemm,
+the GEMM of im2col over the whole batch before its gather is even counted, ran 45-49: tiles of patches that
+stay in cache beat the whole-batch column matrix.  Backward-to-weights ran 50-84.  Backward-to-data as
+dZ.W^T (K = 32) + col2im ran 13-24; as the transposed convolution, 21-69 (its pass alone 50-53 in the runs
+where the sgemm made 49-53).  OpenBLAS's kernels dispatch to the CPU at run time, while the wheel's own C is
+built for the baseline ISA (4 floats wide), so the arithmetic is left to the BLAS.
+"""
+from cython.parallel cimport prange
+from libc.stdint cimport int64_t
+from libc.string cimport memset
+
+from fastnn._core._common cimport floating
+from fastnn._core cimport _blas
+from fastnn._core.activations cimport act_forward, act_forward_counted, act_backward, check_act, kernel_ok
+from fastnn._core.kinds cimport FNN_ACT_IDENTITY
+from fastnn._core.activations import check_counts
+
+
+cdef extern from "fnn_conv.h" nogil:
+    ctypedef struct fnn_conv_geom:
+        Py_ssize_t N, H, W, C, OH, OW, F, kh, kw, sh, sw, dh, dw, pt, pl, G
+    void fnn_conv_blas_serial_begin()
+    void fnn_conv_blas_serial_end()
+    void fnn_conv_im2col_f(const fnn_conv_geom *g, const float *X, Py_ssize_t r0, Py_ssize_t r1, float *col)
+    void fnn_conv_im2col_d(const fnn_conv_geom *g, const double *X, Py_ssize_t r0, Py_ssize_t r1, double *col)
+    void fnn_conv_col2im_f(const fnn_conv_geom *g, const float *col, Py_ssize_t r0, Py_ssize_t r1, float *dX)
+    void fnn_conv_col2im_d(const fnn_conv_geom *g, const double *col, Py_ssize_t r0, Py_ssize_t r1, double *dX)
+    void fnn_conv_dw_forward_f(const fnn_conv_geom *g, const float *X, const float *Wt, Py_ssize_t r0,
+                               Py_ssize_t r1, float *Z)
+    void fnn_conv_dw_forward_d(const fnn_conv_geom *g, const double *X, const double *Wt, Py_ssize_t r0,
+                               Py_ssize_t r1, double *Z)
+    void fnn_conv_dw_backward_f(const fnn_conv_geom *g, const float *X, const float *Wt, const float *dZ,
+                                Py_ssize_t r0, Py_ssize_t r1, float *dX, float *dWt)
+    void fnn_conv_dw_backward_d(const fnn_conv_geom *g, const double *X, const double *Wt, const double *dZ,
+                                Py_ssize_t r0, Py_ssize_t r1, double *dX, double *dWt)
+
+
+cdef enum:
+    FNN_CONV_TILE_BYTES = 131072     # target size of one thread's patch tile (R x kh*kw*C elements)
+    FNN_CONV_MIN_ROWS = 32           # tile rows: at least this many ...
+    FNN_CONV_MAX_ROWS = 512          # ... and at most this many
+
+# ---------------------------------------------------------------------------------------- geometry
+cdef enum:
+    _DIRECT = 0       # 1x1, stride 1, unpadded, one group: the GEMM reads X itself
+    _DEPTHWISE = 1    # C/G == 1, G > 1: direct loops
+    _GENERAL = 2      # im2col + GEMM per group
+
+
+cdef inline tuple _shape4(Py_ssize_t *s):
+    return (s[0], s[1], s[2], s[3])
+
+
+cdef int _path(const fnn_conv_geom *g) noexcept nogil:
+    if g.kh == 1 and g.kw == 1 and g.sh == 1 and g.sw == 1 and g.pt == 0 and g.pl == 0 and g.G == 1 \
+            and g.OH == g.H and g.OW == g.W:
+        return _DIRECT
+    if g.G > 1 and g.G == g.C:
+        return _DEPTHWISE
+    return _GENERAL
+
+
+cdef Py_ssize_t _tile_rows(const fnn_conv_geom *g, Py_ssize_t itemsize) noexcept nogil:
+    cdef Py_ssize_t K = g.kh * g.kw * g.C
+    cdef Py_ssize_t R = FNN_CONV_TILE_BYTES // (K * itemsize) if K > 0 else FNN_CONV_MAX_ROWS
+    if R < FNN_CONV_MIN_ROWS:
+        R = FNN_CONV_MIN_ROWS
+    if R > FNN_CONV_MAX_ROWS:
+        R = FNN_CONV_MAX_ROWS
+    return R
+
+
+cdef fnn_conv_geom _transposed(const fnn_conv_geom *g) noexcept nogil:
+    """The geometry whose forward computes dX of the stride-1 convolution g: dX is the convolution of dZ (as
+    the input: OH x OW pixels of F channels) with the kernel flipped in space and transposed to (kh, kw, F/G, C)
+    (``_flip_weight``), at padding (kh-1)*dh - pt on the top and (kw-1)*dw - pl on the left (possibly negative:
+    an offset; the gather reads only pixels inside dZ)."""
+    cdef fnn_conv_geom t = g[0]
+    t.H, t.W, t.C = g.OH, g.OW, g.F
+    t.OH, t.OW, t.F = g.H, g.W, g.C
+    t.sh = 1
+    t.sw = 1
+    t.pt = (g.kh - 1) * g.dh - g.pt
+    t.pl = (g.kw - 1) * g.dw - g.pl
+    return t
+
+
+cdef bint _data_as_conv(const fnn_conv_geom *g) noexcept nogil:
+    """Backward-to-data as the forward of _transposed(g) (stride 1, gathered path), instead of dZ.W^T + col2im:
+    its GEMMs have K = kh*kw*F/G instead of F/G and it writes each dX row once instead of scatter-adding."""
+    return _path(g) == _GENERAL and g.sh == 1 and g.sw == 1
+
+
+cdef Py_ssize_t _fwd_tile(const fnn_conv_geom *g, Py_ssize_t itemsize) noexcept nogil:
+    """Scratch elements of one thread's patch tile in the forward of g (0: no gather)."""
+    return _tile_rows(g, itemsize) * g.kh * g.kw * g.C if _path(g) == _GENERAL else 0
+
+
+cdef void _bwd_sizes(const fnn_conv_geom *g, Py_ssize_t itemsize, Py_ssize_t *tile, Py_ssize_t *acc,
+                     Py_ssize_t *shared) noexcept nogil:
+    """Backward scratch: `shared` elements first (the flipped kernel, when _data_as_conv), then one patch tile
+    of `tile` elements per thread, then a private (dW, db) of `acc` elements per thread but the first."""
+    cdef fnn_conv_geom t
+    cdef Py_ssize_t wsize = g.kh * g.kw * (g.C // g.G) * g.F, td
+    tile[0] = _fwd_tile(g, itemsize)
+    acc[0] = wsize + g.F
+    shared[0] = 0
+    if _data_as_conv(g):
+        t = _transposed(g)
+        td = _fwd_tile(&t, itemsize)
+        if td > tile[0]:
+            tile[0] = td
+        shared[0] = wsize
+
+
+cdef Py_ssize_t _need(const fnn_conv_geom *g, Py_ssize_t itemsize, int nt, bint backward) noexcept nogil:
+    """Scratch elements for nt threads."""
+    cdef Py_ssize_t tile, acc, shared
+    if not backward:
+        return _fwd_tile(g, itemsize) * nt
+    _bwd_sizes(g, itemsize, &tile, &acc, &shared)
+    return shared + tile * nt + acc * (nt - 1)
+
+
+cdef fnn_conv_geom _geometry(tuple xs, tuple ws, tuple zs, tuple strides, tuple dilation, tuple padding,
+                             Py_ssize_t groups, str fn):
+    """The geometry of X (xs), W (ws), Z (zs), checked: ValueError naming `fn` on any inconsistency."""
+    cdef fnn_conv_geom g
+    if len(strides) != 2 or len(dilation) != 2 or len(padding) != 4:
+        raise ValueError(f"{fn}: strides and dilation must be pairs and padding (top, bottom, left, right), got "
+                         f"{strides}, {dilation}, {padding}")
+    g.N, g.H, g.W, g.C = xs
+    g.kh, g.kw = ws[0], ws[1]
+    g.OH, g.OW, g.F = zs[1], zs[2], zs[3]
+    g.sh, g.sw = strides
+    g.dh, g.dw = dilation
+    g.pt, g.pl = padding[0], padding[2]
+    g.G = groups
+    if min(g.sh, g.sw, g.dh, g.dw, g.kh, g.kw, g.G) < 1 or min(padding) < 0:
+        raise ValueError(f"{fn}: kernel, strides, dilation and groups must be >= 1 and padding >= 0, got kernel "
+                         f"{(g.kh, g.kw)}, strides {strides}, dilation {dilation}, groups {groups}, padding {padding}")
+    if g.C % g.G or g.F % g.G or g.C == 0 or g.F == 0:
+        raise ValueError(f"{fn}: channels {g.C} and filters {g.F} must be positive multiples of groups {g.G}")
+    if ws[2] != g.C // g.G or ws[3] != g.F:
+        raise ValueError(f"{fn}: W has shape {ws}, expected {(g.kh, g.kw, g.C // g.G, g.F)}")
+    cdef Py_ssize_t oh = (g.H + padding[0] + padding[1] - g.dh * (g.kh - 1) - 1) // g.sh + 1
+    cdef Py_ssize_t ow = (g.W + padding[2] + padding[3] - g.dw * (g.kw - 1) - 1) // g.sw + 1
+    if oh < 1 or ow < 1:
+        raise ValueError(f"{fn}: the kernel {(g.kh, g.kw)} (dilation {dilation}) is larger than the padded input "
+                         f"{(g.H + padding[0] + padding[1], g.W + padding[2] + padding[3])}")
+    if zs != (g.N, oh, ow, g.F):
+        raise ValueError(f"{fn}: the output has shape {zs}, expected {(g.N, oh, ow, g.F)}")
+    return g
+
+
+def scratch_size(tuple x_shape, tuple w_shape, tuple strides, tuple dilation, tuple padding, Py_ssize_t groups,
+                 Py_ssize_t itemsize, int n_threads, bint backward):
+    """Elements of the scratch buffer that conv2d_forward (backward=False) or conv2d_backward (True) needs to
+    run on n_threads threads (a smaller buffer runs on fewer threads; 0 elements is enough for one thread of
+    a forward without a gather)."""
+    cdef Py_ssize_t oh = (x_shape[1] + padding[0] + padding[1] - dilation[0] * (w_shape[0] - 1) - 1) // strides[0] + 1
+    cdef Py_ssize_t ow = (x_shape[2] + padding[2] + padding[3] - dilation[1] * (w_shape[1] - 1) - 1) // strides[1] + 1
+    cdef fnn_conv_geom g = _geometry(tuple(x_shape), tuple(w_shape), (x_shape[0], oh, ow, w_shape[3]),
+                                     strides, dilation, padding, groups, "conv scratch_size")
+    return _need(&g, itemsize, n_threads if n_threads > 0 else 1, backward)
+
+
+cdef int _threads_by_scratch(const fnn_conv_geom *g, Py_ssize_t itemsize, Py_ssize_t have, int nt,
+                             bint backward) noexcept nogil:
+    """At most nt threads whose scratch fits in `have` elements."""
+    while nt > 1 and _need(g, itemsize, nt, backward) > have:
+        nt -= 1
+    return nt
+
+
+cdef inline void _im2col(const fnn_conv_geom *g, const floating *X, Py_ssize_t r0, Py_ssize_t r1,
+                         floating *col) noexcept nogil:
+    if floating is float:
+        fnn_conv_im2col_f(g, X, r0, r1, col)
+    else:
+        fnn_conv_im2col_d(g, X, r0, r1, col)
+
+
+cdef inline void _col2im(const fnn_conv_geom *g, const floating *col, Py_ssize_t r0, Py_ssize_t r1,
+                         floating *dX) noexcept nogil:
+    if floating is float:
+        fnn_conv_col2im_f(g, col, r0, r1, dX)
+    else:
+        fnn_conv_col2im_d(g, col, r0, r1, dX)
+
+
+# ----------------------------------------------------------------------------------------- forward
+cdef void _forward_rows(const fnn_conv_geom *g, int path, const floating *X, const floating *W,
+                        const floating *b, floating *Z, floating *Y, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t R,
+                        floating *col, int act, double alpha, int64_t *counts) noexcept nogil:
+    """Rows [r0, r1), tile by tile: Z = conv(X) + b, Y = act(Z) (counts: this thread's unit counters)."""
+    cdef Py_ssize_t a, m, q, F = g.F, G = g.G, Cg = g.C // g.G, Fg = g.F // g.G
+    cdef Py_ssize_t Kg = g.kh * g.kw * Cg
+    a = r0
+    while a < r1:
+        m = R if r1 - a > R else r1 - a
+        if path == _DIRECT:
+            _blas.gemm(False, False, <int>m, <int>F, <int>g.C, <floating>1, X + a * g.C, <int>g.C, W, <int>F,
+                       <floating>0, Z + a * F, <int>F)
+        elif path == _DEPTHWISE:
+            if floating is float:
+                fnn_conv_dw_forward_f(g, X, W, a, a + m, Z)
+            else:
+                fnn_conv_dw_forward_d(g, X, W, a, a + m, Z)
+        else:
+            _im2col(g, X, a, a + m, col)
+            for q in range(G):
+                _blas.gemm(False, False, <int>m, <int>Fg, <int>Kg, <floating>1, col + q * m * Kg, <int>Kg,
+                           W + q * Fg, <int>F, <floating>0, Z + a * F + q * Fg, <int>F)
+        if counts == NULL:
+            if act != FNN_ACT_IDENTITY or b != NULL or Y != Z:
+                act_forward(act, Z + a * F, Y + a * F, b, m, F, alpha, 1)
+        else:
+            act_forward_counted(act, Z + a * F, Y + a * F, b, m, F, alpha, 1, counts, 1)
+        a += m
+
+
+def conv2d_forward(const floating[:, :, :, ::1] X, const floating[:, :, :, ::1] W, const floating[::1] b,
+                   floating[:, :, :, ::1] Z, floating[:, :, :, ::1] Y, tuple strides, tuple dilation,
+                   tuple padding, Py_ssize_t groups, floating[::1] scratch, int act=FNN_ACT_IDENTITY,
+                   double alpha=0.0, int n_threads=1, int64_t[:, ::1] counts=None):
+    """Z = conv(X, W) + b (OUT), Y = act(Z) (OUT; may be Z for the identity).
+
+    X (N, H, W, C); W (kh, kw, C/groups, F); b (F,) or None; Z, Y (N, OH, OW, F).  strides (sh, sw),
+    dilation (dh, dw), padding (top, bottom, left, right) of zeros.  scratch (OUT, workspace): at least
+    ``scratch_size(..., backward=False)`` elements for n_threads threads (fewer threads run with less; None
+    when that size is 0).  counts (IN/OUT, optional): the activation's unit counters, (n_slots, F) int64.
+    """
+    check_act(act, "conv2d_forward")
+    cdef fnn_conv_geom g = _geometry(_shape4(X.shape), _shape4(W.shape), _shape4(Z.shape), strides,
+                                     dilation, padding, groups, "conv2d_forward")
+    if _shape4(Y.shape) != _shape4(Z.shape):
+        raise ValueError(f"conv2d_forward: Y has shape {_shape4(Y.shape)}, expected {_shape4(Z.shape)}")
+    cdef const floating *bp = NULL
+    if b is not None:
+        if b.shape[0] != g.F:
+            raise ValueError(f"conv2d_forward: b has shape {(b.shape[0],)}, expected {(g.F,)}")
+        bp = &b[0]
+    if counts is not None:
+        check_counts(counts, g.F, "conv2d_forward")
+    cdef Py_ssize_t rows = g.N * g.OH * g.OW
+    if rows == 0:
+        return
+    cdef int path = _path(&g)
+    cdef Py_ssize_t R = _tile_rows(&g, sizeof(floating)), per = _fwd_tile(&g, sizeof(floating))
+    cdef Py_ssize_t have = scratch.shape[0] if scratch is not None else 0
+    if have < per:
+        raise ValueError(f"conv2d_forward: scratch has {have} elements, at least {per} needed")
+    cdef int nt = n_threads if n_threads > 0 else 1
+    if nt > (rows + R - 1) // R:
+        nt = <int>((rows + R - 1) // R)
+    if counts is not None and nt > counts.shape[0]:
+        nt = <int>counts.shape[0]
+    nt = _threads_by_scratch(&g, sizeof(floating), have, nt, False)
+    cdef floating *sp = &scratch[0] if have > 0 else NULL
+    cdef int64_t *cp = &counts[0, 0] if counts is not None else NULL
+    cdef int t
+    with nogil:
+        if nt == 1:
+            _forward_rows(&g, path, &X[0, 0, 0, 0], &W[0, 0, 0, 0], bp, &Z[0, 0, 0, 0], &Y[0, 0, 0, 0], 0, rows,
+                          R, sp, act, alpha, cp)
+        else:
+            fnn_conv_blas_serial_begin()
+            for t in prange(nt, num_threads=nt, schedule="static"):
+                _forward_rows(&g, path, &X[0, 0, 0, 0], &W[0, 0, 0, 0], bp, &Z[0, 0, 0, 0], &Y[0, 0, 0, 0],
+                              t * rows // nt, (t + 1) * rows // nt, R, sp + t * per if sp != NULL else NULL,
+                              act, alpha, cp + t * g.F if cp != NULL else NULL)
+            fnn_conv_blas_serial_end()
+
+
+# ---------------------------------------------------------------------------------------- backward
+cdef void _flip_weight(const fnn_conv_geom *g, const floating *W, floating *Wf) noexcept nogil:
+    """Wf (kh, kw, F/G, C) [ky, kx, f, q Cg + c] = W (kh, kw, C/G, F) [kh-1-ky, kw-1-kx, c, q Fg + f]: the kernel
+    of the transposed convolution (``_transposed``), group by group."""
+    cdef Py_ssize_t ky, kx, q, c, f, G = g.G, Cg = g.C // g.G, Fg = g.F // g.G
+    cdef const floating *w
+    cdef floating *o
+    for ky in range(g.kh):
+        for kx in range(g.kw):
+            w = W + ((g.kh - 1 - ky) * g.kw + (g.kw - 1 - kx)) * Cg * g.F
+            o = Wf + (ky * g.kw + kx) * Fg * g.C
+            for q in range(G):
+                for c in range(Cg):
+                    for f in range(Fg):
+                        o[f * g.C + q * Cg + c] = w[c * g.F + q * Fg + f]
+
+
+cdef void _backward_rows(const fnn_conv_geom *g, int path, const floating *X, const floating *W,
+                         const floating *dZ, floating *dX, floating *dW, floating *db, Py_ssize_t r0,
+                         Py_ssize_t r1, Py_ssize_t R, floating *col) noexcept nogil:
+    """Rows [r0, r1) (whole images): dW += col^T.dZ, db += column sums of dZ (db may be NULL), and dX (NULL:
+    skipped) of these images = col2im(dZ.W^T).  dW, db and the images' dX are zeroed first."""
+    cdef Py_ssize_t a, m, q, i, j, F = g.F, G = g.G, Cg = g.C // g.G, Fg = g.F // g.G
+    cdef Py_ssize_t Kg = g.kh * g.kw * Cg, P = g.OH * g.OW, img = g.H * g.W * g.C
+    cdef const floating *dz
+    memset(dW, 0, g.kh * g.kw * Cg * F * sizeof(floating))
+    if db != NULL:
+        memset(db, 0, F * sizeof(floating))
+    if dX != NULL and path != _DIRECT:
+        memset(dX + (r0 // P) * img, 0, ((r1 - r0) // P) * img * sizeof(floating))
+    a = r0
+    while a < r1:
+        m = R if r1 - a > R else r1 - a
+        dz = dZ + a * F
+        if path == _DIRECT:
+            _blas.gemm(True, False, <int>g.C, <int>F, <int>m, <floating>1, X + a * g.C, <int>g.C, dz, <int>F,
+                       <floating>1, dW, <int>F)
+            if dX != NULL:
+                _blas.gemm(False, True, <int>m, <int>g.C, <int>F, <floating>1, dz, <int>F, W, <int>F,
+                           <floating>0, dX + a * g.C, <int>g.C)
+        elif path == _DEPTHWISE:
+            if floating is float:
+                fnn_conv_dw_backward_f(g, X, W, dZ, a, a + m, dX, dW)
+            else:
+                fnn_conv_dw_backward_d(g, X, W, dZ, a, a + m, dX, dW)
+        else:
+            _im2col(g, X, a, a + m, col)
+            for q in range(G):
+                _blas.gemm(True, False, <int>Kg, <int>Fg, <int>m, <floating>1, col + q * m * Kg, <int>Kg,
+                           dz + q * Fg, <int>F, <floating>1, dW + q * Fg, <int>F)
+            if dX != NULL:
+                for q in range(G):
+                    _blas.gemm(False, True, <int>m, <int>Kg, <int>Fg, <floating>1, dz + q * Fg, <int>F,
+                               W + q * Fg, <int>F, <floating>0, col + q * m * Kg, <int>Kg)
+                _col2im(g, col, a, a + m, dX)
+        if db != NULL:
+            for i in range(m):
+                for j in range(F):
+                    db[j] += dz[i * F + j]
+        a += m
+
+
+def conv2d_backward(const floating[:, :, :, ::1] X, const floating[:, :, :, ::1] W,
+                    const floating[:, :, :, ::1] Z, const floating[:, :, :, ::1] Y, floating[:, :, :, ::1] dY,
+                    floating[:, :, :, ::1] dZ, floating[:, :, :, ::1] dX, floating[:, :, :, ::1] dW,
+                    floating[::1] db, tuple strides, tuple dilation, tuple padding, Py_ssize_t groups,
+                    floating[::1] scratch, int act=FNN_ACT_IDENTITY, double alpha=0.0, int n_threads=1):
+    """Backward of conv2d_forward.
+
+    IN: X, W, Z, Y (the forward's), dY (gradient of the loss with respect to Y).
+    OUT: dZ = dY * act'(Z) (scratch; may be dY itself, not used for the identity), dW (kh, kw, C/groups, F),
+    db (F,) (None: no bias), dX (N, H, W, C) (None: not needed).  scratch (workspace): at least
+    ``scratch_size(..., backward=True)`` elements for n_threads threads (fewer threads run with less).
+    """
+    check_act(act, "conv2d_backward")
+    cdef tuple zs = _shape4(Z.shape)
+    cdef fnn_conv_geom g = _geometry(_shape4(X.shape), _shape4(W.shape), zs, strides, dilation, padding,
+                                     groups, "conv2d_backward")
+    for name, a in (("Y", Y), ("dY", dY), ("dZ", dZ)):
+        if _shape4(a.shape) != zs:
+            raise ValueError(f"conv2d_backward: {name} has shape {_shape4(a.shape)}, expected {zs}")
+    if _shape4(dW.shape) != _shape4(W.shape):
+        raise ValueError(f"conv2d_backward: dW has shape {_shape4(dW.shape)}, expected {_shape4(W.shape)}")
+    if dX is not None and _shape4(dX.shape) != _shape4(X.shape):
+        raise ValueError(f"conv2d_backward: dX has shape {_shape4(dX.shape)}, expected {_shape4(X.shape)}")
+    if db is not None and db.shape[0] != g.F:
+        raise ValueError(f"conv2d_backward: db has shape {(db.shape[0],)}, expected {(g.F,)}")
+    cdef Py_ssize_t wsize = g.kh * g.kw * (g.C // g.G) * g.F
+    cdef floating *dbp = &db[0] if db is not None else NULL
+    cdef floating *dXp = &dX[0, 0, 0, 0] if (dX is not None and g.N > 0) else NULL
+    cdef Py_ssize_t rows = g.N * g.OH * g.OW, P = g.OH * g.OW
+    if rows == 0:      # an empty batch: zero gradients
+        memset(&dW[0, 0, 0, 0], 0, wsize * sizeof(floating))
+        if dbp != NULL:
+            memset(dbp, 0, g.F * sizeof(floating))
+        return
+    cdef int path = _path(&g)
+    cdef bint as_conv = _data_as_conv(&g) and dXp != NULL
+    cdef fnn_conv_geom gt = _transposed(&g)
+    cdef int tpath = _path(&gt)
+    cdef Py_ssize_t R = _tile_rows(&g, sizeof(floating)), RT = _tile_rows(&gt, sizeof(floating))
+    cdef Py_ssize_t tile, acc_, shared
+    _bwd_sizes(&g, sizeof(floating), &tile, &acc_, &shared)
+    cdef Py_ssize_t have = scratch.shape[0] if scratch is not None else 0
+    if have < shared + tile:
+        raise ValueError(f"conv2d_backward: scratch has {have} elements, at least {shared + tile} needed")
+    cdef int nt = n_threads if n_threads > 0 else 1
+    cdef int ntb = nt if nt < g.N else <int>g.N          # the weights' pass: whole images per thread
+    ntb = _threads_by_scratch(&g, sizeof(floating), have, ntb, True)
+    cdef Py_ssize_t in_rows = g.N * g.H * g.W
+    cdef int ntd = nt if nt < (in_rows + RT - 1) // RT else <int>((in_rows + RT - 1) // RT)
+    ntd = _threads_by_scratch(&g, sizeof(floating), have, ntd, True)   # the data pass: tiles of dX rows
+    cdef floating *sp = &scratch[0] if have > 0 else NULL
+    cdef floating *Wf = sp                                # the flipped kernel (shared)
+    cdef floating *tiles = sp + shared if sp != NULL else NULL
+    cdef floating *g_ = &dY[0, 0, 0, 0]
+    cdef floating *base
+    cdef Py_ssize_t i, k
+    cdef int t, err = 0
+    with nogil:
+        if act != FNN_ACT_IDENTITY:
+            g_ = &dZ[0, 0, 0, 0]
+            err = act_backward(act, &Z[0, 0, 0, 0], &Y[0, 0, 0, 0], &dY[0, 0, 0, 0], g_, rows, g.F, alpha,
+                               n_threads)
+        if err == 0 and as_conv:
+            _flip_weight(&g, &W[0, 0, 0, 0], Wf)
+            if ntd == 1:
+                _forward_rows(&gt, tpath, g_, Wf, NULL, dXp, dXp, 0, in_rows, RT, tiles, FNN_ACT_IDENTITY, 0.0, NULL)
+            else:
+                fnn_conv_blas_serial_begin()
+                for t in prange(ntd, num_threads=ntd, schedule="static"):
+                    _forward_rows(&gt, tpath, g_, Wf, NULL, dXp, dXp, t * in_rows // ntd, (t + 1) * in_rows // ntd,
+                                  RT, tiles + t * tile if tiles != NULL else NULL, FNN_ACT_IDENTITY, 0.0, NULL)
+                fnn_conv_blas_serial_end()
+        if err == 0 and ntb == 1:
+            _backward_rows(&g, path, &X[0, 0, 0, 0], &W[0, 0, 0, 0], g_, NULL if as_conv else dXp,
+                           &dW[0, 0, 0, 0], dbp, 0, rows, R, tiles)
+        elif err == 0:
+            # thread t: images [t N / nt, (t+1) N / nt); after the shared part of the scratch, the tiles of
+            # every thread, then the private accumulators (dW, db) of threads 1..nt-1
+            fnn_conv_blas_serial_begin()
+            for t in prange(ntb, num_threads=ntb, schedule="static"):
+                _backward_rows(&g, path, &X[0, 0, 0, 0], &W[0, 0, 0, 0], g_, NULL if as_conv else dXp,
+                               &dW[0, 0, 0, 0] if t == 0 else tiles + ntb * tile + (t - 1) * acc_,
+                               dbp if t == 0 else (tiles + ntb * tile + (t - 1) * acc_ + wsize if dbp != NULL
+                                                   else NULL),
+                               (t * g.N // ntb) * P, ((t + 1) * g.N // ntb) * P, R,
+                               tiles + t * tile if tile > 0 else NULL)
+            fnn_conv_blas_serial_end()
+            for t in range(1, ntb):
+                base = tiles + ntb * tile + (t - 1) * acc_
+                for k in range(wsize):
+                    (&dW[0, 0, 0, 0])[k] += base[k]
+                if dbp != NULL:
+                    for k in range(g.F):
+                        dbp[k] += base[wsize + k]
+    kernel_ok(err, "conv2d_backward")
