@@ -73,6 +73,16 @@ def make(case):
         x = fnn.Input((7, 6))
         m = fnn.Model(x, L.Dense(3)(L.Dense(8, activation="tanh")(L.Masking()(x))), seed=8, dtype="float64")
         m.compile("cross_entropy", fnn.optim.Adam(1e-2))
+    elif case == "conv":        # Conv2D, synchronized BatchNorm over (n, H, W, C), pooling, Dropout in a Residual
+        m = fnn.Sequential([L.Conv2D(4, 3, padding="same", use_bias=False), L.BatchNorm(), L.ReLU(),
+                            L.Residual([L.Conv2D(4, 3, padding="same", activation="relu"), L.Dropout(0.25)]),
+                            L.MaxPool2D(2), L.Flatten(), L.Dense(3)], input_shape=(6, 6, 2), seed=9,
+                           dtype="float64")
+        m.compile("cross_entropy", fnn.optim.Adam(1e-2))
+    elif case == "rnn":         # recurrent layers
+        m = fnn.Sequential([L.Bidirectional(L.GRU(5, return_sequences=True)), L.LSTM(4), L.Dense(3)],
+                           input_shape=(5, 3), seed=10, dtype="float64")
+        m.compile("cross_entropy", fnn.optim.SGD(0.1, momentum=0.9))
     elif case == "sgd":
         m = fnn.Sequential([L.Dense(16, activation="tanh"), L.Dense(3)], input_dim=6, seed=3, dtype="float64")
         m.compile("cross_entropy", fnn.optim.SGD(0.1, momentum=0.9))
@@ -87,13 +97,17 @@ def make(case):
     return m
 
 
-CASES = ("sgd", "adam", "bnd", "plan_sgd", "plan_adam", "masked")
+CASES = ("sgd", "adam", "bnd", "plan_sgd", "plan_adam", "masked", "conv", "rnn")
 
 
 def fit_kwargs(case, X, y):
     kw = {"epochs": 3}
     if case == "plan_adam":
         kw.update(y=np.stack([X[:, 0] * X[:, 1], np.sin(X[:, 2])], axis=1))
+    if case == "conv":
+        kw.update(X=np.random.default_rng(3).standard_normal((X.shape[0], 6, 6, 2)))
+    if case == "rnn":
+        kw.update(X=np.random.default_rng(4).standard_normal((X.shape[0], 5, 3)))
     if case == "masked":        # sequences of 7 steps, padded (all-zero steps) after a random length
         rng = np.random.default_rng(2)
         Xs = rng.standard_normal((X.shape[0], 7, 6))
@@ -115,7 +129,7 @@ def equiv(out):
     for case in CASES:
         m = make(case)
         cb = (EpochHashCheck if case.startswith("plan") else HashCheck)(comm)
-        dp = dist.DataParallel(sync_batchnorm=(case == "bnd"))
+        dp = dist.DataParallel(sync_batchnorm=case in ("bnd", "conv"))
         kw = fit_kwargs(case, X, y)
         cbs = [cb]
         if case == "adam":      # a callback that writes a file: rank 0 only

@@ -50,7 +50,7 @@ def _check_equiv(out):
     r0 = json.loads((out / "result0.json").read_text())
     r1 = json.loads((out / "result1.json").read_text())
     assert r0["size"] == 2
-    for case in ("sgd", "adam", "bnd", "plan_sgd", "plan_adam", "masked"):
+    for case in ("sgd", "adam", "bnd", "plan_sgd", "plan_adam", "masked", "conv", "rnn"):
         c = r0["cases"][case]
         # bitwise-equal parameters and optimizer state on both ranks after every step (the compiled plan's cases:
         # after every epoch; rank 1 saw the same)
@@ -78,7 +78,8 @@ def _check_equiv(out):
 def test_two_ranks_equal_one_process(tmp_path):
     """Weights bitwise equal on both ranks after every step; equal to one process with the global batch for SGD,
     Adam (with validation and a metric), BatchNorm (synchronized) + Dropout, two compiled-plan models (the plan
-    calling MPI_Allreduce from C) and a masked sequence model."""
+    calling MPI_Allreduce from C), a masked sequence model, a convolutional model (synchronized BatchNorm on
+    images, Dropout inside a Residual) and a recurrent one (Bidirectional GRU, LSTM)."""
     exe = _mpiexec()
     p, _ = _run([exe, "-n", "2", sys.executable, "-m", "mpi4py", str(SCRIPT), "equiv", str(tmp_path)], 120)
     assert p.returncode == 0, p.stdout + p.stderr
