@@ -27,8 +27,12 @@ from fastnn import io as _io
 
 
 class Callback:
-    """Base class of callbacks; every hook does nothing."""
+    """Base class of callbacks; every hook does nothing.
+
+    ``writes_files``: True for a callback that writes files (ModelCheckpoint, CSVLogger); a distributed fit
+    (fastnn.distributed) runs such callbacks on rank 0 only."""
     model = None
+    writes_files = False
 
     def set_model(self, model):
         self.model = model
@@ -280,6 +284,7 @@ class ModelCheckpoint(Callback):
     ``last_path`` is the most recent file written.  Resume with
     ``m = fnn.load(path); m.fit(X, y, epochs=N, initial_epoch=m.epochs_trained, ...)``.
     """
+    writes_files = True
 
     def __init__(self, filepath, monitor="val_loss", save_best_only=False, mode="auto", save_freq="epoch",
                  verbose=0):
@@ -434,6 +439,7 @@ class CSVLogger(Callback):
     ``append=False`` starts a new file at train begin; ``append=True`` keeps existing rows (for resuming).
     The file is opened, written and closed at every epoch end, so it is complete even if training crashes.
     """
+    writes_files = True
 
     def __init__(self, filename, separator=",", append=False):
         self.filename = os.fspath(filename)

@@ -331,7 +331,7 @@ class Model:
     # ================================================================== training
     def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_split=0.0, validation_data=None,
             metrics=None, class_weight=None, sample_weight=None, initial_epoch=0, callbacks=None, verbose=0,
-            nan_guard=None, diagnostics=False):
+            nan_guard=None, diagnostics=False, distributed=None):
         """Train in mini-batches, epochs ``initial_epoch`` .. ``epochs - 1``; returns a History.
 
         Args:
@@ -357,6 +357,10 @@ class Model:
                 ``history.history["diagnostics"]`` (one dict per epoch, {layer name: {"grad_norm", "weight_norm",
                 "update_ratio", "dead_fraction" | "saturated_fraction"}}) and warn (TrainingHealthWarning) once
                 when gradients vanish or explode or a layer's ReLUs are mostly dead (see fastnn.diagnostics).
+            distributed: a ``fastnn.distributed.DataParallel``: data-parallel training over MPI (run the script
+                under ``mpiexec -n N python -m mpi4py``); ``batch_size`` is then the per-rank batch, every rank
+                trains on its share of each global batch and the weights stay identical on every rank (see
+                fastnn.distributed).
 
         ``history.history["loss"]`` is the (weighted) mean training loss of each epoch over its batches (for
         "l2", which sums over samples, the epoch's sum), measured while training; "accuracy" likewise for
@@ -368,7 +372,7 @@ class Model:
                                     validation_split=validation_split, validation_data=validation_data,
                                     metrics=metrics, class_weight=class_weight, sample_weight=sample_weight,
                                     initial_epoch=initial_epoch, callbacks=callbacks, verbose=verbose,
-                                    nan_guard=nan_guard, diagnostics=diagnostics)
+                                    nan_guard=nan_guard, diagnostics=diagnostics, distributed=distributed)
 
     def train_on_batch(self, X, y):
         """One forward, backward and update on the batch (X, y); returns the loss of that forward pass."""
@@ -457,7 +461,13 @@ class Model:
     # ================================================================== saving
     def save(self, path, include_optimizer=True):
         """Save the model to one file (fastnn.io's format): architecture, weights, layer buffers, loss,
-        optimizer and its state, generator states, ``epochs_trained``.  The write is atomic."""
+        optimizer and its state, generator states, ``epochs_trained``.  The write is atomic.
+
+        After a distributed fit (``fit(distributed=...)``) only rank 0 writes; the other ranks return without
+        writing (the models are identical; call ``DataParallel.barrier()`` before another rank reads the file)."""
+        dist = self.trainer.distributed
+        if dist is not None and dist.rank != 0:
+            return
         from fastnn import io as _io
         _io.save(self, path, include_optimizer=include_optimizer)
 

@@ -20,11 +20,11 @@ cdef inline Py_ssize_t _lo(Py_ssize_t t, Py_ssize_t nt, Py_ssize_t n) noexcept n
 
 
 cdef void _fwd_range(const floating *X, floating *Y, unsigned char *mask, Py_ssize_t i0, Py_ssize_t i1,
-                     uint64_t seed, uint64_t threshold, floating scale) noexcept nogil:
+                     uint64_t seed, uint64_t threshold, floating scale, uint64_t offset) noexcept nogil:
     cdef Py_ssize_t i
     cdef unsigned char keep
     for i in range(i0, i1):
-        keep = (fnn_rng_u64(seed, <uint64_t>i) >> 11) >= threshold
+        keep = (fnn_rng_u64(seed, <uint64_t>i + offset) >> 11) >= threshold
         mask[i] = keep
         Y[i] = X[i] * (keep * scale)
 
@@ -37,9 +37,12 @@ cdef void _bwd_range(const floating *dY, const unsigned char *mask, floating *dX
 
 
 def dropout_forward(const floating[::1] X, floating[::1] Y, unsigned char[::1] mask, uint64_t seed,
-                    uint64_t threshold, double scale, int n_threads=1):
-    """mask[i] = 1 if element i is kept (fnn_rng_u64(seed, i) >> 11 >= threshold) else 0 (OUT, uint8);
-    Y[i] = X[i] * mask[i] * scale (OUT).  threshold = rate * 2^53 drops a fraction `rate` on average."""
+                    uint64_t threshold, double scale, int n_threads=1, uint64_t offset=0):
+    """mask[i] = 1 if element i is kept (fnn_rng_u64(seed, offset + i) >> 11 >= threshold) else 0 (OUT, uint8);
+    Y[i] = X[i] * mask[i] * scale (OUT).  threshold = rate * 2^53 drops a fraction `rate` on average.
+
+    `offset` skips ahead in the generator's counter: the mask of X equals elements offset .. offset + n - 1 of
+    the mask of a larger array drawn with the same seed (a data-parallel rank's rows of the global batch)."""
     cdef Py_ssize_t n = X.shape[0], t
     if Y.shape[0] != n or mask.shape[0] != n:
         raise ValueError(f"dropout_forward: X has {n} elements, Y {Y.shape[0]}, mask {mask.shape[0]}")
@@ -49,7 +52,8 @@ def dropout_forward(const floating[::1] X, floating[::1] Y, unsigned char[::1] m
         return
     cdef int nt = threads_for(n, n_threads, FNN_MIN_PER_THREAD)
     for t in prange(nt, num_threads=nt, nogil=True, schedule="static"):
-        _fwd_range(&X[0], &Y[0], &mask[0], _lo(t, nt, n), _lo(t + 1, nt, n), seed, threshold, <floating>scale)
+        _fwd_range(&X[0], &Y[0], &mask[0], _lo(t, nt, n), _lo(t + 1, nt, n), seed, threshold, <floating>scale,
+                   offset)
 
 
 def dropout_backward(const floating[::1] dY, const unsigned char[::1] mask, floating[::1] dX, double scale,

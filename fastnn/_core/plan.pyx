@@ -30,6 +30,8 @@ internal error: the setters check every kind).  batches_done counts completed up
 """
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
 from libc.string cimport memcpy, memset
+from libc.stdint cimport intptr_t
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 import numpy as np
 
@@ -93,12 +95,25 @@ cdef struct StepConsts:     # what an update derives from the step count (the st
     double wd               # Adam: the coupled weight decay (0 for AdamW)
     double decay_factor     # Adam: 1 - lr * weight_decay for AdamW (1 for Adam)
 
+# MPI_Allreduce(sendbuf, recvbuf, count, datatype, op, comm) of the MPI library mpi4py loaded, the handles passed as
+# intptr_t (MPICH's ABI: int handles, read from the low half of the register on x86-64 and aarch64)
+ctypedef int (*allreduce_fn)(const void *, void *, int, intptr_t, intptr_t, intptr_t) noexcept nogil
+
+
+cdef inline double _now() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + 1e-9 * ts.tv_nsec
+
+
 cdef struct RunStats:
     double loss_sum         # sum of loss * batch size ("l2": of the loss, a sum already)
     double n_correct        # correct predictions (cross-entropy)
     double n_samples
     double grad_norm        # the last gradient norm, when clipping
     double n_backups        # guarded steps that took the backup (the others were proved finite by bound.pyx)
+    double allreduce_seconds    # data-parallel: the time in the gradient allreduce (waits for the other ranks in it)
+    double mpi_error        # data-parallel: the error code of a failed MPI_Allreduce (status BAD_KIND), else 0
 
 
 cdef void _gemm_few_rows(Py_ssize_t m, Py_ssize_t nout, Py_ssize_t nin, const floating *x, const floating *W,
@@ -338,6 +353,10 @@ cdef class Plan:
     cdef Bounds bd              # the guard's bounds of |p| and the states, carried from one run to the next of an
     cdef bint bd_known          # epoch's chunks (nothing touches the buffers in between); reset_stats forgets them
     cdef bint bd_trusted
+    cdef intptr_t ar_fn         # data-parallel (``allreduce``): MPI_Allreduce's address, 0 in one process
+    cdef intptr_t ar_comm, ar_dtype, ar_double, ar_sum, ar_in_place
+    cdef Py_ssize_t ar_rank, ar_size
+    cdef double ar_small[2]
     cdef dict _keep             # the arrays the pointers above point into
     cdef bytearray _set         # which layers were given
 
@@ -486,9 +505,29 @@ cdef class Plan:
         """Gradient clipping: each element to +-clip_value (when > 0), then the norm to max_norm (when >= 0)."""
         self.clip_value, self.max_norm = clip_value, max_norm
 
+    def allreduce(self, intptr_t fn=0, intptr_t comm=0, intptr_t dtype=0, intptr_t double_dtype=0,
+                  intptr_t sum_op=0, intptr_t in_place=0, Py_ssize_t rank=0, Py_ssize_t size=1):
+        """Data-parallel training (fastnn/distributed.py): `fn` the address of MPI_Allreduce in the MPI library
+        mpi4py loaded (MPICH ABI), the handles of the communicator, of the parameters' MPI datatype, of
+        MPI_DOUBLE and MPI_SUM, the MPI_IN_PLACE address, this rank and the communicator's size.  A run then
+        trains this rank's rows [rank * m // size, (rank + 1) * m // size) of global batches of bs * size rows (m
+        rows, the last one short), scales the loss gradient by 1 / m, allreduces (sum, in place) the loss and the
+        correct count (2 doubles) before the backward pass and the gradient's trainable prefix after it, so the
+        update and the statistics are the global batch's on every rank.  fn = 0 (the default): one process."""
+        if fn != 0 and (size < 1 or not 0 <= rank < size):
+            raise ValueError(f"Plan.allreduce: rank {rank} outside [0, {size})")
+        if fn != 0 and self.U > 2147483647:
+            raise ValueError(f"Plan.allreduce: {self.U} parameters exceed MPI's int count")
+        self.ar_fn = fn if size > 1 else 0
+        self.ar_comm, self.ar_dtype, self.ar_double, self.ar_sum, self.ar_in_place = (comm, dtype, double_dtype,
+                                                                                      sum_op, in_place)
+        self.ar_rank = rank if self.ar_fn != 0 else 0
+        self.ar_size = size if self.ar_fn != 0 else 1
+
     @property
     def stats(self):
-        """The last run's statistics: {loss_sum, n_correct, n_samples, grad_norm, n_backups}."""
+        """The last run's statistics: {loss_sum, n_correct, n_samples, grad_norm, n_backups, allreduce_seconds,
+        mpi_error} (data-parallel: the global batches')."""
         return dict(self.st)
 
 
@@ -517,7 +556,13 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
         raise ValueError("run_batches: X does not match the plan (or its batch buffers are missing)")
     if plan.loss_kind < 0 or plan.update.kind < 0:
         raise ValueError("run_batches: the plan has no loss or no optimizer")
-    if perm is not None and perm.shape[0] < min(b1 * bs, n):
+    cdef allreduce_fn ar = <allreduce_fn>plan.ar_fn if plan.ar_size > 1 else NULL
+    cdef Py_ssize_t R = plan.ar_size if ar != NULL else 1, rank = plan.ar_rank if ar != NULL else 0, gs, gm
+    cdef const void *in_place = <const void *>plan.ar_in_place
+    cdef double *small = plan.ar_small
+    cdef int ar_err = 0
+    cdef double t_ar
+    if perm is not None and perm.shape[0] < min(b1 * bs * R, n):
         raise ValueError("run_batches: the permutation is shorter than the batches")
     cdef Py_ssize_t k = plan.layers[L - 1].n_out
     cdef const Py_ssize_t[::1] lab
@@ -574,8 +619,11 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
             else:
                 trusted = fresh = _refresh(&bd, prm, S0, S1, S2, P, n_threads)
         for b in range(b0, b1):
-            start = b * bs
-            m = min(start + bs, n) - start
+            # this rank's rows of global batch b (one process: R = 1, the whole batch)
+            gs = b * bs * R
+            gm = min(gs + bs * R, n) - gs
+            start = gs + rank * gm // R
+            m = gs + (rank + 1) * gm // R - start
             # ---- gather the batch
             nt = threads_for(m * n_in0, n_threads, FNN_MIN_GATHER_PER_THREAD)
             if nt > 1:
@@ -597,11 +645,21 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
             # ---- loss and its gradient
             n_correct = 0
             if lk == FNN_LOSS_CROSS_ENTROPY:
-                loss = ce_labels_core(out, labbp, dy0, <const floating *>NULL, m, k, 1.0 / (1.0 * m),
+                loss = ce_labels_core(out, labbp, dy0, <const floating *>NULL, m, k, 1.0 / (1.0 * gm),
                                       &n_correct, &bad)
             else:
-                inv = 1.0 if lk == FNN_LOSS_L2 else 1.0 / (<double>k * m)
+                inv = 1.0 if lk == FNN_LOSS_L2 else 1.0 / (<double>k * gm)
                 loss = regression_core(lk, out, Tbp, dy0, <const floating *>NULL, m, k, inv)
+            if ar != NULL:      # the global batch's loss (this rank's part of the mean) and correct count
+                small[0] = loss
+                small[1] = n_correct
+                ar_err = ar(in_place, small, 2, plan.ar_double, plan.ar_sum, plan.ar_comm)
+                if ar_err != 0:
+                    st.mpi_error = ar_err
+                    status = FNN_STATUS_BAD_KIND
+                    break
+                loss = small[0]
+                n_correct = <Py_ssize_t>small[1]
             if guard and not (loss - loss == 0):
                 status = FNN_STATUS_NONFINITE_LOSS
                 break
@@ -643,6 +701,14 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
                     break
             if status != FNN_STATUS_DONE:
                 break
+            if ar != NULL:      # the global batch's gradient on every rank
+                t_ar = _now()
+                ar_err = ar(in_place, grd, <int>P, plan.ar_dtype, plan.ar_sum, plan.ar_comm)
+                st.allreduce_seconds += _now() - t_ar
+                if ar_err != 0:
+                    st.mpi_error = ar_err
+                    status = FNN_STATUS_BAD_KIND
+                    break
             # ---- guard, clipping, update
             if guard:
                 # before clipping: a NaN norm would spread everywhere; G = max |g| also bounds the clipped gradient
@@ -699,9 +765,9 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
                 if S2 != NULL:
                     memcpy(S2, B2, P * sizeof(floating))
                 break
-            st.loss_sum += loss if lk == FNN_LOSS_L2 else loss * m    # l2 sums
+            st.loss_sum += loss if lk == FNN_LOSS_L2 else loss * gm    # l2 sums
             st.n_correct += n_correct
-            st.n_samples += m
+            st.n_samples += gm
     st.n_backups += n_backups
     # the bounds stay valid for the next chunk when this run ended normally and its last update tracked them
     plan.bd, plan.bd_trusted = bd, trusted

@@ -20,11 +20,15 @@ class Dropout(Layer):
 
     The mask is drawn and applied in one compiled pass by a counter-based generator seeded, at every training
     forward, from the model's seeded ``layer_rng``: training is reproducible for a model seed, and the masks do
-    not depend on the number of threads.  ``mask`` holds the last mask (uint8, 1 = kept).
+    not depend on the number of threads.  ``mask`` holds the last mask (uint8, 1 = kept).  In a data-parallel
+    fit (fastnn.distributed) each rank draws its own rows of the global batch's mask, as one process would.
 
     Shape: any (n, *features); output of the same shape.
     """
     mask_support = "pass"     # per step: a mask on (N, T, ...) passes unchanged (fastnn.layers.base)
+    # the rows of the global batch before this batch: a data-parallel rank skips the generator's counter ahead
+    # to draw its rows' part of the global batch's mask (set per step by fastnn.distributed, 0 otherwise)
+    _row_offset = 0
 
     def __init__(self, rate=0.5, mode="inverted", name=None):
         super().__init__(name)
@@ -61,7 +65,8 @@ class Dropout(Layer):
         threshold = int(round(self.rate * 2.0 ** 53))
         self._scale = 1.0 / keep if self.mode == "inverted" else 1.0
         _k.dropout_forward(X.reshape(-1), Y.reshape(-1), mask.reshape(-1), seed, threshold, self._scale,
-                           get_num_threads())
+                           get_num_threads(),
+                           self._row_offset * (X.size // X.shape[0]) if X.shape[0] else 0)
         self._mask, self._masked = mask, True
         return Y
 

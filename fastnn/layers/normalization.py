@@ -125,9 +125,15 @@ class BatchNorm(_Norm):
                              f"(BatchNorm needs more than 1, as torch.nn.BatchNorm1d); {owner} would leave such a "
                              "batch: choose a batch_size that does not leave a last batch of one sample")
 
+    _sync = None        # fastnn.distributed.DataParallel(sync_batchnorm=True) during a distributed fit
+    _sync_forward = False
+
     def forward(self, X, training=False):
         if self._frozen:        # a frozen BatchNorm runs in inference mode, in fit too (Keras 3)
             training = False
+        self._sync_forward = False
+        if training and self._sync is not None:     # the global batch's statistics (fastnn/distributed.py)
+            return self._sync.batchnorm_forward(self, X)
         if training and X.size // max(X.shape[-1], 1) < 2:
             raise ValueError(f"{self.name}: expected more than 1 value per channel in training mode, got a "
                              f"batch of shape {X.shape} (as torch.nn.BatchNorm1d)")
@@ -140,6 +146,8 @@ class BatchNorm(_Norm):
         return Y
 
     def backward(self, dY):
+        if self._sync_forward:
+            return self._sync.batchnorm_backward(self, dY)
         Xhat = self._Xhat
         dX = self._batch_buffers(dY.shape, lambda _: np.empty(Xhat.shape, Xhat.dtype), tag="grad")
         _k.batchnorm_backward(rows2d(dY), rows2d(Xhat), self.params["weight"], self._stats[1],

@@ -112,6 +112,9 @@ def plan_for(model, train, bs, metrics, cbs):
     trainer = model.trainer
     if not trainer.compiled_plan:      # tests switch the plan off to compare the two paths
         return None
+    dist = trainer._dist
+    if dist is not None and dist.plan_hook(model.dtype) is None:   # data-parallel without the C allreduce hook
+        return None
     if model.graph.general:            # masks or multi-output layers: the plan cannot honour them
         return None
     if W is not None or metrics or cbs.batch_hooks or trainer.constrained:
@@ -171,6 +174,12 @@ def fit_epoch(model, plan, epoch, train, bs, shuffle):
     idx = model.rng.permutation(n) if shuffle else None
     opt = model.optimizer
     core = plan.core
+    # data-parallel (fastnn/distributed.py): the plan allreduces through MPI_Allreduce itself, and its batches are
+    # this rank's shares of global batches of bs * size rows
+    dist = model.trainer._dist
+    hook = None if dist is None else dist.plan_hook(model.dtype)
+    core.allreduce(*(hook or ()))
+    gbs = bs * (1 if hook is None else dist.size)
     core.loss(model.loss.kind)
     if opt.kind == OPT.ADAM:
         states = [opt.state["exp_avg"], opt.state["exp_avg_sq"], opt.state.get("max_exp_avg_sq")]
@@ -192,7 +201,7 @@ def fit_epoch(model, plan, epoch, train, bs, shuffle):
               -1.0 if model.clip_norm is None else model.clip_norm)
     loss = model.loss
     _k.reset_stats(core)
-    n_batches, n_threads = -(-n // bs), get_num_threads()
+    n_batches, n_threads = -(-n // gbs), get_num_threads()
     step0, b = opt.step_count, 0
     status = PLAN_STATUS.DONE
     try:
@@ -212,8 +221,10 @@ def fit_epoch(model, plan, epoch, train, bs, shuffle):
         # that an interrupt anywhere in the loop, even between a chunk's return and the line after it, leaves the
         # step count equal to the updates the weights hold
         stats = core.stats
-        opt.step_count = step0 + -(-int(stats["n_samples"]) // bs)
+        opt.step_count = step0 + -(-int(stats["n_samples"]) // gbs)
         model.trainer.guard_backup_steps += int(stats["n_backups"])
+        if dist is not None:
+            dist.allreduce_seconds += float(stats["allreduce_seconds"])
         if model.clip_norm is not None or model.clip_value is not None:
             model.grad_norm = float(stats["grad_norm"])
     done = b
@@ -230,6 +241,9 @@ def fit_epoch(model, plan, epoch, train, bs, shuffle):
         if status == PLAN_STATUS.NONFINITE_STATE:
             raise model.trainer.nonfinite("parameters", where, None,
                                    f"the update made the optimizer's {_state_keys(opt)[bad]} non-finite")
+        if stats["mpi_error"]:
+            raise RuntimeError(f"compiled plan: MPI_Allreduce failed with error code {int(stats['mpi_error'])} "
+                               f"at epoch {epoch + 1}, batch {done + 1}")
         raise RuntimeError(f"compiled plan: status {PLAN_STATUS(status).label} (a kind outside the table)")
     seen = stats["n_samples"]
     logs = {"loss": float(stats["loss_sum"]) if loss.sums else (float(stats["loss_sum"]) / seen if seen > 0 else 0.0)}

@@ -49,6 +49,8 @@ class Trainer:
         monitor: the ``fastnn.diagnostics.Monitor`` during ``fit(diagnostics=True)``, else None.
         base_lr: the optimizer's lr at compile, the base of ``lr_schedule``.
         compiled_plan: False runs every fit on the per-layer path (tests compare the two paths).
+        distributed: the ``fastnn.distributed.DataParallel`` of the last ``fit(distributed=...)``, else None
+            (``Model.save`` then writes on rank 0 only).
         train_plan, infer_plans: the compiled plans kept between calls (see compiled.py).
     """
 
@@ -67,6 +69,8 @@ class Trainer:
         self.compiled_plan = True
         self.train_plan = None
         self.infer_plans = None
+        self.distributed = None     # the fastnn.distributed.DataParallel of the last distributed fit (save: rank 0)
+        self._dist = None       # the DataParallel while a distributed fit runs
         self._train_lock = threading.RLock()     # held by the thread that runs fit / train_on_batch
 
     def _set_mode(self, training):
@@ -192,9 +196,13 @@ class Trainer:
             finally:
                 self._set_mode(prev)
             loss, correct, grad = model.engine.loss_and_grad(model.loss, out, Tb, Wb)
+            if self._dist is not None:     # data-parallel: the global batch's loss; the gradient scaled to its share
+                loss, correct = self._dist.combine_loss(self, loss, correct, grad, Xb.shape[0], Wb)
             if guard and not np.isfinite(loss):
                 raise self.nonfinite("loss", where, None, f"the loss is {loss}")
             model.engine.backward(grad)
+        if self._dist is not None:         # data-parallel: the global batch's gradient on every rank
+            self._dist.reduce_gradients(model.optimizer._grads)
         # the guard scans what the optimizer updates: the trainable prefix of the flat buffers (frozen layers'
         # gradients are computed but never applied)
         if guard:
@@ -381,7 +389,7 @@ class Trainer:
 
     def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_split=0.0, validation_data=None,
             metrics=None, class_weight=None, sample_weight=None, initial_epoch=0, callbacks=None, verbose=0,
-            nan_guard=None, diagnostics=False):
+            nan_guard=None, diagnostics=False, distributed=None):
         """``Model.fit`` (see its docstring for the arguments); returns a History."""
         model = self.model
         owner = "fit"
@@ -393,14 +401,37 @@ class Trainer:
             raise TypeError(f"fit: nan_guard must be a bool or None, got {type(nan_guard).__name__}")
         if not isinstance(shuffle, (bool, np.bool_)):
             raise TypeError(f"fit: shuffle must be a bool, got {type(shuffle).__name__} {shuffle!r}")
+        dist = None
+        if distributed is not None:
+            from fastnn.distributed import DataParallel
+            if not isinstance(distributed, DataParallel):
+                raise TypeError(f"fit: distributed must be a fastnn.distributed.DataParallel or None, got "
+                                f"{type(distributed).__name__}")
+            dist = distributed
         train, val, metric_objs = self._fit_prepare(X, y, validation_split, validation_data, metrics,
                                                     class_weight, sample_weight)
         self.check_trainable("fit")
         self.check_optimizer("fit")
+        if dist is not None and self.sampled is not None:
+            raise ValueError("fit: distributed training does not support the sampled_softmax loss (its step "
+                             "computes part of the output only); train it in one process")
         n = train[0].shape[0]
-        bs = min(batch_size, n)
-        n_batches = -(-n // bs)
-        sizes = {bs, n - (n_batches - 1) * bs}          # the batch sizes of an epoch
+        if dist is None:
+            bs = min(batch_size, n)
+            n_batches = -(-n // bs)
+            sizes = {bs, n - (n_batches - 1) * bs}          # the batch sizes of an epoch
+        else:      # batch_size per rank: a global batch of batch_size * size rows, split over the ranks
+            bs = min(batch_size, -(-n // dist.size))
+            n_batches = -(-n // (bs * dist.size))
+            last = n - (n_batches - 1) * bs * dist.size
+            if dist.sync_batchnorm:
+                sizes = {bs * dist.size, last}
+            else:                                     # local statistics: the rows of one rank's shard
+                sizes = {bs} | {(r + 1) * last // dist.size - r * last // dist.size for r in range(dist.size)}
+                if 0 in sizes:
+                    sizes.add(1)
+            if dist.rank != 0:
+                verbose = 0
         for layer in model.graph.layers:
             if isinstance(layer, BatchNorm):            # before any update, not at the epoch's last batch
                 layer.check_training_batches(sizes, owner)
@@ -410,6 +441,14 @@ class Trainer:
             from fastnn import diagnostics as _diagnostics
             monitor = _diagnostics.Monitor()
             callbacks = _diagnostics.with_monitor(callbacks, monitor)
+        if dist is not None and dist.rank != 0:        # callbacks that write files act on rank 0 only
+            if isinstance(callbacks, _callbacks.Callback):
+                callbacks = [callbacks]
+            if callbacks is not None and not isinstance(callbacks, (str, bytes)):
+                try:
+                    callbacks = [cb for cb in callbacks if not getattr(cb, "writes_files", False)]
+                except TypeError:
+                    pass        # _fit_callbacks raises its error
         cbs = self._fit_callbacks(callbacks, history, verbose, epochs, n_batches)
         # as Keras' callback.params: what on_train_begin can check against; "extra_logs": a callback of the
         # user's that runs before this one has an on_epoch_end, which may add keys to the logs
@@ -425,14 +464,24 @@ class Trainer:
         model.stop_training = False
         model.history = history
         logs = {}
+        self.distributed = dist           # save() after this fit: on rank 0 only when distributed
+        if dist is not None:
+            dist.start(model, train, val)
+            self._dist = dist
         try:
             cbs.on_train_begin()
             for epoch in range(initial_epoch, epochs):
                 t0 = time.perf_counter()
                 self._apply_schedule(epoch)      # before the callbacks, so that a LearningRateScheduler wins
                 cbs.on_epoch_begin(epoch)
-                logs = self._fit_epoch(epoch, train, bs, shuffle, metric_objs, cbs)
-                if val is not None:
+                if dist is not None:
+                    logs = dist.fit_epoch(self, epoch, train, bs, shuffle, metric_objs, cbs)
+                else:
+                    logs = self._fit_epoch(epoch, train, bs, shuffle, metric_objs, cbs)
+                if val is not None and dist is not None:
+                    vlogs = dist.evaluate(self, val, metric_objs)
+                    logs.update({"val_" + k: v for k, v in vlogs.items()})
+                elif val is not None:
                     vlogs = self.evaluate_arrays(val[0], val[1], None, val[2], metric_objs)
                     logs.update({"val_" + k: v for k, v in vlogs.items()})
                 logs["time"] = time.perf_counter() - t0
@@ -443,6 +492,9 @@ class Trainer:
             cbs.on_train_end(logs)
         finally:
             model.nan_guard = saved_guard
+            if dist is not None:
+                self._dist = None
+                dist.finish(model)
             if monitor is not None:
                 monitor.close()
         return history
@@ -688,6 +740,21 @@ class Trainer:
 
     def evaluate_arrays(self, X, T, batch_size=None, W=None, metrics=()):
         """The logs of ``evaluate`` for checked arrays, in the current mode of the layers' forward (inference)."""
+        return self.logs_from_sums(*self.evaluate_sums(X, T, batch_size, W, metrics), metrics)
+
+    def logs_from_sums(self, total, wtotal, correct, predictions, metrics=()):
+        """The logs of ``evaluate`` from the sums of ``evaluate_sums`` (possibly added over data-parallel ranks)."""
+        model = self.model
+        logs = {"loss": float(total) if model.loss.sums else (float(total) / wtotal if wtotal > 0 else 0.0)}
+        if model.loss.classification:
+            logs["accuracy"] = float(correct) / predictions if predictions else 0.0
+        for m in metrics:
+            logs[m.name] = m.result()
+        return logs
+
+    def evaluate_sums(self, X, T, batch_size=None, W=None, metrics=()):
+        """(loss total, its weight, correct, predictions) of (X, T) in the current mode, the metrics updated:
+        the loss is total / weight (total itself for a loss that sums), the accuracy correct / predictions."""
         model = self.model
         n = X.shape[0]
         bs = _engine.inference_rows(model.graph, X) if batch_size is None else batch_size
@@ -721,13 +788,8 @@ class Trainer:
         finally:
             model.engine.checkin(engine)
         denom = wtotal if (W is not None or masked) else n
-        logs = {"loss": total if model.loss.sums else (total / denom if denom > 0 else 0.0)}
-        if model.loss.classification:
-            npred = predictions if masked else model.loss.n_predictions(n, self.output_shape_for(T))
-            logs["accuracy"] = correct / npred if npred else 0.0
-        for m in metrics:
-            logs[m.name] = m.result()
-        return logs
+        npred = predictions if masked else model.loss.n_predictions(n, self.output_shape_for(T))
+        return total, denom, correct, npred
 
 
 

@@ -1,0 +1,196 @@
+"""Run under mpiexec by tests/test_distributed.py (not a test module itself).
+
+    mpiexec -n 2 python -m mpi4py tests/_mpi_train.py equiv OUT_DIR
+    mpiexec -n 2 python -m mpi4py tests/_mpi_train.py kill OUT_DIR {plan,layers,raise}
+
+equiv: trains three float64 models (SGD with momentum on a compiled-plan MLP, Adam with validation data and a
+metric, BatchNorm + Dropout with synchronized statistics) data-parallel with per-rank batch B, checking after
+every step that the parameter buffers are bitwise equal on all ranks; rank 0 then trains the same models in one
+process with batch B * size and writes OUT_DIR/result.json (max weight differences, history differences,
+hash mismatches) and saves the distributed BatchNorm model to OUT_DIR/bn.fnn with its predictions.
+kill: rank 1 kills itself with SIGKILL (or raises) at the end of the first epoch; rank 0 trains on into the next
+allreduce (and the job must end with an error).
+"""
+import hashlib
+import json
+import os
+import signal
+import sys
+
+import numpy as np
+from mpi4py import MPI
+
+import fastnn as fnn
+from fastnn import distributed as dist
+
+L = fnn.layers
+B = 12          # per-rank batch
+N = 101         # samples: the last global batch is short and split unevenly
+
+
+class HashCheck(fnn.callbacks.Callback):
+    """After every batch: gather a hash of the parameter buffer (and the optimizer state) from every rank."""
+
+    def __init__(self, comm):
+        self.comm, self.steps, self.mismatches = comm, 0, 0
+
+    def on_batch_end(self, batch, logs=None):
+        self.check()
+
+    def check(self):
+        h = hashlib.sha256(self.model.parameters.tobytes())
+        for k in sorted(self.model.optimizer.state):
+            h.update(self.model.optimizer.state[k].tobytes())
+        every = self.comm.allgather(h.hexdigest())
+        self.steps += 1
+        self.mismatches += len(set(every)) - 1
+
+
+class EpochHashCheck(HashCheck):
+    """The same after every epoch (no batch hook: the compiled plan stays on)."""
+    on_batch_end = fnn.callbacks.Callback.on_batch_end
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.check()
+
+
+def data(seed=0, n=N, d=6, k=3):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(np.int64) + (X[:, 2] > 1).astype(np.int64)
+    return X, y
+
+
+def make(case):
+    if case == "plan_sgd":      # compiled-plan models (the plan calls MPI_Allreduce from C)
+        m = fnn.Sequential([L.Dense(16, activation="tanh"), L.Dense(3)], input_dim=6, seed=6, dtype="float64")
+        m.compile("cross_entropy", fnn.optim.SGD(0.1, momentum=0.9, nesterov=True))
+    elif case == "plan_adam":
+        m = fnn.Sequential([L.Dense(16, activation="relu"), L.Dense(8), L.Tanh(), L.Dense(2)], input_dim=6,
+                           seed=7, dtype="float64")
+        m.compile("mse", fnn.optim.Adam(1e-2))
+    elif case == "masked":      # a masked sequence output: each rank's share is its real steps
+        x = fnn.Input((7, 6))
+        m = fnn.Model(x, L.Dense(3)(L.Dense(8, activation="tanh")(L.Masking()(x))), seed=8, dtype="float64")
+        m.compile("cross_entropy", fnn.optim.Adam(1e-2))
+    elif case == "conv":        # Conv2D, synchronized BatchNorm over (n, H, W, C), pooling, Dropout in a Residual
+        m = fnn.Sequential([L.Conv2D(4, 3, padding="same", use_bias=False), L.BatchNorm(), L.ReLU(),
+                            L.Residual([L.Conv2D(4, 3, padding="same", activation="relu"), L.Dropout(0.25)]),
+                            L.MaxPool2D(2), L.Flatten(), L.Dense(3)], input_shape=(6, 6, 2), seed=9,
+                           dtype="float64")
+        m.compile("cross_entropy", fnn.optim.Adam(1e-2))
+    elif case == "rnn":         # recurrent layers
+        m = fnn.Sequential([L.Bidirectional(L.GRU(5, return_sequences=True)), L.LSTM(4), L.Dense(3)],
+                           input_shape=(5, 3), seed=10, dtype="float64")
+        m.compile("cross_entropy", fnn.optim.SGD(0.1, momentum=0.9))
+    elif case == "sgd":
+        m = fnn.Sequential([L.Dense(16, activation="tanh"), L.Dense(3)], input_dim=6, seed=3, dtype="float64")
+        m.compile("cross_entropy", fnn.optim.SGD(0.1, momentum=0.9))
+    elif case == "adam":
+        m = fnn.Sequential([L.Dense(16, activation="relu"), L.Dense(3)], input_dim=6, seed=4, dtype="float64")
+        m.compile("cross_entropy", fnn.optim.Adam(1e-2))
+    else:
+        # no bias before BatchNorm: its gradient is 0 up to rounding, which Adam would scale up to lr-sized steps
+        m = fnn.Sequential([L.Dense(16, use_bias=False), L.BatchNorm(), L.ReLU(), L.Dropout(0.3), L.Dense(3)],
+                           input_dim=6, seed=5, dtype="float64")
+        m.compile("cross_entropy", fnn.optim.Adam(1e-2))
+    return m
+
+
+CASES = ("sgd", "adam", "bnd", "plan_sgd", "plan_adam", "masked", "conv", "rnn")
+
+
+def fit_kwargs(case, X, y):
+    kw = {"epochs": 3}
+    if case == "plan_adam":
+        kw.update(y=np.stack([X[:, 0] * X[:, 1], np.sin(X[:, 2])], axis=1))
+    if case == "conv":
+        kw.update(X=np.random.default_rng(3).standard_normal((X.shape[0], 6, 6, 2)))
+    if case == "rnn":
+        kw.update(X=np.random.default_rng(4).standard_normal((X.shape[0], 5, 3)))
+    if case == "masked":        # sequences of 7 steps, padded (all-zero steps) after a random length
+        rng = np.random.default_rng(2)
+        Xs = rng.standard_normal((X.shape[0], 7, 6))
+        for i, n in enumerate(rng.integers(1, 8, X.shape[0])):
+            Xs[i, n:] = 0.0
+        kw.update(X=Xs, y=rng.integers(0, 3, (X.shape[0], 7)), validation_split=0.2)
+    if case == "adam":
+        Xv, yv = data(seed=1, n=37)
+        kw.update(validation_data=(Xv, yv), metrics=["top_k_accuracy"])
+    return kw
+
+
+def equiv(out):
+    comm = MPI.COMM_WORLD
+    size = comm.Get_size()
+    X, y = data()
+    result = {"size": size, "cases": {}}
+    models = {}
+    for case in CASES:
+        m = make(case)
+        cb = (EpochHashCheck if case.startswith("plan") else HashCheck)(comm)
+        dp = dist.DataParallel(sync_batchnorm=case in ("bnd", "conv"))
+        kw = fit_kwargs(case, X, y)
+        cbs = [cb]
+        if case == "adam":      # a callback that writes a file: rank 0 only
+            cbs.append(fnn.callbacks.CSVLogger(os.path.join(out, f"log_rank{comm.Get_rank()}.csv")))
+        h = m.fit(kw.pop("X", X), kw.pop("y", y), batch_size=B, callbacks=cbs, distributed=dp, **kw)
+        if case.startswith("plan"):
+            assert m.trainer.train_plan is not None and dp.allreduce_seconds > 0, "the compiled plan did not run"
+        models[case] = (m, h.history, cb)
+    if comm.Get_rank() == 0:
+        for case, (m, hist, cb) in models.items():
+            ref = make(case)
+            kw = fit_kwargs(case, X, y)
+            rh = ref.fit(kw.pop("X", X), kw.pop("y", y), batch_size=B * size, **kw).history
+            hd = max(abs(a - b) for k in rh if k != "time" for a, b in zip(rh[k], hist[k]))
+            result["cases"][case] = {
+                "weight_diff": float(np.max(np.abs(ref.parameters - m.parameters))),
+                "state_diff": max([0.0] + [float(np.max(np.abs(ref.optimizer.state[k] - m.optimizer.state[k])))
+                                           for k in ref.optimizer.state]),
+                "buffer_diff": max([0.0] + [float(np.max(np.abs(a - b))) for la, lb in
+                                            zip(ref.graph.layers, m.graph.layers)
+                                            for a, b in zip(la.buffers.values(), lb.buffers.values())]),
+                "history_keys": sorted(hist), "ref_history_keys": sorted(rh),
+                "history_diff": float(hd), "steps": cb.steps, "hash_mismatches": cb.mismatches,
+                "step_count": m.optimizer.step_count, "ref_step_count": ref.optimizer.step_count,
+            }
+        np.save(os.path.join(out, "bn_pred.npy"), models["bnd"][0].predict(X))
+    else:
+        result = {"steps": {c: v[2].steps for c, v in models.items()},
+                  "hash_mismatches": {c: v[2].mismatches for c, v in models.items()}}
+    path = os.path.join(out, f"bn_rank{comm.Get_rank()}.fnn")
+    models["bnd"][0].save(path)          # writes on rank 0 only
+    with open(os.path.join(out, f"result{comm.Get_rank()}.json"), "w") as f:
+        json.dump(result, f)
+
+
+class KillAt(fnn.callbacks.Callback):
+    """Rank 1 dies at the end of the first epoch: SIGKILL, or an exception (how="raise")."""
+
+    def __init__(self, comm, how):
+        self.comm, self.how = comm, how
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0 and self.comm.Get_rank() == 1:
+            sys.stdout.flush()
+            if self.how == "raise":
+                raise RuntimeError("rank 1 fails on purpose")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def kill(out, how):
+    """how: "plan" (the compiled plan's C allreduce), "layers" (the per-layer path, synchronized BatchNorm: the
+    survivor waits in a forward-pass allreduce) or "raise" (an exception instead of SIGKILL)."""
+    comm = MPI.COMM_WORLD
+    X, y = data(n=4000)
+    m = make("bnd" if how == "layers" else "adam")
+    print(f"rank {comm.Get_rank()} training", flush=True)
+    m.fit(X, y, batch_size=8, epochs=1000, callbacks=[KillAt(comm, how)],
+          distributed=dist.DataParallel(sync_batchnorm=True))
+    with open(os.path.join(out, f"finished{comm.Get_rank()}"), "w") as f:      # must not be reached
+        f.write("finished")
+
+
+if __name__ == "__main__":
+    {"equiv": equiv, "kill": kill}[sys.argv[1]](*sys.argv[2:])
