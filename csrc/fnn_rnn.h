@@ -154,6 +154,7 @@ static int fnn_rnn_mask_plan(const unsigned char *mask, ptrdiff_t n, ptrdiff_t s
 #define FNN_RNN_NR 32
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FNN_NO_CLONES)
 #include <immintrin.h>
+#include <unistd.h>
 #define FNN_RNN_HAVE_PK 1
 #else
 #define FNN_RNN_HAVE_PK 0
@@ -176,10 +177,25 @@ static int fnn_rnn_isa(void) {
 /* cap the packed kernel (0: always the BLAS; 1: at most AVX2; 2: the best); returns the kernel now in use */
 static int fnn_rnn_set_isa(int cap) { fnn_rnn_isa_cap_ = cap < 0 ? 0 : (cap > 2 ? 2 : cap); return fnn_rnn_isa(); }
 static inline ptrdiff_t fnn_rnn_panels(ptrdiff_t n) { return (n + FNN_RNN_NR - 1) / FNN_RNN_NR; }
-/* floats of the packing buffer for a layer: W_hh (forward) and W_hh^T (backward) share it */
-static ptrdiff_t fnn_rnn_packed_size(int cell, ptrdiff_t U) {
+/* bytes of packed weights that one step may stream per row block and keep in L2: half the L2 (glibc's sysconf;
+ * 1 MB where it does not say).  Above it the input projection stays one large GEMM before the time loop (hidden
+ * 256 LSTM on a 2 MB L2: W_hh and W_ih packed, 2 MB, made the fused forward 1.4x slower). */
+static long fnn_rnn_l2_budget_ = -1;
+static long fnn_rnn_l2_budget(void) {
+    if (fnn_rnn_l2_budget_ < 0) {
+        long l2 = 0;
+#if FNN_RNN_HAVE_PK && defined(__GLIBC__) && defined(_SC_LEVEL2_CACHE_SIZE)
+        l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+        fnn_rnn_l2_budget_ = l2 > 0 ? l2 / 2 : (1L << 20);
+    }
+    return fnn_rnn_l2_budget_;
+}
+/* floats of the packing buffer of a layer: the forward's W_hh then W_ih, the backward's W_hh^T (the forward's
+ * packing is dead once its time loop is done, so the two share it) */
+static ptrdiff_t fnn_rnn_packed_size(int cell, ptrdiff_t F, ptrdiff_t U) {
     ptrdiff_t GU = (cell == FNN_RNN_LSTM ? 4 : (cell == FNN_RNN_GRU ? 3 : 1)) * U;
-    ptrdiff_t a = fnn_rnn_panels(GU) * FNN_RNN_NR * U, b = fnn_rnn_panels(U) * FNN_RNN_NR * GU;
+    ptrdiff_t a = fnn_rnn_panels(GU) * FNN_RNN_NR * (U + F), b = fnn_rnn_panels(U) * FNN_RNN_NR * GU;
     return a > b ? a : b;
 }
 /* Bp <- panels of B (K, N): B[k][n] = src[k * ld + n], or with trans src[n * ld + k] */
@@ -196,14 +212,11 @@ static void fnn_rnn_pack_f(int trans, ptrdiff_t K, ptrdiff_t N, const float *src
 }
 
 #if FNN_RNN_HAVE_PK
-/* C[0:mr, 0:nr] (+)= A[0:mr, 0:K] . panel (K, 32); mr <= 8, nr <= 32; the rows past mr repeat the last row */
+/* C[0:mr, 0:nr] (+)= A[0:mr, 0:K] . panel (K, 32); mr <= 8, nr <= 32; A: 8 row pointers (past mr: any row) */
 __attribute__((target("avx512f,avx2,fma")))
-static void fnn_rnn_mk_avx512(ptrdiff_t mr, ptrdiff_t nr, ptrdiff_t K, const float *A, ptrdiff_t lda,
+static void fnn_rnn_mk_avx512(ptrdiff_t mr, ptrdiff_t nr, ptrdiff_t K, const float *const *A,
                               const float *Bp, float *C, ptrdiff_t ldc, int acc) {
-    const float *a0 = A, *a1 = A + (mr > 1 ? 1 : 0) * lda, *a2 = A + (mr > 2 ? 2 : mr - 1) * lda,
-                *a3 = A + (mr > 3 ? 3 : mr - 1) * lda, *a4 = A + (mr > 4 ? 4 : mr - 1) * lda,
-                *a5 = A + (mr > 5 ? 5 : mr - 1) * lda, *a6 = A + (mr > 6 ? 6 : mr - 1) * lda,
-                *a7 = A + (mr > 7 ? 7 : mr - 1) * lda;
+    const float *a0 = A[0], *a1 = A[1], *a2 = A[2], *a3 = A[3], *a4 = A[4], *a5 = A[5], *a6 = A[6], *a7 = A[7];
     __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00,
            c40 = c00, c41 = c00, c50 = c00, c51 = c00, c60 = c00, c61 = c00, c70 = c00, c71 = c00;
     ptrdiff_t k;
@@ -236,9 +249,9 @@ static void fnn_rnn_mk_avx512(ptrdiff_t mr, ptrdiff_t nr, ptrdiff_t K, const flo
 
 /* the same with AVX2+FMA: mr <= 3 rows, 4 ymm per row */
 __attribute__((target("avx2,fma")))
-static void fnn_rnn_mk_avx2(ptrdiff_t mr, ptrdiff_t nr, ptrdiff_t K, const float *A, ptrdiff_t lda,
+static void fnn_rnn_mk_avx2(ptrdiff_t mr, ptrdiff_t nr, ptrdiff_t K, const float *const *A,
                             const float *Bp, float *C, ptrdiff_t ldc, int acc) {
-    const float *a0 = A, *a1 = A + (mr > 1 ? 1 : 0) * lda, *a2 = A + (mr > 2 ? 2 : mr - 1) * lda;
+    const float *a0 = A[0], *a1 = A[1], *a2 = A[2];
     __m256 c00 = _mm256_setzero_ps(), c01 = c00, c02 = c00, c03 = c00, c10 = c00, c11 = c00, c12 = c00,
            c13 = c00, c20 = c00, c21 = c00, c22 = c00, c23 = c00;
     ptrdiff_t k;
@@ -273,20 +286,26 @@ static void fnn_rnn_mk_avx2(ptrdiff_t mr, ptrdiff_t nr, ptrdiff_t K, const float
 /* rows of one block for the packed kernel in use */
 static inline ptrdiff_t fnn_rnn_block_rows(int isa) { return isa == 2 ? 8 : 3; }
 
-/* C[0:M, 0:N] (+)= A[0:M, 0:K] . Bp (packed by fnn_rnn_pack_f); M <= fnn_rnn_block_rows(isa), isa >= 1 */
+/* C[0:M, 0:N] (+)= A[0:M, 0:K] . Bp (packed by fnn_rnn_pack_f); A's rows are A[r * lda], or with rows != NULL
+ * (gathered rows) rows[r]; M <= fnn_rnn_block_rows(isa), isa >= 1 */
 static void fnn_rnn_pgemm_f(int isa, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float *A, ptrdiff_t lda,
-                            const float *Bp, float *C, ptrdiff_t ldc, int acc) {
+                            const float *const *rows, const float *Bp, float *C, ptrdiff_t ldc, int acc) {
 #if FNN_RNN_HAVE_PK
-    ptrdiff_t p, np = fnn_rnn_panels(N);
+    ptrdiff_t p, r, np = fnn_rnn_panels(N);
+    const float *a[8];
     if (M <= 0) return;
+    for (r = 0; r < 8; r++) {
+        ptrdiff_t q = r < M ? r : M - 1;
+        a[r] = rows != NULL ? rows[q] : A + q * lda;
+    }
     for (p = 0; p < np; p++) {
         ptrdiff_t nr = N - p * FNN_RNN_NR;
         nr = nr > FNN_RNN_NR ? FNN_RNN_NR : nr;
-        if (isa == 2) fnn_rnn_mk_avx512(M, nr, K, A, lda, Bp + p * K * FNN_RNN_NR, C + p * FNN_RNN_NR, ldc, acc);
-        else fnn_rnn_mk_avx2(M, nr, K, A, lda, Bp + p * K * FNN_RNN_NR, C + p * FNN_RNN_NR, ldc, acc);
+        if (isa == 2) fnn_rnn_mk_avx512(M, nr, K, a, Bp + p * K * FNN_RNN_NR, C + p * FNN_RNN_NR, ldc, acc);
+        else fnn_rnn_mk_avx2(M, nr, K, a, Bp + p * K * FNN_RNN_NR, C + p * FNN_RNN_NR, ldc, acc);
     }
 #else
-    (void)isa; (void)M; (void)N; (void)K; (void)A; (void)lda; (void)Bp; (void)C; (void)ldc; (void)acc;
+    (void)isa; (void)M; (void)N; (void)K; (void)A; (void)lda; (void)rows; (void)Bp; (void)C; (void)ldc; (void)acc;
 #endif
 }
 
@@ -447,7 +466,16 @@ static void RFN(forward)(const fnn_rnn_dims *d, const T *X, const T *Wih, const 
 #if PACKED
     const int isa = Wp != NULL && (d->n_threads <= 1 || serial) ? fnn_rnn_isa() : 0;
     const ptrdiff_t RB = isa ? fnn_rnn_block_rows(isa) : N;
+    /* one thread, packed W_hh and W_ih within the L2 budget: the input projection too is done per step and row
+     * block (W_ih packed after W_hh), into the first RB rows of XP, so that X . W_ih is never written out and
+     * read back (N * steps * GU floats) */
+    float *Wpi = isa && d->n_threads <= 1
+                 && (double)fnn_rnn_panels(GU) * FNN_RNN_NR * (U + F) * sizeof(float) <= (double)fnn_rnn_l2_budget()
+                 ? Wp + fnn_rnn_panels(GU) * FNN_RNN_NR * U : NULL;
+    const float *xrows[8];
     if (isa) fnn_rnn_pack_f(0, U, GU, Whh, GU, Wp);
+    if (Wpi != NULL) fnn_rnn_pack_f(0, F, GU, Wih, GU, Wpi);
+    else
 #else
     const int isa = 0;
     const ptrdiff_t RB = N;
@@ -473,11 +501,19 @@ static void RFN(forward)(const fnn_rnn_dims *d, const T *X, const T *Wih, const 
         for (i0 = 0; i0 < na; i0 += RB) {            /* packed: the products of a block of rows, then its gates */
           i1 = i0 + RB < na ? i0 + RB : na;
 #if PACKED
-          if (isa) fnn_rnn_pgemm_f(isa, i1 - i0, GU, U, hprev + i0 * U, U, Wp, HP + i0 * GU, GU, 0);
+          if (isa) fnn_rnn_pgemm_f(isa, i1 - i0, GU, U, hprev + i0 * U, U, NULL, Wp, HP + i0 * GU, GU, 0);
+          if (Wpi != NULL) {
+              for (i = i0; i < i1; i++) xrows[i - i0] = X + (d->perm[i] * S + t) * F;
+              fnn_rnn_pgemm_f(isa, i1 - i0, GU, F, NULL, 0, xrows, Wpi, XP, GU, 0);
+          }
 #endif
           for (i = i0; i < i1; i++) {
             const ptrdiff_t o = d->perm[i];
+#if PACKED
+            const T *xp = Wpi != NULL ? XP + (i - i0) * GU : XP + (o * S + t) * GU, *hp = HP + i * GU;
+#else
             const T *xp = XP + (o * S + t) * GU, *hp = HP + i * GU;
+#endif
             if (d->mask != NULL && !d->mask[o * S + t]) {          /* masked step: the state carries over */
                 memcpy(hnew + i * U, hprev + i * U, U * sizeof(T));
                 if (lstm) memcpy(cnew + i * U, cprev + i * U, U * sizeof(T));
@@ -570,8 +606,8 @@ static void RFN(backward)(const fnn_rnn_dims *d, const T *X, const T *Wih, const
                                      dgt + i * GU, dgo);
           }
 #if PACKED
-          if (isa && i0 < na) fnn_rnn_pgemm_f(isa, (i1 < na ? i1 : na) - i0, U, GU, dgt + i0 * GU, GU, Wp, dH + i0 * U,
-                                              U, 1);
+          if (isa && i0 < na) fnn_rnn_pgemm_f(isa, (i1 < na ? i1 : na) - i0, U, GU, dgt + i0 * GU, GU, NULL, Wp,
+                                              dH + i0 * U, U, 1);
 #endif
         }
         if (!isa) RFN(gemm)(0, 1, na, U, GU, dgt, GU, Whh, GU, (T)1, dH, U);

@@ -176,7 +176,7 @@ class _Recurrent(Layer):
                         h=np.empty((n, U), dt), c=np.empty((n, U), dt) if lstm else None,
                         perm=np.empty(n, np.intc), n_active=np.empty(steps, np.intc),
                         scratch=np.empty(n + steps + 1, np.intc), mask=np.empty((n, steps), np.uint8),
-                        Wp=np.empty(_k.packed_size(cell, U), dt) if dt == np.float32 else None)
+                        Wp=np.empty(_k.packed_size(cell, n_in, U), dt) if dt == np.float32 else None)
 
         b = self._batch_buffers(X.shape, make)
         m8 = None
