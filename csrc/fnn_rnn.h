@@ -231,7 +231,8 @@ static void fnn_rnn_mk_avx512(ptrdiff_t mr, ptrdiff_t nr, ptrdiff_t K, const flo
     }
     {
         const __mmask16 m0 = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1u),
-                        m1 = nr >= 32 ? (__mmask16)0xFFFF : (nr <= 16 ? (__mmask16)0 : (__mmask16)((1u << (nr - 16)) - 1u));
+                        m1 = nr >= 32 ? (__mmask16)0xFFFF
+                                      : (nr <= 16 ? (__mmask16)0 : (__mmask16)((1u << (nr - 16)) - 1u));
         __m512 cs[16] = {c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71};
         ptrdiff_t r;
         for (r = 0; r < mr; r++) {
