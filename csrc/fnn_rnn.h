@@ -191,11 +191,12 @@ static long fnn_rnn_l2_budget(void) {
     }
     return fnn_rnn_l2_budget_;
 }
-/* floats of the packing buffer of a layer: the forward's W_hh then W_ih, the backward's W_hh^T (the forward's
- * packing is dead once its time loop is done, so the two share it) */
+/* floats of the packing buffer of a layer: the forward's W_hh then W_ih, the backward's W_hh^T then W_ih^T (the
+ * forward's packing is dead once its time loop is done, so the two share it) */
 static ptrdiff_t fnn_rnn_packed_size(int cell, ptrdiff_t F, ptrdiff_t U) {
     ptrdiff_t GU = (cell == FNN_RNN_LSTM ? 4 : (cell == FNN_RNN_GRU ? 3 : 1)) * U;
-    ptrdiff_t a = fnn_rnn_panels(GU) * FNN_RNN_NR * (U + F), b = fnn_rnn_panels(U) * FNN_RNN_NR * GU;
+    ptrdiff_t a = fnn_rnn_panels(GU) * FNN_RNN_NR * (U + F),
+              b = (fnn_rnn_panels(U) + fnn_rnn_panels(F)) * FNN_RNN_NR * GU;
     return a > b ? a : b;
 }
 /* Bp <- panels of B (K, N): B[k][n] = src[k * ld + n], or with trans src[n * ld + k] */
@@ -215,7 +216,7 @@ static void fnn_rnn_pack_f(int trans, ptrdiff_t K, ptrdiff_t N, const float *src
 /* C[0:mr, 0:nr] (+)= A[0:mr, 0:K] . panel (K, 32); mr <= 8, nr <= 32; A: 8 row pointers (past mr: any row) */
 __attribute__((target("avx512f,avx2,fma")))
 static void fnn_rnn_mk_avx512(ptrdiff_t mr, ptrdiff_t nr, ptrdiff_t K, const float *const *A,
-                              const float *Bp, float *C, ptrdiff_t ldc, int acc) {
+                              const float *Bp, float *const *C, ptrdiff_t col, int acc) {
     const float *a0 = A[0], *a1 = A[1], *a2 = A[2], *a3 = A[3], *a4 = A[4], *a5 = A[5], *a6 = A[6], *a7 = A[7];
     __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00,
            c40 = c00, c41 = c00, c50 = c00, c51 = c00, c60 = c00, c61 = c00, c70 = c00, c71 = c00;
@@ -236,7 +237,7 @@ static void fnn_rnn_mk_avx512(ptrdiff_t mr, ptrdiff_t nr, ptrdiff_t K, const flo
         __m512 cs[16] = {c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71};
         ptrdiff_t r;
         for (r = 0; r < mr; r++) {
-            float *cr = C + r * ldc;
+            float *cr = C[r] + col;
             __m512 v0 = cs[2 * r], v1 = cs[2 * r + 1];
             if (acc) {
                 v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, cr));
@@ -251,7 +252,7 @@ static void fnn_rnn_mk_avx512(ptrdiff_t mr, ptrdiff_t nr, ptrdiff_t K, const flo
 /* the same with AVX2+FMA: mr <= 3 rows, 4 ymm per row */
 __attribute__((target("avx2,fma")))
 static void fnn_rnn_mk_avx2(ptrdiff_t mr, ptrdiff_t nr, ptrdiff_t K, const float *const *A,
-                            const float *Bp, float *C, ptrdiff_t ldc, int acc) {
+                            const float *Bp, float *const *C, ptrdiff_t col, int acc) {
     const float *a0 = A[0], *a1 = A[1], *a2 = A[2];
     __m256 c00 = _mm256_setzero_ps(), c01 = c00, c02 = c00, c03 = c00, c10 = c00, c11 = c00, c12 = c00,
            c13 = c00, c20 = c00, c21 = c00, c22 = c00, c23 = c00;
@@ -275,7 +276,7 @@ static void fnn_rnn_mk_avx2(ptrdiff_t mr, ptrdiff_t nr, ptrdiff_t K, const float
         _mm256_storeu_ps(tile + 48, c12); _mm256_storeu_ps(tile + 56, c13); _mm256_storeu_ps(tile + 64, c20);
         _mm256_storeu_ps(tile + 72, c21); _mm256_storeu_ps(tile + 80, c22); _mm256_storeu_ps(tile + 88, c23);
         for (r = 0; r < mr; r++) {
-            float *cr = C + r * ldc;
+            float *cr = C[r] + col;
             const float *tr = tile + r * FNN_RNN_NR;
             if (acc) for (j = 0; j < nr; j++) cr[j] += tr[j];
             else for (j = 0; j < nr; j++) cr[j] = tr[j];
@@ -288,25 +289,30 @@ static void fnn_rnn_mk_avx2(ptrdiff_t mr, ptrdiff_t nr, ptrdiff_t K, const float
 static inline ptrdiff_t fnn_rnn_block_rows(int isa) { return isa == 2 ? 8 : 3; }
 
 /* C[0:M, 0:N] (+)= A[0:M, 0:K] . Bp (packed by fnn_rnn_pack_f); A's rows are A[r * lda], or with rows != NULL
- * (gathered rows) rows[r]; M <= fnn_rnn_block_rows(isa), isa >= 1 */
+ * (gathered rows) rows[r]; C's rows C[r * ldc], or with crows != NULL crows[r] (scattered);
+ * M <= fnn_rnn_block_rows(isa), isa >= 1 */
 static void fnn_rnn_pgemm_f(int isa, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float *A, ptrdiff_t lda,
-                            const float *const *rows, const float *Bp, float *C, ptrdiff_t ldc, int acc) {
+                            const float *const *rows, const float *Bp, float *C, ptrdiff_t ldc,
+                            float *const *crows, int acc) {
 #if FNN_RNN_HAVE_PK
     ptrdiff_t p, r, np = fnn_rnn_panels(N);
     const float *a[8];
+    float *c[8];
     if (M <= 0) return;
     for (r = 0; r < 8; r++) {
         ptrdiff_t q = r < M ? r : M - 1;
         a[r] = rows != NULL ? rows[q] : A + q * lda;
+        c[r] = crows != NULL ? crows[q] : C + q * ldc;
     }
     for (p = 0; p < np; p++) {
         ptrdiff_t nr = N - p * FNN_RNN_NR;
         nr = nr > FNN_RNN_NR ? FNN_RNN_NR : nr;
-        if (isa == 2) fnn_rnn_mk_avx512(M, nr, K, a, Bp + p * K * FNN_RNN_NR, C + p * FNN_RNN_NR, ldc, acc);
-        else fnn_rnn_mk_avx2(M, nr, K, a, Bp + p * K * FNN_RNN_NR, C + p * FNN_RNN_NR, ldc, acc);
+        if (isa == 2) fnn_rnn_mk_avx512(M, nr, K, a, Bp + p * K * FNN_RNN_NR, c, p * FNN_RNN_NR, acc);
+        else fnn_rnn_mk_avx2(M, nr, K, a, Bp + p * K * FNN_RNN_NR, c, p * FNN_RNN_NR, acc);
     }
 #else
-    (void)isa; (void)M; (void)N; (void)K; (void)A; (void)lda; (void)rows; (void)Bp; (void)C; (void)ldc; (void)acc;
+    (void)isa; (void)M; (void)N; (void)K; (void)A; (void)lda; (void)rows; (void)Bp; (void)C; (void)ldc;
+    (void)crows; (void)acc;
 #endif
 }
 
@@ -502,10 +508,10 @@ static void RFN(forward)(const fnn_rnn_dims *d, const T *X, const T *Wih, const 
         for (i0 = 0; i0 < na; i0 += RB) {            /* packed: the products of a block of rows, then its gates */
           i1 = i0 + RB < na ? i0 + RB : na;
 #if PACKED
-          if (isa) fnn_rnn_pgemm_f(isa, i1 - i0, GU, U, hprev + i0 * U, U, NULL, Wp, HP + i0 * GU, GU, 0);
+          if (isa) fnn_rnn_pgemm_f(isa, i1 - i0, GU, U, hprev + i0 * U, U, NULL, Wp, HP + i0 * GU, GU, NULL, 0);
           if (Wpi != NULL) {
               for (i = i0; i < i1; i++) xrows[i - i0] = X + (d->perm[i] * S + t) * F;
-              fnn_rnn_pgemm_f(isa, i1 - i0, GU, F, NULL, 0, xrows, Wpi, XP, GU, 0);
+              fnn_rnn_pgemm_f(isa, i1 - i0, GU, F, NULL, 0, xrows, Wpi, XP, GU, NULL, 0);
           }
 #endif
           for (i = i0; i < i1; i++) {
@@ -559,7 +565,16 @@ static void RFN(backward)(const fnn_rnn_dims *d, const T *X, const T *Wih, const
 #if PACKED
     const int isa = Wp != NULL && (d->n_threads <= 1 || serial) ? fnn_rnn_isa() : 0;
     const ptrdiff_t RB = isa ? fnn_rnn_block_rows(isa) : N;
+    /* one thread, packed W_hh^T and W_ih^T within the L2 budget: dX = dGo . W_ih^T per step and row block too,
+     * while the block's gate derivatives are in L1 (W_ih^T packed after W_hh^T) */
+    float *Wpi = isa && d->n_threads <= 1 && dX != NULL && F > 0
+                 && (double)(fnn_rnn_panels(U) + fnn_rnn_panels(F)) * FNN_RNN_NR * GU * sizeof(float)
+                    <= (double)fnn_rnn_l2_budget()
+                 ? Wp + fnn_rnn_panels(U) * FNN_RNN_NR * GU : NULL;
+    const float *xrows[8];
+    float *dxrows[8];
     if (isa) fnn_rnn_pack_f(1, GU, U, Whh, GU, Wp);
+    if (Wpi != NULL) fnn_rnn_pack_f(1, GU, F, Wih, GU, Wpi);
 #else
     const int isa = 0;
     const ptrdiff_t RB = N;
@@ -608,7 +623,14 @@ static void RFN(backward)(const fnn_rnn_dims *d, const T *X, const T *Wih, const
           }
 #if PACKED
           if (isa && i0 < na) fnn_rnn_pgemm_f(isa, (i1 < na ? i1 : na) - i0, U, GU, dgt + i0 * GU, GU, NULL, Wp,
-                                              dH + i0 * U, U, 1);
+                                              dH + i0 * U, U, NULL, 1);
+          if (Wpi != NULL) {             /* dX rows of the block (all rows: a row not run gets zeros) */
+              for (i = i0; i < i1; i++) {
+                  xrows[i - i0] = dGo + (d->perm[i] * S + t) * GU;
+                  dxrows[i - i0] = dX + (d->perm[i] * S + t) * F;
+              }
+              fnn_rnn_pgemm_f(isa, i1 - i0, F, GU, NULL, 0, xrows, Wpi, NULL, 0, dxrows, 0);
+          }
 #endif
         }
         if (!isa) RFN(gemm)(0, 1, na, U, GU, dgt, GU, Whh, GU, (T)1, dH, U);
@@ -626,6 +648,9 @@ static void RFN(backward)(const fnn_rnn_dims *d, const T *X, const T *Wih, const
         const T *a = dGo + i * GU, *b = dGt + i * GU;
         for (j = 0; j < GU; j++) { dbih[j] += a[j]; dbhh[j] += b[j]; }
     }
+#if PACKED
+    if (Wpi == NULL)
+#endif
     if (dX != NULL) RFN(gemm)(0, 1, N * S, F, GU, dGo, GU, Wih, GU, (T)0, dX, F);
     fnn_ftz_exit(csr);
 }

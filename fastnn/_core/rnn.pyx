@@ -277,7 +277,7 @@ def rnn_backward(int cell, Py_ssize_t n, Py_ssize_t steps, Py_ssize_t n_in, Py_s
 
 def packed_size(int cell, Py_ssize_t n_in, Py_ssize_t units):
     """Floats of the float32 packing buffer (Wp) of a layer: the forward's W_hh and W_ih, then the backward's
-    W_hh^T, share it."""
+    W_hh^T and W_ih^T, share it."""
     _check_cell(cell)
     return fnn_rnn_packed_size(cell, n_in, units)
 
