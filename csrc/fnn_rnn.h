@@ -141,29 +141,208 @@ static int fnn_rnn_mask_plan(const unsigned char *mask, ptrdiff_t n, ptrdiff_t s
     return 2;
 }
 
+/* ---- the packed per-step GEMM (float32, x86-64 with gcc): W_hh packed ONCE per sequence ----
+ * OpenBLAS repacks its B operand on every call; the per-step products (32 x 128 by 128 x 512 at hidden 128)
+ * are small enough that the repacking and the call overhead are a large part of them.  Here the forward packs
+ * W_hh (U, GU) and the backward W_hh^T (GU, U) once per call into column panels of FNN_RNN_NR floats, K deep,
+ * zero padded (Bp[p][k][0..NR)), and a register-blocked micro-kernel streams them: AVX-512 8 rows x 32
+ * columns (16 zmm accumulators), AVX2+FMA 3 rows x 32 (12 ymm).  The row blocks are fused with the gate pass:
+ * the gates of a block of rows are applied as soon as its products are done, while they are in L1.  The CPU is
+ * asked once (__builtin_cpu_supports); elsewhere, without AVX2+FMA, for float64 and for the large multi-thread
+ * steps the BLAS runs as before.  The micro-kernels use FMA (as OpenBLAS's own kernels do), so their float32
+ * products may differ from the BLAS path in the last bits. */
+#define FNN_RNN_NR 32
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FNN_NO_CLONES)
+#include <immintrin.h>
+#include <unistd.h>
+#define FNN_RNN_HAVE_PK 1
+#else
+#define FNN_RNN_HAVE_PK 0
+#endif
+
+/* -1: ask the CPU on first use; 0: BLAS; 1: AVX2+FMA; 2: AVX-512 (fnn_rnn_set_isa caps it, for the tests) */
+static int fnn_rnn_isa_ = -1, fnn_rnn_isa_cap_ = 2;
+static int fnn_rnn_isa(void) {
+    if (fnn_rnn_isa_ < 0) {
+        int isa = 0;
+#if FNN_RNN_HAVE_PK
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("avx512f")) isa = 2;
+        else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) isa = 1;
+#endif
+        fnn_rnn_isa_ = isa;
+    }
+    return fnn_rnn_isa_ < fnn_rnn_isa_cap_ ? fnn_rnn_isa_ : fnn_rnn_isa_cap_;
+}
+/* cap the packed kernel (0: always the BLAS; 1: at most AVX2; 2: the best); returns the kernel now in use */
+static int fnn_rnn_set_isa(int cap) { fnn_rnn_isa_cap_ = cap < 0 ? 0 : (cap > 2 ? 2 : cap); return fnn_rnn_isa(); }
+static inline ptrdiff_t fnn_rnn_panels(ptrdiff_t n) { return (n + FNN_RNN_NR - 1) / FNN_RNN_NR; }
+/* bytes of packed weights that one step may stream per row block and keep in L2: half the L2 (glibc's sysconf;
+ * 1 MB where it does not say).  Above it the input projection stays one large GEMM before the time loop (hidden
+ * 256 LSTM on a 2 MB L2: W_hh and W_ih packed, 2 MB, made the fused forward 1.4x slower). */
+static long fnn_rnn_l2_budget_ = -1;
+static long fnn_rnn_l2_budget(void) {
+    if (fnn_rnn_l2_budget_ < 0) {
+        long l2 = 0;
+#if FNN_RNN_HAVE_PK && defined(__GLIBC__) && defined(_SC_LEVEL2_CACHE_SIZE)
+        l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+        fnn_rnn_l2_budget_ = l2 > 0 ? l2 / 2 : (1L << 20);
+    }
+    return fnn_rnn_l2_budget_;
+}
+/* floats of the packing buffer of a layer: the forward's W_hh then W_ih, the backward's W_hh^T then W_ih^T (the
+ * forward's packing is dead once its time loop is done, so the two share it) */
+static ptrdiff_t fnn_rnn_packed_size(int cell, ptrdiff_t F, ptrdiff_t U) {
+    ptrdiff_t GU = (cell == FNN_RNN_LSTM ? 4 : (cell == FNN_RNN_GRU ? 3 : 1)) * U;
+    ptrdiff_t a = fnn_rnn_panels(GU) * FNN_RNN_NR * (U + F),
+              b = (fnn_rnn_panels(U) + fnn_rnn_panels(F)) * FNN_RNN_NR * GU;
+    return a > b ? a : b;
+}
+/* Bp <- panels of B (K, N): B[k][n] = src[k * ld + n], or with trans src[n * ld + k] */
+static void fnn_rnn_pack_f(int trans, ptrdiff_t K, ptrdiff_t N, const float *src, ptrdiff_t ld, float *Bp) {
+    ptrdiff_t p, k, c, np = fnn_rnn_panels(N);
+    for (p = 0; p < np; p++)
+        for (k = 0; k < K; k++) {
+            float *dst = Bp + (p * K + k) * FNN_RNN_NR;
+            for (c = 0; c < FNN_RNN_NR; c++) {
+                ptrdiff_t col = p * FNN_RNN_NR + c;
+                dst[c] = col >= N ? 0.0f : (trans ? src[col * ld + k] : src[k * ld + col]);
+            }
+        }
+}
+
+#if FNN_RNN_HAVE_PK
+/* C[0:mr, 0:nr] (+)= A[0:mr, 0:K] . panel (K, 32); mr <= 8, nr <= 32; A: 8 row pointers (past mr: any row) */
+__attribute__((target("avx512f,avx2,fma")))
+static void fnn_rnn_mk_avx512(ptrdiff_t mr, ptrdiff_t nr, ptrdiff_t K, const float *const *A,
+                              const float *Bp, float *const *C, ptrdiff_t col, int acc) {
+    const float *a0 = A[0], *a1 = A[1], *a2 = A[2], *a3 = A[3], *a4 = A[4], *a5 = A[5], *a6 = A[6], *a7 = A[7];
+    __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00,
+           c40 = c00, c41 = c00, c50 = c00, c51 = c00, c60 = c00, c61 = c00, c70 = c00, c71 = c00;
+    ptrdiff_t k;
+    for (k = 0; k < K; k++) {
+        const __m512 b0 = _mm512_loadu_ps(Bp + k * FNN_RNN_NR), b1 = _mm512_loadu_ps(Bp + k * FNN_RNN_NR + 16);
+        __m512 x;
+#define FNN_RNN_MK(r) x = _mm512_set1_ps(a##r[k]); c##r##0 = _mm512_fmadd_ps(x, b0, c##r##0); \
+        c##r##1 = _mm512_fmadd_ps(x, b1, c##r##1);
+        FNN_RNN_MK(0) FNN_RNN_MK(1) FNN_RNN_MK(2) FNN_RNN_MK(3) FNN_RNN_MK(4) FNN_RNN_MK(5) FNN_RNN_MK(6)
+        FNN_RNN_MK(7)
+#undef FNN_RNN_MK
+    }
+    {
+        const __mmask16 m0 = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1u),
+                        m1 = nr >= 32 ? (__mmask16)0xFFFF
+                                      : (nr <= 16 ? (__mmask16)0 : (__mmask16)((1u << (nr - 16)) - 1u));
+        __m512 cs[16] = {c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71};
+        ptrdiff_t r;
+        for (r = 0; r < mr; r++) {
+            float *cr = C[r] + col;
+            __m512 v0 = cs[2 * r], v1 = cs[2 * r + 1];
+            if (acc) {
+                v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, cr));
+                v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, cr + 16));
+            }
+            _mm512_mask_storeu_ps(cr, m0, v0);
+            _mm512_mask_storeu_ps(cr + 16, m1, v1);
+        }
+    }
+}
+
+/* the same with AVX2+FMA: mr <= 3 rows, 4 ymm per row */
+__attribute__((target("avx2,fma")))
+static void fnn_rnn_mk_avx2(ptrdiff_t mr, ptrdiff_t nr, ptrdiff_t K, const float *const *A,
+                            const float *Bp, float *const *C, ptrdiff_t col, int acc) {
+    const float *a0 = A[0], *a1 = A[1], *a2 = A[2];
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c02 = c00, c03 = c00, c10 = c00, c11 = c00, c12 = c00,
+           c13 = c00, c20 = c00, c21 = c00, c22 = c00, c23 = c00;
+    ptrdiff_t k;
+    for (k = 0; k < K; k++) {
+        const float *b = Bp + k * FNN_RNN_NR;
+        const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8), b2 = _mm256_loadu_ps(b + 16),
+                     b3 = _mm256_loadu_ps(b + 24);
+        __m256 x;
+#define FNN_RNN_MK(r) x = _mm256_broadcast_ss(a##r + k); c##r##0 = _mm256_fmadd_ps(x, b0, c##r##0); \
+        c##r##1 = _mm256_fmadd_ps(x, b1, c##r##1); c##r##2 = _mm256_fmadd_ps(x, b2, c##r##2); \
+        c##r##3 = _mm256_fmadd_ps(x, b3, c##r##3);
+        FNN_RNN_MK(0) FNN_RNN_MK(1) FNN_RNN_MK(2)
+#undef FNN_RNN_MK
+    }
+    {
+        float tile[3 * FNN_RNN_NR];
+        ptrdiff_t r, j;
+        _mm256_storeu_ps(tile, c00); _mm256_storeu_ps(tile + 8, c01); _mm256_storeu_ps(tile + 16, c02);
+        _mm256_storeu_ps(tile + 24, c03); _mm256_storeu_ps(tile + 32, c10); _mm256_storeu_ps(tile + 40, c11);
+        _mm256_storeu_ps(tile + 48, c12); _mm256_storeu_ps(tile + 56, c13); _mm256_storeu_ps(tile + 64, c20);
+        _mm256_storeu_ps(tile + 72, c21); _mm256_storeu_ps(tile + 80, c22); _mm256_storeu_ps(tile + 88, c23);
+        for (r = 0; r < mr; r++) {
+            float *cr = C[r] + col;
+            const float *tr = tile + r * FNN_RNN_NR;
+            if (acc) for (j = 0; j < nr; j++) cr[j] += tr[j];
+            else for (j = 0; j < nr; j++) cr[j] = tr[j];
+        }
+    }
+}
+#endif
+
+/* rows of one block for the packed kernel in use */
+static inline ptrdiff_t fnn_rnn_block_rows(int isa) { return isa == 2 ? 8 : 3; }
+
+/* C[0:M, 0:N] (+)= A[0:M, 0:K] . Bp (packed by fnn_rnn_pack_f); A's rows are A[r * lda], or with rows != NULL
+ * (gathered rows) rows[r]; C's rows C[r * ldc], or with crows != NULL crows[r] (scattered);
+ * M <= fnn_rnn_block_rows(isa), isa >= 1 */
+static void fnn_rnn_pgemm_f(int isa, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float *A, ptrdiff_t lda,
+                            const float *const *rows, const float *Bp, float *C, ptrdiff_t ldc,
+                            float *const *crows, int acc) {
+#if FNN_RNN_HAVE_PK
+    ptrdiff_t p, r, np = fnn_rnn_panels(N);
+    const float *a[8];
+    float *c[8];
+    if (M <= 0) return;
+    for (r = 0; r < 8; r++) {
+        ptrdiff_t q = r < M ? r : M - 1;
+        a[r] = rows != NULL ? rows[q] : A + q * lda;
+        c[r] = crows != NULL ? crows[q] : C + q * ldc;
+    }
+    for (p = 0; p < np; p++) {
+        ptrdiff_t nr = N - p * FNN_RNN_NR;
+        nr = nr > FNN_RNN_NR ? FNN_RNN_NR : nr;
+        if (isa == 2) fnn_rnn_mk_avx512(M, nr, K, a, Bp + p * K * FNN_RNN_NR, c, p * FNN_RNN_NR, acc);
+        else fnn_rnn_mk_avx2(M, nr, K, a, Bp + p * K * FNN_RNN_NR, c, p * FNN_RNN_NR, acc);
+    }
+#else
+    (void)isa; (void)M; (void)N; (void)K; (void)A; (void)lda; (void)rows; (void)Bp; (void)C; (void)ldc;
+    (void)crows; (void)acc;
+#endif
+}
+
 #define FNN_RNN_PASS 1
 #define T float
 #define SFX _f
 #define SIGMOID fnn_sigmoid_vec_f
 #define TANH fnn_tanh_f
 #define GEMM scipy_cblas_sgemm
+#define PACKED 1
 #include "fnn_rnn.h"
 #undef T
 #undef SFX
 #undef SIGMOID
 #undef TANH
 #undef GEMM
+#undef PACKED
 #define T double
 #define SFX _d
 #define SIGMOID fnn_sigmoid_d
 #define TANH tanh
 #define GEMM scipy_cblas_dgemm
+#define PACKED 0
 #include "fnn_rnn.h"
 #undef T
 #undef SFX
 #undef SIGMOID
 #undef TANH
 #undef GEMM
+#undef PACKED
 #undef FNN_RNN_PASS
 
 #else  /* FNN_RNN_H: the body, once per element type */
@@ -284,13 +463,31 @@ FNN_CLONES static void RFN(simple_bwd_row)(ptrdiff_t U, int relu, const T *restr
  * LSTM only, may be NULL). */
 static void RFN(forward)(const fnn_rnn_dims *d, const T *X, const T *Wih, const T *Whh, const T *bih,
                          const T *bhh, const T *h0, const T *c0, T *XP, T *HP, T *Hs, T *Cs, T *Gs, T *Y,
-                         T *hout, T *cout) {
+                         T *hout, T *cout, T *Wp) {
     const ptrdiff_t N = d->n, S = d->steps, F = d->n_in, U = d->units;
     const int cell = d->cell, lstm = cell == FNN_RNN_LSTM, gru = cell == FNN_RNN_GRU;
     const ptrdiff_t GU = fnn_rnn_gates(cell) * U, SV = fnn_rnn_saved(cell) * U;
     ptrdiff_t i, s;
     unsigned int csr = fnn_ftz_enter();
     const int serial = d->n_threads > 1 && N * GU * U < FNN_RNN_SERIAL_STEP;
+#if PACKED
+    const int isa = Wp != NULL && (d->n_threads <= 1 || serial) ? fnn_rnn_isa() : 0;
+    const ptrdiff_t RB = isa ? fnn_rnn_block_rows(isa) : N;
+    /* one thread, packed W_hh and W_ih within the L2 budget: the input projection too is done per step and row
+     * block (W_ih packed after W_hh), into the first RB rows of XP, so that X . W_ih is never written out and
+     * read back (N * steps * GU floats) */
+    float *Wpi = isa && d->n_threads <= 1
+                 && (double)fnn_rnn_panels(GU) * FNN_RNN_NR * (U + F) * sizeof(float) <= (double)fnn_rnn_l2_budget()
+                 ? Wp + fnn_rnn_panels(GU) * FNN_RNN_NR * U : NULL;
+    const float *xrows[8];
+    if (isa) fnn_rnn_pack_f(0, U, GU, Whh, GU, Wp);
+    if (Wpi != NULL) fnn_rnn_pack_f(0, F, GU, Wih, GU, Wpi);
+    else
+#else
+    const int isa = 0;
+    const ptrdiff_t RB = N;
+    (void)Wp;
+#endif
     RFN(gemm)(0, 0, N * S, GU, F, X, F, Wih, GU, (T)0, XP, GU);
     if (serial) fnn_rnn_blas_threads(1);
     for (i = 0; i < N; i++) {
@@ -306,10 +503,24 @@ static void RFN(forward)(const fnn_rnn_dims *d, const T *X, const T *Wih, const 
         T *hnew = Hs + (s + 1) * N * U;
         const T *cprev = lstm ? Cs + s * N * U : NULL;
         T *cnew = lstm ? Cs + (s + 1) * N * U : NULL;
-        RFN(gemm)(0, 0, na, GU, U, hprev, U, Whh, GU, (T)0, HP, GU);
-        for (i = 0; i < na; i++) {
+        ptrdiff_t i0, i1;
+        if (!isa) RFN(gemm)(0, 0, na, GU, U, hprev, U, Whh, GU, (T)0, HP, GU);
+        for (i0 = 0; i0 < na; i0 += RB) {            /* packed: the products of a block of rows, then its gates */
+          i1 = i0 + RB < na ? i0 + RB : na;
+#if PACKED
+          if (isa) fnn_rnn_pgemm_f(isa, i1 - i0, GU, U, hprev + i0 * U, U, NULL, Wp, HP + i0 * GU, GU, NULL, 0);
+          if (Wpi != NULL) {
+              for (i = i0; i < i1; i++) xrows[i - i0] = X + (d->perm[i] * S + t) * F;
+              fnn_rnn_pgemm_f(isa, i1 - i0, GU, F, NULL, 0, xrows, Wpi, XP, GU, NULL, 0);
+          }
+#endif
+          for (i = i0; i < i1; i++) {
             const ptrdiff_t o = d->perm[i];
+#if PACKED
+            const T *xp = Wpi != NULL ? XP + (i - i0) * GU : XP + (o * S + t) * GU, *hp = HP + i * GU;
+#else
             const T *xp = XP + (o * S + t) * GU, *hp = HP + i * GU;
+#endif
             if (d->mask != NULL && !d->mask[o * S + t]) {          /* masked step: the state carries over */
                 memcpy(hnew + i * U, hprev + i * U, U * sizeof(T));
                 if (lstm) memcpy(cnew + i * U, cprev + i * U, U * sizeof(T));
@@ -319,6 +530,7 @@ static void RFN(forward)(const fnn_rnn_dims *d, const T *X, const T *Wih, const 
                                         hnew + i * U);
             else if (gru) RFN(gru_fwd_row)(U, xp, hp, bih, bhh, hprev + i * U, Gs + (s * N + i) * SV, hnew + i * U);
             else RFN(simple_fwd_row)(U, cell == FNN_RNN_RELU, xp, hp, bih, bhh, hnew + i * U);
+          }
         }
         if (na < N) {                    /* the rows that ended: a contiguous tail, unchanged */
             memcpy(hnew + na * U, hprev + na * U, (N - na) * U * sizeof(T));
@@ -343,13 +555,31 @@ static void RFN(forward)(const fnn_rnn_dims *d, const T *X, const T *Wih, const 
 static void RFN(backward)(const fnn_rnn_dims *d, const T *X, const T *Wih, const T *Whh, const T *Hs,
                           const T *Cs, const T *Gs, const T *dY, const T *dhout, const T *dcout, T *dH, T *dC,
                           T *dGt, T *dGo, T *dX, T *dWih, T *dWhh, T *dbih, T *dbhh, T *dh0, T *dc0,
-                          double *norms) {
+                          double *norms, T *Wp) {
     const ptrdiff_t N = d->n, S = d->steps, F = d->n_in, U = d->units;
     const int cell = d->cell, lstm = cell == FNN_RNN_LSTM, gru = cell == FNN_RNN_GRU;
     const ptrdiff_t GU = fnn_rnn_gates(cell) * U, SV = fnn_rnn_saved(cell) * U;
     ptrdiff_t i, j, s;
     const int serial = d->n_threads > 1 && N * GU * U < FNN_RNN_SERIAL_STEP;
     unsigned int csr = fnn_ftz_enter();
+#if PACKED
+    const int isa = Wp != NULL && (d->n_threads <= 1 || serial) ? fnn_rnn_isa() : 0;
+    const ptrdiff_t RB = isa ? fnn_rnn_block_rows(isa) : N;
+    /* one thread, packed W_hh^T and W_ih^T within the L2 budget: dX = dGo . W_ih^T per step and row block too,
+     * while the block's gate derivatives are in L1 (W_ih^T packed after W_hh^T) */
+    float *Wpi = isa && d->n_threads <= 1 && dX != NULL && F > 0
+                 && (double)(fnn_rnn_panels(U) + fnn_rnn_panels(F)) * FNN_RNN_NR * GU * sizeof(float)
+                    <= (double)fnn_rnn_l2_budget()
+                 ? Wp + fnn_rnn_panels(U) * FNN_RNN_NR * GU : NULL;
+    const float *xrows[8];
+    float *dxrows[8];
+    if (isa) fnn_rnn_pack_f(1, GU, U, Whh, GU, Wp);
+    if (Wpi != NULL) fnn_rnn_pack_f(1, GU, F, Wih, GU, Wpi);
+#else
+    const int isa = 0;
+    const ptrdiff_t RB = N;
+    (void)Wp;
+#endif
     if (serial) fnn_rnn_blas_threads(1);
     for (i = 0; i < N; i++) {
         const ptrdiff_t o = d->perm[i];
@@ -373,7 +603,10 @@ static void RFN(backward)(const fnn_rnn_dims *d, const T *X, const T *Wih, const
             for (j = 0; j < N * U; j++) acc += (double)dH[j] * (double)dH[j];
             norms[s] = sqrt(acc);
         }
-        for (i = 0; i < N; i++) {
+        ptrdiff_t i0, i1;
+        for (i0 = 0; i0 < N; i0 += RB) {     /* packed: the gate derivatives of a block of rows, then its product */
+          i1 = i0 + RB < N ? i0 + RB : N;
+          for (i = i0; i < i1; i++) {
             const ptrdiff_t o = d->perm[i];
             T *dgo = dGo + (o * S + t) * GU;
             if (i >= na || (d->mask != NULL && !d->mask[o * S + t])) {   /* not run: no gradient, state passes */
@@ -387,8 +620,20 @@ static void RFN(backward)(const fnn_rnn_dims *d, const T *X, const T *Wih, const
                                            dgt + i * GU, dgo);
             else RFN(simple_bwd_row)(U, cell == FNN_RNN_RELU, Hs + ((s + 1) * N + i) * U, dH + i * U,
                                      dgt + i * GU, dgo);
+          }
+#if PACKED
+          if (isa && i0 < na) fnn_rnn_pgemm_f(isa, (i1 < na ? i1 : na) - i0, U, GU, dgt + i0 * GU, GU, NULL, Wp,
+                                              dH + i0 * U, U, NULL, 1);
+          if (Wpi != NULL) {             /* dX rows of the block (all rows: a row not run gets zeros) */
+              for (i = i0; i < i1; i++) {
+                  xrows[i - i0] = dGo + (d->perm[i] * S + t) * GU;
+                  dxrows[i - i0] = dX + (d->perm[i] * S + t) * F;
+              }
+              fnn_rnn_pgemm_f(isa, i1 - i0, F, GU, NULL, 0, xrows, Wpi, NULL, 0, dxrows, 0);
+          }
+#endif
         }
-        RFN(gemm)(0, 1, na, U, GU, dgt, GU, Whh, GU, (T)1, dH, U);
+        if (!isa) RFN(gemm)(0, 1, na, U, GU, dgt, GU, Whh, GU, (T)1, dH, U);
     }
     if (serial) fnn_rnn_blas_threads(d->n_threads);
     for (i = 0; i < N; i++) {
@@ -403,6 +648,9 @@ static void RFN(backward)(const fnn_rnn_dims *d, const T *X, const T *Wih, const
         const T *a = dGo + i * GU, *b = dGt + i * GU;
         for (j = 0; j < GU; j++) { dbih[j] += a[j]; dbhh[j] += b[j]; }
     }
+#if PACKED
+    if (Wpi == NULL)
+#endif
     if (dX != NULL) RFN(gemm)(0, 1, N * S, F, GU, dGo, GU, Wih, GU, (T)0, dX, F);
     fnn_ftz_exit(csr);
 }

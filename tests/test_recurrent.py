@@ -290,6 +290,39 @@ def test_float32_matches_float64(cell):
 
 
 @pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
+def test_float32_packed_step_kernel_matches_blas(cell):
+    """The float32 per-step products run in the packed micro-kernels (AVX-512, AVX2+FMA) where the CPU has them:
+    every kernel the CPU can run agrees with the BLAS path, on a row count and widths that leave partial row
+    blocks and panels (n 11, units 37: G*37 is not a multiple of the 32-float panel), with a prefix mask (the
+    active rows shrink) and a general one (blended); at 1 thread (the input projection also per step and row
+    block, from gathered rows of X) and at 2 (per-step products only)."""
+    _, make, _, _ = cell
+    best = _k.set_packed_isa(2)
+    threads = fnn.get_num_threads()
+    X = np.random.default_rng(1).normal(size=(11, 9, 5)).astype(np.float32)
+    dY = np.random.default_rng(2).normal(size=(11, 9, 37)).astype(np.float32)
+    lengths = np.array([9, 3, 7, 9, 1, 0, 5, 9, 2, 8, 4])
+    masks = [None, np.arange(9)[None, :] < lengths[:, None]]
+    masks.append(masks[1][:, ::-1].copy())
+    try:
+        for mask, nt in [(m, nt) for m in masks for nt in (1, 2)]:
+            fnn.set_num_threads(nt)
+            res = {}
+            for isa in range(best + 1):
+                assert _k.set_packed_isa(isa) == isa
+                layer = bind(make(37, return_sequences=True), (9, 5), np.float32, seed=3)
+                y = layer.forward(X, mask=mask).copy()
+                dX = layer.backward(dY)
+                res[isa] = [y, dX.copy()] + [layer.grads[k].copy() for k in sorted(layer.grads)]
+            for isa in range(1, best + 1):
+                for a, b in zip(res[isa], res[0]):
+                    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+    finally:
+        _k.set_packed_isa(2)
+        fnn.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
 def test_one_sequence_equals_its_row_in_a_batch(cell):
     _, make, _, _ = cell
     layer = bind(make(6, return_sequences=True), (None, 3))

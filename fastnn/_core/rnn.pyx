@@ -31,24 +31,28 @@ cdef extern from "fnn_rnn.h" nogil:
                           int *n_active, int *scratch)
     float fnn_exp_f(float x)
     float fnn_sigmoid_vec_f(float x)
+    ptrdiff_t fnn_rnn_packed_size(int cell, ptrdiff_t n_in, ptrdiff_t units)
+    int fnn_rnn_set_isa(int cap)
     unsigned int fnn_ftz_enter()
     void fnn_ftz_exit(unsigned int old)
     void fnn_rnn_forward_f(const fnn_rnn_dims *d, const float *X, const float *Wih, const float *Whh,
                            const float *bih, const float *bhh, const float *h0, const float *c0, float *XP,
-                           float *HP, float *Hs, float *Cs, float *Gs, float *Y, float *hout, float *cout)
+                           float *HP, float *Hs, float *Cs, float *Gs, float *Y, float *hout, float *cout,
+                           float *Wp)
     void fnn_rnn_forward_d(const fnn_rnn_dims *d, const double *X, const double *Wih, const double *Whh,
                            const double *bih, const double *bhh, const double *h0, const double *c0, double *XP,
-                           double *HP, double *Hs, double *Cs, double *Gs, double *Y, double *hout, double *cout)
+                           double *HP, double *Hs, double *Cs, double *Gs, double *Y, double *hout, double *cout,
+                           double *Wp)
     void fnn_rnn_backward_f(const fnn_rnn_dims *d, const float *X, const float *Wih, const float *Whh,
                             const float *Hs, const float *Cs, const float *Gs, const float *dY,
                             const float *dhout, const float *dcout, float *dH, float *dC, float *dGt,
                             float *dGo, float *dX, float *dWih, float *dWhh, float *dbih, float *dbhh,
-                            float *dh0, float *dc0, double *norms)
+                            float *dh0, float *dc0, double *norms, float *Wp)
     void fnn_rnn_backward_d(const fnn_rnn_dims *d, const double *X, const double *Wih, const double *Whh,
                             const double *Hs, const double *Cs, const double *Gs, const double *dY,
                             const double *dhout, const double *dcout, double *dH, double *dC, double *dGt,
                             double *dGo, double *dX, double *dWih, double *dWhh, double *dbih, double *dbhh,
-                            double *dh0, double *dc0, double *norms)
+                            double *dh0, double *dc0, double *norms, double *Wp)
 
 TANH = FNN_RNN_TANH
 RELU = FNN_RNN_RELU
@@ -147,11 +151,13 @@ def rnn_forward(int cell, Py_ssize_t n, Py_ssize_t steps, Py_ssize_t n_in, Py_ss
                 const floating[::1] X, const floating[::1] W_ih, const floating[::1] W_hh,
                 const floating[::1] b_ih, const floating[::1] b_hh, const floating[::1] h0,
                 const floating[::1] c0, floating[::1] XP, floating[::1] HP, floating[::1] Hs, floating[::1] Cs,
-                floating[::1] Gs, floating[::1] Y, floating[::1] hout, floating[::1] cout, int n_threads=1):
+                floating[::1] Gs, floating[::1] Y, floating[::1] hout, floating[::1] cout, int n_threads=1,
+                floating[::1] Wp=None):
     """Forward over the sequence (see the module docstring for the shapes).  IN: X, the weights and biases,
     h0 / c0 (None: zeros), the row plan (perm, n_active, mask: mask None unless mask_plan's mode is 1).
     SCRATCH: XP, HP.  OUT: Hs, Cs (LSTM; else may be None), Gs (SimpleRNN: may be None), Y (None: not kept),
-    hout, cout (LSTM; may be None)."""
+    hout, cout (LSTM; may be None).  Wp: None, or (float32) packed_size(cell, n_in, units) floats of scratch for the
+    packed per-step GEMMs (W_hh and W_ih packed once per call); float64 ignores it."""
     cdef fnn_rnn_dims d = _dims(cell, n, steps, n_in, units, reverse, perm, n_active, mask, n_threads)
     cdef Py_ssize_t GU = fnn_rnn_gates(cell) * units, SV = fnn_rnn_saved(cell) * units
     cdef bint lstm = cell == FNN_RNN_LSTM
@@ -174,6 +180,8 @@ def rnn_forward(int cell, Py_ssize_t n, Py_ssize_t steps, Py_ssize_t n_in, Py_ss
     _opt("cout", cout, n * units)
     if c0 is not None and not lstm:
         raise ValueError("rnn: c0 is for LSTM only")
+    _opt("Wp", Wp, fnn_rnn_packed_size(cell, n_in, units))
+    cdef floating *pWp = _p(Wp) if floating is float else NULL
     cdef const floating *pX = _cp(X)
     cdef const floating *pWih = _cp(W_ih)
     cdef const floating *pWhh = _cp(W_hh)
@@ -191,9 +199,9 @@ def rnn_forward(int cell, Py_ssize_t n, Py_ssize_t steps, Py_ssize_t n_in, Py_ss
     cdef floating *pcout = _p(cout)
     with nogil:
         if floating is float:
-            fnn_rnn_forward_f(&d, pX, pWih, pWhh, pbih, pbhh, ph0, pc0, pXP, pHP, pHs, pCs, pGs, pY, phout, pcout)
+            fnn_rnn_forward_f(&d, pX, pWih, pWhh, pbih, pbhh, ph0, pc0, pXP, pHP, pHs, pCs, pGs, pY, phout, pcout, pWp)
         else:
-            fnn_rnn_forward_d(&d, pX, pWih, pWhh, pbih, pbhh, ph0, pc0, pXP, pHP, pHs, pCs, pGs, pY, phout, pcout)
+            fnn_rnn_forward_d(&d, pX, pWih, pWhh, pbih, pbhh, ph0, pc0, pXP, pHP, pHs, pCs, pGs, pY, phout, pcout, pWp)
 
 def rnn_backward(int cell, Py_ssize_t n, Py_ssize_t steps, Py_ssize_t n_in, Py_ssize_t units, bint reverse,
                  const int[::1] perm, const int[::1] n_active, const unsigned char[:, ::1] mask,
@@ -202,11 +210,13 @@ def rnn_backward(int cell, Py_ssize_t n, Py_ssize_t steps, Py_ssize_t n_in, Py_s
                  const floating[::1] dY, const floating[::1] dhout, const floating[::1] dcout,
                  floating[::1] dH, floating[::1] dC, floating[::1] dGt, floating[::1] dGo, floating[::1] dX,
                  floating[::1] dW_ih, floating[::1] dW_hh, floating[::1] db_ih, floating[::1] db_hh,
-                 floating[::1] dh0, floating[::1] dc0, double[::1] norms, int n_threads=1):
+                 floating[::1] dh0, floating[::1] dc0, double[::1] norms, int n_threads=1,
+                 floating[::1] Wp=None):
     """Backpropagation through time of rnn_forward (same plan and stored Hs, Cs, Gs).  IN: dY (the gradient
     of Y; None: zero), dhout / dcout (of the last state; None: zero).  SCRATCH: dH, dC (LSTM), dGt, dGo.
     OUT (overwritten): dW_ih, dW_hh, db_ih, db_hh; dX, dh0, dc0 (None: not computed); norms ((steps,) float64 or
-    None: the L2 norm over the batch of the gradient reaching the state after each processing step)."""
+    None: the L2 norm over the batch of the gradient reaching the state after each processing step).  Wp: as in
+    rnn_forward (W_hh^T is packed into it once per call)."""
     cdef fnn_rnn_dims d = _dims(cell, n, steps, n_in, units, reverse, perm, n_active, mask, n_threads)
     cdef Py_ssize_t GU = fnn_rnn_gates(cell) * units, SV = fnn_rnn_saved(cell) * units
     cdef bint lstm = cell == FNN_RNN_LSTM
@@ -235,6 +245,8 @@ def rnn_backward(int cell, Py_ssize_t n, Py_ssize_t steps, Py_ssize_t n_in, Py_s
     if norms is not None and norms.shape[0] != steps:
         raise ValueError(f"rnn: norms has {norms.shape[0]} elements, expected {steps}")
     cdef double *np_ = &norms[0] if (norms is not None and steps > 0) else NULL
+    _opt("Wp", Wp, fnn_rnn_packed_size(cell, n_in, units))
+    cdef floating *pWp = _p(Wp) if floating is float else NULL
     cdef const floating *pX = _cp(X)
     cdef const floating *pWih = _cp(W_ih)
     cdef const floating *pWhh = _cp(W_hh)
@@ -258,10 +270,23 @@ def rnn_backward(int cell, Py_ssize_t n, Py_ssize_t steps, Py_ssize_t n_in, Py_s
     with nogil:
         if floating is float:
             fnn_rnn_backward_f(&d, pX, pWih, pWhh, pHs, pCs, pGs, pdY, pdh, pdc, pdH, pdC, pdGt, pdGo, pdX, pdWih,
-                               pdWhh, pdbih, pdbhh, pdh0, pdc0, np_)
+                               pdWhh, pdbih, pdbhh, pdh0, pdc0, np_, pWp)
         else:
             fnn_rnn_backward_d(&d, pX, pWih, pWhh, pHs, pCs, pGs, pdY, pdh, pdc, pdH, pdC, pdGt, pdGo, pdX, pdWih,
-                               pdWhh, pdbih, pdbhh, pdh0, pdc0, np_)
+                               pdWhh, pdbih, pdbhh, pdh0, pdc0, np_, pWp)
+
+def packed_size(int cell, Py_ssize_t n_in, Py_ssize_t units):
+    """Floats of the float32 packing buffer (Wp) of a layer: the forward's W_hh and W_ih, then the backward's
+    W_hh^T and W_ih^T, share it."""
+    _check_cell(cell)
+    return fnn_rnn_packed_size(cell, n_in, units)
+
+
+def set_packed_isa(int cap):
+    """Cap the packed per-step kernel (test hook): 0 always the BLAS, 1 at most AVX2+FMA, 2 the best the CPU has.
+    Returns the kernel in use: 0 BLAS, 1 AVX2+FMA, 2 AVX-512."""
+    return fnn_rnn_set_isa(cap)
+
 
 def exp_f32(const float[::1] x, float[::1] out):
     """out = e^x with the kernels' vectorized float32 exp (test twin)."""

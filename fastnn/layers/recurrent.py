@@ -175,7 +175,8 @@ class _Recurrent(Layer):
                         Gs=np.empty(steps * n * sv, dt) if sv else None, Y=np.empty((n, steps, U), dt),
                         h=np.empty((n, U), dt), c=np.empty((n, U), dt) if lstm else None,
                         perm=np.empty(n, np.intc), n_active=np.empty(steps, np.intc),
-                        scratch=np.empty(n + steps + 1, np.intc), mask=np.empty((n, steps), np.uint8))
+                        scratch=np.empty(n + steps + 1, np.intc), mask=np.empty((n, steps), np.uint8),
+                        Wp=np.empty(_k.packed_size(cell, n_in, U), dt) if dt == np.float32 else None)
 
         b = self._batch_buffers(X.shape, make)
         m8 = None
@@ -191,7 +192,7 @@ class _Recurrent(Layer):
                        X.reshape(-1), self.params["weight_ih"].reshape(-1), self.params["weight_hh"].reshape(-1),
                        self.params["bias_ih"], self.params["bias_hh"], h0, c0, b["XP"], b["HP"], b["Hs"], b["Cs"],
                        b["Gs"], None if Y is None else Y.reshape(-1), b["h"].reshape(-1),
-                       None if b["c"] is None else b["c"].reshape(-1), get_num_threads())
+                       None if b["c"] is None else b["c"].reshape(-1), get_num_threads(), b["Wp"])
         self._saved = (X, b, kmask, n, steps)
         out = b["Y"] if self.return_sequences else b["h"]
         if self.return_state:
@@ -249,7 +250,7 @@ class _Recurrent(Layer):
                         None if dX is None else dX.reshape(-1), self.grads["weight_ih"].reshape(-1),
                         self.grads["weight_hh"].reshape(-1), self.grads["bias_ih"], self.grads["bias_hh"],
                         g["dh0"].reshape(-1) if want_states else None,
-                        g["dc0"].reshape(-1) if (want_states and lstm) else None, norms, get_num_threads())
+                        g["dc0"].reshape(-1) if (want_states and lstm) else None, norms, get_num_threads(), b["Wp"])
         self._norms = norms
         if want_states:
             return [dX, g["dh0"], g["dc0"]] if lstm else [dX, g["dh0"]]
