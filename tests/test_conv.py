@@ -461,3 +461,21 @@ def test_forward_input_errors():
         layer.forward(np.zeros((6, 6, 2)))
     with pytest.raises(ValueError, match="c2: expected 2 input channels"):
         layer.forward(np.zeros((1, 6, 6, 3)))
+
+
+def test_scratch_for_fewer_threads_still_runs():
+    """Buffers made at 1 thread, then a call asking for 2: the kernel runs on the threads its scratch allows."""
+    rng = np.random.default_rng(18)
+    X, Wt, b = rng.standard_normal((4, 9, 9, 3)), rng.standard_normal((3, 3, 3, 5)), rng.standard_normal(5)
+    args = ((1, 1), (1, 1), (1, 1, 1, 1), 1)
+    Z, Y, dZ = (np.empty((4, 9, 9, 5)) for _ in range(3))
+    sf = np.empty(K.scratch_size(X.shape, Wt.shape, *args, 8, 1, False))
+    sb = np.empty(K.scratch_size(X.shape, Wt.shape, *args, 8, 1, True))
+    assert sb.size < K.scratch_size(X.shape, Wt.shape, *args, 8, 2, True)
+    K.conv2d_forward(X, Wt, b, Z, Y, *args, sf, ACT.TANH, 0.0, 2)
+    dY = rng.standard_normal((4, 9, 9, 5))
+    dX, dW, db = np.empty_like(X), np.empty_like(Wt), np.empty_like(b)
+    K.conv2d_backward(X, Wt, Z, Y, dY, dZ, dX, dW, db, *args, sb, ACT.TANH, 0.0, 2)
+    want = _kernel_run(ref, np.float64, X, Wt, b, *args, ACT.TANH, dY, 1)
+    for a, c in zip((Y, dX, dW, db), want):
+        np.testing.assert_allclose(a, c, rtol=1e-10, atol=1e-11)

@@ -20,13 +20,14 @@ into the thread's own images of dX (col2im), so no two threads write one dX row.
 Special cases: a 1x1, stride-1, unpadded, ungrouped convolution is the Dense GEMM on (N*H*W, C) with no
 gather; a depthwise convolution (C/G == 1) runs direct loops (a per-group GEMM would have K = kh*kw).
 
-Why (a 1-thread probe on the busy 2-core build machine, an Intel Xeon, float32, 3x3 conv 32->32 channels on
-16x16 images, batch 32, best of 15; two runs): forward 52 / 71 GFLOP/s while a 1024^3 sgemm ran 51 / 74 and one
-untiled (8192 x 288).(288 x 32) sgemm, the GEMM of im2col over the whole batch without its gather, ran 45 / 49:
-tiles of patches that stay in cache beat the whole-batch column matrix even before its gather is counted.
-Backward-to-weights (gather + accumulate) ran 51 / 77 GFLOP/s; backward-to-data (GEMM with K = filters, then the
-scatter-add) 21 / 23, the weak part.  OpenBLAS's kernels dispatch to the CPU at run time, while the wheel's own C
-is built for the baseline ISA (4 floats wide), so the arithmetic is left to the BLAS.
+Why (1-thread probes on the busy 2-core build machine, an Intel Xeon (AVX-512), float32, 3x3 conv 32->32 channels
+on 16x16 images, batch 32; load average 6-8 while measuring, so every number swings up to 2x): the tiled forward
+ran 47-71 GFLOP/s while a 1024^3 sgemm ran 46-74 in the same runs, and one untiled (8192 x 288).(288 x 32) sgemm,
+the GEMM of im2col over the whole batch before its gather is even counted, ran 45-49: tiles of patches that
+stay in cache beat the whole-batch column matrix.  Backward-to-weights ran 50-84.  Backward-to-data as
+dZ.W^T (K = 32) + col2im ran 13-24; as the transposed convolution, 21-69 (its pass alone 50-53 in the runs
+where the sgemm made 49-53).  OpenBLAS's kernels dispatch to the CPU at run time, while the wheel's own C is
+built for the baseline ISA (4 floats wide), so the arithmetic is left to the BLAS.
 """
 from cython.parallel cimport prange
 from libc.stdint cimport int64_t
