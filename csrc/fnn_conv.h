@@ -20,6 +20,7 @@
 #include <string.h>
 #include <pthread.h>
 #include <cblas.h>
+#include "fnn_dispatch.h"
 
 typedef struct {
     ptrdiff_t N, H, W, C;        /* batch, input height, width, channels */
@@ -222,4 +223,154 @@ static void fnn_conv_dw_backward##SFX(const fnn_conv_geom *g, const T *X, const 
 FNN_CONV_DEFS(float, _f)
 FNN_CONV_DEFS(double, _d)
 #undef FNN_CONV_DEFS
+
+/* ---- the small-channel direct path (first layers: G == 1, C <= FNN_CONV_SMALL_C, see conv.pyx) ----------------
+ * No im2col: per output row (n, oy), the kh input rows it reads are copied, channel by channel, into zero-padded
+ * "planes" (plane[(ky*C + c)*L + j] = X[n, iy(ky), j - pl, c], 0 in the padding), so that tap (ky, kx, c) of
+ * output pixel ox reads plane[(ky*C + c)*L + ox*sw + kx*dw] without a bounds check.  The output pixels of a row
+ * are the vector axis, FNN_CONV_LANES at a time (the row is padded up to a multiple: OWp), the filters and the
+ * taps loop outside.  The forward keeps one block of lanes in registers over every tap of a filter; backward-to-
+ * weights accumulates dW[tap, f] in FNN_CONV_LANES partial sums per entry (`lanes`, K*F*LANES), which the caller
+ * sums in a fixed order at the end.  Every loop is elementwise over the lanes, so every ISA clone
+ * (FNN_CLONES) computes the same values. */
+#define FNN_CONV_LANES 16
+#define FNN_CONV_SMALL_C 4
+#define FNN_CONV_SMALL_F 7                /* filters at most: from 8 on, the GEMMs (N = F) were as fast or faster */
+#define FNN_CONV_SMALL_TAPS 256           /* kh*kw*C at most (the tap lists live on the stack) */
+
+static inline ptrdiff_t fnn_conv_small_owp(const fnn_conv_geom *g) {
+    return (g->OW + FNN_CONV_LANES - 1) / FNN_CONV_LANES * FNN_CONV_LANES;
+}
+/* a plane holds sw phases of Ls elements: element j of the padded input row is at (j % sw) * Ls + j / sw, so
+ * that the taps of FNN_CONV_LANES consecutive output pixels are consecutive at every stride */
+static inline ptrdiff_t fnn_conv_small_ls(const fnn_conv_geom *g) {
+    return fnn_conv_small_owp(g) + ((g->kw - 1) * g->dw) / g->sw;
+}
+static inline ptrdiff_t fnn_conv_small_len(const fnn_conv_geom *g) { return g->sw * fnn_conv_small_ls(g); }
+/* scratch elements of one thread: the planes (forward), + the transposed dZ row and the lanes (backward) */
+static inline ptrdiff_t fnn_conv_small_work(const fnn_conv_geom *g, int backward) {
+    ptrdiff_t n = g->kh * g->C * fnn_conv_small_len(g);
+    if (backward) n += g->F * fnn_conv_small_owp(g) + g->kh * g->kw * g->C * g->F * FNN_CONV_LANES;
+    return n;
+}
+
+/* V##SFX: FNN_CONV_LANES elements as one GNU vector (the compiler splits it into the clone's registers: 1 x 16
+ * floats on AVX-512, 2 x 8 on AVX2, 4 x 4 on SSE2, the same values on each); unaligned loads through memcpy (no vector-valued functions: their ABI differs per clone) */
+#define FNN_CONV_SMALL_DEFS(T, SFX)                                                                       \
+typedef T fnn_conv_v##SFX __attribute__((vector_size(FNN_CONV_LANES * sizeof(T))));                       \
+/* the planes of output row (n, oy); taps (OUT): for every kernel row inside the image, every (kx, c): the  \
+ * offset of its first lane and its weight row ((ky*kw + kx)*C + c); returns their number */              \
+static ptrdiff_t fnn_conv_small_planes##SFX(const fnn_conv_geom *g, const T *X, ptrdiff_t n, ptrdiff_t oy,  \
+                                            T *plane, ptrdiff_t *off, ptrdiff_t *wrow) {                  \
+    const ptrdiff_t C = g->C, W = g->W, sw = g->sw, Ls = fnn_conv_small_ls(g), L = sw * Ls;               \
+    ptrdiff_t ky, kx, c, ph, m, nt = 0;                                                                   \
+    for (ky = 0; ky < g->kh; ky++) {                                                                      \
+        ptrdiff_t iy = oy * g->sh - g->pt + ky * g->dh;                                                   \
+        if (iy < 0 || iy >= g->H) continue;                                                               \
+        const T *xr = X + ((n * g->H + iy) * W) * C;                                                      \
+        for (c = 0; c < C; c++) {                                                                         \
+            T *pl = plane + (ky * C + c) * L;                                                             \
+            for (ph = 0; ph < sw; ph++)                                                                   \
+                for (m = 0; m < Ls; m++) {                                                                \
+                    ptrdiff_t ix = m * sw + ph - g->pl;                                                   \
+                    pl[ph * Ls + m] = (ix >= 0 && ix < W) ? xr[ix * C + c] : (T)0;                        \
+                }                                                                                         \
+        }                                                                                                 \
+        for (kx = 0; kx < g->kw; kx++)                                                                    \
+            for (c = 0; c < C; c++, nt++) {                                                               \
+                ptrdiff_t j = kx * g->dw;                                                                 \
+                off[nt] = (ky * C + c) * L + (j % sw) * Ls + j / sw;                                      \
+                wrow[nt] = (ky * g->kw + kx) * C + c;                                                     \
+            }                                                                                             \
+    }                                                                                                     \
+    return nt;                                                                                            \
+}                                                                                                         \
+                                                                                                          \
+/* Z (OUT) rows [r0, r1) = conv(X, Wt) (no bias); work: fnn_conv_small_work(g, 0) elements.  Four filters  \
+ * at a time share each load of the input lanes */                                                        \
+FNN_CLONES static void fnn_conv_small_forward##SFX(const fnn_conv_geom *g, const T *X, const T *Wt,        \
+                                                 ptrdiff_t r0, ptrdiff_t r1, T *Z, T *work) {             \
+    const ptrdiff_t OW = g->OW, OH = g->OH, F = g->F, OWp = fnn_conv_small_owp(g);                        \
+    ptrdiff_t off[FNN_CONV_SMALL_TAPS], wrow[FNN_CONV_SMALL_TAPS];                                        \
+    ptrdiff_t q, f, t, o, l, e;                                                                           \
+    T out[4][FNN_CONV_LANES];                                                                             \
+    for (q = r0 / OW; q * OW < r1; q++) {                                                                 \
+        const ptrdiff_t n = q / OH, oy = q - n * OH;                                                      \
+        const ptrdiff_t lo = (r0 > q * OW ? r0 - q * OW : 0), hi = (r1 < (q + 1) * OW ? r1 - q * OW : OW); \
+        const ptrdiff_t nt = fnn_conv_small_planes##SFX(g, X, n, oy, work, off, wrow);                     \
+        T *zr = Z + q * OW * F;                                                                           \
+        for (f = 0; f < F; f += 4) {                                                                      \
+            const ptrdiff_t nf = F - f < 4 ? F - f : 4;                                                   \
+            for (o = 0; o < OWp; o += FNN_CONV_LANES) {                                                   \
+                fnn_conv_v##SFX s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};                                   \
+                if (nf == 4) {                                                                            \
+                    for (t = 0; t < nt; t++) {                                                            \
+                        const T *w = Wt + wrow[t] * F + f;                                                \
+                        fnn_conv_v##SFX x; memcpy(&x, work + off[t] + o, sizeof x);                       \
+                        s0 += w[0] * x; s1 += w[1] * x; s2 += w[2] * x; s3 += w[3] * x;                   \
+                    }                                                                                     \
+                } else {                                                                                  \
+                    for (t = 0; t < nt; t++) {                                                            \
+                        const T *w = Wt + wrow[t] * F + f;                                                \
+                        fnn_conv_v##SFX x; memcpy(&x, work + off[t] + o, sizeof x);                       \
+                        s0 += w[0] * x;                                                                   \
+                        if (nf > 1) s1 += w[1] * x;                                                       \
+                        if (nf > 2) s2 += w[2] * x;                                                       \
+                    }                                                                                     \
+                }                                                                                         \
+                memcpy(out[0], &s0, sizeof s0); memcpy(out[1], &s1, sizeof s1);                           \
+                memcpy(out[2], &s2, sizeof s2); memcpy(out[3], &s3, sizeof s3);                           \
+                for (l = (lo > o ? lo - o : 0); l < FNN_CONV_LANES && o + l < hi; l++)                    \
+                    for (e = 0; e < nf; e++) zr[(o + l) * F + f + e] = out[e][l];                          \
+            }                                                                                             \
+        }                                                                                                 \
+    }                                                                                                     \
+}                                                                                                         \
+                                                                                                          \
+/* lanes (IN/OUT, K*F*LANES, K = kh*kw*C) += the partial sums of dW = col^T.dZ over rows [r0, r1); work:      \
+ * fnn_conv_small_work(g, 1) elements (planes, then the transposed dZ row; the lanes may be its end) */      \
+FNN_CLONES static void fnn_conv_small_dw##SFX(const fnn_conv_geom *g, const T *X, const T *dZ, ptrdiff_t r0, \
+                                            ptrdiff_t r1, T *work, T *lanes) {                            \
+    const ptrdiff_t OW = g->OW, OH = g->OH, F = g->F, OWp = fnn_conv_small_owp(g);                        \
+    T *dzt = work + g->kh * g->C * fnn_conv_small_len(g);                                                 \
+    ptrdiff_t off[FNN_CONV_SMALL_TAPS], wrow[FNN_CONV_SMALL_TAPS];                                        \
+    ptrdiff_t q, f, t, o;                                                                                 \
+    for (q = r0 / OW; q * OW < r1; q++) {                                                                 \
+        const ptrdiff_t n = q / OH, oy = q - n * OH;                                                      \
+        const ptrdiff_t lo = (r0 > q * OW ? r0 - q * OW : 0), hi = (r1 < (q + 1) * OW ? r1 - q * OW : OW); \
+        const ptrdiff_t nt = fnn_conv_small_planes##SFX(g, X, n, oy, work, off, wrow);                     \
+        const T *dzr = dZ + q * OW * F;                                                                   \
+        for (f = 0; f < F; f++)                                                                           \
+            for (o = 0; o < OWp; o++) dzt[f * OWp + o] = (o >= lo && o < hi) ? dzr[o * F + f] : (T)0;     \
+        for (t = 0; t < nt; t++) {                                                                        \
+            const T *x0 = work + off[t];                                                                  \
+            for (f = 0; f < F; f++) {                                                                     \
+                T *p = lanes + (wrow[t] * F + f) * FNN_CONV_LANES;                                        \
+                const T *d = dzt + f * OWp;                                                               \
+                fnn_conv_v##SFX s, x, dv;                                                                 \
+                memcpy(&s, p, sizeof s);                                                                  \
+                for (o = 0; o < OWp; o += FNN_CONV_LANES) {                                               \
+                    memcpy(&x, x0 + o, sizeof x); memcpy(&dv, d + o, sizeof dv);                          \
+                    s += x * dv;                                                                          \
+                }                                                                                         \
+                memcpy(p, &s, sizeof s);                                                                  \
+            }                                                                                             \
+        }                                                                                                 \
+    }                                                                                                     \
+}                                                                                                         \
+                                                                                                          \
+/* dW (IN/OUT, K*F) += the sums of the lanes, lane 0 first */                                             \
+static void fnn_conv_small_reduce##SFX(const fnn_conv_geom *g, const T *lanes, T *dW) {                   \
+    const ptrdiff_t n = g->kh * g->kw * g->C * g->F;                                                      \
+    ptrdiff_t e, l;                                                                                       \
+    for (e = 0; e < n; e++) {                                                                             \
+        T s = 0;                                                                                          \
+        for (l = 0; l < FNN_CONV_LANES; l++) s += lanes[e * FNN_CONV_LANES + l];                          \
+        dW[e] += s;                                                                                       \
+    }                                                                                                     \
+}
+
+FNN_CONV_SMALL_DEFS(float, _f)
+FNN_CONV_SMALL_DEFS(double, _d)
+#undef FNN_CONV_SMALL_DEFS
 #endif
