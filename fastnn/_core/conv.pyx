@@ -17,7 +17,7 @@ itself a forward convolution (the same tiled code): of dZ with the kernel flippe
 (kh, kw, F/G, C), padded (k-1)*d - p, so that its GEMMs have K = kh*kw*F/G and each dX row is written once.
 At stride > 1, per tile of the weights' pass, dcol = dZ.W^T overwrites the patch tile and is scatter-added
 into the thread's own images of dX (col2im), so no two threads write one dX row.  The col2im form is kept at
-stride 1 too where the layer has fewer than 8 input channels per group and shrinks the image (OH*OW*C < H*W*F):
+stride 1 too where the layer has fewer than 8 input channels per group and shrinks the image (OH*OW < H*W):
 there the transposed convolution's GEMMs have N = C < 8 and gather the zero taps of a (k-1)-padded dZ (C1's
 5x5 6->16 layer, 14x14 -> 10x10, batch 64: backward with dX 4.4-6.6 -> 2.8-3.0 ms, min of 30 interleaved calls).
 Special cases: a 1x1, stride-1, unpadded, ungrouped convolution is the Dense GEMM on (N*H*W, C) with no
@@ -152,7 +152,7 @@ cdef bint _data_as_conv(const fnn_conv_geom *g) noexcept nogil:
         return False
     # few input channels (the transposed convolution's GEMMs would have N = C/G < 8 columns) and an output
     # smaller than the input ("valid"): dZ.W^T + col2im does less work (no zero taps of the (k-1)-padded dZ)
-    return not (g.C // g.G < 8 and g.OH * g.OW * g.C < g.H * g.W * g.F)
+    return not (g.C // g.G < 8 and g.OH * g.OW < g.H * g.W)
 
 
 cdef Py_ssize_t _fwd_tile(const fnn_conv_geom *g, Py_ssize_t itemsize) noexcept nogil:
