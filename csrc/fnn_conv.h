@@ -225,13 +225,14 @@ FNN_CONV_DEFS(double, _d)
 #undef FNN_CONV_DEFS
 
 /* ---- the small-channel direct path (first layers: G == 1, C <= FNN_CONV_SMALL_C, see conv.pyx) ----------------
- * No im2col: per output row (n, oy), the kh input rows it reads are copied, channel by channel, into zero-padded
- * "planes" (plane[(ky*C + c)*L + j] = X[n, iy(ky), j - pl, c], 0 in the padding), so that tap (ky, kx, c) of
- * output pixel ox reads plane[(ky*C + c)*L + ox*sw + kx*dw] without a bounds check.  The output pixels of a row
- * are the vector axis, FNN_CONV_LANES at a time (the row is padded up to a multiple: OWp), the filters and the
- * taps loop outside.  The forward keeps one block of lanes in registers over every tap of a filter; backward-to-
- * weights accumulates dW[tap, f] in FNN_CONV_LANES partial sums per entry (`lanes`, K*F*LANES), which the caller
- * sums in a fixed order at the end.  Every loop is elementwise over the lanes, so every ISA clone
+ * No im2col: each image's rows are copied once, channel by channel, into zero-padded "planes" of L elements
+ * (plane[(iy*C + c)*L + ...] holds X[n, iy, j - pl, c] for the padded columns j, 0 in the padding, j split
+ * into sw stride phases, below), so that tap (ky, kx, c) of FNN_CONV_LANES consecutive output pixels reads
+ * consecutive plane elements without a bounds check.  The output pixels of a row are the vector axis (two
+ * blocks of FNN_CONV_LANES: the row is padded up to OWp), the taps loop inside, the filters (<= 7) are unrolled:
+ * the forward keeps 2 x F lane blocks in registers over every tap of a row; backward-to-weights accumulates
+ * dW[tap, f] in FNN_CONV_LANES partial sums per entry (`lanes`, K*F*LANES) with the row's dZ blocks in
+ * registers, summed in a fixed order at the end.  Every loop is elementwise over the lanes, so every ISA clone
  * (FNN_CLONES) computes the same values. */
 #define FNN_CONV_LANES 16
 #define FNN_CONV_SMALL_C 4
@@ -239,7 +240,7 @@ FNN_CONV_DEFS(double, _d)
 #define FNN_CONV_SMALL_TAPS 256           /* kh*kw*C at most (the tap lists live on the stack) */
 
 static inline ptrdiff_t fnn_conv_small_owp(const fnn_conv_geom *g) {
-    return (g->OW + FNN_CONV_LANES - 1) / FNN_CONV_LANES * FNN_CONV_LANES;
+    return (g->OW + 2 * FNN_CONV_LANES - 1) / (2 * FNN_CONV_LANES) * (2 * FNN_CONV_LANES);   /* 2 blocks */
 }
 /* a plane holds sw phases of Ls elements: element j of the padded input row is at (j % sw) * Ls + j / sw, so
  * that the taps of FNN_CONV_LANES consecutive output pixels are consecutive at every stride */
@@ -249,7 +250,7 @@ static inline ptrdiff_t fnn_conv_small_ls(const fnn_conv_geom *g) {
 static inline ptrdiff_t fnn_conv_small_len(const fnn_conv_geom *g) { return g->sw * fnn_conv_small_ls(g); }
 /* scratch elements of one thread: the planes (forward), + the transposed dZ row and the lanes (backward) */
 static inline ptrdiff_t fnn_conv_small_work(const fnn_conv_geom *g, int backward) {
-    ptrdiff_t n = g->kh * g->C * fnn_conv_small_len(g);
+    ptrdiff_t n = g->H * g->C * fnn_conv_small_len(g);
     if (backward) n += g->F * fnn_conv_small_owp(g) + g->kh * g->kw * g->C * g->F * FNN_CONV_LANES;
     return n;
 }
@@ -258,70 +259,125 @@ static inline ptrdiff_t fnn_conv_small_work(const fnn_conv_geom *g, int backward
  * floats on AVX-512, 2 x 8 on AVX2, 4 x 4 on SSE2, the same values on each); unaligned loads through memcpy (no vector-valued functions: their ABI differs per clone) */
 #define FNN_CONV_SMALL_DEFS(T, SFX)                                                                       \
 typedef T fnn_conv_v##SFX __attribute__((vector_size(FNN_CONV_LANES * sizeof(T))));                       \
-/* the planes of output row (n, oy); taps (OUT): for every kernel row inside the image, every (kx, c): the  \
- * offset of its first lane and its weight row ((ky*kw + kx)*C + c); returns their number */              \
-static ptrdiff_t fnn_conv_small_planes##SFX(const fnn_conv_geom *g, const T *X, ptrdiff_t n, ptrdiff_t oy,  \
-                                            T *plane, ptrdiff_t *off, ptrdiff_t *wrow) {                  \
+/* the planes of image n, one per input row and channel (plane + (iy*C + c)*L) */                           \
+static void fnn_conv_small_image##SFX(const fnn_conv_geom *g, const T *X, ptrdiff_t n, T *plane) {          \
     const ptrdiff_t C = g->C, W = g->W, sw = g->sw, Ls = fnn_conv_small_ls(g), L = sw * Ls;               \
-    ptrdiff_t ky, kx, c, ph, m, nt = 0;                                                                   \
+    ptrdiff_t iy, c, ph, m;                                                                               \
+    for (iy = 0; iy < g->H; iy++) {                                                                       \
+        const T *xr = X + ((n * g->H + iy) * W) * C;                                                      \
+        for (c = 0; c < C; c++) {                                                                         \
+            T *pl = plane + (iy * C + c) * L;                                                             \
+            for (ph = 0; ph < sw; ph++) {                                                                 \
+                /* m in [m0, m1): ix = m*sw + ph - pl inside [0, W) */                                    \
+                ptrdiff_t a = g->pl - ph, m0 = a <= 0 ? 0 : (a + sw - 1) / sw;                            \
+                ptrdiff_t b = W + g->pl - ph, m1 = b <= 0 ? 0 : (b + sw - 1) / sw;                        \
+                if (m0 > Ls) m0 = Ls;                                                                     \
+                if (m1 > Ls) m1 = Ls;                                                                     \
+                if (m1 < m0) m1 = m0;                                                                     \
+                T *d = pl + ph * Ls;                                                                      \
+                for (m = 0; m < m0; m++) d[m] = 0;                                                        \
+                for (; m < m1; m++) d[m] = xr[(m * sw + ph - g->pl) * C + c];                             \
+                for (; m < Ls; m++) d[m] = 0;                                                             \
+            }                                                                                             \
+        }                                                                                                 \
+    }                                                                                                     \
+}                                                                                                         \
+/* taps (OUT) of output row oy: for every kernel row inside the image, every (kx, c): the offset of its    \
+ * first lane in the image's planes and its weight row ((ky*kw + kx)*C + c); returns their number */      \
+static ptrdiff_t fnn_conv_small_taps##SFX(const fnn_conv_geom *g, ptrdiff_t oy, ptrdiff_t *off,            \
+                                          ptrdiff_t *wrow) {                                              \
+    const ptrdiff_t C = g->C, sw = g->sw, Ls = fnn_conv_small_ls(g), L = sw * Ls;                         \
+    ptrdiff_t ky, kx, c, nt = 0;                                                                          \
     for (ky = 0; ky < g->kh; ky++) {                                                                      \
         ptrdiff_t iy = oy * g->sh - g->pt + ky * g->dh;                                                   \
         if (iy < 0 || iy >= g->H) continue;                                                               \
-        const T *xr = X + ((n * g->H + iy) * W) * C;                                                      \
-        for (c = 0; c < C; c++) {                                                                         \
-            T *pl = plane + (ky * C + c) * L;                                                             \
-            for (ph = 0; ph < sw; ph++)                                                                   \
-                for (m = 0; m < Ls; m++) {                                                                \
-                    ptrdiff_t ix = m * sw + ph - g->pl;                                                   \
-                    pl[ph * Ls + m] = (ix >= 0 && ix < W) ? xr[ix * C + c] : (T)0;                        \
-                }                                                                                         \
-        }                                                                                                 \
         for (kx = 0; kx < g->kw; kx++)                                                                    \
             for (c = 0; c < C; c++, nt++) {                                                               \
                 ptrdiff_t j = kx * g->dw;                                                                 \
-                off[nt] = (ky * C + c) * L + (j % sw) * Ls + j / sw;                                      \
+                off[nt] = (iy * C + c) * L + (j % sw) * Ls + j / sw;                                      \
                 wrow[nt] = (ky * g->kw + kx) * C + c;                                                     \
             }                                                                                             \
     }                                                                                                     \
     return nt;                                                                                            \
 }                                                                                                         \
                                                                                                           \
-/* Z (OUT) rows [r0, r1) = conv(X, Wt) (no bias); work: fnn_conv_small_work(g, 0) elements.  Four filters  \
- * at a time share each load of the input lanes */                                                        \
+/* one output row's pixels [lo, hi) of filters [f, f + NF), NF <= FNN_CONV_SMALL_F a constant after inlining   \
+ * (the switch below): 2 x NF lane blocks stay in registers over every tap, each input load serves NF filters */ \
+static inline __attribute__((always_inline)) void fnn_conv_small_fwd_row##SFX(                           \
+        const T *Wt, ptrdiff_t F, ptrdiff_t f, const T *work, const ptrdiff_t *off, const ptrdiff_t *wrow,  \
+        ptrdiff_t nt, ptrdiff_t OWp, ptrdiff_t lo, ptrdiff_t hi, T *zr, const int NF) {                  \
+    T out[FNN_CONV_SMALL_F][2 * FNN_CONV_LANES];                                                          \
+    ptrdiff_t o, t, l;                                                                                    \
+    int e;                                                                                                \
+    for (o = 0; o < OWp; o += 2 * FNN_CONV_LANES) {                                                       \
+        fnn_conv_v##SFX s[FNN_CONV_SMALL_F][2];                                                           \
+        for (e = 0; e < NF; e++) { s[e][0] = (fnn_conv_v##SFX){0}; s[e][1] = (fnn_conv_v##SFX){0}; }      \
+        for (t = 0; t < nt; t++) {                                                                        \
+            const T *w = Wt + wrow[t] * F + f;                                                            \
+            fnn_conv_v##SFX x0, x1;                                                                       \
+            memcpy(&x0, work + off[t] + o, sizeof x0);                                                    \
+            memcpy(&x1, work + off[t] + o + FNN_CONV_LANES, sizeof x1);                                   \
+            for (e = 0; e < NF; e++) { s[e][0] += w[e] * x0; s[e][1] += w[e] * x1; }                      \
+        }                                                                                                 \
+        for (e = 0; e < NF; e++) {                                                                        \
+            memcpy(out[e], &s[e][0], sizeof s[e][0]);                                                     \
+            memcpy(out[e] + FNN_CONV_LANES, &s[e][1], sizeof s[e][1]);                                    \
+        }                                                                                                 \
+        for (l = (lo > o ? lo - o : 0); l < 2 * FNN_CONV_LANES && o + l < hi; l++)                        \
+            for (e = 0; e < NF; e++) zr[(o + l) * F + f + e] = out[e][l];                                 \
+    }                                                                                                     \
+}                                                                                                         \
+                                                                                                          \
+/* Z (OUT) rows [r0, r1) = conv(X, Wt) (no bias); work: fnn_conv_small_work(g, 0) elements */             \
 FNN_CLONES static void fnn_conv_small_forward##SFX(const fnn_conv_geom *g, const T *X, const T *Wt,        \
                                                  ptrdiff_t r0, ptrdiff_t r1, T *Z, T *work) {             \
     const ptrdiff_t OW = g->OW, OH = g->OH, F = g->F, OWp = fnn_conv_small_owp(g);                        \
     ptrdiff_t off[FNN_CONV_SMALL_TAPS], wrow[FNN_CONV_SMALL_TAPS];                                        \
-    ptrdiff_t q, f, t, o, l, e;                                                                           \
-    T out[4][FNN_CONV_LANES];                                                                             \
+    ptrdiff_t q, f, cur = -1;                                                                             \
     for (q = r0 / OW; q * OW < r1; q++) {                                                                 \
         const ptrdiff_t n = q / OH, oy = q - n * OH;                                                      \
         const ptrdiff_t lo = (r0 > q * OW ? r0 - q * OW : 0), hi = (r1 < (q + 1) * OW ? r1 - q * OW : OW); \
-        const ptrdiff_t nt = fnn_conv_small_planes##SFX(g, X, n, oy, work, off, wrow);                     \
+        const ptrdiff_t nt = fnn_conv_small_taps##SFX(g, oy, off, wrow);                                  \
+        if (n != cur) { fnn_conv_small_image##SFX(g, X, n, work); cur = n; }                              \
         T *zr = Z + q * OW * F;                                                                           \
-        for (f = 0; f < F; f += 4) {                                                                      \
-            const ptrdiff_t nf = F - f < 4 ? F - f : 4;                                                   \
-            for (o = 0; o < OWp; o += FNN_CONV_LANES) {                                                   \
-                fnn_conv_v##SFX s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};                                   \
-                if (nf == 4) {                                                                            \
-                    for (t = 0; t < nt; t++) {                                                            \
-                        const T *w = Wt + wrow[t] * F + f;                                                \
-                        fnn_conv_v##SFX x; memcpy(&x, work + off[t] + o, sizeof x);                       \
-                        s0 += w[0] * x; s1 += w[1] * x; s2 += w[2] * x; s3 += w[3] * x;                   \
-                    }                                                                                     \
-                } else {                                                                                  \
-                    for (t = 0; t < nt; t++) {                                                            \
-                        const T *w = Wt + wrow[t] * F + f;                                                \
-                        fnn_conv_v##SFX x; memcpy(&x, work + off[t] + o, sizeof x);                       \
-                        s0 += w[0] * x;                                                                   \
-                        if (nf > 1) s1 += w[1] * x;                                                       \
-                        if (nf > 2) s2 += w[2] * x;                                                       \
-                    }                                                                                     \
-                }                                                                                         \
-                memcpy(out[0], &s0, sizeof s0); memcpy(out[1], &s1, sizeof s1);                           \
-                memcpy(out[2], &s2, sizeof s2); memcpy(out[3], &s3, sizeof s3);                           \
-                for (l = (lo > o ? lo - o : 0); l < FNN_CONV_LANES && o + l < hi; l++)                    \
-                    for (e = 0; e < nf; e++) zr[(o + l) * F + f + e] = out[e][l];                          \
+        for (f = 0; f < F; f += FNN_CONV_SMALL_F) {                                                       \
+            switch (F - f < FNN_CONV_SMALL_F ? F - f : FNN_CONV_SMALL_F) {                                \
+            case 1: fnn_conv_small_fwd_row##SFX(Wt, F, f, work, off, wrow, nt, OWp, lo, hi, zr, 1); break; \
+            case 2: fnn_conv_small_fwd_row##SFX(Wt, F, f, work, off, wrow, nt, OWp, lo, hi, zr, 2); break; \
+            case 3: fnn_conv_small_fwd_row##SFX(Wt, F, f, work, off, wrow, nt, OWp, lo, hi, zr, 3); break; \
+            case 4: fnn_conv_small_fwd_row##SFX(Wt, F, f, work, off, wrow, nt, OWp, lo, hi, zr, 4); break; \
+            case 5: fnn_conv_small_fwd_row##SFX(Wt, F, f, work, off, wrow, nt, OWp, lo, hi, zr, 5); break; \
+            case 6: fnn_conv_small_fwd_row##SFX(Wt, F, f, work, off, wrow, nt, OWp, lo, hi, zr, 6); break; \
+            default: fnn_conv_small_fwd_row##SFX(Wt, F, f, work, off, wrow, nt, OWp, lo, hi, zr, 7); break; \
+            }                                                                                             \
+        }                                                                                                 \
+    }                                                                                                     \
+}                                                                                                         \
+                                                                                                          \
+/* the lanes of filters [f, f + NF) (NF constant after inlining): the dZ blocks stay in registers over every \
+ * tap of the row */                                                                                      \
+static inline __attribute__((always_inline)) void fnn_conv_small_dw_row##SFX(                            \
+        ptrdiff_t F, ptrdiff_t f, const T *work, const T *dzt, const ptrdiff_t *off, const ptrdiff_t *wrow, \
+        ptrdiff_t nt, ptrdiff_t OWp, T *lanes, const int NF) {                                           \
+    ptrdiff_t o, t;                                                                                       \
+    int e;                                                                                                \
+    for (o = 0; o < OWp; o += 2 * FNN_CONV_LANES) {                                                       \
+        fnn_conv_v##SFX d[FNN_CONV_SMALL_F][2];                                                           \
+        for (e = 0; e < NF; e++) {                                                                        \
+            memcpy(&d[e][0], dzt + (f + e) * OWp + o, sizeof d[e][0]);                                    \
+            memcpy(&d[e][1], dzt + (f + e) * OWp + o + FNN_CONV_LANES, sizeof d[e][1]);                   \
+        }                                                                                                 \
+        for (t = 0; t < nt; t++) {                                                                        \
+            fnn_conv_v##SFX x0, x1;                                                                       \
+            memcpy(&x0, work + off[t] + o, sizeof x0);                                                    \
+            memcpy(&x1, work + off[t] + o + FNN_CONV_LANES, sizeof x1);                                   \
+            T *p = lanes + (wrow[t] * F + f) * FNN_CONV_LANES;                                            \
+            for (e = 0; e < NF; e++) {                                                                    \
+                fnn_conv_v##SFX a;                                                                        \
+                memcpy(&a, p + e * FNN_CONV_LANES, sizeof a);                                             \
+                a += x0 * d[e][0];                                                                        \
+                a += x1 * d[e][1];                                                                        \
+                memcpy(p + e * FNN_CONV_LANES, &a, sizeof a);                                             \
             }                                                                                             \
         }                                                                                                 \
     }                                                                                                     \
@@ -332,28 +388,26 @@ FNN_CLONES static void fnn_conv_small_forward##SFX(const fnn_conv_geom *g, const
 FNN_CLONES static void fnn_conv_small_dw##SFX(const fnn_conv_geom *g, const T *X, const T *dZ, ptrdiff_t r0, \
                                             ptrdiff_t r1, T *work, T *lanes) {                            \
     const ptrdiff_t OW = g->OW, OH = g->OH, F = g->F, OWp = fnn_conv_small_owp(g);                        \
-    T *dzt = work + g->kh * g->C * fnn_conv_small_len(g);                                                 \
+    T *dzt = work + g->H * g->C * fnn_conv_small_len(g);                                                 \
     ptrdiff_t off[FNN_CONV_SMALL_TAPS], wrow[FNN_CONV_SMALL_TAPS];                                        \
-    ptrdiff_t q, f, t, o;                                                                                 \
+    ptrdiff_t q, f, o, cur = -1;                                                                          \
     for (q = r0 / OW; q * OW < r1; q++) {                                                                 \
         const ptrdiff_t n = q / OH, oy = q - n * OH;                                                      \
         const ptrdiff_t lo = (r0 > q * OW ? r0 - q * OW : 0), hi = (r1 < (q + 1) * OW ? r1 - q * OW : OW); \
-        const ptrdiff_t nt = fnn_conv_small_planes##SFX(g, X, n, oy, work, off, wrow);                     \
+        const ptrdiff_t nt = fnn_conv_small_taps##SFX(g, oy, off, wrow);                                  \
+        if (n != cur) { fnn_conv_small_image##SFX(g, X, n, work); cur = n; }                              \
         const T *dzr = dZ + q * OW * F;                                                                   \
         for (f = 0; f < F; f++)                                                                           \
             for (o = 0; o < OWp; o++) dzt[f * OWp + o] = (o >= lo && o < hi) ? dzr[o * F + f] : (T)0;     \
-        for (t = 0; t < nt; t++) {                                                                        \
-            const T *x0 = work + off[t];                                                                  \
-            for (f = 0; f < F; f++) {                                                                     \
-                T *p = lanes + (wrow[t] * F + f) * FNN_CONV_LANES;                                        \
-                const T *d = dzt + f * OWp;                                                               \
-                fnn_conv_v##SFX s, x, dv;                                                                 \
-                memcpy(&s, p, sizeof s);                                                                  \
-                for (o = 0; o < OWp; o += FNN_CONV_LANES) {                                               \
-                    memcpy(&x, x0 + o, sizeof x); memcpy(&dv, d + o, sizeof dv);                          \
-                    s += x * dv;                                                                          \
-                }                                                                                         \
-                memcpy(p, &s, sizeof s);                                                                  \
+        for (f = 0; f < F; f += FNN_CONV_SMALL_F) {                                                       \
+            switch (F - f < FNN_CONV_SMALL_F ? F - f : FNN_CONV_SMALL_F) {                                \
+            case 1: fnn_conv_small_dw_row##SFX(F, f, work, dzt, off, wrow, nt, OWp, lanes, 1); break;     \
+            case 2: fnn_conv_small_dw_row##SFX(F, f, work, dzt, off, wrow, nt, OWp, lanes, 2); break;     \
+            case 3: fnn_conv_small_dw_row##SFX(F, f, work, dzt, off, wrow, nt, OWp, lanes, 3); break;     \
+            case 4: fnn_conv_small_dw_row##SFX(F, f, work, dzt, off, wrow, nt, OWp, lanes, 4); break;     \
+            case 5: fnn_conv_small_dw_row##SFX(F, f, work, dzt, off, wrow, nt, OWp, lanes, 5); break;     \
+            case 6: fnn_conv_small_dw_row##SFX(F, f, work, dzt, off, wrow, nt, OWp, lanes, 6); break;     \
+            default: fnn_conv_small_dw_row##SFX(F, f, work, dzt, off, wrow, nt, OWp, lanes, 7); break;    \
             }                                                                                             \
         }                                                                                                 \
     }                                                                                                     \

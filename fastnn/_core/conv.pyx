@@ -24,10 +24,12 @@ Special cases: a 1x1, stride-1, unpadded, ungrouped convolution is the Dense GEM
 gather; a depthwise convolution (C/G == 1) runs direct loops (a per-group GEMM would have K = kh*kw); a first layer
 (one group, C <= 4 input channels, F <= 7 filters, output rows of >= 8 pixels) runs the direct small-channel path
 of fnn_conv.h for the forward and the weights' pass (no gather: the output pixels of a row are the vector axis,
-16 lanes of GNU vectors, FNN_CLONES-dispatched), since a GEMM with N = F < 8 columns runs far below the BLAS's
-speed (C1's 5x5 1->6 layer, batch 64, interleaved in one process on the loaded machine, min over 30 calls:
-forward 3.8 -> 2.5 ms, weights 3.6 -> 2.9 ms; with 8 to 32 filters the GEMMs were as fast or up to 3x faster,
-so those keep them).  Its backward-to-data at stride 2 keeps the gathered col2im (the tile is sized for both).
+2 x 16 lanes of GNU vectors, the filters unrolled, each image's rows copied once into zero-padded planes;
+FNN_CLONES-dispatched), since a GEMM with N = F < 8 columns runs far below the BLAS's speed (C1's 5x5 1->6
+layer, batch 64, interleaved in one process on the loaded machine, min over 30 calls: forward 3.8 -> 1.0 ms,
+weights 3.6 -> 1.1 ms; a first version with one lane block, 4 filters per pass and the planes copied per output
+row, tried on C3's 3->32 layer too, ran its 8 to 32 filters as fast as the GEMMs or up to 3x slower, so those
+keep them).  Its backward-to-data at stride 2 keeps the gathered col2im (the tile is sized for both).
 
 Why (1-thread probes on the busy 2-core build machine, an Intel Xeon (AVX-512), float32, 3x3 conv 32->32 channels
 on 16x16 images, batch 32; load average 6-8 while measuring, so every number swings up to 2x): the tiled forward
@@ -124,9 +126,10 @@ cdef Py_ssize_t _tile_rows_general(const fnn_conv_geom *g, Py_ssize_t itemsize) 
 
 
 cdef Py_ssize_t _tile_rows(const fnn_conv_geom *g, Py_ssize_t itemsize) noexcept nogil:
-    """Rows per tile of g's path (the small path: whole output rows, its kernels work row by row)."""
+    """Rows per tile of g's path (the small path: whole images, its kernels copy each image's rows once)."""
+    cdef Py_ssize_t P = g.OH * g.OW
     if _path(g) == _SMALL:
-        return g.OW * (FNN_CONV_MAX_ROWS // g.OW if g.OW < FNN_CONV_MAX_ROWS else 1)
+        return P * (FNN_CONV_MAX_ROWS // P if P < FNN_CONV_MAX_ROWS else 1)
     return _tile_rows_general(g, itemsize)
 
 
