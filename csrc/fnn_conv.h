@@ -229,14 +229,15 @@ FNN_CONV_DEFS(double, _d)
  * (plane[(iy*C + c)*L + ...] holds X[n, iy, j - pl, c] for the padded columns j, 0 in the padding, j split
  * into sw stride phases, below), so that tap (ky, kx, c) of FNN_CONV_LANES consecutive output pixels reads
  * consecutive plane elements without a bounds check.  The output pixels of a row are the vector axis (two
- * blocks of FNN_CONV_LANES: the row is padded up to OWp), the taps loop inside, the filters (<= 7) are unrolled:
+ * blocks of FNN_CONV_LANES: the row is padded up to OWp), the taps loop inside, the filters are unrolled (7 per pass):
  * the forward keeps 2 x F lane blocks in registers over every tap of a row; backward-to-weights accumulates
  * dW[tap, f] in FNN_CONV_LANES partial sums per entry (`lanes`, K*F*LANES) with the row's dZ blocks in
  * registers, summed in a fixed order at the end.  Every loop is elementwise over the lanes, so every ISA clone
  * (FNN_CLONES) computes the same values. */
 #define FNN_CONV_LANES 16
 #define FNN_CONV_SMALL_C 4
-#define FNN_CONV_SMALL_F 7                /* filters at most: from 8 on, the GEMMs (N = F) were as fast or faster */
+#define FNN_CONV_SMALL_F 7                /* filters per unrolled pass */
+#define FNN_CONV_SMALL_MAX_F 8            /* filters at most: from 16 on, the GEMMs (N = F) were as fast or faster */
 #define FNN_CONV_SMALL_TAPS 256           /* kh*kw*C at most (the tap lists live on the stack) */
 
 static inline ptrdiff_t fnn_conv_small_owp(const fnn_conv_geom *g) {
@@ -256,7 +257,8 @@ static inline ptrdiff_t fnn_conv_small_work(const fnn_conv_geom *g, int backward
 }
 
 /* V##SFX: FNN_CONV_LANES elements as one GNU vector (the compiler splits it into the clone's registers: 1 x 16
- * floats on AVX-512, 2 x 8 on AVX2, 4 x 4 on SSE2, the same values on each); unaligned loads through memcpy (no vector-valued functions: their ABI differs per clone) */
+ * floats on AVX-512, 2 x 8 on AVX2, 4 x 4 on SSE2, the same values on each); unaligned loads through memcpy
+ * (no vector-valued functions: their ABI differs per clone) */
 #define FNN_CONV_SMALL_DEFS(T, SFX)                                                                       \
 typedef T fnn_conv_v##SFX __attribute__((vector_size(FNN_CONV_LANES * sizeof(T))));                       \
 /* the planes of image n, one per input row and channel (plane + (iy*C + c)*L) */                           \

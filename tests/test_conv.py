@@ -183,10 +183,11 @@ KERNEL_CASES = [  # (X shape, W shape, strides, dilation, padding (t, b, l, r), 
     ((3, 9, 8, 4), (3, 3, 1, 8), (2, 2), (1, 1), (1, 1, 1, 1), 4, ACT.IDENTITY),
     ((5, 5, 5, 4), (1, 1, 4, 4), (1, 1), (1, 1), (0, 0, 0, 0), 1, ACT.SIGMOID),
     ((1, 1, 9, 3), (1, 3, 3, 5), (1, 1), (1, 2), (0, 0, 4, 0), 1, ACT.IDENTITY),      # Conv1D, causal
-    # the small-channel direct path (C <= 4, one group, OW >= 8): rows of 12, 9 (stride 2, dilation 2), 21
+    # the small-channel direct path (C <= 4, F <= 8, one group, OW >= 8): rows of 12, 9 (stride 2, dilation 2), 21, 9
     ((3, 10, 12, 1), (5, 5, 1, 6), (1, 1), (1, 1), (2, 2, 2, 2), 1, ACT.RELU),
     ((2, 11, 19, 3), (3, 3, 3, 5), (2, 2), (1, 2), (1, 0, 1, 2), 1, ACT.TANH),
     ((2, 9, 20, 4), (2, 3, 4, 3), (1, 1), (2, 1), (0, 1, 3, 0), 1, ACT.IDENTITY),
+    ((2, 6, 9, 2), (3, 3, 2, 8), (1, 1), (1, 1), (1, 1, 1, 1), 1, ACT.RELU),         # 8 filters: passes of 7 + 1
 ]
 
 

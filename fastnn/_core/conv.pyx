@@ -22,14 +22,16 @@ there the transposed convolution's GEMMs have N = C < 8 and gather the zero taps
 5x5 6->16 layer, 14x14 -> 10x10, batch 64: backward with dX 4.4-6.6 -> 2.8-3.0 ms, min of 30 interleaved calls).
 Special cases: a 1x1, stride-1, unpadded, ungrouped convolution is the Dense GEMM on (N*H*W, C) with no
 gather; a depthwise convolution (C/G == 1) runs direct loops (a per-group GEMM would have K = kh*kw); a first layer
-(one group, C <= 4 input channels, F <= 7 filters, output rows of >= 8 pixels) runs the direct small-channel path
+(one group, C <= 4 input channels, F <= 8 filters, output rows of >= 8 pixels) runs the direct small-channel path
 of fnn_conv.h for the forward and the weights' pass (no gather: the output pixels of a row are the vector axis,
 2 x 16 lanes of GNU vectors, the filters unrolled, each image's rows copied once into zero-padded planes;
 FNN_CLONES-dispatched), since a GEMM with N = F < 8 columns runs far below the BLAS's speed (C1's 5x5 1->6
 layer, batch 64, interleaved in one process on the loaded machine, min over 30 calls: forward 3.8 -> 1.0 ms,
 weights 3.6 -> 1.1 ms; a first version with one lane block, 4 filters per pass and the planes copied per output
-row, tried on C3's 3->32 layer too, ran its 8 to 32 filters as fast as the GEMMs or up to 3x slower, so those
-keep them).  Its backward-to-data at stride 2 keeps the gathered col2im (the tile is sized for both).
+row, tried on C3's 3->32 layer too, ran its 8 to 32 filters as fast as the GEMMs or up to 3x slower; this one,
+C3's layer with 8 / 16 / 32 filters: forward 0.84 -> 0.59 / 1.16 -> 1.12 / 1.75 -> 2.07 ms, weights 0.96 -> 0.83
+/ 1.29 -> 1.42 / 1.96 -> 3.26 ms, so from 9 filters on the GEMMs keep them).  Its backward-to-data at stride 2
+keeps the gathered col2im (the tile is sized for both).
 
 Why (1-thread probes on the busy 2-core build machine, an Intel Xeon (AVX-512), float32, 3x3 conv 32->32 channels
 on 16x16 images, batch 32; load average 6-8 while measuring, so every number swings up to 2x): the tiled forward
@@ -71,6 +73,7 @@ cdef extern from "fnn_conv.h" nogil:
     enum: FNN_CONV_LANES
     enum: FNN_CONV_SMALL_C
     enum: FNN_CONV_SMALL_F
+    enum: FNN_CONV_SMALL_MAX_F
     enum: FNN_CONV_SMALL_TAPS
     Py_ssize_t fnn_conv_small_work(const fnn_conv_geom *g, int backward)
     void fnn_conv_small_forward_f(const fnn_conv_geom *g, const float *X, const float *Wt, Py_ssize_t r0,
@@ -108,7 +111,7 @@ cdef int _path(const fnn_conv_geom *g) noexcept nogil:
         return _DIRECT
     if g.G > 1 and g.G == g.C:
         return _DEPTHWISE
-    if g.G == 1 and g.C <= FNN_CONV_SMALL_C and g.F <= FNN_CONV_SMALL_F and g.OW >= 8 \
+    if g.G == 1 and g.C <= FNN_CONV_SMALL_C and g.F <= FNN_CONV_SMALL_MAX_F and g.OW >= 8 \
             and g.kh * g.kw * g.C <= FNN_CONV_SMALL_TAPS:
         return _SMALL
     return _GENERAL
