@@ -426,6 +426,33 @@ static void fnn_conv_small_reduce##SFX(const fnn_conv_geom *g, const T *lanes, T
     }                                                                                                     \
 }
 
+/* db (IN/OUT, F) += the column sums of dz (m, F).  With few columns the flat array is summed in blocks of
+ * 16 rows (F*16 elements, elementwise, so every clone vectorizes it and computes the same values), the 16
+ * partial sums of each column added in order at the end; with 16 columns or more, row after row */
+#define FNN_CONV_COLSUM_DEF(T, SFX)                                                                       \
+FNN_CLONES static void fnn_conv_colsum##SFX(const T *restrict dz, ptrdiff_t m, ptrdiff_t F, T *restrict db) { \
+    ptrdiff_t i, j, k;                                                                                    \
+    if (F >= 16) {                                                                                        \
+        for (i = 0; i < m; i++)                                                                           \
+            for (j = 0; j < F; j++) db[j] += dz[i * F + j];                                               \
+        return;                                                                                           \
+    }                                                                                                     \
+    T s[16 * 16];                                                                                         \
+    const ptrdiff_t B = 16 * F, nb = m / 16;                                                              \
+    for (k = 0; k < B; k++) s[k] = 0;                                                                     \
+    for (i = 0; i < nb; i++)                                                                              \
+        for (k = 0; k < B; k++) s[k] += dz[i * B + k];                                                    \
+    for (j = 0; j < F; j++) {                                                                             \
+        T t = 0;                                                                                          \
+        for (k = 0; k < 16; k++) t += s[k * F + j];                                                       \
+        for (i = nb * 16; i < m; i++) t += dz[i * F + j];                                                 \
+        db[j] += t;                                                                                       \
+    }                                                                                                     \
+}
+FNN_CONV_COLSUM_DEF(float, _f)
+FNN_CONV_COLSUM_DEF(double, _d)
+#undef FNN_CONV_COLSUM_DEF
+
 FNN_CONV_SMALL_DEFS(float, _f)
 FNN_CONV_SMALL_DEFS(double, _d)
 #undef FNN_CONV_SMALL_DEFS

@@ -86,6 +86,8 @@ cdef extern from "fnn_conv.h" nogil:
                              Py_ssize_t r1, double *work, double *lanes)
     void fnn_conv_small_reduce_f(const fnn_conv_geom *g, const float *lanes, float *dW)
     void fnn_conv_small_reduce_d(const fnn_conv_geom *g, const double *lanes, double *dW)
+    void fnn_conv_colsum_f(const float *dz, Py_ssize_t m, Py_ssize_t F, float *db)
+    void fnn_conv_colsum_d(const double *dz, Py_ssize_t m, Py_ssize_t F, double *db)
 
 
 cdef enum:
@@ -377,7 +379,7 @@ cdef void _backward_rows(const fnn_conv_geom *g, int path, const floating *X, co
                          Py_ssize_t r1, Py_ssize_t R, floating *col) noexcept nogil:
     """Rows [r0, r1) (whole images): dW += col^T.dZ, db += column sums of dZ (db may be NULL), and dX (NULL:
     skipped) of these images = col2im(dZ.W^T).  dW, db and the images' dX are zeroed first."""
-    cdef Py_ssize_t a, m, q, i, j, F = g.F, G = g.G, Cg = g.C // g.G, Fg = g.F // g.G
+    cdef Py_ssize_t a, m, q, F = g.F, G = g.G, Cg = g.C // g.G, Fg = g.F // g.G
     cdef Py_ssize_t Kg = g.kh * g.kw * Cg, P = g.OH * g.OW, img = g.H * g.W * g.C
     cdef const floating *dz
     cdef floating *lanes = NULL
@@ -420,9 +422,10 @@ cdef void _backward_rows(const fnn_conv_geom *g, int path, const floating *X, co
                                W + q * Fg, <int>F, <floating>0, col + q * m * Kg, <int>Kg)
                 _col2im(g, col, a, a + m, dX)
         if db != NULL:
-            for i in range(m):
-                for j in range(F):
-                    db[j] += dz[i * F + j]
+            if floating is float:
+                fnn_conv_colsum_f(dz, m, F, db)
+            else:
+                fnn_conv_colsum_d(dz, m, F, db)
         a += m
     if path == _SMALL:
         if floating is float:
