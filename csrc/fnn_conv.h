@@ -20,6 +20,7 @@
 #include <string.h>
 #include <pthread.h>
 #include <cblas.h>
+#include "fnn_dispatch.h"
 
 typedef struct {
     ptrdiff_t N, H, W, C;        /* batch, input height, width, channels */
@@ -222,4 +223,237 @@ static void fnn_conv_dw_backward##SFX(const fnn_conv_geom *g, const T *X, const 
 FNN_CONV_DEFS(float, _f)
 FNN_CONV_DEFS(double, _d)
 #undef FNN_CONV_DEFS
+
+/* ---- the small-channel direct path (first layers: G == 1, C <= FNN_CONV_SMALL_C, see conv.pyx) ----------------
+ * No im2col: each image's rows are copied once, channel by channel, into zero-padded "planes" of L elements
+ * (plane[(iy*C + c)*L + ...] holds X[n, iy, j - pl, c] for the padded columns j, 0 in the padding, j split
+ * into sw stride phases, below), so that tap (ky, kx, c) of FNN_CONV_LANES consecutive output pixels reads
+ * consecutive plane elements without a bounds check.  The output pixels of a row are the vector axis (two
+ * blocks of FNN_CONV_LANES: the row is padded up to OWp), the taps loop inside, the filters are unrolled (7 per pass):
+ * the forward keeps 2 x F lane blocks in registers over every tap of a row; backward-to-weights accumulates
+ * dW[tap, f] in FNN_CONV_LANES partial sums per entry (`lanes`, K*F*LANES) with the row's dZ blocks in
+ * registers, summed in a fixed order at the end.  Every loop is elementwise over the lanes, so every ISA clone
+ * (FNN_CLONES) computes the same values. */
+#define FNN_CONV_LANES 16
+#define FNN_CONV_SMALL_C 4
+#define FNN_CONV_SMALL_F 7                /* filters per unrolled pass */
+#define FNN_CONV_SMALL_MAX_F 8            /* filters at most: from 16 on, the GEMMs (N = F) were as fast or faster */
+#define FNN_CONV_SMALL_TAPS 256           /* kh*kw*C at most (the tap lists live on the stack) */
+
+static inline ptrdiff_t fnn_conv_small_owp(const fnn_conv_geom *g) {
+    return (g->OW + 2 * FNN_CONV_LANES - 1) / (2 * FNN_CONV_LANES) * (2 * FNN_CONV_LANES);   /* 2 blocks */
+}
+/* a plane holds sw phases of Ls elements: element j of the padded input row is at (j % sw) * Ls + j / sw, so
+ * that the taps of FNN_CONV_LANES consecutive output pixels are consecutive at every stride */
+static inline ptrdiff_t fnn_conv_small_ls(const fnn_conv_geom *g) {
+    return fnn_conv_small_owp(g) + ((g->kw - 1) * g->dw) / g->sw;
+}
+static inline ptrdiff_t fnn_conv_small_len(const fnn_conv_geom *g) { return g->sw * fnn_conv_small_ls(g); }
+/* scratch elements of one thread: the planes (forward), + the transposed dZ row and the lanes (backward) */
+static inline ptrdiff_t fnn_conv_small_work(const fnn_conv_geom *g, int backward) {
+    ptrdiff_t n = g->H * g->C * fnn_conv_small_len(g);
+    if (backward) n += g->F * fnn_conv_small_owp(g) + g->kh * g->kw * g->C * g->F * FNN_CONV_LANES;
+    return n;
+}
+
+/* V##SFX: FNN_CONV_LANES elements as one GNU vector (the compiler splits it into the clone's registers: 1 x 16
+ * floats on AVX-512, 2 x 8 on AVX2, 4 x 4 on SSE2, the same values on each); unaligned loads through memcpy
+ * (no vector-valued functions: their ABI differs per clone) */
+#define FNN_CONV_SMALL_DEFS(T, SFX)                                                                       \
+typedef T fnn_conv_v##SFX __attribute__((vector_size(FNN_CONV_LANES * sizeof(T))));                       \
+/* the planes of image n, one per input row and channel (plane + (iy*C + c)*L) */                           \
+static void fnn_conv_small_image##SFX(const fnn_conv_geom *g, const T *X, ptrdiff_t n, T *plane) {          \
+    const ptrdiff_t C = g->C, W = g->W, sw = g->sw, Ls = fnn_conv_small_ls(g), L = sw * Ls;               \
+    ptrdiff_t iy, c, ph, m;                                                                               \
+    for (iy = 0; iy < g->H; iy++) {                                                                       \
+        const T *xr = X + ((n * g->H + iy) * W) * C;                                                      \
+        for (c = 0; c < C; c++) {                                                                         \
+            T *pl = plane + (iy * C + c) * L;                                                             \
+            for (ph = 0; ph < sw; ph++) {                                                                 \
+                /* m in [m0, m1): ix = m*sw + ph - pl inside [0, W) */                                    \
+                ptrdiff_t a = g->pl - ph, m0 = a <= 0 ? 0 : (a + sw - 1) / sw;                            \
+                ptrdiff_t b = W + g->pl - ph, m1 = b <= 0 ? 0 : (b + sw - 1) / sw;                        \
+                if (m0 > Ls) m0 = Ls;                                                                     \
+                if (m1 > Ls) m1 = Ls;                                                                     \
+                if (m1 < m0) m1 = m0;                                                                     \
+                T *d = pl + ph * Ls;                                                                      \
+                for (m = 0; m < m0; m++) d[m] = 0;                                                        \
+                for (; m < m1; m++) d[m] = xr[(m * sw + ph - g->pl) * C + c];                             \
+                for (; m < Ls; m++) d[m] = 0;                                                             \
+            }                                                                                             \
+        }                                                                                                 \
+    }                                                                                                     \
+}                                                                                                         \
+/* taps (OUT) of output row oy: for every kernel row inside the image, every (kx, c): the offset of its    \
+ * first lane in the image's planes and its weight row ((ky*kw + kx)*C + c); returns their number */      \
+static ptrdiff_t fnn_conv_small_taps##SFX(const fnn_conv_geom *g, ptrdiff_t oy, ptrdiff_t *off,            \
+                                          ptrdiff_t *wrow) {                                              \
+    const ptrdiff_t C = g->C, sw = g->sw, Ls = fnn_conv_small_ls(g), L = sw * Ls;                         \
+    ptrdiff_t ky, kx, c, nt = 0;                                                                          \
+    for (ky = 0; ky < g->kh; ky++) {                                                                      \
+        ptrdiff_t iy = oy * g->sh - g->pt + ky * g->dh;                                                   \
+        if (iy < 0 || iy >= g->H) continue;                                                               \
+        for (kx = 0; kx < g->kw; kx++)                                                                    \
+            for (c = 0; c < C; c++, nt++) {                                                               \
+                ptrdiff_t j = kx * g->dw;                                                                 \
+                off[nt] = (iy * C + c) * L + (j % sw) * Ls + j / sw;                                      \
+                wrow[nt] = (ky * g->kw + kx) * C + c;                                                     \
+            }                                                                                             \
+    }                                                                                                     \
+    return nt;                                                                                            \
+}                                                                                                         \
+                                                                                                          \
+/* one output row's pixels [lo, hi) of filters [f, f + NF), NF <= FNN_CONV_SMALL_F a constant after inlining   \
+ * (the switch below): 2 x NF lane blocks stay in registers over every tap, each input load serves NF filters */ \
+static inline __attribute__((always_inline)) void fnn_conv_small_fwd_row##SFX(                           \
+        const T *Wt, ptrdiff_t F, ptrdiff_t f, const T *work, const ptrdiff_t *off, const ptrdiff_t *wrow,  \
+        ptrdiff_t nt, ptrdiff_t OWp, ptrdiff_t lo, ptrdiff_t hi, T *zr, const int NF) {                  \
+    T out[FNN_CONV_SMALL_F][2 * FNN_CONV_LANES];                                                          \
+    ptrdiff_t o, t, l;                                                                                    \
+    int e;                                                                                                \
+    for (o = 0; o < OWp; o += 2 * FNN_CONV_LANES) {                                                       \
+        fnn_conv_v##SFX s[FNN_CONV_SMALL_F][2];                                                           \
+        for (e = 0; e < NF; e++) { s[e][0] = (fnn_conv_v##SFX){0}; s[e][1] = (fnn_conv_v##SFX){0}; }      \
+        for (t = 0; t < nt; t++) {                                                                        \
+            const T *w = Wt + wrow[t] * F + f;                                                            \
+            fnn_conv_v##SFX x0, x1;                                                                       \
+            memcpy(&x0, work + off[t] + o, sizeof x0);                                                    \
+            memcpy(&x1, work + off[t] + o + FNN_CONV_LANES, sizeof x1);                                   \
+            for (e = 0; e < NF; e++) { s[e][0] += w[e] * x0; s[e][1] += w[e] * x1; }                      \
+        }                                                                                                 \
+        for (e = 0; e < NF; e++) {                                                                        \
+            memcpy(out[e], &s[e][0], sizeof s[e][0]);                                                     \
+            memcpy(out[e] + FNN_CONV_LANES, &s[e][1], sizeof s[e][1]);                                    \
+        }                                                                                                 \
+        for (l = (lo > o ? lo - o : 0); l < 2 * FNN_CONV_LANES && o + l < hi; l++)                        \
+            for (e = 0; e < NF; e++) zr[(o + l) * F + f + e] = out[e][l];                                 \
+    }                                                                                                     \
+}                                                                                                         \
+                                                                                                          \
+/* Z (OUT) rows [r0, r1) = conv(X, Wt) (no bias); work: fnn_conv_small_work(g, 0) elements */             \
+FNN_CLONES static void fnn_conv_small_forward##SFX(const fnn_conv_geom *g, const T *X, const T *Wt,        \
+                                                 ptrdiff_t r0, ptrdiff_t r1, T *Z, T *work) {             \
+    const ptrdiff_t OW = g->OW, OH = g->OH, F = g->F, OWp = fnn_conv_small_owp(g);                        \
+    ptrdiff_t off[FNN_CONV_SMALL_TAPS], wrow[FNN_CONV_SMALL_TAPS];                                        \
+    ptrdiff_t q, f, cur = -1;                                                                             \
+    for (q = r0 / OW; q * OW < r1; q++) {                                                                 \
+        const ptrdiff_t n = q / OH, oy = q - n * OH;                                                      \
+        const ptrdiff_t lo = (r0 > q * OW ? r0 - q * OW : 0), hi = (r1 < (q + 1) * OW ? r1 - q * OW : OW); \
+        const ptrdiff_t nt = fnn_conv_small_taps##SFX(g, oy, off, wrow);                                  \
+        if (n != cur) { fnn_conv_small_image##SFX(g, X, n, work); cur = n; }                              \
+        T *zr = Z + q * OW * F;                                                                           \
+        for (f = 0; f < F; f += FNN_CONV_SMALL_F) {                                                       \
+            switch (F - f < FNN_CONV_SMALL_F ? F - f : FNN_CONV_SMALL_F) {                                \
+            case 1: fnn_conv_small_fwd_row##SFX(Wt, F, f, work, off, wrow, nt, OWp, lo, hi, zr, 1); break; \
+            case 2: fnn_conv_small_fwd_row##SFX(Wt, F, f, work, off, wrow, nt, OWp, lo, hi, zr, 2); break; \
+            case 3: fnn_conv_small_fwd_row##SFX(Wt, F, f, work, off, wrow, nt, OWp, lo, hi, zr, 3); break; \
+            case 4: fnn_conv_small_fwd_row##SFX(Wt, F, f, work, off, wrow, nt, OWp, lo, hi, zr, 4); break; \
+            case 5: fnn_conv_small_fwd_row##SFX(Wt, F, f, work, off, wrow, nt, OWp, lo, hi, zr, 5); break; \
+            case 6: fnn_conv_small_fwd_row##SFX(Wt, F, f, work, off, wrow, nt, OWp, lo, hi, zr, 6); break; \
+            default: fnn_conv_small_fwd_row##SFX(Wt, F, f, work, off, wrow, nt, OWp, lo, hi, zr, 7); break; \
+            }                                                                                             \
+        }                                                                                                 \
+    }                                                                                                     \
+}                                                                                                         \
+                                                                                                          \
+/* the lanes of filters [f, f + NF) (NF constant after inlining): the dZ blocks stay in registers over every \
+ * tap of the row */                                                                                      \
+static inline __attribute__((always_inline)) void fnn_conv_small_dw_row##SFX(                            \
+        ptrdiff_t F, ptrdiff_t f, const T *work, const T *dzt, const ptrdiff_t *off, const ptrdiff_t *wrow, \
+        ptrdiff_t nt, ptrdiff_t OWp, T *lanes, const int NF) {                                           \
+    ptrdiff_t o, t;                                                                                       \
+    int e;                                                                                                \
+    for (o = 0; o < OWp; o += 2 * FNN_CONV_LANES) {                                                       \
+        fnn_conv_v##SFX d[FNN_CONV_SMALL_F][2];                                                           \
+        for (e = 0; e < NF; e++) {                                                                        \
+            memcpy(&d[e][0], dzt + (f + e) * OWp + o, sizeof d[e][0]);                                    \
+            memcpy(&d[e][1], dzt + (f + e) * OWp + o + FNN_CONV_LANES, sizeof d[e][1]);                   \
+        }                                                                                                 \
+        for (t = 0; t < nt; t++) {                                                                        \
+            fnn_conv_v##SFX x0, x1;                                                                       \
+            memcpy(&x0, work + off[t] + o, sizeof x0);                                                    \
+            memcpy(&x1, work + off[t] + o + FNN_CONV_LANES, sizeof x1);                                   \
+            T *p = lanes + (wrow[t] * F + f) * FNN_CONV_LANES;                                            \
+            for (e = 0; e < NF; e++) {                                                                    \
+                fnn_conv_v##SFX a;                                                                        \
+                memcpy(&a, p + e * FNN_CONV_LANES, sizeof a);                                             \
+                a += x0 * d[e][0];                                                                        \
+                a += x1 * d[e][1];                                                                        \
+                memcpy(p + e * FNN_CONV_LANES, &a, sizeof a);                                             \
+            }                                                                                             \
+        }                                                                                                 \
+    }                                                                                                     \
+}                                                                                                         \
+                                                                                                          \
+/* lanes (IN/OUT, K*F*LANES, K = kh*kw*C) += the partial sums of dW = col^T.dZ over rows [r0, r1); work:      \
+ * fnn_conv_small_work(g, 1) elements (planes, then the transposed dZ row; the lanes may be its end) */      \
+FNN_CLONES static void fnn_conv_small_dw##SFX(const fnn_conv_geom *g, const T *X, const T *dZ, ptrdiff_t r0, \
+                                            ptrdiff_t r1, T *work, T *lanes) {                            \
+    const ptrdiff_t OW = g->OW, OH = g->OH, F = g->F, OWp = fnn_conv_small_owp(g);                        \
+    T *dzt = work + g->H * g->C * fnn_conv_small_len(g);                                                 \
+    ptrdiff_t off[FNN_CONV_SMALL_TAPS], wrow[FNN_CONV_SMALL_TAPS];                                        \
+    ptrdiff_t q, f, o, cur = -1;                                                                          \
+    for (q = r0 / OW; q * OW < r1; q++) {                                                                 \
+        const ptrdiff_t n = q / OH, oy = q - n * OH;                                                      \
+        const ptrdiff_t lo = (r0 > q * OW ? r0 - q * OW : 0), hi = (r1 < (q + 1) * OW ? r1 - q * OW : OW); \
+        const ptrdiff_t nt = fnn_conv_small_taps##SFX(g, oy, off, wrow);                                  \
+        if (n != cur) { fnn_conv_small_image##SFX(g, X, n, work); cur = n; }                              \
+        const T *dzr = dZ + q * OW * F;                                                                   \
+        for (f = 0; f < F; f++)                                                                           \
+            for (o = 0; o < OWp; o++) dzt[f * OWp + o] = (o >= lo && o < hi) ? dzr[o * F + f] : (T)0;     \
+        for (f = 0; f < F; f += FNN_CONV_SMALL_F) {                                                       \
+            switch (F - f < FNN_CONV_SMALL_F ? F - f : FNN_CONV_SMALL_F) {                                \
+            case 1: fnn_conv_small_dw_row##SFX(F, f, work, dzt, off, wrow, nt, OWp, lanes, 1); break;     \
+            case 2: fnn_conv_small_dw_row##SFX(F, f, work, dzt, off, wrow, nt, OWp, lanes, 2); break;     \
+            case 3: fnn_conv_small_dw_row##SFX(F, f, work, dzt, off, wrow, nt, OWp, lanes, 3); break;     \
+            case 4: fnn_conv_small_dw_row##SFX(F, f, work, dzt, off, wrow, nt, OWp, lanes, 4); break;     \
+            case 5: fnn_conv_small_dw_row##SFX(F, f, work, dzt, off, wrow, nt, OWp, lanes, 5); break;     \
+            case 6: fnn_conv_small_dw_row##SFX(F, f, work, dzt, off, wrow, nt, OWp, lanes, 6); break;     \
+            default: fnn_conv_small_dw_row##SFX(F, f, work, dzt, off, wrow, nt, OWp, lanes, 7); break;    \
+            }                                                                                             \
+        }                                                                                                 \
+    }                                                                                                     \
+}                                                                                                         \
+                                                                                                          \
+/* dW (IN/OUT, K*F) += the sums of the lanes, lane 0 first */                                             \
+static void fnn_conv_small_reduce##SFX(const fnn_conv_geom *g, const T *lanes, T *dW) {                   \
+    const ptrdiff_t n = g->kh * g->kw * g->C * g->F;                                                      \
+    ptrdiff_t e, l;                                                                                       \
+    for (e = 0; e < n; e++) {                                                                             \
+        T s = 0;                                                                                          \
+        for (l = 0; l < FNN_CONV_LANES; l++) s += lanes[e * FNN_CONV_LANES + l];                          \
+        dW[e] += s;                                                                                       \
+    }                                                                                                     \
+}
+
+/* db (IN/OUT, F) += the column sums of dz (m, F).  With few columns the flat array is summed in blocks of
+ * 16 rows (F*16 elements, elementwise, so every clone vectorizes it and computes the same values), the 16
+ * partial sums of each column added in order at the end; with 16 columns or more, row after row */
+#define FNN_CONV_COLSUM_DEF(T, SFX)                                                                       \
+FNN_CLONES static void fnn_conv_colsum##SFX(const T *restrict dz, ptrdiff_t m, ptrdiff_t F, T *restrict db) { \
+    ptrdiff_t i, j, k;                                                                                    \
+    if (F >= 16) {                                                                                        \
+        for (i = 0; i < m; i++)                                                                           \
+            for (j = 0; j < F; j++) db[j] += dz[i * F + j];                                               \
+        return;                                                                                           \
+    }                                                                                                     \
+    T s[16 * 16];                                                                                         \
+    const ptrdiff_t B = 16 * F, nb = m / 16;                                                              \
+    for (k = 0; k < B; k++) s[k] = 0;                                                                     \
+    for (i = 0; i < nb; i++)                                                                              \
+        for (k = 0; k < B; k++) s[k] += dz[i * B + k];                                                    \
+    for (j = 0; j < F; j++) {                                                                             \
+        T t = 0;                                                                                          \
+        for (k = 0; k < 16; k++) t += s[k * F + j];                                                       \
+        for (i = nb * 16; i < m; i++) t += dz[i * F + j];                                                 \
+        db[j] += t;                                                                                       \
+    }                                                                                                     \
+}
+FNN_CONV_COLSUM_DEF(float, _f)
+FNN_CONV_COLSUM_DEF(double, _d)
+#undef FNN_CONV_COLSUM_DEF
+
+FNN_CONV_SMALL_DEFS(float, _f)
+FNN_CONV_SMALL_DEFS(double, _d)
+#undef FNN_CONV_SMALL_DEFS
 #endif

@@ -183,6 +183,11 @@ KERNEL_CASES = [  # (X shape, W shape, strides, dilation, padding (t, b, l, r), 
     ((3, 9, 8, 4), (3, 3, 1, 8), (2, 2), (1, 1), (1, 1, 1, 1), 4, ACT.IDENTITY),
     ((5, 5, 5, 4), (1, 1, 4, 4), (1, 1), (1, 1), (0, 0, 0, 0), 1, ACT.SIGMOID),
     ((1, 1, 9, 3), (1, 3, 3, 5), (1, 1), (1, 2), (0, 0, 4, 0), 1, ACT.IDENTITY),      # Conv1D, causal
+    # the small-channel direct path (C <= 4, F <= 8, one group, OW >= 8): rows of 12, 9 (stride 2, dilation 2), 21, 9
+    ((3, 10, 12, 1), (5, 5, 1, 6), (1, 1), (1, 1), (2, 2, 2, 2), 1, ACT.RELU),
+    ((2, 11, 19, 3), (3, 3, 3, 5), (2, 2), (1, 2), (1, 0, 1, 2), 1, ACT.TANH),
+    ((2, 9, 20, 4), (2, 3, 4, 3), (1, 1), (2, 1), (0, 1, 3, 0), 1, ACT.IDENTITY),
+    ((2, 6, 9, 2), (3, 3, 2, 8), (1, 1), (1, 1), (1, 1, 1, 1), 1, ACT.RELU),         # 8 filters: passes of 7 + 1
 ]
 
 
@@ -229,6 +234,28 @@ def test_threads_agree_on_a_larger_batch():
     two = _kernel_run(K, np.float64, X, Wt, b, (1, 1), (1, 1), (1, 1, 1, 1), 1, ACT.RELU, dY, 2)
     for a, c in zip(one, two):
         np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("strides", [(1, 1), (2, 2)])
+def test_small_channel_weights_without_input_gradient(strides):
+    """A first layer (dX not needed) runs the direct small-channel weights' pass at every stride; its dW and db
+    equal those of a run that also computes dX (at stride 2: the gathered path), on 1 and 2 threads."""
+    rng = np.random.default_rng(9)
+    X, Wt, b = rng.standard_normal((5, 13, 17, 2)), rng.standard_normal((3, 3, 2, 7)), rng.standard_normal(7)
+    pad = (1, 1, 1, 1)
+    OH, OW = (13 + 2 - 3) // strides[0] + 1, (17 + 2 - 3) // strides[1] + 1
+    dY = rng.standard_normal((5, OH, OW, 7))
+    want = _kernel_run(ref, np.float64, X, Wt, b, strides, (1, 1), pad, 1, ACT.RELU, dY, 1)
+    for nt in (1, 2):
+        Z, Y, dZ = (np.empty((5, OH, OW, 7)) for _ in range(3))
+        sf = np.empty(max(1, K.scratch_size(X.shape, Wt.shape, strides, (1, 1), pad, 1, 8, nt, False)))
+        sb = np.empty(max(1, K.scratch_size(X.shape, Wt.shape, strides, (1, 1), pad, 1, 8, nt, True)))
+        K.conv2d_forward(X, Wt, b, Z, Y, strides, (1, 1), pad, 1, sf, ACT.RELU, 0.0, nt)
+        dW, db = np.full_like(Wt, np.nan), np.full_like(b, np.nan)
+        K.conv2d_backward(X, Wt, Z, Y, dY, dZ, None, dW, db, strides, (1, 1), pad, 1, sb, ACT.RELU, 0.0, nt)
+        np.testing.assert_allclose(Y, want[0], rtol=1e-10, atol=1e-11)
+        np.testing.assert_allclose(dW, want[2], rtol=1e-10, atol=1e-11)
+        np.testing.assert_allclose(db, want[3], rtol=1e-10, atol=1e-11)
 
 
 def test_kernel_shape_errors():

@@ -16,9 +16,22 @@ itself; the others are summed into it at the end) and db += column sums.  Backwa
 itself a forward convolution (the same tiled code): of dZ with the kernel flipped in space and transposed to
 (kh, kw, F/G, C), padded (k-1)*d - p, so that its GEMMs have K = kh*kw*F/G and each dX row is written once.
 At stride > 1, per tile of the weights' pass, dcol = dZ.W^T overwrites the patch tile and is scatter-added
-into the thread's own images of dX (col2im), so no two threads write one dX row.
+into the thread's own images of dX (col2im), so no two threads write one dX row.  The col2im form is kept at
+stride 1 too where the layer has fewer than 8 input channels per group and shrinks the image (OH*OW < H*W):
+there the transposed convolution's GEMMs have N = C < 8 and gather the zero taps of a (k-1)-padded dZ (C1's
+5x5 6->16 layer, 14x14 -> 10x10, batch 64: backward with dX 4.4-6.6 -> 2.8-3.0 ms, min of 30 interleaved calls).
 Special cases: a 1x1, stride-1, unpadded, ungrouped convolution is the Dense GEMM on (N*H*W, C) with no
-gather; a depthwise convolution (C/G == 1) runs direct loops (a per-group GEMM would have K = kh*kw).
+gather; a depthwise convolution (C/G == 1) runs direct loops (a per-group GEMM would have K = kh*kw); a first layer
+(one group, C <= 4 input channels, F <= 8 filters, output rows of >= 8 pixels) runs the direct small-channel path
+of fnn_conv.h for the forward and the weights' pass (no gather: the output pixels of a row are the vector axis,
+2 x 16 lanes of GNU vectors, the filters unrolled, each image's rows copied once into zero-padded planes;
+FNN_CLONES-dispatched), since a GEMM with N = F < 8 columns runs far below the BLAS's speed (C1's 5x5 1->6
+layer, batch 64, interleaved in one process on the loaded machine, min over 30 calls: forward 3.8 -> 1.0 ms,
+weights 3.6 -> 1.1 ms; a first version with one lane block, 4 filters per pass and the planes copied per output
+row, tried on C3's 3->32 layer too, ran its 8 to 32 filters as fast as the GEMMs or up to 3x slower; this one,
+C3's layer with 8 / 16 / 32 filters: forward 0.84 -> 0.59 / 1.16 -> 1.12 / 1.75 -> 2.07 ms, weights 0.96 -> 0.83
+/ 1.29 -> 1.42 / 1.96 -> 3.26 ms, so from 9 filters on the GEMMs keep them).  Its backward-to-data at stride 2
+keeps the gathered col2im (the tile is sized for both).
 
 Why (1-thread probes on the busy 2-core build machine, an Intel Xeon (AVX-512), float32, 3x3 conv 32->32 channels
 on 16x16 images, batch 32; load average 6-8 while measuring, so every number swings up to 2x): the tiled forward
@@ -57,6 +70,24 @@ cdef extern from "fnn_conv.h" nogil:
                                 Py_ssize_t r0, Py_ssize_t r1, float *dX, float *dWt)
     void fnn_conv_dw_backward_d(const fnn_conv_geom *g, const double *X, const double *Wt, const double *dZ,
                                 Py_ssize_t r0, Py_ssize_t r1, double *dX, double *dWt)
+    enum: FNN_CONV_LANES
+    enum: FNN_CONV_SMALL_C
+    enum: FNN_CONV_SMALL_F
+    enum: FNN_CONV_SMALL_MAX_F
+    enum: FNN_CONV_SMALL_TAPS
+    Py_ssize_t fnn_conv_small_work(const fnn_conv_geom *g, int backward)
+    void fnn_conv_small_forward_f(const fnn_conv_geom *g, const float *X, const float *Wt, Py_ssize_t r0,
+                                  Py_ssize_t r1, float *Z, float *work)
+    void fnn_conv_small_forward_d(const fnn_conv_geom *g, const double *X, const double *Wt, Py_ssize_t r0,
+                                  Py_ssize_t r1, double *Z, double *work)
+    void fnn_conv_small_dw_f(const fnn_conv_geom *g, const float *X, const float *dZ, Py_ssize_t r0,
+                             Py_ssize_t r1, float *work, float *lanes)
+    void fnn_conv_small_dw_d(const fnn_conv_geom *g, const double *X, const double *dZ, Py_ssize_t r0,
+                             Py_ssize_t r1, double *work, double *lanes)
+    void fnn_conv_small_reduce_f(const fnn_conv_geom *g, const float *lanes, float *dW)
+    void fnn_conv_small_reduce_d(const fnn_conv_geom *g, const double *lanes, double *dW)
+    void fnn_conv_colsum_f(const float *dz, Py_ssize_t m, Py_ssize_t F, float *db)
+    void fnn_conv_colsum_d(const double *dz, Py_ssize_t m, Py_ssize_t F, double *db)
 
 
 cdef enum:
@@ -69,6 +100,7 @@ cdef enum:
     _DIRECT = 0       # 1x1, stride 1, unpadded, one group: the GEMM reads X itself
     _DEPTHWISE = 1    # C/G == 1, G > 1: direct loops
     _GENERAL = 2      # im2col + GEMM per group
+    _SMALL = 3        # one group of <= FNN_CONV_SMALL_C input channels (first layers): direct, no gather
 
 
 cdef inline tuple _shape4(Py_ssize_t *s):
@@ -81,10 +113,14 @@ cdef int _path(const fnn_conv_geom *g) noexcept nogil:
         return _DIRECT
     if g.G > 1 and g.G == g.C:
         return _DEPTHWISE
+    if g.G == 1 and g.C <= FNN_CONV_SMALL_C and g.F <= FNN_CONV_SMALL_MAX_F and g.OW >= 8 \
+            and g.kh * g.kw * g.C <= FNN_CONV_SMALL_TAPS:
+        return _SMALL
     return _GENERAL
 
 
-cdef Py_ssize_t _tile_rows(const fnn_conv_geom *g, Py_ssize_t itemsize) noexcept nogil:
+cdef Py_ssize_t _tile_rows_general(const fnn_conv_geom *g, Py_ssize_t itemsize) noexcept nogil:
+    """Rows of a gathered tile: R x kh*kw*C elements near FNN_CONV_TILE_BYTES."""
     cdef Py_ssize_t K = g.kh * g.kw * g.C
     cdef Py_ssize_t R = FNN_CONV_TILE_BYTES // (K * itemsize) if K > 0 else FNN_CONV_MAX_ROWS
     if R < FNN_CONV_MIN_ROWS:
@@ -92,6 +128,14 @@ cdef Py_ssize_t _tile_rows(const fnn_conv_geom *g, Py_ssize_t itemsize) noexcept
     if R > FNN_CONV_MAX_ROWS:
         R = FNN_CONV_MAX_ROWS
     return R
+
+
+cdef Py_ssize_t _tile_rows(const fnn_conv_geom *g, Py_ssize_t itemsize) noexcept nogil:
+    """Rows per tile of g's path (the small path: whole images, its kernels copy each image's rows once)."""
+    cdef Py_ssize_t P = g.OH * g.OW
+    if _path(g) == _SMALL:
+        return P * (FNN_CONV_MAX_ROWS // P if P < FNN_CONV_MAX_ROWS else 1)
+    return _tile_rows_general(g, itemsize)
 
 
 cdef fnn_conv_geom _transposed(const fnn_conv_geom *g) noexcept nogil:
@@ -112,12 +156,19 @@ cdef fnn_conv_geom _transposed(const fnn_conv_geom *g) noexcept nogil:
 cdef bint _data_as_conv(const fnn_conv_geom *g) noexcept nogil:
     """Backward-to-data as the forward of _transposed(g) (stride 1, gathered path), instead of dZ.W^T + col2im:
     its GEMMs have K = kh*kw*F/G instead of F/G and it writes each dX row once instead of scatter-adding."""
-    return _path(g) == _GENERAL and g.sh == 1 and g.sw == 1
+    if not ((_path(g) == _GENERAL or _path(g) == _SMALL) and g.sh == 1 and g.sw == 1):
+        return False
+    # few input channels (the transposed convolution's GEMMs would have N = C/G < 8 columns) and an output
+    # smaller than the input ("valid"): dZ.W^T + col2im does less work (no zero taps of the (k-1)-padded dZ)
+    return not (g.C // g.G < 8 and g.OH * g.OW < g.H * g.W)
 
 
 cdef Py_ssize_t _fwd_tile(const fnn_conv_geom *g, Py_ssize_t itemsize) noexcept nogil:
     """Scratch elements of one thread's patch tile in the forward of g (0: no gather)."""
-    return _tile_rows(g, itemsize) * g.kh * g.kw * g.C if _path(g) == _GENERAL else 0
+    cdef int path = _path(g)
+    if path == _SMALL:
+        return fnn_conv_small_work(g, 0)
+    return _tile_rows(g, itemsize) * g.kh * g.kw * g.C if path == _GENERAL else 0
 
 
 cdef void _bwd_sizes(const fnn_conv_geom *g, Py_ssize_t itemsize, Py_ssize_t *tile, Py_ssize_t *acc,
@@ -127,6 +178,10 @@ cdef void _bwd_sizes(const fnn_conv_geom *g, Py_ssize_t itemsize, Py_ssize_t *ti
     cdef fnn_conv_geom t
     cdef Py_ssize_t wsize = g.kh * g.kw * (g.C // g.G) * g.F, td
     tile[0] = _fwd_tile(g, itemsize)
+    if _path(g) == _SMALL:   # its own work (planes, dZ row, lanes), or the gathered tile where dX needs col2im
+        tile[0] = fnn_conv_small_work(g, 1)
+        if not _data_as_conv(g) and _tile_rows_general(g, itemsize) * g.kh * g.kw * g.C > tile[0]:
+            tile[0] = _tile_rows_general(g, itemsize) * g.kh * g.kw * g.C
     acc[0] = wsize + g.F
     shared[0] = 0
     if _data_as_conv(g):
@@ -231,6 +286,11 @@ cdef void _forward_rows(const fnn_conv_geom *g, int path, const floating *X, con
                 fnn_conv_dw_forward_f(g, X, W, a, a + m, Z)
             else:
                 fnn_conv_dw_forward_d(g, X, W, a, a + m, Z)
+        elif path == _SMALL:
+            if floating is float:
+                fnn_conv_small_forward_f(g, X, W, a, a + m, Z, col)
+            else:
+                fnn_conv_small_forward_d(g, X, W, a, a + m, Z, col)
         else:
             _im2col(g, X, a, a + m, col)
             for q in range(G):
@@ -319,10 +379,14 @@ cdef void _backward_rows(const fnn_conv_geom *g, int path, const floating *X, co
                          Py_ssize_t r1, Py_ssize_t R, floating *col) noexcept nogil:
     """Rows [r0, r1) (whole images): dW += col^T.dZ, db += column sums of dZ (db may be NULL), and dX (NULL:
     skipped) of these images = col2im(dZ.W^T).  dW, db and the images' dX are zeroed first."""
-    cdef Py_ssize_t a, m, q, i, j, F = g.F, G = g.G, Cg = g.C // g.G, Fg = g.F // g.G
+    cdef Py_ssize_t a, m, q, F = g.F, G = g.G, Cg = g.C // g.G, Fg = g.F // g.G
     cdef Py_ssize_t Kg = g.kh * g.kw * Cg, P = g.OH * g.OW, img = g.H * g.W * g.C
     cdef const floating *dz
+    cdef floating *lanes = NULL
     memset(dW, 0, g.kh * g.kw * Cg * F * sizeof(floating))
+    if path == _SMALL:      # dX is NULL here (conv2d_backward): the weights' pass only
+        lanes = col + fnn_conv_small_work(g, 1) - Kg * F * FNN_CONV_LANES
+        memset(lanes, 0, Kg * F * FNN_CONV_LANES * sizeof(floating))
     if db != NULL:
         memset(db, 0, F * sizeof(floating))
     if dX != NULL and path != _DIRECT:
@@ -342,6 +406,11 @@ cdef void _backward_rows(const fnn_conv_geom *g, int path, const floating *X, co
                 fnn_conv_dw_backward_f(g, X, W, dZ, a, a + m, dX, dW)
             else:
                 fnn_conv_dw_backward_d(g, X, W, dZ, a, a + m, dX, dW)
+        elif path == _SMALL:
+            if floating is float:
+                fnn_conv_small_dw_f(g, X, dZ, a, a + m, col, lanes)
+            else:
+                fnn_conv_small_dw_d(g, X, dZ, a, a + m, col, lanes)
         else:
             _im2col(g, X, a, a + m, col)
             for q in range(G):
@@ -353,10 +422,16 @@ cdef void _backward_rows(const fnn_conv_geom *g, int path, const floating *X, co
                                W + q * Fg, <int>F, <floating>0, col + q * m * Kg, <int>Kg)
                 _col2im(g, col, a, a + m, dX)
         if db != NULL:
-            for i in range(m):
-                for j in range(F):
-                    db[j] += dz[i * F + j]
+            if floating is float:
+                fnn_conv_colsum_f(dz, m, F, db)
+            else:
+                fnn_conv_colsum_d(dz, m, F, db)
         a += m
+    if path == _SMALL:
+        if floating is float:
+            fnn_conv_small_reduce_f(g, lanes, dW)
+        else:
+            fnn_conv_small_reduce_d(g, lanes, dW)
 
 
 def conv2d_backward(const floating[:, :, :, ::1] X, const floating[:, :, :, ::1] W,
@@ -395,9 +470,13 @@ def conv2d_backward(const floating[:, :, :, ::1] X, const floating[:, :, :, ::1]
         return
     cdef int path = _path(&g)
     cdef bint as_conv = _data_as_conv(&g) and dXp != NULL
+    if path == _SMALL and dXp != NULL and not as_conv:
+        path = _GENERAL          # dX by col2im needs the gathered tile (strided first layers)
     cdef fnn_conv_geom gt = _transposed(&g)
     cdef int tpath = _path(&gt)
-    cdef Py_ssize_t R = _tile_rows(&g, sizeof(floating)), RT = _tile_rows(&gt, sizeof(floating))
+    cdef Py_ssize_t R = _tile_rows(&g, sizeof(floating)) if path == _path(&g) else \
+        _tile_rows_general(&g, sizeof(floating))
+    cdef Py_ssize_t RT = _tile_rows(&gt, sizeof(floating))
     cdef Py_ssize_t tile, acc_, shared
     _bwd_sizes(&g, sizeof(floating), &tile, &acc_, &shared)
     cdef Py_ssize_t have = scratch.shape[0] if scratch is not None else 0
