@@ -216,3 +216,20 @@ def get(spec, owner="activation"):
             raise ValueError(f"{owner}: unknown activation {spec!r}; known: {sorted(REGISTRY)}")
         return cls()
     raise TypeError(f"{owner}: activation must be a name, None or an activation layer, got {type(spec).__name__}")
+
+
+def to_config(act):
+    """The config of a fused activation, as a layer with one (Dense, Conv1D, Conv2D) saves it: its class name and
+    settings, without its own layer name."""
+    cfg = {"class": type(act).__name__, **act.get_config()}
+    cfg.pop("name")
+    return cfg
+
+
+def from_config(config, owner):
+    """The activation instance ``to_config`` described; ValueError naming `owner` for an unknown class."""
+    config = dict(config)
+    cls = CLASSES.get(config.pop("class", None))
+    if cls is None:
+        raise ValueError(f"{owner}: unknown activation in {config!r}")
+    return cls(**config)

@@ -239,9 +239,7 @@ class _Conv(WeightBias, Layer):
 
     # ------------------------------------------------------------------ description
     def get_config(self):
-        act = self.activation
-        act_cfg = {"class": type(act).__name__, **act.get_config()}
-        act_cfg.pop("name")
+        act_cfg = _act.to_config(self.activation)
         pad = self.padding if isinstance(self.padding, str) else [list(p) for p in self.padding]
         if self._rank == 1 and not isinstance(pad, str):
             pad = pad[0]
@@ -257,11 +255,8 @@ class _Conv(WeightBias, Layer):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        act = dict(config.pop("activation"))
-        act_cls = _act.CLASSES.get(act.pop("class"))
-        if act_cls is None:
-            raise ValueError(f"{cls.__name__}.from_config: unknown activation in {config!r}")
-        return cls(activation=act_cls(**act), kernel_init=initializers.from_config(config.pop("kernel_init")),
+        act = _act.from_config(config.pop("activation"), f"{cls.__name__}.from_config")
+        return cls(activation=act, kernel_init=initializers.from_config(config.pop("kernel_init")),
                    bias_init=initializers.from_config(config.pop("bias_init")), **config)
 
     def extra_repr(self):

@@ -105,9 +105,7 @@ class Dense(WeightBias, Layer):
         return dX if self.need_input_grad else None
 
     def get_config(self):
-        act = self.activation
-        act_cfg = {"class": type(act).__name__, **act.get_config()}
-        act_cfg.pop("name")
+        act_cfg = _act.to_config(self.activation)
         cfg = {"name": self.name, "units": self.units, "activation": act_cfg,
                "kernel_init": self.kernel_init.get_config(), "bias_init": self.bias_init.get_config(),
                "use_bias": self.use_bias}
@@ -118,11 +116,8 @@ class Dense(WeightBias, Layer):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        act = dict(config.pop("activation"))
-        act_cls = _act.CLASSES.get(act.pop("class"))
-        if act_cls is None:
-            raise ValueError(f"Dense.from_config: unknown activation in {config!r}")
-        return cls(activation=act_cls(**act), kernel_init=initializers.from_config(config.pop("kernel_init")),
+        act = _act.from_config(config.pop("activation"), "Dense.from_config")
+        return cls(activation=act, kernel_init=initializers.from_config(config.pop("kernel_init")),
                    bias_init=initializers.from_config(config.pop("bias_init")), **config)
 
     def extra_repr(self):
