@@ -24,7 +24,7 @@ What a distributed ``fit`` does (fastnn/training/trainer.py calls the methods be
   the global batch (two small allreduces in the forward pass, one in the backward pass): then training equals
   the one-process run with the global batch.
 - Dropout draws the global batch's mask: every rank draws the same seed from the model's layer generator and
-  skips ahead in the counter-based generator to its own rows (``Dropout._row_offset``).
+  skips ahead in the counter-based generator to its own rows (``Dropout.row_offset``).
 - The epoch's loss, accuracy and metrics, and the validation (each rank evaluates a contiguous share of the
   validation data) are reduced over ranks, so the History is the same on every rank.  Callbacks that write
   files (``ModelCheckpoint``, ``CSVLogger``: ``writes_files = True``) and verbose output run on rank 0 only;
@@ -173,14 +173,14 @@ class DataParallel:
         self._dropouts = [layer for layer in layers if isinstance(layer, Dropout)]
         self._batchnorms = [layer for layer in layers if isinstance(layer, BatchNorm)]
         for layer in self._batchnorms:
-            layer._sync = self if self.sync_batchnorm else None
+            layer.reducer = self.sum_over_ranks if self.sync_batchnorm else None
 
     def finish(self, model):
         """Detach from the layers at the end of fit (the model keeps this object for ``save``)."""
         for layer in self._batchnorms:
-            layer._sync = None
+            layer.reducer = None
         for layer in self._dropouts:
-            layer._row_offset = 0
+            layer.row_offset = 0
 
     def shard(self, m):
         """(lo, hi): this rank's rows of a global batch of m rows."""
@@ -197,7 +197,7 @@ class DataParallel:
         if rows == 0:
             w, npred, loss, correct = 0.0, 0, 0.0, 0
         elif mask is not None:
-            w, npred = trainer._mask_weight(mask, Wb, model.engine.output(), model.engine)
+            w, npred = trainer.mask_weight(mask, Wb, model.engine.output(), model.engine)
         else:
             w = float(rows) if Wb is None else float(Wb.sum(dtype=np.float64))
             npred = lossf.n_predictions(rows, model.engine.output().shape[1:]) if masked else 0
@@ -249,11 +249,11 @@ class DataParallel:
                 cbs.on_batch_begin(b, {"batch": b, "size": m})
             sel = slice(start + lo, start + hi)
             if shuffle:
-                Xb, Tb, Wb = trainer._gather(X, T, W, idx[sel])
+                Xb, Tb, Wb = trainer.gather(X, T, W, idx[sel])
             else:
                 Xb, Tb, Wb = X[sel], T[sel], None if W is None else W[sel]
             for layer in self._dropouts:
-                layer._row_offset = lo
+                layer.row_offset = lo
             loss, c = trainer.step(Xb, Tb, (epoch, b), Wb)
             Wg, npred = self._last
             total += loss if sums else loss * Wg
@@ -264,9 +264,9 @@ class DataParallel:
             if metrics and hi > lo:
                 out = model.engine.output()
                 mask = model.engine.output_mask_value() if masked else None
-                from fastnn.training.trainer import _update_metric
+                from fastnn.training.trainer import update_metric
                 for met in metrics:
-                    _update_metric(met, out, Tb, mask)
+                    update_metric(met, out, Tb, mask)
             if hooks:
                 cbs.on_batch_end(b, {"batch": b, "size": m, "loss": loss})
             if model.stop_training:
@@ -324,61 +324,7 @@ class DataParallel:
         return trainer.logs_from_sums(*sums, metrics)
 
     # ------------------------------------------------------------------ synchronized BatchNorm
-    def batchnorm_forward(self, layer, X):
-        """BatchNorm's training forward with the global batch's statistics (mean, then biased variance, each
-        one allreduce of C numbers)."""
-        from fastnn.layers.base import rows2d
-        MPI = self._MPI
-        X2 = rows2d(X)
-        m, C = X2.shape
-        Y, Xhat = layer._batch_buffers(X.shape, lambda _: (np.empty(X.shape, X.dtype), np.empty(X.shape, X.dtype)))
-        buf = np.empty(C + 1)
-        buf[:C] = X2.sum(axis=0, dtype=np.float64)
-        buf[C] = m
-        self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
-        M = buf[C]
-        if M < 2:
-            raise ValueError(f"{layer.name}: expected more than 1 value per channel in training mode, got "
-                             f"{int(M)} over all ranks (synchronized BatchNorm)")
-        mean = buf[:C] / M
-        d = X2 - mean
-        var = np.einsum("ij,ij->j", d, d) if m else np.zeros(C)
-        self.comm.Allreduce(MPI.IN_PLACE, var, op=MPI.SUM)
-        var /= M
-        invstd = 1.0 / np.sqrt(var + layer.eps)
-        smean, sinv = layer._stats
-        smean[...] = mean
-        sinv[...] = invstd
-        Xh2 = rows2d(Xhat)
-        np.multiply(d, invstd, out=Xh2, casting="unsafe")
-        np.multiply(Xh2, layer.params["weight"], out=rows2d(Y))
-        rows2d(Y)[...] += layer.params["bias"]
-        mom = layer.momentum
-        rm, rv = layer.buffers["running_mean"], layer.buffers["running_var"]
-        rm[...] = (1.0 - mom) * rm + mom * mean
-        rv[...] = (1.0 - mom) * rv + mom * (var * M / (M - 1))
-        layer._Xhat, layer._batch_stats, layer._sync_forward = Xhat, True, True
-        return Y
-
-    def batchnorm_backward(self, layer, dY):
-        """Backward of ``batchnorm_forward``: the two reductions over the batch (sum dY, sum dY * Xhat) are
-        allreduced; the parameter gradients stay local (the gradient allreduce sums them)."""
-        from fastnn.layers.base import rows2d
-        MPI = self._MPI
-        Xhat = layer._Xhat
-        dY2, Xh2 = rows2d(dY), rows2d(Xhat)
-        C = Xh2.shape[1]
-        buf = np.empty(2 * C + 1)
-        buf[:C] = dY2.sum(axis=0, dtype=np.float64)
-        buf[C:2 * C] = np.einsum("ij,ij->j", dY2, Xh2) if dY2.shape[0] else 0.0
-        buf[2 * C] = dY2.shape[0]
-        layer.grads["bias"][...] = buf[:C]
-        layer.grads["weight"][...] = buf[C:2 * C]
-        self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
-        if not layer.need_input_grad:
-            return None
-        M = buf[2 * C]
-        k = layer.params["weight"] * layer._stats[1] / M
-        dX = layer._batch_buffers(dY.shape, lambda _: np.empty(Xhat.shape, Xhat.dtype), tag="grad")
-        rows2d(dX)[...] = k * (M * dY2 - buf[:C] - Xh2 * buf[C:2 * C])
-        return dX
+    def sum_over_ranks(self, buf):
+        """Sum the float64 array `buf` over the ranks, in place (BatchNorm's ``reducer`` under
+        ``sync_batchnorm=True``)."""
+        self.comm.Allreduce(self._MPI.IN_PLACE, buf, op=self._MPI.SUM)

@@ -28,7 +28,7 @@ class Dropout(Layer):
     mask_support = "pass"     # per step: a mask on (N, T, ...) passes unchanged (fastnn.layers.base)
     # the rows of the global batch before this batch: a data-parallel rank skips the generator's counter ahead
     # to draw its rows' part of the global batch's mask (set per step by fastnn.distributed, 0 otherwise)
-    _row_offset = 0
+    row_offset = 0
 
     def __init__(self, rate=0.5, mode="inverted", name=None):
         super().__init__(name)
@@ -66,7 +66,7 @@ class Dropout(Layer):
         self._scale = 1.0 / keep if self.mode == "inverted" else 1.0
         _k.dropout_forward(X.reshape(-1), Y.reshape(-1), mask.reshape(-1), seed, threshold, self._scale,
                            get_num_threads(),
-                           self._row_offset * (X.size // X.shape[0]) if X.shape[0] else 0)
+                           self.row_offset * (X.size // X.shape[0]) if X.shape[0] else 0)
         self._mask, self._masked = mask, True
         return Y
 

@@ -125,15 +125,18 @@ class BatchNorm(_Norm):
                              f"(BatchNorm needs more than 1, as torch.nn.BatchNorm1d); {owner} would leave such a "
                              "batch: choose a batch_size that does not leave a last batch of one sample")
 
-    _sync = None        # fastnn.distributed.DataParallel(sync_batchnorm=True) during a distributed fit
+    # None, or a callable summing a float64 array in place over the processes of a data-parallel fit: set by
+    # fastnn.distributed.DataParallel(sync_batchnorm=True) for the fit, the training statistics are then the
+    # global batch's (each of the forward's and the backward's reductions summed over the processes)
+    reducer = None
     _sync_forward = False
 
     def forward(self, X, training=False):
         if self._frozen:        # a frozen BatchNorm runs in inference mode, in fit too (Keras 3)
             training = False
         self._sync_forward = False
-        if training and self._sync is not None:     # the global batch's statistics (fastnn/distributed.py)
-            return self._sync.batchnorm_forward(self, X)
+        if training and self.reducer is not None:     # the global batch's statistics (fastnn/distributed.py)
+            return self._forward_synced(X)
         if training and X.size // max(X.shape[-1], 1) < 2:
             raise ValueError(f"{self.name}: expected more than 1 value per channel in training mode, got a "
                              f"batch of shape {X.shape} (as torch.nn.BatchNorm1d)")
@@ -147,13 +150,68 @@ class BatchNorm(_Norm):
 
     def backward(self, dY):
         if self._sync_forward:
-            return self._sync.batchnorm_backward(self, dY)
+            return self._backward_synced(dY)
         Xhat = self._Xhat
         dX = self._batch_buffers(dY.shape, lambda _: np.empty(Xhat.shape, Xhat.dtype), tag="grad")
         _k.batchnorm_backward(rows2d(dY), rows2d(Xhat), self.params["weight"], self._stats[1],
                               rows2d(dX) if self.need_input_grad else None, self.grads["weight"],
                               self.grads["bias"], self._batch_stats, get_num_threads())
         return dX if self.need_input_grad else None
+
+    def _forward_synced(self, X):
+        """The training forward with the global batch's statistics over the processes of a data-parallel fit (mean,
+        then biased variance, each one ``reducer`` sum of C numbers)."""
+        X2 = rows2d(X)
+        m, C = X2.shape
+        Y, Xhat = self._batch_buffers(X.shape, lambda _: (np.empty(X.shape, X.dtype), np.empty(X.shape, X.dtype)))
+        buf = np.empty(C + 1)
+        buf[:C] = X2.sum(axis=0, dtype=np.float64)
+        buf[C] = m
+        self.reducer(buf)
+        M = buf[C]
+        if M < 2:
+            raise ValueError(f"{self.name}: expected more than 1 value per channel in training mode, got "
+                             f"{int(M)} over all ranks (synchronized BatchNorm)")
+        mean = buf[:C] / M
+        d = X2 - mean
+        var = np.einsum("ij,ij->j", d, d) if m else np.zeros(C)
+        self.reducer(var)
+        var /= M
+        invstd = 1.0 / np.sqrt(var + self.eps)
+        smean, sinv = self._stats
+        smean[...] = mean
+        sinv[...] = invstd
+        Xh2 = rows2d(Xhat)
+        np.multiply(d, invstd, out=Xh2, casting="unsafe")
+        np.multiply(Xh2, self.params["weight"], out=rows2d(Y))
+        rows2d(Y)[...] += self.params["bias"]
+        mom = self.momentum
+        rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
+        rm[...] = (1.0 - mom) * rm + mom * mean
+        rv[...] = (1.0 - mom) * rv + mom * (var * M / (M - 1))
+        self._Xhat, self._batch_stats, self._sync_forward = Xhat, True, True
+        return Y
+
+    def _backward_synced(self, dY):
+        """Backward of ``_forward_synced``: the two reductions over the batch (sum dY, sum dY * Xhat) are
+        allreduced; the parameter gradients stay local (the gradient allreduce sums them)."""
+        Xhat = self._Xhat
+        dY2, Xh2 = rows2d(dY), rows2d(Xhat)
+        C = Xh2.shape[1]
+        buf = np.empty(2 * C + 1)
+        buf[:C] = dY2.sum(axis=0, dtype=np.float64)
+        buf[C:2 * C] = np.einsum("ij,ij->j", dY2, Xh2) if dY2.shape[0] else 0.0
+        buf[2 * C] = dY2.shape[0]
+        self.grads["bias"][...] = buf[:C]
+        self.grads["weight"][...] = buf[C:2 * C]
+        self.reducer(buf)
+        if not self.need_input_grad:
+            return None
+        M = buf[2 * C]
+        k = self.params["weight"] * self._stats[1] / M
+        dX = self._batch_buffers(dY.shape, lambda _: np.empty(Xhat.shape, Xhat.dtype), tag="grad")
+        rows2d(dX)[...] = k * (M * dY2 - buf[:C] - Xh2 * buf[C:2 * C])
+        return dX
 
     def get_config(self):
         return {"name": self.name, "momentum": self.momentum, "eps": self.eps, "axis": self.axis}

@@ -654,13 +654,13 @@ class Trainer:
             if hooks:
                 cbs.on_batch_begin(b, {"batch": b, "size": m})
             if shuffle:
-                Xb, Tb, Wb = self._gather(X, T, W, idx[start:stop])
+                Xb, Tb, Wb = self.gather(X, T, W, idx[start:stop])
             else:
                 Xb, Tb, Wb = X[start:stop], T[start:stop], None if W is None else W[start:stop]
             loss, c = self.step(Xb, Tb, (epoch, b), Wb)
             mask = model.engine.output_mask_value() if masked else None
             if mask is not None:       # the batch weighs what its real steps weigh
-                ws, npred = self._mask_weight(mask, Wb, model.engine.output(), model.engine)
+                ws, npred = self.mask_weight(mask, Wb, model.engine.output(), model.engine)
                 total += loss if sums else loss * ws
                 wtotal += ws
                 predictions += npred
@@ -678,7 +678,7 @@ class Trainer:
             if metrics:
                 out = model.engine.output()
                 for met in metrics:
-                    _update_metric(met, out, Tb, mask)
+                    update_metric(met, out, Tb, mask)
             if hooks:
                 cbs.on_batch_end(b, {"batch": b, "size": m, "loss": loss})
             if model.stop_training:
@@ -692,7 +692,7 @@ class Trainer:
             logs[met.name] = met.result()
         return logs
 
-    def _mask_weight(self, mask, Wb, out, engine):
+    def mask_weight(self, mask, Wb, out, engine):
         """(weight, predictions) of a batch with a masked output: the summed weights of its real steps (sample
         weights, or 1 each) and the number of real positions the loss's accuracy counts.  The weighted sum goes
         through a float64 buffer of `engine` (the executor that ran the batch), so a batch makes no new array."""
@@ -706,7 +706,7 @@ class Trainer:
             ws = float(buf.sum())
         return ws, self.model.loss.n_predictions(steps, out.shape[2:])
 
-    def _gather(self, X, T, W, sel):
+    def gather(self, X, T, W, sel):
         model = self.model
         m = sel.shape[0]
         Xb = model.engine.cached(("xb", (m,) + X.shape[1:], X.dtype.str),
@@ -771,7 +771,7 @@ class Trainer:
                 mask = engine.output_mask_value() if masked else None
                 if mask is not None:
                     loss, c = model.loss.masked(out, T[start:stop], mask, None, Wb)
-                    ws, npred = self._mask_weight(mask, Wb, out, engine)
+                    ws, npred = self.mask_weight(mask, Wb, out, engine)
                     total += loss if model.loss.sums else loss * ws
                     wtotal += ws
                     predictions += npred
@@ -784,7 +784,7 @@ class Trainer:
                         predictions += model.loss.n_predictions(stop - start, self.output_shape_for(T))
                 correct += c
                 for m in metrics:
-                    _update_metric(m, out, T[start:stop], mask)
+                    update_metric(m, out, T[start:stop], mask)
         finally:
             model.engine.checkin(engine)
         denom = wtotal if (W is not None or masked) else n
@@ -793,7 +793,7 @@ class Trainer:
 
 
 
-def _update_metric(metric, out, targets, mask):
+def update_metric(metric, out, targets, mask):
     """``metric.update`` on a batch; with a mask on the output, on its real steps only."""
     if mask is None:
         metric.update(out, targets)
