@@ -294,19 +294,12 @@ class DataParallel:
                     arr /= self.size
 
     def reduce_metrics(self, metrics):
-        """Sum the metrics' states (their private numbers and arrays: counts and sums) over ranks."""
+        """Sum the metrics' states (``Metric.state``: counts and sums) over ranks."""
         if not metrics:
             return
-        states = []
-        for met in metrics:
-            states.append({k: v for k, v in vars(met).items()
-                           if k.startswith("_") and (v is None or isinstance(v, (int, float, np.ndarray, np.number)))
-                           and not isinstance(v, bool)})
-        every = self.comm.allgather(states)
+        every = self.comm.allgather([met.state() for met in metrics])
         for i, met in enumerate(metrics):
-            for k in states[i]:
-                vals = [s[i][k] for s in every if s[i][k] is not None]
-                setattr(met, k, None if not vals else sum(vals[1:], vals[0]))
+            met.merge_states([s[i] for s in every])
 
     def evaluate(self, trainer, val, metrics):
         """The validation logs, each rank evaluating a contiguous share of the rows, reduced over ranks."""

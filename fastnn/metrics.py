@@ -34,6 +34,20 @@ class Metric:
     def result(self):
         raise NotImplementedError
 
+    def state(self):
+        """The running state since ``reset()`` as {name: value}: the metric's additive accumulators (counts and
+        sums: its private numbers and arrays, None before a first update), so that the states of metrics that saw
+        disjoint parts of the data add up to the state of one that saw all of it (``merge_states``)."""
+        return {k: v for k, v in vars(self).items()
+                if k.startswith("_") and not isinstance(v, bool)
+                and (v is None or isinstance(v, (int, float, np.ndarray, np.number)))}
+
+    def merge_states(self, states):
+        """Set the state to the sum of `states` (``state()`` dicts, e.g. of the ranks of a data-parallel fit)."""
+        for k in self.state():
+            vals = [st[k] for st in states if st[k] is not None]
+            setattr(self, k, None if not vals else sum(vals[1:], vals[0]))
+
     def __repr__(self):
         return f"{type(self).__name__}()"
 

@@ -160,3 +160,23 @@ def test_a_pipe_gets_one_line_per_epoch():
     lines = out.stdout.decode().splitlines()
     assert len(lines) == 4 and "\r" not in out.stdout.decode()
     assert lines[-1].startswith("epoch 4/4 - loss")
+
+
+@pytest.mark.parametrize("make", [lambda: fnn.metrics.TopKAccuracy(2), lambda: fnn.metrics.MeanAbsoluteError(),
+                                  lambda: fnn.metrics.R2Score()], ids=["top2", "mae", "r2"])
+def test_metric_states_of_two_halves_merge_into_the_whole(make):
+    """Metric.state / merge_states (what a data-parallel fit sums over ranks): two metrics over the halves of the
+    data, merged, give the result of one metric over all of it."""
+    rng = np.random.default_rng(0)
+    out = rng.normal(size=(20, 3))
+    t = rng.integers(0, 3, 20) if isinstance(make(), fnn.metrics.TopKAccuracy) else rng.normal(size=(20, 3))
+    whole, a, b = make(), make(), make()
+    for m in (whole, a, b):
+        m.reset()
+    whole.update(out, t)
+    a.update(out[:7], t[:7])
+    b.update(out[7:], t[7:])
+    merged = make()
+    merged.reset()
+    merged.merge_states([a.state(), b.state()])
+    assert merged.result() == pytest.approx(whole.result(), rel=1e-12)
