@@ -207,8 +207,12 @@ class Executor:
                 ms = masks[s]
                 if pick is not None and pick[j] is not None and ms is not None:
                     ms = ms[pick[j]]
-                if ms is not None:
-                    m = ms if m is None or m is ms else np.logical_and(m, ms)
+                if ms is not None and m is not ms:
+                    if m is None:
+                        m = ms
+                    else:      # several masked inputs: their AND, in a buffer of this node's (no array per step)
+                        both = self.cached(("mask_and", i, ms.shape), lambda: np.empty(ms.shape, dtype=bool))
+                        m = np.logical_and(m, ms, out=both)
             if layer.produces_mask:
                 vals[i] = layer.forward(x, training, **kw)
                 out_mask = layer.compute_mask(x)
