@@ -202,7 +202,7 @@ class Trainer:
                 raise self.nonfinite("loss", where, None, f"the loss is {loss}")
             model.engine.backward(grad)
         if self._dist is not None:         # data-parallel: the global batch's gradient on every rank
-            self._dist.reduce_gradients(model.optimizer._grads)
+            self._dist.reduce_gradients(model.table.trainable_gradients)
         # the guard scans what the optimizer updates: the trainable prefix of the flat buffers (frozen layers'
         # gradients are computed but never applied)
         if guard:
