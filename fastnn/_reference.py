@@ -1,9 +1,10 @@
 """Plain-numpy versions of fastnn's compiled kernels: the test oracle.
 
-Every function here has the same name, signature and semantics as its twin in ``fastnn._core`` (the same
-arguments, the same OUT buffers written in place, the same return values, the same ``ValueError`` on bad
-shapes), but is written straight from the math with whole-array numpy operations rather than by copying the
-Cython loops, so that the tests can compare the two.  ``n_threads`` is accepted and ignored.
+Every function here (but the recurrent-layer pair at the end, see there) has the same name, signature and
+semantics as its twin in ``fastnn._core`` (the same arguments, the same OUT buffers written in place, the same
+return values, the same ``ValueError`` on bad shapes), but is written straight from the math with whole-array
+numpy operations rather than by copying the Cython loops, so that the tests can compare the two. ``n_threads`` is
+accepted and ignored.
 
 Nothing in the library calls this module; it is slow on purpose (clarity over speed) and not a public API.
 
@@ -38,6 +39,7 @@ __all__ = [
     "softmax_cross_entropy", "softmax_cross_entropy_soft", "sigmoid_binary_cross_entropy", "regression_loss",
     "sgd_step", "adagrad_step", "rmsprop_step", "adam_step", "gemm",
     "max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
+    "rnn_layer_forward", "rnn_layer_backward",
 ]
 
 
@@ -553,3 +555,129 @@ def avg_pool2d_backward(dY, dX, ph, pw, sh, sw, pt, pl, n_threads=1):
         count = (rows.stop - rows.start) * (cols.stop - cols.start)
         grad[:, rows, cols, :] += _f64(dY[:, oh, ow, :])[:, None, None, :] / count
     dX[...] = grad
+
+
+# ------------------------------------------------------------------------------------------- recurrent layers
+# Unlike the functions above these are not twins of a kernel entry point: they take a whole recurrent layer's
+# arguments (as SimpleRNN / LSTM / GRU hold them) and return new float64 arrays.  cell: "rnn", "lstm" or "gru".
+# PyTorch's math, with a = x W_ih + b_ih and b = h W_hh + b_hh split into G column blocks of `units`:
+#     rnn   h' = act(a + b)                                   (act "tanh" or "relu")
+#     lstm  i, f, g, o = sig(a+b)[0], sig(a+b)[1], tanh(a+b)[2], sig(a+b)[3];  c' = f c + i g;  h' = o tanh(c')
+#     gru   r, z = sig(a+b)[0], sig(a+b)[1];  n = tanh(a[2] + r b[2]);  h' = (1 - z) n + z h
+# Processing step s reads time t = s (T-1-s with go_backwards); Y[:, s] is the state after step s (a
+# go_backwards sequence is returned reversed, as Keras).  mask (N, T) bool: at a masked (row, time) the state is
+# carried unchanged (Y holds the carried state) and the step gets no gradient.
+_RNN_GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+
+
+def _rnn_step(cell, act, x, h, c, W_ih, W_hh, b_ih, b_hh):
+    """One cell step on a batch: returns (h', c', cache) (c' None unless lstm)."""
+    a = x @ W_ih + b_ih
+    b = h @ W_hh + b_hh
+    if cell == "rnn":
+        h_new = np.tanh(a + b) if act == "tanh" else np.maximum(a + b, 0.0)
+        return h_new, None, (x, h, h_new, a + b)
+    if cell == "lstm":
+        i, f, g, o = np.split(a + b, 4, axis=1)
+        i, f, g, o = _sigmoid(i), _sigmoid(f), np.tanh(g), _sigmoid(o)
+        c_new = f * c + i * g
+        h_new = o * np.tanh(c_new)
+        return h_new, c_new, (x, h, c, i, f, g, o, c_new)
+    a_r, a_z, a_n = np.split(a, 3, axis=1)
+    b_r, b_z, b_n = np.split(b, 3, axis=1)
+    r, z = _sigmoid(a_r + b_r), _sigmoid(a_z + b_z)
+    n = np.tanh(a_n + r * b_n)
+    return (1.0 - z) * n + z * h, None, (x, h, r, z, n, b_n)
+
+
+def _rnn_step_backward(cell, act, cache, dh, dc, W_ih, W_hh):
+    """Backward of one step given dL/dh' (and dL/dc'): returns (dx, dh, dc, da, db), da / db the gradients of the
+    pre-activations a = x W_ih + b_ih and b = h W_hh + b_hh (dc None unless lstm)."""
+    if cell == "rnn":
+        x, h, h_new, pre = cache
+        da = dh * (1.0 - h_new ** 2) if act == "tanh" else dh * (pre > 0)
+        db, dc_prev, dh_direct = da, None, 0.0
+    elif cell == "lstm":
+        x, h, c, i, f, g, o, c_new = cache
+        tc = np.tanh(c_new)
+        dc_tot = dc + dh * o * (1.0 - tc ** 2)
+        di, df, dg, do = dc_tot * g, dc_tot * c, dc_tot * i, dh * tc
+        da = np.concatenate([di * i * (1 - i), df * f * (1 - f), dg * (1 - g ** 2), do * o * (1 - o)], axis=1)
+        db, dc_prev, dh_direct = da, dc_tot * f, 0.0
+    else:
+        x, h, r, z, n, b_n = cache
+        dn = dh * (1.0 - z) * (1.0 - n ** 2)          # gradient of n's pre-activation a_n + r b_n
+        dz = dh * (h - n) * z * (1.0 - z)
+        dr = dn * b_n * r * (1.0 - r)
+        da = np.concatenate([dr, dz, dn], axis=1)
+        db = np.concatenate([dr, dz, dn * r], axis=1)
+        dc_prev, dh_direct = None, dh * z           # h' also holds z h directly
+    dx = da @ W_ih.T
+    dh_prev = db @ W_hh.T + dh_direct
+    return dx, dh_prev, dc_prev, da, db
+
+
+def _rnn_run(cell, X, W_ih, W_hh, b_ih, b_hh, h0, c0, mask, go_backwards, activation):
+    X, W_ih, W_hh, b_ih, b_hh = map(_f64, (X, W_ih, W_hh, b_ih, b_hh))
+    if cell not in _RNN_GATES:
+        raise ValueError(f"rnn_layer: cell must be 'rnn', 'lstm' or 'gru', got {cell!r}")
+    N, T, F = X.shape
+    U = W_hh.shape[0]
+    G = _RNN_GATES[cell]
+    for what, arr, shape in (("W_ih", W_ih, (F, G * U)), ("W_hh", W_hh, (U, G * U)), ("b_ih", b_ih, (G * U,)),
+                             ("b_hh", b_hh, (G * U,))):
+        _shape_check("rnn_layer", what, arr.shape, shape)
+    h = np.zeros((N, U)) if h0 is None else _f64(h0).copy()
+    c = (np.zeros((N, U)) if c0 is None else _f64(c0).copy()) if cell == "lstm" else None
+    m_all = np.ones((N, T), bool) if mask is None else np.asarray(mask, bool)
+    times = list(range(T))[::-1] if go_backwards else list(range(T))
+    Y = np.zeros((N, T, U))
+    steps = []                                                   # (t, row mask (N, 1), cache) per step
+    for s, t in enumerate(times):
+        h_new, c_new, cache = _rnn_step(cell, activation, X[:, t], h, c, W_ih, W_hh, b_ih, b_hh)
+        m = m_all[:, t][:, None]
+        h = np.where(m, h_new, h)
+        if cell == "lstm":
+            c = np.where(m, c_new, c)
+        Y[:, s] = h
+        steps.append((t, m, cache))
+    return Y, h, c, steps, (X, W_ih, W_hh)
+
+
+def rnn_layer_forward(cell, X, W_ih, W_hh, b_ih, b_hh, h0=None, c0=None, mask=None, go_backwards=False,
+                      activation="tanh"):
+    """A recurrent layer's forward pass over X (N, T, F): returns (Y, h_last, c_last), Y (N, T, units) the state
+    after each processing step, h_last / c_last (N, units) the final states (c_last None unless lstm)."""
+    Y, h, c, _, _ = _rnn_run(cell, X, W_ih, W_hh, b_ih, b_hh, h0, c0, mask, go_backwards, activation)
+    return Y, h, c
+
+
+def rnn_layer_backward(cell, X, W_ih, W_hh, b_ih, b_hh, dY, dh_last=None, dc_last=None, h0=None, c0=None,
+                       mask=None, go_backwards=False, activation="tanh"):
+    """Backpropagation through time of rnn_layer_forward for the loss sum(Y * dY) + sum(h_last * dh_last)
+    (+ sum(c_last * dc_last)); dY (N, T, units) or None.  Returns (dX, dW_ih, dW_hh, db_ih, db_hh, dh0, dc0),
+    dc0 None unless lstm."""
+    Y, h, c, steps, (X, W_ih, W_hh) = _rnn_run(cell, X, W_ih, W_hh, b_ih, b_hh, h0, c0, mask, go_backwards,
+                                               activation)
+    N, T, _ = X.shape
+    dY = np.zeros(Y.shape) if dY is None else _f64(dY)
+    dh = np.zeros(h.shape) if dh_last is None else _f64(dh_last).copy()
+    dc = (np.zeros(h.shape) if dc_last is None else _f64(dc_last).copy()) if cell == "lstm" else None
+    dX, dW_ih, dW_hh = np.zeros(X.shape), np.zeros(W_ih.shape), np.zeros(W_hh.shape)
+    db_ih, db_hh = np.zeros(W_ih.shape[1]), np.zeros(W_hh.shape[1])
+    for s in range(T - 1, -1, -1):
+        t, m, cache = steps[s]
+        dh = dh + dY[:, s]
+        # state = m * cell output + (1 - m) * previous state: a masked row passes its gradient straight through
+        dh_cell, dc_cell = np.where(m, dh, 0.0), (np.where(m, dc, 0.0) if cell == "lstm" else None)
+        dx, dh_prev, dc_prev, da, db = _rnn_step_backward(cell, activation, cache, dh_cell, dc_cell, W_ih, W_hh)
+        x, h_prev = cache[0], cache[1]
+        dX[:, t] = dx
+        dW_ih += x.T @ da
+        dW_hh += h_prev.T @ db
+        db_ih += da.sum(axis=0)
+        db_hh += db.sum(axis=0)
+        dh = np.where(m, dh_prev, dh)
+        if cell == "lstm":
+            dc = np.where(m, dc_prev, dc)
+    return dX, dW_ih, dW_hh, db_ih, db_hh, dh, dc

@@ -2,8 +2,9 @@
 
 Float64 parity with torch.nn.RNN/LSTM/GRU (outputs, final states, gradients of every parameter, of the input and
 of the initial states) for stacks of 1-3 layers, bidirectional, masked sequences against torch on each sequence's
-real steps; central differences; float32 against float64; edge cases; errors; the vectorized float32 sigmoid;
-flush-to-zero.  Layers are driven directly (built and bound to their own arrays) unless a model is the subject.
+real steps; the numpy oracle (fastnn._reference.rnn_layer_forward / _backward, no torch needed); central
+differences; float32 against float64; edge cases; errors; the vectorized float32 sigmoid; flush-to-zero. Layers
+are driven directly (built and bound to their own arrays) unless a model is the subject.
 """
 import time
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 import fastnn as fnn
+from fastnn import _reference as ref
 from fastnn._core import rnn as _k
 from fastnn.layers import GRU, LSTM, Bidirectional, SimpleRNN
 
@@ -246,6 +248,64 @@ def test_prefix_mask_runs_sorted_fast_path_and_general_path_agrees():
     yb = b.forward(X, mask=m2).copy()
     keep = [0, 1, 3, 4]
     np.testing.assert_allclose(ya[keep], yb[keep], rtol=1e-12, atol=1e-14)
+
+
+# ---------------------------------------------------------------------------------------------- numpy oracle
+ORACLE_CELL = {"rnn_tanh": ("rnn", "tanh"), "rnn_relu": ("rnn", "relu"), "lstm": ("lstm", "tanh"),
+               "gru": ("gru", "tanh")}
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
+@pytest.mark.parametrize("setting", ["plain", "initial_state", "masked_holes", "go_backwards",
+                                     "masked_backwards_state"])
+def test_matches_numpy_oracle(cell, setting):
+    """Float64 outputs, final states and every gradient (input, both weights, both biases, initial states) equal
+    fastnn._reference.rnn_layer_forward / rnn_layer_backward (no torch needed)."""
+    cid, make, tname, _ = cell
+    ocell, act = ORACLE_CELL[cid]
+    lstm = tname == "LSTM"
+    n_states = 2 if lstm else 1
+    N, T, F, U = 5, 7, 3, 4
+    with_state = setting in ("initial_state", "masked_backwards_state")
+    go_backwards = setting in ("go_backwards", "masked_backwards_state")
+    mask = _masked_case("holes") if setting.startswith("masked") else None
+    layer = bind(make(U, return_sequences=True, return_state=True, go_backwards=go_backwards), (T, F), seed=3)
+    if with_state:
+        layer.n_inputs = 1 + n_states
+        layer.input_shape = [layer.input_shape] + [(U,)] * n_states
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(N, T, F))
+    init = [rng.normal(size=(N, U)) for _ in range(n_states)] if with_state else []
+    dY = rng.normal(size=(N, T, U))
+    dstates = [rng.normal(size=(N, U)) for _ in range(n_states)]
+    res = [r.copy() for r in layer.forward([X] + init if with_state else X, mask=mask)]
+    back = layer.backward([dY] + dstates)
+    back = [b.copy() for b in back] if with_state else [back.copy()]
+
+    p = {k: layer.params[k] for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+    args = (ocell, X, p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"])
+    kw = dict(h0=init[0] if with_state else None, c0=init[1] if (with_state and lstm) else None, mask=mask,
+              go_backwards=go_backwards, activation=act)
+    Y, h, c = ref.rnn_layer_forward(*args, **kw)
+    dX, dW_ih, dW_hh, db_ih, db_hh, dh0, dc0 = ref.rnn_layer_backward(
+        *args, dY=dY, dh_last=dstates[0], dc_last=dstates[1] if lstm else None, **kw)
+
+    def close(got, want, what):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12, err_msg=f"{cid} {setting}: {what}")
+
+    close(res[0], Y, "output")
+    close(res[1], h, "h_last")
+    if lstm:
+        close(res[2], c, "c_last")
+    close(back[0], dX, "dX")
+    for name, want in (("weight_ih", dW_ih), ("weight_hh", dW_hh), ("bias_ih", db_ih), ("bias_hh", db_hh)):
+        close(layer.grads[name], want, name)
+    if with_state:
+        close(back[1], dh0, "dh0")
+        if lstm:
+            close(back[2], dc0, "dc0")
+    if mask is not None:      # the oracle itself: fully masked time steps get no input gradient
+        assert not np.any(dX[~mask])
 
 
 # ---------------------------------------------------------------------------------------------- numeric checks
