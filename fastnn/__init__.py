@@ -25,7 +25,7 @@ from fastnn.io import load  # noqa: E402
 from fastnn import diagnostics, prune  # noqa: E402
 from fastnn.diagnostics import gradcheck  # noqa: E402
 
-__version__ = "0.1.0"
+from fastnn._version import __version__  # noqa: E402
 
 __all__ = [
     "Input", "Model", "Sequential", "History", "NonFiniteError", "load", "set_num_threads", "get_num_threads",

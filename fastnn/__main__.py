@@ -157,7 +157,9 @@ def demo_lstm(args):
 
 
 def main(argv=None):
+    from fastnn._version import __version__
     parser = argparse.ArgumentParser(prog="python -m fastnn", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"fastnn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="train an MLP (or a CNN) on the bundled UCI digits and report the test accuracy; "
                                     "--model lstm: a character LSTM on the bundled Shakespeare text")
