@@ -4,6 +4,7 @@ The suite must never pass against a tree whose extensions did not load (fastnn/_
 stray pure-Python shadow module would not): every compiled module is asserted to come from a shared library.
 """
 import importlib
+import os
 
 import numpy as np
 import pytest
@@ -27,10 +28,20 @@ def _check_core():
         raise RuntimeError(f"fastnn's compiled core did not load: these modules are not extensions: {bad}")
 
 
+def _check_installed():
+    """FASTNN_TEST_INSTALLED=1 (tools/check_release.sh sets it): the suite must test an installed fastnn (a wheel
+    or an sdist in site-packages), never a source tree that happens to be on the path."""
+    if os.environ.get("FASTNN_TEST_INSTALLED", "") == "1":
+        where = os.path.abspath(fastnn.__file__)
+        if os.sep + "site-packages" + os.sep not in where:
+            raise RuntimeError(f"FASTNN_TEST_INSTALLED=1 but fastnn was imported from {where}, not site-packages")
+
+
 def pytest_configure(config):
     # fail loudly, before collection, when the compiled core is missing
     try:
         _check_core()
+        _check_installed()
     except Exception as exc:  # ImportError from a missing .so as well
         raise pytest.UsageError(f"fastnn's compiled core is not usable: {exc}") from exc
 

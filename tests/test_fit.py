@@ -9,7 +9,8 @@ import pytest
 
 import fastnn as fnn
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# the folder that holds the fastnn under test (the clone, or site-packages when the suite runs against an install)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fnn.__file__)))
 
 
 def _clf(seed=0, lr=0.05, opt=None):

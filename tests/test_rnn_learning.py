@@ -13,7 +13,8 @@ from fastnn.datasets import adding_problem, load_digits, train_test_split
 from fastnn.diagnostics import TrainingHealthWarning
 
 L = fnn.layers
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# the folder that holds the fastnn under test (the clone, or site-packages when the suite runs against an install)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(fnn.__file__)))
 
 
 @pytest.fixture(autouse=True)
