@@ -20,9 +20,17 @@ What the file holds (see ``export``):
 Every layer class of ``fastnn.layers.REGISTRY`` converts; any other class (a user-written layer, or a subclass of
 a registry class) is refused with a ValueError naming the layer.
 """
+from __future__ import annotations
+
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import onnx
+
+    from fastnn.model import Model
 
 DEFAULT_OPSET = 17      # LayerNormalization needs 17; onnxruntime >= 1.14 runs it
 MIN_OPSET = 17
@@ -40,7 +48,8 @@ def _import_onnx():
     return onnx
 
 
-def export(model, path, opset=None, dtype=None, batch_size=None, input_name="input", output_name="output"):
+def export(model: Model, path: str | os.PathLike[str], opset: int | None = None, dtype: str | None = None,
+           batch_size: int | None = None, input_name: str = "input", output_name: str = "output") -> onnx.ModelProto:
     """Write `model` (a built fastnn ``Model`` or ``Sequential``) to `path` as an ONNX model; returns the
     ``onnx.ModelProto`` (checked with ``onnx.checker.check_model``).
 
@@ -70,7 +79,8 @@ def export(model, path, opset=None, dtype=None, batch_size=None, input_name="inp
     return proto
 
 
-def to_proto(model, opset=None, dtype=None, batch_size=None, input_name="input", output_name="output"):
+def to_proto(model: Model, opset: int | None = None, dtype: str | None = None, batch_size: int | None = None,
+             input_name: str = "input", output_name: str = "output") -> onnx.ModelProto:
     """The ``onnx.ModelProto`` that ``export`` writes (same arguments, no path), checked by the onnx checker."""
     onnx = _import_onnx()
     from fastnn.model import Model
@@ -117,13 +127,14 @@ class _Context:
         self.elem = onnx.helper.np_dtype_to_tensor_dtype(np_dtype)
         self.initializers = []
         self._names = set(reserved)
+        self._counts = {}
         self._scalars = {}
 
     def fresh(self, hint):
-        """A value / node name not used before, from `hint`."""
-        name, k = hint, 1
+        """A value / node name not used before, from `hint` (``hint``, then ``hint_2``, ``hint_3``, ...)."""
+        name = hint
         while name in self._names:
-            k += 1
+            self._counts[hint] = k = self._counts.get(hint, 1) + 1
             name = f"{hint}_{k}"
         self._names.add(name)
         return name
@@ -155,10 +166,10 @@ class _Graph:
 
     def op(self, op_type, inputs, hint, n_out=1, **attrs):
         """Add an `op_type` node on `inputs`; its output name (a list of `n_out` names when n_out > 1)."""
-        outs = [self.ctx.fresh(f"{hint}/{op_type}" + (f":{k}" if n_out > 1 else "")) for k in range(n_out)]
-        self.nodes.append(self.ctx.helper.make_node(op_type, list(inputs), outs, name=self.ctx.fresh(f"{hint}/"
-                                                                                                     f"{op_type}"),
-                                                    **attrs))
+        base = f"{hint}/{op_type}"
+        outs = [self.ctx.fresh(base + (f":{k}" if n_out > 1 else "")) for k in range(n_out)]
+        node = self.ctx.helper.make_node(op_type, list(inputs), outs, name=self.ctx.fresh(f"{base}#node"), **attrs)
+        self.nodes.append(node)
         return outs if n_out > 1 else outs[0]
 
     def reduce(self, op_type, x, axes, keepdims, hint):
@@ -374,7 +385,7 @@ def _variable_same(layer):
     return layer.padding == "same" and None in tuple(layer.input_shape[:-1])
 
 
-def _spatial_attrs(layer, rank, kernel, strides, dilations, pads_fn):
+def _spatial_attrs(layer, kernel, strides, dilations, pads_fn):
     """Conv / pool attributes: explicit pads from the layer's geometry when the spatial sizes are fixed, else
     SAME_UPPER (TensorFlow's "same": the odd extra position after) for a pool "same" on a variable axis (a
     convolution pads such an input itself: ``_pad_same``)."""
@@ -426,7 +437,7 @@ def _c_conv(g, layer, xs, mask):
     inputs = [x, g.ctx.const(W, f"{layer.name}.weight")]
     if layer.use_bias:
         inputs.append(_param(g, layer, "bias"))
-    attrs = _spatial_attrs(layer, r, layer.kernel_size, layer.strides, layer.dilation_rate, layer._pads)
+    attrs = _spatial_attrs(layer, layer.kernel_size, layer.strides, layer.dilation_rate, layer._pads)
     y = g.op("Conv", inputs, layer.name, group=layer.groups, **attrs)
     return [_activate(g, layer.activation, _channels_last(g, y, r, layer.name), layer.name)]
 
@@ -446,7 +457,7 @@ def _pool_pads(layer):
 
 def _c_pool(g, layer, xs, mask):
     r = layer._rank
-    attrs = _spatial_attrs(layer, r, layer.pool_size, layer.strides, None, _pool_pads(layer))
+    attrs = _spatial_attrs(layer, layer.pool_size, layer.strides, None, _pool_pads(layer))
     if layer._max:
         op = "MaxPool"
     else:

@@ -158,7 +158,11 @@ def _conv_cases():
                floats(9, 4))
     yield ("conv1d-variable-length-same", lambda: fnn.Sequential(
         [L.Conv1D(3, 4, padding="same", strides=2, dilation_rate=2, activation="tanh"), L.Conv1D(2, 2)],
-        input_shape=(None, 2)), floats(11, 2))
+        input_shape=(None, 2)), lambda n, rng: rng.normal(size=(n, 9 + n, 2)).astype(np.float32))
+    yield ("conv2d-variable-size-same", lambda: fnn.Sequential(
+        [L.Conv2D(3, (3, 2), padding="same", strides=(2, 1), dilation_rate=(1, 2), activation="relu"),
+         L.MaxPool2D(2, padding="same"), L.GlobalAveragePooling2D()], input_shape=(None, None, 2)),
+        lambda n, rng: rng.normal(size=(n, 5 + n, 9 - n // 2, 2)).astype(np.float32))     # sizes vary with n
     c2 = [dict(padding="valid"), dict(padding="same", strides=2), dict(padding=((1, 0), (0, 2))),
           dict(padding=1, dilation_rate=(2, 1)), dict(padding="same", strides=(2, 3), dilation_rate=2),
           dict(groups=2, activation="gelu"), dict(groups=4, padding="same", activation="selu")]   # depthwise last
@@ -174,7 +178,8 @@ def _pool_cases():
             yield (f"{cls.__name__}-{cfg}", lambda cls=cls, cfg=cfg: fnn.Sequential([cls(**cfg)], input_shape=(9, 3)),
                    floats(9, 3))
         yield (f"{cls.__name__}-variable-same", lambda cls=cls: fnn.Sequential(
-            [cls(3, strides=2, padding="same")], input_shape=(None, 3)), floats(10, 3))
+            [cls(3, strides=2, padding="same")], input_shape=(None, 3)),
+            lambda n, rng: rng.normal(size=(n, 8 + n, 3)).astype(np.float32))
     for cls in (L.MaxPool2D, L.AvgPool2D):
         for cfg in (dict(), dict(pool_size=(3, 2), strides=(2, 1)), dict(pool_size=3, strides=2, padding="same"),
                     dict(pool_size=(2, 4), padding="same")):
