@@ -446,10 +446,12 @@ def _pool_pads(layer):
     from fastnn.layers.pooling import _axis
 
     def pads(spatial):
+        if layer.padding != "same":
+            return [(0, 0)] * len(spatial)
         out = []
         for n, k, s in zip(spatial, layer.pool_size, layer.strides):
-            o, before = _axis(n, k, s, layer.padding)
-            total = max((o - 1) * s + k - n, 0) if layer.padding == "same" else 0
+            o, before = _axis(n, k, s, "same")
+            total = max((o - 1) * s + k - n, 0)
             out.append((before, total - before))
         return out
     return pads

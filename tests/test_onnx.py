@@ -157,7 +157,8 @@ def _conv_cases():
         yield (f"conv1d-{k}", lambda cfg=cfg, f=filters: fnn.Sequential([L.Conv1D(f, 3, **cfg)], input_shape=(9, 4)),
                floats(9, 4))
     yield ("conv1d-variable-length-same", lambda: fnn.Sequential(
-        [L.Conv1D(3, 4, padding="same", strides=2, dilation_rate=2, activation="tanh"), L.Conv1D(2, 2)],
+        [L.Conv1D(3, 4, padding="same", strides=2, dilation_rate=2, activation="tanh"),
+         L.Conv1D(2, 2, padding="causal", dilation_rate=2), L.Conv1D(2, 2, padding=(1, 2)), L.Conv1D(2, 2)],
         input_shape=(None, 2)), lambda n, rng: rng.normal(size=(n, 9 + n, 2)).astype(np.float32))
     yield ("conv2d-variable-size-same", lambda: fnn.Sequential(
         [L.Conv2D(3, (3, 2), padding="same", strides=(2, 1), dilation_rate=(1, 2), activation="relu"),
@@ -177,9 +178,13 @@ def _pool_cases():
                     dict(pool_size=4, padding="same")):
             yield (f"{cls.__name__}-{cfg}", lambda cls=cls, cfg=cfg: fnn.Sequential([cls(**cfg)], input_shape=(9, 3)),
                    floats(9, 3))
-        yield (f"{cls.__name__}-variable-same", lambda cls=cls: fnn.Sequential(
-            [cls(3, strides=2, padding="same")], input_shape=(None, 3)),
-            lambda n, rng: rng.normal(size=(n, 8 + n, 3)).astype(np.float32))
+        for pad in ("same", "valid"):
+            yield (f"{cls.__name__}-variable-{pad}", lambda cls=cls, pad=pad: fnn.Sequential(
+                [cls(3, strides=2, padding=pad)], input_shape=(None, 3)),
+                lambda n, rng: rng.normal(size=(n, 8 + n, 3)).astype(np.float32))
+    yield ("pools-2d-variable-valid", lambda: fnn.Sequential(
+        [L.MaxPool2D((2, 3)), L.AvgPool2D(2, strides=1), L.GlobalMaxPooling2D(keepdims=True)],
+        input_shape=(None, None, 2)), lambda n, rng: rng.normal(size=(n, 5 + n, 12 - n, 2)).astype(np.float32))
     for cls in (L.MaxPool2D, L.AvgPool2D):
         for cfg in (dict(), dict(pool_size=(3, 2), strides=(2, 1)), dict(pool_size=3, strides=2, padding="same"),
                     dict(pool_size=(2, 4), padding="same")):
