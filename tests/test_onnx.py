@@ -209,6 +209,9 @@ def _sequence_input_cases():
         padded_ids(7, 13))
     yield ("masking-lstm-sequences", lambda: fnn.Sequential(
         [L.Masking(), L.LSTM(4, return_sequences=True), L.Dense(2)], input_shape=(7, 3)), padded_floats(7, 3))
+    yield ("masking-per-step-layers-lstm", lambda: fnn.Sequential(
+        [L.Masking(), L.Residual([L.Dense(3, activation="relu"), L.LayerNorm()], survival_prob=0.9), L.Dropout(0.2),
+         L.Tanh(), L.LSTM(4, go_backwards=True)], input_shape=(7, 3)), padded_floats(7, 3))
     yield ("masking-value-images", lambda: fnn.Sequential(
         [L.Masking(mask_value=-1.0), L.Dense(2)], input_shape=(6, 2, 3)),
         lambda n, rng: padded_floats(6, 6, value=-1.0)(n, rng).reshape(n, 6, 2, 3))
