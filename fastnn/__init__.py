@@ -24,11 +24,12 @@ from fastnn.model import Input, Model, Sequential, History, NonFiniteError  # no
 from fastnn.io import load  # noqa: E402
 from fastnn import diagnostics, prune  # noqa: E402
 from fastnn.diagnostics import gradcheck  # noqa: E402
+from fastnn import onnx  # noqa: E402  (the exporter: imports the onnx package only when it runs)
 
 from fastnn._version import __version__  # noqa: E402
 
 __all__ = [
     "Input", "Model", "Sequential", "History", "NonFiniteError", "load", "set_num_threads", "get_num_threads",
     "initializers", "layers", "losses", "optim", "datasets", "metrics", "callbacks", "schedules", "constraints",
-    "diagnostics", "prune", "gradcheck", "__version__",
+    "diagnostics", "prune", "gradcheck", "onnx", "__version__",
 ]
