@@ -16,6 +16,7 @@ from collections import namedtuple
 import numpy as np
 
 from fastnn import losses as _losses
+from fastnn import metrics as _metrics
 from fastnn import optim as _optim
 from fastnn import schedules as _schedules
 from fastnn.callbacks import History  # noqa: F401  (re-exported)
@@ -38,6 +39,17 @@ def _check_seed(owner, seed):
     if seed is None:
         return None
     return check_number(owner, "seed", seed, low=0, integer=True)
+
+
+def _check_verbose(owner, verbose):
+    """`verbose` as an int 0, 1 or 2 ("auto" is 1, as in Keras); errors name `owner`."""
+    if isinstance(verbose, (bool, np.bool_)):
+        return int(verbose)
+    if isinstance(verbose, str):
+        if verbose != "auto":
+            raise TypeError(f"{owner}: verbose must be 0, 1, 2 or 'auto', got {verbose!r}")
+        return 1
+    return check_number(owner, "verbose", verbose, low=0, high=2, integer=True)
 
 
 class Model:
@@ -80,6 +92,7 @@ class Model:
         self.graph = self.table = self.engine = None
         self.loss = None
         self._optimizer = None
+        self.compile_metrics = []      # compile(metrics=...) as a list: the default of fit and evaluate
         self.nan_guard = True          # see Trainer.step; compile(nan_guard=False) / fit(nan_guard=False) turn it off
         self.stop_training = False     # set by callbacks to end fit after the current batch
         self.epochs_trained = 0        # epochs completed by fit (saved, so that a resumed run knows where it is)
@@ -250,8 +263,12 @@ class Model:
         """An independent copy: same architecture, weights, buffers, loss, optimizer with its state, generator
         states and ``epochs_trained``, sharing no memory with this model (``fastnn.io.clone``: the save format
         in memory).  Both, trained the same way from here, give the same weights."""
+        import copy
+
         from fastnn import io as _io
-        return _io.clone(self)
+        new = _io.clone(self)
+        new.compile_metrics = copy.deepcopy(self.compile_metrics)
+        return new
 
     # ================================================================== training / inference mode
     def train(self, mode=True):
@@ -271,7 +288,8 @@ class Model:
         return self.train(False)
 
     # ================================================================== compile
-    def compile(self, loss, optimizer="adam", clip_norm=None, clip_value=None, lr_schedule=None, nan_guard=True):
+    def compile(self, loss, optimizer="adam", clip_norm=None, clip_value=None, lr_schedule=None, nan_guard=True,
+                metrics=None):
         """Set the loss and the optimizer.  Never re-initializes the weights.
 
         The layers' ``trainable`` flags take effect here (as in Keras): the optimizer updates the parameters of
@@ -292,8 +310,15 @@ class Model:
                 the schedule has ``per_step=True``).
             nan_guard: check every training step for NaN/inf (loss, gradients, updated parameters) and stop
                 with NonFiniteError, weights rolled back (see ``Trainer.step``).  On by default.
+            metrics: names or ``fastnn.metrics.Metric`` objects (as ``fit(metrics=...)``), checked here against
+                the loss: ``fit`` reports them every epoch (training and validation) and ``evaluate`` returns
+                them, unless those calls are given ``metrics=`` of their own (which then win).  "accuracy" is
+                reported for classification losses whether it is listed or not.  Not saved with the model.
         """
         loss = _losses.get(loss)
+        self.trainer.metric_objects(metrics, "compile", loss=loss)     # checked now; fit / evaluate resolve them
+        metric_specs = [] if metrics is None else [metrics] if isinstance(metrics, (str, _metrics.Metric)) \
+            else list(metrics)
         optimizer = _optim.get(optimizer)
         if not isinstance(nan_guard, (bool, np.bool_)):
             raise TypeError(f"compile: nan_guard must be a bool, got {type(nan_guard).__name__}")
@@ -306,6 +331,7 @@ class Model:
         optimizer._claim(self)      # refuses an optimizer that trains another model, before anything changes
         self.nan_guard = bool(nan_guard)
         self.loss, self._optimizer = loss, optimizer
+        self.compile_metrics = metric_specs
         self.clip_norm, self.clip_value, self.lr_schedule = clip_norm, clip_value, lr_schedule
         self.trainer.base_lr = optimizer.lr
         if self.built:
@@ -326,7 +352,8 @@ class Model:
         if self.loss is None:
             raise ValueError(f"{self.name}: set the optimizer with compile(loss, optimizer=...); the model has no "
                              "loss yet")
-        self.compile(self.loss, value, self.clip_norm, self.clip_value, self.lr_schedule, self.nan_guard)
+        self.compile(self.loss, value, self.clip_norm, self.clip_value, self.lr_schedule, self.nan_guard,
+                     self.compile_metrics)
 
     # ================================================================== training
     def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_split=0.0, validation_data=None,
@@ -343,15 +370,16 @@ class Model:
                 are held out and evaluated after every epoch.  Ignored when validation_data is given.
             validation_data: (X_val, y_val) or (X_val, y_val, sample_weight_val), evaluated after every epoch.
             metrics: names or fastnn.metrics.Metric objects: "accuracy", "top_k_accuracy", "mae", "mse", "r2"
-                (see fastnn.metrics); "accuracy" is always reported for classification losses.
+                (see fastnn.metrics); "accuracy" is always reported for classification losses.  None (default):
+                those given to ``compile(metrics=...)``; ``[]``: none.
             class_weight: "balanced" (n / (n_classes * count of the class), as sklearn computes it, over the
                 training labels) or a dict {class: weight} (missing classes weigh 1); training only.
             sample_weight: per-sample weights (n,), >= 0; multiplied by the class weights.  The loss becomes the
                 weighted mean sum(w l) / sum(w) (torch's definition; see fastnn.losses).
             initial_epoch: the epoch to start at (resuming: ``model.epochs_trained`` of a loaded checkpoint).
             callbacks: fastnn.callbacks.Callback objects.
-            verbose: 0 silent; 1 a live progress bar on a terminal (one line per epoch when stdout is not a
-                terminal); 2 one line per epoch.
+            verbose: 0 silent; 1 (or "auto", Keras' default) a live progress bar on a terminal (one line per
+                epoch when stdout is not a terminal); 2 one line per epoch.
             nan_guard: override the compile setting for this call (see ``Trainer.step``).
             diagnostics: record per-layer training-health diagnostics every epoch in
                 ``history.history["diagnostics"]`` (one dict per epoch, {layer name: {"grad_norm", "weight_norm",
@@ -367,6 +395,9 @@ class Model:
         classification losses; the other metrics are measured on the same forward passes; "val_..." are
         evaluated in inference mode after the epoch; "time" is the epoch's seconds.
         """
+        verbose = _check_verbose("fit", verbose)
+        if metrics is None:
+            metrics = self.compile_metrics
         with self.trainer.exclusive("fit"):      # one thread trains a model at a time
             return self.trainer.fit(X, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
                                     validation_split=validation_split, validation_data=validation_data,
@@ -379,14 +410,37 @@ class Model:
         with self.trainer.exclusive("train_on_batch"):
             return self.trainer.train_on_batch(X, y)
 
-    def evaluate(self, X, y, batch_size=None, sample_weight=None, metrics=None):
+    def evaluate(self, X, y, batch_size=None, sample_weight=None, metrics=None, verbose=0, return_dict=None):
         """The loss (and accuracy, for classification losses; and the given metrics) on (X, y) in inference
-        mode, as a dict.  ``sample_weight`` weights the loss as in fit."""
-        return self.trainer.evaluate(X, y, batch_size=batch_size, sample_weight=sample_weight, metrics=metrics)
+        mode.  ``sample_weight`` weights the loss as in fit.
+
+        Args:
+            verbose: 0 (default) prints nothing; 1, 2 or "auto" print one line, ``evaluate - loss 0.1234 -
+                accuracy 0.9600`` (Keras' progress bar is not drawn: evaluation is one pass).
+            metrics: as for fit; None (default): those given to ``compile(metrics=...)``.
+            return_dict: None (default, fastnn's form) or True: a dict {"loss": ..., "accuracy": ..., metric
+                name: ...}.  False: Keras' form, the dict's values as a list ``[loss, accuracy, ...]`` when it has
+                more than the loss, else the loss alone (a float).  Keras returns that list by default; fastnn
+                keeps the dict, which it has always returned.
+        """
+        verbose = _check_verbose("evaluate", verbose)
+        if return_dict is not None and not isinstance(return_dict, (bool, np.bool_)):
+            raise TypeError(f"evaluate: return_dict must be a bool or None, got {type(return_dict).__name__}")
+        if metrics is None:
+            metrics = self.compile_metrics
+        logs = self.trainer.evaluate(X, y, batch_size=batch_size, sample_weight=sample_weight, metrics=metrics)
+        if verbose:
+            print("evaluate - " + " - ".join(f"{k} {v:.4f}" for k, v in logs.items()), flush=True)
+        if return_dict is None or return_dict:
+            return logs
+        values = list(logs.values())
+        return values if len(values) > 1 else values[0]
 
     # ================================================================== public inference API
-    def predict(self, X, batch_size=None):
+    def predict(self, X, batch_size=None, verbose=0):
         """The network's output for X (inference mode), as a new array of shape (n, *output_shape).
+
+        ``verbose`` (0, 1, 2 or "auto") is accepted for Keras code and checked; predict prints nothing.
 
         A model ending in softmax (or sigmoid) returns probabilities, also when its loss is fused.
 
@@ -396,6 +450,8 @@ class Model:
         moment of training (possibly between the updates of one step).  The model's mode (``model.training``)
         is not touched.
         """
+        if verbose != 0:
+            _check_verbose("predict", verbose)
         if (type(X) is np.ndarray and batch_size is None and X.dtype == self.dtype and X.ndim == 2
                 and self.built and X.shape[0] > 0 and X.shape[1:] == self.input_shape and X.flags.c_contiguous):
             out = _compiled.predict(self, X)       # fast path: a compiled inference plan, no per-layer Python

@@ -542,18 +542,25 @@ class Trainer:
                              "metrics other than accuracy cannot be measured in fit; use evaluate(..., metrics=...)")
         return (X, T, W), val, objs
 
-    def metric_objects(self, metrics, owner):
+    def metric_objects(self, metrics, owner, loss=None):
         """The Metric objects for `metrics` (a name, a Metric or a list of them) other than accuracy (reported
         anyway, from the loss kernel's count); a metric of the other kind of loss (a regression metric for a
-        classification loss, or the reverse), an unknown or a repeated one raises, naming `owner`."""
-        model = self.model
+        classification loss, or the reverse), an unknown or a repeated one raises, naming `owner`.  `loss`: the
+        loss to check them against (default: the model's)."""
+        loss = self.model.loss if loss is None else loss
         objs = []
+        if not isinstance(metrics, (str, _metrics.Metric, type(None))):
+            try:
+                metrics = list(metrics)
+            except TypeError:
+                raise TypeError(f"{owner}: metrics must be a name, a fastnn.metrics.Metric or a list of them, got "
+                                f"{type(metrics).__name__}") from None
         for spec in ([metrics] if isinstance(metrics, (str, _metrics.Metric)) else (metrics or [])):
             m = _metrics.get(spec, owner)
-            want = "classification" if model.loss.classification else "regression"
+            want = "classification" if loss.classification else "regression"
             if m.kind != want:
                 raise ValueError(f"{owner}: metric {m.name!r} applies to {m.kind} losses, the loss "
-                                 f"{model.loss.name!r} is not one")
+                                 f"{loss.name!r} is not one")
             if isinstance(m, _metrics.Accuracy):
                 continue
             if any(o.name == m.name for o in objs):

@@ -1,0 +1,124 @@
+"""The conventions Keras, PyTorch and scikit-learn users bring (issue 14): arguments fastnn accepts for them, the
+Keras loss names, Keras 3 model construction, ``model(X)``, ``get_layer``, clear errors on an unbuilt model,
+``LambdaCallback`` and plain functions as callbacks, scikit-learn's ``train_test_split`` and the refusal of
+foreign file extensions."""
+import numpy as np
+import pytest
+
+import fastnn as fnn
+
+L = fnn.layers
+
+
+def _data(n=60, f=4, k=3, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, f)).astype(np.float32)
+    y = rng.integers(0, k, n)
+    return X, y
+
+
+def _clf(f=4, k=3, **compile_kw):
+    m = fnn.Sequential([L.Dense(8, activation="relu"), L.Dense(k)], input_dim=f, seed=0)
+    return m.compile("cross_entropy", "adam", **compile_kw)
+
+
+# ---------------------------------------------------------------------------------------------- predict / evaluate
+@pytest.mark.parametrize("verbose", [0, 1, 2, "auto", False, True])
+def test_predict_accepts_verbose_and_prints_nothing(verbose, capsys):
+    X, _ = _data()
+    m = _clf()
+    want = m.predict(X)
+    np.testing.assert_array_equal(m.predict(X, verbose=verbose), want)
+    np.testing.assert_array_equal(m.predict(X[:1], verbose=verbose), want[:1])      # the compiled fast path
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("bad, exc", [(3, ValueError), (-1, ValueError), ("yes", TypeError), (1.5, TypeError)])
+def test_bad_verbose_is_refused(bad, exc):
+    X, y = _data()
+    m = _clf()
+    for call in (lambda: m.predict(X, verbose=bad), lambda: m.evaluate(X, y, verbose=bad),
+                 lambda: m.fit(X, y, verbose=bad)):
+        with pytest.raises(exc, match="verbose"):
+            call()
+
+
+def test_evaluate_verbose_prints_one_line(capsys):
+    X, y = _data()
+    m = _clf()
+    logs = m.evaluate(X, y)
+    assert capsys.readouterr().out == ""
+    assert m.evaluate(X, y, verbose=0) == logs and capsys.readouterr().out == ""
+    for v in (1, 2, "auto"):
+        assert m.evaluate(X, y, verbose=v) == logs
+        out = capsys.readouterr().out
+        assert out == f"evaluate - loss {logs['loss']:.4f} - accuracy {logs['accuracy']:.4f}\n"
+
+
+def test_evaluate_return_forms():
+    X, y = _data()
+    m = _clf()
+    logs = m.evaluate(X, y)
+    assert isinstance(logs, dict) and list(logs) == ["loss", "accuracy"]      # fastnn's default: a dict
+    assert m.evaluate(X, y, return_dict=True) == logs
+    assert m.evaluate(X, y, return_dict=False) == [logs["loss"], logs["accuracy"]]     # Keras' list
+    with_metric = m.evaluate(X, y, metrics=["top_k_accuracy"], return_dict=False)
+    assert with_metric == list(m.evaluate(X, y, metrics=["top_k_accuracy"]).values()) and len(with_metric) == 3
+    # a regression loss without metrics: Keras returns the scalar loss
+    r = fnn.Sequential([L.Dense(1)], input_dim=4, seed=0).compile("mse", "sgd")
+    Y = X[:, :1] * 2.0
+    loss = r.evaluate(X, Y, return_dict=False)
+    assert isinstance(loss, float) and loss == r.evaluate(X, Y)["loss"]
+    assert r.evaluate(X, Y, metrics=["mae"], return_dict=False) == list(r.evaluate(X, Y, metrics=["mae"]).values())
+    with pytest.raises(TypeError, match="return_dict"):
+        m.evaluate(X, y, return_dict="yes")
+
+
+# ---------------------------------------------------------------------------------------------- compile(metrics=)
+def test_compile_metrics_are_fit_and_evaluate_defaults():
+    X, y = _data(90)
+    m = _clf(metrics=["top_k_accuracy"])
+    assert m.compile_metrics == ["top_k_accuracy"]
+    h = m.fit(X[:60], y[:60], epochs=2, validation_data=(X[60:], y[60:]))
+    for key in ("loss", "accuracy", "top_k_accuracy", "val_loss", "val_accuracy", "val_top_k_accuracy"):
+        assert len(h.history[key]) == 2, key
+    assert "top_k_accuracy" in m.evaluate(X, y)
+    # explicit arguments win, [] included
+    assert "top_k_accuracy" not in m.evaluate(X, y, metrics=[])
+    h = m.fit(X, y, epochs=1, metrics=[])
+    assert "top_k_accuracy" not in h.history
+    # the same numbers as giving the metric to each call
+    ref = _clf()
+    ref.fit(X[:60], y[:60], epochs=2, validation_data=(X[60:], y[60:]), metrics=["top_k_accuracy"])
+    m2 = _clf(metrics="top_k_accuracy")
+    h2 = m2.fit(X[:60], y[:60], epochs=2, validation_data=(X[60:], y[60:]))
+    assert h2.history["val_top_k_accuracy"] == ref.history.history["val_top_k_accuracy"]
+    assert m2.evaluate(X, y) == ref.evaluate(X, y, metrics=["top_k_accuracy"])
+
+
+def test_compile_accuracy_metric_keeps_the_compiled_plan(monkeypatch):
+    from fastnn.training import compiled
+    X, y = _data()
+    m = _clf(metrics=["accuracy"])
+    calls = []
+    real = compiled.fit_epoch
+    monkeypatch.setattr(compiled, "fit_epoch", lambda *a, **k: calls.append(1) or real(*a, **k))
+    h = m.fit(X, y, epochs=2)
+    assert calls == [1, 1] and len(h.history["accuracy"]) == 2
+
+
+def test_compile_metrics_checked_at_compile():
+    m = fnn.Sequential([L.Dense(2)], input_dim=4, seed=0)
+    with pytest.raises(ValueError, match="compile: metric 'mae' applies to regression"):
+        m.compile("cross_entropy", metrics=["mae"])
+    assert m.loss is None and m.compile_metrics == []          # nothing changed
+    with pytest.raises(ValueError, match="unknown metric"):
+        m.compile("mse", metrics=["nope"])
+    with pytest.raises(TypeError, match="metrics"):
+        m.compile("mse", metrics=3)
+    m.compile("mse", metrics=["mae", fnn.metrics.R2Score()])
+    X = np.zeros((5, 4), np.float32)
+    assert set(m.evaluate(X, np.zeros((5, 2)))) == {"loss", "mae", "r2"}
+    m.optimizer = fnn.optim.SGD(lr=0.1)            # re-compiles with the same metrics
+    assert set(m.evaluate(X, np.zeros((5, 2)))) == {"loss", "mae", "r2"}
+    assert set(m.clone().evaluate(X, np.zeros((5, 2)))) == {"loss", "mae", "r2"}
