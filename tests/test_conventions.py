@@ -122,3 +122,46 @@ def test_compile_metrics_checked_at_compile():
     m.optimizer = fnn.optim.SGD(lr=0.1)            # re-compiles with the same metrics
     assert set(m.evaluate(X, np.zeros((5, 2)))) == {"loss", "mae", "r2"}
     assert set(m.clone().evaluate(X, np.zeros((5, 2)))) == {"loss", "mae", "r2"}
+
+
+# ---------------------------------------------------------------------------------------------- Keras loss names
+@pytest.mark.parametrize("alias, cls", [
+    ("sparse_categorical_crossentropy", fnn.losses.CrossEntropy),
+    ("categorical_crossentropy", fnn.losses.CrossEntropy),
+    ("binary_crossentropy", fnn.losses.BinaryCrossEntropy),
+    ("mean_squared_error", fnn.losses.MSE), ("MSE", fnn.losses.MSE),
+    ("mean_absolute_error", fnn.losses.MAE), ("mae", fnn.losses.MAE),
+])
+def test_keras_loss_names(alias, cls):
+    loss = fnn.losses.get(alias)
+    assert type(loss) is cls and loss.get_config() == {"name": cls.name}     # saved under fastnn's name
+
+
+def test_keras_crossentropy_on_a_softmax_model_is_keras_loss():
+    """Keras' from_logits=False on softmax outputs: -mean(log p[label]) of the probabilities predict returns; the
+    one-hot form ("categorical_crossentropy") gives the same."""
+    X, y = _data(40, k=4)
+    m = fnn.Sequential([L.Dense(6, activation="tanh"), L.Dense(4, activation="softmax")], input_dim=4, seed=0,
+                       dtype="float64")
+    m.compile("sparse_categorical_crossentropy", "sgd")
+    p = m.predict(X)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-12)                  # probabilities, as Keras
+    want = -np.mean(np.log(p[np.arange(len(y)), y]))
+    assert m.evaluate(X, y)["loss"] == pytest.approx(want, rel=1e-10)
+    m.compile("categorical_crossentropy", "sgd")
+    assert m.evaluate(X, np.eye(4)[y])["loss"] == pytest.approx(want, rel=1e-10)
+
+
+def test_keras_binary_crossentropy_on_a_sigmoid_model_is_keras_loss():
+    X, _ = _data(40)
+    t = (X[:, :2] > 0).astype(np.float64)
+    m = fnn.Sequential([L.Dense(2, activation="sigmoid")], input_dim=4, seed=0, dtype="float64")
+    m.compile("binary_crossentropy", "sgd")
+    p = m.predict(X)
+    want = -np.mean(t * np.log(p) + (1 - t) * np.log(1 - p))
+    assert m.evaluate(X, t)["loss"] == pytest.approx(want, rel=1e-10)
+
+
+def test_unknown_loss_lists_keras_names():
+    with pytest.raises(ValueError, match="unknown loss 'huber'.*sparse_categorical_crossentropy"):
+        fnn.losses.get("huber")
