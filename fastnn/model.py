@@ -24,6 +24,7 @@ from fastnn import engine as _engine
 from fastnn.engine import Executor
 from fastnn.errors import NonFiniteError  # noqa: F401  (re-exported)
 from fastnn.graph import Graph, Input, Tensor, check_shape  # noqa: F401  (Tensor, Input: re-exported)
+from fastnn.graph import matches as _graph_matches
 from fastnn.layers.base import Layer
 from fastnn.params import ParameterTable, frozen_layers
 from fastnn.training import compiled as _compiled
@@ -119,6 +120,62 @@ class Model:
     def _build_from_data(self, feature_shape):
         raise RuntimeError(f"{self.name}: model is not built")
 
+    def _declared_input(self):
+        """The input shape the model declares before it is built (Sequential), or None."""
+        return None
+
+    def _not_built(self, what):
+        return (f"{what}: {self.name} is not built yet: its input shape is unknown, so it has no weights.  Give "
+                "the input shape (Sequential(..., input_shape=(64,)) or input_dim=64, an fnn.Input(64) as the first "
+                "item, or input_shape= on the first layer), or call model.build((None, 64)), or fit / predict once "
+                "(the first data gives the shape)")
+
+    def _require_built(self, what):
+        """Build a model that declares its input shape but is not built yet (a Sequential whose layers came
+        through ``add``); raise a ValueError naming `what` and saying how to build a model that declares none."""
+        if self.built:
+            return
+        shape = self._declared_input()
+        if shape is None:
+            raise ValueError(self._not_built(what))
+        self._build_from_data(shape)
+
+    def __getattr__(self, name):
+        # only called when normal lookup fails: the attributes that exist once the model is built
+        if name in ("parameters", "gradients", "input_shape", "output_shape") and "trainer" in self.__dict__:
+            try:
+                self._require_built(name)
+            except ValueError as exc:
+                raise AttributeError(str(exc)) from None
+            return self.__dict__[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def build(self, input_shape=None):
+        """Build the model for inputs of shape `input_shape`, Keras' ``build``: the batch shape, its first axis
+        the batch (None or any size, ignored), e.g. ``(None, 64)`` or ``(None, 28, 28, 1)``.  Allocates and
+        initializes the weights of a Sequential not built yet; a built model only checks that the shape is its
+        own.  ``input_shape=None`` builds from the declared input shape (or raises saying there is none).
+        Returns the model."""
+        if input_shape is None:
+            self._require_built("build")
+            return self
+        if isinstance(input_shape, (int, np.integer)) or not isinstance(input_shape, (tuple, list)) \
+                or len(input_shape) < 2:
+            raise ValueError(f"build: input_shape is Keras' batch shape, the batch axis first, e.g. (None, 64) for "
+                             f"samples of 64 features; got {input_shape!r}")
+        shape = check_shape(type(self).__name__, "input_shape (without its batch axis)", tuple(input_shape)[1:])
+        if self.built:
+            if not _graph_matches(shape, self.input_shape):
+                raise ValueError(f"build: {self.name} is built for inputs (None, "
+                                 f"{', '.join(map(str, self.input_shape))}), got {tuple(input_shape)}")
+            return self
+        declared = self._declared_input()
+        if declared is not None and shape != declared:
+            raise ValueError(f"build: {self.name} declares the input shape {declared}, got {shape} (from "
+                             f"{tuple(input_shape)})")
+        self._build_from_data(shape)
+        return self
+
     @property
     def layers(self):
         """The layers, in the order they run."""
@@ -127,7 +184,9 @@ class Model:
     def count_params(self, trainable=None):
         """The number of scalar parameters: all of them (default), the trainable ones (``trainable=True``) or
         the frozen ones (False), by the layers' current ``trainable`` flags.  Layer buffers (BatchNorm's running
-        statistics) are not parameters and are not counted."""
+        statistics) are not parameters and are not counted.  An unbuilt model is a ValueError saying how to
+        build it."""
+        self._require_built("count_params")
         if trainable is None:
             return int(self.parameters.size)
         if not isinstance(trainable, (bool, np.bool_)):
@@ -139,7 +198,9 @@ class Model:
     def summary(self, file=None):
         """Print a table of the layers, their output shapes and parameter counts (marked "frozen" for a frozen
         layer), then the totals: all, trainable and non-trainable parameters (as Keras, by the current
-        ``trainable`` flags) and the values in layer buffers."""
+        ``trainable`` flags) and the values in layer buffers.  An unbuilt model is a ValueError saying how to
+        build it."""
+        self._require_built("summary")
         file = file or sys.stdout
         frozen = frozen_layers(self.graph.layers)
         rows = [("layer", "output shape", "params")]
@@ -161,8 +222,7 @@ class Model:
     def _weight_entries(self):
         """[(layer, kind, name, array)] in the order of get_weights: the layers in graph order, each layer's
         parameters in its ParamSpec order ("param"), then its buffers ("buffer")."""
-        if not self.built:
-            raise ValueError(f"{self.name}: the model is not built yet (give input_dim, or fit/predict once)")
+        self._require_built("weights")
         out = []
         for layer in self.graph.layers:
             out += [(layer, "param", name, view) for name, view in layer.params.items()]
@@ -266,6 +326,7 @@ class Model:
         import copy
 
         from fastnn import io as _io
+        self._require_built("clone")
         new = _io.clone(self)
         new.compile_metrics = copy.deepcopy(self.compile_metrics)
         return new
@@ -521,6 +582,7 @@ class Model:
 
         After a distributed fit (``fit(distributed=...)``) only rank 0 writes; the other ranks return without
         writing (the models are identical; call ``DataParallel.barrier()`` before another rank reads the file)."""
+        self._require_built("save")
         dist = self.trainer.distributed
         if dist is not None and dist.rank != 0:
             return
@@ -536,16 +598,23 @@ class Sequential(Model):
     """A chain of layers, each fed by the previous one.
 
     Args:
-        layers: the layers, first to last.
+        layers: the layers, first to last; the first item may be an ``fnn.Input(shape)`` (Keras 3), which gives
+            the input shape.
         input_dim: the number of input features (or the input shape as a tuple).  Given, the model is built
             (weights allocated and initialized) at construction; otherwise on the first fit/predict.
         seed, dtype: as for Model.
         input_shape: the shape of one sample, e.g. ``(H, W, C)`` or ``(None, F)`` for sequences of any length
             (Keras' name; give this or input_dim, not both).
 
+    The input shape may come from ``input_dim`` / ``input_shape``, from an ``fnn.Input`` first in ``layers``, or
+    from ``input_shape=`` / ``input_dim=`` given to the first layer (Keras' ``Dense(10, input_shape=(64,))``);
+    two of them that disagree are a ValueError.  With one of them the model is built at construction (or, for
+    layers given through ``add``, when first used).
+
     Example::
 
         model = fnn.Sequential([fnn.layers.Dense(128, activation="relu"), fnn.layers.Dense(10)], input_dim=64)
+        model = fnn.Sequential([fnn.Input(64), fnn.layers.Dense(128, activation="relu"), fnn.layers.Dense(10)])
     """
 
     def __init__(self, layers=None, input_dim=None, seed=0, dtype="float32", name=None, input_shape=None):
@@ -558,17 +627,41 @@ class Sequential(Model):
             shape = Input(input_dim).shape
         elif input_shape is not None:
             shape = check_shape(type(self).__name__, "input_shape", input_shape)
+        self._input = shape         # the declared per-sample input shape (None: from the first layer, or the data)
         self._layers = []
         self._layer_ids = set()     # add's check that a layer is not added twice, in constant time
+        if isinstance(layers, (Layer, Tensor)):
+            raise TypeError(f"{self.name}: layers must be a list of layers, got one {type(layers).__name__}; "
+                            "write Sequential([...])")
         for layer in (layers or []):
             self.add(layer)
+        shape = self._declared_input()
         if shape is not None:
             self._build_from_data(shape)
 
+    def _declared_input(self):
+        """The declared input shape: Sequential's input_dim / input_shape, an ``fnn.Input`` added first, or the
+        first layer's ``input_shape=`` (None: none declared; the model is built from the first data)."""
+        if self._input is not None:
+            return self._input
+        return self._layers[0].declared_input_shape if self._layers else None
+
     def add(self, layer):
-        """Append a layer (before the model is built)."""
+        """Append a layer (before the model is built).  An ``fnn.Input(shape)`` added before any layer declares
+        the input shape (Keras 3's ``model.add(keras.Input(shape))``)."""
         if self.built:
             raise RuntimeError(f"{self.name}: cannot add layers to a built model")
+        if isinstance(layer, Tensor):
+            if layer.layer is not None:
+                raise TypeError(f"{self.name}: Sequential takes layers (and an fnn.Input first), got the output "
+                                f"tensor of {layer.layer.name}; use fnn.Model(inputs, outputs) for a graph")
+            if self._layers:
+                raise ValueError(f"{self.name}: an fnn.Input can only come first, before the layers")
+            if self._input is not None and tuple(layer.shape) != self._input:
+                raise ValueError(f"{self.name}: the fnn.Input has shape {tuple(layer.shape)}, but the input shape "
+                                 f"{self._input} was also given; give it once")
+            self._input = tuple(layer.shape)
+            return
         if not isinstance(layer, Layer):
             raise TypeError(f"{self.name}: expected a fastnn layer, got {type(layer).__name__}")
         if layer._in_graph or id(layer) in self._layer_ids:
@@ -583,7 +676,8 @@ class Sequential(Model):
     def _build_from_data(self, feature_shape):
         if not self._layers:
             raise ValueError(f"{self.name}: the model has no layers")
-        x = inp = Input(feature_shape)
+        declared = self._declared_input()
+        x = inp = Input(feature_shape if declared is None else declared)
         try:
             for layer in self._layers:
                 x = layer(x)

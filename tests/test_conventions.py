@@ -165,3 +165,136 @@ def test_keras_binary_crossentropy_on_a_sigmoid_model_is_keras_loss():
 def test_unknown_loss_lists_keras_names():
     with pytest.raises(ValueError, match="unknown loss 'huber'.*sparse_categorical_crossentropy"):
         fnn.losses.get("huber")
+
+
+# ---------------------------------------------------------------------------------------------- Keras 3 inputs
+def _same_weights(a, b):
+    wa, wb = a.get_weights(), b.get_weights()
+    return len(wa) == len(wb) and all(np.array_equal(x, y) for x, y in zip(wa, wb))
+
+
+def test_sequential_with_input_first():
+    ref = fnn.Sequential([L.Dense(8, activation="relu"), L.Dense(3)], input_dim=64, seed=0)
+    m = fnn.Sequential([fnn.Input(64), L.Dense(8, activation="relu"), L.Dense(3)], seed=0)
+    assert m.built and m.input_shape == (64,) and len(m.layers) == 2
+    assert _same_weights(m, ref)
+    seq = fnn.Sequential([fnn.Input((None, 5)), L.LSTM(4), L.Dense(1)], seed=0)
+    assert seq.input_shape == (None, 5) and seq.output_shape == (1,)
+    m2 = fnn.Sequential(seed=0)                 # Keras 3: model.add(keras.Input(shape))
+    m2.add(fnn.Input(64))
+    m2.add(L.Dense(8, activation="relu"))
+    m2.add(L.Dense(3))
+    assert m2.count_params() == ref.count_params() and m2.built
+    assert _same_weights(m2, ref)
+    # the same shape given twice is fine; two different ones are not
+    fnn.Sequential([fnn.Input(64), L.Dense(3)], input_dim=64)
+    with pytest.raises(ValueError, match=r"fnn.Input has shape \(64,\).*\(32,\)"):
+        fnn.Sequential([fnn.Input(64), L.Dense(3)], input_dim=32)
+
+
+def test_sequential_input_misplaced():
+    with pytest.raises(ValueError, match="can only come first"):
+        fnn.Sequential([L.Dense(3), fnn.Input(64)])
+    x = fnn.Input(4)
+    with pytest.raises(TypeError, match="output tensor of"):
+        fnn.Sequential([L.Dense(3)(x)])
+    with pytest.raises(TypeError, match="list of layers"):
+        fnn.Sequential(L.Dense(3))
+
+
+def test_first_layer_input_shape():
+    ref = fnn.Sequential([L.Dense(8, activation="relu"), L.Dense(3)], input_dim=64, seed=0)
+    for kw in ({"input_shape": (64,)}, {"input_dim": 64}, {"input_shape": 64}):
+        m = fnn.Sequential([L.Dense(8, activation="relu", **kw), L.Dense(3)], seed=0)
+        assert m.built and m.input_shape == (64,) and _same_weights(m, ref)
+    conv = fnn.Sequential([L.Conv2D(4, 3, input_shape=(8, 8, 1)), L.Flatten(), L.Dense(2)], seed=0)
+    assert conv.input_shape == (8, 8, 1) and conv.output_shape == (2,)
+    # through add(): the model is built when first used, from the declared shape
+    m = fnn.Sequential(seed=0)
+    m.add(L.Dense(8, activation="relu", input_shape=(64,)))
+    m.add(L.Dense(3))
+    assert not m.built
+    assert m.count_params() == ref.count_params() and m.built
+    assert _same_weights(m, ref)
+    m = fnn.Sequential(seed=0)
+    m.add(L.Dense(3, input_dim=4))
+    m.compile("mse")
+    with pytest.raises(ValueError, match=r"X must have shape \(n, 4\)"):
+        m.fit(np.zeros((5, 6), np.float32), np.zeros((5, 3)))
+    assert m.input_shape == (4,)
+
+
+def test_input_shape_conflicts():
+    with pytest.raises(ValueError, match=r"dense_c: was given input_shape=\(32,\), but its input has shape \(64,\)"):
+        fnn.Sequential([L.Dense(3, input_shape=(32,), name="dense_c")], input_dim=64)
+    with pytest.raises(ValueError, match="dense_later: was given input_shape=\\(5,\\).*later layers"):
+        fnn.Sequential([L.Dense(8), L.Dense(3, input_shape=(5,), name="dense_later")], input_dim=4)
+    # agreeing on a later layer is accepted (Keras ignores it), and a None axis matches any size
+    fnn.Sequential([L.Dense(8), L.Dense(3, input_shape=(8,))], input_dim=4)
+    fnn.Sequential([L.Dense(8, input_shape=(None, 4)), L.Dense(3, input_shape=(None, 8))], input_shape=(7, 4))
+    # the functional API checks it too
+    x = fnn.Input(6)
+    with pytest.raises(ValueError, match="was given input_shape"):
+        L.Dense(2, input_dim=5)(x)
+    with pytest.raises(ValueError, match="input_shape or input_dim, not both"):
+        L.Dense(2, input_dim=5, input_shape=(5,))
+    with pytest.raises(ValueError, match="input_shape"):
+        L.Dense(2, input_shape=(0,))
+
+
+def test_embedding_input_dim_is_still_the_vocabulary():
+    e = L.Embedding(input_dim=50, output_dim=4)
+    assert e.input_dim == 50 and e.declared_input_shape is None
+    m = fnn.Sequential([L.Embedding(50, 4, input_shape=(None,)), L.LSTM(3)], seed=0)
+    assert m.input_shape == (None,)
+
+
+# ---------------------------------------------------------------------------------------------- unbuilt models
+@pytest.mark.parametrize("call", [
+    lambda m: m.summary(), lambda m: m.count_params(), lambda m: m.count_params(True), lambda m: m.get_weights(),
+    lambda m: m.set_weights([]), lambda m: m.state_dict(), lambda m: m.load_state_dict({}), lambda m: m.clone(),
+    lambda m: m.save("unbuilt.fnn"), lambda m: m.build(),
+], ids=["summary", "count_params", "count_params_trainable", "get_weights", "set_weights", "state_dict",
+        "load_state_dict", "clone", "save", "build"])
+def test_unbuilt_model_says_how_to_build_it(call, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    m = fnn.Sequential([L.Dense(3)])
+    with pytest.raises(ValueError, match=r"is not built yet: its input shape is unknown.*input_shape=.*"
+                                         r"model.build\(\(None, 64\)\), or fit / predict once"):
+        call(m)
+    assert not m.built and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["parameters", "gradients", "input_shape", "output_shape"])
+def test_unbuilt_model_attributes(name):
+    m = fnn.Sequential([L.Dense(3)])
+    with pytest.raises(AttributeError, match=f"{name}: sequential.* is not built yet"):
+        getattr(m, name)
+    assert not hasattr(m, name)          # still an AttributeError, for hasattr / getattr(..., default)
+    with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
+        m.nonexistent
+    m2 = fnn.Sequential(seed=0)
+    m2.add(L.Dense(3, input_dim=4))
+    assert getattr(m2, name) is not None and m2.built       # a declared input shape builds it
+
+
+def test_build_takes_keras_batch_shape():
+    m = fnn.Sequential([L.Dense(8), L.Dense(3)], seed=0)
+    assert m.build((None, 64)) is m and m.built and m.input_shape == (64,)
+    assert _same_weights(m, fnn.Sequential([L.Dense(8), L.Dense(3)], input_dim=64, seed=0))
+    m.build((32, 64))                                    # built: only checked
+    with pytest.raises(ValueError, match=r"built for inputs \(None, 64\)"):
+        m.build((None, 65))
+    c = fnn.Sequential([L.Conv2D(2, 3), L.GlobalAveragePooling2D()]).build([None, 8, 8, 1])
+    assert c.input_shape == (8, 8, 1)
+    for bad in ((64,), 64, "x"):
+        with pytest.raises(ValueError, match="batch axis first"):
+            fnn.Sequential([L.Dense(3)]).build(bad)
+    d = fnn.Sequential()
+    d.add(L.Dense(3, input_dim=4))
+    with pytest.raises(ValueError, match="declares the input shape"):
+        d.build((None, 5))
+    assert not d.built
+    x = fnn.Input(4)
+    f = fnn.Model(x, L.Dense(2)(x))
+    assert f.build((None, 4)) is f and f.build() is f
