@@ -543,6 +543,43 @@ class Model:
             self.engine.checkin(engine)
         return out
 
+    def __call__(self, X, training=False):
+        """``model(X)``: the output array for X, as ``predict(X)`` (inference mode; a new numpy array, not a
+        tensor).  ``training`` must be False (or None): training runs through fit / train_on_batch.  A model is not
+        called on symbolic tensors (fastnn models do not nest as layers)."""
+        if training:
+            raise ValueError(f"{self.name}(X, training=True): calling a model runs inference only; train with "
+                             "fit or train_on_batch (model(X) is predict(X))")
+        if isinstance(X, Tensor):
+            raise TypeError(f"{self.name}: a model is called on arrays (model(X) is predict(X)); a model cannot be "
+                            "called on a symbolic tensor to nest it in another model: use its layers instead")
+        return self.predict(X)
+
+    def get_layer(self, name=None, index=None):
+        """A layer by name or by its index in ``model.layers`` (Keras' ``get_layer``: give one of the two).
+        A layer nested in a container (a Residual's block) is found by name too, once the model is built.
+        Not found: a ValueError listing the layer names."""
+        if (name is None) == (index is None):
+            raise ValueError(f"get_layer: give a name or an index (one of the two), got name={name!r}, "
+                             f"index={index!r}")
+        layers = self.layers
+        if index is not None:
+            if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
+                raise TypeError(f"get_layer: index must be an int, got {type(index).__name__}")
+            if not -len(layers) <= index < len(layers):
+                raise ValueError(f"get_layer: index {index} is out of range: {self.name} has {len(layers)} layers")
+            return layers[index]
+        if not isinstance(name, str):
+            raise TypeError(f"get_layer: name must be a str, got {type(name).__name__}")
+        every = list(layers)
+        if self.built:
+            every += [layer for layer in self.graph.layers if all(layer is not x for x in layers)]
+        for layer in every:
+            if layer.name == name:
+                return layer
+        raise ValueError(f"get_layer: {self.name} has no layer named {name!r}; its layers: "
+                         f"{', '.join(layer.name for layer in every)}")
+
     def predict_classes(self, X, threshold=0.5, batch_size=None):
         """Class decisions for X (inference mode).
 

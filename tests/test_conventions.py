@@ -298,3 +298,43 @@ def test_build_takes_keras_batch_shape():
     x = fnn.Input(4)
     f = fnn.Model(x, L.Dense(2)(x))
     assert f.build((None, 4)) is f and f.build() is f
+
+
+# ---------------------------------------------------------------------------------------------- model(X), get_layer
+def test_model_call_is_predict():
+    X, y = _data()
+    m = fnn.Sequential([L.Dense(8, activation="relu"), L.Dropout(0.5), L.Dense(3)], input_dim=4, seed=0)
+    m.compile("cross_entropy").fit(X, y, epochs=1)
+    out = m(X)
+    assert isinstance(out, np.ndarray) and out.shape == (60, 3)
+    np.testing.assert_array_equal(out, m.predict(X))             # inference mode: dropout off
+    np.testing.assert_array_equal(m(X, training=False), out)
+    np.testing.assert_array_equal(m(X.tolist(), training=None), out)
+    with pytest.raises(ValueError, match="training=True"):
+        m(X, training=True)
+    with pytest.raises(TypeError, match="symbolic tensor"):
+        m(fnn.Input(4))
+    u = fnn.Sequential([L.Dense(2)], seed=0)                     # unbuilt: built from X, as predict
+    assert u(X).shape == (60, 2) and u.built
+
+
+def test_get_layer():
+    x = fnn.Input(4)
+    h = L.Dense(8, name="hidden")(x)
+    r = L.Residual([L.Dense(8, name="inner")], name="res")(h)
+    m = fnn.Model(x, L.Dense(2, name="out")(r))
+    assert m.get_layer("hidden").name == "hidden" and m.get_layer(name="out") is m.layers[-1]
+    assert m.get_layer("inner").name == "inner"                 # nested in the Residual
+    assert m.get_layer(index=0) is m.layers[0] and m.get_layer(index=-1) is m.layers[-1]
+    with pytest.raises(ValueError, match="no layer named 'nope'; its layers: hidden, .*out"):
+        m.get_layer("nope")
+    with pytest.raises(ValueError, match="out of range"):
+        m.get_layer(index=len(m.layers))
+    with pytest.raises(ValueError, match="one of the two"):
+        m.get_layer()
+    with pytest.raises(ValueError, match="one of the two"):
+        m.get_layer("hidden", 0)
+    with pytest.raises(TypeError, match="index must be an int"):
+        m.get_layer(index=1.0)
+    s = fnn.Sequential([L.Dense(3, name="a"), L.Dense(2, name="b")])          # unbuilt Sequential
+    assert s.get_layer("b") is s.layers[1] and s.get_layer(index=0).name == "a"
