@@ -438,7 +438,8 @@ class Model:
             sample_weight: per-sample weights (n,), >= 0; multiplied by the class weights.  The loss becomes the
                 weighted mean sum(w l) / sum(w) (torch's definition; see fastnn.losses).
             initial_epoch: the epoch to start at (resuming: ``model.epochs_trained`` of a loaded checkpoint).
-            callbacks: fastnn.callbacks.Callback objects.
+            callbacks: fastnn.callbacks.Callback objects, or plain functions ``f(epoch, logs)`` run after every
+                epoch (``fastnn.callbacks.LambdaCallback(on_epoch_end=f)``).
             verbose: 0 silent; 1 (or "auto", Keras' default) a live progress bar on a terminal (one line per
                 epoch when stdout is not a terminal); 2 one line per epoch.
             nan_guard: override the compile setting for this call (see ``Trainer.step``).

@@ -272,7 +272,7 @@ def test_unbuilt_model_attributes(name):
         getattr(m, name)
     assert not hasattr(m, name)          # still an AttributeError, for hasattr / getattr(..., default)
     with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
-        m.nonexistent
+        _ = m.nonexistent
     m2 = fnn.Sequential(seed=0)
     m2.add(L.Dense(3, input_dim=4))
     assert getattr(m2, name) is not None and m2.built       # a declared input shape builds it
@@ -338,3 +338,86 @@ def test_get_layer():
         m.get_layer(index=1.0)
     s = fnn.Sequential([L.Dense(3, name="a"), L.Dense(2, name="b")])          # unbuilt Sequential
     assert s.get_layer("b") is s.layers[1] and s.get_layer(index=0).name == "a"
+
+
+# ---------------------------------------------------------------------------------------------- LambdaCallback
+def _count_compiled_epochs(monkeypatch):
+    from fastnn.training import compiled
+    calls = []
+    real = compiled.fit_epoch
+    monkeypatch.setattr(compiled, "fit_epoch", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+def test_lambda_callback_hooks_and_signatures(monkeypatch):
+    X, y = _data(50)
+    m = _clf()
+    seen = []
+    cb = fnn.callbacks.LambdaCallback(
+        on_train_begin=lambda logs: seen.append(("train_begin",)),
+        on_epoch_begin=lambda epoch, logs: seen.append(("epoch_begin", epoch)),
+        on_batch_begin=lambda batch, logs: seen.append(("batch_begin", batch, logs["size"])),
+        on_batch_end=lambda batch, logs: seen.append(("batch_end", batch, np.isfinite(logs["loss"]))),
+        on_epoch_end=lambda epoch, logs: seen.append(("epoch_end", epoch, sorted(logs))),
+        on_train_end=lambda logs: seen.append(("train_end", sorted(logs))))
+    calls = _count_compiled_epochs(monkeypatch)
+    m.fit(X, y, epochs=2, batch_size=20, callbacks=[cb])
+    assert calls == []                                   # batch hooks: the per-layer path, called per batch
+    epoch = [("epoch_begin", 0), ("batch_begin", 0, 20), ("batch_end", 0, True), ("batch_begin", 1, 20),
+             ("batch_end", 1, True), ("batch_begin", 2, 10), ("batch_end", 2, True)]
+    assert seen == ([("train_begin",)] + epoch + [("epoch_end", 0, ["accuracy", "loss", "time"])]
+                    + [(e[0], 1) + e[2:] if e[0] == "epoch_begin" else e for e in epoch]
+                    + [("epoch_end", 1, ["accuracy", "loss", "time"]), ("train_end", ["accuracy", "loss", "time"])])
+    assert cb.model is m
+
+
+def test_epoch_hooks_keep_the_compiled_plan(monkeypatch):
+    X, y = _data(50)
+    m = _clf()
+    ends = []
+    calls = _count_compiled_epochs(monkeypatch)
+    cb = fnn.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: None,
+                                      on_epoch_end=lambda epoch, logs: ends.append(epoch),
+                                      on_train_begin=lambda logs: None, on_train_end=lambda logs: None)
+    m.fit(X, y, epochs=3, callbacks=[cb])
+    assert calls == [1, 1, 1] and ends == [0, 1, 2]
+
+
+def test_plain_function_is_an_epoch_end_callback(monkeypatch):
+    X, y = _data(50)
+    m = _clf()
+    got = []
+
+    def record(epoch, logs):
+        got.append((epoch, round(logs["loss"], 12)))
+        logs["twice_loss"] = 2 * logs["loss"]          # keys it adds are recorded, as any callback's
+
+    calls = _count_compiled_epochs(monkeypatch)
+    h = m.fit(X, y, epochs=2, callbacks=[record])
+    assert calls == [1, 1]
+    assert got == [(e, round(v, 12)) for e, v in zip(h.epoch, h.history["loss"])]
+    assert h.history["twice_loss"] == [2 * v for v in h.history["loss"]]
+    h = m.fit(X, y, epochs=1, callbacks=record, diagnostics=True)    # one function alone, as one Callback
+    assert len(got) == 3
+
+
+def test_lambda_callback_before_checkpoint_may_add_val_keys(tmp_path):
+    X, y = _data(50)
+    m = _clf()
+    add = fnn.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: logs.update(val_score=0.5))
+    ck = fnn.callbacks.ModelCheckpoint(str(tmp_path / "m-{val_score:.1f}.fnn"))
+    m.fit(X, y, epochs=1, callbacks=[add, ck])
+    assert (tmp_path / "m-0.5.fnn").exists()
+
+
+def test_bad_callbacks():
+    X, y = _data(50)
+    m = _clf()
+    with pytest.raises(TypeError, match="LambdaCallback: on_epoch_end must be a function"):
+        fnn.callbacks.LambdaCallback(on_epoch_end=3)
+    with pytest.raises(TypeError, match=r"Callback instances or functions f\(epoch, logs\).*got int"):
+        m.fit(X, y, callbacks=[3])
+    with pytest.raises(TypeError, match="a class: pass an instance"):
+        m.fit(X, y, callbacks=[fnn.callbacks.TerminateOnNaN])
+    assert m.epochs_trained == 0
+    assert "on_epoch_end=" in repr(fnn.callbacks.LambdaCallback(on_epoch_end=print))
