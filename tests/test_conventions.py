@@ -421,3 +421,74 @@ def test_bad_callbacks():
         m.fit(X, y, callbacks=[fnn.callbacks.TerminateOnNaN])
     assert m.epochs_trained == 0
     assert "on_epoch_end=" in repr(fnn.callbacks.LambdaCallback(on_epoch_end=print))
+
+
+# ---------------------------------------------------------------------------------------------- train_test_split
+@pytest.mark.parametrize("kw", [
+    {}, {"test_size": 0.2}, {"test_size": 7}, {"train_size": 0.5}, {"train_size": 30, "test_size": 10},
+    {"test_size": 0.3, "shuffle": False}, {"test_size": 0.25, "stratify": True}, {"train_size": 0.6, "stratify": True},
+    {"test_size": 9, "stratify": True},
+])
+@pytest.mark.parametrize("random_state", [0, 42])
+def test_train_test_split_is_sklearns(kw, random_state):
+    sk = pytest.importorskip("sklearn.model_selection")
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((47, 3))
+    y = rng.integers(0, 3, 47)
+    w = list(range(47))
+    kw = dict(kw)
+    if kw.pop("stratify", False):
+        kw["stratify"] = y
+    ours = fnn.datasets.train_test_split(X, y, w, random_state=random_state, **kw)
+    theirs = sk.train_test_split(X, y, w, random_state=random_state, **kw)
+    assert len(ours) == 6
+    for a, b in zip(ours, theirs):
+        assert type(a) is type(b)
+        np.testing.assert_array_equal(a, b)
+
+
+def test_train_test_split_order_sizes_and_stratify():
+    X = np.arange(100).reshape(50, 2)
+    y = np.repeat([0, 1], [40, 10])
+    X_train, X_test, y_train, y_test = fnn.datasets.train_test_split(X, y, test_size=0.2, random_state=0,
+                                                                     stratify=y)
+    assert X_train.shape == (40, 2) and X_test.shape == (10, 2) and y_train.shape == (40,) and y_test.shape == (10,)
+    np.testing.assert_array_equal(y[X_train[:, 0] // 2], y_train)                  # rows stay paired
+    assert sorted(np.concatenate([X_train[:, 0], X_test[:, 0]]) // 2) == list(range(50))
+    assert np.bincount(y_test).tolist() == [8, 2]                                  # the class shares kept
+    a, b = fnn.datasets.train_test_split(X)                                        # one array, 0.25 by default
+    assert len(a) == 37 and len(b) == 13
+    rs = np.random.RandomState(3)
+    first = fnn.datasets.train_test_split(X, random_state=rs)[1]
+    assert not np.array_equal(first, fnn.datasets.train_test_split(X, random_state=rs)[1])   # the state advances
+
+
+@pytest.mark.parametrize("kw, exc, match", [
+    ({"test_size": 1.5}, ValueError, "test_size=1.5 should be"),
+    ({"test_size": 50}, ValueError, "test_size=50 should be"),
+    ({"train_size": 0.6, "test_size": 0.6}, ValueError, "should be in the"),
+    ({"test_size": "a"}, ValueError, "test_size must be"),
+    ({"shuffle": False, "stratify": np.zeros(50)}, ValueError, "stratify needs shuffle=True"),
+    ({"random_state": np.random.default_rng(0)}, ValueError, "random_state"),
+    ({"stratify": np.arange(50)}, ValueError, "only 1 member"),
+    ({"test_fraction": 0.2, "seed": 0}, TypeError, "is now fastnn.datasets.stratified_split"),
+])
+def test_train_test_split_errors(kw, exc, match):
+    X = np.zeros((50, 2))
+    with pytest.raises(exc, match=match):
+        fnn.datasets.train_test_split(X, np.zeros(50), **kw)
+
+
+def test_train_test_split_needs_arrays_of_one_length():
+    with pytest.raises(ValueError, match=r"different numbers of samples: \[5, 4\]"):
+        fnn.datasets.train_test_split(np.zeros(5), np.zeros(4))
+    with pytest.raises(ValueError, match="at least one array"):
+        fnn.datasets.train_test_split()
+
+
+def test_stratified_split_is_the_former_split():
+    X, y = fnn.datasets.load_digits()
+    X_train, y_train, X_test, y_test = fnn.datasets.stratified_split(X, y, test_fraction=0.2, seed=0)
+    assert len(X_test) + len(X_train) == len(X) and y_train.dtype == y.dtype
+    counts = np.bincount(y)
+    np.testing.assert_array_equal(np.bincount(y_test), np.round(counts * 0.2).astype(int))
