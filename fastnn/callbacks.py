@@ -338,6 +338,7 @@ class ModelCheckpoint(Callback):
         filepath = os.fspath(filepath)
         if filepath.endswith(("/", os.sep)) or os.path.isdir(filepath):
             filepath = os.path.join(filepath, "best.fnn" if save_best_only else "epoch-{epoch:04d}.fnn")
+        _io.check_extension(filepath, "ModelCheckpoint")      # before training, not at the first save
         self.filepath = filepath
         self.monitor = monitor
         self.save_best_only = bool(save_best_only)

@@ -616,15 +616,18 @@ class Model:
     # ================================================================== saving
     def save(self, path, include_optimizer=True):
         """Save the model to one file (fastnn.io's format): architecture, weights, layer buffers, loss,
-        optimizer and its state, generator states, ``epochs_trained``.  The write is atomic.
+        optimizer and its state, generator states, ``epochs_trained``.  The write is atomic.  Name it ``.fnn``
+        (or ``.npz``, or anything else): another library's extension (".keras", ".h5", ".pt", ".onnx", ".pkl",
+        ...) is a ValueError, since the file would not be in that format (``fnn.onnx.export`` writes ONNX).
 
         After a distributed fit (``fit(distributed=...)``) only rank 0 writes; the other ranks return without
         writing (the models are identical; call ``DataParallel.barrier()`` before another rank reads the file)."""
+        from fastnn import io as _io
+        _io.check_extension(path, "save")
         self._require_built("save")
         dist = self.trainer.distributed
         if dist is not None and dist.rank != 0:
             return
-        from fastnn import io as _io
         _io.save(self, path, include_optimizer=include_optimizer)
 
     def __repr__(self):

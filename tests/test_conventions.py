@@ -492,3 +492,32 @@ def test_stratified_split_is_the_former_split():
     assert len(X_test) + len(X_train) == len(X) and y_train.dtype == y.dtype
     counts = np.bincount(y)
     np.testing.assert_array_equal(np.bincount(y_test), np.round(counts * 0.2).astype(int))
+
+
+# ---------------------------------------------------------------------------------------------- foreign extensions
+@pytest.mark.parametrize("name", ["m.keras", "m.h5", "m.weights.h5", "M.HDF5", "m.pt", "m.pth", "m.onnx", "m.pkl",
+                                  "m.pickle", "m.joblib", "m.safetensors", "m.tflite", "m.pb"])
+def test_save_refuses_foreign_extensions(name, tmp_path):
+    m = _clf()
+    ext = "." + name.rsplit(".", 1)[1].lower()
+    for save in (lambda p: m.save(p), lambda p: fnn.io.save(m, p)):
+        with pytest.raises(ValueError, match=rf"extension '\{ext}' of the .* fastnn saves its own format.*'\.fnn'"):
+            save(tmp_path / name)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="ModelCheckpoint:.*extension"):
+        fnn.callbacks.ModelCheckpoint(str(tmp_path / name))
+
+
+def test_onnx_extension_points_to_the_exporter(tmp_path):
+    with pytest.raises(ValueError, match=r"fnn\.onnx\.export\(model, path\)"):
+        _clf().save(tmp_path / "m.onnx")
+
+
+@pytest.mark.parametrize("name", ["m.fnn", "m.npz", "model", "m.ckpt", "m.keras.fnn", "dir.h5/m.fnn"])
+def test_save_accepts_fastnn_names(name, tmp_path):
+    X, _ = _data()
+    m = _clf()
+    path = tmp_path / name
+    path.parent.mkdir(exist_ok=True)
+    m.save(path)
+    np.testing.assert_array_equal(fnn.load(path).predict(X), m.predict(X))
