@@ -16,12 +16,16 @@ Subclass ``Callback`` and override any of ``on_train_begin(logs)``, ``on_train_e
 - ``LambdaCallback(on_epoch_end=f, ...)`` makes a callback of plain functions (Keras' signatures), and a plain
   function in ``fit(callbacks=[f])`` is taken as ``on_epoch_end``: ``f(epoch, logs)``.
 """
+from __future__ import annotations
+
 import csv
 import math
 import os
 import sys
 import time
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -79,8 +83,12 @@ class LambdaCallback(Callback):
     """
     HOOKS = ("on_epoch_begin", "on_epoch_end", "on_batch_begin", "on_batch_end", "on_train_begin", "on_train_end")
 
-    def __init__(self, on_epoch_begin=None, on_epoch_end=None, on_batch_begin=None, on_batch_end=None,
-                 on_train_begin=None, on_train_end=None):
+    def __init__(self, on_epoch_begin: Callable[[int, dict | None], Any] | None = None,
+                 on_epoch_end: Callable[[int, dict | None], Any] | None = None,
+                 on_batch_begin: Callable[[int, dict | None], Any] | None = None,
+                 on_batch_end: Callable[[int, dict | None], Any] | None = None,
+                 on_train_begin: Callable[[dict | None], Any] | None = None,
+                 on_train_end: Callable[[dict | None], Any] | None = None) -> None:
         given = dict(zip(self.HOOKS, (on_epoch_begin, on_epoch_end, on_batch_begin, on_batch_end, on_train_begin,
                                       on_train_end)))
         for hook, fn in given.items():
@@ -96,7 +104,7 @@ class LambdaCallback(Callback):
         return f"LambdaCallback({hooks})"
 
 
-def as_callback(cb, owner="fit"):
+def as_callback(cb: Callback | Callable[[int, dict | None], Any], owner: str = "fit") -> Callback:
     """`cb` as a Callback: a Callback as it is, a plain function (any callable that is not a Callback) as
     ``LambdaCallback(on_epoch_end=cb)``, called ``cb(epoch, logs)`` after every epoch.  Anything else is a
     TypeError naming `owner`."""

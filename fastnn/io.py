@@ -59,6 +59,8 @@ A temporary is named ``.<name>.<pid>.<random>.fastnn-tmp``; one left by a killed
 between the write and the rename) is removed by the next save to the same target from a process on the same
 machine.  ``save`` refuses a model holding NaN or infinity (``nonfinite_array``), which ``load`` would refuse.
 """
+from __future__ import annotations
+
 import copy
 import hashlib
 import json
@@ -195,7 +197,7 @@ FOREIGN_EXTENSIONS = {
 }
 
 
-def check_extension(path, owner="save"):
+def check_extension(path: str | os.PathLike, owner: str = "save") -> None:
     """Refuse (ValueError naming `owner`) a path whose extension is another library's format (``FOREIGN_EXTENSIONS``:
     ".keras", ".h5", ".pt", ".onnx", ".pkl", ...): fastnn writes its own format (an ``.npz``; ".fnn" by
     convention, ".npz" or any other name, with or without an extension, are fine)."""

@@ -37,6 +37,8 @@ mean (it divides by the summed weights of the real steps: sum_it w_i m_it l_it /
 for the elementwise losses) nor in accuracy, and their gradient is exactly 0.  A batch without a real step
 (or whose weights on its real steps sum to 0) has loss 0 and gradient 0.
 """
+from __future__ import annotations
+
 import threading
 
 import numpy as np
@@ -439,7 +441,7 @@ def from_config(config):
     return cls(**config)
 
 
-def get(spec: "str | Loss") -> Loss:
+def get(spec: str | Loss) -> Loss:
     """A Loss from a name (REGISTRY, or one of Keras' names in ALIASES) or a Loss instance."""
     if isinstance(spec, Loss):
         return spec

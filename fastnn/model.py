@@ -10,8 +10,13 @@ and the trainer.
 
 ``Sequential`` is the special case of a chain, built from its first data when no input shape is given.
 """
+from __future__ import annotations
+
+import os
 import sys
 from collections import namedtuple
+from collections.abc import Sequence
+from typing import Any, TextIO, Union
 
 import numpy as np
 
@@ -19,11 +24,11 @@ from fastnn import losses as _losses
 from fastnn import metrics as _metrics
 from fastnn import optim as _optim
 from fastnn import schedules as _schedules
-from fastnn.callbacks import History  # noqa: F401  (re-exported)
+from fastnn.callbacks import History  # (also re-exported)
 from fastnn import engine as _engine
 from fastnn.engine import Executor
 from fastnn.errors import NonFiniteError  # noqa: F401  (re-exported)
-from fastnn.graph import Graph, Input, Tensor, check_shape  # noqa: F401  (Tensor, Input: re-exported)
+from fastnn.graph import Graph, Input, Tensor, check_shape  # (Tensor, Input: also re-exported)
 from fastnn.graph import matches as _graph_matches
 from fastnn.layers.base import Layer
 from fastnn.params import ParameterTable, frozen_layers
@@ -31,6 +36,9 @@ from fastnn.training import compiled as _compiled
 from fastnn.training.trainer import Trainer
 from fastnn._validation import check_dtype, check_number
 
+
+ArrayLike = Any                                   # numpy arrays, or what np.asarray takes
+MetricSpec = Union[str, _metrics.Metric]          # a metric name or a fastnn.metrics.Metric
 
 LoadResult = namedtuple("LoadResult", "missing_keys unexpected_keys")
 LoadResult.__doc__ = "What ``Model.load_state_dict`` returns: the keys it did not find, and those it did not use."
@@ -42,7 +50,7 @@ def _check_seed(owner, seed):
     return check_number(owner, "seed", seed, low=0, integer=True)
 
 
-def _check_verbose(owner, verbose):
+def _check_verbose(owner: str, verbose: int | str | bool) -> int:
     """`verbose` as an int 0, 1 or 2 ("auto" is 1, as in Keras); errors name `owner`."""
     if isinstance(verbose, (bool, np.bool_)):
         return int(verbose)
@@ -150,7 +158,7 @@ class Model:
             return self.__dict__[name]
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
-    def build(self, input_shape=None):
+    def build(self, input_shape: Sequence[int | None] | None = None) -> Model:
         """Build the model for inputs of shape `input_shape`, Keras' ``build``: the batch shape, its first axis
         the batch (None or any size, ignored), e.g. ``(None, 64)`` or ``(None, 28, 28, 1)``.  Allocates and
         initializes the weights of a Sequential not built yet; a built model only checks that the shape is its
@@ -181,7 +189,7 @@ class Model:
         """The layers, in the order they run."""
         return self.graph.layers
 
-    def count_params(self, trainable=None):
+    def count_params(self, trainable: bool | None = None) -> int:
         """The number of scalar parameters: all of them (default), the trainable ones (``trainable=True``) or
         the frozen ones (False), by the layers' current ``trainable`` flags.  Layer buffers (BatchNorm's running
         statistics) are not parameters and are not counted.  An unbuilt model is a ValueError saying how to
@@ -195,7 +203,7 @@ class Model:
         n = sum(r.size for r in self.table.rows if (id(r.layer) not in frozen) == bool(trainable))
         return int(n)
 
-    def summary(self, file=None):
+    def summary(self, file: TextIO | None = None) -> None:
         """Print a table of the layers, their output shapes and parameter counts (marked "frozen" for a frozen
         layer), then the totals: all, trainable and non-trainable parameters (as Keras, by the current
         ``trainable`` flags) and the values in layer buffers.  An unbuilt model is a ValueError saying how to
@@ -349,8 +357,10 @@ class Model:
         return self.train(False)
 
     # ================================================================== compile
-    def compile(self, loss, optimizer="adam", clip_norm=None, clip_value=None, lr_schedule=None, nan_guard=True,
-                metrics=None):
+    def compile(self, loss: str | _losses.Loss, optimizer: str | _optim.Optimizer = "adam",
+                clip_norm: float | None = None, clip_value: float | None = None,
+                lr_schedule: _schedules.Schedule | None = None, nan_guard: bool = True,
+                metrics: MetricSpec | Sequence[MetricSpec] | None = None) -> Model:
         """Set the loss and the optimizer.  Never re-initializes the weights.
 
         The layers' ``trainable`` flags take effect here (as in Keras): the optimizer updates the parameters of
@@ -380,7 +390,7 @@ class Model:
         self.trainer.metric_objects(metrics, "compile", loss=loss)     # checked now; fit / evaluate resolve them
         metric_specs = [] if metrics is None else [metrics] if isinstance(metrics, (str, _metrics.Metric)) \
             else list(metrics)
-        optimizer = _optim.get(optimizer)
+        opt = _optim.get(optimizer)
         if not isinstance(nan_guard, (bool, np.bool_)):
             raise TypeError(f"compile: nan_guard must be a bool, got {type(nan_guard).__name__}")
         clip_norm = None if clip_norm is None else check_number("compile", "clip_norm", clip_norm, low=0.0)
@@ -389,12 +399,12 @@ class Model:
         if lr_schedule is not None and not isinstance(lr_schedule, _schedules.Schedule):
             raise TypeError(f"compile: lr_schedule must be a fastnn.schedules.Schedule or None, got "
                             f"{type(lr_schedule).__name__}")
-        optimizer._claim(self)      # refuses an optimizer that trains another model, before anything changes
+        opt._claim(self)      # refuses an optimizer that trains another model, before anything changes
         self.nan_guard = bool(nan_guard)
-        self.loss, self._optimizer = loss, optimizer
+        self.loss, self._optimizer = loss, opt
         self.compile_metrics = metric_specs
         self.clip_norm, self.clip_value, self.lr_schedule = clip_norm, clip_value, lr_schedule
-        self.trainer.base_lr = optimizer.lr
+        self.trainer.base_lr = opt.lr
         if self.built:
             self.trainer.attach()
         return self
@@ -417,9 +427,12 @@ class Model:
                      self.compile_metrics)
 
     # ================================================================== training
-    def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_split=0.0, validation_data=None,
-            metrics=None, class_weight=None, sample_weight=None, initial_epoch=0, callbacks=None, verbose=0,
-            nan_guard=None, diagnostics=False, distributed=None):
+    def fit(self, X: ArrayLike, y: ArrayLike, epochs: int = 1, batch_size: int = 32, shuffle: bool = True,
+            validation_split: float = 0.0, validation_data: tuple | None = None,
+            metrics: MetricSpec | Sequence[MetricSpec] | None = None, class_weight: str | dict | None = None,
+            sample_weight: ArrayLike | None = None, initial_epoch: int = 0, callbacks: Any = None,
+            verbose: int | str = 0, nan_guard: bool | None = None, diagnostics: bool = False,
+            distributed: Any = None) -> History:
         """Train in mini-batches, epochs ``initial_epoch`` .. ``epochs - 1``; returns a History.
 
         Args:
@@ -472,7 +485,9 @@ class Model:
         with self.trainer.exclusive("train_on_batch"):
             return self.trainer.train_on_batch(X, y)
 
-    def evaluate(self, X, y, batch_size=None, sample_weight=None, metrics=None, verbose=0, return_dict=None):
+    def evaluate(self, X: ArrayLike, y: ArrayLike, batch_size: int | None = None,
+                 sample_weight: ArrayLike | None = None, metrics: MetricSpec | Sequence[MetricSpec] | None = None,
+                 verbose: int | str = 0, return_dict: bool | None = None) -> dict[str, float] | list[float] | float:
         """The loss (and accuracy, for classification losses; and the given metrics) on (X, y) in inference
         mode.  ``sample_weight`` weights the loss as in fit.
 
@@ -499,7 +514,7 @@ class Model:
         return values if len(values) > 1 else values[0]
 
     # ================================================================== public inference API
-    def predict(self, X, batch_size=None, verbose=0):
+    def predict(self, X: ArrayLike, batch_size: int | None = None, verbose: int | str = 0) -> np.ndarray:
         """The network's output for X (inference mode), as a new array of shape (n, *output_shape).
 
         ``verbose`` (0, 1, 2 or "auto") is accepted for Keras code and checked; predict prints nothing.
@@ -544,7 +559,7 @@ class Model:
             self.engine.checkin(engine)
         return out
 
-    def __call__(self, X, training=False):
+    def __call__(self, X: ArrayLike, training: bool | None = False) -> np.ndarray:
         """``model(X)``: the output array for X, as ``predict(X)`` (inference mode; a new numpy array, not a
         tensor).  ``training`` must be False (or None): training runs through fit / train_on_batch.  A model is not
         called on symbolic tensors (fastnn models do not nest as layers)."""
@@ -556,7 +571,7 @@ class Model:
                             "called on a symbolic tensor to nest it in another model: use its layers instead")
         return self.predict(X)
 
-    def get_layer(self, name=None, index=None):
+    def get_layer(self, name: str | None = None, index: int | None = None) -> Layer:
         """A layer by name or by its index in ``model.layers`` (Keras' ``get_layer``: give one of the two).
         A layer nested in a container (a Residual's block) is found by name too, once the model is built.
         Not found: a ValueError listing the layer names."""
@@ -614,7 +629,7 @@ class Model:
         return _diagnostics.diagnose(self, X, y, batch_size=batch_size, file=file, verbose=verbose)
 
     # ================================================================== saving
-    def save(self, path, include_optimizer=True):
+    def save(self, path: str | os.PathLike, include_optimizer: bool = True) -> None:
         """Save the model to one file (fastnn.io's format): architecture, weights, layer buffers, loss,
         optimizer and its state, generator states, ``epochs_trained``.  The write is atomic.  Name it ``.fnn``
         (or ``.npz``, or anything else): another library's extension (".keras", ".h5", ".pt", ".onnx", ".pkl",
@@ -658,7 +673,9 @@ class Sequential(Model):
         model = fnn.Sequential([fnn.Input(64), fnn.layers.Dense(128, activation="relu"), fnn.layers.Dense(10)])
     """
 
-    def __init__(self, layers=None, input_dim=None, seed=0, dtype="float32", name=None, input_shape=None):
+    def __init__(self, layers: Sequence[Layer | Tensor] | None = None,
+                 input_dim: int | Sequence[int | None] | None = None, seed: int | None = 0, dtype: str = "float32",
+                 name: str | None = None, input_shape: int | Sequence[int | None] | None = None) -> None:
         self._init_common(seed, dtype, name)
         if input_dim is not None and input_shape is not None:
             raise ValueError(f"{self.name}: give input_dim or input_shape, not both (got {input_dim!r} and "
@@ -669,8 +686,8 @@ class Sequential(Model):
         elif input_shape is not None:
             shape = check_shape(type(self).__name__, "input_shape", input_shape)
         self._input = shape         # the declared per-sample input shape (None: from the first layer, or the data)
-        self._layers = []
-        self._layer_ids = set()     # add's check that a layer is not added twice, in constant time
+        self._layers: list[Layer] = []
+        self._layer_ids: set[int] = set()     # add's check that a layer is not added twice, in constant time
         if isinstance(layers, (Layer, Tensor)):
             raise TypeError(f"{self.name}: layers must be a list of layers, got one {type(layers).__name__}; "
                             "write Sequential([...])")
@@ -687,7 +704,7 @@ class Sequential(Model):
             return self._input
         return self._layers[0].declared_input_shape if self._layers else None
 
-    def add(self, layer):
+    def add(self, layer: Layer | Tensor) -> None:
         """Append a layer (before the model is built).  An ``fnn.Input(shape)`` added before any layer declares
         the input shape (Keras 3's ``model.add(keras.Input(shape))``)."""
         if self.built:

@@ -16,8 +16,11 @@ are in the public domain; the excerpt is unchanged.  Stored as data/shakespeare.
 scikit-learn's, returning ``X_train, X_test, y_train, y_test``; ``stratified_split(X, y, test_fraction, seed)``:
 fastnn's stratified split of the demo and the tests, returning ``X_train, y_train, X_test, y_test``.
 """
+from __future__ import annotations
+
 import math
 import os
+from typing import Any
 
 import numpy as np
 
@@ -43,13 +46,14 @@ def load_digits(dtype="float32", flatten=True):
     return np.ascontiguousarray(X, dtype=dtype), target.astype(np.int64)
 
 
-def stratified_split(X, y, test_fraction=0.2, seed=0):
+def stratified_split(X: np.ndarray, y: np.ndarray, test_fraction: float = 0.2,
+                     seed: int | None = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Shuffle with `seed` and split into ``(X_train, y_train, X_test, y_test)`` (note the order), stratified by
     label: each class gives ``round(count * test_fraction)`` of its samples to the test part.  The split the demo,
     the tests and the benchmarks use (fastnn's ``train_test_split`` before it took scikit-learn's signature)."""
     rng = np.random.default_rng(seed)
     y = np.asarray(y)
-    test = []
+    test: list[int] = []
     for c in np.unique(y):
         members = np.flatnonzero(y == c)
         rng.shuffle(members)
@@ -119,8 +123,9 @@ def _take(a, idx):
     return a[idx]
 
 
-def train_test_split(*arrays, test_size=None, train_size=None, random_state=None, shuffle=True, stratify=None,
-                     **unknown):
+def train_test_split(*arrays: Any, test_size: float | int | None = None, train_size: float | int | None = None,
+                     random_state: int | np.random.RandomState | None = None, shuffle: bool = True,
+                     stratify: Any = None, **unknown: Any) -> list[Any]:
     """Split arrays into random train and test subsets, scikit-learn's ``train_test_split`` (same signature,
     same sizes, same order, and the same split for the same ``random_state``).
 

@@ -24,6 +24,8 @@ output's mask (per output for a multi-output layer); it is also called at build 
 any incoming one.  The executor computes masks only in graphs that have a producer, and the loss ignores the
 masked positions of the model's output.
 """
+from __future__ import annotations
+
 import difflib
 import inspect
 from collections import OrderedDict, namedtuple
@@ -94,7 +96,8 @@ def trainable_changes():
     return _trainable_changes[0]
 
 
-_own_input_kwargs = {}      # layer class -> the names of input_shape / input_dim that its constructor takes itself
+# layer class -> the names of input_shape / input_dim that its constructor takes itself (Embedding's input_dim)
+_own_input_kwargs: dict[type, frozenset] = {}
 
 
 def _declared_input(cls, kwargs):
@@ -197,7 +200,7 @@ class Layer(StrictAttributes, metaclass=_SealOnConstruction):
     _declared_input_shape = None
 
     @property
-    def declared_input_shape(self):
+    def declared_input_shape(self) -> tuple[int | None, ...] | None:
         """The per-sample input shape given to the constructor as Keras' ``input_shape=`` / ``input_dim=``
         (a tuple; None when not given)."""
         return self._declared_input_shape

@@ -456,9 +456,10 @@ class Trainer:
         for cb in cbs.callbacks:
             cb.params = {"epochs": epochs, "steps": n_batches, "verbose": verbose, "do_validation": val is not None,
                          "extra_logs": extra}
+            # a LambdaCallback's on_epoch_end (a plain function's) is an instance attribute: the user's code too
             extra = extra or (not type(cb).__module__.startswith("fastnn.")
                               and type(cb).on_epoch_end is not _callbacks.Callback.on_epoch_end) \
-                or "on_epoch_end" in getattr(cb, "__dict__", ())    # a LambdaCallback's (or a plain function's) may add keys
+                or "on_epoch_end" in getattr(cb, "__dict__", ())
         saved_guard = model.nan_guard
         if nan_guard is not None:
             model.nan_guard = bool(nan_guard)
