@@ -39,7 +39,7 @@ def main(argv=None):
     if args.threads:
         fnn.set_num_threads(args.threads)
     X, y = fnn.datasets.load_digits()
-    Xtr, ytr, Xte, yte = fnn.datasets.train_test_split(X, y, test_fraction=0.2, seed=0)
+    Xtr, ytr, Xte, yte = fnn.datasets.stratified_split(X, y, test_fraction=0.2, seed=0)
     L = fnn.layers
     if args.model == "cnn":
         Xtr, Xte = Xtr.reshape(-1, 8, 8, 1), Xte.reshape(-1, 8, 8, 1)

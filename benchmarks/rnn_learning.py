@@ -10,7 +10,7 @@
 
 Each run stops at the first epoch whose test score reaches the target (a measure of how long learning takes, not
 model selection).  Adam (adding: lr 3e-3, clip norm 1, batch 50, 10,000 training and 1,000 test sequences;
-digits: lr 5e-3, batch 32, the stratified 80/20 split of fastnn.datasets.train_test_split).  Prints one line per
+digits: lr 5e-3, batch 32, the stratified 80/20 split of fastnn.datasets.stratified_split).  Prints one line per
 epoch and a summary; exits 1 when a target is missed.  (The test suite runs smaller versions:
 tests/test_rnn_learning.py.)
 """
@@ -22,7 +22,7 @@ import warnings
 import numpy as np
 
 import fastnn as fnn
-from fastnn.datasets import adding_problem, load_digits, train_test_split
+from fastnn.datasets import adding_problem, load_digits, stratified_split
 
 
 class StopAt(fnn.callbacks.Callback):
@@ -73,7 +73,7 @@ def adding_simple_rnn_vanishes(units, T=100, n_train=2000, epochs=2, seed=0):
 
 def digits(kind, units, max_epochs, seed=0, lr=5e-3):
     X, y = load_digits(flatten=False)                    # (1797, 8, 8): 8 steps of 8 pixels
-    Xtr, ytr, Xte, yte = train_test_split(X, y, test_fraction=0.2, seed=seed)
+    Xtr, ytr, Xte, yte = stratified_split(X, y, test_fraction=0.2, seed=seed)
     L = fnn.layers
     model = fnn.Sequential([getattr(L, kind)(units), L.Dense(10)], input_shape=(8, 8), seed=seed)
     model.compile("cross_entropy", fnn.optim.Adam(lr=lr))

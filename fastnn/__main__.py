@@ -49,7 +49,7 @@ def demo(args):
     if args.model == "lstm":
         return demo_lstm(args)
     import fastnn as fnn
-    from fastnn.datasets import load_digits, train_test_split, DIGITS_CITATION
+    from fastnn.datasets import load_digits, stratified_split, DIGITS_CITATION
 
     if args.threads:
         fnn.set_num_threads(args.threads)
@@ -59,8 +59,8 @@ def demo(args):
     batch_size = batch_size if args.batch_size is None else args.batch_size
     lr = lr if args.lr is None else args.lr
     X, y = load_digits()
-    X_train, y_train, X_test, y_test = train_test_split(X, y, test_fraction=0.2, seed=args.seed)
-    X_train, y_train, X_val, y_val = train_test_split(X_train, y_train, test_fraction=0.125, seed=args.seed)
+    X_train, y_train, X_test, y_test = stratified_split(X, y, test_fraction=0.2, seed=args.seed)
+    X_train, y_train, X_val, y_val = stratified_split(X_train, y_train, test_fraction=0.125, seed=args.seed)
     print(f"fastnn {fnn.__version__} demo: UCI hand-written digits, {len(X_train)} train / {len(X_val)} validation"
           f" / {len(X_test)} test samples, {fnn.get_num_threads()} threads")
     print(f"data: {DIGITS_CITATION}")

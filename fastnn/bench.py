@@ -406,10 +406,10 @@ def run_predict(repeats, log):
 def run_digits(repeats, log):
     """The demo's training: seconds for 20 epochs (with validation), fastnn only (numpy/torch: same network)."""
     import fastnn as fnn
-    from fastnn.datasets import load_digits, train_test_split
+    from fastnn.datasets import load_digits, stratified_split
     X, y = load_digits()
-    Xtr, ytr, _, _ = train_test_split(X, y, test_fraction=0.2, seed=0)
-    Xtr, ytr, Xv, yv = train_test_split(Xtr, ytr, test_fraction=0.125, seed=0)
+    Xtr, ytr, _, _ = stratified_split(X, y, test_fraction=0.2, seed=0)
+    Xtr, ytr, Xv, yv = stratified_split(Xtr, ytr, test_fraction=0.125, seed=0)
     spec = _spec("digits", False)
     times = {"fastnn": []}
     torch = _torch()

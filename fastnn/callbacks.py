@@ -13,13 +13,19 @@ Subclass ``Callback`` and override any of ``on_train_begin(logs)``, ``on_train_e
   that do not cost nothing per batch.
 - Setting ``self.model.stop_training = True`` stops training cleanly: after the current batch, the epoch is
   closed as usual (its on_epoch_end runs) and on_train_end runs.
+- ``LambdaCallback(on_epoch_end=f, ...)`` makes a callback of plain functions (Keras' signatures), and a plain
+  function in ``fit(callbacks=[f])`` is taken as ``on_epoch_end``: ``f(epoch, logs)``.
 """
+from __future__ import annotations
+
 import csv
 import math
 import os
 import sys
 import time
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -57,19 +63,68 @@ class Callback:
 
 
 def _overrides(cb, hook):
-    return getattr(type(cb), hook, None) is not getattr(Callback, hook)
+    """Whether `cb` does something at `hook`: its class overrides it, or the instance holds a function for it
+    (a LambdaCallback given that hook)."""
+    return getattr(type(cb), hook, None) is not getattr(Callback, hook) or hook in getattr(cb, "__dict__", ())
+
+
+class LambdaCallback(Callback):
+    """A callback made of plain functions, Keras' ``LambdaCallback``: each argument given is called at its
+    hook with Keras' arguments, ``on_epoch_begin(epoch, logs)``, ``on_epoch_end(epoch, logs)``,
+    ``on_batch_begin(batch, logs)``, ``on_batch_end(batch, logs)``, ``on_train_begin(logs)``,
+    ``on_train_end(logs)`` (see the module docstring for the logs).  ``self.model`` is set as for any callback
+    but the functions do not receive it: close over the model.
+
+    Only the hooks given count: one without a batch hook leaves fit on its compiled training plan.
+
+    Example::
+
+        log = fnn.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: print(epoch, logs["loss"]))
+    """
+    HOOKS = ("on_epoch_begin", "on_epoch_end", "on_batch_begin", "on_batch_end", "on_train_begin", "on_train_end")
+
+    def __init__(self, on_epoch_begin: Callable[[int, dict | None], Any] | None = None,
+                 on_epoch_end: Callable[[int, dict | None], Any] | None = None,
+                 on_batch_begin: Callable[[int, dict | None], Any] | None = None,
+                 on_batch_end: Callable[[int, dict | None], Any] | None = None,
+                 on_train_begin: Callable[[dict | None], Any] | None = None,
+                 on_train_end: Callable[[dict | None], Any] | None = None) -> None:
+        given = dict(zip(self.HOOKS, (on_epoch_begin, on_epoch_end, on_batch_begin, on_batch_end, on_train_begin,
+                                      on_train_end)))
+        for hook, fn in given.items():
+            if fn is not None and not callable(fn):
+                raise TypeError(f"LambdaCallback: {hook} must be a function or None, got {type(fn).__name__}")
+        for hook, fn in given.items():
+            if fn is not None:
+                setattr(self, hook, fn)      # an instance attribute: called as fn(epoch, logs) / fn(logs)
+
+    def __repr__(self):
+        hooks = ", ".join(f"{h}={getattr(self, h).__name__ if hasattr(getattr(self, h), '__name__') else '...'}"
+                          for h in self.HOOKS if h in vars(self))
+        return f"LambdaCallback({hooks})"
+
+
+def as_callback(cb: Callback | Callable[[int, dict | None], Any], owner: str = "fit") -> Callback:
+    """`cb` as a Callback: a Callback as it is, a plain function (any callable that is not a Callback) as
+    ``LambdaCallback(on_epoch_end=cb)``, called ``cb(epoch, logs)`` after every epoch.  Anything else is a
+    TypeError naming `owner`."""
+    if isinstance(cb, Callback):
+        return cb
+    if callable(cb) and not isinstance(cb, type):
+        return LambdaCallback(on_epoch_end=cb)
+    raise TypeError(f"{owner}: callbacks must be fastnn.callbacks.Callback instances or functions "
+                    f"f(epoch, logs) (run after every epoch), got {type(cb).__name__}"
+                    + (" (a class: pass an instance)" if isinstance(cb, type) else ""))
 
 
 class CallbackList:
     """The callbacks of one fit call.  ``batch_hooks`` is False when no callback overrides a batch hook: fit
-    then skips the per-batch calls (and the logs dicts) entirely."""
+    then skips the per-batch calls (and the logs dicts) entirely.  Plain functions are taken as
+    ``LambdaCallback(on_epoch_end=f)`` (``as_callback``)."""
 
     def __init__(self, callbacks, model):
-        self.callbacks = list(callbacks)
+        self.callbacks = [as_callback(cb) for cb in callbacks]
         for cb in self.callbacks:
-            if not isinstance(cb, Callback):
-                raise TypeError(f"fit: callbacks must be fastnn.callbacks.Callback instances, got "
-                                f"{type(cb).__name__}")
             cb.set_model(model)
         self._begin = [cb for cb in self.callbacks if _overrides(cb, "on_batch_begin")]
         self._end = [cb for cb in self.callbacks if _overrides(cb, "on_batch_end")]
@@ -291,6 +346,7 @@ class ModelCheckpoint(Callback):
         filepath = os.fspath(filepath)
         if filepath.endswith(("/", os.sep)) or os.path.isdir(filepath):
             filepath = os.path.join(filepath, "best.fnn" if save_best_only else "epoch-{epoch:04d}.fnn")
+        _io.check_extension(filepath, "ModelCheckpoint")      # before training, not at the first save
         self.filepath = filepath
         self.monitor = monitor
         self.save_best_only = bool(save_best_only)

@@ -59,6 +59,8 @@ A temporary is named ``.<name>.<pid>.<random>.fastnn-tmp``; one left by a killed
 between the write and the rename) is removed by the next save to the same target from a process on the same
 machine.  ``save`` refuses a model holding NaN or infinity (``nonfinite_array``), which ``load`` would refuse.
 """
+from __future__ import annotations
+
 import copy
 import hashlib
 import json
@@ -187,11 +189,36 @@ def _first_nonfinite(arrays):
     return None
 
 
+# extensions of other libraries' formats: a fastnn file under one of these names would mislead whoever opens it
+FOREIGN_EXTENSIONS = {
+    ".keras": "Keras", ".h5": "HDF5 (Keras)", ".hdf5": "HDF5 (Keras)", ".pt": "PyTorch", ".pth": "PyTorch",
+    ".onnx": "ONNX", ".pkl": "pickle", ".pickle": "pickle", ".joblib": "joblib", ".safetensors": "safetensors",
+    ".tflite": "TensorFlow Lite", ".pb": "TensorFlow",
+}
+
+
+def check_extension(path: str | os.PathLike, owner: str = "save") -> None:
+    """Refuse (ValueError naming `owner`) a path whose extension is another library's format (``FOREIGN_EXTENSIONS``:
+    ".keras", ".h5", ".pt", ".onnx", ".pkl", ...): fastnn writes its own format (an ``.npz``; ".fnn" by
+    convention, ".npz" or any other name, with or without an extension, are fine)."""
+    ext = os.path.splitext(os.fspath(path))[1].lower()
+    fmt = FOREIGN_EXTENSIONS.get(ext)
+    if fmt is None:
+        return
+    hint = ("; to write ONNX, use fnn.onnx.export(model, path)" if ext == ".onnx"
+            else "; fastnn cannot write that format")
+    raise ValueError(f"{owner}: {os.fspath(path)!r} has the extension {ext!r} of the {fmt} format, but fastnn "
+                     f"saves its own format (a zip of .npy arrays with a JSON header, read by fnn.load): name the "
+                     f"file '.fnn' (or '.npz'){hint}")
+
+
 def save(model, path, include_optimizer=True):
     """Write `model` to `path` atomically (see the module docstring for the format): ``snapshot``, the
     checksums, then the atomic write.  A model holding NaN or infinity (``nonfinite_array``) is refused with a
-    ValueError before anything is written, as ``load`` would refuse the file."""
+    ValueError before anything is written, as ``load`` would refuse the file.  So is a path with another
+    library's extension (``check_extension``: ".keras", ".h5", ".pt", ".onnx", ".pkl", ...)."""
     from fastnn import schedules as _schedules
+    check_extension(path, "save")
     header, arrays = snapshot(model, include_optimizer)
     bad = _first_nonfinite(arrays)
     if bad is not None:

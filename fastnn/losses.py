@@ -9,6 +9,10 @@
 | "binary_cross_entropy" | sigmoid cross-entropy on logits, mean over all elements (yes/no, one-vs-all, multi-label) | BCEWithLogitsLoss() |
 | "sampled_softmax" | training: softmax cross-entropy over the true class and a sample of others (``SampledSoftmax``); evaluation: "cross_entropy" | tf.nn.sampled_softmax_loss |
 
+Keras' names are accepted as aliases (``ALIASES``): "sparse_categorical_crossentropy" and
+"categorical_crossentropy" are "cross_entropy", "binary_crossentropy" is "binary_cross_entropy",
+"mean_squared_error" and "mean_absolute_error" are "mse" and "mae".
+
 A model whose output layer ends in softmax (``Softmax()`` or ``Dense(..., activation="softmax")``) hands
 its logits to "cross_entropy" (fused, stable); likewise a final sigmoid with "binary_cross_entropy".
 Otherwise the model's output is taken as the logits, as torch does.
@@ -33,6 +37,8 @@ mean (it divides by the summed weights of the real steps: sum_it w_i m_it l_it /
 for the elementwise losses) nor in accuracy, and their gradient is exactly 0.  A batch without a real step
 (or whose weights on its real steps sum to 0) has loss 0 and gradient 0.
 """
+from __future__ import annotations
+
 import threading
 
 import numpy as np
@@ -412,6 +418,19 @@ class SampledSoftmax(CrossEntropy):
 
 REGISTRY = {cls.name: cls for cls in (L2, MSE, MAE, CrossEntropy, BinaryCrossEntropy, SampledSoftmax)}
 
+# Keras' names for the same losses (compile accepts them; a model keeps and saves the fastnn name).  Keras'
+# crossentropies default to from_logits=False, outputs that are probabilities: a model ending in softmax (or
+# sigmoid for "binary_crossentropy") gives exactly Keras' loss, fused here with the output layer; a model without
+# one is taken as giving logits, Keras' from_logits=True.  Both train the same network; predict returns what the
+# last layer outputs (probabilities after a softmax, logits otherwise).
+ALIASES = {
+    "sparse_categorical_crossentropy": "cross_entropy",     # integer labels (n,)
+    "categorical_crossentropy": "cross_entropy",            # one-hot or probability rows (n, k)
+    "binary_crossentropy": "binary_cross_entropy",
+    "mean_squared_error": "mse",
+    "mean_absolute_error": "mae",
+}
+
 
 def from_config(config):
     """A Loss from ``loss.get_config()`` (the name and the constructor's arguments)."""
@@ -422,13 +441,15 @@ def from_config(config):
     return cls(**config)
 
 
-def get(spec):
-    """A Loss from a name (REGISTRY) or a Loss instance."""
+def get(spec: str | Loss) -> Loss:
+    """A Loss from a name (REGISTRY, or one of Keras' names in ALIASES) or a Loss instance."""
     if isinstance(spec, Loss):
         return spec
     if isinstance(spec, str):
-        cls = REGISTRY.get(spec.lower())
+        key = spec.lower()
+        cls = REGISTRY.get(ALIASES.get(key, key))
         if cls is None:
-            raise ValueError(f"compile: unknown loss {spec!r}; known: {sorted(REGISTRY)}")
+            raise ValueError(f"compile: unknown loss {spec!r}; known: {sorted(REGISTRY)}, and Keras' names "
+                             f"{sorted(ALIASES)}")
         return cls()
     raise TypeError(f"compile: loss must be a name or a fastnn.losses.Loss, got {type(spec).__name__}")

@@ -10,25 +10,35 @@ and the trainer.
 
 ``Sequential`` is the special case of a chain, built from its first data when no input shape is given.
 """
+from __future__ import annotations
+
+import os
 import sys
 from collections import namedtuple
+from collections.abc import Sequence
+from typing import Any, TextIO, Union
 
 import numpy as np
 
 from fastnn import losses as _losses
+from fastnn import metrics as _metrics
 from fastnn import optim as _optim
 from fastnn import schedules as _schedules
-from fastnn.callbacks import History  # noqa: F401  (re-exported)
+from fastnn.callbacks import History  # (also re-exported)
 from fastnn import engine as _engine
 from fastnn.engine import Executor
 from fastnn.errors import NonFiniteError  # noqa: F401  (re-exported)
-from fastnn.graph import Graph, Input, Tensor, check_shape  # noqa: F401  (Tensor, Input: re-exported)
+from fastnn.graph import Graph, Input, Tensor, check_shape  # (Tensor, Input: also re-exported)
+from fastnn.graph import matches as _graph_matches
 from fastnn.layers.base import Layer
 from fastnn.params import ParameterTable, frozen_layers
 from fastnn.training import compiled as _compiled
 from fastnn.training.trainer import Trainer
 from fastnn._validation import check_dtype, check_number
 
+
+ArrayLike = Any                                   # numpy arrays, or what np.asarray takes
+MetricSpec = Union[str, _metrics.Metric]          # a metric name or a fastnn.metrics.Metric
 
 LoadResult = namedtuple("LoadResult", "missing_keys unexpected_keys")
 LoadResult.__doc__ = "What ``Model.load_state_dict`` returns: the keys it did not find, and those it did not use."
@@ -38,6 +48,17 @@ def _check_seed(owner, seed):
     if seed is None:
         return None
     return check_number(owner, "seed", seed, low=0, integer=True)
+
+
+def _check_verbose(owner: str, verbose: int | str | bool) -> int:
+    """`verbose` as an int 0, 1 or 2 ("auto" is 1, as in Keras); errors name `owner`."""
+    if isinstance(verbose, (bool, np.bool_)):
+        return int(verbose)
+    if isinstance(verbose, str):
+        if verbose != "auto":
+            raise TypeError(f"{owner}: verbose must be 0, 1, 2 or 'auto', got {verbose!r}")
+        return 1
+    return check_number(owner, "verbose", verbose, low=0, high=2, integer=True)
 
 
 class Model:
@@ -80,6 +101,7 @@ class Model:
         self.graph = self.table = self.engine = None
         self.loss = None
         self._optimizer = None
+        self.compile_metrics = []      # compile(metrics=...) as a list: the default of fit and evaluate
         self.nan_guard = True          # see Trainer.step; compile(nan_guard=False) / fit(nan_guard=False) turn it off
         self.stop_training = False     # set by callbacks to end fit after the current batch
         self.epochs_trained = 0        # epochs completed by fit (saved, so that a resumed run knows where it is)
@@ -106,15 +128,73 @@ class Model:
     def _build_from_data(self, feature_shape):
         raise RuntimeError(f"{self.name}: model is not built")
 
+    def _declared_input(self):
+        """The input shape the model declares before it is built (Sequential), or None."""
+        return None
+
+    def _not_built(self, what):
+        return (f"{what}: {self.name} is not built yet: its input shape is unknown, so it has no weights.  Give "
+                "the input shape (Sequential(..., input_shape=(64,)) or input_dim=64, an fnn.Input(64) as the first "
+                "item, or input_shape= on the first layer), or call model.build((None, 64)), or fit / predict once "
+                "(the first data gives the shape)")
+
+    def _require_built(self, what):
+        """Build a model that declares its input shape but is not built yet (a Sequential whose layers came
+        through ``add``); raise a ValueError naming `what` and saying how to build a model that declares none."""
+        if self.built:
+            return
+        shape = self._declared_input()
+        if shape is None:
+            raise ValueError(self._not_built(what))
+        self._build_from_data(shape)
+
+    def __getattr__(self, name):
+        # only called when normal lookup fails: the attributes that exist once the model is built
+        if name in ("parameters", "gradients", "input_shape", "output_shape") and "trainer" in self.__dict__:
+            try:
+                self._require_built(name)
+            except ValueError as exc:
+                raise AttributeError(str(exc)) from None
+            return self.__dict__[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def build(self, input_shape: Sequence[int | None] | None = None) -> Model:
+        """Build the model for inputs of shape `input_shape`, Keras' ``build``: the batch shape, its first axis
+        the batch (None or any size, ignored), e.g. ``(None, 64)`` or ``(None, 28, 28, 1)``.  Allocates and
+        initializes the weights of a Sequential not built yet; a built model only checks that the shape is its
+        own.  ``input_shape=None`` builds from the declared input shape (or raises saying there is none).
+        Returns the model."""
+        if input_shape is None:
+            self._require_built("build")
+            return self
+        if isinstance(input_shape, (int, np.integer)) or not isinstance(input_shape, (tuple, list)) \
+                or len(input_shape) < 2:
+            raise ValueError(f"build: input_shape is Keras' batch shape, the batch axis first, e.g. (None, 64) for "
+                             f"samples of 64 features; got {input_shape!r}")
+        shape = check_shape(type(self).__name__, "input_shape (without its batch axis)", tuple(input_shape)[1:])
+        if self.built:
+            if not _graph_matches(shape, self.input_shape):
+                raise ValueError(f"build: {self.name} is built for inputs (None, "
+                                 f"{', '.join(map(str, self.input_shape))}), got {tuple(input_shape)}")
+            return self
+        declared = self._declared_input()
+        if declared is not None and shape != declared:
+            raise ValueError(f"build: {self.name} declares the input shape {declared}, got {shape} (from "
+                             f"{tuple(input_shape)})")
+        self._build_from_data(shape)
+        return self
+
     @property
     def layers(self):
         """The layers, in the order they run."""
         return self.graph.layers
 
-    def count_params(self, trainable=None):
+    def count_params(self, trainable: bool | None = None) -> int:
         """The number of scalar parameters: all of them (default), the trainable ones (``trainable=True``) or
         the frozen ones (False), by the layers' current ``trainable`` flags.  Layer buffers (BatchNorm's running
-        statistics) are not parameters and are not counted."""
+        statistics) are not parameters and are not counted.  An unbuilt model is a ValueError saying how to
+        build it."""
+        self._require_built("count_params")
         if trainable is None:
             return int(self.parameters.size)
         if not isinstance(trainable, (bool, np.bool_)):
@@ -123,10 +203,12 @@ class Model:
         n = sum(r.size for r in self.table.rows if (id(r.layer) not in frozen) == bool(trainable))
         return int(n)
 
-    def summary(self, file=None):
+    def summary(self, file: TextIO | None = None) -> None:
         """Print a table of the layers, their output shapes and parameter counts (marked "frozen" for a frozen
         layer), then the totals: all, trainable and non-trainable parameters (as Keras, by the current
-        ``trainable`` flags) and the values in layer buffers."""
+        ``trainable`` flags) and the values in layer buffers.  An unbuilt model is a ValueError saying how to
+        build it."""
+        self._require_built("summary")
         file = file or sys.stdout
         frozen = frozen_layers(self.graph.layers)
         rows = [("layer", "output shape", "params")]
@@ -148,8 +230,7 @@ class Model:
     def _weight_entries(self):
         """[(layer, kind, name, array)] in the order of get_weights: the layers in graph order, each layer's
         parameters in its ParamSpec order ("param"), then its buffers ("buffer")."""
-        if not self.built:
-            raise ValueError(f"{self.name}: the model is not built yet (give input_dim, or fit/predict once)")
+        self._require_built("weights")
         out = []
         for layer in self.graph.layers:
             out += [(layer, "param", name, view) for name, view in layer.params.items()]
@@ -250,8 +331,13 @@ class Model:
         """An independent copy: same architecture, weights, buffers, loss, optimizer with its state, generator
         states and ``epochs_trained``, sharing no memory with this model (``fastnn.io.clone``: the save format
         in memory).  Both, trained the same way from here, give the same weights."""
+        import copy
+
         from fastnn import io as _io
-        return _io.clone(self)
+        self._require_built("clone")
+        new = _io.clone(self)
+        new.compile_metrics = copy.deepcopy(self.compile_metrics)
+        return new
 
     # ================================================================== training / inference mode
     def train(self, mode=True):
@@ -271,7 +357,10 @@ class Model:
         return self.train(False)
 
     # ================================================================== compile
-    def compile(self, loss, optimizer="adam", clip_norm=None, clip_value=None, lr_schedule=None, nan_guard=True):
+    def compile(self, loss: str | _losses.Loss, optimizer: str | _optim.Optimizer = "adam",
+                clip_norm: float | None = None, clip_value: float | None = None,
+                lr_schedule: _schedules.Schedule | None = None, nan_guard: bool = True,
+                metrics: MetricSpec | Sequence[MetricSpec] | None = None) -> Model:
         """Set the loss and the optimizer.  Never re-initializes the weights.
 
         The layers' ``trainable`` flags take effect here (as in Keras): the optimizer updates the parameters of
@@ -292,9 +381,16 @@ class Model:
                 the schedule has ``per_step=True``).
             nan_guard: check every training step for NaN/inf (loss, gradients, updated parameters) and stop
                 with NonFiniteError, weights rolled back (see ``Trainer.step``).  On by default.
+            metrics: names or ``fastnn.metrics.Metric`` objects (as ``fit(metrics=...)``), checked here against
+                the loss: ``fit`` reports them every epoch (training and validation) and ``evaluate`` returns
+                them, unless those calls are given ``metrics=`` of their own (which then win).  "accuracy" is
+                reported for classification losses whether it is listed or not.  Not saved with the model.
         """
         loss = _losses.get(loss)
-        optimizer = _optim.get(optimizer)
+        self.trainer.metric_objects(metrics, "compile", loss=loss)     # checked now; fit / evaluate resolve them
+        metric_specs = [] if metrics is None else [metrics] if isinstance(metrics, (str, _metrics.Metric)) \
+            else list(metrics)
+        opt = _optim.get(optimizer)
         if not isinstance(nan_guard, (bool, np.bool_)):
             raise TypeError(f"compile: nan_guard must be a bool, got {type(nan_guard).__name__}")
         clip_norm = None if clip_norm is None else check_number("compile", "clip_norm", clip_norm, low=0.0)
@@ -303,11 +399,12 @@ class Model:
         if lr_schedule is not None and not isinstance(lr_schedule, _schedules.Schedule):
             raise TypeError(f"compile: lr_schedule must be a fastnn.schedules.Schedule or None, got "
                             f"{type(lr_schedule).__name__}")
-        optimizer._claim(self)      # refuses an optimizer that trains another model, before anything changes
+        opt._claim(self)      # refuses an optimizer that trains another model, before anything changes
         self.nan_guard = bool(nan_guard)
-        self.loss, self._optimizer = loss, optimizer
+        self.loss, self._optimizer = loss, opt
+        self.compile_metrics = metric_specs
         self.clip_norm, self.clip_value, self.lr_schedule = clip_norm, clip_value, lr_schedule
-        self.trainer.base_lr = optimizer.lr
+        self.trainer.base_lr = opt.lr
         if self.built:
             self.trainer.attach()
         return self
@@ -326,12 +423,16 @@ class Model:
         if self.loss is None:
             raise ValueError(f"{self.name}: set the optimizer with compile(loss, optimizer=...); the model has no "
                              "loss yet")
-        self.compile(self.loss, value, self.clip_norm, self.clip_value, self.lr_schedule, self.nan_guard)
+        self.compile(self.loss, value, self.clip_norm, self.clip_value, self.lr_schedule, self.nan_guard,
+                     self.compile_metrics)
 
     # ================================================================== training
-    def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_split=0.0, validation_data=None,
-            metrics=None, class_weight=None, sample_weight=None, initial_epoch=0, callbacks=None, verbose=0,
-            nan_guard=None, diagnostics=False, distributed=None):
+    def fit(self, X: ArrayLike, y: ArrayLike, epochs: int = 1, batch_size: int = 32, shuffle: bool = True,
+            validation_split: float = 0.0, validation_data: tuple | None = None,
+            metrics: MetricSpec | Sequence[MetricSpec] | None = None, class_weight: str | dict | None = None,
+            sample_weight: ArrayLike | None = None, initial_epoch: int = 0, callbacks: Any = None,
+            verbose: int | str = 0, nan_guard: bool | None = None, diagnostics: bool = False,
+            distributed: Any = None) -> History:
         """Train in mini-batches, epochs ``initial_epoch`` .. ``epochs - 1``; returns a History.
 
         Args:
@@ -343,15 +444,17 @@ class Model:
                 are held out and evaluated after every epoch.  Ignored when validation_data is given.
             validation_data: (X_val, y_val) or (X_val, y_val, sample_weight_val), evaluated after every epoch.
             metrics: names or fastnn.metrics.Metric objects: "accuracy", "top_k_accuracy", "mae", "mse", "r2"
-                (see fastnn.metrics); "accuracy" is always reported for classification losses.
+                (see fastnn.metrics); "accuracy" is always reported for classification losses.  None (default):
+                those given to ``compile(metrics=...)``; ``[]``: none.
             class_weight: "balanced" (n / (n_classes * count of the class), as sklearn computes it, over the
                 training labels) or a dict {class: weight} (missing classes weigh 1); training only.
             sample_weight: per-sample weights (n,), >= 0; multiplied by the class weights.  The loss becomes the
                 weighted mean sum(w l) / sum(w) (torch's definition; see fastnn.losses).
             initial_epoch: the epoch to start at (resuming: ``model.epochs_trained`` of a loaded checkpoint).
-            callbacks: fastnn.callbacks.Callback objects.
-            verbose: 0 silent; 1 a live progress bar on a terminal (one line per epoch when stdout is not a
-                terminal); 2 one line per epoch.
+            callbacks: fastnn.callbacks.Callback objects, or plain functions ``f(epoch, logs)`` run after every
+                epoch (``fastnn.callbacks.LambdaCallback(on_epoch_end=f)``).
+            verbose: 0 silent; 1 (or "auto", Keras' default) a live progress bar on a terminal (one line per
+                epoch when stdout is not a terminal); 2 one line per epoch.
             nan_guard: override the compile setting for this call (see ``Trainer.step``).
             diagnostics: record per-layer training-health diagnostics every epoch in
                 ``history.history["diagnostics"]`` (one dict per epoch, {layer name: {"grad_norm", "weight_norm",
@@ -367,6 +470,9 @@ class Model:
         classification losses; the other metrics are measured on the same forward passes; "val_..." are
         evaluated in inference mode after the epoch; "time" is the epoch's seconds.
         """
+        verbose = _check_verbose("fit", verbose)
+        if metrics is None:
+            metrics = self.compile_metrics
         with self.trainer.exclusive("fit"):      # one thread trains a model at a time
             return self.trainer.fit(X, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
                                     validation_split=validation_split, validation_data=validation_data,
@@ -379,14 +485,39 @@ class Model:
         with self.trainer.exclusive("train_on_batch"):
             return self.trainer.train_on_batch(X, y)
 
-    def evaluate(self, X, y, batch_size=None, sample_weight=None, metrics=None):
+    def evaluate(self, X: ArrayLike, y: ArrayLike, batch_size: int | None = None,
+                 sample_weight: ArrayLike | None = None, metrics: MetricSpec | Sequence[MetricSpec] | None = None,
+                 verbose: int | str = 0, return_dict: bool | None = None) -> dict[str, float] | list[float] | float:
         """The loss (and accuracy, for classification losses; and the given metrics) on (X, y) in inference
-        mode, as a dict.  ``sample_weight`` weights the loss as in fit."""
-        return self.trainer.evaluate(X, y, batch_size=batch_size, sample_weight=sample_weight, metrics=metrics)
+        mode.  ``sample_weight`` weights the loss as in fit.
+
+        Args:
+            verbose: 0 (default) prints nothing; 1, 2 or "auto" print one line, ``evaluate - loss 0.1234 -
+                accuracy 0.9600`` (Keras' progress bar is not drawn: evaluation is one pass).
+            metrics: as for fit; None (default): those given to ``compile(metrics=...)``.
+            return_dict: None (default, fastnn's form) or True: a dict {"loss": ..., "accuracy": ..., metric
+                name: ...}.  False: Keras' form, the dict's values as a list ``[loss, accuracy, ...]`` when it has
+                more than the loss, else the loss alone (a float).  Keras returns that list by default; fastnn
+                keeps the dict, which it has always returned.
+        """
+        verbose = _check_verbose("evaluate", verbose)
+        if return_dict is not None and not isinstance(return_dict, (bool, np.bool_)):
+            raise TypeError(f"evaluate: return_dict must be a bool or None, got {type(return_dict).__name__}")
+        if metrics is None:
+            metrics = self.compile_metrics
+        logs = self.trainer.evaluate(X, y, batch_size=batch_size, sample_weight=sample_weight, metrics=metrics)
+        if verbose:
+            print("evaluate - " + " - ".join(f"{k} {v:.4f}" for k, v in logs.items()), flush=True)
+        if return_dict is None or return_dict:
+            return logs
+        values = list(logs.values())
+        return values if len(values) > 1 else values[0]
 
     # ================================================================== public inference API
-    def predict(self, X, batch_size=None):
+    def predict(self, X: ArrayLike, batch_size: int | None = None, verbose: int | str = 0) -> np.ndarray:
         """The network's output for X (inference mode), as a new array of shape (n, *output_shape).
+
+        ``verbose`` (0, 1, 2 or "auto") is accepted for Keras code and checked; predict prints nothing.
 
         A model ending in softmax (or sigmoid) returns probabilities, also when its loss is fused.
 
@@ -396,6 +527,8 @@ class Model:
         moment of training (possibly between the updates of one step).  The model's mode (``model.training``)
         is not touched.
         """
+        if verbose != 0:
+            _check_verbose("predict", verbose)
         if (type(X) is np.ndarray and batch_size is None and X.dtype == self.dtype and X.ndim == 2
                 and self.built and X.shape[0] > 0 and X.shape[1:] == self.input_shape and X.flags.c_contiguous):
             out = _compiled.predict(self, X)       # fast path: a compiled inference plan, no per-layer Python
@@ -425,6 +558,43 @@ class Model:
         finally:
             self.engine.checkin(engine)
         return out
+
+    def __call__(self, X: ArrayLike, training: bool | None = False) -> np.ndarray:
+        """``model(X)``: the output array for X, as ``predict(X)`` (inference mode; a new numpy array, not a
+        tensor).  ``training`` must be False (or None): training runs through fit / train_on_batch.  A model is not
+        called on symbolic tensors (fastnn models do not nest as layers)."""
+        if training:
+            raise ValueError(f"{self.name}(X, training=True): calling a model runs inference only; train with "
+                             "fit or train_on_batch (model(X) is predict(X))")
+        if isinstance(X, Tensor):
+            raise TypeError(f"{self.name}: a model is called on arrays (model(X) is predict(X)); a model cannot be "
+                            "called on a symbolic tensor to nest it in another model: use its layers instead")
+        return self.predict(X)
+
+    def get_layer(self, name: str | None = None, index: int | None = None) -> Layer:
+        """A layer by name or by its index in ``model.layers`` (Keras' ``get_layer``: give one of the two).
+        A layer nested in a container (a Residual's block) is found by name too, once the model is built.
+        Not found: a ValueError listing the layer names."""
+        if (name is None) == (index is None):
+            raise ValueError(f"get_layer: give a name or an index (one of the two), got name={name!r}, "
+                             f"index={index!r}")
+        layers = self.layers
+        if index is not None:
+            if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
+                raise TypeError(f"get_layer: index must be an int, got {type(index).__name__}")
+            if not -len(layers) <= index < len(layers):
+                raise ValueError(f"get_layer: index {index} is out of range: {self.name} has {len(layers)} layers")
+            return layers[index]
+        if not isinstance(name, str):
+            raise TypeError(f"get_layer: name must be a str, got {type(name).__name__}")
+        every = list(layers)
+        if self.built:
+            every += [layer for layer in self.graph.layers if all(layer is not x for x in layers)]
+        for layer in every:
+            if layer.name == name:
+                return layer
+        raise ValueError(f"get_layer: {self.name} has no layer named {name!r}; its layers: "
+                         f"{', '.join(layer.name for layer in every)}")
 
     def predict_classes(self, X, threshold=0.5, batch_size=None):
         """Class decisions for X (inference mode).
@@ -459,16 +629,20 @@ class Model:
         return _diagnostics.diagnose(self, X, y, batch_size=batch_size, file=file, verbose=verbose)
 
     # ================================================================== saving
-    def save(self, path, include_optimizer=True):
+    def save(self, path: str | os.PathLike, include_optimizer: bool = True) -> None:
         """Save the model to one file (fastnn.io's format): architecture, weights, layer buffers, loss,
-        optimizer and its state, generator states, ``epochs_trained``.  The write is atomic.
+        optimizer and its state, generator states, ``epochs_trained``.  The write is atomic.  Name it ``.fnn``
+        (or ``.npz``, or anything else): another library's extension (".keras", ".h5", ".pt", ".onnx", ".pkl",
+        ...) is a ValueError, since the file would not be in that format (``fnn.onnx.export`` writes ONNX).
 
         After a distributed fit (``fit(distributed=...)``) only rank 0 writes; the other ranks return without
         writing (the models are identical; call ``DataParallel.barrier()`` before another rank reads the file)."""
+        from fastnn import io as _io
+        _io.check_extension(path, "save")
+        self._require_built("save")
         dist = self.trainer.distributed
         if dist is not None and dist.rank != 0:
             return
-        from fastnn import io as _io
         _io.save(self, path, include_optimizer=include_optimizer)
 
     def __repr__(self):
@@ -480,19 +654,28 @@ class Sequential(Model):
     """A chain of layers, each fed by the previous one.
 
     Args:
-        layers: the layers, first to last.
+        layers: the layers, first to last; the first item may be an ``fnn.Input(shape)`` (Keras 3), which gives
+            the input shape.
         input_dim: the number of input features (or the input shape as a tuple).  Given, the model is built
             (weights allocated and initialized) at construction; otherwise on the first fit/predict.
         seed, dtype: as for Model.
         input_shape: the shape of one sample, e.g. ``(H, W, C)`` or ``(None, F)`` for sequences of any length
             (Keras' name; give this or input_dim, not both).
 
+    The input shape may come from ``input_dim`` / ``input_shape``, from an ``fnn.Input`` first in ``layers``, or
+    from ``input_shape=`` / ``input_dim=`` given to the first layer (Keras' ``Dense(10, input_shape=(64,))``);
+    two of them that disagree are a ValueError.  With one of them the model is built at construction (or, for
+    layers given through ``add``, when first used).
+
     Example::
 
         model = fnn.Sequential([fnn.layers.Dense(128, activation="relu"), fnn.layers.Dense(10)], input_dim=64)
+        model = fnn.Sequential([fnn.Input(64), fnn.layers.Dense(128, activation="relu"), fnn.layers.Dense(10)])
     """
 
-    def __init__(self, layers=None, input_dim=None, seed=0, dtype="float32", name=None, input_shape=None):
+    def __init__(self, layers: Sequence[Layer | Tensor] | None = None,
+                 input_dim: int | Sequence[int | None] | None = None, seed: int | None = 0, dtype: str = "float32",
+                 name: str | None = None, input_shape: int | Sequence[int | None] | None = None) -> None:
         self._init_common(seed, dtype, name)
         if input_dim is not None and input_shape is not None:
             raise ValueError(f"{self.name}: give input_dim or input_shape, not both (got {input_dim!r} and "
@@ -502,17 +685,41 @@ class Sequential(Model):
             shape = Input(input_dim).shape
         elif input_shape is not None:
             shape = check_shape(type(self).__name__, "input_shape", input_shape)
-        self._layers = []
-        self._layer_ids = set()     # add's check that a layer is not added twice, in constant time
+        self._input = shape         # the declared per-sample input shape (None: from the first layer, or the data)
+        self._layers: list[Layer] = []
+        self._layer_ids: set[int] = set()     # add's check that a layer is not added twice, in constant time
+        if isinstance(layers, (Layer, Tensor)):
+            raise TypeError(f"{self.name}: layers must be a list of layers, got one {type(layers).__name__}; "
+                            "write Sequential([...])")
         for layer in (layers or []):
             self.add(layer)
+        shape = self._declared_input()
         if shape is not None:
             self._build_from_data(shape)
 
-    def add(self, layer):
-        """Append a layer (before the model is built)."""
+    def _declared_input(self):
+        """The declared input shape: Sequential's input_dim / input_shape, an ``fnn.Input`` added first, or the
+        first layer's ``input_shape=`` (None: none declared; the model is built from the first data)."""
+        if self._input is not None:
+            return self._input
+        return self._layers[0].declared_input_shape if self._layers else None
+
+    def add(self, layer: Layer | Tensor) -> None:
+        """Append a layer (before the model is built).  An ``fnn.Input(shape)`` added before any layer declares
+        the input shape (Keras 3's ``model.add(keras.Input(shape))``)."""
         if self.built:
             raise RuntimeError(f"{self.name}: cannot add layers to a built model")
+        if isinstance(layer, Tensor):
+            if layer.layer is not None:
+                raise TypeError(f"{self.name}: Sequential takes layers (and an fnn.Input first), got the output "
+                                f"tensor of {layer.layer.name}; use fnn.Model(inputs, outputs) for a graph")
+            if self._layers:
+                raise ValueError(f"{self.name}: an fnn.Input can only come first, before the layers")
+            if self._input is not None and tuple(layer.shape) != self._input:
+                raise ValueError(f"{self.name}: the fnn.Input has shape {tuple(layer.shape)}, but the input shape "
+                                 f"{self._input} was also given; give it once")
+            self._input = tuple(layer.shape)
+            return
         if not isinstance(layer, Layer):
             raise TypeError(f"{self.name}: expected a fastnn layer, got {type(layer).__name__}")
         if layer._in_graph or id(layer) in self._layer_ids:
@@ -527,7 +734,8 @@ class Sequential(Model):
     def _build_from_data(self, feature_shape):
         if not self._layers:
             raise ValueError(f"{self.name}: the model has no layers")
-        x = inp = Input(feature_shape)
+        declared = self._declared_input()
+        x = inp = Input(feature_shape if declared is None else declared)
         try:
             for layer in self._layers:
                 x = layer(x)

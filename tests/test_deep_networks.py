@@ -20,7 +20,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def digits():
     X, y = fnn.datasets.load_digits()
-    return fnn.datasets.train_test_split(X, y, test_fraction=0.2, seed=0)   # X_train, y_train, X_test, y_test
+    return fnn.datasets.stratified_split(X, y, test_fraction=0.2, seed=0)   # X_train, y_train, X_test, y_test
 
 
 def test_residual_network_with_batchnorm_reaches_097(digits):

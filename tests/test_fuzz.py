@@ -507,7 +507,7 @@ def test_fit_refuses_a_non_bool_shuffle_and_non_iterable_callbacks():
     before = model.get_weights()
     with pytest.raises(TypeError, match="fit: shuffle must be a bool, got str 'yes'"):
         model.fit(X, y, shuffle="yes")
-    with pytest.raises(TypeError, match="fit: callbacks must be a Callback or a list of them, got int"):
+    with pytest.raises(TypeError, match="fit: callbacks must be a Callback or a function, or a list of them, got int"):
         model.fit(X, y, callbacks=3)
     for a, b in zip(before, model.get_weights()):
         np.testing.assert_array_equal(a, b)

@@ -484,9 +484,9 @@ def test_digits_reach_96_percent_with_the_demo_settings():
     # the settings of `python -m fastnn demo` (fastnn/__main__.py), its defaults
     X, y = fnn.datasets.load_digits()
     assert X.shape == (1797, 64) and y.shape == (1797,) and 0 <= X.min() and X.max() <= 1
-    X_train, y_train, X_test, y_test = fnn.datasets.train_test_split(X, y, test_fraction=0.2, seed=0)
+    X_train, y_train, X_test, y_test = fnn.datasets.stratified_split(X, y, test_fraction=0.2, seed=0)
     assert len(X_test) == pytest.approx(0.2 * len(X), abs=10)
-    X_train, y_train, X_val, y_val = fnn.datasets.train_test_split(X_train, y_train, test_fraction=0.125, seed=0)
+    X_train, y_train, X_val, y_val = fnn.datasets.stratified_split(X_train, y_train, test_fraction=0.125, seed=0)
     model = fnn.Sequential([
         Dense(128, activation="relu", kernel_init="he_normal"),
         Dense(64, activation="tanh"),

@@ -11,7 +11,7 @@ L = fnn.layers
 @pytest.fixture(scope="module")
 def digits():
     X, y = fnn.datasets.load_digits()
-    return fnn.datasets.train_test_split(X, y, test_fraction=0.2, seed=0)
+    return fnn.datasets.stratified_split(X, y, test_fraction=0.2, seed=0)
 
 
 @pytest.fixture

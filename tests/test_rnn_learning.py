@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import fastnn as fnn
-from fastnn.datasets import adding_problem, load_digits, train_test_split
+from fastnn.datasets import adding_problem, load_digits, stratified_split
 from fastnn.diagnostics import TrainingHealthWarning
 
 L = fnn.layers
@@ -76,7 +76,7 @@ def test_adding_problem_T_20_is_learned(kind):
 
 def test_digits_as_sequences_of_rows_reach_97_percent():
     X, y = load_digits(flatten=False)                     # (1797, 8, 8): 8 steps of 8 pixels
-    Xtr, ytr, Xte, yte = train_test_split(X, y, test_fraction=0.2, seed=0)
+    Xtr, ytr, Xte, yte = stratified_split(X, y, test_fraction=0.2, seed=0)
     model = fnn.Sequential([L.GRU(64), L.Dense(10)], input_shape=(8, 8), seed=0)
     model.compile("cross_entropy", fnn.optim.Adam(lr=5e-3))
     model.fit(Xtr, ytr, epochs=25, batch_size=32)

@@ -11,8 +11,16 @@ Richard III) of ``data/tinyshakespeare/input.txt`` in Andrej Karpathy's char-rnn
 are in the public domain; the excerpt is unchanged.  Stored as data/shakespeare.txt.
 
 ``adding_problem(n, T, seed)``: the adding problem of Hochreiter and Schmidhuber (1997), generated.
+
+``train_test_split(*arrays, test_size=None, train_size=None, random_state=None, shuffle=True, stratify=None)``:
+scikit-learn's, returning ``X_train, X_test, y_train, y_test``; ``stratified_split(X, y, test_fraction, seed)``:
+fastnn's stratified split of the demo and the tests, returning ``X_train, y_train, X_test, y_test``.
 """
+from __future__ import annotations
+
+import math
 import os
+from typing import Any
 
 import numpy as np
 
@@ -38,11 +46,14 @@ def load_digits(dtype="float32", flatten=True):
     return np.ascontiguousarray(X, dtype=dtype), target.astype(np.int64)
 
 
-def train_test_split(X, y, test_fraction=0.2, seed=0):
-    """Shuffle with `seed` and split into (X_train, y_train, X_test, y_test), stratified by label."""
+def stratified_split(X: np.ndarray, y: np.ndarray, test_fraction: float = 0.2,
+                     seed: int | None = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Shuffle with `seed` and split into ``(X_train, y_train, X_test, y_test)`` (note the order), stratified by
+    label: each class gives ``round(count * test_fraction)`` of its samples to the test part.  The split the demo,
+    the tests and the benchmarks use (fastnn's ``train_test_split`` before it took scikit-learn's signature)."""
     rng = np.random.default_rng(seed)
     y = np.asarray(y)
-    test = []
+    test: list[int] = []
     for c in np.unique(y):
         members = np.flatnonzero(y == c)
         rng.shuffle(members)
@@ -53,6 +64,148 @@ def train_test_split(X, y, test_fraction=0.2, seed=0):
     rng.shuffle(train_idx)
     rng.shuffle(test_idx)
     return X[train_idx], y[train_idx], X[test_idx], y[test_idx]
+
+
+def _split_sizes(n, test_size, train_size):
+    """(n_train, n_test) as scikit-learn's ``_validate_shuffle_split`` computes them (default test_size 0.25)."""
+    if test_size is None and train_size is None:
+        test_size = 0.25
+    sizes = {}
+    for name, value in (("test_size", test_size), ("train_size", train_size)):
+        kind = None if value is None else np.asarray(value).dtype.kind
+        if kind is not None and kind not in "if":
+            raise ValueError(f"train_test_split: {name} must be a float in (0, 1), an int or None, got {value!r}")
+        if (kind == "i" and not 0 < value < n) or (kind == "f" and not 0 < value < 1):
+            raise ValueError(f"train_test_split: {name}={value} should be either positive and smaller than the "
+                             f"number of samples {n} or a float in the (0, 1) range")
+        sizes[name] = (kind, value)
+    (test_kind, test_size), (train_kind, train_size) = sizes["test_size"], sizes["train_size"]
+    if test_kind == "f" and train_kind == "f" and train_size + test_size > 1:
+        raise ValueError(f"train_test_split: test_size + train_size = {train_size + test_size} should be in the "
+                         "(0, 1) range")
+    n_test = math.ceil(test_size * n) if test_kind == "f" else test_size
+    n_train = math.floor(train_size * n) if train_kind == "f" else train_size
+    if train_size is None:
+        n_train = n - n_test
+    elif test_size is None:
+        n_test = n - n_train
+    if n_train + n_test > n:
+        raise ValueError(f"train_test_split: train_size + test_size = {n_train + n_test} samples, more than the "
+                         f"{n} given")
+    if n_train == 0:
+        raise ValueError(f"train_test_split: with {n} samples, test_size={test_size} and train_size={train_size}, "
+                         "the train set would be empty")
+    return int(n_train), int(n_test)
+
+
+def _approximate_mode(class_counts, n_draws, rng):
+    """scikit-learn's ``_approximate_mode``: per class, how many of `n_draws` to take (ties broken by `rng`)."""
+    continuous = class_counts / class_counts.sum() * n_draws
+    floored = np.floor(continuous)
+    need = int(n_draws - floored.sum())
+    if need > 0:
+        remainder = continuous - floored
+        for value in np.sort(np.unique(remainder))[::-1]:
+            inds, = np.where(remainder == value)
+            add = min(len(inds), need)
+            floored[rng.choice(inds, size=add, replace=False)] += 1
+            need -= add
+            if need == 0:
+                break
+    return floored.astype(int)
+
+
+def _take(a, idx):
+    if hasattr(a, "iloc"):                  # a pandas object: by position
+        return a.iloc[idx]
+    if isinstance(a, (list, tuple)):        # a list stays a list (as scikit-learn)
+        return [a[i] for i in idx]
+    return a[idx]
+
+
+def train_test_split(*arrays: Any, test_size: float | int | None = None, train_size: float | int | None = None,
+                     random_state: int | np.random.RandomState | None = None, shuffle: bool = True,
+                     stratify: Any = None, **unknown: Any) -> list[Any]:
+    """Split arrays into random train and test subsets, scikit-learn's ``train_test_split`` (same signature,
+    same sizes, same order, and the same split for the same ``random_state``).
+
+    Args:
+        *arrays: arrays (or lists, pandas objects) with the same first dimension.
+        test_size: a float in (0, 1), the test fraction (rounded up), or an int, the number of test samples;
+            None: the complement of train_size, or 0.25 when both are None.
+        train_size: the same for the train part (a fraction rounded down); None: the complement of test_size.
+        random_state: an int, a ``numpy.random.RandomState`` or None (numpy's global RandomState), as in
+            scikit-learn.
+        shuffle: False takes the first samples for training and the next ones for test (no stratify then).
+        stratify: labels (n,) (or rows (n, k)) to split in proportion to: each class keeps its share in both parts.
+
+    Returns:
+        ``X_train, X_test, y_train, y_test, ...``: for each array its train and test parts, interleaved.
+
+    fastnn's earlier ``train_test_split(X, y, test_fraction, seed)``, which returned ``X_train, y_train, X_test,
+    y_test``, is ``stratified_split``.
+    """
+    if unknown:
+        old = {"test_fraction", "seed"} & set(unknown)
+        hint = (" (fastnn's former train_test_split(X, y, test_fraction, seed), returning X_train, y_train, X_test, "
+                "y_test, is now fastnn.datasets.stratified_split)") if old else ""
+        raise TypeError(f"train_test_split: unexpected keyword argument(s) {sorted(unknown)}; it takes scikit-learn's "
+                        f"test_size, train_size, random_state, shuffle, stratify{hint}")
+    if not arrays:
+        raise ValueError("train_test_split: at least one array is required")
+    lengths = [len(a) for a in arrays]
+    if len(set(lengths)) != 1:
+        raise ValueError(f"train_test_split: the arrays have different numbers of samples: {lengths}")
+    n = lengths[0]
+    n_train, n_test = _split_sizes(n, test_size, train_size)
+    if not shuffle:
+        if stratify is not None:
+            raise ValueError("train_test_split: stratify needs shuffle=True (as in scikit-learn)")
+        train, test = np.arange(n_train), np.arange(n_train, n_train + n_test)
+    else:
+        if random_state is None:
+            rng = np.random.mtrand._rand         # numpy's global RandomState, as scikit-learn's check_random_state
+        elif isinstance(random_state, np.random.RandomState):
+            rng = random_state
+        elif isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
+            rng = np.random.RandomState(random_state)
+        else:
+            raise ValueError(f"train_test_split: random_state must be an int, a numpy.random.RandomState or None, "
+                             f"got {random_state!r}")
+        if stratify is None:
+            perm = rng.permutation(n)
+            test, train = perm[:n_test], perm[n_test:n_test + n_train]
+        else:
+            train, test = _stratified_indices(np.asarray(stratify), n, n_train, n_test, rng)
+    out = []
+    for a in arrays:
+        out += [_take(a, train), _take(a, test)]
+    return out
+
+
+def _stratified_indices(y, n, n_train, n_test, rng):
+    """The (train, test) indices of scikit-learn's StratifiedShuffleSplit (its first split)."""
+    if len(y) != n:
+        raise ValueError(f"train_test_split: stratify has {len(y)} labels for {n} samples")
+    if y.ndim == 2:                           # multi-label rows: one class per distinct row
+        y = np.array([" ".join(row.astype("str")) for row in y])
+    classes, y_idx, counts = np.unique(y, return_inverse=True, return_counts=True)
+    if counts.min() < 2:
+        raise ValueError(f"train_test_split: stratify: the classes {classes[counts < 2].tolist()} have only 1 "
+                         "member; each class needs at least 2")
+    for what, size in (("train", n_train), ("test", n_test)):
+        if size < len(classes):
+            raise ValueError(f"train_test_split: the {what} part ({size} samples) must hold at least one sample of "
+                             f"each of the {len(classes)} classes")
+    members = np.split(np.argsort(y_idx, kind="stable"), np.cumsum(counts)[:-1])
+    n_i = _approximate_mode(counts, n_train, rng)
+    t_i = _approximate_mode(counts - n_i, n_test, rng)
+    train, test = [], []
+    for i in range(len(classes)):
+        perm = members[i].take(rng.permutation(counts[i]), mode="clip")
+        train.extend(perm[:n_i[i]])
+        test.extend(perm[n_i[i]:n_i[i] + t_i[i]])
+    return rng.permutation(train), rng.permutation(test)
 
 
 SHAKESPEARE_SOURCE = ("W. Shakespeare (public domain), the first 199,994 bytes of data/tinyshakespeare/input.txt of "

@@ -24,7 +24,10 @@ output's mask (per output for a multi-output layer); it is also called at build 
 any incoming one.  The executor computes masks only in graphs that have a producer, and the loss ignores the
 masked positions of the model's output.
 """
+from __future__ import annotations
+
 import difflib
+import inspect
 from collections import OrderedDict, namedtuple
 
 import numpy as np
@@ -32,7 +35,7 @@ import numpy as np
 from fastnn._core._threads import get_num_threads  # noqa: F401  (re-exported for the layer modules)
 from fastnn._core.attrs import StrictAttributes
 from fastnn.initializers import default_fans
-from fastnn.graph import Tensor
+from fastnn.graph import Tensor, check_shape
 
 class ParamSpec(namedtuple("ParamSpec", "name shape init decay fan_in fan_out unit_axis")):
     """A parameter a layer asks for.
@@ -93,12 +96,41 @@ def trainable_changes():
     return _trainable_changes[0]
 
 
+# layer class -> the names of input_shape / input_dim that its constructor takes itself (Embedding's input_dim)
+_own_input_kwargs: dict[type, frozenset] = {}
+
+
+def _declared_input(cls, kwargs):
+    """Take Keras' ``input_shape=`` / ``input_dim=`` out of a layer constructor's `kwargs` (unless the class's
+    constructor has a parameter of that name itself, as Embedding's ``input_dim``, the vocabulary size) and
+    return the per-sample shape they declare, or None."""
+    own = _own_input_kwargs.get(cls)
+    if own is None:
+        params = inspect.signature(cls.__init__).parameters
+        own = _own_input_kwargs[cls] = frozenset(k for k in ("input_shape", "input_dim") if k in params)
+    given = {k: kwargs.pop(k) for k in ("input_shape", "input_dim") if k not in own and k in kwargs}
+    given = {k: v for k, v in given.items() if v is not None}
+    if not given:
+        return None
+    if len(given) == 2:
+        raise ValueError(f"{cls.__name__}: give input_shape or input_dim, not both (got {given['input_shape']!r} "
+                         f"and {given['input_dim']!r})")
+    (key, value), = given.items()
+    return check_shape(cls.__name__, key, value)
+
+
 class _SealOnConstruction(type):
     """The layers' metaclass: once the outermost ``__init__`` has run, the layer is sealed, and a public
-    attribute it does not define can no longer be set (see ``Layer._reject_attribute``)."""
+    attribute it does not define can no longer be set (see ``Layer._reject_attribute``).
+
+    It also takes Keras' ``input_shape=`` / ``input_dim=`` keyword arguments of any layer constructor (the shape of
+    one sample, as ``Sequential(input_shape=...)``): kept as ``layer.declared_input_shape``; the first layer of a
+    ``Sequential`` gives the model its input shape, and any layer checks it against its input when built."""
 
     def __call__(cls, *args, **kwargs):
+        declared = _declared_input(cls, kwargs)
         layer = super().__call__(*args, **kwargs)
+        layer.__dict__["_declared_input_shape"] = declared
         layer.__dict__["_sealed"] = True
         return layer
 
@@ -165,9 +197,26 @@ class Layer(StrictAttributes, metaclass=_SealOnConstruction):
             return Tensor.from_layer(self, list(inputs))
         return self(list(inputs))
 
+    _declared_input_shape = None
+
+    @property
+    def declared_input_shape(self) -> tuple[int | None, ...] | None:
+        """The per-sample input shape given to the constructor as Keras' ``input_shape=`` / ``input_dim=``
+        (a tuple; None when not given)."""
+        return self._declared_input_shape
+
     def build(self, input_shape):
         """Infer the output shape from the input shape (a tuple, or a list of tuples for multi-input layers);
-        a layer with ``n_outputs > 1`` returns a list of shapes."""
+        a layer with ``n_outputs > 1`` returns a list of shapes.  A layer given ``input_shape=`` (or
+        ``input_dim=``) at construction refuses any other input shape (a None axis of the declared shape
+        matches any size)."""
+        declared = self._declared_input_shape
+        if declared is not None and not (
+                isinstance(input_shape, tuple) and len(input_shape) == len(declared)
+                and all(d is None or d == s for d, s in zip(declared, input_shape))):
+            raise ValueError(f"{self.name}: was given input_shape={declared}, but its input has shape "
+                             f"{input_shape}; input_shape / input_dim on a layer declares the model's input (on the "
+                             "first layer of a Sequential); leave it out on later layers, or make it agree")
         out = self._build(input_shape)
         self.input_shape = input_shape
         if self.n_outputs != 1:

@@ -437,18 +437,18 @@ class Trainer:
                 layer.check_training_batches(sizes, owner)
         history = History()
         monitor = None
+        if isinstance(callbacks, _callbacks.Callback) or (callable(callbacks) and not isinstance(callbacks, type)):
+            callbacks = [callbacks]          # one callback, or one function (an on_epoch_end)
         if diagnostics:
             from fastnn import diagnostics as _diagnostics
             monitor = _diagnostics.Monitor()
             callbacks = _diagnostics.with_monitor(callbacks, monitor)
-        if dist is not None and dist.rank != 0:        # callbacks that write files act on rank 0 only
-            if isinstance(callbacks, _callbacks.Callback):
-                callbacks = [callbacks]
-            if callbacks is not None and not isinstance(callbacks, (str, bytes)):
-                try:
-                    callbacks = [cb for cb in callbacks if not getattr(cb, "writes_files", False)]
-                except TypeError:
-                    pass        # _fit_callbacks raises its error
+        # callbacks that write files act on rank 0 only
+        if dist is not None and dist.rank != 0 and callbacks is not None and not isinstance(callbacks, (str, bytes)):
+            try:
+                callbacks = [cb for cb in callbacks if not getattr(cb, "writes_files", False)]
+            except TypeError:
+                pass        # _fit_callbacks raises its error
         cbs = self._fit_callbacks(callbacks, history, verbose, epochs, n_batches)
         # as Keras' callback.params: what on_train_begin can check against; "extra_logs": a callback of the
         # user's that runs before this one has an on_epoch_end, which may add keys to the logs
@@ -456,8 +456,10 @@ class Trainer:
         for cb in cbs.callbacks:
             cb.params = {"epochs": epochs, "steps": n_batches, "verbose": verbose, "do_validation": val is not None,
                          "extra_logs": extra}
+            # a LambdaCallback's on_epoch_end (a plain function's) is an instance attribute: the user's code too
             extra = extra or (not type(cb).__module__.startswith("fastnn.")
-                              and type(cb).on_epoch_end is not _callbacks.Callback.on_epoch_end)
+                              and type(cb).on_epoch_end is not _callbacks.Callback.on_epoch_end) \
+                or "on_epoch_end" in getattr(cb, "__dict__", ())
         saved_guard = model.nan_guard
         if nan_guard is not None:
             model.nan_guard = bool(nan_guard)
@@ -542,18 +544,25 @@ class Trainer:
                              "metrics other than accuracy cannot be measured in fit; use evaluate(..., metrics=...)")
         return (X, T, W), val, objs
 
-    def metric_objects(self, metrics, owner):
+    def metric_objects(self, metrics, owner, loss=None):
         """The Metric objects for `metrics` (a name, a Metric or a list of them) other than accuracy (reported
         anyway, from the loss kernel's count); a metric of the other kind of loss (a regression metric for a
-        classification loss, or the reverse), an unknown or a repeated one raises, naming `owner`."""
-        model = self.model
+        classification loss, or the reverse), an unknown or a repeated one raises, naming `owner`.  `loss`: the
+        loss to check them against (default: the model's)."""
+        loss = self.model.loss if loss is None else loss
         objs = []
+        if not isinstance(metrics, (str, _metrics.Metric, type(None))):
+            try:
+                metrics = list(metrics)
+            except TypeError:
+                raise TypeError(f"{owner}: metrics must be a name, a fastnn.metrics.Metric or a list of them, got "
+                                f"{type(metrics).__name__}") from None
         for spec in ([metrics] if isinstance(metrics, (str, _metrics.Metric)) else (metrics or [])):
             m = _metrics.get(spec, owner)
-            want = "classification" if model.loss.classification else "regression"
+            want = "classification" if loss.classification else "regression"
             if m.kind != want:
                 raise ValueError(f"{owner}: metric {m.name!r} applies to {m.kind} losses, the loss "
-                                 f"{model.loss.name!r} is not one")
+                                 f"{loss.name!r} is not one")
             if isinstance(m, _metrics.Accuracy):
                 continue
             if any(o.name == m.name for o in objs):
@@ -616,12 +625,12 @@ class Trainer:
         return np.ascontiguousarray(table[classes], dtype=model.dtype)
 
     def _fit_callbacks(self, callbacks, history, verbose, epochs, n_batches):
-        if isinstance(callbacks, _callbacks.Callback):
+        if isinstance(callbacks, _callbacks.Callback) or (callable(callbacks) and not isinstance(callbacks, type)):
             callbacks = [callbacks]
         try:
             cbs = list(callbacks if callbacks is not None else [])
         except TypeError:
-            raise TypeError(f"fit: callbacks must be a Callback or a list of them, got "
+            raise TypeError(f"fit: callbacks must be a Callback or a function, or a list of them, got "
                             f"{type(callbacks).__name__}") from None
         if verbose == 1 and getattr(sys.stdout, "isatty", lambda: False)():
             cbs.append(_callbacks.ProgressBar(epochs, n_batches))
