@@ -32,13 +32,20 @@ Without ``--workloads`` only the MLP workloads above run.
 fresh subprocess (``ru_maxrss`` after the bare imports, after making the data, after training); alone (without
 ``--workloads``) it runs only that measurement.
 """
+from __future__ import annotations
+
 import json
+import os
 import platform
 import statistics
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:                      # matplotlib stays optional: only plot() imports it
+    from matplotlib.figure import Figure
 
 # Pause before every timed segment: each peer's thread pool (libgomp's workers, numpy's and torch's BLAS
 # threads) keeps spinning on the cores for a while after its work, and would be timed as the next peer's.
@@ -513,7 +520,7 @@ def format_table(result):
             if k not in peers:
                 peers.append(k)
     head = ["workload", "unit"] + peers + [f"fastnn vs {p}" for p in peers if p != "fastnn"] + ["target"]
-    lines = [f"fastnn bench, {result['date']}, {result['threads']} threads, {result['repeats']} repeats "
+    lines = [f"fastnn bench, {result['date']}, {_threads_text(result['threads'])}, {result['repeats']} repeats "
              f"(medians, min-max), {result['machine']}; numpy {result['numpy']}, torch {result['torch']}",
              "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -543,46 +550,71 @@ def format_table(result):
     return "\n".join(lines)
 
 
-def plot(result, path):
-    """Bar chart of the medians, one panel per row (and one for the peak RSS when measured): fastnn in blue, the
-    peers in grey, each bar labelled with its value and fastnn's speed ratio against it; the BLAS limit (a
-    ceiling, not a peer) is a dashed line; the title gives the date, threads and machine."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _threads_text(n) -> str:
+    """The thread count in words: "1 thread", "2 threads" ("? threads" for a result that does not say)."""
+    return f"{n} thread" if n == 1 else f"{n} threads"
+
+
+def plot(result: dict, path: str | os.PathLike | None = None) -> Figure:
+    """A bar chart of ``result`` (``run``'s dict, or the same loaded from ``--json``), written as a PNG to ``path``
+    when given; returns the matplotlib Figure.
+
+    One panel per row (and one for the peak RSS when measured).  Bars are the medians over the repeats, fastnn in
+    blue and the peers in grey, with error bars from each peer's min to its max; each bar is labelled with its
+    value and fastnn's speed ratio against it.  The BLAS limit (a ceiling, not a peer) is a dashed red line over a
+    band of its own min-max, named with its value and fastnn's share of it in a legend above the panel, so that
+    the label never covers fastnn's bar when fastnn is near the limit.  The title gives the date, the threads, the
+    repeats and the machine.  Needs matplotlib (drawn without pyplot: the caller's backend is left alone)."""
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
     from matplotlib.ticker import FuncFormatter
     rows = list(result["rows"])
     rss = result.get("rss") or {}
     n_panels = len(rows) + (1 if rss else 0)
     if n_panels == 0:
         raise ValueError("bench: nothing to plot")
-    fig, axes = plt.subplots(1, n_panels, figsize=(3.4 * n_panels, 3.8), squeeze=False)
-    axes = axes[0]
+    fig = Figure(figsize=(3.4 * n_panels, 4.0), layout="constrained")
+    axes = fig.subplots(1, n_panels, squeeze=False)[0]
+    # the titles sit above the limits' legends (pad: a legend's height), at one height in every panel
+    title_pad = 16 if any("BLAS limit" in r["median"] for r in rows) else 6
+    label_box = {"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8}
     for ax, r in zip(axes, rows):
         med, unit, hib = r["median"], r["unit"], r["higher_is_better"]
+        lo, hi = r.get("min", {}), r.get("max", {})
         names = [k for k in med if k != "BLAS limit"]
         vals = [med[k] for k in names]
-        bars = ax.bar(range(len(names)), vals, color=["C0" if k == "fastnn" else "C7" for k in names])
-        for k, bar, v in zip(names, bars, vals):
+        # error bars: each peer's min-max over the repeats (none where the row records no spread)
+        yerr = [[max(0.0, v - lo.get(k, v)) for k, v in zip(names, vals)],
+                [max(0.0, hi.get(k, v) - v) for k, v in zip(names, vals)]]
+        bars = ax.bar(range(len(names)), vals, color=["C0" if k == "fastnn" else "C7" for k in names],
+                      yerr=yerr if any(map(any, yerr)) else None, capsize=3,
+                      error_kw={"elinewidth": 0.8, "capthick": 0.8, "ecolor": "0.2"})
+        top = 0.0
+        for k, bar, v, up in zip(names, bars, vals, yerr[1]):
             label = _fmt(v, unit)
             if k != "fastnn" and "fastnn" in med and v > 0 and med["fastnn"] > 0:
                 ratio = med["fastnn"] / v if hib else v / med["fastnn"]
                 label += f"\n(fastnn {ratio:.2f}x)"
-            ax.annotate(label, (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=6,
-                        xytext=(0, 1), textcoords="offset points")
-        top = max(vals) if vals else 1.0
+            # above the error bar, on a white box so that the limit's line does not strike through it
+            ax.annotate(label, (bar.get_x() + bar.get_width() / 2, v + up), ha="center", va="bottom", fontsize=6,
+                        xytext=(0, 2), textcoords="offset points", bbox=label_box, zorder=4)
+            top = max(top, v + up)
         if "BLAS limit" in med:
             lim = med["BLAS limit"]
-            ax.axhline(lim, color="C3", ls="--", lw=1)
-            ax.annotate(f"BLAS limit {_fmt(lim, unit)}", (ax.get_xlim()[0], lim), fontsize=6, color="C3",
-                        va="bottom", xytext=(2, 1), textcoords="offset points")
-            top = max(top, lim)
-        ax.set_ylim(0, top * 1.25)
+            ax.axhspan(lo.get("BLAS limit", lim), hi.get("BLAS limit", lim), color="C3", alpha=0.12, lw=0, zorder=0)
+            ax.axhline(lim, color="C3", ls="--", lw=1, zorder=3)
+            text = f"BLAS limit {_fmt(lim, unit)}"
+            if med.get("fastnn", 0) > 0 and lim > 0:
+                text += f" (fastnn {100 * (med['fastnn'] / lim if hib else lim / med['fastnn']):.0f}%)"
+            ax.legend(handles=[Line2D([], [], color="C3", ls="--", lw=1)], labels=[text], loc="lower center",
+                      bbox_to_anchor=(0.5, 1.0), fontsize=6, frameon=False, borderaxespad=0.2, handlelength=2.5)
+            top = max(top, hi.get("BLAS limit", lim))
+        ax.set_ylim(0, (top or 1.0) * 1.3)
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 100 else f"{v:g}"))
         ax.tick_params(axis="y", labelsize=7)
         ax.set_ylabel(unit, fontsize=7)
-        ax.set_title(f"{r['workload']}: {'higher' if hib else 'lower'} is better", fontsize=8)
+        ax.set_title(f"{r['workload']}: {'higher' if hib else 'lower'} is better", fontsize=8, pad=title_pad)
     if rss:
         ax = axes[-1]
         names = list(rss)
@@ -598,12 +630,15 @@ def plot(result, path):
         ax.tick_params(axis="y", labelsize=7)
         ax.set_ylabel("MiB", fontsize=7)
         ax.legend(fontsize=6, loc="upper left")
-        ax.set_title("W1 training peak RSS: lower is better", fontsize=8)
-    fig.suptitle(f"fastnn bench, {result.get('date', '')}, {result.get('threads', '?')} threads\n"
+        ax.set_title(f"{result.get('rss_workload', 'W1')} training peak RSS: lower is better", fontsize=8,
+                     pad=title_pad)
+    repeats = result.get("repeats")
+    spread = f", {repeats} repeats (bars: medians, error bars: min-max)" if rows and repeats else ""
+    fig.suptitle(f"fastnn bench, {result.get('date', '')}, {_threads_text(result.get('threads', '?'))}{spread}\n"
                  f"{result.get('machine', '')}", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
 
 
 # ====================================================================== peak RSS (--rss)
@@ -704,8 +739,9 @@ def format_rss(rss, threads, full, workload="W1"):
     else:
         from fastnn import bench_cnn
         n = bench_cnn._spec(workload, full)["n"]
-    lines = [f"Peak RSS (VmHWM / ru_maxrss, MiB), {workload} training: one epoch of {n:,} samples, {threads} threads, each peer in "
-             "a fresh process", "", "| peer | bare imports | + data | peak (training) | training - data |",
+    lines = [f"Peak RSS (VmHWM / ru_maxrss, MiB), {workload} training: one epoch of {n:,} samples, "
+             f"{_threads_text(threads)}, each peer in a fresh process", "",
+             "| peer | bare imports | + data | peak (training) | training - data |",
              "|---|---|---|---|---|"]
     for peer, r in rss.items():
         lines.append(f"| {peer} | {r['imports']:.1f} | {r['data']:.1f} | {r['peak']:.1f} | "
@@ -738,7 +774,7 @@ def main(args):
         if result is None:
             result = {"rows": [], "threads": args.threads, "full": args.full, "date": time.strftime("%Y-%m-%d %H:%M"),
                       "machine": f"{platform.machine()}, {_ncpu()} CPUs, {platform.processor() or platform.platform()}"}
-        result["rss"] = rss
+        result["rss"], result["rss_workload"] = rss, rw
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

@@ -25,11 +25,17 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fastnn import io as _io
+
+if TYPE_CHECKING:                      # matplotlib stays optional: only History.plot imports it
+    from collections.abc import Sequence
+
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 
 class Callback:
@@ -173,36 +179,89 @@ class History(Callback):
         for k, v in logs.items():
             self.history.setdefault(k, []).append(v)
 
-    def plot(self, keys=None):
-        """A matplotlib Figure with one panel per quantity (loss, each metric), training and validation curves
-        together.  ``keys`` limits it to some names ("loss", "accuracy", ...).  Needs matplotlib (not a
-        dependency of fastnn): without it, an ImportError that says so."""
+    def plot(self, keys: str | Sequence[str] | None = None,
+             ax: Axes | Sequence[Axes] | None = None) -> Figure:
+        """Draw the recorded curves against the epoch (1-based, integer ticks); returns the matplotlib Figure.
+
+        Args:
+            keys: what to draw: one name or a list of names.  By default the loss and every metric, each with its
+                "val_..." curve when there is one.  Any recorded per-epoch number can be named: "lr" (recorded by
+                LearningRateScheduler and ReduceLROnPlateau), "time", a key a callback added, or one "val_..." key
+                on its own.  A name that was not recorded raises ValueError listing the recorded keys.
+            ax: where to draw.  None: a new pyplot figure with one panel per name (pyplot knows it, so
+                ``h.plot(); plt.show()`` shows it).  One Axes: every name into it (each line labelled with its
+                key).  A sequence (or array) of Axes: one per name.  Given axes, nothing is created and the
+                figure's layout is left to the caller.
+
+        Returns the Figure drawn into (the axes' figure when ``ax`` is given; its ``axes`` are the panels), as
+        ``plt.subplots`` users expect to ``savefig`` it.  Needs matplotlib (not a dependency of fastnn): without
+        it, an ImportError that says so."""
         try:
-            import matplotlib
-            from matplotlib.figure import Figure
+            import matplotlib.axes
+            import matplotlib.ticker
         except ImportError:
             raise ImportError("History.plot() needs matplotlib, which fastnn does not require: "
                               "pip install matplotlib") from None
-        del matplotlib
-        names = [k for k in self.history if not k.startswith("val_") and k not in ("time", "lr", "diagnostics")]
-        names += [k[4:] for k in self.history if k.startswith("val_") and k[4:] not in names]
-        if keys is not None:
-            keys = [keys] if isinstance(keys, str) else list(keys)
-            unknown = [k for k in keys if k not in names]
-            if unknown:
-                raise ValueError(f"History.plot: no values for {unknown}; recorded: {names}")
-            names = keys
-        fig = Figure(figsize=(4.5 * max(1, len(names)), 3.5))
-        axes = fig.subplots(1, max(1, len(names)), squeeze=False)[0]
+        if keys is None:
+            names = [k for k in self.history
+                     if not k.startswith("val_") and k not in ("time", "lr", "diagnostics")]
+            names += [k[4:] for k in self.history if k.startswith("val_") and k[4:] not in names]
+            if not names:
+                raise ValueError("History.plot: nothing recorded yet (no epoch has ended)")
+        else:
+            names = [keys] if isinstance(keys, str) else list(keys)
+            unknown = [k for k in names if k not in self.history and "val_" + k not in self.history]
+            if unknown or not names:
+                raise ValueError(f"History.plot: no values recorded for {unknown or 'an empty list of keys'}; "
+                                 f"recorded: {list(self.history)}")
         epochs = [e + 1 for e in self.epoch]
-        for ax, name in zip(axes, names):
-            for key, label in ((name, "train"), ("val_" + name, "validation")):
-                if key in self.history:
-                    ax.plot(epochs, self.history[key], marker=".", label=label)
-            ax.set_xlabel("epoch")
-            ax.set_title(name)
-            ax.legend()
-        fig.tight_layout()
+        series = {}
+        for name in names:
+            for key in (name, "val_" + name) if not name.startswith("val_") else (name,):
+                if key not in self.history:
+                    continue
+                values = self.history[key]
+                if not all(v is None or _is_number(v) for v in values):
+                    raise ValueError(f"History.plot: {key!r} is not a per-epoch number (its values are "
+                                     f"{type(values[0]).__name__}); plottable: "
+                                     f"{[k for k, v in self.history.items() if all(map(_is_number, v))]}")
+                if len(values) != len(epochs):
+                    raise ValueError(f"History.plot: {key!r} has {len(values)} values for {len(epochs)} epochs "
+                                     "(a key not logged at every epoch cannot be placed)")
+                series[key] = [np.nan if v is None else float(v) for v in values]
+        if ax is None:
+            import matplotlib.pyplot as plt
+            fig, grid = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.5), squeeze=False)
+            panels = [[n] for n in names]
+            axes = list(grid[0])
+        else:
+            axes = [ax] if isinstance(ax, matplotlib.axes.Axes) else list(np.asarray(ax, dtype=object).ravel())
+            if not all(isinstance(a, matplotlib.axes.Axes) for a in axes):
+                raise TypeError(f"History.plot: ax must be a matplotlib Axes or a sequence of them, got "
+                                f"{type(ax).__name__}")
+            if len(axes) == 1:
+                panels = [names]
+            elif len(axes) == len(names):
+                panels = [[n] for n in names]
+            else:
+                raise ValueError(f"History.plot: {len(axes)} axes given for {len(names)} keys {names}; give one "
+                                 "Axes, or one per key")
+            fig = axes[0].figure
+        for a, panel in zip(axes, panels):
+            lines = []
+            for name in panel:
+                for key in (name, "val_" + name) if not name.startswith("val_") else (name,):
+                    if key in series:
+                        label = key if len(panel) > 1 else ("validation" if key.startswith("val_") else "train")
+                        lines += a.plot(epochs, series[key], marker=".", label=label)
+            a.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True, min_n_ticks=1))
+            a.set_xlabel("epoch")
+            if len(panel) == 1:
+                a.set_title(panel[0])
+            if len(lines) > 1:
+                a.legend()
+        if ax is None:
+            fig.tight_layout()
         return fig
 
     def __repr__(self):
