@@ -48,7 +48,8 @@ if not use_openmp:
 # select whose arms it would otherwise treat as possibly trapping: the float32 tanh loop (a rational approximation
 # with clamps and a division, csrc/fnn_math.h) was left scalar ("control flow in loop"), ~45 instructions per
 # element, ~15 us of W3's ~33 us step; it vectorizes with it.  No value changes: no reassociation, same operations.
-compile_args = ["-O3", "-g0", "-std=c99", "-fno-math-errno", "-fno-trapping-math", "-Wno-unused-function", "-Wno-unreachable-code"]
+compile_args = ["-O3", "-g0", "-std=c99", "-fno-math-errno", "-fno-trapping-math", "-Wno-unused-function",
+                "-Wno-unreachable-code"]
 link_args = []
 if use_openmp:
     compile_args.append("-fopenmp")

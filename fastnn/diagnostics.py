@@ -49,17 +49,17 @@ over (n, units) per step.  ``fit`` warns when
 
 ``model.diagnose(X, y)`` (:func:`diagnose`) prints the same table for one batch or a whole dataset, and
 :func:`gradcheck` compares a model's gradients with central finite differences in float64.
-"""
+"""  # noqa: E501  (a markdown table: its rows cannot be wrapped)
 import math
 import sys
 import warnings
 
 import numpy as np
 
-from fastnn.callbacks import Callback
-from fastnn._validation import check_number
 from fastnn._core._threads import get_num_threads
 from fastnn._core.kinds import ACT
+from fastnn._validation import check_number
+from fastnn.callbacks import Callback
 
 VANISHING = 1e-3     # a gradient norm below this times the output layer's: vanishing
 EXPLODING = 1e3      # above this times the output layer's (or times its first-epoch value): exploding
@@ -111,7 +111,7 @@ class _Counters:
         slots = max(1, get_num_threads())
         self.layers = _counted_layers(model)
         self.buffers = {}
-        for layer, kind, units, rows in self.layers:
+        for layer, _kind, units, _rows in self.layers:
             self.buffers[layer] = np.zeros((slots, units), dtype=np.int64)
             layer._act_counts = self.buffers[layer]
 
@@ -611,7 +611,7 @@ def gradcheck(model, X, y, eps=1e-6, max_per_param=64, training=True, tol=1e-4, 
     saved = None
     if m is model:
         saved = (m.parameters.copy(), m.gradients.copy(),
-                 [(buf, np.array(buf, copy=True)) for l in m.layers for buf in l.buffers.values()],
+                 [(buf, np.array(buf, copy=True)) for layer in m.layers for buf in layer.buffers.values()],
                  m.layer_rng.bit_generator.state, m.training)
     rng_state = m.layer_rng.bit_generator.state
     training = bool(training)

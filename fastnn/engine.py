@@ -35,7 +35,6 @@ from collections import OrderedDict
 
 import numpy as np
 
-
 INFERENCE_CHUNK_ELEMENTS = 1 << 18     # predict / evaluate without a batch size: about this many values per layer
 
 
@@ -175,7 +174,7 @@ class Executor:
                 if self.fanout[s] == 1:
                     grads[s] = d
                 elif grads[s] is None:
-                    acc = self.cached(("acc", s, d.shape), lambda: np.empty(d.shape, dtype=self.dtype))
+                    acc = self.cached(("acc", s, d.shape), lambda shape=d.shape: np.empty(shape, dtype=self.dtype))
                     np.copyto(acc, d)
                     grads[s] = acc
                 else:
@@ -211,7 +210,8 @@ class Executor:
                     if m is None:
                         m = ms
                     else:      # several masked inputs: their AND, in a buffer of this node's (no array per step)
-                        both = self.cached(("mask_and", i, ms.shape), lambda: np.empty(ms.shape, dtype=bool))
+                        both = self.cached(("mask_and", i, ms.shape),
+                                           lambda shape=ms.shape: np.empty(shape, dtype=bool))
                         m = np.logical_and(m, ms, out=both)
             if layer.produces_mask:
                 vals[i] = layer.forward(x, training, **kw)
@@ -260,7 +260,7 @@ class Executor:
                     if self.fanout[s] == 1:
                         grads[s] = d
                     elif grads[s] is None:
-                        acc = self.cached(("acc", s, d.shape), lambda: np.empty(d.shape, dtype=self.dtype))
+                        acc = self.cached(("acc", s, d.shape), lambda shape=d.shape: np.empty(shape, dtype=self.dtype))
                         np.copyto(acc, d)
                         grads[s] = acc
                     else:
@@ -272,7 +272,7 @@ class Executor:
                 if out_fanout[s][k] == 1:
                     gl[k] = d
                 elif gl[k] is None:
-                    acc = self.cached(("acc", s, k, d.shape), lambda: np.empty(d.shape, dtype=self.dtype))
+                    acc = self.cached(("acc", s, k, d.shape), lambda shape=d.shape: np.empty(shape, dtype=self.dtype))
                     np.copyto(acc, d)
                     gl[k] = acc
                 else:

@@ -6,8 +6,9 @@ class NonFiniteError(FloatingPointError):
     statistics) after the forward pass, or in the parameters after an update.
 
     The weights and layer buffers are those of the last finite state: from before the batch (``what`` "loss",
-    "gradient" or "buffer"), or restored from the copy taken before the update (``what`` "parameters").  ``epoch`` and ``batch`` are
-    1-based (None outside fit); ``index`` is the first bad element of the flat buffer (None for the loss).
+    "gradient" or "buffer"), or restored from the copy taken before the update (``what`` "parameters").
+    ``epoch`` and ``batch`` are 1-based (None outside fit); ``index`` is the first bad element of the flat buffer
+    (None for the loss).
     """
 
     def __init__(self, message, what=None, epoch=None, batch=None, index=None):

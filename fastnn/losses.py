@@ -32,14 +32,13 @@ over the real steps only: step t of sample i weighs w_i * mask[i, t], so the mas
 mean (it divides by the summed weights of the real steps: sum_it w_i m_it l_it / sum_it w_i m_it, per element
 for the elementwise losses) nor in accuracy, and their gradient is exactly 0.  A batch without a real step
 (or whose weights on its real steps sum to 0) has loss 0 and gradient 0.
-"""
+"""  # noqa: E501  (a markdown table: its rows cannot be wrapped)
 import threading
 
 import numpy as np
 
 from fastnn._core import losses as _k
 from fastnn._core.kinds import LOSS
-
 
 _per_thread = threading.local()     # per-thread scratch of the losses (CrossEntropy's per-position weights)
 

@@ -12,8 +12,8 @@ import weakref
 import numpy as np
 
 from fastnn._core import optim as _k
-from fastnn._core.kinds import OPT
 from fastnn._core._threads import get_num_threads
+from fastnn._core.kinds import OPT
 from fastnn._validation import check_number
 
 

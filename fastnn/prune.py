@@ -44,7 +44,7 @@ into the layers after), and a layer whose units feed anything else than a chain 
 BatchNorm / LayerNorm / pooling / Flatten layers ending in one Dense or convolution layer -- Add, Concatenate,
 Residual, Softmax, Reshape, Permute, or a tensor used by several layers -- since its units could not be removed
 consistently there.
-"""
+"""  # noqa: E501  (a markdown table: its rows cannot be wrapped)
 import numpy as np
 
 from fastnn._core.kinds import ACT
@@ -60,17 +60,17 @@ def _resolve(model, layer, owner):
         raise ValueError(f"{owner}: {model.name} is not built yet (give input_dim, or fit/predict once)")
     layers = model.layers
     if isinstance(layer, str):
-        found = [i for i, l in enumerate(layers) if l.name == layer]
+        found = [i for i, candidate in enumerate(layers) if candidate.name == layer]
         if not found:
             raise ValueError(f"{owner}: no layer named {layer!r} in {model.name} (layers: "
-                             f"{[l.name for l in layers]})")
+                             f"{[candidate.name for candidate in layers]})")
         return found[0]
     if isinstance(layer, (int, np.integer)) and not isinstance(layer, bool):
         if not -len(layers) <= layer < len(layers):
             raise ValueError(f"{owner}: layer index {layer} is out of range for {len(layers)} layers")
         return int(layer) % len(layers)
-    for i, l in enumerate(layers):
-        if l is layer:
+    for i, candidate in enumerate(layers):
+        if candidate is layer:
             return i
     raise ValueError(f"{owner}: layer must be a layer of the model, its name or its index, got {layer!r}")
 

@@ -15,7 +15,7 @@ closed forms of the torch.optim.lr_scheduler classes of the same idea:
 
 With ``per_step=True``, t counts optimizer steps (``optimizer.step_count`` before the step) and the
 lengths (``step_size``, ``total_epochs``, ``warmup``) are in steps.
-"""
+"""  # noqa: E501  (a markdown table: its rows cannot be wrapped)
 import math
 
 import numpy as np

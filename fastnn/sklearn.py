@@ -135,7 +135,8 @@ class _BaseMLP(BaseEstimator):
         if self.batch_size == "auto":
             return min(200, n)
         if self.batch_size < 1 or self.batch_size > n:
-            warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped")
+            warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped",
+                          stacklevel=4)
         return int(np.clip(self.batch_size, 1, n))
 
     def _fit_batch_size(self, bs, n):
@@ -259,7 +260,7 @@ class _BaseMLP(BaseEstimator):
             model.set_weights(best_weights)
         if not incremental and not stopped:
             warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
-                          "optimization hasn't converged yet.", ConvergenceWarning)
+                          "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=3)
         return self
 
     def _logits(self, X):

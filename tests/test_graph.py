@@ -4,6 +4,7 @@ import pytest
 
 import fastnn as fnn
 from fastnn.layers import Add, Concatenate, Dense, Layer, Tanh
+
 try:
     from tests._netcheck import check_model_grads
 except ImportError:  # pragma: no cover - tests/ itself on sys.path

@@ -15,7 +15,6 @@ import fastnn as fnn
 from fastnn import _reference as ref
 from fastnn._core import rnn as _k
 from fastnn.layers import GRU, LSTM, Bidirectional, SimpleRNN
-
 from tests._gradcheck import assert_grad_close, numeric_grad
 
 CELLS = [  # (name, constructor, torch class name, torch kwargs)

@@ -6,10 +6,10 @@ Elementwise activations apply to batches of any shape; Softmax normalizes over t
 import numpy as np
 
 from fastnn._core import activations as _k
-from fastnn._core.kinds import ACT, check as _check_kind
+from fastnn._core.kinds import ACT
+from fastnn._core.kinds import check as _check_kind
 from fastnn._validation import check_number
 from fastnn.layers.base import Layer, get_num_threads
-
 
 # name -> class, for Dense(activation="name"): every Activation subclass with a ``kind`` registers itself here under
 # its kind's table name (ACT.RELU.label == "relu"), plus the aliases it lists in ``aliases``

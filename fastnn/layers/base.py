@@ -31,8 +31,9 @@ import numpy as np
 
 from fastnn._core._threads import get_num_threads  # noqa: F401  (re-exported for the layer modules)
 from fastnn._core.attrs import StrictAttributes
-from fastnn.initializers import default_fans
 from fastnn.graph import Tensor
+from fastnn.initializers import default_fans
+
 
 class ParamSpec(namedtuple("ParamSpec", "name shape init decay fan_in fan_out unit_axis")):
     """A parameter a layer asks for.

@@ -83,7 +83,7 @@ class Dense(WeightBias, Layer):
         Z, Y = self._batch_buffers(X.shape, make)
         kind = ACT.IDENTITY if logits else self.activation.kind
         out = Z if kind == ACT.IDENTITY else Y
-        counts = self._act_counts if kind != ACT.IDENTITY else None      # unit counters, only while diagnostics ask for them
+        counts = self._act_counts if kind != ACT.IDENTITY else None      # unit counters, only while diagnostics ask
         X2, Z2 = rows2d(X), rows2d(Z)
         _k.dense_forward(X2, self.params["weight"], self.params.get("bias"), Z2, rows2d(out), kind,
                          self.activation.alpha, get_num_threads(), counts)

@@ -92,7 +92,7 @@ class BatchNorm(_Norm):
         super()._bind(params, grads, dtype)
         C = self.input_shape[-1]
         rm, rv = self.buffers.get("running_mean"), self.buffers.get("running_var")
-        if rm is None or rm.shape != (C,) or rm.dtype != dtype:
+        if any(a is None or a.shape != (C,) or a.dtype != dtype for a in (rm, rv)):
             self.buffers["running_mean"] = np.zeros(C, dtype=dtype)
             self.buffers["running_var"] = np.ones(C, dtype=dtype)
         self._stats = (np.empty(C, dtype=dtype), np.empty(C, dtype=dtype))   # mean, invstd of the last forward

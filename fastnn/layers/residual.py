@@ -50,7 +50,7 @@ class Residual(Layer):
                 raise TypeError(f"{self.name}: block must hold fastnn layers, got {type(layer).__name__}")
             if layer._in_graph:
                 raise ValueError(f"{self.name}: layer {layer.name} of the block is already used in a graph")
-        if len({id(l) for l in layers}) != len(layers):
+        if len({id(layer) for layer in layers}) != len(layers):
             raise ValueError(f"{self.name}: the block lists the same layer twice")
         self.block = list(layers)
         self.survival_prob = check_number(type(self).__name__, "survival_prob", survival_prob, low=0.0,
@@ -146,7 +146,7 @@ class Residual(Layer):
 
     def get_config(self):
         return {"name": self.name, "survival_prob": self.survival_prob,
-                "block": [{"class": type(l).__name__, "config": l.get_config()} for l in self.block]}
+                "block": [{"class": type(layer).__name__, "config": layer.get_config()} for layer in self.block]}
 
     @classmethod
     def from_config(cls, config):
@@ -161,7 +161,7 @@ class Residual(Layer):
         return cls(block, **config)
 
     def extra_repr(self):
-        inner = ", ".join(repr(l) for l in self.block)
+        inner = ", ".join(repr(layer) for layer in self.block)
         return f"[{inner}]" + (f", survival_prob={self.survival_prob}" if self.survival_prob != 1.0 else "")
 
 
@@ -171,7 +171,7 @@ def linear_decay(n_blocks, final_survival_prob=0.5):
     n_blocks = check_number("linear_decay", "n_blocks", n_blocks, low=1, integer=True)
     p_last = check_number("linear_decay", "final_survival_prob", final_survival_prob, low=0.0, high=1.0,
                           low_open=True)
-    return [1.0 - l / n_blocks * (1.0 - p_last) for l in range(1, n_blocks + 1)]
+    return [1.0 - k / n_blocks * (1.0 - p_last) for k in range(1, n_blocks + 1)]
 
 
 def residual_stack(blocks, final_survival_prob=0.5):
