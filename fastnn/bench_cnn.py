@@ -30,8 +30,9 @@ import numpy as np
 
 # bench.py's helpers; in a peak-RSS child process both files are loaded from their paths, without importing the
 # fastnn package (so that the torch peers' memory does not include fastnn's)
-_bench = sys.modules.get("_fastnn_bench_rss")
-if _bench is None:
+if "_fastnn_bench_rss" in sys.modules:
+    _bench = sys.modules["_fastnn_bench_rss"]
+else:
     from fastnn import bench as _bench
 _median, _settle, _torch = _bench._median, _bench._settle, _bench._torch
 
@@ -552,15 +553,15 @@ def run_first(wids, log, scale=1, steady=None):
         for name in names:
             _settle()
             if name == "fastnn":
-                m = fastnn_model(spec, weights)
-
-                def step(xb, yb, m=m):
-                    m.train_on_batch(xb, yb)
+                model = fastnn_model(spec, weights)
             else:
-                st = torch_model(spec, weights, name.endswith("channels_last"))
+                model = torch_model(spec, weights, name.endswith("channels_last"))
 
-                def step(xb, yb, st=st, spec=spec):
-                    torch_train(st, xb, yb, dict(spec, batch=xb.shape[0]), rng=np.random.default_rng(0))
+            def step(xb, yb, name=name, model=model, spec=spec):
+                if name == "fastnn":
+                    model.train_on_batch(xb, yb)
+                else:
+                    torch_train(model, xb, yb, dict(spec, batch=xb.shape[0]), rng=np.random.default_rng(0))
             ts = []
             bs = spec["batch"]
             for s in range(steady + 1):

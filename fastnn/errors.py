@@ -1,4 +1,5 @@
 """Exceptions raised by training (re-exported by ``fastnn`` and ``fastnn.model``)."""
+from __future__ import annotations
 
 
 class NonFiniteError(FloatingPointError):
@@ -11,6 +12,7 @@ class NonFiniteError(FloatingPointError):
     (None for the loss).
     """
 
-    def __init__(self, message, what=None, epoch=None, batch=None, index=None):
+    def __init__(self, message: str, what: str | None = None, epoch: int | None = None, batch: int | None = None,
+                 index: int | None = None) -> None:
         super().__init__(message)
         self.what, self.epoch, self.batch, self.index = what, epoch, batch, index

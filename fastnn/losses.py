@@ -83,8 +83,8 @@ def _argmax_rows(a, tag):
 class Loss:
     """Base class.  ``__call__(out, targets, grad=None, weights=None) -> (loss, n_correct)``; ``grad`` (OUT) gets
     d loss / d out; ``weights`` (n,) are per-sample weights in the model dtype, or None."""
-    name = None
-    fuses = None              # "softmax" / "sigmoid": the output function this loss absorbs
+    name: "str | None" = None
+    fuses: "str | None" = None  # "softmax" / "sigmoid": the output function this loss absorbs
     classification = False    # whether accuracy applies
     sums = False              # True: the loss sums over samples (evaluate adds batch losses instead of averaging)
 
