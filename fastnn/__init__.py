@@ -18,8 +18,7 @@ except ImportError as exc:  # pragma: no cover - only a broken or source-only tr
 
 _threads._init()
 
-# The modules below import the compiled core, so they come after the BLAS and the thread setup above (E402).
-from fastnn import (  # noqa: E402
+from fastnn import (  # noqa: E402  (the modules import the compiled core: after the BLAS and thread setup)
     callbacks,
     constraints,
     datasets,
@@ -32,10 +31,10 @@ from fastnn import (  # noqa: E402
     prune,
     schedules,
 )
-from fastnn._core._threads import get_num_threads, set_num_threads  # noqa: E402
-from fastnn.diagnostics import gradcheck  # noqa: E402
-from fastnn.io import load  # noqa: E402
-from fastnn.model import History, Input, Model, NonFiniteError, Sequential  # noqa: E402
+from fastnn._core._threads import get_num_threads, set_num_threads  # noqa: E402  (after the core setup)
+from fastnn.diagnostics import gradcheck  # noqa: E402  (after the core setup)
+from fastnn.io import load  # noqa: E402  (after the core setup)
+from fastnn.model import History, Input, Model, NonFiniteError, Sequential  # noqa: E402  (after the core setup)
 
 __version__ = "0.1.0"
 

@@ -50,7 +50,9 @@ def test_concatenate_values_and_gradient_split():
 
 
 def test_sequential_is_the_chain_graph():
-    layers = lambda: [Dense(8, activation="relu"), Dense(3)]                      # noqa: E731
+    def layers():
+        return [Dense(8, activation="relu"), Dense(3)]
+
     seq = fnn.Sequential(layers(), input_dim=5, seed=3)
     x = fnn.Input(5)
     l1, l2 = layers()

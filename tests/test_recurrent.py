@@ -554,7 +554,7 @@ def test_errors():
 
 
 # ---------------------------------------------------------------------------------------------- through fnn.Model
-from tests._netcheck import check_model_grads  # noqa: E402
+from tests._netcheck import check_model_grads  # noqa: E402  (the tests below this line use it)
 
 
 class _PadMask(fnn.layers.Layer):
