@@ -5,7 +5,8 @@ Weight decay: coupled (added to the gradient) for SGD, Adagrad, RMSprop and Adam
 applies to weights only by default; ``decay_bias=True`` makes biases and normalization parameters decay too
 (torch's behaviour when it is given ``model.parameters()``).
 
-Adding an optimizer: one kernel in optim.pyx, one subclass here with ``_make_state`` and ``_update``.
+Adding an optimizer: one kernel in optim.pyx, one subclass here with ``_state_names`` and ``_update``
+(CONTRIBUTING.md, "Adding an optimizer").
 """
 from __future__ import annotations
 
