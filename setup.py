@@ -1,10 +1,11 @@
 """Build of fastnn's compiled core.
 
-Every ``fastnn/_core/*.pyx`` becomes one extension (plus ``_cyutility``, Cython's shared utility code), compiled ``-O3`` for the baseline ISA of the target
-(set ``FASTNN_NATIVE=1`` for a local ``-march=native`` build, never for a distributed wheel), with OpenMP
-when the compiler has it, and linked to the BLAS of the ``scipy-openblas32`` package.  At run time the
-extension finds that library because ``fastnn/__init__.py`` imports ``scipy_openblas32`` first, which
-loads it into the process; a relative rpath covers a plain install as a second way.
+Every ``fastnn/_core/*.pyx`` becomes one extension (plus ``_cyutility``, Cython's shared utility code),
+compiled ``-O3`` for the baseline ISA of the target (set ``FASTNN_NATIVE=1`` for a local ``-march=native``
+build, never for a distributed wheel), with OpenMP when the compiler has it, and linked to the BLAS of the
+``scipy-openblas32`` package.  At run time the extension finds that library because ``fastnn/__init__.py``
+imports ``scipy_openblas32`` first, which loads it into the process; a relative rpath covers a plain install
+as a second way.
 """
 import json
 import os
@@ -52,7 +53,8 @@ if not use_openmp:
 # select whose arms it would otherwise treat as possibly trapping: the float32 tanh loop (a rational approximation
 # with clamps and a division, csrc/fnn_math.h) was left scalar ("control flow in loop"), ~45 instructions per
 # element, ~15 us of W3's ~33 us step; it vectorizes with it.  No value changes: no reassociation, same operations.
-compile_args = ["-O3", "-g0", "-std=c99", "-fno-math-errno", "-fno-trapping-math", "-Wno-unused-function", "-Wno-unreachable-code"]
+compile_args = ["-O3", "-g0", "-std=c99", "-fno-math-errno", "-fno-trapping-math", "-Wno-unused-function",
+                "-Wno-unreachable-code"]
 link_args = []
 if use_openmp:
     compile_args.append("-fopenmp")

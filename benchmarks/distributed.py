@@ -86,7 +86,9 @@ def worker(mode, wid, steps, repeats):
 def bandwidth(repeats):
     """MPI_Allreduce through the plan's function pointer (in place) vs mpi4py's comm.Allreduce on numpy arrays."""
     import ctypes
+
     from mpi4py import MPI
+
     from fastnn import distributed as dist
     dp = dist.DataParallel()
     hook = dp.plan_hook(np.float32)

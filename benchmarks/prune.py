@@ -66,8 +66,8 @@ def main(argv=None):
     print(f"{'':10s} {'params':>9s} {'predict (ms)':>13s} {'epoch (ms)':>11s} {'test acc':>9s}")
     rows = []
     for name, m in (("full", model), ("pruned", pruned)):
-        tp = median_time(lambda: m.predict(big), args.repeats)
-        tf = median_time(lambda: m.fit(Xtr, ytr, epochs=1, batch_size=64), max(3, args.repeats // 2))
+        tp = median_time(lambda m=m: m.predict(big), args.repeats)
+        tf = median_time(lambda m=m: m.fit(Xtr, ytr, epochs=1, batch_size=64), max(3, args.repeats // 2))
         acc = float(np.mean(np.argmax(m.predict(Xte), 1) == yte))
         rows.append((tp, tf))
         print(f"{name:10s} {m.count_params():9d} {tp * 1e3:13.2f} {tf * 1e3:11.2f} {acc:9.4f}")

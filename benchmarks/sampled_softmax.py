@@ -7,7 +7,8 @@ the sampled one gathers the sampled columns and does GEMMs of 256 x 256 x num_sa
 the optimizer's pass over the 12.8 M output weights, which is the same for both: cheap for SGD, but Adam's
 dense update (two moment buffers) then dominates the sampled step (a sparse / lazy Adam would remove it).
 
-    python benchmarks/sampled_softmax.py [--classes 50000] [--num-sampled 64] [--repeats 10] [--threads N] [--optimizer sgd|adam]
+    python benchmarks/sampled_softmax.py [--classes 50000] [--num-sampled 64] [--repeats 10] [--threads N] \
+        [--optimizer sgd|adam]
 """
 import argparse
 import statistics

@@ -5,7 +5,7 @@
 >>> model.compile(loss="cross_entropy", optimizer=fnn.optim.Adam(lr=1e-3))
 """
 # Loads the BLAS (libscipy_openblas) into the process before the extensions that link it.
-import scipy_openblas32 as _scipy_openblas32  # noqa: F401
+import scipy_openblas32 as _scipy_openblas32  # noqa: F401  (imported for its side effect)
 
 try:
     from fastnn._core import _threads as _threads
@@ -18,15 +18,25 @@ except ImportError as exc:  # pragma: no cover - only a broken or source-only tr
 
 _threads._init()
 
-from fastnn._core._threads import set_num_threads, get_num_threads  # noqa: E402
-from fastnn import initializers, layers, losses, optim, datasets, metrics, callbacks, schedules, constraints  # noqa: E402,E501
-from fastnn.model import Input, Model, Sequential, History, NonFiniteError  # noqa: E402
-from fastnn.io import load  # noqa: E402
-from fastnn import diagnostics, prune  # noqa: E402
-from fastnn.diagnostics import gradcheck  # noqa: E402
-from fastnn import onnx  # noqa: E402  (the exporter: imports the onnx package only when it runs)
-
-from fastnn._version import __version__  # noqa: E402
+from fastnn import (  # noqa: E402  (the modules import the compiled core: after the BLAS and thread setup)
+    callbacks,
+    constraints,
+    datasets,
+    diagnostics,
+    initializers,
+    layers,
+    losses,
+    metrics,
+    onnx,
+    optim,
+    prune,
+    schedules,
+)
+from fastnn._core._threads import get_num_threads, set_num_threads  # noqa: E402  (after the core setup)
+from fastnn._version import __version__  # noqa: E402  (after the core setup)
+from fastnn.diagnostics import gradcheck  # noqa: E402  (after the core setup)
+from fastnn.io import load  # noqa: E402  (after the core setup)
+from fastnn.model import History, Input, Model, NonFiniteError, Sequential  # noqa: E402  (after the core setup)
 
 __all__ = [
     "Input", "Model", "Sequential", "History", "NonFiniteError", "load", "set_num_threads", "get_num_threads",

@@ -49,7 +49,7 @@ def demo(args):
     if args.model == "lstm":
         return demo_lstm(args)
     import fastnn as fnn
-    from fastnn.datasets import load_digits, stratified_split, DIGITS_CITATION
+    from fastnn.datasets import DIGITS_CITATION, load_digits, stratified_split
 
     if args.threads:
         fnn.set_num_threads(args.threads)
@@ -112,7 +112,7 @@ def demo_lstm(args):
     """A character-level LSTM on the shipped Shakespeare text: Embedding - LSTM - Dense per step, trained on
     windows of the text to predict each next character; prints the loss per epoch and a generated sample."""
     import fastnn as fnn
-    from fastnn.datasets import load_text, encode_text, text_windows, SHAKESPEARE_SOURCE
+    from fastnn.datasets import SHAKESPEARE_SOURCE, encode_text, load_text, text_windows
 
     if args.threads:
         fnn.set_num_threads(args.threads)
@@ -180,7 +180,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=0, help="threads for kernels and BLAS (0: default)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     b = sub.add_parser("bench", help="benchmark fastnn against PyTorch (if installed) and plain numpy")
-    b.add_argument("--workloads", default="", help="comma-separated subset of W1,W2,W3,W4,mnist,digits (default: these), "
+    b.add_argument("--workloads", default="",
+                   help="comma-separated subset of W1,W2,W3,W4,mnist,digits (default: these), "
                    "of the CNN workloads C1,C2,C3,C4,Clayers,Cinfer,Cfirst (cnn: all of them) and of the recurrent "
                    "R1,R2,R3,R4 (rnn: all four)")
     b.add_argument("--repeats", type=int, default=3, help="interleaved repeats per workload (medians reported)")

@@ -58,7 +58,8 @@ def _settle():
 WORKLOADS = ("W1", "W2", "W3", "W4", "mnist", "digits")
 CNN_WORKLOADS = ("C1", "C2", "C3", "C4", "Clayers", "Cinfer", "Cfirst")   # fastnn/bench_cnn.py; "cnn": all of them
 # groups of workloads in modules of their own (each has WORKLOADS and run_workload(wid, repeats, full, log) ->
-# rows of run()'s format); --workloads takes a group's name for all its workloads, the default runs only WORKLOADS (the MLPs)
+# rows of run()'s format); --workloads takes a group's name for all its workloads, the default runs only WORKLOADS
+# (the MLPs)
 GROUPS = {"rnn": "fastnn.bench_rnn"}
 
 
@@ -186,7 +187,8 @@ def torch_model(spec, weights, fused=False):
     net = torch.nn.Sequential(*mods)
     name, kw = spec["opt"]
     if name == "adam":
-        opt = torch.optim.Adam(net.parameters(), fused=True, **kw) if fused else torch.optim.Adam(net.parameters(), **kw)
+        opt = (torch.optim.Adam(net.parameters(), fused=True, **kw) if fused
+               else torch.optim.Adam(net.parameters(), **kw))
     else:
         opt = torch.optim.SGD(net.parameters(), **kw)
     lossf = torch.nn.CrossEntropyLoss() if spec["loss"] == "cross_entropy" else torch.nn.MSELoss()
@@ -354,7 +356,7 @@ def run_training(wid, repeats, full, log):
     peers["BLAS limit"] = (None, None)
     # warm-up (one short pass each: buffers, caches, torch's lazy init)
     nw = min(X.shape[0], 20 * spec["batch"])
-    for name, (state, fn) in peers.items():
+    for state, fn in peers.values():
         if fn is not None:
             fn(state, X[:nw], y[:nw], spec)
     blas_limit_time(spec, nw)
@@ -412,7 +414,6 @@ def run_predict(repeats, log):
 
 def run_digits(repeats, log):
     """The demo's training: seconds for 20 epochs (with validation), fastnn only (numpy/torch: same network)."""
-    import fastnn as fnn
     from fastnn.datasets import load_digits, stratified_split
     X, y = load_digits()
     Xtr, ytr, _, _ = stratified_split(X, y, test_fraction=0.2, seed=0)

@@ -21,7 +21,7 @@ the first layers of C1 and C3 (GFLOP/s and the share of the machine's sgemm peak
 fastnn's BLAS measured in the same run at the same thread count); ``Cinfer``, C2's single-image and batch-256
 inference latency; ``Cfirst``, the first training step's time against a steady step (C2 and C4, fresh models).
 The default runs a few hundred samples per training workload; ``--full`` runs 8x more.
-"""
+"""  # noqa: E501  (a markdown table: its rows cannot be wrapped)
 import math
 import sys
 import time
@@ -30,8 +30,9 @@ import numpy as np
 
 # bench.py's helpers; in a peak-RSS child process both files are loaded from their paths, without importing the
 # fastnn package (so that the torch peers' memory does not include fastnn's)
-_bench = sys.modules.get("_fastnn_bench_rss")
-if _bench is None:
+if "_fastnn_bench_rss" in sys.modules:
+    _bench = sys.modules["_fastnn_bench_rss"]
+else:
     from fastnn import bench as _bench
 _median, _settle, _torch = _bench._median, _bench._settle, _bench._torch
 
@@ -140,7 +141,7 @@ def make_weights(spec, seed=0):
     peers' processes need not import each other."""
     rng = np.random.default_rng(seed)
     out = []
-    for op, s_in, s_out in _walk(_expand(spec["net"]), spec["input"]):
+    for op, s_in, _s_out in _walk(_expand(spec["net"]), spec["input"]):
         if op[0] == "conv":
             _, f, k, _, _, _, bias = op
             fan_in = k * k * s_in[-1]
@@ -454,10 +455,10 @@ def run_layers(repeats, log, scale=1, reps=5):
         dY = rng.standard_normal(Y.shape, dtype=np.float32)
         flops[label] = 2 * Y.size * k * k * shape[-1]
 
-        def f_fwd():
+        def f_fwd(layer=layer, X=X):
             layer.forward(X, True)
 
-        def f_bwd(need):
+        def f_bwd(need, layer=layer, dY=dY):
             def run():
                 layer.need_input_grad = need
                 layer.backward(dY)
@@ -482,9 +483,15 @@ def run_layers(repeats, log, scale=1, reps=5):
                 conv = torch.ops.aten.convolution_backward
                 args = (g, x, w, [f], [st, st], [p, p], [1, 1], False, [0, 0], 1)
                 with torch.no_grad():
-                    fw = lambda: torch.nn.functional.conv2d(x, w, None, st, p)          # noqa: E731
-                    bd = lambda: conv(*args, [True, False, False])                   # noqa: E731
-                    bw = lambda: conv(*args, [False, True, True])                    # noqa: E731
+                    def fw(x=x, w=w, st=st, p=p):
+                        return torch.nn.functional.conv2d(x, w, None, st, p)
+
+                    def bd(conv=conv, args=args):
+                        return conv(*args, [True, False, False])
+
+                    def bw(conv=conv, args=args):
+                        return conv(*args, [False, True, True])
+
                     res["torch channels_last" if cl else "torch NCHW"] = {
                         "forward": _median([_time(fw, reps) for _ in range(repeats)]),
                         "backward-data": _median([_time(bd, reps) for _ in range(repeats)]),
@@ -546,15 +553,15 @@ def run_first(wids, log, scale=1, steady=None):
         for name in names:
             _settle()
             if name == "fastnn":
-                m = fastnn_model(spec, weights)
-
-                def step(xb, yb, m=m):
-                    m.train_on_batch(xb, yb)
+                model = fastnn_model(spec, weights)
             else:
-                st = torch_model(spec, weights, name.endswith("channels_last"))
+                model = torch_model(spec, weights, name.endswith("channels_last"))
 
-                def step(xb, yb, st=st):
-                    torch_train(st, xb, yb, dict(spec, batch=xb.shape[0]), rng=np.random.default_rng(0))
+            def step(xb, yb, name=name, model=model, spec=spec):
+                if name == "fastnn":
+                    model.train_on_batch(xb, yb)
+                else:
+                    torch_train(model, xb, yb, dict(spec, batch=xb.shape[0]), rng=np.random.default_rng(0))
             ts = []
             bs = spec["batch"]
             for s in range(steady + 1):

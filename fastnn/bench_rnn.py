@@ -26,7 +26,7 @@ large GEMM.
 The default runs short slices (R1/R2: 10 batches, R3: 1 batch, R4: 8 batches per repeat); ``--full`` runs the
 whole text per R1/R2 epoch (79 batches), 10 R3 batches and 32 R4 batches.  PyTorch's packed R3 is slow (about
 100 s per batch of 256 on a busy 2-core machine at 1 thread), so R3 dominates the group's time.
-"""
+"""  # noqa: E501  (a markdown table: its rows cannot be wrapped)
 import time
 
 import numpy as np
@@ -67,7 +67,7 @@ def make_data(spec, seed=0):
     rng = np.random.default_rng(seed)
     n, T = spec["batch"] * spec["batches"], spec["T"]
     if spec["wid"] in ("R1", "R2"):
-        from fastnn.datasets import load_text, encode_text, text_windows
+        from fastnn.datasets import encode_text, load_text, text_windows
         text, vocab = load_text()
         ids = encode_text(text, vocab) % spec["vocab"]
         X, y = text_windows(ids, T)

@@ -9,10 +9,13 @@ A weight of any rank is handled through its unit axis (``ParamSpec.unit_axis``):
 is one unit, and its incoming weights are all the elements at that index (a Dense weight (n_in, units): a
 column; a channels-last conv kernel (kh, kw, C_in, C_out): the kh*kw*C_in weights of one output channel).
 """
+from __future__ import annotations
+
 import numpy as np
 
 from fastnn._core import clip as _k
 from fastnn._core._threads import get_num_threads
+from fastnn._typing import Config, FloatArray
 from fastnn._validation import check_number
 
 
@@ -20,11 +23,11 @@ class MaxNorm:
     """Rescale each unit's incoming weights whose L2 norm exceeds ``max_value`` to norm ``max_value``: the norm
     is taken over all axes but the unit axis (a column of a (n_in, n_out) weight)."""
 
-    def __init__(self, max_value):
+    def __init__(self, max_value: float) -> None:
         self.max_value = check_number("MaxNorm", "max_value", max_value, low=0.0, low_open=True)
-        self._norms = None
+        self._norms: FloatArray | None = None
 
-    def __call__(self, W, unit_axis=-1):
+    def __call__(self, W: FloatArray, unit_axis: int = -1) -> FloatArray:
         """Apply in place to W (C-contiguous, rank >= 1), whose units are along `unit_axis` (default: the last
         axis, as a Dense weight's columns); returns W."""
         if not isinstance(W, np.ndarray) or not W.flags.c_contiguous or W.ndim < 1:
@@ -54,14 +57,14 @@ class MaxNorm:
         W3 *= norms[None, :, None]
         return W
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {"name": "MaxNorm", "max_value": self.max_value}
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"MaxNorm({self.max_value})"
 
 
-def get(spec, owner="constraint"):
+def get(spec: float | MaxNorm | None, owner: str = "constraint") -> MaxNorm | None:
     """A MaxNorm from a positive number, a MaxNorm instance, or None."""
     if spec is None or isinstance(spec, MaxNorm):
         return spec

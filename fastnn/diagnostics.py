@@ -49,17 +49,30 @@ over (n, units) per step.  ``fit`` warns when
 
 ``model.diagnose(X, y)`` (:func:`diagnose`) prints the same table for one batch or a whole dataset, and
 :func:`gradcheck` compares a model's gradients with central finite differences in float64.
-"""
+"""  # noqa: E501  (a markdown table: its rows cannot be wrapped)
+from __future__ import annotations
+
 import math
 import sys
 import warnings
+from collections.abc import Sequence
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
-from fastnn.callbacks import Callback
-from fastnn._validation import check_number
 from fastnn._core._threads import get_num_threads
 from fastnn._core.kinds import ACT
+from fastnn._typing import ArrayLike
+from fastnn._validation import check_number
+from fastnn.callbacks import Callback
+
+if TYPE_CHECKING:
+    from fastnn.model import Model
+
+#: per layer name, its diagnostics ({key: value}, the keys of the module docstring)
+Stats = dict[str, dict[str, Any]]
+#: a problem found: (kind, layer name, message)
+Problem = tuple[str, str, str]
 
 VANISHING = 1e-3     # a gradient norm below this times the output layer's: vanishing
 EXPLODING = 1e3      # above this times the output layer's (or times its first-epoch value): exploding
@@ -111,7 +124,7 @@ class _Counters:
         slots = max(1, get_num_threads())
         self.layers = _counted_layers(model)
         self.buffers = {}
-        for layer, kind, units, rows in self.layers:
+        for layer, _kind, units, _rows in self.layers:
             self.buffers[layer] = np.zeros((slots, units), dtype=np.int64)
             layer._act_counts = self.buffers[layer]
 
@@ -248,7 +261,7 @@ class _StepNorms:
             setattr(rec, STEP_FLAG, flag)
 
 
-def find_time_problems(stats):
+def find_time_problems(stats: Stats) -> list[Problem]:
     """The vanishing / exploding gradients along time in a stats dict's ``step_grad_norms`` (and a Bidirectional's
     ``backward_step_grad_norms``), by the rules of the module docstring: a list of (kind, name, message), name the
     layer's (with " (backward)" for a Bidirectional's backward direction)."""
@@ -284,7 +297,7 @@ def _time_problem(name, g):
     return None
 
 
-def find_problems(stats, first=None):
+def find_problems(stats: Stats, first: Stats | None = None) -> list[Problem]:
     """The problems in a per-layer stats dict: a list of (kind, layer name, message), kind one of "vanishing",
     "exploding", "vanishing along time", "exploding along time" (recurrent layers' ``step_grad_norms``),
     "dead".  ``first`` is an earlier stats dict (the first epoch) for the growth test."""
@@ -339,9 +352,9 @@ class Monitor(Callback):
     ``logs["diagnostics"]`` (so in ``history.history["diagnostics"]``) and warns once per problem and layer
     (see the module docstring).  The model calls ``on_gradients`` after each backward pass, before clipping."""
 
-    def __init__(self):
-        self._counters = None
-        self._warned = set()
+    def __init__(self) -> None:
+        self._counters: _Counters | None = None
+        self._warned: set[Any] = set()
         self._first = None
 
     def on_train_begin(self, logs=None):
@@ -413,7 +426,7 @@ class Monitor(Callback):
             self.model.trainer.monitor = None
 
 
-def with_monitor(callbacks, monitor):
+def with_monitor(callbacks: Callback | Sequence[Callback] | None, monitor: Monitor) -> list[Callback]:
     """``callbacks`` (None, one Callback or a list) with ``monitor`` first, so that the others see its logs."""
     if isinstance(callbacks, Callback):
         callbacks = [callbacks]
@@ -425,13 +438,13 @@ class Diagnosis(dict):
     """What :func:`diagnose` returns: ``{layer name: {key: value}}`` (the keys of the module docstring), with
     ``problems`` (a list of (kind, layer name, message)), ``loss`` and ``n_samples`` as attributes."""
 
-    def __init__(self, stats, problems, loss, n_samples):
+    def __init__(self, stats: Stats, problems: list[Problem], loss: float, n_samples: int) -> None:
         super().__init__(stats)
         self.problems = problems
         self.loss = loss
         self.n_samples = n_samples
 
-    def table(self):
+    def table(self) -> str:
         """The table ``diagnose`` prints, as a string."""
         head = ("layer", "activation", "grad norm", "weight norm", "update/weight", "dead", "saturated")
         rows = [head]
@@ -456,11 +469,12 @@ class Diagnosis(dict):
         lines += [f"problem: {m}" for _, _, m in self.problems] or ["no problem found"]
         return "\n".join(lines)
 
-    def __str__(self):
+    def __str__(self) -> str:
         return self.table()
 
 
-def diagnose(model, X, y, batch_size=None, file=None, verbose=True):
+def diagnose(model: Model, X: ArrayLike, y: ArrayLike, batch_size: int | None = None, file: IO[str] | None = None,
+             verbose: bool = True) -> Diagnosis:
     """Measure the model's health on (X, y) -- one batch, or a dataset in batches of ``batch_size`` -- print a
     table (when ``verbose``) and return a :class:`Diagnosis`.
 
@@ -470,8 +484,8 @@ def diagnose(model, X, y, batch_size=None, file=None, verbose=True):
     undone: parameters, optimizer state and step count restored; no clipping or schedule), and the parameters,
     gradients buffer, optimizer state and mode are as before the call.  The model must be compiled.
     """
-    X, T = model.trainer.check_Xy(X, y, "diagnose")
-    n = X.shape[0]
+    Xc, T = model.trainer.check_Xy(X, y, "diagnose")
+    n = Xc.shape[0]
     if n == 0:
         raise ValueError("diagnose: X has no samples")
     bs = n if batch_size is None else check_number("diagnose", "batch_size", batch_size, low=1, integer=True)
@@ -486,7 +500,7 @@ def diagnose(model, X, y, batch_size=None, file=None, verbose=True):
     try:
         for start in range(0, n, bs):
             stop = min(start + bs, n)
-            out = model.engine.forward(X[start:stop], False, model.trainer.fused)
+            out = model.engine.forward(Xc[start:stop], False, model.trainer.fused)
             loss, _, grad = model.engine.loss_and_grad(model.loss, out, T[start:stop])
             model.engine.backward(grad)
             # a batch's loss is a mean over its samples, or over its real steps when the output is masked: the
@@ -552,17 +566,18 @@ class GradcheckReport:
         zero: the parameters whose checked analytic gradient is all zeros (nothing was really tested there).
     """
 
-    def __init__(self, errors, details, tol, zero):
+    def __init__(self, errors: dict[str, float], details: dict[str, tuple[Any, ...]], tol: float,
+                 zero: list[str]) -> None:
         self.errors, self.details, self.tol, self.zero = errors, details, tol, zero
-        self.worst = max(errors, key=errors.get) if errors else None
-        self.max_error = errors[self.worst] if errors else 0.0
+        self.worst: str | None = max(errors, key=errors.__getitem__) if errors else None
+        self.max_error = errors[self.worst] if self.worst is not None else 0.0
 
     @property
-    def passed(self):
+    def passed(self) -> bool:
         """Every worst relative error is at most ``tol``."""
         return self.max_error <= self.tol
 
-    def __str__(self):
+    def __str__(self) -> str:
         w = max([len(k) for k in self.errors] + [9])
         lines = [f"{'parameter':<{w}}  {'max rel err':>11}  {'checked':>7}"]
         for k, e in self.errors.items():
@@ -571,11 +586,12 @@ class GradcheckReport:
                      f"{self.max_error:.2e}")
         return "\n".join(lines)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"GradcheckReport(max_error={self.max_error:.3e}, worst={self.worst!r}, passed={self.passed})"
 
 
-def gradcheck(model, X, y, eps=1e-6, max_per_param=64, training=True, tol=1e-4, atol=1e-5, seed=0):
+def gradcheck(model: Model, X: ArrayLike, y: ArrayLike, eps: float = 1e-6, max_per_param: int = 64,
+              training: bool = True, tol: float = 1e-4, atol: float = 1e-5, seed: int = 0) -> GradcheckReport:
     """Compare the model's parameter gradients with central finite differences, in float64.
 
     A float32 model is copied to float64 first (the copy is checked); a float64 model is checked in place and
@@ -605,13 +621,13 @@ def gradcheck(model, X, y, eps=1e-6, max_per_param=64, training=True, tol=1e-4, 
     m = model if np.dtype(model.dtype) == np.float64 else _copy_model(model, np.float64)
     if m is not model:
         m.compile(loss=model.loss, optimizer="sgd")      # the very loss (its settings), a throwaway optimizer
-    X, T = m.trainer.check_Xy(X, y, "gradcheck")
-    if X.shape[0] == 0:
+    Xc, T = m.trainer.check_Xy(X, y, "gradcheck")
+    if Xc.shape[0] == 0:
         raise ValueError("gradcheck: X has no samples")
     saved = None
     if m is model:
         saved = (m.parameters.copy(), m.gradients.copy(),
-                 [(buf, np.array(buf, copy=True)) for l in m.layers for buf in l.buffers.values()],
+                 [(buf, np.array(buf, copy=True)) for layer in m.layers for buf in layer.buffers.values()],
                  m.layer_rng.bit_generator.state, m.training)
     rng_state = m.layer_rng.bit_generator.state
     training = bool(training)
@@ -619,11 +635,11 @@ def gradcheck(model, X, y, eps=1e-6, max_per_param=64, training=True, tol=1e-4, 
     try:
         def loss_at():
             m.layer_rng.bit_generator.state = rng_state
-            out = m.engine.forward(X, training, m.trainer.fused)
+            out = m.engine.forward(Xc, training, m.trainer.fused)
             return float(m.engine.loss_value(m.loss, out, T)[0])       # mask-aware, as loss_and_grad
 
         m.layer_rng.bit_generator.state = rng_state
-        out = m.engine.forward(X, training, m.trainer.fused)
+        out = m.engine.forward(Xc, training, m.trainer.fused)
         _, _, grad = m.engine.loss_and_grad(m.loss, out, T)
         m.engine.backward(grad)
         analytic = m.gradients.copy()
@@ -634,7 +650,7 @@ def gradcheck(model, X, y, eps=1e-6, max_per_param=64, training=True, tol=1e-4, 
                 pname, off, size = row.name, row.offset, row.size
                 idx = np.arange(size) if size <= max_per_param else np.sort(
                     pick.choice(size, max_per_param, replace=False))
-                worst, where = -1.0, None
+                worst, where = -1.0, (-1, math.nan, math.nan)     # replaced by the first element checked
                 a_checked = []
                 for i in idx:
                     k = off + int(i)

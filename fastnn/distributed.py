@@ -42,7 +42,13 @@ SGD/Adam/AdamW, no per-batch callbacks or metrics) keeps running whole epochs in
 ABI), so a step has no Python in it.  Every other model runs the per-layer path with the allreduce between the
 backward pass and the update.
 """
+from __future__ import annotations
+
+from typing import Any
+
 import numpy as np
+
+from fastnn._typing import DTypeLike, NDArray
 
 __all__ = ["DataParallel"]
 
@@ -86,7 +92,7 @@ class DataParallel:
     spent in the gradient allreduce (with the waits for the slower rank in it).
     """
 
-    def __init__(self, comm=None, sync_batchnorm=False, compiled_plan=True):
+    def __init__(self, comm: Any = None, sync_batchnorm: bool = False, compiled_plan: bool = True) -> None:
         MPI = _mpi()
         self._MPI = MPI
         if comm is None:
@@ -100,15 +106,15 @@ class DataParallel:
         self.size = comm.Get_size()
         self.sync_batchnorm = bool(sync_batchnorm)
         self.compiled_plan = bool(compiled_plan)
-        self._hook = False      # not looked up yet (plan_hook)
+        self._hook: Any = False      # not looked up yet (plan_hook); then the handles or None
         self.allreduce_seconds = 0.0
         self._small = np.zeros(5, dtype=np.float64)
         self._last = None
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"DataParallel(rank={self.rank}, size={self.size}, sync_batchnorm={self.sync_batchnorm})"
 
-    def plan_hook(self, dtype):
+    def plan_hook(self, dtype: DTypeLike) -> tuple[int, ...] | None:
         """The arguments of the compiled plan's ``Plan.allreduce`` for parameters of `dtype`: the address of
         MPI_Allreduce in the MPI library mpi4py loaded and the handles, or None where the plan cannot call it
         (compiled_plan=False, one rank, or an MPI without MPICH's ABI of int handles)."""
@@ -139,7 +145,7 @@ class DataParallel:
                         MPI._handleof(MPI.SUM))
         return None
 
-    def barrier(self):
+    def barrier(self) -> None:
         """Wait for every rank (e.g. before other ranks read a file rank 0 saved)."""
         self.comm.Barrier()
 
@@ -182,7 +188,7 @@ class DataParallel:
         for layer in self._dropouts:
             layer.row_offset = 0
 
-    def shard(self, m):
+    def shard(self, m: int) -> tuple[int, int]:
         """(lo, hi): this rank's rows of a global batch of m rows."""
         return self.rank * m // self.size, (self.rank + 1) * m // self.size
 
@@ -317,7 +323,7 @@ class DataParallel:
         return trainer.logs_from_sums(*sums, metrics)
 
     # ------------------------------------------------------------------ synchronized BatchNorm
-    def sum_over_ranks(self, buf):
+    def sum_over_ranks(self, buf: NDArray[np.float64]) -> None:
         """Sum the float64 array `buf` over the ranks, in place (BatchNorm's ``reducer`` under
         ``sync_batchnorm=True``)."""
         self.comm.Allreduce(self._MPI.IN_PLACE, buf, op=self._MPI.SUM)

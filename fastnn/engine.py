@@ -30,16 +30,26 @@ out an executor of its own over copies of the layers (``_inference_copy``): they
 layer buffers (running statistics) with the originals but keep their own batch buffers and forward state, so
 any number of threads predict at once, and a predict never writes what a concurrent fit's backward reads.
 """
+from __future__ import annotations
+
 import operator
 from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from fastnn._typing import DTypeLike, FloatArray, NDArray
+
+if TYPE_CHECKING:
+    from fastnn.graph import Graph
+    from fastnn.losses import Loss
 
 
 INFERENCE_CHUNK_ELEMENTS = 1 << 18     # predict / evaluate without a batch size: about this many values per layer
 
 
-def inference_rows(graph, X):
+def inference_rows(graph: Graph, X: NDArray[Any]) -> int:
     """The rows per forward pass of predict / evaluate on X when the caller gave no batch size: the whole input
     when it is small, else chunks in which the widest layer output holds about INFERENCE_CHUNK_ELEMENTS values, so
     that inference on a large X keeps a few MiB of activations per layer instead of all of X's (a variable axis
@@ -63,22 +73,22 @@ class Executor:
 
     _max_cached = 64
 
-    def __init__(self, graph, dtype):
+    def __init__(self, graph: Graph, dtype: DTypeLike) -> None:
         self.graph = graph
         self.nodes = graph.nodes
         self.fanout = graph.fanout
         self.dtype = dtype
-        self.values = [None] * len(self.nodes)
-        self._gvalues = [None] * len(self.nodes)
-        self._caches = {}
-        self._free = []          # inference executors not in use (see checkout())
-        self._copies = None      # in an inference executor: [(original layer, its copy)]
+        self.values: list[Any] = [None] * len(self.nodes)
+        self._gvalues: list[Any] = [None] * len(self.nodes)
+        self._caches: dict[Hashable, Any] = {}
+        self._free: list[Executor] = []          # inference executors not in use (see checkout())
+        self._copies: list[list[Any]] | None = None   # in an inference executor: [(original layer, its copy)]
         self._general = graph.general
-        self.masks = [None] * len(self.nodes)      # the general path's output masks (see the module docstring)
+        self.masks: list[Any] = [None] * len(self.nodes)   # the general path's output masks (module docstring)
 
     _max_free = 4       # inference executors kept for reuse; more are made while more threads predict at once
 
-    def checkout(self):
+    def checkout(self) -> Executor:
         """An executor for inference passes (``forward(X, False)``), the caller's alone until ``checkin(ex)``.
 
         It runs the graph on copies of the layers (``_inference_copy``) that read the same parameters and layer
@@ -94,7 +104,7 @@ class Executor:
         ex._refresh()
         return ex
 
-    def checkin(self, ex):
+    def checkin(self, ex: Executor) -> None:
         """Give back an executor from ``checkout`` (kept for reuse, up to ``_max_free``)."""
         ex.values = [None] * len(ex.nodes)     # do not keep the pass's arrays alive through the pool
         ex.masks = [None] * len(ex.nodes)
@@ -129,7 +139,7 @@ class Executor:
             else:
                 c.__dict__.update(zip(names, get(od)))
 
-    def forward(self, X, training, logits=False, stop=None):
+    def forward(self, X: NDArray[Any], training: bool, logits: bool = False, stop: int | None = None) -> Any:
         """Run nodes 0 .. stop-1 (all by default) on the batch X; returns the output of the last one run.
 
         `training` selects the layers' mode (dropout, batch statistics); `logits` makes the output layer hand
@@ -153,7 +163,7 @@ class Executor:
                 vals[i] = layer.forward(x, training)
         return vals[stop - 1] if stop > 0 else X
 
-    def backward(self, d_out, start=None):
+    def backward(self, d_out: FloatArray, start: int | None = None) -> None:
         """Backward from the output (or from node `start`, whose output's gradient is d_out); leaves the
         parameter gradients in the layers' gradient views (the flat gradient buffer)."""
         if self._general:
@@ -175,7 +185,7 @@ class Executor:
                 if self.fanout[s] == 1:
                     grads[s] = d
                 elif grads[s] is None:
-                    acc = self.cached(("acc", s, d.shape), lambda: np.empty(d.shape, dtype=self.dtype))
+                    acc = self.cached(("acc", s, d.shape), lambda shape=d.shape: np.empty(shape, dtype=self.dtype))
                     np.copyto(acc, d)
                     grads[s] = acc
                 else:
@@ -211,7 +221,8 @@ class Executor:
                     if m is None:
                         m = ms
                     else:      # several masked inputs: their AND, in a buffer of this node's (no array per step)
-                        both = self.cached(("mask_and", i, ms.shape), lambda: np.empty(ms.shape, dtype=bool))
+                        both = self.cached(("mask_and", i, ms.shape),
+                                           lambda shape=ms.shape: np.empty(shape, dtype=bool))
                         m = np.logical_and(m, ms, out=both)
             if layer.produces_mask:
                 vals[i] = layer.forward(x, training, **kw)
@@ -260,7 +271,7 @@ class Executor:
                     if self.fanout[s] == 1:
                         grads[s] = d
                     elif grads[s] is None:
-                        acc = self.cached(("acc", s, d.shape), lambda: np.empty(d.shape, dtype=self.dtype))
+                        acc = self.cached(("acc", s, d.shape), lambda shape=d.shape: np.empty(shape, dtype=self.dtype))
                         np.copyto(acc, d)
                         grads[s] = acc
                     else:
@@ -272,19 +283,19 @@ class Executor:
                 if out_fanout[s][k] == 1:
                     gl[k] = d
                 elif gl[k] is None:
-                    acc = self.cached(("acc", s, k, d.shape), lambda: np.empty(d.shape, dtype=self.dtype))
+                    acc = self.cached(("acc", s, k, d.shape), lambda shape=d.shape: np.empty(shape, dtype=self.dtype))
                     np.copyto(acc, d)
                     gl[k] = acc
                 else:
                     np.add(gl[k], d, out=gl[k])
 
-    def output(self):
+    def output(self) -> Any:
         """The model output of the last forward (the output node's value, or its ``graph.output_index``-th output)."""
         v = self.values[-1]
         k = self.graph.output_index
         return v if k is None or v is None else v[k]
 
-    def output_mask_value(self):
+    def output_mask_value(self) -> NDArray[np.bool_] | None:
         """The mask of the model output in the last forward ((N, T) bool), or None."""
         if not self._general or not self.graph.has_masks:
             return None
@@ -292,7 +303,7 @@ class Executor:
         k = self.graph.output_index
         return m[k] if (k is not None and isinstance(m, (list, tuple))) else m
 
-    def cached(self, key, make):
+    def cached(self, key: Hashable, make: Callable[..., Any]) -> Any:
         """The scratch buffer for `key` (include the full shape in it), made by `make()` on first use."""
         buf = self._caches.get(key)
         if buf is None:
@@ -301,7 +312,8 @@ class Executor:
             buf = self._caches[key] = make()
         return buf
 
-    def loss_value(self, loss, out, targets, weights=None):
+    def loss_value(self, loss: Loss, out: FloatArray, targets: NDArray[Any],
+                   weights: FloatArray | None = None) -> tuple[float, int]:
         """(loss, n_correct) of the output `out` of the last forward, without a gradient; mask-aware as
         ``loss_and_grad`` (code that evaluates the loss itself should call this rather than ``loss(...)``)."""
         mask = self.output_mask_value() if self._general else None
@@ -309,7 +321,8 @@ class Executor:
             return loss.masked(out, targets, mask, None, weights)
         return loss(out, targets, None, weights)
 
-    def loss_and_grad(self, loss, out, targets, weights=None):
+    def loss_and_grad(self, loss: Loss, out: FloatArray, targets: NDArray[Any],
+                      weights: FloatArray | None = None) -> tuple[float, int, FloatArray]:
         """(loss, n_correct, d_out): `loss` of the output `out`, its gradient in a reused buffer.  With a mask on
         the model output (the general path), the masked positions are left out (``Loss.masked``)."""
         grad = self.cached(("dout", out.shape), lambda: np.empty(out.shape, dtype=self.dtype))

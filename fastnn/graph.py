@@ -32,9 +32,18 @@ The protocol for layers beyond one input and one output (issue 12):
 
 This module imports no layer and no model: layers import it, the model composes it.
 """
+from __future__ import annotations
+
 from collections import namedtuple
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+
+from fastnn._typing import Shape, ShapeLike
+
+if TYPE_CHECKING:
+    from fastnn.layers.base import Layer
 
 Node = namedtuple("Node", "layer src")
 Node.__doc__ = """One node of the graph: the layer and the indices of its input nodes (-1: the model input)."""
@@ -46,7 +55,8 @@ class Tensor:
     ``shape`` is the shape of one sample (the batch axis is left out).
     """
 
-    def __init__(self, shape, layer=None, inputs=(), name=None, index=None, mask_from=None):
+    def __init__(self, shape: Sequence[int | None], layer: Layer | None = None, inputs: Sequence[Tensor] = (),
+                 name: str | None = None, index: int | None = None, mask_from: Layer | None = None) -> None:
         self.shape = tuple(shape)
         self.layer = layer
         self.inputs = tuple(inputs)
@@ -55,13 +65,13 @@ class Tensor:
         self.mask_from = mask_from    # the layer whose mask travels with this tensor (None: no mask)
 
     @property
-    def masked(self):
+    def masked(self) -> bool:
         """Whether an (N, T) mask travels with this tensor (made by ``mask_from``, e.g. an Embedding with
         mask_zero=True or a Masking layer, and passed on by the layers in between)."""
         return self.mask_from is not None
 
     @classmethod
-    def from_layer(cls, layer, inputs):
+    def from_layer(cls, layer: Layer, inputs: Any) -> Tensor | list[Tensor]:
         """The output tensor of `layer` called on `inputs` (a tensor, or a list for multi-input layers):
         checks the inputs, builds the layer for their shapes and marks it as used in a graph."""
         multi = layer.n_inputs != 1
@@ -101,19 +111,19 @@ class Tensor:
         else:
             masks = [None] * n_out
         if n_out == 1:
-            return cls(out_shape, layer, inputs, name=layer.name, mask_from=masks[0])
+            return cls(cast("Shape", out_shape), layer, inputs, name=layer.name, mask_from=masks[0])
         if not isinstance(out_shape, list) or len(out_shape) != n_out or len(masks) != n_out:
             raise ValueError(f"{layer.name}: a layer with n_outputs={n_out} must build a list of {n_out} output "
                              f"shapes and give {n_out} output masks")
         return [cls(shape, layer, inputs, name=f"{layer.name}[{k}]", index=k, mask_from=m)
                 for k, (shape, m) in enumerate(zip(out_shape, masks))]
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         src = self.layer.name if self.layer is not None else "input"
         return f"Tensor(shape=(None, {', '.join(map(str, self.shape))}), from={src})"
 
 
-def _incoming_mask(layer, inputs):
+def _incoming_mask(layer: Layer, inputs: Sequence[Tensor]) -> Layer | None:
     """The layer whose mask reaches `layer` through `inputs` (None: no mask); raises ValueError when `layer`
     cannot take a mask (``mask_support`` None) and one arrives, naming both layers."""
     source = next((t.mask_from for t in inputs if t.mask_from is not None), None)
@@ -127,7 +137,7 @@ def _incoming_mask(layer, inputs):
     return source
 
 
-def Input(shape, name=None):
+def Input(shape: ShapeLike, name: str | None = None) -> Tensor:
     """The input of a model: `shape` is the shape of one sample (an int for a vector of features).
 
     An axis may be None: its size varies from batch to batch (a sequence length, ``Input((None, 8))``).  Such an
@@ -137,7 +147,7 @@ def Input(shape, name=None):
     return Tensor(check_shape("Input", "shape", shape), name=name or "input")
 
 
-def check_shape(owner, what, shape):
+def check_shape(owner: str, what: str, shape: Any) -> Shape:
     """`shape` (an int, or a tuple/list of positive ints or None) as a tuple; errors name owner and what."""
     if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
         shape = (int(shape),)
@@ -153,12 +163,12 @@ def check_shape(owner, what, shape):
     return tuple(None if d is None else int(d) for d in shape)
 
 
-def matches(shape, pattern):
+def matches(shape: Sequence[int | None], pattern: Sequence[int | None]) -> bool:
     """Whether a concrete per-sample `shape` fits `pattern` (None matches any size)."""
     return len(shape) == len(pattern) and all(p is None or s == p for s, p in zip(shape, pattern))
 
 
-def is_variable(shape):
+def is_variable(shape: Sequence[int | None]) -> bool:
     """Whether a per-sample shape has a variable (None) axis."""
     return any(d is None for d in shape)
 
@@ -181,7 +191,8 @@ class Graph:
         input_shape, output_shape: the shapes of one sample at the input and the output.
     """
 
-    def __init__(self, inputs, outputs, owner="model"):
+    def __init__(self, inputs: Tensor | Sequence[Tensor], outputs: Tensor | Sequence[Tensor],
+                 owner: str = "model") -> None:
         if isinstance(inputs, (list, tuple)):
             if len(inputs) != 1:
                 raise ValueError(f"{owner}: exactly one input tensor is supported, got {len(inputs)}")
@@ -190,9 +201,10 @@ class Graph:
             if len(outputs) != 1:
                 raise ValueError(f"{owner}: exactly one output tensor is supported, got {len(outputs)}")
             outputs = outputs[0]
-        for what, t in (("inputs", inputs), ("outputs", outputs)):
-            if not isinstance(t, Tensor):
-                raise TypeError(f"{owner}: {what} must be a tensor, got {type(t).__name__}")
+        if not isinstance(inputs, Tensor):
+            raise TypeError(f"{owner}: inputs must be a tensor, got {type(inputs).__name__}")
+        if not isinstance(outputs, Tensor):
+            raise TypeError(f"{owner}: outputs must be a tensor, got {type(outputs).__name__}")
         if inputs.layer is not None:
             raise ValueError(f"{owner}: inputs must come from fastnn.Input, not from layer {inputs.layer.name}")
         if outputs is inputs:
@@ -210,12 +222,16 @@ class Graph:
             raise ValueError(f"{owner}: the output depends on another Input ({stray[0].name}) than the "
                              "model's input")
         # one node per layer: the output tensors of a multi-output layer share their layer's node
-        node_of = {}
-        self.nodes, self.fanout, self.picks, self.out_fanout = [], [], [], []
+        node_of: dict[int, int] = {}
+        self.nodes: list[Node] = []
+        self.fanout: list[int] = []
+        self.picks: list[tuple[int | None, ...] | None] = []
+        self.out_fanout: list[list[int] | None] = []
         for t in order:
             if t.layer is None or id(t.layer) in node_of:
                 continue
-            src, pick = [], []
+            src: list[int] = []
+            pick: list[int | None] = []
             for p in t.inputs:
                 if p.layer is None:
                     src.append(-1)
@@ -225,8 +241,9 @@ class Graph:
                 src.append(s)
                 pick.append(p.index)
                 self.fanout[s] += 1
-                if p.index is not None:
-                    self.out_fanout[s][p.index] += 1
+                counts = self.out_fanout[s]
+                if p.index is not None and counts is not None:
+                    counts[p.index] += 1
             node_of[id(t.layer)] = len(self.nodes)
             self.nodes.append(Node(t.layer, tuple(src)))
             self.fanout.append(0)
@@ -247,19 +264,19 @@ class Graph:
         self.output_shape = outputs.shape
 
     @property
-    def layers(self):
+    def layers(self) -> list[Layer]:
         """The layers, in the order they run."""
         return [node.layer for node in self.nodes]
 
-    def consumers(self, i):
+    def consumers(self, i: int) -> list[int]:
         """The indices of the nodes fed by node i."""
         return [k for k, node in enumerate(self.nodes) if i in node.src]
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.nodes)
 
 
-def topological_order(outputs, owner="model"):
+def topological_order(outputs: Tensor, owner: str = "model") -> list[Tensor]:
     """The tensors `outputs` depends on (itself included), parents first: an iterative depth-first search."""
     order, state, stack = [], {}, [(outputs, False)]
     while stack:

@@ -20,12 +20,18 @@ vector (n,) gives (n, n)).
 | "lecun_normal" | N(0, sqrt(1 / n_in)) |
 | "lecun_uniform" | U[-a, a], a = sqrt(3 / n_in) |
 """
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
 import numpy as np
 
+from fastnn._typing import Config, NDArray
 from fastnn._validation import check_number
 
 
-def _fans(shape, fans):
+def _fans(shape: Sequence[int], fans: Sequence[int] | None) -> tuple[int, int]:
     if fans is not None:
         n_in, n_out = (int(f) for f in fans)
         if n_in < 1 or n_out < 1:
@@ -34,7 +40,7 @@ def _fans(shape, fans):
     return default_fans(shape)
 
 
-def default_fans(shape):
+def default_fans(shape: Sequence[int]) -> tuple[int, int]:
     """(fan_in, fan_out) of a weight of this shape, laid out (..., n_in, n_out) as Keras lays out its kernels:
     (n,) -> (n, n); (n_in, n_out) -> (n_in, n_out); a channels-last conv kernel (kh, kw, C_in, C_out) ->
     (kh*kw*C_in, kh*kw*C_out), the receptive field times the channels in and out; () -> (1, 1)."""
@@ -50,29 +56,32 @@ def default_fans(shape):
 class Initializer:
     """Base class: ``init(shape, rng, fans=None) -> float64 array``; subclasses implement ``__call__``.
     ``fans`` is (fan_in, fan_out) (a ParamSpec's); the constant initializers ignore it."""
-    name = None
+    name: ClassVar[str | None] = None
 
-    def __call__(self, shape, rng, fans=None):
+    def __call__(self, shape: Sequence[int], rng: np.random.Generator,
+                 fans: Sequence[int] | None = None) -> NDArray[np.float64]:
         raise NotImplementedError
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {"name": self.name}
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
 
 class Zeros(Initializer):
     name = "zeros"
 
-    def __call__(self, shape, rng, fans=None):
+    def __call__(self, shape: Sequence[int], rng: np.random.Generator,
+                 fans: Sequence[int] | None = None) -> NDArray[np.float64]:
         return np.zeros(shape)
 
 
 class Ones(Initializer):
     name = "ones"
 
-    def __call__(self, shape, rng, fans=None):
+    def __call__(self, shape: Sequence[int], rng: np.random.Generator,
+                 fans: Sequence[int] | None = None) -> NDArray[np.float64]:
         return np.ones(shape)
 
 
@@ -80,24 +89,26 @@ class Constant(Initializer):
     """Every element equal to `value`."""
     name = "constant"
 
-    def __init__(self, value=0.0):
+    def __init__(self, value: float = 0.0) -> None:
         self.value = check_number("Constant", "value", value)
 
-    def __call__(self, shape, rng, fans=None):
+    def __call__(self, shape: Sequence[int], rng: np.random.Generator,
+                 fans: Sequence[int] | None = None) -> NDArray[np.float64]:
         return np.full(shape, self.value)
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {"name": self.name, "value": self.value}
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Constant({self.value})"
 
 
 class _Uniform(Initializer):
-    def limit(self, n_in, n_out):
+    def limit(self, n_in: int, n_out: int) -> float:
         raise NotImplementedError
 
-    def __call__(self, shape, rng, fans=None):
+    def __call__(self, shape: Sequence[int], rng: np.random.Generator,
+                 fans: Sequence[int] | None = None) -> NDArray[np.float64]:
         a = self.limit(*_fans(shape, fans))
         return rng.uniform(-a, a, size=shape)
 
@@ -107,85 +118,89 @@ class RandomUniform(Initializer):
     Embedding's ``embeddings_initializer="uniform"``)."""
     name = "uniform"
 
-    def __init__(self, minval=-0.05, maxval=0.05):
+    def __init__(self, minval: float = -0.05, maxval: float = 0.05) -> None:
         self.minval = check_number("RandomUniform", "minval", minval)
         self.maxval = check_number("RandomUniform", "maxval", maxval)
         if not self.minval < self.maxval:
             raise ValueError(f"RandomUniform: minval must be < maxval, got {self.minval} and {self.maxval}")
 
-    def __call__(self, shape, rng, fans=None):
+    def __call__(self, shape: Sequence[int], rng: np.random.Generator,
+                 fans: Sequence[int] | None = None) -> NDArray[np.float64]:
         return rng.uniform(self.minval, self.maxval, size=shape)
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {"name": self.name, "minval": self.minval, "maxval": self.maxval}
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"RandomUniform({self.minval}, {self.maxval})"
 
 
 class _Normal(Initializer):
-    def std(self, n_in, n_out):
+    def std(self, n_in: int, n_out: int) -> float:
         raise NotImplementedError
 
-    def __call__(self, shape, rng, fans=None):
+    def __call__(self, shape: Sequence[int], rng: np.random.Generator,
+                 fans: Sequence[int] | None = None) -> NDArray[np.float64]:
         return rng.normal(0.0, self.std(*_fans(shape, fans)), size=shape)
 
 
 class GlorotBengioUniform(_Uniform):
     name = "glorot_bengio_uniform"
 
-    def limit(self, n_in, n_out):
+    def limit(self, n_in: int, n_out: int) -> float:
         return 1.0 / np.sqrt(n_in)
 
 
 class XavierUniform(_Uniform):
     name = "xavier_uniform"
 
-    def limit(self, n_in, n_out):
+    def limit(self, n_in: int, n_out: int) -> float:
         return np.sqrt(6.0 / (n_in + n_out))
 
 
 class XavierNormal(_Normal):
     name = "xavier_normal"
 
-    def std(self, n_in, n_out):
+    def std(self, n_in: int, n_out: int) -> float:
         return np.sqrt(2.0 / (n_in + n_out))
 
 
 class HeNormal(_Normal):
     name = "he_normal"
 
-    def std(self, n_in, n_out):
+    def std(self, n_in: int, n_out: int) -> float:
         return np.sqrt(2.0 / n_in)
 
 
 class HeUniform(_Uniform):
     name = "he_uniform"
 
-    def limit(self, n_in, n_out):
+    def limit(self, n_in: int, n_out: int) -> float:
         return np.sqrt(6.0 / n_in)
 
 
 class LecunNormal(_Normal):
     name = "lecun_normal"
 
-    def std(self, n_in, n_out):
+    def std(self, n_in: int, n_out: int) -> float:
         return np.sqrt(1.0 / n_in)
 
 
 class LecunUniform(_Uniform):
     name = "lecun_uniform"
 
-    def limit(self, n_in, n_out):
+    def limit(self, n_in: int, n_out: int) -> float:
         return np.sqrt(3.0 / n_in)
 
 
-REGISTRY = {cls.name: cls for cls in (Zeros, Ones, RandomUniform, GlorotBengioUniform, XavierUniform, XavierNormal,
-                                      HeNormal, HeUniform, LecunNormal, LecunUniform)}
+# name -> class (every class listed has a name)
+REGISTRY: dict[str, type[Initializer]] = {
+    cls.name: cls for cls in (Zeros, Ones, RandomUniform, GlorotBengioUniform, XavierUniform, XavierNormal, HeNormal,
+                              HeUniform, LecunNormal, LecunUniform) if cls.name is not None}
 ALIASES = {"glorot_uniform": "xavier_uniform", "glorot_normal": "xavier_normal"}
 
 
-def get(spec, owner="initializer"):
+def get(spec: str | Initializer, owner: str = "initializer") -> Initializer:
     """An Initializer from a name (see the module table) or an Initializer instance."""
     if isinstance(spec, Initializer):
         return spec
@@ -200,7 +215,7 @@ def get(spec, owner="initializer"):
                     f"got {type(spec).__name__}")
 
 
-def from_config(config):
+def from_config(config: Config) -> Initializer:
     """An Initializer from ``get_config()``'s output ({"name": ..., and "value" for Constant})."""
     if not isinstance(config, dict) or not isinstance(config.get("name"), str):
         raise ValueError(f"initializers.from_config: expected a dict with a 'name', got {config!r}")

@@ -88,8 +88,8 @@ def _rng_state(gen):
 
 
 def _architecture(model, owner):
-    from fastnn.model import Sequential, Model
     from fastnn.layers import REGISTRY
+    from fastnn.model import Model, Sequential
     if type(model) not in (Sequential, Model):
         raise ValueError(f"{owner}: only fastnn.Model and fastnn.Sequential can be saved, got {type(model).__name__}")
     nodes = []
@@ -121,7 +121,8 @@ def snapshot(model, include_optimizer=True, owner="save"):
     docstring (without its ``arrays`` checksums) and {key: array}.  The arrays are views of the model's
     buffers, not copies: ``build`` copies them into a new model, ``save`` writes them; copy them before
     changing the model if you keep them.  Errors name `owner`."""
-    from fastnn import losses as _losses, optim as _optim
+    from fastnn import losses as _losses
+    from fastnn import optim as _optim
     if not model.built:
         raise ValueError(f"{owner}: {model.name} is not built yet (give input_dim, or fit/predict once)")
     header = {"format": FORMAT, "version": VERSION, "model": _architecture(model, owner)}
@@ -629,9 +630,11 @@ def build(header, arrays, compile=True):
     no memory with them), and with `compile` the loss and optimizer (with its state) are restored.  Raises
     ValueError (or TypeError / KeyError for a malformed header, which ``load`` reports as ValueError) when
     they do not describe a model; nothing is returned half-built."""
-    from fastnn import losses as _losses, optim as _optim, schedules as _schedules
-    from fastnn.layers import REGISTRY
+    from fastnn import losses as _losses
+    from fastnn import optim as _optim
+    from fastnn import schedules as _schedules
     from fastnn.graph import Input, Tensor
+    from fastnn.layers import REGISTRY
     from fastnn.model import Model, Sequential
     spec = header["model"]
     kind = spec["class"]
@@ -714,7 +717,7 @@ def build(header, arrays, compile=True):
             raise ValueError(f"model.output_index {k} does not match the last node's outputs")
         model = Model(x, out if k is None else out[k], seed=seed, dtype=dtype, name=name)
     # the rebuilt graph must run the nodes in the saved order
-    if [type(l).__name__ for l in _nodes(model)] != [n["class"] for n in spec["nodes"]] or \
+    if [type(layer).__name__ for layer in _nodes(model)] != [n["class"] for n in spec["nodes"]] or \
             [list(src) for _, src in model.graph.nodes] != [list(n["inputs"]) for n in spec["nodes"]] or \
             [list(p) if p is not None else None for p in model.graph.picks] != \
             [n.get("outputs") for n in spec["nodes"]]:

@@ -36,7 +36,7 @@ over the real steps only: step t of sample i weighs w_i * mask[i, t], so the mas
 mean (it divides by the summed weights of the real steps: sum_it w_i m_it l_it / sum_it w_i m_it, per element
 for the elementwise losses) nor in accuracy, and their gradient is exactly 0.  A batch without a real step
 (or whose weights on its real steps sum to 0) has loss 0 and gradient 0.
-"""
+"""  # noqa: E501  (a markdown table: its rows cannot be wrapped)
 from __future__ import annotations
 
 import threading
@@ -45,7 +45,6 @@ import numpy as np
 
 from fastnn._core import losses as _k
 from fastnn._core.kinds import LOSS
-
 
 _per_thread = threading.local()     # per-thread scratch of the losses (CrossEntropy's per-position weights)
 
@@ -90,8 +89,8 @@ def _argmax_rows(a, tag):
 class Loss:
     """Base class.  ``__call__(out, targets, grad=None, weights=None) -> (loss, n_correct)``; ``grad`` (OUT) gets
     d loss / d out; ``weights`` (n,) are per-sample weights in the model dtype, or None."""
-    name = None
-    fuses = None              # "softmax" / "sigmoid": the output function this loss absorbs
+    name: str | None = None
+    fuses: str | None = None  # "softmax" / "sigmoid": the output function this loss absorbs
     classification = False    # whether accuracy applies
     sums = False              # True: the loss sums over samples (evaluate adds batch losses instead of averaging)
 

@@ -17,24 +17,31 @@ Regression metrics need a regression loss ("l2", "mse", "mae") and the accuracie
 so that they always see predictions in the space of the targets; a mismatch is a ValueError in ``fit`` and
 ``evaluate``, raised before anything runs.
 """
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
 import numpy as np
+
+from fastnn._typing import NDArray
 
 
 class Metric:
     """Base class: ``reset()``, ``update(out, targets)`` per batch, ``result()`` -> float."""
-    name = None
-    kind = None    # "classification" or "regression": the losses it applies to
+    name: str | None = None
+    kind: ClassVar[str | None] = None    # "classification" or "regression": the losses it applies to
 
-    def reset(self):
+    def reset(self) -> None:
         raise NotImplementedError
 
-    def update(self, out, targets):
+    def update(self, out: NDArray[Any], targets: NDArray[Any]) -> None:
         raise NotImplementedError
 
-    def result(self):
+    def result(self) -> float:
         raise NotImplementedError
 
-    def state(self):
+    def state(self) -> dict[str, Any]:
         """The running state since ``reset()`` as {name: value}: the metric's additive accumulators (counts and
         sums: its private numbers and arrays, None before a first update), so that the states of metrics that saw
         disjoint parts of the data add up to the state of one that saw all of it (``merge_states``)."""
@@ -42,13 +49,13 @@ class Metric:
                 if k.startswith("_") and not isinstance(v, bool)
                 and (v is None or isinstance(v, (int, float, np.ndarray, np.number)))}
 
-    def merge_states(self, states):
+    def merge_states(self, states: Sequence[dict[str, Any]]) -> None:
         """Set the state to the sum of `states` (``state()`` dicts, e.g. of the ranks of a data-parallel fit)."""
         for k in self.state():
             vals = [st[k] for st in states if st[k] is not None]
             setattr(self, k, None if not vals else sum(vals[1:], vals[0]))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
 
@@ -63,18 +70,18 @@ class TopKAccuracy(Metric):
     For N-D outputs (n, ..., classes) every position is one prediction (labels (n, ...))."""
     kind = "classification"
 
-    def __init__(self, k=5, name=None):
+    def __init__(self, k: int = 5, name: str | None = None) -> None:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"TopKAccuracy: k must be a positive int, got {k!r}")
         self.k = int(k)
         self.name = name or ("top_k_accuracy" if self.k == 5 else f"top_{self.k}_accuracy")
         self.reset()
 
-    def reset(self):
+    def reset(self) -> None:
         self._hits = 0
         self._n = 0
 
-    def update(self, out, targets):
+    def update(self, out: NDArray[Any], targets: NDArray[Any]) -> None:
         c = out.shape[-1]
         scores = out.reshape(-1, c)                  # one row per prediction (a sample, or a position of one)
         if targets.dtype.kind in "iu":
@@ -91,26 +98,31 @@ class TopKAccuracy(Metric):
             self._hits += int((above < self.k).sum())
         self._n += n
 
-    def result(self):
+    def result(self) -> float:
         return self._hits / self._n if self._n else float("nan")
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"TopKAccuracy(k={self.k})"
 
 
 class _Elementwise(Metric):
     kind = "regression"
 
-    def reset(self):
+    @staticmethod
+    def _reduce(d: NDArray[Any]) -> Any:
+        """The sum over all elements of the differences `d` (float64), which it may overwrite."""
+        raise NotImplementedError
+
+    def reset(self) -> None:
         self._sum = 0.0
         self._n = 0
 
-    def update(self, out, targets):
+    def update(self, out: NDArray[Any], targets: NDArray[Any]) -> None:
         d = out.reshape(targets.shape) - targets
         self._sum += float(self._reduce(d))
         self._n += d.size
 
-    def result(self):
+    def result(self) -> float:
         return self._sum / self._n if self._n else float("nan")
 
 
@@ -119,7 +131,7 @@ class MeanAbsoluteError(_Elementwise):
     name = "mae"
 
     @staticmethod
-    def _reduce(d):
+    def _reduce(d: NDArray[Any]) -> Any:
         return np.abs(d, out=d).sum(dtype=np.float64)
 
 
@@ -128,7 +140,7 @@ class MeanSquaredError(_Elementwise):
     name = "mse"
 
     @staticmethod
-    def _reduce(d):
+    def _reduce(d: NDArray[Any]) -> Any:
         return np.einsum("ij,ij->", d, d, dtype=np.float64)
 
 
@@ -137,11 +149,13 @@ class R2Score(Metric):
     name = "r2"
     kind = "regression"
 
-    def reset(self):
+    def reset(self) -> None:
         self._n = 0
-        self._s = self._ss = self._res = None
+        self._s: NDArray[np.float64] | None = None      # per column: sum of y, sum of y^2, sum of residuals^2
+        self._ss: NDArray[np.float64] | None = None
+        self._res: NDArray[np.float64] | None = None
 
-    def update(self, out, targets):
+    def update(self, out: NDArray[Any], targets: NDArray[Any]) -> None:
         t = targets.astype(np.float64)
         d = out.reshape(targets.shape) - t
         if self._s is None:
@@ -153,8 +167,8 @@ class R2Score(Metric):
         self._res += (d * d).sum(axis=0)
         self._n += t.shape[0]
 
-    def result(self):
-        if not self._n:
+    def result(self) -> float:
+        if not self._n or self._s is None or self._ss is None or self._res is None:
             return float("nan")
         tot = self._ss - self._s * self._s / self._n
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -163,12 +177,13 @@ class R2Score(Metric):
         return float(r2.mean())
 
 
-REGISTRY = {"accuracy": Accuracy, "acc": Accuracy, "top_k_accuracy": TopKAccuracy, "mae": MeanAbsoluteError,
-            "mean_absolute_error": MeanAbsoluteError, "mse": MeanSquaredError,
-            "mean_squared_error": MeanSquaredError, "r2": R2Score, "r2_score": R2Score}
+REGISTRY: dict[str, type[Metric]] = {
+    "accuracy": Accuracy, "acc": Accuracy, "top_k_accuracy": TopKAccuracy, "mae": MeanAbsoluteError,
+    "mean_absolute_error": MeanAbsoluteError, "mse": MeanSquaredError, "mean_squared_error": MeanSquaredError,
+    "r2": R2Score, "r2_score": R2Score}
 
 
-def get(spec, owner="fit"):
+def get(spec: str | Metric, owner: str = "fit") -> Metric:
     """A Metric from a name (REGISTRY) or a Metric instance; errors name `owner` (the calling function)."""
     if isinstance(spec, Metric):
         return spec

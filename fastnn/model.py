@@ -20,12 +20,13 @@ from typing import Any, TextIO, Union
 
 import numpy as np
 
+from fastnn import engine as _engine
 from fastnn import losses as _losses
 from fastnn import metrics as _metrics
 from fastnn import optim as _optim
 from fastnn import schedules as _schedules
-from fastnn.callbacks import History  # (also re-exported)
-from fastnn import engine as _engine
+from fastnn._validation import check_dtype, check_number
+from fastnn.callbacks import History
 from fastnn.engine import Executor
 from fastnn.errors import NonFiniteError  # noqa: F401  (re-exported)
 from fastnn.graph import Graph, Input, Tensor, check_shape  # (Tensor, Input: also re-exported)
@@ -34,8 +35,6 @@ from fastnn.layers.base import Layer
 from fastnn.params import ParameterTable, frozen_layers
 from fastnn.training import compiled as _compiled
 from fastnn.training.trainer import Trainer
-from fastnn._validation import check_dtype, check_number
-
 
 ArrayLike = Any                                   # numpy arrays, or what np.asarray takes
 MetricSpec = Union[str, _metrics.Metric]          # a metric name or a fastnn.metrics.Metric
@@ -277,11 +276,11 @@ class Model:
             raise TypeError(f"set_weights: expected a list of {len(entries)} arrays (as get_weights returns), got "
                             f"{type(weights).__name__}")
         if len(weights) != len(entries):
-            names = ", ".join(f"{l.name}.{n}" for l, _, n, _ in entries)
+            names = ", ".join(f"{layer.name}.{n}" for layer, _, n, _ in entries)
             raise ValueError(f"set_weights: {self.name} has {len(entries)} weight arrays ({names}), got "
                              f"{len(weights)}")
-        checked = [self._checked("set_weights", f"entry {i} ({l.name}.{n})", w, a)
-                   for i, ((l, _, n, a), w) in enumerate(zip(entries, weights))]
+        checked = [self._checked("set_weights", f"entry {i} ({layer.name}.{n})", w, a)
+                   for i, ((layer, _, n, a), w) in enumerate(zip(entries, weights))]
         for (_, _, _, a), w in zip(entries, checked):
             a[...] = w
 

@@ -5,23 +5,30 @@ Weight decay: coupled (added to the gradient) for SGD, Adagrad, RMSprop and Adam
 applies to weights only by default; ``decay_bias=True`` makes biases and normalization parameters decay too
 (torch's behaviour when it is given ``model.parameters()``).
 
-Adding an optimizer: one kernel in optim.pyx, one subclass here with ``_make_state`` and ``_update``.
+Adding an optimizer: one kernel in optim.pyx, one subclass here with ``_state_names`` and ``_update``
+(CONTRIBUTING.md, "Adding an optimizer").
 """
+from __future__ import annotations
+
 import weakref
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import numpy as np
 
 from fastnn._core import optim as _k
-from fastnn._core.kinds import OPT
 from fastnn._core._threads import get_num_threads
+from fastnn._core.kinds import OPT
+from fastnn._typing import Config, NDArray
 from fastnn._validation import check_number
 
 
 class Optimizer:
     """Base class: holds the hyperparameters and, once bound to a model, its state arrays."""
-    kind = None       # the compiled training plan's kind (an OPT member; csrc/fnn_kinds.h), None: not compiled
+    # the compiled training plan's kind (an OPT member; csrc/fnn_kinds.h), None: not compiled
+    kind: ClassVar[Any] = None
 
-    def __init__(self, lr, weight_decay=0.0, decay_bias=False):
+    def __init__(self, lr: float, weight_decay: float = 0.0, decay_bias: bool = False) -> None:
         name = type(self).__name__
         self._lr = check_number(name, "lr", lr, low=0.0)
         self.weight_decay = check_number(name, "weight_decay", weight_decay, low=0.0)
@@ -29,21 +36,21 @@ class Optimizer:
             raise TypeError(f"{name}: decay_bias must be a bool, got {type(decay_bias).__name__}")
         self.decay_bias = bool(decay_bias)
         self.step_count = 0
-        self.state = {}
+        self.state: dict[str, NDArray[Any]] = {}
         self._params = self._grads = None
         self._n_decay = 0
         self._owner = None      # a weak reference to the model this optimizer trains (see _claim)
 
     @property
-    def lr(self):
+    def lr(self) -> float:
         """The learning rate (settable: schedules and callbacks change it between steps)."""
         return self._lr
 
     @lr.setter
-    def lr(self, value):
+    def lr(self, value: float) -> None:
         self._lr = check_number(type(self).__name__, "lr", value, low=0.0)
 
-    def owner(self):
+    def owner(self) -> Any:
         """The model this optimizer trains (the last one compiled with it), or None."""
         return None if self._owner is None else self._owner()
 
@@ -95,7 +102,7 @@ class Optimizer:
     def _state_names(self):
         return []
 
-    def step(self):
+    def step(self) -> None:
         """Apply one update to the bound parameters with the gradients in the bound gradient buffer."""
         if self._params is None:
             raise RuntimeError(f"{type(self).__name__}: not attached to a model (call model.compile first)")
@@ -105,11 +112,11 @@ class Optimizer:
     def _update(self, n_threads):
         raise NotImplementedError
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {"name": type(self).__name__, "lr": self.lr, "weight_decay": self.weight_decay,
                 "decay_bias": self.decay_bias}
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "name")
         return f"{type(self).__name__}({args})"
 
@@ -122,7 +129,8 @@ class SGD(Optimizer):
     """
     kind = OPT.SGD
 
-    def __init__(self, lr=1e-3, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0, decay_bias=False):
+    def __init__(self, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0, decay_bias: bool = False) -> None:
         super().__init__(lr, weight_decay, decay_bias)
         self.momentum = check_number("SGD", "momentum", momentum, low=0.0)
         self.dampening = check_number("SGD", "dampening", dampening)
@@ -139,7 +147,7 @@ class SGD(Optimizer):
         _k.sgd_step(self._params, self._grads, self.state.get("momentum_buffer"), self.lr, self.momentum,
                     self.dampening, self.weight_decay, self.nesterov, self.step_count == 1, self._n_decay, n_threads)
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {**super().get_config(), "momentum": self.momentum, "dampening": self.dampening,
                 "nesterov": self.nesterov}
 
@@ -147,8 +155,8 @@ class SGD(Optimizer):
 class Adagrad(Optimizer):
     """Adagrad: torch.optim.Adagrad (lr_decay, initial_accumulator_value, eps=1e-10)."""
 
-    def __init__(self, lr=0.01, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10,
-                 decay_bias=False):
+    def __init__(self, lr: float = 0.01, lr_decay: float = 0.0, weight_decay: float = 0.0,
+                 initial_accumulator_value: float = 0.0, eps: float = 1e-10, decay_bias: bool = False) -> None:
         super().__init__(lr, weight_decay, decay_bias)
         self.lr_decay = check_number("Adagrad", "lr_decay", lr_decay, low=0.0)
         self.initial_accumulator_value = check_number("Adagrad", "initial_accumulator_value",
@@ -169,7 +177,7 @@ class Adagrad(Optimizer):
         _k.adagrad_step(self._params, self._grads, self.state["sum"], clr, self.weight_decay, self.eps,
                         self._n_decay, n_threads)
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {**super().get_config(), "lr_decay": self.lr_decay,
                 "initial_accumulator_value": self.initial_accumulator_value, "eps": self.eps}
 
@@ -177,8 +185,8 @@ class Adagrad(Optimizer):
 class RMSprop(Optimizer):
     """RMSprop: torch.optim.RMSprop (alpha=0.99, eps=1e-8, momentum, centered)."""
 
-    def __init__(self, lr=0.01, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
-                 decay_bias=False):
+    def __init__(self, lr: float = 0.01, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0,
+                 momentum: float = 0.0, centered: bool = False, decay_bias: bool = False) -> None:
         super().__init__(lr, weight_decay, decay_bias)
         self.alpha = check_number("RMSprop", "alpha", alpha, low=0.0)
         self.eps = check_number("RMSprop", "eps", eps, low=0.0)
@@ -200,7 +208,7 @@ class RMSprop(Optimizer):
                         self.state.get("momentum_buffer"), self.lr, self.alpha, self.eps, self.weight_decay,
                         self.momentum, self._n_decay, n_threads)
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {**super().get_config(), "alpha": self.alpha, "eps": self.eps, "momentum": self.momentum,
                 "centered": self.centered}
 
@@ -210,7 +218,8 @@ class Adam(Optimizer):
     kind = OPT.ADAM
     _decoupled = False
 
-    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, decay_bias=False):
+    def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, amsgrad: bool = False, decay_bias: bool = False) -> None:
         super().__init__(lr, weight_decay, decay_bias)
         name = type(self).__name__
         if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
@@ -230,7 +239,7 @@ class Adam(Optimizer):
                      self.state.get("max_exp_avg_sq"), self.lr, self.betas[0], self.betas[1], self.eps,
                      self.weight_decay, self._decoupled, self.step_count, self._n_decay, n_threads)
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {**super().get_config(), "betas": list(self.betas), "eps": self.eps, "amsgrad": self.amsgrad}
 
 
@@ -238,14 +247,17 @@ class AdamW(Adam):
     """AdamW: Adam with decoupled weight decay (p *= 1 - lr * weight_decay), default 0.01: torch.optim.AdamW."""
     _decoupled = True
 
-    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, amsgrad=False, decay_bias=False):
+    def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.01, amsgrad: bool = False, decay_bias: bool = False) -> None:
         super().__init__(lr, betas, eps, weight_decay, amsgrad, decay_bias)
 
 
-REGISTRY = {"sgd": SGD, "adagrad": Adagrad, "rmsprop": RMSprop, "adam": Adam, "adamw": AdamW}
+# name -> class (each constructible with its defaults)
+REGISTRY: dict[str, Callable[[], Optimizer]] = {
+    "sgd": SGD, "adagrad": Adagrad, "rmsprop": RMSprop, "adam": Adam, "adamw": AdamW}
 
 
-def get(spec):
+def get(spec: str | Optimizer) -> Optimizer:
     """An Optimizer from a name (with its defaults) or an Optimizer instance."""
     if isinstance(spec, Optimizer):
         return spec

@@ -16,13 +16,17 @@ on the views.
 are kept, the layers are bound to views of the new buffers, and it returns how the trainable prefix moved so
 that the optimizer can carry its state.
 """
+from __future__ import annotations
+
 import math
 import os
 from collections import namedtuple
+from collections.abc import Iterable
 
 import numpy as np
 
-from fastnn.layers.base import trainable_changes
+from fastnn._typing import DTypeLike, FloatArray
+from fastnn.layers.base import Layer, trainable_changes
 
 Row = namedtuple("Row", "layer name offset size shape decay trainable")
 Row.__doc__ = """One parameter: its layer, its name in the layer, its place in the flat buffers (offset, size),
@@ -32,7 +36,7 @@ shape, whether weight decay applies, and whether the optimizer updates it (False
 MAX_AXIS = 2**31 - 1      # the largest axis of a parameter: the BLAS (scipy-openblas32) takes 32-bit sizes
 
 
-def physical_memory():
+def physical_memory() -> int | None:
     """This machine's memory in bytes, or None where the system does not say."""
     try:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -40,12 +44,12 @@ def physical_memory():
         return None
 
 
-def frozen_layers(layers):
+def frozen_layers(layers: Iterable[Layer]) -> set[int]:
     """The ids of the layers whose parameters are frozen: ``trainable`` False, or inside a container (its
     ``sublayers()``, recursively) whose ``trainable`` is False (Keras: a frozen model freezes its layers)."""
-    frozen = set()
+    frozen: set[int] = set()
 
-    def freeze(layer):
+    def freeze(layer: Layer) -> None:
         for sub in layer.sublayers():
             frozen.add(id(sub))
             freeze(sub)
@@ -73,7 +77,7 @@ class ParameterTable:
         rows: the rows, in buffer order.
     """
 
-    def __init__(self, layers, dtype, rng):
+    def __init__(self, layers: Iterable[Layer], dtype: DTypeLike, rng: np.random.Generator) -> None:
         self.dtype = dtype
         self.layers = list(layers)
         self._layout(frozen_layers(self.layers))
@@ -148,7 +152,7 @@ class ParameterTable:
             layer._frozen = id(layer) in self.frozen
 
     # ------------------------------------------------------------------ freezing
-    def trainable_changed(self):
+    def trainable_changed(self) -> bool:
         """Whether the layers' ``trainable`` flags now freeze another set of layers than this layout does.
         Cheap when no flag was assigned since the layout (one integer comparison)."""
         if trainable_changes() == self._changes_seen:
@@ -158,12 +162,12 @@ class ParameterTable:
             return False
         return True
 
-    def changed_layers(self):
+    def changed_layers(self) -> list[Layer]:
         """The layers whose frozen state differs between their flags and this layout, in graph order."""
         now = frozen_layers(self.layers)
         return [layer for layer in self.layers if (id(layer) in now) != (id(layer) in self.frozen)]
 
-    def relayout(self):
+    def relayout(self) -> list[tuple[int, int, int]] | None:
         """Re-order the buffers for the layers' current ``trainable`` flags; None when nothing changed.
 
         The values of the parameters and gradients are kept; the layers are bound to views of the new buffers
@@ -188,39 +192,39 @@ class ParameterTable:
         return moves
 
     # ------------------------------------------------------------------ lookups
-    def row(self, layer, name):
+    def row(self, layer: Layer, name: str) -> Row:
         """The row of parameter `name` of `layer` (KeyError if there is none)."""
         try:
             return self._index[(id(layer), name)]
         except KeyError:
             raise KeyError(f"{getattr(layer, 'name', layer)} has no parameter {name!r}") from None
 
-    def rows_of(self, layer):
+    def rows_of(self, layer: Layer) -> list[Row]:
         """The rows of `layer`, in its ParamSpec order (a layer's ``params`` dict has the same order)."""
         return list(self._by_layer.get(id(layer), ()))
 
-    def view(self, flat, row):
+    def view(self, flat: FloatArray, row: Row) -> FloatArray:
         """The part of a flat buffer of this layout (parameters, gradients, an optimizer state) at `row`,
         shaped as the parameter."""
         return flat[row.offset:row.offset + row.size].reshape(row.shape)
 
-    def param(self, layer, name):
+    def param(self, layer: Layer, name: str) -> FloatArray:
         """The view of parameter `name` of `layer` in ``parameters``."""
         return self.view(self.parameters, self.row(layer, name))
 
-    def grad(self, layer, name):
+    def grad(self, layer: Layer, name: str) -> FloatArray:
         """The view of the gradient of parameter `name` of `layer` in ``gradients``."""
         return self.view(self.gradients, self.row(layer, name))
 
-    def offset(self, layer, name):
+    def offset(self, layer: Layer, name: str) -> int:
         """The offset of parameter `name` of `layer` in the flat buffers."""
         return self.row(layer, name).offset
 
-    def segments(self, layer):
+    def segments(self, layer: Layer) -> list[tuple[int, int]]:
         """[(offset, size)] of the parameters of `layer`, in its ParamSpec order."""
         return [(r.offset, r.size) for r in self.rows_of(layer)]
 
-    def locate(self, index):
+    def locate(self, index: int) -> str:
         """'layer.param[i, j]' for an index into the flat buffers."""
         for r in self.rows:
             if r.offset <= index < r.offset + r.size:
@@ -229,9 +233,9 @@ class ParameterTable:
         return f"parameter {index}"
 
     @property
-    def size(self):
+    def size(self) -> int:
         """The number of scalar parameters."""
         return int(self.parameters.size)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.rows)

@@ -44,10 +44,19 @@ into the layers after), and a layer whose units feed anything else than a chain 
 BatchNorm / LayerNorm / pooling / Flatten layers ending in one Dense or convolution layer -- Add, Concatenate,
 Residual, Softmax, Reshape, Permute, or a tensor used by several layers -- since its units could not be removed
 consistently there.
-"""
+"""  # noqa: E501  (a markdown table: its rows cannot be wrapped)
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from fastnn._core.kinds import ACT
+from fastnn._typing import ArrayLike, NDArray
+
+if TYPE_CHECKING:
+    from fastnn.layers.base import Layer
+    from fastnn.model import Model
 
 _CRITERIA = ("l2", "activation", "dead")
 
@@ -60,17 +69,17 @@ def _resolve(model, layer, owner):
         raise ValueError(f"{owner}: {model.name} is not built yet (give input_dim, or fit/predict once)")
     layers = model.layers
     if isinstance(layer, str):
-        found = [i for i, l in enumerate(layers) if l.name == layer]
+        found = [i for i, candidate in enumerate(layers) if candidate.name == layer]
         if not found:
             raise ValueError(f"{owner}: no layer named {layer!r} in {model.name} (layers: "
-                             f"{[l.name for l in layers]})")
+                             f"{[candidate.name for candidate in layers]})")
         return found[0]
     if isinstance(layer, (int, np.integer)) and not isinstance(layer, bool):
         if not -len(layers) <= layer < len(layers):
             raise ValueError(f"{owner}: layer index {layer} is out of range for {len(layers)} layers")
         return int(layer) % len(layers)
-    for i, l in enumerate(layers):
-        if l is layer:
+    for i, candidate in enumerate(layers):
+        if candidate is layer:
             return i
     raise ValueError(f"{owner}: layer must be a layer of the model, its name or its index, got {layer!r}")
 
@@ -90,7 +99,7 @@ _POOLS = ("MaxPool1D", "MaxPool2D", "AvgPool1D", "AvgPool2D", "GlobalAveragePool
           "GlobalMaxPooling1D", "GlobalMaxPooling2D")
 
 
-def n_units(layer):
+def n_units(layer: Layer) -> int:
     """The number of units of a prunable layer: a Dense's ``units``, a convolution's ``filters``."""
     return layer.filters if isinstance(layer, _convs()) else layer.units
 
@@ -198,7 +207,8 @@ def _scan(model, X, point, relu, end, batch_size, units):
     return absum / rows, counts, lo, hi
 
 
-def select(model, layer, amount=None, criterion="l2", X=None, batch_size=1024):
+def select(model: Model, layer: Layer | str | int, amount: float | int | None = None, criterion: str = "l2",
+           X: ArrayLike | None = None, batch_size: int = 1024) -> NDArray[np.intp]:
     """The indices (sorted) of the units of `layer` that ``neurons`` would remove; see ``neurons``."""
     return _plan_pruning(model, layer, amount, criterion, X, batch_size)[0]
 
@@ -264,7 +274,8 @@ def _plan_pruning(model, layer, amount, criterion, X, batch_size):
     return np.sort(order[:k]), (i, chain, nxt, fold)
 
 
-def neurons(model, layer, amount=None, criterion="l2", X=None, batch_size=1024):
+def neurons(model: Model, layer: Layer | str | int, amount: float | int | None = None, criterion: str = "l2",
+            X: ArrayLike | None = None, batch_size: int = 1024) -> Model:
     """Remove units of a Dense layer (filters of a Conv1D / Conv2D layer); return the smaller model (a new one;
     `model` is not changed).
 

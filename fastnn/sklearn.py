@@ -31,12 +31,21 @@ Definitions, as scikit-learn's MLP:
 keeps the optimizer state between calls.  scikit-learn is an optional dependency: this module needs it,
 ``fastnn`` itself never imports it.
 """
+from __future__ import annotations
+
 import numbers
 import os
 import tempfile
 import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from fastnn._typing import ArrayLike, NDArray
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 try:
     from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
@@ -68,11 +77,13 @@ _SOLVERS = ("adam", "sgd", "adagrad", "rmsprop")
 class _BaseMLP(BaseEstimator):
     """The shared machinery; see the module docstring."""
 
-    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=0.0001,
-                 batch_size="auto", learning_rate_init=0.001, max_iter=200, shuffle=True, random_state=None,
-                 tol=1e-4, verbose=False, warm_start=False, momentum=0.9, nesterovs_momentum=True,
-                 early_stopping=False, validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
-                 n_iter_no_change=10, dropout=0.0, batch_norm=False, dtype="float32"):
+    def __init__(self, hidden_layer_sizes: Sequence[int] = (100,), activation: str = "relu", *, solver: str = "adam",
+                 alpha: float = 0.0001, batch_size: int | str = "auto", learning_rate_init: float = 0.001,
+                 max_iter: int = 200, shuffle: bool = True, random_state: int | np.random.RandomState | None = None,
+                 tol: float = 1e-4, verbose: bool = False, warm_start: bool = False, momentum: float = 0.9,
+                 nesterovs_momentum: bool = True, early_stopping: bool = False, validation_fraction: float = 0.1,
+                 beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-8, n_iter_no_change: int = 10,
+                 dropout: float = 0.0, batch_norm: bool = False, dtype: str = "float32") -> None:
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -135,7 +146,8 @@ class _BaseMLP(BaseEstimator):
         if self.batch_size == "auto":
             return min(200, n)
         if self.batch_size < 1 or self.batch_size > n:
-            warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped")
+            warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped",
+                          stacklevel=4)
         return int(np.clip(self.batch_size, 1, n))
 
     def _fit_batch_size(self, bs, n):
@@ -259,7 +271,7 @@ class _BaseMLP(BaseEstimator):
             model.set_weights(best_weights)
         if not incremental and not stopped:
             warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
-                          "optimization hasn't converged yet.", ConvergenceWarning)
+                          "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=3)
         return self
 
     def _logits(self, X):
@@ -366,7 +378,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             return Y[:, 0] if min(Y.sum(), len(Y) - Y.sum()) >= 2 else None
         return None
 
-    def fit(self, X, y):
+    def fit(self, X: ArrayLike, y: ArrayLike) -> Self:
         """Train from scratch (or from the current weights with warm_start=True) for up to max_iter epochs."""
         warm = bool(self.warm_start) and hasattr(self, "model_")
         X, y = self._check_X(X, y, reset=not warm)
@@ -374,7 +386,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         Y = self._prepare_targets(y, warm=warm)
         return self._fit(X, Y, incremental=False)
 
-    def partial_fit(self, X, y, classes=None):
+    def partial_fit(self, X: ArrayLike, y: ArrayLike, classes: ArrayLike | None = None) -> Self:
         """One epoch over (X, y).  ``classes`` (all the labels) is required on the first call."""
         first = not hasattr(self, "model_")
         if first and classes is None:
@@ -400,7 +412,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             return accuracy_score(Y, logits.argmax(axis=1))
         return accuracy_score(Y > 0.5, logits > 0)
 
-    def predict_proba(self, X):
+    def predict_proba(self, X: ArrayLike) -> NDArray[Any]:
         """Class probabilities, (n, n_classes) float64 ((n, k) for multi-label: one probability per label)."""
         z = self._logits(X)
         if self._loss_name == "binary_cross_entropy":
@@ -411,12 +423,12 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         z /= z.sum(axis=1, keepdims=True)
         return z
 
-    def predict_log_proba(self, X):
+    def predict_log_proba(self, X: ArrayLike) -> NDArray[Any]:
         """log of predict_proba."""
         with np.errstate(divide="ignore"):
             return np.log(self.predict_proba(X))
 
-    def predict(self, X):
+    def predict(self, X: ArrayLike) -> NDArray[Any]:
         """Predicted classes (n,) (an (n, k) indicator matrix for multi-label)."""
         p = self.predict_proba(X)
         if self._n_outputs == 1:
@@ -453,12 +465,12 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def _stratify(self, Y):
         return None
 
-    def fit(self, X, y):
+    def fit(self, X: ArrayLike, y: ArrayLike) -> Self:
         """Train from scratch (or from the current weights with warm_start=True) for up to max_iter epochs."""
         X, Y = self._prepare(X, y, reset=not (self.warm_start and hasattr(self, "model_")))
         return self._fit(X, Y, incremental=False)
 
-    def partial_fit(self, X, y):
+    def partial_fit(self, X: ArrayLike, y: ArrayLike) -> Self:
         """One epoch over (X, y), continuing from the current weights and optimizer state."""
         X, Y = self._prepare(X, y, reset=not hasattr(self, "model_"))
         return self._fit(X, Y, incremental=True)
@@ -466,7 +478,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def _score_arrays(self, X, Y):
         return r2_score(Y, self.model_.predict(X).astype(np.float64))
 
-    def predict(self, X):
+    def predict(self, X: ArrayLike) -> NDArray[Any]:
         """Predictions (n,) for one target, (n, n_targets) for several; float64."""
         z = self._logits(X)
         return z.ravel() if z.shape[1] == 1 else z

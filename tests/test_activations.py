@@ -21,10 +21,10 @@ from fastnn._core.kinds import ACT
 from fastnn.layers import activations as A
 
 try:
-    from tests._gradcheck import numeric_grad, assert_grad_close
+    from tests._gradcheck import assert_grad_close, numeric_grad
 except ImportError:  # run from elsewhere than the repository root
     sys.path.insert(0, os.path.dirname(__file__))
-    from _gradcheck import numeric_grad, assert_grad_close
+    from _gradcheck import assert_grad_close, numeric_grad
 
 # kind -> (alpha, torch.nn.functional call) for every elementwise kind
 TORCH = {
@@ -66,7 +66,8 @@ def test_matches_torch(kind, dtype):
     alpha, fn = TORCH[kind]
     rng = np.random.default_rng(int(kind))
     # a spread of scales, the kinks and thresholds (0, 20, 40) and both sides of them
-    z = np.concatenate([rng.standard_normal(500) * 3, rng.uniform(-60, 60, 500), [0.0, -0.0, 19.99, 20.01, 40.5, -40.5]])
+    z = np.concatenate([rng.standard_normal(500) * 3, rng.uniform(-60, 60, 500),
+                        [0.0, -0.0, 19.99, 20.01, 40.5, -40.5]])
     Z = z[np.abs(z) > 1e-3].astype(dtype).reshape(1, -1)       # relu's kink: torch and fastnn both take f'(0)=0
     Y, dZ = _run(kind, Z, alpha)
     t = torch.from_numpy(Z.copy()).requires_grad_(True)
@@ -99,7 +100,8 @@ def test_gradcheck_over_a_wide_range(kind):
     assert_grad_close(dZ, numeric_grad(f, Z), rtol=1e-6, atol=1e-7)
 
 
-EXTREME = [-1e4, -1e3, -745.0, -100.0, -88.0, -40.0, -20.0, -1e-30, 0.0, 1e-30, 20.0, 40.0, 88.0, 100.0, 710.0, 1e3, 1e4]
+EXTREME = [-1e4, -1e3, -745.0, -100.0, -88.0, -40.0, -20.0, -1e-30, 0.0, 1e-30, 20.0, 40.0, 88.0, 100.0, 710.0,
+           1e3, 1e4]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

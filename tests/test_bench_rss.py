@@ -22,7 +22,8 @@ def test_format_rss_table():
 def test_cli_accepts_rss_flag(monkeypatch, capsys):
     from fastnn import __main__ as cli
     seen = {}
-    monkeypatch.setattr(bench, "measure_rss", lambda threads, full, log: seen.setdefault("args", (threads, full)) and {})
+    monkeypatch.setattr(bench, "measure_rss",
+                        lambda threads, full, log: seen.setdefault("args", (threads, full)) and {})
     assert cli.main(["bench", "--rss", "--threads", "1", "--quiet"]) == 0
     assert seen["args"] == (1, False)
     assert "Peak RSS" in capsys.readouterr().out

@@ -88,13 +88,13 @@ def test_multiprocessing_fork_pool():
 
 # ---------------------------------------------------------------------------------------------------- threads
 def _mlp():        # a chain of Dense/activation layers: the compiled inference plan
-    return fnn.Sequential([L.Dense(64, activation="relu"), L.Dense(64, activation="tanh"), L.Dense(5, activation="softmax")],
-                          input_dim=16, seed=0)
+    return fnn.Sequential([L.Dense(64, activation="relu"), L.Dense(64, activation="tanh"),
+                           L.Dense(5, activation="softmax")], input_dim=16, seed=0)
 
 
 def _bn():         # BatchNorm (and Dropout): the per-layer path
-    return fnn.Sequential([L.Dense(64, activation="relu"), L.BatchNorm(), L.Dropout(0.2), L.Dense(5, activation="softmax")],
-                          input_dim=16, seed=0)
+    return fnn.Sequential([L.Dense(64, activation="relu"), L.BatchNorm(), L.Dropout(0.2),
+                           L.Dense(5, activation="softmax")], input_dim=16, seed=0)
 
 
 def _data(n=256, seed=0):
@@ -112,7 +112,7 @@ def _in_threads(fn, n_threads):
         try:
             barrier.wait(timeout=10)
             fn(i)
-        except BaseException as exc:       # noqa: BLE001 - re-raised in the test's thread
+        except BaseException as exc:       # re-raised in the test's thread
             errors.append(exc)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(n_threads)]

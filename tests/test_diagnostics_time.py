@@ -3,7 +3,6 @@ recording during fit / diagnose."""
 import math
 
 import numpy as np
-import pytest
 
 from fastnn import diagnostics as D
 

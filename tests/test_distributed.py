@@ -23,7 +23,7 @@ SCRIPT = ROOT / "tests" / "_mpi_train.py"
 
 def _mpiexec():
     try:
-        import mpi4py  # noqa: F401
+        import mpi4py  # noqa: F401  (only whether it imports)
     except ImportError:
         pytest.skip("mpi4py is not installed (pip install \"fastnn[mpi]\" installs mpi4py and mpich)")
     exe = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))

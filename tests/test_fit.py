@@ -155,8 +155,7 @@ def test_a_pipe_gets_one_line_per_epoch():
             "m = fnn.Sequential([fnn.layers.Dense(2)], input_dim=4); m.compile('cross_entropy', 'sgd')\n"
             "m.fit(X, y, epochs=4, batch_size=5, verbose=1)\n")
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    out = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         cwd=ROOT, env=env, timeout=60)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=ROOT, env=env, timeout=60)
     assert out.returncode == 0, out.stderr.decode()
     lines = out.stdout.decode().splitlines()
     assert len(lines) == 4 and "\r" not in out.stdout.decode()

@@ -346,7 +346,7 @@ def test_frozen_before_build_and_keras_style_transfer():
 def _instances():
     """One instance of every registered layer class (constructed, not built)."""
     out = []
-    for name, cls in fnn.layers.REGISTRY.items():
+    for cls in fnn.layers.REGISTRY.values():
         if cls is L.Residual:
             out.append(L.Residual([Dense(3)]))
         elif cls is L.Reshape:

@@ -26,10 +26,10 @@ import numpy as np
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, event, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import HealthCheck, event, given, settings  # noqa: E402  (after pytest.importorskip)
+from hypothesis import strategies as st  # noqa: E402  (after pytest.importorskip)
 
-import fastnn as fnn  # noqa: E402
+import fastnn as fnn  # noqa: E402  (after pytest.importorskip)
 
 L = fnn.layers
 
@@ -388,8 +388,7 @@ def bad_calls(draw, X, y, loss):
             (lambda v: fnn.Sequential([L.Reshape((v, 7))], input_dim=5), [2, 3, 4]),
         ]))
         value = draw(st.sampled_from(values))
-        make = lambda: factory(value)  # noqa: E731
-        return "layer-args", lambda m: make()
+        return "layer-args", lambda m: factory(value)
     if kind == "compile_args":
         arg, value = draw(st.sampled_from([
             ("loss", "nope"), ("loss", 3), ("optimizer", "nope"), ("optimizer", 0.1), ("clip_norm", -1.0),

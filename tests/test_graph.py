@@ -4,6 +4,7 @@ import pytest
 
 import fastnn as fnn
 from fastnn.layers import Add, Concatenate, Dense, Layer, Tanh
+
 try:
     from tests._netcheck import check_model_grads
 except ImportError:  # pragma: no cover - tests/ itself on sys.path
@@ -49,7 +50,9 @@ def test_concatenate_values_and_gradient_split():
 
 
 def test_sequential_is_the_chain_graph():
-    layers = lambda: [Dense(8, activation="relu"), Dense(3)]                      # noqa: E731
+    def layers():
+        return [Dense(8, activation="relu"), Dense(3)]
+
     seq = fnn.Sequential(layers(), input_dim=5, seed=3)
     x = fnn.Input(5)
     l1, l2 = layers()

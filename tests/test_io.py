@@ -28,8 +28,12 @@ def _dense_models():
 def _activation_layer_models():
     for cls in (A.Identity, A.ReLU, A.LeakyReLU, A.Sigmoid, A.Tanh, A.Softmax, A.GELU, A.SiLU, A.ELU, A.SELU,
                 A.Softplus, A.Mish):
-        layer = (lambda cls=cls: cls(alpha=0.3) if cls in (A.LeakyReLU, A.ELU) else
-                 cls(approximate="tanh") if cls is A.GELU else cls())
+
+        def layer(cls=cls):
+            if cls in (A.LeakyReLU, A.ELU):
+                return cls(alpha=0.3)
+            return cls(approximate="tanh") if cls is A.GELU else cls()
+
         yield f"layer-{cls.__name__}", lambda layer=layer: fnn.Sequential(
             [fnn.layers.Dense(4), layer(), fnn.layers.Dense(3)], input_dim=5, seed=2, dtype="float64")
 

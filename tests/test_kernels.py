@@ -12,19 +12,19 @@ import sys
 import warnings
 from types import SimpleNamespace
 
-import scipy_openblas32  # noqa: F401  (loads the BLAS before the extensions; fastnn/__init__ does it too)
 import numpy as np
 import pytest
+import scipy_openblas32  # noqa: F401  (loads the BLAS before the extensions; fastnn/__init__ does it too)
 
-from fastnn._core import dense, activations, losses, _threads
-from fastnn._core.kinds import ACT, LOSS
 from fastnn import _reference as ref
+from fastnn._core import _threads, activations, dense, losses
+from fastnn._core.kinds import ACT, LOSS
 
 try:
-    from tests._gradcheck import numeric_grad, assert_grad_close
+    from tests._gradcheck import assert_grad_close, numeric_grad
 except ImportError:  # run from elsewhere than the repository root
     sys.path.insert(0, os.path.dirname(__file__))
-    from _gradcheck import numeric_grad, assert_grad_close
+    from _gradcheck import assert_grad_close, numeric_grad
 
 DTYPES = [np.float32, np.float64]
 RTOL = {np.float32: 1e-5, np.float64: 1e-12}

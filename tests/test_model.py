@@ -16,10 +16,10 @@ import fastnn as fnn
 from fastnn.layers import Dense
 
 try:
-    from tests._gradcheck import numeric_grad, assert_grad_close
+    from tests._gradcheck import assert_grad_close, numeric_grad
 except ImportError:  # run from elsewhere than the repository root
     sys.path.insert(0, os.path.dirname(__file__))
-    from _gradcheck import numeric_grad, assert_grad_close
+    from _gradcheck import assert_grad_close, numeric_grad
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(fnn.__file__)))
 
@@ -61,7 +61,7 @@ def one_thread():
 
 
 def test_compiled_core_loaded():
-    from fastnn._core import dense, activations, losses, optim, _threads
+    from fastnn._core import _threads, activations, dense, losses, optim
     for mod in (dense, activations, losses, optim, _threads):
         assert mod.__file__.endswith((".so", ".pyd")), mod.__file__
 
@@ -260,7 +260,7 @@ def test_deferred_build(first_call):
     ref = mlp(n_in=5, hidden=(6,), n_out=3, seed=11)
     assert not model.built
     with pytest.raises(AttributeError):
-        dense_layers(model)[0].weight
+        _ = dense_layers(model)[0].weight
     model.compile(loss="cross_entropy", optimizer=fnn.optim.SGD(lr=0.1))
     ref.compile(loss="cross_entropy", optimizer=fnn.optim.SGD(lr=0.1))
     if first_call == "predict":

@@ -5,12 +5,12 @@ applies weight decay to elements [0, n_decay) only; the hand-written updates bel
 of the torch.optim documentation (single-tensor algorithm), in float64.  Gradients change scale from step
 to step, so that AMSGrad's running max differs from the second moment.
 """
-import scipy_openblas32  # noqa: F401  (loads the BLAS before the extensions; fastnn/__init__ does it too)
 import numpy as np
 import pytest
+import scipy_openblas32  # noqa: F401  (loads the BLAS before the extensions; fastnn/__init__ does it too)
 
-from fastnn._core import optim
 from fastnn import _reference as ref
+from fastnn._core import optim
 
 DTYPES = [np.float32, np.float64]
 RTOL = {np.float32: 1e-5, np.float64: 1e-12}

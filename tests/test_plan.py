@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 import fastnn as fnn
-from fastnn.training import compiled as _plan
 from fastnn.layers import Dense
+from fastnn.training import compiled as _plan
 
 LOSSES = ["cross_entropy", "mse", "l2", "mae"]
 OPTIMIZERS = [
@@ -254,7 +254,10 @@ def test_plan_state_checks_its_arguments():
     from fastnn._core.kinds import ACT, LOSS
     p, g = np.zeros(30), np.zeros(30)
     core = KP.Plan(p, g, 4, 2)
-    Z = lambda *s: np.zeros(s)
+
+    def Z(*s):
+        return np.zeros(s)
+
     with pytest.raises(ValueError, match="unknown ACT kind"):
         core.dense(0, len(ACT), 3, 5, 0, 15, False, 0.0, Z(4, 5), Z(4, 5), Z(4, 5), Z(4, 3))
     with pytest.raises(ValueError, match="unknown ACT kind"):

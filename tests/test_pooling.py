@@ -13,8 +13,18 @@ import pytest
 import fastnn as fnn
 from fastnn import _reference as ref
 from fastnn._core import pool as kern
-from fastnn.layers import (AvgPool1D, AvgPool2D, Dense, GlobalAveragePooling1D, GlobalAveragePooling2D,
-                           GlobalMaxPooling1D, GlobalMaxPooling2D, MaxPool1D, MaxPool2D, Permute)
+from fastnn.layers import (
+    AvgPool1D,
+    AvgPool2D,
+    Dense,
+    GlobalAveragePooling1D,
+    GlobalAveragePooling2D,
+    GlobalMaxPooling1D,
+    GlobalMaxPooling2D,
+    MaxPool1D,
+    MaxPool2D,
+    Permute,
+)
 
 try:
     from tests._gradcheck import assert_grad_close, numeric_grad
@@ -326,8 +336,8 @@ def test_errors_name_the_layer_expected_and_given():
          r"shape \(n, 2, 5, 1\)", standalone, AvgPool2D(3, name="ap"), (2, 5, 1))
     standalone(AvgPool2D(3, padding="same"), (2, 5, 1))                   # "same" pads instead
     _err(r"x \(MaxPool2D\): pool_size must be >= 1, got \(0, 2\)", MaxPool2D, (0, 2), name="x")
-    _err(r"x \(MaxPool2D\): strides must be an int or a tuple of 2 ints, got \(1, 2, 3\)", MaxPool2D, 2, strides=(1, 2, 3),
-         name="x")
+    _err(r"x \(MaxPool2D\): strides must be an int or a tuple of 2 ints, got \(1, 2, 3\)", MaxPool2D, 2,
+         strides=(1, 2, 3), name="x")
     _err(r"pool_size must be an int, got \(2, 2\)", MaxPool1D, (2, 2))
     _err(r"pool_size must be an int or a tuple of 2 ints, got 2.0", AvgPool2D, 2.0)
     _err(r"padding must be 'valid' or 'same', got 'full'", MaxPool2D, 2, padding="full")

@@ -311,7 +311,8 @@ def test_dead_conv_filters_go_without_changing_predictions(bn_after_relu):
     else:
         np.testing.assert_array_equal(s_nxt.bias, nxt.bias)
     for key in model.optimizer.state:
-        np.testing.assert_array_equal(_state(small, s_conv, "weight", key), _state(model, conv, "weight", key)[..., keep])
+        np.testing.assert_array_equal(_state(small, s_conv, "weight", key),
+                                      _state(model, conv, "weight", key)[..., keep])
         np.testing.assert_array_equal(_state(small, s_nxt, "weight", key),
                                       _state(model, nxt, "weight", key)[:, :, keep, :])
     np.testing.assert_allclose(small.predict(X), model.predict(X), rtol=1e-12, atol=1e-12)

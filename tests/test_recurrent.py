@@ -15,7 +15,6 @@ import fastnn as fnn
 from fastnn import _reference as ref
 from fastnn._core import rnn as _k
 from fastnn.layers import GRU, LSTM, Bidirectional, SimpleRNN
-
 from tests._gradcheck import assert_grad_close, numeric_grad
 
 CELLS = [  # (name, constructor, torch class name, torch kwargs)
@@ -555,7 +554,7 @@ def test_errors():
 
 
 # ---------------------------------------------------------------------------------------------- through fnn.Model
-from tests._netcheck import check_model_grads  # noqa: E402
+from tests._netcheck import check_model_grads  # noqa: E402  (the tests below this line use it)
 
 
 class _PadMask(fnn.layers.Layer):

@@ -5,6 +5,7 @@ import pytest
 
 import fastnn as fnn
 from fastnn._core import sampled as _k
+
 try:
     from tests._gradcheck import assert_grad_close, numeric_grad
 except ImportError:
@@ -55,7 +56,10 @@ def test_kernel_value_matches_reference(dtype):
 def test_kernel_gradient_matches_finite_differences():
     X, W, b, labels, sampled, leq_t, leq_s = _problem()
     _, _, dW, db, dX = _run(X, W, b, labels, sampled, leq_t, leq_s)
-    value = lambda _: _run(X, W, b, labels, sampled, leq_t, leq_s, grad=False)[0]
+
+    def value(_):
+        return _run(X, W, b, labels, sampled, leq_t, leq_s, grad=False)[0]
+
     assert_grad_close(dW, numeric_grad(value, W), rtol=1e-6, atol=1e-9)
     assert_grad_close(db, numeric_grad(value, b), rtol=1e-6, atol=1e-9)
     assert_grad_close(dX, numeric_grad(value, X), rtol=1e-6, atol=1e-9)
@@ -72,10 +76,14 @@ def test_kernel_sample_weights_and_threads():
     assert one[0] == pytest.approx(two[0], rel=1e-12) and one[1] == two[1]
     for a, c in zip(one[2:], two[2:]):
         np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-14)
-    value = lambda _: _run(X, W, b, labels, sampled, leq_t, leq_s, grad=False, SW=SW)[0]
+
+    def value(_):
+        return _run(X, W, b, labels, sampled, leq_t, leq_s, grad=False, SW=SW)[0]
+
     assert_grad_close(one[2], numeric_grad(value, W), rtol=1e-6, atol=1e-9)
     # duplicated rows weigh as the weight: rows with weight 2 == the row twice
-    w2 = np.ones(40); w2[:5] = 2.0
+    w2 = np.ones(40)
+    w2[:5] = 2.0
     dup = np.concatenate([np.arange(40), np.arange(5)])
     a = _run(X, W, b, labels, sampled, leq_t, leq_s, SW=w2)[0]
     c = _run(X[dup].copy(), W, b, labels[dup].copy(), sampled, leq_t[dup].copy(), leq_s)[0]

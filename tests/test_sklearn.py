@@ -8,16 +8,16 @@ import pytest
 
 sklearn = pytest.importorskip("sklearn")
 
-from sklearn.base import clone                                        # noqa: E402
-from sklearn.datasets import load_digits, make_multilabel_classification, make_regression  # noqa: E402
-from sklearn.exceptions import ConvergenceWarning                     # noqa: E402
-from sklearn.model_selection import GridSearchCV, cross_val_score     # noqa: E402
-from sklearn.pipeline import make_pipeline                            # noqa: E402
-from sklearn.preprocessing import StandardScaler                      # noqa: E402
-from sklearn.utils.estimator_checks import parametrize_with_checks    # noqa: E402
+from sklearn.base import clone  # noqa: E402  (after pytest.importorskip)
+from sklearn.datasets import load_digits, make_multilabel_classification, make_regression  # noqa: E402  (after pytest.importorskip)
+from sklearn.exceptions import ConvergenceWarning  # noqa: E402  (after pytest.importorskip)
+from sklearn.model_selection import GridSearchCV, cross_val_score  # noqa: E402  (after pytest.importorskip)
+from sklearn.pipeline import make_pipeline  # noqa: E402  (after pytest.importorskip)
+from sklearn.preprocessing import StandardScaler  # noqa: E402  (after pytest.importorskip)
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402  (after pytest.importorskip)
 
-import fastnn as fnn                                                   # noqa: E402
-from fastnn.sklearn import MLPClassifier, MLPRegressor                # noqa: E402
+import fastnn as fnn  # noqa: E402  (after pytest.importorskip)
+from fastnn.sklearn import MLPClassifier, MLPRegressor  # noqa: E402  (after pytest.importorskip)
 
 
 @pytest.fixture(autouse=True)
@@ -167,7 +167,8 @@ def test_core_does_not_import_sklearn():
     import subprocess
     import sys
     code = "import sys, fastnn, fastnn.losses, fastnn.io; assert 'sklearn' not in sys.modules, 'imported'"
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__("pathlib").Path(fnn.__file__).parents[1]))
+    subprocess.run([sys.executable, "-c", code], check=True,
+                   cwd=str(__import__("pathlib").Path(fnn.__file__).parents[1]))
 
 
 def test_batch_norm_with_a_last_batch_of_one_sample():

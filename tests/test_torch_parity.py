@@ -16,8 +16,8 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 torch.set_num_threads(1)   # tiny tensors; and no second OpenMP pool spinning against fastnn's on few cores
 
-import fastnn as fnn  # noqa: E402
-from fastnn.layers import Dense  # noqa: E402
+import fastnn as fnn  # noqa: E402  (after pytest.importorskip)
+from fastnn.layers import Dense  # noqa: E402  (after pytest.importorskip)
 
 RTOL, ATOL = 1e-10, 1e-12
 N_IN, N_OUT = 5, 4

@@ -38,13 +38,13 @@ cdef inline floating f_exp(floating x) noexcept nogil:
 
 cdef extern from "fnn_act.h" nogil:
     int fnn_act_fwd_f(int kind, float *Z, float *Y, const float *bias, Py_ssize_t r0, Py_ssize_t r1,
-                       Py_ssize_t n_cols, float alpha)
+                      Py_ssize_t n_cols, float alpha)
     int fnn_act_fwd_d(int kind, double *Z, double *Y, const double *bias, Py_ssize_t r0, Py_ssize_t r1,
-                       Py_ssize_t n_cols, double alpha)
+                      Py_ssize_t n_cols, double alpha)
     int fnn_act_bwd_f(int kind, const float *Z, const float *Y, const float *dY, float *dZ, Py_ssize_t r0,
-                       Py_ssize_t r1, Py_ssize_t n_cols, float alpha)
+                      Py_ssize_t r1, Py_ssize_t n_cols, float alpha)
     int fnn_act_bwd_d(int kind, const double *Z, const double *Y, const double *dY, double *dZ, Py_ssize_t r0,
-                       Py_ssize_t r1, Py_ssize_t n_cols, double alpha)
+                      Py_ssize_t r1, Py_ssize_t n_cols, double alpha)
 
 
 cdef inline bint _elementwise(int kind) noexcept nogil:
@@ -53,7 +53,7 @@ cdef inline bint _elementwise(int kind) noexcept nogil:
 
 
 cdef int _fwd_rows(int kind, floating *Z, floating *Y, const floating *bias, Py_ssize_t r0, Py_ssize_t r1,
-                    Py_ssize_t n_cols, floating alpha) noexcept nogil:
+                   Py_ssize_t n_cols, floating alpha) noexcept nogil:
     """Rows [r0, r1): Z += bias (if given), Y = act(Z).  The elementwise kinds run in C (csrc/fnn_act.h).
     Returns 0, or FNN_ERR_KIND for a kind outside the table (nothing computed)."""
     cdef Py_ssize_t i, j
@@ -90,7 +90,7 @@ cdef int _fwd_rows(int kind, floating *Z, floating *Y, const floating *bias, Py_
 
 
 cdef int _bwd_rows(int kind, const floating *Z, const floating *Y, const floating *dY, floating *dZ,
-                    Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n_cols, floating alpha) noexcept nogil:
+                   Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n_cols, floating alpha) noexcept nogil:
     """Rows [r0, r1): dZ = dY * act'(Z); the elementwise kinds in C (csrc/fnn_act.h), softmax's
     Jacobian-vector product y * (dy - sum(dy * y)) here.  Returns 0, or FNN_ERR_KIND (nothing computed)."""
     cdef Py_ssize_t i, j
@@ -177,8 +177,8 @@ cdef void _fwd_rows_counted(int kind, floating *Z, floating *Y, const floating *
 
 
 cdef int act_forward_counted(int kind, floating *Z, floating *Y, const floating *bias, Py_ssize_t n_rows,
-                              Py_ssize_t n_cols, double alpha, int n_threads, int64_t *counts,
-                              Py_ssize_t n_slots) noexcept nogil:
+                             Py_ssize_t n_cols, double alpha, int n_threads, int64_t *counts,
+                             Py_ssize_t n_slots) noexcept nogil:
     """act_forward, and counts[t, j] += number of rows of thread t where unit j is active / saturated.
 
     counts (IN/OUT, accumulated): (n_slots, n_cols) int64; at most n_slots threads are used.  Returns 0, or
@@ -252,7 +252,8 @@ def activation_backward(int kind, const floating[:, ::1] Z, const floating[:, ::
     check_act(kind, "activation_backward")
     for name, a in (("Y", Y), ("dY", dY), ("dZ", dZ)):
         if a.shape[0] != Z.shape[0] or a.shape[1] != Z.shape[1]:
-            raise ValueError(f"activation_backward: Z is {(Z.shape[0], Z.shape[1])}, {name} is {(a.shape[0], a.shape[1])}")
+            raise ValueError(f"activation_backward: Z is {(Z.shape[0], Z.shape[1])}, "
+                             f"{name} is {(a.shape[0], a.shape[1])}")
     if Z.shape[0] * Z.shape[1] == 0:
         return
     cdef int err

@@ -493,7 +493,7 @@ def conv2d_backward(const floating[:, :, :, ::1] X, const floating[:, :, :, ::1]
     cdef floating *tiles = sp + shared if sp != NULL else NULL
     cdef floating *g_ = &dY[0, 0, 0, 0]
     cdef floating *base
-    cdef Py_ssize_t i, k
+    cdef Py_ssize_t k
     cdef int t, err = 0
     with nogil:
         if act != FNN_ACT_IDENTITY:

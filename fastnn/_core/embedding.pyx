@@ -81,7 +81,8 @@ def embedding_backward(const index_t[::1] ids, const floating[:, ::1] dY, floati
         return
     cdef int nt = threads_for(n_rows * d, n_threads, FNN_MIN_PER_THREAD)
     for t in prange(nt, num_threads=nt, nogil=True, schedule="static"):
-        memset(&dW[0, 0] + _lo(t, nt, n_rows) * d, 0, (_lo(t + 1, nt, n_rows) - _lo(t, nt, n_rows)) * d * sizeof(floating))
+        memset(&dW[0, 0] + _lo(t, nt, n_rows) * d, 0,
+               (_lo(t + 1, nt, n_rows) - _lo(t, nt, n_rows)) * d * sizeof(floating))
     if n == 0:
         return
     nt = threads_for(n * d, n_threads, FNN_MIN_PER_THREAD)

@@ -22,7 +22,7 @@ unweighted definition above (W = 1).
 Every logsumexp is shifted by the row max, and log(1 + e^z) is computed as max(z, 0) + log1p(e^-|z|):
 finite at logits of +-1000.
 """
-from libc.math cimport exp, log, log1p, fabs, NAN
+from libc.math cimport exp, log, fabs, NAN
 
 from fastnn._core._common cimport floating, f_log1pexp, f_sigmoid
 from fastnn._core.kinds cimport FNN_LOSS_L2, FNN_LOSS_MSE, FNN_LOSS_MAE

@@ -48,7 +48,7 @@ from fastnn._core.kinds cimport (FNN_ACT_IDENTITY, FNN_LOSS_CROSS_ENTROPY, FNN_L
                                  FNN_STATUS_DONE, FNN_STATUS_NONFINITE_LOSS, FNN_STATUS_NONFINITE_GRADIENT,
                                  FNN_STATUS_NONFINITE_PARAMETER, FNN_STATUS_NONFINITE_STATE, FNN_STATUS_BAD_KIND,
                                  FNN_ERR_KIND)
-from fastnn._core.kinds import LOSS, OPT, check
+from fastnn._core.kinds import LOSS, check
 from cython.parallel cimport prange
 from fastnn._core._common cimport threads_for, FNN_MIN_PER_THREAD, FNN_MIN_GATHER_PER_THREAD
 
@@ -62,7 +62,7 @@ cdef struct PlanLayer:
     int act                 # the activation kind (FNN_ACT_...); a Dense layer's own, FNN_ACT_IDENTITY for none
     double alpha            # the activation's parameter
     Py_ssize_t n_in, n_out
-    Py_ssize_t w_off, b_off # offsets of W (n_in, n_out) and b (n_out) in the flat parameters; b_off -1: no bias
+    Py_ssize_t w_off, b_off  # offsets of W (n_in, n_out) and b (n_out) in the flat parameters; b_off -1: no bias
     bint need_dx            # Dense: compute dX (not for the first layer)
     void *Z                 # (bs, n_out) pre-activation (Dense)
     void *Y                 # (bs, n_out) activation output

@@ -203,6 +203,7 @@ def rnn_forward(int cell, Py_ssize_t n, Py_ssize_t steps, Py_ssize_t n_in, Py_ss
         else:
             fnn_rnn_forward_d(&d, pX, pWih, pWhh, pbih, pbhh, ph0, pc0, pXP, pHP, pHs, pCs, pGs, pY, phout, pcout, pWp)
 
+
 def rnn_backward(int cell, Py_ssize_t n, Py_ssize_t steps, Py_ssize_t n_in, Py_ssize_t units, bint reverse,
                  const int[::1] perm, const int[::1] n_active, const unsigned char[:, ::1] mask,
                  const floating[::1] X, const floating[::1] W_ih, const floating[::1] W_hh,
@@ -274,6 +275,7 @@ def rnn_backward(int cell, Py_ssize_t n, Py_ssize_t steps, Py_ssize_t n_in, Py_s
         else:
             fnn_rnn_backward_d(&d, pX, pWih, pWhh, pHs, pCs, pGs, pdY, pdh, pdc, pdH, pdC, pdGt, pdGo, pdX, pdWih,
                                pdWhh, pdbih, pdbhh, pdh0, pdc0, np_, pWp)
+
 
 def packed_size(int cell, Py_ssize_t n_in, Py_ssize_t units):
     """Floats of the float32 packing buffer (Wp) of a layer: the forward's W_hh and W_ih, then the backward's

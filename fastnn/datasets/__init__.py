@@ -226,7 +226,7 @@ def load_text(name="shakespeare"):
     """
     if name not in _TEXTS:
         raise ValueError(f"load_text: unknown text {name!r}; known: {', '.join(sorted(_TEXTS))}")
-    with open(os.path.join(_DATA, _TEXTS[name]), "r", encoding="ascii", newline="") as f:
+    with open(os.path.join(_DATA, _TEXTS[name]), encoding="ascii", newline="") as f:
         text = f.read()
     return text, "".join(sorted(set(text)))
 

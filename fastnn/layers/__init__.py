@@ -1,21 +1,45 @@
 """Layers: one small module per family."""
-from fastnn.layers.base import Layer, ParamSpec
 from fastnn.layers import activations as _activations
-from fastnn.layers.activations import (Activation, Identity, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, GELU, SiLU, ELU,
-                                       SELU, Softplus, Mish)
-from fastnn.layers.dense import Dense
-from fastnn.layers.core import Flatten, Reshape, Permute
 from fastnn.layers import pooling as _pooling
-from fastnn.layers.pooling import (MaxPool2D, AvgPool2D, MaxPool1D, AvgPool1D, GlobalMaxPooling2D,
-                                   GlobalAveragePooling2D, GlobalMaxPooling1D, GlobalAveragePooling1D, MaxPooling2D,
-                                   AveragePooling2D, MaxPooling1D, AveragePooling1D)
+from fastnn.layers.activations import (
+    ELU,
+    GELU,
+    SELU,
+    Activation,
+    Identity,
+    LeakyReLU,
+    Mish,
+    ReLU,
+    Sigmoid,
+    SiLU,
+    Softmax,
+    Softplus,
+    Tanh,
+)
+from fastnn.layers.base import Layer, ParamSpec
 from fastnn.layers.conv import Conv1D, Conv2D
-from fastnn.layers.merge import Add, Concatenate
-from fastnn.layers.normalization import BatchNorm, LayerNorm
+from fastnn.layers.core import Flatten, Permute, Reshape
+from fastnn.layers.dense import Dense
 from fastnn.layers.dropout import Dropout
 from fastnn.layers.embedding import Embedding, Masking
+from fastnn.layers.merge import Add, Concatenate
+from fastnn.layers.normalization import BatchNorm, LayerNorm
+from fastnn.layers.pooling import (
+    AveragePooling1D,
+    AveragePooling2D,
+    AvgPool1D,
+    AvgPool2D,
+    GlobalAveragePooling1D,
+    GlobalAveragePooling2D,
+    GlobalMaxPooling1D,
+    GlobalMaxPooling2D,
+    MaxPool1D,
+    MaxPool2D,
+    MaxPooling1D,
+    MaxPooling2D,
+)
+from fastnn.layers.recurrent import GRU, LSTM, Bidirectional, SimpleRNN
 from fastnn.layers.residual import Residual, linear_decay, residual_stack
-from fastnn.layers.recurrent import SimpleRNN, LSTM, GRU, Bidirectional
 
 # class name -> class, for rebuilding layers from their configs (saving and loading models)
 REGISTRY = {**_activations.CLASSES, **_pooling.CLASSES,

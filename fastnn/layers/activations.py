@@ -3,20 +3,25 @@ Python as ``fastnn._core.kinds.ACT``), and is registered under that row's name w
 
 Elementwise activations apply to batches of any shape; Softmax normalizes over the last axis.
 """
+from __future__ import annotations
+
+from typing import Any
+
 import numpy as np
 
 from fastnn._core import activations as _k
-from fastnn._core.kinds import ACT, check as _check_kind
+from fastnn._core.kinds import ACT
+from fastnn._core.kinds import check as _check_kind
+from fastnn._typing import Config, FloatArray, NDArray
 from fastnn._validation import check_number
 from fastnn.layers.base import Layer, get_num_threads
 
-
 # name -> class, for Dense(activation="name"): every Activation subclass with a ``kind`` registers itself here under
 # its kind's table name (ACT.RELU.label == "relu"), plus the aliases it lists in ``aliases``
-REGISTRY = {}
+REGISTRY: dict[str, type[Activation]] = {}
 
 
-_COVERED = set()    # the kinds that a class stands for (its own, and those it lists in ``covers``)
+_COVERED: set[Any] = set()    # the kinds that a class stands for (its own, and those it lists in ``covers``)
 
 
 def _register(cls):
@@ -34,10 +39,11 @@ class Activation(Layer):
 
     A subclass sets ``kind`` (and ``aliases``, more registry names, if any); defining it registers it."""
     mask_support = "pass"     # per step: a mask on (N, T, ...) passes unchanged (fastnn.layers.base)
-    kind = None
-    aliases = ()
+    kind: Any = None
+    aliases: tuple[str, ...] = ()
     alpha = 0.0
-    _act_counts = None   # (n_slots, n_features) int64 buffer for the unit counters (fastnn.diagnostics), or None
+    # (n_slots, n_features) int64 buffer for the unit counters (fastnn.diagnostics), or None
+    _act_counts: NDArray[np.int64] | None = None
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
@@ -53,7 +59,7 @@ class Activation(Layer):
         # softmax is over the last axis; elementwise kinds may use any 2-D view
         return X.reshape(-1, X.shape[-1]) if X.ndim != 2 else X
 
-    def forward(self, X, training=False, logits=False):
+    def forward(self, X: FloatArray, training: bool = False, logits: bool = False) -> FloatArray:
         """Y = f(X).  With logits=True (the output layer of a fused loss), return X itself."""
         self._X = X
         self._logits = logits
@@ -66,7 +72,7 @@ class Activation(Layer):
         self._Y = Y
         return Y
 
-    def backward(self, dY):
+    def backward(self, dY: FloatArray) -> FloatArray | None:
         if self._logits:
             return dY
         X = self._X
@@ -90,14 +96,14 @@ class ReLU(Activation):
 class _WithAlpha(Activation):
     """An activation with one parameter, ``alpha``, which goes to the kernel (saved in the config)."""
 
-    def __init__(self, alpha, name=None):
+    def __init__(self, alpha: float, name: str | None = None) -> None:
         super().__init__(name)
         self.alpha = check_number(type(self).__name__, "alpha", alpha)
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {"name": self.name, "alpha": self.alpha}
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"alpha={self.alpha}"
 
 
@@ -105,7 +111,7 @@ class LeakyReLU(_WithAlpha):
     """f(x) = x for x > 0, alpha * x otherwise (torch.nn.LeakyReLU's negative_slope)."""
     kind = ACT.LEAKY_RELU
 
-    def __init__(self, alpha=0.01, name=None):
+    def __init__(self, alpha: float = 0.01, name: str | None = None) -> None:
         super().__init__(alpha, name)
 
 
@@ -137,17 +143,17 @@ class GELU(Activation):
     covers = (ACT.GELU_TANH,)
     _APPROXIMATIONS = {"none": ACT.GELU, "tanh": ACT.GELU_TANH}
 
-    def __init__(self, approximate="none", name=None):
+    def __init__(self, approximate: str = "none", name: str | None = None) -> None:
         super().__init__(name)
         if approximate not in self._APPROXIMATIONS:
             raise ValueError(f"{type(self).__name__}: approximate must be 'none' or 'tanh', got {approximate!r}")
         self.approximate = approximate
         self.kind = self._APPROXIMATIONS[approximate]
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {"name": self.name, "approximate": self.approximate}
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"approximate={self.approximate!r}" if self.approximate != "none" else ""
 
 
@@ -161,7 +167,7 @@ class ELU(_WithAlpha):
     """Exponential linear unit, torch.nn.ELU: f(x) = x for x > 0, alpha * (exp(x) - 1) otherwise."""
     kind = ACT.ELU
 
-    def __init__(self, alpha=1.0, name=None):
+    def __init__(self, alpha: float = 1.0, name: str | None = None) -> None:
         super().__init__(alpha, name)
 
 
@@ -204,7 +210,7 @@ for _kind in ACT:
 CLASSES = {cls.__name__: cls for cls in REGISTRY.values()}
 
 
-def get(spec, owner="activation"):
+def get(spec: str | Activation | None, owner: str = "activation") -> Activation:
     """An activation layer instance from a name (REGISTRY), None (identity) or an Activation instance."""
     if spec is None:
         return Identity()
@@ -218,7 +224,7 @@ def get(spec, owner="activation"):
     raise TypeError(f"{owner}: activation must be a name, None or an activation layer, got {type(spec).__name__}")
 
 
-def to_config(act):
+def to_config(act: Activation) -> Config:
     """The config of a fused activation, as a layer with one (Dense, Conv1D, Conv2D) saves it: its class name and
     settings, without its own layer name."""
     cfg = {"class": type(act).__name__, **act.get_config()}
@@ -226,7 +232,7 @@ def to_config(act):
     return cfg
 
 
-def from_config(config, owner):
+def from_config(config: Config, owner: str) -> Activation:
     """The activation instance ``to_config`` described; ValueError naming `owner` for an unknown class."""
     config = dict(config)
     cls = CLASSES.get(config.pop("class", None))

@@ -29,13 +29,20 @@ from __future__ import annotations
 import difflib
 import inspect
 from collections import OrderedDict, namedtuple
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import numpy as np
 
 from fastnn._core._threads import get_num_threads  # noqa: F401  (re-exported for the layer modules)
 from fastnn._core.attrs import StrictAttributes
-from fastnn.initializers import default_fans
+from fastnn._typing import Config, FloatArray, NDArray, Shape
 from fastnn.graph import Tensor, check_shape
+from fastnn.initializers import default_fans
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
 
 class ParamSpec(namedtuple("ParamSpec", "name shape init decay fan_in fan_out unit_axis")):
     """A parameter a layer asks for.
@@ -51,10 +58,11 @@ class ParamSpec(namedtuple("ParamSpec", "name shape init decay fan_in fan_out un
     """
     __slots__ = ()
 
-    def __new__(cls, name, shape, init, decay, fan_in=None, fan_out=None, unit_axis=None):
+    def __new__(cls, name: str, shape: Sequence[int | None], init: Callable[..., NDArray[np.float64]], decay: bool,
+                fan_in: int | None = None, fan_out: int | None = None, unit_axis: int | None = None) -> ParamSpec:
         # a None dimension (a layer built on a variable axis) is kept: the parameter table refuses it, naming the layer
         shape = tuple(None if d is None else int(d) for d in shape)
-        fi, fo = (None, None) if None in shape else default_fans(shape)
+        fi, fo = (None, None) if None in shape else default_fans(cast("tuple[int, ...]", shape))
         for given, what in ((fan_in, "fan_in"), (fan_out, "fan_out")):
             if given is not None and (isinstance(given, bool) or int(given) != given or given < 1):
                 raise ValueError(f"ParamSpec {name!r}: {what} must be an int >= 1, got {given!r}")
@@ -70,18 +78,18 @@ class ParamSpec(namedtuple("ParamSpec", "name shape init decay fan_in fan_out un
         return super().__new__(cls, name, shape, init, decay, fan_in, fan_out, unit_axis)
 
     @property
-    def fans(self):
+    def fans(self) -> tuple[int, int]:
         """(fan_in, fan_out)."""
         return self.fan_in, self.fan_out
 
-    def initialize(self, rng):
+    def initialize(self, rng: np.random.Generator) -> NDArray[np.float64]:
         """The initial value (a float64 array of ``shape``) drawn by ``init`` from `rng` with this spec's fans."""
         return self.init(self.shape, rng, fans=self.fans)
 
-_name_counts = {}
+_name_counts: dict[str, int] = {}
 
 
-def _auto_name(prefix):
+def _auto_name(prefix: str) -> str:
     _name_counts[prefix] = _name_counts.get(prefix, 0) + 1
     return f"{prefix}_{_name_counts[prefix]}"
 
@@ -91,7 +99,7 @@ def _auto_name(prefix):
 _trainable_changes = [0]
 
 
-def trainable_changes():
+def trainable_changes() -> int:
     """How many times ``trainable`` has been assigned on any layer (a cheap change detector)."""
     return _trainable_changes[0]
 
@@ -155,37 +163,37 @@ class Layer(StrictAttributes, metaclass=_SealOnConstruction):
     container (a ``Residual``) sets it on the container's layers too, and a layer inside a frozen container
     is frozen whatever its own flag.  A frozen ``BatchNorm`` runs in inference mode (Keras 3).
     """
-    n_inputs = 1          # number of input tensors (None: variable, >= 2; a layer may set it when called)
-    n_outputs = 1         # number of output tensors (> 1: forward returns a list, backward receives one)
-    mask_support = None   # None: refuses a mask; "pass": hands it on unchanged; "use": forward(..., mask=M)
-    produces_mask = False  # True for a layer that makes a mask (then compute_mask(X) gives it)
-    integer_input = False  # True for a layer that takes integer ids (Embedding): the model keeps X integer
-    fusable = None        # "softmax" / "sigmoid": the layer ends in that function and can hand logits to a loss
+    n_inputs: int | None = 1    # number of input tensors (None: variable, >= 2; a layer may set it when called)
+    n_outputs: int = 1          # number of output tensors (> 1: forward returns a list, backward receives one)
+    mask_support: str | None = None   # None: refuses a mask; "pass": hands it on unchanged; "use": forward(..., mask=M)
+    produces_mask: bool = False  # True for a layer that makes a mask (then compute_mask(X) gives it)
+    integer_input: bool = False  # True for a layer that takes integer ids (Embedding): the model keeps X integer
+    fusable: str | None = None  # "softmax" / "sigmoid": the layer ends in that function and can hand logits to a loss
     _max_cached_batches = 8
     _trainable = True     # the layer's own flag (``trainable``)
     _frozen = False       # set by the parameter table at its layout: the parameters are not trained (as compiled)
 
-    def __init__(self, name=None):
+    def __init__(self, name: str | None = None) -> None:
         if name is not None and not isinstance(name, str):
             raise TypeError(f"{type(self).__name__}: name must be a str, got {type(name).__name__}")
         self.name = name or _auto_name(type(self).__name__.lower())
         self.built = False
-        self.input_shape = None      # feature shape(s), without the batch axis
-        self.output_shape = None
-        self.dtype = None
-        self.params = {}             # name -> view into the model's flat parameter buffer
-        self.grads = {}              # name -> view into the model's flat gradient buffer
-        self.buffers = {}            # name -> non-trainable state saved with the model (e.g. running statistics)
+        self.input_shape: Any = None      # feature shape(s), without the batch axis
+        self.output_shape: Any = None
+        self.dtype: np.dtype[Any] | None = None
+        self.params: dict[str, FloatArray] = {}   # name -> view into the model's flat parameter buffer
+        self.grads: dict[str, FloatArray] = {}    # name -> view into the model's flat gradient buffer
+        self.buffers: dict[str, NDArray[Any]] = {}   # name -> non-trainable state saved with the model (running stats)
         self.need_input_grad = True  # False when the input is the model's input: dX is not computed
         self._in_graph = False
-        self._buffers = OrderedDict()
+        self._buffers: OrderedDict[Any, Any] = OrderedDict()
 
     # ------------------------------------------------------------------ graph construction
-    def __call__(self, inputs):
+    def __call__(self, inputs: Tensor | Sequence[Tensor]) -> Any:
         """Call the layer on a tensor (or a list of tensors): the symbolic output tensor (``fastnn.graph``)."""
         return Tensor.from_layer(self, inputs)
 
-    def call_on(self, inputs):
+    def call_on(self, inputs: Sequence[Tensor]) -> Any:
         """Call the layer on the list of tensors a saved graph lists for its node (``fastnn.io`` rebuilds graphs
         with it): one tensor as ``self(t)``; several, for a layer whose input count is fixed by its class, as
         ``self(list)``, else (inputs decided at call time: initial states) with ``n_inputs`` set to their count.
@@ -205,7 +213,7 @@ class Layer(StrictAttributes, metaclass=_SealOnConstruction):
         (a tuple; None when not given)."""
         return self._declared_input_shape
 
-    def build(self, input_shape):
+    def build(self, input_shape: Shape | list[Shape]) -> Shape | list[Shape]:
         """Infer the output shape from the input shape (a tuple, or a list of tuples for multi-input layers);
         a layer with ``n_outputs > 1`` returns a list of shapes.  A layer given ``input_shape=`` (or
         ``input_dim=``) at construction refuses any other input shape (a None axis of the declared shape
@@ -229,7 +237,7 @@ class Layer(StrictAttributes, metaclass=_SealOnConstruction):
     def _build(self, input_shape):
         return input_shape
 
-    def param_specs(self):
+    def param_specs(self) -> list[ParamSpec]:
         """The parameters this layer needs, as ParamSpecs (none by default)."""
         return []
 
@@ -242,13 +250,13 @@ class Layer(StrictAttributes, metaclass=_SealOnConstruction):
 
     # ------------------------------------------------------------------ freezing and strict attributes
     @property
-    def trainable(self):
+    def trainable(self) -> bool:
         """Whether the optimizer updates this layer's parameters (True by default; see the class docstring:
         a change takes effect at the next ``compile``)."""
         return self._trainable
 
     @trainable.setter
-    def trainable(self, value):
+    def trainable(self, value: bool) -> None:
         if not isinstance(value, (bool, np.bool_)):
             raise TypeError(f"{self.name}: trainable must be a bool, got {type(value).__name__} {value!r}")
         self._trainable = bool(value)
@@ -268,44 +276,51 @@ class Layer(StrictAttributes, metaclass=_SealOnConstruction):
     # ------------------------------------------------------------------ optional capabilities
     # The model and the services (io, prune, diagnostics, the compiled plan) ask the layer through these
     # methods, with these defaults, instead of testing for attributes.
-    sublayers_key = None      # containers: the get_config / constructor key that holds the sublayers
+    # containers: the get_config / constructor key that holds the sublayers
+    sublayers_key: ClassVar[str | None] = None
 
-    def sublayers(self):
+    def sublayers(self) -> list[Layer]:
         """The layers this layer contains (a container such as Residual), graph nodes of their own that run
         before it; ``fastnn.io`` saves them as nodes and refers to them under ``sublayers_key``.  [] by default."""
         return []
 
-    def attach_rng(self, generator):
+    def attach_rng(self, generator: np.random.Generator) -> None:
         """Receive the model's seeded ``layer_rng`` (random layers draw from it); ignored by default."""
 
     @property
-    def has_constraint(self):
+    def has_constraint(self) -> bool:
         """Whether ``apply_constraint`` changes the weights (the model calls it after every update)."""
         return False
 
-    def apply_constraint(self):
+    def apply_constraint(self) -> None:
         """Project the parameters onto their constraint after an optimizer step; nothing by default."""
 
     # ------------------------------------------------------------------ masks
-    def output_mask(self, mask):
+    def output_mask(self, mask: Any) -> Any:
         """The mask of the output given the input's `mask` ((N, T) bool array; at build time ``True``): the mask
         itself for a "pass" layer, else None.  A multi-output layer may return a list (one per output); a single
         value is its first output's mask."""
         return mask if self.mask_support == "pass" else None
 
-    def compute_mask(self, X):
+    def compute_mask(self, X: NDArray[Any]) -> NDArray[np.bool_]:
         """A producer's (N, T) bool mask of its output for the input batch X (True = a real step)."""
         raise NotImplementedError(f"{self.name}: {type(self).__name__} makes no mask")
 
-    def mask_description(self):
+    def mask_description(self) -> str:
         """How this producer makes its mask, for error messages ("mask_zero=True")."""
         return "its mask"
 
     # ------------------------------------------------------------------ execution
-    def forward(self, X, training=False):
+    def forward(self, X: Any, training: bool = False) -> Any:
+        """The output for the batch X (an array; a list of arrays for a multi-input layer), made in a buffer the
+        layer owns; a multi-output layer returns a list.  ``training`` selects the training behaviour (dropout,
+        batch statistics)."""
         raise NotImplementedError
 
-    def backward(self, dY):
+    def backward(self, dY: Any) -> Any:
+        """The gradient with respect to the input of the last ``forward`` (a list for a multi-input layer, None
+        where an input has none), given the output's gradient dY (a list for a multi-output layer); the
+        parameter gradients go into ``grads``."""
         raise NotImplementedError
 
     def _batch_buffers(self, shape, make, tag=None):
@@ -325,20 +340,21 @@ class Layer(StrictAttributes, metaclass=_SealOnConstruction):
         return bufs
 
     # ------------------------------------------------------------------ description
-    def get_config(self):
+    def get_config(self) -> Config:
         """The constructor's keyword arguments, JSON-serializable: ``type(self)(**get_config())`` rebuilds the
         layer (initializers and activations as their own configs / names)."""
         return {"name": self.name}
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: Config) -> Self:
         """A new, unbuilt layer from ``get_config()``'s output."""
         return cls(**config)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
+        """The constructor arguments ``repr`` shows (besides the name)."""
         return ""
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         extra = self.extra_repr()
         return f"{type(self).__name__}({extra + ', ' if extra else ''}name={self.name!r})"
 
@@ -364,42 +380,51 @@ class WeightBias:
     into the view, after checking shape and values), and ``weight_grad`` / ``bias_grad`` from the last backward.
     A layer without a bias (``use_bias=False``) has ``bias`` None."""
 
-    def _has_bias(self):
+    name: str
+    _param: Callable[[str], FloatArray]
+    _set_param: Callable[[str, Any], None]
+    grads: dict[str, FloatArray]
+
+    def _has_bias(self) -> bool:
         return getattr(self, "use_bias", True)
 
     @property
-    def weight(self):
+    def weight(self) -> FloatArray:
+        """The weight (a view into the model's flat parameters); assigning copies into it."""
         return self._param("weight")
 
     @weight.setter
-    def weight(self, value):
+    def weight(self, value: Any) -> None:
         self._set_param("weight", value)
 
     @property
-    def bias(self):
+    def bias(self) -> FloatArray | None:
+        """The bias (a view into the model's flat parameters), None without one; assigning copies into it."""
         return self._param("bias") if self._has_bias() else None
 
     @bias.setter
-    def bias(self, value):
+    def bias(self, value: Any) -> None:
         if not self._has_bias():
             raise AttributeError(f"{self.name}: the layer has no bias (use_bias=False)")
         self._set_param("bias", value)
 
     @property
-    def weight_grad(self):
+    def weight_grad(self) -> FloatArray | None:
+        """The weight's gradient from the last backward."""
         return self.grads.get("weight")
 
     @property
-    def bias_grad(self):
+    def bias_grad(self) -> FloatArray | None:
+        """The bias's gradient from the last backward (None without a bias)."""
         return self.grads.get("bias") if self._has_bias() else None
 
 
-def flat2d(X):
+def flat2d(X: NDArray[Any]) -> NDArray[Any]:
     """A (n, features) view of a C-contiguous batch of any rank (no copy)."""
     return X.reshape(X.shape[0], -1) if X.ndim != 2 else X
 
 
-def rows2d(X):
+def rows2d(X: NDArray[Any]) -> NDArray[Any]:
     """A (rows, features) view of a C-contiguous array of rank >= 1 whose features are on the last axis:
     every leading axis becomes a row (a (N, T, F) batch -> (N*T, F)).  Never copies: an array that is not
     C-contiguous raises instead (a copy would silently drop what a kernel writes into it)."""

@@ -6,13 +6,26 @@ The weight is laid out (kh, kw, C_in / groups, filters) as Keras lays out its ke
 (filters, C_in / groups, kh, kw) maps to it as ``w.permute(2, 3, 1, 0)`` (Conv1d: ``w.permute(2, 1, 0)``).
 Conv1D runs as a Conv2D of height 1 through the same kernels.
 """
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
 from fastnn import constraints, initializers
 from fastnn._core import conv as _k
 from fastnn._core.kinds import ACT
+from fastnn._typing import Config, FloatArray
 from fastnn.layers import activations as _act
 from fastnn.layers.base import Layer, ParamSpec, WeightBias, get_num_threads
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    from fastnn.constraints import MaxNorm
+    from fastnn.initializers import Initializer
+    from fastnn.layers.activations import Activation
 
 
 def _int(value, what, owner, minimum=1):
@@ -74,8 +87,11 @@ class _Conv(WeightBias, Layer):
     _rank = 2
     _act_counts = None   # (n_slots, filters) int64: the fused activation's unit counters (diagnostics), or None
 
-    def __init__(self, filters, kernel_size, strides=1, padding="valid", dilation_rate=1, groups=1, activation=None,
-                 use_bias=True, kernel_init="xavier_uniform", bias_init="zeros", max_norm=None, name=None):
+    def __init__(self, filters: int, kernel_size: int | tuple[int, ...], strides: int | tuple[int, ...] = 1,
+                 padding: str | Sequence[Any] = "valid", dilation_rate: int | tuple[int, ...] = 1, groups: int = 1,
+                 activation: str | Activation | None = None, use_bias: bool = True,
+                 kernel_init: str | Initializer = "xavier_uniform", bias_init: str | Initializer = "zeros",
+                 max_norm: float | MaxNorm | None = None, name: str | None = None) -> None:
         super().__init__(name)
         r = self._rank
         self.filters = _int(filters, "filters", self.name)
@@ -141,7 +157,7 @@ class _Conv(WeightBias, Layer):
         out = [None if n is None else self._out_size(a, n, pads) for a, n in enumerate(sizes)]
         return tuple(out) + (self.filters,)
 
-    def param_specs(self):
+    def param_specs(self) -> list[ParamSpec]:
         C = self.input_shape[-1]
         cg = C // self.groups
         field = int(np.prod(self.kernel_size))
@@ -153,10 +169,10 @@ class _Conv(WeightBias, Layer):
         return specs
 
     @property
-    def has_constraint(self):
+    def has_constraint(self) -> bool:
         return self.constraint is not None
 
-    def apply_constraint(self):
+    def apply_constraint(self) -> None:
         """Called by the model after each optimizer step: applies the weight constraint (per filter), if any."""
         if self.constraint is not None:
             W = self.params["weight"]
@@ -188,7 +204,7 @@ class _Conv(WeightBias, Layer):
             raise ValueError(f"{self.name}: expected {self.input_shape[-1]} input channels (last axis), got a batch "
                              f"of shape {X.shape}")
 
-    def forward(self, X, training=False, logits=False):
+    def forward(self, X: FloatArray, training: bool = False, logits: bool = False) -> FloatArray:
         self._check_input(X)
         X = np.ascontiguousarray(X)
         identity = self.activation.kind == ACT.IDENTITY
@@ -211,7 +227,7 @@ class _Conv(WeightBias, Layer):
         self._X, self._Z, self._Y, self._kind = X4, Z, out, kind
         return out.reshape(out.shape[0], *out.shape[2:]) if self._rank == 1 else out
 
-    def backward(self, dY):
+    def backward(self, dY: FloatArray) -> FloatArray | None:
         dY = np.ascontiguousarray(dY)
         identity = self.activation.kind == ACT.IDENTITY
         X4, Z = self._X, self._Z
@@ -238,7 +254,7 @@ class _Conv(WeightBias, Layer):
         return (X4.shape[0], X4.shape[2], X4.shape[3]) if self._rank == 1 else X4.shape
 
     # ------------------------------------------------------------------ description
-    def get_config(self):
+    def get_config(self) -> Config:
         act_cfg = _act.to_config(self.activation)
         pad = self.padding if isinstance(self.padding, str) else [list(p) for p in self.padding]
         if self._rank == 1 and not isinstance(pad, str):
@@ -253,13 +269,13 @@ class _Conv(WeightBias, Layer):
         return cfg
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: Config) -> Self:
         config = dict(config)
         act = _act.from_config(config.pop("activation"), f"{cls.__name__}.from_config")
         return cls(activation=act, kernel_init=initializers.from_config(config.pop("kernel_init")),
                    bias_init=initializers.from_config(config.pop("bias_init")), **config)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         k = self.kernel_size if self._rank == 2 else self.kernel_size[0]
         s = f"{self.filters}, kernel_size={k}"
         if any(v != 1 for v in self.strides):

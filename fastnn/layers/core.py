@@ -8,8 +8,13 @@ buffer.  Data layout is channels-last (features on the last axis), so ``Flatten`
 be permuted.)  ``Permute`` reorders the axes of each sample (a copy): ``Permute((2, 3, 1))`` at the input is the
 path for channels-first (N, C, H, W) data.
 """
+from __future__ import annotations
+
+from collections.abc import Sequence
+
 import numpy as np
 
+from fastnn._typing import Config, FloatArray
 from fastnn.layers.base import Layer
 
 
@@ -34,10 +39,10 @@ class Flatten(Layer):
     def _build(self, input_shape):
         return (int(np.prod(input_shape, dtype=np.int64)),)
 
-    def forward(self, X, training=False):
+    def forward(self, X: FloatArray, training: bool = False) -> FloatArray:
         return _view(X, (X.shape[0], int(np.prod(X.shape[1:], dtype=np.int64))))
 
-    def backward(self, dY):
+    def backward(self, dY: FloatArray) -> FloatArray | None:
         return _view(dY, (dY.shape[0],) + tuple(self.input_shape)) if self.need_input_grad else None
 
 
@@ -57,7 +62,7 @@ class Reshape(Layer):
         fnn.layers.Reshape((4, -1))      # (n, 12) -> (n, 4, 3)
     """
 
-    def __init__(self, shape, name=None):
+    def __init__(self, shape: int | Sequence[int], name: str | None = None) -> None:
         super().__init__(name)
         if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
             shape = (shape,)
@@ -84,16 +89,16 @@ class Reshape(Layer):
                              f"to {self.shape} ({known} elements)")
         return self.shape
 
-    def forward(self, X, training=False):
+    def forward(self, X: FloatArray, training: bool = False) -> FloatArray:
         return _view(X, (X.shape[0],) + self.output_shape)
 
-    def backward(self, dY):
+    def backward(self, dY: FloatArray) -> FloatArray | None:
         return _view(dY, (dY.shape[0],) + tuple(self.input_shape)) if self.need_input_grad else None
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {"name": self.name, "shape": list(self.shape)}
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"{self.shape}"
 
 
@@ -118,7 +123,7 @@ class Permute(Layer):
                                 fnn.layers.Dense(10)], input_shape=(3, 32, 32))     # NCHW data
     """
 
-    def __init__(self, dims, name=None):
+    def __init__(self, dims: Sequence[int], name: str | None = None) -> None:
         super().__init__(name)
         if (not isinstance(dims, (tuple, list)) or not dims
                 or any(isinstance(d, (bool, np.bool_)) or not isinstance(d, (int, np.integer)) for d in dims)):
@@ -147,14 +152,14 @@ class Permute(Layer):
         np.copyto(out, A.transpose(axes))
         return out
 
-    def forward(self, X, training=False):
+    def forward(self, X: FloatArray, training: bool = False) -> FloatArray:
         return self._permute(X, self._axes, None)
 
-    def backward(self, dY):
+    def backward(self, dY: FloatArray) -> FloatArray | None:
         return self._permute(dY, self._inverse, "grad") if self.need_input_grad else None
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {"name": self.name, "dims": list(self.dims)}
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"{self.dims}"

@@ -2,13 +2,25 @@
 
 Applied to the last axis of an input of any rank (torch.nn.Linear, Keras Dense): a batch (N, ..., n_in) is
 viewed as (N*..., n_in) rows (no copy) and runs through the same 2-D kernels."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from fastnn import constraints, initializers
 from fastnn._core import dense as _k
 from fastnn._core.kinds import ACT
+from fastnn._typing import Config, FloatArray
 from fastnn.layers import activations as _act
 from fastnn.layers.base import Layer, ParamSpec, WeightBias, get_num_threads, rows2d
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    from fastnn.constraints import MaxNorm
+    from fastnn.initializers import Initializer
+    from fastnn.layers.activations import Activation
 
 
 class Dense(WeightBias, Layer):
@@ -35,8 +47,9 @@ class Dense(WeightBias, Layer):
 
     _act_counts = None   # (n_slots, units) int64 buffer the fused activation's unit counters go to (diagnostics)
 
-    def __init__(self, units, activation=None, kernel_init="xavier_uniform", bias_init="zeros", use_bias=True,
-                 max_norm=None, name=None):
+    def __init__(self, units: int, activation: str | Activation | None = None,
+                 kernel_init: str | Initializer = "xavier_uniform", bias_init: str | Initializer = "zeros",
+                 use_bias: bool = True, max_norm: float | MaxNorm | None = None, name: str | None = None) -> None:
         super().__init__(name)
         if isinstance(units, bool) or not isinstance(units, (int, np.integer)):
             raise TypeError(f"{self.name}: units must be an int, got {type(units).__name__} {units!r}")
@@ -58,7 +71,7 @@ class Dense(WeightBias, Layer):
                              f"{tuple(input_shape)}")
         return tuple(input_shape[:-1]) + (self.units,)
 
-    def param_specs(self):
+    def param_specs(self) -> list[ParamSpec]:
         n_in = self.input_shape[-1]
         specs = [ParamSpec("weight", (n_in, self.units), self.kernel_init, True, fan_in=n_in, fan_out=self.units,
                            unit_axis=1)]
@@ -67,15 +80,15 @@ class Dense(WeightBias, Layer):
         return specs
 
     @property
-    def has_constraint(self):
+    def has_constraint(self) -> bool:
         return self.constraint is not None
 
-    def apply_constraint(self):
+    def apply_constraint(self) -> None:
         """Called by the model after each optimizer step: applies the weight constraint, if any."""
         if self.constraint is not None:
             self.constraint(self.params["weight"], unit_axis=1)
 
-    def forward(self, X, training=False, logits=False):
+    def forward(self, X: FloatArray, training: bool = False, logits: bool = False) -> FloatArray:
         def make(_):
             Z = np.empty(X.shape[:-1] + (self.units,), dtype=self.dtype)
             return Z, (Z if self.activation.kind == ACT.IDENTITY else np.empty_like(Z))
@@ -83,14 +96,14 @@ class Dense(WeightBias, Layer):
         Z, Y = self._batch_buffers(X.shape, make)
         kind = ACT.IDENTITY if logits else self.activation.kind
         out = Z if kind == ACT.IDENTITY else Y
-        counts = self._act_counts if kind != ACT.IDENTITY else None      # unit counters, only while diagnostics ask for them
+        counts = self._act_counts if kind != ACT.IDENTITY else None      # unit counters, only while diagnostics ask
         X2, Z2 = rows2d(X), rows2d(Z)
         _k.dense_forward(X2, self.params["weight"], self.params.get("bias"), Z2, rows2d(out), kind,
                          self.activation.alpha, get_num_threads(), counts)
         self._X, self._Z, self._Y, self._kind = X2, Z2, rows2d(out), kind
         return out
 
-    def backward(self, dY):
+    def backward(self, dY: FloatArray) -> FloatArray | None:
         def make(_):
             dZ = np.empty(dY.shape, dtype=self.dtype) if self.activation.kind != ACT.IDENTITY else None
             dX = np.empty(dY.shape[:-1] + (self.input_shape[-1],), dtype=self.dtype)
@@ -104,7 +117,7 @@ class Dense(WeightBias, Layer):
                           get_num_threads())
         return dX if self.need_input_grad else None
 
-    def get_config(self):
+    def get_config(self) -> Config:
         act_cfg = _act.to_config(self.activation)
         cfg = {"name": self.name, "units": self.units, "activation": act_cfg,
                "kernel_init": self.kernel_init.get_config(), "bias_init": self.bias_init.get_config(),
@@ -114,12 +127,12 @@ class Dense(WeightBias, Layer):
         return cfg
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: Config) -> Self:
         config = dict(config)
         act = _act.from_config(config.pop("activation"), "Dense.from_config")
         return cls(activation=act, kernel_init=initializers.from_config(config.pop("kernel_init")),
                    bias_init=initializers.from_config(config.pop("bias_init")), **config)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         act = type(self.activation).__name__
         return f"{self.units}" + (f", activation={act}" if act != "Identity" else "")

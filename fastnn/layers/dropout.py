@@ -1,7 +1,10 @@
 """Dropout: random zeroing of units in training (compiled kernel fastnn/_core/dropout.pyx)."""
+from __future__ import annotations
+
 import numpy as np
 
 from fastnn._core import dropout as _k
+from fastnn._typing import Config, FloatArray, NDArray
 from fastnn._validation import check_number
 from fastnn.layers.base import Layer, get_num_threads
 
@@ -30,25 +33,25 @@ class Dropout(Layer):
     # to draw its rows' part of the global batch's mask (set per step by fastnn.distributed, 0 otherwise)
     row_offset = 0
 
-    def __init__(self, rate=0.5, mode="inverted", name=None):
+    def __init__(self, rate: float = 0.5, mode: str = "inverted", name: str | None = None) -> None:
         super().__init__(name)
         self.rate = check_number(type(self).__name__, "rate", rate, low=0.0, high=1.0, high_open=True)
         if not isinstance(mode, str) or mode not in _MODES:
             raise ValueError(f"{self.name}: mode must be one of {_MODES}, got {mode!r}")
         self.mode = mode
-        self._rng = None
-        self._mask = None
+        self._rng: np.random.Generator | None = None
+        self._mask: NDArray[np.uint8] | None = None
 
     @property
-    def mask(self):
+    def mask(self) -> NDArray[np.uint8] | None:
         """The mask of the last training forward (uint8, 1 = kept), or None."""
         return self._mask
 
-    def attach_rng(self, generator):
+    def attach_rng(self, generator: np.random.Generator) -> None:
         """Called by the model with its seeded ``layer_rng``: the source of the per-call seeds."""
         self._rng = generator
 
-    def forward(self, X, training=False):
+    def forward(self, X: FloatArray, training: bool = False) -> FloatArray:
         keep = 1.0 - self.rate
         if not training or self.rate == 0.0:
             self._scale = 1.0 if (self.mode == "inverted" or training) else keep
@@ -70,19 +73,19 @@ class Dropout(Layer):
         self._mask, self._masked = mask, True
         return Y
 
-    def backward(self, dY):
+    def backward(self, dY: FloatArray) -> FloatArray | None:
         if not self._masked and self._scale == 1.0:
             return dY
         dX = self._batch_buffers(dY.shape, lambda _: np.empty(dY.shape, dY.dtype), tag="grad")
-        if self._masked:
+        if self._masked and self._mask is not None:
             _k.dropout_backward(dY.reshape(-1), self._mask.reshape(-1), dX.reshape(-1), self._scale,
                                 get_num_threads())
         else:
             np.multiply(dY, self._scale, out=dX)
         return dX
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {"name": self.name, "rate": self.rate, "mode": self.mode}
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"rate={self.rate}" + (f", mode={self.mode!r}" if self.mode != "inverted" else "")

@@ -5,12 +5,22 @@ Both may make the mask of issue 12 (an (N, T) bool array, True = a real step; se
 whose features all equal ``mask_value``.  The mask travels through the per-step layers after them to the layers
 that use it (recurrent layers) and to the loss, which ignores the masked positions of the model's output.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
 from fastnn import initializers
 from fastnn._core import embedding as _k
+from fastnn._typing import Config, FloatArray, NDArray
 from fastnn._validation import as_index_array, check_number
 from fastnn.layers.base import Layer, ParamSpec, get_num_threads
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    from fastnn.initializers import Initializer
 
 
 class Embedding(Layer):
@@ -44,7 +54,8 @@ class Embedding(Layer):
     """
     integer_input = True
 
-    def __init__(self, input_dim, output_dim, mask_zero=False, embeddings_init="uniform", name=None):
+    def __init__(self, input_dim: int, output_dim: int, mask_zero: bool = False,
+                 embeddings_init: str | Initializer = "uniform", name: str | None = None) -> None:
         super().__init__(name)
         self.input_dim = check_number(self.name, "input_dim", input_dim, low=1, integer=True)
         self.output_dim = check_number(self.name, "output_dim", output_dim, low=1, integer=True)
@@ -55,14 +66,14 @@ class Embedding(Layer):
             raise ValueError(f"{self.name}: with mask_zero=True id 0 is padding, so input_dim must count it and be "
                              f">= 2, got {self.input_dim}")
         self.embeddings_init = initializers.get(embeddings_init, owner=f"{self.name} embeddings_init")
-        self._ids = None
+        self._ids: NDArray[Any] | None = None
 
     @property
-    def produces_mask(self):
+    def produces_mask(self) -> bool:  # type: ignore[override]  # a property over the class flag
         """True with mask_zero: the layer masks the steps whose id is 0."""
         return self.mask_zero
 
-    def mask_description(self):
+    def mask_description(self) -> str:
         return "mask_zero=True"
 
     def _build(self, input_shape):
@@ -71,20 +82,20 @@ class Embedding(Layer):
                              f"{tuple(input_shape)}")
         return tuple(input_shape) + (self.output_dim,)
 
-    def param_specs(self):
+    def param_specs(self) -> list[ParamSpec]:
         return [ParamSpec("weight", (self.input_dim, self.output_dim), self.embeddings_init, True, unit_axis=1)]
 
     @property
-    def weight(self):
+    def weight(self) -> FloatArray:
         """The table (input_dim, output_dim): a writable view into the model's parameters."""
         return self._param("weight")
 
     @weight.setter
-    def weight(self, value):
+    def weight(self, value: Any) -> None:
         self._set_param("weight", value)
 
     @property
-    def weight_grad(self):
+    def weight_grad(self) -> FloatArray | None:
         return self.grads.get("weight")
 
     def _as_ids(self, X):
@@ -94,7 +105,7 @@ class Embedding(Layer):
             X = np.ascontiguousarray(X)
         return X
 
-    def forward(self, X, training=False):
+    def forward(self, X: FloatArray, training: bool = False) -> FloatArray:
         X = self._as_ids(X)
         Y = self._batch_buffers(X.shape, lambda _: np.empty(X.shape + (self.output_dim,), dtype=self.dtype))
         ids = X.reshape(-1)
@@ -106,29 +117,29 @@ class Embedding(Layer):
         self._ids = ids
         return Y
 
-    def backward(self, dY):
+    def backward(self, dY: FloatArray) -> FloatArray | None:
         _k.embedding_backward(self._ids, dY.reshape(-1, self.output_dim), self.grads["weight"], get_num_threads())
         return None
 
-    def compute_mask(self, X):
+    def compute_mask(self, X: NDArray[Any]) -> NDArray[np.bool_]:
         X = self._as_ids(X)
         M = self._batch_buffers(X.shape, lambda _: np.empty(X.shape, dtype=bool), tag="mask")
         np.not_equal(X, 0, out=M)
         return M
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {"name": self.name, "input_dim": self.input_dim, "output_dim": self.output_dim,
                 "mask_zero": self.mask_zero, "embeddings_init": self.embeddings_init.get_config()}
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: Config) -> Self:
         config = dict(config)
         init = config.pop("embeddings_init", "uniform")
         if isinstance(init, dict):
             init = initializers.from_config(init)
         return cls(embeddings_init=init, **config)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"{self.input_dim}, {self.output_dim}" + (", mask_zero=True" if self.mask_zero else "")
 
 
@@ -148,12 +159,15 @@ class Masking(Layer):
 
     produces_mask = True
 
-    def __init__(self, mask_value=0.0, name=None):
+    def __init__(self, mask_value: float = 0.0, name: str | None = None) -> None:
         super().__init__(name)
         self.mask_value = check_number(self.name, "mask_value", mask_value)
-        self._keep = self._M = self._src = None
+        # the last forward's keep mask (broadcastable to X), its (N, T) mask and its input
+        self._keep: NDArray[np.bool_] | None = None
+        self._M: NDArray[np.bool_] | None = None
+        self._src: NDArray[Any] | None = None
 
-    def mask_description(self):
+    def mask_description(self) -> str:
         return f"mask_value={self.mask_value}"
 
     def _build(self, input_shape):
@@ -173,25 +187,29 @@ class Masking(Layer):
         np.any(diff.reshape(n, t, -1), axis=2, out=M)
         return M, Y
 
-    def forward(self, X, training=False):
+    def forward(self, X: FloatArray, training: bool = False) -> FloatArray:
         M, Y = self._mask(X)
         keep = M.reshape(M.shape + (1,) * (X.ndim - 2))
         np.multiply(X, keep, out=Y)
         self._keep, self._M, self._src = keep, M, X
         return Y
 
-    def backward(self, dY):
+    def backward(self, dY: FloatArray) -> FloatArray | None:
         if not self.need_input_grad:
             return None
         dX = self._batch_buffers(dY.shape, lambda _: np.empty(dY.shape, dtype=self.dtype), tag="grad")
+        if self._keep is None:
+            raise RuntimeError(f"{self.name}: backward called before forward")
         np.multiply(dY, self._keep, out=dX)
         return dX
 
-    def compute_mask(self, X):
-        return self._M if X is self._src else self._mask(X)[0]     # the forward's, when asked right after it
+    def compute_mask(self, X: NDArray[Any]) -> NDArray[np.bool_]:
+        if X is self._src and self._M is not None:     # the forward's, when asked right after it
+            return self._M
+        return self._mask(X)[0]
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {"name": self.name, "mask_value": self.mask_value}
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"mask_value={self.mask_value}"

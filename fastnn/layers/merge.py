@@ -5,8 +5,11 @@ are single memory-bound numpy passes into buffers made once per batch size.  Sha
 layer is called on tensors (graph construction), so a mismatch is a ValueError naming the layer and the shapes
 before anything runs.
 """
+from __future__ import annotations
+
 import numpy as np
 
+from fastnn._typing import FloatArray
 from fastnn.layers.base import Layer
 
 
@@ -32,7 +35,7 @@ class Add(Layer):
                              f"{', '.join(str(s) for s in shapes)}")
         return shapes[0]
 
-    def forward(self, X, training=False):
+    def forward(self, X: list[FloatArray], training: bool = False) -> FloatArray:
         Y = self._batch_buffers(X[0].shape, lambda n: np.empty(X[0].shape, dtype=X[0].dtype))
         np.add(X[0], X[1], out=Y)
         for x in X[2:]:
@@ -40,7 +43,7 @@ class Add(Layer):
         self._k = len(X)
         return Y
 
-    def backward(self, dY):
+    def backward(self, dY: FloatArray) -> list[FloatArray]:
         return [dY] * self._k
 
 
@@ -64,13 +67,13 @@ class Concatenate(Layer):
         self._sizes = [s[-1] for s in shapes]
         return shapes[0][:-1] + (sum(self._sizes),)
 
-    def forward(self, X, training=False):
+    def forward(self, X: list[FloatArray], training: bool = False) -> FloatArray:
         shape = X[0].shape[:-1] + (sum(x.shape[-1] for x in X),)
         Y = self._batch_buffers(shape, lambda n: np.empty(shape, dtype=X[0].dtype))
         np.concatenate(X, axis=-1, out=Y)
         return Y
 
-    def backward(self, dY):
+    def backward(self, dY: FloatArray) -> list[FloatArray]:
         def make(_):
             return [np.empty(dY.shape[:-1] + (d,), dtype=dY.dtype) for d in self._sizes]
 

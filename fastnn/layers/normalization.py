@@ -6,10 +6,16 @@ Both work on the last axis (channels-last: (N, C), (N, L, C), (N, H, W, C)) and 
 decay skips them unless ``decay_bias=True`` is given.  Both run their 2-D kernels on a (N*..., C) view of the
 batch (no copy).
 """
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
 import numpy as np
 
 from fastnn import initializers
 from fastnn._core import norm as _k
+from fastnn._typing import Config, FloatArray, NDArray
 from fastnn._validation import check_number
 from fastnn.layers.base import Layer, ParamSpec, WeightBias, get_num_threads, rows2d
 
@@ -24,7 +30,7 @@ class _Norm(WeightBias, Layer):
                              f"feature shape {tuple(input_shape)}")
         return input_shape
 
-    def param_specs(self):
+    def param_specs(self) -> list[ParamSpec]:
         shape = (self.input_shape[-1],)
         return [ParamSpec("weight", shape, initializers.Ones(), False),
                 ParamSpec("bias", shape, initializers.Zeros(), False)]
@@ -68,7 +74,7 @@ class BatchNorm(_Norm):
     # lets them in; Keras 3 weighs the moments by the mask); LayerNorm, per step, takes one
     mask_support = None
 
-    def __init__(self, momentum=0.1, eps=1e-5, axis=-1, name=None):
+    def __init__(self, momentum: float = 0.1, eps: float = 1e-5, axis: int = -1, name: str | None = None) -> None:
         super().__init__(name)
         self.momentum = check_number(type(self).__name__, "momentum", momentum, low=0.0, high=1.0)
         self.eps = check_number(type(self).__name__, "eps", eps, low=0.0, low_open=True)
@@ -92,28 +98,28 @@ class BatchNorm(_Norm):
         super()._bind(params, grads, dtype)
         C = self.input_shape[-1]
         rm, rv = self.buffers.get("running_mean"), self.buffers.get("running_var")
-        if rm is None or rm.shape != (C,) or rm.dtype != dtype:
+        if any(a is None or a.shape != (C,) or a.dtype != dtype for a in (rm, rv)):
             self.buffers["running_mean"] = np.zeros(C, dtype=dtype)
             self.buffers["running_var"] = np.ones(C, dtype=dtype)
         self._stats = (np.empty(C, dtype=dtype), np.empty(C, dtype=dtype))   # mean, invstd of the last forward
 
     @property
-    def running_mean(self):
+    def running_mean(self) -> NDArray[Any]:
         return self.buffers["running_mean"]
 
     @running_mean.setter
-    def running_mean(self, value):
+    def running_mean(self, value: Any) -> None:
         self.buffers["running_mean"][...] = value
 
     @property
-    def running_var(self):
+    def running_var(self) -> NDArray[Any]:
         return self.buffers["running_var"]
 
     @running_var.setter
-    def running_var(self, value):
+    def running_var(self, value: Any) -> None:
         self.buffers["running_var"][...] = value
 
-    def check_training_batches(self, sizes, owner):
+    def check_training_batches(self, sizes: Iterable[int], owner: str) -> None:
         """Raise the ValueError of a one-value-per-channel training batch before training starts, when a batch
         of one of `sizes` (samples per batch) would have one value per channel; nothing for a frozen layer
         (inference mode) or a variable-size input (then forward checks)."""
@@ -131,7 +137,7 @@ class BatchNorm(_Norm):
     reducer = None
     _sync_forward = False
 
-    def forward(self, X, training=False):
+    def forward(self, X: FloatArray, training: bool = False) -> FloatArray:
         if self._frozen:        # a frozen BatchNorm runs in inference mode, in fit too (Keras 3)
             training = False
         self._sync_forward = False
@@ -148,7 +154,7 @@ class BatchNorm(_Norm):
         self._Xhat, self._batch_stats = Xhat, bool(training)
         return Y
 
-    def backward(self, dY):
+    def backward(self, dY: FloatArray) -> FloatArray | None:
         if self._sync_forward:
             return self._backward_synced(dY)
         Xhat = self._Xhat
@@ -213,10 +219,10 @@ class BatchNorm(_Norm):
         rows2d(dX)[...] = k * (M * dY2 - buf[:C] - Xh2 * buf[C:2 * C])
         return dX
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {"name": self.name, "momentum": self.momentum, "eps": self.eps, "axis": self.axis}
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"momentum={self.momentum}, eps={self.eps}" + (f", axis={self.axis}" if self.axis != -1 else "")
 
 
@@ -234,11 +240,11 @@ class LayerNorm(_Norm):
     """
     mask_support = "pass"     # per step: a mask on (N, T, ...) passes unchanged (fastnn.layers.base)
 
-    def __init__(self, eps=1e-5, name=None):
+    def __init__(self, eps: float = 1e-5, name: str | None = None) -> None:
         super().__init__(name)
         self.eps = check_number(type(self).__name__, "eps", eps, low=0.0, low_open=True)
 
-    def forward(self, X, training=False):
+    def forward(self, X: FloatArray, training: bool = False) -> FloatArray:
         def make(_):
             return np.empty(X.shape, X.dtype), np.empty(X.shape, X.dtype), np.empty(X.shape[:-1], X.dtype)
 
@@ -248,7 +254,7 @@ class LayerNorm(_Norm):
         self._Xhat, self._invstd = Xhat, invstd
         return Y
 
-    def backward(self, dY):
+    def backward(self, dY: FloatArray) -> FloatArray | None:
         Xhat = self._Xhat
         dX = self._batch_buffers(dY.shape, lambda _: np.empty(Xhat.shape, Xhat.dtype), tag="grad")
         _k.layernorm_backward(rows2d(dY), rows2d(Xhat), self.params["weight"], self._invstd.reshape(-1),
@@ -256,8 +262,8 @@ class LayerNorm(_Norm):
                               self.grads["bias"], get_num_threads())
         return dX if self.need_input_grad else None
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {"name": self.name, "eps": self.eps}
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"eps={self.eps}"

@@ -17,9 +17,14 @@ output is NaN (as torch, which propagates NaN) and the gradient goes to the wind
 kernel picks the last).  The argmax (int32, the winner's position in its image) is kept in a buffer per batch
 shape for the backward.
 """
+from __future__ import annotations
+
+from typing import Any
+
 import numpy as np
 
 from fastnn._core import pool as _k
+from fastnn._typing import Config, FloatArray
 from fastnn.layers.base import Layer, get_num_threads
 
 _PADDINGS = ("valid", "same")
@@ -58,7 +63,8 @@ class _Pool(Layer):
     _rank = 2          # spatial axes
     _max = True        # max or average
 
-    def __init__(self, pool_size=2, strides=None, padding="valid", name=None):
+    def __init__(self, pool_size: int | tuple[int, ...] = 2, strides: int | tuple[int, ...] | None = None,
+                 padding: str = "valid", name: str | None = None) -> None:
         super().__init__(name)
         owner = f"{self.name} ({type(self).__name__})"
         self.pool_size = _int_tuple(owner, "pool_size", pool_size, self._rank)
@@ -66,7 +72,7 @@ class _Pool(Layer):
         if not isinstance(padding, str) or padding.lower() not in _PADDINGS:
             raise ValueError(f"{owner}: padding must be 'valid' or 'same', got {padding!r}")
         self.padding = padding.lower()
-        self._geom = None
+        self._geom: Any = None   # the last forward's shapes, argmax buffer and window
 
     def _layout(self):
         return "(n, H, W, C)" if self._rank == 2 else "(n, T, C)"
@@ -102,7 +108,7 @@ class _Pool(Layer):
                              f"{X.shape}")
         return X if X.flags.c_contiguous else np.ascontiguousarray(X)
 
-    def forward(self, X, training=False):
+    def forward(self, X: FloatArray, training: bool = False) -> FloatArray:
         X = self._check(X)
         N, C = X.shape[0], X.shape[-1]
         spatial = X.shape[1:-1]
@@ -127,7 +133,7 @@ class _Pool(Layer):
         self._geom = (X.shape, (N, H, W, C), (N, OH, OW, C), A, (ph, pw, sh, sw, pt, pl))
         return Y
 
-    def backward(self, dY):
+    def backward(self, dY: FloatArray) -> FloatArray | None:
         if not self.need_input_grad:
             return None
         if self._geom is None:
@@ -145,14 +151,14 @@ class _Pool(Layer):
             _k.avg_pool2d_backward(dY.reshape(y4), dX.reshape(x4), *geom, get_num_threads())
         return dX
 
-    def get_config(self):
+    def get_config(self) -> Config:
         if self._rank == 1:
             return {"name": self.name, "pool_size": self.pool_size[0], "strides": self.strides[0],
                     "padding": self.padding}
         return {"name": self.name, "pool_size": list(self.pool_size), "strides": list(self.strides),
                 "padding": self.padding}
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         ps = self.pool_size[0] if self._rank == 1 else self.pool_size
         st = self.strides[0] if self._rank == 1 else self.strides
         return f"pool_size={ps}, strides={st}, padding={self.padding!r}"
@@ -215,13 +221,13 @@ class AvgPool1D(_Pool):
 class _GlobalPool(_Pool):
     """Pooling over all spatial positions: one window covering the whole input."""
 
-    def __init__(self, keepdims=False, name=None):
+    def __init__(self, keepdims: bool = False, name: str | None = None) -> None:
         Layer.__init__(self, name)
         if not isinstance(keepdims, (bool, np.bool_)):
             raise TypeError(f"{self.name} ({type(self).__name__}): keepdims must be a bool, got {keepdims!r}")
         self.keepdims = bool(keepdims)
         self.padding = "valid"
-        self._geom = None
+        self._geom: Any = None   # the last forward's shapes, argmax buffer and window
 
     def _window(self, spatial):
         return tuple(spatial), tuple(spatial)
@@ -233,17 +239,17 @@ class _GlobalPool(_Pool):
         out = super()._build(input_shape)
         return out if self.keepdims else out[-1:]
 
-    def forward(self, X, training=False):
+    def forward(self, X: FloatArray, training: bool = False) -> FloatArray:
         X = self._check(X)
         if any(d == 0 for d in X.shape[1:-1]):
             raise ValueError(f"{self.name}: {type(self).__name__} needs at least one position, got input {X.shape}")
         Y = super().forward(X, training)
         return Y if self.keepdims else Y.reshape(X.shape[0], X.shape[-1])
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {"name": self.name, "keepdims": self.keepdims}
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return "keepdims=True" if self.keepdims else ""
 
 

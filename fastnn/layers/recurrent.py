@@ -14,12 +14,23 @@ Math (PyTorch's, so results can be checked against ``torch.nn.RNN/LSTM/GRU``), w
 Parameters: ``weight_ih`` (n_in, G units), ``weight_hh`` (units, G units), ``bias_ih`` and ``bias_hh`` (G units,),
 G = 1, 4, 3: torch's ``weight_ih_l0`` is ``weight_ih.T`` (and ``weight_hh_l0`` is ``weight_hh.T``).
 """
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
 from fastnn import initializers
 from fastnn._core import rnn as _k
+from fastnn._typing import Config, NDArray
 from fastnn.graph import Tensor
 from fastnn.layers.base import Layer, ParamSpec, get_num_threads
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    from fastnn.initializers import Initializer
 
 
 def _as_list(x):
@@ -32,9 +43,10 @@ class _Recurrent(Layer):
     _n_states = 1
     _cell_name = None
 
-    def __init__(self, units, return_sequences=False, return_state=False, go_backwards=False,
-                 kernel_init="xavier_uniform", recurrent_init="glorot_bengio_uniform", bias_init="zeros",
-                 name=None):
+    def __init__(self, units: int, return_sequences: bool = False, return_state: bool = False,
+                 go_backwards: bool = False, kernel_init: str | Initializer = "xavier_uniform",
+                 recurrent_init: str | Initializer = "glorot_bengio_uniform", bias_init: str | Initializer = "zeros",
+                 name: str | None = None) -> None:
         super().__init__(name)
         if isinstance(units, bool) or not isinstance(units, (int, np.integer)):
             raise TypeError(f"{self.name}: units must be an int, got {type(units).__name__} {units!r}")
@@ -52,13 +64,13 @@ class _Recurrent(Layer):
         self.recurrent_init = initializers.get(recurrent_init, owner=f"{self.name} recurrent_init")
         self.bias_init = initializers.get(bias_init, owner=f"{self.name} bias_init")
         self.record_step_grad_norms = False   # backward then stores ||dh_s|| per step in step_grad_norms
-        self.n_inputs = 1
+        self.n_inputs: int = 1
         self.n_outputs = 1 + self._n_states if self.return_state else 1   # [output, h(, c)] (fastnn.graph)
         self._norms = None
-        self._saved = None
+        self._saved: Any = None   # what the backward needs from the last forward
 
     # ------------------------------------------------------------------ graph construction
-    def __call__(self, inputs, initial_state=None):
+    def __call__(self, inputs: Tensor | Sequence[Tensor], initial_state: Sequence[Tensor] | None = None) -> Any:
         """Call the layer on a sequence tensor (n, T, features); ``initial_state``: a list of tensors, [h0] (LSTM:
         [h0, c0]), each (n, units); the layer then has the sequence and the states as its inputs."""
         if initial_state is None:
@@ -75,7 +87,7 @@ class _Recurrent(Layer):
         raise NotImplementedError
 
     @property
-    def state_shapes(self):
+    def state_shapes(self) -> list[tuple[int]]:
         """The shapes (without the batch axis) of the states: [(units,)] or, for LSTM, [(units,), (units,)]."""
         return [(self.units,)] * self._n_states
 
@@ -98,12 +110,12 @@ class _Recurrent(Layer):
         out = (steps, self.units) if self.return_sequences else (self.units,)
         return [out] + self.state_shapes if self.return_state else out
 
-    def output_mask(self, mask):
+    def output_mask(self, mask: Any) -> Any:
         """The output's mask given the input's: the mask with return_sequences, else None (the states: None)."""
         out = mask if self.return_sequences else None
         return [out] + [None] * self._n_states if self.return_state else out
 
-    def param_specs(self):
+    def param_specs(self) -> list[ParamSpec]:
         shapes = self.input_shape if self.n_inputs > 1 else [self.input_shape]
         n_in = shapes[0][-1]
         gu = _k.n_gates(self._cell) * self.units
@@ -120,7 +132,7 @@ class _Recurrent(Layer):
     bias_hh = property(lambda self: self._param("bias_hh"), lambda self, v: self._set_param("bias_hh", v))
 
     @property
-    def step_grad_norms(self):
+    def step_grad_norms(self) -> NDArray[Any] | None:
         """With ``record_step_grad_norms`` set: the (T,) L2 norms over the batch of the gradient reaching the state
         after each processing step in the last backward (step s reads time T-1-s with go_backwards); else None."""
         return self._norms if self.record_step_grad_norms else None
@@ -132,7 +144,7 @@ class _Recurrent(Layer):
         if X.dtype != self.dtype:
             raise TypeError(f"{self.name}: {what} has dtype {X.dtype}, expected the model's {np.dtype(self.dtype)}")
 
-    def forward(self, X, training=False, mask=None):
+    def forward(self, X: Any, training: bool = False, mask: NDArray[np.bool_] | None = None) -> Any:
         """X: (n, T, features), or [X, h0] / [X, h0, c0] when the layer was called with an initial state.
         mask: None or an (n, T) bool array (True: a real step).  Returns the output (n, T, units) with
         return_sequences (step s of a go_backwards layer is at position s: reversed, as Keras), else (n, units);
@@ -199,7 +211,7 @@ class _Recurrent(Layer):
             return [out, b["h"], b["c"]] if lstm else [out, b["h"]]
         return out
 
-    def backward(self, dY):
+    def backward(self, dY: Any) -> Any:
         """dY: the gradient of the output, or with return_state the list [d output, dh(, dc)] (None: zero).
         Returns dX, or [dX, dh0(, dc0)] when the layer took initial states (dX None if not needed)."""
         if self._saved is None:
@@ -257,21 +269,21 @@ class _Recurrent(Layer):
         return dX
 
     # ------------------------------------------------------------------ description
-    def get_config(self):
+    def get_config(self) -> Config:
         return {"name": self.name, "units": self.units, "return_sequences": self.return_sequences,
                 "return_state": self.return_state, "go_backwards": self.go_backwards,
                 "kernel_init": self.kernel_init.get_config(), "recurrent_init": self.recurrent_init.get_config(),
                 "bias_init": self.bias_init.get_config()}
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: Config) -> Self:
         config = dict(config)
         for key in ("kernel_init", "recurrent_init", "bias_init"):
             if key in config and isinstance(config[key], dict):
                 config[key] = initializers.from_config(config[key])
         return cls(**config)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         flags = [k for k in ("return_sequences", "return_state", "go_backwards") if getattr(self, k)]
         return f"{self.units}" + "".join(f", {k}=True" for k in flags)
 
@@ -295,9 +307,11 @@ class SimpleRNN(_Recurrent):
     Shape: input (n, T, features), T may vary (None); mask (n, T) bool: masked steps leave the state unchanged.
     Call with ``initial_state=[h0]`` for a given initial state (else zeros).
     """
-    def __init__(self, units, activation="tanh", return_sequences=False, return_state=False, go_backwards=False,
-                 kernel_init="xavier_uniform", recurrent_init="glorot_bengio_uniform", bias_init="zeros",
-                 name=None):
+    def __init__(self, units: int, activation: str = "tanh", return_sequences: bool = False,
+                 return_state: bool = False, go_backwards: bool = False,
+                 kernel_init: str | Initializer = "xavier_uniform",
+                 recurrent_init: str | Initializer = "glorot_bengio_uniform", bias_init: str | Initializer = "zeros",
+                 name: str | None = None) -> None:
         super().__init__(units, return_sequences, return_state, go_backwards, kernel_init, recurrent_init,
                          bias_init, name)
         if activation not in ("tanh", "relu"):
@@ -308,7 +322,7 @@ class SimpleRNN(_Recurrent):
     def _cell(self):
         return _k.RELU if self.activation == "relu" else _k.TANH
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {**super().get_config(), "activation": self.activation}
 
 
@@ -350,7 +364,7 @@ class Bidirectional(Layer):
     mask_support = "use"
     _MODES = ("concat", "sum", "mul", "ave", None)
 
-    def __init__(self, layer, merge_mode="concat", name=None):
+    def __init__(self, layer: _Recurrent, merge_mode: str | None = "concat", name: str | None = None) -> None:
         super().__init__(name)
         if not isinstance(layer, _Recurrent):
             raise TypeError(f"{self.name}: layer must be a SimpleRNN, LSTM or GRU, got {type(layer).__name__}")
@@ -377,11 +391,11 @@ class Bidirectional(Layer):
             return [out, out]
         return out
 
-    def output_mask(self, mask):
+    def output_mask(self, mask: Any) -> Any:
         out = mask if self.return_sequences else None
         return [out, out] if self.merge_mode is None else out
 
-    def param_specs(self):
+    def param_specs(self) -> list[ParamSpec]:
         specs = []
         for prefix, lay in (("forward_", self.layer), ("backward_", self.backward_layer)):
             specs += [s._replace(name=prefix + s.name) for s in lay.param_specs()]
@@ -395,16 +409,16 @@ class Bidirectional(Layer):
                       {n[k:]: v for n, v in grads.items() if n.startswith(prefix)}, dtype)
 
     @property
-    def need_input_grad(self):
+    def need_input_grad(self) -> bool:
         return self.layer.need_input_grad
 
     @need_input_grad.setter
-    def need_input_grad(self, value):
+    def need_input_grad(self, value: bool) -> None:
         if "layer" in self.__dict__:
             self.layer.need_input_grad = value
             self.backward_layer.need_input_grad = value
 
-    def forward(self, X, training=False, mask=None):
+    def forward(self, X: Any, training: bool = False, mask: NDArray[np.bool_] | None = None) -> Any:
         """X (n, T, features); mask None or (n, T) bool.  The merged output (see the class docstring)."""
         yf = self.layer.forward(X, training, mask=mask)
         yb = self.backward_layer.forward(X, training, mask=mask)
@@ -434,7 +448,7 @@ class Bidirectional(Layer):
         self._y = (yf, yb)
         return out
 
-    def backward(self, dY):
+    def backward(self, dY: Any) -> Any:
         """The gradient of the merged output -> the gradient of the input (sum of both directions)."""
         yf, yb = self._y
         u = yf.shape[-1]
@@ -469,12 +483,12 @@ class Bidirectional(Layer):
         dxf += dxb          # the forward layer's own dX buffer: nothing else reads it before its next backward
         return dxf
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {"name": self.name, "merge_mode": self.merge_mode,
                 "layer": {"class": type(self.layer).__name__, "config": self.layer.get_config()}}
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: Config) -> Self:
         config = dict(config)
         inner = config.pop("layer")
         classes = {c.__name__: c for c in (SimpleRNN, LSTM, GRU)}
@@ -482,5 +496,5 @@ class Bidirectional(Layer):
             raise ValueError(f"Bidirectional.from_config: unknown inner layer {inner!r}")
         return cls(classes[inner["class"]].from_config(inner["config"]), **config)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"{self.layer!r}, merge_mode={self.merge_mode!r}"

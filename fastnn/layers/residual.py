@@ -4,11 +4,20 @@ Called on a tensor, a Residual expands into graph nodes: the block's layers are 
 the tensor, and the Residual itself becomes the node that adds the block's output to its input (a layer with
 two inputs, x and block(x)).  Inside ``Sequential([...])`` it is one entry of the list and expands the same way.
 """
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
+from fastnn._typing import Config, FloatArray
 from fastnn._validation import check_number
 from fastnn.graph import Tensor
 from fastnn.layers.base import Layer
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 
 class Residual(Layer):
@@ -37,7 +46,7 @@ class Residual(Layer):
     n_inputs = 2
     sublayers_key = "block"
 
-    def __init__(self, block, survival_prob=1.0, name=None):
+    def __init__(self, block: Layer | Sequence[Layer], survival_prob: float = 1.0, name: str | None = None) -> None:
         self.block = []
         super().__init__(name)
         layers = [block] if isinstance(block, Layer) else block
@@ -50,16 +59,16 @@ class Residual(Layer):
                 raise TypeError(f"{self.name}: block must hold fastnn layers, got {type(layer).__name__}")
             if layer._in_graph:
                 raise ValueError(f"{self.name}: layer {layer.name} of the block is already used in a graph")
-        if len({id(l) for l in layers}) != len(layers):
+        if len({id(layer) for layer in layers}) != len(layers):
             raise ValueError(f"{self.name}: the block lists the same layer twice")
         self.block = list(layers)
         self.survival_prob = check_number(type(self).__name__, "survival_prob", survival_prob, low=0.0,
                                           high=1.0, low_open=True)
-        self._rng = None
+        self._rng: np.random.Generator | None = None
         self._kept = True
 
     @property
-    def kept(self):
+    def kept(self) -> bool | None:
         """Whether the block was kept in the last training forward (stochastic depth)."""
         return self._kept
 
@@ -75,7 +84,7 @@ class Residual(Layer):
             for layer in self.block:
                 layer._in_graph = False
 
-    def __call__(self, inputs):
+    def __call__(self, inputs: Tensor | Sequence[Tensor]) -> Any:
         x = inputs[0] if isinstance(inputs, (list, tuple)) and len(inputs) == 1 else inputs
         if not isinstance(x, Tensor):
             raise TypeError(f"{self.name}: a Residual is called on one tensor, got {type(inputs).__name__}")
@@ -97,11 +106,11 @@ class Residual(Layer):
                              f"{x_shape}, block output {h_shape}")
         return x_shape
 
-    def attach_rng(self, generator):
+    def attach_rng(self, generator: np.random.Generator) -> None:
         """The model's seeded ``layer_rng``: the source of the stochastic-depth draws."""
         self._rng = generator
 
-    def sublayers(self):
+    def sublayers(self) -> list[Layer]:
         """The block's layers (graph nodes of their own, run before the Residual's addition)."""
         return list(self.block)
 
@@ -111,7 +120,7 @@ class Residual(Layer):
             if isinstance(layer, Residual):
                 yield from layer._all_block_layers()
 
-    def forward(self, X, training=False):
+    def forward(self, X: list[FloatArray], training: bool = False) -> FloatArray:
         x, h = X
         p = self.survival_prob
         self._training = bool(training)
@@ -129,7 +138,7 @@ class Residual(Layer):
             np.add(x, h, out=Y)
         return Y
 
-    def backward(self, dY):
+    def backward(self, dY: FloatArray) -> list[FloatArray | None]:
         p = self.survival_prob
         if p == 1.0:
             return [dY, dY]
@@ -144,12 +153,12 @@ class Residual(Layer):
         np.multiply(dY, p, out=dH)
         return [dY, dH]
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {"name": self.name, "survival_prob": self.survival_prob,
-                "block": [{"class": type(l).__name__, "config": l.get_config()} for l in self.block]}
+                "block": [{"class": type(layer).__name__, "config": layer.get_config()} for layer in self.block]}
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: Config) -> Self:
         from fastnn.layers import REGISTRY
         config = dict(config)
         block = []
@@ -160,21 +169,21 @@ class Residual(Layer):
             block.append(layer_cls.from_config(entry["config"]))
         return cls(block, **config)
 
-    def extra_repr(self):
-        inner = ", ".join(repr(l) for l in self.block)
+    def extra_repr(self) -> str:
+        inner = ", ".join(repr(layer) for layer in self.block)
         return f"[{inner}]" + (f", survival_prob={self.survival_prob}" if self.survival_prob != 1.0 else "")
 
 
-def linear_decay(n_blocks, final_survival_prob=0.5):
+def linear_decay(n_blocks: int, final_survival_prob: float = 0.5) -> list[float]:
     """Survival probabilities of the linear-decay rule of Huang et al. (2016) for a stack of `n_blocks`:
     p_l = 1 - l / L * (1 - p_L) for l = 1..L (the first block nearly always kept, the last with p_L)."""
     n_blocks = check_number("linear_decay", "n_blocks", n_blocks, low=1, integer=True)
     p_last = check_number("linear_decay", "final_survival_prob", final_survival_prob, low=0.0, high=1.0,
                           low_open=True)
-    return [1.0 - l / n_blocks * (1.0 - p_last) for l in range(1, n_blocks + 1)]
+    return [1.0 - k / n_blocks * (1.0 - p_last) for k in range(1, n_blocks + 1)]
 
 
-def residual_stack(blocks, final_survival_prob=0.5):
+def residual_stack(blocks: Sequence[Layer | Sequence[Layer]], final_survival_prob: float = 0.5) -> list[Residual]:
     """Residual layers around each block of `blocks` (a list of layers or of lists of layers), with survival
     probabilities decaying linearly to `final_survival_prob` (``linear_decay``).  Returns a list of layers to
     put in ``Sequential`` or to call on a tensor one after the other."""

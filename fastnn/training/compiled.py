@@ -38,18 +38,18 @@ class TrainPlan:
         L = len(model.graph.nodes)
         self.core = core = _k.Plan(model.parameters, model.gradients, bs, L, model.table.n_trainable)
         n_in = model.input_shape[0]
-        for l, (layer, _) in enumerate(model.graph.nodes):
-            last = l == L - 1
+        for i, (layer, _) in enumerate(model.graph.nodes):
+            last = i == L - 1
             n_out = layer.output_shape[0]
             Y, dX = np.empty((bs, n_out), dt), np.empty((bs, n_in), dt)
             if isinstance(layer, Dense):
                 act = ACT.IDENTITY if (last and fused) else layer.activation.kind
                 b_off = model.table.offset(layer, "bias") if layer.use_bias else -1
-                core.dense(l, act, n_in, n_out, model.table.offset(layer, "weight"), b_off,
+                core.dense(i, act, n_in, n_out, model.table.offset(layer, "weight"), b_off,
                            layer.need_input_grad, layer.activation.alpha, np.empty((bs, n_out), dt), Y,
                            np.empty((bs, n_out), dt), dX)
             else:
-                core.activation(l, layer.kind, n_out, layer.alpha, Y, dX, passthrough=last and fused)
+                core.activation(i, layer.kind, n_out, layer.alpha, Y, dX, passthrough=last and fused)
             n_in = n_out
         k = model.output_shape[0]
         core.batch_buffers(np.empty((bs, model.input_shape[0]), dt), np.empty(bs, np.intp), np.empty((bs, k), dt),

@@ -9,8 +9,8 @@ layer's input.  ``Trainer.step`` calls ``forward_backward`` in place of forward,
 import numpy as np
 
 from fastnn._core import sampled as _k
-from fastnn._core.kinds import ACT
 from fastnn._core._threads import get_num_threads
+from fastnn._core.kinds import ACT
 
 
 class SampledOutput:

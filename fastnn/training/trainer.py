@@ -237,8 +237,8 @@ class Trainer:
         return loss, correct
 
     def _buffer_backups(self):
-        """[(layer, name, buffer, flat view of it, flat copy)] for every floating-point layer buffer (BatchNorm's running
-        statistics), the copies kept between steps; rebuilt when a layer's buffer is a new array (after compile
+        """[(layer, name, buffer, flat view of it, flat copy)] for every floating-point layer buffer (BatchNorm's
+        running statistics), the copies kept between steps; rebuilt when a layer's buffer is a new array (after compile
         or build, or a replaced buffer).  Empty for a model without buffers."""
         entries = self.buffer_backup
         if entries is not None:
@@ -263,7 +263,7 @@ class Trainer:
         np.copyto(self.guard_backup, opt._params)
         copies = {}
         for k, a in opt.state.items():
-            buf = model.engine.cached(("saved", k, a.shape), lambda: np.empty_like(a))
+            buf = model.engine.cached(("saved", k, a.shape), lambda a=a: np.empty_like(a))
             np.copyto(buf, a)
             copies[k] = buf
         return copies, opt.step_count
@@ -277,8 +277,8 @@ class Trainer:
         model.optimizer.step_count = step_count
 
     def nonfinite(self, what, where, index, detail):
-        """The NonFiniteError for `what` ("loss", "gradient", "buffer", "parameters") at `where` ((epoch, batch) 0-based,
-        or a text), flat index `index` (or None), with the message `detail`."""
+        """The NonFiniteError for `what` ("loss", "gradient", "buffer", "parameters") at `where` ((epoch, batch)
+        0-based, or a text), flat index `index` (or None), with the message `detail`."""
         if isinstance(where, tuple):
             epoch, batch = where[0] + 1, where[1] + 1
             at = f"at epoch {epoch}, batch {batch}"
@@ -367,8 +367,9 @@ class Trainer:
     @contextlib.contextmanager
     def exclusive(self, owner):
         """Hold the model's training for this thread (``Model.fit`` and ``train_on_batch`` run inside it): fit and
-        train_on_batch on another thread meanwhile raise a RuntimeError naming the model (they would share the layers' buffers and the optimizer state).  The same
-        thread may enter again (a callback's train_on_batch inside fit); predict and evaluate never wait."""
+        train_on_batch on another thread meanwhile raise a RuntimeError naming the model (they would share the layers'
+        buffers and the optimizer state).  The same thread may enter again (a callback's train_on_batch inside fit);
+        predict and evaluate never wait."""
         if not self._train_lock.acquire(blocking=False):
             raise RuntimeError(f"{owner}: {self.model.name} is being trained on another thread (fit or "
                                "train_on_batch); train a model from one thread at a time (predict and evaluate "
