@@ -41,8 +41,8 @@ wheel=$(ls "$work"/dist/fastnn-*.whl)
 echo "  $(basename "$sdist") $(du -k "$sdist" | cut -f1) KB, $(basename "$wheel") $(du -k "$wheel" | cut -f1) KB"
 
 echo "+ [release] auditwheel repair --exclude libscipy_openblas.so"
-"$work/tools/bin/auditwheel" show "$wheel"
-"$work/tools/bin/auditwheel" repair --exclude libscipy_openblas.so -w "$work/wheelhouse" "$wheel"
+PATH="$work/tools/bin:$PATH" "$work/tools/bin/auditwheel" show "$wheel"
+PATH="$work/tools/bin:$PATH" "$work/tools/bin/auditwheel" repair --exclude libscipy_openblas.so -w "$work/wheelhouse" "$wheel"
 repaired=$(ls "$work"/wheelhouse/fastnn-*manylinux*.whl)
 echo "  repaired: $(basename "$repaired")"
 
