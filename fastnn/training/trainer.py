@@ -560,10 +560,7 @@ class Trainer:
                                 f"{type(metrics).__name__}") from None
         for spec in ([metrics] if isinstance(metrics, (str, _metrics.Metric)) else (metrics or [])):
             m = _metrics.get(spec, owner)
-            want = "classification" if loss.classification else "regression"
-            if m.kind != want:
-                raise ValueError(f"{owner}: metric {m.name!r} applies to {m.kind} losses, the loss "
-                                 f"{loss.name!r} is not one")
+            m.check_loss(loss, owner)
             if isinstance(m, _metrics.Accuracy):
                 continue
             if any(o.name == m.name for o in objs):
