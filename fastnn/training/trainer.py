@@ -40,6 +40,7 @@ from fastnn.training import compiled as _compiled
 if TYPE_CHECKING:
     from fastnn._typing import NDArray
     from fastnn.distributed import DataParallel
+    from fastnn.engine import Executor
     from fastnn.layers.base import Layer
     from fastnn.model import Model
     from fastnn.optim import Optimizer
@@ -296,9 +297,11 @@ class Trainer:
             np.copyto(v, copies[k])
         model.optimizer.step_count = step_count
 
-    def nonfinite(self, what, where, index, detail):
+    def nonfinite(self, what: str, where: Where, index: int | None, detail: str) -> NonFiniteError:
         """The NonFiniteError for `what` ("loss", "gradient", "buffer", "parameters") at `where` ((epoch, batch)
         0-based, or a text), flat index `index` (or None), with the message `detail`."""
+        epoch: int | None       # 1-based in the error, None for a text `where`
+        batch: int | None
         if isinstance(where, tuple):
             epoch, batch = where[0] + 1, where[1] + 1
             at = f"at epoch {epoch}, batch {batch}"
@@ -602,7 +605,7 @@ class Trainer:
             raise ValueError(f"{owner}: weights must be finite and >= 0")
         return arr
 
-    def class_weights(self, class_weight, T):
+    def class_weights(self, class_weight: str | dict[int, float], T: NDArray[Any]) -> NDArray[Any]:
         """Per-sample weights from class weights; the class of a sample is its label, the argmax of a
         probability row, or (one sigmoid output) target > 0.5."""
         model = self.model
@@ -722,7 +725,8 @@ class Trainer:
             logs[met.name] = met.result()
         return logs
 
-    def mask_weight(self, mask, Wb, out, engine):
+    def mask_weight(self, mask: NDArray[np.bool_], Wb: NDArray[Any] | None, out: NDArray[Any],
+                    engine: Executor) -> tuple[float, int]:
         """(weight, predictions) of a batch with a masked output: the summed weights of its real steps (sample
         weights, or 1 each) and the number of real positions the loss's accuracy counts.  The weighted sum goes
         through a float64 buffer of `engine` (the executor that ran the batch), so a batch makes no new array."""
@@ -736,7 +740,9 @@ class Trainer:
             ws = float(buf.sum())
         return ws, self.model.loss.n_predictions(steps, out.shape[2:])
 
-    def gather(self, X, T, W, sel):
+    def gather(self, X: NDArray[Any], T: NDArray[Any], W: NDArray[Any] | None,
+               sel: NDArray[np.intp]) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any] | None]:
+        """The rows `sel` of (X, T, W) copied into buffers of the executor reused for batches of that size."""
         model = self.model
         m = sel.shape[0]
         Xb = model.engine.cached(("xb", (m,) + X.shape[1:], X.dtype.str),
