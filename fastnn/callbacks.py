@@ -96,12 +96,12 @@ class LambdaCallback(Callback):
     """
     HOOKS = ("on_epoch_begin", "on_epoch_end", "on_batch_begin", "on_batch_end", "on_train_begin", "on_train_end")
 
-    def __init__(self, on_epoch_begin: Callable[[int, dict | None], Any] | None = None,
-                 on_epoch_end: Callable[[int, dict | None], Any] | None = None,
-                 on_batch_begin: Callable[[int, dict | None], Any] | None = None,
-                 on_batch_end: Callable[[int, dict | None], Any] | None = None,
-                 on_train_begin: Callable[[dict | None], Any] | None = None,
-                 on_train_end: Callable[[dict | None], Any] | None = None) -> None:
+    def __init__(self, on_epoch_begin: Callable[[int, dict[str, Any] | None], Any] | None = None,
+                 on_epoch_end: Callable[[int, dict[str, Any] | None], Any] | None = None,
+                 on_batch_begin: Callable[[int, dict[str, Any] | None], Any] | None = None,
+                 on_batch_end: Callable[[int, dict[str, Any] | None], Any] | None = None,
+                 on_train_begin: Callable[[dict[str, Any] | None], Any] | None = None,
+                 on_train_end: Callable[[dict[str, Any] | None], Any] | None = None) -> None:
         given = dict(zip(self.HOOKS, (on_epoch_begin, on_epoch_end, on_batch_begin, on_batch_end, on_train_begin,
                                       on_train_end)))
         for hook, fn in given.items():
@@ -117,7 +117,7 @@ class LambdaCallback(Callback):
         return f"LambdaCallback({hooks})"
 
 
-def as_callback(cb: Callback | Callable[[int, dict | None], Any], owner: str = "fit") -> Callback:
+def as_callback(cb: Callback | Callable[[int, dict[str, Any] | None], Any], owner: str = "fit") -> Callback:
     """`cb` as a Callback: a Callback as it is, a plain function (any callable that is not a Callback) as
     ``LambdaCallback(on_epoch_end=cb)``, called ``cb(epoch, logs)`` after every epoch.  Anything else is a
     TypeError naming `owner`."""
@@ -135,7 +135,8 @@ class CallbackList:
     then skips the per-batch calls (and the logs dicts) entirely.  Plain functions are taken as
     ``LambdaCallback(on_epoch_end=f)`` (``as_callback``)."""
 
-    def __init__(self, callbacks: Iterable[Callback | Callable[[int, dict | None], Any]], model: Model) -> None:
+    def __init__(self, callbacks: Iterable[Callback | Callable[[int, dict[str, Any] | None], Any]],
+                 model: Model) -> None:
         self.callbacks = [as_callback(cb) for cb in callbacks]
         for cb in self.callbacks:
             cb.set_model(model)
