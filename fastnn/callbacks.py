@@ -24,8 +24,8 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 import numpy as np
 
@@ -37,34 +37,41 @@ if TYPE_CHECKING:                      # matplotlib stays optional: only History
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+    from fastnn.model import Model
+    from fastnn.optim import Optimizer
+
 
 class Callback:
     """Base class of callbacks; every hook does nothing.
 
     ``writes_files``: True for a callback that writes files (ModelCheckpoint, CSVLogger); a distributed fit
     (fastnn.distributed) runs such callbacks on rank 0 only."""
-    model = None
+    if TYPE_CHECKING:
+        # set by set_model before any hook runs (None, the class attribute, only on a callback never given to fit)
+        model: Model
+    else:
+        model = None
     writes_files = False
 
-    def set_model(self, model):
+    def set_model(self, model: Model) -> None:
         self.model = model
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         pass
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         pass
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         pass
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         pass
 
-    def on_batch_begin(self, batch, logs=None):
+    def on_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         pass
 
-    def on_batch_end(self, batch, logs=None):
+    def on_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         pass
 
 
@@ -89,12 +96,12 @@ class LambdaCallback(Callback):
     """
     HOOKS = ("on_epoch_begin", "on_epoch_end", "on_batch_begin", "on_batch_end", "on_train_begin", "on_train_end")
 
-    def __init__(self, on_epoch_begin: Callable[[int, dict | None], Any] | None = None,
-                 on_epoch_end: Callable[[int, dict | None], Any] | None = None,
-                 on_batch_begin: Callable[[int, dict | None], Any] | None = None,
-                 on_batch_end: Callable[[int, dict | None], Any] | None = None,
-                 on_train_begin: Callable[[dict | None], Any] | None = None,
-                 on_train_end: Callable[[dict | None], Any] | None = None) -> None:
+    def __init__(self, on_epoch_begin: Callable[[int, dict[str, Any] | None], Any] | None = None,
+                 on_epoch_end: Callable[[int, dict[str, Any] | None], Any] | None = None,
+                 on_batch_begin: Callable[[int, dict[str, Any] | None], Any] | None = None,
+                 on_batch_end: Callable[[int, dict[str, Any] | None], Any] | None = None,
+                 on_train_begin: Callable[[dict[str, Any] | None], Any] | None = None,
+                 on_train_end: Callable[[dict[str, Any] | None], Any] | None = None) -> None:
         given = dict(zip(self.HOOKS, (on_epoch_begin, on_epoch_end, on_batch_begin, on_batch_end, on_train_begin,
                                       on_train_end)))
         for hook, fn in given.items():
@@ -104,13 +111,13 @@ class LambdaCallback(Callback):
             if fn is not None:
                 setattr(self, hook, fn)      # an instance attribute: called as fn(epoch, logs) / fn(logs)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         hooks = ", ".join(f"{h}={getattr(self, h).__name__ if hasattr(getattr(self, h), '__name__') else '...'}"
                           for h in self.HOOKS if h in vars(self))
         return f"LambdaCallback({hooks})"
 
 
-def as_callback(cb: Callback | Callable[[int, dict | None], Any], owner: str = "fit") -> Callback:
+def as_callback(cb: Callback | Callable[[int, dict[str, Any] | None], Any], owner: str = "fit") -> Callback:
     """`cb` as a Callback: a Callback as it is, a plain function (any callable that is not a Callback) as
     ``LambdaCallback(on_epoch_end=cb)``, called ``cb(epoch, logs)`` after every epoch.  Anything else is a
     TypeError naming `owner`."""
@@ -128,7 +135,8 @@ class CallbackList:
     then skips the per-batch calls (and the logs dicts) entirely.  Plain functions are taken as
     ``LambdaCallback(on_epoch_end=f)`` (``as_callback``)."""
 
-    def __init__(self, callbacks, model):
+    def __init__(self, callbacks: Iterable[Callback | Callable[[int, dict[str, Any] | None], Any]],
+                 model: Model) -> None:
         self.callbacks = [as_callback(cb) for cb in callbacks]
         for cb in self.callbacks:
             cb.set_model(model)
@@ -136,27 +144,27 @@ class CallbackList:
         self._end = [cb for cb in self.callbacks if _overrides(cb, "on_batch_end")]
         self.batch_hooks = bool(self._begin or self._end)
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         for cb in self.callbacks:
             cb.on_train_begin(logs)
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         for cb in self.callbacks:
             cb.on_train_end(logs)
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         for cb in self.callbacks:
             cb.on_epoch_begin(epoch, logs)
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         for cb in self.callbacks:
             cb.on_epoch_end(epoch, logs)
 
-    def on_batch_begin(self, batch, logs=None):
+    def on_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         for cb in self._begin:
             cb.on_batch_begin(batch, logs)
 
-    def on_batch_end(self, batch, logs=None):
+    def on_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         for cb in self._end:
             cb.on_batch_end(batch, logs)
 
@@ -167,11 +175,11 @@ class History(Callback):
     "accuracy", "val_loss", "val_accuracy", the metrics, "lr", "time") to one value per epoch; ``epoch`` lists
     the epoch indices (0-based; they start at ``initial_epoch``)."""
 
-    def __init__(self):
-        self.history = {}
-        self.epoch = []
+    def __init__(self) -> None:
+        self.history: dict[str, list[Any]] = {}
+        self.epoch: list[int] = []
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._record(epoch, logs or {})
 
     def _record(self, epoch, logs):
@@ -264,7 +272,7 @@ class History(Callback):
             fig.tight_layout()
         return fig
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"History(epochs={len(self.epoch)}, keys={list(self.history)})"
 
 
@@ -297,6 +305,11 @@ def _weights_restore(model, snap):
             np.copyto(layer.buffers[k], v)
 
 
+def _optimizer(model: Model) -> Optimizer:
+    """The optimizer of the model being trained (fit runs only on a compiled model: never None in a hook)."""
+    return cast("Optimizer", model.optimizer)
+
+
 def _is_number(v):
     return isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)
 
@@ -319,8 +332,9 @@ class EarlyStopping(Callback):
     ``best_epoch`` / ``best`` the best epoch and value.
     """
 
-    def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, mode="auto", baseline=None,
-                 restore_best_weights=False, start_from_epoch=0, verbose=0):
+    def __init__(self, monitor: str = "val_loss", min_delta: float = 0.0, patience: int = 0, mode: str = "auto",
+                 baseline: float | None = None, restore_best_weights: bool = False, start_from_epoch: int = 0,
+                 verbose: int = 0) -> None:
         self.monitor = monitor
         self.min_delta = abs(float(min_delta))
         self.patience = int(patience)
@@ -338,14 +352,14 @@ class EarlyStopping(Callback):
             return current + self.min_delta < reference
         return current - self.min_delta > reference
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self.wait = 0
         self.stopped_epoch = 0
         self.best = None
         self.best_epoch = 0
         self._has_best = False
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         current = (logs or {}).get(self.monitor)
         if current is None:
             warnings.warn(f"EarlyStopping: {self.monitor!r} is not in the logs (available: {sorted(logs or {})})",
@@ -373,7 +387,7 @@ class EarlyStopping(Callback):
                 if self.verbose:
                     print(f"EarlyStopping: restored the weights of epoch {self.best_epoch + 1}", flush=True)
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         if self.stopped_epoch > 0 and self.verbose:
             print(f"EarlyStopping: stopped at epoch {self.stopped_epoch + 1}", flush=True)
 
@@ -400,8 +414,8 @@ class ModelCheckpoint(Callback):
     """
     writes_files = True
 
-    def __init__(self, filepath, monitor="val_loss", save_best_only=False, mode="auto", save_freq="epoch",
-                 verbose=0):
+    def __init__(self, filepath: str | os.PathLike[str], monitor: str = "val_loss", save_best_only: bool = False,
+                 mode: str = "auto", save_freq: str | int = "epoch", verbose: int = 0) -> None:
         filepath = os.fspath(filepath)
         if filepath.endswith(("/", os.sep)) or os.path.isdir(filepath):
             filepath = os.path.join(filepath, "best.fnn" if save_best_only else "epoch-{epoch:04d}.fnn")
@@ -413,12 +427,12 @@ class ModelCheckpoint(Callback):
         if save_freq != "epoch" and (isinstance(save_freq, bool) or not isinstance(save_freq, int)
                                      or save_freq < 1):
             raise ValueError(f"ModelCheckpoint: save_freq must be 'epoch' or a positive int, got {save_freq!r}")
-        self.save_freq = 1 if save_freq == "epoch" else save_freq
+        self.save_freq = save_freq if isinstance(save_freq, int) else 1      # "epoch": every epoch
         self.verbose = verbose
-        self.best = None
-        self.last_path = None
+        self.best: float | None = None
+        self.last_path: str | None = None
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         """Check the path's format fields before anything trains: a malformed path, or a ``val_`` field when fit
         has no validation data (``self.params["do_validation"]``, set by fit) and no callback of the user's runs
         before this one that could add it to the logs (``self.params["extra_logs"]``), is a ValueError."""
@@ -439,7 +453,7 @@ class ModelCheckpoint(Callback):
                 raise ValueError(f"ModelCheckpoint: filepath {self.filepath!r} uses {{{field}}}, but fit has no "
                                  "validation data (give validation_data or validation_split)")
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs or {}
         if (epoch + 1) % self.save_freq:
             return
@@ -476,24 +490,24 @@ class LearningRateScheduler(Callback):
     """Set the optimizer's learning rate at the start of every epoch to ``schedule(epoch, lr)`` (Keras'
     signature: the 0-based epoch and the current rate).  Adds "lr" to the epoch logs."""
 
-    def __init__(self, schedule, verbose=0):
+    def __init__(self, schedule: Callable[[int, float], float], verbose: int = 0) -> None:
         if not callable(schedule):
             raise TypeError("LearningRateScheduler: schedule must be callable as schedule(epoch, lr)")
         self.schedule = schedule
         self.verbose = verbose
 
-    def on_epoch_begin(self, epoch, logs=None):
-        lr = self.schedule(epoch, float(self.model.optimizer.lr))
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        lr = self.schedule(epoch, float(_optimizer(self.model).lr))
         if not _is_number(lr) or not math.isfinite(lr):
             raise ValueError(f"LearningRateScheduler: the schedule returned {lr!r} at epoch {epoch}; "
                              "expected a finite number")
-        self.model.optimizer.lr = float(lr)
+        _optimizer(self.model).lr = float(lr)
         if self.verbose:
             print(f"LearningRateScheduler: epoch {epoch + 1}, lr {lr:.6g}", flush=True)
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if logs is not None:
-            logs["lr"] = float(self.model.optimizer.lr)
+            logs["lr"] = float(_optimizer(self.model).lr)
 
 
 class ReduceLROnPlateau(Callback):
@@ -501,8 +515,8 @@ class ReduceLROnPlateau(Callback):
     ``patience`` epochs (Keras' ReduceLROnPlateau: then ``cooldown`` epochs of rest; never below ``min_lr``).
     Adds "lr" to the epoch logs."""
 
-    def __init__(self, monitor="val_loss", factor=0.1, patience=10, mode="auto", min_delta=1e-4, cooldown=0,
-                 min_lr=0.0, verbose=0):
+    def __init__(self, monitor: str = "val_loss", factor: float = 0.1, patience: int = 10, mode: str = "auto",
+                 min_delta: float = 1e-4, cooldown: int = 0, min_lr: float = 0.0, verbose: int = 0) -> None:
         if not 0.0 <= factor < 1.0:
             raise ValueError(f"ReduceLROnPlateau: factor must be in [0, 1), got {factor!r}")
         self.monitor = monitor
@@ -514,14 +528,14 @@ class ReduceLROnPlateau(Callback):
         self.min_lr = float(min_lr)
         self.verbose = verbose
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self.wait = 0
         self.cooldown_counter = 0
         self.best = None
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs if logs is not None else {}
-        opt = self.model.optimizer
+        opt = _optimizer(self.model)
         logs["lr"] = float(opt.lr)
         current = logs.get(self.monitor)
         if current is None:
@@ -556,18 +570,18 @@ class CSVLogger(Callback):
     """
     writes_files = True
 
-    def __init__(self, filename, separator=",", append=False):
+    def __init__(self, filename: str | os.PathLike[str], separator: str = ",", append: bool = False) -> None:
         self.filename = os.fspath(filename)
         self.separator = separator
         self.append = bool(append)
-        self._keys = None
+        self._keys: list[str] | None = None
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self._keys = None
         if not self.append and os.path.exists(self.filename):
             os.remove(self.filename)
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs or {}
         new_file = not os.path.exists(self.filename) or os.path.getsize(self.filename) == 0
         if self._keys is None:
@@ -583,14 +597,14 @@ class TerminateOnNaN(Callback):
     """Stop training cleanly when a batch loss is NaN or infinite (useful with ``nan_guard=False``; with the
     guard on, fit raises NonFiniteError first).  ``terminated_at`` is (epoch, batch), 0-based, or None."""
 
-    def on_train_begin(self, logs=None):
-        self.terminated_at = None
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self.terminated_at: tuple[int, int] | None = None
         self._epoch = 0
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epoch = epoch
 
-    def on_batch_end(self, batch, logs=None):
+    def on_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(loss):
             self.terminated_at = (self._epoch, batch)
@@ -608,11 +622,11 @@ def _epoch_line(epoch, epochs, logs):
 class EpochLogger(Callback):
     """verbose=2 (or verbose=1 when the output is not a terminal): one line per epoch."""
 
-    def __init__(self, epochs, file=None):
+    def __init__(self, epochs: int, file: TextIO | None = None) -> None:
         self.epochs = epochs
         self.file = file
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         print(_epoch_line(epoch, self.epochs, logs or {}), file=self.file or sys.stdout, flush=True)
 
 
@@ -620,14 +634,15 @@ class ProgressBar(Callback):
     """verbose=1 on a terminal: a live bar per epoch (batches done, ETA, running loss), redrawn at most every
     ``interval`` seconds with a carriage return, then the epoch's line."""
 
-    def __init__(self, epochs, n_batches, file=None, interval=0.1, width=24):
+    def __init__(self, epochs: int, n_batches: int, file: TextIO | None = None, interval: float = 0.1,
+                 width: int = 24) -> None:
         self.epochs = epochs
         self.n_batches = n_batches
         self.file = file
         self.interval = interval
         self.width = width
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epoch = epoch
         self._t0 = time.perf_counter()
         self._last = 0.0
@@ -635,7 +650,8 @@ class ProgressBar(Callback):
         self._seen = 0
         self._cols = 0
 
-    def on_batch_end(self, batch, logs=None):
+    def on_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        assert logs is not None      # fit passes the batch logs ("size", "loss") to a batch hook
         m = logs["size"]
         self._loss += logs["loss"] * m
         self._seen += m
@@ -653,7 +669,7 @@ class ProgressBar(Callback):
         self._write("\r" + text.ljust(self._cols))
         self._cols = len(text)
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         line = _epoch_line(epoch, self.epochs, logs or {})
         self._write("\r" + line.ljust(self._cols) + "\n")
 

@@ -69,8 +69,19 @@ import os
 import secrets
 import stat
 import zipfile
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from fastnn._typing import NDArray
+
+if TYPE_CHECKING:
+    from fastnn.model import Model
+
+#: a model file's JSON header (the module docstring's layout) and its arrays by key
+Header = dict[str, Any]
+Arrays = dict[str, NDArray[Any]]
 
 FORMAT = "fastnn-model"
 VERSION = 1
@@ -116,7 +127,7 @@ def _architecture(model, owner):
     return arch
 
 
-def snapshot(model, include_optimizer=True, owner="save"):
+def snapshot(model: Model, include_optimizer: bool = True, owner: str = "save") -> tuple[Header, Arrays]:
     """The model in memory as ``save`` writes it: (header, arrays), the JSON-able header of the module
     docstring (without its ``arrays`` checksums) and {key: array}.  The arrays are views of the model's
     buffers, not copies: ``build`` copies them into a new model, ``save`` writes them; copy them before
@@ -176,7 +187,7 @@ def _schedule_config(schedule):
     return None if schedule is None else schedule.get_config()
 
 
-def nonfinite_array(model, include_optimizer=True):
+def nonfinite_array(model: Model, include_optimizer: bool = True) -> str | None:
     """The key of the first array that ``save`` would write holding NaN or infinity (a diverged model: weights,
     buffers or optimizer state), or None.  ``load`` refuses such files, so ``save`` refuses to write them."""
     _, arrays = snapshot(model, include_optimizer)
@@ -198,7 +209,7 @@ FOREIGN_EXTENSIONS = {
 }
 
 
-def check_extension(path: str | os.PathLike, owner: str = "save") -> None:
+def check_extension(path: str | os.PathLike[str], owner: str = "save") -> None:
     """Refuse (ValueError naming `owner`) a path whose extension is another library's format (``FOREIGN_EXTENSIONS``:
     ".keras", ".h5", ".pt", ".onnx", ".pkl", ...): fastnn writes its own format (an ``.npz``; ".fnn" by
     convention, ".npz" or any other name, with or without an extension, are fine)."""
@@ -213,7 +224,7 @@ def check_extension(path: str | os.PathLike, owner: str = "save") -> None:
                      f"file '.fnn' (or '.npz'){hint}")
 
 
-def save(model, path, include_optimizer=True):
+def save(model: Model, path: str | os.PathLike[str], include_optimizer: bool = True) -> None:
     """Write `model` to `path` atomically (see the module docstring for the format): ``snapshot``, the
     checksums, then the atomic write.  A model holding NaN or infinity (``nonfinite_array``) is refused with a
     ValueError before anything is written, as ``load`` would refuse the file.  So is a path with another
@@ -235,7 +246,7 @@ def save(model, path, include_optimizer=True):
     _atomic_savez(os.fspath(path), {HEADER_KEY: blob, **arrays})
 
 
-def clone(model):
+def clone(model: Model) -> Model:
     """An independent copy of a built model: ``build(snapshot(model))`` in memory.
 
     The copy has the same architecture (layer names, configs, ``trainable`` flags), weights, layer buffers,
@@ -381,7 +392,7 @@ def _check_rng(field, state):
     _int_field(f"{field}.uinteger", state["uinteger"], 0, 2 ** 32 - 1)
 
 
-def check_header(header):
+def check_header(header: Any) -> Header:
     """Check the types and ranges of every value of a model file's JSON header (the module docstring's
     layout); ValueError naming the field (e.g. ``optimizer_state.step_count``) otherwise.  The layer, loss,
     optimizer and schedule configs are checked by their constructors when ``build`` makes them."""
@@ -507,7 +518,7 @@ def _read_member(zf, info, shape, dtype, path, key, offset):
     return a
 
 
-def read(path):
+def read(path: str | os.PathLike[str]) -> tuple[Header, Arrays]:
     """(header dict, {key: array}) from a model file, with every check on the container done (magic bytes, no
     pickle, header format, version and values, each member's declared shape and dtype, CRCs, each array's
     checksum); ValueError otherwise.  The header is read and checked first, then each array is read into an
@@ -582,7 +593,7 @@ def _read_zip(zf, path):
     return header, arrays
 
 
-def load(path, compile=True):
+def load(path: str | os.PathLike[str], compile: bool = True) -> Model:
     """A model from a file written by ``model.save`` (or a ModelCheckpoint): the same layers, weights,
     buffers, dtype, loss, optimizer with its state, generator states and ``epochs_trained``.
 
@@ -624,7 +635,7 @@ def _check_param_shapes(layers, arrays):
                                  f"{tuple(int(d) for d in spec.shape)}, the array {key!r} has {tuple(a.shape)}")
 
 
-def build(header, arrays, compile=True):
+def build(header: Mapping[str, Any], arrays: Mapping[str, NDArray[Any]], compile: bool = True) -> Model:
     """A new model from (header, arrays) as ``snapshot`` makes them or ``read`` returns them: the layers are
     rebuilt from the registry and their configs, the arrays are copied into the new model's buffers (it shares
     no memory with them), and with `compile` the loss and optimizer (with its state) are restored.  Raises
@@ -641,6 +652,8 @@ def build(header, arrays, compile=True):
     if kind not in ("Sequential", "Model"):
         raise ValueError(f"unknown model class {kind!r}")
     nodes = spec["nodes"]
+    layers: list[Any]                 # the Layer of each node, None until made
+    in_block: set[int]
     layers, in_block, trainable = [None] * len(nodes), set(), [True] * len(nodes)
 
     def make(i, seen=()):
@@ -682,6 +695,7 @@ def build(header, arrays, compile=True):
         layers[i].trainable = trainable[i]
     input_shape = tuple(None if d is None else int(d) for d in spec["input_shape"])
     seed, dtype, name = spec["seed"], spec["dtype"], spec["name"]
+    model: Model
     if kind == "Sequential":
         # the user's list: every node that is not inside a Residual's block (which expands it again)
         top = [layer for i, layer in enumerate(layers) if i not in in_block]
@@ -694,7 +708,7 @@ def build(header, arrays, compile=True):
         model = Sequential(top, input_dim=input_shape, seed=seed, dtype=dtype, name=name)
     else:
         x = Input(input_shape)
-        tensors = []
+        tensors: list[Any] = []       # the output of each node: a Tensor, or a list of them
         for i, (layer, node) in enumerate(zip(layers, nodes)):
             srcs = [int(s) for s in node["inputs"]]
             if not srcs or any(s < -1 or s >= i for s in srcs):
@@ -702,7 +716,7 @@ def build(header, arrays, compile=True):
             outs = node.get("outputs") or [None] * len(srcs)
             ins = []
             for s, k in zip(srcs, outs):
-                t = x if s < 0 else tensors[s]
+                t: Any = x if s < 0 else tensors[s]      # a Tensor, or a multi-output node's list
                 if isinstance(t, list) != (k is not None) or (k is not None and k >= len(t)):
                     raise ValueError(f"node {i}: input {s} output {k} does not match node {s}'s outputs")
                 ins.append(t if k is None else t[k])

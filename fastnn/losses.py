@@ -40,11 +40,14 @@ for the elementwise losses) nor in accuracy, and their gradient is exactly 0.  A
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from fastnn._core import losses as _k
 from fastnn._core.kinds import LOSS
+from fastnn._typing import ArrayLike, Config, DTypeLike, NDArray
 
 _per_thread = threading.local()     # per-thread scratch of the losses (CrossEntropy's per-position weights)
 
@@ -94,18 +97,21 @@ class Loss:
     classification = False    # whether accuracy applies
     sums = False              # True: the loss sums over samples (evaluate adds batch losses instead of averaging)
 
-    def prepare_targets(self, y, n, out_shape, dtype, owner="loss"):
+    def prepare_targets(self, y: ArrayLike, n: int, out_shape: Sequence[int], dtype: DTypeLike,
+                        owner: str = "loss") -> NDArray[Any]:
         """Check the targets `y` for `n` samples against the model output shape; return them in kernel form."""
         raise NotImplementedError
 
-    def n_predictions(self, n, out_shape):
+    def n_predictions(self, n: int, out_shape: Sequence[int]) -> int:
         """How many predictions `n_correct` counts for `n` samples (the accuracy's denominator)."""
         return n
 
-    def __call__(self, out, targets, grad=None, weights=None):
+    def __call__(self, out: NDArray[Any], targets: NDArray[Any], grad: NDArray[Any] | None = None,
+                 weights: NDArray[Any] | None = None) -> tuple[float, int]:
         raise NotImplementedError
 
-    def masked(self, out, targets, mask, grad=None, weights=None):
+    def masked(self, out: NDArray[Any], targets: NDArray[Any], mask: NDArray[np.bool_],
+               grad: NDArray[Any] | None = None, weights: NDArray[Any] | None = None) -> tuple[float, int]:
         """(loss, n_correct) over the real steps of an output (N, T, ...) with its (N, T) bool `mask`: the
         weighted loss with weight weights[i] * mask[i, t] per step (see the module docstring); ``n_correct``
         counts the real positions only.  `grad` (OUT) gets 0 at the masked steps."""
@@ -126,10 +132,10 @@ class Loss:
             raise ValueError("loss: a masked output must be C-contiguous")
         return mask.shape
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {"name": self.name}
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
 
@@ -152,10 +158,12 @@ def _float_targets(owner, y, n, out_shape, dtype):
 class _Regression(Loss):
     kind = None       # a LOSS member: the compiled kernel's kind (csrc/fnn_kinds.h)
 
-    def prepare_targets(self, y, n, out_shape, dtype, owner="loss"):
+    def prepare_targets(self, y: ArrayLike, n: int, out_shape: Sequence[int], dtype: DTypeLike,
+                        owner: str = "loss") -> NDArray[Any]:
         return _float_targets(owner, y, n, out_shape, dtype)
 
-    def __call__(self, out, targets, grad=None, weights=None):
+    def __call__(self, out: NDArray[Any], targets: NDArray[Any], grad: NDArray[Any] | None = None,
+                 weights: NDArray[Any] | None = None) -> tuple[float, int]:
         o = out.reshape(out.shape[0], -1)
         return _k.regression_loss(self.kind, o, targets, None if grad is None else grad.reshape(o.shape), weights)
 
@@ -193,7 +201,8 @@ class CrossEntropy(Loss):
     fuses = "softmax"
     classification = True
 
-    def prepare_targets(self, y, n, out_shape, dtype, owner="loss"):
+    def prepare_targets(self, y: ArrayLike, n: int, out_shape: Sequence[int], dtype: DTypeLike,
+                        owner: str = "loss") -> NDArray[Any]:
         out_shape = tuple(out_shape)
         if len(out_shape) < 1:
             raise ValueError(f"{owner}: cross_entropy needs outputs of shape (n, ..., classes), got (n,)")
@@ -222,7 +231,7 @@ class CrossEntropy(Loss):
         raise ValueError(f"{owner}: cross_entropy targets must be labels {lab_shape} or probabilities "
                          f"{(n,) + out_shape}, got shape {arr.shape}")
 
-    def n_predictions(self, n, out_shape):
+    def n_predictions(self, n: int, out_shape: Sequence[int]) -> int:
         return n * int(np.prod(tuple(out_shape)[:-1], dtype=np.int64))
 
     def _row_weights(self, weights, n, rows):
@@ -244,7 +253,8 @@ class CrossEntropy(Loss):
             np.copyto(buf.reshape(n, rows // n), weights[:, None])
         return buf
 
-    def __call__(self, out, targets, grad=None, weights=None):
+    def __call__(self, out: NDArray[Any], targets: NDArray[Any], grad: NDArray[Any] | None = None,
+                 weights: NDArray[Any] | None = None) -> tuple[float, int]:
         if out.ndim == 2:
             o, g, n = out, grad, out.shape[0]
         else:     # N-D: one row of k scores per position (views, no copy)
@@ -258,7 +268,8 @@ class CrossEntropy(Loss):
             return _k.softmax_cross_entropy(o, targets.reshape(-1), g, w)
         return _k.softmax_cross_entropy_soft(o, targets.reshape(o.shape), g, w)
 
-    def masked(self, out, targets, mask, grad=None, weights=None):
+    def masked(self, out: NDArray[Any], targets: NDArray[Any], mask: NDArray[np.bool_],
+               grad: NDArray[Any] | None = None, weights: NDArray[Any] | None = None) -> tuple[float, int]:
         n, steps = self._check_mask(out, mask)
         k = out.shape[-1]
         w = _step_weights(mask, weights, out.dtype)
@@ -299,22 +310,25 @@ class BinaryCrossEntropy(Loss):
     fuses = "sigmoid"
     classification = True
 
-    def prepare_targets(self, y, n, out_shape, dtype, owner="loss"):
+    def prepare_targets(self, y: ArrayLike, n: int, out_shape: Sequence[int], dtype: DTypeLike,
+                        owner: str = "loss") -> NDArray[Any]:
         arr = _float_targets(owner, y, n, out_shape, dtype)
         if arr.size and (arr.min() < 0 or arr.max() > 1):
             raise ValueError(f"{owner}: binary_cross_entropy targets must be in [0, 1], "
                              f"got values in [{arr.min()}, {arr.max()}]")
         return arr
 
-    def n_predictions(self, n, out_shape):
+    def n_predictions(self, n: int, out_shape: Sequence[int]) -> int:
         return n * int(np.prod(out_shape))
 
-    def __call__(self, out, targets, grad=None, weights=None):
+    def __call__(self, out: NDArray[Any], targets: NDArray[Any], grad: NDArray[Any] | None = None,
+                 weights: NDArray[Any] | None = None) -> tuple[float, int]:
         o = out.reshape(out.shape[0], -1)
         return _k.sigmoid_binary_cross_entropy(o, targets, None if grad is None else grad.reshape(o.shape),
                                                weights)
 
-    def masked(self, out, targets, mask, grad=None, weights=None):
+    def masked(self, out: NDArray[Any], targets: NDArray[Any], mask: NDArray[np.bool_],
+               grad: NDArray[Any] | None = None, weights: NDArray[Any] | None = None) -> tuple[float, int]:
         value, _ = super().masked(out, targets, mask, grad, weights)
         n, steps = mask.shape
         o = out.reshape(n * steps, -1)
@@ -352,7 +366,7 @@ class SampledSoftmax(CrossEntropy):
     name = "sampled_softmax"
     sampled = True            # the model trains through fastnn.training.sampled (see Trainer.attach)
 
-    def __init__(self, num_sampled=64, sampler="log_uniform", seed=None):
+    def __init__(self, num_sampled: int = 64, sampler: str = "log_uniform", seed: int | None = None) -> None:
         from fastnn._validation import check_number
         self.num_sampled = check_number("SampledSoftmax", "num_sampled", num_sampled, low=1, integer=True)
         if sampler not in ("log_uniform", "uniform"):
@@ -360,7 +374,8 @@ class SampledSoftmax(CrossEntropy):
         self.sampler = sampler
         self.seed = None if seed is None else check_number("SampledSoftmax", "seed", seed, low=0, integer=True)
 
-    def prepare_targets(self, y, n, out_shape, dtype, owner="loss"):
+    def prepare_targets(self, y: ArrayLike, n: int, out_shape: Sequence[int], dtype: DTypeLike,
+                        owner: str = "loss") -> NDArray[Any]:
         if len(out_shape) != 1:
             raise ValueError(f"{owner}: sampled_softmax needs outputs of shape (n, classes), got "
                              f"(n, {', '.join(map(str, out_shape))})")
@@ -369,7 +384,7 @@ class SampledSoftmax(CrossEntropy):
             raise ValueError(f"{owner}: sampled_softmax takes integer labels of shape ({n},), got {arr.shape}")
         return super().prepare_targets(arr, n, out_shape, dtype, owner)
 
-    def probabilities(self, k):
+    def probabilities(self, k: int) -> NDArray[np.float64]:
         """The sampler's probability of each of k classes, (k,) float64."""
         if self.sampler == "uniform":
             return np.full(k, 1.0 / k)
@@ -383,7 +398,7 @@ class SampledSoftmax(CrossEntropy):
         v = np.floor(np.exp(rng.random(size) * np.log(k + 1.0))).astype(np.intp) - 1
         return np.clip(v, 0, k - 1, out=v)
 
-    def sample(self, rng, k):
+    def sample(self, rng: np.random.Generator, k: int) -> tuple[NDArray[np.intp], int | None]:
         """(sampled classes (s,) intp, number of draws): distinct classes drawn with replacement from the
         sampler until num_sampled are distinct, as TensorFlow's samplers with unique=True."""
         if self.num_sampled >= k - 1:
@@ -397,7 +412,7 @@ class SampledSoftmax(CrossEntropy):
                 pos = np.sort(first)[:s]
                 return draws[pos], int(pos[-1]) + 1
 
-    def expected_counts(self, classes, k, tries):
+    def expected_counts(self, classes: NDArray[np.intp], k: int, tries: int | None) -> NDArray[np.float64]:
         """The expected number of times each of `classes` is in a sample taken with `tries` draws:
         1 - (1 - p)^tries (TensorFlow's formula for unique sampling), exactly num_sampled / k for the uniform
         sampler, and 1 when every class is taken (tries None)."""
@@ -408,10 +423,10 @@ class SampledSoftmax(CrossEntropy):
         p = self.probabilities(k)[classes]
         return -np.expm1(tries * np.log1p(-p))
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {"name": self.name, "num_sampled": self.num_sampled, "sampler": self.sampler, "seed": self.seed}
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"SampledSoftmax(num_sampled={self.num_sampled}, sampler={self.sampler!r})"
 
 
@@ -431,7 +446,7 @@ ALIASES = {
 }
 
 
-def from_config(config):
+def from_config(config: Mapping[str, Any]) -> Loss:
     """A Loss from ``loss.get_config()`` (the name and the constructor's arguments)."""
     config = dict(config)
     cls = REGISTRY.get(str(config.pop("name")).lower())

@@ -16,15 +16,29 @@ weighted by ``sample_weight`` / ``class_weight`` (Keras' ``metrics``, not ``weig
 Regression metrics need a regression loss ("l2", "mse", "mae") and the accuracies a classification loss,
 so that they always see predictions in the space of the targets; a mismatch is a ValueError in ``fit`` and
 ``evaluate``, raised before anything runs.
+
+Keras' metric names are accepted as aliases (reported under fastnn's names):
+
+- "sparse_categorical_accuracy", "categorical_accuracy": "accuracy" of a "cross_entropy" loss (the argmax of
+  the output against integer labels, or against the argmax of one-hot / probability rows: the loss takes both);
+  with another loss a ValueError.
+- "binary_accuracy": "accuracy" of a "binary_cross_entropy" loss, per element: probability > 0.5 (a model ending
+  in sigmoid), or logit > 0 (a model without one: the same decision) against target > 0.5; with another loss a
+  ValueError.
+- "top_k_categorical_accuracy", "sparse_top_k_categorical_accuracy": ``TopKAccuracy(5)``.
+- "mean_absolute_error", "mean_squared_error": "mae", "mse".
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from fastnn._typing import NDArray
+
+if TYPE_CHECKING:
+    from fastnn.losses import Loss
 
 
 class Metric:
@@ -34,6 +48,14 @@ class Metric:
 
     def reset(self) -> None:
         raise NotImplementedError
+
+    def check_loss(self, loss: Loss, owner: str) -> None:
+        """Raise a ValueError naming `owner` if this metric does not apply to `loss` (a regression metric for a
+        classification loss, or the reverse)."""
+        want = "classification" if loss.classification else "regression"
+        if self.kind != want:
+            raise ValueError(f"{owner}: metric {self.name!r} applies to {self.kind} losses, the loss "
+                             f"{loss.name!r} is not one")
 
     def update(self, out: NDArray[Any], targets: NDArray[Any]) -> None:
         raise NotImplementedError
@@ -60,9 +82,44 @@ class Metric:
 
 
 class Accuracy(Metric):
-    """Fraction of correct predictions; fit takes the count from the loss kernel (no extra pass)."""
+    """Fraction of correct predictions; fit takes the count from the loss kernel (no extra pass).
+
+    With "cross_entropy" the argmax of the output is compared with the label (or the argmax of a one-hot /
+    probability row); with "binary_cross_entropy" every element counts, logit > 0 (probability > 0.5) against
+    target > 0.5."""
     name = "accuracy"
     kind = "classification"
+    #: Keras' name this accuracy was asked for (the subclasses), and the output function (``Loss.fuses``) of the
+    #: loss it is defined for; None: any classification loss
+    alias: ClassVar[str | None] = None
+    loss_fuses: ClassVar[str | None] = None
+
+    def check_loss(self, loss: Loss, owner: str) -> None:
+        super().check_loss(loss, owner)
+        if self.loss_fuses is not None and loss.fuses != self.loss_fuses:
+            want = "binary_cross_entropy" if self.loss_fuses == "sigmoid" else "cross_entropy"
+            raise ValueError(f"{owner}: metric {self.alias!r} is the accuracy of a {want!r} loss, the loss is "
+                             f"{loss.name!r}; use 'accuracy' (reported for every classification loss)")
+
+
+class SparseCategoricalAccuracy(Accuracy):
+    """Keras' "sparse_categorical_accuracy": "accuracy" of a cross-entropy loss (reported as "accuracy")."""
+    alias = "sparse_categorical_accuracy"
+    loss_fuses = "softmax"
+
+
+class CategoricalAccuracy(Accuracy):
+    """Keras' "categorical_accuracy": "accuracy" of a cross-entropy loss with one-hot or probability targets
+    (integer labels too); reported as "accuracy"."""
+    alias = "categorical_accuracy"
+    loss_fuses = "softmax"
+
+
+class BinaryAccuracy(Accuracy):
+    """Keras' "binary_accuracy" (threshold 0.5): "accuracy" of a binary cross-entropy loss, per element
+    probability > 0.5 (logit > 0) against target > 0.5; reported as "accuracy"."""
+    alias = "binary_accuracy"
+    loss_fuses = "sigmoid"
 
 
 class TopKAccuracy(Metric):
@@ -180,7 +237,11 @@ class R2Score(Metric):
 REGISTRY: dict[str, type[Metric]] = {
     "accuracy": Accuracy, "acc": Accuracy, "top_k_accuracy": TopKAccuracy, "mae": MeanAbsoluteError,
     "mean_absolute_error": MeanAbsoluteError, "mse": MeanSquaredError, "mean_squared_error": MeanSquaredError,
-    "r2": R2Score, "r2_score": R2Score}
+    "r2": R2Score, "r2_score": R2Score,
+    # Keras' names
+    "sparse_categorical_accuracy": SparseCategoricalAccuracy, "categorical_accuracy": CategoricalAccuracy,
+    "binary_accuracy": BinaryAccuracy, "top_k_categorical_accuracy": TopKAccuracy,
+    "sparse_top_k_categorical_accuracy": TopKAccuracy}
 
 
 def get(spec: str | Metric, owner: str = "fit") -> Metric:

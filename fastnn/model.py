@@ -15,8 +15,8 @@ from __future__ import annotations
 import os
 import sys
 from collections import namedtuple
-from collections.abc import Sequence
-from typing import Any, TextIO, Union
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TextIO, Union
 
 import numpy as np
 
@@ -35,6 +35,9 @@ from fastnn.layers.base import Layer
 from fastnn.params import ParameterTable, frozen_layers
 from fastnn.training import compiled as _compiled
 from fastnn.training.trainer import Trainer
+
+if TYPE_CHECKING:
+    from fastnn.diagnostics import Diagnosis
 
 ArrayLike = Any                                   # numpy arrays, or what np.asarray takes
 MetricSpec = Union[str, _metrics.Metric]          # a metric name or a fastnn.metrics.Metric
@@ -81,7 +84,8 @@ class Model:
     three exist once the model is built.
     """
 
-    def __init__(self, inputs, outputs, seed=0, dtype="float32", name=None):
+    def __init__(self, inputs: Tensor, outputs: Tensor, seed: int | None = 0, dtype: str = "float32",
+                 name: str | None = None) -> None:
         self._init_common(seed, dtype, name)
         self._build_graph(inputs, outputs)
 
@@ -184,7 +188,7 @@ class Model:
         return self
 
     @property
-    def layers(self):
+    def layers(self) -> list[Layer]:
         """The layers, in the order they run."""
         return self.graph.layers
 
@@ -236,7 +240,7 @@ class Model:
             out += [(layer, "buffer", name, np.asarray(buf)) for name, buf in layer.buffers.items()]
         return out
 
-    def get_weights(self):
+    def get_weights(self) -> list[np.ndarray]:
         """The weights as a list of arrays (copies), Keras' ``get_weights``.
 
         Order: the layers in graph order (``model.graph.layers``: a Residual's block layers are nodes of
@@ -263,7 +267,7 @@ class Model:
             raise ValueError(f"{owner}: {what} contains NaN or infinity")
         return arr
 
-    def set_weights(self, weights):
+    def set_weights(self, weights: Sequence[ArrayLike]) -> None:
         """Set the weights from a list of arrays in the order of ``get_weights`` (Keras' ``set_weights``).
 
         Every entry is checked first: the count, each shape, that it holds real numbers (cast to the model
@@ -284,7 +288,7 @@ class Model:
         for (_, _, _, a), w in zip(entries, checked):
             a[...] = w
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, np.ndarray]:
         """The weights by name, torch's ``state_dict``: a dict "layer_name.name" -> array (a copy), the
         parameters and the buffers (BatchNorm's running_mean / running_var, as torch includes them), in the
         order of ``get_weights``."""
@@ -297,7 +301,7 @@ class Model:
             out[key] = np.array(a, copy=True)
         return out
 
-    def load_state_dict(self, state_dict, strict=True):
+    def load_state_dict(self, state_dict: Mapping[str, ArrayLike], strict: bool = True) -> LoadResult:
         """Load weights by name from a mapping as ``state_dict`` returns (torch's ``load_state_dict``).
 
         With ``strict`` (default) the keys must be exactly the model's: missing and unexpected keys are
@@ -306,7 +310,6 @@ class Model:
         is written: on any error the model is unchanged.  Returns ``(missing_keys, unexpected_keys)`` (a
         named tuple, as torch).
         """
-        from collections.abc import Mapping
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"load_state_dict: expected a mapping name -> array, got {type(state_dict).__name__}")
         entries = {}
@@ -326,7 +329,7 @@ class Model:
             a[...] = v
         return LoadResult(missing, unexpected)
 
-    def clone(self):
+    def clone(self) -> Model:
         """An independent copy: same architecture, weights, buffers, loss, optimizer with its state, generator
         states and ``epochs_trained``, sharing no memory with this model (``fastnn.io.clone``: the save format
         in memory).  Both, trained the same way from here, give the same weights."""
@@ -339,7 +342,7 @@ class Model:
         return new
 
     # ================================================================== training / inference mode
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> Model:
         """Put the model in training mode (dropout active, batch statistics in BatchNorm); returns the model.
 
         ``fit`` and ``train_on_batch`` run in training mode and ``predict`` / ``evaluate`` in inference mode
@@ -351,7 +354,7 @@ class Model:
         self.training = bool(mode)
         return self
 
-    def eval(self):
+    def eval(self) -> Model:
         """Put the model in inference mode (no dropout, running statistics in BatchNorm); returns the model."""
         return self.train(False)
 
@@ -409,14 +412,14 @@ class Model:
         return self
 
     @property
-    def optimizer(self):
+    def optimizer(self) -> _optim.Optimizer | None:
         """The optimizer set by ``compile`` (None before).  Assigning one re-compiles with it, keeping the loss,
         clipping, schedule and guard setting, with compile's checks (an optimizer that trains another model is a
         ValueError, and nothing changes)."""
         return self._optimizer
 
     @optimizer.setter
-    def optimizer(self, value):
+    def optimizer(self, value: str | _optim.Optimizer) -> None:
         if value is self._optimizer:
             return
         if self.loss is None:
@@ -479,7 +482,7 @@ class Model:
                                     initial_epoch=initial_epoch, callbacks=callbacks, verbose=verbose,
                                     nan_guard=nan_guard, diagnostics=diagnostics, distributed=distributed)
 
-    def train_on_batch(self, X, y):
+    def train_on_batch(self, X: ArrayLike, y: ArrayLike) -> float:
         """One forward, backward and update on the batch (X, y); returns the loss of that forward pass."""
         with self.trainer.exclusive("train_on_batch"):
             return self.trainer.train_on_batch(X, y)
@@ -595,7 +598,7 @@ class Model:
         raise ValueError(f"get_layer: {self.name} has no layer named {name!r}; its layers: "
                          f"{', '.join(layer.name for layer in every)}")
 
-    def predict_classes(self, X, threshold=0.5, batch_size=None):
+    def predict_classes(self, X: ArrayLike, threshold: float = 0.5, batch_size: int | None = None) -> np.ndarray:
         """Class decisions for X (inference mode).
 
         - Multi-label / one-vs-all (the model ends in a sigmoid, or its loss is "binary_cross_entropy", whose
@@ -619,7 +622,8 @@ class Model:
             return labels[..., 0] if labels.shape[-1] == 1 else labels
         return np.argmax(out, axis=-1)
 
-    def diagnose(self, X, y, batch_size=None, file=None, verbose=True):
+    def diagnose(self, X: ArrayLike, y: ArrayLike, batch_size: int | None = None, file: TextIO | None = None,
+                 verbose: bool = True) -> Diagnosis:
         """Print a table of per-layer training-health numbers for (X, y) -- gradient and weight norms,
         update/weight ratio, dead ReLU and saturated sigmoid/tanh fractions -- and return them (a
         ``fastnn.diagnostics.Diagnosis``: {layer name: {...}}, with ``.problems``).  Changes nothing; see
@@ -644,7 +648,7 @@ class Model:
             return
         _io.save(self, path, include_optimizer=include_optimizer)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         state = f"{len(self.graph)} layers, {self.count_params()} parameters" if self.built else "not built"
         return f"{type(self).__name__}({state}, dtype={np.dtype(self.dtype).name})"
 
@@ -727,7 +731,8 @@ class Sequential(Model):
         self._layer_ids.add(id(layer))
 
     @property
-    def layers(self):
+    def layers(self) -> list[Layer]:
+        """The layers given or added, first to last (a copy of the list)."""
         return list(self._layers)
 
     def _build_from_data(self, feature_shape):

@@ -521,3 +521,85 @@ def test_save_accepts_fastnn_names(name, tmp_path):
     path.parent.mkdir(exist_ok=True)
     m.save(path)
     np.testing.assert_array_equal(fnn.load(path).predict(X), m.predict(X))
+
+
+# ---------------------------------------------------------------------------------------------- Keras metric names
+def _softmax_clf(k=3):
+    m = fnn.Sequential([L.Dense(8, activation="relu"), L.Dense(k, activation="softmax")], input_dim=4, seed=0)
+    return m.compile("categorical_crossentropy")
+
+
+@pytest.mark.parametrize("alias", ["sparse_categorical_accuracy", "categorical_accuracy"])
+def test_keras_categorical_accuracy_names(alias):
+    X, y = _data(90)
+    m = _softmax_clf()
+    m.fit(X, y, epochs=2, metrics=[alias])
+    pred = m.predict(X).argmax(axis=1)
+    want = float((pred == y).mean())
+    # integer labels and one-hot rows: the same accuracy, fastnn's "accuracy", checked against the argmax
+    for targets in (y, np.eye(3, dtype=np.float32)[y]):
+        logs = m.evaluate(X, targets, metrics=[alias])
+        assert set(logs) == {"loss", "accuracy"}
+        assert logs["accuracy"] == pytest.approx(want, abs=1e-12)
+    m2 = _softmax_clf().compile("cross_entropy", metrics=alias)      # compile takes it as well
+    h = m2.fit(X, np.eye(3)[y], epochs=1, validation_split=0.2)
+    assert set(h.history) >= {"accuracy", "val_accuracy"}
+
+
+@pytest.mark.parametrize("sigmoid", [True, False])
+def test_keras_binary_accuracy_name(sigmoid):
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((40, 4)).astype(np.float32)
+    Y = (rng.random((40, 2)) > 0.5).astype(np.float32)
+    m = fnn.Sequential([L.Dense(2, activation="sigmoid" if sigmoid else None)], input_dim=4, seed=0)
+    m.compile("binary_crossentropy", metrics=["binary_accuracy"])
+    logs = m.evaluate(X, Y)
+    out = m.predict(X)
+    decision = out > 0.5 if sigmoid else out > 0           # probabilities, or logits of a model without sigmoid
+    assert set(logs) == {"loss", "accuracy"}
+    assert logs["accuracy"] == pytest.approx(float((decision == (Y > 0.5)).mean()), abs=1e-12)
+
+
+def test_keras_accuracy_names_refuse_the_other_loss():
+    m = fnn.Sequential([L.Dense(2)], input_dim=4, seed=0)
+    with pytest.raises(ValueError, match="'binary_accuracy' is the accuracy of a 'binary_cross_entropy' loss"):
+        m.compile("cross_entropy", metrics=["binary_accuracy"])
+    assert m.loss is None
+    for alias in ("categorical_accuracy", "sparse_categorical_accuracy"):
+        with pytest.raises(ValueError, match=f"'{alias}' is the accuracy of a 'cross_entropy' loss"):
+            m.compile("binary_cross_entropy", metrics=[alias])
+    with pytest.raises(ValueError, match="applies to classification losses"):
+        m.compile("mse", metrics=["categorical_accuracy"])
+    m.compile("binary_cross_entropy")
+    X, Y = np.zeros((3, 4), np.float32), np.zeros((3, 2), np.float32)
+    with pytest.raises(ValueError, match="evaluate: metric 'categorical_accuracy'"):
+        m.evaluate(X, Y, metrics=["categorical_accuracy"])
+
+
+@pytest.mark.parametrize("alias", ["top_k_categorical_accuracy", "sparse_top_k_categorical_accuracy"])
+def test_keras_top_k_names(alias):
+    met = fnn.metrics.get(alias)
+    assert isinstance(met, fnn.metrics.TopKAccuracy) and met.k == 5
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((50, 4)).astype(np.float32)
+    y = rng.integers(0, 8, 50)
+    m = fnn.Sequential([L.Dense(8)], input_dim=4, seed=0).compile("cross_entropy")
+    out = m.predict(X)
+    rank = (out > out[np.arange(50), y][:, None]).sum(axis=1)     # outputs above the label's
+    logs = m.evaluate(X, y, metrics=[alias])
+    assert logs["top_k_accuracy"] == pytest.approx(float((rank < 5).mean()), abs=1e-12)
+
+
+@pytest.mark.parametrize("alias, cls", [("mean_absolute_error", fnn.metrics.MeanAbsoluteError),
+                                        ("mae", fnn.metrics.MeanAbsoluteError),
+                                        ("mean_squared_error", fnn.metrics.MeanSquaredError),
+                                        ("mse", fnn.metrics.MeanSquaredError)])
+def test_keras_regression_metric_names(alias, cls):
+    assert type(fnn.metrics.get(alias)) is cls
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((30, 4)).astype(np.float32)
+    Y = rng.standard_normal((30, 2)).astype(np.float32)
+    m = fnn.Sequential([L.Dense(2)], input_dim=4, seed=0).compile("mse", metrics=[alias])
+    d = m.predict(X).astype(np.float64) - Y
+    want = np.abs(d).mean() if cls is fnn.metrics.MeanAbsoluteError else (d * d).mean()
+    assert m.evaluate(X, Y)[cls.name] == pytest.approx(want, rel=1e-6)

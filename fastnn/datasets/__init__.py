@@ -24,13 +24,16 @@ from typing import Any
 
 import numpy as np
 
+from fastnn._typing import ArrayLike, DTypeLike, NDArray, SeedLike
+
 _DATA = os.path.join(os.path.dirname(__file__), "data")
 
 DIGITS_CITATION = ("E. Alpaydin, C. Kaynak, Optical Recognition of Handwritten Digits, UCI Machine Learning "
                    "Repository, 1998, https://doi.org/10.24432/C50P49 (CC BY 4.0)")
 
 
-def load_digits(dtype="float32", flatten=True):
+def load_digits(dtype: DTypeLike = "float32",
+                flatten: bool = True) -> tuple[NDArray[np.floating[Any]], NDArray[np.int64]]:
     """The UCI hand-written digits: X of shape (1797, 64) with pixels scaled to [0, 1], y int64 labels 0..9.
 
     Args:
@@ -214,7 +217,7 @@ SHAKESPEARE_SOURCE = ("W. Shakespeare (public domain), the first 199,994 bytes o
 _TEXTS = {"shakespeare": "shakespeare.txt"}
 
 
-def load_text(name="shakespeare"):
+def load_text(name: str = "shakespeare") -> tuple[str, str]:
     """A public-domain text that ships with the package, and its character vocabulary.
 
     Args:
@@ -231,7 +234,7 @@ def load_text(name="shakespeare"):
     return text, "".join(sorted(set(text)))
 
 
-def encode_text(text, vocab):
+def encode_text(text: str, vocab: str) -> NDArray[np.int64]:
     """The ids (int64 array, ``len(text)``) of the characters of ``text`` in ``vocab``; ValueError naming the
     first character not in it."""
     table = {c: i for i, c in enumerate(vocab)}
@@ -241,12 +244,12 @@ def encode_text(text, vocab):
         raise ValueError(f"encode_text: the character {e.args[0]!r} is not in the vocabulary") from None
 
 
-def decode_text(ids, vocab):
+def decode_text(ids: ArrayLike, vocab: str) -> str:
     """The string of the character ids ``ids`` (any integer array-like) in ``vocab``."""
     return "".join(vocab[int(i)] for i in np.asarray(ids).ravel())
 
 
-def text_windows(ids, seq_len, step=None):
+def text_windows(ids: ArrayLike, seq_len: int, step: int | None = None) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     """Next-character training pairs from a 1-D array of ids: X (n, seq_len) the windows
     ``ids[s:s + seq_len]`` for s = 0, step, 2 * step, ..., and Y (n, seq_len) the same windows shifted by one
     (``ids[s + 1:s + seq_len + 1]``), both int64.  ``step`` defaults to ``seq_len`` (disjoint windows)."""
@@ -262,7 +265,8 @@ def text_windows(ids, seq_len, step=None):
     return ids[starts].astype(np.int64), ids[starts + 1].astype(np.int64)
 
 
-def adding_problem(n, T, seed=0, dtype="float32"):
+def adding_problem(n: int, T: int, seed: SeedLike = 0,
+                   dtype: DTypeLike = "float32") -> tuple[NDArray[np.floating[Any]], NDArray[np.floating[Any]]]:
     """The adding problem (Hochreiter and Schmidhuber, 1997, as in Le, Jaitly and Hinton, 2015): n sequences of
     T steps of two features (a value drawn uniformly from [0, 1], a marker 0 or 1).  Exactly two steps are
     marked, one drawn uniformly from the first half (steps 0 .. T//2 - 1) and one from the second half

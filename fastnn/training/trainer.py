@@ -12,10 +12,14 @@ finds parameters through the table (``model.table``).
 the call qualify, else the per-layer loop) and ``step``, one update with the NaN/inf guard around the
 optimizer step.
 """
+from __future__ import annotations
+
 import contextlib
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Union, cast
 
 import numpy as np
 
@@ -32,6 +36,21 @@ from fastnn.callbacks import History
 from fastnn.errors import NonFiniteError
 from fastnn.layers.normalization import BatchNorm
 from fastnn.training import compiled as _compiled
+
+if TYPE_CHECKING:
+    from fastnn._typing import NDArray
+    from fastnn.distributed import DataParallel
+    from fastnn.engine import Executor
+    from fastnn.layers.base import Layer
+    from fastnn.model import Model
+    from fastnn.optim import Optimizer
+    from fastnn.training.sampled import SampledOutput
+
+ArrayLike = Any                                   # numpy arrays, or what np.asarray takes (as fastnn.model)
+
+MetricSpec = Union[str, _metrics.Metric]          # a metric name or a fastnn.metrics.Metric
+#: a batch's place for error messages: (epoch, batch), 0-based, or a text
+Where = Union[tuple[int, int], str]
 
 
 class Trainer:
@@ -54,23 +73,24 @@ class Trainer:
         train_plan, infer_plans: the compiled plans kept between calls (see compiled.py).
     """
 
-    def __init__(self, model, build):
+    def __init__(self, model: Model, build: Callable[[tuple[int | None, ...]], None]) -> None:
         self.model = model
         self.build = build
         self.fused = False
-        self.sampled = None
+        self.sampled: SampledOutput | None = None
         self.guard_backup = None
         self._saved = None       # the update's backup while a guarded step runs (restored on Ctrl-C)
         self.buffer_backup = None
         self.guard_backup_steps = 0
-        self.constrained = []
+        self.constrained: list[Layer] = []
         self.monitor = None
         self.base_lr = None
         self.compiled_plan = True
         self.train_plan = None
         self.infer_plans = None
-        self.distributed = None     # the fastnn.distributed.DataParallel of the last distributed fit (save: rank 0)
-        self._dist = None       # the DataParallel while a distributed fit runs
+        # the fastnn.distributed.DataParallel of the last distributed fit (save: rank 0)
+        self.distributed: DataParallel | None = None
+        self._dist: DataParallel | None = None       # the DataParallel while a distributed fit runs
         self._train_lock = threading.RLock()     # held by the thread that runs fit / train_on_batch
 
     def _set_mode(self, training):
@@ -78,7 +98,7 @@ class Trainer:
         prev, self.model.training = self.model.training, bool(training)
         return prev
 
-    def attach(self):
+    def attach(self) -> None:
         """Bind the compiled loss and optimizer to the built model (the model calls it at compile and build)."""
         model = self.model
         out_layer = model.graph.nodes[-1][0]
@@ -88,7 +108,7 @@ class Trainer:
         if getattr(model.loss, "sampled", False):       # SampledSoftmax: step trains through sampled.py
             from fastnn.training.sampled import SampledOutput
             self.sampled = SampledOutput(model)
-        table, opt = model.table, model.optimizer
+        table, opt = model.table, cast("Optimizer", model.optimizer)      # compiled: attach runs after compile
         if opt.owner() is not model:      # compile claims it (Optimizer._claim); never bind another model's optimizer
             raise RuntimeError(f"{model.name}: the optimizer {type(opt).__name__} trains another model; call "
                                f"{model.name}.compile(...) with an optimizer of its own")
@@ -106,7 +126,7 @@ class Trainer:
         self.constrained = [layer for layer in model.graph.layers if layer.has_constraint]
         self.buffer_backup = None       # rebuilt at the next guarded step, for the layers' current buffers
 
-    def check_trainable(self, owner):
+    def check_trainable(self, owner: str) -> None:
         """Raise a RuntimeError naming the layers whose ``trainable`` flag changed since the last compile (the
         change takes effect at compile, as in Keras, and is never half-applied)."""
         table = self.model.table
@@ -117,11 +137,11 @@ class Trainer:
                                f"{self.model.name}.compile(...) again to apply it (it takes effect at compile, "
                                "as in Keras)")
 
-    def check_optimizer(self, owner):
+    def check_optimizer(self, owner: str) -> None:
         """Raise a RuntimeError unless the optimizer is bound to this model's trainable buffers with state of
         their size (an optimizer updates exactly the buffers it is bound to: never another model's)."""
         model = self.model
-        opt = model.optimizer
+        opt = cast("Optimizer", model.optimizer)      # not None: the model is compiled (require_compiled)
         table = model.table
         if (opt.owner() is not model or opt._params is not table.trainable_parameters
                 or opt._grads is not table.trainable_gradients
@@ -130,13 +150,14 @@ class Trainer:
                                f"parameters (was model.optimizer replaced, or the optimizer given to another "
                                f"model?); call {model.name}.compile(...) with an optimizer of its own")
 
-    def require_compiled(self, what):
+    def require_compiled(self, what: str) -> None:
         """Raise a RuntimeError naming `what` when the model has no loss yet."""
         model = self.model
         if model.loss is None:
             raise RuntimeError(f"{model.name}: call compile(loss=..., optimizer=...) before {what}")
 
-    def step(self, Xb, Tb, where, Wb=None):
+    def step(self, Xb: NDArray[Any], Tb: NDArray[Any], where: Where,
+             Wb: NDArray[Any] | None = None) -> tuple[float, int]:
         """One forward, loss, backward and update; returns (loss before the update, n_correct).
 
         `where` is (epoch, batch), 0-based, or a text, for the error message; `Wb` per-sample weights or None.
@@ -276,9 +297,11 @@ class Trainer:
             np.copyto(v, copies[k])
         model.optimizer.step_count = step_count
 
-    def nonfinite(self, what, where, index, detail):
+    def nonfinite(self, what: str, where: Where, index: int | None, detail: str) -> NonFiniteError:
         """The NonFiniteError for `what` ("loss", "gradient", "buffer", "parameters") at `where` ((epoch, batch)
         0-based, or a text), flat index `index` (or None), with the message `detail`."""
+        epoch: int | None       # 1-based in the error, None for a text `where`
+        batch: int | None
         if isinstance(where, tuple):
             epoch, batch = where[0] + 1, where[1] + 1
             at = f"at epoch {epoch}, batch {batch}"
@@ -319,7 +342,7 @@ class Trainer:
             layer.apply_constraint()
 
     # ================================================================== input checking
-    def check_X(self, X, owner, allow_build=True):
+    def check_X(self, X: ArrayLike, owner: str, allow_build: bool = True) -> NDArray[Any]:
         """X as a float array of the model dtype with the model's input shape (builds an unbuilt model from
         it when `allow_build`); errors name `owner`.  A model whose input feeds Embedding layers
         (``graph.integer_input``) keeps X as integers (int32 or int64; other integers and floats holding whole
@@ -342,7 +365,7 @@ class Trainer:
                              f"model's input, got {X.shape}")
         return X
 
-    def check_Xy(self, X, y, owner):
+    def check_Xy(self, X: ArrayLike, y: ArrayLike, owner: str) -> tuple[NDArray[Any], NDArray[Any]]:
         """(X, T): checked inputs and the loss's prepared targets (the model must be compiled)."""
         model = self.model
         self.require_compiled(owner)
@@ -350,7 +373,7 @@ class Trainer:
         T = model.loss.prepare_targets(y, X.shape[0], self.output_shape_for(y), model.dtype, owner=f"{owner}: y")
         return X, T
 
-    def output_shape_for(self, y):
+    def output_shape_for(self, y: NDArray[Any]) -> tuple[int | None, ...]:
         """The model's output shape per sample, a variable (None) axis sized as the targets' same axis (the
         targets of such a model are shaped as its outputs); the output shape itself when it has none."""
         shape = self.model.output_shape
@@ -365,7 +388,7 @@ class Trainer:
 
     # ================================================================== public training API
     @contextlib.contextmanager
-    def exclusive(self, owner):
+    def exclusive(self, owner: str) -> Iterator[None]:
         """Hold the model's training for this thread (``Model.fit`` and ``train_on_batch`` run inside it): fit and
         train_on_batch on another thread meanwhile raise a RuntimeError naming the model (they would share the layers'
         buffers and the optimizer state).  The same thread may enter again (a callback's train_on_batch inside fit);
@@ -379,7 +402,7 @@ class Trainer:
         finally:
             self._train_lock.release()
 
-    def train_on_batch(self, X, y):
+    def train_on_batch(self, X: ArrayLike, y: ArrayLike) -> float:
         X, T = self.check_Xy(X, y, "train_on_batch")
         self.check_trainable("train_on_batch")
         self.check_optimizer("train_on_batch")
@@ -388,9 +411,11 @@ class Trainer:
         loss, _ = self.step(X, T, "in train_on_batch")
         return loss
 
-    def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_split=0.0, validation_data=None,
-            metrics=None, class_weight=None, sample_weight=None, initial_epoch=0, callbacks=None, verbose=0,
-            nan_guard=None, diagnostics=False, distributed=None):
+    def fit(self, X: ArrayLike, y: ArrayLike, epochs: int = 1, batch_size: int = 32, shuffle: bool = True,
+            validation_split: float = 0.0, validation_data: tuple | None = None,
+            metrics: MetricSpec | Sequence[MetricSpec] | None = None, class_weight: str | dict | None = None,
+            sample_weight: ArrayLike | None = None, initial_epoch: int = 0, callbacks: Any = None, verbose: int = 0,
+            nan_guard: bool | None = None, diagnostics: bool = False, distributed: Any = None) -> History:
         """``Model.fit`` (see its docstring for the arguments); returns a History."""
         model = self.model
         owner = "fit"
@@ -545,13 +570,14 @@ class Trainer:
                              "metrics other than accuracy cannot be measured in fit; use evaluate(..., metrics=...)")
         return (X, T, W), val, objs
 
-    def metric_objects(self, metrics, owner, loss=None):
+    def metric_objects(self, metrics: MetricSpec | Sequence[MetricSpec] | None, owner: str,
+                       loss: _losses.Loss | None = None) -> list[_metrics.Metric]:
         """The Metric objects for `metrics` (a name, a Metric or a list of them) other than accuracy (reported
         anyway, from the loss kernel's count); a metric of the other kind of loss (a regression metric for a
         classification loss, or the reverse), an unknown or a repeated one raises, naming `owner`.  `loss`: the
         loss to check them against (default: the model's)."""
         loss = self.model.loss if loss is None else loss
-        objs = []
+        objs: list[_metrics.Metric] = []
         if not isinstance(metrics, (str, _metrics.Metric, type(None))):
             try:
                 metrics = list(metrics)
@@ -560,10 +586,7 @@ class Trainer:
                                 f"{type(metrics).__name__}") from None
         for spec in ([metrics] if isinstance(metrics, (str, _metrics.Metric)) else (metrics or [])):
             m = _metrics.get(spec, owner)
-            want = "classification" if loss.classification else "regression"
-            if m.kind != want:
-                raise ValueError(f"{owner}: metric {m.name!r} applies to {m.kind} losses, the loss "
-                                 f"{loss.name!r} is not one")
+            m.check_loss(loss, owner)
             if isinstance(m, _metrics.Accuracy):
                 continue
             if any(o.name == m.name for o in objs):
@@ -571,7 +594,7 @@ class Trainer:
             objs.append(m)
         return objs
 
-    def check_weights(self, w, n, owner):
+    def check_weights(self, w: ArrayLike, n: int, owner: str) -> NDArray[Any]:
         arr = np.asarray(w)
         if arr.dtype.kind not in "fiu":
             raise TypeError(f"{owner}: must hold real numbers, got dtype {arr.dtype}")
@@ -582,7 +605,7 @@ class Trainer:
             raise ValueError(f"{owner}: weights must be finite and >= 0")
         return arr
 
-    def class_weights(self, class_weight, T):
+    def class_weights(self, class_weight: str | dict[int, float], T: NDArray[Any]) -> NDArray[Any]:
         """Per-sample weights from class weights; the class of a sample is its label, the argmax of a
         probability row, or (one sigmoid output) target > 0.5."""
         model = self.model
@@ -702,7 +725,8 @@ class Trainer:
             logs[met.name] = met.result()
         return logs
 
-    def mask_weight(self, mask, Wb, out, engine):
+    def mask_weight(self, mask: NDArray[np.bool_], Wb: NDArray[Any] | None, out: NDArray[Any],
+                    engine: Executor) -> tuple[float, int]:
         """(weight, predictions) of a batch with a masked output: the summed weights of its real steps (sample
         weights, or 1 each) and the number of real positions the loss's accuracy counts.  The weighted sum goes
         through a float64 buffer of `engine` (the executor that ran the batch), so a batch makes no new array."""
@@ -716,7 +740,9 @@ class Trainer:
             ws = float(buf.sum())
         return ws, self.model.loss.n_predictions(steps, out.shape[2:])
 
-    def gather(self, X, T, W, sel):
+    def gather(self, X: NDArray[Any], T: NDArray[Any], W: NDArray[Any] | None,
+               sel: NDArray[np.intp]) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any] | None]:
+        """The rows `sel` of (X, T, W) copied into buffers of the executor reused for batches of that size."""
         model = self.model
         m = sel.shape[0]
         Xb = model.engine.cached(("xb", (m,) + X.shape[1:], X.dtype.str),
@@ -731,7 +757,9 @@ class Trainer:
             np.take(W, sel, out=Wb, mode="clip")
         return Xb, Tb, Wb
 
-    def evaluate(self, X, y, batch_size=None, sample_weight=None, metrics=None):
+    def evaluate(self, X: ArrayLike, y: ArrayLike, batch_size: int | None = None,
+                 sample_weight: ArrayLike | None = None,
+                 metrics: MetricSpec | Sequence[MetricSpec] | None = None) -> dict[str, float]:
         """The loss (and accuracy, for classification losses; and the given metrics) on (X, y) in inference
         mode, as a dict.  ``sample_weight`` weights the loss as in fit."""
         X, T = self.check_Xy(X, y, "evaluate")
@@ -748,21 +776,27 @@ class Trainer:
         finally:
             self._set_mode(prev)
 
-    def evaluate_arrays(self, X, T, batch_size=None, W=None, metrics=()):
+    def evaluate_arrays(self, X: NDArray[Any], T: NDArray[Any], batch_size: int | None = None,
+                        W: NDArray[Any] | None = None, metrics: Sequence[_metrics.Metric] = ()) -> dict[str, float]:
         """The logs of ``evaluate`` for checked arrays, in the current mode of the layers' forward (inference)."""
         return self.logs_from_sums(*self.evaluate_sums(X, T, batch_size, W, metrics), metrics)
 
-    def logs_from_sums(self, total, wtotal, correct, predictions, metrics=()):
+    def logs_from_sums(self, total: float, wtotal: float, correct: int, predictions: int,
+                       metrics: Sequence[_metrics.Metric] = ()) -> dict[str, float]:
         """The logs of ``evaluate`` from the sums of ``evaluate_sums`` (possibly added over data-parallel ranks)."""
         model = self.model
-        logs = {"loss": float(total) if model.loss.sums else (float(total) / wtotal if wtotal > 0 else 0.0)}
+        # keyed by the metrics' names (Metric.name: a str for every metric that reports)
+        logs: dict[Any, float] = {
+            "loss": float(total) if model.loss.sums else (float(total) / wtotal if wtotal > 0 else 0.0)}
         if model.loss.classification:
             logs["accuracy"] = float(correct) / predictions if predictions else 0.0
         for m in metrics:
             logs[m.name] = m.result()
         return logs
 
-    def evaluate_sums(self, X, T, batch_size=None, W=None, metrics=()):
+    def evaluate_sums(self, X: NDArray[Any], T: NDArray[Any], batch_size: int | None = None,
+                      W: NDArray[Any] | None = None,
+                      metrics: Sequence[_metrics.Metric] = ()) -> tuple[float, float, int, int]:
         """(loss total, its weight, correct, predictions) of (X, T) in the current mode, the metrics updated:
         the loss is total / weight (total itself for a loss that sums), the accuracy correct / predictions."""
         model = self.model
@@ -803,7 +837,8 @@ class Trainer:
 
 
 
-def update_metric(metric, out, targets, mask):
+def update_metric(metric: _metrics.Metric, out: NDArray[Any], targets: NDArray[Any],
+                  mask: NDArray[np.bool_] | None) -> None:
     """``metric.update`` on a batch; with a mask on the output, on its real steps only."""
     if mask is None:
         metric.update(out, targets)
