@@ -357,7 +357,7 @@ class Monitor(Callback):
         self._warned: set[Any] = set()
         self._first = None
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         model = self.model
         self._segments = _param_segments(model)
         self._counters = _Counters(model)
@@ -378,7 +378,7 @@ class Monitor(Callback):
         self._counters.reset()
         self._steps_norms.reset()
 
-    def on_gradients(self):
+    def on_gradients(self) -> None:
         """After the backward pass of a training step, before clipping and the update."""
         model = self.model
         self._grad_sum += _norms(model.gradients, self._segments)
@@ -387,7 +387,7 @@ class Monitor(Callback):
         np.copyto(self._before, model.parameters)
         self._pending = True
 
-    def on_batch_end(self, batch, logs=None):
+    def on_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs or {}
         self._samples += int(logs.get("size", 0))
         if self._pending:
@@ -399,11 +399,12 @@ class Monitor(Callback):
             self._updates += 1
             self._pending = False
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         model = self.model
         grads = [float(g) for g in self._grad_sum / max(self._steps, 1)]
         ratios = [float(r) for r in self._ratio_sum / max(self._updates, 1)]
         weights = _norms(model.parameters, self._segments)
+        assert self._counters is not None       # made by on_train_begin
         stats = _stats(model, self._segments, grads, weights, ratios, self._counters.fractions(self._samples),
                        self._steps_norms.means())
         if logs is not None:
@@ -417,7 +418,7 @@ class Monitor(Callback):
             self._first = stats
         self._reset()
 
-    def close(self):
+    def close(self) -> None:
         """Detach from the model (the counters off, no more gradient hook); fit calls it in any case."""
         if self._counters is not None:
             self._counters.close()

@@ -44,11 +44,20 @@ backward pass and the update.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Optional, cast
 
 import numpy as np
 
 from fastnn._typing import DTypeLike, NDArray
+
+if TYPE_CHECKING:
+    from fastnn.callbacks import CallbackList
+    from fastnn.metrics import Metric
+    from fastnn.model import Model
+    from fastnn.training.trainer import Trainer
+
+#: (X, targets, sample weights or None): the arrays of a fit or a validation set
+Arrays3 = tuple[NDArray[Any], NDArray[Any], Optional[NDArray[Any]]]
 
 __all__ = ["DataParallel"]
 
@@ -109,7 +118,7 @@ class DataParallel:
         self._hook: Any = False      # not looked up yet (plan_hook); then the handles or None
         self.allreduce_seconds = 0.0
         self._small = np.zeros(5, dtype=np.float64)
-        self._last = None
+        self._last: tuple[float, int] = (0.0, 0)     # (batch weight, predictions) of the last combine_loss
 
     def __repr__(self) -> str:
         return f"DataParallel(rank={self.rank}, size={self.size}, sync_batchnorm={self.sync_batchnorm})"
@@ -150,7 +159,7 @@ class DataParallel:
         self.comm.Barrier()
 
     # ------------------------------------------------------------------ start of fit
-    def start(self, model, train, val):
+    def start(self, model: Model, train: Arrays3, val: Arrays3 | None) -> None:
         """Check that every rank has the same data shapes and make every rank's model equal to rank 0's."""
         X, T, W = train
         mine = (X.shape, T.shape, W is not None, None if val is None else (val[0].shape, val[1].shape))
@@ -165,6 +174,7 @@ class DataParallel:
                 if isinstance(arr, np.ndarray) and arr.flags.c_contiguous:
                     comm.Bcast(arr, root=0)
         opt = model.optimizer
+        assert opt is not None      # fit checked that the model is compiled
         for key in sorted(opt.state):
             comm.Bcast(opt.state[key], root=0)
         state = comm.bcast((opt.step_count, model.rng.bit_generator.state, model.layer_rng.bit_generator.state),
@@ -181,7 +191,7 @@ class DataParallel:
         for layer in self._batchnorms:
             layer.reducer = self.sum_over_ranks if self.sync_batchnorm else None
 
-    def finish(self, model):
+    def finish(self, model: Model) -> None:
         """Detach from the layers at the end of fit (the model keeps this object for ``save``)."""
         for layer in self._batchnorms:
             layer.reducer = None
@@ -193,7 +203,8 @@ class DataParallel:
         return self.rank * m // self.size, (self.rank + 1) * m // self.size
 
     # ------------------------------------------------------------------ one step
-    def combine_loss(self, trainer, loss, correct, grad, rows, Wb):
+    def combine_loss(self, trainer: Trainer, loss: float, correct: int, grad: NDArray[Any], rows: int,
+                     Wb: NDArray[Any] | None) -> tuple[float, int]:
         """The global batch's (loss, correct) from this rank's; scales this rank's loss gradient `grad` by its
         share of the batch weight (before the backward pass).  Every rank gets the same numbers."""
         model = trainer.model
@@ -221,7 +232,7 @@ class DataParallel:
         glob = s[1] if lossf.sums else (s[1] / W if W > 0 else 0.0)
         return float(glob), int(s[2])
 
-    def reduce_gradients(self, grads):
+    def reduce_gradients(self, grads: NDArray[Any]) -> None:
         """Sum the (scaled) gradients of all ranks in place: every rank gets the global batch's gradient."""
         import time
         t0 = time.perf_counter()
@@ -229,7 +240,8 @@ class DataParallel:
         self.allreduce_seconds += time.perf_counter() - t0
 
     # ------------------------------------------------------------------ the epoch
-    def fit_epoch(self, trainer, epoch, train, bs, shuffle, metrics, cbs):
+    def fit_epoch(self, trainer: Trainer, epoch: int, train: Arrays3, bs: int, shuffle: bool,
+                  metrics: list[Metric], cbs: CallbackList) -> dict[str, Any]:
         """One distributed epoch; returns the global batch logs.  A model that qualifies runs the compiled plan
         with its C allreduce hook (``plan_hook``), any other the per-layer path, sharded."""
         model = trainer.model
@@ -255,6 +267,7 @@ class DataParallel:
                 cbs.on_batch_begin(b, {"batch": b, "size": m})
             sel = slice(start + lo, start + hi)
             if shuffle:
+                assert idx is not None
                 Xb, Tb, Wb = trainer.gather(X, T, W, idx[sel])
             else:
                 Xb, Tb, Wb = X[sel], T[sel], None if W is None else W[sel]
@@ -279,13 +292,13 @@ class DataParallel:
                 break
         self._average_local_buffers()
         denom = wtotal if (W is not None or masked) else seen
-        logs = {"loss": total if sums else (total / denom if denom > 0 else 0.0)}
+        logs: dict[str, Any] = {"loss": total if sums else (total / denom if denom > 0 else 0.0)}
         if model.loss.classification:
             npred = predictions if masked else model.loss.n_predictions(seen, trainer.output_shape_for(T))
             logs["accuracy"] = correct / npred if npred else 0.0
         self.reduce_metrics(metrics)
         for met in metrics:
-            logs[met.name] = met.result()
+            logs[cast(str, met.name)] = met.result()
         return logs
 
     def _average_local_buffers(self):
@@ -299,7 +312,7 @@ class DataParallel:
                     self.comm.Allreduce(self._MPI.IN_PLACE, arr, op=self._MPI.SUM)
                     arr /= self.size
 
-    def reduce_metrics(self, metrics):
+    def reduce_metrics(self, metrics: list[Metric]) -> None:
         """Sum the metrics' states (``Metric.state``: counts and sums) over ranks."""
         if not metrics:
             return
@@ -307,7 +320,7 @@ class DataParallel:
         for i, met in enumerate(metrics):
             met.merge_states([s[i] for s in every])
 
-    def evaluate(self, trainer, val, metrics):
+    def evaluate(self, trainer: Trainer, val: Arrays3, metrics: list[Metric]) -> dict[str, Any]:
         """The validation logs, each rank evaluating a contiguous share of the rows, reduced over ranks."""
         Xv, Tv, Wv = val
         n = Xv.shape[0]
@@ -320,7 +333,7 @@ class DataParallel:
                 m.reset()
         self.comm.Allreduce(self._MPI.IN_PLACE, sums, op=self._MPI.SUM)
         self.reduce_metrics(metrics)
-        return trainer.logs_from_sums(*sums, metrics)
+        return trainer.logs_from_sums(float(sums[0]), float(sums[1]), int(sums[2]), int(sums[3]), metrics)
 
     # ------------------------------------------------------------------ synchronized BatchNorm
     def sum_over_ranks(self, buf: NDArray[np.float64]) -> None:

@@ -8,7 +8,7 @@ batch (no copy).
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -134,7 +134,7 @@ class BatchNorm(_Norm):
     # None, or a callable summing a float64 array in place over the processes of a data-parallel fit: set by
     # fastnn.distributed.DataParallel(sync_batchnorm=True) for the fit, the training statistics are then the
     # global batch's (each of the forward's and the backward's reductions summed over the processes)
-    reducer = None
+    reducer: Callable[[NDArray[np.float64]], None] | None = None
     _sync_forward = False
 
     def forward(self, X: FloatArray, training: bool = False) -> FloatArray:
