@@ -372,3 +372,85 @@ def test_epoch_chunks_do_not_change_the_weights(monkeypatch, restore_threads):
     np.testing.assert_array_equal(m.parameters, ref.parameters)
     for k, v in ref.optimizer.state.items():
         np.testing.assert_array_equal(m.optimizer.state[k], v)
+
+
+class _FakeTTY(__import__("io").StringIO):
+    def isatty(self):
+        return True
+
+
+def _fit_on_a_terminal(monkeypatch, compiled, **kw):
+    """fit(verbose=1) with sys.stdout a terminal; returns (model, the text written)."""
+    import sys
+    X, y = _data("cross_entropy", n=203)
+    m = fnn.Sequential(_layers("cross_entropy"), input_dim=7, seed=3, dtype="float64")
+    m.compile("cross_entropy", fnn.optim.Adam(lr=3e-3))
+    m.trainer.compiled_plan = compiled
+    tty = _FakeTTY()
+    with monkeypatch.context() as mp:
+        mp.setattr(sys, "stdout", tty)
+        m.fit(X, y, epochs=3, batch_size=16, verbose=1, metrics=["accuracy"], validation_data=(X[:40], y[:40]),
+              **kw)
+    return m, tty.getvalue()
+
+
+def test_progress_bar_keeps_fit_on_the_compiled_plan(monkeypatch, restore_threads):
+    """verbose=1 on a terminal with metrics=["accuracy"] and validation data: the epochs run on the compiled plan
+    (the bar is drawn between its chunks, not from a batch hook), with the per-layer path's weights and logs."""
+    import re
+    fnn.set_num_threads(1)
+    assert fnn.callbacks.CallbackList([fnn.callbacks.ProgressBar(3, 13)], None).batch_hooks is False
+    used = []
+    orig = _plan.fit_epoch
+    monkeypatch.setattr(_plan, "fit_epoch", lambda *a, **k: (used.append(1), orig(*a, **k))[1])
+    # the bar redrawn after every chunk of one batch: then both paths draw it at the same points
+    monkeypatch.setattr(_plan, "CHUNK_SECONDS", 0.0)
+    bar = fnn.callbacks.ProgressBar
+    monkeypatch.setattr(fnn.callbacks, "ProgressBar", lambda epochs, n: bar(epochs, n, interval=0.0))
+    a, text_a = _fit_on_a_terminal(monkeypatch, True)
+    assert used == [1, 1, 1] and a.trainer.train_plan is not None
+    b, text_b = _fit_on_a_terminal(monkeypatch, False)
+    assert used == [1, 1, 1] and b.trainer.train_plan is None
+    np.testing.assert_allclose(a.parameters, b.parameters, rtol=1e-12, atol=1e-12)
+    for k in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(a.history.history[k], b.history.history[k], rtol=1e-12)
+
+    def masked(text):       # the ETA and the epoch's time are timings
+        return re.sub(r" - [0-9.]+s\n", " - Ts\n", re.sub(r"ETA [0-9.]+s", "ETA Ts", text))
+    assert masked(text_a) == masked(text_b)
+    draws = text_a.split("\n")[0].split("\r")[1:]
+    assert len(draws) == 13 + 1          # one per batch, then the epoch's line
+    assert draws[0].startswith("epoch 1/3 [>.") and " 1/13 - ETA " in draws[0] and " - loss " in draws[0]
+    assert draws[12].startswith("epoch 1/3 [========================] 13/13 - ETA 0.0s - loss ")
+    assert draws[13].startswith("epoch 1/3 - loss ") and "val_accuracy" in draws[13]
+    assert text_a.count("\n") == 3
+
+
+def test_progress_bar_in_default_chunks(monkeypatch):
+    """With the default chunks and interval the bar still ends every epoch at n/n with the epoch's running loss."""
+    m, text = _fit_on_a_terminal(monkeypatch, True)
+    assert m.trainer.train_plan is not None
+    epochs = text.split("\n")[:3]
+    for e, line in enumerate(epochs):
+        draws = line.split("\r")[1:]
+        last_bar, epoch_line = draws[-2], draws[-1]
+        assert last_bar.startswith(f"epoch {e + 1}/3 [========================] 13/13 - ETA 0.0s - loss ")
+        loss = m.history.history["loss"][e]
+        assert last_bar.rstrip().endswith(f"loss {loss:.4f}")
+        assert epoch_line.startswith(f"epoch {e + 1}/3 - loss {loss:.4f} - accuracy ")
+
+
+def test_progress_bar_draws_as_before():
+    """ProgressBar.on_progress(batches, running loss) draws the line the per-batch hook drew."""
+    import io
+    f = io.StringIO()
+    pb = fnn.callbacks.ProgressBar(2, 10, file=f, interval=0.0, width=24)
+    pb.on_epoch_begin(1)
+    pb.on_progress(5, 0.123456)
+    pb.on_progress(10, 0.25)
+    pb.on_epoch_end(1, {"loss": 0.25, "time": 0.5})
+    parts = f.getvalue().split("\r")[1:]
+    assert parts[0].startswith("epoch 2/2 [===========>............] 5/10 - ETA ")
+    assert parts[0].endswith("s - loss 0.1235")
+    assert parts[1] == "epoch 2/2 [========================] 10/10 - ETA 0.0s - loss 0.2500"
+    assert parts[2] == "epoch 2/2 - loss 0.2500 - 0.500s".ljust(len(parts[1])) + "\n"

@@ -108,6 +108,7 @@ cdef inline double _now() noexcept nogil:
 
 cdef struct RunStats:
     double loss_sum         # sum of loss * batch size ("l2": of the loss, a sum already)
+    double batch_loss_sum   # sum of loss * batch size for every loss (the progress bar's running loss)
     double n_correct        # correct predictions (cross-entropy)
     double n_samples
     double grad_norm        # the last gradient norm, when clipping
@@ -526,8 +527,8 @@ cdef class Plan:
 
     @property
     def stats(self):
-        """The last run's statistics: {loss_sum, n_correct, n_samples, grad_norm, n_backups, allreduce_seconds,
-        mpi_error} (data-parallel: the global batches')."""
+        """The last run's statistics: {loss_sum, batch_loss_sum, n_correct, n_samples, grad_norm, n_backups,
+        allreduce_seconds, mpi_error} (data-parallel: the global batches')."""
         return dict(self.st)
 
 
@@ -766,6 +767,7 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
                     memcpy(S2, B2, P * sizeof(floating))
                 break
             st.loss_sum += loss if lk == FNN_LOSS_L2 else loss * gm    # l2 sums
+            st.batch_loss_sum += loss * gm
             st.n_correct += n_correct
             st.n_samples += gm
     st.n_backups += n_backups

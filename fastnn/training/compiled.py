@@ -3,11 +3,14 @@ batches that return to Python about every 0.05 s (Ctrl-C).
 
 A model qualifies when it is a chain of compiled layers (``Dense`` without a weight constraint, activation
 layers) trained with "cross_entropy" on integer labels or "mse" / "l2" / "mae", by ``SGD``, ``Adam`` or
-``AdamW`` (exactly those classes), without sample/class weights, extra metrics, per-step schedules or
-callbacks with batch hooks, and without masks or multi-output layers (``graph.general``: the plan has no
-mask).  Everything else runs on the per-layer path (``Trainer.step``), which stays the
-reference: the plan runs the same kernels in the same order on the same buffers, draws the permutation from
-``model.rng`` in Python once per epoch as that path does, and gives the same weights (tests/test_plan.py).
+``AdamW`` (exactly those classes), without sample/class weights, metrics other than accuracy (which the
+loss kernel counts anyway), per-step schedules or callbacks with batch hooks, and without masks or multi-output
+layers (``graph.general``: the plan has no mask).  ``fit(verbose=1)``'s progress bar is no batch hook: it is
+redrawn between chunks (``on_progress``, with the batches done and their running loss), and validation runs
+after the epoch, so neither leaves the plan.  Everything else runs on the per-layer path (``Trainer.step``),
+which stays the reference: the plan runs the same kernels in the same order on the same buffers, draws the
+permutation from ``model.rng`` in Python once per epoch as that path does, and gives the same weights
+(tests/test_plan.py).
 """
 import time
 
@@ -155,8 +158,9 @@ def plan_for(model, train, bs, metrics, cbs):
     return plan
 
 
-def fit_epoch(model, plan, epoch, train, bs, shuffle):
+def fit_epoch(model, plan, epoch, train, bs, shuffle, cbs=None):
     """One epoch through the plan; returns the logs as ``Trainer._fit_epoch`` does (raises NonFiniteError).
+    `cbs` (a CallbackList, or None): its progress display (``on_progress``) is called after every chunk.
 
     The plan holds the model's whole flat buffers, which the layers' offsets address, and the length of their
     trainable prefix (``model.table.n_trainable``, the optimizer's buffers): the update, clipping and the guard's
@@ -202,6 +206,7 @@ def fit_epoch(model, plan, epoch, train, bs, shuffle):
     loss = model.loss
     _k.reset_stats(core)
     n_batches, n_threads = -(-n // gbs), get_num_threads()
+    progress = cbs is not None and cbs.progress
     step0, b = opt.step_count, 0
     status = PLAN_STATUS.DONE
     try:
@@ -214,6 +219,9 @@ def fit_epoch(model, plan, epoch, train, bs, shuffle):
             b += done
             if status != PLAN_STATUS.DONE:
                 break
+            if progress:
+                s = core.stats
+                cbs.on_progress(b, float(s["batch_loss_sum"]) / max(float(s["n_samples"]), 1.0))
             dt = time.perf_counter() - t0      # per batch run (the epoch's last chunk may be short)
             plan.chunk = max(1, min(int(done * CHUNK_SECONDS / max(dt, 1e-6)), 16 * plan.chunk))
     finally:
