@@ -1,4 +1,8 @@
 """The compiled training plan (fastnn/training/compiled.py, fastnn/_core/plan.pyx) against the per-layer path."""
+import io
+import re
+import sys
+
 import numpy as np
 import pytest
 
@@ -14,6 +18,13 @@ OPTIMIZERS = [
     ("adam", lambda: fnn.optim.Adam(lr=3e-3)),
     ("adam-amsgrad-wd", lambda: fnn.optim.Adam(lr=3e-3, amsgrad=True, weight_decay=1e-2)),
     ("adamw", lambda: fnn.optim.AdamW(lr=3e-3)),
+    ("rmsprop", lambda: fnn.optim.RMSprop(lr=1e-3)),
+    ("rmsprop-momentum-wd", lambda: fnn.optim.RMSprop(lr=1e-3, alpha=0.9, momentum=0.9, weight_decay=1e-2)),
+    ("rmsprop-centered", lambda: fnn.optim.RMSprop(lr=1e-3, centered=True)),
+    ("rmsprop-centered-momentum", lambda: fnn.optim.RMSprop(lr=1e-3, centered=True, momentum=0.5, eps=1e-6)),
+    ("adagrad", lambda: fnn.optim.Adagrad(lr=0.05)),
+    ("adagrad-decay-wd", lambda: fnn.optim.Adagrad(lr=0.05, lr_decay=0.01, weight_decay=1e-3,
+                                                   initial_accumulator_value=0.1)),
 ]
 
 
@@ -87,10 +98,17 @@ def test_plan_is_used_only_when_supported():
         m.compile("cross_entropy", "adam")
         m.fit(X, y, epochs=1, **kw)
         assert m.trainer.train_plan is None
+    class MyAdam(fnn.optim.Adam):        # a subclass may change the update: the per-layer path runs it
+        pass
     m = fnn.Sequential([Dense(5)], input_dim=7)
-    m.compile("cross_entropy", "rmsprop")
+    m.compile("cross_entropy", MyAdam())
     m.fit(X, y, epochs=1)
     assert m.trainer.train_plan is None
+    for name in ("rmsprop", "adagrad"):
+        m = fnn.Sequential([Dense(5)], input_dim=7)
+        m.compile("cross_entropy", name)
+        m.fit(X, y, epochs=1)
+        assert m.trainer.train_plan is not None
 
 
 def test_plan_resume_is_exact(tmp_path):
@@ -374,14 +392,13 @@ def test_epoch_chunks_do_not_change_the_weights(monkeypatch, restore_threads):
         np.testing.assert_array_equal(m.optimizer.state[k], v)
 
 
-class _FakeTTY(__import__("io").StringIO):
+class _FakeTTY(io.StringIO):
     def isatty(self):
         return True
 
 
 def _fit_on_a_terminal(monkeypatch, compiled, **kw):
     """fit(verbose=1) with sys.stdout a terminal; returns (model, the text written)."""
-    import sys
     X, y = _data("cross_entropy", n=203)
     m = fnn.Sequential(_layers("cross_entropy"), input_dim=7, seed=3, dtype="float64")
     m.compile("cross_entropy", fnn.optim.Adam(lr=3e-3))
@@ -442,7 +459,6 @@ def test_progress_bar_in_default_chunks(monkeypatch):
 
 def test_progress_bar_draws_as_before():
     """ProgressBar.on_progress(batches, running loss) draws the line the per-batch hook drew."""
-    import io
     f = io.StringIO()
     pb = fnn.callbacks.ProgressBar(2, 10, file=f, interval=0.0, width=24)
     pb.on_epoch_begin(1)
@@ -454,3 +470,34 @@ def test_progress_bar_draws_as_before():
     assert parts[0].endswith("s - loss 0.1235")
     assert parts[1] == "epoch 2/2 [========================] 10/10 - ETA 0.0s - loss 0.2500"
     assert parts[2] == "epoch 2/2 - loss 0.2500 - 0.500s".ljust(len(parts[1])) + "\n"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("opt_id,make_opt", OPTIMIZERS[6:], ids=[o[0] for o in OPTIMIZERS[6:]])
+def test_a_nan_stops_the_plan_with_the_last_good_state(opt_id, make_opt, dtype, restore_threads):
+    """RMSprop and Adagrad on the plan: a huge target (a non-finite loss, or an update that overflows) stops
+    training at its batch with the weights, the state and the step count of the batches before it, as on the
+    per-layer path."""
+    from fastnn.errors import NonFiniteError
+    fnn.set_num_threads(1)
+    X, y = _data("mse", n=96)
+    y[70, 0] = float(np.finfo(dtype).max) / 2      # in batch 4 (0-based) of 16 rows, in order
+    out, what = [], []
+    for compiled in (True, False):
+        m = fnn.Sequential(_layers("mse"), input_dim=7, seed=3, dtype=dtype)
+        m.compile("mse", make_opt())
+        m.trainer.compiled_plan = compiled
+        with pytest.raises(NonFiniteError) as ei:
+            m.fit(X, y, epochs=1, batch_size=16, shuffle=False)
+        assert (ei.value.epoch, ei.value.batch) == (1, 5) and m.optimizer.step_count == 4
+        assert (m.trainer.train_plan is not None) == compiled
+        out.append(m)
+        what.append((ei.value.what, re.sub(r"dense_\d+", "dense", str(ei.value))))
+    assert what[0] == what[1]
+    clean = fnn.Sequential(_layers("mse"), input_dim=7, seed=3, dtype=dtype)
+    clean.compile("mse", make_opt())
+    clean.fit(X[:64], y[:64], epochs=1, batch_size=16, shuffle=False)
+    for m in out:
+        np.testing.assert_array_equal(m.parameters, clean.parameters)
+        for k, v in clean.optimizer.state.items():
+            np.testing.assert_array_equal(m.optimizer.state[k], v)
