@@ -49,7 +49,9 @@
 /* Optimizers of the compiled training plan (their hyperparameters: fastnn/_core/plan.pyx, struct Update). */
 #define FNN_OPTIMIZERS(X)                                                                                 \
     X(SGD, sgd)                      /* torch.optim.SGD: momentum, dampening, nesterov, coupled decay */  \
-    X(ADAM, adam)                    /* torch.optim.Adam / AdamW (decoupled decay), amsgrad */
+    X(ADAM, adam)                    /* torch.optim.Adam / AdamW (decoupled decay), amsgrad */            \
+    X(RMSPROP, rmsprop)              /* torch.optim.RMSprop: momentum, centered, coupled decay */         \
+    X(ADAGRAD, adagrad)              /* torch.optim.Adagrad: lr_decay, coupled decay */
 
 /* Layers of the compiled plan's chain. */
 #define FNN_PLAN_LAYERS(X)                                                                                \

@@ -1,7 +1,8 @@
-/* fnn_update.h: the SGD and Adam/AdamW element updates over a range, float and double, the only implementation
- * of each (optim.pyx's sgd_step/adam_step and the compiled plan both run them).  restrict pointers and omp simd
- * so that gcc vectorizes them (the Adam loop written in Cython stayed scalar: five pointers that may alias
- * defeat gcc's runtime alias checks; ~3 ns per element against ~0.5 here); FNN_CLONES: runtime ISA dispatch. */
+/* fnn_update.h: the SGD, Adam/AdamW, RMSprop and Adagrad element updates over a range, float and double, the
+ * only implementation of each (optim.pyx's *_step functions and the compiled plan both run them).  restrict
+ * pointers and omp simd so that gcc vectorizes them (the Adam loop written in Cython stayed scalar: five pointers
+ * that may alias defeat gcc's runtime alias checks; ~3 ns per element against ~0.5 here; RMSprop's likewise, ~4
+ * ns); FNN_CLONES: runtime ISA dispatch. */
 #ifndef FNN_UPDATE_H
 #define FNN_UPDATE_H
 #include <math.h>
@@ -108,4 +109,66 @@ FNN_CLONES static void NAME(T *restrict p, const T *restrict g, T *restrict buf,
 
 FNN_SGD_RANGE_MAX(fnn_sgd_range_max_f, float, fabsf)
 FNN_SGD_RANGE_MAX(fnn_sgd_range_max_d, double, fabs)
+/* RMSprop over [i0, i1): g' = g + wd p; sq = sq alpha + (1 - alpha) g' g'; centered (gavg != NULL):
+ * gavg += (1 - alpha)(g' - gavg), a = sqrt(sq - gavg^2) + eps, else a = sqrt(sq) + eps; with momentum (buf !=
+ * NULL): buf = buf momentum + g' / a, p -= lr buf; else p -= lr g' / a (torch.optim.RMSprop's single-tensor
+ * update).  One loop per case, so that each vectorizes. */
+#define FNN_RMSPROP_BODY(T, SQRT, CENTERED, MOMENTUM)                                                     \
+    _Pragma("omp simd")                                                                                   \
+    for (i = i0; i < i1; i++) {                                                                           \
+        T gi = g[i] + wd * p[i];                                                                          \
+        T si = sq[i] * alpha + (1 - alpha) * gi * gi;                                                     \
+        T avg;                                                                                            \
+        sq[i] = si;                                                                                       \
+        if (CENTERED) {                                                                                   \
+            T ga = gavg[i] + (1 - alpha) * (gi - gavg[i]);                                                \
+            gavg[i] = ga;                                                                                 \
+            avg = SQRT(si - ga * ga) + eps;                                                               \
+        } else {                                                                                          \
+            avg = SQRT(si) + eps;                                                                         \
+        }                                                                                                 \
+        if (MOMENTUM) {                                                                                   \
+            T b = buf[i] * momentum + gi / avg;                                                           \
+            buf[i] = b;                                                                                   \
+            p[i] = p[i] - lr * b;                                                                         \
+        } else {                                                                                          \
+            p[i] = p[i] - lr * gi / avg;                                                                  \
+        }                                                                                                 \
+    }
+
+#define FNN_RMSPROP_RANGE(NAME, T, SQRT)                                                                  \
+FNN_CLONES static void NAME(T *restrict p, const T *restrict g, T *restrict sq, T *restrict gavg,         \
+                            T *restrict buf, ptrdiff_t i0, ptrdiff_t i1, T lr, T alpha, T eps, T wd,      \
+                            T momentum) {                                                                 \
+    ptrdiff_t i;                                                                                          \
+    if (gavg == NULL && buf == NULL) {                                                                    \
+        FNN_RMSPROP_BODY(T, SQRT, 0, 0)                                                                   \
+    } else if (gavg == NULL) {                                                                            \
+        FNN_RMSPROP_BODY(T, SQRT, 0, 1)                                                                   \
+    } else if (buf == NULL) {                                                                             \
+        FNN_RMSPROP_BODY(T, SQRT, 1, 0)                                                                   \
+    } else {                                                                                              \
+        FNN_RMSPROP_BODY(T, SQRT, 1, 1)                                                                   \
+    }                                                                                                     \
+}
+
+/* Adagrad over [i0, i1) with the step's rate clr: g' = g + wd p; s += g' g'; p -= clr g' / (sqrt(s) + eps). */
+#define FNN_ADAGRAD_RANGE(NAME, T, SQRT)                                                                  \
+FNN_CLONES static void NAME(T *restrict p, const T *restrict g, T *restrict s, ptrdiff_t i0, ptrdiff_t i1,  \
+                            T clr, T wd, T eps) {                                                         \
+    ptrdiff_t i;                                                                                          \
+    _Pragma("omp simd")                                                                                   \
+    for (i = i0; i < i1; i++) {                                                                           \
+        T gi = g[i] + wd * p[i];                                                                          \
+        T si = s[i] + gi * gi;                                                                            \
+        s[i] = si;                                                                                        \
+        p[i] = p[i] - clr * gi / (SQRT(si) + eps);                                                        \
+    }                                                                                                     \
+}
+
+FNN_RMSPROP_RANGE(fnn_rmsprop_range_f, float, sqrtf)
+FNN_RMSPROP_RANGE(fnn_rmsprop_range_d, double, sqrt)
+FNN_ADAGRAD_RANGE(fnn_adagrad_range_f, float, sqrtf)
+FNN_ADAGRAD_RANGE(fnn_adagrad_range_d, double, sqrt)
+
 #endif

@@ -143,6 +143,10 @@ class CallbackList:
         self._begin = [cb for cb in self.callbacks if _overrides(cb, "on_batch_begin")]
         self._end = [cb for cb in self.callbacks if _overrides(cb, "on_batch_end")]
         self.batch_hooks = bool(self._begin or self._end)
+        # fit's own progress display (ProgressBar.on_progress): called between the compiled plan's chunks, so it
+        # does not take training off the plan as a batch hook does
+        self._progress: list[Any] = [cb for cb in self.callbacks if callable(getattr(cb, "on_progress", None))]
+        self.progress = bool(self._progress)
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         for cb in self.callbacks:
@@ -167,6 +171,10 @@ class CallbackList:
     def on_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         for cb in self._end:
             cb.on_batch_end(batch, logs)
+
+    def on_progress(self, batches: int, loss: float) -> None:
+        for cb in self._progress:
+            cb.on_progress(batches, loss)
 
 
 # ---------------------------------------------------------------------------------------------- History
@@ -632,7 +640,10 @@ class EpochLogger(Callback):
 
 class ProgressBar(Callback):
     """verbose=1 on a terminal: a live bar per epoch (batches done, ETA, running loss), redrawn at most every
-    ``interval`` seconds with a carriage return, then the epoch's line."""
+    ``interval`` seconds with a carriage return, then the epoch's line.
+
+    It has no batch hook (which would take fit off its compiled training plan): fit calls ``on_progress`` instead,
+    between the plan's chunks of batches (about every 0.05 s) and after every batch on the per-layer path."""
 
     def __init__(self, epochs: int, n_batches: int, file: TextIO | None = None, interval: float = 0.1,
                  width: int = 24) -> None:
@@ -646,26 +657,22 @@ class ProgressBar(Callback):
         self._epoch = epoch
         self._t0 = time.perf_counter()
         self._last = 0.0
-        self._loss = 0.0
-        self._seen = 0
         self._cols = 0
 
-    def on_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        assert logs is not None      # fit passes the batch logs ("size", "loss") to a batch hook
-        m = logs["size"]
-        self._loss += logs["loss"] * m
-        self._seen += m
+    def on_progress(self, batches: int, loss: float) -> None:
+        """`batches` of this epoch's batches are done; `loss` is their running loss (the mean over their samples
+        of each batch's loss).  Redraws the bar when ``interval`` has passed or the epoch's batches are done."""
         now = time.perf_counter()
-        done = batch + 1
+        done = batches
         if now - self._last < self.interval and done < self.n_batches:
             return
         self._last = now
         frac = done / self.n_batches
         filled = int(self.width * frac)
         bar = "=" * max(0, filled - 1) + (">" if filled < self.width else "=") + "." * (self.width - filled)
-        eta = (now - self._t0) / done * (self.n_batches - done)
+        eta = (now - self._t0) / max(done, 1) * (self.n_batches - done)
         text = (f"epoch {self._epoch + 1}/{self.epochs} [{bar}] {done}/{self.n_batches} - ETA {eta:.1f}s - "
-                f"loss {self._loss / max(self._seen, 1):.4f}")
+                f"loss {loss:.4f}")
         self._write("\r" + text.ljust(self._cols))
         self._cols = len(text)
 

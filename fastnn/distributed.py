@@ -248,17 +248,18 @@ class DataParallel:
         from fastnn.training import compiled as _compiled
         plan = _compiled.plan_for(model, train, bs, metrics, cbs)
         if plan is not None:
-            return _compiled.fit_epoch(model, plan, epoch, train, bs, shuffle)
+            return _compiled.fit_epoch(model, plan, epoch, train, bs, shuffle, cbs)
         X, T, W = train
         n = X.shape[0]
         gbs = bs * self.size
         idx = model.rng.permutation(n) if shuffle else None
         for m in metrics:
             m.reset()
-        hooks = cbs.batch_hooks
+        hooks, progress = cbs.batch_hooks, cbs.progress
         sums = model.loss.sums
         masked = model.graph.has_masks
         total, wtotal, seen, correct, predictions = 0.0, 0.0, 0, 0, 0
+        running = 0.0         # the progress display's running loss
         for b, start in enumerate(range(0, n, gbs)):
             stop = min(start + gbs, n)
             m = stop - start
@@ -288,6 +289,9 @@ class DataParallel:
                     update_metric(met, out, Tb, mask)
             if hooks:
                 cbs.on_batch_end(b, {"batch": b, "size": m, "loss": loss})
+            if progress:
+                running += loss * m
+                cbs.on_progress(b + 1, running / seen)
             if model.stop_training:
                 break
         self._average_local_buffers()

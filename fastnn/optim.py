@@ -154,6 +154,7 @@ class SGD(Optimizer):
 
 class Adagrad(Optimizer):
     """Adagrad: torch.optim.Adagrad (lr_decay, initial_accumulator_value, eps=1e-10)."""
+    kind = OPT.ADAGRAD
 
     def __init__(self, lr: float = 0.01, lr_decay: float = 0.0, weight_decay: float = 0.0,
                  initial_accumulator_value: float = 0.0, eps: float = 1e-10, decay_bias: bool = False) -> None:
@@ -184,6 +185,7 @@ class Adagrad(Optimizer):
 
 class RMSprop(Optimizer):
     """RMSprop: torch.optim.RMSprop (alpha=0.99, eps=1e-8, momentum, centered)."""
+    kind = OPT.RMSPROP
 
     def __init__(self, lr: float = 0.01, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0,
                  momentum: float = 0.0, centered: bool = False, decay_bias: bool = False) -> None:

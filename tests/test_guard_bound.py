@@ -172,6 +172,86 @@ def test_adam_bound_implies_finite_update(dtype, variant):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("variant", ["plain", "momentum"])
+def test_rmsprop_bound_implies_finite_update_within_its_carried_bounds(dtype, variant):
+    """rmsprop_safe: a proved step gives finite values, all within the bounds it returns (which the plan carries
+    to the next step in place of measured maxima)."""
+    dbl = dtype == np.float64
+    has_buf = variant == "momentum"
+
+    def make(rng, h, dt):
+        seed = int(rng.integers(2**31))
+        alpha = float(rng.choice([0.0, 0.99, 1.0, rng.random(), h["b2"]]))
+
+        def arrays(m):
+            return _common(np.random.default_rng(seed), m, dt, "gpmb", nonneg="m")
+
+        def proved(m):
+            t = {k: _top(m[k], dt) for k in "gpmb"}
+            return bound.rmsprop(dbl, t["g"], t["p"], t["m"], t["b"], False, has_buf, h["lr"], alpha, h["eps"],
+                                 h["wd"], h["mom"])
+
+        def run(m):
+            nb = proved(m)
+            a, nd = arrays(m)
+            K.rmsprop_step(a["p"], a["g"], a["m"], None, a["b"] if has_buf else None, h["lr"], alpha, h["eps"],
+                           h["wd"], h["mom"], nd)
+            assert _mx(a["p"]) <= nb[0] and float(a["m"].max()) <= nb[1] and a["m"].min() >= 0
+            if has_buf:
+                assert _mx(a["b"]) <= nb[2]
+            return {"p": a["p"], "sq": a["m"], **({"buf": a["b"]} if has_buf else {})}
+        return proved, run
+    _run_trials(dtype, make)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adagrad_bound_implies_finite_update_within_its_carried_bounds(dtype):
+    dbl = dtype == np.float64
+
+    def make(rng, h, dt):
+        seed = int(rng.integers(2**31))
+
+        def arrays(m):
+            return _common(np.random.default_rng(seed), m, dt, "gpm", nonneg="m")
+
+        def proved(m):
+            t = {k: _top(m[k], dt) for k in "gpm"}
+            return bound.adagrad(dbl, t["g"], t["p"], t["m"], h["lr"], h["wd"], h["eps"])
+
+        def run(m):
+            nb = proved(m)
+            a, nd = arrays(m)
+            K.adagrad_step(a["p"], a["g"], a["m"], h["lr"], h["wd"], h["eps"], nd)
+            assert _mx(a["p"]) <= nb[0] and float(a["m"].max()) <= nb[1]
+            return {"p": a["p"], "sum": a["m"]}
+        return proved, run
+    _run_trials(dtype, make)
+
+
+def test_centered_rmsprop_is_never_proved():
+    """sqrt(square_avg - grad_avg^2): the difference can round below 0 for nearly constant gradients."""
+    for dbl in (False, True):
+        assert bound.rmsprop(dbl, 1.0, 1.0, 1.0, 1.0, False, True, 1e-3, 0.99, 1e-8, 0.0, 0.9) is not None
+        assert bound.rmsprop(dbl, 1.0, 1.0, 1.0, 1.0, True, True, 1e-3, 0.99, 1e-8, 0.0, 0.9) is None
+        assert bound.rmsprop(dbl, 1.0, 1.0, 1.0, 0.0, False, False, 1e-3, 1.5, 1e-8, 0.0, 0.0) is None  # alpha > 1
+        assert bound.rmsprop(dbl, 1.0, 1.0, 1.0, 0.0, False, False, 1e-3, 0.99, 0.0, 0.0, 0.0) is None  # eps 0
+        assert bound.adagrad(dbl, 1.0, 1.0, 1.0, 1e-2, 0.0, 1e-10) is not None
+        assert bound.adagrad(dbl, 1.0, 1.0, 1.0, 1e-2, 0.0, 0.0) is None
+        for bad in (np.inf, np.nan):
+            assert bound.adagrad(dbl, bad, 1.0, 1.0, 1e-2, 0.0, 1e-10) is None
+            assert bound.rmsprop(dbl, 1.0, bad, 1.0, 0.0, False, False, 1e-3, 0.99, 1e-8, 0.0, 0.0) is None
+    # in float32, a constant gradient drives square_avg - grad_avg^2 to rounding noise, below 0 for some values
+    g = np.float32(0.1) * np.arange(1, 2001, dtype=np.float32)
+    sq, ga, a = np.zeros_like(g), np.zeros_like(g), np.float32(0.9)
+    neg = np.zeros(g.shape, bool)
+    for _ in range(200):
+        sq = sq * a + (1 - a) * g * g
+        ga = ga + (1 - a) * (g - ga)
+        neg |= sq - ga * ga < 0
+    assert neg.any()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("opt", ["sgd", "momentum", "nesterov_first", "adam", "adamw_amsgrad"])
 def test_the_tracked_update_writes_the_same_values_and_its_maxima_are_exact(dtype, threads, opt):
@@ -253,6 +333,9 @@ OPTS = {
     "nesterov": lambda: fnn.optim.SGD(lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4),
     "adam": lambda: fnn.optim.Adam(lr=1e-3, weight_decay=1e-3),
     "adamw_amsgrad": lambda: fnn.optim.AdamW(lr=1e-3, amsgrad=True),
+    "rmsprop": lambda: fnn.optim.RMSprop(lr=1e-3, weight_decay=1e-4),
+    "rmsprop_momentum": lambda: fnn.optim.RMSprop(lr=1e-3, momentum=0.9, alpha=0.9),
+    "adagrad": lambda: fnn.optim.Adagrad(lr=1e-2, lr_decay=1e-3, weight_decay=1e-4, initial_accumulator_value=0.1),
 }
 
 
@@ -324,6 +407,32 @@ def test_a_negative_square_average_is_backed_up_checked_and_restored(opt):
     for k, v in m.optimizer.state.items():
         np.testing.assert_array_equal(v, state[k])
     assert m.optimizer.step_count == steps
+
+
+@pytest.mark.parametrize("opt", ["rmsprop", "adagrad"])
+def test_a_negative_square_sum_is_never_proved(opt):
+    """RMSprop's square_avg and Adagrad's sum are square roots' arguments: a negative value is never proved."""
+    m = _model(OPTS[opt]())
+    X, y = _data()
+    m.fit(X, y, epochs=1, batch_size=32, verbose=0)
+    next(iter(m.optimizer.state.values()))[:] = -1.0
+    before = m.parameters.copy()
+    n0 = m.trainer.guard_backup_steps
+    with pytest.raises(NonFiniteError):
+        m.fit(X[:32], y[:32], epochs=1, batch_size=32, verbose=0)
+    assert m.trainer.guard_backup_steps == n0 + 1
+    np.testing.assert_array_equal(m.parameters, before)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_centered_rmsprop_always_backs_up_and_trains_the_same(dtype):
+    X, y = _data(64, np.dtype(dtype))
+    m = _model(fnn.optim.RMSprop(lr=1e-3, centered=True, momentum=0.5), dtype)
+    ref = _model(fnn.optim.RMSprop(lr=1e-3, centered=True, momentum=0.5), dtype, guard=False)
+    m.fit(X, y, epochs=2, batch_size=32, verbose=0)
+    ref.fit(X, y, epochs=2, batch_size=32, verbose=0)
+    assert m.trainer.train_plan is not None and m.trainer.guard_backup_steps == 4
+    np.testing.assert_array_equal(m.parameters, ref.parameters)
 
 
 def test_adam_with_eps_zero_always_backs_up_and_trains_the_same():

@@ -1,4 +1,8 @@
 """The compiled training plan (fastnn/training/compiled.py, fastnn/_core/plan.pyx) against the per-layer path."""
+import io
+import re
+import sys
+
 import numpy as np
 import pytest
 
@@ -14,6 +18,13 @@ OPTIMIZERS = [
     ("adam", lambda: fnn.optim.Adam(lr=3e-3)),
     ("adam-amsgrad-wd", lambda: fnn.optim.Adam(lr=3e-3, amsgrad=True, weight_decay=1e-2)),
     ("adamw", lambda: fnn.optim.AdamW(lr=3e-3)),
+    ("rmsprop", lambda: fnn.optim.RMSprop(lr=1e-3)),
+    ("rmsprop-momentum-wd", lambda: fnn.optim.RMSprop(lr=1e-3, alpha=0.9, momentum=0.9, weight_decay=1e-2)),
+    ("rmsprop-centered", lambda: fnn.optim.RMSprop(lr=1e-3, centered=True)),
+    ("rmsprop-centered-momentum", lambda: fnn.optim.RMSprop(lr=1e-3, centered=True, momentum=0.5, eps=1e-6)),
+    ("adagrad", lambda: fnn.optim.Adagrad(lr=0.05)),
+    ("adagrad-decay-wd", lambda: fnn.optim.Adagrad(lr=0.05, lr_decay=0.01, weight_decay=1e-3,
+                                                   initial_accumulator_value=0.1)),
 ]
 
 
@@ -52,6 +63,10 @@ def test_plan_gives_the_weights_of_the_per_layer_path(loss, opt_id, make_opt, dt
         fnn.set_num_threads(before)
     assert a.trainer.train_plan is not None and b.trainer.train_plan is None
     tol = 1e-5 if dtype == "float32" else 1e-12
+    if opt_id.startswith(("rmsprop", "adagrad")):      # the same kernels on the same values: bitwise
+        np.testing.assert_array_equal(a.parameters, b.parameters)
+        for k in b.optimizer.state:
+            np.testing.assert_array_equal(a.optimizer.state[k], b.optimizer.state[k])
     np.testing.assert_allclose(a.parameters, b.parameters, rtol=tol, atol=tol)
     np.testing.assert_allclose(a.gradients, b.gradients, rtol=tol, atol=tol)
     for k in b.optimizer.state:
@@ -87,10 +102,17 @@ def test_plan_is_used_only_when_supported():
         m.compile("cross_entropy", "adam")
         m.fit(X, y, epochs=1, **kw)
         assert m.trainer.train_plan is None
+    class MyAdam(fnn.optim.Adam):        # a subclass may change the update: the per-layer path runs it
+        pass
     m = fnn.Sequential([Dense(5)], input_dim=7)
-    m.compile("cross_entropy", "rmsprop")
+    m.compile("cross_entropy", MyAdam())
     m.fit(X, y, epochs=1)
     assert m.trainer.train_plan is None
+    for name in ("rmsprop", "adagrad"):
+        m = fnn.Sequential([Dense(5)], input_dim=7)
+        m.compile("cross_entropy", name)
+        m.fit(X, y, epochs=1)
+        assert m.trainer.train_plan is not None
 
 
 def test_plan_resume_is_exact(tmp_path):
@@ -372,3 +394,114 @@ def test_epoch_chunks_do_not_change_the_weights(monkeypatch, restore_threads):
     np.testing.assert_array_equal(m.parameters, ref.parameters)
     for k, v in ref.optimizer.state.items():
         np.testing.assert_array_equal(m.optimizer.state[k], v)
+
+
+class _FakeTTY(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def _fit_on_a_terminal(monkeypatch, compiled, **kw):
+    """fit(verbose=1) with sys.stdout a terminal; returns (model, the text written)."""
+    X, y = _data("cross_entropy", n=203)
+    m = fnn.Sequential(_layers("cross_entropy"), input_dim=7, seed=3, dtype="float64")
+    m.compile("cross_entropy", fnn.optim.Adam(lr=3e-3))
+    m.trainer.compiled_plan = compiled
+    tty = _FakeTTY()
+    with monkeypatch.context() as mp:
+        mp.setattr(sys, "stdout", tty)
+        m.fit(X, y, epochs=3, batch_size=16, verbose=1, metrics=["accuracy"], validation_data=(X[:40], y[:40]),
+              **kw)
+    return m, tty.getvalue()
+
+
+def test_progress_bar_keeps_fit_on_the_compiled_plan(monkeypatch, restore_threads):
+    """verbose=1 on a terminal with metrics=["accuracy"] and validation data: the epochs run on the compiled plan
+    (the bar is drawn between its chunks, not from a batch hook), with the per-layer path's weights and logs."""
+    import re
+    fnn.set_num_threads(1)
+    assert fnn.callbacks.CallbackList([fnn.callbacks.ProgressBar(3, 13)], None).batch_hooks is False
+    used = []
+    orig = _plan.fit_epoch
+    monkeypatch.setattr(_plan, "fit_epoch", lambda *a, **k: (used.append(1), orig(*a, **k))[1])
+    # the bar redrawn after every chunk of one batch: then both paths draw it at the same points
+    monkeypatch.setattr(_plan, "CHUNK_SECONDS", 0.0)
+    bar = fnn.callbacks.ProgressBar
+    monkeypatch.setattr(fnn.callbacks, "ProgressBar", lambda epochs, n: bar(epochs, n, interval=0.0))
+    a, text_a = _fit_on_a_terminal(monkeypatch, True)
+    assert used == [1, 1, 1] and a.trainer.train_plan is not None
+    b, text_b = _fit_on_a_terminal(monkeypatch, False)
+    assert used == [1, 1, 1] and b.trainer.train_plan is None
+    np.testing.assert_allclose(a.parameters, b.parameters, rtol=1e-12, atol=1e-12)
+    for k in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(a.history.history[k], b.history.history[k], rtol=1e-12)
+
+    def masked(text):       # the ETA and the epoch's time are timings
+        return re.sub(r" - [0-9.]+s\n", " - Ts\n", re.sub(r"ETA [0-9.]+s", "ETA Ts", text))
+    assert masked(text_a) == masked(text_b)
+    draws = text_a.split("\n")[0].split("\r")[1:]
+    assert len(draws) == 13 + 1          # one per batch, then the epoch's line
+    assert draws[0].startswith("epoch 1/3 [>.") and " 1/13 - ETA " in draws[0] and " - loss " in draws[0]
+    assert draws[12].startswith("epoch 1/3 [========================] 13/13 - ETA 0.0s - loss ")
+    assert draws[13].startswith("epoch 1/3 - loss ") and "val_accuracy" in draws[13]
+    assert text_a.count("\n") == 3
+
+
+def test_progress_bar_in_default_chunks(monkeypatch):
+    """With the default chunks and interval the bar still ends every epoch at n/n with the epoch's running loss."""
+    m, text = _fit_on_a_terminal(monkeypatch, True)
+    assert m.trainer.train_plan is not None
+    epochs = text.split("\n")[:3]
+    for e, line in enumerate(epochs):
+        draws = line.split("\r")[1:]
+        last_bar, epoch_line = draws[-2], draws[-1]
+        assert last_bar.startswith(f"epoch {e + 1}/3 [========================] 13/13 - ETA 0.0s - loss ")
+        loss = m.history.history["loss"][e]
+        assert last_bar.rstrip().endswith(f"loss {loss:.4f}")
+        assert epoch_line.startswith(f"epoch {e + 1}/3 - loss {loss:.4f} - accuracy ")
+
+
+def test_progress_bar_draws_as_before():
+    """ProgressBar.on_progress(batches, running loss) draws the line the per-batch hook drew."""
+    f = io.StringIO()
+    pb = fnn.callbacks.ProgressBar(2, 10, file=f, interval=0.0, width=24)
+    pb.on_epoch_begin(1)
+    pb.on_progress(5, 0.123456)
+    pb.on_progress(10, 0.25)
+    pb.on_epoch_end(1, {"loss": 0.25, "time": 0.5})
+    parts = f.getvalue().split("\r")[1:]
+    assert parts[0].startswith("epoch 2/2 [===========>............] 5/10 - ETA ")
+    assert parts[0].endswith("s - loss 0.1235")
+    assert parts[1] == "epoch 2/2 [========================] 10/10 - ETA 0.0s - loss 0.2500"
+    assert parts[2] == "epoch 2/2 - loss 0.2500 - 0.500s".ljust(len(parts[1])) + "\n"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("opt_id,make_opt", OPTIMIZERS[6:], ids=[o[0] for o in OPTIMIZERS[6:]])
+def test_a_nan_stops_the_plan_with_the_last_good_state(opt_id, make_opt, dtype, restore_threads):
+    """RMSprop and Adagrad on the plan: a huge target (a non-finite loss, or an update that overflows) stops
+    training at its batch with the weights, the state and the step count of the batches before it, as on the
+    per-layer path."""
+    from fastnn.errors import NonFiniteError
+    fnn.set_num_threads(1)
+    X, y = _data("mse", n=96)
+    y[70, 0] = float(np.finfo(dtype).max) / 2      # in batch 4 (0-based) of 16 rows, in order
+    out, what = [], []
+    for compiled in (True, False):
+        m = fnn.Sequential(_layers("mse"), input_dim=7, seed=3, dtype=dtype)
+        m.compile("mse", make_opt())
+        m.trainer.compiled_plan = compiled
+        with pytest.raises(NonFiniteError) as ei:
+            m.fit(X, y, epochs=1, batch_size=16, shuffle=False)
+        assert (ei.value.epoch, ei.value.batch) == (1, 5) and m.optimizer.step_count == 4
+        assert (m.trainer.train_plan is not None) == compiled
+        out.append(m)
+        what.append((ei.value.what, re.sub(r"dense_\d+", "dense", str(ei.value))))
+    assert what[0] == what[1]
+    clean = fnn.Sequential(_layers("mse"), input_dim=7, seed=3, dtype=dtype)
+    clean.compile("mse", make_opt())
+    clean.fit(X[:64], y[:64], epochs=1, batch_size=16, shuffle=False)
+    for m in out:
+        np.testing.assert_array_equal(m.parameters, clean.parameters)
+        for k, v in clean.optimizer.state.items():
+            np.testing.assert_array_equal(m.optimizer.state[k], v)

@@ -33,6 +33,17 @@ Soundness (both functions follow the same argument):
   (|wd| P >= 0 * P; max(|1 - lr wd|, 1) for AdamW's factor).
 * Clipping after the gradient scan only makes gradients smaller in magnitude (clamping, or scaling by a factor
   < 1), so G still bounds them.
+* RMSprop and Adagrad: their kernels (optim.pyx) track no maxima, so ``rmsprop_safe`` / ``adagrad_safe`` also
+  return the bounds that hold after the step (the plan carries them to the next step instead of measured
+  maxima; they only grow, and when they no longer prove a step the plan scans the buffers again).  Their
+  divisors are sqrt(s) + eps with s >= 0 (square_avg: alpha s + (1 - alpha) g g with alpha, 1 - alpha in
+  [0, 1]; Adagrad's sum: s + g g), so >= eps, which must be normal; the quotient g / (sqrt(s) + eps) is bounded
+  by G / eps.
+* Centered RMSprop is never proved: it takes sqrt(square_avg - grad_avg^2), which is >= 0 in exact arithmetic
+  (Cauchy-Schwarz over the exponential weights) but is a difference of nearly equal numbers when the gradients
+  are nearly constant, so its rounded value can be negative and the square root NaN.  No bound of the maxima
+  excludes that (it would take the elementwise minimum of the difference), so every centered step keeps the
+  guard's backup and check.
 """
 from libc.math cimport sqrt, fabs, INFINITY
 from libc.float cimport FLT_MAX, DBL_MAX, FLT_MIN, DBL_MIN
@@ -165,6 +176,65 @@ cdef bint adam_safe(bint dbl, const Bounds *b, double G, bint amsgrad, double lr
             and den <= L and num <= L and num / eps <= L and Pn <= L)
 
 
+cdef inline double _up(double x) noexcept nogil:
+    """A carried bound raised by 2^-16 relative: the computed value exceeds the exact one by the rounding of a few
+    operations at most ((1 + 2^-24)^12 < 1 + 2^-16 in float32), so that carried bounds do not drift below the
+    values from step to step."""
+    return x * (1.0 + 2.0 ** -16)
+
+
+cdef bint rmsprop_safe(bint dbl, const Bounds *b, double G, bint centered, bint has_buf, double lr, double alpha,
+                       double eps, double wd, double momentum, Bounds *nb) noexcept nogil:
+    """RMSprop (optim.pyx _rmsprop_range), not centered: g' = g + wd p; s = s alpha + ((1 - alpha) g') g';
+    a = sqrt(s) + eps; buf = buf momentum + g' / a and p = p - lr buf (with momentum), or p = p - (lr g') / a.
+    b.P, b.S0, b.S2: max |p|, square_avg (all >= 0), |momentum_buffer|.  Centered: 0 (not provable, see the module
+    docstring).  When proved, *nb holds bounds of |p|, square_avg and |momentum_buffer| after the step."""
+    cdef double L = _lim(dbl), a, c, Gp, G2, S, Q, Bn = 0.0, num, Pn
+    if centered:
+        return 0
+    lr, wd, momentum, eps = fabs(_c(lr, dbl)), fabs(_c(wd, dbl)), fabs(_c(momentum, dbl)), _c(eps, dbl)
+    a = _c(alpha, dbl)
+    c = _c(1.0 - a, dbl)         # (1 - alpha) as the kernel computes it in the model dtype
+    if not (a >= 0 and a <= 1 and c >= 0 and c <= 1 and G <= L and b.P <= L and b.S0 <= L
+            and (not has_buf or b.S2 <= L) and lr <= L and wd <= L and momentum <= L and _normal(eps, dbl)):
+        return 0
+    Gp = G + wd * b.P
+    G2 = Gp * Gp                 # ((1 - alpha) g') g' <= g'^2
+    S = _max(b.S0, G2)           # a convex combination (to a rounding), >= 0
+    Q = Gp / eps                 # |g' / a|, a >= eps
+    num = lr * Gp
+    if has_buf:
+        Bn = momentum * b.S2 + Q
+        Pn = b.P + lr * Bn
+    else:
+        Pn = b.P + num / eps
+    if not (Gp <= L and G2 <= L and S <= L and sqrt(S) + eps <= L and Q <= L and Bn <= L and num <= L
+            and lr * Bn <= L and Pn <= L):
+        return 0
+    nb.P, nb.S0, nb.S1, nb.S2 = _up(Pn), _up(S), 0.0, _up(Bn)
+    return 1
+
+
+cdef bint adagrad_safe(bint dbl, const Bounds *b, double G, double clr, double wd, double eps,
+                       Bounds *nb) noexcept nogil:
+    """Adagrad (optim.pyx _adagrad_range) with the step's rate clr: g' = g + wd p; s = s + g' g';
+    p = p - (clr g') / (sqrt(s) + eps).  b.P, b.S0: max |p|, sum (all >= 0).  When proved, *nb holds bounds of
+    |p| and the sum after the step."""
+    cdef double L = _lim(dbl), Gp, G2, S, num, Pn
+    clr, wd, eps = fabs(_c(clr, dbl)), fabs(_c(wd, dbl)), _c(eps, dbl)
+    if not (G <= L and b.P <= L and b.S0 <= L and clr <= L and wd <= L and _normal(eps, dbl)):
+        return 0
+    Gp = G + wd * b.P
+    G2 = Gp * Gp
+    S = b.S0 + G2                # s + g'^2 >= 0
+    num = clr * Gp
+    Pn = b.P + num / eps
+    if not (Gp <= L and G2 <= L and S <= L and sqrt(S) + eps <= L and num <= L and num / eps <= L and Pn <= L):
+        return 0
+    nb.P, nb.S0, nb.S1, nb.S2 = _up(Pn), _up(S), 0.0, 0.0
+    return 1
+
+
 # ------------------------------------------------------------------ Python entry points (tests)
 def scan(const floating[::1] x, int n_threads=1):
     """(nonfinite, max |x|, min x) of x (IN), by scan_max."""
@@ -189,3 +259,23 @@ def adam(bint dbl, double G, double P, double M, double V, double VM, bint amsgr
     cdef Bounds b
     b.P, b.S0, b.S1, b.S2 = P, M, V, VM
     return bool(adam_safe(dbl, &b, G, amsgrad, lr, beta1, beta2, eps, wd, decoupled, step))
+
+
+def rmsprop(bint dbl, double G, double P, double S, double B, bint centered, bint has_buf, double lr, double alpha,
+            double eps, double wd, double momentum):
+    """rmsprop_safe (see there): None when not proved, else the bounds after the step (max |p|, square_avg,
+    max |momentum_buffer|)."""
+    cdef Bounds b, nb
+    b.P, b.S0, b.S1, b.S2 = P, S, 0.0, B
+    if not rmsprop_safe(dbl, &b, G, centered, has_buf, lr, alpha, eps, wd, momentum, &nb):
+        return None
+    return nb.P, nb.S0, nb.S2
+
+
+def adagrad(bint dbl, double G, double P, double S, double clr, double wd, double eps):
+    """adagrad_safe (see there): None when not proved, else the bounds after the step (max |p|, sum)."""
+    cdef Bounds b, nb
+    b.P, b.S0, b.S1, b.S2 = P, S, 0.0, 0.0
+    if not adagrad_safe(dbl, &b, G, clr, wd, eps, &nb):
+        return None
+    return nb.P, nb.S0

@@ -23,6 +23,8 @@ cdef extern from "fnn_kinds.h" nogil:
     cdef enum fnn_opt_kind:
         FNN_OPT_SGD
         FNN_OPT_ADAM
+        FNN_OPT_RMSPROP
+        FNN_OPT_ADAGRAD
         FNN_N_OPT
 
     cdef enum fnn_layer_kind:

@@ -7,7 +7,6 @@ decay (coupled: added to the gradient; decoupled for AdamW: p *= 1 - lr*wd) appl
 split over threads in contiguous ranges when it is large enough.
 """
 from cython.parallel cimport prange
-from libc.math cimport sqrt
 
 from fastnn._core._common cimport floating, threads_for, FNN_MIN_PER_THREAD
 
@@ -34,6 +33,14 @@ cdef extern from "fnn_update.h" nogil:
     void fnn_adam_range_max_d(double *p, const double *g, double *m, double *v, double *vmax, Py_ssize_t i0,
                               Py_ssize_t i1, double step_size, double beta1, double beta2, double eps,
                               double bc2_sqrt, double wd, double decay_factor, double *mx)
+    void fnn_rmsprop_range_f(float *p, const float *g, float *sq, float *gavg, float *buf, Py_ssize_t i0,
+                             Py_ssize_t i1, float lr, float alpha, float eps, float wd, float momentum)
+    void fnn_rmsprop_range_d(double *p, const double *g, double *sq, double *gavg, double *buf, Py_ssize_t i0,
+                             Py_ssize_t i1, double lr, double alpha, double eps, double wd, double momentum)
+    void fnn_adagrad_range_f(float *p, const float *g, float *s, Py_ssize_t i0, Py_ssize_t i1, float clr,
+                             float wd, float eps)
+    void fnn_adagrad_range_d(double *p, const double *g, double *s, Py_ssize_t i0, Py_ssize_t i1, double clr,
+                             double wd, double eps)
 
 
 cdef void _sgd_range(floating *p, const floating *g, floating *buf, Py_ssize_t i0, Py_ssize_t i1,
@@ -76,12 +83,11 @@ def sgd_step(floating[::1] p, const floating[::1] g, floating[::1] buf, double l
 # ------------------------------------------------------------------------------------------ Adagrad
 cdef void _adagrad_range(floating *p, const floating *g, floating *s, Py_ssize_t i0, Py_ssize_t i1,
                          floating clr, floating wd, floating eps) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef floating gi
-    for i in range(i0, i1):
-        gi = g[i] + wd * p[i]
-        s[i] = s[i] + gi * gi
-        p[i] = p[i] - clr * gi / (sqrt(s[i]) + eps)
+    """g' = g + wd p; s += g' g'; p -= clr g' / (sqrt(s) + eps).  In C (csrc/fnn_update.h)."""
+    if floating is float:
+        fnn_adagrad_range_f(p, g, s, i0, i1, clr, wd, eps)
+    else:
+        fnn_adagrad_range_d(p, g, s, i0, i1, clr, wd, eps)
 
 
 def adagrad_step(floating[::1] p, const floating[::1] g, floating[::1] state_sum, double clr,
@@ -105,21 +111,12 @@ def adagrad_step(floating[::1] p, const floating[::1] g, floating[::1] state_sum
 cdef void _rmsprop_range(floating *p, const floating *g, floating *sq, floating *gavg, floating *buf,
                          Py_ssize_t i0, Py_ssize_t i1, floating lr, floating alpha, floating eps,
                          floating wd, floating momentum) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef floating gi, avg
-    for i in range(i0, i1):
-        gi = g[i] + wd * p[i]
-        sq[i] = sq[i] * alpha + (1 - alpha) * gi * gi
-        if gavg != NULL:
-            gavg[i] = gavg[i] + (1 - alpha) * (gi - gavg[i])
-            avg = sqrt(sq[i] - gavg[i] * gavg[i]) + eps
-        else:
-            avg = sqrt(sq[i]) + eps
-        if buf != NULL:
-            buf[i] = buf[i] * momentum + gi / avg
-            p[i] = p[i] - lr * buf[i]
-        else:
-            p[i] = p[i] - lr * gi / avg
+    """torch.optim.RMSprop's update of [i0, i1) (gavg NULL unless centered, buf NULL without momentum).  In C
+    (csrc/fnn_update.h)."""
+    if floating is float:
+        fnn_rmsprop_range_f(p, g, sq, gavg, buf, i0, i1, lr, alpha, eps, wd, momentum)
+    else:
+        fnn_rmsprop_range_d(p, g, sq, gavg, buf, i0, i1, lr, alpha, eps, wd, momentum)
 
 
 def rmsprop_step(floating[::1] p, const floating[::1] g, floating[::1] square_avg, floating[::1] grad_avg,

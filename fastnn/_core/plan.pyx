@@ -9,15 +9,15 @@ kernels, in the same order, on the same buffers as the per-layer path (fastnn/mo
 two give the same weights.
 
 The plan's state is one ``Plan`` object (a cdef class over C structs), filled once per model and batch size
-(the layers, ``dense`` / ``activation``, and the batch buffers) and per epoch (``loss``, ``sgd`` / ``adam``,
-``guard``, ``clip``), each setter validating its arguments (kinds against the table csrc/fnn_kinds.h, dtypes,
-shapes) so that the nogil loops need no checks:
+(the layers, ``dense`` / ``activation``, and the batch buffers) and per epoch (``loss``, ``sgd`` / ``adam`` /
+``rmsprop`` / ``adagrad``, ``guard``, ``clip``), each setter validating its arguments (kinds against the table
+csrc/fnn_kinds.h, dtypes, shapes) so that the nogil loops need no checks:
 
 - ``PlanLayer``: kind (PLAN_LAYER: DENSE, ACTIVATION, or PASS, an output activation fused with the loss that
   lets the logits through), activation kind and alpha, sizes, offsets of W and b in the flat parameters, and
   the layer's buffers Z, Y, dZ, dX (bs x n_out, bs x n_out, bs x n_out, bs x n_in) and which of them holds its
   output;
-- ``Update``: the optimizer kind (OPT) and its hyperparameters by name (``SGDHyper`` / ``AdamHyper``), the
+- ``Update``: the optimizer kind (OPT) and its hyperparameters by name (``SGDHyper``, ``AdamHyper``, ...), the
   weight-decay prefix and the state arrays;
 - the guard's backup buffers, the clipping thresholds, and the statistics of the last run (``RunStats``).
 
@@ -39,12 +39,13 @@ from fastnn._core._common cimport floating
 from fastnn._core cimport _blas
 from fastnn._core.activations cimport act_forward, act_backward, check_act
 from fastnn._core.losses cimport ce_labels_core, regression_core
-from fastnn._core.optim cimport _sgd_range, _adam_range
+from fastnn._core.optim cimport _sgd_range, _adam_range, _rmsprop_range, _adagrad_range
 from fastnn._core.clip cimport clip_core
 from fastnn._core.guard cimport _first_nonfinite
-from fastnn._core.bound cimport Bounds, scan_max, sgd_safe, adam_safe
+from fastnn._core.bound cimport Bounds, scan_max, sgd_safe, adam_safe, rmsprop_safe, adagrad_safe
 from fastnn._core.kinds cimport (FNN_ACT_IDENTITY, FNN_LOSS_CROSS_ENTROPY, FNN_LOSS_L2, FNN_LOSS_MSE, FNN_LOSS_MAE,
-                                 FNN_OPT_SGD, FNN_OPT_ADAM, FNN_LAYER_DENSE, FNN_LAYER_ACTIVATION, FNN_LAYER_PASS,
+                                 FNN_OPT_SGD, FNN_OPT_ADAM, FNN_OPT_RMSPROP, FNN_OPT_ADAGRAD, FNN_LAYER_DENSE,
+                                 FNN_LAYER_ACTIVATION, FNN_LAYER_PASS,
                                  FNN_STATUS_DONE, FNN_STATUS_NONFINITE_LOSS, FNN_STATUS_NONFINITE_GRADIENT,
                                  FNN_STATUS_NONFINITE_PARAMETER, FNN_STATUS_NONFINITE_STATE, FNN_STATUS_BAD_KIND,
                                  FNN_ERR_KIND)
@@ -79,14 +80,24 @@ cdef struct AdamHyper:      # torch.optim.Adam / AdamW (decoupled weight decay)
     double lr, beta1, beta2, eps, weight_decay
     bint decoupled
 
+cdef struct RMSpropHyper:   # torch.optim.RMSprop
+    double lr, alpha, eps, weight_decay, momentum
+    bint centered
+
+cdef struct AdagradHyper:   # torch.optim.Adagrad (the state's initial value is the caller's)
+    double lr, lr_decay, weight_decay, eps
+
 cdef struct Update:
-    int kind                # FNN_OPT_SGD or FNN_OPT_ADAM: which of sgd / adam holds the hyperparameters
+    int kind                # FNN_OPT_SGD, _ADAM, _RMSPROP or _ADAGRAD: the member that holds the hyperparameters
     SGDHyper sgd
     AdamHyper adam
+    RMSpropHyper rmsprop
+    AdagradHyper adagrad
     Py_ssize_t n_decay      # weight decay applies to parameters [0, n_decay)
-    void *s0                # SGD: momentum_buffer (NULL without momentum); Adam: exp_avg
-    void *s1                # Adam: exp_avg_sq; SGD: NULL
-    void *s2                # Adam with amsgrad: max_exp_avg_sq; else NULL
+    void *s0                # SGD: momentum_buffer (NULL without momentum); Adam: exp_avg; RMSprop: square_avg;
+    # Adagrad: sum (s0 only)
+    void *s1                # Adam: exp_avg_sq; RMSprop: grad_avg (NULL unless centered); else NULL
+    void *s2                # Adam with amsgrad: max_exp_avg_sq; RMSprop with momentum: momentum_buffer; else NULL
 
 cdef struct StepConsts:     # what an update derives from the step count (the step after it, >= 1)
     bint first              # SGD: the first step (the buffer starts as the gradient)
@@ -94,6 +105,7 @@ cdef struct StepConsts:     # what an update derives from the step count (the st
     double bc2_sqrt         # Adam: sqrt(1 - beta2^step)
     double wd               # Adam: the coupled weight decay (0 for AdamW)
     double decay_factor     # Adam: 1 - lr * weight_decay for AdamW (1 for Adam)
+    double clr              # Adagrad: lr / (1 + (step - 1) * lr_decay)
 
 # MPI_Allreduce(sendbuf, recvbuf, count, datatype, op, comm) of the MPI library mpi4py loaded, the handles passed as
 # intptr_t (MPICH's ABI: int handles, read from the low half of the register on x86-64 and aarch64)
@@ -108,6 +120,7 @@ cdef inline double _now() noexcept nogil:
 
 cdef struct RunStats:
     double loss_sum         # sum of loss * batch size ("l2": of the loss, a sum already)
+    double batch_loss_sum   # sum of loss * batch size for every loss (the progress bar's running loss)
     double n_correct        # correct predictions (cross-entropy)
     double n_samples
     double grad_norm        # the last gradient norm, when clipping
@@ -174,7 +187,9 @@ cdef inline Py_ssize_t _lo(Py_ssize_t t, Py_ssize_t nt, Py_ssize_t n) noexcept n
 cdef inline void _consts(const Update *u, Py_ssize_t step, StepConsts *c) noexcept nogil:
     """The step-dependent constants of an update (step >= 1: the count after it)."""
     c.first = step == 1
-    c.step_size = c.bc2_sqrt = c.wd = c.decay_factor = 0.0
+    c.step_size = c.bc2_sqrt = c.wd = c.decay_factor = c.clr = 0.0
+    if u.kind == FNN_OPT_ADAGRAD:       # as optim.Adagrad._update, in double
+        c.clr = u.adagrad.lr / (1 + (step - 1) * u.adagrad.lr_decay)
     if u.kind == FNN_OPT_ADAM:
         c.step_size = u.adam.lr / (1.0 - u.adam.beta1 ** step)
         c.bc2_sqrt = (1.0 - u.adam.beta2 ** step) ** 0.5
@@ -184,16 +199,29 @@ cdef inline void _consts(const Update *u, Py_ssize_t step, StepConsts *c) noexce
 
 cdef inline void _update_range(const Update *u, const StepConsts *c, floating *p, const floating *g,
                                Py_ssize_t i0, Py_ssize_t i1, double *mx) noexcept nogil:
-    """The update of elements [i0, i1), exactly as optim.sgd_step / optim.adam_step do it (weight decay on
-    [0, n_decay) only).  u.kind is SGD or Adam (_update checks it).  mx (may be NULL): raised to the maxima of
-    |p| and of each state written (mx[0..3])."""
+    """The update of elements [i0, i1), exactly as optim.sgd_step / adam_step / rmsprop_step / adagrad_step do it
+    (weight decay on [0, n_decay) only).  u.kind is one of the four (_update checks it).  mx (may be NULL): SGD and
+    Adam raise it to the maxima of |p| and of each state written (mx[0..3]); RMSprop and Adagrad do not track them
+    (the guard carries its proved bounds instead, see run_batches)."""
     cdef Py_ssize_t cut = min(max(i0, u.n_decay), i1)
     cdef floating *s0 = <floating *>u.s0
     cdef floating *s1 = <floating *>u.s1
     cdef floating *s2 = <floating *>u.s2
     cdef const SGDHyper *h
     cdef const AdamHyper *a
-    if u.kind == FNN_OPT_SGD:
+    cdef const RMSpropHyper *r
+    cdef const AdagradHyper *ag
+    if u.kind == FNN_OPT_RMSPROP:
+        r = &u.rmsprop
+        _rmsprop_range(p, g, s0, s1, s2, i0, cut, <floating>r.lr, <floating>r.alpha, <floating>r.eps,
+                       <floating>r.weight_decay, <floating>r.momentum)
+        _rmsprop_range(p, g, s0, s1, s2, cut, i1, <floating>r.lr, <floating>r.alpha, <floating>r.eps, <floating>0,
+                       <floating>r.momentum)
+    elif u.kind == FNN_OPT_ADAGRAD:
+        ag = &u.adagrad
+        _adagrad_range(p, g, s0, i0, cut, <floating>c.clr, <floating>ag.weight_decay, <floating>ag.eps)
+        _adagrad_range(p, g, s0, cut, i1, <floating>c.clr, <floating>0, <floating>ag.eps)
+    elif u.kind == FNN_OPT_SGD:
         h = &u.sgd
         _sgd_range(p, g, s0, i0, cut, <floating>h.lr, <floating>h.momentum, <floating>h.dampening,
                    <floating>h.weight_decay, h.nesterov, c.first, mx)
@@ -205,6 +233,11 @@ cdef inline void _update_range(const Update *u, const StepConsts *c, floating *p
                     <floating>a.eps, <floating>c.bc2_sqrt, <floating>c.wd, <floating>c.decay_factor, mx)
         _adam_range(p, g, s0, s1, s2, cut, i1, <floating>c.step_size, <floating>a.beta1, <floating>a.beta2,
                     <floating>a.eps, <floating>c.bc2_sqrt, <floating>0, <floating>1, mx)
+
+
+cdef inline bint _tracks(int kind) noexcept nogil:
+    """Whether the update kernel of `kind` tracks the maxima of what it writes (csrc/fnn_update.h)."""
+    return kind == FNN_OPT_SGD or kind == FNN_OPT_ADAM
 
 
 cdef inline bint _bad_block(const floating *x, Py_ssize_t i0, Py_ssize_t i1) noexcept nogil:
@@ -251,15 +284,16 @@ cdef int _update(const Update *u, floating *p, const floating *g, floating *B, f
     backups just before it is updated and checked for NaN/inf just after, while it is in cache, instead of three
     separate passes over the whole buffers.  Returns 1 when some updated parameter or state element is
     non-finite (the caller then restores from the backups, which hold the whole buffers from before the step),
-    0 otherwise, and FNN_ERR_KIND (nothing done) for an optimizer kind outside SGD / Adam.
-    Without backups and with mx != NULL, *mx receives the maxima of |p| and of each state after the update."""
+    0 otherwise, and FNN_ERR_KIND (nothing done) for an optimizer kind outside the table.
+    Without backups and with mx != NULL, *mx receives the maxima of |p| and of each state after the update (SGD,
+    Adam: _tracks; for RMSprop and Adagrad *mx is left as it is)."""
     cdef int nt = threads_for(n, n_threads, FNN_MIN_PER_THREAD)
     cdef Py_ssize_t t
     cdef StepConsts c
     cdef int bad[_MAX_T]
     cdef double part[_MAX_T][4]
     cdef bint any_bad = 0
-    if u.kind != FNN_OPT_SGD and u.kind != FNN_OPT_ADAM:
+    if u.kind != FNN_OPT_SGD and u.kind != FNN_OPT_ADAM and u.kind != FNN_OPT_RMSPROP and u.kind != FNN_OPT_ADAGRAD:
         return FNN_ERR_KIND
     if nt > _MAX_T:
         nt = _MAX_T
@@ -272,7 +306,7 @@ cdef int _update(const Update *u, floating *p, const floating *g, floating *B, f
             for t in prange(nt, num_threads=nt, schedule="static"):
                 part[t][0] = part[t][1] = part[t][2] = part[t][3] = 0.0
                 _update_range(u, &c, p, g, _lo(t, nt, n), _lo(t + 1, nt, n), &part[t][0])
-        if mx != NULL:
+        if mx != NULL and _tracks(u.kind):
             mx.P, mx.S0, mx.S1, mx.S2 = part[0][0], part[0][1], part[0][2], part[0][3]
             for t in range(1, nt):
                 mx.P = max(mx.P, part[t][0])
@@ -289,25 +323,39 @@ cdef int _update(const Update *u, floating *p, const floating *g, floating *B, f
     return any_bad
 
 
-cdef bint _refresh(Bounds *bd, const floating *p, const floating *s0, const floating *s1, const floating *s2,
-                   Py_ssize_t n, int n_threads) noexcept nogil:
+cdef bint _refresh(Bounds *bd, int kind, const floating *p, const floating *s0, const floating *s1,
+                   const floating *s2, Py_ssize_t n, int n_threads) noexcept nogil:
     """Fresh bounds from one read pass over the parameters and each state array; 0 when a value is NaN/inf or
-    a square average (s1, Adam's exp_avg_sq) is negative: nothing can be proved then."""
+    a square average (Adam's exp_avg_sq s1, RMSprop's square_avg s0, Adagrad's sum s0) is negative: nothing can
+    be proved then."""
     cdef double lo
     cdef int bad = scan_max(p, n, n_threads, &bd.P, &lo)
     bd.S0 = bd.S1 = bd.S2 = 0.0
     if s0 != NULL:
         bad |= scan_max(s0, n, n_threads, &bd.S0, &lo)
+        if kind == FNN_OPT_RMSPROP or kind == FNN_OPT_ADAGRAD:
+            bad |= not (lo >= 0)
     if s1 != NULL:
         bad |= scan_max(s1, n, n_threads, &bd.S1, &lo)
-        bad |= not (lo >= 0)
+        if kind == FNN_OPT_ADAM:
+            bad |= not (lo >= 0)
     if s2 != NULL:
         bad |= scan_max(s2, n, n_threads, &bd.S2, &lo)
     return not bad
 
 
-cdef inline bint _proved(const Update *u, bint dbl, const Bounds *bd, double G, Py_ssize_t step) noexcept nogil:
-    """bound.sgd_safe / adam_safe with the plan's hyperparameters (0: not proved, also for an unknown kind)."""
+cdef inline bint _proved(const Update *u, bint dbl, const Bounds *bd, double G, Py_ssize_t step,
+                         Bounds *nb) noexcept nogil:
+    """bound.sgd_safe / adam_safe / rmsprop_safe / adagrad_safe with the plan's hyperparameters (0: not proved, also
+    for an unknown kind).  RMSprop and Adagrad, whose kernels do not track maxima, write into *nb the bounds that
+    hold after the update when it is proved."""
+    cdef StepConsts c
+    if u.kind == FNN_OPT_RMSPROP:
+        return rmsprop_safe(dbl, bd, G, u.rmsprop.centered, u.s2 != NULL, u.rmsprop.lr, u.rmsprop.alpha,
+                            u.rmsprop.eps, u.rmsprop.weight_decay, u.rmsprop.momentum, nb)
+    if u.kind == FNN_OPT_ADAGRAD:
+        _consts(u, step, &c)
+        return adagrad_safe(dbl, bd, G, c.clr, u.adagrad.weight_decay, u.adagrad.eps, nb)
     if u.kind == FNN_OPT_SGD:
         return sgd_safe(dbl, bd, G, u.s0 != NULL, u.sgd.lr, u.sgd.momentum, u.sgd.dampening, u.sgd.weight_decay,
                         u.sgd.nesterov, step == 1)
@@ -325,8 +373,8 @@ cdef class Plan:
     """The state of a compiled plan for one model (flat parameters and gradients) at one batch size.
 
     Made by fastnn/training/compiled.py: ``Plan(params, grads, bs, n_layers, n_update)``, one ``dense`` /
-    ``activation`` call per
-    layer and ``batch_buffers`` once; then, before a run, ``loss``, ``sgd`` or ``adam``, ``guard`` and ``clip``.
+    ``activation`` call per layer and ``batch_buffers`` once; then, before a run, ``loss``, an optimizer (``sgd``,
+    ``adam``, ``rmsprop`` or ``adagrad``), ``guard`` and ``clip``.
     Every array it is given must be C-contiguous, of the parameters' dtype (labels: intp), and of the documented
     shape; it keeps a reference to each, so the raw pointers in its C structs stay valid."""
     cdef PlanLayer *layers
@@ -341,7 +389,7 @@ cdef class Plan:
     cdef Py_ssize_t *labels     # (bs,) the batch's labels (cross-entropy)
     cdef void *Tb               # (bs, k) the batch's targets (regression)
     cdef int loss_kind          # FNN_LOSS_...; -1 until loss() is called
-    cdef Update update          # kind -1 until sgd() / adam() is called
+    cdef Update update          # kind -1 until sgd() / adam() / rmsprop() / adagrad() is called
     cdef bint guard_on
     cdef void *backup           # the parameters' backup (guard); NULL without the guard
     cdef void *bs0
@@ -485,6 +533,25 @@ cdef class Plan:
                                      decoupled=decoupled)
         self._states(n_decay, exp_avg, exp_avg_sq, max_exp_avg_sq)
 
+    def rmsprop(self, double lr, double alpha, double eps, double weight_decay, double momentum, bint centered,
+                square_avg, grad_avg, momentum_buffer, Py_ssize_t n_decay):
+        """torch.optim.RMSprop: the states (n_update,), grad_avg None unless centered, momentum_buffer None unless
+        momentum > 0."""
+        if square_avg is None or (grad_avg is None) == bool(centered):
+            raise ValueError("Plan.rmsprop: square_avg is needed, and grad_avg exactly when centered")
+        self.update.kind = FNN_OPT_RMSPROP
+        self.update.rmsprop = RMSpropHyper(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
+                                           centered=centered)
+        self._states(n_decay, square_avg, grad_avg, momentum_buffer)
+
+    def adagrad(self, double lr, double lr_decay, double weight_decay, double eps, state_sum, Py_ssize_t n_decay):
+        """torch.optim.Adagrad: state_sum (n_update,); the rate at step t is lr / (1 + (t - 1) * lr_decay)."""
+        if state_sum is None:
+            raise ValueError("Plan.adagrad: state_sum is needed")
+        self.update.kind = FNN_OPT_ADAGRAD
+        self.update.adagrad = AdagradHyper(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps)
+        self._states(n_decay, state_sum, None, None)
+
     def guard(self, bint on, backup=None, backup_s0=None, backup_s1=None, backup_s2=None):
         """The NaN guard on (backup: the parameters' backup buffer (n_update,), and one per present state) or off."""
         if on and backup is None:
@@ -526,8 +593,8 @@ cdef class Plan:
 
     @property
     def stats(self):
-        """The last run's statistics: {loss_sum, n_correct, n_samples, grad_norm, n_backups, allreduce_seconds,
-        mpi_error} (data-parallel: the global batches')."""
+        """The last run's statistics: {loss_sum, batch_loss_sum, n_correct, n_samples, grad_norm, n_backups,
+        allreduce_seconds, mpi_error} (data-parallel: the global batches')."""
         return dict(self.st)
 
 
@@ -608,7 +675,7 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
     cdef floating *dy
     cdef const floating *out
     cdef size_t row_x = n_in0 * sizeof(floating)
-    cdef Bounds bd
+    cdef Bounds bd, nb
     cdef bint dbl = floating is double, trusted = 0, fresh = 0, fallback = 0, backup_step = 0
     cdef double G = 0.0, gmin
     cdef Py_ssize_t n_backups = 0
@@ -617,7 +684,7 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
             if plan.bd_known:       # the previous chunk of this epoch left them: no scan
                 bd, trusted, fresh = plan.bd, plan.bd_trusted, 0
             else:
-                trusted = fresh = _refresh(&bd, prm, S0, S1, S2, P, n_threads)
+                trusted = fresh = _refresh(&bd, u.kind, prm, S0, S1, S2, P, n_threads)
         for b in range(b0, b1):
             # this rank's rows of global batch b (one process: R = 1, the whole batch)
             gs = b * bs * R
@@ -724,9 +791,10 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
             # fresh maxima do not prove it either, back up for the rest of this call
             backup_step = guard
             if guard and not fallback:
-                if trusted and _proved(u, dbl, &bd, G, step):
+                if trusted and _proved(u, dbl, &bd, G, step, &nb):
                     backup_step = 0
-                elif not fresh and _refresh(&bd, prm, S0, S1, S2, P, n_threads) and _proved(u, dbl, &bd, G, step):
+                elif (not fresh and _refresh(&bd, u.kind, prm, S0, S1, S2, P, n_threads)
+                      and _proved(u, dbl, &bd, G, step, &nb)):
                     backup_step = 0
                 else:
                     fallback = 1
@@ -735,6 +803,8 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
             n_backups += backup_step
             up = _update(u, prm, grd, B if backup_step else NULL, B0, B1, B2, P, step, n_threads,
                          &bd if trusted else NULL)
+            if trusted and not _tracks(u.kind):       # the proved bounds after the update (RMSprop, Adagrad)
+                bd = nb
             if up == FNN_ERR_KIND:
                 step -= 1
                 status = FNN_STATUS_BAD_KIND
@@ -766,6 +836,7 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
                     memcpy(S2, B2, P * sizeof(floating))
                 break
             st.loss_sum += loss if lk == FNN_LOSS_L2 else loss * gm    # l2 sums
+            st.batch_loss_sum += loss * gm
             st.n_correct += n_correct
             st.n_samples += gm
     st.n_backups += n_backups
@@ -819,13 +890,13 @@ def forward_rows(Plan plan, const floating[:, ::1] X, floating[:, ::1] out, int 
 
 def tracked_update(Plan plan, Py_ssize_t step, int n_threads):
     """One unguarded update of the plan's parameters by its gradients (the optimizer as set by plan.sgd /
-    plan.adam), exactly as run_batches makes a proved one (step >= 1: the count after it); the states are
-    updated in place.  Returns the maxima it tracked, (max |p|, max |s0|, max |s1|, max |s2|), 0.0 for an absent
-    state.  For tests."""
+    plan.adam; RMSprop and Adagrad track no maxima: ValueError), exactly as run_batches makes a proved one (step
+    >= 1: the count after it); the states are updated in place.  Returns the maxima it tracked, (max |p|, max |s0|,
+    max |s1|, max |s2|), 0.0 for an absent state.  For tests."""
     cdef Bounds mx
     cdef int err
-    if step < 1 or plan.U == 0 or plan.update.kind < 0:
-        raise ValueError("tracked_update: bad arguments")
+    if step < 1 or plan.U == 0 or plan.update.kind < 0 or not _tracks(plan.update.kind):
+        raise ValueError("tracked_update: bad arguments (or an optimizer whose kernel tracks no maxima)")
     with nogil:
         if plan.dbl:
             err = _update(&plan.update, <double *>plan.params, <const double *>plan.grads, NULL, NULL, NULL, NULL,

@@ -1,13 +1,16 @@
 """The compiled training plan: ``fit`` runs the epochs in the compiled core (fastnn/_core/plan.pyx), in chunks of
 batches that return to Python about every 0.05 s (Ctrl-C).
 
-A model qualifies when it is a chain of compiled layers (``Dense`` without a weight constraint, activation
-layers) trained with "cross_entropy" on integer labels or "mse" / "l2" / "mae", by ``SGD``, ``Adam`` or
-``AdamW`` (exactly those classes), without sample/class weights, extra metrics, per-step schedules or
-callbacks with batch hooks, and without masks or multi-output layers (``graph.general``: the plan has no
-mask).  Everything else runs on the per-layer path (``Trainer.step``), which stays the
-reference: the plan runs the same kernels in the same order on the same buffers, draws the permutation from
-``model.rng`` in Python once per epoch as that path does, and gives the same weights (tests/test_plan.py).
+A model qualifies when it is a chain of compiled layers (``Dense`` without a weight constraint, activation layers)
+trained with "cross_entropy" on integer labels or "mse" / "l2" / "mae", by ``SGD`` (with momentum, Nesterov),
+``Adam`` (AMSGrad), ``AdamW``, ``RMSprop`` (momentum, centered) or ``Adagrad`` (exactly those classes), without
+sample/class weights, metrics other than accuracy (which the loss kernel counts anyway), per-step schedules or
+callbacks with batch hooks, and without masks or multi-output layers (``graph.general``: the plan has no mask).
+``fit(verbose=1)``'s progress bar is no batch hook: it is redrawn between chunks (``on_progress``, with the batches
+done and their running loss), and validation runs after the epoch, so neither leaves the plan.  Everything else
+runs on the per-layer path (``Trainer.step``), which stays the reference: the plan runs the same kernels in the
+same order on the same buffers, draws the permutation from ``model.rng`` in Python once per epoch as that path
+does, and gives the same weights (tests/test_plan.py).
 """
 import time
 
@@ -124,7 +127,7 @@ def plan_for(model, train, bs, metrics, cbs):
         return None
     if model.lr_schedule is not None and model.lr_schedule.per_step:
         return None
-    if type(opt) not in (_optim.SGD, _optim.Adam, _optim.AdamW):
+    if type(opt) not in (_optim.SGD, _optim.Adam, _optim.AdamW, _optim.RMSprop, _optim.Adagrad):
         return None
     if model.table.n_trainable == 0:      # everything frozen: the per-layer path (which updates nothing)
         return None
@@ -155,8 +158,9 @@ def plan_for(model, train, bs, metrics, cbs):
     return plan
 
 
-def fit_epoch(model, plan, epoch, train, bs, shuffle):
+def fit_epoch(model, plan, epoch, train, bs, shuffle, cbs=None):
     """One epoch through the plan; returns the logs as ``Trainer._fit_epoch`` does (raises NonFiniteError).
+    `cbs` (a CallbackList, or None): its progress display (``on_progress``) is called after every chunk.
 
     The plan holds the model's whole flat buffers, which the layers' offsets address, and the length of their
     trainable prefix (``model.table.n_trainable``, the optimizer's buffers): the update, clipping and the guard's
@@ -188,6 +192,12 @@ def fit_epoch(model, plan, epoch, train, bs, shuffle):
     elif opt.kind == OPT.SGD:
         states = [opt.state.get("momentum_buffer"), None, None]
         core.sgd(opt.lr, opt.momentum, opt.dampening, opt.weight_decay, opt.nesterov, states[0], opt._n_decay)
+    elif opt.kind == OPT.RMSPROP:
+        states = [opt.state.get(k) for k in _state_keys(opt)]
+        core.rmsprop(opt.lr, opt.alpha, opt.eps, opt.weight_decay, opt.momentum, opt.centered, *states, opt._n_decay)
+    elif opt.kind == OPT.ADAGRAD:
+        states = [opt.state["sum"], None, None]
+        core.adagrad(opt.lr, opt.lr_decay, opt.weight_decay, opt.eps, states[0], opt._n_decay)
     else:
         raise ValueError(f"compiled plan: no compiled update for {type(opt).__name__}")
     guard = model.nan_guard
@@ -202,6 +212,7 @@ def fit_epoch(model, plan, epoch, train, bs, shuffle):
     loss = model.loss
     _k.reset_stats(core)
     n_batches, n_threads = -(-n // gbs), get_num_threads()
+    progress = cbs is not None and cbs.progress
     step0, b = opt.step_count, 0
     status = PLAN_STATUS.DONE
     try:
@@ -214,6 +225,9 @@ def fit_epoch(model, plan, epoch, train, bs, shuffle):
             b += done
             if status != PLAN_STATUS.DONE:
                 break
+            if progress:
+                s = core.stats
+                cbs.on_progress(b, float(s["batch_loss_sum"]) / max(float(s["n_samples"]), 1.0))
             dt = time.perf_counter() - t0      # per batch run (the epoch's last chunk may be short)
             plan.chunk = max(1, min(int(done * CHUNK_SECONDS / max(dt, 1e-6)), 16 * plan.chunk))
     finally:
@@ -253,6 +267,11 @@ def fit_epoch(model, plan, epoch, train, bs, shuffle):
 
 
 def _state_keys(opt):
+    """The optimizer's state names in the plan's order (s0, s1, s2)."""
     if isinstance(opt, _optim.Adam):
         return ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"]
+    if isinstance(opt, _optim.RMSprop):
+        return ["square_avg", "grad_avg", "momentum_buffer"]
+    if isinstance(opt, _optim.Adagrad):
+        return ["sum", None, None]
     return ["momentum_buffer", None, None]

@@ -668,7 +668,7 @@ class Trainer:
         model = self.model
         plan = _compiled.plan_for(model, train, bs, metrics, cbs)
         if plan is not None:    # the compiled training plan: the whole epoch in the compiled core
-            return _compiled.fit_epoch(model, plan, epoch, train, bs, shuffle)
+            return _compiled.fit_epoch(model, plan, epoch, train, bs, shuffle, cbs)
         X, T, W = train
         n = X.shape[0]
         # a fresh permutation each epoch: it depends only on the generator state, so a run resumed from a
@@ -676,9 +676,10 @@ class Trainer:
         idx = model.rng.permutation(n) if shuffle else None
         for m in metrics:
             m.reset()
-        hooks = cbs.batch_hooks
+        hooks, progress = cbs.batch_hooks, cbs.progress
         sums = model.loss.sums
         total, wtotal, seen, correct = 0.0, 0.0, 0, 0
+        running = 0.0         # the progress display's running loss: sum of batch loss * batch size
         masked = model.graph.has_masks
         predictions = 0       # masked outputs: the real positions seen (accuracy's denominator)
         for b, start in enumerate(range(0, n, bs)):
@@ -714,6 +715,9 @@ class Trainer:
                     update_metric(met, out, Tb, mask)
             if hooks:
                 cbs.on_batch_end(b, {"batch": b, "size": m, "loss": loss})
+            if progress:
+                running += loss * m
+                cbs.on_progress(b + 1, running / seen)
             if model.stop_training:
                 break
         denom = wtotal if (W is not None or masked) else seen
