@@ -28,6 +28,9 @@ reports rates, which are what the targets are about):
 ``--workloads rnn`` (or any of R1, R2, R3, R4) runs the recurrent workloads of ``fastnn/bench_rnn.py``.
 Without ``--workloads`` only the MLP workloads above run.
 
+The header names the CPU model, the ISA path of fastnn's runtime dispatch and OpenBLAS's core type
+(``machine_info``).
+
 ``--rss`` also measures the peak RSS of W1 training (one epoch, the same data sizes) for each peer, each in a
 fresh subprocess (``ru_maxrss`` after the bare imports, after making the data, after training); alone (without
 ``--workloads``) it runs only that measurement.
@@ -500,8 +503,9 @@ def run(workloads=WORKLOADS, repeats=3, threads=2, full=False, log=print):
         else:
             raise ValueError(f"bench: unknown workload {wid!r}; known: {', '.join(WORKLOADS + CNN_WORKLOADS)}")
     import fastnn._core._threads as th
+    info = machine_info()
     return {"rows": rows, "threads": threads, "repeats": repeats, "full": full,
-            "machine": f"{platform.machine()}, {_ncpu()} CPUs, {platform.processor() or platform.platform()}",
+            "machine": machine_text(info), "cpu": info,
             "python": sys.version.split()[0], "numpy": np.__version__, "fastnn": fnn.__version__,
             "torch": getattr(_torch(), "__version__", None), "blas": th.blas_config(),
             "date": time.strftime("%Y-%m-%d %H:%M")}
@@ -510,6 +514,35 @@ def run(workloads=WORKLOADS, repeats=3, threads=2, full=False, log=print):
 def _ncpu():
     import os
     return os.cpu_count()
+
+
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name: the first "model name" line of /proc/cpuinfo (Linux), else ``platform.processor()``,
+    else ``platform.platform()``."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                key, sep, value = line.partition(":")
+                if sep and key.strip() == "model name" and value.strip():
+                    return " ".join(value.split())
+    except OSError:
+        pass
+    return platform.processor() or platform.platform()
+
+
+def machine_info() -> dict:
+    """What the numbers depend on: the architecture, the CPU count and model, the ISA path of fastnn's runtime
+    dispatch (``fastnn._core._threads.isa_path``) and the kernel family OpenBLAS chose (its core type)."""
+    import fastnn._core._threads as th
+    return {"arch": platform.machine(), "ncpu": _ncpu(), "cpu": cpu_model(), "isa": th.isa_path(),
+            "blas_core": th.blas_corename()}
+
+
+def machine_text(info: dict) -> str:
+    """``machine_info``'s dict in one line, e.g. "x86_64, 2 CPUs, AMD EPYC 7B13, fastnn ISA path avx2+fma, OpenBLAS
+    core Haswell" (the "machine" entry of ``run``'s result, in the table's header and the chart's subtitle)."""
+    return (f"{info['arch']}, {info['ncpu']} CPUs, {info['cpu']}, fastnn ISA path {info['isa']}, "
+            f"OpenBLAS core {info['blas_core']}")
 
 
 def format_table(result):
@@ -774,7 +807,7 @@ def main(args):
         print(("\n" if result is not None else "") + format_rss(rss, args.threads, args.full, rw))
         if result is None:
             result = {"rows": [], "threads": args.threads, "full": args.full, "date": time.strftime("%Y-%m-%d %H:%M"),
-                      "machine": f"{platform.machine()}, {_ncpu()} CPUs, {platform.processor() or platform.platform()}"}
+                      "machine": machine_text(machine_info())}
         result["rss"], result["rss_workload"] = rss, rw
     if args.json:
         with open(args.json, "w") as f:
