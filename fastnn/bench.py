@@ -318,46 +318,69 @@ def _jax(threads: int = 1, log=None):
     """jax, imported for the CPU and set to `threads` threads where it can be, or None (with a note through
     `log`, once) when ``import jax`` fails.
 
-    The settings are environment variables that jax and XLA read once, when jax is first imported and its CPU
-    client made, so they are set here only when this process has not imported jax yet:
+    jax and XLA read their settings once, when jax is imported and its CPU client made, so they are set here only
+    when this process has not imported jax yet:
     - ``JAX_PLATFORMS=cpu``: the CPU backend only (no probing for accelerators); the peers also place every array
       on ``jax.devices("cpu")[0]``, which holds where jax was imported before.
-    - one thread: ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false`` runs XLA's dots and convolutions on the
-      calling thread instead of Eigen's intra-op pool.  (The often-quoted companion ``intra_op_parallelism_threads=1``
-      is no XLA flag: written without dashes, as in jax issue #743, XLA's parser ignores it; with dashes jaxlib
-      0.10 aborts with "Unknown flag in XLA_FLAGS".)  The CPU client's pool itself is sized from the process's
-      CPU affinity and has no flag.
-    - one thread, too: ``jax_cpu_enable_async_dispatch`` off, so that a computation runs while its caller waits
-      instead of overlapping the Python loop that dispatches the next step (the "jax" peer's per-batch loop used
-      1.9 CPU seconds per second with it on, 1.0 with it off; the flag is read when the CPU client is made).
-    - more threads: XLA's defaults (its pool takes every core the process may use: no flag picks a count)."""
+    - one thread: XLA (jaxlib 0.10) has no flag for it.  ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false`` (set)
+      keeps Eigen's own matmuls on the calling thread, but XLA still runs its work on its intra-op pool: W1 and W3
+      used 1.6-1.9 CPU seconds per wall second with the flag on 2 idle cores.  (The often-quoted companion
+      ``intra_op_parallelism_threads=1``, jax issue #743, is no XLA flag: written without dashes XLA's parser
+      ignores it, with dashes jaxlib aborts with "Unknown flag in XLA_FLAGS".)  The pool is sized from the CPU
+      affinity of the thread that makes the client, and its threads inherit that affinity; so the client is made
+      while this thread is pinned to one CPU (``_JAX_STATE["cpu"]``), and the peers pin the calling thread to the
+      same CPU while they train (``JaxMLP.train``): every thread XLA runs on shares one core, 1.0 CPU seconds
+      per wall second.  ``jax_cpu_enable_async_dispatch`` is off as well, so that the "jax" peer's Python loop
+      does not overlap the step it dispatched.
+    - more threads: XLA's defaults (its pool takes every core the process may use: no setting picks a count)."""
     if "module" in _JAX_STATE:
         return _JAX_STATE["module"]
     fresh = "jax" not in sys.modules
+    pin = None
     if fresh:
         os.environ["JAX_PLATFORMS"] = "cpu"
         flags = os.environ.get("XLA_FLAGS", "")
         if threads == 1 and "xla_cpu_multi_thread_eigen" not in flags:
             os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false").strip()
-        note = (f"jax at 1 thread (XLA_FLAGS={os.environ['XLA_FLAGS']}, synchronous CPU dispatch)" if threads == 1
-                else
-                f"jax with XLA's default threads (its pool takes all {_ncpu()} CPUs; no flag sets a count)")
+        if threads == 1 and hasattr(os, "sched_setaffinity"):
+            pin = min(os.sched_getaffinity(0))
+        note = (f"jax at 1 thread (XLA's threads pinned to CPU {pin}, XLA_FLAGS={os.environ['XLA_FLAGS']}, "
+                f"synchronous dispatch)" if threads == 1 and pin is not None else
+                "jax at 1 thread: no CPU affinity on this system, XLA may use more threads" if threads == 1 else
+                f"jax with XLA's default threads (its pool takes all {_ncpu()} CPUs; no setting picks a count)")
     else:
         note = f"jax was imported before the benchmark: its thread settings are the importer's (XLA_FLAGS=" \
                f"{os.environ.get('XLA_FLAGS', '')!r})"
     module: Any = None
-    try:
-        import jax
-        if fresh and threads == 1:
-            jax.config.update("jax_cpu_enable_async_dispatch", False)
-        jax.devices("cpu")
-        module = jax
-    except Exception as e:              # not installed, or a jaxlib that does not load: the peers are skipped
-        note = f"jax peers skipped: import jax failed ({type(e).__name__}: {e}); pip install jax"
-    _JAX_STATE.update(module=module, note=note)
+    with _pinned(pin):
+        try:
+            import jax
+            if fresh and threads == 1:
+                jax.config.update("jax_cpu_enable_async_dispatch", False)
+            jax.devices("cpu")          # makes the CPU client and its thread pool
+            module = jax
+        except Exception as e:          # not installed, or a jaxlib that does not load: the peers are skipped
+            note = f"jax peers skipped: import jax failed ({type(e).__name__}: {e}); pip install jax"
+    _JAX_STATE.update(module=module, note=note, cpu=pin if module is not None else None)
     if log is not None:
         log(f"  {note}")
     return module
+
+
+class _pinned:
+    """Context: the calling thread runs on CPU `cpu` only (nothing when None); its affinity is restored after."""
+
+    def __init__(self, cpu):
+        self.cpu, self.saved = cpu, None
+
+    def __enter__(self):
+        if self.cpu is not None:
+            self.saved = os.sched_getaffinity(0)
+            os.sched_setaffinity(0, {self.cpu})
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            os.sched_setaffinity(0, self.saved)
 
 
 def _jax_version():
@@ -463,6 +486,10 @@ class JaxMLP:
         Xd, yd = self.device_data(X, y)
         bs, n = self.spec["batch"], X.shape[0]
         rng = rng or np.random.default_rng(0)
+        with _pinned(_JAX_STATE.get("cpu")):            # one thread: on the CPU of XLA's pool (see _jax)
+            return self._train(Xd, yd, n, bs, epochs, rng)
+
+    def _train(self, Xd, yd, n, bs, epochs, rng):
         n_full, rest = divmod(n, bs)
         n_steps = n_full + (1 if rest else 0)
         t0 = time.perf_counter()

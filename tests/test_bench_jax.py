@@ -1,6 +1,7 @@
 """The benchmark's JAX peers: they train to fastnn's weights from the same start, they are skipped with a note
 without jax, and fastnn imports jax nowhere else (no timings checked)."""
 import copy
+import os
 import subprocess
 import sys
 
@@ -56,9 +57,12 @@ def test_jax_peers_train_to_fastnns_weights(wid):
     model = bench.fastnn_model(spec, weights)
     order = copy.deepcopy(model.rng)                     # the generator fastnn's fit draws its permutations from
     nets = {}
+    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     for name, scan in zip(bench.JAX_PEERS, (False, True)):
         nets[name] = bench.JaxMLP(spec, weights, scan=scan)
         assert bench.jax_train(nets[name], X, y, spec, 2, copy.deepcopy(order)) > 0
+    if affinity is not None:                             # a peer pinned to one CPU gives the others back
+        assert os.sched_getaffinity(0) == affinity
     model.fit(X, y, epochs=2, batch_size=spec["batch"])
     moved = max(np.abs(layer.weight - W).max() for layer, W in zip(model.layers, weights))
     assert moved > 1e-3                                  # the epochs changed the weights
@@ -66,6 +70,33 @@ def test_jax_peers_train_to_fastnns_weights(wid):
         for layer, (W, b) in zip(model.layers, net.weights()):
             np.testing.assert_allclose(W, layer.weight, rtol=0, atol=1e-4, err_msg=name)
             np.testing.assert_allclose(b, layer.bias, rtol=0, atol=1e-4, err_msg=name)
+
+
+def test_at_one_thread_xlas_threads_share_one_cpu():
+    """A fresh process imports jax through the peer at one thread: every thread the import made (XLA's pool) runs
+    on the one CPU the peers train on; the calling thread keeps its CPUs."""
+    pytest.importorskip("jax")
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("no CPU affinity here")
+    code = ("import os, fastnn.bench as b; tasks = lambda: {int(t) for t in os.listdir('/proc/self/task')}; "
+            "before = tasks(); mask = os.sched_getaffinity(0); b._jax(1); cpu = b._JAX_STATE['cpu']; "
+            "new = tasks() - before; print(cpu in mask, len(new) > 0, "
+            "all(os.sched_getaffinity(t) == {cpu} for t in new), os.sched_getaffinity(0) == mask, "
+            "os.environ['JAX_PLATFORMS'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True", "True", "True", "cpu"], out.stdout + out.stderr
+
+
+def test_pinned_restores_the_threads_affinity():
+    if not hasattr(os, "sched_setaffinity"):
+        pytest.skip("no CPU affinity here")
+    before = os.sched_getaffinity(0)
+    cpu = min(before)
+    with bench._pinned(cpu):
+        assert os.sched_getaffinity(0) == {cpu}
+    assert os.sched_getaffinity(0) == before
+    with bench._pinned(None):
+        assert os.sched_getaffinity(0) == before
 
 
 def test_jax_peer_refuses_an_optimizer_it_does_not_write():
