@@ -818,6 +818,19 @@ def _threads_text(n) -> str:
     return f"{n} thread" if n == 1 else f"{n} threads"
 
 
+def _wrap_at_commas(text: str, width: int) -> str:
+    """`text` in lines of at most `width` characters where it can, broken only after its ", " separators."""
+    lines: list[str] = []
+    for part in text.split(", "):
+        if lines and len(lines[-1]) + 2 + len(part) <= width:
+            lines[-1] += ", " + part
+        else:
+            if lines:
+                lines[-1] += ","
+            lines.append(part)
+    return "\n".join(lines)
+
+
 def plot(result: dict, path: str | os.PathLike | None = None) -> Figure:
     """A bar chart of ``result`` (``run``'s dict, or the same loaded from ``--json``), written as a PNG to ``path``
     when given; returns the matplotlib Figure.
@@ -836,7 +849,9 @@ def plot(result: dict, path: str | os.PathLike | None = None) -> Figure:
     n_panels = len(rows) + (1 if rss else 0)
     if n_panels == 0:
         raise ValueError("bench: nothing to plot")
-    fig = Figure(figsize=(3.4 * n_panels, 4.0), layout="constrained")
+    # wider panels for many bars (the JAX peers make 6 on W1), so that the value labels do not run into each other
+    panel_w = max([3.4] + [0.72 * len([k for k in r["median"] if k != "BLAS limit"]) for r in rows])
+    fig = Figure(figsize=(panel_w * n_panels, 4.0), layout="constrained")
     axes = fig.subplots(1, n_panels, squeeze=False)[0]
     # the titles sit above the limits' legends (pad: a legend's height), at one height in every panel
     title_pad = 16 if any("BLAS limit" in r["median"] for r in rows) else 6
@@ -897,8 +912,9 @@ def plot(result: dict, path: str | os.PathLike | None = None) -> Figure:
                      pad=title_pad)
     repeats = result.get("repeats")
     spread = f", {repeats} repeats (bars: medians, error bars: min-max)" if rows and repeats else ""
-    fig.suptitle(f"fastnn bench, {result.get('date', '')}, {_threads_text(result.get('threads', '?'))}{spread}\n"
-                 f"{result.get('machine', '')}", fontsize=7)
+    title = f"fastnn bench, {result.get('date', '')}, {_threads_text(result.get('threads', '?'))}{spread}"
+    width = int(panel_w * n_panels * 18)         # characters of 7-point text across the figure
+    fig.suptitle(_wrap_at_commas(title, width) + "\n" + _wrap_at_commas(result.get("machine", ""), width), fontsize=7)
     if path is not None:
         fig.savefig(path, dpi=120)
     return fig

@@ -59,4 +59,10 @@ def test_machine_line_in_the_header_and_the_chart():
     result = {"rows": [row], "date": "d", "threads": 1, "repeats": 1, "machine": line, "numpy": "n", "torch": None}
     assert f", {line}; numpy n, torch None" in bench.format_table(result).splitlines()[0]
     pytest.importorskip("matplotlib")
-    assert bench.plot(result)._suptitle.get_text().endswith(line)
+    assert bench.plot(result)._suptitle.get_text().replace(",\n", ", ").endswith(line)
+
+
+def test_the_charts_subtitle_wraps_after_commas():
+    assert bench._wrap_at_commas("a, bb, ccc, d", 6) == "a, bb,\nccc, d"
+    assert bench._wrap_at_commas("a long part, b", 3) == "a long part,\nb"      # a part is never broken
+    assert bench._wrap_at_commas("", 10) == ""
