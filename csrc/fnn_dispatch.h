@@ -13,8 +13,10 @@
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__) \
     && !defined(FNN_NO_CLONES)
 #define FNN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define FNN_HAVE_CLONES 1
 #else
 #define FNN_CLONES
+#define FNN_HAVE_CLONES 0
 #endif
 
 #endif

@@ -1,4 +1,5 @@
-"""Side-by-side benchmark: fastnn against PyTorch eager (when installed) and a plain numpy implementation.
+"""Side-by-side benchmark: fastnn against PyTorch eager (when installed), JAX (W1 and W3, when installed: a jit'd
+step per batch, "jax", and the whole epoch under ``jax.lax.scan``, "jax-scan") and a plain numpy implementation.
 
 Every peer runs the same workload: the same layer sizes, the same Glorot-uniform initial weights (zero
 biases), the same synthetic N(0, 1) data, the same optimizer and hyperparameters, the same batch size and
@@ -28,6 +29,9 @@ reports rates, which are what the targets are about):
 ``--workloads rnn`` (or any of R1, R2, R3, R4) runs the recurrent workloads of ``fastnn/bench_rnn.py``.
 Without ``--workloads`` only the MLP workloads above run.
 
+The header names the CPU model, the ISA path of fastnn's runtime dispatch and OpenBLAS's core type
+(``machine_info``).
+
 ``--rss`` also measures the peak RSS of W1 training (one epoch, the same data sizes) for each peer, each in a
 fresh subprocess (``ru_maxrss`` after the bare imports, after making the data, after training); alone (without
 ``--workloads``) it runs only that measurement.
@@ -40,7 +44,7 @@ import platform
 import statistics
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -300,6 +304,220 @@ def numpy_train(net, X, y, spec, epochs=1, rng=None):
     return time.perf_counter() - t0
 
 
+# ====================================================================== JAX (optional)
+# The JAX peers run the MLP workloads JAX_WORKLOADS: "jax" calls a jax.jit-compiled train step once per batch from
+# Python (as the torch peer calls its eager step), "jax-scan" compiles the whole epoch, the batches run by
+# jax.lax.scan.  Same weights, data, loss, optimizer and hyperparameters, and the same per-epoch permutation
+# drawing as the torch and numpy peers.  jax is imported only here, when a run asks for these peers.
+JAX_PEERS = ("jax", "jax-scan")
+JAX_WORKLOADS = ("W1", "W3")
+_JAX_STATE: dict = {}         # "module": the imported jax (None when the import failed), "note": how it runs
+
+
+def _jax(threads: int = 1, log=None):
+    """jax, imported for the CPU and set to `threads` threads where it can be, or None (with a note through
+    `log`, once) when ``import jax`` fails.
+
+    jax and XLA read their settings once, when jax is imported and its CPU client made, so they are set here only
+    when this process has not imported jax yet:
+    - ``JAX_PLATFORMS=cpu``: the CPU backend only (no probing for accelerators); the peers also place every array
+      on ``jax.devices("cpu")[0]``, which holds where jax was imported before.
+    - one thread: XLA (jaxlib 0.10) has no flag for it.  ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false`` (set)
+      keeps Eigen's own matmuls on the calling thread, but XLA still runs its work on its intra-op pool: W1 and W3
+      used 1.6-1.9 CPU seconds per wall second with the flag on 2 idle cores.  (The often-quoted companion
+      ``intra_op_parallelism_threads=1``, jax issue #743, is no XLA flag: written without dashes XLA's parser
+      ignores it, with dashes jaxlib aborts with "Unknown flag in XLA_FLAGS".)  The pool is sized from the CPU
+      affinity of the thread that makes the client, and its threads inherit that affinity; so the client is made
+      while this thread is pinned to one CPU (``_JAX_STATE["cpu"]``), and the peers pin the calling thread to the
+      same CPU while they train (``JaxMLP.train``): every thread XLA runs on shares one core, 1.0 CPU seconds
+      per wall second.  ``jax_cpu_enable_async_dispatch`` is off as well, so that the "jax" peer's Python loop
+      does not overlap the step it dispatched.
+    - more threads: XLA's defaults (its pool takes every core the process may use: no setting picks a count)."""
+    if "module" in _JAX_STATE:
+        return _JAX_STATE["module"]
+    fresh = "jax" not in sys.modules
+    pin = None
+    if fresh:
+        os.environ["JAX_PLATFORMS"] = "cpu"
+        flags = os.environ.get("XLA_FLAGS", "")
+        if threads == 1 and "xla_cpu_multi_thread_eigen" not in flags:
+            os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false").strip()
+        if threads == 1 and hasattr(os, "sched_setaffinity"):
+            pin = min(os.sched_getaffinity(0))
+        note = (f"jax at 1 thread (XLA's threads pinned to CPU {pin}, XLA_FLAGS={os.environ['XLA_FLAGS']}, "
+                f"synchronous dispatch)" if threads == 1 and pin is not None else
+                "jax at 1 thread: no CPU affinity on this system, XLA may use more threads" if threads == 1 else
+                f"jax with XLA's default threads (its pool takes all {_ncpu()} CPUs; no setting picks a count)")
+    else:
+        note = f"jax was imported before the benchmark: its thread settings are the importer's (XLA_FLAGS=" \
+               f"{os.environ.get('XLA_FLAGS', '')!r})"
+    module: Any = None
+    with _pinned(pin):
+        try:
+            import jax
+            if fresh and threads == 1:
+                jax.config.update("jax_cpu_enable_async_dispatch", False)
+            jax.devices("cpu")          # makes the CPU client and its thread pool
+            module = jax
+        except Exception as e:          # not installed, or a jaxlib that does not load: the peers are skipped
+            note = f"jax peers skipped: import jax failed ({type(e).__name__}: {e}); pip install jax"
+    _JAX_STATE.update(module=module, note=note, cpu=pin if module is not None else None)
+    if log is not None:
+        log(f"  {note}")
+    return module
+
+
+class _pinned:
+    """Context: the calling thread runs on CPU `cpu` only (nothing when None); its affinity is restored after."""
+
+    def __init__(self, cpu):
+        self.cpu, self.saved = cpu, None
+
+    def __enter__(self):
+        if self.cpu is not None:
+            self.saved = os.sched_getaffinity(0)
+            os.sched_setaffinity(0, {self.cpu})
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            os.sched_setaffinity(0, self.saved)
+
+
+def _jax_version():
+    """jax's version when this process imported it (the JAX peers ran), else None."""
+    jax = _JAX_STATE.get("module")
+    return getattr(jax, "__version__", None)
+
+
+class JaxMLP:
+    """The same MLP trained in JAX: forward and loss in jax.numpy, gradients by ``jax.grad``, the optimizer's
+    update written out by hand (no optax).  ``scan=False``: one jit-compiled step per batch, called from Python;
+    ``scan=True``: one jit-compiled epoch, the full batches run by ``jax.lax.scan`` and a last partial batch (n not
+    a multiple of the batch size) by one more step of its own size, inside the same compiled function: every
+    peer trains on the same batches, the last one smaller.
+
+    Adam is ``torch.optim.Adam``'s definition (as fastnn's): m <- m + (1 - b1)(g - m), v <- b2 v + (1 - b2) g²,
+    p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps), the step's two bias-corrected factors
+    computed in float64 on the host and rounded to float32 as torch does with its Python scalars.  SGD:
+    p <- p - lr g.  Parameters are the pairs (W (n_in, n_out), b) of fastnn's layout."""
+
+    def __init__(self, spec: dict, weights: list, scan: bool = False) -> None:
+        jax = _jax()
+        if jax is None:
+            raise ImportError("JaxMLP needs jax (pip install jax)")
+        name, kw = spec["opt"]
+        if name not in ("adam", "sgd") or kw.get("momentum"):
+            raise ValueError(f"JaxMLP: optimizer {name} {kw} is not written for the JAX peer (Adam, plain SGD)")
+        self.spec, self.scan, self.adam, self.kw, self.t = spec, scan, name == "adam", kw, 0
+        self.cpu = jax.devices("cpu")[0]
+        self.params = jax.device_put([(W.copy(), np.zeros(W.shape[1], np.float32)) for W in weights], self.cpu)
+        self.m = jax.tree.map(jax.numpy.zeros_like, self.params) if self.adam else ()
+        self.v = jax.tree.map(jax.numpy.zeros_like, self.params) if self.adam else ()
+        self._data: tuple | None = None
+        self._compile(jax)
+
+    def _compile(self, jax):
+        jnp = jax.numpy
+        acts = _acts(self.spec) + [None]
+        ce = self.spec["loss"] == "cross_entropy"
+        adam = self.adam
+        b1, b2, eps = 0.9, 0.999, 1e-8
+
+        def loss(params, x, y):
+            for (W, b), a in zip(params, acts):
+                x = x @ W + b
+                if a == "relu":
+                    x = jax.nn.relu(x)          # gradient 0 at 0, as torch's and fastnn's (jnp.maximum's is 0.5)
+                elif a == "tanh":
+                    x = jnp.tanh(x)
+            if ce:
+                return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(x), y[:, None], axis=1))
+            return jnp.mean((x - y) ** 2)
+
+        def step(params, m, v, x, y, step_size, bc2_sqrt):
+            g = jax.grad(loss)(params, x, y)
+            if not adam:
+                return jax.tree.map(lambda p, gp: p - step_size * gp, params, g), m, v
+            m = jax.tree.map(lambda mp, gp: mp + (1 - b1) * (gp - mp), m, g)
+            v = jax.tree.map(lambda vp, gp: vp * b2 + (1 - b2) * gp * gp, v, g)
+            params = jax.tree.map(lambda p, mp, vp: p - step_size * (mp / (jnp.sqrt(vp) / bc2_sqrt + eps)),
+                                  params, m, v)
+            return params, m, v
+
+        def batch_step(params, m, v, X, y, idx, step_size, bc2_sqrt):
+            return step(params, m, v, X[idx], y[idx], step_size, bc2_sqrt)
+
+        def epoch(params, m, v, X, y, idx_full, ss_full, bc_full, idx_rest, ss_rest, bc_rest):
+            def body(carry, xs):
+                idx, ss, bc = xs
+                return step(*carry, X[idx], y[idx], ss, bc), None
+            (params, m, v), _ = jax.lax.scan(body, (params, m, v), (idx_full, ss_full, bc_full))
+            if idx_rest.shape[0]:           # static: the last partial batch, one step of its own size
+                params, m, v = step(params, m, v, X[idx_rest], y[idx_rest], ss_rest, bc_rest)
+            return params, m, v
+
+        # the parameters and the optimizer's moments are updated in place (donated buffers)
+        self._step = jax.jit(batch_step, donate_argnums=(0, 1, 2))
+        self._epoch = jax.jit(epoch, donate_argnums=(0, 1, 2))
+
+    def _factors(self, n_steps):
+        """The per-step scalars of the next n_steps steps: Adam's lr / (1 - b1^t) and sqrt(1 - b2^t) (float64,
+        rounded to float32), SGD's lr and 1."""
+        lr = self.kw["lr"]
+        t = np.arange(self.t + 1, self.t + n_steps + 1, dtype=np.float64)
+        self.t += n_steps
+        if not self.adam:
+            return np.full(n_steps, lr, np.float32), np.ones(n_steps, np.float32)
+        return (lr / (1 - 0.9 ** t)).astype(np.float32), np.sqrt(1 - 0.999 ** t).astype(np.float32)
+
+    def device_data(self, X: np.ndarray, y: np.ndarray) -> tuple:
+        """X and y on the CPU device (kept for the next call with the same arrays: the torch peer's from_numpy,
+        outside the timed part too)."""
+        if self._data is None or self._data[0] is not X or self._data[1] is not y:
+            jax = _jax()
+            yd = y.astype(np.int32) if self.spec["loss"] == "cross_entropy" else y
+            self._data = (X, y, jax.device_put(X, self.cpu), jax.device_put(yd, self.cpu))
+        return self._data[2], self._data[3]
+
+    def train(self, X: np.ndarray, y: np.ndarray, epochs: int = 1, rng: np.random.Generator | None = None
+              ) -> float:
+        """Train `epochs` epochs on (X, y), each on a fresh permutation from `rng` (``np.random.default_rng(0)``
+        when None, as the other peers); returns the seconds (the device transfer of X and y excluded)."""
+        Xd, yd = self.device_data(X, y)
+        bs, n = self.spec["batch"], X.shape[0]
+        rng = rng or np.random.default_rng(0)
+        with _pinned(_JAX_STATE.get("cpu")):            # one thread: on the CPU of XLA's pool (see _jax)
+            return self._train(Xd, yd, n, bs, epochs, rng)
+
+    def _train(self, Xd, yd, n, bs, epochs, rng):
+        n_full, rest = divmod(n, bs)
+        n_steps = n_full + (1 if rest else 0)
+        t0 = time.perf_counter()
+        params, m, v = self.params, self.m, self.v
+        for _ in range(epochs):
+            perm = rng.permutation(n).astype(np.int32)
+            ss, bc = self._factors(n_steps)
+            if self.scan:
+                params, m, v = self._epoch(params, m, v, Xd, yd, perm[:n_full * bs].reshape(n_full, bs),
+                                           ss[:n_full], bc[:n_full], perm[n_full * bs:], ss[-1], bc[-1])
+            else:
+                for i, s in enumerate(range(0, n, bs)):
+                    params, m, v = self._step(params, m, v, Xd, yd, perm[s:s + bs], ss[i], bc[i])
+        _jax().block_until_ready(params)
+        self.params, self.m, self.v = params, m, v
+        return time.perf_counter() - t0
+
+    def weights(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The parameters as numpy arrays: [(W, b), ...]."""
+        return [(np.asarray(W), np.asarray(b)) for W, b in self.params]
+
+
+def jax_train(net: JaxMLP, X: np.ndarray, y: np.ndarray, spec: dict, epochs: int = 1,
+              rng: np.random.Generator | None = None) -> float:
+    """The JAX peers' entry of ``run_training`` (``JaxMLP.train``)."""
+    return net.train(X, y, epochs, rng)
+
+
 # ====================================================================== BLAS limit
 def blas_limit_time(spec, n_samples, reps=1):
     """Seconds of the GEMMs alone (forward, dW, dX except for the first layer) for n_samples of training."""
@@ -342,22 +560,35 @@ def _set_threads(n):
         pass
 
 
-def run_training(wid, repeats, full, log):
-    """Samples per second of every peer (lists over repeats) for a training workload."""
-    spec = _spec(wid, full)
-    weights, X, y = make_data(spec)
-    epochs = spec.get("epochs", 1)
-    peers = {"fastnn": (fastnn_model(spec, weights), fastnn_train)}
+def training_peers(wid: str, spec: dict, weights: list, threads: int = 1, log: Any = print) -> dict:
+    """The peers of a training workload: name -> (state, train function); torch's when torch is installed, the JAX
+    peers (JAX_PEERS) for JAX_WORKLOADS when jax imports (skipped with a note through `log` otherwise)."""
+    peers: dict[str, tuple[Any, Any]] = {"fastnn": (fastnn_model(spec, weights), fastnn_train)}
     if _torch() is not None:
         peers["torch"] = (torch_model(spec, weights), torch_train)
         if spec["opt"][0] == "adam":
             peers["torch fused Adam"] = (torch_model(spec, weights, fused=True), torch_train)
+    if wid in JAX_WORKLOADS and _jax(threads, log) is not None:
+        peers["jax"] = (JaxMLP(spec, weights), jax_train)
+        peers["jax-scan"] = (JaxMLP(spec, weights, scan=True), jax_train)
     peers["numpy"] = (NumpyMLP(spec, weights), numpy_train)
     peers["BLAS limit"] = (None, None)
-    # warm-up (one short pass each: buffers, caches, torch's lazy init)
+    return peers
+
+
+def run_training(wid, repeats, full, log, threads=1):
+    """Samples per second of every peer (lists over repeats) for a training workload."""
+    spec = _spec(wid, full)
+    weights, X, y = make_data(spec)
+    epochs = spec.get("epochs", 1)
+    peers = training_peers(wid, spec, weights, threads, log)
+    # warm-up (one short pass each: buffers, caches, torch's lazy init); the JAX peers compile for the shapes of
+    # the data, so theirs is one epoch of the full data (compilation is not timed, as torch's lazy init is not)
     nw = min(X.shape[0], 20 * spec["batch"])
-    for state, fn in peers.values():
-        if fn is not None:
+    for name, (state, fn) in peers.items():
+        if name in JAX_PEERS:
+            log(f"  {wid} {name}: compiled and warmed up in {fn(state, X, y, spec):.2f} s")
+        elif fn is not None:
             fn(state, X[:nw], y[:nw], spec)
     blas_limit_time(spec, nw)
     samples = {k: [] for k in peers}
@@ -482,7 +713,7 @@ def run(workloads=WORKLOADS, repeats=3, threads=2, full=False, log=print):
         if wid in CNN_WORKLOADS:
             continue
         if wid in ("W1", "W2", "W3"):
-            _, s = run_training(wid, repeats, full, log)
+            _, s = run_training(wid, repeats, full, log, threads)
             add(wid, "samples/s", s)
         elif wid == "W4":
             single, batch = run_predict(repeats, log)
@@ -500,16 +731,46 @@ def run(workloads=WORKLOADS, repeats=3, threads=2, full=False, log=print):
         else:
             raise ValueError(f"bench: unknown workload {wid!r}; known: {', '.join(WORKLOADS + CNN_WORKLOADS)}")
     import fastnn._core._threads as th
+    info = machine_info()
     return {"rows": rows, "threads": threads, "repeats": repeats, "full": full,
-            "machine": f"{platform.machine()}, {_ncpu()} CPUs, {platform.processor() or platform.platform()}",
+            "machine": machine_text(info), "cpu": info,
             "python": sys.version.split()[0], "numpy": np.__version__, "fastnn": fnn.__version__,
-            "torch": getattr(_torch(), "__version__", None), "blas": th.blas_config(),
+            "torch": getattr(_torch(), "__version__", None), "jax": _jax_version(), "blas": th.blas_config(),
             "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
 def _ncpu():
     import os
     return os.cpu_count()
+
+
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name: the first "model name" line of /proc/cpuinfo (Linux), else ``platform.processor()``,
+    else ``platform.platform()``."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                key, sep, value = line.partition(":")
+                if sep and key.strip() == "model name" and value.strip():
+                    return " ".join(value.split())
+    except OSError:
+        pass
+    return platform.processor() or platform.platform()
+
+
+def machine_info() -> dict:
+    """What the numbers depend on: the architecture, the CPU count and model, the ISA path of fastnn's runtime
+    dispatch (``fastnn._core._threads.isa_path``) and the kernel family OpenBLAS chose (its core type)."""
+    import fastnn._core._threads as th
+    return {"arch": platform.machine(), "ncpu": _ncpu(), "cpu": cpu_model(), "isa": th.isa_path(),
+            "blas_core": th.blas_corename()}
+
+
+def machine_text(info: dict) -> str:
+    """``machine_info``'s dict in one line, e.g. "x86_64, 2 CPUs, AMD EPYC 7B13, fastnn ISA path avx2+fma, OpenBLAS
+    core Haswell" (the "machine" entry of ``run``'s result, in the table's header and the chart's subtitle)."""
+    return (f"{info['arch']}, {info['ncpu']} CPUs, {info['cpu']}, fastnn ISA path {info['isa']}, "
+            f"OpenBLAS core {info['blas_core']}")
 
 
 def format_table(result):
@@ -522,7 +783,8 @@ def format_table(result):
                 peers.append(k)
     head = ["workload", "unit"] + peers + [f"fastnn vs {p}" for p in peers if p != "fastnn"] + ["target"]
     lines = [f"fastnn bench, {result['date']}, {_threads_text(result['threads'])}, {result['repeats']} repeats "
-             f"(medians, min-max), {result['machine']}; numpy {result['numpy']}, torch {result['torch']}",
+             f"(medians, min-max), {result['machine']}; numpy {result['numpy']}, torch {result['torch']}"
+             + (f", jax {result['jax']}" if result.get("jax") else ""),
              "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         unit, med = r["unit"], r["median"]
@@ -556,6 +818,19 @@ def _threads_text(n) -> str:
     return f"{n} thread" if n == 1 else f"{n} threads"
 
 
+def _wrap_at_commas(text: str, width: int) -> str:
+    """`text` in lines of at most `width` characters where it can, broken only after its ", " separators."""
+    lines: list[str] = []
+    for part in text.split(", "):
+        if lines and len(lines[-1]) + 2 + len(part) <= width:
+            lines[-1] += ", " + part
+        else:
+            if lines:
+                lines[-1] += ","
+            lines.append(part)
+    return "\n".join(lines)
+
+
 def plot(result: dict, path: str | os.PathLike | None = None) -> Figure:
     """A bar chart of ``result`` (``run``'s dict, or the same loaded from ``--json``), written as a PNG to ``path``
     when given; returns the matplotlib Figure.
@@ -574,7 +849,9 @@ def plot(result: dict, path: str | os.PathLike | None = None) -> Figure:
     n_panels = len(rows) + (1 if rss else 0)
     if n_panels == 0:
         raise ValueError("bench: nothing to plot")
-    fig = Figure(figsize=(3.4 * n_panels, 4.0), layout="constrained")
+    # wider panels for many bars (the JAX peers make 6 on W1), so that the value labels do not run into each other
+    panel_w = max([3.4] + [0.72 * len([k for k in r["median"] if k != "BLAS limit"]) for r in rows])
+    fig = Figure(figsize=(panel_w * n_panels, 4.0), layout="constrained")
     axes = fig.subplots(1, n_panels, squeeze=False)[0]
     # the titles sit above the limits' legends (pad: a legend's height), at one height in every panel
     title_pad = 16 if any("BLAS limit" in r["median"] for r in rows) else 6
@@ -635,8 +912,9 @@ def plot(result: dict, path: str | os.PathLike | None = None) -> Figure:
                      pad=title_pad)
     repeats = result.get("repeats")
     spread = f", {repeats} repeats (bars: medians, error bars: min-max)" if rows and repeats else ""
-    fig.suptitle(f"fastnn bench, {result.get('date', '')}, {_threads_text(result.get('threads', '?'))}{spread}\n"
-                 f"{result.get('machine', '')}", fontsize=7)
+    title = f"fastnn bench, {result.get('date', '')}, {_threads_text(result.get('threads', '?'))}{spread}"
+    width = int(panel_w * n_panels * 18)         # characters of 7-point text across the figure
+    fig.suptitle(_wrap_at_commas(title, width) + "\n" + _wrap_at_commas(result.get("machine", ""), width), fontsize=7)
     if path is not None:
         fig.savefig(path, dpi=120)
     return fig
@@ -774,7 +1052,7 @@ def main(args):
         print(("\n" if result is not None else "") + format_rss(rss, args.threads, args.full, rw))
         if result is None:
             result = {"rows": [], "threads": args.threads, "full": args.full, "date": time.strftime("%Y-%m-%d %H:%M"),
-                      "machine": f"{platform.machine()}, {_ncpu()} CPUs, {platform.processor() or platform.platform()}"}
+                      "machine": machine_text(machine_info())}
         result["rss"], result["rss_workload"] = rss, rw
     if args.json:
         with open(args.json, "w") as f:

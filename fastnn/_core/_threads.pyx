@@ -15,6 +15,26 @@ cdef extern from "fnn_threads.h" nogil:
 cdef extern from "cblas.h" nogil:
     int scipy_openblas_get_num_threads()
     char *scipy_openblas_get_config()
+    char *scipy_openblas_get_corename()
+
+# The ISA path of the runtime dispatch, by the checks the dispatch itself makes: FNN_CLONES's target_clones
+# resolver takes the avx512f clone, else the avx2 one, else the baseline (fnn_dispatch.h); the recurrent layers'
+# packed per-step GEMM needs AVX-512F, or AVX2 with FMA (fnn_rnn.h's fnn_rnn_isa).
+cdef extern from *:
+    """
+    #include "fnn_dispatch.h"
+    static const char *fnn_isa_path(void) {
+    #if FNN_HAVE_CLONES
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("avx512f")) return "avx512f";
+        if (__builtin_cpu_supports("avx2")) return __builtin_cpu_supports("fma") ? "avx2+fma" : "avx2";
+        return "baseline";
+    #else
+        return "baseline (no runtime dispatch in this build)";
+    #endif
+    }
+    """
+    const char *fnn_isa_path()
 
 cdef int _n_threads = 1
 
@@ -86,6 +106,20 @@ def blas_num_threads():
 def blas_config():
     """OpenBLAS's build description (version, kernel, threading)."""
     return scipy_openblas_get_config().decode()
+
+
+def blas_corename() -> str:
+    """The kernel family OpenBLAS chose for this CPU at load time (its DYNAMIC_ARCH core type, e.g. "Haswell",
+    "SkylakeX", "Zen")."""
+    return scipy_openblas_get_corename().decode()
+
+
+def isa_path() -> str:
+    """The instruction-set path fastnn's runtime dispatch takes on this CPU: "avx512f" (the AVX-512 clones of the
+    FNN_CLONES loops and the AVX-512 packed recurrent GEMM), "avx2+fma" (the AVX2 clones and the AVX2+FMA packed
+    GEMM), "avx2" (AVX2 clones, the BLAS for the recurrent steps), or "baseline" (SSE2; also every build without
+    runtime dispatch: another compiler, system or architecture, or FNN_NO_CLONES)."""
+    return fnn_isa_path().decode()
 
 
 def use_shared_pool(bint on=True):
