@@ -1,7 +1,7 @@
 """Command line: ``python -m fastnn demo`` trains an MLP on the bundled digits and reports test accuracy
 (``--model cnn``: a CNN on the digits as 8x8x1 images);
 (``--model lstm``: a character-level LSTM on the bundled Shakespeare text, which prints a generated sample);
-``python -m fastnn bench`` runs the side-by-side benchmark (fastnn, PyTorch when installed, plain numpy)."""
+``python -m fastnn bench`` runs the side-by-side benchmark (fastnn, PyTorch and JAX when installed, plain numpy)."""
 import argparse
 import sys
 import time
@@ -184,7 +184,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="threads for kernels and BLAS (0: default)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    b = sub.add_parser("bench", help="benchmark fastnn against PyTorch (if installed) and plain numpy")
+    b = sub.add_parser("bench", help="benchmark fastnn against PyTorch and JAX (if installed) and plain numpy")
     b.add_argument("--workloads", default="",
                    help="comma-separated subset of W1,W2,W3,W4,mnist,digits (default: these), "
                    "of the CNN workloads C1,C2,C3,C4,Clayers,Cinfer,Cfirst (cnn: all of them) and of the recurrent "
