@@ -429,7 +429,7 @@ def _pad_same(g, layer, x, rank):
 
 
 def _c_conv(g, layer, xs, mask):
-    r = layer._rank
+    r = layer.spatial_rank
     W = np.asarray(layer.params["weight"]).transpose((r + 1, r) + tuple(range(r)))   # (F, C / groups, k...)
     x = _channels_first(g, xs[0], r, layer.name)
     if _variable_same(layer):
@@ -437,30 +437,15 @@ def _c_conv(g, layer, xs, mask):
     inputs = [x, g.ctx.const(W, f"{layer.name}.weight")]
     if layer.use_bias:
         inputs.append(_param(g, layer, "bias"))
-    attrs = _spatial_attrs(layer, layer.kernel_size, layer.strides, layer.dilation_rate, layer._pads)
+    attrs = _spatial_attrs(layer, layer.kernel_size, layer.strides, layer.dilation_rate, layer.pads_for)
     y = g.op("Conv", inputs, layer.name, group=layer.groups, **attrs)
     return [_activate(g, layer.activation, _channels_last(g, y, r, layer.name), layer.name)]
 
 
-def _pool_pads(layer):
-    from fastnn.layers.pooling import _axis
-
-    def pads(spatial):
-        if layer.padding != "same":
-            return [(0, 0)] * len(spatial)
-        out = []
-        for n, k, s in zip(spatial, layer.pool_size, layer.strides):
-            o, before = _axis(n, k, s, "same")
-            total = max((o - 1) * s + k - n, 0)
-            out.append((before, total - before))
-        return out
-    return pads
-
-
 def _c_pool(g, layer, xs, mask):
-    r = layer._rank
-    attrs = _spatial_attrs(layer, layer.pool_size, layer.strides, None, _pool_pads(layer))
-    if layer._max:
+    r = layer.spatial_rank
+    attrs = _spatial_attrs(layer, layer.pool_size, layer.strides, None, layer.pads_for)
+    if layer.is_max:
         op = "MaxPool"
     else:
         op = "AveragePool"
@@ -470,8 +455,8 @@ def _c_pool(g, layer, xs, mask):
 
 
 def _c_global_pool(g, layer, xs, mask):
-    op = "ReduceMax" if layer._max else "ReduceMean"
-    return [g.reduce(op, xs[0], list(range(1, layer._rank + 1)), layer.keepdims, layer.name)]
+    op = "ReduceMax" if layer.is_max else "ReduceMean"
+    return [g.reduce(op, xs[0], list(range(1, layer.spatial_rank + 1)), layer.keepdims, layer.name)]
 
 
 # ------------------------------------------------------------------------------------- recurrent layers

@@ -112,8 +112,13 @@ class _Conv(WeightBias, Layer):
         self.fusable = self.activation.fusable
 
     # ------------------------------------------------------------------ shapes
-    def _pads(self, sizes):
-        """((before, after) per spatial axis) for input spatial sizes `sizes` (ints)."""
+    @property
+    def spatial_rank(self) -> int:
+        """The number of spatial axes: 2 for Conv2D, 1 for Conv1D."""
+        return self._rank
+
+    def pads_for(self, sizes: Sequence[int]) -> tuple[tuple[int, int], ...]:
+        """((before, after) zeros per spatial axis) for input spatial sizes `sizes` (ints)."""
         if self.padding == "valid":
             return ((0, 0),) * self._rank
         if self.padding == "causal":
@@ -153,7 +158,7 @@ class _Conv(WeightBias, Layer):
             raise ValueError(f"{self.name}: input channels ({C}) must be a multiple of groups ({self.groups}); "
                              f"sample shape {shape}")
         sizes = shape[:-1]
-        pads = self._pads(tuple(1 if n is None else n for n in sizes))      # an axis' padding needs its size only
+        pads = self.pads_for(tuple(1 if n is None else n for n in sizes))      # an axis' padding needs its size only
         out = [None if n is None else self._out_size(a, n, pads) for a, n in enumerate(sizes)]
         return tuple(out) + (self.filters,)
 
@@ -183,7 +188,7 @@ class _Conv(WeightBias, Layer):
         """For a batch shape (N, *spatial, C): (4-D input shape, 4-D output shape, strides, dilation, padding as
         (top, bottom, left, right)), all as the 2-D kernel sees them (Conv1D: height 1)."""
         sizes = shape[1:-1]
-        pads = self._pads(sizes)
+        pads = self.pads_for(sizes)
         out = tuple(self._out_size(a, n, pads) for a, n in enumerate(sizes))
         if self._rank == 1:
             x4 = (shape[0], 1, shape[1], shape[2])

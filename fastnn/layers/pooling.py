@@ -19,6 +19,7 @@ shape for the backward.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -63,6 +64,16 @@ class _Pool(Layer):
     _rank = 2          # spatial axes
     _max = True        # max or average
 
+    @property
+    def spatial_rank(self) -> int:
+        """The number of spatial axes: 2 for the 2D layers, 1 for the 1D ones."""
+        return self._rank
+
+    @property
+    def is_max(self) -> bool:
+        """True for max pooling, False for average pooling."""
+        return self._max
+
     def __init__(self, pool_size: int | tuple[int, ...] = 2, strides: int | tuple[int, ...] | None = None,
                  padding: str = "valid", name: str | None = None) -> None:
         super().__init__(name)
@@ -90,6 +101,18 @@ class _Pool(Layer):
                                  f">= pool_size {self.pool_size}, got input of shape {given}")
             out.append(o)
         return tuple(out)
+
+    def pads_for(self, sizes: Sequence[int]) -> list[tuple[int, int]]:
+        """((before, after) virtual padding per spatial axis) for input spatial sizes `sizes` (ints): none for
+        "valid"; for "same", TensorFlow's split (the odd extra position after), as the kernels pad."""
+        if self.padding != "same":
+            return [(0, 0)] * len(sizes)
+        out = []
+        for n, k, s in zip(sizes, self.pool_size, self.strides):
+            o, before = _axis(n, k, s, "same")
+            total = max((o - 1) * s + k - n, 0)
+            out.append((before, total - before))
+        return out
 
     def _build(self, input_shape):
         input_shape = tuple(input_shape)
