@@ -8,10 +8,7 @@ import time
 
 import numpy as np
 
-
-def _threads_text(n: int) -> str:
-    """The thread count in words: "1 thread", "2 threads"."""
-    return f"{n} thread" if n == 1 else f"{n} threads"
+from fastnn.bench import threads_text
 
 
 def shifted(X, y, side=8):
@@ -67,7 +64,7 @@ def demo(args):
     X_train, y_train, X_test, y_test = stratified_split(X, y, test_fraction=0.2, seed=args.seed)
     X_train, y_train, X_val, y_val = stratified_split(X_train, y_train, test_fraction=0.125, seed=args.seed)
     print(f"fastnn {fnn.__version__} demo: UCI hand-written digits, {len(X_train)} train / {len(X_val)} validation"
-          f" / {len(X_test)} test samples, {_threads_text(fnn.get_num_threads())}")
+          f" / {len(X_test)} test samples, {threads_text(fnn.get_num_threads())}")
     print(f"data: {DIGITS_CITATION}")
     if kind == "cnn":
         # 8x8x1 images (channels-last); the training images also moved by one pixel each way (5x the samples)
@@ -136,7 +133,7 @@ def demo_lstm(args):
         return 2
     print(f"fastnn {fnn.__version__} demo: character LSTM on {len(text):,} characters of Shakespeare "
           f"({len(vocab)} distinct), {len(X)} train / {len(Xv)} validation windows of {args.seq_len}, "
-          f"{_threads_text(fnn.get_num_threads())}")
+          f"{threads_text(fnn.get_num_threads())}")
     print(f"data: {SHAKESPEARE_SOURCE}")
     L = fnn.layers
     model = fnn.Sequential([

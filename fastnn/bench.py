@@ -782,7 +782,7 @@ def format_table(result):
             if k not in peers:
                 peers.append(k)
     head = ["workload", "unit"] + peers + [f"fastnn vs {p}" for p in peers if p != "fastnn"] + ["target"]
-    lines = [f"fastnn bench, {result['date']}, {_threads_text(result['threads'])}, {result['repeats']} repeats "
+    lines = [f"fastnn bench, {result['date']}, {threads_text(result['threads'])}, {result['repeats']} repeats "
              f"(medians, min-max), {result['machine']}; numpy {result['numpy']}, torch {result['torch']}"
              + (f", jax {result['jax']}" if result.get("jax") else ""),
              "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -813,7 +813,7 @@ def format_table(result):
     return "\n".join(lines)
 
 
-def _threads_text(n) -> str:
+def threads_text(n: object) -> str:
     """The thread count in words: "1 thread", "2 threads" ("? threads" for a result that does not say)."""
     return f"{n} thread" if n == 1 else f"{n} threads"
 
@@ -912,7 +912,7 @@ def plot(result: dict, path: str | os.PathLike | None = None) -> Figure:
                      pad=title_pad)
     repeats = result.get("repeats")
     spread = f", {repeats} repeats (bars: medians, error bars: min-max)" if rows and repeats else ""
-    title = f"fastnn bench, {result.get('date', '')}, {_threads_text(result.get('threads', '?'))}{spread}"
+    title = f"fastnn bench, {result.get('date', '')}, {threads_text(result.get('threads', '?'))}{spread}"
     width = int(panel_w * n_panels * 18)         # characters of 7-point text across the figure
     fig.suptitle(_wrap_at_commas(title, width) + "\n" + _wrap_at_commas(result.get("machine", ""), width), fontsize=7)
     if path is not None:
@@ -1019,7 +1019,7 @@ def format_rss(rss, threads, full, workload="W1"):
         from fastnn import bench_cnn
         n = bench_cnn._spec(workload, full)["n"]
     lines = [f"Peak RSS (VmHWM / ru_maxrss, MiB), {workload} training: one epoch of {n:,} samples, "
-             f"{_threads_text(threads)}, each peer in a fresh process", "",
+             f"{threads_text(threads)}, each peer in a fresh process", "",
              "| peer | bare imports | + data | peak (training) | training - data |",
              "|---|---|---|---|---|"]
     for peer, r in rss.items():
