@@ -53,11 +53,18 @@
     X(RMSPROP, rmsprop)              /* torch.optim.RMSprop: momentum, centered, coupled decay */         \
     X(ADAGRAD, adagrad)              /* torch.optim.Adagrad: lr_decay, coupled decay */
 
-/* Layers of the compiled plan's chain. */
+/* Nodes of the compiled plan's graph. */
 #define FNN_PLAN_LAYERS(X)                                                                                \
     X(DENSE, dense)                  /* GEMM, then bias and activation in one pass */                     \
     X(ACTIVATION, activation)        /* an activation layer */                                            \
-    X(PASS, pass)                    /* an output activation fused with the loss: lets the logits through */
+    X(PASS, pass)                    /* an output activation fused with the loss: lets the logits through */ \
+    X(BATCHNORM, batchnorm)          /* BatchNorm over the rows (batch statistics, or running when frozen) */ \
+    X(LAYERNORM, layernorm)          /* LayerNorm over the features of each row */                        \
+    X(DROPOUT, dropout)              /* Dropout: a mask from the counter-based generator, seeded per batch */ \
+    X(ADD, add)                      /* Add: the sum of its sources */                                    \
+    X(RESIDUAL, residual)            /* Residual: x + block(x), the block dropped per batch (stochastic depth) */ \
+    X(CONCAT, concat)                /* Concatenate along the features */                                 \
+    X(IDENTITY, identity)            /* Flatten / Reshape of a feature vector: the input goes through */
 
 /* What a run of the compiled plan returns (its first value). */
 #define FNN_PLAN_STATUSES(X)                                                                              \
@@ -66,6 +73,7 @@
     X(NONFINITE_GRADIENT, nonfinite_gradient) /* at `bad`, before the update */                           \
     X(NONFINITE_PARAMETER, nonfinite_parameter) /* the update made parameter `bad` non-finite; restored */ \
     X(NONFINITE_STATE, nonfinite_state)      /* the update made optimizer state `bad` non-finite; restored */ \
+    X(NONFINITE_BUFFER, nonfinite_buffer)    /* the forward pass made node `bad`'s running statistics non-finite */ \
     X(BAD_KIND, bad_kind)            /* a kernel met a kind outside its table (an internal error) */
 
 /* ---- expansions: enum, count, and the names (as functions: no unused static data in every unit) */

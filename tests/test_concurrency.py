@@ -92,7 +92,13 @@ def _mlp():        # a chain of Dense/activation layers: the compiled inference 
                            L.Dense(5, activation="softmax")], input_dim=16, seed=0)
 
 
-def _bn():         # BatchNorm (and Dropout): the per-layer path
+def _bn():         # BatchNorm and Dropout on (4, 4) features (Reshape): the per-layer path and its executors
+    return fnn.Sequential([L.Reshape((4, 4)), L.Dense(16, activation="relu"), L.Flatten(),
+                           L.Dense(64, activation="relu"), L.BatchNorm(), L.Dropout(0.2),
+                           L.Dense(5, activation="softmax")], input_dim=16, seed=0)
+
+
+def _bn_compiled():   # the same layers on feature vectors: the compiled plan, BatchNorm and Dropout included
     return fnn.Sequential([L.Dense(64, activation="relu"), L.BatchNorm(), L.Dropout(0.2),
                            L.Dense(5, activation="softmax")], input_dim=16, seed=0)
 
@@ -159,7 +165,7 @@ def test_evaluate_from_many_threads_is_correct():
     assert got == [want] * 30
 
 
-@pytest.mark.parametrize("make", [_bn, _mlp], ids=["per-layer", "compiled"])
+@pytest.mark.parametrize("make", [_bn, _mlp, _bn_compiled], ids=["per-layer", "compiled", "compiled-bn"])
 def test_predict_during_fit_does_not_change_training(make):
     # before the fix predict wrote the layer buffers and forward state that fit's backward read (BatchNorm)
     X, y = _data(512)

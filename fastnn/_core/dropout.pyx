@@ -43,27 +43,52 @@ def dropout_forward(const floating[::1] X, floating[::1] Y, unsigned char[::1] m
 
     `offset` skips ahead in the generator's counter: the mask of X equals elements offset .. offset + n - 1 of
     the mask of a larger array drawn with the same seed (a data-parallel rank's rows of the global batch)."""
-    cdef Py_ssize_t n = X.shape[0], t
+    cdef Py_ssize_t n = X.shape[0]
     if Y.shape[0] != n or mask.shape[0] != n:
         raise ValueError(f"dropout_forward: X has {n} elements, Y {Y.shape[0]}, mask {mask.shape[0]}")
     if threshold > (<uint64_t>1 << 53):
         raise ValueError(f"dropout_forward: threshold must be <= 2^53, got {threshold}")
     if n == 0:
         return
+    with nogil:
+        dropout_fwd(&X[0], &Y[0], &mask[0], n, seed, threshold, scale, offset, n_threads)
+
+
+cdef void dropout_fwd(const floating *X, floating *Y, unsigned char *mask, Py_ssize_t n, uint64_t seed,
+                      uint64_t threshold, double scale, uint64_t offset, int n_threads) noexcept nogil:
+    """dropout_forward on raw pointers (threshold <= 2^53, checked by the caller)."""
+    cdef Py_ssize_t t
+    if n == 0:
+        return
     cdef int nt = threads_for(n, n_threads, FNN_MIN_PER_THREAD)
-    for t in prange(nt, num_threads=nt, nogil=True, schedule="static"):
-        _fwd_range(&X[0], &Y[0], &mask[0], _lo(t, nt, n), _lo(t + 1, nt, n), seed, threshold, <floating>scale,
-                   offset)
+    if nt <= 1:
+        _fwd_range(X, Y, mask, 0, n, seed, threshold, <floating>scale, offset)
+        return
+    for t in prange(nt, num_threads=nt, schedule="static"):
+        _fwd_range(X, Y, mask, _lo(t, nt, n), _lo(t + 1, nt, n), seed, threshold, <floating>scale, offset)
 
 
 def dropout_backward(const floating[::1] dY, const unsigned char[::1] mask, floating[::1] dX, double scale,
                      int n_threads=1):
     """dX[i] = dY[i] * mask[i] * scale (OUT), with the mask of the forward pass (IN)."""
-    cdef Py_ssize_t n = dY.shape[0], t
+    cdef Py_ssize_t n = dY.shape[0]
     if dX.shape[0] != n or mask.shape[0] != n:
         raise ValueError(f"dropout_backward: dY has {n} elements, dX {dX.shape[0]}, mask {mask.shape[0]}")
     if n == 0:
         return
+    with nogil:
+        dropout_bwd(&dY[0], &mask[0], &dX[0], n, scale, n_threads)
+
+
+cdef void dropout_bwd(const floating *dY, const unsigned char *mask, floating *dX, Py_ssize_t n, double scale,
+                      int n_threads) noexcept nogil:
+    """dropout_backward on raw pointers."""
+    cdef Py_ssize_t t
+    if n == 0:
+        return
     cdef int nt = threads_for(n, n_threads, FNN_MIN_PER_THREAD)
-    for t in prange(nt, num_threads=nt, nogil=True, schedule="static"):
-        _bwd_range(&dY[0], &mask[0], &dX[0], _lo(t, nt, n), _lo(t + 1, nt, n), <floating>scale)
+    if nt <= 1:
+        _bwd_range(dY, mask, dX, 0, n, <floating>scale)
+        return
+    for t in prange(nt, num_threads=nt, schedule="static"):
+        _bwd_range(dY, mask, dX, _lo(t, nt, n), _lo(t + 1, nt, n), <floating>scale)

@@ -31,6 +31,13 @@ cdef extern from "fnn_kinds.h" nogil:
         FNN_LAYER_DENSE
         FNN_LAYER_ACTIVATION
         FNN_LAYER_PASS
+        FNN_LAYER_BATCHNORM
+        FNN_LAYER_LAYERNORM
+        FNN_LAYER_DROPOUT
+        FNN_LAYER_ADD
+        FNN_LAYER_RESIDUAL
+        FNN_LAYER_CONCAT
+        FNN_LAYER_IDENTITY
         FNN_N_LAYER
 
     cdef enum fnn_status_kind:
@@ -39,6 +46,7 @@ cdef extern from "fnn_kinds.h" nogil:
         FNN_STATUS_NONFINITE_GRADIENT
         FNN_STATUS_NONFINITE_PARAMETER
         FNN_STATUS_NONFINITE_STATE
+        FNN_STATUS_NONFINITE_BUFFER
         FNN_STATUS_BAD_KIND
         FNN_N_STATUS
 

@@ -150,7 +150,7 @@ def batchnorm_forward(const floating[:, ::1] X, const floating[::1] gamma, const
     not training: mean, invstd (OUT) from running_mean/var (IN).
     Xhat = (X - mean) * invstd (OUT), Y = gamma * Xhat + beta (OUT).
     """
-    cdef Py_ssize_t n = X.shape[0], C = X.shape[1], nb, t
+    cdef Py_ssize_t n = X.shape[0], C = X.shape[1]
     fn = "batchnorm_forward"
     for name, a in (("Y", Y), ("Xhat", Xhat)):
         _check2(fn, name, a, n, C)
@@ -169,10 +169,26 @@ def batchnorm_forward(const floating[:, ::1] X, const floating[::1] gamma, const
         return
     cdef floating *rm = &running_mean[0] if running_mean is not None else NULL
     cdef floating *rv = &running_var[0] if running_var is not None else NULL
+    with nogil:
+        bn_forward(&X[0, 0], &gamma[0], &beta[0], &Y[0, 0], &Xhat[0, 0], &mean[0], &invstd[0], rm, rv, n, C,
+                   training, momentum, eps, n_threads)
+
+
+cdef void bn_forward(const floating *X, const floating *gamma, const floating *beta, floating *Y, floating *Xhat,
+                     floating *mean, floating *invstd, floating *rmean, floating *rvar, Py_ssize_t n, Py_ssize_t C,
+                     bint training, double momentum, double eps, int n_threads) noexcept nogil:
+    """batchnorm_forward on raw pointers, checked by the caller (training: n > 1; not training: rmean, rvar
+    given); n == 0 or C == 0: nothing."""
+    cdef Py_ssize_t nb, t
+    if n == 0 or C == 0:
+        return
     cdef int nt = _n_blocks_threads(n, C, n_threads, &nb)
-    for t in prange(nt, num_threads=nt, nogil=True, schedule="static"):
-        _bn_fwd_range(&X[0, 0], &Y[0, 0], &Xhat[0, 0], &gamma[0], &beta[0], &mean[0], &invstd[0], rm, rv,
-                      n, C, _lo(t, nt, nb), _lo(t + 1, nt, nb), training, momentum, eps)
+    if nt <= 1:
+        _bn_fwd_range(X, Y, Xhat, gamma, beta, mean, invstd, rmean, rvar, n, C, 0, nb, training, momentum, eps)
+        return
+    for t in prange(nt, num_threads=nt, schedule="static"):
+        _bn_fwd_range(X, Y, Xhat, gamma, beta, mean, invstd, rmean, rvar, n, C, _lo(t, nt, nb), _lo(t + 1, nt, nb),
+                      training, momentum, eps)
 
 
 cdef void _bn_fwd_range(const floating *X, floating *Y, floating *Xhat, const floating *gamma,
@@ -200,7 +216,7 @@ def batchnorm_backward(const floating[:, ::1] dY, const floating[:, ::1] Xhat, c
     """Backward of batchnorm_forward.  IN: dY, Xhat, gamma, invstd (the forward's).  OUT: dgamma = sum dY Xhat,
     dbeta = sum dY, dX (None: not needed).  batch_stats: the forward normalized with the batch's statistics
     (training), so dX has the terms through the mean and variance; else dX = dY * gamma * invstd."""
-    cdef Py_ssize_t n = dY.shape[0], C = dY.shape[1], nb, t
+    cdef Py_ssize_t n = dY.shape[0], C = dY.shape[1]
     fn = "batchnorm_backward"
     _check2(fn, "Xhat", Xhat, n, C)
     if dX is not None:
@@ -214,10 +230,30 @@ def batchnorm_backward(const floating[:, ::1] dY, const floating[:, ::1] Xhat, c
         dbeta[:] = 0
         return
     cdef floating *dxp = &dX[0, 0] if dX is not None else NULL
+    with nogil:
+        bn_backward(&dY[0, 0], &Xhat[0, 0], &gamma[0], &invstd[0], dxp, &dgamma[0], &dbeta[0], n, C, batch_stats,
+                    n_threads)
+
+
+cdef void bn_backward(const floating *dY, const floating *Xhat, const floating *gamma, const floating *invstd,
+                      floating *dX, floating *dgamma, floating *dbeta, Py_ssize_t n, Py_ssize_t C, bint batch_stats,
+                      int n_threads) noexcept nogil:
+    """batchnorm_backward on raw pointers (dX NULL: not needed); n == 0 zeroes dgamma and dbeta."""
+    cdef Py_ssize_t nb, t, j
+    if C == 0:
+        return
+    if n == 0:
+        for j in range(C):
+            dgamma[j] = 0
+            dbeta[j] = 0
+        return
     cdef int nt = _n_blocks_threads(n, C, n_threads, &nb)
-    for t in prange(nt, num_threads=nt, nogil=True, schedule="static"):
-        _bn_bwd_range(&dY[0, 0], &Xhat[0, 0], &gamma[0], &invstd[0], dxp, &dgamma[0], &dbeta[0], n, C,
-                      _lo(t, nt, nb), _lo(t + 1, nt, nb), batch_stats)
+    if nt <= 1:
+        _bn_bwd_range(dY, Xhat, gamma, invstd, dX, dgamma, dbeta, n, C, 0, nb, batch_stats)
+        return
+    for t in prange(nt, num_threads=nt, schedule="static"):
+        _bn_bwd_range(dY, Xhat, gamma, invstd, dX, dgamma, dbeta, n, C, _lo(t, nt, nb), _lo(t + 1, nt, nb),
+                      batch_stats)
 
 
 # ------------------------------------------------------------------------------------------ layer norm
@@ -285,7 +321,7 @@ def layernorm_forward(const floating[:, ::1] X, const floating[::1] gamma, const
     """Layer norm over the columns of each row (torch.nn.LayerNorm over all features, biased variance).
 
     OUT: invstd (n,) = 1 / sqrt(var_row + eps), Xhat = (X - mean_row) * invstd, Y = gamma * Xhat + beta."""
-    cdef Py_ssize_t n = X.shape[0], D = X.shape[1], t
+    cdef Py_ssize_t n = X.shape[0], D = X.shape[1]
     fn = "layernorm_forward"
     for name, a in (("Y", Y), ("Xhat", Xhat)):
         _check2(fn, name, a, n, D)
@@ -294,12 +330,24 @@ def layernorm_forward(const floating[:, ::1] X, const floating[::1] gamma, const
     _check1(fn, "invstd", invstd, n)
     if n == 0 or D == 0:
         return
+    with nogil:
+        ln_forward(&X[0, 0], &gamma[0], &beta[0], &Y[0, 0], &Xhat[0, 0], &invstd[0], n, D, eps, n_threads)
+
+
+cdef void ln_forward(const floating *X, const floating *gamma, const floating *beta, floating *Y, floating *Xhat,
+                     floating *invstd, Py_ssize_t n, Py_ssize_t D, double eps, int n_threads) noexcept nogil:
+    """layernorm_forward on raw pointers; n == 0 or D == 0: nothing."""
+    cdef Py_ssize_t t
+    if n == 0 or D == 0:
+        return
     cdef int nt = threads_for(n * D, n_threads, FNN_MIN_PER_THREAD)
     if nt > n:
         nt = <int>n
-    for t in prange(nt, num_threads=nt, nogil=True, schedule="static"):
-        _ln_fwd_rows(&X[0, 0], &Y[0, 0], &Xhat[0, 0], &gamma[0], &beta[0], &invstd[0],
-                     _lo(t, nt, n), _lo(t + 1, nt, n), D, eps)
+    if nt <= 1:
+        _ln_fwd_rows(X, Y, Xhat, gamma, beta, invstd, 0, n, D, eps)
+        return
+    for t in prange(nt, num_threads=nt, schedule="static"):
+        _ln_fwd_rows(X, Y, Xhat, gamma, beta, invstd, _lo(t, nt, n), _lo(t + 1, nt, n), D, eps)
 
 
 def layernorm_backward(const floating[:, ::1] dY, const floating[:, ::1] Xhat, const floating[::1] gamma,
@@ -307,7 +355,7 @@ def layernorm_backward(const floating[:, ::1] dY, const floating[:, ::1] Xhat, c
                        int n_threads=1):
     """Backward of layernorm_forward.  IN: dY, Xhat, gamma, invstd.  OUT: dgamma = sum over rows of dY Xhat,
     dbeta = sum over rows of dY, dX (None: not needed)."""
-    cdef Py_ssize_t n = dY.shape[0], D = dY.shape[1], nb, t
+    cdef Py_ssize_t n = dY.shape[0], D = dY.shape[1]
     fn = "layernorm_backward"
     _check2(fn, "Xhat", Xhat, n, D)
     if dX is not None:
@@ -321,14 +369,36 @@ def layernorm_backward(const floating[:, ::1] dY, const floating[:, ::1] Xhat, c
         dgamma[:] = 0
         dbeta[:] = 0
         return
+    cdef floating *dxp = &dX[0, 0] if dX is not None else NULL
+    with nogil:
+        ln_backward(&dY[0, 0], &Xhat[0, 0], &gamma[0], &invstd[0], dxp, &dgamma[0], &dbeta[0], n, D, n_threads)
+
+
+cdef void ln_backward(const floating *dY, const floating *Xhat, const floating *gamma, const floating *invstd,
+                      floating *dX, floating *dgamma, floating *dbeta, Py_ssize_t n, Py_ssize_t D,
+                      int n_threads) noexcept nogil:
+    """layernorm_backward on raw pointers (dX NULL: not needed); n == 0 zeroes dgamma and dbeta."""
+    cdef Py_ssize_t nb, t, j
     cdef int nt
-    if dX is not None:
+    if D == 0:
+        return
+    if n == 0:
+        for j in range(D):
+            dgamma[j] = 0
+            dbeta[j] = 0
+        return
+    if dX != NULL:
         nt = threads_for(n * D, n_threads, FNN_MIN_PER_THREAD)
         if nt > n:
             nt = <int>n
-        for t in prange(nt, num_threads=nt, nogil=True, schedule="static"):
-            _ln_bwd_rows(&dY[0, 0], &Xhat[0, 0], &gamma[0], &invstd[0], &dX[0, 0], _lo(t, nt, n),
-                         _lo(t + 1, nt, n), D)
+        if nt <= 1:
+            _ln_bwd_rows(dY, Xhat, gamma, invstd, dX, 0, n, D)
+        else:
+            for t in prange(nt, num_threads=nt, schedule="static"):
+                _ln_bwd_rows(dY, Xhat, gamma, invstd, dX, _lo(t, nt, n), _lo(t + 1, nt, n), D)
     nt = _n_blocks_threads(n, D, n_threads, &nb)
-    for t in prange(nt, num_threads=nt, nogil=True, schedule="static"):
-        _col_sums_range(&dY[0, 0], &Xhat[0, 0], n, D, _lo(t, nt, nb), _lo(t + 1, nt, nb), &dbeta[0], &dgamma[0])
+    if nt <= 1:
+        _col_sums_range(dY, Xhat, n, D, 0, nb, dbeta, dgamma)
+        return
+    for t in prange(nt, num_threads=nt, schedule="static"):
+        _col_sums_range(dY, Xhat, n, D, _lo(t, nt, nb), _lo(t + 1, nt, nb), dbeta, dgamma)

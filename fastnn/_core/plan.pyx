@@ -1,22 +1,27 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True
 """The compiled training plan: whole runs of mini-batches (an epoch, or a chunk of one) without Python per batch.
 
-For a chain of compiled layers (Dense with its fused activation, activation layers), one call runs, for each
-batch, all ``nogil``: the gather of the batch from the epoch's permutation, the forward pass (GEMM, then
-bias + activation in one pass), the loss and its gradient (softmax cross-entropy fused), the backward pass,
-the NaN/inf guard, clipping and the optimizer update over the flat parameter buffer.  It runs the same
+For a graph of compiled layers on feature vectors (Dense with its fused activation, activation layers, BatchNorm,
+LayerNorm, Dropout, Residual with stochastic depth, Add, Concatenate, Flatten/Reshape), one call runs, for each
+batch, all ``nogil``: the gather of the batch from the epoch's permutation, the forward pass (a Dense layer: GEMM,
+then bias + activation in one pass), the loss and its gradient (softmax cross-entropy fused), the backward pass
+(the nodes in reverse order, the gradients of an output read by several nodes summed as the executor
+fastnn/engine.py sums them), the NaN/inf guard, clipping and the optimizer update over the flat parameter
+buffer.  It runs the same
 kernels, in the same order, on the same buffers as the per-layer path (fastnn/model.py ``_step``), so the
 two give the same weights.
 
 The plan's state is one ``Plan`` object (a cdef class over C structs), filled once per model and batch size
-(the layers, ``dense`` / ``activation``, and the batch buffers) and per epoch (``loss``, ``sgd`` / ``adam`` /
+(the nodes, ``dense`` / ``activation`` / ``batchnorm`` / ..., their sources ``link``, and the batch buffers,
+which check the graph) and per epoch (``loss``, ``sgd`` / ``adam`` /
 ``rmsprop`` / ``adagrad``, ``guard``, ``clip``), each setter validating its arguments (kinds against the table
 csrc/fnn_kinds.h, dtypes, shapes) so that the nogil loops need no checks:
 
-- ``PlanLayer``: kind (PLAN_LAYER: DENSE, ACTIVATION, or PASS, an output activation fused with the loss that
-  lets the logits through), activation kind and alpha, sizes, offsets of W and b in the flat parameters, and
-  the layer's buffers Z, Y, dZ, dX (bs x n_out, bs x n_out, bs x n_out, bs x n_in) and which of them holds its
-  output;
+- ``PlanLayer``: kind (PLAN_LAYER: DENSE, ACTIVATION, PASS (an output activation fused with the loss that
+  lets the logits through), BATCHNORM, LAYERNORM, DROPOUT, ADD, RESIDUAL, CONCAT, IDENTITY), its sources and
+  fanout, activation kind and alpha, sizes, offsets of its parameters in the flat buffer, its batch buffers
+  (Z, Y, dZ, dX, the gradient sum acc of an output read several times) and the kind's own settings (statistics
+  and running statistics, dropout threshold and mask, survival probability, its column in a batch's draws);
 - ``Update``: the optimizer kind (OPT) and its hyperparameters by name (``SGDHyper``, ``AdamHyper``, ...), the
   weight-decay prefix and the state arrays;
 - the guard's backup buffers, the clipping thresholds, and the statistics of the last run (``RunStats``).
@@ -25,12 +30,17 @@ csrc/fnn_kinds.h, dtypes, shapes) so that the nogil loops need no checks:
 status a PLAN_STATUS: DONE; NONFINITE_LOSS (before the backward pass, weights untouched); NONFINITE_GRADIENT at
 bad_index (before the update); NONFINITE_PARAMETER: the update made parameter bad_index non-finite (its value in
 `value`; parameters and optimizer state restored from the copy); NONFINITE_STATE: the update made optimizer state
-bad_index (0, 1, 2: s0, s1, s2) non-finite (restored); BAD_KIND: a kind outside the table reached a kernel (an
-internal error: the setters check every kind).  batches_done counts completed updates.
+bad_index (0, 1, 2: s0, s1, s2) non-finite (restored); NONFINITE_BUFFER: the forward pass made the running statistics
+of BatchNorm node bad_index non-finite (found after the backward pass, before the gradient scan, as the per-layer
+path checks them; nothing updated).  With the guard on, each BatchNorm node's running statistics are copied into its
+backup (``batchnorm``'s `backup`) before each batch's forward pass: after any status but DONE the caller restores
+them from there (the plan leaves them as the failed batch made them, so that the caller can name the bad value);
+BAD_KIND: a kind outside the table reached a kernel (an internal error: the setters check every kind).
+batches_done counts completed updates.
 """
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
 from libc.string cimport memcpy, memset
-from libc.stdint cimport intptr_t
+from libc.stdint cimport intptr_t, uint64_t
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 import numpy as np
@@ -41,15 +51,20 @@ from fastnn._core.activations cimport act_forward, act_backward, check_act
 from fastnn._core.losses cimport ce_labels_core, regression_core
 from fastnn._core.optim cimport _sgd_range, _adam_range, _rmsprop_range, _adagrad_range
 from fastnn._core.clip cimport clip_core
+from fastnn._core.norm cimport bn_forward, bn_backward, ln_forward, ln_backward
+from fastnn._core.dropout cimport dropout_fwd, dropout_bwd
 from fastnn._core.guard cimport _first_nonfinite
 from fastnn._core.bound cimport Bounds, scan_max, sgd_safe, adam_safe, rmsprop_safe, adagrad_safe
 from fastnn._core.kinds cimport (FNN_ACT_IDENTITY, FNN_LOSS_CROSS_ENTROPY, FNN_LOSS_L2, FNN_LOSS_MSE, FNN_LOSS_MAE,
                                  FNN_OPT_SGD, FNN_OPT_ADAM, FNN_OPT_RMSPROP, FNN_OPT_ADAGRAD, FNN_LAYER_DENSE,
-                                 FNN_LAYER_ACTIVATION, FNN_LAYER_PASS,
+                                 FNN_LAYER_ACTIVATION, FNN_LAYER_PASS, FNN_LAYER_BATCHNORM, FNN_LAYER_LAYERNORM,
+                                 FNN_LAYER_DROPOUT, FNN_LAYER_ADD, FNN_LAYER_RESIDUAL, FNN_LAYER_CONCAT,
+                                 FNN_LAYER_IDENTITY, FNN_N_LAYER,
                                  FNN_STATUS_DONE, FNN_STATUS_NONFINITE_LOSS, FNN_STATUS_NONFINITE_GRADIENT,
                                  FNN_STATUS_NONFINITE_PARAMETER, FNN_STATUS_NONFINITE_STATE, FNN_STATUS_BAD_KIND,
+                                 FNN_STATUS_NONFINITE_BUFFER,
                                  FNN_ERR_KIND)
-from fastnn._core.kinds import LOSS, check
+from fastnn._core.kinds import LOSS, PLAN_LAYER, check
 from cython.parallel cimport prange
 from fastnn._core._common cimport threads_for, FNN_MIN_PER_THREAD, FNN_MIN_GATHER_PER_THREAD
 
@@ -59,17 +74,33 @@ cdef enum:
 
 
 cdef struct PlanLayer:
-    int kind                # FNN_LAYER_DENSE, _ACTIVATION or _PASS
+    int kind                # a PLAN_LAYER kind (csrc/fnn_kinds.h)
     int act                 # the activation kind (FNN_ACT_...); a Dense layer's own, FNN_ACT_IDENTITY for none
     double alpha            # the activation's parameter
-    Py_ssize_t n_in, n_out
-    Py_ssize_t w_off, b_off  # offsets of W (n_in, n_out) and b (n_out) in the flat parameters; b_off -1: no bias
-    bint need_dx            # Dense: compute dX (not for the first layer)
-    void *Z                 # (bs, n_out) pre-activation (Dense)
-    void *Y                 # (bs, n_out) activation output
+    Py_ssize_t n_in, n_out  # features in (the sum over the sources for CONCAT) and out
+    Py_ssize_t w_off, b_off  # offsets in the flat parameters: Dense W (n_in, n_out) and b (n_out), BatchNorm /
+    # LayerNorm weight and bias (n_out); b_off -1: no bias
+    bint need_dx            # compute the gradient toward the input (not for a node fed by the batch alone)
+    Py_ssize_t src0, n_src  # its sources: srcs[src0 : src0 + n_src] of the plan (-1: the batch)
+    Py_ssize_t fanout       # how many times other nodes read its output
+    void *acc               # (bs, n_out) the sum of its output's gradients, when fanout > 1
+    void *Z                 # (bs, n_out) Dense: the pre-activation; BatchNorm / LayerNorm: Xhat
+    void *Y                 # (bs, n_out) the output
     void *dZ                # (bs, n_out) Dense: dY * act'(Z)
-    void *dX                # (bs, n_in) gradient toward the input
-    void *out               # Z or Y: the layer's output (a PASS layer's is never read: it is the last layer)
+    void *dX                # (bs, n_in) the gradient toward the input (CONCAT: each source's part, one after the other)
+    void *out               # Z or Y: a Dense layer's output
+    void *mean              # BatchNorm (n_out,): the batch's mean
+    void *invstd            # BatchNorm (n_out,), LayerNorm (bs,): 1 / sqrt(var + eps)
+    void *rmean             # BatchNorm (n_out,): the running statistics (the layer's buffers)
+    void *rvar
+    void *rbak              # BatchNorm (2, n_out): their copy before the batch (the guard), NULL when not given
+    double momentum, eps    # BatchNorm / LayerNorm
+    bint batch_stats        # BatchNorm: normalize with the batch's statistics in training (0: frozen)
+    int draw                # DROPOUT, RESIDUAL: its column in a batch's draws; -1: it draws nothing
+    unsigned long long threshold   # DROPOUT: rate * 2^53
+    double scale            # DROPOUT: the training scale of kept units; RESIDUAL: the survival probability
+    double infer_scale      # DROPOUT: the inference scale (1 - rate for "weight_scaling", else 1)
+    unsigned char *mask     # DROPOUT (bs, n_out)
 
 
 cdef struct SGDHyper:       # torch.optim.SGD
@@ -147,37 +178,275 @@ cdef void _gemm_few_rows(Py_ssize_t m, Py_ssize_t nout, Py_ssize_t nin, const fl
                    <floating>0, Z, <int>nout)
 
 
-cdef const floating *_forward_chain(const floating *x, Py_ssize_t m, const PlanLayer *layers, Py_ssize_t L,
-                                    const floating *prm, int n_threads) noexcept nogil:
-    """The forward pass of a plan's chain for the m rows at x, through the plan's buffers; returns the output rows
-    (NULL when a kernel rejected a kind: never for a plan built through its setters).
+cdef inline const floating *_input(const floating *x, void **outp, const Py_ssize_t *srcs, const PlanLayer *ly,
+                                   Py_ssize_t j) noexcept nogil:
+    """The j-th input of node ly in the current pass (x: the batch)."""
+    cdef Py_ssize_t s = srcs[ly.src0 + j]
+    return x if s < 0 else <const floating *>outp[s]
 
-    A Dense layer is a GEMM (columns split over threads for a few rows of a large layer), then bias and
-    activation in one pass; a PASS layer (an output activation fused with the loss) lets the logits through."""
-    cdef Py_ssize_t l
+
+cdef void _ew(int op, const floating *a, const floating *b, floating *y, floating c, Py_ssize_t n,
+              int n_threads) noexcept nogil:
+    """Elementwise over n values, as numpy does it: op 0: y = a + b; op 1: y = a * c + b; op 2: y = a * c."""
+    cdef int nt = threads_for(n, n_threads, FNN_MIN_PER_THREAD)
+    cdef Py_ssize_t t
+    if nt <= 1:
+        _ew_range(op, a, b, y, c, 0, n)
+    else:
+        for t in prange(nt, num_threads=nt, schedule="static"):
+            _ew_range(op, a, b, y, c, _lo(t, nt, n), _lo(t + 1, nt, n))
+
+
+cdef inline void _ew_range(int op, const floating *a, const floating *b, floating *y, floating c, Py_ssize_t i0,
+                           Py_ssize_t i1) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef floating v
+    if op == 0:
+        for i in range(i0, i1):
+            y[i] = a[i] + b[i]
+    elif op == 1:
+        for i in range(i0, i1):
+            v = a[i] * c            # rounded before the addition, as np.multiply then np.add
+            y[i] = v + b[i]
+    else:
+        for i in range(i0, i1):
+            y[i] = a[i] * c
+
+
+cdef const floating *_forward_graph(const floating *x, Py_ssize_t m, const PlanLayer *layers, Py_ssize_t L,
+                                    const Py_ssize_t *srcs, void **outp, unsigned char *kept, const floating *prm,
+                                    bint training, const uint64_t *draws, int n_threads) noexcept nogil:
+    """The forward pass of a plan's graph for the m rows at x, through the plan's buffers, in training mode
+    (draws: this batch's random draws, one per drawing node) or in inference mode; node l's output is left in
+    outp[l] (a buffer of its own, or its input's for a node that lets it through) and kept[l] says whether a
+    DROPOUT node masked or a RESIDUAL node kept its block.  Returns the output of the last node (NULL when a
+    kernel rejected a kind, or a training BatchNorm got one row: never for a plan built through its setters and
+    trained through fit, which refuses such a batch first).
+
+    Each node runs the per-layer path's kernel: a Dense layer is a GEMM (columns split over threads for a few rows
+    of a large layer), then bias and activation in one pass; a PASS node (an output activation fused with the
+    loss) lets the logits through."""
+    cdef Py_ssize_t l, j, i, c0, w
     cdef const PlanLayer *ly
+    cdef const floating *xi
+    cdef const floating *h
     cdef floating *Z
     cdef floating *Y
     for l in range(L):
         ly = &layers[l]
         Z = <floating *>ly.Z
         Y = <floating *>ly.Y
+        xi = _input(x, outp, srcs, ly, 0)
         if ly.kind == FNN_LAYER_DENSE:
             if ly.n_in == 0:
                 memset(Z, 0, m * ly.n_out * sizeof(floating))
             else:
-                _gemm_few_rows(m, ly.n_out, ly.n_in, x, prm + ly.w_off, Z, n_threads)
+                _gemm_few_rows(m, ly.n_out, ly.n_in, xi, prm + ly.w_off, Z, n_threads)
             if act_forward(ly.act, Z, Y if ly.act != FNN_ACT_IDENTITY else Z,
                            prm + ly.b_off if ly.b_off >= 0 else NULL, m, ly.n_out, ly.alpha, n_threads) != 0:
                 return NULL
-            x = Y if ly.act != FNN_ACT_IDENTITY else Z
+            outp[l] = Y if ly.act != FNN_ACT_IDENTITY else Z
         elif ly.kind == FNN_LAYER_ACTIVATION:
-            if act_forward(ly.act, <floating *>x, Y, NULL, m, ly.n_out, ly.alpha, n_threads) != 0:
+            if act_forward(ly.act, <floating *>xi, Y, NULL, m, ly.n_out, ly.alpha, n_threads) != 0:
                 return NULL
-            x = Y
-        elif ly.kind != FNN_LAYER_PASS:
+            outp[l] = Y
+        elif ly.kind == FNN_LAYER_PASS or ly.kind == FNN_LAYER_IDENTITY:
+            outp[l] = <void *>xi
+        elif ly.kind == FNN_LAYER_BATCHNORM:
+            if training and ly.batch_stats and m < 2:
+                return NULL
+            bn_forward(xi, prm + ly.w_off, prm + ly.b_off, Y, Z, <floating *>ly.mean, <floating *>ly.invstd,
+                       <floating *>ly.rmean, <floating *>ly.rvar, m, ly.n_out, training and ly.batch_stats,
+                       ly.momentum, ly.eps, n_threads)
+            outp[l] = Y
+        elif ly.kind == FNN_LAYER_LAYERNORM:
+            ln_forward(xi, prm + ly.w_off, prm + ly.b_off, Y, Z, <floating *>ly.invstd, m, ly.n_out, ly.eps,
+                       n_threads)
+            outp[l] = Y
+        elif ly.kind == FNN_LAYER_DROPOUT:
+            kept[l] = training and ly.draw >= 0
+            if kept[l]:
+                dropout_fwd(xi, Y, ly.mask, m * ly.n_out, draws[ly.draw], ly.threshold, ly.scale, 0, n_threads)
+                outp[l] = Y
+            elif not training and ly.infer_scale != 1.0:
+                _ew(2, xi, <const floating *>NULL, Y, <floating>ly.infer_scale, m * ly.n_out, n_threads)
+                outp[l] = Y
+            else:
+                outp[l] = <void *>xi
+        elif ly.kind == FNN_LAYER_ADD:
+            _ew(0, xi, _input(x, outp, srcs, ly, 1), Y, 0, m * ly.n_out, n_threads)
+            for j in range(2, ly.n_src):
+                _ew(0, Y, _input(x, outp, srcs, ly, j), Y, 0, m * ly.n_out, n_threads)
+            outp[l] = Y
+        elif ly.kind == FNN_LAYER_RESIDUAL:
+            h = _input(x, outp, srcs, ly, 1)
+            kept[l] = not (training and ly.draw >= 0 and draws[ly.draw] == 0)
+            if not kept[l]:
+                outp[l] = <void *>xi        # the block dropped for this batch: y = x
+            elif not training and ly.scale != 1.0:
+                _ew(1, h, xi, Y, <floating>ly.scale, m * ly.n_out, n_threads)
+                outp[l] = Y
+            else:
+                _ew(0, xi, h, Y, 0, m * ly.n_out, n_threads)
+                outp[l] = Y
+        elif ly.kind == FNN_LAYER_CONCAT:
+            c0 = 0
+            for j in range(ly.n_src):
+                h = _input(x, outp, srcs, ly, j)
+                w = _width(layers, srcs, ly, j)
+                for i in range(m):
+                    memcpy(Y + i * ly.n_out + c0, h + i * w, w * sizeof(floating))
+                c0 += w
+            outp[l] = Y
+        else:
             return NULL
-    return x
+    return <const floating *>outp[L - 1] if L > 0 else x
+
+
+cdef inline Py_ssize_t _width(const PlanLayer *layers, const Py_ssize_t *srcs, const PlanLayer *ly,
+                              Py_ssize_t j) noexcept nogil:
+    """The features of the j-th input of node ly (CONCAT: the batch never feeds one, see _check_graph)."""
+    return layers[srcs[ly.src0 + j]].n_out
+
+
+cdef inline void _give(const PlanLayer *layers, const Py_ssize_t *srcs, void **gp, const PlanLayer *ly, Py_ssize_t j,
+                       const floating *d, Py_ssize_t m) noexcept nogil:
+    """Hand the gradient d toward node ly's j-th source, as the per-layer executor does (fastnn/engine.py): the
+    source's own when it has one reader, else summed in its acc buffer (copied in first, then added)."""
+    cdef Py_ssize_t s = srcs[ly.src0 + j], i, n
+    cdef floating *a
+    if s < 0 or d == NULL:
+        return
+    if layers[s].fanout == 1:
+        gp[s] = <void *>d
+        return
+    a = <floating *>layers[s].acc
+    n = m * layers[s].n_out
+    if gp[s] == NULL:
+        memcpy(a, d, n * sizeof(floating))
+        gp[s] = a
+    else:
+        for i in range(n):
+            a[i] = a[i] + d[i]
+
+
+cdef int _backward_graph(const floating *xb, Py_ssize_t m, const PlanLayer *layers, Py_ssize_t L,
+                         const Py_ssize_t *srcs, void **outp, void **gp, const unsigned char *kept, const floating *prm,
+                         floating *grd, floating *dy0, int n_threads) noexcept nogil:
+    """The backward pass of a training forward (_forward_graph), nodes in reverse order from the loss gradient dy0:
+    parameter gradients into grd, each node's input gradient handed to its sources (_give).  A node that no
+    gradient reached (inside a Residual block dropped for this batch) gets zero parameter gradients, as the
+    per-layer path's Residual.backward gives it.  Returns FNN_STATUS_DONE, or FNN_STATUS_BAD_KIND for a kind
+    outside the table."""
+    cdef Py_ssize_t l, i, j, c0, w
+    cdef const PlanLayer *ly
+    cdef const floating *x
+    cdef floating *dy
+    cdef floating *g
+    cdef floating *dbp
+    cdef floating *dx
+    for l in range(L):
+        gp[l] = NULL
+    gp[L - 1] = dy0
+    for l in range(L - 1, -1, -1):
+        ly = &layers[l]
+        dy = <floating *>gp[l]
+        gp[l] = NULL
+        if dy == NULL:
+            if ly.kind == FNN_LAYER_DENSE:
+                memset(grd + ly.w_off, 0, ly.n_in * ly.n_out * sizeof(floating))
+            if ly.kind == FNN_LAYER_BATCHNORM or ly.kind == FNN_LAYER_LAYERNORM:
+                memset(grd + ly.w_off, 0, ly.n_out * sizeof(floating))
+            if ly.b_off >= 0:
+                memset(grd + ly.b_off, 0, ly.n_out * sizeof(floating))
+            continue
+        x = _input(xb, outp, srcs, ly, 0)
+        dx = <floating *>ly.dX if ly.need_dx else NULL
+        if ly.kind == FNN_LAYER_DENSE:
+            if ly.act == FNN_ACT_IDENTITY:
+                g = dy
+            else:
+                g = <floating *>ly.dZ
+                if act_backward(ly.act, <floating *>ly.Z, <floating *>ly.Y, dy, g, m, ly.n_out, ly.alpha,
+                                n_threads) != 0:
+                    return FNN_STATUS_BAD_KIND
+            if ly.n_in > 0:
+                _blas.gemm(True, False, <int>ly.n_in, <int>ly.n_out, <int>m, <floating>1, x, <int>ly.n_in,
+                           g, <int>ly.n_out, <floating>0, grd + ly.w_off, <int>ly.n_out)
+            if ly.b_off >= 0:
+                dbp = grd + ly.b_off
+                memset(dbp, 0, ly.n_out * sizeof(floating))
+                for i in range(m):
+                    for j in range(ly.n_out):
+                        dbp[j] = dbp[j] + g[i * ly.n_out + j]
+            if dx != NULL:
+                _blas.gemm(False, True, <int>m, <int>ly.n_in, <int>ly.n_out, <floating>1, g, <int>ly.n_out,
+                           prm + ly.w_off, <int>ly.n_out, <floating>0, dx, <int>ly.n_in)
+            _give(layers, srcs, gp, ly, 0, dx, m)
+        elif ly.kind == FNN_LAYER_ACTIVATION:
+            if dx != NULL:
+                if act_backward(ly.act, x, <floating *>ly.Y, dy, dx, m, ly.n_out, ly.alpha, n_threads) != 0:
+                    return FNN_STATUS_BAD_KIND
+            _give(layers, srcs, gp, ly, 0, dx, m)
+        elif ly.kind == FNN_LAYER_PASS or ly.kind == FNN_LAYER_IDENTITY:
+            _give(layers, srcs, gp, ly, 0, dy, m)
+        elif ly.kind == FNN_LAYER_BATCHNORM:
+            bn_backward(dy, <floating *>ly.Z, prm + ly.w_off, <floating *>ly.invstd, dx, grd + ly.w_off,
+                        grd + ly.b_off, m, ly.n_out, ly.batch_stats, n_threads)
+            _give(layers, srcs, gp, ly, 0, dx, m)
+        elif ly.kind == FNN_LAYER_LAYERNORM:
+            ln_backward(dy, <floating *>ly.Z, prm + ly.w_off, <floating *>ly.invstd, dx, grd + ly.w_off,
+                        grd + ly.b_off, m, ly.n_out, n_threads)
+            _give(layers, srcs, gp, ly, 0, dx, m)
+        elif ly.kind == FNN_LAYER_DROPOUT:
+            if kept[l]:
+                if dx != NULL:
+                    dropout_bwd(dy, ly.mask, dx, m * ly.n_out, ly.scale, n_threads)
+                _give(layers, srcs, gp, ly, 0, dx, m)
+            else:
+                _give(layers, srcs, gp, ly, 0, dy, m)
+        elif ly.kind == FNN_LAYER_ADD:
+            for j in range(ly.n_src):
+                _give(layers, srcs, gp, ly, j, dy, m)
+        elif ly.kind == FNN_LAYER_RESIDUAL:
+            _give(layers, srcs, gp, ly, 0, dy, m)
+            if kept[l]:
+                _give(layers, srcs, gp, ly, 1, dy, m)
+        elif ly.kind == FNN_LAYER_CONCAT:
+            c0 = 0
+            dx = <floating *>ly.dX
+            for j in range(ly.n_src):
+                w = _width(layers, srcs, ly, j)
+                for i in range(m):
+                    memcpy(dx + i * w, dy + i * ly.n_out + c0, w * sizeof(floating))
+                _give(layers, srcs, gp, ly, j, dx, m)
+                dx = dx + m * w
+                c0 += w
+        else:
+            return FNN_STATUS_BAD_KIND
+    return FNN_STATUS_DONE
+
+
+cdef void _save_running(const PlanLayer *layers, Py_ssize_t L, const floating *like) noexcept nogil:
+    """Copy the running statistics of every BatchNorm node that updates them into its backup (the guard); `like`
+    only gives the dtype."""
+    cdef Py_ssize_t l, n
+    for l in range(L):
+        if layers[l].kind == FNN_LAYER_BATCHNORM and layers[l].batch_stats and layers[l].rbak != NULL:
+            n = layers[l].n_out
+            memcpy(layers[l].rbak, layers[l].rmean, n * sizeof(floating))
+            memcpy(<floating *>layers[l].rbak + n, layers[l].rvar, n * sizeof(floating))
+
+
+cdef Py_ssize_t _bad_running(const PlanLayer *layers, Py_ssize_t L, const floating *like) noexcept nogil:
+    """The first BatchNorm node whose running statistics hold a NaN/inf, or -1 (`like`: the dtype)."""
+    cdef Py_ssize_t l
+    for l in range(L):
+        if layers[l].kind == FNN_LAYER_BATCHNORM and layers[l].batch_stats and layers[l].n_out > 0:
+            if (_first_nonfinite(<floating *>layers[l].rmean, layers[l].n_out) >= 0
+                    or _first_nonfinite(<floating *>layers[l].rvar, layers[l].n_out) >= 0):
+                return l
+    return -1
 
 
 cdef inline Py_ssize_t _lo(Py_ssize_t t, Py_ssize_t nt, Py_ssize_t n) noexcept nogil:
@@ -372,9 +641,11 @@ cdef void *_addr(object a):
 cdef class Plan:
     """The state of a compiled plan for one model (flat parameters and gradients) at one batch size.
 
-    Made by fastnn/training/compiled.py: ``Plan(params, grads, bs, n_layers, n_update)``, one ``dense`` /
-    ``activation`` call per layer and ``batch_buffers`` once; then, before a run, ``loss``, an optimizer (``sgd``,
-    ``adam``, ``rmsprop`` or ``adagrad``), ``guard`` and ``clip``.
+    Made by fastnn/training/compiled.py: ``Plan(params, grads, bs, n_layers, n_update)``, one node setter per
+    layer (``dense``, ``activation``, ``batchnorm``, ``layernorm``, ``dropout``, ``add``, ``residual``, ``concat``,
+    ``identity``), ``link`` for a node whose sources are not just the node before it (the default chain), and
+    ``batch_buffers`` once, which checks the graph; then, before a run, ``loss``, an optimizer (``sgd``, ``adam``,
+    ``rmsprop`` or ``adagrad``), ``guard`` and ``clip``.
     Every array it is given must be C-contiguous, of the parameters' dtype (labels: intp), and of the documented
     shape; it keeps a reference to each, so the raw pointers in its C structs stay valid."""
     cdef PlanLayer *layers
@@ -407,10 +678,20 @@ cdef class Plan:
     cdef double ar_small[2]
     cdef dict _keep             # the arrays the pointers above point into
     cdef bytearray _set         # which layers were given
+    cdef Py_ssize_t _n_in0      # the batch's features
+    cdef list _links            # each node's sources (None: the node before it, or the batch for node 0)
+    cdef Py_ssize_t *srcs       # every node's sources, one after the other (PlanLayer.src0, n_src)
+    cdef void **outp            # per node: its output in the current pass (see _forward_graph)
+    cdef void **gp              # per node: the gradient of its output in the current backward pass (NULL: none)
+    cdef unsigned char *kept    # per node: a DROPOUT node masked / a RESIDUAL node kept its block this batch
+    cdef Py_ssize_t n_draws     # random draws per batch (DROPOUT and RESIDUAL nodes that draw)
 
     def __cinit__(self, params, grads, Py_ssize_t bs, Py_ssize_t n_layers, Py_ssize_t n_update=-1):
         self.layers = <PlanLayer *>PyMem_Calloc(max(n_layers, 1), sizeof(PlanLayer))
-        if self.layers == NULL:
+        self.outp = <void **>PyMem_Calloc(max(n_layers, 1), sizeof(void *))
+        self.gp = <void **>PyMem_Calloc(max(n_layers, 1), sizeof(void *))
+        self.kept = <unsigned char *>PyMem_Calloc(max(n_layers, 1), 1)
+        if self.layers == NULL or self.outp == NULL or self.gp == NULL or self.kept == NULL:
             raise MemoryError()
 
     def __init__(self, params, grads, Py_ssize_t bs, Py_ssize_t n_layers, Py_ssize_t n_update=-1):
@@ -428,6 +709,7 @@ cdef class Plan:
         self.U = self.P if n_update < 0 else n_update
         self._keep = {}
         self._set = bytearray(n_layers)
+        self._links = [None] * n_layers
         self.params = self._arr("params", params, (self.P,))
         self.grads = self._arr("grads", grads, (self.P,))
         self.loss_kind = -1
@@ -436,6 +718,10 @@ cdef class Plan:
 
     def __dealloc__(self):
         PyMem_Free(self.layers)
+        PyMem_Free(self.outp)
+        PyMem_Free(self.gp)
+        PyMem_Free(self.kept)
+        PyMem_Free(self.srcs)
 
     cdef void *_arr(self, key, a, tuple shape, dtype=None) except? NULL:
         """Check a (dtype, C-contiguous, shape), keep it, return its data pointer (NULL for None or empty)."""
@@ -455,7 +741,11 @@ cdef class Plan:
         if n_in < 0 or n_out < 0:
             raise ValueError(f"Plan: layer {l} has sizes {n_in} -> {n_out}")
         self._set[l] = 1
-        return &self.layers[l]
+        cdef PlanLayer *ly = &self.layers[l]
+        memset(ly, 0, sizeof(PlanLayer))
+        ly.w_off = ly.b_off = ly.draw = -1
+        ly.need_dx = 1
+        return ly
 
     def dense(self, Py_ssize_t l, int act, Py_ssize_t n_in, Py_ssize_t n_out, Py_ssize_t w_off, Py_ssize_t b_off,
               bint need_dx, double alpha, Z, Y, dZ, dX):
@@ -485,22 +775,182 @@ cdef class Plan:
         ly.dX = self._arr(("dX", l), dX, (self.bs, n))
         ly.out = ly.Y
 
+    cdef _params_at(self, Py_ssize_t l, str owner, Py_ssize_t w_off, Py_ssize_t b_off, Py_ssize_t n):
+        if w_off < 0 or w_off + n > self.P or b_off < 0 or b_off + n > self.P:
+            raise ValueError(f"Plan.{owner}: layer {l}: offsets {w_off}, {b_off} outside the {self.P} parameters")
+
+    def batchnorm(self, Py_ssize_t l, Py_ssize_t n, Py_ssize_t w_off, Py_ssize_t b_off, bint need_dx, double momentum,
+                  double eps, bint batch_stats, Y, Xhat, dX, mean, invstd, running_mean, running_var, backup=None):
+        """Layer l: BatchNorm over n features (torch.nn.BatchNorm1d), weight at w_off and bias at b_off; batch_stats:
+        training normalizes with the batch's statistics and updates running_mean / running_var (n,) (the layer's
+        buffers), else (a frozen layer) with those; buffers Y, Xhat, dX (bs, n), mean, invstd (n,); backup (2, n):
+        where the NaN guard copies the running statistics before each batch (needed for the guard)."""
+        self._params_at(l, "batchnorm", w_off, b_off, n)
+        if not eps > 0 or not 0 <= momentum <= 1:
+            raise ValueError(f"Plan.batchnorm: layer {l}: eps {eps} or momentum {momentum} out of range")
+        cdef PlanLayer *ly = self._layer(l, n, n)
+        ly.kind, ly.n_in, ly.n_out, ly.w_off, ly.b_off, ly.need_dx = FNN_LAYER_BATCHNORM, n, n, w_off, b_off, need_dx
+        ly.momentum, ly.eps, ly.batch_stats = momentum, eps, batch_stats
+        ly.Y = self._arr(("Y", l), Y, (self.bs, n))
+        ly.Z = self._arr(("Z", l), Xhat, (self.bs, n))
+        ly.dX = self._arr(("dX", l), dX, (self.bs, n))
+        ly.mean = self._arr(("mean", l), mean, (n,))
+        ly.invstd = self._arr(("invstd", l), invstd, (n,))
+        ly.rmean = self._arr(("rmean", l), running_mean, (n,))
+        ly.rvar = self._arr(("rvar", l), running_var, (n,))
+        ly.rbak = self._arr(("rbak", l), backup, (2, n))
+        if n > 0 and (ly.Y == NULL or ly.rmean == NULL or ly.rvar == NULL):
+            raise ValueError(f"Plan.batchnorm: layer {l}: Y, Xhat, dX, mean, invstd and the running statistics are "
+                             "needed")
+
+    def layernorm(self, Py_ssize_t l, Py_ssize_t n, Py_ssize_t w_off, Py_ssize_t b_off, bint need_dx, double eps, Y,
+                  Xhat, dX, invstd):
+        """Layer l: LayerNorm over n features (torch.nn.LayerNorm), weight at w_off and bias at b_off; buffers Y,
+        Xhat, dX (bs, n), invstd (bs,)."""
+        self._params_at(l, "layernorm", w_off, b_off, n)
+        if not eps > 0:
+            raise ValueError(f"Plan.layernorm: layer {l}: eps {eps} out of range")
+        cdef PlanLayer *ly = self._layer(l, n, n)
+        ly.kind, ly.n_in, ly.n_out, ly.w_off, ly.b_off, ly.need_dx = FNN_LAYER_LAYERNORM, n, n, w_off, b_off, need_dx
+        ly.eps = eps
+        ly.Y = self._arr(("Y", l), Y, (self.bs, n))
+        ly.Z = self._arr(("Z", l), Xhat, (self.bs, n))
+        ly.dX = self._arr(("dX", l), dX, (self.bs, n))
+        ly.invstd = self._arr(("invstd", l), invstd, (self.bs,))
+
+    def dropout(self, Py_ssize_t l, Py_ssize_t n, int draw, unsigned long long threshold, double scale,
+                double infer_scale, Y, mask, dX):
+        """Layer l: Dropout over n features.  draw: its column in a batch's draws (the seed of the batch's mask),
+        -1 for a layer that draws nothing (rate 0); threshold = rate * 2^53 (<= 2^53), scale: the training scale of
+        kept units, infer_scale: the inference scale; buffers Y, dX (bs, n), mask (bs, n) uint8."""
+        if threshold > (<unsigned long long>1 << 53) or draw < -1:
+            raise ValueError(f"Plan.dropout: layer {l}: threshold {threshold} or draw {draw} out of range")
+        cdef PlanLayer *ly = self._layer(l, n, n)
+        ly.kind, ly.n_in, ly.n_out, ly.draw = FNN_LAYER_DROPOUT, n, n, draw
+        ly.threshold, ly.scale, ly.infer_scale = threshold, scale, infer_scale
+        ly.Y = self._arr(("Y", l), Y, (self.bs, n))
+        ly.dX = self._arr(("dX", l), dX, (self.bs, n))
+        ly.mask = <unsigned char *>self._arr(("mask", l), mask, (self.bs, n), np.uint8)
+
+    def add(self, Py_ssize_t l, Py_ssize_t n, Y):
+        """Layer l: Add (the sum of its sources, in order, each of n features); buffer Y (bs, n)."""
+        cdef PlanLayer *ly = self._layer(l, n, n)
+        ly.kind, ly.n_in, ly.n_out = FNN_LAYER_ADD, n, n
+        ly.Y = self._arr(("Y", l), Y, (self.bs, n))
+
+    def residual(self, Py_ssize_t l, Py_ssize_t n, int draw, double survival_prob, Y):
+        """Layer l: Residual, x + block(x), its sources (x, block(x)) of n features; draw: its column in a batch's
+        draws (1: the block is kept for the batch, 0: dropped), -1 for survival_prob 1 (it draws nothing); at
+        inference y = x + survival_prob * block(x).  Buffer Y (bs, n)."""
+        if not 0 < survival_prob <= 1 or draw < -1:
+            raise ValueError(f"Plan.residual: layer {l}: survival_prob {survival_prob} or draw {draw} out of range")
+        cdef PlanLayer *ly = self._layer(l, n, n)
+        ly.kind, ly.n_in, ly.n_out, ly.draw, ly.scale = FNN_LAYER_RESIDUAL, n, n, draw, survival_prob
+        ly.Y = self._arr(("Y", l), Y, (self.bs, n))
+
+    def concat(self, Py_ssize_t l, Py_ssize_t n, Y, dX):
+        """Layer l: Concatenate its sources' features (n in all); buffers Y (bs, n) and dX (bs * n,): each source's
+        gradient, (bs, n_j) one after the other."""
+        cdef PlanLayer *ly = self._layer(l, n, n)
+        ly.kind, ly.n_in, ly.n_out = FNN_LAYER_CONCAT, n, n
+        ly.Y = self._arr(("Y", l), Y, (self.bs, n))
+        ly.dX = self._arr(("dX", l), dX, (self.bs * n,))
+
+    def identity(self, Py_ssize_t l, Py_ssize_t n):
+        """Layer l: a layer that lets its input of n features through (Flatten, Reshape of a feature vector)."""
+        cdef PlanLayer *ly = self._layer(l, n, n)
+        ly.kind, ly.n_in, ly.n_out = FNN_LAYER_IDENTITY, n, n
+
+    def link(self, Py_ssize_t l, srcs, acc=None):
+        """Node l reads the outputs of the nodes `srcs` (each < l; -1: the batch), in that order; acc (bs, n_out):
+        the buffer in which the gradients of node l's output are summed, needed when other nodes read it more than
+        once (batch_buffers checks).  Without a link, node l reads node l - 1 (node 0: the batch)."""
+        if not 0 <= l < self.n_layers:
+            raise ValueError(f"Plan.link: layer {l} outside [0, {self.n_layers})")
+        srcs = tuple(int(v) for v in srcs)
+        if not srcs or any(not -1 <= v < l for v in srcs):
+            raise ValueError(f"Plan.link: layer {l}: sources {srcs} must be earlier layers or -1 (the batch)")
+        self._links[l] = (srcs, acc)
+
     def batch_buffers(self, Xb, labels, Tb, dout):
-        """The batch's rows Xb (bs, n_in), labels (bs,) intp, targets Tb (bs, k) and output gradient dout (bs, k)."""
-        self._check_chain()
+        """The batch's rows Xb (bs, n_in), labels (bs,) intp, targets Tb (bs, k) and output gradient dout (bs, k).
+        Checks the graph first (every node given, sources and widths consistent)."""
+        n_in0 = self._check_graph()
         k = self.layers[self.n_layers - 1].n_out
-        self.Xb = self._arr("Xb", Xb, (self.bs, self.layers[0].n_in))
+        self.Xb = self._arr("Xb", Xb, (self.bs, n_in0))
         self.labels = <Py_ssize_t *>self._arr("labels", labels, (self.bs,), np.intp)
         self.Tb = self._arr("Tb", Tb, (self.bs, k))
         self.dout = self._arr("dout", dout, (self.bs, k))
 
-    cdef _check_chain(self):
-        if self.n_layers == 0 or not all(self._set):
+    cdef Py_ssize_t _check_graph(self) except -1:
+        """Pack the sources, count the fanouts, check widths, acc buffers and draws; returns the batch's width."""
+        cdef Py_ssize_t L = self.n_layers, l, j, total = 0, n_in0 = -1
+        cdef PlanLayer *ly
+        if L == 0 or not all(self._set):
             raise ValueError("Plan: every layer must be given before the batch buffers")
-        for l in range(1, self.n_layers):
-            if self.layers[l].n_in != self.layers[l - 1].n_out:
-                raise ValueError(f"Plan: layer {l} takes {self.layers[l].n_in} features, layer {l - 1} gives "
-                                 f"{self.layers[l - 1].n_out}")
+        links = [(l - 1,) if self._links[l] is None else self._links[l][0] for l in range(L)]
+        total = sum(len(t) for t in links)
+        PyMem_Free(self.srcs)
+        self.srcs = <Py_ssize_t *>PyMem_Calloc(max(total, 1), sizeof(Py_ssize_t))
+        if self.srcs == NULL:
+            raise MemoryError()
+        fanout = [0] * L
+        draws = []
+        total = 0
+        for l in range(L):
+            ly = &self.layers[l]
+            t = links[l]
+            ly.src0, ly.n_src = total, len(t)
+            for j in range(len(t)):
+                self.srcs[total + j] = t[j]
+                if t[j] >= 0:
+                    fanout[t[j]] += 1
+            total += len(t)
+            widths = []
+            n_in = ly.n_in
+            for v in t:
+                if v < 0:
+                    if ly.kind == FNN_LAYER_CONCAT:
+                        raise ValueError(f"Plan: layer {l}: a concatenation of the batch itself is not compiled")
+                    if n_in0 >= 0 and n_in0 != ly.n_in:
+                        raise ValueError(f"Plan: layer {l} takes {ly.n_in} features from the batch, another "
+                                         f"layer {n_in0}")
+                    n_in0 = ly.n_in
+                    widths.append(ly.n_in)
+                else:
+                    widths.append(self.layers[v].n_out)
+            n_want = 2 if ly.kind == FNN_LAYER_RESIDUAL else (-2 if ly.kind in (FNN_LAYER_ADD, FNN_LAYER_CONCAT) else 1)
+            if (n_want > 0 and len(t) != n_want) or (n_want < 0 and len(t) < 2):
+                raise ValueError(f"Plan: layer {l} ({_kind_name(ly.kind)}) has {len(t)} sources")
+            if ly.kind == FNN_LAYER_CONCAT:
+                if sum(widths) != ly.n_out:
+                    raise ValueError(f"Plan: layer {l} concatenates {widths} features into {ly.n_out}")
+            elif any(w != n_in for w in widths):
+                raise ValueError(f"Plan: layer {l} takes {n_in} features, its sources give {widths}")
+            if ly.kind == FNN_LAYER_DROPOUT or ly.kind == FNN_LAYER_RESIDUAL:
+                if ly.draw >= 0:
+                    draws.append(ly.draw)
+        if n_in0 < 0:
+            raise ValueError("Plan: no layer reads the batch")
+        if sorted(draws) != list(range(len(draws))):
+            raise ValueError(f"Plan: the draw columns {draws} are not 0 .. {len(draws) - 1} once each")
+        for l in range(L):
+            ly = &self.layers[l]
+            ly.fanout = fanout[l]
+            acc = None if self._links[l] is None else self._links[l][1]
+            ly.acc = self._arr(("acc", l), acc, (self.bs, ly.n_out)) if fanout[l] > 1 else NULL
+            if fanout[l] > 1 and acc is None:
+                raise ValueError(f"Plan: layer {l} is read {fanout[l]} times and needs a gradient buffer (link acc)")
+        if fanout[L - 1] != 0:
+            raise ValueError("Plan: the last layer is the output; no layer may read it")
+        self.n_draws = len(draws)
+        self._n_in0 = n_in0
+        return n_in0
+
+    @property
+    def draws_per_batch(self):
+        """The random draws a training batch takes (one per Dropout and Residual node that draws)."""
+        return self.n_draws
 
     def loss(self, int kind):
         """The loss: LOSS.CROSS_ENTROPY (softmax cross-entropy on integer labels), LOSS.L2, LOSS.MSE or LOSS.MAE."""
@@ -556,6 +1006,10 @@ cdef class Plan:
         """The NaN guard on (backup: the parameters' backup buffer (n_update,), and one per present state) or off."""
         if on and backup is None:
             raise ValueError("Plan.guard: the guard needs the parameters' backup buffer")
+        for l in range(self.n_layers):
+            if (on and self.layers[l].kind == FNN_LAYER_BATCHNORM and self.layers[l].batch_stats
+                    and self.layers[l].n_out > 0 and self.layers[l].rbak == NULL):
+                raise ValueError(f"Plan.guard: BatchNorm layer {l} needs a backup of its running statistics")
         self.guard_on = on
         if not on:
             backup = backup_s0 = backup_s1 = backup_s2 = None
@@ -598,6 +1052,10 @@ cdef class Plan:
         return dict(self.st)
 
 
+def _kind_name(int kind):
+    return PLAN_LAYER(kind).label if 0 <= kind < FNN_N_LAYER else str(kind)
+
+
 cdef int _check_dtype(Plan plan, bint dbl, object X, str owner) except -1:
     """ValueError naming `owner` unless X's dtype (dbl: float64) is the plan's."""
     if dbl != plan.dbl:
@@ -606,10 +1064,12 @@ cdef int _check_dtype(Plan plan, bint dbl, object X, str owner) except -1:
 
 
 def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ssize_t[::1] perm, Py_ssize_t b0,
-                Py_ssize_t b1, Py_ssize_t step, int n_threads):
+                Py_ssize_t b1, Py_ssize_t step, int n_threads, const uint64_t[:, ::1] draws=None):
     """Run batches b0 .. b1-1 of an epoch over X (n, n_in) (rows perm[b*bs : (b+1)*bs], or in order when perm
     is None).  targets: int labels (n,) for cross-entropy, floating (n, k) for the regression losses.  step: the
-    optimizer's step count before the first batch.  The statistics of the run: ``plan.stats``.
+    optimizer's step count before the first batch.  draws (b1 - b0, plan.draws_per_batch) uint64: each batch's
+    random draws, in node order (a Dropout node's mask seed; a Residual node's 1 to keep its block, 0 to drop
+    it); None when the plan draws nothing.  The statistics of the run: ``plan.stats``.
 
     The NaN guard (plan.guard given a backup): each step's gradient is scanned once for NaN/inf (status
     NONFINITE_GRADIENT, nothing updated) and for G = max |g|; the update then runs without any copy when
@@ -619,10 +1079,15 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
     # P: the updated prefix (the trainable parameters); the layers' offsets address the whole buffer
     cdef Py_ssize_t n = X.shape[0], n_in0 = X.shape[1], L = plan.n_layers, P = plan.U, bs = plan.bs
     _check_dtype(plan, floating is double, X, "run_batches")
-    if plan.Xb == NULL or plan.layers[0].n_in != n_in0:
+    if plan.Xb == NULL or plan._n_in0 != n_in0:
         raise ValueError("run_batches: X does not match the plan (or its batch buffers are missing)")
     if plan.loss_kind < 0 or plan.update.kind < 0:
         raise ValueError("run_batches: the plan has no loss or no optimizer")
+    cdef Py_ssize_t nd = plan.n_draws
+    if nd > 0 and b1 > b0 and (draws is None or draws.shape[0] < b1 - b0 or draws.shape[1] != nd):
+        raise ValueError(f"run_batches: the plan takes {nd} draws per batch for {b1 - b0} batches, got "
+                         f"{None if draws is None else (draws.shape[0], draws.shape[1])}")
+    cdef const uint64_t *drp = &draws[0, 0] if nd > 0 and b1 > b0 else NULL
     cdef allreduce_fn ar = <allreduce_fn>plan.ar_fn if plan.ar_size > 1 else NULL
     cdef Py_ssize_t R = plan.ar_size if ar != NULL else 1, rank = plan.ar_rank if ar != NULL else 0, gs, gm
     cdef const void *in_place = <const void *>plan.ar_in_place
@@ -649,7 +1114,6 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
         Tp = &T[0, 0] if n > 0 else NULL
     cdef const Update *u = &plan.update
     cdef RunStats *st = &plan.st
-    cdef const PlanLayer *ly
     cdef const Py_ssize_t *pp = &perm[0] if perm is not None and perm.shape[0] > 0 else NULL
     cdef floating *prm = <floating *>plan.params
     cdef floating *grd = <floating *>plan.grads
@@ -666,13 +1130,9 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
     cdef floating *B1 = <floating *>plan.bs1
     cdef floating *B2 = <floating *>plan.bs2
     cdef double clip_value = plan.clip_value, max_norm = plan.max_norm
-    cdef Py_ssize_t b = b0, start, m, i, j, r, l, bad = -1, n_correct
+    cdef Py_ssize_t b = b0, start, m, i, r, bad = -1, n_correct
     cdef int status = FNN_STATUS_DONE, nt, up
     cdef double loss = 0.0, value = 0.0, inv
-    cdef const floating *x
-    cdef floating *g
-    cdef floating *dbp
-    cdef floating *dy
     cdef const floating *out
     cdef size_t row_x = n_in0 * sizeof(floating)
     cdef Bounds bd, nb
@@ -705,7 +1165,10 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
                 else:
                     memcpy(Tbp + i * k, Tp + r * k, k * sizeof(floating))
             # ---- forward
-            out = _forward_chain(xb, m, plan.layers, L, prm, n_threads)
+            if guard:
+                _save_running(plan.layers, L, prm)
+            out = _forward_graph(xb, m, plan.layers, L, plan.srcs, plan.outp, plan.kept, prm, 1,
+                                 drp + (b - b0) * nd if drp != NULL else NULL, n_threads)
             if out == NULL:
                 status = FNN_STATUS_BAD_KIND
                 break
@@ -731,41 +1194,8 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
                 status = FNN_STATUS_NONFINITE_LOSS
                 break
             # ---- backward (reverse order)
-            dy = dy0
-            for l in range(L - 1, -1, -1):
-                ly = &plan.layers[l]
-                x = xb if l == 0 else <const floating *>plan.layers[l - 1].out
-                if ly.kind == FNN_LAYER_DENSE:
-                    if ly.act == FNN_ACT_IDENTITY:
-                        g = dy
-                    else:
-                        g = <floating *>ly.dZ
-                        if act_backward(ly.act, <floating *>ly.Z, <floating *>ly.Y, dy, g, m, ly.n_out, ly.alpha,
-                                        n_threads) != 0:
-                            status = FNN_STATUS_BAD_KIND
-                            break
-                    if ly.n_in > 0:
-                        _blas.gemm(True, False, <int>ly.n_in, <int>ly.n_out, <int>m, <floating>1, x, <int>ly.n_in,
-                                   g, <int>ly.n_out, <floating>0, grd + ly.w_off, <int>ly.n_out)
-                    if ly.b_off >= 0:
-                        dbp = grd + ly.b_off
-                        memset(dbp, 0, ly.n_out * sizeof(floating))
-                        for i in range(m):
-                            for j in range(ly.n_out):
-                                dbp[j] = dbp[j] + g[i * ly.n_out + j]
-                    if ly.need_dx:
-                        _blas.gemm(False, True, <int>m, <int>ly.n_in, <int>ly.n_out, <floating>1, g, <int>ly.n_out,
-                                   prm + ly.w_off, <int>ly.n_out, <floating>0, <floating *>ly.dX, <int>ly.n_in)
-                        dy = <floating *>ly.dX
-                elif ly.kind == FNN_LAYER_ACTIVATION:
-                    if act_backward(ly.act, x, <floating *>ly.Y, dy, <floating *>ly.dX, m, ly.n_out, ly.alpha,
-                                    n_threads) != 0:
-                        status = FNN_STATUS_BAD_KIND
-                        break
-                    dy = <floating *>ly.dX
-                elif ly.kind != FNN_LAYER_PASS:
-                    status = FNN_STATUS_BAD_KIND
-                    break
+            status = _backward_graph(xb, m, plan.layers, L, plan.srcs, plan.outp, plan.gp, plan.kept, prm, grd,
+                                     dy0, n_threads)
             if status != FNN_STATUS_DONE:
                 break
             if ar != NULL:      # the global batch's gradient on every rank
@@ -778,6 +1208,10 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
                     break
             # ---- guard, clipping, update
             if guard:
+                bad = _bad_running(plan.layers, L, prm)
+                if bad >= 0:
+                    status = FNN_STATUS_NONFINITE_BUFFER
+                    break
                 # before clipping: a NaN norm would spread everywhere; G = max |g| also bounds the clipped gradient
                 if scan_max(grd, P, n_threads, &G, &gmin):
                     bad = _first_nonfinite(grd, P)
@@ -865,7 +1299,9 @@ def forward_rows(Plan plan, const floating[:, ::1] X, floating[:, ::1] out, int 
     cdef const floating *x
     cdef const floating *prm = <const floating *>plan.params
     _check_dtype(plan, floating is double, X, "forward_rows")
-    if out.shape[0] != n or L == 0 or plan.layers[0].n_in != n_in0 or plan.layers[L - 1].n_out != k:
+    if plan.srcs == NULL:
+        raise ValueError("forward_rows: the plan's graph is not complete (batch_buffers checks it)")
+    if out.shape[0] != n or L == 0 or plan._n_in0 != n_in0 or plan.layers[L - 1].n_out != k:
         raise ValueError("forward_rows: arrays do not match the plan")
     for l in range(L):
         if plan.layers[l].kind == FNN_LAYER_PASS:
@@ -878,7 +1314,8 @@ def forward_rows(Plan plan, const floating[:, ::1] X, floating[:, ::1] out, int 
             s = 0
             while s < n:
                 m = min(bs, n - s)
-                x = _forward_chain(&X[s, 0], m, plan.layers, L, prm, n_threads)
+                x = _forward_graph(&X[s, 0], m, plan.layers, L, plan.srcs, plan.outp, plan.kept, prm, 0, NULL,
+                                   n_threads)
                 if x == NULL:
                     break
                 memcpy(&out[s, 0], x, m * k * sizeof(floating))

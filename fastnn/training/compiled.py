@@ -1,7 +1,9 @@
 """The compiled training plan: ``fit`` runs the epochs in the compiled core (fastnn/_core/plan.pyx), in chunks of
 batches that return to Python about every 0.05 s (Ctrl-C).
 
-A model qualifies when it is a chain of compiled layers (``Dense`` without a weight constraint, activation layers)
+A model qualifies when it is a graph of compiled layers on feature vectors (``Dense`` without a weight constraint,
+activation layers, ``BatchNorm`` (not synchronized), ``LayerNorm``, ``Dropout``, ``Residual`` with stochastic depth,
+``Add``, ``Concatenate``, ``Flatten`` / ``Reshape`` of a feature vector; every layer's output (n, features))
 trained with "cross_entropy" on integer labels or "mse" / "l2" / "mae", by ``SGD`` (with momentum, Nesterov),
 ``Adam`` (AMSGrad), ``AdamW``, ``RMSprop`` (momentum, centered) or ``Adagrad`` (exactly those classes), without
 sample/class weights, metrics other than accuracy (which the loss kernel counts anyway), per-step schedules or
@@ -11,6 +13,12 @@ done and their running loss), and validation runs after the epoch, so neither le
 runs on the per-layer path (``Trainer.step``), which stays the reference: the plan runs the same kernels in the
 same order on the same buffers, draws the permutation from ``model.rng`` in Python once per epoch as that path
 does, and gives the same weights (tests/test_plan.py).
+
+Random layers: a training batch's draws from ``model.layer_rng`` (a Dropout layer's mask seed, a Residual layer's
+keep-or-drop) are taken in Python before each chunk, for all of its batches, in the order the per-layer path takes
+them (node order, batch after batch), so both paths see the same masks and the generator ends in the same state
+(``_draws``).  After a chunk stopped by a non-finite value, the generator is rewound to hold exactly the draws of
+the batches the per-layer path would have run.
 """
 import time
 
@@ -18,57 +26,154 @@ import numpy as np
 
 from fastnn import losses as _losses
 from fastnn import optim as _optim
+from fastnn._core import guard as _guard
 from fastnn._core import plan as _k
 from fastnn._core._threads import get_num_threads
 from fastnn._core.kinds import ACT, OPT, PLAN_STATUS
 from fastnn.layers import activations as _act
+from fastnn.layers.core import Flatten, Reshape
 from fastnn.layers.dense import Dense
+from fastnn.layers.dropout import Dropout
+from fastnn.layers.merge import Add, Concatenate
+from fastnn.layers.normalization import BatchNorm, LayerNorm
+from fastnn.layers.residual import Residual
 
 CHUNK_SECONDS = 0.05      # the time one call into the compiled core runs before returning to Python (Ctrl-C)
 _REG_KIND = {cls: cls.kind for cls in (_losses.L2, _losses.MSE, _losses.MAE)}
 _ACT_TYPES = tuple(_act.CLASSES.values())
+_PLAIN_TYPES = (LayerNorm, Add, Concatenate, Flatten, Reshape, Dropout, Residual)
+# bit generators whose Generator.random() is (next_uint64 >> 11) * 2^-53 and integers(0, 2**63) is
+# next_uint64 >> 1: their draws come in one vectorized call (``_draws``)
+_RAW64 = tuple(getattr(np.random, name) for name in ("PCG64", "PCG64DXSM", "SFC64", "Philox")
+               if hasattr(np.random, name))
 
 
 class TrainPlan:
-    """Per-layer descriptors and batch buffers of one model at one batch size: ``core``, the compiled plan's
-    state (fastnn/_core/plan.pyx ``Plan``), and the buffers it points into."""
+    """Per-node descriptors and batch buffers of one model at one batch size: ``core``, the compiled plan's
+    state (fastnn/_core/plan.pyx ``Plan``), and the buffers it points into.  ``draw_specs``: one entry per random
+    draw of a training batch, in node order: None for a Dropout layer's mask seed, the survival probability for a
+    Residual layer's keep-or-drop."""
 
     def __init__(self, model, bs, fused=None):
         self.model, self.bs, self.params = model, bs, model.parameters
         self.chunk = 1          # batches per call of run_batches, adapted by fit_epoch
         fused = model.trainer.fused if fused is None else fused
         dt = model.dtype
-        L = len(model.graph.nodes)
+        graph = model.graph
+        L = len(graph.nodes)
         self.core = core = _k.Plan(model.parameters, model.gradients, bs, L, model.table.n_trainable)
-        n_in = model.input_shape[0]
-        for i, (layer, _) in enumerate(model.graph.nodes):
+        self.draw_specs = []
+        self.running = []       # (BatchNorm layer, the guard's (2, C) copy of its running statistics)
+        self.buffers = []       # (BatchNorm layer, its running_mean, its running_var): the arrays the plan writes
+        table = model.table
+        width = [layer.output_shape[0] for layer, _ in graph.nodes]
+        for i, (layer, src) in enumerate(graph.nodes):
             last = i == L - 1
-            n_out = layer.output_shape[0]
-            Y, dX = np.empty((bs, n_out), dt), np.empty((bs, n_in), dt)
-            if isinstance(layer, Dense):
+            n_out = width[i]
+            n_in = model.input_shape[0] if src[0] < 0 else width[src[0]]
+            t = type(layer)
+
+            def buf(shape=(bs, n_out), dtype=dt):
+                return np.empty(shape, dtype)
+
+            if t is Dense:
                 act = ACT.IDENTITY if (last and fused) else layer.activation.kind
-                b_off = model.table.offset(layer, "bias") if layer.use_bias else -1
-                core.dense(i, act, n_in, n_out, model.table.offset(layer, "weight"), b_off,
-                           layer.need_input_grad, layer.activation.alpha, np.empty((bs, n_out), dt), Y,
-                           np.empty((bs, n_out), dt), dX)
-            else:
-                core.activation(i, layer.kind, n_out, layer.alpha, Y, dX, passthrough=last and fused)
-            n_in = n_out
+                b_off = table.offset(layer, "bias") if layer.use_bias else -1
+                core.dense(i, act, n_in, n_out, table.offset(layer, "weight"), b_off, layer.need_input_grad,
+                           layer.activation.alpha, buf(), buf(), buf(), buf((bs, n_in)))
+            elif t in _ACT_TYPES:
+                core.activation(i, layer.kind, n_out, layer.alpha, buf(), buf(), passthrough=last and fused)
+            elif t is BatchNorm:
+                backup = buf((2, n_out))
+                core.batchnorm(i, n_out, table.offset(layer, "weight"), table.offset(layer, "bias"),
+                               layer.need_input_grad, layer.momentum, layer.eps, not layer._frozen, buf(), buf(),
+                               buf(), buf((n_out,)), buf((n_out,)), layer.buffers["running_mean"],
+                               layer.buffers["running_var"], backup)
+                if not layer._frozen:
+                    self.running.append((layer, backup))
+                self.buffers.append((layer, layer.buffers["running_mean"], layer.buffers["running_var"]))
+            elif t is LayerNorm:
+                core.layernorm(i, n_out, table.offset(layer, "weight"), table.offset(layer, "bias"),
+                               layer.need_input_grad, layer.eps, buf(), buf(), buf(), buf((bs,)))
+            elif t is Dropout:
+                draw = -1
+                if layer.rate > 0:
+                    draw = len(self.draw_specs)
+                    self.draw_specs.append(None)
+                keep = 1.0 - layer.rate
+                core.dropout(i, n_out, draw, int(round(layer.rate * 2.0 ** 53)),
+                             1.0 / keep if layer.mode == "inverted" else 1.0,
+                             keep if layer.mode != "inverted" else 1.0, buf(), buf(dtype=np.uint8), buf())
+            elif t is Residual:
+                draw = -1
+                if layer.survival_prob < 1.0:
+                    draw = len(self.draw_specs)
+                    self.draw_specs.append(layer.survival_prob)
+                core.residual(i, n_out, draw, layer.survival_prob, buf())
+            elif t is Add:
+                core.add(i, n_out, buf())
+            elif t is Concatenate:
+                core.concat(i, n_out, buf(), buf((bs * n_out,)))
+            elif t in (Flatten, Reshape):
+                core.identity(i, n_out)
+            else:       # plan_for / predict checked the graph (_compiles)
+                raise TypeError(f"compiled plan: no compiled node for {t.__name__}")
+            core.link(i, src, buf() if graph.fanout[i] > 1 else None)
         k = model.output_shape[0]
         core.batch_buffers(np.empty((bs, model.input_shape[0]), dt), np.empty(bs, np.intp), np.empty((bs, k), dt),
                            np.empty((bs, k), dt))
 
 
-def _chain_of_compiled_layers(model):
-    for i, (layer, src) in enumerate(model.graph.nodes):
-        if src != (i - 1,) or len(layer.output_shape) != 1:
+def _compiles(model, training):
+    """Whether every node of the model's graph has a compiled counterpart (TrainPlan), on feature vectors; for
+    training also without weight constraints or a synchronized BatchNorm."""
+    graph = model.graph
+    if graph.general or len(model.input_shape) != 1 or None in model.input_shape:
+        return False
+    n_in0 = model.input_shape[0]
+    for layer, src in graph.nodes:
+        out = layer.output_shape
+        if not isinstance(out, tuple) or len(out) != 1 or out[0] is None:
             return False
-        if type(layer) is Dense:
-            if type(layer.activation) not in _ACT_TYPES:
+        t = type(layer)
+        if t is Dense:
+            if type(layer.activation) not in _ACT_TYPES or (training and layer.has_constraint):
                 return False
-        elif type(layer) not in _ACT_TYPES:
+        elif t is BatchNorm:
+            if training and layer.reducer is not None:
+                return False
+        elif t in (Flatten, Reshape):
+            if (n_in0 if src[0] < 0 else graph.nodes[src[0]].layer.output_shape[0]) != out[0]:
+                return False
+        elif t is Concatenate:
+            if -1 in src:
+                return False
+        elif t not in _ACT_TYPES and t not in _PLAIN_TYPES:
             return False
-    return len(model.input_shape) == 1 and None not in model.input_shape
+    return True
+
+
+def _draws(rng, specs, n_batches):
+    """The (n_batches, len(specs)) uint64 draws of n_batches training batches from `rng` (``TrainPlan.draw_specs``),
+    exactly as the per-layer path takes them batch after batch in node order: a Dropout layer's
+    ``rng.integers(0, 2**63)`` (its mask seed), a Residual layer's ``rng.random() < survival_prob`` (1: keep the
+    block).  For the bit generators in _RAW64 each is one 64-bit output of the generator (integers: its top 63
+    bits; random: its top 53 bits times 2^-53), so all of them come from one ``random_raw`` call."""
+    nd = len(specs)
+    out = np.empty((n_batches, nd), np.uint64)
+    bg = rng.bit_generator
+    if type(bg) in _RAW64:
+        raw = bg.random_raw(n_batches * nd).reshape(n_batches, nd)
+        for j, p in enumerate(specs):
+            if p is None:
+                np.right_shift(raw[:, j], np.uint64(1), out=out[:, j])
+            else:
+                out[:, j] = (raw[:, j] >> np.uint64(11)) * (1.0 / 9007199254740992.0) < p
+        return out
+    for b in range(n_batches):
+        for j, p in enumerate(specs):
+            out[b, j] = rng.integers(0, 2 ** 63) if p is None else (rng.random() < p)
+    return out
 
 
 _MAX_FREE_PLANS = 4     # inference plans kept per row-count class (more are made while more threads predict)
@@ -76,13 +181,13 @@ _MAX_FREE_PLANS = 4     # inference plans kept per row-count class (more are mad
 
 def predict(model, X):
     """The output for X (float array of the model dtype, C-contiguous, 2-D) through a compiled inference plan
-    with buffers kept between calls; None when the model is not a chain of compiled layers or X holds a
+    with buffers kept between calls; None when the model is not a graph of compiled layers or X holds a
     NaN/inf (the caller's general path then predicts or raises its usual error).  Thread-safe: each call has a
     plan of its own for its duration (a pool per row-count class)."""
     trainer = model.trainer
     plans = trainer.infer_plans
     if plans is None or plans[0] is not model.parameters:
-        if not _chain_of_compiled_layers(model):
+        if not _compiles(model, False):
             trainer.infer_plans = (model.parameters, None)
             return None
         plans = trainer.infer_plans = (model.parameters, {})
@@ -136,16 +241,11 @@ def plan_for(model, train, bs, metrics, cbs):
             return None
     elif type(loss) not in _REG_KIND:
         return None
-    if len(model.input_shape) != 1 or X.ndim != 2 or None in model.input_shape:
+    if X.ndim != 2 or not _compiles(model, True):
         return None
-    for i, (layer, src) in enumerate(model.graph.nodes):
-        if src != (i - 1,) or len(layer.output_shape) != 1:
-            return None
-        if type(layer) is Dense:
-            if layer.has_constraint or type(layer.activation) not in _ACT_TYPES:
-                return None
-        elif type(layer) not in _ACT_TYPES:
-            return None
+    # data-parallel: Dropout draws its rank's rows of the global mask and BatchNorm may synchronize: per-layer path
+    if dist is not None and any(type(layer) in (Dropout, BatchNorm) for layer, _ in model.graph.nodes):
+        return None
     # the plan updates the trainable prefix of the flat buffers, the one the optimizer is bound to (see fit_epoch)
     # (Trainer.check_optimizer has checked this at the start of fit; the plan checks again, as it writes through
     # raw pointers: never another model's buffers, never state of another size)
@@ -153,7 +253,9 @@ def plan_for(model, train, bs, metrics, cbs):
             or any(a.shape != opt._params.shape for a in opt.state.values())):
         raise RuntimeError(f"compiled plan: {model.name}'s optimizer is not bound to its parameters")
     plan = trainer.train_plan
-    if plan is None or plan.bs != bs or plan.params is not model.parameters or plan.model is not model:
+    if plan is None or plan.bs != bs or plan.params is not model.parameters or plan.model is not model or any(
+            layer.buffers.get("running_mean") is not rm or layer.buffers.get("running_var") is not rv
+            for layer, rm, rv in plan.buffers):
         plan = trainer.train_plan = TrainPlan(model, bs)
     return plan
 
@@ -215,15 +317,22 @@ def fit_epoch(model, plan, epoch, train, bs, shuffle, cbs=None):
     progress = cbs is not None and cbs.progress
     step0, b = opt.step_count, 0
     status = PLAN_STATUS.DONE
+    specs, rng, draws = plan.draw_specs, model.layer_rng, None
     try:
         # the epoch in chunks of about CHUNK_SECONDS: each returns to Python, where a pending KeyboardInterrupt
         # (Ctrl-C) is raised at a batch boundary; the chunk size adapts to the time of the last chunk
         while b < n_batches:
             b1 = min(b + plan.chunk, n_batches)
             t0 = time.perf_counter()
-            status, done, bad, value = _k.run_batches(core, X, T, idx, b, b1, step0 + b, n_threads)
+            if specs:
+                rng_state = rng.bit_generator.state
+                draws = _draws(rng, specs, b1 - b)
+            status, done, bad, value = _k.run_batches(core, X, T, idx, b, b1, step0 + b, n_threads, draws)
             b += done
             if status != PLAN_STATUS.DONE:
+                if specs:       # the per-layer path would have drawn for the batches run and the one that failed
+                    rng.bit_generator.state = rng_state
+                    _draws(rng, specs, done + 1)
                 break
             if progress:
                 s = core.stats
@@ -244,6 +353,21 @@ def fit_epoch(model, plan, epoch, train, bs, shuffle, cbs=None):
     done = b
     if status != PLAN_STATUS.DONE:
         where = (epoch, done)
+        detail = None
+        if status == PLAN_STATUS.NONFINITE_BUFFER:    # name the first bad value, as the per-layer path does
+            layer = model.graph.nodes[bad].layer
+            for name in ("running_mean", "running_var"):
+                arr = layer.buffers[name]
+                i = _guard.first_nonfinite(arr)
+                if i >= 0:
+                    detail = f"the forward pass made the buffer {layer.name}.{name}[{i}] {arr[i]}"
+                    break
+        if guard:       # every NonFiniteError leaves the running statistics as before the failed batch
+            for layer, backup in plan.running:
+                layer.buffers["running_mean"][...] = backup[0]
+                layer.buffers["running_var"][...] = backup[1]
+        if status == PLAN_STATUS.NONFINITE_BUFFER:
+            raise model.trainer.nonfinite("buffer", where, None, detail)
         if status == PLAN_STATUS.NONFINITE_LOSS:
             raise model.trainer.nonfinite("loss", where, None, f"the loss is {value}")
         if status == PLAN_STATUS.NONFINITE_GRADIENT:

@@ -1,0 +1,300 @@
+"""The compiled plan on graphs (issue 16): BatchNorm, LayerNorm, Dropout, Residual with stochastic depth, Add,
+Concatenate, Flatten/Reshape, against the per-layer path, which stays the reference.
+
+Both paths run the same kernels in the same order on the same values and take the same draws from
+``model.layer_rng``, so the tests ask for the same bits: weights, optimizer state, running statistics, history,
+and the generator's state after training.
+"""
+import numpy as np
+import pytest
+
+import fastnn as fnn
+from fastnn._core.kinds import LOSS
+from fastnn.layers import Add, BatchNorm, Concatenate, Dense, Dropout, Flatten, LayerNorm, Reshape, Residual
+from fastnn.training import compiled as _plan
+
+try:
+    from tests.test_plan import OPTIMIZERS
+except ImportError:  # pragma: no cover - tests/ itself on sys.path
+    from test_plan import OPTIMIZERS
+
+L = fnn.layers
+
+
+def _seq(layers, n_in=7):
+    return lambda dtype: fnn.Sequential(layers(), input_dim=n_in, seed=3, dtype=dtype)
+
+
+def _functional(dtype):
+    """x feeds three nodes (fanout 3), an Add of three, a Concatenate, a Flatten of a feature vector."""
+    x = fnn.Input(7)
+    a = Dense(12, activation="tanh")(x)
+    b = Dense(12)(x)
+    c = L.ReLU()(Dense(12)(x))
+    s = Add()([a, b, c])
+    s = LayerNorm()(s)
+    j = Concatenate()([s, a, Dense(4, activation="sigmoid")(b)])
+    j = Flatten()(Dropout(0.25)(j))
+    h = Residual([Dense(28, activation="relu"), BatchNorm()], survival_prob=0.6)(j)
+    out = Dense(5, activation="softmax")(Reshape((28,))(h))
+    return fnn.Model(x, out, seed=3, dtype=dtype)
+
+
+MODELS = {
+    "batchnorm": _seq(lambda: [Dense(16), BatchNorm(momentum=0.3), L.ReLU(), Dense(5, activation="softmax")]),
+    "batchnorm-first": _seq(lambda: [BatchNorm(), Dense(9, activation="relu"), BatchNorm(eps=1e-3),
+                                     Dense(5, activation="softmax")]),
+    "layernorm": _seq(lambda: [Dense(16, activation="tanh"), LayerNorm(), Dense(5, activation="softmax")]),
+    "dropout": _seq(lambda: [Dense(16, activation="relu"), Dropout(0.3), Dense(12), Dropout(0.0), L.ELU(),
+                             Dropout(0.2, mode="weight_scaling"), Dense(5, activation="softmax")]),
+    "residual": _seq(lambda: [Dense(16), Residual([Dense(16, activation="relu"), BatchNorm(), Dropout(0.1)]),
+                              Residual([Dense(16, activation="relu"), LayerNorm()], survival_prob=0.5),
+                              Dense(5, activation="softmax")]),
+    "nested-residual": _seq(lambda: [Dense(16), Residual([Residual([Dense(16, activation="relu"), Dropout(0.2)],
+                                                                   survival_prob=0.7), BatchNorm()],
+                                                         survival_prob=0.6),
+                                     Dense(5, activation="softmax")]),
+    "functional": _functional,
+}
+
+
+def _data(loss, n=101, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 7))
+    y = rng.integers(0, 5, n) if loss == "cross_entropy" else rng.standard_normal((n, 5))
+    return X, y
+
+
+def _pair(make, loss, make_opt, dtype="float32", epochs=3, bs=16, n=101, **compile_kw):
+    """The same model trained through the plan and through the per-layer path, at one thread."""
+    X, y = _data(loss, n)
+    out = []
+    before = fnn.get_num_threads()
+    fnn.set_num_threads(1)
+    try:
+        for compiled in (True, False):
+            m = make(dtype)
+            m.compile(loss, make_opt(), **compile_kw)
+            m.trainer.compiled_plan = compiled
+            h = m.fit(X, y, epochs=epochs, batch_size=bs)
+            out.append((m, h))
+    finally:
+        fnn.set_num_threads(before)
+    (a, ha), (b, hb) = out
+    assert a.trainer.train_plan is not None and b.trainer.train_plan is None
+    return a, ha, b, hb, X
+
+
+def _assert_same(a, ha, b, hb):
+    np.testing.assert_array_equal(a.parameters, b.parameters)
+    np.testing.assert_array_equal(a.gradients, b.gradients)
+    for k in b.optimizer.state:
+        np.testing.assert_array_equal(a.optimizer.state[k], b.optimizer.state[k])
+    assert a.optimizer.step_count == b.optimizer.step_count
+    for la, lb in zip(a.graph.layers, b.graph.layers):
+        for k in lb.buffers:
+            np.testing.assert_array_equal(la.buffers[k], lb.buffers[k])
+    assert a.layer_rng.bit_generator.state == b.layer_rng.bit_generator.state
+    for key in hb.history:
+        if key != "time":
+            assert ha.history[key] == hb.history[key], key
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_compiled_layer_gives_the_weights_of_the_per_layer_path(name, loss, dtype):
+    a, ha, b, hb, X = _pair(MODELS[name], loss, lambda: fnn.optim.Adam(lr=3e-3), dtype)
+    _assert_same(a, ha, b, hb)
+    # inference through the compiled plan (running statistics, weight-scaling dropout, survival scaling)
+    np.testing.assert_array_equal(a.predict(X), b.engine.forward(X.astype(dtype), False))
+
+
+@pytest.mark.parametrize("opt_id,make_opt", OPTIMIZERS, ids=[o[0] for o in OPTIMIZERS])
+def test_every_optimizer_on_the_residual_network(opt_id, make_opt):
+    a, ha, b, hb, _ = _pair(MODELS["residual"], "cross_entropy", make_opt, "float64", epochs=2)
+    _assert_same(a, ha, b, hb)
+
+
+def test_clipping_and_a_last_batch_of_two():
+    # 102 samples in batches of 20: the last batch has 2 rows (BatchNorm's smallest training batch)
+    a, ha, b, hb, _ = _pair(MODELS["residual"], "cross_entropy", lambda: fnn.optim.SGD(lr=0.05, momentum=0.9),
+                            n=102, bs=20, clip_norm=0.5)
+    _assert_same(a, ha, b, hb)
+    assert a.grad_norm == b.grad_norm
+
+
+def test_two_threads_give_the_weights_of_the_per_layer_path_at_two_threads(restore_threads):
+    X, y = _data("cross_entropy", 300)
+    fnn.set_num_threads(2)
+    ms = []
+    for compiled in (True, False):
+        m = MODELS["residual"]("float32")
+        m.compile("cross_entropy", "adam")
+        m.trainer.compiled_plan = compiled
+        ms.append((m, m.fit(X, y, epochs=2, batch_size=64)))
+    _assert_same(*ms[0], *ms[1])
+
+
+def test_a_frozen_batchnorm_normalizes_with_its_running_statistics():
+    def make(dtype):
+        m = MODELS["batchnorm"](dtype)
+        m.layers[1].running_mean = np.linspace(-1, 1, 16)
+        m.layers[1].running_var = np.linspace(0.5, 2, 16)
+        m.layers[1].trainable = False
+        return m
+    a, ha, b, hb, _ = _pair(make, "cross_entropy", lambda: fnn.optim.Adam(lr=1e-2))
+    _assert_same(a, ha, b, hb)
+    np.testing.assert_array_equal(a.layers[1].running_var, np.linspace(0.5, 2, 16).astype(np.float32))
+
+
+def test_a_dropped_block_has_zero_gradients():
+    # survival 0.5 over 7 batches: some batch drops the block; its layers' gradients are zero then
+    X, y = _data("cross_entropy")
+    m = MODELS["residual"]("float64")
+    m.compile("cross_entropy", "sgd")
+    block = m.layers[2].block
+    seen = set()
+    plan = None
+    for i in range(0, 96, 16):
+        m.fit(X[i:i + 16], y[i:i + 16], epochs=1, batch_size=16)
+        plan = m.trainer.train_plan
+        g = block[0].grads["weight"]
+        seen.add(bool(np.any(g != 0)))
+    assert plan is not None and seen == {True, False}
+
+
+def test_draws_follow_the_generator_calls_of_the_per_layer_path():
+    specs = [None, 0.7, None, 0.2, 1e-300]
+    for bitgen in (np.random.PCG64, np.random.PCG64DXSM, np.random.SFC64, np.random.Philox, np.random.MT19937):
+        rng, ref = np.random.Generator(bitgen(5)), np.random.Generator(bitgen(5))
+        got = _plan._draws(rng, specs, 40)
+        want = [[ref.integers(0, 2 ** 63) if p is None else ref.random() < p for p in specs] for _ in range(40)]
+        np.testing.assert_array_equal(got, np.array(want, dtype=np.uint64))
+        assert rng.bit_generator.random_raw() == ref.bit_generator.random_raw(), bitgen.__name__
+        assert 0 < got[:, 1].sum() < 40
+
+
+def test_a_nan_stops_the_plan_with_the_state_and_draws_of_the_per_layer_path():
+    X, y = _data("cross_entropy", 160)
+    X[70] = 3e38                 # the fifth batch of 16: it overflows the first layer's output (float32)
+    out = []
+    for compiled in (True, False):
+        m = MODELS["residual"]("float32")
+        m.compile("cross_entropy", "adam")
+        m.trainer.compiled_plan = compiled
+        with pytest.raises(fnn.NonFiniteError) as ei:
+            m.fit(X, y, epochs=1, batch_size=16, shuffle=False)
+        out.append((m, ei.value))
+    (a, ea), (b, eb) = out
+    assert a.trainer.train_plan is not None
+    assert (ea.what, ea.epoch, ea.batch) == (eb.what, eb.epoch, eb.batch)
+    assert ea.batch == 5
+    np.testing.assert_array_equal(a.parameters, b.parameters)
+    for la, lb in zip(a.graph.layers, b.graph.layers):
+        for k in lb.buffers:
+            np.testing.assert_array_equal(la.buffers[k], lb.buffers[k])
+    assert a.layer_rng.bit_generator.state == b.layer_rng.bit_generator.state
+
+
+def test_a_running_variance_overflow_is_a_buffer_error_naming_it():
+    X, y = _data("cross_entropy", 48)
+    X[40, 0] = 1e30              # batch 3 of 16: the running variance of the first BatchNorm overflows in float32
+    out = []
+    for compiled in (True, False):
+        m = MODELS["batchnorm-first"]("float32")
+        m.compile("cross_entropy", "adam")
+        m.trainer.compiled_plan = compiled
+        with pytest.raises(fnn.NonFiniteError) as ei:
+            m.fit(X, y, epochs=1, batch_size=16, shuffle=False)
+        out.append((m, ei.value))
+    (a, ea), (b, eb) = out
+    assert a.trainer.train_plan is not None
+    assert (ea.what, ea.batch) == (eb.what, eb.batch) == ("buffer", 3)
+    assert str(ea).replace(a.layers[0].name, "bn") == str(eb).replace(b.layers[0].name, "bn")
+    assert f"{a.layers[0].name}.running_var[0] inf" in str(ea)
+    np.testing.assert_array_equal(a.parameters, b.parameters)
+    np.testing.assert_array_equal(a.layers[0].running_var, b.layers[0].running_var)
+    assert np.isfinite(a.layers[0].running_var).all()
+
+
+def test_chunks_do_not_change_the_weights_or_the_draws(monkeypatch, restore_threads):
+    fnn.set_num_threads(1)
+    X, y = _data("cross_entropy", 300)
+    ref = MODELS["functional"]("float32").compile("cross_entropy", "adam")
+    ref.fit(X, y, epochs=2, batch_size=32)
+    m = MODELS["functional"]("float32").compile("cross_entropy", "adam")
+    monkeypatch.setattr(_plan, "CHUNK_SECONDS", 0.0)      # one batch per call
+    m.fit(X, y, epochs=2, batch_size=32)
+    assert m.trainer.train_plan is not None
+    np.testing.assert_array_equal(m.parameters, ref.parameters)
+    assert m.layer_rng.bit_generator.state == ref.layer_rng.bit_generator.state
+
+
+def test_replaced_running_statistics_make_a_new_plan():
+    X, y = _data("cross_entropy")
+    m = MODELS["batchnorm"]("float32").compile("cross_entropy", "adam")
+    m.fit(X, y, epochs=1, batch_size=16)
+    plan = m.trainer.train_plan
+    m.layers[1].buffers["running_mean"] = np.zeros(16, np.float32)
+    m.fit(X, y, epochs=1, batch_size=16)
+    assert m.trainer.train_plan is not plan
+    assert np.any(m.layers[1].buffers["running_mean"] != 0)
+
+
+def test_plan_graph_checks_its_arguments():
+    k = _plan._k
+    p = np.zeros(100, np.float32)
+    bs = 4
+
+    def plan(n):
+        return k.Plan(p, np.zeros_like(p), bs, n)
+
+    def e(*shape, dtype=np.float32):
+        return np.empty(shape, dtype)
+
+    pl = plan(2)
+    pl.activation(0, 1, 3, 0.0, e(bs, 3), e(bs, 3))
+    pl.add(1, 3, e(bs, 3))
+    with pytest.raises(ValueError, match="has 1 sources"):       # an Add of one source
+        pl.batch_buffers(e(bs, 3), e(bs, dtype=np.intp), e(bs, 3), e(bs, 3))
+    pl.link(1, (0, 0))
+    with pytest.raises(ValueError, match="needs a gradient buffer"):     # node 0 read twice: no acc
+        pl.batch_buffers(e(bs, 3), e(bs, dtype=np.intp), e(bs, 3), e(bs, 3))
+    pl.link(1, (0, 0), acc=None)
+    pl.link(0, (-1,), acc=e(bs, 3))
+    pl.batch_buffers(e(bs, 3), e(bs, dtype=np.intp), e(bs, 3), e(bs, 3))
+    for bad in [(1,), (-2,), ()]:
+        with pytest.raises(ValueError, match="sources"):
+            pl.link(1, bad)
+    pl = plan(2)
+    pl.activation(0, 1, 3, 0.0, e(bs, 3), e(bs, 3))
+    pl.concat(1, 5, e(bs, 5), e(bs * 5))
+    pl.link(1, (0, -1))
+    with pytest.raises(ValueError, match="concatenation of the batch"):
+        pl.batch_buffers(e(bs, 3), e(bs, dtype=np.intp), e(bs, 5), e(bs, 5))
+    pl = plan(2)
+    pl.dropout(0, 3, 1, 2 ** 51, 2.0, 1.0, e(bs, 3), e(bs, 3, dtype=np.uint8), e(bs, 3))
+    pl.activation(1, 1, 3, 0.0, e(bs, 3), e(bs, 3))
+    with pytest.raises(ValueError, match="draw columns"):       # columns must be 0 .. n-1
+        pl.batch_buffers(e(bs, 3), e(bs, dtype=np.intp), e(bs, 3), e(bs, 3))
+    with pytest.raises(ValueError, match="threshold"):
+        pl.dropout(0, 3, 0, 2 ** 53 + 1, 2.0, 1.0, e(bs, 3), e(bs, 3, dtype=np.uint8), e(bs, 3))
+    with pytest.raises(ValueError, match="survival_prob"):
+        pl.residual(0, 3, 0, 0.0, e(bs, 3))
+    with pytest.raises(ValueError, match="offsets"):
+        pl.batchnorm(0, 3, 98, 0, True, 0.1, 1e-5, True, e(bs, 3), e(bs, 3), e(bs, 3), e(3), e(3), e(3), e(3))
+    pl = plan(1)
+    pl.batchnorm(0, 3, 0, 3, False, 0.1, 1e-5, True, e(bs, 3), e(bs, 3), e(bs, 3), e(3), e(3), e(3), e(3))
+    pl.batch_buffers(e(bs, 3), e(bs, dtype=np.intp), e(bs, 3), e(bs, 3))
+    pl.adam(1e-3, 0.9, 0.999, 1e-8, 0.0, False, e(100), e(100), None, 0)
+    with pytest.raises(ValueError, match="backup of its running statistics"):
+        pl.guard(True, e(100), e(100), e(100))
+    pl = plan(1)
+    pl.dropout(0, 3, 0, 2 ** 51, 2.0, 1.0, e(bs, 3), e(bs, 3, dtype=np.uint8), e(bs, 3))
+    pl.batch_buffers(e(bs, 3), e(bs, dtype=np.intp), e(bs, 3), e(bs, 3))
+    assert pl.draws_per_batch == 1
+    pl.loss(LOSS.MSE)
+    pl.sgd(0.1, 0.0, 0.0, 0.0, False, None, 0)
+    with pytest.raises(ValueError, match="draws per batch"):
+        k.run_batches(pl, np.zeros((8, 3), np.float32), np.zeros((8, 3), np.float32), None, 0, 2, 0, 1)
