@@ -11,29 +11,35 @@ from libc.stdint cimport uint64_t
 
 from fastnn._core._common cimport floating, threads_for, FNN_MIN_PER_THREAD
 
-cdef extern from "fnn_rng.h" nogil:
-    uint64_t fnn_rng_u64(uint64_t seed, uint64_t i)
-
-
 cdef inline Py_ssize_t _lo(Py_ssize_t t, Py_ssize_t nt, Py_ssize_t n) noexcept nogil:
     return t * n // nt
 
 
-cdef void _fwd_range(const floating *X, floating *Y, unsigned char *mask, Py_ssize_t i0, Py_ssize_t i1,
-                     uint64_t seed, uint64_t threshold, floating scale, uint64_t offset) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef unsigned char keep
-    for i in range(i0, i1):
-        keep = (fnn_rng_u64(seed, <uint64_t>i + offset) >> 11) >= threshold
-        mask[i] = keep
-        Y[i] = X[i] * (keep * scale)
+cdef extern from "fnn_norm.h" nogil:
+    void fnn_dropout_fwd_f(const float *X, float *Y, unsigned char *mask, Py_ssize_t i0, Py_ssize_t i1, uint64_t seed,
+                           uint64_t threshold, float scale, uint64_t offset)
+    void fnn_dropout_fwd_d(const double *X, double *Y, unsigned char *mask, Py_ssize_t i0, Py_ssize_t i1,
+                           uint64_t seed, uint64_t threshold, double scale, uint64_t offset)
+    void fnn_dropout_bwd_f(const float *dY, const unsigned char *mask, float *dX, Py_ssize_t i0, Py_ssize_t i1,
+                           float scale)
+    void fnn_dropout_bwd_d(const double *dY, const unsigned char *mask, double *dX, Py_ssize_t i0, Py_ssize_t i1,
+                           double scale)
 
 
-cdef void _bwd_range(const floating *dY, const unsigned char *mask, floating *dX, Py_ssize_t i0, Py_ssize_t i1,
-                     floating scale) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(i0, i1):
-        dX[i] = dY[i] * (mask[i] * scale)
+cdef inline void _fwd_range(const floating *X, floating *Y, unsigned char *mask, Py_ssize_t i0, Py_ssize_t i1,
+                            uint64_t seed, uint64_t threshold, floating scale, uint64_t offset) noexcept nogil:
+    if floating is float:
+        fnn_dropout_fwd_f(X, Y, mask, i0, i1, seed, threshold, scale, offset)
+    else:
+        fnn_dropout_fwd_d(X, Y, mask, i0, i1, seed, threshold, scale, offset)
+
+
+cdef inline void _bwd_range(const floating *dY, const unsigned char *mask, floating *dX, Py_ssize_t i0,
+                            Py_ssize_t i1, floating scale) noexcept nogil:
+    if floating is float:
+        fnn_dropout_bwd_f(dY, mask, dX, i0, i1, scale)
+    else:
+        fnn_dropout_bwd_d(dY, mask, dX, i0, i1, scale)
 
 
 def dropout_forward(const floating[::1] X, floating[::1] Y, unsigned char[::1] mask, uint64_t seed,

@@ -15,8 +15,8 @@ from libc.math cimport sqrt
 
 from fastnn._core._common cimport floating, threads_for, FNN_MIN_PER_THREAD
 
-cdef enum:
-    FNN_COLS = 16        # columns per block of the column-sum passes
+cdef extern from "fnn_norm.h":
+    enum: FNN_COLS "FNN_NORM_COLS"      # columns per block of the column-sum passes
 
 
 cdef inline Py_ssize_t _lo(Py_ssize_t t, Py_ssize_t nt, Py_ssize_t n) noexcept nogil:
@@ -32,101 +32,57 @@ cdef int _n_blocks_threads(Py_ssize_t n, Py_ssize_t C, int n_threads, Py_ssize_t
 
 
 # ------------------------------------------------------------------------------------------ batch norm
-cdef void _bn_fwd_block(const floating *X, floating *Y, floating *Xhat, const floating *gamma,
-                        const floating *beta, floating *mean, floating *invstd, floating *rmean, floating *rvar,
-                        Py_ssize_t n, Py_ssize_t C, Py_ssize_t c0, Py_ssize_t c1, bint training,
-                        double momentum, double eps) noexcept nogil:
-    cdef double m[FNN_COLS]
-    cdef double s[FNN_COLS]
-    cdef double v
-    cdef Py_ssize_t i, j, w = c1 - c0
-    cdef const floating *x
-    cdef floating *y
-    cdef floating *xh
-    if training:
-        for j in range(w):
-            m[j] = 0
-            s[j] = 0
-        for i in range(n):
-            x = X + i * C + c0
-            for j in range(w):
-                m[j] += x[j]
-        for j in range(w):
-            m[j] = m[j] / n
-        for i in range(n):
-            x = X + i * C + c0
-            for j in range(w):
-                v = x[j] - m[j]
-                s[j] += v * v
-        for j in range(w):
-            v = s[j] / n                               # biased: normalizes the batch
-            mean[c0 + j] = <floating>m[j]
-            s[j] = 1.0 / sqrt(v + eps)
-            invstd[c0 + j] = <floating>s[j]
-            if rmean != NULL:
-                rmean[c0 + j] = <floating>((1 - momentum) * rmean[c0 + j] + momentum * m[j])
-                rvar[c0 + j] = <floating>((1 - momentum) * rvar[c0 + j] + momentum * v * n / (n - 1))
+cdef extern from "fnn_norm.h" nogil:
+    void fnn_bn_fwd_block_f(const float *X, float *Y, float *Xhat, const float *gamma, const float *beta, float *mean,
+                            float *invstd, float *rmean, float *rvar, Py_ssize_t n, Py_ssize_t C, Py_ssize_t c0,
+                            Py_ssize_t c1, int training, double momentum, double eps)
+    void fnn_bn_fwd_block_d(const double *X, double *Y, double *Xhat, const double *gamma, const double *beta,
+                            double *mean, double *invstd, double *rmean, double *rvar, Py_ssize_t n, Py_ssize_t C,
+                            Py_ssize_t c0, Py_ssize_t c1, int training, double momentum, double eps)
+    void fnn_col_sums_f(const float *dY, const float *Xhat, Py_ssize_t n, Py_ssize_t C, Py_ssize_t c0, Py_ssize_t c1,
+                        float *sum_dy, float *sum_dy_xhat)
+    void fnn_col_sums_d(const double *dY, const double *Xhat, Py_ssize_t n, Py_ssize_t C, Py_ssize_t c0,
+                        Py_ssize_t c1, double *sum_dy, double *sum_dy_xhat)
+    void fnn_bn_dx_block_f(const float *dY, const float *Xhat, const float *gamma, const float *invstd, float *dX,
+                           const float *dgamma, const float *dbeta, Py_ssize_t n, Py_ssize_t C, Py_ssize_t c0,
+                           Py_ssize_t c1, int batch_stats)
+    void fnn_bn_dx_block_d(const double *dY, const double *Xhat, const double *gamma, const double *invstd,
+                           double *dX, const double *dgamma, const double *dbeta, Py_ssize_t n, Py_ssize_t C,
+                           Py_ssize_t c0, Py_ssize_t c1, int batch_stats)
+
+
+cdef inline void _bn_fwd_block(const floating *X, floating *Y, floating *Xhat, const floating *gamma,
+                               const floating *beta, floating *mean, floating *invstd, floating *rmean,
+                               floating *rvar, Py_ssize_t n, Py_ssize_t C, Py_ssize_t c0, Py_ssize_t c1,
+                               bint training, double momentum, double eps) noexcept nogil:
+    """The statistics, Xhat and Y of columns [c0, c1) (csrc/fnn_norm.h, per ISA)."""
+    if floating is float:
+        fnn_bn_fwd_block_f(X, Y, Xhat, gamma, beta, mean, invstd, rmean, rvar, n, C, c0, c1, training, momentum, eps)
     else:
-        for j in range(w):
-            m[j] = rmean[c0 + j]
-            s[j] = 1.0 / sqrt(<double>rvar[c0 + j] + eps)
-            mean[c0 + j] = <floating>m[j]
-            invstd[c0 + j] = <floating>s[j]
-    for i in range(n):
-        x = X + i * C + c0
-        y = Y + i * C + c0
-        xh = Xhat + i * C + c0
-        for j in range(w):
-            xh[j] = <floating>((x[j] - m[j]) * s[j])
-            y[j] = xh[j] * gamma[c0 + j] + beta[c0 + j]
+        fnn_bn_fwd_block_d(X, Y, Xhat, gamma, beta, mean, invstd, rmean, rvar, n, C, c0, c1, training, momentum, eps)
 
 
-cdef void _col_sums(const floating *dY, const floating *Xhat, Py_ssize_t n, Py_ssize_t C, Py_ssize_t c0,
-                    Py_ssize_t c1, floating *sum_dy, floating *sum_dy_xhat) noexcept nogil:
+cdef inline void _col_sums(const floating *dY, const floating *Xhat, Py_ssize_t n, Py_ssize_t C, Py_ssize_t c0,
+                           Py_ssize_t c1, floating *sum_dy, floating *sum_dy_xhat) noexcept nogil:
     """sum_dy[c] = sum_i dY[i, c], sum_dy_xhat[c] = sum_i dY[i, c] * Xhat[i, c], for c in [c0, c1)."""
-    cdef double a[FNN_COLS]
-    cdef double b[FNN_COLS]
-    cdef Py_ssize_t i, j, w = c1 - c0
-    cdef const floating *dy
-    cdef const floating *xh
-    for j in range(w):
-        a[j] = 0
-        b[j] = 0
-    for i in range(n):
-        dy = dY + i * C + c0
-        xh = Xhat + i * C + c0
-        for j in range(w):
-            a[j] += dy[j]
-            b[j] += dy[j] * xh[j]
-    for j in range(w):
-        sum_dy[c0 + j] = <floating>a[j]
-        sum_dy_xhat[c0 + j] = <floating>b[j]
+    if floating is float:
+        fnn_col_sums_f(dY, Xhat, n, C, c0, c1, sum_dy, sum_dy_xhat)
+    else:
+        fnn_col_sums_d(dY, Xhat, n, C, c0, c1, sum_dy, sum_dy_xhat)
 
 
 cdef void _bn_bwd_block(const floating *dY, const floating *Xhat, const floating *gamma, const floating *invstd,
                         floating *dX, floating *dgamma, floating *dbeta, Py_ssize_t n, Py_ssize_t C,
                         Py_ssize_t c0, Py_ssize_t c1, bint batch_stats) noexcept nogil:
-    cdef double k[FNN_COLS]
-    cdef Py_ssize_t i, j, w = c1 - c0
-    cdef const floating *dy
-    cdef const floating *xh
-    cdef floating *dx
+    """dbeta, dgamma on columns [c0, c1), then dX (when not NULL): with the batch's statistics,
+    dX = gamma * invstd / n * (n dY - sum dY - Xhat * sum(dY Xhat)), else dX = dY * gamma * invstd."""
     _col_sums(dY, Xhat, n, C, c0, c1, dbeta, dgamma)
     if dX == NULL:
         return
-    for j in range(w):
-        k[j] = <double>gamma[c0 + j] * invstd[c0 + j]
-    for i in range(n):
-        dy = dY + i * C + c0
-        xh = Xhat + i * C + c0
-        dx = dX + i * C + c0
-        if batch_stats:
-            # dX = gamma * invstd / n * (n dY - sum dY - Xhat * sum(dY Xhat))
-            for j in range(w):
-                dx[j] = <floating>(k[j] * (dy[j] - (dbeta[c0 + j] + xh[j] * dgamma[c0 + j]) / n))
-        else:
-            for j in range(w):
-                dx[j] = <floating>(k[j] * dy[j])
+    if floating is float:
+        fnn_bn_dx_block_f(dY, Xhat, gamma, invstd, dX, dgamma, dbeta, n, C, c0, c1, batch_stats)
+    else:
+        fnn_bn_dx_block_d(dY, Xhat, gamma, invstd, dX, dgamma, dbeta, n, C, c0, c1, batch_stats)
 
 
 cdef _check1(str fn, str name, a, Py_ssize_t want):

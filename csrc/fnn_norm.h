@@ -1,0 +1,163 @@
+/* fnn_norm.h: the per-element loops of batch norm and dropout (fastnn/_core/norm.pyx, dropout.pyx), compiled per
+ * ISA (FNN_CLONES, fnn_dispatch.h).
+ *
+ * Batch norm works on blocks of FNN_NORM_COLS columns: its sums run down the rows of the block in double, one
+ * accumulator per column, so a vector holds several columns and each column's sum is added in row order whatever
+ * the vector width: every ISA variant gives the bits of the scalar loop.  A full block (the usual case) has a
+ * constant width, which the compiler keeps in registers.
+ *
+ * Dropout draws element i's keep bit from fnn_rng_u64(seed, offset + i) (fnn_rng.h): a counter-based generator,
+ * vectorized across elements.
+ *
+ * Each function exists as _f (float) and _d (double); the expressions and their types are those of the Cython
+ * loops they replace, so the values are the same. */
+#ifndef FNN_NORM_H
+#define FNN_NORM_H
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "fnn_dispatch.h"
+#include "fnn_rng.h"
+
+#define FNN_NORM_COLS 16
+
+/* Batch norm forward on columns [c0, c0 + W) of X (n, C): statistics (training: the batch's, running ones
+ * updated when rmean != NULL; else the running ones), Xhat and Y. */
+#define FNN_BN_FWD_BODY(T, W)                                                                             \
+    double m[FNN_NORM_COLS], s[FNN_NORM_COLS], v;                                                         \
+    ptrdiff_t i, j;                                                                                       \
+    if (training) {                                                                                       \
+        for (j = 0; j < (W); j++) { m[j] = 0; s[j] = 0; }                                                 \
+        for (i = 0; i < n; i++) {                                                                         \
+            const T *x = X + i * C + c0;                                                                  \
+            for (j = 0; j < (W); j++) m[j] += x[j];                                                       \
+        }                                                                                                 \
+        for (j = 0; j < (W); j++) m[j] = m[j] / n;                                                        \
+        for (i = 0; i < n; i++) {                                                                         \
+            const T *x = X + i * C + c0;                                                                  \
+            for (j = 0; j < (W); j++) { double d = x[j] - m[j]; s[j] += d * d; }                          \
+        }                                                                                                 \
+        for (j = 0; j < (W); j++) {                                                                       \
+            v = s[j] / n;                   /* biased: normalizes the batch */                            \
+            mean[c0 + j] = (T)m[j];                                                                       \
+            s[j] = 1.0 / sqrt(v + eps);                                                                   \
+            invstd[c0 + j] = (T)s[j];                                                                     \
+            if (rmean != NULL) {                                                                          \
+                rmean[c0 + j] = (T)((1 - momentum) * rmean[c0 + j] + momentum * m[j]);                    \
+                rvar[c0 + j] = (T)((1 - momentum) * rvar[c0 + j] + momentum * v * n / (n - 1));           \
+            }                                                                                             \
+        }                                                                                                 \
+    } else {                                                                                              \
+        for (j = 0; j < (W); j++) {                                                                       \
+            m[j] = rmean[c0 + j];                                                                         \
+            s[j] = 1.0 / sqrt((double)rvar[c0 + j] + eps);                                                \
+            mean[c0 + j] = (T)m[j];                                                                       \
+            invstd[c0 + j] = (T)s[j];                                                                     \
+        }                                                                                                 \
+    }                                                                                                     \
+    for (i = 0; i < n; i++) {                                                                             \
+        const T *x = X + i * C + c0;                                                                      \
+        T *y = Y + i * C + c0;                                                                            \
+        T *xh = Xhat + i * C + c0;                                                                        \
+        for (j = 0; j < (W); j++) {                                                                       \
+            xh[j] = (T)((x[j] - m[j]) * s[j]);                                                            \
+            y[j] = xh[j] * gamma[c0 + j] + beta[c0 + j];                                                  \
+        }                                                                                                 \
+    }
+
+#define FNN_BN_FWD(NAME, T)                                                                               \
+FNN_CLONES static void NAME(const T *X, T *Y, T *Xhat, const T *gamma, const T *beta, T *mean, T *invstd,    \
+                            T *rmean, T *rvar, ptrdiff_t n, ptrdiff_t C, ptrdiff_t c0, ptrdiff_t c1,         \
+                            int training, double momentum, double eps)                                       \
+{                                                                                                         \
+    ptrdiff_t w = c1 - c0;                                                                                \
+    if (w == FNN_NORM_COLS) {                                                                             \
+        FNN_BN_FWD_BODY(T, FNN_NORM_COLS)                                                                 \
+    } else {                                                                                              \
+        FNN_BN_FWD_BODY(T, w)                                                                             \
+    }                                                                                                     \
+}
+
+/* sum_dy[c] = sum_i dY[i, c], sum_dy_xhat[c] = sum_i dY[i, c] * Xhat[i, c] (the product rounded to T, as the
+ * Cython loop), for c in [c0, c0 + W). */
+#define FNN_COL_SUMS_BODY(T, W)                                                                           \
+    double a[FNN_NORM_COLS], b[FNN_NORM_COLS];                                                            \
+    ptrdiff_t i, j;                                                                                       \
+    for (j = 0; j < (W); j++) { a[j] = 0; b[j] = 0; }                                                     \
+    for (i = 0; i < n; i++) {                                                                             \
+        const T *dy = dY + i * C + c0;                                                                    \
+        const T *xh = Xhat + i * C + c0;                                                                  \
+        for (j = 0; j < (W); j++) { a[j] += dy[j]; b[j] += (T)(dy[j] * xh[j]); }                          \
+    }                                                                                                     \
+    for (j = 0; j < (W); j++) { sum_dy[c0 + j] = (T)a[j]; sum_dy_xhat[c0 + j] = (T)b[j]; }
+
+#define FNN_COL_SUMS(NAME, T)                                                                             \
+FNN_CLONES static void NAME(const T *dY, const T *Xhat, ptrdiff_t n, ptrdiff_t C, ptrdiff_t c0, ptrdiff_t c1, \
+                            T *sum_dy, T *sum_dy_xhat)                                                       \
+{                                                                                                         \
+    ptrdiff_t w = c1 - c0;                                                                                \
+    if (w == FNN_NORM_COLS) {                                                                             \
+        FNN_COL_SUMS_BODY(T, FNN_NORM_COLS)                                                               \
+    } else {                                                                                              \
+        FNN_COL_SUMS_BODY(T, w)                                                                           \
+    }                                                                                                     \
+}
+
+/* The input gradient of batch norm on columns [c0, c1), after the column sums dbeta = sum dY and
+ * dgamma = sum dY Xhat: batch_stats: dX = gamma invstd (dY - (dbeta + Xhat dgamma) / n), else gamma invstd dY. */
+#define FNN_BN_DX(NAME, T)                                                                                \
+FNN_CLONES static void NAME(const T *dY, const T *Xhat, const T *gamma, const T *invstd, T *dX,               \
+                            const T *dgamma, const T *dbeta, ptrdiff_t n, ptrdiff_t C, ptrdiff_t c0,          \
+                            ptrdiff_t c1, int batch_stats)                                                   \
+{                                                                                                         \
+    double k[FNN_NORM_COLS];                                                                              \
+    ptrdiff_t i, j, w = c1 - c0;                                                                          \
+    for (j = 0; j < w; j++) k[j] = (double)gamma[c0 + j] * invstd[c0 + j];                                \
+    for (i = 0; i < n; i++) {                                                                             \
+        const T *dy = dY + i * C + c0;                                                                    \
+        const T *xh = Xhat + i * C + c0;                                                                  \
+        T *dx = dX + i * C + c0;                                                                          \
+        if (batch_stats) {                                                                                \
+            for (j = 0; j < w; j++)                                                                       \
+                dx[j] = (T)(k[j] * (dy[j] - (dbeta[c0 + j] + xh[j] * dgamma[c0 + j]) / n));               \
+        } else {                                                                                          \
+            for (j = 0; j < w; j++) dx[j] = (T)(k[j] * dy[j]);                                            \
+        }                                                                                                 \
+    }                                                                                                     \
+}
+
+/* Dropout over elements [i0, i1): keep element i when the top 53 bits of fnn_rng_u64(seed, i + offset) are
+ * >= threshold; mask[i] = keep, Y[i] = X[i] * (keep * scale). */
+#define FNN_DROPOUT_FWD(NAME, T)                                                                          \
+FNN_CLONES static void NAME(const T *X, T *Y, unsigned char *mask, ptrdiff_t i0, ptrdiff_t i1, uint64_t seed,  \
+                            uint64_t threshold, T scale, uint64_t offset)                                    \
+{                                                                                                         \
+    ptrdiff_t i;                                                                                          \
+    for (i = i0; i < i1; i++) {                                                                           \
+        unsigned char keep = (fnn_rng_u64(seed, (uint64_t)i + offset) >> 11) >= threshold;                \
+        mask[i] = keep;                                                                                   \
+        Y[i] = X[i] * (keep * scale);                                                                     \
+    }                                                                                                     \
+}
+
+#define FNN_DROPOUT_BWD(NAME, T)                                                                          \
+FNN_CLONES static void NAME(const T *dY, const unsigned char *mask, T *dX, ptrdiff_t i0, ptrdiff_t i1, T scale) \
+{                                                                                                         \
+    ptrdiff_t i;                                                                                          \
+    for (i = i0; i < i1; i++) dX[i] = dY[i] * (mask[i] * scale);                                          \
+}
+
+FNN_BN_FWD(fnn_bn_fwd_block_f, float)
+FNN_BN_FWD(fnn_bn_fwd_block_d, double)
+FNN_COL_SUMS(fnn_col_sums_f, float)
+FNN_COL_SUMS(fnn_col_sums_d, double)
+FNN_BN_DX(fnn_bn_dx_block_f, float)
+FNN_BN_DX(fnn_bn_dx_block_d, double)
+FNN_DROPOUT_FWD(fnn_dropout_fwd_f, float)
+FNN_DROPOUT_FWD(fnn_dropout_fwd_d, double)
+FNN_DROPOUT_BWD(fnn_dropout_bwd_f, float)
+FNN_DROPOUT_BWD(fnn_dropout_bwd_d, double)
+
+#endif
