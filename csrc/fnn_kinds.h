@@ -44,7 +44,9 @@
     X(CROSS_ENTROPY, cross_entropy)  /* softmax cross-entropy, integer labels, mean */                   \
     X(L2, l2)                        /* sum of squares (no 1/2) */                                        \
     X(MSE, mse)                      /* mean of squares */                                                \
-    X(MAE, mae)                      /* mean absolute error */
+    X(MAE, mae)                      /* mean absolute error */                                            \
+    X(CROSS_ENTROPY_SOFT, cross_entropy_soft)  /* softmax cross-entropy against probability rows, mean */  \
+    X(BINARY_CROSS_ENTROPY, binary_cross_entropy) /* sigmoid cross-entropy on logits, mean over elements */
 
 /* Optimizers of the compiled training plan (their hyperparameters: fastnn/_core/plan.pyx, struct Update). */
 #define FNN_OPTIMIZERS(X)                                                                                 \

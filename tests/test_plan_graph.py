@@ -298,3 +298,66 @@ def test_plan_graph_checks_its_arguments():
     pl.sgd(0.1, 0.0, 0.0, 0.0, False, None, 0)
     with pytest.raises(ValueError, match="draws per batch"):
         k.run_batches(pl, np.zeros((8, 3), np.float32), np.zeros((8, 3), np.float32), None, 0, 2, 0, 1)
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse", "l2", "mae"])
+def test_sample_and_class_weights_on_the_plan(loss):
+    rng = np.random.default_rng(7)
+    sw = rng.random(101) * 2
+    kw = dict(sample_weight=sw)
+    if loss == "cross_entropy":
+        kw["class_weight"] = "balanced"
+    X, y = _data(loss)
+    out = []
+    for compiled in (True, False):
+        m = MODELS["residual"]("float64")
+        m.compile(loss, fnn.optim.RMSprop(lr=1e-3))
+        m.trainer.compiled_plan = compiled
+        out.append((m, m.fit(X, y, epochs=3, batch_size=16, **kw)))
+    (a, ha), (b, hb) = out
+    assert a.trainer.train_plan is not None and b.trainer.train_plan is None
+    np.testing.assert_array_equal(a.parameters, b.parameters)
+    for k in b.optimizer.state:
+        np.testing.assert_array_equal(a.optimizer.state[k], b.optimizer.state[k])
+    # the epoch's weighted mean loss: numpy sums a batch's weights pairwise, the plan in row order
+    np.testing.assert_allclose(ha.history["loss"], hb.history["loss"], rtol=1e-13)
+
+
+@pytest.mark.parametrize("opt_id,make_opt", [OPTIMIZERS[i] for i in (1, 4, 5, 9, 11)],
+                         ids=[OPTIMIZERS[i][0] for i in (1, 4, 5, 9, 11)])
+def test_per_step_schedules_on_the_plan(opt_id, make_opt, monkeypatch):
+    monkeypatch.setattr(_plan, "CHUNK_SECONDS", 0.0)      # rates across chunk boundaries too
+    out = []
+    for compiled in (True, False):
+        m = MODELS["dropout"]("float64")
+        m.compile("cross_entropy", make_opt(), lr_schedule=fnn.schedules.Cosine(20, per_step=True))
+        m.trainer.compiled_plan = compiled
+        out.append((m, m.fit(*_data("cross_entropy"), epochs=3, batch_size=16)))
+    (a, ha), (b, hb) = out
+    _assert_same(a, ha, b, hb)
+    assert a.optimizer.lr == b.optimizer.lr != a.trainer.base_lr
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("loss", ["binary_cross_entropy", "soft_labels"])
+def test_binary_and_soft_label_cross_entropy_on_the_plan(loss, dtype):
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((101, 7))
+    if loss == "binary_cross_entropy":
+        y, out_act, name = (rng.random((101, 5)) > 0.5).astype(dtype), "sigmoid", loss
+    else:
+        y, out_act, name = rng.dirichlet(np.ones(5), 101).astype(dtype), "softmax", "cross_entropy"
+    for kw in ({}, {"sample_weight": rng.random(101)}):
+        res = []
+        for compiled in (True, False):
+            m = fnn.Sequential([Dense(16), Residual([Dense(16, activation="relu"), BatchNorm(), Dropout(0.1)]),
+                                Dense(5, activation=out_act)], input_dim=7, seed=3, dtype=dtype)
+            m.compile(name, fnn.optim.Adam(lr=3e-3))
+            m.trainer.compiled_plan = compiled
+            res.append((m, m.fit(X, y, epochs=3, batch_size=16, **kw)))
+        (a, ha), (b, hb) = res
+        assert a.trainer.train_plan is not None and b.trainer.train_plan is None
+        np.testing.assert_array_equal(a.parameters, b.parameters)
+        np.testing.assert_allclose(ha.history["loss"], hb.history["loss"], rtol=1e-6 if dtype == "float32" else 1e-13)
+        assert ha.history["accuracy"] == hb.history["accuracy"]
+        assert 0 < ha.history["accuracy"][-1] <= 1

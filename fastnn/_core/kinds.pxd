@@ -18,6 +18,8 @@ cdef extern from "fnn_kinds.h" nogil:
         FNN_LOSS_L2
         FNN_LOSS_MSE
         FNN_LOSS_MAE
+        FNN_LOSS_CROSS_ENTROPY_SOFT
+        FNN_LOSS_BINARY_CROSS_ENTROPY
         FNN_N_LOSS
 
     cdef enum fnn_opt_kind:

@@ -125,7 +125,7 @@ def softmax_cross_entropy_soft(const floating[:, ::1] Z, const floating[:, ::1] 
                                const floating[::1] W=None):
     """Mean softmax cross-entropy of logits Z (n, k) against probability rows T (n, k); dZ (OUT) or None;
     W (n,) per-sample weights or None."""
-    cdef Py_ssize_t n = Z.shape[0], k = Z.shape[1], i, j, am, at
+    cdef Py_ssize_t n = Z.shape[0], k = Z.shape[1]
     _same("softmax_cross_entropy", "logits", (n, k), "targets", (T.shape[0], T.shape[1]))
     if dZ is not None:
         _same("softmax_cross_entropy", "logits", (n, k), "gradient", (dZ.shape[0], dZ.shape[1]))
@@ -133,80 +133,100 @@ def softmax_cross_entropy_soft(const floating[:, ::1] Z, const floating[:, ::1] 
         return float("nan"), 0
     if k == 0:
         raise ValueError("softmax_cross_entropy: logits have 0 classes")
-    cdef bint grad = dZ is not None, weighted = W is not None
+    cdef double inv_n = _inv_weight_sum("softmax_cross_entropy", W, n, 1.0)
+    cdef Py_ssize_t n_correct = 0
+    cdef double total
+    cdef floating *g = &dZ[0, 0] if dZ is not None else NULL
+    cdef const floating *wp = &W[0] if W is not None else NULL
+    with nogil:
+        total = ce_soft_core(&Z[0, 0], &T[0, 0], g, wp, n, k, inv_n, &n_correct)
+    return total, n_correct
+
+
+cdef double ce_soft_core(const floating *Z, const floating *T, floating *dZ, const floating *W, Py_ssize_t n,
+                         Py_ssize_t k, double inv_n, Py_ssize_t *n_correct) noexcept nogil:
+    """Mean (weighted) softmax cross-entropy of Z (n, k) against probability rows T (n, k); the gradient into dZ
+    (or NULL); *n_correct += rows whose argmax matches the target's.  Returns total * inv_n."""
+    cdef bint grad = dZ != NULL, weighted = W != NULL
+    cdef Py_ssize_t i, j, am, at
     cdef const floating *z
     cdef const floating *t
     cdef floating *g
     cdef double m, s, lse, tsum, mt, li, wi = 1.0, total = 0.0
-    cdef double inv_n = _inv_weight_sum("softmax_cross_entropy", W, n, 1.0)
-    cdef Py_ssize_t n_correct = 0
-    with nogil:
-        for i in range(n):
-            if weighted:
-                wi = W[i]
-            z = &Z[i, 0]
-            t = &T[i, 0]
-            m = z[0]
-            am = 0
-            mt = t[0]
-            at = 0
-            for j in range(1, k):
-                if z[j] > m:
-                    m = z[j]
-                    am = j
-                if t[j] > mt:
-                    mt = t[j]
-                    at = j
-            n_correct += am == at
-            s = 0.0
+    for i in range(n):
+        if weighted:
+            wi = W[i]
+        z = Z + i * k
+        t = T + i * k
+        m = z[0]
+        am = 0
+        mt = t[0]
+        at = 0
+        for j in range(1, k):
+            if z[j] > m:
+                m = z[j]
+                am = j
+            if t[j] > mt:
+                mt = t[j]
+                at = j
+        n_correct[0] += am == at
+        s = 0.0
+        for j in range(k):
+            s += exp(z[j] - m)
+        lse = log(s) + m
+        tsum = 0.0
+        li = 0.0
+        for j in range(k):
+            tsum += t[j]
+            if t[j] != 0:
+                li += t[j] * (lse - z[j])
+        total += wi * li
+        if grad:
+            g = dZ + i * k
+            s = 1.0 / s
             for j in range(k):
-                s += exp(z[j] - m)
-            lse = log(s) + m
-            tsum = 0.0
-            li = 0.0
-            for j in range(k):
-                tsum += t[j]
-                if t[j] != 0:
-                    li += t[j] * (lse - z[j])
-            total += wi * li
-            if grad:
-                g = &dZ[i, 0]
-                s = 1.0 / s
-                for j in range(k):
-                    g[j] = <floating>((exp(z[j] - m) * s * tsum - t[j]) * (wi * inv_n))
-    return total * inv_n, n_correct
+                g[j] = <floating>((exp(z[j] - m) * s * tsum - t[j]) * (wi * inv_n))
+    return total * inv_n
 
 
 def sigmoid_binary_cross_entropy(const floating[:, ::1] Z, const floating[:, ::1] T, floating[:, ::1] dZ=None,
                                  const floating[::1] W=None):
     """Mean over all elements of log(1 + e^z) - t z (BCEWithLogitsLoss); dZ = (sigmoid(z) - t) / N (OUT) or None;
     W (n,) per-sample weights (each row's k elements weighted by w_i) or None."""
-    cdef Py_ssize_t n = Z.shape[0], k = Z.shape[1], i, r, N = n * k
+    cdef Py_ssize_t n = Z.shape[0], k = Z.shape[1], N = n * k
     _same("binary_cross_entropy", "logits", (n, k), "targets", (T.shape[0], T.shape[1]))
     if dZ is not None:
         _same("binary_cross_entropy", "logits", (n, k), "gradient", (dZ.shape[0], dZ.shape[1]))
     if N == 0:
         return float("nan"), 0
-    cdef bint grad = dZ is not None
-    cdef const floating *z = &Z[0, 0]
-    cdef const floating *t = &T[0, 0]
-    cdef floating *g = &dZ[0, 0] if grad else NULL
-    cdef bint weighted = W is not None
-    cdef double li, wi = 1.0, total = 0.0
     cdef double inv_n = _inv_weight_sum("binary_cross_entropy", W, n, <double>k)
     cdef Py_ssize_t n_correct = 0
+    cdef double total
+    cdef floating *g = &dZ[0, 0] if dZ is not None else NULL
+    cdef const floating *wp = &W[0] if W is not None else NULL
     with nogil:
-        for r in range(n):
-            if weighted:
-                wi = W[r]
-            li = 0.0
-            for i in range(r * k, r * k + k):
-                li += f_log1pexp(z[i]) - <double>t[i] * z[i]
-                n_correct += (z[i] > 0) == (t[i] > 0.5)
-                if grad:
-                    g[i] = <floating>((f_sigmoid(z[i]) - t[i]) * (wi * inv_n))
-            total += wi * li
-    return total * inv_n, n_correct
+        total = bce_core(&Z[0, 0], &T[0, 0], g, wp, n, k, inv_n, &n_correct)
+    return total, n_correct
+
+
+cdef double bce_core(const floating *z, const floating *t, floating *g, const floating *W, Py_ssize_t n,
+                     Py_ssize_t k, double inv_n, Py_ssize_t *n_correct) noexcept nogil:
+    """Mean (weighted) sigmoid cross-entropy of logits z against targets t (n, k); the gradient into g (or NULL);
+    *n_correct += elements whose logit sign agrees with target > 0.5.  Returns total * inv_n."""
+    cdef bint grad = g != NULL, weighted = W != NULL
+    cdef Py_ssize_t i, r
+    cdef double li, wi = 1.0, total = 0.0
+    for r in range(n):
+        if weighted:
+            wi = W[r]
+        li = 0.0
+        for i in range(r * k, r * k + k):
+            li += f_log1pexp(z[i]) - <double>t[i] * z[i]
+            n_correct[0] += (z[i] > 0) == (t[i] > 0.5)
+            if grad:
+                g[i] = <floating>((f_sigmoid(z[i]) - t[i]) * (wi * inv_n))
+        total += wi * li
+    return total * inv_n
 
 
 def regression_loss(int kind, const floating[:, ::1] P, const floating[:, ::1] T, floating[:, ::1] dP=None,

@@ -48,7 +48,7 @@ import numpy as np
 from fastnn._core._common cimport floating
 from fastnn._core cimport _blas
 from fastnn._core.activations cimport act_forward, act_backward, check_act
-from fastnn._core.losses cimport ce_labels_core, regression_core
+from fastnn._core.losses cimport ce_labels_core, regression_core, ce_soft_core, bce_core
 from fastnn._core.optim cimport _sgd_range, _adam_range, _rmsprop_range, _adagrad_range
 from fastnn._core.clip cimport clip_core
 from fastnn._core.norm cimport bn_forward, bn_backward, ln_forward, ln_backward
@@ -56,6 +56,7 @@ from fastnn._core.dropout cimport dropout_fwd, dropout_bwd
 from fastnn._core.guard cimport _first_nonfinite
 from fastnn._core.bound cimport Bounds, scan_max, sgd_safe, adam_safe, rmsprop_safe, adagrad_safe
 from fastnn._core.kinds cimport (FNN_ACT_IDENTITY, FNN_LOSS_CROSS_ENTROPY, FNN_LOSS_L2, FNN_LOSS_MSE, FNN_LOSS_MAE,
+                                 FNN_LOSS_CROSS_ENTROPY_SOFT, FNN_LOSS_BINARY_CROSS_ENTROPY,
                                  FNN_OPT_SGD, FNN_OPT_ADAM, FNN_OPT_RMSPROP, FNN_OPT_ADAGRAD, FNN_LAYER_DENSE,
                                  FNN_LAYER_ACTIVATION, FNN_LAYER_PASS, FNN_LAYER_BATCHNORM, FNN_LAYER_LAYERNORM,
                                  FNN_LAYER_DROPOUT, FNN_LAYER_ADD, FNN_LAYER_RESIDUAL, FNN_LAYER_CONCAT,
@@ -158,6 +159,7 @@ cdef struct RunStats:
     double n_backups        # guarded steps that took the backup (the others were proved finite by bound.pyx)
     double allreduce_seconds    # data-parallel: the time in the gradient allreduce (waits for the other ranks in it)
     double mpi_error        # data-parallel: the error code of a failed MPI_Allreduce (status BAD_KIND), else 0
+    double weight_sum       # with sample weights: the sum of the weights of the batches run (each summed in order)
 
 
 cdef void _gemm_few_rows(Py_ssize_t m, Py_ssize_t nout, Py_ssize_t nin, const floating *x, const floating *W,
@@ -427,6 +429,18 @@ cdef int _backward_graph(const floating *xb, Py_ssize_t m, const PlanLayer *laye
     return FNN_STATUS_DONE
 
 
+cdef inline void _set_lr(Update *u, double lr) noexcept nogil:
+    """The learning rate of the optimizer's next step (a per-step schedule)."""
+    if u.kind == FNN_OPT_SGD:
+        u.sgd.lr = lr
+    elif u.kind == FNN_OPT_ADAM:
+        u.adam.lr = lr
+    elif u.kind == FNN_OPT_RMSPROP:
+        u.rmsprop.lr = lr
+    elif u.kind == FNN_OPT_ADAGRAD:
+        u.adagrad.lr = lr
+
+
 cdef void _save_running(const PlanLayer *layers, Py_ssize_t L, const floating *like) noexcept nogil:
     """Copy the running statistics of every BatchNorm node that updates them into its backup (the guard); `like`
     only gives the dtype."""
@@ -659,6 +673,7 @@ cdef class Plan:
     cdef void *dout             # (bs, k) the gradient of the loss with respect to the output
     cdef Py_ssize_t *labels     # (bs,) the batch's labels (cross-entropy)
     cdef void *Tb               # (bs, k) the batch's targets (regression)
+    cdef void *Wb               # (bs,) the batch's sample weights (NULL: none given to batch_buffers)
     cdef int loss_kind          # FNN_LOSS_...; -1 until loss() is called
     cdef Update update          # kind -1 until sgd() / adam() / rmsprop() / adagrad() is called
     cdef bint guard_on
@@ -872,15 +887,17 @@ cdef class Plan:
             raise ValueError(f"Plan.link: layer {l}: sources {srcs} must be earlier layers or -1 (the batch)")
         self._links[l] = (srcs, acc)
 
-    def batch_buffers(self, Xb, labels, Tb, dout):
-        """The batch's rows Xb (bs, n_in), labels (bs,) intp, targets Tb (bs, k) and output gradient dout (bs, k).
-        Checks the graph first (every node given, sources and widths consistent)."""
+    def batch_buffers(self, Xb, labels, Tb, dout, Wb=None):
+        """The batch's rows Xb (bs, n_in), labels (bs,) intp, targets Tb (bs, k), output gradient dout (bs, k)
+        and sample weights Wb (bs,) (needed for runs with weights).  Checks the graph first (every node given,
+        sources and widths consistent)."""
         n_in0 = self._check_graph()
         k = self.layers[self.n_layers - 1].n_out
         self.Xb = self._arr("Xb", Xb, (self.bs, n_in0))
         self.labels = <Py_ssize_t *>self._arr("labels", labels, (self.bs,), np.intp)
         self.Tb = self._arr("Tb", Tb, (self.bs, k))
         self.dout = self._arr("dout", dout, (self.bs, k))
+        self.Wb = self._arr("Wb", Wb, (self.bs,))
 
     cdef Py_ssize_t _check_graph(self) except -1:
         """Pack the sources, count the fanouts, check widths, acc buffers and draws; returns the batch's width."""
@@ -953,8 +970,10 @@ cdef class Plan:
         return self.n_draws
 
     def loss(self, int kind):
-        """The loss: LOSS.CROSS_ENTROPY (softmax cross-entropy on integer labels), LOSS.L2, LOSS.MSE or LOSS.MAE."""
-        if kind not in (FNN_LOSS_CROSS_ENTROPY, FNN_LOSS_L2, FNN_LOSS_MSE, FNN_LOSS_MAE):
+        """The loss: LOSS.CROSS_ENTROPY (softmax cross-entropy on integer labels), LOSS.CROSS_ENTROPY_SOFT (against
+        probability rows), LOSS.BINARY_CROSS_ENTROPY (sigmoid, on logits), LOSS.L2, LOSS.MSE or LOSS.MAE."""
+        if kind not in (FNN_LOSS_CROSS_ENTROPY, FNN_LOSS_L2, FNN_LOSS_MSE, FNN_LOSS_MAE, FNN_LOSS_CROSS_ENTROPY_SOFT,
+                        FNN_LOSS_BINARY_CROSS_ENTROPY):
             check(LOSS, kind, "Plan.loss")
             raise ValueError(f"Plan.loss: the plan computes no {LOSS(kind).label} loss")
         self.loss_kind = kind
@@ -1048,7 +1067,7 @@ cdef class Plan:
     @property
     def stats(self):
         """The last run's statistics: {loss_sum, batch_loss_sum, n_correct, n_samples, grad_norm, n_backups,
-        allreduce_seconds, mpi_error} (data-parallel: the global batches')."""
+        allreduce_seconds, mpi_error, weight_sum} (data-parallel: the global batches')."""
         return dict(self.st)
 
 
@@ -1064,12 +1083,16 @@ cdef int _check_dtype(Plan plan, bint dbl, object X, str owner) except -1:
 
 
 def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ssize_t[::1] perm, Py_ssize_t b0,
-                Py_ssize_t b1, Py_ssize_t step, int n_threads, const uint64_t[:, ::1] draws=None):
+                Py_ssize_t b1, Py_ssize_t step, int n_threads, const uint64_t[:, ::1] draws=None,
+                const floating[::1] weights=None, const double[::1] lrs=None):
     """Run batches b0 .. b1-1 of an epoch over X (n, n_in) (rows perm[b*bs : (b+1)*bs], or in order when perm
     is None).  targets: int labels (n,) for cross-entropy, floating (n, k) for the regression losses.  step: the
     optimizer's step count before the first batch.  draws (b1 - b0, plan.draws_per_batch) uint64: each batch's
     random draws, in node order (a Dropout node's mask seed; a Residual node's 1 to keep its block, 0 to drop
-    it); None when the plan draws nothing.  The statistics of the run: ``plan.stats``.
+    it); None when the plan draws nothing.  weights (n,): per-sample weights of the loss (each batch's loss is
+    its weighted mean, normalized by the batch's weight sum, as fastnn.losses does), or None.  The statistics of
+    the run: ``plan.stats``.  lrs (>= b1 - b0,): a per-step schedule's learning rate for each batch's update (set
+    just before it, as Trainer._schedule_step does), or None: the optimizer's.
 
     The NaN guard (plan.guard given a backup): each step's gradient is scanned once for NaN/inf (status
     NONFINITE_GRADIENT, nothing updated) and for G = max |g|; the update then runs without any copy when
@@ -1088,6 +1111,20 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
         raise ValueError(f"run_batches: the plan takes {nd} draws per batch for {b1 - b0} batches, got "
                          f"{None if draws is None else (draws.shape[0], draws.shape[1])}")
     cdef const uint64_t *drp = &draws[0, 0] if nd > 0 and b1 > b0 else NULL
+    cdef const floating *Wp = NULL
+    cdef const double *lrp = NULL
+    if lrs is not None and b1 > b0:
+        if lrs.shape[0] < b1 - b0:
+            raise ValueError(f"run_batches: {lrs.shape[0]} learning rates for {b1 - b0} batches")
+        lrp = &lrs[0]
+    cdef floating *wbp = <floating *>plan.Wb
+    cdef double ws = 0.0
+    if weights is not None:
+        if weights.shape[0] != n or plan.Wb == NULL:
+            raise ValueError(f"run_batches: {weights.shape[0]} weights for {n} rows, or no weight buffer in the plan")
+        if plan.ar_fn != 0 and plan.ar_size > 1:
+            raise ValueError("run_batches: sample weights are not supported in data-parallel runs")
+        Wp = &weights[0] if n > 0 else NULL
     cdef allreduce_fn ar = <allreduce_fn>plan.ar_fn if plan.ar_size > 1 else NULL
     cdef Py_ssize_t R = plan.ar_size if ar != NULL else 1, rank = plan.ar_rank if ar != NULL else 0, gs, gm
     cdef const void *in_place = <const void *>plan.ar_in_place
@@ -1164,6 +1201,12 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
                     labbp[i] = labp[r]
                 else:
                     memcpy(Tbp + i * k, Tp + r * k, k * sizeof(floating))
+                if Wp != NULL:
+                    wbp[i] = Wp[r]
+            if Wp != NULL:          # the batch's weight sum, in row order (losses.pyx _inv_weight_sum)
+                ws = 0.0
+                for i in range(m):
+                    ws += wbp[i]
             # ---- forward
             if guard:
                 _save_running(plan.layers, L, prm)
@@ -1175,11 +1218,34 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
             # ---- loss and its gradient
             n_correct = 0
             if lk == FNN_LOSS_CROSS_ENTROPY:
-                loss = ce_labels_core(out, labbp, dy0, <const floating *>NULL, m, k, 1.0 / (1.0 * gm),
+                if Wp != NULL:
+                    inv = 1.0 / (1.0 * ws) if ws > 0 else 0.0
+                else:
+                    inv = 1.0 / (1.0 * gm)
+                loss = ce_labels_core(out, labbp, dy0, <const floating *>wbp if Wp != NULL else NULL, m, k, inv,
                                       &n_correct, &bad)
+            elif lk == FNN_LOSS_CROSS_ENTROPY_SOFT:
+                if Wp != NULL:
+                    inv = 1.0 / (1.0 * ws) if ws > 0 else 0.0
+                else:
+                    inv = 1.0 / (1.0 * gm)
+                loss = ce_soft_core(out, Tbp, dy0, <const floating *>wbp if Wp != NULL else NULL, m, k, inv,
+                                    &n_correct)
+            elif lk == FNN_LOSS_BINARY_CROSS_ENTROPY:
+                if Wp != NULL:
+                    inv = 1.0 / (<double>k * ws) if ws > 0 else 0.0
+                else:
+                    inv = 1.0 / (<double>k * gm)
+                loss = bce_core(out, Tbp, dy0, <const floating *>wbp if Wp != NULL else NULL, m, k, inv, &n_correct)
             else:
-                inv = 1.0 if lk == FNN_LOSS_L2 else 1.0 / (<double>k * gm)
-                loss = regression_core(lk, out, Tbp, dy0, <const floating *>NULL, m, k, inv)
+                if lk == FNN_LOSS_L2:
+                    inv = 1.0
+                elif Wp != NULL:
+                    inv = 1.0 / (<double>k * ws) if ws > 0 else 0.0
+                else:
+                    inv = 1.0 / (<double>k * gm)
+                loss = regression_core(lk, out, Tbp, dy0, <const floating *>wbp if Wp != NULL else NULL, m, k,
+                                       inv)
             if ar != NULL:      # the global batch's loss (this rank's part of the mean) and correct count
                 small[0] = loss
                 small[1] = n_correct
@@ -1220,6 +1286,8 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
             if clip_value > 0 or max_norm >= 0:
                 st.grad_norm = clip_core(grd, P, clip_value, max_norm, n_threads)
             step += 1
+            if lrp != NULL:
+                _set_lr(&plan.update, lrp[b - b0])
             # the guard's backup is needed only for a step the bound cannot prove finite (bound.pyx), from G and
             # the maxima of |p| and the state, which the previous proved update tracked (or a scan found); when
             # fresh maxima do not prove it either, back up for the rest of this call
@@ -1269,7 +1337,8 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
                 if S2 != NULL:
                     memcpy(S2, B2, P * sizeof(floating))
                 break
-            st.loss_sum += loss if lk == FNN_LOSS_L2 else loss * gm    # l2 sums
+            st.loss_sum += loss if lk == FNN_LOSS_L2 else loss * (ws if Wp != NULL else gm)    # l2 sums
+            st.weight_sum += ws
             st.batch_loss_sum += loss * gm
             st.n_correct += n_correct
             st.n_samples += gm

@@ -4,10 +4,11 @@ batches that return to Python about every 0.05 s (Ctrl-C).
 A model qualifies when it is a graph of compiled layers on feature vectors (``Dense`` without a weight constraint,
 activation layers, ``BatchNorm`` (not synchronized), ``LayerNorm``, ``Dropout``, ``Residual`` with stochastic depth,
 ``Add``, ``Concatenate``, ``Flatten`` / ``Reshape`` of a feature vector; every layer's output (n, features))
-trained with "cross_entropy" on integer labels or "mse" / "l2" / "mae", by ``SGD`` (with momentum, Nesterov),
-``Adam`` (AMSGrad), ``AdamW``, ``RMSprop`` (momentum, centered) or ``Adagrad`` (exactly those classes), without
-sample/class weights, metrics other than accuracy (which the loss kernel counts anyway), per-step schedules or
-callbacks with batch hooks, and without masks or multi-output layers (``graph.general``: the plan has no mask).
+trained with "cross_entropy" (integer labels or probability rows), "binary_cross_entropy", "mse", "l2" or "mae",
+by ``SGD`` (with momentum, Nesterov), ``Adam`` (AMSGrad), ``AdamW``, ``RMSprop`` (momentum, centered) or
+``Adagrad`` (exactly those classes), with or without sample/class weights (one process), epoch or per-step
+learning-rate schedules and clipping; without metrics other than accuracy (which the loss kernel counts anyway),
+callbacks with batch hooks, masks or multi-output layers (``graph.general``: the plan has no mask).
 ``fit(verbose=1)``'s progress bar is no batch hook: it is redrawn between chunks (``on_progress``, with the batches
 done and their running loss), and validation runs after the epoch, so neither leaves the plan.  Everything else
 runs on the per-layer path (``Trainer.step``), which stays the reference: the plan runs the same kernels in the
@@ -29,7 +30,7 @@ from fastnn import optim as _optim
 from fastnn._core import guard as _guard
 from fastnn._core import plan as _k
 from fastnn._core._threads import get_num_threads
-from fastnn._core.kinds import ACT, OPT, PLAN_STATUS
+from fastnn._core.kinds import ACT, LOSS, OPT, PLAN_STATUS
 from fastnn.layers import activations as _act
 from fastnn.layers.core import Flatten, Reshape
 from fastnn.layers.dense import Dense
@@ -40,6 +41,16 @@ from fastnn.layers.residual import Residual
 
 CHUNK_SECONDS = 0.05      # the time one call into the compiled core runs before returning to Python (Ctrl-C)
 _REG_KIND = {cls: cls.kind for cls in (_losses.L2, _losses.MSE, _losses.MAE)}
+
+
+def _loss_kind(loss, T):
+    """The plan's LOSS kind for `loss` on targets T, or None when the plan does not compute it."""
+    t = type(loss)
+    if t is _losses.CrossEntropy:
+        return LOSS.CROSS_ENTROPY if T.ndim == 1 else (LOSS.CROSS_ENTROPY_SOFT if T.ndim == 2 else None)
+    if t is _losses.BinaryCrossEntropy:
+        return LOSS.BINARY_CROSS_ENTROPY if T.ndim == 2 else None
+    return _REG_KIND.get(t)
 _ACT_TYPES = tuple(_act.CLASSES.values())
 _PLAIN_TYPES = (LayerNorm, Add, Concatenate, Flatten, Reshape, Dropout, Residual)
 # bit generators whose Generator.random() is (next_uint64 >> 11) * 2^-53 and integers(0, 2**63) is
@@ -121,7 +132,7 @@ class TrainPlan:
             core.link(i, src, buf() if graph.fanout[i] > 1 else None)
         k = model.output_shape[0]
         core.batch_buffers(np.empty((bs, model.input_shape[0]), dt), np.empty(bs, np.intp), np.empty((bs, k), dt),
-                           np.empty((bs, k), dt))
+                           np.empty((bs, k), dt), np.empty(bs, dt))
 
 
 def _compiles(model, training):
@@ -225,21 +236,18 @@ def plan_for(model, train, bs, metrics, cbs):
         return None
     if model.graph.general:            # masks or multi-output layers: the plan cannot honour them
         return None
-    if W is not None or metrics or cbs.batch_hooks or trainer.constrained:
+    if metrics or cbs.batch_hooks or trainer.constrained:
+        return None
+    if W is not None and (dist is not None or W.dtype != model.dtype or not W.flags.c_contiguous):
         return None
     # diagnostics read gradients and unit counts from the per-layer path; sampled softmax has its own step
     if trainer.monitor is not None or trainer.sampled is not None:
-        return None
-    if model.lr_schedule is not None and model.lr_schedule.per_step:
         return None
     if type(opt) not in (_optim.SGD, _optim.Adam, _optim.AdamW, _optim.RMSprop, _optim.Adagrad):
         return None
     if model.table.n_trainable == 0:      # everything frozen: the per-layer path (which updates nothing)
         return None
-    if type(loss) is _losses.CrossEntropy:
-        if T.ndim != 1:
-            return None
-    elif type(loss) not in _REG_KIND:
+    if _loss_kind(loss, T) is None:
         return None
     if X.ndim != 2 or not _compiles(model, True):
         return None
@@ -275,7 +283,7 @@ def fit_epoch(model, plan, epoch, train, bs, shuffle, cbs=None):
     optimizer state and ``optimizer.step_count`` all holding exactly the batches applied (the partial epoch is
     not counted in ``epochs_trained`` or the history; ``fit`` can be called again).  A chunk costs one Python
     round trip and one scan of the parameters by the guard, nothing measurable at that size."""
-    X, T, _ = train
+    X, T, W = train
     n = X.shape[0]
     idx = model.rng.permutation(n) if shuffle else None
     opt = model.optimizer
@@ -286,7 +294,7 @@ def fit_epoch(model, plan, epoch, train, bs, shuffle, cbs=None):
     hook = None if dist is None else dist.plan_hook(model.dtype)
     core.allreduce(*(hook or ()))
     gbs = bs * (1 if hook is None else dist.size)
-    core.loss(model.loss.kind)
+    core.loss(_loss_kind(model.loss, T))
     if opt.kind == OPT.ADAM:
         states = [opt.state["exp_avg"], opt.state["exp_avg_sq"], opt.state.get("max_exp_avg_sq")]
         core.adam(opt.lr, opt.betas[0], opt.betas[1], opt.eps, opt.weight_decay, opt._decoupled, *states,
@@ -318,6 +326,9 @@ def fit_epoch(model, plan, epoch, train, bs, shuffle, cbs=None):
     step0, b = opt.step_count, 0
     status = PLAN_STATUS.DONE
     specs, rng, draws = plan.draw_specs, model.layer_rng, None
+    # a per-step schedule: each batch's learning rate, from the step count before its update (Trainer._schedule_step)
+    sched = model.lr_schedule if (model.lr_schedule is not None and model.lr_schedule.per_step) else None
+    lrs = None
     try:
         # the epoch in chunks of about CHUNK_SECONDS: each returns to Python, where a pending KeyboardInterrupt
         # (Ctrl-C) is raised at a batch boundary; the chunk size adapts to the time of the last chunk
@@ -327,7 +338,14 @@ def fit_epoch(model, plan, epoch, train, bs, shuffle, cbs=None):
             if specs:
                 rng_state = rng.bit_generator.state
                 draws = _draws(rng, specs, b1 - b)
-            status, done, bad, value = _k.run_batches(core, X, T, idx, b, b1, step0 + b, n_threads, draws)
+            if sched is not None:
+                base = model.trainer.base_lr
+                lrs = np.array([sched(step0 + j, base) for j in range(b, b1)], dtype=np.float64)
+            status, done, bad, value = _k.run_batches(core, X, T, idx, b, b1, step0 + b, n_threads, draws, W, lrs)
+            if sched is not None:   # the rate of the last step taken, or tried (an update that was undone)
+                tried = done + (status in (PLAN_STATUS.NONFINITE_PARAMETER, PLAN_STATUS.NONFINITE_STATE))
+                if tried > 0:
+                    opt.lr = float(lrs[tried - 1])
             b += done
             if status != PLAN_STATUS.DONE:
                 if specs:       # the per-layer path would have drawn for the batches run and the one that failed
@@ -384,7 +402,8 @@ def fit_epoch(model, plan, epoch, train, bs, shuffle, cbs=None):
                                f"at epoch {epoch + 1}, batch {done + 1}")
         raise RuntimeError(f"compiled plan: status {PLAN_STATUS(status).label} (a kind outside the table)")
     seen = stats["n_samples"]
-    logs = {"loss": float(stats["loss_sum"]) if loss.sums else (float(stats["loss_sum"]) / seen if seen > 0 else 0.0)}
+    denom = float(stats["weight_sum"]) if W is not None else seen
+    logs = {"loss": float(stats["loss_sum"]) if loss.sums else (float(stats["loss_sum"]) / denom if denom > 0 else 0.0)}
     if loss.classification:
         logs["accuracy"] = int(stats["n_correct"]) / loss.n_predictions(int(seen), model.output_shape)
     return logs
