@@ -361,3 +361,52 @@ def test_binary_and_soft_label_cross_entropy_on_the_plan(loss, dtype):
         np.testing.assert_allclose(ha.history["loss"], hb.history["loss"], rtol=1e-6 if dtype == "float32" else 1e-13)
         assert ha.history["accuracy"] == hb.history["accuracy"]
         assert 0 < ha.history["accuracy"][-1] <= 1
+
+
+class _Recorder(fnn.callbacks.Callback):
+    """Batch hooks that read the model and change the learning rate and the weights, as user callbacks may."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def on_batch_begin(self, batch, logs=None):
+        self.model.optimizer.lr = 1e-3 * (1 + batch % 3)
+        if batch == 4:
+            self.model.layers[0].params["weight"][...] *= 0.5
+
+    def on_batch_end(self, batch, logs=None):
+        self.seen.append((batch, logs["size"], logs["loss"], self.model.optimizer.step_count,
+                          float(self.model.parameters[0])))
+
+
+def test_batch_hooks_and_metrics_on_the_plan(monkeypatch):
+    monkeypatch.setattr(_plan, "CHUNK_SECONDS", 1.0)      # long chunks, but hooks make each batch its own
+    X, y = _data("cross_entropy", 150)
+    out = []
+    for compiled in (True, False):
+        m = MODELS["residual"]("float64")
+        m.compile("cross_entropy", fnn.optim.Adam(lr=1e-3))
+        m.trainer.compiled_plan = compiled
+        rec = _Recorder()
+        h = m.fit(X, y, epochs=2, batch_size=16, callbacks=[rec],
+                  metrics=["top_k_accuracy", fnn.metrics.TopKAccuracy(2, name="top2")])
+        out.append((m, h, rec.seen))
+    (a, ha, sa), (b, hb, sb) = out
+    assert a.trainer.train_plan is not None and b.trainer.train_plan is None
+    assert sa == sb and len(sa) == 2 * 10
+    _assert_same(a, ha, b, hb)
+    assert set(ha.history) >= {"loss", "accuracy", "top_k_accuracy", "top2"}
+
+
+def test_metrics_on_the_plan_keep_long_chunks(monkeypatch):
+    X, y = _data("mse", 400)
+    out = []
+    for compiled in (True, False):
+        m = MODELS["layernorm"]("float32")
+        m.compile("mse", "adam", metrics=["mae", "r2"])
+        m.trainer.compiled_plan = compiled
+        out.append((m, m.fit(X, y, epochs=3, batch_size=32, validation_data=(X[:50], y[:50]))))
+    (a, ha), (b, hb) = out
+    _assert_same(a, ha, b, hb)
+    assert a.trainer.train_plan.chunk > 1

@@ -160,6 +160,7 @@ cdef struct RunStats:
     double allreduce_seconds    # data-parallel: the time in the gradient allreduce (waits for the other ranks in it)
     double mpi_error        # data-parallel: the error code of a failed MPI_Allreduce (status BAD_KIND), else 0
     double weight_sum       # with sample weights: the sum of the weights of the batches run (each summed in order)
+    double last_loss        # the loss of the last batch applied
 
 
 cdef void _gemm_few_rows(Py_ssize_t m, Py_ssize_t nout, Py_ssize_t nin, const floating *x, const floating *W,
@@ -1084,7 +1085,7 @@ cdef int _check_dtype(Plan plan, bint dbl, object X, str owner) except -1:
 
 def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ssize_t[::1] perm, Py_ssize_t b0,
                 Py_ssize_t b1, Py_ssize_t step, int n_threads, const uint64_t[:, ::1] draws=None,
-                const floating[::1] weights=None, const double[::1] lrs=None):
+                const floating[::1] weights=None, const double[::1] lrs=None, floating[:, ::1] outputs=None):
     """Run batches b0 .. b1-1 of an epoch over X (n, n_in) (rows perm[b*bs : (b+1)*bs], or in order when perm
     is None).  targets: int labels (n,) for cross-entropy, floating (n, k) for the regression losses.  step: the
     optimizer's step count before the first batch.  draws (b1 - b0, plan.draws_per_batch) uint64: each batch's
@@ -1092,7 +1093,8 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
     it); None when the plan draws nothing.  weights (n,): per-sample weights of the loss (each batch's loss is
     its weighted mean, normalized by the batch's weight sum, as fastnn.losses does), or None.  The statistics of
     the run: ``plan.stats``.  lrs (>= b1 - b0,): a per-step schedule's learning rate for each batch's update (set
-    just before it, as Trainer._schedule_step does), or None: the optimizer's.
+    just before it, as Trainer._schedule_step does), or None: the optimizer's.  outputs ((b1 - b0) * bs, k): where
+    batch b's output rows (the logits of a fused output) are copied, at row (b - b0) * bs, or None.
 
     The NaN guard (plan.guard given a backup): each step's gradient is scanned once for NaN/inf (status
     NONFINITE_GRADIENT, nothing updated) and for G = max |g|; the update then runs without any copy when
@@ -1113,6 +1115,12 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
     cdef const uint64_t *drp = &draws[0, 0] if nd > 0 and b1 > b0 else NULL
     cdef const floating *Wp = NULL
     cdef const double *lrp = NULL
+    cdef floating *outp_rows = NULL
+    if outputs is not None and b1 > b0:
+        if outputs.shape[0] < (b1 - b0) * bs or outputs.shape[1] != plan.layers[L - 1].n_out or plan.ar_size > 1:
+            raise ValueError(f"run_batches: outputs must have {(b1 - b0) * bs} rows of {plan.layers[L - 1].n_out} "
+                             "(one process)")
+        outp_rows = &outputs[0, 0]
     if lrs is not None and b1 > b0:
         if lrs.shape[0] < b1 - b0:
             raise ValueError(f"run_batches: {lrs.shape[0]} learning rates for {b1 - b0} batches")
@@ -1339,6 +1347,9 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
                 break
             st.loss_sum += loss if lk == FNN_LOSS_L2 else loss * (ws if Wp != NULL else gm)    # l2 sums
             st.weight_sum += ws
+            st.last_loss = loss
+            if outp_rows != NULL:       # the batch's output, for the caller's metrics
+                memcpy(outp_rows + (b - b0) * bs * k, out, m * k * sizeof(floating))
             st.batch_loss_sum += loss * gm
             st.n_correct += n_correct
             st.n_samples += gm
@@ -1349,6 +1360,12 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
     if status == FNN_STATUS_NONFINITE_LOSS:
         value = loss
     return status, b - b0 if status != FNN_STATUS_DONE else b1 - b0, bad, value
+
+
+def forget_bounds(Plan plan):
+    """Forget the guard's carried bounds: the next run scans the parameters and the optimizer state again (after
+    Python code that may have changed them, a callback's batch hook, ran between two runs)."""
+    plan.bd_known = 0
 
 
 def reset_stats(Plan plan):

@@ -7,8 +7,10 @@ activation layers, ``BatchNorm`` (not synchronized), ``LayerNorm``, ``Dropout``,
 trained with "cross_entropy" (integer labels or probability rows), "binary_cross_entropy", "mse", "l2" or "mae",
 by ``SGD`` (with momentum, Nesterov), ``Adam`` (AMSGrad), ``AdamW``, ``RMSprop`` (momentum, centered) or
 ``Adagrad`` (exactly those classes), with or without sample/class weights (one process), epoch or per-step
-learning-rate schedules and clipping; without metrics other than accuracy (which the loss kernel counts anyway),
-callbacks with batch hooks, masks or multi-output layers (``graph.general``: the plan has no mask).
+learning-rate schedules, clipping, metrics (each batch's output is copied out for them) and callbacks with batch
+hooks (then one batch per call); without masks or multi-output layers (``graph.general``: the plan has no mask).
+Data-parallel runs (fastnn.distributed) use the plan without sample weights, metrics, batch hooks, Dropout or
+BatchNorm.
 ``fit(verbose=1)``'s progress bar is no batch hook: it is redrawn between chunks (``on_progress``, with the batches
 done and their running loss), and validation runs after the epoch, so neither leaves the plan.  Everything else
 runs on the per-layer path (``Trainer.step``), which stays the reference: the plan runs the same kernels in the
@@ -68,6 +70,7 @@ class TrainPlan:
     def __init__(self, model, bs, fused=None):
         self.model, self.bs, self.params = model, bs, model.parameters
         self.chunk = 1          # batches per call of run_batches, adapted by fit_epoch
+        self.outputs = None     # (rows, k): the batches' outputs a chunk copies out for the metrics
         fused = model.trainer.fused if fused is None else fused
         dt = model.dtype
         graph = model.graph
@@ -236,7 +239,7 @@ def plan_for(model, train, bs, metrics, cbs):
         return None
     if model.graph.general:            # masks or multi-output layers: the plan cannot honour them
         return None
-    if metrics or cbs.batch_hooks or trainer.constrained:
+    if trainer.constrained or (dist is not None and (metrics or cbs.batch_hooks)):
         return None
     if W is not None and (dist is not None or W.dtype != model.dtype or not W.flags.c_contiguous):
         return None
@@ -268,33 +271,8 @@ def plan_for(model, train, bs, metrics, cbs):
     return plan
 
 
-def fit_epoch(model, plan, epoch, train, bs, shuffle, cbs=None):
-    """One epoch through the plan; returns the logs as ``Trainer._fit_epoch`` does (raises NonFiniteError).
-    `cbs` (a CallbackList, or None): its progress display (``on_progress``) is called after every chunk.
-
-    The plan holds the model's whole flat buffers, which the layers' offsets address, and the length of their
-    trainable prefix (``model.table.n_trainable``, the optimizer's buffers): the update, clipping and the guard's
-    scans cover exactly those elements, so a frozen layer (after the prefix) is read in the forward pass and its
-    gradient written in the backward pass but never updated.
-
-    The epoch runs in chunks of batches (``plan.chunk``, adapted so that a chunk takes about CHUNK_SECONDS; the
-    first chunk of a new plan is one batch): between chunks control returns to Python, so that Ctrl-C
-    (KeyboardInterrupt) stops training within about that time, at a batch boundary, with the weights, the
-    optimizer state and ``optimizer.step_count`` all holding exactly the batches applied (the partial epoch is
-    not counted in ``epochs_trained`` or the history; ``fit`` can be called again).  A chunk costs one Python
-    round trip and one scan of the parameters by the guard, nothing measurable at that size."""
-    X, T, W = train
-    n = X.shape[0]
-    idx = model.rng.permutation(n) if shuffle else None
-    opt = model.optimizer
-    core = plan.core
-    # data-parallel (fastnn/distributed.py): the plan allreduces through MPI_Allreduce itself, and its batches are
-    # this rank's shares of global batches of bs * size rows
-    dist = model.trainer._dist
-    hook = None if dist is None else dist.plan_hook(model.dtype)
-    core.allreduce(*(hook or ()))
-    gbs = bs * (1 if hook is None else dist.size)
-    core.loss(_loss_kind(model.loss, T))
+def _set_update(core, opt):
+    """Give the optimizer's hyperparameters and state to the plan; returns the states in the plan's order."""
     if opt.kind == OPT.ADAM:
         states = [opt.state["exp_avg"], opt.state["exp_avg_sq"], opt.state.get("max_exp_avg_sq")]
         core.adam(opt.lr, opt.betas[0], opt.betas[1], opt.eps, opt.weight_decay, opt._decoupled, *states,
@@ -310,6 +288,42 @@ def fit_epoch(model, plan, epoch, train, bs, shuffle, cbs=None):
         core.adagrad(opt.lr, opt.lr_decay, opt.weight_decay, opt.eps, states[0], opt._n_decay)
     else:
         raise ValueError(f"compiled plan: no compiled update for {type(opt).__name__}")
+    return states
+
+
+def fit_epoch(model, plan, epoch, train, bs, shuffle, cbs=None, metrics=()):
+    """One epoch through the plan; returns the logs as ``Trainer._fit_epoch`` does (raises NonFiniteError).
+    `cbs` (a CallbackList, or None): its progress display (``on_progress``) is called after every chunk, and its
+    batch hooks (``on_batch_begin`` / ``on_batch_end``, when a callback has them) around every batch.
+    `metrics`: Metric objects, updated with each batch's output (the plan copies it out) and targets.
+
+    The plan holds the model's whole flat buffers, which the layers' offsets address, and the length of their
+    trainable prefix (``model.table.n_trainable``, the optimizer's buffers): the update, clipping and the guard's
+    scans cover exactly those elements, so a frozen layer (after the prefix) is read in the forward pass and its
+    gradient written in the backward pass but never updated.
+
+    The epoch runs in chunks of batches (``plan.chunk``, adapted so that a chunk takes about CHUNK_SECONDS; the
+    first chunk of a new plan is one batch): between chunks control returns to Python, so that Ctrl-C
+    (KeyboardInterrupt) stops training within about that time, at a batch boundary, with the weights, the
+    optimizer state and ``optimizer.step_count`` all holding exactly the batches applied (the partial epoch is
+    not counted in ``epochs_trained`` or the history; ``fit`` can be called again).  A chunk costs one Python
+    round trip and one scan of the parameters by the guard, nothing measurable at that size.  With batch hooks
+    every chunk is one batch: before it the hook runs and the plan takes the optimizer's hyperparameters again (a
+    hook may change the learning rate) and forgets the guard's carried bounds (a hook may change the weights);
+    after it ``optimizer.step_count`` is up to date when the other hook runs, as on the per-layer path."""
+    X, T, W = train
+    n = X.shape[0]
+    idx = model.rng.permutation(n) if shuffle else None
+    opt = model.optimizer
+    core = plan.core
+    # data-parallel (fastnn/distributed.py): the plan allreduces through MPI_Allreduce itself, and its batches are
+    # this rank's shares of global batches of bs * size rows
+    dist = model.trainer._dist
+    hook = None if dist is None else dist.plan_hook(model.dtype)
+    core.allreduce(*(hook or ()))
+    gbs = bs * (1 if hook is None else dist.size)
+    core.loss(_loss_kind(model.loss, T))
+    states = _set_update(core, opt)
     guard = model.nan_guard
     if guard:
         core.guard(True, model.trainer.guard_backup,
@@ -323,38 +337,62 @@ def fit_epoch(model, plan, epoch, train, bs, shuffle, cbs=None):
     _k.reset_stats(core)
     n_batches, n_threads = -(-n // gbs), get_num_threads()
     progress = cbs is not None and cbs.progress
+    hooks = cbs is not None and cbs.batch_hooks
+    for met in metrics:
+        met.reset()
     step0, b = opt.step_count, 0
     status = PLAN_STATUS.DONE
     specs, rng, draws = plan.draw_specs, model.layer_rng, None
     # a per-step schedule: each batch's learning rate, from the step count before its update (Trainer._schedule_step)
     sched = model.lr_schedule if (model.lr_schedule is not None and model.lr_schedule.per_step) else None
-    lrs = None
+    lrs = outputs = None
     try:
         # the epoch in chunks of about CHUNK_SECONDS: each returns to Python, where a pending KeyboardInterrupt
         # (Ctrl-C) is raised at a batch boundary; the chunk size adapts to the time of the last chunk
         while b < n_batches:
-            b1 = min(b + plan.chunk, n_batches)
+            b1 = b + 1 if hooks else min(b + plan.chunk, n_batches)
             t0 = time.perf_counter()
+            if hooks:
+                cbs.on_batch_begin(b, {"batch": b, "size": min(bs, n - b * bs)})
+                _set_update(core, opt)
+                _k.forget_bounds(core)
             if specs:
                 rng_state = rng.bit_generator.state
                 draws = _draws(rng, specs, b1 - b)
             if sched is not None:
                 base = model.trainer.base_lr
                 lrs = np.array([sched(step0 + j, base) for j in range(b, b1)], dtype=np.float64)
-            status, done, bad, value = _k.run_batches(core, X, T, idx, b, b1, step0 + b, n_threads, draws, W, lrs)
+            if metrics:
+                rows = (b1 - b) * bs
+                if plan.outputs is None or plan.outputs.shape[0] < rows:
+                    plan.outputs = np.empty((rows, model.output_shape[0]), model.dtype)
+                outputs = plan.outputs
+            status, done, bad, value = _k.run_batches(core, X, T, idx, b, b1, step0 + b, n_threads, draws, W, lrs,
+                                                      outputs)
             if sched is not None:   # the rate of the last step taken, or tried (an update that was undone)
                 tried = done + (status in (PLAN_STATUS.NONFINITE_PARAMETER, PLAN_STATUS.NONFINITE_STATE))
                 if tried > 0:
                     opt.lr = float(lrs[tried - 1])
+            for j in range(done):       # the metrics of the batches applied, in order
+                start, stop = (b + j) * bs, min((b + j + 1) * bs, n)
+                Tb = T[start:stop] if idx is None else T[idx[start:stop]]
+                for met in metrics:
+                    met.update(outputs[j * bs:j * bs + stop - start], Tb)
             b += done
             if status != PLAN_STATUS.DONE:
                 if specs:       # the per-layer path would have drawn for the batches run and the one that failed
                     rng.bit_generator.state = rng_state
                     _draws(rng, specs, done + 1)
                 break
+            if hooks:
+                opt.step_count = step0 + b
+                cbs.on_batch_end(b - 1, {"batch": b - 1, "size": min(bs, n - (b - 1) * bs),
+                                         "loss": float(core.stats["last_loss"])})
             if progress:
                 s = core.stats
                 cbs.on_progress(b, float(s["batch_loss_sum"]) / max(float(s["n_samples"]), 1.0))
+            if model.stop_training:
+                break
             dt = time.perf_counter() - t0      # per batch run (the epoch's last chunk may be short)
             plan.chunk = max(1, min(int(done * CHUNK_SECONDS / max(dt, 1e-6)), 16 * plan.chunk))
     finally:
@@ -406,6 +444,8 @@ def fit_epoch(model, plan, epoch, train, bs, shuffle, cbs=None):
     logs = {"loss": float(stats["loss_sum"]) if loss.sums else (float(stats["loss_sum"]) / denom if denom > 0 else 0.0)}
     if loss.classification:
         logs["accuracy"] = int(stats["n_correct"]) / loss.n_predictions(int(seen), model.output_shape)
+    for met in metrics:
+        logs[met.name] = met.result()
     return logs
 
 

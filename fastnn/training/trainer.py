@@ -668,7 +668,7 @@ class Trainer:
         model = self.model
         plan = _compiled.plan_for(model, train, bs, metrics, cbs)
         if plan is not None:    # the compiled training plan: the whole epoch in the compiled core
-            return _compiled.fit_epoch(model, plan, epoch, train, bs, shuffle, cbs)
+            return _compiled.fit_epoch(model, plan, epoch, train, bs, shuffle, cbs, metrics)
         X, T, W = train
         n = X.shape[0]
         # a fresh permutation each epoch: it depends only on the generator state, so a run resumed from a
