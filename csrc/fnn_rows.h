@@ -6,9 +6,12 @@
  * sgemv runs each row on its own, streaming W once per row.  This kernel streams W once for all m rows: for each
  * group of KS rows of W, the m output rows (kept in L1, in column panels when they are long) get
  * z[r][j] += x[r][k] W[k][j] for the KS k in order, AVX-512 (16 floats, 8 doubles a vector) or AVX2+FMA (8, 4),
- * the tail columns with masked loads and stores.  Every element is the same chain of fused multiply-adds in k order on
- * both ISAs and whatever the column split (threads), so the two paths and any split give the same bits; against
- * the BLAS, the last bits may differ (as between OpenBLAS's own kernels).
+ * with a masked head up to W's first aligned column and a masked tail.  Every element is the same chain of fused
+ * multiply-adds in k order on both ISAs, whatever W's alignment and the column split (threads), so they all
+ * give the same bits; against the BLAS, the last bits may differ (as between OpenBLAS's own kernels).
+ *
+ * One row reads each weight once: the kernel runs at about the speed of reading W (on a 2-core Xeon VM, 784x256
+ * floats: ~9-12 us, a plain read ~9-15 us, busy machine); misaligned W rows cost ~1.8x before the masked head.
  *
  * The CPU is asked once (__builtin_cpu_supports); without AVX2+FMA (or outside gcc on x86-64) the fnn_rows_*
  * entry points return 0 and the caller runs the BLAS.  fnn_rows_set_isa caps the path (tests, measurements). */
@@ -51,14 +54,19 @@ static int fnn_rows_set_isa(int cap) { fnn_rows_isa_cap_ = cap < 0 ? 0 : (cap > 
 /* One body per (type, ISA, m): the m loops have a constant trip count, unrolled, the 4m broadcasts in registers.
  * Each pass over Z adds the products of KS rows of W (loaded once for the m rows of Z), in k order. */
 #define FNN_ROWS_BODY(NAME, TARGET, T, V, LANES, LOADU, STOREU, FMADD, SET1, MASK_T, MASK, MLOAD, MSTORE)    \
-__attribute__((target(TARGET), always_inline))                                                              \
-static inline void NAME##_body(const int M, ptrdiff_t N, ptrdiff_t K, const T *X, ptrdiff_t ldx,               \
-                               const T *W, ptrdiff_t ldw, T *Z, ptrdiff_t ldz) {                               \
+__attribute__((target(TARGET), always_inline))                                                                  \
+static inline void NAME##_body(const int M, ptrdiff_t N, ptrdiff_t K, const T *X, ptrdiff_t ldx,                \
+                               const T *W, ptrdiff_t ldw, T *Z, ptrdiff_t ldz) {                                \
     ptrdiff_t j0, k, j, r, q;                                                                                   \
-    for (j0 = 0; j0 < N; j0 += FNN_ROWS_PANEL) {                                                               \
+    for (j0 = 0; j0 < N; j0 += FNN_ROWS_PANEL) {                                                                \
         const ptrdiff_t j1 = N - j0 < FNN_ROWS_PANEL ? N : j0 + FNN_ROWS_PANEL;                                 \
-        const ptrdiff_t jv = j0 + (j1 - j0) / LANES * LANES;    /* the tail [jv, j1): masked */                 \
-        const MASK_T tail = MASK(j1 - jv);                                                                      \
+        /* columns [j0, jh): a masked head up to the first vector-aligned column of W's rows (all of them when  \
+         * ldw is a multiple of LANES; misaligned rows split every load over two cache lines: one row took      \
+         * ~1.8x as long); [jh, jv): whole vectors; [jv, j1): a masked tail */                                  \
+        const ptrdiff_t al = (ptrdiff_t)((((size_t)0 - (size_t)(W + j0)) / sizeof(T)) % LANES);                 \
+        const ptrdiff_t jh = j0 + (al < j1 - j0 ? al : j1 - j0);                                                \
+        const ptrdiff_t jv = jh + (j1 - jh) / LANES * LANES;                                                    \
+        const MASK_T head = MASK(jh - j0), tail = MASK(j1 - jv);                                                \
         for (r = 0; r < M; r++) memset(Z + r * ldz + j0, 0, (size_t)(j1 - j0) * sizeof(T));                     \
         for (k = 0; k < K; k += FNN_ROWS_KS) {                                                                  \
             const int ks = K - k < FNN_ROWS_KS ? (int)(K - k) : FNN_ROWS_KS;                                    \
@@ -67,19 +75,27 @@ static inline void NAME##_body(const int M, ptrdiff_t N, ptrdiff_t K, const T *X
             if (ks == FNN_ROWS_KS) {                                                                            \
                 for (r = 0; r < M; r++)                                                                         \
                     for (q = 0; q < FNN_ROWS_KS; q++) a[r][q] = SET1(X[r * ldx + k + q]);                       \
-                for (j = j0; j < jv; j += LANES) {                                                              \
-                    for (q = 0; q < FNN_ROWS_KS; q++) b[q] = LOADU(w + q * ldw + j);                           \
+                if (j0 < jh) {                                                                                  \
+                    for (q = 0; q < FNN_ROWS_KS; q++) b[q] = MLOAD(w + q * ldw + j0, head);                     \
+                    for (r = 0; r < M; r++) {                                                                   \
+                        V v = MLOAD(Z + r * ldz + j0, head);                                                    \
+                        for (q = 0; q < FNN_ROWS_KS; q++) v = FMADD(a[r][q], b[q], v);                          \
+                        MSTORE(Z + r * ldz + j0, head, v);                                                      \
+                    }                                                                                           \
+                }                                                                                               \
+                for (j = jh; j < jv; j += LANES) {                                                              \
+                    for (q = 0; q < FNN_ROWS_KS; q++) b[q] = LOADU(w + q * ldw + j);                            \
                     for (r = 0; r < M; r++) {                                                                   \
                         V v = LOADU(Z + r * ldz + j);                                                           \
-                        for (q = 0; q < FNN_ROWS_KS; q++) v = FMADD(a[r][q], b[q], v);                         \
+                        for (q = 0; q < FNN_ROWS_KS; q++) v = FMADD(a[r][q], b[q], v);                          \
                         STOREU(Z + r * ldz + j, v);                                                             \
                     }                                                                                           \
                 }                                                                                               \
                 if (jv < j1) {                                                                                  \
-                    for (q = 0; q < FNN_ROWS_KS; q++) b[q] = MLOAD(w + q * ldw + jv, tail);                    \
+                    for (q = 0; q < FNN_ROWS_KS; q++) b[q] = MLOAD(w + q * ldw + jv, tail);                     \
                     for (r = 0; r < M; r++) {                                                                   \
                         V v = MLOAD(Z + r * ldz + jv, tail);                                                    \
-                        for (q = 0; q < FNN_ROWS_KS; q++) v = FMADD(a[r][q], b[q], v);                         \
+                        for (q = 0; q < FNN_ROWS_KS; q++) v = FMADD(a[r][q], b[q], v);                          \
                         MSTORE(Z + r * ldz + jv, tail, v);                                                      \
                     }                                                                                           \
                 }                                                                                               \
@@ -88,16 +104,18 @@ static inline void NAME##_body(const int M, ptrdiff_t N, ptrdiff_t K, const T *X
                     for (r = 0; r < M; r++) {                                                                   \
                         const V x = SET1(X[r * ldx + k + q]);                                                   \
                         T *z = Z + r * ldz;                                                                     \
-                        for (j = j0; j < jv; j += LANES)                                                        \
+                        if (j0 < jh)                                                                            \
+                            MSTORE(z + j0, head, FMADD(x, MLOAD(w + q * ldw + j0, head), MLOAD(z + j0, head))); \
+                        for (j = jh; j < jv; j += LANES)                                                        \
                             STOREU(z + j, FMADD(x, LOADU(w + q * ldw + j), LOADU(z + j)));                      \
                         if (jv < j1)                                                                            \
-                            MSTORE(z + jv, tail, FMADD(x, MLOAD(w + q * ldw + jv, tail), MLOAD(z + jv, tail)));  \
+                            MSTORE(z + jv, tail, FMADD(x, MLOAD(w + q * ldw + jv, tail), MLOAD(z + jv, tail))); \
                     }                                                                                           \
             }                                                                                                   \
         }                                                                                                       \
     }                                                                                                           \
 }                                                                                                               \
-__attribute__((target(TARGET)))                                                                             \
+__attribute__((target(TARGET)))                                                                                 \
 static void NAME(int m, ptrdiff_t N, ptrdiff_t K, const T *X, ptrdiff_t ldx, const T *W, ptrdiff_t ldw,         \
                  T *Z, ptrdiff_t ldz) {                                                                         \
     switch (m) {                                                                                                \
