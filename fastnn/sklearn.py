@@ -5,8 +5,10 @@ They take the parameters of ``sklearn.neural_network.MLPClassifier`` / ``MLPRegr
 random_state, tol, verbose, warm_start, momentum, nesterovs_momentum, early_stopping, validation_fraction,
 beta_1, beta_2, epsilon, n_iter_no_change) and three of their own: ``dropout`` (the rate of a Dropout layer
 after each hidden layer), ``batch_norm`` (a BatchNorm between each hidden Dense and its activation) and
-``dtype`` ("float32" or "float64", the network's precision).  They pass scikit-learn's estimator checks and
-work in Pipeline, GridSearchCV, cross_val_score, clone and pickle.
+``dtype`` ("float32" or "float64", the network's precision).  They pass scikit-learn's estimator checks (in
+float32 all but check_methods_subset_invariance: a few rows and a large batch take different GEMM routes, so a
+row's prediction may differ in its last bit, as in numpy and PyTorch) and work in Pipeline, GridSearchCV,
+cross_val_score, clone and pickle.
 
 Definitions, as scikit-learn's MLP:
 - ``alpha`` is an L2 penalty 0.5 * alpha * ||W||^2 / batch_size on the weights (not the biases), applied as

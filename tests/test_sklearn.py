@@ -29,11 +29,36 @@ def one_thread():
     fnn.set_num_threads(prev)
 
 
-@parametrize_with_checks([MLPClassifier(), MLPRegressor()])
+def _expected_failures(estimator):
+    # float32 networks: a prediction of 1-4 rows takes fastnn's few-row kernel or OpenBLAS's GEMV
+    # (fastnn/_core/_blas.pxd rows_times), a larger batch OpenBLAS's GEMM, so the same row may differ in its last
+    # bit (as in numpy and PyTorch); the check asks for 1e-7 relative, about one float32 ulp.  Float64 passes it
+    # (test_predict_of_a_subset_matches_the_batch below).
+    if estimator.dtype == "float32":
+        return {"check_methods_subset_invariance": "float32: a few rows and a batch take different GEMM routes"}
+    return {}
+
+
+@parametrize_with_checks([MLPClassifier(), MLPRegressor()], expected_failed_checks=_expected_failures,
+                         xfail_strict=False)
 def test_sklearn_estimator_checks(estimator, check):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         check(estimator)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_predict_of_a_subset_matches_the_batch(dtype):
+    """Rows predicted one at a time (and in small groups) against the same rows in one batch: scikit-learn's
+    tolerance (1e-7 relative) in float64; a few float32 ulps in float32."""
+    X, y = make_regression(n_samples=40, n_features=12, n_targets=2, random_state=0)
+    est = MLPRegressor(hidden_layer_sizes=(33, 17), max_iter=5, random_state=0, dtype=dtype).fit(X, y)
+    full = est.predict(X)
+    parts = np.vstack([est.predict(X[i:i + k]) for i, k in ((0, 1), (1, 2), (3, 3), (6, 4), (10, 30))])
+    if dtype == "float64":
+        np.testing.assert_allclose(parts, full, rtol=1e-7, atol=1e-9)
+    else:
+        np.testing.assert_allclose(parts, full, rtol=1e-5, atol=1e-5 * np.abs(full).max())
 
 
 def _digits():

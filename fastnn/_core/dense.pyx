@@ -45,8 +45,8 @@ def dense_forward(const floating[:, ::1] X, const floating[:, ::1] W, const floa
         if n_in == 0:
             memset(&Z[0, 0], 0, n * n_out * sizeof(floating))
         else:
-            _blas.gemm(False, False, <int>n, <int>n_out, <int>n_in, <floating>1, &X[0, 0], <int>n_in,
-                       &W[0, 0], <int>n_out, <floating>0, &Z[0, 0], <int>n_out)
+            _blas.rows_times(<int>n, <int>n_out, <int>n_in, &X[0, 0], <int>n_in, &W[0, 0], <int>n_out,
+                             &Z[0, 0], <int>n_out)
         if counts is None:
             err = act_forward(act, &Z[0, 0], &Y[0, 0], bp, n, n_out, alpha, n_threads)
         else:
@@ -106,3 +106,21 @@ def dense_backward(const floating[:, ::1] X, const floating[:, ::1] W, const flo
             _blas.gemm(False, True, <int>n, <int>n_in, <int>n_out, <floating>1, g, <int>n_out,
                        &W[0, 0], <int>n_out, <floating>0, dXp, <int>n_in)
     kernel_ok(err, "dense_backward")
+
+
+def rows_product(const floating[:, ::1] X, const floating[:, ::1] W, floating[:, ::1] Z, int isa_cap=2):
+    """Z (OUT, (m, N)) = X (m, K) . W (K, N) by the route of the Dense forward (_blas.rows_times), its few-row
+    kernel capped at isa_cap (0: none, the BLAS; 1: AVX2+FMA; 2: the best this CPU has) for this call.  Returns
+    the kernel's ISA in use during the call (0, 1, 2).  For tests and measurements: the cap is per extension
+    module, and this one sets the dense module's only."""
+    cdef Py_ssize_t m = X.shape[0], K = X.shape[1], N = W.shape[1]
+    _check("W", (W.shape[0], W.shape[1]), (K, N))
+    _check("Z", (Z.shape[0], Z.shape[1]), (m, N))
+    cdef int isa = _blas.fnn_rows_set_isa(isa_cap)
+    try:
+        with nogil:
+            _blas.rows_times(<int>m, <int>N, <int>K, &X[0, 0] if m * K > 0 else NULL, <int>K,
+                             &W[0, 0] if K * N > 0 else NULL, <int>N, &Z[0, 0] if m * N > 0 else NULL, <int>N)
+    finally:
+        _blas.fnn_rows_set_isa(2)
+    return isa

@@ -165,20 +165,19 @@ cdef struct RunStats:
 
 cdef void _gemm_few_rows(Py_ssize_t m, Py_ssize_t nout, Py_ssize_t nin, const floating *x, const floating *W,
                          floating *Z, int n_threads) noexcept nogil:
-    """Z (m, nout) = x (m, nin) . W (nin, nout).  For a few rows of a large layer, OpenBLAS keeps the product on
+    """Z (m, nout) = x (m, nin) . W (nin, nout), by the route _blas.rows_times chooses for the shape (fastnn's
+    few-row kernel, OpenBLAS's GEMV or GEMM).  For a few rows of a large layer, OpenBLAS keeps the product on
     one thread; split the output columns over the OpenMP team instead (blocks aligned to 16 elements), each
-    thread running its own small single-threaded GEMM on its block."""
+    thread running the same route on its block."""
     cdef int nt = n_threads
     cdef Py_ssize_t t, c0, c1
     if nt > 1 and m <= 4 and nin * nout >= 65536 and nout >= 32 * nt:
         for t in prange(nt, num_threads=nt, schedule="static"):
             c0 = (t * nout // nt) // 16 * 16
             c1 = nout if t == nt - 1 else ((t + 1) * nout // nt) // 16 * 16
-            _blas.gemm(False, False, <int>m, <int>(c1 - c0), <int>nin, <floating>1, x, <int>nin, W + c0,
-                       <int>nout, <floating>0, Z + c0, <int>nout)
+            _blas.rows_times(<int>m, <int>(c1 - c0), <int>nin, x, <int>nin, W + c0, <int>nout, Z + c0, <int>nout)
     else:
-        _blas.gemm(False, False, <int>m, <int>nout, <int>nin, <floating>1, x, <int>nin, W, <int>nout,
-                   <floating>0, Z, <int>nout)
+        _blas.rows_times(<int>m, <int>nout, <int>nin, x, <int>nin, W, <int>nout, Z, <int>nout)
 
 
 cdef inline const floating *_input(const floating *x, void **outp, const Py_ssize_t *srcs, const PlanLayer *ly,
