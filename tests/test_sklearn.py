@@ -34,7 +34,8 @@ def _expected_failures(estimator):
     # (fastnn/_core/_blas.pxd rows_times), a larger batch OpenBLAS's GEMM, so the same row may differ in its last
     # bit (as in numpy and PyTorch); the check asks for 1e-7 relative, about one float32 ulp.  Float64 passes it
     # (test_predict_of_a_subset_matches_the_batch below).
-    if estimator.dtype == "float32":
+    # The classifier's outputs (classes, and probabilities to its tolerance) pass it.
+    if estimator.dtype == "float32" and isinstance(estimator, MLPRegressor):
         return {"check_methods_subset_invariance": "float32: a few rows and a batch take different GEMM routes"}
     return {}
 
