@@ -44,6 +44,9 @@ def pytest_configure(config):
         _check_installed()
     except Exception as exc:  # ImportError from a missing .so as well
         raise pytest.UsageError(f"fastnn's compiled core is not usable: {exc}") from exc
+    # a fixed thread count: the "auto" count's tuner would make runs that compare bits depend on the machine's
+    # load (tests/test_threads.py tests the tuner itself)
+    fastnn.set_num_threads(fastnn.get_num_threads())
 
 
 def pytest_report_header(config):

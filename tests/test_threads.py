@@ -116,3 +116,88 @@ def test_threadpoolctl_openmp_limit_reaches_fastnns_kernels(threads):
     with threadpoolctl.threadpool_limits(1):
         assert fnn.get_num_threads() == 1
     assert fnn.get_num_threads() == 2
+
+
+# ------------------------------------------------------------------------------------- the "auto" thread count
+class _Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def _drive(tuner, clock, seconds_per_batch, chunks, chunk=40):
+    """Run `chunks` chunks through the tuner with the given per-batch time of each thread count."""
+    used = []
+    for _ in range(chunks):
+        nt, size = tuner.next(chunk)
+        dt = size * seconds_per_batch[nt]
+        clock.t += dt
+        tuner.record(nt, size, dt)
+        used.append((nt, size))
+    return used
+
+
+def test_the_tuner_keeps_all_threads_on_a_quiet_machine():
+    from fastnn.training.compiled import ThreadTuner
+    clock = _Clock()
+    tuner = ThreadTuner(2, clock)
+    used = _drive(tuner, clock, {2: 1e-3, 1: 1.6e-3}, 400)
+    assert tuner.cur == 2
+    probes = [u for u in used if u[0] == 1]
+    # a few short probes, ever rarer: at most ~1% of the batches on one thread
+    assert 0 < len(probes) < 12 and sum(s for _, s in probes) < 0.02 * sum(s for _, s in used)
+    assert all(2 <= s <= 10 for _, s in probes)          # a quarter of a chunk, or of its time
+
+
+def test_the_tuner_drops_to_one_thread_when_the_team_stalls_and_comes_back():
+    from fastnn.training.compiled import ThreadTuner
+    clock = _Clock()
+    tuner = ThreadTuner(2, clock)
+    _drive(tuner, clock, {2: 1e-3, 1: 1.6e-3}, 20)
+    busy = _drive(tuner, clock, {2: 20e-3, 1: 1.8e-3}, 200)       # another process on the cores
+    assert tuner.cur == 1
+    assert sum(1 for nt, _ in busy[:6] if nt == 2) <= 3            # it leaves the stalled team at once
+    stalled = sum(s for nt, s in busy if nt == 2)
+    assert stalled < 0.05 * sum(s for _, s in busy)                # probes of the team: short ones
+    _drive(tuner, clock, {2: 1e-3, 1: 1.6e-3}, 200)                # quiet again
+    assert tuner.cur == 2
+
+
+def test_the_tuner_does_not_flip_on_close_timings():
+    from fastnn.training.compiled import ThreadTuner
+    clock = _Clock()
+    tuner = ThreadTuner(2, clock)
+    used = _drive(tuner, clock, {2: 1e-3, 1: 0.95e-3}, 300)       # one thread 5% faster: not worth a switch
+    assert tuner.cur == 2 and sum(1 for nt, _ in used if nt == 1) < 12
+
+
+def test_auto_threads_and_a_fixed_count(restore_threads, monkeypatch):
+    from fastnn._core import _threads
+    from fastnn.training import compiled
+    fnn.set_num_threads(2)
+    assert not _threads.adaptive()
+    fnn.set_num_threads("auto")
+    assert _threads.adaptive() == (fnn.get_num_threads() > 1)
+    with pytest.raises(TypeError, match='"auto"'):
+        fnn.set_num_threads("all")
+    if fnn.get_num_threads() < 2:
+        pytest.skip("one core: nothing to tune")
+    # a fit with "auto" runs chunks at the tuner's counts (forced here to one thread) and trains as usual
+    seen = []
+    real = compiled._k.run_batches
+    monkeypatch.setattr(compiled._k, "run_batches", lambda *a: seen.append((a[7], fnn.get_num_threads())) or real(*a))
+    monkeypatch.setattr(compiled.ThreadTuner, "next", lambda self, chunk: (1, chunk))
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((300, 8)), rng.integers(0, 3, 300)
+    m = fnn.Sequential([fnn.layers.Dense(16, activation="relu"), fnn.layers.Dense(3)], input_dim=8, seed=0)
+    m.compile("cross_entropy", "adam")
+    m.fit(X, y, epochs=2, batch_size=32)
+    assert seen and all(s == (1, 1) for s in seen)
+    assert fnn.get_num_threads() == restore_threads or fnn.get_num_threads() > 1    # the count is back after fit
+    # a fixed count is never tuned
+    fnn.set_num_threads(2)
+    seen.clear()
+    m.fit(X, y, epochs=1, batch_size=32)
+    assert seen and all(s[0] == 2 for s in seen)

@@ -37,17 +37,21 @@ cdef extern from *:
     const char *fnn_isa_path()
 
 cdef int _n_threads = 1
+cdef int _default_threads = 1     # the count at import: OpenMP's default (the cores, or OMP_NUM_THREADS)
+cdef bint _adaptive = False       # fit may run chunks on fewer threads when that measures faster (``adaptive``)
 
 
 def _init():
     """Put OpenBLAS's jobs on the OpenMP team, start both at the same thread count, and install the fork
     handlers (``_after_fork_in_child``)."""
-    global _n_threads
+    global _n_threads, _default_threads, _adaptive
     fnn_threads_init()
     n = fnn_omp_max_threads()
-    _n_threads = n if n > 0 else 1
+    _n_threads = _default_threads = n if n > 0 else 1
     fnn_set_num_threads(_n_threads)
     import os
+    # a thread count the user chose (OMP_NUM_THREADS, or set_num_threads(n) later) stays fixed
+    _adaptive = "OMP_NUM_THREADS" not in os.environ
     if hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=_after_fork_in_child)
 
@@ -59,8 +63,9 @@ def _after_fork_in_child():
     threads, and its first parallel region of more than one thread would wait for them forever.  As PyTorch
     does, the child starts at one thread (the C handler in csrc/fnn_threads.h has already set OpenMP's count).
     ``set_num_threads`` in the child then refuses more than one thread."""
-    global _n_threads
+    global _n_threads, _adaptive
     _n_threads = 1
+    _adaptive = False
     fnn_set_num_threads(1)
 
 
@@ -72,11 +77,25 @@ def in_forked_child():
 def set_num_threads(n):
     """Set the number of threads of fastnn's kernels and of its BLAS (one pool for both).
 
+    n: a count >= 1, fixed from then on (the reproducible choice: with a fixed count, training gives the same
+    weights run after run); or "auto", the default at import (the cores, unless OMP_NUM_THREADS fixes the
+    count): up to that many threads, and ``fit`` on the compiled plan measures now and then
+    whether one thread trains faster (another busy process on the cores stalls a team that waits for all its
+    threads) and runs on one thread while it does.  Different thread counts can differ in the last bits, so an
+    "auto" run on a machine whose load changes is not bitwise reproducible.
+
     In a child made by fork (os.fork, multiprocessing's "fork" method) fastnn runs on one thread and only
     ``set_num_threads(1)`` is accepted (RuntimeError otherwise): see ``_after_fork_in_child``."""
-    global _n_threads
+    global _n_threads, _adaptive
+    if isinstance(n, str) and n == "auto":
+        if fnn_in_forked_child():
+            return
+        _n_threads = _default_threads
+        _adaptive = True
+        fnn_set_num_threads(_n_threads)
+        return
     if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}")
+        raise TypeError(f"set_num_threads: n must be an int or \"auto\", got {type(n).__name__}")
     if n < 1:
         raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
     if n > 1 and fnn_in_forked_child():
@@ -85,7 +104,20 @@ def set_num_threads(n):
                            f"parent's threads); fastnn runs single-threaded here.  For {n} threads per worker, "
                            f"start the workers with multiprocessing's 'spawn' or 'forkserver' method")
     _n_threads = n
+    _adaptive = False
     fnn_set_num_threads(n)
+
+
+def adaptive():
+    """Whether the thread count is "auto" (``set_num_threads``): fit may then train on fewer threads than
+    get_num_threads() while that measures faster."""
+    return bool(_adaptive) and _n_threads > 1
+
+
+def set_active_threads(int n):
+    """Run the kernels and the BLAS on n threads until the next call, without changing the count set by
+    set_num_threads (fit's thread tuner: a chunk of batches on fewer threads, then back)."""
+    fnn_set_num_threads(max(1, n))
 
 
 def get_num_threads():

@@ -29,6 +29,7 @@ import numpy as np
 
 from fastnn import losses as _losses
 from fastnn import optim as _optim
+from fastnn._core import _threads
 from fastnn._core import guard as _guard
 from fastnn._core import plan as _k
 from fastnn._core._threads import get_num_threads
@@ -61,6 +62,73 @@ _RAW64 = tuple(getattr(np.random, name) for name in ("PCG64", "PCG64DXSM", "SFC6
                if hasattr(np.random, name))
 
 
+class ThreadTuner:
+    """Chooses the thread count of each chunk of a compiled fit when the count is "auto" (``set_num_threads``):
+    the full count n, or one thread, whichever trains faster per batch now.
+
+    On a quiet machine n threads win; with another busy process on the cores a team of n waits at every parallel
+    region for a thread the scheduler has put aside, and one thread can be many times faster.  The tuner keeps
+    an estimate of the seconds per batch of the chosen count (the mean of its last two chunks; a plan's first,
+    cold chunk is not counted) and now and then probes the other count with a short chunk (a quarter of a normal
+    one's batches, or of its time at the other count's last speed when that is slower), whose time replaces the
+    other's estimate.  It probes at once when the chosen count slows down by half or more, else after `interval`
+    seconds, which doubles (to MAX_INTERVAL) each time a probe confirms the choice and goes back to MIN_INTERVAL
+    when it switches.  A probe of n threads starts cold (the other cores' caches, a sleeping team), so the tuner
+    leans to n: one thread must be faster by DOWN (one thread's time below DOWN times n's) to take over, n only
+    as fast as one thread to take back."""
+
+    MIN_INTERVAL, MAX_INTERVAL, DOWN = 0.25, 8.0, 0.85
+
+    def __init__(self, n, clock=time.monotonic):
+        self.n, self.cur, self.clock = n, n, clock
+        self.est = {}           # count -> seconds per batch
+        self.at = {}            # count -> clock() of its last measurement
+        self.interval = self.MIN_INTERVAL
+        self.probing = False
+        self.warm = False       # the first chunk (cold buffers and caches) has run
+
+    def _other(self):
+        return 1 if self.cur != 1 else self.n
+
+    def next(self, chunk):
+        """(threads, batches) for the next chunk, given the normal chunk size."""
+        other = self._other()
+        if self.cur in self.est and (other not in self.at or self.clock() - self.at[other] > self.interval):
+            self.probing = True
+            size = chunk // 4
+            if other in self.est:       # about a quarter of a chunk's time at the other count's last speed
+                size = min(size, int(chunk * self.est[self.cur] / (4 * self.est[other])))
+            return other, max(2, size)
+        self.probing = False
+        return self.cur, chunk
+
+    def record(self, count, batches, seconds):
+        """A chunk of `batches` took `seconds` at `count` threads; returns whether it was a normal (not a probe)
+        chunk, whose time may size the next ones."""
+        if batches <= 0:
+            return not self.probing
+        if not self.warm:
+            self.warm = True
+            return True
+        per = seconds / batches
+        self.at[count] = self.clock()
+        if not self.probing:
+            old = self.est.get(count)
+            self.est[count] = per if old is None else 0.5 * (old + per)
+            if old is not None and per > 1.5 * old:     # slowed down: look at the other count soon
+                self.interval = self.MIN_INTERVAL
+                self.at.pop(self._other(), None)
+            return True
+        self.probing = False
+        self.est[count] = per
+        better = per < self.DOWN * self.est[self.cur] if count < self.cur else per <= self.est[self.cur]
+        if better:
+            self.cur, self.interval = count, self.MIN_INTERVAL
+        else:
+            self.interval = min(self.MAX_INTERVAL, 2 * self.interval)
+        return False
+
+
 class TrainPlan:
     """Per-node descriptors and batch buffers of one model at one batch size: ``core``, the compiled plan's
     state (fastnn/_core/plan.pyx ``Plan``), and the buffers it points into.  ``draw_specs``: one entry per random
@@ -71,6 +139,7 @@ class TrainPlan:
         self.model, self.bs, self.params = model, bs, model.parameters
         self.chunk = 1          # batches per call of run_batches, adapted by fit_epoch
         self.outputs = None     # (rows, k): the batches' outputs a chunk copies out for the metrics
+        self.tuner = None       # the ThreadTuner of an "auto" thread count (fit_epoch)
         fused = model.trainer.fused if fused is None else fused
         dt = model.dtype
         graph = model.graph
@@ -342,6 +411,11 @@ def fit_epoch(model, plan, epoch, train, bs, shuffle, cbs=None, metrics=()):
         met.reset()
     step0, b = opt.step_count, 0
     status = PLAN_STATUS.DONE
+    tuner = None
+    if _threads.adaptive() and n_threads > 1 and dist is None:
+        if plan.tuner is None or plan.tuner.n != n_threads:
+            plan.tuner = ThreadTuner(n_threads)
+        tuner = plan.tuner
     specs, rng, draws = plan.draw_specs, model.layer_rng, None
     # a per-step schedule: each batch's learning rate, from the step count before its update (Trainer._schedule_step)
     sched = model.lr_schedule if (model.lr_schedule is not None and model.lr_schedule.per_step) else None
@@ -351,6 +425,10 @@ def fit_epoch(model, plan, epoch, train, bs, shuffle, cbs=None, metrics=()):
         # (Ctrl-C) is raised at a batch boundary; the chunk size adapts to the time of the last chunk
         while b < n_batches:
             b1 = b + 1 if hooks else min(b + plan.chunk, n_batches)
+            nt = n_threads
+            if tuner is not None:
+                nt, size = tuner.next(plan.chunk)
+                b1 = b + 1 if hooks else min(b + size, n_batches)
             t0 = time.perf_counter()
             if hooks:
                 cbs.on_batch_begin(b, {"batch": b, "size": min(bs, n - b * bs)})
@@ -367,8 +445,15 @@ def fit_epoch(model, plan, epoch, train, bs, shuffle, cbs=None, metrics=()):
                 if plan.outputs is None or plan.outputs.shape[0] < rows:
                     plan.outputs = np.empty((rows, model.output_shape[0]), model.dtype)
                 outputs = plan.outputs
-            status, done, bad, value = _k.run_batches(core, X, T, idx, b, b1, step0 + b, n_threads, draws, W, lrs,
-                                                      outputs)
+            if nt != n_threads:
+                _threads.set_active_threads(nt)
+            try:
+                status, done, bad, value = _k.run_batches(core, X, T, idx, b, b1, step0 + b, nt, draws, W, lrs,
+                                                          outputs)
+            finally:
+                if nt != n_threads:
+                    _threads.set_active_threads(n_threads)
+            run_seconds = time.perf_counter() - t0
             if sched is not None:   # the rate of the last step taken, or tried (an update that was undone)
                 tried = done + (status in (PLAN_STATUS.NONFINITE_PARAMETER, PLAN_STATUS.NONFINITE_STATE))
                 if tried > 0:
@@ -394,7 +479,8 @@ def fit_epoch(model, plan, epoch, train, bs, shuffle, cbs=None, metrics=()):
             if model.stop_training:
                 break
             dt = time.perf_counter() - t0      # per batch run (the epoch's last chunk may be short)
-            plan.chunk = max(1, min(int(done * CHUNK_SECONDS / max(dt, 1e-6)), 16 * plan.chunk))
+            if tuner is None or tuner.record(nt, done, run_seconds):    # a probe does not size the chunks
+                plan.chunk = max(1, min(int(done * CHUNK_SECONDS / max(dt, 1e-6)), 16 * plan.chunk))
     finally:
         # from the plan's own count (each applied batch adds its samples; all but the epoch's last are full), so
         # that an interrupt anywhere in the loop, even between a chunk's return and the line after it, leaves the
