@@ -201,3 +201,26 @@ def test_auto_threads_and_a_fixed_count(restore_threads, monkeypatch):
     seen.clear()
     m.fit(X, y, epochs=1, batch_size=32)
     assert seen and all(s[0] == 2 for s in seen)
+
+
+def test_auto_threads_on_the_per_layer_path(restore_threads, monkeypatch):
+    from fastnn.training import compiled
+    from fastnn.training.trainer import Trainer
+    fnn.set_num_threads("auto")
+    if fnn.get_num_threads() < 2:
+        pytest.skip("one core: nothing to tune")
+    n = fnn.get_num_threads()
+    seen = []
+    real = Trainer.step
+    monkeypatch.setattr(Trainer, "step",
+                        lambda self, *a, **k: seen.append(fnn.get_num_threads()) or real(self, *a, **k))
+    picks = iter([1, n] * 1000)
+    monkeypatch.setattr(compiled.ThreadTuner, "next", lambda self, chunk: (next(picks), 3))
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((320, 8)), rng.integers(0, 3, 320)
+    m = fnn.Sequential([fnn.layers.Dense(16, activation="relu"), fnn.layers.Dense(3)], input_dim=8, seed=0)
+    m.compile("cross_entropy", "adam")
+    m.trainer.compiled_plan = False
+    m.fit(X, y, epochs=1, batch_size=32)           # 10 batches: chunks of 3 at 1, n, 1 threads, then 1 at n
+    assert seen == [1, 1, 1, n, n, n, 1, 1, 1, n]
+    assert fnn.get_num_threads() == n              # given back after the epoch

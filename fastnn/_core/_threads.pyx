@@ -79,7 +79,7 @@ def set_num_threads(n):
 
     n: a count >= 1, fixed from then on (the reproducible choice: with a fixed count, training gives the same
     weights run after run); or "auto", the default at import (the cores, unless OMP_NUM_THREADS fixes the
-    count): up to that many threads, and ``fit`` on the compiled plan measures now and then
+    count): up to that many threads, and ``fit`` measures now and then
     whether one thread trains faster (another busy process on the cores stalls a team that waits for all its
     threads) and runs on one thread while it does.  Different thread counts can differ in the last bits, so an
     "auto" run on a machine whose load changes is not bitwise reproducible.

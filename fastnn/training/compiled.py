@@ -129,6 +129,52 @@ class ThreadTuner:
         return False
 
 
+class BatchTuning:
+    """The ThreadTuner for a loop of single batches (the per-layer path): ``before()`` / ``after()`` around each
+    batch group the batches into chunks of about CHUNK_SECONDS, each run at the tuner's thread count
+    (``_threads.set_active_threads``), and ``close()`` gives the count back.  None when the count is fixed."""
+
+    @classmethod
+    def start(cls, owner):
+        """The tuning of `owner` (a Trainer: its tuner is kept between epochs), or None when the thread count is
+        not "auto", is 1, or the fit is data-parallel."""
+        n = get_num_threads()
+        if not _threads.adaptive() or n < 2 or owner._dist is not None:
+            return None
+        if owner.tuner is None or owner.tuner.n != n:
+            owner.tuner = ThreadTuner(n)
+        return cls(owner.tuner, n)
+
+    def __init__(self, tuner, n):
+        self.tuner, self.n = tuner, n
+        self.chunk, self.left, self.count, self.nt, self.t0 = 1, 0, 0, n, 0.0
+
+    def before(self):
+        if self.left > 0:
+            return
+        self.nt, self.left = self.tuner.next(self.chunk)
+        self.count = 0
+        if self.nt != self.n:
+            _threads.set_active_threads(self.nt)
+        self.t0 = time.perf_counter()
+
+    def after(self):
+        self.count += 1
+        self.left -= 1
+        if self.left > 0:
+            return
+        dt = time.perf_counter() - self.t0
+        if self.nt != self.n:
+            _threads.set_active_threads(self.n)
+        if self.tuner.record(self.nt, self.count, dt):
+            self.chunk = max(1, min(int(self.count * CHUNK_SECONDS / max(dt, 1e-6)), 16 * self.chunk))
+
+    def close(self):
+        if self.left > 0 and self.nt != self.n:
+            _threads.set_active_threads(self.n)
+        self.left = 0
+
+
 class TrainPlan:
     """Per-node descriptors and batch buffers of one model at one batch size: ``core``, the compiled plan's
     state (fastnn/_core/plan.pyx ``Plan``), and the buffers it points into.  ``draw_specs``: one entry per random

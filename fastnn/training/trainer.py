@@ -88,6 +88,7 @@ class Trainer:
         self.compiled_plan = True
         self.train_plan = None
         self.infer_plans = None
+        self.tuner = None       # the per-layer path's ThreadTuner ("auto" thread count, compiled.BatchTuning)
         # the fastnn.distributed.DataParallel of the last distributed fit (save: rank 0)
         self.distributed: DataParallel | None = None
         self._dist: DataParallel | None = None       # the DataParallel while a distributed fit runs
@@ -669,13 +670,25 @@ class Trainer:
         plan = _compiled.plan_for(model, train, bs, metrics, cbs)
         if plan is not None:    # the compiled training plan: the whole epoch in the compiled core
             return _compiled.fit_epoch(model, plan, epoch, train, bs, shuffle, cbs, metrics)
-        X, T, W = train
-        n = X.shape[0]
+        n = train[0].shape[0]
         # a fresh permutation each epoch: it depends only on the generator state, so a run resumed from a
         # checkpoint shuffles exactly as the uninterrupted run
         idx = model.rng.permutation(n) if shuffle else None
         for m in metrics:
             m.reset()
+        tuning = _compiled.BatchTuning.start(self)     # "auto" threads: one thread while the team stalls
+        try:
+            return self._fit_batches(epoch, train, bs, idx, metrics, cbs, tuning)
+        finally:
+            if tuning is not None:
+                tuning.close()
+
+    def _fit_batches(self, epoch, train, bs, idx, metrics, cbs, tuning):
+        """The per-layer path's loop over the batches of an epoch (``_fit_epoch``); returns the epoch's logs."""
+        model = self.model
+        X, T, W = train
+        n = X.shape[0]
+        shuffle = idx is not None
         hooks, progress = cbs.batch_hooks, cbs.progress
         sums = model.loss.sums
         total, wtotal, seen, correct = 0.0, 0.0, 0, 0
@@ -685,6 +698,8 @@ class Trainer:
         for b, start in enumerate(range(0, n, bs)):
             stop = min(start + bs, n)
             m = stop - start
+            if tuning is not None:
+                tuning.before()
             if hooks:
                 cbs.on_batch_begin(b, {"batch": b, "size": m})
             if shuffle:
@@ -718,6 +733,8 @@ class Trainer:
             if progress:
                 running += loss * m
                 cbs.on_progress(b + 1, running / seen)
+            if tuning is not None:
+                tuning.after()
             if model.stop_training:
                 break
         denom = wtotal if (W is not None or masked) else seen
