@@ -243,7 +243,7 @@ def test_inference_pools_stay_small_and_follow_the_model():
     np.testing.assert_array_equal(model.predict(X[:64]), want)
     mlp = _mlp().compile("cross_entropy")
     _in_threads(lambda i: [mlp.predict(X[:64]) for _ in range(5)], 6)
-    assert 1 <= len(mlp.trainer.infer_plans[1][64]) <= 4
+    assert 1 <= len(mlp.trainer.infer_plans[1][(64, False)]) <= 4
 
 
 def test_inference_on_a_large_input_holds_a_bounded_amount_of_memory():

@@ -410,3 +410,17 @@ def test_metrics_on_the_plan_keep_long_chunks(monkeypatch):
     (a, ha), (b, hb) = out
     _assert_same(a, ha, b, hb)
     assert a.trainer.train_plan.chunk > 1
+
+
+@pytest.mark.parametrize("name", ["residual", "functional"])
+def test_evaluate_and_validation_through_the_inference_plan(name, monkeypatch):
+    X, y = _data("cross_entropy", 150)
+    m = MODELS[name]("float32").compile("cross_entropy", "adam", metrics=["top_k_accuracy"])
+    h = m.fit(X[:100], y[:100], epochs=2, batch_size=16, validation_data=(X[100:], y[100:]))
+    fast = m.evaluate(X, y, batch_size=40)
+    assert m.trainer.infer_plans[1] and any(key[1] for key in m.trainer.infer_plans[1])     # a logits plan
+    monkeypatch.setattr(_plan, "predict", lambda *a, **k: None)       # the per-layer forward instead
+    assert m.evaluate(X, y, batch_size=40) == fast
+    m2 = MODELS[name]("float32").compile("cross_entropy", "adam", metrics=["top_k_accuracy"])
+    h2 = m2.fit(X[:100], y[:100], epochs=2, batch_size=16, validation_data=(X[100:], y[100:]))
+    assert {k: v for k, v in h.history.items() if k != "time"} == {k: v for k, v in h2.history.items() if k != "time"}

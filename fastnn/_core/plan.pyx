@@ -1375,8 +1375,9 @@ def reset_stats(Plan plan):
     plan.bd_known = 0
 
 
-def forward_rows(Plan plan, const floating[:, ::1] X, floating[:, ::1] out, int n_threads):
-    """Inference through the plan (made without a PASS layer): out (OUT, (n, n_out)) = the network's output for
+def forward_rows(Plan plan, const floating[:, ::1] X, floating[:, ::1] out, int n_threads, bint logits=False):
+    """Inference through the plan (made without a PASS layer unless `logits`: a plan made with its output activation
+    fused gives the logits): out (OUT, (n, n_out)) = the network's output for
     X (IN, (n, n_in)), in chunks of the plan's batch size.  Returns the index of the first non-finite element of X
     (nothing computed), or -1."""
     cdef Py_ssize_t n = X.shape[0], n_in0 = X.shape[1], L = plan.n_layers, k = out.shape[1], bs = plan.bs
@@ -1389,7 +1390,7 @@ def forward_rows(Plan plan, const floating[:, ::1] X, floating[:, ::1] out, int 
     if out.shape[0] != n or L == 0 or plan._n_in0 != n_in0 or plan.layers[L - 1].n_out != k:
         raise ValueError("forward_rows: arrays do not match the plan")
     for l in range(L):
-        if plan.layers[l].kind == FNN_LAYER_PASS:
+        if plan.layers[l].kind == FNN_LAYER_PASS and not logits:
             raise ValueError("forward_rows: the plan has a fused output (a PASS layer)")
     if n == 0:
         return -1

@@ -308,11 +308,12 @@ def _draws(rng, specs, n_batches):
 _MAX_FREE_PLANS = 4     # inference plans kept per row-count class (more are made while more threads predict)
 
 
-def predict(model, X):
+def predict(model, X, logits=False):
     """The output for X (float array of the model dtype, C-contiguous, 2-D) through a compiled inference plan
     with buffers kept between calls; None when the model is not a graph of compiled layers or X holds a
-    NaN/inf (the caller's general path then predicts or raises its usual error).  Thread-safe: each call has a
-    plan of its own for its duration (a pool per row-count class)."""
+    NaN/inf (the caller's general path then predicts or raises its usual error).  `logits`: the output layer's
+    activation fused with the loss is left out (``Trainer.fused``: what the loss of evaluate and validation
+    takes).  Thread-safe: each call has a plan of its own for its duration (a pool per row-count class)."""
     trainer = model.trainer
     plans = trainer.infer_plans
     if plans is None or plans[0] is not model.parameters:
@@ -326,16 +327,17 @@ def predict(model, X):
     bs = 1 if n == 1 else (64 if n <= 64 else 1024)     # a few sizes: single sample, small batch, chunks
     # the plans of one size are a pool: a call checks one out (list pop and append are atomic under the GIL), so
     # two threads never share a plan's buffers while forward_rows runs without the GIL; none free: make one
-    free = plans[1].get(bs)
+    key = (bs, bool(logits))
+    free = plans[1].get(key)
     if free is None:
-        free = plans[1].setdefault(bs, [])
+        free = plans[1].setdefault(key, [])
     try:
         plan = free.pop()
     except IndexError:
-        plan = TrainPlan(model, bs, fused=False)
+        plan = TrainPlan(model, bs, fused=bool(logits))
     try:
         out = np.empty((n, model.output_shape[0]), dtype=model.dtype)
-        status = _k.forward_rows(plan.core, X, out, get_num_threads())
+        status = _k.forward_rows(plan.core, X, out, get_num_threads(), bool(logits))
     finally:
         if len(free) < _MAX_FREE_PLANS:
             free.append(plan)
