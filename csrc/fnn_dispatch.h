@@ -19,4 +19,20 @@
 #define FNN_HAVE_CLONES 0
 #endif
 
+/* The widest path of the hand-written FMA kernels (fnn_rows.h, fnn_rnn.h) on this CPU, asked once: 2 AVX-512F,
+ * 1 AVX2 with FMA, 0 neither (and always 0 where they are not built: not gcc on x86-64, or FNN_NO_CLONES). */
+static int fnn_fma_isa(void) {
+    static int isa = -1;
+    if (isa < 0) {
+        int found = 0;
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FNN_NO_CLONES)
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("avx512f")) found = 2;
+        else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) found = 1;
+#endif
+        isa = found;
+    }
+    return isa;
+}
+
 #endif

@@ -160,19 +160,11 @@ static int fnn_rnn_mask_plan(const unsigned char *mask, ptrdiff_t n, ptrdiff_t s
 #define FNN_RNN_HAVE_PK 0
 #endif
 
-/* -1: ask the CPU on first use; 0: BLAS; 1: AVX2+FMA; 2: AVX-512 (fnn_rnn_set_isa caps it, for the tests) */
-static int fnn_rnn_isa_ = -1, fnn_rnn_isa_cap_ = 2;
+/* 0: BLAS; 1: AVX2+FMA; 2: AVX-512 (the CPU's, fnn_fma_isa; fnn_rnn_set_isa caps it, for the tests) */
+static int fnn_rnn_isa_cap_ = 2;
 static int fnn_rnn_isa(void) {
-    if (fnn_rnn_isa_ < 0) {
-        int isa = 0;
-#if FNN_RNN_HAVE_PK
-        __builtin_cpu_init();
-        if (__builtin_cpu_supports("avx512f")) isa = 2;
-        else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) isa = 1;
-#endif
-        fnn_rnn_isa_ = isa;
-    }
-    return fnn_rnn_isa_ < fnn_rnn_isa_cap_ ? fnn_rnn_isa_ : fnn_rnn_isa_cap_;
+    int isa = FNN_RNN_HAVE_PK ? fnn_fma_isa() : 0;
+    return isa < fnn_rnn_isa_cap_ ? isa : fnn_rnn_isa_cap_;
 }
 /* cap the packed kernel (0: always the BLAS; 1: at most AVX2; 2: the best); returns the kernel now in use */
 static int fnn_rnn_set_isa(int cap) { fnn_rnn_isa_cap_ = cap < 0 ? 0 : (cap > 2 ? 2 : cap); return fnn_rnn_isa(); }

@@ -20,6 +20,8 @@
 #include <stddef.h>
 #include <string.h>
 
+#include "fnn_dispatch.h"
+
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FNN_NO_CLONES)
 #include <immintrin.h>
 #define FNN_ROWS_HAVE_SIMD 1
@@ -33,19 +35,11 @@
 #endif
 #define FNN_ROWS_PANEL 2048     /* columns of Z per panel: m x 2048 floats (32 KB at m = 4) stay in L1/L2 */
 
-/* -1: ask the CPU on first use; 0: none (the caller's BLAS); 1: AVX2+FMA; 2: AVX-512 */
-static int fnn_rows_isa_ = -1, fnn_rows_isa_cap_ = 2;
+/* 0: none (the caller's BLAS); 1: AVX2+FMA; 2: AVX-512 (the CPU's, fnn_fma_isa, capped by fnn_rows_set_isa) */
+static int fnn_rows_isa_cap_ = 2;
 static int fnn_rows_isa(void) {
-    if (fnn_rows_isa_ < 0) {
-        int isa = 0;
-#if FNN_ROWS_HAVE_SIMD
-        __builtin_cpu_init();
-        if (__builtin_cpu_supports("avx512f")) isa = 2;
-        else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) isa = 1;
-#endif
-        fnn_rows_isa_ = isa;
-    }
-    return fnn_rows_isa_ < fnn_rows_isa_cap_ ? fnn_rows_isa_ : fnn_rows_isa_cap_;
+    int isa = FNN_ROWS_HAVE_SIMD ? fnn_fma_isa() : 0;
+    return isa < fnn_rows_isa_cap_ ? isa : fnn_rows_isa_cap_;
 }
 /* cap the kernel (0: always the BLAS; 1: at most AVX2+FMA; 2: the best); returns the path now in use */
 static int fnn_rows_set_isa(int cap) { fnn_rows_isa_cap_ = cap < 0 ? 0 : (cap > 2 ? 2 : cap); return fnn_rows_isa(); }

@@ -175,18 +175,24 @@ def test_draws_follow_the_generator_calls_of_the_per_layer_path():
         assert 0 < got[:, 1].sum() < 40
 
 
-def test_a_nan_stops_the_plan_with_the_state_and_draws_of_the_per_layer_path():
-    X, y = _data("cross_entropy", 160)
-    X[70] = 3e38                 # the fifth batch of 16: it overflows the first layer's output (float32)
+def _stopped(make, X, y):
+    """[(model, NonFiniteError)] of a float32 fit of make's model stopped by a non-finite value, through the plan and
+    through the per-layer path."""
     out = []
     for compiled in (True, False):
-        m = MODELS["residual"]("float32")
+        m = make("float32")
         m.compile("cross_entropy", "adam")
         m.trainer.compiled_plan = compiled
         with pytest.raises(fnn.NonFiniteError) as ei:
             m.fit(X, y, epochs=1, batch_size=16, shuffle=False)
         out.append((m, ei.value))
-    (a, ea), (b, eb) = out
+    return out
+
+
+def test_a_nan_stops_the_plan_with_the_state_and_draws_of_the_per_layer_path():
+    X, y = _data("cross_entropy", 160)
+    X[70] = 3e38                 # the fifth batch of 16: it overflows the first layer's output (float32)
+    (a, ea), (b, eb) = _stopped(MODELS["residual"], X, y)
     assert a.trainer.train_plan is not None
     assert (ea.what, ea.epoch, ea.batch) == (eb.what, eb.epoch, eb.batch)
     assert ea.batch == 5
@@ -200,15 +206,7 @@ def test_a_nan_stops_the_plan_with_the_state_and_draws_of_the_per_layer_path():
 def test_a_running_variance_overflow_is_a_buffer_error_naming_it():
     X, y = _data("cross_entropy", 48)
     X[40, 0] = 1e30              # batch 3 of 16: the running variance of the first BatchNorm overflows in float32
-    out = []
-    for compiled in (True, False):
-        m = MODELS["batchnorm-first"]("float32")
-        m.compile("cross_entropy", "adam")
-        m.trainer.compiled_plan = compiled
-        with pytest.raises(fnn.NonFiniteError) as ei:
-            m.fit(X, y, epochs=1, batch_size=16, shuffle=False)
-        out.append((m, ei.value))
-    (a, ea), (b, eb) = out
+    (a, ea), (b, eb) = _stopped(MODELS["batchnorm-first"], X, y)
     assert a.trainer.train_plan is not None
     assert (ea.what, ea.batch) == (eb.what, eb.batch) == ("buffer", 3)
     assert str(ea).replace(a.layers[0].name, "bn") == str(eb).replace(b.layers[0].name, "bn")

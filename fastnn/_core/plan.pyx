@@ -1125,7 +1125,8 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
             raise ValueError(f"run_batches: {lrs.shape[0]} learning rates for {b1 - b0} batches")
         lrp = &lrs[0]
     cdef floating *wbp = <floating *>plan.Wb
-    cdef double ws = 0.0
+    cdef double ws = 0.0, wsum
+    cdef const floating *wbc
     if weights is not None:
         if weights.shape[0] != n or plan.Wb == NULL:
             raise ValueError(f"run_batches: {weights.shape[0]} weights for {n} rows, or no weight buffer in the plan")
@@ -1224,35 +1225,24 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
                 break
             # ---- loss and its gradient
             n_correct = 0
-            if lk == FNN_LOSS_CROSS_ENTROPY:
-                if Wp != NULL:
-                    inv = 1.0 / (1.0 * ws) if ws > 0 else 0.0
-                else:
-                    inv = 1.0 / (1.0 * gm)
-                loss = ce_labels_core(out, labbp, dy0, <const floating *>wbp if Wp != NULL else NULL, m, k, inv,
-                                      &n_correct, &bad)
-            elif lk == FNN_LOSS_CROSS_ENTROPY_SOFT:
-                if Wp != NULL:
-                    inv = 1.0 / (1.0 * ws) if ws > 0 else 0.0
-                else:
-                    inv = 1.0 / (1.0 * gm)
-                loss = ce_soft_core(out, Tbp, dy0, <const floating *>wbp if Wp != NULL else NULL, m, k, inv,
-                                    &n_correct)
-            elif lk == FNN_LOSS_BINARY_CROSS_ENTROPY:
-                if Wp != NULL:
-                    inv = 1.0 / (<double>k * ws) if ws > 0 else 0.0
-                else:
-                    inv = 1.0 / (<double>k * gm)
-                loss = bce_core(out, Tbp, dy0, <const floating *>wbp if Wp != NULL else NULL, m, k, inv, &n_correct)
+            # the loss is the batch's mean over its weight (rows, or their sample weights) and, but for the
+            # cross-entropies, its k outputs; "l2" sums (fastnn/_core/losses.pyx _inv_weight_sum)
+            wsum = ws if Wp != NULL else <double>gm
+            if lk == FNN_LOSS_L2:
+                inv = 1.0
+            elif lk == FNN_LOSS_CROSS_ENTROPY or lk == FNN_LOSS_CROSS_ENTROPY_SOFT:
+                inv = 1.0 / (1.0 * wsum) if wsum > 0 else 0.0
             else:
-                if lk == FNN_LOSS_L2:
-                    inv = 1.0
-                elif Wp != NULL:
-                    inv = 1.0 / (<double>k * ws) if ws > 0 else 0.0
-                else:
-                    inv = 1.0 / (<double>k * gm)
-                loss = regression_core(lk, out, Tbp, dy0, <const floating *>wbp if Wp != NULL else NULL, m, k,
-                                       inv)
+                inv = 1.0 / (<double>k * wsum) if wsum > 0 else 0.0
+            wbc = <const floating *>wbp if Wp != NULL else NULL
+            if lk == FNN_LOSS_CROSS_ENTROPY:
+                loss = ce_labels_core(out, labbp, dy0, wbc, m, k, inv, &n_correct, &bad)
+            elif lk == FNN_LOSS_CROSS_ENTROPY_SOFT:
+                loss = ce_soft_core(out, Tbp, dy0, wbc, m, k, inv, &n_correct)
+            elif lk == FNN_LOSS_BINARY_CROSS_ENTROPY:
+                loss = bce_core(out, Tbp, dy0, wbc, m, k, inv, &n_correct)
+            else:
+                loss = regression_core(lk, out, Tbp, dy0, wbc, m, k, inv)
             if ar != NULL:      # the global batch's loss (this rank's part of the mean) and correct count
                 small[0] = loss
                 small[1] = n_correct
@@ -1344,7 +1334,7 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
                 if S2 != NULL:
                     memcpy(S2, B2, P * sizeof(floating))
                 break
-            st.loss_sum += loss if lk == FNN_LOSS_L2 else loss * (ws if Wp != NULL else gm)    # l2 sums
+            st.loss_sum += loss if lk == FNN_LOSS_L2 else loss * wsum    # l2 sums
             st.weight_sum += ws
             st.last_loss = loss
             if outp_rows != NULL:       # the batch's output, for the caller's metrics

@@ -104,6 +104,12 @@ class BatchNorm(_Norm):
         self._stats = (np.empty(C, dtype=dtype), np.empty(C, dtype=dtype))   # mean, invstd of the last forward
 
     @property
+    def batch_statistics(self) -> bool:
+        """Whether training normalizes with the batch's statistics and updates the running ones: False for a layer
+        frozen at compile, which runs in inference mode in training too."""
+        return not self._frozen
+
+    @property
     def running_mean(self) -> NDArray[Any]:
         return self.buffers["running_mean"]
 
@@ -138,7 +144,7 @@ class BatchNorm(_Norm):
     _sync_forward = False
 
     def forward(self, X: FloatArray, training: bool = False) -> FloatArray:
-        if self._frozen:        # a frozen BatchNorm runs in inference mode, in fit too (Keras 3)
+        if not self.batch_statistics:      # a frozen BatchNorm runs in inference mode, in fit too (Keras 3)
             training = False
         self._sync_forward = False
         if training and self.reducer is not None:     # the global batch's statistics (fastnn/distributed.py)

@@ -135,11 +135,11 @@ class BatchTuning:
     (``_threads.set_active_threads``), and ``close()`` gives the count back.  None when the count is fixed."""
 
     @classmethod
-    def start(cls, owner):
+    def start(cls, owner, data_parallel):
         """The tuning of `owner` (a Trainer: its tuner is kept between epochs), or None when the thread count is
         not "auto", is 1, or the fit is data-parallel."""
         n = get_num_threads()
-        if not _threads.adaptive() or n < 2 or owner._dist is not None:
+        if not _threads.adaptive() or n < 2 or data_parallel:
             return None
         if owner.tuner is None or owner.tuner.n != n:
             owner.tuner = ThreadTuner(n)
@@ -215,10 +215,10 @@ class TrainPlan:
             elif t is BatchNorm:
                 backup = buf((2, n_out))
                 core.batchnorm(i, n_out, table.offset(layer, "weight"), table.offset(layer, "bias"),
-                               layer.need_input_grad, layer.momentum, layer.eps, not layer._frozen, buf(), buf(),
+                               layer.need_input_grad, layer.momentum, layer.eps, layer.batch_statistics, buf(), buf(),
                                buf(), buf((n_out,)), buf((n_out,)), layer.buffers["running_mean"],
                                layer.buffers["running_var"], backup)
-                if not layer._frozen:
+                if layer.batch_statistics:
                     self.running.append((layer, backup))
                 self.buffers.append((layer, layer.buffers["running_mean"], layer.buffers["running_var"]))
             elif t is LayerNorm:

@@ -676,7 +676,8 @@ class Trainer:
         idx = model.rng.permutation(n) if shuffle else None
         for m in metrics:
             m.reset()
-        tuning = _compiled.BatchTuning.start(self)     # "auto" threads: one thread while the team stalls
+        # "auto" threads: one thread while the team stalls
+        tuning = _compiled.BatchTuning.start(self, self._dist is not None)
         try:
             return self._fit_batches(epoch, train, bs, idx, metrics, cbs, tuning)
         finally:
