@@ -394,3 +394,35 @@ def test_variable_spatial_sizes():
     assert seq.predict(np.ones((2, 9, 4), np.float32)).shape == (2, 2)
     _err(r"p: MaxPool1D with padding='valid' needs every spatial size >= pool_size \(3,\), got input of shape "
          r"\(2, 2, 4\)", seq.predict, np.ones((2, 2, 4), np.float32))
+
+
+TILED = [(C, pool, size) for C in (1, 5, 16, 19) for pool, size in (((2, 2), (7, 9)), ((3, 2), (9, 8)),
+                                                                     ((2, 3), (4, 7)))]
+TILED += [(1, (2, 2), (2, 1100)), (5, (2, 2), (3, 1000))]       # 500 output columns x C > the flat row buffer
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("C,pool,size", TILED)
+def test_tiled_max_pooling_matches_reference(dtype, C, pool, size):
+    """Windows that tile the image (stride == pool, no padding): the paths for few channels (a whole output row
+    per window position) and for many (vectors over C), and the fallback for rows longer than the flat buffer,
+    against the numpy oracle: ties (rounded inputs), NaNs, odd sizes whose last rows/columns no window covers
+    (their gradient must be written as zeros over whatever dX held), 1 and 2 threads."""
+    rng = np.random.default_rng(C)
+    H, W = size
+    X = np.round(rng.standard_normal((3, H, W, C)), 1).astype(dtype)
+    X.reshape(-1)[rng.choice(X.size, max(1, X.size // 97), replace=False)] = np.nan
+    ph, pw = pool
+    OH, OW = H // ph, W // pw
+    dY = rng.standard_normal((3, OH, OW, C)).astype(dtype)
+    got = {}
+    for name, mod in (("k1", kern), ("k2", kern), ("r", ref)):
+        Y, A = np.full(dY.shape, 7, dtype), np.full(dY.shape, -1, np.int32)
+        dX = np.full(X.shape, np.nan, dtype)
+        nt = 2 if name == "k2" else 1
+        mod.max_pool2d_forward(X, Y, A, ph, pw, ph, pw, 0, 0, nt)
+        mod.max_pool2d_backward(dY, A, dX, ph, pw, ph, pw, 0, 0, nt)
+        got[name] = Y, A, dX
+    for name in ("k1", "k2"):
+        for a, b in zip(got[name], got["r"]):
+            np.testing.assert_array_equal(a, b)
