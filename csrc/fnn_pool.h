@@ -64,6 +64,23 @@ static inline int32_t fnn_pool_seli(int t, int32_t x, int32_t y) {
 #define FNN_POOL_TILED(ph, pw, sh, sw, pt, pl, H, W, OH, OW) \
     ((sh) == (ph) && (sw) == (pw) && (pt) == 0 && (pl) == 0 && (OH) * (ph) <= (H) && (OW) * (pw) <= (W))
 
+/* copy n values, n < FNN_POOL_FLAT_C: constant-size copies that the compiler inlines (a loop over a few values
+ * becomes a call to memmove per output column otherwise) */
+#define FNN_POOL_COPY_CASE(K, T) case K: memcpy(dst, src, K * sizeof(T)); break;
+#define FNN_POOL_COPY_DEFINE(SUF, T)                                                                      \
+static inline void fnn_pool_copy##SUF(T *restrict dst, const T *restrict src, ptrdiff_t n) {             \
+    switch (n) {                                                                                          \
+        FNN_POOL_COPY_CASE(1, T) FNN_POOL_COPY_CASE(2, T) FNN_POOL_COPY_CASE(3, T) FNN_POOL_COPY_CASE(4, T)   \
+        FNN_POOL_COPY_CASE(5, T) FNN_POOL_COPY_CASE(6, T) FNN_POOL_COPY_CASE(7, T) FNN_POOL_COPY_CASE(8, T)   \
+        FNN_POOL_COPY_CASE(9, T) FNN_POOL_COPY_CASE(10, T) FNN_POOL_COPY_CASE(11, T)                       \
+        FNN_POOL_COPY_CASE(12, T) FNN_POOL_COPY_CASE(13, T) FNN_POOL_COPY_CASE(14, T)                      \
+        FNN_POOL_COPY_CASE(15, T)                                                                         \
+        default: memcpy(dst, src, (size_t)n * sizeof(T));                                                 \
+    }                                                                                                     \
+}
+FNN_POOL_COPY_DEFINE(f, float)
+FNN_POOL_COPY_DEFINE(d, double)
+
 /* x beats the running best b: greater, or a NaN over a number (a NaN counts as the largest value) */
 #define FNN_POOL_GT(x, b) (((x) > (b)) | (((x) != (x)) & ((b) == (b))))
 
@@ -93,7 +110,7 @@ FNN_CLONES static void fnn_maxpool_fwd_flat_##SUF(const T *restrict X, T *restri
                 T *restrict dst = (dh == 0 && dw == 0) ? y : g;                                           \
                 for (ow = 0; ow < OW; ow++) {                                                             \
                     const T *restrict src = xr + (ow * pw + dw) * C;                                      \
-                    for (c = 0; c < C; c++) dst[ow * C + c] = src[c];                                     \
+                    fnn_pool_copy##SUF(dst + ow * C, src, C);                                             \
                 }                                                                                         \
                 if (dh == 0 && dw == 0) {                                                                 \
                     _Pragma("omp simd")                                                                   \
@@ -136,7 +153,7 @@ FNN_CLONES static void fnn_maxpool_bwd_flat_##SUF(const T *restrict dY, const in
                     for (j = 0; j < M; j++) g[j] = fnn_pool_sel##SUF(a[j] == k0 + kb[j], dy[j], (T)0);    \
                     for (ow = 0; ow < OW; ow++) {                                                         \
                         T *restrict dst = dxr + (ow * pw + dw) * C;                                       \
-                        for (c = 0; c < C; c++) dst[c] = g[ow * C + c];                                   \
+                        fnn_pool_copy##SUF(dst, g + ow * C, C);                                         \
                     }                                                                                     \
                 }                                                                                         \
                 if (OW * pw < W)                                                                          \
