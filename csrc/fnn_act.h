@@ -155,6 +155,9 @@ FNN_ACT_MATH
 #undef TANH
 #undef SIGMOID
 
+#define FNN_ACT_NARROW 32      /* rows narrower than this (with a bias) are done k at a time */
+#define FNN_ACT_REP 256        /* the repeated bias of the narrow rows: at most this many values */
+
 /* one row of the forward: v = z[j] (+ bias[j]); z[j] = v; y[j] = F(v) */
 #define FNN_ACT_FWD_ROW(T, F)                                                                             \
     if (bias != NULL) {                                                                                   \
@@ -173,12 +176,38 @@ FNN_ACT_MATH
         }                                                                                                 \
     }
 
+/* the block [r0, r1): without a bias one loop over all its elements; with a bias and narrow rows (a
+ * convolution's few channels: rows of 6 values leave vectors mostly empty and pay a loop per row) groups of
+ * k rows against the bias repeated k times (rep), so that the loop runs over k * n_cols values; else row by
+ * row.  Every element gets the same expression either way. */
+#define FNN_ACT_FWD_BLOCK(T, F)                                                                           \
+    if (bias == NULL) {                                                                                   \
+        ptrdiff_t q, m = (r1 - r0) * n_cols;                                                              \
+        z = Z + r0 * n_cols; y = Y + r0 * n_cols;                                                         \
+        _Pragma("omp simd")                                                                              \
+        for (q = 0; q < m; q++) y[q] = F(z[q], alpha);                                                    \
+    } else if (n_cols >= FNN_ACT_NARROW || n_cols <= 0) {                                                 \
+        for (i = r0; i < r1; i++) { z = Z + i * n_cols; y = Y + i * n_cols; FNN_ACT_FWD_ROW(T, F) }       \
+    } else {                                                                                              \
+        T rep[FNN_ACT_REP];                                                                               \
+        ptrdiff_t q, k = FNN_ACT_REP / n_cols, m = k * n_cols;                                            \
+        for (q = 0; q < m; q++) rep[q] = bias[q % n_cols];                                                \
+        for (i = r0; i + k <= r1; i += k) {                                                               \
+            z = Z + i * n_cols; y = Y + i * n_cols;                                                       \
+            _Pragma("omp simd")                                                                          \
+            for (q = 0; q < m; q++) {                                                                     \
+                T v = z[q] + rep[q];                                                                      \
+                z[q] = v;                                                                                 \
+                y[q] = F(v, alpha);                                                                       \
+            }                                                                                             \
+        }                                                                                                 \
+        for (; i < r1; i++) { z = Z + i * n_cols; y = Y + i * n_cols; FNN_ACT_FWD_ROW(T, F) }             \
+    }
+
 #define FNN_ACT_FWD_CASE_F(ID, NAME)                                                                      \
-    case FNN_ACT_##ID: for (i = r0; i < r1; i++) { z = Z + i * n_cols; y = Y + i * n_cols;                \
-                                                   FNN_ACT_FWD_ROW(float, fnn_##NAME##_fwd_f) } break;
+    case FNN_ACT_##ID: FNN_ACT_FWD_BLOCK(float, fnn_##NAME##_fwd_f) break;
 #define FNN_ACT_FWD_CASE_D(ID, NAME)                                                                      \
-    case FNN_ACT_##ID: for (i = r0; i < r1; i++) { z = Z + i * n_cols; y = Y + i * n_cols;                \
-                                                   FNN_ACT_FWD_ROW(double, fnn_##NAME##_fwd_d) } break;
+    case FNN_ACT_##ID: FNN_ACT_FWD_BLOCK(double, fnn_##NAME##_fwd_d) break;
 
 /* Z += bias (if not NULL), Y = f(Z) over rows [r0, r1); 0, or FNN_ERR_KIND for a kind not elementwise */
 #define FNN_ACT_FWD(NAME, T, CASE)                                                                        \

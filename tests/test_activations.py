@@ -237,3 +237,23 @@ def test_a_class_made_from_a_row_runs_its_kernel(dtype):
     np.testing.assert_array_equal(made.forward(X), hand.forward(X))
     dY = np.ones_like(X)
     np.testing.assert_array_equal(made.backward(dY), hand.backward(dY))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("units", [1, 6, 31, 32])
+@pytest.mark.parametrize("act", ["relu", "tanh", "gelu"])
+def test_bias_and_activation_over_narrow_rows(dtype, units, act):
+    """The fused bias + activation pass: rows narrower than 32 values run k rows at a time against a repeated
+    bias (csrc/fnn_act.h), wider ones row by row.  Row counts that leave a remainder of the groups, and the bias
+    of every column, must come out as Z @ W + b then f, elementwise."""
+    rng = np.random.default_rng(units)
+    for n in (1, 5, 43, 300):
+        model = fnn.Sequential([fnn.layers.Dense(units, activation=act)], input_shape=(3,), seed=0, dtype=dtype)
+        layer = model.layers[0]
+        layer.params["bias"][...] = rng.standard_normal(units)
+        X = rng.standard_normal((n, 3)).astype(dtype)
+        Z = X.astype(np.float64) @ layer.params["weight"].astype(np.float64) + layer.params["bias"]
+        want = np.empty_like(Z)
+        ref.activation_forward(getattr(ACT, act.upper()), Z, want)
+        tol = 2e-6 if dtype == np.float32 else 1e-13
+        np.testing.assert_allclose(model.predict(X), want, rtol=tol, atol=tol)
