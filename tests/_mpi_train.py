@@ -62,8 +62,9 @@ def data(seed=0, n=N, d=6, k=3):
 
 
 def make(case):
-    if case == "plan_sgd":      # compiled-plan models (the plan calls MPI_Allreduce from C)
-        m = fnn.Sequential([L.Dense(16, activation="tanh"), L.Dense(3)], input_dim=6, seed=6, dtype="float64")
+    if case == "plan_sgd":      # compiled-plan models (the plan calls MPI_Allreduce from C; max-norm applied in C)
+        m = fnn.Sequential([L.Dense(16, activation="tanh", max_norm=0.5), L.Dense(3, max_norm=1.0)], input_dim=6,
+                           seed=6, dtype="float64")
         m.compile("cross_entropy", fnn.optim.SGD(0.1, momentum=0.9, nesterov=True))
     elif case == "plan_adam":
         m = fnn.Sequential([L.Dense(16, activation="relu"), L.Dense(8), L.Tanh(), L.Dense(2)], input_dim=6,

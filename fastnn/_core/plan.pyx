@@ -6,16 +6,16 @@ LayerNorm, Dropout, Residual with stochastic depth, Add, Concatenate, Flatten/Re
 batch, all ``nogil``: the gather of the batch from the epoch's permutation, the forward pass (a Dense layer: GEMM,
 then bias + activation in one pass), the loss and its gradient (softmax cross-entropy fused), the backward pass
 (the nodes in reverse order, the gradients of an output read by several nodes summed as the executor
-fastnn/engine.py sums them), the NaN/inf guard, clipping and the optimizer update over the flat parameter
-buffer.  It runs the same
+fastnn/engine.py sums them), the NaN/inf guard, clipping, the optimizer update over the flat parameter
+buffer and the max-norm weight constraints.  It runs the same
 kernels, in the same order, on the same buffers as the per-layer path (fastnn/model.py ``_step``), so the
 two give the same weights.
 
 The plan's state is one ``Plan`` object (a cdef class over C structs), filled once per model and batch size
 (the nodes, ``dense`` / ``activation`` / ``batchnorm`` / ..., their sources ``link``, and the batch buffers,
-which check the graph) and per epoch (``loss``, ``sgd`` / ``adam`` /
-``rmsprop`` / ``adagrad``, ``guard``, ``clip``), each setter validating its arguments (kinds against the table
-csrc/fnn_kinds.h, dtypes, shapes) so that the nogil loops need no checks:
+which check the graph) and per epoch (``loss``, ``sgd`` / ``adam`` / ``rmsprop`` / ``adagrad``, ``guard``,
+``clip``, ``constraints``), each setter validating its arguments (kinds against the table csrc/fnn_kinds.h,
+dtypes, shapes) so that the nogil loops need no checks:
 
 - ``PlanLayer``: kind (PLAN_LAYER: DENSE, ACTIVATION, PASS (an output activation fused with the loss that
   lets the logits through), BATCHNORM, LAYERNORM, DROPOUT, ADD, RESIDUAL, CONCAT, IDENTITY), its sources and
@@ -50,7 +50,7 @@ from fastnn._core cimport _blas
 from fastnn._core.activations cimport act_forward, act_backward, check_act
 from fastnn._core.losses cimport ce_labels_core, regression_core, ce_soft_core, bce_core
 from fastnn._core.optim cimport _sgd_range, _adam_range, _rmsprop_range, _adagrad_range
-from fastnn._core.clip cimport clip_core
+from fastnn._core.clip cimport clip_core, max_norm_core
 from fastnn._core.norm cimport bn_forward, bn_backward, ln_forward, ln_backward
 from fastnn._core.dropout cimport dropout_fwd, dropout_bwd
 from fastnn._core.guard cimport _first_nonfinite
@@ -102,6 +102,13 @@ cdef struct PlanLayer:
     double scale            # DROPOUT: the training scale of kept units; RESIDUAL: the survival probability
     double infer_scale      # DROPOUT: the inference scale (1 - rate for "weight_scaling", else 1)
     unsigned char *mask     # DROPOUT (bs, n_out)
+
+
+cdef struct MaxNormC:       # a max-norm weight constraint (fastnn.constraints.MaxNorm), applied after each update
+    Py_ssize_t w_off        # the weight's offset in the flat parameters, (rows, cols) row-major: a Dense weight
+    Py_ssize_t rows, cols   # the columns are the units; each column's L2 norm is kept at most max_value
+    double max_value
+    void *norms             # (cols,) scratch: the column norms
 
 
 cdef struct SGDHyper:       # torch.optim.SGD
@@ -683,6 +690,8 @@ cdef class Plan:
     cdef void *bs2              # the optimizer states' backups (NULL where a state is absent)
     cdef double clip_value      # > 0: clip each gradient element to +-clip_value
     cdef double max_norm        # >= 0: scale the gradient to this norm at most
+    cdef MaxNormC *cons         # the weight constraints, applied after each update in this order (``constraints``)
+    cdef Py_ssize_t n_cons
     cdef RunStats st
     cdef Bounds bd              # the guard's bounds of |p| and the states, carried from one run to the next of an
     cdef bint bd_known          # epoch's chunks (nothing touches the buffers in between); reset_stats forgets them
@@ -737,6 +746,7 @@ cdef class Plan:
         PyMem_Free(self.gp)
         PyMem_Free(self.kept)
         PyMem_Free(self.srcs)
+        PyMem_Free(self.cons)
 
     cdef void *_arr(self, key, a, tuple shape, dtype=None) except? NULL:
         """Check a (dtype, C-contiguous, shape), keep it, return its data pointer (NULL for None or empty)."""
@@ -1045,6 +1055,36 @@ cdef class Plan:
         """Gradient clipping: each element to +-clip_value (when > 0), then the norm to max_norm (when >= 0)."""
         self.clip_value, self.max_norm = clip_value, max_norm
 
+    def constraints(self, items=()):
+        """The max-norm weight constraints (fastnn.constraints.MaxNorm), applied in this order after every update
+        (never after one that was undone): `items` a sequence of (w_off, rows, cols, max_value, norms), the
+        weight (rows, cols) at w_off in the parameters (anywhere in them: the per-layer path constrains a frozen
+        layer's weight too), its columns' L2 norms kept at most max_value > 0, norms a (cols,) scratch array."""
+        items = list(items)
+        checked = []
+        for w_off, rows, cols, max_value, norms in items:
+            if rows < 0 or cols < 0 or w_off < 0 or w_off + rows * cols > self.P:
+                raise ValueError(f"Plan.constraints: a ({rows}, {cols}) weight at offset {w_off} lies outside the "
+                                 f"{self.P} parameters")
+            if not max_value > 0:
+                raise ValueError(f"Plan.constraints: max_value must be > 0, got {max_value}")
+            if (not isinstance(norms, np.ndarray) or norms.dtype != self.dtype or not norms.flags.c_contiguous
+                    or norms.shape != (cols,)):
+                raise ValueError(f"Plan.constraints: norms must be a C-contiguous {self.dtype} array of shape "
+                                 f"({cols},), got {getattr(norms, 'dtype', type(norms).__name__)} "
+                                 f"{getattr(norms, 'shape', '')}")
+            checked.append((w_off, rows, cols, float(max_value), norms))
+        cdef MaxNormC *cons = <MaxNormC *>PyMem_Calloc(max(len(checked), 1), sizeof(MaxNormC))
+        if cons == NULL:
+            raise MemoryError()
+        for i, (w_off, rows, cols, max_value, norms) in enumerate(checked):     # checked: nothing raises here
+            cons[i].w_off, cons[i].rows, cons[i].cols, cons[i].max_value = w_off, rows, cols, max_value
+            cons[i].norms = self._arr(("norms", i), norms, (cols,))
+        for i in range(len(checked), self.n_cons):
+            self._keep.pop(("norms", i), None)
+        PyMem_Free(self.cons)
+        self.cons, self.n_cons = cons, len(checked)
+
     def allreduce(self, intptr_t fn=0, intptr_t comm=0, intptr_t dtype=0, intptr_t double_dtype=0,
                   intptr_t sum_op=0, intptr_t in_place=0, Py_ssize_t rank=0, Py_ssize_t size=1):
         """Data-parallel training (fastnn/distributed.py): `fn` the address of MPI_Allreduce in the MPI library
@@ -1334,6 +1374,12 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
                 if S2 != NULL:
                     memcpy(S2, B2, P * sizeof(floating))
                 break
+            # the weight constraints, after an update that stands (the per-layer path: Trainer._apply_constraints,
+            # after the guard's check).  They only shrink weights (a factor below 1, |p| cannot grow), so the
+            # guard's carried bound of |p| stays valid, and the backup of a later step holds constrained weights
+            for i in range(plan.n_cons):
+                max_norm_core(prm + plan.cons[i].w_off, <floating *>plan.cons[i].norms, plan.cons[i].rows,
+                              plan.cons[i].cols, plan.cons[i].max_value, n_threads)
             st.loss_sum += loss if lk == FNN_LOSS_L2 else loss * wsum    # l2 sums
             st.weight_sum += ws
             st.last_loss = loss
