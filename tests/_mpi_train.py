@@ -66,6 +66,10 @@ def make(case):
         m = fnn.Sequential([L.Dense(16, activation="tanh", max_norm=0.5), L.Dense(3, max_norm=1.0)], input_dim=6,
                            seed=6, dtype="float64")
         m.compile("cross_entropy", fnn.optim.SGD(0.1, momentum=0.9, nesterov=True))
+    elif case == "plan_overlap":    # the plan with the allreduce in buckets overlapped with the backward pass
+        m = fnn.Sequential([L.Dense(16, activation="relu"), L.LayerNorm(), L.Dense(8, activation="tanh", max_norm=0.7),
+                            L.Dense(3)], input_dim=6, seed=11, dtype="float64")
+        m.compile("cross_entropy", fnn.optim.SGD(0.05, momentum=0.9))
     elif case == "plan_adam":
         m = fnn.Sequential([L.Dense(16, activation="relu"), L.Dense(8), L.Tanh(), L.Dense(2)], input_dim=6,
                            seed=7, dtype="float64")
@@ -98,7 +102,7 @@ def make(case):
     return m
 
 
-CASES = ("sgd", "adam", "bnd", "plan_sgd", "plan_adam", "masked", "conv", "rnn")
+CASES = ("sgd", "adam", "bnd", "plan_sgd", "plan_adam", "plan_overlap", "masked", "conv", "rnn")
 
 
 def fit_kwargs(case, X, y):
@@ -130,7 +134,8 @@ def equiv(out):
     for case in CASES:
         m = make(case)
         cb = (EpochHashCheck if case.startswith("plan") else HashCheck)(comm)
-        dp = dist.DataParallel(sync_batchnorm=case in ("bnd", "conv"))
+        dp = dist.DataParallel(sync_batchnorm=case in ("bnd", "conv"), overlap=case == "plan_overlap",
+                               bucket_bytes=0)
         kw = fit_kwargs(case, X, y)
         cbs = [cb]
         if case == "adam":      # a callback that writes a file: rank 0 only
@@ -138,7 +143,13 @@ def equiv(out):
         h = m.fit(kw.pop("X", X), kw.pop("y", y), batch_size=B, callbacks=cbs, distributed=dp, **kw)
         if case.startswith("plan"):
             assert m.trainer.train_plan is not None and dp.allreduce_seconds > 0, "the compiled plan did not run"
+        if case == "plan_overlap":      # one bucket per layer with parameters, each started after its backward
+            assert [b[0] for b in m.trainer.train_plan.core.buckets] == [3, 2, 1, 0], m.trainer.train_plan.core.buckets
         models[case] = (m, h.history, cb)
+    # the overlapped allreduce sums the same pairs as the blocking one: the same bits
+    m = make("plan_overlap")
+    m.fit(X, y, batch_size=B, distributed=dist.DataParallel(), **fit_kwargs("plan_overlap", X, y))
+    same_as_blocking = bool(np.array_equal(m.parameters, models["plan_overlap"][0].parameters))
     if comm.Get_rank() == 0:
         for case, (m, hist, cb) in models.items():
             ref = make(case)
@@ -156,10 +167,12 @@ def equiv(out):
                 "history_diff": float(hd), "steps": cb.steps, "hash_mismatches": cb.mismatches,
                 "step_count": m.optimizer.step_count, "ref_step_count": ref.optimizer.step_count,
             }
+        result["overlap_same_as_blocking"] = same_as_blocking
         np.save(os.path.join(out, "bn_pred.npy"), models["bnd"][0].predict(X))
     else:
         result = {"steps": {c: v[2].steps for c, v in models.items()},
-                  "hash_mismatches": {c: v[2].mismatches for c, v in models.items()}}
+                  "hash_mismatches": {c: v[2].mismatches for c, v in models.items()},
+                  "overlap_same_as_blocking": same_as_blocking}
     path = os.path.join(out, f"bn_rank{comm.Get_rank()}.fnn")
     models["bnd"][0].save(path)          # writes on rank 0 only
     with open(os.path.join(out, f"result{comm.Get_rank()}.json"), "w") as f:

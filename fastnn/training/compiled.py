@@ -468,6 +468,8 @@ def fit_epoch(model, plan, epoch, train, bs, shuffle, cbs=None, metrics=()):
     dist = model.trainer._dist
     hook = None if dist is None else dist.plan_hook(model.dtype)
     core.allreduce(*(hook or ()))
+    if hook is not None:
+        core.overlap(*(dist.overlap_hook(model.dtype) or ()))
     gbs = bs * (1 if hook is None else dist.size)
     core.loss(_loss_kind(model.loss, T))
     states = _set_update(core, opt)
