@@ -18,7 +18,9 @@ What a distributed ``fit`` does (fastnn/training/trainer.py calls the methods be
   place) over the trainable part of the flat gradient buffer gives every rank the gradient of the global
   batch, and the update runs on every rank: the weights stay bitwise identical.  The loss, the accuracy count
   and the weights of the batch travel in one small ``Allreduce`` before the backward pass, so every rank sees
-  the global batch's loss (the NaN guard decides the same on every rank).
+  the global batch's loss (the NaN guard decides the same on every rank); the compiled plan starts it before the
+  backward pass and waits for it after the gradient's allreduce, so that a step waits for the other ranks once
+  (a non-finite global loss then stops every rank after the backward pass, nothing updated).
 - BatchNorm: local batch statistics by default (each rank normalizes its own rows; the running statistics are
   averaged over ranks at the end of every epoch).  ``sync_batchnorm=True`` normalizes with the statistics of
   the global batch (two small allreduces in the forward pass, one in the backward pass): then training equals
@@ -105,8 +107,11 @@ class DataParallel:
             the one blocking ``MPI_Allreduce`` of the default.  The per-layer path ignores it.
         bucket_bytes: the smallest bucket of the overlap (default 256 KiB).
 
-    Attributes: ``comm``, ``rank``, ``size``, ``sync_batchnorm``; ``allreduce_seconds``, the time the last fit
-    spent in the gradient allreduce (with the waits for the slower rank in it).
+    Attributes: ``comm``, ``rank``, ``size``, ``sync_batchnorm``, ``overlap``, ``bucket_bytes``;
+    ``allreduce_seconds``, the time the last fit spent in the gradient allreduce (with the waits for the slower rank
+    in it); ``progress_calls`` (overlap's MPI_Testall calls) and ``defer_loss`` (the plan waits for the loss's
+    allreduce after the gradient's, so a step waits for the other ranks once), both True, switches for
+    measurements.
     """
 
     def __init__(self, comm: Any = None, sync_batchnorm: bool = False, compiled_plan: bool = True,
@@ -132,6 +137,7 @@ class DataParallel:
         self.overlap = bool(overlap)
         self.bucket_bytes = int(bucket_bytes)
         self.progress_calls = True      # overlap: MPI_Testall between the backward pass's GEMMs
+        self.defer_loss = True          # the plan waits for the loss's allreduce after the gradient's (Plan.allreduce)
         self._hook: Any = False      # not looked up yet (plan_hook); then the handles or None
         self.allreduce_seconds = 0.0
         self._small = np.zeros(5, dtype=np.float64)
@@ -148,8 +154,9 @@ class DataParallel:
             self._hook = self._find_allreduce() if (self.compiled_plan and self.size > 1) else None
         if self._hook is None:
             return None
-        fn, comm, dbl, flt, op = self._hook[:5]
-        return (fn, comm, dbl if np.dtype(dtype) == np.float64 else flt, dbl, op, -1, self.rank, self.size)
+        fn, comm, dbl, flt, op, iall, wait = self._hook[:7]
+        return (fn, comm, dbl if np.dtype(dtype) == np.float64 else flt, dbl, op, -1, self.rank, self.size,
+                iall if self.defer_loss else 0, wait)
 
     def overlap_hook(self, dtype: DTypeLike) -> tuple[int, ...] | None:
         """The arguments of the compiled plan's ``Plan.overlap`` (MPI_Iallreduce, MPI_Waitall, MPI_Testall or 0,

@@ -125,6 +125,20 @@ def fit_kwargs(case, X, y):
     return kw
 
 
+def nan_stop(fit, X, y):
+    """(what, batch, plan used, parameter hash, parameters) of the plan_adam model stopped by an infinite loss."""
+    m = make("plan_adam")
+    yn = fit_kwargs("plan_adam", X, y)["y"].copy()
+    yn[50] = 1e200
+    try:
+        fit(m, X, yn)
+        what = batch = None
+    except fnn.NonFiniteError as e:
+        what, batch = e.what, e.batch
+    return (what, batch, m.trainer.train_plan is not None, hashlib.sha256(m.parameters.tobytes()).hexdigest(),
+            m.parameters.tolist())
+
+
 def equiv(out):
     comm = MPI.COMM_WORLD
     size = comm.Get_size()
@@ -150,6 +164,11 @@ def equiv(out):
     m = make("plan_overlap")
     m.fit(X, y, batch_size=B, distributed=dist.DataParallel(), **fit_kwargs("plan_overlap", X, y))
     same_as_blocking = bool(np.array_equal(m.parameters, models["plan_overlap"][0].parameters))
+    # a non-finite loss in global batch 3 (row 50's target): the plan waits for the loss's allreduce after the
+    # backward pass, and must stop every rank there, with the weights of the two batches before it
+    nan = nan_stop(lambda m, Xn, yn: m.fit(Xn, yn, batch_size=B, epochs=1, shuffle=False,
+                                           distributed=dist.DataParallel()), X, y)
+    every = comm.allgather(nan)
     if comm.Get_rank() == 0:
         for case, (m, hist, cb) in models.items():
             ref = make(case)
@@ -168,6 +187,10 @@ def equiv(out):
                 "step_count": m.optimizer.step_count, "ref_step_count": ref.optimizer.step_count,
             }
         result["overlap_same_as_blocking"] = same_as_blocking
+        ref = nan_stop(lambda m, Xn, yn: m.fit(Xn, yn, batch_size=B * size, epochs=1, shuffle=False), X, y)
+        result["nan_stop"] = {"ranks": [e[:3] for e in every], "ref": ref[:3],
+                              "same_hash": len({e[3] for e in every}) == 1,
+                              "weight_diff": float(np.max(np.abs(np.array(ref[4]) - np.array(nan[4]))))}
         np.save(os.path.join(out, "bn_pred.npy"), models["bnd"][0].predict(X))
     else:
         result = {"steps": {c: v[2].steps for c, v in models.items()},

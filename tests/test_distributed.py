@@ -66,6 +66,10 @@ def _check_equiv(out):
         assert c["step_count"] == c["ref_step_count"] == steps
     # the overlapped allreduce in buckets (plan_overlap) gives the bits of the one blocking allreduce, both ranks
     assert r0["overlap_same_as_blocking"] is True and r1["overlap_same_as_blocking"] is True
+    # an infinite loss stops both ranks at the batch where one process stops, with the weights from before it
+    nan = r0["nan_stop"]
+    assert nan["ranks"] == [["loss", 3, True]] * 2 and nan["ref"] == ["loss", 3, True], nan
+    assert nan["same_hash"] and nan["weight_diff"] < 1e-10, nan
     assert "val_loss" in r0["cases"]["adam"]["history_keys"]
     assert "top_k_accuracy" in r0["cases"]["adam"]["history_keys"]
     # CSVLogger (writes_files) ran on rank 0 only

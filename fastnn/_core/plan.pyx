@@ -759,6 +759,7 @@ cdef class Plan:
     cdef bint bd_trusted
     cdef intptr_t ar_fn         # data-parallel (``allreduce``): MPI_Allreduce's address, 0 in one process
     cdef intptr_t ar_comm, ar_dtype, ar_double, ar_sum, ar_in_place
+    cdef intptr_t ar_iall, ar_waitall   # MPI_Iallreduce, MPI_Waitall (0: the loss allreduce blocks, before backward)
     cdef Py_ssize_t ar_rank, ar_size
     cdef double ar_small[2]
     cdef Overlap ov             # data-parallel with overlap (``overlap``): the buckets; ov_on 0: one blocking call
@@ -1150,14 +1151,19 @@ cdef class Plan:
         self.cons, self.n_cons = cons, len(checked)
 
     def allreduce(self, intptr_t fn=0, intptr_t comm=0, intptr_t dtype=0, intptr_t double_dtype=0,
-                  intptr_t sum_op=0, intptr_t in_place=0, Py_ssize_t rank=0, Py_ssize_t size=1):
+                  intptr_t sum_op=0, intptr_t in_place=0, Py_ssize_t rank=0, Py_ssize_t size=1,
+                  intptr_t iallreduce=0, intptr_t waitall=0):
         """Data-parallel training (fastnn/distributed.py): `fn` the address of MPI_Allreduce in the MPI library
         mpi4py loaded (MPICH ABI), the handles of the communicator, of the parameters' MPI datatype, of
         MPI_DOUBLE and MPI_SUM, the MPI_IN_PLACE address, this rank and the communicator's size.  A run then
         trains this rank's rows [rank * m // size, (rank + 1) * m // size) of global batches of bs * size rows (m
         rows, the last one short), scales the loss gradient by 1 / m, allreduces (sum, in place) the loss and the
         correct count (2 doubles) before the backward pass and the gradient's trainable prefix after it, so the
-        update and the statistics are the global batch's on every rank.  fn = 0 (the default): one process."""
+        update and the statistics are the global batch's on every rank.  fn = 0 (the default): one process.
+        With `iallreduce` and `waitall` (MPI_Iallreduce, MPI_Waitall of the same library) the loss's allreduce is
+        started before the backward pass and waited for after the gradient's, so that a step waits for the other
+        ranks once instead of twice; a non-finite global loss then stops the run after the backward pass
+        (NONFINITE_LOSS, nothing updated, the gradient buffer holding that batch's gradient)."""
         if fn != 0 and (size < 1 or not 0 <= rank < size):
             raise ValueError(f"Plan.allreduce: rank {rank} outside [0, {size})")
         if fn != 0 and self.U > 2147483647:
@@ -1167,6 +1173,8 @@ cdef class Plan:
                                                                                       sum_op, in_place)
         self.ar_rank = rank if self.ar_fn != 0 else 0
         self.ar_size = size if self.ar_fn != 0 else 1
+        self.ar_iall = iallreduce if (iallreduce != 0 and waitall != 0) else 0
+        self.ar_waitall = waitall if self.ar_iall != 0 else 0
         self.ov_on = 0
 
     def overlap(self, intptr_t iallreduce=0, intptr_t waitall=0, intptr_t testall=0, Py_ssize_t min_bucket=0):
@@ -1348,6 +1356,9 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
     cdef int ar_err = 0
     cdef double t_ar
     cdef Overlap *ov = &plan.ov if (ar != NULL and plan.ov_on) else NULL
+    cdef iallreduce_fn iall = <iallreduce_fn>plan.ar_iall if ar != NULL else NULL
+    cdef waitall_fn waitall = <waitall_fn>plan.ar_waitall
+    cdef int small_req = 0, grad_err
     if perm is not None and perm.shape[0] < min(b1 * bs * R, n):
         raise ValueError("run_batches: the permutation is shorter than the batches")
     cdef Py_ssize_t k = plan.layers[L - 1].n_out
@@ -1455,14 +1466,17 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
             if ar != NULL:      # the global batch's loss (this rank's part of the mean) and correct count
                 small[0] = loss
                 small[1] = n_correct
-                ar_err = ar(in_place, small, 2, plan.ar_double, plan.ar_sum, plan.ar_comm)
+                if iall != NULL:    # started now, waited for after the gradient's allreduce (one wait per step)
+                    ar_err = iall(in_place, small, 2, plan.ar_double, plan.ar_sum, plan.ar_comm, &small_req)
+                else:
+                    ar_err = ar(in_place, small, 2, plan.ar_double, plan.ar_sum, plan.ar_comm)
+                    loss = small[0]
+                    n_correct = <Py_ssize_t>small[1]
                 if ar_err != 0:
                     st.mpi_error = ar_err
                     status = FNN_STATUS_BAD_KIND
                     break
-                loss = small[0]
-                n_correct = <Py_ssize_t>small[1]
-            if guard and not (loss - loss == 0):
+            if guard and iall == NULL and not (loss - loss == 0):
                 status = FNN_STATUS_NONFINITE_LOSS
                 break
             # ---- backward (reverse order)
@@ -1471,24 +1485,30 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
                 ov.seconds = 0.0
             status = _backward_graph(xb, m, plan.layers, L, plan.srcs, plan.outp, plan.gp, plan.kept, prm, grd,
                                      dy0, n_threads, ov)
+            grad_err = 0
             if ov != NULL:      # wait for every bucket (also after a failure: MPI may still write into them)
                 t_ar = _now()
                 ar_err = ov.wait(ov.n_req, ov.reqs, 1) if ov.n_req > 0 else 0
                 st.allreduce_seconds += _now() - t_ar + ov.seconds
-                if ov.err != 0 or ar_err != 0:
-                    st.mpi_error = ov.err if ov.err != 0 else ar_err
-                    status = FNN_STATUS_BAD_KIND
-                    break
+                grad_err = ov.err if ov.err != 0 else ar_err
+            elif ar != NULL and status == FNN_STATUS_DONE:      # the global batch's gradient on every rank
+                t_ar = _now()
+                grad_err = ar(in_place, grd, <int>P, plan.ar_dtype, plan.ar_sum, plan.ar_comm)
+                st.allreduce_seconds += _now() - t_ar
+            if iall != NULL:    # the loss's allreduce, started before the backward pass (done by now, mostly)
+                ar_err = waitall(1, &small_req, 1)
+                grad_err = grad_err if grad_err != 0 else ar_err
+                loss = small[0]
+                n_correct = <Py_ssize_t>small[1]
+            if grad_err != 0:
+                st.mpi_error = grad_err
+                status = FNN_STATUS_BAD_KIND
+                break
             if status != FNN_STATUS_DONE:
                 break
-            if ar != NULL and ov == NULL:      # the global batch's gradient on every rank
-                t_ar = _now()
-                ar_err = ar(in_place, grd, <int>P, plan.ar_dtype, plan.ar_sum, plan.ar_comm)
-                st.allreduce_seconds += _now() - t_ar
-                if ar_err != 0:
-                    st.mpi_error = ar_err
-                    status = FNN_STATUS_BAD_KIND
-                    break
+            if guard and iall != NULL and not (loss - loss == 0):
+                status = FNN_STATUS_NONFINITE_LOSS
+                break
             # ---- guard, clipping, update
             if guard:
                 bad = _bad_running(plan.layers, L, prm)
