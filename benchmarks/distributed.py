@@ -1,6 +1,7 @@
 """Data-parallel scaling: 2 MPI ranks x 1 thread against 1 process x 2 threads, the same global batch.
 
-    python benchmarks/distributed.py [--workloads W1,W2] [--steps 60,6] [--repeats 3] [--netns] [--json out.json]
+    python benchmarks/distributed.py [--workloads W1,W2] [--steps 60,6] [--repeats 3] [--netns] [--overlap]
+                                     [--json out.json]
 
 For W1 (784-256-128-10, Adam, global batch 64) and W2 (1024-2048-2048-1000, SGD momentum, global batch 256),
 the shapes of fastnn/bench.py, float32 on random data, both on the compiled training plan:
@@ -9,7 +10,10 @@ the shapes of fastnn/bench.py, float32 on random data, both on the compiled trai
 - "2r x 1t": ``mpiexec -n 2 python -m mpi4py``, FASTNN_NUM_THREADS=1 per rank, batch_size = half of it
   (``DataParallel``: the plan calls MPI_Allreduce from C), over MPICH's shared-memory path;
 - with ``--netns`` (root): the same 2 ranks, one in each of two network namespaces joined by a veth pair, MPICH
-  told to use TCP over it and no shared memory (the path two machines would use).
+  told to use TCP over it and no shared memory (the path two machines would use);
+- with ``--overlap``: also "2r x 1t overlap", the 2 ranks with ``DataParallel(overlap=True)`` (the gradient
+  allreduced in buckets with MPI_Iallreduce while the backward pass runs), over shared memory (and over TCP with
+  ``--netns``).
 
 Reported: seconds per step (median over repeats of an epoch after a warm-up epoch), the scaling efficiency
 (time of 1p x 2t / time of 2r x 1t: 100% = as fast as two threads in one process), and the allreduce's share of a
@@ -56,7 +60,7 @@ def _data(wid, steps):
     return rng.standard_normal((n, s["sizes"][0]), dtype=np.float32), rng.integers(0, s["sizes"][-1], n)
 
 
-def worker(mode, wid, steps, repeats):
+def worker(mode, wid, steps, repeats, overlap=False):
     """Train and print one JSON line (rank 0 only): seconds per step of each repeat, allreduce seconds."""
     X, y = _data(wid, steps)
     m = _model(wid)
@@ -70,7 +74,7 @@ def worker(mode, wid, steps, repeats):
         rank = 0
     else:
         from fastnn import distributed as dist
-        dp = dist.DataParallel()
+        dp = dist.DataParallel(overlap=overlap)
         rank = dp.rank
         m.fit(X, y, batch_size=glob // dp.size, epochs=1, distributed=dp)
         for _ in range(repeats):
@@ -187,10 +191,11 @@ def main(argv=None):
     p.add_argument("--steps", default="60,6", help="steps per timed epoch, per workload")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--netns", action="store_true", help="also through two network namespaces over TCP (root)")
+    p.add_argument("--overlap", action="store_true", help="also the 2 ranks with the allreduce overlapped in buckets")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     if a.mode in ("single", "rank"):
-        return worker(a.mode, a.workload, int(a.steps), a.repeats)
+        return worker(a.mode, a.workload, int(a.steps), a.repeats, a.overlap)
     if a.mode == "bandwidth":
         return bandwidth(a.repeats)
     exe = _mpiexec()
@@ -206,18 +211,23 @@ def main(argv=None):
         two = subprocess.run([exe, "-n", "2", *_me("rank", *base)], env=_env(1), capture_output=True, text=True,
                              timeout=900)
         r["2r x 1t"] = _last_json(two)
+        if a.overlap:
+            two = subprocess.run([exe, "-n", "2", *_me("rank", *base, "--overlap")], env=_env(1), capture_output=True,
+                                 text=True, timeout=900)
+            r["2r x 1t overlap"] = _last_json(two)
         if a.netns:
-            with Netns() as ns:
-                tcp = subprocess.run(ns.command(exe, _me("rank", *base)), env=_env(1), capture_output=True,
-                                     text=True, timeout=900)
-            r["2r x 1t tcp"] = _last_json(tcp)
+            for key, extra in [("2r x 1t tcp", [])] + ([("2r x 1t tcp overlap", ["--overlap"])] if a.overlap else []):
+                with Netns() as ns:
+                    tcp = subprocess.run(ns.command(exe, _me("rank", *base, *extra)), env=_env(1),
+                                         capture_output=True, text=True, timeout=900)
+                r[key] = _last_json(tcp)
         t1 = statistics.median(r["1p x 2t"]["step_s"])
         print(f"{wid}: 1 process x 2 threads {t1 * 1e3:.2f} ms/step (global batch {SPECS[wid]['batch']})")
         for key in [k for k in r if k.startswith("2r")]:
             t = statistics.median(r[key]["step_s"])
             share = statistics.median(r[key]["allreduce_share"])
             r[key]["efficiency"] = t1 / t
-            print(f"{wid}: {key:<12} {t * 1e3:.2f} ms/step  efficiency {t1 / t:.0%}  allreduce share {share:.0%}")
+            print(f"{wid}: {key:<20} {t * 1e3:.2f} ms/step  efficiency {t1 / t:.0%}  allreduce share {share:.0%}")
         results["workloads"][wid] = r
     bw = subprocess.run([exe, "-n", "2", *_me("bandwidth", f"--repeats={a.repeats}")], env=_env(1),
                         capture_output=True, text=True, timeout=900)

@@ -18,7 +18,9 @@ What a distributed ``fit`` does (fastnn/training/trainer.py calls the methods be
   place) over the trainable part of the flat gradient buffer gives every rank the gradient of the global
   batch, and the update runs on every rank: the weights stay bitwise identical.  The loss, the accuracy count
   and the weights of the batch travel in one small ``Allreduce`` before the backward pass, so every rank sees
-  the global batch's loss (the NaN guard decides the same on every rank).
+  the global batch's loss (the NaN guard decides the same on every rank); the compiled plan starts it before the
+  backward pass and waits for it after the gradient's allreduce, so that a step waits for the other ranks once
+  (a non-finite global loss then stops every rank after the backward pass, nothing updated).
 - BatchNorm: local batch statistics by default (each rank normalizes its own rows; the running statistics are
   averaged over ranks at the end of every epoch).  ``sync_batchnorm=True`` normalizes with the statistics of
   the global batch (two small allreduces in the forward pass, one in the backward pass): then training equals
@@ -39,8 +41,10 @@ statistics (the default), and a layer that draws random numbers per sample in an
 A model that qualifies for the compiled training plan (fastnn/training/compiled.py: Dense/activation chains,
 SGD/Adam/AdamW, no per-batch callbacks or metrics) keeps running whole epochs in C: the plan calls
 ``MPI_Allreduce`` itself (its address looked up in the MPI library mpi4py loaded, with mpi4py's handles; MPICH's
-ABI), so a step has no Python in it.  Every other model runs the per-layer path with the allreduce between the
-backward pass and the update.
+ABI), so a step has no Python in it; with ``overlap=True`` it starts ``MPI_Iallreduce`` on each layer's gradients
+as soon as the backward pass has made them and waits for all before the update (Plan.overlap): the same sums
+(each element's over the ranks, once), so the same weights as the blocking call.  Every other model runs the
+per-layer path with the allreduce between the backward pass and the update.
 """
 from __future__ import annotations
 
@@ -96,12 +100,22 @@ class DataParallel:
         compiled_plan: let a model that qualifies for the compiled training plan (fastnn/training/compiled.py)
             train whole epochs in C, the plan calling MPI_Allreduce itself (needs an MPI library with MPICH's
             ABI, as the mpich wheel; otherwise, or False, every step runs the per-layer path).
+        overlap: on the compiled plan, allreduce the gradient in buckets with ``MPI_Iallreduce`` while the
+            backward pass runs (each layer's gradients as soon as they are final, the last layer's first, at
+            least ``bucket_bytes`` per bucket), calling ``MPI_Testall`` between the backward pass's GEMMs so that
+            MPICH progresses them, and wait for all before the update; the same sums, so the same weights, as
+            the one blocking ``MPI_Allreduce`` of the default.  The per-layer path ignores it.
+        bucket_bytes: the smallest bucket of the overlap (default 256 KiB).
 
-    Attributes: ``comm``, ``rank``, ``size``, ``sync_batchnorm``; ``allreduce_seconds``, the time the last fit
-    spent in the gradient allreduce (with the waits for the slower rank in it).
+    Attributes: ``comm``, ``rank``, ``size``, ``sync_batchnorm``, ``overlap``, ``bucket_bytes``;
+    ``allreduce_seconds``, the time the last fit spent in the gradient allreduce (with the waits for the slower rank
+    in it); ``progress_calls`` (overlap's MPI_Testall calls) and ``defer_loss`` (the plan waits for the loss's
+    allreduce after the gradient's, so a step waits for the other ranks once), both True, switches for
+    measurements.
     """
 
-    def __init__(self, comm: Any = None, sync_batchnorm: bool = False, compiled_plan: bool = True) -> None:
+    def __init__(self, comm: Any = None, sync_batchnorm: bool = False, compiled_plan: bool = True,
+                 overlap: bool = False, bucket_bytes: int = 256 * 1024) -> None:
         MPI = _mpi()
         self._MPI = MPI
         if comm is None:
@@ -115,6 +129,15 @@ class DataParallel:
         self.size = comm.Get_size()
         self.sync_batchnorm = bool(sync_batchnorm)
         self.compiled_plan = bool(compiled_plan)
+        if not isinstance(overlap, (bool, np.bool_)):
+            raise TypeError(f"DataParallel: overlap must be a bool, got {type(overlap).__name__}")
+        if isinstance(bucket_bytes, (bool, np.bool_)) or not isinstance(bucket_bytes, (int, np.integer)) or \
+                bucket_bytes < 0:
+            raise ValueError(f"DataParallel: bucket_bytes must be an int >= 0, got {bucket_bytes!r}")
+        self.overlap = bool(overlap)
+        self.bucket_bytes = int(bucket_bytes)
+        self.progress_calls = True      # overlap: MPI_Testall between the backward pass's GEMMs
+        self.defer_loss = True          # the plan waits for the loss's allreduce after the gradient's (Plan.allreduce)
         self._hook: Any = False      # not looked up yet (plan_hook); then the handles or None
         self.allreduce_seconds = 0.0
         self._small = np.zeros(5, dtype=np.float64)
@@ -131,8 +154,18 @@ class DataParallel:
             self._hook = self._find_allreduce() if (self.compiled_plan and self.size > 1) else None
         if self._hook is None:
             return None
-        fn, comm, dbl, flt, op = self._hook
-        return (fn, comm, dbl if np.dtype(dtype) == np.float64 else flt, dbl, op, -1, self.rank, self.size)
+        fn, comm, dbl, flt, op, iall, wait = self._hook[:7]
+        return (fn, comm, dbl if np.dtype(dtype) == np.float64 else flt, dbl, op, -1, self.rank, self.size,
+                iall if self.defer_loss else 0, wait)
+
+    def overlap_hook(self, dtype: DTypeLike) -> tuple[int, ...] | None:
+        """The arguments of the compiled plan's ``Plan.overlap`` (MPI_Iallreduce, MPI_Waitall, MPI_Testall or 0,
+        the smallest bucket in elements of `dtype`), or None for one blocking MPI_Allreduce per step (overlap off,
+        or no plan hook)."""
+        if not self.overlap or self.plan_hook(dtype) is None:
+            return None
+        iall, wait, test = self._hook[5:]
+        return (iall, wait, test if self.progress_calls else 0, -(-self.bucket_bytes // np.dtype(dtype).itemsize))
 
     def _find_allreduce(self):
         import ctypes
@@ -146,12 +179,14 @@ class DataParallel:
             return None
         for path in sorted(libs):
             try:
-                fn = ctypes.cast(ctypes.CDLL(path).MPI_Allreduce, ctypes.c_void_p).value
+                lib = ctypes.CDLL(path)
+                fns = [ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
+                       for name in ("MPI_Allreduce", "MPI_Iallreduce", "MPI_Waitall", "MPI_Testall")]
             except (OSError, AttributeError):
                 continue
-            if fn:
-                return (fn, MPI._handleof(self.comm), MPI._handleof(MPI.DOUBLE), MPI._handleof(MPI.FLOAT),
-                        MPI._handleof(MPI.SUM))
+            if all(fns):
+                return (fns[0], MPI._handleof(self.comm), MPI._handleof(MPI.DOUBLE), MPI._handleof(MPI.FLOAT),
+                        MPI._handleof(MPI.SUM), *fns[1:])
         return None
 
     def barrier(self) -> None:

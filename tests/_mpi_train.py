@@ -62,9 +62,14 @@ def data(seed=0, n=N, d=6, k=3):
 
 
 def make(case):
-    if case == "plan_sgd":      # compiled-plan models (the plan calls MPI_Allreduce from C)
-        m = fnn.Sequential([L.Dense(16, activation="tanh"), L.Dense(3)], input_dim=6, seed=6, dtype="float64")
+    if case == "plan_sgd":      # compiled-plan models (the plan calls MPI_Allreduce from C; max-norm applied in C)
+        m = fnn.Sequential([L.Dense(16, activation="tanh", max_norm=0.5), L.Dense(3, max_norm=1.0)], input_dim=6,
+                           seed=6, dtype="float64")
         m.compile("cross_entropy", fnn.optim.SGD(0.1, momentum=0.9, nesterov=True))
+    elif case == "plan_overlap":    # the plan with the allreduce in buckets overlapped with the backward pass
+        m = fnn.Sequential([L.Dense(16, activation="relu"), L.LayerNorm(), L.Dense(8, activation="tanh", max_norm=0.7),
+                            L.Dense(3)], input_dim=6, seed=11, dtype="float64")
+        m.compile("cross_entropy", fnn.optim.SGD(0.05, momentum=0.9))
     elif case == "plan_adam":
         m = fnn.Sequential([L.Dense(16, activation="relu"), L.Dense(8), L.Tanh(), L.Dense(2)], input_dim=6,
                            seed=7, dtype="float64")
@@ -97,7 +102,7 @@ def make(case):
     return m
 
 
-CASES = ("sgd", "adam", "bnd", "plan_sgd", "plan_adam", "masked", "conv", "rnn")
+CASES = ("sgd", "adam", "bnd", "plan_sgd", "plan_adam", "plan_overlap", "masked", "conv", "rnn")
 
 
 def fit_kwargs(case, X, y):
@@ -120,6 +125,20 @@ def fit_kwargs(case, X, y):
     return kw
 
 
+def nan_stop(fit, X, y):
+    """(what, batch, plan used, parameter hash, parameters) of the plan_adam model stopped by an infinite loss."""
+    m = make("plan_adam")
+    yn = fit_kwargs("plan_adam", X, y)["y"].copy()
+    yn[50] = 1e200
+    try:
+        fit(m, X, yn)
+        what = batch = None
+    except fnn.NonFiniteError as e:
+        what, batch = e.what, e.batch
+    return (what, batch, m.trainer.train_plan is not None, hashlib.sha256(m.parameters.tobytes()).hexdigest(),
+            m.parameters.tolist())
+
+
 def equiv(out):
     comm = MPI.COMM_WORLD
     size = comm.Get_size()
@@ -129,7 +148,8 @@ def equiv(out):
     for case in CASES:
         m = make(case)
         cb = (EpochHashCheck if case.startswith("plan") else HashCheck)(comm)
-        dp = dist.DataParallel(sync_batchnorm=case in ("bnd", "conv"))
+        dp = dist.DataParallel(sync_batchnorm=case in ("bnd", "conv"), overlap=case == "plan_overlap",
+                               bucket_bytes=0)
         kw = fit_kwargs(case, X, y)
         cbs = [cb]
         if case == "adam":      # a callback that writes a file: rank 0 only
@@ -137,7 +157,18 @@ def equiv(out):
         h = m.fit(kw.pop("X", X), kw.pop("y", y), batch_size=B, callbacks=cbs, distributed=dp, **kw)
         if case.startswith("plan"):
             assert m.trainer.train_plan is not None and dp.allreduce_seconds > 0, "the compiled plan did not run"
+        if case == "plan_overlap":      # one bucket per layer with parameters, each started after its backward
+            assert [b[0] for b in m.trainer.train_plan.core.buckets] == [3, 2, 1, 0], m.trainer.train_plan.core.buckets
         models[case] = (m, h.history, cb)
+    # the overlapped allreduce sums the same pairs as the blocking one: the same bits
+    m = make("plan_overlap")
+    m.fit(X, y, batch_size=B, distributed=dist.DataParallel(), **fit_kwargs("plan_overlap", X, y))
+    same_as_blocking = bool(np.array_equal(m.parameters, models["plan_overlap"][0].parameters))
+    # a non-finite loss in global batch 3 (row 50's target): the plan waits for the loss's allreduce after the
+    # backward pass, and must stop every rank there, with the weights of the two batches before it
+    nan = nan_stop(lambda m, Xn, yn: m.fit(Xn, yn, batch_size=B, epochs=1, shuffle=False,
+                                           distributed=dist.DataParallel()), X, y)
+    every = comm.allgather(nan)
     if comm.Get_rank() == 0:
         for case, (m, hist, cb) in models.items():
             ref = make(case)
@@ -155,10 +186,16 @@ def equiv(out):
                 "history_diff": float(hd), "steps": cb.steps, "hash_mismatches": cb.mismatches,
                 "step_count": m.optimizer.step_count, "ref_step_count": ref.optimizer.step_count,
             }
+        result["overlap_same_as_blocking"] = same_as_blocking
+        ref = nan_stop(lambda m, Xn, yn: m.fit(Xn, yn, batch_size=B * size, epochs=1, shuffle=False), X, y)
+        result["nan_stop"] = {"ranks": [e[:3] for e in every], "ref": ref[:3],
+                              "same_hash": len({e[3] for e in every}) == 1,
+                              "weight_diff": float(np.max(np.abs(np.array(ref[4]) - np.array(nan[4]))))}
         np.save(os.path.join(out, "bn_pred.npy"), models["bnd"][0].predict(X))
     else:
         result = {"steps": {c: v[2].steps for c, v in models.items()},
-                  "hash_mismatches": {c: v[2].mismatches for c, v in models.items()}}
+                  "hash_mismatches": {c: v[2].mismatches for c, v in models.items()},
+                  "overlap_same_as_blocking": same_as_blocking}
     path = os.path.join(out, f"bn_rank{comm.Get_rank()}.fnn")
     models["bnd"][0].save(path)          # writes on rank 0 only
     with open(os.path.join(out, f"result{comm.Get_rank()}.json"), "w") as f:

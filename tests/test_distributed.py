@@ -50,7 +50,7 @@ def _check_equiv(out):
     r0 = json.loads((out / "result0.json").read_text())
     r1 = json.loads((out / "result1.json").read_text())
     assert r0["size"] == 2
-    for case in ("sgd", "adam", "bnd", "plan_sgd", "plan_adam", "masked", "conv", "rnn"):
+    for case in ("sgd", "adam", "bnd", "plan_sgd", "plan_adam", "plan_overlap", "masked", "conv", "rnn"):
         c = r0["cases"][case]
         # bitwise-equal parameters and optimizer state on both ranks after every step (the compiled plan's cases:
         # after every epoch; rank 1 saw the same)
@@ -64,6 +64,12 @@ def _check_equiv(out):
         assert c["history_diff"] < 1e-10, (case, c)
         assert c["history_keys"] == c["ref_history_keys"]
         assert c["step_count"] == c["ref_step_count"] == steps
+    # the overlapped allreduce in buckets (plan_overlap) gives the bits of the one blocking allreduce, both ranks
+    assert r0["overlap_same_as_blocking"] is True and r1["overlap_same_as_blocking"] is True
+    # an infinite loss stops both ranks at the batch where one process stops, with the weights from before it
+    nan = r0["nan_stop"]
+    assert nan["ranks"] == [["loss", 3, True]] * 2 and nan["ref"] == ["loss", 3, True], nan
+    assert nan["same_hash"] and nan["weight_diff"] < 1e-10, nan
     assert "val_loss" in r0["cases"]["adam"]["history_keys"]
     assert "top_k_accuracy" in r0["cases"]["adam"]["history_keys"]
     # CSVLogger (writes_files) ran on rank 0 only
@@ -77,9 +83,10 @@ def _check_equiv(out):
 
 def test_two_ranks_equal_one_process(tmp_path):
     """Weights bitwise equal on both ranks after every step; equal to one process with the global batch for SGD,
-    Adam (with validation and a metric), BatchNorm (synchronized) + Dropout, two compiled-plan models (the plan
-    calling MPI_Allreduce from C), a masked sequence model, a convolutional model (synchronized BatchNorm on
-    images, Dropout inside a Residual) and a recurrent one (Bidirectional GRU, LSTM)."""
+    Adam (with validation and a metric), BatchNorm (synchronized) + Dropout, three compiled-plan models (the plan
+    calling MPI_Allreduce from C; max-norm constraints; the allreduce in buckets overlapped with the backward
+    pass, which must give the bits of the blocking allreduce), a masked sequence model, a convolutional model
+    (synchronized BatchNorm on images, Dropout inside a Residual) and a recurrent one (Bidirectional GRU, LSTM)."""
     exe = _mpiexec()
     p, _ = _run([exe, "-n", "2", sys.executable, "-m", "mpi4py", str(SCRIPT), "equiv", str(tmp_path)], 120)
     assert p.returncode == 0, p.stdout + p.stderr
@@ -176,3 +183,42 @@ def test_core_never_imports_mpi4py():
             "assert 'mpi4py' not in sys.modules, 'mpi4py imported'")
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
+
+
+def test_overlap_buckets_cover_the_trainable_gradient_once():
+    """No MPI needed: the compiled plan's buckets for DataParallel(overlap=True) (Plan.overlap; the MPI function
+    addresses are only stored, never called here).  Every trainable gradient element is in exactly one interval,
+    a node's bucket holds nothing of an earlier node (its gradients are final when it starts), frozen parameters
+    (after the trainable prefix) are in none, and a large smallest bucket leaves one bucket after node 0."""
+    from fastnn.training import compiled as _compiled
+    L = fnn.layers
+    m = fnn.Sequential([L.Dense(8, activation="relu"), L.LayerNorm(), L.Dense(6, use_bias=False), L.Tanh(),
+                        L.Dense(5), L.Dense(3)], input_dim=4, seed=0)
+    m.build((None, 4))
+    m.layers[4].trainable = False
+    m.compile("cross_entropy", "sgd")
+    core = _compiled.TrainPlan(m, 4).core
+    U = m.table.n_trainable
+    assert U < m.parameters.size
+    owned = {}
+    for i, (layer, _) in enumerate(m.graph.nodes):
+        for name in layer.params:
+            off = m.table.offset(layer, name)
+            owned.setdefault(i, []).append((off, off + layer.params[name].size))
+    core.allreduce(1, 2, 3, 4, 5, -1, 0, 2)
+    core.overlap(1, 1, 1, 0)
+    buckets = core.buckets
+    assert [b[0] for b in buckets] == [5, 2, 1, 0]          # nodes with trainable parameters, last first
+    seen = np.zeros(m.parameters.size, np.int64)
+    for node, ivs in buckets:
+        for lo, hi in ivs:
+            seen[lo:hi] += 1
+            for earlier in range(node):
+                assert all(hi <= a or lo >= b for a, b in owned.get(earlier, [])), (node, lo, hi, earlier)
+    assert (seen[:U] == 1).all() and (seen[U:] == 0).all()
+    core.overlap(1, 1, 1, U)                                 # no bucket reaches U elements before node 0
+    assert core.buckets == [(0, [(0, U)])]
+    core.allreduce()                                         # one process again: no overlap
+    assert core.buckets == []
+    with pytest.raises(ValueError, match="needs allreduce"):
+        core.overlap(1, 1, 1, 0)

@@ -91,11 +91,11 @@ def test_plan_is_used_only_when_supported():
     m.compile("cross_entropy", "adam")
     m.fit(X, y, epochs=1)
     assert m.trainer.train_plan is not None
-    # unsupported: layers on more than one feature axis, weight constraints, other optimizers -> the per-layer path
+    # unsupported: layers on more than one feature axis, other optimizers -> the per-layer path (weight constraints:
+    # tests/test_plan_graph.py)
     for make, kw in [
         (lambda: fnn.Sequential([fnn.layers.Reshape((7, 1)), Dense(8, activation="relu"), fnn.layers.Flatten(),
                                  Dense(5)], input_dim=7), {}),
-        (lambda: fnn.Sequential([Dense(5, max_norm=2.0)], input_dim=7), {}),
     ]:
         m = make()
         m.compile("cross_entropy", "adam")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import fastnn as fnn
+from fastnn._core import clip as _clip
 from fastnn._core.kinds import LOSS
 from fastnn.layers import Add, BatchNorm, Concatenate, Dense, Dropout, Flatten, LayerNorm, Reshape, Residual
 from fastnn.training import compiled as _plan
@@ -422,3 +423,146 @@ def test_evaluate_and_validation_through_the_inference_plan(name, monkeypatch):
     m2 = MODELS[name]("float32").compile("cross_entropy", "adam", metrics=["top_k_accuracy"])
     h2 = m2.fit(X[:100], y[:100], epochs=2, batch_size=16, validation_data=(X[100:], y[100:]))
     assert {k: v for k, v in h.history.items() if k != "time"} == {k: v for k, v in h2.history.items() if k != "time"}
+
+
+# ---------------------------------------------------------------------------------------------- weight constraints
+def _constrained(dtype, frozen=False):
+    """Max-norm constraints on several layers (one inside a Residual block, the output layer), limits low enough
+    that they bind from the first steps; `frozen`: the first layer is not trainable, but the per-layer path still
+    constrains its weight after every update (Trainer.constrained), and so must the plan."""
+    m = fnn.Sequential([Dense(16, activation="relu", max_norm=0.6),
+                        Residual([Dense(16, activation="tanh", max_norm=fnn.constraints.MaxNorm(0.4)),
+                                  LayerNorm()]),
+                        Dense(12, max_norm=0.5), L.ELU(), Dense(5, activation="softmax", max_norm=0.8)],
+                       input_dim=7, seed=3, dtype=dtype)
+    if frozen:
+        m.build((None, 7))
+        m.layers[0].params["weight"][...] *= 4      # above its limit: the first update's constraint changes it
+        m.layers[0].trainable = False
+    return m
+
+
+def _column_norms(m):
+    return [(np.linalg.norm(layer.params["weight"].astype(np.float64), axis=0), layer.constraint.max_value)
+            for layer in m.trainer.constrained]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("opt_id,make_opt", [OPTIMIZERS[i] for i in (2, 4, 9, 11)],
+                         ids=[OPTIMIZERS[i][0] for i in (2, 4, 9, 11)])
+def test_max_norm_constraints_on_the_plan(opt_id, make_opt, dtype):
+    a, ha, b, hb, _ = _pair(_constrained, "cross_entropy", make_opt, dtype, lr_schedule=None)
+    _assert_same(a, ha, b, hb)
+    tol = 1e-6 if dtype == "float32" else 1e-14
+    bound = 0
+    for norms, limit in _column_norms(a):       # the constraints ran, and bound
+        assert norms.max() <= limit * (1 + tol)
+        bound += np.any(norms >= limit * (1 - tol))
+    assert bound >= 2
+
+
+def test_max_norm_on_a_frozen_layer_and_in_chunks(monkeypatch, restore_threads):
+    monkeypatch.setattr(_plan, "CHUNK_SECONDS", 0.0)      # one batch per call
+    a, ha, b, hb, _ = _pair(lambda dt: _constrained(dt, frozen=True), "mse", lambda: fnn.optim.Adam(lr=1e-2),
+                            "float32", clip_norm=1.0)
+    _assert_same(a, ha, b, hb)
+    w = a.layers[0].params["weight"]
+    assert np.linalg.norm(w, axis=0).max() <= 0.6 * (1 + 1e-6)
+    assert a.layers[0].params["weight"] is w and not a.layers[0].trainable
+
+
+def test_max_norm_two_threads_and_a_changed_limit(restore_threads):
+    X, y = _data("cross_entropy", 300)
+    fnn.set_num_threads(2)
+    ms = []
+    for compiled in (True, False):
+        m = _constrained("float32").compile("cross_entropy", "adam")
+        m.trainer.compiled_plan = compiled
+        m.fit(X, y, epochs=1, batch_size=32)
+        m.layers[2].constraint.max_value = 0.2          # read again by the next fit
+        m.layers[0].constraint = None                   # and a constraint taken off
+        ms.append((m, m.fit(X, y, epochs=1, batch_size=32)))
+    _assert_same(*ms[0], *ms[1])
+    assert ms[0][0].trainer.train_plan is not None
+    assert np.linalg.norm(ms[0][0].layers[2].params["weight"], axis=0).max() <= 0.2 * (1 + 1e-6)
+
+
+def test_max_norm_kernel_gives_the_same_bits_at_any_thread_count():
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        W = rng.standard_normal((300, 200)).astype(dtype)      # 60,000 elements: split over the threads
+        W[:, 5] = 0.0
+        outs = []
+        for nt in (1, 2, 3):
+            w, norms = W.copy(), np.empty(200, dtype)
+            _clip.max_norm_columns(w, norms, 15.0, nt)
+            outs.append((w, norms))
+        for w, norms in outs[1:]:
+            np.testing.assert_array_equal(w, outs[0][0])
+            np.testing.assert_array_equal(norms, outs[0][1])
+        ref = np.linalg.norm(W.astype(np.float64), axis=0)
+        np.testing.assert_allclose(outs[0][1], ref, rtol=1e-5)
+        want = W * np.where(ref > 15.0, 15.0 / np.maximum(ref, 1e-300), 1.0)
+        np.testing.assert_allclose(outs[0][0], want, rtol=1e-5, atol=1e-6)
+        assert np.array_equal(outs[0][0][:, ref <= 15.0], W[:, ref <= 15.0])
+
+
+class _OtherNorm(fnn.constraints.MaxNorm):
+    """A subclass may constrain differently: the plan leaves such a model to the per-layer path."""
+
+    def __call__(self, W, unit_axis=-1):
+        return super().__call__(W, unit_axis)
+
+
+def test_other_constraints_take_the_per_layer_path():
+    X, y = _data("cross_entropy")
+    m = fnn.Sequential([Dense(8, max_norm=_OtherNorm(1.0)), Dense(5)], input_dim=7, seed=0)
+    m.compile("cross_entropy", "adam").fit(X, y, epochs=1)
+    assert m.trainer.train_plan is None
+    # the inference plan does not care about constraints
+    assert _plan._compiles(m, False) and not _plan._compiles(m, True)
+
+
+def _nan_stop(make, make_opt, X, y, loss="cross_entropy"):
+    out = []
+    for compiled in (True, False):
+        m = make("float32")
+        m.compile(loss, make_opt())
+        m.trainer.compiled_plan = compiled
+        with pytest.raises(fnn.NonFiniteError) as ei:
+            m.fit(X, y, epochs=1, batch_size=16, shuffle=False)
+        out.append((m, ei.value))
+    (a, ea), (b, eb) = out
+    assert a.trainer.train_plan is not None
+    assert (ea.what, ea.epoch, ea.batch, ea.index) == (eb.what, eb.epoch, eb.batch, eb.index)
+    np.testing.assert_array_equal(a.parameters, b.parameters)
+    for k in b.optimizer.state:
+        np.testing.assert_array_equal(a.optimizer.state[k], b.optimizer.state[k])
+    assert a.optimizer.step_count == b.optimizer.step_count
+    for norms, limit in _column_norms(a):       # the last good state: constrained weights
+        assert norms.max() <= limit * (1 + 1e-6)
+    return a, ea
+
+
+def test_a_nan_stop_keeps_the_constrained_weights():
+    X, y = _data("cross_entropy", 160)
+    X[70] = 3e38                 # batch 5: the forward pass overflows, the loss is not finite
+    _, e = _nan_stop(_constrained, lambda: fnn.optim.Adam(lr=1e-2), X, y)
+    assert (e.what, e.batch) == ("loss", 5)
+
+
+def test_an_overflowing_update_restores_the_constrained_weights():
+    # every weight constrained: SGD with a huge rate moves the weights far, the constraints pull them back to
+    # their limits after each step, until batch 4's inputs (1e12 times larger) make lr * gradient overflow
+    # float32.  The guard cannot prove that step finite: its backup holds the weights as the constraints left them
+    # after batch 3, and the plan restores those, as the per-layer path does
+    def make(dtype):
+        return fnn.Sequential([Dense(16, use_bias=False, max_norm=0.6), Dense(5, use_bias=False, max_norm=0.8)],
+                              input_dim=7, seed=3, dtype=dtype)
+    X, y = _data("mse", 160)
+    X[48:64] *= 1e12
+    a, e = _nan_stop(make, lambda: fnn.optim.SGD(lr=1e16), X, y, "mse")
+    assert (e.what, e.batch) == ("parameters", 4)
+    assert a.trainer.guard_backup_steps >= 1
+    for norms, limit in _column_norms(a):       # the steps before it moved every column to its limit
+        np.testing.assert_allclose(norms, limit, rtol=1e-6)

@@ -5,6 +5,10 @@
 accumulates the squared global norm in double, one partial sum per thread over static contiguous ranges
 (deterministic for a given thread count); pass 2, only when the norm exceeds max_norm, scales the buffer by
 max_norm / (norm + 1e-6), as torch.nn.utils.clip_grad_norm_ does.
+
+``max_norm_columns`` (fastnn.constraints.MaxNorm) rescales the columns of a weight whose L2 norm exceeds the
+limit; its nogil core ``max_norm_core`` is shared with the compiled training plan (plan.pyx), which applies the
+constraints after each update, so both paths run the same code on the same values.
 """
 from cython.parallel cimport prange
 from libc.math cimport sqrt
@@ -81,23 +85,55 @@ cdef double clip_core(floating *g, Py_ssize_t n, double clip_value, double max_n
 def max_norm_columns(floating[:, ::1] W, floating[::1] norms, double max_value, int n_threads=1):
     """Rescale every column of W (IN/OUT, (n_in, n_out): a unit's incoming weights) whose L2 norm exceeds
     max_value to norm max_value.  norms (OUT scratch, (n_out,)) receives the column norms before rescaling."""
-    cdef Py_ssize_t n_in = W.shape[0], n_out = W.shape[1], i, j
-    cdef floating *w
-    if norms.shape[0] != n_out:
-        raise ValueError(f"max_norm_columns: norms has {norms.shape[0]} elements, W has {n_out} columns")
-    if n_out == 0:
+    if norms.shape[0] != W.shape[1]:
+        raise ValueError(f"max_norm_columns: norms has {norms.shape[0]} elements, W has {W.shape[1]} columns")
+    if W.shape[1] == 0:
         return
     with nogil:
-        for j in range(n_out):
-            norms[j] = 0
-        for i in range(n_in):
-            w = &W[i, 0]
-            for j in range(n_out):
-                norms[j] = norms[j] + w[j] * w[j]
-        for j in range(n_out):
-            norms[j] = sqrt(norms[j])
-        for i in range(n_in):
-            w = &W[i, 0]
-            for j in range(n_out):
-                if norms[j] > max_value:
-                    w[j] = w[j] * (max_value / norms[j])
+        max_norm_core(&W[0, 0] if W.shape[0] > 0 else NULL, &norms[0], W.shape[0], W.shape[1], max_value,
+                      n_threads)
+
+
+cdef void max_norm_core(floating *W, floating *norms, Py_ssize_t n_in, Py_ssize_t n_out, double max_value,
+                        int n_threads) noexcept nogil:
+    """max_norm_columns on a raw (n_in, n_out) row-major W (n_in may be 0: W unused) and norms (n_out,); nogil,
+    no allocation (the compiled training plan calls it after each update).  The columns are split over the
+    threads in blocks of 16; each column's sum runs over the rows in order whatever the split, so every thread
+    count gives the same bits."""
+    cdef int nt = threads_for(n_in * n_out, n_threads, FNN_MIN_PER_THREAD)
+    cdef Py_ssize_t t
+    if n_out <= 0:
+        return
+    if nt > n_out // 16:
+        nt = max(1, <int>(n_out // 16))
+    if nt <= 1:
+        _max_norm_cols(W, norms, n_in, n_out, 0, n_out, max_value)
+    else:
+        for t in prange(nt, num_threads=nt, schedule="static"):
+            _max_norm_cols(W, norms, n_in, n_out, _lo(t, nt, n_out // 16) * 16,
+                           n_out if t == nt - 1 else _lo(t + 1, nt, n_out // 16) * 16, max_value)
+
+
+cdef void _max_norm_cols(floating *W, floating *norms, Py_ssize_t n_in, Py_ssize_t n_out, Py_ssize_t c0,
+                         Py_ssize_t c1, double max_value) noexcept nogil:
+    """Columns [c0, c1) of max_norm_core: their norms (a sum of squares over the rows, in row order, then the
+    square root), then, only when one exceeds max_value, a pass that rescales those columns."""
+    cdef Py_ssize_t i, j
+    cdef floating *w
+    cdef bint over = 0
+    for j in range(c0, c1):
+        norms[j] = 0
+    for i in range(n_in):
+        w = W + i * n_out
+        for j in range(c0, c1):
+            norms[j] = norms[j] + w[j] * w[j]
+    for j in range(c0, c1):
+        norms[j] = sqrt(norms[j])
+        over |= norms[j] > max_value
+    if not over:
+        return
+    for i in range(n_in):
+        w = W + i * n_out
+        for j in range(c0, c1):
+            if norms[j] > max_value:
+                w[j] = w[j] * (max_value / norms[j])

@@ -6,16 +6,16 @@ LayerNorm, Dropout, Residual with stochastic depth, Add, Concatenate, Flatten/Re
 batch, all ``nogil``: the gather of the batch from the epoch's permutation, the forward pass (a Dense layer: GEMM,
 then bias + activation in one pass), the loss and its gradient (softmax cross-entropy fused), the backward pass
 (the nodes in reverse order, the gradients of an output read by several nodes summed as the executor
-fastnn/engine.py sums them), the NaN/inf guard, clipping and the optimizer update over the flat parameter
-buffer.  It runs the same
+fastnn/engine.py sums them), the NaN/inf guard, clipping, the optimizer update over the flat parameter
+buffer and the max-norm weight constraints.  It runs the same
 kernels, in the same order, on the same buffers as the per-layer path (fastnn/model.py ``_step``), so the
 two give the same weights.
 
 The plan's state is one ``Plan`` object (a cdef class over C structs), filled once per model and batch size
 (the nodes, ``dense`` / ``activation`` / ``batchnorm`` / ..., their sources ``link``, and the batch buffers,
-which check the graph) and per epoch (``loss``, ``sgd`` / ``adam`` /
-``rmsprop`` / ``adagrad``, ``guard``, ``clip``), each setter validating its arguments (kinds against the table
-csrc/fnn_kinds.h, dtypes, shapes) so that the nogil loops need no checks:
+which check the graph) and per epoch (``loss``, ``sgd`` / ``adam`` / ``rmsprop`` / ``adagrad``, ``guard``,
+``clip``, ``constraints``), each setter validating its arguments (kinds against the table csrc/fnn_kinds.h,
+dtypes, shapes) so that the nogil loops need no checks:
 
 - ``PlanLayer``: kind (PLAN_LAYER: DENSE, ACTIVATION, PASS (an output activation fused with the loss that
   lets the logits through), BATCHNORM, LAYERNORM, DROPOUT, ADD, RESIDUAL, CONCAT, IDENTITY), its sources and
@@ -50,7 +50,7 @@ from fastnn._core cimport _blas
 from fastnn._core.activations cimport act_forward, act_backward, check_act
 from fastnn._core.losses cimport ce_labels_core, regression_core, ce_soft_core, bce_core
 from fastnn._core.optim cimport _sgd_range, _adam_range, _rmsprop_range, _adagrad_range
-from fastnn._core.clip cimport clip_core
+from fastnn._core.clip cimport clip_core, max_norm_core
 from fastnn._core.norm cimport bn_forward, bn_backward, ln_forward, ln_backward
 from fastnn._core.dropout cimport dropout_fwd, dropout_bwd
 from fastnn._core.guard cimport _first_nonfinite
@@ -104,6 +104,13 @@ cdef struct PlanLayer:
     unsigned char *mask     # DROPOUT (bs, n_out)
 
 
+cdef struct MaxNormC:       # a max-norm weight constraint (fastnn.constraints.MaxNorm), applied after each update
+    Py_ssize_t w_off        # the weight's offset in the flat parameters, (rows, cols) row-major: a Dense weight
+    Py_ssize_t rows, cols   # the columns are the units; each column's L2 norm is kept at most max_value
+    double max_value
+    void *norms             # (cols,) scratch: the column norms
+
+
 cdef struct SGDHyper:       # torch.optim.SGD
     double lr, momentum, dampening, weight_decay
     bint nesterov
@@ -142,6 +149,27 @@ cdef struct StepConsts:     # what an update derives from the step count (the st
 # MPI_Allreduce(sendbuf, recvbuf, count, datatype, op, comm) of the MPI library mpi4py loaded, the handles passed as
 # intptr_t (MPICH's ABI: int handles, read from the low half of the register on x86-64 and aarch64)
 ctypedef int (*allreduce_fn)(const void *, void *, int, intptr_t, intptr_t, intptr_t) noexcept nogil
+# MPI_Iallreduce(sendbuf, recvbuf, count, datatype, op, comm, &request), MPI_Waitall(count, requests, statuses) and
+# MPI_Testall(count, requests, &flag, statuses) of the same library (MPICH's ABI: int requests; statuses passed as
+# MPI_STATUSES_IGNORE, the address 1)
+ctypedef int (*iallreduce_fn)(const void *, void *, int, intptr_t, intptr_t, intptr_t, int *) noexcept nogil
+ctypedef int (*waitall_fn)(int, int *, intptr_t) noexcept nogil
+ctypedef int (*testall_fn)(int, int *, int *, intptr_t) noexcept nogil
+
+
+cdef struct Overlap:        # data-parallel: the gradient allreduced in buckets while the backward pass runs
+    iallreduce_fn start
+    waitall_fn wait
+    testall_fn test         # NULL: no MPI_Testall between the backward pass's GEMMs
+    intptr_t comm, dtype, op, in_place
+    Py_ssize_t *first       # per node: its bucket, the intervals iv[first : first + count] of the flat gradient,
+    Py_ssize_t *count       # started once the node's backward is done (count 0: none)
+    Py_ssize_t *lo          # the intervals [lo, hi), in the order they are started
+    Py_ssize_t *hi
+    int *reqs               # the requests started in this backward pass (one per interval)
+    int n_req
+    int err                 # the error code of a failed MPI call, else 0
+    double seconds          # the time in the MPI calls of this backward pass
 
 
 cdef inline double _now() noexcept nogil:
@@ -332,14 +360,48 @@ cdef inline void _give(const PlanLayer *layers, const Py_ssize_t *srcs, void **g
             a[i] = a[i] + d[i]
 
 
+cdef int _ov_test(Overlap *ov) noexcept nogil:
+    """Let MPI progress the buckets in flight (MPICH moves a nonblocking collective on only inside MPI calls)."""
+    cdef int flag = 0
+    cdef double t
+    if ov.test == NULL or ov.n_req == 0 or ov.err != 0:
+        return ov.err
+    t = _now()
+    ov.err = ov.test(ov.n_req, ov.reqs, &flag, 1)
+    ov.seconds += _now() - t
+    return ov.err
+
+
+cdef int _ov_after(Overlap *ov, Py_ssize_t l, void *grd, size_t item) noexcept nogil:
+    """Node l's backward is done: start its bucket (if it has one; grd the flat gradient, item its element size),
+    else let the buckets in flight progress.  Returns an MPI error code, 0 when all went well."""
+    cdef double t
+    cdef Py_ssize_t k
+    if ov.count[l] == 0:
+        return _ov_test(ov)
+    t = _now()
+    for k in range(ov.first[l], ov.first[l] + ov.count[l]):
+        if ov.err != 0:
+            break
+        ov.err = ov.start(<const void *>ov.in_place, <char *>grd + ov.lo[k] * item, <int>(ov.hi[k] - ov.lo[k]),
+                          ov.dtype, ov.op, ov.comm, &ov.reqs[ov.n_req])
+        ov.n_req += 1
+    ov.seconds += _now() - t
+    return ov.err
+
+
 cdef int _backward_graph(const floating *xb, Py_ssize_t m, const PlanLayer *layers, Py_ssize_t L,
                          const Py_ssize_t *srcs, void **outp, void **gp, const unsigned char *kept, const floating *prm,
-                         floating *grd, floating *dy0, int n_threads) noexcept nogil:
+                         floating *grd, floating *dy0, int n_threads, Overlap *ov) noexcept nogil:
     """The backward pass of a training forward (_forward_graph), nodes in reverse order from the loss gradient dy0:
     parameter gradients into grd, each node's input gradient handed to its sources (_give).  A node that no
     gradient reached (inside a Residual block dropped for this batch) gets zero parameter gradients, as the
     per-layer path's Residual.backward gives it.  Returns FNN_STATUS_DONE, or FNN_STATUS_BAD_KIND for a kind
-    outside the table."""
+    outside the table or a failed MPI call (ov.err).
+
+    ov (data-parallel with overlap, else NULL): after each node, the bucket of the flat gradient that this node
+    completes is allreduced with MPI_Iallreduce (the caller waits for all before the update), and between a Dense
+    node's two GEMMs and after each node MPI_Testall lets the buckets in flight progress."""
     cdef Py_ssize_t l, i, j, c0, w
     cdef const PlanLayer *ly
     cdef const floating *x
@@ -361,6 +423,8 @@ cdef int _backward_graph(const floating *xb, Py_ssize_t m, const PlanLayer *laye
                 memset(grd + ly.w_off, 0, ly.n_out * sizeof(floating))
             if ly.b_off >= 0:
                 memset(grd + ly.b_off, 0, ly.n_out * sizeof(floating))
+            if ov != NULL and _ov_after(ov, l, grd, sizeof(floating)) != 0:
+                return FNN_STATUS_BAD_KIND
             continue
         x = _input(xb, outp, srcs, ly, 0)
         dx = <floating *>ly.dX if ly.need_dx else NULL
@@ -382,6 +446,8 @@ cdef int _backward_graph(const floating *xb, Py_ssize_t m, const PlanLayer *laye
                     for j in range(ly.n_out):
                         dbp[j] = dbp[j] + g[i * ly.n_out + j]
             if dx != NULL:
+                if ov != NULL and _ov_test(ov) != 0:
+                    return FNN_STATUS_BAD_KIND
                 _blas.gemm(False, True, <int>m, <int>ly.n_in, <int>ly.n_out, <floating>1, g, <int>ly.n_out,
                            prm + ly.w_off, <int>ly.n_out, <floating>0, dx, <int>ly.n_in)
             _give(layers, srcs, gp, ly, 0, dx, m)
@@ -425,6 +491,8 @@ cdef int _backward_graph(const floating *xb, Py_ssize_t m, const PlanLayer *laye
                 dx = dx + m * w
                 c0 += w
         else:
+            return FNN_STATUS_BAD_KIND
+        if ov != NULL and _ov_after(ov, l, grd, sizeof(floating)) != 0:
             return FNN_STATUS_BAD_KIND
     return FNN_STATUS_DONE
 
@@ -683,14 +751,19 @@ cdef class Plan:
     cdef void *bs2              # the optimizer states' backups (NULL where a state is absent)
     cdef double clip_value      # > 0: clip each gradient element to +-clip_value
     cdef double max_norm        # >= 0: scale the gradient to this norm at most
+    cdef MaxNormC *cons         # the weight constraints, applied after each update in this order (``constraints``)
+    cdef Py_ssize_t n_cons
     cdef RunStats st
     cdef Bounds bd              # the guard's bounds of |p| and the states, carried from one run to the next of an
     cdef bint bd_known          # epoch's chunks (nothing touches the buffers in between); reset_stats forgets them
     cdef bint bd_trusted
     cdef intptr_t ar_fn         # data-parallel (``allreduce``): MPI_Allreduce's address, 0 in one process
     cdef intptr_t ar_comm, ar_dtype, ar_double, ar_sum, ar_in_place
+    cdef intptr_t ar_iall, ar_waitall   # MPI_Iallreduce, MPI_Waitall (0: the loss allreduce blocks, before backward)
     cdef Py_ssize_t ar_rank, ar_size
     cdef double ar_small[2]
+    cdef Overlap ov             # data-parallel with overlap (``overlap``): the buckets; ov_on 0: one blocking call
+    cdef bint ov_on
     cdef dict _keep             # the arrays the pointers above point into
     cdef bytearray _set         # which layers were given
     cdef Py_ssize_t _n_in0      # the batch's features
@@ -737,6 +810,8 @@ cdef class Plan:
         PyMem_Free(self.gp)
         PyMem_Free(self.kept)
         PyMem_Free(self.srcs)
+        PyMem_Free(self.cons)
+        _free_buckets(&self.ov)
 
     cdef void *_arr(self, key, a, tuple shape, dtype=None) except? NULL:
         """Check a (dtype, C-contiguous, shape), keep it, return its data pointer (NULL for None or empty)."""
@@ -1045,15 +1120,50 @@ cdef class Plan:
         """Gradient clipping: each element to +-clip_value (when > 0), then the norm to max_norm (when >= 0)."""
         self.clip_value, self.max_norm = clip_value, max_norm
 
+    def constraints(self, items=()):
+        """The max-norm weight constraints (fastnn.constraints.MaxNorm), applied in this order after every update
+        (never after one that was undone): `items` a sequence of (w_off, rows, cols, max_value, norms), the
+        weight (rows, cols) at w_off in the parameters (anywhere in them: the per-layer path constrains a frozen
+        layer's weight too), its columns' L2 norms kept at most max_value > 0, norms a (cols,) scratch array."""
+        items = list(items)
+        checked = []
+        for w_off, rows, cols, max_value, norms in items:
+            if rows < 0 or cols < 0 or w_off < 0 or w_off + rows * cols > self.P:
+                raise ValueError(f"Plan.constraints: a ({rows}, {cols}) weight at offset {w_off} lies outside the "
+                                 f"{self.P} parameters")
+            if not max_value > 0:
+                raise ValueError(f"Plan.constraints: max_value must be > 0, got {max_value}")
+            if (not isinstance(norms, np.ndarray) or norms.dtype != self.dtype or not norms.flags.c_contiguous
+                    or norms.shape != (cols,)):
+                raise ValueError(f"Plan.constraints: norms must be a C-contiguous {self.dtype} array of shape "
+                                 f"({cols},), got {getattr(norms, 'dtype', type(norms).__name__)} "
+                                 f"{getattr(norms, 'shape', '')}")
+            checked.append((w_off, rows, cols, float(max_value), norms))
+        cdef MaxNormC *cons = <MaxNormC *>PyMem_Calloc(max(len(checked), 1), sizeof(MaxNormC))
+        if cons == NULL:
+            raise MemoryError()
+        for i, (w_off, rows, cols, max_value, norms) in enumerate(checked):     # checked: nothing raises here
+            cons[i].w_off, cons[i].rows, cons[i].cols, cons[i].max_value = w_off, rows, cols, max_value
+            cons[i].norms = self._arr(("norms", i), norms, (cols,))
+        for i in range(len(checked), self.n_cons):
+            self._keep.pop(("norms", i), None)
+        PyMem_Free(self.cons)
+        self.cons, self.n_cons = cons, len(checked)
+
     def allreduce(self, intptr_t fn=0, intptr_t comm=0, intptr_t dtype=0, intptr_t double_dtype=0,
-                  intptr_t sum_op=0, intptr_t in_place=0, Py_ssize_t rank=0, Py_ssize_t size=1):
+                  intptr_t sum_op=0, intptr_t in_place=0, Py_ssize_t rank=0, Py_ssize_t size=1,
+                  intptr_t iallreduce=0, intptr_t waitall=0):
         """Data-parallel training (fastnn/distributed.py): `fn` the address of MPI_Allreduce in the MPI library
         mpi4py loaded (MPICH ABI), the handles of the communicator, of the parameters' MPI datatype, of
         MPI_DOUBLE and MPI_SUM, the MPI_IN_PLACE address, this rank and the communicator's size.  A run then
         trains this rank's rows [rank * m // size, (rank + 1) * m // size) of global batches of bs * size rows (m
         rows, the last one short), scales the loss gradient by 1 / m, allreduces (sum, in place) the loss and the
         correct count (2 doubles) before the backward pass and the gradient's trainable prefix after it, so the
-        update and the statistics are the global batch's on every rank.  fn = 0 (the default): one process."""
+        update and the statistics are the global batch's on every rank.  fn = 0 (the default): one process.
+        With `iallreduce` and `waitall` (MPI_Iallreduce, MPI_Waitall of the same library) the loss's allreduce is
+        started before the backward pass and waited for after the gradient's, so that a step waits for the other
+        ranks once instead of twice; a non-finite global loss then stops the run after the backward pass
+        (NONFINITE_LOSS, nothing updated, the gradient buffer holding that batch's gradient)."""
         if fn != 0 and (size < 1 or not 0 <= rank < size):
             raise ValueError(f"Plan.allreduce: rank {rank} outside [0, {size})")
         if fn != 0 and self.U > 2147483647:
@@ -1063,12 +1173,118 @@ cdef class Plan:
                                                                                       sum_op, in_place)
         self.ar_rank = rank if self.ar_fn != 0 else 0
         self.ar_size = size if self.ar_fn != 0 else 1
+        self.ar_iall = iallreduce if (iallreduce != 0 and waitall != 0) else 0
+        self.ar_waitall = waitall if self.ar_iall != 0 else 0
+        self.ov_on = 0
+
+    def overlap(self, intptr_t iallreduce=0, intptr_t waitall=0, intptr_t testall=0, Py_ssize_t min_bucket=0):
+        """Overlap the gradient allreduce with the backward pass (after ``allreduce``, which it needs, and
+        ``batch_buffers``; ``allreduce`` turns it off again): `iallreduce`, `waitall`, `testall` the addresses of
+        MPI_Iallreduce, MPI_Waitall and MPI_Testall in the library of ``allreduce``'s MPI_Allreduce (testall 0:
+        no MPI_Testall calls).  After node l's backward pass, the part of the trainable prefix of the flat gradient
+        that is final (every element but the parameters of the nodes before l) and not yet started is started,
+        one MPI_Iallreduce (sum, in place) per contiguous interval, once it holds at least `min_bucket` elements
+        (after node 0: whatever is left); the run waits for all before the guard and the update.  Each element is
+        summed once over the ranks, as by the one blocking call (for two ranks a + b: the same bits on both ranks,
+        and the same as the blocking call's; for more, MPICH's algorithms (recursive doubling, whose partners add
+        the same two values, reduce-scatter + allgather, ring) give every rank the same bits, though a bucket's
+        algorithm and so its rounding may differ from the one call's).  iallreduce 0: off."""
+        cdef Py_ssize_t L = self.n_layers, U = self.U, l, k, n_iv = 0
+        cdef PlanLayer *ly
+        cdef Overlap ov
+        if iallreduce == 0:
+            self.ov_on = 0
+            return
+        if self.ar_fn == 0 or waitall == 0 or self.srcs == NULL:
+            raise ValueError("Plan.overlap: needs allreduce (with more than one rank), MPI_Waitall and the batch "
+                             "buffers first")
+        owned = []          # (lo, hi, node): each node's parameters inside the trainable prefix
+        for l in range(L):
+            ly = &self.layers[l]
+            spans = []
+            if ly.kind == FNN_LAYER_DENSE:
+                spans.append((ly.w_off, ly.w_off + ly.n_in * ly.n_out))
+            elif ly.kind == FNN_LAYER_BATCHNORM or ly.kind == FNN_LAYER_LAYERNORM:
+                spans.append((ly.w_off, ly.w_off + ly.n_out))
+            if ly.b_off >= 0:
+                spans.append((ly.b_off, ly.b_off + ly.n_out))
+            owned += [(a, min(b, U), l) for a, b in spans if a < min(b, U)]
+        started = []
+        buckets = [[] for _ in range(L)]
+        for l in range(L - 1, -1, -1):
+            ready = _minus([(0, U)], sorted([(a, b) for a, b, node in owned if node < l] + started))
+            total = sum(b - a for a, b in ready)
+            if total > 0 and (total >= min_bucket or l == 0):
+                buckets[l] = ready
+                started = sorted(started + ready)
+        n_iv = sum(len(b) for b in buckets)
+        memset(&ov, 0, sizeof(Overlap))
+        ov.first = <Py_ssize_t *>PyMem_Calloc(max(L, 1), sizeof(Py_ssize_t))
+        ov.count = <Py_ssize_t *>PyMem_Calloc(max(L, 1), sizeof(Py_ssize_t))
+        ov.lo = <Py_ssize_t *>PyMem_Calloc(max(n_iv, 1), sizeof(Py_ssize_t))
+        ov.hi = <Py_ssize_t *>PyMem_Calloc(max(n_iv, 1), sizeof(Py_ssize_t))
+        ov.reqs = <int *>PyMem_Calloc(max(n_iv, 1), sizeof(int))
+        if ov.first == NULL or ov.count == NULL or ov.lo == NULL or ov.hi == NULL or ov.reqs == NULL:
+            _free_buckets(&ov)
+            raise MemoryError()
+        k = 0
+        for l in range(L - 1, -1, -1):
+            ov.first[l], ov.count[l] = k, len(buckets[l])
+            for a, b in buckets[l]:
+                ov.lo[k], ov.hi[k] = a, b
+                k += 1
+        ov.start = <iallreduce_fn>iallreduce
+        ov.wait = <waitall_fn>waitall
+        ov.test = <testall_fn>testall if testall != 0 else NULL
+        ov.comm, ov.dtype, ov.op, ov.in_place = self.ar_comm, self.ar_dtype, self.ar_sum, self.ar_in_place
+        _free_buckets(&self.ov)
+        self.ov = ov
+        self.ov_on = 1
+
+    @property
+    def buckets(self):
+        """The overlap's buckets in the order they are started: [(node, [(lo, hi), ...])] ([] without overlap)."""
+        if not self.ov_on:
+            return []
+        out = []
+        for l in range(self.n_layers - 1, -1, -1):
+            ks = range(self.ov.first[l], self.ov.first[l] + self.ov.count[l])
+            if self.ov.count[l] > 0:
+                out.append((l, [(self.ov.lo[k], self.ov.hi[k]) for k in ks]))
+        return out
 
     @property
     def stats(self):
         """The last run's statistics: {loss_sum, batch_loss_sum, n_correct, n_samples, grad_norm, n_backups,
         allreduce_seconds, mpi_error, weight_sum} (data-parallel: the global batches')."""
         return dict(self.st)
+
+
+cdef void _free_buckets(Overlap *ov) noexcept:
+    PyMem_Free(ov.first)
+    PyMem_Free(ov.count)
+    PyMem_Free(ov.lo)
+    PyMem_Free(ov.hi)
+    PyMem_Free(ov.reqs)
+    ov.first = ov.count = ov.lo = ov.hi = NULL
+    ov.reqs = NULL
+
+
+def _minus(ivs, cuts):
+    """The intervals `ivs` (sorted, disjoint [lo, hi)) less the sorted intervals `cuts` (they may overlap)."""
+    out = []
+    for a, b in ivs:
+        for c, d in cuts:
+            if d <= a or c >= b:
+                continue
+            if c > a:
+                out.append((a, c))
+            a = max(a, d)
+            if a >= b:
+                break
+        if a < b:
+            out.append((a, b))
+    return out
 
 
 def _kind_name(int kind):
@@ -1139,6 +1355,10 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
     cdef double *small = plan.ar_small
     cdef int ar_err = 0
     cdef double t_ar
+    cdef Overlap *ov = &plan.ov if (ar != NULL and plan.ov_on) else NULL
+    cdef iallreduce_fn iall = <iallreduce_fn>plan.ar_iall if ar != NULL else NULL
+    cdef waitall_fn waitall = <waitall_fn>plan.ar_waitall
+    cdef int small_req = 0, grad_err
     if perm is not None and perm.shape[0] < min(b1 * bs * R, n):
         raise ValueError("run_batches: the permutation is shorter than the batches")
     cdef Py_ssize_t k = plan.layers[L - 1].n_out
@@ -1246,29 +1466,49 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
             if ar != NULL:      # the global batch's loss (this rank's part of the mean) and correct count
                 small[0] = loss
                 small[1] = n_correct
-                ar_err = ar(in_place, small, 2, plan.ar_double, plan.ar_sum, plan.ar_comm)
+                if iall != NULL:    # started now, waited for after the gradient's allreduce (one wait per step)
+                    ar_err = iall(in_place, small, 2, plan.ar_double, plan.ar_sum, plan.ar_comm, &small_req)
+                else:
+                    ar_err = ar(in_place, small, 2, plan.ar_double, plan.ar_sum, plan.ar_comm)
+                    loss = small[0]
+                    n_correct = <Py_ssize_t>small[1]
                 if ar_err != 0:
                     st.mpi_error = ar_err
                     status = FNN_STATUS_BAD_KIND
                     break
-                loss = small[0]
-                n_correct = <Py_ssize_t>small[1]
-            if guard and not (loss - loss == 0):
+            if guard and iall == NULL and not (loss - loss == 0):
                 status = FNN_STATUS_NONFINITE_LOSS
                 break
             # ---- backward (reverse order)
+            if ov != NULL:
+                ov.n_req = ov.err = 0
+                ov.seconds = 0.0
             status = _backward_graph(xb, m, plan.layers, L, plan.srcs, plan.outp, plan.gp, plan.kept, prm, grd,
-                                     dy0, n_threads)
+                                     dy0, n_threads, ov)
+            grad_err = 0
+            if ov != NULL:      # wait for every bucket (also after a failure: MPI may still write into them)
+                t_ar = _now()
+                ar_err = ov.wait(ov.n_req, ov.reqs, 1) if ov.n_req > 0 else 0
+                st.allreduce_seconds += _now() - t_ar + ov.seconds
+                grad_err = ov.err if ov.err != 0 else ar_err
+            elif ar != NULL and status == FNN_STATUS_DONE:      # the global batch's gradient on every rank
+                t_ar = _now()
+                grad_err = ar(in_place, grd, <int>P, plan.ar_dtype, plan.ar_sum, plan.ar_comm)
+                st.allreduce_seconds += _now() - t_ar
+            if iall != NULL:    # the loss's allreduce, started before the backward pass (done by now, mostly)
+                ar_err = waitall(1, &small_req, 1)
+                grad_err = grad_err if grad_err != 0 else ar_err
+                loss = small[0]
+                n_correct = <Py_ssize_t>small[1]
+            if grad_err != 0:
+                st.mpi_error = grad_err
+                status = FNN_STATUS_BAD_KIND
+                break
             if status != FNN_STATUS_DONE:
                 break
-            if ar != NULL:      # the global batch's gradient on every rank
-                t_ar = _now()
-                ar_err = ar(in_place, grd, <int>P, plan.ar_dtype, plan.ar_sum, plan.ar_comm)
-                st.allreduce_seconds += _now() - t_ar
-                if ar_err != 0:
-                    st.mpi_error = ar_err
-                    status = FNN_STATUS_BAD_KIND
-                    break
+            if guard and iall != NULL and not (loss - loss == 0):
+                status = FNN_STATUS_NONFINITE_LOSS
+                break
             # ---- guard, clipping, update
             if guard:
                 bad = _bad_running(plan.layers, L, prm)
@@ -1334,6 +1574,12 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
                 if S2 != NULL:
                     memcpy(S2, B2, P * sizeof(floating))
                 break
+            # the weight constraints, after an update that stands (the per-layer path: Trainer._apply_constraints,
+            # after the guard's check).  They only shrink weights (a factor below 1, |p| cannot grow), so the
+            # guard's carried bound of |p| stays valid, and the backup of a later step holds constrained weights
+            for i in range(plan.n_cons):
+                max_norm_core(prm + plan.cons[i].w_off, <floating *>plan.cons[i].norms, plan.cons[i].rows,
+                              plan.cons[i].cols, plan.cons[i].max_value, n_threads)
             st.loss_sum += loss if lk == FNN_LOSS_L2 else loss * wsum    # l2 sums
             st.weight_sum += ws
             st.last_loss = loss

@@ -1,9 +1,10 @@
 """The compiled training plan: ``fit`` runs the epochs in the compiled core (fastnn/_core/plan.pyx), in chunks of
 batches that return to Python about every 0.05 s (Ctrl-C).
 
-A model qualifies when it is a graph of compiled layers on feature vectors (``Dense`` without a weight constraint,
-activation layers, ``BatchNorm`` (not synchronized), ``LayerNorm``, ``Dropout``, ``Residual`` with stochastic depth,
-``Add``, ``Concatenate``, ``Flatten`` / ``Reshape`` of a feature vector; every layer's output (n, features))
+A model qualifies when it is a graph of compiled layers on feature vectors (``Dense``, also with a ``max_norm``
+constraint (``fastnn.constraints.MaxNorm``, applied after each update in C), activation layers, ``BatchNorm`` (not
+synchronized), ``LayerNorm``, ``Dropout``, ``Residual`` with stochastic depth, ``Add``, ``Concatenate``,
+``Flatten`` / ``Reshape`` of a feature vector; every layer's output (n, features))
 trained with "cross_entropy" (integer labels or probability rows), "binary_cross_entropy", "mse", "l2" or "mae",
 by ``SGD`` (with momentum, Nesterov), ``Adam`` (AMSGrad), ``AdamW``, ``RMSprop`` (momentum, centered) or
 ``Adagrad`` (exactly those classes), with or without sample/class weights (one process), epoch or per-step
@@ -34,6 +35,7 @@ from fastnn._core import guard as _guard
 from fastnn._core import plan as _k
 from fastnn._core._threads import get_num_threads
 from fastnn._core.kinds import ACT, LOSS, OPT, PLAN_STATUS
+from fastnn.constraints import MaxNorm
 from fastnn.layers import activations as _act
 from fastnn.layers.core import Flatten, Reshape
 from fastnn.layers.dense import Dense
@@ -186,6 +188,7 @@ class TrainPlan:
         self.chunk = 1          # batches per call of run_batches, adapted by fit_epoch
         self.outputs = None     # (rows, k): the batches' outputs a chunk copies out for the metrics
         self.tuner = None       # the ThreadTuner of an "auto" thread count (fit_epoch)
+        self.norms = {}         # the constraints' scratch vectors, by layer (set_constraints)
         fused = model.trainer.fused if fused is None else fused
         dt = model.dtype
         graph = model.graph
@@ -249,13 +252,40 @@ class TrainPlan:
                 raise TypeError(f"compiled plan: no compiled node for {t.__name__}")
             core.link(i, src, buf() if graph.fanout[i] > 1 else None)
         k = model.output_shape[0]
+        self.set_constraints()
         core.batch_buffers(np.empty((bs, model.input_shape[0]), dt), np.empty(bs, np.intp), np.empty((bs, k), dt),
                            np.empty((bs, k), dt), np.empty(bs, dt))
 
 
+    def set_constraints(self):
+        """Give the plan the weight constraints of the layers the per-layer path constrains
+        (``Trainer.constrained``, in its order), read now: a layer's ``constraint`` (or its ``max_value``) may have
+        been changed since the plan was made."""
+        model = self.model
+        items = []
+        for layer in model.trainer.constrained:
+            c = layer.constraint
+            if c is None:
+                continue
+            n_in, n_out = layer.params["weight"].shape
+            norms = self.norms.get(id(layer))
+            if norms is None or norms.shape != (n_out,):
+                norms = self.norms[id(layer)] = np.empty(n_out, model.dtype)
+            items.append((model.table.offset(layer, "weight"), n_in, n_out, c.max_value, norms))
+        self.core.constraints(items)
+
+
+def _constraints_compile(layers):
+    """Whether the plan applies every constraint of these layers (``Trainer.constrained``): a Dense layer's
+    ``MaxNorm`` (exactly that class: a subclass may constrain otherwise), or none.  Any other constrained layer
+    (a convolution, a user's layer with ``apply_constraint``) keeps the model on the per-layer path."""
+    return all(type(layer) is Dense and (layer.constraint is None or type(layer.constraint) is MaxNorm)
+               for layer in layers)
+
+
 def _compiles(model, training):
     """Whether every node of the model's graph has a compiled counterpart (TrainPlan), on feature vectors; for
-    training also without weight constraints or a synchronized BatchNorm."""
+    training also without a synchronized BatchNorm or a weight constraint the plan does not apply."""
     graph = model.graph
     if graph.general or len(model.input_shape) != 1 or None in model.input_shape:
         return False
@@ -266,7 +296,7 @@ def _compiles(model, training):
             return False
         t = type(layer)
         if t is Dense:
-            if type(layer.activation) not in _ACT_TYPES or (training and layer.has_constraint):
+            if type(layer.activation) not in _ACT_TYPES or (training and not _constraints_compile([layer])):
                 return False
         elif t is BatchNorm:
             if training and layer.reducer is not None:
@@ -356,7 +386,7 @@ def plan_for(model, train, bs, metrics, cbs):
         return None
     if model.graph.general:            # masks or multi-output layers: the plan cannot honour them
         return None
-    if trainer.constrained or (dist is not None and (metrics or cbs.batch_hooks)):
+    if not _constraints_compile(trainer.constrained) or (dist is not None and (metrics or cbs.batch_hooks)):
         return None
     if W is not None and (dist is not None or W.dtype != model.dtype or not W.flags.c_contiguous):
         return None
@@ -438,9 +468,12 @@ def fit_epoch(model, plan, epoch, train, bs, shuffle, cbs=None, metrics=()):
     dist = model.trainer._dist
     hook = None if dist is None else dist.plan_hook(model.dtype)
     core.allreduce(*(hook or ()))
+    if hook is not None:
+        core.overlap(*(dist.overlap_hook(model.dtype) or ()))
     gbs = bs * (1 if hook is None else dist.size)
     core.loss(_loss_kind(model.loss, T))
     states = _set_update(core, opt)
+    plan.set_constraints()
     guard = model.nan_guard
     if guard:
         core.guard(True, model.trainer.guard_backup,
@@ -481,6 +514,7 @@ def fit_epoch(model, plan, epoch, train, bs, shuffle, cbs=None, metrics=()):
             if hooks:
                 cbs.on_batch_begin(b, {"batch": b, "size": min(bs, n - b * bs)})
                 _set_update(core, opt)
+                plan.set_constraints()
                 _k.forget_bounds(core)
             if specs:
                 rng_state = rng.bit_generator.state
