@@ -9,13 +9,13 @@
  * RW x NV accumulators in registers over every tap and input channel: per input channel, NV weight vectors are
  * loaded and each pixel's input is broadcast and multiplied into its accumulators (RW <= 12 / NV = 2 and RW <= 16
  * / NV = 1 on AVX-512's 32 registers; 6 / 12 on AVX2's 16).  The rows of taps a pixel loses to the padding are
- * skipped by clamping the kh range per output row; an output row with border pixels (whose kw window leaves
- * the image) first copies its kh input rows with their zero padding into the thread's work, so that every row
- * runs as the same nearly equal blocks of at most RW pixels, all taps each (a first version ran the border
- * pixels one at a time with clamped kw ranges: 1 + 2 loads per 2 FMAs, a quarter of the pixels of an 8x8 image).
- * Filters past
- * the group's last (F not a multiple of VL) are stored through a mask.  No bias, no activation: the caller adds
- * them on the rows it just wrote, while they are in cache.
+ * skipped by clamping the kh range per output row; an output row with border pixels (whose kw window leaves the
+ * image) reads its input rows with their zero padding from a ring of padded rows in the thread's work (each
+ * input row copied once, not once per output row that reads it), so that every row runs as the same nearly
+ * equal blocks of at most RW pixels, all taps each (a first version ran the border pixels one at a time with
+ * clamped kw ranges: 1 + 2 loads per 2 FMAs, a quarter of the pixels of an 8x8 image).  Filters past the group's
+ * last (F not a multiple of VL) are stored through a mask.  No bias, no activation: the caller adds them on the
+ * rows it just wrote, while they are in cache.
  *
  * Backward-to-weights: dW[ky][kx][c][f] += sum over the output pixels of X[pixel's tap (ky, kx)][c] dZ[pixel][f].
  * For each tap, a block of CB input channels and a pair of filter blocks keep CB x NV accumulators in registers
@@ -23,11 +23,11 @@
  * loaded (masked for the group's last block) and CB inputs broadcast; then the block is added into dW.  The
  * caller gives each thread whole images and its own dW, as for the GEMM path.
  *
- * Every element is a chain of fused multiply-adds in a fixed order (taps, then channels; pixels in order for dW)
- * that does not depend on the thread split; AVX2 and AVX-512 give the same bits too, except for the way rows are
- * cut into blocks (which does not change a pixel's chain).  Without AVX2+FMA (or outside gcc on x86-64) the
- * entry points are not built: fnn_convd_isa() returns 0 and conv.pyx keeps the GEMM path.  fnn_convd_set_isa caps
- * the kernel (tests, measurements). */
+ * Every element is a chain of fused multiply-adds in a fixed order (taps, then channels; for dW the pixels of a
+ * tile in order, then the tile's sum added) that does not depend on the thread split of the forward or on the
+ * ISA; the weights' pass sums the threads' private accumulators at the end.  Without AVX2+FMA (or outside gcc on
+ * x86-64) the kernels are not built: fnn_convd_isa() returns 0 and conv.pyx keeps the GEMM path.
+ * fnn_convd_set_isa caps the kernel (tests, measurements). */
 #ifndef FNN_CONV_DIRECT_H
 #define FNN_CONV_DIRECT_H
 #include <stddef.h>
@@ -43,7 +43,8 @@
 #endif
 
 #define FNN_CONVD_MAX_VL 16     /* the widest vector (floats): the packed weight is sized for it */
-#define FNN_CONVD_MAX_KH 64     /* the tallest kernel the forward takes (conv.pyx routes taller ones to im2col) */
+#define FNN_CONVD_MAX_SPAN 64   /* the most input rows one output row reads, (kh - 1) dh + 1 (conv.pyx routes
+                                 * taller windows to im2col) */
 
 /* 0: none (the caller's GEMM path); 1: AVX2+FMA; 2: AVX-512F (the CPU's, capped by fnn_convd_set_isa) */
 static int fnn_convd_isa_cap_ = 2;
@@ -69,8 +70,11 @@ static ptrdiff_t fnn_convd_packed_size(const fnn_conv_geom *g) {
 /* the input columns one output row reads: (OW - 1) sw + (kw - 1) dw + 1 */
 static inline ptrdiff_t fnn_convd_span(const fnn_conv_geom *g) { return (g->OW - 1) * g->sw + (g->kw - 1) * g->dw + 1; }
 
-/* floats of one thread's work in the forward: kh zero-padded input rows */
-static ptrdiff_t fnn_convd_work(const fnn_conv_geom *g) { return g->kh * fnn_convd_span(g) * g->C; }
+/* the input rows one output row's window spans: (kh - 1) dh + 1 */
+static inline ptrdiff_t fnn_convd_rows(const fnn_conv_geom *g) { return (g->kh - 1) * g->dh + 1; }
+
+/* floats of one thread's work in the forward: a ring of fnn_convd_rows(g) zero-padded input rows */
+static ptrdiff_t fnn_convd_work(const fnn_conv_geom *g) { return fnn_convd_rows(g) * fnn_convd_span(g) * g->C; }
 
 /* P (OUT) = the weight of geometry g packed for an ISA (1: blocks of 8 filters, 2: of 16), from
  * flip == 0: W (kh, kw, Cg, F), g's own weight;
@@ -120,7 +124,15 @@ static void fnn_convd_pack_f(const fnn_conv_geom *g, const float *W, int flip, i
     }
 /* one forward block of K pixels */
 #define FNN_CONVD_FWD_CALL(NAME, K, NV)                                                                        \
-    NAME##_blk(K, NV, g, xb, roff, wb, wstep, ox, ky0, ky1, cofs, zr + ox * F + zc, m0, m1)
+    NAME##_blk(K, NV, scv, g, xb, roff, wb, wstep, ox, ky0, ky1, cofs, zr + ox * F + zc, m0, m1)
+/* the blocks with the input's pixel stride sC a constant where it is 16, 32 or 64 floats (the broadcasts' offsets
+ * become displacements: with RW offsets in registers, RW = 16 ran out of them and moved some through vector
+ * registers, on the FMA port), else as it comes */
+#define FNN_CONVD_BY_STRIDE(SW, NAME, NV)                                                                      \
+    if (sC == 16) { const ptrdiff_t scv = 16; SW(rw, FNN_CONVD_FWD_CALL, NAME, NV) }                           \
+    else if (sC == 32) { const ptrdiff_t scv = 32; SW(rw, FNN_CONVD_FWD_CALL, NAME, NV) }                      \
+    else if (sC == 64) { const ptrdiff_t scv = 64; SW(rw, FNN_CONVD_FWD_CALL, NAME, NV) }                      \
+    else { const ptrdiff_t scv = sC; SW(rw, FNN_CONVD_FWD_CALL, NAME, NV) }
 #define FNN_CONVD_DW_CALL(NAME, K, NV)                                                                         \
     NAME##_dwblk(K, NV, g, xn, dzn, oy0, oy1, oxl, oxh, p0, p1, ky, kx, cofs + c0, zc, m0, m1,               \
                  dW + ((ky * g->kw + kx) * Cg + c0) * F + zc)
@@ -130,10 +142,11 @@ static void fnn_convd_pack_f(const fnn_conv_geom *g, const float *W, int flip, i
 #define FNN_CONVD_ISA(NAME, TARGET, V, VL, LOADU, FMADD, SET1, ZERO, ADD, MASK_T, MASK, MLOAD, MSTORE,         \
                       RW2, SW2, RW1, SW1, CB2, SC2, CB1, SC1)                                                   \
 __attribute__((target(TARGET), always_inline))                                                                  \
-static inline void NAME##_blk(const int RW, const int NV, const fnn_conv_geom *g, const float *xb,              \
-                              const ptrdiff_t *roff, const float *wb, ptrdiff_t wstep, ptrdiff_t ox0,           \
-                              ptrdiff_t ky0, ptrdiff_t ky1, ptrdiff_t cofs, float *z, MASK_T m0, MASK_T m1) {   \
-    const ptrdiff_t C = g->C, Cg = C / g->G, sC = g->sw * C, F = g->F;                                          \
+static inline void NAME##_blk(const int RW, const int NV, const ptrdiff_t sC, const fnn_conv_geom *g,          \
+                              const float *xb, const ptrdiff_t *roff, const float *wb, ptrdiff_t wstep,         \
+                              ptrdiff_t ox0, ptrdiff_t ky0, ptrdiff_t ky1, ptrdiff_t cofs, float *z, MASK_T m0,  \
+                              MASK_T m1) {                                                                      \
+    const ptrdiff_t C = g->C, Cg = C / g->G, F = g->F;                                                          \
     V acc[16][2];                                                                                               \
     ptrdiff_t ky, kx, c;                                                                                        \
     int j;                                                                                                      \
@@ -168,14 +181,19 @@ static void NAME##_forward(const fnn_conv_geom *g, const float *X, const float *
                            float *Z, float *work) {                                                             \
     const ptrdiff_t OW = g->OW, OH = g->OH, F = g->F, G = g->G, C = g->C, Cg = C / G, Fg = F / G;               \
     const ptrdiff_t nfb = (Fg + VL - 1) / VL, wstep = g->kh * g->kw * Cg * VL, Wp = fnn_convd_span(g);          \
+    const ptrdiff_t sC = g->sw * C;                                                                             \
     /* output pixels whose whole kw window lies inside the image: [ia, ib) */                                   \
     const ptrdiff_t ia = fnn_convd_ceildiv(g->pl, g->sw);                                                       \
     const ptrdiff_t ib = fnn_convd_floordiv(g->W - 1 + g->pl - (g->kw - 1) * g->dw, g->sw) + 1;                 \
     /* the columns of a padded row that hold input pixels: [ua, ub) (column u is input pixel u - pl) */         \
     const ptrdiff_t ua = fnn_convd_min(Wp, fnn_convd_max(0, g->pl));                                            \
     const ptrdiff_t ub = fnn_convd_max(ua, fnn_convd_min(Wp, g->W + g->pl));                                    \
-    ptrdiff_t roff[FNN_CONVD_MAX_KH];                                                                           \
+    /* the padded rows in the work: slot iy mod S holds input row tag[slot] = n H + iy (-1: none), so that the  \
+     * kh output rows that read an input row copy it once */                                                  \
+    const ptrdiff_t S = fnn_convd_rows(g);                                                                      \
+    ptrdiff_t roff[FNN_CONVD_MAX_SPAN], tag[FNN_CONVD_MAX_SPAN];                                                \
     ptrdiff_t row, q, fb, i, ky;                                                                                \
+    for (i = 0; i < S; i++) tag[i] = -1;                                                                        \
     for (row = r0 / OW; row * OW < r1; row++) {                                                                 \
         const ptrdiff_t n = row / OH, oy = row - n * OH;                                                        \
         const ptrdiff_t lo = r0 > row * OW ? r0 - row * OW : 0, hi = r1 < (row + 1) * OW ? r1 - row * OW : OW;  \
@@ -186,12 +204,15 @@ static void NAME##_forward(const fnn_conv_geom *g, const float *X, const float *
         float *zr = Z + row * OW * F;                                                                           \
         if (lo >= ia && hi <= ib) {        /* every pixel inside: read X itself */                              \
             for (ky = ky0; ky < ky1; ky++) roff[ky] = ((oy * g->sh - g->pt + ky * g->dh) * g->W - g->pl) * C;   \
-        } else {                           /* border pixels: the kh rows copied with their zero padding */      \
+        } else {                           /* border pixels: the rows with their zero padding, from the ring */ \
             xb = work;                                                                                          \
             for (ky = ky0; ky < ky1; ky++) {                                                                    \
-                const float *src = xn + (oy * g->sh - g->pt + ky * g->dh) * g->W * C;                           \
-                float *dst = work + ky * Wp * C;                                                                \
-                roff[ky] = ky * Wp * C;                                                                         \
+                const ptrdiff_t iy = oy * g->sh - g->pt + ky * g->dh, slot = iy % S;                            \
+                const float *src = xn + iy * g->W * C;                                                          \
+                float *dst = work + slot * Wp * C;                                                              \
+                roff[ky] = slot * Wp * C;                                                                       \
+                if (tag[slot] == n * g->H + iy) continue;                                                       \
+                tag[slot] = n * g->H + iy;                                                                      \
                 memset(dst, 0, (size_t)(ua * C) * sizeof(float));                                               \
                 memcpy(dst + ua * C, src + (ua - g->pl) * C, (size_t)((ub - ua) * C) * sizeof(float));          \
                 memset(dst + ub * C, 0, (size_t)((Wp - ub) * C) * sizeof(float));                               \
@@ -208,8 +229,8 @@ static void NAME##_forward(const fnn_conv_geom *g, const float *X, const float *
                 const ptrdiff_t L = hi - lo, rwmax = nv == 2 ? RW2 : RW1, nb = (L + rwmax - 1) / rwmax;         \
                 for (i = 0; i < nb; i++) {                                                                      \
                     const ptrdiff_t s0 = L * i / nb, rw = L * (i + 1) / nb - s0, ox = lo + s0;                  \
-                    if (nv == 2) { SW2(rw, FNN_CONVD_FWD_CALL, NAME, 2) }                                       \
-                    else { SW1(rw, FNN_CONVD_FWD_CALL, NAME, 1) }                                               \
+                    if (nv == 2) { FNN_CONVD_BY_STRIDE(SW2, NAME, 2) }                                          \
+                    else { FNN_CONVD_BY_STRIDE(SW1, NAME, 1) }                                                  \
                 }                                                                                               \
             }                                                                                                   \
         }                                                                                                       \

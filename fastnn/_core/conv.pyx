@@ -41,6 +41,19 @@ stay in cache beat the whole-batch column matrix.  Backward-to-weights ran 50-84
 dZ.W^T (K = 32) + col2im ran 13-24; as the transposed convolution, 21-69 (its pass alone 50-53 in the runs
 where the sgemm made 49-53).  OpenBLAS's kernels dispatch to the CPU at run time, while the wheel's own C is
 built for the baseline ISA (4 floats wide), so the arithmetic is left to the BLAS.
+
+The blocked route (float32 only, on a CPU with AVX-512F or AVX2+FMA, >= 8 input channels and >= 8 filters per group,
+a window of at most 64 input rows; _path): register-blocked direct kernels written with intrinsics under target
+attributes (csrc/fnn_conv_direct.h, chosen at run time), no gather: the weight is packed once per call into blocks
+of 16 (8) filters in the shared scratch, each output row runs in blocks of up to 12 pixels x 2 filter vectors of
+accumulators (16 x 1 when one block of filters is left), the bias and activation follow on the tile's rows as on the
+GEMM path.  Its stride-1 backward-to-data is the same kernel on _transposed(g) (the flipped kernel packed straight
+from W); its weights' pass keeps up to 12 input channels x 2 filter vectors in registers over the pixels of a tile
+(whole images per thread, private accumulators as before); a strided layer's dX stays dZ.W^T + col2im per tile (no
+im2col needed for it).  Why: on the same busy machine, 1 thread, ResNet-8's 3x3 layers at batch 128, interleaved in
+one process against this file's im2col route (set_direct_isa(0)): forward 1.3-3x, weights' pass 1.2-2.5x, stride-1
+backward-to-data 1.1-1.6x (numbers swing with the load; the route's test, tests/test_conv_direct.py, fails if a 3x3
+32->32 layer silently falls back).  float64 keeps im2col + dgemm: the issue's targets are float32.
 """
 from cython.parallel cimport prange
 from libc.stdint cimport int64_t
@@ -95,7 +108,7 @@ cdef extern from "fnn_conv_direct.h" nogil:
     int fnn_convd_set_isa(int cap)
     Py_ssize_t fnn_convd_packed_size(const fnn_conv_geom *g)
     Py_ssize_t fnn_convd_work(const fnn_conv_geom *g)
-    enum: FNN_CONVD_MAX_KH
+    enum: FNN_CONVD_MAX_SPAN
     void fnn_convd_pack_f(const fnn_conv_geom *g, const float *W, int flip, int isa, float *P)
     void fnn_convd_forward_f(const fnn_conv_geom *g, int isa, const float *X, const float *P, Py_ssize_t r0,
                              Py_ssize_t r1, float *Z, float *work)
@@ -147,8 +160,10 @@ cdef int _path(const fnn_conv_geom *g, Py_ssize_t itemsize, int isa) noexcept no
 
 cdef bint _blocked_shape(const fnn_conv_geom *g) noexcept nogil:
     """Shapes the register-blocked direct kernels take (float32, AVX2/AVX-512): enough input and output
-    channels per group to fill the vectors and the broadcasts."""
-    return g.C // g.G >= FNN_CONVD_MIN_C and g.F // g.G >= FNN_CONVD_MIN_F and g.kh <= FNN_CONVD_MAX_KH
+    channels per group to fill the vectors and the broadcasts, and a window of at most FNN_CONVD_MAX_SPAN input
+    rows (the forward's ring of padded rows)."""
+    return g.C // g.G >= FNN_CONVD_MIN_C and g.F // g.G >= FNN_CONVD_MIN_F \
+        and (g.kh - 1) * g.dh + 1 <= FNN_CONVD_MAX_SPAN
 
 
 cdef Py_ssize_t _tile_rows_general(const fnn_conv_geom *g, Py_ssize_t itemsize) noexcept nogil:
@@ -228,7 +243,7 @@ cdef void _bwd_sizes_isa(const fnn_conv_geom *g, Py_ssize_t itemsize, int isa, P
         tile[0] = fnn_conv_small_work(g, 1)
         if not as_conv and gen > tile[0]:
             tile[0] = gen
-    elif path == _BLOCKED and not as_conv:    # dX by col2im: the gathered path (conv2d_backward)
+    elif path == _BLOCKED and not as_conv:    # dX by dZ.W^T + col2im (strided layers): a tile of dcol
         tile[0] = gen
     acc[0] = wsize + g.F
     shared[0] = 0
@@ -497,9 +512,14 @@ cdef void _backward_rows(const fnn_conv_geom *g, int path, const floating *X, co
                 fnn_conv_small_dw_f(g, X, dZ, a, a + m, col, lanes)
             else:
                 fnn_conv_small_dw_d(g, X, dZ, a, a + m, col, lanes)
-        elif path == _BLOCKED:     # dX is NULL here (conv2d_backward): the weights' pass only
+        elif path == _BLOCKED:     # the direct weights' pass; dX (strided layers only) by dZ.W^T + col2im
             if floating is float:
                 fnn_convd_dw_f(g, isa, X, dZ, a, a + m, dW)
+            if dX != NULL:
+                for q in range(G):
+                    _blas.gemm(False, True, <int>m, <int>Kg, <int>Fg, <floating>1, dz + q * Fg, <int>F,
+                               W + q * Fg, <int>F, <floating>0, col + q * m * Kg, <int>Kg)
+                _col2im(g, col, a, a + m, dX)
         else:
             _im2col(g, X, a, a + m, col)
             for q in range(G):
@@ -560,11 +580,13 @@ def conv2d_backward(const floating[:, :, :, ::1] X, const floating[:, :, :, ::1]
     cdef int isa = fnn_convd_isa()
     cdef int path = _path(&g, sizeof(floating), isa)
     cdef bint as_conv = _data_as_conv(&g, sizeof(floating), isa) and dXp != NULL
-    if (path == _SMALL or path == _BLOCKED) and dXp != NULL and not as_conv:
-        path = _GENERAL          # dX by col2im needs the gathered tile (strided layers)
+    if path == _SMALL and dXp != NULL and not as_conv:
+        path = _GENERAL          # dX by col2im needs the gathered tile (strided first layers)
     cdef fnn_conv_geom gt = _transposed(&g)
     cdef int tpath = _path(&gt, sizeof(floating), isa)
     cdef Py_ssize_t R = _tile_rows(&g, sizeof(floating), path)
+    if path == _BLOCKED and dXp != NULL and not as_conv:
+        R = _tile_rows_general(&g, sizeof(floating))    # the tile of dcol = dZ.W^T (strided layers)
     cdef Py_ssize_t RT = _tile_rows(&gt, sizeof(floating), tpath)
     cdef Py_ssize_t tile, acc_, shared
     _bwd_sizes(&g, sizeof(floating), &tile, &acc_, &shared)
