@@ -134,7 +134,7 @@ static void fnn_convd_pack_f(const fnn_conv_geom *g, const float *W, int flip, i
     else if (sC == 64) { const ptrdiff_t scv = 64; SW(rw, FNN_CONVD_FWD_CALL, NAME, NV) }                      \
     else { const ptrdiff_t scv = sC; SW(rw, FNN_CONVD_FWD_CALL, NAME, NV) }
 #define FNN_CONVD_DW_CALL(NAME, K, NV)                                                                         \
-    NAME##_dwblk(K, NV, g, xn, dzn, oy0, oy1, oxl, oxh, p0, p1, ky, kx, cofs + c0, zc, m0, m1,               \
+    NAME##_dwblk(K, NV, g, xn, dzn, oy0, oy1, oxl, oxh, p0, p1, ky, kx, cofs + c0, zc, m0, m1, full,         \
                  dW + ((ky * g->kw + kx) * Cg + c0) * F + zc)
 
 /* One ISA: V its vector, VL floats; RW2 / RW1 the most pixels of a forward block with 2 / 1 filter vectors (the
@@ -244,7 +244,7 @@ __attribute__((target(TARGET), always_inline))                                  
 static inline void NAME##_dwblk(const int CB, const int NV, const fnn_conv_geom *g, const float *xn,            \
                                 const float *dzn, ptrdiff_t oy0, ptrdiff_t oy1, ptrdiff_t oxl, ptrdiff_t oxh,    \
                                 ptrdiff_t p0, ptrdiff_t p1, ptrdiff_t ky, ptrdiff_t kx, ptrdiff_t cx,           \
-                                ptrdiff_t zc, MASK_T m0, MASK_T m1, float *dw) {                                \
+                                ptrdiff_t zc, MASK_T m0, MASK_T m1, int full, float *dw) {                      \
     const ptrdiff_t C = g->C, sC = g->sw * C, F = g->F, OW = g->OW;                                             \
     V acc[16][2];                                                                                               \
     ptrdiff_t oy, ox;                                                                                           \
@@ -256,8 +256,9 @@ static inline void NAME##_dwblk(const int CB, const int NV, const fnn_conv_geom 
         const float *xp = xn + ((oy * g->sh - g->pt + ky * g->dh) * g->W + lo * g->sw - g->pl + kx * g->dw) * C + cx; \
         const float *dp = dzn + (oy * OW + lo) * F + zc;                                                        \
         for (ox = lo; ox < hi; ox++, xp += sC, dp += F) {                                                       \
-            const V d0 = MLOAD(dp, m0);                                                                         \
-            const V d1 = NV == 2 ? MLOAD(dp + VL, m1) : d0;                                                     \
+            /* plain loads where the block is whole (AVX2's masked load costs an extra uop on the FMA ports) */ \
+            const V d0 = full ? LOADU(dp) : MLOAD(dp, m0);                                                      \
+            const V d1 = NV == 2 ? (full ? LOADU(dp + VL) : MLOAD(dp + VL, m1)) : d0;                           \
             for (i = 0; i < CB; i++) {                                                                          \
                 const V b = SET1(xp[i]);                                                                        \
                 acc[i][0] = FMADD(b, d0, acc[i][0]);                                                            \
@@ -297,6 +298,7 @@ static void NAME##_dw(const fnn_conv_geom *g, const float *X, const float *dZ, p
                         const int nv = nfb - fb >= 2 ? 2 : 1;                                                   \
                         const ptrdiff_t rem = Fg - fb * VL, zc = q * Fg + fb * VL;                              \
                         const MASK_T m0 = MASK(rem < VL ? rem : VL), m1 = MASK(rem - VL < VL ? rem - VL : VL);  \
+                        const int full = rem >= nv * VL;                                                        \
                         const ptrdiff_t cbmax = nv == 2 ? CB2 : CB1, nb = (Cg + cbmax - 1) / cbmax;             \
                         for (i = 0; i < nb; i++) {                                                              \
                             const ptrdiff_t cb = Cg * (i + 1) / nb - Cg * i / nb;                               \

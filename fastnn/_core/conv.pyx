@@ -477,10 +477,11 @@ cdef void _flip_weight(const fnn_conv_geom *g, const floating *W, floating *Wf) 
 
 cdef void _backward_rows(const fnn_conv_geom *g, int path, const floating *X, const floating *W,
                          const floating *dZ, floating *dX, floating *dW, floating *db, Py_ssize_t r0,
-                         Py_ssize_t r1, Py_ssize_t R, floating *col, int isa) noexcept nogil:
+                         Py_ssize_t r1, Py_ssize_t R, floating *col, int isa, Py_ssize_t Rd) noexcept nogil:
     """Rows [r0, r1) (whole images): dW += col^T.dZ, db += column sums of dZ (db may be NULL), and dX (NULL:
-    skipped) of these images = col2im(dZ.W^T).  dW, db and the images' dX are zeroed first."""
-    cdef Py_ssize_t a, m, q, F = g.F, G = g.G, Cg = g.C // g.G, Fg = g.F // g.G
+    skipped) of these images = col2im(dZ.W^T).  dW, db and the images' dX are zeroed first.  The blocked path cuts
+    its tiles of R rows into tiles of Rd rows for dcol = dZ.W^T."""
+    cdef Py_ssize_t a, m, q, b, mb, F = g.F, G = g.G, Cg = g.C // g.G, Fg = g.F // g.G
     cdef Py_ssize_t Kg = g.kh * g.kw * Cg, P = g.OH * g.OW, img = g.H * g.W * g.C
     cdef const floating *dz
     cdef floating *lanes = NULL
@@ -515,11 +516,14 @@ cdef void _backward_rows(const fnn_conv_geom *g, int path, const floating *X, co
         elif path == _BLOCKED:     # the direct weights' pass; dX (strided layers only) by dZ.W^T + col2im
             if floating is float:
                 fnn_convd_dw_f(g, isa, X, dZ, a, a + m, dW)
-            if dX != NULL:
+            b = a
+            while dX != NULL and b < a + m:
+                mb = Rd if a + m - b > Rd else a + m - b
                 for q in range(G):
-                    _blas.gemm(False, True, <int>m, <int>Kg, <int>Fg, <floating>1, dz + q * Fg, <int>F,
-                               W + q * Fg, <int>F, <floating>0, col + q * m * Kg, <int>Kg)
-                _col2im(g, col, a, a + m, dX)
+                    _blas.gemm(False, True, <int>mb, <int>Kg, <int>Fg, <floating>1, dZ + b * F + q * Fg, <int>F,
+                               W + q * Fg, <int>F, <floating>0, col + q * mb * Kg, <int>Kg)
+                _col2im(g, col, b, b + mb, dX)
+                b += mb
         else:
             _im2col(g, X, a, a + m, col)
             for q in range(G):
@@ -585,8 +589,7 @@ def conv2d_backward(const floating[:, :, :, ::1] X, const floating[:, :, :, ::1]
     cdef fnn_conv_geom gt = _transposed(&g)
     cdef int tpath = _path(&gt, sizeof(floating), isa)
     cdef Py_ssize_t R = _tile_rows(&g, sizeof(floating), path)
-    if path == _BLOCKED and dXp != NULL and not as_conv:
-        R = _tile_rows_general(&g, sizeof(floating))    # the tile of dcol = dZ.W^T (strided layers)
+    cdef Py_ssize_t Rd = _tile_rows_general(&g, sizeof(floating))    # the blocked path's dcol tiles (strided dX)
     cdef Py_ssize_t RT = _tile_rows(&gt, sizeof(floating), tpath)
     cdef Py_ssize_t tile, acc_, shared
     _bwd_sizes(&g, sizeof(floating), &tile, &acc_, &shared)
@@ -629,7 +632,7 @@ def conv2d_backward(const floating[:, :, :, ::1] X, const floating[:, :, :, ::1]
                 fnn_conv_blas_serial_end()
         if err == 0 and ntb == 1:
             _backward_rows(&g, path, &X[0, 0, 0, 0], &W[0, 0, 0, 0], g_, NULL if as_conv else dXp,
-                           &dW[0, 0, 0, 0], dbp, 0, rows, R, tiles, isa)
+                           &dW[0, 0, 0, 0], dbp, 0, rows, R, tiles, isa, Rd)
         elif err == 0:
             # thread t: images [t N / nt, (t+1) N / nt); after the shared part of the scratch, the tiles of
             # every thread, then the private accumulators (dW, db) of threads 1..nt-1
@@ -640,7 +643,7 @@ def conv2d_backward(const floating[:, :, :, ::1] X, const floating[:, :, :, ::1]
                                dbp if t == 0 else (tiles + ntb * tile + (t - 1) * acc_ + wsize if dbp != NULL
                                                    else NULL),
                                (t * g.N // ntb) * P, ((t + 1) * g.N // ntb) * P, R,
-                               tiles + t * tile if tile > 0 else NULL, isa)
+                               tiles + t * tile if tile > 0 else NULL, isa, Rd)
             fnn_conv_blas_serial_end()
             for t in range(1, ntb):
                 base = tiles + ntb * tile + (t - 1) * acc_
