@@ -41,6 +41,19 @@ stay in cache beat the whole-batch column matrix.  Backward-to-weights ran 50-84
 dZ.W^T (K = 32) + col2im ran 13-24; as the transposed convolution, 21-69 (its pass alone 50-53 in the runs
 where the sgemm made 49-53).  OpenBLAS's kernels dispatch to the CPU at run time, while the wheel's own C is
 built for the baseline ISA (4 floats wide), so the arithmetic is left to the BLAS.
+
+The blocked route (float32 only, on a CPU with AVX-512F or AVX2+FMA, >= 8 input channels and >= 8 filters per group,
+a window of at most 64 input rows; _path): register-blocked direct kernels written with intrinsics under target
+attributes (csrc/fnn_conv_direct.h, chosen at run time), no gather: the weight is packed once per call into blocks
+of 16 (8) filters in the shared scratch, each output row runs in blocks of up to 12 pixels x 2 filter vectors of
+accumulators (16 x 1 when one block of filters is left), the bias and activation follow on the tile's rows as on the
+GEMM path.  Its stride-1 backward-to-data is the same kernel on _transposed(g) (the flipped kernel packed straight
+from W); its weights' pass keeps up to 12 input channels x 2 filter vectors in registers over the pixels of a tile
+(whole images per thread, private accumulators as before); a strided layer's dX stays dZ.W^T + col2im per tile (no
+im2col needed for it).  Why: on the same busy machine, 1 thread, ResNet-8's 3x3 layers at batch 128, interleaved in
+one process against this file's im2col route (set_direct_isa(0)): forward 1.3-3x, weights' pass 1.2-2.5x, stride-1
+backward-to-data 1.1-1.6x (numbers swing with the load; the route's test, tests/test_conv_direct.py, fails if a 3x3
+32->32 layer silently falls back).  float64 keeps im2col + dgemm: the issue's targets are float32.
 """
 from cython.parallel cimport prange
 from libc.stdint cimport int64_t
@@ -90,7 +103,23 @@ cdef extern from "fnn_conv.h" nogil:
     void fnn_conv_colsum_d(const double *dz, Py_ssize_t m, Py_ssize_t F, double *db)
 
 
+cdef extern from "fnn_conv_direct.h" nogil:
+    int fnn_convd_isa()
+    int fnn_convd_set_isa(int cap)
+    Py_ssize_t fnn_convd_packed_size(const fnn_conv_geom *g)
+    Py_ssize_t fnn_convd_work(const fnn_conv_geom *g)
+    enum: FNN_CONVD_MAX_SPAN
+    void fnn_convd_pack_f(const fnn_conv_geom *g, const float *W, int flip, int isa, float *P)
+    void fnn_convd_forward_f(const fnn_conv_geom *g, int isa, const float *X, const float *P, Py_ssize_t r0,
+                             Py_ssize_t r1, float *Z, float *work)
+    void fnn_convd_dw_f(const fnn_conv_geom *g, int isa, const float *X, const float *dZ, Py_ssize_t r0,
+                        Py_ssize_t r1, float *dW)
+
+
 cdef enum:
+    FNN_CONVD_MIN_C = 8              # the blocked route: at least this many input channels per group ...
+    FNN_CONVD_MIN_F = 8              # ... and filters per group
+    FNN_CONVD_ROWS = 256             # the blocked forward's rows per step (whole output rows, about this many)
     FNN_CONV_TILE_BYTES = 131072     # target size of one thread's patch tile (R x kh*kw*C elements)
     FNN_CONV_MIN_ROWS = 32           # tile rows: at least this many ...
     FNN_CONV_MAX_ROWS = 512          # ... and at most this many
@@ -101,13 +130,19 @@ cdef enum:
     _DEPTHWISE = 1    # C/G == 1, G > 1: direct loops
     _GENERAL = 2      # im2col + GEMM per group
     _SMALL = 3        # one group of <= FNN_CONV_SMALL_C input channels (first layers): direct, no gather
+    _BLOCKED = 4      # float32 on AVX2/AVX-512: register-blocked direct kernels (csrc/fnn_conv_direct.h)
+
+_PATH_NAMES = {_DIRECT: "gemm1x1", _DEPTHWISE: "depthwise", _GENERAL: "im2col", _SMALL: "small",
+               _BLOCKED: "blocked"}
 
 
 cdef inline tuple _shape4(Py_ssize_t *s):
     return (s[0], s[1], s[2], s[3])
 
 
-cdef int _path(const fnn_conv_geom *g) noexcept nogil:
+cdef int _path(const fnn_conv_geom *g, Py_ssize_t itemsize, int isa) noexcept nogil:
+    """The kernel family of g, for elements of `itemsize` bytes, with the direct kernels of `isa` (0: none;
+    fnn_convd_isa()): the one place where the routing is decided."""
     if g.kh == 1 and g.kw == 1 and g.sh == 1 and g.sw == 1 and g.pt == 0 and g.pl == 0 and g.G == 1 \
             and g.OH == g.H and g.OW == g.W:
         return _DIRECT
@@ -116,7 +151,19 @@ cdef int _path(const fnn_conv_geom *g) noexcept nogil:
     if g.G == 1 and g.C <= FNN_CONV_SMALL_C and g.F <= FNN_CONV_SMALL_MAX_F and g.OW >= 8 \
             and g.kh * g.kw * g.C <= FNN_CONV_SMALL_TAPS:
         return _SMALL
+    # float64 keeps im2col + dgemm (the issue's targets are float32; a 4-/8-double vector direct kernel would
+    # need its own register blocking and the BLAS's dgemm is close to the machine's double peak there)
+    if itemsize == 4 and isa > 0 and _blocked_shape(g):
+        return _BLOCKED
     return _GENERAL
+
+
+cdef bint _blocked_shape(const fnn_conv_geom *g) noexcept nogil:
+    """Shapes the register-blocked direct kernels take (float32, AVX2/AVX-512): enough input and output
+    channels per group to fill the vectors and the broadcasts, and a window of at most FNN_CONVD_MAX_SPAN input
+    rows (the forward's ring of padded rows)."""
+    return g.C // g.G >= FNN_CONVD_MIN_C and g.F // g.G >= FNN_CONVD_MIN_F \
+        and (g.kh - 1) * g.dh + 1 <= FNN_CONVD_MAX_SPAN
 
 
 cdef Py_ssize_t _tile_rows_general(const fnn_conv_geom *g, Py_ssize_t itemsize) noexcept nogil:
@@ -130,11 +177,14 @@ cdef Py_ssize_t _tile_rows_general(const fnn_conv_geom *g, Py_ssize_t itemsize) 
     return R
 
 
-cdef Py_ssize_t _tile_rows(const fnn_conv_geom *g, Py_ssize_t itemsize) noexcept nogil:
-    """Rows per tile of g's path (the small path: whole images, its kernels copy each image's rows once)."""
+cdef Py_ssize_t _tile_rows(const fnn_conv_geom *g, Py_ssize_t itemsize, int path) noexcept nogil:
+    """Rows per tile of `path` (the small path: whole images, its kernels copy each image's rows once; the
+    blocked one: whole output rows, about FNN_CONVD_ROWS, so that the bias and activation run on rows in cache)."""
     cdef Py_ssize_t P = g.OH * g.OW
-    if _path(g) == _SMALL:
+    if path == _SMALL:
         return P * (FNN_CONV_MAX_ROWS // P if P < FNN_CONV_MAX_ROWS else 1)
+    if path == _BLOCKED:
+        return g.OW * (FNN_CONVD_ROWS // g.OW if g.OW < FNN_CONVD_ROWS else 1)
     return _tile_rows_general(g, itemsize)
 
 
@@ -153,50 +203,90 @@ cdef fnn_conv_geom _transposed(const fnn_conv_geom *g) noexcept nogil:
     return t
 
 
-cdef bint _data_as_conv(const fnn_conv_geom *g) noexcept nogil:
-    """Backward-to-data as the forward of _transposed(g) (stride 1, gathered path), instead of dZ.W^T + col2im:
-    its GEMMs have K = kh*kw*F/G instead of F/G and it writes each dX row once instead of scatter-adding."""
-    if not ((_path(g) == _GENERAL or _path(g) == _SMALL) and g.sh == 1 and g.sw == 1):
+cdef bint _data_as_conv(const fnn_conv_geom *g, Py_ssize_t itemsize, int isa) noexcept nogil:
+    """Backward-to-data as the forward of _transposed(g) (stride 1, gathered or blocked path), instead of
+    dZ.W^T + col2im: its GEMMs have K = kh*kw*F/G instead of F/G and it writes each dX row once instead of
+    scatter-adding."""
+    cdef int path = _path(g, itemsize, isa)
+    if not ((path == _GENERAL or path == _SMALL or path == _BLOCKED) and g.sh == 1 and g.sw == 1):
         return False
     # few input channels (the transposed convolution's GEMMs would have N = C/G < 8 columns) and an output
     # smaller than the input ("valid"): dZ.W^T + col2im does less work (no zero taps of the (k-1)-padded dZ)
     return not (g.C // g.G < 8 and g.OH * g.OW < g.H * g.W)
 
 
-cdef Py_ssize_t _fwd_tile(const fnn_conv_geom *g, Py_ssize_t itemsize) noexcept nogil:
-    """Scratch elements of one thread's patch tile in the forward of g (0: no gather)."""
-    cdef int path = _path(g)
+cdef Py_ssize_t _fwd_tile(const fnn_conv_geom *g, Py_ssize_t itemsize, int path) noexcept nogil:
+    """Scratch elements of one thread's patch tile (the blocked path: padded input rows) in the forward of g on
+    `path` (0: no gather)."""
     if path == _SMALL:
         return fnn_conv_small_work(g, 0)
-    return _tile_rows(g, itemsize) * g.kh * g.kw * g.C if path == _GENERAL else 0
+    if path == _BLOCKED:
+        return fnn_convd_work(g)
+    return _tile_rows(g, itemsize, path) * g.kh * g.kw * g.C if path == _GENERAL else 0
+
+
+cdef Py_ssize_t _fwd_shared(const fnn_conv_geom *g, int path) noexcept nogil:
+    """Scratch elements shared by the threads of a forward of g on `path`: the packed weight of the blocked path."""
+    return fnn_convd_packed_size(g) if path == _BLOCKED else 0
+
+
+cdef void _bwd_sizes_isa(const fnn_conv_geom *g, Py_ssize_t itemsize, int isa, Py_ssize_t *tile,
+                         Py_ssize_t *acc, Py_ssize_t *shared) noexcept nogil:
+    """_bwd_sizes for the routes of `isa`."""
+    cdef fnn_conv_geom t
+    cdef Py_ssize_t wsize = g.kh * g.kw * (g.C // g.G) * g.F, td, gen
+    cdef int path = _path(g, itemsize, isa), tpath
+    cdef bint as_conv = _data_as_conv(g, itemsize, isa)
+    gen = _tile_rows_general(g, itemsize) * g.kh * g.kw * g.C
+    tile[0] = _fwd_tile(g, itemsize, path)
+    if path == _SMALL:   # its own work (planes, dZ row, lanes), or the gathered tile where dX needs col2im
+        tile[0] = fnn_conv_small_work(g, 1)
+        if not as_conv and gen > tile[0]:
+            tile[0] = gen
+    elif path == _BLOCKED and not as_conv:    # dX by dZ.W^T + col2im (strided layers): a tile of dcol
+        tile[0] = gen
+    acc[0] = wsize + g.F
+    shared[0] = 0
+    if as_conv:
+        t = _transposed(g)
+        tpath = _path(&t, itemsize, isa)
+        td = _fwd_tile(&t, itemsize, tpath)
+        if td > tile[0]:
+            tile[0] = td
+        shared[0] = _fwd_shared(&t, tpath) if tpath == _BLOCKED else wsize
 
 
 cdef void _bwd_sizes(const fnn_conv_geom *g, Py_ssize_t itemsize, Py_ssize_t *tile, Py_ssize_t *acc,
                      Py_ssize_t *shared) noexcept nogil:
-    """Backward scratch: `shared` elements first (the flipped kernel, when _data_as_conv), then one patch tile
-    of `tile` elements per thread, then a private (dW, db) of `acc` elements per thread but the first."""
-    cdef fnn_conv_geom t
-    cdef Py_ssize_t wsize = g.kh * g.kw * (g.C // g.G) * g.F, td
-    tile[0] = _fwd_tile(g, itemsize)
-    if _path(g) == _SMALL:   # its own work (planes, dZ row, lanes), or the gathered tile where dX needs col2im
-        tile[0] = fnn_conv_small_work(g, 1)
-        if not _data_as_conv(g) and _tile_rows_general(g, itemsize) * g.kh * g.kw * g.C > tile[0]:
-            tile[0] = _tile_rows_general(g, itemsize) * g.kh * g.kw * g.C
-    acc[0] = wsize + g.F
-    shared[0] = 0
-    if _data_as_conv(g):
-        t = _transposed(g)
-        td = _fwd_tile(&t, itemsize)
-        if td > tile[0]:
-            tile[0] = td
-        shared[0] = wsize
+    """Backward scratch: `shared` elements first (the flipped kernel, or the packed one, when _data_as_conv),
+    then one patch tile of `tile` elements per thread, then a private (dW, db) of `acc` elements per thread but
+    the first.  Sized for the routes with and without the direct kernels (the larger of each part), so that a
+    buffer sized once stays large enough whatever fnn_convd_set_isa says later."""
+    cdef Py_ssize_t t2, a2, s2
+    _bwd_sizes_isa(g, itemsize, 0, tile, acc, shared)
+    _bwd_sizes_isa(g, itemsize, 1, &t2, &a2, &s2)
+    tile[0] = t2 if t2 > tile[0] else tile[0]
+    acc[0] = a2 if a2 > acc[0] else acc[0]
+    shared[0] = s2 if s2 > shared[0] else shared[0]
+
+
+cdef void _fwd_sizes(const fnn_conv_geom *g, Py_ssize_t itemsize, Py_ssize_t *per, Py_ssize_t *shared) noexcept nogil:
+    """Forward scratch: `shared` elements first (the packed weight), then `per` elements per thread (the patch
+    tile); like _bwd_sizes, the larger of the routes with and without the direct kernels."""
+    cdef int p0 = _path(g, itemsize, 0), p1 = _path(g, itemsize, 1)
+    cdef Py_ssize_t a = _fwd_tile(g, itemsize, p0), b = _fwd_tile(g, itemsize, p1)
+    per[0] = a if a > b else b
+    a = _fwd_shared(g, p0)
+    b = _fwd_shared(g, p1)
+    shared[0] = a if a > b else b
 
 
 cdef Py_ssize_t _need(const fnn_conv_geom *g, Py_ssize_t itemsize, int nt, bint backward) noexcept nogil:
     """Scratch elements for nt threads."""
     cdef Py_ssize_t tile, acc, shared
     if not backward:
-        return _fwd_tile(g, itemsize) * nt
+        _fwd_sizes(g, itemsize, &tile, &shared)
+        return shared + tile * nt
     _bwd_sizes(g, itemsize, &tile, &acc, &shared)
     return shared + tile * nt + acc * (nt - 1)
 
@@ -271,8 +361,10 @@ cdef inline void _col2im(const fnn_conv_geom *g, const floating *col, Py_ssize_t
 # ----------------------------------------------------------------------------------------- forward
 cdef void _forward_rows(const fnn_conv_geom *g, int path, const floating *X, const floating *W,
                         const floating *b, floating *Z, floating *Y, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t R,
-                        floating *col, int act, double alpha, int64_t *counts) noexcept nogil:
-    """Rows [r0, r1), tile by tile: Z = conv(X) + b, Y = act(Z) (counts: this thread's unit counters)."""
+                        floating *col, int act, double alpha, int64_t *counts, const floating *P,
+                        int isa) noexcept nogil:
+    """Rows [r0, r1), tile by tile: Z = conv(X) + b, Y = act(Z) (counts: this thread's unit counters; P, isa:
+    the packed weight and the ISA of the blocked path)."""
     cdef Py_ssize_t a, m, q, F = g.F, G = g.G, Cg = g.C // g.G, Fg = g.F // g.G
     cdef Py_ssize_t Kg = g.kh * g.kw * Cg
     a = r0
@@ -291,6 +383,9 @@ cdef void _forward_rows(const fnn_conv_geom *g, int path, const floating *X, con
                 fnn_conv_small_forward_f(g, X, W, a, a + m, Z, col)
             else:
                 fnn_conv_small_forward_d(g, X, W, a, a + m, Z, col)
+        elif path == _BLOCKED:
+            if floating is float:      # (never double: _path)
+                fnn_convd_forward_f(g, isa, X, P, a, a + m, Z, col)
         else:
             _im2col(g, X, a, a + m, col)
             for q in range(G):
@@ -330,11 +425,13 @@ def conv2d_forward(const floating[:, :, :, ::1] X, const floating[:, :, :, ::1] 
     cdef Py_ssize_t rows = g.N * g.OH * g.OW
     if rows == 0:
         return
-    cdef int path = _path(&g)
-    cdef Py_ssize_t R = _tile_rows(&g, sizeof(floating)), per = _fwd_tile(&g, sizeof(floating))
+    cdef int isa = fnn_convd_isa()
+    cdef int path = _path(&g, sizeof(floating), isa)
+    cdef Py_ssize_t R = _tile_rows(&g, sizeof(floating), path), per, shared
+    _fwd_sizes(&g, sizeof(floating), &per, &shared)
     cdef Py_ssize_t have = scratch.shape[0] if scratch is not None else 0
-    if have < per:
-        raise ValueError(f"conv2d_forward: scratch has {have} elements, at least {per} needed")
+    if have < shared + per:
+        raise ValueError(f"conv2d_forward: scratch has {have} elements, at least {shared + per} needed")
     cdef int nt = n_threads if n_threads > 0 else 1
     if nt > (rows + R - 1) // R:
         nt = <int>((rows + R - 1) // R)
@@ -342,18 +439,22 @@ def conv2d_forward(const floating[:, :, :, ::1] X, const floating[:, :, :, ::1] 
         nt = <int>counts.shape[0]
     nt = _threads_by_scratch(&g, sizeof(floating), have, nt, False)
     cdef floating *sp = &scratch[0] if have > 0 else NULL
+    cdef floating *tiles = sp + shared if sp != NULL else NULL    # after the packed weight (blocked path)
     cdef int64_t *cp = &counts[0, 0] if counts is not None else NULL
     cdef int t
     with nogil:
+        if path == _BLOCKED:
+            if floating is float:
+                fnn_convd_pack_f(&g, &W[0, 0, 0, 0], 0, isa, sp)
         if nt == 1:
             _forward_rows(&g, path, &X[0, 0, 0, 0], &W[0, 0, 0, 0], bp, &Z[0, 0, 0, 0], &Y[0, 0, 0, 0], 0, rows,
-                          R, sp, act, alpha, cp)
+                          R, tiles, act, alpha, cp, sp, isa)
         else:
             fnn_conv_blas_serial_begin()
             for t in prange(nt, num_threads=nt, schedule="static"):
                 _forward_rows(&g, path, &X[0, 0, 0, 0], &W[0, 0, 0, 0], bp, &Z[0, 0, 0, 0], &Y[0, 0, 0, 0],
-                              t * rows // nt, (t + 1) * rows // nt, R, sp + t * per if sp != NULL else NULL,
-                              act, alpha, cp + t * g.F if cp != NULL else NULL)
+                              t * rows // nt, (t + 1) * rows // nt, R, tiles + t * per if tiles != NULL else NULL,
+                              act, alpha, cp + t * g.F if cp != NULL else NULL, sp, isa)
             fnn_conv_blas_serial_end()
 
 
@@ -376,10 +477,11 @@ cdef void _flip_weight(const fnn_conv_geom *g, const floating *W, floating *Wf) 
 
 cdef void _backward_rows(const fnn_conv_geom *g, int path, const floating *X, const floating *W,
                          const floating *dZ, floating *dX, floating *dW, floating *db, Py_ssize_t r0,
-                         Py_ssize_t r1, Py_ssize_t R, floating *col) noexcept nogil:
+                         Py_ssize_t r1, Py_ssize_t R, floating *col, int isa, Py_ssize_t Rd) noexcept nogil:
     """Rows [r0, r1) (whole images): dW += col^T.dZ, db += column sums of dZ (db may be NULL), and dX (NULL:
-    skipped) of these images = col2im(dZ.W^T).  dW, db and the images' dX are zeroed first."""
-    cdef Py_ssize_t a, m, q, F = g.F, G = g.G, Cg = g.C // g.G, Fg = g.F // g.G
+    skipped) of these images = col2im(dZ.W^T).  dW, db and the images' dX are zeroed first.  The blocked path cuts
+    its tiles of R rows into tiles of Rd rows for dcol = dZ.W^T."""
+    cdef Py_ssize_t a, m, q, b, mb, F = g.F, G = g.G, Cg = g.C // g.G, Fg = g.F // g.G
     cdef Py_ssize_t Kg = g.kh * g.kw * Cg, P = g.OH * g.OW, img = g.H * g.W * g.C
     cdef const floating *dz
     cdef floating *lanes = NULL
@@ -411,6 +513,17 @@ cdef void _backward_rows(const fnn_conv_geom *g, int path, const floating *X, co
                 fnn_conv_small_dw_f(g, X, dZ, a, a + m, col, lanes)
             else:
                 fnn_conv_small_dw_d(g, X, dZ, a, a + m, col, lanes)
+        elif path == _BLOCKED:     # the direct weights' pass; dX (strided layers only) by dZ.W^T + col2im
+            if floating is float:
+                fnn_convd_dw_f(g, isa, X, dZ, a, a + m, dW)
+            b = a
+            while dX != NULL and b < a + m:
+                mb = Rd if a + m - b > Rd else a + m - b
+                for q in range(G):
+                    _blas.gemm(False, True, <int>mb, <int>Kg, <int>Fg, <floating>1, dZ + b * F + q * Fg, <int>F,
+                               W + q * Fg, <int>F, <floating>0, col + q * mb * Kg, <int>Kg)
+                _col2im(g, col, b, b + mb, dX)
+                b += mb
         else:
             _im2col(g, X, a, a + m, col)
             for q in range(G):
@@ -468,15 +581,16 @@ def conv2d_backward(const floating[:, :, :, ::1] X, const floating[:, :, :, ::1]
         if dbp != NULL:
             memset(dbp, 0, g.F * sizeof(floating))
         return
-    cdef int path = _path(&g)
-    cdef bint as_conv = _data_as_conv(&g) and dXp != NULL
+    cdef int isa = fnn_convd_isa()
+    cdef int path = _path(&g, sizeof(floating), isa)
+    cdef bint as_conv = _data_as_conv(&g, sizeof(floating), isa) and dXp != NULL
     if path == _SMALL and dXp != NULL and not as_conv:
         path = _GENERAL          # dX by col2im needs the gathered tile (strided first layers)
     cdef fnn_conv_geom gt = _transposed(&g)
-    cdef int tpath = _path(&gt)
-    cdef Py_ssize_t R = _tile_rows(&g, sizeof(floating)) if path == _path(&g) else \
-        _tile_rows_general(&g, sizeof(floating))
-    cdef Py_ssize_t RT = _tile_rows(&gt, sizeof(floating))
+    cdef int tpath = _path(&gt, sizeof(floating), isa)
+    cdef Py_ssize_t R = _tile_rows(&g, sizeof(floating), path)
+    cdef Py_ssize_t Rd = _tile_rows_general(&g, sizeof(floating))    # the blocked path's dcol tiles (strided dX)
+    cdef Py_ssize_t RT = _tile_rows(&gt, sizeof(floating), tpath)
     cdef Py_ssize_t tile, acc_, shared
     _bwd_sizes(&g, sizeof(floating), &tile, &acc_, &shared)
     cdef Py_ssize_t have = scratch.shape[0] if scratch is not None else 0
@@ -501,18 +615,24 @@ def conv2d_backward(const floating[:, :, :, ::1] X, const floating[:, :, :, ::1]
             err = act_backward(act, &Z[0, 0, 0, 0], &Y[0, 0, 0, 0], &dY[0, 0, 0, 0], g_, rows, g.F, alpha,
                                n_threads)
         if err == 0 and as_conv:
-            _flip_weight(&g, &W[0, 0, 0, 0], Wf)
+            if tpath == _BLOCKED:      # the flipped kernel packed straight from W (Wf: the packed weight)
+                if floating is float:
+                    fnn_convd_pack_f(&gt, &W[0, 0, 0, 0], 1, isa, Wf)
+            else:
+                _flip_weight(&g, &W[0, 0, 0, 0], Wf)
             if ntd == 1:
-                _forward_rows(&gt, tpath, g_, Wf, NULL, dXp, dXp, 0, in_rows, RT, tiles, FNN_ACT_IDENTITY, 0.0, NULL)
+                _forward_rows(&gt, tpath, g_, Wf, NULL, dXp, dXp, 0, in_rows, RT, tiles, FNN_ACT_IDENTITY, 0.0, NULL,
+                              Wf, isa)
             else:
                 fnn_conv_blas_serial_begin()
                 for t in prange(ntd, num_threads=ntd, schedule="static"):
                     _forward_rows(&gt, tpath, g_, Wf, NULL, dXp, dXp, t * in_rows // ntd, (t + 1) * in_rows // ntd,
-                                  RT, tiles + t * tile if tiles != NULL else NULL, FNN_ACT_IDENTITY, 0.0, NULL)
+                                  RT, tiles + t * tile if tiles != NULL else NULL, FNN_ACT_IDENTITY, 0.0, NULL,
+                                  Wf, isa)
                 fnn_conv_blas_serial_end()
         if err == 0 and ntb == 1:
             _backward_rows(&g, path, &X[0, 0, 0, 0], &W[0, 0, 0, 0], g_, NULL if as_conv else dXp,
-                           &dW[0, 0, 0, 0], dbp, 0, rows, R, tiles)
+                           &dW[0, 0, 0, 0], dbp, 0, rows, R, tiles, isa, Rd)
         elif err == 0:
             # thread t: images [t N / nt, (t+1) N / nt); after the shared part of the scratch, the tiles of
             # every thread, then the private accumulators (dW, db) of threads 1..nt-1
@@ -523,7 +643,7 @@ def conv2d_backward(const floating[:, :, :, ::1] X, const floating[:, :, :, ::1]
                                dbp if t == 0 else (tiles + ntb * tile + (t - 1) * acc_ + wsize if dbp != NULL
                                                    else NULL),
                                (t * g.N // ntb) * P, ((t + 1) * g.N // ntb) * P, R,
-                               tiles + t * tile if tile > 0 else NULL)
+                               tiles + t * tile if tile > 0 else NULL, isa, Rd)
             fnn_conv_blas_serial_end()
             for t in range(1, ntb):
                 base = tiles + ntb * tile + (t - 1) * acc_
@@ -533,3 +653,22 @@ def conv2d_backward(const floating[:, :, :, ::1] X, const floating[:, :, :, ::1]
                     for k in range(g.F):
                         dbp[k] += base[wsize + k]
     kernel_ok(err, "conv2d_backward")
+
+
+# ------------------------------------------------------------------------------------------ queries
+def route(tuple x_shape, tuple w_shape, tuple strides=(1, 1), tuple dilation=(1, 1), tuple padding=(0, 0, 0, 0),
+          Py_ssize_t groups=1, Py_ssize_t itemsize=4):
+    """The kernel family conv2d_forward runs for these shapes now (the ISA cap included): "blocked" (the
+    register-blocked direct kernels of csrc/fnn_conv_direct.h), "im2col" (tiled im2col + GEMM), "gemm1x1",
+    "depthwise" or "small" (first layers).  Arguments as for scratch_size."""
+    cdef Py_ssize_t oh = (x_shape[1] + padding[0] + padding[1] - dilation[0] * (w_shape[0] - 1) - 1) // strides[0] + 1
+    cdef Py_ssize_t ow = (x_shape[2] + padding[2] + padding[3] - dilation[1] * (w_shape[1] - 1) - 1) // strides[1] + 1
+    cdef fnn_conv_geom g = _geometry(tuple(x_shape), tuple(w_shape), (x_shape[0], oh, ow, w_shape[3]),
+                                     strides, dilation, padding, groups, "conv route")
+    return _PATH_NAMES[_path(&g, itemsize, fnn_convd_isa())]
+
+
+def set_direct_isa(int cap):
+    """Cap the register-blocked direct kernels (test hook): 0 never (im2col + GEMM), 1 at most AVX2+FMA, 2 the
+    best the CPU has.  Returns the kernel in use: 0 none, 1 AVX2+FMA, 2 AVX-512F."""
+    return fnn_convd_set_isa(cap)
