@@ -160,4 +160,72 @@ FNN_DROPOUT_FWD(fnn_dropout_fwd_d, double)
 FNN_DROPOUT_BWD(fnn_dropout_bwd_f, float)
 FNN_DROPOUT_BWD(fnn_dropout_bwd_d, double)
 
+/* Batch norm split by rows, for few columns and several threads (a convolution's 16 channels over 128x32x32
+ * pixels: one block of columns, so the column split above leaves all but one thread idle).  Each thread sums its
+ * rows [i0, i1) into double partials acc[0..C) (zeroed by the caller); the caller adds the partials in thread
+ * order, so the bits depend on the thread count (not on the ISA).  The per-element passes use the same
+ * expressions as the block kernels above. */
+#define FNN_BN_ROWS(SUF, T)                                                                               \
+FNN_CLONES static void fnn_bn_sum_rows_##SUF(const T *X, ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t C,          \
+                                             double *restrict acc) {                                     \
+    ptrdiff_t i, j;                                                                                       \
+    for (i = i0; i < i1; i++) {                                                                           \
+        const T *x = X + i * C;                                                                           \
+        _Pragma("omp simd")                                                                               \
+        for (j = 0; j < C; j++) acc[j] += x[j];                                                           \
+    }                                                                                                     \
+}                                                                                                         \
+FNN_CLONES static void fnn_bn_sq_rows_##SUF(const T *X, ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t C,           \
+                                            const double *m, double *restrict acc) {                     \
+    ptrdiff_t i, j;                                                                                       \
+    for (i = i0; i < i1; i++) {                                                                           \
+        const T *x = X + i * C;                                                                           \
+        _Pragma("omp simd")                                                                               \
+        for (j = 0; j < C; j++) { double d = x[j] - m[j]; acc[j] += d * d; }                              \
+    }                                                                                                     \
+}                                                                                                         \
+FNN_CLONES static void fnn_bn_norm_rows_##SUF(const T *X, T *Y, T *Xhat, const T *gamma, const T *beta,    \
+                                              const double *m, const double *s, ptrdiff_t i0, ptrdiff_t i1, \
+                                              ptrdiff_t C) {                                             \
+    ptrdiff_t i, j;                                                                                       \
+    for (i = i0; i < i1; i++) {                                                                           \
+        const T *x = X + i * C;                                                                           \
+        T *y = Y + i * C, *xh = Xhat + i * C;                                                             \
+        _Pragma("omp simd")                                                                               \
+        for (j = 0; j < C; j++) {                                                                         \
+            xh[j] = (T)((x[j] - m[j]) * s[j]);                                                            \
+            y[j] = xh[j] * gamma[j] + beta[j];                                                            \
+        }                                                                                                 \
+    }                                                                                                     \
+}                                                                                                         \
+FNN_CLONES static void fnn_bn_colsum_rows_##SUF(const T *dY, const T *Xhat, ptrdiff_t i0, ptrdiff_t i1,    \
+                                                ptrdiff_t C, double *restrict a, double *restrict b) {   \
+    ptrdiff_t i, j;                                                                                       \
+    for (i = i0; i < i1; i++) {                                                                           \
+        const T *dy = dY + i * C, *xh = Xhat + i * C;                                                     \
+        _Pragma("omp simd")                                                                               \
+        for (j = 0; j < C; j++) { a[j] += dy[j]; b[j] += (T)(dy[j] * xh[j]); }                            \
+    }                                                                                                     \
+}                                                                                                         \
+FNN_CLONES static void fnn_bn_dx_rows_##SUF(const T *dY, const T *Xhat, const T *gamma, const T *invstd,    \
+                                            T *dX, const T *dgamma, const T *dbeta, ptrdiff_t n,         \
+                                            ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t C, int batch_stats) {  \
+    ptrdiff_t i, j;                                                                                       \
+    for (i = i0; i < i1; i++) {                                                                           \
+        const T *dy = dY + i * C, *xh = Xhat + i * C;                                                     \
+        T *dx = dX + i * C;                                                                               \
+        if (batch_stats) {                                                                                \
+            _Pragma("omp simd")                                                                           \
+            for (j = 0; j < C; j++)                                                                       \
+                dx[j] = (T)((double)gamma[j] * invstd[j] * (dy[j] - (dbeta[j] + xh[j] * dgamma[j]) / n));  \
+        } else {                                                                                          \
+            _Pragma("omp simd")                                                                           \
+            for (j = 0; j < C; j++) dx[j] = (T)((double)gamma[j] * invstd[j] * dy[j]);                    \
+        }                                                                                                 \
+    }                                                                                                     \
+}
+
+FNN_BN_ROWS(f, float)
+FNN_BN_ROWS(d, double)
+
 #endif

@@ -53,8 +53,12 @@ def test_gradients_float64(cls, shape, training):
 
 @pytest.mark.parametrize("dtype,tol", [(np.float32, 2e-5), (np.float64, 1e-12)])
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("n,C", [(9, 3), (600, 70)])     # the large shape splits work between threads
+@pytest.mark.parametrize("n,C", [(9, 3), (600, 70), (9000, 5), (4100, 16)])
 def test_kernels_match_numpy(dtype, tol, threads, n, C):
+    """(600, 70) splits batch norm's columns between 2 threads; (9000, 5) and (4100, 16), one block of columns,
+    split its rows (partial sums per thread: a convolution's few channels over many pixels)."""
+    from fastnn._core import norm as K
+    assert K.row_split_threads(n, C, threads) == (2 if threads == 2 and C <= 16 and n > 1000 else 0)
     fnn.set_num_threads(threads)
     try:
         rng = np.random.default_rng(n)

@@ -49,6 +49,48 @@ cdef extern from "fnn_norm.h" nogil:
     void fnn_bn_dx_block_d(const double *dY, const double *Xhat, const double *gamma, const double *invstd,
                            double *dX, const double *dgamma, const double *dbeta, Py_ssize_t n, Py_ssize_t C,
                            Py_ssize_t c0, Py_ssize_t c1, int batch_stats)
+    void fnn_bn_sum_rows_f(const float *X, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t C, double *acc)
+    void fnn_bn_sum_rows_d(const double *X, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t C, double *acc)
+    void fnn_bn_sq_rows_f(const float *X, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t C, const double *m, double *acc)
+    void fnn_bn_sq_rows_d(const double *X, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t C, const double *m,
+                          double *acc)
+    void fnn_bn_norm_rows_f(const float *X, float *Y, float *Xhat, const float *gamma, const float *beta,
+                            const double *m, const double *s, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t C)
+    void fnn_bn_norm_rows_d(const double *X, double *Y, double *Xhat, const double *gamma, const double *beta,
+                            const double *m, const double *s, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t C)
+    void fnn_bn_colsum_rows_f(const float *dY, const float *Xhat, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t C,
+                              double *a, double *b)
+    void fnn_bn_colsum_rows_d(const double *dY, const double *Xhat, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t C,
+                              double *a, double *b)
+    void fnn_bn_dx_rows_f(const float *dY, const float *Xhat, const float *gamma, const float *invstd, float *dX,
+                          const float *dgamma, const float *dbeta, Py_ssize_t n, Py_ssize_t i0, Py_ssize_t i1,
+                          Py_ssize_t C, int batch_stats)
+    void fnn_bn_dx_rows_d(const double *dY, const double *Xhat, const double *gamma, const double *invstd,
+                          double *dX, const double *dgamma, const double *dbeta, Py_ssize_t n, Py_ssize_t i0,
+                          Py_ssize_t i1, Py_ssize_t C, int batch_stats)
+
+
+# The row split (few columns, several threads): per-thread double partials on the caller's stack, at most
+# _ROW_PART values (threads x columns x 2, plus the mean and inverse deviation of each column).
+cdef enum:
+    _ROW_PART = 4096
+
+
+def row_split_threads(Py_ssize_t n, Py_ssize_t C, int n_threads):
+    """The threads batch norm over (n, C) splits by rows at n_threads (0: it splits by column blocks)."""
+    return _row_split_threads(n, C, n_threads)
+
+
+cdef int _row_split_threads(Py_ssize_t n, Py_ssize_t C, int n_threads) noexcept nogil:
+    """Threads for the row split, or 0 when the column blocks already give every thread work (or the partials
+    would not fit): only then do the bits depend on the thread count."""
+    cdef Py_ssize_t nb = (C + FNN_COLS - 1) // FNN_COLS
+    cdef int nt = threads_for(n * C, n_threads, FNN_MIN_PER_THREAD)
+    if nt > n:
+        nt = <int>n
+    if nt <= nb or nt <= 1 or 2 * nt * C + 2 * C > _ROW_PART:
+        return 0
+    return nt
 
 
 cdef inline void _bn_fwd_block(const floating *X, floating *Y, floating *Xhat, const floating *gamma,
@@ -138,6 +180,10 @@ cdef void bn_forward(const floating *X, const floating *gamma, const floating *b
     cdef Py_ssize_t nb, t
     if n == 0 or C == 0:
         return
+    cdef int nr = _row_split_threads(n, C, n_threads)
+    if nr:
+        _bn_fwd_by_rows(X, gamma, beta, Y, Xhat, mean, invstd, rmean, rvar, n, C, training, momentum, eps, nr)
+        return
     cdef int nt = _n_blocks_threads(n, C, n_threads, &nb)
     if nt <= 1:
         _bn_fwd_range(X, Y, Xhat, gamma, beta, mean, invstd, rmean, rvar, n, C, 0, nb, training, momentum, eps)
@@ -203,6 +249,10 @@ cdef void bn_backward(const floating *dY, const floating *Xhat, const floating *
             dgamma[j] = 0
             dbeta[j] = 0
         return
+    cdef int nr = _row_split_threads(n, C, n_threads)
+    if nr:
+        _bn_bwd_by_rows(dY, Xhat, gamma, invstd, dX, dgamma, dbeta, n, C, batch_stats, nr)
+        return
     cdef int nt = _n_blocks_threads(n, C, n_threads, &nb)
     if nt <= 1:
         _bn_bwd_range(dY, Xhat, gamma, invstd, dX, dgamma, dbeta, n, C, 0, nb, batch_stats)
@@ -210,6 +260,97 @@ cdef void bn_backward(const floating *dY, const floating *Xhat, const floating *
     for t in prange(nt, num_threads=nt, schedule="static"):
         _bn_bwd_range(dY, Xhat, gamma, invstd, dX, dgamma, dbeta, n, C, _lo(t, nt, nb), _lo(t + 1, nt, nb),
                       batch_stats)
+
+
+cdef void _bn_fwd_by_rows(const floating *X, const floating *gamma, const floating *beta, floating *Y,
+                          floating *Xhat, floating *mean, floating *invstd, floating *rmean, floating *rvar,
+                          Py_ssize_t n, Py_ssize_t C, bint training, double momentum, double eps,
+                          int nt) noexcept nogil:
+    """bn_forward split by rows over nt threads (_row_split_threads): partial sums per thread, added in thread
+    order, then the same statistics and per-element expressions as fnn_bn_fwd_block."""
+    cdef double part[_ROW_PART]
+    cdef double *m = part + 2 * nt * C
+    cdef double *sd = m + C
+    cdef double v
+    cdef Py_ssize_t t, j
+    if training:
+        for j in range(nt * C):
+            part[j] = 0
+        for t in prange(nt, num_threads=nt, schedule="static"):
+            if floating is float:
+                fnn_bn_sum_rows_f(X, _lo(t, nt, n), _lo(t + 1, nt, n), C, part + t * C)
+            else:
+                fnn_bn_sum_rows_d(X, _lo(t, nt, n), _lo(t + 1, nt, n), C, part + t * C)
+        for j in range(C):
+            v = 0
+            for t in range(nt):
+                v = v + part[t * C + j]
+            m[j] = v / n
+        for j in range(nt * C):
+            part[j] = 0
+        for t in prange(nt, num_threads=nt, schedule="static"):
+            if floating is float:
+                fnn_bn_sq_rows_f(X, _lo(t, nt, n), _lo(t + 1, nt, n), C, m, part + t * C)
+            else:
+                fnn_bn_sq_rows_d(X, _lo(t, nt, n), _lo(t + 1, nt, n), C, m, part + t * C)
+        for j in range(C):
+            v = 0
+            for t in range(nt):
+                v = v + part[t * C + j]
+            v = v / n                       # biased: normalizes the batch
+            mean[j] = <floating>m[j]
+            sd[j] = 1.0 / sqrt(v + eps)
+            invstd[j] = <floating>sd[j]
+            if rmean != NULL:
+                rmean[j] = <floating>((1 - momentum) * rmean[j] + momentum * m[j])
+                rvar[j] = <floating>((1 - momentum) * rvar[j] + momentum * v * n / (n - 1))
+    else:
+        for j in range(C):
+            m[j] = rmean[j]
+            sd[j] = 1.0 / sqrt(<double>rvar[j] + eps)
+            mean[j] = <floating>m[j]
+            invstd[j] = <floating>sd[j]
+    for t in prange(nt, num_threads=nt, schedule="static"):
+        if floating is float:
+            fnn_bn_norm_rows_f(X, Y, Xhat, gamma, beta, m, sd, _lo(t, nt, n), _lo(t + 1, nt, n), C)
+        else:
+            fnn_bn_norm_rows_d(X, Y, Xhat, gamma, beta, m, sd, _lo(t, nt, n), _lo(t + 1, nt, n), C)
+
+
+cdef void _bn_bwd_by_rows(const floating *dY, const floating *Xhat, const floating *gamma, const floating *invstd,
+                          floating *dX, floating *dgamma, floating *dbeta, Py_ssize_t n, Py_ssize_t C,
+                          bint batch_stats, int nt) noexcept nogil:
+    """bn_backward split by rows over nt threads: the column sums as per-thread partials added in thread order,
+    then dX by rows with fnn_bn_dx_block's expressions."""
+    cdef double part[_ROW_PART]
+    cdef double a, b
+    cdef Py_ssize_t t, j
+    for j in range(2 * nt * C):
+        part[j] = 0
+    for t in prange(nt, num_threads=nt, schedule="static"):
+        if floating is float:
+            fnn_bn_colsum_rows_f(dY, Xhat, _lo(t, nt, n), _lo(t + 1, nt, n), C, part + t * C,
+                                 part + (nt + t) * C)
+        else:
+            fnn_bn_colsum_rows_d(dY, Xhat, _lo(t, nt, n), _lo(t + 1, nt, n), C, part + t * C,
+                                 part + (nt + t) * C)
+    for j in range(C):
+        a = 0
+        b = 0
+        for t in range(nt):
+            a = a + part[t * C + j]
+            b = b + part[(nt + t) * C + j]
+        dbeta[j] = <floating>a
+        dgamma[j] = <floating>b
+    if dX == NULL:
+        return
+    for t in prange(nt, num_threads=nt, schedule="static"):
+        if floating is float:
+            fnn_bn_dx_rows_f(dY, Xhat, gamma, invstd, dX, dgamma, dbeta, n, _lo(t, nt, n), _lo(t + 1, nt, n), C,
+                             batch_stats)
+        else:
+            fnn_bn_dx_rows_d(dY, Xhat, gamma, invstd, dX, dgamma, dbeta, n, _lo(t, nt, n), _lo(t + 1, nt, n), C,
+                             batch_stats)
 
 
 # ------------------------------------------------------------------------------------------ layer norm
