@@ -349,27 +349,34 @@ def test_float32_matches_float64(cell):
 
 
 @pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
-def test_float32_packed_step_kernel_matches_blas(cell):
+@pytest.mark.parametrize("n, steps, n_in, units", [(11, 9, 5, 37), (40, 6, 70, 45), (300, 3, 9, 5), (1, 7, 3, 33)],
+                         ids=["tails", "blocks", "wide-batch", "batch1"])
+def test_float32_packed_step_kernel_matches_blas(cell, n, steps, n_in, units):
     """The float32 per-step products run in the packed micro-kernels (AVX-512, AVX2+FMA) where the CPU has them:
     every kernel the CPU can run agrees with the BLAS path, on a row count and widths that leave partial row
     blocks and panels (n 11, units 37: G*37 is not a multiple of the 32-float panel), with a prefix mask (the
-    active rows shrink) and a general one (blended); at 1 thread (the input projection also per step and row
-    block, from gathered rows of X) and at 2 (per-step products only)."""
+    active rows shrink) and general ones (a suffix, random holes: blended); at 1 thread (the input projection also
+    per step and row block, from gathered rows of X, and the weight gradients per group of steps) and at 2
+    (per-step products only).  Shapes: partial tiles and panels; two row blocks and K-chunks (40 rows, n_in 70,
+    4 * 45 gates); 300 rows, more than a group of the weight gradients holds; batch 1."""
     _, make, _, _ = cell
     best = _k.set_packed_isa(2)
     threads = fnn.get_num_threads()
-    X = np.random.default_rng(1).normal(size=(11, 9, 5)).astype(np.float32)
-    dY = np.random.default_rng(2).normal(size=(11, 9, 37)).astype(np.float32)
-    lengths = np.array([9, 3, 7, 9, 1, 0, 5, 9, 2, 8, 4])
-    masks = [None, np.arange(9)[None, :] < lengths[:, None]]
+    rng = np.random.default_rng(n)
+    X = rng.normal(size=(n, steps, n_in)).astype(np.float32)
+    dY = rng.normal(size=(n, steps, units)).astype(np.float32)
+    lengths = rng.integers(0, steps + 1, n)
+    lengths[0] = steps
+    masks = [None, np.arange(steps)[None, :] < lengths[:, None]]
     masks.append(masks[1][:, ::-1].copy())
+    masks.append(rng.random((n, steps)) < 0.7)
     try:
         for mask, nt in [(m, nt) for m in masks for nt in (1, 2)]:
             fnn.set_num_threads(nt)
             res = {}
             for isa in range(best + 1):
                 assert _k.set_packed_isa(isa) == isa
-                layer = bind(make(37, return_sequences=True), (9, 5), np.float32, seed=3)
+                layer = bind(make(units, return_sequences=True), (steps, n_in), np.float32, seed=3)
                 y = layer.forward(X, mask=mask).copy()
                 dX = layer.backward(dY)
                 res[isa] = [y, dX.copy()] + [layer.grads[k].copy() for k in sorted(layer.grads)]
