@@ -79,6 +79,11 @@ static inline float fnn_exp_f(float a) {
  * exact value is under 1.7e-38, it returns ~1.6e-38: flushed to zero or not, an absolute error below FLT_MIN) */
 static inline float fnn_sigmoid_vec_f(float x) { return 1.0f / (1.0f + fnn_exp_f(-x)); }
 
+#if defined(__GNUC__) || defined(__clang__)
+#define FNN_RNN_PREFETCH(p) __builtin_prefetch((const void *)(p), 0, 3)
+#else
+#define FNN_RNN_PREFETCH(p) ((void)(p))
+#endif
 #define FNN_RNN_CAT_(a, b) a##b
 #define FNN_RNN_CAT(a, b) FNN_RNN_CAT_(a, b)
 #define RFN(name) FNN_RNN_CAT(fnn_rnn_##name, SFX)
@@ -422,6 +427,10 @@ static inline ptrdiff_t fnn_rnn_block_rows(int isa) { return isa == 2 ? 32 : 24;
 /* C[0:M, 0:N] (+)= A[0:M, 0:K] . Bp (packed by fnn_rnn_pack_f); A's rows are A[r * lda], or with rows != NULL
  * (gathered rows) rows[r]; C's rows C[r * ldc], or with crows != NULL crows[r] (scattered);
  * M <= fnn_rnn_block_rows(isa), isa >= 1.  Loops: K-chunk, panel, row tile (8 or 4 rows AVX-512, 3 AVX2). */
+/* (no loop-to-memcpy: gcc made the 8-pointer setup of each tile a rep movsq, 2% of a GRU backward) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("no-tree-loop-distribute-patterns")))
+#endif
 static void fnn_rnn_pgemm_f(int isa, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float *A, ptrdiff_t lda,
                             const float *const *rows, const float *Bp, float *C, ptrdiff_t ldc,
                             float *const *crows, int acc) {
@@ -674,7 +683,12 @@ static void RFN(forward)(const fnn_rnn_dims *d, const T *X, const T *Wih, const 
 #if PACKED
           if (isa) fnn_rnn_pgemm_f(isa, i1 - i0, GU, U, hprev + i0 * U, U, NULL, Wp, HP + i0 * GU, GU, NULL, 0);
           if (Wpi != NULL) {
-              for (i = i0; i < i1; i++) xrows[i - i0] = X + (d->perm[i] * S + t) * F;
+              for (i = i0; i < i1; i++) {
+                  const float *x = X + (d->perm[i] * S + t) * F;
+                  xrows[i - i0] = x;
+                  if (s + 1 < S)                     /* the row's next step (see the backward's dY) */
+                      for (ptrdiff_t j = 0; j < F; j += 16) FNN_RNN_PREFETCH(d->reverse ? x - F + j : x + F + j);
+              }
               fnn_rnn_pgemm_f(isa, i1 - i0, GU, F, NULL, 0, xrows, Wpi, XP, GU, NULL, 0);
           }
 #endif
@@ -723,7 +737,7 @@ static void RFN(backward)(const fnn_rnn_dims *d, const T *X, const T *Wih, const
     const ptrdiff_t N = d->n, S = d->steps, F = d->n_in, U = d->units;
     const int cell = d->cell, lstm = cell == FNN_RNN_LSTM, gru = cell == FNN_RNN_GRU;
     const ptrdiff_t GU = fnn_rnn_gates(cell) * U, SV = fnn_rnn_saved(cell) * U;
-    ptrdiff_t i, j, s;
+    ptrdiff_t i, j, s, ws = 0;
     const int serial = d->n_threads > 1 && N * GU * U < FNN_RNN_SERIAL_STEP;
     unsigned int csr = fnn_ftz_enter();
 #if PACKED
@@ -743,6 +757,10 @@ static void RFN(backward)(const fnn_rnn_dims *d, const T *X, const T *Wih, const
     float *dxrows[FNN_RNN_RBMAX];
     const float *wx[FNN_RNN_WMAX], *wh[FNN_RNN_WMAX], *wgo[FNN_RNN_WMAX], *wgt[FNN_RNN_WMAX];
     ptrdiff_t wn = 0;
+    /* with the per-step weight gradients nothing reads a step's gate gradients after its group: they cycle through
+     * wslots step slots of dGt (and of dGo for GRU), which stay in cache instead of claiming new lines from memory
+     * every step (a group that reaches wslots steps, possible when the mask leaves few rows running, runs early) */
+    const ptrdiff_t wslots = wstep ? (FNN_RNN_WMIN + N - 1) / (N > 0 ? N : 1) + 1 : S;
     if (isa) fnn_rnn_pack_f(1, GU, U, Whh, GU, Wp);
     if (Wpi != NULL) fnn_rnn_pack_f(1, GU, F, Wih, GU, Wpi);
     if (wstep) {
@@ -751,12 +769,14 @@ static void RFN(backward)(const fnn_rnn_dims *d, const T *X, const T *Wih, const
     }
 #else
     const int isa = 0, wstep = 0;
-    const ptrdiff_t RB = N;
+    const ptrdiff_t RB = N, wslots = S;
+    (void)wslots;
     T *Wpi = NULL;
     (void)Wp;
 #endif
     /* dGo (batch-major, the ih side) is needed by the GEMMs after the loop; for LSTM and SimpleRNN its rows equal
-     * dGt's, which the per-step products read instead */
+     * dGt's, which the per-step products read instead; GRU's (its n-gate differs) are then stored time-major like
+     * dGt's (a row written where the next steps' rows follow, not one row every steps * GU floats) */
     const int need_dgo = !wstep || (dX != NULL && Wpi == NULL);
     if (serial) fnn_rnn_blas_threads(1);
     for (i = 0; i < N; i++) {
@@ -769,12 +789,15 @@ static void RFN(backward)(const fnn_rnn_dims *d, const T *X, const T *Wih, const
     }
     for (s = S - 1; s >= 0; s--) {
         const ptrdiff_t t = d->reverse ? S - 1 - s : s, na = d->n_active[s];
-        T *dgt = dGt + s * N * GU;
+        const ptrdiff_t slot = wstep ? ws : s;          /* the step's rows in dGt (and time-major dGo) */
+        T *dgt = dGt + slot * N * GU;
         if (dY != NULL)
             for (i = 0; i < N; i++) {
                 const T *dy = dY + (d->perm[i] * S + s) * U;
                 T *dh = dH + i * U;
                 for (j = 0; j < U; j++) dh[j] += dy[j];
+                /* the row's next step: one row every steps * U values, too far apart for the hardware prefetcher */
+                if (s > 0) for (j = 0; j < U; j += 64 / (ptrdiff_t)sizeof(T)) FNN_RNN_PREFETCH(dy - U + j);
             }
         if (norms != NULL) {
             double acc = 0;
@@ -786,7 +809,7 @@ static void RFN(backward)(const fnn_rnn_dims *d, const T *X, const T *Wih, const
           i1 = i0 + RB < N ? i0 + RB : N;
           for (i = i0; i < i1; i++) {
             const ptrdiff_t o = d->perm[i];
-            T *dgo = dGo + (o * S + t) * GU, *dg = dgt + i * GU;
+            T *dgo = dGo + (need_dgo ? o * S + t : slot * N + i) * GU, *dg = dgt + i * GU;
             if (i >= na || (d->mask != NULL && !d->mask[o * S + t])) {   /* not run: no gradient, state passes */
                 memset(dg, 0, GU * sizeof(T));
                 if (need_dgo || gru) memset(dgo, 0, GU * sizeof(T));
@@ -815,7 +838,8 @@ static void RFN(backward)(const fnn_rnn_dims *d, const T *X, const T *Wih, const
                                               dH + i0 * U, U, NULL, 1);
           if (Wpi != NULL) {             /* dX rows of the block (all rows: a row not run gets zeros) */
               for (i = i0; i < i1; i++) {
-                  xrows[i - i0] = gru ? dGo + (d->perm[i] * S + t) * GU : dgt + i * GU;
+                  xrows[i - i0] = !gru ? dgt + i * GU
+                                  : dGo + (need_dgo ? d->perm[i] * S + t : slot * N + i) * GU;
                   dxrows[i - i0] = dX + (d->perm[i] * S + t) * F;
               }
               fnn_rnn_pgemm_f(isa, i1 - i0, F, GU, NULL, 0, xrows, Wpi, NULL, 0, dxrows, 0);
@@ -824,10 +848,11 @@ static void RFN(backward)(const fnn_rnn_dims *d, const T *X, const T *Wih, const
         }
         if (!isa) RFN(gemm)(0, 1, na, U, GU, dgt, GU, Whh, GU, (T)1, dH, U);
 #if PACKED
-        if (wstep && (wn >= FNN_RNN_WMIN || s == 0) && wn > 0) {
-            fnn_rnn_wgrad_f(F, U, GU, wn, wx, wh, wgo, wgt, dWih, dWhh, dbih, dbhh, Wsc);
+        if (wstep && (wn >= FNN_RNN_WMIN || s == 0 || ws + 1 == wslots)) {
+            if (wn > 0) fnn_rnn_wgrad_f(F, U, GU, wn, wx, wh, wgo, wgt, dWih, dWhh, dbih, dbhh, Wsc);
             wn = 0;
-        }
+            ws = 0;
+        } else ws++;
 #endif
     }
     if (serial) fnn_rnn_blas_threads(d->n_threads);

@@ -349,16 +349,17 @@ def test_float32_matches_float64(cell):
 
 
 @pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
-@pytest.mark.parametrize("n, steps, n_in, units", [(11, 9, 5, 37), (40, 6, 70, 45), (300, 3, 9, 5), (1, 7, 3, 33)],
-                         ids=["tails", "blocks", "wide-batch", "batch1"])
+@pytest.mark.parametrize("n, steps, n_in, units", [(11, 9, 5, 37), (40, 6, 70, 45), (300, 3, 9, 5), (1, 7, 3, 33),
+                                                   (20, 30, 4, 9)],
+                         ids=["tails", "blocks", "wide-batch", "batch1", "long"])
 def test_float32_packed_step_kernel_matches_blas(cell, n, steps, n_in, units):
     """The float32 per-step products run in the packed micro-kernels (AVX-512, AVX2+FMA) where the CPU has them:
-    every kernel the CPU can run agrees with the BLAS path, on a row count and widths that leave partial row
-    blocks and panels (n 11, units 37: G*37 is not a multiple of the 32-float panel), with a prefix mask (the
-    active rows shrink) and general ones (a suffix, random holes: blended); at 1 thread (the input projection also
+    every kernel the CPU can run agrees with the BLAS path, with a prefix mask (the active rows shrink; one row
+    running most steps) and general ones (a suffix, random holes: blended); at 1 thread (the input projection also
     per step and row block, from gathered rows of X, and the weight gradients per group of steps) and at 2
-    (per-step products only).  Shapes: partial tiles and panels; two row blocks and K-chunks (40 rows, n_in 70,
-    4 * 45 gates); 300 rows, more than a group of the weight gradients holds; batch 1."""
+    (per-step products only).  Shapes: partial row tiles and panels (units 37: G*37 is not a multiple of the
+    32-float panel); two row blocks and K-chunks (40 rows, n_in 70, 4 * 45 gates); 300 rows, more than a group of
+    the weight gradients holds; batch 1; 30 steps of few rows (groups end on their step count)."""
     _, make, _, _ = cell
     best = _k.set_packed_isa(2)
     threads = fnn.get_num_threads()
@@ -370,6 +371,9 @@ def test_float32_packed_step_kernel_matches_blas(cell, n, steps, n_in, units):
     masks = [None, np.arange(steps)[None, :] < lengths[:, None]]
     masks.append(masks[1][:, ::-1].copy())
     masks.append(rng.random((n, steps)) < 0.7)
+    # one row runs every step, the others only the first: few rows per step (the weight gradients' groups of
+    # steps then end on their step count, not their row count)
+    masks.append(np.arange(steps)[None, :] < np.where(np.arange(n) == 0, steps, 1)[:, None])
     try:
         for mask, nt in [(m, nt) for m in masks for nt in (1, 2)]:
             fnn.set_num_threads(nt)
