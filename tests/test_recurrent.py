@@ -669,3 +669,36 @@ def test_blas_thread_count_restored_and_threads_agree():
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
     finally:
         fnn.set_num_threads(n_threads)
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
+def test_float32_avx512_gate_rows_match_generic(cell):
+    """On AVX-512 the packed path's forward gate rows are vectorized by hand (FMA polynomials, reciprocal estimates
+    refined by a Newton step): one step from large and tiny pre-activations (the clamps of exp at -87 / 88 and of
+    tanh at +-9, tanh(x) = x below 4e-4) agrees with the generic rows (the AVX2 cap) to float32 rounding, for unit
+    counts with a partial vector (units 21, 4 * 21 gates) and a whole one (units 32)."""
+    _, make, _, _ = cell
+    if _k.set_packed_isa(2) < 2:
+        pytest.skip("no AVX-512 on this CPU")
+    threads = fnn.get_num_threads()
+    try:
+        fnn.set_num_threads(1)
+        for units in (21, 32):
+            res = {}
+            for isa in (1, 2):
+                _k.set_packed_isa(isa)
+                layer = bind(make(units, return_sequences=True, return_state=True), (1, 3), np.float32, seed=5,
+                             scale=30.0)
+                X = np.concatenate([np.random.default_rng(0).normal(size=(6, 1, 3)) * 10.0,
+                                    np.random.default_rng(1).normal(size=(6, 1, 3)) * 1e-6]).astype(np.float32)
+                h0 = np.random.default_rng(2).normal(size=(12, units)).astype(np.float32)
+                states = [h0] + ([h0 * 0.5] if len(layer.state_shapes) > 1 else [])
+                layer.n_inputs = 1 + len(states)
+                layer.input_shape = [(1, 3)] + [(units,)] * len(states)
+                out = layer.forward([X] + states)
+                res[isa] = [np.array(o, copy=True) for o in out]
+            for a, b in zip(res[2], res[1]):
+                np.testing.assert_allclose(a, b, rtol=3e-6, atol=3e-7)
+    finally:
+        _k.set_packed_isa(2)
+        fnn.set_num_threads(threads)
