@@ -79,6 +79,11 @@ static inline float fnn_exp_f(float a) {
  * exact value is under 1.7e-38, it returns ~1.6e-38: flushed to zero or not, an absolute error below FLT_MIN) */
 static inline float fnn_sigmoid_vec_f(float x) { return 1.0f / (1.0f + fnn_exp_f(-x)); }
 
+#if defined(__GNUC__) || defined(__clang__)
+#define FNN_RNN_PREFETCH(p) __builtin_prefetch((const void *)(p), 0, 3)
+#else
+#define FNN_RNN_PREFETCH(p) ((void)(p))
+#endif
 #define FNN_RNN_CAT_(a, b) a##b
 #define FNN_RNN_CAT(a, b) FNN_RNN_CAT_(a, b)
 #define RFN(name) FNN_RNN_CAT(fnn_rnn_##name, SFX)
@@ -183,12 +188,22 @@ static long fnn_rnn_l2_budget(void) {
     }
     return fnn_rnn_l2_budget_;
 }
+/* rows gathered before the per-step weight gradients run (fnn_rnn_wgrad_f), and at most */
+#define FNN_RNN_WMIN 128
+#define FNN_RNN_WMAX 256
+/* floats of the scratch of the per-step weight gradients (fnn_rnn_wgrad_f): two packed gradient groups, and the
+ * larger of x's and h's packed transposes */
+static ptrdiff_t fnn_rnn_wscratch(ptrdiff_t F, ptrdiff_t U, ptrdiff_t GU) {
+    ptrdiff_t m = (F > U ? F : U) + 7;
+    return (2 * fnn_rnn_panels(GU) * FNN_RNN_NR + m / 8 * 8) * FNN_RNN_WMAX;
+}
 /* floats of the packing buffer of a layer: the forward's W_hh then W_ih, the backward's W_hh^T then W_ih^T (the
- * forward's packing is dead once its time loop is done, so the two share it) */
+ * forward's packing is dead once its time loop is done, so the two share it), then the backward's scratch for the
+ * per-step weight gradients */
 static ptrdiff_t fnn_rnn_packed_size(int cell, ptrdiff_t F, ptrdiff_t U) {
     ptrdiff_t GU = (cell == FNN_RNN_LSTM ? 4 : (cell == FNN_RNN_GRU ? 3 : 1)) * U;
     ptrdiff_t a = fnn_rnn_panels(GU) * FNN_RNN_NR * (U + F),
-              b = (fnn_rnn_panels(U) + fnn_rnn_panels(F)) * FNN_RNN_NR * GU;
+              b = (fnn_rnn_panels(U) + fnn_rnn_panels(F)) * FNN_RNN_NR * GU + fnn_rnn_wscratch(F, U, GU);
     return a > b ? a : b;
 }
 /* Bp <- panels of B (K, N): B[k][n] = src[k * ld + n], or with trans src[n * ld + k] */
@@ -241,6 +256,130 @@ static void fnn_rnn_mk_avx512(ptrdiff_t mr, ptrdiff_t nr, ptrdiff_t K, const flo
     }
 }
 
+/* the same for the last rows of a block: mr <= 4 (half the multiply-adds of an 8-row tile on 1 to 4 rows) */
+__attribute__((target("avx512f,avx2,fma")))
+static void fnn_rnn_mk4_avx512(ptrdiff_t mr, ptrdiff_t nr, ptrdiff_t K, const float *const *A,
+                               const float *Bp, float *const *C, ptrdiff_t col, int acc) {
+    const float *a0 = A[0], *a1 = A[1], *a2 = A[2], *a3 = A[3];
+    __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+    ptrdiff_t k;
+    for (k = 0; k < K; k++) {
+        const __m512 b0 = _mm512_loadu_ps(Bp + k * FNN_RNN_NR), b1 = _mm512_loadu_ps(Bp + k * FNN_RNN_NR + 16);
+        __m512 x;
+#define FNN_RNN_MK(r) x = _mm512_set1_ps(a##r[k]); c##r##0 = _mm512_fmadd_ps(x, b0, c##r##0); \
+        c##r##1 = _mm512_fmadd_ps(x, b1, c##r##1);
+        FNN_RNN_MK(0) FNN_RNN_MK(1) FNN_RNN_MK(2) FNN_RNN_MK(3)
+#undef FNN_RNN_MK
+    }
+    {
+        const __mmask16 m0 = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1u),
+                        m1 = nr >= 32 ? (__mmask16)0xFFFF
+                                      : (nr <= 16 ? (__mmask16)0 : (__mmask16)((1u << (nr - 16)) - 1u));
+        __m512 cs[8] = {c00, c01, c10, c11, c20, c21, c30, c31};
+        ptrdiff_t r;
+        for (r = 0; r < mr; r++) {
+            float *cr = C[r] + col;
+            __m512 v0 = cs[2 * r], v1 = cs[2 * r + 1];
+            if (acc) {
+                v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, cr));
+                v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, cr + 16));
+            }
+            _mm512_mask_storeu_ps(cr, m0, v0);
+            _mm512_mask_storeu_ps(cr + 16, m1, v1);
+        }
+    }
+}
+
+/* The weight gradients per group of steps (one thread, AVX-512): dW[f][col] += sum_k A[k][f] B[k][col] over the K
+ * rows gathered (A[k]: the row's input x or state h, B[k]: its gate gradient), while the gate gradients of the
+ * last steps are in L2, instead of two large GEMMs after the time loop (OpenBLAS spent a third of their time
+ * copying the (steps * n, G * units) gradient arrays from memory).  The K rows are packed first (A^T in tiles
+ * of 8 rows of dW, K deep; B in panels of 32 columns, K deep), so that the micro-kernel streams both
+ * contiguously (on the gathered rows directly it waited on L2 misses and ran at half the step kernel's speed). */
+__attribute__((target("avx512f,avx2,fma")))
+static void fnn_rnn_wk_avx512(ptrdiff_t mr, ptrdiff_t nr, ptrdiff_t K, const float *Ap, const float *Bp,
+                              float *C, ptrdiff_t ldc) {
+    const __mmask16 m0 = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1u),
+                    m1 = nr >= 32 ? (__mmask16)0xFFFF
+                                  : (nr <= 16 ? (__mmask16)0 : (__mmask16)((1u << (nr - 16)) - 1u));
+    __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00,
+           c40 = c00, c41 = c00, c50 = c00, c51 = c00, c60 = c00, c61 = c00, c70 = c00, c71 = c00;
+    ptrdiff_t k, r;
+    for (k = 0; k < K; k++) {
+        const float *a = Ap + k * 8;
+        const __m512 b0 = _mm512_loadu_ps(Bp + k * FNN_RNN_NR), b1 = _mm512_loadu_ps(Bp + k * FNN_RNN_NR + 16);
+        __m512 x;
+#define FNN_RNN_MK(r) x = _mm512_set1_ps(a[r]); c##r##0 = _mm512_fmadd_ps(x, b0, c##r##0); \
+        c##r##1 = _mm512_fmadd_ps(x, b1, c##r##1);
+        FNN_RNN_MK(0) FNN_RNN_MK(1) FNN_RNN_MK(2) FNN_RNN_MK(3) FNN_RNN_MK(4) FNN_RNN_MK(5) FNN_RNN_MK(6)
+        FNN_RNN_MK(7)
+#undef FNN_RNN_MK
+    }
+    {
+        __m512 cs[16] = {c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71};
+        for (r = 0; r < mr; r++) {
+            float *cr = C + r * ldc;
+            _mm512_mask_storeu_ps(cr, m0, _mm512_add_ps(cs[2 * r], _mm512_maskz_loadu_ps(m0, cr)));
+            _mm512_mask_storeu_ps(cr + 16, m1, _mm512_add_ps(cs[2 * r + 1], _mm512_maskz_loadu_ps(m1, cr + 16)));
+        }
+    }
+}
+
+/* Bp <- the K rows B[k][0:N] in panels of 32 columns (zero padded), db += sum_k B[k] */
+__attribute__((target("avx512f,avx2,fma")))
+static void fnn_rnn_wpackb_avx512(ptrdiff_t N, ptrdiff_t K, const float *const *B, float *Bp, float *db) {
+    ptrdiff_t p, k, np = fnn_rnn_panels(N);
+    for (p = 0; p < np; p++) {
+        ptrdiff_t nr = N - p * FNN_RNN_NR;
+        nr = nr > FNN_RNN_NR ? FNN_RNN_NR : nr;
+        const __mmask16 m0 = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1u),
+                        m1 = nr >= 32 ? (__mmask16)0xFFFF
+                                      : (nr <= 16 ? (__mmask16)0 : (__mmask16)((1u << (nr - 16)) - 1u));
+        __m512 s0 = _mm512_setzero_ps(), s1 = s0;
+        float *dst = Bp + p * K * FNN_RNN_NR;
+        for (k = 0; k < K; k++) {
+            const float *b = B[k] + p * FNN_RNN_NR;
+            const __m512 v0 = _mm512_maskz_loadu_ps(m0, b), v1 = _mm512_maskz_loadu_ps(m1, b + 16);
+            _mm512_storeu_ps(dst + k * FNN_RNN_NR, v0);
+            _mm512_storeu_ps(dst + k * FNN_RNN_NR + 16, v1);
+            s0 = _mm512_add_ps(s0, v0);
+            s1 = _mm512_add_ps(s1, v1);
+        }
+        float *d = db + p * FNN_RNN_NR;
+        _mm512_mask_storeu_ps(d, m0, _mm512_add_ps(s0, _mm512_maskz_loadu_ps(m0, d)));
+        _mm512_mask_storeu_ps(d + 16, m1, _mm512_add_ps(s1, _mm512_maskz_loadu_ps(m1, d + 16)));
+    }
+}
+
+/* Ap <- A^T of the K rows A[k][0:M] in tiles of 8 rows of dW, K deep (zero padded): ceil(M / 8) * 8 * K floats */
+__attribute__((target("avx512f,avx2,fma")))
+static void fnn_rnn_wpacka_avx512(ptrdiff_t M, ptrdiff_t K, const float *const *A, float *Ap) {
+    ptrdiff_t f, k, r;
+    for (f = 0; f < M; f += 8) {
+        const ptrdiff_t mr = M - f < 8 ? M - f : 8;
+        float *dst = Ap + f * K;
+        if (mr == 8)
+            for (k = 0; k < K; k++) _mm256_storeu_ps(dst + k * 8, _mm256_loadu_ps(A[k] + f));
+        else
+            for (k = 0; k < K; k++) for (r = 0; r < 8; r++) dst[k * 8 + r] = r < mr ? A[k][f + r] : 0.0f;
+    }
+}
+
+/* dW (M, N) += Ap^T Bp (both packed, K deep): panel by panel, so that a panel of Bp stays in L1 while every tile
+ * of Ap streams past it (tile by tile, the whole Bp streamed from L2 for each tile) */
+__attribute__((target("avx512f,avx2,fma")))
+static void fnn_rnn_wgrad_avx512_(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float *Ap, const float *Bp,
+                                  float *dW) {
+    ptrdiff_t p, f, np = fnn_rnn_panels(N);
+    for (p = 0; p < np; p++) {
+        ptrdiff_t nr = N - p * FNN_RNN_NR;
+        nr = nr > FNN_RNN_NR ? FNN_RNN_NR : nr;
+        for (f = 0; f < M; f += 8)
+            fnn_rnn_wk_avx512(M - f < 8 ? M - f : 8, nr, K, Ap + f * K, Bp + p * K * FNN_RNN_NR,
+                              dW + f * N + p * FNN_RNN_NR, N);
+    }
+}
+
 /* the same with AVX2+FMA: mr <= 3 rows, 4 ymm per row */
 __attribute__((target("avx2,fma")))
 static void fnn_rnn_mk_avx2(ptrdiff_t mr, ptrdiff_t nr, ptrdiff_t K, const float *const *A,
@@ -275,37 +414,214 @@ static void fnn_rnn_mk_avx2(ptrdiff_t mr, ptrdiff_t nr, ptrdiff_t K, const float
         }
     }
 }
+/* ---- the float32 forward gate rows with AVX-512 (the packed path on AVX-512 CPUs) ----
+ * The same math as lstm_fwd_row / gru_fwd_row with fnn_exp_f / fnn_tanh_f, 16 units per vector, the polynomials
+ * in fused multiply-adds and each division as a 14-bit reciprocal estimate refined by one Newton step (relative
+ * error ~2^-27, against a division's 2^-24 rounding): the generic rows, compiled without FMA contraction
+ * (-std=c99) and dividing five times per LSTM unit, spent more time in the gate math than in its products. */
+__attribute__((target("avx512f,avx2,fma")))
+static inline __m512 fnn_rnn_rcp16(__m512 d) {
+    __m512 y = _mm512_rcp14_ps(d);
+    return _mm512_mul_ps(y, _mm512_fnmadd_ps(d, y, _mm512_set1_ps(2.0f)));
+}
+__attribute__((target("avx512f,avx2,fma")))
+static inline __m512 fnn_rnn_exp16(__m512 a) {            /* fnn_exp_f */
+    const __m512 x = _mm512_max_ps(_mm512_min_ps(a, _mm512_set1_ps(88.0f)), _mm512_set1_ps(-87.0f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+__attribute__((target("avx512f,avx2,fma")))
+static inline __m512 fnn_rnn_sigmoid16(__m512 x) {         /* fnn_sigmoid_vec_f */
+    return fnn_rnn_rcp16(_mm512_add_ps(_mm512_set1_ps(1.0f), fnn_rnn_exp16(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+}
+__attribute__((target("avx512f,avx2,fma")))
+static inline __m512 fnn_rnn_tanh16(__m512 a) {            /* fnn_tanh_f */
+    const __m512 one = _mm512_set1_ps(1.0f);
+    const __m512 x = _mm512_max_ps(_mm512_min_ps(a, _mm512_set1_ps(9.0f)), _mm512_set1_ps(-9.0f));
+    const __m512 x2 = _mm512_mul_ps(x, x);
+    __m512 p = _mm512_fmadd_ps(x2, _mm512_set1_ps(-2.76076847742355e-16f), _mm512_set1_ps(2.00018790482477e-13f));
+    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(-8.60467152213735e-11f));
+    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(5.12229709037114e-08f));
+    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(1.48572235717979e-05f));
+    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(6.37261928875436e-04f));
+    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(4.89352455891786e-03f));
+    p = _mm512_mul_ps(x, p);
+    __m512 q = _mm512_fmadd_ps(x2, _mm512_set1_ps(1.19825839466702e-06f), _mm512_set1_ps(1.18534705686654e-04f));
+    q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(2.26843463243900e-03f));
+    q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(4.89352518554385e-03f));
+    __m512 r = _mm512_mul_ps(p, fnn_rnn_rcp16(q));
+    r = _mm512_max_ps(_mm512_min_ps(r, one), _mm512_sub_ps(_mm512_setzero_ps(), one));
+    /* tanh(a) = a for |a| < 4e-4 (keeps -0 and tiny values exact) */
+    const __mmask16 tiny = _mm512_cmp_ps_mask(_mm512_abs_ps(a), _mm512_set1_ps(4e-4f), _CMP_LT_OQ);
+    return _mm512_mask_blend_ps(tiny, r, a);
+}
+/* lstm_fwd_row (float) */
+__attribute__((target("avx512f,avx2,fma")))
+static void fnn_rnn_lstm_fwd_row_avx512(ptrdiff_t U, const float *xp, const float *hp, const float *bi,
+                                        const float *bh, const float *cp, float *g, float *c, float *h) {
+    ptrdiff_t j;
+    for (j = 0; j < U; j += 16) {
+        const __mmask16 m = U - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (U - j)) - 1u);
+#define FNN_RNN_PRE(q) _mm512_add_ps(_mm512_add_ps(_mm512_maskz_loadu_ps(m, xp + q * U + j), \
+        _mm512_maskz_loadu_ps(m, bi + q * U + j)), _mm512_add_ps(_mm512_maskz_loadu_ps(m, hp + q * U + j), \
+        _mm512_maskz_loadu_ps(m, bh + q * U + j)))
+        const __m512 ig = fnn_rnn_sigmoid16(FNN_RNN_PRE(0)), fg = fnn_rnn_sigmoid16(FNN_RNN_PRE(1)),
+                     gg = fnn_rnn_tanh16(FNN_RNN_PRE(2)), og = fnn_rnn_sigmoid16(FNN_RNN_PRE(3));
+#undef FNN_RNN_PRE
+        const __m512 cn = _mm512_fmadd_ps(fg, _mm512_maskz_loadu_ps(m, cp + j), _mm512_mul_ps(ig, gg));
+        _mm512_mask_storeu_ps(g + j, m, ig);
+        _mm512_mask_storeu_ps(g + U + j, m, fg);
+        _mm512_mask_storeu_ps(g + 2 * U + j, m, gg);
+        _mm512_mask_storeu_ps(g + 3 * U + j, m, og);
+        _mm512_mask_storeu_ps(c + j, m, cn);
+        _mm512_mask_storeu_ps(h + j, m, _mm512_mul_ps(og, fnn_rnn_tanh16(cn)));
+    }
+}
+/* gru_fwd_row (float) */
+__attribute__((target("avx512f,avx2,fma")))
+static void fnn_rnn_gru_fwd_row_avx512(ptrdiff_t U, const float *xp, const float *hp, const float *bi,
+                                       const float *bh, const float *hprev, float *g, float *h) {
+    ptrdiff_t j;
+    for (j = 0; j < U; j += 16) {
+        const __mmask16 m = U - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (U - j)) - 1u);
+#define FNN_RNN_LD(a, q) _mm512_maskz_loadu_ps(m, a + q * U + j)
+        const __m512 r = fnn_rnn_sigmoid16(_mm512_add_ps(_mm512_add_ps(FNN_RNN_LD(xp, 0), FNN_RNN_LD(bi, 0)),
+                                                         _mm512_add_ps(FNN_RNN_LD(hp, 0), FNN_RNN_LD(bh, 0))));
+        const __m512 z = fnn_rnn_sigmoid16(_mm512_add_ps(_mm512_add_ps(FNN_RNN_LD(xp, 1), FNN_RNN_LD(bi, 1)),
+                                                         _mm512_add_ps(FNN_RNN_LD(hp, 1), FNN_RNN_LD(bh, 1))));
+        const __m512 hn = _mm512_add_ps(FNN_RNN_LD(hp, 2), FNN_RNN_LD(bh, 2));
+        const __m512 nn = fnn_rnn_tanh16(_mm512_fmadd_ps(r, hn, _mm512_add_ps(FNN_RNN_LD(xp, 2), FNN_RNN_LD(bi, 2))));
+        const __m512 hv = _mm512_maskz_loadu_ps(m, hprev + j);
+#undef FNN_RNN_LD
+        _mm512_mask_storeu_ps(g + j, m, r);
+        _mm512_mask_storeu_ps(g + U + j, m, z);
+        _mm512_mask_storeu_ps(g + 2 * U + j, m, nn);
+        _mm512_mask_storeu_ps(g + 3 * U + j, m, hn);
+        /* (1 - z) n + z h = n + z (h - n) */
+        _mm512_mask_storeu_ps(h + j, m, _mm512_fmadd_ps(z, _mm512_sub_ps(hv, nn), nn));
+    }
+}
+
+/* simple_fwd_row, tanh (float) */
+__attribute__((target("avx512f,avx2,fma")))
+static void fnn_rnn_tanh_fwd_row_avx512(ptrdiff_t U, const float *xp, const float *hp, const float *bi,
+                                        const float *bh, float *h) {
+    ptrdiff_t j;
+    for (j = 0; j < U; j += 16) {
+        const __mmask16 m = U - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (U - j)) - 1u);
+        const __m512 v = _mm512_add_ps(
+            _mm512_add_ps(_mm512_maskz_loadu_ps(m, xp + j), _mm512_maskz_loadu_ps(m, bi + j)),
+            _mm512_add_ps(_mm512_maskz_loadu_ps(m, hp + j), _mm512_maskz_loadu_ps(m, bh + j)));
+        _mm512_mask_storeu_ps(h + j, m, fnn_rnn_tanh16(v));
+    }
+}
 #endif
 
-/* rows of one block for the packed kernel in use */
-static inline ptrdiff_t fnn_rnn_block_rows(int isa) { return isa == 2 ? 8 : 3; }
+/* Rows of one block: the gate pass of a block runs once its products are done (while they are in L1/L2), and
+ * inside the block pgemm runs every row tile against one K-chunk of a panel before the next, so that the chunk is
+ * read from L2 once per block and then from L1 (8-row tiles one after another, each streaming the panels from L2,
+ * spent a third of the step on L2 traffic at hidden 128). */
+#define FNN_RNN_RBMAX 32
+#define FNN_RNN_KC 128      /* K-chunk: 128 x 32 floats (16 KB) of a panel stay in L1 for the whole block */
+static inline ptrdiff_t fnn_rnn_block_rows(int isa) { return isa == 2 ? 32 : 24; }
 
 /* C[0:M, 0:N] (+)= A[0:M, 0:K] . Bp (packed by fnn_rnn_pack_f); A's rows are A[r * lda], or with rows != NULL
  * (gathered rows) rows[r]; C's rows C[r * ldc], or with crows != NULL crows[r] (scattered);
- * M <= fnn_rnn_block_rows(isa), isa >= 1 */
+ * M <= fnn_rnn_block_rows(isa), isa >= 1.  Loops: K-chunk, panel, row tile (8 or 4 rows AVX-512, 3 AVX2). */
+/* (no loop-to-memcpy: gcc made the 8-pointer setup of each tile a rep movsq, 2% of a GRU backward) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("no-tree-loop-distribute-patterns")))
+#endif
 static void fnn_rnn_pgemm_f(int isa, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float *A, ptrdiff_t lda,
                             const float *const *rows, const float *Bp, float *C, ptrdiff_t ldc,
                             float *const *crows, int acc) {
 #if FNN_RNN_HAVE_PK
-    ptrdiff_t p, r, np = fnn_rnn_panels(N);
+    const ptrdiff_t np = fnn_rnn_panels(N), mt = isa == 2 ? 8 : 3;
+    ptrdiff_t p, r, r0, k0 = 0;
     const float *a[8];
     float *c[8];
     if (M <= 0) return;
-    for (r = 0; r < 8; r++) {
-        ptrdiff_t q = r < M ? r : M - 1;
-        a[r] = rows != NULL ? rows[q] : A + q * lda;
-        c[r] = crows != NULL ? crows[q] : C + q * ldc;
-    }
-    for (p = 0; p < np; p++) {
-        ptrdiff_t nr = N - p * FNN_RNN_NR;
-        nr = nr > FNN_RNN_NR ? FNN_RNN_NR : nr;
-        if (isa == 2) fnn_rnn_mk_avx512(M, nr, K, a, Bp + p * K * FNN_RNN_NR, c, p * FNN_RNN_NR, acc);
-        else fnn_rnn_mk_avx2(M, nr, K, a, Bp + p * K * FNN_RNN_NR, c, p * FNN_RNN_NR, acc);
-    }
+    do {                                           /* once with K = 0: C = 0 (or kept, acc) */
+        const ptrdiff_t kc = K - k0 < FNN_RNN_KC ? K - k0 : FNN_RNN_KC;
+        const int ac = acc || k0 > 0;
+        for (p = 0; p < np; p++) {
+            const float *bp = Bp + (p * K + k0) * FNN_RNN_NR;
+            ptrdiff_t nr = N - p * FNN_RNN_NR;
+            nr = nr > FNN_RNN_NR ? FNN_RNN_NR : nr;
+            for (r0 = 0; r0 < M; r0 += mt) {
+                const ptrdiff_t mr = M - r0 < mt ? M - r0 : mt;
+                for (r = 0; r < mt; r++) {
+                    ptrdiff_t q = r0 + (r < mr ? r : mr - 1);
+                    a[r] = (rows != NULL ? rows[q] : A + q * lda) + k0;
+                    c[r] = crows != NULL ? crows[q] : C + q * ldc;
+                }
+                if (isa == 2) {
+                    if (mr <= 4) fnn_rnn_mk4_avx512(mr, nr, kc, a, bp, c, p * FNN_RNN_NR, ac);
+                    else fnn_rnn_mk_avx512(mr, nr, kc, a, bp, c, p * FNN_RNN_NR, ac);
+                } else fnn_rnn_mk_avx2(mr, nr, kc, a, bp, c, p * FNN_RNN_NR, ac);
+            }
+        }
+        k0 += FNN_RNN_KC;
+    } while (k0 < K);
 #else
     (void)isa; (void)M; (void)N; (void)K; (void)A; (void)lda; (void)rows; (void)Bp; (void)C; (void)ldc;
     (void)crows; (void)acc;
 #endif
+}
+
+/* The weight and bias gradients of a group of K rows (AVX-512 only; the caller checks the ISA): dWih += sum_k
+ * x_k^T go_k, dWhh += sum_k h_k^T gt_k, dbih += sum_k go_k, dbhh += sum_k gt_k; go == gt (same pointers): one
+ * packing.  scratch: fnn_rnn_wscratch(F, U, GU) floats. */
+static void fnn_rnn_wgrad_f(ptrdiff_t F, ptrdiff_t U, ptrdiff_t GU, ptrdiff_t K, const float *const *x,
+                            const float *const *h, const float *const *go, const float *const *gt, float *dWih,
+                            float *dWhh, float *dbih, float *dbhh, float *scratch) {
+#if FNN_RNN_HAVE_PK
+    float *Bt = scratch, *Bo = Bt + fnn_rnn_panels(GU) * FNN_RNN_NR * FNN_RNN_WMAX,
+          *Ap = Bo + fnn_rnn_panels(GU) * FNN_RNN_NR * FNN_RNN_WMAX;
+    ptrdiff_t j;
+    fnn_rnn_wpackb_avx512(GU, K, gt, Bt, dbhh);
+    if (go != gt) fnn_rnn_wpackb_avx512(GU, K, go, Bo, dbih);
+    else { Bo = Bt; for (j = 0; j < GU; j++) dbih[j] = dbhh[j]; }   /* equal at every group's end: copy */
+    fnn_rnn_wpacka_avx512(U, K, h, Ap);
+    fnn_rnn_wgrad_avx512_(U, GU, K, Ap, Bt, dWhh);
+    fnn_rnn_wpacka_avx512(F, K, x, Ap);
+    fnn_rnn_wgrad_avx512_(F, GU, K, Ap, Bo, dWih);
+#else
+    (void)F; (void)U; (void)GU; (void)K; (void)x; (void)h; (void)go; (void)gt; (void)dWih; (void)dWhh; (void)dbih;
+    (void)dbhh; (void)scratch;
+#endif
+}
+
+/* the float32 forward gate rows of the packed path: AVX-512 (isa 2) or the generic ones (return 0) */
+static int fnn_rnn_fwd_row_f(int isa, int cell, ptrdiff_t U, const float *xp, const float *hp, const float *bi,
+                             const float *bh, const float *prev_c_or_h, float *g, float *c, float *h) {
+#if FNN_RNN_HAVE_PK
+    if (isa == 2 && cell == FNN_RNN_LSTM) {
+        fnn_rnn_lstm_fwd_row_avx512(U, xp, hp, bi, bh, prev_c_or_h, g, c, h);
+        return 1;
+    }
+    if (isa == 2 && cell == FNN_RNN_GRU) {
+        fnn_rnn_gru_fwd_row_avx512(U, xp, hp, bi, bh, prev_c_or_h, g, h);
+        return 1;
+    }
+    if (isa == 2 && cell == FNN_RNN_TANH) {
+        fnn_rnn_tanh_fwd_row_avx512(U, xp, hp, bi, bh, h);
+        return 1;
+    }
+#endif
+    (void)isa; (void)cell; (void)U; (void)xp; (void)hp; (void)bi; (void)bh; (void)prev_c_or_h; (void)g; (void)c;
+    (void)h;
+    return 0;
 }
 
 #define FNN_RNN_PASS 1
@@ -401,8 +717,7 @@ FNN_CLONES static void RFN(simple_fwd_row)(ptrdiff_t U, int relu, const T *restr
 /* ---- backward of one row at one step: dh, dc (in: the gradient reaching h_t, c_t; out: the part carried to
  * h_{t-1}, c_{t-1} outside the recurrent GEMM), dgt (hh side), dgo (ih side) ---- */
 FNN_CLONES static void RFN(lstm_bwd_row)(ptrdiff_t U, const T *restrict g, const T *restrict c,
-                                         const T *restrict cp, T *restrict dh, T *restrict dc, T *restrict dgt,
-                                         T *restrict dgo) {
+                                         const T *restrict cp, T *restrict dh, T *restrict dc, T *restrict dg) {
     ptrdiff_t j;
 #pragma omp simd
     for (j = 0; j < U; j++) {
@@ -412,10 +727,9 @@ FNN_CLONES static void RFN(lstm_bwd_row)(ptrdiff_t U, const T *restrict g, const
         T dct = dc[j] + dhj * og * ((T)1 - tc * tc);
         T di = dct * gg * ig * ((T)1 - ig);
         T df = dct * cp[j] * fg * ((T)1 - fg);
-        T dg = dct * ig * ((T)1 - gg * gg);
+        T dgg = dct * ig * ((T)1 - gg * gg);
         T dO = dhj * tc * og * ((T)1 - og);
-        dgt[j] = di; dgt[U + j] = df; dgt[2 * U + j] = dg; dgt[3 * U + j] = dO;
-        dgo[j] = di; dgo[U + j] = df; dgo[2 * U + j] = dg; dgo[3 * U + j] = dO;
+        dg[j] = di; dg[U + j] = df; dg[2 * U + j] = dgg; dg[3 * U + j] = dO;
         dc[j] = dct * fg;
         dh[j] = (T)0;
     }
@@ -438,14 +752,14 @@ FNN_CLONES static void RFN(gru_bwd_row)(ptrdiff_t U, const T *restrict g, const 
 }
 
 FNN_CLONES static void RFN(simple_bwd_row)(ptrdiff_t U, int relu, const T *restrict h, T *restrict dh,
-                                           T *restrict dgt, T *restrict dgo) {
+                                           T *restrict dg) {
     ptrdiff_t j;
     if (relu) {
 #pragma omp simd
-        for (j = 0; j < U; j++) { T d = h[j] > 0 ? dh[j] : (T)0; dgt[j] = d; dgo[j] = d; dh[j] = (T)0; }
+        for (j = 0; j < U; j++) { T d = h[j] > 0 ? dh[j] : (T)0; dg[j] = d; dh[j] = (T)0; }
     } else {
 #pragma omp simd
-        for (j = 0; j < U; j++) { T d = dh[j] * ((T)1 - h[j] * h[j]); dgt[j] = d; dgo[j] = d; dh[j] = (T)0; }
+        for (j = 0; j < U; j++) { T d = dh[j] * ((T)1 - h[j] * h[j]); dg[j] = d; dh[j] = (T)0; }
     }
 }
 
@@ -471,7 +785,7 @@ static void RFN(forward)(const fnn_rnn_dims *d, const T *X, const T *Wih, const 
     float *Wpi = isa && d->n_threads <= 1
                  && (double)fnn_rnn_panels(GU) * FNN_RNN_NR * (U + F) * sizeof(float) <= (double)fnn_rnn_l2_budget()
                  ? Wp + fnn_rnn_panels(GU) * FNN_RNN_NR * U : NULL;
-    const float *xrows[8];
+    const float *xrows[FNN_RNN_RBMAX];
     if (isa) fnn_rnn_pack_f(0, U, GU, Whh, GU, Wp);
     if (Wpi != NULL) fnn_rnn_pack_f(0, F, GU, Wih, GU, Wpi);
     else
@@ -502,7 +816,12 @@ static void RFN(forward)(const fnn_rnn_dims *d, const T *X, const T *Wih, const 
 #if PACKED
           if (isa) fnn_rnn_pgemm_f(isa, i1 - i0, GU, U, hprev + i0 * U, U, NULL, Wp, HP + i0 * GU, GU, NULL, 0);
           if (Wpi != NULL) {
-              for (i = i0; i < i1; i++) xrows[i - i0] = X + (d->perm[i] * S + t) * F;
+              for (i = i0; i < i1; i++) {
+                  const float *x = X + (d->perm[i] * S + t) * F;
+                  xrows[i - i0] = x;
+                  if (s + 1 < S)                     /* the row's next step (see the backward's dY) */
+                      for (ptrdiff_t j = 0; j < F; j += 16) FNN_RNN_PREFETCH(d->reverse ? x - F + j : x + F + j);
+              }
               fnn_rnn_pgemm_f(isa, i1 - i0, GU, F, NULL, 0, xrows, Wpi, XP, GU, NULL, 0);
           }
 #endif
@@ -518,6 +837,11 @@ static void RFN(forward)(const fnn_rnn_dims *d, const T *X, const T *Wih, const 
                 if (lstm) memcpy(cnew + i * U, cprev + i * U, U * sizeof(T));
                 continue;
             }
+#if PACKED
+            if (isa && fnn_rnn_fwd_row_f(isa, cell, U, xp, hp, bih, bhh, lstm ? cprev + i * U : hprev + i * U,
+                                         Gs + (s * N + i) * SV, lstm ? cnew + i * U : NULL, hnew + i * U))
+                continue;
+#endif
             if (lstm) RFN(lstm_fwd_row)(U, xp, hp, bih, bhh, cprev + i * U, Gs + (s * N + i) * SV, cnew + i * U,
                                         hnew + i * U);
             else if (gru) RFN(gru_fwd_row)(U, xp, hp, bih, bhh, hprev + i * U, Gs + (s * N + i) * SV, hnew + i * U);
@@ -551,7 +875,7 @@ static void RFN(backward)(const fnn_rnn_dims *d, const T *X, const T *Wih, const
     const ptrdiff_t N = d->n, S = d->steps, F = d->n_in, U = d->units;
     const int cell = d->cell, lstm = cell == FNN_RNN_LSTM, gru = cell == FNN_RNN_GRU;
     const ptrdiff_t GU = fnn_rnn_gates(cell) * U, SV = fnn_rnn_saved(cell) * U;
-    ptrdiff_t i, j, s;
+    ptrdiff_t i, j, s, ws = 0;
     const int serial = d->n_threads > 1 && N * GU * U < FNN_RNN_SERIAL_STEP;
     unsigned int csr = fnn_ftz_enter();
 #if PACKED
@@ -563,15 +887,35 @@ static void RFN(backward)(const fnn_rnn_dims *d, const T *X, const T *Wih, const
                  && (double)(fnn_rnn_panels(U) + fnn_rnn_panels(F)) * FNN_RNN_NR * GU * sizeof(float)
                     <= (double)fnn_rnn_l2_budget()
                  ? Wp + fnn_rnn_panels(U) * FNN_RNN_NR * GU : NULL;
-    const float *xrows[8];
-    float *dxrows[8];
+    /* one thread, AVX-512: the weight and bias gradients per group of steps (>= FNN_RNN_WMIN rows, at most
+     * FNN_RNN_WMAX), from the rows' x, h and gate gradients while they are in L2 (fnn_rnn_wgrad_avx512) */
+    const int wstep = isa == 2 && d->n_threads <= 1;
+    float *Wsc = Wp + (fnn_rnn_panels(U) + fnn_rnn_panels(F)) * FNN_RNN_NR * GU;   /* past W_hh^T and W_ih^T */
+    const float *xrows[FNN_RNN_RBMAX];
+    float *dxrows[FNN_RNN_RBMAX];
+    const float *wx[FNN_RNN_WMAX], *wh[FNN_RNN_WMAX], *wgo[FNN_RNN_WMAX], *wgt[FNN_RNN_WMAX];
+    ptrdiff_t wn = 0;
+    /* with the per-step weight gradients nothing reads a step's gate gradients after its group: they cycle through
+     * wslots step slots of dGt (and of dGo for GRU), which stay in cache instead of claiming new lines from memory
+     * every step (a group that reaches wslots steps, possible when the mask leaves few rows running, runs early) */
+    const ptrdiff_t wslots = wstep ? (FNN_RNN_WMIN + N - 1) / (N > 0 ? N : 1) + 1 : S;
     if (isa) fnn_rnn_pack_f(1, GU, U, Whh, GU, Wp);
     if (Wpi != NULL) fnn_rnn_pack_f(1, GU, F, Wih, GU, Wpi);
+    if (wstep) {
+        memset(dWih, 0, F * GU * sizeof(T)); memset(dWhh, 0, U * GU * sizeof(T));
+        memset(dbih, 0, GU * sizeof(T)); memset(dbhh, 0, GU * sizeof(T));
+    }
 #else
-    const int isa = 0;
-    const ptrdiff_t RB = N;
+    const int isa = 0, wstep = 0;
+    const ptrdiff_t RB = N, wslots = S;
+    (void)wslots;
+    T *Wpi = NULL;
     (void)Wp;
 #endif
+    /* dGo (batch-major, the ih side) is needed by the GEMMs after the loop; for LSTM and SimpleRNN its rows equal
+     * dGt's, which the per-step products read instead; GRU's (its n-gate differs) are then stored time-major like
+     * dGt's (a row written where the next steps' rows follow, not one row every steps * GU floats) */
+    const int need_dgo = !wstep || (dX != NULL && Wpi == NULL);
     if (serial) fnn_rnn_blas_threads(1);
     for (i = 0; i < N; i++) {
         const ptrdiff_t o = d->perm[i];
@@ -583,12 +927,15 @@ static void RFN(backward)(const fnn_rnn_dims *d, const T *X, const T *Wih, const
     }
     for (s = S - 1; s >= 0; s--) {
         const ptrdiff_t t = d->reverse ? S - 1 - s : s, na = d->n_active[s];
-        T *dgt = dGt + s * N * GU;
+        const ptrdiff_t slot = wstep ? ws : s;          /* the step's rows in dGt (and time-major dGo) */
+        T *dgt = dGt + slot * N * GU;
         if (dY != NULL)
             for (i = 0; i < N; i++) {
                 const T *dy = dY + (d->perm[i] * S + s) * U;
                 T *dh = dH + i * U;
                 for (j = 0; j < U; j++) dh[j] += dy[j];
+                /* the row's next step: one row every steps * U values, too far apart for the hardware prefetcher */
+                if (s > 0) for (j = 0; j < U; j += 64 / (ptrdiff_t)sizeof(T)) FNN_RNN_PREFETCH(dy - U + j);
             }
         if (norms != NULL) {
             double acc = 0;
@@ -600,25 +947,37 @@ static void RFN(backward)(const fnn_rnn_dims *d, const T *X, const T *Wih, const
           i1 = i0 + RB < N ? i0 + RB : N;
           for (i = i0; i < i1; i++) {
             const ptrdiff_t o = d->perm[i];
-            T *dgo = dGo + (o * S + t) * GU;
+            T *dgo = dGo + (need_dgo ? o * S + t : slot * N + i) * GU, *dg = dgt + i * GU;
             if (i >= na || (d->mask != NULL && !d->mask[o * S + t])) {   /* not run: no gradient, state passes */
-                memset(dgt + i * GU, 0, GU * sizeof(T));
-                memset(dgo, 0, GU * sizeof(T));
+                memset(dg, 0, GU * sizeof(T));
+                if (need_dgo || gru) memset(dgo, 0, GU * sizeof(T));
                 continue;
             }
             if (lstm) RFN(lstm_bwd_row)(U, Gs + (s * N + i) * SV, Cs + ((s + 1) * N + i) * U, Cs + (s * N + i) * U,
-                                        dH + i * U, dC + i * U, dgt + i * GU, dgo);
-            else if (gru) RFN(gru_bwd_row)(U, Gs + (s * N + i) * SV, Hs + (s * N + i) * U, dH + i * U,
-                                           dgt + i * GU, dgo);
-            else RFN(simple_bwd_row)(U, cell == FNN_RNN_RELU, Hs + ((s + 1) * N + i) * U, dH + i * U,
-                                     dgt + i * GU, dgo);
+                                        dH + i * U, dC + i * U, dg);
+            else if (gru) RFN(gru_bwd_row)(U, Gs + (s * N + i) * SV, Hs + (s * N + i) * U, dH + i * U, dg, dgo);
+            else RFN(simple_bwd_row)(U, cell == FNN_RNN_RELU, Hs + ((s + 1) * N + i) * U, dH + i * U, dg);
+            if (need_dgo && !gru) memcpy(dgo, dg, GU * sizeof(T));
+#if PACKED
+            if (wstep) {                 /* the row joins the group of the weight gradients */
+                wx[wn] = X + (o * S + t) * F;
+                wh[wn] = Hs + (s * N + i) * U;
+                wgt[wn] = dg;
+                wgo[wn] = gru ? dgo : dg;
+                if (++wn == FNN_RNN_WMAX) {
+                    fnn_rnn_wgrad_f(F, U, GU, wn, wx, wh, wgo, wgt, dWih, dWhh, dbih, dbhh, Wsc);
+                    wn = 0;
+                }
+            }
+#endif
           }
 #if PACKED
           if (isa && i0 < na) fnn_rnn_pgemm_f(isa, (i1 < na ? i1 : na) - i0, U, GU, dgt + i0 * GU, GU, NULL, Wp,
                                               dH + i0 * U, U, NULL, 1);
           if (Wpi != NULL) {             /* dX rows of the block (all rows: a row not run gets zeros) */
               for (i = i0; i < i1; i++) {
-                  xrows[i - i0] = dGo + (d->perm[i] * S + t) * GU;
+                  xrows[i - i0] = !gru ? dgt + i * GU
+                                  : dGo + (need_dgo ? d->perm[i] * S + t : slot * N + i) * GU;
                   dxrows[i - i0] = dX + (d->perm[i] * S + t) * F;
               }
               fnn_rnn_pgemm_f(isa, i1 - i0, F, GU, NULL, 0, xrows, Wpi, NULL, 0, dxrows, 0);
@@ -626,6 +985,13 @@ static void RFN(backward)(const fnn_rnn_dims *d, const T *X, const T *Wih, const
 #endif
         }
         if (!isa) RFN(gemm)(0, 1, na, U, GU, dgt, GU, Whh, GU, (T)1, dH, U);
+#if PACKED
+        if (wstep && (wn >= FNN_RNN_WMIN || s == 0 || ws + 1 == wslots)) {
+            if (wn > 0) fnn_rnn_wgrad_f(F, U, GU, wn, wx, wh, wgo, wgt, dWih, dWhh, dbih, dbhh, Wsc);
+            wn = 0;
+            ws = 0;
+        } else ws++;
+#endif
     }
     if (serial) fnn_rnn_blas_threads(d->n_threads);
     for (i = 0; i < N; i++) {
@@ -633,17 +999,16 @@ static void RFN(backward)(const fnn_rnn_dims *d, const T *X, const T *Wih, const
         if (dh0 != NULL) memcpy(dh0 + o * U, dH + i * U, U * sizeof(T));
         if (lstm && dc0 != NULL) memcpy(dc0 + o * U, dC + i * U, U * sizeof(T));
     }
-    RFN(gemm)(1, 0, U, GU, S * N, Hs, U, dGt, GU, (T)0, dWhh, GU);
-    RFN(gemm)(1, 0, F, GU, N * S, X, F, dGo, GU, (T)0, dWih, GU);
-    for (j = 0; j < GU; j++) { dbih[j] = 0; dbhh[j] = 0; }
-    for (i = 0; i < N * S; i++) {
-        const T *a = dGo + i * GU, *b = dGt + i * GU;
-        for (j = 0; j < GU; j++) { dbih[j] += a[j]; dbhh[j] += b[j]; }
+    if (!wstep) {
+        RFN(gemm)(1, 0, U, GU, S * N, Hs, U, dGt, GU, (T)0, dWhh, GU);
+        RFN(gemm)(1, 0, F, GU, N * S, X, F, dGo, GU, (T)0, dWih, GU);
+        for (j = 0; j < GU; j++) { dbih[j] = 0; dbhh[j] = 0; }
+        for (i = 0; i < N * S; i++) {
+            const T *a = dGo + i * GU, *b = dGt + i * GU;
+            for (j = 0; j < GU; j++) { dbih[j] += a[j]; dbhh[j] += b[j]; }
+        }
     }
-#if PACKED
-    if (Wpi == NULL)
-#endif
-    if (dX != NULL) RFN(gemm)(0, 1, N * S, F, GU, dGo, GU, Wih, GU, (T)0, dX, F);
+    if (Wpi == NULL && dX != NULL) RFN(gemm)(0, 1, N * S, F, GU, dGo, GU, Wih, GU, (T)0, dX, F);
     fnn_ftz_exit(csr);
 }
 

@@ -349,27 +349,38 @@ def test_float32_matches_float64(cell):
 
 
 @pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
-def test_float32_packed_step_kernel_matches_blas(cell):
+@pytest.mark.parametrize("n, steps, n_in, units", [(11, 9, 5, 37), (40, 6, 70, 45), (300, 3, 9, 5), (1, 7, 3, 33),
+                                                   (20, 30, 4, 9)],
+                         ids=["tails", "blocks", "wide-batch", "batch1", "long"])
+def test_float32_packed_step_kernel_matches_blas(cell, n, steps, n_in, units):
     """The float32 per-step products run in the packed micro-kernels (AVX-512, AVX2+FMA) where the CPU has them:
-    every kernel the CPU can run agrees with the BLAS path, on a row count and widths that leave partial row
-    blocks and panels (n 11, units 37: G*37 is not a multiple of the 32-float panel), with a prefix mask (the
-    active rows shrink) and a general one (blended); at 1 thread (the input projection also per step and row
-    block, from gathered rows of X) and at 2 (per-step products only)."""
+    every kernel the CPU can run agrees with the BLAS path, with a prefix mask (the active rows shrink; one row
+    running most steps) and general ones (a suffix, random holes: blended); at 1 thread (the input projection also
+    per step and row block, from gathered rows of X, and the weight gradients per group of steps) and at 2
+    (per-step products only).  Shapes: partial row tiles and panels (units 37: G*37 is not a multiple of the
+    32-float panel); two row blocks and K-chunks (40 rows, n_in 70, 4 * 45 gates); 300 rows, more than a group of
+    the weight gradients holds; batch 1; 30 steps of few rows (groups end on their step count)."""
     _, make, _, _ = cell
     best = _k.set_packed_isa(2)
     threads = fnn.get_num_threads()
-    X = np.random.default_rng(1).normal(size=(11, 9, 5)).astype(np.float32)
-    dY = np.random.default_rng(2).normal(size=(11, 9, 37)).astype(np.float32)
-    lengths = np.array([9, 3, 7, 9, 1, 0, 5, 9, 2, 8, 4])
-    masks = [None, np.arange(9)[None, :] < lengths[:, None]]
+    rng = np.random.default_rng(n)
+    X = rng.normal(size=(n, steps, n_in)).astype(np.float32)
+    dY = rng.normal(size=(n, steps, units)).astype(np.float32)
+    lengths = rng.integers(0, steps + 1, n)
+    lengths[0] = steps
+    masks = [None, np.arange(steps)[None, :] < lengths[:, None]]
     masks.append(masks[1][:, ::-1].copy())
+    masks.append(rng.random((n, steps)) < 0.7)
+    # one row runs every step, the others only the first: few rows per step (the weight gradients' groups of
+    # steps then end on their step count, not their row count)
+    masks.append(np.arange(steps)[None, :] < np.where(np.arange(n) == 0, steps, 1)[:, None])
     try:
         for mask, nt in [(m, nt) for m in masks for nt in (1, 2)]:
             fnn.set_num_threads(nt)
             res = {}
             for isa in range(best + 1):
                 assert _k.set_packed_isa(isa) == isa
-                layer = bind(make(37, return_sequences=True), (9, 5), np.float32, seed=3)
+                layer = bind(make(units, return_sequences=True), (steps, n_in), np.float32, seed=3)
                 y = layer.forward(X, mask=mask).copy()
                 dX = layer.backward(dY)
                 res[isa] = [y, dX.copy()] + [layer.grads[k].copy() for k in sorted(layer.grads)]
@@ -658,3 +669,36 @@ def test_blas_thread_count_restored_and_threads_agree():
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
     finally:
         fnn.set_num_threads(n_threads)
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
+def test_float32_avx512_gate_rows_match_generic(cell):
+    """On AVX-512 the packed path's forward gate rows are vectorized by hand (FMA polynomials, reciprocal estimates
+    refined by a Newton step): one step from large and tiny pre-activations (the clamps of exp at -87 / 88 and of
+    tanh at +-9, tanh(x) = x below 4e-4) agrees with the generic rows (the AVX2 cap) to float32 rounding, for unit
+    counts with a partial vector (units 21, 4 * 21 gates) and a whole one (units 32)."""
+    _, make, _, _ = cell
+    if _k.set_packed_isa(2) < 2:
+        pytest.skip("no AVX-512 on this CPU")
+    threads = fnn.get_num_threads()
+    try:
+        fnn.set_num_threads(1)
+        for units in (21, 32):
+            res = {}
+            for isa in (1, 2):
+                _k.set_packed_isa(isa)
+                layer = bind(make(units, return_sequences=True, return_state=True), (1, 3), np.float32, seed=5,
+                             scale=30.0)
+                X = np.concatenate([np.random.default_rng(0).normal(size=(6, 1, 3)) * 10.0,
+                                    np.random.default_rng(1).normal(size=(6, 1, 3)) * 1e-6]).astype(np.float32)
+                h0 = np.random.default_rng(2).normal(size=(12, units)).astype(np.float32)
+                states = [h0] + ([h0 * 0.5] if len(layer.state_shapes) > 1 else [])
+                layer.n_inputs = 1 + len(states)
+                layer.input_shape = [(1, 3)] + [(units,)] * len(states)
+                out = layer.forward([X] + states)
+                res[isa] = [np.array(o, copy=True) for o in out]
+            for a, b in zip(res[2], res[1]):
+                np.testing.assert_allclose(a, b, rtol=3e-6, atol=3e-7)
+    finally:
+        _k.set_packed_isa(2)
+        fnn.set_num_threads(threads)
