@@ -29,6 +29,9 @@ CASES = [
     (3, 6, 7, 24, 8, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 1),       # one AVX2 vector of filters
     (2, 5, 6, 8, 9, (3, 3), (1, 1), (1, 1), (3, 3, 3, 3), 1),        # padding beyond the kernel: dX's negative
     (2, 5, 29, 8, 33, (1, 3), (1, 1), (1, 1), (0, 0, 1, 1), 1),      # 29 = 2 x 12 + 5 / 16 + 13; F = 2 x 16 + 1
+    (2, 14, 14, 6, 16, (5, 5), (1, 1), (1, 1), (0, 0, 0, 0), 1),     # LeNet's second layer: 6 channels
+    (2, 11, 9, 4, 6, (3, 3), (2, 2), (1, 1), (1, 1, 1, 1), 1),       # the fewest channels and filters, stride 2
+    (1, 10, 10, 10, 10, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 2),    # groups of 5 channels and 5 filters
 ]
 ISAS = [2, 1]
 

@@ -1,7 +1,7 @@
 """Convolution layers, channels-last: Conv2D over (N, H, W, C) and Conv1D over (N, T, C).
 
 Y = act(conv(X, W) + b), bias and activation fused into the kernel's pass over each output tile
-(fastnn/_core/conv.pyx: float32 layers with at least 8 input channels and 8 filters per group run register-
+(fastnn/_core/conv.pyx: float32 layers with at least 4 input channels and 4 filters per group run register-
 blocked direct kernels, csrc/fnn_conv_direct.h, on AVX-512 or AVX2+FMA CPUs; other layers tiled im2col + GEMM;
 a 1x1 convolution is the Dense GEMM, a depthwise one and small first layers direct loops).
 The weight is laid out (kh, kw, C_in / groups, filters) as Keras lays out its kernels: a PyTorch ``Conv2d.weight``
