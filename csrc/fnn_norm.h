@@ -163,26 +163,33 @@ FNN_DROPOUT_BWD(fnn_dropout_bwd_d, double)
 /* Batch norm split by rows, for few columns and several threads (a convolution's 16 channels over 128x32x32
  * pixels: one block of columns, so the column split above leaves all but one thread idle).  Each thread sums its
  * rows [i0, i1) into double partials acc[0..C) (zeroed by the caller); the caller adds the partials in thread
- * order, so the bits depend on the thread count (not on the ISA).  The per-element passes use the same
- * expressions as the block kernels above. */
+ * order, so the bits depend on the thread count (not on the ISA).  Each thread sums into a copy on its own
+ * stack: the partials of two threads can share a cache line, and adding into them row by row made the lines
+ * bounce between the cores.  The per-element passes use the same expressions as the block kernels above. */
 #define FNN_BN_ROWS(SUF, T)                                                                               \
 FNN_CLONES static void fnn_bn_sum_rows_##SUF(const T *X, ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t C,          \
                                              double *restrict acc) {                                     \
     ptrdiff_t i, j;                                                                                       \
+    double la[C];                                                                                         \
+    for (j = 0; j < C; j++) la[j] = acc[j];                                                               \
     for (i = i0; i < i1; i++) {                                                                           \
         const T *x = X + i * C;                                                                           \
         _Pragma("omp simd")                                                                               \
-        for (j = 0; j < C; j++) acc[j] += x[j];                                                           \
+        for (j = 0; j < C; j++) la[j] += x[j];                                                            \
     }                                                                                                     \
+    for (j = 0; j < C; j++) acc[j] = la[j];                                                               \
 }                                                                                                         \
 FNN_CLONES static void fnn_bn_sq_rows_##SUF(const T *X, ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t C,           \
                                             const double *m, double *restrict acc) {                     \
     ptrdiff_t i, j;                                                                                       \
+    double la[C];                                                                                         \
+    for (j = 0; j < C; j++) la[j] = acc[j];                                                               \
     for (i = i0; i < i1; i++) {                                                                           \
         const T *x = X + i * C;                                                                           \
         _Pragma("omp simd")                                                                               \
-        for (j = 0; j < C; j++) { double d = x[j] - m[j]; acc[j] += d * d; }                              \
+        for (j = 0; j < C; j++) { double d = x[j] - m[j]; la[j] += d * d; }                               \
     }                                                                                                     \
+    for (j = 0; j < C; j++) acc[j] = la[j];                                                               \
 }                                                                                                         \
 FNN_CLONES static void fnn_bn_norm_rows_##SUF(const T *X, T *Y, T *Xhat, const T *gamma, const T *beta,    \
                                               const double *m, const double *s, ptrdiff_t i0, ptrdiff_t i1, \
@@ -201,11 +208,14 @@ FNN_CLONES static void fnn_bn_norm_rows_##SUF(const T *X, T *Y, T *Xhat, const T
 FNN_CLONES static void fnn_bn_colsum_rows_##SUF(const T *dY, const T *Xhat, ptrdiff_t i0, ptrdiff_t i1,    \
                                                 ptrdiff_t C, double *restrict a, double *restrict b) {   \
     ptrdiff_t i, j;                                                                                       \
+    double la[C], lb[C];                                                                                  \
+    for (j = 0; j < C; j++) { la[j] = a[j]; lb[j] = b[j]; }                                               \
     for (i = i0; i < i1; i++) {                                                                           \
         const T *dy = dY + i * C, *xh = Xhat + i * C;                                                     \
         _Pragma("omp simd")                                                                               \
-        for (j = 0; j < C; j++) { a[j] += dy[j]; b[j] += (T)(dy[j] * xh[j]); }                            \
+        for (j = 0; j < C; j++) { la[j] += dy[j]; lb[j] += (T)(dy[j] * xh[j]); }                          \
     }                                                                                                     \
+    for (j = 0; j < C; j++) { a[j] = la[j]; b[j] = lb[j]; }                                               \
 }                                                                                                         \
 FNN_CLONES static void fnn_bn_dx_rows_##SUF(const T *dY, const T *Xhat, const T *gamma, const T *invstd,    \
                                             T *dX, const T *dgamma, const T *dbeta, ptrdiff_t n,         \
