@@ -23,6 +23,33 @@
 
 #define FNN_NORM_COLS 16
 
+/* Xhat and Y of rows [i0, i1) and columns [c0, c0 + W) of X (n, C), given each column's mean m[j] and inverse
+ * deviation s[j] in double (j = column - c0): the forward's last pass, also run alone on a thread's rows by the
+ * row split (fnn_bn_norm_block). */
+#define FNN_BN_NORM_LOOP(T, W)                                                                            \
+    for (i = i0; i < i1; i++) {                                                                           \
+        const T *x = X + i * C + c0;                                                                      \
+        T *y = Y + i * C + c0;                                                                            \
+        T *xh = Xhat + i * C + c0;                                                                        \
+        for (j = 0; j < (W); j++) {                                                                       \
+            xh[j] = (T)((x[j] - m[j]) * s[j]);                                                            \
+            y[j] = xh[j] * gamma[c0 + j] + beta[c0 + j];                                                  \
+        }                                                                                                 \
+    }
+
+#define FNN_BN_NORM(NAME, T)                                                                              \
+FNN_CLONES static void NAME(const T *X, T *Y, T *Xhat, const T *gamma, const T *beta, const double *m,      \
+                            const double *s, ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t C, ptrdiff_t c0,         \
+                            ptrdiff_t c1)                                                                \
+{                                                                                                         \
+    ptrdiff_t i, j, w = c1 - c0;                                                                          \
+    if (w == FNN_NORM_COLS) {                                                                             \
+        FNN_BN_NORM_LOOP(T, FNN_NORM_COLS)                                                                \
+    } else {                                                                                              \
+        FNN_BN_NORM_LOOP(T, w)                                                                            \
+    }                                                                                                     \
+}
+
 /* Batch norm forward on columns [c0, c0 + W) of X (n, C): statistics (training: the batch's, running ones
  * updated when rmean != NULL; else the running ones), Xhat and Y. */
 #define FNN_BN_FWD_BODY(T, W)                                                                             \
@@ -57,14 +84,9 @@
             invstd[c0 + j] = (T)s[j];                                                                     \
         }                                                                                                 \
     }                                                                                                     \
-    for (i = 0; i < n; i++) {                                                                             \
-        const T *x = X + i * C + c0;                                                                      \
-        T *y = Y + i * C + c0;                                                                            \
-        T *xh = Xhat + i * C + c0;                                                                        \
-        for (j = 0; j < (W); j++) {                                                                       \
-            xh[j] = (T)((x[j] - m[j]) * s[j]);                                                            \
-            y[j] = xh[j] * gamma[c0 + j] + beta[c0 + j];                                                  \
-        }                                                                                                 \
+    {                                                                                                     \
+        ptrdiff_t i0 = 0, i1 = n;                                                                         \
+        FNN_BN_NORM_LOOP(T, W)                                                                            \
     }
 
 #define FNN_BN_FWD(NAME, T)                                                                               \
@@ -105,17 +127,17 @@ FNN_CLONES static void NAME(const T *dY, const T *Xhat, ptrdiff_t n, ptrdiff_t C
     }                                                                                                     \
 }
 
-/* The input gradient of batch norm on columns [c0, c1), after the column sums dbeta = sum dY and
+/* The input gradient of batch norm on rows [i0, i1) and columns [c0, c1) of n rows, after the column sums dbeta = sum dY and
  * dgamma = sum dY Xhat: batch_stats: dX = gamma invstd (dY - (dbeta + Xhat dgamma) / n), else gamma invstd dY. */
 #define FNN_BN_DX(NAME, T)                                                                                \
 FNN_CLONES static void NAME(const T *dY, const T *Xhat, const T *gamma, const T *invstd, T *dX,               \
-                            const T *dgamma, const T *dbeta, ptrdiff_t n, ptrdiff_t C, ptrdiff_t c0,          \
-                            ptrdiff_t c1, int batch_stats)                                                   \
+                            const T *dgamma, const T *dbeta, ptrdiff_t n, ptrdiff_t i0, ptrdiff_t i1,        \
+                            ptrdiff_t C, ptrdiff_t c0, ptrdiff_t c1, int batch_stats)                        \
 {                                                                                                         \
     double k[FNN_NORM_COLS];                                                                              \
     ptrdiff_t i, j, w = c1 - c0;                                                                          \
     for (j = 0; j < w; j++) k[j] = (double)gamma[c0 + j] * invstd[c0 + j];                                \
-    for (i = 0; i < n; i++) {                                                                             \
+    for (i = i0; i < i1; i++) {                                                                             \
         const T *dy = dY + i * C + c0;                                                                    \
         const T *xh = Xhat + i * C + c0;                                                                  \
         T *dx = dX + i * C + c0;                                                                          \
@@ -149,6 +171,8 @@ FNN_CLONES static void NAME(const T *dY, const unsigned char *mask, T *dX, ptrdi
     for (i = i0; i < i1; i++) dX[i] = dY[i] * (mask[i] * scale);                                          \
 }
 
+FNN_BN_NORM(fnn_bn_norm_block_f, float)
+FNN_BN_NORM(fnn_bn_norm_block_d, double)
 FNN_BN_FWD(fnn_bn_fwd_block_f, float)
 FNN_BN_FWD(fnn_bn_fwd_block_d, double)
 FNN_COL_SUMS(fnn_col_sums_f, float)
@@ -165,7 +189,8 @@ FNN_DROPOUT_BWD(fnn_dropout_bwd_d, double)
  * rows [i0, i1) into double partials acc[0..C) (zeroed by the caller); the caller adds the partials in thread
  * order, so the bits depend on the thread count (not on the ISA).  Each thread sums into a copy on its own
  * stack: the partials of two threads can share a cache line, and adding into them row by row made the lines
- * bounce between the cores.  The per-element passes use the same expressions as the block kernels above. */
+ * bounce between the cores.  The per-element passes are the block kernels' own (fnn_bn_norm_block, fnn_bn_dx_block)
+ * on each thread's rows. */
 #define FNN_BN_ROWS(SUF, T)                                                                               \
 FNN_CLONES static void fnn_bn_sum_rows_##SUF(const T *X, ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t C,          \
                                              double *restrict acc) {                                     \
@@ -191,20 +216,6 @@ FNN_CLONES static void fnn_bn_sq_rows_##SUF(const T *X, ptrdiff_t i0, ptrdiff_t 
     }                                                                                                     \
     for (j = 0; j < C; j++) acc[j] = la[j];                                                               \
 }                                                                                                         \
-FNN_CLONES static void fnn_bn_norm_rows_##SUF(const T *X, T *Y, T *Xhat, const T *gamma, const T *beta,    \
-                                              const double *m, const double *s, ptrdiff_t i0, ptrdiff_t i1, \
-                                              ptrdiff_t C) {                                             \
-    ptrdiff_t i, j;                                                                                       \
-    for (i = i0; i < i1; i++) {                                                                           \
-        const T *x = X + i * C;                                                                           \
-        T *y = Y + i * C, *xh = Xhat + i * C;                                                             \
-        _Pragma("omp simd")                                                                               \
-        for (j = 0; j < C; j++) {                                                                         \
-            xh[j] = (T)((x[j] - m[j]) * s[j]);                                                            \
-            y[j] = xh[j] * gamma[j] + beta[j];                                                            \
-        }                                                                                                 \
-    }                                                                                                     \
-}                                                                                                         \
 FNN_CLONES static void fnn_bn_colsum_rows_##SUF(const T *dY, const T *Xhat, ptrdiff_t i0, ptrdiff_t i1,    \
                                                 ptrdiff_t C, double *restrict a, double *restrict b) {   \
     ptrdiff_t i, j;                                                                                       \
@@ -216,23 +227,6 @@ FNN_CLONES static void fnn_bn_colsum_rows_##SUF(const T *dY, const T *Xhat, ptrd
         for (j = 0; j < C; j++) { la[j] += dy[j]; lb[j] += (T)(dy[j] * xh[j]); }                          \
     }                                                                                                     \
     for (j = 0; j < C; j++) { a[j] = la[j]; b[j] = lb[j]; }                                               \
-}                                                                                                         \
-FNN_CLONES static void fnn_bn_dx_rows_##SUF(const T *dY, const T *Xhat, const T *gamma, const T *invstd,    \
-                                            T *dX, const T *dgamma, const T *dbeta, ptrdiff_t n,         \
-                                            ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t C, int batch_stats) {  \
-    ptrdiff_t i, j;                                                                                       \
-    for (i = i0; i < i1; i++) {                                                                           \
-        const T *dy = dY + i * C, *xh = Xhat + i * C;                                                     \
-        T *dx = dX + i * C;                                                                               \
-        if (batch_stats) {                                                                                \
-            _Pragma("omp simd")                                                                           \
-            for (j = 0; j < C; j++)                                                                       \
-                dx[j] = (T)((double)gamma[j] * invstd[j] * (dy[j] - (dbeta[j] + xh[j] * dgamma[j]) / n));  \
-        } else {                                                                                          \
-            _Pragma("omp simd")                                                                           \
-            for (j = 0; j < C; j++) dx[j] = (T)((double)gamma[j] * invstd[j] * dy[j]);                    \
-        }                                                                                                 \
-    }                                                                                                     \
 }
 
 FNN_BN_ROWS(f, float)

@@ -44,31 +44,26 @@ cdef extern from "fnn_norm.h" nogil:
     void fnn_col_sums_d(const double *dY, const double *Xhat, Py_ssize_t n, Py_ssize_t C, Py_ssize_t c0,
                         Py_ssize_t c1, double *sum_dy, double *sum_dy_xhat)
     void fnn_bn_dx_block_f(const float *dY, const float *Xhat, const float *gamma, const float *invstd, float *dX,
-                           const float *dgamma, const float *dbeta, Py_ssize_t n, Py_ssize_t C, Py_ssize_t c0,
-                           Py_ssize_t c1, int batch_stats)
+                           const float *dgamma, const float *dbeta, Py_ssize_t n, Py_ssize_t i0, Py_ssize_t i1,
+                           Py_ssize_t C, Py_ssize_t c0, Py_ssize_t c1, int batch_stats)
     void fnn_bn_dx_block_d(const double *dY, const double *Xhat, const double *gamma, const double *invstd,
-                           double *dX, const double *dgamma, const double *dbeta, Py_ssize_t n, Py_ssize_t C,
-                           Py_ssize_t c0, Py_ssize_t c1, int batch_stats)
+                           double *dX, const double *dgamma, const double *dbeta, Py_ssize_t n, Py_ssize_t i0,
+                           Py_ssize_t i1, Py_ssize_t C, Py_ssize_t c0, Py_ssize_t c1, int batch_stats)
+    void fnn_bn_norm_block_f(const float *X, float *Y, float *Xhat, const float *gamma, const float *beta,
+                             const double *m, const double *s, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t C,
+                             Py_ssize_t c0, Py_ssize_t c1)
+    void fnn_bn_norm_block_d(const double *X, double *Y, double *Xhat, const double *gamma, const double *beta,
+                             const double *m, const double *s, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t C,
+                             Py_ssize_t c0, Py_ssize_t c1)
     void fnn_bn_sum_rows_f(const float *X, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t C, double *acc)
     void fnn_bn_sum_rows_d(const double *X, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t C, double *acc)
     void fnn_bn_sq_rows_f(const float *X, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t C, const double *m, double *acc)
     void fnn_bn_sq_rows_d(const double *X, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t C, const double *m,
                           double *acc)
-    void fnn_bn_norm_rows_f(const float *X, float *Y, float *Xhat, const float *gamma, const float *beta,
-                            const double *m, const double *s, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t C)
-    void fnn_bn_norm_rows_d(const double *X, double *Y, double *Xhat, const double *gamma, const double *beta,
-                            const double *m, const double *s, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t C)
     void fnn_bn_colsum_rows_f(const float *dY, const float *Xhat, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t C,
                               double *a, double *b)
     void fnn_bn_colsum_rows_d(const double *dY, const double *Xhat, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t C,
                               double *a, double *b)
-    void fnn_bn_dx_rows_f(const float *dY, const float *Xhat, const float *gamma, const float *invstd, float *dX,
-                          const float *dgamma, const float *dbeta, Py_ssize_t n, Py_ssize_t i0, Py_ssize_t i1,
-                          Py_ssize_t C, int batch_stats)
-    void fnn_bn_dx_rows_d(const double *dY, const double *Xhat, const double *gamma, const double *invstd,
-                          double *dX, const double *dgamma, const double *dbeta, Py_ssize_t n, Py_ssize_t i0,
-                          Py_ssize_t i1, Py_ssize_t C, int batch_stats)
-
 
 # The row split (few columns, several threads): per-thread double partials on the caller's stack, at most
 # _ROW_PART values (threads x columns x 2, plus the mean and inverse deviation of each column).
@@ -122,9 +117,9 @@ cdef void _bn_bwd_block(const floating *dY, const floating *Xhat, const floating
     if dX == NULL:
         return
     if floating is float:
-        fnn_bn_dx_block_f(dY, Xhat, gamma, invstd, dX, dgamma, dbeta, n, C, c0, c1, batch_stats)
+        fnn_bn_dx_block_f(dY, Xhat, gamma, invstd, dX, dgamma, dbeta, n, 0, n, C, c0, c1, batch_stats)
     else:
-        fnn_bn_dx_block_d(dY, Xhat, gamma, invstd, dX, dgamma, dbeta, n, C, c0, c1, batch_stats)
+        fnn_bn_dx_block_d(dY, Xhat, gamma, invstd, dX, dgamma, dbeta, n, 0, n, C, c0, c1, batch_stats)
 
 
 cdef _check1(str fn, str name, a, Py_ssize_t want):
@@ -267,7 +262,7 @@ cdef void _bn_fwd_by_rows(const floating *X, const floating *gamma, const floati
                           Py_ssize_t n, Py_ssize_t C, bint training, double momentum, double eps,
                           int nt) noexcept nogil:
     """bn_forward split by rows over nt threads (_row_split_threads): partial sums per thread, added in thread
-    order, then the same statistics and per-element expressions as fnn_bn_fwd_block."""
+    order, then the same statistics as fnn_bn_fwd_block and its own last pass (fnn_bn_norm_block)."""
     cdef double part[_ROW_PART]
     cdef double *m = part + 2 * nt * C
     cdef double *sd = m + C
@@ -311,17 +306,14 @@ cdef void _bn_fwd_by_rows(const floating *X, const floating *gamma, const floati
             mean[j] = <floating>m[j]
             invstd[j] = <floating>sd[j]
     for t in prange(nt, num_threads=nt, schedule="static"):
-        if floating is float:
-            fnn_bn_norm_rows_f(X, Y, Xhat, gamma, beta, m, sd, _lo(t, nt, n), _lo(t + 1, nt, n), C)
-        else:
-            fnn_bn_norm_rows_d(X, Y, Xhat, gamma, beta, m, sd, _lo(t, nt, n), _lo(t + 1, nt, n), C)
+        _bn_norm_rows(X, Y, Xhat, gamma, beta, m, sd, _lo(t, nt, n), _lo(t + 1, nt, n), C)
 
 
 cdef void _bn_bwd_by_rows(const floating *dY, const floating *Xhat, const floating *gamma, const floating *invstd,
                           floating *dX, floating *dgamma, floating *dbeta, Py_ssize_t n, Py_ssize_t C,
                           bint batch_stats, int nt) noexcept nogil:
     """bn_backward split by rows over nt threads: the column sums as per-thread partials added in thread order,
-    then dX by rows with fnn_bn_dx_block's expressions."""
+    then dX by rows with fnn_bn_dx_block."""
     cdef double part[_ROW_PART]
     cdef double a, b
     cdef Py_ssize_t t, j
@@ -345,12 +337,35 @@ cdef void _bn_bwd_by_rows(const floating *dY, const floating *Xhat, const floati
     if dX == NULL:
         return
     for t in prange(nt, num_threads=nt, schedule="static"):
+        _bn_dx_rows(dY, Xhat, gamma, invstd, dX, dgamma, dbeta, n, _lo(t, nt, n), _lo(t + 1, nt, n), C, batch_stats)
+
+
+cdef void _bn_norm_rows(const floating *X, floating *Y, floating *Xhat, const floating *gamma, const floating *beta,
+                        const double *m, const double *sd, Py_ssize_t i0, Py_ssize_t i1,
+                        Py_ssize_t C) noexcept nogil:
+    """The forward's last pass on rows [i0, i1), block by block of columns (fnn_bn_norm_block)."""
+    cdef Py_ssize_t b, c0, c1
+    for b in range((C + FNN_COLS - 1) // FNN_COLS):
+        c0 = b * FNN_COLS
+        c1 = min(c0 + FNN_COLS, C)
         if floating is float:
-            fnn_bn_dx_rows_f(dY, Xhat, gamma, invstd, dX, dgamma, dbeta, n, _lo(t, nt, n), _lo(t + 1, nt, n), C,
-                             batch_stats)
+            fnn_bn_norm_block_f(X, Y, Xhat, gamma, beta, m + c0, sd + c0, i0, i1, C, c0, c1)
         else:
-            fnn_bn_dx_rows_d(dY, Xhat, gamma, invstd, dX, dgamma, dbeta, n, _lo(t, nt, n), _lo(t + 1, nt, n), C,
-                             batch_stats)
+            fnn_bn_norm_block_d(X, Y, Xhat, gamma, beta, m + c0, sd + c0, i0, i1, C, c0, c1)
+
+
+cdef void _bn_dx_rows(const floating *dY, const floating *Xhat, const floating *gamma, const floating *invstd,
+                      floating *dX, const floating *dgamma, const floating *dbeta, Py_ssize_t n, Py_ssize_t i0,
+                      Py_ssize_t i1, Py_ssize_t C, bint batch_stats) noexcept nogil:
+    """dX of rows [i0, i1) (of n), block by block of columns (fnn_bn_dx_block)."""
+    cdef Py_ssize_t b, c0, c1
+    for b in range((C + FNN_COLS - 1) // FNN_COLS):
+        c0 = b * FNN_COLS
+        c1 = min(c0 + FNN_COLS, C)
+        if floating is float:
+            fnn_bn_dx_block_f(dY, Xhat, gamma, invstd, dX, dgamma, dbeta, n, i0, i1, C, c0, c1, batch_stats)
+        else:
+            fnn_bn_dx_block_d(dY, Xhat, gamma, invstd, dX, dgamma, dbeta, n, i0, i1, C, c0, c1, batch_stats)
 
 
 # ------------------------------------------------------------------------------------------ layer norm
