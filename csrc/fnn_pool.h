@@ -38,20 +38,16 @@ static inline void fnn_pool_range(ptrdiff_t o, ptrdiff_t s, ptrdiff_t p, ptrdiff
 
 /* t ? x : y without a branch (t is 0 or 1): scalar code that branches on a float compare mispredicts about half
  * the time on real data, which made max pooling over a few channels cost ~100 cycles per output */
-static inline float fnn_pool_self(int t, float x, float y) {
-    union { float f; uint32_t u; } a, b;
-    uint32_t m = 0u - (uint32_t)t;
-    a.f = x; b.f = y;
-    a.u = (a.u & m) | (b.u & ~m);
-    return a.f;
+#define FNN_POOL_SEL_DEFINE(SUF, T, U)                                                                    \
+static inline T fnn_pool_sel##SUF(int t, T x, T y) {                                                      \
+    union { T f; U u; } a, b;                                                                             \
+    U m = (U)0 - (U)t;                                                                                    \
+    a.f = x; b.f = y;                                                                                     \
+    a.u = (a.u & m) | (b.u & ~m);                                                                         \
+    return a.f;                                                                                           \
 }
-static inline double fnn_pool_seld(int t, double x, double y) {
-    union { double f; uint64_t u; } a, b;
-    uint64_t m = 0u - (uint64_t)t;
-    a.f = x; b.f = y;
-    a.u = (a.u & m) | (b.u & ~m);
-    return a.f;
-}
+FNN_POOL_SEL_DEFINE(f, float, uint32_t)
+FNN_POOL_SEL_DEFINE(d, double, uint64_t)
 static inline int32_t fnn_pool_seli(int t, int32_t x, int32_t y) {
     int32_t m = -(int32_t)t;
     return (x & m) | (y & ~m);
