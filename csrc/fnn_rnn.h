@@ -220,6 +220,32 @@ static void fnn_rnn_pack_f(int trans, ptrdiff_t K, ptrdiff_t N, const float *src
 }
 
 #if FNN_RNN_HAVE_PK
+/* the masks of a panel's first nr <= 32 columns: its two vectors of 16 */
+__attribute__((target("avx512f,avx2,fma")))
+static inline void fnn_rnn_masks32(ptrdiff_t nr, __mmask16 *m0, __mmask16 *m1) {
+    *m0 = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1u);
+    *m1 = nr >= 32 ? (__mmask16)0xFFFF : (nr <= 16 ? (__mmask16)0 : (__mmask16)((1u << (nr - 16)) - 1u));
+}
+
+/* C[r][col : col + nr] (+)= cs[2r], cs[2r + 1] for the tile's mr rows (the micro-kernels' last step) */
+__attribute__((target("avx512f,avx2,fma")))
+static inline void fnn_rnn_store_avx512(const __m512 *cs, ptrdiff_t mr, ptrdiff_t nr, float *const *C,
+                                        ptrdiff_t col, int acc) {
+    __mmask16 m0, m1;
+    ptrdiff_t r;
+    fnn_rnn_masks32(nr, &m0, &m1);
+    for (r = 0; r < mr; r++) {
+        float *cr = C[r] + col;
+        __m512 v0 = cs[2 * r], v1 = cs[2 * r + 1];
+        if (acc) {
+            v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, cr));
+            v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, cr + 16));
+        }
+        _mm512_mask_storeu_ps(cr, m0, v0);
+        _mm512_mask_storeu_ps(cr + 16, m1, v1);
+    }
+}
+
 /* C[0:mr, 0:nr] (+)= A[0:mr, 0:K] . panel (K, 32); mr <= 8, nr <= 32; A: 8 row pointers (past mr: any row) */
 __attribute__((target("avx512f,avx2,fma")))
 static void fnn_rnn_mk_avx512(ptrdiff_t mr, ptrdiff_t nr, ptrdiff_t K, const float *const *A,
@@ -238,21 +264,8 @@ static void fnn_rnn_mk_avx512(ptrdiff_t mr, ptrdiff_t nr, ptrdiff_t K, const flo
 #undef FNN_RNN_MK
     }
     {
-        const __mmask16 m0 = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1u),
-                        m1 = nr >= 32 ? (__mmask16)0xFFFF
-                                      : (nr <= 16 ? (__mmask16)0 : (__mmask16)((1u << (nr - 16)) - 1u));
         __m512 cs[16] = {c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71};
-        ptrdiff_t r;
-        for (r = 0; r < mr; r++) {
-            float *cr = C[r] + col;
-            __m512 v0 = cs[2 * r], v1 = cs[2 * r + 1];
-            if (acc) {
-                v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, cr));
-                v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, cr + 16));
-            }
-            _mm512_mask_storeu_ps(cr, m0, v0);
-            _mm512_mask_storeu_ps(cr + 16, m1, v1);
-        }
+        fnn_rnn_store_avx512(cs, mr, nr, C, col, acc);
     }
 }
 
@@ -272,21 +285,8 @@ static void fnn_rnn_mk4_avx512(ptrdiff_t mr, ptrdiff_t nr, ptrdiff_t K, const fl
 #undef FNN_RNN_MK
     }
     {
-        const __mmask16 m0 = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1u),
-                        m1 = nr >= 32 ? (__mmask16)0xFFFF
-                                      : (nr <= 16 ? (__mmask16)0 : (__mmask16)((1u << (nr - 16)) - 1u));
         __m512 cs[8] = {c00, c01, c10, c11, c20, c21, c30, c31};
-        ptrdiff_t r;
-        for (r = 0; r < mr; r++) {
-            float *cr = C[r] + col;
-            __m512 v0 = cs[2 * r], v1 = cs[2 * r + 1];
-            if (acc) {
-                v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, cr));
-                v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, cr + 16));
-            }
-            _mm512_mask_storeu_ps(cr, m0, v0);
-            _mm512_mask_storeu_ps(cr + 16, m1, v1);
-        }
+        fnn_rnn_store_avx512(cs, mr, nr, C, col, acc);
     }
 }
 
@@ -299,12 +299,11 @@ static void fnn_rnn_mk4_avx512(ptrdiff_t mr, ptrdiff_t nr, ptrdiff_t K, const fl
 __attribute__((target("avx512f,avx2,fma")))
 static void fnn_rnn_wk_avx512(ptrdiff_t mr, ptrdiff_t nr, ptrdiff_t K, const float *Ap, const float *Bp,
                               float *C, ptrdiff_t ldc) {
-    const __mmask16 m0 = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1u),
-                    m1 = nr >= 32 ? (__mmask16)0xFFFF
-                                  : (nr <= 16 ? (__mmask16)0 : (__mmask16)((1u << (nr - 16)) - 1u));
+    __mmask16 m0, m1;
     __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00,
            c40 = c00, c41 = c00, c50 = c00, c51 = c00, c60 = c00, c61 = c00, c70 = c00, c71 = c00;
     ptrdiff_t k, r;
+    fnn_rnn_masks32(nr, &m0, &m1);
     for (k = 0; k < K; k++) {
         const float *a = Ap + k * 8;
         const __m512 b0 = _mm512_loadu_ps(Bp + k * FNN_RNN_NR), b1 = _mm512_loadu_ps(Bp + k * FNN_RNN_NR + 16);
