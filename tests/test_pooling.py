@@ -199,11 +199,13 @@ def test_nan_propagates_and_its_gradient_goes_to_the_first_nan():
     (lambda: AvgPool2D(3, strides=2, padding="same"), (2, 5, 4, 2)),
     (lambda: MaxPool2D(3, strides=2, padding="same"), (2, 5, 4, 2)),
     (lambda: MaxPool2D((2, 3), strides=1), (1, 4, 5, 2)),
+    (lambda: MaxPool2D(2), (2, 5, 7, 3)),                    # tiled windows, few channels: the row-wise path
+    (lambda: MaxPool2D((2, 3), strides=(2, 3)), (1, 4, 9, 17)),   # tiled, vectors over 17 channels
     (lambda: AvgPool1D(3, strides=2, padding="same"), (2, 6, 2)),
     (lambda: MaxPool1D(2, strides=1), (2, 5, 3)),
     (lambda: GlobalAveragePooling2D(), (2, 3, 2, 2)),
     (lambda: GlobalMaxPooling1D(), (2, 4, 3)),
-], ids=["avg2d", "max2d", "max2d-rect", "avg1d", "max1d", "gap2d", "gmp1d"])
+], ids=["avg2d", "max2d", "max2d-rect", "max2d-tiled", "max2d-tiled-wide", "avg1d", "max1d", "gap2d", "gmp1d"])
 def test_finite_differences(make, shape):
     """Float64 central differences of L = sum(Y * R); distinct inputs keep max pooling away from ties."""
     layer = standalone(make(), shape[1:])
