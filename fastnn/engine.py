@@ -32,6 +32,7 @@ any number of threads predict at once, and a predict never writes what a concurr
 """
 from __future__ import annotations
 
+import math
 import operator
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -56,10 +57,10 @@ def inference_rows(graph: Graph, X: NDArray[Any]) -> int:
     counts with X's largest sample dimension, an upper bound)."""
     n = X.shape[0]
     fill = max(X.shape[1:], default=1)
-    widest = max(1, int(np.prod(X.shape[1:])))
+    widest = max(1, math.prod(X.shape[1:]))
     for layer in graph.layers:
         for shape in (layer.output_shape if layer.n_outputs != 1 else (layer.output_shape,)):
-            widest = max(widest, int(np.prod([fill if d is None else d for d in shape])))
+            widest = max(widest, math.prod([fill if d is None else d for d in shape]))
     return max(1, min(n, INFERENCE_CHUNK_ELEMENTS // widest))
 
 

@@ -39,6 +39,7 @@ for the elementwise losses) nor in accuracy, and their gradient is exactly 0.  A
 """  # noqa: E501  (a markdown table: its rows cannot be wrapped)
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -152,7 +153,7 @@ def _float_targets(owner, y, n, out_shape, dtype):
     arr = np.ascontiguousarray(arr, dtype=dtype)
     if arr.size and not np.isfinite(arr).all():
         raise ValueError(f"{owner}: targets contain NaN or infinity")
-    return arr.reshape(n, int(np.prod(out_shape)))   # not (n, -1): that fails for n = 0
+    return arr.reshape(n, math.prod(out_shape))   # not (n, -1): that fails for n = 0
 
 
 class _Regression(Loss):
@@ -232,7 +233,7 @@ class CrossEntropy(Loss):
                          f"{(n,) + out_shape}, got shape {arr.shape}")
 
     def n_predictions(self, n: int, out_shape: Sequence[int]) -> int:
-        return n * int(np.prod(tuple(out_shape)[:-1], dtype=np.int64))
+        return n * math.prod(tuple(out_shape)[:-1])
 
     def _row_weights(self, weights, n, rows):
         """Per-sample weights (n,) as per-row weights (rows,): each sample's weight over its rows // n positions
@@ -319,7 +320,7 @@ class BinaryCrossEntropy(Loss):
         return arr
 
     def n_predictions(self, n: int, out_shape: Sequence[int]) -> int:
-        return n * int(np.prod(out_shape))
+        return n * math.prod(out_shape)
 
     def __call__(self, out: NDArray[Any], targets: NDArray[Any], grad: NDArray[Any] | None = None,
                  weights: NDArray[Any] | None = None) -> tuple[float, int]:

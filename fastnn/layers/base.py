@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 from collections import OrderedDict, namedtuple
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, cast
@@ -432,4 +433,4 @@ def rows2d(X: NDArray[Any]) -> NDArray[Any]:
         return X
     if not X.flags.c_contiguous:
         raise ValueError(f"expected a C-contiguous array of shape {X.shape}, got a strided view")
-    return X.reshape(int(np.prod(X.shape[:-1])), X.shape[-1])
+    return X.reshape(math.prod(X.shape[:-1]), X.shape[-1])

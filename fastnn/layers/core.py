@@ -10,6 +10,7 @@ path for channels-first (N, C, H, W) data.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -40,7 +41,7 @@ class Flatten(Layer):
         return (int(np.prod(input_shape, dtype=np.int64)),)
 
     def forward(self, X: FloatArray, training: bool = False) -> FloatArray:
-        return _view(X, (X.shape[0], int(np.prod(X.shape[1:], dtype=np.int64))))
+        return _view(X, (X.shape[0], math.prod(X.shape[1:])))
 
     def backward(self, dY: FloatArray) -> FloatArray | None:
         return _view(dY, (dY.shape[0],) + tuple(self.input_shape)) if self.need_input_grad else None
