@@ -71,25 +71,25 @@ static void fnn_conv_blas_serial_end(void) {
     int inside = iy >= 0 && iy < (g)->H && ix >= 0 && ix < (g)->W;
 
 #define FNN_CONV_DEFS(T, SFX)                                                                             \
-/* d[0..n) = s[0..n): a plain loop for the short spans of the gather (a memcpy call per 5-float span of a        \
- * first layer cost more than the copy); memcpy for long ones */                                        \
+/* d[0..n) = s[0..n): a plain loop for the short spans of the gather (a memcpy call per 5-float span of a \
+ * first layer cost more than the copy); memcpy for long ones */                                          \
 FNN_CONV_NO_MEMCPY_IDIOM static inline void fnn_conv_copy##SFX(T *restrict d, const T *restrict s, ptrdiff_t n) {                 \
     ptrdiff_t j;                                                                                          \
     if (n >= 64) { memcpy(d, s, (size_t)n * sizeof(T)); return; }                                         \
     for (j = 0; j + 4 <= n; j += 4) { d[j] = s[j]; d[j + 1] = s[j + 1]; d[j + 2] = s[j + 2]; d[j + 3] = s[j + 3]; } \
     for (; j < n; j++) d[j] = s[j];                                                                       \
 }                                                                                                         \
-FNN_CONV_NO_MEMCPY_IDIOM static inline void fnn_conv_zero##SFX(T *d, ptrdiff_t n) {                                                \
+FNN_CONV_NO_MEMCPY_IDIOM static inline void fnn_conv_zero##SFX(T *d, ptrdiff_t n) {                       \
     ptrdiff_t j;                                                                                          \
-    if (n >= 64) { memset(d, 0, (size_t)n * sizeof(T)); return; }                                        \
+    if (n >= 64) { memset(d, 0, (size_t)n * sizeof(T)); return; }                                         \
     for (j = 0; j < n; j++) d[j] = 0;                                                                     \
 }                                                                                                         \
                                                                                                           \
 /* col (OUT, [G][R][kh][kw][Cg]) = the patches of output rows [r0, r1) of X, one run of pixels of an output \
  * row at a time */                                                                                       \
 FNN_CONV_NO_MEMCPY_IDIOM static void fnn_conv_im2col##SFX(const fnn_conv_geom *g, const T *X, ptrdiff_t r0, ptrdiff_t r1, T *col) { \
-    const ptrdiff_t P = g->OH * g->OW, C = g->C, G = g->G, Cg = C / G, Kg = g->kh * g->kw * Cg;          \
-    const ptrdiff_t R = r1 - r0, kh = g->kh, kw = g->kw, H = g->H, W = g->W, sw = g->sw, dw = g->dw;       \
+    const ptrdiff_t P = g->OH * g->OW, C = g->C, G = g->G, Cg = C / G, Kg = g->kh * g->kw * Cg;           \
+    const ptrdiff_t R = r1 - r0, kh = g->kh, kw = g->kw, H = g->H, W = g->W, sw = g->sw, dw = g->dw;      \
     ptrdiff_t r = r0, ky, kx, q, c, j;                                                                    \
     while (r < r1) {                                                                                      \
         ptrdiff_t n = r / P, p = r - n * P, oy = p / g->OW, ox0 = p - oy * g->OW;                         \
@@ -107,7 +107,7 @@ FNN_CONV_NO_MEMCPY_IDIOM static void fnn_conv_im2col##SFX(const fnn_conv_geom *g
             const T *srow = xn + iy * W * C;                                                              \
             for (j = 0; j < run; j++, d += Kg) {                                                          \
                 ptrdiff_t ix0 = (ox0 + j) * sw - g->pl;                                                   \
-                if (G == 1 && dw == 1 && ix0 >= 0 && ix0 + kw <= W) {   /* one span of kw*C inputs */    \
+                if (G == 1 && dw == 1 && ix0 >= 0 && ix0 + kw <= W) {   /* one span of kw*C inputs */     \
                     fnn_conv_copy##SFX(d, srow + ix0 * C, kw * C);                                        \
                     continue;                                                                             \
                 }                                                                                         \
@@ -130,19 +130,38 @@ FNN_CONV_NO_MEMCPY_IDIOM static void fnn_conv_im2col##SFX(const fnn_conv_geom *g
     }                                                                                                     \
 }                                                                                                         \
                                                                                                           \
-/* dX (IN/OUT) += col2im(col): the adjoint of im2col over output rows [r0, r1) */                         \
-static void fnn_conv_col2im##SFX(const fnn_conv_geom *g, const T *col, ptrdiff_t r0, ptrdiff_t r1, T *dX) { \
-    const ptrdiff_t P = g->OH * g->OW, C = g->C, G = g->G, Cg = C / G, Kg = g->kh * g->kw * Cg;          \
-    const ptrdiff_t R = r1 - r0;                                                                          \
+/* d[0..n) += s[0..n) (elementwise: every clone adds the same values) */                                  \
+FNN_CLONES static void fnn_conv_addto##SFX(T *restrict d, const T *restrict s, ptrdiff_t n) {             \
+    ptrdiff_t j;                                                                                          \
+    _Pragma("omp simd")                                                                                   \
+    for (j = 0; j < n; j++) d[j] += s[j];                                                                 \
+}                                                                                                         \
+                                                                                                          \
+/* dX (IN/OUT) += col2im(col): the adjoint of im2col over output rows [r0, r1).  Without groups and dilation\
+ * a kernel row's kw taps whose pixels lie inside the image are one span of kw*C values in both col and dX,\
+ * added in one vector loop (a 5x5 kernel over 6 channels: 5 adds of 30 values instead of 25 of 6); each dX element\
+ * gets its terms in the same order either way (output rows, then taps) */                                \
+static void fnn_conv_col2im##SFX(const fnn_conv_geom *g, const T *col, ptrdiff_t r0, ptrdiff_t r1, T *dX) {\
+    const ptrdiff_t P = g->OH * g->OW, C = g->C, G = g->G, Cg = C / G, Kg = g->kh * g->kw * Cg;           \
+    const ptrdiff_t R = r1 - r0, kw = g->kw;                                                              \
+    const int span = G == 1 && g->dw == 1;                                                                \
     ptrdiff_t r, ky, kx, q, c;                                                                            \
     for (r = r0; r < r1; r++) {                                                                           \
         ptrdiff_t n = r / P, p = r - n * P, oy = p / g->OW, ox = p - oy * g->OW;                          \
         T *dxn = dX + n * g->H * g->W * C;                                                                \
         const T *src = col + (r - r0) * Kg;                                                               \
+        const ptrdiff_t ix0 = ox * g->sw - g->pl;                                                         \
         for (ky = 0; ky < g->kh; ky++) {                                                                  \
-            for (kx = 0; kx < g->kw; kx++, src += Cg) {                                                   \
-                FNN_CONV_PIXEL(g, oy, ox, ky, kx, iy, ix)                                                 \
-                if (!inside) continue;                                                                    \
+            const ptrdiff_t iy = oy * g->sh - g->pt + ky * g->dh;                                         \
+            if (iy < 0 || iy >= g->H) { src += kw * Cg; continue; }                                       \
+            if (span && ix0 >= 0 && ix0 + kw <= g->W) {                                                   \
+                fnn_conv_addto##SFX(dxn + (iy * g->W + ix0) * C, src, kw * C);                            \
+                src += kw * Cg;                                                                           \
+                continue;                                                                                 \
+            }                                                                                             \
+            for (kx = 0; kx < kw; kx++, src += Cg) {                                                      \
+                const ptrdiff_t ix = ix0 + kx * g->dw;                                                    \
+                if (ix < 0 || ix >= g->W) continue;                                                       \
                 T *dst = dxn + (iy * g->W + ix) * C;                                                      \
                 for (q = 0; q < G; q++) {                                                                 \
                     T *d = dst + q * Cg;                                                                  \
@@ -155,7 +174,7 @@ static void fnn_conv_col2im##SFX(const fnn_conv_geom *g, const T *col, ptrdiff_t
 }                                                                                                         \
                                                                                                           \
 /* depthwise forward over rows [r0, r1): Z[r, f] = sum over taps of X[pixel, f / M] * Wt[tap, f] (no bias) */ \
-static void fnn_conv_dw_forward##SFX(const fnn_conv_geom *g, const T *X, const T *Wt, ptrdiff_t r0,      \
+static void fnn_conv_dw_forward##SFX(const fnn_conv_geom *g, const T *X, const T *Wt, ptrdiff_t r0,       \
                                      ptrdiff_t r1, T *Z) {                                                \
     const ptrdiff_t P = g->OH * g->OW, C = g->C, F = g->F, M = F / C;                                     \
     ptrdiff_t r, ky, kx, c, j;                                                                            \
@@ -180,9 +199,9 @@ static void fnn_conv_dw_forward##SFX(const fnn_conv_geom *g, const T *X, const T
     }                                                                                                     \
 }                                                                                                         \
                                                                                                           \
-/* depthwise backward over rows [r0, r1) (whole images when dX is given): dX[pixel, c] += sum_j              \
- * dZ[r, cM+j] Wt[tap, cM+j] (dX NULL: skipped); dWt[tap, f] += X[pixel, f / M] dZ[r, f] */                \
-static void fnn_conv_dw_backward##SFX(const fnn_conv_geom *g, const T *X, const T *Wt, const T *dZ,     \
+/* depthwise backward over rows [r0, r1) (whole images when dX is given): dX[pixel, c] += sum_j           \
+ * dZ[r, cM+j] Wt[tap, cM+j] (dX NULL: skipped); dWt[tap, f] += X[pixel, f / M] dZ[r, f] */               \
+static void fnn_conv_dw_backward##SFX(const fnn_conv_geom *g, const T *X, const T *Wt, const T *dZ,       \
                                       ptrdiff_t r0, ptrdiff_t r1, T *dX, T *dWt) {                        \
     const ptrdiff_t P = g->OH * g->OW, C = g->C, F = g->F, M = F / C;                                     \
     ptrdiff_t r, ky, kx, c, j;                                                                            \
@@ -261,8 +280,8 @@ static inline ptrdiff_t fnn_conv_small_work(const fnn_conv_geom *g, int backward
  * (no vector-valued functions: their ABI differs per clone) */
 #define FNN_CONV_SMALL_DEFS(T, SFX)                                                                       \
 typedef T fnn_conv_v##SFX __attribute__((vector_size(FNN_CONV_LANES * sizeof(T))));                       \
-/* the planes of image n, one per input row and channel (plane + (iy*C + c)*L) */                           \
-static void fnn_conv_small_image##SFX(const fnn_conv_geom *g, const T *X, ptrdiff_t n, T *plane) {          \
+/* the planes of image n, one per input row and channel (plane + (iy*C + c)*L) */                         \
+static void fnn_conv_small_image##SFX(const fnn_conv_geom *g, const T *X, ptrdiff_t n, T *plane) {        \
     const ptrdiff_t C = g->C, W = g->W, sw = g->sw, Ls = fnn_conv_small_ls(g), L = sw * Ls;               \
     ptrdiff_t iy, c, ph, m;                                                                               \
     for (iy = 0; iy < g->H; iy++) {                                                                       \
@@ -284,30 +303,44 @@ static void fnn_conv_small_image##SFX(const fnn_conv_geom *g, const T *X, ptrdif
         }                                                                                                 \
     }                                                                                                     \
 }                                                                                                         \
-/* taps (OUT) of output row oy: for every kernel row inside the image, every (kx, c): the offset of its    \
- * first lane in the image's planes and its weight row ((ky*kw + kx)*C + c); returns their number */      \
-static ptrdiff_t fnn_conv_small_taps##SFX(const fnn_conv_geom *g, ptrdiff_t oy, ptrdiff_t *off,            \
-                                          ptrdiff_t *wrow) {                                              \
-    const ptrdiff_t C = g->C, sw = g->sw, Ls = fnn_conv_small_ls(g), L = sw * Ls;                         \
+/* kxo (OUT, kw): the offset in a plane of tap kx's first lane, (j % sw) Ls + j / sw for j = kx dw (once  \
+ * per call: the divisions per tap and row cost a fifth of a first layer's time) */                       \
+static void fnn_conv_small_kxo##SFX(const fnn_conv_geom *g, ptrdiff_t *kxo) {                             \
+    const ptrdiff_t sw = g->sw, Ls = fnn_conv_small_ls(g);                                                \
+    ptrdiff_t kx;                                                                                         \
+    for (kx = 0; kx < g->kw; kx++) kxo[kx] = ((kx * g->dw) % sw) * Ls + (kx * g->dw) / sw;                \
+}                                                                                                         \
+/* the kernel rows [*klo, *khi) of output row oy inside the image (an interval: iy grows with ky) */      \
+static inline void fnn_conv_small_rows##SFX(const fnn_conv_geom *g, ptrdiff_t oy, ptrdiff_t *klo,         \
+                                            ptrdiff_t *khi) {                                             \
+    const ptrdiff_t iy0 = oy * g->sh - g->pt;                                                             \
+    ptrdiff_t a = 0, b = g->kh;                                                                           \
+    while (a < b && iy0 + a * g->dh < 0) a++;                                                             \
+    while (b > a && iy0 + (b - 1) * g->dh >= g->H) b--;                                                   \
+    *klo = a; *khi = b;                                                                                   \
+}                                                                                                         \
+/* taps (OUT) of kernel rows [klo, khi): for every (ky, kx, c), the offset of its first lane in the image's\
+ * planes relative to the planes of the first input row read (kernel row klo: the caller adds its offset),\
+ * and its weight row ((ky*kw + kx)*C + c); returns their number.  Rows whose kernel rows                 \
+ * inside the image are the same share the list (each row recomputing it cost a tenth of a first layer) */\
+static ptrdiff_t fnn_conv_small_taps##SFX(const fnn_conv_geom *g, ptrdiff_t klo, ptrdiff_t khi,           \
+                                          const ptrdiff_t *kxo, ptrdiff_t *off, ptrdiff_t *wrow) {        \
+    const ptrdiff_t C = g->C, L = fnn_conv_small_len(g), kw = g->kw, dh = g->dh;                          \
     ptrdiff_t ky, kx, c, nt = 0;                                                                          \
-    for (ky = 0; ky < g->kh; ky++) {                                                                      \
-        ptrdiff_t iy = oy * g->sh - g->pt + ky * g->dh;                                                   \
-        if (iy < 0 || iy >= g->H) continue;                                                               \
-        for (kx = 0; kx < g->kw; kx++)                                                                    \
+    for (ky = klo; ky < khi; ky++)                                                                        \
+        for (kx = 0; kx < kw; kx++)                                                                       \
             for (c = 0; c < C; c++, nt++) {                                                               \
-                ptrdiff_t j = kx * g->dw;                                                                 \
-                off[nt] = (iy * C + c) * L + (j % sw) * Ls + j / sw;                                      \
-                wrow[nt] = (ky * g->kw + kx) * C + c;                                                     \
+                off[nt] = ((ky - klo) * dh * C + c) * L + kxo[kx];                                        \
+                wrow[nt] = (ky * kw + kx) * C + c;                                                        \
             }                                                                                             \
-    }                                                                                                     \
     return nt;                                                                                            \
 }                                                                                                         \
                                                                                                           \
 /* one output row's pixels [lo, hi) of filters [f, f + NF), NF <= FNN_CONV_SMALL_F a constant after inlining   \
  * (the switch below): 2 x NF lane blocks stay in registers over every tap, each input load serves NF filters */ \
-static inline __attribute__((always_inline)) void fnn_conv_small_fwd_row##SFX(                           \
-        const T *Wt, ptrdiff_t F, ptrdiff_t f, const T *work, const ptrdiff_t *off, const ptrdiff_t *wrow,  \
-        ptrdiff_t nt, ptrdiff_t OWp, ptrdiff_t lo, ptrdiff_t hi, T *zr, const int NF) {                  \
+static inline __attribute__((always_inline)) void fnn_conv_small_fwd_row##SFX(                            \
+        const T *Wt, ptrdiff_t F, ptrdiff_t f, const T *work, const ptrdiff_t *off, const ptrdiff_t *wrow,\
+        ptrdiff_t nt, ptrdiff_t OWp, ptrdiff_t lo, ptrdiff_t hi, T *zr, const int NF) {                   \
     T out[FNN_CONV_SMALL_F][2 * FNN_CONV_LANES];                                                          \
     ptrdiff_t o, t, l;                                                                                    \
     int e;                                                                                                \
@@ -331,26 +364,35 @@ static inline __attribute__((always_inline)) void fnn_conv_small_fwd_row##SFX(  
 }                                                                                                         \
                                                                                                           \
 /* Z (OUT) rows [r0, r1) = conv(X, Wt) (no bias); work: fnn_conv_small_work(g, 0) elements */             \
-FNN_CLONES static void fnn_conv_small_forward##SFX(const fnn_conv_geom *g, const T *X, const T *Wt,        \
+FNN_CLONES static void fnn_conv_small_forward##SFX(const fnn_conv_geom *g, const T *X, const T *Wt,       \
                                                  ptrdiff_t r0, ptrdiff_t r1, T *Z, T *work) {             \
     const ptrdiff_t OW = g->OW, OH = g->OH, F = g->F, OWp = fnn_conv_small_owp(g);                        \
     ptrdiff_t off[FNN_CONV_SMALL_TAPS], wrow[FNN_CONV_SMALL_TAPS];                                        \
     ptrdiff_t q, f, cur = -1;                                                                             \
+    ptrdiff_t kxo[FNN_CONV_SMALL_TAPS];                                                                   \
+    fnn_conv_small_kxo##SFX(g, kxo);                                                                      \
+    ptrdiff_t nt = 0, tlo = -1, thi = -1;                                                                 \
     for (q = r0 / OW; q * OW < r1; q++) {                                                                 \
         const ptrdiff_t n = q / OH, oy = q - n * OH;                                                      \
-        const ptrdiff_t lo = (r0 > q * OW ? r0 - q * OW : 0), hi = (r1 < (q + 1) * OW ? r1 - q * OW : OW); \
-        const ptrdiff_t nt = fnn_conv_small_taps##SFX(g, oy, off, wrow);                                  \
+        const ptrdiff_t lo = (r0 > q * OW ? r0 - q * OW : 0), hi = (r1 < (q + 1) * OW ? r1 - q * OW : OW);\
+        ptrdiff_t klo, khi;                                                                               \
+        fnn_conv_small_rows##SFX(g, oy, &klo, &khi);                                                      \
+        if (klo != tlo || khi != thi) {                                                                   \
+            nt = fnn_conv_small_taps##SFX(g, klo, khi, kxo, off, wrow);                                   \
+            tlo = klo; thi = khi;                                                                         \
+        }                                                                                                 \
+        const T *wrk = work + (oy * g->sh - g->pt + klo * g->dh) * g->C * fnn_conv_small_len(g);          \
         if (n != cur) { fnn_conv_small_image##SFX(g, X, n, work); cur = n; }                              \
         T *zr = Z + q * OW * F;                                                                           \
         for (f = 0; f < F; f += FNN_CONV_SMALL_F) {                                                       \
             switch (F - f < FNN_CONV_SMALL_F ? F - f : FNN_CONV_SMALL_F) {                                \
-            case 1: fnn_conv_small_fwd_row##SFX(Wt, F, f, work, off, wrow, nt, OWp, lo, hi, zr, 1); break; \
-            case 2: fnn_conv_small_fwd_row##SFX(Wt, F, f, work, off, wrow, nt, OWp, lo, hi, zr, 2); break; \
-            case 3: fnn_conv_small_fwd_row##SFX(Wt, F, f, work, off, wrow, nt, OWp, lo, hi, zr, 3); break; \
-            case 4: fnn_conv_small_fwd_row##SFX(Wt, F, f, work, off, wrow, nt, OWp, lo, hi, zr, 4); break; \
-            case 5: fnn_conv_small_fwd_row##SFX(Wt, F, f, work, off, wrow, nt, OWp, lo, hi, zr, 5); break; \
-            case 6: fnn_conv_small_fwd_row##SFX(Wt, F, f, work, off, wrow, nt, OWp, lo, hi, zr, 6); break; \
-            default: fnn_conv_small_fwd_row##SFX(Wt, F, f, work, off, wrow, nt, OWp, lo, hi, zr, 7); break; \
+            case 1: fnn_conv_small_fwd_row##SFX(Wt, F, f, wrk, off, wrow, nt, OWp, lo, hi, zr, 1); break; \
+            case 2: fnn_conv_small_fwd_row##SFX(Wt, F, f, wrk, off, wrow, nt, OWp, lo, hi, zr, 2); break; \
+            case 3: fnn_conv_small_fwd_row##SFX(Wt, F, f, wrk, off, wrow, nt, OWp, lo, hi, zr, 3); break; \
+            case 4: fnn_conv_small_fwd_row##SFX(Wt, F, f, wrk, off, wrow, nt, OWp, lo, hi, zr, 4); break; \
+            case 5: fnn_conv_small_fwd_row##SFX(Wt, F, f, wrk, off, wrow, nt, OWp, lo, hi, zr, 5); break; \
+            case 6: fnn_conv_small_fwd_row##SFX(Wt, F, f, wrk, off, wrow, nt, OWp, lo, hi, zr, 6); break; \
+            default: fnn_conv_small_fwd_row##SFX(Wt, F, f, wrk, off, wrow, nt, OWp, lo, hi, zr, 7); break;\
             }                                                                                             \
         }                                                                                                 \
     }                                                                                                     \
@@ -358,9 +400,9 @@ FNN_CLONES static void fnn_conv_small_forward##SFX(const fnn_conv_geom *g, const
                                                                                                           \
 /* the lanes of filters [f, f + NF) (NF constant after inlining): the dZ blocks stay in registers over every \
  * tap of the row */                                                                                      \
-static inline __attribute__((always_inline)) void fnn_conv_small_dw_row##SFX(                            \
+static inline __attribute__((always_inline)) void fnn_conv_small_dw_row##SFX(                             \
         ptrdiff_t F, ptrdiff_t f, const T *work, const T *dzt, const ptrdiff_t *off, const ptrdiff_t *wrow, \
-        ptrdiff_t nt, ptrdiff_t OWp, T *lanes, const int NF) {                                           \
+        ptrdiff_t nt, ptrdiff_t OWp, T *lanes, const int NF) {                                            \
     ptrdiff_t o, t;                                                                                       \
     int e;                                                                                                \
     for (o = 0; o < OWp; o += 2 * FNN_CONV_LANES) {                                                       \
@@ -385,31 +427,40 @@ static inline __attribute__((always_inline)) void fnn_conv_small_dw_row##SFX(   
     }                                                                                                     \
 }                                                                                                         \
                                                                                                           \
-/* lanes (IN/OUT, K*F*LANES, K = kh*kw*C) += the partial sums of dW = col^T.dZ over rows [r0, r1); work:      \
- * fnn_conv_small_work(g, 1) elements (planes, then the transposed dZ row; the lanes may be its end) */      \
+/* lanes (IN/OUT, K*F*LANES, K = kh*kw*C) += the partial sums of dW = col^T.dZ over rows [r0, r1); work:  \
+ * fnn_conv_small_work(g, 1) elements (planes, then the transposed dZ row; the lanes may be its end) */   \
 FNN_CLONES static void fnn_conv_small_dw##SFX(const fnn_conv_geom *g, const T *X, const T *dZ, ptrdiff_t r0, \
                                             ptrdiff_t r1, T *work, T *lanes) {                            \
     const ptrdiff_t OW = g->OW, OH = g->OH, F = g->F, OWp = fnn_conv_small_owp(g);                        \
-    T *dzt = work + g->H * g->C * fnn_conv_small_len(g);                                                 \
+    T *dzt = work + g->H * g->C * fnn_conv_small_len(g);                                                  \
     ptrdiff_t off[FNN_CONV_SMALL_TAPS], wrow[FNN_CONV_SMALL_TAPS];                                        \
     ptrdiff_t q, f, o, cur = -1;                                                                          \
+    ptrdiff_t kxo[FNN_CONV_SMALL_TAPS];                                                                   \
+    fnn_conv_small_kxo##SFX(g, kxo);                                                                      \
+    ptrdiff_t nt = 0, tlo = -1, thi = -1;                                                                 \
     for (q = r0 / OW; q * OW < r1; q++) {                                                                 \
         const ptrdiff_t n = q / OH, oy = q - n * OH;                                                      \
-        const ptrdiff_t lo = (r0 > q * OW ? r0 - q * OW : 0), hi = (r1 < (q + 1) * OW ? r1 - q * OW : OW); \
-        const ptrdiff_t nt = fnn_conv_small_taps##SFX(g, oy, off, wrow);                                  \
+        const ptrdiff_t lo = (r0 > q * OW ? r0 - q * OW : 0), hi = (r1 < (q + 1) * OW ? r1 - q * OW : OW);\
+        ptrdiff_t klo, khi;                                                                               \
+        fnn_conv_small_rows##SFX(g, oy, &klo, &khi);                                                      \
+        if (klo != tlo || khi != thi) {                                                                   \
+            nt = fnn_conv_small_taps##SFX(g, klo, khi, kxo, off, wrow);                                   \
+            tlo = klo; thi = khi;                                                                         \
+        }                                                                                                 \
+        const T *wrk = work + (oy * g->sh - g->pt + klo * g->dh) * g->C * fnn_conv_small_len(g);          \
         if (n != cur) { fnn_conv_small_image##SFX(g, X, n, work); cur = n; }                              \
         const T *dzr = dZ + q * OW * F;                                                                   \
         for (f = 0; f < F; f++)                                                                           \
             for (o = 0; o < OWp; o++) dzt[f * OWp + o] = (o >= lo && o < hi) ? dzr[o * F + f] : (T)0;     \
         for (f = 0; f < F; f += FNN_CONV_SMALL_F) {                                                       \
             switch (F - f < FNN_CONV_SMALL_F ? F - f : FNN_CONV_SMALL_F) {                                \
-            case 1: fnn_conv_small_dw_row##SFX(F, f, work, dzt, off, wrow, nt, OWp, lanes, 1); break;     \
-            case 2: fnn_conv_small_dw_row##SFX(F, f, work, dzt, off, wrow, nt, OWp, lanes, 2); break;     \
-            case 3: fnn_conv_small_dw_row##SFX(F, f, work, dzt, off, wrow, nt, OWp, lanes, 3); break;     \
-            case 4: fnn_conv_small_dw_row##SFX(F, f, work, dzt, off, wrow, nt, OWp, lanes, 4); break;     \
-            case 5: fnn_conv_small_dw_row##SFX(F, f, work, dzt, off, wrow, nt, OWp, lanes, 5); break;     \
-            case 6: fnn_conv_small_dw_row##SFX(F, f, work, dzt, off, wrow, nt, OWp, lanes, 6); break;     \
-            default: fnn_conv_small_dw_row##SFX(F, f, work, dzt, off, wrow, nt, OWp, lanes, 7); break;    \
+            case 1: fnn_conv_small_dw_row##SFX(F, f, wrk, dzt, off, wrow, nt, OWp, lanes, 1); break;      \
+            case 2: fnn_conv_small_dw_row##SFX(F, f, wrk, dzt, off, wrow, nt, OWp, lanes, 2); break;      \
+            case 3: fnn_conv_small_dw_row##SFX(F, f, wrk, dzt, off, wrow, nt, OWp, lanes, 3); break;      \
+            case 4: fnn_conv_small_dw_row##SFX(F, f, wrk, dzt, off, wrow, nt, OWp, lanes, 4); break;      \
+            case 5: fnn_conv_small_dw_row##SFX(F, f, wrk, dzt, off, wrow, nt, OWp, lanes, 5); break;      \
+            case 6: fnn_conv_small_dw_row##SFX(F, f, wrk, dzt, off, wrow, nt, OWp, lanes, 6); break;      \
+            default: fnn_conv_small_dw_row##SFX(F, f, wrk, dzt, off, wrow, nt, OWp, lanes, 7); break;     \
             }                                                                                             \
         }                                                                                                 \
     }                                                                                                     \
