@@ -268,12 +268,23 @@ static inline ptrdiff_t fnn_conv_small_ls(const fnn_conv_geom *g) {
     return fnn_conv_small_owp(g) + ((g->kw - 1) * g->dw) / g->sw;
 }
 static inline ptrdiff_t fnn_conv_small_len(const fnn_conv_geom *g) { return g->sw * fnn_conv_small_ls(g); }
-/* scratch elements of one thread: the planes (forward), + the transposed dZ row and the lanes (backward) */
+/* scratch elements of one thread: the planes (forward), + the transposed dZ rows and the lanes (backward) */
 static inline ptrdiff_t fnn_conv_small_work(const fnn_conv_geom *g, int backward) {
     ptrdiff_t n = g->H * g->C * fnn_conv_small_len(g);
-    if (backward) n += g->F * fnn_conv_small_owp(g) + g->kh * g->kw * g->C * g->F * FNN_CONV_LANES;
+    if (backward) n += g->OH * g->F * fnn_conv_small_owp(g) + g->kh * g->kw * g->C * g->F * FNN_CONV_LANES;
     return n;
 }
+
+/* fnn_conv_small_dw's call of a block of TB_ taps by its nf filters (a constant after the switch) */
+#define FNN_CONV_SMALL_DWNF(SFX, TB_)                                                                          \
+    switch (nf) {                                                                                         \
+    case 1: fnn_conv_small_dwblk##SFX(F, f, pl0, rstep, dzt, oy0, oy1, off + t0, wrow + t0, OWp, lanes, TB_, 1); break;\
+    case 2: fnn_conv_small_dwblk##SFX(F, f, pl0, rstep, dzt, oy0, oy1, off + t0, wrow + t0, OWp, lanes, TB_, 2); break;\
+    case 3: fnn_conv_small_dwblk##SFX(F, f, pl0, rstep, dzt, oy0, oy1, off + t0, wrow + t0, OWp, lanes, TB_, 3); break;\
+    case 4: fnn_conv_small_dwblk##SFX(F, f, pl0, rstep, dzt, oy0, oy1, off + t0, wrow + t0, OWp, lanes, TB_, 4); break;\
+    case 5: fnn_conv_small_dwblk##SFX(F, f, pl0, rstep, dzt, oy0, oy1, off + t0, wrow + t0, OWp, lanes, TB_, 5); break;\
+    default: fnn_conv_small_dwblk##SFX(F, f, pl0, rstep, dzt, oy0, oy1, off + t0, wrow + t0, OWp, lanes, TB_, 6); break;\
+    }
 
 /* V##SFX: FNN_CONV_LANES elements as one GNU vector (the compiler splits it into the clone's registers: 1 x 16
  * floats on AVX-512, 2 x 8 on AVX2, 4 x 4 on SSE2, the same values on each); unaligned loads through memcpy
@@ -398,74 +409,113 @@ FNN_CLONES static void fnn_conv_small_forward##SFX(const fnn_conv_geom *g, const
     }                                                                                                     \
 }                                                                                                         \
                                                                                                           \
-/* the lanes of filters [f, f + NF) (NF constant after inlining): the dZ blocks stay in registers over every \
- * tap of the row */                                                                                      \
-static inline __attribute__((always_inline)) void fnn_conv_small_dw_row##SFX(                             \
-        ptrdiff_t F, ptrdiff_t f, const T *work, const T *dzt, const ptrdiff_t *off, const ptrdiff_t *wrow, \
-        ptrdiff_t nt, ptrdiff_t OWp, T *lanes, const int NF) {                                            \
-    ptrdiff_t o, t;                                                                                       \
+/* d (OUT, F rows of OWp) = the transpose of the dZ row's pixels [lo, hi) (src: OW x F), 0 elsewhere; F a \
+ * constant after inlining (the loop over a pixel's filters unrolled: a strided scalar loop per filter took\
+ * a third of the weights' pass) */                                                                       \
+static inline __attribute__((always_inline)) void fnn_conv_small_tr##SFX(const T *restrict src, T *restrict d,\
+        ptrdiff_t lo, ptrdiff_t hi, ptrdiff_t OWp, const int F) {                                         \
+    ptrdiff_t o;                                                                                          \
     int e;                                                                                                \
-    for (o = 0; o < OWp; o += 2 * FNN_CONV_LANES) {                                                       \
-        fnn_conv_v##SFX d[FNN_CONV_SMALL_F][2];                                                           \
+    for (e = 0; e < F; e++) {                                                                             \
+        for (o = 0; o < lo; o++) d[e * OWp + o] = 0;                                                      \
+        for (o = hi; o < OWp; o++) d[e * OWp + o] = 0;                                                    \
+    }                                                                                                     \
+    for (o = lo; o < hi; o++)                                                                             \
+        for (e = 0; e < F; e++) d[e * OWp + o] = src[o * F + e];                                          \
+}                                                                                                         \
+/* lanes (IN/OUT) += the products of TB taps (offsets off[0..TB) in the planes of kernel row ky's first input\
+ * row, weight rows wrow[0..TB)) with filters [f, f + NF) of the transposed dZ rows oy0..oy1-1, over all lane\
+ * blocks of each row: TB x NF lane blocks stay in registers over the whole image, so each load of a tap's\
+ * input serves NF filters and each load of dZ serves TB taps (TB, NF constants after inlining) */        \
+static inline __attribute__((always_inline)) void fnn_conv_small_dwblk##SFX(                              \
+        ptrdiff_t F, ptrdiff_t f, const T *plane, ptrdiff_t rstep, const T *dzt, ptrdiff_t oy0, ptrdiff_t oy1,\
+        const ptrdiff_t *off, const ptrdiff_t *wrow, ptrdiff_t OWp, T *lanes, const int TB, const int NF) {\
+    fnn_conv_v##SFX acc[3][6];                                                                            \
+    ptrdiff_t oy, o;                                                                                      \
+    int t, e;                                                                                             \
+    for (t = 0; t < TB; t++)                                                                              \
+        for (e = 0; e < NF; e++) acc[t][e] = (fnn_conv_v##SFX){0};                                        \
+    for (oy = oy0; oy < oy1; oy++) {                                                                      \
+        const T *xr = plane + (oy - oy0) * rstep, *dr = dzt + (oy * F + f) * OWp;                         \
+        for (o = 0; o < OWp; o += FNN_CONV_LANES) {                                                       \
+            fnn_conv_v##SFX x[3], d[6];                                                                   \
+            for (t = 0; t < TB; t++) memcpy(&x[t], xr + off[t] + o, sizeof x[t]);                         \
+            for (e = 0; e < NF; e++) memcpy(&d[e], dr + e * OWp + o, sizeof d[e]);                        \
+            for (t = 0; t < TB; t++)                                                                      \
+                for (e = 0; e < NF; e++) acc[t][e] += x[t] * d[e];                                        \
+        }                                                                                                 \
+    }                                                                                                     \
+    for (t = 0; t < TB; t++)                                                                              \
         for (e = 0; e < NF; e++) {                                                                        \
-            memcpy(&d[e][0], dzt + (f + e) * OWp + o, sizeof d[e][0]);                                    \
-            memcpy(&d[e][1], dzt + (f + e) * OWp + o + FNN_CONV_LANES, sizeof d[e][1]);                   \
+            T *p = lanes + (wrow[t] * F + f + e) * FNN_CONV_LANES;                                        \
+            fnn_conv_v##SFX a;                                                                            \
+            memcpy(&a, p, sizeof a);                                                                      \
+            a += acc[t][e];                                                                               \
+            memcpy(p, &a, sizeof a);                                                                      \
         }                                                                                                 \
-        for (t = 0; t < nt; t++) {                                                                        \
-            fnn_conv_v##SFX x0, x1;                                                                       \
-            memcpy(&x0, work + off[t] + o, sizeof x0);                                                    \
-            memcpy(&x1, work + off[t] + o + FNN_CONV_LANES, sizeof x1);                                   \
-            T *p = lanes + (wrow[t] * F + f) * FNN_CONV_LANES;                                            \
-            for (e = 0; e < NF; e++) {                                                                    \
-                fnn_conv_v##SFX a;                                                                        \
-                memcpy(&a, p + e * FNN_CONV_LANES, sizeof a);                                             \
-                a += x0 * d[e][0];                                                                        \
-                a += x1 * d[e][1];                                                                        \
-                memcpy(p + e * FNN_CONV_LANES, &a, sizeof a);                                             \
-            }                                                                                             \
-        }                                                                                                 \
-    }                                                                                                     \
 }                                                                                                         \
-                                                                                                          \
-/* lanes (IN/OUT, K*F*LANES, K = kh*kw*C) += the partial sums of dW = col^T.dZ over rows [r0, r1); work:  \
- * fnn_conv_small_work(g, 1) elements (planes, then the transposed dZ row; the lanes may be its end) */   \
-FNN_CLONES static void fnn_conv_small_dw##SFX(const fnn_conv_geom *g, const T *X, const T *dZ, ptrdiff_t r0, \
+/* lanes (IN/OUT, K*F*LANES, K = kh*kw*C) += the partial sums of dW = col^T.dZ over rows [r0, r1), an image at\
+ * a time: its planes and its transposed dZ rows (OH x F x OWp, zero outside the range) are made once, then for\
+ * each kernel row ky, the output rows whose input row lies inside the image, and blocks of taps (kx, c) x\
+ * filters, one fnn_conv_small_dwblk (3 x 6 blocks on AVX-512's 32 registers, 2 x 3 on AVX2's 16, where a lane\
+ * block is two registers).  work: fnn_conv_small_work(g, 1) elements (planes, dZ rows; the lanes may be its\
+ * end).  Each lane's sum runs over the same terms in the same order on every ISA */                      \
+FNN_CLONES static void fnn_conv_small_dw##SFX(const fnn_conv_geom *g, const T *X, const T *dZ, ptrdiff_t r0,\
                                             ptrdiff_t r1, T *work, T *lanes) {                            \
-    const ptrdiff_t OW = g->OW, OH = g->OH, F = g->F, OWp = fnn_conv_small_owp(g);                        \
-    T *dzt = work + g->H * g->C * fnn_conv_small_len(g);                                                  \
-    ptrdiff_t off[FNN_CONV_SMALL_TAPS], wrow[FNN_CONV_SMALL_TAPS];                                        \
-    ptrdiff_t q, f, o, cur = -1;                                                                          \
-    ptrdiff_t kxo[FNN_CONV_SMALL_TAPS];                                                                   \
+    const ptrdiff_t OW = g->OW, OH = g->OH, F = g->F, OWp = fnn_conv_small_owp(g), P = OH * OW, C = g->C; \
+    const ptrdiff_t Lp = fnn_conv_small_len(g), rstep = g->sh * C * Lp, kw = g->kw;                       \
+    const int wide = fnn_fma_isa() == 2;                                                                  \
+    const ptrdiff_t TBm = wide ? 3 : 2, NFm = wide ? 6 : 3;                                               \
+    T *dzt = work + g->H * C * Lp;                                                                        \
+    ptrdiff_t off[FNN_CONV_SMALL_TAPS], wrow[FNN_CONV_SMALL_TAPS], kxo[FNN_CONV_SMALL_TAPS];              \
+    ptrdiff_t r = r0, oy, ky, kx, c, t0, f;                                                        \
     fnn_conv_small_kxo##SFX(g, kxo);                                                                      \
-    ptrdiff_t nt = 0, tlo = -1, thi = -1;                                                                 \
-    for (q = r0 / OW; q * OW < r1; q++) {                                                                 \
-        const ptrdiff_t n = q / OH, oy = q - n * OH;                                                      \
-        const ptrdiff_t lo = (r0 > q * OW ? r0 - q * OW : 0), hi = (r1 < (q + 1) * OW ? r1 - q * OW : OW);\
-        ptrdiff_t klo, khi;                                                                               \
-        fnn_conv_small_rows##SFX(g, oy, &klo, &khi);                                                      \
-        if (klo != tlo || khi != thi) {                                                                   \
-            nt = fnn_conv_small_taps##SFX(g, klo, khi, kxo, off, wrow);                                   \
-            tlo = klo; thi = khi;                                                                         \
-        }                                                                                                 \
-        const T *wrk = work + (oy * g->sh - g->pt + klo * g->dh) * g->C * fnn_conv_small_len(g);          \
-        if (n != cur) { fnn_conv_small_image##SFX(g, X, n, work); cur = n; }                              \
-        const T *dzr = dZ + q * OW * F;                                                                   \
-        for (f = 0; f < F; f++)                                                                           \
-            for (o = 0; o < OWp; o++) dzt[f * OWp + o] = (o >= lo && o < hi) ? dzr[o * F + f] : (T)0;     \
-        for (f = 0; f < F; f += FNN_CONV_SMALL_F) {                                                       \
-            switch (F - f < FNN_CONV_SMALL_F ? F - f : FNN_CONV_SMALL_F) {                                \
-            case 1: fnn_conv_small_dw_row##SFX(F, f, wrk, dzt, off, wrow, nt, OWp, lanes, 1); break;      \
-            case 2: fnn_conv_small_dw_row##SFX(F, f, wrk, dzt, off, wrow, nt, OWp, lanes, 2); break;      \
-            case 3: fnn_conv_small_dw_row##SFX(F, f, wrk, dzt, off, wrow, nt, OWp, lanes, 3); break;      \
-            case 4: fnn_conv_small_dw_row##SFX(F, f, wrk, dzt, off, wrow, nt, OWp, lanes, 4); break;      \
-            case 5: fnn_conv_small_dw_row##SFX(F, f, wrk, dzt, off, wrow, nt, OWp, lanes, 5); break;      \
-            case 6: fnn_conv_small_dw_row##SFX(F, f, wrk, dzt, off, wrow, nt, OWp, lanes, 6); break;      \
-            default: fnn_conv_small_dw_row##SFX(F, f, wrk, dzt, off, wrow, nt, OWp, lanes, 7); break;     \
+    while (r < r1) {                                                                                      \
+        const ptrdiff_t n = r / P, p0 = r - n * P, p1 = P < r1 - n * P ? P : r1 - n * P;                  \
+        const ptrdiff_t oya = p0 / OW, oyb = (p1 + OW - 1) / OW;                                          \
+        fnn_conv_small_image##SFX(g, X, n, work);                                                         \
+        for (oy = oya; oy < oyb; oy++) {                                                                  \
+            const ptrdiff_t lo = p0 > oy * OW ? p0 - oy * OW : 0, hi = p1 < (oy + 1) * OW ? p1 - oy * OW : OW;\
+            const T *dzr = dZ + (n * P + oy * OW) * F;                                                    \
+            T *d = dzt + oy * F * OWp;                                                                    \
+            switch (F) {       /* F <= FNN_CONV_SMALL_MAX_F: a constant in each case */                   \
+            case 1: fnn_conv_small_tr##SFX(dzr, d, lo, hi, OWp, 1); break;                                \
+            case 2: fnn_conv_small_tr##SFX(dzr, d, lo, hi, OWp, 2); break;                                \
+            case 3: fnn_conv_small_tr##SFX(dzr, d, lo, hi, OWp, 3); break;                                \
+            case 4: fnn_conv_small_tr##SFX(dzr, d, lo, hi, OWp, 4); break;                                \
+            case 5: fnn_conv_small_tr##SFX(dzr, d, lo, hi, OWp, 5); break;                                \
+            case 6: fnn_conv_small_tr##SFX(dzr, d, lo, hi, OWp, 6); break;                                \
+            case 7: fnn_conv_small_tr##SFX(dzr, d, lo, hi, OWp, 7); break;                                \
+            default: fnn_conv_small_tr##SFX(dzr, d, lo, hi, OWp, 8); break;                               \
             }                                                                                             \
         }                                                                                                 \
+        for (ky = 0; ky < g->kh; ky++) {                                                                  \
+            /* the rows oy of [oya, oyb) whose input row iy = oy sh - pt + ky dh lies in [0, H) */        \
+            const ptrdiff_t a = g->pt - ky * g->dh, b = g->H - 1 + g->pt - ky * g->dh;                    \
+            ptrdiff_t oy0 = a <= 0 ? 0 : (a + g->sh - 1) / g->sh, oy1 = b < 0 ? 0 : b / g->sh + 1;        \
+            if (oy0 < oya) oy0 = oya;                                                                     \
+            if (oy1 > oyb) oy1 = oyb;                                                                     \
+            if (oy0 >= oy1) continue;                                                                     \
+            const T *pl0 = work + (oy0 * g->sh - g->pt + ky * g->dh) * C * Lp;                            \
+            ptrdiff_t nt = 0;                                                                             \
+            for (kx = 0; kx < kw; kx++)                                                                   \
+                for (c = 0; c < C; c++, nt++) {                                                           \
+                    off[nt] = c * Lp + kxo[kx];                                                           \
+                    wrow[nt] = (ky * kw + kx) * C + c;                                                    \
+                }                                                                                         \
+            for (t0 = 0; t0 < nt; t0 += TBm) {                                                            \
+                const ptrdiff_t tb = nt - t0 < TBm ? nt - t0 : TBm;                                       \
+                for (f = 0; f < F; f += NFm) {                                                            \
+                    const ptrdiff_t nf = F - f < NFm ? F - f : NFm;                                       \
+                    if (tb == 1) { FNN_CONV_SMALL_DWNF(SFX, 1) }                                               \
+                    else if (tb == 2) { FNN_CONV_SMALL_DWNF(SFX, 2) }                                          \
+                    else { FNN_CONV_SMALL_DWNF(SFX, 3) }                                                       \
+                }                                                                                         \
+            }                                                                                             \
+        }                                                                                                 \
+        r = n * P + p1;                                                                                   \
     }                                                                                                     \
 }                                                                                                         \
-                                                                                                          \
 /* dW (IN/OUT, K*F) += the sums of the lanes, lane 0 first */                                             \
 static void fnn_conv_small_reduce##SFX(const fnn_conv_geom *g, const T *lanes, T *dW) {                   \
     const ptrdiff_t n = g->kh * g->kw * g->C * g->F;                                                      \
@@ -507,4 +557,5 @@ FNN_CONV_COLSUM_DEF(double, _d)
 FNN_CONV_SMALL_DEFS(float, _f)
 FNN_CONV_SMALL_DEFS(double, _d)
 #undef FNN_CONV_SMALL_DEFS
+#undef FNN_CONV_SMALL_DWNF
 #endif
