@@ -154,13 +154,31 @@ def test_a_nan_stops_a_conv_model_with_the_last_good_state(restore_threads):
                 np.testing.assert_array_equal(la.buffers[k], lb.buffers[k])
 
 
+def test_max_norm_on_convolutions():
+    def make(dtype):
+        return fnn.Sequential([L.Conv2D(6, 3, activation="relu", max_norm=0.3), L.MaxPool2D(2),
+                               L.Conv2D(4, 2, groups=2, max_norm=0.2), L.Flatten(),
+                               L.Dense(5, max_norm=0.5)], input_shape=(9, 9, 2), seed=3, dtype=dtype)
+    a, ha, b, hb, _ = _pair(make, lambda: fnn.optim.SGD(lr=0.5, momentum=0.9))
+    _assert_same(a, ha, b, hb)
+    for layer in a.layers[:3:2]:
+        W = layer.params["weight"]
+        norms = np.sqrt((W.astype(np.float64) ** 2).reshape(-1, W.shape[-1]).sum(axis=0))
+        assert norms.max() <= layer.constraint.max_value * (1 + 1e-6) and norms.max() > 0.9 * layer.constraint.max_value
+
+
+class MyMaxNorm(fnn.constraints.MaxNorm):      # a subclass may constrain otherwise: the per-layer path runs it
+    pass
+
+
 def test_layers_the_plan_does_not_cover_keep_the_per_layer_path():
     X, y = _data(_lenet, 16)
     for make in [
-        # a Dense on every pixel (an image out of a Dense), a Permute, a convolution with a weight constraint
+        # a Dense on every pixel (an image out of a Dense), a Permute, a convolution constrained by a MaxNorm subclass
         lambda: fnn.Sequential([L.Conv2D(4, 3), L.Dense(3), L.Flatten(), L.Dense(5)], input_shape=(9, 9, 2)),
         lambda: fnn.Sequential([L.Permute((2, 1, 3)), L.Conv2D(4, 3), L.Flatten(), L.Dense(5)], input_shape=(9, 9, 2)),
-        lambda: fnn.Sequential([L.Conv2D(4, 3, max_norm=2.0), L.Flatten(), L.Dense(5)], input_shape=(9, 9, 2)),
+        lambda: fnn.Sequential([L.Conv2D(4, 3, max_norm=MyMaxNorm(2.0)), L.Flatten(), L.Dense(5)],
+                               input_shape=(9, 9, 2)),
     ]:
         m = make()
         m.compile("cross_entropy", "adam")
@@ -179,3 +197,19 @@ def test_inference_plan_of_a_conv_model(restore_threads):
     out = a.predict(X)
     assert a.trainer.infer_plans[1]         # made and used
     np.testing.assert_array_equal(out, b.engine.forward(X, False))
+
+
+def test_a_larger_thread_count_makes_a_new_plan(restore_threads):
+    # the convolutions' workspace is sized for the thread count the plan was made at, as the per-layer buffers are
+    X, y = _data(_lenet, 16)
+    m = _lenet("float32").compile("cross_entropy", "adam")
+    fnn.set_num_threads(1)
+    m.fit(X, y, epochs=1, batch_size=8)
+    plan = m.trainer.train_plan
+    assert plan is not None and plan.threads == 1
+    fnn.set_num_threads(2)
+    m.fit(X, y, epochs=1, batch_size=8)
+    assert m.trainer.train_plan is not plan and m.trainer.train_plan.threads == 2
+    fnn.set_num_threads(1)
+    m.fit(X, y, epochs=1, batch_size=8)       # enough scratch for fewer threads: the plan is kept
+    assert m.trainer.train_plan.threads == 2

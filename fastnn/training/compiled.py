@@ -3,11 +3,12 @@ batches that return to Python about every 0.05 s (Ctrl-C).
 
 A model qualifies when it is a graph of compiled layers with fixed shapes and a feature vector out: ``Dense``, also
 with a ``max_norm`` constraint (``fastnn.constraints.MaxNorm``, applied after each update in C), and
-``Concatenate`` on feature vectors; ``Conv2D`` / ``Conv1D`` (any padding, strides, dilation, groups; no weight
-constraint), ``MaxPool2D`` / ``AvgPool2D`` / ``MaxPool1D`` / ``AvgPool1D``, ``GlobalAveragePooling1D/2D``,
-``GlobalMaxPooling1D/2D``, activation layers, ``BatchNorm`` (not synchronized; over the channels of an image),
-``LayerNorm``, ``Dropout``, ``Residual`` with stochastic depth, ``Add`` and ``Flatten`` / ``Reshape`` on outputs of
-any shape (channels-last; the plan holds each sample's features in one row: X is seen as (n, features)),
+``Concatenate`` on feature vectors; ``Conv2D`` / ``Conv1D`` (any padding, strides, dilation, groups; a
+``max_norm`` constraint per filter), ``MaxPool2D`` / ``AvgPool2D`` / ``MaxPool1D`` / ``AvgPool1D``,
+``GlobalAveragePooling1D/2D``, ``GlobalMaxPooling1D/2D``, activation layers, ``BatchNorm`` (not synchronized;
+over the channels of an image), ``LayerNorm``, ``Dropout``, ``Residual`` with stochastic depth, ``Add`` and
+``Flatten`` / ``Reshape`` on outputs of any shape (channels-last; the plan holds each sample's features in one row:
+X is seen as (n, features)),
 trained with "cross_entropy" (integer labels or probability rows), "binary_cross_entropy", "mse", "l2" or "mae",
 by ``SGD`` (with momentum, Nesterov), ``Adam`` (AMSGrad), ``AdamW``, ``RMSprop`` (momentum, centered) or
 ``Adagrad`` (exactly those classes), with or without sample/class weights (one process), epoch or per-step
@@ -313,7 +314,8 @@ class TrainPlan:
             c = layer.constraint
             if c is None:
                 continue
-            n_in, n_out = layer.params["weight"].shape
+            shape = layer.params["weight"].shape       # Dense (n_in, n_out); Conv (kh, kw, C/G, F): (kh*kw*C/G, F)
+            n_in, n_out = _size(shape[:-1]), shape[-1]
             norms = self.norms.get(id(layer))
             if norms is None or norms.shape != (n_out,):
                 norms = self.norms[id(layer)] = np.empty(n_out, model.dtype)
@@ -322,11 +324,12 @@ class TrainPlan:
 
 
 def _constraints_compile(layers):
-    """Whether the plan applies every constraint of these layers (``Trainer.constrained``): a Dense layer's
-    ``MaxNorm`` (exactly that class: a subclass may constrain otherwise), or none.  Any other constrained layer
-    (a convolution, a user's layer with ``apply_constraint``) keeps the model on the per-layer path."""
-    return all(type(layer) is Dense and (layer.constraint is None or type(layer.constraint) is MaxNorm)
-               for layer in layers)
+    """Whether the plan applies every constraint of these layers (``Trainer.constrained``): a Dense or convolution
+    layer's ``MaxNorm`` (exactly that class: a subclass may constrain otherwise) over its units, the last axis of
+    its weight (the columns of the weight seen as (rows, units), as ``MaxNorm`` sees it), or none.  Any other
+    constrained layer (a user's layer with ``apply_constraint``) keeps the model on the per-layer path."""
+    return all((type(layer) is Dense or type(layer) in _CONV_TYPES)
+               and (layer.constraint is None or type(layer.constraint) is MaxNorm) for layer in layers)
 
 
 def _compiles(model, training):
@@ -349,7 +352,7 @@ def _compiles(model, training):
                     or (training and not _constraints_compile([layer]))):
                 return False
         elif t in _CONV_TYPES:
-            if type(layer.activation) not in _ACT_TYPES or (training and layer.constraint is not None):
+            if type(layer.activation) not in _ACT_TYPES or (training and not _constraints_compile([layer])):
                 return False
         elif t is BatchNorm:
             if training and layer.reducer is not None:
