@@ -23,8 +23,11 @@ L = fnn.layers
 
 
 def _lenet(dtype):
-    """Padding same and valid, strides 1 and 2, max pooling, Dropout on an image, Flatten."""
+    """Padding same and valid, strides 1 and 2, max pooling, Dropout on an image, a Residual block of convolutions
+    with stochastic depth, Flatten."""
     return fnn.Sequential([L.Conv2D(4, 3, padding="same", activation="relu"), L.MaxPool2D(2),
+                           L.Residual([L.Conv2D(4, 3, padding="same", activation="relu"), L.Dropout(0.1)],
+                                      survival_prob=0.7),
                            L.Conv2D(6, 3, strides=2, activation="tanh"), L.Dropout(0.2), L.Flatten(),
                            L.Dense(5, activation="softmax")], input_shape=(9, 9, 2), seed=3, dtype=dtype)
 
