@@ -66,7 +66,9 @@
     X(ADD, add)                      /* Add: the sum of its sources */                                    \
     X(RESIDUAL, residual)            /* Residual: x + block(x), the block dropped per batch (stochastic depth) */ \
     X(CONCAT, concat)                /* Concatenate along the features */                                 \
-    X(IDENTITY, identity)            /* Flatten / Reshape of a feature vector: the input goes through */
+    X(IDENTITY, identity)            /* Flatten / Reshape: the input goes through */                      \
+    X(CONV, conv)                    /* Conv2D / Conv1D: tiled convolution, bias and activation fused */    \
+    X(POOL, pool)                    /* max / average pooling, windowed or global */
 
 /* What a run of the compiled plan returns (its first value). */
 #define FNN_PLAN_STATUSES(X)                                                                              \

@@ -67,8 +67,6 @@ from fastnn._core.activations import check_counts
 
 
 cdef extern from "fnn_conv.h" nogil:
-    ctypedef struct fnn_conv_geom:
-        Py_ssize_t N, H, W, C, OH, OW, F, kh, kw, sh, sw, dh, dw, pt, pl, G
     void fnn_conv_blas_serial_begin()
     void fnn_conv_blas_serial_end()
     void fnn_conv_im2col_f(const fnn_conv_geom *g, const float *X, Py_ssize_t r0, Py_ssize_t r1, float *col)
@@ -322,6 +320,19 @@ cdef fnn_conv_geom _geometry(tuple xs, tuple ws, tuple zs, tuple strides, tuple 
     return g
 
 
+cdef int conv_geometry(fnn_conv_geom *g, tuple xs, tuple ws, tuple zs, tuple strides, tuple dilation,
+                       tuple padding, Py_ssize_t groups, str fn) except -1:
+    """*g = _geometry(...) (for the compiled plan: conv.pxd)."""
+    g[0] = _geometry(xs, ws, zs, strides, dilation, padding, groups, fn)
+    return 0
+
+
+cdef Py_ssize_t conv_scratch(const fnn_conv_geom *g, Py_ssize_t itemsize, int n_threads,
+                             bint backward) noexcept nogil:
+    """Scratch elements for n_threads threads (scratch_size on a checked geometry)."""
+    return _need(g, itemsize, n_threads if n_threads > 0 else 1, backward)
+
+
 def scratch_size(tuple x_shape, tuple w_shape, tuple strides, tuple dilation, tuple padding, Py_ssize_t groups,
                  Py_ssize_t itemsize, int n_threads, bint backward):
     """Elements of the scratch buffer that conv2d_forward (backward=False) or conv2d_backward (True) needs to
@@ -425,37 +436,52 @@ def conv2d_forward(const floating[:, :, :, ::1] X, const floating[:, :, :, ::1] 
     cdef Py_ssize_t rows = g.N * g.OH * g.OW
     if rows == 0:
         return
-    cdef int isa = fnn_convd_isa()
-    cdef int path = _path(&g, sizeof(floating), isa)
-    cdef Py_ssize_t R = _tile_rows(&g, sizeof(floating), path), per, shared
+    cdef Py_ssize_t per, shared
     _fwd_sizes(&g, sizeof(floating), &per, &shared)
     cdef Py_ssize_t have = scratch.shape[0] if scratch is not None else 0
     if have < shared + per:
         raise ValueError(f"conv2d_forward: scratch has {have} elements, at least {shared + per} needed")
+    cdef floating *sp = &scratch[0] if have > 0 else NULL
+    cdef int64_t *cp = &counts[0, 0] if counts is not None else NULL
+    cdef Py_ssize_t n_slots = counts.shape[0] if counts is not None else 0
+    with nogil:
+        conv_forward(&g, &X[0, 0, 0, 0], &W[0, 0, 0, 0], bp, &Z[0, 0, 0, 0], &Y[0, 0, 0, 0], sp, have, act, alpha,
+                     n_threads, cp, n_slots)
+
+
+cdef void conv_forward(const fnn_conv_geom *g, const floating *X, const floating *W, const floating *b, floating *Z,
+                       floating *Y, floating *scratch, Py_ssize_t have, int act, double alpha, int n_threads,
+                       int64_t *counts, Py_ssize_t n_slots) noexcept nogil:
+    """conv2d_forward on raw pointers, its arguments checked by the caller (see conv.pxd): the rows split over
+    at most n_threads threads (fewer for few tiles, few counter slots or a scratch too small for more)."""
+    cdef Py_ssize_t rows = g.N * g.OH * g.OW
+    if rows == 0:
+        return
+    cdef int isa = fnn_convd_isa()
+    cdef int path = _path(g, sizeof(floating), isa)
+    cdef Py_ssize_t R = _tile_rows(g, sizeof(floating), path), per, shared
+    _fwd_sizes(g, sizeof(floating), &per, &shared)
     cdef int nt = n_threads if n_threads > 0 else 1
     if nt > (rows + R - 1) // R:
         nt = <int>((rows + R - 1) // R)
-    if counts is not None and nt > counts.shape[0]:
-        nt = <int>counts.shape[0]
-    nt = _threads_by_scratch(&g, sizeof(floating), have, nt, False)
-    cdef floating *sp = &scratch[0] if have > 0 else NULL
+    if counts != NULL and nt > n_slots:
+        nt = <int>n_slots
+    nt = _threads_by_scratch(g, sizeof(floating), have, nt, False)
+    cdef floating *sp = scratch if have > 0 else NULL
     cdef floating *tiles = sp + shared if sp != NULL else NULL    # after the packed weight (blocked path)
-    cdef int64_t *cp = &counts[0, 0] if counts is not None else NULL
     cdef int t
-    with nogil:
-        if path == _BLOCKED:
-            if floating is float:
-                fnn_convd_pack_f(&g, &W[0, 0, 0, 0], 0, isa, sp)
-        if nt == 1:
-            _forward_rows(&g, path, &X[0, 0, 0, 0], &W[0, 0, 0, 0], bp, &Z[0, 0, 0, 0], &Y[0, 0, 0, 0], 0, rows,
-                          R, tiles, act, alpha, cp, sp, isa)
-        else:
-            fnn_conv_blas_serial_begin()
-            for t in prange(nt, num_threads=nt, schedule="static"):
-                _forward_rows(&g, path, &X[0, 0, 0, 0], &W[0, 0, 0, 0], bp, &Z[0, 0, 0, 0], &Y[0, 0, 0, 0],
-                              t * rows // nt, (t + 1) * rows // nt, R, tiles + t * per if tiles != NULL else NULL,
-                              act, alpha, cp + t * g.F if cp != NULL else NULL, sp, isa)
-            fnn_conv_blas_serial_end()
+    if path == _BLOCKED:
+        if floating is float:
+            fnn_convd_pack_f(g, W, 0, isa, sp)
+    if nt == 1:
+        _forward_rows(g, path, X, W, b, Z, Y, 0, rows, R, tiles, act, alpha, counts, sp, isa)
+    else:
+        fnn_conv_blas_serial_begin()
+        for t in prange(nt, num_threads=nt, schedule="static"):
+            _forward_rows(g, path, X, W, b, Z, Y, t * rows // nt, (t + 1) * rows // nt, R,
+                          tiles + t * per if tiles != NULL else NULL, act, alpha,
+                          counts + t * g.F if counts != NULL else NULL, sp, isa)
+        fnn_conv_blas_serial_end()
 
 
 # ---------------------------------------------------------------------------------------- backward
@@ -575,84 +601,104 @@ def conv2d_backward(const floating[:, :, :, ::1] X, const floating[:, :, :, ::1]
     cdef Py_ssize_t wsize = g.kh * g.kw * (g.C // g.G) * g.F
     cdef floating *dbp = &db[0] if db is not None else NULL
     cdef floating *dXp = &dX[0, 0, 0, 0] if (dX is not None and g.N > 0) else NULL
-    cdef Py_ssize_t rows = g.N * g.OH * g.OW, P = g.OH * g.OW
+    cdef Py_ssize_t rows = g.N * g.OH * g.OW
     if rows == 0:      # an empty batch: zero gradients
         memset(&dW[0, 0, 0, 0], 0, wsize * sizeof(floating))
         if dbp != NULL:
             memset(dbp, 0, g.F * sizeof(floating))
         return
-    cdef int isa = fnn_convd_isa()
-    cdef int path = _path(&g, sizeof(floating), isa)
-    cdef bint as_conv = _data_as_conv(&g, sizeof(floating), isa) and dXp != NULL
-    if path == _SMALL and dXp != NULL and not as_conv:
-        path = _GENERAL          # dX by col2im needs the gathered tile (strided first layers)
-    cdef fnn_conv_geom gt = _transposed(&g)
-    cdef int tpath = _path(&gt, sizeof(floating), isa)
-    cdef Py_ssize_t R = _tile_rows(&g, sizeof(floating), path)
-    cdef Py_ssize_t Rd = _tile_rows_general(&g, sizeof(floating))    # the blocked path's dcol tiles (strided dX)
-    cdef Py_ssize_t RT = _tile_rows(&gt, sizeof(floating), tpath)
     cdef Py_ssize_t tile, acc_, shared
     _bwd_sizes(&g, sizeof(floating), &tile, &acc_, &shared)
     cdef Py_ssize_t have = scratch.shape[0] if scratch is not None else 0
     if have < shared + tile:
         raise ValueError(f"conv2d_backward: scratch has {have} elements, at least {shared + tile} needed")
+    cdef floating *sp = &scratch[0] if have > 0 else NULL
+    cdef int err
+    with nogil:
+        err = conv_backward(&g, &X[0, 0, 0, 0], &W[0, 0, 0, 0], &Z[0, 0, 0, 0], &Y[0, 0, 0, 0], &dY[0, 0, 0, 0],
+                            &dZ[0, 0, 0, 0], dXp, &dW[0, 0, 0, 0], dbp, sp, have, act, alpha, n_threads)
+    kernel_ok(err, "conv2d_backward")
+
+
+cdef int conv_backward(const fnn_conv_geom *g, const floating *X, const floating *W, const floating *Z,
+                       const floating *Y, floating *dY, floating *dZ, floating *dX, floating *dW, floating *db,
+                       floating *scratch, Py_ssize_t have, int act, double alpha, int n_threads) noexcept nogil:
+    """conv2d_backward on raw pointers, its arguments checked by the caller (see conv.pxd); returns the
+    activation kernel's error (0: done)."""
+    cdef Py_ssize_t wsize = g.kh * g.kw * (g.C // g.G) * g.F
+    cdef floating *dXp = dX if g.N > 0 else NULL
+    cdef Py_ssize_t rows = g.N * g.OH * g.OW, P = g.OH * g.OW
+    if rows == 0:      # an empty batch: zero gradients
+        memset(dW, 0, wsize * sizeof(floating))
+        if db != NULL:
+            memset(db, 0, g.F * sizeof(floating))
+        return 0
+    cdef int isa = fnn_convd_isa()
+    cdef int path = _path(g, sizeof(floating), isa)
+    cdef bint as_conv = _data_as_conv(g, sizeof(floating), isa) and dXp != NULL
+    if path == _SMALL and dXp != NULL and not as_conv:
+        path = _GENERAL          # dX by col2im needs the gathered tile (strided first layers)
+    cdef fnn_conv_geom gt = _transposed(g)
+    cdef int tpath = _path(&gt, sizeof(floating), isa)
+    cdef Py_ssize_t R = _tile_rows(g, sizeof(floating), path)
+    cdef Py_ssize_t Rd = _tile_rows_general(g, sizeof(floating))    # the blocked path's dcol tiles (strided dX)
+    cdef Py_ssize_t RT = _tile_rows(&gt, sizeof(floating), tpath)
+    cdef Py_ssize_t tile, acc_, shared
+    _bwd_sizes(g, sizeof(floating), &tile, &acc_, &shared)
     cdef int nt = n_threads if n_threads > 0 else 1
     cdef int ntb = nt if nt < g.N else <int>g.N          # the weights' pass: whole images per thread
-    ntb = _threads_by_scratch(&g, sizeof(floating), have, ntb, True)
+    ntb = _threads_by_scratch(g, sizeof(floating), have, ntb, True)
     cdef Py_ssize_t in_rows = g.N * g.H * g.W
     cdef int ntd = nt if nt < (in_rows + RT - 1) // RT else <int>((in_rows + RT - 1) // RT)
-    ntd = _threads_by_scratch(&g, sizeof(floating), have, ntd, True)   # the data pass: tiles of dX rows
-    cdef floating *sp = &scratch[0] if have > 0 else NULL
+    ntd = _threads_by_scratch(g, sizeof(floating), have, ntd, True)   # the data pass: tiles of dX rows
+    cdef floating *sp = scratch if have > 0 else NULL
     cdef floating *Wf = sp                                # the flipped kernel (shared)
     cdef floating *tiles = sp + shared if sp != NULL else NULL
-    cdef floating *g_ = &dY[0, 0, 0, 0]
+    cdef floating *g_ = dY
     cdef floating *base
     cdef Py_ssize_t k
     cdef int t, err = 0
-    with nogil:
-        if act != FNN_ACT_IDENTITY:
-            g_ = &dZ[0, 0, 0, 0]
-            err = act_backward(act, &Z[0, 0, 0, 0], &Y[0, 0, 0, 0], &dY[0, 0, 0, 0], g_, rows, g.F, alpha,
-                               n_threads)
-        if err == 0 and as_conv:
-            if tpath == _BLOCKED:      # the flipped kernel packed straight from W (Wf: the packed weight)
-                if floating is float:
-                    fnn_convd_pack_f(&gt, &W[0, 0, 0, 0], 1, isa, Wf)
-            else:
-                _flip_weight(&g, &W[0, 0, 0, 0], Wf)
-            if ntd == 1:
-                _forward_rows(&gt, tpath, g_, Wf, NULL, dXp, dXp, 0, in_rows, RT, tiles, FNN_ACT_IDENTITY, 0.0, NULL,
-                              Wf, isa)
-            else:
-                fnn_conv_blas_serial_begin()
-                for t in prange(ntd, num_threads=ntd, schedule="static"):
-                    _forward_rows(&gt, tpath, g_, Wf, NULL, dXp, dXp, t * in_rows // ntd, (t + 1) * in_rows // ntd,
-                                  RT, tiles + t * tile if tiles != NULL else NULL, FNN_ACT_IDENTITY, 0.0, NULL,
-                                  Wf, isa)
-                fnn_conv_blas_serial_end()
-        if err == 0 and ntb == 1:
-            _backward_rows(&g, path, &X[0, 0, 0, 0], &W[0, 0, 0, 0], g_, NULL if as_conv else dXp,
-                           &dW[0, 0, 0, 0], dbp, 0, rows, R, tiles, isa, Rd)
-        elif err == 0:
-            # thread t: images [t N / nt, (t+1) N / nt); after the shared part of the scratch, the tiles of
-            # every thread, then the private accumulators (dW, db) of threads 1..nt-1
+    if act != FNN_ACT_IDENTITY:
+        g_ = dZ
+        err = act_backward(act, Z, Y, dY, g_, rows, g.F, alpha, n_threads)
+    if err == 0 and as_conv:
+        if tpath == _BLOCKED:      # the flipped kernel packed straight from W (Wf: the packed weight)
+            if floating is float:
+                fnn_convd_pack_f(&gt, W, 1, isa, Wf)
+        else:
+            _flip_weight(g, W, Wf)
+        if ntd == 1:
+            _forward_rows(&gt, tpath, g_, Wf, NULL, dXp, dXp, 0, in_rows, RT, tiles, FNN_ACT_IDENTITY, 0.0, NULL,
+                          Wf, isa)
+        else:
             fnn_conv_blas_serial_begin()
-            for t in prange(ntb, num_threads=ntb, schedule="static"):
-                _backward_rows(&g, path, &X[0, 0, 0, 0], &W[0, 0, 0, 0], g_, NULL if as_conv else dXp,
-                               &dW[0, 0, 0, 0] if t == 0 else tiles + ntb * tile + (t - 1) * acc_,
-                               dbp if t == 0 else (tiles + ntb * tile + (t - 1) * acc_ + wsize if dbp != NULL
-                                                   else NULL),
-                               (t * g.N // ntb) * P, ((t + 1) * g.N // ntb) * P, R,
-                               tiles + t * tile if tile > 0 else NULL, isa, Rd)
+            for t in prange(ntd, num_threads=ntd, schedule="static"):
+                _forward_rows(&gt, tpath, g_, Wf, NULL, dXp, dXp, t * in_rows // ntd, (t + 1) * in_rows // ntd,
+                              RT, tiles + t * tile if tiles != NULL else NULL, FNN_ACT_IDENTITY, 0.0, NULL,
+                              Wf, isa)
             fnn_conv_blas_serial_end()
-            for t in range(1, ntb):
-                base = tiles + ntb * tile + (t - 1) * acc_
-                for k in range(wsize):
-                    (&dW[0, 0, 0, 0])[k] += base[k]
-                if dbp != NULL:
-                    for k in range(g.F):
-                        dbp[k] += base[wsize + k]
-    kernel_ok(err, "conv2d_backward")
+    if err == 0 and ntb == 1:
+        _backward_rows(g, path, X, W, g_, NULL if as_conv else dXp, dW, db, 0, rows, R, tiles, isa, Rd)
+    elif err == 0:
+        # thread t: images [t N / nt, (t+1) N / nt); after the shared part of the scratch, the tiles of
+        # every thread, then the private accumulators (dW, db) of threads 1..nt-1
+        fnn_conv_blas_serial_begin()
+        for t in prange(ntb, num_threads=ntb, schedule="static"):
+            _backward_rows(g, path, X, W, g_, NULL if as_conv else dXp,
+                           dW if t == 0 else tiles + ntb * tile + (t - 1) * acc_,
+                           db if t == 0 else (tiles + ntb * tile + (t - 1) * acc_ + wsize if db != NULL
+                                              else NULL),
+                           (t * g.N // ntb) * P, ((t + 1) * g.N // ntb) * P, R,
+                           tiles + t * tile if tile > 0 else NULL, isa, Rd)
+        fnn_conv_blas_serial_end()
+        for t in range(1, ntb):
+            base = tiles + ntb * tile + (t - 1) * acc_
+            for k in range(wsize):
+                dW[k] += base[k]
+            if db != NULL:
+                for k in range(g.F):
+                    db[k] += base[wsize + k]
+    return err
 
 
 # ------------------------------------------------------------------------------------------ queries

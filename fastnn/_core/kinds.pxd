@@ -40,6 +40,8 @@ cdef extern from "fnn_kinds.h" nogil:
         FNN_LAYER_RESIDUAL
         FNN_LAYER_CONCAT
         FNN_LAYER_IDENTITY
+        FNN_LAYER_CONV
+        FNN_LAYER_POOL
         FNN_N_LAYER
 
     cdef enum fnn_status_kind:

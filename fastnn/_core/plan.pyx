@@ -1,15 +1,16 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True
 """The compiled training plan: whole runs of mini-batches (an epoch, or a chunk of one) without Python per batch.
 
-For a graph of compiled layers on feature vectors (Dense with its fused activation, activation layers, BatchNorm,
-LayerNorm, Dropout, Residual with stochastic depth, Add, Concatenate, Flatten/Reshape), one call runs, for each
-batch, all ``nogil``: the gather of the batch from the epoch's permutation, the forward pass (a Dense layer: GEMM,
-then bias + activation in one pass), the loss and its gradient (softmax cross-entropy fused), the backward pass
-(the nodes in reverse order, the gradients of an output read by several nodes summed as the executor
-fastnn/engine.py sums them), the NaN/inf guard, clipping, the optimizer update over the flat parameter
-buffer and the max-norm weight constraints.  It runs the same
-kernels, in the same order, on the same buffers as the per-layer path (fastnn/model.py ``_step``), so the
-two give the same weights.
+For a graph of compiled layers (Dense with its fused activation and Concatenate on feature vectors; Conv2D / Conv1D
+with theirs, max / average / global pooling, activation layers, BatchNorm, LayerNorm, Dropout, Residual with
+stochastic depth, Add and Flatten/Reshape on channels-last outputs of any shape; a feature vector out), one call
+runs, for each batch, all ``nogil``: the gather of the batch from the epoch's permutation (each sample's features
+in one row), the forward pass (a Dense layer: GEMM, then bias + activation in one pass; a convolution: conv.pyx's
+tiled kernels, with the bias and activation fused), the loss and its gradient (softmax cross-entropy fused), the
+backward pass (the nodes in reverse order, the gradients of an output read by several nodes summed as the executor
+fastnn/engine.py sums them), the NaN/inf guard, clipping, the optimizer update over the flat parameter buffer and
+the max-norm weight constraints.  It runs the same kernels, in the same order, on the same buffers as the
+per-layer path (fastnn/model.py ``_step``), so the two give the same weights.
 
 The plan's state is one ``Plan`` object (a cdef class over C structs), filled once per model and batch size
 (the nodes, ``dense`` / ``activation`` / ``batchnorm`` / ..., their sources ``link``, and the batch buffers,
@@ -18,10 +19,14 @@ which check the graph) and per epoch (``loss``, ``sgd`` / ``adam`` / ``rmsprop``
 dtypes, shapes) so that the nogil loops need no checks:
 
 - ``PlanLayer``: kind (PLAN_LAYER: DENSE, ACTIVATION, PASS (an output activation fused with the loss that
-  lets the logits through), BATCHNORM, LAYERNORM, DROPOUT, ADD, RESIDUAL, CONCAT, IDENTITY), its sources and
-  fanout, activation kind and alpha, sizes, offsets of its parameters in the flat buffer, its batch buffers
+  lets the logits through), BATCHNORM, LAYERNORM, DROPOUT, ADD, RESIDUAL, CONCAT, IDENTITY, CONV, POOL), its
+  sources and fanout, activation kind and alpha, sizes (features per sample, and the output as rows x cols, the
+  last axis, for the row-wise kernels: BatchNorm over (N, H, W, C) normalizes the N*H*W rows of C channels, as the
+  per-layer layer does on its (N*H*W, C) view), offsets of its parameters in the flat buffer, its batch buffers
   (Z, Y, dZ, dX, the gradient sum acc of an output read several times) and the kind's own settings (statistics
-  and running statistics, dropout threshold and mask, survival probability, its column in a batch's draws);
+  and running statistics, dropout threshold and mask, survival probability, its column in a batch's draws, a
+  convolution's geometry and workspace (the per-layer path's sizes, so both split the work over the same
+  threads), a pooling window and its argmax);
 - ``Update``: the optimizer kind (OPT) and its hyperparameters by name (``SGDHyper``, ``AdamHyper``, ...), the
   weight-decay prefix and the state arrays;
 - the guard's backup buffers, the clipping thresholds, and the statistics of the last run (``RunStats``).
@@ -40,7 +45,7 @@ batches_done counts completed updates.
 """
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
 from libc.string cimport memcpy, memset
-from libc.stdint cimport intptr_t, uint64_t
+from libc.stdint cimport int32_t, intptr_t, uint64_t
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 import numpy as np
@@ -53,6 +58,8 @@ from fastnn._core.optim cimport _sgd_range, _adam_range, _rmsprop_range, _adagra
 from fastnn._core.clip cimport clip_core, max_norm_core
 from fastnn._core.norm cimport bn_forward, bn_backward, ln_forward, ln_backward
 from fastnn._core.dropout cimport dropout_fwd, dropout_bwd
+from fastnn._core.conv cimport fnn_conv_geom, conv_geometry, conv_scratch, conv_forward, conv_backward
+from fastnn._core.pool cimport check_geometry, pool_forward, pool_backward
 from fastnn._core.guard cimport _first_nonfinite
 from fastnn._core.bound cimport Bounds, scan_max, sgd_safe, adam_safe, rmsprop_safe, adagrad_safe
 from fastnn._core.kinds cimport (FNN_ACT_IDENTITY, FNN_LOSS_CROSS_ENTROPY, FNN_LOSS_L2, FNN_LOSS_MSE, FNN_LOSS_MAE,
@@ -60,7 +67,7 @@ from fastnn._core.kinds cimport (FNN_ACT_IDENTITY, FNN_LOSS_CROSS_ENTROPY, FNN_L
                                  FNN_OPT_SGD, FNN_OPT_ADAM, FNN_OPT_RMSPROP, FNN_OPT_ADAGRAD, FNN_LAYER_DENSE,
                                  FNN_LAYER_ACTIVATION, FNN_LAYER_PASS, FNN_LAYER_BATCHNORM, FNN_LAYER_LAYERNORM,
                                  FNN_LAYER_DROPOUT, FNN_LAYER_ADD, FNN_LAYER_RESIDUAL, FNN_LAYER_CONCAT,
-                                 FNN_LAYER_IDENTITY, FNN_N_LAYER,
+                                 FNN_LAYER_IDENTITY, FNN_LAYER_CONV, FNN_LAYER_POOL, FNN_N_LAYER,
                                  FNN_STATUS_DONE, FNN_STATUS_NONFINITE_LOSS, FNN_STATUS_NONFINITE_GRADIENT,
                                  FNN_STATUS_NONFINITE_PARAMETER, FNN_STATUS_NONFINITE_STATE, FNN_STATUS_BAD_KIND,
                                  FNN_STATUS_NONFINITE_BUFFER,
@@ -78,9 +85,12 @@ cdef struct PlanLayer:
     int kind                # a PLAN_LAYER kind (csrc/fnn_kinds.h)
     int act                 # the activation kind (FNN_ACT_...); a Dense layer's own, FNN_ACT_IDENTITY for none
     double alpha            # the activation's parameter
-    Py_ssize_t n_in, n_out  # features in (the sum over the sources for CONCAT) and out
+    Py_ssize_t n_in, n_out  # features per sample in (the sum over the sources for CONCAT) and out (all axes)
+    Py_ssize_t rows, cols   # the output seen as rows x cols per sample (the last axis: cols; rows 1 for a vector):
+    # the rows of the row-wise kernels (activation, BatchNorm, LayerNorm) and the length of a bias
     Py_ssize_t w_off, b_off  # offsets in the flat parameters: Dense W (n_in, n_out) and b (n_out), BatchNorm /
-    # LayerNorm weight and bias (n_out); b_off -1: no bias
+    # LayerNorm weight and bias (cols), Conv W (kh, kw, C/G, F) and b (F = cols); b_off -1: no bias
+    Py_ssize_t w_len        # the weight's elements (0: none)
     bint need_dx            # compute the gradient toward the input (not for a node fed by the batch alone)
     Py_ssize_t src0, n_src  # its sources: srcs[src0 : src0 + n_src] of the plan (-1: the batch)
     Py_ssize_t fanout       # how many times other nodes read its output
@@ -102,6 +112,13 @@ cdef struct PlanLayer:
     double scale            # DROPOUT: the training scale of kept units; RESIDUAL: the survival probability
     double infer_scale      # DROPOUT: the inference scale (1 - rate for "weight_scaling", else 1)
     unsigned char *mask     # DROPOUT (bs, n_out)
+    fnn_conv_geom geom      # CONV: the convolution's geometry (N: the batch's rows, set per call); POOL: the input
+    # (H, W, C), the output (OH, OW), the window (kh, kw), strides (sh, sw) and padding before (pt, pl)
+    void *scratch           # CONV: the kernels' workspace (one buffer shared by the plan's CONV nodes)
+    Py_ssize_t have_fwd, have_bwd   # CONV: the scratch elements the forward / backward may use (the per-layer
+    # path's buffer sizes, so that both split the work over the same threads)
+    bint pool_max           # POOL: max (else average)
+    int32_t *argmax         # POOL, max: (bs, OH, OW, C) the first maximum of each window
 
 
 cdef struct MaxNormC:       # a max-norm weight constraint (fastnn.constraints.MaxNorm), applied after each update
@@ -254,14 +271,17 @@ cdef const floating *_forward_graph(const floating *x, Py_ssize_t m, const PlanL
     trained through fit, which refuses such a batch first).
 
     Each node runs the per-layer path's kernel: a Dense layer is a GEMM (columns split over threads for a few rows
-    of a large layer), then bias and activation in one pass; a PASS node (an output activation fused with the
-    loss) lets the logits through."""
+    of a large layer), then bias and activation in one pass; a CONV node the tiled convolution of conv.pyx (bias
+    and activation fused) on the m images, a POOL node pool.pyx's windows; the row-wise kernels (activation,
+    BatchNorm, LayerNorm) see the m * rows rows of cols values of a channels-last output, as the per-layer layers
+    see their (N*..., C) view; a PASS node (an output activation fused with the loss) lets the logits through."""
     cdef Py_ssize_t l, j, i, c0, w
     cdef const PlanLayer *ly
     cdef const floating *xi
     cdef const floating *h
     cdef floating *Z
     cdef floating *Y
+    cdef fnn_conv_geom g
     for l in range(L):
         ly = &layers[l]
         Z = <floating *>ly.Z
@@ -277,21 +297,32 @@ cdef const floating *_forward_graph(const floating *x, Py_ssize_t m, const PlanL
                 return NULL
             outp[l] = Y if ly.act != FNN_ACT_IDENTITY else Z
         elif ly.kind == FNN_LAYER_ACTIVATION:
-            if act_forward(ly.act, <floating *>xi, Y, NULL, m, ly.n_out, ly.alpha, n_threads) != 0:
+            if act_forward(ly.act, <floating *>xi, Y, NULL, m * ly.rows, ly.cols, ly.alpha, n_threads) != 0:
                 return NULL
+            outp[l] = Y
+        elif ly.kind == FNN_LAYER_CONV:
+            g = ly.geom
+            g.N = m
+            conv_forward(&g, xi, prm + ly.w_off, prm + ly.b_off if ly.b_off >= 0 else NULL, Z,
+                         Y if ly.act != FNN_ACT_IDENTITY else Z, <floating *>ly.scratch, ly.have_fwd, ly.act,
+                         ly.alpha, n_threads, NULL, 0)
+            outp[l] = Y if ly.act != FNN_ACT_IDENTITY else Z
+        elif ly.kind == FNN_LAYER_POOL:
+            pool_forward(ly.pool_max, xi, Y, ly.argmax, m, ly.geom.H, ly.geom.W, ly.geom.C, ly.geom.OH, ly.geom.OW,
+                         ly.geom.kh, ly.geom.kw, ly.geom.sh, ly.geom.sw, ly.geom.pt, ly.geom.pl, n_threads)
             outp[l] = Y
         elif ly.kind == FNN_LAYER_PASS or ly.kind == FNN_LAYER_IDENTITY:
             outp[l] = <void *>xi
         elif ly.kind == FNN_LAYER_BATCHNORM:
-            if training and ly.batch_stats and m < 2:
+            if training and ly.batch_stats and m * ly.rows < 2:
                 return NULL
             bn_forward(xi, prm + ly.w_off, prm + ly.b_off, Y, Z, <floating *>ly.mean, <floating *>ly.invstd,
-                       <floating *>ly.rmean, <floating *>ly.rvar, m, ly.n_out, training and ly.batch_stats,
+                       <floating *>ly.rmean, <floating *>ly.rvar, m * ly.rows, ly.cols, training and ly.batch_stats,
                        ly.momentum, ly.eps, n_threads)
             outp[l] = Y
         elif ly.kind == FNN_LAYER_LAYERNORM:
-            ln_forward(xi, prm + ly.w_off, prm + ly.b_off, Y, Z, <floating *>ly.invstd, m, ly.n_out, ly.eps,
-                       n_threads)
+            ln_forward(xi, prm + ly.w_off, prm + ly.b_off, Y, Z, <floating *>ly.invstd, m * ly.rows, ly.cols,
+                       ly.eps, n_threads)
             outp[l] = Y
         elif ly.kind == FNN_LAYER_DROPOUT:
             kept[l] = training and ly.draw >= 0
@@ -406,6 +437,7 @@ cdef int _backward_graph(const floating *xb, Py_ssize_t m, const PlanLayer *laye
     cdef const PlanLayer *ly
     cdef const floating *x
     cdef floating *dy
+    cdef fnn_conv_geom cg
     cdef floating *g
     cdef floating *dbp
     cdef floating *dx
@@ -417,12 +449,10 @@ cdef int _backward_graph(const floating *xb, Py_ssize_t m, const PlanLayer *laye
         dy = <floating *>gp[l]
         gp[l] = NULL
         if dy == NULL:
-            if ly.kind == FNN_LAYER_DENSE:
-                memset(grd + ly.w_off, 0, ly.n_in * ly.n_out * sizeof(floating))
-            if ly.kind == FNN_LAYER_BATCHNORM or ly.kind == FNN_LAYER_LAYERNORM:
-                memset(grd + ly.w_off, 0, ly.n_out * sizeof(floating))
+            if ly.w_len > 0:
+                memset(grd + ly.w_off, 0, ly.w_len * sizeof(floating))
             if ly.b_off >= 0:
-                memset(grd + ly.b_off, 0, ly.n_out * sizeof(floating))
+                memset(grd + ly.b_off, 0, ly.cols * sizeof(floating))
             if ov != NULL and _ov_after(ov, l, grd, sizeof(floating)) != 0:
                 return FNN_STATUS_BAD_KIND
             continue
@@ -453,18 +483,35 @@ cdef int _backward_graph(const floating *xb, Py_ssize_t m, const PlanLayer *laye
             _give(layers, srcs, gp, ly, 0, dx, m)
         elif ly.kind == FNN_LAYER_ACTIVATION:
             if dx != NULL:
-                if act_backward(ly.act, x, <floating *>ly.Y, dy, dx, m, ly.n_out, ly.alpha, n_threads) != 0:
+                if act_backward(ly.act, x, <floating *>ly.Y, dy, dx, m * ly.rows, ly.cols, ly.alpha,
+                                n_threads) != 0:
                     return FNN_STATUS_BAD_KIND
+            _give(layers, srcs, gp, ly, 0, dx, m)
+        elif ly.kind == FNN_LAYER_CONV:
+            cg = ly.geom
+            cg.N = m
+            if conv_backward(&cg, x, prm + ly.w_off, <floating *>ly.Z,
+                             <floating *>(ly.Y if ly.act != FNN_ACT_IDENTITY else ly.Z), dy,
+                             <floating *>ly.dZ if ly.act != FNN_ACT_IDENTITY else dy, dx, grd + ly.w_off,
+                             grd + ly.b_off if ly.b_off >= 0 else NULL, <floating *>ly.scratch, ly.have_bwd, ly.act,
+                             ly.alpha, n_threads) != 0:
+                return FNN_STATUS_BAD_KIND
+            _give(layers, srcs, gp, ly, 0, dx, m)
+        elif ly.kind == FNN_LAYER_POOL:
+            if dx != NULL:
+                pool_backward(ly.pool_max, dy, ly.argmax, dx, m, ly.geom.H, ly.geom.W, ly.geom.C, ly.geom.OH,
+                              ly.geom.OW, ly.geom.kh, ly.geom.kw, ly.geom.sh, ly.geom.sw, ly.geom.pt, ly.geom.pl,
+                              n_threads)
             _give(layers, srcs, gp, ly, 0, dx, m)
         elif ly.kind == FNN_LAYER_PASS or ly.kind == FNN_LAYER_IDENTITY:
             _give(layers, srcs, gp, ly, 0, dy, m)
         elif ly.kind == FNN_LAYER_BATCHNORM:
             bn_backward(dy, <floating *>ly.Z, prm + ly.w_off, <floating *>ly.invstd, dx, grd + ly.w_off,
-                        grd + ly.b_off, m, ly.n_out, ly.batch_stats, n_threads)
+                        grd + ly.b_off, m * ly.rows, ly.cols, ly.batch_stats, n_threads)
             _give(layers, srcs, gp, ly, 0, dx, m)
         elif ly.kind == FNN_LAYER_LAYERNORM:
             ln_backward(dy, <floating *>ly.Z, prm + ly.w_off, <floating *>ly.invstd, dx, grd + ly.w_off,
-                        grd + ly.b_off, m, ly.n_out, n_threads)
+                        grd + ly.b_off, m * ly.rows, ly.cols, n_threads)
             _give(layers, srcs, gp, ly, 0, dx, m)
         elif ly.kind == FNN_LAYER_DROPOUT:
             if kept[l]:
@@ -515,7 +562,7 @@ cdef void _save_running(const PlanLayer *layers, Py_ssize_t L, const floating *l
     cdef Py_ssize_t l, n
     for l in range(L):
         if layers[l].kind == FNN_LAYER_BATCHNORM and layers[l].batch_stats and layers[l].rbak != NULL:
-            n = layers[l].n_out
+            n = layers[l].cols
             memcpy(layers[l].rbak, layers[l].rmean, n * sizeof(floating))
             memcpy(<floating *>layers[l].rbak + n, layers[l].rvar, n * sizeof(floating))
 
@@ -524,9 +571,9 @@ cdef Py_ssize_t _bad_running(const PlanLayer *layers, Py_ssize_t L, const floati
     """The first BatchNorm node whose running statistics hold a NaN/inf, or -1 (`like`: the dtype)."""
     cdef Py_ssize_t l
     for l in range(L):
-        if layers[l].kind == FNN_LAYER_BATCHNORM and layers[l].batch_stats and layers[l].n_out > 0:
-            if (_first_nonfinite(<floating *>layers[l].rmean, layers[l].n_out) >= 0
-                    or _first_nonfinite(<floating *>layers[l].rvar, layers[l].n_out) >= 0):
+        if layers[l].kind == FNN_LAYER_BATCHNORM and layers[l].batch_stats and layers[l].cols > 0:
+            if (_first_nonfinite(<floating *>layers[l].rmean, layers[l].cols) >= 0
+                    or _first_nonfinite(<floating *>layers[l].rvar, layers[l].cols) >= 0):
                 return l
     return -1
 
@@ -725,9 +772,9 @@ cdef class Plan:
 
     Made by fastnn/training/compiled.py: ``Plan(params, grads, bs, n_layers, n_update)``, one node setter per
     layer (``dense``, ``activation``, ``batchnorm``, ``layernorm``, ``dropout``, ``add``, ``residual``, ``concat``,
-    ``identity``), ``link`` for a node whose sources are not just the node before it (the default chain), and
-    ``batch_buffers`` once, which checks the graph; then, before a run, ``loss``, an optimizer (``sgd``, ``adam``,
-    ``rmsprop`` or ``adagrad``), ``guard`` and ``clip``.
+    ``identity``, ``conv``, ``pool``), ``link`` for a node whose sources are not just the node before it (the
+    default chain), and ``batch_buffers`` once, which checks the graph; then, before a run, ``loss``, an
+    optimizer (``sgd``, ``adam``, ``rmsprop`` or ``adagrad``), ``guard`` and ``clip``.
     Every array it is given must be C-contiguous, of the parameters' dtype (labels: intp), and of the documented
     shape; it keeps a reference to each, so the raw pointers in its C structs stay valid."""
     cdef PlanLayer *layers
@@ -835,6 +882,7 @@ cdef class Plan:
         memset(ly, 0, sizeof(PlanLayer))
         ly.w_off = ly.b_off = ly.draw = -1
         ly.need_dx = 1
+        ly.n_in, ly.n_out, ly.rows, ly.cols = n_in, n_out, 1, n_out
         return ly
 
     def dense(self, Py_ssize_t l, int act, Py_ssize_t n_in, Py_ssize_t n_out, Py_ssize_t w_off, Py_ssize_t b_off,
@@ -846,18 +894,21 @@ cdef class Plan:
             raise ValueError(f"Plan.dense: layer {l}: offsets {w_off}, {b_off} outside the {self.P} parameters")
         cdef PlanLayer *ly = self._layer(l, n_in, n_out)
         ly.kind, ly.act, ly.alpha, ly.n_in, ly.n_out = FNN_LAYER_DENSE, act, alpha, n_in, n_out
-        ly.w_off, ly.b_off, ly.need_dx = w_off, b_off, need_dx
+        ly.w_off, ly.b_off, ly.need_dx, ly.w_len = w_off, b_off, need_dx, n_in * n_out
         ly.Z = self._arr(("Z", l), Z, (self.bs, n_out))
         ly.Y = self._arr(("Y", l), Y, (self.bs, n_out))
         ly.dZ = self._arr(("dZ", l), dZ, (self.bs, n_out))
         ly.dX = self._arr(("dX", l), dX, (self.bs, n_in))
         ly.out = ly.Z if act == FNN_ACT_IDENTITY else ly.Y
 
-    def activation(self, Py_ssize_t l, int act, Py_ssize_t n, double alpha, Y, dX, bint passthrough=False):
-        """Layer l: an activation layer of kind act over n features; buffers Y and dX (bs, n).  passthrough: it
+    def activation(self, Py_ssize_t l, int act, Py_ssize_t n, double alpha, Y, dX, bint passthrough=False,
+                   Py_ssize_t rows=1):
+        """Layer l: an activation layer of kind act over n features per sample, seen as rows x (n / rows) (the
+        last axis: a row-wise activation such as softmax runs along it); buffers Y and dX (bs, n).  passthrough: it
         is the output activation fused with the loss (a PASS layer: the logits go through, nothing computed)."""
         check_act(act, "Plan.activation")
         cdef PlanLayer *ly = self._layer(l, n, n)
+        self._rows(ly, l, rows)
         ly.kind = FNN_LAYER_PASS if passthrough else FNN_LAYER_ACTIVATION
         ly.act, ly.alpha, ly.n_in, ly.n_out, ly.w_off, ly.b_off, ly.need_dx = act, alpha, n, n, -1, -1, 1
         ly.Z = ly.dZ = NULL
@@ -865,48 +916,137 @@ cdef class Plan:
         ly.dX = self._arr(("dX", l), dX, (self.bs, n))
         ly.out = ly.Y
 
+    cdef int _rows(self, PlanLayer *ly, Py_ssize_t l, Py_ssize_t rows) except -1:
+        """Node l's output is `rows` rows per sample of n_out / rows values (the last axis)."""
+        if rows < 1 or ly.n_out % rows:
+            raise ValueError(f"Plan: layer {l}: {ly.n_out} features do not make {rows} rows")
+        ly.rows, ly.cols = rows, ly.n_out // rows
+        return 0
+
     cdef _params_at(self, Py_ssize_t l, str owner, Py_ssize_t w_off, Py_ssize_t b_off, Py_ssize_t n):
         if w_off < 0 or w_off + n > self.P or b_off < 0 or b_off + n > self.P:
             raise ValueError(f"Plan.{owner}: layer {l}: offsets {w_off}, {b_off} outside the {self.P} parameters")
 
     def batchnorm(self, Py_ssize_t l, Py_ssize_t n, Py_ssize_t w_off, Py_ssize_t b_off, bint need_dx, double momentum,
-                  double eps, bint batch_stats, Y, Xhat, dX, mean, invstd, running_mean, running_var, backup=None):
-        """Layer l: BatchNorm over n features (torch.nn.BatchNorm1d), weight at w_off and bias at b_off; batch_stats:
-        training normalizes with the batch's statistics and updates running_mean / running_var (n,) (the layer's
-        buffers), else (a frozen layer) with those; buffers Y, Xhat, dX (bs, n), mean, invstd (n,); backup (2, n):
-        where the NaN guard copies the running statistics before each batch (needed for the guard)."""
-        self._params_at(l, "batchnorm", w_off, b_off, n)
+                  double eps, bint batch_stats, Y, Xhat, dX, mean, invstd, running_mean, running_var, backup=None,
+                  Py_ssize_t rows=1):
+        """Layer l: BatchNorm over n features per sample, seen as rows x C (C = n / rows, the channels of the last
+        axis, normalized over the batch's m * rows rows: torch.nn.BatchNorm1d / 2d), weight and bias (C,) at w_off
+        and b_off; batch_stats: training normalizes with the batch's statistics and updates running_mean /
+        running_var (C,) (the layer's buffers), else (a frozen layer) with those; buffers Y, Xhat, dX (bs, n), mean,
+        invstd (C,); backup (2, C): where the NaN guard copies the running statistics before each batch (needed
+        for the guard)."""
+        if rows < 1 or n % rows:
+            raise ValueError(f"Plan.batchnorm: layer {l}: {n} features do not make {rows} rows")
+        cdef Py_ssize_t C = n // rows
+        self._params_at(l, "batchnorm", w_off, b_off, C)
         if not eps > 0 or not 0 <= momentum <= 1:
             raise ValueError(f"Plan.batchnorm: layer {l}: eps {eps} or momentum {momentum} out of range")
         cdef PlanLayer *ly = self._layer(l, n, n)
+        self._rows(ly, l, rows)
         ly.kind, ly.n_in, ly.n_out, ly.w_off, ly.b_off, ly.need_dx = FNN_LAYER_BATCHNORM, n, n, w_off, b_off, need_dx
+        ly.w_len = C
         ly.momentum, ly.eps, ly.batch_stats = momentum, eps, batch_stats
         ly.Y = self._arr(("Y", l), Y, (self.bs, n))
         ly.Z = self._arr(("Z", l), Xhat, (self.bs, n))
         ly.dX = self._arr(("dX", l), dX, (self.bs, n))
-        ly.mean = self._arr(("mean", l), mean, (n,))
-        ly.invstd = self._arr(("invstd", l), invstd, (n,))
-        ly.rmean = self._arr(("rmean", l), running_mean, (n,))
-        ly.rvar = self._arr(("rvar", l), running_var, (n,))
-        ly.rbak = self._arr(("rbak", l), backup, (2, n))
+        ly.mean = self._arr(("mean", l), mean, (C,))
+        ly.invstd = self._arr(("invstd", l), invstd, (C,))
+        ly.rmean = self._arr(("rmean", l), running_mean, (C,))
+        ly.rvar = self._arr(("rvar", l), running_var, (C,))
+        ly.rbak = self._arr(("rbak", l), backup, (2, C))
         if n > 0 and (ly.Y == NULL or ly.rmean == NULL or ly.rvar == NULL):
             raise ValueError(f"Plan.batchnorm: layer {l}: Y, Xhat, dX, mean, invstd and the running statistics are "
                              "needed")
 
     def layernorm(self, Py_ssize_t l, Py_ssize_t n, Py_ssize_t w_off, Py_ssize_t b_off, bint need_dx, double eps, Y,
-                  Xhat, dX, invstd):
-        """Layer l: LayerNorm over n features (torch.nn.LayerNorm), weight at w_off and bias at b_off; buffers Y,
-        Xhat, dX (bs, n), invstd (bs,)."""
-        self._params_at(l, "layernorm", w_off, b_off, n)
+                  Xhat, dX, invstd, Py_ssize_t rows=1):
+        """Layer l: LayerNorm (torch.nn.LayerNorm) over the last axis of n features per sample seen as rows x D
+        (D = n / rows), weight and bias (D,) at w_off and b_off; buffers Y, Xhat, dX (bs, n), invstd (bs * rows,)."""
+        if rows < 1 or n % rows:
+            raise ValueError(f"Plan.layernorm: layer {l}: {n} features do not make {rows} rows")
+        self._params_at(l, "layernorm", w_off, b_off, n // rows)
         if not eps > 0:
             raise ValueError(f"Plan.layernorm: layer {l}: eps {eps} out of range")
         cdef PlanLayer *ly = self._layer(l, n, n)
+        self._rows(ly, l, rows)
         ly.kind, ly.n_in, ly.n_out, ly.w_off, ly.b_off, ly.need_dx = FNN_LAYER_LAYERNORM, n, n, w_off, b_off, need_dx
-        ly.eps = eps
+        ly.eps, ly.w_len = eps, ly.cols
         ly.Y = self._arr(("Y", l), Y, (self.bs, n))
         ly.Z = self._arr(("Z", l), Xhat, (self.bs, n))
         ly.dX = self._arr(("dX", l), dX, (self.bs, n))
-        ly.invstd = self._arr(("invstd", l), invstd, (self.bs,))
+        ly.invstd = self._arr(("invstd", l), invstd, (self.bs * rows,))
+
+    def conv(self, Py_ssize_t l, int act, double alpha, tuple in_shape, tuple out_shape, tuple kernel, tuple strides,
+             tuple dilation, tuple padding, Py_ssize_t groups, Py_ssize_t w_off, Py_ssize_t b_off, bint need_dx, Z, Y,
+             dZ, dX, scratch, Py_ssize_t have_fwd, Py_ssize_t have_bwd):
+        """Layer l: a convolution (fastnn/_core/conv.pyx conv2d_forward / conv2d_backward) of samples in_shape
+        (H, W, C) into out_shape (OH, OW, F), kernel (kh, kw), strides, dilation (pairs), padding (top, bottom,
+        left, right), groups, activation act (FNN_ACT_IDENTITY: the output is Z), W (kh, kw, C / groups, F) at
+        w_off and b (F,) at b_off (-1: no bias) in the parameters.  Buffers Z, dX (bs, H*W*C), Y, dZ (bs, OH*OW*F)
+        (None for the identity); scratch: the workspace, of which the forward uses have_fwd and the backward
+        have_bwd elements (at least conv.scratch_size's for one thread: with more, as many threads as fit)."""
+        check_act(act, "Plan.conv")
+        cdef fnn_conv_geom g
+        if len(in_shape) != 3 or len(out_shape) != 3 or len(kernel) != 2:
+            raise ValueError(f"Plan.conv: layer {l}: shapes {in_shape} -> {out_shape}, kernel {kernel}")
+        cdef Py_ssize_t bs = self.bs
+        conv_geometry(&g, (bs,) + in_shape, tuple(kernel) + (in_shape[2] // groups if groups > 0 else 0,
+                                                             out_shape[2]),
+                      (bs,) + out_shape, strides, dilation, padding, groups, f"Plan.conv (layer {l})")
+        cdef Py_ssize_t n_in = g.H * g.W * g.C, n_out = g.OH * g.OW * g.F
+        cdef Py_ssize_t w_len = g.kh * g.kw * (g.C // g.G) * g.F
+        if w_off < 0 or w_off + w_len > self.P or b_off < -1 or (b_off >= 0 and b_off + g.F > self.P):
+            raise ValueError(f"Plan.conv: layer {l}: offsets {w_off}, {b_off} outside the {self.P} parameters")
+        cdef Py_ssize_t item = 8 if self.dbl else 4
+        if (have_fwd < conv_scratch(&g, item, 1, False) or have_bwd < conv_scratch(&g, item, 1, True)
+                or scratch is None or scratch.ndim != 1 or scratch.shape[0] < max(have_fwd, have_bwd)):
+            raise ValueError(f"Plan.conv: layer {l}: scratch of {getattr(scratch, 'shape', None)} for {have_fwd} "
+                             f"and {have_bwd} elements, at least {conv_scratch(&g, item, 1, False)} and "
+                             f"{conv_scratch(&g, item, 1, True)} needed")
+        cdef PlanLayer *ly = self._layer(l, n_in, n_out)
+        self._rows(ly, l, g.OH * g.OW)
+        ly.kind, ly.act, ly.alpha, ly.n_in, ly.n_out = FNN_LAYER_CONV, act, alpha, n_in, n_out
+        ly.w_off, ly.b_off, ly.need_dx, ly.w_len = w_off, b_off, need_dx, w_len
+        ly.geom = g
+        ly.Z = self._arr(("Z", l), Z, (self.bs, n_out))
+        identity = act == FNN_ACT_IDENTITY
+        ly.Y = self._arr(("Y", l), None if identity else Y, (self.bs, n_out))
+        ly.dZ = self._arr(("dZ", l), None if identity else dZ, (self.bs, n_out))
+        ly.dX = self._arr(("dX", l), dX if need_dx else None, (self.bs, n_in))
+        ly.scratch = self._arr(("scratch", l), scratch, (scratch.shape[0],))
+        ly.have_fwd, ly.have_bwd = have_fwd, have_bwd
+        ly.out = ly.Z if identity else ly.Y
+        if ly.Z == NULL or (not identity and (ly.Y == NULL or ly.dZ == NULL)) or (need_dx and ly.dX == NULL):
+            raise ValueError(f"Plan.conv: layer {l}: Z, and Y and dZ for an activation, and dX when need_dx, are "
+                             "needed")
+
+    def pool(self, Py_ssize_t l, bint is_max, tuple in_shape, tuple out_shape, tuple window, tuple strides,
+             tuple pads, bint need_dx, Y, dX, argmax=None):
+        """Layer l: max (is_max) or average pooling (fastnn/_core/pool.pyx) of samples in_shape (H, W, C) into
+        out_shape (OH, OW, C), window (ph, pw), strides (sh, sw), padding before (pt, pl) (pool.pyx's geometry:
+        1-D pooling has H = 1, global pooling one window over the whole input); buffers Y (bs, OH*OW*C), dX
+        (bs, H*W*C) (None unless need_dx), argmax (bs, OH*OW*C) int32 (max pooling)."""
+        if len(in_shape) != 3 or len(out_shape) != 3 or len(window) != 2 or len(strides) != 2 or len(pads) != 2:
+            raise ValueError(f"Plan.pool: layer {l}: shapes {in_shape} -> {out_shape}, window {window}, strides "
+                             f"{strides}, pads {pads}")
+        check_geometry(f"Plan.pool (layer {l})", (self.bs,) + in_shape, (self.bs,) + out_shape, window[0],
+                       window[1], strides[0], strides[1], pads[0], pads[1])
+        cdef Py_ssize_t n_in = in_shape[0] * in_shape[1] * in_shape[2]
+        cdef Py_ssize_t n_out = out_shape[0] * out_shape[1] * out_shape[2]
+        cdef PlanLayer *ly = self._layer(l, n_in, n_out)
+        self._rows(ly, l, out_shape[0] * out_shape[1])
+        ly.kind, ly.pool_max, ly.n_in, ly.n_out, ly.need_dx = FNN_LAYER_POOL, is_max, n_in, n_out, need_dx
+        ly.geom.H, ly.geom.W, ly.geom.C = in_shape
+        ly.geom.OH, ly.geom.OW, ly.geom.F = out_shape
+        ly.geom.kh, ly.geom.kw = window
+        ly.geom.sh, ly.geom.sw = strides
+        ly.geom.pt, ly.geom.pl = pads
+        ly.Y = self._arr(("Y", l), Y, (self.bs, n_out))
+        ly.dX = self._arr(("dX", l), dX if need_dx else None, (self.bs, n_in))
+        ly.argmax = <int32_t *>self._arr(("argmax", l), argmax if is_max else None, (self.bs, n_out), np.int32)
+        if n_out > 0 and (ly.Y == NULL or (need_dx and ly.dX == NULL) or (is_max and ly.argmax == NULL)):
+            raise ValueError(f"Plan.pool: layer {l}: Y, dX (when need_dx) and (max pooling) argmax are needed")
 
     def dropout(self, Py_ssize_t l, Py_ssize_t n, int draw, unsigned long long threshold, double scale,
                 double infer_scale, Y, mask, dX):
@@ -947,7 +1087,7 @@ cdef class Plan:
         ly.dX = self._arr(("dX", l), dX, (self.bs * n,))
 
     def identity(self, Py_ssize_t l, Py_ssize_t n):
-        """Layer l: a layer that lets its input of n features through (Flatten, Reshape of a feature vector)."""
+        """Layer l: a layer that lets its input of n features per sample through (Flatten, Reshape)."""
         cdef PlanLayer *ly = self._layer(l, n, n)
         ly.kind, ly.n_in, ly.n_out = FNN_LAYER_IDENTITY, n, n
 
@@ -1202,12 +1342,10 @@ cdef class Plan:
         for l in range(L):
             ly = &self.layers[l]
             spans = []
-            if ly.kind == FNN_LAYER_DENSE:
-                spans.append((ly.w_off, ly.w_off + ly.n_in * ly.n_out))
-            elif ly.kind == FNN_LAYER_BATCHNORM or ly.kind == FNN_LAYER_LAYERNORM:
-                spans.append((ly.w_off, ly.w_off + ly.n_out))
+            if ly.w_len > 0:
+                spans.append((ly.w_off, ly.w_off + ly.w_len))
             if ly.b_off >= 0:
-                spans.append((ly.b_off, ly.b_off + ly.n_out))
+                spans.append((ly.b_off, ly.b_off + ly.cols))
             owned += [(a, min(b, U), l) for a, b in spans if a < min(b, U)]
         started = []
         buckets = [[] for _ in range(L)]

@@ -131,11 +131,12 @@ class _Pool(Layer):
                              f"{X.shape}")
         return X if X.flags.c_contiguous else np.ascontiguousarray(X)
 
-    def forward(self, X: FloatArray, training: bool = False) -> FloatArray:
-        X = self._check(X)
-        N, C = X.shape[0], X.shape[-1]
-        spatial = X.shape[1:-1]
-        out = self._out_spatial(spatial, X.shape)
+    def kernel_geometry(self, shape: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        """For a batch of shape (N, *spatial, C): the 2-D kernels' (N, H, W, C) input, (N, OH, OW, C) output and
+        window (ph, pw, sh, sw, pt, pl) (1-D pooling: H = 1), as ``forward`` and the compiled plan run them."""
+        N, C = shape[0], shape[-1]
+        spatial = tuple(shape[1:-1])
+        out = self._out_spatial(spatial, tuple(shape))
         pool, strides = self._window(spatial)
         if self._rank == 2:
             (H, W), (OH, OW), (ph, pw), (sh, sw) = spatial, out, pool, strides
@@ -144,6 +145,13 @@ class _Pool(Layer):
             H, W, OH, OW = 1, spatial[0], 1, out[0]
             ph, pw, sh, sw, pt = 1, pool[0], 1, strides[0], 0
             pl = _axis(W, pw, sw, self.padding)[1]
+        return (N, H, W, C), (N, OH, OW, C), (ph, pw, sh, sw, pt, pl)
+
+    def forward(self, X: FloatArray, training: bool = False) -> FloatArray:
+        X = self._check(X)
+        N, C = X.shape[0], X.shape[-1]
+        out = self._out_spatial(X.shape[1:-1], X.shape)
+        (_, H, W, _), (_, OH, OW, _), (ph, pw, sh, sw, pt, pl) = self.kernel_geometry(X.shape)
         yshape = (N,) + out + (C,)
         if self._max:
             Y, A = self._batch_buffers(X.shape, lambda _: (np.empty(yshape, X.dtype), np.empty(yshape, np.int32)))

@@ -1,17 +1,21 @@
 """The compiled training plan: ``fit`` runs the epochs in the compiled core (fastnn/_core/plan.pyx), in chunks of
 batches that return to Python about every 0.05 s (Ctrl-C).
 
-A model qualifies when it is a graph of compiled layers on feature vectors (``Dense``, also with a ``max_norm``
-constraint (``fastnn.constraints.MaxNorm``, applied after each update in C), activation layers, ``BatchNorm`` (not
-synchronized), ``LayerNorm``, ``Dropout``, ``Residual`` with stochastic depth, ``Add``, ``Concatenate``,
-``Flatten`` / ``Reshape`` of a feature vector; every layer's output (n, features))
+A model qualifies when it is a graph of compiled layers with fixed shapes and a feature vector out: ``Dense``, also
+with a ``max_norm`` constraint (``fastnn.constraints.MaxNorm``, applied after each update in C), and
+``Concatenate`` on feature vectors; ``Conv2D`` / ``Conv1D`` (any padding, strides, dilation, groups; a
+``max_norm`` constraint per filter), ``MaxPool2D`` / ``AvgPool2D`` / ``MaxPool1D`` / ``AvgPool1D``,
+``GlobalAveragePooling1D/2D``, ``GlobalMaxPooling1D/2D``, activation layers, ``BatchNorm`` (not synchronized;
+over the channels of an image), ``LayerNorm``, ``Dropout``, ``Residual`` with stochastic depth, ``Add`` and
+``Flatten`` / ``Reshape`` on outputs of any shape (channels-last; the plan holds each sample's features in one row:
+X is seen as (n, features)),
 trained with "cross_entropy" (integer labels or probability rows), "binary_cross_entropy", "mse", "l2" or "mae",
 by ``SGD`` (with momentum, Nesterov), ``Adam`` (AMSGrad), ``AdamW``, ``RMSprop`` (momentum, centered) or
 ``Adagrad`` (exactly those classes), with or without sample/class weights (one process), epoch or per-step
 learning-rate schedules, clipping, metrics (each batch's output is copied out for them) and callbacks with batch
 hooks (then one batch per call); without masks or multi-output layers (``graph.general``: the plan has no mask).
-Data-parallel runs (fastnn.distributed) use the plan without sample weights, metrics, batch hooks, Dropout or
-BatchNorm.
+Data-parallel runs (fastnn.distributed) use the plan without sample weights, metrics, batch hooks, Dropout,
+BatchNorm, convolutions or pooling.
 ``fit(verbose=1)``'s progress bar is no batch hook: it is redrawn between chunks (``on_progress``, with the batches
 done and their running loss), and validation runs after the epoch, so neither leaves the plan.  Everything else
 runs on the per-layer path (``Trainer.step``), which stays the reference: the plan runs the same kernels in the
@@ -31,12 +35,16 @@ import numpy as np
 from fastnn import losses as _losses
 from fastnn import optim as _optim
 from fastnn._core import _threads
+from fastnn._core import conv as _conv
 from fastnn._core import guard as _guard
 from fastnn._core import plan as _k
 from fastnn._core._threads import get_num_threads
 from fastnn._core.kinds import ACT, LOSS, OPT, PLAN_STATUS
 from fastnn.constraints import MaxNorm
+from fastnn.engine import INFERENCE_CHUNK_ELEMENTS
 from fastnn.layers import activations as _act
+from fastnn.layers import pooling as _pool
+from fastnn.layers.conv import Conv1D, Conv2D
 from fastnn.layers.core import Flatten, Reshape
 from fastnn.layers.dense import Dense
 from fastnn.layers.dropout import Dropout
@@ -48,6 +56,11 @@ CHUNK_SECONDS = 0.05      # the time one call into the compiled core runs before
 _REG_KIND = {cls: cls.kind for cls in (_losses.L2, _losses.MSE, _losses.MAE)}
 
 
+def _size(shape):
+    """The features of one sample of this shape (all axes)."""
+    return int(np.prod(shape, dtype=np.int64))
+
+
 def _loss_kind(loss, T):
     """The plan's LOSS kind for `loss` on targets T, or None when the plan does not compute it."""
     t = type(loss)
@@ -57,7 +70,9 @@ def _loss_kind(loss, T):
         return LOSS.BINARY_CROSS_ENTROPY if T.ndim == 2 else None
     return _REG_KIND.get(t)
 _ACT_TYPES = tuple(_act.CLASSES.values())
-_PLAIN_TYPES = (LayerNorm, Add, Concatenate, Flatten, Reshape, Dropout, Residual)
+_PLAIN_TYPES = (LayerNorm, Add, Flatten, Reshape, Dropout, Residual)      # on outputs of any shape
+_CONV_TYPES = (Conv2D, Conv1D)
+_POOL_TYPES = tuple(_pool.CLASSES.values())
 # bit generators whose Generator.random() is (next_uint64 >> 11) * 2^-53 and integers(0, 2**63) is
 # next_uint64 >> 1: their draws come in one vectorized call (``_draws``)
 _RAW64 = tuple(getattr(np.random, name) for name in ("PCG64", "PCG64DXSM", "SFC64", "Philox")
@@ -198,11 +213,16 @@ class TrainPlan:
         self.running = []       # (BatchNorm layer, the guard's (2, C) copy of its running statistics)
         self.buffers = []       # (BatchNorm layer, its running_mean, its running_var): the arrays the plan writes
         table = model.table
-        width = [layer.output_shape[0] for layer, _ in graph.nodes]
+        # every output as features per sample (all axes), and as rows x cols (the last axis) for the row-wise kernels
+        width = [_size(layer.output_shape) for layer, _ in graph.nodes]
+        n_in0 = _size(model.input_shape)
+        self.threads = get_num_threads()     # the conv scratch is sized for this many threads (plan_for checks)
+        scratch, convs = None, []
         for i, (layer, src) in enumerate(graph.nodes):
             last = i == L - 1
             n_out = width[i]
-            n_in = model.input_shape[0] if src[0] < 0 else width[src[0]]
+            n_in = n_in0 if src[0] < 0 else width[src[0]]
+            rows = n_out // layer.output_shape[-1] if layer.output_shape[-1] else 1
             t = type(layer)
 
             def buf(shape=(bs, n_out), dtype=dt):
@@ -214,19 +234,41 @@ class TrainPlan:
                 core.dense(i, act, n_in, n_out, table.offset(layer, "weight"), b_off, layer.need_input_grad,
                            layer.activation.alpha, buf(), buf(), buf(), buf((bs, n_in)))
             elif t in _ACT_TYPES:
-                core.activation(i, layer.kind, n_out, layer.alpha, buf(), buf(), passthrough=last and fused)
+                core.activation(i, layer.kind, n_out, layer.alpha, buf(), buf(), passthrough=last and fused,
+                                rows=rows)
+            elif t in _CONV_TYPES:
+                # the per-layer path's geometry (Conv1D: a Conv2D of height 1) and scratch sizes (_Conv.forward)
+                x4, z4, st, dil, pad = layer._geometry((bs,) + tuple(layer.input_shape))
+                w4 = layer._w4(layer.params["weight"]).shape
+                item = np.dtype(dt).itemsize
+                have = [max(_conv.scratch_size(x4, w4, st, dil, pad, layer.groups, item, self.threads, back), 1)
+                        for back in (False, True)]
+                act = ACT.IDENTITY if (last and fused) else layer.activation.kind
+                b_off = table.offset(layer, "bias") if layer.use_bias else -1
+                identity = act == ACT.IDENTITY
+                convs.append((i, (act, layer.activation.alpha, x4[1:], z4[1:], w4[:2], st, dil, pad, layer.groups,
+                                  table.offset(layer, "weight"), b_off, layer.need_input_grad, buf(),
+                                  None if identity else buf(), None if identity else buf(),
+                                  buf((bs, n_in)) if layer.need_input_grad else None), have))
+                scratch = max(scratch or 0, *have)
+            elif t in _POOL_TYPES:
+                x4, y4, (ph, pw, sh, sw, pt, pl) = layer.kernel_geometry((bs,) + tuple(layer.input_shape))
+                core.pool(i, layer.is_max, x4[1:], y4[1:], (ph, pw), (sh, sw), (pt, pl), layer.need_input_grad, buf(),
+                          buf((bs, n_in)) if layer.need_input_grad else None,
+                          buf(dtype=np.int32) if layer.is_max else None)
             elif t is BatchNorm:
-                backup = buf((2, n_out))
+                C = n_out // rows
+                backup = buf((2, C))
                 core.batchnorm(i, n_out, table.offset(layer, "weight"), table.offset(layer, "bias"),
                                layer.need_input_grad, layer.momentum, layer.eps, layer.batch_statistics, buf(), buf(),
-                               buf(), buf((n_out,)), buf((n_out,)), layer.buffers["running_mean"],
-                               layer.buffers["running_var"], backup)
+                               buf(), buf((C,)), buf((C,)), layer.buffers["running_mean"],
+                               layer.buffers["running_var"], backup, rows=rows)
                 if layer.batch_statistics:
                     self.running.append((layer, backup))
                 self.buffers.append((layer, layer.buffers["running_mean"], layer.buffers["running_var"]))
             elif t is LayerNorm:
                 core.layernorm(i, n_out, table.offset(layer, "weight"), table.offset(layer, "bias"),
-                               layer.need_input_grad, layer.eps, buf(), buf(), buf(), buf((bs,)))
+                               layer.need_input_grad, layer.eps, buf(), buf(), buf(), buf((bs * rows,)), rows=rows)
             elif t is Dropout:
                 draw = -1
                 if layer.rate > 0:
@@ -251,9 +293,14 @@ class TrainPlan:
             else:       # plan_for / predict checked the graph (_compiles)
                 raise TypeError(f"compiled plan: no compiled node for {t.__name__}")
             core.link(i, src, buf() if graph.fanout[i] > 1 else None)
+        # the convolutions' workspace: one buffer for all of them (they run one after the other), each node using
+        # the part the per-layer path's own buffers would have (the same thread split)
+        self.scratch = None if scratch is None else np.empty(scratch, dt)
+        for i, args, have in convs:
+            core.conv(i, *args, self.scratch, *have)
         k = model.output_shape[0]
         self.set_constraints()
-        core.batch_buffers(np.empty((bs, model.input_shape[0]), dt), np.empty(bs, np.intp), np.empty((bs, k), dt),
+        core.batch_buffers(np.empty((bs, n_in0), dt), np.empty(bs, np.intp), np.empty((bs, k), dt),
                            np.empty((bs, k), dt), np.empty(bs, dt))
 
 
@@ -267,7 +314,8 @@ class TrainPlan:
             c = layer.constraint
             if c is None:
                 continue
-            n_in, n_out = layer.params["weight"].shape
+            shape = layer.params["weight"].shape       # Dense (n_in, n_out); Conv (kh, kw, C/G, F): (kh*kw*C/G, F)
+            n_in, n_out = _size(shape[:-1]), shape[-1]
             norms = self.norms.get(id(layer))
             if norms is None or norms.shape != (n_out,):
                 norms = self.norms[id(layer)] = np.empty(n_out, model.dtype)
@@ -276,38 +324,43 @@ class TrainPlan:
 
 
 def _constraints_compile(layers):
-    """Whether the plan applies every constraint of these layers (``Trainer.constrained``): a Dense layer's
-    ``MaxNorm`` (exactly that class: a subclass may constrain otherwise), or none.  Any other constrained layer
-    (a convolution, a user's layer with ``apply_constraint``) keeps the model on the per-layer path."""
-    return all(type(layer) is Dense and (layer.constraint is None or type(layer.constraint) is MaxNorm)
-               for layer in layers)
+    """Whether the plan applies every constraint of these layers (``Trainer.constrained``): a Dense or convolution
+    layer's ``MaxNorm`` (exactly that class: a subclass may constrain otherwise) over its units, the last axis of
+    its weight (the columns of the weight seen as (rows, units), as ``MaxNorm`` sees it), or none.  Any other
+    constrained layer (a user's layer with ``apply_constraint``) keeps the model on the per-layer path."""
+    return all((type(layer) is Dense or type(layer) in _CONV_TYPES)
+               and (layer.constraint is None or type(layer.constraint) is MaxNorm) for layer in layers)
 
 
 def _compiles(model, training):
-    """Whether every node of the model's graph has a compiled counterpart (TrainPlan), on feature vectors; for
-    training also without a synchronized BatchNorm or a weight constraint the plan does not apply."""
+    """Whether every node of the model's graph has a compiled counterpart (TrainPlan), with fixed shapes and a
+    feature vector out of the model; for training also without a synchronized BatchNorm or a weight constraint
+    the plan does not apply.  Dense and Concatenate work on feature vectors; convolutions, pooling, activations,
+    BatchNorm, LayerNorm, Dropout, Add, Residual and Flatten / Reshape on outputs of any shape (channels-last)."""
     graph = model.graph
-    if graph.general or len(model.input_shape) != 1 or None in model.input_shape:
+    if graph.general or not isinstance(model.input_shape, tuple) or None in model.input_shape:
         return False
-    n_in0 = model.input_shape[0]
+    shapes = [layer.output_shape for layer, _ in graph.nodes]
+    if any(not isinstance(out, tuple) or not out or None in out for out in shapes) or len(shapes[-1]) != 1:
+        return False
     for layer, src in graph.nodes:
-        out = layer.output_shape
-        if not isinstance(out, tuple) or len(out) != 1 or out[0] is None:
-            return False
         t = type(layer)
+        vector = len(layer.output_shape) == 1 and all(len(model.input_shape if s < 0 else shapes[s]) == 1
+                                                      for s in src)
         if t is Dense:
+            if (not vector or type(layer.activation) not in _ACT_TYPES
+                    or (training and not _constraints_compile([layer]))):
+                return False
+        elif t in _CONV_TYPES:
             if type(layer.activation) not in _ACT_TYPES or (training and not _constraints_compile([layer])):
                 return False
         elif t is BatchNorm:
             if training and layer.reducer is not None:
                 return False
-        elif t in (Flatten, Reshape):
-            if (n_in0 if src[0] < 0 else graph.nodes[src[0]].layer.output_shape[0]) != out[0]:
-                return False
         elif t is Concatenate:
-            if -1 in src:
+            if -1 in src or not vector:
                 return False
-        elif t not in _ACT_TYPES and t not in _PLAIN_TYPES:
+        elif t not in _ACT_TYPES and t not in _PLAIN_TYPES and t not in _POOL_TYPES:
             return False
     return True
 
@@ -355,6 +408,12 @@ def predict(model, X, logits=False):
         return None
     n = X.shape[0]
     bs = 1 if n == 1 else (64 if n <= 64 else 1024)     # a few sizes: single sample, small batch, chunks
+    if n > 1 and any(type(layer) in _CONV_TYPES or type(layer) in _POOL_TYPES for layer in model.graph.layers):
+        # images: chunks of about INFERENCE_CHUNK_ELEMENTS values in the widest layer, as the executor takes them
+        # (a plan holds several buffers of bs rows per layer); one of the few sizes below that, for the pool
+        widest = max(_size(layer.output_shape) for layer in model.graph.layers)
+        rows = max(1, INFERENCE_CHUNK_ELEMENTS // widest)
+        bs = bs if bs <= rows else max(s for s in (1, 8, 64, 1024) if s <= rows)
     # the plans of one size are a pool: a call checks one out (list pop and append are atomic under the GIL), so
     # two threads never share a plan's buffers while forward_rows runs without the GIL; none free: make one
     key = (bs, bool(logits))
@@ -399,10 +458,12 @@ def plan_for(model, train, bs, metrics, cbs):
         return None
     if _loss_kind(loss, T) is None:
         return None
-    if X.ndim != 2 or not _compiles(model, True):
+    if X.shape[1:] != tuple(model.input_shape) or not X.flags.c_contiguous or not _compiles(model, True):
         return None
-    # data-parallel: Dropout draws its rank's rows of the global mask and BatchNorm may synchronize: per-layer path
-    if dist is not None and any(type(layer) in (Dropout, BatchNorm) for layer, _ in model.graph.nodes):
+    # data-parallel: Dropout draws its rank's rows of the global mask and BatchNorm may synchronize: per-layer path;
+    # convolutions and pooling too (not yet checked against it under MPI)
+    if dist is not None and any(type(layer) in (Dropout, BatchNorm) + _CONV_TYPES + _POOL_TYPES
+                                for layer, _ in model.graph.nodes):
         return None
     # the plan updates the trainable prefix of the flat buffers, the one the optimizer is bound to (see fit_epoch)
     # (Trainer.check_optimizer has checked this at the start of fit; the plan checks again, as it writes through
@@ -411,7 +472,8 @@ def plan_for(model, train, bs, metrics, cbs):
             or any(a.shape != opt._params.shape for a in opt.state.values())):
         raise RuntimeError(f"compiled plan: {model.name}'s optimizer is not bound to its parameters")
     plan = trainer.train_plan
-    if plan is None or plan.bs != bs or plan.params is not model.parameters or plan.model is not model or any(
+    if plan is None or plan.bs != bs or plan.params is not model.parameters or plan.model is not model or (
+            plan.scratch is not None and plan.threads < get_num_threads()) or any(
             layer.buffers.get("running_mean") is not rm or layer.buffers.get("running_var") is not rv
             for layer, rm, rv in plan.buffers):
         plan = trainer.train_plan = TrainPlan(model, bs)
@@ -460,6 +522,7 @@ def fit_epoch(model, plan, epoch, train, bs, shuffle, cbs=None, metrics=()):
     after it ``optimizer.step_count`` is up to date when the other hook runs, as on the per-layer path."""
     X, T, W = train
     n = X.shape[0]
+    X = X.reshape(n, -1)        # the plan's rows: each sample's features (a view: plan_for checked X is contiguous)
     idx = model.rng.permutation(n) if shuffle else None
     opt = model.optimizer
     core = plan.core
