@@ -531,7 +531,7 @@ class Model:
         """
         if verbose != 0:
             _check_verbose("predict", verbose)
-        if (type(X) is np.ndarray and batch_size is None and X.dtype == self.dtype and X.ndim == 2
+        if (type(X) is np.ndarray and batch_size is None and X.dtype == self.dtype and X.ndim >= 2
                 and self.built and X.shape[0] > 0 and X.shape[1:] == self.input_shape and X.flags.c_contiguous):
             out = _compiled.predict(self, X)       # fast path: a compiled inference plan, no per-layer Python
             if out is not None:

@@ -216,3 +216,24 @@ def test_a_larger_thread_count_makes_a_new_plan(restore_threads):
     fnn.set_num_threads(1)
     m.fit(X, y, epochs=1, batch_size=8)       # enough scratch for fewer threads: the plan is kept
     assert m.trainer.train_plan.threads == 2
+
+
+@pytest.mark.parametrize("name", ["lenet", "resnet", "conv1d"])
+def test_predict_and_evaluate_on_images_use_the_inference_plan(name, restore_threads):
+    # (n, H, W, C) and (n, T, C) inputs: the compiled inference plan reads them as (n, features) views and gives
+    # the executor's bits, for one image, a few and more than a chunk; evaluate takes the same path
+    fnn.set_num_threads(1)
+    a, _, b, _, X = _pair(MODELS[name], n=70, bs=16)
+    X = X.astype(np.float32)
+    for part in (X[:1], X[:5], X):
+        a.trainer.infer_plans = None
+        out = a.predict(part)
+        assert a.trainer.infer_plans[1], "the inference plan was not used"
+        assert out.shape == (len(part), 5)
+        np.testing.assert_array_equal(out, b.engine.forward(part, False))
+    y = np.arange(len(X)) % 5
+    assert a.evaluate(X, y, verbose=0) == b.evaluate(X, y, verbose=0)
+    bad = X.copy()
+    bad[3, 0, 0] = np.nan                 # a NaN input: the general path and its error, as before
+    with pytest.raises(ValueError, match="NaN|nan|finite"):
+        a.predict(bad)

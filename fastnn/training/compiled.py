@@ -392,7 +392,8 @@ _MAX_FREE_PLANS = 4     # inference plans kept per row-count class (more are mad
 
 
 def predict(model, X, logits=False):
-    """The output for X (float array of the model dtype, C-contiguous, 2-D) through a compiled inference plan
+    """The output for X (float array of the model dtype, C-contiguous, (n, *input_shape): images and sequences
+    are read as (n, features) views) through a compiled inference plan
     with buffers kept between calls; None when the model is not a graph of compiled layers or X holds a
     NaN/inf (the caller's general path then predicts or raises its usual error).  `logits`: the output layer's
     activation fused with the loss is left out (``Trainer.fused``: what the loss of evaluate and validation
@@ -407,6 +408,8 @@ def predict(model, X, logits=False):
     if plans[1] is None:
         return None
     n = X.shape[0]
+    if X.ndim != 2:
+        X = X.reshape(n, -1)            # C-contiguous: a view, the layout the plan's rows use
     bs = 1 if n == 1 else (64 if n <= 64 else 1024)     # a few sizes: single sample, small batch, chunks
     if n > 1 and any(type(layer) in _CONV_TYPES or type(layer) in _POOL_TYPES for layer in model.graph.layers):
         # images: chunks of about INFERENCE_CHUNK_ELEMENTS values in the widest layer, as the executor takes them

@@ -830,7 +830,7 @@ class Trainer:
             m.reset()
         engine = model.engine.checkout()     # an executor of its own: safe beside other threads
         # a graph of compiled layers runs through a compiled inference plan (the same kernels, the same values)
-        fast = not masked and X.dtype == model.dtype and X.ndim == 2 and X.flags.c_contiguous
+        fast = not masked and X.dtype == model.dtype and X.ndim >= 2 and X.flags.c_contiguous
         try:
             for start in range(0, n, bs):
                 stop = min(start + bs, n)
