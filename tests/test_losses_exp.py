@@ -251,3 +251,29 @@ def test_softmax_ce_nan_and_inf_rows(path):
     _, n_correct = losses.softmax_cross_entropy(Z[2:3], np.array([0], np.intp))
     assert n_correct == 1
 
+
+def test_sigmoid_bce_float32_few_ulp(path):
+    """Binary cross-entropy on logits (one e^-|z| per element, shared by the softplus and the sigmoid): loss and
+    gradient at a few ulp of the exact values, from tiny to huge logits and odd widths."""
+    rng = np.random.default_rng(6)
+    for k in (1, 7, 65, 300):
+        Z = (rng.standard_normal((5, k)) * np.array([1e-30, 1, 10, 100, 1e30])[:, None]).astype(np.float32)
+        T = rng.random((5, k)).astype(np.float32)
+        T[:, ::3] = np.round(T[:, ::3])
+        z, t = Z.astype(np.longdouble), T.astype(np.longdouble)
+        N = Z.size
+        want_loss = (np.maximum(z, 0) + np.log1p(np.exp(-np.abs(z))) - t * z).sum() / N
+        sig = np.where(z >= 0, 1 / (1 + np.exp(-np.abs(z))), np.exp(-np.abs(z)) / (1 + np.exp(-np.abs(z))))
+        want_g = (sig - t) / N
+        dZ = np.full_like(Z, np.nan)
+        loss, n_correct = losses.sigmoid_binary_cross_entropy(Z, T, dZ)
+        scale = float(np.max(np.abs(z * t)))
+        assert abs(loss - float(want_loss)) <= 4 * EPS32 * max(1.0, float(want_loss)) + 1e-15 * scale, k
+        assert n_correct == int(np.sum((Z > 0) == (T > 0.5)))
+        err = np.abs(dZ.astype(np.longdouble) - want_g)
+        bound = 3 * np.spacing(np.abs(want_g.astype(np.float32))).astype(np.longdouble) + 2 * EPS32 * (sig + t) / N
+        assert np.all(err <= bound), (k, float(np.max(err / bound)))
+        want = np.empty_like(Z)
+        ref_loss, _ = ref.sigmoid_binary_cross_entropy(Z, T, want)
+        assert loss == pytest.approx(ref_loss, rel=1e-6)
+        np.testing.assert_allclose(dZ, want, rtol=4 * EPS32, atol=2 * EPS32 / N)

@@ -24,9 +24,9 @@ finite at logits of +-1000.  The softmax cross-entropies take a row's max and it
 exponentials of csrc/fnn_exp.h (AVX-512 or AVX2+FMA chosen at run time, libm in double on other CPUs): within
 1 ulp of e^x in float and double, float rows at the exact difference z - max; the row sums are kept in double.
 """
-from libc.math cimport log, fabs, NAN
+from libc.math cimport log, log1p, fabs, NAN
 
-from fastnn._core._common cimport floating, f_log1pexp, f_sigmoid
+from fastnn._core._common cimport floating
 from fastnn._core.kinds cimport FNN_LOSS_L2, FNN_LOSS_MSE, FNN_LOSS_MAE
 from fastnn._core.kinds import LOSS
 
@@ -67,6 +67,14 @@ cdef inline floating _rowmax(int isa, const floating *z, Py_ssize_t k, Py_ssize_
         return fnn_rowmax_f(isa, z, k, am)
     else:
         return fnn_rowmax_d(isa, z, k, am)
+
+
+cdef inline void _exparr(int isa, const floating *x, Py_ssize_t n, floating *out) noexcept nogil:
+    """out[i] = e^x[i] (csrc/fnn_exp.h; out may be x)."""
+    if floating is float:
+        fnn_exparr_f(isa, x, n, out)
+    else:
+        fnn_exparr_d(isa, x, n, out)
 
 
 cdef inline double _expsum(int isa, const floating *z, Py_ssize_t k, floating m, floating *e) noexcept nogil:
@@ -243,17 +251,28 @@ cdef double bce_core(const floating *z, const floating *t, floating *g, const fl
     """Mean (weighted) sigmoid cross-entropy of logits z against targets t (n, k); the gradient into g (or NULL);
     *n_correct += elements whose logit sign agrees with target > 0.5.  Returns total * inv_n."""
     cdef bint grad = g != NULL, weighted = W != NULL
-    cdef Py_ssize_t i, r
-    cdef double li, wi = 1.0, total = 0.0
+    cdef Py_ssize_t i, r, j0, q, cnt, end
+    cdef double li, e, zi, wi = 1.0, total = 0.0
+    cdef floating ebuf[256]
+    cdef int isa = fnn_exp_isa()
     for r in range(n):
         if weighted:
             wi = W[r]
         li = 0.0
-        for i in range(r * k, r * k + k):
-            li += f_log1pexp(z[i]) - <double>t[i] * z[i]
-            n_correct[0] += (z[i] > 0) == (t[i] > 0.5)
-            if grad:
-                g[i] = <floating>((f_sigmoid(z[i]) - t[i]) * (wi * inv_n))
+        end = r * k + k
+        for j0 in range(r * k, end, 256):
+            cnt = min(256, end - j0)
+            for q in range(cnt):
+                ebuf[q] = -fabs(z[j0 + q])
+            _exparr(isa, ebuf, cnt, ebuf)            # e^-|z|, vectorized: the softplus and the sigmoid share it
+            for q in range(cnt):
+                i = j0 + q
+                zi = z[i]
+                e = ebuf[q]
+                li += (zi if zi > 0 else 0.0) + log1p(e) - <double>t[i] * zi
+                n_correct[0] += (z[i] > 0) == (t[i] > 0.5)
+                if grad:
+                    g[i] = <floating>(((1.0 if zi >= 0 else e) / (1.0 + e) - t[i]) * (wi * inv_n))
         total += wi * li
     return total * inv_n
 
