@@ -30,6 +30,7 @@
 #include <cblas.h>
 #include "fnn_math.h"
 #include "fnn_dispatch.h"
+#include "fnn_exp.h"
 
 #define FNN_RNN_TANH 0
 #define FNN_RNN_RELU 1
@@ -53,23 +54,24 @@ static inline void fnn_ftz_exit(unsigned int old) { (void)old; }
 #endif
 
 /* e^x for float32 without a libm call, branch-free so that loops using it vectorize: Cody-Waite reduction
- * x = n ln2 + r, |r| <= ln2 / 2, Cephes' degree-6 polynomial for e^r, 2^n put in the exponent bits.  x is clamped
- * to [-87, 88] (e^88 < FLT_MAX, e^-87 > FLT_MIN: the result is never subnormal nor infinite); NaN stays NaN.
- * Error within 2 ulp of expf on the clamped range. */
+ * x = n ln2 + r, |r| <= ln2 / 2, Cephes' degree-6 polynomial for e^r (the constants of csrc/fnn_exp.h, whose
+ * vector exponentials the losses use), 2^n put in the exponent bits.  x is clamped to [-87, 88] (e^88 < FLT_MAX,
+ * e^-87 > FLT_MIN: the result is never subnormal nor infinite); NaN stays NaN.  Error within 2 ulp of expf on
+ * the clamped range. */
 static inline float fnn_exp_f(float a) {
     float x = a > 88.0f ? 88.0f : a;
     x = x < -87.0f ? -87.0f : x;
     /* n = round(x / ln2), by the 1.5 * 2^23 trick (round to nearest, no SSE4.1 roundps needed) */
-    float t = x * 1.44269504088896341f + 12582912.0f;
+    float t = x * FNN_EXPF_LOG2E + 12582912.0f;
     float n = t - 12582912.0f;
-    float r = x - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
+    float r = x - n * FNN_EXPF_C1;
+    r = r - n * FNN_EXPF_C2;
+    float p = FNN_EXPF_P0;
+    p = p * r + FNN_EXPF_P1;
+    p = p * r + FNN_EXPF_P2;
+    p = p * r + FNN_EXPF_P3;
+    p = p * r + FNN_EXPF_P4;
+    p = p * r + FNN_EXPF_P5;
     p = p * (r * r) + r + 1.0f;
     union { float f; int i; } s;
     s.i = ((int)n + 127) << 23;
@@ -424,20 +426,13 @@ static inline __m512 fnn_rnn_rcp16(__m512 d) {
     return _mm512_mul_ps(y, _mm512_fnmadd_ps(d, y, _mm512_set1_ps(2.0f)));
 }
 __attribute__((target("avx512f,avx2,fma")))
-static inline __m512 fnn_rnn_exp16(__m512 a) {            /* fnn_exp_f */
+static inline __m512 fnn_rnn_exp16(__m512 a) {            /* fnn_exp_f; the polynomial: fnn_exp.h's */
     const __m512 x = _mm512_max_ps(_mm512_min_ps(a, _mm512_set1_ps(88.0f)), _mm512_set1_ps(-87.0f));
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(FNN_EXPF_LOG2E)),
                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(p, n);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(FNN_EXPF_C1), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(FNN_EXPF_C2), r);
+    return _mm512_scalef_ps(fnn_exp16_poly(r), n);
 }
 __attribute__((target("avx512f,avx2,fma")))
 static inline __m512 fnn_rnn_sigmoid16(__m512 x) {         /* fnn_sigmoid_vec_f */

@@ -20,13 +20,69 @@ and the gradient of that.  A batch whose weights sum to 0 has loss 0 and gradien
 unweighted definition above (W = 1).
 
 Every logsumexp is shifted by the row max, and log(1 + e^z) is computed as max(z, 0) + log1p(e^-|z|):
-finite at logits of +-1000.
+finite at logits of +-1000.  The softmax cross-entropies take a row's max and its e^(z - max) with the vectorized
+exponentials of csrc/fnn_exp.h (AVX-512 or AVX2+FMA chosen at run time, libm in double on other CPUs): within
+1 ulp of e^x in float and double, float rows at the exact difference z - max; the row sums are kept in double.
 """
-from libc.math cimport exp, log, fabs, NAN
+from libc.math cimport log, log1p, fabs, NAN
 
-from fastnn._core._common cimport floating, f_log1pexp, f_sigmoid
+from fastnn._core._common cimport floating
 from fastnn._core.kinds cimport FNN_LOSS_L2, FNN_LOSS_MSE, FNN_LOSS_MAE
 from fastnn._core.kinds import LOSS
+
+cdef extern from "fnn_exp.h" nogil:
+    int fnn_exp_isa()
+    int fnn_exp_set_isa(int cap)
+    float fnn_rowmax_f(int isa, const float *z, Py_ssize_t k, Py_ssize_t *am)
+    double fnn_rowmax_d(int isa, const double *z, Py_ssize_t k, Py_ssize_t *am)
+    double fnn_expsum_f(int isa, const float *z, Py_ssize_t k, float m, float *e)
+    double fnn_expsum_d(int isa, const double *z, Py_ssize_t k, double m, double *e)
+    void fnn_exparr_f(int isa, const float *x, Py_ssize_t n, float *out)
+    void fnn_exparr_d(int isa, const double *x, Py_ssize_t n, double *out)
+
+
+def set_exp_isa(int cap):
+    """Cap the vectorized exponentials of the softmax cross-entropy (test hook): 0 libm, 1 at most AVX2+FMA, 2 the
+    best the CPU has.  Returns the path in use: 0 libm, 1 AVX2+FMA, 2 AVX-512F."""
+    return fnn_exp_set_isa(cap)
+
+
+def exp_twin(const floating[::1] x, floating[::1] out):
+    """out = e^x with the losses' exponential on the current path (test twin of csrc/fnn_exp.h)."""
+    if out.shape[0] != x.shape[0]:
+        raise ValueError(f"exp_twin: out has {out.shape[0]} elements, x has {x.shape[0]}")
+    if x.shape[0] == 0:
+        return
+    cdef int isa = fnn_exp_isa()
+    with nogil:
+        if floating is float:
+            fnn_exparr_f(isa, &x[0], x.shape[0], &out[0])
+        else:
+            fnn_exparr_d(isa, &x[0], x.shape[0], &out[0])
+
+
+cdef inline floating _rowmax(int isa, const floating *z, Py_ssize_t k, Py_ssize_t *am) noexcept nogil:
+    """max(z[0..k)) and its first index (csrc/fnn_exp.h)."""
+    if floating is float:
+        return fnn_rowmax_f(isa, z, k, am)
+    else:
+        return fnn_rowmax_d(isa, z, k, am)
+
+
+cdef inline void _exparr(int isa, const floating *x, Py_ssize_t n, floating *out) noexcept nogil:
+    """out[i] = e^x[i] (csrc/fnn_exp.h; out may be x)."""
+    if floating is float:
+        fnn_exparr_f(isa, x, n, out)
+    else:
+        fnn_exparr_d(isa, x, n, out)
+
+
+cdef inline double _expsum(int isa, const floating *z, Py_ssize_t k, floating m, floating *e) noexcept nogil:
+    """e[j] = e^(z[j] - m) (e may be NULL); returns their sum in double (csrc/fnn_exp.h)."""
+    if floating is float:
+        return fnn_expsum_f(isa, z, k, m, e)
+    else:
+        return fnn_expsum_d(isa, z, k, m, e)
 
 
 cdef double _inv_weight_sum(str fn, const floating[::1] W, Py_ssize_t n, double per_row) except? -1:
@@ -77,15 +133,16 @@ cdef double ce_labels_core(const floating *Z, const Py_ssize_t *labels, floating
                            Py_ssize_t *bad) noexcept nogil:
     """Mean (weighted) softmax cross-entropy of Z (n, k) against labels; the gradient into dZ (or NULL).
 
-    One pass per row for the max and argmax, one for the exponentials (each computed once: kept in dZ when
-    the gradient is wanted), one to scale them.  Returns the loss (total * inv_n); a label outside [0, k)
-    stops with *bad set to its row.
+    One pass per row for the max and argmax, one for the exponentials (vectorized, csrc/fnn_exp.h; each
+    computed once: kept in dZ when the gradient is wanted), one to scale them.  Returns the loss
+    (total * inv_n); a label outside [0, k) stops with *bad set to its row.
     """
     cdef Py_ssize_t i, j, lab, am
     cdef const floating *z
-    cdef floating *g
-    cdef double m, s, e, li, wi = 1.0, total = 0.0
-    cdef floating c
+    cdef floating *g = NULL
+    cdef double s, li, wi = 1.0, total = 0.0
+    cdef floating m, c
+    cdef int isa = fnn_exp_isa()
     for i in range(n):
         if W != NULL:
             wi = W[i]
@@ -94,23 +151,11 @@ cdef double ce_labels_core(const floating *Z, const Py_ssize_t *labels, floating
             bad[0] = i
             return 0.0
         z = Z + i * k
-        m = z[0]
-        am = 0
-        for j in range(1, k):
-            if z[j] > m:
-                m = z[j]
-                am = j
+        m = _rowmax(isa, z, k, &am)
         n_correct[0] += am == lab
-        s = 0.0
         if dZ != NULL:
             g = dZ + i * k
-            for j in range(k):
-                e = exp(z[j] - m)
-                g[j] = <floating>e
-                s += e
-        else:
-            for j in range(k):
-                s += exp(z[j] - m)
+        s = _expsum(isa, z, k, m, g)
         li = log(s) + m - z[lab]
         total += wi * li if W != NULL else li
         if dZ != NULL:
@@ -151,28 +196,21 @@ cdef double ce_soft_core(const floating *Z, const floating *T, floating *dZ, con
     cdef Py_ssize_t i, j, am, at
     cdef const floating *z
     cdef const floating *t
-    cdef floating *g
-    cdef double m, s, lse, tsum, mt, li, wi = 1.0, total = 0.0
+    cdef floating *g = NULL
+    cdef double s, lse, tsum, li, wi = 1.0, total = 0.0
+    cdef floating m
+    cdef int isa = fnn_exp_isa()
     for i in range(n):
         if weighted:
             wi = W[i]
         z = Z + i * k
         t = T + i * k
-        m = z[0]
-        am = 0
-        mt = t[0]
-        at = 0
-        for j in range(1, k):
-            if z[j] > m:
-                m = z[j]
-                am = j
-            if t[j] > mt:
-                mt = t[j]
-                at = j
+        m = _rowmax(isa, z, k, &am)
+        _rowmax(isa, t, k, &at)
         n_correct[0] += am == at
-        s = 0.0
-        for j in range(k):
-            s += exp(z[j] - m)
+        if grad:
+            g = dZ + i * k
+        s = _expsum(isa, z, k, m, g)          # the exponentials kept in g for the gradient
         lse = log(s) + m
         tsum = 0.0
         li = 0.0
@@ -182,10 +220,9 @@ cdef double ce_soft_core(const floating *Z, const floating *T, floating *dZ, con
                 li += t[j] * (lse - z[j])
         total += wi * li
         if grad:
-            g = dZ + i * k
             s = 1.0 / s
             for j in range(k):
-                g[j] = <floating>((exp(z[j] - m) * s * tsum - t[j]) * (wi * inv_n))
+                g[j] = <floating>((g[j] * s * tsum - t[j]) * (wi * inv_n))
     return total * inv_n
 
 
@@ -214,17 +251,28 @@ cdef double bce_core(const floating *z, const floating *t, floating *g, const fl
     """Mean (weighted) sigmoid cross-entropy of logits z against targets t (n, k); the gradient into g (or NULL);
     *n_correct += elements whose logit sign agrees with target > 0.5.  Returns total * inv_n."""
     cdef bint grad = g != NULL, weighted = W != NULL
-    cdef Py_ssize_t i, r
-    cdef double li, wi = 1.0, total = 0.0
+    cdef Py_ssize_t i, r, j0, q, cnt, end
+    cdef double li, e, zi, wi = 1.0, total = 0.0
+    cdef floating ebuf[256]
+    cdef int isa = fnn_exp_isa()
     for r in range(n):
         if weighted:
             wi = W[r]
         li = 0.0
-        for i in range(r * k, r * k + k):
-            li += f_log1pexp(z[i]) - <double>t[i] * z[i]
-            n_correct[0] += (z[i] > 0) == (t[i] > 0.5)
-            if grad:
-                g[i] = <floating>((f_sigmoid(z[i]) - t[i]) * (wi * inv_n))
+        end = r * k + k
+        for j0 in range(r * k, end, 256):
+            cnt = min(256, end - j0)
+            for q in range(cnt):
+                ebuf[q] = -fabs(z[j0 + q])
+            _exparr(isa, ebuf, cnt, ebuf)            # e^-|z|, vectorized: the softplus and the sigmoid share it
+            for q in range(cnt):
+                i = j0 + q
+                zi = z[i]
+                e = ebuf[q]
+                li += (zi if zi > 0 else 0.0) + log1p(e) - <double>t[i] * zi
+                n_correct[0] += (z[i] > 0) == (t[i] > 0.5)
+                if grad:
+                    g[i] = <floating>(((1.0 if zi >= 0 else e) / (1.0 + e) - t[i]) * (wi * inv_n))
         total += wi * li
     return total * inv_n
 
