@@ -127,6 +127,31 @@ def test_fused_activations_and_counters(act, isa):
     np.testing.assert_array_equal(counts.sum(axis=0), counts0.sum(axis=0))
 
 
+@pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[3], CASES[7]], ids=["same", "stride2", "groups", "tails"])
+def test_fused_bias_and_relu_give_the_bits_of_the_pass(case, isa):
+    """The blocked kernel adds the bias and applies ReLU / the identity as it stores (fnn_convd_epi): Z and Y must
+    be the bits of the kernel's plain sums followed by float32 z + b and (z > 0 ? z : 0), also for NaN sums, -0,
+    and Y the same array as Z; unit counters (diagnostics) keep the pass."""
+    N, H, W, C, F, k, s, d, p, G = case
+    X, Wt, b, _ = _data(case, 5)
+    X[0, 1, 1, 0] = np.nan                          # NaN outputs around one pixel
+    b[0] = -0.0
+    size = max(1, K.scratch_size(X.shape, Wt.shape, s, d, p, G, 4, 2, False))
+    plain = np.empty(_out(case), np.float32)
+    K.conv2d_forward(X, Wt, None, plain, plain, s, d, p, G, np.empty(size, np.float32), ACT.IDENTITY, 0.0, 2)
+    z = (plain + b).astype(np.float32)
+    want_y = np.where(z > 0, z, np.float32(0))
+    for act, want in ((ACT.RELU, want_y), (ACT.IDENTITY, z)):
+        Z, Y = np.empty_like(plain), np.empty_like(plain)
+        K.conv2d_forward(X, Wt, b, Z, Y, s, d, p, G, np.empty(size, np.float32), act, 0.0, 2)
+        assert np.array_equal(Z, z, equal_nan=True)
+        assert np.array_equal(Y, want, equal_nan=True)
+        assert np.array_equal(np.signbit(Y), np.signbit(want))
+    Z = np.empty_like(plain)
+    K.conv2d_forward(X, Wt, b, Z, Z, s, d, p, G, np.empty(size, np.float32), ACT.IDENTITY, 0.0, 2)
+    assert np.array_equal(Z, z, equal_nan=True)
+
+
 def test_threads_and_isas_agree():
     """The forward gives the same bits on 1 and 2 threads (each output is one chain of FMAs whatever the split);
     the weights' pass (private accumulators summed) and AVX2 against AVX-512 agree within float32 rounding."""

@@ -62,7 +62,7 @@ from libc.string cimport memset
 from fastnn._core._common cimport floating
 from fastnn._core cimport _blas
 from fastnn._core.activations cimport act_forward, act_forward_counted, act_backward, check_act, kernel_ok
-from fastnn._core.kinds cimport FNN_ACT_IDENTITY
+from fastnn._core.kinds cimport FNN_ACT_IDENTITY, FNN_ACT_RELU
 from fastnn._core.activations import check_counts
 
 
@@ -108,8 +108,12 @@ cdef extern from "fnn_conv_direct.h" nogil:
     Py_ssize_t fnn_convd_work(const fnn_conv_geom *g)
     enum: FNN_CONVD_MAX_SPAN
     void fnn_convd_pack_f(const fnn_conv_geom *g, const float *W, int flip, int isa, float *P)
+    ctypedef struct fnn_convd_epi:
+        const float *bias
+        float *Y
+        int relu
     void fnn_convd_forward_f(const fnn_conv_geom *g, int isa, const float *X, const float *P, Py_ssize_t r0,
-                             Py_ssize_t r1, float *Z, float *work)
+                             Py_ssize_t r1, float *Z, float *work, const fnn_convd_epi *ep)
     void fnn_convd_dw_f(const fnn_conv_geom *g, int isa, const float *X, const float *dZ, Py_ssize_t r0,
                         Py_ssize_t r1, float *dW)
 
@@ -378,6 +382,13 @@ cdef void _forward_rows(const fnn_conv_geom *g, int path, const floating *X, con
     the packed weight and the ISA of the blocked path)."""
     cdef Py_ssize_t a, m, q, F = g.F, G = g.G, Cg = g.C // g.G, Fg = g.F // g.G
     cdef Py_ssize_t Kg = g.kh * g.kw * Cg
+    cdef fnn_convd_epi ep
+    # the blocked kernel applies the bias and a ReLU (or no activation) as it stores (the same values as the pass)
+    cdef bint fused = path == _BLOCKED and counts == NULL and (act == FNN_ACT_IDENTITY or act == FNN_ACT_RELU)
+    if floating is float:
+        ep.bias = b
+        ep.Y = Y if Y != Z else NULL
+        ep.relu = act == FNN_ACT_RELU
     a = r0
     while a < r1:
         m = R if r1 - a > R else r1 - a
@@ -396,14 +407,14 @@ cdef void _forward_rows(const fnn_conv_geom *g, int path, const floating *X, con
                 fnn_conv_small_forward_d(g, X, W, a, a + m, Z, col)
         elif path == _BLOCKED:
             if floating is float:      # (never double: _path)
-                fnn_convd_forward_f(g, isa, X, P, a, a + m, Z, col)
+                fnn_convd_forward_f(g, isa, X, P, a, a + m, Z, col, &ep if fused else NULL)
         else:
             _im2col(g, X, a, a + m, col)
             for q in range(G):
                 _blas.gemm(False, False, <int>m, <int>Fg, <int>Kg, <floating>1, col + q * m * Kg, <int>Kg,
                            W + q * Fg, <int>F, <floating>0, Z + a * F + q * Fg, <int>F)
         if counts == NULL:
-            if act != FNN_ACT_IDENTITY or b != NULL or Y != Z:
+            if not fused and (act != FNN_ACT_IDENTITY or b != NULL or Y != Z):
                 act_forward(act, Z + a * F, Y + a * F, b, m, F, alpha, 1)
         else:
             act_forward_counted(act, Z + a * F, Y + a * F, b, m, F, alpha, 1, counts, 1)
