@@ -194,7 +194,8 @@ def test_torch_parity_float32(isa):
 
 def test_route_takes_the_blocked_kernels_for_3x3_32_channels():
     """A 3x3 32 -> 32 layer runs the blocked kernels in float32 wherever the CPU has AVX2+FMA (forward, and the
-    transposed convolution of its stride-1 backward-to-data); float64, a capped ISA and few channels keep im2col."""
+    transposed convolution of its stride-1 backward-to-data), and so do first layers of 1-3 channels into 16 filters
+    or more; float64, a capped ISA and few filters keep im2col."""
     shapes = ((32, 16, 16, 32), (3, 3, 32, 32), (1, 1), (1, 1), (1, 1, 1, 1), 1)
     isa = K.set_direct_isa(2)
     try:
@@ -202,7 +203,9 @@ def test_route_takes_the_blocked_kernels_for_3x3_32_channels():
             pytest.skip("no AVX2+FMA: the im2col path")
         assert K.route(*shapes, 4) == "blocked"
         assert K.route(*shapes, 8) == "im2col"
-        assert K.route((32, 32, 32, 3), (3, 3, 3, 32), (1, 1), (1, 1), (1, 1, 1, 1), 1, 4) == "im2col"
+        assert K.route((32, 32, 32, 3), (3, 3, 3, 32), (1, 1), (1, 1), (1, 1, 1, 1), 1, 4) == "blocked"
+        assert K.route((64, 28, 28, 1), (3, 3, 1, 32), (1, 1), (1, 1), (0, 0, 0, 0), 1, 4) == "blocked"
+        assert K.route((8, 12, 12, 16), (3, 3, 16, 3), (1, 1), (1, 1), (1, 1, 1, 1), 1, 4) == "im2col"
         assert K.set_direct_isa(0) == 0
         assert K.route(*shapes, 4) == "im2col"
     finally:
