@@ -672,6 +672,71 @@ def test_blas_thread_count_restored_and_threads_agree():
 
 
 @pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
+@pytest.mark.parametrize("n, units", [(1, 21), (3, 37), (33, 45), (50, 20)], ids=["n1", "n3", "n33", "n50"])
+def test_float32_two_threads_match_one_thread_and_oracle(cell, n, units):
+    """Float32, packed kernels: on 2 threads the time loops split the (sorted) rows between the threads and the
+    per-step weight gradients go to per-thread accumulators summed at the end.  Outputs, last states, dX, dh0 and
+    every parameter gradient agree with 1 thread at float32 rounding and with the float64 numpy oracle, for odd
+    batches (1 row: one thread; 3, 33: uneven halves), unit counts that are not multiples of 16 and masks
+    without (None), right-padded (rows sorted by length: the split balances the row-steps) and with holes
+    (blended), forwards and go_backwards; 2 threads give the same bits on every run."""
+    cid, make, tname, _ = cell
+    ocell, act = ORACLE_CELL[cid]
+    lstm = tname == "LSTM"
+    steps, n_in = 9, 13
+    rng = np.random.default_rng(n + units)
+    X = rng.normal(size=(n, steps, n_in)).astype(np.float32)
+    dY = rng.normal(size=(n, steps, units)).astype(np.float32)
+    dh = rng.normal(size=(n, units)).astype(np.float32)
+    h0 = rng.normal(size=(n, units)).astype(np.float32) * 0.5
+    lengths = rng.integers(1, steps + 1, n)
+    lengths[-1] = steps
+    holes = rng.random((n, steps)) < 0.7
+    holes[:, -1] = True
+    cases = [(None, False), (np.arange(steps)[None, :] < lengths[:, None], False), (holes, False), (holes, True)]
+    threads = fnn.get_num_threads()
+    try:
+        for mask, back in cases:
+            res = {}
+            for nt in (1, 2, 2):
+                fnn.set_num_threads(nt)
+                layer = bind(make(units, return_sequences=True, return_state=True, go_backwards=back),
+                             (steps, n_in), np.float32, seed=3)
+                layer.n_inputs = 2
+                layer.input_shape = [(steps, n_in), (units,)]
+                if lstm:    # h0 only: c0 starts at zero
+                    layer.n_inputs = 3
+                    layer.input_shape.append((units,))
+                init = [h0] + ([np.zeros_like(h0)] if lstm else [])
+                out = [np.array(o, copy=True) for o in layer.forward([X] + init, mask=mask)]
+                grads = [dY, dh] + ([np.zeros_like(dh)] if lstm else [])
+                back_ = [np.array(b, copy=True) for b in layer.backward(grads)]
+                got = out + back_[:2] + [layer.grads[k].copy() for k in sorted(layer.grads)]
+                if nt in res:                        # the same thread count: the same bits
+                    for a, b in zip(got, res[nt]):
+                        np.testing.assert_array_equal(a, b)
+                res[nt] = got
+            for a, b in zip(res[2], res[1]):    # sums in another order: float32 rounding of the largest term
+                np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-5 * max(1.0, float(np.abs(b).max())),
+                                           err_msg=f"{cid} n={n} U={units}")
+            p = {k: layer.params[k].astype(np.float64) for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+            args = (ocell, X.astype(np.float64), p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"])
+            kw = dict(h0=h0.astype(np.float64), c0=np.zeros((n, units)) if lstm else None, mask=mask,
+                      go_backwards=back, activation=act)
+            Y, h, _ = ref.rnn_layer_forward(*args, **kw)
+            dX, dW_ih, dW_hh, db_ih, db_hh, dh0, _ = ref.rnn_layer_backward(
+                *args, dY=dY.astype(np.float64), dh_last=dh.astype(np.float64),
+                dc_last=np.zeros((n, units)) if lstm else None, **kw)
+            want = [Y, h] + ([None] if lstm else []) + [dX, dh0] + [db_hh, db_ih, dW_hh, dW_ih]
+            for a, b in zip(res[2], want):
+                if b is not None:
+                    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5 * max(1.0, float(np.abs(b).max())),
+                                               err_msg=f"{cid} n={n} U={units}")
+    finally:
+        fnn.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
 def test_float32_avx512_gate_rows_match_generic(cell):
     """On AVX-512 the packed path's forward gate rows are vectorized by hand (FMA polynomials, reciprocal estimates
     refined by a Newton step): one step from large and tiny pre-activations (the clamps of exp at -87 / 88 and of
