@@ -19,6 +19,12 @@
  * dH[:na] += dG[:na] . W_hh^T; after the loop the weight gradients as large GEMMs over all n*steps rows:
  * dW_hh = Hs[0:steps]^T . dGt (time-major, sorted), dW_ih = X^T . dGo (batch-major, original order; for GRU the
  * two differ in the n-gate: dGt holds dn_pre * r), the bias gradients as their column sums, dX = dGo . W_ih^T.
+ * (The float32 packed path below does the products, and on AVX-512 the weight gradients, per step instead.)
+ *
+ * Threads (the packed path): the batch's sorted rows are split into one contiguous range per thread, each run
+ * through all the steps in one parallel region with no barrier per step (a row's state depends only on its own
+ * past); the per-step weight gradients go to per-thread accumulators, summed in thread order at the end.  The
+ * BLAS path (float64, no AVX2) runs each step's GEMM on the BLAS's threads, or on one below FNN_RNN_SERIAL_STEP.
  *
  * Subnormals: the kernels set MXCSR's flush-to-zero and denormals-are-zero on entry and restore it on exit
  * (x86; elsewhere nothing), so tiny gate values cannot slow the loop down by an order of magnitude. */
@@ -102,11 +108,11 @@ typedef struct {
     int n_threads;                 /* fastnn's thread count: the BLAS's count for the large GEMMs */
 } fnn_rnn_dims;
 
-/* The per-step GEMMs are small (up to a million multiply-adds): split over threads they pay a fork and a join
- * per step, and on a loaded machine a worker the OS has descheduled stalls the step (on a 2-core machine at load
- * 8, one 2-thread GEMM of 640 x 64 x 64 took 20-50 ms against 0.05 ms on one thread).  Below this many per step
- * the time loop runs the BLAS on one thread; the count is set back to n_threads (fastnn's, not a saved value,
- * so that two kernels running at once cannot leave it at 1). */
+/* The BLAS path's per-step GEMMs are small (up to a million multiply-adds): split over threads they pay a fork
+ * and a join per step, and on a loaded machine a worker the OS has descheduled stalls the step (on a 2-core
+ * machine at load 8, one 2-thread GEMM of 640 x 64 x 64 took 20-50 ms against 0.05 ms on one thread).  Below
+ * this many per step the time loop runs the BLAS on one thread; the count is set back to n_threads (fastnn's,
+ * not a saved value, so that two kernels running at once cannot leave it at 1). */
 #define FNN_RNN_SERIAL_STEP (1L << 20)
 static inline void fnn_rnn_blas_threads(int n) { if (n >= 1) scipy_openblas_set_num_threads(n); }
 
@@ -128,10 +134,12 @@ static inline int fnn_rnn_num_threads(void) {
     return 1;
 #endif
 }
-/* the threads of a packed time loop: fnn's count, at most one per row */
+/* the threads of a packed time loop: fnn's count, at most one per 4 rows (a thread's products on 1 to 4 rows cost
+ * one 4-row tile: fewer rows save nothing, and each thread past the first adds a sum of the weight gradients) */
 static inline int fnn_rnn_loop_threads(const fnn_rnn_dims *d) {
 #ifdef _OPENMP
-    return d->n_threads < 2 || d->n < 2 ? 1 : (d->n < d->n_threads ? (int)d->n : d->n_threads);
+    const ptrdiff_t most = d->n / 4;
+    return d->n_threads < 2 || most < 2 ? 1 : (most < d->n_threads ? (int)most : d->n_threads);
 #else
     (void)d;
     return 1;
@@ -202,8 +210,7 @@ static int fnn_rnn_mask_plan(const unsigned char *mask, ptrdiff_t n, ptrdiff_t s
  * zero padded (Bp[p][k][0..NR)), and a register-blocked micro-kernel streams them: AVX-512 8 rows x 32
  * columns (16 zmm accumulators), AVX2+FMA 3 rows x 32 (12 ymm).  The row blocks are fused with the gate pass:
  * the gates of a block of rows are applied as soon as its products are done, while they are in L1.  The CPU is
- * asked once (__builtin_cpu_supports); elsewhere, without AVX2+FMA, for float64 and for the large multi-thread
- * steps the BLAS runs as before.  The micro-kernels use FMA (as OpenBLAS's own kernels do), so their float32
+ * asked once (__builtin_cpu_supports); elsewhere, without AVX2+FMA and for float64 the BLAS runs as before.  The micro-kernels use FMA (as OpenBLAS's own kernels do), so their float32
  * products may differ from the BLAS path in the last bits. */
 #define FNN_RNN_NR 32
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FNN_NO_CLONES)

@@ -356,10 +356,11 @@ def test_float32_packed_step_kernel_matches_blas(cell, n, steps, n_in, units):
     """The float32 per-step products run in the packed micro-kernels (AVX-512, AVX2+FMA) where the CPU has them:
     every kernel the CPU can run agrees with the BLAS path, with a prefix mask (the active rows shrink; one row
     running most steps) and general ones (a suffix, random holes: blended); at 1 thread (the input projection also
-    per step and row block, from gathered rows of X, and the weight gradients per group of steps) and at 2
-    (per-step products only).  Shapes: partial row tiles and panels (units 37: G*37 is not a multiple of the
-    32-float panel); two row blocks and K-chunks (40 rows, n_in 70, 4 * 45 gates); 300 rows, more than a group of
-    the weight gradients holds; batch 1; 30 steps of few rows (groups end on their step count)."""
+    per step and row block, from gathered rows of X, and the weight gradients per group of steps) and at 2 (the
+    same, the rows split between the threads, the weight gradients summed per thread).  Shapes: partial row tiles
+    and panels (units 37: G*37 is not a multiple of the 32-float panel); two row blocks and K-chunks (40 rows,
+    n_in 70, 4 * 45 gates); 300 rows, more than a group of the weight gradients holds; batch 1; 30 steps of few
+    rows (groups end on their step count)."""
     _, make, _, _ = cell
     best = _k.set_packed_isa(2)
     threads = fnn.get_num_threads()
@@ -672,12 +673,14 @@ def test_blas_thread_count_restored_and_threads_agree():
 
 
 @pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
-@pytest.mark.parametrize("n, units", [(1, 21), (3, 37), (33, 45), (50, 20)], ids=["n1", "n3", "n33", "n50"])
+@pytest.mark.parametrize("n, units", [(1, 21), (3, 37), (9, 21), (33, 45), (50, 20)],
+                         ids=["n1", "n3", "n9", "n33", "n50"])
 def test_float32_two_threads_match_one_thread_and_oracle(cell, n, units):
     """Float32, packed kernels: on 2 threads the time loops split the (sorted) rows between the threads and the
     per-step weight gradients go to per-thread accumulators summed at the end.  Outputs, last states, dX, dh0 and
     every parameter gradient agree with 1 thread at float32 rounding and with the float64 numpy oracle, for odd
-    batches (1 row: one thread; 3, 33: uneven halves), unit counts that are not multiples of 16 and masks
+    batches (1 and 3 rows: one thread, at least 4 rows each; 9, 33: uneven halves), unit counts that are not
+    multiples of 16 and masks
     without (None), right-padded (rows sorted by length: the split balances the row-steps) and with holes
     (blended), forwards and go_backwards; 2 threads give the same bits on every run."""
     cid, make, tname, _ = cell
