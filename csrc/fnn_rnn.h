@@ -19,6 +19,12 @@
  * dH[:na] += dG[:na] . W_hh^T; after the loop the weight gradients as large GEMMs over all n*steps rows:
  * dW_hh = Hs[0:steps]^T . dGt (time-major, sorted), dW_ih = X^T . dGo (batch-major, original order; for GRU the
  * two differ in the n-gate: dGt holds dn_pre * r), the bias gradients as their column sums, dX = dGo . W_ih^T.
+ * (The float32 packed path below does the products, and on AVX-512 the weight gradients, per step instead.)
+ *
+ * Threads (the packed path): the batch's sorted rows are split into one contiguous range per thread, each run
+ * through all the steps in one parallel region with no barrier per step (a row's state depends only on its own
+ * past); the per-step weight gradients go to per-thread accumulators, summed in thread order at the end.  The
+ * BLAS path (float64, no AVX2) runs each step's GEMM on the BLAS's threads, or on one below FNN_RNN_SERIAL_STEP.
  *
  * Subnormals: the kernels set MXCSR's flush-to-zero and denormals-are-zero on entry and restore it on exit
  * (x86; elsewhere nothing), so tiny gate values cannot slow the loop down by an order of magnitude. */
@@ -31,6 +37,9 @@
 #include "fnn_math.h"
 #include "fnn_dispatch.h"
 #include "fnn_exp.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define FNN_RNN_TANH 0
 #define FNN_RNN_RELU 1
@@ -101,13 +110,61 @@ typedef struct {
     int n_threads;                 /* fastnn's thread count: the BLAS's count for the large GEMMs */
 } fnn_rnn_dims;
 
-/* The per-step GEMMs are small (up to a million multiply-adds): split over threads they pay a fork and a join
- * per step, and on a loaded machine a worker the OS has descheduled stalls the step (on a 2-core machine at load
- * 8, one 2-thread GEMM of 640 x 64 x 64 took 20-50 ms against 0.05 ms on one thread).  Below this many per step
- * the time loop runs the BLAS on one thread; the count is set back to n_threads (fastnn's, not a saved value,
- * so that two kernels running at once cannot leave it at 1). */
+/* The BLAS path's per-step GEMMs are small (up to a million multiply-adds): split over threads they pay a fork
+ * and a join per step, and on a loaded machine a worker the OS has descheduled stalls the step (on a 2-core
+ * machine at load 8, one 2-thread GEMM of 640 x 64 x 64 took 20-50 ms against 0.05 ms on one thread).  Below
+ * this many per step the time loop runs the BLAS on one thread; the count is set back to n_threads (fastnn's,
+ * not a saved value, so that two kernels running at once cannot leave it at 1). */
 #define FNN_RNN_SERIAL_STEP (1L << 20)
 static inline void fnn_rnn_blas_threads(int n) { if (n >= 1) scipy_openblas_set_num_threads(n); }
+
+/* ---- threads: the packed time loops split the batch's (sorted) rows between the threads ----
+ * A row's state depends on its own earlier states only: each thread runs its contiguous range of rows through all
+ * the steps, with no barrier per step (on a loaded machine a descheduled thread would stall every step of a loop
+ * that waits for it); the per-step weight gradients go to per-thread accumulators, summed once at the end. */
+static inline int fnn_rnn_thread_num(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+static inline int fnn_rnn_num_threads(void) {
+#ifdef _OPENMP
+    return omp_get_num_threads();
+#else
+    return 1;
+#endif
+}
+/* the threads of a packed time loop: fnn's count, at most one per 4 rows (a thread's products on 1 to 4 rows cost
+ * one 4-row tile: fewer rows save nothing, and each thread past the first adds a sum of the weight gradients) */
+static inline int fnn_rnn_loop_threads(const fnn_rnn_dims *d) {
+#ifdef _OPENMP
+    const ptrdiff_t most = d->n / 4;
+    return d->n_threads < 2 || most < 2 ? 1 : (most < d->n_threads ? (int)most : d->n_threads);
+#else
+    (void)d;
+    return 1;
+#endif
+}
+/* the first sorted row of thread t of nt (t = nt: n): contiguous ranges of about equal work, the work of the rows
+ * [0, i) being the row-steps they run, W(i) = sum_s min(i, n_active[s]) (without a length plan: i * steps) */
+static ptrdiff_t fnn_rnn_thread_rows(const fnn_rnn_dims *d, int t, int nt) {
+    ptrdiff_t lo = 0, hi = d->n, s;
+    double total = 0, target;
+    if (t <= 0) return 0;
+    if (t >= nt) return d->n;
+    for (s = 0; s < d->steps; s++) total += (double)d->n_active[s];
+    if (total <= 0) return d->n * t / nt;
+    target = total * t / nt;
+    while (lo < hi) {                              /* the least i with W(i) >= target (W is non-decreasing) */
+        const ptrdiff_t mid = lo + (hi - lo) / 2;
+        double w = 0;
+        for (s = 0; s < d->steps; s++) w += (double)(mid < d->n_active[s] ? mid : d->n_active[s]);
+        if (w >= target) hi = mid; else lo = mid + 1;
+    }
+    return lo;
+}
 
 static inline int fnn_rnn_gates(int cell) { return cell == FNN_RNN_LSTM ? 4 : (cell == FNN_RNN_GRU ? 3 : 1); }
 /* the per-step stored values of one row: LSTM i, f, g, o; GRU r, z, n, hn; SimpleRNN none */
@@ -155,8 +212,7 @@ static int fnn_rnn_mask_plan(const unsigned char *mask, ptrdiff_t n, ptrdiff_t s
  * zero padded (Bp[p][k][0..NR)), and a register-blocked micro-kernel streams them: AVX-512 8 rows x 32
  * columns (16 zmm accumulators), AVX2+FMA 3 rows x 32 (12 ymm).  The row blocks are fused with the gate pass:
  * the gates of a block of rows are applied as soon as its products are done, while they are in L1.  The CPU is
- * asked once (__builtin_cpu_supports); elsewhere, without AVX2+FMA, for float64 and for the large multi-thread
- * steps the BLAS runs as before.  The micro-kernels use FMA (as OpenBLAS's own kernels do), so their float32
+ * asked once (__builtin_cpu_supports); elsewhere, without AVX2+FMA and for float64 the BLAS runs as before.  The micro-kernels use FMA (as OpenBLAS's own kernels do), so their float32
  * products may differ from the BLAS path in the last bits. */
 #define FNN_RNN_NR 32
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FNN_NO_CLONES)
@@ -199,13 +255,15 @@ static ptrdiff_t fnn_rnn_wscratch(ptrdiff_t F, ptrdiff_t U, ptrdiff_t GU) {
     ptrdiff_t m = (F > U ? F : U) + 7;
     return (2 * fnn_rnn_panels(GU) * FNN_RNN_NR + m / 8 * 8) * FNN_RNN_WMAX;
 }
-/* floats of the packing buffer of a layer: the forward's W_hh then W_ih, the backward's W_hh^T then W_ih^T (the
- * forward's packing is dead once its time loop is done, so the two share it), then the backward's scratch for the
- * per-step weight gradients */
-static ptrdiff_t fnn_rnn_packed_size(int cell, ptrdiff_t F, ptrdiff_t U) {
+/* floats of the packing buffer of a layer run on n_threads threads: the forward's W_hh then W_ih, the backward's
+ * W_hh^T then W_ih^T (the forward's packing is dead once its time loop is done, so the two share it), then the
+ * backward's scratch for the per-step weight gradients: thread 0's, then for each other thread its own and its
+ * accumulators of dW_ih, dW_hh, db_ih, db_hh ((n_in + U + 2) * GU floats) */
+static ptrdiff_t fnn_rnn_packed_size(int cell, ptrdiff_t F, ptrdiff_t U, int n_threads) {
     ptrdiff_t GU = (cell == FNN_RNN_LSTM ? 4 : (cell == FNN_RNN_GRU ? 3 : 1)) * U;
     ptrdiff_t a = fnn_rnn_panels(GU) * FNN_RNN_NR * (U + F),
               b = (fnn_rnn_panels(U) + fnn_rnn_panels(F)) * FNN_RNN_NR * GU + fnn_rnn_wscratch(F, U, GU);
+    if (n_threads > 1) b += (ptrdiff_t)(n_threads - 1) * (fnn_rnn_wscratch(F, U, GU) + (F + U + 2) * GU);
     return a > b ? a : b;
 }
 /* Bp <- panels of B (K, N): B[k][n] = src[k * ld + n], or with trans src[n * ld + k] */
@@ -757,55 +815,33 @@ FNN_CLONES static void RFN(simple_bwd_row)(ptrdiff_t U, int relu, const T *restr
     }
 }
 
-/* Forward over the whole sequence.  IN: X (n, steps, n_in), Wih (n_in, GU), Whh (U, GU), bih, bhh (GU), h0, c0
- * ((n, U) original order, or NULL: zeros).  SCRATCH: XP (n, steps, GU), HP (n, GU).  OUT (kept for backward): Hs,
- * Cs (LSTM), Gs; Y (n, steps, U) or NULL (output at position s = state after step s), hout, cout ((n, U), cout
- * LSTM only, may be NULL). */
-static void RFN(forward)(const fnn_rnn_dims *d, const T *X, const T *Wih, const T *Whh, const T *bih,
-                         const T *bhh, const T *h0, const T *c0, T *XP, T *HP, T *Hs, T *Cs, T *Gs, T *Y,
-                         T *hout, T *cout, T *Wp) {
+/* The time loop of the forward over the sorted rows [lo, hi): a thread's share of the batch (the whole batch on
+ * one thread).  A row's state depends on its own earlier states only, so the threads run their rows through all
+ * the steps with no barrier; each streams the packed weights (Wp: W_hh, Wpi: W_ih or NULL) from its own L2, and
+ * with Wpi uses XP's rows [lo, lo + RB) for the input projection of its row blocks. */
+static void RFN(forward_rows)(const fnn_rnn_dims *d, ptrdiff_t lo, ptrdiff_t hi, int isa, const T *Wp,
+                              const T *Wpi, const T *X, const T *Whh, const T *bih, const T *bhh, T *XP, T *HP,
+                              T *Hs, T *Cs, T *Gs, T *Y) {
     const ptrdiff_t N = d->n, S = d->steps, F = d->n_in, U = d->units;
     const int cell = d->cell, lstm = cell == FNN_RNN_LSTM, gru = cell == FNN_RNN_GRU;
     const ptrdiff_t GU = fnn_rnn_gates(cell) * U, SV = fnn_rnn_saved(cell) * U;
     ptrdiff_t i, s;
-    unsigned int csr = fnn_ftz_enter();
-    const int serial = d->n_threads > 1 && N * GU * U < FNN_RNN_SERIAL_STEP;
 #if PACKED
-    const int isa = Wp != NULL && (d->n_threads <= 1 || serial) ? fnn_rnn_isa() : 0;
     const ptrdiff_t RB = isa ? fnn_rnn_block_rows(isa) : N;
-    /* one thread, packed W_hh and W_ih within the L2 budget: the input projection too is done per step and row
-     * block (W_ih packed after W_hh), into the first RB rows of XP, so that X . W_ih is never written out and
-     * read back (N * steps * GU floats) */
-    float *Wpi = isa && d->n_threads <= 1
-                 && (double)fnn_rnn_panels(GU) * FNN_RNN_NR * (U + F) * sizeof(float) <= (double)fnn_rnn_l2_budget()
-                 ? Wp + fnn_rnn_panels(GU) * FNN_RNN_NR * U : NULL;
     const float *xrows[FNN_RNN_RBMAX];
-    if (isa) fnn_rnn_pack_f(0, U, GU, Whh, GU, Wp);
-    if (Wpi != NULL) fnn_rnn_pack_f(0, F, GU, Wih, GU, Wpi);
-    else
 #else
-    const int isa = 0;
     const ptrdiff_t RB = N;
-    (void)Wp;
+    (void)Wp; (void)Wpi; (void)F;
 #endif
-    RFN(gemm)(0, 0, N * S, GU, F, X, F, Wih, GU, (T)0, XP, GU);
-    if (serial) fnn_rnn_blas_threads(1);
-    for (i = 0; i < N; i++) {
-        const ptrdiff_t o = d->perm[i];
-        if (h0 != NULL) memcpy(Hs + i * U, h0 + o * U, U * sizeof(T)); else memset(Hs + i * U, 0, U * sizeof(T));
-        if (lstm) {
-            if (c0 != NULL) memcpy(Cs + i * U, c0 + o * U, U * sizeof(T)); else memset(Cs + i * U, 0, U * sizeof(T));
-        }
-    }
     for (s = 0; s < S; s++) {
-        const ptrdiff_t t = d->reverse ? S - 1 - s : s, na = d->n_active[s];
+        const ptrdiff_t t = d->reverse ? S - 1 - s : s, na = d->n_active[s] < hi ? d->n_active[s] : hi;
         const T *hprev = Hs + s * N * U;
         T *hnew = Hs + (s + 1) * N * U;
         const T *cprev = lstm ? Cs + s * N * U : NULL;
         T *cnew = lstm ? Cs + (s + 1) * N * U : NULL;
         ptrdiff_t i0, i1;
-        if (!isa) RFN(gemm)(0, 0, na, GU, U, hprev, U, Whh, GU, (T)0, HP, GU);
-        for (i0 = 0; i0 < na; i0 += RB) {            /* packed: the products of a block of rows, then its gates */
+        if (!isa && na > lo) RFN(gemm)(0, 0, na - lo, GU, U, hprev + lo * U, U, Whh, GU, (T)0, HP + lo * GU, GU);
+        for (i0 = lo; i0 < na; i0 += RB) {           /* packed: the products of a block of rows, then its gates */
           i1 = i0 + RB < na ? i0 + RB : na;
 #if PACKED
           if (isa) fnn_rnn_pgemm_f(isa, i1 - i0, GU, U, hprev + i0 * U, U, NULL, Wp, HP + i0 * GU, GU, NULL, 0);
@@ -816,13 +852,13 @@ static void RFN(forward)(const fnn_rnn_dims *d, const T *X, const T *Wih, const 
                   if (s + 1 < S)                     /* the row's next step (see the backward's dY) */
                       for (ptrdiff_t j = 0; j < F; j += 16) FNN_RNN_PREFETCH(d->reverse ? x - F + j : x + F + j);
               }
-              fnn_rnn_pgemm_f(isa, i1 - i0, GU, F, NULL, 0, xrows, Wpi, XP, GU, NULL, 0);
+              fnn_rnn_pgemm_f(isa, i1 - i0, GU, F, NULL, 0, xrows, Wpi, XP + lo * GU, GU, NULL, 0);
           }
 #endif
           for (i = i0; i < i1; i++) {
             const ptrdiff_t o = d->perm[i];
 #if PACKED
-            const T *xp = Wpi != NULL ? XP + (i - i0) * GU : XP + (o * S + t) * GU, *hp = HP + i * GU;
+            const T *xp = Wpi != NULL ? XP + (lo + i - i0) * GU : XP + (o * S + t) * GU, *hp = HP + i * GU;
 #else
             const T *xp = XP + (o * S + t) * GU, *hp = HP + i * GU;
 #endif
@@ -842,13 +878,66 @@ static void RFN(forward)(const fnn_rnn_dims *d, const T *X, const T *Wih, const 
             else RFN(simple_fwd_row)(U, cell == FNN_RNN_RELU, xp, hp, bih, bhh, hnew + i * U);
           }
         }
-        if (na < N) {                    /* the rows that ended: a contiguous tail, unchanged */
-            memcpy(hnew + na * U, hprev + na * U, (N - na) * U * sizeof(T));
-            if (lstm) memcpy(cnew + na * U, cprev + na * U, (N - na) * U * sizeof(T));
+        if (na < hi) {                   /* the rows that ended: a contiguous tail, unchanged */
+            const ptrdiff_t e = na > lo ? na : lo;
+            memcpy(hnew + e * U, hprev + e * U, (hi - e) * U * sizeof(T));
+            if (lstm) memcpy(cnew + e * U, cprev + e * U, (hi - e) * U * sizeof(T));
         }
         if (Y != NULL)
-            for (i = 0; i < N; i++) memcpy(Y + (d->perm[i] * S + s) * U, hnew + i * U, U * sizeof(T));
+            for (i = lo; i < hi; i++) memcpy(Y + (d->perm[i] * S + s) * U, hnew + i * U, U * sizeof(T));
     }
+}
+
+/* Forward over the whole sequence.  IN: X (n, steps, n_in), Wih (n_in, GU), Whh (U, GU), bih, bhh (GU), h0, c0
+ * ((n, U) original order, or NULL: zeros).  SCRATCH: XP (n, steps, GU), HP (n, GU).  OUT (kept for backward): Hs,
+ * Cs (LSTM), Gs; Y (n, steps, U) or NULL (output at position s = state after step s), hout, cout ((n, U), cout
+ * LSTM only, may be NULL). */
+static void RFN(forward)(const fnn_rnn_dims *d, const T *X, const T *Wih, const T *Whh, const T *bih,
+                         const T *bhh, const T *h0, const T *c0, T *XP, T *HP, T *Hs, T *Cs, T *Gs, T *Y,
+                         T *hout, T *cout, T *Wp) {
+    const ptrdiff_t N = d->n, S = d->steps, F = d->n_in, U = d->units;
+    const int cell = d->cell, lstm = cell == FNN_RNN_LSTM;
+    const ptrdiff_t GU = fnn_rnn_gates(cell) * U;
+    ptrdiff_t i;
+    unsigned int csr = fnn_ftz_enter();
+#if PACKED
+    const int isa = Wp != NULL ? fnn_rnn_isa() : 0;
+    /* packed: the rows split between the threads (fnn_rnn_thread_rows), one parallel region for the whole loop */
+    const int nth = isa ? fnn_rnn_loop_threads(d) : 1;
+    const int serial = !isa && d->n_threads > 1 && N * GU * U < FNN_RNN_SERIAL_STEP;
+    /* packed W_hh and W_ih within the L2 budget: the input projection too is done per step and row block (W_ih
+     * packed after W_hh), into the first RB rows of the thread's rows of XP, so that X . W_ih is never written out
+     * and read back (N * steps * GU floats) */
+    float *Wpi = isa && (double)fnn_rnn_panels(GU) * FNN_RNN_NR * (U + F) * sizeof(float)
+                        <= (double)fnn_rnn_l2_budget()
+                 ? Wp + fnn_rnn_panels(GU) * FNN_RNN_NR * U : NULL;
+    if (isa) fnn_rnn_pack_f(0, U, GU, Whh, GU, Wp);
+    if (Wpi != NULL) fnn_rnn_pack_f(0, F, GU, Wih, GU, Wpi);
+    else
+#else
+    const int isa = 0, nth = 1;
+    const int serial = d->n_threads > 1 && N * GU * U < FNN_RNN_SERIAL_STEP;
+    T *Wpi = NULL;
+#endif
+    RFN(gemm)(0, 0, N * S, GU, F, X, F, Wih, GU, (T)0, XP, GU);
+    if (serial) fnn_rnn_blas_threads(1);
+    for (i = 0; i < N; i++) {
+        const ptrdiff_t o = d->perm[i];
+        if (h0 != NULL) memcpy(Hs + i * U, h0 + o * U, U * sizeof(T)); else memset(Hs + i * U, 0, U * sizeof(T));
+        if (lstm) {
+            if (c0 != NULL) memcpy(Cs + i * U, c0 + o * U, U * sizeof(T)); else memset(Cs + i * U, 0, U * sizeof(T));
+        }
+    }
+    if (nth > 1) {
+#pragma omp parallel num_threads(nth)
+        {
+            const int t = fnn_rnn_thread_num(), nt = fnn_rnn_num_threads();
+            const unsigned int tcsr = fnn_ftz_enter();           /* MXCSR is per thread */
+            RFN(forward_rows)(d, fnn_rnn_thread_rows(d, t, nt), fnn_rnn_thread_rows(d, t + 1, nt), isa, Wp, Wpi,
+                              X, Whh, bih, bhh, XP, HP, Hs, Cs, Gs, Y);
+            fnn_ftz_exit(tcsr);
+        }
+    } else RFN(forward_rows)(d, 0, N, isa, Wp, Wpi, X, Whh, bih, bhh, XP, HP, Hs, Cs, Gs, Y);
     if (serial) fnn_rnn_blas_threads(d->n_threads);
     for (i = 0; i < N; i++) {
         const ptrdiff_t o = d->perm[i];
@@ -858,33 +947,20 @@ static void RFN(forward)(const fnn_rnn_dims *d, const T *X, const T *Wih, const 
     fnn_ftz_exit(csr);
 }
 
-/* Backward through time.  IN: the forward's X, Wih, Whh, Hs, Cs, Gs; dY (n, steps, U) or NULL, dhout, dcout
- * ((n, U) original order, or NULL: zero).  SCRATCH: dH, dC (n, U), dGt (steps, n, GU), dGo (n, steps, GU).
- * OUT: dX (n, steps, n_in) or NULL, dWih, dWhh, dbih, dbhh (overwritten), dh0, dc0 ((n, U) or NULL), norms
- * ((steps,) or NULL: the L2 norm over the batch of the gradient reaching the state after step s). */
-static void RFN(backward)(const fnn_rnn_dims *d, const T *X, const T *Wih, const T *Whh, const T *Hs,
-                          const T *Cs, const T *Gs, const T *dY, const T *dhout, const T *dcout, T *dH, T *dC,
-                          T *dGt, T *dGo, T *dX, T *dWih, T *dWhh, T *dbih, T *dbhh, T *dh0, T *dc0,
-                          double *norms, T *Wp) {
+/* The time loop of the backward over the sorted rows [lo, hi) (a thread's share, or the whole batch): like the
+ * forward's, the rows need no barrier.  With wstep (AVX-512) the thread gathers groups of its own rows and adds
+ * their weight and bias gradients into its own accumulators dWih, dWhh, dbih, dbhh (the outputs on thread 0),
+ * with its own scratch Wsc; its step slots of dGt are its rows of the wslots slots.  norms only on one thread. */
+static void RFN(backward_rows)(const fnn_rnn_dims *d, ptrdiff_t lo, ptrdiff_t hi, int isa, int wstep,
+                               int need_dgo, const T *Wp, const T *Wpi, T *Wsc, const T *X, const T *Whh,
+                               const T *Hs, const T *Cs, const T *Gs, const T *dY, T *dH, T *dC, T *dGt, T *dGo,
+                               T *dX, T *dWih, T *dWhh, T *dbih, T *dbhh, double *norms) {
     const ptrdiff_t N = d->n, S = d->steps, F = d->n_in, U = d->units;
     const int cell = d->cell, lstm = cell == FNN_RNN_LSTM, gru = cell == FNN_RNN_GRU;
     const ptrdiff_t GU = fnn_rnn_gates(cell) * U, SV = fnn_rnn_saved(cell) * U;
     ptrdiff_t i, j, s, ws = 0;
-    const int serial = d->n_threads > 1 && N * GU * U < FNN_RNN_SERIAL_STEP;
-    unsigned int csr = fnn_ftz_enter();
 #if PACKED
-    const int isa = Wp != NULL && (d->n_threads <= 1 || serial) ? fnn_rnn_isa() : 0;
     const ptrdiff_t RB = isa ? fnn_rnn_block_rows(isa) : N;
-    /* one thread, packed W_hh^T and W_ih^T within the L2 budget: dX = dGo . W_ih^T per step and row block too,
-     * while the block's gate derivatives are in L1 (W_ih^T packed after W_hh^T) */
-    float *Wpi = isa && d->n_threads <= 1 && dX != NULL && F > 0
-                 && (double)(fnn_rnn_panels(U) + fnn_rnn_panels(F)) * FNN_RNN_NR * GU * sizeof(float)
-                    <= (double)fnn_rnn_l2_budget()
-                 ? Wp + fnn_rnn_panels(U) * FNN_RNN_NR * GU : NULL;
-    /* one thread, AVX-512: the weight and bias gradients per group of steps (>= FNN_RNN_WMIN rows, at most
-     * FNN_RNN_WMAX), from the rows' x, h and gate gradients while they are in L2 (fnn_rnn_wgrad_avx512) */
-    const int wstep = isa == 2 && d->n_threads <= 1;
-    float *Wsc = Wp + (fnn_rnn_panels(U) + fnn_rnn_panels(F)) * FNN_RNN_NR * GU;   /* past W_hh^T and W_ih^T */
     const float *xrows[FNN_RNN_RBMAX];
     float *dxrows[FNN_RNN_RBMAX];
     const float *wx[FNN_RNN_WMAX], *wh[FNN_RNN_WMAX], *wgo[FNN_RNN_WMAX], *wgt[FNN_RNN_WMAX];
@@ -892,39 +968,18 @@ static void RFN(backward)(const fnn_rnn_dims *d, const T *X, const T *Wih, const
     /* with the per-step weight gradients nothing reads a step's gate gradients after its group: they cycle through
      * wslots step slots of dGt (and of dGo for GRU), which stay in cache instead of claiming new lines from memory
      * every step (a group that reaches wslots steps, possible when the mask leaves few rows running, runs early) */
-    const ptrdiff_t wslots = wstep ? (FNN_RNN_WMIN + N - 1) / (N > 0 ? N : 1) + 1 : S;
-    if (isa) fnn_rnn_pack_f(1, GU, U, Whh, GU, Wp);
-    if (Wpi != NULL) fnn_rnn_pack_f(1, GU, F, Wih, GU, Wpi);
-    if (wstep) {
-        memset(dWih, 0, F * GU * sizeof(T)); memset(dWhh, 0, U * GU * sizeof(T));
-        memset(dbih, 0, GU * sizeof(T)); memset(dbhh, 0, GU * sizeof(T));
-    }
+    const ptrdiff_t wslots = wstep ? (FNN_RNN_WMIN + (hi - lo) - 1) / (hi > lo ? hi - lo : 1) + 1 : S;
 #else
-    const int isa = 0, wstep = 0;
     const ptrdiff_t RB = N, wslots = S;
+    (void)Wp; (void)Wpi; (void)Wsc; (void)X; (void)F; (void)dX; (void)dWih; (void)dWhh; (void)dbih; (void)dbhh;
     (void)wslots;
-    T *Wpi = NULL;
-    (void)Wp;
 #endif
-    /* dGo (batch-major, the ih side) is needed by the GEMMs after the loop; for LSTM and SimpleRNN its rows equal
-     * dGt's, which the per-step products read instead; GRU's (its n-gate differs) are then stored time-major like
-     * dGt's (a row written where the next steps' rows follow, not one row every steps * GU floats) */
-    const int need_dgo = !wstep || (dX != NULL && Wpi == NULL);
-    if (serial) fnn_rnn_blas_threads(1);
-    for (i = 0; i < N; i++) {
-        const ptrdiff_t o = d->perm[i];
-        if (dhout != NULL) memcpy(dH + i * U, dhout + o * U, U * sizeof(T)); else memset(dH + i * U, 0, U * sizeof(T));
-        if (lstm) {
-            if (dcout != NULL) memcpy(dC + i * U, dcout + o * U, U * sizeof(T));
-            else memset(dC + i * U, 0, U * sizeof(T));
-        }
-    }
     for (s = S - 1; s >= 0; s--) {
-        const ptrdiff_t t = d->reverse ? S - 1 - s : s, na = d->n_active[s];
+        const ptrdiff_t t = d->reverse ? S - 1 - s : s, na = d->n_active[s] < hi ? d->n_active[s] : hi;
         const ptrdiff_t slot = wstep ? ws : s;          /* the step's rows in dGt (and time-major dGo) */
         T *dgt = dGt + slot * N * GU;
         if (dY != NULL)
-            for (i = 0; i < N; i++) {
+            for (i = lo; i < hi; i++) {
                 const T *dy = dY + (d->perm[i] * S + s) * U;
                 T *dh = dH + i * U;
                 for (j = 0; j < U; j++) dh[j] += dy[j];
@@ -933,12 +988,12 @@ static void RFN(backward)(const fnn_rnn_dims *d, const T *X, const T *Wih, const
             }
         if (norms != NULL) {
             double acc = 0;
-            for (j = 0; j < N * U; j++) acc += (double)dH[j] * (double)dH[j];
+            for (j = lo * U; j < hi * U; j++) acc += (double)dH[j] * (double)dH[j];
             norms[s] = sqrt(acc);
         }
         ptrdiff_t i0, i1;
-        for (i0 = 0; i0 < N; i0 += RB) {     /* packed: the gate derivatives of a block of rows, then its product */
-          i1 = i0 + RB < N ? i0 + RB : N;
+        for (i0 = lo; i0 < hi; i0 += RB) {   /* packed: the gate derivatives of a block of rows, then its product */
+          i1 = i0 + RB < hi ? i0 + RB : hi;
           for (i = i0; i < i1; i++) {
             const ptrdiff_t o = d->perm[i];
             T *dgo = dGo + (need_dgo ? o * S + t : slot * N + i) * GU, *dg = dgt + i * GU;
@@ -978,7 +1033,7 @@ static void RFN(backward)(const fnn_rnn_dims *d, const T *X, const T *Wih, const
           }
 #endif
         }
-        if (!isa) RFN(gemm)(0, 1, na, U, GU, dgt, GU, Whh, GU, (T)1, dH, U);
+        if (!isa && na > lo) RFN(gemm)(0, 1, na - lo, U, GU, dgt + lo * GU, GU, Whh, GU, (T)1, dH + lo * U, U);
 #if PACKED
         if (wstep && (wn >= FNN_RNN_WMIN || s == 0 || ws + 1 == wslots)) {
             if (wn > 0) fnn_rnn_wgrad_f(F, U, GU, wn, wx, wh, wgo, wgt, dWih, dWhh, dbih, dbhh, Wsc);
@@ -986,6 +1041,101 @@ static void RFN(backward)(const fnn_rnn_dims *d, const T *X, const T *Wih, const
             ws = 0;
         } else ws++;
 #endif
+    }
+}
+
+/* Backward through time.  IN: the forward's X, Wih, Whh, Hs, Cs, Gs; dY (n, steps, U) or NULL, dhout, dcout
+ * ((n, U) original order, or NULL: zero).  SCRATCH: dH, dC (n, U), dGt (steps, n, GU), dGo (n, steps, GU).
+ * OUT: dX (n, steps, n_in) or NULL, dWih, dWhh, dbih, dbhh (overwritten), dh0, dc0 ((n, U) or NULL), norms
+ * ((steps,) or NULL: the L2 norm over the batch of the gradient reaching the state after step s). */
+static void RFN(backward)(const fnn_rnn_dims *d, const T *X, const T *Wih, const T *Whh, const T *Hs,
+                          const T *Cs, const T *Gs, const T *dY, const T *dhout, const T *dcout, T *dH, T *dC,
+                          T *dGt, T *dGo, T *dX, T *dWih, T *dWhh, T *dbih, T *dbhh, T *dh0, T *dc0,
+                          double *norms, T *Wp) {
+    const ptrdiff_t N = d->n, S = d->steps, F = d->n_in, U = d->units;
+    const int cell = d->cell, lstm = cell == FNN_RNN_LSTM;
+    const ptrdiff_t GU = fnn_rnn_gates(cell) * U;
+    ptrdiff_t i, j;
+    unsigned int csr = fnn_ftz_enter();
+#if PACKED
+    const int isa = Wp != NULL ? fnn_rnn_isa() : 0;
+    /* packed: the rows split between the threads as in the forward (the step norms, a sum over all rows, keep
+     * one thread) */
+    const int nth = isa && norms == NULL ? fnn_rnn_loop_threads(d) : 1;
+    const int serial = !isa && d->n_threads > 1 && N * GU * U < FNN_RNN_SERIAL_STEP;
+    /* packed W_hh^T and W_ih^T within the L2 budget: dX = dGo . W_ih^T per step and row block too, while the
+     * block's gate derivatives are in L1 (W_ih^T packed after W_hh^T) */
+    float *Wpi = isa && dX != NULL && F > 0
+                 && (double)(fnn_rnn_panels(U) + fnn_rnn_panels(F)) * FNN_RNN_NR * GU * sizeof(float)
+                    <= (double)fnn_rnn_l2_budget()
+                 ? Wp + fnn_rnn_panels(U) * FNN_RNN_NR * GU : NULL;
+    /* AVX-512: the weight and bias gradients per group of steps (>= FNN_RNN_WMIN rows of a thread, at most
+     * FNN_RNN_WMAX), from the rows' x, h and gate gradients while they are in L2 (fnn_rnn_wgrad_avx512); several
+     * threads: each into its own accumulators (thread 0: the outputs), summed in thread order at the end */
+    const int wstep = isa == 2;
+    float *Wsc = Wp + (fnn_rnn_panels(U) + fnn_rnn_panels(F)) * FNN_RNN_NR * GU;   /* past W_hh^T and W_ih^T */
+    if (isa) fnn_rnn_pack_f(1, GU, U, Whh, GU, Wp);
+    if (Wpi != NULL) fnn_rnn_pack_f(1, GU, F, Wih, GU, Wpi);
+#else
+    const int isa = 0, wstep = 0, nth = 1;
+    const int serial = d->n_threads > 1 && N * GU * U < FNN_RNN_SERIAL_STEP;
+    T *Wpi = NULL, *Wsc = NULL;
+#endif
+    /* dGo (batch-major, the ih side) is needed by the GEMMs after the loop; for LSTM and SimpleRNN its rows equal
+     * dGt's, which the per-step products read instead; GRU's (its n-gate differs) are then stored time-major like
+     * dGt's (a row written where the next steps' rows follow, not one row every steps * GU floats) */
+    const int need_dgo = !wstep || (dX != NULL && Wpi == NULL);
+    if (serial) fnn_rnn_blas_threads(1);
+    for (i = 0; i < N; i++) {
+        const ptrdiff_t o = d->perm[i];
+        if (dhout != NULL) memcpy(dH + i * U, dhout + o * U, U * sizeof(T)); else memset(dH + i * U, 0, U * sizeof(T));
+        if (lstm) {
+            if (dcout != NULL) memcpy(dC + i * U, dcout + o * U, U * sizeof(T));
+            else memset(dC + i * U, 0, U * sizeof(T));
+        }
+    }
+    if (nth > 1) {
+#if PACKED
+#pragma omp parallel num_threads(nth)
+        {
+            const int t = fnn_rnn_thread_num(), nt = fnn_rnn_num_threads();
+            const unsigned int tcsr = fnn_ftz_enter();           /* MXCSR is per thread */
+            const ptrdiff_t wsz = fnn_rnn_wscratch(F, U, GU), stride = wsz + (F + U + 2) * GU;
+            float *sc = Wsc + (t == 0 ? 0 : wsz + (t - 1) * stride), *acc = sc + wsz;
+            float *aih = t == 0 ? dWih : acc, *ahh = t == 0 ? dWhh : acc + F * GU,
+                  *bi = t == 0 ? dbih : acc + (F + U) * GU, *bh = t == 0 ? dbhh : acc + (F + U + 1) * GU;
+            if (wstep) {
+                memset(aih, 0, F * GU * sizeof(T)); memset(ahh, 0, U * GU * sizeof(T));
+                memset(bi, 0, GU * sizeof(T)); memset(bh, 0, GU * sizeof(T));
+            }
+            RFN(backward_rows)(d, fnn_rnn_thread_rows(d, t, nt), fnn_rnn_thread_rows(d, t + 1, nt), isa, wstep,
+                               need_dgo, Wp, Wpi, sc, X, Whh, Hs, Cs, Gs, dY, dH, dC, dGt, dGo, dX, aih, ahh, bi,
+                               bh, NULL);
+            if (wstep && nt > 1) {       /* out += the other threads' sums, in thread order: each a slice */
+#pragma omp barrier
+                float *out[4] = {dWih, dWhh, dbih, dbhh};
+                const ptrdiff_t len[4] = {F * GU, U * GU, GU, GU}, off[4] = {0, F * GU, (F + U) * GU, (F + U + 1) * GU};
+                int a, q;
+                for (a = 0; a < 4; a++) {
+                    const ptrdiff_t k0 = len[a] * t / nt, k1 = len[a] * (t + 1) / nt;
+                    for (q = 1; q < nt; q++) {
+                        const float *src = Wsc + wsz + (q - 1) * stride + wsz + off[a];
+                        float *dst = out[a];
+                        ptrdiff_t k;
+                        for (k = k0; k < k1; k++) dst[k] += src[k];
+                    }
+                }
+            }
+            fnn_ftz_exit(tcsr);
+        }
+#endif
+    } else {
+        if (wstep) {
+            memset(dWih, 0, F * GU * sizeof(T)); memset(dWhh, 0, U * GU * sizeof(T));
+            memset(dbih, 0, GU * sizeof(T)); memset(dbhh, 0, GU * sizeof(T));
+        }
+        RFN(backward_rows)(d, 0, N, isa, wstep, need_dgo, Wp, Wpi, Wsc, X, Whh, Hs, Cs, Gs, dY, dH, dC, dGt, dGo,
+                           dX, dWih, dWhh, dbih, dbhh, norms);
     }
     if (serial) fnn_rnn_blas_threads(d->n_threads);
     for (i = 0; i < N; i++) {

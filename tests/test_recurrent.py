@@ -356,10 +356,11 @@ def test_float32_packed_step_kernel_matches_blas(cell, n, steps, n_in, units):
     """The float32 per-step products run in the packed micro-kernels (AVX-512, AVX2+FMA) where the CPU has them:
     every kernel the CPU can run agrees with the BLAS path, with a prefix mask (the active rows shrink; one row
     running most steps) and general ones (a suffix, random holes: blended); at 1 thread (the input projection also
-    per step and row block, from gathered rows of X, and the weight gradients per group of steps) and at 2
-    (per-step products only).  Shapes: partial row tiles and panels (units 37: G*37 is not a multiple of the
-    32-float panel); two row blocks and K-chunks (40 rows, n_in 70, 4 * 45 gates); 300 rows, more than a group of
-    the weight gradients holds; batch 1; 30 steps of few rows (groups end on their step count)."""
+    per step and row block, from gathered rows of X, and the weight gradients per group of steps) and at 2 (the
+    same, the rows split between the threads, the weight gradients summed per thread).  Shapes: partial row tiles
+    and panels (units 37: G*37 is not a multiple of the 32-float panel); two row blocks and K-chunks (40 rows,
+    n_in 70, 4 * 45 gates); 300 rows, more than a group of the weight gradients holds; batch 1; 30 steps of few
+    rows (groups end on their step count)."""
     _, make, _, _ = cell
     best = _k.set_packed_isa(2)
     threads = fnn.get_num_threads()
@@ -669,6 +670,73 @@ def test_blas_thread_count_restored_and_threads_agree():
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
     finally:
         fnn.set_num_threads(n_threads)
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
+@pytest.mark.parametrize("n, units", [(1, 21), (3, 37), (9, 21), (33, 45), (50, 20)],
+                         ids=["n1", "n3", "n9", "n33", "n50"])
+def test_float32_two_threads_match_one_thread_and_oracle(cell, n, units):
+    """Float32, packed kernels: on 2 threads the time loops split the (sorted) rows between the threads and the
+    per-step weight gradients go to per-thread accumulators summed at the end.  Outputs, last states, dX, dh0 and
+    every parameter gradient agree with 1 thread at float32 rounding and with the float64 numpy oracle, for odd
+    batches (1 and 3 rows: one thread, at least 4 rows each; 9, 33: uneven halves), unit counts that are not
+    multiples of 16 and masks
+    without (None), right-padded (rows sorted by length: the split balances the row-steps) and with holes
+    (blended), forwards and go_backwards; 2 threads give the same bits on every run."""
+    cid, make, tname, _ = cell
+    ocell, act = ORACLE_CELL[cid]
+    lstm = tname == "LSTM"
+    steps, n_in = 9, 13
+    rng = np.random.default_rng(n + units)
+    X = rng.normal(size=(n, steps, n_in)).astype(np.float32)
+    dY = rng.normal(size=(n, steps, units)).astype(np.float32)
+    dh = rng.normal(size=(n, units)).astype(np.float32)
+    h0 = rng.normal(size=(n, units)).astype(np.float32) * 0.5
+    lengths = rng.integers(1, steps + 1, n)
+    lengths[-1] = steps
+    holes = rng.random((n, steps)) < 0.7
+    holes[:, -1] = True
+    cases = [(None, False), (np.arange(steps)[None, :] < lengths[:, None], False), (holes, False), (holes, True)]
+    threads = fnn.get_num_threads()
+    try:
+        for mask, back in cases:
+            res = {}
+            for nt in (1, 2, 2):
+                fnn.set_num_threads(nt)
+                layer = bind(make(units, return_sequences=True, return_state=True, go_backwards=back),
+                             (steps, n_in), np.float32, seed=3)
+                layer.n_inputs = 2
+                layer.input_shape = [(steps, n_in), (units,)]
+                if lstm:    # h0 only: c0 starts at zero
+                    layer.n_inputs = 3
+                    layer.input_shape.append((units,))
+                init = [h0] + ([np.zeros_like(h0)] if lstm else [])
+                out = [np.array(o, copy=True) for o in layer.forward([X] + init, mask=mask)]
+                grads = [dY, dh] + ([np.zeros_like(dh)] if lstm else [])
+                back_ = [np.array(b, copy=True) for b in layer.backward(grads)]
+                got = out + back_[:2] + [layer.grads[k].copy() for k in sorted(layer.grads)]
+                if nt in res:                        # the same thread count: the same bits
+                    for a, b in zip(got, res[nt]):
+                        np.testing.assert_array_equal(a, b)
+                res[nt] = got
+            for a, b in zip(res[2], res[1]):    # sums in another order: float32 rounding of the largest term
+                np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-5 * max(1.0, float(np.abs(b).max())),
+                                           err_msg=f"{cid} n={n} U={units}")
+            p = {k: layer.params[k].astype(np.float64) for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+            args = (ocell, X.astype(np.float64), p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"])
+            kw = dict(h0=h0.astype(np.float64), c0=np.zeros((n, units)) if lstm else None, mask=mask,
+                      go_backwards=back, activation=act)
+            Y, h, _ = ref.rnn_layer_forward(*args, **kw)
+            dX, dW_ih, dW_hh, db_ih, db_hh, dh0, _ = ref.rnn_layer_backward(
+                *args, dY=dY.astype(np.float64), dh_last=dh.astype(np.float64),
+                dc_last=np.zeros((n, units)) if lstm else None, **kw)
+            want = [Y, h] + ([None] if lstm else []) + [dX, dh0] + [db_hh, db_ih, dW_hh, dW_ih]
+            for a, b in zip(res[2], want):
+                if b is not None:
+                    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5 * max(1.0, float(np.abs(b).max())),
+                                               err_msg=f"{cid} n={n} U={units}")
+    finally:
+        fnn.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)

@@ -31,7 +31,7 @@ cdef extern from "fnn_rnn.h" nogil:
                           int *n_active, int *scratch)
     float fnn_exp_f(float x)
     float fnn_sigmoid_vec_f(float x)
-    ptrdiff_t fnn_rnn_packed_size(int cell, ptrdiff_t n_in, ptrdiff_t units)
+    ptrdiff_t fnn_rnn_packed_size(int cell, ptrdiff_t n_in, ptrdiff_t units, int n_threads)
     int fnn_rnn_set_isa(int cap)
     unsigned int fnn_ftz_enter()
     void fnn_ftz_exit(unsigned int old)
@@ -156,8 +156,8 @@ def rnn_forward(int cell, Py_ssize_t n, Py_ssize_t steps, Py_ssize_t n_in, Py_ss
     """Forward over the sequence (see the module docstring for the shapes).  IN: X, the weights and biases,
     h0 / c0 (None: zeros), the row plan (perm, n_active, mask: mask None unless mask_plan's mode is 1).
     SCRATCH: XP, HP.  OUT: Hs, Cs (LSTM; else may be None), Gs (SimpleRNN: may be None), Y (None: not kept),
-    hout, cout (LSTM; may be None).  Wp: None, or (float32) packed_size(cell, n_in, units) floats of scratch for the
-    packed per-step GEMMs (W_hh and W_ih packed once per call); float64 ignores it."""
+    hout, cout (LSTM; may be None).  Wp: None, or (float32) packed_size(cell, n_in, units, n_threads) floats of
+    scratch for the packed per-step GEMMs (W_hh and W_ih packed once per call); float64 ignores it."""
     cdef fnn_rnn_dims d = _dims(cell, n, steps, n_in, units, reverse, perm, n_active, mask, n_threads)
     cdef Py_ssize_t GU = fnn_rnn_gates(cell) * units, SV = fnn_rnn_saved(cell) * units
     cdef bint lstm = cell == FNN_RNN_LSTM
@@ -180,7 +180,7 @@ def rnn_forward(int cell, Py_ssize_t n, Py_ssize_t steps, Py_ssize_t n_in, Py_ss
     _opt("cout", cout, n * units)
     if c0 is not None and not lstm:
         raise ValueError("rnn: c0 is for LSTM only")
-    _opt("Wp", Wp, fnn_rnn_packed_size(cell, n_in, units))
+    _opt("Wp", Wp, fnn_rnn_packed_size(cell, n_in, units, n_threads))
     cdef floating *pWp = _p(Wp) if floating is float else NULL
     cdef const floating *pX = _cp(X)
     cdef const floating *pWih = _cp(W_ih)
@@ -246,7 +246,7 @@ def rnn_backward(int cell, Py_ssize_t n, Py_ssize_t steps, Py_ssize_t n_in, Py_s
     if norms is not None and norms.shape[0] != steps:
         raise ValueError(f"rnn: norms has {norms.shape[0]} elements, expected {steps}")
     cdef double *np_ = &norms[0] if (norms is not None and steps > 0) else NULL
-    _opt("Wp", Wp, fnn_rnn_packed_size(cell, n_in, units))
+    _opt("Wp", Wp, fnn_rnn_packed_size(cell, n_in, units, n_threads))
     cdef floating *pWp = _p(Wp) if floating is float else NULL
     cdef const floating *pX = _cp(X)
     cdef const floating *pWih = _cp(W_ih)
@@ -277,11 +277,12 @@ def rnn_backward(int cell, Py_ssize_t n, Py_ssize_t steps, Py_ssize_t n_in, Py_s
                                pdWhh, pdbih, pdbhh, pdh0, pdc0, np_, pWp)
 
 
-def packed_size(int cell, Py_ssize_t n_in, Py_ssize_t units):
-    """Floats of the float32 packing buffer (Wp) of a layer: the forward's W_hh and W_ih, then the backward's
-    W_hh^T and W_ih^T, share it."""
+def packed_size(int cell, Py_ssize_t n_in, Py_ssize_t units, int n_threads=1):
+    """Floats of the float32 packing buffer (Wp) of a layer run with n_threads: the forward's W_hh and W_ih, then
+    the backward's W_hh^T and W_ih^T, share it; past them the scratch of the per-step weight gradients, and for
+    each thread past the first its own scratch and gradient accumulators."""
     _check_cell(cell)
-    return fnn_rnn_packed_size(cell, n_in, units)
+    return fnn_rnn_packed_size(cell, n_in, units, n_threads)
 
 
 def set_packed_isa(int cap):

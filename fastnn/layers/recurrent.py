@@ -188,9 +188,14 @@ class _Recurrent(Layer):
                         h=np.empty((n, U), dt), c=np.empty((n, U), dt) if lstm else None,
                         perm=np.empty(n, np.intc), n_active=np.empty(steps, np.intc),
                         scratch=np.empty(n + steps + 1, np.intc), mask=np.empty((n, steps), np.uint8),
-                        Wp=np.empty(_k.packed_size(cell, n_in, U), dt) if dt == np.float32 else None)
+                        Wp=None)
 
         b = self._batch_buffers(X.shape, make)
+        nt = get_num_threads()
+        if dt == np.float32:       # the packing scratch: its size depends on the thread count (remade if it changed)
+            wp_size = _k.packed_size(cell, n_in, U, nt)
+            if b["Wp"] is None or b["Wp"].size != wp_size:
+                b["Wp"] = np.empty(wp_size, dt)
         m8 = None
         if mask is not None:
             np.copyto(b["mask"], mask, casting="unsafe")
@@ -204,8 +209,8 @@ class _Recurrent(Layer):
                        X.reshape(-1), self.params["weight_ih"].reshape(-1), self.params["weight_hh"].reshape(-1),
                        self.params["bias_ih"], self.params["bias_hh"], h0, c0, b["XP"], b["HP"], b["Hs"], b["Cs"],
                        b["Gs"], None if Y is None else Y.reshape(-1), b["h"].reshape(-1),
-                       None if b["c"] is None else b["c"].reshape(-1), get_num_threads(), b["Wp"])
-        self._saved = (X, b, kmask, n, steps)
+                       None if b["c"] is None else b["c"].reshape(-1), nt, b["Wp"])
+        self._saved = (X, b, kmask, n, steps, nt)
         out = b["Y"] if self.return_sequences else b["h"]
         if self.return_state:
             return [out, b["h"], b["c"]] if lstm else [out, b["h"]]
@@ -216,7 +221,7 @@ class _Recurrent(Layer):
         Returns dX, or [dX, dh0(, dc0)] when the layer took initial states (dX None if not needed)."""
         if self._saved is None:
             raise RuntimeError(f"{self.name}: backward before forward")
-        X, b, kmask, n, steps = self._saved
+        X, b, kmask, n, steps, nt = self._saved
         U, cell = self.units, self._cell
         lstm = cell == _k.LSTM
         grads = _as_list(dY) if self.return_state else [dY]
@@ -262,7 +267,7 @@ class _Recurrent(Layer):
                         None if dX is None else dX.reshape(-1), self.grads["weight_ih"].reshape(-1),
                         self.grads["weight_hh"].reshape(-1), self.grads["bias_ih"], self.grads["bias_hh"],
                         g["dh0"].reshape(-1) if want_states else None,
-                        g["dc0"].reshape(-1) if (want_states and lstm) else None, norms, get_num_threads(), b["Wp"])
+                        g["dc0"].reshape(-1) if (want_states and lstm) else None, norms, nt, b["Wp"])
         self._norms = norms
         if want_states:
             return [dX, g["dh0"], g["dc0"]] if lstm else [dX, g["dh0"]]
