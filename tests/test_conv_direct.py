@@ -32,6 +32,9 @@ CASES = [
     (2, 14, 14, 6, 16, (5, 5), (1, 1), (1, 1), (0, 0, 0, 0), 1),     # LeNet's second layer: 6 channels
     (2, 11, 9, 4, 6, (3, 3), (2, 2), (1, 1), (1, 1, 1, 1), 1),       # the fewest channels and filters, stride 2
     (1, 10, 10, 10, 10, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 2),    # groups of 5 channels and 5 filters
+    (2, 13, 11, 1, 32, (3, 3), (1, 1), (1, 1), (0, 0, 0, 0), 1),     # a first layer: one channel (C2's)
+    (2, 9, 10, 3, 20, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 1),      # three channels, "same" (C3's), F = 16 + 4
+    (1, 11, 12, 2, 5, (5, 5), (2, 2), (1, 1), (2, 2, 2, 2), 1),      # two channels, stride 2, 5x5, F = 5
 ]
 ISAS = [2, 1]
 
