@@ -48,13 +48,7 @@
                                  * taller windows to im2col) */
 
 /* 0: none (the caller's GEMM path); 1: AVX2+FMA; 2: AVX-512F (the CPU's, capped by fnn_convd_set_isa) */
-static int fnn_convd_isa_cap_ = 2;
-static int fnn_convd_isa(void) {
-    int isa = FNN_CONVD_HAVE_SIMD ? fnn_fma_isa() : 0;
-    return isa < fnn_convd_isa_cap_ ? isa : fnn_convd_isa_cap_;
-}
-/* cap the kernel (0: never; 1: at most AVX2+FMA; 2: the best); returns the kernel now in use */
-static int fnn_convd_set_isa(int cap) { fnn_convd_isa_cap_ = cap < 0 ? 0 : (cap > 2 ? 2 : cap); return fnn_convd_isa(); }
+FNN_ISA_CAPPED(fnn_convd, FNN_CONVD_HAVE_SIMD)
 
 /* The forward's fused epilogue (the layer's bias and a ReLU or no activation, applied to each block of outputs
  * in registers instead of a pass over the rows just written): Z = conv + bias (bias NULL: none), and where Y is

@@ -35,4 +35,19 @@ static int fnn_fma_isa(void) {
     return isa;
 }
 
+/* FNN_ISA_CAPPED(NAME, HAVE): a family of hand-written kernels whose path tests and measurements may cap:
+ * NAME##_isa() is fnn_fma_isa() (0 where HAVE is 0: the family is not built) at most the cap, and
+ * NAME##_set_isa(cap) sets the cap (0: the family's fallback, 1: at most AVX2+FMA, 2: the best) and returns the
+ * path now in use.  One cap per family and per extension module (each includes the header). */
+#define FNN_ISA_CAPPED(NAME, HAVE)                                                                        \
+    static int NAME##_isa_cap_ = 2;                                                                       \
+    static int NAME##_isa(void) {                                                                         \
+        int isa = (HAVE) ? fnn_fma_isa() : 0;                                                             \
+        return isa < NAME##_isa_cap_ ? isa : NAME##_isa_cap_;                                             \
+    }                                                                                                     \
+    static int NAME##_set_isa(int cap) {                                                                  \
+        NAME##_isa_cap_ = cap < 0 ? 0 : (cap > 2 ? 2 : cap);                                              \
+        return NAME##_isa();                                                                              \
+    }
+
 #endif

@@ -64,13 +64,7 @@
 #endif
 
 /* 0: libm; 1: AVX2+FMA; 2: AVX-512F (the CPU's, fnn_fma_isa; fnn_exp_set_isa caps it, for the tests) */
-static int fnn_exp_isa_cap_ = 2;
-static int fnn_exp_isa(void) {
-    int isa = FNN_EXP_HAVE_VEC ? fnn_fma_isa() : 0;
-    return isa < fnn_exp_isa_cap_ ? isa : fnn_exp_isa_cap_;
-}
-/* cap the vectorized paths (0: libm; 1: at most AVX2+FMA; 2: the best); returns the path now in use */
-static int fnn_exp_set_isa(int cap) { fnn_exp_isa_cap_ = cap < 0 ? 0 : (cap > 2 ? 2 : cap); return fnn_exp_isa(); }
+FNN_ISA_CAPPED(fnn_exp, FNN_EXP_HAVE_VEC)
 
 /* the sum of 8 lane sums, in one fixed order (a float row's 16 lanes are first added pairwise, l[i] + l[i + 8]) */
 static inline double fnn_exp_lanes8(const double *l) {

@@ -224,13 +224,7 @@ static int fnn_rnn_mask_plan(const unsigned char *mask, ptrdiff_t n, ptrdiff_t s
 #endif
 
 /* 0: BLAS; 1: AVX2+FMA; 2: AVX-512 (the CPU's, fnn_fma_isa; fnn_rnn_set_isa caps it, for the tests) */
-static int fnn_rnn_isa_cap_ = 2;
-static int fnn_rnn_isa(void) {
-    int isa = FNN_RNN_HAVE_PK ? fnn_fma_isa() : 0;
-    return isa < fnn_rnn_isa_cap_ ? isa : fnn_rnn_isa_cap_;
-}
-/* cap the packed kernel (0: always the BLAS; 1: at most AVX2; 2: the best); returns the kernel now in use */
-static int fnn_rnn_set_isa(int cap) { fnn_rnn_isa_cap_ = cap < 0 ? 0 : (cap > 2 ? 2 : cap); return fnn_rnn_isa(); }
+FNN_ISA_CAPPED(fnn_rnn, FNN_RNN_HAVE_PK)
 static inline ptrdiff_t fnn_rnn_panels(ptrdiff_t n) { return (n + FNN_RNN_NR - 1) / FNN_RNN_NR; }
 /* bytes of packed weights that one step may stream per row block and keep in L2: half the L2 (glibc's sysconf;
  * 1 MB where it does not say).  Above it the input projection stays one large GEMM before the time loop (hidden
