@@ -14,10 +14,10 @@ from fastnn.training import compiled as _plan
 
 try:
     from tests.test_plan import OPTIMIZERS
-    from tests.test_plan_graph import _assert_same
+    from tests.test_plan_graph import _assert_same, _train_both
 except ImportError:  # pragma: no cover - tests/ itself on sys.path
     from test_plan import OPTIMIZERS
-    from test_plan_graph import _assert_same
+    from test_plan_graph import _assert_same, _train_both
 
 L = fnn.layers
 
@@ -81,21 +81,7 @@ def _pair(make, make_opt=lambda: fnn.optim.Adam(lr=3e-3), dtype="float32", epoch
           loss="cross_entropy"):
     """The same model trained through the plan and through the per-layer path."""
     X, y = _data(make, n)
-    out = []
-    before = fnn.get_num_threads()
-    fnn.set_num_threads(threads)
-    try:
-        for compiled in (True, False):
-            m = make(dtype)
-            m.compile(loss, make_opt())
-            m.trainer.compiled_plan = compiled
-            h = m.fit(X, y, epochs=epochs, batch_size=bs)
-            out.append((m, h))
-    finally:
-        fnn.set_num_threads(before)
-    (a, ha), (b, hb) = out
-    assert a.trainer.train_plan is not None and b.trainer.train_plan is None
-    return a, ha, b, hb, X
+    return (*_train_both(make, X, y, loss, make_opt, dtype, epochs, bs, threads), X)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -66,12 +66,12 @@ def _data(loss, n=101, seed=0):
     return X, y
 
 
-def _pair(make, loss, make_opt, dtype="float32", epochs=3, bs=16, n=101, **compile_kw):
-    """The same model trained through the plan and through the per-layer path, at one thread."""
-    X, y = _data(loss, n)
+def _train_both(make, X, y, loss, make_opt, dtype="float32", epochs=3, bs=16, threads=1, **compile_kw):
+    """The same model trained on (X, y) through the plan and through the per-layer path, at `threads` threads:
+    (plan model, its history, per-layer model, its history)."""
     out = []
     before = fnn.get_num_threads()
-    fnn.set_num_threads(1)
+    fnn.set_num_threads(threads)
     try:
         for compiled in (True, False):
             m = make(dtype)
@@ -83,7 +83,13 @@ def _pair(make, loss, make_opt, dtype="float32", epochs=3, bs=16, n=101, **compi
         fnn.set_num_threads(before)
     (a, ha), (b, hb) = out
     assert a.trainer.train_plan is not None and b.trainer.train_plan is None
-    return a, ha, b, hb, X
+    return a, ha, b, hb
+
+
+def _pair(make, loss, make_opt, dtype="float32", epochs=3, bs=16, n=101, **compile_kw):
+    """The same model trained through the plan and through the per-layer path, at one thread."""
+    X, y = _data(loss, n)
+    return (*_train_both(make, X, y, loss, make_opt, dtype, epochs, bs, 1, **compile_kw), X)
 
 
 def _assert_same(a, ha, b, hb):
