@@ -1,10 +1,12 @@
 /* fnn_norm.h: the per-element loops of batch norm and dropout (fastnn/_core/norm.pyx, dropout.pyx), compiled per
  * ISA (FNN_CLONES, fnn_dispatch.h).
  *
- * Batch norm works on blocks of FNN_NORM_COLS columns: its sums run down the rows of the block in double, one
- * accumulator per column, so a vector holds several columns and each column's sum is added in row order whatever
- * the vector width: every ISA variant gives the bits of the scalar loop.  A full block (the usual case) has a
- * constant width, which the compiler keeps in registers.
+ * Batch norm works on blocks of up to FNN_NORM_COLS columns: its sums run down the rows of the block in double,
+ * one accumulator per column, so a vector holds several columns and each column's sum is added in row order
+ * whatever the vector width: every ISA variant gives the bits of the scalar loop.  A block of 64, 32 or 16 columns
+ * (a convolution's channels, or a full block) has a constant width, which the compiler keeps in registers; 64
+ * columns make a row of a 64-channel image one contiguous read of each pass (16-column blocks took four strided
+ * passes over the image per statistic).  FNN_NORM_DISPATCH picks the width.
  *
  * Dropout draws element i's keep bit from fnn_rng_u64(seed, offset + i) (fnn_rng.h): a counter-based generator,
  * vectorized across elements.
@@ -21,19 +23,33 @@
 #include "fnn_dispatch.h"
 #include "fnn_rng.h"
 
-#define FNN_NORM_COLS 16
+#define FNN_NORM_COLS 64
+
+/* BODY(T, W) with W a constant where the block's width w is 64, 32 or 16, else w itself. */
+#define FNN_NORM_DISPATCH(BODY, T, w)                                                                     \
+    if ((w) == 64) { BODY(T, 64) }                                                                        \
+    else if ((w) == 32) { BODY(T, 32) }                                                                   \
+    else if ((w) == 16) { BODY(T, 16) }                                                                   \
+    else { BODY(T, w) }
 
 /* Xhat and Y of rows [i0, i1) and columns [c0, c0 + W) of X (n, C), given each column's mean m[j] and inverse
  * deviation s[j] in double (j = column - c0): the forward's last pass, also run alone on a thread's rows by the
  * row split (fnn_bn_norm_block). */
 #define FNN_BN_NORM_LOOP(T, W)                                                                            \
-    for (i = i0; i < i1; i++) {                                                                           \
-        const T *x = X + i * C + c0;                                                                      \
-        T *y = Y + i * C + c0;                                                                            \
-        T *xh = Xhat + i * C + c0;                                                                        \
-        for (j = 0; j < (W); j++) {                                                                       \
-            xh[j] = (T)((x[j] - m[j]) * s[j]);                                                            \
-            y[j] = xh[j] * gamma[c0 + j] + beta[c0 + j];                                                  \
+    {                                                                                                     \
+        T g_[FNN_NORM_COLS], b_[FNN_NORM_COLS];                                                           \
+        double m_[FNN_NORM_COLS], s_[FNN_NORM_COLS];                                                      \
+        for (j = 0; j < (W); j++) { g_[j] = gamma[c0 + j]; b_[j] = beta[c0 + j]; m_[j] = m[j]; s_[j] = s[j]; }\
+        for (i = i0; i < i1; i++) {                                                                       \
+            const T *restrict x = X + i * C + c0;                                                         \
+            T *restrict y = Y + i * C + c0;                                                               \
+            T *restrict xh = Xhat + i * C + c0;                                                           \
+            _Pragma("omp simd")                                                                           \
+            for (j = 0; j < (W); j++) {                                                                   \
+                T h = (T)((x[j] - m_[j]) * s_[j]);                                                        \
+                xh[j] = h;                                                                                \
+                y[j] = h * g_[j] + b_[j];                                                                 \
+            }                                                                                             \
         }                                                                                                 \
     }
 
@@ -43,11 +59,7 @@ FNN_CLONES static void NAME(const T *X, T *Y, T *Xhat, const T *gamma, const T *
                             ptrdiff_t c1)                                                                \
 {                                                                                                         \
     ptrdiff_t i, j, w = c1 - c0;                                                                          \
-    if (w == FNN_NORM_COLS) {                                                                             \
-        FNN_BN_NORM_LOOP(T, FNN_NORM_COLS)                                                                \
-    } else {                                                                                              \
-        FNN_BN_NORM_LOOP(T, w)                                                                            \
-    }                                                                                                     \
+    FNN_NORM_DISPATCH(FNN_BN_NORM_LOOP, T, w)                                                            \
 }
 
 /* Batch norm forward on columns [c0, c0 + W) of X (n, C): statistics (training: the batch's, running ones
@@ -59,11 +71,13 @@ FNN_CLONES static void NAME(const T *X, T *Y, T *Xhat, const T *gamma, const T *
         for (j = 0; j < (W); j++) { m[j] = 0; s[j] = 0; }                                                 \
         for (i = 0; i < n; i++) {                                                                         \
             const T *x = X + i * C + c0;                                                                  \
+            _Pragma("omp simd")                                                                           \
             for (j = 0; j < (W); j++) m[j] += x[j];                                                       \
         }                                                                                                 \
         for (j = 0; j < (W); j++) m[j] = m[j] / n;                                                        \
         for (i = 0; i < n; i++) {                                                                         \
             const T *x = X + i * C + c0;                                                                  \
+            _Pragma("omp simd")                                                                           \
             for (j = 0; j < (W); j++) { double d = x[j] - m[j]; s[j] += d * d; }                          \
         }                                                                                                 \
         for (j = 0; j < (W); j++) {                                                                       \
@@ -95,11 +109,7 @@ FNN_CLONES static void NAME(const T *X, T *Y, T *Xhat, const T *gamma, const T *
                             int training, double momentum, double eps)                                       \
 {                                                                                                         \
     ptrdiff_t w = c1 - c0;                                                                                \
-    if (w == FNN_NORM_COLS) {                                                                             \
-        FNN_BN_FWD_BODY(T, FNN_NORM_COLS)                                                                 \
-    } else {                                                                                              \
-        FNN_BN_FWD_BODY(T, w)                                                                             \
-    }                                                                                                     \
+    FNN_NORM_DISPATCH(FNN_BN_FWD_BODY, T, w)                                                              \
 }
 
 /* sum_dy[c] = sum_i dY[i, c], sum_dy_xhat[c] = sum_i dY[i, c] * Xhat[i, c] (the product rounded to T, as the
@@ -111,6 +121,7 @@ FNN_CLONES static void NAME(const T *X, T *Y, T *Xhat, const T *gamma, const T *
     for (i = 0; i < n; i++) {                                                                             \
         const T *dy = dY + i * C + c0;                                                                    \
         const T *xh = Xhat + i * C + c0;                                                                  \
+        _Pragma("omp simd")                                                                               \
         for (j = 0; j < (W); j++) { a[j] += dy[j]; b[j] += (T)(dy[j] * xh[j]); }                          \
     }                                                                                                     \
     for (j = 0; j < (W); j++) { sum_dy[c0 + j] = (T)a[j]; sum_dy_xhat[c0 + j] = (T)b[j]; }
@@ -120,34 +131,42 @@ FNN_CLONES static void NAME(const T *dY, const T *Xhat, ptrdiff_t n, ptrdiff_t C
                             T *sum_dy, T *sum_dy_xhat)                                                       \
 {                                                                                                         \
     ptrdiff_t w = c1 - c0;                                                                                \
-    if (w == FNN_NORM_COLS) {                                                                             \
-        FNN_COL_SUMS_BODY(T, FNN_NORM_COLS)                                                               \
-    } else {                                                                                              \
-        FNN_COL_SUMS_BODY(T, w)                                                                           \
-    }                                                                                                     \
+    FNN_NORM_DISPATCH(FNN_COL_SUMS_BODY, T, w)                                                            \
 }
 
 /* The input gradient of batch norm on rows [i0, i1) and columns [c0, c1) of n rows, after the column sums dbeta = sum dY and
  * dgamma = sum dY Xhat: batch_stats: dX = gamma invstd (dY - (dbeta + Xhat dgamma) / n), else gamma invstd dY. */
+#define FNN_BN_DX_LOOP(T, W)                                                                              \
+    {                                                                                                     \
+        double k[FNN_NORM_COLS];                                                                          \
+        T db_[FNN_NORM_COLS], dg_[FNN_NORM_COLS];                                                         \
+        for (j = 0; j < (W); j++) {                                                                       \
+            k[j] = (double)gamma[c0 + j] * invstd[c0 + j];                                                \
+            db_[j] = dbeta[c0 + j];                                                                       \
+            dg_[j] = dgamma[c0 + j];                                                                      \
+        }                                                                                                 \
+        for (i = i0; i < i1; i++) {                                                                       \
+            const T *restrict dy = dY + i * C + c0;                                                       \
+            const T *restrict xh = Xhat + i * C + c0;                                                     \
+            T *restrict dx = dX + i * C + c0;                                                             \
+            if (batch_stats) {                                                                            \
+                _Pragma("omp simd")                                                                       \
+                for (j = 0; j < (W); j++)                                                                 \
+                    dx[j] = (T)(k[j] * (dy[j] - (db_[j] + xh[j] * dg_[j]) / n));                          \
+            } else {                                                                                      \
+                _Pragma("omp simd")                                                                       \
+                for (j = 0; j < (W); j++) dx[j] = (T)(k[j] * dy[j]);                                      \
+            }                                                                                             \
+        }                                                                                                 \
+    }
+
 #define FNN_BN_DX(NAME, T)                                                                                \
 FNN_CLONES static void NAME(const T *dY, const T *Xhat, const T *gamma, const T *invstd, T *dX,               \
                             const T *dgamma, const T *dbeta, ptrdiff_t n, ptrdiff_t i0, ptrdiff_t i1,        \
                             ptrdiff_t C, ptrdiff_t c0, ptrdiff_t c1, int batch_stats)                        \
 {                                                                                                         \
-    double k[FNN_NORM_COLS];                                                                              \
     ptrdiff_t i, j, w = c1 - c0;                                                                          \
-    for (j = 0; j < w; j++) k[j] = (double)gamma[c0 + j] * invstd[c0 + j];                                \
-    for (i = i0; i < i1; i++) {                                                                             \
-        const T *dy = dY + i * C + c0;                                                                    \
-        const T *xh = Xhat + i * C + c0;                                                                  \
-        T *dx = dX + i * C + c0;                                                                          \
-        if (batch_stats) {                                                                                \
-            for (j = 0; j < w; j++)                                                                       \
-                dx[j] = (T)(k[j] * (dy[j] - (dbeta[c0 + j] + xh[j] * dgamma[c0 + j]) / n));               \
-        } else {                                                                                          \
-            for (j = 0; j < w; j++) dx[j] = (T)(k[j] * dy[j]);                                            \
-        }                                                                                                 \
-    }                                                                                                     \
+    FNN_NORM_DISPATCH(FNN_BN_DX_LOOP, T, w)                                                               \
 }
 
 /* Dropout over elements [i0, i1): keep element i when the top 53 bits of fnn_rng_u64(seed, i + offset) are
@@ -191,42 +210,60 @@ FNN_DROPOUT_BWD(fnn_dropout_bwd_d, double)
  * stack: the partials of two threads can share a cache line, and adding into them row by row made the lines
  * bounce between the cores.  The per-element passes are the block kernels' own (fnn_bn_norm_block, fnn_bn_dx_block)
  * on each thread's rows. */
+#define FNN_BN_SUM_ROWS_BODY(T, W)                                                                        \
+    {                                                                                                     \
+        double la[FNN_NORM_COLS];                                                                         \
+        for (j = 0; j < (W); j++) la[j] = acc[c0 + j];                                                    \
+        for (i = i0; i < i1; i++) {                                                                       \
+            const T *x = X + i * C + c0;                                                                  \
+            _Pragma("omp simd")                                                                           \
+            for (j = 0; j < (W); j++) la[j] += x[j];                                                      \
+        }                                                                                                 \
+        for (j = 0; j < (W); j++) acc[c0 + j] = la[j];                                                    \
+    }
+#define FNN_BN_SQ_ROWS_BODY(T, W)                                                                         \
+    {                                                                                                     \
+        double la[FNN_NORM_COLS], lm[FNN_NORM_COLS];                                                      \
+        for (j = 0; j < (W); j++) { la[j] = acc[c0 + j]; lm[j] = m[c0 + j]; }                             \
+        for (i = i0; i < i1; i++) {                                                                       \
+            const T *x = X + i * C + c0;                                                                  \
+            _Pragma("omp simd")                                                                           \
+            for (j = 0; j < (W); j++) { double d = x[j] - lm[j]; la[j] += d * d; }                        \
+        }                                                                                                 \
+        for (j = 0; j < (W); j++) acc[c0 + j] = la[j];                                                    \
+    }
+#define FNN_BN_COLSUM_ROWS_BODY(T, W)                                                                     \
+    {                                                                                                     \
+        double la[FNN_NORM_COLS], lb[FNN_NORM_COLS];                                                      \
+        for (j = 0; j < (W); j++) { la[j] = a[c0 + j]; lb[j] = b[c0 + j]; }                               \
+        for (i = i0; i < i1; i++) {                                                                       \
+            const T *dy = dY + i * C + c0, *xh = Xhat + i * C + c0;                                       \
+            _Pragma("omp simd")                                                                           \
+            for (j = 0; j < (W); j++) { la[j] += dy[j]; lb[j] += (T)(dy[j] * xh[j]); }                    \
+        }                                                                                                 \
+        for (j = 0; j < (W); j++) { a[c0 + j] = la[j]; b[c0 + j] = lb[j]; }                               \
+    }
+
+/* Each block of up to FNN_NORM_COLS columns in turn: the rows stay in cache across the blocks. */
+#define FNN_BN_ROWS_BLOCKS(BODY, T)                                                                       \
+    ptrdiff_t i, j, c0, w;                                                                                \
+    for (c0 = 0; c0 < C; c0 += FNN_NORM_COLS) {                                                           \
+        w = C - c0 < FNN_NORM_COLS ? C - c0 : FNN_NORM_COLS;                                              \
+        FNN_NORM_DISPATCH(BODY, T, w)                                                                     \
+    }
+
 #define FNN_BN_ROWS(SUF, T)                                                                               \
 FNN_CLONES static void fnn_bn_sum_rows_##SUF(const T *X, ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t C,          \
                                              double *restrict acc) {                                     \
-    ptrdiff_t i, j;                                                                                       \
-    double la[C];                                                                                         \
-    for (j = 0; j < C; j++) la[j] = acc[j];                                                               \
-    for (i = i0; i < i1; i++) {                                                                           \
-        const T *x = X + i * C;                                                                           \
-        _Pragma("omp simd")                                                                               \
-        for (j = 0; j < C; j++) la[j] += x[j];                                                            \
-    }                                                                                                     \
-    for (j = 0; j < C; j++) acc[j] = la[j];                                                               \
+    FNN_BN_ROWS_BLOCKS(FNN_BN_SUM_ROWS_BODY, T)                                                           \
 }                                                                                                         \
 FNN_CLONES static void fnn_bn_sq_rows_##SUF(const T *X, ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t C,           \
                                             const double *m, double *restrict acc) {                     \
-    ptrdiff_t i, j;                                                                                       \
-    double la[C];                                                                                         \
-    for (j = 0; j < C; j++) la[j] = acc[j];                                                               \
-    for (i = i0; i < i1; i++) {                                                                           \
-        const T *x = X + i * C;                                                                           \
-        _Pragma("omp simd")                                                                               \
-        for (j = 0; j < C; j++) { double d = x[j] - m[j]; la[j] += d * d; }                               \
-    }                                                                                                     \
-    for (j = 0; j < C; j++) acc[j] = la[j];                                                               \
+    FNN_BN_ROWS_BLOCKS(FNN_BN_SQ_ROWS_BODY, T)                                                            \
 }                                                                                                         \
 FNN_CLONES static void fnn_bn_colsum_rows_##SUF(const T *dY, const T *Xhat, ptrdiff_t i0, ptrdiff_t i1,    \
                                                 ptrdiff_t C, double *restrict a, double *restrict b) {   \
-    ptrdiff_t i, j;                                                                                       \
-    double la[C], lb[C];                                                                                  \
-    for (j = 0; j < C; j++) { la[j] = a[j]; lb[j] = b[j]; }                                               \
-    for (i = i0; i < i1; i++) {                                                                           \
-        const T *dy = dY + i * C, *xh = Xhat + i * C;                                                     \
-        _Pragma("omp simd")                                                                               \
-        for (j = 0; j < C; j++) { la[j] += dy[j]; lb[j] += (T)(dy[j] * xh[j]); }                          \
-    }                                                                                                     \
-    for (j = 0; j < C; j++) { a[j] = la[j]; b[j] = lb[j]; }                                               \
+    FNN_BN_ROWS_BLOCKS(FNN_BN_COLSUM_ROWS_BODY, T)                                                        \
 }
 
 FNN_BN_ROWS(f, float)

@@ -53,12 +53,13 @@ def test_gradients_float64(cls, shape, training):
 
 @pytest.mark.parametrize("dtype,tol", [(np.float32, 2e-5), (np.float64, 1e-12)])
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("n,C", [(9, 3), (600, 70), (9000, 5), (4100, 16)])
+@pytest.mark.parametrize("n,C", [(9, 3), (600, 70), (9000, 5), (4100, 16), (1500, 32), (1100, 64), (1200, 48)])
 def test_kernels_match_numpy(dtype, tol, threads, n, C):
-    """(600, 70) splits batch norm's columns between 2 threads; (9000, 5) and (4100, 16), one block of columns,
-    split its rows (partial sums per thread: a convolution's few channels over many pixels)."""
+    """(600, 70) splits batch norm's columns (blocks of 64) between 2 threads; the others with over 1,000 rows
+    have one block of columns and split its rows (partial sums per thread: a convolution's few channels over many
+    pixels).  16, 32 and 64 columns take the constant-width loops, 48 and 70 the general ones."""
     from fastnn._core import norm as K
-    assert K.row_split_threads(n, C, threads) == (2 if threads == 2 and C <= 16 and n > 1000 else 0)
+    assert K.row_split_threads(n, C, threads) == (2 if threads == 2 and C <= 64 and n > 1000 else 0)
     fnn.set_num_threads(threads)
     try:
         rng = np.random.default_rng(n)
@@ -91,6 +92,44 @@ def test_kernels_match_numpy(dtype, tol, threads, n, C):
         np.testing.assert_allclose(ln.weight_grad, (R * xhat).sum(0), rtol=tol * 10, atol=tol * 100)
     finally:
         fnn.set_num_threads(2)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("C", [16, 40, 64, 100, 150])
+def test_batchnorm_kernel_row_split_blocks_and_bits(dtype, C):
+    """More threads than column blocks split the rows, one block of 64 columns after another (C = 100, 150 at 8
+    threads), and match float64 numpy; at one thread each column's sums run in row order whatever the width."""
+    from fastnn._core import norm as K
+    n = 4000
+    rng = np.random.default_rng(C)
+    X = (rng.standard_normal((n, C)) * 3 + 2).astype(dtype)
+    dY = rng.standard_normal((n, C)).astype(dtype)
+    g, b = rng.standard_normal(C).astype(dtype), rng.standard_normal(C).astype(dtype)
+
+    def run(threads):
+        out = [np.empty((n, C), dtype) for _ in range(3)] + [np.empty(C, dtype) for _ in range(4)]
+        Y, Xh, dX, mean, inv, dg, db = out
+        rm, rv = np.zeros(C, dtype), np.ones(C, dtype)
+        K.batchnorm_forward(X, g, b, Y, Xh, mean, inv, rm, rv, True, 0.1, 1e-5, threads)
+        K.batchnorm_backward(dY, Xh, g, inv, dX, dg, db, True, threads)
+        return Y, Xh, dX, mean, inv, dg, db, rm, rv
+
+    assert K.row_split_threads(n, C, 8) > 0 and K.row_split_threads(n, C, 1) == 0
+    one, eight = run(1), run(8)
+    X64 = X.astype(np.float64)
+    m, v = X64.mean(0), X64.var(0)
+    xhat = (X64 - m) / np.sqrt(v + 1e-5)
+    gg = dY * g.astype(np.float64)
+    want = [xhat * g + b, xhat, (gg - gg.mean(0) - xhat * (gg * xhat).mean(0)) / np.sqrt(v + 1e-5), m,
+            1 / np.sqrt(v + 1e-5), (dY * xhat).sum(0), dY.astype(np.float64).sum(0)]
+    tol = 1e-4 if dtype == "float32" else 1e-10
+    for got in (one, eight):
+        for a, w in zip(got, want):
+            np.testing.assert_allclose(a, w, rtol=tol, atol=tol * 100)
+    # each column's sums run in row order in double, whatever the width: the mean and dbeta are bit-exact
+    # sequential sums at one thread (np.add.accumulate adds in order)
+    np.testing.assert_array_equal(one[3], (np.add.accumulate(X64, axis=0)[-1] / n).astype(dtype))
+    np.testing.assert_array_equal(one[6], np.add.accumulate(dY.astype(np.float64), axis=0)[-1].astype(dtype))
 
 
 def test_running_statistics_converge_and_are_used_at_inference():
