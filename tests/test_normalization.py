@@ -132,6 +132,47 @@ def test_batchnorm_kernel_row_split_blocks_and_bits(dtype, C):
     np.testing.assert_array_equal(one[6], np.add.accumulate(dY.astype(np.float64), axis=0)[-1].astype(dtype))
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("C,threads", [(7, 1), (16, 1), (48, 1), (64, 2), (100, 8), (130, 2)])
+def test_batchnorm_with_a_fused_relu_gives_the_bits_of_two_passes(dtype, C, threads):
+    """relu=True (the compiled plan's BatchNorm -> ReLU pair) equals batch norm then the ReLU kernel, forward and
+    backward (the gradient masked by the ReLU's output), bit for bit: column blocks, row split, training and
+    inference, with ties and outputs of exactly 0 (a constant column with bias 0)."""
+    from fastnn._core import activations as act
+    from fastnn._core import norm as K
+    n = 3000
+    rng = np.random.default_rng(C + threads)
+    X = (rng.standard_normal((n, C)) * 2 + 0.5).astype(dtype)
+    X[::7] = X[0]
+    X[:, 0] = 1.25
+    dA = rng.standard_normal((n, C)).astype(dtype)
+    g, b = rng.standard_normal(C).astype(dtype), rng.standard_normal(C).astype(dtype)
+    b[0] = 0
+    relu = int(act.ACT.RELU)
+    for training in (True, False):
+        outs = []
+        for fused in (False, True):
+            Y, Xh, dX = (np.empty((n, C), dtype) for _ in range(3))
+            mean, inv, dg, db = (np.empty(C, dtype) for _ in range(4))
+            rm, rv = np.full(C, 0.2, dtype), np.full(C, 1.5, dtype)
+            K.batchnorm_forward(X, g, b, Y, Xh, mean, inv, rm, rv, training, 0.1, 1e-5, threads, relu=fused)
+            if fused:
+                A = Y
+                K.batchnorm_backward(dA, Xh, g, inv, dX, dg, db, training, threads, A=A)
+            else:
+                A, dZ = np.empty_like(Y), np.empty_like(Y)
+                act.activation_forward(relu, Y, A, 0.0, threads)
+                act.activation_backward(relu, Y, A, dA, dZ, 0.0, threads)
+                K.batchnorm_backward(dZ, Xh, g, inv, dX, dg, db, training, threads)
+            outs.append((A, Xh, dX, mean, inv, dg, db, rm, rv))
+        if training:
+            assert np.all(outs[1][0][:, 0] == 0) and (outs[1][0] > 0).any()
+        for u, v in zip(*outs):
+            np.testing.assert_array_equal(u, v)
+    with pytest.raises(ValueError, match="A has shape"):
+        K.batchnorm_backward(dA, Xh, g, inv, dX, dg, db, True, 1, A=np.empty((n, C + 1), dtype))
+
+
 def test_running_statistics_converge_and_are_used_at_inference():
     rng = np.random.default_rng(0)
     mu, sigma = np.array([3.0, -1.0, 0.5]), np.array([2.0, 0.5, 1.0])

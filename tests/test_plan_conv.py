@@ -101,6 +101,16 @@ def test_two_threads_give_the_weights_of_the_per_layer_path_at_two_threads(name)
     _assert_same(*_pair(MODELS[name], n=64, bs=32, threads=2)[:4])
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_batchnorm_relu_pairs_run_fused(dtype):
+    """A ReLU node fed only by a BatchNorm runs inside it (a pass fewer each way) with the per-layer path's bits;
+    a BatchNorm that feeds an Add, and a ReLU after an Add, stay apart."""
+    a, ha, b, hb, X = _pair(_resnet, dtype=dtype)
+    _assert_same(a, ha, b, hb)
+    core = a.trainer.train_plan.core
+    assert core.fuse_relu and len(core.fused_nodes) == 2
+
+
 def test_batches_of_one():
     # every batch one image (no BatchNorm: one value per channel), and a last batch of one image for a model
     # whose BatchNorm normalizes 8x8 positions per channel

@@ -35,35 +35,35 @@ cdef int _n_blocks_threads(Py_ssize_t n, Py_ssize_t C, int n_threads, Py_ssize_t
 cdef extern from "fnn_norm.h" nogil:
     void fnn_bn_fwd_block_f(const float *X, float *Y, float *Xhat, const float *gamma, const float *beta, float *mean,
                             float *invstd, float *rmean, float *rvar, Py_ssize_t n, Py_ssize_t C, Py_ssize_t c0,
-                            Py_ssize_t c1, int training, double momentum, double eps)
+                            Py_ssize_t c1, int training, double momentum, double eps, int relu)
     void fnn_bn_fwd_block_d(const double *X, double *Y, double *Xhat, const double *gamma, const double *beta,
                             double *mean, double *invstd, double *rmean, double *rvar, Py_ssize_t n, Py_ssize_t C,
-                            Py_ssize_t c0, Py_ssize_t c1, int training, double momentum, double eps)
-    void fnn_col_sums_f(const float *dY, const float *Xhat, Py_ssize_t n, Py_ssize_t C, Py_ssize_t c0, Py_ssize_t c1,
-                        float *sum_dy, float *sum_dy_xhat)
-    void fnn_col_sums_d(const double *dY, const double *Xhat, Py_ssize_t n, Py_ssize_t C, Py_ssize_t c0,
-                        Py_ssize_t c1, double *sum_dy, double *sum_dy_xhat)
-    void fnn_bn_dx_block_f(const float *dY, const float *Xhat, const float *gamma, const float *invstd, float *dX,
-                           const float *dgamma, const float *dbeta, Py_ssize_t n, Py_ssize_t i0, Py_ssize_t i1,
-                           Py_ssize_t C, Py_ssize_t c0, Py_ssize_t c1, int batch_stats)
-    void fnn_bn_dx_block_d(const double *dY, const double *Xhat, const double *gamma, const double *invstd,
-                           double *dX, const double *dgamma, const double *dbeta, Py_ssize_t n, Py_ssize_t i0,
+                            Py_ssize_t c0, Py_ssize_t c1, int training, double momentum, double eps, int relu)
+    void fnn_col_sums_f(const float *dY, const float *Xhat, const float *A, Py_ssize_t n, Py_ssize_t C, Py_ssize_t c0,
+                        Py_ssize_t c1, float *sum_dy, float *sum_dy_xhat)
+    void fnn_col_sums_d(const double *dY, const double *Xhat, const double *A, Py_ssize_t n, Py_ssize_t C,
+                        Py_ssize_t c0, Py_ssize_t c1, double *sum_dy, double *sum_dy_xhat)
+    void fnn_bn_dx_block_f(const float *dY, const float *Xhat, const float *A, const float *gamma, const float *invstd,
+                           float *dX, const float *dgamma, const float *dbeta, Py_ssize_t n, Py_ssize_t i0,
                            Py_ssize_t i1, Py_ssize_t C, Py_ssize_t c0, Py_ssize_t c1, int batch_stats)
+    void fnn_bn_dx_block_d(const double *dY, const double *Xhat, const double *A, const double *gamma,
+                           const double *invstd, double *dX, const double *dgamma, const double *dbeta, Py_ssize_t n,
+                           Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t C, Py_ssize_t c0, Py_ssize_t c1, int batch_stats)
     void fnn_bn_norm_block_f(const float *X, float *Y, float *Xhat, const float *gamma, const float *beta,
                              const double *m, const double *s, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t C,
-                             Py_ssize_t c0, Py_ssize_t c1)
+                             Py_ssize_t c0, Py_ssize_t c1, int relu)
     void fnn_bn_norm_block_d(const double *X, double *Y, double *Xhat, const double *gamma, const double *beta,
                              const double *m, const double *s, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t C,
-                             Py_ssize_t c0, Py_ssize_t c1)
+                             Py_ssize_t c0, Py_ssize_t c1, int relu)
     void fnn_bn_sum_rows_f(const float *X, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t C, double *acc)
     void fnn_bn_sum_rows_d(const double *X, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t C, double *acc)
     void fnn_bn_sq_rows_f(const float *X, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t C, const double *m, double *acc)
     void fnn_bn_sq_rows_d(const double *X, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t C, const double *m,
                           double *acc)
-    void fnn_bn_colsum_rows_f(const float *dY, const float *Xhat, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t C,
-                              double *a, double *b)
-    void fnn_bn_colsum_rows_d(const double *dY, const double *Xhat, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t C,
-                              double *a, double *b)
+    void fnn_bn_colsum_rows_f(const float *dY, const float *Xhat, const float *A, Py_ssize_t i0, Py_ssize_t i1,
+                              Py_ssize_t C, double *a, double *b)
+    void fnn_bn_colsum_rows_d(const double *dY, const double *Xhat, const double *A, Py_ssize_t i0, Py_ssize_t i1,
+                              Py_ssize_t C, double *a, double *b)
 
 # The row split (few columns, several threads): per-thread double partials on the caller's stack, at most
 # _ROW_PART values (threads x columns x 2, plus the mean and inverse deviation of each column).
@@ -91,35 +91,38 @@ cdef int _row_split_threads(Py_ssize_t n, Py_ssize_t C, int n_threads) noexcept 
 cdef inline void _bn_fwd_block(const floating *X, floating *Y, floating *Xhat, const floating *gamma,
                                const floating *beta, floating *mean, floating *invstd, floating *rmean,
                                floating *rvar, Py_ssize_t n, Py_ssize_t C, Py_ssize_t c0, Py_ssize_t c1,
-                               bint training, double momentum, double eps) noexcept nogil:
+                               bint training, double momentum, double eps, bint relu) noexcept nogil:
     """The statistics, Xhat and Y of columns [c0, c1) (csrc/fnn_norm.h, per ISA)."""
     if floating is float:
-        fnn_bn_fwd_block_f(X, Y, Xhat, gamma, beta, mean, invstd, rmean, rvar, n, C, c0, c1, training, momentum, eps)
+        fnn_bn_fwd_block_f(X, Y, Xhat, gamma, beta, mean, invstd, rmean, rvar, n, C, c0, c1, training, momentum, eps,
+                           relu)
     else:
-        fnn_bn_fwd_block_d(X, Y, Xhat, gamma, beta, mean, invstd, rmean, rvar, n, C, c0, c1, training, momentum, eps)
+        fnn_bn_fwd_block_d(X, Y, Xhat, gamma, beta, mean, invstd, rmean, rvar, n, C, c0, c1, training, momentum, eps,
+                           relu)
 
 
-cdef inline void _col_sums(const floating *dY, const floating *Xhat, Py_ssize_t n, Py_ssize_t C, Py_ssize_t c0,
-                           Py_ssize_t c1, floating *sum_dy, floating *sum_dy_xhat) noexcept nogil:
-    """sum_dy[c] = sum_i dY[i, c], sum_dy_xhat[c] = sum_i dY[i, c] * Xhat[i, c], for c in [c0, c1)."""
+cdef inline void _col_sums(const floating *dY, const floating *Xhat, const floating *A, Py_ssize_t n, Py_ssize_t C,
+                           Py_ssize_t c0, Py_ssize_t c1, floating *sum_dy, floating *sum_dy_xhat) noexcept nogil:
+    """sum_dy[c] = sum_i dZ[i, c], sum_dy_xhat[c] = sum_i dZ[i, c] * Xhat[i, c], for c in [c0, c1); dZ = dY, or
+    with A (a fused ReLU's output) dY where A > 0, else 0."""
     if floating is float:
-        fnn_col_sums_f(dY, Xhat, n, C, c0, c1, sum_dy, sum_dy_xhat)
+        fnn_col_sums_f(dY, Xhat, A, n, C, c0, c1, sum_dy, sum_dy_xhat)
     else:
-        fnn_col_sums_d(dY, Xhat, n, C, c0, c1, sum_dy, sum_dy_xhat)
+        fnn_col_sums_d(dY, Xhat, A, n, C, c0, c1, sum_dy, sum_dy_xhat)
 
 
-cdef void _bn_bwd_block(const floating *dY, const floating *Xhat, const floating *gamma, const floating *invstd,
-                        floating *dX, floating *dgamma, floating *dbeta, Py_ssize_t n, Py_ssize_t C,
-                        Py_ssize_t c0, Py_ssize_t c1, bint batch_stats) noexcept nogil:
+cdef void _bn_bwd_block(const floating *dY, const floating *Xhat, const floating *A, const floating *gamma,
+                        const floating *invstd, floating *dX, floating *dgamma, floating *dbeta, Py_ssize_t n,
+                        Py_ssize_t C, Py_ssize_t c0, Py_ssize_t c1, bint batch_stats) noexcept nogil:
     """dbeta, dgamma on columns [c0, c1), then dX (when not NULL): with the batch's statistics,
     dX = gamma * invstd / n * (n dY - sum dY - Xhat * sum(dY Xhat)), else dX = dY * gamma * invstd."""
-    _col_sums(dY, Xhat, n, C, c0, c1, dbeta, dgamma)
+    _col_sums(dY, Xhat, A, n, C, c0, c1, dbeta, dgamma)
     if dX == NULL:
         return
     if floating is float:
-        fnn_bn_dx_block_f(dY, Xhat, gamma, invstd, dX, dgamma, dbeta, n, 0, n, C, c0, c1, batch_stats)
+        fnn_bn_dx_block_f(dY, Xhat, A, gamma, invstd, dX, dgamma, dbeta, n, 0, n, C, c0, c1, batch_stats)
     else:
-        fnn_bn_dx_block_d(dY, Xhat, gamma, invstd, dX, dgamma, dbeta, n, 0, n, C, c0, c1, batch_stats)
+        fnn_bn_dx_block_d(dY, Xhat, A, gamma, invstd, dX, dgamma, dbeta, n, 0, n, C, c0, c1, batch_stats)
 
 
 cdef _check1(str fn, str name, a, Py_ssize_t want):
@@ -135,8 +138,8 @@ cdef _check2(str fn, str name, a, Py_ssize_t n, Py_ssize_t C):
 def batchnorm_forward(const floating[:, ::1] X, const floating[::1] gamma, const floating[::1] beta,
                       floating[:, ::1] Y, floating[:, ::1] Xhat, floating[::1] mean, floating[::1] invstd,
                       floating[::1] running_mean, floating[::1] running_var, bint training, double momentum=0.1,
-                      double eps=1e-5, int n_threads=1):
-    """Batch norm over the rows of each column (torch.nn.BatchNorm1d).
+                      double eps=1e-5, int n_threads=1, bint relu=False):
+    """Batch norm over the rows of each column (torch.nn.BatchNorm1d); relu: Y = max(that, 0), a ReLU fused.
 
     training: mean, invstd (OUT) from the batch (biased variance); running_mean/var (IN/OUT) updated as
     r = (1 - momentum) r + momentum * stat, with the unbiased variance (None: not tracked); needs n > 1.
@@ -164,60 +167,64 @@ def batchnorm_forward(const floating[:, ::1] X, const floating[::1] gamma, const
     cdef floating *rv = &running_var[0] if running_var is not None else NULL
     with nogil:
         bn_forward(&X[0, 0], &gamma[0], &beta[0], &Y[0, 0], &Xhat[0, 0], &mean[0], &invstd[0], rm, rv, n, C,
-                   training, momentum, eps, n_threads)
+                   training, momentum, eps, n_threads, relu)
 
 
 cdef void bn_forward(const floating *X, const floating *gamma, const floating *beta, floating *Y, floating *Xhat,
                      floating *mean, floating *invstd, floating *rmean, floating *rvar, Py_ssize_t n, Py_ssize_t C,
-                     bint training, double momentum, double eps, int n_threads) noexcept nogil:
+                     bint training, double momentum, double eps, int n_threads, bint relu) noexcept nogil:
     """batchnorm_forward on raw pointers, checked by the caller (training: n > 1; not training: rmean, rvar
-    given); n == 0 or C == 0: nothing."""
+    given); n == 0 or C == 0: nothing.  relu: Y = max(Y, 0), the bits of an activation pass after it."""
     cdef Py_ssize_t nb, t
     if n == 0 or C == 0:
         return
     cdef int nr = _row_split_threads(n, C, n_threads)
     if nr:
-        _bn_fwd_by_rows(X, gamma, beta, Y, Xhat, mean, invstd, rmean, rvar, n, C, training, momentum, eps, nr)
+        _bn_fwd_by_rows(X, gamma, beta, Y, Xhat, mean, invstd, rmean, rvar, n, C, training, momentum, eps, nr, relu)
         return
     cdef int nt = _n_blocks_threads(n, C, n_threads, &nb)
     if nt <= 1:
-        _bn_fwd_range(X, Y, Xhat, gamma, beta, mean, invstd, rmean, rvar, n, C, 0, nb, training, momentum, eps)
+        _bn_fwd_range(X, Y, Xhat, gamma, beta, mean, invstd, rmean, rvar, n, C, 0, nb, training, momentum, eps,
+                      relu)
         return
     for t in prange(nt, num_threads=nt, schedule="static"):
         _bn_fwd_range(X, Y, Xhat, gamma, beta, mean, invstd, rmean, rvar, n, C, _lo(t, nt, nb), _lo(t + 1, nt, nb),
-                      training, momentum, eps)
+                      training, momentum, eps, relu)
 
 
 cdef void _bn_fwd_range(const floating *X, floating *Y, floating *Xhat, const floating *gamma,
                         const floating *beta, floating *mean, floating *invstd, floating *rmean, floating *rvar,
                         Py_ssize_t n, Py_ssize_t C, Py_ssize_t b0, Py_ssize_t b1, bint training,
-                        double momentum, double eps) noexcept nogil:
+                        double momentum, double eps, bint relu) noexcept nogil:
     cdef Py_ssize_t b
     for b in range(b0, b1):
         _bn_fwd_block(X, Y, Xhat, gamma, beta, mean, invstd, rmean, rvar, n, C, b * FNN_COLS,
-                      min((b + 1) * FNN_COLS, C), training, momentum, eps)
+                      min((b + 1) * FNN_COLS, C), training, momentum, eps, relu)
 
 
-cdef void _bn_bwd_range(const floating *dY, const floating *Xhat, const floating *gamma, const floating *invstd,
-                        floating *dX, floating *dgamma, floating *dbeta, Py_ssize_t n, Py_ssize_t C,
-                        Py_ssize_t b0, Py_ssize_t b1, bint batch_stats) noexcept nogil:
+cdef void _bn_bwd_range(const floating *dY, const floating *Xhat, const floating *A, const floating *gamma,
+                        const floating *invstd, floating *dX, floating *dgamma, floating *dbeta, Py_ssize_t n,
+                        Py_ssize_t C, Py_ssize_t b0, Py_ssize_t b1, bint batch_stats) noexcept nogil:
     cdef Py_ssize_t b
     for b in range(b0, b1):
-        _bn_bwd_block(dY, Xhat, gamma, invstd, dX, dgamma, dbeta, n, C, b * FNN_COLS,
+        _bn_bwd_block(dY, Xhat, A, gamma, invstd, dX, dgamma, dbeta, n, C, b * FNN_COLS,
                       min((b + 1) * FNN_COLS, C), batch_stats)
 
 
 def batchnorm_backward(const floating[:, ::1] dY, const floating[:, ::1] Xhat, const floating[::1] gamma,
                        const floating[::1] invstd, floating[:, ::1] dX, floating[::1] dgamma, floating[::1] dbeta,
-                       bint batch_stats, int n_threads=1):
+                       bint batch_stats, int n_threads=1, const floating[:, ::1] A=None):
     """Backward of batchnorm_forward.  IN: dY, Xhat, gamma, invstd (the forward's).  OUT: dgamma = sum dY Xhat,
     dbeta = sum dY, dX (None: not needed).  batch_stats: the forward normalized with the batch's statistics
-    (training), so dX has the terms through the mean and variance; else dX = dY * gamma * invstd."""
+    (training), so dX has the terms through the mean and variance; else dX = dY * gamma * invstd.  A: the output
+    of a forward with relu=True; dY is then the gradient of that output (the norm's is dY where A > 0, else 0)."""
     cdef Py_ssize_t n = dY.shape[0], C = dY.shape[1]
     fn = "batchnorm_backward"
     _check2(fn, "Xhat", Xhat, n, C)
     if dX is not None:
         _check2(fn, "dX", dX, n, C)
+    if A is not None:
+        _check2(fn, "A", A, n, C)
     for name, a in (("gamma", gamma), ("invstd", invstd), ("dgamma", dgamma), ("dbeta", dbeta)):
         _check1(fn, name, a, C)
     if C == 0:
@@ -227,15 +234,17 @@ def batchnorm_backward(const floating[:, ::1] dY, const floating[:, ::1] Xhat, c
         dbeta[:] = 0
         return
     cdef floating *dxp = &dX[0, 0] if dX is not None else NULL
+    cdef const floating *ap = &A[0, 0] if A is not None else NULL
     with nogil:
         bn_backward(&dY[0, 0], &Xhat[0, 0], &gamma[0], &invstd[0], dxp, &dgamma[0], &dbeta[0], n, C, batch_stats,
-                    n_threads)
+                    n_threads, ap)
 
 
 cdef void bn_backward(const floating *dY, const floating *Xhat, const floating *gamma, const floating *invstd,
                       floating *dX, floating *dgamma, floating *dbeta, Py_ssize_t n, Py_ssize_t C, bint batch_stats,
-                      int n_threads) noexcept nogil:
-    """batchnorm_backward on raw pointers (dX NULL: not needed); n == 0 zeroes dgamma and dbeta."""
+                      int n_threads, const floating *A) noexcept nogil:
+    """batchnorm_backward on raw pointers (dX NULL: not needed; A NULL: no fused ReLU); n == 0 zeroes dgamma and
+    dbeta."""
     cdef Py_ssize_t nb, t, j
     if C == 0:
         return
@@ -246,21 +255,21 @@ cdef void bn_backward(const floating *dY, const floating *Xhat, const floating *
         return
     cdef int nr = _row_split_threads(n, C, n_threads)
     if nr:
-        _bn_bwd_by_rows(dY, Xhat, gamma, invstd, dX, dgamma, dbeta, n, C, batch_stats, nr)
+        _bn_bwd_by_rows(dY, Xhat, A, gamma, invstd, dX, dgamma, dbeta, n, C, batch_stats, nr)
         return
     cdef int nt = _n_blocks_threads(n, C, n_threads, &nb)
     if nt <= 1:
-        _bn_bwd_range(dY, Xhat, gamma, invstd, dX, dgamma, dbeta, n, C, 0, nb, batch_stats)
+        _bn_bwd_range(dY, Xhat, A, gamma, invstd, dX, dgamma, dbeta, n, C, 0, nb, batch_stats)
         return
     for t in prange(nt, num_threads=nt, schedule="static"):
-        _bn_bwd_range(dY, Xhat, gamma, invstd, dX, dgamma, dbeta, n, C, _lo(t, nt, nb), _lo(t + 1, nt, nb),
+        _bn_bwd_range(dY, Xhat, A, gamma, invstd, dX, dgamma, dbeta, n, C, _lo(t, nt, nb), _lo(t + 1, nt, nb),
                       batch_stats)
 
 
 cdef void _bn_fwd_by_rows(const floating *X, const floating *gamma, const floating *beta, floating *Y,
                           floating *Xhat, floating *mean, floating *invstd, floating *rmean, floating *rvar,
                           Py_ssize_t n, Py_ssize_t C, bint training, double momentum, double eps,
-                          int nt) noexcept nogil:
+                          int nt, bint relu) noexcept nogil:
     """bn_forward split by rows over nt threads (_row_split_threads): partial sums per thread, added in thread
     order, then the same statistics as fnn_bn_fwd_block and its own last pass (fnn_bn_norm_block)."""
     cdef double part[_ROW_PART]
@@ -306,12 +315,12 @@ cdef void _bn_fwd_by_rows(const floating *X, const floating *gamma, const floati
             mean[j] = <floating>m[j]
             invstd[j] = <floating>sd[j]
     for t in prange(nt, num_threads=nt, schedule="static"):
-        _bn_norm_rows(X, Y, Xhat, gamma, beta, m, sd, _lo(t, nt, n), _lo(t + 1, nt, n), C)
+        _bn_norm_rows(X, Y, Xhat, gamma, beta, m, sd, _lo(t, nt, n), _lo(t + 1, nt, n), C, relu)
 
 
-cdef void _bn_bwd_by_rows(const floating *dY, const floating *Xhat, const floating *gamma, const floating *invstd,
-                          floating *dX, floating *dgamma, floating *dbeta, Py_ssize_t n, Py_ssize_t C,
-                          bint batch_stats, int nt) noexcept nogil:
+cdef void _bn_bwd_by_rows(const floating *dY, const floating *Xhat, const floating *A, const floating *gamma,
+                          const floating *invstd, floating *dX, floating *dgamma, floating *dbeta, Py_ssize_t n,
+                          Py_ssize_t C, bint batch_stats, int nt) noexcept nogil:
     """bn_backward split by rows over nt threads: the column sums as per-thread partials added in thread order,
     then dX by rows with fnn_bn_dx_block."""
     cdef double part[_ROW_PART]
@@ -321,10 +330,10 @@ cdef void _bn_bwd_by_rows(const floating *dY, const floating *Xhat, const floati
         part[j] = 0
     for t in prange(nt, num_threads=nt, schedule="static"):
         if floating is float:
-            fnn_bn_colsum_rows_f(dY, Xhat, _lo(t, nt, n), _lo(t + 1, nt, n), C, part + t * C,
+            fnn_bn_colsum_rows_f(dY, Xhat, A, _lo(t, nt, n), _lo(t + 1, nt, n), C, part + t * C,
                                  part + (nt + t) * C)
         else:
-            fnn_bn_colsum_rows_d(dY, Xhat, _lo(t, nt, n), _lo(t + 1, nt, n), C, part + t * C,
+            fnn_bn_colsum_rows_d(dY, Xhat, A, _lo(t, nt, n), _lo(t + 1, nt, n), C, part + t * C,
                                  part + (nt + t) * C)
     for j in range(C):
         a = 0
@@ -337,35 +346,36 @@ cdef void _bn_bwd_by_rows(const floating *dY, const floating *Xhat, const floati
     if dX == NULL:
         return
     for t in prange(nt, num_threads=nt, schedule="static"):
-        _bn_dx_rows(dY, Xhat, gamma, invstd, dX, dgamma, dbeta, n, _lo(t, nt, n), _lo(t + 1, nt, n), C, batch_stats)
+        _bn_dx_rows(dY, Xhat, A, gamma, invstd, dX, dgamma, dbeta, n, _lo(t, nt, n), _lo(t + 1, nt, n), C,
+                    batch_stats)
 
 
 cdef void _bn_norm_rows(const floating *X, floating *Y, floating *Xhat, const floating *gamma, const floating *beta,
                         const double *m, const double *sd, Py_ssize_t i0, Py_ssize_t i1,
-                        Py_ssize_t C) noexcept nogil:
+                        Py_ssize_t C, bint relu) noexcept nogil:
     """The forward's last pass on rows [i0, i1), block by block of columns (fnn_bn_norm_block)."""
     cdef Py_ssize_t b, c0, c1
     for b in range((C + FNN_COLS - 1) // FNN_COLS):
         c0 = b * FNN_COLS
         c1 = min(c0 + FNN_COLS, C)
         if floating is float:
-            fnn_bn_norm_block_f(X, Y, Xhat, gamma, beta, m + c0, sd + c0, i0, i1, C, c0, c1)
+            fnn_bn_norm_block_f(X, Y, Xhat, gamma, beta, m + c0, sd + c0, i0, i1, C, c0, c1, relu)
         else:
-            fnn_bn_norm_block_d(X, Y, Xhat, gamma, beta, m + c0, sd + c0, i0, i1, C, c0, c1)
+            fnn_bn_norm_block_d(X, Y, Xhat, gamma, beta, m + c0, sd + c0, i0, i1, C, c0, c1, relu)
 
 
-cdef void _bn_dx_rows(const floating *dY, const floating *Xhat, const floating *gamma, const floating *invstd,
-                      floating *dX, const floating *dgamma, const floating *dbeta, Py_ssize_t n, Py_ssize_t i0,
-                      Py_ssize_t i1, Py_ssize_t C, bint batch_stats) noexcept nogil:
+cdef void _bn_dx_rows(const floating *dY, const floating *Xhat, const floating *A, const floating *gamma,
+                      const floating *invstd, floating *dX, const floating *dgamma, const floating *dbeta,
+                      Py_ssize_t n, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t C, bint batch_stats) noexcept nogil:
     """dX of rows [i0, i1) (of n), block by block of columns (fnn_bn_dx_block)."""
     cdef Py_ssize_t b, c0, c1
     for b in range((C + FNN_COLS - 1) // FNN_COLS):
         c0 = b * FNN_COLS
         c1 = min(c0 + FNN_COLS, C)
         if floating is float:
-            fnn_bn_dx_block_f(dY, Xhat, gamma, invstd, dX, dgamma, dbeta, n, i0, i1, C, c0, c1, batch_stats)
+            fnn_bn_dx_block_f(dY, Xhat, A, gamma, invstd, dX, dgamma, dbeta, n, i0, i1, C, c0, c1, batch_stats)
         else:
-            fnn_bn_dx_block_d(dY, Xhat, gamma, invstd, dX, dgamma, dbeta, n, i0, i1, C, c0, c1, batch_stats)
+            fnn_bn_dx_block_d(dY, Xhat, A, gamma, invstd, dX, dgamma, dbeta, n, i0, i1, C, c0, c1, batch_stats)
 
 
 # ------------------------------------------------------------------------------------------ layer norm
@@ -424,7 +434,7 @@ cdef void _col_sums_range(const floating *dY, const floating *Xhat, Py_ssize_t n
                           Py_ssize_t b1, floating *sum_dy, floating *sum_dy_xhat) noexcept nogil:
     cdef Py_ssize_t b
     for b in range(b0, b1):
-        _col_sums(dY, Xhat, n, C, b * FNN_COLS, min((b + 1) * FNN_COLS, C), sum_dy, sum_dy_xhat)
+        _col_sums(dY, Xhat, NULL, n, C, b * FNN_COLS, min((b + 1) * FNN_COLS, C), sum_dy, sum_dy_xhat)
 
 
 def layernorm_forward(const floating[:, ::1] X, const floating[::1] gamma, const floating[::1] beta,

@@ -62,8 +62,8 @@ from fastnn._core.conv cimport fnn_conv_geom, conv_geometry, conv_scratch, conv_
 from fastnn._core.pool cimport check_geometry, pool_forward, pool_backward
 from fastnn._core.guard cimport _first_nonfinite
 from fastnn._core.bound cimport Bounds, scan_max, sgd_safe, adam_safe, rmsprop_safe, adagrad_safe
-from fastnn._core.kinds cimport (FNN_ACT_IDENTITY, FNN_LOSS_CROSS_ENTROPY, FNN_LOSS_L2, FNN_LOSS_MSE, FNN_LOSS_MAE,
-                                 FNN_LOSS_CROSS_ENTROPY_SOFT, FNN_LOSS_BINARY_CROSS_ENTROPY,
+from fastnn._core.kinds cimport (FNN_ACT_IDENTITY, FNN_ACT_RELU, FNN_LOSS_CROSS_ENTROPY, FNN_LOSS_L2, FNN_LOSS_MSE,
+                                 FNN_LOSS_MAE, FNN_LOSS_CROSS_ENTROPY_SOFT, FNN_LOSS_BINARY_CROSS_ENTROPY,
                                  FNN_OPT_SGD, FNN_OPT_ADAM, FNN_OPT_RMSPROP, FNN_OPT_ADAGRAD, FNN_LAYER_DENSE,
                                  FNN_LAYER_ACTIVATION, FNN_LAYER_PASS, FNN_LAYER_BATCHNORM, FNN_LAYER_LAYERNORM,
                                  FNN_LAYER_DROPOUT, FNN_LAYER_ADD, FNN_LAYER_RESIDUAL, FNN_LAYER_CONCAT,
@@ -107,6 +107,8 @@ cdef struct PlanLayer:
     void *rbak              # BatchNorm (2, n_out): their copy before the batch (the guard), NULL when not given
     double momentum, eps    # BatchNorm / LayerNorm
     bint batch_stats        # BatchNorm: normalize with the batch's statistics in training (0: frozen)
+    bint fused              # BatchNorm: it also applies the ReLU node it alone feeds (Y = max(Y, 0); its backward
+    # masks the gradient by Y > 0); that ACTIVATION node: fused, it lets its input and gradient through
     int draw                # DROPOUT, RESIDUAL: its column in a batch's draws; -1: it draws nothing
     unsigned long long threshold   # DROPOUT: rate * 2^53
     double scale            # DROPOUT: the training scale of kept units; RESIDUAL: the survival probability
@@ -297,6 +299,9 @@ cdef const floating *_forward_graph(const floating *x, Py_ssize_t m, const PlanL
                 return NULL
             outp[l] = Y if ly.act != FNN_ACT_IDENTITY else Z
         elif ly.kind == FNN_LAYER_ACTIVATION:
+            if ly.fused:            # its BatchNorm source applied it
+                outp[l] = <void *>xi
+                continue
             if act_forward(ly.act, <floating *>xi, Y, NULL, m * ly.rows, ly.cols, ly.alpha, n_threads) != 0:
                 return NULL
             outp[l] = Y
@@ -318,7 +323,7 @@ cdef const floating *_forward_graph(const floating *x, Py_ssize_t m, const PlanL
                 return NULL
             bn_forward(xi, prm + ly.w_off, prm + ly.b_off, Y, Z, <floating *>ly.mean, <floating *>ly.invstd,
                        <floating *>ly.rmean, <floating *>ly.rvar, m * ly.rows, ly.cols, training and ly.batch_stats,
-                       ly.momentum, ly.eps, n_threads)
+                       ly.momentum, ly.eps, n_threads, ly.fused)
             outp[l] = Y
         elif ly.kind == FNN_LAYER_LAYERNORM:
             ln_forward(xi, prm + ly.w_off, prm + ly.b_off, Y, Z, <floating *>ly.invstd, m * ly.rows, ly.cols,
@@ -482,11 +487,14 @@ cdef int _backward_graph(const floating *xb, Py_ssize_t m, const PlanLayer *laye
                            prm + ly.w_off, <int>ly.n_out, <floating>0, dx, <int>ly.n_in)
             _give(layers, srcs, gp, ly, 0, dx, m)
         elif ly.kind == FNN_LAYER_ACTIVATION:
-            if dx != NULL:
-                if act_backward(ly.act, x, <floating *>ly.Y, dy, dx, m * ly.rows, ly.cols, ly.alpha,
-                                n_threads) != 0:
-                    return FNN_STATUS_BAD_KIND
-            _give(layers, srcs, gp, ly, 0, dx, m)
+            if ly.fused:            # its BatchNorm source masks the gradient
+                _give(layers, srcs, gp, ly, 0, dy, m)
+            else:
+                if dx != NULL:
+                    if act_backward(ly.act, x, <floating *>ly.Y, dy, dx, m * ly.rows, ly.cols, ly.alpha,
+                                    n_threads) != 0:
+                        return FNN_STATUS_BAD_KIND
+                _give(layers, srcs, gp, ly, 0, dx, m)
         elif ly.kind == FNN_LAYER_CONV:
             cg = ly.geom
             cg.N = m
@@ -507,7 +515,8 @@ cdef int _backward_graph(const floating *xb, Py_ssize_t m, const PlanLayer *laye
             _give(layers, srcs, gp, ly, 0, dy, m)
         elif ly.kind == FNN_LAYER_BATCHNORM:
             bn_backward(dy, <floating *>ly.Z, prm + ly.w_off, <floating *>ly.invstd, dx, grd + ly.w_off,
-                        grd + ly.b_off, m * ly.rows, ly.cols, ly.batch_stats, n_threads)
+                        grd + ly.b_off, m * ly.rows, ly.cols, ly.batch_stats, n_threads,
+                        <floating *>ly.Y if ly.fused else NULL)
             _give(layers, srcs, gp, ly, 0, dx, m)
         elif ly.kind == FNN_LAYER_LAYERNORM:
             ln_backward(dy, <floating *>ly.Z, prm + ly.w_off, <floating *>ly.invstd, dx, grd + ly.w_off,
@@ -790,6 +799,7 @@ cdef class Plan:
     cdef void *Tb               # (bs, k) the batch's targets (regression)
     cdef void *Wb               # (bs,) the batch's sample weights (NULL: none given to batch_buffers)
     cdef int loss_kind          # FNN_LOSS_...; -1 until loss() is called
+    cdef public bint fuse_relu  # fuse a BatchNorm -> ReLU pair into one node (default; read by batch_buffers)
     cdef Update update          # kind -1 until sgd() / adam() / rmsprop() / adagrad() is called
     cdef bint guard_on
     cdef void *backup           # the parameters' backup (guard); NULL without the guard
@@ -828,6 +838,7 @@ cdef class Plan:
         self.kept = <unsigned char *>PyMem_Calloc(max(n_layers, 1), 1)
         if self.layers == NULL or self.outp == NULL or self.gp == NULL or self.kept == NULL:
             raise MemoryError()
+        self.fuse_relu = 1
 
     def __init__(self, params, grads, Py_ssize_t bs, Py_ssize_t n_layers, Py_ssize_t n_update=-1):
         """params, grads: the model's whole flat buffers (P,), which the layers' offsets address; n_update: the
@@ -1175,9 +1186,25 @@ cdef class Plan:
                 raise ValueError(f"Plan: layer {l} is read {fanout[l]} times and needs a gradient buffer (link acc)")
         if fanout[L - 1] != 0:
             raise ValueError("Plan: the last layer is the output; no layer may read it")
+        # a ReLU node whose single source is a BatchNorm that feeds nothing else runs inside that node: the forward
+        # saves a pass over the rows (and the backward one), with the bits of the two passes (csrc/fnn_norm.h)
+        for l in range(L):
+            self.layers[l].fused = 0
+        for l in range(L):
+            ly = &self.layers[l]
+            t = links[l]
+            if (self.fuse_relu and ly.kind == FNN_LAYER_ACTIVATION and ly.act == FNN_ACT_RELU and len(t) == 1
+                    and t[0] >= 0 and self.layers[t[0]].kind == FNN_LAYER_BATCHNORM and fanout[t[0]] == 1):
+                ly.fused = self.layers[t[0]].fused = 1
         self.n_draws = len(draws)
         self._n_in0 = n_in0
         return n_in0
+
+    @property
+    def fused_nodes(self):
+        """The BatchNorm nodes that also apply the ReLU node they alone feed (fuse_relu; set by batch_buffers)."""
+        return tuple(l for l in range(self.n_layers)
+                     if self.layers[l].kind == FNN_LAYER_BATCHNORM and self.layers[l].fused)
 
     @property
     def draws_per_batch(self):
