@@ -3,7 +3,9 @@
 
 For a graph of compiled layers (Dense with its fused activation and Concatenate on feature vectors; Conv2D / Conv1D
 with theirs, max / average / global pooling, activation layers, BatchNorm, LayerNorm, Dropout, Residual with
-stochastic depth, Add and Flatten/Reshape on channels-last outputs of any shape; a feature vector out), one call
+stochastic depth, Add and Flatten/Reshape on channels-last outputs of any shape; SimpleRNN / LSTM / GRU over a
+sequence (rnn.pxd's kernels, no mask), an Embedding of the batch's ids (carried as exact floats) and a Dense per
+step; a feature vector out, or a per-step output (T, k) with the cross-entropy over its n * T positions), one call
 runs, for each batch, all ``nogil``: the gather of the batch from the epoch's permutation (each sample's features
 in one row), the forward pass (a Dense layer: GEMM, then bias + activation in one pass; a convolution: conv.pyx's
 tiled kernels, with the bias and activation fused), the loss and its gradient (softmax cross-entropy fused), the
@@ -19,14 +21,16 @@ which check the graph) and per epoch (``loss``, ``sgd`` / ``adam`` / ``rmsprop``
 dtypes, shapes) so that the nogil loops need no checks:
 
 - ``PlanLayer``: kind (PLAN_LAYER: DENSE, ACTIVATION, PASS (an output activation fused with the loss that
-  lets the logits through), BATCHNORM, LAYERNORM, DROPOUT, ADD, RESIDUAL, CONCAT, IDENTITY, CONV, POOL), its
+  lets the logits through), BATCHNORM, LAYERNORM, DROPOUT, ADD, RESIDUAL, CONCAT, IDENTITY, CONV, POOL, RNN,
+  EMBEDDING), its
   sources and fanout, activation kind and alpha, sizes (features per sample, and the output as rows x cols, the
   last axis, for the row-wise kernels: BatchNorm over (N, H, W, C) normalizes the N*H*W rows of C channels, as the
   per-layer layer does on its (N*H*W, C) view), offsets of its parameters in the flat buffer, its batch buffers
   (Z, Y, dZ, dX, the gradient sum acc of an output read several times) and the kind's own settings (statistics
   and running statistics, dropout threshold and mask, survival probability, its column in a batch's draws, a
   convolution's geometry and workspace (the per-layer path's sizes, so both split the work over the same
-  threads), a pooling window and its argmax);
+  threads), a pooling window and its argmax, a recurrent layer's cell, sizes and rnn.pyx buffers (allocated once
+  with the plan, the packing scratch sized for the plan's thread count), an embedding's table and ids);
 - ``Update``: the optimizer kind (OPT) and its hyperparameters by name (``SGDHyper``, ``AdamHyper``, ...), the
   weight-decay prefix and the state arrays;
 - the guard's backup buffers, the clipping thresholds, and the statistics of the last run (``RunStats``).
@@ -45,7 +49,7 @@ batches_done counts completed updates.
 """
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
 from libc.string cimport memcpy, memset
-from libc.stdint cimport int32_t, intptr_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, intptr_t, uint64_t
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 import numpy as np
@@ -60,6 +64,8 @@ from fastnn._core.norm cimport bn_forward, bn_backward, ln_forward, ln_backward
 from fastnn._core.dropout cimport dropout_fwd, dropout_bwd
 from fastnn._core.conv cimport fnn_conv_geom, conv_geometry, conv_scratch, conv_forward, conv_backward
 from fastnn._core.pool cimport check_geometry, pool_forward, pool_backward
+from fastnn._core.rnn cimport rnn_forward_raw, rnn_backward_raw, rnn_gates, rnn_saved, rnn_packed_size
+from fastnn._core.embedding cimport embedding_gather, embedding_scatter
 from fastnn._core.guard cimport _first_nonfinite
 from fastnn._core.bound cimport Bounds, scan_max, sgd_safe, adam_safe, rmsprop_safe, adagrad_safe
 from fastnn._core.kinds cimport (FNN_ACT_IDENTITY, FNN_LOSS_CROSS_ENTROPY, FNN_LOSS_L2, FNN_LOSS_MSE, FNN_LOSS_MAE,
@@ -67,7 +73,8 @@ from fastnn._core.kinds cimport (FNN_ACT_IDENTITY, FNN_LOSS_CROSS_ENTROPY, FNN_L
                                  FNN_OPT_SGD, FNN_OPT_ADAM, FNN_OPT_RMSPROP, FNN_OPT_ADAGRAD, FNN_LAYER_DENSE,
                                  FNN_LAYER_ACTIVATION, FNN_LAYER_PASS, FNN_LAYER_BATCHNORM, FNN_LAYER_LAYERNORM,
                                  FNN_LAYER_DROPOUT, FNN_LAYER_ADD, FNN_LAYER_RESIDUAL, FNN_LAYER_CONCAT,
-                                 FNN_LAYER_IDENTITY, FNN_LAYER_CONV, FNN_LAYER_POOL, FNN_N_LAYER,
+                                 FNN_LAYER_IDENTITY, FNN_LAYER_CONV, FNN_LAYER_POOL, FNN_LAYER_RNN,
+                                 FNN_LAYER_EMBEDDING, FNN_N_LAYER,
                                  FNN_STATUS_DONE, FNN_STATUS_NONFINITE_LOSS, FNN_STATUS_NONFINITE_GRADIENT,
                                  FNN_STATUS_NONFINITE_PARAMETER, FNN_STATUS_NONFINITE_STATE, FNN_STATUS_BAD_KIND,
                                  FNN_STATUS_NONFINITE_BUFFER,
@@ -119,6 +126,26 @@ cdef struct PlanLayer:
     # path's buffer sizes, so that both split the work over the same threads)
     bint pool_max           # POOL: max (else average)
     int32_t *argmax         # POOL, max: (bs, OH, OW, C) the first maximum of each window
+    int cell                # RNN: the cell (rnn.pyx TANH, RELU, LSTM, GRU)
+    bint reverse, seq       # RNN: go_backwards; return_sequences (Y (bs, steps * units), else Y is h (bs, units))
+    Py_ssize_t steps, units, step_in    # RNN: the sequence's steps, the state's units, the features per step
+    Py_ssize_t whh_off, bih_off, bhh_off    # RNN: weight_hh, bias_ih, bias_hh in the flat parameters (w_off:
+    # weight_ih; b_off -1, w_len weight_ih's elements: the four are zeroed together when no gradient arrives)
+    int *perm               # RNN: (bs,) the identity (no mask: the rows in their order)
+    int *n_active           # RNN: (steps,) the rows running at each step: the batch's m, set by each forward
+    void *XP                # RNN: the kernels' buffers, rnn.pyx's names and sizes for bs rows: XP, HP, Hs, Cs
+    void *HP                # (LSTM), Gs (LSTM, GRU), hout (the last state: Y itself without return_sequences),
+    void *Hs                # Wp (float32: the packing scratch for the plan's thread count), dH, dC (LSTM), dGt,
+    void *Cs                # dGo
+    void *Gs
+    void *hout
+    void *Wp
+    void *dH
+    void *dC
+    void *dGt
+    void *dGo
+    Py_ssize_t n_rows       # EMBEDDING: the table's rows (input_dim); its columns are cols
+    int64_t *ids            # EMBEDDING: (bs, steps) the batch's ids, converted from the floats of the batch
 
 
 cdef struct MaxNormC:       # a max-norm weight constraint (fastnn.constraints.MaxNorm), applied after each update
@@ -287,15 +314,29 @@ cdef const floating *_forward_graph(const floating *x, Py_ssize_t m, const PlanL
         Z = <floating *>ly.Z
         Y = <floating *>ly.Y
         xi = _input(x, outp, srcs, ly, 0)
-        if ly.kind == FNN_LAYER_DENSE:
+        if ly.kind == FNN_LAYER_DENSE:      # on the m * rows rows of the input's last axis (rows 1: a vector)
             if ly.n_in == 0:
                 memset(Z, 0, m * ly.n_out * sizeof(floating))
             else:
-                _gemm_few_rows(m, ly.n_out, ly.n_in, xi, prm + ly.w_off, Z, n_threads)
+                _gemm_few_rows(m * ly.rows, ly.cols, ly.n_in // ly.rows, xi, prm + ly.w_off, Z, n_threads)
             if act_forward(ly.act, Z, Y if ly.act != FNN_ACT_IDENTITY else Z,
-                           prm + ly.b_off if ly.b_off >= 0 else NULL, m, ly.n_out, ly.alpha, n_threads) != 0:
+                           prm + ly.b_off if ly.b_off >= 0 else NULL, m * ly.rows, ly.cols, ly.alpha, n_threads) != 0:
                 return NULL
             outp[l] = Y if ly.act != FNN_ACT_IDENTITY else Z
+        elif ly.kind == FNN_LAYER_RNN:
+            for j in range(ly.steps):
+                ly.n_active[j] = <int>m
+            rnn_forward_raw(ly.cell, m, ly.steps, ly.step_in, ly.units, ly.reverse, ly.perm, ly.n_active, NULL,
+                            n_threads, xi, prm + ly.w_off, prm + ly.whh_off, prm + ly.bih_off, prm + ly.bhh_off,
+                            NULL, NULL, <floating *>ly.XP, <floating *>ly.HP, <floating *>ly.Hs, <floating *>ly.Cs,
+                            <floating *>ly.Gs, Y if ly.seq else NULL, <floating *>ly.hout, NULL,
+                            <floating *>ly.Wp)
+            outp[l] = Y
+        elif ly.kind == FNN_LAYER_EMBEDDING:
+            for i in range(m * ly.n_in):
+                ly.ids[i] = <int64_t>xi[i]
+            embedding_gather(ly.ids, prm + ly.w_off, Y, m * ly.n_in, ly.cols, n_threads)
+            outp[l] = Y
         elif ly.kind == FNN_LAYER_ACTIVATION:
             if act_forward(ly.act, <floating *>xi, Y, NULL, m * ly.rows, ly.cols, ly.alpha, n_threads) != 0:
                 return NULL
@@ -433,7 +474,7 @@ cdef int _backward_graph(const floating *xb, Py_ssize_t m, const PlanLayer *laye
     ov (data-parallel with overlap, else NULL): after each node, the bucket of the flat gradient that this node
     completes is allreduced with MPI_Iallreduce (the caller waits for all before the update), and between a Dense
     node's two GEMMs and after each node MPI_Testall lets the buckets in flight progress."""
-    cdef Py_ssize_t l, i, j, c0, w
+    cdef Py_ssize_t l, i, j, c0, w, ci, co, mr
     cdef const PlanLayer *ly
     cdef const floating *x
     cdef floating *dy
@@ -453,6 +494,10 @@ cdef int _backward_graph(const floating *xb, Py_ssize_t m, const PlanLayer *laye
                 memset(grd + ly.w_off, 0, ly.w_len * sizeof(floating))
             if ly.b_off >= 0:
                 memset(grd + ly.b_off, 0, ly.cols * sizeof(floating))
+            if ly.kind == FNN_LAYER_RNN:
+                memset(grd + ly.whh_off, 0, ly.units * ly.units * rnn_gates(ly.cell) * sizeof(floating))
+                memset(grd + ly.bih_off, 0, ly.units * rnn_gates(ly.cell) * sizeof(floating))
+                memset(grd + ly.bhh_off, 0, ly.units * rnn_gates(ly.cell) * sizeof(floating))
             if ov != NULL and _ov_after(ov, l, grd, sizeof(floating)) != 0:
                 return FNN_STATUS_BAD_KIND
             continue
@@ -466,21 +511,33 @@ cdef int _backward_graph(const floating *xb, Py_ssize_t m, const PlanLayer *laye
                 if act_backward(ly.act, <floating *>ly.Z, <floating *>ly.Y, dy, g, m, ly.n_out, ly.alpha,
                                 n_threads) != 0:
                     return FNN_STATUS_BAD_KIND
+            # dense_backward on the m * rows rows of ci inputs and co outputs (rows 1: a vector)
+            ci, co, mr = ly.n_in // ly.rows, ly.cols, m * ly.rows
             if ly.n_in > 0:
-                _blas.gemm(True, False, <int>ly.n_in, <int>ly.n_out, <int>m, <floating>1, x, <int>ly.n_in,
-                           g, <int>ly.n_out, <floating>0, grd + ly.w_off, <int>ly.n_out)
+                _blas.gemm(True, False, <int>ci, <int>co, <int>mr, <floating>1, x, <int>ci,
+                           g, <int>co, <floating>0, grd + ly.w_off, <int>co)
             if ly.b_off >= 0:
                 dbp = grd + ly.b_off
-                memset(dbp, 0, ly.n_out * sizeof(floating))
-                for i in range(m):
-                    for j in range(ly.n_out):
-                        dbp[j] = dbp[j] + g[i * ly.n_out + j]
+                memset(dbp, 0, co * sizeof(floating))
+                for i in range(mr):
+                    for j in range(co):
+                        dbp[j] = dbp[j] + g[i * co + j]
             if dx != NULL:
                 if ov != NULL and _ov_test(ov) != 0:
                     return FNN_STATUS_BAD_KIND
-                _blas.gemm(False, True, <int>m, <int>ly.n_in, <int>ly.n_out, <floating>1, g, <int>ly.n_out,
-                           prm + ly.w_off, <int>ly.n_out, <floating>0, dx, <int>ly.n_in)
+                _blas.gemm(False, True, <int>mr, <int>ci, <int>co, <floating>1, g, <int>co,
+                           prm + ly.w_off, <int>co, <floating>0, dx, <int>ci)
             _give(layers, srcs, gp, ly, 0, dx, m)
+        elif ly.kind == FNN_LAYER_RNN:
+            rnn_backward_raw(ly.cell, m, ly.steps, ly.step_in, ly.units, ly.reverse, ly.perm, ly.n_active, NULL,
+                             n_threads, x, prm + ly.w_off, prm + ly.whh_off, <floating *>ly.Hs, <floating *>ly.Cs,
+                             <floating *>ly.Gs, dy if ly.seq else NULL, NULL if ly.seq else dy, NULL,
+                             <floating *>ly.dH, <floating *>ly.dC, <floating *>ly.dGt, <floating *>ly.dGo, dx,
+                             grd + ly.w_off, grd + ly.whh_off, grd + ly.bih_off, grd + ly.bhh_off, NULL, NULL, NULL,
+                             <floating *>ly.Wp)
+            _give(layers, srcs, gp, ly, 0, dx, m)
+        elif ly.kind == FNN_LAYER_EMBEDDING:
+            embedding_scatter(ly.ids, dy, grd + ly.w_off, m * ly.n_in, ly.n_rows, ly.cols, n_threads)
         elif ly.kind == FNN_LAYER_ACTIVATION:
             if dx != NULL:
                 if act_backward(ly.act, x, <floating *>ly.Y, dy, dx, m * ly.rows, ly.cols, ly.alpha,
@@ -886,20 +943,89 @@ cdef class Plan:
         return ly
 
     def dense(self, Py_ssize_t l, int act, Py_ssize_t n_in, Py_ssize_t n_out, Py_ssize_t w_off, Py_ssize_t b_off,
-              bint need_dx, double alpha, Z, Y, dZ, dX):
+              bint need_dx, double alpha, Z, Y, dZ, dX, Py_ssize_t rows=1):
         """Layer l: Dense (n_in -> n_out) with activation act (FNN_ACT_IDENTITY for none: the output is Z),
-        W at w_off and b at b_off (-1: no bias) in the parameters; buffers Z, Y, dZ (bs, n_out), dX (bs, n_in)."""
+        W at w_off and b at b_off (-1: no bias) in the parameters; buffers Z, Y, dZ (bs, n_out), dX (bs, n_in).
+        rows > 1: each sample is `rows` rows (the positions of a sequence or an image) of n_in / rows features,
+        each mapped to n_out / rows (the per-layer layer on its (N * rows, features) view); W (n_in / rows,
+        n_out / rows), b (n_out / rows,)."""
         check_act(act, "Plan.dense")
-        if w_off < 0 or w_off + n_in * n_out > self.P or b_off < -1 or (b_off >= 0 and b_off + n_out > self.P):
+        if rows < 1 or n_in % rows or n_out % rows:
+            raise ValueError(f"Plan.dense: layer {l}: {n_in} -> {n_out} features do not make {rows} rows")
+        cdef Py_ssize_t ci = n_in // rows, co = n_out // rows
+        if w_off < 0 or w_off + ci * co > self.P or b_off < -1 or (b_off >= 0 and b_off + co > self.P):
             raise ValueError(f"Plan.dense: layer {l}: offsets {w_off}, {b_off} outside the {self.P} parameters")
         cdef PlanLayer *ly = self._layer(l, n_in, n_out)
+        self._rows(ly, l, rows)
         ly.kind, ly.act, ly.alpha, ly.n_in, ly.n_out = FNN_LAYER_DENSE, act, alpha, n_in, n_out
-        ly.w_off, ly.b_off, ly.need_dx, ly.w_len = w_off, b_off, need_dx, n_in * n_out
+        ly.w_off, ly.b_off, ly.need_dx, ly.w_len = w_off, b_off, need_dx, ci * co
         ly.Z = self._arr(("Z", l), Z, (self.bs, n_out))
         ly.Y = self._arr(("Y", l), Y, (self.bs, n_out))
         ly.dZ = self._arr(("dZ", l), dZ, (self.bs, n_out))
         ly.dX = self._arr(("dX", l), dX, (self.bs, n_in))
         ly.out = ly.Z if act == FNN_ACT_IDENTITY else ly.Y
+
+    def rnn(self, Py_ssize_t l, int cell, Py_ssize_t steps, Py_ssize_t step_in, Py_ssize_t units, bint reverse,
+            bint seq, Py_ssize_t w_off, Py_ssize_t whh_off, Py_ssize_t bih_off, Py_ssize_t bhh_off, bint need_dx,
+            int n_threads, Y, hout, dX, perm, n_active, XP, HP, Hs, Cs, Gs, Wp, dH, dC, dGt, dGo):
+        """Layer l: a SimpleRNN (cell rnn.TANH or RELU), LSTM or GRU over samples of steps x step_in features (no
+        mask, no initial state), go_backwards (reverse), return_sequences (seq: the output Y (bs, steps * units),
+        step s at position s, as the per-layer layer returns it; else Y is the last state (bs, units)); weight_ih,
+        weight_hh, bias_ih, bias_hh at w_off, whh_off, bih_off, bhh_off.  The buffers are rnn.pyx's for bs rows
+        (its module docstring): hout (bs, units) (with seq; else None: Y), dX (bs, steps * step_in) when need_dx,
+        perm (bs,) int32 the identity, n_active (steps,) int32, XP, HP, Hs, Cs (LSTM, else None), Gs (LSTM and GRU,
+        else None), dH, dC (LSTM), dGt, dGo, all flat; Wp: float32 rnn.packed_size(cell, step_in, units,
+        n_threads) elements (the most threads a run may take: fewer use a part of it, as the per-layer path's
+        smaller buffer), None for float64."""
+        if cell < 0 or cell > 3 or steps < 1 or step_in < 1 or units < 1 or n_threads < 1:
+            raise ValueError(f"Plan.rnn: layer {l}: cell {cell}, steps {steps}, step_in {step_in}, units {units}, "
+                             f"threads {n_threads}")
+        cdef Py_ssize_t G = rnn_gates(cell), GU = G * units, SV = rnn_saved(cell) * units, bs = self.bs
+        cdef bint lstm = G == 4
+        if (w_off < 0 or w_off + step_in * GU > self.P or whh_off < 0 or whh_off + units * GU > self.P
+                or bih_off < 0 or bih_off + GU > self.P or bhh_off < 0 or bhh_off + GU > self.P):
+            raise ValueError(f"Plan.rnn: layer {l}: offsets outside the {self.P} parameters")
+        cdef PlanLayer *ly = self._layer(l, steps * step_in, (steps if seq else 1) * units)
+        self._rows(ly, l, steps if seq else 1)
+        ly.kind, ly.cell, ly.steps, ly.step_in, ly.units = FNN_LAYER_RNN, cell, steps, step_in, units
+        ly.reverse, ly.seq, ly.need_dx = reverse, seq, need_dx
+        ly.w_off, ly.whh_off, ly.bih_off, ly.bhh_off, ly.w_len = w_off, whh_off, bih_off, bhh_off, step_in * GU
+        ly.Y = self._arr(("Y", l), Y, (bs, ly.n_out))
+        ly.hout = self._arr(("hout", l), hout, (bs, units)) if seq else ly.Y
+        ly.dX = self._arr(("dX", l), dX if need_dx else None, (bs, ly.n_in))
+        ly.perm = <int *>self._arr(("perm", l), perm, (bs,), np.intc)
+        ly.n_active = <int *>self._arr(("n_active", l), n_active, (steps,), np.intc)
+        if not np.array_equal(perm, np.arange(bs)):
+            raise ValueError(f"Plan.rnn: layer {l}: perm must be the identity")
+        ly.XP = self._arr(("XP", l), XP, (bs * steps * GU,))
+        ly.HP = self._arr(("HP", l), HP, (bs * GU,))
+        ly.Hs = self._arr(("Hs", l), Hs, ((steps + 1) * bs * units,))
+        ly.Cs = self._arr(("Cs", l), Cs if lstm else None, ((steps + 1) * bs * units,))
+        ly.Gs = self._arr(("Gs", l), Gs if SV else None, (steps * bs * SV,))
+        ly.Wp = self._arr(("Wp", l), None if self.dbl else Wp, (rnn_packed_size(cell, step_in, units, n_threads),))
+        ly.dH = self._arr(("dH", l), dH, (bs * units,))
+        ly.dC = self._arr(("dC", l), dC if lstm else None, (bs * units,))
+        ly.dGt = self._arr(("dGt", l), dGt, (steps * bs * GU,))
+        ly.dGo = self._arr(("dGo", l), dGo, (bs * steps * GU,))
+        if (ly.Y == NULL or ly.hout == NULL or (need_dx and ly.dX == NULL) or ly.XP == NULL or ly.HP == NULL
+                or ly.Hs == NULL or (lstm and (ly.Cs == NULL or ly.dC == NULL)) or (SV and ly.Gs == NULL)
+                or (not self.dbl and ly.Wp == NULL) or ly.dH == NULL or ly.dGt == NULL or ly.dGo == NULL):
+            raise ValueError(f"Plan.rnn: layer {l}: a buffer is missing")
+
+    def embedding(self, Py_ssize_t l, Py_ssize_t steps, Py_ssize_t n_rows, Py_ssize_t d, Py_ssize_t w_off, Y,
+                  ids):
+        """Layer l: Embedding of the batch's `steps` ids per sample (carried as floats, exact: the caller checks
+        that they are integers in [0, n_rows), and for float32 that n_rows <= 2^24), the table (n_rows, d) at
+        w_off; buffers Y (bs, steps * d) and ids (bs, steps) int64.  Only the batch may feed it."""
+        if steps < 1 or n_rows < 1 or d < 1 or w_off < 0 or w_off + n_rows * d > self.P:
+            raise ValueError(f"Plan.embedding: layer {l}: steps {steps}, table ({n_rows}, {d}) at {w_off}")
+        if not self.dbl and n_rows > (1 << 24):
+            raise ValueError(f"Plan.embedding: layer {l}: {n_rows} ids are not all exact in float32")
+        cdef PlanLayer *ly = self._layer(l, steps, steps * d)
+        self._rows(ly, l, steps)
+        ly.kind, ly.n_rows, ly.w_off, ly.w_len, ly.need_dx = FNN_LAYER_EMBEDDING, n_rows, w_off, n_rows * d, 0
+        ly.Y = self._arr(("Y", l), Y, (self.bs, steps * d))
+        ly.ids = <int64_t *>self._arr(("ids", l), ids, (self.bs, steps), np.int64)
 
     def activation(self, Py_ssize_t l, int act, Py_ssize_t n, double alpha, Y, dX, bint passthrough=False,
                    Py_ssize_t rows=1):
@@ -1103,13 +1229,15 @@ cdef class Plan:
         self._links[l] = (srcs, acc)
 
     def batch_buffers(self, Xb, labels, Tb, dout, Wb=None):
-        """The batch's rows Xb (bs, n_in), labels (bs,) intp, targets Tb (bs, k), output gradient dout (bs, k)
-        and sample weights Wb (bs,) (needed for runs with weights).  Checks the graph first (every node given,
+        """The batch's rows Xb (bs, n_in), labels (bs * rows,) intp (rows: the output node's, the positions of
+        a per-step output, each with its label; 1 for a feature vector), targets Tb (bs, k), output gradient dout
+        (bs, k) and sample weights Wb (bs,) (needed for runs with weights).  Checks the graph first (every node given,
         sources and widths consistent)."""
         n_in0 = self._check_graph()
         k = self.layers[self.n_layers - 1].n_out
         self.Xb = self._arr("Xb", Xb, (self.bs, n_in0))
-        self.labels = <Py_ssize_t *>self._arr("labels", labels, (self.bs,), np.intp)
+        self.labels = <Py_ssize_t *>self._arr("labels", labels, (self.bs * self.layers[self.n_layers - 1].rows,),
+                                              np.intp)
         self.Tb = self._arr("Tb", Tb, (self.bs, k))
         self.dout = self._arr("dout", dout, (self.bs, k))
         self.Wb = self._arr("Wb", Wb, (self.bs,))
@@ -1150,6 +1278,8 @@ cdef class Plan:
                     n_in0 = ly.n_in
                     widths.append(ly.n_in)
                 else:
+                    if ly.kind == FNN_LAYER_EMBEDDING:
+                        raise ValueError(f"Plan: layer {l}: an embedding reads the batch's ids only")
                     widths.append(self.layers[v].n_out)
             n_want = 2 if ly.kind == FNN_LAYER_RESIDUAL else (-2 if ly.kind in (FNN_LAYER_ADD, FNN_LAYER_CONCAT) else 1)
             if (n_want > 0 and len(t) != n_want) or (n_want < 0 and len(t) < 2):
@@ -1500,6 +1630,14 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
     if perm is not None and perm.shape[0] < min(b1 * bs * R, n):
         raise ValueError("run_batches: the permutation is shorter than the batches")
     cdef Py_ssize_t k = plan.layers[L - 1].n_out
+    # a per-step output (SR > 1 rows per sample, of kc classes): softmax cross-entropy over its n * SR positions,
+    # each with its label (targets: (n * SR,) labels), their mean as the per-layer path's loss on the (m * SR, kc)
+    # view
+    cdef Py_ssize_t SR = plan.layers[L - 1].rows, kc = plan.layers[L - 1].cols, j
+    if SR > 1 and (plan.loss_kind != FNN_LOSS_CROSS_ENTROPY or weights is not None or outputs is not None
+                   or plan.ar_size > 1):
+        raise ValueError("run_batches: a per-step output takes cross-entropy on labels, without sample weights, "
+                         "outputs or data-parallel runs")
     cdef const Py_ssize_t[::1] lab
     cdef const floating[:, ::1] T
     cdef const Py_ssize_t *labp = NULL
@@ -1507,7 +1645,7 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
     cdef int lk = plan.loss_kind
     if lk == FNN_LOSS_CROSS_ENTROPY:
         lab = targets
-        if lab.shape[0] != n:
+        if lab.shape[0] != n * SR:
             raise ValueError("run_batches: labels do not match X")
         labp = &lab[0] if n > 0 else NULL
     else:
@@ -1564,7 +1702,8 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
                 if nt <= 1:
                     memcpy(xb + i * n_in0, &X[r, 0], row_x)
                 if lk == FNN_LOSS_CROSS_ENTROPY:
-                    labbp[i] = labp[r]
+                    for j in range(SR):
+                        labbp[i * SR + j] = labp[r * SR + j]
                 else:
                     memcpy(Tbp + i * k, Tp + r * k, k * sizeof(floating))
                 if Wp != NULL:
@@ -1589,12 +1728,12 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
             if lk == FNN_LOSS_L2:
                 inv = 1.0
             elif lk == FNN_LOSS_CROSS_ENTROPY or lk == FNN_LOSS_CROSS_ENTROPY_SOFT:
-                inv = 1.0 / (1.0 * wsum) if wsum > 0 else 0.0
+                inv = 1.0 / (1.0 * (wsum * SR)) if wsum > 0 else 0.0
             else:
                 inv = 1.0 / (<double>k * wsum) if wsum > 0 else 0.0
             wbc = <const floating *>wbp if Wp != NULL else NULL
             if lk == FNN_LOSS_CROSS_ENTROPY:
-                loss = ce_labels_core(out, labbp, dy0, wbc, m, k, inv, &n_correct, &bad)
+                loss = ce_labels_core(out, labbp, dy0, wbc, m * SR, kc, inv, &n_correct, &bad)
             elif lk == FNN_LOSS_CROSS_ENTROPY_SOFT:
                 loss = ce_soft_core(out, Tbp, dy0, wbc, m, k, inv, &n_correct)
             elif lk == FNN_LOSS_BINARY_CROSS_ENTROPY:

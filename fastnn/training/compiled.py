@@ -8,7 +8,10 @@ with a ``max_norm`` constraint (``fastnn.constraints.MaxNorm``, applied after ea
 ``GlobalAveragePooling1D/2D``, ``GlobalMaxPooling1D/2D``, activation layers, ``BatchNorm`` (not synchronized;
 over the channels of an image), ``LayerNorm``, ``Dropout``, ``Residual`` with stochastic depth, ``Add`` and
 ``Flatten`` / ``Reshape`` on outputs of any shape (channels-last; the plan holds each sample's features in one row:
-X is seen as (n, features)),
+X is seen as (n, features)), and for training ``SimpleRNN`` / ``LSTM`` / ``GRU`` on fixed-length float sequences
+(stacks, ``return_sequences`` either way, ``go_backwards``; without masks, initial or returned states), a first
+``Embedding`` (without ``mask_zero``; the ids go to the plan as exact floats of the model's dtype) and a ``Dense``
+per step, with a per-step output (T, k) trained by "cross_entropy" on (n, T) labels (no sample weights or metrics),
 trained with "cross_entropy" (integer labels or probability rows), "binary_cross_entropy", "mse", "l2" or "mae",
 by ``SGD`` (with momentum, Nesterov), ``Adam`` (AMSGrad), ``AdamW``, ``RMSprop`` (momentum, centered) or
 ``Adagrad`` (exactly those classes), with or without sample/class weights (one process), epoch or per-step
@@ -38,6 +41,7 @@ from fastnn._core import _threads
 from fastnn._core import conv as _conv
 from fastnn._core import guard as _guard
 from fastnn._core import plan as _k
+from fastnn._core import rnn as _rnn
 from fastnn._core._threads import get_num_threads
 from fastnn._core.kinds import ACT, LOSS, OPT, PLAN_STATUS
 from fastnn.constraints import MaxNorm
@@ -48,8 +52,10 @@ from fastnn.layers.conv import Conv1D, Conv2D
 from fastnn.layers.core import Flatten, Reshape
 from fastnn.layers.dense import Dense
 from fastnn.layers.dropout import Dropout
+from fastnn.layers.embedding import Embedding
 from fastnn.layers.merge import Add, Concatenate
 from fastnn.layers.normalization import BatchNorm, LayerNorm
+from fastnn.layers.recurrent import GRU, LSTM, SimpleRNN
 from fastnn.layers.residual import Residual
 
 CHUNK_SECONDS = 0.05      # the time one call into the compiled core runs before returning to Python (Ctrl-C)
@@ -64,14 +70,17 @@ def _size(shape):
 def _loss_kind(loss, T):
     """The plan's LOSS kind for `loss` on targets T, or None when the plan does not compute it."""
     t = type(loss)
-    if t is _losses.CrossEntropy:
-        return LOSS.CROSS_ENTROPY if T.ndim == 1 else (LOSS.CROSS_ENTROPY_SOFT if T.ndim == 2 else None)
+    if t is _losses.CrossEntropy:     # integer labels (n,), or (n, T) for a per-step output; or probability rows
+        if T.dtype.kind in "iu":
+            return LOSS.CROSS_ENTROPY if T.ndim in (1, 2) else None
+        return LOSS.CROSS_ENTROPY_SOFT if T.ndim == 2 else None
     if t is _losses.BinaryCrossEntropy:
         return LOSS.BINARY_CROSS_ENTROPY if T.ndim == 2 else None
     return _REG_KIND.get(t)
 _ACT_TYPES = tuple(_act.CLASSES.values())
 _PLAIN_TYPES = (LayerNorm, Add, Flatten, Reshape, Dropout, Residual)      # on outputs of any shape
 _CONV_TYPES = (Conv2D, Conv1D)
+_RNN_TYPES = (SimpleRNN, LSTM, GRU)
 _POOL_TYPES = tuple(_pool.CLASSES.values())
 # bit generators whose Generator.random() is (next_uint64 >> 11) * 2^-53 and integers(0, 2**63) is
 # next_uint64 >> 1: their draws come in one vectorized call (``_draws``)
@@ -216,7 +225,9 @@ class TrainPlan:
         # every output as features per sample (all axes), and as rows x cols (the last axis) for the row-wise kernels
         width = [_size(layer.output_shape) for layer, _ in graph.nodes]
         n_in0 = _size(model.input_shape)
-        self.threads = get_num_threads()     # the conv scratch is sized for this many threads (plan_for checks)
+        self.threads = get_num_threads()     # the conv and recurrent scratch is sized for this many threads
+        self.thread_sized = False            # (plan_for makes a new plan for more threads when one is)
+        self.embeddings = []                 # the Embedding layers (the batch's ids: fit_epoch checks them)
         scratch, convs = None, []
         for i, (layer, src) in enumerate(graph.nodes):
             last = i == L - 1
@@ -228,11 +239,35 @@ class TrainPlan:
             def buf(shape=(bs, n_out), dtype=dt):
                 return np.empty(shape, dtype)
 
-            if t is Dense:
+            if t is Dense:      # on the last axis: `rows` rows per sample (1 for a vector)
                 act = ACT.IDENTITY if (last and fused) else layer.activation.kind
                 b_off = table.offset(layer, "bias") if layer.use_bias else -1
                 core.dense(i, act, n_in, n_out, table.offset(layer, "weight"), b_off, layer.need_input_grad,
-                           layer.activation.alpha, buf(), buf(), buf(), buf((bs, n_in)))
+                           layer.activation.alpha, buf(), buf(), buf(), buf((bs, n_in)), rows=rows)
+            elif t in _RNN_TYPES:
+                # rnn.pyx's buffers for bs rows, as the per-layer layer makes them (recurrent.py forward/backward)
+                cell, U = layer._cell, layer.units
+                steps, f = layer.input_shape
+                GU, SV, lstm = _rnn.n_gates(cell) * U, _rnn.n_saved(cell) * U, cell == _rnn.LSTM
+                seq = layer.return_sequences
+
+                def flat(size, on=True):
+                    return np.empty(size, dt) if on else None
+
+                wp = (np.empty(_rnn.packed_size(cell, f, U, self.threads), dt) if dt == np.float32 else None)
+                core.rnn(i, cell, steps, f, U, layer.go_backwards, seq, table.offset(layer, "weight_ih"),
+                         table.offset(layer, "weight_hh"), table.offset(layer, "bias_ih"),
+                         table.offset(layer, "bias_hh"), layer.need_input_grad, self.threads, buf(),
+                         buf((bs, U)) if seq else None, buf((bs, n_in)) if layer.need_input_grad else None,
+                         np.arange(bs, dtype=np.intc), np.empty(steps, np.intc), flat(bs * steps * GU), flat(bs * GU),
+                         flat((steps + 1) * bs * U), flat((steps + 1) * bs * U, lstm), flat(steps * bs * SV, SV > 0),
+                         wp, flat(bs * U), flat(bs * U, lstm), flat(steps * bs * GU), flat(bs * steps * GU))
+                self.thread_sized = True
+            elif t is Embedding:
+                steps = n_in
+                core.embedding(i, steps, layer.input_dim, layer.output_dim, table.offset(layer, "weight"), buf(),
+                               np.empty((bs, steps), np.int64))
+                self.embeddings.append(layer)
             elif t in _ACT_TYPES:
                 core.activation(i, layer.kind, n_out, layer.alpha, buf(), buf(), passthrough=last and fused,
                                 rows=rows)
@@ -298,9 +333,11 @@ class TrainPlan:
         self.scratch = None if scratch is None else np.empty(scratch, dt)
         for i, args, have in convs:
             core.conv(i, *args, self.scratch, *have)
-        k = model.output_shape[0]
+        self.thread_sized = self.thread_sized or bool(convs)
+        k = width[-1]
+        self.out_rows = k // model.output_shape[-1] if model.output_shape[-1] else 1   # > 1: a per-step output
         self.set_constraints()
-        core.batch_buffers(np.empty((bs, n_in0), dt), np.empty(bs, np.intp), np.empty((bs, k), dt),
+        core.batch_buffers(np.empty((bs, n_in0), dt), np.empty(bs * self.out_rows, np.intp), np.empty((bs, k), dt),
                            np.empty((bs, k), dt), np.empty(bs, dt))
 
 
@@ -341,14 +378,31 @@ def _compiles(model, training):
     if graph.general or not isinstance(model.input_shape, tuple) or None in model.input_shape:
         return False
     shapes = [layer.output_shape for layer, _ in graph.nodes]
-    if any(not isinstance(out, tuple) or not out or None in out for out in shapes) or len(shapes[-1]) != 1:
+    # a per-step output (T, k) trains (plan_for checks the loss: cross-entropy on (n, T) labels), predicts not
+    if any(not isinstance(out, tuple) or not out or None in out for out in shapes) or not (
+            len(shapes[-1]) == 1 or (training and len(shapes[-1]) == 2)):
         return False
+    # recurrent models train on the plan with a Dense per step (elsewhere a Dense on more than one axis keeps a
+    # model on the per-layer path, as before)
+    sequences = training and any(type(layer) in _RNN_TYPES or type(layer) is Embedding for layer in graph.layers)
     for layer, src in graph.nodes:
         t = type(layer)
         vector = len(layer.output_shape) == 1 and all(len(model.input_shape if s < 0 else shapes[s]) == 1
                                                       for s in src)
-        if t is Dense:
-            if (not vector or type(layer.activation) not in _ACT_TYPES
+        if t in _RNN_TYPES or t is Embedding:
+            # training only (inference keeps the per-layer path); no mask, initial state, returned state or
+            # recorded step norms; an Embedding reads the batch's ids (carried as exact floats)
+            if not training:
+                return False
+            if t is Embedding:
+                if (tuple(src) != (-1,) or layer.mask_zero or len(model.input_shape) != 1
+                        or (model.dtype == np.float32 and layer.input_dim > 2 ** 24)):
+                    return False
+            elif (layer.return_state or layer.n_inputs != 1 or layer.record_step_grad_norms
+                  or len(layer.input_shape) != 2):
+                return False
+        elif t is Dense:    # on feature vectors; in a recurrent model also per step (the last axis of a sequence)
+            if ((not vector and not sequences) or type(layer.activation) not in _ACT_TYPES
                     or (training and not _constraints_compile([layer]))):
                 return False
         elif t in _CONV_TYPES:
@@ -463,6 +517,21 @@ def plan_for(model, train, bs, metrics, cbs):
         return None
     if X.shape[1:] != tuple(model.input_shape) or not X.flags.c_contiguous or not _compiles(model, True):
         return None
+    out_shape = tuple(model.output_shape)
+    if len(out_shape) > 1 and (_loss_kind(loss, T) != LOSS.CROSS_ENTROPY or T.shape != (X.shape[0],) + out_shape[:-1]
+                               or T.dtype != np.intp or W is not None or metrics or dist is not None):
+        return None     # a per-step output: cross-entropy on (n, T) labels only
+    if len(out_shape) == 1 and _loss_kind(loss, T) == LOSS.CROSS_ENTROPY and T.ndim != 1:
+        return None
+    embeds = [layer for layer, _ in model.graph.nodes if type(layer) is Embedding]
+    if embeds:
+        # the ids travel as exact floats: integers in [0, input_dim) (else the per-layer path raises its error)
+        if X.dtype.kind not in "iu" or dist is not None:
+            return None
+        if X.size and (X.min() < 0 or X.max() >= min(layer.input_dim for layer in embeds)):
+            return None
+    elif X.dtype != model.dtype:
+        return None
     # data-parallel: Dropout draws its rank's rows of the global mask and BatchNorm may synchronize: per-layer path;
     # convolutions and pooling too (not yet checked against it under MPI)
     if dist is not None and any(type(layer) in (Dropout, BatchNorm) + _CONV_TYPES + _POOL_TYPES
@@ -476,7 +545,7 @@ def plan_for(model, train, bs, metrics, cbs):
         raise RuntimeError(f"compiled plan: {model.name}'s optimizer is not bound to its parameters")
     plan = trainer.train_plan
     if plan is None or plan.bs != bs or plan.params is not model.parameters or plan.model is not model or (
-            plan.scratch is not None and plan.threads < get_num_threads()) or any(
+            plan.thread_sized and plan.threads < get_num_threads()) or any(
             layer.buffers.get("running_mean") is not rm or layer.buffers.get("running_var") is not rv
             for layer, rm, rv in plan.buffers):
         plan = trainer.train_plan = TrainPlan(model, bs)
@@ -526,6 +595,10 @@ def fit_epoch(model, plan, epoch, train, bs, shuffle, cbs=None, metrics=()):
     X, T, W = train
     n = X.shape[0]
     X = X.reshape(n, -1)        # the plan's rows: each sample's features (a view: plan_for checked X is contiguous)
+    if plan.embeddings:         # token ids: as exact floats of the model's dtype (plan_for checked their range)
+        X = X.astype(model.dtype)
+    if plan.out_rows > 1:       # per-step labels (n, T): the plan reads them as (n * T,)
+        T = np.ascontiguousarray(T).reshape(-1)
     idx = model.rng.permutation(n) if shuffle else None
     opt = model.optimizer
     core = plan.core

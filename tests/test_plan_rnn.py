@@ -1,0 +1,146 @@
+"""Recurrent models on the compiled plan (issue 16, issue 12): SimpleRNN (tanh, relu), LSTM and GRU over float
+sequences and after an Embedding of token ids, return_sequences both ways, go_backwards, stacks, a Dense per step
+and the cross-entropy over every step, against the per-layer path.
+
+The plan runs the per-layer path's kernels (rnn.pyx's rnn_forward_raw / rnn_backward_raw, embedding.pyx's
+embedding_gather / embedding_scatter: the code the def wrappers run) with buffers of the per-layer path's sizes
+(the same packing scratch, the same split of the rows over the threads), so the tests ask for the same bits.
+Models the plan does not cover (masks, initial or returned states, Bidirectional, a free time axis) must keep
+training on the per-layer path.
+"""
+import numpy as np
+import pytest
+
+import fastnn as fnn
+from fastnn.training import compiled as _plan
+
+try:
+    from tests.test_plan_graph import _assert_same, _nan_stop, _train_both
+except ImportError:  # pragma: no cover - tests/ itself on sys.path
+    from test_plan_graph import _assert_same, _nan_stop, _train_both
+
+L = fnn.layers
+T, F, K, VOCAB = 6, 3, 4, 11
+
+CELLS = {
+    "tanh": lambda u, **kw: L.SimpleRNN(u, **kw),
+    "relu": lambda u, **kw: L.SimpleRNN(u, activation="relu", **kw),
+    "lstm": lambda u, **kw: L.LSTM(u, **kw),
+    "gru": lambda u, **kw: L.GRU(u, **kw),
+}
+
+
+def _data(n, per_step, ids=False, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.integers(0, VOCAB, (n, T)) if ids else rng.standard_normal((n, T, F)).astype(np.float32)
+    k = VOCAB if ids else K
+    y = rng.integers(0, k, (n, T) if per_step else n)
+    return X, y
+
+
+def _stack(cell, seq, dtype):
+    """Two layers of `cell`: the first reads the sequence backwards and returns it, the second returns its
+    sequence (a Dense per step follows) or its last state."""
+    make = CELLS[cell]
+    return fnn.Sequential([make(5, return_sequences=True, go_backwards=True), make(7, return_sequences=seq),
+                           L.Dense(K)], input_shape=(T, F), seed=1, dtype=dtype)
+
+
+def _both(make, X, y, make_opt, dtype, threads=1, bs=8, epochs=2, **kw):
+    a, ha, b, hb = _train_both(make, X, y, "cross_entropy", make_opt, dtype, epochs, bs, threads, **kw)
+    _assert_same(a, ha, b, hb)
+    return a, ha
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("seq", [False, True], ids=["last", "per_step"])
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_every_cell_gives_the_weights_of_the_per_layer_path(cell, seq, dtype):
+    # 37 samples in batches of 8: a last batch of 5; RMSprop with R1's clipping at norm 5
+    X, y = _data(37, seq)
+    a, h = _both(lambda dt: _stack(cell, seq, dt), X, y, lambda: fnn.optim.RMSprop(lr=1e-2), dtype, clip_norm=5.0)
+    assert np.isfinite(h.history["loss"]).all()
+
+
+@pytest.mark.parametrize("cell", ["tanh", "lstm", "gru"])
+def test_two_threads_and_a_last_batch_of_one(cell, restore_threads):
+    X, y = _data(17, True)         # batches of 8, 8 and 1
+    _both(lambda dt: _stack(cell, True, dt), X, y, lambda: fnn.optim.Adam(lr=1e-2), "float32", threads=2)
+    _both(lambda dt: _stack(cell, False, dt), X, y[:, 0], lambda: fnn.optim.Adam(lr=1e-2), "float64", threads=2)
+
+
+@pytest.mark.parametrize("make_opt", [lambda: fnn.optim.SGD(lr=0.05, momentum=0.9, nesterov=True),
+                                      lambda: fnn.optim.Adam(lr=1e-2, amsgrad=True),
+                                      lambda: fnn.optim.RMSprop(lr=1e-2, momentum=0.5, centered=True),
+                                      lambda: fnn.optim.AdamW(lr=1e-2, weight_decay=0.1)],
+                         ids=["sgd", "adam", "rmsprop", "adamw"])
+def test_every_optimizer_on_an_lstm(make_opt):
+    X, y = _data(24, True)
+    _both(lambda dt: _stack("lstm", True, dt), X, y, make_opt, "float32", clip_value=0.5)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_r1_shape_embedding_two_lstms_and_a_dense_per_step(dtype, restore_threads):
+    # R1 in small: Embedding - LSTM - LSTM - Dense per step, cross-entropy over all steps, RMSprop, clip norm 5
+    def make(dt):
+        return fnn.Sequential([L.Embedding(VOCAB, 4), L.LSTM(6, return_sequences=True),
+                               L.LSTM(5, return_sequences=True), L.Dense(VOCAB)], input_shape=(T,), seed=2, dtype=dt)
+    X, y = _data(21, True, ids=True)
+    a, h = _both(make, X, y, lambda: fnn.optim.RMSprop(lr=2e-3), dtype, threads=2, clip_norm=5.0)
+    assert _plan._compiles(a, True) and not _plan._compiles(a, False)     # inference: the per-layer path
+    # an Embedding into a GRU that returns its last state, int32 ids
+    def make2(dt):
+        return fnn.Sequential([L.Embedding(VOCAB, 3), L.GRU(5), L.Dense(K, activation="softmax")],
+                              input_shape=(T,), seed=2, dtype=dt)
+    _both(make2, X.astype(np.int32), y[:, 0] % K, lambda: fnn.optim.Adam(lr=1e-2), dtype)
+
+
+def test_a_nan_stops_a_recurrent_model_with_the_last_good_state():
+    X, _ = _data(64, False)
+    y = np.random.default_rng(1).integers(0, K, (64, T))
+    X[40] = 3e38                  # batch 3 of 16: a ReLU state overflows float32, and the update with it
+
+    def make(dt):
+        return fnn.Sequential([L.SimpleRNN(5, activation="relu", return_sequences=True), L.Dense(K)],
+                              input_shape=(T, F), seed=1, dtype=dt)
+    _, e = _nan_stop(make, lambda: fnn.optim.RMSprop(lr=1e-2), X, y)
+    assert (e.what, e.batch) == ("parameters", 3)
+
+
+def test_recurrent_models_the_plan_does_not_cover_keep_the_per_layer_path():
+    X, y = _data(12, False)
+    ids, yi = _data(12, True, ids=True)
+    ids[:, 4:] = 0
+    inp = fnn.Input((T, F))
+    out, h = L.GRU(5, return_state=True)(inp)
+    state = fnn.Model(inp, L.Dense(K)(L.Concatenate()([out, h])))
+    inp2 = fnn.Input((T, F))
+    h0 = L.Dense(5)(L.Flatten()(inp2))
+    init = fnn.Model(inp2, L.Dense(K)(L.SimpleRNN(5)(inp2, initial_state=[h0])))
+    cases = [
+        (fnn.Sequential([L.Embedding(VOCAB, 4, mask_zero=True), L.LSTM(5), L.Dense(K)], input_shape=(T,)), ids, y),
+        (fnn.Sequential([L.Masking(0.0), L.LSTM(5), L.Dense(K)], input_shape=(T, F)), X, y),
+        (fnn.Sequential([L.Bidirectional(L.LSTM(5)), L.Dense(K)], input_shape=(T, F)), X, y),
+        (fnn.Sequential([L.LSTM(5), L.Dense(K)], input_shape=(None, F)), X, y),        # a free time axis
+        (state, X, y),
+        (init, X, y),
+        # a per-step output with a loss the plan does not take per step, and per-step sample weights
+        (fnn.Sequential([L.GRU(5, return_sequences=True), L.Dense(K)], input_shape=(T, F)), X,
+         np.zeros((12, T, K), np.float32)),
+    ]
+    for i, (m, Xi, yi_) in enumerate(cases):
+        m.compile("mse" if i == len(cases) - 1 else "cross_entropy", "adam")
+        h = m.fit(Xi, yi_, epochs=1, batch_size=4)
+        assert m.trainer.train_plan is None, i
+        assert np.isfinite(h.history["loss"]).all(), i
+    # step norms recorded: the per-layer path
+    m = _stack("lstm", True, "float32")
+    m.layers[1].record_step_grad_norms = True
+    m.compile("cross_entropy", "adam")
+    m.fit(X, _data(12, True)[1], epochs=1, batch_size=4)
+    assert m.trainer.train_plan is None and m.layers[1].step_grad_norms is not None
+    # ids out of range: the per-layer path's error
+    m = fnn.Sequential([L.Embedding(VOCAB, 4), L.LSTM(5), L.Dense(K)], input_shape=(T,))
+    m.compile("cross_entropy", "adam")
+    with pytest.raises(ValueError, match="input_dim|outside"):
+        m.fit(ids + VOCAB, y, epochs=1, batch_size=4)
