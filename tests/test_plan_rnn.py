@@ -5,7 +5,8 @@ and the cross-entropy over every step, against the per-layer path.
 The plan runs the per-layer path's kernels (rnn.pyx's rnn_forward_raw / rnn_backward_raw, embedding.pyx's
 embedding_gather / embedding_scatter: the code the def wrappers run) with buffers of the per-layer path's sizes
 (the same packing scratch, the same split of the rows over the threads), so the tests ask for the same bits.
-Models the plan does not cover (masks, initial or returned states, Bidirectional, a free time axis) must keep
+Bidirectional runs both directions in one node, merged as the layer merges them.  Models the plan does not cover
+(masks, initial or returned states, Bidirectional without a merge, a free time axis) must keep
 training on the per-layer path.
 """
 import numpy as np
@@ -95,6 +96,27 @@ def test_r1_shape_embedding_two_lstms_and_a_dense_per_step(dtype, restore_thread
     _both(make2, X.astype(np.int32), y[:, 0] % K, lambda: fnn.optim.Adam(lr=1e-2), dtype)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("merge", ["concat", "sum", "mul", "ave"])
+def test_bidirectional_in_every_merge_mode(merge, dtype, restore_threads):
+    # a Bidirectional GRU returning its sequence under a Bidirectional LSTM returning its last states, at 2 threads
+    def make(dt):
+        return fnn.Sequential([L.Bidirectional(L.GRU(4, return_sequences=True), merge_mode=merge),
+                               L.Bidirectional(L.LSTM(5), merge_mode=merge), L.Dense(K)],
+                              input_shape=(T, F), seed=4, dtype=dt)
+    X, y = _data(19, False)
+    _both(make, X, y, lambda: fnn.optim.Adam(lr=1e-2), dtype, threads=2, clip_norm=5.0)
+
+
+def test_bidirectional_per_step_after_an_embedding():
+    def make(dt):
+        return fnn.Sequential([L.Embedding(VOCAB, 4), L.Bidirectional(L.SimpleRNN(5, return_sequences=True,
+                                                                                  go_backwards=True)),
+                               L.Dense(VOCAB)], input_shape=(T,), seed=5, dtype=dt)
+    X, y = _data(13, True, ids=True)
+    _both(make, X, y, lambda: fnn.optim.RMSprop(lr=1e-2), "float64")
+
+
 def test_a_nan_stops_a_recurrent_model_with_the_last_good_state():
     X, _ = _data(64, False)
     y = np.random.default_rng(1).integers(0, K, (64, T))
@@ -114,13 +136,14 @@ def test_recurrent_models_the_plan_does_not_cover_keep_the_per_layer_path():
     inp = fnn.Input((T, F))
     out, h = L.GRU(5, return_state=True)(inp)
     state = fnn.Model(inp, L.Dense(K)(L.Concatenate()([out, h])))
+    inp3 = fnn.Input((T, F))
     inp2 = fnn.Input((T, F))
     h0 = L.Dense(5)(L.Flatten()(inp2))
     init = fnn.Model(inp2, L.Dense(K)(L.SimpleRNN(5)(inp2, initial_state=[h0])))
     cases = [
         (fnn.Sequential([L.Embedding(VOCAB, 4, mask_zero=True), L.LSTM(5), L.Dense(K)], input_shape=(T,)), ids, y),
         (fnn.Sequential([L.Masking(0.0), L.LSTM(5), L.Dense(K)], input_shape=(T, F)), X, y),
-        (fnn.Sequential([L.Bidirectional(L.LSTM(5)), L.Dense(K)], input_shape=(T, F)), X, y),
+        (fnn.Model(inp3, L.Dense(K)(L.Concatenate()(L.Bidirectional(L.LSTM(5), merge_mode=None)(inp3)))), X, y),
         (fnn.Sequential([L.LSTM(5), L.Dense(K)], input_shape=(None, F)), X, y),        # a free time axis
         (state, X, y),
         (init, X, y),

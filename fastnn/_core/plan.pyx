@@ -88,6 +88,35 @@ cdef enum:
     _MAX_T = 256
 
 
+cdef enum:
+    _MERGE_CONCAT = 0       # Bidirectional's merge modes (fastnn/layers/recurrent.py)
+    _MERGE_SUM = 1
+    _MERGE_MUL = 2
+    _MERGE_AVE = 3
+
+
+cdef struct RnnC:           # one direction of a recurrent node: rnn.pyx's sizes and buffers for bs rows
+    int cell                # rnn.pyx TANH, RELU, LSTM, GRU
+    bint reverse, seq       # go_backwards; return_sequences (Y (bs, steps * units), else Y is hout (bs, units))
+    Py_ssize_t steps, units, step_in    # the sequence's steps, the state's units, the features per step
+    Py_ssize_t w_off, whh_off, bih_off, bhh_off     # weight_ih, weight_hh, bias_ih, bias_hh in the flat parameters
+    int *perm               # (bs,) the identity (no mask: the rows in their order)
+    int *n_active           # (steps,) the rows running at each step: the batch's m, set by each forward
+    void *Y                 # the direction's output (the node's own Y for a single direction)
+    void *hout              # (bs, units) the last state (Y itself without return_sequences)
+    void *dX                # (bs, steps * step_in) the gradient toward the input, or NULL
+    void *XP                # the kernels' buffers (rnn.pyx's module docstring): XP, HP, Hs, Cs (LSTM), Gs (LSTM,
+    void *HP                # GRU), Wp (float32: the packing scratch for the plan's thread count), dH, dC (LSTM),
+    void *Hs                # dGt, dGo
+    void *Cs
+    void *Gs
+    void *Wp
+    void *dH
+    void *dC
+    void *dGt
+    void *dGo
+
+
 cdef struct PlanLayer:
     int kind                # a PLAN_LAYER kind (csrc/fnn_kinds.h)
     int act                 # the activation kind (FNN_ACT_...); a Dense layer's own, FNN_ACT_IDENTITY for none
@@ -126,24 +155,10 @@ cdef struct PlanLayer:
     # path's buffer sizes, so that both split the work over the same threads)
     bint pool_max           # POOL: max (else average)
     int32_t *argmax         # POOL, max: (bs, OH, OW, C) the first maximum of each window
-    int cell                # RNN: the cell (rnn.pyx TANH, RELU, LSTM, GRU)
-    bint reverse, seq       # RNN: go_backwards; return_sequences (Y (bs, steps * units), else Y is h (bs, units))
-    Py_ssize_t steps, units, step_in    # RNN: the sequence's steps, the state's units, the features per step
-    Py_ssize_t whh_off, bih_off, bhh_off    # RNN: weight_hh, bias_ih, bias_hh in the flat parameters (w_off:
-    # weight_ih; b_off -1, w_len weight_ih's elements: the four are zeroed together when no gradient arrives)
-    int *perm               # RNN: (bs,) the identity (no mask: the rows in their order)
-    int *n_active           # RNN: (steps,) the rows running at each step: the batch's m, set by each forward
-    void *XP                # RNN: the kernels' buffers, rnn.pyx's names and sizes for bs rows: XP, HP, Hs, Cs
-    void *HP                # (LSTM), Gs (LSTM, GRU), hout (the last state: Y itself without return_sequences),
-    void *Hs                # Wp (float32: the packing scratch for the plan's thread count), dH, dC (LSTM), dGt,
-    void *Cs                # dGo
-    void *Gs
-    void *hout
-    void *Wp
-    void *dH
-    void *dC
-    void *dGt
-    void *dGo
+    RnnC rnn[2]             # RNN: its direction(s): one, or forward and backward (Bidirectional)
+    int n_dirs              # RNN: 1 or 2
+    int merge               # RNN with two directions: how their outputs merge (_MERGE_CONCAT, ...)
+    void *dY2               # RNN with two directions: (2, bs, rows * units) each direction's output gradient
     Py_ssize_t n_rows       # EMBEDDING: the table's rows (input_dim); its columns are cols
     int64_t *ids            # EMBEDDING: (bs, steps) the batch's ids, converted from the floats of the batch
 
@@ -287,6 +302,95 @@ cdef inline void _ew_range(int op, const floating *a, const floating *b, floatin
             y[i] = a[i] * c
 
 
+cdef void _rnn_fwd(const RnnC *r, const floating *x, const floating *prm, Py_ssize_t m,
+                   int n_threads) noexcept nogil:
+    """One direction of a recurrent node forward over the m rows at x (rnn.pxd: the per-layer layer's call)."""
+    cdef Py_ssize_t s
+    for s in range(r.steps):
+        r.n_active[s] = <int>m
+    rnn_forward_raw(r.cell, m, r.steps, r.step_in, r.units, r.reverse, r.perm, r.n_active, NULL, n_threads, x,
+                    prm + r.w_off, prm + r.whh_off, prm + r.bih_off, prm + r.bhh_off, NULL, NULL,
+                    <floating *>r.XP, <floating *>r.HP, <floating *>r.Hs, <floating *>r.Cs, <floating *>r.Gs,
+                    <floating *>r.Y if r.seq else NULL, <floating *>r.hout, NULL, <floating *>r.Wp)
+
+
+cdef void _rnn_bwd(const RnnC *r, const floating *x, const floating *prm, floating *grd, const floating *dy,
+                   Py_ssize_t m, int n_threads) noexcept nogil:
+    """Backpropagation through time of _rnn_fwd from dy, the gradient of its output (the sequence with seq, else
+    the last state): its four parameter gradients, and dX when r.dX is given."""
+    rnn_backward_raw(r.cell, m, r.steps, r.step_in, r.units, r.reverse, r.perm, r.n_active, NULL, n_threads, x,
+                     prm + r.w_off, prm + r.whh_off, <floating *>r.Hs, <floating *>r.Cs, <floating *>r.Gs,
+                     dy if r.seq else NULL, NULL if r.seq else dy, NULL, <floating *>r.dH, <floating *>r.dC,
+                     <floating *>r.dGt, <floating *>r.dGo, <floating *>r.dX, grd + r.w_off, grd + r.whh_off,
+                     grd + r.bih_off, grd + r.bhh_off, NULL, NULL, NULL, <floating *>r.Wp)
+
+
+cdef void _rnn_zero(const RnnC *r, floating *grd) noexcept nogil:
+    """Zero gradients of a direction that no gradient reached."""
+    cdef Py_ssize_t GU = rnn_gates(r.cell) * r.units
+    memset(grd + r.w_off, 0, r.step_in * GU * sizeof(floating))
+    memset(grd + r.whh_off, 0, r.units * GU * sizeof(floating))
+    memset(grd + r.bih_off, 0, GU * sizeof(floating))
+    memset(grd + r.bhh_off, 0, GU * sizeof(floating))
+
+
+cdef void _merge_fwd(const PlanLayer *ly, floating *y, Py_ssize_t m) noexcept nogil:
+    """Bidirectional's merge of its two directions' outputs into y (ly.Y), as Bidirectional.forward: the backward
+    direction's sequence (in its processing order) reversed back in time first (R = rows: the steps with
+    return_sequences, else 1: the last states)."""
+    cdef Py_ssize_t R = ly.rows, U = ly.rnn[0].units, i, t, c, fi, bi
+    cdef const floating *yf = <const floating *>ly.rnn[0].Y
+    cdef const floating *yb = <const floating *>ly.rnn[1].Y
+    cdef floating v
+    for i in range(m):
+        for t in range(R):
+            fi = (i * R + t) * U
+            bi = (i * R + R - 1 - t) * U
+            if ly.merge == _MERGE_CONCAT:
+                memcpy(y + 2 * fi, yf + fi, U * sizeof(floating))
+                memcpy(y + 2 * fi + U, yb + bi, U * sizeof(floating))
+            elif ly.merge == _MERGE_SUM:
+                for c in range(U):
+                    y[fi + c] = yf[fi + c] + yb[bi + c]
+            elif ly.merge == _MERGE_MUL:
+                for c in range(U):
+                    y[fi + c] = yf[fi + c] * yb[bi + c]
+            else:
+                for c in range(U):
+                    v = yf[fi + c] + yb[bi + c]         # np.add, then out *= 0.5
+                    y[fi + c] = v * <floating>0.5
+
+
+cdef void _merge_bwd(const PlanLayer *ly, const floating *dy, Py_ssize_t m) noexcept nogil:
+    """The two directions' output gradients (ly.dY2: forward's, then backward's in its processing order) from dy,
+    the gradient of the merged output, as Bidirectional.backward."""
+    cdef Py_ssize_t R = ly.rows, U = ly.rnn[0].units, i, t, c, fi, bi
+    cdef const floating *yf = <const floating *>ly.rnn[0].Y
+    cdef const floating *yb = <const floating *>ly.rnn[1].Y
+    cdef floating *df = <floating *>ly.dY2
+    cdef floating *db = df + m * R * U
+    cdef floating v
+    for i in range(m):
+        for t in range(R):
+            fi = (i * R + t) * U
+            bi = (i * R + R - 1 - t) * U
+            if ly.merge == _MERGE_CONCAT:
+                memcpy(df + fi, dy + 2 * fi, U * sizeof(floating))
+                memcpy(db + bi, dy + 2 * fi + U, U * sizeof(floating))
+            elif ly.merge == _MERGE_SUM:
+                memcpy(df + fi, dy + fi, U * sizeof(floating))
+                memcpy(db + bi, dy + fi, U * sizeof(floating))
+            elif ly.merge == _MERGE_MUL:
+                for c in range(U):
+                    df[fi + c] = dy[fi + c] * yb[bi + c]
+                    db[bi + c] = dy[fi + c] * yf[fi + c]
+            else:
+                for c in range(U):
+                    v = dy[fi + c] * <floating>0.5
+                    df[fi + c] = v
+                    db[bi + c] = v
+
+
 cdef const floating *_forward_graph(const floating *x, Py_ssize_t m, const PlanLayer *layers, Py_ssize_t L,
                                     const Py_ssize_t *srcs, void **outp, unsigned char *kept, const floating *prm,
                                     bint training, const uint64_t *draws, int n_threads) noexcept nogil:
@@ -324,13 +428,10 @@ cdef const floating *_forward_graph(const floating *x, Py_ssize_t m, const PlanL
                 return NULL
             outp[l] = Y if ly.act != FNN_ACT_IDENTITY else Z
         elif ly.kind == FNN_LAYER_RNN:
-            for j in range(ly.steps):
-                ly.n_active[j] = <int>m
-            rnn_forward_raw(ly.cell, m, ly.steps, ly.step_in, ly.units, ly.reverse, ly.perm, ly.n_active, NULL,
-                            n_threads, xi, prm + ly.w_off, prm + ly.whh_off, prm + ly.bih_off, prm + ly.bhh_off,
-                            NULL, NULL, <floating *>ly.XP, <floating *>ly.HP, <floating *>ly.Hs, <floating *>ly.Cs,
-                            <floating *>ly.Gs, Y if ly.seq else NULL, <floating *>ly.hout, NULL,
-                            <floating *>ly.Wp)
+            for j in range(ly.n_dirs):
+                _rnn_fwd(&ly.rnn[j], xi, prm, m, n_threads)
+            if ly.n_dirs == 2:
+                _merge_fwd(ly, Y, m)
             outp[l] = Y
         elif ly.kind == FNN_LAYER_EMBEDDING:
             for i in range(m * ly.n_in):
@@ -495,9 +596,8 @@ cdef int _backward_graph(const floating *xb, Py_ssize_t m, const PlanLayer *laye
             if ly.b_off >= 0:
                 memset(grd + ly.b_off, 0, ly.cols * sizeof(floating))
             if ly.kind == FNN_LAYER_RNN:
-                memset(grd + ly.whh_off, 0, ly.units * ly.units * rnn_gates(ly.cell) * sizeof(floating))
-                memset(grd + ly.bih_off, 0, ly.units * rnn_gates(ly.cell) * sizeof(floating))
-                memset(grd + ly.bhh_off, 0, ly.units * rnn_gates(ly.cell) * sizeof(floating))
+                for j in range(ly.n_dirs):
+                    _rnn_zero(&ly.rnn[j], grd)
             if ov != NULL and _ov_after(ov, l, grd, sizeof(floating)) != 0:
                 return FNN_STATUS_BAD_KIND
             continue
@@ -529,12 +629,14 @@ cdef int _backward_graph(const floating *xb, Py_ssize_t m, const PlanLayer *laye
                            prm + ly.w_off, <int>co, <floating>0, dx, <int>ci)
             _give(layers, srcs, gp, ly, 0, dx, m)
         elif ly.kind == FNN_LAYER_RNN:
-            rnn_backward_raw(ly.cell, m, ly.steps, ly.step_in, ly.units, ly.reverse, ly.perm, ly.n_active, NULL,
-                             n_threads, x, prm + ly.w_off, prm + ly.whh_off, <floating *>ly.Hs, <floating *>ly.Cs,
-                             <floating *>ly.Gs, dy if ly.seq else NULL, NULL if ly.seq else dy, NULL,
-                             <floating *>ly.dH, <floating *>ly.dC, <floating *>ly.dGt, <floating *>ly.dGo, dx,
-                             grd + ly.w_off, grd + ly.whh_off, grd + ly.bih_off, grd + ly.bhh_off, NULL, NULL, NULL,
-                             <floating *>ly.Wp)
+            if ly.n_dirs == 1:
+                _rnn_bwd(&ly.rnn[0], x, prm, grd, dy, m, n_threads)
+            else:       # as Bidirectional.backward: each direction's output gradient, both backwards, dX summed
+                _merge_bwd(ly, dy, m)
+                _rnn_bwd(&ly.rnn[0], x, prm, grd, <floating *>ly.dY2, m, n_threads)
+                _rnn_bwd(&ly.rnn[1], x, prm, grd, <floating *>ly.dY2 + ly.rnn[0].units * ly.rows * m, m, n_threads)
+                if dx != NULL:
+                    _ew(0, dx, <const floating *>ly.rnn[1].dX, dx, 0, m * ly.n_in, n_threads)
             _give(layers, srcs, gp, ly, 0, dx, m)
         elif ly.kind == FNN_LAYER_EMBEDDING:
             embedding_scatter(ly.ids, dy, grd + ly.w_off, m * ly.n_in, ly.n_rows, ly.cols, n_threads)
@@ -965,52 +1067,69 @@ cdef class Plan:
         ly.dX = self._arr(("dX", l), dX, (self.bs, n_in))
         ly.out = ly.Z if act == FNN_ACT_IDENTITY else ly.Y
 
-    def rnn(self, Py_ssize_t l, int cell, Py_ssize_t steps, Py_ssize_t step_in, Py_ssize_t units, bint reverse,
-            bint seq, Py_ssize_t w_off, Py_ssize_t whh_off, Py_ssize_t bih_off, Py_ssize_t bhh_off, bint need_dx,
-            int n_threads, Y, hout, dX, perm, n_active, XP, HP, Hs, Cs, Gs, Wp, dH, dC, dGt, dGo):
+    def rnn(self, Py_ssize_t l, int cell, Py_ssize_t steps, Py_ssize_t step_in, Py_ssize_t units, bint seq,
+            bint need_dx, int n_threads, Y, dX, dirs, int merge=-1, dY2=None):
         """Layer l: a SimpleRNN (cell rnn.TANH or RELU), LSTM or GRU over samples of steps x step_in features (no
-        mask, no initial state), go_backwards (reverse), return_sequences (seq: the output Y (bs, steps * units),
-        step s at position s, as the per-layer layer returns it; else Y is the last state (bs, units)); weight_ih,
-        weight_hh, bias_ih, bias_hh at w_off, whh_off, bih_off, bhh_off.  The buffers are rnn.pyx's for bs rows
-        (its module docstring): hout (bs, units) (with seq; else None: Y), dX (bs, steps * step_in) when need_dx,
-        perm (bs,) int32 the identity, n_active (steps,) int32, XP, HP, Hs, Cs (LSTM, else None), Gs (LSTM and GRU,
-        else None), dH, dC (LSTM), dGt, dGo, all flat; Wp: float32 rnn.packed_size(cell, step_in, units,
-        n_threads) elements (the most threads a run may take: fewer use a part of it, as the per-layer path's
-        smaller buffer), None for float64."""
+        mask, no initial state), return_sequences (seq: the output Y (bs, steps * units), step s at position s, as
+        the per-layer layer returns it; else the last state (bs, units)), or a Bidirectional pair of them merged by
+        `merge` (0 concat: Y twice as wide, 1 sum, 2 mul, 3 ave).  Y: the node's output; dX (bs, steps *
+        step_in) when need_dx.  dirs: one dict per direction (forward, then backward), rnn.pyx's buffers for bs
+        rows (its module docstring), all flat: "reverse" (go_backwards), the offsets "w_off", "whh_off",
+        "bih_off", "bhh_off" of weight_ih, weight_hh, bias_ih, bias_hh; "Y" (the direction's output; of the
+        second direction only, the first's is the node's Y unless merged: then its own too), "hout" (bs, units)
+        with seq (else None), "dX" (the second direction's own, when need_dx), "perm" (bs,) int32 the identity,
+        "n_active" (steps,) int32, "XP", "HP", "Hs", "Cs" (LSTM, else None), "Gs" (LSTM and GRU, else None), "dH",
+        "dC" (LSTM), "dGt", "dGo"; "Wp": float32 rnn.packed_size(cell, step_in, units, n_threads) elements (the
+        most threads a run may take: fewer use a part of it, as the per-layer path's smaller buffer), None for
+        float64.  dY2 (2 * bs * rows * units,): the two directions' output gradients (two directions only)."""
         if cell < 0 or cell > 3 or steps < 1 or step_in < 1 or units < 1 or n_threads < 1:
             raise ValueError(f"Plan.rnn: layer {l}: cell {cell}, steps {steps}, step_in {step_in}, units {units}, "
                              f"threads {n_threads}")
-        cdef Py_ssize_t G = rnn_gates(cell), GU = G * units, SV = rnn_saved(cell) * units, bs = self.bs
+        cdef Py_ssize_t nd = len(dirs), R = steps if seq else 1, bs = self.bs, k
+        if nd not in (1, 2) or (nd == 2 and not 0 <= merge <= 3):
+            raise ValueError(f"Plan.rnn: layer {l}: {nd} directions, merge {merge}")
+        cdef Py_ssize_t G = rnn_gates(cell), GU = G * units, SV = rnn_saved(cell) * units
         cdef bint lstm = G == 4
-        if (w_off < 0 or w_off + step_in * GU > self.P or whh_off < 0 or whh_off + units * GU > self.P
-                or bih_off < 0 or bih_off + GU > self.P or bhh_off < 0 or bhh_off + GU > self.P):
-            raise ValueError(f"Plan.rnn: layer {l}: offsets outside the {self.P} parameters")
-        cdef PlanLayer *ly = self._layer(l, steps * step_in, (steps if seq else 1) * units)
-        self._rows(ly, l, steps if seq else 1)
-        ly.kind, ly.cell, ly.steps, ly.step_in, ly.units = FNN_LAYER_RNN, cell, steps, step_in, units
-        ly.reverse, ly.seq, ly.need_dx = reverse, seq, need_dx
-        ly.w_off, ly.whh_off, ly.bih_off, ly.bhh_off, ly.w_len = w_off, whh_off, bih_off, bhh_off, step_in * GU
-        ly.Y = self._arr(("Y", l), Y, (bs, ly.n_out))
-        ly.hout = self._arr(("hout", l), hout, (bs, units)) if seq else ly.Y
+        cdef Py_ssize_t width = R * units * (2 if nd == 2 and merge == _MERGE_CONCAT else 1)
+        cdef PlanLayer *ly = self._layer(l, steps * step_in, width)
+        self._rows(ly, l, R)
+        ly.kind, ly.need_dx, ly.n_dirs, ly.merge = FNN_LAYER_RNN, need_dx, nd, merge
+        ly.Y = self._arr(("Y", l), Y, (bs, width))
         ly.dX = self._arr(("dX", l), dX if need_dx else None, (bs, ly.n_in))
-        ly.perm = <int *>self._arr(("perm", l), perm, (bs,), np.intc)
-        ly.n_active = <int *>self._arr(("n_active", l), n_active, (steps,), np.intc)
-        if not np.array_equal(perm, np.arange(bs)):
-            raise ValueError(f"Plan.rnn: layer {l}: perm must be the identity")
-        ly.XP = self._arr(("XP", l), XP, (bs * steps * GU,))
-        ly.HP = self._arr(("HP", l), HP, (bs * GU,))
-        ly.Hs = self._arr(("Hs", l), Hs, ((steps + 1) * bs * units,))
-        ly.Cs = self._arr(("Cs", l), Cs if lstm else None, ((steps + 1) * bs * units,))
-        ly.Gs = self._arr(("Gs", l), Gs if SV else None, (steps * bs * SV,))
-        ly.Wp = self._arr(("Wp", l), None if self.dbl else Wp, (rnn_packed_size(cell, step_in, units, n_threads),))
-        ly.dH = self._arr(("dH", l), dH, (bs * units,))
-        ly.dC = self._arr(("dC", l), dC if lstm else None, (bs * units,))
-        ly.dGt = self._arr(("dGt", l), dGt, (steps * bs * GU,))
-        ly.dGo = self._arr(("dGo", l), dGo, (bs * steps * GU,))
-        if (ly.Y == NULL or ly.hout == NULL or (need_dx and ly.dX == NULL) or ly.XP == NULL or ly.HP == NULL
-                or ly.Hs == NULL or (lstm and (ly.Cs == NULL or ly.dC == NULL)) or (SV and ly.Gs == NULL)
-                or (not self.dbl and ly.Wp == NULL) or ly.dH == NULL or ly.dGt == NULL or ly.dGo == NULL):
-            raise ValueError(f"Plan.rnn: layer {l}: a buffer is missing")
+        ly.dY2 = self._arr(("dY2", l), dY2 if nd == 2 else None, (2 * bs * R * units,))
+        cdef RnnC *r
+        for k in range(nd):
+            d = dirs[k]
+            r = &ly.rnn[k]
+            r.cell, r.reverse, r.seq, r.steps, r.units, r.step_in = cell, d["reverse"], seq, steps, units, step_in
+            r.w_off, r.whh_off, r.bih_off, r.bhh_off = d["w_off"], d["whh_off"], d["bih_off"], d["bhh_off"]
+            if (r.w_off < 0 or r.w_off + step_in * GU > self.P or r.whh_off < 0 or r.whh_off + units * GU > self.P
+                    or r.bih_off < 0 or r.bih_off + GU > self.P or r.bhh_off < 0 or r.bhh_off + GU > self.P):
+                raise ValueError(f"Plan.rnn: layer {l}: offsets outside the {self.P} parameters")
+            key = ("rnn", l, k)
+            r.Y = ly.Y if nd == 1 else self._arr(key + ("Y",), d["Y"], (bs, R * units))
+            r.hout = self._arr(key + ("hout",), d["hout"], (bs, units)) if seq else r.Y
+            r.dX = ly.dX if k == 0 else self._arr(key + ("dX",), d["dX"] if need_dx else None, (bs, ly.n_in))
+            r.perm = <int *>self._arr(key + ("perm",), d["perm"], (bs,), np.intc)
+            if not np.array_equal(d["perm"], np.arange(bs)):
+                raise ValueError(f"Plan.rnn: layer {l}: perm must be the identity")
+            r.n_active = <int *>self._arr(key + ("n_active",), d["n_active"], (steps,), np.intc)
+            r.XP = self._arr(key + ("XP",), d["XP"], (bs * steps * GU,))
+            r.HP = self._arr(key + ("HP",), d["HP"], (bs * GU,))
+            r.Hs = self._arr(key + ("Hs",), d["Hs"], ((steps + 1) * bs * units,))
+            r.Cs = self._arr(key + ("Cs",), d["Cs"] if lstm else None, ((steps + 1) * bs * units,))
+            r.Gs = self._arr(key + ("Gs",), d["Gs"] if SV else None, (steps * bs * SV,))
+            r.Wp = self._arr(key + ("Wp",), None if self.dbl else d["Wp"],
+                             (rnn_packed_size(cell, step_in, units, n_threads),))
+            r.dH = self._arr(key + ("dH",), d["dH"], (bs * units,))
+            r.dC = self._arr(key + ("dC",), d["dC"] if lstm else None, (bs * units,))
+            r.dGt = self._arr(key + ("dGt",), d["dGt"], (steps * bs * GU,))
+            r.dGo = self._arr(key + ("dGo",), d["dGo"], (bs * steps * GU,))
+            if (r.Y == NULL or r.hout == NULL or (need_dx and r.dX == NULL) or r.XP == NULL or r.HP == NULL
+                    or r.Hs == NULL or (lstm and (r.Cs == NULL or r.dC == NULL)) or (SV and r.Gs == NULL)
+                    or (not self.dbl and r.Wp == NULL) or r.dH == NULL or r.dGt == NULL or r.dGo == NULL
+                    or (nd == 2 and ly.dY2 == NULL)):
+                raise ValueError(f"Plan.rnn: layer {l}: a buffer is missing")
 
     def embedding(self, Py_ssize_t l, Py_ssize_t steps, Py_ssize_t n_rows, Py_ssize_t d, Py_ssize_t w_off, Y,
                   ids):

@@ -55,7 +55,7 @@ from fastnn.layers.dropout import Dropout
 from fastnn.layers.embedding import Embedding
 from fastnn.layers.merge import Add, Concatenate
 from fastnn.layers.normalization import BatchNorm, LayerNorm
-from fastnn.layers.recurrent import GRU, LSTM, SimpleRNN
+from fastnn.layers.recurrent import GRU, LSTM, Bidirectional, SimpleRNN
 from fastnn.layers.residual import Residual
 
 CHUNK_SECONDS = 0.05      # the time one call into the compiled core runs before returning to Python (Ctrl-C)
@@ -244,24 +244,20 @@ class TrainPlan:
                 b_off = table.offset(layer, "bias") if layer.use_bias else -1
                 core.dense(i, act, n_in, n_out, table.offset(layer, "weight"), b_off, layer.need_input_grad,
                            layer.activation.alpha, buf(), buf(), buf(), buf((bs, n_in)), rows=rows)
-            elif t in _RNN_TYPES:
-                # rnn.pyx's buffers for bs rows, as the per-layer layer makes them (recurrent.py forward/backward)
-                cell, U = layer._cell, layer.units
+            elif t in _RNN_TYPES or t is Bidirectional:
+                # one direction, or Bidirectional's two (merged in the node), each with rnn.pyx's buffers for bs rows
+                # as the per-layer layer makes them (recurrent.py forward / backward)
+                bi = t is Bidirectional
+                inner = layer.layer if bi else layer
+                cell, U, seq = inner._cell, inner.units, inner.return_sequences
                 steps, f = layer.input_shape
-                GU, SV, lstm = _rnn.n_gates(cell) * U, _rnn.n_saved(cell) * U, cell == _rnn.LSTM
-                seq = layer.return_sequences
-
-                def flat(size, on=True):
-                    return np.empty(size, dt) if on else None
-
-                wp = (np.empty(_rnn.packed_size(cell, f, U, self.threads), dt) if dt == np.float32 else None)
-                core.rnn(i, cell, steps, f, U, layer.go_backwards, seq, table.offset(layer, "weight_ih"),
-                         table.offset(layer, "weight_hh"), table.offset(layer, "bias_ih"),
-                         table.offset(layer, "bias_hh"), layer.need_input_grad, self.threads, buf(),
-                         buf((bs, U)) if seq else None, buf((bs, n_in)) if layer.need_input_grad else None,
-                         np.arange(bs, dtype=np.intc), np.empty(steps, np.intc), flat(bs * steps * GU), flat(bs * GU),
-                         flat((steps + 1) * bs * U), flat((steps + 1) * bs * U, lstm), flat(steps * bs * SV, SV > 0),
-                         wp, flat(bs * U), flat(bs * U, lstm), flat(steps * bs * GU), flat(bs * steps * GU))
+                dirs = [_rnn_buffers(table, layer, lay, prefix, bs, dt, self.threads, last=k == 0 and not bi)
+                        for k, (lay, prefix) in enumerate([(inner, "forward_"), (layer.backward_layer, "backward_")]
+                                                          if bi else [(layer, "")])]
+                core.rnn(i, cell, steps, f, U, seq, layer.need_input_grad, self.threads, buf(),
+                         buf((bs, n_in)) if layer.need_input_grad else None, dirs,
+                         _MERGES[layer.merge_mode] if bi else -1,
+                         np.empty(2 * bs * (steps if seq else 1) * U, dt) if bi else None)
                 self.thread_sized = True
             elif t is Embedding:
                 steps = n_in
@@ -360,6 +356,35 @@ class TrainPlan:
         self.core.constraints(items)
 
 
+_MERGES = {"concat": 0, "sum": 1, "mul": 2, "ave": 3}     # plan.pyx's _MERGE_... (Bidirectional's merge modes)
+
+
+def _rnn_buffers(table, owner, layer, prefix, bs, dt, threads, last):
+    """The plan's description of one direction of a recurrent node (Plan.rnn's `dirs` entry): `layer` (a SimpleRNN,
+    LSTM or GRU; owner: it, or the Bidirectional holding it, whose parameters are named with `prefix`), rnn.pyx's
+    buffers for bs rows, the float32 packing scratch for `threads` threads.  last: the direction writes the node's
+    own output (no "Y" of its own)."""
+    cell, U = layer._cell, layer.units
+    steps, f = owner.input_shape
+    GU, SV, lstm = _rnn.n_gates(cell) * U, _rnn.n_saved(cell) * U, cell == _rnn.LSTM
+    seq = layer.return_sequences
+
+    def flat(size, on=True):
+        return np.empty(size, dt) if on else None
+
+    return dict(reverse=layer.go_backwards, w_off=table.offset(owner, prefix + "weight_ih"),
+                whh_off=table.offset(owner, prefix + "weight_hh"), bih_off=table.offset(owner, prefix + "bias_ih"),
+                bhh_off=table.offset(owner, prefix + "bias_hh"),
+                Y=None if last else np.empty((bs, (steps if seq else 1) * U), dt),
+                hout=np.empty((bs, U), dt) if seq else None,
+                dX=None if last or not owner.need_input_grad else np.empty((bs, steps * f), dt),
+                perm=np.arange(bs, dtype=np.intc), n_active=np.empty(steps, np.intc), XP=flat(bs * steps * GU),
+                HP=flat(bs * GU), Hs=flat((steps + 1) * bs * U), Cs=flat((steps + 1) * bs * U, lstm),
+                Gs=flat(steps * bs * SV, SV > 0),
+                Wp=flat(_rnn.packed_size(cell, f, U, threads), dt == np.float32), dH=flat(bs * U),
+                dC=flat(bs * U, lstm), dGt=flat(steps * bs * GU), dGo=flat(bs * steps * GU))
+
+
 def _constraints_compile(layers):
     """Whether the plan applies every constraint of these layers (``Trainer.constrained``): a Dense or convolution
     layer's ``MaxNorm`` (exactly that class: a subclass may constrain otherwise) over its units, the last axis of
@@ -384,12 +409,13 @@ def _compiles(model, training):
         return False
     # recurrent models train on the plan with a Dense per step (elsewhere a Dense on more than one axis keeps a
     # model on the per-layer path, as before)
-    sequences = training and any(type(layer) in _RNN_TYPES or type(layer) is Embedding for layer in graph.layers)
+    sequences = training and any(type(layer) in _RNN_TYPES or type(layer) in (Embedding, Bidirectional)
+                                 for layer in graph.layers)
     for layer, src in graph.nodes:
         t = type(layer)
         vector = len(layer.output_shape) == 1 and all(len(model.input_shape if s < 0 else shapes[s]) == 1
                                                       for s in src)
-        if t in _RNN_TYPES or t is Embedding:
+        if t in _RNN_TYPES or t is Embedding or t is Bidirectional:
             # training only (inference keeps the per-layer path); no mask, initial state, returned state or
             # recorded step norms; an Embedding reads the batch's ids (carried as exact floats)
             if not training:
@@ -397,6 +423,12 @@ def _compiles(model, training):
             if t is Embedding:
                 if (tuple(src) != (-1,) or layer.mask_zero or len(model.input_shape) != 1
                         or (model.dtype == np.float32 and layer.input_dim > 2 ** 24)):
+                    return False
+            elif t is Bidirectional:
+                inner = layer.layer
+                if (layer.merge_mode not in _MERGES or type(inner) not in _RNN_TYPES
+                        or type(layer.backward_layer) is not type(inner) or len(layer.input_shape) != 2
+                        or inner.record_step_grad_norms or layer.backward_layer.record_step_grad_norms):
                     return False
             elif (layer.return_state or layer.n_inputs != 1 or layer.record_step_grad_norms
                   or len(layer.input_shape) != 2):
