@@ -5,8 +5,10 @@ and the cross-entropy over every step, against the per-layer path.
 The plan runs the per-layer path's kernels (rnn.pyx's rnn_forward_raw / rnn_backward_raw, embedding.pyx's
 embedding_gather / embedding_scatter: the code the def wrappers run) with buffers of the per-layer path's sizes
 (the same packing scratch, the same split of the rows over the threads), so the tests ask for the same bits.
-Bidirectional runs both directions in one node, merged as the layer merges them.  Models the plan does not cover
-(masks, initial or returned states, Bidirectional without a merge, a free time axis) must keep
+Bidirectional runs both directions in one node, merged as the layer merges them; an Embedding's mask reaches the
+recurrent layers it feeds (the rows sorted by length when right-padded, else blended per step).  Models the plan
+does not cover (a masked loss, masks into other layers, Masking, initial or returned states, Bidirectional without
+a merge, a free time axis) must keep
 training on the per-layer path.
 """
 import numpy as np
@@ -141,7 +143,11 @@ def test_recurrent_models_the_plan_does_not_cover_keep_the_per_layer_path():
     h0 = L.Dense(5)(L.Flatten()(inp2))
     init = fnn.Model(inp2, L.Dense(K)(L.SimpleRNN(5)(inp2, initial_state=[h0])))
     cases = [
-        (fnn.Sequential([L.Embedding(VOCAB, 4, mask_zero=True), L.LSTM(5), L.Dense(K)], input_shape=(T,)), ids, y),
+        # a mask on the output (the loss masked), a mask into a Dense, a Masking layer
+        (fnn.Sequential([L.Embedding(VOCAB, 4, mask_zero=True), L.LSTM(5, return_sequences=True), L.Dense(K)],
+                        input_shape=(T,)), ids, yi % K),
+        (fnn.Sequential([L.Embedding(VOCAB, 4, mask_zero=True), L.Dense(3), L.LSTM(5), L.Dense(K)],
+                        input_shape=(T,)), ids, y),
         (fnn.Sequential([L.Masking(0.0), L.LSTM(5), L.Dense(K)], input_shape=(T, F)), X, y),
         (fnn.Model(inp3, L.Dense(K)(L.Concatenate()(L.Bidirectional(L.LSTM(5), merge_mode=None)(inp3)))), X, y),
         (fnn.Sequential([L.LSTM(5), L.Dense(K)], input_shape=(None, F)), X, y),        # a free time axis
@@ -167,3 +173,28 @@ def test_recurrent_models_the_plan_does_not_cover_keep_the_per_layer_path():
     m.compile("cross_entropy", "adam")
     with pytest.raises(ValueError, match="input_dim|outside"):
         m.fit(ids + VOCAB, y, epochs=1, batch_size=4)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_masked_sequences_from_an_embedding(dtype, restore_threads):
+    # R3 in small: right-padded ids (the rows run sorted by length), an LSTM's last state, binary cross-entropy;
+    # then padding anywhere (the per-row blend), a stack and a Bidirectional reading backwards
+    rng = np.random.default_rng(3)
+    ids = rng.integers(1, VOCAB, (23, T))
+    lengths = rng.integers(1, T + 1, 23)
+    ids[np.arange(T)[None, :] >= lengths[:, None]] = 0
+    y = rng.integers(0, 2, (23, 1)).astype(np.float32)
+
+    def r3(dt):
+        return fnn.Sequential([L.Embedding(VOCAB, 4, mask_zero=True), L.LSTM(5), L.Dense(1)], input_shape=(T,),
+                              seed=6, dtype=dt)
+    a, ha, b, hb = _train_both(r3, ids, y, "binary_cross_entropy", lambda: fnn.optim.Adam(lr=1e-2), dtype, 2, 8, 2)
+    _assert_same(a, ha, b, hb)
+    holes = ids.copy()
+    holes[rng.random(holes.shape) < 0.3] = 0
+
+    def stack(dt):
+        return fnn.Sequential([L.Embedding(VOCAB, 4, mask_zero=True), L.GRU(5, return_sequences=True),
+                               L.Bidirectional(L.SimpleRNN(3, go_backwards=True)), L.Dense(K)], input_shape=(T,),
+                              seed=7, dtype=dt)
+    _both(stack, holes, rng.integers(0, K, 23), lambda: fnn.optim.RMSprop(lr=1e-2), dtype, threads=2)

@@ -64,7 +64,8 @@ from fastnn._core.norm cimport bn_forward, bn_backward, ln_forward, ln_backward
 from fastnn._core.dropout cimport dropout_fwd, dropout_bwd
 from fastnn._core.conv cimport fnn_conv_geom, conv_geometry, conv_scratch, conv_forward, conv_backward
 from fastnn._core.pool cimport check_geometry, pool_forward, pool_backward
-from fastnn._core.rnn cimport rnn_forward_raw, rnn_backward_raw, rnn_gates, rnn_saved, rnn_packed_size
+from fastnn._core.rnn cimport (rnn_forward_raw, rnn_backward_raw, rnn_gates, rnn_saved, rnn_packed_size,
+                               rnn_mask_plan)
 from fastnn._core.embedding cimport embedding_gather, embedding_scatter
 from fastnn._core.guard cimport _first_nonfinite
 from fastnn._core.bound cimport Bounds, scan_max, sgd_safe, adam_safe, rmsprop_safe, adagrad_safe
@@ -100,8 +101,11 @@ cdef struct RnnC:           # one direction of a recurrent node: rnn.pyx's sizes
     bint reverse, seq       # go_backwards; return_sequences (Y (bs, steps * units), else Y is hout (bs, units))
     Py_ssize_t steps, units, step_in    # the sequence's steps, the state's units, the features per step
     Py_ssize_t w_off, whh_off, bih_off, bhh_off     # weight_ih, weight_hh, bias_ih, bias_hh in the flat parameters
-    int *perm               # (bs,) the identity (no mask: the rows in their order)
-    int *n_active           # (steps,) the rows running at each step: the batch's m, set by each forward
+    const unsigned char *mask   # (bs, steps) the mask of an Embedding(mask_zero=True) feeding it, or NULL
+    int *perm               # (bs,) the row plan of each forward (rnn.pyx mask_plan: the identity without a mask)
+    int *n_active           # (steps,) the rows running at each step (the batch's m without a mask)
+    int *scratch            # (bs + steps + 1,) mask_plan's scratch
+    int *mode               # (1,) mask_plan's mode in the last forward (1: the kernels blend with the mask)
     void *Y                 # the direction's output (the node's own Y for a single direction)
     void *hout              # (bs, units) the last state (Y itself without return_sequences)
     void *dX                # (bs, steps * step_in) the gradient toward the input, or NULL
@@ -161,6 +165,7 @@ cdef struct PlanLayer:
     void *dY2               # RNN with two directions: (2, bs, rows * units) each direction's output gradient
     Py_ssize_t n_rows       # EMBEDDING: the table's rows (input_dim); its columns are cols
     int64_t *ids            # EMBEDDING: (bs, steps) the batch's ids, converted from the floats of the batch
+    unsigned char *emask    # EMBEDDING with mask_zero: (bs, steps) ids != 0 (the recurrent nodes it feeds read it)
 
 
 cdef struct MaxNormC:       # a max-norm weight constraint (fastnn.constraints.MaxNorm), applied after each update
@@ -305,10 +310,9 @@ cdef inline void _ew_range(int op, const floating *a, const floating *b, floatin
 cdef void _rnn_fwd(const RnnC *r, const floating *x, const floating *prm, Py_ssize_t m,
                    int n_threads) noexcept nogil:
     """One direction of a recurrent node forward over the m rows at x (rnn.pxd: the per-layer layer's call)."""
-    cdef Py_ssize_t s
-    for s in range(r.steps):
-        r.n_active[s] = <int>m
-    rnn_forward_raw(r.cell, m, r.steps, r.step_in, r.units, r.reverse, r.perm, r.n_active, NULL, n_threads, x,
+    r.mode[0] = rnn_mask_plan(r.mask, m, r.steps, r.reverse, r.perm, r.n_active, r.scratch)
+    rnn_forward_raw(r.cell, m, r.steps, r.step_in, r.units, r.reverse, r.perm, r.n_active,
+                    r.mask if r.mode[0] == 1 else NULL, n_threads, x,
                     prm + r.w_off, prm + r.whh_off, prm + r.bih_off, prm + r.bhh_off, NULL, NULL,
                     <floating *>r.XP, <floating *>r.HP, <floating *>r.Hs, <floating *>r.Cs, <floating *>r.Gs,
                     <floating *>r.Y if r.seq else NULL, <floating *>r.hout, NULL, <floating *>r.Wp)
@@ -318,7 +322,8 @@ cdef void _rnn_bwd(const RnnC *r, const floating *x, const floating *prm, floati
                    Py_ssize_t m, int n_threads) noexcept nogil:
     """Backpropagation through time of _rnn_fwd from dy, the gradient of its output (the sequence with seq, else
     the last state): its four parameter gradients, and dX when r.dX is given."""
-    rnn_backward_raw(r.cell, m, r.steps, r.step_in, r.units, r.reverse, r.perm, r.n_active, NULL, n_threads, x,
+    rnn_backward_raw(r.cell, m, r.steps, r.step_in, r.units, r.reverse, r.perm, r.n_active,
+                     r.mask if r.mode[0] == 1 else NULL, n_threads, x,
                      prm + r.w_off, prm + r.whh_off, <floating *>r.Hs, <floating *>r.Cs, <floating *>r.Gs,
                      dy if r.seq else NULL, NULL if r.seq else dy, NULL, <floating *>r.dH, <floating *>r.dC,
                      <floating *>r.dGt, <floating *>r.dGo, <floating *>r.dX, grd + r.w_off, grd + r.whh_off,
@@ -436,6 +441,9 @@ cdef const floating *_forward_graph(const floating *x, Py_ssize_t m, const PlanL
         elif ly.kind == FNN_LAYER_EMBEDDING:
             for i in range(m * ly.n_in):
                 ly.ids[i] = <int64_t>xi[i]
+            if ly.emask != NULL:
+                for i in range(m * ly.n_in):
+                    ly.emask[i] = ly.ids[i] != 0
             embedding_gather(ly.ids, prm + ly.w_off, Y, m * ly.n_in, ly.cols, n_threads)
             outp[l] = Y
         elif ly.kind == FNN_LAYER_ACTIVATION:
@@ -1068,7 +1076,7 @@ cdef class Plan:
         ly.out = ly.Z if act == FNN_ACT_IDENTITY else ly.Y
 
     def rnn(self, Py_ssize_t l, int cell, Py_ssize_t steps, Py_ssize_t step_in, Py_ssize_t units, bint seq,
-            bint need_dx, int n_threads, Y, dX, dirs, int merge=-1, dY2=None):
+            bint need_dx, int n_threads, Y, dX, dirs, int merge=-1, dY2=None, mask=None):
         """Layer l: a SimpleRNN (cell rnn.TANH or RELU), LSTM or GRU over samples of steps x step_in features (no
         mask, no initial state), return_sequences (seq: the output Y (bs, steps * units), step s at position s, as
         the per-layer layer returns it; else the last state (bs, units)), or a Bidirectional pair of them merged by
@@ -1081,7 +1089,10 @@ cdef class Plan:
         "n_active" (steps,) int32, "XP", "HP", "Hs", "Cs" (LSTM, else None), "Gs" (LSTM and GRU, else None), "dH",
         "dC" (LSTM), "dGt", "dGo"; "Wp": float32 rnn.packed_size(cell, step_in, units, n_threads) elements (the
         most threads a run may take: fewer use a part of it, as the per-layer path's smaller buffer), None for
-        float64.  dY2 (2 * bs * rows * units,): the two directions' output gradients (two directions only)."""
+        float64; "scratch" (bs + steps + 1,) and "mode" (1,) int32.  dY2 (2 * bs * rows * units,): the two
+        directions' output gradients (two directions only).  mask: None, or the (bs, steps) uint8 buffer an
+        Embedding node with mask_zero fills (Plan.embedding): masked steps leave the state unchanged, the rows run
+        sorted by length when the mask is right-padded, as the per-layer layer runs them."""
         if cell < 0 or cell > 3 or steps < 1 or step_in < 1 or units < 1 or n_threads < 1:
             raise ValueError(f"Plan.rnn: layer {l}: cell {cell}, steps {steps}, step_in {step_in}, units {units}, "
                              f"threads {n_threads}")
@@ -1110,10 +1121,11 @@ cdef class Plan:
             r.Y = ly.Y if nd == 1 else self._arr(key + ("Y",), d["Y"], (bs, R * units))
             r.hout = self._arr(key + ("hout",), d["hout"], (bs, units)) if seq else r.Y
             r.dX = ly.dX if k == 0 else self._arr(key + ("dX",), d["dX"] if need_dx else None, (bs, ly.n_in))
+            r.mask = <const unsigned char *>self._arr(key + ("mask",), mask, (bs, steps), np.uint8)
             r.perm = <int *>self._arr(key + ("perm",), d["perm"], (bs,), np.intc)
-            if not np.array_equal(d["perm"], np.arange(bs)):
-                raise ValueError(f"Plan.rnn: layer {l}: perm must be the identity")
             r.n_active = <int *>self._arr(key + ("n_active",), d["n_active"], (steps,), np.intc)
+            r.scratch = <int *>self._arr(key + ("scratch",), d["scratch"], (bs + steps + 1,), np.intc)
+            r.mode = <int *>self._arr(key + ("mode",), d["mode"], (1,), np.intc)
             r.XP = self._arr(key + ("XP",), d["XP"], (bs * steps * GU,))
             r.HP = self._arr(key + ("HP",), d["HP"], (bs * GU,))
             r.Hs = self._arr(key + ("Hs",), d["Hs"], ((steps + 1) * bs * units,))
@@ -1128,14 +1140,16 @@ cdef class Plan:
             if (r.Y == NULL or r.hout == NULL or (need_dx and r.dX == NULL) or r.XP == NULL or r.HP == NULL
                     or r.Hs == NULL or (lstm and (r.Cs == NULL or r.dC == NULL)) or (SV and r.Gs == NULL)
                     or (not self.dbl and r.Wp == NULL) or r.dH == NULL or r.dGt == NULL or r.dGo == NULL
-                    or (nd == 2 and ly.dY2 == NULL)):
+                    or (nd == 2 and ly.dY2 == NULL) or r.perm == NULL or r.n_active == NULL or r.scratch == NULL
+                    or r.mode == NULL):
                 raise ValueError(f"Plan.rnn: layer {l}: a buffer is missing")
 
     def embedding(self, Py_ssize_t l, Py_ssize_t steps, Py_ssize_t n_rows, Py_ssize_t d, Py_ssize_t w_off, Y,
-                  ids):
+                  ids, mask=None):
         """Layer l: Embedding of the batch's `steps` ids per sample (carried as floats, exact: the caller checks
         that they are integers in [0, n_rows), and for float32 that n_rows <= 2^24), the table (n_rows, d) at
-        w_off; buffers Y (bs, steps * d) and ids (bs, steps) int64.  Only the batch may feed it."""
+        w_off; buffers Y (bs, steps * d) and ids (bs, steps) int64.  Only the batch may feed it.  mask (bs, steps)
+        uint8 (mask_zero=True): each batch's ids != 0, given to the recurrent nodes it feeds (Plan.rnn's mask)."""
         if steps < 1 or n_rows < 1 or d < 1 or w_off < 0 or w_off + n_rows * d > self.P:
             raise ValueError(f"Plan.embedding: layer {l}: steps {steps}, table ({n_rows}, {d}) at {w_off}")
         if not self.dbl and n_rows > (1 << 24):
@@ -1145,6 +1159,7 @@ cdef class Plan:
         ly.kind, ly.n_rows, ly.w_off, ly.w_len, ly.need_dx = FNN_LAYER_EMBEDDING, n_rows, w_off, n_rows * d, 0
         ly.Y = self._arr(("Y", l), Y, (self.bs, steps * d))
         ly.ids = <int64_t *>self._arr(("ids", l), ids, (self.bs, steps), np.int64)
+        ly.emask = <unsigned char *>self._arr(("emask", l), mask, (self.bs, steps), np.uint8)
 
     def activation(self, Py_ssize_t l, int act, Py_ssize_t n, double alpha, Y, dX, bint passthrough=False,
                    Py_ssize_t rows=1):

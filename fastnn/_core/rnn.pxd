@@ -22,6 +22,10 @@ cdef void rnn_backward_raw(int cell, Py_ssize_t n, Py_ssize_t steps, Py_ssize_t 
                            const floating *dhout, const floating *dcout, floating *dH, floating *dC, floating *dGt,
                            floating *dGo, floating *dX, floating *dWih, floating *dWhh, floating *dbih,
                            floating *dbhh, floating *dh0, floating *dc0, double *norms, floating *Wp) noexcept nogil
+# the row plan of a call for an (n, steps) uint8 mask (NULL: none) into perm (n,), n_active (steps,), scratch
+# (n + steps + 1,): returns the mode (rnn.pyx mask_plan: 0 no mask, 1 general, 2 right-padded)
+cdef int rnn_mask_plan(const unsigned char *mask, Py_ssize_t n, Py_ssize_t steps, bint reverse, int *perm,
+                       int *n_active, int *scratch) noexcept nogil
 # G (1, 4, 3) and the values stored per row, step and unit (0 or 4) of a cell; the float32 packing scratch size
 cdef int rnn_gates(int cell) noexcept nogil
 cdef int rnn_saved(int cell) noexcept nogil

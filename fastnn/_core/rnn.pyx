@@ -103,9 +103,14 @@ def mask_plan(const unsigned char[:, ::1] mask, bint reverse, int[::1] perm, int
     cdef int mode
     cdef int dummy = 0
     with nogil:
-        mode = fnn_rnn_mask_plan(mp, n, steps, reverse, &perm[0] if n > 0 else &dummy,
-                                 &n_active[0] if steps > 0 else &dummy, &scratch[0])
+        mode = rnn_mask_plan(mp, n, steps, reverse, &perm[0] if n > 0 else &dummy,
+                             &n_active[0] if steps > 0 else &dummy, &scratch[0])
     return mode
+
+
+cdef int rnn_mask_plan(const unsigned char *mask, Py_ssize_t n, Py_ssize_t steps, bint reverse, int *perm,
+                       int *n_active, int *scratch) noexcept nogil:
+    return fnn_rnn_mask_plan(mask, n, steps, reverse, perm, n_active, scratch)
 
 
 cdef fnn_rnn_dims _dims(int cell, Py_ssize_t n, Py_ssize_t steps, Py_ssize_t n_in, Py_ssize_t units, bint reverse,

@@ -229,6 +229,8 @@ class TrainPlan:
         self.thread_sized = False            # (plan_for makes a new plan for more threads when one is)
         self.embeddings = []                 # the Embedding layers (the batch's ids: fit_epoch checks them)
         scratch, convs = None, []
+        masks = _mask_flow(graph) or [None] * L      # which nodes' outputs carry an Embedding's mask
+        mask_buf = {}       # the Embedding node -> the (bs, T) uint8 buffer it fills each batch
         for i, (layer, src) in enumerate(graph.nodes):
             last = i == L - 1
             n_out = width[i]
@@ -257,12 +259,15 @@ class TrainPlan:
                 core.rnn(i, cell, steps, f, U, seq, layer.need_input_grad, self.threads, buf(),
                          buf((bs, n_in)) if layer.need_input_grad else None, dirs,
                          _MERGES[layer.merge_mode] if bi else -1,
-                         np.empty(2 * bs * (steps if seq else 1) * U, dt) if bi else None)
+                         np.empty(2 * bs * (steps if seq else 1) * U, dt) if bi else None,
+                         mask_buf[masks[src[0]]] if src[0] >= 0 and masks[src[0]] is not None else None)
                 self.thread_sized = True
             elif t is Embedding:
                 steps = n_in
+                if layer.mask_zero:
+                    mask_buf[i] = np.empty((bs, steps), np.uint8)
                 core.embedding(i, steps, layer.input_dim, layer.output_dim, table.offset(layer, "weight"), buf(),
-                               np.empty((bs, steps), np.int64))
+                               np.empty((bs, steps), np.int64), mask_buf.get(i))
                 self.embeddings.append(layer)
             elif t in _ACT_TYPES:
                 core.activation(i, layer.kind, n_out, layer.alpha, buf(), buf(), passthrough=last and fused,
@@ -378,11 +383,36 @@ def _rnn_buffers(table, owner, layer, prefix, bs, dt, threads, last):
                 Y=None if last else np.empty((bs, (steps if seq else 1) * U), dt),
                 hout=np.empty((bs, U), dt) if seq else None,
                 dX=None if last or not owner.need_input_grad else np.empty((bs, steps * f), dt),
-                perm=np.arange(bs, dtype=np.intc), n_active=np.empty(steps, np.intc), XP=flat(bs * steps * GU),
+                perm=np.arange(bs, dtype=np.intc), n_active=np.empty(steps, np.intc),
+                scratch=np.empty(bs + steps + 1, np.intc), mode=np.zeros(1, np.intc), XP=flat(bs * steps * GU),
                 HP=flat(bs * GU), Hs=flat((steps + 1) * bs * U), Cs=flat((steps + 1) * bs * U, lstm),
                 Gs=flat(steps * bs * SV, SV > 0),
                 Wp=flat(_rnn.packed_size(cell, f, U, threads), dt == np.float32), dH=flat(bs * U),
                 dC=flat(bs * U, lstm), dGt=flat(steps * bs * GU), dGo=flat(bs * steps * GU))
+
+
+def _mask_flow(graph):
+    """For a graph with masks: per node, the Embedding node (mask_zero) whose mask its output carries, or None;
+    None when the plan cannot honour the masks.  The plan takes a mask from an Embedding into recurrent layers only
+    (a SimpleRNN / LSTM / GRU / Bidirectional hands it on with return_sequences), with no mask on the model output
+    (the loss unmasked) and single-output layers; any other layer reached by a mask keeps the per-layer path."""
+    if not graph.has_masks or any(f is not None for f in graph.out_fanout):
+        return None
+    out = []
+    for i, (layer, src) in enumerate(graph.nodes):
+        t = type(layer)
+        got = [out[s] for s in src if s >= 0 and out[s] is not None]
+        if layer.produces_mask:
+            if t is not Embedding or got:
+                return None
+            out.append(i)
+        elif got:
+            if len(src) != 1 or (t not in _RNN_TYPES and t is not Bidirectional):
+                return None
+            out.append(got[0] if layer.return_sequences else None)
+        else:
+            out.append(None)
+    return out if out[-1] is None else None
 
 
 def _constraints_compile(layers):
@@ -400,7 +430,9 @@ def _compiles(model, training):
     the plan does not apply.  Dense and Concatenate work on feature vectors; convolutions, pooling, activations,
     BatchNorm, LayerNorm, Dropout, Add, Residual and Flatten / Reshape on outputs of any shape (channels-last)."""
     graph = model.graph
-    if graph.general or not isinstance(model.input_shape, tuple) or None in model.input_shape:
+    if not isinstance(model.input_shape, tuple) or None in model.input_shape:
+        return False
+    if graph.general and not (training and _mask_flow(graph) is not None):     # masks: into recurrent layers only
         return False
     shapes = [layer.output_shape for layer, _ in graph.nodes]
     # a per-step output (T, k) trains (plan_for checks the loss: cross-entropy on (n, T) labels), predicts not
@@ -421,7 +453,7 @@ def _compiles(model, training):
             if not training:
                 return False
             if t is Embedding:
-                if (tuple(src) != (-1,) or layer.mask_zero or len(model.input_shape) != 1
+                if (tuple(src) != (-1,) or len(model.input_shape) != 1
                         or (model.dtype == np.float32 and layer.input_dim > 2 ** 24)):
                     return False
             elif t is Bidirectional:
@@ -532,7 +564,7 @@ def plan_for(model, train, bs, metrics, cbs):
     dist = trainer._dist
     if dist is not None and dist.plan_hook(model.dtype) is None:   # data-parallel without the C allreduce hook
         return None
-    if model.graph.general:            # masks or multi-output layers: the plan cannot honour them
+    if model.graph.general and _mask_flow(model.graph) is None:     # masks the plan cannot honour, several outputs
         return None
     if not _constraints_compile(trainer.constrained) or (dist is not None and (metrics or cbs.batch_hooks)):
         return None
@@ -565,9 +597,9 @@ def plan_for(model, train, bs, metrics, cbs):
     elif X.dtype != model.dtype:
         return None
     # data-parallel: Dropout draws its rank's rows of the global mask and BatchNorm may synchronize: per-layer path;
-    # convolutions and pooling too (not yet checked against it under MPI)
-    if dist is not None and any(type(layer) in (Dropout, BatchNorm) + _CONV_TYPES + _POOL_TYPES
-                                for layer, _ in model.graph.nodes):
+    # convolutions, pooling and recurrent layers too (not yet checked against it under MPI)
+    if dist is not None and any(type(layer) in (Dropout, BatchNorm, Embedding, Bidirectional) + _CONV_TYPES
+                                + _POOL_TYPES + _RNN_TYPES for layer, _ in model.graph.nodes):
         return None
     # the plan updates the trainable prefix of the flat buffers, the one the optimizer is bound to (see fit_epoch)
     # (Trainer.check_optimizer has checked this at the start of fit; the plan checks again, as it writes through
