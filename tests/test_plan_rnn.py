@@ -198,3 +198,21 @@ def test_masked_sequences_from_an_embedding(dtype, restore_threads):
                                L.Bidirectional(L.SimpleRNN(3, go_backwards=True)), L.Dense(K)], input_shape=(T,),
                               seed=7, dtype=dt)
     _both(stack, holes, rng.integers(0, K, 23), lambda: fnn.optim.RMSprop(lr=1e-2), dtype, threads=2)
+
+
+def test_a_plan_built_for_two_threads_trains_at_one(restore_threads):
+    # the packing scratch is sized for the plan's thread count; fewer threads use a part of it, as the per-layer
+    # path's smaller buffer
+    X, y = _data(20, True)
+    out = []
+    for compiled in (True, False):
+        m = _stack("lstm", True, "float32")
+        m.compile("cross_entropy", fnn.optim.Adam(lr=1e-2))
+        m.trainer.compiled_plan = compiled
+        fnn.set_num_threads(2)
+        m.fit(X, y, epochs=1, batch_size=8)
+        fnn.set_num_threads(1)
+        h = m.fit(X, y, epochs=1, batch_size=8)
+        assert (m.trainer.train_plan is not None) == compiled
+        out.append((m, h))
+    _assert_same(out[0][0], out[0][1], out[1][0], out[1][1])
