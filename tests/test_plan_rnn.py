@@ -216,3 +216,13 @@ def test_a_plan_built_for_two_threads_trains_at_one(restore_threads):
         assert (m.trainer.train_plan is not None) == compiled
         out.append((m, h))
     _assert_same(out[0][0], out[0][1], out[1][0], out[1][1])
+
+
+def test_dropout_layernorm_and_a_dense_between_recurrent_layers():
+    # per-step layers of the plan's other kinds between and after recurrent layers, with Dropout's random draws
+    def make(dt):
+        return fnn.Sequential([L.LSTM(6, return_sequences=True), L.Dropout(0.3), L.Dense(4, activation="tanh"),
+                               L.GRU(5, return_sequences=True), L.LayerNorm(), L.Dense(K, activation="softmax")],
+                              input_shape=(T, F), seed=8, dtype=dt)
+    X, y = _data(18, True)
+    _both(make, X, y, lambda: fnn.optim.Adam(lr=1e-2), "float64")
