@@ -226,3 +226,24 @@ def test_dropout_layernorm_and_a_dense_between_recurrent_layers():
                               input_shape=(T, F), seed=8, dtype=dt)
     X, y = _data(18, True)
     _both(make, X, y, lambda: fnn.optim.Adam(lr=1e-2), "float64")
+
+
+def test_metrics_and_validation_of_a_per_step_output():
+    # R1's shape with metrics over every step (the plan copies each batch's (m, T, k) output out for them) and
+    # validation data (the per-layer path evaluates it), the batches shuffled
+    def make(dt):
+        return fnn.Sequential([L.Embedding(VOCAB, 4), L.GRU(5, return_sequences=True), L.Dense(VOCAB)],
+                              input_shape=(T,), seed=9, dtype=dt)
+    X, y = _data(22, True, ids=True)
+    out = []
+    for compiled in (True, False):
+        m = make("float32")
+        m.compile("cross_entropy", fnn.optim.Adam(lr=1e-2))
+        m.trainer.compiled_plan = compiled
+        h = m.fit(X, y, epochs=2, batch_size=8, metrics=["top_k_accuracy", fnn.metrics.TopKAccuracy(2, name="top2")],
+                  validation_data=(X[:6], y[:6]))
+        assert (m.trainer.train_plan is not None) == compiled
+        out.append((m, h))
+    (a, ha), (b, hb) = out
+    _assert_same(a, ha, b, hb)
+    assert set(ha.history) >= {"loss", "accuracy", "top_k_accuracy", "top2", "val_loss"}

@@ -1768,10 +1768,9 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
     # each with its label (targets: (n * SR,) labels), their mean as the per-layer path's loss on the (m * SR, kc)
     # view
     cdef Py_ssize_t SR = plan.layers[L - 1].rows, kc = plan.layers[L - 1].cols, j
-    if SR > 1 and (plan.loss_kind != FNN_LOSS_CROSS_ENTROPY or weights is not None or outputs is not None
-                   or plan.ar_size > 1):
-        raise ValueError("run_batches: a per-step output takes cross-entropy on labels, without sample weights, "
-                         "outputs or data-parallel runs")
+    if SR > 1 and (plan.loss_kind != FNN_LOSS_CROSS_ENTROPY or weights is not None or plan.ar_size > 1):
+        raise ValueError("run_batches: a per-step output takes cross-entropy on labels, without sample weights or "
+                         "data-parallel runs")
     cdef const Py_ssize_t[::1] lab
     cdef const floating[:, ::1] T
     cdef const Py_ssize_t *labp = NULL

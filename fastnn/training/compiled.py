@@ -11,7 +11,7 @@ over the channels of an image), ``LayerNorm``, ``Dropout``, ``Residual`` with st
 X is seen as (n, features)), and for training ``SimpleRNN`` / ``LSTM`` / ``GRU`` on fixed-length float sequences
 (stacks, ``return_sequences`` either way, ``go_backwards``; without masks, initial or returned states), a first
 ``Embedding`` (without ``mask_zero``; the ids go to the plan as exact floats of the model's dtype) and a ``Dense``
-per step, with a per-step output (T, k) trained by "cross_entropy" on (n, T) labels (no sample weights or metrics),
+per step, with a per-step output (T, k) trained by "cross_entropy" on (n, T) labels (no sample weights),
 trained with "cross_entropy" (integer labels or probability rows), "binary_cross_entropy", "mse", "l2" or "mae",
 by ``SGD`` (with momentum, Nesterov), ``Adam`` (AMSGrad), ``AdamW``, ``RMSprop`` (momentum, centered) or
 ``Adagrad`` (exactly those classes), with or without sample/class weights (one process), epoch or per-step
@@ -583,7 +583,7 @@ def plan_for(model, train, bs, metrics, cbs):
         return None
     out_shape = tuple(model.output_shape)
     if len(out_shape) > 1 and (_loss_kind(loss, T) != LOSS.CROSS_ENTROPY or T.shape != (X.shape[0],) + out_shape[:-1]
-                               or T.dtype != np.intp or W is not None or metrics or dist is not None):
+                               or T.dtype != np.intp or W is not None or dist is not None):
         return None     # a per-step output: cross-entropy on (n, T) labels only
     if len(out_shape) == 1 and _loss_kind(loss, T) == LOSS.CROSS_ENTROPY and T.ndim != 1:
         return None
@@ -661,6 +661,7 @@ def fit_epoch(model, plan, epoch, train, bs, shuffle, cbs=None, metrics=()):
     X = X.reshape(n, -1)        # the plan's rows: each sample's features (a view: plan_for checked X is contiguous)
     if plan.embeddings:         # token ids: as exact floats of the model's dtype (plan_for checked their range)
         X = X.astype(model.dtype)
+    labels = T                  # the metrics' targets
     if plan.out_rows > 1:       # per-step labels (n, T): the plan reads them as (n * T,)
         T = np.ascontiguousarray(T).reshape(-1)
     idx = model.rng.permutation(n) if shuffle else None
@@ -728,13 +729,14 @@ def fit_epoch(model, plan, epoch, train, bs, shuffle, cbs=None, metrics=()):
             if metrics:
                 rows = (b1 - b) * bs
                 if plan.outputs is None or plan.outputs.shape[0] < rows:
-                    plan.outputs = np.empty((rows, model.output_shape[0]), model.dtype)
-                outputs = plan.outputs
+                    plan.outputs = np.empty((rows,) + tuple(model.output_shape), model.dtype)
+                outputs = plan.outputs      # (rows, T, k) for a per-step output: the plan writes its (rows, T*k) view
             if nt != n_threads:
                 _threads.set_active_threads(nt)
             try:
                 status, done, bad, value = _k.run_batches(core, X, T, idx, b, b1, step0 + b, nt, draws, W, lrs,
-                                                          outputs)
+                                                          None if outputs is None else
+                                                          outputs.reshape(outputs.shape[0], -1))
             finally:
                 if nt != n_threads:
                     _threads.set_active_threads(n_threads)
@@ -745,7 +747,7 @@ def fit_epoch(model, plan, epoch, train, bs, shuffle, cbs=None, metrics=()):
                     opt.lr = float(lrs[tried - 1])
             for j in range(done):       # the metrics of the batches applied, in order
                 start, stop = (b + j) * bs, min((b + j + 1) * bs, n)
-                Tb = T[start:stop] if idx is None else T[idx[start:stop]]
+                Tb = labels[start:stop] if idx is None else labels[idx[start:stop]]
                 for met in metrics:
                     met.update(outputs[j * bs:j * bs + stop - start], Tb)
             b += done
