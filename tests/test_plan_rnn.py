@@ -49,8 +49,8 @@ def _stack(cell, seq, dtype):
                            L.Dense(K)], input_shape=(T, F), seed=1, dtype=dtype)
 
 
-def _both(make, X, y, make_opt, dtype, threads=1, bs=8, epochs=2, **kw):
-    a, ha, b, hb = _train_both(make, X, y, "cross_entropy", make_opt, dtype, epochs, bs, threads, **kw)
+def _both(make, X, y, make_opt, dtype, threads=1, bs=8, epochs=2, loss="cross_entropy", **kw):
+    a, ha, b, hb = _train_both(make, X, y, loss, make_opt, dtype, epochs, bs, threads, **kw)
     _assert_same(a, ha, b, hb)
     return a, ha
 
@@ -153,13 +153,15 @@ def test_recurrent_models_the_plan_does_not_cover_keep_the_per_layer_path():
         (fnn.Sequential([L.LSTM(5), L.Dense(K)], input_shape=(None, F)), X, y),        # a free time axis
         (state, X, y),
         (init, X, y),
-        # a per-step output with a loss the plan does not take per step, and per-step sample weights
+        # a per-step output with probability rows (the soft cross-entropy), and with labels and sample weights
         (fnn.Sequential([L.GRU(5, return_sequences=True), L.Dense(K)], input_shape=(T, F)), X,
-         np.zeros((12, T, K), np.float32)),
+         np.full((12, T, K), 1.0 / K, np.float32)),
+        (fnn.Sequential([L.GRU(5, return_sequences=True), L.Dense(K)], input_shape=(T, F)), X, yi % K),
     ]
     for i, (m, Xi, yi_) in enumerate(cases):
-        m.compile("mse" if i == len(cases) - 1 else "cross_entropy", "adam")
-        h = m.fit(Xi, yi_, epochs=1, batch_size=4)
+        m.compile("cross_entropy", "adam")
+        h = m.fit(Xi, yi_, epochs=1, batch_size=4,
+                  sample_weight=np.linspace(0.5, 1.5, 12) if i == len(cases) - 1 else None)
         assert m.trainer.train_plan is None, i
         assert np.isfinite(h.history["loss"]).all(), i
     # step norms recorded: the per-layer path
@@ -247,3 +249,29 @@ def test_metrics_and_validation_of_a_per_step_output():
     (a, ha), (b, hb) = out
     _assert_same(a, ha, b, hb)
     assert set(ha.history) >= {"loss", "accuracy", "top_k_accuracy", "top2", "val_loss"}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_losses_over_each_samples_whole_sequence(dtype):
+    # R4's shape: an LSTM's sequence is the output, MSE against (n, T, units) targets; then binary cross-entropy
+    # on a Dense per step with sample weights
+    rng = np.random.default_rng(4)
+    X, _ = _data(19, False)
+
+    def r4(dt):
+        return fnn.Sequential([L.LSTM(5, return_sequences=True)], input_shape=(T, F), seed=10, dtype=dt)
+    _both(r4, X, rng.standard_normal((19, T, 5)), lambda: fnn.optim.SGD(lr=0.1), dtype, loss="mse")
+
+    def tags(dt):
+        return fnn.Sequential([L.GRU(4, return_sequences=True, go_backwards=True), L.Dense(2)], input_shape=(T, F),
+                              seed=11, dtype=dt)
+    y, w = rng.integers(0, 2, (19, T, 2)).astype(np.float32), rng.random(19)
+    out = []
+    for compiled in (True, False):
+        m = tags(dtype)
+        m.compile("binary_cross_entropy", fnn.optim.Adam(lr=1e-2))
+        m.trainer.compiled_plan = compiled
+        h = m.fit(X, y, epochs=2, batch_size=8, sample_weight=w)
+        assert (m.trainer.train_plan is not None) == compiled
+        out.append((m, h))
+    _assert_same(out[0][0], out[0][1], out[1][0], out[1][1])

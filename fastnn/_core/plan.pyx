@@ -1764,13 +1764,16 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
     if perm is not None and perm.shape[0] < min(b1 * bs * R, n):
         raise ValueError("run_batches: the permutation is shorter than the batches")
     cdef Py_ssize_t k = plan.layers[L - 1].n_out
-    # a per-step output (SR > 1 rows per sample, of kc classes): softmax cross-entropy over its n * SR positions,
-    # each with its label (targets: (n * SR,) labels), their mean as the per-layer path's loss on the (m * SR, kc)
-    # view
-    cdef Py_ssize_t SR = plan.layers[L - 1].rows, kc = plan.layers[L - 1].cols, j
-    if SR > 1 and (plan.loss_kind != FNN_LOSS_CROSS_ENTROPY or weights is not None or plan.ar_size > 1):
-        raise ValueError("run_batches: a per-step output takes cross-entropy on labels, without sample weights or "
-                         "data-parallel runs")
+    # a per-step output (SR > 1 rows per sample, of kc classes) with cross-entropy on labels: the softmax
+    # cross-entropy over its n * SR positions, each with its label (targets: (n * SR,) labels), their mean as the
+    # per-layer path's loss on the (m * SR, kc) view.  The other losses but the soft cross-entropy take each sample's
+    # whole output as one row of k values, as the per-layer losses do on their (m, k) view
+    cdef Py_ssize_t SR = plan.layers[L - 1].rows if plan.loss_kind == FNN_LOSS_CROSS_ENTROPY else 1, j
+    cdef Py_ssize_t kc = k // SR
+    if plan.layers[L - 1].rows > 1 and (plan.loss_kind == FNN_LOSS_CROSS_ENTROPY_SOFT or (
+            SR > 1 and (weights is not None or plan.ar_size > 1))):
+        raise ValueError("run_batches: a per-step output takes cross-entropy on labels (without sample weights or "
+                         "data-parallel runs) or a loss over each sample's whole output")
     cdef const Py_ssize_t[::1] lab
     cdef const floating[:, ::1] T
     cdef const Py_ssize_t *labp = NULL

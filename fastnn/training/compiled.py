@@ -11,7 +11,8 @@ over the channels of an image), ``LayerNorm``, ``Dropout``, ``Residual`` with st
 X is seen as (n, features)), and for training ``SimpleRNN`` / ``LSTM`` / ``GRU`` on fixed-length float sequences
 (stacks, ``return_sequences`` either way, ``go_backwards``; without masks, initial or returned states), a first
 ``Embedding`` (without ``mask_zero``; the ids go to the plan as exact floats of the model's dtype) and a ``Dense``
-per step, with a per-step output (T, k) trained by "cross_entropy" on (n, T) labels (no sample weights),
+per step, with a per-step output (T, k) trained by "cross_entropy" on (n, T) labels (no sample weights) or by
+"mse", "l2", "mae" or "binary_cross_entropy" (over each sample's whole output, as those losses take it),
 trained with "cross_entropy" (integer labels or probability rows), "binary_cross_entropy", "mse", "l2" or "mae",
 by ``SGD`` (with momentum, Nesterov), ``Adam`` (AMSGrad), ``AdamW``, ``RMSprop`` (momentum, centered) or
 ``Adagrad`` (exactly those classes), with or without sample/class weights (one process), epoch or per-step
@@ -582,9 +583,11 @@ def plan_for(model, train, bs, metrics, cbs):
     if X.shape[1:] != tuple(model.input_shape) or not X.flags.c_contiguous or not _compiles(model, True):
         return None
     out_shape = tuple(model.output_shape)
-    if len(out_shape) > 1 and (_loss_kind(loss, T) != LOSS.CROSS_ENTROPY or T.shape != (X.shape[0],) + out_shape[:-1]
-                               or T.dtype != np.intp or W is not None or dist is not None):
-        return None     # a per-step output: cross-entropy on (n, T) labels only
+    kind = _loss_kind(loss, T)
+    if len(out_shape) > 1 and (dist is not None or kind == LOSS.CROSS_ENTROPY_SOFT or (
+            kind == LOSS.CROSS_ENTROPY and (T.shape != (X.shape[0],) + out_shape[:-1] or T.dtype != np.intp
+                                            or W is not None))):
+        return None     # a per-step output: cross-entropy on (n, T) labels, or a loss over each sample's output
     if len(out_shape) == 1 and _loss_kind(loss, T) == LOSS.CROSS_ENTROPY and T.ndim != 1:
         return None
     embeds = [layer for layer, _ in model.graph.nodes if type(layer) is Embedding]
@@ -662,8 +665,8 @@ def fit_epoch(model, plan, epoch, train, bs, shuffle, cbs=None, metrics=()):
     if plan.embeddings:         # token ids: as exact floats of the model's dtype (plan_for checked their range)
         X = X.astype(model.dtype)
     labels = T                  # the metrics' targets
-    if plan.out_rows > 1:       # per-step labels (n, T): the plan reads them as (n * T,)
-        T = np.ascontiguousarray(T).reshape(-1)
+    if plan.out_rows > 1 and _loss_kind(model.loss, T) == LOSS.CROSS_ENTROPY:   # per-step labels (n, T): read as
+        T = np.ascontiguousarray(T).reshape(-1)                                    # (n * T,)
     idx = model.rng.permutation(n) if shuffle else None
     opt = model.optimizer
     core = plan.core
