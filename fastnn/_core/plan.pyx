@@ -955,7 +955,7 @@ cdef class Plan:
     cdef void *dout             # (bs, k) the gradient of the loss with respect to the output
     cdef Py_ssize_t *labels     # (bs,) the batch's labels (cross-entropy)
     cdef void *Tb               # (bs, k) the batch's targets (regression)
-    cdef void *Wb               # (bs,) the batch's sample weights (NULL: none given to batch_buffers)
+    cdef void *Wb               # (bs * rows,) the batch's sample weights (NULL: none given to batch_buffers)
     cdef int loss_kind          # FNN_LOSS_...; -1 until loss() is called
     cdef Update update          # kind -1 until sgd() / adam() / rmsprop() / adagrad() is called
     cdef bint guard_on
@@ -1365,8 +1365,8 @@ cdef class Plan:
     def batch_buffers(self, Xb, labels, Tb, dout, Wb=None):
         """The batch's rows Xb (bs, n_in), labels (bs * rows,) intp (rows: the output node's, the positions of
         a per-step output, each with its label; 1 for a feature vector), targets Tb (bs, k), output gradient dout
-        (bs, k) and sample weights Wb (bs,) (needed for runs with weights).  Checks the graph first (every node given,
-        sources and widths consistent)."""
+        (bs, k) and sample weights Wb (bs * rows,) (needed for runs with weights: each sample's on each of its
+        positions).  Checks the graph first (every node given, sources and widths consistent)."""
         n_in0 = self._check_graph()
         k = self.layers[self.n_layers - 1].n_out
         self.Xb = self._arr("Xb", Xb, (self.bs, n_in0))
@@ -1374,7 +1374,7 @@ cdef class Plan:
                                               np.intp)
         self.Tb = self._arr("Tb", Tb, (self.bs, k))
         self.dout = self._arr("dout", dout, (self.bs, k))
-        self.Wb = self._arr("Wb", Wb, (self.bs,))
+        self.Wb = self._arr("Wb", Wb, (self.bs * self.layers[self.n_layers - 1].rows,))
 
     cdef Py_ssize_t _check_graph(self) except -1:
         """Pack the sources, count the fanouts, check widths, acc buffers and draws; returns the batch's width."""
@@ -1743,7 +1743,7 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
             raise ValueError(f"run_batches: {lrs.shape[0]} learning rates for {b1 - b0} batches")
         lrp = &lrs[0]
     cdef floating *wbp = <floating *>plan.Wb
-    cdef double ws = 0.0, wsum
+    cdef double ws = 0.0, wsum, wrows = 0.0
     cdef const floating *wbc
     if weights is not None:
         if weights.shape[0] != n or plan.Wb == NULL:
@@ -1771,9 +1771,9 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
     cdef Py_ssize_t SR = plan.layers[L - 1].rows if plan.loss_kind == FNN_LOSS_CROSS_ENTROPY else 1, j
     cdef Py_ssize_t kc = k // SR
     if plan.layers[L - 1].rows > 1 and (plan.loss_kind == FNN_LOSS_CROSS_ENTROPY_SOFT or (
-            SR > 1 and (weights is not None or plan.ar_size > 1))):
-        raise ValueError("run_batches: a per-step output takes cross-entropy on labels (without sample weights or "
-                         "data-parallel runs) or a loss over each sample's whole output")
+            SR > 1 and plan.ar_size > 1)):
+        raise ValueError("run_batches: a per-step output takes cross-entropy on labels (not in data-parallel runs) "
+                         "or a loss over each sample's whole output")
     cdef const Py_ssize_t[::1] lab
     cdef const floating[:, ::1] T
     cdef const Py_ssize_t *labp = NULL
@@ -1842,12 +1842,18 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
                         labbp[i * SR + j] = labp[r * SR + j]
                 else:
                     memcpy(Tbp + i * k, Tp + r * k, k * sizeof(floating))
-                if Wp != NULL:
-                    wbp[i] = Wp[r]
+                if Wp != NULL:      # each sample's weight on each of its SR positions (losses.py _row_weights)
+                    for j in range(SR):
+                        wbp[i * SR + j] = Wp[r]
             if Wp != NULL:          # the batch's weight sum, in row order (losses.pyx _inv_weight_sum)
                 ws = 0.0
                 for i in range(m):
-                    ws += wbp[i]
+                    ws += wbp[i * SR]
+                wrows = ws
+                if SR > 1:          # a per-step loss's: over its m * SR rows
+                    wrows = 0.0
+                    for i in range(m * SR):
+                        wrows += wbp[i]
             # ---- forward
             if guard:
                 _save_running(plan.layers, L, prm)
@@ -1863,6 +1869,8 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
             wsum = ws if Wp != NULL else <double>gm
             if lk == FNN_LOSS_L2:
                 inv = 1.0
+            elif SR > 1 and Wp != NULL:
+                inv = 1.0 / (1.0 * wrows) if wrows > 0 else 0.0
             elif lk == FNN_LOSS_CROSS_ENTROPY or lk == FNN_LOSS_CROSS_ENTROPY_SOFT:
                 inv = 1.0 / (1.0 * (wsum * SR)) if wsum > 0 else 0.0
             else:

@@ -11,7 +11,7 @@ over the channels of an image), ``LayerNorm``, ``Dropout``, ``Residual`` with st
 X is seen as (n, features)), and for training ``SimpleRNN`` / ``LSTM`` / ``GRU`` on fixed-length float sequences
 (stacks, ``return_sequences`` either way, ``go_backwards``; without masks, initial or returned states), a first
 ``Embedding`` (without ``mask_zero``; the ids go to the plan as exact floats of the model's dtype) and a ``Dense``
-per step, with a per-step output (T, k) trained by "cross_entropy" on (n, T) labels (no sample weights) or by
+per step, with a per-step output (T, k) trained by "cross_entropy" on (n, T) labels or by
 "mse", "l2", "mae" or "binary_cross_entropy" (over each sample's whole output, as those losses take it),
 trained with "cross_entropy" (integer labels or probability rows), "binary_cross_entropy", "mse", "l2" or "mae",
 by ``SGD`` (with momentum, Nesterov), ``Adam`` (AMSGrad), ``AdamW``, ``RMSprop`` (momentum, centered) or
@@ -340,7 +340,7 @@ class TrainPlan:
         self.out_rows = k // model.output_shape[-1] if model.output_shape[-1] else 1   # > 1: a per-step output
         self.set_constraints()
         core.batch_buffers(np.empty((bs, n_in0), dt), np.empty(bs * self.out_rows, np.intp), np.empty((bs, k), dt),
-                           np.empty((bs, k), dt), np.empty(bs, dt))
+                           np.empty((bs, k), dt), np.empty(bs * self.out_rows, dt))
 
 
     def set_constraints(self):
@@ -585,8 +585,7 @@ def plan_for(model, train, bs, metrics, cbs):
     out_shape = tuple(model.output_shape)
     kind = _loss_kind(loss, T)
     if len(out_shape) > 1 and (dist is not None or kind == LOSS.CROSS_ENTROPY_SOFT or (
-            kind == LOSS.CROSS_ENTROPY and (T.shape != (X.shape[0],) + out_shape[:-1] or T.dtype != np.intp
-                                            or W is not None))):
+            kind == LOSS.CROSS_ENTROPY and (T.shape != (X.shape[0],) + out_shape[:-1] or T.dtype != np.intp))):
         return None     # a per-step output: cross-entropy on (n, T) labels, or a loss over each sample's output
     if len(out_shape) == 1 and _loss_kind(loss, T) == LOSS.CROSS_ENTROPY and T.ndim != 1:
         return None
