@@ -7,8 +7,8 @@ embedding_gather / embedding_scatter: the code the def wrappers run) with buffer
 (the same packing scratch, the same split of the rows over the threads), so the tests ask for the same bits.
 Bidirectional runs both directions in one node, merged as the layer merges them; an Embedding's mask reaches the
 recurrent layers it feeds (the rows sorted by length when right-padded, else blended per step).  Models the plan
-does not cover (a masked loss, masks into other layers, Masking, initial or returned states, Bidirectional without
-a merge, a free time axis) must keep
+does not cover (a masked loss, masks into other layers, initial or returned states, Bidirectional without a
+merge, a free time axis) must keep
 training on the per-layer path.
 """
 import numpy as np
@@ -143,12 +143,12 @@ def test_recurrent_models_the_plan_does_not_cover_keep_the_per_layer_path():
     h0 = L.Dense(5)(L.Flatten()(inp2))
     init = fnn.Model(inp2, L.Dense(K)(L.SimpleRNN(5)(inp2, initial_state=[h0])))
     cases = [
-        # a mask on the output (the loss masked), a mask into a Dense, a Masking layer
+        # a mask on the output (the loss masked), masks into a Dense
         (fnn.Sequential([L.Embedding(VOCAB, 4, mask_zero=True), L.LSTM(5, return_sequences=True), L.Dense(K)],
                         input_shape=(T,)), ids, yi % K),
         (fnn.Sequential([L.Embedding(VOCAB, 4, mask_zero=True), L.Dense(3), L.LSTM(5), L.Dense(K)],
                         input_shape=(T,)), ids, y),
-        (fnn.Sequential([L.Masking(0.0), L.LSTM(5), L.Dense(K)], input_shape=(T, F)), X, y),
+        (fnn.Sequential([L.Masking(0.0), L.Dense(3), L.LSTM(5), L.Dense(K)], input_shape=(T, F)), X, y),
         (fnn.Model(inp3, L.Dense(K)(L.Concatenate()(L.Bidirectional(L.LSTM(5), merge_mode=None)(inp3)))), X, y),
         (fnn.Sequential([L.LSTM(5), L.Dense(K)], input_shape=(None, F)), X, y),        # a free time axis
         (state, X, y),
@@ -300,3 +300,20 @@ def test_per_step_cross_entropy_with_sample_weights_and_a_branching_graph(restor
         parts = [L.GRU(4)(h), L.SimpleRNN(3, go_backwards=True)(h), L.Dense(4, activation="relu")(L.Flatten()(inp))]
         return fnn.Model(inp, L.Dense(K)(L.Concatenate()(parts)), seed=3, dtype=dt)
     _both(make, X, y[:, 0], lambda: fnn.optim.Adam(lr=1e-2), "float32", threads=2)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_masking_float_sequences(dtype, restore_threads):
+    # padded steps (all features mask_value) at the end of some rows and in the middle of others, a step with one
+    # feature at mask_value (a real step); a stack with a Bidirectional, at 2 threads
+    X, y = _data(22, False)
+    X[3, 4:] = -1.0
+    X[7, 1] = -1.0
+    X[9, :2] = -1.0
+    X[12, 2, 0] = -1.0
+
+    def make(dt):
+        return fnn.Sequential([L.Masking(-1.0), L.LSTM(5, return_sequences=True),
+                               L.Bidirectional(L.GRU(4), merge_mode="sum"), L.Dense(K)], input_shape=(T, F),
+                              seed=12, dtype=dt)
+    _both(make, X, y, lambda: fnn.optim.Adam(lr=1e-2), dtype, threads=2)

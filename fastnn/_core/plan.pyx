@@ -75,7 +75,7 @@ from fastnn._core.kinds cimport (FNN_ACT_IDENTITY, FNN_LOSS_CROSS_ENTROPY, FNN_L
                                  FNN_LAYER_ACTIVATION, FNN_LAYER_PASS, FNN_LAYER_BATCHNORM, FNN_LAYER_LAYERNORM,
                                  FNN_LAYER_DROPOUT, FNN_LAYER_ADD, FNN_LAYER_RESIDUAL, FNN_LAYER_CONCAT,
                                  FNN_LAYER_IDENTITY, FNN_LAYER_CONV, FNN_LAYER_POOL, FNN_LAYER_RNN,
-                                 FNN_LAYER_EMBEDDING, FNN_N_LAYER,
+                                 FNN_LAYER_EMBEDDING, FNN_LAYER_MASKING, FNN_N_LAYER,
                                  FNN_STATUS_DONE, FNN_STATUS_NONFINITE_LOSS, FNN_STATUS_NONFINITE_GRADIENT,
                                  FNN_STATUS_NONFINITE_PARAMETER, FNN_STATUS_NONFINITE_STATE, FNN_STATUS_BAD_KIND,
                                  FNN_STATUS_NONFINITE_BUFFER,
@@ -165,7 +165,8 @@ cdef struct PlanLayer:
     void *dY2               # RNN with two directions: (2, bs, rows * units) each direction's output gradient
     Py_ssize_t n_rows       # EMBEDDING: the table's rows (input_dim); its columns are cols
     int64_t *ids            # EMBEDDING: (bs, steps) the batch's ids, converted from the floats of the batch
-    unsigned char *emask    # EMBEDDING with mask_zero: (bs, steps) ids != 0 (the recurrent nodes it feeds read it)
+    unsigned char *emask    # EMBEDDING with mask_zero: (bs, steps) ids != 0; MASKING: (bs, steps) the steps with a
+    # feature other than mask_value (alpha) (the recurrent nodes they feed read it)
 
 
 cdef struct MaxNormC:       # a max-norm weight constraint (fastnn.constraints.MaxNorm), applied after each update
@@ -438,6 +439,15 @@ cdef const floating *_forward_graph(const floating *x, Py_ssize_t m, const PlanL
             if ly.n_dirs == 2:
                 _merge_fwd(ly, Y, m)
             outp[l] = Y
+        elif ly.kind == FNN_LAYER_MASKING:     # as Masking.forward: the mask, then Y = X * mask per step
+            for i in range(m * ly.rows):
+                j = 0
+                for c0 in range(ly.cols):
+                    j = j | (xi[i * ly.cols + c0] != <floating>ly.alpha)
+                ly.emask[i] = j != 0
+                for c0 in range(ly.cols):
+                    Y[i * ly.cols + c0] = xi[i * ly.cols + c0] * <floating>ly.emask[i]
+            outp[l] = Y
         elif ly.kind == FNN_LAYER_EMBEDDING:
             for i in range(m * ly.n_in):
                 ly.ids[i] = <int64_t>xi[i]
@@ -645,6 +655,12 @@ cdef int _backward_graph(const floating *xb, Py_ssize_t m, const PlanLayer *laye
                 _rnn_bwd(&ly.rnn[1], x, prm, grd, <floating *>ly.dY2 + ly.rnn[0].units * ly.rows * m, m, n_threads)
                 if dx != NULL:
                     _ew(0, dx, <const floating *>ly.rnn[1].dX, dx, 0, m * ly.n_in, n_threads)
+            _give(layers, srcs, gp, ly, 0, dx, m)
+        elif ly.kind == FNN_LAYER_MASKING:
+            if dx != NULL:      # dX = dY * mask per step (Masking.backward)
+                for i in range(m * ly.rows):
+                    for c0 in range(ly.cols):
+                        dx[i * ly.cols + c0] = dy[i * ly.cols + c0] * <floating>ly.emask[i]
             _give(layers, srcs, gp, ly, 0, dx, m)
         elif ly.kind == FNN_LAYER_EMBEDDING:
             embedding_scatter(ly.ids, dy, grd + ly.w_off, m * ly.n_in, ly.n_rows, ly.cols, n_threads)
@@ -1143,6 +1159,22 @@ cdef class Plan:
                     or (nd == 2 and ly.dY2 == NULL) or r.perm == NULL or r.n_active == NULL or r.scratch == NULL
                     or r.mode == NULL):
                 raise ValueError(f"Plan.rnn: layer {l}: a buffer is missing")
+
+    def masking(self, Py_ssize_t l, Py_ssize_t steps, Py_ssize_t features, double mask_value, bint need_dx, Y, dX,
+                mask):
+        """Layer l: Masking of samples of steps x features (fastnn.layers.Masking): mask (bs, steps) uint8 gets
+        each batch's steps that hold a feature other than mask_value (compared in the plan's dtype), Y (bs, steps *
+        features) the input with the other steps zeroed (times 0), dX (bs, steps * features) when need_dx."""
+        if steps < 1 or features < 1:
+            raise ValueError(f"Plan.masking: layer {l}: {steps} steps of {features} features")
+        cdef PlanLayer *ly = self._layer(l, steps * features, steps * features)
+        self._rows(ly, l, steps)
+        ly.kind, ly.alpha, ly.need_dx = FNN_LAYER_MASKING, mask_value, need_dx
+        ly.Y = self._arr(("Y", l), Y, (self.bs, ly.n_out))
+        ly.dX = self._arr(("dX", l), dX if need_dx else None, (self.bs, ly.n_in))
+        ly.emask = <unsigned char *>self._arr(("emask", l), mask, (self.bs, steps), np.uint8)
+        if ly.Y == NULL or ly.emask == NULL or (need_dx and ly.dX == NULL):
+            raise ValueError(f"Plan.masking: layer {l}: Y, mask and (need_dx) dX are needed")
 
     def embedding(self, Py_ssize_t l, Py_ssize_t steps, Py_ssize_t n_rows, Py_ssize_t d, Py_ssize_t w_off, Y,
                   ids, mask=None):

@@ -10,7 +10,8 @@ over the channels of an image), ``LayerNorm``, ``Dropout``, ``Residual`` with st
 ``Flatten`` / ``Reshape`` on outputs of any shape (channels-last; the plan holds each sample's features in one row:
 X is seen as (n, features)), and for training ``SimpleRNN`` / ``LSTM`` / ``GRU`` on fixed-length float sequences
 (stacks, ``return_sequences`` either way, ``go_backwards``; without masks, initial or returned states), a first
-``Embedding`` (without ``mask_zero``; the ids go to the plan as exact floats of the model's dtype) and a ``Dense``
+``Embedding`` (the ids go to the plan as exact floats of the model's dtype; its ``mask_zero`` mask, and a
+``Masking`` layer's, when they reach recurrent layers only and not the loss) and a ``Dense``
 per step, with a per-step output (T, k) trained by "cross_entropy" on (n, T) labels or by
 "mse", "l2", "mae" or "binary_cross_entropy" (over each sample's whole output, as those losses take it),
 trained with "cross_entropy" (integer labels or probability rows), "binary_cross_entropy", "mse", "l2" or "mae",
@@ -53,7 +54,7 @@ from fastnn.layers.conv import Conv1D, Conv2D
 from fastnn.layers.core import Flatten, Reshape
 from fastnn.layers.dense import Dense
 from fastnn.layers.dropout import Dropout
-from fastnn.layers.embedding import Embedding
+from fastnn.layers.embedding import Embedding, Masking
 from fastnn.layers.merge import Add, Concatenate
 from fastnn.layers.normalization import BatchNorm, LayerNorm
 from fastnn.layers.recurrent import GRU, LSTM, Bidirectional, SimpleRNN
@@ -263,6 +264,11 @@ class TrainPlan:
                          np.empty(2 * bs * (steps if seq else 1) * U, dt) if bi else None,
                          mask_buf[masks[src[0]]] if src[0] >= 0 and masks[src[0]] is not None else None)
                 self.thread_sized = True
+            elif t is Masking:
+                steps, f = layer.input_shape
+                mask_buf[i] = np.empty((bs, steps), np.uint8)
+                core.masking(i, steps, f, layer.mask_value, layer.need_input_grad, buf(),
+                             buf((bs, n_in)) if layer.need_input_grad else None, mask_buf[i])
             elif t is Embedding:
                 steps = n_in
                 if layer.mask_zero:
@@ -393,8 +399,9 @@ def _rnn_buffers(table, owner, layer, prefix, bs, dt, threads, last):
 
 
 def _mask_flow(graph):
-    """For a graph with masks: per node, the Embedding node (mask_zero) whose mask its output carries, or None;
-    None when the plan cannot honour the masks.  The plan takes a mask from an Embedding into recurrent layers only
+    """For a graph with masks: per node, the Embedding (mask_zero) or Masking node whose mask its output carries, or
+    None; None when the plan cannot honour the masks.  The plan takes a mask from an Embedding or a Masking layer
+    into recurrent layers only
     (a SimpleRNN / LSTM / GRU / Bidirectional hands it on with return_sequences), with no mask on the model output
     (the loss unmasked) and single-output layers; any other layer reached by a mask keeps the per-layer path."""
     if not graph.has_masks or any(f is not None for f in graph.out_fanout):
@@ -404,7 +411,7 @@ def _mask_flow(graph):
         t = type(layer)
         got = [out[s] for s in src if s >= 0 and out[s] is not None]
         if layer.produces_mask:
-            if t is not Embedding or got:
+            if (t is not Embedding and t is not Masking) or got:
                 return None
             out.append(i)
         elif got:
@@ -442,13 +449,16 @@ def _compiles(model, training):
         return False
     # recurrent models train on the plan with a Dense per step (elsewhere a Dense on more than one axis keeps a
     # model on the per-layer path, as before)
-    sequences = training and any(type(layer) in _RNN_TYPES or type(layer) in (Embedding, Bidirectional)
+    sequences = training and any(type(layer) in _RNN_TYPES or type(layer) in (Embedding, Bidirectional, Masking)
                                  for layer in graph.layers)
     for layer, src in graph.nodes:
         t = type(layer)
         vector = len(layer.output_shape) == 1 and all(len(model.input_shape if s < 0 else shapes[s]) == 1
                                                       for s in src)
-        if t in _RNN_TYPES or t is Embedding or t is Bidirectional:
+        if t is Masking:        # on float sequences, into recurrent layers (_mask_flow), for training
+            if not training or len(layer.input_shape) != 2 or len(src) != 1:
+                return False
+        elif t in _RNN_TYPES or t is Embedding or t is Bidirectional:
             # training only (inference keeps the per-layer path); no mask, initial state, returned state or
             # recorded step norms; an Embedding reads the batch's ids (carried as exact floats)
             if not training:
@@ -600,7 +610,7 @@ def plan_for(model, train, bs, metrics, cbs):
         return None
     # data-parallel: Dropout draws its rank's rows of the global mask and BatchNorm may synchronize: per-layer path;
     # convolutions, pooling and recurrent layers too (not yet checked against it under MPI)
-    if dist is not None and any(type(layer) in (Dropout, BatchNorm, Embedding, Bidirectional) + _CONV_TYPES
+    if dist is not None and any(type(layer) in (Dropout, BatchNorm, Embedding, Bidirectional, Masking) + _CONV_TYPES
                                 + _POOL_TYPES + _RNN_TYPES for layer, _ in model.graph.nodes):
         return None
     # the plan updates the trainable prefix of the flat buffers, the one the optimizer is bound to (see fit_epoch)
