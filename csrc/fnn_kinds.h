@@ -68,7 +68,10 @@
     X(CONCAT, concat)                /* Concatenate along the features */                                 \
     X(IDENTITY, identity)            /* Flatten / Reshape: the input goes through */                      \
     X(CONV, conv)                    /* Conv2D / Conv1D: tiled convolution, bias and activation fused */    \
-    X(POOL, pool)                    /* max / average pooling, windowed or global */
+    X(POOL, pool)                    /* max / average pooling, windowed or global */                      \
+    X(RNN, rnn)                      /* SimpleRNN / LSTM / GRU over a sequence (csrc/fnn_rnn.h via rnn.pxd) */ \
+    X(EMBEDDING, embedding)          /* Embedding: token ids (carried as exact floats) -> rows of the table */ \
+    X(MASKING, masking)              /* Masking: the steps whose features all equal mask_value zeroed, masked */
 
 /* What a run of the compiled plan returns (its first value). */
 #define FNN_PLAN_STATUSES(X)                                                                              \

@@ -42,6 +42,9 @@ cdef extern from "fnn_kinds.h" nogil:
         FNN_LAYER_IDENTITY
         FNN_LAYER_CONV
         FNN_LAYER_POOL
+        FNN_LAYER_RNN
+        FNN_LAYER_EMBEDDING
+        FNN_LAYER_MASKING
         FNN_N_LAYER
 
     cdef enum fnn_status_kind:

@@ -3,7 +3,9 @@
 
 For a graph of compiled layers (Dense with its fused activation and Concatenate on feature vectors; Conv2D / Conv1D
 with theirs, max / average / global pooling, activation layers, BatchNorm, LayerNorm, Dropout, Residual with
-stochastic depth, Add and Flatten/Reshape on channels-last outputs of any shape; a feature vector out), one call
+stochastic depth, Add and Flatten/Reshape on channels-last outputs of any shape; SimpleRNN / LSTM / GRU over a
+sequence (rnn.pxd's kernels, no mask), an Embedding of the batch's ids (carried as exact floats) and a Dense per
+step; a feature vector out, or a per-step output (T, k) with the cross-entropy over its n * T positions), one call
 runs, for each batch, all ``nogil``: the gather of the batch from the epoch's permutation (each sample's features
 in one row), the forward pass (a Dense layer: GEMM, then bias + activation in one pass; a convolution: conv.pyx's
 tiled kernels, with the bias and activation fused), the loss and its gradient (softmax cross-entropy fused), the
@@ -19,14 +21,16 @@ which check the graph) and per epoch (``loss``, ``sgd`` / ``adam`` / ``rmsprop``
 dtypes, shapes) so that the nogil loops need no checks:
 
 - ``PlanLayer``: kind (PLAN_LAYER: DENSE, ACTIVATION, PASS (an output activation fused with the loss that
-  lets the logits through), BATCHNORM, LAYERNORM, DROPOUT, ADD, RESIDUAL, CONCAT, IDENTITY, CONV, POOL), its
+  lets the logits through), BATCHNORM, LAYERNORM, DROPOUT, ADD, RESIDUAL, CONCAT, IDENTITY, CONV, POOL, RNN,
+  EMBEDDING), its
   sources and fanout, activation kind and alpha, sizes (features per sample, and the output as rows x cols, the
   last axis, for the row-wise kernels: BatchNorm over (N, H, W, C) normalizes the N*H*W rows of C channels, as the
   per-layer layer does on its (N*H*W, C) view), offsets of its parameters in the flat buffer, its batch buffers
   (Z, Y, dZ, dX, the gradient sum acc of an output read several times) and the kind's own settings (statistics
   and running statistics, dropout threshold and mask, survival probability, its column in a batch's draws, a
   convolution's geometry and workspace (the per-layer path's sizes, so both split the work over the same
-  threads), a pooling window and its argmax);
+  threads), a pooling window and its argmax, a recurrent layer's cell, sizes and rnn.pyx buffers (allocated once
+  with the plan, the packing scratch sized for the plan's thread count), an embedding's table and ids);
 - ``Update``: the optimizer kind (OPT) and its hyperparameters by name (``SGDHyper``, ``AdamHyper``, ...), the
   weight-decay prefix and the state arrays;
 - the guard's backup buffers, the clipping thresholds, and the statistics of the last run (``RunStats``).
@@ -45,7 +49,7 @@ batches_done counts completed updates.
 """
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
 from libc.string cimport memcpy, memset
-from libc.stdint cimport int32_t, intptr_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, intptr_t, uint64_t
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 import numpy as np
@@ -60,6 +64,9 @@ from fastnn._core.norm cimport bn_forward, bn_backward, ln_forward, ln_backward
 from fastnn._core.dropout cimport dropout_fwd, dropout_bwd
 from fastnn._core.conv cimport fnn_conv_geom, conv_geometry, conv_scratch, conv_forward, conv_backward
 from fastnn._core.pool cimport check_geometry, pool_forward, pool_backward
+from fastnn._core.rnn cimport (rnn_forward_raw, rnn_backward_raw, rnn_gates, rnn_saved, rnn_packed_size,
+                               rnn_mask_plan)
+from fastnn._core.embedding cimport embedding_gather, embedding_scatter
 from fastnn._core.guard cimport _first_nonfinite
 from fastnn._core.bound cimport Bounds, scan_max, sgd_safe, adam_safe, rmsprop_safe, adagrad_safe
 from fastnn._core.kinds cimport (FNN_ACT_IDENTITY, FNN_ACT_RELU, FNN_LOSS_CROSS_ENTROPY, FNN_LOSS_L2, FNN_LOSS_MSE,
@@ -67,7 +74,8 @@ from fastnn._core.kinds cimport (FNN_ACT_IDENTITY, FNN_ACT_RELU, FNN_LOSS_CROSS_
                                  FNN_OPT_SGD, FNN_OPT_ADAM, FNN_OPT_RMSPROP, FNN_OPT_ADAGRAD, FNN_LAYER_DENSE,
                                  FNN_LAYER_ACTIVATION, FNN_LAYER_PASS, FNN_LAYER_BATCHNORM, FNN_LAYER_LAYERNORM,
                                  FNN_LAYER_DROPOUT, FNN_LAYER_ADD, FNN_LAYER_RESIDUAL, FNN_LAYER_CONCAT,
-                                 FNN_LAYER_IDENTITY, FNN_LAYER_CONV, FNN_LAYER_POOL, FNN_N_LAYER,
+                                 FNN_LAYER_IDENTITY, FNN_LAYER_CONV, FNN_LAYER_POOL, FNN_LAYER_RNN,
+                                 FNN_LAYER_EMBEDDING, FNN_LAYER_MASKING, FNN_N_LAYER,
                                  FNN_STATUS_DONE, FNN_STATUS_NONFINITE_LOSS, FNN_STATUS_NONFINITE_GRADIENT,
                                  FNN_STATUS_NONFINITE_PARAMETER, FNN_STATUS_NONFINITE_STATE, FNN_STATUS_BAD_KIND,
                                  FNN_STATUS_NONFINITE_BUFFER,
@@ -79,6 +87,38 @@ from fastnn._core._common cimport threads_for, FNN_MIN_PER_THREAD, FNN_MIN_GATHE
 cdef enum:
     _BLOCK = 2048
     _MAX_T = 256
+
+
+cdef enum:
+    _MERGE_CONCAT = 0       # Bidirectional's merge modes (fastnn/layers/recurrent.py)
+    _MERGE_SUM = 1
+    _MERGE_MUL = 2
+    _MERGE_AVE = 3
+
+
+cdef struct RnnC:           # one direction of a recurrent node: rnn.pyx's sizes and buffers for bs rows
+    int cell                # rnn.pyx TANH, RELU, LSTM, GRU
+    bint reverse, seq       # go_backwards; return_sequences (Y (bs, steps * units), else Y is hout (bs, units))
+    Py_ssize_t steps, units, step_in    # the sequence's steps, the state's units, the features per step
+    Py_ssize_t w_off, whh_off, bih_off, bhh_off     # weight_ih, weight_hh, bias_ih, bias_hh in the flat parameters
+    const unsigned char *mask   # (bs, steps) the mask of an Embedding(mask_zero=True) feeding it, or NULL
+    int *perm               # (bs,) the row plan of each forward (rnn.pyx mask_plan: the identity without a mask)
+    int *n_active           # (steps,) the rows running at each step (the batch's m without a mask)
+    int *scratch            # (bs + steps + 1,) mask_plan's scratch
+    int *mode               # (1,) mask_plan's mode in the last forward (1: the kernels blend with the mask)
+    void *Y                 # the direction's output (the node's own Y for a single direction)
+    void *hout              # (bs, units) the last state (Y itself without return_sequences)
+    void *dX                # (bs, steps * step_in) the gradient toward the input, or NULL
+    void *XP                # the kernels' buffers (rnn.pyx's module docstring): XP, HP, Hs, Cs (LSTM), Gs (LSTM,
+    void *HP                # GRU), Wp (float32: the packing scratch for the plan's thread count), dH, dC (LSTM),
+    void *Hs                # dGt, dGo
+    void *Cs
+    void *Gs
+    void *Wp
+    void *dH
+    void *dC
+    void *dGt
+    void *dGo
 
 
 cdef struct PlanLayer:
@@ -121,6 +161,14 @@ cdef struct PlanLayer:
     # path's buffer sizes, so that both split the work over the same threads)
     bint pool_max           # POOL: max (else average)
     int32_t *argmax         # POOL, max: (bs, OH, OW, C) the first maximum of each window
+    RnnC rnn[2]             # RNN: its direction(s): one, or forward and backward (Bidirectional)
+    int n_dirs              # RNN: 1 or 2
+    int merge               # RNN with two directions: how their outputs merge (_MERGE_CONCAT, ...)
+    void *dY2               # RNN with two directions: (2, bs, rows * units) each direction's output gradient
+    Py_ssize_t n_rows       # EMBEDDING: the table's rows (input_dim); its columns are cols
+    int64_t *ids            # EMBEDDING: (bs, steps) the batch's ids, converted from the floats of the batch
+    unsigned char *emask    # EMBEDDING with mask_zero: (bs, steps) ids != 0; MASKING: (bs, steps) the steps with a
+    # feature other than mask_value (alpha) (the recurrent nodes they feed read it)
 
 
 cdef struct MaxNormC:       # a max-norm weight constraint (fastnn.constraints.MaxNorm), applied after each update
@@ -262,6 +310,95 @@ cdef inline void _ew_range(int op, const floating *a, const floating *b, floatin
             y[i] = a[i] * c
 
 
+cdef void _rnn_fwd(const RnnC *r, const floating *x, const floating *prm, Py_ssize_t m,
+                   int n_threads) noexcept nogil:
+    """One direction of a recurrent node forward over the m rows at x (rnn.pxd: the per-layer layer's call)."""
+    r.mode[0] = rnn_mask_plan(r.mask, m, r.steps, r.reverse, r.perm, r.n_active, r.scratch)
+    rnn_forward_raw(r.cell, m, r.steps, r.step_in, r.units, r.reverse, r.perm, r.n_active,
+                    r.mask if r.mode[0] == 1 else NULL, n_threads, x,
+                    prm + r.w_off, prm + r.whh_off, prm + r.bih_off, prm + r.bhh_off, NULL, NULL,
+                    <floating *>r.XP, <floating *>r.HP, <floating *>r.Hs, <floating *>r.Cs, <floating *>r.Gs,
+                    <floating *>r.Y if r.seq else NULL, <floating *>r.hout, NULL, <floating *>r.Wp)
+
+
+cdef void _rnn_bwd(const RnnC *r, const floating *x, const floating *prm, floating *grd, const floating *dy,
+                   Py_ssize_t m, int n_threads) noexcept nogil:
+    """Backpropagation through time of _rnn_fwd from dy, the gradient of its output (the sequence with seq, else
+    the last state): its four parameter gradients, and dX when r.dX is given."""
+    rnn_backward_raw(r.cell, m, r.steps, r.step_in, r.units, r.reverse, r.perm, r.n_active,
+                     r.mask if r.mode[0] == 1 else NULL, n_threads, x,
+                     prm + r.w_off, prm + r.whh_off, <floating *>r.Hs, <floating *>r.Cs, <floating *>r.Gs,
+                     dy if r.seq else NULL, NULL if r.seq else dy, NULL, <floating *>r.dH, <floating *>r.dC,
+                     <floating *>r.dGt, <floating *>r.dGo, <floating *>r.dX, grd + r.w_off, grd + r.whh_off,
+                     grd + r.bih_off, grd + r.bhh_off, NULL, NULL, NULL, <floating *>r.Wp)
+
+
+cdef void _rnn_zero(const RnnC *r, floating *grd) noexcept nogil:
+    """Zero gradients of a direction that no gradient reached."""
+    cdef Py_ssize_t GU = rnn_gates(r.cell) * r.units
+    memset(grd + r.w_off, 0, r.step_in * GU * sizeof(floating))
+    memset(grd + r.whh_off, 0, r.units * GU * sizeof(floating))
+    memset(grd + r.bih_off, 0, GU * sizeof(floating))
+    memset(grd + r.bhh_off, 0, GU * sizeof(floating))
+
+
+cdef void _merge_fwd(const PlanLayer *ly, floating *y, Py_ssize_t m) noexcept nogil:
+    """Bidirectional's merge of its two directions' outputs into y (ly.Y), as Bidirectional.forward: the backward
+    direction's sequence (in its processing order) reversed back in time first (R = rows: the steps with
+    return_sequences, else 1: the last states)."""
+    cdef Py_ssize_t R = ly.rows, U = ly.rnn[0].units, i, t, c, fi, bi
+    cdef const floating *yf = <const floating *>ly.rnn[0].Y
+    cdef const floating *yb = <const floating *>ly.rnn[1].Y
+    cdef floating v
+    for i in range(m):
+        for t in range(R):
+            fi = (i * R + t) * U
+            bi = (i * R + R - 1 - t) * U
+            if ly.merge == _MERGE_CONCAT:
+                memcpy(y + 2 * fi, yf + fi, U * sizeof(floating))
+                memcpy(y + 2 * fi + U, yb + bi, U * sizeof(floating))
+            elif ly.merge == _MERGE_SUM:
+                for c in range(U):
+                    y[fi + c] = yf[fi + c] + yb[bi + c]
+            elif ly.merge == _MERGE_MUL:
+                for c in range(U):
+                    y[fi + c] = yf[fi + c] * yb[bi + c]
+            else:
+                for c in range(U):
+                    v = yf[fi + c] + yb[bi + c]         # np.add, then out *= 0.5
+                    y[fi + c] = v * <floating>0.5
+
+
+cdef void _merge_bwd(const PlanLayer *ly, const floating *dy, Py_ssize_t m) noexcept nogil:
+    """The two directions' output gradients (ly.dY2: forward's, then backward's in its processing order) from dy,
+    the gradient of the merged output, as Bidirectional.backward."""
+    cdef Py_ssize_t R = ly.rows, U = ly.rnn[0].units, i, t, c, fi, bi
+    cdef const floating *yf = <const floating *>ly.rnn[0].Y
+    cdef const floating *yb = <const floating *>ly.rnn[1].Y
+    cdef floating *df = <floating *>ly.dY2
+    cdef floating *db = df + m * R * U
+    cdef floating v
+    for i in range(m):
+        for t in range(R):
+            fi = (i * R + t) * U
+            bi = (i * R + R - 1 - t) * U
+            if ly.merge == _MERGE_CONCAT:
+                memcpy(df + fi, dy + 2 * fi, U * sizeof(floating))
+                memcpy(db + bi, dy + 2 * fi + U, U * sizeof(floating))
+            elif ly.merge == _MERGE_SUM:
+                memcpy(df + fi, dy + fi, U * sizeof(floating))
+                memcpy(db + bi, dy + fi, U * sizeof(floating))
+            elif ly.merge == _MERGE_MUL:
+                for c in range(U):
+                    df[fi + c] = dy[fi + c] * yb[bi + c]
+                    db[bi + c] = dy[fi + c] * yf[fi + c]
+            else:
+                for c in range(U):
+                    v = dy[fi + c] * <floating>0.5
+                    df[fi + c] = v
+                    db[bi + c] = v
+
+
 cdef const floating *_forward_graph(const floating *x, Py_ssize_t m, const PlanLayer *layers, Py_ssize_t L,
                                     const Py_ssize_t *srcs, void **outp, unsigned char *kept, const floating *prm,
                                     bint training, const uint64_t *draws, int n_threads) noexcept nogil:
@@ -289,15 +426,38 @@ cdef const floating *_forward_graph(const floating *x, Py_ssize_t m, const PlanL
         Z = <floating *>ly.Z
         Y = <floating *>ly.Y
         xi = _input(x, outp, srcs, ly, 0)
-        if ly.kind == FNN_LAYER_DENSE:
+        if ly.kind == FNN_LAYER_DENSE:      # on the m * rows rows of the input's last axis (rows 1: a vector)
             if ly.n_in == 0:
                 memset(Z, 0, m * ly.n_out * sizeof(floating))
             else:
-                _gemm_few_rows(m, ly.n_out, ly.n_in, xi, prm + ly.w_off, Z, n_threads)
+                _gemm_few_rows(m * ly.rows, ly.cols, ly.n_in // ly.rows, xi, prm + ly.w_off, Z, n_threads)
             if act_forward(ly.act, Z, Y if ly.act != FNN_ACT_IDENTITY else Z,
-                           prm + ly.b_off if ly.b_off >= 0 else NULL, m, ly.n_out, ly.alpha, n_threads) != 0:
+                           prm + ly.b_off if ly.b_off >= 0 else NULL, m * ly.rows, ly.cols, ly.alpha, n_threads) != 0:
                 return NULL
             outp[l] = Y if ly.act != FNN_ACT_IDENTITY else Z
+        elif ly.kind == FNN_LAYER_RNN:
+            for j in range(ly.n_dirs):
+                _rnn_fwd(&ly.rnn[j], xi, prm, m, n_threads)
+            if ly.n_dirs == 2:
+                _merge_fwd(ly, Y, m)
+            outp[l] = Y
+        elif ly.kind == FNN_LAYER_MASKING:     # as Masking.forward: the mask, then Y = X * mask per step
+            for i in range(m * ly.rows):
+                j = 0
+                for c0 in range(ly.cols):
+                    j = j | (xi[i * ly.cols + c0] != <floating>ly.alpha)
+                ly.emask[i] = j != 0
+                for c0 in range(ly.cols):
+                    Y[i * ly.cols + c0] = xi[i * ly.cols + c0] * <floating>ly.emask[i]
+            outp[l] = Y
+        elif ly.kind == FNN_LAYER_EMBEDDING:
+            for i in range(m * ly.n_in):
+                ly.ids[i] = <int64_t>xi[i]
+            if ly.emask != NULL:
+                for i in range(m * ly.n_in):
+                    ly.emask[i] = ly.ids[i] != 0
+            embedding_gather(ly.ids, prm + ly.w_off, Y, m * ly.n_in, ly.cols, n_threads)
+            outp[l] = Y
         elif ly.kind == FNN_LAYER_ACTIVATION:
             if ly.fused:            # its BatchNorm source applied it
                 outp[l] = <void *>xi
@@ -438,7 +598,7 @@ cdef int _backward_graph(const floating *xb, Py_ssize_t m, const PlanLayer *laye
     ov (data-parallel with overlap, else NULL): after each node, the bucket of the flat gradient that this node
     completes is allreduced with MPI_Iallreduce (the caller waits for all before the update), and between a Dense
     node's two GEMMs and after each node MPI_Testall lets the buckets in flight progress."""
-    cdef Py_ssize_t l, i, j, c0, w
+    cdef Py_ssize_t l, i, j, c0, w, ci, co, mr
     cdef const PlanLayer *ly
     cdef const floating *x
     cdef floating *dy
@@ -458,6 +618,9 @@ cdef int _backward_graph(const floating *xb, Py_ssize_t m, const PlanLayer *laye
                 memset(grd + ly.w_off, 0, ly.w_len * sizeof(floating))
             if ly.b_off >= 0:
                 memset(grd + ly.b_off, 0, ly.cols * sizeof(floating))
+            if ly.kind == FNN_LAYER_RNN:
+                for j in range(ly.n_dirs):
+                    _rnn_zero(&ly.rnn[j], grd)
             if ov != NULL and _ov_after(ov, l, grd, sizeof(floating)) != 0:
                 return FNN_STATUS_BAD_KIND
             continue
@@ -471,21 +634,41 @@ cdef int _backward_graph(const floating *xb, Py_ssize_t m, const PlanLayer *laye
                 if act_backward(ly.act, <floating *>ly.Z, <floating *>ly.Y, dy, g, m, ly.n_out, ly.alpha,
                                 n_threads) != 0:
                     return FNN_STATUS_BAD_KIND
+            # dense_backward on the m * rows rows of ci inputs and co outputs (rows 1: a vector)
+            ci, co, mr = ly.n_in // ly.rows, ly.cols, m * ly.rows
             if ly.n_in > 0:
-                _blas.gemm(True, False, <int>ly.n_in, <int>ly.n_out, <int>m, <floating>1, x, <int>ly.n_in,
-                           g, <int>ly.n_out, <floating>0, grd + ly.w_off, <int>ly.n_out)
+                _blas.gemm(True, False, <int>ci, <int>co, <int>mr, <floating>1, x, <int>ci,
+                           g, <int>co, <floating>0, grd + ly.w_off, <int>co)
             if ly.b_off >= 0:
                 dbp = grd + ly.b_off
-                memset(dbp, 0, ly.n_out * sizeof(floating))
-                for i in range(m):
-                    for j in range(ly.n_out):
-                        dbp[j] = dbp[j] + g[i * ly.n_out + j]
+                memset(dbp, 0, co * sizeof(floating))
+                for i in range(mr):
+                    for j in range(co):
+                        dbp[j] = dbp[j] + g[i * co + j]
             if dx != NULL:
                 if ov != NULL and _ov_test(ov) != 0:
                     return FNN_STATUS_BAD_KIND
-                _blas.gemm(False, True, <int>m, <int>ly.n_in, <int>ly.n_out, <floating>1, g, <int>ly.n_out,
-                           prm + ly.w_off, <int>ly.n_out, <floating>0, dx, <int>ly.n_in)
+                _blas.gemm(False, True, <int>mr, <int>ci, <int>co, <floating>1, g, <int>co,
+                           prm + ly.w_off, <int>co, <floating>0, dx, <int>ci)
             _give(layers, srcs, gp, ly, 0, dx, m)
+        elif ly.kind == FNN_LAYER_RNN:
+            if ly.n_dirs == 1:
+                _rnn_bwd(&ly.rnn[0], x, prm, grd, dy, m, n_threads)
+            else:       # as Bidirectional.backward: each direction's output gradient, both backwards, dX summed
+                _merge_bwd(ly, dy, m)
+                _rnn_bwd(&ly.rnn[0], x, prm, grd, <floating *>ly.dY2, m, n_threads)
+                _rnn_bwd(&ly.rnn[1], x, prm, grd, <floating *>ly.dY2 + ly.rnn[0].units * ly.rows * m, m, n_threads)
+                if dx != NULL:
+                    _ew(0, dx, <const floating *>ly.rnn[1].dX, dx, 0, m * ly.n_in, n_threads)
+            _give(layers, srcs, gp, ly, 0, dx, m)
+        elif ly.kind == FNN_LAYER_MASKING:
+            if dx != NULL:      # dX = dY * mask per step (Masking.backward)
+                for i in range(m * ly.rows):
+                    for c0 in range(ly.cols):
+                        dx[i * ly.cols + c0] = dy[i * ly.cols + c0] * <floating>ly.emask[i]
+            _give(layers, srcs, gp, ly, 0, dx, m)
+        elif ly.kind == FNN_LAYER_EMBEDDING:
+            embedding_scatter(ly.ids, dy, grd + ly.w_off, m * ly.n_in, ly.n_rows, ly.cols, n_threads)
         elif ly.kind == FNN_LAYER_ACTIVATION:
             if ly.fused:            # its BatchNorm source masks the gradient
                 _give(layers, srcs, gp, ly, 0, dy, m)
@@ -797,7 +980,7 @@ cdef class Plan:
     cdef void *dout             # (bs, k) the gradient of the loss with respect to the output
     cdef Py_ssize_t *labels     # (bs,) the batch's labels (cross-entropy)
     cdef void *Tb               # (bs, k) the batch's targets (regression)
-    cdef void *Wb               # (bs,) the batch's sample weights (NULL: none given to batch_buffers)
+    cdef void *Wb               # (bs * rows,) the batch's sample weights (NULL: none given to batch_buffers)
     cdef int loss_kind          # FNN_LOSS_...; -1 until loss() is called
     cdef public bint fuse_relu  # fuse a BatchNorm -> ReLU pair into one node (default; read by batch_buffers)
     cdef Update update          # kind -1 until sgd() / adam() / rmsprop() / adagrad() is called
@@ -897,20 +1080,129 @@ cdef class Plan:
         return ly
 
     def dense(self, Py_ssize_t l, int act, Py_ssize_t n_in, Py_ssize_t n_out, Py_ssize_t w_off, Py_ssize_t b_off,
-              bint need_dx, double alpha, Z, Y, dZ, dX):
+              bint need_dx, double alpha, Z, Y, dZ, dX, Py_ssize_t rows=1):
         """Layer l: Dense (n_in -> n_out) with activation act (FNN_ACT_IDENTITY for none: the output is Z),
-        W at w_off and b at b_off (-1: no bias) in the parameters; buffers Z, Y, dZ (bs, n_out), dX (bs, n_in)."""
+        W at w_off and b at b_off (-1: no bias) in the parameters; buffers Z, Y, dZ (bs, n_out), dX (bs, n_in).
+        rows > 1: each sample is `rows` rows (the positions of a sequence or an image) of n_in / rows features,
+        each mapped to n_out / rows (the per-layer layer on its (N * rows, features) view); W (n_in / rows,
+        n_out / rows), b (n_out / rows,)."""
         check_act(act, "Plan.dense")
-        if w_off < 0 or w_off + n_in * n_out > self.P or b_off < -1 or (b_off >= 0 and b_off + n_out > self.P):
+        if rows < 1 or n_in % rows or n_out % rows:
+            raise ValueError(f"Plan.dense: layer {l}: {n_in} -> {n_out} features do not make {rows} rows")
+        cdef Py_ssize_t ci = n_in // rows, co = n_out // rows
+        if w_off < 0 or w_off + ci * co > self.P or b_off < -1 or (b_off >= 0 and b_off + co > self.P):
             raise ValueError(f"Plan.dense: layer {l}: offsets {w_off}, {b_off} outside the {self.P} parameters")
         cdef PlanLayer *ly = self._layer(l, n_in, n_out)
+        self._rows(ly, l, rows)
         ly.kind, ly.act, ly.alpha, ly.n_in, ly.n_out = FNN_LAYER_DENSE, act, alpha, n_in, n_out
-        ly.w_off, ly.b_off, ly.need_dx, ly.w_len = w_off, b_off, need_dx, n_in * n_out
+        ly.w_off, ly.b_off, ly.need_dx, ly.w_len = w_off, b_off, need_dx, ci * co
         ly.Z = self._arr(("Z", l), Z, (self.bs, n_out))
         ly.Y = self._arr(("Y", l), Y, (self.bs, n_out))
         ly.dZ = self._arr(("dZ", l), dZ, (self.bs, n_out))
         ly.dX = self._arr(("dX", l), dX, (self.bs, n_in))
         ly.out = ly.Z if act == FNN_ACT_IDENTITY else ly.Y
+
+    def rnn(self, Py_ssize_t l, int cell, Py_ssize_t steps, Py_ssize_t step_in, Py_ssize_t units, bint seq,
+            bint need_dx, int n_threads, Y, dX, dirs, int merge=-1, dY2=None, mask=None):
+        """Layer l: a SimpleRNN (cell rnn.TANH or RELU), LSTM or GRU over samples of steps x step_in features (no
+        mask, no initial state), return_sequences (seq: the output Y (bs, steps * units), step s at position s, as
+        the per-layer layer returns it; else the last state (bs, units)), or a Bidirectional pair of them merged by
+        `merge` (0 concat: Y twice as wide, 1 sum, 2 mul, 3 ave).  Y: the node's output; dX (bs, steps *
+        step_in) when need_dx.  dirs: one dict per direction (forward, then backward), rnn.pyx's buffers for bs
+        rows (its module docstring), all flat: "reverse" (go_backwards), the offsets "w_off", "whh_off",
+        "bih_off", "bhh_off" of weight_ih, weight_hh, bias_ih, bias_hh; "Y" (the direction's output; of the
+        second direction only, the first's is the node's Y unless merged: then its own too), "hout" (bs, units)
+        with seq (else None), "dX" (the second direction's own, when need_dx), "perm" (bs,) int32 the identity,
+        "n_active" (steps,) int32, "XP", "HP", "Hs", "Cs" (LSTM, else None), "Gs" (LSTM and GRU, else None), "dH",
+        "dC" (LSTM), "dGt", "dGo"; "Wp": float32 rnn.packed_size(cell, step_in, units, n_threads) elements (the
+        most threads a run may take: fewer use a part of it, as the per-layer path's smaller buffer), None for
+        float64; "scratch" (bs + steps + 1,) and "mode" (1,) int32.  dY2 (2 * bs * rows * units,): the two
+        directions' output gradients (two directions only).  mask: None, or the (bs, steps) uint8 buffer an
+        Embedding node with mask_zero fills (Plan.embedding): masked steps leave the state unchanged, the rows run
+        sorted by length when the mask is right-padded, as the per-layer layer runs them."""
+        if cell < 0 or cell > 3 or steps < 1 or step_in < 1 or units < 1 or n_threads < 1:
+            raise ValueError(f"Plan.rnn: layer {l}: cell {cell}, steps {steps}, step_in {step_in}, units {units}, "
+                             f"threads {n_threads}")
+        cdef Py_ssize_t nd = len(dirs), R = steps if seq else 1, bs = self.bs, k
+        if nd not in (1, 2) or (nd == 2 and not 0 <= merge <= 3):
+            raise ValueError(f"Plan.rnn: layer {l}: {nd} directions, merge {merge}")
+        cdef Py_ssize_t G = rnn_gates(cell), GU = G * units, SV = rnn_saved(cell) * units
+        cdef bint lstm = G == 4
+        cdef Py_ssize_t width = R * units * (2 if nd == 2 and merge == _MERGE_CONCAT else 1)
+        cdef PlanLayer *ly = self._layer(l, steps * step_in, width)
+        self._rows(ly, l, R)
+        ly.kind, ly.need_dx, ly.n_dirs, ly.merge = FNN_LAYER_RNN, need_dx, nd, merge
+        ly.Y = self._arr(("Y", l), Y, (bs, width))
+        ly.dX = self._arr(("dX", l), dX if need_dx else None, (bs, ly.n_in))
+        ly.dY2 = self._arr(("dY2", l), dY2 if nd == 2 else None, (2 * bs * R * units,))
+        cdef RnnC *r
+        for k in range(nd):
+            d = dirs[k]
+            r = &ly.rnn[k]
+            r.cell, r.reverse, r.seq, r.steps, r.units, r.step_in = cell, d["reverse"], seq, steps, units, step_in
+            r.w_off, r.whh_off, r.bih_off, r.bhh_off = d["w_off"], d["whh_off"], d["bih_off"], d["bhh_off"]
+            if (r.w_off < 0 or r.w_off + step_in * GU > self.P or r.whh_off < 0 or r.whh_off + units * GU > self.P
+                    or r.bih_off < 0 or r.bih_off + GU > self.P or r.bhh_off < 0 or r.bhh_off + GU > self.P):
+                raise ValueError(f"Plan.rnn: layer {l}: offsets outside the {self.P} parameters")
+            key = ("rnn", l, k)
+            r.Y = ly.Y if nd == 1 else self._arr(key + ("Y",), d["Y"], (bs, R * units))
+            r.hout = self._arr(key + ("hout",), d["hout"], (bs, units)) if seq else r.Y
+            r.dX = ly.dX if k == 0 else self._arr(key + ("dX",), d["dX"] if need_dx else None, (bs, ly.n_in))
+            r.mask = <const unsigned char *>self._arr(key + ("mask",), mask, (bs, steps), np.uint8)
+            r.perm = <int *>self._arr(key + ("perm",), d["perm"], (bs,), np.intc)
+            r.n_active = <int *>self._arr(key + ("n_active",), d["n_active"], (steps,), np.intc)
+            r.scratch = <int *>self._arr(key + ("scratch",), d["scratch"], (bs + steps + 1,), np.intc)
+            r.mode = <int *>self._arr(key + ("mode",), d["mode"], (1,), np.intc)
+            r.XP = self._arr(key + ("XP",), d["XP"], (bs * steps * GU,))
+            r.HP = self._arr(key + ("HP",), d["HP"], (bs * GU,))
+            r.Hs = self._arr(key + ("Hs",), d["Hs"], ((steps + 1) * bs * units,))
+            r.Cs = self._arr(key + ("Cs",), d["Cs"] if lstm else None, ((steps + 1) * bs * units,))
+            r.Gs = self._arr(key + ("Gs",), d["Gs"] if SV else None, (steps * bs * SV,))
+            r.Wp = self._arr(key + ("Wp",), None if self.dbl else d["Wp"],
+                             (rnn_packed_size(cell, step_in, units, n_threads),))
+            r.dH = self._arr(key + ("dH",), d["dH"], (bs * units,))
+            r.dC = self._arr(key + ("dC",), d["dC"] if lstm else None, (bs * units,))
+            r.dGt = self._arr(key + ("dGt",), d["dGt"], (steps * bs * GU,))
+            r.dGo = self._arr(key + ("dGo",), d["dGo"], (bs * steps * GU,))
+            if (r.Y == NULL or r.hout == NULL or (need_dx and r.dX == NULL) or r.XP == NULL or r.HP == NULL
+                    or r.Hs == NULL or (lstm and (r.Cs == NULL or r.dC == NULL)) or (SV and r.Gs == NULL)
+                    or (not self.dbl and r.Wp == NULL) or r.dH == NULL or r.dGt == NULL or r.dGo == NULL
+                    or (nd == 2 and ly.dY2 == NULL) or r.perm == NULL or r.n_active == NULL or r.scratch == NULL
+                    or r.mode == NULL):
+                raise ValueError(f"Plan.rnn: layer {l}: a buffer is missing")
+
+    def masking(self, Py_ssize_t l, Py_ssize_t steps, Py_ssize_t features, double mask_value, bint need_dx, Y, dX,
+                mask):
+        """Layer l: Masking of samples of steps x features (fastnn.layers.Masking): mask (bs, steps) uint8 gets
+        each batch's steps that hold a feature other than mask_value (compared in the plan's dtype), Y (bs, steps *
+        features) the input with the other steps zeroed (times 0), dX (bs, steps * features) when need_dx."""
+        if steps < 1 or features < 1:
+            raise ValueError(f"Plan.masking: layer {l}: {steps} steps of {features} features")
+        cdef PlanLayer *ly = self._layer(l, steps * features, steps * features)
+        self._rows(ly, l, steps)
+        ly.kind, ly.alpha, ly.need_dx = FNN_LAYER_MASKING, mask_value, need_dx
+        ly.Y = self._arr(("Y", l), Y, (self.bs, ly.n_out))
+        ly.dX = self._arr(("dX", l), dX if need_dx else None, (self.bs, ly.n_in))
+        ly.emask = <unsigned char *>self._arr(("emask", l), mask, (self.bs, steps), np.uint8)
+        if ly.Y == NULL or ly.emask == NULL or (need_dx and ly.dX == NULL):
+            raise ValueError(f"Plan.masking: layer {l}: Y, mask and (need_dx) dX are needed")
+
+    def embedding(self, Py_ssize_t l, Py_ssize_t steps, Py_ssize_t n_rows, Py_ssize_t d, Py_ssize_t w_off, Y,
+                  ids, mask=None):
+        """Layer l: Embedding of the batch's `steps` ids per sample (carried as floats, exact: the caller checks
+        that they are integers in [0, n_rows), and for float32 that n_rows <= 2^24), the table (n_rows, d) at
+        w_off; buffers Y (bs, steps * d) and ids (bs, steps) int64.  Only the batch may feed it.  mask (bs, steps)
+        uint8 (mask_zero=True): each batch's ids != 0, given to the recurrent nodes it feeds (Plan.rnn's mask)."""
+        if steps < 1 or n_rows < 1 or d < 1 or w_off < 0 or w_off + n_rows * d > self.P:
+            raise ValueError(f"Plan.embedding: layer {l}: steps {steps}, table ({n_rows}, {d}) at {w_off}")
+        if not self.dbl and n_rows > (1 << 24):
+            raise ValueError(f"Plan.embedding: layer {l}: {n_rows} ids are not all exact in float32")
+        cdef PlanLayer *ly = self._layer(l, steps, steps * d)
+        self._rows(ly, l, steps)
+        ly.kind, ly.n_rows, ly.w_off, ly.w_len, ly.need_dx = FNN_LAYER_EMBEDDING, n_rows, w_off, n_rows * d, 0
+        ly.Y = self._arr(("Y", l), Y, (self.bs, steps * d))
+        ly.ids = <int64_t *>self._arr(("ids", l), ids, (self.bs, steps), np.int64)
+        ly.emask = <unsigned char *>self._arr(("emask", l), mask, (self.bs, steps), np.uint8)
 
     def activation(self, Py_ssize_t l, int act, Py_ssize_t n, double alpha, Y, dX, bint passthrough=False,
                    Py_ssize_t rows=1):
@@ -1114,16 +1406,18 @@ cdef class Plan:
         self._links[l] = (srcs, acc)
 
     def batch_buffers(self, Xb, labels, Tb, dout, Wb=None):
-        """The batch's rows Xb (bs, n_in), labels (bs,) intp, targets Tb (bs, k), output gradient dout (bs, k)
-        and sample weights Wb (bs,) (needed for runs with weights).  Checks the graph first (every node given,
-        sources and widths consistent)."""
+        """The batch's rows Xb (bs, n_in), labels (bs * rows,) intp (rows: the output node's, the positions of
+        a per-step output, each with its label; 1 for a feature vector), targets Tb (bs, k), output gradient dout
+        (bs, k) and sample weights Wb (bs * rows,) (needed for runs with weights: each sample's on each of its
+        positions).  Checks the graph first (every node given, sources and widths consistent)."""
         n_in0 = self._check_graph()
         k = self.layers[self.n_layers - 1].n_out
         self.Xb = self._arr("Xb", Xb, (self.bs, n_in0))
-        self.labels = <Py_ssize_t *>self._arr("labels", labels, (self.bs,), np.intp)
+        self.labels = <Py_ssize_t *>self._arr("labels", labels, (self.bs * self.layers[self.n_layers - 1].rows,),
+                                              np.intp)
         self.Tb = self._arr("Tb", Tb, (self.bs, k))
         self.dout = self._arr("dout", dout, (self.bs, k))
-        self.Wb = self._arr("Wb", Wb, (self.bs,))
+        self.Wb = self._arr("Wb", Wb, (self.bs * self.layers[self.n_layers - 1].rows,))
 
     cdef Py_ssize_t _check_graph(self) except -1:
         """Pack the sources, count the fanouts, check widths, acc buffers and draws; returns the batch's width."""
@@ -1161,6 +1455,8 @@ cdef class Plan:
                     n_in0 = ly.n_in
                     widths.append(ly.n_in)
                 else:
+                    if ly.kind == FNN_LAYER_EMBEDDING:
+                        raise ValueError(f"Plan: layer {l}: an embedding reads the batch's ids only")
                     widths.append(self.layers[v].n_out)
             n_want = 2 if ly.kind == FNN_LAYER_RESIDUAL else (-2 if ly.kind in (FNN_LAYER_ADD, FNN_LAYER_CONCAT) else 1)
             if (n_want > 0 and len(t) != n_want) or (n_want < 0 and len(t) < 2):
@@ -1506,7 +1802,7 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
             raise ValueError(f"run_batches: {lrs.shape[0]} learning rates for {b1 - b0} batches")
         lrp = &lrs[0]
     cdef floating *wbp = <floating *>plan.Wb
-    cdef double ws = 0.0, wsum
+    cdef double ws = 0.0, wsum, wrows = 0.0
     cdef const floating *wbc
     if weights is not None:
         if weights.shape[0] != n or plan.Wb == NULL:
@@ -1527,6 +1823,16 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
     if perm is not None and perm.shape[0] < min(b1 * bs * R, n):
         raise ValueError("run_batches: the permutation is shorter than the batches")
     cdef Py_ssize_t k = plan.layers[L - 1].n_out
+    # a per-step output (SR > 1 rows per sample, of kc classes) with cross-entropy on labels: the softmax
+    # cross-entropy over its n * SR positions, each with its label (targets: (n * SR,) labels), their mean as the
+    # per-layer path's loss on the (m * SR, kc) view.  The other losses but the soft cross-entropy take each sample's
+    # whole output as one row of k values, as the per-layer losses do on their (m, k) view
+    cdef Py_ssize_t SR = plan.layers[L - 1].rows if plan.loss_kind == FNN_LOSS_CROSS_ENTROPY else 1, j
+    cdef Py_ssize_t kc = k // SR
+    if plan.layers[L - 1].rows > 1 and (plan.loss_kind == FNN_LOSS_CROSS_ENTROPY_SOFT or (
+            SR > 1 and plan.ar_size > 1)):
+        raise ValueError("run_batches: a per-step output takes cross-entropy on labels (not in data-parallel runs) "
+                         "or a loss over each sample's whole output")
     cdef const Py_ssize_t[::1] lab
     cdef const floating[:, ::1] T
     cdef const Py_ssize_t *labp = NULL
@@ -1534,7 +1840,7 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
     cdef int lk = plan.loss_kind
     if lk == FNN_LOSS_CROSS_ENTROPY:
         lab = targets
-        if lab.shape[0] != n:
+        if lab.shape[0] != n * SR:
             raise ValueError("run_batches: labels do not match X")
         labp = &lab[0] if n > 0 else NULL
     else:
@@ -1591,15 +1897,22 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
                 if nt <= 1:
                     memcpy(xb + i * n_in0, &X[r, 0], row_x)
                 if lk == FNN_LOSS_CROSS_ENTROPY:
-                    labbp[i] = labp[r]
+                    for j in range(SR):
+                        labbp[i * SR + j] = labp[r * SR + j]
                 else:
                     memcpy(Tbp + i * k, Tp + r * k, k * sizeof(floating))
-                if Wp != NULL:
-                    wbp[i] = Wp[r]
+                if Wp != NULL:      # each sample's weight on each of its SR positions (losses.py _row_weights)
+                    for j in range(SR):
+                        wbp[i * SR + j] = Wp[r]
             if Wp != NULL:          # the batch's weight sum, in row order (losses.pyx _inv_weight_sum)
                 ws = 0.0
                 for i in range(m):
-                    ws += wbp[i]
+                    ws += wbp[i * SR]
+                wrows = ws
+                if SR > 1:          # a per-step loss's: over its m * SR rows
+                    wrows = 0.0
+                    for i in range(m * SR):
+                        wrows += wbp[i]
             # ---- forward
             if guard:
                 _save_running(plan.layers, L, prm)
@@ -1615,13 +1928,15 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
             wsum = ws if Wp != NULL else <double>gm
             if lk == FNN_LOSS_L2:
                 inv = 1.0
+            elif SR > 1 and Wp != NULL:
+                inv = 1.0 / (1.0 * wrows) if wrows > 0 else 0.0
             elif lk == FNN_LOSS_CROSS_ENTROPY or lk == FNN_LOSS_CROSS_ENTROPY_SOFT:
-                inv = 1.0 / (1.0 * wsum) if wsum > 0 else 0.0
+                inv = 1.0 / (1.0 * (wsum * SR)) if wsum > 0 else 0.0
             else:
                 inv = 1.0 / (<double>k * wsum) if wsum > 0 else 0.0
             wbc = <const floating *>wbp if Wp != NULL else NULL
             if lk == FNN_LOSS_CROSS_ENTROPY:
-                loss = ce_labels_core(out, labbp, dy0, wbc, m, k, inv, &n_correct, &bad)
+                loss = ce_labels_core(out, labbp, dy0, wbc, m * SR, kc, inv, &n_correct, &bad)
             elif lk == FNN_LOSS_CROSS_ENTROPY_SOFT:
                 loss = ce_soft_core(out, Tbp, dy0, wbc, m, k, inv, &n_correct)
             elif lk == FNN_LOSS_BINARY_CROSS_ENTROPY:

@@ -1,7 +1,8 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True
 """Recurrent kernels (SimpleRNN, LSTM, GRU; PyTorch's math): forward over a whole sequence and backpropagation
-through time, float32 and float64.  The loops are C (csrc/fnn_rnn.h, whose header comment describes the design);
-here the sizes of every buffer are checked once per call, so the C loops run without bounds checks.
+through time, float32 and float64.  The loops are C (csrc/fnn_rnn.h, whose header comment describes the design),
+run through the nogil entry points of rnn.pxd (shared with the compiled training plan); here the sizes of every
+buffer are checked once per call, so the C loops run without bounds checks.
 
 Every array is passed flat (a C-contiguous 1-D view of the caller's buffer); the shapes are given by the
 integers n, steps, n_in, units and the cell (G = 1, 4, 3 gates for SimpleRNN, LSTM, GRU; GU = G * units;
@@ -102,9 +103,14 @@ def mask_plan(const unsigned char[:, ::1] mask, bint reverse, int[::1] perm, int
     cdef int mode
     cdef int dummy = 0
     with nogil:
-        mode = fnn_rnn_mask_plan(mp, n, steps, reverse, &perm[0] if n > 0 else &dummy,
-                                 &n_active[0] if steps > 0 else &dummy, &scratch[0])
+        mode = rnn_mask_plan(mp, n, steps, reverse, &perm[0] if n > 0 else &dummy,
+                             &n_active[0] if steps > 0 else &dummy, &scratch[0])
     return mode
+
+
+cdef int rnn_mask_plan(const unsigned char *mask, Py_ssize_t n, Py_ssize_t steps, bint reverse, int *perm,
+                       int *n_active, int *scratch) noexcept nogil:
+    return fnn_rnn_mask_plan(mask, n, steps, reverse, perm, n_active, scratch)
 
 
 cdef fnn_rnn_dims _dims(int cell, Py_ssize_t n, Py_ssize_t steps, Py_ssize_t n_in, Py_ssize_t units, bint reverse,
@@ -144,6 +150,64 @@ cdef inline const floating *_cp(const floating[::1] a) noexcept:
 
 cdef inline floating *_p(floating[::1] a) noexcept:
     return &a[0] if (a is not None and a.shape[0] > 0) else NULL
+
+
+cdef inline fnn_rnn_dims _raw_dims(int cell, Py_ssize_t n, Py_ssize_t steps, Py_ssize_t n_in, Py_ssize_t units,
+                                   bint reverse, const int *perm, const int *n_active, const unsigned char *mask,
+                                   int n_threads) noexcept nogil:
+    cdef fnn_rnn_dims d
+    d.cell = cell
+    d.n = n
+    d.steps = steps
+    d.n_in = n_in
+    d.units = units
+    d.reverse = reverse
+    d.perm = perm
+    d.n_active = n_active
+    d.mask = mask
+    d.n_threads = n_threads
+    return d
+
+
+cdef void rnn_forward_raw(int cell, Py_ssize_t n, Py_ssize_t steps, Py_ssize_t n_in, Py_ssize_t units, bint reverse,
+                          const int *perm, const int *n_active, const unsigned char *mask, int n_threads,
+                          const floating *X, const floating *Wih, const floating *Whh, const floating *bih,
+                          const floating *bhh, const floating *h0, const floating *c0, floating *XP, floating *HP,
+                          floating *Hs, floating *Cs, floating *Gs, floating *Y, floating *hout, floating *cout,
+                          floating *Wp) noexcept nogil:
+    cdef fnn_rnn_dims d = _raw_dims(cell, n, steps, n_in, units, reverse, perm, n_active, mask, n_threads)
+    if floating is float:
+        fnn_rnn_forward_f(&d, X, Wih, Whh, bih, bhh, h0, c0, XP, HP, Hs, Cs, Gs, Y, hout, cout, Wp)
+    else:
+        fnn_rnn_forward_d(&d, X, Wih, Whh, bih, bhh, h0, c0, XP, HP, Hs, Cs, Gs, Y, hout, cout, NULL)
+
+
+cdef void rnn_backward_raw(int cell, Py_ssize_t n, Py_ssize_t steps, Py_ssize_t n_in, Py_ssize_t units,
+                           bint reverse, const int *perm, const int *n_active, const unsigned char *mask,
+                           int n_threads, const floating *X, const floating *Wih, const floating *Whh,
+                           const floating *Hs, const floating *Cs, const floating *Gs, const floating *dY,
+                           const floating *dhout, const floating *dcout, floating *dH, floating *dC, floating *dGt,
+                           floating *dGo, floating *dX, floating *dWih, floating *dWhh, floating *dbih,
+                           floating *dbhh, floating *dh0, floating *dc0, double *norms, floating *Wp) noexcept nogil:
+    cdef fnn_rnn_dims d = _raw_dims(cell, n, steps, n_in, units, reverse, perm, n_active, mask, n_threads)
+    if floating is float:
+        fnn_rnn_backward_f(&d, X, Wih, Whh, Hs, Cs, Gs, dY, dhout, dcout, dH, dC, dGt, dGo, dX, dWih, dWhh, dbih,
+                           dbhh, dh0, dc0, norms, Wp)
+    else:
+        fnn_rnn_backward_d(&d, X, Wih, Whh, Hs, Cs, Gs, dY, dhout, dcout, dH, dC, dGt, dGo, dX, dWih, dWhh, dbih,
+                           dbhh, dh0, dc0, norms, NULL)
+
+
+cdef int rnn_gates(int cell) noexcept nogil:
+    return fnn_rnn_gates(cell)
+
+
+cdef int rnn_saved(int cell) noexcept nogil:
+    return fnn_rnn_saved(cell)
+
+
+cdef Py_ssize_t rnn_packed_size(int cell, Py_ssize_t n_in, Py_ssize_t units, int n_threads) noexcept nogil:
+    return fnn_rnn_packed_size(cell, n_in, units, n_threads)
 
 
 def rnn_forward(int cell, Py_ssize_t n, Py_ssize_t steps, Py_ssize_t n_in, Py_ssize_t units, bint reverse,
@@ -198,10 +262,8 @@ def rnn_forward(int cell, Py_ssize_t n, Py_ssize_t steps, Py_ssize_t n_in, Py_ss
     cdef floating *phout = _p(hout)
     cdef floating *pcout = _p(cout)
     with nogil:
-        if floating is float:
-            fnn_rnn_forward_f(&d, pX, pWih, pWhh, pbih, pbhh, ph0, pc0, pXP, pHP, pHs, pCs, pGs, pY, phout, pcout, pWp)
-        else:
-            fnn_rnn_forward_d(&d, pX, pWih, pWhh, pbih, pbhh, ph0, pc0, pXP, pHP, pHs, pCs, pGs, pY, phout, pcout, pWp)
+        rnn_forward_raw(cell, n, steps, n_in, units, reverse, d.perm, d.n_active, d.mask, n_threads, pX, pWih, pWhh,
+                        pbih, pbhh, ph0, pc0, pXP, pHP, pHs, pCs, pGs, pY, phout, pcout, pWp)
 
 
 def rnn_backward(int cell, Py_ssize_t n, Py_ssize_t steps, Py_ssize_t n_in, Py_ssize_t units, bint reverse,
@@ -269,12 +331,9 @@ def rnn_backward(int cell, Py_ssize_t n, Py_ssize_t steps, Py_ssize_t n_in, Py_s
     cdef floating *pdh0 = _p(dh0)
     cdef floating *pdc0 = _p(dc0)
     with nogil:
-        if floating is float:
-            fnn_rnn_backward_f(&d, pX, pWih, pWhh, pHs, pCs, pGs, pdY, pdh, pdc, pdH, pdC, pdGt, pdGo, pdX, pdWih,
-                               pdWhh, pdbih, pdbhh, pdh0, pdc0, np_, pWp)
-        else:
-            fnn_rnn_backward_d(&d, pX, pWih, pWhh, pHs, pCs, pGs, pdY, pdh, pdc, pdH, pdC, pdGt, pdGo, pdX, pdWih,
-                               pdWhh, pdbih, pdbhh, pdh0, pdc0, np_, pWp)
+        rnn_backward_raw(cell, n, steps, n_in, units, reverse, d.perm, d.n_active, d.mask, n_threads, pX, pWih,
+                         pWhh, pHs, pCs, pGs, pdY, pdh, pdc, pdH, pdC, pdGt, pdGo, pdX, pdWih, pdWhh, pdbih, pdbhh,
+                         pdh0, pdc0, np_, pWp)
 
 
 def packed_size(int cell, Py_ssize_t n_in, Py_ssize_t units, int n_threads=1):

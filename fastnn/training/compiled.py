@@ -8,7 +8,12 @@ with a ``max_norm`` constraint (``fastnn.constraints.MaxNorm``, applied after ea
 ``GlobalAveragePooling1D/2D``, ``GlobalMaxPooling1D/2D``, activation layers, ``BatchNorm`` (not synchronized;
 over the channels of an image), ``LayerNorm``, ``Dropout``, ``Residual`` with stochastic depth, ``Add`` and
 ``Flatten`` / ``Reshape`` on outputs of any shape (channels-last; the plan holds each sample's features in one row:
-X is seen as (n, features)),
+X is seen as (n, features)), and for training ``SimpleRNN`` / ``LSTM`` / ``GRU`` on fixed-length float sequences
+(stacks, ``return_sequences`` either way, ``go_backwards``; without masks, initial or returned states), a first
+``Embedding`` (the ids go to the plan as exact floats of the model's dtype; its ``mask_zero`` mask, and a
+``Masking`` layer's, when they reach recurrent layers only and not the loss) and a ``Dense``
+per step, with a per-step output (T, k) trained by "cross_entropy" on (n, T) labels or by
+"mse", "l2", "mae" or "binary_cross_entropy" (over each sample's whole output, as those losses take it),
 trained with "cross_entropy" (integer labels or probability rows), "binary_cross_entropy", "mse", "l2" or "mae",
 by ``SGD`` (with momentum, Nesterov), ``Adam`` (AMSGrad), ``AdamW``, ``RMSprop`` (momentum, centered) or
 ``Adagrad`` (exactly those classes), with or without sample/class weights (one process), epoch or per-step
@@ -38,6 +43,7 @@ from fastnn._core import _threads
 from fastnn._core import conv as _conv
 from fastnn._core import guard as _guard
 from fastnn._core import plan as _k
+from fastnn._core import rnn as _rnn
 from fastnn._core._threads import get_num_threads
 from fastnn._core.kinds import ACT, LOSS, OPT, PLAN_STATUS
 from fastnn.constraints import MaxNorm
@@ -48,8 +54,10 @@ from fastnn.layers.conv import Conv1D, Conv2D
 from fastnn.layers.core import Flatten, Reshape
 from fastnn.layers.dense import Dense
 from fastnn.layers.dropout import Dropout
+from fastnn.layers.embedding import Embedding, Masking
 from fastnn.layers.merge import Add, Concatenate
 from fastnn.layers.normalization import BatchNorm, LayerNorm
+from fastnn.layers.recurrent import GRU, LSTM, Bidirectional, SimpleRNN
 from fastnn.layers.residual import Residual
 
 CHUNK_SECONDS = 0.05      # the time one call into the compiled core runs before returning to Python (Ctrl-C)
@@ -64,14 +72,17 @@ def _size(shape):
 def _loss_kind(loss, T):
     """The plan's LOSS kind for `loss` on targets T, or None when the plan does not compute it."""
     t = type(loss)
-    if t is _losses.CrossEntropy:
-        return LOSS.CROSS_ENTROPY if T.ndim == 1 else (LOSS.CROSS_ENTROPY_SOFT if T.ndim == 2 else None)
+    if t is _losses.CrossEntropy:     # integer labels (n,), or (n, T) for a per-step output; or probability rows
+        if T.dtype.kind in "iu":
+            return LOSS.CROSS_ENTROPY if T.ndim in (1, 2) else None
+        return LOSS.CROSS_ENTROPY_SOFT if T.ndim == 2 else None
     if t is _losses.BinaryCrossEntropy:
         return LOSS.BINARY_CROSS_ENTROPY if T.ndim == 2 else None
     return _REG_KIND.get(t)
 _ACT_TYPES = tuple(_act.CLASSES.values())
 _PLAIN_TYPES = (LayerNorm, Add, Flatten, Reshape, Dropout, Residual)      # on outputs of any shape
 _CONV_TYPES = (Conv2D, Conv1D)
+_RNN_TYPES = (SimpleRNN, LSTM, GRU)
 _POOL_TYPES = tuple(_pool.CLASSES.values())
 # bit generators whose Generator.random() is (next_uint64 >> 11) * 2^-53 and integers(0, 2**63) is
 # next_uint64 >> 1: their draws come in one vectorized call (``_draws``)
@@ -216,8 +227,12 @@ class TrainPlan:
         # every output as features per sample (all axes), and as rows x cols (the last axis) for the row-wise kernels
         width = [_size(layer.output_shape) for layer, _ in graph.nodes]
         n_in0 = _size(model.input_shape)
-        self.threads = get_num_threads()     # the conv scratch is sized for this many threads (plan_for checks)
+        self.threads = get_num_threads()     # the conv and recurrent scratch is sized for this many threads
+        self.thread_sized = False            # (plan_for makes a new plan for more threads when one is)
+        self.embeddings = []                 # the Embedding layers (the batch's ids: fit_epoch checks them)
         scratch, convs = None, []
+        masks = _mask_flow(graph) or [None] * L      # which nodes' outputs carry an Embedding's mask
+        mask_buf = {}       # the Embedding node -> the (bs, T) uint8 buffer it fills each batch
         for i, (layer, src) in enumerate(graph.nodes):
             last = i == L - 1
             n_out = width[i]
@@ -228,11 +243,39 @@ class TrainPlan:
             def buf(shape=(bs, n_out), dtype=dt):
                 return np.empty(shape, dtype)
 
-            if t is Dense:
+            if t is Dense:      # on the last axis: `rows` rows per sample (1 for a vector)
                 act = ACT.IDENTITY if (last and fused) else layer.activation.kind
                 b_off = table.offset(layer, "bias") if layer.use_bias else -1
                 core.dense(i, act, n_in, n_out, table.offset(layer, "weight"), b_off, layer.need_input_grad,
-                           layer.activation.alpha, buf(), buf(), buf(), buf((bs, n_in)))
+                           layer.activation.alpha, buf(), buf(), buf(), buf((bs, n_in)), rows=rows)
+            elif t in _RNN_TYPES or t is Bidirectional:
+                # one direction, or Bidirectional's two (merged in the node), each with rnn.pyx's buffers for bs rows
+                # as the per-layer layer makes them (recurrent.py forward / backward)
+                bi = t is Bidirectional
+                inner = layer.layer if bi else layer
+                cell, U, seq = inner._cell, inner.units, inner.return_sequences
+                steps, f = layer.input_shape
+                dirs = [_rnn_buffers(table, layer, lay, prefix, bs, dt, self.threads, last=k == 0 and not bi)
+                        for k, (lay, prefix) in enumerate([(inner, "forward_"), (layer.backward_layer, "backward_")]
+                                                          if bi else [(layer, "")])]
+                core.rnn(i, cell, steps, f, U, seq, layer.need_input_grad, self.threads, buf(),
+                         buf((bs, n_in)) if layer.need_input_grad else None, dirs,
+                         _MERGES[layer.merge_mode] if bi else -1,
+                         np.empty(2 * bs * (steps if seq else 1) * U, dt) if bi else None,
+                         mask_buf[masks[src[0]]] if src[0] >= 0 and masks[src[0]] is not None else None)
+                self.thread_sized = True
+            elif t is Masking:
+                steps, f = layer.input_shape
+                mask_buf[i] = np.empty((bs, steps), np.uint8)
+                core.masking(i, steps, f, layer.mask_value, layer.need_input_grad, buf(),
+                             buf((bs, n_in)) if layer.need_input_grad else None, mask_buf[i])
+            elif t is Embedding:
+                steps = n_in
+                if layer.mask_zero:
+                    mask_buf[i] = np.empty((bs, steps), np.uint8)
+                core.embedding(i, steps, layer.input_dim, layer.output_dim, table.offset(layer, "weight"), buf(),
+                               np.empty((bs, steps), np.int64), mask_buf.get(i))
+                self.embeddings.append(layer)
             elif t in _ACT_TYPES:
                 core.activation(i, layer.kind, n_out, layer.alpha, buf(), buf(), passthrough=last and fused,
                                 rows=rows)
@@ -298,10 +341,12 @@ class TrainPlan:
         self.scratch = None if scratch is None else np.empty(scratch, dt)
         for i, args, have in convs:
             core.conv(i, *args, self.scratch, *have)
-        k = model.output_shape[0]
+        self.thread_sized = self.thread_sized or bool(convs)
+        k = width[-1]
+        self.out_rows = k // model.output_shape[-1] if model.output_shape[-1] else 1   # > 1: a per-step output
         self.set_constraints()
-        core.batch_buffers(np.empty((bs, n_in0), dt), np.empty(bs, np.intp), np.empty((bs, k), dt),
-                           np.empty((bs, k), dt), np.empty(bs, dt))
+        core.batch_buffers(np.empty((bs, n_in0), dt), np.empty(bs * self.out_rows, np.intp), np.empty((bs, k), dt),
+                           np.empty((bs, k), dt), np.empty(bs * self.out_rows, dt))
 
 
     def set_constraints(self):
@@ -323,6 +368,61 @@ class TrainPlan:
         self.core.constraints(items)
 
 
+_MERGES = {"concat": 0, "sum": 1, "mul": 2, "ave": 3}     # plan.pyx's _MERGE_... (Bidirectional's merge modes)
+
+
+def _rnn_buffers(table, owner, layer, prefix, bs, dt, threads, last):
+    """The plan's description of one direction of a recurrent node (Plan.rnn's `dirs` entry): `layer` (a SimpleRNN,
+    LSTM or GRU; owner: it, or the Bidirectional holding it, whose parameters are named with `prefix`), rnn.pyx's
+    buffers for bs rows, the float32 packing scratch for `threads` threads.  last: the direction writes the node's
+    own output (no "Y" of its own)."""
+    cell, U = layer._cell, layer.units
+    steps, f = owner.input_shape
+    GU, SV, lstm = _rnn.n_gates(cell) * U, _rnn.n_saved(cell) * U, cell == _rnn.LSTM
+    seq = layer.return_sequences
+
+    def flat(size, on=True):
+        return np.empty(size, dt) if on else None
+
+    return dict(reverse=layer.go_backwards, w_off=table.offset(owner, prefix + "weight_ih"),
+                whh_off=table.offset(owner, prefix + "weight_hh"), bih_off=table.offset(owner, prefix + "bias_ih"),
+                bhh_off=table.offset(owner, prefix + "bias_hh"),
+                Y=None if last else np.empty((bs, (steps if seq else 1) * U), dt),
+                hout=np.empty((bs, U), dt) if seq else None,
+                dX=None if last or not owner.need_input_grad else np.empty((bs, steps * f), dt),
+                perm=np.arange(bs, dtype=np.intc), n_active=np.empty(steps, np.intc),
+                scratch=np.empty(bs + steps + 1, np.intc), mode=np.zeros(1, np.intc), XP=flat(bs * steps * GU),
+                HP=flat(bs * GU), Hs=flat((steps + 1) * bs * U), Cs=flat((steps + 1) * bs * U, lstm),
+                Gs=flat(steps * bs * SV, SV > 0),
+                Wp=flat(_rnn.packed_size(cell, f, U, threads), dt == np.float32), dH=flat(bs * U),
+                dC=flat(bs * U, lstm), dGt=flat(steps * bs * GU), dGo=flat(bs * steps * GU))
+
+
+def _mask_flow(graph):
+    """For a graph with masks: per node, the Embedding (mask_zero) or Masking node whose mask its output carries, or
+    None; None when the plan cannot honour the masks.  The plan takes a mask from an Embedding or a Masking layer
+    into recurrent layers only
+    (a SimpleRNN / LSTM / GRU / Bidirectional hands it on with return_sequences), with no mask on the model output
+    (the loss unmasked) and single-output layers; any other layer reached by a mask keeps the per-layer path."""
+    if not graph.has_masks or any(f is not None for f in graph.out_fanout):
+        return None
+    out = []
+    for i, (layer, src) in enumerate(graph.nodes):
+        t = type(layer)
+        got = [out[s] for s in src if s >= 0 and out[s] is not None]
+        if layer.produces_mask:
+            if (t is not Embedding and t is not Masking) or got:
+                return None
+            out.append(i)
+        elif got:
+            if len(src) != 1 or (t not in _RNN_TYPES and t is not Bidirectional):
+                return None
+            out.append(got[0] if layer.return_sequences else None)
+        else:
+            out.append(None)
+    return out if out[-1] is None else None
+
+
 def _constraints_compile(layers):
     """Whether the plan applies every constraint of these layers (``Trainer.constrained``): a Dense or convolution
     layer's ``MaxNorm`` (exactly that class: a subclass may constrain otherwise) over its units, the last axis of
@@ -338,17 +438,46 @@ def _compiles(model, training):
     the plan does not apply.  Dense and Concatenate work on feature vectors; convolutions, pooling, activations,
     BatchNorm, LayerNorm, Dropout, Add, Residual and Flatten / Reshape on outputs of any shape (channels-last)."""
     graph = model.graph
-    if graph.general or not isinstance(model.input_shape, tuple) or None in model.input_shape:
+    if not isinstance(model.input_shape, tuple) or None in model.input_shape:
+        return False
+    if graph.general and not (training and _mask_flow(graph) is not None):     # masks: into recurrent layers only
         return False
     shapes = [layer.output_shape for layer, _ in graph.nodes]
-    if any(not isinstance(out, tuple) or not out or None in out for out in shapes) or len(shapes[-1]) != 1:
+    # a per-step output (T, k) trains (plan_for checks the loss: cross-entropy on (n, T) labels), predicts not
+    if any(not isinstance(out, tuple) or not out or None in out for out in shapes) or not (
+            len(shapes[-1]) == 1 or (training and len(shapes[-1]) == 2)):
         return False
+    # recurrent models train on the plan with a Dense per step (elsewhere a Dense on more than one axis keeps a
+    # model on the per-layer path, as before)
+    sequences = training and any(type(layer) in _RNN_TYPES or type(layer) in (Embedding, Bidirectional, Masking)
+                                 for layer in graph.layers)
     for layer, src in graph.nodes:
         t = type(layer)
         vector = len(layer.output_shape) == 1 and all(len(model.input_shape if s < 0 else shapes[s]) == 1
                                                       for s in src)
-        if t is Dense:
-            if (not vector or type(layer.activation) not in _ACT_TYPES
+        if t is Masking:        # on float sequences, into recurrent layers (_mask_flow), for training
+            if not training or len(layer.input_shape) != 2 or len(src) != 1:
+                return False
+        elif t in _RNN_TYPES or t is Embedding or t is Bidirectional:
+            # training only (inference keeps the per-layer path); no mask, initial state, returned state or
+            # recorded step norms; an Embedding reads the batch's ids (carried as exact floats)
+            if not training:
+                return False
+            if t is Embedding:
+                if (tuple(src) != (-1,) or len(model.input_shape) != 1
+                        or (model.dtype == np.float32 and layer.input_dim > 2 ** 24)):
+                    return False
+            elif t is Bidirectional:
+                inner = layer.layer
+                if (layer.merge_mode not in _MERGES or type(inner) not in _RNN_TYPES
+                        or type(layer.backward_layer) is not type(inner) or len(layer.input_shape) != 2
+                        or inner.record_step_grad_norms or layer.backward_layer.record_step_grad_norms):
+                    return False
+            elif (layer.return_state or layer.n_inputs != 1 or layer.record_step_grad_norms
+                  or len(layer.input_shape) != 2):
+                return False
+        elif t is Dense:    # on feature vectors; in a recurrent model also per step (the last axis of a sequence)
+            if ((not vector and not sequences) or type(layer.activation) not in _ACT_TYPES
                     or (training and not _constraints_compile([layer]))):
                 return False
         elif t in _CONV_TYPES:
@@ -446,7 +575,7 @@ def plan_for(model, train, bs, metrics, cbs):
     dist = trainer._dist
     if dist is not None and dist.plan_hook(model.dtype) is None:   # data-parallel without the C allreduce hook
         return None
-    if model.graph.general:            # masks or multi-output layers: the plan cannot honour them
+    if model.graph.general and _mask_flow(model.graph) is None:     # masks the plan cannot honour, several outputs
         return None
     if not _constraints_compile(trainer.constrained) or (dist is not None and (metrics or cbs.batch_hooks)):
         return None
@@ -463,10 +592,26 @@ def plan_for(model, train, bs, metrics, cbs):
         return None
     if X.shape[1:] != tuple(model.input_shape) or not X.flags.c_contiguous or not _compiles(model, True):
         return None
+    out_shape = tuple(model.output_shape)
+    kind = _loss_kind(loss, T)
+    if len(out_shape) > 1 and (dist is not None or kind == LOSS.CROSS_ENTROPY_SOFT or (
+            kind == LOSS.CROSS_ENTROPY and (T.shape != (X.shape[0],) + out_shape[:-1] or T.dtype != np.intp))):
+        return None     # a per-step output: cross-entropy on (n, T) labels, or a loss over each sample's output
+    if len(out_shape) == 1 and _loss_kind(loss, T) == LOSS.CROSS_ENTROPY and T.ndim != 1:
+        return None
+    embeds = [layer for layer, _ in model.graph.nodes if type(layer) is Embedding]
+    if embeds:
+        # the ids travel as exact floats: integers in [0, input_dim) (else the per-layer path raises its error)
+        if X.dtype.kind not in "iu" or dist is not None:
+            return None
+        if X.size and (X.min() < 0 or X.max() >= min(layer.input_dim for layer in embeds)):
+            return None
+    elif X.dtype != model.dtype:
+        return None
     # data-parallel: Dropout draws its rank's rows of the global mask and BatchNorm may synchronize: per-layer path;
-    # convolutions and pooling too (not yet checked against it under MPI)
-    if dist is not None and any(type(layer) in (Dropout, BatchNorm) + _CONV_TYPES + _POOL_TYPES
-                                for layer, _ in model.graph.nodes):
+    # convolutions, pooling and recurrent layers too (not yet checked against it under MPI)
+    if dist is not None and any(type(layer) in (Dropout, BatchNorm, Embedding, Bidirectional, Masking) + _CONV_TYPES
+                                + _POOL_TYPES + _RNN_TYPES for layer, _ in model.graph.nodes):
         return None
     # the plan updates the trainable prefix of the flat buffers, the one the optimizer is bound to (see fit_epoch)
     # (Trainer.check_optimizer has checked this at the start of fit; the plan checks again, as it writes through
@@ -476,7 +621,7 @@ def plan_for(model, train, bs, metrics, cbs):
         raise RuntimeError(f"compiled plan: {model.name}'s optimizer is not bound to its parameters")
     plan = trainer.train_plan
     if plan is None or plan.bs != bs or plan.params is not model.parameters or plan.model is not model or (
-            plan.scratch is not None and plan.threads < get_num_threads()) or any(
+            plan.thread_sized and plan.threads < get_num_threads()) or any(
             layer.buffers.get("running_mean") is not rm or layer.buffers.get("running_var") is not rv
             for layer, rm, rv in plan.buffers):
         plan = trainer.train_plan = TrainPlan(model, bs)
@@ -526,6 +671,11 @@ def fit_epoch(model, plan, epoch, train, bs, shuffle, cbs=None, metrics=()):
     X, T, W = train
     n = X.shape[0]
     X = X.reshape(n, -1)        # the plan's rows: each sample's features (a view: plan_for checked X is contiguous)
+    if plan.embeddings:         # token ids: as exact floats of the model's dtype (plan_for checked their range)
+        X = X.astype(model.dtype)
+    labels = T                  # the metrics' targets
+    if plan.out_rows > 1 and _loss_kind(model.loss, T) == LOSS.CROSS_ENTROPY:   # per-step labels (n, T): read as
+        T = np.ascontiguousarray(T).reshape(-1)                                    # (n * T,)
     idx = model.rng.permutation(n) if shuffle else None
     opt = model.optimizer
     core = plan.core
@@ -591,13 +741,14 @@ def fit_epoch(model, plan, epoch, train, bs, shuffle, cbs=None, metrics=()):
             if metrics:
                 rows = (b1 - b) * bs
                 if plan.outputs is None or plan.outputs.shape[0] < rows:
-                    plan.outputs = np.empty((rows, model.output_shape[0]), model.dtype)
-                outputs = plan.outputs
+                    plan.outputs = np.empty((rows,) + tuple(model.output_shape), model.dtype)
+                outputs = plan.outputs      # (rows, T, k) for a per-step output: the plan writes its (rows, T*k) view
             if nt != n_threads:
                 _threads.set_active_threads(nt)
             try:
                 status, done, bad, value = _k.run_batches(core, X, T, idx, b, b1, step0 + b, nt, draws, W, lrs,
-                                                          outputs)
+                                                          None if outputs is None else
+                                                          outputs.reshape(outputs.shape[0], -1))
             finally:
                 if nt != n_threads:
                     _threads.set_active_threads(n_threads)
@@ -608,7 +759,7 @@ def fit_epoch(model, plan, epoch, train, bs, shuffle, cbs=None, metrics=()):
                     opt.lr = float(lrs[tried - 1])
             for j in range(done):       # the metrics of the batches applied, in order
                 start, stop = (b + j) * bs, min((b + j + 1) * bs, n)
-                Tb = T[start:stop] if idx is None else T[idx[start:stop]]
+                Tb = labels[start:stop] if idx is None else labels[idx[start:stop]]
                 for met in metrics:
                     met.update(outputs[j * bs:j * bs + stop - start], Tb)
             b += done
