@@ -277,3 +277,13 @@ def test_sigmoid_bce_float32_few_ulp(path):
         ref_loss, _ = ref.sigmoid_binary_cross_entropy(Z, T, want)
         assert loss == pytest.approx(ref_loss, rel=1e-6)
         np.testing.assert_allclose(dZ, want, rtol=4 * EPS32, atol=2 * EPS32 / N)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_weight_sum_adds_in_row_order(dtype):
+    """A batch's weight sum as the loss kernels and the compiled plan take it (row order, in double), not numpy's
+    pairwise sum: the per-layer history weighs its batches with the plan's bits."""
+    w = (np.random.default_rng(1).random(1001) * 3).astype(dtype)
+    w[::3] *= 1e-9
+    assert losses.weight_sum(w) == np.add.accumulate(w.astype(np.float64))[-1]
+    assert losses.weight_sum(w[:0]) == 0.0

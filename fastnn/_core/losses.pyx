@@ -104,6 +104,17 @@ cdef _same(str fn, str a, tuple sa, str b, tuple sb):
         raise ValueError(f"{fn}: {a} has shape {sa} but {b} has shape {sb}")
 
 
+def weight_sum(const floating[::1] W):
+    """sum(W) in double, added in row order: a batch's weight as the loss kernels (_inv_weight_sum) and the
+    compiled plan take it, so the per-layer history weighs batches with the same bits."""
+    cdef double s = 0.0
+    cdef Py_ssize_t i
+    with nogil:
+        for i in range(W.shape[0]):
+            s += W[i]
+    return s
+
+
 def softmax_cross_entropy(const floating[:, ::1] Z, const Py_ssize_t[::1] labels, floating[:, ::1] dZ=None,
                           const floating[::1] W=None):
     """Mean softmax cross-entropy of logits Z (n, k) against integer labels (n,) in [0, k); dZ (OUT) or None;

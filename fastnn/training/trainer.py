@@ -30,6 +30,7 @@ from fastnn import losses as _losses
 from fastnn import metrics as _metrics
 from fastnn._core import clip as _clip
 from fastnn._core import guard as _guard
+from fastnn._core import losses as _kloss
 from fastnn._core._threads import get_num_threads
 from fastnn._validation import as_float_array, as_index_array, check_number
 from fastnn.callbacks import History
@@ -715,7 +716,7 @@ class Trainer:
                 wtotal += ws
                 predictions += npred
             elif Wb is not None:
-                ws = float(Wb.sum(dtype=np.float64))
+                ws = _kloss.weight_sum(Wb)
                 total += loss if sums else loss * ws
                 wtotal += ws
             else:
@@ -848,7 +849,7 @@ class Trainer:
                     predictions += npred
                 else:
                     loss, c = model.loss(out, T[start:stop], None, Wb)
-                    ws = (stop - start) if Wb is None else float(Wb.sum(dtype=np.float64))
+                    ws = (stop - start) if Wb is None else _kloss.weight_sum(Wb)
                     total += loss if model.loss.sums else loss * ws
                     wtotal += ws
                     if masked:
