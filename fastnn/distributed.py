@@ -115,7 +115,7 @@ class DataParallel:
     """
 
     def __init__(self, comm: Any = None, sync_batchnorm: bool = False, compiled_plan: bool = True,
-                 overlap: bool = False, bucket_bytes: int = 256 * 1024) -> None:
+                 overlap: bool = False, bucket_bytes: int = 256 * 1024, shard_update: bool = True) -> None:
         MPI = _mpi()
         self._MPI = MPI
         if comm is None:
@@ -135,6 +135,9 @@ class DataParallel:
                 bucket_bytes < 0:
             raise ValueError(f"DataParallel: bucket_bytes must be an int >= 0, got {bucket_bytes!r}")
         self.overlap = bool(overlap)
+        if not isinstance(shard_update, (bool, np.bool_)):
+            raise TypeError(f"DataParallel: shard_update must be a bool, got {type(shard_update).__name__}")
+        self.shard_update = bool(shard_update)
         self.bucket_bytes = int(bucket_bytes)
         self.progress_calls = True      # overlap: MPI_Testall between the backward pass's GEMMs
         self.defer_loss = True          # the plan waits for the loss's allreduce after the gradient's (Plan.allreduce)
@@ -164,8 +167,15 @@ class DataParallel:
         or no plan hook)."""
         if not self.overlap or self.plan_hook(dtype) is None:
             return None
-        iall, wait, test = self._hook[5:]
+        iall, wait, test = self._hook[5:8]
         return (iall, wait, test if self.progress_calls else 0, -(-self.bucket_bytes // np.dtype(dtype).itemsize))
+
+    def shard_hook(self, dtype: DTypeLike) -> tuple[int, ...] | None:
+        """The arguments of the compiled plan's ``Plan.shard`` (MPI_Reduce_scatter, MPI_Allgatherv, MPI_Allgather),
+        or None for the whole update on every rank (shard_update off, overlap on, or no plan hook)."""
+        if not self.shard_update or self.overlap or self.plan_hook(dtype) is None:
+            return None
+        return tuple(self._hook[8:11])
 
     def _find_allreduce(self):
         import ctypes
@@ -181,7 +191,8 @@ class DataParallel:
             try:
                 lib = ctypes.CDLL(path)
                 fns = [ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
-                       for name in ("MPI_Allreduce", "MPI_Iallreduce", "MPI_Waitall", "MPI_Testall")]
+                       for name in ("MPI_Allreduce", "MPI_Iallreduce", "MPI_Waitall", "MPI_Testall",
+                                    "MPI_Reduce_scatter", "MPI_Allgatherv", "MPI_Allgather")]
             except (OSError, AttributeError):
                 continue
             if all(fns):
