@@ -1,7 +1,7 @@
 """Data-parallel scaling: 2 MPI ranks x 1 thread against 1 process x 2 threads, the same global batch.
 
     python benchmarks/distributed.py [--workloads W1,W2] [--steps 60,6] [--repeats 3] [--netns] [--overlap]
-                                     [--whole-update] [--json out.json]
+                                     [--shard-update] [--json out.json]
 
 For W1 (784-256-128-10, Adam, global batch 64) and W2 (1024-2048-2048-1000, SGD momentum, global batch 256),
 the shapes of fastnn/bench.py, float32 on random data, both on the compiled training plan:
@@ -11,9 +11,8 @@ the shapes of fastnn/bench.py, float32 on random data, both on the compiled trai
   (``DataParallel``: the plan calls MPI_Allreduce from C), over MPICH's shared-memory path;
 - with ``--netns`` (root): the same 2 ranks, one in each of two network namespaces joined by a veth pair, MPICH
   told to use TCP over it and no shared memory (the path two machines would use);
-- "2r x 1t" uses ``DataParallel()``'s default, the sharded update (reduce-scatter, each rank updating its shard,
-  allgather); with ``--whole-update`` also "2r x 1t whole update", ``shard_update=False`` (one allreduce, every
-  rank updating all parameters);
+- with ``--shard-update``: also "2r x 1t shard update", ``DataParallel(shard_update=True)`` (reduce-scatter, each
+  rank updating its shard of the parameters, allgather);
 - with ``--overlap``: also "2r x 1t overlap", the 2 ranks with ``DataParallel(overlap=True)`` (the gradient
   allreduced in buckets with MPI_Iallreduce while the backward pass runs), over shared memory (and over TCP with
   ``--netns``).
@@ -63,7 +62,7 @@ def _data(wid, steps):
     return rng.standard_normal((n, s["sizes"][0]), dtype=np.float32), rng.integers(0, s["sizes"][-1], n)
 
 
-def worker(mode, wid, steps, repeats, overlap=False, shard=True):
+def worker(mode, wid, steps, repeats, overlap=False, shard=False):
     """Train and print one JSON line (rank 0 only): seconds per step of each repeat, allreduce seconds."""
     X, y = _data(wid, steps)
     m = _model(wid)
@@ -195,12 +194,12 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--netns", action="store_true", help="also through two network namespaces over TCP (root)")
     p.add_argument("--overlap", action="store_true", help="also the 2 ranks with the allreduce overlapped in buckets")
-    p.add_argument("--whole-update", action="store_true",
-                   help="also the 2 ranks with shard_update=False (allreduce, every rank updating everything)")
+    p.add_argument("--shard-update", action="store_true",
+                   help="also the 2 ranks with shard_update=True (reduce-scatter, shard update, allgather)")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     if a.mode in ("single", "rank"):
-        return worker(a.mode, a.workload, int(a.steps), a.repeats, a.overlap, not a.whole_update)
+        return worker(a.mode, a.workload, int(a.steps), a.repeats, a.overlap, a.shard_update)
     if a.mode == "bandwidth":
         return bandwidth(a.repeats)
     exe = _mpiexec()
@@ -216,10 +215,10 @@ def main(argv=None):
         two = subprocess.run([exe, "-n", "2", *_me("rank", *base)], env=_env(1), capture_output=True, text=True,
                              timeout=900)
         r["2r x 1t"] = _last_json(two)
-        if a.whole_update:
-            two = subprocess.run([exe, "-n", "2", *_me("rank", *base, "--whole-update")], env=_env(1),
+        if a.shard_update:
+            two = subprocess.run([exe, "-n", "2", *_me("rank", *base, "--shard-update")], env=_env(1),
                                  capture_output=True, text=True, timeout=900)
-            r["2r x 1t whole update"] = _last_json(two)
+            r["2r x 1t shard update"] = _last_json(two)
         if a.overlap:
             two = subprocess.run([exe, "-n", "2", *_me("rank", *base, "--overlap")], env=_env(1), capture_output=True,
                                  text=True, timeout=900)

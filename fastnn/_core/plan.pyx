@@ -44,7 +44,7 @@ BAD_KIND: a kind outside the table reached a kernel (an internal error: the sett
 batches_done counts completed updates.
 """
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
-from libc.string cimport memcpy, memmove, memset
+from libc.string cimport memcpy, memset
 from libc.math cimport sqrt
 from libc.stdint cimport int32_t, intptr_t, uint64_t
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
@@ -828,6 +828,7 @@ cdef class Plan:
     cdef int *sh_counts         # (size,) every rank's shard length, and (size,) its offset
     cdef int *sh_displs
     cdef double *sh_small       # (size * _SH_K,) the small allgather's buffer
+    cdef void *sh_grad          # (sh_cnt,) the global gradient of this rank's shard (the reduce-scatter's result)
     cdef dict _keep             # the arrays the pointers above point into
     cdef bytearray _set         # which layers were given
     cdef Py_ssize_t _n_in0      # the batch's features
@@ -1372,6 +1373,8 @@ cdef class Plan:
             b = min(self.U, 16 * ((r + 1) * nblk // R))
             self.sh_displs[r], self.sh_counts[r] = <int>a, <int>(b - a)
         self.sh_lo, self.sh_cnt = self.sh_displs[self.ar_rank], self.sh_counts[self.ar_rank]
+        # not in place: MPICH's in-place reduce-scatter copies a shard onto the buffer's start, overlapping it
+        self.sh_grad = self._arr("sh_grad", np.zeros(max(self.sh_cnt, 1), self.dtype), (max(self.sh_cnt, 1),))
         self.sh_rs, self.sh_agv, self.sh_ag = reduce_scatter, allgatherv, allgather
         self.sh_on = 1
 
@@ -1623,13 +1626,14 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
     cdef iallreduce_fn iall = <iallreduce_fn>plan.ar_iall if ar != NULL else NULL
     cdef waitall_fn waitall = <waitall_fn>plan.ar_waitall
     cdef int small_req = 0, grad_err
-    # the sharded update (Plan.shard): this rank's shard [lo, lo + cnt) of the prefix; its gradient lands at grd[0:cnt]
+    # the sharded update (Plan.shard): this rank's shard [lo, lo + cnt) of the prefix, its global gradient in gsh
     cdef bint sh = ar != NULL and ov == NULL and plan.sh_on
     cdef reduce_scatter_fn rsf = <reduce_scatter_fn>plan.sh_rs
     cdef allgatherv_fn agv = <allgatherv_fn>plan.sh_agv
     cdef allgather_fn agf = <allgather_fn>plan.sh_ag
     cdef Py_ssize_t lo = plan.sh_lo if sh else 0, cnt = plan.sh_cnt if sh else P, q, badp
     cdef double *sv = plan.sh_small
+    cdef floating *gsh = <floating *>plan.sh_grad
     cdef double *mine = plan.sh_small + rank * _SH_K if sh else NULL
     cdef double sumsq, coef, badv
     cdef int sclass
@@ -1778,9 +1782,9 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
                 ar_err = ov.wait(ov.n_req, ov.reqs, 1) if ov.n_req > 0 else 0
                 st.allreduce_seconds += _now() - t_ar + ov.seconds
                 grad_err = ov.err if ov.err != 0 else ar_err
-            elif sh and status == FNN_STATUS_DONE:      # the global sum of this rank's shard, at grd[0:cnt]
+            elif sh and status == FNN_STATUS_DONE:      # the global sum of this rank's shard, into gsh
                 t_ar = _now()
-                grad_err = rsf(in_place, grd, plan.sh_counts, plan.ar_dtype, plan.ar_sum, plan.ar_comm)
+                grad_err = rsf(grd, gsh, plan.sh_counts, plan.ar_dtype, plan.ar_sum, plan.ar_comm)
                 st.allreduce_seconds += _now() - t_ar
             elif ar != NULL and status == FNN_STATUS_DONE:      # the global batch's gradient on every rank
                 t_ar = _now()
@@ -1812,11 +1816,11 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
                 mine[7] = 0.0
                 if guard:
                     mine[2] = <double>_bad_running(plan.layers, L, prm)
-                    if scan_max(grd, cnt, n_threads, &G, &gmin):
-                        mine[1] = <double>(lo + _first_nonfinite(grd, cnt))
+                    if scan_max(gsh, cnt, n_threads, &G, &gmin):
+                        mine[1] = <double>(lo + _first_nonfinite(gsh, cnt))
                     mine[0] = G
                 if clip_value > 0 or max_norm >= 0:
-                    mine[7] = _sq_sum(grd, cnt, clip_value)
+                    mine[7] = _sq_sum(gsh, cnt, clip_value)
                 t_ar = _now()
                 ar_err = agf(in_place, _SH_K, plan.ar_double, sv, _SH_K, plan.ar_double, plan.ar_comm)
                 st.allreduce_seconds += _now() - t_ar
@@ -1841,7 +1845,7 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
                     status = FNN_STATUS_NONFINITE_BUFFER
                     break
                 if bad >= 0:    # every rank gets the whole global gradient (the caller names the bad value)
-                    memmove(grd + lo, grd, cnt * sizeof(floating))
+                    memcpy(grd + lo, gsh, cnt * sizeof(floating))
                     ar_err = agv(in_place, 0, plan.ar_dtype, grd, plan.sh_counts, plan.sh_displs, plan.ar_dtype,
                                  plan.ar_comm)
                     if ar_err != 0:
@@ -1851,7 +1855,7 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
                 if clip_value > 0 or max_norm >= 0:     # as clip_core, with the global norm
                     st.grad_norm = sqrt(sumsq)
                     coef = max_norm / (st.grad_norm + 1e-6) if max_norm >= 0 else 1.0
-                    _clip_scale(grd, cnt, clip_value, coef if (coef < 1.0 or coef != coef) else 1.0)
+                    _clip_scale(gsh, cnt, clip_value, coef if (coef < 1.0 or coef != coef) else 1.0)
             elif guard:
                 bad = _bad_running(plan.layers, L, prm)
                 if bad >= 0:
@@ -1893,11 +1897,11 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
                 trusted = not backup_step
                 fresh = 0
             n_backups += backup_step
-            if sh:      # this rank's shard only: its parameters, state and backups, its gradient at grd[0:cnt]
+            if sh:      # this rank's shard only: its parameters, state and backups, its gradient in gsh
                 us = u[0]
                 us.s0, us.s1, us.s2 = _off(S0, lo), _off(S1, lo), _off(S2, lo)
                 us.n_decay = min(max(u.n_decay - lo, 0), cnt)
-                up = _update(&us, prm + lo, grd, _off(B, lo) if backup_step else NULL, _off(B0, lo), _off(B1, lo),
+                up = _update(&us, prm + lo, gsh, _off(B, lo) if backup_step else NULL, _off(B0, lo), _off(B1, lo),
                              _off(B2, lo), cnt, step, n_threads, &bd if trusted else NULL)
                 if backup_step and up != FNN_ERR_KIND:      # did any shard fail?  (only a backed-up step can)
                     badp, badv, sclass = -1, 0.0, 3
