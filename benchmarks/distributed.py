@@ -1,7 +1,7 @@
 """Data-parallel scaling: 2 MPI ranks x 1 thread against 1 process x 2 threads, the same global batch.
 
     python benchmarks/distributed.py [--workloads W1,W2] [--steps 60,6] [--repeats 3] [--netns] [--overlap]
-                                     [--json out.json]
+                                     [--shard-update] [--json out.json]
 
 For W1 (784-256-128-10, Adam, global batch 64) and W2 (1024-2048-2048-1000, SGD momentum, global batch 256),
 the shapes of fastnn/bench.py, float32 on random data, both on the compiled training plan:
@@ -11,6 +11,8 @@ the shapes of fastnn/bench.py, float32 on random data, both on the compiled trai
   (``DataParallel``: the plan calls MPI_Allreduce from C), over MPICH's shared-memory path;
 - with ``--netns`` (root): the same 2 ranks, one in each of two network namespaces joined by a veth pair, MPICH
   told to use TCP over it and no shared memory (the path two machines would use);
+- with ``--shard-update``: also "2r x 1t shard update", ``DataParallel(shard_update=True)`` (reduce-scatter, each
+  rank updating its shard of the parameters, allgather);
 - with ``--overlap``: also "2r x 1t overlap", the 2 ranks with ``DataParallel(overlap=True)`` (the gradient
   allreduced in buckets with MPI_Iallreduce while the backward pass runs), over shared memory (and over TCP with
   ``--netns``).
@@ -60,7 +62,7 @@ def _data(wid, steps):
     return rng.standard_normal((n, s["sizes"][0]), dtype=np.float32), rng.integers(0, s["sizes"][-1], n)
 
 
-def worker(mode, wid, steps, repeats, overlap=False):
+def worker(mode, wid, steps, repeats, overlap=False, shard=False):
     """Train and print one JSON line (rank 0 only): seconds per step of each repeat, allreduce seconds."""
     X, y = _data(wid, steps)
     m = _model(wid)
@@ -74,7 +76,7 @@ def worker(mode, wid, steps, repeats, overlap=False):
         rank = 0
     else:
         from fastnn import distributed as dist
-        dp = dist.DataParallel(overlap=overlap)
+        dp = dist.DataParallel(overlap=overlap, shard_update=shard)
         rank = dp.rank
         m.fit(X, y, batch_size=glob // dp.size, epochs=1, distributed=dp)
         for _ in range(repeats):
@@ -192,10 +194,12 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--netns", action="store_true", help="also through two network namespaces over TCP (root)")
     p.add_argument("--overlap", action="store_true", help="also the 2 ranks with the allreduce overlapped in buckets")
+    p.add_argument("--shard-update", action="store_true",
+                   help="also the 2 ranks with shard_update=True (reduce-scatter, shard update, allgather)")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     if a.mode in ("single", "rank"):
-        return worker(a.mode, a.workload, int(a.steps), a.repeats, a.overlap)
+        return worker(a.mode, a.workload, int(a.steps), a.repeats, a.overlap, a.shard_update)
     if a.mode == "bandwidth":
         return bandwidth(a.repeats)
     exe = _mpiexec()
@@ -211,6 +215,10 @@ def main(argv=None):
         two = subprocess.run([exe, "-n", "2", *_me("rank", *base)], env=_env(1), capture_output=True, text=True,
                              timeout=900)
         r["2r x 1t"] = _last_json(two)
+        if a.shard_update:
+            two = subprocess.run([exe, "-n", "2", *_me("rank", *base, "--shard-update")], env=_env(1),
+                                 capture_output=True, text=True, timeout=900)
+            r["2r x 1t shard update"] = _last_json(two)
         if a.overlap:
             two = subprocess.run([exe, "-n", "2", *_me("rank", *base, "--overlap")], env=_env(1), capture_output=True,
                                  text=True, timeout=900)

@@ -229,5 +229,88 @@ def kill(out, how):
         f.write("finished")
 
 
+SHARD_CASES = {     # name: (optimizer, dtype, clip_norm, clip_value, loss)
+    "sgd": (lambda: fnn.optim.SGD(0.1, momentum=0.9, nesterov=True, weight_decay=1e-3), "float64", None, None, "ce"),
+    "adam_clip": (lambda: fnn.optim.Adam(1e-2, weight_decay=1e-3), "float64", 0.05, None, "ce"),
+    "rmsprop": (lambda: fnn.optim.RMSprop(1e-2, momentum=0.5, centered=True), "float64", None, 0.02, "ce"),
+    "adamw32": (lambda: fnn.optim.AdamW(1e-2), "float32", 0.1, None, "ce"),
+    "nan_state": (lambda: fnn.optim.Adam(1e-2), "float64", None, None, "mae"),
+}
+
+
+def shard_model(case):
+    opt, dtype, cn, cv, _ = SHARD_CASES[case]
+    # 7*13 + 13 + 13*3 + 3 = 146 parameters: not a multiple of 2 * 16 (shards (0, 80), (80, 146))
+    act = None if case == "nan_state" else "tanh"
+    m = fnn.Sequential([L.Dense(13, activation=act, max_norm=0.8), L.Dense(3)], input_dim=7, seed=12, dtype=dtype)
+    m.compile("mae" if SHARD_CASES[case][4] == "mae" else "cross_entropy", opt(), clip_norm=cn, clip_value=cv)
+    return m
+
+
+def shard_data(case, n):
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((n, 7)).astype(SHARD_CASES[case][1])
+    if SHARD_CASES[case][4] == "mae":
+        y = rng.standard_normal((n, 3)).astype(X.dtype)
+        X[2 * 2 * B + 3] = 1e160 if X.dtype == np.float64 else 1e20     # global batch 2: exp_avg_sq overflows
+        return X, y
+    return X, rng.integers(0, 3, n)
+
+
+def shard(out):
+    """Sharded update (DataParallel(shard_update=True)) against the unsharded one and one process: parameters and
+    optimizer state hashed on both ranks after every step (epochs of one global batch), then 2 epochs of 5 batches."""
+    comm = MPI.COMM_WORLD
+    size = comm.Get_size()
+    res = {}
+    for case in SHARD_CASES:
+        runs = {}
+        for mode in ("shard", "whole", "ref"):
+            if mode == "ref" and comm.Get_rank() != 0:
+                continue
+            m = shard_model(case)
+            kw = {} if mode == "ref" else {"distributed": dist.DataParallel(shard_update=mode == "shard")}
+            bs = B * size if mode == "ref" else B
+            if case == "nan_state":
+                X, y = shard_data(case, 5 * B * size)
+                try:
+                    m.fit(X, y, batch_size=bs, epochs=1, shuffle=False, **kw)
+                    what = batch = None
+                except fnn.NonFiniteError as e:
+                    what, batch = e.what, (e.batch, str(e))
+                cb = None
+            else:
+                X, y = shard_data(case, B * size)
+                cb = EpochHashCheck(comm) if mode != "ref" else None
+                m.fit(X, y, batch_size=bs, epochs=6, callbacks=[cb] if cb else [], **kw)   # one step per epoch
+                X, y = shard_data(case, 5 * B * size - 7)
+                m.fit(X, y, batch_size=bs, epochs=2, callbacks=[cb] if cb else [], **kw)
+                what = batch = None
+            core = m.trainer.train_plan.core if m.trainer.train_plan is not None else None
+            h = hashlib.sha256(m.parameters.tobytes())
+            for k in sorted(m.optimizer.state):
+                h.update(m.optimizer.state[k].tobytes())
+            runs[mode] = {"params": m.parameters.astype(np.float64),
+                          "state": {k: v.astype(np.float64) for k, v in m.optimizer.state.items()},
+                          "hash": h.hexdigest(), "what": what, "batch": batch,
+                          "steps": cb.steps if cb else 0, "mismatches": cb.mismatches if cb else 0,
+                          "shards": [] if core is None else core.shards, "step_count": m.optimizer.step_count}
+        every = comm.allgather({k: (v["hash"], v["what"], v["batch"], v["mismatches"], v["steps"], v["shards"])
+                                for k, v in runs.items()})
+        if comm.Get_rank() == 0:
+            def diff(a, b, runs=runs):
+                d = float(np.max(np.abs(runs[a]["params"] - runs[b]["params"])))
+                for k in runs[a]["state"]:
+                    d = max(d, float(np.max(np.abs(runs[a]["state"][k] - runs[b]["state"][k]))))
+                return d
+            res[case] = {"ranks": every, "shard_vs_whole": diff("shard", "whole"), "shard_vs_ref": diff("shard", "ref"),
+                         "whole_vs_ref": diff("whole", "ref"), "ref_what": runs["ref"]["what"],
+                         "ref_batch": runs["ref"]["batch"],
+                         "step_counts": [runs[k]["step_count"] for k in ("shard", "whole", "ref")]}
+    if comm.Get_rank() == 0:
+        with open(os.path.join(out, "shard.json"), "w") as f:
+            json.dump(res, f)
+
+
 if __name__ == "__main__":
-    {"equiv": equiv, "kill": kill}[sys.argv[1]](*sys.argv[2:])
+    {"equiv": equiv, "kill": kill, "shard": shard}[sys.argv[1]](*sys.argv[2:])

@@ -93,6 +93,35 @@ def test_two_ranks_equal_one_process(tmp_path):
     _check_equiv(tmp_path)
 
 
+def test_sharded_update_equals_the_whole_update(tmp_path):
+    """DataParallel(shard_update=True) on the compiled plan (reduce-scatter, each rank updating its shard, allgather):
+    parameters and optimizer state bitwise equal on both ranks after every step, equal to the unsharded update and
+    to one process with the global batch, for SGD (Nesterov, weight decay), Adam with norm clipping, centered
+    RMSprop with momentum and value clipping, AdamW in float32, max-norm constraints, 146 parameters (shards
+    (0, 80) and (80, 146)); and an optimizer state that overflows in global batch 3 stops both ranks there with the
+    same error as one process and the state before that batch restored on both."""
+    exe = _mpiexec()
+    p, _ = _run([exe, "-n", "2", sys.executable, "-m", "mpi4py", str(SCRIPT), "shard", str(tmp_path)], 120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    res = json.loads((tmp_path / "shard.json").read_text())
+    for case, c in res.items():
+        r0, r1 = c["ranks"]
+        for mode in ("shard", "whole"):
+            assert r0[mode][0] == r1[mode][0], (case, mode)          # the same bits on both ranks at the end
+            assert r0[mode][3] == r1[mode][3] == 0, (case, mode)     # and after every step
+            assert r0[mode][4] == (0 if case == "nan_state" else 8)
+        assert r0["shard"][5] == [[0, 80], [80, 146]] and r0["whole"][5] == []
+        tol = 1e-5 if case == "adamw32" else 1e-10
+        assert c["shard_vs_whole"] < tol and c["shard_vs_ref"] < tol, (case, c)
+        assert c["step_counts"][0] == c["step_counts"][1] == c["step_counts"][2], (case, c)
+        if case == "nan_state":
+            assert c["ref_what"] == "parameters" and c["ref_batch"][0] == 3, c
+            for r in (r0, r1):
+                for mode in ("shard", "whole"):
+                    assert r[mode][1] == c["ref_what"] and r[mode][2] == c["ref_batch"], (r, c)
+            assert "exp_avg_sq" in c["ref_batch"][1]
+
+
 @pytest.mark.parametrize("how", ["plan", "layers", "raise"])
 def test_failed_rank_ends_the_job(tmp_path, how):
     """A rank killed with SIGKILL mid-training (the other waiting in the compiled plan's allreduce, or in the

@@ -49,6 +49,7 @@ batches_done counts completed updates.
 """
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
 from libc.string cimport memcpy, memset
+from libc.math cimport sqrt
 from libc.stdint cimport int32_t, int64_t, intptr_t, uint64_t
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
@@ -222,6 +223,16 @@ ctypedef int (*allreduce_fn)(const void *, void *, int, intptr_t, intptr_t, intp
 ctypedef int (*iallreduce_fn)(const void *, void *, int, intptr_t, intptr_t, intptr_t, int *) noexcept nogil
 ctypedef int (*waitall_fn)(int, int *, intptr_t) noexcept nogil
 ctypedef int (*testall_fn)(int, int *, int *, intptr_t) noexcept nogil
+# the sharded update (Plan.shard): MPI_Reduce_scatter(sendbuf, recvbuf, recvcounts, datatype, op, comm),
+# MPI_Allgatherv(sendbuf, sendcount, sendtype, recvbuf, recvcounts, displs, recvtype, comm) and
+# MPI_Allgather(sendbuf, sendcount, sendtype, recvbuf, recvcount, recvtype, comm) (MPICH's ABI, as above)
+ctypedef int (*reduce_scatter_fn)(const void *, void *, const int *, intptr_t, intptr_t, intptr_t) noexcept nogil
+ctypedef int (*allgatherv_fn)(const void *, int, intptr_t, void *, const int *, const int *, intptr_t,
+                              intptr_t) noexcept nogil
+ctypedef int (*allgather_fn)(const void *, int, intptr_t, void *, int, intptr_t, intptr_t) noexcept nogil
+
+cdef enum:
+    _SH_K = 8       # doubles per rank in the sharded update's small allgather (see run_batches)
 
 
 cdef struct Overlap:        # data-parallel: the gradient allreduced in buckets while the backward pass runs
@@ -1004,6 +1015,13 @@ cdef class Plan:
     cdef double ar_small[2]
     cdef Overlap ov             # data-parallel with overlap (``overlap``): the buckets; ov_on 0: one blocking call
     cdef bint ov_on
+    cdef bint sh_on             # data-parallel with the sharded update (``shard``)
+    cdef intptr_t sh_rs, sh_agv, sh_ag      # MPI_Reduce_scatter, MPI_Allgatherv, MPI_Allgather
+    cdef Py_ssize_t sh_lo, sh_cnt           # this rank's shard [sh_lo, sh_lo + sh_cnt) of the trainable prefix
+    cdef int *sh_counts         # (size,) every rank's shard length, and (size,) its offset
+    cdef int *sh_displs
+    cdef double *sh_small       # (size * _SH_K,) the small allgather's buffer
+    cdef void *sh_grad          # (sh_cnt,) the global gradient of this rank's shard (the reduce-scatter's result)
     cdef dict _keep             # the arrays the pointers above point into
     cdef bytearray _set         # which layers were given
     cdef Py_ssize_t _n_in0      # the batch's features
@@ -1053,6 +1071,7 @@ cdef class Plan:
         PyMem_Free(self.srcs)
         PyMem_Free(self.cons)
         _free_buckets(&self.ov)
+        _free_shard(self)
 
     cdef void *_arr(self, key, a, tuple shape, dtype=None) except? NULL:
         """Check a (dtype, C-contiguous, shape), keep it, return its data pointer (NULL for None or empty)."""
@@ -1639,6 +1658,55 @@ cdef class Plan:
         self.ar_iall = iallreduce if (iallreduce != 0 and waitall != 0) else 0
         self.ar_waitall = waitall if self.ar_iall != 0 else 0
         self.ov_on = 0
+        self.sh_on = 0
+        self.bd_known = 0
+
+    def shard(self, intptr_t reduce_scatter=0, intptr_t allgatherv=0, intptr_t allgather=0):
+        """The sharded update (after ``allreduce``, with more than one rank; ``allreduce`` and ``overlap`` turn it
+        off): `reduce_scatter`, `allgatherv`, `allgather` the addresses of MPI_Reduce_scatter, MPI_Allgatherv and
+        MPI_Allgather in the library of ``allreduce``'s MPI_Allreduce (0: off, one allreduce and the whole update on
+        every rank).  The trainable prefix [0, U) is split into one contiguous shard per rank, in rank order, as
+        evenly as 16-element blocks allow.  Each step then reduce-scatters the gradient (this rank gets the global
+        sum of its shard), combines the shards' partial results of the guard and of clipping (max |g|, the first
+        non-finite element, the sum of squares, BatchNorm's bad running statistics, the bounds of |p| and of the
+        state) in one small MPI_Allgather, each rank combining them in rank order (the same bits on every rank),
+        updates its shard's parameters and optimizer state only, and allgathers the parameters in place before the
+        weight constraints.  Before run_batches returns, the optimizer states are allgathered too, so parameters
+        and state are bitwise identical on every rank.  Not with ``overlap`` (whose buckets are allreduced)."""
+        cdef Py_ssize_t R = self.ar_size, r, nblk, a, b
+        _free_shard(self)
+        self.sh_on = 0
+        self.bd_known = 0
+        if reduce_scatter == 0:
+            return
+        if self.ar_fn == 0 or R < 2 or allgatherv == 0 or allgather == 0:
+            raise ValueError("Plan.shard: needs allreduce (with more than one rank), MPI_Allgatherv and "
+                             "MPI_Allgather")
+        if self.ov_on:
+            raise ValueError("Plan.shard: not with overlap")
+        self.sh_counts = <int *>PyMem_Calloc(R, sizeof(int))
+        self.sh_displs = <int *>PyMem_Calloc(R, sizeof(int))
+        self.sh_small = <double *>PyMem_Calloc(R * _SH_K, sizeof(double))
+        if self.sh_counts == NULL or self.sh_displs == NULL or self.sh_small == NULL:
+            _free_shard(self)
+            raise MemoryError()
+        nblk = (self.U + 15) // 16
+        for r in range(R):
+            a = min(self.U, 16 * (r * nblk // R))
+            b = min(self.U, 16 * ((r + 1) * nblk // R))
+            self.sh_displs[r], self.sh_counts[r] = <int>a, <int>(b - a)
+        self.sh_lo, self.sh_cnt = self.sh_displs[self.ar_rank], self.sh_counts[self.ar_rank]
+        # not in place: MPICH's in-place reduce-scatter copies a shard onto the buffer's start, overlapping it
+        self.sh_grad = self._arr("sh_grad", np.zeros(max(self.sh_cnt, 1), self.dtype), (max(self.sh_cnt, 1),))
+        self.sh_rs, self.sh_agv, self.sh_ag = reduce_scatter, allgatherv, allgather
+        self.sh_on = 1
+
+    @property
+    def shards(self):
+        """The sharded update's shards [(lo, hi)] in rank order ([] when off)."""
+        if not self.sh_on:
+            return []
+        return [(self.sh_displs[r], self.sh_displs[r] + self.sh_counts[r]) for r in range(self.ar_size)]
 
     def overlap(self, intptr_t iallreduce=0, intptr_t waitall=0, intptr_t testall=0, Py_ssize_t min_bucket=0):
         """Overlap the gradient allreduce with the backward pass (after ``allreduce``, which it needs, and
@@ -1701,6 +1769,8 @@ cdef class Plan:
         _free_buckets(&self.ov)
         self.ov = ov
         self.ov_on = 1
+        _free_shard(self)
+        self.sh_on = 0
 
     @property
     def buckets(self):
@@ -1731,6 +1801,14 @@ cdef void _free_buckets(Overlap *ov) noexcept:
     ov.reqs = NULL
 
 
+cdef void _free_shard(Plan plan) noexcept:
+    PyMem_Free(plan.sh_counts)
+    PyMem_Free(plan.sh_displs)
+    PyMem_Free(plan.sh_small)
+    plan.sh_counts = plan.sh_displs = NULL
+    plan.sh_small = NULL
+
+
 def _minus(ivs, cuts):
     """The intervals `ivs` (sorted, disjoint [lo, hi)) less the sorted intervals `cuts` (they may overlap)."""
     out = []
@@ -1750,6 +1828,57 @@ def _minus(ivs, cuts):
 
 def _kind_name(int kind):
     return PLAN_LAYER(kind).label if 0 <= kind < FNN_N_LAYER else str(kind)
+
+
+cdef inline floating *_off(floating *x, Py_ssize_t lo) noexcept nogil:
+    """x + lo, NULL for an absent buffer."""
+    return NULL if x == NULL else x + lo
+
+
+cdef double _sq_sum(const floating *g, Py_ssize_t n, double clip_value) noexcept nogil:
+    """The sum of squares of g[0:n] clamped to +-clip_value (when > 0), as clip_core's first pass (unwritten)."""
+    cdef Py_ssize_t i
+    cdef double s = 0
+    cdef floating x, v = <floating>clip_value
+    for i in range(n):
+        x = g[i]
+        if clip_value > 0:
+            x = v if x > v else (-v if x < -v else x)
+        s += <double>x * x
+    return s
+
+
+cdef void _clip_scale(floating *g, Py_ssize_t n, double clip_value, double coef) noexcept nogil:
+    """g[0:n] clamped to +-clip_value (when > 0), then times coef (when not 1), as clip_core."""
+    cdef Py_ssize_t i
+    cdef floating x, v = <floating>clip_value, c = <floating>coef
+    if clip_value <= 0 and coef == 1.0:
+        return
+    for i in range(n):
+        x = g[i]
+        if clip_value > 0:
+            x = v if x > v else (-v if x < -v else x)
+        if coef != 1.0:
+            x = x * c
+        g[i] = x
+
+
+cdef int _sh_bounds(allgather_fn agf, double *sv, double *mine, Py_ssize_t R, Bounds *bd, bint *ok,
+                    const void *in_place, intptr_t dbl_type, intptr_t comm) noexcept nogil:
+    """Combine the shards' bounds (max) and their refresh results (all must be ok) over the ranks."""
+    cdef Py_ssize_t q
+    cdef int err
+    mine[0], mine[1], mine[2], mine[3], mine[4] = bd.P, bd.S0, bd.S1, bd.S2, <double>ok[0]
+    err = agf(in_place, _SH_K, dbl_type, sv, _SH_K, dbl_type, comm)
+    if err != 0:
+        return err
+    bd.P = bd.S0 = bd.S1 = bd.S2 = 0.0
+    ok[0] = 1
+    for q in range(R):
+        bd.P, bd.S0 = max(bd.P, sv[q * _SH_K]), max(bd.S0, sv[q * _SH_K + 1])
+        bd.S1, bd.S2 = max(bd.S1, sv[q * _SH_K + 2]), max(bd.S2, sv[q * _SH_K + 3])
+        ok[0] = ok[0] and sv[q * _SH_K + 4] != 0
+    return 0
 
 
 cdef int _check_dtype(Plan plan, bint dbl, object X, str owner) except -1:
@@ -1820,6 +1949,18 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
     cdef iallreduce_fn iall = <iallreduce_fn>plan.ar_iall if ar != NULL else NULL
     cdef waitall_fn waitall = <waitall_fn>plan.ar_waitall
     cdef int small_req = 0, grad_err
+    # the sharded update (Plan.shard): this rank's shard [lo, lo + cnt) of the prefix, its global gradient in gsh
+    cdef bint sh = ar != NULL and ov == NULL and plan.sh_on
+    cdef reduce_scatter_fn rsf = <reduce_scatter_fn>plan.sh_rs
+    cdef allgatherv_fn agv = <allgatherv_fn>plan.sh_agv
+    cdef allgather_fn agf = <allgather_fn>plan.sh_ag
+    cdef Py_ssize_t lo = plan.sh_lo if sh else 0, cnt = plan.sh_cnt if sh else P, q, badp
+    cdef double *sv = plan.sh_small
+    cdef floating *gsh = <floating *>plan.sh_grad
+    cdef double *mine = plan.sh_small + rank * _SH_K if sh else NULL
+    cdef double sumsq, coef, badv
+    cdef int sclass
+    cdef Update us
     if perm is not None and perm.shape[0] < min(b1 * bs * R, n):
         raise ValueError("run_batches: the permutation is shorter than the batches")
     cdef Py_ssize_t k = plan.layers[L - 1].n_out
@@ -1875,10 +2016,22 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
     cdef bint dbl = floating is double, trusted = 0, fresh = 0, fallback = 0, backup_step = 0
     cdef double G = 0.0, gmin
     cdef Py_ssize_t n_backups = 0
+    cdef bint ok
+    cdef floating *xp
+    bd.P = bd.S0 = bd.S1 = bd.S2 = 0.0
+    ar_err = 0
     with nogil:
         if guard:
             if plan.bd_known:       # the previous chunk of this epoch left them: no scan
                 bd, trusted, fresh = plan.bd, plan.bd_trusted, 0
+            elif sh:                # the shard's bounds, combined over the ranks
+                trusted = _refresh(&bd, u.kind, prm + lo, _off(S0, lo), _off(S1, lo), _off(S2, lo), cnt, n_threads)
+                ar_err = _sh_bounds(agf, sv, mine, R, &bd, &trusted, in_place, plan.ar_double, plan.ar_comm)
+                if ar_err != 0:
+                    st.mpi_error = ar_err
+                    status = FNN_STATUS_BAD_KIND
+                    b1 = b0
+                fresh = trusted
             else:
                 trusted = fresh = _refresh(&bd, u.kind, prm, S0, S1, S2, P, n_threads)
         for b in range(b0, b1):
@@ -1971,6 +2124,10 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
                 ar_err = ov.wait(ov.n_req, ov.reqs, 1) if ov.n_req > 0 else 0
                 st.allreduce_seconds += _now() - t_ar + ov.seconds
                 grad_err = ov.err if ov.err != 0 else ar_err
+            elif sh and status == FNN_STATUS_DONE:      # the global sum of this rank's shard, into gsh
+                t_ar = _now()
+                grad_err = rsf(grd, gsh, plan.sh_counts, plan.ar_dtype, plan.ar_sum, plan.ar_comm)
+                st.allreduce_seconds += _now() - t_ar
             elif ar != NULL and status == FNN_STATUS_DONE:      # the global batch's gradient on every rank
                 t_ar = _now()
                 grad_err = ar(in_place, grd, <int>P, plan.ar_dtype, plan.ar_sum, plan.ar_comm)
@@ -1990,7 +2147,58 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
                 status = FNN_STATUS_NONFINITE_LOSS
                 break
             # ---- guard, clipping, update
-            if guard:
+            if sh and (guard or clip_value > 0 or max_norm >= 0):
+                # the shards' partial results, combined in rank order by every rank (the same bits everywhere):
+                # [0] max |g|, [1] the first non-finite gradient element (global index, -1: none), [2] the first
+                # BatchNorm node with bad running statistics (-1), [3:7] the bounds of |p| and the states (max),
+                # [7] the sum of squares of the (value-clipped) gradient
+                mine[0] = 0.0
+                mine[1] = mine[2] = -1.0
+                mine[3], mine[4], mine[5], mine[6] = bd.P, bd.S0, bd.S1, bd.S2
+                mine[7] = 0.0
+                if guard:
+                    mine[2] = <double>_bad_running(plan.layers, L, prm)
+                    if scan_max(gsh, cnt, n_threads, &G, &gmin):
+                        mine[1] = <double>(lo + _first_nonfinite(gsh, cnt))
+                    mine[0] = G
+                if clip_value > 0 or max_norm >= 0:
+                    mine[7] = _sq_sum(gsh, cnt, clip_value)
+                t_ar = _now()
+                ar_err = agf(in_place, _SH_K, plan.ar_double, sv, _SH_K, plan.ar_double, plan.ar_comm)
+                st.allreduce_seconds += _now() - t_ar
+                if ar_err != 0:
+                    st.mpi_error = ar_err
+                    status = FNN_STATUS_BAD_KIND
+                    break
+                G, bad, sumsq = 0.0, -1, 0.0
+                bd.P = bd.S0 = bd.S1 = bd.S2 = 0.0
+                r = -1
+                for q in range(R):
+                    G = max(G, sv[q * _SH_K])
+                    if bad < 0 and sv[q * _SH_K + 1] >= 0:
+                        bad = <Py_ssize_t>sv[q * _SH_K + 1]
+                    if sv[q * _SH_K + 2] >= 0 and (r < 0 or sv[q * _SH_K + 2] < r):
+                        r = <Py_ssize_t>sv[q * _SH_K + 2]
+                    bd.P, bd.S0 = max(bd.P, sv[q * _SH_K + 3]), max(bd.S0, sv[q * _SH_K + 4])
+                    bd.S1, bd.S2 = max(bd.S1, sv[q * _SH_K + 5]), max(bd.S2, sv[q * _SH_K + 6])
+                    sumsq = sumsq + sv[q * _SH_K + 7]
+                if r >= 0:
+                    bad = r
+                    status = FNN_STATUS_NONFINITE_BUFFER
+                    break
+                if bad >= 0:    # every rank gets the whole global gradient (the caller names the bad value)
+                    memcpy(grd + lo, gsh, cnt * sizeof(floating))
+                    ar_err = agv(in_place, 0, plan.ar_dtype, grd, plan.sh_counts, plan.sh_displs, plan.ar_dtype,
+                                 plan.ar_comm)
+                    if ar_err != 0:
+                        st.mpi_error = ar_err
+                    status = FNN_STATUS_NONFINITE_GRADIENT if ar_err == 0 else FNN_STATUS_BAD_KIND
+                    break
+                if clip_value > 0 or max_norm >= 0:     # as clip_core, with the global norm
+                    st.grad_norm = sqrt(sumsq)
+                    coef = max_norm / (st.grad_norm + 1e-6) if max_norm >= 0 else 1.0
+                    _clip_scale(gsh, cnt, clip_value, coef if (coef < 1.0 or coef != coef) else 1.0)
+            elif guard:
                 bad = _bad_running(plan.layers, L, prm)
                 if bad >= 0:
                     status = FNN_STATUS_NONFINITE_BUFFER
@@ -2000,7 +2208,7 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
                     bad = _first_nonfinite(grd, P)
                     status = FNN_STATUS_NONFINITE_GRADIENT
                     break
-            if clip_value > 0 or max_norm >= 0:
+            if not sh and (clip_value > 0 or max_norm >= 0):
                 st.grad_norm = clip_core(grd, P, clip_value, max_norm, n_threads)
             step += 1
             if lrp != NULL:
@@ -2012,7 +2220,18 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
             if guard and not fallback:
                 if trusted and _proved(u, dbl, &bd, G, step, &nb):
                     backup_step = 0
-                elif (not fresh and _refresh(&bd, u.kind, prm, S0, S1, S2, P, n_threads)
+                elif sh and not fresh:      # fresh bounds of the shards, combined
+                    ok = _refresh(&bd, u.kind, prm + lo, _off(S0, lo), _off(S1, lo), _off(S2, lo), cnt, n_threads)
+                    ar_err = _sh_bounds(agf, sv, mine, R, &bd, &ok, in_place, plan.ar_double, plan.ar_comm)
+                    if ar_err != 0:
+                        st.mpi_error = ar_err
+                        status = FNN_STATUS_BAD_KIND
+                        break
+                    if ok and _proved(u, dbl, &bd, G, step, &nb):
+                        backup_step = 0
+                    else:
+                        fallback = 1
+                elif (not sh and not fresh and _refresh(&bd, u.kind, prm, S0, S1, S2, P, n_threads)
                       and _proved(u, dbl, &bd, G, step, &nb)):
                     backup_step = 0
                 else:
@@ -2020,14 +2239,68 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
                 trusted = not backup_step
                 fresh = 0
             n_backups += backup_step
-            up = _update(u, prm, grd, B if backup_step else NULL, B0, B1, B2, P, step, n_threads,
-                         &bd if trusted else NULL)
+            if sh:      # this rank's shard only: its parameters, state and backups, its gradient in gsh
+                us = u[0]
+                us.s0, us.s1, us.s2 = _off(S0, lo), _off(S1, lo), _off(S2, lo)
+                us.n_decay = min(max(u.n_decay - lo, 0), cnt)
+                up = _update(&us, prm + lo, gsh, _off(B, lo) if backup_step else NULL, _off(B0, lo), _off(B1, lo),
+                             _off(B2, lo), cnt, step, n_threads, &bd if trusted else NULL)
+                if backup_step and up != FNN_ERR_KIND:      # did any shard fail?  (only a backed-up step can)
+                    badp, badv, sclass = -1, 0.0, 3
+                    if up:
+                        badp = _first_nonfinite(prm + lo, cnt)
+                        if badp >= 0:
+                            badv = prm[lo + badp]
+                            badp += lo
+                        elif S0 != NULL and _first_nonfinite(S0 + lo, cnt) >= 0:
+                            sclass = 0
+                        elif S1 != NULL and _first_nonfinite(S1 + lo, cnt) >= 0:
+                            sclass = 1
+                        else:
+                            sclass = 2
+                    mine[0], mine[1], mine[2], mine[3] = up, badp, badv, sclass
+                    ar_err = agf(in_place, _SH_K, plan.ar_double, sv, _SH_K, plan.ar_double, plan.ar_comm)
+                    if ar_err != 0:
+                        st.mpi_error = ar_err
+                        status = FNN_STATUS_BAD_KIND
+                        break
+                    up, bad, sclass = 0, -1, 3
+                    for q in range(R):
+                        up |= sv[q * _SH_K] != 0
+                        if bad < 0 and sv[q * _SH_K + 1] >= 0:
+                            bad, value = <Py_ssize_t>sv[q * _SH_K + 1], sv[q * _SH_K + 2]
+                        sclass = min(sclass, <int>sv[q * _SH_K + 3])
+                    if up:      # restore this rank's shard (the rest of the parameters is untouched yet)
+                        step -= 1
+                        status = FNN_STATUS_NONFINITE_PARAMETER if bad >= 0 else FNN_STATUS_NONFINITE_STATE
+                        if bad < 0:
+                            bad = sclass
+                        memcpy(prm + lo, B + lo, cnt * sizeof(floating))
+                        if S0 != NULL:
+                            memcpy(S0 + lo, B0 + lo, cnt * sizeof(floating))
+                        if S1 != NULL:
+                            memcpy(S1 + lo, B1 + lo, cnt * sizeof(floating))
+                        if S2 != NULL:
+                            memcpy(S2 + lo, B2 + lo, cnt * sizeof(floating))
+                        break
+            else:
+                up = _update(u, prm, grd, B if backup_step else NULL, B0, B1, B2, P, step, n_threads,
+                             &bd if trusted else NULL)
             if trusted and not _tracks(u.kind):       # the proved bounds after the update (RMSprop, Adagrad)
                 bd = nb
             if up == FNN_ERR_KIND:
                 step -= 1
                 status = FNN_STATUS_BAD_KIND
                 break
+            if sh:      # every rank's updated shard to every rank: the same parameters everywhere
+                t_ar = _now()
+                ar_err = agv(in_place, 0, plan.ar_dtype, prm, plan.sh_counts, plan.sh_displs, plan.ar_dtype,
+                             plan.ar_comm)
+                st.allreduce_seconds += _now() - t_ar
+                if ar_err != 0:
+                    st.mpi_error = ar_err
+                    status = FNN_STATUS_BAD_KIND
+                    break
             if up:
                 # cold path: a non-finite gradient (it always makes its parameter non-finite) or an overflowing
                 # update; classify as the per-layer path does, then restore parameters and state
@@ -2068,6 +2341,17 @@ def run_batches(Plan plan, const floating[:, ::1] X, object targets, const Py_ss
             st.batch_loss_sum += loss * gm
             st.n_correct += n_correct
             st.n_samples += gm
+        if sh and st.mpi_error == 0:    # the optimizer states of every shard to every rank (every exit)
+            t_ar = _now()
+            for q in range(3):
+                xp = S0 if q == 0 else (S1 if q == 1 else S2)
+                if xp != NULL and ar_err == 0:
+                    ar_err = agv(in_place, 0, plan.ar_dtype, xp, plan.sh_counts, plan.sh_displs, plan.ar_dtype,
+                                 plan.ar_comm)
+            st.allreduce_seconds += _now() - t_ar
+            if ar_err != 0:
+                st.mpi_error = ar_err
+                status = FNN_STATUS_BAD_KIND
     st.n_backups += n_backups
     # the bounds stay valid for the next chunk when this run ended normally and its last update tracked them
     plan.bd, plan.bd_trusted = bd, trusted

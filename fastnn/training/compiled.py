@@ -686,7 +686,9 @@ def fit_epoch(model, plan, epoch, train, bs, shuffle, cbs=None, metrics=()):
     core.allreduce(*(hook or ()))
     if hook is not None:
         core.overlap(*(dist.overlap_hook(model.dtype) or ()))
+        core.shard(*(dist.shard_hook(model.dtype) or ()))
     gbs = bs * (1 if hook is None else dist.size)
+    sharded = hook is not None and bool(core.shards)
     core.loss(_loss_kind(model.loss, T))
     states = _set_update(core, opt)
     plan.set_constraints()
@@ -780,6 +782,8 @@ def fit_epoch(model, plan, epoch, train, bs, shuffle, cbs=None, metrics=()):
             dt = time.perf_counter() - t0      # per batch run (the epoch's last chunk may be short)
             if tuner is None or tuner.record(nt, done, run_seconds):    # a probe does not size the chunks
                 plan.chunk = max(1, min(int(done * CHUNK_SECONDS / max(dt, 1e-6)), 16 * plan.chunk))
+                if sharded:     # rank 0's: every rank must make the same run_batches calls (each ends with
+                    plan.chunk = dist.comm.bcast(plan.chunk, root=0)    # collectives: the states' allgather)
     finally:
         # from the plan's own count (each applied batch adds its samples; all but the epoch's last are full), so
         # that an interrupt anywhere in the loop, even between a chunk's return and the line after it, leaves the
