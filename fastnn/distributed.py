@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any, Optional, cast
 
 import numpy as np
 
+from fastnn._core import losses as _kloss
 from fastnn._typing import DTypeLike, NDArray
 
 if TYPE_CHECKING:
@@ -272,7 +273,7 @@ class DataParallel:
         elif mask is not None:
             w, npred = trainer.mask_weight(mask, Wb, model.engine.output(), model.engine)
         else:
-            w = float(rows) if Wb is None else float(Wb.sum(dtype=np.float64))
+            w = float(rows) if Wb is None else _kloss.weight_sum(Wb)
             npred = lossf.n_predictions(rows, model.engine.output().shape[1:]) if masked else 0
         s = self._small
         s[0] = w
