@@ -117,7 +117,6 @@ cdef fnn_rnn_dims _dims(int cell, Py_ssize_t n, Py_ssize_t steps, Py_ssize_t n_i
                         const int[::1] perm, const int[::1] n_active, const unsigned char[:, ::1] mask,
                         int n_threads) except *:
     _check_cell(cell)
-    cdef fnn_rnn_dims d
     if n < 0 or steps < 0 or n_in < 0 or units < 1:
         raise ValueError(f"rnn: bad sizes n={n} steps={steps} n_in={n_in} units={units}")
     _need("perm", perm, n)
@@ -131,17 +130,9 @@ cdef fnn_rnn_dims _dims(int cell, Py_ssize_t n, Py_ssize_t steps, Py_ssize_t n_i
             raise ValueError("rnn: n_active out of range")
     if mask is not None and (mask.shape[0] != n or mask.shape[1] != steps):
         raise ValueError(f"rnn: mask has shape {(mask.shape[0], mask.shape[1])}, expected {(n, steps)}")
-    d.cell = cell
-    d.n = n
-    d.steps = steps
-    d.n_in = n_in
-    d.units = units
-    d.reverse = reverse
-    d.perm = &perm[0] if n > 0 else NULL
-    d.n_active = &n_active[0] if steps > 0 else NULL
-    d.mask = &mask[0, 0] if (mask is not None and n * steps > 0) else NULL
-    d.n_threads = n_threads
-    return d
+    return _raw_dims(cell, n, steps, n_in, units, reverse, &perm[0] if n > 0 else NULL,
+                     &n_active[0] if steps > 0 else NULL,
+                     &mask[0, 0] if (mask is not None and n * steps > 0) else NULL, n_threads)
 
 
 cdef inline const floating *_cp(const floating[::1] a) noexcept:
