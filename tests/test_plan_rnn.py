@@ -280,9 +280,7 @@ def test_per_step_cross_entropy_with_sample_weights_and_a_branching_graph(restor
     # graph: one LSTM's sequence read by a GRU and a SimpleRNN, their last states concatenated with a Dense of the
     # flattened input
     X, y = _data(21, True)
-    # quarters: their sums are exact in any order (the epoch's logged loss divides by numpy's pairwise sum of the
-    # weights on the per-layer path, by the plan's sum in row order: for other weights the two may differ in the
-    # last bit, as for feature-vector models; the weights themselves match)
+    # quarters: sums exact in any order (both paths now add a batch's weights in row order, losses.weight_sum)
     w = np.random.default_rng(5).integers(1, 8, 21) / 4.0
     out = []
     for compiled in (True, False):
