@@ -20,8 +20,9 @@ the shapes of fastnn/bench.py, float32 on random data, both on the compiled trai
 Reported: seconds per step (median over repeats of an epoch after a warm-up epoch), the scaling efficiency
 (time of 1p x 2t / time of 2r x 1t: 100% = as fast as two threads in one process), and the allreduce's share of a
 step (its seconds, waits for the other rank included, over the epoch's).  Then the allreduce bandwidth for
-buffers of 64 KB .. 16 MB: the plan's call (MPI_Allreduce in place through the address the plan uses, from
-ctypes) against mpi4py's own ``comm.Allreduce`` on a numpy array (send and receive buffers).
+buffers of 64 KB .. 16 MB: the plan's call (MPI_Allreduce in place through the address the plan uses, timed
+in C by ``plan.allreduce_seconds`` as ``run_batches`` calls it) against mpi4py's own ``comm.Allreduce`` on a numpy
+array (send and receive buffers).
 
 The worker modes (``single``, ``rank``, ``bandwidth``) are what the driver launches.
 """
@@ -90,16 +91,14 @@ def worker(mode, wid, steps, repeats, overlap=False, shard=False):
 
 
 def bandwidth(repeats):
-    """MPI_Allreduce through the plan's function pointer (in place) vs mpi4py's comm.Allreduce on numpy arrays."""
-    import ctypes
-
+    """MPI_Allreduce as the plan calls it (in place, from C without the GIL: ``plan.allreduce_seconds``) vs
+    mpi4py's comm.Allreduce on numpy arrays (from a Python loop, as a user of mpi4py calls it)."""
     from mpi4py import MPI
 
     from fastnn import distributed as dist
+    from fastnn._core import plan as cplan
     dp = dist.DataParallel()
     hook = dp.plan_hook(np.float32)
-    fn = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_ssize_t, ctypes.c_void_p, ctypes.c_int, ctypes.c_ssize_t,
-                          ctypes.c_ssize_t, ctypes.c_ssize_t)(hook[0]) if hook else None
     comm = dp.comm
     out = []
     for kb in (64, 256, 1024, 4096, 16384):
@@ -112,16 +111,16 @@ def bandwidth(repeats):
             best = []
             for _ in range(repeats):
                 comm.Barrier()
-                t0 = time.perf_counter()
-                for _ in range(iters):
-                    if name == "plan":
-                        if fn is None:
+                if name == "plan" and hook is not None:
+                    best.append(cplan.allreduce_seconds(hook[0], hook[1], hook[2], hook[4], hook[5], a, iters))
+                else:
+                    t0 = time.perf_counter()
+                    for _ in range(iters):
+                        if name == "plan":
                             comm.Allreduce(MPI.IN_PLACE, a, op=MPI.SUM)
                         else:
-                            fn(hook[5], a.ctypes.data, n, hook[2], hook[4], hook[1])
-                    else:
-                        comm.Allreduce(a, r, op=MPI.SUM)
-                best.append((time.perf_counter() - t0) / iters)
+                            comm.Allreduce(a, r, op=MPI.SUM)
+                    best.append((time.perf_counter() - t0) / iters)
                 a.fill(1.0)
             res[name + "_GBps"] = kb * 1024 / statistics.median(best) / 1e9
         res["plan_over_mpi4py"] = res["mpi4py_GBps"] and res["plan_GBps"] / res["mpi4py_GBps"]

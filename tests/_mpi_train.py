@@ -196,6 +196,12 @@ def equiv(out):
         result = {"steps": {c: v[2].steps for c, v in models.items()},
                   "hash_mismatches": {c: v[2].mismatches for c, v in models.items()},
                   "overlap_same_as_blocking": same_as_blocking}
+    # the plan's transport as the bandwidth benchmark times it (plan.allreduce_seconds): an in-place sum
+    from fastnn._core import plan as cplan
+    hook = dist.DataParallel().plan_hook(np.float32)
+    buf = np.full(1000, comm.Get_rank() + 1, np.float32)
+    secs = cplan.allreduce_seconds(hook[0], hook[1], hook[2], hook[4], hook[5], buf, 1)
+    result["allreduce_seconds"] = {"sum_ok": bool(np.all(buf == sum(range(1, size + 1)))), "positive": secs > 0}
     path = os.path.join(out, f"bn_rank{comm.Get_rank()}.fnn")
     models["bnd"][0].save(path)          # writes on rank 0 only
     with open(os.path.join(out, f"result{comm.Get_rank()}.json"), "w") as f:

@@ -66,6 +66,8 @@ def _check_equiv(out):
         assert c["step_count"] == c["ref_step_count"] == steps
     # the overlapped allreduce in buckets (plan_overlap) gives the bits of the one blocking allreduce, both ranks
     assert r0["overlap_same_as_blocking"] is True and r1["overlap_same_as_blocking"] is True
+    # plan.allreduce_seconds (the bandwidth benchmark's timing of the plan's call) sums in place on both ranks
+    assert r0["allreduce_seconds"] == r1["allreduce_seconds"] == {"sum_ok": True, "positive": True}
     # an infinite loss stops both ranks at the batch where one process stops, with the weights from before it
     nan = r0["nan_stop"]
     assert nan["ranks"] == [["loss", 3, True]] * 2 and nan["ref"] == ["loss", 3, True], nan
@@ -251,3 +253,11 @@ def test_overlap_buckets_cover_the_trainable_gradient_once():
     assert core.buckets == []
     with pytest.raises(ValueError, match="needs allreduce"):
         core.overlap(1, 1, 1, 0)
+
+
+def test_allreduce_seconds_refuses_no_address():
+    from fastnn._core import plan as cplan
+    with pytest.raises(ValueError, match="allreduce_seconds"):
+        cplan.allreduce_seconds(0, 0, 0, 0, -1, np.zeros(4, np.float32), 1)
+    with pytest.raises(ValueError, match="iters 0"):
+        cplan.allreduce_seconds(1, 0, 0, 0, -1, np.zeros(4, np.float32), 0)

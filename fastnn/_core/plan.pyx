@@ -2430,3 +2430,29 @@ def tracked_update(Plan plan, Py_ssize_t step, int n_threads):
     if err != 0:
         raise RuntimeError(f"tracked_update: the update kernel failed ({err})")
     return mx.P, mx.S0, mx.S1, mx.S2
+
+
+def allreduce_seconds(intptr_t fn, intptr_t comm, intptr_t dtype, intptr_t op, intptr_t in_place,
+                      floating[::1] buf, Py_ssize_t iters):
+    """Seconds per call of the in-place sum ``fn(in_place, buf, len(buf), dtype, op, comm)`` called `iters` times
+    from C without the GIL, exactly as ``run_batches`` calls MPI_Allreduce on the gradient (the arguments as
+    ``DataParallel.plan_hook`` gives them; benchmarks/distributed.py times the plan's transport with it).  Raises
+    RuntimeError with MPI's error code if a call fails."""
+    if fn == 0 or iters < 1:
+        raise ValueError(f"allreduce_seconds: no MPI_Allreduce address ({fn}) or iters {iters} < 1")
+    cdef allreduce_fn ar = <allreduce_fn>fn
+    cdef Py_ssize_t _i
+    cdef int err = 0
+    cdef double t0
+    cdef void *p = <void *>&buf[0] if buf.shape[0] > 0 else NULL
+    cdef int count = <int>buf.shape[0]
+    with nogil:
+        t0 = _now()
+        for _i in range(iters):
+            err = ar(<const void *>in_place, p, count, dtype, op, comm)
+            if err != 0:
+                break
+        t0 = _now() - t0
+    if err != 0:
+        raise RuntimeError(f"allreduce_seconds: MPI_Allreduce returned error code {err}")
+    return t0 / iters
