@@ -273,6 +273,27 @@ def test_inference_on_a_large_input_holds_a_bounded_amount_of_memory():
                                atol=1e-6)
 
 
+def test_inference_chunks_grow_where_the_weights_outweigh_the_activations():
+    """An image model ending in a large Dense reads the Dense's weights once per inference chunk: its chunks hold
+    more images than the activation budget alone gives (engine.chunk_rows), the compiled predict takes the nearest
+    pool size, and the answer is the per-layer path's; a model with small weights keeps the activation budget."""
+    from fastnn.engine import INFERENCE_CHUNK_ELEMENTS, chunk_rows
+    L = fnn.layers
+    big = fnn.Sequential([L.Conv2D(32, 3, activation="relu"), L.Conv2D(64, 3, activation="relu"), L.MaxPool2D(2),
+                          L.Flatten(), L.Dense(128, activation="relu"), L.Dense(10)], input_shape=(28, 28, 1),
+                         seed=0)
+    small = fnn.Sequential([L.Conv2D(16, 3, padding="same", activation="relu"), L.GlobalAveragePooling2D(),
+                            L.Dense(10)], input_shape=(32, 32, 16), seed=0)
+    budget = INFERENCE_CHUNK_ELEMENTS // (24 * 24 * 64)
+    rows = chunk_rows(big.graph, (28, 28, 1))
+    assert budget < 8 and 32 <= rows <= 16 * budget          # 9216 x 128 Dense weights, 7 images by activations
+    assert chunk_rows(small.graph, (32, 32, 16)) == INFERENCE_CHUNK_ELEMENTS // (32 * 32 * 16)
+    X = np.random.default_rng(0).standard_normal((150, 28, 28, 1)).astype(np.float32)
+    got = big.predict(X)
+    assert (64, False) in big.trainer.infer_plans[1]
+    np.testing.assert_allclose(got, big.engine.forward(X, False), rtol=1e-4, atol=1e-5)
+
+
 def test_evaluate_with_sample_weights_on_sequence_outputs_from_many_threads():
     """cross_entropy's per-position weights (a sample's weight over its positions) live in a buffer of the calling
     thread: threads evaluating one model with different weights at once each get their own answer."""

@@ -33,6 +33,7 @@ them (node order, batch after batch), so both paths see the same masks and the g
 (``_draws``).  After a chunk stopped by a non-finite value, the generator is rewound to hold exactly the draws of
 the batches the per-layer path would have run.
 """
+import math
 import time
 
 import numpy as np
@@ -47,7 +48,7 @@ from fastnn._core import rnn as _rnn
 from fastnn._core._threads import get_num_threads
 from fastnn._core.kinds import ACT, LOSS, OPT, PLAN_STATUS
 from fastnn.constraints import MaxNorm
-from fastnn.engine import INFERENCE_CHUNK_ELEMENTS
+from fastnn.engine import chunk_rows
 from fastnn.layers import activations as _act
 from fastnn.layers import pooling as _pool
 from fastnn.layers.conv import Conv1D, Conv2D
@@ -541,11 +542,11 @@ def predict(model, X, logits=False):
         X = X.reshape(n, -1)            # C-contiguous: a view, the layout the plan's rows use
     bs = 1 if n == 1 else (64 if n <= 64 else 1024)     # a few sizes: single sample, small batch, chunks
     if n > 1 and any(type(layer) in _CONV_TYPES or type(layer) in _POOL_TYPES for layer in model.graph.layers):
-        # images: chunks of about INFERENCE_CHUNK_ELEMENTS values in the widest layer, as the executor takes them
-        # (a plan holds several buffers of bs rows per layer); one of the few sizes below that, for the pool
-        widest = max(_size(layer.output_shape) for layer in model.graph.layers)
-        rows = max(1, INFERENCE_CHUNK_ELEMENTS // widest)
-        bs = bs if bs <= rows else max(s for s in (1, 8, 64, 1024) if s <= rows)
+        # images: chunks of the executor's size (engine.chunk_rows: about INFERENCE_CHUNK_ELEMENTS values in the
+        # widest layer, more where the weights are large; a plan holds several buffers of bs rows per layer), as
+        # the nearest of the few sizes of the pool (a factor: 38 rows run as 64, 16 as 8)
+        rows = chunk_rows(model.graph, tuple(model.input_shape))
+        bs = min(bs, min((1, 8, 64, 1024), key=lambda s: abs(math.log2(s / rows))))
     # the plans of one size are a pool: a call checks one out (list pop and append are atomic under the GIL), so
     # two threads never share a plan's buffers while forward_rows runs without the GIL; none free: make one
     key = (bs, bool(logits))
