@@ -194,9 +194,9 @@ def main(argv=None):
     b.add_argument("--rss", action="store_true",
                    help="also measure the peak RSS of W1 training per peer, each in a fresh subprocess "
                         "(alone, without --workloads: only that)")
-    b.add_argument("--rss-workload", default="W1", choices=["W1", "C1", "C2", "C3", "C4"],
+    b.add_argument("--rss-workload", default="W1", choices=["W1", "C1", "C2", "C3", "C4", "R1", "R3", "R4"],
                    help="the training --rss measures (default W1; C1..C4: a CNN workload against torch NCHW and "
-                        "channels_last)")
+                        "channels_last; R1, R3, R4 (its LSTM at hidden 128): a recurrent one against torch)")
     b.add_argument("--quiet", action="store_true", help="no per-repeat progress on stderr")
     args = parser.parse_args(argv)
     if args.command == "demo":

@@ -945,8 +945,8 @@ def _rss_child(peer, threads, full, workload="W1"):
     """In a fresh process: import the peer, make W1's data, train one W1 epoch; print the peak RSS (MiB) after the
     imports, after the data and after training, as JSON.  Run through ``measure_rss`` (this module is loaded
     from its file there, without fastnn's package, so that the torch and numpy peers do not import fastnn).
-    A CNN `workload` (C1..C4): its data and one epoch of its training, through bench_cnn.py, loaded from its
-    file the same way."""
+    A CNN `workload` (C1..C4) or a recurrent one (R1, R3, R4): its data and one epoch of its training, through
+    bench_cnn.py or bench_rnn.py, loaded from its file the same way."""
     if peer == "fastnn":
         import fastnn as fnn
         fnn.set_num_threads(threads)
@@ -963,13 +963,14 @@ def _rss_child(peer, threads, full, workload="W1"):
     if workload != "W1":
         import importlib.util
         import os
-        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_cnn.py")
-        s = importlib.util.spec_from_file_location("_fastnn_bench_cnn_rss", path)
-        cnn = importlib.util.module_from_spec(s)
-        s.loader.exec_module(cnn)
-        job = cnn.rss_data(workload, full)
+        group = "bench_rnn" if workload.startswith("R") else "bench_cnn"
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), group + ".py")
+        s = importlib.util.spec_from_file_location("_fastnn_" + group + "_rss", path)
+        mod = importlib.util.module_from_spec(s)
+        s.loader.exec_module(mod)
+        job = mod.rss_data(workload, full)
         data = _maxrss_mib()
-        cnn.rss_train(peer, job)
+        mod.rss_train(peer, job)
         print(json.dumps({"imports": imports, "data": data, "peak": _maxrss_mib()}))
         return
     spec = _spec("W1", full)
@@ -986,8 +987,9 @@ def _rss_child(peer, threads, full, workload="W1"):
 
 def measure_rss(threads=2, full=False, log=print, workload="W1"):
     """Peak RSS of one W1 training epoch per peer (or of a CNN `workload`, C1..C4: fastnn, torch NCHW and torch
-    channels_last), each in its own fresh subprocess (``ru_maxrss``): a dict peer -> {"imports": MiB after the
-    bare imports, "data": after making the data, "peak": after training}."""
+    channels_last; or of a recurrent one, R1, R3, R4: fastnn and torch), each in its own fresh subprocess
+    (``ru_maxrss``): a dict peer -> {"imports": MiB after the bare imports, "data": after making the data, "peak":
+    after training}."""
     import os
     import subprocess
     code = ("import importlib.util, sys; s = importlib.util.spec_from_file_location('_fastnn_bench_rss', sys.argv[1]); "
@@ -998,7 +1000,8 @@ def measure_rss(threads=2, full=False, log=print, workload="W1"):
     env = dict(os.environ)
     env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     out = {}
-    peers = RSS_PEERS if workload == "W1" else ("fastnn", "torch NCHW", "torch channels_last")
+    peers = (RSS_PEERS if workload == "W1" else ("fastnn", "torch") if workload.startswith("R")
+             else ("fastnn", "torch NCHW", "torch channels_last"))
     for peer in peers:
         if peer.startswith("torch") and _torch() is None:
             continue
@@ -1015,6 +1018,10 @@ def measure_rss(threads=2, full=False, log=print, workload="W1"):
 def format_rss(rss, threads, full, workload="W1"):
     if workload == "W1":
         n = _spec("W1", full)["n"]
+    elif workload.startswith("R"):
+        from fastnn import bench_rnn
+        rs = bench_rnn._spec(workload, full, hidden=128 if workload == "R4" else None)
+        n = rs["batch"] * rs["batches"]
     else:
         from fastnn import bench_cnn
         n = bench_cnn._spec(workload, full)["n"]

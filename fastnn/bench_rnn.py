@@ -123,7 +123,8 @@ def _torch():
 
 
 def torch_model(spec, model):
-    """PyTorch's network for ``spec`` with the weights of the fastnn ``model`` (see the module docstring)."""
+    """PyTorch's network for ``spec`` with the weights of the fastnn ``model`` (see the module docstring), or with
+    torch's own initial weights where ``model`` is None (the peak-RSS child, which must not import fastnn)."""
     torch = _torch()
     nn = torch.nn
     kind = spec["kind"]
@@ -148,8 +149,8 @@ def torch_model(spec, model):
             return self.out(y) if self.out is not None else y
 
     net = Net()
-    layers = list(model.layers)
-    table = model.table
+    layers = list(model.layers) if model is not None else []     # None: torch's own initial weights (RSS runs)
+    table = model.table if model is not None else None
 
     def put(param, layer, name, transpose=False):
         v = np.asarray(table.param(layer, name), dtype=np.float32)
@@ -201,6 +202,32 @@ def torch_train(state, X, y, spec, lengths=None):
             torch.nn.utils.clip_grad_norm_(net.parameters(), spec["clip"])
         opt.step()
     return time.perf_counter() - t0
+
+
+# ====================================================================== peak RSS
+RSS_WORKLOADS = ("R1", "R3", "R4")
+
+
+def rss_data(wid, full):
+    """What a peak-RSS child makes before training (bench.py ``--rss --rss-workload R1|R3|R4``): (spec, (X, y,
+    lengths)).  R4 is its LSTM at hidden 128.  R1's ids are drawn at random from its 65-symbol vocabulary instead
+    of read from the shipped text (the same shapes and dtypes: reading the text goes through fastnn.datasets,
+    which would import fastnn into the torch peer's process)."""
+    spec = _spec(wid, full, hidden=128 if wid == "R4" else None)
+    if wid == "R1":
+        rng = np.random.default_rng(0)
+        n, T = spec["batch"] * spec["batches"], spec["T"]
+        return spec, (rng.integers(0, spec["vocab"], (n, T)), rng.integers(0, spec["vocab"], (n, T)), None)
+    return spec, make_data(spec)
+
+
+def rss_train(peer, job):
+    """One epoch of the job's training by `peer` ("fastnn" or "torch"; torch with its own initial weights)."""
+    spec, (X, y, lengths) = job
+    if peer == "fastnn":
+        fastnn_train(fastnn_model(spec), X, y, spec)
+    else:
+        torch_train(torch_model(spec, None), X, y, spec, lengths)
 
 
 # ====================================================================== R4's GEMM count and BLAS limit

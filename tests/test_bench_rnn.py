@@ -88,3 +88,35 @@ def test_both_peers_compute_the_same_loss_from_the_same_weights(kind, variable):
         else:
             theirs = lossf(out, torch.from_numpy(yb)).item()
     assert ours == pytest.approx(theirs, rel=1e-4)
+
+
+def test_rss_of_a_recurrent_workload_is_passed_through_and_formatted(monkeypatch, capsys):
+    from fastnn import __main__ as cli
+    seen = {}
+
+    def fake(threads, full, log, workload="W1"):
+        seen["args"] = (threads, full, workload)
+        return {"fastnn": {"imports": 40.0, "data": 50.0, "peak": 100.0},
+                "torch": {"imports": 200.0, "data": 210.0, "peak": 500.0}}
+    monkeypatch.setattr(bench, "measure_rss", fake)
+    assert cli.main(["bench", "--rss", "--rss-workload", "R3", "--threads", "1", "--quiet"]) == 0
+    assert seen["args"] == (1, False, "R3")
+    out = capsys.readouterr().out
+    assert "R3 training: one epoch of 256 samples" in out and "20% of torch's" in out
+
+
+@pytest.mark.parametrize("peer", ["fastnn", "torch"])
+def test_rss_child_trains_r4_and_reports_its_peaks(peer, capsys):
+    """The child of ``--rss --rss-workload R4`` (bench._rss_child, here in-process): R4's LSTM at hidden 128,
+    one epoch, the three peaks in order; R1's stand-in ids stay inside its vocabulary."""
+    import json
+
+    if peer == "torch":
+        pytest.importorskip("torch")
+    bench._rss_child(peer, 1, False, "R4")
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0 < r["imports"] <= r["data"] <= r["peak"]
+    spec, (X, y, lengths) = bench_rnn.rss_data("R1", False)
+    assert X.shape == y.shape == (spec["batch"] * spec["batches"], spec["T"]) and lengths is None
+    assert X.dtype == np.int64 and 0 <= X.min() and X.max() < spec["vocab"]
+    assert bench_rnn.rss_data("R4", False)[0]["units"] == 128
