@@ -31,6 +31,7 @@
 #ifndef FNN_RNN_H
 #define FNN_RNN_H
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 #include <math.h>
 #include <cblas.h>
@@ -108,7 +109,23 @@ typedef struct {
     const int *n_active;           /* (steps,) rows running at step s (sorted order: a prefix) */
     const unsigned char *mask;     /* (n, steps) original order, indexed by input time; NULL: no per-row blend */
     int n_threads;                 /* fastnn's thread count: the BLAS's count for the large GEMMs */
+    /* An Embedding feeding the layer (the compiled plan; NULL for the per-layer layer): X's row of (row o, time
+     * t) is row ids[o * steps + t] of the table emb (vocab, n_in).  The float32 packed forward then multiplies
+     * the table once (xtab (vocab, G units) = emb . W_ih, scratch) and reads each step's input projection from
+     * it instead of multiplying X's rows per step: the same kernel on the same rows, so the same bits. */
+    const int64_t *ids;
+    const void *emb;
+    ptrdiff_t vocab;
+    void *xtab;
 } fnn_rnn_dims;
+
+/* the forward reads its input projections from an Embedding's table (fnn_rnn_dims: float32, packed W_ih only),
+ * when the table fits in L2 beside the packed weights (fnn_rnn_use_xtab, after fnn_rnn_l2_budget below): R3's
+ * 10000-row table (16 MB) read at random ids cost as much as the per-step products it saved, R1's 65 rows
+ * (133 KB) made R1 and R2 5% faster */
+static inline int fnn_rnn_has_xtab(const fnn_rnn_dims *d) {
+    return d->xtab != NULL && d->ids != NULL && d->emb != NULL && d->vocab > 0;
+}
 
 /* The BLAS path's per-step GEMMs are small (up to a million multiply-adds): split over threads they pay a fork
  * and a join per step, and on a loaded machine a worker the OS has descheduled stalls the step (on a 2-core
@@ -239,6 +256,12 @@ static long fnn_rnn_l2_budget(void) {
         fnn_rnn_l2_budget_ = l2 > 0 ? l2 / 2 : (1L << 20);
     }
     return fnn_rnn_l2_budget_;
+}
+/* the Embedding table (fnn_rnn_has_xtab) with the packed W_hh and W_ih (GU columns, U + F rows) within the budget */
+static inline int fnn_rnn_use_xtab(const fnn_rnn_dims *d, ptrdiff_t GU, ptrdiff_t U, ptrdiff_t F) {
+    return fnn_rnn_has_xtab(d)
+           && ((double)fnn_rnn_panels(GU) * FNN_RNN_NR * (U + F) + (double)d->vocab * GU) * sizeof(float)
+                  <= (double)fnn_rnn_l2_budget();
 }
 /* rows gathered before the per-step weight gradients run (fnn_rnn_wgrad_f), and at most */
 #define FNN_RNN_WMIN 128
@@ -823,6 +846,9 @@ static void RFN(forward_rows)(const fnn_rnn_dims *d, ptrdiff_t lo, ptrdiff_t hi,
 #if PACKED
     const ptrdiff_t RB = isa ? fnn_rnn_block_rows(isa) : N;
     const float *xrows[FNN_RNN_RBMAX];
+    /* the embedding table's input projections (fnn_rnn_dims), made by the forward once Wpi is packed */
+    const float *xtab = Wpi != NULL && fnn_rnn_use_xtab(d, fnn_rnn_gates(d->cell) * d->units, d->units, d->n_in)
+                        ? (const float *)d->xtab : NULL;
 #else
     const ptrdiff_t RB = N;
     (void)Wp; (void)Wpi; (void)F;
@@ -838,8 +864,13 @@ static void RFN(forward_rows)(const fnn_rnn_dims *d, ptrdiff_t lo, ptrdiff_t hi,
         for (i0 = lo; i0 < na; i0 += RB) {           /* packed: the products of a block of rows, then its gates */
           i1 = i0 + RB < na ? i0 + RB : na;
 #if PACKED
+          if (xtab != NULL)          /* the block's table rows (random ids: no hardware prefetch), during its product */
+              for (i = i0; i < i1; i++) {
+                  const float *xr = xtab + d->ids[d->perm[i] * S + t] * GU;
+                  for (ptrdiff_t j = 0; j < GU; j += 16) FNN_RNN_PREFETCH(xr + j);
+              }
           if (isa) fnn_rnn_pgemm_f(isa, i1 - i0, GU, U, hprev + i0 * U, U, NULL, Wp, HP + i0 * GU, GU, NULL, 0);
-          if (Wpi != NULL) {
+          if (Wpi != NULL && xtab == NULL) {
               for (i = i0; i < i1; i++) {
                   const float *x = X + (d->perm[i] * S + t) * F;
                   xrows[i - i0] = x;
@@ -852,7 +883,8 @@ static void RFN(forward_rows)(const fnn_rnn_dims *d, ptrdiff_t lo, ptrdiff_t hi,
           for (i = i0; i < i1; i++) {
             const ptrdiff_t o = d->perm[i];
 #if PACKED
-            const T *xp = Wpi != NULL ? XP + (lo + i - i0) * GU : XP + (o * S + t) * GU, *hp = HP + i * GU;
+            const T *xp = xtab != NULL ? xtab + d->ids[o * S + t] * GU
+                          : Wpi != NULL ? XP + (lo + i - i0) * GU : XP + (o * S + t) * GU, *hp = HP + i * GU;
 #else
             const T *xp = XP + (o * S + t) * GU, *hp = HP + i * GU;
 #endif
@@ -906,8 +938,15 @@ static void RFN(forward)(const fnn_rnn_dims *d, const T *X, const T *Wih, const 
                         <= (double)fnn_rnn_l2_budget()
                  ? Wp + fnn_rnn_panels(GU) * FNN_RNN_NR * U : NULL;
     if (isa) fnn_rnn_pack_f(0, U, GU, Whh, GU, Wp);
-    if (Wpi != NULL) fnn_rnn_pack_f(0, F, GU, Wih, GU, Wpi);
-    else
+    if (Wpi != NULL) {
+        fnn_rnn_pack_f(0, F, GU, Wih, GU, Wpi);
+        if (fnn_rnn_use_xtab(d, GU, U, F)) {      /* an Embedding's table: every id's input projection, once */
+            const ptrdiff_t RB = fnn_rnn_block_rows(isa);
+            for (i = 0; i < d->vocab; i += RB)
+                fnn_rnn_pgemm_f(isa, d->vocab - i < RB ? d->vocab - i : RB, GU, F, (const float *)d->emb + i * F,
+                                F, NULL, Wpi, (float *)d->xtab + i * GU, GU, NULL, 0);
+        }
+    } else
 #else
     const int isa = 0, nth = 1;
     const int serial = d->n_threads > 1 && N * GU * U < FNN_RNN_SERIAL_STEP;

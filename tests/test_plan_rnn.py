@@ -315,3 +315,33 @@ def test_masking_float_sequences(dtype, restore_threads):
                                L.Bidirectional(L.GRU(4), merge_mode="sum"), L.Dense(K)], input_shape=(T, F),
                               seed=12, dtype=dt)
     _both(make, X, y, lambda: fnn.optim.Adam(lr=1e-2), dtype, threads=2)
+
+
+@pytest.mark.parametrize("cell", ["tanh", "lstm", "gru"])
+def test_an_embedding_feeds_its_recurrent_layer_through_a_table(cell, restore_threads):
+    """float32, an Embedding whose table has fewer rows than half a batch's ids: the plan's forward multiplies the
+    table by W_ih once per batch (Plan.rnn's emb) and reads each step's input projection from it, with the bits
+    of the per-layer path (each id's row through the same kernel); both directions of a Bidirectional, a mask
+    (mask_zero, right-padded rows), go_backwards, 2 threads.  float64 and a large vocabulary keep the per-step
+    products."""
+    make_cell = CELLS[cell]
+
+    def make(dt, vocab=VOCAB, mask=True):
+        return fnn.Sequential([L.Embedding(vocab, 4, mask_zero=mask),
+                               L.Bidirectional(make_cell(5, return_sequences=True, go_backwards=True)),
+                               make_cell(6), L.Dense(K)], input_shape=(T,), seed=3, dtype=dt)
+    X, _ = _data(29, False, ids=True)
+    X[::3, 4:] = 0                                    # right-padded rows for the mask
+    y = np.random.default_rng(2).integers(0, K, 29)
+    a, _ = _both(make, X, y, lambda: fnn.optim.RMSprop(lr=1e-2), "float32", threads=2, clip_norm=5.0)
+    tables = a.trainer.train_plan.rnn_tables
+    assert list(tables) == [1] and len(tables[1]) == 2      # the Bidirectional's two directions; not layer 2
+    G = {"tanh": 1, "lstm": 4, "gru": 3}[cell]
+    from fastnn._core import rnn as _k
+    packed = _k.set_packed_isa(2) > 0           # the packed kernels (AVX2+FMA or AVX-512) read the table
+    for xtab in tables[1]:
+        assert xtab.shape == (VOCAB * G * 5,) and np.isfinite(xtab).all() and np.any(xtab != 0) == packed
+    b, _ = _both(make, X, y, lambda: fnn.optim.RMSprop(lr=1e-2), "float64", clip_norm=5.0)
+    assert b.trainer.train_plan.rnn_tables == {}
+    c, _ = _both(lambda dt: make(dt, vocab=200, mask=False), X, y, lambda: fnn.optim.Adam(lr=1e-2), "float32")
+    assert c.trainer.train_plan.rnn_tables == {}          # 2 * 200 > 8 * 6 ids per batch

@@ -65,7 +65,7 @@ from fastnn._core.norm cimport bn_forward, bn_backward, ln_forward, ln_backward
 from fastnn._core.dropout cimport dropout_fwd, dropout_bwd
 from fastnn._core.conv cimport fnn_conv_geom, conv_geometry, conv_scratch, conv_forward, conv_backward
 from fastnn._core.pool cimport check_geometry, pool_forward, pool_backward
-from fastnn._core.rnn cimport (rnn_forward_raw, rnn_backward_raw, rnn_gates, rnn_saved, rnn_packed_size,
+from fastnn._core.rnn cimport (rnn_forward_emb_raw, rnn_backward_raw, rnn_gates, rnn_saved, rnn_packed_size,
                                rnn_mask_plan)
 from fastnn._core.embedding cimport embedding_gather, embedding_scatter
 from fastnn._core.guard cimport _first_nonfinite
@@ -120,6 +120,10 @@ cdef struct RnnC:           # one direction of a recurrent node: rnn.pyx's sizes
     void *dC
     void *dGt
     void *dGo
+    const int64_t *ids      # an Embedding node feeding it (Plan.rnn's emb): its ids (bs, steps), else NULL
+    Py_ssize_t emb_off      # its table (vocab, step_in) in the flat parameters
+    Py_ssize_t vocab
+    void *xtab              # float32 (vocab * G * units): the table's input projections (rnn_forward_emb_raw)
 
 
 cdef struct PlanLayer:
@@ -325,11 +329,12 @@ cdef void _rnn_fwd(const RnnC *r, const floating *x, const floating *prm, Py_ssi
                    int n_threads) noexcept nogil:
     """One direction of a recurrent node forward over the m rows at x (rnn.pxd: the per-layer layer's call)."""
     r.mode[0] = rnn_mask_plan(r.mask, m, r.steps, r.reverse, r.perm, r.n_active, r.scratch)
-    rnn_forward_raw(r.cell, m, r.steps, r.step_in, r.units, r.reverse, r.perm, r.n_active,
-                    r.mask if r.mode[0] == 1 else NULL, n_threads, x,
-                    prm + r.w_off, prm + r.whh_off, prm + r.bih_off, prm + r.bhh_off, NULL, NULL,
-                    <floating *>r.XP, <floating *>r.HP, <floating *>r.Hs, <floating *>r.Cs, <floating *>r.Gs,
-                    <floating *>r.Y if r.seq else NULL, <floating *>r.hout, NULL, <floating *>r.Wp)
+    rnn_forward_emb_raw(r.cell, m, r.steps, r.step_in, r.units, r.reverse, r.perm, r.n_active,
+                        r.mask if r.mode[0] == 1 else NULL, n_threads, x,
+                        prm + r.w_off, prm + r.whh_off, prm + r.bih_off, prm + r.bhh_off, NULL, NULL,
+                        <floating *>r.XP, <floating *>r.HP, <floating *>r.Hs, <floating *>r.Cs, <floating *>r.Gs,
+                        <floating *>r.Y if r.seq else NULL, <floating *>r.hout, NULL, <floating *>r.Wp,
+                        r.ids, prm + r.emb_off if r.ids != NULL else NULL, r.vocab, <floating *>r.xtab)
 
 
 cdef void _rnn_bwd(const RnnC *r, const floating *x, const floating *prm, floating *grd, const floating *dy,
@@ -1122,7 +1127,7 @@ cdef class Plan:
         ly.out = ly.Z if act == FNN_ACT_IDENTITY else ly.Y
 
     def rnn(self, Py_ssize_t l, int cell, Py_ssize_t steps, Py_ssize_t step_in, Py_ssize_t units, bint seq,
-            bint need_dx, int n_threads, Y, dX, dirs, int merge=-1, dY2=None, mask=None):
+            bint need_dx, int n_threads, Y, dX, dirs, int merge=-1, dY2=None, mask=None, Py_ssize_t emb=-1):
         """Layer l: a SimpleRNN (cell rnn.TANH or RELU), LSTM or GRU over samples of steps x step_in features (no
         mask, no initial state), return_sequences (seq: the output Y (bs, steps * units), step s at position s, as
         the per-layer layer returns it; else the last state (bs, units)), or a Bidirectional pair of them merged by
@@ -1138,7 +1143,10 @@ cdef class Plan:
         float64; "scratch" (bs + steps + 1,) and "mode" (1,) int32.  dY2 (2 * bs * rows * units,): the two
         directions' output gradients (two directions only).  mask: None, or the (bs, steps) uint8 buffer an
         Embedding node with mask_zero fills (Plan.embedding): masked steps leave the state unchanged, the rows run
-        sorted by length when the mask is right-padded, as the per-layer layer runs them."""
+        sorted by length when the mask is right-padded, as the per-layer layer runs them.  emb: the index of an
+        Embedding node (Plan.embedding, before this one) that is the node's input, or -1; with it (float32) each
+        direction's "xtab" (vocab * G * units,) takes the table's input projections, which the forward computes
+        once per batch instead of per step and row (rnn.pxd rnn_forward_emb_raw: the same bits)."""
         if cell < 0 or cell > 3 or steps < 1 or step_in < 1 or units < 1 or n_threads < 1:
             raise ValueError(f"Plan.rnn: layer {l}: cell {cell}, steps {steps}, step_in {step_in}, units {units}, "
                              f"threads {n_threads}")
@@ -1183,6 +1191,18 @@ cdef class Plan:
             r.dC = self._arr(key + ("dC",), d["dC"] if lstm else None, (bs * units,))
             r.dGt = self._arr(key + ("dGt",), d["dGt"], (steps * bs * GU,))
             r.dGo = self._arr(key + ("dGo",), d["dGo"], (bs * steps * GU,))
+            r.ids, r.emb_off, r.vocab, r.xtab = NULL, 0, 0, NULL
+            if emb >= 0:
+                if (emb >= l or emb >= self.n_layers or not self._set[emb]
+                        or self.layers[emb].kind != FNN_LAYER_EMBEDDING or self.layers[emb].cols != step_in
+                        or self.layers[emb].rows != steps):
+                    raise ValueError(f"Plan.rnn: layer {l}: node {emb} is not an Embedding of {steps} steps of "
+                                     f"{step_in} features before it")
+                if not self.dbl:
+                    r.ids, r.emb_off, r.vocab = self.layers[emb].ids, self.layers[emb].w_off, self.layers[emb].n_rows
+                    r.xtab = self._arr(key + ("xtab",), d["xtab"], (r.vocab * GU,))
+                    if r.xtab == NULL or r.ids == NULL:
+                        raise ValueError(f"Plan.rnn: layer {l}: the Embedding's ids and an xtab buffer are needed")
             if (r.Y == NULL or r.hout == NULL or (need_dx and r.dX == NULL) or r.XP == NULL or r.HP == NULL
                     or r.Hs == NULL or (lstm and (r.Cs == NULL or r.dC == NULL)) or (SV and r.Gs == NULL)
                     or (not self.dbl and r.Wp == NULL) or r.dH == NULL or r.dGt == NULL or r.dGo == NULL

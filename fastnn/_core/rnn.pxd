@@ -4,6 +4,8 @@
 # those of rnn.pyx's module docstring; the caller has checked every buffer's size (rnn_forward / rnn_backward do,
 # the plan sizes its buffers once when it is built).  NULL stands for an optional array left out (None).
 
+from libc.stdint cimport int64_t
+
 from fastnn._core._common cimport floating
 
 # the forward over the sequence (rnn.pyx rnn_forward); Wp: the float32 packing scratch of rnn_packed_size
@@ -14,6 +16,16 @@ cdef void rnn_forward_raw(int cell, Py_ssize_t n, Py_ssize_t steps, Py_ssize_t n
                           const floating *bhh, const floating *h0, const floating *c0, floating *XP, floating *HP,
                           floating *Hs, floating *Cs, floating *Gs, floating *Y, floating *hout, floating *cout,
                           floating *Wp) noexcept nogil
+# the same with an Embedding feeding the layer (the compiled plan): X's row of (row o, time t) is row ids[o * steps +
+# t] of emb (vocab, n_in); the float32 packed forward multiplies the table into xtab (vocab * G * units scratch)
+# once and reads each step's input projection from it (the same bits as from X's rows); NULLs: rnn_forward_raw
+cdef void rnn_forward_emb_raw(int cell, Py_ssize_t n, Py_ssize_t steps, Py_ssize_t n_in, Py_ssize_t units,
+                              bint reverse, const int *perm, const int *n_active, const unsigned char *mask,
+                              int n_threads, const floating *X, const floating *Wih, const floating *Whh,
+                              const floating *bih, const floating *bhh, const floating *h0, const floating *c0,
+                              floating *XP, floating *HP, floating *Hs, floating *Cs, floating *Gs, floating *Y,
+                              floating *hout, floating *cout, floating *Wp, const int64_t *ids, const floating *emb,
+                              Py_ssize_t vocab, floating *xtab) noexcept nogil
 # backpropagation through time (rnn.pyx rnn_backward)
 cdef void rnn_backward_raw(int cell, Py_ssize_t n, Py_ssize_t steps, Py_ssize_t n_in, Py_ssize_t units,
                            bint reverse, const int *perm, const int *n_active, const unsigned char *mask,

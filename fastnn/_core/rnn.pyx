@@ -13,6 +13,7 @@ SV = 4 * units stored per row and step for LSTM and GRU, 0 for SimpleRNN):
     Y, dY (n, steps, units)                dGt (steps, n, GU)   dGo (n, steps, GU)   dH, dC (n, units)
 """
 from libc.stddef cimport ptrdiff_t
+from libc.stdint cimport int64_t
 
 from fastnn._core._common cimport floating
 
@@ -25,6 +26,10 @@ cdef extern from "fnn_rnn.h" nogil:
         const int *n_active
         const unsigned char *mask
         int n_threads
+        const int64_t *ids
+        const void *emb
+        ptrdiff_t vocab
+        void *xtab
     int FNN_RNN_TANH, FNN_RNN_RELU, FNN_RNN_LSTM, FNN_RNN_GRU, FNN_HAVE_MXCSR
     int fnn_rnn_gates(int cell)
     int fnn_rnn_saved(int cell)
@@ -157,6 +162,10 @@ cdef inline fnn_rnn_dims _raw_dims(int cell, Py_ssize_t n, Py_ssize_t steps, Py_
     d.n_active = n_active
     d.mask = mask
     d.n_threads = n_threads
+    d.ids = NULL
+    d.emb = NULL
+    d.vocab = 0
+    d.xtab = NULL
     return d
 
 
@@ -166,7 +175,19 @@ cdef void rnn_forward_raw(int cell, Py_ssize_t n, Py_ssize_t steps, Py_ssize_t n
                           const floating *bhh, const floating *h0, const floating *c0, floating *XP, floating *HP,
                           floating *Hs, floating *Cs, floating *Gs, floating *Y, floating *hout, floating *cout,
                           floating *Wp) noexcept nogil:
+    rnn_forward_emb_raw(cell, n, steps, n_in, units, reverse, perm, n_active, mask, n_threads, X, Wih, Whh, bih, bhh,
+                        h0, c0, XP, HP, Hs, Cs, Gs, Y, hout, cout, Wp, NULL, NULL, 0, NULL)
+
+
+cdef void rnn_forward_emb_raw(int cell, Py_ssize_t n, Py_ssize_t steps, Py_ssize_t n_in, Py_ssize_t units,
+                              bint reverse, const int *perm, const int *n_active, const unsigned char *mask,
+                              int n_threads, const floating *X, const floating *Wih, const floating *Whh,
+                              const floating *bih, const floating *bhh, const floating *h0, const floating *c0,
+                              floating *XP, floating *HP, floating *Hs, floating *Cs, floating *Gs, floating *Y,
+                              floating *hout, floating *cout, floating *Wp, const int64_t *ids, const floating *emb,
+                              Py_ssize_t vocab, floating *xtab) noexcept nogil:
     cdef fnn_rnn_dims d = _raw_dims(cell, n, steps, n_in, units, reverse, perm, n_active, mask, n_threads)
+    d.ids, d.emb, d.vocab, d.xtab = ids, emb, vocab, xtab
     if floating is float:
         fnn_rnn_forward_f(&d, X, Wih, Whh, bih, bhh, h0, c0, XP, HP, Hs, Cs, Gs, Y, hout, cout, Wp)
     else:

@@ -231,6 +231,7 @@ class TrainPlan:
         self.threads = get_num_threads()     # the conv and recurrent scratch is sized for this many threads
         self.thread_sized = False            # (plan_for makes a new plan for more threads when one is)
         self.embeddings = []                 # the Embedding layers (the batch's ids: fit_epoch checks them)
+        self.rnn_tables = {}                 # recurrent node -> its directions' Embedding tables (Plan.rnn's emb)
         scratch, convs = None, []
         masks = _mask_flow(graph) or [None] * L      # which nodes' outputs carry an Embedding's mask
         mask_buf = {}       # the Embedding node -> the (bs, T) uint8 buffer it fills each batch
@@ -259,11 +260,23 @@ class TrainPlan:
                 dirs = [_rnn_buffers(table, layer, lay, prefix, bs, dt, self.threads, last=k == 0 and not bi)
                         for k, (lay, prefix) in enumerate([(inner, "forward_"), (layer.backward_layer, "backward_")]
                                                           if bi else [(layer, "")])]
+                # fed by an Embedding whose table has fewer rows than half a batch's ids (float32): the forward
+                # multiplies the table by W_ih once per batch, not each id's row per step (the same bits), where
+                # the products fit in L2 beside the packed weights (csrc/fnn_rnn.h fnn_rnn_use_xtab; scratch here up
+                # to 4 MiB, the most any L2 budget takes)
+                emb = graph.nodes[src[0]][0] if src[0] >= 0 else None
+                emb = src[0] if (type(emb) is Embedding and dt == np.float32 and 2 * emb.input_dim <= bs * steps
+                                 and emb.input_dim * _rnn.n_gates(cell) * U * 4 <= 4 << 20) else -1
+                for d in dirs:
+                    d["xtab"] = np.zeros(graph.nodes[emb][0].input_dim * _rnn.n_gates(cell) * U, dt) if emb >= 0 \
+                        else None
+                if emb >= 0:
+                    self.rnn_tables[i] = [d["xtab"] for d in dirs]
                 core.rnn(i, cell, steps, f, U, seq, layer.need_input_grad, self.threads, buf(),
                          buf((bs, n_in)) if layer.need_input_grad else None, dirs,
                          _MERGES[layer.merge_mode] if bi else -1,
                          np.empty(2 * bs * (steps if seq else 1) * U, dt) if bi else None,
-                         mask_buf[masks[src[0]]] if src[0] >= 0 and masks[src[0]] is not None else None)
+                         mask_buf[masks[src[0]]] if src[0] >= 0 and masks[src[0]] is not None else None, emb=emb)
                 self.thread_sized = True
             elif t is Masking:
                 steps, f = layer.input_shape
