@@ -9,6 +9,8 @@ the shapes of fastnn/bench.py, float32 on random data, both on the compiled trai
 - "1p x 2t": one process, FASTNN_NUM_THREADS=2, batch_size = the global batch;
 - "2r x 1t": ``mpiexec -n 2 python -m mpi4py``, FASTNN_NUM_THREADS=1 per rank, batch_size = half of it
   (``DataParallel``: the plan calls MPI_Allreduce from C), over MPICH's shared-memory path;
+- "2r x 1t, no allreduce": the ceiling of the 2 ranks, each process training its half of the global batch at the
+  same time as the other, at one thread, with no communication (a barrier before each repeat only);
 - with ``--netns`` (root): the same 2 ranks, one in each of two network namespaces joined by a veth pair, MPICH
   told to use TCP over it and no shared memory (the path two machines would use);
 - with ``--shard-update``: also "2r x 1t shard update", ``DataParallel(shard_update=True)`` (reduce-scatter, each
@@ -24,7 +26,7 @@ buffers of 64 KB .. 16 MB: the plan's call (MPI_Allreduce in place through the a
 in C by ``plan.allreduce_seconds`` as ``run_batches`` calls it) against mpi4py's own ``comm.Allreduce`` on a numpy
 array (send and receive buffers).
 
-The worker modes (``single``, ``rank``, ``bandwidth``) are what the driver launches.
+The worker modes (``single``, ``rank``, ``alone``, ``bandwidth``) are what the driver launches.
 """
 import argparse
 import json
@@ -75,6 +77,18 @@ def worker(mode, wid, steps, repeats, overlap=False, shard=False):
             h = m.fit(X, y, batch_size=glob, epochs=1)
             times.append(h.history["time"][0] / steps)
         rank = 0
+    elif mode == "alone":
+        # the ceiling of 2 ranks: each process trains its half of the global batch at once with the other, at one
+        # thread, with no allreduce at all (the ranks do not talk but for the barrier before each repeat)
+        from mpi4py import MPI
+        comm = MPI.COMM_WORLD
+        rank, size = comm.Get_rank(), comm.Get_size()
+        lo, hi = rank * len(X) // size, (rank + 1) * len(X) // size      # its shard: `steps` batches
+        m.fit(X[lo:hi], y[lo:hi], batch_size=glob // size, epochs=1)
+        for _ in range(repeats):
+            comm.Barrier()
+            h = m.fit(X[lo:hi], y[lo:hi], batch_size=glob // size, epochs=1)
+            times.append(h.history["time"][0] / steps)
     else:
         from fastnn import distributed as dist
         dp = dist.DataParallel(overlap=overlap, shard_update=shard)
@@ -186,7 +200,7 @@ class Netns:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", nargs="?", default="driver", choices=("driver", "single", "rank", "bandwidth"))
+    p.add_argument("mode", nargs="?", default="driver", choices=("driver", "single", "rank", "alone", "bandwidth"))
     p.add_argument("--workloads", default="W1,W2")
     p.add_argument("--workload", default="W1")
     p.add_argument("--steps", default="60,6", help="steps per timed epoch, per workload")
@@ -197,7 +211,7 @@ def main(argv=None):
                    help="also the 2 ranks with shard_update=True (reduce-scatter, shard update, allgather)")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
-    if a.mode in ("single", "rank"):
+    if a.mode in ("single", "rank", "alone"):
         return worker(a.mode, a.workload, int(a.steps), a.repeats, a.overlap, a.shard_update)
     if a.mode == "bandwidth":
         return bandwidth(a.repeats)
@@ -214,6 +228,9 @@ def main(argv=None):
         two = subprocess.run([exe, "-n", "2", *_me("rank", *base)], env=_env(1), capture_output=True, text=True,
                              timeout=900)
         r["2r x 1t"] = _last_json(two)
+        alone = subprocess.run([exe, "-n", "2", *_me("alone", *base)], env=_env(1), capture_output=True,
+                               text=True, timeout=900)
+        r["2r x 1t, no allreduce"] = _last_json(alone)
         if a.shard_update:
             two = subprocess.run([exe, "-n", "2", *_me("rank", *base, "--shard-update")], env=_env(1),
                                  capture_output=True, text=True, timeout=900)
@@ -232,9 +249,12 @@ def main(argv=None):
         print(f"{wid}: 1 process x 2 threads {t1 * 1e3:.2f} ms/step (global batch {SPECS[wid]['batch']})")
         for key in [k for k in r if k.startswith("2r")]:
             t = statistics.median(r[key]["step_s"])
-            share = statistics.median(r[key]["allreduce_share"])
             r[key]["efficiency"] = t1 / t
-            print(f"{wid}: {key:<20} {t * 1e3:.2f} ms/step  efficiency {t1 / t:.0%}  allreduce share {share:.0%}")
+            if r[key]["allreduce_share"]:
+                share = f"allreduce share {statistics.median(r[key]['allreduce_share']):.0%}"
+            else:
+                share = "(the ceiling: each rank's half batch alone, concurrently)"
+            print(f"{wid}: {key:<20} {t * 1e3:.2f} ms/step  efficiency {t1 / t:.0%}  {share}")
         results["workloads"][wid] = r
     bw = subprocess.run([exe, "-n", "2", *_me("bandwidth", f"--repeats={a.repeats}")], env=_env(1),
                         capture_output=True, text=True, timeout=900)
