@@ -504,3 +504,36 @@ def test_a_nan_stops_the_plan_with_the_last_good_state(opt_id, make_opt, dtype, 
         np.testing.assert_array_equal(m.parameters, clean.parameters)
         for k, v in clean.optimizer.state.items():
             np.testing.assert_array_equal(m.optimizer.state[k], v)
+
+
+@pytest.mark.parametrize("kind", ["conv", "lstm", "gru_embedding"])
+def test_conv_and_recurrent_epochs_on_the_plan_allocate_nothing_but_the_permutation(kind, restore_threads):
+    """Issues 11 and 12 ("no allocation in a steady step"): a convolutional model (Conv2D with a fused ReLU,
+    BatchNorm -> ReLU, pooling, Dropout, Dense) and recurrent ones (a stacked LSTM; an Embedding table feeding a
+    GRU) train whole epochs on the compiled plan with nothing allocated per batch."""
+    L = fnn.layers
+    fnn.set_num_threads(2)
+    rng = np.random.default_rng(0)
+    n = 512
+    if kind == "conv":
+        m = fnn.Sequential([L.Conv2D(16, 3, padding="same", activation="relu"), L.MaxPool2D(2),
+                            L.Conv2D(32, 3, use_bias=False), L.BatchNorm(), L.ReLU(), L.Dropout(0.25),
+                            L.GlobalAveragePooling2D(), L.Dense(10)], input_shape=(16, 16, 1), seed=0)
+        X = rng.standard_normal((n, 16, 16, 1)).astype(np.float32)
+    elif kind == "lstm":
+        m = fnn.Sequential([L.LSTM(32, return_sequences=True), L.LSTM(32), L.Dense(10)], input_shape=(20, 8),
+                           seed=0)
+        X = rng.standard_normal((n, 20, 8)).astype(np.float32)
+    else:
+        m = fnn.Sequential([L.Embedding(30, 8), L.GRU(32), L.Dense(10)], input_shape=(20,), seed=0)
+        X = rng.integers(0, 30, (n, 20))
+    y = rng.integers(0, 10, n)
+    m.compile("cross_entropy", "adam")
+    net, peak = _net_alloc(lambda: m.fit(X, y, epochs=1, batch_size=64), 2)
+    assert m.trainer.train_plan is not None
+    # per epoch: the permutation (512 x 8 bytes), the small History/logs objects and, with an Embedding, the ids
+    # as floats (once per fit call: 40 kB); one 64-row activation buffer alone is 64 kB (conv), 160 kB (the LSTM's
+    # sequence), 655 kB (the GRU's saved gates)
+    ids = X.size * 4 if kind == "gru_embedding" else 0
+    assert net <= 4096, net
+    assert peak <= n * 8 + ids + 16384, peak

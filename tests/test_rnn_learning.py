@@ -1,6 +1,7 @@
 """Recurrent networks learn (small, fast versions of benchmarks/rnn_learning.py), the diagnostics see the
 vanishing gradient along time of a SimpleRNN, and ``python -m fastnn demo --model lstm`` runs."""
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -95,6 +96,11 @@ def test_demo_lstm_prints_a_falling_loss_and_a_sample():
     assert "character LSTM on 20,000 characters" in out and "Shakespeare" in out
     assert out.count("epoch ") >= 2 and "val_loss" in out
     assert "validation loss" in out and "->" in out
+    # the loss falls: "validation loss A -> B (train loss C -> D)" with B < A and D < C
+    val = re.search(r"validation loss ([0-9.]+) -> ([0-9.]+) \(train loss ([0-9.]+) -> ([0-9.]+)\)", out)
+    assert val is not None, out
+    a, b, c, d = map(float, val.groups())
+    assert b < a and d < c, out
     sample = out.split("sample (temperature 0.8")[1].split("\n", 1)[1]
     assert len(sample.rstrip("\n")) >= 40 - sample.count("\n")
 
