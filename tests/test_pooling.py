@@ -428,3 +428,35 @@ def test_tiled_max_pooling_matches_reference(dtype, C, pool, size):
     for name in ("k1", "k2"):
         for a, b in zip(got[name], got["r"]):
             np.testing.assert_array_equal(a, b)
+
+
+def test_permute_then_conv2d_is_the_pytorch_layout_path():
+    """The README's path for (N, C, H, W) arrays with a convolution first: Permute((2, 3, 1)) then Conv2D equals
+    the channels-last model on the transposed data, outputs and every parameter gradient, and a PyTorch Conv2d's
+    weight maps as w.permute(2, 3, 1, 0)."""
+    L = fnn.layers
+    rng = np.random.default_rng(13)
+    Xcf = rng.standard_normal((3, 2, 7, 5))                          # odd sizes, 2 channels
+    cf = fnn.Sequential([Permute((2, 3, 1)), L.Conv2D(4, 3, padding="same", activation="relu"),
+                         GlobalAveragePooling2D(), Dense(3)], input_shape=(2, 7, 5), seed=0, dtype="float64")
+    cl = fnn.Sequential([L.Conv2D(4, 3, padding="same", activation="relu"), GlobalAveragePooling2D(), Dense(3)],
+                        input_shape=(7, 5, 2), seed=1, dtype="float64")
+    cl.parameters[...] = cf.parameters
+    Xcl = np.ascontiguousarray(Xcf.transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(cf.predict(Xcf), cl.predict(Xcl))
+    R = rng.standard_normal((3, 3))
+    grads = []
+    for m, X in ((cf, Xcf), (cl, Xcl)):
+        m.engine.forward(X, True)
+        m.engine.backward(R.copy())
+        grads.append(m.gradients.copy())
+    assert np.any(grads[0] != 0)
+    np.testing.assert_array_equal(grads[0], grads[1])
+    torch = pytest.importorskip("torch")
+    conv = torch.nn.Conv2d(2, 4, 3, padding=1, dtype=torch.float64)
+    cf.layers[1].params["weight"][...] = conv.weight.detach().permute(2, 3, 1, 0).numpy()
+    cf.layers[1].params["bias"][...] = conv.bias.detach().numpy()
+    want = torch.relu(conv(torch.from_numpy(Xcf))).detach().numpy().transpose(0, 2, 3, 1)
+    got = cf.engine.forward(Xcf, False)
+    np.testing.assert_allclose(cf.engine.values[1], want, rtol=1e-12, atol=1e-12)
+    assert got.shape == (3, 3)
