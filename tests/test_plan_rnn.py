@@ -55,6 +55,20 @@ def _both(make, X, y, make_opt, dtype, threads=1, bs=8, epochs=2, loss="cross_en
     return a, ha
 
 
+def _both_weighted(make, loss, X, y, w):
+    """make() trained with sample weights w through the plan and through the per-layer path (Adam, 2 epochs,
+    batches of 8): the same bits."""
+    out = []
+    for compiled in (True, False):
+        m = make()
+        m.compile(loss, fnn.optim.Adam(lr=1e-2))
+        m.trainer.compiled_plan = compiled
+        h = m.fit(X, y, epochs=2, batch_size=8, sample_weight=w)
+        assert (m.trainer.train_plan is not None) == compiled
+        out.append((m, h))
+    _assert_same(out[0][0], out[0][1], out[1][0], out[1][1])
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("seq", [False, True], ids=["last", "per_step"])
 @pytest.mark.parametrize("cell", list(CELLS))
@@ -264,15 +278,7 @@ def test_losses_over_each_samples_whole_sequence(dtype):
         return fnn.Sequential([L.GRU(4, return_sequences=True, go_backwards=True), L.Dense(2)], input_shape=(T, F),
                               seed=11, dtype=dt)
     y, w = rng.integers(0, 2, (19, T, 2)).astype(np.float32), rng.random(19)
-    out = []
-    for compiled in (True, False):
-        m = tags(dtype)
-        m.compile("binary_cross_entropy", fnn.optim.Adam(lr=1e-2))
-        m.trainer.compiled_plan = compiled
-        h = m.fit(X, y, epochs=2, batch_size=8, sample_weight=w)
-        assert (m.trainer.train_plan is not None) == compiled
-        out.append((m, h))
-    _assert_same(out[0][0], out[0][1], out[1][0], out[1][1])
+    _both_weighted(lambda: tags(dtype), "binary_cross_entropy", X, y, w)
 
 
 def test_per_step_cross_entropy_with_sample_weights_and_a_branching_graph(restore_threads):
@@ -282,15 +288,7 @@ def test_per_step_cross_entropy_with_sample_weights_and_a_branching_graph(restor
     X, y = _data(21, True)
     # quarters: sums exact in any order (both paths now add a batch's weights in row order, losses.weight_sum)
     w = np.random.default_rng(5).integers(1, 8, 21) / 4.0
-    out = []
-    for compiled in (True, False):
-        m = _stack("gru", True, "float64")
-        m.compile("cross_entropy", fnn.optim.Adam(lr=1e-2))
-        m.trainer.compiled_plan = compiled
-        h = m.fit(X, y, epochs=2, batch_size=8, sample_weight=w)
-        assert (m.trainer.train_plan is not None) == compiled
-        out.append((m, h))
-    _assert_same(out[0][0], out[0][1], out[1][0], out[1][1])
+    _both_weighted(lambda: _stack("gru", True, "float64"), "cross_entropy", X, y, w)
 
     def make(dt):
         inp = fnn.Input((T, F))

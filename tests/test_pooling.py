@@ -293,6 +293,21 @@ def test_config_round_trip(cls):
     assert repr(again) == repr(layer)
 
 
+def _same_as_channels_last(cf, cl, Xcf, R):
+    """cf (Permute((2, 3, 1)) first, on NCHW Xcf) and cl (the channels-last model) with cf's weights: the same
+    outputs, and the same parameter gradients for the output gradient R."""
+    cl.parameters[...] = cf.parameters
+    Xcl = np.ascontiguousarray(Xcf.transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(cf.predict(Xcf), cl.predict(Xcl))
+    grads = []
+    for m, X in ((cf, Xcf), (cl, Xcl)):
+        m.engine.forward(X, True)
+        m.engine.backward(R.copy())
+        grads.append(m.gradients.copy())
+    assert np.any(grads[0] != 0)
+    np.testing.assert_array_equal(grads[0], grads[1])
+
+
 def test_permute_is_the_channels_first_path():
     """Permute((2, 3, 1)) on NCHW data: the same outputs and parameter gradients as the channels-last model on
     the transposed data; its own backward permutes the gradient back."""
@@ -304,17 +319,7 @@ def test_permute_is_the_channels_first_path():
                         dtype="float64")
     cl = fnn.Sequential([Dense(4, activation="relu"), L.MaxPool2D(2), L.GlobalAveragePooling2D(), Dense(3)],
                         input_shape=(6, 6, 2), seed=1, dtype="float64")
-    cl.parameters[...] = cf.parameters
-    Xcl = np.ascontiguousarray(Xcf.transpose(0, 2, 3, 1))
-    np.testing.assert_array_equal(cf.predict(Xcf), cl.predict(Xcl))
-    R = rng.standard_normal((5, 3))
-    grads = []
-    for m, X in ((cf, Xcf), (cl, Xcl)):
-        m.engine.forward(X, True)
-        m.engine.backward(R.copy())
-        grads.append(m.gradients.copy())
-    assert np.any(grads[0] != 0)
-    np.testing.assert_array_equal(grads[0], grads[1])
+    _same_as_channels_last(cf, cl, Xcf, rng.standard_normal((5, 3)))
     p = standalone(Permute((3, 1, 2)), (2, 3, 4))
     X = rng.standard_normal((2, 2, 3, 4))
     Y = p.forward(X)
@@ -441,17 +446,7 @@ def test_permute_then_conv2d_is_the_pytorch_layout_path():
                          GlobalAveragePooling2D(), Dense(3)], input_shape=(2, 7, 5), seed=0, dtype="float64")
     cl = fnn.Sequential([L.Conv2D(4, 3, padding="same", activation="relu"), GlobalAveragePooling2D(), Dense(3)],
                         input_shape=(7, 5, 2), seed=1, dtype="float64")
-    cl.parameters[...] = cf.parameters
-    Xcl = np.ascontiguousarray(Xcf.transpose(0, 2, 3, 1))
-    np.testing.assert_array_equal(cf.predict(Xcf), cl.predict(Xcl))
-    R = rng.standard_normal((3, 3))
-    grads = []
-    for m, X in ((cf, Xcf), (cl, Xcl)):
-        m.engine.forward(X, True)
-        m.engine.backward(R.copy())
-        grads.append(m.gradients.copy())
-    assert np.any(grads[0] != 0)
-    np.testing.assert_array_equal(grads[0], grads[1])
+    _same_as_channels_last(cf, cl, Xcf, rng.standard_normal((3, 3)))
     torch = pytest.importorskip("torch")
     conv = torch.nn.Conv2d(2, 4, 3, padding=1, dtype=torch.float64)
     cf.layers[1].params["weight"][...] = conv.weight.detach().permute(2, 3, 1, 0).numpy()

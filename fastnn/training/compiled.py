@@ -264,12 +264,12 @@ class TrainPlan:
                 # multiplies the table by W_ih once per batch, not each id's row per step (the same bits), where
                 # the products fit in L2 beside the packed weights (csrc/fnn_rnn.h fnn_rnn_use_xtab; scratch here up
                 # to 4 MiB, the most any L2 budget takes)
-                emb = graph.nodes[src[0]][0] if src[0] >= 0 else None
-                emb = src[0] if (type(emb) is Embedding and dt == np.float32 and 2 * emb.input_dim <= bs * steps
-                                 and emb.input_dim * _rnn.n_gates(cell) * U * 4 <= 4 << 20) else -1
+                feed = graph.nodes[src[0]][0] if src[0] >= 0 else None
+                tab = feed.input_dim * _rnn.n_gates(cell) * U if type(feed) is Embedding else 0
+                emb = src[0] if (tab and dt == np.float32 and 2 * feed.input_dim <= bs * steps
+                                 and tab * 4 <= 4 << 20) else -1
                 for d in dirs:
-                    d["xtab"] = np.zeros(graph.nodes[emb][0].input_dim * _rnn.n_gates(cell) * U, dt) if emb >= 0 \
-                        else None
+                    d["xtab"] = np.zeros(tab, dt) if emb >= 0 else None
                 if emb >= 0:
                     self.rnn_tables[i] = [d["xtab"] for d in dirs]
                 core.rnn(i, cell, steps, f, U, seq, layer.need_input_grad, self.threads, buf(),
