@@ -61,6 +61,13 @@ if use_openmp:
     link_args.append("-fopenmp")
 if os.environ.get("FASTNN_NATIVE", "") == "1":
     compile_args.append("-march=native")
+# FASTNN_BUILD_MAX_ISA=avx2: runs no AVX-512 code (the FNN_CLONES loops and the FMA kernels stop at AVX2), to
+# measure on an AVX-512 machine what an AVX2 CPU runs (benchmarks/README.md); never for a wheel.
+_max_isa = os.environ.get("FASTNN_BUILD_MAX_ISA", "")
+if _max_isa == "avx2":
+    compile_args.append("-DFNN_CLONES_MAX_AVX2")
+elif _max_isa:
+    sys.exit(f"setup.py: FASTNN_BUILD_MAX_ISA={_max_isa!r}: the only cap is 'avx2'")
 # FASTNN_SANITIZE=address,undefined: a checking build for tools/sanitize.sh, never for use or a wheel.  The flags
 # must sit in extra_compile_args: distutils puts CFLAGS before them, so "-O3 -g0" here would win over CFLAGS' -O1 -g.
 _sanitize = os.environ.get("FASTNN_SANITIZE", "")

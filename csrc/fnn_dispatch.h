@@ -5,32 +5,66 @@
  * target_clones, through an ifunc: glibc only), so that its loops run 8 (AVX2) or 16 (AVX-512) wide where
  * the CPU can.  Every variant computes the same values: the loops use only IEEE operations that round
  * exactly whatever the vector width (+, -, *, /, sqrt, comparisons), and -std=c99 turns FMA contraction off.
- * Elsewhere (clang, other systems, other architectures) FNN_CLONES is empty: the baseline build. */
+ * Elsewhere (clang, other systems, other architectures) FNN_CLONES is empty: the baseline build.
+ *
+ * Two caps, for measuring the AVX2 path on an AVX-512 machine and for pinning a path (as oneDNN's
+ * ONEDNN_MAX_CPU_ISA does):
+ * - at run time, the environment variable FASTNN_MAX_CPU_ISA ("avx512f", "avx2" or "baseline", read once per
+ *   extension module at its first kernel) caps the hand-written FMA kernels (fnn_fma_isa below: the few-row
+ *   products, the packed recurrent steps, the direct convolutions, the vectorized exponentials).  The
+ *   FNN_CLONES loops are chosen by the dynamic loader before any code of fastnn runs and keep the CPU's path;
+ * - at build time, FNN_CLONES_MAX_AVX2 (setup.py: FASTNN_BUILD_MAX_ISA=avx2) leaves the AVX-512 clone out and
+ *   caps the FMA kernels at AVX2 as well: a build that runs what an AVX2 CPU runs. */
 #ifndef FNN_DISPATCH_H
 #define FNN_DISPATCH_H
 #include <math.h>       /* defines __GLIBC__ on glibc */
+#include <stdlib.h>     /* getenv */
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__) \
     && !defined(FNN_NO_CLONES)
+#ifdef FNN_CLONES_MAX_AVX2
+#define FNN_CLONES __attribute__((target_clones("avx2", "default")))
+#else
 #define FNN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
 #define FNN_HAVE_CLONES 1
 #else
 #define FNN_CLONES
 #define FNN_HAVE_CLONES 0
 #endif
 
-/* The widest path of the hand-written FMA kernels (fnn_rows.h, fnn_rnn.h) on this CPU, asked once: 2 AVX-512F,
- * 1 AVX2 with FMA, 0 neither (and always 0 where they are not built: not gcc on x86-64, or FNN_NO_CLONES). */
+/* The cap FASTNN_MAX_CPU_ISA sets: 2 none (unset, empty, "avx512f" or "avx512", or a value fastnn's import warns
+ * about), 1 "avx2", 0 "baseline" (any case). */
+static int fnn_isa_env_cap(void) {
+    static const char *const names[] = {"baseline", "avx2", "avx512f", "avx512"};
+    static const int caps[] = {0, 1, 2, 2};
+    const char *s = getenv("FASTNN_MAX_CPU_ISA");
+    if (s == NULL) return 2;
+    for (int k = 0; k < 4; k++) {
+        const char *a = s, *b = names[k];
+        while (*a && *b && ((*a >= 'A' && *a <= 'Z') ? *a - 'A' + 'a' : *a) == *b) { a++; b++; }
+        if (*a == 0 && *b == 0) return caps[k];
+    }
+    return 2;
+}
+
+/* The widest path of the hand-written FMA kernels (fnn_rows.h, fnn_rnn.h, fnn_conv_direct.h, fnn_exp.h) on this
+ * CPU, asked once: 2 AVX-512F, 1 AVX2 with FMA, 0 neither (and always 0 where they are not built: not gcc on
+ * x86-64, or FNN_NO_CLONES); at most FASTNN_MAX_CPU_ISA's cap, and 1 in an FNN_CLONES_MAX_AVX2 build. */
 static int fnn_fma_isa(void) {
     static int isa = -1;
     if (isa < 0) {
         int found = 0;
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FNN_NO_CLONES)
         __builtin_cpu_init();
+#ifndef FNN_CLONES_MAX_AVX2
         if (__builtin_cpu_supports("avx512f")) found = 2;
-        else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) found = 1;
+        else
 #endif
-        isa = found;
+        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) found = 1;
+#endif
+        int cap = fnn_isa_env_cap();
+        isa = found < cap ? found : cap;
     }
     return isa;
 }

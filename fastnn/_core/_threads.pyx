@@ -18,17 +18,38 @@ cdef extern from "cblas.h" nogil:
     char *scipy_openblas_get_corename()
 
 # The ISA path of the runtime dispatch, by the checks the dispatch itself makes: FNN_CLONES's target_clones
-# resolver takes the avx512f clone, else the avx2 one, else the baseline (fnn_dispatch.h); the recurrent layers'
-# packed per-step GEMM needs AVX-512F, or AVX2 with FMA (fnn_rnn.h's fnn_rnn_isa).
+# resolver takes the avx512f clone (not in an FNN_CLONES_MAX_AVX2 build), else the avx2 one, else the baseline
+# (fnn_dispatch.h); the hand-written FMA kernels take fnn_fma_isa's path, which FASTNN_MAX_CPU_ISA may cap below
+# the loops' (then the loops' path follows in parentheses).
 cdef extern from *:
     """
+    #include <stdio.h>
+    #include <string.h>
     #include "fnn_dispatch.h"
     static const char *fnn_isa_path(void) {
     #if FNN_HAVE_CLONES
+        static char buf[64];
+        const char *loops = "baseline", *kernels;
         __builtin_cpu_init();
-        if (__builtin_cpu_supports("avx512f")) return "avx512f";
-        if (__builtin_cpu_supports("avx2")) return __builtin_cpu_supports("fma") ? "avx2+fma" : "avx2";
-        return "baseline";
+    #ifndef FNN_CLONES_MAX_AVX2
+        if (__builtin_cpu_supports("avx512f")) loops = "avx512f";
+        else
+    #endif
+        if (__builtin_cpu_supports("avx2")) loops = "avx2";
+        int k = fnn_fma_isa();
+        /* the kernels' path, and the loops' width that goes with it */
+        const char *width = k == 2 ? "avx512f" : k == 1 ? "avx2" : "baseline";
+        kernels = k == 2 ? "avx512f" : k == 1 ? "avx2+fma" : "baseline";
+        if (k == 0 && strcmp(loops, "avx2") == 0 && !__builtin_cpu_supports("fma")) kernels = width = "avx2";
+        int capped_build = 0;     /* an FNN_CLONES_MAX_AVX2 build on a CPU with AVX-512F */
+    #ifdef FNN_CLONES_MAX_AVX2
+        capped_build = __builtin_cpu_supports("avx512f") != 0;
+    #endif
+        int other_loops = strcmp(width, loops) != 0;
+        if (!other_loops && !capped_build) return kernels;
+        snprintf(buf, sizeof buf, "%s (%s%s%s%s)", kernels, other_loops ? "loops " : "", other_loops ? loops : "",
+                 other_loops && capped_build ? "; " : "", capped_build ? "AVX2 build" : "");
+        return buf;
     #else
         return "baseline (no runtime dispatch in this build)";
     #endif
@@ -54,6 +75,11 @@ def _init():
     _adaptive = "OMP_NUM_THREADS" not in os.environ
     if hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=_after_fork_in_child)
+    cap = os.environ.get("FASTNN_MAX_CPU_ISA", "")
+    if cap and cap.lower() not in ("avx512f", "avx512", "avx2", "baseline"):
+        import warnings
+        warnings.warn(f"FASTNN_MAX_CPU_ISA={cap!r} is not one of 'avx512f', 'avx2', 'baseline': ignored, the "
+                      f"kernels take the CPU's path ({isa_path()})", RuntimeWarning, stacklevel=2)
 
 
 def _after_fork_in_child():
@@ -148,9 +174,13 @@ def blas_corename() -> str:
 
 def isa_path() -> str:
     """The instruction-set path fastnn's runtime dispatch takes on this CPU: "avx512f" (the AVX-512 clones of the
-    FNN_CLONES loops and the AVX-512 packed recurrent GEMM), "avx2+fma" (the AVX2 clones and the AVX2+FMA packed
-    GEMM), "avx2" (AVX2 clones, the BLAS for the recurrent steps), or "baseline" (SSE2; also every build without
-    runtime dispatch: another compiler, system or architecture, or FNN_NO_CLONES)."""
+    FNN_CLONES loops and the AVX-512 hand-written kernels), "avx2+fma" (the AVX2 clones and the AVX2+FMA kernels),
+    "avx2" (AVX2 clones, the BLAS where the kernels would run), or "baseline" (SSE2; also every build without
+    runtime dispatch: another compiler, system or architecture, or FNN_NO_CLONES).
+
+    The environment variable ``FASTNN_MAX_CPU_ISA`` ("avx2" or "baseline") caps the hand-written kernels; the loops
+    keep the CPU's path, which then follows in parentheses: "avx2+fma (loops avx512f)".  A build made with
+    ``FASTNN_BUILD_MAX_ISA=avx2`` says "(AVX2 build)" on a CPU with AVX-512F."""
     return fnn_isa_path().decode()
 
 
