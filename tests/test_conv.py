@@ -449,8 +449,9 @@ def test_model_fits_and_predicts_from_threads():
     (dict(filters=4, kernel_size=3, activation="nope"), ValueError, "unknown activation"),
 ])
 def test_argument_errors(kwargs, exc, match):
-    with pytest.raises(exc, match=match):
+    with pytest.raises(exc, match=match) as e:
         Conv2D(name="c", **kwargs)
+    assert str(e.value).startswith("c: ")                      # the message names the layer
 
 
 @pytest.mark.parametrize("make,input_shape,match", [
@@ -463,8 +464,11 @@ def test_argument_errors(kwargs, exc, match):
     (lambda: Conv1D(4, 3, padding="same"), (None, None), "channel axis"),
 ])
 def test_build_errors(make, input_shape, match):
-    with pytest.raises(ValueError, match=match):
-        fnn.Sequential([make()], input_shape=input_shape)
+    layer = make()
+    layer.name = "conv_x"
+    with pytest.raises(ValueError, match=match) as e:
+        fnn.Sequential([layer], input_shape=input_shape)
+    assert str(e.value).startswith("conv_x: ")                 # the message names the layer
 
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (4, 16, 16)])
