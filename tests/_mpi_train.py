@@ -2,6 +2,7 @@
 
     mpiexec -n 2 python -m mpi4py tests/_mpi_train.py equiv OUT_DIR
     mpiexec -n 2 python -m mpi4py tests/_mpi_train.py kill OUT_DIR {plan,layers,raise}
+    mpiexec -n 2 python -m mpi4py tests/_mpi_train.py localbn OUT_DIR
 
 equiv: trains three float64 models (SGD with momentum on a compiled-plan MLP, Adam with validation data and a
 metric, BatchNorm + Dropout with synchronized statistics) data-parallel with per-rank batch B, checking after
@@ -318,5 +319,53 @@ def shard(out):
             json.dump(res, f)
 
 
+class LocalStats(fnn.callbacks.Callback):
+    """Local BatchNorm statistics: after every batch, a copy of the BatchNorm's running statistics (this rank's
+    own, before the epoch's end averages them); at the end of each epoch, the statistics now in the model against
+    the mean over ranks of the last batch's copies, and whether the ranks' own copies differed."""
+
+    def __init__(self, comm, bn):
+        self.comm, self.bn, self.last, self.epochs = comm, bn, None, []
+
+    def on_batch_end(self, batch, logs=None):
+        self.last = {k: v.copy() for k, v in self.bn.buffers.items()}
+
+    def on_epoch_end(self, epoch, logs=None):
+        every = self.comm.allgather(self.last)
+        diff = max(float(np.max(np.abs(self.bn.buffers[k] - np.mean([e[k] for e in every], axis=0))))
+                   for k in self.last)
+        spread = max(float(np.max(np.abs(every[0][k] - every[1][k]))) for k in self.last)
+        self.epochs.append({"vs_mean": diff, "ranks_differed": spread > 1e-6})
+
+
+def localbn(out):
+    """BatchNorm with local statistics (DataParallel's default) and ModelCheckpoint: parameters and optimizer
+    state bitwise equal on both ranks after every step; at each epoch's end the running statistics are the mean
+    of the ranks' own; ModelCheckpoint (writes_files) saves on rank 0 only, after that average, so every rank
+    loads the model it ends with."""
+    comm = MPI.COMM_WORLD
+    X, y = data(seed=6)
+    m = fnn.Sequential([L.Dense(16, use_bias=False), L.BatchNorm(momentum=0.3), L.ReLU(), L.Dense(3)], input_dim=6,
+                       seed=12, dtype="float64")
+    m.compile("cross_entropy", fnn.optim.Adam(1e-2))
+    bn = m.layers[1]
+    hc, ls = HashCheck(comm), LocalStats(comm, bn)
+    # each rank names its own files: only rank 0's may appear
+    ck = fnn.callbacks.ModelCheckpoint(os.path.join(out, f"ck-r{comm.Get_rank()}-{{epoch}}.fnn"), save_best_only=False)
+    dp = dist.DataParallel()
+    assert not dp.sync_batchnorm
+    m.fit(X, y, batch_size=B, epochs=3, callbacks=[hc, ls, ck], distributed=dp)
+    dp.barrier()
+    saved = sorted(f for f in os.listdir(out) if f.startswith("ck-"))
+    last = fnn.load(os.path.join(out, saved[-1]))
+    Xt = data(seed=7, n=31)[0]
+    res = {"steps": hc.steps, "mismatches": hc.mismatches, "epochs": ls.epochs, "saved": saved,
+           "checkpoint_predicts_the_same": bool(np.array_equal(last.predict(Xt), m.predict(Xt))),
+           "checkpoint_stats_equal": all(np.array_equal(last.layers[1].buffers[k], bn.buffers[k])
+                                         for k in bn.buffers)}
+    with open(os.path.join(out, f"localbn{comm.Get_rank()}.json"), "w") as f:
+        json.dump(res, f)
+
+
 if __name__ == "__main__":
-    {"equiv": equiv, "kill": kill, "shard": shard}[sys.argv[1]](*sys.argv[2:])
+    {"equiv": equiv, "kill": kill, "shard": shard, "localbn": localbn}[sys.argv[1]](*sys.argv[2:])

@@ -95,6 +95,23 @@ def test_two_ranks_equal_one_process(tmp_path):
     _check_equiv(tmp_path)
 
 
+def test_local_batchnorm_statistics_and_checkpoints(tmp_path):
+    """BatchNorm with local statistics (the default): both ranks hold the same parameters and optimizer state after
+    every step, each epoch ends with the running statistics averaged over ranks (the ranks' own differed), and
+    ModelCheckpoint saves on rank 0 only, after that average: the checkpoint predicts as the model does."""
+    exe = _mpiexec()
+    p, _ = _run([exe, "-n", "2", sys.executable, "-m", "mpi4py", str(SCRIPT), "localbn", str(tmp_path)], 120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    for r in (0, 1):
+        res = json.loads((tmp_path / f"localbn{r}.json").read_text())
+        assert res["steps"] == 3 * 5 and res["mismatches"] == 0, res         # 101 rows, 2 x 12 per step
+        assert len(res["epochs"]) == 3
+        for e in res["epochs"]:
+            assert e["ranks_differed"] and e["vs_mean"] < 1e-15, res
+        assert res["saved"] == ["ck-r0-1.fnn", "ck-r0-2.fnn", "ck-r0-3.fnn"], res     # rank 0's only
+        assert res["checkpoint_predicts_the_same"] and res["checkpoint_stats_equal"], res
+
+
 def test_sharded_update_equals_the_whole_update(tmp_path):
     """DataParallel(shard_update=True) on the compiled plan (reduce-scatter, each rank updating its shard, allgather):
     parameters and optimizer state bitwise equal on both ranks after every step, equal to the unsharded update and
