@@ -343,3 +343,41 @@ def test_an_embedding_feeds_its_recurrent_layer_through_a_table(cell, restore_th
     assert b.trainer.train_plan.rnn_tables == {}
     c, _ = _both(lambda dt: make(dt, vocab=200, mask=False), X, y, lambda: fnn.optim.Adam(lr=1e-2), "float32")
     assert c.trainer.train_plan.rnn_tables == {}          # 2 * 200 > 8 * 6 ids per batch
+
+
+def test_plan_rnn_refuses_an_emb_that_is_not_its_embedding_and_keeps_the_node(monkeypatch):
+    """Plan.rnn's emb must name an Embedding node before it, of the layer's steps and features; a refused call
+    raises before the node is touched, so the plan trains on with the bits of a plan that never saw it."""
+    calls = {}
+
+    class Recording(_plan._k.Plan):
+        def rnn(self, l, *args, **kw):
+            calls[l] = (self, args, kw)
+            return super().rnn(l, *args, **kw)
+
+    def make(dt):
+        return fnn.Sequential([L.Embedding(VOCAB, 3), L.GRU(5, return_sequences=True), L.LSTM(4), L.Dense(K)],
+                              input_shape=(T,), seed=4, dtype=dt)
+    X, _ = _data(16, False, ids=True)
+    y = np.random.default_rng(5).integers(0, K, 16)
+    models = []
+    for refuse in (False, True):
+        monkeypatch.setattr(_plan._k, "Plan", Recording)
+        m = make("float32")
+        m.compile("cross_entropy", fnn.optim.Adam(1e-2))
+        m.fit(X, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+        assert m.trainer.train_plan is not None and m.trainer.train_plan.rnn_tables.keys() == {1}
+        if refuse:
+            core, args, kw = calls[2]
+            assert kw["emb"] == -1
+            for bad in (1, 2, 3, 99):                    # a GRU, itself, a node after it, no node
+                with pytest.raises(ValueError, match=f"Plan.rnn: layer 2: node {bad} is not an Embedding"):
+                    core.rnn(2, *args, **dict(kw, emb=bad))
+            core1, args1, kw1 = calls[1]                  # the Embedding's 6 steps of 3 features; not 5 features
+            bad_args = list(args1)
+            bad_args[2] = 5
+            with pytest.raises(ValueError, match="node 0 is not an Embedding of 6 steps of 5 features"):
+                core1.rnn(1, *bad_args, **kw1)
+        m.fit(X, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+        models.append(m)
+    np.testing.assert_array_equal(models[0].parameters, models[1].parameters)

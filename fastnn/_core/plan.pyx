@@ -1153,6 +1153,11 @@ cdef class Plan:
         cdef Py_ssize_t nd = len(dirs), R = steps if seq else 1, bs = self.bs, k
         if nd not in (1, 2) or (nd == 2 and not 0 <= merge <= 3):
             raise ValueError(f"Plan.rnn: layer {l}: {nd} directions, merge {merge}")
+        if emb >= 0 and (emb >= l or emb >= self.n_layers or not self._set[emb]
+                         or self.layers[emb].kind != FNN_LAYER_EMBEDDING or self.layers[emb].cols != step_in
+                         or self.layers[emb].rows != steps):
+            raise ValueError(f"Plan.rnn: layer {l}: node {emb} is not an Embedding of {steps} steps of "
+                             f"{step_in} features before it")
         cdef Py_ssize_t G = rnn_gates(cell), GU = G * units, SV = rnn_saved(cell) * units
         cdef bint lstm = G == 4
         cdef Py_ssize_t width = R * units * (2 if nd == 2 and merge == _MERGE_CONCAT else 1)
@@ -1192,12 +1197,7 @@ cdef class Plan:
             r.dGt = self._arr(key + ("dGt",), d["dGt"], (steps * bs * GU,))
             r.dGo = self._arr(key + ("dGo",), d["dGo"], (bs * steps * GU,))
             r.ids, r.emb_off, r.vocab, r.xtab = NULL, 0, 0, NULL
-            if emb >= 0:
-                if (emb >= l or emb >= self.n_layers or not self._set[emb]
-                        or self.layers[emb].kind != FNN_LAYER_EMBEDDING or self.layers[emb].cols != step_in
-                        or self.layers[emb].rows != steps):
-                    raise ValueError(f"Plan.rnn: layer {l}: node {emb} is not an Embedding of {steps} steps of "
-                                     f"{step_in} features before it")
+            if emb >= 0:           # (checked above, before the node was reset)
                 if not self.dbl:
                     r.ids, r.emb_off, r.vocab = self.layers[emb].ids, self.layers[emb].w_off, self.layers[emb].n_rows
                     r.xtab = self._arr(key + ("xtab",), d["xtab"], (r.vocab * GU,))
