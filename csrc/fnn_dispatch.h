@@ -33,37 +33,45 @@
 #define FNN_HAVE_CLONES 0
 #endif
 
-/* The cap FASTNN_MAX_CPU_ISA sets: 2 none (unset, empty, "avx512f" or "avx512", or a value fastnn's import warns
- * about), 1 "avx2", 0 "baseline" (any case). */
+/* The cap FASTNN_MAX_CPU_ISA sets: 2 none (unset, empty, "avx512f" or "avx512"), 1 "avx2", 0 "baseline" (any
+ * case); -1 any other value, which caps nothing either (fastnn's import warns about it). */
 static int fnn_isa_env_cap(void) {
     static const char *const names[] = {"baseline", "avx2", "avx512f", "avx512"};
     static const int caps[] = {0, 1, 2, 2};
     const char *s = getenv("FASTNN_MAX_CPU_ISA");
-    if (s == NULL) return 2;
+    if (s == NULL || *s == 0) return 2;
     for (int k = 0; k < 4; k++) {
         const char *a = s, *b = names[k];
         while (*a && *b && ((*a >= 'A' && *a <= 'Z') ? *a - 'A' + 'a' : *a) == *b) { a++; b++; }
         if (*a == 0 && *b == 0) return caps[k];
     }
-    return 2;
+    return -1;
+}
+
+/* The widest vector ISA of this CPU that this build runs, the FNN_CLONES loops' path: 2 AVX-512F (never in an
+ * FNN_CLONES_MAX_AVX2 build), 1 AVX2, 0 neither (and always 0 outside gcc on x86-64, or with FNN_NO_CLONES). */
+static int fnn_cpu_isa(void) {
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FNN_NO_CLONES)
+    __builtin_cpu_init();
+#ifndef FNN_CLONES_MAX_AVX2
+    if (__builtin_cpu_supports("avx512f")) return 2;
+#endif
+    if (__builtin_cpu_supports("avx2")) return 1;
+#endif
+    return 0;
 }
 
 /* The widest path of the hand-written FMA kernels (fnn_rows.h, fnn_rnn.h, fnn_conv_direct.h, fnn_exp.h) on this
- * CPU, asked once: 2 AVX-512F, 1 AVX2 with FMA, 0 neither (and always 0 where they are not built: not gcc on
- * x86-64, or FNN_NO_CLONES); at most FASTNN_MAX_CPU_ISA's cap, and 1 in an FNN_CLONES_MAX_AVX2 build. */
+ * CPU, asked once: 2 AVX-512F, 1 AVX2 with FMA, 0 neither (fnn_cpu_isa; AVX2 without FMA gives 0); at most
+ * FASTNN_MAX_CPU_ISA's cap. */
 static int fnn_fma_isa(void) {
     static int isa = -1;
     if (isa < 0) {
-        int found = 0;
+        int found = fnn_cpu_isa(), cap = fnn_isa_env_cap();
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FNN_NO_CLONES)
-        __builtin_cpu_init();
-#ifndef FNN_CLONES_MAX_AVX2
-        if (__builtin_cpu_supports("avx512f")) found = 2;
-        else
+        if (found == 1 && !__builtin_cpu_supports("fma")) found = 0;
 #endif
-        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) found = 1;
-#endif
-        int cap = fnn_isa_env_cap();
+        if (cap < 0) cap = 2;
         isa = found < cap ? found : cap;
     }
     return isa;

@@ -29,13 +29,8 @@ cdef extern from *:
     static const char *fnn_isa_path(void) {
     #if FNN_HAVE_CLONES
         static char buf[64];
-        const char *loops = "baseline", *kernels;
-        __builtin_cpu_init();
-    #ifndef FNN_CLONES_MAX_AVX2
-        if (__builtin_cpu_supports("avx512f")) loops = "avx512f";
-        else
-    #endif
-        if (__builtin_cpu_supports("avx2")) loops = "avx2";
+        static const char *const paths[] = {"baseline", "avx2", "avx512f"};
+        const char *loops = paths[fnn_cpu_isa()], *kernels;
         int k = fnn_fma_isa();
         /* the kernels' path, and the loops' width that goes with it */
         const char *width = k == 2 ? "avx512f" : k == 1 ? "avx2" : "baseline";
@@ -56,6 +51,7 @@ cdef extern from *:
     }
     """
     const char *fnn_isa_path()
+    int fnn_isa_env_cap()
 
 cdef int _n_threads = 1
 cdef int _default_threads = 1     # the count at import: OpenMP's default (the cores, or OMP_NUM_THREADS)
@@ -75,11 +71,11 @@ def _init():
     _adaptive = "OMP_NUM_THREADS" not in os.environ
     if hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=_after_fork_in_child)
-    cap = os.environ.get("FASTNN_MAX_CPU_ISA", "")
-    if cap and cap.lower() not in ("avx512f", "avx512", "avx2", "baseline"):
+    if fnn_isa_env_cap() < 0:
         import warnings
-        warnings.warn(f"FASTNN_MAX_CPU_ISA={cap!r} is not one of 'avx512f', 'avx2', 'baseline': ignored, the "
-                      f"kernels take the CPU's path ({isa_path()})", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"FASTNN_MAX_CPU_ISA={os.environ.get('FASTNN_MAX_CPU_ISA')!r} is not one of 'avx512f', "
+                      f"'avx2', 'baseline': ignored, the kernels take the CPU's path ({isa_path()})", RuntimeWarning,
+                      stacklevel=2)
 
 
 def _after_fork_in_child():
